@@ -1,0 +1,1 @@
+"""Flower ClientApp: site training, differential privacy and fairness augmentation."""

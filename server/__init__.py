@@ -1,0 +1,1 @@
+"""Flower ServerApp, aggregation strategy and server-side checkpoints."""

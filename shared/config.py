@@ -1,0 +1,49 @@
+"""Typed configuration for data preprocessing and pairing.
+
+Model presets (``tiny``/``small``/``base``) live with the model in ``fedneurogen.shared.model``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class PreprocessConfig(BaseModel):
+    """How raw recordings become paired windows (ARCHITECTURE section 4).
+
+    Changing any field changes ``cache_key`` and so invalidates the on-disk cache.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # EEG
+    eeg_l_freq: float = Field(1.0, description="EEG high-pass edge (Hz)")
+    eeg_h_freq: float = Field(100.0, description="EEG low-pass edge (Hz); capped below Nyquist")
+    eeg_line_freq: float | None = Field(50.0, description="Line-noise notch (Hz); None disables")
+    eeg_sfreq: float = Field(200.0, description="EEG rate after resampling (LaBraM: 200 Hz)")
+    eeg_scale: float = Field(1e4, description="Volts -> model units: 1e4 gives units of 100 uV")
+    eeg_ica: bool = Field(True, description="Remove ocular components with ICA where EOG channels exist")
+    # fNIRS
+    fnirs_l_freq: float = 0.01
+    fnirs_h_freq: float = 0.1
+    fnirs_filter_order: int = 6
+    fnirs_ppf: float = Field(6.0, description="Partial pathlength factor for the Beer-Lambert law")
+    # Target sampling and windows
+    fmri_sfreq: float = Field(0.5, description="Common fMRI grid (Hz); sites with other TRs are resampled to it")
+    fnirs_sfreq: float = Field(1.0, description="Common fNIRS grid (Hz) after the 0.1 Hz low-pass")
+    window_seconds: float = Field(16.0, description="Length of one paired window (s)")
+    hop_seconds: float = Field(8.0, description="Hop between consecutive windows (s)")
+    lag_seconds: float = Field(6.0, description="Hemodynamic delay: target lags EEG by this much (s)")
+    fmri_zscore: bool = Field(True, description="z-score BOLD per vertex per run")
+    target_space: Literal["ico4"] = "ico4"
+
+    def target_sfreq(self, modality: str) -> float:
+        return self.fmri_sfreq if modality == "fmri" else self.fnirs_sfreq
+
+    def cache_key(self) -> str:
+        blob = json.dumps(self.model_dump(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]

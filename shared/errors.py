@@ -1,0 +1,22 @@
+"""Errors a user sees. Each names the file (or dataset) and what is wrong with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class FedNeuroGenError(Exception):
+    """Base class for errors that are the user's input, not a bug in the program."""
+
+
+class DataError(FedNeuroGenError):
+    """A file or dataset that cannot be used, with the path and the problem."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class ConfigError(FedNeuroGenError):
+    """A configuration (preset, checkpoint config, run config) that does not fit."""
