@@ -32,12 +32,16 @@ class PreprocessConfig(BaseModel):
     fnirs_h_freq: float = 0.1
     fnirs_filter_order: int = 6
     fnirs_ppf: float = Field(6.0, description="Partial pathlength factor for the Beer-Lambert law")
+    fnirs_scale: float = Field(1e6, description="mol/L -> model units: 1e6 gives micromolar")
     # Target sampling and windows
     fmri_sfreq: float = Field(0.5, description="Common fMRI grid (Hz); sites with other TRs are resampled to it")
     fnirs_sfreq: float = Field(1.0, description="Common fNIRS grid (Hz) after the 0.1 Hz low-pass")
     window_seconds: float = Field(16.0, description="Length of one paired window (s)")
     hop_seconds: float = Field(8.0, description="Hop between consecutive windows (s)")
     lag_seconds: float = Field(6.0, description="Hemodynamic delay: target lags EEG by this much (s)")
+    label_min_fraction: float = Field(
+        0.5, description="Keep a window only if its majority class covers at least this fraction of it"
+    )
     fmri_zscore: bool = Field(True, description="z-score BOLD per vertex per run")
     target_space: Literal["ico4"] = "ico4"
 

@@ -1,0 +1,449 @@
+"""Finding the runs of a BIDS site and the files that belong to each (data contract, section 3).
+
+A *run* is one EEG recording, ``sub-X/[ses-Y/]eeg/sub-X_..._eeg.<ext>``, together with the
+target recorded at the same time: fMRIPrep surface (GIFTI) or volume (NIfTI) BOLD under
+``derivatives/fmriprep``, or a BIDS-NIRS SNIRF file. Runs are matched on the ``sub``, ``ses``,
+``task`` and ``run`` entities (``run-01`` and ``run-1`` are the same run).
+
+Sidecars follow the BIDS inheritance principle: the closest file whose entities are a subset
+of the data file's entities wins (``sub-01_electrodes.tsv`` applies to every run of sub-01,
+``task-visual_bold.json`` at the root to every visual run).
+
+File names are parsed directly (no directory-wide BIDS indexing), which keeps ``find_runs``
+fast on large sites.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import DataError
+
+EEG_EXTENSIONS = (".edf", ".bdf", ".vhdr", ".set", ".fif")
+#: Entities that identify a run; others (acq, space, desc, hemi, ...) do not.
+RUN_ENTITIES = ("sub", "ses", "task", "run")
+FMRIPREP_DIR = ("derivatives", "fmriprep")
+
+
+@dataclass(frozen=True)
+class BidsName:
+    """A parsed BIDS file name: ``sub-01_task-rest_eeg.edf`` -> entities, suffix, extension."""
+
+    entities: dict[str, str]
+    suffix: str
+    extension: str
+
+
+def parse_bids_name(name: str) -> BidsName:
+    """Split a BIDS file name into its entities, suffix and (multi-part) extension."""
+    stem, _, last = name.rpartition("_")
+    suffix, dot, ext = last.partition(".")
+    entities: dict[str, str] = {}
+    for part in stem.split("_") if stem else []:
+        key, sep, value = part.partition("-")
+        if sep:
+            entities[key] = value
+    return BidsName(entities, suffix, dot + ext)
+
+
+def _norm(key: str, value: str | None) -> str | None:
+    # run-01 and run-1 name the same run.
+    if value is not None and key == "run" and value.isdigit():
+        return str(int(value))
+    return value
+
+
+def _same_run(a: dict[str, str], b: dict[str, str]) -> bool:
+    return all(_norm(k, a.get(k)) == _norm(k, b.get(k)) for k in RUN_ENTITIES)
+
+
+@dataclass
+class RunFiles:
+    """Every file of one (subject, session, task, run): the EEG, its target and their sidecars."""
+
+    site_dir: Path
+    subject: str  # "sub-01"
+    session: str | None  # "ses-1" or None
+    task: str
+    run: str | None
+    eeg: Path
+    eeg_companions: list[Path] = field(default_factory=list)  # .vmrk/.eeg, .fdt
+    eeg_sidecar: Path | None = None  # _eeg.json
+    channels: Path | None = None  # _channels.tsv
+    events: Path | None = None  # _events.tsv (EEG's own, else the target's)
+    electrodes: Path | None = None  # _electrodes.tsv
+    coordsystem: Path | None = None  # _coordsystem.json
+    target_modality: str | None = None  # "fmri", "fnirs" or None
+    target: list[Path] = field(default_factory=list)  # [hemi-L, hemi-R] GIFTI, [NIfTI] or [SNIRF]
+    target_sidecars: list[Path] = field(default_factory=list)  # JSON, in the order TR is searched
+
+    @property
+    def key(self) -> str:
+        """Run identifier used in ``PairedWindows.runs``: ``sub-01_ses-1_task-visual_run-1``."""
+        parts = [self.subject]
+        if self.session:
+            parts.append(self.session)
+        parts.append(f"task-{self.task}")
+        if self.run is not None:
+            parts.append(f"run-{self.run}")
+        return "_".join(parts)
+
+    def inputs(self) -> list[Path]:
+        """All existing files whose content feeds this run's windows (for the cache key)."""
+        files = [self.eeg, *self.eeg_companions]
+        files += [p for p in (self.eeg_sidecar, self.channels, self.events, self.electrodes, self.coordsystem) if p]
+        files += self.target + self.target_sidecars
+        return files
+
+
+class _Listing:
+    """``os.listdir`` with a per-call cache: sidecar searches look at the same folders often."""
+
+    def __init__(self) -> None:
+        self._cache: dict[Path, list[str]] = {}
+
+    def names(self, folder: Path) -> list[str]:
+        if folder not in self._cache:
+            try:
+                self._cache[folder] = sorted(os.listdir(folder))
+            except OSError:
+                self._cache[folder] = []
+        return self._cache[folder]
+
+
+def find_sidecars(
+    data_path: Path,
+    suffix: str,
+    extension: str,
+    site_dir: Path,
+    *,
+    allow_extra: tuple[str, ...] = (),
+    listing: _Listing | None = None,
+) -> list[Path]:
+    """Every sidecar ``*_<suffix><extension>`` that applies to ``data_path``, nearest first.
+
+    Searches the data file's folder and its parents up to ``site_dir`` (BIDS inheritance); in
+    each folder a file applies when its entities are a subset of the data file's (entities named
+    in ``allow_extra``, e.g. ``space`` for electrodes, may differ). Within a folder, files with
+    more matching entities come first.
+    """
+    listing = listing or _Listing()
+    data_entities = parse_bids_name(data_path.name).entities
+    site_dir = site_dir.resolve()
+    folder = data_path.parent.resolve()
+    found: list[Path] = []
+    while True:
+        here: list[tuple[int, Path]] = []
+        for name in listing.names(folder):
+            parsed = parse_bids_name(name)
+            if parsed.suffix != suffix or parsed.extension != extension:
+                continue
+            ents = {k: v for k, v in parsed.entities.items() if k not in allow_extra}
+            if all(_norm(k, data_entities.get(k)) == _norm(k, v) for k, v in ents.items()):
+                here.append((-len(ents), folder / name))
+        found += [p for _, p in sorted(here)]
+        if folder == site_dir or folder.parent == folder:
+            return found
+        folder = folder.parent
+
+
+def find_sidecar(data_path: Path, suffix: str, extension: str, site_dir: Path, **kwargs) -> Path | None:
+    """The nearest applicable sidecar (see ``find_sidecars``), or None."""
+    found = find_sidecars(data_path, suffix, extension, site_dir, **kwargs)
+    return found[0] if found else None
+
+
+def _site_root_of(path: Path) -> Path:
+    """The BIDS root above ``.../sub-X/[ses-Y/]<datatype>/file``."""
+    for parent in path.resolve().parents:
+        if parent.name.startswith("sub-"):
+            return parent.parent
+    return path.resolve().parent
+
+
+def _companions(eeg: Path) -> list[Path]:
+    """Files a multi-file EEG format reads besides the one it is opened with."""
+    ext = eeg.suffix.lower()
+    found: list[Path] = []
+    if ext == ".vhdr":
+        # The header names its data and marker files (DataFile=..., MarkerFile=...).
+        try:
+            text = eeg.read_text(encoding="latin-1", errors="replace")
+        except OSError:
+            text = ""
+        for line in text.splitlines():
+            key, sep, value = line.partition("=")
+            if sep and key.strip() in ("DataFile", "MarkerFile") and value.strip():
+                found.append(eeg.parent / value.strip())
+    elif ext == ".set":
+        found.append(eeg.with_suffix(".fdt"))
+    return [p for p in found if p.is_file()]
+
+
+def _subject_dirs(site_dir: Path, subject: str, session: str | None, datatype: str, root: Path | None = None) -> Path:
+    base = (root or site_dir) / subject
+    if session:
+        base = base / session
+    return base / datatype
+
+
+def _build_run(eeg: Path, site_dir: Path, listing: _Listing) -> RunFiles | None:
+    parsed = parse_bids_name(eeg.name)
+    ents = parsed.entities
+    if "sub" not in ents or "task" not in ents:
+        return None
+    subject = f"sub-{ents['sub']}"
+    session = f"ses-{ents['ses']}" if "ses" in ents else None
+    stem = eeg.name[: -len("_eeg" + parsed.extension)]
+    folder = eeg.parent
+
+    def own(suffix_ext: str) -> Path | None:
+        p = folder / f"{stem}_{suffix_ext}"
+        return p if p.is_file() else None
+
+    run = RunFiles(
+        site_dir=site_dir,
+        subject=subject,
+        session=session,
+        task=ents["task"],
+        run=_norm("run", ents.get("run")),
+        eeg=eeg,
+        eeg_companions=_companions(eeg),
+        eeg_sidecar=own("eeg.json") or find_sidecar(eeg, "eeg", ".json", site_dir, listing=listing),
+        channels=own("channels.tsv") or find_sidecar(eeg, "channels", ".tsv", site_dir, listing=listing),
+        events=own("events.tsv") or find_sidecar(eeg, "events", ".tsv", site_dir, listing=listing),
+        electrodes=find_sidecar(eeg, "electrodes", ".tsv", site_dir, allow_extra=("space",), listing=listing),
+    )
+    if run.electrodes is not None:
+        # The coordinate system that goes with the electrodes file: same folder, its entities
+        # (space included) a subset of the electrodes file's.
+        electrode_entities = parse_bids_name(run.electrodes.name).entities
+        for name in listing.names(run.electrodes.parent):
+            p = parse_bids_name(name)
+            same_space = p.entities.get("space") == electrode_entities.get("space")
+            if p.suffix == "coordsystem" and p.extension == ".json" and same_space:
+                if all(electrode_entities.get(k) == v for k, v in p.entities.items()):
+                    run.coordsystem = run.electrodes.parent / name
+                    break
+    _attach_target(run, ents, site_dir, listing)
+    return run
+
+
+def _matching(folder: Path, ents: dict[str, str], suffix: str, listing: _Listing) -> list[tuple[str, BidsName]]:
+    out = []
+    for name in listing.names(folder):
+        p = parse_bids_name(name)
+        if p.suffix == suffix and _same_run(p.entities, ents):
+            out.append((name, p))
+    return out
+
+
+def _attach_target(run: RunFiles, ents: dict[str, str], site_dir: Path, listing: _Listing) -> None:
+    """Find the fMRI (preferred: surface, then volume) or fNIRS target of an EEG run."""
+    deriv = _subject_dirs(site_dir, run.subject, run.session, "func", root=site_dir.joinpath(*FMRIPREP_DIR))
+    bold = _matching(deriv, ents, "bold", listing)
+    hemis: dict[str, Path] = {}
+    volume: Path | None = None
+    for name, p in bold:
+        if p.extension == ".func.gii" and p.entities.get("space", "").startswith("fsaverage"):
+            hemis.setdefault(p.entities.get("hemi", "?"), deriv / name)
+        elif (
+            p.extension in (".nii.gz", ".nii")
+            and p.entities.get("space", "").startswith("MNI152")
+            and p.entities.get("desc") == "preproc"
+        ):
+            volume = volume or deriv / name
+    raw_func = _subject_dirs(site_dir, run.subject, run.session, "func")
+    if hemis or volume:
+        run.target_modality = "fmri"
+        if hemis:
+            # Both hemispheres, left first; a missing one is reported by the reader.
+            run.target = [hemis[h] for h in ("L", "R") if h in hemis] or sorted(hemis.values())
+        else:
+            run.target = [volume]  # type: ignore[list-item]
+        run.target_sidecars = tr_sidecar_candidates(run.target[0], site_dir, listing=listing)
+        if run.events is None:
+            run.events = next((raw_func / n for n, p in _matching(raw_func, ents, "events", listing)), None)
+        return
+    nirs_dir = _subject_dirs(site_dir, run.subject, run.session, "nirs")
+    snirf = [nirs_dir / n for n, p in _matching(nirs_dir, ents, "nirs", listing) if p.extension == ".snirf"]
+    if snirf:
+        run.target_modality = "fnirs"
+        run.target = [snirf[0]]
+        sidecar = snirf[0].with_name(snirf[0].name[: -len(".snirf")] + ".json")
+        run.target_sidecars = [sidecar] if sidecar.is_file() else []
+        if run.events is None:
+            run.events = next((nirs_dir / n for n, p in _matching(nirs_dir, ents, "events", listing)), None)
+
+
+def tr_sidecar_candidates(
+    bold_path: Path, site_dir: Path | None = None, *, listing: _Listing | None = None
+) -> list[Path]:
+    """Existing JSON sidecars that may hold ``RepetitionTime`` for a BOLD file, best first.
+
+    Order: the derivative's own sidecar (for surfaces, the one without ``hemi``), the per-hemi
+    sidecar, the raw ``sub-X/func/..._bold.json`` and finally inherited raw sidecars such as
+    ``task-visual_bold.json`` at the dataset root.
+    """
+    listing = listing or _Listing()
+    bold_path = Path(bold_path)
+    site_dir = Path(site_dir) if site_dir is not None else _deriv_site_root(bold_path)
+    parsed = parse_bids_name(bold_path.name)
+    ents = parsed.entities
+    no_hemi = {k: v for k, v in ents.items() if k != "hemi"}
+    own, per_hemi = [], []
+    for name in listing.names(bold_path.parent):
+        p = parse_bids_name(name)
+        if p.suffix != "bold" or p.extension != ".json":
+            continue
+        if p.entities == ents:
+            (per_hemi if "hemi" in ents else own).append(bold_path.parent / name)
+        elif p.entities == no_hemi:
+            own.append(bold_path.parent / name)
+    candidates = own + per_hemi
+    subject = f"sub-{ents.get('sub')}"
+    session = f"ses-{ents['ses']}" if "ses" in ents else None
+    raw_func = _subject_dirs(site_dir, subject, session, "func")
+    raw_keys = {k: v for k, v in ents.items() if k in RUN_ENTITIES + ("acq",)}
+    raw_name = "_".join(f"{k}-{v}" for k, v in raw_keys.items()) + "_bold.nii.gz"
+    candidates += [raw_func / n for n, p in _matching(raw_func, ents, "bold", listing) if p.extension == ".json"]
+    candidates += find_sidecars(raw_func / raw_name, "bold", ".json", site_dir, listing=listing)
+    seen: set[Path] = set()
+    return [p for p in candidates if p.is_file() and not (p in seen or seen.add(p))]
+
+
+def _deriv_site_root(path: Path) -> Path:
+    root = _site_root_of(path)
+    # .../site/derivatives/fmriprep/sub-X/func -> .../site
+    if root.name == FMRIPREP_DIR[1] and root.parent.name == FMRIPREP_DIR[0]:
+        return root.parent.parent
+    return root
+
+
+def find_runs(site_dir: str | Path) -> list[RunFiles]:
+    """One ``RunFiles`` per EEG recording of a BIDS site, sorted by run key.
+
+    Looks for ``sub-*/[ses-*/]eeg/*_eeg.{edf,bdf,vhdr,set,fif}`` and attaches the target and
+    sidecars of each. Runs without a target are included (``target_modality`` is None) so the
+    caller can report them.
+    """
+    site_dir = Path(site_dir)
+    if not site_dir.is_dir():
+        raise DataError(site_dir, "is not a folder (expected a BIDS dataset)")
+    listing = _Listing()
+    runs: list[RunFiles] = []
+    for sub in sorted(site_dir.glob("sub-*")):
+        if not sub.is_dir():
+            continue
+        eeg_dirs = [sub / "eeg"] + sorted(s / "eeg" for s in sub.glob("ses-*"))
+        for eeg_dir in eeg_dirs:
+            for name in listing.names(eeg_dir):
+                p = parse_bids_name(name)
+                if p.suffix == "eeg" and p.extension.lower() in EEG_EXTENSIONS:
+                    run = _build_run(eeg_dir / name, site_dir, listing)
+                    if run is not None:
+                        runs.append(run)
+    return sorted(runs, key=lambda r: r.key)
+
+
+def run_files_for_eeg(eeg_path: str | Path) -> RunFiles:
+    """``RunFiles`` for a single EEG file, found from its place in a BIDS tree."""
+    eeg_path = Path(eeg_path)
+    if not eeg_path.is_file():
+        raise DataError(eeg_path, "file not found")
+    site_dir = _site_root_of(eeg_path)
+    run = _build_run(eeg_path, site_dir, _Listing())
+    if run is None:
+        # Not a BIDS name: read it with no sidecars.
+        run = RunFiles(site_dir=site_dir, subject="sub-unknown", session=None, task="unknown", run=None, eeg=eeg_path)
+    return run
+
+
+def orphan_targets(site_dir: str | Path, runs: list[RunFiles]) -> list[Path]:
+    """Target files (BOLD, SNIRF) that no EEG run claims: they cannot be paired."""
+    site_dir = Path(site_dir)
+    claimed = {p.resolve() for r in runs for p in r.target}
+    found = list(site_dir.joinpath(*FMRIPREP_DIR).glob("sub-*/**/func/*_bold.func.gii"))
+    found += site_dir.joinpath(*FMRIPREP_DIR).glob("sub-*/**/func/*_desc-preproc_bold.nii*")
+    found += site_dir.glob("sub-*/**/nirs/*_nirs.snirf")
+    return sorted(p for p in found if p.resolve() not in claimed)
+
+
+# --- small readers for BIDS text files ---------------------------------------------------------
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON sidecar as a dict; a broken one is a ``DataError`` naming the file."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(path, f"cannot be read as JSON ({err})") from None
+    if not isinstance(obj, dict):
+        raise DataError(path, "JSON sidecar must hold an object ({...})")
+    return obj
+
+
+def read_tsv(path: Path, required: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A BIDS TSV file as strings (``n/a`` kept as text); missing required columns raise."""
+    try:
+        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_filter=False)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise DataError(path, f"cannot be read as a tab-separated table ({err})") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise DataError(path, f"missing column(s) {', '.join(missing)} (has: {', '.join(df.columns)})")
+    return df
+
+
+def read_participants(site_dir: str | Path) -> dict[str, dict[str, str]]:
+    """``participants.tsv`` as ``{participant_id: {column: value}}``; {} when the file is absent."""
+    path = Path(site_dir) / "participants.tsv"
+    if not path.is_file():
+        return {}
+    df = read_tsv(path, required=("participant_id",))
+    out: dict[str, dict[str, str]] = {}
+    for row in df.to_dict(orient="records"):
+        pid = str(row.pop("participant_id")).strip()
+        if pid and not pid.startswith("sub-"):
+            pid = f"sub-{pid}"
+        out[pid] = {k: str(v).strip() for k, v in row.items()}
+    return out
+
+
+def read_events(path: Path | None, task: str, duration: float | None = None) -> pd.DataFrame:
+    """Events as a DataFrame with float ``onset``, ``duration`` and str ``trial_type``.
+
+    Without a ``trial_type`` column (or where it is ``n/a``) the task name is the class; without
+    an events file the whole run is one event of class ``task`` (ARCHITECTURE 3: "``trial_type``
+    or the task entity gives the class").
+    """
+    if path is None:
+        length = float(duration) if duration is not None else np.inf
+        return pd.DataFrame({"onset": [0.0], "duration": [length], "trial_type": [task]})
+    df = read_tsv(path, required=("onset",))
+    onset = pd.to_numeric(df["onset"], errors="coerce")
+    bad = onset.isna()
+    if bad.any():
+        raise DataError(path, f"non-numeric onset in row(s) {', '.join(str(i + 2) for i in np.flatnonzero(bad)[:5])}")
+    if "duration" in df.columns:
+        dur = pd.to_numeric(df["duration"].replace("n/a", "0"), errors="coerce")
+        if dur.isna().any():
+            rows = ", ".join(str(i + 2) for i in np.flatnonzero(dur.isna())[:5])
+            raise DataError(path, f"non-numeric duration in row(s) {rows}")
+    else:
+        dur = pd.Series(np.zeros(len(df)))
+    if "trial_type" in df.columns:
+        tt = df["trial_type"].astype(str).str.strip().replace({"n/a": task, "": task})
+    else:
+        tt = pd.Series([task] * len(df))
+    return pd.DataFrame(
+        {"onset": onset.to_numpy(float), "duration": dur.to_numpy(float), "trial_type": tt.to_numpy(str)}
+    )

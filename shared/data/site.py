@@ -1,0 +1,190 @@
+"""Loading a whole site: every usable run, paired, combined and cached."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import PreprocessConfig
+from ..errors import DataError
+from ..recording import PairedWindows
+from .bids import RunFiles, find_runs, read_participants
+from .cache import SiteCache
+from .eeg import read_eeg
+from .fmri import read_fmri, repetition_time
+from .fnirs import read_fnirs
+from .pairing import RunWindows, check_durations, combine_runs, cut_windows
+from .problems import Problem, warn_problem
+
+_EEG_PATTERN = "sub-*/[ses-*/]eeg/sub-*_task-*_eeg.{edf,bdf,vhdr,set,fif}"
+
+
+@dataclass
+class SiteData:
+    """What ``load_site_data`` returns: the windows and what was left out, and why."""
+
+    windows: PairedWindows
+    skipped: list[Problem] = field(default_factory=list)  # runs not used, one problem each
+    warnings: list[Problem] = field(default_factory=list)  # other problems worked around
+    from_cache: bool = False
+    cache_key: str | None = None
+
+
+def site_inputs(site_dir: Path, runs: list[RunFiles]) -> list[Path]:
+    """Every file whose content feeds a site's windows."""
+    files = [f for run in runs for f in run.inputs()]
+    participants = site_dir / "participants.tsv"
+    if participants.is_file():
+        files.append(participants)
+    return files
+
+
+def load_run(run: RunFiles, config: PreprocessConfig) -> RunWindows:
+    """Read, preprocess and window one run; any problem is a ``DataError`` naming the file."""
+    if run.target_modality is None:
+        raise DataError(
+            run.eeg,
+            "no fMRI or fNIRS recording to pair with (looked for derivatives/fmriprep/<sub>/func/"
+            "*_bold.func.gii or *_desc-preproc_bold.nii.gz, and <sub>/nirs/*_nirs.snirf with the same "
+            "sub/ses/task/run)",
+        )
+    if run.target_modality == "fmri":
+        tr = repetition_time(run.target[0], run.target_sidecars)
+        target = read_fmri(run.target, config, tr=tr)
+        period = tr
+    else:
+        target = read_fnirs(run.target[0], config)
+        period = 1.0 / target.sfreq
+    eeg, events = read_eeg(run.eeg, config, files=run)
+    check_durations(eeg.duration, run.eeg, target.duration, run.target[0], period, config)
+    return cut_windows(eeg, target, events, config, run=run.key, subject=run.subject)
+
+
+def _progress(enabled: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[run]}"),
+        console=Console(stderr=True),
+        transient=True,
+        disable=not enabled,
+    )
+
+
+def load_site_data(
+    site_dir: str | Path,
+    config: PreprocessConfig | None = None,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
+    progress: bool = True,
+) -> SiteData:
+    """Like ``load_site`` but also returns the skipped runs and warnings (without emitting them)."""
+    site_dir = Path(site_dir)
+    config = config or PreprocessConfig()
+    runs = find_runs(site_dir)
+    if not runs:
+        raise DataError(site_dir, f"empty dataset: no EEG runs found (expected {_EEG_PATTERN})")
+
+    cache = key = None
+    if use_cache:
+        cache = SiteCache(cache_dir)
+        key = cache.key(site_dir, site_inputs(site_dir, runs), config)
+        hit = cache.load(site_dir, key)
+        if hit is not None:
+            windows, meta = hit
+            return SiteData(
+                windows=windows,
+                skipped=[Problem.from_dict(p) for p in meta.get("skipped", [])],
+                warnings=[Problem.from_dict(p) for p in meta.get("warnings", [])],
+                from_cache=True,
+                cache_key=key,
+            )
+
+    warned: list[Problem] = []
+    try:
+        participants = read_participants(site_dir)
+        if not participants:
+            warned.append(Problem(site_dir / "participants.tsv", "missing: windows get no group attributes", "warning"))
+    except DataError as err:
+        participants = {}
+        warned.append(Problem(err.path, f"{err.problem}; windows get no group attributes", "warning"))
+
+    skipped: list[Problem] = []
+    loaded: list[RunWindows] = []
+    with _progress(progress) as bar:
+        task = bar.add_task(f"Loading {site_dir.name}", total=len(runs), run="")
+        for run in runs:
+            bar.update(task, run=run.key)
+            try:
+                loaded.append(load_run(run, config))
+            except DataError as err:
+                skipped.append(Problem(err.path, f"run {run.key} skipped: {err.problem}", "error"))
+            bar.advance(task)
+
+    usable = [r for r in loaded if len(r.labels)]
+    for r in loaded:
+        if not len(r.labels):
+            message = f"run {r.run} gives no windows (shorter than lag + window?)"
+            skipped.append(Problem(site_dir / r.run, message, "warning"))
+    if not usable:
+        reasons = "; ".join(str(p) for p in skipped[:3]) + (" ..." if len(skipped) > 3 else "")
+        raise DataError(site_dir, f"no usable runs: all {len(runs)} run(s) were skipped ({reasons})")
+
+    windows, combine_warnings = combine_runs(usable, participants, config, site_dir)
+    warned += combine_warnings
+    if participants:
+        for subject in sorted(set(windows.subjects.tolist()) - set(participants)):
+            message = f"subject {subject} is missing: its windows get no attributes"
+            warned.append(Problem(site_dir / "participants.tsv", message, "warning"))
+    if cache is not None and key is not None:
+        extra = {"skipped": [p.to_dict() for p in skipped], "warnings": [p.to_dict() for p in warned]}
+        try:
+            cache.store(site_dir, key, windows, config, extra)
+        except OSError as err:
+            # The windows are good; an unwritable cache only costs time next time.
+            warned.append(Problem(cache.dir, f"cache not written ({err.strerror or err})", "warning"))
+    return SiteData(windows=windows, skipped=skipped, warnings=warned, from_cache=False, cache_key=key)
+
+
+def load_site(
+    site_dir: str | Path,
+    config: PreprocessConfig | None = None,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
+    progress: bool = True,
+) -> PairedWindows:
+    """Load a BIDS site as paired EEG/target windows, preprocessed and cached.
+
+    Parameters
+    ----------
+    site_dir : path-like
+        The site's BIDS folder (see ``docs/data-contract.md``).
+    config : PreprocessConfig, optional
+        Preprocessing and windowing parameters (defaults per ARCHITECTURE section 4).
+    cache_dir : path-like, optional
+        Cache folder; default ``$FEDNEUROGEN_CACHE`` or ``~/.cache/fedneurogen``.
+    use_cache : bool
+        Read and write the cache (keyed by the content of every input file and the config).
+    progress : bool
+        Show a progress bar on stderr while runs are processed.
+
+    Returns
+    -------
+    PairedWindows
+        All windows of all usable runs. Broken runs are skipped with a ``DataWarning`` naming
+        the file and the problem (``load_site_data`` returns them as a list).
+
+    Raises
+    ------
+    DataError
+        When no run is usable (empty dataset, every run broken).
+    """
+    data = load_site_data(site_dir, config, cache_dir=cache_dir, use_cache=use_cache, progress=progress)
+    for problem in data.skipped + data.warnings:
+        warn_problem(problem)
+    return data.windows

@@ -1,0 +1,326 @@
+"""``validate_dataset``: check a BIDS site against the data contract without preprocessing it.
+
+Every file is read with the same readers ``load_site`` uses (so the same problems are found),
+but nothing is filtered, ICA-cleaned or projected; window counts per class come from durations
+and events with the same windowing rules as ``pairing``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..config import PreprocessConfig
+from ..errors import DataError
+from .bids import RunFiles, find_runs, orphan_targets, read_events, read_participants
+from .eeg import line_frequency, load_raw_eeg, prepare_channels
+from .fmri import load_surface_bold, load_volume, repetition_time
+from .fnirs import load_raw_snirf, to_haemoglobin
+from .pairing import check_durations, count_windows
+from .problems import Problem
+
+
+@dataclass
+class ValidationReport:
+    """Summary of a site and every problem found (``ok`` when there is no error)."""
+
+    site_dir: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def __str__(self) -> str:
+        lines = [f"{self.site_dir}: {'OK' if self.ok else 'INVALID'}"]
+        lines += [f"  {k}: {v}" for k, v in _summary_rows(self.summary)]
+        lines += [f"  {p.severity}: {p}" for p in self.problems]
+        return "\n".join(lines)
+
+    def to_rich(self):
+        """A rich renderable: summary table and problem list (``rich.print(report.to_rich())``)."""
+        from rich.console import Group
+        from rich.table import Table
+
+        s = self.summary
+        head = Table(title=f"{self.site_dir}", show_header=False, title_justify="left")
+        head.add_column(style="bold")
+        head.add_column()
+        head.add_row("status", "[green]OK[/green]" if self.ok else f"[red]{len(self.errors)} error(s)[/red]")
+        for name, text in _summary_rows(s):
+            head.add_row(name, text)
+        parts: list[Any] = [head]
+        if self.problems:
+            table = Table(title="Problems", title_justify="left")
+            table.add_column("severity")
+            table.add_column("file", overflow="fold")
+            table.add_column("problem", overflow="fold")
+            for p in self.problems:
+                colour = "red" if p.severity == "error" else "yellow"
+                table.add_row(f"[{colour}]{p.severity}[/{colour}]", _rel(p.path, self.site_dir), p.message)
+            parts.append(table)
+        return Group(*parts)
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(root.resolve())) or "."
+    except ValueError:
+        return str(path)
+
+
+def _summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """The summary as short human-readable lines."""
+    if not s:
+        return []
+    d, c = s["durations"], s["channels"]
+    groups = "; ".join(
+        f"{col}: " + (f"{v['min']:g}-{v['max']:g}" if "min" in v else ", ".join(f"{k} ({n})" for k, n in v.items()))
+        for col, v in s["groups"].items()
+    )
+    eeg_counts = ", ".join(f"{n} ch ({runs} run{'s' if runs > 1 else ''})" for n, runs in c["eeg_counts"].items())
+    return [
+        ("subjects", f"{len(s['subjects'])}: {', '.join(s['subjects'])}"),
+        ("runs", f"{s['runs']} ({s['usable_runs']} usable)"),
+        ("modalities", ", ".join(s["modalities"]) or "-"),
+        ("windows", f"{s['windows']}: " + (", ".join(f"{k} {n}" for k, n in s["classes"].items()) or "-")),
+        ("groups", groups or "-"),
+        ("durations", f"{d['total_s']:g} s in all, {d['min_s']:g}-{d['max_s']:g} s per run" if d["runs"] else "-"),
+        ("EEG channels", f"{eeg_counts or '-'}; {c['eeg_common']} in every run"),
+        ("EEG rates", ", ".join(f"{f:g} Hz" for f in s["sfreqs"]) or "-"),
+        ("TR", ", ".join(f"{t:g} s" for t in s["tr"]) or "-"),
+        ("target points", ", ".join(map(str, c["target_points"])) or "-"),
+    ]
+
+
+def render_report(report: ValidationReport, console=None) -> None:
+    """Print a report with rich (to ``console`` or a new stdout console)."""
+    from rich.console import Console
+
+    (console or Console()).print(report.to_rich())
+
+
+@dataclass
+class _RunInfo:
+    eeg_channels: list[str] | None = None
+    eeg_sfreq: float | None = None
+    eeg_duration: float | None = None
+    target_duration: float | None = None
+    target_period: float | None = None
+    tr: float | None = None
+    target_points: int | None = None
+    events: pd.DataFrame | None = None
+
+
+def _inspect_run(run: RunFiles, config: PreprocessConfig, problems: list[Problem]) -> _RunInfo:
+    info = _RunInfo()
+
+    def attempt(fn):
+        try:
+            return fn()
+        except DataError as err:
+            problems.append(Problem(err.path, err.problem, "error"))
+            return None
+
+    raw = attempt(lambda: load_raw_eeg(run.eeg))
+    if raw is not None:
+        info.eeg_duration = raw.n_times / raw.info["sfreq"]
+        info.eeg_sfreq = float(raw.info["sfreq"])
+        prepared = attempt(lambda: prepare_channels(raw, run))
+        if prepared is not None:
+            info.eeg_channels = [n for n, t in zip(prepared[0].ch_names, prepared[0].get_channel_types()) if t == "eeg"]
+        attempt(lambda: line_frequency(run, config))  # parses the _eeg.json sidecar
+    info.events = attempt(lambda: read_events(run.events, run.task, info.eeg_duration))
+
+    if run.target_modality is None:
+        problems.append(Problem(run.eeg, "no fMRI or fNIRS recording to pair with; the run cannot be used", "warning"))
+    elif run.target_modality == "fmri":
+        info.tr = attempt(lambda: repetition_time(run.target[0], run.target_sidecars))
+        if run.target[0].name.endswith((".nii", ".nii.gz")):
+            img = attempt(lambda: load_volume(run.target[0]))
+            n_vols = img.shape[3] if img is not None else None
+            info.target_points = 5124
+        else:
+            data = attempt(lambda: load_surface_bold(run.target))
+            n_vols = data.shape[1] if data is not None else None
+            info.target_points = data.shape[0] if data is not None else None
+        if n_vols is not None and info.tr is not None:
+            info.target_duration = n_vols * info.tr
+            info.target_period = info.tr
+    else:
+        raw_nirs = attempt(lambda: load_raw_snirf(run.target[0]))
+        if raw_nirs is not None:
+            sfreq = float(raw_nirs.info["sfreq"])
+            info.target_duration = raw_nirs.n_times / sfreq
+            info.target_period = 1.0 / sfreq
+            hb = attempt(lambda: to_haemoglobin(raw_nirs, config.fnirs_ppf, run.target[0]))
+            info.target_points = len(hb.ch_names) if hb is not None else None
+
+    if info.eeg_duration is not None and info.target_duration is not None:
+        attempt(
+            lambda: check_durations(
+                info.eeg_duration, run.eeg, info.target_duration, run.target[0], info.target_period, config
+            )
+        )
+    return info
+
+
+def _groups(participants: dict[str, dict[str, str]], subjects: list[str]) -> dict[str, Any]:
+    """Per attribute: counts of each value over the site's subjects, or the range if numeric."""
+    out: dict[str, Any] = {}
+    columns = sorted({c for attrs in participants.values() for c in attrs})
+    for column in columns:
+        values = [participants[s].get(column, "n/a") for s in subjects if s in participants]
+        numbers = pd.to_numeric(pd.Series(values), errors="coerce")
+        if len(values) and numbers.notna().all() and len(set(values)) > 5:
+            out[column] = {"min": float(numbers.min()), "max": float(numbers.max())}
+        else:
+            out[column] = dict(sorted(Counter(values).items()))
+    return out
+
+
+def validate_dataset(site_dir: str | Path, config: PreprocessConfig | None = None) -> ValidationReport:
+    """Check a site against the data contract and summarise it.
+
+    Parameters
+    ----------
+    site_dir : path-like
+        The site's BIDS folder.
+    config : PreprocessConfig, optional
+        Windowing parameters used to count windows per class.
+
+    Returns
+    -------
+    ValidationReport
+        ``summary``: subjects, runs, modalities, classes (windows per class), groups (from
+        ``participants.tsv``), durations, channels, sfreqs, tr. ``problems``: every problem
+        found, each naming its file; ``ok`` is False when any is an error.
+    """
+    site_dir = Path(site_dir)
+    config = config or PreprocessConfig()
+    report = ValidationReport(site_dir=site_dir)
+    problems = report.problems
+    try:
+        runs = find_runs(site_dir)
+    except DataError as err:
+        problems.append(Problem(err.path, err.problem))
+        return report
+    if not (site_dir / "dataset_description.json").is_file():
+        problems.append(Problem(site_dir / "dataset_description.json", "missing (required by BIDS)", "warning"))
+    if not runs:
+        expected = "sub-*/[ses-*/]eeg/sub-*_task-*_eeg.<edf|bdf|vhdr|set|fif>"
+        problems.append(Problem(site_dir, f"empty dataset: no EEG runs found (expected {expected})"))
+
+    participants: dict[str, dict[str, str]] = {}
+    participants_path = site_dir / "participants.tsv"
+    if not participants_path.is_file():
+        problems.append(Problem(participants_path, "missing: no group attributes for fairness reports", "warning"))
+    else:
+        try:
+            participants = read_participants(site_dir)
+        except DataError as err:
+            problems.append(Problem(err.path, err.problem))
+    subjects = sorted({r.subject for r in runs})
+    if participants_path.is_file() and participants:
+        for subject in subjects:
+            if subject not in participants:
+                message = f"subject {subject} is missing (it has data in the dataset)"
+                problems.append(Problem(participants_path, message))
+
+    classes: Counter = Counter()
+    durations: dict[str, float] = {}
+    channel_sets: dict[str, list[str]] = {}
+    sfreqs: set[float] = set()
+    trs: set[float] = set()
+    target_points: set[int] = set()
+    usable = 0
+    for run in runs:
+        n_before = len([p for p in problems if p.severity == "error"])
+        info = _inspect_run(run, config, problems)
+        run_ok = len([p for p in problems if p.severity == "error"]) == n_before and run.target_modality is not None
+        if info.eeg_duration is not None:
+            durations[run.key] = round(info.eeg_duration, 3)
+        if info.eeg_channels is not None:
+            channel_sets[run.key] = info.eeg_channels
+        if info.eeg_sfreq is not None:
+            sfreqs.add(info.eeg_sfreq)
+        if info.tr is not None:
+            trs.add(info.tr)
+        if info.target_points is not None:
+            target_points.add(info.target_points)
+        if run_ok and info.events is not None and info.eeg_duration and info.target_duration:
+            usable += 1
+            counts = count_windows(
+                info.eeg_duration, info.target_duration, config.target_sfreq(run.target_modality), info.events, config
+            )
+            classes.update(counts)
+            if not counts:
+                problems.append(Problem(run.eeg, "gives no windows (shorter than lag + window length?)", "warning"))
+
+    modalities = sorted({r.target_modality for r in runs if r.target_modality})
+    if len(modalities) > 1:
+        problems.append(Problem(site_dir, f"runs have different target modalities {modalities}; a site has one"))
+    if channel_sets:
+        common = set.intersection(*map(set, channel_sets.values()))
+        for key, names in channel_sets.items():
+            extra = [n for n in names if n not in common]
+            if extra:
+                eeg_path = next(r.eeg for r in runs if r.key == key)
+                message = f"EEG channels not in every run (dropped site-wide when loading): {', '.join(extra)}"
+                problems.append(Problem(eeg_path, message, "warning"))
+    for orphan in orphan_targets(site_dir, runs):
+        problems.append(Problem(orphan, "no EEG run with the same sub/ses/task/run: cannot be paired", "warning"))
+    if runs and not usable:
+        problems.append(Problem(site_dir, "no usable run: load_site would fail"))
+
+    counts = Counter(len(v) for v in channel_sets.values())
+    report.summary = {
+        "subjects": subjects,
+        "runs": len(runs),
+        "usable_runs": usable,
+        "modalities": (["eeg"] if runs else []) + modalities,
+        "classes": dict(sorted(classes.items())),
+        "windows": int(sum(classes.values())),
+        "groups": _groups(participants, subjects),
+        "durations": {
+            "runs": len(durations),
+            "total_s": round(float(sum(durations.values())), 1),
+            "min_s": round(float(min(durations.values())), 1) if durations else None,
+            "max_s": round(float(max(durations.values())), 1) if durations else None,
+            "per_run_s": durations,
+        },
+        "channels": {
+            "eeg_counts": {int(k): int(v) for k, v in sorted(counts.items())},
+            "eeg_common": len(set.intersection(*map(set, channel_sets.values()))) if channel_sets else 0,
+            "target_points": sorted(target_points),
+        },
+        "sfreqs": sorted(sfreqs),
+        "tr": sorted(trs),
+    }
+    # Keep numpy scalars out of the summary so it is JSON-serialisable as is.
+    report.summary = _plain(report.summary)
+    return report
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
