@@ -1,0 +1,335 @@
+"""Writers for the BIDS layout of ``docs/data-contract.md``.
+
+Every file is written atomically (a temporary file in the target directory, then a rename), so
+a reader never sees half a file. The measurement date is fixed, so the same seed gives the same
+bytes. Formats are written with the libraries the readers use (MNE/edfio for EDF, pybv for
+BrainVision, nibabel for GIFTI) or, for SNIRF, with h5py following the SNIRF 1.1 specification.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from fedneurogen.shared.io import atomic_path, write_json_atomic, write_text_atomic
+from fedneurogen.simulations.latent import Event
+
+MEAS_DATE = datetime.datetime(2024, 1, 1, 9, 0, 0, tzinfo=datetime.UTC)
+BIDS_VERSION = "1.9.0"
+GENERATED_BY = {"Name": "FedNeuroGen simulator", "Description": "fedneurogen.simulations"}
+
+
+def write_tsv(path: Path, header: Sequence[str], rows: Sequence[Sequence]) -> Path:
+    lines = ["\t".join(header)] + ["\t".join(_cell(v) for v in row) for row in rows]
+    return write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def write_dataset_description(root: Path, name: str, derivative: bool = False) -> Path:
+    desc = {"Name": name, "BIDSVersion": BIDS_VERSION, "DatasetType": "derivative" if derivative else "raw"}
+    if derivative:
+        desc["GeneratedBy"] = [GENERATED_BY]
+    return write_json_atomic(root / "dataset_description.json", desc)
+
+
+def write_participants(root: Path, participants: Sequence) -> None:
+    write_tsv(
+        root / "participants.tsv",
+        ("participant_id", "sex", "age", "group"),
+        [(p.participant_id, p.sex, p.age, p.group) for p in participants],
+    )
+    write_json_atomic(
+        root / "participants.json",
+        {
+            "sex": {"Description": "sex of the participant", "Levels": {"F": "female", "M": "male"}},
+            "age": {"Description": "age of the participant", "Units": "year"},
+            "group": {
+                "Description": "physiological group; B has a slower, smaller haemodynamic response and a slower alpha rhythm",
+                "Levels": {"A": "group A", "B": "group B"},
+            },
+        },
+    )
+
+
+def write_events(path: Path, events: Sequence[Event]) -> Path:
+    return write_tsv(path, ("onset", "duration", "trial_type"), [(f"{e.onset:.1f}", f"{e.duration:.1f}", e.trial_type) for e in events])
+
+
+# ----------------------------------------------------------------------------------------------
+# EEG
+
+
+def write_eeg(
+    eeg_dir: Path,
+    base: str,
+    data_v: np.ndarray,
+    ch_names: Sequence[str],
+    sfreq: float,
+    fmt: str,
+    events: Sequence[Event],
+    task: str,
+    cap: str,
+    line_freq: float = 50.0,
+) -> Path:
+    """Write one EEG run (EDF or BrainVision) with its ``_eeg.json``, ``_channels.tsv`` and
+    ``_events.tsv``; returns the data file's path. ``data_v`` is ``[n_channels, n_times]`` in V."""
+    eeg_dir.mkdir(parents=True, exist_ok=True)
+    if fmt == "edf":
+        path = eeg_dir / f"{base}_eeg.edf"
+        _write_edf(path, data_v, ch_names, sfreq, events)
+    elif fmt == "brainvision":
+        path = eeg_dir / f"{base}_eeg.vhdr"
+        _write_brainvision(eeg_dir, f"{base}_eeg", data_v, ch_names, sfreq, events)
+    else:
+        raise ValueError(f"unknown EEG format {fmt!r}")
+    write_json_atomic(
+        eeg_dir / f"{base}_eeg.json",
+        {
+            "TaskName": task,
+            "SamplingFrequency": sfreq,
+            "PowerLineFrequency": line_freq,
+            "EEGReference": "average",
+            "SoftwareFilters": "n/a",
+            "EEGChannelCount": len(ch_names),
+            "EOGChannelCount": 0,
+            "ECGChannelCount": 0,
+            "EMGChannelCount": 0,
+            "MiscChannelCount": 0,
+            "TriggerChannelCount": 0,
+            "RecordingDuration": data_v.shape[1] / sfreq,
+            "RecordingType": "continuous",
+            "CapManufacturersModelName": cap,
+            "Manufacturer": GENERATED_BY["Name"],
+        },
+    )
+    write_tsv(eeg_dir / f"{base}_channels.tsv", ("name", "type", "units", "status"), [(n, "EEG", "µV", "good") for n in ch_names])
+    write_events(eeg_dir / f"{base}_events.tsv", events)
+    return path
+
+
+def _write_edf(path: Path, data_v: np.ndarray, ch_names: Sequence[str], sfreq: float, events: Sequence[Event]) -> None:
+    import mne
+
+    raw = mne.io.RawArray(data_v.astype(np.float64), mne.create_info(list(ch_names), sfreq, "eeg"), verbose=False)
+    raw.set_meas_date(MEAS_DATE)
+    raw.set_annotations(mne.Annotations([e.onset for e in events], [e.duration for e in events], [e.trial_type for e in events]))
+    with atomic_path(path) as tmp:
+        mne.export.export_raw(tmp, raw, fmt="edf", overwrite=True, verbose=False)
+
+
+def _write_brainvision(eeg_dir: Path, stem: str, data_v: np.ndarray, ch_names: Sequence[str], sfreq: float, events: Sequence[Event]) -> None:
+    """BrainVision is three files whose header names the other two, so they are written under
+    their final names in a private temporary folder of ``eeg_dir`` and renamed into place one by
+    one, header last (a reader that finds the header finds the data)."""
+    import pybv
+
+    markers = [
+        {"onset": int(round(e.onset * sfreq)), "duration": max(1, int(round(e.duration * sfreq))), "description": e.trial_type, "type": "Comment"}
+        for e in events
+    ]
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".tmp-bv-", dir=eeg_dir))
+    try:
+        pybv.write_brainvision(
+            data=data_v, sfreq=sfreq, ch_names=list(ch_names), fname_base=stem, folder_out=tmp_dir,
+            overwrite=True, events=markers, fmt="binary_float32", meas_date=MEAS_DATE,
+        )
+        for ext in (".eeg", ".vmrk", ".vhdr"):
+            os.replace(tmp_dir / f"{stem}{ext}", eeg_dir / f"{stem}{ext}")
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def write_electrodes(eeg_dir: Path, subject: str, ch_names: Sequence[str], positions_mm: np.ndarray) -> None:
+    """``_electrodes.tsv`` (mm) and ``_coordsystem.json`` for caps with non-10-05 names."""
+    write_tsv(
+        eeg_dir / f"{subject}_electrodes.tsv",
+        ("name", "x", "y", "z"),
+        [(n, f"{p[0]:.2f}", f"{p[1]:.2f}", f"{p[2]:.2f}") for n, p in zip(ch_names, positions_mm)],
+    )
+    write_json_atomic(
+        eeg_dir / f"{subject}_coordsystem.json",
+        {
+            "EEGCoordinateSystem": "fsaverage",
+            "EEGCoordinateUnits": "mm",
+            "EEGCoordinateSystemDescription": "FreeSurfer fsaverage surface RAS (MNI305), the frame of MNE's standard 10-05 montage",
+        },
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# fMRI
+
+
+def write_gifti_timeseries(path: Path, data: np.ndarray, hemi: str, tr: float) -> Path:
+    """Surface time series ``[n_vertices, n_tr]`` as fMRIPrep writes it: one float32 data array
+    per volume (nilearn's ``load_surf_data`` reads it back as ``[n_vertices, n_tr]``)."""
+    import nibabel as nib
+
+    structure = {"L": "CortexLeft", "R": "CortexRight"}[hemi]
+    darrays = [
+        nib.gifti.GiftiDataArray(
+            np.ascontiguousarray(data[:, k], dtype=np.float32),
+            intent="NIFTI_INTENT_TIME_SERIES",
+            datatype="NIFTI_TYPE_FLOAT32",
+            encoding="GIFTI_ENCODING_B64BIN",  # noisy floats barely compress; zlib would triple the time
+            meta=nib.gifti.GiftiMetaData({"TimeStep": f"{tr * 1000:g}"}) if k == 0 else None,
+        )
+        for k in range(data.shape[1])
+    ]
+    img = nib.gifti.GiftiImage(darrays=darrays, meta=nib.gifti.GiftiMetaData({"AnatomicalStructurePrimary": structure}))
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)
+    return path
+
+
+def write_bold(func_dir: Path, base: str, data: np.ndarray, tr: float, task: str, description: str) -> None:
+    """Both hemispheres (``data`` is ``[20484, n_tr]``, left first) and the JSON sidecar."""
+    n = data.shape[0] // 2
+    for hemi, rows in (("L", slice(0, n)), ("R", slice(n, 2 * n))):
+        write_gifti_timeseries(func_dir / f"{base}_hemi-{hemi}_space-fsaverage5_bold.func.gii", data[rows], hemi, tr)
+    write_json_atomic(
+        func_dir / f"{base}_space-fsaverage5_bold.json",
+        {"RepetitionTime": tr, "TaskName": task, "StartTime": 0.0, "SliceTimingCorrected": True, "Description": description},
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# fNIRS (SNIRF 1.1, https://github.com/fNIRS/snirf)
+
+
+def _h5_str(s: str) -> np.bytes_:
+    return np.bytes_(s.encode("utf-8"))
+
+
+def write_snirf(
+    path: Path,
+    data: np.ndarray,
+    sfreq: float,
+    measurements: Sequence[dict],
+    wavelengths: Sequence[float],
+    source_pos_mm: np.ndarray,
+    detector_pos_mm: np.ndarray,
+    source_labels: Sequence[str],
+    detector_labels: Sequence[str],
+    events: Sequence[Event],
+    subject_id: str,
+) -> Path:
+    """Write a SNIRF file. ``data`` is ``[n_times, n_measurements]``.
+
+    Each measurement dict has ``source``, ``detector`` (1-based), and either ``wavelength``
+    (1-based index; raw continuous-wave intensity, dataType 1) or ``label`` ``"HbO"``/``"HbR"``
+    (processed concentration in uM, dataType 99999).
+    """
+    import h5py
+
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w", track_order=False) as f:
+            f.create_dataset("formatVersion", data=_h5_str("1.1"))
+            nirs = _group(f, "nirs")
+            meta = _group(nirs, "metaDataTags")
+            tags = {
+                "SubjectID": subject_id,
+                "MeasurementDate": MEAS_DATE.strftime("%Y-%m-%d"),
+                "MeasurementTime": MEAS_DATE.strftime("%H:%M:%SZ"),
+                "LengthUnit": "mm",
+                "TimeUnit": "s",
+                "FrequencyUnit": "Hz",
+            }
+            for key, value in tags.items():
+                meta.create_dataset(key, data=_h5_str(value))
+            d1 = _group(nirs, "data1")
+            d1.create_dataset("dataTimeSeries", data=np.asarray(data, dtype=np.float64))
+            d1.create_dataset("time", data=np.arange(data.shape[0], dtype=np.float64) / sfreq)
+            for k, m in enumerate(measurements, start=1):
+                ml = _group(d1, f"measurementList{k}")
+                ml.create_dataset("sourceIndex", data=np.int32(m["source"]))
+                ml.create_dataset("detectorIndex", data=np.int32(m["detector"]))
+                ml.create_dataset("wavelengthIndex", data=np.int32(m.get("wavelength", 1)))
+                ml.create_dataset("dataTypeIndex", data=np.int32(1))
+                if "label" in m:
+                    ml.create_dataset("dataType", data=np.int32(99999))
+                    ml.create_dataset("dataTypeLabel", data=_h5_str(m["label"]))
+                    ml.create_dataset("dataUnit", data=_h5_str("umol/L"))
+                else:
+                    ml.create_dataset("dataType", data=np.int32(1))
+            probe = _group(nirs, "probe")
+            probe.create_dataset("wavelengths", data=np.asarray(wavelengths, dtype=np.float64))
+            probe.create_dataset("sourcePos3D", data=np.asarray(source_pos_mm, dtype=np.float64))
+            probe.create_dataset("detectorPos3D", data=np.asarray(detector_pos_mm, dtype=np.float64))
+            probe.create_dataset("sourceLabels", data=np.array([s.encode() for s in source_labels]))
+            probe.create_dataset("detectorLabels", data=np.array([s.encode() for s in detector_labels]))
+            for j, cls in enumerate(sorted({e.trial_type for e in events}), start=1):
+                stim = _group(nirs, f"stim{j}")
+                stim.create_dataset("name", data=_h5_str(cls))
+                rows = [(e.onset, e.duration, 1.0) for e in events if e.trial_type == cls]
+                stim.create_dataset("data", data=np.array(rows, dtype=np.float64))
+    return path
+
+
+def _group(parent, name: str):
+    """A group without modification timestamps, so identical content gives identical bytes."""
+    import h5py
+
+    gcpl = h5py.h5p.create(h5py.h5p.GROUP_CREATE)
+    gcpl.set_obj_track_times(False)
+    return h5py.Group(h5py.h5g.create(parent.id, name.encode(), gcpl=gcpl))
+
+
+def write_nirs_sidecars(
+    nirs_dir: Path,
+    subject: str,
+    base: str,
+    probe,
+    sfreq: float,
+    n_times: int,
+    events: Sequence[Event],
+    task: str,
+    wavelengths: Sequence[int],
+) -> None:
+    """BIDS-NIRS sidecars: ``_nirs.json``, ``_channels.tsv``, ``_events.tsv``, and the
+    subject's ``_optodes.tsv`` + ``_coordsystem.json``."""
+    write_json_atomic(
+        nirs_dir / f"{base}_nirs.json",
+        {
+            "TaskName": task,
+            "SamplingFrequency": sfreq,
+            "NIRSChannelCount": probe.n_channels * len(wavelengths),
+            "NIRSSourceOptodeCount": len(probe.source_labels),
+            "NIRSDetectorOptodeCount": len(probe.detector_labels),
+            "ACCELChannelCount": 0,
+            "ShortChannelCount": 0,
+            "PowerLineFrequency": 50,
+            "SoftwareFilters": "n/a",
+            "RecordingDuration": n_times / sfreq,
+            "Manufacturer": GENERATED_BY["Name"],
+        },
+    )
+    rows = [
+        (f"{name} {wl}", "NIRSCWAMPLITUDE", f"S{s + 1}", f"D{d + 1}", wl, "n/a")
+        for name, (s, d) in zip(probe.channel_names, probe.pairs)
+        for wl in wavelengths
+    ]
+    write_tsv(nirs_dir / f"{base}_channels.tsv", ("name", "type", "source", "detector", "wavelength_nominal", "units"), rows)
+    write_events(nirs_dir / f"{base}_events.tsv", events)
+    optodes = [(f"S{i + 1}", "source", *(f"{v:.2f}" for v in p)) for i, p in enumerate(probe.source_pos)]
+    optodes += [(f"D{i + 1}", "detector", *(f"{v:.2f}" for v in p)) for i, p in enumerate(probe.detector_pos)]
+    write_tsv(nirs_dir / f"{subject}_optodes.tsv", ("name", "type", "x", "y", "z"), optodes)
+    write_json_atomic(
+        nirs_dir / f"{subject}_coordsystem.json",
+        {
+            "NIRSCoordinateSystem": "fsaverage",
+            "NIRSCoordinateUnits": "mm",
+            "NIRSCoordinateSystemDescription": "FreeSurfer fsaverage surface RAS (MNI305); optodes on 10-10 positions around C3/C4",
+        },
+    )

@@ -1,0 +1,166 @@
+"""EEG: cortical rhythms whose power follows the latent activity, through the lead field.
+
+Each of the 324 cortical parcels carries three rhythms (alpha, beta, gamma). A rhythm is a
+narrow-band carrier ``Re(a(t) exp(2j pi f0 t))`` with a slow complex amplitude ``a(t)``; its
+envelope follows the parcel's activity ``u``: ``|a| ~ exp(k u)`` with ``k < 0`` for alpha and beta
+(event-related desynchronisation) and ``k > 0`` for gamma.
+
+Two facts make this cheap. The lead field is linear and all parcels share the subject's peak
+frequency, so the sum over parcels is taken on the slow amplitudes at the latent rate
+(``gain @ a``, per electrode rather than per source). And a carrier at ``f0`` only shifts the
+amplitude's spectrum by ``f0``: the shifted spectra of all rhythms, the aperiodic background and
+the electrode drift are placed into one spectrum at the recording rate and inverted with a single
+FFT per electrode.
+
+The aperiodic 1/f background comes from independent parcel sources, drawn with the exact sensor
+covariance ``G diag(q^2) G^T``. On top: electrode drift, eye blinks, 50 Hz mains and amplifier
+noise. Output is
+average-referenced, in volts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import fft as sp_fft
+
+from fedneurogen.simulations.geometry import load_cortex
+from fedneurogen.simulations.latent import LatentActivity
+from fedneurogen.simulations.physiology import SubjectPhysiology, complex_baseband
+
+LINE_FREQ = 50.0
+
+
+@dataclass(frozen=True)
+class Rhythm:
+    name: str
+    bandwidth_hz: float  # std of the spectral peak
+    coupling: float  # envelope = exp(coupling * activity)
+    moment_nam: float  # parcel dipole moment amplitude (nAm) at rest, before the spatial profile
+
+
+RHYTHMS = (
+    Rhythm("alpha", 1.0, -1.5, 40.0),
+    Rhythm("beta", 3.0, -0.5, 18.0),  # beta also desynchronises with activity (classic ERD)
+    Rhythm("gamma", 3.5, 0.9, 6.0),
+)
+BACKGROUND_NAM = 30.0  # aperiodic parcel activity (nAm rms)
+BACKGROUND_EXPONENT = 1.6  # power ~ 1/f^1.6 above 0.5 Hz
+DRIFT_UV = 4.0  # electrode (skin-potential) drift, below 0.5 Hz
+AMPLIFIER_UV = 1.5
+
+
+def rhythm_profiles() -> dict[str, np.ndarray]:
+    """Relative rest amplitude of each rhythm per parcel (where a rhythm is generated).
+
+    Alpha is strongest over occipito-parietal cortex (plus the central mu rhythm), beta over
+    sensorimotor cortex, gamma is everywhere.
+    """
+    cortex = load_cortex()
+    centre = cortex.parcel_mean(cortex.mid)
+    y, z = centre[:, 1], centre[:, 2]
+    posterior = 1.0 / (1.0 + np.exp((y + 55.0) / 8.0))
+    central = np.exp(-0.5 * ((y + 18.0) / 15.0) ** 2) * (z > 30.0)
+    return {
+        "alpha": 0.1 + posterior + 0.5 * central,
+        "beta": 0.3 + central,
+        "gamma": np.ones_like(y),
+    }
+
+
+def _peak(phys: SubjectPhysiology, rhythm: Rhythm) -> float:
+    return {"alpha": phys.alpha_peak_hz, "beta": phys.beta_peak_hz, "gamma": phys.gamma_peak_hz}[rhythm.name]
+
+
+def _random_spectrum(rng: np.random.Generator, n_series: int, shape: np.ndarray, n_out: int) -> np.ndarray:
+    """Random rfft coefficients whose inverse has power spectrum ``shape**2`` and unit variance."""
+    scale = n_out / (2.0 * np.sqrt(np.sum(shape**2)))
+    spec = np.empty((n_series, len(shape)), dtype=np.complex64)
+    spec.real = rng.standard_normal(spec.shape, dtype=np.float32)
+    spec.imag = rng.standard_normal(spec.shape, dtype=np.float32)
+    return spec * (scale * shape).astype(np.float32)
+
+
+def simulate_eeg(
+    rng: np.random.Generator,
+    latent: LatentActivity,
+    phys: SubjectPhysiology,
+    parcel_gain: np.ndarray,
+    positions_mm: np.ndarray,
+    sfreq: float,
+    duration: float,
+    noise_level: float = 1.0,
+) -> np.ndarray:
+    """One run of EEG, ``[n_channels, duration * sfreq]`` in volts (average reference).
+
+    ``parcel_gain`` is the ``[n_channels, 324]`` lead field of the parcels (V per A m);
+    ``duration`` must be a whole number of latent samples (the simulator uses whole seconds).
+    """
+    cortex = load_cortex()
+    n_ch = parcel_gain.shape[0]
+    n_out = int(round(duration * sfreq))
+    n_lat = latent.n_times
+    spectrum = np.zeros((n_ch, n_out // 2 + 1), dtype=np.complex64)  # rfft bins, df = 1/duration
+
+    # Rhythms: y(t) = Re(X(t) exp(2j pi f0 t)) with X = gain @ (envelope * a). Bin m of X's DFT
+    # lands on output bin m + f0 * duration, scaled by n_out / (2 n_lat).
+    activity = cortex.parcel_mean(latent.spatial.astype(np.float64)) @ latent.temporal  # [324, T]
+    profiles = rhythm_profiles()
+    m = np.rint(sp_fft.fftfreq(n_lat) * n_lat).astype(int)
+    for rhythm in RHYTHMS:
+        strength = phys.alpha_strength if rhythm.name == "alpha" else 1.0
+        moment = 1e-9 * rhythm.moment_nam * strength * profiles[rhythm.name][:, None]
+        envelope = (moment * np.exp(rhythm.coupling * activity)).astype(np.float32)
+        amp = complex_baseband(rng, len(envelope), n_lat, latent.sfreq, rhythm.bandwidth_hz)
+        sensor_amp = parcel_gain.astype(np.float32) @ (envelope * amp)  # [n_ch, T], summed over parcels
+        q = m + int(round(_peak(phys, rhythm) * duration))
+        keep = (q > 0) & (q < spectrum.shape[1])
+        spectrum[:, q[keep]] += (n_out / (2.0 * n_lat)) * sp_fft.fft(sensor_amp, axis=1)[:, keep]
+
+    # Aperiodic background: independent parcel sources through the lead field. Drawing sensor
+    # series with the same covariance G diag(q^2) G^T is exact and cheap; its spectrum is
+    # dominated by a few spatial components, so components beyond 99.9% of the power are dropped.
+    freqs = sp_fft.rfftfreq(n_out, 1.0 / sfreq)
+    cov = (1e-9 * BACKGROUND_NAM) ** 2 * (parcel_gain @ parcel_gain.T)
+    w, v = np.linalg.eigh(cov)
+    w, v = np.clip(w[::-1], 0.0, None), v[:, ::-1]
+    rank = int(np.searchsorted(np.cumsum(w) / w.sum(), 0.999)) + 1
+    mixing = (v[:, :rank] * np.sqrt(w[:rank])).astype(np.complex64)
+    shape = np.where(freqs > 0, np.maximum(freqs, 0.5), np.inf) ** (-BACKGROUND_EXPONENT / 2.0)
+    spectrum += mixing @ _random_spectrum(rng, rank, shape, n_out)
+    # Electrode drift: independent per electrode, 1/f^2 below 0.5 Hz (only those bins are drawn).
+    slow = (freqs > 0) & (freqs <= 0.5)
+    drift_shape = np.where(slow, 1.0 / np.maximum(freqs, 1e-3), 0.0)
+    spectrum[:, slow] += (noise_level * DRIFT_UV * 1e-6) * _random_spectrum(rng, n_ch, drift_shape[slow], n_out)
+    # Mains: one line per electrode at 50 Hz, with its own amplitude and phase.
+    line_bin = int(round(LINE_FREQ * duration))
+    if line_bin < spectrum.shape[1]:
+        line = rng.uniform(0.2e-6, 2.0e-6, size=n_ch) * np.exp(1j * rng.uniform(0, 2 * np.pi, size=n_ch))
+        spectrum[:, line_bin] += noise_level * (n_out / 2.0) * line
+
+    eeg = sp_fft.irfft(spectrum, n=n_out, axis=1)
+    eeg += noise_level * blinks(rng, positions_mm, sfreq, n_out)
+    eeg += noise_level * amplifier_noise(rng, n_ch, sfreq, n_out)
+    eeg -= eeg.mean(axis=0, keepdims=True)  # average reference
+    return eeg.astype(np.float32)
+
+
+def blinks(rng: np.random.Generator, positions_mm: np.ndarray, sfreq: float, n_times: int) -> np.ndarray:
+    """Eye blinks (volts): ~300 ms bumps every ~4 s, falling off with distance from the eyes."""
+    eyes = np.array([[-32.0, 62.0, -38.0], [32.0, 62.0, -38.0]])
+    dist = np.min(np.linalg.norm(positions_mm[:, None, :] - eyes[None], axis=2), axis=1)
+    topography = np.exp(-(dist - dist.min()) / 30.0).astype(np.float32)
+    train = np.zeros(n_times, dtype=np.float32)
+    width = int(0.3 * sfreq)
+    bump = np.hanning(width)
+    onsets = np.cumsum(rng.exponential(4.0, size=int(n_times / sfreq / 2) + 2))
+    for onset in onsets[onsets < n_times / sfreq - 0.5]:
+        i = int(onset * sfreq)
+        train[i : i + width] += rng.uniform(60e-6, 120e-6) * bump
+    return np.outer(topography, train)
+
+
+def amplifier_noise(rng: np.random.Generator, n_ch: int, sfreq: float, n_times: int) -> np.ndarray:
+    """White amplifier noise (volts), at the recording rate."""
+    return (AMPLIFIER_UV * 1e-6) * rng.standard_normal((n_ch, n_times), dtype=np.float32)

@@ -1,0 +1,330 @@
+"""Physics-based paired-data simulator: multi-site BIDS datasets with known ground truth.
+
+One subject, one run:
+
+1. a balanced block design (``latent.block_design``),
+2. latent cortical activity on fsaverage5: task networks + spontaneous 1/f modes
+   (``latent.simulate_latent``), shifted by the subject's physiology (``physiology``),
+3. EEG through a sphere-model lead field, with rhythms whose power follows the activity
+   (``eeg.simulate_eeg``),
+4. BOLD (fMRI sites) or HbO/HbR -> light intensity (fNIRS sites) through the HRF
+   (``hemodynamics``), noisy and noise-free,
+5. BIDS files (``bids_writer``), following ``docs/data-contract.md``.
+
+Subjects are independent given their seed (``SeedSequence(seed, spawn_key=(site, subject))``),
+so they run in parallel processes and the output does not depend on scheduling.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from fedneurogen.shared.errors import ConfigError
+from fedneurogen.shared.io import write_json_atomic
+from fedneurogen.simulations import bids_writer as bw
+from fedneurogen.simulations.eeg import simulate_eeg
+from fedneurogen.simulations.geometry import (
+    eeg_lead_field,
+    load_cortex,
+    motor_probe,
+    parcel_lead_field,
+    standard_positions,
+)
+from fedneurogen.simulations.hemodynamics import PPF, WAVELENGTHS, extinction_coefficients, simulate_bold, simulate_nirs
+from fedneurogen.simulations.latent import LATENT_SFREQ, block_design, simulate_latent
+from fedneurogen.simulations.physiology import draw_physiology, hrf
+from fedneurogen.simulations.scenarios import Participant, SiteSpec, make_participants, make_site_specs
+
+SITE_NAME = "FedNeuroGen simulated site"
+MIN_RUN_SECONDS = 60.0
+CEILING_DEFINITION = (
+    "Fisher-z average over subjects and task-active vertices (fMRI: core of the task networks) or "
+    "channels (fNIRS: channels over the motor networks, HbO after the loader's 0.01-0.1 Hz band-pass) "
+    "of the Pearson correlation over time between the noisy and the noise-free signal"
+)
+
+
+@dataclass(frozen=True)
+class SubjectJob:
+    spec: SiteSpec
+    site_dir: Path
+    participant: Participant
+    seed: int
+    site_index: int
+    subject_index: int
+    run_seconds: float | None
+    parcel_gain: np.ndarray  # [n_channels, 324] lead field of the site's cap
+    positions_mm: np.ndarray  # [n_channels, 3]
+
+
+def electrode_positions(spec: SiteSpec) -> np.ndarray:
+    """``[n_channels, 3]`` mm positions of the site's cap (10-05 or the custom positions)."""
+    custom = dict(spec.custom_positions)
+    return np.array([custom[n] if n in custom else standard_positions([n])[0] for n in spec.eeg_channels], dtype=np.float64)
+
+
+def simulate_subject(job: SubjectJob) -> dict:
+    """Simulate and write one subject's run; returns its summary (physiology, noise ceiling)."""
+    spec, p = job.spec, job.participant
+    streams = np.random.SeedSequence(job.seed, spawn_key=(job.site_index, job.subject_index)).spawn(5)
+    rng_design, rng_phys, rng_latent, rng_eeg, rng_target = (np.random.default_rng(s) for s in streams)
+
+    events, duration = block_design(rng_design, spec.task, spec.classes, job.run_seconds)
+    phys = draw_physiology(rng_phys, p.group, p.sex, p.age)
+    latent = simulate_latent(rng_latent, spec.task, events, duration)
+
+    sub = p.participant_id
+    base = f"{sub}_task-{spec.task}_run-1"
+    eeg = simulate_eeg(rng_eeg, latent, phys, job.parcel_gain, job.positions_mm, spec.eeg_sfreq, duration, spec.noise_level)
+    eeg_dir = job.site_dir / sub / "eeg"
+    bw.write_eeg(eeg_dir, base, eeg, spec.eeg_channels, spec.eeg_sfreq, spec.eeg_format, events, spec.task, spec.cap)
+    if spec.has_custom_electrodes:
+        bw.write_electrodes(eeg_dir, sub, spec.eeg_channels, job.positions_mm)
+
+    if spec.modality == "fmri":
+        n_tr = int(np.floor(duration / spec.tr + 1e-9))
+        bold = simulate_bold(rng_target, latent, phys, spec.tr, n_tr, spec.noise_level)
+        deriv = job.site_dir / "derivatives"
+        bw.write_bold(deriv / "fmriprep" / sub / "func", base, bold.noisy, spec.tr, spec.task, "simulated fMRIPrep surface output")
+        bw.write_bold(deriv / "ground_truth" / sub / "func", base, bold.clean, spec.tr, spec.task, "noise-free BOLD (ground truth)")
+        bw.write_events(job.site_dir / sub / "func" / f"{base}_events.tsv", events)
+        active_r = bold.active_r
+    else:
+        active_r = _write_nirs(job, rng_target, latent, phys, events, duration, base)
+
+    z = np.arctanh(np.clip(active_r, -0.999999, 0.999999))
+    return {
+        "participant_id": sub,
+        "group": p.group,
+        "sex": p.sex,
+        "age": p.age,
+        "duration_s": duration,
+        "n_blocks": len(events),
+        "physiology": phys.to_dict(),
+        "noise_ceiling": float(np.tanh(z.mean())),
+        "_z_sum": float(z.sum()),
+        "_z_count": int(z.size),
+    }
+
+
+def _write_nirs(job: SubjectJob, rng, latent, phys, events, duration: float, base: str) -> np.ndarray:
+    spec, sub = job.spec, job.participant.participant_id
+    probe = motor_probe()
+    n_times = int(round(duration * spec.nirs_sfreq))
+    run = simulate_nirs(rng, latent, phys, probe, spec.nirs_sfreq, n_times, spec.noise_level)
+    common = dict(
+        source_pos_mm=probe.source_pos,
+        detector_pos_mm=probe.detector_pos,
+        source_labels=[f"S{i + 1}" for i in range(len(probe.source_labels))],
+        detector_labels=[f"D{i + 1}" for i in range(len(probe.detector_labels))],
+        events=events,
+        subject_id=sub,
+        wavelengths=WAVELENGTHS,
+        sfreq=spec.nirs_sfreq,
+    )
+    # Measurements are ordered channel by channel, wavelengths ascending, as MNE expects.
+    raw_list = [dict(source=s + 1, detector=d + 1, wavelength=w + 1) for s, d in probe.pairs for w in range(len(WAVELENGTHS))]
+    nirs_dir = job.site_dir / sub / "nirs"
+    bw.write_snirf(nirs_dir / f"{base}_nirs.snirf", run.intensity.reshape(-1, n_times).T, measurements=raw_list, **common)
+    hb_list = [dict(source=s + 1, detector=d + 1, label=lab) for s, d in probe.pairs for lab in ("HbO", "HbR")]
+    hb = np.stack([run.hbo, run.hbr], axis=1).reshape(-1, n_times).T
+    truth_dir = job.site_dir / "derivatives" / "ground_truth" / sub / "nirs"
+    bw.write_snirf(truth_dir / f"{base}_nirs.snirf", hb, measurements=hb_list, **common)
+    bw.write_nirs_sidecars(nirs_dir, sub, base, probe, spec.nirs_sfreq, n_times, events, spec.task, WAVELENGTHS)
+    return run.active_r
+
+
+# ----------------------------------------------------------------------------------------------
+# Dataset
+
+
+def simulate_dataset(
+    out: Path,
+    n_sites: int = 3,
+    subjects_per_site: int = 8,
+    modality: Literal["fmri", "fnirs", "mixed"] = "fmri",
+    seed: int = 0,
+    run_seconds: float | None = None,
+    progress: bool = True,
+    n_jobs: int | None = None,
+) -> list[Path]:
+    """Simulate ``n_sites`` BIDS site datasets under ``out`` and return their folders.
+
+    Parameters
+    ----------
+    out : folder that receives ``site-01``, ``site-02``, ... and ``simulation.json``.
+    n_sites, subjects_per_site : size of the consortium.
+    modality : ``fmri`` (EEG-fMRI, task-visual), ``fnirs`` (EEG-fNIRS, task-motor) or ``mixed``
+        (every third site, and site-02 of two, is fNIRS).
+    seed : the whole dataset is a deterministic function of the seed.
+    run_seconds : length of each subject's single run; None gives ~8 minutes (4 blocks per
+        visual class, 8 per motor class). Shorter runs hold as many balanced blocks as fit.
+    progress : show a progress bar and print the noise ceilings.
+    n_jobs : worker processes (default: up to 2, one per core). The output does not depend on it.
+
+    ``out/simulation.json`` records the site specifications, each subject's physiology and the
+    noise ceiling per site (see ``CEILING_DEFINITION``).
+    """
+    out = Path(out)
+    if subjects_per_site < 1:
+        raise ConfigError(f"subjects_per_site must be at least 1, got {subjects_per_site}")
+    if run_seconds is not None and run_seconds < MIN_RUN_SECONDS:
+        raise ConfigError(f"run_seconds must be at least {MIN_RUN_SECONDS:g} s, got {run_seconds}")
+    specs = make_site_specs(n_sites, modality, seed)
+    _remove_stale_sites(out, {spec.site_id for spec in specs})
+    _warm_caches(specs)
+
+    jobs: list[SubjectJob] = []
+    site_dirs: list[Path] = []
+    rosters: list[list[Participant]] = []
+    for i, spec in enumerate(specs):
+        site_dir = out / spec.site_id
+        roster = make_participants(spec, subjects_per_site, seed, i)
+        _prepare_site(site_dir, spec, roster)
+        positions = electrode_positions(spec)
+        gain = parcel_lead_field(eeg_lead_field(spec.eeg_channels, positions))
+        jobs += [SubjectJob(spec, site_dir, p, seed, i, j, run_seconds, gain, positions) for j, p in enumerate(roster)]
+        site_dirs.append(site_dir)
+        rosters.append(roster)
+
+    results = dict(zip(((j.site_index, j.subject_index) for j in jobs), _run_jobs(jobs, progress, n_jobs)))
+
+    sites = []
+    for i, spec in enumerate(specs):
+        subjects = [results[(i, j)] for j in range(len(rosters[i]))]
+        z_sum = sum(s.pop("_z_sum") for s in subjects)
+        z_count = sum(s.pop("_z_count") for s in subjects)
+        sites.append({**spec.to_dict(), "noise_ceiling": float(np.tanh(z_sum / max(z_count, 1))), "subjects": subjects})
+    summary = {
+        "generator": "fedneurogen.simulations",
+        "seed": seed,
+        "modality": modality,
+        "n_sites": n_sites,
+        "subjects_per_site": subjects_per_site,
+        "run_seconds": run_seconds,
+        "noise_ceiling_definition": CEILING_DEFINITION,
+        "fnirs_ppf": PPF,
+        "sites": sites,
+    }
+    write_json_atomic(out / "simulation.json", summary)
+    if progress:
+        _print_ceilings(sites)
+    return site_dirs
+
+
+def _warm_caches(specs: list[SiteSpec]) -> None:
+    """Load the shared geometry and HRF once here, so forked workers inherit them."""
+    load_cortex()
+    hrf(LATENT_SFREQ)
+    if any(spec.modality == "fnirs" for spec in specs):
+        motor_probe()
+        extinction_coefficients()
+
+
+def _is_simulated_site(site_dir: Path) -> bool:
+    desc = site_dir / "dataset_description.json"
+    return desc.exists() and SITE_NAME in desc.read_text(encoding="utf-8")
+
+
+def _remove_stale_sites(out: Path, keep: set[str]) -> None:
+    """Delete simulated sites left over from an earlier run with more sites (never other data)."""
+    for site_dir in out.glob("site-*"):
+        if site_dir.is_dir() and site_dir.name not in keep and _is_simulated_site(site_dir):
+            shutil.rmtree(site_dir)
+
+
+def _prepare_site(site_dir: Path, spec: SiteSpec, roster: list[Participant]) -> None:
+    """Site-level files; drop subjects left over from an earlier, larger simulation here."""
+    if _is_simulated_site(site_dir):
+        keep = {p.participant_id for p in roster}
+        for parent in (site_dir, site_dir / "derivatives" / "fmriprep", site_dir / "derivatives" / "ground_truth"):
+            for stale in parent.glob("sub-*"):
+                if stale.is_dir() and stale.name not in keep:
+                    shutil.rmtree(stale)
+    site_dir.mkdir(parents=True, exist_ok=True)
+    bw.write_dataset_description(site_dir, f"{SITE_NAME} {spec.site_id.split('-')[1]}")
+    bw.write_participants(site_dir, roster)
+    if spec.modality == "fmri":
+        bw.write_dataset_description(site_dir / "derivatives" / "fmriprep", "fMRIPrep (simulated)", derivative=True)
+    bw.write_dataset_description(site_dir / "derivatives" / "ground_truth", "Noise-free ground truth", derivative=True)
+
+
+@contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    """One BLAS thread per job: workers do not fight over the cores, and every job computes
+    with the same thread count, so results do not depend on ``n_jobs``."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
+        yield
+        return
+    with threadpool_limits(limits=1):
+        yield
+
+
+def _run_one(job: SubjectJob) -> dict:
+    with _single_threaded_blas():
+        return simulate_subject(job)
+
+
+def _run_jobs(jobs: list[SubjectJob], progress: bool, n_jobs: int | None) -> list[dict]:
+    n_workers = min(n_jobs or min(2, os.cpu_count() or 1), len(jobs))
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("[bold]simulating[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not progress,
+    )
+    label = lambda j: f"{j.spec.site_id} {j.participant.participant_id}"  # noqa: E731
+    if n_workers <= 1:
+        results = []
+        with bar:
+            task = bar.add_task("", total=len(jobs))
+            for job in jobs:
+                bar.update(task, description=label(job))
+                results.append(_run_one(job))
+                bar.advance(task)
+        return results
+    # Fork keeps the loaded cortex and MNE in the workers; submit before the bar starts its thread.
+    context = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
+    with ProcessPoolExecutor(max_workers=n_workers, mp_context=context) as pool:
+        futures = [pool.submit(_run_one, job) for job in jobs]
+        with bar:
+            task = bar.add_task("", total=len(jobs))
+            for job, fut in zip(jobs, futures):
+                bar.update(task, description=label(job))
+                fut.result()
+                bar.advance(task)
+        return [f.result() for f in futures]
+
+
+def _print_ceilings(sites: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Noise ceiling (temporal PCC, noisy vs noise-free)")
+    for col in ("site", "modality", "EEG", "TR / rate", "noise", "group B", "ceiling"):
+        table.add_column(col)
+    for s in sites:
+        n = len(s["subjects"])
+        n_b = sum(sub["group"] == "B" for sub in s["subjects"])
+        rate = f"TR {s['tr']:g} s" if s["modality"] == "fmri" else f"{s['nirs_sfreq']:g} Hz"
+        table.add_row(
+            s["site_id"], s["modality"], f"{len(s['eeg_channels'])} ch {s['eeg_sfreq']:g} Hz {s['eeg_format']}",
+            rate, f"{s['noise_level']:.2f}", f"{n_b}/{n}", f"{s['noise_ceiling']:.3f}",
+        )
+    Console().print(table)
