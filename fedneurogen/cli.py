@@ -68,6 +68,64 @@ def validate(
         raise typer.Exit(1)
 
 
+class Preset(str, Enum):
+    tiny = "tiny"
+    small = "small"
+    base = "base"
+
+
+def _load_sites(data: list[Path]):
+    from fedneurogen.shared.config import PreprocessConfig
+    from fedneurogen.shared.data import load_site
+
+    preprocess = PreprocessConfig()
+    return [load_site(d, preprocess) for d in data], preprocess
+
+
+@app.command()
+def info(preset: Preset = typer.Option(Preset.tiny, "--preset", help="Model preset.")) -> None:
+    """Print a preset's architecture and parameter counts."""
+    from rich.table import Table
+
+    from fedneurogen.shared.model import get_preset, parameter_count
+
+    config = get_preset(preset.value)
+    counts = parameter_count(config)
+    table = Table(title=f"preset {preset.value}: {counts['total']:,} parameters", title_justify="left")
+    table.add_column("part")
+    table.add_column("parameters", justify="right")
+    for part, n in counts.items():
+        if part != "total":
+            table.add_row(part, f"{n:,}")
+    table.add_row("[bold]total[/]", f"[bold]{counts['total']:,}[/]")
+    console.print(table)
+    console.print(
+        f"EEG encoder {config.eeg_depth} x {config.eeg_dim}, DiT {config.depth} x {config.hidden_dim} ({config.heads} heads), "
+        f"fMRI tokens {config.fmri.n_patches}, {config.prediction}-prediction, {config.sampling_steps} DDIM steps"
+    )
+
+
+@app.command()
+def train(
+    data: list[Path] = typer.Option(..., "--data", help="A BIDS site dataset; repeat for several sites."),
+    out: Path = typer.Option(..., "--out", help="Run directory (checkpoint/, log.jsonl, tensorboard/)."),
+    preset: Preset = typer.Option(Preset.tiny, "--preset", help="Model preset."),
+    max_minutes: float | None = typer.Option(None, "--max-minutes", help="Stop (and checkpoint) after this many minutes."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the subject split, initialisation and batches."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+) -> None:
+    """Centralized training on one or more sites (subject-level train/validation/test split)."""
+    from fedneurogen.shared.training import train_centralized
+
+    sites, preprocess = _load_sites(data)
+    checkpoint = train_centralized(
+        sites, out, preset=preset.value, seed=seed, max_minutes=max_minutes, resume=resume, device=device,
+        preprocess=preprocess.model_dump(), site_names=[d.name for d in data],
+    )
+    console.print(f"checkpoint: [bold]{checkpoint}[/]")
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,230 @@
+"""Model checkpoints: one directory, written atomically, verified on load.
+
+    <checkpoint>/model.safetensors   weights (and EMA weights, prefixed ``ema.``)
+    <checkpoint>/config.json         model config, modality heads, target space, preprocessing,
+                                     class names, training provenance, and the SHA-256 of the
+                                     weights file (``content_hash``)
+
+``config.json`` is written last and removed first when a checkpoint is overwritten, so a
+directory with a ``config.json`` always holds the complete checkpoint it describes. The weights
+are stored on the CPU; the same checkpoint loads on CPU or CUDA.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from fedneurogen import __version__
+from fedneurogen.shared.errors import ConfigError
+from fedneurogen.shared.io import atomic_path, file_sha256, write_json_atomic
+from fedneurogen.shared.model.config import ModelConfig, count_parameters
+from fedneurogen.shared.model.ema import EMA, unwrap_model
+from fedneurogen.shared.model.generator import NeuroGenModel, default_device
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+FORMAT = "fedneurogen.checkpoint"
+FORMAT_VERSION = 1
+EMA_PREFIX = "ema."
+_RESERVED = {
+    "format", "format_version", "weights_file", "content_hash", "preset", "model_config",
+    "modality_heads", "target_space", "parameter_count", "ema", "software",
+}
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, ema: EMA | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (and ``ema``) to the directory ``path``; returns the directory.
+
+    ``extra`` is stored in ``config.json`` as given; the expected keys are ``preprocess``
+    (``PreprocessConfig.model_dump()``), ``class_names`` (label index -> name) and
+    ``provenance`` (how and on what the model was trained).
+    """
+    model = unwrap_model(model)
+    if not isinstance(model, NeuroGenModel):
+        raise TypeError(f"save_checkpoint expects a NeuroGenModel, got {type(model).__name__}")
+    extra = dict(extra or {})
+    clash = _RESERVED & extra.keys()
+    if clash:
+        raise ValueError(f"extra keys {sorted(clash)} are reserved for the checkpoint format")
+    config = model.config
+    class_names = extra.get("class_names")
+    if class_names is not None and len(class_names) > config.num_classes:
+        raise ConfigError(f"{len(class_names)} class names but the model has {config.num_classes} label embeddings")
+
+    tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({EMA_PREFIX + name: t.detach().cpu().contiguous() for name, t in ema.state_dict().items()})
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / CONFIG_FILE).unlink(missing_ok=True)  # from here until the end the checkpoint reads as incomplete
+    with atomic_path(path / WEIGHTS_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        content_hash = file_sha256(tmp)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "weights_file": WEIGHTS_FILE,
+        "content_hash": content_hash,
+        "preset": config.preset,
+        "model_config": config.model_dump(mode="json"),
+        "modality_heads": {
+            "fmri": {"n_points": config.fmri.n_points, "n_frames": config.fmri.n_frames, "sfreq": config.fmri.sfreq, "n_tokens": config.fmri.n_patches},
+            "fnirs": {"n_frames": config.fnirs.n_frames, "sfreq": config.fnirs.sfreq, "max_channels": config.fnirs.max_channels},
+        },
+        "target_space": {
+            "fmri": "ico4: first 2562 vertices of each fsaverage5 hemisphere, left then right",
+            "fnirs": "site channels, HbO and HbR at channel midpoints",
+        },
+        "parameter_count": count_parameters(model),
+        "ema": None if ema is None else {"decay": ema.decay, "num_updates": ema.num_updates},
+        "software": {"fedneurogen": __version__, "torch": torch.__version__},
+        "preprocess": None,
+        "class_names": None,
+        "provenance": {},
+        **extra,
+    }
+    write_json_atomic(path / CONFIG_FILE, meta)
+    return path
+
+
+def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of a complete checkpoint (nothing is verified beyond its format)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ConfigError(f"checkpoint {path} does not exist (expected a directory with {CONFIG_FILE} and {WEIGHTS_FILE})")
+    config_file = path / CONFIG_FILE
+    if not config_file.is_file():
+        raise ConfigError(f"checkpoint {path} is incomplete: {config_file} is missing (a save was interrupted, or this is not a checkpoint)")
+    try:
+        meta = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"checkpoint config {config_file} is not valid JSON: {err}") from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ConfigError(f"{config_file} is not a FedNeuroGen checkpoint config (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ConfigError(f"{config_file} has checkpoint format version {meta.get('format_version')}; this program reads version {FORMAT_VERSION}")
+    return meta
+
+
+def checkpoint_model_config(path: str | Path, meta: dict[str, Any]) -> ModelConfig:
+    try:
+        return ModelConfig.model_validate(meta["model_config"])
+    except (KeyError, ValidationError) as err:
+        raise ConfigError(f"checkpoint config {Path(path) / CONFIG_FILE} has no valid model_config: {err}") from err
+
+
+def _read_weights(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    weights_file = path / meta.get("weights_file", WEIGHTS_FILE)
+    if not weights_file.is_file():
+        raise ConfigError(f"checkpoint {path} is missing its weights file {weights_file}")
+    actual = file_sha256(weights_file)
+    if actual != meta.get("content_hash"):
+        raise ConfigError(
+            f"checkpoint weights {weights_file} are corrupt or were modified: their SHA-256 {actual} "
+            f"does not match content_hash {meta.get('content_hash')} in {path / CONFIG_FILE}"
+        )
+    try:
+        return load_file(str(weights_file), device="cpu")
+    except (SafetensorError, OSError) as err:
+        raise ConfigError(f"cannot read checkpoint weights {weights_file}: {err}") from err
+
+
+def _config_differences(a: ModelConfig, b: ModelConfig) -> list[str]:
+    def flat(d: dict, prefix: str = "") -> dict[str, Any]:
+        out = {}
+        for key, value in d.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+        return out
+
+    fa, fb = flat(a.model_dump(mode="json")), flat(b.model_dump(mode="json"))
+    return [f"{key} {fa.get(key)} vs {fb.get(key)}" for key in sorted(fa.keys() | fb.keys()) if key != "preset" and fa.get(key) != fb.get(key)]
+
+
+def _load_state(model: NeuroGenModel, tensors: dict[str, torch.Tensor], path: Path, use_ema: bool, assign: bool = False) -> None:
+    weights = {name: t for name, t in tensors.items() if not name.startswith(EMA_PREFIX)}
+    if use_ema:
+        ema = {name.removeprefix(EMA_PREFIX): t for name, t in tensors.items() if name.startswith(EMA_PREFIX)}
+        if not ema:
+            raise ConfigError(f"checkpoint {path} has no EMA weights (saved without ema=)")
+        weights.update(ema)  # EMA covers the parameters; buffers come from the model weights
+    own = model.state_dict()
+    problems = [f"missing {name}" for name in own if name not in weights]
+    problems += [f"unexpected {name}" for name in weights if name not in own]
+    problems += [
+        f"{name}: file {list(weights[name].shape)} vs model {list(own[name].shape)}"
+        for name in own
+        if name in weights and weights[name].shape != own[name].shape
+    ]
+    if problems:
+        shown = "; ".join(problems[:6]) + (f"; ... ({len(problems)} in all)" if len(problems) > 6 else "")
+        raise ConfigError(
+            f"checkpoint weights {path / WEIGHTS_FILE} do not fit the model (preset {model.config.preset!r}) "
+            f"that {path / CONFIG_FILE} describes: {shown}"
+        )
+    model.load_state_dict(weights, assign=assign)
+
+
+def load_checkpoint(
+    path: str | Path,
+    device: torch.device | str | None = None,
+    *,
+    use_ema: bool = False,
+    expect_preset: str | None = None,
+) -> tuple[NeuroGenModel, dict[str, Any]]:
+    """Rebuild the model a checkpoint describes and load its weights (EMA weights with
+    ``use_ema``), verifying the weights' hash and every tensor shape. Returns the model on
+    ``device`` (CUDA when available) and the contents of ``config.json``."""
+    path = Path(path)
+    meta = read_checkpoint_config(path)
+    config = checkpoint_model_config(path, meta)
+    if expect_preset is not None and config.preset != expect_preset:
+        raise ConfigError(f"checkpoint {path} was trained for preset {config.preset!r} but preset {expect_preset!r} was requested")
+    tensors = _read_weights(path, meta)
+    # Built without memory (meta device), then the stored tensors become its weights; the fMRI
+    # patch layout comes from the weights too.
+    with torch.device("meta"):
+        model = NeuroGenModel(config, fmri_positions=None, device="meta")
+    _load_state(model, tensors, path, use_ema, assign=True)
+    model.to(torch.device(device) if device is not None else default_device())
+    return model, meta
+
+
+def load_checkpoint_into(model: torch.nn.Module, path: str | Path, *, use_ema: bool = False) -> dict[str, Any]:
+    """Load a checkpoint into an existing model of the same config (e.g. to resume)."""
+    model = unwrap_model(model)
+    path = Path(path)
+    meta = read_checkpoint_config(path)
+    config = checkpoint_model_config(path, meta)
+    if config != model.config:
+        raise ConfigError(
+            f"checkpoint {path} was trained for preset {config.preset!r} but the model is preset {model.config.preset!r} "
+            f"(checkpoint vs model: {'; '.join(_config_differences(config, model.config)) or 'preset name only'})"
+        )
+    tensors = _read_weights(path, meta)
+    device = model.device
+    _load_state(model, {name: t.to(device) for name, t in tensors.items()}, path, use_ema)
+    return meta
+
+
+def load_ema(path: str | Path, model: torch.nn.Module) -> EMA | None:
+    """The EMA stored in a checkpoint, for ``model`` (None when it was saved without one)."""
+    path = Path(path)
+    meta = read_checkpoint_config(path)
+    if meta.get("ema") is None:
+        return None
+    tensors = _read_weights(path, meta)
+    ema = EMA(model, decay=meta["ema"]["decay"])
+    ema.num_updates = int(meta["ema"]["num_updates"])
+    try:
+        ema.load_state_dict({name.removeprefix(EMA_PREFIX): t for name, t in tensors.items() if name.startswith(EMA_PREFIX)})
+    except KeyError as err:
+        raise ConfigError(f"EMA weights in {path / WEIGHTS_FILE} do not fit the model: {err}") from err
+    return ema

@@ -1,0 +1,172 @@
+"""Model configuration and presets (``tiny`` for tests, ``small`` for CPU, ``base`` for GPU).
+
+A ``ModelConfig`` fixes every tensor shape of ``NeuroGenModel``; a checkpoint stores it, so the
+same config always rebuilds the same architecture. The window geometry (16 s windows, fMRI at
+0.5 Hz, fNIRS at 1 Hz, EEG at 200 Hz) follows ``PreprocessConfig`` and the data contract.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from fedneurogen.shared.errors import ConfigError
+
+
+class FmriConfig(BaseModel):
+    """fMRI target: BOLD on fsaverage ico4 (2562 vertices per hemisphere, left then right)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    n_points: int = Field(5124, description="Target vertices: ico4 = first 2562 of each fsaverage5 hemisphere")
+    n_frames: int = Field(8, description="Frames per window (16 s at 0.5 Hz)")
+    sfreq: float = Field(0.5, description="Frame rate (Hz)")
+    n_patches: int = Field(128, description="Target tokens: patches of neighbouring vertices, half per hemisphere")
+
+    @model_validator(mode="after")
+    def _check(self) -> "FmriConfig":
+        if self.n_points % 2:
+            raise ValueError(f"fmri.n_points must be even (two hemispheres), got {self.n_points}")
+        if self.n_patches % 2 or not 2 <= self.n_patches <= self.n_points:
+            raise ValueError(f"fmri.n_patches must be even and in [2, n_points], got {self.n_patches}")
+        return self
+
+
+class FnirsConfig(BaseModel):
+    """fNIRS target: HbO and HbR of each channel; channel sets differ between sites."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    n_frames: int = Field(16, description="Frames per window (16 s at 1 Hz)")
+    sfreq: float = Field(1.0, description="Frame rate (Hz)")
+    max_channels: int = Field(128, description="Largest channel count a batch may have")
+
+
+class ModelConfig(BaseModel):
+    """Every architectural choice of ``NeuroGenModel`` (see ARCHITECTURE section 4)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    preset: str = Field("custom", description="Preset this config came from (for messages and checkpoints)")
+
+    # EEG encoder (LaBraM style): 1 s patches at 200 Hz, temporal conv, electrode + time embeddings.
+    eeg_sfreq: float = 200.0
+    eeg_patch_size: int = Field(200, description="Samples per EEG patch (1 s at 200 Hz)")
+    eeg_max_patches: int = Field(16, description="Patches per window the time embedding covers (LaBraM: 16)")
+    eeg_conv_channels: int = Field(8, description="Temporal-conv channels (LaBraM: 8; multiple of 4)")
+    eeg_dim: int = 200
+    eeg_depth: int = 12
+    eeg_heads: int = 10
+    eeg_mlp_ratio: float = 4.0
+    eeg_layer_scale: float = Field(0.1, description="LayerScale init of the encoder blocks (LaBraM: 0.1)")
+
+    # Hyperdimensional integration (equations 1-3) and token positions.
+    hrf_delay: float = Field(6.0, description="tau of equation (3), seconds; learned")
+    hrf_width: float = Field(2.0, description="sigma of equation (3), seconds; learned")
+    learn_hrf: bool = True
+    position_frequencies: int = Field(8, description="Fourier frequencies per axis for 3-D positions")
+    position_wavelengths_mm: tuple[float, float] = Field((8.0, 400.0), description="Shortest and longest wavelength")
+
+    # Diffusion Transformer.
+    hidden_dim: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    num_classes: int = Field(8, description="Class/group labels; one more embedding is the null label")
+    label_dropout: float = Field(0.1, description="Probability of the null label in training (for CFG)")
+
+    # Target encoders and CLIP-style alignment.
+    target_encoder_dim: int = 256
+    target_encoder_depth: int = 2
+    target_encoder_heads: int = 4
+    align_dim: int = 256
+    alignment_weight: float = Field(0.1, description="Weight of the InfoNCE loss in the total loss")
+
+    # Diffusion process and sampling.
+    diffusion_steps: int = 1000
+    prediction: Literal["v", "eps"] = Field("v", description="Network output: velocity (default) or noise")
+    sampling_steps: int = Field(50, description="DDIM steps used when sample() is not told otherwise")
+    ema_decay: float = 0.999
+
+    fmri: FmriConfig = FmriConfig()
+    fnirs: FnirsConfig = FnirsConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelConfig":
+        for dim, heads, what in (
+            (self.eeg_dim, self.eeg_heads, "eeg"),
+            (self.hidden_dim, self.heads, "DiT"),
+            (self.target_encoder_dim, self.target_encoder_heads, "target encoder"),
+        ):
+            if dim % heads:
+                raise ValueError(f"{what} width {dim} is not divisible by its {heads} heads")
+        if self.eeg_conv_channels % 4:
+            raise ValueError(f"eeg_conv_channels must be a multiple of 4 (GroupNorm(4)), got {self.eeg_conv_channels}")
+        if not 1 <= self.sampling_steps <= self.diffusion_steps:
+            raise ValueError(f"sampling_steps must be in [1, {self.diffusion_steps}], got {self.sampling_steps}")
+        if not 0.0 <= self.label_dropout <= 1.0:
+            raise ValueError(f"label_dropout must be a probability, got {self.label_dropout}")
+        return self
+
+    @property
+    def eeg_conv_dim(self) -> int:
+        """Features per patch out of the temporal conv (stride 8): LaBraM-Base gives 25 x 8 = 200."""
+        return self.eeg_conv_channels * ((self.eeg_patch_size - 1) // 8 + 1)
+
+    @property
+    def eeg_patch_seconds(self) -> float:
+        return self.eeg_patch_size / self.eeg_sfreq
+
+    def modality(self, name: str) -> FmriConfig | FnirsConfig:
+        if name == "fmri":
+            return self.fmri
+        if name == "fnirs":
+            return self.fnirs
+        raise ConfigError(f"unknown target modality {name!r}; expected 'fmri' or 'fnirs'")
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # Seconds per step on a laptop CPU, < 1M parameters: for tests.
+    "tiny": ModelConfig(
+        preset="tiny",
+        eeg_conv_channels=4, eeg_dim=32, eeg_depth=2, eeg_heads=2,
+        hidden_dim=64, depth=2, heads=4,
+        target_encoder_dim=32, target_encoder_depth=1, target_encoder_heads=2, align_dim=32,
+        position_frequencies=4, sampling_steps=20,
+        fmri=FmriConfig(n_patches=32),
+        fnirs=FnirsConfig(max_channels=64),
+    ),
+    # A few million parameters: trains in minutes on a CPU.
+    "small": ModelConfig(
+        preset="small",
+        eeg_conv_channels=8, eeg_dim=64, eeg_depth=4, eeg_heads=4,
+        hidden_dim=128, depth=4, heads=4,
+        target_encoder_dim=64, target_encoder_depth=2, target_encoder_heads=4, align_dim=64,
+        sampling_steps=25,
+        fmri=FmriConfig(n_patches=128),
+    ),
+    # GPU: LaBraM-Base EEG encoder (12 x 200, 10 heads) and a DiT-B sized backbone.
+    "base": ModelConfig(
+        preset="base",
+        eeg_conv_channels=8, eeg_dim=200, eeg_depth=12, eeg_heads=10,
+        hidden_dim=768, depth=12, heads=12,
+        target_encoder_dim=256, target_encoder_depth=2, target_encoder_heads=4, align_dim=256,
+        sampling_steps=50,
+        fmri=FmriConfig(n_patches=512),
+    ),
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    """The named preset (``tiny``, ``small``, ``base``)."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (each shared tensor counted once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

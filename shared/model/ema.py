@@ -1,0 +1,77 @@
+"""Exponential moving average of model weights; diffusion models sample from the EMA weights."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside an Opacus ``GradSampleModule`` (which keeps it as ``_module``)."""
+    while hasattr(model, "_module") and isinstance(model._module, nn.Module):
+        model = model._module
+    return model
+
+
+class EMA:
+    """``shadow = decay * shadow + (1 - decay) * weights`` after every optimiser step.
+
+    With ``warmup`` the decay starts low, ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates,
+    so that the average of a short run is not dominated by the random initialisation.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True):
+        self.decay = decay
+        self.warmup = warmup
+        self.num_updates = 0
+        self.shadow = {name: p.detach().clone() for name, p in unwrap_model(model).named_parameters()}
+
+    def current_decay(self) -> float:
+        if not self.warmup:
+            return self.decay
+        return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.num_updates += 1
+        decay = self.current_decay()
+        for name, p in unwrap_model(model).named_parameters():
+            self.shadow[name].lerp_(p.detach().to(self.shadow[name].dtype), 1.0 - decay)
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        for name, p in unwrap_model(model).named_parameters():
+            p.copy_(self.shadow[name])
+
+    @contextlib.contextmanager
+    def average_parameters(self, model: nn.Module) -> Iterator[nn.Module]:
+        """Temporarily put the EMA weights into ``model`` (e.g. to sample), then restore."""
+        model = unwrap_model(model)
+        backup = {name: p.detach().clone() for name, p in model.named_parameters()}
+        self.copy_to(model)
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    p.copy_(backup[name])
+
+    def to(self, device: torch.device | str) -> "EMA":
+        self.shadow = {name: t.to(device) for name, t in self.shadow.items()}
+        return self
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.shadow)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = set(self.shadow) - set(state)
+        unexpected = set(state) - set(self.shadow)
+        if missing or unexpected:
+            raise KeyError(f"EMA state does not match the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        for name, tensor in state.items():
+            if tensor.shape != self.shadow[name].shape:
+                raise KeyError(f"EMA tensor {name} has shape {list(tensor.shape)}, the model {list(self.shadow[name].shape)}")
+            self.shadow[name] = tensor.to(self.shadow[name].device, self.shadow[name].dtype).clone()

@@ -1,0 +1,400 @@
+"""NeuroGenModel: EEG -> fMRI BOLD / fNIRS HbO-HbR by a conditional Diffusion Transformer.
+
+    eeg [B, C, T] --EEGEncoder--> features [B, C, P, De]                       (6) f = E(x)
+      --HyperdimensionalIntegration (eqs 1-3)--> [B, M, F, De] at target tokens and frames
+      --condition_embed + position--> EEG tokens [B, M, D]
+    x_t [B, N, F] --patchify--> tokens --patch_embed--> + EEG tokens --DiT(c = step + label,
+      cross-attention to EEG tokens)--> final_layer --unpatchify--> v or eps [B, N, F]   (7)-(9)
+
+The backbone (EEG encoder, integration, DiT, position embedding, alignment projection) is shared
+by all sites; everything specific to a target modality sits under ``modality_heads.<modality>.``
+(tokenizer buffers, patch and condition embedders, final layer = modal unpatcher, target
+encoder), so the federated server can aggregate those parameters over the sites that have that
+modality only (``parameter_modality``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, replace
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedneurogen.shared.errors import ConfigError
+from fedneurogen.shared.model.conditioning import HyperdimensionalIntegration, eeg_patch_times, target_frame_times
+from fedneurogen.shared.model.config import ModelConfig, count_parameters, get_preset
+from fedneurogen.shared.model.diffusion import GaussianDiffusion, random_normal
+from fedneurogen.shared.model.dit import DiT, FinalLayer
+from fedneurogen.shared.model.eeg_encoder import EEGEncoder, channel_index_tensor
+from fedneurogen.shared.model.layers import PositionEmbedding
+from fedneurogen.shared.model.target_encoder import ContrastiveAlignment, TargetEncoder
+from fedneurogen.shared.model.tokens import FmriTokenizer, TokenLayout, fnirs_layout, load_ico4_positions, patchify, unpatchify
+from fedneurogen.shared.recording import PairedWindows
+
+MODALITIES = ("fmri", "fnirs")
+MODALITY_PREFIX = "modality_heads."
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def parameter_modality(name: str) -> str | None:
+    """``'fmri'``/``'fnirs'`` for a modality-specific parameter or buffer name, None for the backbone."""
+    name = name.removeprefix("_module.")  # Opacus GradSampleModule
+    return name.split(".")[1] if name.startswith(MODALITY_PREFIX) else None
+
+
+@dataclass
+class Batch:
+    """One batch of paired windows from one site (one montage, one target layout)."""
+
+    modality: str
+    eeg: torch.Tensor  # [B, C, T] at eeg_sfreq, units of 100 uV
+    eeg_channel_names: list[str]
+    eeg_positions: torch.Tensor  # [C, 3] mm
+    target_sfreq: float
+    lag: float  # the EEG window starts this many seconds before the target window
+    target: torch.Tensor | None = None  # [B, N, F]; None when only sampling
+    target_positions: torch.Tensor | None = None  # [N, 3] mm (fNIRS: needed; fMRI: ico4 is fixed)
+    target_names: list[str] | None = None
+    target_point_types: list[str] | None = None  # fNIRS: 'hbo'/'hbr' per point
+    labels: torch.Tensor | None = None  # [B] class index, -1 = unlabelled; None = no labels
+    eeg_sfreq: float = 200.0
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.eeg.shape[0])
+
+    def to(self, device: torch.device | str) -> "Batch":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return replace(
+            self, eeg=move(self.eeg), eeg_positions=move(self.eeg_positions), target=move(self.target),
+            target_positions=move(self.target_positions), labels=move(self.labels),
+        )
+
+    def select(self, index: torch.Tensor | Sequence[int] | slice) -> "Batch":
+        """The windows at ``index`` (layout, montage and positions are shared)."""
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return replace(self, eeg=pick(self.eeg), target=pick(self.target), labels=pick(self.labels))
+
+    @classmethod
+    def from_windows(
+        cls,
+        windows: PairedWindows,
+        index: np.ndarray | Sequence[int] | slice | None = None,
+        class_to_index: Mapping[str, int] | None = None,
+        device: torch.device | str | None = None,
+    ) -> "Batch":
+        """Windows ``index`` (all when None) as tensors on ``device`` (CUDA when available).
+
+        Labels are mapped through ``class_to_index``; labels it does not list become -1, the null
+        label. Without ``class_to_index`` the batch is unlabelled."""
+        device = torch.device(device) if device is not None else default_device()
+        index = slice(None) if index is None else index
+        labels = None
+        if class_to_index is not None:
+            names = np.asarray(windows.labels)[index]
+            labels = torch.tensor([class_to_index.get(str(n), -1) for n in names], dtype=torch.long, device=device)
+        as_tensor = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)  # noqa: E731
+        return cls(
+            modality=windows.target_modality,
+            eeg=as_tensor(windows.eeg[index]),
+            eeg_channel_names=list(windows.eeg_channel_names),
+            eeg_positions=as_tensor(windows.eeg_positions),
+            target_sfreq=float(windows.target_sfreq),
+            lag=float(windows.lag),
+            target=as_tensor(windows.target[index]),
+            target_positions=as_tensor(windows.target_positions),
+            target_names=list(windows.target_names),
+            target_point_types=None if windows.target_point_types is None else list(windows.target_point_types),
+            labels=labels,
+            eeg_sfreq=float(windows.eeg_sfreq),
+        )
+
+
+class ModalityHead(nn.Module):
+    """The parts of the model specific to one target modality."""
+
+    def __init__(self, config: ModelConfig, n_frames: int, token_size: int, tokenizer: FmriTokenizer | None = None):
+        super().__init__()
+        token_dim = token_size * n_frames
+        self.tokenizer = tokenizer
+        self.patch_embed = nn.Linear(token_dim, config.hidden_dim)  # target tokens -> hidden
+        self.condition_embed = nn.Linear(n_frames * config.eeg_dim, config.hidden_dim)  # integrated EEG -> hidden
+        self.final_layer = FinalLayer(config.hidden_dim, token_dim)  # the modal unpatcher (9)
+        self.target_encoder = TargetEncoder(token_dim, config)  # for the alignment stage
+
+
+class NeuroGenModel(nn.Module):
+    """The generative model. ``loss(batch)`` trains it, ``sample(batch)`` generates targets.
+
+    ``fmri_positions`` fixes the grouping of ico4 vertices into fMRI tokens: ``"ico4"`` (default)
+    reads the fsaverage5 pial surface shipped with nilearn, an array ``[5124, 3]`` gives the
+    vertex positions directly, and ``None`` leaves the grouping to be loaded from a checkpoint.
+    The model moves itself to ``device`` (CUDA when available); on CUDA the network runs under
+    bf16 autocast, on CPU in fp32.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig | str,
+        *,
+        fmri_positions: np.ndarray | torch.Tensor | str | None = "ico4",
+        device: torch.device | str | None = None,
+    ):
+        super().__init__()
+        self.config = get_preset(config) if isinstance(config, str) else config
+        cfg = self.config
+        if isinstance(fmri_positions, str):
+            if fmri_positions != "ico4":
+                raise ConfigError(f"fmri_positions must be 'ico4', an array or None, got {fmri_positions!r}")
+            fmri_positions = load_ico4_positions()
+        if isinstance(fmri_positions, torch.Tensor):
+            fmri_positions = fmri_positions.detach().cpu().numpy()
+        self.diffusion = GaussianDiffusion(cfg.diffusion_steps, cfg.prediction)
+        self.eeg_encoder = EEGEncoder(cfg)
+        self.integration = HyperdimensionalIntegration(cfg.hrf_delay, cfg.hrf_width, cfg.learn_hrf)
+        self.position = PositionEmbedding(cfg.hidden_dim, cfg.position_frequencies, cfg.position_wavelengths_mm)
+        self.dit = DiT(cfg.hidden_dim, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.num_classes, cfg.label_dropout)
+        fmri_tokens = FmriTokenizer(cfg.fmri, fmri_positions)
+        self.modality_heads = nn.ModuleDict({
+            "fmri": ModalityHead(cfg, cfg.fmri.n_frames, fmri_tokens.token_size, fmri_tokens),
+            "fnirs": ModalityHead(cfg, cfg.fnirs.n_frames, token_size=2),  # HbO + HbR of one channel
+        })
+        self.alignment = ContrastiveAlignment(cfg.eeg_dim, cfg.align_dim)
+        self.alignment_enabled = True
+        self._initialize_weights()
+        self.to(torch.device(device) if device is not None else default_device())
+
+    def _initialize_weights(self) -> None:
+        def xavier(module: nn.Module) -> None:
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+        for part in (self.position, self.dit, self.modality_heads, self.alignment):
+            part.apply(xavier)
+        self.dit.initialize_weights()
+        for head in self.modality_heads.values():
+            # adaLN-Zero: the unpatcher starts at zero output
+            for layer in (head.final_layer.adaLN_modulation[-1], head.final_layer.linear):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type == "cuda":
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # -- batch geometry ------------------------------------------------------------------------
+
+    def layout(self, batch: Batch) -> TokenLayout:
+        """Which target points form each token, checking the batch against the config."""
+        cfg = self.config
+        if batch.modality not in MODALITIES:
+            raise ConfigError(f"unknown target modality {batch.modality!r}; expected one of {MODALITIES}")
+        modality_cfg = cfg.modality(batch.modality)
+        if abs(batch.eeg_sfreq - cfg.eeg_sfreq) > 1e-6:
+            raise ConfigError(f"EEG at {batch.eeg_sfreq} Hz; the model expects {cfg.eeg_sfreq} Hz")
+        if abs(batch.target_sfreq - modality_cfg.sfreq) > 1e-6:
+            raise ConfigError(f"{batch.modality} target at {batch.target_sfreq} Hz; the model expects {modality_cfg.sfreq} Hz")
+        if batch.eeg.dim() != 3 or batch.eeg.shape[1] != len(batch.eeg_channel_names) or tuple(batch.eeg_positions.shape) != (batch.eeg.shape[1], 3):
+            raise ConfigError(
+                f"EEG batch must be [B, C, T] with C names and [C, 3] positions; got eeg {list(batch.eeg.shape)}, "
+                f"{len(batch.eeg_channel_names)} names, positions {list(batch.eeg_positions.shape)}"
+            )
+        if batch.modality == "fmri":
+            layout = self.modality_heads["fmri"].tokenizer.layout()
+        else:
+            if batch.target_names is None or batch.target_positions is None:
+                raise ConfigError("fNIRS batches need target_names, target_point_types and target_positions")
+            layout = fnirs_layout(batch.target_names, batch.target_point_types, batch.target_positions)
+            if layout.n_tokens > cfg.fnirs.max_channels:
+                raise ConfigError(f"fNIRS batch has {layout.n_tokens} channels; the model allows {cfg.fnirs.max_channels}")
+        if batch.target is not None and tuple(batch.target.shape[1:]) != (layout.n_points, modality_cfg.n_frames):
+            raise ConfigError(
+                f"{batch.modality} target must be [B, {layout.n_points}, {modality_cfg.n_frames}], got {list(batch.target.shape)}"
+            )
+        return layout
+
+    # -- network -------------------------------------------------------------------------------
+
+    def encode_eeg(self, batch: Batch) -> torch.Tensor:
+        """EEG features ``[B, C, P, De]`` (equation 6)."""
+        return self.eeg_encoder(batch.eeg, channel_index_tensor(batch.eeg_channel_names, batch.eeg.device))
+
+    def condition_tokens(self, batch: Batch, features: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        """EEG tokens ``[B, M, D]``: the integrated EEG evidence at each target token."""
+        head = self.modality_heads[batch.modality]
+        n_frames = self.config.modality(batch.modality).n_frames
+        device = features.device
+        patch_times = eeg_patch_times(features.shape[2], batch.lag, self.config.eeg_patch_seconds, device)
+        frame_times = target_frame_times(n_frames, self.config.modality(batch.modality).sfreq, device)
+        integrated = self.integration(features, batch.eeg_positions, layout.centroids, patch_times, frame_times)
+        return head.condition_embed(integrated.flatten(2)) + self.position(layout.centroids, features.shape[0])
+
+    def denoise(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        condition: torch.Tensor,
+        layout: TokenLayout,
+        modality: str,
+        labels: torch.Tensor | None = None,
+        drop_labels: bool = False,
+    ) -> torch.Tensor:
+        """One network evaluation: noisy targets ``[B, N, F]`` -> v (or eps) ``[B, N, F]``."""
+        head = self.modality_heads[modality]
+        # Each token also gets its own EEG token added (like SR3/Palette's concatenated
+        # condition); cross-attention lets it read every other one.
+        x = head.patch_embed(patchify(x_t, layout)) + condition
+        c = self.dit.condition(t, labels, drop_labels)
+        x = self.dit(x, c, context=condition)
+        return unpatchify(head.final_layer(x, c), layout, x_t.shape[2])
+
+    def guided_denoise(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        condition: torch.Tensor,
+        layout: TokenLayout,
+        modality: str,
+        labels: torch.Tensor | None,
+        guidance_scale: float,
+    ) -> torch.Tensor:
+        """Classifier-free guidance on the label: ``uncond + s * (cond - uncond)``.
+
+        ``s = 1`` (or no labels) is the plain conditional prediction, ``s = 0`` the null label's."""
+        if labels is None or guidance_scale == 1.0:
+            return self.denoise(x_t, t, condition, layout, modality, labels)
+        null = torch.full_like(labels, -1)
+        both = self.denoise(
+            torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([condition, condition]), layout, modality, torch.cat([labels, null])
+        )
+        conditional, unconditional = both.chunk(2)
+        return unconditional + guidance_scale * (conditional - unconditional)
+
+    # -- training ------------------------------------------------------------------------------
+
+    def alignment_loss(self, batch: Batch, features: torch.Tensor | None = None, layout: TokenLayout | None = None) -> torch.Tensor:
+        """CLIP-style InfoNCE between pooled EEG and target window embeddings (needs B >= 2)."""
+        layout = layout if layout is not None else self.layout(batch)
+        features = features if features is not None else self.encode_eeg(batch)
+        target_embedding = self.modality_heads[batch.modality].target_encoder(patchify(batch.target, layout), layout.centroids)
+        return self.alignment(features, target_embedding)
+
+    def loss(
+        self,
+        batch: Batch,
+        *,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Total loss = diffusion loss (8) + ``alignment_weight`` x InfoNCE, and its parts.
+
+        ``t`` and ``noise`` default to random draws (from ``generator`` when given). Labels are
+        replaced by the null label with probability ``label_dropout`` in training mode."""
+        if batch.target is None:
+            raise ConfigError("loss() needs a batch with targets")
+        layout = self.layout(batch)
+        x0 = batch.target.float()
+        t = t if t is not None else self.diffusion.sample_timesteps(x0.shape[0], x0.device, generator)
+        noise = noise if noise is not None else random_normal(tuple(x0.shape), generator, x0.device)
+        x_t = self.diffusion.q_sample(x0, t, noise)
+        with self._autocast():
+            features = self.encode_eeg(batch)
+            condition = self.condition_tokens(batch, features, layout)
+            output = self.denoise(x_t, t, condition, layout, batch.modality, batch.labels, drop_labels=self.training)
+            diffusion_loss = F.mse_loss(output.float(), self.diffusion.training_target(x0, t, noise))
+            total = diffusion_loss
+            parts = {"diffusion": float(diffusion_loss.detach())}
+            if self.alignment_enabled and self.config.alignment_weight > 0 and x0.shape[0] > 1:
+                alignment = self.alignment_loss(batch, features, layout)
+                total = total + self.config.alignment_weight * alignment
+                parts["alignment"] = float(alignment.detach())
+        parts["total"] = float(total.detach())
+        return total, parts
+
+    def forward(self, batch: Batch, **kwargs) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.loss(batch, **kwargs)
+
+    def prepare_for_dp(self, modality: str) -> list[nn.Parameter]:
+        """Make the model fit Opacus DP-SGD for batches of ``modality``; returns the trainable parameters.
+
+        DP-SGD clips each window's own gradient, so only per-window losses may be trained:
+        - the InfoNCE alignment compares the windows of a batch with each other: it is switched
+          off and the target encoders and alignment projection are frozen;
+        - the other modality's head gets no gradient from this site: frozen;
+        - tau and sigma of the temporal alignment take the time grids as extra inputs, which
+          Opacus' per-layer hooks cannot pass on: frozen at their current values.
+        Everything else is made trainable (freeze more afterwards if wanted).
+        """
+        if modality not in MODALITIES:
+            raise ConfigError(f"unknown target modality {modality!r}; expected one of {MODALITIES}")
+        self.requires_grad_(True)
+        for name, head in self.modality_heads.items():
+            head.requires_grad_(name == modality)
+            head.target_encoder.requires_grad_(False)
+        self.alignment.requires_grad_(False)
+        self.integration.temporal.requires_grad_(False)
+        self.alignment_enabled = False
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # -- generation ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(
+        self,
+        batch: Batch,
+        *,
+        steps: int | None = None,
+        guidance_scale: float = 1.0,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Generate targets ``[B, N, F]`` from the batch's EEG (and labels) by DDIM.
+
+        ``steps`` defaults to the config's ``sampling_steps``; ``eta=0`` is deterministic given
+        ``generator``. To sample with EMA weights use ``EMA.average_parameters(model)`` or a
+        checkpoint loaded with ``use_ema=True``."""
+        layout = self.layout(batch)
+        n_frames = self.config.modality(batch.modality).n_frames
+        with self._autocast():
+            condition = self.condition_tokens(batch, self.encode_eeg(batch), layout)
+
+        def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            with self._autocast():
+                return self.guided_denoise(x_t, t, condition, layout, batch.modality, batch.labels, guidance_scale).float()
+
+        return self.diffusion.ddim_sample(
+            model_fn,
+            (batch.batch_size, layout.n_points, n_frames),
+            steps=steps or self.config.sampling_steps,
+            eta=eta,
+            generator=generator,
+            device=self.device,
+        )
+
+
+def parameter_count(config: ModelConfig | str) -> dict[str, int]:
+    """Parameters of the model a config describes, per part, without allocating them (the model
+    is built on the meta device): ``total``, ``eeg_encoder``, ``dit``, ``fmri``, ``fnirs``, ``other``."""
+    with torch.device("meta"):
+        model = NeuroGenModel(config, fmri_positions=None, device="meta")
+    parts = {
+        "eeg_encoder": count_parameters(model.eeg_encoder),
+        "dit": count_parameters(model.dit),
+        **{name: count_parameters(head) for name, head in model.modality_heads.items()},
+    }
+    total = count_parameters(model)
+    return {"total": total, **parts, "other": total - sum(parts.values())}

@@ -1,0 +1,337 @@
+"""Training the generator on paired windows: one loop for centralized and federated training.
+
+A batch always comes from one site (one montage, one target layout); batches of different sites
+are interleaved in a seeded random order. ``train_epochs`` is the unit a Flower client runs each
+round; ``Trainer`` wraps it for ``fedneurogen train`` with logs, checkpoints and resume.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedneurogen.shared.errors import ConfigError
+from fedneurogen.shared.io import atomic_path, write_json_atomic
+from fedneurogen.shared.model import EMA, Batch, NeuroGenModel
+from fedneurogen.shared.recording import PairedWindows
+
+
+class TrainConfig(BaseModel):
+    """Optimisation settings; ``TRAIN_PRESETS`` gives one per model preset."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(16, ge=2, description="Windows per batch (>= 2 for the contrastive loss)")
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    warmup_steps: int = Field(50, ge=0)
+    checkpoint_every: int = Field(200, ge=1, description="Steps between checkpoints")
+    val_fraction: float = 0.15
+    test_fraction: float = 0.2
+
+
+TRAIN_PRESETS: dict[str, TrainConfig] = {
+    "tiny": TrainConfig(epochs=3, batch_size=8, lr=1e-3, warmup_steps=5, checkpoint_every=50),
+    "small": TrainConfig(epochs=30, batch_size=16, lr=5e-4, warmup_steps=50, checkpoint_every=200),
+    "base": TrainConfig(epochs=100, batch_size=32, lr=2e-4, warmup_steps=500, checkpoint_every=1000),
+}
+
+
+def class_index(sites: Sequence[PairedWindows]) -> dict[str, int]:
+    """Label name -> index over every site's classes (sorted, so sites agree on it)."""
+    names = sorted({label for site in sites for label in site.classes})
+    return {name: i for i, name in enumerate(names)}
+
+
+def iterate_batches(sizes: Sequence[int], batch_size: int, rng: np.random.Generator) -> Iterator[tuple[int, np.ndarray]]:
+    """``(site, window indices)`` for one epoch: each site's windows shuffled into batches of
+    ``batch_size`` (a last batch smaller than 2 is dropped), batches of all sites interleaved."""
+    plan: list[tuple[int, np.ndarray]] = []
+    for site, n in enumerate(sizes):
+        order = rng.permutation(n)
+        for start in range(0, n, batch_size):
+            chunk = order[start : start + batch_size]
+            if len(chunk) >= 2:
+                plan.append((site, chunk))
+    for i in rng.permutation(len(plan)):
+        yield plan[i]
+
+
+def make_optimizer(params: Sequence[torch.nn.Parameter] | Iterator[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(list(params), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, config: TrainConfig, step: int) -> None:
+    """Linear warm-up to ``config.lr`` then constant (diffusion training is robust to it)."""
+    scale = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    for group in optimizer.param_groups:
+        group["lr"] = config.lr * scale
+
+
+@dataclass
+class EpochStats:
+    steps: int = 0
+    examples: int = 0
+    loss_sum: float = 0.0
+    parts_sum: dict[str, float] = field(default_factory=dict)
+    stopped_early: bool = False
+
+    def add(self, n: int, parts: dict[str, float]) -> None:
+        self.steps += 1
+        self.examples += n
+        self.loss_sum += parts["total"] * n
+        for k, v in parts.items():
+            self.parts_sum[k] = self.parts_sum.get(k, 0.0) + v * n
+
+    def summary(self) -> dict[str, float]:
+        n = max(self.examples, 1)
+        return {"loss": self.loss_sum / n, **{f"loss_{k}": v / n for k, v in self.parts_sum.items() if k != "total"}, "steps": self.steps, "examples": self.examples}
+
+
+def train_epochs(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    sites: Sequence[PairedWindows],
+    *,
+    epochs: int,
+    config: TrainConfig,
+    class_to_index: dict[str, int] | None,
+    seed: int,
+    ema: EMA | None = None,
+    start_step: int = 0,
+    deadline: float | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    progress: Any = None,
+    clip_gradients: bool = True,
+) -> tuple[EpochStats, int]:
+    """Train for ``epochs`` passes over ``sites``; returns the statistics and the new step count.
+
+    ``model`` may be an Opacus ``GradSampleModule`` (then pass ``clip_gradients=False``: DP-SGD
+    clips per sample itself). Training stops early, cleanly, at ``deadline`` (``time.time()``).
+    """
+    inner: NeuroGenModel = getattr(model, "_module", model)
+    device = inner.device
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    stats = EpochStats()
+    step = start_step
+    model.train()
+    for _ in range(epochs):
+        for site, index in iterate_batches([len(s) for s in sites], config.batch_size, rng):
+            if deadline is not None and time.time() > deadline:
+                stats.stopped_early = True
+                return stats, step
+            batch = Batch.from_windows(sites[site], np.sort(index), class_to_index, device)
+            set_learning_rate(optimizer, config, step)
+            optimizer.zero_grad(set_to_none=True)
+            loss, parts = model(batch, generator=generator)
+            loss.backward()
+            if clip_gradients:
+                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.grad_clip)
+            optimizer.step()
+            if ema is not None:
+                ema.update(inner)
+            step += 1
+            stats.add(batch.batch_size, parts)
+            if on_step is not None:
+                on_step(step, parts)
+            if progress is not None:
+                progress(parts)
+    return stats, step
+
+
+@torch.no_grad()
+def validation_loss(model: NeuroGenModel, sites: Sequence[PairedWindows], class_to_index: dict[str, int] | None, batch_size: int, seed: int = 0) -> float:
+    """Mean diffusion loss with fixed timesteps and noise (a seeded generator), so that two
+    evaluations of the same weights give the same number."""
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    total, count = 0.0, 0
+    for site in sites:
+        for start in range(0, len(site), batch_size):
+            index = np.arange(start, min(start + batch_size, len(site)))
+            if len(index) < 2:
+                continue
+            batch = Batch.from_windows(site, index, class_to_index, model.device)
+            _, parts = model.loss(batch, generator=generator)
+            total += parts["diffusion"] * len(index)
+            count += len(index)
+    model.train(was_training)
+    return total / count if count else float("nan")
+
+
+def save_training_state(path: Path, optimizer: torch.optim.Optimizer, step: int, epoch: int, extra: dict[str, Any] | None = None) -> None:
+    """Optimiser state and counters next to a checkpoint, written atomically."""
+    state = {"optimizer": optimizer.state_dict(), "step": step, "epoch": epoch, **(extra or {})}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_training_state(path: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+    except (OSError, RuntimeError, KeyError, ValueError) as err:
+        raise ConfigError(f"cannot resume from {path}: {err}") from err
+    return state
+
+
+class JsonlLogger:
+    """Append-only JSON-lines log plus TensorBoard scalars."""
+
+    def __init__(self, run_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.path = run_dir / "log.jsonl"
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def log(self, step: int, **values: float | str) -> None:
+        record = {"step": step, "time": time.time(), **values}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and np.isfinite(value):
+                self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def write_run_config(run_dir: Path, config: dict[str, Any]) -> None:
+    write_json_atomic(run_dir / "run.json", config)
+
+
+# -- centralized training (``fedneurogen train``) -----------------------------------------------
+
+CHECKPOINT_DIR = "checkpoint"
+STATE_FILE = "train_state.pt"
+
+
+@dataclass
+class SplitSites:
+    """Each site's windows cut by subject into train / validation / test."""
+
+    train: list[PairedWindows]
+    val: list[PairedWindows]
+    test: list[PairedWindows]
+
+
+def split_sites(sites: Sequence[PairedWindows], seed: int, val_fraction: float, test_fraction: float) -> SplitSites:
+    from fedneurogen.shared.splits import split_subjects
+
+    out = SplitSites([], [], [])
+    for site in sites:
+        split = split_subjects(site.subjects, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
+        train, val, test = split.masks(site.subjects)
+        out.train.append(site.subset(train))
+        if val.any():
+            out.val.append(site.subset(val))
+        if test.any():
+            out.test.append(site.subset(test))
+    return out
+
+
+def train_centralized(
+    sites: Sequence[PairedWindows],
+    run_dir: Path,
+    *,
+    preset: str = "tiny",
+    seed: int = 0,
+    max_minutes: float | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    train_config: TrainConfig | None = None,
+    preprocess: dict[str, Any] | None = None,
+    site_names: Sequence[str] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train one model on the pooled training subjects of ``sites``; returns the checkpoint dir.
+
+    Writes ``run_dir/checkpoint/`` (after every epoch and at the end), ``train_state.pt``
+    (optimiser and counters for ``resume``), ``log.jsonl``, ``tensorboard/`` and ``run.json``.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from fedneurogen.shared.model import get_preset, load_checkpoint_into, load_ema, save_checkpoint
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = train_config or TRAIN_PRESETS.get(preset, TrainConfig())
+    torch.manual_seed(seed)
+    split = split_sites(sites, seed, config.val_fraction, config.test_fraction)
+    classes = class_index(sites)
+    model_config = get_preset(preset)
+    if len(classes) > model_config.num_classes:
+        raise ConfigError(f"the data has {len(classes)} classes {sorted(classes)} but preset {preset!r} has {model_config.num_classes} label slots")
+    model = NeuroGenModel(model_config, device=device)
+    ema = EMA(model, decay=model_config.ema_decay)
+    optimizer = make_optimizer(model.parameters(), config)
+    checkpoint_dir = run_dir / CHECKPOINT_DIR
+    step, first_epoch = 0, 0
+    if resume:
+        if not (checkpoint_dir / "config.json").exists():
+            raise ConfigError(f"--resume: no checkpoint in {checkpoint_dir}")
+        load_checkpoint_into(model, checkpoint_dir)
+        ema = load_ema(checkpoint_dir, model) or ema
+        state = load_training_state(run_dir / STATE_FILE, optimizer)
+        step, first_epoch = int(state["step"]), int(state["epoch"])
+
+    names = list(site_names or [f"site-{i + 1:02d}" for i in range(len(sites))])
+    provenance = {
+        "mode": "centralized",
+        "preset": preset,
+        "seed": seed,
+        "split_seed": seed,
+        "val_fraction": config.val_fraction,
+        "test_fraction": config.test_fraction,
+        "train_config": config.model_dump(),
+        "sites": names,
+        "train_windows": int(sum(len(s) for s in split.train)),
+    }
+    write_run_config(run_dir, {"provenance": provenance, "classes": list(classes)})
+    logger = JsonlLogger(run_dir)
+    deadline = time.time() + 60 * max_minutes if max_minutes else None
+    steps_per_epoch = sum(max(0, len(s) // config.batch_size + (len(s) % config.batch_size >= 2)) for s in split.train)
+
+    def checkpoint(epoch: int) -> None:
+        extra = {
+            "class_names": list(classes),
+            "preprocess": preprocess or {},
+            "provenance": {**provenance, "epochs": epoch, "steps": step},
+        }
+        save_checkpoint(checkpoint_dir, model, ema=ema, extra=extra)
+        save_training_state(run_dir / STATE_FILE, optimizer, step, epoch)
+
+    columns = (TextColumn("[bold]train[/] epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("train", total=steps_per_epoch * (config.epochs - first_epoch), epoch=first_epoch + 1, loss=float("nan"))
+        epoch = first_epoch
+        for epoch in range(first_epoch, config.epochs):
+            bar.update(task, epoch=epoch + 1)
+            stats, step = train_epochs(
+                model, optimizer, split.train, epochs=1, config=config, class_to_index=classes, seed=seed * 1000 + epoch,
+                ema=ema, start_step=step, deadline=deadline,
+                on_step=lambda s, parts: logger.log(s, **{f"train/{k}": v for k, v in parts.items()}),
+                progress=lambda parts: bar.update(task, advance=1, loss=parts["total"]),
+            )
+            with ema.average_parameters(model):
+                val = validation_loss(model, split.val or split.train, classes, config.batch_size, seed=seed)
+            finished = epoch + 1 if not stats.stopped_early else epoch
+            logger.log(step, epoch=finished, **{"val/loss": val, "train/epoch_loss": stats.summary()["loss"]})
+            checkpoint(finished)
+            if stats.stopped_early:
+                bar.console.print(f"stopped after {max_minutes} min (--max-minutes) at step {step}")
+                break
+    logger.close()
+    return checkpoint_dir
