@@ -65,14 +65,16 @@ class ValidationReport:
             head.add_row(name, text)
         parts: list[Any] = [head]
         if self.problems:
-            table = Table(title="Problems", title_justify="left")
-            table.add_column("severity")
-            table.add_column("file", overflow="fold")
-            table.add_column("problem", overflow="fold")
+            # one line per problem, not a table: paths must stay whole so they can be copied
+            from rich.text import Text
+
+            parts.append(Text("Problems", style="bold"))
             for p in self.problems:
-                colour = "red" if p.severity == "error" else "yellow"
-                table.add_row(f"[{colour}]{p.severity}[/{colour}]", _rel(p.path, self.site_dir), p.message)
-            parts.append(table)
+                line = Text(f"  {p.severity:<7} ", style="red" if p.severity == "error" else "yellow")
+                line.append(f"{_rel(p.path, self.site_dir)}: ", style="bold")
+                line.append(p.message)
+                line.no_wrap = False
+                parts.append(line)
         return Group(*parts)
 
 
@@ -111,7 +113,12 @@ def render_report(report: ValidationReport, console=None) -> None:
     """Print a report with rich (to ``console`` or a new stdout console)."""
     from rich.console import Console
 
-    (console or Console()).print(report.to_rich())
+    from rich.text import Text
+
+    console = console or Console()
+    for part in report.to_rich().renderables:
+        # problem lines soft-wrap so a long path is never broken by an inserted newline
+        console.print(part, soft_wrap=isinstance(part, Text))
 
 
 @dataclass

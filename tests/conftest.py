@@ -1,0 +1,34 @@
+"""Fixtures shared across test files: small simulated datasets, made once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Keep the preprocessing cache of the test session out of the user's ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FEDNEUROGEN_CACHE", str(tmp_path_factory.mktemp("fedneurogen-cache")))
+    mp.setenv("MPLBACKEND", "Agg")
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def small_fmri_sites(tmp_path_factory) -> list[Path]:
+    """Two simulated EEG-fMRI sites (64 ch EDF / 32 ch BrainVision), 3 subjects, 200 s runs."""
+    from fedneurogen.simulations.simulator import simulate_dataset
+
+    out = tmp_path_factory.mktemp("sim-fmri")
+    return simulate_dataset(out, n_sites=2, subjects_per_site=3, modality="fmri", seed=11, run_seconds=200.0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def small_fmri_windows(small_fmri_sites):
+    """The paired windows of ``small_fmri_sites`` (loaded through the cache)."""
+    from fedneurogen.shared.data import load_site
+
+    return [load_site(site, progress=False) for site in small_fmri_sites]

@@ -1,0 +1,69 @@
+"""Centralized training: checkpoints, logs, resume and the time limit."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fedneurogen.shared.errors import ConfigError
+from fedneurogen.shared.model import load_checkpoint, read_checkpoint_config
+from fedneurogen.shared.training import TRAIN_PRESETS, class_index, iterate_batches, split_sites, train_centralized
+
+TWO_EPOCHS = TRAIN_PRESETS["tiny"].model_copy(update={"epochs": 2, "batch_size": 8})
+
+
+def _log(run_dir):
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def test_iterate_batches_covers_each_site_once_per_epoch():
+    rng = np.random.default_rng(0)
+    plan = list(iterate_batches([10, 5], batch_size=4, rng=rng))
+    for site, n in ((0, 10), (1, 5)):
+        seen = np.concatenate([idx for s, idx in plan if s == site])
+        # a last batch of one window is dropped (the contrastive loss needs two)
+        assert len(seen) == len(set(seen.tolist())) >= n - 1
+    assert all(len(idx) >= 2 for _, idx in plan)
+
+
+def test_split_sites_keeps_subjects_apart(small_fmri_windows):
+    split = split_sites(small_fmri_windows, seed=0, val_fraction=0.15, test_fraction=0.2)
+    for train, test in zip(split.train, split.test):
+        assert not set(train.subjects) & set(test.subjects)
+    assert sum(len(s) for s in split.train) + sum(len(s) for s in split.val) + sum(len(s) for s in split.test) == sum(
+        len(s) for s in small_fmri_windows
+    )
+
+
+def test_train_writes_checkpoint_logs_and_resumes(small_fmri_windows, tmp_path):
+    run = tmp_path / "run"
+    checkpoint = train_centralized(small_fmri_windows, run, preset="tiny", seed=0, train_config=TWO_EPOCHS, device="cpu", progress=False)
+    meta = read_checkpoint_config(checkpoint)
+    assert meta["class_names"] == sorted(class_index(small_fmri_windows))
+    assert meta["provenance"]["epochs"] == 2 and meta["provenance"]["split_seed"] == 0
+    steps_after_two = meta["provenance"]["steps"]
+    assert steps_after_two > 0
+    log = _log(run)
+    assert [r["epoch"] for r in log if "val/loss" in r] == [1, 2]
+    assert all(np.isfinite(r["val/loss"]) for r in log if "val/loss" in r)
+    assert any((run / "tensorboard").iterdir())
+
+    three = TWO_EPOCHS.model_copy(update={"epochs": 3})
+    train_centralized(small_fmri_windows, run, preset="tiny", seed=0, train_config=three, device="cpu", resume=True, progress=False)
+    meta = read_checkpoint_config(checkpoint)
+    assert meta["provenance"]["epochs"] == 3
+    assert meta["provenance"]["steps"] == steps_after_two * 3 // 2
+    model, _ = load_checkpoint(checkpoint, device="cpu", use_ema=True)
+    assert model.config.preset == "tiny"
+
+
+def test_time_limit_stops_and_still_checkpoints(small_fmri_windows, tmp_path):
+    run = tmp_path / "limited"
+    checkpoint = train_centralized(small_fmri_windows, run, preset="tiny", seed=0, train_config=TWO_EPOCHS, max_minutes=1e-6, device="cpu", progress=False)
+    meta = read_checkpoint_config(checkpoint)
+    assert meta["provenance"]["steps"] == 0 and meta["provenance"]["epochs"] == 0
+
+
+def test_resume_without_checkpoint_is_a_clear_error(small_fmri_windows, tmp_path):
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        train_centralized(small_fmri_windows, tmp_path / "empty", preset="tiny", resume=True, device="cpu", progress=False)
