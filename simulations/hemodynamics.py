@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from scipy import signal
 
+from fedneurogen.shared.metrics import pearson_rows
 from fedneurogen.simulations.geometry import MotorProbe, load_cortex
 from fedneurogen.simulations.latent import LatentActivity
 from fedneurogen.simulations.physiology import (
@@ -39,13 +40,6 @@ def _sample_at(x: np.ndarray, sfreq: float, times: np.ndarray) -> np.ndarray:
     """Values of the rows of ``x`` (sampled at ``sfreq``) at ``times`` (linear interpolation)."""
     grid = np.arange(x.shape[-1]) / sfreq
     return np.array([np.interp(times, grid, row) for row in x])
-
-
-def rowwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pearson correlation over time (last axis) of matching rows."""
-    a = a - a.mean(axis=-1, keepdims=True)
-    b = b - b.mean(axis=-1, keepdims=True)
-    return np.sum(a * b, axis=-1) / np.sqrt(np.sum(a * a, axis=-1) * np.sum(b * b, axis=-1) + 1e-30)
 
 
 @dataclass
@@ -83,7 +77,7 @@ def simulate_bold(
     return BoldRun(
         noisy=noisy.astype(np.float32),
         clean=clean.astype(np.float32),
-        active_r=rowwise_pearson(noisy[active], clean[active]),
+        active_r=pearson_rows(noisy[active], clean[active]),
     )
 
 
@@ -202,5 +196,5 @@ def simulate_nirs(
     true_task = channel_maps[:, task] @ hbo_resp[task]
     evoked = np.std(true_task, axis=1)
     active = np.flatnonzero(evoked >= 0.5 * evoked.max())
-    active_r = rowwise_pearson(nirs_bandpass(hbo_back[active], sfreq), nirs_bandpass(hbo[active], sfreq))
+    active_r = pearson_rows(nirs_bandpass(hbo_back[active], sfreq), nirs_bandpass(hbo[active], sfreq))
     return NirsRun(intensity=intensity, hbo=hbo, hbr=hbr, active_r=active_r)
