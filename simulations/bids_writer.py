@@ -1,14 +1,15 @@
 """Writers for the BIDS layout of ``docs/data-contract.md``.
 
-Every file is written atomically (a temporary file in the target directory, then a rename), so
-a reader never sees half a file. The measurement date is fixed, so the same seed gives the same
-bytes. Formats are written with the libraries the readers use (MNE/edfio for EDF, pybv for
-BrainVision, nibabel for GIFTI) or, for SNIRF, with h5py following the SNIRF 1.1 specification.
+The file formats themselves (TSV, GIFTI, SNIRF, dataset descriptions) are written by
+``fedneurogen.shared.formats``, which synthesis shares; this module lays out the simulator's
+files and sidecars. Every file is written atomically (a temporary file in the target directory,
+then a rename), so a reader never sees half a file. The measurement date is fixed, so the same
+seed gives the same bytes. EDF and BrainVision are written with the libraries the readers use
+(MNE/edfio, pybv).
 """
 
 from __future__ import annotations
 
-import datetime
 import os
 import shutil
 import tempfile
@@ -17,30 +18,34 @@ from pathlib import Path
 
 import numpy as np
 
-from fedneurogen.shared.io import atomic_path, write_json_atomic, write_text_atomic
+from fedneurogen.shared import formats
+from fedneurogen.shared.formats import BIDS_VERSION, MEAS_DATE, write_gifti_timeseries, write_snirf, write_tsv
+from fedneurogen.shared.io import atomic_path, write_json_atomic
 from fedneurogen.simulations.latent import Event
 
-MEAS_DATE = datetime.datetime(2024, 1, 1, 9, 0, 0, tzinfo=datetime.UTC)
-BIDS_VERSION = "1.9.0"
+# Re-exported: the simulator and its tests write SNIRF and TSV through this module.
+__all__ = [
+    "BIDS_VERSION",
+    "GENERATED_BY",
+    "MEAS_DATE",
+    "write_bold",
+    "write_dataset_description",
+    "write_eeg",
+    "write_electrodes",
+    "write_events",
+    "write_gifti_timeseries",
+    "write_nirs_sidecars",
+    "write_participants",
+    "write_snirf",
+    "write_tsv",
+]
+
 GENERATED_BY = {"Name": "FedNeuroGen simulator", "Description": "fedneurogen.simulations"}
 
 
-def write_tsv(path: Path, header: Sequence[str], rows: Sequence[Sequence]) -> Path:
-    lines = ["\t".join(header)] + ["\t".join(_cell(v) for v in row) for row in rows]
-    return write_text_atomic(path, "\n".join(lines) + "\n")
-
-
-def _cell(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return str(v)
-
-
 def write_dataset_description(root: Path, name: str, derivative: bool = False) -> Path:
-    desc = {"Name": name, "BIDSVersion": BIDS_VERSION, "DatasetType": "derivative" if derivative else "raw"}
-    if derivative:
-        desc["GeneratedBy"] = [GENERATED_BY]
-    return write_json_atomic(root / "dataset_description.json", desc)
+    """The simulator's ``dataset_description.json``; its derivatives name the simulator."""
+    return formats.write_dataset_description(root, name, derivative=derivative, generated_by=[GENERATED_BY] if derivative else None)
 
 
 def write_participants(root: Path, participants: Sequence) -> None:
@@ -171,28 +176,6 @@ def write_electrodes(eeg_dir: Path, subject: str, ch_names: Sequence[str], posit
 # fMRI
 
 
-def write_gifti_timeseries(path: Path, data: np.ndarray, hemi: str, tr: float) -> Path:
-    """Surface time series ``[n_vertices, n_tr]`` as fMRIPrep writes it: one float32 data array
-    per volume (nilearn's ``load_surf_data`` reads it back as ``[n_vertices, n_tr]``)."""
-    import nibabel as nib
-
-    structure = {"L": "CortexLeft", "R": "CortexRight"}[hemi]
-    darrays = [
-        nib.gifti.GiftiDataArray(
-            np.ascontiguousarray(data[:, k], dtype=np.float32),
-            intent="NIFTI_INTENT_TIME_SERIES",
-            datatype="NIFTI_TYPE_FLOAT32",
-            encoding="GIFTI_ENCODING_B64BIN",  # noisy floats barely compress; zlib would triple the time
-            meta=nib.gifti.GiftiMetaData({"TimeStep": f"{tr * 1000:g}"}) if k == 0 else None,
-        )
-        for k in range(data.shape[1])
-    ]
-    img = nib.gifti.GiftiImage(darrays=darrays, meta=nib.gifti.GiftiMetaData({"AnatomicalStructurePrimary": structure}))
-    with atomic_path(path) as tmp:
-        nib.save(img, tmp)
-    return path
-
-
 def write_bold(func_dir: Path, base: str, data: np.ndarray, tr: float, task: str, description: str) -> None:
     """Both hemispheres (``data`` is ``[20484, n_tr]``, left first) and the JSON sidecar."""
     n = data.shape[0] // 2
@@ -206,84 +189,6 @@ def write_bold(func_dir: Path, base: str, data: np.ndarray, tr: float, task: str
 
 # ----------------------------------------------------------------------------------------------
 # fNIRS (SNIRF 1.1, https://github.com/fNIRS/snirf)
-
-
-def _h5_str(s: str) -> np.bytes_:
-    return np.bytes_(s.encode("utf-8"))
-
-
-def write_snirf(
-    path: Path,
-    data: np.ndarray,
-    sfreq: float,
-    measurements: Sequence[dict],
-    wavelengths: Sequence[float],
-    source_pos_mm: np.ndarray,
-    detector_pos_mm: np.ndarray,
-    source_labels: Sequence[str],
-    detector_labels: Sequence[str],
-    events: Sequence[Event],
-    subject_id: str,
-) -> Path:
-    """Write a SNIRF file. ``data`` is ``[n_times, n_measurements]``.
-
-    Each measurement dict has ``source``, ``detector`` (1-based), and either ``wavelength``
-    (1-based index; raw continuous-wave intensity, dataType 1) or ``label`` ``"HbO"``/``"HbR"``
-    (processed concentration in uM, dataType 99999).
-    """
-    import h5py
-
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w", track_order=False) as f:
-            f.create_dataset("formatVersion", data=_h5_str("1.1"))
-            nirs = _group(f, "nirs")
-            meta = _group(nirs, "metaDataTags")
-            tags = {
-                "SubjectID": subject_id,
-                "MeasurementDate": MEAS_DATE.strftime("%Y-%m-%d"),
-                "MeasurementTime": MEAS_DATE.strftime("%H:%M:%SZ"),
-                "LengthUnit": "mm",
-                "TimeUnit": "s",
-                "FrequencyUnit": "Hz",
-            }
-            for key, value in tags.items():
-                meta.create_dataset(key, data=_h5_str(value))
-            d1 = _group(nirs, "data1")
-            d1.create_dataset("dataTimeSeries", data=np.asarray(data, dtype=np.float64))
-            d1.create_dataset("time", data=np.arange(data.shape[0], dtype=np.float64) / sfreq)
-            for k, m in enumerate(measurements, start=1):
-                ml = _group(d1, f"measurementList{k}")
-                ml.create_dataset("sourceIndex", data=np.int32(m["source"]))
-                ml.create_dataset("detectorIndex", data=np.int32(m["detector"]))
-                ml.create_dataset("wavelengthIndex", data=np.int32(m.get("wavelength", 1)))
-                ml.create_dataset("dataTypeIndex", data=np.int32(1))
-                if "label" in m:
-                    ml.create_dataset("dataType", data=np.int32(99999))
-                    ml.create_dataset("dataTypeLabel", data=_h5_str(m["label"]))
-                    ml.create_dataset("dataUnit", data=_h5_str("umol/L"))
-                else:
-                    ml.create_dataset("dataType", data=np.int32(1))
-            probe = _group(nirs, "probe")
-            probe.create_dataset("wavelengths", data=np.asarray(wavelengths, dtype=np.float64))
-            probe.create_dataset("sourcePos3D", data=np.asarray(source_pos_mm, dtype=np.float64))
-            probe.create_dataset("detectorPos3D", data=np.asarray(detector_pos_mm, dtype=np.float64))
-            probe.create_dataset("sourceLabels", data=np.array([s.encode() for s in source_labels]))
-            probe.create_dataset("detectorLabels", data=np.array([s.encode() for s in detector_labels]))
-            for j, cls in enumerate(sorted({e.trial_type for e in events}), start=1):
-                stim = _group(nirs, f"stim{j}")
-                stim.create_dataset("name", data=_h5_str(cls))
-                rows = [(e.onset, e.duration, 1.0) for e in events if e.trial_type == cls]
-                stim.create_dataset("data", data=np.array(rows, dtype=np.float64))
-    return path
-
-
-def _group(parent, name: str):
-    """A group without modification timestamps, so identical content gives identical bytes."""
-    import h5py
-
-    gcpl = h5py.h5p.create(h5py.h5p.GROUP_CREATE)
-    gcpl.set_obj_track_times(False)
-    return h5py.Group(h5py.h5g.create(parent.id, name.encode(), gcpl=gcpl))
 
 
 def write_nirs_sidecars(

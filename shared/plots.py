@@ -1,0 +1,128 @@
+"""Figures of an evaluation report: maps, time courses and metric bars (PNG).
+
+Figures are built with matplotlib's object API (``Figure``, no pyplot), so they render with the
+Agg canvas whatever backend the session has and never open a window; each file is written
+atomically. fMRI maps are drawn with nilearn on the fsaverage5 inflated surface (ico4 values
+upsampled by ``synthesis.upsample_ico4``); fNIRS maps are channel midpoints seen from above.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+from fedneurogen.shared.io import atomic_path
+
+MAP_CMAP = "RdBu_r"
+SERIES_COLORS = {"real": "black", "generated": "tab:red", "ridge": "tab:blue", "regressor": "tab:green"}
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def _symmetric_limit(*maps: np.ndarray) -> float:
+    """Colour limit shared by maps that are compared: the 99th percentile of |value|."""
+    values = np.abs(np.concatenate([np.ravel(m) for m in maps]))
+    return float(np.percentile(values, 99)) or 1.0
+
+
+def _shared_colorbar(fig: Figure, limit: float, label: str) -> None:
+    mappable = ScalarMappable(Normalize(-limit, limit), colormaps[MAP_CMAP])
+    fig.colorbar(mappable, ax=fig.axes, shrink=0.6, label=label)
+
+
+def surface_maps(maps: Mapping[str, np.ndarray], path: str | Path, title: str, label: str = "BOLD (z)") -> Path:
+    """One row per map (``{'real': ico4 [5124], 'generated': ...}``), lateral and medial views of
+    both hemispheres on the fsaverage5 inflated surface, one colour scale for all."""
+    from nilearn import datasets, plotting
+
+    from fedneurogen.shared.synthesis import FSAVERAGE5_PER_HEMI, upsample_ico4
+
+    mesh = datasets.load_fsaverage("fsaverage5")["inflated"]
+    sulcal = datasets.load_fsaverage_data("fsaverage5", data_type="sulcal")
+    limit = _symmetric_limit(*maps.values())
+    views = [("left", "lateral"), ("left", "medial"), ("right", "lateral"), ("right", "medial")]
+    fig = Figure(figsize=(3.2 * len(views), 2.8 * len(maps)))
+    for row, (name, values) in enumerate(maps.items()):
+        surface = upsample_ico4(values)
+        for col, (hemi, view) in enumerate(views):
+            part = surface[:FSAVERAGE5_PER_HEMI] if hemi == "left" else surface[FSAVERAGE5_PER_HEMI:]
+            ax = fig.add_subplot(len(maps), len(views), row * len(views) + col + 1, projection="3d")
+            plotting.plot_surf_stat_map(
+                mesh, part, hemi=hemi, view=view, bg_map=sulcal, axes=ax, figure=fig, colorbar=False,
+                cmap=MAP_CMAP, vmin=-limit, vmax=limit, symmetric_cbar=True, title=f"{name}: {hemi} {view}",
+            )  # fmt: skip
+    _shared_colorbar(fig, limit, label)
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def channel_maps(
+    maps: Mapping[str, np.ndarray], positions: np.ndarray, point_types: Sequence[str] | None, path: str | Path, title: str
+) -> Path:
+    """fNIRS maps seen from above (x: left-right, y: posterior-anterior, mm), HbO channels (all
+    points when types are unknown), one panel per map and one colour scale."""
+    keep = np.array([t == "hbo" for t in point_types]) if point_types is not None else np.ones(len(positions), bool)
+    xy = np.asarray(positions)[keep, :2]
+    limit = _symmetric_limit(*(np.asarray(m)[keep] for m in maps.values()))
+    fig = Figure(figsize=(5.0 * len(maps), 3.6))
+    for i, (name, values) in enumerate(maps.items()):
+        ax = fig.add_subplot(1, len(maps), i + 1)
+        ax.scatter(xy[:, 0], xy[:, 1], c=np.asarray(values)[keep], cmap=MAP_CMAP, vmin=-limit, vmax=limit, s=160, edgecolors="grey")
+        ax.set_aspect("equal")
+        ax.set_xlabel("x (mm, left-right)")
+        if i == 0:
+            ax.set_ylabel("y (mm, posterior-anterior)")
+        ax.set_title(f"{name} (HbO)")
+    _shared_colorbar(fig, limit, "HbO (model units: uM by default)")
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def time_courses(
+    times: np.ndarray, series: Mapping[str, np.ndarray], point_names: Sequence[str], path: str | Path, title: str
+) -> Path:
+    """One panel per point: the series ``{'real': [n_points, n_times], 'generated': ..., ...}``."""
+    fig = Figure(figsize=(10, 2.2 * len(point_names)))
+    axes = fig.subplots(len(point_names), 1, sharex=True, squeeze=False)[:, 0]
+    for i, (ax, name) in enumerate(zip(axes, point_names)):
+        for key, values in series.items():
+            ax.plot(times, values[i], label=key, color=SERIES_COLORS.get(key), linewidth=1.6 if key == "real" else 1.1)
+        ax.set_ylabel(name)
+    axes[0].legend(loc="upper right", ncols=len(series), fontsize="small")
+    axes[-1].set_xlabel("time in run (s)")
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def metric_bars(report: Mapping, path: str | Path, title: str) -> Path:
+    """Temporal PCC of the model, the baselines, the noise baseline and the noise ceiling; spatial
+    PCC and SSIM of the model and the baselines. Missing values are left out."""
+    models = {"model": report, **{name: values for name, values in (report.get("baselines") or {}).items() if values}}
+    fig = Figure(figsize=(12, 3.8))
+    axes = fig.subplots(1, 3)
+    for ax, metric in zip(axes, ("pcc_temporal", "pcc_spatial", "ssim")):
+        bars = {name: values.get(metric) for name, values in models.items()}
+        if metric == "pcc_temporal":
+            bars["noise baseline"] = report.get("noise_baseline")
+            bars["noise ceiling"] = report.get("noise_ceiling")
+        bars = {k: float(v) for k, v in bars.items() if v is not None and np.isfinite(v)}
+        colors = ["tab:red" if k == "model" else "grey" if k.startswith("noise") else "tab:blue" for k in bars]
+        ax.bar(list(bars), list(bars.values()), color=colors)
+        for x, v in enumerate(bars.values()):
+            ax.annotate(f"{v:.3f}", (x, v), ha="center", va="bottom" if v >= 0 else "top", fontsize="small")
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_title(metric.replace("_", " "))
+        ax.tick_params(axis="x", labelrotation=30)
+    fig.suptitle(title)
+    return save_figure(fig, path)

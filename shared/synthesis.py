@@ -1,0 +1,461 @@
+"""Synthesis: a site's EEG -> the target modality, written back as a BIDS derivatives dataset.
+
+``synthesize`` loads a checkpoint with its EMA weights, cuts the site's EEG into windows with the
+checkpoint's own preprocessing, samples the target for every window (``generate``), stitches
+overlapping windows back into one time series per run (``stitch_run``) and writes:
+
+    OUT/dataset_description.json                               derivative, GeneratedBy FedNeuroGen
+    OUT/sub-01/func/sub-01_task-visual_run-1_hemi-{L,R}_space-fsaverage5_desc-generated_bold.func.gii
+    OUT/sub-01/func/sub-01_task-visual_run-1_space-fsaverage5_desc-generated_bold.json
+    OUT/sub-01/nirs/sub-01_task-motor_run-1_desc-generated_nirs.snirf    (HbO/HbR, the site's probe)
+    OUT/sub-01/nirs/sub-01_task-motor_run-1_desc-generated_nirs.json
+
+fMRI is generated on ico4 (2562 vertices per hemisphere) and upsampled to fsaverage5 (10242) by
+``upsample_ico4``. A generated run is on the run's own time grid (frame ``j`` at ``j / sfreq`` s
+from the start of the EEG run, like the site's real recording); frames no window covers (the
+first ``lag`` seconds, gaps between windows) are zeros and are listed in ``UncoveredSeconds``.
+
+The ``desc`` entity says what was generated: ``generated``, plus the class with ``label``
+(``generatedFaces``), plus the sample number when several samples are drawn per window
+(``generated1``, ``generated2``, ...; sample ``k`` uses seed ``seed + k - 1``).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import sparse
+
+from fedneurogen import __version__
+from fedneurogen.shared.config import PreprocessConfig
+from fedneurogen.shared.data.fmri import ICO4_PER_HEMI
+from fedneurogen.shared.errors import ConfigError, DataError
+from fedneurogen.shared.formats import (
+    SnirfProbe,
+    bids_name,
+    haemoglobin_measurements,
+    read_snirf_probe,
+    write_dataset_description,
+    write_gifti_timeseries,
+    write_snirf,
+)
+from fedneurogen.shared.io import write_json_atomic
+from fedneurogen.shared.metrics import stitch_windows
+from fedneurogen.shared.model import Batch, NeuroGenModel, load_checkpoint
+from fedneurogen.shared.recording import PairedWindows
+
+GENERATOR = "FedNeuroGen"
+FSAVERAGE5_PER_HEMI = 10242
+DEFAULT_WAVELENGTHS = (760.0, 850.0)  # nm; SNIRF needs wavelengths even for HbO/HbR data
+
+
+# ----------------------------------------------------------------------------------------------
+# ico4 -> fsaverage5
+
+
+@functools.lru_cache(maxsize=1)
+def ico4_to_fsaverage5() -> sparse.csr_matrix:
+    """The ``[20484, 5124]`` matrix that upsamples ico4 values to fsaverage5 (left, then right).
+
+    fsaverage meshes are nested subdivisions of an icosahedron: the first 2562 vertices of an
+    fsaverage5 hemisphere are ico4 and keep their values; every other vertex takes the mean of
+    its ico4 neighbours on the mesh (the two ends of the ico4 edge it subdivides).
+    """
+    from nilearn import datasets
+
+    sphere = datasets.load_fsaverage("fsaverage5")["sphere"]
+    blocks = [_upsampling(np.asarray(sphere.parts[h].coordinates), np.asarray(sphere.parts[h].faces)) for h in ("left", "right")]
+    return sparse.block_diag(blocks, format="csr")
+
+
+def _upsampling(coordinates: np.ndarray, faces: np.ndarray) -> sparse.csr_matrix:
+    n = len(coordinates)
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    edges = np.unique(np.sort(edges, axis=1), axis=0)  # each undirected edge once, low index first
+    links = edges[(edges[:, 0] < ICO4_PER_HEMI) & (edges[:, 1] >= ICO4_PER_HEMI)]  # (ico4, finer) neighbours
+    rows = np.concatenate([np.arange(ICO4_PER_HEMI), links[:, 1]])
+    cols = np.concatenate([np.arange(ICO4_PER_HEMI), links[:, 0]])
+    orphans = np.setdiff1d(np.arange(n), rows)
+    if orphans.size:  # not on fsaverage5; a finer mesh's vertices fall back to the nearest ico4 vertex
+        unit = coordinates / np.linalg.norm(coordinates, axis=1, keepdims=True)
+        nearest = np.argmax(unit[orphans] @ unit[:ICO4_PER_HEMI].T, axis=1)
+        rows, cols = np.concatenate([rows, orphans]), np.concatenate([cols, nearest])
+    counts = np.bincount(rows, minlength=n)
+    return sparse.csr_matrix((1.0 / counts[rows], (rows, cols)), shape=(n, ICO4_PER_HEMI))
+
+
+def upsample_ico4(data: np.ndarray) -> np.ndarray:
+    """ico4 values ``[5124, ...]`` (left then right) -> fsaverage5 ``[20484, ...]``."""
+    data = np.asarray(data)
+    matrix = ico4_to_fsaverage5()
+    if data.shape[0] != matrix.shape[1]:
+        raise ValueError(f"expected {matrix.shape[1]} ico4 values (left then right), got {data.shape[0]}")
+    flat = data.reshape(data.shape[0], -1)
+    return np.asarray(matrix @ flat, dtype=np.float32).reshape(matrix.shape[0], *data.shape[1:])
+
+
+# ----------------------------------------------------------------------------------------------
+# Generation
+
+
+def label_indices(windows: PairedWindows, class_names: Sequence[str] | None, label: str | None = None) -> np.ndarray:
+    """The label index each window is conditioned on: ``label`` for all windows when given, else
+    each window's own class; -1 (the null label) for classes the model was not trained on."""
+    names = list(class_names or [])
+    if label is not None:
+        if label not in names:
+            raise ConfigError(f"label {label!r} is not one of the checkpoint's classes {names}")
+        return np.full(len(windows), names.index(label), dtype=np.int64)
+    index = {name: i for i, name in enumerate(names)}
+    return np.array([index.get(str(name), -1) for name in windows.labels], dtype=np.int64)
+
+
+def sample_seed(seed: int, sample: int) -> int:
+    """Seed of sample ``sample`` (0-based) of a run seeded with ``seed``."""
+    return seed + sample
+
+
+@torch.no_grad()
+def generate(
+    model: NeuroGenModel,
+    windows: PairedWindows,
+    labels: np.ndarray | None = None,
+    *,
+    n_samples: int = 1,
+    steps: int | None = None,
+    guidance_scale: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> np.ndarray:
+    """Sample targets for every window: ``[n_samples, n_windows, n_points, n_frames]`` (float32).
+
+    ``labels`` are label indices per window (-1 = null label; None = unconditional). Sample ``k``
+    draws its noise from a generator seeded with ``sample_seed(seed, k)``, batch after batch, so
+    the same seed and batch size give the same arrays.
+    """
+    if n_samples < 1:
+        raise ConfigError(f"n_samples must be at least 1, got {n_samples}")
+    model.eval()
+    out = np.zeros((n_samples, len(windows), *windows.target.shape[1:]), dtype=np.float32)
+    starts = range(0, len(windows), batch_size)
+    with _progress(progress) as bar:
+        task = bar.add_task("generating", total=n_samples * len(starts))
+        for k in range(n_samples):
+            generator = torch.Generator().manual_seed(sample_seed(seed, k))  # CPU: same noise on any device
+            for start in starts:
+                index = np.arange(start, min(start + batch_size, len(windows)))
+                batch = Batch.from_windows(windows, index, device=model.device)
+                if labels is not None:
+                    batch.labels = torch.as_tensor(labels[index], dtype=torch.long, device=model.device)
+                sampled = model.sample(batch, steps=steps, guidance_scale=guidance_scale, generator=generator)
+                out[k, index] = sampled.float().cpu().numpy()
+                bar.advance(task)
+    return out
+
+
+def _progress(enabled: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    return Progress(*columns, console=Console(stderr=True), transient=True, disable=not enabled)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stitching windows into runs
+
+
+@dataclass
+class StitchedRun:
+    """One run's generated series on the run's own time grid: frame ``j`` at ``j / sfreq`` s from
+    the start of the run, as in the site's real recording."""
+
+    data: np.ndarray  # [n_points, n_times]; zeros where no window covers a frame
+    covered: np.ndarray  # [n_times] bool: frames some window generated
+
+
+def stitch_run(values: np.ndarray, onsets: np.ndarray, sfreq: float) -> StitchedRun:
+    """Windows ``[n, points, frames]`` of one run -> its series, overlapping frames averaged.
+
+    ``metrics.stitch_windows`` averages the overlaps but keeps only covered frames (what metrics
+    need); here they are put back in place, so that a frame's index is its time in the run for
+    any reader of the file. The first frames (before the first window: the EEG must lead by the
+    hemodynamic lag) and any gap between windows are zeros."""
+    n_frames = values.shape[-1]
+    starts = np.round(np.asarray(onsets) * sfreq).astype(int)
+    covered = np.zeros(int(starts.max()) + n_frames, dtype=bool)
+    for s in starts:
+        covered[s : s + n_frames] = True
+    (averaged,) = stitch_windows(values, np.zeros(len(values)), np.asarray(onsets), sfreq).values()
+    data = np.zeros((values.shape[1], len(covered)), dtype=np.float32)
+    data[:, covered] = averaged
+    return StitchedRun(data=data, covered=covered)
+
+
+def uncovered_seconds(run: StitchedRun, sfreq: float) -> list[list[float]]:
+    """``[[start, end], ...]`` (s from the run start) of the frames no window covers."""
+    edges = np.diff(np.concatenate([[0], (~run.covered).astype(int), [0]]))
+    return [[a / sfreq, b / sfreq] for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1))]
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing BIDS derivatives
+
+
+def desc_label(label: str | None, sample: int | None) -> str:
+    """The ``desc`` entity: ``generated`` [+ Class] [+ sample number]; BIDS labels are alphanumeric."""
+    desc = "generated"
+    if label is not None:
+        clean = re.sub(r"[^0-9A-Za-z]", "", label)
+        desc += clean[:1].upper() + clean[1:]
+    if sample is not None:
+        desc += str(sample)
+    return desc
+
+
+def run_entities(run_key: str) -> dict[str, str]:
+    """``sub-01_ses-1_task-visual_run-1`` -> ``{'sub': '01', 'ses': '1', 'task': 'visual', 'run': '1'}``."""
+    return dict(part.split("-", 1) for part in run_key.split("_"))
+
+
+def run_folder(out_dir: Path, entities: dict[str, str], datatype: str) -> Path:
+    folder = out_dir / f"sub-{entities['sub']}"
+    if "ses" in entities:
+        folder = folder / f"ses-{entities['ses']}"
+    return folder / datatype
+
+
+def write_fmri_run(folder: Path, entities: dict[str, str], run: StitchedRun, sfreq: float, sidecar: dict[str, Any]) -> list[Path]:
+    """Both hemispheres on fsaverage5 and the JSON sidecar; returns the files written."""
+    surface = upsample_ico4(run.data)
+    tr = 1.0 / sfreq
+    written = []
+    for i, hemi in enumerate(("L", "R")):
+        name = bids_name({**entities, "hemi": hemi, "space": "fsaverage5"}, "bold", ".func.gii")
+        rows = slice(i * FSAVERAGE5_PER_HEMI, (i + 1) * FSAVERAGE5_PER_HEMI)
+        written.append(write_gifti_timeseries(folder / name, surface[rows], hemi, tr))
+    fields = {"RepetitionTime": tr, "StartTime": 0.0, "TaskName": entities.get("task"), **sidecar}
+    written.append(write_json_atomic(folder / bids_name({**entities, "space": "fsaverage5"}, "bold", ".json"), fields))
+    return written
+
+
+_CHANNEL = re.compile(r"^S(\d+)_D(\d+)\b")
+
+
+def _channels(windows: PairedWindows) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """fNIRS channels as 1-based ``(source, detector)`` pairs and the rows of their HbO and HbR."""
+    if windows.target_point_types is None:
+        raise ConfigError("fNIRS windows without point types (hbo/hbr) cannot be written as SNIRF")
+    pairs: dict[tuple[int, int], dict[str, int]] = {}
+    for i, (name, kind) in enumerate(zip(windows.target_names, windows.target_point_types)):
+        match = _CHANNEL.match(name)
+        if match is None or kind not in ("hbo", "hbr"):
+            raise ConfigError(f"fNIRS point {name!r} ({kind}): SNIRF output needs MNE's channel names, 'S<i>_D<j> hbo|hbr'")
+        pairs.setdefault((int(match[1]), int(match[2])), {})[kind] = i
+    incomplete = [p for p, rows in pairs.items() if len(rows) != 2]
+    if incomplete:
+        raise ConfigError(f"fNIRS channel S{incomplete[0][0]}_D{incomplete[0][1]} lacks HbO or HbR")
+    return list(pairs), np.array([[rows["hbo"], rows["hbr"]] for rows in pairs.values()])
+
+
+def _probe(site_snirf: Path | None, pairs: list[tuple[int, int]], midpoints: np.ndarray) -> tuple[SnirfProbe, str]:
+    """The optodes to write, and where they came from: the site's own SNIRF file where it is
+    usable, else each optode at the mean midpoint of its channels (``midpoints [n_pairs, 3]``),
+    so that MNE still places the channels right (though not their source-detector distances)."""
+    pairs_arr = np.array(pairs)
+    n_src, n_det = int(pairs_arr[:, 0].max()), int(pairs_arr[:, 1].max())
+    if site_snirf is not None:
+        try:
+            probe = read_snirf_probe(site_snirf)
+            if len(probe.source_pos_mm) >= n_src and len(probe.detector_pos_mm) >= n_det:
+                return replace(probe, wavelengths=probe.wavelengths or list(DEFAULT_WAVELENGTHS)), str(site_snirf)
+        except (OSError, KeyError, ValueError):
+            pass  # an unreadable probe only costs the optode positions
+
+    def centres(column: int, n: int) -> np.ndarray:
+        """Optode ``i`` (1-based) at the mean midpoint of its channels (origin when it has none)."""
+        owned = [pairs_arr[:, column] == i for i in range(1, n + 1)]
+        return np.array([midpoints[mask].mean(axis=0) if mask.any() else np.zeros(3) for mask in owned])
+
+    probe = SnirfProbe(
+        source_pos_mm=centres(0, n_src),
+        detector_pos_mm=centres(1, n_det),
+        source_labels=[f"S{i}" for i in range(1, n_src + 1)],
+        detector_labels=[f"D{j}" for j in range(1, n_det + 1)],
+        wavelengths=list(DEFAULT_WAVELENGTHS),
+    )
+    return probe, "channel midpoints"
+
+
+def write_fnirs_run(
+    folder: Path,
+    entities: dict[str, str],
+    run: StitchedRun,
+    windows: PairedWindows,
+    preprocess: PreprocessConfig,
+    site_snirf: Path | None,
+    events: Sequence[Any],
+    sidecar: dict[str, Any],
+) -> list[Path]:
+    """SNIRF with processed HbO/HbR in umol/L on the site's probe, and the JSON sidecar."""
+    pairs, rows = _channels(windows)
+    midpoints = np.asarray(windows.target_positions)[rows[:, 0]]
+    probe, probe_origin = _probe(site_snirf, pairs, midpoints)
+    # model units -> mol/L (undo the loader's scale) -> umol/L, the unit written in the file
+    hb = run.data[rows.reshape(-1)] / preprocess.fnirs_scale * 1e6
+    path = folder / bids_name(entities, "nirs", ".snirf")
+    write_snirf(
+        path, hb.T, windows.target_sfreq, haemoglobin_measurements(pairs), probe.wavelengths, probe.source_pos_mm,
+        probe.detector_pos_mm, probe.source_labels, probe.detector_labels, events, subject_id=f"sub-{entities['sub']}",
+    )  # fmt: skip
+    fields = {
+        "TaskName": entities.get("task"),
+        "SamplingFrequency": windows.target_sfreq,
+        "StartTime": 0.0,
+        "NIRSChannelCount": 2 * len(pairs),
+        "ProbeFrom": probe_origin,
+        **sidecar,
+    }
+    return [path, write_json_atomic(folder / bids_name(entities, "nirs", ".json"), fields)]
+
+
+@dataclass
+class _Event:
+    onset: float
+    duration: float
+    trial_type: str
+
+
+def _run_events(run_files) -> list[_Event]:
+    from fedneurogen.shared.data.bids import read_events
+
+    if run_files is None or run_files.events is None:
+        return []
+    try:
+        table = read_events(run_files.events, run_files.task)
+    except DataError:
+        return []  # events only annotate the output; the loader already reported a broken file
+    return [_Event(float(r.onset), float(r.duration), str(r.trial_type)) for r in table.itertuples()]
+
+
+def generated_by(
+    checkpoint: Path, meta: dict[str, Any], *, steps: int, guidance_scale: float, seed: int, label: str | None
+) -> dict[str, Any]:
+    """Provenance of generated data (the sidecars' ``GeneratedBy``)."""
+    return {
+        "Name": GENERATOR,
+        "Version": __version__,
+        "Model": f"NeuroGenModel (preset {meta.get('preset')}, EMA weights)",
+        "Checkpoint": str(checkpoint),
+        "CheckpointHash": meta.get("content_hash"),
+        "Steps": steps,
+        "GuidanceScale": guidance_scale,
+        "Seed": seed,
+        "Label": label,
+    }
+
+
+def select_subjects(windows: PairedWindows, subjects: Sequence[str] | None) -> PairedWindows:
+    """The windows of ``subjects`` (``sub-01`` or ``01``); all when None."""
+    if not subjects:
+        return windows
+    wanted = {s if s.startswith("sub-") else f"sub-{s}" for s in subjects}
+    missing = wanted - set(windows.subjects.tolist())
+    if missing:
+        have = sorted(set(windows.subjects.tolist()))
+        raise ConfigError(f"subjects {sorted(missing)} have no usable windows in this site (it has {have})")
+    return windows.subset(np.isin(windows.subjects, sorted(wanted)))
+
+
+def synthesize(
+    checkpoint: str | Path,
+    site_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    subjects: Sequence[str] | None = None,
+    label: str | None = None,
+    n_samples: int = 1,
+    steps: int | None = None,
+    guidance_scale: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 16,
+    device: str | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> list[Path]:
+    """Generate the target modality from a site's EEG and write it as BIDS derivatives.
+
+    Parameters
+    ----------
+    checkpoint : path-like
+        A checkpoint directory; its EMA weights, ``preprocess`` and ``class_names`` are used.
+    site_dir : path-like
+        The BIDS site whose EEG drives generation (its windows, as ``load_site`` cuts them).
+    out_dir : path-like
+        Root of the derivatives dataset written (see the module docstring for the layout).
+    subjects : sequence of str, optional
+        Only these participants (``sub-01`` or ``01``).
+    label : str, optional
+        Condition every window on this class (one of the checkpoint's ``class_names``); by
+        default each window on its own class, or the null label where the model lacks it.
+    n_samples : int
+        Samples per window; each is written as its own ``desc-generated<k>`` file.
+    steps, guidance_scale, seed, batch_size : sampling settings (``steps`` defaults to the
+        model's ``sampling_steps``; guidance 1 is the plain conditional model).
+
+    Returns
+    -------
+    list of Path
+        Every file written, ``dataset_description.json`` first.
+    """
+    from fedneurogen.shared.data import find_runs, load_site
+
+    checkpoint, site_dir, out_dir = Path(checkpoint), Path(site_dir), Path(out_dir)
+    model, meta = load_checkpoint(checkpoint, device=device, use_ema=True)
+    preprocess = PreprocessConfig(**(meta.get("preprocess") or {}))
+    windows = select_subjects(load_site(site_dir, preprocess, cache_dir=cache_dir, progress=progress), subjects)
+    labels = label_indices(windows, meta.get("class_names"), label)
+    steps = steps or model.config.sampling_steps
+    samples = generate(
+        model, windows, labels, n_samples=n_samples, steps=steps, guidance_scale=guidance_scale, seed=seed,
+        batch_size=batch_size, progress=progress,
+    )  # fmt: skip
+
+    software = {"Name": GENERATOR, "Version": __version__, "Description": f"EEG -> {windows.target_modality} by a diffusion transformer"}
+    written = [
+        write_dataset_description(
+            out_dir, f"{GENERATOR} synthesis from {site_dir.name}", derivative=True, generated_by=[software],
+            SourceDatasets=[{"URL": site_dir.resolve().as_uri()}],
+        )
+    ]  # fmt: skip
+    run_files = {run.key: run for run in find_runs(site_dir)}
+    sfreq = windows.target_sfreq
+    for key in sorted(set(windows.runs.tolist())):
+        in_run = np.flatnonzero(windows.runs == key)
+        files = run_files.get(key)
+        sources = [str(files.eeg.relative_to(site_dir))] if files is not None else []
+        for k in range(n_samples):
+            run = stitch_run(samples[k, in_run], windows.onsets[in_run], sfreq)
+            entities = {**run_entities(key), "desc": desc_label(label, k + 1 if n_samples > 1 else None)}
+            provenance = generated_by(checkpoint, meta, steps=steps, guidance_scale=guidance_scale, seed=sample_seed(seed, k), label=label)
+            sidecar = {
+                "Description": f"{windows.target_modality} generated from the EEG of this run",
+                "Sources": sources,
+                "UncoveredSeconds": uncovered_seconds(run, sfreq),
+                "GeneratedBy": provenance,
+            }
+            if windows.target_modality == "fmri":
+                written += write_fmri_run(run_folder(out_dir, entities, "func"), entities, run, sfreq, sidecar)
+            else:
+                site_snirf = files.target[0] if files is not None and files.target else None
+                folder = run_folder(out_dir, entities, "nirs")
+                written += write_fnirs_run(folder, entities, run, windows, preprocess, site_snirf, _run_events(files), sidecar)
+    return written

@@ -1,0 +1,161 @@
+"""Evaluation: the report, its figures, the subject split it honours, ground truth, baselines."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_synthesis import trained_consortium
+from typer.testing import CliRunner
+
+from fedneurogen.cli import app
+from fedneurogen.shared import evaluation, synthesis
+from fedneurogen.shared.baselines import RidgeHRFBaseline
+from fedneurogen.shared.config import PreprocessConfig
+from fedneurogen.shared.metrics import temporal_pcc
+from fedneurogen.shared.recording import PairedWindows
+from fedneurogen.shared.regressor import RegressorBaseline
+from fedneurogen.shared.splits import split_subjects
+
+
+@pytest.fixture(scope="session")
+def consortium(tmp_path_factory):
+    return trained_consortium(tmp_path_factory.getbasetemp() / "synthesis-consortium")
+
+
+def _load(site):
+    from fedneurogen.shared.data import load_site
+
+    return load_site(site, progress=False)
+
+
+def _fake_windows(subjects: list[str], per_subject: int = 4) -> PairedWindows:
+    n = len(subjects) * per_subject
+    rng = np.random.default_rng(0)
+    return PairedWindows(
+        eeg=rng.standard_normal((n, 2, 400)).astype(np.float32), eeg_sfreq=200.0, eeg_channel_names=["Cz", "Pz"],
+        eeg_positions=np.zeros((2, 3)), target=rng.standard_normal((n, 3, 8)).astype(np.float32), target_sfreq=0.5,
+        target_modality="fmri", target_names=["a", "b", "c"], target_positions=np.zeros((3, 3)),
+        labels=np.array(["rest"] * n), subjects=np.repeat(subjects, per_subject), runs=np.repeat([f"{s}_task-x" for s in subjects], per_subject),
+        onsets=np.tile(6.0 + 8.0 * np.arange(per_subject), len(subjects)), lag=6.0,
+    )  # fmt: skip
+
+
+REPORT_NUMBERS = ("pcc_temporal", "pcc_spatial", "ssim", "noise_baseline", "noise_ceiling", "n_test_windows", "test_subjects_count", "steps")
+
+
+def test_evaluate_scores_only_test_subjects_and_writes_report_and_plots(consortium, tmp_path, monkeypatch):
+    checkpoint, fmri_site, _ = consortium
+    meta = json.loads((checkpoint / "config.json").read_text())
+    provenance = meta["provenance"]
+    windows = _load(fmri_site)
+    split = split_subjects(windows.subjects, provenance["split_seed"], provenance["val_fraction"], provenance["test_fraction"])
+
+    # spies: which subjects are generated for, and which the baselines learn from
+    seen = {"generated": set(), "ridge_fit": set(), "regressor_fit": set()}
+
+    def spy(original, key, position):
+        def wrapper(*args, **kwargs):
+            seen[key] |= set(args[position].subjects.tolist())
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(synthesis, "generate", spy(synthesis.generate, "generated", 1))
+    monkeypatch.setattr(RidgeHRFBaseline, "fit", spy(RidgeHRFBaseline.fit, "ridge_fit", 1))
+    monkeypatch.setattr(RegressorBaseline, "fit", spy(RegressorBaseline.fit, "regressor_fit", 1))
+
+    out = tmp_path / "report"
+    args = ["evaluate", "--checkpoint", str(checkpoint), "--data", str(fmri_site), "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--steps", "2", "--max-windows", "8", "--baseline-epochs", "1", "--seed", "1", "--n-samples", "2"])
+    assert result.exit_code == 0, result.output
+    assert "noise ceiling" in result.output and "ridge_hrf" in result.output
+
+    report = json.loads((out / "report.json").read_text())
+    for key in REPORT_NUMBERS:
+        assert isinstance(report[key], (int, float)) and math.isfinite(report[key]), key
+    for name in ("ridge_hrf", "regressor"):
+        assert all(math.isfinite(report["baselines"][name][m]) for m in ("pcc_temporal", "pcc_spatial", "ssim"))
+    assert report["steps"] == 2 and report["samples_averaged"] == 2 and 0 < report["n_test_windows"] <= 8
+    assert report["site_in_training"] is True
+
+    # scored on the training split's test subjects only; baselines learn from its training subjects only
+    assert report["test_subjects"] == list(split.test) and report["test_subjects_count"] == len(split.test)
+    assert seen["generated"] == set(split.test)
+    assert seen["ridge_fit"] == seen["regressor_fit"] == set(split.train)
+    assert not set(split.test) & set(split.train)
+
+    # the noise-free signal tracks the real one far better than a shuffled real signal does
+    assert report["noise_ceiling"] > 0.3 > abs(report["noise_baseline"])
+    for name in ("maps.png", "timecourses.png", "metrics.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert report["plots"] == ["maps.png", "timecourses.png", "metrics.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["maps.png", "metrics.png", "report.json", "timecourses.png"]  # no temp files
+
+
+def test_site_outside_training_is_all_test_and_baselines_cross_fit():
+    windows = _fake_windows(["sub-01", "sub-02", "sub-03", "sub-04"])
+    meta = {"provenance": {"sites": ["site-07"], "split_seed": 0, "val_fraction": 0.15, "test_fraction": 0.2}}
+    split = evaluation.evaluation_split(windows, meta, Path("/data/site-01"))
+    assert not split.site_in_training and split.train is None
+    assert split.split.test == ("sub-01", "sub-02", "sub-03", "sub-04") and "not in training" in split.note
+
+    fits = []
+
+    class Recorder:
+        def fit(self, train):
+            fits.append(set(train.subjects.tolist()))
+            return self
+
+        def predict(self, test):
+            return np.full(test.target.shape, len(fits), dtype=np.float32)
+
+    predicted = evaluation.fit_predict(Recorder, None, split.test)
+    assert fits == [{"sub-02", "sub-04"}, {"sub-01", "sub-03"}]  # each half predicted by the other
+    np.testing.assert_array_equal(predicted[np.isin(windows.subjects, ["sub-01", "sub-03"])], 1.0)
+    np.testing.assert_array_equal(predicted[np.isin(windows.subjects, ["sub-02", "sub-04"])], 2.0)
+
+    trained = evaluation.evaluation_split(windows, {**meta, "provenance": {**meta["provenance"], "sites": ["site-01"]}}, Path("site-01"))
+    expected = split_subjects(windows.subjects, 0, 0.15, 0.2)
+    assert trained.site_in_training and trained.split == expected
+    assert set(trained.test.subjects.tolist()) == set(expected.test) and set(trained.train.subjects.tolist()) == set(expected.train)
+
+
+def test_limit_windows_keeps_every_subject_and_consecutive_windows():
+    windows = _fake_windows(["sub-01", "sub-02"], per_subject=6)
+    limited = evaluation.limit_windows(windows, 5)
+    assert len(limited) == 4 and sorted(set(limited.subjects.tolist())) == ["sub-01", "sub-02"]
+    np.testing.assert_array_equal(limited.onsets, [6.0, 14.0, 6.0, 14.0])
+
+
+def test_ground_truth_gives_the_noise_ceiling_and_is_absent_without_derivatives(consortium, tmp_path):
+    _, _, fnirs_site = consortium
+    windows = _load(fnirs_site)
+    config = PreprocessConfig()
+    truth = evaluation.ground_truth_windows(fnirs_site, windows, config)
+    assert truth is not None and truth.shape == windows.target.shape
+    ceiling = temporal_pcc(truth, windows.target, windows.runs, windows.onsets, windows.target_sfreq)
+    assert 0.3 < ceiling < 0.999  # noisy vs noise-free: related, not identical
+
+    bare = tmp_path / "site-02"
+    shutil.copytree(fnirs_site, bare, ignore=shutil.ignore_patterns("ground_truth"))
+    assert evaluation.ground_truth_windows(bare, windows, config) is None
+
+
+def test_regressor_loss_falls_in_a_short_fit(consortium):
+    _, _, fnirs_site = consortium
+    windows = _load(fnirs_site).subset(np.arange(4))
+    few = dataclasses.replace(windows, eeg=windows.eeg[:, :8], eeg_channel_names=windows.eeg_channel_names[:8], eeg_positions=windows.eeg_positions[:8])
+    baseline = RegressorBaseline("tiny", epochs=15, batch_size=4, lr=3e-3, warmup_steps=1, seed=0, device="cpu").fit(few)
+    assert len(baseline.history) == 15
+    assert baseline.history[-1] < 0.8 * baseline.history[0]
+    predicted = baseline.predict(few)
+    assert predicted.shape == few.target.shape and np.isfinite(predicted).all()
+    # deterministic: the same seed fits the same model
+    again = RegressorBaseline("tiny", epochs=15, batch_size=4, lr=3e-3, warmup_steps=1, seed=0, device="cpu").fit(few)
+    np.testing.assert_array_equal(again.predict(few), predicted)
