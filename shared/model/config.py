@@ -61,6 +61,9 @@ class ModelConfig(BaseModel):
     eeg_heads: int = 10
     eeg_mlp_ratio: float = 4.0
     eeg_layer_scale: float = Field(0.1, description="LayerScale init of the encoder blocks (LaBraM: 0.1)")
+    eeg_spectral_embed: bool = Field(
+        True, description="Add each patch's log amplitude spectrum to its token (band power is what drives BOLD)"
+    )
 
     # Hyperdimensional integration (equations 1-3) and token positions.
     hrf_delay: float = Field(6.0, description="tau of equation (3), seconds; learned")

@@ -119,6 +119,25 @@ class TemporalConv(nn.Module):
         return rearrange(x, "b c n t -> b n (t c)")
 
 
+class SpectralEmbed(nn.Module):
+    """Log amplitude spectrum of each patch -> one token vector.
+
+    The hemodynamic response follows EEG band power (alpha down, gamma up with activity), which a
+    temporal convolution must otherwise learn to square and smooth from raw samples. LaBraM
+    learns the spectrum as a pre-training target; here it is handed to the encoder directly,
+    which makes training from scratch far faster."""
+
+    def __init__(self, patch_size: int, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(patch_size // 2 + 1, eps=1e-6)
+        self.proj = nn.Linear(patch_size // 2 + 1, dim)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        """``[B, N, S]`` patches -> ``[B, N, D]``."""
+        amplitude = torch.fft.rfft(patches.float(), dim=-1, norm="ortho").abs()
+        return self.proj(self.norm(torch.log1p(amplitude)))
+
+
 class EEGEncoder(nn.Module):
     """LaBraM-style EEG transformer: ``eeg [B, C, T]`` -> features ``[B, C, P, D]``."""
 
@@ -129,6 +148,7 @@ class EEGEncoder(nn.Module):
         self.patch_embed = TemporalConv(config.eeg_conv_channels)
         # LaBraM-Base: 25 steps x 8 channels = 200 = width, so no projection is needed.
         self.patch_proj = nn.Identity() if config.eeg_conv_dim == config.eeg_dim else nn.Linear(config.eeg_conv_dim, config.eeg_dim)
+        self.spectral_embed = SpectralEmbed(config.eeg_patch_size, config.eeg_dim) if config.eeg_spectral_embed else None
         self.electrode_embed = nn.Embedding(len(ELECTRODE_VOCABULARY) + 1, config.eeg_dim)
         self.time_embed = nn.Embedding(config.eeg_max_patches, config.eeg_dim)
         self.blocks = nn.ModuleList(
@@ -161,7 +181,10 @@ class EEGEncoder(nn.Module):
         """``eeg [B, C, T]`` and vocabulary ``channel_index [C]`` -> ``[B, C, P, D]``."""
         b, c, t = eeg.shape
         p = self.n_patches(t)
-        x = self.patch_proj(self.patch_embed(rearrange(eeg, "b c (p s) -> b (c p) s", s=self.patch_size)))
+        patches = rearrange(eeg, "b c (p s) -> b (c p) s", s=self.patch_size)
+        x = self.patch_proj(self.patch_embed(patches))
+        if self.spectral_embed is not None:
+            x = x + self.spectral_embed(patches)
         # Index tensors carry the batch axis so the embeddings get per-sample gradients under DP.
         electrode = channel_index.view(1, c, 1).expand(b, c, p).reshape(b, c * p)
         time = torch.arange(p, device=eeg.device).view(1, 1, p).expand(b, c, p).reshape(b, c * p)
