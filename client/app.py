@@ -1,0 +1,122 @@
+"""FedNeuroGen ClientApp: a site trains the global model on its own data and evaluates it.
+
+Replies carry weights and aggregate numbers only (examples, losses, PCC, epsilon, the target
+modality): never raw data, file paths or subject identifiers.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+import traceback
+from logging import ERROR
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common import log
+from flwr.common.constant import ErrorCode
+
+from fedneurogen.client import privacy, site
+from fedneurogen.shared.training import TRAIN_PRESETS
+
+app = ClientApp()
+
+
+def _site(context: Context) -> site.SiteData:
+    run = context.run_config
+    path = site.data_path(context.node_config, run)
+    return site.load(path, seed=int(run["seed"]), max_windows=int(run.get("max-windows", 0)), cache_dir=str(run.get("cache-dir", "")))
+
+
+def _check_fault(context: Context) -> None:
+    # Fault drill: the run config names a simulated node that fails every round.
+    if int(context.run_config.get("fault-partition", -1)) == int(context.node_config.get("partition-id", -2)):
+        raise RuntimeError("injected fault (run config fault-partition)")
+
+
+def _guarded(handler):
+    """A failing site replies with the kind of error only: exception messages can name the
+    site's files, so the full traceback stays in the site's own log."""
+
+    @functools.wraps(handler)
+    def wrapper(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except Exception as err:  # noqa: BLE001 - every failure becomes an error reply
+            log(ERROR, "site failed handling %s:\n%s", msg.metadata.message_type, traceback.format_exc())
+            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"site raised {type(err).__name__}"), reply_to=msg)
+
+    return wrapper
+
+
+def _reply(msg: Message, data: site.SiteData, metrics: dict, arrays: ArrayRecord | None = None) -> Message:
+    content = RecordDict({"metrics": MetricRecord(metrics), "site": ConfigRecord({"modality": data.modality})})
+    if arrays is not None:
+        content["arrays"] = arrays
+    return Message(content=content, reply_to=msg)
+
+
+@app.query()
+@_guarded
+def query(msg: Message, context: Context) -> Message:
+    """The site's target modality and class names, so the server can fix one label index."""
+    data = _site(context)
+    content = RecordDict({"site": ConfigRecord({"modality": data.modality, "classes": data.classes})})
+    return Message(content=content, reply_to=msg)
+
+
+def _privacy(context: Context) -> tuple[privacy.DPSettings | None, privacy.PrivacyLedger | None, Path | None]:
+    """DP settings and this site's ledger for the run: from context.state between rounds, from
+    the site's disk when the run (or the site daemon) was restarted."""
+    run = context.run_config
+    if not bool(run.get("dp-enabled", False)):
+        return None, None, None
+    dp = privacy.DPSettings(
+        target_epsilon=float(run["dp-target-epsilon"]), delta=float(run["dp-delta"]), max_grad_norm=float(run["dp-max-grad-norm"]),
+        planned_rounds=int(run.get("dp-rounds", 0)) or int(run["num-server-rounds"]), accountant=str(run.get("dp-accountant", "rdp")),
+    )
+    state = site.state_dir(context.node_config, run, site.data_path(context.node_config, run))
+    path = privacy.ledger_path(state, str(run["run-dir"]))
+    if "privacy" in context.state:
+        return dp, privacy.PrivacyLedger.from_json(json.loads(context.state["privacy"]["ledger"])), path
+    return dp, privacy.load_ledger(path, dp.accountant), path
+
+
+@app.train()
+@_guarded
+def train(msg: Message, context: Context) -> Message:
+    _check_fault(context)
+    run, config = context.run_config, msg.content["config"]
+    data = _site(context)
+    model = site.build_model(str(run["preset"]), msg.content["arrays"].to_torch_state_dict())
+    progress = context.state.get("progress", ConfigRecord({"steps": 0}))  # for the warm-up schedule
+    dp, ledger, ledger_file = _privacy(context)
+    timeout = float(run.get("round-timeout", 0))
+    metrics = site.train(
+        model, data, config=TRAIN_PRESETS[str(run["preset"])], epochs=int(run["local-epochs"]),
+        class_names=list(config.get("class-names", [])), seed=int(run["seed"]) + 1000 * int(config["server-round"]),
+        start_step=int(progress["steps"]), proximal_mu=float(config.get("proximal-mu", 0.0)),
+        # stop early enough to reply before the server stops waiting for this round
+        deadline=time.time() + 0.8 * timeout if timeout > 0 else None, dp=dp, ledger=ledger,
+    )
+    context.state["progress"] = ConfigRecord({"steps": int(progress["steps"]) + int(metrics["steps"])})
+    if dp:
+        context.state["privacy"] = ConfigRecord({"ledger": json.dumps(ledger.to_json())})
+        privacy.save_ledger(ledger_file, ledger)
+    return _reply(msg, data, metrics, ArrayRecord(site.site_parameters(model, data.modality)))
+
+
+@app.evaluate()
+@_guarded
+def evaluate(msg: Message, context: Context) -> Message:
+    _check_fault(context)
+    run, config = context.run_config, msg.content["config"]
+    data = _site(context)
+    model = site.build_model(str(run["preset"]), msg.content["arrays"].to_torch_state_dict())
+    metrics = site.evaluate(
+        model, data, class_names=list(config.get("class-names", [])), batch_size=TRAIN_PRESETS[str(run["preset"])].batch_size,
+        seed=int(run["seed"]), pcc_windows=int(run.get("eval-pcc-windows", 0)), sampling_steps=int(run.get("eval-sampling-steps", 5)),
+    )
+    return _reply(msg, data, metrics)

@@ -1,0 +1,198 @@
+"""What a site does in a round: its data (loaded once per process), local training, evaluation.
+
+Nothing here knows about Flower messages; ``client/app.py`` turns records into calls to these
+functions and their results back into records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedneurogen.client import privacy
+from fedneurogen.shared.data import load_site
+from fedneurogen.shared.metrics import temporal_pcc
+from fedneurogen.shared.model import Batch, NeuroGenModel, parameter_modality
+from fedneurogen.shared.recording import PairedWindows
+from fedneurogen.shared.splits import split_subjects
+from fedneurogen.shared.training import TrainConfig, make_optimizer, train_epochs, validation_loss
+
+
+@dataclass(frozen=True)
+class SiteData:
+    train: PairedWindows
+    val: PairedWindows  # held-out subjects of this site
+
+    @property
+    def modality(self) -> str:
+        return self.train.target_modality
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted(set(self.train.classes) | set(self.val.classes))
+
+
+_SITES: dict[tuple[str, int, int], SiteData] = {}  # one load per process and data folder
+
+
+def data_path(node_config: dict, run_config: dict) -> Path:
+    """A site daemon's ``--node-config data-path=...``; in simulation, node ``i`` (its
+    partition id) trains on ``data-root/site-0{i+1}``, simulated first if absent."""
+    if "data-path" in node_config:
+        return Path(str(node_config["data-path"]))
+    root = Path(str(run_config["data-root"])).expanduser()
+    path = root / f"site-{int(node_config['partition-id']) + 1:02d}"
+    if not path.is_dir():
+        simulate_sites(root, run_config)
+    return path
+
+
+def simulate_sites(root: Path, run_config: dict) -> None:
+    """Write the simulated sites of a local simulation (one node does it, the others wait)."""
+    import fcntl
+
+    from fedneurogen.simulations.federated import ensure_sites
+
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".simulate.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ensure_sites(
+            root, int(run_config.get("num-sites", 3)), str(run_config.get("modality", "fmri")),
+            int(run_config.get("subjects-per-site", 4)), int(run_config.get("seed", 0)),
+        )
+
+
+def state_dir(node_config: dict, run_config: dict, data: Path) -> Path:
+    """Where the site keeps its privacy ledger: ``--node-config state-dir=...``, else the run
+    config's ``site-state-dir`` (simulations), else ``$FEDNEUROGEN_STATE``/``~/.local/state``."""
+    if "state-dir" in node_config:
+        return Path(str(node_config["state-dir"]))
+    root = str(run_config.get("site-state-dir", "")) or os.environ.get("FEDNEUROGEN_STATE") or "~/.local/state/fedneurogen"
+    digest = hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:8]
+    return Path(root).expanduser() / f"{data.resolve().name}-{digest}"
+
+
+def load(path: Path, seed: int, max_windows: int = 0, cache_dir: str | None = None) -> SiteData:
+    """The site's training and held-out windows, split by subject; cached per process."""
+    key = (str(Path(path).resolve()), seed, max_windows)
+    if key not in _SITES:
+        windows = load_site(path, cache_dir=cache_dir or None, progress=False)
+        split = split_subjects(windows.subjects, seed=seed)
+        train_mask, val_mask, _ = split.masks(windows.subjects)
+        if not val_mask.any():  # fewer than three subjects: nothing to hold out
+            val_mask = train_mask
+        train, val = windows.subset(np.flatnonzero(train_mask)), windows.subset(np.flatnonzero(val_mask))
+        if max_windows and len(train) > max_windows:  # a smaller site, for quick runs and tests
+            keep = np.sort(np.random.default_rng(seed).choice(len(train), max_windows, replace=False))
+            train = train.subset(keep)
+        _SITES[key] = SiteData(train, val)
+    return _SITES[key]
+
+
+def build_model(preset: str, parameters: dict[str, torch.Tensor]) -> NeuroGenModel:
+    """A model of ``preset`` holding the received global parameters."""
+    model = NeuroGenModel(preset)
+    own = dict(model.named_parameters())
+    missing = sorted(set(own) - set(parameters))
+    if missing:
+        raise ValueError(f"received weights lack {len(missing)} parameters, e.g. {missing[:3]}")
+    with torch.no_grad():
+        for name, p in own.items():
+            p.copy_(parameters[name].to(p.device, p.dtype))
+    return model
+
+
+def site_parameters(model: torch.nn.Module, modality: str) -> dict[str, torch.Tensor]:
+    """The parameters this site trains: the shared backbone and its own modality's head."""
+    return {
+        name: p.detach().cpu()
+        for name, p in model.named_parameters()
+        if parameter_modality(name) in (None, modality)
+    }
+
+
+def train(
+    model: NeuroGenModel,
+    site: SiteData,
+    *,
+    config: TrainConfig,
+    epochs: int,
+    class_names: list[str],
+    seed: int,
+    start_step: int = 0,
+    proximal_mu: float = 0.0,
+    deadline: float | None = None,
+    dp: privacy.DPSettings | None = None,
+    ledger: privacy.PrivacyLedger | None = None,
+) -> dict[str, float]:
+    """Train the global model on the site's training windows; returns the round's metrics.
+
+    With ``dp`` the model is trained by DP-SGD and ``ledger`` is advanced; when the ledger has
+    no budget left for this round the model is left as it came (``budget_exhausted`` = 1)."""
+    class_to_index = {name: i for i, name in enumerate(class_names)} or None
+    n = len(site.train)
+    result = {"num-examples": n, "loss": float("nan"), "steps": 0, "budget_exhausted": 0, "train-seconds": 0.0}
+    params = model.prepare_for_dp(site.modality) if dp else [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, config)
+    net: torch.nn.Module = model
+    if dp:
+        planned = privacy.plan_round(ledger, dp, n, config.batch_size, epochs)
+        result["noise-multiplier"] = planned[0]
+        if not privacy.budget_allows(ledger, dp, planned):
+            result.update(budget_exhausted=1, **{"num-examples": 0})
+            result["epsilon"] = ledger.epsilon(dp.delta)
+            return result
+        net, optimizer, engine = privacy.make_private(model, optimizer, ledger, dp, n, config.batch_size)
+
+    # FedProx: after every step pull the weights towards the global ones (the gradient of
+    # mu/2 ||w - w_global||^2, applied like AdamW's decoupled decay so DP-SGD leaves it alone).
+    anchor = [(p, p.detach().clone()) for p in params] if proximal_mu > 0 else []
+
+    def proximal_step(step: int, parts: dict) -> None:
+        lr = optimizer.param_groups[0]["lr"]
+        with torch.no_grad():
+            for p, g in anchor:
+                p.sub_(lr * proximal_mu * (p - g))
+
+    start = time.time()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Full backward hook", UserWarning)  # Opacus hooks on frozen inputs
+        stats, _ = train_epochs(
+            net, optimizer, [site.train], epochs=epochs, config=config, class_to_index=class_to_index,
+            seed=seed, start_step=start_step, deadline=deadline, on_step=proximal_step if anchor else None,
+            clip_gradients=not dp,
+        )
+    summary = stats.summary()
+    result.update(loss=summary["loss"], steps=stats.steps, **{"train-seconds": time.time() - start})
+    if dp:
+        ledger.history = [tuple(h) for h in engine.accountant.history]
+        result["epsilon"] = ledger.epsilon(dp.delta)
+    return result
+
+
+@torch.no_grad()
+def evaluate(
+    model: NeuroGenModel, site: SiteData, *, class_names: list[str], batch_size: int, seed: int,
+    pcc_windows: int = 0, sampling_steps: int = 5,
+) -> dict[str, float]:
+    """Validation loss on the held-out subjects and, with ``pcc_windows``, the temporal PCC of
+    a quick few-step sample of the first few held-out windows."""
+    class_to_index = {name: i for i, name in enumerate(class_names)} or None
+    val = site.val
+    metrics = {"num-examples": len(val), "loss": validation_loss(model, [val], class_to_index, batch_size, seed=seed)}
+    if pcc_windows:
+        index = np.arange(min(pcc_windows, len(val)))
+        batch = Batch.from_windows(val, index, class_to_index, model.device)
+        generator = torch.Generator(device=model.device).manual_seed(seed)
+        model.eval()
+        pred = model.sample(batch, steps=sampling_steps, generator=generator).float().cpu().numpy()
+        pcc = temporal_pcc(pred, val.target[index], val.runs[index], val.onsets[index], val.target_sfreq)
+        metrics["pcc"] = pcc if np.isfinite(pcc) else 0.0
+    return {k: float(v) if isinstance(v, float) else v for k, v in metrics.items()}

@@ -1,0 +1,121 @@
+"""FedNeuroGen ServerApp: rounds of site training and evaluation, checkpointed every round.
+
+1. ask the sites for their class names (once; a resumed run reads them from its checkpoint),
+   so that every site maps labels to the same index;
+2. each round: send the global weights, aggregate per modality (``strategy.py``), send the new
+   weights for held-out evaluation, then write checkpoint, history and plots (``checkpointing.py``).
+A site that fails or does not answer in ``round-timeout`` is named in the log and the history;
+the run goes on with the others.
+"""
+
+from __future__ import annotations
+
+import time
+from logging import INFO, WARNING
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.common import log
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
+
+from fedneurogen.server.checkpointing import RunStore, load_parameters, model_parameters
+from fedneurogen.server.strategy import ModalityStrategy, make_base_strategy
+from fedneurogen.shared.config import PreprocessConfig
+from fedneurogen.shared.errors import ConfigError
+from fedneurogen.shared.model import NeuroGenModel
+
+app = ServerApp()
+
+
+def site_classes(grid: Grid, min_nodes: int, timeout: float, num_classes: int) -> list[str]:
+    """The sorted union of the sites' class names (names only, no counts), at most
+    ``num_classes`` of them (the model's label embeddings)."""
+    _, nodes = sample_nodes(grid, min_nodes, min_nodes)
+    messages = [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
+    names: set[str] = set()
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        if reply.has_error():
+            log(WARNING, "query: site (node %s) failed: %s", reply.metadata.src_node_id, reply.error.reason)
+        elif "site" in reply.content.config_records:
+            names.update(str(c) for c in reply.content["site"]["classes"])
+    classes = sorted(names)
+    if len(classes) > num_classes:
+        log(WARNING, "%d classes but the model has %d label embeddings; %s get the null label", len(classes), num_classes, classes[num_classes:])
+    return classes[:num_classes]
+
+
+def checkpoint_extra(cfg: dict, class_names: list[str], server_round: int, sites_count: int) -> dict:
+    """What a round checkpoint says about itself (``synthesize``/``evaluate`` read it)."""
+    return {
+        "class_names": class_names,
+        "preprocess": PreprocessConfig().model_dump(mode="json"),  # what every site's loader applies
+        "provenance": {
+            "trained_by": "federated", "rounds": server_round, "num_server_rounds": int(cfg["num-server-rounds"]),
+            "strategy": str(cfg["strategy"]), "sites_count": sites_count, "local_epochs": int(cfg["local-epochs"]),
+            "dp": {"target_epsilon": float(cfg["dp-target-epsilon"]), "delta": float(cfg["dp-delta"])} if bool(cfg["dp-enabled"]) else None,
+            # The sites split subjects with split_subjects(seed) and its default fractions, and
+            # `evaluate` applies the same split. (Its "sites" key would list folder names, which
+            # sites never send.)
+            "seed": int(cfg["seed"]), "split_seed": int(cfg["seed"]), "val_fraction": 0.15, "test_fraction": 0.2,
+        },
+    }
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = context.run_config
+    num_rounds, timeout = int(cfg["num-server-rounds"]), float(cfg["round-timeout"])
+    strategy_name, preset = str(cfg["strategy"]), str(cfg["preset"])
+    store = RunStore(str(cfg["run-dir"]), keep=int(cfg.get("keep-checkpoints", 3)))
+    strategy = ModalityStrategy(make_base_strategy(strategy_name, cfg), min_replies=int(cfg.get("min-train-replies", 1)))
+    torch.manual_seed(int(cfg["seed"]))  # the initial global weights
+    model = NeuroGenModel(preset, device="cpu")
+
+    first, history, class_names = 1, [], None
+    if store.latest() is not None:
+        if not bool(cfg["resume"]):
+            raise ConfigError(f"{store.dir} already holds a run (round {store.latest()['round']}); set resume=true to continue it or choose another run-dir")
+        done, state, history, meta = store.resume(model)
+        strategy.load_state_dict(state)
+        first, class_names = done + 1, list(meta.get("class_names") or [])
+        log(INFO, "Resuming %s from round %d of %d", store.dir, done, num_rounds)
+    if class_names is None and str(cfg.get("classes", "")).strip():  # the consortium's label list
+        class_names = sorted({c.strip() for c in str(cfg["classes"]).split(",") if c.strip()})[: model.config.num_classes]
+    if class_names is None:  # else the union of the sites' own classes
+        class_names = site_classes(grid, int(cfg.get("min-available-nodes", 2)), timeout, model.config.num_classes)
+    log(INFO, "Classes: %s", class_names)
+
+    arrays = ArrayRecord(model_parameters(model))
+    strategy.summary()
+    for server_round in range(first, num_rounds + 1):
+        log(INFO, "[ROUND %d/%d]", server_round, num_rounds)
+        started = time.time()
+        train_config = ConfigRecord({"class-names": class_names})
+        replies = grid.send_and_receive(strategy.configure_train(server_round, arrays, train_config, grid), timeout=timeout)
+        new_arrays, _ = strategy.aggregate_train(server_round, replies)
+        if new_arrays is None:
+            log(WARNING, "Round %d: no usable site update; the global model is unchanged", server_round)
+        else:
+            arrays = new_arrays
+        eval_config = ConfigRecord({"class-names": class_names})
+        replies = grid.send_and_receive(strategy.configure_evaluate(server_round, arrays, eval_config, grid), timeout=timeout)
+        strategy.aggregate_evaluate(server_round, replies)
+
+        report = strategy.report
+        history.append({
+            "round": server_round,
+            "seconds": time.time() - started,
+            "train": report.get(MessageType.TRAIN, {}),
+            "evaluate": report.get(MessageType.EVALUATE, {}),
+        })
+        for stage in ("train", "evaluate"):
+            log(INFO, "Round %d %s: %s", server_round, stage, history[-1][stage].get("aggregate"))
+        load_parameters(model, {k: a.numpy() for k, a in arrays.items()})
+        contributed = sum(1 for m in history[-1]["train"].get("sites", {}).values() if m.get("num-examples", 0) > 0)
+        extra = checkpoint_extra(cfg, class_names, server_round, contributed)
+        folder = store.save_round(server_round, model, strategy.state_dict(), history, extra)
+        store.write_reports(history)
+        log(INFO, "Round %d checkpoint: %s", server_round, folder)
+    log(INFO, "Done: %s (history %s)", Path(store.dir) / "checkpoint", store.dir / "history.json")

@@ -1,0 +1,175 @@
+"""Everything the server keeps under ``run-dir``, written atomically every round.
+
+    run-dir/rounds/round-0003/   model.safetensors + config.json (a normal model checkpoint),
+                                 strategy.safetensors (server optimizer state), history.json
+    run-dir/latest.json          {"round": 3, "checkpoint": "rounds/round-0003", ...}
+    run-dir/checkpoint           symlink to the latest round, for `synthesize`/`evaluate`
+    run-dir/history.json         per-round, per-site (anonymous node ids) and aggregated metrics
+    run-dir/metrics.png          the metrics by round
+    run-dir/tensorboard/         the same as TensorBoard scalars
+
+A round folder is written under a temporary name and renamed into place, then ``latest.json``
+is replaced: a crash at any point leaves the previous round resumable. ``resume`` reads the
+round folder that ``latest.json`` names, whose history matches its weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+
+from fedneurogen.shared.errors import ConfigError
+from fedneurogen.shared.io import atomic_path, write_json_atomic
+from fedneurogen.shared.model import EMA, NeuroGenModel, load_checkpoint_into, save_checkpoint
+
+STRATEGY_FILE = "strategy.safetensors"
+HISTORY_FILE = "history.json"
+
+
+def clean(value: Any) -> Any:
+    """JSON-safe copy: NaN/inf become None, numpy scalars plain numbers."""
+    if isinstance(value, dict):
+        return {str(k): clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    if isinstance(value, (np.generic,)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class RunStore:
+    def __init__(self, run_dir: str | Path, keep: int = 3):
+        self.dir = Path(run_dir).expanduser()
+        self.keep = max(1, keep)
+
+    def latest(self) -> dict | None:
+        path = self.dir / "latest.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    def save_round(
+        self, server_round: int, model: NeuroGenModel, strategy_state: dict[str, np.ndarray],
+        history: list[dict], extra: dict[str, Any],
+    ) -> Path:
+        """Checkpoint the global model, strategy state and history of ``server_round``.
+
+        The checkpoint's EMA weights (what ``synthesize``/``evaluate`` sample from) are the
+        global weights themselves: the federated average already is the model's average."""
+        rounds = self.dir / "rounds"
+        rounds.mkdir(parents=True, exist_ok=True)
+        name = f"round-{server_round:04d}"
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=rounds))
+        try:
+            ema = EMA(model, decay=0.0, warmup=False)
+            ema.num_updates = server_round
+            save_checkpoint(tmp, model, ema=ema, extra=extra)
+            if strategy_state:
+                save_file({k: np.array(v, order="C") for k, v in strategy_state.items()}, str(tmp / STRATEGY_FILE))  # keeps 0-d arrays 0-d
+            write_json_atomic(tmp / HISTORY_FILE, clean(history))
+            final = rounds / name
+            if final.exists():  # left by a run that crashed before naming it in latest.json
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        write_json_atomic(self.dir / "latest.json", {"round": server_round, "checkpoint": f"rounds/{name}"})
+        self._link_latest(f"rounds/{name}")
+        write_json_atomic(self.dir / HISTORY_FILE, clean(history))
+        for old in sorted(rounds.glob("round-*"))[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def _link_latest(self, target: str) -> None:
+        link = self.dir / "checkpoint"
+        tmp = self.dir / f".checkpoint.{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        os.symlink(target, tmp)
+        os.replace(tmp, link)
+
+    def resume(self, model: NeuroGenModel) -> tuple[int, dict[str, np.ndarray], list[dict], dict[str, Any]]:
+        """Load the latest round into ``model``; returns its round, strategy state, history and
+        checkpoint config."""
+        latest = self.latest()
+        if latest is None:
+            raise ConfigError(f"nothing to resume in {self.dir}: no latest.json")
+        folder = self.dir / latest["checkpoint"]
+        meta = load_checkpoint_into(model, folder)
+        state = load_file(str(folder / STRATEGY_FILE)) if (folder / STRATEGY_FILE).is_file() else {}
+        history = json.loads((folder / HISTORY_FILE).read_text(encoding="utf-8"))
+        return int(latest["round"]), state, history, meta
+
+    def write_reports(self, history: list[dict]) -> None:
+        """TensorBoard scalars of the newest round and the plot of all rounds."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        if history:
+            entry = history[-1]
+            with SummaryWriter(log_dir=str(self.dir / "tensorboard")) as writer:
+                for stage in ("train", "evaluate"):
+                    for key, value in (entry.get(stage, {}).get("aggregate") or {}).items():
+                        if isinstance(value, (int, float)) and value is not None and math.isfinite(value):
+                            writer.add_scalar(f"{stage}/{key}", value, entry["round"])
+                    for node, metrics in (entry.get(stage, {}).get("sites") or {}).items():
+                        for key in ("loss", "pcc", "epsilon"):
+                            value = metrics.get(key)
+                            if isinstance(value, (int, float)) and math.isfinite(value):
+                                writer.add_scalar(f"{stage}-sites/{key}/node-{node}", value, entry["round"])
+        plot_history(history, self.dir / "metrics.png")
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    """Train loss, held-out loss, PCC and epsilon by round: the aggregate bold, each site thin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("train", "loss", "train loss"), ("evaluate", "loss", "held-out loss"), ("evaluate", "pcc", "held-out PCC"), ("train", "epsilon", "epsilon (cumulative)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    for ax, (stage, key, title) in zip(axes, panels):
+        per_site: dict[str, list[tuple[int, float]]] = {}
+        agg = []
+        for entry in history:
+            part = entry.get(stage) or {}
+            value = (part.get("aggregate") or {}).get(key)
+            if value is not None:
+                agg.append((entry["round"], value))
+            for node, metrics in (part.get("sites") or {}).items():
+                if metrics.get(key) is not None:
+                    per_site.setdefault(node, []).append((entry["round"], metrics[key]))
+        for node, points in per_site.items():
+            ax.plot(*zip(*points), lw=0.8, alpha=0.6, marker=".", label=f"node {node[-4:]}")
+        if agg:
+            ax.plot(*zip(*agg), lw=2.2, color="black", marker="o", label="aggregate")
+        ax.set_title(title)
+        ax.set_xlabel("round")
+        if not agg and not per_site:
+            ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+def model_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What travels between server and sites: the trainable parameters (buffers such as the
+    fixed fMRI patch layout are built identically on both sides)."""
+    return {name: p.detach().cpu() for name, p in model.named_parameters()}
+
+
+def load_parameters(model: torch.nn.Module, parameters: dict[str, np.ndarray | torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.as_tensor(np.asarray(parameters[name])).to(p.device, p.dtype))

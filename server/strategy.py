@@ -1,0 +1,219 @@
+"""Per-modality aggregation around Flower's strategies.
+
+The model has a shared backbone and one head per target modality (``parameter_modality``). A
+site sends the backbone and its own head. Each part is aggregated by its own instance of the
+chosen Flower strategy (FedAvg, FedProx, FedAdam, FedMedian, FedTrimmedAvg or Krum): the
+backbone over every site, a head over the sites that have that modality only, so an EEG-fNIRS
+site never dilutes the fMRI unpatcher. Separate instances keep separate server-optimizer state
+(FedAdam's moments) per part.
+
+The wrapper also keeps the round's per-site report (anonymous node ids only) and names the
+sites that failed: an error reply, a malformed reply, or no reply before the round timeout.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from logging import INFO, WARNING
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common import log
+from flwr.serverapp import Grid
+from flwr.serverapp.exception import AggregationError
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, Strategy
+from flwr.serverapp.strategy.fedopt import FedOpt
+
+from fedneurogen.shared.model import MODALITIES, parameter_modality
+
+BACKBONE = "backbone"
+PARTS = (BACKBONE, *MODALITIES)
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
+
+
+def part_of(name: str) -> str:
+    return parameter_modality(name) or BACKBONE
+
+
+def aggregate_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Example-weighted means; the privacy spent is the largest of any site, not a mean."""
+    weights = np.array([float(r["metrics"][weight_key]) for r in records])
+    total = weights.sum()
+    out = MetricRecord({weight_key: int(total)})
+    for key in common_keys(records):
+        if key == weight_key:
+            continue
+        values = np.array([float(r["metrics"][key]) for r in records])
+        if key in ("epsilon", "budget_exhausted"):
+            out[key] = float(values.max())
+        elif total > 0:
+            finite = np.isfinite(values)
+            out[key] = float((values[finite] * weights[finite]).sum() / max(weights[finite].sum(), 1e-12)) if finite.any() else 0.0
+    return out
+
+
+def common_keys(records: list[RecordDict]) -> list[str]:
+    """Metric names every reply has (a site sending more or fewer must not stop the round)."""
+    keys = [set(r["metrics"].keys()) for r in records]
+    return sorted(set.intersection(*keys)) if keys else []
+
+
+def make_base_strategy(name: str, settings: dict[str, Any]) -> Callable[[], FedAvg]:
+    """A factory of the named Flower strategy with the run's sampling settings."""
+    common = dict(
+        fraction_train=float(settings.get("fraction-train", 1.0)),
+        fraction_evaluate=float(settings.get("fraction-evaluate", 1.0)),
+        min_train_nodes=int(settings.get("min-train-nodes", 2)),
+        min_evaluate_nodes=int(settings.get("min-evaluate-nodes", 2)),
+        min_available_nodes=int(settings.get("min-available-nodes", 2)),
+        train_metrics_aggr_fn=aggregate_metrics,
+        evaluate_metrics_aggr_fn=aggregate_metrics,
+    )
+    specific: dict[str, Callable[[], FedAvg]] = {
+        "fedavg": lambda: FedAvg(**common),
+        "fedprox": lambda: FedProx(**common, proximal_mu=float(settings.get("proximal-mu", 0.01))),
+        "fedadam": lambda: FedAdam(**common, eta=float(settings.get("server-lr", 1e-3)), tau=float(settings.get("server-tau", 1e-3))),
+        "fedmedian": lambda: FedMedian(**common),
+        "fedtrimmedavg": lambda: FedTrimmedAvg(**common, beta=float(settings.get("trim-beta", 0.2))),
+        "krum": lambda: Krum(**common, num_malicious_nodes=int(settings.get("krum-malicious", 0))),
+    }
+    if name not in specific:
+        raise ValueError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
+    return specific[name]
+
+
+class ModalityStrategy(Strategy):
+    """Runs one instance of a Flower strategy per model part (backbone, fMRI head, fNIRS head)."""
+
+    def __init__(self, factory: Callable[[], FedAvg], min_replies: int = 1):
+        self.parts = {part: factory() for part in PARTS}
+        self.min_replies = max(1, min_replies)  # fewer usable updates than this: keep the global model
+        self.sampler = self.parts[BACKBONE]  # samples nodes and builds the messages
+        self.current: ArrayRecord = ArrayRecord()
+        self.sent: dict[str, set[int]] = {}
+        self.report: dict[str, dict] = {}  # per message type: sites, failures, aggregate
+
+    def summary(self) -> None:
+        log(INFO, "\t├──> Per-modality aggregation: backbone over all sites, heads over their modality's sites")
+        self.sampler.summary()
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def _remember(self, kind: str, messages: Iterable[Message]) -> list[Message]:
+        messages = list(messages)
+        self.sent[kind] = {m.metadata.dst_node_id for m in messages}
+        return messages
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        self.current = arrays
+        messages = self._remember(MessageType.TRAIN, self.sampler.configure_train(server_round, arrays, config, grid))
+        for part, strategy in self.parts.items():
+            if isinstance(strategy, FedOpt):  # its server optimizer steps from this part's current weights
+                strategy.current_arrays = {k: a.numpy() for k, a in arrays.items() if part_of(k) == part}
+        return messages
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        return self._remember(MessageType.EVALUATE, self.sampler.configure_evaluate(server_round, arrays, config, grid))
+
+    # -- receiving ------------------------------------------------------------------------------
+
+    def _problem(self, msg: Message, is_train: bool) -> str | None:
+        """Why a reply cannot be used, or None."""
+        if msg.has_error():  # keep the last line of a runtime's traceback
+            lines = [line.strip() for line in str(msg.error.reason).splitlines() if line.strip()] or ["(no reason)"]
+            return f"error reply: {lines[-1][:300]}"
+        content = msg.content
+        if "metrics" not in content.metric_records or "num-examples" not in content["metrics"]:
+            return "malformed reply: no metrics with num-examples"
+        modality = content["site"]["modality"] if "site" in content.config_records else None
+        if modality not in MODALITIES:
+            return f"malformed reply: unknown modality {modality!r}"
+        if is_train:
+            if "arrays" not in content.array_records:
+                return "malformed reply: no arrays"
+            arrays = content["arrays"]
+            for name, array in self.current.items():
+                if part_of(name) in (BACKBONE, modality) and (name not in arrays or tuple(arrays[name].shape) != tuple(array.shape)):
+                    return f"malformed reply: parameter {name} missing or of the wrong shape"
+        return None
+
+    def _sort_replies(self, kind: str, replies: Iterable[Message]) -> list[Message]:
+        """Usable replies (with examples); fills ``self.report[kind]`` with every site's outcome."""
+        is_train = kind == MessageType.TRAIN
+        sites, failures, usable = {}, [], []
+        replied = set()
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            replied.add(node)
+            problem = self._problem(msg, is_train)
+            if problem:
+                failures.append({"node": node, "reason": problem})
+                continue
+            metrics = {k: v for k, v in msg.content["metrics"].items()}
+            sites[str(node)] = {"modality": msg.content["site"]["modality"], **metrics}
+            if float(metrics["num-examples"]) > 0:
+                usable.append(msg)
+        for node in sorted(self.sent.get(kind, set()) - replied):
+            failures.append({"node": node, "reason": "no reply before the round timeout"})
+        for failure in failures:
+            log(WARNING, "%s: site (node %s) failed: %s", kind, failure["node"], failure["reason"])
+        self.report[kind] = {"sites": sites, "failed": failures}
+        return usable
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        usable = self._sort_replies(MessageType.TRAIN, replies)
+        if len(usable) < self.min_replies:
+            log(WARNING, "aggregate_train: %d usable site update(s), %d required", len(usable), self.min_replies)
+            return None, None
+        merged, metrics = ArrayRecord(), None
+        for part, strategy in self.parts.items():
+            keys = [k for k in self.current.keys() if part_of(k) == part]
+            members = [m for m in usable if part == BACKBONE or m.content["site"]["modality"] == part]
+            if not keys:
+                continue
+            arrays = None
+            if members:
+                metric_keys = common_keys([m.content for m in members])
+                arrays, part_metrics = strategy.aggregate_train(server_round, [_restrict(m, keys, metric_keys) for m in members])
+                if part == BACKBONE:
+                    metrics = part_metrics
+            for k in keys:  # a head no site of this round trains keeps its global weights
+                merged[k] = arrays[k] if arrays is not None else self.current[k]
+                if tuple(merged[k].shape) != tuple(self.current[k].shape):
+                    raise AggregationError(f"{part} aggregation changed the shape of {k}: {merged[k].shape} vs {self.current[k].shape}")
+        self.report[MessageType.TRAIN]["aggregate"] = dict(metrics or {})
+        return merged, metrics
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        usable = self._sort_replies(MessageType.EVALUATE, replies)
+        metrics = aggregate_metrics([m.content for m in usable], "num-examples") if usable else None
+        self.report[MessageType.EVALUATE]["aggregate"] = dict(metrics or {})
+        return metrics
+
+    # -- server optimizer state -----------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """FedAdam's moments per part (empty for stateless strategies)."""
+        state = {}
+        for part, strategy in self.parts.items():
+            for moment in ("m_t", "v_t"):
+                for name, value in (getattr(strategy, moment, None) or {}).items():
+                    state[f"{part}/{moment}/{name}"] = np.asarray(value)
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        for key, value in state.items():
+            part, moment, name = key.split("/", 2)
+            strategy = self.parts[part]
+            if getattr(strategy, moment, None) is None:
+                setattr(strategy, moment, {})
+            getattr(strategy, moment)[name] = value
+
+
+def _restrict(msg: Message, keys: list[str], metric_keys: list[str]) -> Message:
+    """A copy of a reply holding only the arrays ``keys`` and metrics ``metric_keys``, for one part."""
+    arrays, metrics = msg.content["arrays"], msg.content["metrics"]
+    content = RecordDict({"arrays": ArrayRecord({k: arrays[k] for k in keys}), "metrics": MetricRecord({k: metrics[k] for k in metric_keys})})
+    return Message(content=content, metadata=copy.copy(msg.metadata))  # same sender, for the strategy's logs

@@ -1,0 +1,283 @@
+"""Local multi-site simulation: simulated sites, a Flower SuperLink on this machine, `flwr run`.
+
+``run_federated(run_dir, data_root, ...)`` simulates the sites if they are absent, starts a
+``flower-superlink --simulation`` on free local ports (its own process group, stopped at the
+end), points a private ``$FLWR_HOME`` at it, and runs this package's Flower app with
+``flwr run`` for the requested rounds; each simulated SuperNode ``i`` trains on
+``data_root/site-0{i+1}``. It returns the run folder (checkpoint, history.json, metrics.png).
+
+The same pieces (``LocalSuperLink``, ``flwr_run``) drive a real deployment test: a SuperLink in
+deployment mode with ``flower-supernode`` processes for the sites.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from fedneurogen.shared.errors import ConfigError, FedNeuroGenError
+
+
+class FederationError(FedNeuroGenError):
+    """The federated run did not complete; the message carries the tail of its log."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def app_dir() -> Path:
+    """The folder holding this Flower app's pyproject.toml (the repository root)."""
+    for folder in Path(__file__).resolve().parents:
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file() and "[tool.flwr.app]" in pyproject.read_text(encoding="utf-8"):
+            return folder
+    raise ConfigError("cannot find the Flower app (a pyproject.toml with [tool.flwr.app]) above " + str(Path(__file__).parent))
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """Environment for Flower processes: a private FLWR_HOME and this interpreter's bin first."""
+    env = dict(os.environ)
+    env["FLWR_HOME"] = str(flwr_home)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"  # the app's dependencies are installed
+    env.setdefault("RAY_DEDUP_LOGS", "0")
+    return env
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop a process started with ``start_new_session=True`` and everything it started."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=grace)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # children (ServerApp, ray) that outlived their parent
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+class LocalSuperLink:
+    """A ``flower-superlink`` on 127.0.0.1 (simulation or deployment mode) owned by this process."""
+
+    def __init__(self, flwr_home: Path, simulation: bool = True, log_file: Path | None = None):
+        self.flwr_home = Path(flwr_home)
+        self.simulation = simulation
+        self.port = free_port()
+        self.log_file = log_file or self.flwr_home / "superlink.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> "LocalSuperLink":
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        cmd = ["flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(self.port), "--disable-runtime-dependency-installation"]
+        if self.simulation:
+            cmd.append("--simulation")
+        log = open(self.log_file, "ab")
+        self.proc = subprocess.Popen(cmd, env=flower_env(self.flwr_home), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise FederationError(f"flower-superlink exited with code {self.proc.returncode}:\n{tail(self.log_file)}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise FederationError(f"flower-superlink did not listen on {self.address} within {timeout:.0f} s:\n{tail(self.log_file)}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+    def __enter__(self) -> "LocalSuperLink":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def write_connection(flwr_home: Path, name: str, address: str) -> None:
+    """A SuperLink connection in ``$FLWR_HOME/config.toml`` (Flower 1.41 keeps them there)."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    (flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "{address}"\ninsecure = true\n', encoding="utf-8"
+    )
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))  # a TOML basic string
+
+
+def tail(path: Path, lines: int = 60) -> str:
+    try:
+        return "\n".join(Path(path).read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def flwr_run(
+    flwr_home: Path, connection: str, run_config: dict[str, Any], *, federation_config: dict[str, Any] | None = None,
+    app: Path | None = None, timeout: float = 3600.0, log_file: Path | None = None,
+) -> int:
+    """``flwr run APP CONNECTION`` with overrides, streaming the run's log to ``log_file``;
+    returns the run id once the run has finished, or raises ``FederationError``."""
+    env = flower_env(flwr_home)
+    cmd = ["flwr", "run", str(app or app_dir()), connection, "--stream"]
+    if run_config:
+        cmd += ["--run-config", " ".join(f"{k}={_toml_value(v)}" for k, v in run_config.items())]
+    if federation_config:
+        cmd += ["--federation-config", " ".join(f"{k}={_toml_value(v)}" for k, v in federation_config.items())]
+    log_file = Path(log_file or flwr_home / "run.log")
+    with open(log_file, "ab") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            stop_process(proc)
+            raise FederationError(f"flwr run did not finish within {timeout:.0f} s:\n{tail(log_file)}") from None
+    text = log_file.read_text(encoding="utf-8", errors="replace")
+    match = re.findall(r"Successfully started run (\d+)", text)
+    if proc.returncode != 0 or not match:
+        raise FederationError(f"flwr run failed (exit {proc.returncode}):\n{tail(log_file)}")
+    run_id = int(match[-1])
+    status = run_status(flwr_home, connection, run_id)
+    if "completed" not in status:
+        raise FederationError(f"run {run_id} ended as {status!r}:\n{tail(log_file)}")
+    return run_id
+
+
+def run_status(flwr_home: Path, connection: str, run_id: int, wait: float = 120.0) -> str:
+    """The run's status text (``finished:completed``, ``finished:failed: details``, ...), waiting
+    up to ``wait`` seconds for it to finish (the log stream can end a moment before)."""
+    deadline = time.time() + wait
+    while True:
+        try:
+            out = subprocess.run(
+                ["flwr", "ls", connection, "--run-id", str(run_id), "--format", "json"],
+                env=flower_env(flwr_home), capture_output=True, text=True, timeout=60,
+            )
+            run = json.loads(out.stdout)["runs"][0]
+            status = f"{run.get('status', '')}" + (f": {run['status-details']}" if run.get("status-details") else "")
+        except (subprocess.TimeoutExpired, json.JSONDecodeError, KeyError, IndexError) as err:
+            status = f"unknown ({type(err).__name__})"
+        if status.startswith("finished") or time.time() > deadline:
+            return status
+        time.sleep(2.0)
+
+
+def ensure_sites(data_root: Path, num_sites: int, modality: str, subjects_per_site: int, seed: int, run_seconds: float | None = None) -> list[Path]:
+    """The simulated sites under ``data_root``, written by the simulator when absent."""
+    data_root = Path(data_root)
+    sites = [data_root / f"site-{i + 1:02d}" for i in range(num_sites)]
+    summary = data_root / "simulation.json"
+    if summary.is_file() and all(s.is_dir() for s in sites):
+        done = json.loads(summary.read_text(encoding="utf-8"))
+        wanted = {"modality": modality, "subjects_per_site": subjects_per_site, "seed": seed}
+        if any(done.get(k) != v for k, v in wanted.items()):
+            found = {k: done.get(k) for k in wanted}
+            raise ConfigError(f"{data_root} holds another simulation ({found}, not {wanted}); choose another data root")
+        return sites
+    from fedneurogen.simulations.simulator import simulate_dataset
+
+    simulate_dataset(data_root, n_sites=num_sites, subjects_per_site=subjects_per_site, modality=modality, seed=seed, run_seconds=run_seconds, progress=False)
+    return sites
+
+
+def run_federated(
+    run_dir: str | Path,
+    data_root: str | Path,
+    *,
+    num_sites: int = 3,
+    rounds: int = 3,
+    modality: str = "fmri",
+    subjects_per_site: int = 4,
+    run_seconds: float | None = None,
+    seed: int = 0,
+    run_config: dict[str, Any] | None = None,
+    flwr_home: str | Path | None = None,
+    timeout: float = 3600.0,
+    client_cpus: int = 2,
+) -> Path:
+    """Run a local federated simulation; returns ``run_dir`` (see the module docstring).
+
+    ``run_config`` overrides any key of ``[tool.flwr.app.config]`` (e.g. ``strategy``,
+    ``dp-enabled``, ``resume``). ``client_cpus`` is the CPUs each simulated site gets
+    (Ray runs ``cpus // client_cpus`` sites at a time)."""
+    run_dir, data_root = Path(run_dir).resolve(), Path(data_root).resolve()
+    ensure_sites(data_root, num_sites, modality, subjects_per_site, seed, run_seconds)
+    config = {
+        "num-server-rounds": rounds, "run-dir": str(run_dir), "data-root": str(data_root), "num-sites": num_sites,
+        "modality": modality, "subjects-per-site": subjects_per_site, "seed": seed, "min-available-nodes": num_sites, "site-state-dir": str(run_dir.parent / f"{run_dir.name}-site-state"),
+        **(run_config or {}),
+    }
+    federation = {"num-supernodes": num_sites, "client-resources-num-cpus": client_cpus, "client-resources-num-gpus": 0.0}
+    own_home = flwr_home is None
+    home = Path(tempfile.mkdtemp(prefix="flwr-home-")) if own_home else Path(flwr_home)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with LocalSuperLink(home, simulation=True, log_file=run_dir / "superlink.log") as link:
+            write_connection(home, "local-sim", link.address)
+            flwr_run(home, "local-sim", config, federation_config=federation, timeout=timeout, log_file=run_dir / "flwr-run.log")
+    finally:
+        if own_home:
+            shutil.rmtree(home, ignore_errors=True)
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m fedneurogen.simulations.federated --run-dir DIR --data-root DIR [options]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", type=Path, required=True, help="server output: checkpoint, history.json, metrics.png")
+    parser.add_argument("--data-root", type=Path, required=True, help="site-01, site-02, ... (simulated if absent)")
+    parser.add_argument("--sites", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--modality", choices=("fmri", "fnirs", "mixed"), default="fmri")
+    parser.add_argument("--subjects-per-site", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any run-config key, e.g. strategy=fedprox, dp-enabled=true")
+    args = parser.parse_args(argv)
+    overrides: dict[str, Any] = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        try:  # a TOML value (number, true/false, "string"), else the bare text
+            overrides[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            overrides[key] = value
+    run_dir = run_federated(
+        args.run_dir, args.data_root, num_sites=args.sites, rounds=args.rounds, modality=args.modality,
+        subjects_per_site=args.subjects_per_site, seed=args.seed, run_config=overrides,
+    )
+    print(f"checkpoint: {run_dir / 'checkpoint'}\nhistory:    {run_dir / 'history.json'}\nplot:       {run_dir / 'metrics.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""The federation: per-modality aggregation around Flower's strategies, round checkpoints and
+resume, and a local Flower simulation (`flwr run` against a simulation SuperLink) with a
+failing site, differential privacy across rounds and a resumed run."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from safetensors.numpy import load_file
+
+from fedneurogen.server.checkpointing import RunStore, model_parameters
+from fedneurogen.server.strategy import STRATEGIES, ModalityStrategy, make_base_strategy
+from fedneurogen.shared.model import NeuroGenModel, load_checkpoint
+from fedneurogen.simulations.federated import ensure_sites, run_federated
+
+BACKBONE, FMRI, FNIRS = "dit.blocks.0.weight", "modality_heads.fmri.final_layer.linear.weight", "modality_heads.fnirs.final_layer.linear.weight"
+
+
+class FakeGrid:
+    def __init__(self, nodes):
+        self.nodes = nodes
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+
+@pytest.fixture
+def task_identity():
+    """Flower stamps outgoing messages with the running task's identity; fake one."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def reply(out: Message, modality: str, n: int, values: dict[str, float] | None, metrics: dict | None = None, shape=(2, 3)) -> Message:
+    """A site's train reply to ``out``: its backbone and own head filled with constants."""
+    if values is None:
+        return Message(Error(code=2, reason="Traceback ...\nsite raised RuntimeError"), reply_to=out)
+    arrays = ArrayRecord({name: Array(np.full(shape, value, dtype=np.float32)) for name, value in values.items()})
+    content = RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": n, "loss": 1.0, **(metrics or {})}), "site": ConfigRecord({"modality": modality})})
+    return Message(content=content, reply_to=out)
+
+
+def one_round(name: str, sites: dict[int, tuple[str, int, dict | None]], current: float = 0.0, strategy=None):
+    strategy = strategy or ModalityStrategy(make_base_strategy(name, {"min-available-nodes": 1, "min-train-nodes": 1}))
+    arrays = ArrayRecord({k: Array(np.full((2, 3), current, dtype=np.float32)) for k in (BACKBONE, FMRI, FNIRS)})
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord({}), FakeGrid(sites)))
+    replies = [reply(m, *sites[m.metadata.dst_node_id]) for m in messages if sites[m.metadata.dst_node_id] != "silent"]
+    new, metrics = strategy.aggregate_train(1, replies)
+    return strategy, {k: float(new[k].numpy()[0, 0]) for k in new.keys()}, metrics
+
+
+def test_heads_aggregate_over_their_own_modality_only(task_identity):
+    sites = {
+        1: ("fmri", 10, {BACKBONE: 1.0, FMRI: 1.0}),
+        2: ("fmri", 30, {BACKBONE: 2.0, FMRI: 3.0}),
+        3: ("fnirs", 20, {BACKBONE: 4.0, FNIRS: 5.0}, {"extra": 1.0}),  # an unexpected metric is ignored
+        4: ("fnirs", 0, {BACKBONE: 9.0, FNIRS: 9.0}),  # privacy budget spent: reports, does not count
+        5: ("fmri", 50, None),  # raised an exception
+        6: "silent",  # never answered
+        7: ("fmri", 50, {BACKBONE: 9.0, FMRI: 9.0}, None, (3, 2)),  # weights of the wrong shape
+    }
+    strategy, new, metrics = one_round("fedavg", sites)
+    assert new[FMRI] == pytest.approx((10 * 1 + 30 * 3) / 40)  # the two fMRI sites, by examples
+    assert new[FNIRS] == pytest.approx(5.0)  # the fNIRS site alone
+    assert new[BACKBONE] == pytest.approx((10 * 1 + 30 * 2 + 20 * 4) / 60)  # every site
+    assert metrics["num-examples"] == 60
+    report = strategy.report[MessageType.TRAIN]
+    assert set(report["sites"]) == {"1", "2", "3", "4"} and report["sites"]["3"]["modality"] == "fnirs"
+    failed = {f["node"]: f["reason"] for f in report["failed"]}
+    assert failed[5] == "error reply: site raised RuntimeError" and failed[6] == "no reply before the round timeout"
+    assert failed[7].startswith("malformed reply: parameter") and len(failed) == 3
+
+    # a round with no fNIRS site keeps the global fNIRS head
+    _, new, _ = one_round("fedavg", {1: ("fmri", 10, {BACKBONE: 1.0, FMRI: 1.0}), 2: ("fmri", 10, {BACKBONE: 3.0, FMRI: 3.0})}, current=7.0)
+    assert new == {BACKBONE: 2.0, FMRI: 2.0, FNIRS: 7.0}
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_every_strategy_keeps_the_heads_apart(name, task_identity):
+    def sites(fmri_head: float) -> dict:
+        return {
+            1: ("fmri", 10, {BACKBONE: 1.0, FMRI: fmri_head}),
+            2: ("fmri", 30, {BACKBONE: 2.0, FMRI: fmri_head + 1}),
+            3: ("fnirs", 20, {BACKBONE: 4.0, FNIRS: 5.0}),
+        }
+
+    strategy, a, _ = one_round(name, sites(1.0))
+    _, b, _ = one_round(name, sites(100.0))
+    assert a[FNIRS] == b[FNIRS]  # the fNIRS head does not see the fMRI sites' heads
+    assert a[FMRI] != b[FMRI]
+    if name == "krum":  # picks one site's update (with three sites, the two nearest tie)
+        assert a[BACKBONE] in (1.0, 2.0) and a[FMRI] in (1.0, 2.0)
+    else:
+        assert a[BACKBONE] == pytest.approx(b[BACKBONE], rel=1e-6)  # summation order varies
+    if name != "fedadam":  # plain aggregates of one fNIRS site: its own head
+        assert a[FNIRS] == pytest.approx(5.0)
+    else:  # the server optimizer moved each part from 0 towards its sites and kept its moments
+        assert 0 < a[FNIRS] < 5.0 and 0 < a[FMRI] and 0 < a[BACKBONE]
+        state = strategy.state_dict()
+        assert {k.split("/")[0] for k in state} == {"backbone", "fmri", "fnirs"}
+        restored = ModalityStrategy(make_base_strategy(name, {}))
+        restored.load_state_dict(state)
+        assert all(np.array_equal(restored.state_dict()[k], v) for k, v in state.items())
+
+
+def test_run_store_checkpoints_rounds_atomically_and_resumes(tmp_path):
+    torch.manual_seed(0)
+    model = NeuroGenModel("tiny", device="cpu")
+    store = RunStore(tmp_path / "run", keep=2)
+    history = []
+    for rnd in range(1, 4):
+        with torch.no_grad():
+            next(model.parameters()).add_(1.0)
+        history.append({"round": rnd, "train": {"aggregate": {"loss": 1.0 / rnd}, "sites": {"7": {"loss": 1.0, "epsilon": float(rnd)}}, "failed": []},
+                        "evaluate": {"aggregate": {"loss": 2.0 / rnd, "pcc": float("nan")}, "sites": {}, "failed": [{"node": 9, "reason": "x"}]}})
+        state = {"backbone/m_t/w": np.full(3, rnd, dtype=np.float32), "backbone/v_t/scale": np.array(0.5, dtype=np.float32)}
+        store.save_round(rnd, model, state, history, {"class_names": ["a", "b"], "provenance": {"rounds": rnd}})
+        store.write_reports(history)
+    run = tmp_path / "run"
+    assert json.loads((run / "latest.json").read_text())["round"] == 3
+    assert sorted(p.name for p in (run / "rounds").iterdir()) == ["round-0002", "round-0003"]
+    assert (run / "checkpoint").resolve() == (run / "rounds" / "round-0003").resolve()
+    saved = json.loads((run / "history.json").read_text())
+    assert [e["round"] for e in saved] == [1, 2, 3] and saved[0]["evaluate"]["aggregate"]["pcc"] is None
+    assert (run / "metrics.png").stat().st_size > 10_000 and any((run / "tensorboard").iterdir())
+
+    loaded, meta = load_checkpoint(run / "checkpoint", device="cpu", use_ema=True)  # what synthesize/evaluate read
+    assert meta["class_names"] == ["a", "b"] and meta["provenance"]["rounds"] == 3
+    fresh = NeuroGenModel("tiny", device="cpu")
+    done, state, resumed_history, _ = RunStore(run).resume(fresh)
+    assert done == 3 and resumed_history == saved and np.array_equal(state["backbone/m_t/w"], np.full(3, 3.0))
+    assert state["backbone/v_t/scale"].shape == ()  # a scalar parameter's moment stays a scalar
+    assert all(torch.equal(a, b) for a, b in zip(model_parameters(fresh).values(), model_parameters(model).values()))
+
+
+# ---------------------------------------------------------------------------------------------
+# A local Flower simulation: flwr run against a simulation SuperLink, three simulated sites
+
+
+@pytest.fixture(scope="session")
+def mixed_sites(tmp_path_factory):
+    """Two EEG-fMRI sites and one EEG-fNIRS site (site-03), three subjects each, simulated once."""
+    root = tmp_path_factory.getbasetemp() / "federation-sites"
+    ensure_sites(root, 3, "mixed", subjects_per_site=3, seed=0, run_seconds=200)
+    return root
+
+
+def site_metric(entry: dict, stage: str, key: str) -> dict[str, float]:
+    """By modality: here one training site each (node ids are new in every run)."""
+    return {m["modality"]: m[key] for m in entry[stage]["sites"].values()}
+
+
+def test_simulation_with_a_failing_site_dp_and_resume(mixed_sites, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("sim") / "run"
+    config = {
+        "preset": "tiny", "strategy": "fedadam", "local-epochs": 1, "max-windows": 8, "fault-partition": 1,  # site-02 fails
+        "dp-enabled": True, "dp-target-epsilon": 8.0, "dp-rounds": 3, "eval-pcc-windows": 2, "eval-sampling-steps": 2,
+        "cache-dir": str(mixed_sites.parent / "federation-cache"), "round-timeout": 300.0,
+    }
+    started = time.time()
+    run_federated(run_dir, mixed_sites, num_sites=3, rounds=2, modality="mixed", subjects_per_site=3, seed=0, run_config=config, timeout=600)
+    print(f"2-round simulation: {time.time() - started:.0f} s")
+
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [e["round"] for e in history] == [1, 2]
+    for entry in history:  # the failing site is named by node id; the other two trained
+        (failure,) = entry["train"]["failed"]
+        assert failure["reason"] == "error reply: site raised RuntimeError"
+        assert sorted(m["modality"] for m in entry["train"]["sites"].values()) == ["fmri", "fnirs"]
+        assert str(failure["node"]) not in entry["train"]["sites"]
+    eps1, eps2 = site_metric(history[0], "train", "epsilon"), site_metric(history[1], "train", "epsilon")
+    assert set(eps1) == {"fmri", "fnirs"} and all(0 < eps1[n] < eps2[n] < 8.0 for n in eps1)  # cumulative, within budget
+    assert np.isfinite(history[1]["evaluate"]["aggregate"]["loss"])
+
+    model, meta = load_checkpoint(run_dir / "checkpoint", device="cpu", use_ema=True)  # as synthesize/evaluate load it
+    assert {"faces", "left", "rest"} <= set(meta["class_names"]) and meta["preprocess"]["eeg_sfreq"] == 200.0
+    assert meta["provenance"]["rounds"] == 2 and meta["provenance"]["strategy"] == "fedadam" and meta["provenance"]["sites_count"] == 2
+    round2 = {k: v.clone() for k, v in model_parameters(model).items()}
+    assert (run_dir / "rounds" / "round-0002" / "strategy.safetensors").is_file()
+    text = json.dumps(history)
+    assert "sub-0" not in text and str(mixed_sites) not in text  # no subjects or paths left the sites
+
+    # resume: a new run (new context.state) continues the checkpoint, FedAdam's moments and the
+    # sites' privacy ledgers from disk
+    run_federated(run_dir, mixed_sites, num_sites=3, rounds=3, modality="mixed", subjects_per_site=3, seed=0, run_config={**config, "resume": True}, timeout=600)
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [e["round"] for e in history] == [1, 2, 3] and site_metric(history[1], "train", "epsilon") == eps2
+    eps3 = site_metric(history[2], "train", "epsilon")
+    assert all(eps2[n] < eps3[n] <= 8.0 for n in eps3) and max(eps3.values()) > 7.0  # not restarted at zero
+    resumed, meta = load_checkpoint(run_dir / "checkpoint", device="cpu")
+    assert meta["provenance"]["rounds"] == 3
+    assert any(not torch.equal(round2[k], v) for k, v in model_parameters(resumed).items())
+    moments = load_file(str(run_dir / "rounds" / "round-0003" / "strategy.safetensors"))
+    assert any(k.startswith("fnirs/v_t/") for k in moments) and any(k.startswith("fmri/m_t/") for k in moments)

@@ -1,0 +1,130 @@
+"""Site-side DP-SGD: cumulative epsilon across rounds, equal to Opacus' own accounting, budget
+enforced, ledger persisted; DP and non-DP training both work with the model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from opacus.accountants import RDPAccountant
+
+from fedneurogen.client import privacy, site
+from fedneurogen.shared.model import NeuroGenModel, load_checkpoint, parameter_modality, save_checkpoint
+from fedneurogen.shared.recording import PairedWindows
+from fedneurogen.shared.training import TRAIN_PRESETS
+
+CONFIG = TRAIN_PRESETS["tiny"]
+EEG = ["Fp1", "Fp2", "C3", "C4", "O1", "O2"]
+
+
+def fnirs_windows(n: int, subject: str, seed: int) -> PairedWindows:
+    """Random EEG-fNIRS windows shaped like the data layer's (16 s, 4 channels x HbO/HbR)."""
+    rng = np.random.default_rng(seed)
+    names = [f"S{c}_D{c} {kind}" for c in range(1, 5) for kind in ("hbo", "hbr")]
+    channel = rng.normal(size=(4, 3))
+    return PairedWindows(
+        eeg=rng.normal(size=(n, len(EEG), 3200)).astype(np.float32), eeg_sfreq=200.0, eeg_channel_names=EEG,
+        eeg_positions=rng.normal(size=(len(EEG), 3)) * 60, target=rng.normal(size=(n, 8, 16)).astype(np.float32),
+        target_sfreq=1.0, target_modality="fnirs", target_names=names,
+        target_positions=np.repeat(70 * channel / np.linalg.norm(channel, axis=1, keepdims=True), 2, axis=0),
+        labels=np.array(["left", "right"] * (n // 2) + ["rest"] * (n % 2)), subjects=np.array([subject] * n),
+        runs=np.array([f"{subject}_run-1"] * n), onsets=np.arange(n) * 8.0, lag=6.0,
+        target_point_types=[name.split()[-1] for name in names],
+    )
+
+
+@pytest.fixture(scope="module")
+def data() -> site.SiteData:
+    return site.SiteData(train=fnirs_windows(20, "sub-01", 0), val=fnirs_windows(6, "sub-02", 1))
+
+
+def fresh_model(weights: dict[str, torch.Tensor] | None) -> NeuroGenModel:
+    """What a site does each round: a new model holding the received global weights."""
+    if weights is None:
+        torch.manual_seed(0)
+        return NeuroGenModel("tiny", fmri_positions=None, device="cpu")
+    model = NeuroGenModel("tiny", fmri_positions=None, device="cpu")
+    model.load_state_dict(weights)
+    return model
+
+
+def test_epsilon_is_cumulative_equals_opacus_and_the_budget_is_enforced(data, tmp_path):
+    settings = privacy.DPSettings(target_epsilon=8.0, delta=1e-5, max_grad_norm=1.0, planned_rounds=3)
+    ledger = privacy.PrivacyLedger()
+    weights, epsilons = None, []
+    for round_ in range(1, 4):
+        model = fresh_model(weights)  # a new model and PrivacyEngine every round, as on a site
+        metrics = site.train(model, data, config=CONFIG, epochs=1, class_names=["left", "rest", "right"], seed=round_, dp=settings, ledger=ledger)
+        assert metrics["budget_exhausted"] == 0 and metrics["num-examples"] == 20 and metrics["steps"] == 3
+        epsilons.append(metrics["epsilon"])
+        weights = model.state_dict()
+        # the ledger goes through context.state (JSON in a ConfigRecord) and disk between rounds
+        ledger = privacy.PrivacyLedger.from_json(json.loads(json.dumps(ledger.to_json())))
+        privacy.save_ledger(tmp_path / "ledger.json", ledger)
+
+    assert epsilons[0] < epsilons[1] < epsilons[2] <= 8.0
+    assert epsilons[2] > 0.9 * 8.0  # the noise was calibrated to spend the budget over 3 rounds
+    # an independent accountant, told only (sigma, q, total steps), gives the same epsilons
+    sigma, sample_rate = ledger.noise_multiplier, 1 / 3  # 20 windows in batches of 8: 3 batches
+    for k, eps in enumerate(epsilons, start=1):
+        reference = RDPAccountant()
+        reference.history = [(sigma, sample_rate, 3 * k)]
+        assert eps == pytest.approx(reference.get_epsilon(delta=1e-5), rel=1e-9)
+
+    # the ledger on disk continues where it was; a 4th round would overspend, so nothing trains
+    reloaded = privacy.load_ledger(tmp_path / "ledger.json", "rdp")
+    assert reloaded.steps == 9 and reloaded.epsilon(1e-5) == pytest.approx(epsilons[-1])
+    model = fresh_model(weights)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    metrics = site.train(model, data, config=CONFIG, epochs=1, class_names=[], seed=4, dp=settings, ledger=reloaded)
+    assert metrics["budget_exhausted"] == 1 and metrics["num-examples"] == 0 and metrics["steps"] == 0
+    assert metrics["epsilon"] == pytest.approx(epsilons[-1])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert reloaded.steps == 9
+
+
+def test_dp_and_plain_training_both_update_the_model_it_still_saves_and_loads(data, tmp_path):
+    start = fresh_model(None).state_dict()
+    for dp in (None, privacy.DPSettings(target_epsilon=8.0, delta=1e-5, max_grad_norm=1.0, planned_rounds=2)):
+        model = fresh_model(start)
+        ledger = privacy.PrivacyLedger() if dp else None
+        metrics = site.train(model, data, config=CONFIG, epochs=1, class_names=["left", "rest", "right"], seed=0, dp=dp, ledger=ledger)
+        assert np.isfinite(metrics["loss"]) and metrics["steps"] == 3
+        sent = site.site_parameters(model, "fnirs")
+        assert sent and all(parameter_modality(name) in (None, "fnirs") for name in sent)
+        changed = {name for name, p in model.named_parameters() if not torch.equal(p.detach(), start[name])}
+        assert any(parameter_modality(name) == "fnirs" for name in changed) and any(parameter_modality(name) is None for name in changed)
+        assert not any(parameter_modality(name) == "fmri" for name in changed)  # the other head is untouched
+        path = save_checkpoint(tmp_path / ("dp" if dp else "plain"), model, extra={"class_names": ["left", "rest", "right"]})
+        loaded, meta = load_checkpoint(path, device="cpu")
+        assert torch.equal(next(loaded.parameters()), next(model.parameters()).detach())
+        metrics = site.evaluate(loaded, data, class_names=meta["class_names"], batch_size=8, seed=0, pcc_windows=3, sampling_steps=2)
+        assert metrics["num-examples"] == 6 and np.isfinite(metrics["loss"]) and -1 <= metrics["pcc"] <= 1
+
+
+def test_prv_accountant_is_cumulative_too():
+    from opacus.accountants import PRVAccountant
+
+    step = (1.2, 1 / 3, 3)  # (sigma, sample rate, steps) of one round
+    reference = PRVAccountant()
+    reference.history = [(1.2, 1 / 3, 6)]
+    two_rounds = reference.get_epsilon(delta=1e-5)
+    settings = privacy.DPSettings(target_epsilon=two_rounds * 1.001, delta=1e-5, max_grad_norm=1.0, planned_rounds=2, accountant="prv")
+    ledger = privacy.PrivacyLedger(accountant="prv", noise_multiplier=1.2)
+    assert privacy.plan_round(ledger, settings, 20, 8, 1) == step
+    eps = []
+    while privacy.budget_allows(ledger, settings, step):
+        ledger.history.append(step)
+        eps.append(ledger.epsilon(1e-5))
+    assert len(eps) == 2 and 0 < eps[0] < eps[1] == pytest.approx(two_rounds, rel=1e-3)
+
+
+def test_site_state_dir_prefers_the_daemon_setting(tmp_path):
+    data = tmp_path / "site-01"
+    assert site.state_dir({"state-dir": str(tmp_path / "s")}, {"site-state-dir": "x"}, data) == tmp_path / "s"
+    chosen = site.state_dir({}, {"site-state-dir": str(tmp_path / "sim")}, data)
+    assert chosen.parent == tmp_path / "sim" and chosen.name.startswith("site-01-")
+    # one ledger per training run: the same run-dir finds it again, another run gets its own
+    assert privacy.ledger_path(chosen, "runs/a") == privacy.ledger_path(chosen, "runs/a") != privacy.ledger_path(chosen, "runs/b")
