@@ -126,6 +126,165 @@ def train(
     console.print(f"checkpoint: [bold]{checkpoint}[/]")
 
 
+@app.command()
+def federate(
+    run_dir: Path = typer.Option(..., "--run-dir", help="Server output: checkpoint, history.json, metrics.png, tensorboard/."),
+    data_root: Path = typer.Option(..., "--data-root", help="Folder of site-01, site-02, ... (simulated if absent)."),
+    sites: int = typer.Option(3, "--sites", min=1, help="Sites (SuperNodes) in the simulation."),
+    rounds: int = typer.Option(3, "--rounds", min=1, help="Federated rounds."),
+    modality: SimModality = typer.Option(SimModality.fmri, "--modality", help="Modality of simulated sites."),
+    subjects_per_site: int = typer.Option(4, "--subjects-per-site", min=1, help="Subjects of each simulated site."),
+    preset: Preset = typer.Option(Preset.tiny, "--preset", help="Model preset."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the simulation, initial weights, splits and batches."),
+    set_: list[str] = typer.Option([], "--set", help="Any run-config key, e.g. --set strategy=fedprox --set dp-enabled=true."),
+) -> None:
+    """Local multi-site federated training: a Flower SuperLink on this machine, one SuperNode per site."""
+    from fedneurogen.simulations.federated import parse_overrides, run_federated
+
+    overrides = {"preset": preset.value, **parse_overrides(set_)}
+    out = run_federated(
+        run_dir, data_root, num_sites=sites, rounds=rounds, modality=modality.value, subjects_per_site=subjects_per_site, seed=seed,
+        run_config=overrides,
+    )
+    console.print(f"checkpoint: [bold]{out / 'checkpoint'}[/]\nhistory:    {out / 'history.json'}\nplot:       {out / 'metrics.png'}")
+
+
+@app.command()
+def synthesize(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint directory (its EMA weights are used)."),
+    data: Path = typer.Option(..., "--data", help="BIDS site whose EEG drives generation."),
+    out: Path = typer.Option(..., "--out", help="Derivatives dataset to write (GIFTI on fsaverage5 / SNIRF)."),
+    subjects: list[str] | None = typer.Option(None, "--subjects", help="Only these subjects (sub-01 or 01; repeat or comma-separate)."),
+    label: str | None = typer.Option(None, "--label", help="Condition every window on this class (default: each window's own)."),
+    n_samples: int = typer.Option(1, "--n-samples", min=1, help="Samples per window, written as desc-generated1, desc-generated2, ..."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="DDIM steps (default: the model's sampling_steps)."),
+    guidance: float = typer.Option(1.0, "--guidance", help="Classifier-free guidance scale (1 = plain conditional)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sampling noise; sample k uses seed + k - 1."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Windows sampled together."),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+) -> None:
+    """Generate fMRI / fNIRS from a site's EEG and write it as BIDS derivatives."""
+    from fedneurogen.shared.errors import FedNeuroGenError
+    from fedneurogen.shared.synthesis import synthesize as run_synthesis
+
+    wanted = [s.strip() for value in subjects or [] for s in value.split(",") if s.strip()]
+    try:
+        written = run_synthesis(
+            checkpoint, data, out, subjects=wanted or None, label=label, n_samples=n_samples, steps=steps,
+            guidance_scale=guidance, seed=seed, batch_size=batch_size, device=device,
+        )  # fmt: skip
+    except FedNeuroGenError as err:
+        _fail(str(err))
+    console.print(f"Wrote {len(written)} files under [bold]{out}[/]:")
+    for path in written:
+        console.print(f"  {path}")
+
+
+@app.command()
+def evaluate(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint directory (its EMA weights are used)."),
+    data: Path = typer.Option(..., "--data", help="BIDS site to evaluate on (its test subjects)."),
+    out: Path = typer.Option(..., "--out", help="Report directory: report.json and PNG figures."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="DDIM steps (default: the model's sampling_steps)."),
+    max_windows: int | None = typer.Option(None, "--max-windows", min=1, help="Score at most this many test windows."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sampling noise, the noise baseline and the regressor."),
+    guidance: float = typer.Option(1.0, "--guidance", help="Classifier-free guidance scale (1 = plain conditional)."),
+    n_samples: int = typer.Option(1, "--n-samples", min=1, help="Samples per window; their mean is scored (estimates the conditional mean)."),
+    baseline_epochs: int = typer.Option(5, "--baseline-epochs", min=1, help="Training epochs of the regression-transformer baseline."),
+    batch_size: int = typer.Option(16, "--batch-size", min=2, help="Windows per batch (sampling and regressor training)."),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+) -> None:
+    """Score a checkpoint on a site's held-out subjects against baselines, noise baseline and ceiling."""
+    from fedneurogen.shared.errors import FedNeuroGenError
+    from fedneurogen.shared.evaluation import REPORT_FILE, render_report
+    from fedneurogen.shared.evaluation import evaluate as run_evaluation
+
+    try:
+        report = run_evaluation(
+            checkpoint, data, out, steps=steps, max_windows=max_windows, seed=seed, guidance_scale=guidance, n_samples=n_samples,
+            baseline_epochs=baseline_epochs, batch_size=batch_size, device=device,
+        )  # fmt: skip
+    except FedNeuroGenError as err:
+        _fail(str(err))
+    render_report(report, console)
+    console.print(f"report: [bold]{out / REPORT_FILE}[/] (figures: {', '.join(report['plots'])})")
+
+
+class AugmentStrategy(str, Enum):
+    generate = "generate"
+    oversample = "oversample"
+    class_weight = "class-weight"
+    none = "none"
+    all = "all"
+
+
+class DownstreamClassifier(str, Enum):
+    logreg = "logreg"
+    lda = "lda"
+    riemann = "riemann"
+
+
+@app.command()
+def augment(
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Global model checkpoint (EMA weights); needed for --strategy generate/all."),
+    data: Path = typer.Option(..., "--data", help="The site's BIDS dataset (read locally; nothing is sent anywhere)."),
+    out: Path = typer.Option(..., "--out", help="Report directory: report.json, report.md, per_class_f1.png, per_group.png."),
+    target: str = typer.Option("trial_type", "--target", help="Label to predict: trial_type or a participants.tsv column."),
+    sensitive_attribute: str | None = typer.Option(None, "--sensitive-attribute", help="participants.tsv column for per-group metrics and class x group balancing."),
+    strategy: list[AugmentStrategy] = typer.Option([AugmentStrategy.all], "--strategy", help="Strategy to compare with 'none' (repeatable); 'all' runs every one."),
+    folds: int = typer.Option(5, "--folds", min=2, help="Cross-validation folds (stratified, grouped by subject)."),
+    target_per_class: int | None = typer.Option(None, "--target-per-class", min=1, help="Windows per class after balancing (default: the largest class)."),
+    classes: str | None = typer.Option(None, "--classes", help="Comma-separated classes to decode (default: all but 'rest')."),
+    classifier: DownstreamClassifier = typer.Option(DownstreamClassifier.logreg, "--classifier", help="logreg / shrinkage lda on EEG band power + target features, or riemann (EEG covariance tangent space + target features)."),
+    features: str = typer.Option("eeg,target", "--features", help="Feature blocks for logreg/lda: eeg, target or eeg,target."),
+    minority_ratio: float = typer.Option(0.8, "--minority-ratio", min=0.01, max=1.0, help="Under-represented: fewer than this x the target size."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="DDIM steps (default: the model's sampling_steps)."),
+    guidance: float = typer.Option(2.0, "--guidance", help="Classifier-free guidance scale on the class label."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the folds, oversampling, generation noise and classifiers."),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+) -> None:
+    """Site-side fairness augmentation: rebalance under-represented classes/groups with generated data and report per-class and per-group F1 against baselines."""
+    from fedneurogen.client.augment import STRATEGIES, AugmentConfig, augment_site
+    from fedneurogen.shared.errors import FedNeuroGenError
+
+    chosen = {s.value for s in strategy}
+    names = STRATEGIES if "all" in chosen else tuple(n for n in STRATEGIES if n in chosen | {"none"})
+    blocks = {b.strip() for b in features.split(",") if b.strip()}
+    if not blocks or blocks - {"eeg", "target"}:
+        _fail(f"--features must be eeg, target or eeg,target; got {features!r}")
+    try:
+        config = AugmentConfig(
+            target=target, sensitive_attribute=sensitive_attribute, strategies=names, folds=folds, target_per_class=target_per_class,
+            classifier=classifier.value, use_eeg="eeg" in blocks, use_target="target" in blocks, minority_ratio=minority_ratio,
+            classes=tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None,
+            steps=steps, guidance_scale=guidance, seed=seed,
+        )  # fmt: skip
+        report = augment_site(checkpoint, data, out, config, device=device)
+    except FedNeuroGenError as err:
+        _fail(str(err))
+    console.print(f"minority: {', '.join(report['minority_units']) or 'none'} ({report['minority_rule']})")
+    for name, row in report["summary"].items():
+        minority_f1 = "n/a" if row["minority_f1"] is None else f"{row['minority_f1']:.3f}"
+        console.print(f"  {name:>12}: minority F1 {minority_f1}, macro F1 {report['strategies'][name]['macro_f1_mean']:.3f}")
+    console.print(f"report: [bold]{out / 'report.json'}[/], {out / 'report.md'}")
+
+
+@app.command("fairness-table")
+def fairness_table(
+    out: Path = typer.Option(..., "--out", help="Output folder (data/, model/, conditions/, table.json/.md/.png)."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Use this generator instead of training one."),
+    quick: bool = typer.Option(False, "--quick", help="Reduced sizes (5 subjects, 20 vs 5 / 24 vs 6 windows, 3 folds)."),
+    train_minutes: float = typer.Option(6.0, "--train-minutes", help="Generator training time when no --checkpoint."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the simulation, the cuts, the folds and generation."),
+) -> None:
+    """Reproduce the paper's Table 1 (fairness by generative augmentation) on simulated data."""
+    from fedneurogen.simulations.fairness_table import main as table_main
+
+    args = ["--out", str(out), "--train-minutes", str(train_minutes), "--seed", str(seed)]
+    args += (["--checkpoint", str(checkpoint)] if checkpoint else []) + (["--quick"] if quick else [])
+    raise typer.Exit(table_main(args))
+
+
 def main() -> None:
     app()
 

@@ -251,6 +251,18 @@ def run_federated(
     return run_dir
 
 
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["strategy=fedprox", "dp-enabled=true"]`` -> run-config values (TOML, else bare text)."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            overrides[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            overrides[key] = value
+    return overrides
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m fedneurogen.simulations.federated --run-dir DIR --data-root DIR [options]``."""
     import argparse
@@ -265,13 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any run-config key, e.g. strategy=fedprox, dp-enabled=true")
     args = parser.parse_args(argv)
-    overrides: dict[str, Any] = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        try:  # a TOML value (number, true/false, "string"), else the bare text
-            overrides[key] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            overrides[key] = value
+    overrides = parse_overrides(args.set)
     run_dir = run_federated(
         args.run_dir, args.data_root, num_sites=args.sites, rounds=args.rounds, modality=args.modality,
         subjects_per_site=args.subjects_per_site, seed=args.seed, run_config=overrides,

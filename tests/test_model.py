@@ -122,8 +122,9 @@ def test_loss_and_sample_shapes(modality, n_eeg, n_fnirs_channels):
     batch = make_batch(modality, n_windows=3, n_eeg=n_eeg, n_fnirs_channels=max(n_fnirs_channels, 1))
     total, parts = model.loss(batch, generator=torch.Generator().manual_seed(0))
     assert total.dim() == 0 and torch.isfinite(total)
-    assert set(parts) == {"diffusion", "alignment", "total"}
-    assert parts["total"] == pytest.approx(parts["diffusion"] + model.config.alignment_weight * parts["alignment"], rel=1e-5)
+    assert set(parts) == {"diffusion", "mean", "alignment", "total"}
+    expected = parts["diffusion"] + model.config.mean_loss_weight * parts["mean"] + model.config.alignment_weight * parts["alignment"]
+    assert parts["total"] == pytest.approx(expected, rel=1e-5)
     total.backward()
     assert model.modality_heads[modality].final_layer.linear.weight.grad.abs().sum() > 0
     out = model.sample(batch, steps=3, generator=torch.Generator().manual_seed(0))

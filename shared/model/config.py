@@ -61,6 +61,9 @@ class ModelConfig(BaseModel):
     eeg_heads: int = 10
     eeg_mlp_ratio: float = 4.0
     eeg_layer_scale: float = Field(0.1, description="LayerScale init of the encoder blocks (LaBraM: 0.1)")
+    eeg_attention: Literal["full", "axial"] = Field(
+        "full", description="full: every channel-patch token attends to all (LaBraM); axial: blocks alternate time and channel axes (CPU presets)"
+    )
     eeg_spectral_embed: bool = Field(
         True, description="Add each patch's log amplitude spectrum to its token (band power is what drives BOLD)"
     )
@@ -86,6 +89,12 @@ class ModelConfig(BaseModel):
     target_encoder_heads: int = 4
     align_dim: int = 256
     alignment_weight: float = Field(0.1, description="Weight of the InfoNCE loss in the total loss")
+
+    # Mean regression + residual diffusion (as in CorrDiff): a direct regression head predicts the
+    # conditional mean from the EEG tokens, and the DiT models what the mean leaves over. The
+    # mean learns fast from a strong MSE gradient; the diffusion adds realistic variability.
+    mean_regression: bool = True
+    mean_loss_weight: float = Field(1.0, description="Weight of the mean head's MSE in the total loss")
 
     # Diffusion process and sampling.
     diffusion_steps: int = 1000
@@ -134,7 +143,7 @@ PRESETS: dict[str, ModelConfig] = {
     # Seconds per step on a laptop CPU, < 1M parameters: for tests.
     "tiny": ModelConfig(
         preset="tiny",
-        eeg_conv_channels=4, eeg_dim=32, eeg_depth=2, eeg_heads=2,
+        eeg_conv_channels=4, eeg_dim=32, eeg_depth=2, eeg_heads=2, eeg_attention="axial",
         hidden_dim=64, depth=2, heads=4,
         target_encoder_dim=32, target_encoder_depth=1, target_encoder_heads=2, align_dim=32,
         position_frequencies=4, sampling_steps=20,
@@ -144,7 +153,7 @@ PRESETS: dict[str, ModelConfig] = {
     # A few million parameters: trains in minutes on a CPU.
     "small": ModelConfig(
         preset="small",
-        eeg_conv_channels=8, eeg_dim=64, eeg_depth=4, eeg_heads=4,
+        eeg_conv_channels=8, eeg_dim=64, eeg_depth=4, eeg_heads=4, eeg_attention="axial",
         hidden_dim=128, depth=4, heads=4,
         target_encoder_dim=64, target_encoder_depth=2, target_encoder_heads=4, align_dim=64,
         sampling_steps=25,

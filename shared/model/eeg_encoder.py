@@ -144,6 +144,7 @@ class EEGEncoder(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.patch_size = config.eeg_patch_size
+        self.attention = config.eeg_attention
         self.max_patches = config.eeg_max_patches
         self.patch_embed = TemporalConv(config.eeg_conv_channels)
         # LaBraM-Base: 25 steps x 8 channels = 200 = width, so no projection is needed.
@@ -189,8 +190,9 @@ class EEGEncoder(nn.Module):
         electrode = channel_index.view(1, c, 1).expand(b, c, p).reshape(b, c * p)
         time = torch.arange(p, device=eeg.device).view(1, 1, p).expand(b, c, p).reshape(b, c * p)
         x = x + self.electrode_embed(electrode) + self.time_embed(time)
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            axis = None if self.attention == "full" else ("time", "channel")[i % 2]
+            x = block(x, (c, p), axis)
         return rearrange(self.norm(x), "b (c p) d -> b c p d", c=c)
 
 

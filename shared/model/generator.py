@@ -127,6 +127,8 @@ class ModalityHead(nn.Module):
         self.patch_embed = nn.Linear(token_dim, config.hidden_dim)  # target tokens -> hidden
         self.condition_embed = nn.Linear(n_frames * config.eeg_dim, config.hidden_dim)  # integrated EEG -> hidden
         self.final_layer = FinalLayer(config.hidden_dim, token_dim)  # the modal unpatcher (9)
+        # conditional-mean readout of the EEG tokens (the residual diffusion models the rest)
+        self.mean_head = nn.Sequential(nn.LayerNorm(config.hidden_dim, eps=1e-6), nn.Linear(config.hidden_dim, token_dim)) if config.mean_regression else None
         self.target_encoder = TargetEncoder(token_dim, config)  # for the alignment stage
 
 
@@ -185,6 +187,9 @@ class NeuroGenModel(nn.Module):
             for layer in (head.final_layer.adaLN_modulation[-1], head.final_layer.linear):
                 nn.init.zeros_(layer.weight)
                 nn.init.zeros_(layer.bias)
+            if head.mean_head is not None:  # the mean starts at zero: the residual is the target
+                nn.init.zeros_(head.mean_head[-1].weight)
+                nn.init.zeros_(head.mean_head[-1].bias)
 
     @property
     def device(self) -> torch.device:
@@ -241,6 +246,13 @@ class NeuroGenModel(nn.Module):
         frame_times = target_frame_times(n_frames, self.config.modality(batch.modality).sfreq, device)
         integrated = self.integration(features, batch.eeg_positions, layout.centroids, patch_times, frame_times)
         return head.condition_embed(integrated.flatten(2)) + self.position(layout.centroids, features.shape[0])
+
+    def predict_mean(self, condition: torch.Tensor, layout: TokenLayout, modality: str, n_frames: int) -> torch.Tensor | None:
+        """The regression head's conditional mean ``[B, N, F]`` (None without mean regression)."""
+        head = self.modality_heads[modality]
+        if head.mean_head is None:
+            return None
+        return unpatchify(head.mean_head(condition), layout, n_frames)
 
     def denoise(
         self,
@@ -300,24 +312,32 @@ class NeuroGenModel(nn.Module):
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Total loss = diffusion loss (8) + ``alignment_weight`` x InfoNCE, and its parts.
+        """Total loss = diffusion loss (8) + ``mean_loss_weight`` x mean-head MSE +
+        ``alignment_weight`` x InfoNCE, and its parts. With mean regression the diffusion is
+        trained on the residual ``x0 - mean`` (the mean detached, so each loss trains its part).
 
         ``t`` and ``noise`` default to random draws (from ``generator`` when given). Labels are
         replaced by the null label with probability ``label_dropout`` in training mode."""
         if batch.target is None:
             raise ConfigError("loss() needs a batch with targets")
         layout = self.layout(batch)
-        x0 = batch.target.float()
-        t = t if t is not None else self.diffusion.sample_timesteps(x0.shape[0], x0.device, generator)
-        noise = noise if noise is not None else random_normal(tuple(x0.shape), generator, x0.device)
-        x_t = self.diffusion.q_sample(x0, t, noise)
+        target = batch.target.float()
+        t = t if t is not None else self.diffusion.sample_timesteps(target.shape[0], target.device, generator)
+        noise = noise if noise is not None else random_normal(tuple(target.shape), generator, target.device)
         with self._autocast():
             features = self.encode_eeg(batch)
             condition = self.condition_tokens(batch, features, layout)
+            mean = self.predict_mean(condition, layout, batch.modality, target.shape[2])
+            x0 = target if mean is None else target - mean.detach().float()
+            x_t = self.diffusion.q_sample(x0, t, noise)
             output = self.denoise(x_t, t, condition, layout, batch.modality, batch.labels, drop_labels=self.training)
             diffusion_loss = F.mse_loss(output.float(), self.diffusion.training_target(x0, t, noise))
             total = diffusion_loss
             parts = {"diffusion": float(diffusion_loss.detach())}
+            if mean is not None:
+                mean_loss = F.mse_loss(mean.float(), target)
+                total = total + self.config.mean_loss_weight * mean_loss
+                parts["mean"] = float(mean_loss.detach())
             if self.alignment_enabled and self.config.alignment_weight > 0 and x0.shape[0] > 1:
                 alignment = self.alignment_loss(batch, features, layout)
                 total = total + self.config.alignment_weight * alignment
@@ -371,12 +391,13 @@ class NeuroGenModel(nn.Module):
         n_frames = self.config.modality(batch.modality).n_frames
         with self._autocast():
             condition = self.condition_tokens(batch, self.encode_eeg(batch), layout)
+            mean = self.predict_mean(condition, layout, batch.modality, n_frames)
 
         def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             with self._autocast():
                 return self.guided_denoise(x_t, t, condition, layout, batch.modality, batch.labels, guidance_scale).float()
 
-        return self.diffusion.ddim_sample(
+        sample = self.diffusion.ddim_sample(
             model_fn,
             (batch.batch_size, layout.n_points, n_frames),
             steps=steps or self.config.sampling_steps,
@@ -384,6 +405,7 @@ class NeuroGenModel(nn.Module):
             generator=generator,
             device=self.device,
         )
+        return sample if mean is None else sample + mean.float()
 
 
 def parameter_count(config: ModelConfig | str) -> dict[str, int]:

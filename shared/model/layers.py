@@ -32,9 +32,24 @@ class Attention(nn.Module):
         self.k_norm = nn.LayerNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None, axis: str | None = None) -> torch.Tensor:
+        """Full attention over the ``n`` tokens, or with ``grid=(C, P)`` (tokens ordered channel-
+        major) and ``axis`` ``"time"``/``"channel"``: axial attention along one axis of the grid.
+        Axial attention costs ``C*P*(P or C)`` instead of ``(C*P)^2``; stacking both axes still
+        lets every token reach every other in two blocks."""
         q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
-        out = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if axis is None:
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            c, p = grid
+            split, merge = {
+                "time": ("b h (c p) d -> (b h c) p d", "(b h c) p d -> b h (c p) d"),
+                "channel": ("b h (c p) d -> (b h p) c d", "(b h p) c d -> b h (c p) d"),
+            }[axis]
+            # 3-D contiguous inputs keep SDPA on its fast kernel
+            q, k, v = (rearrange(t, split, c=c, p=p).contiguous() for t in (q, k, v))
+            out = rearrange(F.scaled_dot_product_attention(q, k, v), merge, b=x.shape[0], h=self.heads, c=c, p=p)
         return self.proj(rearrange(out, "b h n d -> b n (h d)"))
 
 
@@ -92,8 +107,8 @@ class TransformerBlock(nn.Module):
         self.mlp = Mlp(dim, mlp_ratio)
         self.gamma_2 = LayerScale(dim, layer_scale)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.gamma_1(self.attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None, axis: str | None = None) -> torch.Tensor:
+        x = x + self.gamma_1(self.attn(self.norm1(x), grid, axis))
         return x + self.gamma_2(self.mlp(self.norm2(x)))
 
 
