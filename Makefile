@@ -17,11 +17,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The main job: simulate 3 sites, train one model across them with Flower, then score the global
+# model on a site's held-out subjects and rebalance a site's classifier with generated data.
+FNG := PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/fedneurogen
 demo: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/fedneurogen simulate --out $(DEMO_DIR)/data --sites 3 --modality fmri --seed 0
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/fedneurogen validate $(DEMO_DIR)/data/site-01
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/fedneurogen validate $(DEMO_DIR)/data/site-02
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/fedneurogen validate $(DEMO_DIR)/data/site-03
+	$(FNG) simulate --out $(DEMO_DIR)/data --sites 3 --subjects-per-site 4 --modality fmri --seed 0
+	$(FNG) validate $(DEMO_DIR)/data/site-02
+	rm -rf $(DEMO_DIR)/federated $(DEMO_DIR)/federated-site-state
+	$(FNG) federate --run-dir $(DEMO_DIR)/federated --data-root $(DEMO_DIR)/data --sites 3 --rounds 3 --preset tiny
+	$(FNG) evaluate --checkpoint $(DEMO_DIR)/federated/checkpoint --data $(DEMO_DIR)/data/site-01 --out $(DEMO_DIR)/report-site-01 --n-samples 2 --max-windows 48 --baseline-epochs 2
+	@echo
+	@echo "Federated run:   $(DEMO_DIR)/federated (history.json, metrics.png, checkpoint/)"
+	@echo "Generation:      $(DEMO_DIR)/report-site-01 (report.json, surface maps, time courses)"
 
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
