@@ -1,0 +1,440 @@
+"""The paper's Table 1 on simulated data: ``python -m fedneurogen.simulations.fairness_table --out DIR``.
+
+Protocol (paper, "Cross-Modal Data Augmentation Enhances Fairness of BCI Decoding Models"):
+
+(a) four visual-task classes decoded from fMRI: each class in turn is cut to 30 windows, the
+    others to 150; 120 windows are generated for it; 5-fold cross-validation;
+(b) left/right motor imagery decoded from fNIRS: one class 30 vs 120, 90 generated; 3-fold CV.
+
+What this script does:
+
+- simulates an evaluation consortium (one EEG-fMRI site, one EEG-fNIRS site; 10 subjects with
+  15-minute runs give about 175 fMRI windows per visual class and 260 fNIRS windows per motor
+  class) and, unless ``--checkpoint`` is given, a separate training consortium whose subjects
+  the generator is trained on (so the generator never saw an evaluation subject);
+- trains a small generator centrally for ``--train-minutes`` (the task windows of the training
+  consortium, EMA weights), or loads ``--checkpoint``;
+- per condition, draws the windows of the protocol at random (seeded). The cut class keeps the
+  EEG of the windows whose target was dropped: an *EEG-only pool* (the paper's premise: EEG is
+  cheap, the expensive modality is what is missing). Their targets are zeroed before anything
+  sees them. ``--source paired`` uses only the 30 paired windows' EEG instead (several noise
+  draws per window);
+- cross-validates, grouped by subject, the strategies ``none`` (the paper's "original" rows),
+  ``oversample`` (random oversampling baseline), ``class-weight`` and ``generate``
+  (``fedneurogen.client.augment``); generated samples join training folds only and come from
+  EEG of the fold's training subjects;
+- the classifier reads target-modality features only, like the paper (fMRI: mean and slope of
+  BOLD in 64 cortical ROIs; fNIRS: mean and slope of each HbO/HbR channel); ``--with-eeg`` adds
+  EEG log band power;
+- adds an *oracle* row (``--no-oracle`` skips it): the same folds, source windows and sizes as
+  ``generate`` but with the target actually recorded with each source EEG window. It is the
+  ceiling a perfect generator could reach under this protocol, and tells a protocol problem
+  from a generator problem; it is not a method. Each ``generate`` fold also reports the label
+  fidelity of its generated windows (see ``fedneurogen.client.augment.generate_strategy``).
+
+Sizes: with CV the training folds hold (k-1)/k of the windows, so "30 + 120(Gen)" is about
+24 real + 96 generated per 5-fold training set (the minority is topped up to the majority's
+training size). ``--quick`` (for tests) uses 5 subjects with 5-minute runs (about 25-35 fMRI
+windows per class), 20 vs 5 (fMRI) and 24 vs 6 (fNIRS) windows, 3 folds for both tasks: it checks
+the pipeline, its numbers mean little.
+
+Writes ``DIR/table.json``, ``DIR/table.md``, ``DIR/table.png`` and one report per condition
+under ``DIR/conditions/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedneurogen.client.augment import AugmentConfig, ModelSynthesizer, minority_summary, prepare_samples, run_augmentation, write_report
+from fedneurogen.shared import fairness as fm
+from fedneurogen.shared.errors import ConfigError, DataError
+from fedneurogen.shared.io import write_json_atomic, write_text_atomic
+from fedneurogen.shared.recording import PairedWindows
+
+STRATEGIES = ("none", "oversample", "class-weight", "generate")
+PAPER = {"minority_f1_before": 0.54, "minority_f1_after": 0.88, "majority_f1_drop": (0.07, 0.13)}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    modality: str
+    classes: tuple[str, ...]
+    n_majority: int
+    n_minority: int
+    folds: int
+
+
+@dataclass(frozen=True)
+class Scale:
+    eval_subjects: int
+    eval_run_seconds: float
+    train_subjects: int
+    train_run_seconds: float
+    protocols: tuple[Protocol, ...]
+
+
+FULL = Scale(
+    eval_subjects=10, eval_run_seconds=900.0, train_subjects=4, train_run_seconds=600.0,
+    protocols=(
+        Protocol("visual stimulus decoding (fMRI)", "fmri", ("faces", "motion", "scenes", "tools"), 150, 30, 5),
+        Protocol("motor imagery (fNIRS)", "fnirs", ("left", "right"), 120, 30, 3),
+    ),
+)
+QUICK = Scale(
+    eval_subjects=5, eval_run_seconds=300.0, train_subjects=3, train_run_seconds=200.0,
+    protocols=(
+        Protocol("visual stimulus decoding (fMRI)", "fmri", ("faces", "motion", "scenes", "tools"), 20, 5, 3),
+        Protocol("motor imagery (fNIRS)", "fnirs", ("left", "right"), 24, 6, 3),
+    ),
+)
+
+
+# -- data and model ---------------------------------------------------------------------------
+
+
+def ensure_simulated(out: Path, subjects: int, run_seconds: float, seed: int) -> list[Path]:
+    """A mixed consortium (site-01 EEG-fMRI, site-02 EEG-fNIRS) under ``out``; reused when
+    ``out/simulation.json`` says it was simulated with the same parameters."""
+    from fedneurogen.simulations.simulator import simulate_dataset
+
+    summary = out / "simulation.json"
+    wanted = {"seed": seed, "modality": "mixed", "n_sites": 2, "subjects_per_site": subjects, "run_seconds": run_seconds}
+    if summary.is_file():
+        have = json.loads(summary.read_text())
+        if all(have.get(k) == v for k, v in wanted.items()):
+            return [out / "site-01", out / "site-02"]
+    return simulate_dataset(out, n_sites=2, subjects_per_site=subjects, modality="mixed", seed=seed, run_seconds=run_seconds, progress=False)
+
+
+def train_generator(sites: list[PairedWindows], out: Path, *, preset: str, minutes: float, seed: int, device: str | None) -> Path:
+    """Centralized training on the task windows of ``sites`` for ``minutes`` (the loop stops at
+    the deadline), EMA weights saved with class names. Rest windows are left out: they carry no
+    class label, and a CPU budget of a few hundred steps is better spent on the labelled ones."""
+    import torch
+
+    from fedneurogen.shared.model import EMA, NeuroGenModel, get_preset, save_checkpoint
+    from fedneurogen.shared.training import TRAIN_PRESETS, class_index, make_optimizer, train_epochs
+
+    torch.manual_seed(seed)
+    sites = [site.subset(np.flatnonzero(site.labels != "rest")) for site in sites]
+    classes = class_index(sites)
+    print(f"  generator: {sum(len(s) for s in sites)} task windows, classes {list(classes)}", flush=True)
+    config = TRAIN_PRESETS[preset].model_copy(update={"epochs": 10_000, "warmup_steps": 20})
+    model = NeuroGenModel(get_preset(preset), device=device)
+    # The preset's 0.999 decay needs thousands of steps; a CPU budget gives a few hundred.
+    ema = EMA(model, decay=0.99)
+    optimizer = make_optimizer(model.parameters(), config)
+    deadline = time.time() + 60.0 * minutes
+    step, epoch = 0, 0
+    while time.time() < deadline:
+        stats, step = train_epochs(model, optimizer, sites, epochs=1, config=config, class_to_index=classes, seed=seed * 1000 + epoch, ema=ema, start_step=step, deadline=deadline)
+        epoch += 1
+        print(f"  generator: epoch {epoch}, step {step}, loss {stats.summary()['loss']:.4f}", flush=True)
+    provenance = {"mode": "centralized (fairness_table)", "preset": preset, "seed": seed, "steps": step, "epochs_started": epoch, "minutes": minutes}
+    return save_checkpoint(out, model, ema=ema, extra={"class_names": list(classes), "preprocess": {}, "provenance": provenance})
+
+
+# -- one condition ----------------------------------------------------------------------------
+
+
+def cut_condition(windows: PairedWindows, protocol: Protocol, minority: str, rng: np.random.Generator) -> tuple[PairedWindows, PairedWindows]:
+    """The protocol's windows (minority class ``n_minority``, others ``n_majority``) and the EEG-only
+    pool: the minority windows left out, with their targets zeroed."""
+    keep, pool = [], []
+    for c in protocol.classes:
+        index = np.flatnonzero(windows.labels == c)
+        n = protocol.n_minority if c == minority else protocol.n_majority
+        if len(index) < n:
+            raise DataError(f"simulated {protocol.modality} site", f"class {c!r} has {len(index)} windows, the protocol needs {n}: simulate more subjects or longer runs")
+        order = rng.permutation(index)
+        keep.append(order[:n])
+        if c == minority:
+            pool.append(order[n:])
+    kept = windows.subset(np.sort(np.concatenate(keep)))
+    left = windows.subset(np.sort(np.concatenate(pool)))
+    return kept, replace(left, target=np.zeros_like(left.target))  # nothing may use these targets
+
+
+class RecordedTargets:
+    """The oracle "generator": returns the target actually recorded with each EEG window. Used
+    only for the table's upper-bound row (what generation could give if the generator were
+    perfect); it reads the simulator's real targets, so it is a diagnostic, not a method."""
+
+    def __init__(self, windows: PairedWindows):
+        self.windows = windows
+        self.index = {wid: i for i, wid in enumerate(fm.window_ids(windows))}
+
+    def __call__(self, windows: PairedWindows, seed: int) -> np.ndarray:
+        return self.windows.target[[self.index[wid] for wid in fm.window_ids(windows)]]
+
+
+def run_protocol(
+    windows: PairedWindows, protocol: Protocol, synthesizer: ModelSynthesizer, out: Path, *, seed: int, source: str, classifier: str, with_eeg: bool, oracle: bool = True
+) -> list[dict[str, Any]]:
+    rows = []
+    rois = fm.target_parcellation(windows.target_positions, 64, seed=0) if protocol.modality == "fmri" else None
+    for k, minority in enumerate(protocol.classes):
+        t0 = time.time()
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(k, len(protocol.classes))))
+        kept, pool = cut_condition(windows, protocol, minority, rng)
+        config = AugmentConfig(
+            strategies=STRATEGIES, folds=protocol.folds, target_per_class=protocol.n_majority, classifier=classifier,
+            use_eeg=with_eeg, classes=protocol.classes, seed=seed,
+            steps=synthesizer.steps, guidance_scale=synthesizer.guidance_scale,
+        )
+        site = f"simulated {protocol.modality} site ({minority} cut to {protocol.n_minority})"
+        samples = prepare_samples(kept, config, site, pool=pool if source == "pool" else None, rois=rois)
+        report, _ = run_augmentation(kept, config, site, synthesizer=synthesizer, samples=samples)
+        if oracle:  # same folds, sources and sizes; the recorded targets instead of generated ones
+            upper, _ = run_augmentation(kept, replace(config, strategies=("generate",)), site, synthesizer=RecordedTargets(windows), samples=samples)
+            report["strategies"]["oracle"] = upper["strategies"]["generate"]
+            report["summary"] = minority_summary(report["strategies"], report["classes"], report["minority_classes"])
+        write_report(report, out / "conditions" / f"{protocol.modality}-{minority}")
+        rows.append({"minority": minority, "pool_windows": len(pool) if source == "pool" else 0, "seconds": round(time.time() - t0, 1), "report": report})
+        gen = report["strategies"]["generate"]["per_class_f1_mean"][minority]
+        base = report["strategies"]["none"]["per_class_f1_mean"][minority]
+        print(f"  {protocol.modality} {minority}: minority F1 {base:.3f} -> {gen:.3f} ({time.time() - t0:.0f} s)", flush=True)
+    return rows
+
+
+# -- the table --------------------------------------------------------------------------------
+
+
+def _pm(report: dict, strategy: str, c: str) -> str:
+    e = report["strategies"][strategy]
+    m, s = e["per_class_f1_mean"][c], e["per_class_f1_std"][c]
+    return "n/a" if m is None else f"{m:.3f} ± {s:.3f}"
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+    return None if any(v is None for v in values) else float(np.mean(values))
+
+
+def goal_figures(rows: list[dict[str, Any]], classes: tuple[str, ...]) -> dict[str, Any]:
+    """Per condition and averaged: minority F1 (none, oversample, generate), mean majority F1 after
+    generation and its ratio to the minority F1, and the majority F1 drop against none."""
+    per = []
+    for row in rows:
+        r, c = row["report"], row["minority"]
+        f1 = {name: r["strategies"][name]["per_class_f1_mean"] for name in r["strategies"]}
+        majority = [k for k in classes if k != c]
+        maj = {name: float(np.mean([f1[name][k] for k in majority])) for name in f1}
+        per.append({
+            "minority": c,
+            "minority_f1": {name: f1[name][c] for name in f1},
+            "minority_recall": {name: r["strategies"][name].get("per_class_recall_mean", {}).get(c) for name in f1},
+            "majority_f1": maj,
+            "minority_over_majority_generate": f1["generate"][c] / maj["generate"] if maj["generate"] else None,
+            "majority_f1_drop_generate": maj["none"] - maj["generate"],
+            "majority_f1_drop_oversample": maj["none"] - maj["oversample"],
+            "generate_beats_oversample": f1["generate"][c] > f1["oversample"][c],
+            "generated_label_fidelity": r["strategies"]["generate"].get("generated_label_fidelity"),
+        })
+    mean = lambda key, name=None: float(np.mean([p[key][name] if name else p[key] for p in per]))  # noqa: E731
+    summary = {
+        "minority_f1_none": mean("minority_f1", "none"),
+        "minority_f1_oversample": mean("minority_f1", "oversample"),
+        "minority_f1_class_weight": mean("minority_f1", "class-weight"),
+        "minority_f1_generate": mean("minority_f1", "generate"),
+        "minority_f1_oracle": mean("minority_f1", "oracle") if "oracle" in per[0]["minority_f1"] else None,
+        "majority_f1_oracle": mean("majority_f1", "oracle") if "oracle" in per[0]["majority_f1"] else None,
+        "majority_f1_none": mean("majority_f1", "none"),
+        "majority_f1_generate": mean("majority_f1", "generate"),
+        "minority_over_majority_generate": mean("minority_over_majority_generate"),
+        "majority_f1_drop_generate": mean("majority_f1_drop_generate"),
+        "majority_f1_drop_oversample": mean("majority_f1_drop_oversample"),
+        "generate_beats_oversample": f"{sum(p['generate_beats_oversample'] for p in per)}/{len(per)} conditions",
+        "minority_recall": {name: _mean_or_none([p["minority_recall"][name] for p in per]) for name in per[0]["minority_recall"]},
+        "generated_label_fidelity": float(np.mean([p["generated_label_fidelity"] or 0.0 for p in per])),
+        "chance": 1.0 / len(classes),
+    }
+    summary["goals"] = {
+        "minority_f1 >= 0.8 x mean majority F1": bool(summary["minority_over_majority_generate"] >= 0.8),
+        "majority F1 drop <= 0.05": bool(summary["majority_f1_drop_generate"] <= 0.05),
+        "generate beats oversample on minority F1": bool(summary["minority_f1_generate"] > summary["minority_f1_oversample"]),
+    }
+    return {"conditions": per, "mean": summary}
+
+
+def render_table(result: dict[str, Any]) -> str:
+    lines = [
+        "# Table 1 on simulated data: fairness of BCI decoding with generative augmentation",
+        "",
+        f"Generator: {result['model']['description']}. Classifier `{result['classifier']}` on {result['features']} features; "
+        f"subject-grouped stratified CV; generation source: {result['source']}; seed {result['seed']}"
+        + (" (--quick sizes)" if result["quick"] else "") + ".",
+        "Rows 'Gen' generate for the cut class; 'Over' are the random-oversampling baseline; 'CW' class weights; "
+        "'Oracle' (an upper bound, not a method) uses the recorded target of each source EEG window instead of a generated one. "
+        "Sizes are for the whole condition; each CV training fold holds (k-1)/k of them, the cut class topped up to the majority's fold size.",
+    ]
+    for block in result["protocols"]:
+        p = block["protocol"]
+        classes = p["classes"]
+        lines += ["", f"## {p['name']} ({p['folds']}-fold CV)", "", "| " + " | ".join(f"n {c}" for c in classes) + " | " + " | ".join(f"F1 {c}" for c in classes) + " |", "|---" * (2 * len(classes)) + "|"]
+        for row in block["rows"]:
+            r, m = row["report"], row["minority"]
+            added = p["n_majority"] - p["n_minority"]
+            for label, strategy in (("", "none"), (f" + {added}(Gen)", "generate"), (f" + {added}(Over)", "oversample"), (" (CW)", "class-weight"), (f" + {added}(Oracle)", "oracle")):
+                if strategy not in r["strategies"]:
+                    continue
+                sizes = [f"{p['n_minority']}{label}" if c == m else str(p["n_majority"]) for c in classes]
+                lines.append("| " + " | ".join(sizes) + " | " + " | ".join(_pm(r, strategy, c) for c in classes) + " |")
+        g = block["goals"]["mean"]
+        lines += [
+            "",
+            f"Mean over conditions: minority F1 none {g['minority_f1_none']:.3f}, oversample {g['minority_f1_oversample']:.3f}, "
+            f"class weights {g['minority_f1_class_weight']:.3f}, generate {g['minority_f1_generate']:.3f}; "
+            f"mean majority F1 none {g['majority_f1_none']:.3f}, generate {g['majority_f1_generate']:.3f} "
+            f"(drop {g['majority_f1_drop_generate']:+.3f}; oversample drop {g['majority_f1_drop_oversample']:+.3f}); "
+            f"minority / majority after generation {g['minority_over_majority_generate']:.2f}; generate beats oversample in {g['generate_beats_oversample']}.",
+            "",
+            "Minority recall (prevalence-free; test folds keep the 1:5 / 1:4 imbalance, which caps minority precision and F1): "
+            + ", ".join(f"{name} {value:.3f}" for name, value in g["minority_recall"].items() if value is not None) + ".",
+            "",
+            f"Label fidelity of the generated windows: {g['generated_label_fidelity']:.3f} (share that a classifier fitted on the fold's real "
+            f"training windows assigns to the class they were generated for; chance {g['chance']:.2f}).",
+            *(
+                ["", f"Oracle upper bound (recorded instead of generated targets for the same source windows): minority F1 {g['minority_f1_oracle']:.3f}, mean majority F1 {g['majority_f1_oracle']:.3f}."]
+                if g.get("minority_f1_oracle") is not None else []
+            ),
+            "",
+            "Goals: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in g["goals"].items()) + ".",
+        ]
+    lines += ["", f"Paper (real data): minority F1 {PAPER['minority_f1_before']} -> {PAPER['minority_f1_after']}, majority F1 drop {PAPER['majority_f1_drop'][0]}-{PAPER['majority_f1_drop'][1]}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_table(result: dict[str, Any], path: Path) -> Path:
+    """Minority-class F1 per condition and strategy, the mean majority F1 after generation as a marker."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fedneurogen.shared.io import atomic_write
+
+    blocks = result["protocols"]
+    fig, axes = plt.subplots(1, len(blocks), figsize=(5.5 * len(blocks), 4.4), squeeze=False)
+    for ax, block in zip(axes[0], blocks):
+        conditions = block["goals"]["conditions"]
+        x = np.arange(len(conditions))
+        names = [n for n in (*STRATEGIES, "oracle") if n in conditions[0]["minority_f1"]]
+        width = 0.8 / len(names)
+        for k, name in enumerate(names):
+            values = [np.nan_to_num(c["minority_f1"][name] or 0.0) for c in conditions]
+            ax.bar(x + (k - (len(names) - 1) / 2) * width, values, width, label=f"minority F1, {name}")
+        ax.plot(x, [c["majority_f1"]["none"] for c in conditions], "k_", markersize=22, label="mean majority F1, none")
+        ax.plot(x, [c["majority_f1"]["generate"] for c in conditions], "r_", markersize=22, label="mean majority F1, generate")
+        ax.set_xticks(x, [f"{c['minority']} cut" for c in conditions])
+        ax.set_ylim(0, 1.05)
+        ax.set_title(block["protocol"]["name"], fontsize=10)
+        ax.set_ylabel("F1 (mean over folds)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return path
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from fedneurogen.shared.data import load_site
+    from fedneurogen.shared.model import load_checkpoint
+
+    out = Path(args.out)
+    scale = QUICK if args.quick else FULL
+    t0 = time.time()
+    print(f"simulating / reusing data under {out / 'data'} ...", flush=True)
+    eval_sites = ensure_simulated(out / "data" / "eval", scale.eval_subjects, scale.eval_run_seconds, args.seed + 101)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    if checkpoint is None:
+        train_dirs = ensure_simulated(out / "data" / "train", scale.train_subjects, scale.train_run_seconds, args.seed + 202)
+        train_sites = [load_site(d, progress=False) for d in train_dirs]
+        print(f"training a {args.preset} generator for {args.train_minutes} min on separate subjects ...", flush=True)
+        checkpoint = train_generator(train_sites, out / "model", preset=args.preset, minutes=args.train_minutes, seed=args.seed, device=args.device)
+    model, meta = load_checkpoint(checkpoint, device=args.device, use_ema=True)
+    synthesizer = ModelSynthesizer(model, meta.get("class_names"), steps=args.steps, guidance_scale=args.guidance_scale)
+    missing = sorted({c for p in scale.protocols for c in p.classes} - set(meta.get("class_names") or []))
+    if missing:
+        print(f"  note: the model has no label for {missing}; those classes are generated unconditionally", flush=True)
+
+    result: dict[str, Any] = {
+        "quick": args.quick,
+        "seed": args.seed,
+        "classifier": args.classifier,
+        "features": "target-modality (+ EEG band power)" if args.with_eeg else "target-modality",
+        "source": "EEG-only pool of the cut windows (training subjects)" if args.source == "pool" else "the cut class's paired training windows (several draws each)",
+        "model": {
+            "checkpoint": str(checkpoint),
+            "content_hash": meta.get("content_hash"),
+            "class_names": meta.get("class_names"),
+            "provenance": meta.get("provenance"),
+            "description": f"{meta.get('preset')} preset, {meta.get('provenance', {}).get('steps', '?')} steps, guidance {args.guidance_scale}, {args.steps or 'default'} DDIM steps",
+        },
+        "protocols": [],
+    }
+    for protocol, site_dir in zip(scale.protocols, eval_sites):
+        windows = load_site(site_dir, progress=False)
+        counts = {c: int(np.sum(windows.labels == c)) for c in protocol.classes}
+        print(f"{protocol.name}: {counts} windows available", flush=True)
+        rows = run_protocol(
+            windows, protocol, synthesizer, out, seed=args.seed, source=args.source, classifier=args.classifier, with_eeg=args.with_eeg, oracle=not args.no_oracle
+        )
+        result["protocols"].append({"protocol": protocol.__dict__, "available_windows": counts, "rows": rows, "goals": goal_figures(rows, protocol.classes)})
+    result["seconds"] = round(time.time() - t0, 1)
+    for block in result["protocols"]:  # the full reports are under conditions/; keep the table small
+        for row in block["rows"]:
+            row["report"] = {k: row["report"][k] for k in ("classes", "minority_classes", "class_counts", "strategies", "summary")}
+            for entry in row["report"]["strategies"].values():
+                entry.pop("folds", None)
+    write_json_atomic(out / "table.json", result)
+    text = render_table(result)
+    write_text_atomic(out / "table.md", text)
+    plot_table(result, out / "table.png")
+    print(text)
+    return result
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m fedneurogen.simulations.fairness_table", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="Output folder (data/, model/, conditions/, table.json/.md/.png).")
+    parser.add_argument("--checkpoint", help="Use this generator instead of training one (needs the visual and motor class labels for guidance).")
+    parser.add_argument("--quick", action="store_true", help="Reduced sizes for tests: 5 subjects, 20 vs 5 (fMRI) / 24 vs 6 (fNIRS) windows, 3 folds.")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", default="tiny", choices=["tiny", "small", "base"], help="Generator preset when training one.")
+    parser.add_argument("--train-minutes", type=float, default=6.0, help="Generator training time (when no --checkpoint).")
+    parser.add_argument("--steps", type=int, default=10, help="DDIM steps per generated window.")
+    parser.add_argument("--guidance-scale", type=float, default=2.0, help="Classifier-free guidance on the class label.")
+    parser.add_argument("--source", choices=["pool", "paired"], default="pool", help="EEG for generation: the cut windows' EEG (pool) or only the kept paired windows.")
+    parser.add_argument("--classifier", choices=list(fm.CLASSIFIERS), default="logreg")
+    parser.add_argument("--with-eeg", action="store_true", help="Add EEG band-power features to the target-modality features.")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda.")
+    parser.add_argument("--no-oracle", action="store_true", help="Skip the upper-bound rows that use the recorded targets of the source windows.")
+    args = parser.parse_args(argv)
+    if args.classifier == "riemann" and not args.with_eeg:
+        parser.error("--classifier riemann reads EEG covariances: add --with-eeg")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

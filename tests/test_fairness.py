@@ -1,0 +1,259 @@
+"""Fairness augmentation: leakage guards, report schema, determinism, clear errors.
+
+One small simulated EEG-fNIRS site (binary left/right task, so the equalized-odds path runs) and
+a tiny checkpoint trained for a few steps; generation uses 2 DDIM steps.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fedneurogen.client.augment import AugmentConfig, ModelSynthesizer, plan_balance, prepare_samples, run_augmentation
+from fedneurogen.shared import fairness as fm
+from fedneurogen.shared.errors import DataError
+
+FOLDS = 2
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    from fedneurogen.simulations.simulator import simulate_dataset
+
+    out = tmp_path_factory.mktemp("fair-sim")
+    return simulate_dataset(out, n_sites=1, subjects_per_site=3, modality="fnirs", seed=5, run_seconds=200.0, progress=False)[0]
+
+
+@pytest.fixture(scope="module")
+def windows(site):
+    from fedneurogen.shared.data import load_site
+
+    return load_site(site, progress=False)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(windows, tmp_path_factory):
+    from fedneurogen.shared.training import TRAIN_PRESETS, train_centralized
+
+    config = TRAIN_PRESETS["tiny"].model_copy(update={"epochs": 1, "batch_size": 8})
+    run = tmp_path_factory.mktemp("fair-model")
+    return train_centralized([windows], run, preset="tiny", seed=0, train_config=config, device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def synthesizer(checkpoint):
+    from fedneurogen.shared.model import load_checkpoint
+
+    model, meta = load_checkpoint(checkpoint, device="cpu", use_ema=True)
+    return ModelSynthesizer(model, meta["class_names"], steps=2, guidance_scale=2.0)
+
+
+@pytest.fixture(scope="module")
+def imbalanced(windows):
+    """Left/right windows with 'left' cut to 8: the minority class."""
+    rng = np.random.default_rng(0)
+    left = np.flatnonzero(windows.labels == "left")
+    right = np.flatnonzero(windows.labels == "right")
+    keep = np.sort(np.concatenate([rng.choice(left, 8, replace=False), right]))
+    return windows.subset(keep)
+
+
+# target features only: the EEG band power of 64 channels is the slow part and adds nothing here
+CONFIG = AugmentConfig(folds=FOLDS, sensitive_attribute="group", seed=3, steps=2, use_eeg=False)
+
+
+class Spy:
+    """Wraps the synthesizer: records the subject and window of every EEG window it is given."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    def __call__(self, windows, seed):
+        self.calls.append({"subjects": set(windows.subjects.tolist()), "ids": set(fm.window_ids(windows).tolist())})
+        return self.inner(windows, seed)
+
+
+def test_minority_rule():
+    labels = np.array(["a"] * 150 + ["b"] * 150 + ["c"] * 30)
+    plan = plan_balance(labels, ["a", "b", "c"], None, None, 0.8)
+    assert plan.minority == ["c"]
+    # a 4/5 training fold is topped up to 4/5 of 150
+    train = np.concatenate([np.arange(120), np.arange(150, 270), np.arange(300, 324)])
+    assert plan.fold_deficits(train, len(labels)) == {"c": round(150 * len(train) / len(labels)) - 24}
+
+
+def test_generated_samples_train_only_and_come_from_training_subjects(imbalanced, synthesizer):
+    spy = Spy(synthesizer)
+    config = replace(CONFIG, sensitive_attribute=None)  # balance classes: every fold tops up 'left'
+    samples = prepare_samples(imbalanced, config, "site-x")
+    folds = fm.subject_folds(samples.labels, samples.windows.subjects, samples.classes, FOLDS, config.seed, "site-x")
+    from fedneurogen.client.augment import GenerationLog, generate_strategy
+
+    log = GenerationLog()
+    strategy = generate_strategy(samples, spy, log)
+    seen = {"fit": [], "predict": []}
+
+    class Recorder:
+        """An estimator that records what it is fitted on and asked to predict."""
+
+        def __init__(self, class_weight):
+            self.inner = fm.make_classifier("logreg", samples.features, samples.classes, class_weight=class_weight)
+
+        def fit(self, X, y):
+            seen["fit"].append(np.asarray(X))
+            self.inner.fit(X, y)
+            return self
+
+        def predict(self, X):
+            seen["predict"].append(np.asarray(X))
+            return self.inner.predict(X)
+
+    trainings = []
+
+    def recording_strategy(fold):
+        training = strategy(fold)
+        trainings.append((fold, training))
+        return training
+
+    ids = samples.ids
+    fm.cross_validate("generate", recording_strategy, samples.features.values, samples.labels, samples.windows.subjects, ids, folds, Recorder, samples.classes, config.seed)
+    assert len(spy.calls) == len(folds)
+    for (fold, training), call, scored in zip(trainings, spy.calls, seen["predict"]):
+        test_subjects = set(samples.windows.subjects[fold.test].tolist())
+        generated = training.origin == "generated"
+        assert generated.sum() > 0
+        # no EEG of a test subject (or a test window) went into the generator for this fold
+        assert not call["subjects"] & test_subjects
+        assert not call["ids"] & set(ids[fold.test].tolist())
+        assert set(training.source_subjects[generated].tolist()) == call["subjects"]
+        # every generated row is flagged, labelled with the minority class, and only in training
+        assert set(training.labels[generated].tolist()) == {"left"}
+        assert np.array_equal(scored, samples.features.values[fold.test])
+        generated_rows = {row.tobytes() for row in training.features[generated]}
+        assert not generated_rows & {row.tobytes() for row in scored}
+
+
+def test_a_strategy_that_uses_test_subjects_is_refused(imbalanced):
+    samples = prepare_samples(imbalanced, replace(CONFIG, sensitive_attribute=None), "site-x")
+    folds = fm.subject_folds(samples.labels, samples.windows.subjects, samples.classes, FOLDS, 3, "site-x")
+
+    def leaky(fold):
+        base = fm.real_training_set(samples.features.values, samples.labels, samples.windows.subjects, samples.ids, fold.train)
+        t = fold.test[:2]
+        return fm.stack(base, samples.features.values[t], samples.labels[t], "generated", samples.windows.subjects[t], samples.ids[t])
+
+    def make(class_weight):
+        return fm.make_classifier("logreg", samples.features, samples.classes)
+
+    with pytest.raises(RuntimeError, match="test subject"):
+        fm.cross_validate("leaky", leaky, samples.features.values, samples.labels, samples.windows.subjects, samples.ids, folds, make, samples.classes, 3)
+
+
+def test_report_is_deterministic_and_logs_sources(imbalanced, synthesizer):
+    config = replace(CONFIG, strategies=("none", "generate"))
+    first, log = run_augmentation(imbalanced, config, "site-x", synthesizer=synthesizer)
+    second, _ = run_augmentation(imbalanced, config, "site-x", synthesizer=synthesizer)
+    assert json.dumps(first["strategies"], sort_keys=True) == json.dumps(second["strategies"], sort_keys=True)
+    # class x group cells below 0.8 x (largest class / number of groups) are the minority units
+    cell_target = first["target_per_class"] / len(first["group_counts"])
+    assert first["minority_units"] == [u for u, n in first["unit_counts"].items() if 0 < n < 0.8 * cell_target]
+    assert "left" in first["minority_classes"]
+    assert first["strategies"]["generate"]["n_synthetic"] == sum(len(c["subjects"]) for c in log.calls) > 0
+    for call in log.calls:
+        assert not set(call["subjects"]) & set(first["fold_test_subjects"][call["fold"]])
+    for fold in first["strategies"]["generate"]["folds"]:
+        assert fold["test_windows_used_as_sources"] == 0
+    # generation noise follows the seed
+    sub = imbalanced.subset(np.arange(4))
+    assert np.array_equal(synthesizer(sub, seed=1), synthesizer(sub, seed=1))
+    assert not np.array_equal(synthesizer(sub, seed=1), synthesizer(sub, seed=2))
+
+
+def test_cli_report_schema(site, checkpoint, tmp_path):
+    from fedneurogen.cli import app
+
+    out = tmp_path / "report"
+    result = CliRunner().invoke(
+        app,
+        ["augment", "--checkpoint", str(checkpoint), "--data", str(site), "--out", str(out), "--sensitive-attribute", "group",
+         "--folds", str(FOLDS), "--steps", "2", "--target-per-class", "40", "--seed", "1"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["classes"] == ["left", "right"]
+    assert report["minority_classes"] == ["left", "right"]  # both below 0.8 x 40
+    assert report["sensitive_attribute"] == "group" and report["folds"] == FOLDS
+    assert set(report["strategies"]) == {"none", "oversample", "class-weight", "generate"}
+    for name, entry in report["strategies"].items():
+        assert set(entry["per_class_f1_mean"]) == set(entry["per_class_f1_std"]) == {"left", "right"}
+        for key in ("accuracy_mean", "macro_f1_mean", "n_synthetic"):
+            assert key in entry
+        group = entry["per_group"]
+        assert set(group["by_group"]) == set(report["group_counts"])
+        assert {"worst_group", "difference", "ratio"} <= set(group)
+        assert group["equalized_odds_difference"]["positive_class"] in ("left", "right")
+    assert report["strategies"]["generate"]["n_synthetic"] > 0
+    assert report["strategies"]["none"]["n_synthetic"] == 0
+    assert "| generate |" in (out / "report.md").read_text()
+    for png in ("per_class_f1.png", "per_group.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_class_without_eeg_is_a_clear_error(windows):
+    config = AugmentConfig(folds=FOLDS, classes=("left", "right", "tongue"))
+    with pytest.raises(DataError, match="tongue") as err:
+        run_augmentation(windows, config, "site-07", synthesizer=lambda w, seed: w.target)
+    assert "site-07" in str(err.value)
+
+
+def test_class_smaller_than_folds_is_a_clear_error(windows, site, checkpoint, tmp_path):
+    few = windows.subset(np.sort(np.concatenate([np.flatnonzero(windows.labels == "left")[:2], np.flatnonzero(windows.labels == "right")])))
+    with pytest.raises(DataError, match="'left' has 2 window") as err:
+        run_augmentation(few, AugmentConfig(folds=3, strategies=("none",), use_eeg=False), "site-07")
+    assert "site-07" in str(err.value)
+
+    from fedneurogen.cli import app
+
+    result = CliRunner().invoke(app, ["augment", "--data", str(site), "--out", str(tmp_path / "r"), "--strategy", "oversample", "--folds", "9"])
+    assert result.exit_code == 1
+    output = result.output.replace("\n", "")
+    assert "folds" in output and site.name in output
+
+
+def test_riemann_and_lda_pipelines_fit():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(40, 3, 50))
+    a[20:, 0] *= 3.0  # class 'b' has more power on channel 0
+    covs = fm.eeg_covariances(a)
+    target = rng.normal(size=(40, 4)).astype(np.float32)
+    features = fm.Features(np.concatenate([covs, target], axis=1), {"eeg_cov": (0, 9), "target": (9, 13)})
+    labels = np.array(["a"] * 20 + ["b"] * 20)
+    clf = fm.make_classifier("riemann", features, ["a", "b"]).fit(features.values[::2], labels[::2])
+    assert (clf.predict(features.values[1::2]) == labels[1::2]).mean() >= 0.8
+    lda = fm.make_classifier("lda", fm.Features(target, {"target": (0, 4)}), ["a", "b"], class_weight="balanced").fit(target, labels)
+    assert np.allclose(lda.named_steps["clf"].priors_, 0.5)
+
+
+def test_table_protocol_cut_and_goals(imbalanced):
+    from fedneurogen.simulations.fairness_table import Protocol, cut_condition, goal_figures
+
+    protocol = Protocol("motor", "fnirs", ("left", "right"), 10, 4, 2)
+    kept, pool = cut_condition(imbalanced, protocol, "left", np.random.default_rng(0))
+    assert (kept.labels == "left").sum() == 4 and (kept.labels == "right").sum() == 10
+    assert len(pool) == 4 and set(pool.labels) == {"left"} and not pool.target.any()
+    assert not set(fm.window_ids(pool)) & set(fm.window_ids(kept))
+
+    def report(minority_f1):
+        names = ("none", "oversample", "class-weight", "generate")
+        return {"strategies": {n: {"per_class_f1_mean": {"left": f, "right": 0.9}} for n, f in zip(names, minority_f1)}}
+
+    goals = goal_figures([{"minority": "left", "report": report((0.3, 0.4, 0.4, 0.8))}], ("left", "right"))
+    assert goals["mean"]["goals"] == {
+        "minority_f1 >= 0.8 x mean majority F1": True,
+        "majority F1 drop <= 0.05": True,
+        "generate beats oversample on minority F1": True,
+    }
