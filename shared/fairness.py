@@ -16,9 +16,11 @@ oversampling, class weights, generated samples) is a *strategy* supplied by the 
   regression).
 - protocol: ``subject_folds`` (``StratifiedGroupKFold`` by subject), ``cross_validate`` (one
   strategy over all folds, with the provenance of every training row).
-- metrics: per-class F1 per fold (mean ± std), accuracy, macro F1, and per-group metrics from
-  fairlearn's ``MetricFrame`` (worst group, difference, ratio; equalized-odds difference for
-  binary tasks).
+- metrics: per-class F1 and recall per fold (mean ± std), accuracy, macro F1, and per-group
+  metrics from fairlearn's ``MetricFrame`` (worst group, difference, ratio; equalized-odds
+  difference for binary tasks). Test folds hold real windows only, so they keep the site's
+  class imbalance: a minority class's precision, and so its F1, is capped by its rarity in the
+  test fold, whatever is added to training; recall is not.
 """
 
 from __future__ import annotations
