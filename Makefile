@@ -26,9 +26,11 @@ demo: $(STAMP)
 	rm -rf $(DEMO_DIR)/federated $(DEMO_DIR)/federated-site-state
 	$(FNG) federate --run-dir $(DEMO_DIR)/federated --data-root $(DEMO_DIR)/data --sites 3 --rounds 3 --preset tiny
 	$(FNG) evaluate --checkpoint $(DEMO_DIR)/federated/checkpoint --data $(DEMO_DIR)/data/site-01 --out $(DEMO_DIR)/report-site-01 --n-samples 2 --max-windows 48 --baseline-epochs 2
+	$(FNG) augment --checkpoint $(DEMO_DIR)/federated/checkpoint --data $(DEMO_DIR)/data/site-02 --out $(DEMO_DIR)/fairness-site-02 --sensitive-attribute group --folds 3 --steps 10
 	@echo
 	@echo "Federated run:   $(DEMO_DIR)/federated (history.json, metrics.png, checkpoint/)"
 	@echo "Generation:      $(DEMO_DIR)/report-site-01 (report.json, surface maps, time courses)"
+	@echo "Fairness:        $(DEMO_DIR)/fairness-site-02 (report.json, report.md, per-class and per-group F1 plots)"
 
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
