@@ -18,7 +18,7 @@ from flwr.clientapp import ClientApp
 from flwr.common import log
 from flwr.common.constant import ErrorCode
 
-from fedneurogen.client import privacy, site
+from fedneurogen.client import drills, privacy, site
 from fedneurogen.shared.training import TRAIN_PRESETS
 
 app = ClientApp()
@@ -28,12 +28,6 @@ def _site(context: Context) -> site.SiteData:
     run = context.run_config
     path = site.data_path(context.node_config, run)
     return site.load(path, seed=int(run["seed"]), max_windows=int(run.get("max-windows", 0)), cache_dir=str(run.get("cache-dir", "")))
-
-
-def _check_fault(context: Context) -> None:
-    # Fault drill: the run config names a simulated node that fails every round.
-    if int(context.run_config.get("fault-partition", -1)) == int(context.node_config.get("partition-id", -2)):
-        raise RuntimeError("injected fault (run config fault-partition)")
 
 
 def _guarded(handler):
@@ -87,10 +81,11 @@ def _privacy(context: Context) -> tuple[privacy.DPSettings | None, privacy.Priva
 @app.train()
 @_guarded
 def train(msg: Message, context: Context) -> Message:
-    _check_fault(context)
+    drills.check_fault(context.run_config, context.node_config)
     run, config = context.run_config, msg.content["config"]
     data = _site(context)
-    model = site.build_model(str(run["preset"]), msg.content["arrays"].to_torch_state_dict())
+    received = msg.content["arrays"].to_torch_state_dict()
+    model = site.build_model(str(run["preset"]), received)
     progress = context.state.get("progress", ConfigRecord({"steps": 0}))  # for the warm-up schedule
     dp, ledger, ledger_file = _privacy(context)
     timeout = float(run.get("round-timeout", 0))
@@ -105,13 +100,14 @@ def train(msg: Message, context: Context) -> Message:
     if dp:
         context.state["privacy"] = ConfigRecord({"ledger": json.dumps(ledger.to_json())})
         privacy.save_ledger(ledger_file, ledger)
-    return _reply(msg, data, metrics, ArrayRecord(site.site_parameters(model, data.modality)))
+    update = drills.poison(run, context.node_config, site.site_parameters(model, data.modality), received, seed=int(config["server-round"]))
+    return _reply(msg, data, metrics, ArrayRecord(update))
 
 
 @app.evaluate()
 @_guarded
 def evaluate(msg: Message, context: Context) -> Message:
-    _check_fault(context)
+    drills.check_fault(context.run_config, context.node_config)
     run, config = context.run_config, msg.content["config"]
     data = _site(context)
     model = site.build_model(str(run["preset"]), msg.content["arrays"].to_torch_state_dict())

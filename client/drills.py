@@ -1,0 +1,46 @@
+"""Drills for the local simulation: a site that fails, a site that sends poisoned updates.
+
+They are switched on by run-config keys that name one simulated node (its ``partition-id``);
+a deployed site daemon has no partition id unless its operator sets one, so they stay off there.
+``fault-partition``: that node raises in every round (tests the server's failure handling).
+``attack-partition`` with ``attack-mode``: that node replaces its update by a poisoned one, for
+``benchmarks/robustness.py`` (``scale``: the update times ``attack-scale``, i.e. global +
+scale x (local - global); ``random``: Gaussian noise with the update's per-tensor std x scale).
+"""
+
+from __future__ import annotations
+
+import torch
+
+ATTACK_MODES = ("scale", "random")
+
+
+def _is_node(run_config: dict, node_config: dict, key: str) -> bool:
+    return int(run_config.get(key, -1)) == int(node_config.get("partition-id", -2))
+
+
+def check_fault(run_config: dict, node_config: dict) -> None:
+    if _is_node(run_config, node_config, "fault-partition"):
+        raise RuntimeError("injected fault (run config fault-partition)")
+
+
+def poison(
+    run_config: dict, node_config: dict, local: dict[str, torch.Tensor], received: dict[str, torch.Tensor], seed: int
+) -> dict[str, torch.Tensor]:
+    """The update this node sends: ``local`` unchanged unless it is the attack drill's node."""
+    if not _is_node(run_config, node_config, "attack-partition"):
+        return local
+    mode, scale = str(run_config.get("attack-mode", "scale")), float(run_config.get("attack-scale", 100.0))
+    if mode not in ATTACK_MODES:
+        raise ValueError(f"attack-mode must be one of {ATTACK_MODES}, got {mode!r}")
+    generator = torch.Generator().manual_seed(seed)
+    poisoned = {}
+    for name, weights in local.items():
+        start = received[name].to(weights.dtype)
+        update = weights - start
+        if mode == "scale":
+            poisoned[name] = start + scale * update
+        else:
+            noise = torch.randn(weights.shape, generator=generator, dtype=weights.dtype)
+            poisoned[name] = start + scale * update.std().nan_to_num(0.0).clamp_min(1e-3) * noise
+    return poisoned
