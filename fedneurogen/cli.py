@@ -285,6 +285,78 @@ def fairness_table(
     raise typer.Exit(table_main(args))
 
 
+certs_app = typer.Typer(help="Certificates and keys for a deployed federation (TLS, SuperNode authentication).", no_args_is_help=True)
+app.add_typer(certs_app, name="certs")
+
+
+def _certs_call(fn, *args, **kwargs):
+    from fedneurogen.shared.errors import ConfigError
+
+    try:
+        return fn(*args, **kwargs)
+    except ConfigError as err:
+        _fail(str(err))
+
+
+@certs_app.command("ca")
+def certs_ca(
+    out: Path = typer.Option(..., "--out", help="Folder for ca.crt and ca.key (keep ca.key on the coordinator only)."),
+    organization: str = typer.Option("FedNeuroGen consortium", "--organization", help="Organization named in the certificates."),
+    days: int = typer.Option(3650, "--days", min=1, help="Validity in days."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing CA (every site must then get the new ca.crt)."),
+) -> None:
+    """Create the consortium's certificate authority."""
+    from fedneurogen.shared.pki import make_ca
+
+    pair = _certs_call(make_ca, out, organization=organization, days=days, force=force)
+    console.print(f"CA certificate: [bold]{pair.certificate_or_public}[/] (give it to every site)\nCA key:         {pair.private} (keep it here)")
+
+
+@certs_app.command("server")
+def certs_server(
+    ca: Path = typer.Option(..., "--ca", help="Folder holding ca.crt and ca.key."),
+    out: Path = typer.Option(..., "--out", help="Folder for superlink.crt and superlink.key."),
+    host: list[str] = typer.Option(..., "--host", help="A host name or IP address sites use to reach the SuperLink (repeat for each)."),
+    days: int = typer.Option(825, "--days", min=1, help="Validity in days."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing certificate."),
+) -> None:
+    """Create the SuperLink's TLS certificate, signed by the CA, valid for the given hosts."""
+    from fedneurogen.shared.pki import make_server_certificate
+
+    pair = _certs_call(make_server_certificate, ca, out, host, days=days, force=force)
+    console.print(f"SuperLink certificate: [bold]{pair.certificate_or_public}[/] (names: {', '.join(host)})\nSuperLink key:         {pair.private}")
+
+
+@certs_app.command("node-key")
+def certs_node_key(
+    out: Path = typer.Option(..., "--out", help="Folder for the key pair."),
+    name: str = typer.Option(..., "--name", help="Key name, e.g. the site's name (site-01)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing key pair (register the new public key)."),
+) -> None:
+    """Create a site's SuperNode authentication key pair (send only the .pub to the coordinator)."""
+    from fedneurogen.shared.pki import make_node_keypair
+
+    pair = _certs_call(make_node_keypair, out, name, force=force)
+    console.print(f"private key: [bold]{pair.private}[/] (stays at the site, mode 0600)\npublic key:  {pair.certificate_or_public} (send to the coordinator)")
+
+
+@certs_app.command("check")
+def certs_check(
+    cert: Path = typer.Option(..., "--cert", help="The SuperLink certificate."),
+    ca: Path = typer.Option(..., "--ca-cert", help="The CA certificate sites use (ca.crt)."),
+    host: list[str] = typer.Option(..., "--host", help="A name sites dial (repeat for each)."),
+) -> None:
+    """Check that sites dialling HOST will accept the SuperLink's certificate."""
+    from fedneurogen.shared.pki import check_server_certificate
+
+    problems = [p for h in host for p in check_server_certificate(cert, ca, h)]
+    for problem in problems:
+        err_console.print(f"[bold red]problem:[/] {problem}")
+    if problems:
+        raise typer.Exit(1)
+    console.print(f"{cert}: signed by {ca}, valid now, names {', '.join(host)}")
+
+
 def main() -> None:
     app()
 

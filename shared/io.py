@@ -17,11 +17,12 @@ from typing import Any
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(path: str | Path, suffix: str | None = None, mode: int | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
 
     ``suffix`` keeps the extension readers key on (e.g. ``.edf``, ``.gii``); it defaults to
-    the full suffix of ``path``.
+    the full suffix of ``path``. ``mode`` sets the file's permissions (e.g. 0o600 for a private
+    key, which then is never readable by others, not even as the temporary file).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,7 +34,7 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     # mkstemp creates 0600; give the final file the usual permissions (0666 minus the umask)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)
+    os.chmod(tmp_path, 0o666 & ~umask if mode is None else mode)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -53,8 +54,10 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+def write_bytes_atomic(path: str | Path, data: bytes, mode: int | None = None) -> Path:
+    with atomic_path(path, mode=mode) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def write_json_atomic(path: str | Path, obj: Any, indent: int = 2) -> Path:

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,12 +75,37 @@ def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
     proc.wait()
 
 
-class LocalSuperLink:
-    """A ``flower-superlink`` on 127.0.0.1 (simulation or deployment mode) owned by this process."""
+@dataclass(frozen=True)
+class TlsFiles:
+    """The SuperLink's TLS certificate and key, and the CA certificate that signed it."""
 
-    def __init__(self, flwr_home: Path, simulation: bool = True, log_file: Path | None = None):
+    certificate: Path
+    private_key: Path
+    ca_certificate: Path
+
+    @classmethod
+    def in_folder(cls, folder: str | Path, name: str = "superlink") -> "TlsFiles":
+        """The files ``fedneurogen certs ca/server`` write: ``name.crt``, ``name.key``, ``ca.crt``."""
+        folder = Path(folder)
+        return cls(folder / f"{name}.crt", folder / f"{name}.key", folder / "ca.crt")
+
+    def flags(self) -> list[str]:
+        for path in (self.certificate, self.private_key, self.ca_certificate):
+            if not Path(path).is_file():
+                raise ConfigError(f"TLS file {path} not found (create it with `fedneurogen certs`)")
+        return ["--ssl-certfile", str(self.certificate), "--ssl-keyfile", str(self.private_key), "--ssl-ca-certfile", str(self.ca_certificate)]
+
+
+class LocalSuperLink:
+    """A ``flower-superlink`` on 127.0.0.1 (simulation or deployment mode) owned by this process;
+    with ``tls`` it serves HTTPS, with ``node_auth`` it admits only registered SuperNodes."""
+
+    def __init__(
+        self, flwr_home: Path, simulation: bool = True, log_file: Path | None = None, *, tls: TlsFiles | None = None, node_auth: bool = False,
+    ):
         self.flwr_home = Path(flwr_home)
         self.simulation = simulation
+        self.tls, self.node_auth = tls, node_auth
         self.port = free_port()
         self.log_file = log_file or self.flwr_home / "superlink.log"
         self.proc: subprocess.Popen | None = None
@@ -90,9 +116,12 @@ class LocalSuperLink:
 
     def start(self, timeout: float = 60.0) -> "LocalSuperLink":
         self.flwr_home.mkdir(parents=True, exist_ok=True)
-        cmd = ["flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(self.port), "--disable-runtime-dependency-installation"]
+        cmd = ["flower-superlink", *(self.tls.flags() if self.tls else ["--insecure"])]
+        cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--disable-runtime-dependency-installation"]
         if self.simulation:
             cmd.append("--simulation")
+        if self.node_auth:
+            cmd.append("--enable-supernode-auth")
         log = open(self.log_file, "ab")
         self.proc = subprocess.Popen(cmd, env=flower_env(self.flwr_home), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
@@ -119,12 +148,48 @@ class LocalSuperLink:
         self.stop()
 
 
-def write_connection(flwr_home: Path, name: str, address: str) -> None:
-    """A SuperLink connection in ``$FLWR_HOME/config.toml`` (Flower 1.41 keeps them there)."""
+def write_connection(flwr_home: Path, name: str, address: str, root_certificates: Path | None = None) -> None:
+    """A SuperLink connection in ``$FLWR_HOME/config.toml`` (Flower 1.41 keeps them there):
+    TLS checked against ``root_certificates`` (the consortium's ca.crt), else plain text."""
     flwr_home.mkdir(parents=True, exist_ok=True)
+    security = f"root-certificates = {json.dumps(str(root_certificates))}" if root_certificates else "insecure = true"
     (flwr_home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "{address}"\ninsecure = true\n', encoding="utf-8"
+        f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "{address}"\n{security}\n', encoding="utf-8"
     )
+
+
+def start_supernode(
+    flwr_home: Path, superlink: str, node_config: str, log_file: Path, *, root_certificates: Path | None = None,
+    auth_key: Path | None = None, max_retries: int | None = None, threads: int = 1,
+) -> subprocess.Popen:
+    """A ``flower-supernode`` site daemon in its own session (stop it with ``stop_process``).
+    ``root_certificates``: the CA that must have signed the SuperLink's certificate (else
+    plain text); ``auth_key``: the site's private authentication key; ``max_retries``: give up
+    after that many failed connection attempts instead of retrying forever."""
+    env = flower_env(flwr_home)
+    env["OMP_NUM_THREADS"] = str(threads)  # sites sharing one machine share its cores
+    cmd = ["flower-supernode", "--superlink", superlink, "--port", str(free_port()), "--node-config", node_config]
+    cmd += ["--root-certificates", str(root_certificates)] if root_certificates else ["--insecure"]
+    if auth_key:
+        cmd += ["--auth-supernode-private-key", str(auth_key)]
+    if max_retries is not None:
+        cmd += ["--max-retries", str(max_retries)]
+    Path(flwr_home).mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as out:
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def register_supernode(flwr_home: Path, connection: str, public_key: Path, name: str | None = None) -> int:
+    """``flwr supernode register``: admit the site holding ``public_key``; returns its node id."""
+    cmd = ["flwr", "supernode", "register", str(public_key), connection, "--format", "json"]
+    if name:
+        cmd += ["--name", name]
+    out = subprocess.run(cmd, env=flower_env(flwr_home), capture_output=True, text=True, timeout=120)
+    try:
+        reply = json.loads(out.stdout)
+        return int(reply["node-id"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise FederationError(f"flwr supernode register {public_key} failed (exit {out.returncode}):\n{out.stdout}{out.stderr}") from None
 
 
 def _toml_value(value: Any) -> str:
