@@ -139,13 +139,19 @@ def federate(
     set_: list[str] = typer.Option([], "--set", help="Any run-config key, e.g. --set strategy=fedprox --set dp-enabled=true."),
 ) -> None:
     """Local multi-site federated training: a Flower SuperLink on this machine, one SuperNode per site."""
+    from fedneurogen.shared.errors import FedNeuroGenError
     from fedneurogen.simulations.federated import parse_overrides, run_federated
 
     overrides = {"preset": preset.value, **parse_overrides(set_)}
-    out = run_federated(
-        run_dir, data_root, num_sites=sites, rounds=rounds, modality=modality.value, subjects_per_site=subjects_per_site, seed=seed,
-        run_config=overrides,
-    )
+    try:
+        out = run_federated(
+            run_dir, data_root, num_sites=sites, rounds=rounds, modality=modality.value, subjects_per_site=subjects_per_site, seed=seed,
+            run_config=overrides,
+        )
+    except FedNeuroGenError as err:  # e.g. a bad run config: the ServerApp's ConfigError leads the message
+        from rich.markup import escape
+
+        _fail(escape(str(err)))
     console.print(f"checkpoint: [bold]{out / 'checkpoint'}[/]\nhistory:    {out / 'history.json'}\nplot:       {out / 'metrics.png'}")
 
 
@@ -283,6 +289,34 @@ def fairness_table(
     args = ["--out", str(out), "--train-minutes", str(train_minutes), "--seed", str(seed)]
     args += (["--checkpoint", str(checkpoint)] if checkpoint else []) + (["--quick"] if quick else [])
     raise typer.Exit(table_main(args))
+
+
+@app.command("privacy-budget")
+def privacy_budget(
+    state_dir: Path = typer.Option(..., "--state-dir", help="The site's state folder (its --node-config state-dir)."),
+    delta: float = typer.Option(1e-5, "--delta", help="The run's dp-delta."),
+    run_dir: str | None = typer.Option(None, "--run-dir", help="Only the ledger of this run (its run-config run-dir, as the server wrote it)."),
+) -> None:
+    """A site's spent differential-privacy budget: one line per federated run it trained in."""
+    import json
+
+    from rich.table import Table
+
+    from fedneurogen.client.privacy import PrivacyLedger, ledger_path
+
+    paths = [ledger_path(state_dir, run_dir)] if run_dir else sorted(state_dir.glob("privacy-*.json"))
+    paths = [p for p in paths if p.is_file()]
+    if not paths:
+        _fail(f"no privacy ledger in {state_dir}" + (f" for run-dir {run_dir!r}" if run_dir else ""))
+    table = Table("ledger", "accountant", "noise multiplier", "DP steps", f"epsilon (delta={delta:g})")
+    for path in paths:
+        try:
+            ledger = PrivacyLedger.from_json(json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, KeyError, TypeError) as err:
+            _fail(f"{path}: not a readable privacy ledger ({err})")
+        multiplier = f"{ledger.noise_multiplier:.3f}" if ledger.noise_multiplier else "-"
+        table.add_row(path.name, ledger.accountant, multiplier, str(ledger.steps), f"{ledger.epsilon(delta):.3f}")
+    console.print(table)
 
 
 certs_app = typer.Typer(help="Certificates and keys for a deployed federation (TLS, SuperNode authentication).", no_args_is_help=True)

@@ -44,7 +44,7 @@ class KeyPair:
 def _refuse_overwrite(paths: list[Path], force: bool) -> None:
     existing = [str(p) for p in paths if p.exists()]
     if existing and not force:
-        raise ConfigError(f"{', '.join(existing)} already exist(s); pass force=True (--force) to replace them")
+        raise ConfigError(f"{', '.join(existing)} already exist (use --force to replace)")
 
 
 def _write_private_key(path: Path, key: ec.EllipticCurvePrivateKey, encoding: serialization.PrivateFormat) -> None:

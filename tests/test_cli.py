@@ -39,3 +39,27 @@ def test_validate_ok_and_broken_site(small_fmri_sites, tmp_path):
 def test_validate_empty_folder_fails(tmp_path):
     result = runner.invoke(app, ["validate", str(tmp_path)])
     assert result.exit_code == 1
+
+
+def test_privacy_budget_reports_each_run_ledger(tmp_path):
+    from fedneurogen.client.privacy import PrivacyLedger, ledger_path, save_ledger
+
+    ledger = PrivacyLedger("rdp", 1.1, [(1.1, 0.05, 120)])
+    save_ledger(ledger_path(tmp_path, "/runs/one"), ledger)
+    result = runner.invoke(app, ["privacy-budget", "--state-dir", str(tmp_path), "--run-dir", "/runs/one", "--delta", "1e-5"])
+    assert result.exit_code == 0, result.output
+    assert f"{ledger.epsilon(1e-5):.3f}" in result.output and "120" in result.output
+    missing = runner.invoke(app, ["privacy-budget", "--state-dir", str(tmp_path), "--run-dir", "/runs/other"])
+    assert missing.exit_code != 0 and "no privacy ledger" in missing.output
+
+
+def test_certs_commands_make_a_working_set(tmp_path):
+    assert runner.invoke(app, ["certs", "ca", "--out", str(tmp_path)]).exit_code == 0
+    made = runner.invoke(app, ["certs", "server", "--ca", str(tmp_path), "--out", str(tmp_path), "--host", "10.1.2.3"])
+    assert made.exit_code == 0, made.output
+    ok = runner.invoke(app, ["certs", "check", "--cert", str(tmp_path / "superlink.crt"), "--ca-cert", str(tmp_path / "ca.crt"), "--host", "10.1.2.3"])
+    assert ok.exit_code == 0, ok.output
+    wrong = runner.invoke(app, ["certs", "check", "--cert", str(tmp_path / "superlink.crt"), "--ca-cert", str(tmp_path / "ca.crt"), "--host", "10.9.9.9"])
+    assert wrong.exit_code == 1 and "10.9.9.9" in wrong.output
+    again = runner.invoke(app, ["certs", "ca", "--out", str(tmp_path)])
+    assert again.exit_code == 1 and "--force" in again.output
