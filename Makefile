@@ -35,8 +35,21 @@ demo: $(STAMP)
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
+# Performance benchmarks, in order, each writing benchmarks/results/<name>.json, then the summary
+# (benchmarks/results/summary.json). About 30 minutes on an idle 2-core CPU, scale (32 sites) and
+# robustness the longest; see benchmarks/README.md. A subset: make bench BENCH="data_cache scale".
+# A script that fails (or is missing) fails the target, after the others have run.
+BENCH ?= data_cache synthesis_latency training_efficiency dp_overhead federation_overhead scale robustness
+BENCH_RESULTS ?= benchmarks/results
+BENCH_PY := PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python
 bench: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/data_cache.py --out benchmarks/results/data_cache.json
+	@failed=""; for name in $(BENCH); do \
+	  echo "== benchmarks/$$name.py"; start=$$(date +%s); \
+	  $(BENCH_PY) benchmarks/$$name.py --out $(BENCH_RESULTS)/$$name.json || failed="$$failed $$name"; \
+	  echo "== $$name: $$(( $$(date +%s) - start )) s"; \
+	done; \
+	$(BENCH_PY) benchmarks/summarize.py --results $(BENCH_RESULTS) --expect "$(BENCH)" || failed="$$failed summarize"; \
+	if [ -n "$$failed" ]; then echo "benchmarks failed:$$failed"; exit 1; fi
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)

@@ -1,0 +1,342 @@
+"""Benchmark: round time and peak memory of a local Flower simulation with 2, 8 and 32 sites.
+
+    python benchmarks/scale.py --out benchmarks/results/scale.json
+    python benchmarks/scale.py --out /tmp/scale.json --sites 2,8 --rounds 1
+
+Each size is one ``run_federated`` run (SuperLink in simulation mode, ServerApp, Ray site
+actors) with the tiny preset on deliberately tiny sites (2 subjects x 60 s runs, at most
+``--max-windows`` training windows each): the point is what the federation itself costs as the
+number of sites grows, not training.
+
+- Round time: the server's round ``seconds`` (train + evaluate), median over the rounds after
+  the first (round 1 carries the actors' first model build); all rounds are in the JSON. With
+  ``cpus // client_cpus`` site actors (1 on a 2-core machine with the default ``client_cpus``
+  of 2) sites run one after another, so round time grows about linearly with sites:
+  ``seconds_per_site`` shows it.
+- Peak memory: every process this benchmark starts (flower-superlink, flower-superexec,
+  flwr-simulation which hosts the ServerApp and the simulation engine, the Ray processes and
+  site actors, the ``flwr run`` client), found through ``/proc`` parent links and sampled every
+  ``--interval`` seconds. ``peak_rss_mb`` sums resident sets (shared pages such as torch's
+  libraries counted once per process, so it overstates); ``peak_pss_mb`` sums proportional set
+  sizes (shared pages split between the processes: the honest total). Per-group RSS at the
+  peak shows where memory goes (a site actor keeps every site it has served in memory).
+
+Simulated sites and the preprocessed-window cache live under ``--work`` (default
+``benchmarks/work/``) and are reused: the first run simulates 32 sites x 2 subjects (about a
+minute on 2 cores). Runtime at the defaults on an idle 2-core CPU: about 5-8 minutes, almost all
+of it the 32-site run (32 sites trained and evaluated one after another, twice); ``--sites 2,8``
+takes about 2 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_WORK = ROOT / "benchmarks" / "work"
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+# -- small helpers (kept in this file: each benchmark script runs on its own) --------------------
+
+
+def meets(value: float | None, target: str | None) -> bool | None:
+    if target is None or value is None:
+        return None
+    op, _, bound = target.partition(" ")
+    return bool(value <= float(bound)) if op == "<=" else bool(value >= float(bound)) if op == ">=" else None
+
+
+def figure(name: str, value: float | None, unit: str, target: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "value": value, "unit": unit, "target": target, "met": meets(value, target), **extra}
+
+
+def machine() -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    return {
+        "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "memory_total_mb": _meminfo("MemTotal"),
+    }
+
+
+def _meminfo(key: str) -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def work_dir(path: Path) -> Path:
+    """The reusable work folder; it ignores itself in git (``*`` in its own .gitignore)."""
+    path.mkdir(parents=True, exist_ok=True)
+    ignore = path / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("*\n", encoding="utf-8")
+    return path
+
+
+# -- process-tree memory ---------------------------------------------------------------------------
+
+
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])  # the name may hold spaces and parentheses
+        children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def descendants(pid: int) -> list[int]:
+    children, out, todo = _children_map(), [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def group_of(cmdline: str) -> str:
+    for key, group in (
+        ("flower-superlink", "superlink"), ("flower-superexec", "superexec"), ("flwr-simulation", "ServerApp + simulation engine"),
+        ("flwr run", "flwr run (CLI)"),
+    ):
+        if key in cmdline:
+            return group
+    head = cmdline.split(" ", 1)[0]
+    if (head.startswith("ray::") and "Agent" not in head) or "default_worker.py" in cmdline:
+        return "Ray site actors / workers"  # ray::ClientAppActor..., ray::IDLE
+    return "Ray services (gcs, raylet, agents)" if "ray" in cmdline else "other"
+
+
+def process_memory(pid: int) -> tuple[float, float | None, str] | None:
+    """(RSS MB, PSS MB or None, group) of a live process; None when it is gone."""
+    try:
+        rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE / 2**20
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (OSError, IndexError, ValueError):
+        return None
+    pss = None
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                pss = int(line.split()[1]) / 1024
+                break
+    except OSError:
+        pass
+    return rss, pss, group_of(cmdline)
+
+
+class TreeMemory(threading.Thread):
+    """Samples the memory of every descendant of ``root`` until stopped; keeps the peaks."""
+
+    def __init__(self, root: int, interval: float = 0.5):
+        super().__init__(daemon=True)
+        self.root, self.interval = root, interval
+        self.stopped = threading.Event()
+        self.peak_rss = self.peak_pss = 0.0
+        self.peak_processes = 0
+        self.groups_at_peak: dict[str, float] = {}
+        self.samples = 0
+        self.pss_fallbacks = 0  # process samples without PSS, counted by RSS instead
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            self.sample()
+            self.stopped.wait(self.interval)
+
+    def sample(self) -> None:
+        rss = pss = 0.0
+        groups: dict[str, float] = {}
+        count = 0
+        for pid in descendants(self.root):
+            mem = process_memory(pid)
+            if mem is None:
+                continue
+            count += 1
+            rss += mem[0]
+            if mem[1] is None:  # no smaps_rollup (a process on its way out): count its RSS
+                self.pss_fallbacks += 1
+            pss += mem[1] if mem[1] is not None else mem[0]
+            groups[mem[2]] = groups.get(mem[2], 0.0) + mem[0]
+        self.samples += 1
+        self.peak_processes = max(self.peak_processes, count)
+        if rss > self.peak_rss:
+            self.peak_rss, self.groups_at_peak = rss, groups
+        self.peak_pss = max(self.peak_pss, pss)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join()
+
+
+# -- the measurement -------------------------------------------------------------------------------
+
+
+def prepare_sites(work: Path, n_sites: int, subjects: int, run_seconds: float, seed: int, console) -> tuple[Path, Path, float]:
+    """``n_sites`` simulated fMRI sites (reused when present) and a warm window cache."""
+    from rich.progress import Progress
+
+    from fedneurogen.shared.data import load_site
+    from fedneurogen.simulations.federated import ensure_sites
+    from fedneurogen.simulations.simulator import simulate_dataset
+
+    started = time.perf_counter()
+    root = work / f"data-fmri-sub{subjects}-run{int(run_seconds)}-seed{seed}"
+    cache = work / "cache"
+    summary = root / "simulation.json"
+    have = json.loads(summary.read_text())["n_sites"] if summary.is_file() else 0
+    if have < n_sites:
+        console.print(f"simulating {n_sites} sites x {subjects} subjects into {root} (kept for later runs)")
+        if root.exists():
+            shutil.rmtree(root)
+        simulate_dataset(root, n_sites=n_sites, subjects_per_site=subjects, modality="fmri", seed=seed, run_seconds=run_seconds, progress=True)
+    sites = ensure_sites(root, n_sites, "fmri", subjects, seed, run_seconds)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("preprocess / cache sites", total=len(sites))
+        for site in sites:
+            load_site(site, cache_dir=cache, progress=False)
+            progress.advance(task)
+    return root, cache, time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale.json")
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="simulated data and window cache, reused across runs")
+    parser.add_argument("--sites", default="2,8,32", help="comma-separated site counts")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--subjects-per-site", type=int, default=2)
+    parser.add_argument("--run-seconds", type=float, default=60.0, help="length of each simulated run (>= 60)")
+    parser.add_argument("--max-windows", type=int, default=8, help="cap on each site's training windows")
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--client-cpus", type=int, default=2, help="CPUs per site actor (Ray runs cpus // client_cpus sites at a time)")
+    parser.add_argument("--interval", type=float, default=0.5, help="seconds between memory samples")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds one federated run may take")
+    args = parser.parse_args(argv)
+    counts = sorted({int(s) for s in args.sites.split(",") if s.strip()})
+    if not counts or counts[0] < 2:
+        parser.error("--sites: comma-separated counts of at least 2")
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from fedneurogen.shared.io import write_json_atomic
+    from fedneurogen.simulations.federated import run_federated
+
+    console = Console(width=None if sys.stdout.isatty() else 132)  # logs: wide enough for the tables
+    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")  # flower-superlink, flwr
+    started = time.perf_counter()
+    work = work_dir(args.work.resolve())
+    root, cache, data_seconds = prepare_sites(work, counts[-1], args.subjects_per_site, args.run_seconds, args.seed, console)
+    concurrency = max(1, (os.cpu_count() or 1) // args.client_cpus)
+    config = {"preset": args.preset, "local-epochs": 1, "max-windows": args.max_windows, "cache-dir": str(cache)}
+
+    rows: list[dict[str, Any]] = []
+    for n in counts:
+        run_dir = work / "runs" / f"scale-{n}"
+        for stale in (run_dir, run_dir.parent / f"{run_dir.name}-site-state"):
+            shutil.rmtree(stale, ignore_errors=True)
+        console.print(f"[bold]{n} sites[/]: {args.rounds} rounds, {concurrency} site(s) at a time ...")
+        memory = TreeMemory(os.getpid(), args.interval)
+        memory.start()
+        t = time.perf_counter()
+        try:
+            run_federated(run_dir, root, num_sites=n, rounds=args.rounds, modality="fmri", subjects_per_site=args.subjects_per_site,
+                          run_seconds=args.run_seconds, seed=args.seed, run_config=config, timeout=args.timeout, client_cpus=args.client_cpus)
+        finally:
+            memory.stop()
+        wall = time.perf_counter() - t
+        history = json.loads((run_dir / "history.json").read_text())
+        seconds = [float(h["seconds"]) for h in history]
+        steady = seconds[1:] if len(seconds) >= 2 else seconds
+        train = [float(m.get("train-seconds", 0.0)) for h in history for m in h["train"].get("sites", {}).values()]
+        failed = sum(len(h["train"].get("failed", [])) + len(h["evaluate"].get("failed", [])) for h in history)
+        row = {
+            "sites": n, "round_seconds": statistics.median(steady), "seconds_per_site": statistics.median(steady) / n,
+            "rounds_seconds": seconds, "site_train_seconds_mean": statistics.mean(train) if train else None,
+            "run_wall_seconds": wall, "outside_rounds_seconds": wall - sum(seconds), "failed_site_replies": failed,
+            "peak_rss_mb": memory.peak_rss, "peak_pss_mb": memory.peak_pss, "pss_fallback_samples": memory.pss_fallbacks,
+            "peak_processes": memory.peak_processes, "rss_mb_by_group_at_peak": memory.groups_at_peak, "memory_samples": memory.samples,
+        }
+        rows.append(row)
+        pss = f"{row['peak_pss_mb']:.0f}" if row["peak_pss_mb"] is not None else "n/a"
+        console.print(f"  round {row['round_seconds']:.1f} s, peak PSS {pss} MB, RSS {row['peak_rss_mb']:.0f} MB, {wall:.0f} s in all")
+
+    figures = []
+    for row in rows:
+        n = row["sites"]
+        figures.append(figure(f"scale: round time, {n} sites", row["round_seconds"], "s"))
+        mem = row["peak_pss_mb"] if row["peak_pss_mb"] is not None else row["peak_rss_mb"]
+        figures.append(figure(f"scale: peak memory of the federation processes, {n} sites", mem, "MB",
+                              measure="PSS" if row["peak_pss_mb"] is not None else "RSS"))
+    if len(rows) >= 2:
+        first, last = rows[0], rows[-1]
+        figures.append(figure(f"scale: round time per site, {last['sites']} vs {first['sites']} sites",
+                              last["seconds_per_site"] / first["seconds_per_site"], "x",
+                              note="1.0 = round time grows linearly with the number of sites"))
+
+    table = Table(title=f"Scale: {args.preset}, {args.subjects_per_site} subjects x {args.run_seconds:g} s per site, "
+                        f"max {args.max_windows} windows, {concurrency} site(s) at a time")
+    for col in ("sites", "round s", "s / site", "site train s", "run s", "peak PSS MB", "peak RSS MB", "processes", "site actors RSS MB"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(
+            str(r["sites"]), f"{r['round_seconds']:.1f}", f"{r['seconds_per_site']:.2f}", f"{r['site_train_seconds_mean'] or 0:.2f}",
+            f"{r['run_wall_seconds']:.0f}", "n/a" if r["peak_pss_mb"] is None else f"{r['peak_pss_mb']:.0f}", f"{r['peak_rss_mb']:.0f}",
+            str(r["peak_processes"]), f"{r['rss_mb_by_group_at_peak'].get('Ray site actors / workers', 0):.0f}",
+        )
+    console.print(table)
+    ftable = Table(title="figures")
+    for col in ("name", "value", "unit", "target", "met"):
+        ftable.add_column(col)
+    for f in figures:
+        ftable.add_row(f["name"], f"{f['value']:.4g}", f["unit"], f["target"] or "-", "-" if f["met"] is None else str(f["met"]))
+    console.print(ftable)
+
+    result = {
+        "benchmark": "scale",
+        "figures": figures,
+        "rows": rows,
+        "definition": {
+            "round_seconds": "median of the server's round seconds (train + evaluate) over rounds after the first",
+            "memory": "every descendant process of this benchmark, sampled every --interval s from /proc; "
+                      "RSS summed (shared pages counted per process) and PSS summed (shared pages split)",
+            "concurrency": f"{concurrency} site actor(s) at a time (cpus {os.cpu_count()} // client_cpus {args.client_cpus})",
+        },
+        "run_config": config,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "data_seconds": data_seconds,
+        "seconds": time.perf_counter() - started,
+        "machine": machine(),
+    }
+    write_json_atomic(args.out, result)
+    console.print(f"wrote {args.out} ({result['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
