@@ -19,14 +19,22 @@ from flwr.common import log
 from flwr.common.constant import ErrorCode
 
 from fedneurogen.client import drills, privacy, site
+from fedneurogen.client.refusal import SiteRefusal, check_run, simulated_node_config
 from fedneurogen.shared.training import TRAIN_PRESETS
 
 app = ClientApp()
 
 
+def _node_config(context: Context) -> dict:
+    """This site's node config (a simulated node's gets the run config's ``sim-node-config``)."""
+    return simulated_node_config(context.node_config, context.run_config)
+
+
 def _site(context: Context) -> site.SiteData:
-    run = context.run_config
-    path = site.data_path(context.node_config, run)
+    """The site's data, once it has checked the run config and the preset its operator pinned."""
+    run, node = context.run_config, _node_config(context)
+    check_run(node, run)
+    path = site.data_path(node, run)
     return site.load(path, seed=int(run["seed"]), max_windows=int(run.get("max-windows", 0)), cache_dir=str(run.get("cache-dir", "")))
 
 
@@ -38,6 +46,9 @@ def _guarded(handler):
     def wrapper(msg: Message, context: Context) -> Message:
         try:
             return handler(msg, context)
+        except SiteRefusal as err:  # a reason the site may tell; the detail (paths) stays here
+            log(ERROR, "site refused %s: %s", msg.metadata.message_type, err.detail)
+            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"site refused: {err.public}"), reply_to=msg)
         except Exception as err:  # noqa: BLE001 - every failure becomes an error reply
             log(ERROR, "site failed handling %s:\n%s", msg.metadata.message_type, traceback.format_exc())
             return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"site raised {type(err).__name__}"), reply_to=msg)
@@ -71,7 +82,8 @@ def _privacy(context: Context) -> tuple[privacy.DPSettings | None, privacy.Priva
         target_epsilon=float(run["dp-target-epsilon"]), delta=float(run["dp-delta"]), max_grad_norm=float(run["dp-max-grad-norm"]),
         planned_rounds=int(run.get("dp-rounds", 0)) or int(run["num-server-rounds"]), accountant=str(run.get("dp-accountant", "rdp")),
     )
-    state = site.state_dir(context.node_config, run, site.data_path(context.node_config, run))
+    node = _node_config(context)
+    state = site.state_dir(node, run, site.data_path(node, run))
     path = privacy.ledger_path(state, str(run["run-dir"]))
     if "privacy" in context.state:
         return dp, privacy.PrivacyLedger.from_json(json.loads(context.state["privacy"]["ledger"])), path
@@ -86,21 +98,23 @@ def train(msg: Message, context: Context) -> Message:
     data = _site(context)
     received = msg.content["arrays"].to_torch_state_dict()
     model = site.build_model(str(run["preset"]), received)
-    progress = context.state.get("progress", ConfigRecord({"steps": 0}))  # for the warm-up schedule
+    train_config, epochs, server_round = TRAIN_PRESETS[str(run["preset"])], int(run["local-epochs"]), int(config["server-round"])
+    # Where this site is in the learning-rate schedule (warm-up), from the round number rather
+    # than from state kept in memory, so a resumed run or a restarted site daemon continues it.
+    start_step = (server_round - 1) * epochs * privacy.steps_per_epoch(len(data.train), train_config.batch_size)
     dp, ledger, ledger_file = _privacy(context)
     timeout = float(run.get("round-timeout", 0))
     metrics = site.train(
-        model, data, config=TRAIN_PRESETS[str(run["preset"])], epochs=int(run["local-epochs"]),
-        class_names=list(config.get("class-names", [])), seed=int(run["seed"]) + 1000 * int(config["server-round"]),
-        start_step=int(progress["steps"]), proximal_mu=float(config.get("proximal-mu", 0.0)),
+        model, data, config=train_config, epochs=epochs,
+        class_names=list(config.get("class-names", [])), seed=int(run["seed"]) + 1000 * server_round,
+        start_step=start_step, proximal_mu=float(config.get("proximal-mu", 0.0)),
         # stop early enough to reply before the server stops waiting for this round
         deadline=time.time() + 0.8 * timeout if timeout > 0 else None, dp=dp, ledger=ledger,
     )
-    context.state["progress"] = ConfigRecord({"steps": int(progress["steps"]) + int(metrics["steps"])})
     if dp:
         context.state["privacy"] = ConfigRecord({"ledger": json.dumps(ledger.to_json())})
         privacy.save_ledger(ledger_file, ledger)
-    update = drills.poison(run, context.node_config, site.site_parameters(model, data.modality), received, seed=int(config["server-round"]))
+    update = drills.poison(run, context.node_config, site.site_parameters(model, data.modality), received, seed=server_round)
     return _reply(msg, data, metrics, ArrayRecord(update))
 
 

@@ -42,5 +42,7 @@ def poison(
             poisoned[name] = start + scale * update
         else:
             noise = torch.randn(weights.shape, generator=generator, dtype=weights.dtype)
-            poisoned[name] = start + scale * update.std().nan_to_num(0.0).clamp_min(1e-3) * noise
+            # a one-element tensor (the model's learned scalars) has no std: only the floor applies
+            spread = update.std() if update.numel() > 1 else update.new_zeros(())
+            poisoned[name] = start + scale * spread.nan_to_num(0.0).clamp_min(1e-3) * noise
     return poisoned

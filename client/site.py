@@ -17,7 +17,9 @@ import numpy as np
 import torch
 
 from fedneurogen.client import privacy
-from fedneurogen.shared.data import load_site
+from fedneurogen.client.refusal import SiteRefusal, check_data_path, check_modality, data_refusal, unsupported_target
+from fedneurogen.shared.data import find_runs, load_site
+from fedneurogen.shared.errors import DataError
 from fedneurogen.shared.metrics import temporal_pcc
 from fedneurogen.shared.model import Batch, NeuroGenModel, parameter_modality
 from fedneurogen.shared.recording import PairedWindows
@@ -40,6 +42,7 @@ class SiteData:
 
 
 _SITES: dict[tuple[str, int, int], SiteData] = {}  # one load per process and data folder
+_REFUSED: dict[tuple[str, int, int], SiteRefusal] = {}  # a dataset found unusable is not re-read each round
 
 
 def data_path(node_config: dict, run_config: dict) -> Path:
@@ -80,10 +83,29 @@ def state_dir(node_config: dict, run_config: dict, data: Path) -> Path:
 
 
 def load(path: Path, seed: int, max_windows: int = 0, cache_dir: str | None = None) -> SiteData:
-    """The site's training and held-out windows, split by subject; cached per process."""
-    key = (str(Path(path).resolve()), seed, max_windows)
+    """The site's training and held-out windows, split by subject; cached per process.
+
+    A data path that is missing or unreadable, a dataset that cannot be used and a target
+    modality the model lacks raise ``SiteRefusal``: its public reason says what kind of problem
+    (no path), its detail, for the site's log, names the file (``DataError``)."""
+    path = Path(path)
+    check_data_path(path)
+    key = (str(path.resolve()), seed, max_windows)
+    if key in _REFUSED:
+        raise _REFUSED[key]
     if key not in _SITES:
-        windows = load_site(path, cache_dir=cache_dir or None, progress=False)
+        try:
+            refusal = unsupported_target(path, find_runs(path))
+            if refusal is not None:
+                raise refusal
+            windows = load_site(path, cache_dir=cache_dir or None, progress=False)
+            check_modality(windows.target_modality, path)
+        except DataError as err:
+            _REFUSED[key] = data_refusal(err)
+            raise _REFUSED[key] from err
+        except SiteRefusal as err:
+            _REFUSED[key] = err
+            raise
         split = split_subjects(windows.subjects, seed=seed)
         train_mask, val_mask, _ = split.masks(windows.subjects)
         if not val_mask.any():  # fewer than three subjects: nothing to hold out
@@ -97,12 +119,22 @@ def load(path: Path, seed: int, max_windows: int = 0, cache_dir: str | None = No
 
 
 def build_model(preset: str, parameters: dict[str, torch.Tensor]) -> NeuroGenModel:
-    """A model of ``preset`` holding the received global parameters."""
+    """A model of ``preset`` holding the received global parameters; ``SiteRefusal`` when they
+    do not fit it (another preset or package version on the server): the first parameter that
+    is missing or of another shape is named (parameter names and shapes are the architecture)."""
     model = NeuroGenModel(preset)
     own = dict(model.named_parameters())
     missing = sorted(set(own) - set(parameters))
     if missing:
-        raise ValueError(f"received weights lack {len(missing)} parameters, e.g. {missing[:3]}")
+        public = f"received weights do not fit this site's {preset!r} model: {len(missing)} parameter(s) missing, first {missing[0]}"
+        raise SiteRefusal(public, f"{public}; all missing: {missing}")
+    for name, p in own.items():
+        if tuple(parameters[name].shape) != tuple(p.shape):
+            public = (
+                f"received weights do not fit this site's {preset!r} model: parameter {name} has shape "
+                f"{tuple(parameters[name].shape)}, the site's has {tuple(p.shape)} (another preset or package version?)"
+            )
+            raise SiteRefusal(public)
     with torch.no_grad():
         for name, p in own.items():
             p.copy_(parameters[name].to(p.device, p.dtype))

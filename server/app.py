@@ -11,7 +11,7 @@ the run goes on with the others.
 from __future__ import annotations
 
 import time
-from logging import INFO, WARNING
+from logging import ERROR, INFO, WARNING
 from pathlib import Path
 
 import torch
@@ -20,11 +20,13 @@ from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
+from fedneurogen.server.audit import AUDIT_FILE, AuditedGrid
 from fedneurogen.server.checkpointing import RunStore, load_parameters, model_parameters
 from fedneurogen.server.strategy import ModalityStrategy, make_base_strategy
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.model import NeuroGenModel
+from fedneurogen.shared.run_config import validate_run_config
 
 app = ServerApp()
 
@@ -66,9 +68,17 @@ def checkpoint_extra(cfg: dict, class_names: list[str], server_round: int, sites
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
+    try:
+        validate_run_config(cfg)  # a bad key stops the run here, named with its allowed values
+    except ConfigError as err:
+        log(ERROR, "%s", err)
+        raise
     num_rounds, timeout = int(cfg["num-server-rounds"]), float(cfg["round-timeout"])
     strategy_name, preset = str(cfg["strategy"]), str(cfg["preset"])
     store = RunStore(str(cfg["run-dir"]), keep=int(cfg.get("keep-checkpoints", 3)))
+    # every received message described in run-dir/audit/received.jsonl (audit=false: not logged);
+    # array bytes sent and received are counted per round either way
+    grid = AuditedGrid(grid, store.dir / AUDIT_FILE if bool(cfg.get("audit", True)) else None)
     strategy = ModalityStrategy(make_base_strategy(strategy_name, cfg), min_replies=int(cfg.get("min-train-replies", 1)))
     torch.manual_seed(int(cfg["seed"]))  # the initial global weights
     model = NeuroGenModel(preset, device="cpu")
@@ -92,6 +102,7 @@ def main(grid: Grid, context: Context) -> None:
     for server_round in range(first, num_rounds + 1):
         log(INFO, "[ROUND %d/%d]", server_round, num_rounds)
         started = time.time()
+        grid.begin_round(server_round)
         train_config = ConfigRecord({"class-names": class_names})
         replies = grid.send_and_receive(strategy.configure_train(server_round, arrays, train_config, grid), timeout=timeout)
         new_arrays, _ = strategy.aggregate_train(server_round, replies)
@@ -107,6 +118,7 @@ def main(grid: Grid, context: Context) -> None:
         history.append({
             "round": server_round,
             "seconds": time.time() - started,
+            "bytes": grid.round_bytes(),  # array bytes sent to and received from the sites
             "train": report.get(MessageType.TRAIN, {}),
             "evaluate": report.get(MessageType.EVALUATE, {}),
         })

@@ -67,8 +67,12 @@ class RunStore:
         global weights themselves: the federated average already is the model's average."""
         rounds = self.dir / "rounds"
         rounds.mkdir(parents=True, exist_ok=True)
+        self._remove_leftovers()
         name = f"round-{server_round:04d}"
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=rounds))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; a round folder is as readable as any output
         try:
             ema = EMA(model, decay=0.0, warmup=False)
             ema.num_updates = server_round
@@ -89,6 +93,15 @@ class RunStore:
         for old in sorted(rounds.glob("round-*"))[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return final
+
+    def _remove_leftovers(self) -> None:
+        """Temporary folders, files and links of saves that were killed (never named by
+        ``latest.json``; one server writes a run-dir, so none of them is in use)."""
+        for stale in (self.dir / "rounds").glob(".round-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        for pattern in (".checkpoint.*", ".latest.*.tmp.json", f".{Path(HISTORY_FILE).stem}.*.tmp.json"):
+            for stale in self.dir.glob(pattern):
+                stale.unlink(missing_ok=True)
 
     def _link_latest(self, target: str) -> None:
         link = self.dir / "checkpoint"

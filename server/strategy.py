@@ -123,6 +123,8 @@ class ModalityStrategy(Strategy):
         """Why a reply cannot be used, or None."""
         if msg.has_error():  # keep the last line of a runtime's traceback
             lines = [line.strip() for line in str(msg.error.reason).splitlines() if line.strip()] or ["(no reason)"]
+            if lines[-1].startswith("site refused:"):  # the site's own reason (client/refusal.py)
+                return lines[-1][:400]
             return f"error reply: {lines[-1][:300]}"
         content = msg.content
         if "metrics" not in content.metric_records or "num-examples" not in content["metrics"]:

@@ -60,18 +60,90 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
     return env
 
 
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (from /proc), whatever session or group it moved to."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        ppid = int(text.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for its reaper does not count)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def group_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def kill_tree(root: int) -> tuple[set[int], set[int]]:
+    """SIGKILL ``root``, its process group, every process below it and every group one of them
+    leads: the SuperLink starts ``flower-superexec`` in a session of its own, whose
+    ``flwr-simulation`` runs the ServerApp and Ray, so killing the SuperLink's group alone
+    leaves the ServerApp running. The tree is stopped (SIGSTOP) first so that nothing forks or
+    is orphaned while it is collected. Returns the processes and the groups killed."""
+    def signal_all(sig: int, pids: set[int], groups: set[int]) -> None:
+        for group in groups:
+            try:
+                os.killpg(group, sig)
+            except ProcessLookupError:
+                pass
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    tree: set[int] = set()
+    while True:  # until no new process appears
+        found = descendants(root) | tree
+        groups = {root} | {g for g in map(group_of, found) if g in found}
+        signal_all(signal.SIGSTOP, {root} | found, groups)
+        if found == tree:
+            break
+        tree = found
+    signal_all(signal.SIGKILL, {root} | tree, groups)
+    return tree, groups
+
+
 def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """Stop a process started with ``start_new_session=True`` and everything it started."""
+    """Stop a process started with ``start_new_session=True`` and everything it started: first
+    politely (SIGTERM to its group), then SIGKILL to whatever of its tree is left, including
+    processes in sessions of their own (the SuperLink's SuperExec, the ServerApp, Ray)."""
+    tree = descendants(proc.pid)  # now: once the parent is gone its orphans cannot be traced to it
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=grace)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # children (ServerApp, ray) that outlived their parent
-    except ProcessLookupError:
-        pass
+    if proc.poll() is None:
+        tree |= kill_tree(proc.pid)[0]
+    for pid in tree | {proc.pid}:
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
     proc.wait()
 
 
@@ -200,6 +272,12 @@ def _toml_value(value: Any) -> str:
     return json.dumps(str(value))  # a TOML basic string
 
 
+def app_run_config(app: Path | None = None) -> dict[str, Any]:
+    """The app's default run config (``[tool.flwr.app.config]`` of its pyproject.toml)."""
+    pyproject = Path(app or app_dir()) / "pyproject.toml"
+    return dict(tomllib.loads(pyproject.read_text(encoding="utf-8"))["tool"]["flwr"]["app"]["config"])
+
+
 def tail(path: Path, lines: int = 60) -> str:
     try:
         return "\n".join(Path(path).read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
@@ -220,14 +298,22 @@ def flwr_run(
     if federation_config:
         cmd += ["--federation-config", " ".join(f"{k}={_toml_value(v)}" for k, v in federation_config.items())]
     log_file = Path(log_file or flwr_home / "run.log")
-    with open(log_file, "ab") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            stop_process(proc)
-            raise FederationError(f"flwr run did not finish within {timeout:.0f} s:\n{tail(log_file)}") from None
-    text = log_file.read_text(encoding="utf-8", errors="replace")
+    for attempt in range(3):
+        with open(log_file, "ab") as log:
+            start = log.tell()
+            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                stop_process(proc)
+                raise FederationError(f"flwr run did not finish within {timeout:.0f} s:\n{tail(log_file)}") from None
+        with open(log_file, "rb") as log:
+            log.seek(start)
+            text = log.read().decode("utf-8", errors="replace")
+        # A SuperLink that has just opened its port can still refuse the first call: try again.
+        if proc.returncode == 0 or "Successfully started run" in text or "SuperLink is unavailable" not in text:
+            break
+        time.sleep(2.0 * (attempt + 1))
     match = re.findall(r"Successfully started run (\d+)", text)
     if proc.returncode != 0 or not match:
         raise FederationError(f"flwr run failed (exit {proc.returncode}):\n{tail(log_file)}")
@@ -296,12 +382,17 @@ def run_federated(
     ``dp-enabled``, ``resume``). ``client_cpus`` is the CPUs each simulated site gets
     (Ray runs ``cpus // client_cpus`` sites at a time)."""
     run_dir, data_root = Path(run_dir).resolve(), Path(data_root).resolve()
-    ensure_sites(data_root, num_sites, modality, subjects_per_site, seed, run_seconds)
     config = {
         "num-server-rounds": rounds, "run-dir": str(run_dir), "data-root": str(data_root), "num-sites": num_sites,
         "modality": modality, "subjects-per-site": subjects_per_site, "seed": seed, "min-available-nodes": num_sites, "site-state-dir": str(run_dir.parent / f"{run_dir.name}-site-state"),
         **(run_config or {}),
     }
+    # Check the run config here, before anything starts, as the ServerApp will (its error would
+    # otherwise come only after the simulation engine's start-up).
+    from fedneurogen.shared.run_config import validate_run_config
+
+    validate_run_config({**app_run_config(), **config})
+    ensure_sites(data_root, num_sites, modality, subjects_per_site, seed, run_seconds)
     federation = {"num-supernodes": num_sites, "client-resources-num-cpus": client_cpus, "client-resources-num-gpus": 0.0}
     own_home = flwr_home is None
     home = Path(tempfile.mkdtemp(prefix="flwr-home-")) if own_home else Path(flwr_home)

@@ -1,0 +1,151 @@
+"""A site that declines to work for a run, and the reason it may tell the server.
+
+A refusal has two texts: ``public``, sent to the server in the error reply (``site refused:
+<public>``, named in the server's log and history), built only from fixed phrases, model
+parameter names and run-config values, never from file paths or subject identifiers; and
+``detail``, the full message for the site's own log (it names the file and the problem).
+
+Reasons (see ``client/site.py``): the site's data path is missing or unreadable, its dataset
+cannot be used (the kind of problem), its target modality is not one the model generates, the
+run's preset differs from the one the site's operator pinned (``--node-config 'preset="small"'``)
+or the received weights do not fit the site's model, or the run config itself is invalid.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from fedneurogen.shared.errors import ConfigError, DataError, FedNeuroGenError
+from fedneurogen.shared.model import MODALITIES
+
+#: BIDS datatype folders; only these names are ever reported (a folder name could be anything).
+BIDS_DATATYPES = ("anat", "beh", "dwi", "fmap", "func", "ieeg", "meg", "micr", "motion", "mrs", "nirs", "perf", "pet")
+_NOT_TARGETS = {"eeg", "anat", "beh", "fmap", "dwi"}  # never a target, named only when nothing else is
+
+#: Kinds of dataset problem, matched against a DataError's text, first match wins.
+_DATA_PROBLEMS = (
+    (r"no fMRI or fNIRS recording to pair with", "EEG runs without an fMRI or fNIRS recording to pair with"),
+    (r"different target modalities", "runs of more than one target modality"),
+    (r"does not match the EEG run", "EEG and target durations differ"),
+    (r"share no channel", "runs share no channels"),
+    (r"EDF|BDF|as EEG|EEG channel|no EEG channels|NaN/inf samples|holds no samples|EEG preprocessing", "unreadable or corrupt EEG files"),
+    (r"GIFTI|NIfTI|BOLD|RepetitionTime|vertices|volume", "unreadable or unusable fMRI files"),
+    (r"SNIRF|HbO|HbR|optode|CW intensity", "unreadable or unusable fNIRS files"),
+    (r"events|onset|duration|tab-separated|column", "unreadable events tables"),
+    (r"JSON|sidecar", "unreadable JSON sidecars"),
+    (r"file not found|cannot be read", "files missing or unreadable"),
+)
+
+
+class SiteRefusal(FedNeuroGenError):
+    """The site does not take part in this request; ``public`` may be sent, ``detail`` stays."""
+
+    def __init__(self, public: str, detail: str | None = None):
+        self.public = public
+        self.detail = detail or public
+        super().__init__(self.detail)
+
+
+def data_problem_kind(problem: str) -> str | None:
+    """A fixed phrase for the kind of a dataset problem (None: not recognised)."""
+    for pattern, kind in _DATA_PROBLEMS:
+        if re.search(pattern, problem):
+            return kind
+    return None
+
+
+def check_data_path(path: Path) -> None:
+    """Refuse when the data path is missing, not a folder or not readable."""
+    if not path.exists():
+        raise SiteRefusal("data path not found (see the site's log)", f"data path {path} does not exist")
+    if not path.is_dir():
+        raise SiteRefusal("data path is not a folder (see the site's log)", f"data path {path} is not a folder (expected a BIDS dataset)")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise SiteRefusal("data path not readable: permission denied (see the site's log)", f"data path {path} cannot be read (permission denied)")
+
+
+def data_refusal(err: DataError) -> SiteRefusal:
+    """A refusal for a dataset ``load_site`` could not use; the detail keeps the whole message."""
+    text = err.problem
+    if text.startswith("empty dataset"):
+        public = "dataset unreadable: no EEG runs found (see the site's log)"
+    elif text.startswith("no usable runs"):
+        kind = data_problem_kind(text)
+        public = f"dataset unreadable: no usable runs ({kind or 'every run was skipped'}; see the site's log)"
+    else:
+        kind = data_problem_kind(text)
+        public = f"dataset unreadable: {kind or 'see the site' + chr(39) + 's log'}"
+    return SiteRefusal(public, f"dataset cannot be used: {err}")
+
+
+def _datatypes(site_dir: Path) -> set[str]:
+    """BIDS datatype folders found under the site's subjects (and sessions)."""
+    found: set[str] = set()
+    for subject in site_dir.glob("sub-*"):
+        for folder in [*subject.glob("*"), *subject.glob("ses-*/*")]:
+            if folder.is_dir() and folder.name in BIDS_DATATYPES + ("eeg",):
+                found.add(folder.name)
+    return found
+
+
+def unsupported_target(site_dir: Path, runs: list) -> SiteRefusal | None:
+    """A refusal when the site has EEG runs but none with a target the model generates."""
+    if not runs or any(r.target_modality in MODALITIES for r in runs):
+        return None
+    others = sorted(_datatypes(site_dir) - _NOT_TARGETS)
+    allowed = ", ".join(MODALITIES)
+    if len(others) == 1 and others[0] not in ("func", "nirs"):
+        public = f"target modality {others[0]!r} not in the model ({allowed})"
+    else:
+        found = ", ".join(others) or "EEG only"
+        public = f"no target modality the model has ({allowed}) paired with the EEG (found: {found})"
+    return SiteRefusal(public, f"{site_dir}: {len(runs)} EEG run(s), none with an fMRI or fNIRS recording to pair with; {public}")
+
+
+def check_modality(modality: object, site_dir: Path) -> None:
+    """Refuse windows whose target modality the model has no head for."""
+    if modality not in MODALITIES:
+        shown = str(modality) if re.fullmatch(r"[A-Za-z0-9_-]{1,24}", str(modality)) else "unknown"
+        raise SiteRefusal(
+            f"target modality {shown!r} not in the model ({', '.join(MODALITIES)})",
+            f"{site_dir}: windows have target modality {modality!r}; the model generates {', '.join(MODALITIES)}",
+        )
+
+
+def check_run(node_config: dict, run_config: dict) -> None:
+    """Refuse an invalid run config, or a run whose preset is not the one this site pinned."""
+    from fedneurogen.shared.run_config import validate_run_config
+
+    try:
+        validate_run_config(run_config)
+    except ConfigError as err:  # run-config values came from the server: safe to send back
+        raise SiteRefusal(f"invalid {err}", str(err)) from None
+    pinned = node_config.get("preset")
+    if pinned is not None and str(pinned) != str(run_config["preset"]):
+        raise SiteRefusal(
+            f"preset mismatch — this site runs {str(pinned)!r}, the run asks for {str(run_config['preset'])!r}",
+            f"the run asks for preset {run_config['preset']!r} but this site's node config pins preset={pinned!r}",
+        )
+
+
+def simulated_node_config(node_config: dict, run_config: dict) -> dict:
+    """The node config, plus run config ``sim-node-config`` entries for this simulated node.
+
+    ``sim-node-config = "1:data-path=/x;2:preset=small"`` gives simulated node 1 (partition id)
+    the data path ``/x`` and node 2 a pinned preset, as ``--node-config`` does for a site daemon.
+    It applies only to simulated nodes (a partition id and no data path of their own), so a
+    run config can never redirect a deployed site."""
+    spec = str(run_config.get("sim-node-config", "") or "").strip()
+    if not spec or "partition-id" not in node_config or "data-path" in node_config:
+        return dict(node_config)
+    merged = dict(node_config)
+    for item in filter(None, (part.strip() for part in spec.split(";"))):
+        node, sep, setting = item.partition(":")
+        key, eq, value = setting.partition("=")
+        if not (sep and eq and node.strip().lstrip("-").isdigit() and key.strip()):
+            raise SiteRefusal(f"invalid run config: sim-node-config entry {item!r} is not PARTITION:KEY=VALUE")
+        if int(node) == int(node_config["partition-id"]):
+            merged[key.strip()] = value.strip()
+    return merged

@@ -1,0 +1,377 @@
+"""What left each site: an audit log of every message the server receives, and a leak checker.
+
+``AuditedGrid(grid, log_path)`` stands in for the Flower ``Grid`` the ServerApp is given. It
+passes every call through; for each reply the server receives (``send_and_receive`` or
+``pull_messages``) it appends one JSON line to ``log_path`` (``run-dir/audit/received.jsonl``)
+that describes the reply without its numbers::
+
+    {"time": ..., "round": 3, "message_type": "train", "src_node_id": 1234, "run_id": 7,
+     "error": null,
+     "records": {"arrays":  {"type": "array", "arrays": {"dit.blocks.0.weight":
+                                {"shape": [64, 64], "dtype": "float32", "bytes": 16512}, ...}},
+                 "metrics": {"type": "metric", "values": {"loss": "float", "num-examples": "int"}},
+                 "site":    {"type": "config", "values": {"modality": "fmri"}}}}
+
+A consortium can read from it exactly what left every site, and ``find_leaks`` checks it:
+arrays must be the model's own parameters (names and shapes), metrics numeric scalars, config
+values short strings without paths, subject ids or site names, and no array may be shaped like
+a recording window. ``python -m fedneurogen.server.audit LOG`` prints a log's summary.
+
+The grid also counts the array bytes sent and received per round (``begin_round`` /
+``round_bytes``), which the server stores in each history entry as ``bytes``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+AUDIT_FILE = Path("audit") / "received.jsonl"
+MAX_STRING = 200  # longer config strings are logged truncated (with their length) and flagged
+
+
+def array_bytes(record: ArrayRecord) -> int:
+    """Bytes of an ArrayRecord's arrays as serialized (what travels)."""
+    return sum(len(array.data) for array in record.values())
+
+
+def content_bytes(content: RecordDict) -> int:
+    return sum(array_bytes(record) for record in content.array_records.values())
+
+
+def _value_type(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        inner = sorted({type(v).__name__ for v in value})
+        return f"list[{'|'.join(inner) or 'empty'}]"
+    return type(value).__name__
+
+
+def _config_value(value: Any) -> Any:
+    """A config value as logged: strings (cut at MAX_STRING), numbers and bools as they are,
+    bytes as their length only."""
+    if isinstance(value, (list, tuple)):
+        return [_config_value(v) for v in value]
+    if isinstance(value, bytes):
+        return {"bytes": len(value)}
+    if isinstance(value, str) and len(value) > MAX_STRING:
+        return {"str": value[:MAX_STRING], "length": len(value)}
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    return value
+
+
+def describe_content(content: RecordDict) -> dict[str, Any]:
+    """Per record: arrays -> name, shape, dtype, bytes; metrics -> key and value type; config ->
+    key and value (values are short strings such as the modality and class names)."""
+    records: dict[str, Any] = {}
+    for name, record in content.items():
+        if isinstance(record, ArrayRecord):
+            records[name] = {
+                "type": "array",
+                "arrays": {key: {"shape": list(a.shape), "dtype": str(a.dtype), "bytes": len(a.data)} for key, a in record.items()},
+            }
+        elif isinstance(record, MetricRecord):
+            records[name] = {"type": "metric", "values": {key: _value_type(v) for key, v in record.items()}}
+        elif isinstance(record, ConfigRecord):
+            records[name] = {"type": "config", "values": {key: _config_value(v) for key, v in record.items()}}
+        else:
+            records[name] = {"type": type(record).__name__}
+    return records
+
+
+def describe_message(msg: Message, server_round: int | None = None) -> dict[str, Any]:
+    meta = msg.metadata
+    entry: dict[str, Any] = {
+        "time": round(time.time(), 3), "round": server_round, "message_type": meta.message_type,
+        "src_node_id": meta.src_node_id, "run_id": meta.run_id, "error": None, "records": {},
+    }
+    if msg.has_error():
+        entry["error"] = {"code": int(msg.error.code), "reason": _config_value(str(msg.error.reason))}
+    else:
+        entry["records"] = describe_content(msg.content)
+    return entry
+
+
+class AuditedGrid(Grid):
+    """A Flower ``Grid`` that logs every received message (``log_path``; None: no log) and
+    counts the array bytes sent and received per round; everything else is the wrapped grid's."""
+
+    def __init__(self, grid: Grid, log_path: str | Path | None):
+        self._grid = grid
+        self.log_path = Path(log_path) if log_path is not None else None
+        self.server_round: int | None = None
+        self._lock = threading.Lock()
+        self._sent = 0
+        self._received = 0
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+
+    # -- per-round byte counts -------------------------------------------------------------------
+
+    def begin_round(self, server_round: int) -> None:
+        """Label what follows with ``server_round`` and reset the byte counts."""
+        with self._lock:
+            self.server_round, self._sent, self._received = server_round, 0, 0
+
+    def round_bytes(self) -> dict[str, int]:
+        """Array bytes sent and received since ``begin_round``."""
+        with self._lock:
+            return {"sent": int(self._sent), "received": int(self._received)}
+
+    # -- interception ----------------------------------------------------------------------------
+
+    def _count_sent(self, messages: Iterable[Message]) -> list[Message]:
+        messages = list(messages)
+        # messages of one round usually share one content object; count each message: each is sent
+        sent = sum(content_bytes(m.content) for m in messages if not m.has_error())
+        with self._lock:
+            self._sent += sent
+        return messages
+
+    def _record(self, replies: Iterable[Message]) -> list[Message]:
+        replies = list(replies)
+        lines = []
+        received = 0
+        for msg in replies:
+            if not msg.has_error():
+                received += content_bytes(msg.content)
+            if self.log_path is not None:
+                lines.append(json.dumps(describe_message(msg, self.server_round), separators=(",", ":")) + "\n")
+        with self._lock:
+            self._received += received
+            if lines:
+                append_lines(self.log_path, lines)
+        return replies
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self._record(self._grid.send_and_receive(self._count_sent(messages), timeout=timeout))
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._grid.push_messages(self._count_sent(messages))
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._record(self._grid.pull_messages(message_ids))
+
+    # -- the rest is the wrapped grid's ----------------------------------------------------------
+
+    def set_run(self, run: Any) -> None:
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> Any:
+        return self._grid.run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None) -> Message:
+        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self._grid.get_node_ids()
+
+    def get_nodes(self) -> Iterable[Any]:
+        return self._grid.get_nodes()
+
+    def __getattr__(self, name: str) -> Any:  # anything a concrete grid adds
+        if name == "_grid":
+            raise AttributeError(name)
+        return getattr(self._grid, name)
+
+
+def append_lines(path: Path, lines: Sequence[str]) -> None:
+    """Append whole lines with one ``write`` on an ``O_APPEND`` descriptor, then fsync: a crash
+    leaves the earlier lines intact and at most the last one cut (``read_log`` skips it)."""
+    data = "".join(lines).encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    """The entries of an audit log; a last line cut by a crash is left out."""
+    entries = []
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise
+    return entries
+
+
+# -- the checker ---------------------------------------------------------------------------------
+
+DEFAULT_CONFIG_KEYS = ("modality", "classes")
+PATH_SEPARATORS = ("/", "\\")
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield str(k)
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
+
+
+def _contains(shape: Sequence[int], window: Sequence[int]) -> bool:
+    """Whether ``window`` is a contiguous run of ``shape``'s dims, or ``shape``'s trailing dims
+    flatten to exactly one window (a window sent reshaped)."""
+    shape, window = tuple(shape), tuple(window)
+    n = len(window)
+    if n and any(shape[i:i + n] == window for i in range(len(shape) - n + 1)):
+        return True
+    size = math.prod(window)
+    return size > 1 and any(math.prod(shape[i:]) == size for i in range(len(shape)))
+
+
+def _recording_like(shape: Sequence[int], window: Sequence[int]) -> bool:
+    """Whether ``shape`` has the window's point axis (EEG channels, target vertices or
+    channels) and, on another axis, at least a window's worth of samples: a whole recording."""
+    shape = list(shape)
+    if len(window) < 2 or len(shape) < 2 or window[0] not in shape:
+        return False
+    rest = list(shape)
+    rest.remove(window[0])
+    return any(d >= window[-1] for d in rest)
+
+
+def find_leaks(
+    entries: Iterable[Mapping[str, Any]],
+    *,
+    parameter_shapes: Mapping[str, Sequence[int]] | None = None,
+    window_shapes: Iterable[Sequence[int]] = (),
+    forbidden_strings: Iterable[str] = (),
+    config_keys: Iterable[str] = DEFAULT_CONFIG_KEYS,
+    max_string: int = 64,
+) -> list[str]:
+    """Problems in audit-log entries (``read_log``); an empty list means nothing but model
+    parameters, numeric scalars and short labels left the sites.
+
+    parameter_shapes:  the model's parameters (``{name: shape}``); arrays must be among them
+                       with the same shape (None: not checked)
+    window_shapes:     per-window shapes of the sites' data, e.g. ``eeg.shape[1:]`` (channels x
+                       samples) and ``target.shape[1:]`` (vertices or channels x frames) of
+                       their ``PairedWindows``: no array may hold one
+    forbidden_strings: text that must not appear in any string (data roots, site folder names,
+                       subject ids); path separators and BIDS ``sub-`` entities are always checked
+    config_keys:       the only keys a config record may hold
+    """
+    parameter_shapes = None if parameter_shapes is None else {k: tuple(v) for k, v in parameter_shapes.items()}
+    windows = [tuple(int(d) for d in w) for w in window_shapes]
+    forbidden = [s for s in forbidden_strings if s] + ["sub-"]
+    allowed_config = set(config_keys)
+    problems: list[str] = []
+    for i, entry in enumerate(entries):
+        where = f"entry {i} (round {entry.get('round')}, {entry.get('message_type')} from node {entry.get('src_node_id')})"
+        texts = list(_strings(entry.get("error") or {}))
+        for rname, record in (entry.get("records") or {}).items():
+            kind = record.get("type")
+            texts.append(rname)
+            if kind == "array":
+                for key, info in record.get("arrays", {}).items():
+                    shape = tuple(info.get("shape", ()))
+                    texts.append(key)
+                    if parameter_shapes is not None:
+                        if key not in parameter_shapes:
+                            problems.append(f"{where}: array {rname}/{key} {list(shape)} is not a model parameter")
+                        elif parameter_shapes[key] != shape:
+                            problems.append(f"{where}: array {rname}/{key} has shape {list(shape)}, the parameter {list(parameter_shapes[key])}")
+                    is_parameter = parameter_shapes is not None and parameter_shapes.get(key) == shape
+                    for window in windows:
+                        if _contains(shape, window):
+                            problems.append(f"{where}: array {rname}/{key} {list(shape)} is shaped like a data window {list(window)}")
+                        elif not is_parameter and _recording_like(shape, window):
+                            problems.append(f"{where}: array {rname}/{key} {list(shape)} is shaped like a recording ({window[0]} points)")
+            elif kind == "metric":
+                for key, vtype in record.get("values", {}).items():
+                    texts.append(key)
+                    if vtype not in ("int", "float"):
+                        problems.append(f"{where}: metric {rname}/{key} is a {vtype}, not a numeric scalar")
+            elif kind == "config":
+                for key, value in record.get("values", {}).items():
+                    if key not in allowed_config:
+                        problems.append(f"{where}: config {rname}/{key} is not one of the known keys {sorted(allowed_config)}")
+                    values = value if isinstance(value, list) else [value]
+                    for v in values:
+                        if isinstance(v, dict):  # cut string or bytes
+                            problems.append(f"{where}: config {rname}/{key} holds {'bytes' if 'bytes' in v else 'a long string'} ({v.get('bytes', v.get('length'))})")
+                        elif not isinstance(v, str):
+                            problems.append(f"{where}: config {rname}/{key} holds a {type(v).__name__}, not a string")
+                        elif len(v) > max_string:
+                            problems.append(f"{where}: config {rname}/{key} holds a string of {len(v)} characters")
+                    texts.append(key)
+                    texts.extend(_strings(value))
+            else:
+                problems.append(f"{where}: record {rname} of unexpected type {kind!r}")
+        for text in texts:
+            if any(sep in text for sep in PATH_SEPARATORS):
+                problems.append(f"{where}: string {text[:80]!r} contains a path separator")
+            for bad in forbidden:
+                if bad.lower() in text.lower():
+                    problems.append(f"{where}: string {text[:80]!r} contains {bad!r}")
+    return problems
+
+
+def summarize(entries: Sequence[Mapping[str, Any]]) -> str:
+    """One line per received message: round, type, node, and what it held."""
+    out = []
+    for e in entries:
+        if e.get("error"):
+            held = f"error {e['error'].get('code')}: {e['error'].get('reason')}"
+        else:
+            parts = []
+            for name, r in (e.get("records") or {}).items():
+                if r.get("type") == "array":
+                    parts.append(f"{name}: {len(r['arrays'])} arrays, {sum(a['bytes'] for a in r['arrays'].values())} bytes")
+                else:
+                    parts.append(f"{name}: {r.get('values')}")
+            held = "; ".join(parts) or "(empty)"
+        out.append(f"round {e.get('round')} {e.get('message_type')} node {e.get('src_node_id')}: {held}")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fedneurogen.server.audit run-dir/audit/received.jsonl [--preset tiny]``:
+    print what each site sent and the problems ``find_leaks`` finds (exit 1 if any)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("log", type=Path)
+    parser.add_argument("--preset", help="check array names and shapes against this model preset")
+    parser.add_argument("--forbid", action="append", default=[], help="text no string may contain (data root, site name)")
+    args = parser.parse_args(argv)
+    entries = read_log(args.log)
+    shapes = None
+    if args.preset:
+        from fedneurogen.shared.model import NeuroGenModel
+
+        shapes = {k: tuple(p.shape) for k, p in NeuroGenModel(args.preset, device="cpu").named_parameters()}
+    print(summarize(entries))
+    problems = find_leaks(entries, parameter_shapes=shapes, forbidden_strings=args.forbid)
+    print("\n".join(problems) if problems else f"{len(entries)} messages: no leaks found")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

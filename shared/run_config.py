@@ -1,0 +1,119 @@
+"""The run configuration (``[tool.flwr.app.config]`` in ``pyproject.toml``), typed and checked.
+
+``validate_run_config(context.run_config)`` is called when the ServerApp starts and by every
+site before it works for a run. A bad value raises ``ConfigError`` naming the key, the value
+and what is allowed, e.g.::
+
+    run config: strategy = 'fedsgd' is not allowed; choose one of: fedavg, fedprox, fedadam, ...
+
+Keys this model does not know (added to ``pyproject.toml`` later) are kept and not checked:
+Flower already refuses overrides of keys that ``pyproject.toml`` does not declare.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedneurogen.shared.errors import ConfigError
+
+Strategy = Literal["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum"]
+Preset = Literal["tiny", "small", "base"]  # shared.model.PRESETS (checked in tests)
+SimModality = Literal["fmri", "fnirs", "mixed"]
+Accountant = Literal["rdp", "prv"]
+AttackMode = Literal["scale", "random"]
+
+
+class RunConfig(BaseModel):
+    """Every key of ``[tool.flwr.app.config]``; field ``num_server_rounds`` is key ``num-server-rounds``."""
+
+    model_config = ConfigDict(alias_generator=lambda name: name.replace("_", "-"), populate_by_name=True, extra="allow", frozen=True)
+
+    num_server_rounds: int = Field(3, ge=1)
+    local_epochs: int = Field(1, ge=1)
+    preset: Preset = "tiny"
+    strategy: Strategy = "fedavg"
+    proximal_mu: float = Field(0.01, ge=0)
+    server_lr: float = Field(0.001, gt=0)
+    server_tau: float = Field(0.001, gt=0)
+    trim_beta: float = Field(0.2, ge=0, lt=0.5)
+    krum_malicious: int = Field(0, ge=0)
+    fraction_train: float = Field(1.0, gt=0, le=1)
+    fraction_evaluate: float = Field(1.0, ge=0, le=1)  # 0: no evaluation rounds
+    min_train_nodes: int = Field(2, ge=1)
+    min_evaluate_nodes: int = Field(2, ge=0)
+    min_available_nodes: int = Field(2, ge=1)
+    min_train_replies: int = Field(1, ge=1)
+    round_timeout: float = Field(3600.0, gt=0)
+    run_dir: str = Field("runs/federated", min_length=1)
+    resume: bool = False
+    keep_checkpoints: int = Field(3, ge=1)
+    seed: int = 0
+    classes: str = ""
+    data_root: str = "demo-output/data"
+    modality: SimModality = "fmri"
+    num_sites: int = Field(3, ge=1)
+    subjects_per_site: int = Field(4, ge=1)
+    max_windows: int = Field(0, ge=0)
+    cache_dir: str = ""
+    site_state_dir: str = ""
+    eval_pcc_windows: int = Field(4, ge=0)
+    eval_sampling_steps: int = Field(5, ge=1)
+    dp_enabled: bool = False
+    dp_target_epsilon: float = Field(8.0, gt=0)
+    dp_delta: float = Field(1e-5, gt=0, lt=1)
+    dp_max_grad_norm: float = Field(1.0, gt=0)
+    dp_accountant: Accountant = "rdp"
+    dp_rounds: int = Field(0, ge=0)
+    fault_partition: int = -1
+    attack_partition: int = -1
+    attack_mode: AttackMode = "scale"
+    attack_scale: float = 100.0
+    sim_node_config: str = ""
+    audit: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RunConfig":
+        guaranteed = max(self.min_available_nodes, self.min_train_nodes)
+        if self.min_train_replies > guaranteed:
+            raise ValueError(
+                f"min-train-replies = {self.min_train_replies} is more than the sites a round is sure to ask "
+                f"(min-available-nodes = {self.min_available_nodes}, min-train-nodes = {self.min_train_nodes}); "
+                f"allowed: 1 to {guaranteed}, or raise min-available-nodes"
+            )
+        return self
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A value by its run-config key (``cfg.get("num-server-rounds")``)."""
+        name = key.replace("-", "_")
+        if name in type(self).model_fields:
+            return getattr(self, name)
+        return (self.model_extra or {}).get(key, default)
+
+
+def _allowed(key: str) -> tuple[str, ...] | None:
+    field = RunConfig.model_fields.get(key.replace("-", "_"))
+    args = get_args(field.annotation) if field is not None else ()
+    return tuple(str(a) for a in args) if args and all(isinstance(a, str) for a in args) else None
+
+
+def _describe(error: dict) -> str:
+    if not error["loc"]:  # a check across keys
+        return str(error.get("ctx", {}).get("error", error["msg"]))
+    key = str(error["loc"][0])
+    shown = f"{key} = {error['input']!r}"
+    allowed = _allowed(key)
+    if allowed is not None:
+        return f"{shown} is not allowed; choose one of: {', '.join(allowed)}"
+    message = str(error["msg"]).replace("Input should be", "must be")
+    return f"{shown}: {message}"
+
+
+def validate_run_config(run_config: dict[str, Any]) -> RunConfig:
+    """The typed run config, or ``ConfigError`` naming every bad key, its value and what is allowed."""
+    try:
+        return RunConfig.model_validate(dict(run_config))
+    except ValidationError as err:
+        problems = [_describe(e) for e in err.errors(include_url=False)]
+        raise ConfigError("run config: " + "; ".join(problems)) from None

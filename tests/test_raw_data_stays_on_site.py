@@ -1,0 +1,192 @@
+"""Raw data never leaves a site: the server's audit log of every received message
+(``server/audit.py``) and the checker ``find_leaks`` run on it.
+
+A real local Flower simulation (two EEG-fMRI sites, one round) writes the log; the checker must
+find only the model's own parameters, numeric scalars and the known config keys, and nothing
+shaped like the sites' windows or recordings, no path, data root, site folder or subject id.
+Fabricated leaks show that the checker can fail.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
+
+from fedneurogen.server.audit import AUDIT_FILE, AuditedGrid, array_bytes, describe_message, find_leaks, read_log
+from fedneurogen.server.checkpointing import model_parameters
+from fedneurogen.shared.data import load_site
+from fedneurogen.shared.model import NeuroGenModel, parameter_modality
+from fedneurogen.simulations.federated import ensure_sites, run_federated
+
+PARAM = "dit.blocks.0.attn.proj.weight"
+
+
+@pytest.fixture(scope="module")
+def tiny_shapes() -> dict[str, tuple[int, ...]]:
+    return {name: tuple(p.shape) for name, p in NeuroGenModel("tiny", device="cpu").named_parameters()}
+
+
+@pytest.fixture
+def task_identity():
+    """Flower stamps outgoing messages with the running task's identity; fake one."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def fabricated(out: Message, arrays: dict[str, np.ndarray] | None = None, metrics: dict | None = None, config: dict | None = None) -> Message:
+    content = RecordDict()
+    if arrays is not None:
+        content["arrays"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+    content["metrics"] = MetricRecord(metrics or {"num-examples": 8, "loss": 0.5})
+    content["site"] = ConfigRecord(config or {"modality": "fmri"})
+    return Message(content=content, reply_to=out)
+
+
+class FakeGrid:
+    """Replies to every message with what ``answer(message)`` returns."""
+
+    def __init__(self, answer):
+        self.answer = answer
+
+    def send_and_receive(self, messages, *, timeout=None):
+        return [self.answer(m) for m in messages]
+
+    def get_node_ids(self):
+        return [11, 12]
+
+
+def test_checker_flags_recording_shaped_arrays_paths_and_identifiers(tmp_path, tiny_shapes, task_identity):
+    """Fabricated replies through an AuditedGrid: a clean one passes, every kind of leak is named."""
+    out = Message(RecordDict(), dst_node_id=11, message_type=MessageType.TRAIN)
+    param = np.zeros(tiny_shapes[PARAM], dtype=np.float32)
+    eeg_window, bold_window = (64, 3200), (5124, 8)  # a site's PairedWindows eeg/target shape[1:]
+    replies = {
+        "clean": fabricated(out, {PARAM: param}, {"num-examples": 8, "loss": 0.5}, {"modality": "fmri"}),
+        "eeg window": fabricated(out, {PARAM: param, "extra": np.zeros((2, *eeg_window), dtype=np.float32)}),
+        "flattened bold window": fabricated(out, {PARAM: np.zeros(5124 * 8, dtype=np.float32)}),
+        "recording": fabricated(out, {"x": np.zeros((64, 40_000), dtype=np.float16)}),
+        "path": fabricated(out, {PARAM: param}, config={"modality": "fmri", "classes": ["rest", "/data/site-01/sub-03/eeg"]}),
+        "subject": fabricated(out, {PARAM: param}, config={"modality": "fmri", "subject": "sub-03"}),
+        "site name": fabricated(out, {PARAM: param}, metrics={"num-examples": 8, "loss-site-01": 1.0}),
+        "metric vector": fabricated(out, {PARAM: param}, metrics={"num-examples": 8, "bold": [0.1] * 40}),
+        "wrong shape": fabricated(out, {PARAM: np.zeros((3, 3), dtype=np.float32)}),
+        "error": Message(Error(code=0, reason="FileNotFoundError: /srv/data/site-02/sub-01_eeg.edf"), reply_to=out),
+    }
+    log = tmp_path / "run" / AUDIT_FILE
+    grid = AuditedGrid(FakeGrid(lambda m: replies[m.content["which"]["k"]]), log)  # the message names its reply
+    grid.begin_round(1)
+    sent = [Message(RecordDict({"which": ConfigRecord({"k": k})}), dst_node_id=11, message_type=MessageType.TRAIN) for k in replies]
+    received = list(grid.send_and_receive(sent, timeout=1.0))
+    assert len(received) == len(replies) and grid.get_node_ids() == [11, 12]  # passed through
+
+    entries = read_log(log)
+    assert len(entries) == len(replies) and all(e["round"] == 1 and e["message_type"] == MessageType.TRAIN for e in entries)
+    assert entries[0]["records"]["arrays"]["arrays"][PARAM] == {"shape": list(param.shape), "dtype": "float32", "bytes": len(Array(param).data)}
+    assert entries[0]["records"]["metrics"] == {"type": "metric", "values": {"num-examples": "int", "loss": "float"}}
+    assert entries[-1]["error"]["code"] == 0 and entries[-1]["records"] == {}
+    assert grid.round_bytes() == {"sent": 0, "received": sum(array_bytes(r.content["arrays"]) for r in received if not r.has_error() and "arrays" in r.content.array_records)}
+
+    forbidden = ["/data", "site-01", "site-02"]
+    by_case = {case: find_leaks([entry], parameter_shapes=tiny_shapes, window_shapes=[eeg_window, bold_window], forbidden_strings=forbidden)
+               for case, entry in zip(replies, entries)}
+    assert by_case.pop("clean") == []
+    for case, problems in by_case.items():
+        assert problems, f"{case}: not flagged"
+    text = {case: "\n".join(p) for case, p in by_case.items()}
+    assert "shaped like a data window [64, 3200]" in text["eeg window"] and "not a model parameter" in text["eeg window"]
+    assert "shaped like a data window [5124, 8]" in text["flattened bold window"]
+    assert "shaped like a recording (64 points)" in text["recording"]
+    assert "path separator" in text["path"] and "'sub-'" in text["path"] and "'site-01'" in text["path"]
+    assert "not one of the known keys" in text["subject"] and "'sub-'" in text["subject"]
+    assert "'site-01'" in text["site name"]
+    assert "list[float], not a numeric scalar" in text["metric vector"]
+    assert f"{PARAM} has shape [3, 3]" in text["wrong shape"]
+    assert "path separator" in text["error"] and "'site-02'" in text["error"]
+    # without the parameter list the window and recording checks still stand
+    assert find_leaks(entries[1:4], window_shapes=[eeg_window, bold_window])
+    assert find_leaks(entries[:1], window_shapes=[eeg_window, bold_window]) == []
+
+
+def test_audit_off_still_counts_bytes(tmp_path, task_identity):
+    arrays = ArrayRecord({"w": Array(np.ones((10, 10), dtype=np.float32))})
+    grid = AuditedGrid(FakeGrid(lambda m: fabricated(m, {"w": np.ones((10, 10), dtype=np.float32)})), None)
+    grid.begin_round(4)
+    msgs = [Message(RecordDict({"arrays": arrays}), dst_node_id=n, message_type=MessageType.TRAIN) for n in (11, 12)]
+    grid.send_and_receive(msgs)
+    assert grid.round_bytes() == {"sent": 2 * array_bytes(arrays), "received": 2 * array_bytes(arrays)}
+    assert not any(tmp_path.iterdir())
+    grid.begin_round(5)
+    assert grid.round_bytes() == {"sent": 0, "received": 0}
+    # a crash can cut the last line; the reader leaves it out
+    log = tmp_path / "received.jsonl"
+    log.write_text(json.dumps(describe_message(fabricated(msgs[0]), 5)) + "\n" + '{"time": 1.0, "rou')
+    assert [e["round"] for e in read_log(log)] == [5]
+
+
+# ---------------------------------------------------------------------------------------------
+# A real round: flwr run against a simulation SuperLink, two simulated EEG-fMRI sites
+
+
+@pytest.fixture(scope="session")
+def fed_sites(tmp_path_factory):
+    """The simulated sites of the other federation tests (site-01 and site-02 are EEG-fMRI)."""
+    root = tmp_path_factory.getbasetemp() / "federation-sites"
+    ensure_sites(root, 3, "mixed", subjects_per_site=3, seed=0, run_seconds=200)
+    return root
+
+
+@pytest.mark.timeout(420)
+def test_a_real_round_sends_only_parameters_and_numbers(fed_sites, tmp_path, tiny_shapes):
+    run_dir = tmp_path / "run"
+    cache = fed_sites.parent / "federation-cache"
+    config = {
+        "preset": "tiny", "strategy": "fedavg", "local-epochs": 1, "max-windows": 8, "eval-pcc-windows": 2, "eval-sampling-steps": 2,
+        "cache-dir": str(cache), "round-timeout": 300.0,  # no `classes`: the sites are asked for theirs
+    }
+    started = time.time()
+    run_federated(run_dir, fed_sites, num_sites=2, rounds=1, modality="mixed", subjects_per_site=3, seed=0, run_config=config, timeout=400)
+    print(f"1-round simulation: {time.time() - started:.0f} s")
+
+    entries = read_log(run_dir / AUDIT_FILE)
+    kinds = sorted((e["round"] or 0, e["message_type"]) for e in entries)
+    assert kinds == [(0, MessageType.QUERY)] * 2 + [(1, MessageType.EVALUATE)] * 2 + [(1, MessageType.TRAIN)] * 2
+    assert not any(e["error"] for e in entries)
+
+    # what the sites hold, concretely: their windows' shapes, folders, subjects and runs
+    sites = [fed_sites / "site-01", fed_sites / "site-02"]
+    windows = [load_site(site, cache_dir=cache, progress=False) for site in sites]
+    window_shapes = {w.eeg.shape[1:] for w in windows} | {w.target.shape[1:] for w in windows}
+    assert (64, 3200) in window_shapes and (5124, 8) in window_shapes  # EEG channels x samples, ico4 vertices x frames
+    identifiers = {str(s) for w in windows for s in [*np.unique(w.subjects), *np.unique(w.runs)]}
+    forbidden = [str(fed_sites), str(tmp_path), fed_sites.name, *(s.name for s in sites), *identifiers]
+    problems = find_leaks(entries, parameter_shapes=tiny_shapes, window_shapes=window_shapes, forbidden_strings=forbidden)
+    assert problems == [], "\n".join(problems)
+
+    # and positively: a training reply is exactly the backbone and the fMRI head, nothing else
+    fmri_site_params = {k: list(v) for k, v in tiny_shapes.items() if parameter_modality(k) in (None, "fmri")}
+    for e in entries:
+        records = e["records"]
+        if e["message_type"] == MessageType.TRAIN:
+            assert set(records) == {"arrays", "metrics", "site"}
+            assert {k: a["shape"] for k, a in records["arrays"]["arrays"].items()} == fmri_site_params
+            assert {a["dtype"] for a in records["arrays"]["arrays"].values()} == {"float32"}
+        else:
+            assert "arrays" not in records
+        assert records["site"]["values"]["modality"] == "fmri"
+        if e["message_type"] == MessageType.QUERY:
+            assert set(records["site"]["values"]) == {"modality", "classes"} and "rest" in records["site"]["values"]["classes"]
+
+    # the bytes of the round in history.json: the model to each site twice, their updates back
+    (entry,) = json.loads((run_dir / "history.json").read_text())
+    model_bytes = array_bytes(ArrayRecord(model_parameters(NeuroGenModel("tiny", device="cpu"))))
+    update_bytes = sum(a["bytes"] for e in entries if e["message_type"] == MessageType.TRAIN for a in e["records"]["arrays"]["arrays"].values())
+    assert entry["bytes"] == {"sent": 4 * model_bytes, "received": update_bytes}
+    assert 0.5 * 2 * model_bytes < update_bytes < 2 * model_bytes  # the fNIRS head stays home
