@@ -32,3 +32,14 @@ def small_fmri_windows(small_fmri_sites):
     from fedneurogen.shared.data import load_site
 
     return [load_site(site, progress=False) for site in small_fmri_sites]
+
+
+@pytest.fixture(scope="session")
+def federation_sites(tmp_path_factory) -> Path:
+    """Three simulated sites for the federation tests: site-01 and site-02 EEG-fMRI, site-03
+    EEG-fNIRS, three subjects each, 200 s runs; simulated once per session."""
+    from fedneurogen.simulations.federated import ensure_sites
+
+    root = tmp_path_factory.getbasetemp() / "federation-sites"
+    ensure_sites(root, 3, "mixed", subjects_per_site=3, seed=0, run_seconds=200)
+    return root

@@ -224,7 +224,7 @@ import pytest  # noqa: E402
 from fedneurogen.server.checkpointing import RunStore  # noqa: E402
 from fedneurogen.shared.model import NeuroGenModel, load_checkpoint  # noqa: E402
 from fedneurogen.simulations.federated import (  # noqa: E402
-    LocalSuperLink, _toml_value, alive, app_dir, descendants, ensure_sites, flower_env, kill_tree, run_federated, stop_process, write_connection,
+    LocalSuperLink, _toml_value, alive, app_dir, descendants, flower_env, kill_tree, run_federated, stop_process, write_connection,
 )
 
 
@@ -306,14 +306,6 @@ def test_random_sigkills_during_back_to_back_saves(tmp_path):
 # Part 1: a real server killed after round 2 and resumed
 
 
-@pytest.fixture(scope="session")
-def fed_sites(tmp_path_factory):
-    """The simulated sites of the other federation tests (site-01 and site-02 are EEG-fMRI)."""
-    root = tmp_path_factory.getbasetemp() / "federation-sites"
-    ensure_sites(root, 3, "mixed", subjects_per_site=3, seed=0, run_seconds=200)
-    return root
-
-
 def gone(pids: set[int], groups: set[int] = frozenset(), wait: float = 15.0) -> bool:
     """Whether none of ``pids`` runs and no process is left in ``groups``."""
     deadline = time.time() + wait
@@ -332,9 +324,9 @@ def gone(pids: set[int], groups: set[int] = frozenset(), wait: float = 15.0) -> 
 
 
 @pytest.mark.timeout(900)
-def test_server_killed_after_round_2_resumes_to_the_uninterrupted_result(fed_sites, tmp_path):
+def test_server_killed_after_round_2_resumes_to_the_uninterrupted_result(federation_sites, tmp_path):
     rounds, seed = 4, 0
-    cache = fed_sites.parent / "federation-cache"
+    cache = federation_sites.parent / "federation-cache"
     settings = {
         "preset": "tiny", "strategy": "fedavg", "local-epochs": 1, "max-windows": 8, "eval-pcc-windows": 0,
         "classes": "faces,motion,rest,scenes,tools", "cache-dir": str(cache), "round-timeout": 240.0,
@@ -343,14 +335,14 @@ def test_server_killed_after_round_2_resumes_to_the_uninterrupted_result(fed_sit
 
     # the reference: 4 rounds uninterrupted, same seed
     started = time.time()
-    reference = run_federated(tmp_path / "reference", fed_sites, num_sites=2, rounds=rounds, modality="mixed", subjects_per_site=3, seed=seed, run_config=settings, timeout=600)
+    reference = run_federated(tmp_path / "reference", federation_sites, num_sites=2, rounds=rounds, modality="mixed", subjects_per_site=3, seed=seed, run_config=settings, timeout=600)
     timings["uninterrupted"] = time.time() - started
 
     # the same run, killed once round 2 is recorded
     started = time.time()
     run_dir = (tmp_path / "run").resolve()
     config = {
-        "num-server-rounds": rounds, "run-dir": str(run_dir), "data-root": str(fed_sites), "num-sites": 2, "modality": "mixed",
+        "num-server-rounds": rounds, "run-dir": str(run_dir), "data-root": str(federation_sites), "num-sites": 2, "modality": "mixed",
         "subjects-per-site": 3, "seed": seed, "min-available-nodes": 2, "site-state-dir": str(tmp_path / "site-state"), **settings,
     }
     federation = {"num-supernodes": 2, "client-resources-num-cpus": 2, "client-resources-num-gpus": 0.0}
@@ -396,7 +388,7 @@ def test_server_killed_after_round_2_resumes_to_the_uninterrupted_result(fed_sit
 
     # a new SuperLink and `flwr run` with resume=true
     started = time.time()
-    run_federated(run_dir, fed_sites, num_sites=2, rounds=rounds, modality="mixed", subjects_per_site=3, seed=seed,
+    run_federated(run_dir, federation_sites, num_sites=2, rounds=rounds, modality="mixed", subjects_per_site=3, seed=seed,
                   run_config={**settings, "resume": True, "site-state-dir": str(tmp_path / "site-state")}, timeout=600)
     timings["resumed run"] = time.time() - started
 

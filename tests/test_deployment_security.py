@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key, l
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.pki import check_server_certificate, make_ca, make_node_keypair, make_server_certificate
 from fedneurogen.simulations.federated import (
-    LocalSuperLink, TlsFiles, ensure_sites, flower_env, flwr_run, start_supernode, stop_process, write_connection,
+    LocalSuperLink, TlsFiles, flower_env, flwr_run, start_supernode, stop_process, write_connection,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,11 +72,10 @@ def wait_exit(proc: subprocess.Popen, timeout: float) -> int | None:
 
 
 @pytest.fixture(scope="module")
-def secured_round(tmp_path_factory):
+def secured_round(tmp_path_factory, federation_sites):
     """One round on a TLS + node-authenticated SuperLink; yields what the tests inspect."""
     base = tmp_path_factory.mktemp("secured")
-    sites = tmp_path_factory.getbasetemp() / "federation-sites"  # the federation tests' sites
-    ensure_sites(sites, 3, "mixed", subjects_per_site=3, seed=0, run_seconds=200)
+    sites = federation_sites
     certs, keys = base / "certs", base / "keys"
     run_script("make-certs.sh", certs, "127.0.0.1", "localhost")
     for name in ("site-01", "site-02", "site-03"):

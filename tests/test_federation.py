@@ -16,7 +16,7 @@ from safetensors.numpy import load_file
 from fedneurogen.server.checkpointing import RunStore, model_parameters
 from fedneurogen.server.strategy import STRATEGIES, ModalityStrategy, make_base_strategy
 from fedneurogen.shared.model import NeuroGenModel, load_checkpoint
-from fedneurogen.simulations.federated import ensure_sites, run_federated
+from fedneurogen.simulations.federated import run_federated
 
 BACKBONE, FMRI, FNIRS = "dit.blocks.0.weight", "modality_heads.fmri.final_layer.linear.weight", "modality_heads.fnirs.final_layer.linear.weight"
 
@@ -146,28 +146,20 @@ def test_run_store_checkpoints_rounds_atomically_and_resumes(tmp_path):
 # A local Flower simulation: flwr run against a simulation SuperLink, three simulated sites
 
 
-@pytest.fixture(scope="session")
-def mixed_sites(tmp_path_factory):
-    """Two EEG-fMRI sites and one EEG-fNIRS site (site-03), three subjects each, simulated once."""
-    root = tmp_path_factory.getbasetemp() / "federation-sites"
-    ensure_sites(root, 3, "mixed", subjects_per_site=3, seed=0, run_seconds=200)
-    return root
-
-
 def site_metric(entry: dict, stage: str, key: str) -> dict[str, float]:
     """By modality: here one training site each (node ids are new in every run)."""
     return {m["modality"]: m[key] for m in entry[stage]["sites"].values()}
 
 
-def test_simulation_with_a_failing_site_dp_and_resume(mixed_sites, tmp_path_factory):
+def test_simulation_with_a_failing_site_dp_and_resume(federation_sites, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("sim") / "run"
     config = {
         "preset": "tiny", "strategy": "fedadam", "local-epochs": 1, "max-windows": 8, "fault-partition": 1,  # site-02 fails
         "dp-enabled": True, "dp-target-epsilon": 8.0, "dp-rounds": 3, "eval-pcc-windows": 2, "eval-sampling-steps": 2,
-        "cache-dir": str(mixed_sites.parent / "federation-cache"), "round-timeout": 300.0,
+        "cache-dir": str(federation_sites.parent / "federation-cache"), "round-timeout": 300.0,
     }
     started = time.time()
-    run_federated(run_dir, mixed_sites, num_sites=3, rounds=2, modality="mixed", subjects_per_site=3, seed=0, run_config=config, timeout=600)
+    run_federated(run_dir, federation_sites, num_sites=3, rounds=2, modality="mixed", subjects_per_site=3, seed=0, run_config=config, timeout=600)
     print(f"2-round simulation: {time.time() - started:.0f} s")
 
     history = json.loads((run_dir / "history.json").read_text())
@@ -187,11 +179,11 @@ def test_simulation_with_a_failing_site_dp_and_resume(mixed_sites, tmp_path_fact
     round2 = {k: v.clone() for k, v in model_parameters(model).items()}
     assert (run_dir / "rounds" / "round-0002" / "strategy.safetensors").is_file()
     text = json.dumps(history)
-    assert "sub-0" not in text and str(mixed_sites) not in text  # no subjects or paths left the sites
+    assert "sub-0" not in text and str(federation_sites) not in text  # no subjects or paths left the sites
 
     # resume: a new run (new context.state) continues the checkpoint, FedAdam's moments and the
     # sites' privacy ledgers from disk
-    run_federated(run_dir, mixed_sites, num_sites=3, rounds=3, modality="mixed", subjects_per_site=3, seed=0, run_config={**config, "resume": True}, timeout=600)
+    run_federated(run_dir, federation_sites, num_sites=3, rounds=3, modality="mixed", subjects_per_site=3, seed=0, run_config={**config, "resume": True}, timeout=600)
     history = json.loads((run_dir / "history.json").read_text())
     assert [e["round"] for e in history] == [1, 2, 3] and site_metric(history[1], "train", "epsilon") == eps2
     eps3 = site_metric(history[2], "train", "epsilon")

@@ -11,28 +11,10 @@ import json
 import os
 import subprocess
 import time
-from pathlib import Path
 
-import pytest
 
 from fedneurogen.shared.model import load_checkpoint
-from fedneurogen.simulations.federated import LocalSuperLink, ensure_sites, flower_env, flwr_run, free_port, stop_process, write_connection
-
-
-@pytest.fixture(scope="session")
-def fmri_sites(tmp_path_factory):
-    """The same simulated sites as the simulation tests (site-01 and site-02 are EEG-fMRI)."""
-    root = tmp_path_factory.getbasetemp() / "federation-sites"
-    ensure_sites(root, 3, "mixed", subjects_per_site=3, seed=0, run_seconds=200)
-    return root
-
-
-def start_supernode(home: Path, superlink: str, node_config: str, log: Path) -> subprocess.Popen:
-    env = flower_env(home)
-    env["OMP_NUM_THREADS"] = "1"  # two sites share this machine's cores
-    cmd = ["flower-supernode", "--insecure", "--superlink", superlink, "--port", str(free_port()), "--node-config", node_config]
-    with open(log, "ab") as out:
-        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+from fedneurogen.simulations.federated import LocalSuperLink, flwr_run, start_supernode, stop_process, write_connection
 
 
 def group_gone(pgid: int, wait: float = 10.0) -> bool:
@@ -47,14 +29,14 @@ def group_gone(pgid: int, wait: float = 10.0) -> bool:
     return False
 
 
-def test_superlink_and_two_site_daemons_train_and_checkpoint(fmri_sites, tmp_path):
+def test_superlink_and_two_site_daemons_train_and_checkpoint(federation_sites, tmp_path):
     run_dir = tmp_path / "run"
     link = LocalSuperLink(tmp_path / "superlink-home", simulation=False)
     nodes: list[subprocess.Popen] = []
     try:
         link.start()
         for i in (1, 2):  # each site daemon: its own data, state folder and Flower home
-            config = f'data-path="{fmri_sites / f"site-0{i}"}" state-dir="{tmp_path / f"state-{i}"}"'
+            config = f'data-path="{federation_sites / f"site-0{i}"}" state-dir="{tmp_path / f"state-{i}"}"'
             nodes.append(start_supernode(tmp_path / f"node-{i}-home", link.address, config, tmp_path / f"node-{i}.log"))
         write_connection(tmp_path / "cli-home", "deployment", link.address)
         started = time.time()
@@ -64,7 +46,7 @@ def test_superlink_and_two_site_daemons_train_and_checkpoint(fmri_sites, tmp_pat
                 "num-server-rounds": 1, "run-dir": str(run_dir), "preset": "tiny", "strategy": "fedavg", "local-epochs": 1,
                 "max-windows": 8, "classes": "faces,motion,rest,scenes,tools", "fraction-evaluate": 0.0,  # one ClientApp per site
                 "min-available-nodes": 2, "round-timeout": 240.0,
-                "dp-enabled": True, "cache-dir": str(fmri_sites.parent / "federation-cache"),
+                "dp-enabled": True, "cache-dir": str(federation_sites.parent / "federation-cache"),
             },
             timeout=420, log_file=tmp_path / "flwr-run.log",
         )

@@ -20,7 +20,7 @@ from fedneurogen.server.audit import AUDIT_FILE, AuditedGrid, array_bytes, descr
 from fedneurogen.server.checkpointing import model_parameters
 from fedneurogen.shared.data import load_site
 from fedneurogen.shared.model import NeuroGenModel, parameter_modality
-from fedneurogen.simulations.federated import ensure_sites, run_federated
+from fedneurogen.simulations.federated import run_federated
 
 PARAM = "dit.blocks.0.attn.proj.weight"
 
@@ -135,24 +135,16 @@ def test_audit_off_still_counts_bytes(tmp_path, task_identity):
 # A real round: flwr run against a simulation SuperLink, two simulated EEG-fMRI sites
 
 
-@pytest.fixture(scope="session")
-def fed_sites(tmp_path_factory):
-    """The simulated sites of the other federation tests (site-01 and site-02 are EEG-fMRI)."""
-    root = tmp_path_factory.getbasetemp() / "federation-sites"
-    ensure_sites(root, 3, "mixed", subjects_per_site=3, seed=0, run_seconds=200)
-    return root
-
-
 @pytest.mark.timeout(420)
-def test_a_real_round_sends_only_parameters_and_numbers(fed_sites, tmp_path, tiny_shapes):
+def test_a_real_round_sends_only_parameters_and_numbers(federation_sites, tmp_path, tiny_shapes):
     run_dir = tmp_path / "run"
-    cache = fed_sites.parent / "federation-cache"
+    cache = federation_sites.parent / "federation-cache"
     config = {
         "preset": "tiny", "strategy": "fedavg", "local-epochs": 1, "max-windows": 8, "eval-pcc-windows": 2, "eval-sampling-steps": 2,
         "cache-dir": str(cache), "round-timeout": 300.0,  # no `classes`: the sites are asked for theirs
     }
     started = time.time()
-    run_federated(run_dir, fed_sites, num_sites=2, rounds=1, modality="mixed", subjects_per_site=3, seed=0, run_config=config, timeout=400)
+    run_federated(run_dir, federation_sites, num_sites=2, rounds=1, modality="mixed", subjects_per_site=3, seed=0, run_config=config, timeout=400)
     print(f"1-round simulation: {time.time() - started:.0f} s")
 
     entries = read_log(run_dir / AUDIT_FILE)
@@ -161,12 +153,12 @@ def test_a_real_round_sends_only_parameters_and_numbers(fed_sites, tmp_path, tin
     assert not any(e["error"] for e in entries)
 
     # what the sites hold, concretely: their windows' shapes, folders, subjects and runs
-    sites = [fed_sites / "site-01", fed_sites / "site-02"]
+    sites = [federation_sites / "site-01", federation_sites / "site-02"]
     windows = [load_site(site, cache_dir=cache, progress=False) for site in sites]
     window_shapes = {w.eeg.shape[1:] for w in windows} | {w.target.shape[1:] for w in windows}
     assert (64, 3200) in window_shapes and (5124, 8) in window_shapes  # EEG channels x samples, ico4 vertices x frames
     identifiers = {str(s) for w in windows for s in [*np.unique(w.subjects), *np.unique(w.runs)]}
-    forbidden = [str(fed_sites), str(tmp_path), fed_sites.name, *(s.name for s in sites), *identifiers]
+    forbidden = [str(federation_sites), str(tmp_path), federation_sites.name, *(s.name for s in sites), *identifiers]
     problems = find_leaks(entries, parameter_shapes=tiny_shapes, window_shapes=window_shapes, forbidden_strings=forbidden)
     assert problems == [], "\n".join(problems)
 
