@@ -144,5 +144,10 @@ def make_private(
             module=model, optimizer=optimizer, data_loader=loader,
             noise_multiplier=ledger.noise_multiplier, max_grad_norm=settings.max_grad_norm,
             poisson_sampling=False,
+            # Per-sample gradients from module hooks: about 1.5x a non-private step (see
+            # benchmarks/dp_overhead.py). Ghost clipping ("ghost") measured about 7x: its norms
+            # cost T^2 per layer and the EEG encoder has T = channels x patches ~ 1000 tokens per
+            # window, and it needs a second backward pass.
+            grad_sample_mode="hooks",
         )
     return dp_model, dp_optimizer, engine

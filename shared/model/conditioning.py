@@ -16,7 +16,6 @@ centred at ``s_l = -lag + (l + 1/2) * patch_seconds``. With tau = lag = 6 s the 
 from __future__ import annotations
 
 import torch
-from einops import rearrange
 from torch import nn
 
 from fedneurogen.shared.integration import TemporalAlignment, inverse_square_weights
@@ -49,6 +48,11 @@ class HyperdimensionalIntegration(nn.Module):
         # site, so the weights are computed per call (an [M, C] matrix: cheap) rather than held
         # by a SpatialIntegration built for one fixed set of points.
         weights = inverse_square_weights(token_positions, eeg_positions).to(features.dtype)
-        x = torch.einsum("mc,bcpd->bmdp", weights, features)
-        x = self.temporal(x, patch_times, frame_times)  # equation (3)
-        return rearrange(x, "b m d f -> b m f d")
+        b, c, p, d = features.shape
+        # Both maps are linear, so their order is free: time first ([F, P] @ [B, C, P, D], from
+        # 16 patches to F frames: fewer values for the spatial map), then space as one matmul
+        # [M, C] @ [B, C, F * D] that lands in the [B, M, F, D] layout with no permuted copy.
+        a = self.temporal.matrix(patch_times.to(features.dtype), frame_times.to(features.dtype))  # equation (3)
+        x = torch.matmul(a, features)  # [B, C, F, D]
+        x = torch.matmul(weights, x.reshape(b, c, -1))  # equations (1)-(2): [B, M, F * D]
+        return x.view(b, weights.shape[0], a.shape[0], d)

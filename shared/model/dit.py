@@ -25,10 +25,12 @@ class DiTBlock(nn.Module):
         self.mlp = Mlp(dim, mlp_ratio, approximate_gelu=True)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 9 * dim))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, c: torch.Tensor, context: torch.Tensor | None, kv: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         (shift_sa, scale_sa, gate_sa, shift_ca, scale_ca, gate_ca, shift_mlp, scale_mlp, gate_mlp) = self.adaLN_modulation(c).chunk(9, dim=1)
         x = x + gate_sa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_sa, scale_sa))
-        x = x + gate_ca.unsqueeze(1) * self.cross_attn(modulate(self.norm2(x), shift_ca, scale_ca), context)
+        x = x + gate_ca.unsqueeze(1) * self.cross_attn(modulate(self.norm2(x), shift_ca, scale_ca), context, kv)
         return x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm3(x), shift_mlp, scale_mlp))
 
 
@@ -70,8 +72,21 @@ class DiT(nn.Module):
         """``c = embed(t) + embed(label)`` ``[B, D]``; ``labels=None`` means the null label."""
         return self.t_embedder(t) + self.y_embedder(labels, t.shape[0], t.device, drop=drop_labels)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def context_kv(self, context: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every block's cross-attention keys and values of the (normalised) EEG tokens. The EEG
+        condition is the same at every sampling step, so DDIM computes them once per batch
+        (``forward(..., context_kv=...)``) instead of once per step."""
         context = self.context_norm(context)
-        for block in self.blocks:
-            x = block(x, c, context)
+        return [block.cross_attn.context_kv(context) for block in self.blocks]
+
+    def forward(
+        self, x: torch.Tensor, c: torch.Tensor, context: torch.Tensor | None, context_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    ) -> torch.Tensor:
+        if context_kv is None:
+            context = self.context_norm(context)
+            for block in self.blocks:
+                x = block(x, c, context)
+            return x
+        for block, kv in zip(self.blocks, context_kv):
+            x = block(x, c, None, kv)
         return x

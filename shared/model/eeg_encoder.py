@@ -112,7 +112,9 @@ class TemporalConv(nn.Module):
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.unsqueeze(1)
+        # channels-last: oneDNN's (1, 3) convolutions run forward + backward about 2x faster on
+        # CPU than in NCHW, and the final [b, n, t, c] memory order makes the rearrange a view
+        x = x.unsqueeze(1).contiguous(memory_format=torch.channels_last)
         x = self.act(self.norm1(self.conv1(x)))
         x = self.act(self.norm2(self.conv2(x)))
         x = self.act(self.norm3(self.conv3(x)))

@@ -263,14 +263,18 @@ class NeuroGenModel(nn.Module):
         modality: str,
         labels: torch.Tensor | None = None,
         drop_labels: bool = False,
+        context_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
-        """One network evaluation: noisy targets ``[B, N, F]`` -> v (or eps) ``[B, N, F]``."""
+        """One network evaluation: noisy targets ``[B, N, F]`` -> v (or eps) ``[B, N, F]``.
+
+        ``context_kv`` (``self.dit.context_kv(condition)``) is the cross-attention's keys and
+        values of ``condition``; a sampler passes them so they are not recomputed every step."""
         head = self.modality_heads[modality]
         # Each token also gets its own EEG token added (like SR3/Palette's concatenated
         # condition); cross-attention lets it read every other one.
         x = head.patch_embed(patchify(x_t, layout)) + condition
         c = self.dit.condition(t, labels, drop_labels)
-        x = self.dit(x, c, context=condition)
+        x = self.dit(x, c, context=condition, context_kv=context_kv)
         return unpatchify(head.final_layer(x, c), layout, x_t.shape[2])
 
     def guided_denoise(
@@ -282,18 +286,27 @@ class NeuroGenModel(nn.Module):
         modality: str,
         labels: torch.Tensor | None,
         guidance_scale: float,
+        context_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         """Classifier-free guidance on the label: ``uncond + s * (cond - uncond)``.
 
-        ``s = 1`` (or no labels) is the plain conditional prediction, ``s = 0`` the null label's."""
-        if labels is None or guidance_scale == 1.0:
-            return self.denoise(x_t, t, condition, layout, modality, labels)
+        ``s = 1`` (or no labels) is the plain conditional prediction, ``s = 0`` the null label's.
+        With guidance both predictions run as one doubled batch; ``context_kv`` is then the
+        doubled batch's (``guidance_context``)."""
+        if not self.uses_guidance(labels, guidance_scale):
+            return self.denoise(x_t, t, condition, layout, modality, labels, context_kv=context_kv)
         null = torch.full_like(labels, -1)
         both = self.denoise(
-            torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([condition, condition]), layout, modality, torch.cat([labels, null])
-        )
+            torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([condition, condition]), layout, modality, torch.cat([labels, null]),
+            context_kv=context_kv,
+        )  # fmt: skip
         conditional, unconditional = both.chunk(2)
         return unconditional + guidance_scale * (conditional - unconditional)
+
+    @staticmethod
+    def uses_guidance(labels: torch.Tensor | None, guidance_scale: float) -> bool:
+        """Whether ``guided_denoise`` evaluates the doubled (conditional + null label) batch."""
+        return labels is not None and guidance_scale != 1.0
 
     # -- training ------------------------------------------------------------------------------
 
@@ -311,10 +324,15 @@ class NeuroGenModel(nn.Module):
         t: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        per_sample: bool = False,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Total loss = diffusion loss (8) + ``mean_loss_weight`` x mean-head MSE +
         ``alignment_weight`` x InfoNCE, and its parts. With mean regression the diffusion is
         trained on the residual ``x0 - mean`` (the mean detached, so each loss trains its part).
+
+        ``per_sample=True`` returns each window's total loss ``[B]`` (their mean is the usual
+        loss), for DP-SGD's fast/ghost clipping; it needs the InfoNCE term off (``prepare_for_dp``),
+        which compares windows with each other.
 
         ``t`` and ``noise`` default to random draws (from ``generator`` when given). Labels are
         replaced by the null label with probability ``label_dropout`` in training mode."""
@@ -331,6 +349,18 @@ class NeuroGenModel(nn.Module):
             x0 = target if mean is None else target - mean.detach().float()
             x_t = self.diffusion.q_sample(x0, t, noise)
             output = self.denoise(x_t, t, condition, layout, batch.modality, batch.labels, drop_labels=self.training)
+            if per_sample:
+                if self.alignment_enabled and self.config.alignment_weight > 0:
+                    raise ConfigError("per-sample losses need the alignment loss off (prepare_for_dp)")
+                diffusion_each = (output.float() - self.diffusion.training_target(x0, t, noise)).pow(2).mean(dim=(1, 2))
+                total = diffusion_each
+                parts = {"diffusion": float(diffusion_each.detach().mean())}
+                if mean is not None:
+                    mean_each = (mean.float() - target).pow(2).mean(dim=(1, 2))
+                    total = total + self.config.mean_loss_weight * mean_each
+                    parts["mean"] = float(mean_each.detach().mean())
+                parts["total"] = float(total.detach().mean())
+                return total, parts
             diffusion_loss = F.mse_loss(output.float(), self.diffusion.training_target(x0, t, noise))
             total = diffusion_loss
             parts = {"diffusion": float(diffusion_loss.detach())}
@@ -389,13 +419,17 @@ class NeuroGenModel(nn.Module):
         checkpoint loaded with ``use_ema=True``."""
         layout = self.layout(batch)
         n_frames = self.config.modality(batch.modality).n_frames
+        # The EEG encoding, the EEG tokens and every block's cross-attention keys and values
+        # depend on the EEG only, not on the noisy target: computed once here, not every step.
         with self._autocast():
             condition = self.condition_tokens(batch, self.encode_eeg(batch), layout)
             mean = self.predict_mean(condition, layout, batch.modality, n_frames)
+            guided = self.uses_guidance(batch.labels, guidance_scale)
+            context_kv = self.dit.context_kv(torch.cat([condition, condition]) if guided else condition)
 
         def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             with self._autocast():
-                return self.guided_denoise(x_t, t, condition, layout, batch.modality, batch.labels, guidance_scale).float()
+                return self.guided_denoise(x_t, t, condition, layout, batch.modality, batch.labels, guidance_scale, context_kv).float()
 
         sample = self.diffusion.ddim_sample(
             model_fn,

@@ -37,20 +37,34 @@ class Attention(nn.Module):
         major) and ``axis`` ``"time"``/``"channel"``: axial attention along one axis of the grid.
         Axial attention costs ``C*P*(P or C)`` instead of ``(C*P)^2``; stacking both axes still
         lets every token reach every other in two blocks."""
+        if axis is not None:
+            return self.proj(self._axial(x, grid, axis))
         q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
         q, k = self.q_norm(q), self.k_norm(k)
-        if axis is None:
-            out = F.scaled_dot_product_attention(q, k, v)
-        else:
-            c, p = grid
-            split, merge = {
-                "time": ("b h (c p) d -> (b h c) p d", "(b h c) p d -> b h (c p) d"),
-                "channel": ("b h (c p) d -> (b h p) c d", "(b h p) c d -> b h (c p) d"),
-            }[axis]
-            # 3-D contiguous inputs keep SDPA on its fast kernel
-            q, k, v = (rearrange(t, split, c=c, p=p).contiguous() for t in (q, k, v))
-            out = rearrange(F.scaled_dot_product_attention(q, k, v), merge, b=x.shape[0], h=self.heads, c=c, p=p)
+        out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(rearrange(out, "b h n d -> b n (h d)"))
+
+    def _axial(self, x: torch.Tensor, grid: tuple[int, int], axis: str) -> torch.Tensor:
+        """Axial attention ``[B, C*P, D]`` -> ``[B, C*P, D]`` (before the output projection).
+
+        SDPA gets 4-D contiguous ``[B*C, H, P, d]`` (time) or ``[B*P, H, C, d]`` (channel)
+        inputs: they keep it on its fused (flash) CPU kernel, where 3-D ones fall back to the
+        unfused math path (about 2x slower forward + backward). The q/k LayerNorms run before the
+        reshape, batch axis first, so Opacus' per-sample gradients stay per window."""
+        b, n, _ = x.shape
+        c, p = grid
+        h = self.heads
+        q, k, v = self.qkv(x).view(b, c, p, 3, h, -1).unbind(3)  # [b, c, p, h, d] views
+        q, k = self.q_norm(q), self.k_norm(k)
+        if axis == "time":  # sequences along p, batched over (b, c)
+            q, k, v = (t.permute(0, 1, 3, 2, 4).reshape(b * c, h, p, -1) for t in (q, k, v))
+            out = F.scaled_dot_product_attention(q, k, v).view(b, c, h, p, -1).permute(0, 1, 3, 2, 4)
+        elif axis == "channel":  # sequences along c, batched over (b, p)
+            q, k, v = (t.permute(0, 2, 3, 1, 4).reshape(b * p, h, c, -1) for t in (q, k, v))
+            out = F.scaled_dot_product_attention(q, k, v).view(b, p, h, c, -1).permute(0, 3, 1, 2, 4)
+        else:
+            raise ValueError(f"axis must be 'time' or 'channel', got {axis!r}")
+        return out.reshape(b, n, -1)  # [b, c, p, h, d] -> [b, (c p), (h d)]: one copy
 
 
 class CrossAttention(nn.Module):
@@ -63,9 +77,16 @@ class CrossAttention(nn.Module):
         self.kv = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        q = rearrange(self.q(x), "b n (h d) -> b h n d", h=self.heads)
+    def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values ``[B, H, M, d]`` of the context. They do not depend on the queries, so
+        a sampler whose context is fixed across denoising steps computes them once."""
         k, v = rearrange(self.kv(context), "b m (two h d) -> two b h m d", two=2, h=self.heads)
+        return k, v
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None, kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``kv`` (from ``context_kv``) replaces ``context`` when given."""
+        q = rearrange(self.q(x), "b n (h d) -> b h n d", h=self.heads)
+        k, v = kv if kv is not None else self.context_kv(context)
         # The values are the projected context: the authors' copy attended with keys only.
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(rearrange(out, "b h n d -> b n (h d)"))

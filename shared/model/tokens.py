@@ -46,17 +46,32 @@ class TokenLayout:
         slots = torch.nonzero(flat < self.n_points).squeeze(1)
         return slots, flat[slots]
 
+    @cached_property
+    def inverse(self) -> torch.Tensor | None:
+        """Slot in the flattened ``[M * S]`` token points of every point ``[N]``, when each point
+        is in exactly one token (fMRI patches, fNIRS channels); None otherwise."""
+        slots, points = self.scatter
+        if points.numel() != self.n_points:
+            return None
+        inverse = torch.full((self.n_points,), -1, dtype=torch.long, device=points.device)
+        inverse[points] = slots
+        return inverse if bool((inverse >= 0).all()) else None
+
 
 def patchify(x: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
     """``[B, N, F]`` -> tokens ``[B, M, S * F]`` (padding points read as zeros)."""
     padded = torch.cat([x, x.new_zeros(x.shape[0], 1, x.shape[2])], dim=1)
-    return rearrange(padded[:, layout.index], "b m s f -> b m (s f)")
+    # index_select of the flat index: the same gather as padded[:, index], on a faster kernel
+    return padded.index_select(1, layout.index.reshape(-1)).reshape(x.shape[0], layout.n_tokens, -1)
 
 
 def unpatchify(tokens: torch.Tensor, layout: TokenLayout, n_frames: int) -> torch.Tensor:
     """Tokens ``[B, M, S * F]`` -> ``[B, N, F]``; values at padding slots are dropped."""
+    flat = rearrange(tokens, "b m (s f) -> b (m s) f", f=n_frames)
+    if layout.inverse is not None:  # every point in one token: one gather
+        return flat.index_select(1, layout.inverse)
     slots, points = layout.scatter
-    values = rearrange(tokens, "b m (s f) -> b (m s) f", f=n_frames)[:, slots]
+    values = flat[:, slots]
     return values.new_zeros(tokens.shape[0], layout.n_points, n_frames).index_copy(1, points, values)
 
 

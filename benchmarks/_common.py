@@ -1,0 +1,190 @@
+"""Helpers shared by the performance benchmarks (synthesis latency, training efficiency, DP overhead).
+
+- ``synthetic_windows`` / ``synthetic_batch``: EEG-fMRI or EEG-fNIRS windows shaped like the data
+  layer's (16 s EEG at 200 Hz on standard 10-05 channels, ico4 fMRI or fNIRS HbO/HbR), random
+  values, fixed seed: benchmarks need the shapes, not the signals.
+- ``time_call`` / ``interleaved``: warm-up then repeated timings, medians; ``interleaved`` runs
+  several variants round-robin so that a loaded, shared machine slows all of them alike.
+- ``matmul_peak``: this machine's fp32 matmul throughput (best of several large square products).
+- ``figure``: one headline number ``{"name", "value", "unit", "target", "met"}`` as
+  ``benchmarks/summarize.py`` collects them (plus ``missed_by`` when a target is missed).
+- ``write_result``: the JSON, written atomically, with the machine's description.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+# 64 standard 10-20 / 10-10 channel names (all in the encoder's 10-05 vocabulary).
+CHANNELS_64 = [
+    "Fp1", "Fpz", "Fp2", "AF7", "AF3", "AFz", "AF4", "AF8", "F7", "F5", "F3", "F1", "Fz", "F2", "F4", "F6",
+    "F8", "FT7", "FC5", "FC3", "FC1", "FCz", "FC2", "FC4", "FC6", "FT8", "T7", "C5", "C3", "C1", "Cz", "C2",
+    "C4", "C6", "T8", "TP7", "CP5", "CP3", "CP1", "CPz", "CP2", "CP4", "CP6", "TP8", "P7", "P5", "P3", "P1",
+    "Pz", "P2", "P4", "P6", "P8", "PO7", "PO3", "POz", "PO4", "PO8", "O1", "Oz", "O2", "Iz", "TP9", "TP10",
+]  # fmt: skip
+
+
+def set_threads(threads: int | None) -> int:
+    """Use ``threads`` intra-op threads (default: every core this process may use)."""
+    if threads is None:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, threads))
+    return torch.get_num_threads()
+
+
+def synthetic_windows(n: int, modality: str = "fmri", n_channels: int = 64, seed: int = 0, n_fnirs_channels: int = 20):
+    """``PairedWindows`` of random values with the data layer's shapes."""
+    from fedneurogen.shared.model.tokens import load_ico4_positions
+    from fedneurogen.shared.recording import PairedWindows
+
+    rng = np.random.default_rng(seed)
+    names = CHANNELS_64[:n_channels]
+    direction = rng.normal(size=(n_channels, 3))
+    eeg_positions = 90 * direction / np.linalg.norm(direction, axis=1, keepdims=True)
+    common = dict(
+        eeg=rng.normal(size=(n, n_channels, 3200)).astype(np.float32), eeg_sfreq=200.0, eeg_channel_names=names,
+        eeg_positions=eeg_positions, labels=np.array(["a", "b"] * (n // 2) + ["a"] * (n % 2)),
+        subjects=np.array(["sub-01"] * n), runs=np.array(["sub-01_run-1"] * n), onsets=np.arange(n) * 8.0, lag=6.0,
+    )
+    if modality == "fmri":
+        positions = load_ico4_positions()
+        return PairedWindows(
+            **common, target=rng.normal(size=(n, len(positions), 8)).astype(np.float32), target_sfreq=0.5,
+            target_modality="fmri", target_names=[f"v{i}" for i in range(len(positions))], target_positions=positions,
+        )
+    target_names = [f"S{c}_D{c} {kind}" for c in range(1, n_fnirs_channels + 1) for kind in ("hbo", "hbr")]
+    direction = rng.normal(size=(n_fnirs_channels, 3))
+    channel = 70 * direction / np.linalg.norm(direction, axis=1, keepdims=True)
+    return PairedWindows(
+        **common, target=rng.normal(size=(n, 2 * n_fnirs_channels, 16)).astype(np.float32), target_sfreq=1.0,
+        target_modality="fnirs", target_names=target_names, target_positions=np.repeat(channel, 2, axis=0),
+        target_point_types=[name.split()[-1] for name in target_names],
+    )
+
+
+def synthetic_batch(n: int, modality: str = "fmri", n_channels: int = 64, seed: int = 0, labelled: bool = True):
+    from fedneurogen.shared.model import Batch
+
+    windows = synthetic_windows(n, modality, n_channels, seed)
+    return Batch.from_windows(windows, class_to_index={"a": 0, "b": 1} if labelled else None, device="cpu")
+
+
+def time_call(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5, cpu: list[float] | None = None) -> list[float]:
+    """Wall seconds of each of ``repeats`` calls after ``warmup`` untimed ones; with ``cpu`` (a
+    list) the process CPU seconds of each call are appended to it too. On a loaded machine the
+    CPU seconds divided by the threads used are the better estimate of the idle wall time."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        fn()
+        times.append(time.perf_counter() - start)
+        if cpu is not None:
+            cpu.append(time.process_time() - start_cpu)
+    return times
+
+
+def interleaved(variants: dict[str, Callable[[], Any]], *, warmup: int = 1, repeats: int = 5) -> dict[str, list[float]]:
+    """Time the variants round-robin (A B C A B C ...) after warming each up: on a shared machine
+    a burst of load then slows every variant, not just one, and the medians stay comparable."""
+    for fn in variants.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def summary(times: Sequence[float]) -> dict[str, float]:
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": len(times)}
+
+
+def matmul_peak(sizes: Sequence[int] = (2048, 4096), repeats: int = 5) -> dict[str, Any]:
+    """Best fp32 FLOP/s of ``torch.matmul`` on square matrices (2 n^3 FLOPs each) on this machine."""
+    best: dict[str, float] = {}
+    for n in sizes:
+        gen = torch.Generator().manual_seed(0)
+        a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
+        out = torch.empty(n, n)
+        torch.matmul(a, b, out=out)  # warm-up
+        times = [min(time_call(lambda: torch.matmul(a, b, out=out), warmup=0, repeats=1)) for _ in range(repeats)]
+        best[str(n)] = 2 * n**3 / min(times)
+    return {"flops": max(best.values()), "by_size": best, "threads": torch.get_num_threads()}
+
+
+def figure(name: str, value: float, unit: str, target: float | None, *, higher_is_better: bool, note: str = "") -> dict[str, Any]:
+    """One headline figure; ``met`` compares it with ``target`` (None: no target), and a missed
+    target says by how much (``missed_by``: ratio of value to target, and the difference)."""
+    fig: dict[str, Any] = {"name": name, "value": float(value), "unit": unit, "target": target, "met": None}
+    if target is not None:
+        met = value >= target if higher_is_better else value <= target
+        fig["met"] = bool(met)
+        if not met:
+            fig["missed_by"] = {"ratio_to_target": float(value / target) if target else None, "difference": float(value - target)}
+    if note:
+        fig["note"] = note
+    return fig
+
+
+def machine() -> dict[str, Any]:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "load_average": list(load) if load else None,
+    }
+
+
+def write_result(path: Path | None, benchmark: str, figures: list[dict[str, Any]], detail: dict[str, Any]) -> dict[str, Any]:
+    from fedneurogen.shared.io import write_json_atomic
+
+    result = {"benchmark": benchmark, "figures": figures, "machine": machine(), **detail}
+    if path is not None:
+        write_json_atomic(path, result)
+    return result
+
+
+def print_figures(title: str, figures: list[dict[str, Any]], rows: list[dict[str, Any]] | None = None, columns: Sequence[str] | None = None) -> None:
+    """A rich table of the figures (and one of the detail rows when given)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if rows:
+        columns = list(columns or rows[0].keys())
+        table = Table(title=f"{title}: measurements", title_justify="left")
+        for c in columns:
+            table.add_column(c, justify="right" if isinstance(rows[0].get(c), (int, float)) else "left")
+        for row in rows:
+            table.add_row(*[_fmt(row.get(c)) for c in columns])
+        console.print(table)
+    table = Table(title=f"{title}: figures", title_justify="left")
+    for c in ("name", "value", "unit", "target", "met"):
+        table.add_column(c)
+    for fig in figures:
+        met = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[fig["met"]]
+        table.add_row(fig["name"], _fmt(fig["value"]), fig["unit"], _fmt(fig["target"]), met)
+    console.print(table)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
