@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as bc  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CHANNELS_32 = [
@@ -52,27 +54,6 @@ def make_dataset(folder: Path, subjects: int, runs: int, duration: float) -> Pat
         channels=CHANNELS_32,
     )
     return bf.make_site(folder, spec)
-
-
-def meets(value: float | None, target: str | None) -> bool | None:
-    if target is None or value is None:
-        return None
-    op, _, bound = target.partition(" ")
-    return bool(value <= float(bound)) if op == "<=" else bool(value >= float(bound)) if op == ">=" else None
-
-
-def figure(name: str, value: float | None, unit: str, target: str | None = None, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "value": value, "unit": unit, "target": target, "met": meets(value, target), **extra}
-
-
-def machine() -> dict[str, Any]:
-    import torch
-
-    return {
-        "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
 
 
 def time_loads(site: Path, cache: Path, console, label: str) -> dict[str, Any] | None:
@@ -167,19 +148,19 @@ def main(argv: list[str] | None = None) -> int:
             simulated["site_01_load"] = loads
 
     figures = [
-        figure("data: cached load speed-up (factory site)", result["speedup"], "x", SPEEDUP_TARGET),
-        figure("data: first load (factory site)", result["first_s"], "s", windows=result["windows"]),
+        bc.figure("data: cached load speed-up (factory site)", result["speedup"], "x", SPEEDUP_TARGET),
+        bc.figure("data: first load (factory site)", result["first_s"], "s", windows=result["windows"]),
     ]
     if simulated:
         loads = simulated["site_01_load"]
         default_size = (simulated["sites"], simulated["subjects_per_site"], simulated["run_seconds"]) == (3, 8, None)
         figures += [
-            figure(f"data: simulate {simulated['sites']} sites x {simulated['subjects_per_site']} subjects"
+            bc.figure(f"data: simulate {simulated['sites']} sites x {simulated['subjects_per_site']} subjects"
                    + (" (the default dataset)" if default_size else ", reduced"),
                    simulated["seconds"], "s", disk_mb=simulated["disk_mb"]),
-            figure("data: simulate, seconds per subject", simulated["seconds_per_subject"], "s"),
-            figure(f"data: cached load speed-up (simulated site-01, {loads['subjects']} subjects)", loads["speedup"], "x", SPEEDUP_TARGET),
-            figure(f"data: first load (simulated site-01, {loads['subjects']} subjects)", loads["first_s"], "s", windows=loads["windows"]),
+            bc.figure("data: simulate, seconds per subject", simulated["seconds_per_subject"], "s"),
+            bc.figure(f"data: cached load speed-up (simulated site-01, {loads['subjects']} subjects)", loads["speedup"], "x", SPEEDUP_TARGET),
+            bc.figure(f"data: first load (simulated site-01, {loads['subjects']} subjects)", loads["first_s"], "s", windows=loads["windows"]),
         ]
 
     table = Table(title=f"load_site: {result['runs']} runs, {result['windows']} windows, {result['input_mb']:.0f} MB of input")
@@ -203,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # the first keys are the ones this benchmark always wrote (factory site), kept for readers of older results
     output = {**result, "benchmark": "data_cache", "figures": figures, "simulate": simulated,
-              "seconds": round(time.perf_counter() - started, 1), "machine": machine()}
+              "seconds": round(time.perf_counter() - started, 1), "machine": bc.machine()}
     if args.out:
         write_json_atomic(args.out, output)
         console.print(f"wrote {args.out}")

@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -54,71 +53,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as bc  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_WORK = ROOT / "benchmarks" / "work"
 
 
 # -- small helpers (kept in this file: each benchmark script runs on its own) --------------------
-
-
-def meets(value: float | None, target: str | None) -> bool | None:
-    """``"<= 0.10"`` / ``">= 10"`` against a value; None when there is no target or value."""
-    if target is None or value is None:
-        return None
-    op, _, bound = target.partition(" ")
-    bound_value = float(bound)
-    return bool(value <= bound_value) if op == "<=" else bool(value >= bound_value) if op == ">=" else None
-
-
-def figure(name: str, value: float | None, unit: str, target: str | None = None, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "value": value, "unit": unit, "target": target, "met": meets(value, target), **extra}
-
-
-def machine() -> dict[str, Any]:
-    import torch
-
-    return {
-        "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-
-
-def work_dir(path: Path) -> Path:
-    """The reusable work folder; it ignores itself in git (``*`` in its own .gitignore)."""
-    path.mkdir(parents=True, exist_ok=True)
-    ignore = path / ".gitignore"
-    if not ignore.exists():
-        ignore.write_text("*\n", encoding="utf-8")
-    return path
-
-
-def prepare_sites(work: Path, n_sites: int, subjects: int, run_seconds: float | None, seed: int, console) -> tuple[Path, Path, float]:
-    """Simulated fMRI sites (reused when present) and a warm preprocessed-window cache.
-    Returns (data root, cache folder, seconds spent)."""
-    from rich.progress import Progress
-
-    from fedneurogen.shared.data import load_site
-    from fedneurogen.simulations.federated import ensure_sites
-    from fedneurogen.simulations.simulator import simulate_dataset
-
-    started = time.perf_counter()
-    root = work / f"data-fmri-sub{subjects}-run{int(run_seconds or 0)}-seed{seed}"
-    cache = work / "cache"
-    summary = root / "simulation.json"
-    have = json.loads(summary.read_text())["n_sites"] if summary.is_file() else 0
-    if have < n_sites:
-        console.print(f"simulating {n_sites} sites x {subjects} subjects into {root} (kept for later runs)")
-        if root.exists():
-            shutil.rmtree(root)
-        simulate_dataset(root, n_sites=n_sites, subjects_per_site=subjects, modality="fmri", seed=seed, run_seconds=run_seconds, progress=True)
-    sites = ensure_sites(root, n_sites, "fmri", subjects, seed, run_seconds)
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("preprocess / cache sites", total=len(sites))
-        for site in sites:
-            load_site(site, cache_dir=cache, progress=False)
-            progress.advance(task)
-    return root, cache, time.perf_counter() - started
 
 
 def parameter_bytes(preset: str) -> dict[str, int]:
@@ -244,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PATH", "")
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]  # flower-superlink, flwr
     started = time.perf_counter()
-    work = work_dir(args.work.resolve())
-    root, cache, data_seconds = prepare_sites(work, args.sites, args.subjects_per_site, args.run_seconds, args.seed, console)
+    work = bc.work_dir(args.work.resolve())
+    root, cache, data_seconds = bc.prepare_sites(work, args.sites, args.subjects_per_site, args.run_seconds, args.seed, console)
     sites = [root / f"site-{i + 1:02d}" for i in range(args.sites)]
     sizes = parameter_bytes(args.preset)
     concurrency = max(1, (os.cpu_count() or 1) // args.client_cpus)
@@ -281,19 +223,19 @@ def main(argv: list[str] | None = None) -> int:
     figures = []
     if "train-only" in runs:
         r = runs["train-only"]
-        figures.append(figure(f"federation overhead, train phase ({n} sites)", r["overhead"], "fraction", "<= 0.10",
+        figures.append(bc.figure(f"federation overhead, train phase ({n} sites)", r["overhead"], "fraction", "<= 0.10",
                               note=f"(round s - ideal train phase) / round s; {concurrency} site(s) at a time, steady rounds"))
     if "full" in runs:
         r = runs["full"]
-        figures.append(figure(f"federation overhead, whole round incl. evaluate ({n} sites)", r["overhead"], "fraction", "<= 0.10",
+        figures.append(bc.figure(f"federation overhead, whole round incl. evaluate ({n} sites)", r["overhead"], "fraction", "<= 0.10",
                               note="evaluation compute re-timed in-process (estimate)"))
     ref = runs.get("full") or runs[modes[0]]
     figures += [
-        figure(f"bytes sent per round / ({n} sites x model size)", ref["bytes_sent_per_round"] / (n * sizes["model"]), "x",
+        bc.figure(f"bytes sent per round / ({n} sites x model size)", ref["bytes_sent_per_round"] / (n * sizes["model"]), "x",
                source=ref["bytes_source"]),
-        figure(f"bytes received per round / ({n} sites x model size)", ref["bytes_received_per_round"] / (n * sizes["model"]), "x",
+        bc.figure(f"bytes received per round / ({n} sites x model size)", ref["bytes_received_per_round"] / (n * sizes["model"]), "x",
                source=ref["bytes_source"]),
-        figure(f"federated run time outside rounds (start-up, checkpoints; {n} sites)", ref["outside_rounds_seconds"], "s"),
+        bc.figure(f"federated run time outside rounds (start-up, checkpoints; {n} sites)", ref["outside_rounds_seconds"], "s"),
     ]
 
     table = Table(title=f"Federation overhead: {n} sites, {args.preset}, {concurrency} site(s) at a time")
@@ -327,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "data_seconds": data_seconds,
         "seconds": time.perf_counter() - started,
-        "machine": machine(),
+        "machine": bc.machine(),
     }
     write_json_atomic(args.out, result)
     console.print(f"wrote {args.out} ({result['seconds']:.0f} s)")

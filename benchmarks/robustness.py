@@ -54,6 +54,7 @@ import torch
 # This folder's federated.py (not `benchmarks.federated`: opacus installs a top-level
 # `benchmarks` package that would shadow this one).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as bc  # noqa: E402
 from federated import score, site_splits  # noqa: E402
 
 from fedneurogen.shared.evaluation import limit_windows  # noqa: E402
@@ -171,6 +172,21 @@ def judge(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def figures(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The headline numbers for summary.json: each run's PCC and held-out loss, and for the robust
+    strategies their ratio to the clean run (target: within 10%, i.e. >= 0.9 / <= 1.1)."""
+    out = [bc.figure("robustness: clean run learned (PCC and held-out loss criteria)", float(report["clean_learned"]), "bool", ">= 1")]
+    for run in RUNS:
+        out.append(bc.figure(f"robustness: PCC, {run}", report[f"pcc_{run}"], "r"))
+        out.append(bc.figure(f"robustness: held-out loss, {run}", report[f"val_loss_{run}"], "loss"))
+    for run in ROBUST:
+        pcc_ratio = report[f"pcc_{run}"] / report["pcc_clean"] if report["pcc_clean"] else None
+        out.append(bc.figure(f"robustness: PCC {run} / clean", pcc_ratio, "x", f">= {1 - TOLERANCE:g}"))
+        out.append(bc.figure(f"robustness: held-out loss {run} / clean", report[f"val_loss_{run}"] / report["val_loss_clean"], "x", f"<= {1 + TOLERANCE:g}"))
+    out.append(bc.figure("robustness: held-out loss poisoned_fedavg / clean (the attack's damage)", report["val_loss_poisoned_fedavg"] / report["val_loss_clean"], "x"))
+    return out
+
+
 def build_report(args: argparse.Namespace, results: dict[str, dict], noise: float, timings: dict, windows: dict, load: dict) -> dict[str, Any]:
     report: dict[str, Any] = {}
     for run in ("initial", *RUNS):
@@ -188,6 +204,7 @@ def build_report(args: argparse.Namespace, results: dict[str, dict], noise: floa
             "pcc": relative(report["pcc_clean"], report["pcc_initial"]), "val_loss": relative(report["val_loss_clean"], report["val_loss_initial"]),
         }
         report.update(judge(report))
+        report["figures"] = figures(report)
     report["complete"] = complete
     report["per_site_pcc"] = {run: r["per_site"] for run, r in results.items()}
     report["val_loss_parts"] = {run: r["val_loss_parts"] for run, r in results.items()}

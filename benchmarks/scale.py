@@ -41,36 +41,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as bc  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_WORK = ROOT / "benchmarks" / "work"
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 # -- small helpers (kept in this file: each benchmark script runs on its own) --------------------
-
-
-def meets(value: float | None, target: str | None) -> bool | None:
-    if target is None or value is None:
-        return None
-    op, _, bound = target.partition(" ")
-    return bool(value <= float(bound)) if op == "<=" else bool(value >= float(bound)) if op == ">=" else None
-
-
-def figure(name: str, value: float | None, unit: str, target: str | None = None, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "value": value, "unit": unit, "target": target, "met": meets(value, target), **extra}
-
-
-def machine() -> dict[str, Any]:
-    import platform
-
-    import torch
-
-    return {
-        "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "memory_total_mb": _meminfo("MemTotal"),
-    }
 
 
 def _meminfo(key: str) -> float | None:
@@ -81,15 +60,6 @@ def _meminfo(key: str) -> float | None:
     except OSError:
         pass
     return None
-
-
-def work_dir(path: Path) -> Path:
-    """The reusable work folder; it ignores itself in git (``*`` in its own .gitignore)."""
-    path.mkdir(parents=True, exist_ok=True)
-    ignore = path / ".gitignore"
-    if not ignore.exists():
-        ignore.write_text("*\n", encoding="utf-8")
-    return path
 
 
 # -- process-tree memory ---------------------------------------------------------------------------
@@ -195,33 +165,6 @@ class TreeMemory(threading.Thread):
 # -- the measurement -------------------------------------------------------------------------------
 
 
-def prepare_sites(work: Path, n_sites: int, subjects: int, run_seconds: float, seed: int, console) -> tuple[Path, Path, float]:
-    """``n_sites`` simulated fMRI sites (reused when present) and a warm window cache."""
-    from rich.progress import Progress
-
-    from fedneurogen.shared.data import load_site
-    from fedneurogen.simulations.federated import ensure_sites
-    from fedneurogen.simulations.simulator import simulate_dataset
-
-    started = time.perf_counter()
-    root = work / f"data-fmri-sub{subjects}-run{int(run_seconds)}-seed{seed}"
-    cache = work / "cache"
-    summary = root / "simulation.json"
-    have = json.loads(summary.read_text())["n_sites"] if summary.is_file() else 0
-    if have < n_sites:
-        console.print(f"simulating {n_sites} sites x {subjects} subjects into {root} (kept for later runs)")
-        if root.exists():
-            shutil.rmtree(root)
-        simulate_dataset(root, n_sites=n_sites, subjects_per_site=subjects, modality="fmri", seed=seed, run_seconds=run_seconds, progress=True)
-    sites = ensure_sites(root, n_sites, "fmri", subjects, seed, run_seconds)
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("preprocess / cache sites", total=len(sites))
-        for site in sites:
-            load_site(site, cache_dir=cache, progress=False)
-            progress.advance(task)
-    return root, cache, time.perf_counter() - started
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale.json")
@@ -250,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 132)  # logs: wide enough for the tables
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")  # flower-superlink, flwr
     started = time.perf_counter()
-    work = work_dir(args.work.resolve())
-    root, cache, data_seconds = prepare_sites(work, counts[-1], args.subjects_per_site, args.run_seconds, args.seed, console)
+    work = bc.work_dir(args.work.resolve())
+    root, cache, data_seconds = bc.prepare_sites(work, counts[-1], args.subjects_per_site, args.run_seconds, args.seed, console)
     concurrency = max(1, (os.cpu_count() or 1) // args.client_cpus)
     config = {"preset": args.preset, "local-epochs": 1, "max-windows": args.max_windows, "cache-dir": str(cache)}
 
@@ -289,13 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     figures = []
     for row in rows:
         n = row["sites"]
-        figures.append(figure(f"scale: round time, {n} sites", row["round_seconds"], "s"))
+        figures.append(bc.figure(f"scale: round time, {n} sites", row["round_seconds"], "s"))
         mem = row["peak_pss_mb"] if row["peak_pss_mb"] is not None else row["peak_rss_mb"]
-        figures.append(figure(f"scale: peak memory of the federation processes, {n} sites", mem, "MB",
+        figures.append(bc.figure(f"scale: peak memory of the federation processes, {n} sites", mem, "MB",
                               measure="PSS" if row["peak_pss_mb"] is not None else "RSS"))
     if len(rows) >= 2:
         first, last = rows[0], rows[-1]
-        figures.append(figure(f"scale: round time per site, {last['sites']} vs {first['sites']} sites",
+        figures.append(bc.figure(f"scale: round time per site, {last['sites']} vs {first['sites']} sites",
                               last["seconds_per_site"] / first["seconds_per_site"], "x",
                               note="1.0 = round time grows linearly with the number of sites"))
 
@@ -331,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "data_seconds": data_seconds,
         "seconds": time.perf_counter() - started,
-        "machine": machine(),
+        "machine": {**bc.machine(), "memory_total_mb": _meminfo("MemTotal")},
     }
     write_json_atomic(args.out, result)
     console.print(f"wrote {args.out} ({result['seconds']:.0f} s)")
