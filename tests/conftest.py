@@ -43,3 +43,15 @@ def federation_sites(tmp_path_factory) -> Path:
     root = tmp_path_factory.getbasetemp() / "federation-sites"
     ensure_sites(root, 3, "mixed", subjects_per_site=3, seed=0, run_seconds=200)
     return root
+
+
+@pytest.fixture
+def task_identity():
+    """Flower stamps outgoing messages with the running task's identity; fake one for tests
+    that build messages outside a Flower process."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved

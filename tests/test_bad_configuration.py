@@ -219,16 +219,6 @@ def test_weights_that_do_not_fit_the_sites_model_are_refused():
 # The error reply and the server's record of it
 
 
-@pytest.fixture
-def task_identity():
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
-
-
 def test_error_reply_carries_the_public_reason_and_the_server_records_it(task_identity, tmp_path, caplog):
     def refusing(msg, context):
         raise SiteRefusal("data path not found (see the site's log)", f"data path {tmp_path}/x does not exist")

@@ -29,17 +29,6 @@ class FakeGrid:
         return list(self.nodes)
 
 
-@pytest.fixture
-def task_identity():
-    """Flower stamps outgoing messages with the running task's identity; fake one."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
-
-
 def reply(out: Message, modality: str, n: int, values: dict[str, float] | None, metrics: dict | None = None, shape=(2, 3)) -> Message:
     """A site's train reply to ``out``: its backbone and own head filled with constants."""
     if values is None:

@@ -30,17 +30,6 @@ def tiny_shapes() -> dict[str, tuple[int, ...]]:
     return {name: tuple(p.shape) for name, p in NeuroGenModel("tiny", device="cpu").named_parameters()}
 
 
-@pytest.fixture
-def task_identity():
-    """Flower stamps outgoing messages with the running task's identity; fake one."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
-
-
 def fabricated(out: Message, arrays: dict[str, np.ndarray] | None = None, metrics: dict | None = None, config: dict | None = None) -> Message:
     content = RecordDict()
     if arrays is not None:
