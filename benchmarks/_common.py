@@ -228,13 +228,21 @@ def print_figures(title: str, figures: list[dict[str, Any]], rows: list[dict[str
         for row in rows:
             table.add_row(*[_fmt(row.get(c)) for c in columns])
         console.print(table)
-    table = Table(title=f"{title}: figures", title_justify="left")
+    print_figure_table(f"{title}: figures", figures, console)
+
+
+def print_figure_table(title: str, figures: list[dict[str, Any]], console: Any = None) -> None:
+    """The headline figures as a rich table: name, value, unit, target, met."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
     for c in ("name", "value", "unit", "target", "met"):
         table.add_column(c)
     for fig in figures:
         met = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[fig["met"]]
         table.add_row(fig["name"], _fmt(fig["value"]), fig["unit"], _fmt(fig["target"]), met)
-    console.print(table)
+    (console or Console()).print(table)
 
 
 def _fmt(value: Any) -> str:

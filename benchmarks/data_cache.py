@@ -175,12 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     if simulated:
         console.print(f"simulate: {simulated['seconds']:.1f} s for {simulated['sites']} x {simulated['subjects_per_site']} subjects "
                       f"({simulated['seconds_per_subject']:.2f} s each, {simulated['disk_mb']:.0f} MB)")
-    ftable = Table(title="figures")
-    for col in ("name", "value", "unit", "target", "met"):
-        ftable.add_column(col)
-    for f in figures:
-        ftable.add_row(f["name"], f"{f['value']:.4g}", f["unit"], f["target"] or "-", "-" if f["met"] is None else str(f["met"]))
-    console.print(ftable)
+    bc.print_figure_table("figures", figures, console)
 
     # the first keys are the ones this benchmark always wrote (factory site), kept for readers of older results
     output = {**result, "benchmark": "data_cache", "figures": figures, "simulate": simulated,

@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             table.add_row(mode, str(row["round"]), f"{row['seconds']:.1f}", f"{sum(row['site_train_seconds']):.1f}", f"{ideal:.1f}",
                           f"{row['overhead']:.1%}", f"{row['bytes']['sent'] / 1e6:.1f}", f"{row['bytes']['received'] / 1e6:.1f}")
     console.print(table)
-    print_figures(console, figures)
+    bc.print_figure_table("figures", figures, console)
 
     result = {
         "benchmark": "federation_overhead",
@@ -274,18 +274,6 @@ def main(argv: list[str] | None = None) -> int:
     write_json_atomic(args.out, result)
     console.print(f"wrote {args.out} ({result['seconds']:.0f} s)")
     return 0
-
-
-def print_figures(console, figures: list[dict[str, Any]]) -> None:
-    from rich.table import Table
-
-    table = Table(title="figures")
-    for col in ("name", "value", "unit", "target", "met"):
-        table.add_column(col)
-    for f in figures:
-        value = "-" if f["value"] is None else f"{f['value']:.4g}"
-        table.add_row(f["name"], value, f["unit"], f["target"] or "-", {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[f["met"]])
-    console.print(table)
 
 
 if __name__ == "__main__":

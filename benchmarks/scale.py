@@ -253,12 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             str(r["peak_processes"]), f"{r['rss_mb_by_group_at_peak'].get('Ray site actors / workers', 0):.0f}",
         )
     console.print(table)
-    ftable = Table(title="figures")
-    for col in ("name", "value", "unit", "target", "met"):
-        ftable.add_column(col)
-    for f in figures:
-        ftable.add_row(f["name"], f"{f['value']:.4g}", f["unit"], f["target"] or "-", "-" if f["met"] is None else str(f["met"]))
-    console.print(ftable)
+    bc.print_figure_table("figures", figures, console)
 
     result = {
         "benchmark": "scale",
