@@ -80,6 +80,7 @@ class RunStore:
             if strategy_state:
                 save_file({k: np.array(v, order="C") for k, v in strategy_state.items()}, str(tmp / STRATEGY_FILE))  # keeps 0-d arrays 0-d
             write_json_atomic(tmp / HISTORY_FILE, clean(history))
+            sync_to_disk(tmp)  # the round's files reach the disk before latest.json can name them
             final = rounds / name
             if final.exists():  # left by a run that crashed before naming it in latest.json
                 shutil.rmtree(final)
@@ -87,6 +88,7 @@ class RunStore:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp)
+        sync_to_disk(rounds)  # the rename itself
         write_json_atomic(self.dir / "latest.json", {"round": server_round, "checkpoint": f"rounds/{name}"})
         self._link_latest(f"rounds/{name}")
         write_json_atomic(self.dir / HISTORY_FILE, clean(history))
@@ -139,6 +141,18 @@ class RunStore:
                             if isinstance(value, (int, float)) and math.isfinite(value):
                                 writer.add_scalar(f"{stage}-sites/{key}/node-{node}", value, entry["round"])
         plot_history(history, self.dir / "metrics.png")
+
+
+def sync_to_disk(folder: Path) -> None:
+    """fsync every file in ``folder`` and the folder itself, so that a power loss after this
+    point cannot leave a round that ``latest.json`` names with missing or partial files
+    (renames alone only guarantee consistency against crashes of this process)."""
+    for path in [*sorted(p for p in folder.iterdir() if p.is_file()), folder]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def plot_history(history: list[dict], path: Path) -> None:

@@ -410,3 +410,29 @@ def test_server_killed_after_round_2_resumes_to_the_uninterrupted_result(federat
     assert final == pytest.approx(want, rel=1e-3)
     assert final < expected[killed_at - 1]["evaluate"]["aggregate"]["loss"]  # not the round-2 model again
     assert np.isfinite(history[-1]["train"]["aggregate"]["loss"])
+
+
+def test_a_round_reaches_the_disk_before_latest_json_names_it(tmp_path, monkeypatch):
+    """Every file of the round folder, and the folder's rename, are fsynced before latest.json
+    is written (a power loss cannot leave latest.json naming a round with missing data)."""
+    import fedneurogen.server.checkpointing as checkpointing
+
+    events: list[str] = []
+    real_fsync, real_write = os.fsync, checkpointing.write_json_atomic
+
+    def fsync(fd: int) -> None:
+        events.append("fsync " + os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def write_json(path, obj, *args, **kwargs):
+        events.append(f"write {Path(path).name}")
+        return real_write(path, obj, *args, **kwargs)
+
+    monkeypatch.setattr(checkpointing.os, "fsync", fsync)
+    monkeypatch.setattr(checkpointing, "write_json_atomic", write_json)
+    store = RunStore(tmp_path / "run")
+    final = _save(store, NeuroGenModel("tiny", device="cpu"), 1)
+    before_latest = events[: events.index("write latest.json")]
+    synced = {Path(e.split(" ", 1)[1]).name for e in before_latest if e.startswith("fsync ")}
+    assert {p.name for p in final.iterdir()} <= synced  # each file of the round (under its temporary name's folder)
+    assert f"fsync {tmp_path / 'run' / 'rounds'}" in before_latest  # and the rename into rounds/
