@@ -138,7 +138,8 @@ def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
             pass
     if proc.poll() is None:
         tree |= kill_tree(proc.pid)[0]
-    for pid in tree | {proc.pid}:
+    # only what still runs: a pid that has exited may already belong to an unrelated process
+    for pid in {p for p in tree if alive(p)} | {proc.pid}:
         for kill in (os.killpg, os.kill):
             try:
                 kill(pid, signal.SIGKILL)

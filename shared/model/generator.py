@@ -21,7 +21,6 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fedneurogen.shared.errors import ConfigError
@@ -349,25 +348,19 @@ class NeuroGenModel(nn.Module):
             x0 = target if mean is None else target - mean.detach().float()
             x_t = self.diffusion.q_sample(x0, t, noise)
             output = self.denoise(x_t, t, condition, layout, batch.modality, batch.labels, drop_labels=self.training)
+            # per window first (DP clipping may want them), then their mean: the usual MSE
+            total = (output.float() - self.diffusion.training_target(x0, t, noise)).pow(2).mean(dim=(1, 2))
+            parts = {"diffusion": float(total.detach().mean())}
+            if mean is not None:
+                mean_each = (mean.float() - target).pow(2).mean(dim=(1, 2))
+                total = total + self.config.mean_loss_weight * mean_each
+                parts["mean"] = float(mean_each.detach().mean())
             if per_sample:
                 if self.alignment_enabled and self.config.alignment_weight > 0:
                     raise ConfigError("per-sample losses need the alignment loss off (prepare_for_dp)")
-                diffusion_each = (output.float() - self.diffusion.training_target(x0, t, noise)).pow(2).mean(dim=(1, 2))
-                total = diffusion_each
-                parts = {"diffusion": float(diffusion_each.detach().mean())}
-                if mean is not None:
-                    mean_each = (mean.float() - target).pow(2).mean(dim=(1, 2))
-                    total = total + self.config.mean_loss_weight * mean_each
-                    parts["mean"] = float(mean_each.detach().mean())
                 parts["total"] = float(total.detach().mean())
                 return total, parts
-            diffusion_loss = F.mse_loss(output.float(), self.diffusion.training_target(x0, t, noise))
-            total = diffusion_loss
-            parts = {"diffusion": float(diffusion_loss.detach())}
-            if mean is not None:
-                mean_loss = F.mse_loss(mean.float(), target)
-                total = total + self.config.mean_loss_weight * mean_loss
-                parts["mean"] = float(mean_loss.detach())
+            total = total.mean()
             if self.alignment_enabled and self.config.alignment_weight > 0 and x0.shape[0] > 1:
                 alignment = self.alignment_loss(batch, features, layout)
                 total = total + self.config.alignment_weight * alignment
