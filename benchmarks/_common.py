@@ -47,7 +47,7 @@ def set_threads(threads: int | None) -> int:
 
 def synthetic_windows(n: int, modality: str = "fmri", n_channels: int = 64, seed: int = 0, n_fnirs_channels: int = 20):
     """``PairedWindows`` of random values with the data layer's shapes."""
-    from fedneurogen.shared.model.tokens import load_ico4_positions
+    from fedneurogen.shared.surface import load_ico4_positions
     from fedneurogen.shared.recording import PairedWindows
 
     rng = np.random.default_rng(seed)

@@ -3,7 +3,7 @@
 Figures are built with matplotlib's object API (``Figure``, no pyplot), so they render with the
 Agg canvas whatever backend the session has and never open a window; each file is written
 atomically. fMRI maps are drawn with nilearn on the fsaverage5 inflated surface (ico4 values
-upsampled by ``synthesis.upsample_ico4``); fNIRS maps are channel midpoints seen from above.
+upsampled by ``surface.upsample_ico4``); fNIRS maps are channel midpoints seen from above.
 """
 
 from __future__ import annotations
@@ -46,9 +46,9 @@ def surface_maps(maps: Mapping[str, np.ndarray], path: str | Path, title: str, l
     both hemispheres on the fsaverage5 inflated surface, one colour scale for all."""
     from nilearn import datasets, plotting
 
-    from fedneurogen.shared.synthesis import FSAVERAGE5_PER_HEMI, upsample_ico4
+    from fedneurogen.shared.surface import FSAVERAGE5_PER_HEMI, load_fsaverage5, upsample_ico4
 
-    mesh = datasets.load_fsaverage("fsaverage5")["inflated"]
+    mesh = load_fsaverage5()["inflated"]
     sulcal = datasets.load_fsaverage_data("fsaverage5", data_type="sulcal")
     limit = _symmetric_limit(*maps.values())
     views = [("left", "lateral"), ("left", "medial"), ("right", "lateral"), ("right", "medial")]

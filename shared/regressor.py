@@ -26,8 +26,9 @@ from fedneurogen.shared.model.conditioning import HyperdimensionalIntegration, e
 from fedneurogen.shared.model.eeg_encoder import EEGEncoder, channel_index_tensor
 from fedneurogen.shared.model.generator import MODALITIES, default_device
 from fedneurogen.shared.model.layers import PositionEmbedding, TransformerBlock
-from fedneurogen.shared.model.tokens import FmriTokenizer, TokenLayout, fnirs_layout, load_ico4_positions, unpatchify
+from fedneurogen.shared.model.tokens import FmriTokenizer, TokenLayout, fnirs_layout, unpatchify
 from fedneurogen.shared.recording import PairedWindows
+from fedneurogen.shared.surface import load_ico4_positions
 from fedneurogen.shared.training import TrainConfig, iterate_batches, make_optimizer, set_learning_rate
 
 

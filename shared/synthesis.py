@@ -22,7 +22,6 @@ The ``desc`` entity says what was generated: ``generated``, plus the class with 
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -31,11 +30,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import sparse
 
 from fedneurogen import __version__
 from fedneurogen.shared.config import PreprocessConfig
-from fedneurogen.shared.data.fmri import ICO4_PER_HEMI
 from fedneurogen.shared.errors import ConfigError, DataError
 from fedneurogen.shared.formats import (
     SnirfProbe,
@@ -50,55 +47,10 @@ from fedneurogen.shared.io import write_json_atomic
 from fedneurogen.shared.metrics import stitch_windows
 from fedneurogen.shared.model import Batch, NeuroGenModel, load_checkpoint
 from fedneurogen.shared.recording import PairedWindows
+from fedneurogen.shared.surface import FSAVERAGE5_PER_HEMI, upsample_ico4
 
 GENERATOR = "FedNeuroGen"
-FSAVERAGE5_PER_HEMI = 10242
 DEFAULT_WAVELENGTHS = (760.0, 850.0)  # nm; SNIRF needs wavelengths even for HbO/HbR data
-
-
-# ----------------------------------------------------------------------------------------------
-# ico4 -> fsaverage5
-
-
-@functools.lru_cache(maxsize=1)
-def ico4_to_fsaverage5() -> sparse.csr_matrix:
-    """The ``[20484, 5124]`` matrix that upsamples ico4 values to fsaverage5 (left, then right).
-
-    fsaverage meshes are nested subdivisions of an icosahedron: the first 2562 vertices of an
-    fsaverage5 hemisphere are ico4 and keep their values; every other vertex takes the mean of
-    its ico4 neighbours on the mesh (the two ends of the ico4 edge it subdivides).
-    """
-    from nilearn import datasets
-
-    sphere = datasets.load_fsaverage("fsaverage5")["sphere"]
-    blocks = [_upsampling(np.asarray(sphere.parts[h].coordinates), np.asarray(sphere.parts[h].faces)) for h in ("left", "right")]
-    return sparse.block_diag(blocks, format="csr")
-
-
-def _upsampling(coordinates: np.ndarray, faces: np.ndarray) -> sparse.csr_matrix:
-    n = len(coordinates)
-    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    edges = np.unique(np.sort(edges, axis=1), axis=0)  # each undirected edge once, low index first
-    links = edges[(edges[:, 0] < ICO4_PER_HEMI) & (edges[:, 1] >= ICO4_PER_HEMI)]  # (ico4, finer) neighbours
-    rows = np.concatenate([np.arange(ICO4_PER_HEMI), links[:, 1]])
-    cols = np.concatenate([np.arange(ICO4_PER_HEMI), links[:, 0]])
-    orphans = np.setdiff1d(np.arange(n), rows)
-    if orphans.size:  # not on fsaverage5; a finer mesh's vertices fall back to the nearest ico4 vertex
-        unit = coordinates / np.linalg.norm(coordinates, axis=1, keepdims=True)
-        nearest = np.argmax(unit[orphans] @ unit[:ICO4_PER_HEMI].T, axis=1)
-        rows, cols = np.concatenate([rows, orphans]), np.concatenate([cols, nearest])
-    counts = np.bincount(rows, minlength=n)
-    return sparse.csr_matrix((1.0 / counts[rows], (rows, cols)), shape=(n, ICO4_PER_HEMI))
-
-
-def upsample_ico4(data: np.ndarray) -> np.ndarray:
-    """ico4 values ``[5124, ...]`` (left then right) -> fsaverage5 ``[20484, ...]``."""
-    data = np.asarray(data)
-    matrix = ico4_to_fsaverage5()
-    if data.shape[0] != matrix.shape[1]:
-        raise ValueError(f"expected {matrix.shape[1]} ico4 values (left then right), got {data.shape[0]}")
-    flat = data.reshape(data.shape[0], -1)
-    return np.asarray(matrix @ flat, dtype=np.float32).reshape(matrix.shape[0], *data.shape[1:])
 
 
 # ----------------------------------------------------------------------------------------------

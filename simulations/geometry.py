@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
-N_PER_HEMI = 10242  # fsaverage5 (ico5)
-N_VERTICES = 2 * N_PER_HEMI
+from fedneurogen.shared.surface import FSAVERAGE5_PER_HEMI, FSAVERAGE5_POINTS, HEMISPHERES, load_fsaverage5
+
 N_ICO3 = 642  # fsaverage meshes are nested: the first 642 ico5 vertices form the ico3 mesh
 N_ICO2 = 162
 MONTAGE_NAME = "colin27_1005"  # MNE's "standard_1005" (same positions, name used since MNE 1.13)
@@ -91,11 +91,9 @@ def _vertex_normals(coords: np.ndarray, faces: np.ndarray) -> np.ndarray:
 @functools.lru_cache(maxsize=1)
 def load_cortex() -> Cortex:
     """Load the fsaverage5 cortex shipped with nilearn (cached; no download)."""
-    from nilearn import datasets
-
-    fs = datasets.load_fsaverage("fsaverage5")
+    fs = load_fsaverage5()
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("pial", "mid", "inflated", "normals", "sphere")}
-    for h in ("left", "right"):
+    for h in HEMISPHERES:
         pial = np.asarray(fs["pial"].parts[h].coordinates, dtype=np.float64)
         white = np.asarray(fs["white_matter"].parts[h].coordinates, dtype=np.float64)
         parts["pial"].append(pial)
@@ -103,15 +101,15 @@ def load_cortex() -> Cortex:
         parts["inflated"].append(np.asarray(fs["inflated"].parts[h].coordinates, dtype=np.float64))
         parts["normals"].append(_vertex_normals(white, np.asarray(fs["white_matter"].parts[h].faces)))
         parts["sphere"].append(np.asarray(fs["sphere"].parts[h].coordinates, dtype=np.float64))
-    hemi = np.repeat([0, 1], N_PER_HEMI)
+    hemi = np.repeat([0, 1], FSAVERAGE5_PER_HEMI)
 
     # Each vertex belongs to the parcel of its nearest ico2 vertex on the registration sphere.
-    parcel = np.empty(N_VERTICES, dtype=np.int64)
+    parcel = np.empty(FSAVERAGE5_POINTS, dtype=np.int64)
     for h in (0, 1):
         sphere = parts["sphere"][h]
         _, nearest = cKDTree(sphere[:N_ICO2]).query(sphere)
-        parcel[h * N_PER_HEMI : (h + 1) * N_PER_HEMI] = nearest + h * N_ICO2
-    source_vertices = np.concatenate([np.arange(N_ICO3), N_PER_HEMI + np.arange(N_ICO3)])
+        parcel[h * FSAVERAGE5_PER_HEMI : (h + 1) * FSAVERAGE5_PER_HEMI] = nearest + h * N_ICO2
+    source_vertices = np.concatenate([np.arange(N_ICO3), FSAVERAGE5_PER_HEMI + np.arange(N_ICO3)])
     return Cortex(
         pial=np.concatenate(parts["pial"]),
         mid=np.concatenate(parts["mid"]),
@@ -299,7 +297,7 @@ def motor_probe() -> MotorProbe:
     src_pos = standard_positions(sources)
     det_pos = standard_positions(detectors)
     mid = 0.5 * (src_pos[pairs[:, 0]] + det_pos[pairs[:, 1]])
-    sens = np.zeros((len(pairs), N_VERTICES))
+    sens = np.zeros((len(pairs), FSAVERAGE5_POINTS))
     for c, m in enumerate(mid):
         hemi = 0 if m[0] < 0 else 1
         idx = np.flatnonzero(cortex.hemi == hemi)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedneurogen.simulations.geometry import N_ICO2, N_PER_HEMI, load_cortex
+from fedneurogen.shared.surface import FSAVERAGE5_PER_HEMI
+from fedneurogen.simulations.geometry import N_ICO2, load_cortex
 from fedneurogen.simulations.physiology import colored_noise
 
 LATENT_SFREQ = 20.0  # Hz; fast enough for the complex envelopes of the EEG rhythms
@@ -198,7 +199,7 @@ def simulate_latent(rng: np.random.Generator, task: str, events: list[Event], du
     active = np.flatnonzero(task_maps.max(axis=0) >= 0.5)
 
     # Spontaneous modes: broad patches around random ico2 vertices of either hemisphere.
-    ico2 = np.concatenate([np.arange(N_ICO2), N_PER_HEMI + np.arange(N_ICO2)])
+    ico2 = np.concatenate([np.arange(N_ICO2), FSAVERAGE5_PER_HEMI + np.arange(N_ICO2)])
     centers = rng.choice(ico2, size=N_SPONTANEOUS, replace=False)
     for k, c in enumerate(centers):
         maps.append(cortex.gaussian_patch(int(c), rng.uniform(15.0, 30.0)))

@@ -15,10 +15,11 @@ import mne
 import nibabel as nib
 import numpy as np
 
+from fedneurogen.shared.surface import FSAVERAGE5_PER_HEMI
+
 STANDARD_CHANNELS = ["Fp1", "Fp2", "F3", "F4", "C3", "C4", "P3", "P4", "O1", "O2", "Cz", "Pz"]
 FMRI_CLASSES = ["faces", "scenes", "tools", "motion"]
 FNIRS_CLASSES = ["left", "right"]
-FSAVERAGE5_VERTICES = 10242
 WAVELENGTHS = (760, 850)
 #: MNE's absorption coefficients (``0.2303 * extinction``, per M per ...) at 760/850 nm, rows =
 #: wavelength, columns = (HbO, HbR): with these the factory's intensities invert exactly.
@@ -277,8 +278,8 @@ def surface_bold(n_vols: int, tr: float, rng: np.random.Generator) -> tuple[np.n
     sources = slow_signal(t, rng, n=3)
     hemis = []
     for _ in range(2):
-        weights = rng.standard_normal((FSAVERAGE5_VERTICES, 3))
-        hemis.append(100 + weights @ sources + 0.3 * rng.standard_normal((FSAVERAGE5_VERTICES, n_vols)))
+        weights = rng.standard_normal((FSAVERAGE5_PER_HEMI, 3))
+        hemis.append(100 + weights @ sources + 0.3 * rng.standard_normal((FSAVERAGE5_PER_HEMI, n_vols)))
     return hemis[0], hemis[1]
 
 

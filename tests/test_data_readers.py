@@ -12,8 +12,9 @@ from scipy import signal
 
 import bids_factory as bf
 from fedneurogen.shared.config import PreprocessConfig
-from fedneurogen.shared.data import find_runs, ico4_geometry, read_eeg, read_fmri, read_fnirs, validate_dataset
+from fedneurogen.shared.data import find_runs, read_eeg, read_fmri, read_fnirs, validate_dataset
 from fedneurogen.shared.data.eeg import standard_positions
+from fedneurogen.shared.surface import ico4_names, load_ico4_positions
 
 NO_ICA = PreprocessConfig(eeg_ica=False)
 
@@ -149,7 +150,7 @@ def test_line_frequency_comes_from_sidecar(tmp_path):
 def test_ico4_geometry_is_fsaverage5_pial_prefix():
     from nilearn import datasets
 
-    positions, names = ico4_geometry()
+    positions, names = load_ico4_positions(), ico4_names()
     pial = datasets.load_fsaverage("fsaverage5")["pial"]
     assert positions.shape == (5124, 3) and len(names) == 5124
     np.testing.assert_array_equal(positions[:2562], pial.parts["left"].coordinates[:2562])
@@ -170,7 +171,7 @@ def test_read_fmri_surface_matches_nibabel(fmri_site):
     np.testing.assert_allclose(rec.data, np.vstack(expected), atol=1e-4)
     np.testing.assert_allclose(rec.data.mean(axis=1), 0, atol=1e-5)
     np.testing.assert_allclose(rec.data.std(axis=1), 1, atol=1e-4)
-    np.testing.assert_array_equal(rec.positions, ico4_geometry()[0])
+    np.testing.assert_array_equal(rec.positions, load_ico4_positions())
 
 
 def test_tr_2p1_resampled_onto_2s_grid(tmp_path):
@@ -198,7 +199,7 @@ def test_read_fmri_volume_projected_with_nilearn(tmp_path):
     rec = read_fmri(run.target, PreprocessConfig())
     assert rec.data.shape == (5124, 20)
     # The volume is a wave whose phase follows x: each vertex must carry the wave at its x.
-    positions, _ = ico4_geometry()
+    positions = load_ico4_positions()
     t = np.arange(20) * 2.0
     expected = _zscore(np.sin(2 * np.pi * t[None, :] / bf.WAVE_PERIOD + bf.WAVE_PHASE_PER_MM * positions[:, :1]))
     r = (_zscore(rec.data) * expected).mean(axis=1)

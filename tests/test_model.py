@@ -22,7 +22,8 @@ from fedneurogen.shared.model import (
 from fedneurogen.shared.model.conditioning import HyperdimensionalIntegration, eeg_patch_times, target_frame_times
 from fedneurogen.shared.model.eeg_encoder import ELECTRODE_VOCABULARY, LABRAM_CHANNELS, UNKNOWN_ELECTRODE, EEGEncoder, electrode_indices
 from fedneurogen.shared.model.target_encoder import info_nce
-from fedneurogen.shared.model.tokens import FmriTokenizer, fnirs_layout, load_ico4_positions, patchify, unpatchify
+from fedneurogen.shared.model.tokens import FmriTokenizer, fnirs_layout, patchify, unpatchify
+from fedneurogen.shared.surface import load_ico4_positions
 from fedneurogen.shared.recording import PairedWindows
 
 EEG_NAMES = [

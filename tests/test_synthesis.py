@@ -15,15 +15,8 @@ from typer.testing import CliRunner
 from fedneurogen.cli import app
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.errors import ConfigError
-from fedneurogen.shared.synthesis import (
-    generate,
-    ico4_to_fsaverage5,
-    label_indices,
-    stitch_run,
-    synthesize,
-    uncovered_seconds,
-    upsample_ico4,
-)
+from fedneurogen.shared.surface import ico4_to_fsaverage5, upsample_ico4
+from fedneurogen.shared.synthesis import generate, label_indices, stitch_run, synthesize, uncovered_seconds
 
 RUN_SECONDS = 160.0
 

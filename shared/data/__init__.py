@@ -12,7 +12,7 @@ Bad input raises ``fedneurogen.shared.errors.DataError`` naming the file and the
 from .bids import RunFiles, find_runs
 from .cache import SiteCache, default_cache_dir
 from .eeg import read_eeg
-from .fmri import ico4_geometry, read_fmri
+from .fmri import read_fmri
 from .fnirs import read_fnirs
 from .problems import DataWarning, Problem
 from .site import SiteData, load_site, load_site_data
@@ -27,7 +27,6 @@ __all__ = [
     "ValidationReport",
     "default_cache_dir",
     "find_runs",
-    "ico4_geometry",
     "load_site",
     "load_site_data",
     "read_eeg",

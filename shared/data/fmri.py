@@ -9,7 +9,6 @@ icosahedra, so the first 2562 vertices of each hemisphere are ico4; points are l
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from collections.abc import Sequence
@@ -21,31 +20,17 @@ import numpy as np
 from ..config import PreprocessConfig
 from ..errors import DataError
 from ..recording import Recording
+from ..surface import (
+    FSAVERAGE5_PER_HEMI,
+    FSAVERAGE_VERTICES,
+    HEMISPHERES,
+    ICO4_PER_HEMI,
+    ico4_names,
+    load_fsaverage5,
+    load_ico4_positions,
+)
 from .bids import parse_bids_name, read_json, tr_sidecar_candidates
 from .eeg import check_finite
-
-ICO4_PER_HEMI = 2562
-#: Vertices per hemisphere of the fsaverage meshes; ico4 is the first 2562 of any of them.
-FSAVERAGE_VERTICES = {2562: "fsaverage4", 10242: "fsaverage5", 40962: "fsaverage6", 163842: "fsaverage"}
-HEMIS = ("left", "right")
-
-
-@functools.lru_cache(maxsize=1)
-def _fsaverage5():
-    from nilearn import datasets
-
-    return datasets.load_fsaverage("fsaverage5")  # shipped with nilearn: no download
-
-
-@functools.lru_cache(maxsize=1)
-def ico4_geometry() -> tuple[np.ndarray, list[str]]:
-    """Positions (mm, fsaverage5 pial, ``[5124, 3]``) and names (``L0``.., ``R0``..) of ico4."""
-    pial = _fsaverage5()["pial"]
-    positions = np.vstack([np.asarray(pial.parts[h].coordinates)[:ICO4_PER_HEMI] for h in HEMIS])
-    names = [f"{h[0].upper()}{i}" for h in HEMIS for i in range(ICO4_PER_HEMI)]
-    positions.setflags(write=False)
-    return positions, names
-
 
 # --- repetition time ----------------------------------------------------------------------------
 
@@ -103,8 +88,8 @@ def _load_gifti(path: Path) -> np.ndarray:
     if n_vertices not in FSAVERAGE_VERTICES:
         raise DataError(
             path,
-            f"has {n_vertices} vertices per volume; expected 10242 (fsaverage5 hemisphere) "
-            "or another fsaverage mesh (2562, 40962, 163842)",
+            f"has {n_vertices} vertices per volume; expected {FSAVERAGE5_PER_HEMI} (fsaverage5 hemisphere) "
+            f"or another fsaverage mesh ({', '.join(str(n) for n in FSAVERAGE_VERTICES if n != FSAVERAGE5_PER_HEMI)})",
         )
     data = np.asarray(data[:ICO4_PER_HEMI], dtype=np.float32)
     check_finite(path, data, [f"vertex {i}" for i in range(ICO4_PER_HEMI)])
@@ -148,11 +133,11 @@ def project_volume(img: nib.Nifti1Image) -> np.ndarray:
     """Sample an MNI-space BOLD volume onto ico4 (``[5124, n_vols]``), pial-to-white ribbon."""
     from nilearn.surface import vol_to_surf
 
-    fsavg = _fsaverage5()
+    fsavg = load_fsaverage5()
     parts = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # nilearn notices about mesh/affine details
-        for hemi in HEMIS:
+        for hemi in HEMISPHERES:
             texture = vol_to_surf(img, fsavg["pial"].parts[hemi], inner_mesh=fsavg["white_matter"].parts[hemi])
             parts.append(np.asarray(texture, dtype=np.float32)[:ICO4_PER_HEMI])
     data = np.vstack(parts)
@@ -241,5 +226,4 @@ def read_fmri(
     data = resample_to_grid(data, tr, config.fmri_sfreq)
     if config.fmri_zscore:
         data = zscore(data)
-    positions, names = ico4_geometry()
-    return Recording(data=data, sfreq=config.fmri_sfreq, positions=positions, names=list(names), modality="fmri")
+    return Recording(data=data, sfreq=config.fmri_sfreq, positions=load_ico4_positions(), names=list(ico4_names()), modality="fmri")

@@ -17,6 +17,7 @@ import pandas as pd
 
 from ..config import PreprocessConfig
 from ..errors import DataError
+from ..surface import ICO4_POINTS
 from .bids import RunFiles, find_runs, orphan_targets, read_events, read_participants
 from .eeg import line_frequency, load_raw_eeg, prepare_channels
 from .fmri import load_surface_bold, load_volume, repetition_time
@@ -160,7 +161,7 @@ def _inspect_run(run: RunFiles, config: PreprocessConfig, problems: list[Problem
         if run.target[0].name.endswith((".nii", ".nii.gz")):
             img = attempt(lambda: load_volume(run.target[0]))
             n_vols = img.shape[3] if img is not None else None
-            info.target_points = 5124
+            info.target_points = ICO4_POINTS
         else:
             data = attempt(lambda: load_surface_bold(run.target))
             n_vols = data.shape[1] if data is not None else None

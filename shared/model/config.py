@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from fedneurogen.shared.errors import ConfigError
+from fedneurogen.shared.surface import ICO4_POINTS
 
 
 class FmriConfig(BaseModel):
@@ -20,7 +21,7 @@ class FmriConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    n_points: int = Field(5124, description="Target vertices: ico4 = first 2562 of each fsaverage5 hemisphere")
+    n_points: int = Field(ICO4_POINTS, description="Target vertices: ico4 = first 2562 of each fsaverage5 hemisphere")
     n_frames: int = Field(8, description="Frames per window (16 s at 0.5 Hz)")
     sfreq: float = Field(0.5, description="Frame rate (Hz)")
     n_patches: int = Field(128, description="Target tokens: patches of neighbouring vertices, half per hemisphere")

@@ -31,7 +31,8 @@ from fedneurogen.shared.model.dit import DiT, FinalLayer
 from fedneurogen.shared.model.eeg_encoder import EEGEncoder, channel_index_tensor
 from fedneurogen.shared.model.layers import PositionEmbedding
 from fedneurogen.shared.model.target_encoder import ContrastiveAlignment, TargetEncoder
-from fedneurogen.shared.model.tokens import FmriTokenizer, TokenLayout, fnirs_layout, load_ico4_positions, patchify, unpatchify
+from fedneurogen.shared.model.tokens import FmriTokenizer, TokenLayout, fnirs_layout, patchify, unpatchify
+from fedneurogen.shared.surface import load_ico4_positions
 from fedneurogen.shared.recording import PairedWindows
 
 MODALITIES = ("fmri", "fnirs")

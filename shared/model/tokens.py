@@ -24,8 +24,6 @@ from torch import nn
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.model.config import FmriConfig
 
-ICO4_VERTICES_PER_HEMISPHERE = 2562
-
 
 @dataclass
 class TokenLayout:
@@ -107,18 +105,6 @@ def balanced_patches(positions: np.ndarray, n_patches: int) -> list[np.ndarray]:
         return split(order[:left_points], left_parts) + split(order[left_points:], parts - left_parts)
 
     return split(np.arange(len(positions)), n_patches)
-
-
-@lru_cache(maxsize=1)
-def load_ico4_positions() -> np.ndarray:
-    """ico4 vertex positions ``[5124, 3]`` (mm): the first 2562 vertices of each fsaverage5 pial
-    hemisphere, left then right. nilearn ships fsaverage5, so nothing is downloaded."""
-    from nilearn import datasets
-
-    pial = datasets.load_fsaverage("fsaverage5")["pial"]
-    return np.concatenate(
-        [np.asarray(pial.parts[h].coordinates[:ICO4_VERTICES_PER_HEMISPHERE], dtype=np.float64) for h in ("left", "right")]
-    )
 
 
 class FmriTokenizer(nn.Module):

@@ -1,0 +1,105 @@
+"""The cortical surface geometry of the fMRI target: fsaverage5 and its ico4 subset.
+
+fsaverage meshes are nested subdivisions of an icosahedron, so the first vertices of every
+hemisphere of a finer mesh are the coarser mesh: fsaverage5 (ico5) has 10242 vertices per
+hemisphere, and its first 2562 are ico4. The fMRI target is ico4; fMRIPrep writes, and
+synthesis writes back, fsaverage5. nilearn ships fsaverage5 with its package data, so the
+meshes load offline (nothing is downloaded) and are read once per process (``load_fsaverage5``).
+
+Point order, everywhere: left hemisphere then right, each in fsaverage vertex order. ico4 is
+``[5124]`` points (left ``0..2561``, right ``2562..5123``), named ``L0``..``L2561``,
+``R0``..``R2561``; fsaverage5 is ``[20484]`` (left ``0..10241``, right ``10242..20483``).
+Positions are millimetres on the fsaverage5 pial surface (fsaverage surface RAS, MNI305).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from scipy import sparse
+
+#: Hemisphere names as nilearn's meshes spell them, in point order.
+HEMISPHERES = ("left", "right")
+#: Vertices per hemisphere of ico4 (the first of every fsaverage hemisphere).
+ICO4_PER_HEMI = 2562
+#: Vertices per hemisphere of fsaverage5.
+FSAVERAGE5_PER_HEMI = 10242
+#: ico4 points, both hemispheres: the fMRI target.
+ICO4_POINTS = 2 * ICO4_PER_HEMI
+#: fsaverage5 vertices, both hemispheres.
+FSAVERAGE5_POINTS = 2 * FSAVERAGE5_PER_HEMI
+#: Vertices per hemisphere of the fsaverage meshes -> mesh name; ico4 is the first 2562 of any.
+FSAVERAGE_VERTICES = {ICO4_PER_HEMI: "fsaverage4", FSAVERAGE5_PER_HEMI: "fsaverage5", 40962: "fsaverage6", 163842: "fsaverage"}
+
+
+@functools.lru_cache(maxsize=1)
+def load_fsaverage5() -> Any:
+    """nilearn's fsaverage5 meshes (``pial``, ``white_matter``, ``inflated``, ``sphere``, ...,
+    each with ``.parts['left'|'right']``); shipped with nilearn, loaded once. Read only."""
+    from nilearn import datasets
+
+    return datasets.load_fsaverage("fsaverage5")
+
+
+def load_ico4_positions() -> np.ndarray:
+    """ico4 vertex positions ``[5124, 3]`` float64 (mm): the first 2562 vertices of each
+    fsaverage5 pial hemisphere, left then right. A new array on every call."""
+    pial = load_fsaverage5()["pial"]
+    return np.concatenate([np.asarray(pial.parts[h].coordinates[:ICO4_PER_HEMI], dtype=np.float64) for h in HEMISPHERES])
+
+
+@functools.lru_cache(maxsize=1)
+def ico4_names() -> tuple[str, ...]:
+    """ico4 point names in point order: ``L0``..``L2561``, ``R0``..``R2561``."""
+    return tuple(f"{h[0].upper()}{i}" for h in HEMISPHERES for i in range(ICO4_PER_HEMI))
+
+
+# ----------------------------------------------------------------------------------------------
+# ico4 -> fsaverage5
+
+
+@functools.lru_cache(maxsize=1)
+def ico4_to_fsaverage5() -> sparse.csr_matrix:
+    """The ``[20484, 5124]`` matrix that upsamples ico4 values to fsaverage5 (left, then right).
+
+    The first 2562 vertices of an fsaverage5 hemisphere are ico4 and keep their values; every
+    other vertex takes the mean of its ico4 neighbours on the mesh (the two ends of the ico4
+    edge it subdivides).
+    """
+    from scipy import sparse
+
+    sphere = load_fsaverage5()["sphere"]
+    blocks = [_upsampling(np.asarray(sphere.parts[h].coordinates), np.asarray(sphere.parts[h].faces)) for h in HEMISPHERES]
+    return sparse.block_diag(blocks, format="csr")
+
+
+def _upsampling(coordinates: np.ndarray, faces: np.ndarray) -> sparse.csr_matrix:
+    from scipy import sparse
+
+    n = len(coordinates)
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    edges = np.unique(np.sort(edges, axis=1), axis=0)  # each undirected edge once, low index first
+    links = edges[(edges[:, 0] < ICO4_PER_HEMI) & (edges[:, 1] >= ICO4_PER_HEMI)]  # (ico4, finer) neighbours
+    rows = np.concatenate([np.arange(ICO4_PER_HEMI), links[:, 1]])
+    cols = np.concatenate([np.arange(ICO4_PER_HEMI), links[:, 0]])
+    orphans = np.setdiff1d(np.arange(n), rows)
+    if orphans.size:  # not on fsaverage5; a finer mesh's vertices fall back to the nearest ico4 vertex
+        unit = coordinates / np.linalg.norm(coordinates, axis=1, keepdims=True)
+        nearest = np.argmax(unit[orphans] @ unit[:ICO4_PER_HEMI].T, axis=1)
+        rows, cols = np.concatenate([rows, orphans]), np.concatenate([cols, nearest])
+    counts = np.bincount(rows, minlength=n)
+    return sparse.csr_matrix((1.0 / counts[rows], (rows, cols)), shape=(n, ICO4_PER_HEMI))
+
+
+def upsample_ico4(data: np.ndarray) -> np.ndarray:
+    """ico4 values ``[5124, ...]`` (left then right) -> fsaverage5 ``[20484, ...]`` float32."""
+    data = np.asarray(data)
+    matrix = ico4_to_fsaverage5()
+    if data.shape[0] != matrix.shape[1]:
+        raise ValueError(f"expected {matrix.shape[1]} ico4 values (left then right), got {data.shape[0]}")
+    flat = data.reshape(data.shape[0], -1)
+    return np.asarray(matrix @ flat, dtype=np.float32).reshape(matrix.shape[0], *data.shape[1:])
