@@ -10,6 +10,8 @@ seed gives the same bytes. EDF and BrainVision are written with the libraries th
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
 import shutil
 import tempfile
@@ -20,7 +22,7 @@ import numpy as np
 
 from fedneurogen.shared import formats
 from fedneurogen.shared.formats import BIDS_VERSION, MEAS_DATE, write_gifti_timeseries, write_snirf, write_tsv
-from fedneurogen.shared.io import atomic_path, write_json_atomic
+from fedneurogen.shared.io import atomic_path, write_bytes_atomic, write_json_atomic
 from fedneurogen.simulations.latent import Event
 
 # Re-exported: the simulator and its tests write SNIRF and TSV through this module.
@@ -33,6 +35,7 @@ __all__ = [
     "write_eeg",
     "write_electrodes",
     "write_events",
+    "write_expected_power",
     "write_gifti_timeseries",
     "write_nirs_sidecars",
     "write_participants",
@@ -170,6 +173,53 @@ def write_electrodes(eeg_dir: Path, subject: str, ch_names: Sequence[str], posit
             "EEGCoordinateSystemDescription": "FreeSurfer fsaverage surface RAS (MNI305), the frame of MNE's standard 10-05 montage",
         },
     )
+
+
+def write_expected_power(
+    eeg_dir: Path,
+    base: str,
+    log_power: np.ndarray,
+    ch_names: Sequence[str],
+    rhythms: Sequence[str],
+    positions_mm: np.ndarray,
+    sfreq: float = 1.0,
+) -> Path:
+    """The expected scalp band power of one run (``eeg.expected_band_power``), for the
+    EEG-informed ceiling: ``<base>_desc-expectedpower_timeseries.tsv.gz`` and its ``.json``.
+
+    ``log_power`` is ``[n_channels, n_rhythms, n_bins]`` (ln V^2); the TSV has one column per
+    (channel, rhythm), named ``<channel>_<rhythm>`` channel by channel (``Oz_alpha``, ``Oz_beta``,
+    ...), and one row per bin. The sidecar gives each column's electrode position
+    (``ColumnPositionsMM``, mm), so the file can be used without the EEG recording. Returns the
+    TSV's path. The gzip header holds no time stamp: the same seed gives the same bytes.
+    """
+    columns = [f"{ch}_{r}" for ch in ch_names for r in rhythms]
+    table = np.asarray(log_power, dtype=np.float64).reshape(len(columns), -1).T  # [n_bins, n_columns]
+    text = io.StringIO()
+    np.savetxt(text, table, fmt="%.5f", delimiter="\t", header="\t".join(columns), comments="")
+    stem = eeg_dir / f"{base}_desc-expectedpower_timeseries"
+    # Sidecar first, data last: a reader that finds the data also finds its description.
+    write_json_atomic(
+        stem.with_name(stem.name + ".json"),
+        {
+            "Description": (
+                "Natural log of the expected power of each simulated cortical rhythm at each electrode: the average-referenced "
+                "lead field applied to the latent activity, 0.5 * sum_p g_cp^2 m_p(t)^2, averaged over 1/SamplingFrequency "
+                "bins, without spectral-estimation noise, background, artifacts or sensor noise "
+                "(EEG-informed ceiling: what EEG can explain at all)"
+            ),
+            "SamplingFrequency": sfreq,
+            "StartTime": 0.5 / sfreq,  # bin k covers [k, k+1) / sfreq, centred half a bin in
+            "Columns": columns,
+            "Units": "log V^2",
+            "EEGReference": "average",
+            "Rhythms": list(rhythms),
+            "ColumnPositionsMM": [[round(float(v), 2) for v in positions_mm[i]] for i in range(len(ch_names)) for _ in rhythms],
+        },
+    )
+    path = stem.with_name(stem.name + ".tsv.gz")
+    write_bytes_atomic(path, gzip.compress(text.getvalue().encode("utf-8"), compresslevel=6, mtime=0))
+    return path
 
 
 # ----------------------------------------------------------------------------------------------

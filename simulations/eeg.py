@@ -16,6 +16,10 @@ The aperiodic 1/f background comes from independent parcel sources, drawn with t
 covariance ``G diag(q^2) G^T``. On top: electrode drift, eye blinks, 50 Hz mains and amplifier
 noise. Output is
 average-referenced, in volts.
+
+``expected_band_power`` gives, for the same run, the power each rhythm is expected to have at
+each electrode (the lead field applied to the latent activity, without estimation noise): the
+simulator writes it to ``derivatives/ground_truth`` for the EEG-informed ceiling.
 """
 
 from __future__ import annotations
@@ -69,6 +73,19 @@ def rhythm_profiles() -> dict[str, np.ndarray]:
     }
 
 
+def parcel_activity(latent: LatentActivity) -> np.ndarray:
+    """Latent activity averaged within each cortical parcel, ``[324, n_times]`` at the latent rate."""
+    return load_cortex().parcel_mean(latent.spatial.astype(np.float64)) @ latent.temporal
+
+
+def rhythm_moment(rhythm: Rhythm, phys: SubjectPhysiology, activity: np.ndarray, profiles: dict[str, np.ndarray]) -> np.ndarray:
+    """Envelope of ``rhythm`` per parcel, ``[324, n_times]`` dipole moment in A m:
+    ``moment * strength * profile_p * exp(coupling * activity_p(t))``."""
+    strength = phys.alpha_strength if rhythm.name == "alpha" else 1.0
+    moment = 1e-9 * rhythm.moment_nam * strength * profiles[rhythm.name][:, None]
+    return moment * np.exp(rhythm.coupling * activity)
+
+
 def _peak(phys: SubjectPhysiology, rhythm: Rhythm) -> float:
     return {"alpha": phys.alpha_peak_hz, "beta": phys.beta_peak_hz, "gamma": phys.gamma_peak_hz}[rhythm.name]
 
@@ -97,7 +114,6 @@ def simulate_eeg(
     ``parcel_gain`` is the ``[n_channels, 324]`` lead field of the parcels (V per A m);
     ``duration`` must be a whole number of latent samples (the simulator uses whole seconds).
     """
-    cortex = load_cortex()
     n_ch = parcel_gain.shape[0]
     n_out = int(round(duration * sfreq))
     n_lat = latent.n_times
@@ -105,13 +121,11 @@ def simulate_eeg(
 
     # Rhythms: y(t) = Re(X(t) exp(2j pi f0 t)) with X = gain @ (envelope * a). Bin m of X's DFT
     # lands on output bin m + f0 * duration, scaled by n_out / (2 n_lat).
-    activity = cortex.parcel_mean(latent.spatial.astype(np.float64)) @ latent.temporal  # [324, T]
+    activity = parcel_activity(latent)  # [324, T]
     profiles = rhythm_profiles()
     m = np.rint(sp_fft.fftfreq(n_lat) * n_lat).astype(int)
     for rhythm in RHYTHMS:
-        strength = phys.alpha_strength if rhythm.name == "alpha" else 1.0
-        moment = 1e-9 * rhythm.moment_nam * strength * profiles[rhythm.name][:, None]
-        envelope = (moment * np.exp(rhythm.coupling * activity)).astype(np.float32)
+        envelope = rhythm_moment(rhythm, phys, activity, profiles).astype(np.float32)
         amp = complex_baseband(rng, len(envelope), n_lat, latent.sfreq, rhythm.bandwidth_hz)
         sensor_amp = parcel_gain.astype(np.float32) @ (envelope * amp)  # [n_ch, T], summed over parcels
         q = m + int(round(_peak(phys, rhythm) * duration))
@@ -144,6 +158,52 @@ def simulate_eeg(
     eeg += noise_level * amplifier_noise(rng, n_ch, sfreq, n_out)
     eeg -= eeg.mean(axis=0, keepdims=True)  # average reference
     return eeg.astype(np.float32)
+
+
+def expected_band_power(
+    latent: LatentActivity,
+    phys: SubjectPhysiology,
+    parcel_gain: np.ndarray,
+    sfreq_out: float = 1.0,
+) -> tuple[np.ndarray, list[str]]:
+    """Natural log of the expected power (V^2) of each rhythm at each electrode, in time bins.
+
+    Returns ``values [n_channels, n_rhythms, n_bins]`` (float64) and the rhythm names
+    (``alpha``, ``beta``, ``gamma``, the order of ``RHYTHMS``).
+
+    In ``simulate_eeg`` electrode ``c`` carries rhythm ``r`` as ``Re(X_c(t) exp(2j pi f0 t))`` with
+    ``X_c = sum_p g_cp m_p(t) a_p(t)``: ``g`` the lead field, ``m_p`` the parcel's envelope
+    (``rhythm_moment``) and ``a_p`` independent circular complex amplitudes of unit mean power.
+    Cross-parcel terms vanish in expectation, so ``E|X_c|^2 = sum_p g_cp^2 m_p(t)^2``, and the real
+    signal carries half of it::
+
+        P_c(t) = 0.5 * sum_p g_cp^2 m_p(t)^2
+
+    The recorded EEG is average-referenced, a linear map of the channels, so ``g`` here is the
+    average-referenced lead field ``G - mean_c G``. ``P`` is the rhythm's own power: no
+    spectral-estimation noise (the finite-sample fluctuation of ``a_p``), no aperiodic background,
+    artifacts or sensor noise, and no other rhythm leaking into a frequency band.
+
+    Bin ``k`` averages ``P`` over the latent samples in ``[k, k + 1) / sfreq_out`` s, so it is
+    centred at ``(k + 0.5) / sfreq_out`` s (0.5 s, 1.5 s, ... on the default 1 Hz grid); a
+    trailing partial bin is dropped. ``latent.sfreq / sfreq_out`` must be a whole number.
+    """
+    per_bin = latent.sfreq / sfreq_out
+    if per_bin < 1 or not np.isclose(per_bin, round(per_bin)):
+        raise ValueError(f"sfreq_out={sfreq_out} must divide the latent rate {latent.sfreq} Hz")
+    per_bin = int(round(per_bin))
+    n_bins = latent.n_times // per_bin
+    gain_sq = (parcel_gain - parcel_gain.mean(axis=0, keepdims=True)) ** 2  # average reference, then square
+    activity = parcel_activity(latent)[:, : n_bins * per_bin]
+    profiles = rhythm_profiles()
+    values = np.empty((parcel_gain.shape[0], len(RHYTHMS), n_bins))
+    for i, rhythm in enumerate(RHYTHMS):
+        # The lead field is linear in m_p^2, so bin-average at the parcels first (324 rows, not
+        # n_channels): the matrix product then runs on n_bins columns instead of n_times.
+        moment_sq = rhythm_moment(rhythm, phys, activity, profiles) ** 2
+        binned = moment_sq.reshape(len(moment_sq), n_bins, per_bin).mean(axis=2)
+        values[:, i] = np.log(0.5 * (gain_sq @ binned))
+    return values, [r.name for r in RHYTHMS]
 
 
 def blinks(rng: np.random.Generator, positions_mm: np.ndarray, sfreq: float, n_times: int) -> np.ndarray:

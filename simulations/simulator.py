@@ -8,7 +8,8 @@ One subject, one run:
 3. EEG through a sphere-model lead field, with rhythms whose power follows the activity
    (``eeg.simulate_eeg``),
 4. BOLD (fMRI sites) or HbO/HbR -> light intensity (fNIRS sites) through the HRF
-   (``hemodynamics``), noisy and noise-free,
+   (``hemodynamics``), noisy and noise-free, and the EEG's expected scalp band power
+   (``eeg.expected_band_power``, for the EEG-informed ceiling),
 5. BIDS files (``bids_writer``), following ``docs/data-contract.md``.
 
 Subjects are independent given their seed (``SeedSequence(seed, spawn_key=(site, subject))``),
@@ -32,7 +33,7 @@ import numpy as np
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.io import write_json_atomic
 from fedneurogen.simulations import bids_writer as bw
-from fedneurogen.simulations.eeg import simulate_eeg
+from fedneurogen.simulations.eeg import expected_band_power, simulate_eeg
 from fedneurogen.simulations.geometry import (
     eeg_lead_field,
     load_cortex,
@@ -90,6 +91,10 @@ def simulate_subject(job: SubjectJob) -> dict:
     bw.write_eeg(eeg_dir, base, eeg, spec.eeg_channels, spec.eeg_sfreq, spec.eeg_format, events, spec.task, spec.cap)
     if spec.has_custom_electrodes:
         bw.write_electrodes(eeg_dir, sub, spec.eeg_channels, job.positions_mm)
+    # Noise-free scalp band power on a 1 Hz grid: the features of the EEG-informed ceiling.
+    log_power, rhythms = expected_band_power(latent, phys, job.parcel_gain)
+    truth_eeg_dir = job.site_dir / "derivatives" / "ground_truth" / sub / "eeg"
+    bw.write_expected_power(truth_eeg_dir, base, log_power, spec.eeg_channels, rhythms, job.positions_mm)
 
     if spec.modality == "fmri":
         n_tr = int(np.floor(duration / spec.tr + 1e-9))
