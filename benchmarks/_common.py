@@ -28,6 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedneurogen.shared.config import PreprocessConfig
+from fedneurogen.shared.design import n_design_features
+
 # 64 standard 10-20 / 10-10 channel names (all in the encoder's 10-05 vocabulary).
 CHANNELS_64 = [
     "Fp1", "Fpz", "Fp2", "AF7", "AF3", "AFz", "AF4", "AF8", "F7", "F5", "F3", "F1", "Fz", "F2", "F4", "F6",
@@ -70,6 +73,7 @@ def synthetic_windows(n: int, modality: str = "fmri", n_channels: int = 64, seed
     channel = 70 * direction / np.linalg.norm(direction, axis=1, keepdims=True)
     return PairedWindows(
         **common, target=rng.normal(size=(n, 2 * n_fnirs_channels, 16)).astype(np.float32), target_sfreq=1.0,
+        design=rng.normal(size=(n, 16, n_design_features(PreprocessConfig()))).astype(np.float32),
         target_modality="fnirs", target_names=target_names, target_positions=np.repeat(channel, 2, axis=0),
         target_point_types=[name.split()[-1] for name in target_names],
     )

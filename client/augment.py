@@ -212,7 +212,8 @@ def concat_windows(parts: Sequence[PairedWindows]) -> PairedWindows:
     first = parts[0]
     if len(parts) == 1:
         return first
-    stacked = {name: np.concatenate([getattr(p, name) for p in parts]) for name in ("eeg", "target", "labels", "subjects", "runs", "onsets")}
+    names = ("eeg", "target", "labels", "subjects", "runs", "onsets") + (("design",) if first.design is not None else ())
+    stacked = {name: np.concatenate([getattr(p, name) for p in parts]) for name in names}
     return replace(first, **stacked)
 
 

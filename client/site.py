@@ -21,6 +21,7 @@ from fedneurogen.client.refusal import SiteRefusal, check_data_path, check_modal
 from fedneurogen.shared.data import find_runs, load_site
 from fedneurogen.shared.errors import DataError
 from fedneurogen.shared.metrics import temporal_pcc
+from fedneurogen.shared.model.mean import fit_ridge_paths
 from fedneurogen.shared.model import Batch, NeuroGenModel, parameter_modality
 from fedneurogen.shared.recording import PairedWindows
 from fedneurogen.shared.splits import split_subjects
@@ -171,6 +172,12 @@ def train(
     class_to_index = {name: i for i, name in enumerate(class_names)} or None
     n = len(site.train)
     result = {"num-examples": n, "loss": float("nan"), "steps": 0, "budget_exhausted": 0, "train-seconds": 0.0}
+    if not dp and not model.modality_heads[site.modality].mean.ridge.fitted:
+        # The first round: solve the ridge path on this site's training subjects (penalty and
+        # rank on its held-out ones); the server averages the sites' solutions like any weight.
+        # Under DP the closed-form fit is not private, so the path stays zero there.
+        held_out = [site.val] if set(site.val.subjects.tolist()) != set(site.train.subjects.tolist()) else []
+        fit_ridge_paths(model, [site.train], held_out)
     params = model.prepare_for_dp(site.modality) if dp else [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, config)
     net: torch.nn.Module = model
@@ -215,16 +222,16 @@ def evaluate(
     pcc_windows: int = 0, sampling_steps: int = 5,
 ) -> dict[str, float]:
     """Validation loss on the held-out subjects and, with ``pcc_windows``, the temporal PCC of
-    a quick few-step sample of the first few held-out windows."""
+    the label-free point prediction on the first few held-out windows (``sampling_steps`` is
+    kept for callers; the point prediction needs no sampling)."""
     class_to_index = {name: i for i, name in enumerate(class_names)} or None
     val = site.val
     metrics = {"num-examples": len(val), "loss": validation_loss(model, [val], class_to_index, batch_size, seed=seed)}
     if pcc_windows:
         index = np.arange(min(pcc_windows, len(val)))
         batch = Batch.from_windows(val, index, class_to_index, model.device)
-        generator = torch.Generator(device=model.device).manual_seed(seed)
         model.eval()
-        pred = model.sample(batch, steps=sampling_steps, generator=generator).float().cpu().numpy()
+        pred = model.point_prediction(batch, use_labels=False).float().cpu().numpy()  # label-free point prediction
         pcc = temporal_pcc(pred, val.target[index], val.runs[index], val.onsets[index], val.target_sfreq)
         metrics["pcc"] = pcc if np.isfinite(pcc) else 0.0
     return {k: float(v) if isinstance(v, float) else v for k, v in metrics.items()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 from enum import Enum
 from pathlib import Path
 
+import click
 import typer
 from rich.console import Console
 
@@ -162,6 +163,10 @@ def synthesize(
     out: Path = typer.Option(..., "--out", help="Derivatives dataset to write (GIFTI on fsaverage5 / SNIRF)."),
     subjects: list[str] | None = typer.Option(None, "--subjects", help="Only these subjects (sub-01 or 01; repeat or comma-separate)."),
     label: str | None = typer.Option(None, "--label", help="Condition every window on this class (default: each window's own)."),
+    estimate: str = typer.Option(
+        "sample", "--estimate", click_type=click.Choice(["sample", "mean"]),
+        help="sample: draws from the model (desc-generated<k>); mean: the deterministic point prediction (desc-mean).",
+    ),
     n_samples: int = typer.Option(1, "--n-samples", min=1, help="Samples per window, written as desc-generated1, desc-generated2, ..."),
     steps: int | None = typer.Option(None, "--steps", min=1, help="DDIM steps (default: the model's sampling_steps)."),
     guidance: float = typer.Option(1.0, "--guidance", help="Classifier-free guidance scale (1 = plain conditional)."),
@@ -176,7 +181,7 @@ def synthesize(
     wanted = [s.strip() for value in subjects or [] for s in value.split(",") if s.strip()]
     try:
         written = run_synthesis(
-            checkpoint, data, out, subjects=wanted or None, label=label, n_samples=n_samples, steps=steps,
+            checkpoint, data, out, subjects=wanted or None, label=label, estimate=estimate, n_samples=n_samples, steps=steps,
             guidance_scale=guidance, seed=seed, batch_size=batch_size, device=device,
         )  # fmt: skip
     except FedNeuroGenError as err:
@@ -195,8 +200,8 @@ def evaluate(
     max_windows: int | None = typer.Option(None, "--max-windows", min=1, help="Score at most this many test windows."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sampling noise, the noise baseline and the regressor."),
     guidance: float = typer.Option(1.0, "--guidance", help="Classifier-free guidance scale (1 = plain conditional)."),
-    n_samples: int = typer.Option(1, "--n-samples", min=1, help="Samples per window; their mean is scored (estimates the conditional mean)."),
-    baseline_epochs: int = typer.Option(5, "--baseline-epochs", min=1, help="Training epochs of the regression-transformer baseline."),
+    n_samples: int = typer.Option(1, "--n-samples", min=0, help="Samples per window (0: none): one is scored alone, all of them as a mean, and their spread gives the calibration."),
+    baseline_epochs: int = typer.Option(5, "--baseline-epochs", min=0, help="Training epochs of the regression-transformer baseline (0: skip it)."),
     batch_size: int = typer.Option(16, "--batch-size", min=2, help="Windows per batch (sampling and regressor training)."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
 ) -> None:

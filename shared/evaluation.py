@@ -21,7 +21,7 @@ The report says which case applied.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ import numpy as np
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.errors import DataError
 from fedneurogen.shared.io import write_json_atomic
-from fedneurogen.shared.metrics import generation_metrics, shuffled_baseline, stitch_windows, temporal_pcc
+from fedneurogen.shared.metrics import generation_metrics, pearson_rows, shuffled_baseline, stitch_windows, temporal_pcc
 from fedneurogen.shared.recording import PairedWindows, Recording
 from fedneurogen.shared.splits import SubjectSplit, split_subjects
 
@@ -52,6 +52,7 @@ class EvaluationSplit:
     split: SubjectSplit
     site_in_training: bool
     note: str
+    val: PairedWindows | None = None  # validation subjects (penalties of the baselines)
 
 
 def evaluation_split(windows: PairedWindows, meta: dict[str, Any], site_dir: Path) -> EvaluationSplit:
@@ -70,10 +71,11 @@ def evaluation_split(windows: PairedWindows, meta: dict[str, Any], site_dir: Pat
         )
         if not split.test:
             raise DataError(site_dir, f"the training split of its {len(subjects)} subject(s) leaves no test subject")
-        train_mask, _, test_mask = split.masks(windows.subjects)
+        train_mask, val_mask, test_mask = split.masks(windows.subjects)
         known = "" if trained_on is not None else " (the checkpoint does not list its sites: assumed in training)"
         note = f"site in training{known}: scored on the {len(split.test)} test subject(s) of the training split"
-        return EvaluationSplit(windows.subset(test_mask), windows.subset(train_mask), split, True, note)
+        val = windows.subset(val_mask) if val_mask.any() else None
+        return EvaluationSplit(windows.subset(test_mask), windows.subset(train_mask), split, True, note, val)
     split = SubjectSplit(train=(), val=(), test=tuple(subjects))
     note = (
         f"site not in training (checkpoint sites: {', '.join(trained_on)}): all {len(subjects)} subjects are test; "
@@ -144,15 +146,43 @@ def ground_truth_windows(site_dir: str | Path, windows: PairedWindows, config: P
     return out
 
 
+def eeg_informed_design(site_dir: Path, windows: PairedWindows, config: PreprocessConfig) -> np.ndarray | None:
+    """The design of the EEG-informed ceiling: the simulator's *expected* scalp band power
+    (no spectral-estimation noise), z-scored per run and convolved with the same HRF basis as
+    the model's design, at every window's frames ``[W, F, D]``; None without that ground truth."""
+    from fedneurogen.shared.data.ground_truth_eeg import read_expected_band_power
+    from fedneurogen.shared.design import hemodynamic_convolution
+
+    n_frames = windows.target.shape[-1]
+    out: np.ndarray | None = None
+    for key in np.unique(windows.runs):
+        power = read_expected_band_power(site_dir, str(key))
+        if power is None:
+            return None
+        series = (power.data - power.data.mean(1, keepdims=True)) / (power.data.std(1, keepdims=True) + 1e-6)
+        centres = (np.arange(power.n_times) + 0.5) / power.sfreq  # bin centres (the sidecar's StartTime)
+        last = int(round(windows.onsets[windows.runs == key].max() * windows.target_sfreq)) + n_frames
+        design = hemodynamic_convolution(series, centres, np.arange(last) / windows.target_sfreq, config)
+        if out is None:
+            out = np.zeros((len(windows), n_frames, design.shape[1]), np.float32)
+        elif design.shape[1] != out.shape[2]:
+            return None  # runs with other electrodes: no common ceiling model
+        for i in np.flatnonzero(windows.runs == key):
+            start = int(round(windows.onsets[i] * windows.target_sfreq))
+            out[i] = design[start : start + n_frames]
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
-# Baselines
+# Baselines and scores
 
 
-def fit_predict(make, train: PairedWindows | None, test: PairedWindows) -> np.ndarray | None:
-    """Predictions of the baseline ``make()`` for ``test``: fitted on ``train``, or without
-    training windows, cross-fitted over two halves of the test subjects (None with one subject)."""
+def fit_predict(make, train: PairedWindows | None, test: PairedWindows, val: PairedWindows | None = None) -> np.ndarray | None:
+    """Predictions of the baseline ``make()`` for ``test``: fitted on ``train`` (penalties on
+    ``val``), or without training windows, cross-fitted over two halves of the test subjects
+    (None with one subject)."""
     if train is not None:
-        return make().fit(train).predict(test)
+        return make().fit(train, val).predict(test)
     subjects = sorted(set(test.subjects.tolist()))
     if len(subjects) < 2:
         return None
@@ -163,10 +193,37 @@ def fit_predict(make, train: PairedWindows | None, test: PairedWindows) -> np.nd
     return out
 
 
-def scores(pred: np.ndarray | None, real: PairedWindows) -> dict[str, float] | None:
+def reliable_points(train: PairedWindows, fraction: float = 0.1) -> np.ndarray:
+    """The ``fraction`` of target points the EEG predicts best *on the training subjects*
+    (in-sample PCC of the continuous ridge-HRF fit): the "top-10 %" set, chosen without
+    looking at the test subjects."""
+    from fedneurogen.shared.baselines import RidgeHRFBaseline
+
+    fitted = RidgeHRFBaseline().fit(train).predict(train)
+    per_point = []
+    real = stitch_windows(train.target, train.runs, train.onsets, train.target_sfreq)
+    for run, values in stitch_windows(fitted, train.runs, train.onsets, train.target_sfreq).items():
+        per_point.append(np.arctanh(np.clip(pearson_rows(values, real[run]), -0.999999, 0.999999)))
+    score = np.nan_to_num(np.mean(per_point, axis=0), nan=-np.inf)
+    return np.sort(np.argsort(-score)[: max(1, int(round(fraction * len(score))))])
+
+
+def scores(pred: np.ndarray | None, real: PairedWindows, top: np.ndarray | None = None) -> dict[str, float] | None:
+    """``pcc_temporal``, ``pcc_spatial``, ``ssim`` (+ ``pcc_temporal_top10`` on ``top`` points)."""
     if pred is None:
         return None
-    return {k: float(v) for k, v in generation_metrics(pred, real.target, real.runs, real.onsets, real.target_sfreq).items()}
+    out = {k: float(v) for k, v in generation_metrics(pred, real.target, real.runs, real.onsets, real.target_sfreq).items()}
+    if top is not None:
+        out["pcc_temporal_top10"] = float(temporal_pcc(pred, real.target, real.runs, real.onsets, real.target_sfreq, points=top))
+    return out
+
+
+def calibration(samples: np.ndarray, mean: np.ndarray, real: np.ndarray) -> float:
+    """Sample spread / actual error of the point prediction: ``var(sample - mean) /
+    var(real - mean)`` over all held-out values (1 = calibrated; aim 0.8-1.25)."""
+    spread = float(np.mean((samples - mean[None]) ** 2))
+    error = float(np.mean((real - mean) ** 2))
+    return spread / error if error > 0 else float("nan")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,6 +248,11 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score a checkpoint on a site's test subjects; write ``report.json`` and figures.
 
+    The headline is the label-free point prediction (the model's conditional mean, no
+    sampling) against the continuous ridge-HRF baseline, over all target points and the top
+    10 % most reliable (chosen on the training subjects), next to what is achievable: the noise
+    ceiling and, on simulated data, the EEG-informed ceiling. Samples are scored separately.
+
     Parameters
     ----------
     checkpoint : path-like
@@ -200,31 +262,30 @@ def evaluate(
         A BIDS site.
     out_dir : path-like
         Receives ``report.json`` and the PNG figures.
-    steps, guidance_scale, seed, batch_size : sampling settings; each window is conditioned on
-        its own class (null label for classes the model lacks).
+    steps, guidance_scale, seed, batch_size : sampling settings; each window's samples are
+        conditioned on its own class (null label for classes the model lacks).
     n_samples : int
-        Samples drawn per window; their mean is scored. One sample carries the variability the
-        EEG does not determine, so its PCC with the real signal is about the square of the
-        conditional mean's; averaging samples estimates that mean (what a regressor predicts).
+        Samples drawn per window (0: none). One sample is scored on its own, the mean of all
+        of them too, and their spread around the point prediction gives the calibration.
     max_windows : int, optional
         Score at most this many test windows (each subject's first ones).
     baseline_epochs : int
-        Training epochs of the regression-transformer baseline.
+        Training epochs of the regression-transformer baseline (0: not trained).
 
     Returns
     -------
     dict
-        The report (also in ``out_dir/report.json``): ``pcc_temporal``, ``pcc_spatial``,
-        ``ssim``, ``noise_baseline``, ``noise_ceiling`` (None without ground truth),
-        ``baselines`` (``ridge_hrf``, ``regressor``: each ``pcc_temporal``, ``pcc_spatial``,
-        ``ssim``), ``n_test_windows``, ``test_subjects``, ``test_subjects_count``, ``steps``,
-        the split and the settings used.
+        The report (also in ``out_dir/report.json``): ``point_prediction`` (label-free; the
+        headline), ``point_prediction_labels``, ``sample``, ``samples_mean``, ``calibration``,
+        ``baselines`` (``ridge_hrf``, ``label_only``, ``regressor``), ``noise_baseline``,
+        ``ceilings`` (``noise``, ``eeg_informed``), ``relative`` (the model over the baseline
+        and over the EEG-informed ceiling), and the split and settings. Each score holds
+        ``pcc_temporal``, ``pcc_temporal_top10``, ``pcc_spatial`` and ``ssim``.
     """
-    from fedneurogen.shared.baselines import RidgeHRFBaseline
+    from fedneurogen.shared.baselines import LabelOnlyBaseline, RegressorBaseline, RidgeHRFBaseline
     from fedneurogen.shared.data import load_site
     from fedneurogen.shared.model import count_parameters, load_checkpoint
-    from fedneurogen.shared.regressor import RegressorBaseline
-    from fedneurogen.shared.synthesis import generate, label_indices
+    from fedneurogen.shared.synthesis import generate, label_indices, point_predictions
 
     checkpoint, site_dir, out_dir = Path(checkpoint), Path(site_dir), Path(out_dir)
     model, meta = load_checkpoint(checkpoint, device=device, use_ema=True)
@@ -233,35 +294,66 @@ def evaluate(
     split = evaluation_split(windows, meta, site_dir)
     test = limit_windows(split.test, max_windows)
     steps = steps or model.config.sampling_steps
-
-    labels = label_indices(test, meta.get("class_names"))
-    generated = generate(
-        model, test, labels, n_samples=n_samples, steps=steps, guidance_scale=guidance_scale, seed=seed, batch_size=batch_size,
-        progress=progress,
-    ).mean(axis=0)  # fmt: skip
     real = test.target
-    truth = ground_truth_windows(site_dir, test, preprocess)
+    labels = label_indices(test, meta.get("class_names"))
+
+    with _status(progress, "point prediction and baselines"):
+        mean = point_predictions(model, test, batch_size=batch_size)
+        mean_labelled = point_predictions(model, test, labels, batch_size=batch_size)
+        top = reliable_points(split.train) if split.train is not None else None
+        predictions = {
+            "ridge_hrf": fit_predict(RidgeHRFBaseline, split.train, test, split.val),
+            "label_only": fit_predict(LabelOnlyBaseline, split.train, test, split.val),
+        }
+        truth = ground_truth_windows(site_dir, test, preprocess)
+        informed = None
+        if split.train is not None:
+            designs = [eeg_informed_design(site_dir, w, preprocess) for w in (split.train, test, split.val) if w is not None]
+            if all(d is not None for d in designs):
+                ceiling_train, ceiling_test = (replace(w, design=d) for w, d in zip((split.train, test), designs))
+                ceiling_val = replace(split.val, design=designs[2]) if split.val is not None else None
+                informed = RidgeHRFBaseline().fit(ceiling_train, ceiling_val).predict(ceiling_test)
 
     regressors: list[RegressorBaseline] = []
+    if baseline_epochs > 0:
+        def regressor() -> RegressorBaseline:  # same size as the generator (its ModelConfig)
+            regressors.append(RegressorBaseline(model.config, epochs=baseline_epochs, batch_size=batch_size, seed=seed, device=model.device))
+            return regressors[-1]
 
-    def regressor() -> RegressorBaseline:  # same size as the generator (its ModelConfig)
-        regressors.append(RegressorBaseline(model.config, epochs=baseline_epochs, batch_size=batch_size, seed=seed, device=model.device))
-        return regressors[-1]
+        with _status(progress, f"fitting the regression-transformer baseline ({baseline_epochs} epochs)"):
+            predictions["regressor"] = fit_predict(lambda: _TrainOnly(regressor()), split.train, test, split.val)
 
-    with _status(progress, f"fitting the baselines (regressor: {baseline_epochs} epochs)"):
-        predictions = {"ridge_hrf": fit_predict(RidgeHRFBaseline, split.train, test), "regressor": fit_predict(regressor, split.train, test)}
+    samples = None
+    if n_samples > 0:
+        samples = generate(
+            model, test, labels, n_samples=n_samples, steps=steps, guidance_scale=guidance_scale, seed=seed, batch_size=batch_size,
+            progress=progress,
+        )  # fmt: skip
 
+    headline = scores(mean, test, top)
+    ridge = scores(predictions["ridge_hrf"], test, top)
+    noise_ceiling = None if truth is None else {
+        "pcc_temporal": float(temporal_pcc(truth, real, test.runs, test.onsets, test.target_sfreq)),
+        "pcc_temporal_top10": None if top is None else float(temporal_pcc(truth, real, test.runs, test.onsets, test.target_sfreq, points=top)),
+    }  # fmt: skip
+    informed_scores = scores(informed, test, top)
     report: dict[str, Any] = {
-        **scores(generated, test),
+        "point_prediction": headline,
+        "point_prediction_labels": scores(mean_labelled, test, top),
+        "sample": scores(samples[0], test, top) if samples is not None else None,
+        "samples_mean": scores(samples.mean(axis=0), test, top) if samples is not None and n_samples > 1 else None,
+        "calibration": calibration(samples, mean_labelled, real) if samples is not None else None,
+        "baselines": {name: scores(pred, test, top) for name, pred in predictions.items()},
         "noise_baseline": float(shuffled_baseline(real, test.runs, test.onsets, test.target_sfreq, seed=seed)),
-        "noise_ceiling": None if truth is None else float(temporal_pcc(truth, real, test.runs, test.onsets, test.target_sfreq)),
-        "baselines": {name: scores(pred, test) for name, pred in predictions.items()},
+        "ceilings": {"noise": noise_ceiling, "eeg_informed": informed_scores},
+        "relative": _relative(headline, ridge, informed_scores),
+        "top_points": None if top is None else {"count": int(len(top)), "chosen_on": "training subjects (in-sample ridge-HRF PCC)"},
         "n_test_windows": len(test),
         "test_subjects": sorted(set(test.subjects.tolist())),
         "test_subjects_count": len(set(test.subjects.tolist())),
         "steps": steps,
         "guidance_scale": guidance_scale,
-        "samples_averaged": n_samples,
+        "samples_drawn": n_samples,
         "seed": seed,
         "modality": test.target_modality,
         "site": str(site_dir),
@@ -272,11 +364,46 @@ def evaluate(
         "parameters": {"model": count_parameters(model), "regressor": count_parameters(regressors[0].model) if regressors else None},
         "baseline_epochs": baseline_epochs,
         "noise_ceiling_source": "derivatives/ground_truth (noise-free signal)" if truth is not None else "no ground truth in the site",
-    }
+        "eeg_informed_ceiling_source": (
+            "ridge on the simulator's expected scalp band power (derivatives/ground_truth/.../eeg), same HRF basis and subjects"
+            if informed is not None else "no expected band power in the site (only simulated sites have it)"
+        ),
+    }  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
-    report["plots"] = [p.name for p in write_plots(out_dir, test, generated, predictions.get("ridge_hrf"), report)]
+    shown = samples[0] if samples is not None else mean
+    report["plots"] = [p.name for p in write_plots(out_dir, test, mean, shown, predictions.get("ridge_hrf"), report)]
     write_json_atomic(out_dir / REPORT_FILE, report)
     return report
+
+
+class _TrainOnly:
+    """Adapts a baseline whose ``fit`` takes the training windows only."""
+
+    def __init__(self, baseline):
+        self.baseline = baseline
+
+    def fit(self, train: PairedWindows, val: PairedWindows | None = None) -> "_TrainOnly":
+        self.baseline.fit(train)
+        return self
+
+    def predict(self, windows: PairedWindows) -> np.ndarray:
+        return self.baseline.predict(windows)
+
+
+def _relative(model: dict | None, ridge: dict | None, informed: dict | None) -> dict[str, float | None]:
+    """The headline as a multiple of the ridge baseline and as a share of the EEG-informed ceiling."""
+
+    def ratio(a: dict | None, b: dict | None, key: str) -> float | None:
+        if not a or not b or a.get(key) is None or not b.get(key):
+            return None
+        return float(a[key] / b[key])
+
+    return {
+        "over_ridge_hrf": ratio(model, ridge, "pcc_temporal"),
+        "over_ridge_hrf_top10": ratio(model, ridge, "pcc_temporal_top10"),
+        "share_of_eeg_informed_ceiling": ratio(model, informed, "pcc_temporal"),
+        "share_of_eeg_informed_ceiling_top10": ratio(model, informed, "pcc_temporal_top10"),
+    }
 
 
 def _status(enabled: bool, message: str):
@@ -285,6 +412,28 @@ def _status(enabled: bool, message: str):
     from rich.console import Console
 
     return Console(stderr=True).status(message) if enabled else contextlib.nullcontext()
+
+
+#: The rows of a report, in the order tables and plots show them: (label, path into the report).
+ROWS = (
+    ("model: point prediction (label-free)", ("point_prediction",)),
+    ("model: point prediction (labels)", ("point_prediction_labels",)),
+    ("model: one sample", ("sample",)),
+    ("model: mean of samples", ("samples_mean",)),
+    ("ridge-HRF (continuous)", ("baselines", "ridge_hrf")),
+    ("label only", ("baselines", "label_only")),
+    ("regression transformer", ("baselines", "regressor")),
+    ("EEG-informed ceiling", ("ceilings", "eeg_informed")),
+    ("noise ceiling", ("ceilings", "noise")),
+)
+SCORES = ("pcc_temporal", "pcc_temporal_top10", "pcc_spatial", "ssim")
+
+
+def report_row(report: dict[str, Any], path: tuple[str, ...]) -> dict[str, float | None] | None:
+    value: Any = report
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
 
 
 def pool_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
@@ -300,18 +449,26 @@ def pool_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
             return float(np.tanh(np.average(np.arctanh(np.clip(v, -0.999999, 0.999999)), weights=weights)))
         return float(np.average(v, weights=weights))
 
-    def metrics_of(get) -> dict[str, float | None]:
-        return {m: pooled([get(r).get(m) if get(r) else None for r in reports], m != "ssim") for m in METRICS}
-
-    names = sorted({name for r in reports for name in r["baselines"]})
+    pooled_report: dict[str, Any] = {}
+    for _, path in ROWS:
+        rows = [report_row(r, path) for r in reports]
+        if all(row is None for row in rows):
+            continue
+        metrics = {m: pooled([row.get(m) if row else None for row in rows], m != "ssim") for m in SCORES}
+        target = pooled_report
+        for key in path[:-1]:
+            target = target.setdefault(key, {})
+        target[path[-1]] = metrics
+    headline, ridge, informed = (report_row(pooled_report, p) for p in (("point_prediction",), ("baselines", "ridge_hrf"), ("ceilings", "eeg_informed")))
     return {
-        **metrics_of(lambda r: r),
+        **pooled_report,
+        "relative": _relative(headline, ridge, informed),
         "noise_baseline": pooled([r["noise_baseline"] for r in reports], True),
-        "noise_ceiling": pooled([r["noise_ceiling"] for r in reports], True),
-        "baselines": {name: metrics_of(lambda r, name=name: r["baselines"].get(name)) for name in names},
+        "calibration": pooled([r.get("calibration") for r in reports], False),
         "n_test_windows": int(weights.sum()),
         "test_subjects_count": sum(r["test_subjects_count"] for r in reports),
         "steps": reports[0]["steps"],
+        "modality": "+".join(sorted({r["modality"] for r in reports})),
     }
 
 
@@ -319,16 +476,18 @@ def pool_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
 # Figures and the console table
 
 
-def write_plots(out_dir: Path, test: PairedWindows, generated: np.ndarray, ridge: np.ndarray | None, report: dict[str, Any]) -> list[Path]:
-    """Maps of the mean activation of the test windows' most common task class (real vs
-    generated), time courses at its most active points, and the metric bars."""
+def write_plots(
+    out_dir: Path, test: PairedWindows, mean: np.ndarray, sample: np.ndarray, ridge: np.ndarray | None, report: dict[str, Any]
+) -> list[Path]:  # fmt: skip
+    """Maps of the mean activation of the test windows' most common task class (real, point
+    prediction, one sample), time courses at its most active points, and the metric bars."""
     from fedneurogen.shared import plots
 
     tasks = [label for label in test.labels if label != "rest"]
     shown = max(set(tasks), key=tasks.count) if tasks else None
     chosen = test.labels == shown if shown is not None else np.ones(len(test), bool)
     what = f"class '{shown}'" if shown is not None else "all windows"
-    maps = {"real": test.target[chosen].mean(axis=(0, 2)), "generated": generated[chosen].mean(axis=(0, 2))}
+    maps = {name: values[chosen].mean(axis=(0, 2)) for name, values in (("real", test.target), ("point prediction", mean), ("sample", sample))}
     title = f"mean activation, {what} ({int(chosen.sum())} test windows)"
     if test.target_modality == "fmri":
         written = [plots.surface_maps(maps, out_dir / "maps.png", title)]
@@ -337,7 +496,7 @@ def write_plots(out_dir: Path, test: PairedWindows, generated: np.ndarray, ridge
 
     run = test.runs[np.flatnonzero(chosen)[0]]
     in_run = test.runs == run
-    series = {"real": test.target, "generated": generated, **({"ridge": ridge} if ridge is not None else {})}
+    series = {"real": test.target, "point prediction": mean, **({"ridge-HRF": ridge} if ridge is not None else {}), "sample": sample}
     top = np.argsort(-np.abs(maps["real"]))[:3]
     stitched = {}
     for key, values in series.items():
@@ -360,20 +519,30 @@ def _covered_times(onsets: np.ndarray, sfreq: float, n_frames: int) -> np.ndarra
 
 
 def render_report(report: dict[str, Any], console) -> None:
-    """The report as a rich table: rows model / baselines / noise baseline / ceiling."""
+    """The report as a rich table: the model's point prediction and samples, the baselines and
+    the ceilings, with the headline's ratios under it."""
     from rich.table import Table
 
     def cell(value: float | None) -> str:
         return "-" if value is None or not math.isfinite(value) else f"{value:.3f}"
 
-    counts = f"{report['n_test_windows']} test windows, {report['test_subjects_count']} subject(s), {report['steps']} steps"
-    table = Table(title=f"{report['modality']} evaluation: {counts}", title_justify="left")
-    for column in ("", "temporal PCC", "spatial PCC", "SSIM"):
+    counts = f"{report['n_test_windows']} test windows, {report['test_subjects_count']} subject(s)"
+    table = Table(title=f"{report['modality']} evaluation on held-out subjects: {counts}", title_justify="left")
+    for column in ("", "temporal PCC", "top-10 % PCC", "spatial PCC", "SSIM"):
         table.add_column(column, justify="right" if column else "left")
-    table.add_row("[bold]generator[/]", *(f"[bold]{cell(report[m])}[/]" for m in METRICS))
-    for name, values in report["baselines"].items():
-        table.add_row(name, *(cell(values.get(m) if values else None) for m in METRICS))
-    table.add_row("noise baseline", cell(report["noise_baseline"]), "-", "-")
-    table.add_row("noise ceiling", cell(report["noise_ceiling"]), "-", "-")
+    for label, path in ROWS:
+        row = report_row(report, path)
+        if row is None:
+            continue
+        values = [cell(row.get(m)) for m in SCORES]
+        table.add_row(*(f"[bold]{v}[/]" for v in (label, *values)) if path == ("point_prediction",) else (label, *values))
+    table.add_row("noise baseline (shuffled)", cell(report.get("noise_baseline")), "-", "-", "-")
     console.print(table)
-    console.print(f"[dim]{report['split']['note']}; noise ceiling: {report['noise_ceiling_source']}[/]")
+    rel = report.get("relative") or {}
+    console.print(
+        f"point prediction / ridge-HRF: {cell(rel.get('over_ridge_hrf'))} (top-10 %: {cell(rel.get('over_ridge_hrf_top10'))}); "
+        f"share of the EEG-informed ceiling: {cell(rel.get('share_of_eeg_informed_ceiling'))}; "
+        f"sample calibration: {cell(report.get('calibration'))}"
+    )
+    if "split" in report:
+        console.print(f"[dim]{report['split']['note']}[/]")

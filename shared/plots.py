@@ -106,23 +106,22 @@ def time_courses(
 
 
 def metric_bars(report: Mapping, path: str | Path, title: str) -> Path:
-    """Temporal PCC of the model, the baselines, the noise baseline and the noise ceiling; spatial
-    PCC and SSIM of the model and the baselines. Missing values are left out."""
-    models = {"model": report, **{name: values for name, values in (report.get("baselines") or {}).items() if values}}
-    fig = Figure(figsize=(12, 3.8))
+    """Temporal PCC (all points and top-10 %) of the model's point prediction and sample, the
+    baselines and the ceilings; spatial PCC of those that have it. Missing values are left out."""
+    from fedneurogen.shared.evaluation import ROWS, report_row
+
+    rows = {label.replace("model: ", ""): report_row(dict(report), p) for label, p in ROWS}
+    fig = Figure(figsize=(14, 4.2))
     axes = fig.subplots(1, 3)
-    for ax, metric in zip(axes, ("pcc_temporal", "pcc_spatial", "ssim")):
-        bars = {name: values.get(metric) for name, values in models.items()}
-        if metric == "pcc_temporal":
-            bars["noise baseline"] = report.get("noise_baseline")
-            bars["noise ceiling"] = report.get("noise_ceiling")
+    for ax, metric in zip(axes, ("pcc_temporal", "pcc_temporal_top10", "pcc_spatial")):
+        bars = {name: row.get(metric) for name, row in rows.items() if row}
         bars = {k: float(v) for k, v in bars.items() if v is not None and np.isfinite(v)}
-        colors = ["tab:red" if k == "model" else "grey" if k.startswith("noise") else "tab:blue" for k in bars]
+        colors = ["tab:red" if k.startswith(("point", "one sample", "mean of")) else "grey" if "ceiling" in k else "tab:blue" for k in bars]
         ax.bar(list(bars), list(bars.values()), color=colors)
         for x, v in enumerate(bars.values()):
             ax.annotate(f"{v:.3f}", (x, v), ha="center", va="bottom" if v >= 0 else "top", fontsize="small")
         ax.axhline(0, color="black", linewidth=0.8)
-        ax.set_title(metric.replace("_", " "))
-        ax.tick_params(axis="x", labelrotation=30)
+        ax.set_title(metric.replace("_", " ").replace("top10", "top-10 %"))
+        ax.tick_params(axis="x", labelrotation=45, labelsize="small")
     fig.suptitle(title)
     return save_figure(fig, path)

@@ -83,6 +83,10 @@ class PairedWindows:
     runs:             run key of each window (``sub-01_task-visual_run-1``)
     onsets:           target onset of each window in seconds from the start of its run
     participants:     participant attributes by id (``sex``, ``age``, ``group``, ...)
+    design:           float32 ``[n_windows, n_target_times, n_features]``: the hemodynamic design
+                      at each target frame (``fedneurogen.shared.design``), computed on the
+                      continuous run over ``history`` s before the frame; None when not computed
+    history:          seconds of EEG before each target frame that ``design`` summarises
     """
 
     eeg: np.ndarray
@@ -101,9 +105,13 @@ class PairedWindows:
     lag: float
     participants: dict[str, dict[str, str]] = field(default_factory=dict)
     target_point_types: list[str] | None = None
+    design: np.ndarray | None = None
+    history: float = 0.0
 
     def __post_init__(self) -> None:
         n = self.eeg.shape[0]
+        if self.design is not None and (self.design.ndim != 3 or self.design.shape[:2] != (n, self.target.shape[-1])):
+            raise ValueError(f"PairedWindows.design must be [{n}, {self.target.shape[-1]}, features], got {list(self.design.shape)}")
         for name in ("target", "labels", "subjects", "runs", "onsets"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"PairedWindows.{name} has {len(getattr(self, name))} entries for {n} windows")
@@ -143,4 +151,6 @@ class PairedWindows:
             lag=self.lag,
             participants=self.participants,
             target_point_types=self.target_point_types,
+            design=None if self.design is None else self.design[index],
+            history=self.history,
         )

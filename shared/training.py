@@ -171,6 +171,54 @@ def validation_loss(model: NeuroGenModel, sites: Sequence[PairedWindows], class_
     return total / count if count else float("nan")
 
 
+@torch.no_grad()
+def point_prediction_pcc(model: NeuroGenModel, sites: Sequence[PairedWindows], batch_size: int = 64) -> float:
+    """Temporal PCC (Fisher-z mean over points, runs and sites) of the label-free point
+    prediction on ``sites``: the figure that early stopping and checkpoint choice look at."""
+    from fedneurogen.shared.metrics import fisher_mean, pearson_rows, stitch_windows
+
+    was_training = model.training
+    model.eval()
+    correlations = []
+    for site in sites:
+        pred = np.concatenate([
+            model.point_prediction(Batch.from_windows(site, np.arange(i, min(i + batch_size, len(site))), device=model.device)).float().cpu().numpy()
+            for i in range(0, len(site), batch_size)
+        ])  # fmt: skip
+        real = stitch_windows(site.target, site.runs, site.onsets, site.target_sfreq)
+        for run, values in stitch_windows(pred, site.runs, site.onsets, site.target_sfreq).items():
+            correlations.append(pearson_rows(values, real[run]))
+    model.train(was_training)
+    return fisher_mean(np.concatenate(correlations)) if correlations else float("nan")
+
+
+class BestMean:
+    """Keeps the residual weights of the point prediction that scored best on validation, so
+    the mean never ends worse on validation subjects than where it started (the ridge path)."""
+
+    def __init__(self, model: NeuroGenModel, score: float):
+        self.score = score
+        self.state = self._snapshot(model)
+
+    @staticmethod
+    def _snapshot(model: NeuroGenModel) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in model.named_parameters() if ".mean." in n}
+
+    def offer(self, model: NeuroGenModel, score: float) -> bool:
+        if np.isfinite(score) and (not np.isfinite(self.score) or score > self.score):
+            self.score, self.state = score, self._snapshot(model)
+            return True
+        return False
+
+    @torch.no_grad()
+    def restore(self, model: NeuroGenModel, ema: EMA | None = None) -> None:
+        params = dict(model.named_parameters())
+        for name, value in self.state.items():
+            params[name].copy_(value)
+            if ema is not None:
+                ema.shadow[name].copy_(value)
+
+
 def save_training_state(path: Path, optimizer: torch.optim.Optimizer, step: int, epoch: int, extra: dict[str, Any] | None = None) -> None:
     """Optimiser state and counters next to a checkpoint, written atomically."""
     state = {"optimizer": optimizer.state_dict(), "step": step, "epoch": epoch, **(extra or {})}
@@ -275,10 +323,15 @@ def train_centralized(
     if len(classes) > model_config.num_classes:
         raise ConfigError(f"the data has {len(classes)} classes {sorted(classes)} but preset {preset!r} has {model_config.num_classes} label slots")
     model = NeuroGenModel(model_config, device=device)
-    ema = EMA(model, decay=model_config.ema_decay)
-    optimizer = make_optimizer(model.parameters(), config)
     checkpoint_dir = run_dir / CHECKPOINT_DIR
     step, first_epoch = 0, 0
+    ridge_choice = None
+    if not resume:
+        from fedneurogen.shared.model.mean import fit_ridge_paths
+
+        ridge_choice = fit_ridge_paths(model, split.train, split.val)
+    ema = EMA(model, decay=model_config.ema_decay)
+    optimizer = make_optimizer(model.parameters(), config)
     if resume:
         if not (checkpoint_dir / "config.json").exists():
             raise ConfigError(f"--resume: no checkpoint in {checkpoint_dir}")
@@ -298,6 +351,7 @@ def train_centralized(
         "train_config": config.model_dump(),
         "sites": names,
         "train_windows": int(sum(len(s) for s in split.train)),
+        "ridge_path": ridge_choice,
     }
     write_run_config(run_dir, {"provenance": provenance, "classes": list(classes)})
     logger = JsonlLogger(run_dir)
@@ -313,10 +367,14 @@ def train_centralized(
         save_checkpoint(checkpoint_dir, model, ema=ema, extra=extra)
         save_training_state(run_dir / STATE_FILE, optimizer, step, epoch)
 
+    selection_sites = split.val or split.train  # validation subjects; the training ones only when there are none
+    with ema.average_parameters(model):
+        best = BestMean(model, point_prediction_pcc(model, selection_sites))
+    logger.log(step, **{"val/pcc_point": best.score})
     columns = (TextColumn("[bold]train[/] epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not progress, transient=False) as bar:
         task = bar.add_task("train", total=steps_per_epoch * (config.epochs - first_epoch), epoch=first_epoch + 1, loss=float("nan"))
-        epoch = first_epoch
+        finished = first_epoch
         for epoch in range(first_epoch, config.epochs):
             bar.update(task, epoch=epoch + 1)
             stats, step = train_epochs(
@@ -326,12 +384,17 @@ def train_centralized(
                 progress=lambda parts: bar.update(task, advance=1, loss=parts["total"]),
             )
             with ema.average_parameters(model):
-                val = validation_loss(model, split.val or split.train, classes, config.batch_size, seed=seed)
+                val = validation_loss(model, selection_sites, classes, config.batch_size, seed=seed)
+                val_pcc = point_prediction_pcc(model, selection_sites)
+                best.offer(model, val_pcc)
             finished = epoch + 1 if not stats.stopped_early else epoch
-            logger.log(step, epoch=finished, **{"val/loss": val, "train/epoch_loss": stats.summary()["loss"]})
+            logger.log(step, epoch=finished, **{"val/loss": val, "val/pcc_point": val_pcc, "train/epoch_loss": stats.summary()["loss"]})
             checkpoint(finished)
             if stats.stopped_early:
                 bar.console.print(f"stopped after {max_minutes} min (--max-minutes) at step {step}")
                 break
+    # the point prediction keeps its best validation weights (the diffusion keeps its last)
+    best.restore(model, ema)
+    checkpoint(finished)
     logger.close()
     return checkpoint_dir

@@ -18,7 +18,9 @@ from fedneurogen.shared.data.pairing import combine_runs, cut_windows, label_win
 from fedneurogen.shared.data.site import site_inputs
 from fedneurogen.shared.recording import Recording
 
-CFG = PreprocessConfig(eeg_ica=False)
+# A history as short as the lag: these tests check the raw EEG/target window geometry on short
+# runs; the full-history rule (windows from history_seconds on) is tested in test_fidelity.
+CFG = PreprocessConfig(eeg_ica=False, history_seconds=6.0)
 
 
 def _events(rows):
@@ -68,7 +70,9 @@ def test_windows_fit_inside_both_recordings():
     assert onsets(60, 40) == [6.0, 14.0, 22.0]
     assert onsets(20, 20) == []
     # A 5 s lag: the first onset is snapped up onto the 2 s grid (6 s); EEG then starts at 1 s.
-    assert onsets(40, 60, CFG.model_copy(update={"lag_seconds": 5.0}))[0] == 6.0
+    assert onsets(40, 60, CFG.model_copy(update={"lag_seconds": 5.0, "history_seconds": 5.0}))[0] == 6.0
+    # The default 30 s history: the first window starts 30 s into the run.
+    assert onsets(80, 80, CFG.model_copy(update={"history_seconds": 30.0})) == [30.0, 38.0, 46.0, 54.0, 62.0]
 
 
 def test_labels_majority_rule():
@@ -136,7 +140,7 @@ def test_cache_hit_returns_same_windows_without_reading(small_site, tmp_path, co
     second = load_site_data(small_site, CFG, cache_dir=cache, progress=False)
     assert second.from_cache and len(counted) == 2  # no reader ran
     a, b = first.windows, second.windows
-    for name in ("eeg", "target", "labels", "subjects", "runs", "onsets", "eeg_positions", "target_positions"):
+    for name in ("eeg", "target", "labels", "subjects", "runs", "onsets", "eeg_positions", "target_positions", "design"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
     assert (a.eeg_channel_names, a.target_names, a.participants, a.lag) == (
         b.eeg_channel_names, b.target_names, b.participants, b.lag,

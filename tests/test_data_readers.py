@@ -297,7 +297,8 @@ def test_find_runs_sessions_zero_padded_runs_and_companions(tmp_path):
 
 
 def test_validate_summary(fmri_site):
-    report = validate_dataset(fmri_site)
+    # a 6 s history so this 64 s run yields windows of every class (the default history is 30 s)
+    report = validate_dataset(fmri_site, PreprocessConfig(history_seconds=6.0))
     assert report.ok, report.problems
     s = report.summary
     assert s["subjects"] == ["sub-01"] and s["runs"] == 1 and s["modalities"] == ["eeg", "fmri"]

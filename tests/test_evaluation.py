@@ -19,7 +19,7 @@ from fedneurogen.shared.baselines import RidgeHRFBaseline
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.metrics import temporal_pcc
 from fedneurogen.shared.recording import PairedWindows
-from fedneurogen.shared.regressor import RegressorBaseline
+from fedneurogen.shared.baselines.regressor import RegressorBaseline
 from fedneurogen.shared.splits import split_subjects
 
 
@@ -46,7 +46,8 @@ def _fake_windows(subjects: list[str], per_subject: int = 4) -> PairedWindows:
     )  # fmt: skip
 
 
-REPORT_NUMBERS = ("pcc_temporal", "pcc_spatial", "ssim", "noise_baseline", "noise_ceiling", "n_test_windows", "test_subjects_count", "steps")
+REPORT_NUMBERS = ("noise_baseline", "calibration", "n_test_windows", "test_subjects_count", "steps")
+SCORES = ("pcc_temporal", "pcc_temporal_top10", "pcc_spatial", "ssim")
 
 
 def test_evaluate_scores_only_test_subjects_and_writes_report_and_plots(consortium, tmp_path, monkeypatch):
@@ -74,14 +75,20 @@ def test_evaluate_scores_only_test_subjects_and_writes_report_and_plots(consorti
     args = ["evaluate", "--checkpoint", str(checkpoint), "--data", str(fmri_site), "--out", str(out)]
     result = CliRunner().invoke(app, [*args, "--steps", "2", "--max-windows", "8", "--baseline-epochs", "1", "--seed", "1", "--n-samples", "2"])
     assert result.exit_code == 0, result.output
-    assert "noise ceiling" in result.output and "ridge_hrf" in result.output
+    assert "noise ceiling" in result.output and "ridge-HRF" in result.output and "EEG-informed ceiling" in result.output
 
     report = json.loads((out / "report.json").read_text())
     for key in REPORT_NUMBERS:
         assert isinstance(report[key], (int, float)) and math.isfinite(report[key]), key
-    for name in ("ridge_hrf", "regressor"):
-        assert all(math.isfinite(report["baselines"][name][m]) for m in ("pcc_temporal", "pcc_spatial", "ssim"))
-    assert report["steps"] == 2 and report["samples_averaged"] == 2 and 0 < report["n_test_windows"] <= 8
+    for row in ("point_prediction", "point_prediction_labels", "sample", "samples_mean"):
+        assert all(math.isfinite(report[row][m]) for m in SCORES), row
+    for name in ("ridge_hrf", "label_only", "regressor"):
+        assert all(math.isfinite(report["baselines"][name][m]) for m in SCORES), name
+    assert math.isfinite(report["ceilings"]["eeg_informed"]["pcc_temporal"])
+    assert report["relative"]["over_ridge_hrf"] == pytest.approx(
+        report["point_prediction"]["pcc_temporal"] / report["baselines"]["ridge_hrf"]["pcc_temporal"]
+    )
+    assert report["steps"] == 2 and report["samples_drawn"] == 2 and 0 < report["n_test_windows"] <= 8
     assert report["site_in_training"] is True
 
     # scored on the training split's test subjects only; baselines learn from its training subjects only
@@ -91,7 +98,7 @@ def test_evaluate_scores_only_test_subjects_and_writes_report_and_plots(consorti
     assert not set(split.test) & set(split.train)
 
     # the noise-free signal tracks the real one far better than a shuffled real signal does
-    assert report["noise_ceiling"] > 0.3 > abs(report["noise_baseline"])
+    assert report["ceilings"]["noise"]["pcc_temporal"] > 0.3 > abs(report["noise_baseline"])
     for name in ("maps.png", "timecourses.png", "metrics.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     assert report["plots"] == ["maps.png", "timecourses.png", "metrics.png"]
@@ -151,11 +158,11 @@ def test_regressor_loss_falls_in_a_short_fit(consortium):
     _, _, fnirs_site = consortium
     windows = _load(fnirs_site).subset(np.arange(4))
     few = dataclasses.replace(windows, eeg=windows.eeg[:, :8], eeg_channel_names=windows.eeg_channel_names[:8], eeg_positions=windows.eeg_positions[:8])
-    baseline = RegressorBaseline("tiny", epochs=15, batch_size=4, lr=3e-3, warmup_steps=1, seed=0, device="cpu").fit(few)
-    assert len(baseline.history) == 15
+    baseline = RegressorBaseline("tiny", epochs=30, batch_size=4, lr=3e-3, warmup_steps=1, seed=0, device="cpu").fit(few)
+    assert len(baseline.history) == 30
     assert baseline.history[-1] < 0.8 * baseline.history[0]
     predicted = baseline.predict(few)
     assert predicted.shape == few.target.shape and np.isfinite(predicted).all()
     # deterministic: the same seed fits the same model
-    again = RegressorBaseline("tiny", epochs=15, batch_size=4, lr=3e-3, warmup_steps=1, seed=0, device="cpu").fit(few)
+    again = RegressorBaseline("tiny", epochs=30, batch_size=4, lr=3e-3, warmup_steps=1, seed=0, device="cpu").fit(few)
     np.testing.assert_array_equal(again.predict(few), predicted)

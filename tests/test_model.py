@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from fedneurogen.shared.config import PreprocessConfig
+from fedneurogen.shared.design import n_design_features
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.model import (
     Batch,
@@ -44,6 +46,9 @@ def sphere_points(n: int, radius: float, rng: np.random.Generator, side: int = 0
 FMRI_POSITIONS = np.concatenate([sphere_points(2562, 70, np.random.default_rng(1), -1), sphere_points(2562, 70, np.random.default_rng(2), 1)])
 
 
+DESIGN_FEATURES = n_design_features(PreprocessConfig())
+
+
 def make_windows(modality: str, n_windows: int = 4, n_eeg: int = 8, n_fnirs_channels: int = 6, seed: int = 0) -> PairedWindows:
     """Random paired windows shaped like the data layer's (16 s; fMRI ico4 or fNIRS hbo/hbr)."""
     rng = np.random.default_rng(seed)
@@ -71,6 +76,7 @@ def make_windows(modality: str, n_windows: int = 4, n_eeg: int = 8, n_fnirs_chan
         onsets=np.arange(n_windows) * 8.0,
         lag=6.0,
         target_point_types=types,
+        design=rng.normal(size=(n_windows, n_frames, DESIGN_FEATURES)).astype(np.float32),
     )
 
 
@@ -102,8 +108,9 @@ def perturb(model: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> None:
 
 def test_presets_have_the_intended_sizes():
     counts = {name: parameter_count(name) for name in ("tiny", "small", "base")}
-    assert counts["tiny"]["total"] < 1_000_000
-    assert 1_000_000 < counts["small"]["total"] < 10_000_000
+    assert counts["tiny"]["trainable"] < 1_000_000
+    assert 1_000_000 < counts["small"]["trainable"] < 10_000_000
+    assert counts["tiny"]["trainable"] == count_parameters(tiny_model(), trainable_only=True)
     assert counts["base"]["total"] > 100_000_000
     # LaBraM-Base: 12 layers x 200 wide, about 5.8M parameters
     base = get_preset("base")
@@ -412,7 +419,7 @@ def test_opacus_per_sample_gradients_match_single_window_gradients():
     import opacus
     from opacus.validators import ModuleValidator
 
-    model = tiny_model(label_dropout=0.0)
+    model = tiny_model(label_dropout=0.0, mean_dropout=0.0)  # no random masks: the two passes must see the same network
     assert ModuleValidator.validate(model, strict=True) == []  # strict: raises on any unsupported layer
     perturb(model)
     trainable = model.prepare_for_dp("fnirs")

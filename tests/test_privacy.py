@@ -11,6 +11,8 @@ import torch
 from opacus.accountants import RDPAccountant
 
 from fedneurogen.client import privacy, site
+from fedneurogen.shared.config import PreprocessConfig
+from fedneurogen.shared.design import n_design_features
 from fedneurogen.shared.model import NeuroGenModel, load_checkpoint, parameter_modality, save_checkpoint
 from fedneurogen.shared.recording import PairedWindows
 from fedneurogen.shared.training import TRAIN_PRESETS
@@ -32,6 +34,7 @@ def fnirs_windows(n: int, subject: str, seed: int) -> PairedWindows:
         labels=np.array(["left", "right"] * (n // 2) + ["rest"] * (n % 2)), subjects=np.array([subject] * n),
         runs=np.array([f"{subject}_run-1"] * n), onsets=np.arange(n) * 8.0, lag=6.0,
         target_point_types=[name.split()[-1] for name in names],
+        design=rng.normal(size=(n, 16, n_design_features(PreprocessConfig()))).astype(np.float32),
     )
 
 

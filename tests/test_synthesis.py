@@ -157,13 +157,14 @@ def test_synthesize_writes_gifti_on_fsaverage5_with_provenance(consortium, tmp_p
     for img in hemis:
         data = np.stack([d.data for d in img.darrays], axis=1)
         assert data.shape == (10242, n_volumes) and np.isfinite(data).all()
-        assert np.abs(data[:, 3:]).max() > 0  # frames from 6 s (the lag) on are generated
-        np.testing.assert_array_equal(data[:, :3], 0)
+        first = int(PreprocessConfig().history_seconds * windows.target_sfreq)
+        assert np.abs(data[:, first:]).max() > 0  # frames from the hemodynamic history (30 s) on are generated
+        np.testing.assert_array_equal(data[:, :first], 0)
     assert "CortexLeft" in hemis[0].meta["AnatomicalStructurePrimary"]
 
     sidecar = json.loads((func / f"{stem}_space-fsaverage5_desc-generated_bold.json").read_text())
     meta = json.loads((checkpoint / "config.json").read_text())
-    assert sidecar["RepetitionTime"] == 2.0 and sidecar["UncoveredSeconds"] == [[0.0, 6.0]]
+    assert sidecar["RepetitionTime"] == 2.0 and sidecar["UncoveredSeconds"] == [[0.0, PreprocessConfig().history_seconds]]
     assert sidecar["GeneratedBy"]["CheckpointHash"] == meta["content_hash"]
     assert sidecar["GeneratedBy"]["Steps"] == 2 and sidecar["GeneratedBy"]["Seed"] == 3
     assert sidecar["Sources"] == [f"sub-01/eeg/{stem}_eeg.edf"]
@@ -175,6 +176,21 @@ def test_synthesize_writes_gifti_on_fsaverage5_with_provenance(consortium, tmp_p
     again = synthesize(checkpoint, fmri_site, tmp_path / "again", subjects=["01"], steps=2, seed=3, progress=False)
     left = nib.load(again[1])
     np.testing.assert_array_equal(np.stack([d.data for d in left.darrays], 1), np.stack([d.data for d in hemis[0].darrays], 1))
+
+
+def test_estimate_mean_writes_the_deterministic_point_prediction(consortium, tmp_path):
+    checkpoint, fmri_site, _ = consortium
+    base = ["synthesize", "--checkpoint", str(checkpoint), "--data", str(fmri_site), "--subjects", "sub-01", "--estimate", "mean"]
+    stem = "sub-01/func/sub-01_task-visual_run-1_hemi-L_space-fsaverage5_desc-mean_bold.func.gii"
+    arrays = []
+    for out, seed in ((tmp_path / "a", "1"), (tmp_path / "b", "2")):  # the seed does not matter: nothing is sampled
+        result = CliRunner().invoke(app, [*base, "--out", str(out), "--seed", seed])
+        assert result.exit_code == 0, result.output
+        arrays.append(np.stack([d.data for d in nib.load(out / stem).darrays], axis=1))
+        sidecar = json.loads((out / "sub-01/func/sub-01_task-visual_run-1_space-fsaverage5_desc-mean_bold.json").read_text())
+        assert sidecar["GeneratedBy"]["Estimate"].startswith("point prediction")
+    np.testing.assert_array_equal(arrays[0], arrays[1])
+    assert np.abs(arrays[0]).max() > 0
 
 
 def test_synthesize_writes_snirf_on_the_sites_probe(consortium, tmp_path):

@@ -32,9 +32,9 @@ from ..io import atomic_path, file_sha256, write_json_atomic
 from ..recording import PairedWindows
 
 #: Bump when the loader's output for the same inputs changes (new preprocessing, bug fix).
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 SETTLE_NS = 2_000_000_000
-_ARRAYS = ("eeg", "target", "labels", "subjects", "runs", "onsets", "eeg_positions", "target_positions")
+_ARRAYS = ("eeg", "target", "labels", "subjects", "runs", "onsets", "eeg_positions", "target_positions", "design")
 
 
 def default_cache_dir() -> Path:
@@ -151,6 +151,8 @@ class SiteCache:
             lag=w["lag"],
             participants=w["participants"],
             target_point_types=w["target_point_types"],
+            design=arrays["design"],
+            history=w["history"],
         )
         return windows, meta
 
@@ -179,6 +181,7 @@ class SiteCache:
                 "lag": windows.lag,
                 "participants": windows.participants,
                 "target_point_types": windows.target_point_types,
+                "history": windows.history,
             },
             **extra,
         }

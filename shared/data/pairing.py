@@ -1,8 +1,11 @@
 """Cutting paired EEG/target windows (ARCHITECTURE section 4: the target lags EEG by ``lag``).
 
-Window ``k`` of a run takes the target over ``[t_k, t_k + W]`` and the EEG over
-``[t_k - lag, t_k - lag + W]``, with ``t_k = lag + k * hop`` snapped up to the target's sample
-grid, for every ``k`` where both spans fit inside the run.
+Window ``k`` of a run takes the target over ``[t_k, t_k + W]``, the raw EEG over
+``[t_k - lag, t_k - lag + W]`` (for the EEG encoder) and the hemodynamic design of its frames
+(``fedneurogen.shared.design``: band power over the full history ``[t - H, t]`` before each
+frame ``t``, computed on the continuous run), with ``t_k = max(lag, H) + k * hop`` snapped up to
+the target's sample grid, for every ``k`` where both spans fit inside the run. So the EEG a
+window depends on spans ``[t_k - H, t_k + W]`` and always lies inside the run.
 
 Labels: each window's class is the ``trial_type`` that covers most of its *EEG* span (the
 activity that caused the target), time outside every event counting as ``rest``. A window is
@@ -51,6 +54,7 @@ class RunWindows:
     target_point_types: list[str] | None
     labels: np.ndarray
     onsets: np.ndarray
+    design: np.ndarray  # [n, target times, features]
 
 
 def window_starts(
@@ -61,7 +65,7 @@ def window_starts(
     n_e = int(round(config.window_seconds * eeg_sfreq))
     lag = config.lag_seconds
     target_starts, eeg_starts = [], []
-    t = lag
+    t = max(lag, config.history_seconds)  # every frame has its full hemodynamic history
     while True:
         i0 = int(math.ceil(t * target_sfreq - 1e-6))  # snap up onto the target grid
         j0 = int(round((i0 / target_sfreq - lag) * eeg_sfreq))
@@ -132,10 +136,23 @@ def check_durations(
         )
 
 
+def check_history(target: Recording, target_path: Path, run: str, config: PreprocessConfig) -> None:
+    """A run must hold the hemodynamic history plus one window."""
+    needed = max(config.lag_seconds, config.history_seconds) + config.window_seconds
+    if target.duration < needed:
+        raise DataError(
+            target_path,
+            f"run {run} is {target.duration:.1f} s long, shorter than the {config.history_seconds:.0f} s hemodynamic "
+            f"history plus one {config.window_seconds:.0f} s window ({needed:.0f} s); lower history_seconds or drop the run",
+        )
+
+
 def cut_windows(
     eeg: Recording, target: Recording, events: pd.DataFrame, config: PreprocessConfig, run: str, subject: str
 ) -> RunWindows:
     """All paired windows of one run (see the module docstring for the rules)."""
+    from fedneurogen.shared.design import run_design
+
     target_starts, eeg_starts = window_starts(eeg.n_times, eeg.sfreq, target.n_times, target.sfreq, config)
     labels, keep = label_windows(eeg_starts / eeg.sfreq, config.window_seconds, events, config.label_min_fraction)
     target_starts, eeg_starts, labels = target_starts[keep], eeg_starts[keep], labels[keep]
@@ -143,9 +160,12 @@ def cut_windows(
     n_t = int(round(config.window_seconds * target.sfreq))
     eeg_win = np.zeros((len(eeg_starts), eeg.n_points, n_e), np.float32)
     tgt_win = np.zeros((len(target_starts), target.n_points, n_t), np.float32)
+    design = run_design(eeg, target.times, config)
+    design_win = np.zeros((len(target_starts), n_t, design.shape[1]), np.float32)
     for k, (j, i) in enumerate(zip(eeg_starts, target_starts)):
         eeg_win[k] = eeg.data[:, j : j + n_e]
         tgt_win[k] = target.data[:, i : i + n_t]
+        design_win[k] = design[i : i + n_t]
     return RunWindows(
         run=run,
         subject=subject,
@@ -161,6 +181,7 @@ def cut_windows(
         target_point_types=target.point_types,
         labels=labels,
         onsets=target_starts / target.sfreq,
+        design=design_win,
     )
 
 
@@ -230,5 +251,7 @@ def combine_runs(
         lag=config.lag_seconds,
         participants={s: dict(participants.get(s, {})) for s in sorted({r.subject for r in runs}) if s in participants},
         target_point_types=point_types,
+        design=np.concatenate([r.design for r in runs]).astype(np.float32, copy=False),
+        history=config.history_seconds,
     )
     return windows, problems

@@ -13,7 +13,7 @@ from .cache import SiteCache
 from .eeg import read_eeg
 from .fmri import read_fmri, repetition_time
 from .fnirs import read_fnirs
-from .pairing import RunWindows, check_durations, combine_runs, cut_windows
+from .pairing import RunWindows, check_durations, check_history, combine_runs, cut_windows
 from .problems import Problem, warn_problem
 
 _EEG_PATTERN = "sub-*/[ses-*/]eeg/sub-*_task-*_eeg.{edf,bdf,vhdr,set,fif}"
@@ -57,6 +57,7 @@ def load_run(run: RunFiles, config: PreprocessConfig) -> RunWindows:
         period = 1.0 / target.sfreq
     eeg, events = read_eeg(run.eeg, config, files=run)
     check_durations(eeg.duration, run.eeg, target.duration, run.target[0], period, config)
+    check_history(target, run.target[0], run.key, config)
     return cut_windows(eeg, target, events, config, run=run.key, subject=run.subject)
 
 
@@ -129,7 +130,7 @@ def load_site_data(
     usable = [r for r in loaded if len(r.labels)]
     for r in loaded:
         if not len(r.labels):
-            message = f"run {r.run} gives no windows (shorter than lag + window?)"
+            message = f"run {r.run} gives no windows (shorter than the history + one window?)"
             skipped.append(Problem(site_dir / r.run, message, "warning"))
     if not usable:
         reasons = "; ".join(str(p) for p in skipped[:3]) + (" ..." if len(skipped) > 3 else "")

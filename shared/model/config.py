@@ -91,11 +91,14 @@ class ModelConfig(BaseModel):
     align_dim: int = 256
     alignment_weight: float = Field(0.1, description="Weight of the InfoNCE loss in the total loss")
 
-    # Mean regression + residual diffusion (as in CorrDiff): a direct regression head predicts the
-    # conditional mean from the EEG tokens, and the DiT models what the mean leaves over. The
-    # mean learns fast from a strong MSE gradient; the diffusion adds realistic variability.
-    mean_regression: bool = True
-    mean_loss_weight: float = Field(1.0, description="Weight of the mean head's MSE in the total loss")
+    # Point prediction (conditional mean) = closed-form ridge path on the hemodynamic design +
+    # zero-initialised learned residual (fedneurogen.shared.model.mean); the diffusion models
+    # what the mean leaves over (as in CorrDiff), so samples = mean + sampled residual.
+    design_features: int = Field(640, description="Width of the hemodynamic design (64 virtual electrodes x 5 bands x 2 HRF bases)")
+    mean_hidden: int = Field(128, description="Hidden width of the residual network")
+    mean_rank: int = Field(32, description="Rank of the residual's per-point readout")
+    mean_dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout on the design into the residual network")
+    mean_loss_weight: float = Field(1.0, description="Weight of the point prediction's MSE in the total loss")
 
     # Diffusion process and sampling.
     diffusion_steps: int = 1000

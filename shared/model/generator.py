@@ -30,6 +30,7 @@ from fedneurogen.shared.model.diffusion import GaussianDiffusion, random_normal
 from fedneurogen.shared.model.dit import DiT, FinalLayer
 from fedneurogen.shared.model.eeg_encoder import EEGEncoder, channel_index_tensor
 from fedneurogen.shared.model.layers import PositionEmbedding
+from fedneurogen.shared.model.mean import MeanHead
 from fedneurogen.shared.model.target_encoder import ContrastiveAlignment, TargetEncoder
 from fedneurogen.shared.model.tokens import FmriTokenizer, TokenLayout, fnirs_layout, patchify, unpatchify
 from fedneurogen.shared.surface import load_ico4_positions
@@ -65,6 +66,7 @@ class Batch:
     target_point_types: list[str] | None = None  # fNIRS: 'hbo'/'hbr' per point
     labels: torch.Tensor | None = None  # [B] class index, -1 = unlabelled; None = no labels
     eeg_sfreq: float = 200.0
+    design: torch.Tensor | None = None  # [B, F, D] hemodynamic design per target frame
 
     @property
     def batch_size(self) -> int:
@@ -74,13 +76,13 @@ class Batch:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return replace(
             self, eeg=move(self.eeg), eeg_positions=move(self.eeg_positions), target=move(self.target),
-            target_positions=move(self.target_positions), labels=move(self.labels),
+            target_positions=move(self.target_positions), labels=move(self.labels), design=move(self.design),
         )
 
     def select(self, index: torch.Tensor | Sequence[int] | slice) -> "Batch":
         """The windows at ``index`` (layout, montage and positions are shared)."""
         pick = lambda t: None if t is None else t[index]  # noqa: E731
-        return replace(self, eeg=pick(self.eeg), target=pick(self.target), labels=pick(self.labels))
+        return replace(self, eeg=pick(self.eeg), target=pick(self.target), labels=pick(self.labels), design=pick(self.design))
 
     @classmethod
     def from_windows(
@@ -114,21 +116,22 @@ class Batch:
             target_point_types=None if windows.target_point_types is None else list(windows.target_point_types),
             labels=labels,
             eeg_sfreq=float(windows.eeg_sfreq),
+            design=None if windows.design is None else as_tensor(windows.design[index]),
         )
 
 
 class ModalityHead(nn.Module):
     """The parts of the model specific to one target modality."""
 
-    def __init__(self, config: ModelConfig, n_frames: int, token_size: int, tokenizer: FmriTokenizer | None = None):
+    def __init__(self, config: ModelConfig, n_frames: int, token_size: int, n_points: int, tokenizer: FmriTokenizer | None = None):
         super().__init__()
         token_dim = token_size * n_frames
         self.tokenizer = tokenizer
         self.patch_embed = nn.Linear(token_dim, config.hidden_dim)  # target tokens -> hidden
         self.condition_embed = nn.Linear(n_frames * config.eeg_dim, config.hidden_dim)  # integrated EEG -> hidden
         self.final_layer = FinalLayer(config.hidden_dim, token_dim)  # the modal unpatcher (9)
-        # conditional-mean readout of the EEG tokens (the residual diffusion models the rest)
-        self.mean_head = nn.Sequential(nn.LayerNorm(config.hidden_dim, eps=1e-6), nn.Linear(config.hidden_dim, token_dim)) if config.mean_regression else None
+        # the point prediction: ridge path + learned residual (the diffusion models the rest)
+        self.mean = MeanHead(config.design_features, n_points, config.mean_hidden, config.mean_rank, config.num_classes, config.mean_dropout)
         self.target_encoder = TargetEncoder(token_dim, config)  # for the alignment stage
 
 
@@ -165,8 +168,8 @@ class NeuroGenModel(nn.Module):
         self.dit = DiT(cfg.hidden_dim, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.num_classes, cfg.label_dropout)
         fmri_tokens = FmriTokenizer(cfg.fmri, fmri_positions)
         self.modality_heads = nn.ModuleDict({
-            "fmri": ModalityHead(cfg, cfg.fmri.n_frames, fmri_tokens.token_size, fmri_tokens),
-            "fnirs": ModalityHead(cfg, cfg.fnirs.n_frames, token_size=2),  # HbO + HbR of one channel
+            "fmri": ModalityHead(cfg, cfg.fmri.n_frames, fmri_tokens.token_size, cfg.fmri.n_points, fmri_tokens),
+            "fnirs": ModalityHead(cfg, cfg.fnirs.n_frames, token_size=2, n_points=2 * cfg.fnirs.max_channels),  # HbO + HbR per channel
         })
         self.alignment = ContrastiveAlignment(cfg.eeg_dim, cfg.align_dim)
         self.alignment_enabled = True
@@ -177,7 +180,8 @@ class NeuroGenModel(nn.Module):
         def xavier(module: nn.Module) -> None:
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
         for part in (self.position, self.dit, self.modality_heads, self.alignment):
             part.apply(xavier)
@@ -187,9 +191,7 @@ class NeuroGenModel(nn.Module):
             for layer in (head.final_layer.adaLN_modulation[-1], head.final_layer.linear):
                 nn.init.zeros_(layer.weight)
                 nn.init.zeros_(layer.bias)
-            if head.mean_head is not None:  # the mean starts at zero: the residual is the target
-                nn.init.zeros_(head.mean_head[-1].weight)
-                nn.init.zeros_(head.mean_head[-1].bias)
+            head.mean.reset_residual()  # the mean starts as the ridge path
 
     @property
     def device(self) -> torch.device:
@@ -247,12 +249,23 @@ class NeuroGenModel(nn.Module):
         integrated = self.integration(features, batch.eeg_positions, layout.centroids, patch_times, frame_times)
         return head.condition_embed(integrated.flatten(2)) + self.position(layout.centroids, features.shape[0])
 
-    def predict_mean(self, condition: torch.Tensor, layout: TokenLayout, modality: str, n_frames: int) -> torch.Tensor | None:
-        """The regression head's conditional mean ``[B, N, F]`` (None without mean regression)."""
-        head = self.modality_heads[modality]
-        if head.mean_head is None:
-            return None
-        return unpatchify(head.mean_head(condition), layout, n_frames)
+    def point_prediction(self, batch: Batch, *, use_labels: bool = True, labels: torch.Tensor | None = None, train: bool = False) -> torch.Tensor:
+        """The conditional mean ``[B, N, F]``: ridge path + learned residual on the batch's
+        hemodynamic design. Label-free (the null label) unless ``use_labels`` and the batch (or
+        ``labels``) carries labels."""
+        layout = self.layout(batch)
+        n_frames = self.config.modality(batch.modality).n_frames
+        if batch.design is None:
+            raise ConfigError("the batch has no hemodynamic design (windows from fedneurogen.shared.data.load_site carry one)")
+        expected = (batch.batch_size, n_frames, self.config.design_features)
+        if tuple(batch.design.shape) != expected:
+            raise ConfigError(
+                f"hemodynamic design must be {list(expected)}, got {list(batch.design.shape)}: the data was preprocessed "
+                "with another history / band / HRF-basis setting than this model's"
+            )
+        labels = (labels if labels is not None else batch.labels) if use_labels else None
+        names = batch.target_names if batch.modality == "fnirs" else None
+        return self.modality_heads[batch.modality].mean(batch.design.float(), labels, names, layout.n_points, train=train)
 
     def denoise(
         self,
@@ -326,9 +339,9 @@ class NeuroGenModel(nn.Module):
         generator: torch.Generator | None = None,
         per_sample: bool = False,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Total loss = diffusion loss (8) + ``mean_loss_weight`` x mean-head MSE +
-        ``alignment_weight`` x InfoNCE, and its parts. With mean regression the diffusion is
-        trained on the residual ``x0 - mean`` (the mean detached, so each loss trains its part).
+        """Total loss = diffusion loss (8) on the residual ``x0 - mean`` + ``mean_loss_weight`` x
+        the point prediction's MSE + ``alignment_weight`` x InfoNCE, and its parts (the mean is
+        detached in the diffusion target, so each loss trains its own part).
 
         ``per_sample=True`` returns each window's total loss ``[B]`` (their mean is the usual
         loss), for DP-SGD's fast/ghost clipping; it needs the InfoNCE term off (``prepare_for_dp``),
@@ -342,20 +355,22 @@ class NeuroGenModel(nn.Module):
         target = batch.target.float()
         t = t if t is not None else self.diffusion.sample_timesteps(target.shape[0], target.device, generator)
         noise = noise if noise is not None else random_normal(tuple(target.shape), generator, target.device)
+        mean_labels = batch.labels
+        if self.training and mean_labels is not None and self.config.label_dropout > 0:  # so the label-free mean is trained too
+            drop = torch.rand(mean_labels.shape, generator=generator, device=generator.device if generator is not None else None)
+            mean_labels = torch.where(drop.to(mean_labels.device) < self.config.label_dropout, torch.full_like(mean_labels, -1), mean_labels)
         with self._autocast():
             features = self.encode_eeg(batch)
             condition = self.condition_tokens(batch, features, layout)
-            mean = self.predict_mean(condition, layout, batch.modality, target.shape[2])
-            x0 = target if mean is None else target - mean.detach().float()
+            mean = self.point_prediction(batch, labels=mean_labels, train=self.training).float()
+            x0 = target - mean.detach()
             x_t = self.diffusion.q_sample(x0, t, noise)
             output = self.denoise(x_t, t, condition, layout, batch.modality, batch.labels, drop_labels=self.training)
             # per window first (DP clipping may want them), then their mean: the usual MSE
-            total = (output.float() - self.diffusion.training_target(x0, t, noise)).pow(2).mean(dim=(1, 2))
-            parts = {"diffusion": float(total.detach().mean())}
-            if mean is not None:
-                mean_each = (mean.float() - target).pow(2).mean(dim=(1, 2))
-                total = total + self.config.mean_loss_weight * mean_each
-                parts["mean"] = float(mean_each.detach().mean())
+            diffusion_each = (output.float() - self.diffusion.training_target(x0, t, noise)).pow(2).mean(dim=(1, 2))
+            mean_each = (mean - target).pow(2).mean(dim=(1, 2))
+            total = diffusion_each + self.config.mean_loss_weight * mean_each
+            parts = {"diffusion": float(diffusion_each.detach().mean()), "mean": float(mean_each.detach().mean())}
             if per_sample:
                 if self.alignment_enabled and self.config.alignment_weight > 0:
                     raise ConfigError("per-sample losses need the alignment loss off (prepare_for_dp)")
@@ -380,7 +395,8 @@ class NeuroGenModel(nn.Module):
           off and the target encoders and alignment projection are frozen;
         - the other modality's head gets no gradient from this site: frozen;
         - tau and sigma of the temporal alignment take the time grids as extra inputs, which
-          Opacus' per-layer hooks cannot pass on: frozen at their current values.
+          Opacus' per-layer hooks cannot pass on: frozen at their current values;
+        - the ridge path of the point prediction is solved in closed form: stays frozen.
         Everything else is made trainable (freeze more afterwards if wanted).
         """
         if modality not in MODALITIES:
@@ -391,6 +407,8 @@ class NeuroGenModel(nn.Module):
             head.target_encoder.requires_grad_(False)
         self.alignment.requires_grad_(False)
         self.integration.temporal.requires_grad_(False)
+        for head in self.modality_heads.values():
+            head.mean.ridge.requires_grad_(False)  # closed-form, never trained by SGD
         self.alignment_enabled = False
         return [p for p in self.parameters() if p.requires_grad]
 
@@ -417,7 +435,7 @@ class NeuroGenModel(nn.Module):
         # depend on the EEG only, not on the noisy target: computed once here, not every step.
         with self._autocast():
             condition = self.condition_tokens(batch, self.encode_eeg(batch), layout)
-            mean = self.predict_mean(condition, layout, batch.modality, n_frames)
+            mean = self.point_prediction(batch).float()
             guided = self.uses_guidance(batch.labels, guidance_scale)
             context_kv = self.dit.context_kv(torch.cat([condition, condition]) if guided else condition)
 
@@ -433,12 +451,13 @@ class NeuroGenModel(nn.Module):
             generator=generator,
             device=self.device,
         )
-        return sample if mean is None else sample + mean.float()
+        return sample + mean
 
 
 def parameter_count(config: ModelConfig | str) -> dict[str, int]:
     """Parameters of the model a config describes, per part, without allocating them (the model
-    is built on the meta device): ``total``, ``eeg_encoder``, ``dit``, ``fmri``, ``fnirs``, ``other``."""
+    is built on the meta device): ``total``, ``eeg_encoder``, ``dit``, ``fmri``, ``fnirs``, ``other``,
+    and ``ridge_path`` (closed-form coefficients inside the heads) and ``trainable`` (the rest)."""
     with torch.device("meta"):
         model = NeuroGenModel(config, fmri_positions=None, device="meta")
     parts = {
@@ -447,4 +466,6 @@ def parameter_count(config: ModelConfig | str) -> dict[str, int]:
         **{name: count_parameters(head) for name, head in model.modality_heads.items()},
     }
     total = count_parameters(model)
-    return {"total": total, **parts, "other": total - sum(parts.values())}
+    # the ridge paths (inside the heads) are solved in closed form, not trained
+    ridge = sum(count_parameters(head.mean.ridge) for head in model.modality_heads.values())
+    return {"total": total, **parts, "other": total - sum(parts.values()), "ridge_path": ridge, "trainable": total - ridge}

@@ -1,0 +1,20 @@
+"""Baselines every generator figure is stated against (ARCHITECTURE section 8).
+
+- ``RidgeHRFBaseline``: continuous ridge-HRF, the strongest simple linear baseline;
+- ``LabelOnlyBaseline``: the class labels alone, no EEG;
+- ``RegressorBaseline``: a deterministic regression transformer of the generator's size.
+"""
+
+from fedneurogen.shared.baselines.label_only import LabelOnlyBaseline
+from fedneurogen.shared.baselines.ridge_hrf import RidgeHRFBaseline
+
+__all__ = ["LabelOnlyBaseline", "RidgeHRFBaseline", "RegressorBaseline"]
+
+
+def __getattr__(name: str):
+    # the regressor imports the model (torch); load it only when asked for
+    if name == "RegressorBaseline":
+        from fedneurogen.shared.baselines.regressor import RegressorBaseline
+
+        return RegressorBaseline
+    raise AttributeError(name)

@@ -1,0 +1,36 @@
+"""Continuous ridge-HRF: the strongest simple linear baseline (ARCHITECTURE section 8).
+
+The hemodynamic design of ``fedneurogen.shared.design`` (per-run log band power on the virtual
+montage, convolved with the HRF basis over the full history before each frame of the
+continuous run) regressed on each target point with its own coefficients, by plain full-rank
+ridge. The penalty is chosen on validation subjects (or by 2-fold cross-validation over the
+training subjects when there are none). The model's ridge path is the same regression with a
+reduced rank; this baseline is what the model must beat.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedneurogen.shared.design import subject_statistics
+from fedneurogen.shared.recording import PairedWindows
+from fedneurogen.shared.ridge import RidgeSolution, fit_ridge_selected, sum_statistics
+
+
+class RidgeHRFBaseline:
+    """Per-point ridge on the continuous hemodynamic design."""
+
+    def __init__(self, ranks: tuple[int | None, ...] = (None,)):
+        self.ranks = ranks
+        self.solution: RidgeSolution | None = None
+
+    def fit(self, train: PairedWindows, val: PairedWindows | None = None) -> "RidgeHRFBaseline":
+        val_stats = sum_statistics(subject_statistics(val)) if val is not None and len(val) else None
+        self.solution = fit_ridge_selected(subject_statistics(train), val_stats, ranks=self.ranks)
+        return self
+
+    def predict(self, windows: PairedWindows) -> np.ndarray:
+        """``[W, N, F]`` predictions for the windows' design."""
+        if self.solution is None:
+            raise RuntimeError("fit() first")
+        return np.transpose(self.solution.predict(windows.design), (0, 2, 1)).astype(np.float32)

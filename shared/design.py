@@ -1,0 +1,160 @@
+"""The hemodynamic design: what EEG predicts about BOLD/fNIRS at each target frame, linearly.
+
+One feature builder for the model's ridge path and residual, the ridge-HRF baseline and the
+EEG-informed ceiling, computed once per run in preprocessing (and cached with the windows):
+
+1. log band power per EEG channel over the whole run (Welch: 2 s Hann segments, 1 s hop;
+   delta to gamma), z-scored per channel and band over the run, so sites and subjects with
+   other amplifier gains and impedances share one scale;
+2. mapped onto a fixed virtual montage (the 64 electrodes of the 10-05 BioSemi-64 layout) with
+   the inverse-square-distance weights of equations (1)-(2), so sites with different caps share
+   one feature space;
+3. convolved with a hemodynamic basis (canonical Glover HRF and its temporal derivative) over
+   the full history ``history_seconds`` before each target frame, and sampled at the frames.
+
+The result for a run is ``[n_target_frames, n_features]`` with features ordered
+(virtual electrode, band, basis function). The band power of segment ``l`` is known at its
+centre; frame ``f`` at time ``t_f`` sees segments with ``0 <= t_f - centre_l <= history``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+from nilearn.glm.first_level import glover_hrf, glover_time_derivative
+from scipy.signal import spectrogram
+
+from fedneurogen.shared.config import PreprocessConfig
+from fedneurogen.shared.features import EEG_BANDS
+from fedneurogen.shared.integration import inverse_square_weights
+from fedneurogen.shared.recording import PairedWindows, Recording
+from fedneurogen.shared.ridge import RidgeStatistics
+
+#: The virtual montage every site's EEG features are mapped onto (BioSemi-64, 10-05 names).
+VIRTUAL_MONTAGE = tuple(
+    "Fp1 AF7 AF3 F1 F3 F5 F7 FT7 FC5 FC3 FC1 C1 C3 C5 T7 TP7 CP5 CP3 CP1 P1 P3 P5 P7 P9 PO7 PO3 O1 Iz Oz POz "
+    "Pz CPz Fpz Fp2 AF8 AF4 AFz Fz F2 F4 F6 F8 FT8 FC6 FC4 FC2 FCz Cz C2 C4 C6 T8 TP8 CP6 CP4 CP2 P2 P4 P6 P8 "
+    "P10 PO8 PO4 O2".split()
+)
+HRF_BASES = {"canonical": 1, "canonical+derivative": 2}
+_BASIS_STEP = 0.05  # s; resolution at which the HRF basis is tabulated before interpolation
+_LOG_FLOOR = 1e-10  # (100 uV)^2 / Hz; far below any real EEG power density
+
+
+def n_design_features(config: PreprocessConfig) -> int:
+    """Width of the design: virtual electrodes x bands x basis functions."""
+    return len(VIRTUAL_MONTAGE) * len(EEG_BANDS) * HRF_BASES[config.hrf_basis]
+
+
+def feature_names(config: PreprocessConfig) -> list[str]:
+    """``Oz/alpha/canonical``-style name of each design column, in column order."""
+    bases = ["canonical", "derivative"][: HRF_BASES[config.hrf_basis]]
+    return [f"{e}/{b}/{k}" for e in VIRTUAL_MONTAGE for b in EEG_BANDS for k in bases]
+
+
+@functools.lru_cache(maxsize=1)
+def virtual_positions() -> np.ndarray:
+    """``[64, 3]`` mm positions of the virtual montage (MNE's standard 10-05 montage)."""
+    from fedneurogen.shared.data.eeg import standard_positions
+
+    table = standard_positions()
+    return np.array([table[name.lower()][1] for name in VIRTUAL_MONTAGE])
+
+
+def run_band_power(eeg: Recording, config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+    """``(power [n_channels, n_bands, n_segments], centres [n_segments] s)``: per-run z-scored
+    log band power (Welch segments of ``power_window_seconds``, hop ``power_hop_seconds``)."""
+    nperseg = int(round(config.power_window_seconds * eeg.sfreq))
+    hop = int(round(config.power_hop_seconds * eeg.sfreq))
+    freqs, centres, psd = spectrogram(eeg.data, fs=eeg.sfreq, window="hann", nperseg=nperseg, noverlap=nperseg - hop, detrend="constant")
+    power = []
+    for low, high in EEG_BANDS.values():
+        in_band = (freqs >= low) & (freqs < min(high, 0.45 * eeg.sfreq))
+        power.append(np.log(psd[:, in_band, :].mean(axis=1) + _LOG_FLOOR))
+    power = np.stack(power, axis=1)  # [C, B, L]
+    power = (power - power.mean(-1, keepdims=True)) / (power.std(-1, keepdims=True) + 1e-6)
+    return power, centres
+
+
+def to_virtual_montage(values: np.ndarray, positions_mm: np.ndarray) -> np.ndarray:
+    """``values [n_channels, ...]`` at electrodes ``positions_mm`` -> ``[64, ...]`` on the
+    virtual montage (equations 1-2: row-normalised inverse squared distances)."""
+    weights = inverse_square_weights(torch.as_tensor(virtual_positions()), torch.as_tensor(np.asarray(positions_mm))).double().numpy()
+    return np.tensordot(weights, values, axes=(1, 0))
+
+
+@functools.lru_cache(maxsize=8)
+def _basis_table(kind: str, history: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(lags [L], basis [K, L])``: the hemodynamic basis on a fine lag grid, each function
+    scaled to unit peak (the regression absorbs scale; equal scales help the penalty)."""
+    oversampling = int(round(1.0 / _BASIS_STEP))
+    functions = [glover_hrf(t_r=1.0, oversampling=oversampling, time_length=history + 1.0)]
+    if kind == "canonical+derivative":
+        functions.append(glover_time_derivative(t_r=1.0, oversampling=oversampling, time_length=history + 1.0))
+    lags = np.arange(len(functions[0])) * _BASIS_STEP
+    basis = np.stack([f / np.abs(f).max() for f in functions])
+    return lags, basis
+
+
+def hemodynamic_convolution(series: np.ndarray, centres: np.ndarray, frame_times: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """``series [P, L]`` known at ``centres`` -> ``[n_frames, P * K]``: each basis function
+    applied causally over ``history_seconds`` before each frame (columns: P major, K minor)."""
+    lags, basis = _basis_table(config.hrf_basis, config.history_seconds)
+    lag = frame_times[:, None] - centres[None, :]  # [F, L]
+    inside = (lag >= 0) & (lag <= config.history_seconds)
+    kernels = np.stack([np.where(inside, np.interp(lag, lags, b), 0.0) for b in basis])  # [K, F, L]
+    out = np.einsum("kfl,pl->fpk", kernels, series) * config.power_hop_seconds
+    return out.reshape(len(frame_times), -1)
+
+
+def run_design(eeg: Recording, frame_times: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """The hemodynamic design of one run at ``frame_times`` (s from the run start):
+    ``[n_frames, n_design_features(config)]`` float32 (see the module docstring)."""
+    power, centres = run_band_power(eeg, config)
+    virtual = to_virtual_montage(power, eeg.positions)  # [64, B, L]
+    design = hemodynamic_convolution(virtual.reshape(-1, virtual.shape[-1]), centres, frame_times, config)
+    return design.astype(np.float32)
+
+
+def unique_frames(windows: PairedWindows) -> tuple[np.ndarray, np.ndarray]:
+    """``(window index, frame index)`` of every distinct (run, frame) of overlapping windows,
+    so statistics count each frame of a run once."""
+    n_frames = windows.target.shape[-1]
+    seen: set[tuple[str, int]] = set()
+    rows_w, rows_f = [], []
+    starts = np.round(windows.onsets * windows.target_sfreq).astype(int)
+    for i in range(len(windows)):
+        for f in range(n_frames):
+            key = (str(windows.runs[i]), int(starts[i] + f))
+            if key not in seen:
+                seen.add(key)
+                rows_w.append(i)
+                rows_f.append(f)
+    return np.array(rows_w, dtype=int), np.array(rows_f, dtype=int)
+
+
+def subject_statistics(windows: PairedWindows, target: np.ndarray | None = None, design: np.ndarray | None = None) -> list[RidgeStatistics]:
+    """Ridge statistics of ``design -> target`` per subject (each run frame once), in subject
+    order; ``target``/``design`` default to the windows' own ``[W, N, F]`` / ``[W, F, D]``."""
+    target = windows.target if target is None else target
+    design = windows.design if design is None else design
+    if design is None:
+        raise ValueError("the windows carry no hemodynamic design")
+    rows_w, rows_f = unique_frames(windows)
+    out = []
+    for subject in sorted(set(windows.subjects.tolist())):
+        mine = windows.subjects[rows_w] == subject
+        w, f = rows_w[mine], rows_f[mine]
+        out.append(RidgeStatistics.from_rows(design[w, f], target[w, :, f]))
+    return out
+
+
+def feature_bands(n_features: int) -> np.ndarray:
+    """The EEG band (index into ``EEG_BANDS``) of every column of a design ``n_features``
+    wide: the groups of the ridge path's banded penalties."""
+    n_basis, leftover = divmod(n_features, len(VIRTUAL_MONTAGE) * len(EEG_BANDS))
+    if leftover or n_basis not in HRF_BASES.values():
+        raise ValueError(f"a design of {n_features} columns is not {len(VIRTUAL_MONTAGE)} electrodes x {len(EEG_BANDS)} bands x an HRF basis")
+    return np.tile(np.repeat(np.arange(len(EEG_BANDS)), n_basis), len(VIRTUAL_MONTAGE))

@@ -1,0 +1,243 @@
+"""Ridge regression from additive sufficient statistics (one home for every linear model here).
+
+The model's ridge path, the continuous ridge-HRF baseline, the label-only baseline and the
+EEG-informed ceiling are all per-target-point ridge regressions ``y = x B + b``. They are fitted
+from ``RidgeStatistics``: counts, sums, ``XᵀX``, ``XᵀY`` and the per-point ``Σy²``. Statistics of
+disjoint data add up, so statistics computed at several sites and summed give exactly the
+regression fitted on the pooled data (what a federation needs), and the validation error of any
+coefficients can be computed from a validation set's statistics without its rows.
+
+Features are standardised with the training statistics; the penalty ``lam`` is relative to
+that scale (``(ZᵀZ / n + lam I) B = Zᵀy / n``), so one grid suits any data size.
+
+Reduced rank (``rank``): the coefficients are projected onto the top ``rank`` components of the
+fitted training predictions (reduced-rank ridge regression). BOLD across 5124 vertices is
+low-dimensional; the projection removes what the per-vertex fits learn from noise.
+
+Banded penalties (``groups``): each group of features (an EEG band) gets its own penalty
+multiplier, chosen on validation (banded ridge, as in voxel-wise encoding models): a group
+that carries only noise is shrunk away instead of diluting the informative ones. A multiplier
+``w`` on a group is the same as scaling its standardised features by ``1/sqrt(w)``; weight 0
+drops the group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+#: Relative penalties tried when none are given (features have unit variance).
+DEFAULT_PENALTIES = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
+
+
+@dataclass
+class RidgeStatistics:
+    """Sufficient statistics of ``n`` rows of features ``x [n, D]`` and targets ``y [n, N]``."""
+
+    n: float
+    sx: np.ndarray  # [D]
+    sy: np.ndarray  # [N]
+    sxx: np.ndarray  # [D, D]
+    sxy: np.ndarray  # [D, N]
+    syy: np.ndarray  # [N] (per point: only the diagonal of YᵀY is needed)
+
+    @classmethod
+    def from_rows(cls, x: np.ndarray, y: np.ndarray) -> "RidgeStatistics":
+        x = np.asarray(x, dtype=np.float64).reshape(-1, np.shape(x)[-1])
+        y = np.asarray(y, dtype=np.float64).reshape(-1, np.shape(y)[-1])
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} feature rows for {len(y)} target rows")
+        return cls(float(len(x)), x.sum(0), y.sum(0), x.T @ x, x.T @ y, (y * y).sum(0))
+
+    def __add__(self, other: "RidgeStatistics") -> "RidgeStatistics":
+        return RidgeStatistics(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+    def as_arrays(self) -> dict[str, np.ndarray]:
+        """Named arrays (to send or store); ``from_arrays`` inverts it."""
+        return {f.name: np.asarray(getattr(self, f.name), dtype=np.float64) for f in fields(self)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "RidgeStatistics":
+        values = {f.name: np.asarray(arrays[f.name], dtype=np.float64) for f in fields(cls)}
+        values["n"] = float(values["n"])
+        return cls(**values)
+
+    @property
+    def n_features(self) -> int:
+        return int(self.sx.shape[0])
+
+
+def sum_statistics(parts: list[RidgeStatistics]) -> RidgeStatistics:
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total
+
+
+@dataclass
+class RidgeSolution:
+    """``predict(x) = x @ coef + intercept``; ``lam`` and ``rank`` as chosen (rank None: full)."""
+
+    coef: np.ndarray  # [D, N] on raw features
+    intercept: np.ndarray  # [N]
+    lam: float
+    rank: int | None
+    validation_mse: float | None = None  # mean over points, at the chosen setting
+    weights: np.ndarray | None = None  # per-feature group weights (banded ridge), None: all 1
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return (np.asarray(x, dtype=np.float64) @ self.coef + self.intercept).astype(np.float32)
+
+
+class _Standardised:
+    """Training statistics in standardised (and group-weighted) feature coordinates,
+    eigendecomposed once. ``weights`` scale each standardised feature (banded penalties)."""
+
+    def __init__(self, train: RidgeStatistics, weights: np.ndarray | None = None):
+        n = train.n
+        self.mean_x = train.sx / n
+        self.mean_y = train.sy / n
+        var = np.diag(train.sxx) / n - self.mean_x**2
+        weights = np.ones_like(self.mean_x) if weights is None else np.asarray(weights, dtype=np.float64)
+        # a weighted feature is z * w: divide by scale / w (w = 0: the feature is switched off)
+        self.scale = (np.sqrt(np.maximum(var, 0.0)) + 1e-8) / np.maximum(weights, 1e-12)
+        self.scale[weights == 0] = np.inf
+        centred = train.sxx - n * np.outer(self.mean_x, self.mean_x)
+        gram = centred / np.outer(self.scale, self.scale) / n
+        self.cross = (train.sxy - np.outer(self.mean_x, train.sy)) / self.scale[:, None] / n
+        self.eigval, self.eigvec = np.linalg.eigh((gram + gram.T) / 2)
+        self.eigval = np.clip(self.eigval, 0.0, None)
+        self.projected_cross = self.eigvec.T @ self.cross  # [D, N]
+
+    def coefficients(self, lam: float) -> np.ndarray:
+        """Standardised coefficients ``[D, N]`` for one penalty."""
+        return self.eigvec @ (self.projected_cross / (self.eigval + lam)[:, None])
+
+    def components(self, coef: np.ndarray) -> np.ndarray:
+        """Right singular vectors ``[N, r]`` of the fitted training predictions ``Z coef``."""
+        m = np.sqrt(self.eigval)[:, None] * (self.eigvec.T @ coef)  # M with MᵀM = coefᵀ(ZᵀZ/n)coef
+        _, _, vt = np.linalg.svd(m, full_matrices=False)
+        return vt.T
+
+    def validation_terms(self, val: RidgeStatistics) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(Σ z zᵀ, Σ z ỹᵀ, Σ ỹ²)`` of the validation rows in training coordinates, with
+        ``z`` the standardised features and ``ỹ = y - mean_y``."""
+        m, s, my = self.mean_x, self.scale, self.mean_y
+        sz = (val.sx - val.n * m) / s
+        szz = (val.sxx - np.outer(m, val.sx) - np.outer(val.sx, m) + val.n * np.outer(m, m)) / np.outer(s, s)
+        szy = (val.sxy - np.outer(m, val.sy)) / s[:, None] - np.outer(sz, my)
+        syy = val.syy - 2 * my * val.sy + val.n * my**2
+        return szz, szy, syy
+
+    def to_raw(self, coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raw = coef / self.scale[:, None]  # 0 for switched-off features (scale inf)
+        return raw, self.mean_y - self.mean_x @ raw
+
+
+def fit_ridge(
+    train: RidgeStatistics,
+    val: RidgeStatistics | None = None,
+    penalties: tuple[float, ...] = DEFAULT_PENALTIES,
+    ranks: tuple[int | None, ...] = (None,),
+    weights: np.ndarray | None = None,
+) -> RidgeSolution:
+    """The ridge (or reduced-rank ridge) regression of ``train``, its penalty and rank chosen by
+    the mean squared error on ``val`` (all computed from statistics). Without ``val`` (or with a
+    single setting) the first penalty and rank are used. ``weights`` scale the standardised
+    features (see ``fit_banded_ridge``)."""
+    solver = _Standardised(train, weights)
+    settings = [(lam, rank) for lam in penalties for rank in ranks]
+    if val is None or len(settings) == 1:
+        lam, rank = settings[0]
+        coef = _reduce(solver, solver.coefficients(lam), rank)
+        return RidgeSolution(*solver.to_raw(coef), lam=lam, rank=rank)
+
+    szz, szy, syy = solver.validation_terms(val)
+    best: tuple[float, float, int | None, np.ndarray] | None = None
+    for lam in penalties:
+        coef = solver.coefficients(lam)
+        full_rank = [r for r in ranks if r is None or r >= min(coef.shape)]
+        components = solver.components(coef) if len(full_rank) < len(ranks) else None
+        for rank in ranks:
+            reduced = coef if rank is None or components is None or rank >= components.shape[1] else coef @ components[:, :rank] @ components[:, :rank].T
+            # per-point SSE = Σỹ² - 2 bᵀ Σzỹ + bᵀ Σzzᵀ b
+            sse = syy - 2 * np.einsum("dn,dn->n", reduced, szy) + np.einsum("dn,dn->n", reduced, szz @ reduced)
+            mse = float(np.mean(sse) / max(val.n, 1.0))
+            if best is None or mse < best[0]:
+                best = (mse, lam, rank, reduced)
+    assert best is not None
+    mse, lam, rank, coef = best
+    return RidgeSolution(*solver.to_raw(coef), lam=lam, rank=rank, validation_mse=mse)
+
+
+def _reduce(solver: _Standardised, coef: np.ndarray, rank: int | None) -> np.ndarray:
+    if rank is None or rank >= min(coef.shape):
+        return coef
+    v = solver.components(coef)[:, :rank]
+    return coef @ v @ v.T
+
+
+#: Penalty multipliers a feature group may take in ``fit_banded_ridge`` (0: the group is dropped).
+GROUP_WEIGHTS = (0.0, 0.5, 2.0)
+
+
+def fit_banded_ridge(
+    train: RidgeStatistics,
+    val: RidgeStatistics,
+    groups: np.ndarray,
+    penalties: tuple[float, ...] = DEFAULT_PENALTIES,
+    ranks: tuple[int | None, ...] = (None,),
+    sweeps: int = 1,
+) -> tuple[RidgeSolution, np.ndarray]:
+    """Ridge with one weight per feature group, chosen on ``val`` by coordinate search (each
+    group in turn tries ``GROUP_WEIGHTS`` with the others fixed; full-rank fits, the cheap
+    part), then the penalty and rank chosen with those weights. Returns the solution and the
+    per-feature weights."""
+    groups = np.asarray(groups)
+    names = np.unique(groups)
+    chosen = {g: 1.0 for g in names}
+
+    def weights_of(choice: dict) -> np.ndarray:
+        return np.array([choice[g] for g in groups], dtype=np.float64)
+
+    best = fit_ridge(train, val, penalties, (None,), weights_of(chosen)).validation_mse
+    for _ in range(sweeps):
+        changed = False
+        for g in names:
+            for w in GROUP_WEIGHTS:
+                if w == chosen[g] or (w == 0 and sum(v > 0 for v in chosen.values()) == 1):
+                    continue  # keep at least one group
+                trial = {**chosen, g: w}
+                mse = fit_ridge(train, val, penalties, (None,), weights_of(trial)).validation_mse
+                if mse < best - 1e-9:
+                    best, chosen, changed = mse, trial, True
+        if not changed:
+            break
+    weights = weights_of(chosen)
+    return fit_ridge(train, val, penalties, ranks, weights), weights
+
+
+def fit_ridge_selected(
+    train_parts: list[RidgeStatistics],
+    val: RidgeStatistics | None,
+    penalties: tuple[float, ...] = DEFAULT_PENALTIES,
+    ranks: tuple[int | None, ...] = (None,),
+    groups: np.ndarray | None = None,
+) -> RidgeSolution:
+    """Fit on the sum of ``train_parts`` (one per subject), the penalty, rank and (with
+    ``groups``) the group weights chosen on ``val``. Without validation data the choice is made
+    by fitting on every other training subject and scoring the rest, then refitting on all."""
+    if len(train_parts) < 2 and val is None:
+        return fit_ridge(sum_statistics(train_parts), None, penalties, ranks)
+    fit_train, fit_val = (sum_statistics(train_parts), val) if val is not None else (sum_statistics(train_parts[0::2]), sum_statistics(train_parts[1::2]))
+    if groups is not None:
+        chosen, weights = fit_banded_ridge(fit_train, fit_val, groups, penalties, ranks)
+    else:
+        chosen, weights = fit_ridge(fit_train, fit_val, penalties, ranks), None
+    if val is not None:
+        chosen.weights = weights
+        return chosen
+    final = fit_ridge(sum_statistics(train_parts), None, (chosen.lam,), (chosen.rank,), weights)
+    final.validation_mse, final.weights = chosen.validation_mse, weights
+    return final

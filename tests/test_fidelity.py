@@ -1,0 +1,160 @@
+"""The point prediction: full hemodynamic history, the closed-form ridge path, the residual.
+
+Issue-level guarantees: every frame's design summarises at least ``history_seconds`` of EEG
+inside the run; the ridge path is scikit-learn's Ridge on the same features; the mean starts as
+the ridge path; the label-free mean ignores labels; a run shorter than the history is refused
+with both lengths named; sites with different montages share one feature space and train
+together.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import Ridge
+
+from fedneurogen.shared.config import PreprocessConfig
+from fedneurogen.shared.design import hemodynamic_convolution, n_design_features, run_design, subject_statistics, to_virtual_montage, virtual_positions
+from fedneurogen.shared.model import Batch, NeuroGenModel
+from fedneurogen.shared.model.mean import fit_ridge_paths
+from fedneurogen.shared.recording import Recording
+from fedneurogen.shared.ridge import RidgeStatistics, fit_ridge, sum_statistics
+
+
+def test_windows_start_after_the_full_history_and_carry_its_design(small_fmri_windows):
+    config = PreprocessConfig()
+    for windows in small_fmri_windows:
+        assert windows.history == config.history_seconds >= 24.0
+        assert windows.onsets.min() >= config.history_seconds  # the first frame has H s of EEG before it
+        assert windows.design.shape == (len(windows), windows.target.shape[-1], n_design_features(config))
+        assert np.isfinite(windows.design).all()
+
+
+def test_design_depends_on_the_history_only_back_to_history_seconds():
+    rng = np.random.default_rng(0)
+    config = PreprocessConfig()
+    centres = np.arange(0.0, 100.0, 1.0)
+    frames = np.array([60.0])
+    series = rng.standard_normal((3, len(centres)))
+    base = hemodynamic_convolution(series, centres, frames, config)
+    changed = series.copy()
+    changed[:, centres < 60.0 - config.history_seconds - 0.5] += 5.0  # older than the history
+    assert np.allclose(hemodynamic_convolution(changed, centres, frames, config), base)
+    changed = series.copy()
+    changed[:, (centres > 40.0) & (centres < 50.0)] += 5.0  # 10-20 s before the frame: inside
+    assert not np.allclose(hemodynamic_convolution(changed, centres, frames, config), base)
+    changed = series.copy()
+    changed[:, centres > 60.5] += 5.0  # after the frame: the design is causal
+    assert np.allclose(hemodynamic_convolution(changed, centres, frames, config), base)
+
+
+def test_ridge_from_statistics_equals_scikit_learn_and_statistics_add_up():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((300, 12)) * rng.uniform(0.5, 3, 12) + rng.standard_normal(12)
+    y = x @ rng.standard_normal((12, 5)) + rng.standard_normal((300, 5)) + 2.0
+    parts = [RidgeStatistics.from_rows(x[i : i + 100], y[i : i + 100]) for i in (0, 100, 200)]
+    pooled = sum_statistics(parts)
+    whole = RidgeStatistics.from_rows(x, y)
+    for name, value in pooled.as_arrays().items():
+        assert np.allclose(value, whole.as_arrays()[name])
+    lam = 0.7
+    ours = fit_ridge(pooled, None, penalties=(lam,))
+    z_mean, z_std = x.mean(0), x.std(0)
+    reference = Ridge(alpha=lam * len(x)).fit((x - z_mean) / z_std, y)  # our penalty is per row, on standardised x
+    expected = reference.predict((x - z_mean) / z_std)
+    assert np.max(np.abs(ours.predict(x) - expected)) <= 1e-5
+
+
+def test_reduced_rank_and_penalty_are_chosen_on_validation_statistics():
+    rng = np.random.default_rng(2)
+    latent = rng.standard_normal((600, 2))
+    x = latent @ rng.standard_normal((2, 20)) + 0.5 * rng.standard_normal((600, 20))
+    y = latent @ rng.standard_normal((2, 40)) + 1.5 * rng.standard_normal((600, 40))  # rank-2 signal
+    train, val = RidgeStatistics.from_rows(x[:400], y[:400]), RidgeStatistics.from_rows(x[400:], y[400:])
+    solution = fit_ridge(train, val, ranks=(1, 2, 8, None))
+    assert solution.rank == 2
+    errors = {}
+    for rank in (1, 2, 8, None):
+        pred = fit_ridge(train, None, penalties=(solution.lam,), ranks=(rank,)).predict(x[400:])
+        errors[rank] = float(np.mean((pred - y[400:]) ** 2))
+    assert min(errors, key=errors.get) == 2
+    assert solution.validation_mse == pytest.approx(errors[2], rel=1e-6)  # computed from statistics alone
+
+
+def _site_batch(windows, n: int = 6) -> Batch:
+    return Batch.from_windows(windows, np.arange(n), {c: i for i, c in enumerate(windows.classes)}, device="cpu")
+
+
+def test_mean_starts_as_the_ridge_path_and_the_label_free_mean_ignores_labels(small_fmri_windows):
+    site = small_fmri_windows[0]
+    torch.manual_seed(0)
+    model = NeuroGenModel("tiny", device="cpu")
+    fit_ridge_paths(model, [site])
+    model.eval()  # no dropout: the point prediction is deterministic
+    batch = _site_batch(site)
+    ridge = model.modality_heads["fmri"].mean.ridge
+    expected = (batch.design @ ridge.coef + ridge.intercept).transpose(1, 2)
+    with torch.no_grad():
+        assert torch.allclose(model.point_prediction(batch), expected, atol=1e-5)
+        # train the residual and the label embedding a little, then labels matter only with labels
+        for p in model.modality_heads["fmri"].mean.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+        other = batch.labels.roll(1)
+        free = model.point_prediction(batch, use_labels=False)
+        assert torch.equal(free, model.point_prediction(batch, use_labels=False, labels=other))
+        assert not torch.allclose(model.point_prediction(batch), model.point_prediction(batch, labels=other))
+
+
+def test_a_run_shorter_than_the_history_is_refused_with_both_lengths(small_fmri_sites, tmp_path):
+    from fedneurogen.shared.data import load_site_data
+    from fedneurogen.shared.errors import DataError
+
+    config = PreprocessConfig(history_seconds=500.0)
+    with pytest.raises(DataError) as err:
+        load_site_data(small_fmri_sites[0], config, cache_dir=tmp_path, progress=False)
+    message = str(err.value)
+    assert "200" in message and "500" in message and "sub-01" in message
+
+
+def test_sites_with_different_montages_share_the_design_and_train_together(small_fmri_windows):
+    sixty_four, thirty_two = small_fmri_windows
+    assert len(sixty_four.eeg_channel_names) != len(thirty_two.eeg_channel_names)
+    assert sixty_four.design.shape[-1] == thirty_two.design.shape[-1]
+    torch.manual_seed(0)
+    model = NeuroGenModel("tiny", device="cpu")
+    chosen = fit_ridge_paths(model, [sixty_four, thirty_two])
+    assert chosen["fmri"]["frames"] == sum(s.n for site in (sixty_four, thirty_two) for s in subject_statistics(site))
+    for site in (sixty_four, thirty_two):
+        loss, parts = model.loss(_site_batch(site))
+        loss.backward()
+        assert np.isfinite(parts["mean"]) and np.isfinite(parts["diffusion"])
+
+
+def test_virtual_montage_keeps_a_channel_at_its_own_position():
+    positions = virtual_positions()[[0, 30, 63]]
+    values = np.eye(3)
+    mapped = to_virtual_montage(values, positions)  # [64, 3]
+    for column, row in enumerate((0, 30, 63)):
+        assert mapped[row].argmax() == column and mapped[row, column] > 0.5
+
+
+def test_design_of_a_run_follows_alpha_power_through_the_hrf():
+    """A run whose occipital alpha drops in blocks: the alpha design at O1 anticorrelates with
+    the blocks convolved with the HRF (what BOLD in visual cortex does)."""
+    rng = np.random.default_rng(3)
+    sfreq, seconds = 200.0, 240
+    t = np.arange(int(sfreq * seconds)) / sfreq
+    blocks = ((t // 20) % 2 == 1).astype(float)
+    alpha = (1.0 - 0.7 * blocks) * np.sin(2 * np.pi * 10 * t)
+    names = ["O1", "O2", "Cz"]
+    positions = virtual_positions()[[26, 63, 47]]
+    data = np.stack([alpha, alpha, np.zeros_like(t)]) + 0.05 * rng.standard_normal((3, len(t)))
+    eeg = Recording(data=data, sfreq=sfreq, positions=positions, names=names, modality="eeg")
+    config = PreprocessConfig(hrf_basis="canonical")
+    frames = np.arange(40, seconds, 2.0)
+    design = run_design(eeg, frames, config)
+    o1_alpha = 26 * 5 + 2  # (virtual electrode O1, band alpha, canonical basis)
+    box = hemodynamic_convolution((((np.arange(seconds) + 1.0) // 20) % 2 == 1).astype(float)[None], np.arange(seconds) + 1.0, frames, config)[:, 0]
+    assert np.corrcoef(design[:, o1_alpha], box)[0, 1] < -0.8
