@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-windows", type=int, default=None, help="test windows scored per site")
     parser.add_argument("--baseline-epochs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint", type=Path, default=None, help="evaluate this checkpoint instead of training one")
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "fedneurogen" / "bench-quality", help="simulations and runs")
     args = parser.parse_args(argv)
 
@@ -101,19 +102,23 @@ def main(argv: list[str] | None = None) -> int:
     preprocess = PreprocessConfig()
     sites = [load_site(site, preprocess) for site in site_dirs]
 
-    run_dir = args.work / "runs" / f"{args.preset}-{args.modality}-{int(time.time())}"
     start = time.time()
-    checkpoint = train_centralized(
-        sites, run_dir, preset=args.preset, seed=args.seed, max_minutes=args.minutes, preprocess=preprocess.model_dump(),
-        site_names=[site.name for site in site_dirs],
-    )  # fmt: skip
-    train_minutes = (time.time() - start) / 60
+    if args.checkpoint is None:
+        run_dir = args.work / "runs" / f"{args.preset}-{args.modality}-{int(time.time())}"
+        checkpoint = train_centralized(
+            sites, run_dir, preset=args.preset, seed=args.seed, max_minutes=args.minutes, preprocess=preprocess.model_dump(),
+            site_names=[site.name for site in site_dirs],
+        )  # fmt: skip
+        train_minutes = (time.time() - start) / 60
+    else:  # trained before: its minutes are in its run's log.jsonl, not measured here
+        checkpoint, train_minutes = args.checkpoint, None
 
     reports = {}
     for site in site_dirs:
         reports[site.name] = evaluate(
             checkpoint, site, args.out.parent / f"{args.out.stem}-{site.name}", steps=args.steps, max_windows=args.max_windows,
             seed=args.seed, guidance_scale=args.guidance, n_samples=args.n_samples, baseline_epochs=args.baseline_epochs,
+            pooled_sites=tuple(other for other in site_dirs if other != site),  # baselines see the model's training subjects
         )  # fmt: skip
         render_report(reports[site.name], console)
     report = {**pool_reports(list(reports.values())), "train_minutes": train_minutes, "checkpoint": str(checkpoint)}
@@ -124,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     report["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     write_json_atomic(args.out, report)
 
-    table = Table(title=f"quality targets ({args.modality}, preset {args.preset}, {train_minutes:.1f} min training)", title_justify="left")
+    trained = "given checkpoint" if train_minutes is None else f"{train_minutes:.1f} min training"
+    table = Table(title=f"quality targets ({args.modality}, preset {args.preset}, {trained})", title_justify="left")
     for column in ("target", "model", "threshold", "met"):
         table.add_column(column)
     for name, target in report["targets"].items():

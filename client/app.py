@@ -13,6 +13,7 @@ import traceback
 from logging import ERROR
 from pathlib import Path
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common import log
@@ -20,6 +21,7 @@ from flwr.common.constant import ErrorCode
 
 from fedneurogen.client import drills, privacy, site
 from fedneurogen.client.refusal import SiteRefusal, check_run, simulated_node_config
+from fedneurogen.shared.ridge import STATISTICS_REQUEST
 from fedneurogen.shared.training import TRAIN_PRESETS
 
 app = ClientApp()
@@ -66,8 +68,16 @@ def _reply(msg: Message, data: site.SiteData, metrics: dict, arrays: ArrayRecord
 @app.query()
 @_guarded
 def query(msg: Message, context: Context) -> Message:
-    """The site's target modality and class names, so the server can fix one label index."""
+    """The site's target modality and class names, so the server can fix one label index; or,
+    asked for ``ridge-statistics``, the sums the server solves the global ridge path from."""
     data = _site(context)
+    request = msg.content.config_records.get("request")
+    if request is not None and request.get("kind") == STATISTICS_REQUEST:
+        if bool(context.run_config.get("dp-enabled", False)):
+            raise SiteRefusal("ridge statistics are not sent under differential privacy (they are not private)")
+        arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in site.ridge_statistics(data).items()})
+        info = {"modality": data.modality, **({"points": list(data.train.target_names)} if data.modality == "fnirs" else {})}
+        return Message(content=RecordDict({"statistics": arrays, "site": ConfigRecord(info)}), reply_to=msg)
     content = RecordDict({"site": ConfigRecord({"modality": data.modality, "classes": data.classes})})
     return Message(content=content, reply_to=msg)
 

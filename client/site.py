@@ -21,7 +21,6 @@ from fedneurogen.client.refusal import SiteRefusal, check_data_path, check_modal
 from fedneurogen.shared.data import find_runs, load_site
 from fedneurogen.shared.errors import DataError
 from fedneurogen.shared.metrics import temporal_pcc
-from fedneurogen.shared.model.mean import fit_ridge_paths
 from fedneurogen.shared.model import Batch, NeuroGenModel, parameter_modality
 from fedneurogen.shared.recording import PairedWindows
 from fedneurogen.shared.splits import split_subjects
@@ -151,6 +150,22 @@ def site_parameters(model: torch.nn.Module, modality: str) -> dict[str, torch.Te
     }
 
 
+def ridge_statistics(site: SiteData) -> dict[str, np.ndarray]:
+    """The sufficient statistics of the ridge path on this site's training subjects and on its
+    held-out ones (``train.<stat>``, ``val.<stat>``; no ``val.*`` when there are no held-out
+    subjects): sums over all their frames — counts, sums, XᵀX, XᵀY and per-point Σy² — from
+    which the server solves the ridge path of the pooled data exactly. No window, frame or
+    subject can be read back from a sum over hundreds of frames, but the sums are not
+    differentially private: the server does not ask for them when DP is on."""
+    from fedneurogen.shared.design import subject_statistics
+    from fedneurogen.shared.ridge import sum_statistics
+
+    out = {f"train.{k}": v for k, v in sum_statistics(subject_statistics(site.train)).as_arrays().items()}
+    if set(site.val.subjects.tolist()) != set(site.train.subjects.tolist()):  # real held-out subjects
+        out |= {f"val.{k}": v for k, v in sum_statistics(subject_statistics(site.val)).as_arrays().items()}
+    return {k: np.atleast_1d(v) for k, v in out.items()}  # counts as 1-element arrays
+
+
 def train(
     model: NeuroGenModel,
     site: SiteData,
@@ -172,12 +187,7 @@ def train(
     class_to_index = {name: i for i, name in enumerate(class_names)} or None
     n = len(site.train)
     result = {"num-examples": n, "loss": float("nan"), "steps": 0, "budget_exhausted": 0, "train-seconds": 0.0}
-    if not dp and not model.modality_heads[site.modality].mean.ridge.fitted:
-        # The first round: solve the ridge path on this site's training subjects (penalty and
-        # rank on its held-out ones); the server averages the sites' solutions like any weight.
-        # Under DP the closed-form fit is not private, so the path stays zero there.
-        held_out = [site.val] if set(site.val.subjects.tolist()) != set(site.train.subjects.tolist()) else []
-        fit_ridge_paths(model, [site.train], held_out)
+
     params = model.prepare_for_dp(site.modality) if dp else [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, config)
     net: torch.nn.Module = model

@@ -204,6 +204,9 @@ def evaluate(
     baseline_epochs: int = typer.Option(5, "--baseline-epochs", min=0, help="Training epochs of the regression-transformer baseline (0: skip it)."),
     batch_size: int = typer.Option(16, "--batch-size", min=2, help="Windows per batch (sampling and regressor training)."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    pooled_sites: list[Path] | None = typer.Option(
+        None, "--also-trained-on", help="Another site the checkpoint was trained on (repeat): the baselines learn from its training subjects too."
+    ),
 ) -> None:
     """Score a checkpoint on a site's held-out subjects against baselines, noise baseline and ceiling."""
     from fedneurogen.shared.errors import FedNeuroGenError
@@ -213,7 +216,7 @@ def evaluate(
     try:
         report = run_evaluation(
             checkpoint, data, out, steps=steps, max_windows=max_windows, seed=seed, guidance_scale=guidance, n_samples=n_samples,
-            baseline_epochs=baseline_epochs, batch_size=batch_size, device=device,
+            baseline_epochs=baseline_epochs, batch_size=batch_size, device=device, pooled_sites=tuple(pooled_sites or ()),
         )  # fmt: skip
     except FedNeuroGenError as err:
         _fail(str(err))

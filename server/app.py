@@ -1,7 +1,8 @@
 """FedNeuroGen ServerApp: rounds of site training and evaluation, checkpointed every round.
 
 1. ask the sites for their class names (once; a resumed run reads them from its checkpoint),
-   so that every site maps labels to the same index;
+   so that every site maps labels to the same index, and (without DP) for the sufficient
+   statistics of the point prediction's ridge path, which it solves exactly (``solve_global_ridge``);
 2. each round: send the global weights, aggregate per modality (``strategy.py``), send the new
    weights for held-out evaluation, then write checkpoint, history and plots (``checkpointing.py``).
 A site that fails or does not answer in ``round-timeout`` is named in the log and the history;
@@ -26,6 +27,8 @@ from fedneurogen.server.strategy import ModalityStrategy, make_base_strategy
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.model import NeuroGenModel
+from fedneurogen.shared.model.mean import solve_ridge_path
+from fedneurogen.shared.ridge import STATISTICS_REQUEST, RidgeStatistics, sum_statistics
 from fedneurogen.shared.run_config import validate_run_config
 
 app = ServerApp()
@@ -46,6 +49,35 @@ def site_classes(grid: Grid, min_nodes: int, timeout: float, num_classes: int) -
     if len(classes) > num_classes:
         log(WARNING, "%d classes but the model has %d label embeddings; %s get the null label", len(classes), num_classes, classes[num_classes:])
     return classes[:num_classes]
+
+
+def solve_global_ridge(grid: Grid, model: NeuroGenModel, min_nodes: int, timeout: float) -> dict:
+    """The ridge path of every modality, solved from the sum of the sites' statistics: exactly
+    the regression on their pooled training subjects, its penalty, band weights and rank chosen
+    on their pooled held-out subjects. Installed in ``model``; returns the choices."""
+    _, nodes = sample_nodes(grid, min_nodes, min_nodes)
+    request = ConfigRecord({"kind": STATISTICS_REQUEST})
+    messages = [Message(RecordDict({"request": request}), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
+    sites: dict[str, list[tuple[RidgeStatistics, RidgeStatistics | None, list[str] | None]]] = {}
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        if reply.has_error():
+            log(WARNING, "ridge statistics: site (node %s) failed: %s", reply.metadata.src_node_id, reply.error.reason)
+            continue
+        arrays = {k: a.numpy() for k, a in reply.content["statistics"].items()}
+        split = lambda prefix: {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(prefix)}  # noqa: E731
+        info = reply.content["site"]
+        val = RidgeStatistics.from_arrays(split("val.")) if "val.n" in arrays else None
+        points = [str(p) for p in info["points"]] if "points" in info else None
+        sites.setdefault(str(info["modality"]), []).append((RidgeStatistics.from_arrays(split("train.")), val, points))
+    chosen = {}
+    for modality, replies in sorted(sites.items()):
+        if len({r[0].sxy.shape for r in replies}) > 1 or len({tuple(r[2] or ()) for r in replies}) > 1:
+            log(WARNING, "ridge path: the %s sites have different target points; it is left unfitted", modality)
+            continue
+        vals = [v for _, v, _ in replies if v is not None]
+        chosen[modality] = solve_ridge_path(model, modality, [t for t, _, _ in replies], sum_statistics(vals) if vals else None, replies[0][2])
+        chosen[modality]["sites"] = len(replies)
+    return chosen
 
 
 def checkpoint_extra(cfg: dict, class_names: list[str], server_round: int, sites_count: int) -> dict:
@@ -96,6 +128,9 @@ def main(grid: Grid, context: Context) -> None:
     if class_names is None:  # else the union of the sites' own classes
         class_names = site_classes(grid, int(cfg.get("min-available-nodes", 2)), timeout, model.config.num_classes)
     log(INFO, "Classes: %s", class_names)
+    if first == 1 and not bool(cfg["dp-enabled"]):  # (a resumed run has it in its checkpoint)
+        ridge = solve_global_ridge(grid, model, int(cfg.get("min-available-nodes", 2)), timeout)
+        log(INFO, "Ridge path from the sites' summed statistics: %s", ridge)
 
     arrays = ArrayRecord(model_parameters(model))
     strategy.summary()

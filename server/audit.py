@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import os
 import threading
 import time
@@ -218,7 +219,7 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
 
 # -- the checker ---------------------------------------------------------------------------------
 
-DEFAULT_CONFIG_KEYS = ("modality", "classes")
+DEFAULT_CONFIG_KEYS = ("modality", "classes", "points")  # points: fNIRS channel names (with the ridge statistics)
 PATH_SEPARATORS = ("/", "\\")
 
 
@@ -256,6 +257,23 @@ def _recording_like(shape: Sequence[int], window: Sequence[int]) -> bool:
     return any(d >= window[-1] for d in rest)
 
 
+#: Arrays of the ridge-statistics reply (``client/site.ridge_statistics``): sums over a site's frames.
+RIDGE_STATISTIC = re.compile(r"(train|val)\.(n|sx|sy|sxx|sxy|syy)")
+
+
+def _statistic_problem(key: str, shape: Sequence[int], design_width: int | None) -> str | None:
+    """What is wrong with a ridge statistic's shape (None: nothing). ``design_width`` (the
+    model's design features, when known) fixes the feature axes; the point axes are free."""
+    stat = key.split(".", 1)[1]
+    dims = {"n": 1, "sx": 1, "sy": 1, "syy": 1, "sxx": 2, "sxy": 2}[stat]
+    if len(shape) != dims or (stat == "n" and tuple(shape) != (1,)):
+        return f"is not shaped like the statistic {stat}"
+    feature_axes = {"sx": shape[:1], "sxx": shape, "sxy": shape[:1]}.get(stat, ())
+    if design_width is not None and any(d != design_width for d in feature_axes):
+        return f"does not have the model's {design_width} design features"
+    return None
+
+
 def find_leaks(
     entries: Iterable[Mapping[str, Any]],
     *,
@@ -269,7 +287,8 @@ def find_leaks(
     parameters, numeric scalars and short labels left the sites.
 
     parameter_shapes:  the model's parameters (``{name: shape}``); arrays must be among them
-                       with the same shape (None: not checked)
+                       with the same shape (None: not checked), or be the ridge statistics
+                       (``train.sxx`` ...: sums over all a site's frames, shapes checked)
     window_shapes:     per-window shapes of the sites' data, e.g. ``eeg.shape[1:]`` (channels x
                        samples) and ``target.shape[1:]`` (vertices or channels x frames) of
                        their ``PairedWindows``: no array may hold one
@@ -278,6 +297,7 @@ def find_leaks(
     config_keys:       the only keys a config record may hold
     """
     parameter_shapes = None if parameter_shapes is None else {k: tuple(v) for k, v in parameter_shapes.items()}
+    design_width = next((v[0] for k, v in (parameter_shapes or {}).items() if k.endswith(".mean.ridge.coef")), None)
     windows = [tuple(int(d) for d in w) for w in window_shapes]
     forbidden = [s for s in forbidden_strings if s] + ["sub-"]
     allowed_config = set(config_keys)
@@ -292,6 +312,11 @@ def find_leaks(
                 for key, info in record.get("arrays", {}).items():
                     shape = tuple(info.get("shape", ()))
                     texts.append(key)
+                    if RIDGE_STATISTIC.fullmatch(key):  # sums over all of a site's frames
+                        problem = _statistic_problem(key, shape, design_width)
+                        if problem:
+                            problems.append(f"{where}: array {rname}/{key} {list(shape)} {problem}")
+                        continue
                     if parameter_shapes is not None:
                         if key not in parameter_shapes:
                             problems.append(f"{where}: array {rname}/{key} {list(shape)} is not a model parameter")

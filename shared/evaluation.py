@@ -148,8 +148,9 @@ def ground_truth_windows(site_dir: str | Path, windows: PairedWindows, config: P
 
 def eeg_informed_design(site_dir: Path, windows: PairedWindows, config: PreprocessConfig) -> np.ndarray | None:
     """The design of the EEG-informed ceiling: the simulator's *expected* scalp band power
-    (no spectral-estimation noise), z-scored per run and convolved with the same HRF basis as
-    the model's design, at every window's frames ``[W, F, D]``; None without that ground truth."""
+    (no spectral-estimation noise), z-scored per run, mapped onto the virtual montage and
+    convolved with the same HRF basis as the model's design, at every window's frames
+    ``[W, F, D]``; None without that ground truth."""
     from fedneurogen.shared.data.ground_truth_eeg import read_expected_band_power
     from fedneurogen.shared.design import hemodynamic_convolution
 
@@ -160,6 +161,7 @@ def eeg_informed_design(site_dir: Path, windows: PairedWindows, config: Preproce
         if power is None:
             return None
         series = (power.data - power.data.mean(1, keepdims=True)) / (power.data.std(1, keepdims=True) + 1e-6)
+        series = on_virtual_montage(series, power)  # one feature space for every cap, like the model's design
         centres = (np.arange(power.n_times) + 0.5) / power.sfreq  # bin centres (the sidecar's StartTime)
         last = int(round(windows.onsets[windows.runs == key].max() * windows.target_sfreq)) + n_frames
         design = hemodynamic_convolution(series, centres, np.arange(last) / windows.target_sfreq, config)
@@ -171,6 +173,36 @@ def eeg_informed_design(site_dir: Path, windows: PairedWindows, config: Preproce
             start = int(round(windows.onsets[i] * windows.target_sfreq))
             out[i] = design[start : start + n_frames]
     return out
+
+
+def on_virtual_montage(series: np.ndarray, power: Recording) -> np.ndarray:
+    """``series [channels x rhythms, T]`` (columns ``<channel>_<rhythm>``) -> ``[64 x rhythms, T]``."""
+    from fedneurogen.shared.design import to_virtual_montage
+
+    rhythms = sorted({name.rsplit("_", 1)[1] for name in power.names})
+    out = []
+    for rhythm in rhythms:
+        rows = [i for i, name in enumerate(power.names) if name.rsplit("_", 1)[1] == rhythm]
+        out.append(to_virtual_montage(series[rows], power.positions[rows]))
+    return np.concatenate(out)
+
+
+def pool_windows(parts: list[tuple[str, PairedWindows]]) -> PairedWindows:
+    """Windows of several sites as one set for the baselines (design, target and labels; no
+    raw EEG, whose channels differ), subjects and runs prefixed with the site so they stay
+    apart. All sites must share the target points."""
+    first = parts[0][1]
+    for name, w in parts[1:]:
+        if w.target_names != first.target_names:
+            raise DataError(Path(name), "has other target points than the first site; its baselines cannot be pooled")
+    cat = lambda key: np.concatenate([getattr(w, key) for _, w in parts])  # noqa: E731
+    prefixed = lambda key: np.concatenate([np.char.add(f"{name}/", getattr(w, key).astype(str)) for name, w in parts])  # noqa: E731
+    n = sum(len(w) for _, w in parts)
+    return replace(
+        first, eeg=np.zeros((n, 0, 0), np.float32), eeg_channel_names=[], eeg_positions=np.zeros((0, 3)),
+        target=cat("target"), labels=cat("labels"), subjects=prefixed("subjects"), runs=prefixed("runs"), onsets=cat("onsets"),
+        design=cat("design"), participants={},
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,6 +277,7 @@ def evaluate(
     device: str | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    pooled_sites: tuple[str | Path, ...] = (),
 ) -> dict[str, Any]:
     """Score a checkpoint on a site's test subjects; write ``report.json`` and figures.
 
@@ -271,6 +304,11 @@ def evaluate(
         Score at most this many test windows (each subject's first ones).
     baseline_epochs : int
         Training epochs of the regression-transformer baseline (0: not trained).
+    pooled_sites : paths
+        Other sites the checkpoint was trained on: the ridge-HRF and label-only baselines, the
+        EEG-informed ceiling and the top-10 % choice learn from their training (and validation)
+        subjects too, so the model and the baselines see the same subjects. (The regression
+        transformer reads raw EEG, whose channels differ between sites: this site only.)
 
     Returns
     -------
@@ -297,22 +335,43 @@ def evaluate(
     real = test.target
     labels = label_indices(test, meta.get("class_names"))
 
+    # The baselines and the ceiling learn from the training (and validation) subjects the model
+    # learnt from: this site's, and those of ``pooled_sites`` when the model was trained on them.
+    sites = [(site_dir, split)] + [(Path(other), _split_of(other, preprocess, meta, cache_dir, progress)) for other in pooled_sites]
+    sites = [(path, sp) for path, sp in sites if sp.train is not None]
+
+    def pooled(which: str, design_of=None) -> PairedWindows | None:
+        parts = []
+        for path, sp in sites:
+            windows_part = getattr(sp, which)
+            if windows_part is None:
+                continue
+            if design_of is not None:
+                design = design_of(path, windows_part)
+                if design is None:
+                    return None
+                windows_part = replace(windows_part, design=design)
+            parts.append((path.name, windows_part))
+        if not parts:
+            return None
+        return parts[0][1] if len(parts) == 1 else pool_windows(parts)
+
     with _status(progress, "point prediction and baselines"):
         mean = point_predictions(model, test, batch_size=batch_size)
         mean_labelled = point_predictions(model, test, labels, batch_size=batch_size)
-        top = reliable_points(split.train) if split.train is not None else None
+        train, val = pooled("train"), pooled("val")
+        top = reliable_points(train) if train is not None else None
         predictions = {
-            "ridge_hrf": fit_predict(RidgeHRFBaseline, split.train, test, split.val),
-            "label_only": fit_predict(LabelOnlyBaseline, split.train, test, split.val),
+            "ridge_hrf": fit_predict(RidgeHRFBaseline, train, test, val),
+            "label_only": fit_predict(LabelOnlyBaseline, train, test, val),
         }
         truth = ground_truth_windows(site_dir, test, preprocess)
         informed = None
-        if split.train is not None:
-            designs = [eeg_informed_design(site_dir, w, preprocess) for w in (split.train, test, split.val) if w is not None]
-            if all(d is not None for d in designs):
-                ceiling_train, ceiling_test = (replace(w, design=d) for w, d in zip((split.train, test), designs))
-                ceiling_val = replace(split.val, design=designs[2]) if split.val is not None else None
-                informed = RidgeHRFBaseline().fit(ceiling_train, ceiling_val).predict(ceiling_test)
+        ceiling_design = lambda path, w: eeg_informed_design(path, w, preprocess)  # noqa: E731
+        ceiling_train, ceiling_test = pooled("train", ceiling_design), ceiling_design(site_dir, test)
+        if ceiling_train is not None and ceiling_test is not None:
+            ceiling_val = pooled("val", ceiling_design)
+            informed = RidgeHRFBaseline().fit(ceiling_train, ceiling_val).predict(replace(test, design=ceiling_test))
 
     regressors: list[RegressorBaseline] = []
     if baseline_epochs > 0:
@@ -321,7 +380,7 @@ def evaluate(
             return regressors[-1]
 
         with _status(progress, f"fitting the regression-transformer baseline ({baseline_epochs} epochs)"):
-            predictions["regressor"] = fit_predict(lambda: _TrainOnly(regressor()), split.train, test, split.val)
+            predictions["regressor"] = fit_predict(lambda: _TrainOnly(regressor()), split.train, test, split.val)  # raw EEG: this site only
 
     samples = None
     if n_samples > 0:
@@ -348,6 +407,7 @@ def evaluate(
         "ceilings": {"noise": noise_ceiling, "eeg_informed": informed_scores},
         "relative": _relative(headline, ridge, informed_scores),
         "top_points": None if top is None else {"count": int(len(top)), "chosen_on": "training subjects (in-sample ridge-HRF PCC)"},
+        "baseline_training_sites": [path.name for path, _ in sites],
         "n_test_windows": len(test),
         "test_subjects": sorted(set(test.subjects.tolist())),
         "test_subjects_count": len(set(test.subjects.tolist())),
@@ -374,6 +434,12 @@ def evaluate(
     report["plots"] = [p.name for p in write_plots(out_dir, test, mean, shown, predictions.get("ridge_hrf"), report)]
     write_json_atomic(out_dir / REPORT_FILE, report)
     return report
+
+
+def _split_of(site: str | Path, preprocess: PreprocessConfig, meta: dict[str, Any], cache_dir, progress: bool) -> EvaluationSplit:
+    from fedneurogen.shared.data import load_site
+
+    return evaluation_split(load_site(site, preprocess, cache_dir=cache_dir, progress=progress), meta, Path(site))
 
 
 class _TrainOnly:

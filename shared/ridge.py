@@ -26,6 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import numpy as np
+import scipy.linalg
+
+#: The query a federation's server sends for a site's ridge statistics (``RidgeStatistics``
+#: of its training subjects as ``train.<field>``, of its held-out ones as ``val.<field>``).
+STATISTICS_REQUEST = "ridge-statistics"
 
 #: Relative penalties tried when none are given (features have unit variance).
 DEFAULT_PENALTIES = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
@@ -60,7 +65,7 @@ class RidgeStatistics:
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "RidgeStatistics":
         values = {f.name: np.asarray(arrays[f.name], dtype=np.float64) for f in fields(cls)}
-        values["n"] = float(values["n"])
+        values["n"] = float(values["n"].reshape(-1)[0])  # sent as a 1-element array
         return cls(**values)
 
     @property
@@ -100,9 +105,12 @@ class _Standardised:
         self.mean_y = train.sy / n
         var = np.diag(train.sxx) / n - self.mean_x**2
         weights = np.ones_like(self.mean_x) if weights is None else np.asarray(weights, dtype=np.float64)
-        # a weighted feature is z * w: divide by scale / w (w = 0: the feature is switched off)
-        self.scale = (np.sqrt(np.maximum(var, 0.0)) + 1e-8) / np.maximum(weights, 1e-12)
-        self.scale[weights == 0] = np.inf
+        std = np.sqrt(np.maximum(var, 0.0))
+        # a weighted feature is z * w: divide by scale / w. Weight 0, and a feature that does not
+        # vary in the training rows (nothing to learn from it), switch the feature off.
+        off = (weights == 0) | (std <= 1e-6 * max(float(np.median(std)), 1e-12))
+        self.scale = (std + 1e-8) / np.maximum(weights, 1e-12)
+        self.scale[off] = np.inf
         centred = train.sxx - n * np.outer(self.mean_x, self.mean_x)
         gram = centred / np.outer(self.scale, self.scale) / n
         self.cross = (train.sxy - np.outer(self.mean_x, train.sy)) / self.scale[:, None] / n
@@ -117,7 +125,10 @@ class _Standardised:
     def components(self, coef: np.ndarray) -> np.ndarray:
         """Right singular vectors ``[N, r]`` of the fitted training predictions ``Z coef``."""
         m = np.sqrt(self.eigval)[:, None] * (self.eigvec.T @ coef)  # M with MᵀM = coefᵀ(ZᵀZ/n)coef
-        _, _, vt = np.linalg.svd(m, full_matrices=False)
+        try:
+            _, _, vt = np.linalg.svd(m, full_matrices=False)
+        except np.linalg.LinAlgError:  # LAPACK's divide-and-conquer can fail on tiny data: the slower QR driver
+            _, _, vt = scipy.linalg.svd(m, full_matrices=False, lapack_driver="gesvd")
         return vt.T
 
     def validation_terms(self, val: RidgeStatistics) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -153,22 +164,44 @@ def fit_ridge(
         coef = _reduce(solver, solver.coefficients(lam), rank)
         return RidgeSolution(*solver.to_raw(coef), lam=lam, rank=rank)
 
+    # Only the total validation error is needed, so every term is a trace computed in the
+    # eigenbasis of the training Gram matrix: one pass per setting costs O(D^2), not O(D^2 N).
     szz, szy, syy = solver.validation_terms(val)
-    best: tuple[float, float, int | None, np.ndarray] | None = None
+    u, e, p = solver.eigvec, solver.eigval, solver.projected_cross  # coef(lam) = u diag(1/(e+lam)) p
+    szz_e = u.T @ szz @ u
+    cross_e = np.einsum("dn,dn->d", p, u.T @ szy)
+    p_gram = p @ p.T
+    total_y = float(syy.sum())
+    scale = 1.0 / (max(val.n, 1.0) * syy.shape[0])  # mean over points and validation rows
+    best: tuple[float, float, int | None] | None = None
     for lam in penalties:
-        coef = solver.coefficients(lam)
-        full_rank = [r for r in ranks if r is None or r >= min(coef.shape)]
-        components = solver.components(coef) if len(full_rank) < len(ranks) else None
+        g = 1.0 / (e + lam)
+        reduced = _reduced_sses(solver, lam, [r for r in ranks if r is not None and r < min(p.shape)], szz, szy, total_y)
         for rank in ranks:
-            reduced = coef if rank is None or components is None or rank >= components.shape[1] else coef @ components[:, :rank] @ components[:, :rank].T
-            # per-point SSE = Σỹ² - 2 bᵀ Σzỹ + bᵀ Σzzᵀ b
-            sse = syy - 2 * np.einsum("dn,dn->n", reduced, szy) + np.einsum("dn,dn->n", reduced, szz @ reduced)
-            mse = float(np.mean(sse) / max(val.n, 1.0))
-            if best is None or mse < best[0]:
-                best = (mse, lam, rank, reduced)
+            if rank in reduced:
+                sse = reduced[rank]
+            else:  # full rank: SSE = Σỹ² - 2 tr(Bᵀ Σzỹ) + tr(Bᵀ Σzz B), with B = u diag(g) p
+                sse = total_y - 2 * float(g @ cross_e) + float(np.einsum("ij,ij->", szz_e, g[:, None] * p_gram * g[None, :]))
+            if best is None or sse * scale < best[0]:
+                best = (sse * scale, lam, rank)
     assert best is not None
-    mse, lam, rank, coef = best
+    mse, lam, rank = best
+    coef = _reduce(solver, solver.coefficients(lam), rank)
     return RidgeSolution(*solver.to_raw(coef), lam=lam, rank=rank, validation_mse=mse)
+
+
+def _reduced_sses(solver: "_Standardised", lam: float, ranks: list[int], szz: np.ndarray, szy: np.ndarray, total_y: float) -> dict[int, float]:
+    """Validation SSE of each rank-``r`` projection ``B V_r V_rᵀ`` of the ridge coefficients
+    (one SVD for all ranks: the terms are sums over the leading components)."""
+    if not ranks:
+        return {}
+    coef = solver.coefficients(lam)
+    v = solver.components(coef)[:, : max(ranks)]
+    w = coef @ v  # [D, r]
+    # tr(B_rᵀ Σzỹ) and tr(B_rᵀ Σzz B_r) with B_r = W_r V_rᵀ (V orthonormal): sums over components
+    cross = np.cumsum(np.einsum("dr,dr->r", w, szy @ v))
+    quadratic = np.cumsum(np.einsum("dr,dr->r", w, szz @ w))
+    return {r: total_y - 2 * float(cross[r - 1]) + float(quadratic[r - 1]) for r in ranks}
 
 
 def _reduce(solver: _Standardised, coef: np.ndarray, rank: int | None) -> np.ndarray:

@@ -158,3 +158,45 @@ def test_design_of_a_run_follows_alpha_power_through_the_hrf():
     o1_alpha = 26 * 5 + 2  # (virtual electrode O1, band alpha, canonical basis)
     box = hemodynamic_convolution((((np.arange(seconds) + 1.0) // 20) % 2 == 1).astype(float)[None], np.arange(seconds) + 1.0, frames, config)[:, 0]
     assert np.corrcoef(design[:, o1_alpha], box)[0, 1] < -0.8
+
+
+def test_banded_ridge_drops_a_group_that_carries_only_noise():
+    from fedneurogen.shared.ridge import fit_banded_ridge
+
+    rng = np.random.default_rng(4)
+    n, informative, noise = 500, 6, 30
+    x = rng.standard_normal((n, informative + noise))
+    y = x[:, :informative] @ rng.standard_normal((informative, 10)) + 2.0 * rng.standard_normal((n, 10))
+    groups = np.array([0] * informative + [1] * noise)
+    train, val = RidgeStatistics.from_rows(x[:300], y[:300]), RidgeStatistics.from_rows(x[300:], y[300:])
+    solution, weights = fit_banded_ridge(train, val, groups)
+    assert weights[groups == 1].max() == 0.0 and weights[groups == 0].min() > 0
+    assert np.all(solution.coef[groups == 1] == 0)  # the dropped group has no coefficients
+    plain = fit_ridge(train, val)
+    assert solution.validation_mse < plain.validation_mse
+
+
+def test_ridge_path_from_summed_site_statistics_equals_the_pooled_fit(small_fmri_windows):
+    """What a federation does (each site sends sums, the server solves) gives the ridge path
+    fitted centrally on the pooled windows."""
+    from fedneurogen.client.site import SiteData, ridge_statistics
+    from fedneurogen.shared.model.mean import solve_ridge_path
+
+    sites = []
+    for windows in small_fmri_windows:  # 3 subjects each: two train, one held out
+        subjects = sorted(set(windows.subjects.tolist()))
+        held = windows.subjects == subjects[-1]
+        sites.append(SiteData(train=windows.subset(~held), val=windows.subset(held)))
+    torch.manual_seed(0)
+    central = NeuroGenModel("tiny", device="cpu")
+    fit_ridge_paths(central, [s.train for s in sites], [s.val for s in sites])
+
+    federated = NeuroGenModel("tiny", device="cpu")
+    sent = [ridge_statistics(s) for s in sites]
+    assert all(a.ndim >= 1 for message in sent for a in message.values())
+    parts = [RidgeStatistics.from_arrays({k[6:]: v for k, v in m.items() if k.startswith("train.")}) for m in sent]
+    val = sum_statistics([RidgeStatistics.from_arrays({k[4:]: v for k, v in m.items() if k.startswith("val.")}) for m in sent])
+    solve_ridge_path(federated, "fmri", parts, val)
+    a, b = central.modality_heads["fmri"].mean.ridge, federated.modality_heads["fmri"].mean.ridge
+    assert torch.allclose(a.coef, b.coef, atol=1e-5) and torch.allclose(a.intercept, b.intercept, atol=1e-5)
+    assert a.fitted and b.fitted

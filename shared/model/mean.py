@@ -141,11 +141,11 @@ RIDGE_RANKS: tuple[int | None, ...] = (2, 4, 8, 16, 32, None)
 
 
 def fit_ridge_paths(model: nn.Module, train: Sequence, val: Sequence = ()) -> dict[str, dict]:
-    """Solve each modality's ridge path from the training windows' statistics, its penalty and
-    rank chosen on the validation windows (``PairedWindows`` per site; sites of one modality
-    are pooled). Returns ``{modality: {"penalty", "rank", "validation_mse", "frames"}}``."""
-    from fedneurogen.shared.design import feature_bands, subject_statistics
-    from fedneurogen.shared.ridge import fit_ridge_selected, sum_statistics
+    """Solve each modality's ridge path from the training windows' statistics, its penalty, band
+    weights and rank chosen on the validation windows (``PairedWindows`` per site; sites of one
+    modality are pooled). Returns ``{modality: choice}`` (see ``solve_ridge_path``)."""
+    from fedneurogen.shared.design import subject_statistics
+    from fedneurogen.shared.ridge import sum_statistics
 
     chosen = {}
     for modality in sorted({w.target_modality for w in train}):
@@ -156,17 +156,28 @@ def fit_ridge_paths(model: nn.Module, train: Sequence, val: Sequence = ()) -> di
                 raise ConfigError(f"{modality} sites with different target points cannot share one ridge path ({len(site.target_names)} vs {len(names)} points)")
         parts = [s for site in sites for s in subject_statistics(site)]
         val_parts = [s for site in val if site.target_modality == modality for s in subject_statistics(site)]
-        bands = feature_bands(parts[0].n_features)
-        solution = fit_ridge_selected(parts, sum_statistics(val_parts) if val_parts else None, ranks=RIDGE_RANKS, groups=bands)
-        total = sum_statistics(parts)
-        mean = total.sx / total.n
-        scale = np.sqrt(np.maximum(np.diag(total.sxx) / total.n - mean**2, 0.0)) + 1e-8
-        head = model.modality_heads[modality].mean
-        head.ridge.set_solution(solution.coef, solution.intercept, mean, scale, names if modality == "fnirs" else None)
-        weights = None if solution.weights is None else {band: float(solution.weights[bands == i][0]) for i, band in enumerate(EEG_BANDS)}
-        chosen[modality] = {
-            "penalty": solution.lam, "rank": solution.rank, "band_weights": weights,
-            "validation_mse": solution.validation_mse, "frames": int(total.n),
-        }  # fmt: skip
+        chosen[modality] = solve_ridge_path(model, modality, parts, sum_statistics(val_parts) if val_parts else None, names)
     return chosen
 
+
+def solve_ridge_path(model: nn.Module, modality: str, train_parts: Sequence, val=None, names: Sequence[str] | None = None) -> dict:
+    """Install in ``model`` the ridge path of ``modality`` solved from ``RidgeStatistics``:
+    ``train_parts`` (one per subject, or per site in a federation; they are summed), ``val``
+    (summed validation statistics; None: chosen by 2-fold over the parts). ``names`` are the
+    target points (needed for fNIRS). Returns the choice: penalty, rank, band weights,
+    validation MSE and the number of frames."""
+    from fedneurogen.shared.design import feature_bands
+    from fedneurogen.shared.ridge import fit_ridge_selected, sum_statistics
+
+    bands = feature_bands(train_parts[0].n_features)
+    solution = fit_ridge_selected(list(train_parts), val, ranks=RIDGE_RANKS, groups=bands)
+    total = sum_statistics(list(train_parts))
+    mean = total.sx / total.n
+    scale = np.sqrt(np.maximum(np.diag(total.sxx) / total.n - mean**2, 0.0)) + 1e-8
+    head = model.modality_heads[modality].mean
+    head.ridge.set_solution(solution.coef, solution.intercept, mean, scale, names if modality == "fnirs" else None)
+    weights = None if solution.weights is None else {band: float(solution.weights[bands == i][0]) for i, band in enumerate(EEG_BANDS)}
+    return {
+        "penalty": solution.lam, "rank": solution.rank, "band_weights": weights,
+        "validation_mse": solution.validation_mse, "frames": int(total.n),
+    }  # fmt: skip
