@@ -138,7 +138,8 @@ def test_a_real_round_sends_only_parameters_and_numbers(federation_sites, tmp_pa
 
     entries = read_log(run_dir / AUDIT_FILE)
     kinds = sorted((e["round"] or 0, e["message_type"]) for e in entries)
-    assert kinds == [(0, MessageType.QUERY)] * 2 + [(1, MessageType.EVALUATE)] * 2 + [(1, MessageType.TRAIN)] * 2
+    # two queries per site (its classes; the sums of its ridge statistics), then the round
+    assert kinds == [(0, MessageType.QUERY)] * 4 + [(1, MessageType.EVALUATE)] * 2 + [(1, MessageType.TRAIN)] * 2
     assert not any(e["error"] for e in entries)
 
     # what the sites hold, concretely: their windows' shapes, folders, subjects and runs
@@ -159,10 +160,16 @@ def test_a_real_round_sends_only_parameters_and_numbers(federation_sites, tmp_pa
             assert set(records) == {"arrays", "metrics", "site"}
             assert {k: a["shape"] for k, a in records["arrays"]["arrays"].items()} == fmri_site_params
             assert {a["dtype"] for a in records["arrays"]["arrays"].values()} == {"float32"}
+        elif "statistics" in records:  # sums over all frames of the training and held-out subjects
+            assert set(records) == {"statistics", "site"}
+            shapes = {k: a["shape"] for k, a in records["statistics"]["arrays"].items()}
+            width = tiny_shapes["modality_heads.fmri.mean.ridge.coef"][0]
+            expected = {"n": [1], "sx": [width], "sy": [5124], "sxx": [width, width], "sxy": [width, 5124], "syy": [5124]}
+            assert shapes == {f"{split}.{k}": v for split in ("train", "val") for k, v in expected.items()}
         else:
             assert "arrays" not in records
         assert records["site"]["values"]["modality"] == "fmri"
-        if e["message_type"] == MessageType.QUERY:
+        if e["message_type"] == MessageType.QUERY and "statistics" not in records:
             assert set(records["site"]["values"]) == {"modality", "classes"} and "rest" in records["site"]["values"]["classes"]
 
     # the bytes of the round in history.json: the model to each site twice, their updates back
@@ -171,3 +178,18 @@ def test_a_real_round_sends_only_parameters_and_numbers(federation_sites, tmp_pa
     update_bytes = sum(a["bytes"] for e in entries if e["message_type"] == MessageType.TRAIN for a in e["records"]["arrays"]["arrays"].values())
     assert entry["bytes"] == {"sent": 4 * model_bytes, "received": update_bytes}
     assert 0.5 * 2 * model_bytes < update_bytes < 2 * model_bytes  # the fNIRS head stays home
+
+
+def test_ridge_statistics_pass_only_with_their_own_shapes(tiny_shapes):
+    width = tiny_shapes["modality_heads.fmri.mean.ridge.coef"][0]
+
+    def entry(arrays: dict) -> dict:
+        described = {k: {"shape": list(v), "dtype": "float64", "bytes": 8} for k, v in arrays.items()}
+        return {"round": 0, "message_type": "query", "src_node_id": 1, "error": None, "records": {"statistics": {"type": "array", "arrays": described}}}
+
+    good = {"train.n": (1,), "train.sx": (width,), "train.sxx": (width, width), "train.sxy": (width, 5124), "val.syy": (5124,)}
+    assert find_leaks([entry(good)], parameter_shapes=tiny_shapes, window_shapes=[(5124, 8), (64, 3200)]) == []
+    bad = find_leaks([entry({"train.sxy": (3200, 64), "val.n": (5,), "train.sample": (64, 3200)})], parameter_shapes=tiny_shapes, window_shapes=[(64, 3200)])
+    assert any("train.sxy" in p and "design features" in p for p in bad)
+    assert any("val.n" in p for p in bad)
+    assert any("train.sample" in p for p in bad)  # not a statistic: must be a parameter, and is window-shaped
