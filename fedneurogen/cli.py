@@ -144,16 +144,49 @@ def federate(
     from fedneurogen.simulations.federated import parse_overrides, run_federated
 
     overrides = {"preset": preset.value, **parse_overrides(set_)}
+    total = int(overrides.get("num-server-rounds", rounds))
     try:
-        out = run_federated(
-            run_dir, data_root, num_sites=sites, rounds=rounds, modality=modality.value, subjects_per_site=subjects_per_site, seed=seed,
-            run_config=overrides,
-        )
+        with _round_progress(total) as show_round:
+            out = run_federated(
+                run_dir, data_root, num_sites=sites, rounds=rounds, modality=modality.value, subjects_per_site=subjects_per_site, seed=seed,
+                run_config=overrides, on_round=show_round,
+            )
     except FedNeuroGenError as err:  # e.g. a bad run config: the ServerApp's ConfigError leads the message
         from rich.markup import escape
 
         _fail(escape(str(err)))
     console.print(f"checkpoint: [bold]{out / 'checkpoint'}[/]\nhistory:    {out / 'history.json'}\nplot:       {out / 'metrics.png'}")
+
+
+def _round_progress(total: int):
+    """A progress bar over the federated rounds and a line per round as it ends: sites that
+    answered, training loss, held-out PCC of the point prediction, epsilon (with DP), seconds."""
+    import contextlib
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    @contextlib.contextmanager
+    def context():
+        columns = (TextColumn("[bold]federated rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console) as bar:
+            task = bar.add_task("rounds", total=total)
+
+            def show(entry: dict) -> None:
+                train, held_out = entry.get("train", {}), entry.get("evaluate", {})
+                answered = len(train.get("sites", {}))
+                failed = len(train.get("failed", []))
+                loss, pcc = (train.get("aggregate") or {}).get("loss"), (held_out.get("aggregate") or {}).get("pcc")
+                epsilon = [m["epsilon"] for m in train.get("sites", {}).values() if "epsilon" in m]
+                fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+                line = f"round {entry['round']}/{total}: {answered} site(s) answered" + (f", {failed} failed" if failed else "")
+                line += f", train loss {fmt(loss)}, held-out PCC {fmt(pcc)}"
+                line += f", epsilon {max(epsilon):.2f}" if epsilon else ""
+                bar.console.print(f"{line}, {entry.get('seconds', 0.0):.0f} s")
+                bar.update(task, completed=entry["round"])
+
+            yield show
+
+    return context()
 
 
 @app.command()

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -288,10 +289,11 @@ def tail(path: Path, lines: int = 60) -> str:
 
 def flwr_run(
     flwr_home: Path, connection: str, run_config: dict[str, Any], *, federation_config: dict[str, Any] | None = None,
-    app: Path | None = None, timeout: float = 3600.0, log_file: Path | None = None,
+    app: Path | None = None, timeout: float = 3600.0, log_file: Path | None = None, on_poll: Callable[[], None] | None = None,
 ) -> int:
     """``flwr run APP CONNECTION`` with overrides, streaming the run's log to ``log_file``;
-    returns the run id once the run has finished, or raises ``FederationError``."""
+    returns the run id once the run has finished, or raises ``FederationError``. ``on_poll`` is
+    called about every second while the run goes on (to show its progress)."""
     env = flower_env(flwr_home)
     cmd = ["flwr", "run", str(app or app_dir()), connection, "--stream"]
     if run_config:
@@ -303,11 +305,14 @@ def flwr_run(
         with open(log_file, "ab") as log:
             start = log.tell()
             proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                stop_process(proc)
-                raise FederationError(f"flwr run did not finish within {timeout:.0f} s:\n{tail(log_file)}") from None
+            deadline = time.time() + timeout
+            while proc.poll() is None:
+                if time.time() > deadline:
+                    stop_process(proc)
+                    raise FederationError(f"flwr run did not finish within {timeout:.0f} s:\n{tail(log_file)}")
+                if on_poll is not None:
+                    on_poll()
+                time.sleep(1.0)
         with open(log_file, "rb") as log:
             log.seek(start)
             text = log.read().decode("utf-8", errors="replace")
@@ -362,6 +367,27 @@ def ensure_sites(data_root: Path, num_sites: int, modality: str, subjects_per_si
     return sites
 
 
+class RoundWatcher:
+    """Calls ``on_round`` once for every new entry of a run's ``history.json`` (written
+    atomically by the server after each round; a resumed run's earlier rounds are skipped)."""
+
+    def __init__(self, history: Path, on_round: Callable[[dict[str, Any]], None]):
+        self.history, self.on_round = history, on_round
+        self.seen = {entry["round"] for entry in self._read()}
+
+    def _read(self) -> list[dict[str, Any]]:
+        try:
+            return json.loads(self.history.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return []
+
+    def __call__(self) -> None:
+        for entry in self._read():
+            if entry.get("round") not in self.seen:
+                self.seen.add(entry.get("round"))
+                self.on_round(entry)
+
+
 def run_federated(
     run_dir: str | Path,
     data_root: str | Path,
@@ -376,12 +402,14 @@ def run_federated(
     flwr_home: str | Path | None = None,
     timeout: float = 3600.0,
     client_cpus: int = 2,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
 ) -> Path:
     """Run a local federated simulation; returns ``run_dir`` (see the module docstring).
 
     ``run_config`` overrides any key of ``[tool.flwr.app.config]`` (e.g. ``strategy``,
     ``dp-enabled``, ``resume``). ``client_cpus`` is the CPUs each simulated site gets
-    (Ray runs ``cpus // client_cpus`` sites at a time)."""
+    (Ray runs ``cpus // client_cpus`` sites at a time). ``on_round`` gets each round's
+    ``history.json`` entry as soon as the server has written it."""
     run_dir, data_root = Path(run_dir).resolve(), Path(data_root).resolve()
     config = {
         "num-server-rounds": rounds, "run-dir": str(run_dir), "data-root": str(data_root), "num-sites": num_sites,
@@ -401,7 +429,10 @@ def run_federated(
     try:
         with LocalSuperLink(home, simulation=True, log_file=run_dir / "superlink.log") as link:
             write_connection(home, "local-sim", link.address)
-            flwr_run(home, "local-sim", config, federation_config=federation, timeout=timeout, log_file=run_dir / "flwr-run.log")
+            watch = RoundWatcher(run_dir / "history.json", on_round) if on_round is not None else None
+            flwr_run(home, "local-sim", config, federation_config=federation, timeout=timeout, log_file=run_dir / "flwr-run.log", on_poll=watch)
+            if watch is not None:
+                watch()  # the last round, written just before the run ended
     finally:
         if own_home:
             shutil.rmtree(home, ignore_errors=True)

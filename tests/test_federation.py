@@ -182,3 +182,19 @@ def test_simulation_with_a_failing_site_dp_and_resume(federation_sites, tmp_path
     assert any(not torch.equal(round2[k], v) for k, v in model_parameters(resumed).items())
     moments = load_file(str(run_dir / "rounds" / "round-0003" / "strategy.safetensors"))
     assert any(k.startswith("fnirs/v_t/") for k in moments) and any(k.startswith("fmri/m_t/") for k in moments)
+
+
+def test_round_watcher_reports_each_new_round_once(tmp_path):
+    from fedneurogen.simulations.federated import RoundWatcher
+
+    history = tmp_path / "history.json"
+    history.write_text(json.dumps([{"round": 1}]))  # a resumed run: round 1 was before
+    seen = []
+    watch = RoundWatcher(history, seen.append)
+    watch()
+    history.write_text(json.dumps([{"round": 1}, {"round": 2, "seconds": 3.0}]))
+    watch()
+    watch()
+    history.write_text("[{")  # caught mid-write by another reader: ignored until it is whole
+    watch()
+    assert seen == [{"round": 2, "seconds": 3.0}]
