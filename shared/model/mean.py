@@ -127,9 +127,10 @@ class MeanHead(nn.Module):
         slots = self.ridge.slots(names, n_points)
         linear = self.ridge(design, slots)
         latent = self.residual(nn.functional.dropout(self.ridge.standardise(design), self.dropout, training=train))
-        if labels is not None:
-            index = torch.where(labels < 0, torch.full_like(labels, self.num_classes), labels)
-            latent = latent + self.label_embed(index)[:, None, :]
+        # no label (None or -1) is the null label's row, as label dropout trains it
+        null = torch.full((design.shape[0],), self.num_classes, dtype=torch.long, device=design.device)
+        index = null if labels is None else torch.where(labels < 0, null, labels)
+        latent = latent + self.label_embed(index)[:, None, :]
         residual = self.readout(latent)  # through the module, so Opacus sees per-sample gradients
         if slots is not None:
             residual = residual[..., slots]
