@@ -111,7 +111,7 @@ def metric_bars(report: Mapping, path: str | Path, title: str) -> Path:
     from fedneurogen.shared.evaluation import ROWS, report_row
 
     rows = {label.replace("model: ", ""): report_row(dict(report), p) for label, p in ROWS}
-    fig = Figure(figsize=(14, 4.2))
+    fig = Figure(figsize=(14, 5.5))
     axes = fig.subplots(1, 3)
     for ax, metric in zip(axes, ("pcc_temporal", "pcc_temporal_top10", "pcc_spatial")):
         bars = {name: row.get(metric) for name, row in rows.items() if row}
@@ -122,6 +122,7 @@ def metric_bars(report: Mapping, path: str | Path, title: str) -> Path:
             ax.annotate(f"{v:.3f}", (x, v), ha="center", va="bottom" if v >= 0 else "top", fontsize="small")
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_title(metric.replace("_", " ").replace("top10", "top-10 %"))
-        ax.tick_params(axis="x", labelrotation=45, labelsize="small")
+        ax.set_xticks(range(len(bars)), list(bars), rotation=40, ha="right", fontsize="small")
+    fig.subplots_adjust(bottom=0.38, wspace=0.25)
     fig.suptitle(title)
     return save_figure(fig, path)
