@@ -553,7 +553,8 @@ def write_plots(
     shown = max(set(tasks), key=tasks.count) if tasks else None
     chosen = test.labels == shown if shown is not None else np.ones(len(test), bool)
     what = f"class '{shown}'" if shown is not None else "all windows"
-    maps = {name: values[chosen].mean(axis=(0, 2)) for name, values in (("real", test.target), ("point prediction", mean), ("sample", sample))}
+    # "prediction" = the point prediction (a short name: it titles each map)
+    maps = {name: values[chosen].mean(axis=(0, 2)) for name, values in (("real", test.target), ("prediction", mean), ("sample", sample))}
     title = f"mean activation, {what} ({int(chosen.sum())} test windows)"
     if test.target_modality == "fmri":
         written = [plots.surface_maps(maps, out_dir / "maps.png", title)]
