@@ -112,7 +112,7 @@ def time_evaluation(run_dir: Path, sites: list[Path], run_config: dict[str, Any]
     class_names = list(meta.get("class_names") or [])
     kwargs = dict(
         class_names=class_names, batch_size=TRAIN_PRESETS[preset].batch_size, seed=seed,
-        pcc_windows=int(run_config["eval-pcc-windows"]), sampling_steps=int(run_config["eval-sampling-steps"]),
+        pcc_windows=int(run_config["eval-pcc-windows"]),
     )
     data = [site_mod.load(s, seed=seed, max_windows=int(run_config.get("max-windows", 0)), cache_dir=run_config["cache-dir"]) for s in sites]
     site_mod.evaluate(model, data[0], **kwargs)  # warm-up
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
     base = {
         "preset": args.preset, "local-epochs": args.local_epochs, "max-windows": args.max_windows, "cache-dir": str(cache),
-        "eval-pcc-windows": 4, "eval-sampling-steps": 5,
+        "eval-pcc-windows": 4,
     }
     runs: dict[str, Any] = {}
     for mode in modes:

@@ -137,6 +137,6 @@ def evaluate(msg: Message, context: Context) -> Message:
     model = site.build_model(str(run["preset"]), msg.content["arrays"].to_torch_state_dict())
     metrics = site.evaluate(
         model, data, class_names=list(config.get("class-names", [])), batch_size=TRAIN_PRESETS[str(run["preset"])].batch_size,
-        seed=int(run["seed"]), pcc_windows=int(run.get("eval-pcc-windows", 0)), sampling_steps=int(run.get("eval-sampling-steps", 5)),
+        seed=int(run["seed"]), pcc_windows=int(run.get("eval-pcc-windows", 0)),
     )
     return _reply(msg, data, metrics)

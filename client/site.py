@@ -229,11 +229,10 @@ def train(
 @torch.no_grad()
 def evaluate(
     model: NeuroGenModel, site: SiteData, *, class_names: list[str], batch_size: int, seed: int,
-    pcc_windows: int = 0, sampling_steps: int = 5,
+    pcc_windows: int = 0,
 ) -> dict[str, float]:
     """Validation loss on the held-out subjects and, with ``pcc_windows``, the temporal PCC of
-    the label-free point prediction on the first few held-out windows (``sampling_steps`` is
-    kept for callers; the point prediction needs no sampling)."""
+    the label-free point prediction on the first few held-out windows."""
     class_to_index = {name: i for i, name in enumerate(class_names)} or None
     val = site.val
     metrics = {"num-examples": len(val), "loss": validation_loss(model, [val], class_to_index, batch_size, seed=seed)}

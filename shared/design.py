@@ -48,12 +48,6 @@ def n_design_features(config: PreprocessConfig) -> int:
     return len(VIRTUAL_MONTAGE) * len(EEG_BANDS) * HRF_BASES[config.hrf_basis]
 
 
-def feature_names(config: PreprocessConfig) -> list[str]:
-    """``Oz/alpha/canonical``-style name of each design column, in column order."""
-    bases = ["canonical", "derivative"][: HRF_BASES[config.hrf_basis]]
-    return [f"{e}/{b}/{k}" for e in VIRTUAL_MONTAGE for b in EEG_BANDS for k in bases]
-
-
 @functools.lru_cache(maxsize=1)
 def virtual_positions() -> np.ndarray:
     """``[64, 3]`` mm positions of the virtual montage (MNE's standard 10-05 montage)."""

@@ -225,13 +225,10 @@ def fit_predict(make, train: PairedWindows | None, test: PairedWindows, val: Pai
     return out
 
 
-def reliable_points(train: PairedWindows, fraction: float = 0.1) -> np.ndarray:
+def reliable_points(train: PairedWindows, fitted: np.ndarray, fraction: float = 0.1) -> np.ndarray:
     """The ``fraction`` of target points the EEG predicts best *on the training subjects*
-    (in-sample PCC of the continuous ridge-HRF fit): the "top-10 %" set, chosen without
-    looking at the test subjects."""
-    from fedneurogen.shared.baselines import RidgeHRFBaseline
-
-    fitted = RidgeHRFBaseline().fit(train).predict(train)
+    (``fitted``: the continuous ridge-HRF fit's in-sample predictions of ``train``): the
+    "top-10 %" set, chosen without looking at the test subjects."""
     per_point = []
     real = stitch_windows(train.target, train.runs, train.onsets, train.target_sfreq)
     for run, values in stitch_windows(fitted, train.runs, train.onsets, train.target_sfreq).items():
@@ -360,11 +357,14 @@ def evaluate(
         mean = point_predictions(model, test, batch_size=batch_size)
         mean_labelled = point_predictions(model, test, labels, batch_size=batch_size)
         train, val = pooled("train"), pooled("val")
-        top = reliable_points(train) if train is not None else None
-        predictions = {
-            "ridge_hrf": fit_predict(RidgeHRFBaseline, train, test, val),
-            "label_only": fit_predict(LabelOnlyBaseline, train, test, val),
-        }
+        top = None
+        if train is not None:  # one ridge-HRF fit gives the baseline and the top-10 % choice
+            ridge = RidgeHRFBaseline().fit(train, val)
+            top = reliable_points(train, ridge.predict(train))
+            predictions = {"ridge_hrf": ridge.predict(test)}
+        else:
+            predictions = {"ridge_hrf": fit_predict(RidgeHRFBaseline, None, test)}
+        predictions["label_only"] = fit_predict(LabelOnlyBaseline, train, test, val)
         truth = ground_truth_windows(site_dir, test, preprocess)
         informed = None
         ceiling_design = lambda path, w: eeg_informed_design(path, w, preprocess)  # noqa: E731
@@ -380,7 +380,7 @@ def evaluate(
             return regressors[-1]
 
         with _status(progress, f"fitting the regression-transformer baseline ({baseline_epochs} epochs)"):
-            predictions["regressor"] = fit_predict(lambda: _TrainOnly(regressor()), split.train, test, split.val)  # raw EEG: this site only
+            predictions["regressor"] = fit_predict(regressor, split.train, test, split.val)  # raw EEG: this site only
 
     samples = None
     if n_samples > 0:
@@ -440,20 +440,6 @@ def _split_of(site: str | Path, preprocess: PreprocessConfig, meta: dict[str, An
     from fedneurogen.shared.data import load_site
 
     return evaluation_split(load_site(site, preprocess, cache_dir=cache_dir, progress=progress), meta, Path(site))
-
-
-class _TrainOnly:
-    """Adapts a baseline whose ``fit`` takes the training windows only."""
-
-    def __init__(self, baseline):
-        self.baseline = baseline
-
-    def fit(self, train: PairedWindows, val: PairedWindows | None = None) -> "_TrainOnly":
-        self.baseline.fit(train)
-        return self
-
-    def predict(self, windows: PairedWindows) -> np.ndarray:
-        return self.baseline.predict(windows)
 
 
 def _relative(model: dict | None, ridge: dict | None, informed: dict | None) -> dict[str, float | None]:

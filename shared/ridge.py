@@ -72,6 +72,11 @@ class RidgeStatistics:
     def n_features(self) -> int:
         return int(self.sx.shape[0])
 
+    def feature_moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and standard deviation of each feature over the rows."""
+        mean = self.sx / self.n
+        return mean, np.sqrt(np.maximum(np.diag(self.sxx) / self.n - mean**2, 0.0))
+
 
 def sum_statistics(parts: list[RidgeStatistics]) -> RidgeStatistics:
     total = parts[0]
@@ -101,11 +106,9 @@ class _Standardised:
 
     def __init__(self, train: RidgeStatistics, weights: np.ndarray | None = None):
         n = train.n
-        self.mean_x = train.sx / n
+        self.mean_x, std = train.feature_moments()
         self.mean_y = train.sy / n
-        var = np.diag(train.sxx) / n - self.mean_x**2
         weights = np.ones_like(self.mean_x) if weights is None else np.asarray(weights, dtype=np.float64)
-        std = np.sqrt(np.maximum(var, 0.0))
         # a weighted feature is z * w: divide by scale / w. Weight 0, and a feature that does not
         # vary in the training rows (nothing to learn from it), switch the feature off.
         off = (weights == 0) | (std <= 1e-6 * max(float(np.median(std)), 1e-12))

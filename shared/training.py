@@ -176,15 +176,12 @@ def point_prediction_pcc(model: NeuroGenModel, sites: Sequence[PairedWindows], b
     """Temporal PCC (Fisher-z mean over points, runs and sites) of the label-free point
     prediction on ``sites``: the figure that early stopping and checkpoint choice look at."""
     from fedneurogen.shared.metrics import fisher_mean, pearson_rows, stitch_windows
+    from fedneurogen.shared.synthesis import point_predictions
 
     was_training = model.training
-    model.eval()
     correlations = []
     for site in sites:
-        pred = np.concatenate([
-            model.point_prediction(Batch.from_windows(site, np.arange(i, min(i + batch_size, len(site))), device=model.device)).float().cpu().numpy()
-            for i in range(0, len(site), batch_size)
-        ])  # fmt: skip
+        pred = point_predictions(model, site, batch_size=batch_size)  # label-free
         real = stitch_windows(site.target, site.runs, site.onsets, site.target_sfreq)
         for run, values in stitch_windows(pred, site.runs, site.onsets, site.target_sfreq).items():
             correlations.append(pearson_rows(values, real[run]))
@@ -202,7 +199,8 @@ class BestMean:
 
     @staticmethod
     def _snapshot(model: NeuroGenModel) -> dict[str, torch.Tensor]:
-        return {n: p.detach().clone() for n, p in model.named_parameters() if ".mean." in n}
+        # the residual's trainable weights (the ridge path is frozen: nothing to keep)
+        return {n: p.detach().clone() for n, p in model.named_parameters() if ".mean." in n and p.requires_grad}
 
     def offer(self, model: NeuroGenModel, score: float) -> bool:
         if np.isfinite(score) and (not np.isfinite(self.score) or score > self.score):

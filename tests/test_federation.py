@@ -144,7 +144,7 @@ def test_simulation_with_a_failing_site_dp_and_resume(federation_sites, tmp_path
     run_dir = tmp_path_factory.mktemp("sim") / "run"
     config = {
         "preset": "tiny", "strategy": "fedadam", "local-epochs": 1, "max-windows": 8, "fault-partition": 1,  # site-02 fails
-        "dp-enabled": True, "dp-target-epsilon": 8.0, "dp-rounds": 3, "eval-pcc-windows": 2, "eval-sampling-steps": 2,
+        "dp-enabled": True, "dp-target-epsilon": 8.0, "dp-rounds": 3, "eval-pcc-windows": 2,
         "cache-dir": str(federation_sites.parent / "federation-cache"), "round-timeout": 300.0,
     }
     started = time.time()

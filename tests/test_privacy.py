@@ -103,7 +103,7 @@ def test_dp_and_plain_training_both_update_the_model_it_still_saves_and_loads(da
         path = save_checkpoint(tmp_path / ("dp" if dp else "plain"), model, extra={"class_names": ["left", "rest", "right"]})
         loaded, meta = load_checkpoint(path, device="cpu")
         assert torch.equal(next(loaded.parameters()), next(model.parameters()).detach())
-        metrics = site.evaluate(loaded, data, class_names=meta["class_names"], batch_size=8, seed=0, pcc_windows=3, sampling_steps=2)
+        metrics = site.evaluate(loaded, data, class_names=meta["class_names"], batch_size=8, seed=0, pcc_windows=3)
         assert metrics["num-examples"] == 6 and np.isfinite(metrics["loss"]) and -1 <= metrics["pcc"] <= 1
 
 

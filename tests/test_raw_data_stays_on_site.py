@@ -129,7 +129,7 @@ def test_a_real_round_sends_only_parameters_and_numbers(federation_sites, tmp_pa
     run_dir = tmp_path / "run"
     cache = federation_sites.parent / "federation-cache"
     config = {
-        "preset": "tiny", "strategy": "fedavg", "local-epochs": 1, "max-windows": 8, "eval-pcc-windows": 2, "eval-sampling-steps": 2,
+        "preset": "tiny", "strategy": "fedavg", "local-epochs": 1, "max-windows": 8, "eval-pcc-windows": 2,
         "cache-dir": str(cache), "round-timeout": 300.0,  # no `classes`: the sites are asked for theirs
     }
     started = time.time()

@@ -103,7 +103,9 @@ class RegressorBaseline:
         self.device = torch.device(device) if device is not None else default_device()
         self.history: list[float] = []
 
-    def fit(self, windows: PairedWindows) -> "RegressorBaseline":
+    def fit(self, windows: PairedWindows, val: PairedWindows | None = None) -> "RegressorBaseline":
+        """Train on ``windows`` for the configured epochs (``val`` is accepted like the other
+        baselines' and not used: no early stopping)."""
         with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
             torch.manual_seed(self.seed)
             self.model = RegressionTransformer(self.config, windows.target_modality).to(self.device)

@@ -173,10 +173,9 @@ def solve_ridge_path(model: nn.Module, modality: str, train_parts: Sequence, val
     bands = feature_bands(train_parts[0].n_features)
     solution = fit_ridge_selected(list(train_parts), val, ranks=RIDGE_RANKS, groups=bands)
     total = sum_statistics(list(train_parts))
-    mean = total.sx / total.n
-    scale = np.sqrt(np.maximum(np.diag(total.sxx) / total.n - mean**2, 0.0)) + 1e-8
+    mean, std = total.feature_moments()
     head = model.modality_heads[modality].mean
-    head.ridge.set_solution(solution.coef, solution.intercept, mean, scale, names if modality == "fnirs" else None)
+    head.ridge.set_solution(solution.coef, solution.intercept, mean, std + 1e-8, names if modality == "fnirs" else None)
     weights = None if solution.weights is None else {band: float(solution.weights[bands == i][0]) for i, band in enumerate(EEG_BANDS)}
     return {
         "penalty": solution.lam, "rank": solution.rank, "band_weights": weights,
