@@ -73,10 +73,16 @@ def query(msg: Message, context: Context) -> Message:
     data = _site(context)
     request = msg.content.config_records.get("request")
     if request is not None and request.get("kind") == STATISTICS_REQUEST:
-        if bool(context.run_config.get("dp-enabled", False)):
-            raise SiteRefusal("ridge statistics are not sent under differential privacy (they are not private)")
-        arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in site.ridge_statistics(data).items()})
-        info = {"modality": data.modality, **({"points": list(data.train.target_names)} if data.modality == "fnirs" else {})}
+        dp, ledger, ledger_file = _privacy(context)
+        if dp is None:
+            statistics = site.ridge_statistics(data)
+        else:
+            statistics = site.private_ridge_statistics(data, dp, ledger, ledger_file)
+            context.state["privacy"] = ConfigRecord({"ledger": json.dumps(ledger.to_json())})
+        arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in statistics.items()})
+        info = {"modality": data.modality, "private": dp is not None, **({"points": list(data.train.target_names)} if data.modality == "fnirs" else {})}
+        if dp is not None:
+            info["epsilon"] = float(ledger.epsilon(dp.delta))
         return Message(content=RecordDict({"statistics": arrays, "site": ConfigRecord(info)}), reply_to=msg)
     content = RecordDict({"site": ConfigRecord({"modality": data.modality, "classes": data.classes})})
     return Message(content=content, reply_to=msg)
@@ -91,6 +97,7 @@ def _privacy(context: Context) -> tuple[privacy.DPSettings | None, privacy.Priva
     dp = privacy.DPSettings(
         target_epsilon=float(run["dp-target-epsilon"]), delta=float(run["dp-delta"]), max_grad_norm=float(run["dp-max-grad-norm"]),
         planned_rounds=int(run.get("dp-rounds", 0)) or int(run["num-server-rounds"]), accountant=str(run.get("dp-accountant", "rdp")),
+        statistics_share=float(run.get("dp-statistics-share", 0.1)), statistics_clip=float(run.get("dp-statistics-clip", 600.0)),
     )
     node = _node_config(context)
     state = site.state_dir(node, run, site.data_path(node, run))

@@ -12,6 +12,13 @@ ends at ``target_epsilon``; a round that would go past it is not trained (budget
 
 Batches are the training loop's shuffled fixed-size batches, accounted like Opacus' own
 ``poisson_sampling=False`` mode (sample rate = 1 / batches per epoch).
+
+Before round 1 a site may also release the sufficient statistics of the ridge path
+(``release_statistics``) by the Gaussian mechanism, with one *subject* as the privacy unit: a
+share (``statistics_share``) of the budget, entered in the same ledger as one step of sample rate
+1, so the epsilon a site reports covers both. A guarantee for subjects implies the same one for
+the windows DP-SGD protects, so the composed ledger is a valid window-level guarantee; the
+statistics alone are subject-level.
 """
 
 from __future__ import annotations
@@ -19,14 +26,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import secrets
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from fedneurogen.shared.io import write_json_atomic
+from fedneurogen.shared.ridge import RidgeStatistics, sum_statistics
 
 if TYPE_CHECKING:
     from opacus import PrivacyEngine
@@ -44,6 +54,8 @@ class DPSettings:
     max_grad_norm: float
     planned_rounds: int
     accountant: str = "rdp"  # or "prv"
+    statistics_share: float = 0.1  # of target_epsilon, spent on the ridge statistics (0: not released)
+    statistics_clip: float = 600.0  # bound on a subject's per-frame-averaged statistics (L2)
 
 
 @dataclass
@@ -51,6 +63,7 @@ class PrivacyLedger:
     accountant: str = "rdp"
     noise_multiplier: float | None = None  # fixed at the first private round
     history: list[tuple[float, float, int]] = field(default_factory=list)
+    statistics: dict | None = None  # the ridge statistics' release (noise multiplier, clip), once per run
 
     def epsilon(self, delta: float, extra: tuple[float, float, int] | None = None) -> float:
         """Cumulative epsilon of the history (plus ``extra`` steps, to look ahead)."""
@@ -70,14 +83,17 @@ class PrivacyLedger:
         return sum(int(s) for _, _, s in self.history)
 
     def to_json(self) -> dict:
-        return {"format": LEDGER_FORMAT, "accountant": self.accountant, "noise_multiplier": self.noise_multiplier, "history": [list(h) for h in self.history]}
+        return {
+            "format": LEDGER_FORMAT, "accountant": self.accountant, "noise_multiplier": self.noise_multiplier,
+            "history": [list(h) for h in self.history], "statistics": self.statistics,
+        }  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict) -> "PrivacyLedger":
         if data.get("format") != LEDGER_FORMAT:
             raise ValueError(f"not a privacy ledger (format {data.get('format')!r})")
         history = [(float(nm), float(q), int(s)) for nm, q, s in data["history"]]
-        return cls(data["accountant"], data["noise_multiplier"], history)
+        return cls(data["accountant"], data["noise_multiplier"], history, data.get("statistics"))
 
 
 def ledger_path(state_dir: Path, run_key: str) -> Path:
@@ -107,21 +123,80 @@ def plan_round(ledger: PrivacyLedger, settings: DPSettings, n_windows: int, batc
     batches = math.ceil(n_windows / batch_size)
     sample_rate = 1.0 / batches
     steps = steps_per_epoch(n_windows, batch_size) * epochs
-    if ledger.noise_multiplier is None:
-        from opacus.accountants.utils import get_noise_multiplier
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "optimal order is the largest alpha"
-            ledger.noise_multiplier = float(get_noise_multiplier(
-                target_epsilon=settings.target_epsilon, target_delta=settings.delta,
-                sample_rate=sample_rate, steps=steps * settings.planned_rounds, accountant=ledger.accountant,
-            ))
+    if ledger.noise_multiplier is None:  # what is left after anything already spent (the statistics)
+        ledger.noise_multiplier = noise_for_budget(ledger, settings.target_epsilon, settings.delta, sample_rate, steps * settings.planned_rounds)
     return ledger.noise_multiplier, sample_rate, steps
+
+
+def noise_for_budget(ledger: PrivacyLedger, epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
+    """The smallest noise multiplier (within 1 %) with which ``steps`` more steps of
+    ``sample_rate`` keep the ledger's cumulative epsilon within ``epsilon`` (bisection on the
+    accountant, as Opacus' ``get_noise_multiplier`` does, but after the ledger's history)."""
+    if ledger.epsilon(delta) >= epsilon:
+        raise ValueError(f"the ledger has spent epsilon {ledger.epsilon(delta):.3g} of {epsilon:.3g} already")
+    low, high = 0.0, 1.0
+    while ledger.epsilon(delta, (high, sample_rate, steps)) > epsilon:
+        low, high = high, 2 * high
+        if high > 1e6:
+            raise ValueError(f"no noise multiplier reaches epsilon {epsilon:.3g}")
+    while high - low > 0.005 * high:
+        middle = (low + high) / 2
+        if ledger.epsilon(delta, (middle, sample_rate, steps)) > epsilon:
+            low = middle
+        else:
+            high = middle
+    return high
 
 
 def budget_allows(ledger: PrivacyLedger, settings: DPSettings, planned: tuple[float, float, int]) -> bool:
     """Whether training this round keeps the cumulative epsilon within the target."""
     return ledger.epsilon(settings.delta, planned) <= settings.target_epsilon * (1 + 1e-9)
+
+
+def release_statistics(
+    ledger: PrivacyLedger, settings: DPSettings, train: list[RidgeStatistics], val: list[RidgeStatistics] | None,
+) -> dict[str, np.ndarray]:
+    """The Gaussian mechanism on the ridge path's statistics, one subject per privacy unit.
+
+    Each subject's statistics are divided by its frame count and scaled down to L2 norm at most
+    ``statistics_clip`` (with its count scaled alike, so the sum stays the statistics of a
+    regression that weights every subject equally, or less when clipped); the count enters the
+    released vector multiplied by the clip, so a subject changes the vector by at most
+    ``sqrt(2) * clip``. Gaussian noise of that times the noise multiplier is added to every
+    entry (``sxx``'s upper triangle, mirrored). Training and held-out subjects are disjoint, so
+    both sums are released for one step of the ledger. The noise comes from the operating
+    system's entropy: it must not be reproducible from anything the server knows."""
+    if ledger.statistics is not None:
+        raise ValueError("this run's ridge statistics were released already")
+    target = settings.statistics_share * settings.target_epsilon
+    sigma = noise_for_budget(ledger, target, settings.delta, 1.0, 1)
+    rng = np.random.default_rng(secrets.randbits(128))
+    std = sigma * math.sqrt(2.0) * settings.statistics_clip
+    out = {}
+    for prefix, subjects in (("train", train), ("val", val)):
+        if not subjects:
+            continue
+        noisy = _add_noise(sum_statistics([clip_subject(s, settings.statistics_clip) for s in subjects]), std, settings.statistics_clip, rng)
+        out |= {f"{prefix}.{k}": np.atleast_1d(v) for k, v in noisy.as_arrays().items()}
+    ledger.history.append((sigma, 1.0, 1))
+    ledger.statistics = {"noise_multiplier": sigma, "clip": settings.statistics_clip, "epsilon": ledger.epsilon(settings.delta), "subjects": len(train) + len(val or [])}
+    return out
+
+
+def clip_subject(stats: RidgeStatistics, clip: float) -> RidgeStatistics:
+    mean = RidgeStatistics(**{k: v / stats.n for k, v in stats.as_arrays().items()})
+    norm = math.sqrt(sum(float(np.sum(v**2)) for k, v in mean.as_arrays().items() if k != "n"))
+    factor = min(1.0, clip / max(norm, 1e-12))
+    return RidgeStatistics(**{k: v * factor for k, v in mean.as_arrays().items()} | {"n": factor})
+
+
+def _add_noise(stats: RidgeStatistics, std: float, clip: float, rng: np.random.Generator) -> RidgeStatistics:
+    arrays = stats.as_arrays()
+    noisy = {k: v + rng.normal(0.0, std, size=v.shape) for k, v in arrays.items() if k not in ("n", "sxx")}
+    upper = np.triu(rng.normal(0.0, std, size=arrays["sxx"].shape))
+    noisy["sxx"] = arrays["sxx"] + upper + np.triu(upper, 1).T
+    noisy["n"] = (clip * float(arrays["n"]) + rng.normal(0.0, std)) / clip  # released as clip x count
+    return RidgeStatistics(**noisy)
 
 
 def make_private(

@@ -150,20 +150,51 @@ def site_parameters(model: torch.nn.Module, modality: str) -> dict[str, torch.Te
     }
 
 
+def ridge_parts(site: SiteData) -> tuple[list, list | None]:
+    """Per-subject ridge statistics of the site's training subjects and of its held-out ones
+    (None when there are none: fewer than three subjects)."""
+    from fedneurogen.shared.design import subject_statistics
+
+    held_out = set(site.val.subjects.tolist()) != set(site.train.subjects.tolist())
+    return subject_statistics(site.train), subject_statistics(site.val) if held_out else None
+
+
 def ridge_statistics(site: SiteData) -> dict[str, np.ndarray]:
     """The sufficient statistics of the ridge path on this site's training subjects and on its
     held-out ones (``train.<stat>``, ``val.<stat>``; no ``val.*`` when there are no held-out
     subjects): sums over all their frames — counts, sums, XᵀX, XᵀY and per-point Σy² — from
     which the server solves the ridge path of the pooled data exactly. No window, frame or
-    subject can be read back from a sum over hundreds of frames, but the sums are not
-    differentially private: the server does not ask for them when DP is on."""
-    from fedneurogen.shared.design import subject_statistics
+    subject can be read back from a sum over hundreds of frames, but exact sums are not
+    differentially private: under DP a site sends ``private_ridge_statistics`` instead."""
     from fedneurogen.shared.ridge import sum_statistics
 
-    out = {f"train.{k}": v for k, v in sum_statistics(subject_statistics(site.train)).as_arrays().items()}
-    if set(site.val.subjects.tolist()) != set(site.train.subjects.tolist()):  # real held-out subjects
-        out |= {f"val.{k}": v for k, v in sum_statistics(subject_statistics(site.val)).as_arrays().items()}
+    train, val = ridge_parts(site)
+    out = {f"train.{k}": v for k, v in sum_statistics(train).as_arrays().items()}
+    if val:
+        out |= {f"val.{k}": v for k, v in sum_statistics(val).as_arrays().items()}
     return {k: np.atleast_1d(v) for k, v in out.items()}  # counts as 1-element arrays
+
+
+def private_ridge_statistics(site: SiteData, dp: privacy.DPSettings, ledger: privacy.PrivacyLedger, ledger_file: Path) -> dict[str, np.ndarray]:
+    """The statistics through the Gaussian mechanism (``privacy.release_statistics``), released
+    once per run: asked again (a restarted server), the site sends the same release, saved
+    beside its ledger, so nothing is spent twice. Saved before the ledger names it."""
+    saved = ledger_file.with_suffix(".statistics.npz")
+    if ledger.statistics is not None:
+        if not saved.is_file():
+            raise SiteRefusal("this run's ridge statistics were released already and their saved copy is gone", f"missing {saved}")
+        with np.load(saved) as arrays:
+            return {k: arrays[k] for k in arrays.files}
+    if dp.statistics_share <= 0:
+        raise SiteRefusal("ridge statistics are not released under this run's DP settings (dp-statistics-share = 0)")
+    train, val = ridge_parts(site)
+    released = privacy.release_statistics(ledger, dp, train, val)
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    tmp = saved.with_name(f".{saved.name}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, **released)
+    os.replace(tmp, saved)
+    privacy.save_ledger(ledger_file, ledger)
+    return released
 
 
 def train(

@@ -1,10 +1,12 @@
 """FedNeuroGen ServerApp: rounds of site training and evaluation, checkpointed every round.
 
 1. ask the sites for their class names (once; a resumed run reads them from its checkpoint),
-   so that every site maps labels to the same index, and (without DP) for the sufficient
-   statistics of the point prediction's ridge path, which it solves exactly (``solve_global_ridge``);
+   so that every site maps labels to the same index, and for the sufficient statistics of the
+   point prediction's ridge path, which it solves exactly (``solve_global_ridge``; under DP the
+   sites release them through the Gaussian mechanism, ``client/privacy.py``);
 2. each round: send the global weights, aggregate per modality (``strategy.py``), send the new
-   weights for held-out evaluation, then write checkpoint, history and plots (``checkpointing.py``).
+   weights for held-out evaluation, keep the point prediction's residual of the best round
+   (``early_stopping.py``), then write checkpoint, history and plots (``checkpointing.py``).
 A site that fails or does not answer in ``round-timeout`` is named in the log and the history;
 the run goes on with the others.
 """
@@ -23,6 +25,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from fedneurogen.server.audit import AUDIT_FILE, AuditedGrid
 from fedneurogen.server.checkpointing import RunStore, load_parameters, model_parameters
+from fedneurogen.server.early_stopping import ResidualEarlyStopping
 from fedneurogen.server.strategy import ModalityStrategy, make_base_strategy
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.errors import ConfigError
@@ -51,10 +54,21 @@ def site_classes(grid: Grid, min_nodes: int, timeout: float, num_classes: int) -
     return classes[:num_classes]
 
 
+def released(arrays: dict, prefix: str) -> RidgeStatistics | None:
+    """One set of statistics from a site's reply (None if absent). Under DP the count is noisy:
+    kept at least 1 (post-processing costs no privacy)."""
+    if f"{prefix}n" not in arrays:
+        return None
+    stats = RidgeStatistics.from_arrays({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+    stats.n = max(stats.n, 1.0)
+    return stats
+
+
 def solve_global_ridge(grid: Grid, model: NeuroGenModel, min_nodes: int, timeout: float) -> dict:
     """The ridge path of every modality, solved from the sum of the sites' statistics: exactly
     the regression on their pooled training subjects, its penalty, band weights and rank chosen
-    on their pooled held-out subjects. Installed in ``model``; returns the choices."""
+    on their pooled held-out subjects (under DP: of the sites' noisy releases, and switched off
+    where the noise leaves it no better than the mean). Installed in ``model``; returns the choices."""
     _, nodes = sample_nodes(grid, min_nodes, min_nodes)
     request = ConfigRecord({"kind": STATISTICS_REQUEST})
     messages = [Message(RecordDict({"request": request}), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
@@ -64,11 +78,13 @@ def solve_global_ridge(grid: Grid, model: NeuroGenModel, min_nodes: int, timeout
             log(WARNING, "ridge statistics: site (node %s) failed: %s", reply.metadata.src_node_id, reply.error.reason)
             continue
         arrays = {k: a.numpy() for k, a in reply.content["statistics"].items()}
-        split = lambda prefix: {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(prefix)}  # noqa: E731
         info = reply.content["site"]
-        val = RidgeStatistics.from_arrays(split("val.")) if "val.n" in arrays else None
+        train, val = (released(arrays, prefix) for prefix in ("train.", "val."))
+        if train is None:
+            log(WARNING, "ridge statistics: site (node %s) sent no training statistics", reply.metadata.src_node_id)
+            continue
         points = [str(p) for p in info["points"]] if "points" in info else None
-        sites.setdefault(str(info["modality"]), []).append((RidgeStatistics.from_arrays(split("train.")), val, points))
+        sites.setdefault(str(info["modality"]), []).append((train, val, points))
     chosen = {}
     for modality, replies in sorted(sites.items()):
         if len({r[0].sxy.shape for r in replies}) > 1 or len({tuple(r[2] or ()) for r in replies}) > 1:
@@ -128,12 +144,21 @@ def main(grid: Grid, context: Context) -> None:
     if class_names is None:  # else the union of the sites' own classes
         class_names = site_classes(grid, int(cfg.get("min-available-nodes", 2)), timeout, model.config.num_classes)
     log(INFO, "Classes: %s", class_names)
-    if first == 1 and not bool(cfg["dp-enabled"]):  # (a resumed run has it in its checkpoint)
+    if first == 1:  # (a resumed run has it in its checkpoint)
         ridge = solve_global_ridge(grid, model, int(cfg.get("min-available-nodes", 2)), timeout)
         log(INFO, "Ridge path from the sites' summed statistics: %s", ridge)
 
     arrays = ArrayRecord(model_parameters(model))
     strategy.summary()
+    evaluating = float(cfg.get("fraction-evaluate", 1.0)) > 0 and int(cfg.get("eval-pcc-windows", 0)) > 0
+    stopping = ResidualEarlyStopping(int(cfg.get("early-stopping-patience", 0)) if evaluating else 0)
+    if stopping.active and first == 1:  # the score to beat: the ridge path alone, before training
+        grid.begin_round(0)
+        replies = grid.send_and_receive(strategy.configure_evaluate(0, arrays, ConfigRecord({"class-names": class_names}), grid), timeout=timeout)
+        stopping.offer(0, (strategy.aggregate_evaluate(0, replies) or {}).get("pcc"), arrays)
+        log(INFO, "Held-out PCC of the point prediction before training: %s", stopping.best_score)
+    elif stopping.active:  # resumed: the residual it resumes from is the best known
+        stopping.resume(history[-1].get("early_stopping") or {}, (history[-1].get("evaluate", {}).get("aggregate") or {}).get("pcc"), arrays)
     for server_round in range(first, num_rounds + 1):
         log(INFO, "[ROUND %d/%d]", server_round, num_rounds)
         started = time.time()
@@ -145,9 +170,14 @@ def main(grid: Grid, context: Context) -> None:
             log(WARNING, "Round %d: no usable site update; the global model is unchanged", server_round)
         else:
             arrays = new_arrays
+        if stopping.stopped:  # the residual stays at its best round; the rest trains on
+            arrays = stopping.best_residual(arrays)
         eval_config = ConfigRecord({"class-names": class_names})
         replies = grid.send_and_receive(strategy.configure_evaluate(server_round, arrays, eval_config, grid), timeout=timeout)
-        strategy.aggregate_evaluate(server_round, replies)
+        evaluated = strategy.aggregate_evaluate(server_round, replies) or {}
+        stopping.offer(server_round, evaluated.get("pcc"), arrays)
+        if stopping.active and (stopping.stopped or server_round == num_rounds):
+            arrays = stopping.best_residual(arrays)  # what is checkpointed and sent on
 
         report = strategy.report
         history.append({
@@ -156,6 +186,7 @@ def main(grid: Grid, context: Context) -> None:
             "bytes": grid.round_bytes(),  # array bytes sent to and received from the sites
             "train": report.get(MessageType.TRAIN, {}),
             "evaluate": report.get(MessageType.EVALUATE, {}),
+            **({"early_stopping": stopping.summary()} if stopping.active else {}),
         })
         for stage in ("train", "evaluate"):
             log(INFO, "Round %d %s: %s", server_round, stage, history[-1][stage].get("aggregate"))

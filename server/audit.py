@@ -219,7 +219,9 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
 
 # -- the checker ---------------------------------------------------------------------------------
 
-DEFAULT_CONFIG_KEYS = ("modality", "classes", "points")  # points: fNIRS channel names (with the ridge statistics)
+# points: fNIRS channel names, private/epsilon: whether (and at what cumulative epsilon) the ridge
+# statistics went through the Gaussian mechanism
+DEFAULT_CONFIG_KEYS = ("modality", "classes", "points", "private", "epsilon")
 PATH_SEPARATORS = ("/", "\\")
 
 

@@ -78,6 +78,14 @@ class RidgeStatistics:
         return mean, np.sqrt(np.maximum(np.diag(self.sxx) / self.n - mean**2, 0.0))
 
 
+def mean_only_mse(train: RidgeStatistics, val: RidgeStatistics) -> float:
+    """Validation MSE (on ``fit_ridge``'s scale) of predicting every point's training mean: what
+    a ridge path must beat to be worth using."""
+    mean_y = train.sy / train.n
+    sse = val.syy - 2 * mean_y * val.sy + val.n * mean_y**2
+    return float(sse.sum()) / (max(val.n, 1.0) * sse.shape[0])
+
+
 def sum_statistics(parts: list[RidgeStatistics]) -> RidgeStatistics:
     total = parts[0]
     for part in parts[1:]:

@@ -58,14 +58,16 @@ class RunConfig(BaseModel):
     max_windows: int = Field(0, ge=0)
     cache_dir: str = ""
     site_state_dir: str = ""
-    eval_pcc_windows: int = Field(4, ge=0)
-    eval_sampling_steps: int = Field(5, ge=1)
+    eval_pcc_windows: int = Field(256, ge=0)
+    early_stopping_patience: int = Field(2, ge=0)
     dp_enabled: bool = False
     dp_target_epsilon: float = Field(8.0, gt=0)
     dp_delta: float = Field(1e-5, gt=0, lt=1)
     dp_max_grad_norm: float = Field(1.0, gt=0)
     dp_accountant: Accountant = "rdp"
     dp_rounds: int = Field(0, ge=0)
+    dp_statistics_share: float = Field(0.1, ge=0, lt=1)
+    dp_statistics_clip: float = Field(600.0, gt=0)
     fault_partition: int = -1
     attack_partition: int = -1
     attack_mode: AttackMode = "scale"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from safetensors.numpy import load_file
 
+from fedneurogen.server.audit import AUDIT_FILE, read_log
 from fedneurogen.server.checkpointing import RunStore, model_parameters
 from fedneurogen.server.strategy import STRATEGIES, ModalityStrategy, make_base_strategy
 from fedneurogen.shared.model import NeuroGenModel, load_checkpoint
@@ -140,6 +142,11 @@ def site_metric(entry: dict, stage: str, key: str) -> dict[str, float]:
     return {m["modality"]: m[key] for m in entry[stage]["sites"].values()}
 
 
+def statistics_replies(run_dir: Path) -> int:
+    """Replies that carried ridge statistics, in the run's audit log."""
+    return sum(1 for entry in read_log(run_dir / AUDIT_FILE) if "statistics" in (entry.get("records") or {}))
+
+
 def test_simulation_with_a_failing_site_dp_and_resume(federation_sites, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("sim") / "run"
     config = {
@@ -161,6 +168,10 @@ def test_simulation_with_a_failing_site_dp_and_resume(federation_sites, tmp_path
     eps1, eps2 = site_metric(history[0], "train", "epsilon"), site_metric(history[1], "train", "epsilon")
     assert set(eps1) == {"fmri", "fnirs"} and all(0 < eps1[n] < eps2[n] < 8.0 for n in eps1)  # cumulative, within budget
     assert np.isfinite(history[1]["evaluate"]["aggregate"]["loss"])
+    assert history[-1]["early_stopping"]["best_round"] in (0, 1, 2)  # the residual kept at its best round
+    # under DP every site released its ridge statistics once, by the Gaussian mechanism (the fault
+    # drill fails training and evaluation only), and the epsilon sites report includes it
+    assert statistics_replies(run_dir) == 3
 
     model, meta = load_checkpoint(run_dir / "checkpoint", device="cpu", use_ema=True)  # as synthesize/evaluate load it
     assert {"faces", "left", "rest"} <= set(meta["class_names"]) and meta["preprocess"]["eeg_sfreq"] == 200.0
@@ -177,6 +188,7 @@ def test_simulation_with_a_failing_site_dp_and_resume(federation_sites, tmp_path
     assert [e["round"] for e in history] == [1, 2, 3] and site_metric(history[1], "train", "epsilon") == eps2
     eps3 = site_metric(history[2], "train", "epsilon")
     assert all(eps2[n] < eps3[n] <= 8.0 for n in eps3) and max(eps3.values()) > 7.0  # not restarted at zero
+    assert statistics_replies(run_dir) == 3  # the resumed run did not ask for (or spend on) them again
     resumed, meta = load_checkpoint(run_dir / "checkpoint", device="cpu")
     assert meta["provenance"]["rounds"] == 3
     assert any(not torch.equal(round2[k], v) for k, v in model_parameters(resumed).items())

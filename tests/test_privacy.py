@@ -131,3 +131,40 @@ def test_site_state_dir_prefers_the_daemon_setting(tmp_path):
     assert chosen.parent == tmp_path / "sim" and chosen.name.startswith("site-01-")
     # one ledger per training run: the same run-dir finds it again, another run gets its own
     assert privacy.ledger_path(chosen, "runs/a") == privacy.ledger_path(chosen, "runs/a") != privacy.ledger_path(chosen, "runs/b")
+
+
+def test_ridge_statistics_go_through_the_gaussian_mechanism_once_on_the_same_ledger(data, tmp_path):
+    """Under DP a site releases its ridge statistics with noise, spends a share of the budget on
+    them in the ledger DP-SGD continues, and sends the same release if asked again."""
+    settings = privacy.DPSettings(target_epsilon=8.0, delta=1e-5, max_grad_norm=1.0, planned_rounds=3, statistics_share=0.25, statistics_clip=50.0)
+    ledger, ledger_file = privacy.PrivacyLedger(), tmp_path / "ledger.json"
+    exact = site.ridge_statistics(data)
+    released = site.private_ridge_statistics(data, settings, ledger, ledger_file)
+    assert set(released) == set(exact) and all(released[k].shape == exact[k].shape for k in exact)
+    assert not np.allclose(released["train.sxy"], exact["train.sxy"])  # noised
+    assert np.allclose(released["train.sxx"], released["train.sxx"].T)  # symmetric noise
+    assert len(ledger.history) == 1 and ledger.history[0][1:] == (1.0, 1)  # one full-batch Gaussian step
+    assert 0.24 * 8.0 <= ledger.epsilon(1e-5) <= 0.25 * 8.0
+
+    again = site.private_ridge_statistics(data, settings, privacy.load_ledger(ledger_file, "rdp"), ledger_file)  # a restarted server asks again
+    assert all(np.array_equal(again[k], released[k]) for k in released)
+    assert len(privacy.load_ledger(ledger_file, "rdp").history) == 1  # nothing spent twice
+
+    # DP-SGD's noise is set for what is left: statistics + the planned rounds end at the target
+    noise, rate, steps = privacy.plan_round(ledger, settings, len(data.train), CONFIG.batch_size, 1)
+    total = ledger.epsilon(1e-5, (noise, rate, steps * settings.planned_rounds))
+    assert 0.97 * 8.0 <= total <= 8.0
+
+
+def test_a_subject_is_clipped_to_the_bound_and_weighted_alike_in_every_statistic():
+    from fedneurogen.shared.ridge import RidgeStatistics
+
+    rng = np.random.default_rng(0)
+    loud = RidgeStatistics.from_rows(100 * rng.normal(size=(40, 5)), rng.normal(size=(40, 3)))
+    clipped = privacy.clip_subject(loud, 2.0)
+    norm = np.sqrt(sum(float((v**2).sum()) for k, v in clipped.as_arrays().items() if k != "n"))
+    assert norm == pytest.approx(2.0) and 0 < clipped.n < 1
+    factor = clipped.n  # every statistic is the subject's frame average times the same weight
+    assert np.allclose(clipped.sxy, loud.sxy / loud.n * factor) and np.allclose(clipped.syy, loud.syy / loud.n * factor)
+    quiet = RidgeStatistics.from_rows(0.01 * rng.normal(size=(40, 5)), 0.01 * rng.normal(size=(40, 3)))
+    assert privacy.clip_subject(quiet, 2.0).n == 1.0  # within the bound: weight 1

@@ -168,16 +168,22 @@ def solve_ridge_path(model: nn.Module, modality: str, train_parts: Sequence, val
     target points (needed for fNIRS). Returns the choice: penalty, rank, band weights,
     validation MSE and the number of frames."""
     from fedneurogen.shared.design import feature_bands
-    from fedneurogen.shared.ridge import fit_ridge_selected, sum_statistics
+    from fedneurogen.shared.ridge import fit_ridge_selected, mean_only_mse, sum_statistics
 
     bands = feature_bands(train_parts[0].n_features)
     solution = fit_ridge_selected(list(train_parts), val, ranks=RIDGE_RANKS, groups=bands)
     total = sum_statistics(list(train_parts))
     mean, std = total.feature_moments()
+    # A path no better on validation than each point's training mean (noise-level EEG, or
+    # statistics drowned by differential privacy's noise) is switched off: the mean alone.
+    baseline = mean_only_mse(total, val) if val is not None else None
+    switched_off = baseline is not None and not solution.validation_mse < baseline
+    if switched_off:
+        solution.coef, solution.intercept = np.zeros_like(solution.coef), total.sy / total.n
     head = model.modality_heads[modality].mean
     head.ridge.set_solution(solution.coef, solution.intercept, mean, std + 1e-8, names if modality == "fnirs" else None)
     weights = None if solution.weights is None else {band: float(solution.weights[bands == i][0]) for i, band in enumerate(EEG_BANDS)}
     return {
         "penalty": solution.lam, "rank": solution.rank, "band_weights": weights,
-        "validation_mse": solution.validation_mse, "frames": int(total.n),
+        "validation_mse": solution.validation_mse, "mean_only_mse": baseline, "switched_off": switched_off, "frames": float(total.n),
     }  # fmt: skip
