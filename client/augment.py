@@ -28,7 +28,11 @@ Rules (stated in every report):
   simulated protocol of ``fedneurogen.simulations.fairness_table``) join the candidates, again
   only from the fold's training subjects.
 - ``oversample`` tops up the same units to the same sizes by drawing training windows with
-  replacement; ``class-weight`` weights classes inversely to their frequency.
+  replacement; ``smote`` by SMOTE interpolation (imbalanced-learn) between a unit's training
+  windows in feature space; ``class-weight`` weights classes inversely to their frequency.
+- Label fidelity of the generated windows: a *class-balanced* classifier fitted on the fold's
+  real training windows labels them; its accuracy on them is reported next to its accuracy on
+  the fold's held-out real windows of the same units (the same classifier, so the two compare).
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from fedneurogen.shared import fairness as fm
 from fedneurogen.shared.errors import ConfigError, DataError
 from fedneurogen.shared.recording import PairedWindows
 
-STRATEGIES = ("none", "oversample", "class-weight", "generate")
+STRATEGIES = ("none", "oversample", "class-weight", "smote", "generate")
 REST = "rest"
 CELL_SEP = " | "
 
@@ -69,6 +73,7 @@ class AugmentConfig:
     seed: int = 0
     C: float = 1.0  # inverse regularisation of the logistic regression
     n_rois: int = 64  # fMRI ROIs for the target features
+    eeg_only: bool = False  # generate from the site's EEG-only runs too (``augment --eeg-only``)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.strategies) - set(STRATEGIES))
@@ -264,6 +269,36 @@ def oversample_strategy(s: SiteSamples) -> fm.Strategy:
     return strategy
 
 
+def smote_strategy(s: SiteSamples) -> fm.Strategy:
+    """SMOTE: each under-represented unit is topped up with points interpolated between one of
+    its training windows and one of its ``k`` nearest training neighbours (in feature space)."""
+    from imblearn.over_sampling import SMOTE
+
+    def strategy(fold: fm.Fold) -> fm.TrainingSet:
+        base = fm.real_training_set(s.features.values, s.labels, s.windows.subjects, s.ids, fold.train)
+        units = s.plan.units[fold.train]
+        rows, labels, unfilled = [], [], []
+        for k, (unit, need) in enumerate(s.plan.fold_deficits(fold.train, len(s.labels)).items()):
+            mine = units == unit
+            if mine.sum() < 2:  # nothing to interpolate between
+                unfilled.append(unit)
+                continue
+            # the unit against the rest of the fold, so only the unit is resampled
+            y = np.where(mine, "unit", "other")
+            sampler = SMOTE(sampling_strategy={"unit": int(mine.sum()) + need}, k_neighbors=min(5, int(mine.sum()) - 1), random_state=fold.seed + k)
+            resampled, _ = sampler.fit_resample(base.features, y)
+            rows.append(resampled[len(y):])
+            labels.append(np.full(need, unit_class(unit), dtype=object))
+        if not rows:
+            empty = np.zeros(0, object)
+            return fm.stack(base, np.zeros((0, base.features.shape[1])), empty, "interpolated", empty, empty, unfilled=unfilled)
+        added = np.concatenate(rows)
+        n = len(added)  # interpolated rows come from no single recording
+        return fm.stack(base, added, np.concatenate(labels), "interpolated", np.full(n, "n/a", dtype=object), np.full(n, "interpolated", dtype=object), unfilled=unfilled)
+
+    return strategy
+
+
 def class_weight_strategy(s: SiteSamples) -> fm.Strategy:
     def strategy(fold: fm.Fold) -> fm.TrainingSet:
         base = fm.real_training_set(s.features.values, s.labels, s.windows.subjects, s.ids, fold.train)
@@ -316,12 +351,15 @@ def generate_strategy(s: SiteSamples, synthesize: Synthesizer, log: GenerationLo
         synthetic = replace(picked, target=np.asarray(generated, dtype=np.float32))
         labels = np.concatenate(units)
         features = s.featurize(synthetic)
-        fidelity = None
-        if make_estimator is not None:
-            fidelity = float(np.mean(make_estimator(None).fit(base.features, base.labels).predict(features) == labels))
-        return fm.stack(
-            base, features, labels, "generated", synthetic.subjects, np.concatenate(source_ids), n_generated=len(labels), unfilled=unfilled, label_fidelity=fidelity
-        )
+        fidelity = {}
+        if make_estimator is not None:  # class-balanced, so minority labels are not rare in its answers
+            judge = make_estimator("balanced").fit(base.features, base.labels)
+            held_out = fold.test[np.isin(s.plan.units[fold.test], list(s.plan.fold_deficits(fold.train, len(s.labels))))]
+            fidelity = {
+                "label_fidelity": float(np.mean(judge.predict(features) == labels)),
+                "label_fidelity_real": float(np.mean(judge.predict(s.features.values[held_out]) == s.labels[held_out])) if len(held_out) else None,
+            }
+        return fm.stack(base, features, labels, "generated", synthetic.subjects, np.concatenate(source_ids), n_generated=len(labels), unfilled=unfilled, **fidelity)
 
     return strategy
 
@@ -379,6 +417,7 @@ def run_augmentation(
         "none": lambda: none_strategy(s),
         "oversample": lambda: oversample_strategy(s),
         "class-weight": lambda: class_weight_strategy(s),
+        "smote": lambda: smote_strategy(s),
         "generate": lambda: generate_strategy(s, synthesizer, log, make_estimator),
     }
 
@@ -392,10 +431,12 @@ def run_augmentation(
         entry = fm.summarize(result, s.classes)
         entry["n_synthetic"] = int(sum(f.n_added.get("generated", 0) for f in result.folds))
         entry["n_oversampled"] = int(sum(f.n_added.get("oversampled", 0) for f in result.folds))
+        entry["n_interpolated"] = int(sum(f.n_added.get("interpolated", 0) for f in result.folds))
         entry["folds"] = [_fold_record(f) for f in result.folds]
         if name == "generate":
-            fidelity = [f.log["label_fidelity"] for f in result.folds if f.log.get("label_fidelity") is not None]
-            entry["generated_label_fidelity"] = float(np.mean(fidelity)) if fidelity else None
+            for key, name_out in (("label_fidelity", "generated_label_fidelity"), ("label_fidelity_real", "real_label_fidelity")):
+                values = [f.log[key] for f in result.folds if f.log.get(key) is not None]
+                entry[name_out] = float(np.mean(values)) if values else None
         entry["per_group"] = {}
         if s.groups is not None:
             positive = minority_classes[0] if len(s.classes) == 2 and minority_classes else None
@@ -546,11 +587,12 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {name} | {_fmt(row['minority_f1'])} | {_fmt(row['minority_recall'])} | {_fmt(row['majority_f1'])} | {_fmt(row.get('majority_f1_drop'))} |")
     gen = report["generation"]
     lines += ["", f"Generation: {gen['source']}; guidance scale {gen['guidance_scale']}, DDIM steps {gen['steps'] or 'checkpoint default'}."]
-    fidelity = report["strategies"].get("generate", {}).get("generated_label_fidelity")
+    generate = report["strategies"].get("generate", {})
+    fidelity, real = generate.get("generated_label_fidelity"), generate.get("real_label_fidelity")
     if fidelity is not None:
         lines.append(
-            f"Label fidelity of the generated samples: {fidelity:.3f} (share that a classifier fitted on the fold's real "
-            f"training windows assigns to their label; chance {1 / len(classes):.2f})."
+            f"Label fidelity of the generated samples: {fidelity:.3f}, against {_fmt(real)} on held-out real windows of the same "
+            f"units (accuracy of a class-balanced classifier fitted on the fold's real training windows; chance {1 / len(classes):.2f})."
         )
     return "\n".join(lines) + "\n"
 
@@ -625,7 +667,13 @@ def augment_site(
     elif "generate" in config.strategies:
         raise ConfigError("strategy 'generate' needs --checkpoint (the global model)")
     windows = load_site(data, preprocess, progress=progress)
-    report, _ = run_augmentation(windows, config, data, synthesizer=synthesizer, generation_info=info)
+    pool = None
+    if config.eeg_only:  # the site's EEG-only runs join the generation sources (their targets are generated)
+        from fedneurogen.shared.data.eeg_only import load_eeg_only
+
+        pool = load_eeg_only(data, windows, preprocess)
+        info["eeg_only_windows"] = len(pool)
+    report, _ = run_augmentation(windows, config, data, synthesizer=synthesizer, pool=pool, generation_info=info)
     if synthesizer is not None:
         # label index per trial type (None: generated unconditionally, the model has no such label)
         report["generation"]["label_index"] = {c: synthesizer.label_index(c) for c in windows.classes}

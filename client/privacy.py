@@ -168,15 +168,13 @@ def release_statistics(
     system's entropy: it must not be reproducible from anything the server knows."""
     if ledger.statistics is not None:
         raise ValueError("this run's ridge statistics were released already")
-    target = settings.statistics_share * settings.target_epsilon
-    sigma = noise_for_budget(ledger, target, settings.delta, 1.0, 1)
+    sigma = statistics_noise_multiplier(ledger, settings)
     rng = np.random.default_rng(secrets.randbits(128))
-    std = sigma * math.sqrt(2.0) * settings.statistics_clip
     out = {}
     for prefix, subjects in (("train", train), ("val", val)):
         if not subjects:
             continue
-        noisy = _add_noise(sum_statistics([clip_subject(s, settings.statistics_clip) for s in subjects]), std, settings.statistics_clip, rng)
+        noisy = add_gaussian_noise(sum_statistics([clip_subject(s, settings.statistics_clip) for s in subjects]), sigma, settings.statistics_clip, rng)
         out |= {f"{prefix}.{k}": np.atleast_1d(v) for k, v in noisy.as_arrays().items()}
     ledger.history.append((sigma, 1.0, 1))
     ledger.statistics = {"noise_multiplier": sigma, "clip": settings.statistics_clip, "epsilon": ledger.epsilon(settings.delta), "subjects": len(train) + len(val or [])}
@@ -190,7 +188,14 @@ def clip_subject(stats: RidgeStatistics, clip: float) -> RidgeStatistics:
     return RidgeStatistics(**{k: v * factor for k, v in mean.as_arrays().items()} | {"n": factor})
 
 
-def _add_noise(stats: RidgeStatistics, std: float, clip: float, rng: np.random.Generator) -> RidgeStatistics:
+def statistics_noise_multiplier(ledger: PrivacyLedger, settings: DPSettings) -> float:
+    """The Gaussian mechanism's noise multiplier that spends ``statistics_share`` of the budget."""
+    return noise_for_budget(ledger, settings.statistics_share * settings.target_epsilon, settings.delta, 1.0, 1)
+
+
+def add_gaussian_noise(stats: RidgeStatistics, noise_multiplier: float, clip: float, rng: np.random.Generator) -> RidgeStatistics:
+    """Summed clipped statistics plus the Gaussian mechanism's noise (sensitivity sqrt(2) x clip)."""
+    std = noise_multiplier * math.sqrt(2.0) * clip
     arrays = stats.as_arrays()
     noisy = {k: v + rng.normal(0.0, std, size=v.shape) for k, v in arrays.items() if k not in ("n", "sxx")}
     upper = np.triu(rng.normal(0.0, std, size=arrays["sxx"].shape))

@@ -43,13 +43,27 @@ def simulate(
     modality: SimModality = typer.Option(SimModality.fmri, "--modality", help="Target modality of the sites; 'mixed' gives fMRI and fNIRS sites."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed writes the same data."),
     run_seconds: float | None = typer.Option(None, "--run-seconds", help="Length of each run (s); default per scenario."),
+    eeg_only_sessions: list[str] = typer.Option(
+        [], "--eeg-only-sessions", help="GROUP:N - every subject of group A or B also gets N EEG-only runs (no fMRI/fNIRS); repeatable."
+    ),
 ) -> None:
     """Write simulated paired EEG-fMRI / EEG-fNIRS BIDS datasets with known ground truth."""
+    from fedneurogen.shared.errors import ConfigError
     from fedneurogen.simulations.simulator import simulate_dataset
 
-    site_dirs = simulate_dataset(
-        out, n_sites=sites, subjects_per_site=subjects_per_site, modality=modality.value, seed=seed, run_seconds=run_seconds
-    )
+    sessions = {}
+    for item in eeg_only_sessions:
+        group, _, count = item.partition(":")
+        if not count.strip().isdigit():
+            _fail(f"--eeg-only-sessions {item!r}: expected GROUP:N, e.g. B:2")
+        sessions[group.strip()] = int(count)
+    try:
+        site_dirs = simulate_dataset(
+            out, n_sites=sites, subjects_per_site=subjects_per_site, modality=modality.value, seed=seed, run_seconds=run_seconds,
+            eeg_only_sessions=sessions,
+        )  # fmt: skip
+    except ConfigError as err:
+        _fail(str(err))
     console.print(f"Wrote {len(site_dirs)} site datasets under [bold]{out}[/]:")
     for d in site_dirs:
         console.print(f"  {d}")
@@ -181,6 +195,9 @@ def _round_progress(total: int):
                 line = f"round {entry['round']}/{total}: {answered} site(s) answered" + (f", {failed} failed" if failed else "")
                 line += f", train loss {fmt(loss)}, held-out PCC {fmt(pcc)}"
                 line += f", epsilon {max(epsilon):.2f}" if epsilon else ""
+                stopping = entry.get("early_stopping") or {}
+                if stopping.get("best_round") is not None:
+                    line += f", residual best at round {stopping['best_round']}" + (" (kept)" if stopping.get("stopped") else "")
                 bar.console.print(f"{line}, {entry.get('seconds', 0.0):.0f} s")
                 bar.update(task, completed=entry["round"])
 
@@ -261,6 +278,7 @@ class AugmentStrategy(str, Enum):
     generate = "generate"
     oversample = "oversample"
     class_weight = "class-weight"
+    smote = "smote"
     none = "none"
     all = "all"
 
@@ -288,6 +306,7 @@ def augment(
     steps: int | None = typer.Option(None, "--steps", min=1, help="DDIM steps (default: the model's sampling_steps)."),
     guidance: float = typer.Option(2.0, "--guidance", help="Classifier-free guidance scale on the class label."),
     seed: int = typer.Option(0, "--seed", help="Seed of the folds, oversampling, generation noise and classifiers."),
+    eeg_only: bool = typer.Option(False, "--eeg-only", help="Also generate from the site's EEG-only runs (EEG recorded without fMRI/fNIRS)."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
 ) -> None:
     """Site-side fairness augmentation: rebalance under-represented classes/groups with generated data and report per-class and per-group F1 against baselines."""
@@ -304,7 +323,7 @@ def augment(
             target=target, sensitive_attribute=sensitive_attribute, strategies=names, folds=folds, target_per_class=target_per_class,
             classifier=classifier.value, use_eeg="eeg" in blocks, use_target="target" in blocks, minority_ratio=minority_ratio,
             classes=tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None,
-            steps=steps, guidance_scale=guidance, seed=seed,
+            steps=steps, guidance_scale=guidance, seed=seed, eeg_only=eeg_only,
         )  # fmt: skip
         report = augment_site(checkpoint, data, out, config, device=device)
     except FedNeuroGenError as err:

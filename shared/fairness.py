@@ -47,7 +47,7 @@ from fedneurogen.shared.features import band_power
 from fedneurogen.shared.recording import PairedWindows
 
 CLASSIFIERS = ("logreg", "lda", "riemann")
-ORIGINS = ("real", "oversampled", "generated")
+ORIGINS = ("real", "oversampled", "interpolated", "generated")
 
 # -- features -------------------------------------------------------------------------------
 

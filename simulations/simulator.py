@@ -66,6 +66,7 @@ class SubjectJob:
     run_seconds: float | None
     parcel_gain: np.ndarray  # [n_channels, 324] lead field of the site's cap
     positions_mm: np.ndarray  # [n_channels, 3]
+    eeg_only_runs: int = 0  # extra runs with EEG and no target (run-2, run-3, ...)
 
 
 def electrode_positions(spec: SiteSpec) -> np.ndarray:
@@ -96,6 +97,9 @@ def simulate_subject(job: SubjectJob) -> dict:
     truth_eeg_dir = job.site_dir / "derivatives" / "ground_truth" / sub / "eeg"
     bw.write_expected_power(truth_eeg_dir, base, log_power, spec.eeg_channels, rhythms, job.positions_mm)
 
+    for extra in range(job.eeg_only_runs):
+        _write_eeg_only_run(job, phys, extra)
+
     if spec.modality == "fmri":
         n_tr = int(np.floor(duration / spec.tr + 1e-9))
         bold = simulate_bold(rng_target, latent, phys, spec.tr, n_tr, spec.noise_level)
@@ -120,6 +124,20 @@ def simulate_subject(job: SubjectJob) -> dict:
         "_z_sum": float(z.sum()),
         "_z_count": int(z.size),
     }
+
+
+def _write_eeg_only_run(job: SubjectJob, phys, extra: int) -> None:
+    """An EEG-only session (``run-{2 + extra}``, no fMRI/fNIRS): the cheap recording a group
+    often has more of. Its own task blocks and noise, the subject's physiology; seeded apart
+    from the paired run, so adding EEG-only runs leaves every paired run unchanged."""
+    spec, sub = job.spec, job.participant.participant_id
+    streams = np.random.SeedSequence(job.seed, spawn_key=(job.site_index, job.subject_index, 1000 + extra)).spawn(3)
+    rng_design, rng_latent, rng_eeg = (np.random.default_rng(s) for s in streams)
+    events, duration = block_design(rng_design, spec.task, spec.classes, job.run_seconds)
+    latent = simulate_latent(rng_latent, spec.task, events, duration)
+    eeg = simulate_eeg(rng_eeg, latent, phys, job.parcel_gain, job.positions_mm, spec.eeg_sfreq, duration, spec.noise_level)
+    base = f"{sub}_task-{spec.task}_run-{2 + extra}"
+    bw.write_eeg(job.site_dir / sub / "eeg", base, eeg, spec.eeg_channels, spec.eeg_sfreq, spec.eeg_format, events, spec.task, spec.cap)
 
 
 def _write_nirs(job: SubjectJob, rng, latent, phys, events, duration: float, base: str) -> np.ndarray:
@@ -162,6 +180,7 @@ def simulate_dataset(
     run_seconds: float | None = None,
     progress: bool = True,
     n_jobs: int | None = None,
+    eeg_only_sessions: dict[str, int] | None = None,
 ) -> list[Path]:
     """Simulate ``n_sites`` BIDS site datasets under ``out`` and return their folders.
 
@@ -176,6 +195,9 @@ def simulate_dataset(
         visual class, 8 per motor class). Shorter runs hold as many balanced blocks as fit.
     progress : show a progress bar and print the noise ceilings.
     n_jobs : worker processes (default: up to 2, one per core). The output does not depend on it.
+    eeg_only_sessions : ``{group: n}``: every subject of that group (``A``/``B``) also gets ``n``
+        EEG-only runs (``run-2`` ...: EEG and events, no fMRI/fNIRS), the source pool of
+        ``fedneurogen augment --eeg-only``.
 
     ``out/simulation.json`` records the site specifications, each subject's physiology and the
     noise ceiling per site (see ``CEILING_DEFINITION``).
@@ -183,6 +205,9 @@ def simulate_dataset(
     out = Path(out)
     if subjects_per_site < 1:
         raise ConfigError(f"subjects_per_site must be at least 1, got {subjects_per_site}")
+    unknown = sorted(set(eeg_only_sessions or {}) - {"A", "B"})
+    if unknown or any(n < 0 for n in (eeg_only_sessions or {}).values()):
+        raise ConfigError(f"eeg_only_sessions: groups are A and B with a count >= 0, got {eeg_only_sessions}")
     if run_seconds is not None and run_seconds < MIN_RUN_SECONDS:
         raise ConfigError(f"run_seconds must be at least {MIN_RUN_SECONDS:g} s, got {run_seconds}")
     specs = make_site_specs(n_sites, modality, seed)
@@ -198,7 +223,10 @@ def simulate_dataset(
         _prepare_site(site_dir, spec, roster)
         positions = electrode_positions(spec)
         gain = parcel_lead_field(eeg_lead_field(spec.eeg_channels, positions))
-        jobs += [SubjectJob(spec, site_dir, p, seed, i, j, run_seconds, gain, positions) for j, p in enumerate(roster)]
+        jobs += [
+            SubjectJob(spec, site_dir, p, seed, i, j, run_seconds, gain, positions, eeg_only_runs=(eeg_only_sessions or {}).get(p.group, 0))
+            for j, p in enumerate(roster)
+        ]
         site_dirs.append(site_dir)
         rosters.append(roster)
 
@@ -217,6 +245,7 @@ def simulate_dataset(
         "n_sites": n_sites,
         "subjects_per_site": subjects_per_site,
         "run_seconds": run_seconds,
+        "eeg_only_sessions": dict(eeg_only_sessions or {}),
         "noise_ceiling_definition": CEILING_DEFINITION,
         "fnirs_ppf": PPF,
         "sites": sites,

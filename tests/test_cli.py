@@ -63,3 +63,26 @@ def test_certs_commands_make_a_working_set(tmp_path):
     assert wrong.exit_code == 1 and "10.9.9.9" in wrong.output
     again = runner.invoke(app, ["certs", "ca", "--out", str(tmp_path)])
     assert again.exit_code == 1 and "--force" in again.output
+
+
+def test_federate_shows_each_round_as_it_ends(monkeypatch):
+    """What `federate` prints for each round: sites, loss, held-out PCC, epsilon, the residual's
+    best round (fed by the run's history.json as rounds end)."""
+    import io
+
+    from rich.console import Console
+
+    from fedneurogen import cli
+
+    out = io.StringIO()
+    monkeypatch.setattr(cli, "console", Console(file=out, width=200, force_terminal=False))
+    entry = {
+        "round": 2, "seconds": 12.0,
+        "train": {"sites": {"1": {"epsilon": 3.5}, "2": {"epsilon": 3.25}}, "failed": [{"node": 3}], "aggregate": {"loss": 0.51}},
+        "evaluate": {"aggregate": {"pcc": 0.1234}}, "early_stopping": {"best_round": 1, "stopped": True},
+    }  # fmt: skip
+    with cli._round_progress(3) as show:
+        show(entry)
+    text = out.getvalue()
+    assert "round 2/3: 2 site(s) answered, 1 failed, train loss 0.510, held-out PCC 0.123, epsilon 3.50" in text
+    assert "residual best at round 1 (kept)" in text and "12 s" in text
