@@ -44,9 +44,8 @@ def load_run(run: RunFiles, config: PreprocessConfig) -> RunWindows:
     if run.target_modality is None:
         raise DataError(
             run.eeg,
-            "EEG only: no fMRI or fNIRS recording to pair with (looked for derivatives/fmriprep/<sub>/func/"
-            "*_bold.func.gii or *_desc-preproc_bold.nii.gz, and <sub>/nirs/*_nirs.snirf with the same "
-            "sub/ses/task/run); not used for training, `fedneurogen augment --eeg-only` can generate its target",
+            "EEG only, no fMRI or fNIRS recording to pair with (same sub/ses/task/run under derivatives/fmriprep "
+            "or <sub>/nirs): not trained on; `augment --eeg-only` can generate its target",
         )
     if run.target_modality == "fmri":
         tr = repetition_time(run.target[0], run.target_sidecars)

@@ -155,7 +155,7 @@ def _inspect_run(run: RunFiles, config: PreprocessConfig, problems: list[Problem
     info.events = attempt(lambda: read_events(run.events, run.task, info.eeg_duration))
 
     if run.target_modality is None:
-        problems.append(Problem(run.eeg, "no fMRI or fNIRS recording to pair with; the run cannot be used", "warning"))
+        problems.append(Problem(run.eeg, "EEG only, no fMRI or fNIRS recording to pair with: not trained on; `augment --eeg-only` can use it", "warning"))
     elif run.target_modality == "fmri":
         info.tr = attempt(lambda: repetition_time(run.target[0], run.target_sidecars))
         if run.target[0].name.endswith((".nii", ".nii.gz")):
