@@ -80,10 +80,11 @@ def query(msg: Message, context: Context) -> Message:
             statistics = site.private_ridge_statistics(data, dp, ledger, ledger_file)
             context.state["privacy"] = ConfigRecord({"ledger": json.dumps(ledger.to_json())})
         arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in statistics.items()})
-        info = {"modality": data.modality, "private": dp is not None, **({"points": list(data.train.target_names)} if data.modality == "fnirs" else {})}
-        if dp is not None:
-            info["epsilon"] = float(ledger.epsilon(dp.delta))
-        return Message(content=RecordDict({"statistics": arrays, "site": ConfigRecord(info)}), reply_to=msg)
+        info = {"modality": data.modality, **({"points": list(data.train.target_names)} if data.modality == "fnirs" else {})}
+        # whether the sums went through the Gaussian mechanism, and the site's epsilon after it
+        privacy_metrics = {"private": int(dp is not None), "epsilon": float(ledger.epsilon(dp.delta)) if dp is not None else 0.0}
+        content = RecordDict({"statistics": arrays, "site": ConfigRecord(info), "metrics": MetricRecord(privacy_metrics)})
+        return Message(content=content, reply_to=msg)
     content = RecordDict({"site": ConfigRecord({"modality": data.modality, "classes": data.classes})})
     return Message(content=content, reply_to=msg)
 

@@ -24,9 +24,10 @@ Rules (stated in every report):
   class's own EEG into its missing expensive modality; EEG windows of other classes are not
   relabelled (their EEG features would contradict the label). The model is conditioned on the
   window's trial type when its checkpoint has that label (classifier-free guidance), else
-  unconditionally. Optional ``pool`` windows (EEG recorded without a usable target, e.g. the
-  simulated protocol of ``fedneurogen.simulations.fairness_table``) join the candidates, again
-  only from the fold's training subjects.
+  unconditionally. Optional ``pool`` windows (EEG recorded without a usable target: the site's
+  EEG-only sessions, ``augment --eeg-only``, or the cut windows of
+  ``fedneurogen.simulations.fairness_table``) join the candidates, from any subject but the
+  fold's test subjects (a subject with EEG only is never a test subject: it has no target).
 - ``oversample`` tops up the same units to the same sizes by drawing training windows with
   replacement; ``smote`` by SMOTE interpolation (imbalanced-learn) between a unit's training
   windows in feature space; ``class-weight`` weights classes inversely to their frequency.
@@ -320,15 +321,15 @@ def generate_strategy(s: SiteSamples, synthesize: Synthesizer, log: GenerationLo
 
     def strategy(fold: fm.Fold) -> fm.TrainingSet:
         base = fm.real_training_set(s.features.values, s.labels, s.windows.subjects, s.ids, fold.train)
-        train_subjects = set(s.windows.subjects[fold.train].tolist())
+        test_subjects = set(s.windows.subjects[fold.test].tolist())
         rng = np.random.default_rng(fold.seed)
         sources, source_ids, units, unfilled = [], [], [], []
         for unit, need in s.plan.fold_deficits(fold.train, len(s.labels)).items():
             real = fold.train[s.plan.units[fold.train] == unit]
             candidates = [s.windows.subset(real)]
             ids = [s.ids[real]]
-            if s.pool is not None:
-                extra = np.flatnonzero((s.pool_units == unit) & np.isin(s.pool.subjects, list(train_subjects)))
+            if s.pool is not None:  # EEG-only windows of anyone but the fold's test subjects
+                extra = np.flatnonzero((s.pool_units == unit) & ~np.isin(s.pool.subjects, list(test_subjects)))
                 candidates.append(s.pool.subset(extra))
                 ids.append(pool_ids[extra])
             candidates_w = concat_windows(candidates)
@@ -354,7 +355,7 @@ def generate_strategy(s: SiteSamples, synthesize: Synthesizer, log: GenerationLo
         fidelity = {}
         if make_estimator is not None:  # class-balanced, so minority labels are not rare in its answers
             judge = make_estimator("balanced").fit(base.features, base.labels)
-            held_out = fold.test[np.isin(s.plan.units[fold.test], list(s.plan.fold_deficits(fold.train, len(s.labels))))]
+            held_out = fold.test[np.isin(s.labels[fold.test], np.unique(labels))]  # real windows of the generated classes
             fidelity = {
                 "label_fidelity": float(np.mean(judge.predict(features) == labels)),
                 "label_fidelity_real": float(np.mean(judge.predict(s.features.values[held_out]) == s.labels[held_out])) if len(held_out) else None,
@@ -553,8 +554,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "|---" * (len(classes) + 4) + "|",
     ]
     for name, e in report["strategies"].items():
-        added = e["n_synthetic"] + e["n_oversampled"]
-        kind = "generated" if e["n_synthetic"] else ("oversampled" if e["n_oversampled"] else "")
+        counts = {"generated": e["n_synthetic"], "oversampled": e["n_oversampled"], "interpolated": e.get("n_interpolated", 0)}
+        added = sum(counts.values())
+        kind = next((k for k, n in counts.items() if n), "")
         lines.append(
             f"| {name} | "
             + " | ".join(_pm(e["per_class_f1_mean"][c], e["per_class_f1_std"][c]) for c in classes)

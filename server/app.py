@@ -73,6 +73,7 @@ def solve_global_ridge(grid: Grid, model: NeuroGenModel, min_nodes: int, timeout
     request = ConfigRecord({"kind": STATISTICS_REQUEST})
     messages = [Message(RecordDict({"request": request}), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
     sites: dict[str, list[tuple[RidgeStatistics, RidgeStatistics | None, list[str] | None]]] = {}
+    private: dict[str, int] = {}  # sites whose sums went through the Gaussian mechanism
     for reply in grid.send_and_receive(messages, timeout=timeout):
         if reply.has_error():
             log(WARNING, "ridge statistics: site (node %s) failed: %s", reply.metadata.src_node_id, reply.error.reason)
@@ -85,6 +86,9 @@ def solve_global_ridge(grid: Grid, model: NeuroGenModel, min_nodes: int, timeout
             continue
         points = [str(p) for p in info["points"]] if "points" in info else None
         sites.setdefault(str(info["modality"]), []).append((train, val, points))
+        metrics = reply.content.metric_records.get("metrics")
+        if metrics is not None and int(metrics.get("private", 0)):
+            private[str(info["modality"])] = private.get(str(info["modality"]), 0) + 1
     chosen = {}
     for modality, replies in sorted(sites.items()):
         if len({r[0].sxy.shape for r in replies}) > 1 or len({tuple(r[2] or ()) for r in replies}) > 1:
@@ -93,6 +97,7 @@ def solve_global_ridge(grid: Grid, model: NeuroGenModel, min_nodes: int, timeout
         vals = [v for _, v, _ in replies if v is not None]
         chosen[modality] = solve_ridge_path(model, modality, [t for t, _, _ in replies], sum_statistics(vals) if vals else None, replies[0][2])
         chosen[modality]["sites"] = len(replies)
+        chosen[modality]["private_sites"] = private.get(modality, 0)
     return chosen
 
 

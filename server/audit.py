@@ -219,9 +219,7 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
 
 # -- the checker ---------------------------------------------------------------------------------
 
-# points: fNIRS channel names, private/epsilon: whether (and at what cumulative epsilon) the ridge
-# statistics went through the Gaussian mechanism
-DEFAULT_CONFIG_KEYS = ("modality", "classes", "points", "private", "epsilon")
+DEFAULT_CONFIG_KEYS = ("modality", "classes", "points")  # points: fNIRS channel names (with the ridge statistics)
 PATH_SEPARATORS = ("/", "\\")
 
 

@@ -148,3 +148,14 @@ def make_participants(spec: SiteSpec, n_subjects: int, seed: int, site_index: in
     return [
         Participant(f"sub-{j + 1:02d}", str(sexes[j]), int(ages[j]), str(groups[j])) for j in range(n_subjects)
     ]
+
+
+def eeg_only_participants(spec: SiteSpec, counts: dict[str, int], first: int, seed: int, site_index: int) -> list[Participant]:
+    """``counts[group]`` extra subjects per group with an EEG session only, numbered after the
+    ``first`` paired ones (their own random stream: the paired roster does not change)."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(site_index, 0xE0E0)))
+    groups = [g for g in sorted(counts) for _ in range(counts[g])]
+    return [
+        Participant(f"sub-{first + k + 1:02d}", "F" if rng.random() < spec.female_fraction else "M", int(rng.integers(spec.age_range[0], spec.age_range[1] + 1)), g)
+        for k, g in enumerate(groups)
+    ]

@@ -44,7 +44,7 @@ from fedneurogen.simulations.geometry import (
 from fedneurogen.simulations.hemodynamics import PPF, WAVELENGTHS, extinction_coefficients, simulate_bold, simulate_nirs
 from fedneurogen.simulations.latent import LATENT_SFREQ, block_design, simulate_latent
 from fedneurogen.simulations.physiology import draw_physiology, hrf
-from fedneurogen.simulations.scenarios import Participant, SiteSpec, make_participants, make_site_specs
+from fedneurogen.simulations.scenarios import Participant, SiteSpec, eeg_only_participants, make_participants, make_site_specs
 
 SITE_NAME = "FedNeuroGen simulated site"
 MIN_RUN_SECONDS = 60.0
@@ -66,7 +66,7 @@ class SubjectJob:
     run_seconds: float | None
     parcel_gain: np.ndarray  # [n_channels, 324] lead field of the site's cap
     positions_mm: np.ndarray  # [n_channels, 3]
-    eeg_only_runs: int = 0  # extra runs with EEG and no target (run-2, run-3, ...)
+    eeg_only: bool = False  # a subject with an EEG session only (no fMRI/fNIRS)
 
 
 def electrode_positions(spec: SiteSpec) -> np.ndarray:
@@ -92,13 +92,13 @@ def simulate_subject(job: SubjectJob) -> dict:
     bw.write_eeg(eeg_dir, base, eeg, spec.eeg_channels, spec.eeg_sfreq, spec.eeg_format, events, spec.task, spec.cap)
     if spec.has_custom_electrodes:
         bw.write_electrodes(eeg_dir, sub, spec.eeg_channels, job.positions_mm)
+    if job.eeg_only:  # the cheap session only: no target, no ground truth
+        return {"participant_id": sub, "group": p.group, "sex": p.sex, "age": p.age, "duration_s": duration, "n_blocks": len(events),
+                "physiology": phys.to_dict(), "eeg_only": True}  # fmt: skip
     # Noise-free scalp band power on a 1 Hz grid: the features of the EEG-informed ceiling.
     log_power, rhythms = expected_band_power(latent, phys, job.parcel_gain)
     truth_eeg_dir = job.site_dir / "derivatives" / "ground_truth" / sub / "eeg"
     bw.write_expected_power(truth_eeg_dir, base, log_power, spec.eeg_channels, rhythms, job.positions_mm)
-
-    for extra in range(job.eeg_only_runs):
-        _write_eeg_only_run(job, phys, extra)
 
     if spec.modality == "fmri":
         n_tr = int(np.floor(duration / spec.tr + 1e-9))
@@ -124,20 +124,6 @@ def simulate_subject(job: SubjectJob) -> dict:
         "_z_sum": float(z.sum()),
         "_z_count": int(z.size),
     }
-
-
-def _write_eeg_only_run(job: SubjectJob, phys, extra: int) -> None:
-    """An EEG-only session (``run-{2 + extra}``, no fMRI/fNIRS): the cheap recording a group
-    often has more of. Its own task blocks and noise, the subject's physiology; seeded apart
-    from the paired run, so adding EEG-only runs leaves every paired run unchanged."""
-    spec, sub = job.spec, job.participant.participant_id
-    streams = np.random.SeedSequence(job.seed, spawn_key=(job.site_index, job.subject_index, 1000 + extra)).spawn(3)
-    rng_design, rng_latent, rng_eeg = (np.random.default_rng(s) for s in streams)
-    events, duration = block_design(rng_design, spec.task, spec.classes, job.run_seconds)
-    latent = simulate_latent(rng_latent, spec.task, events, duration)
-    eeg = simulate_eeg(rng_eeg, latent, phys, job.parcel_gain, job.positions_mm, spec.eeg_sfreq, duration, spec.noise_level)
-    base = f"{sub}_task-{spec.task}_run-{2 + extra}"
-    bw.write_eeg(job.site_dir / sub / "eeg", base, eeg, spec.eeg_channels, spec.eeg_sfreq, spec.eeg_format, events, spec.task, spec.cap)
 
 
 def _write_nirs(job: SubjectJob, rng, latent, phys, events, duration: float, base: str) -> np.ndarray:
@@ -195,9 +181,11 @@ def simulate_dataset(
         visual class, 8 per motor class). Shorter runs hold as many balanced blocks as fit.
     progress : show a progress bar and print the noise ceilings.
     n_jobs : worker processes (default: up to 2, one per core). The output does not depend on it.
-    eeg_only_sessions : ``{group: n}``: every subject of that group (``A``/``B``) also gets ``n``
-        EEG-only runs (``run-2`` ...: EEG and events, no fMRI/fNIRS), the source pool of
-        ``fedneurogen augment --eeg-only``.
+    eeg_only_sessions : ``{group: n}``: every site also gets ``n`` subjects of that group
+        (``A``/``B``) with an EEG session only (EEG and events, no fMRI/fNIRS; listed in
+        ``participants.tsv`` after the paired subjects): the cheap recordings an under-represented
+        group often has more of, the source pool of ``fedneurogen augment --eeg-only``. The paired
+        subjects are the same with or without them.
 
     ``out/simulation.json`` records the site specifications, each subject's physiology and the
     noise ceiling per site (see ``CEILING_DEFINITION``).
@@ -220,13 +208,12 @@ def simulate_dataset(
     for i, spec in enumerate(specs):
         site_dir = out / spec.site_id
         roster = make_participants(spec, subjects_per_site, seed, i)
-        _prepare_site(site_dir, spec, roster)
+        eeg_only = eeg_only_participants(spec, eeg_only_sessions or {}, first=len(roster), seed=seed, site_index=i)
+        _prepare_site(site_dir, spec, roster + eeg_only)
         positions = electrode_positions(spec)
         gain = parcel_lead_field(eeg_lead_field(spec.eeg_channels, positions))
-        jobs += [
-            SubjectJob(spec, site_dir, p, seed, i, j, run_seconds, gain, positions, eeg_only_runs=(eeg_only_sessions or {}).get(p.group, 0))
-            for j, p in enumerate(roster)
-        ]
+        jobs += [SubjectJob(spec, site_dir, p, seed, i, j, run_seconds, gain, positions) for j, p in enumerate(roster)]
+        jobs += [SubjectJob(spec, site_dir, p, seed, i, len(roster) + k, run_seconds, gain, positions, eeg_only=True) for k, p in enumerate(eeg_only)]
         site_dirs.append(site_dir)
         rosters.append(roster)
 
@@ -234,10 +221,14 @@ def simulate_dataset(
 
     sites = []
     for i, spec in enumerate(specs):
-        subjects = [results[(i, j)] for j in range(len(rosters[i]))]
+        everyone = [results[key] for key in sorted(results) if key[0] == i]
+        subjects = [s for s in everyone if not s.get("eeg_only")]
         z_sum = sum(s.pop("_z_sum") for s in subjects)
         z_count = sum(s.pop("_z_count") for s in subjects)
-        sites.append({**spec.to_dict(), "noise_ceiling": float(np.tanh(z_sum / max(z_count, 1))), "subjects": subjects})
+        sites.append({
+            **spec.to_dict(), "noise_ceiling": float(np.tanh(z_sum / max(z_count, 1))), "subjects": subjects,
+            "eeg_only_subjects": [s for s in everyone if s.get("eeg_only")],
+        })  # fmt: skip
     summary = {
         "generator": "fedneurogen.simulations",
         "seed": seed,

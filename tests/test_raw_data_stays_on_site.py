@@ -138,8 +138,9 @@ def test_a_real_round_sends_only_parameters_and_numbers(federation_sites, tmp_pa
 
     entries = read_log(run_dir / AUDIT_FILE)
     kinds = sorted((e["round"] or 0, e["message_type"]) for e in entries)
-    # two queries per site (its classes; the sums of its ridge statistics), then the round
-    assert kinds == [(0, MessageType.QUERY)] * 4 + [(1, MessageType.EVALUATE)] * 2 + [(1, MessageType.TRAIN)] * 2
+    # two queries per site (its classes; the sums of its ridge statistics) and the score of the
+    # ridge path alone (round 0, early stopping's starting point), then the round
+    assert kinds == [(0, MessageType.EVALUATE)] * 2 + [(0, MessageType.QUERY)] * 4 + [(1, MessageType.EVALUATE)] * 2 + [(1, MessageType.TRAIN)] * 2
     assert not any(e["error"] for e in entries)
 
     # what the sites hold, concretely: their windows' shapes, folders, subjects and runs
@@ -161,7 +162,8 @@ def test_a_real_round_sends_only_parameters_and_numbers(federation_sites, tmp_pa
             assert {k: a["shape"] for k, a in records["arrays"]["arrays"].items()} == fmri_site_params
             assert {a["dtype"] for a in records["arrays"]["arrays"].values()} == {"float32"}
         elif "statistics" in records:  # sums over all frames of the training and held-out subjects
-            assert set(records) == {"statistics", "site"}
+            assert set(records) == {"statistics", "site", "metrics"}
+            assert records["metrics"]["values"] == {"private": "int", "epsilon": "float"}  # not private here
             shapes = {k: a["shape"] for k, a in records["statistics"]["arrays"].items()}
             width = tiny_shapes["modality_heads.fmri.mean.ridge.coef"][0]
             expected = {"n": [1], "sx": [width], "sy": [5124], "sxx": [width, width], "sxy": [width, 5124], "syy": [5124]}
