@@ -21,12 +21,13 @@ install: $(STAMP)
 # model on a site's held-out subjects and rebalance a site's classifier with generated data.
 FNG := PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/fedneurogen
 demo: $(STAMP)
-	$(FNG) simulate --out $(DEMO_DIR)/data --sites 3 --subjects-per-site 4 --modality fmri --seed 0
+	$(FNG) simulate --out $(DEMO_DIR)/data --sites 3 --subjects-per-site 4 --modality fmri --seed 0 --eeg-only-sessions B:3
 	$(FNG) validate $(DEMO_DIR)/data/site-02
 	rm -rf $(DEMO_DIR)/federated $(DEMO_DIR)/federated-site-state
 	$(FNG) federate --run-dir $(DEMO_DIR)/federated --data-root $(DEMO_DIR)/data --sites 3 --rounds 3 --preset tiny
-	$(FNG) evaluate --checkpoint $(DEMO_DIR)/federated/checkpoint --data $(DEMO_DIR)/data/site-01 --out $(DEMO_DIR)/report-site-01 --n-samples 2 --max-windows 48 --baseline-epochs 2
-	$(FNG) augment --checkpoint $(DEMO_DIR)/federated/checkpoint --data $(DEMO_DIR)/data/site-02 --out $(DEMO_DIR)/fairness-site-02 --sensitive-attribute group --folds 3 --steps 10
+	$(FNG) evaluate --checkpoint $(DEMO_DIR)/federated/checkpoint --data $(DEMO_DIR)/data/site-01 --out $(DEMO_DIR)/report-site-01 --n-samples 2 --max-windows 48 --baseline-epochs 2 \
+	  --also-trained-on $(DEMO_DIR)/data/site-02 --also-trained-on $(DEMO_DIR)/data/site-03
+	$(FNG) augment --checkpoint $(DEMO_DIR)/federated/checkpoint --data $(DEMO_DIR)/data/site-02 --out $(DEMO_DIR)/fairness-site-02 --sensitive-attribute group --folds 3 --steps 10 --eeg-only
 	@echo
 	@echo "Federated run:   $(DEMO_DIR)/federated (history.json, metrics.png, checkpoint/)"
 	@echo "Generation:      $(DEMO_DIR)/report-site-01 (report.json, surface maps, time courses)"

@@ -75,6 +75,9 @@ class AugmentConfig:
     C: float = 1.0  # inverse regularisation of the logistic regression
     n_rois: int = 64  # fMRI ROIs for the target features
     eeg_only: bool = False  # generate from the site's EEG-only runs too (``augment --eeg-only``)
+    # generation settings (estimate, guidance) tried on an inner validation split of each
+    # training fold; the best one generates for the fold. One entry: no choice.
+    generation_choices: tuple[tuple[str, float], ...] = (("sample", 2.0), ("sample", 0.0), ("mean", 0.0))
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.strategies) - set(STRATEGIES))
@@ -182,12 +185,24 @@ class ModelSynthesizer:
     """Targets from EEG with a NeuroGen model, in batches, conditioned on the window's trial type
     where the checkpoint knows it (classifier-free guidance ``guidance_scale``)."""
 
-    def __init__(self, model: Any, class_names: Sequence[str] | None, *, steps: int | None = None, guidance_scale: float = 2.0, batch_size: int = 32):
+    def __init__(
+        self, model: Any, class_names: Sequence[str] | None, *, steps: int | None = None, guidance_scale: float = 2.0, batch_size: int = 32,
+        estimate: str = "sample",
+    ):
         self.model = model
-        self.class_to_index = {str(c): i for i, c in enumerate(class_names or [])}
+        self.class_names = list(class_names or [])
+        self.class_to_index = {str(c): i for i, c in enumerate(self.class_names)}
         self.steps = steps
         self.guidance_scale = guidance_scale
         self.batch_size = batch_size
+        self.estimate = estimate  # "sample": point prediction + sampled residual; "mean": point prediction
+
+    @property
+    def settings(self) -> tuple[str, float]:
+        return self.estimate, self.guidance_scale
+
+    def with_settings(self, estimate: str, guidance_scale: float) -> "ModelSynthesizer":
+        return ModelSynthesizer(self.model, self.class_names, steps=self.steps, guidance_scale=guidance_scale, batch_size=self.batch_size, estimate=estimate)
 
     def label_index(self, label: str) -> int | None:
         return self.class_to_index.get(str(label))
@@ -198,6 +213,11 @@ class ModelSynthesizer:
         from fedneurogen.shared.model import Batch
 
         self.model.eval()
+        if self.estimate == "mean":  # deterministic: the conditional mean given the EEG and the label
+            from fedneurogen.shared.synthesis import point_predictions
+
+            index = np.array([self.class_to_index.get(str(c), -1) for c in windows.labels]) if self.class_to_index else None
+            return point_predictions(self.model, replace(windows, target=np.zeros_like(windows.target)), index, batch_size=self.batch_size)
         generator = torch.Generator(device=self.model.device).manual_seed(int(seed))
         labels = self.class_to_index or None
         out = []
@@ -313,45 +333,81 @@ def none_strategy(s: SiteSamples) -> fm.Strategy:
     return lambda fold: fm.real_training_set(s.features.values, s.labels, s.windows.subjects, s.ids, fold.train)
 
 
-def generate_strategy(s: SiteSamples, synthesize: Synthesizer, log: GenerationLog, make_estimator: Callable[[str | None], Any] | None = None) -> fm.Strategy:
-    """With ``make_estimator``, each fold also records the *label fidelity* of its generated
-    samples: the fraction that a classifier fitted on the fold's real training windows assigns to
-    the label they were generated for (a generator that ignores the label scores near chance)."""
-    pool_ids = None if s.pool is None else fm.window_ids(s.pool)
+def generate_strategy(
+    s: SiteSamples, synthesize: Synthesizer, log: GenerationLog, make_estimator: Callable[[str | None], Any] | None = None,
+    choices: Sequence[tuple[str, float]] = (),
+) -> fm.Strategy:
+    """Top up each fold's under-represented units with generated windows.
 
-    def strategy(fold: fm.Fold) -> fm.TrainingSet:
-        base = fm.real_training_set(s.features.values, s.labels, s.windows.subjects, s.ids, fold.train)
-        test_subjects = set(s.windows.subjects[fold.test].tolist())
-        rng = np.random.default_rng(fold.seed)
-        sources, source_ids, units, unfilled = [], [], [], []
-        for unit, need in s.plan.fold_deficits(fold.train, len(s.labels)).items():
-            real = fold.train[s.plan.units[fold.train] == unit]
-            candidates = [s.windows.subset(real)]
-            ids = [s.ids[real]]
-            if s.pool is not None:  # EEG-only windows of anyone but the fold's test subjects
-                extra = np.flatnonzero((s.pool_units == unit) & ~np.isin(s.pool.subjects, list(test_subjects)))
+    With several ``choices`` of generation settings (a ``ModelSynthesizer``'s estimate and
+    guidance) and ``make_estimator``, each fold picks its setting on its own training subjects:
+    they are split in two by subject, windows are generated for the first half's deficits, the
+    classifier is fitted on it and scored (macro F1) on the second half; the best setting then
+    generates for the whole training fold. Test subjects play no part in the choice.
+
+    With ``make_estimator``, each fold also records the *label fidelity* of its generated
+    windows (see the module docstring)."""
+    pool_ids = None if s.pool is None else fm.window_ids(s.pool)
+    selectable = make_estimator is not None and len(choices) > 1 and hasattr(synthesize, "with_settings")
+
+    def sources(train: np.ndarray, excluded: set, rng: np.random.Generator, fold_index: int | None):
+        """EEG windows to generate from for the deficits of the training rows ``train``."""
+        picked, picked_ids, units, unfilled = [], [], [], []
+        for unit, need in s.plan.fold_deficits(train, len(s.labels)).items():
+            real = train[s.plan.units[train] == unit]
+            candidates, ids = [s.windows.subset(real)], [s.ids[real]]
+            if s.pool is not None:  # EEG-only windows of anyone but the excluded (test) subjects
+                extra = np.flatnonzero((s.pool_units == unit) & ~np.isin(s.pool.subjects, list(excluded)))
                 candidates.append(s.pool.subset(extra))
                 ids.append(pool_ids[extra])
-            candidates_w = concat_windows(candidates)
-            candidate_ids = np.concatenate(ids)
-            if len(candidate_ids) == 0:  # no training subject has EEG of this unit
+            candidates_w, candidate_ids = concat_windows(candidates), np.concatenate(ids)
+            if len(candidate_ids) == 0:  # no usable EEG of this unit
                 unfilled.append(unit)
                 continue
             # each candidate in turn, cycled: several samples per window when there are few
             order = np.resize(rng.permutation(len(candidate_ids)), need)
-            picked = candidates_w.subset(order)
-            log.add(fold.index, unit, picked, candidate_ids[order])
-            sources.append(picked)
-            source_ids.append(candidate_ids[order])
+            if fold_index is not None:
+                log.add(fold_index, unit, candidates_w.subset(order), candidate_ids[order])
+            picked.append(candidates_w.subset(order))
+            picked_ids.append(candidate_ids[order])
             units.append(np.full(need, unit_class(unit), dtype=object))
-        if not sources:
+        if not picked:
+            return None, None, None, unfilled
+        return concat_windows(picked), np.concatenate(picked_ids), np.concatenate(units), unfilled
+
+    def generated_features(synth: Synthesizer, windows: PairedWindows, seed: int) -> np.ndarray:
+        return s.featurize(replace(windows, target=np.asarray(synth(windows, seed=seed), dtype=np.float32)))
+
+    def choose(fold: fm.Fold, test_subjects: set) -> tuple[Synthesizer, dict]:
+        """The setting whose generated windows help most on held-out training subjects."""
+        subjects = np.array(sorted(set(s.windows.subjects[fold.train].tolist())))
+        if not selectable or len(subjects) < 2:
+            return synthesize, {}
+        held = set(np.random.default_rng(fold.seed).permutation(subjects)[: len(subjects) // 2].tolist())
+        inner_val = fold.train[np.isin(s.windows.subjects[fold.train], list(held))]
+        inner_train = fold.train[~np.isin(s.windows.subjects[fold.train], list(held))]
+        windows, _, labels, _ = sources(inner_train, test_subjects | held, np.random.default_rng(fold.seed + 1), None)
+        if windows is None or len(set(s.labels[inner_train].tolist())) < 2:
+            return synthesize, {}
+        scores = {}
+        for estimate, guidance in choices:
+            candidate = synthesize.with_settings(estimate, guidance)
+            x = np.concatenate([s.features.values[inner_train], generated_features(candidate, windows, fold.seed)])
+            y = np.concatenate([s.labels[inner_train], labels])
+            predicted = make_estimator(None).fit(x, y).predict(s.features.values[inner_val])
+            scores[f"{estimate}, guidance {guidance:g}"] = (fm.score_fold(s.labels[inner_val], predicted, s.classes)[2], (estimate, guidance))
+        best = max(scores, key=lambda k: (np.nan_to_num(scores[k][0], nan=-1.0), -list(scores).index(k)))
+        return synthesize.with_settings(*scores[best][1]), {"chosen_setting": best, "setting_scores": {k: v[0] for k, v in scores.items()}}
+
+    def strategy(fold: fm.Fold) -> fm.TrainingSet:
+        base = fm.real_training_set(s.features.values, s.labels, s.windows.subjects, s.ids, fold.train)
+        test_subjects = set(s.windows.subjects[fold.test].tolist())
+        picked, picked_ids, labels, unfilled = sources(fold.train, test_subjects, np.random.default_rng(fold.seed), fold.index)
+        if picked is None:
             empty = np.zeros(0, object)
             return fm.stack(base, np.zeros((0, base.features.shape[1])), empty, "generated", empty, empty, n_generated=0, unfilled=unfilled)
-        picked = concat_windows(sources)
-        generated = synthesize(picked, seed=fold.seed)
-        synthetic = replace(picked, target=np.asarray(generated, dtype=np.float32))
-        labels = np.concatenate(units)
-        features = s.featurize(synthetic)
+        synth, choice = choose(fold, test_subjects)
+        features = generated_features(synth, picked, fold.seed)
         fidelity = {}
         if make_estimator is not None:  # class-balanced, so minority labels are not rare in its answers
             judge = make_estimator("balanced").fit(base.features, base.labels)
@@ -360,7 +416,7 @@ def generate_strategy(s: SiteSamples, synthesize: Synthesizer, log: GenerationLo
                 "label_fidelity": float(np.mean(judge.predict(features) == labels)),
                 "label_fidelity_real": float(np.mean(judge.predict(s.features.values[held_out]) == s.labels[held_out])) if len(held_out) else None,
             }
-        return fm.stack(base, features, labels, "generated", synthetic.subjects, np.concatenate(source_ids), n_generated=len(labels), unfilled=unfilled, **fidelity)
+        return fm.stack(base, features, labels, "generated", picked.subjects, picked_ids, n_generated=len(labels), unfilled=unfilled, **fidelity, **choice)
 
     return strategy
 
@@ -419,7 +475,7 @@ def run_augmentation(
         "oversample": lambda: oversample_strategy(s),
         "class-weight": lambda: class_weight_strategy(s),
         "smote": lambda: smote_strategy(s),
-        "generate": lambda: generate_strategy(s, synthesizer, log, make_estimator),
+        "generate": lambda: generate_strategy(s, synthesizer, log, make_estimator, config.generation_choices),
     }
 
     def make_estimator(class_weight: str | None):
@@ -467,6 +523,7 @@ def run_augmentation(
         "generation": {
             "steps": config.steps,
             "guidance_scale": config.guidance_scale,
+            "choices": [list(c) for c in config.generation_choices] if synthesizer is not None and hasattr(synthesizer, "with_settings") else None,
             "source": "EEG windows of the under-represented unit from the fold's training subjects"
             + (" (paired windows and EEG-only pool)" if s.pool is not None else " (paired windows, several noise draws each when few)"),
             **(generation_info or {}),
@@ -490,6 +547,7 @@ def _fold_record(f: fm.FoldResult) -> dict[str, Any]:
         "per_class_recall": f.per_class_recall,
         "accuracy": f.accuracy,
         "macro_f1": f.macro_f1,
+        **({"generation_setting": f.log["chosen_setting"], "setting_scores": f.log["setting_scores"]} if "chosen_setting" in f.log else {}),
     }
 
 

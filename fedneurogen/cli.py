@@ -307,6 +307,11 @@ def augment(
     guidance: float = typer.Option(2.0, "--guidance", help="Classifier-free guidance scale on the class label."),
     seed: int = typer.Option(0, "--seed", help="Seed of the folds, oversampling, generation noise and classifiers."),
     eeg_only: bool = typer.Option(False, "--eeg-only", help="Also generate from the site's EEG-only runs (EEG recorded without fMRI/fNIRS)."),
+    estimate: str = typer.Option(
+        "auto", "--estimate", click_type=click.Choice(["auto", "sample", "mean"]),
+        help="Generated target: sample (point prediction + sampled residual, --guidance), mean (point prediction), or auto: "
+        "chosen per fold on an inner split of its training subjects among sample (--guidance), sample (no guidance) and mean.",
+    ),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
 ) -> None:
     """Site-side fairness augmentation: rebalance under-represented classes/groups with generated data and report per-class and per-group F1 against baselines."""
@@ -324,6 +329,7 @@ def augment(
             classifier=classifier.value, use_eeg="eeg" in blocks, use_target="target" in blocks, minority_ratio=minority_ratio,
             classes=tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None,
             steps=steps, guidance_scale=guidance, seed=seed, eeg_only=eeg_only,
+            generation_choices=tuple(dict.fromkeys((("sample", guidance), ("sample", 0.0), ("mean", 0.0)))) if estimate == "auto" else ((estimate, guidance),),
         )  # fmt: skip
         report = augment_site(checkpoint, data, out, config, device=device)
     except FedNeuroGenError as err:

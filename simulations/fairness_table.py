@@ -26,6 +26,9 @@ What this script does:
 - the classifier reads target-modality features only, like the paper (fMRI: mean and slope of
   BOLD in 64 cortical ROIs; fNIRS: mean and slope of each HbO/HbR channel); ``--with-eeg`` adds
   EEG log band power;
+- a *group variant* on the fMRI site: group B cut to ``n_minority`` windows per class (group A
+  keeps up to ``n_majority``), its cut windows the EEG-only pool, class x group cells balanced,
+  scored per group (worst group and gap);
 - adds an *oracle* row (``--no-oracle`` skips it): the same folds, source windows and sizes as
   ``generate`` but with the target actually recorded with each source EEG window. It is the
   ceiling a perfect generator could reach under this protocol, and tells a protocol problem
@@ -164,6 +167,59 @@ def cut_condition(windows: PairedWindows, protocol: Protocol, minority: str, rng
     kept = windows.subset(np.sort(np.concatenate(keep)))
     left = windows.subset(np.sort(np.concatenate(pool)))
     return kept, replace(left, target=np.zeros_like(left.target))  # nothing may use these targets
+
+
+def cut_group(windows: PairedWindows, protocol: Protocol, minority_group: str, rng: np.random.Generator) -> tuple[PairedWindows, PairedWindows]:
+    """The group variant: per class, up to ``n_majority`` windows of the other group and
+    ``n_minority`` of ``minority_group`` (whose windows left out become the EEG-only pool,
+    targets zeroed)."""
+    groups = windows.group_of("group").astype(str)
+    keep, pool = [], []
+    for c in protocol.classes:
+        minority = rng.permutation(np.flatnonzero((windows.labels == c) & (groups == minority_group)))
+        if len(minority) < protocol.n_minority:
+            raise DataError(f"simulated {protocol.modality} site", f"group {minority_group} has {len(minority)} windows of {c!r}, the group variant needs {protocol.n_minority}")
+        others = rng.permutation(np.flatnonzero((windows.labels == c) & (groups != minority_group)))
+        keep += [minority[: protocol.n_minority], others[: protocol.n_majority]]
+        pool.append(minority[protocol.n_minority :])
+    kept = windows.subset(np.sort(np.concatenate(keep)))
+    left = windows.subset(np.sort(np.concatenate(pool)))
+    return kept, replace(left, target=np.zeros_like(left.target))
+
+
+def run_group_variant(
+    windows: PairedWindows, protocol: Protocol, synthesizer: ModelSynthesizer, out: Path, *, seed: int, classifier: str, with_eeg: bool, oracle: bool = True
+) -> dict[str, Any]:
+    """Group B under-represented in every class: class x group cells balanced by each strategy,
+    scored per group (worst group, gap)."""
+    t0 = time.time()
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0xB,)))
+    kept, pool = cut_group(windows, protocol, "B", rng)
+    config = AugmentConfig(
+        sensitive_attribute="group", strategies=STRATEGIES, folds=protocol.folds, classifier=classifier, use_eeg=with_eeg,
+        classes=protocol.classes, seed=seed, steps=synthesizer.steps, guidance_scale=synthesizer.guidance_scale,
+    )  # fmt: skip
+    site = f"simulated {protocol.modality} site (group B cut to {protocol.n_minority} per class)"
+    rois = fm.target_parcellation(windows.target_positions, 64, seed=0) if protocol.modality == "fmri" else None
+    samples = prepare_samples(kept, config, site, pool=pool, rois=rois)
+    report, _ = run_augmentation(kept, config, site, synthesizer=synthesizer, samples=samples)
+    if oracle:
+        upper, _ = run_augmentation(kept, replace(config, strategies=("generate",)), site, synthesizer=RecordedTargets(windows), samples=samples)
+        report["strategies"]["oracle"] = upper["strategies"]["generate"]
+    write_report(report, out / "conditions" / f"{protocol.modality}-group-B")
+    groups = {}
+    for name, entry in report["strategies"].items():
+        by_group = entry["per_group"]["by_group"]
+        groups[name] = {
+            "macro_f1": {g: by_group[g]["macro_f1"] for g in sorted(by_group) if g in ("A", "B")},
+            "worst_group": entry["per_group"]["worst_group"],
+            "gap": entry["per_group"]["difference"]["macro_f1"],
+        }
+    print(f"  group variant: gap none {groups['none']['gap']:.3f}, oversample {groups['oversample']['gap']:.3f}, generate {groups['generate']['gap']:.3f} ({time.time() - t0:.0f} s)", flush=True)
+    return {
+        "protocol": protocol.__dict__, "pool_windows": len(pool), "groups": groups,
+        "goal": {"generate narrows the worst-group gap more than oversample": bool(groups["generate"]["gap"] < groups["oversample"]["gap"])},
+    }  # fmt: skip
 
 
 class RecordedTargets:
@@ -324,6 +380,16 @@ def render_table(result: dict[str, Any]) -> str:
             "",
             "Goals: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in g["goals"].items()) + ".",
         ]
+    variant = result.get("group_variant")
+    if variant:
+        p = variant["protocol"]
+        lines += [
+            "", f"## Group variant: group B cut to {p['n_minority']} windows per class (group A up to {p['n_majority']}), {p['folds']}-fold CV",
+            "", "| strategy | macro F1 A | macro F1 B | worst group | gap |", "|---|---|---|---|---|",
+        ]
+        for name, g in variant["groups"].items():
+            lines.append(f"| {name} | {_fmt(g['macro_f1'].get('A'))} | {_fmt(g['macro_f1'].get('B'))} | {(g['worst_group'] or {}).get('group', 'n/a')} | {_fmt(g['gap'])} |")
+        lines += ["", "Goal: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in variant["goal"].items()) + "."]
     lines += ["", f"Paper (real data): minority F1 {PAPER['minority_f1_before']} -> {PAPER['minority_f1_after']}, majority F1 drop {PAPER['majority_f1_drop'][0]}-{PAPER['majority_f1_drop'][1]}."]
     return "\n".join(lines) + "\n"
 
@@ -405,6 +471,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             windows, protocol, synthesizer, out, seed=args.seed, source=args.source, classifier=args.classifier, with_eeg=args.with_eeg, oracle=not args.no_oracle
         )
         result["protocols"].append({"protocol": protocol.__dict__, "available_windows": counts, "rows": rows, "goals": goal_figures(rows, protocol.classes)})
+        if protocol.modality == "fmri":  # and the group variant on the same site
+            result["group_variant"] = run_group_variant(
+                windows, protocol, synthesizer, out, seed=args.seed, classifier=args.classifier, with_eeg=args.with_eeg, oracle=not args.no_oracle
+            )  # fmt: skip
     result["seconds"] = round(time.time() - t0, 1)
     for block in result["protocols"]:  # the full reports are under conditions/; keep the table small
         for row in block["rows"]:

@@ -309,3 +309,36 @@ class RecordedTargetsOf:
 
     def __call__(self, windows, seed):
         return self.windows.target[[self.index[w] for w in fm.window_ids(windows)]]
+
+
+def test_generation_setting_is_chosen_on_training_subjects_only(imbalanced, synthesizer):
+    """``auto``: each fold tries the settings on an inner split of its training subjects; no
+    setting ever sees a test subject's EEG, and the choice is recorded."""
+    from fedneurogen.client.augment import GenerationLog, generate_strategy
+
+    calls = []
+
+    class SpyingSynthesizer:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def with_settings(self, estimate, guidance):
+            return SpyingSynthesizer(self.inner.with_settings(estimate, guidance))
+
+        def __call__(self, windows, seed):
+            calls.append((self.inner.settings, set(windows.subjects.tolist())))
+            return self.inner(windows, seed)
+
+    samples = prepare_samples(imbalanced, replace(CONFIG, sensitive_attribute=None), "site-x")
+    splits = fm.subject_folds(samples.labels, samples.windows.subjects, samples.classes, FOLDS, 3, "site-x")
+    train, test = max(splits, key=lambda fold: len(set(samples.windows.subjects[fold[0]].tolist())))  # two training subjects to split
+    make = lambda cw: fm.make_classifier("logreg", samples.features, samples.classes, class_weight=cw)  # noqa: E731
+    choices = (("sample", 2.0), ("mean", 0.0))
+    training = generate_strategy(samples, SpyingSynthesizer(synthesizer), GenerationLog(), make, choices)(fm.Fold(0, train, test, seed=0))
+    test_subjects = set(samples.windows.subjects[test].tolist())
+    assert {settings for settings, _ in calls} == set(choices)  # both tried (then the chosen one generates for the fold)
+    assert all(not subjects & test_subjects for _, subjects in calls)
+    assert training.log["chosen_setting"] in training.log["setting_scores"] and len(training.log["setting_scores"]) == 2
+    mean = synthesizer.with_settings("mean", 0.0)
+    window = samples.windows.subset(np.arange(2))
+    assert np.array_equal(mean(window, seed=1), mean(window, seed=2))  # the mean is deterministic

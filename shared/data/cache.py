@@ -32,7 +32,7 @@ from ..io import atomic_path, file_sha256, write_json_atomic
 from ..recording import PairedWindows
 
 #: Bump when the loader's output for the same inputs changes (new preprocessing, bug fix).
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: problems stored relative to the site
 SETTLE_NS = 2_000_000_000
 _ARRAYS = ("eeg", "target", "labels", "subjects", "runs", "onsets", "eeg_positions", "target_positions", "design")
 

@@ -60,6 +60,22 @@ def load_run(run: RunFiles, config: PreprocessConfig) -> RunWindows:
     return cut_windows(eeg, target, events, config, run=run.key, subject=run.subject)
 
 
+def _portable(problem: Problem, site_dir: Path) -> dict[str, str]:
+    """A problem for the cache, its path relative to the site: the cache is keyed by content,
+    so another folder with the same files reads it back and must see its own paths."""
+    d = problem.to_dict()
+    try:
+        d["path"] = str(Path(d["path"]).relative_to(site_dir))
+    except ValueError:  # outside the site (e.g. a cache folder): kept as it is
+        pass
+    return d
+
+
+def _rooted(d: dict[str, str], site_dir: Path) -> Problem:
+    problem = Problem.from_dict(d)
+    return problem if problem.path.is_absolute() else Problem(site_dir / problem.path, problem.message, problem.severity)
+
+
 def _progress(enabled: bool):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -99,8 +115,8 @@ def load_site_data(
             windows, meta = hit
             return SiteData(
                 windows=windows,
-                skipped=[Problem.from_dict(p) for p in meta.get("skipped", [])],
-                warnings=[Problem.from_dict(p) for p in meta.get("warnings", [])],
+                skipped=[_rooted(p, site_dir) for p in meta.get("skipped", [])],
+                warnings=[_rooted(p, site_dir) for p in meta.get("warnings", [])],
                 from_cache=True,
                 cache_key=key,
             )
@@ -142,7 +158,7 @@ def load_site_data(
             message = f"subject {subject} is missing: its windows get no attributes"
             warned.append(Problem(site_dir / "participants.tsv", message, "warning"))
     if cache is not None and key is not None:
-        extra = {"skipped": [p.to_dict() for p in skipped], "warnings": [p.to_dict() for p in warned]}
+        extra = {"skipped": [_portable(p, site_dir) for p in skipped], "warnings": [_portable(p, site_dir) for p in warned]}
         try:
             cache.store(site_dir, key, windows, config, extra)
         except OSError as err:
