@@ -129,12 +129,19 @@ def train_generator(sites: list[PairedWindows], out: Path, *, preset: str, minut
     from fedneurogen.shared.model import EMA, NeuroGenModel, get_preset, save_checkpoint
     from fedneurogen.shared.training import TRAIN_PRESETS, class_index, make_optimizer, train_epochs
 
+    from fedneurogen.shared.model.mean import fit_ridge_paths
+    from fedneurogen.shared.training import split_sites
+
     torch.manual_seed(seed)
-    sites = [site.subset(np.flatnonzero(site.labels != "rest")) for site in sites]
-    classes = class_index(sites)
-    print(f"  generator: {sum(len(s) for s in sites)} task windows, classes {list(classes)}", flush=True)
     config = TRAIN_PRESETS[preset].model_copy(update={"epochs": 10_000, "warmup_steps": 20})
     model = NeuroGenModel(get_preset(preset), device=device)
+    # the point prediction's ridge path from every window (rest frames inform the regression too),
+    # its penalty, band weights and rank chosen on held-out subjects of these training sites
+    split = split_sites(sites, seed, 0.25, 0.0)
+    fit_ridge_paths(model, split.train, split.val)
+    sites = [site.subset(np.flatnonzero(site.labels != "rest")) for site in sites]
+    classes = class_index(sites)
+    print(f"  generator: ridge path fitted; {sum(len(s) for s in sites)} task windows, classes {list(classes)}", flush=True)
     # The preset's 0.999 decay needs thousands of steps; a CPU budget gives a few hundred.
     ema = EMA(model, decay=0.99)
     optimizer = make_optimizer(model.parameters(), config)

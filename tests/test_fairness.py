@@ -342,3 +342,18 @@ def test_generation_setting_is_chosen_on_training_subjects_only(imbalanced, synt
     mean = synthesizer.with_settings("mean", 0.0)
     window = samples.windows.subset(np.arange(2))
     assert np.array_equal(mean(window, seed=1), mean(window, seed=2))  # the mean is deterministic
+
+
+def test_group_variant_cuts_group_b_in_every_class(windows):
+    from fedneurogen.simulations.fairness_table import Protocol, cut_group
+
+    protocol = Protocol("motor", "fnirs", ("left", "right"), 10, 2, 2)
+    kept, pool = cut_group(windows, protocol, "B", np.random.default_rng(0))
+    groups = kept.group_of("group").astype(str)
+    for c in protocol.classes:
+        assert ((kept.labels == c) & (groups == "B")).sum() == 2
+        assert 0 < ((kept.labels == c) & (groups == "A")).sum() <= 10
+    assert set(pool.group_of("group").astype(str)) == {"B"} and not pool.target.any()
+    assert not set(fm.window_ids(pool)) & set(fm.window_ids(kept))
+    with pytest.raises(DataError, match="group B has"):
+        cut_group(windows, Protocol("motor", "fnirs", ("left", "right"), 10, 10_000, 2), "B", np.random.default_rng(0))
