@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(FNG) federate --run-dir $(DEMO_DIR)/federated --data-root $(DEMO_DIR)/data --sites 3 --rounds 3 --preset tiny
 	$(FNG) evaluate --checkpoint $(DEMO_DIR)/federated/checkpoint --data $(DEMO_DIR)/data/site-01 --out $(DEMO_DIR)/report-site-01 --n-samples 2 --max-windows 48 --baseline-epochs 2 \
 	  --also-trained-on $(DEMO_DIR)/data/site-02 --also-trained-on $(DEMO_DIR)/data/site-03
-	$(FNG) augment --checkpoint $(DEMO_DIR)/federated/checkpoint --data $(DEMO_DIR)/data/site-02 --out $(DEMO_DIR)/fairness-site-02 --sensitive-attribute group --folds 3 --steps 10 --eeg-only
+	$(FNG) augment --checkpoint $(DEMO_DIR)/federated/checkpoint --data $(DEMO_DIR)/data/site-02 --out $(DEMO_DIR)/fairness-site-02 --sensitive-attribute group --folds 3 --steps 10 --eeg-only --features target
 	@echo
 	@echo "Federated run:   $(DEMO_DIR)/federated (history.json, metrics.png, checkpoint/)"
 	@echo "Generation:      $(DEMO_DIR)/report-site-01 (report.json, surface maps, time courses)"

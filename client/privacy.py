@@ -182,6 +182,8 @@ def release_statistics(
 
 
 def clip_subject(stats: RidgeStatistics, clip: float) -> RidgeStatistics:
+    """One subject's statistics per frame, scaled to L2 norm (all but the count) at most ``clip``;
+    the count becomes the subject's weight (1, or less when clipped)."""
     mean = RidgeStatistics(**{k: v / stats.n for k, v in stats.as_arrays().items()})
     norm = math.sqrt(sum(float(np.sum(v**2)) for k, v in mean.as_arrays().items() if k != "n"))
     factor = min(1.0, clip / max(norm, 1e-12))
