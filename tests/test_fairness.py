@@ -357,3 +357,15 @@ def test_group_variant_cuts_group_b_in_every_class(windows):
     assert not set(fm.window_ids(pool)) & set(fm.window_ids(kept))
     with pytest.raises(DataError, match="group B has"):
         cut_group(windows, Protocol("motor", "fnirs", ("left", "right"), 10, 10_000, 2), "B", np.random.default_rng(0))
+
+
+def test_table_rows_carry_every_strategy_and_the_oracle(windows, synthesizer, tmp_path):
+    from fedneurogen.simulations.fairness_table import STRATEGIES, Protocol, run_group_variant, run_protocol
+
+    protocol = Protocol("motor", "fnirs", ("left", "right"), 10, 4, 2)
+    (row, *_) = run_protocol(windows, protocol, synthesizer, tmp_path, seed=0, source="pool", classifier="logreg", with_eeg=False)
+    assert set(row["report"]["strategies"]) == set(STRATEGIES) | {"oracle"}
+    saved = json.loads((tmp_path / "conditions" / "fnirs-left" / "report.json").read_text())
+    assert set(saved["strategies"]) == set(STRATEGIES) | {"oracle"}
+    variant = run_group_variant(windows, Protocol("motor", "fnirs", ("left", "right"), 10, 2, 2), synthesizer, tmp_path, seed=0, classifier="logreg", with_eeg=False)
+    assert set(variant["groups"]) == set(STRATEGIES) | {"oracle"} and all("gap" in g for g in variant["groups"].values())
