@@ -20,9 +20,9 @@ What this script does:
   sees them. ``--source paired`` uses only the 30 paired windows' EEG instead (several noise
   draws per window);
 - cross-validates, grouped by subject, the strategies ``none`` (the paper's "original" rows),
-  ``oversample`` (random oversampling baseline), ``class-weight`` and ``generate``
-  (``fedneurogen.client.augment``); generated samples join training folds only and come from
-  EEG of the fold's training subjects;
+  ``oversample`` (random oversampling baseline), ``class-weight``, ``smote`` and ``generate``
+  (``fedneurogen.client.augment``; its setting chosen per fold on the fold's training subjects);
+  generated samples join training folds only and come from EEG of non-test subjects;
 - the classifier reads target-modality features only, like the paper (fMRI: mean and slope of
   BOLD in 64 cortical ROIs; fNIRS: mean and slope of each HbO/HbR channel); ``--with-eeg`` adds
   EEG log band power;
