@@ -14,6 +14,7 @@ sites that failed: an error reply, a malformed reply, or no reply before the rou
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
 from typing import Any
@@ -129,6 +130,9 @@ class ModalityStrategy(Strategy):
         content = msg.content
         if "metrics" not in content.metric_records or "num-examples" not in content["metrics"]:
             return "malformed reply: no metrics with num-examples"
+        examples = float(content["metrics"]["num-examples"])
+        if not math.isfinite(examples) or examples < 0:
+            return f"malformed reply: num-examples is {examples}"
         modality = content["site"]["modality"] if "site" in content.config_records else None
         if modality not in MODALITIES:
             return f"malformed reply: unknown modality {modality!r}"
@@ -139,6 +143,9 @@ class ModalityStrategy(Strategy):
             for name, array in self.current.items():
                 if part_of(name) in (BACKBONE, modality) and (name not in arrays or tuple(arrays[name].shape) != tuple(array.shape)):
                     return f"malformed reply: parameter {name} missing or of the wrong shape"
+            for name in arrays.keys():  # one NaN or inf would make every average NaN, and it would be checkpointed
+                if not np.isfinite(arrays[name].numpy()).all():
+                    return f"malformed reply: parameter {name} has NaN or infinite values"
         return None
 
     def _sort_replies(self, kind: str, replies: Iterable[Message]) -> list[Message]:

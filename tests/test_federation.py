@@ -75,6 +75,20 @@ def test_heads_aggregate_over_their_own_modality_only(task_identity):
     assert new == {BACKBONE: 2.0, FMRI: 2.0, FNIRS: 7.0}
 
 
+@pytest.mark.parametrize("name", ["fedavg", "fedmedian"])
+def test_a_non_finite_update_is_refused_and_the_global_model_stays_finite(name, task_identity):
+    sites = {
+        1: ("fmri", 10, {BACKBONE: 1.0, FMRI: 1.0}),
+        2: ("fmri", 10, {BACKBONE: float("nan"), FMRI: 1.0}),
+        3: ("fmri", 10, {BACKBONE: 3.0, FMRI: float("inf")}),
+        4: ("fmri", float("nan"), {BACKBONE: 5.0, FMRI: 5.0}),
+    }
+    strategy, new, _ = one_round(name, sites)
+    assert all(np.isfinite(v) for v in new.values()) and new[BACKBONE] == pytest.approx(1.0)
+    failed = {f["node"]: f["reason"] for f in strategy.report[MessageType.TRAIN]["failed"]}
+    assert "NaN or infinite" in failed[2] and "NaN or infinite" in failed[3] and "num-examples is nan" in failed[4]
+
+
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_every_strategy_keeps_the_heads_apart(name, task_identity):
     def sites(fmri_head: float) -> dict:
