@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import secrets
 import warnings
 from dataclasses import dataclass, field
@@ -99,7 +100,9 @@ class PrivacyLedger:
 def ledger_path(state_dir: Path, run_key: str) -> Path:
     """One ledger per site and training run (``run_key``: the run's checkpoint folder, so a
     resumed run finds its ledger and a new run starts its own)."""
-    return Path(state_dir) / f"privacy-{hashlib.sha256(run_key.encode()).hexdigest()[:16]}.json"
+    # "runs/x", "runs/x/" and "runs/./x" are one run: they must not start separate budgets
+    key = os.path.normpath(run_key.strip())
+    return Path(state_dir) / f"privacy-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
 def load_ledger(path: Path, accountant: str) -> PrivacyLedger:

@@ -114,8 +114,28 @@ def check_modality(modality: object, site_dir: Path) -> None:
         )
 
 
+def _flag(value: object) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def check_privacy_policy(node_config: dict, run_config: dict) -> None:
+    """Refuse a run that asks for less privacy than this site's own policy allows: its operator
+    sets it with ``--node-config`` (``dp-required=true``, ``dp-max-epsilon=8``,
+    ``dp-max-delta=1e-5``), so the coordinator cannot lower it from the run config."""
+    dp = bool(run_config.get("dp-enabled", False))
+    if _flag(node_config.get("dp-required", False)) and not dp:
+        raise SiteRefusal("this site trains only under differential privacy (its policy: dp-required); the run has dp-enabled=false")
+    limits = (("dp-max-epsilon", "dp-target-epsilon"), ("dp-max-delta", "dp-delta"))
+    for policy_key, run_key in limits:
+        if dp and policy_key in node_config and float(run_config[run_key]) > float(node_config[policy_key]):
+            raise SiteRefusal(
+                f"the run's {run_key} = {float(run_config[run_key]):g} is above this site's limit {policy_key} = {float(node_config[policy_key]):g}"
+            )
+
+
 def check_run(node_config: dict, run_config: dict) -> None:
-    """Refuse an invalid run config, or a run whose preset is not the one this site pinned."""
+    """Refuse an invalid run config, a run whose preset is not the one this site pinned, or one
+    that asks for less privacy than the site's policy (``check_privacy_policy``)."""
     from fedneurogen.shared.run_config import validate_run_config
 
     try:
@@ -128,6 +148,7 @@ def check_run(node_config: dict, run_config: dict) -> None:
             f"preset mismatch — this site runs {str(pinned)!r}, the run asks for {str(run_config['preset'])!r}",
             f"the run asks for preset {run_config['preset']!r} but this site's node config pins preset={pinned!r}",
         )
+    check_privacy_policy(node_config, run_config)
 
 
 def simulated_node_config(node_config: dict, run_config: dict) -> dict:

@@ -374,15 +374,20 @@ def privacy_budget(
     paths = [p for p in paths if p.is_file()]
     if not paths:
         _fail(f"no privacy ledger in {state_dir}" + (f" for run-dir {run_dir!r}" if run_dir else ""))
-    table = Table("ledger", "accountant", "noise multiplier", "DP steps", f"epsilon (delta={delta:g})")
+    table = Table("ledger", "accountant", "noise multiplier", "DP steps", "statistics released", f"epsilon (delta={delta:g})")
+    total = 0.0
     for path in paths:
         try:
             ledger = PrivacyLedger.from_json(json.loads(path.read_text(encoding="utf-8")))
         except (ValueError, KeyError, TypeError) as err:
             _fail(f"{path}: not a readable privacy ledger ({err})")
         multiplier = f"{ledger.noise_multiplier:.3f}" if ledger.noise_multiplier else "-"
-        table.add_row(path.name, ledger.accountant, multiplier, str(ledger.steps), f"{ledger.epsilon(delta):.3f}")
+        epsilon = ledger.epsilon(delta)
+        total += epsilon
+        table.add_row(path.name, ledger.accountant, multiplier, str(ledger.steps), "yes" if ledger.statistics else "no", f"{epsilon:.3f}")
     console.print(table)
+    if len(paths) > 1:  # runs on the same data compose: their epsilons add up (deltas too)
+        console.print(f"all {len(paths)} runs on this site's data together: epsilon <= {total:.3f} (delta <= {len(paths) * delta:g}; basic composition)")
 
 
 certs_app = typer.Typer(help="Certificates and keys for a deployed federation (TLS, SuperNode authentication).", no_args_is_help=True)

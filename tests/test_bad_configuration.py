@@ -184,6 +184,25 @@ def test_preset_pinned_by_the_site_and_run_config_checked_at_the_site():
     assert err.value.public.startswith("invalid run config: strategy = 'fedsgd' is not allowed; choose one of: fedavg")
 
 
+def test_a_site_refuses_runs_with_less_privacy_than_its_own_policy():
+    """The privacy policy comes from the site's node config; the run config cannot lower it."""
+    run = {**DEFAULTS, "dp-enabled": False}
+    check_run({}, run)  # no policy: the run decides
+    with pytest.raises(SiteRefusal, match="trains only under differential privacy"):
+        check_run({"dp-required": "true"}, run)
+    private = {**run, "dp-enabled": True, "dp-target-epsilon": 8.0, "dp-delta": 1e-5}
+    check_run({"dp-required": "true", "dp-max-epsilon": "8", "dp-max-delta": "1e-5"}, private)
+    with pytest.raises(SiteRefusal) as err:
+        check_run({"dp-max-epsilon": "4"}, private)
+    assert err.value.public == "the run's dp-target-epsilon = 8 is above this site's limit dp-max-epsilon = 4"
+    with pytest.raises(SiteRefusal, match="dp-delta = 0.001 is above"):
+        check_run({"dp-max-delta": "1e-5"}, {**private, "dp-delta": 1e-3})
+    # a deployed site's policy cannot be replaced through sim-node-config
+    deployed = simulated_node_config({"partition-id": 0, "data-path": "/d", "dp-required": "true"}, {"sim-node-config": "0:dp-required=false"})
+    with pytest.raises(SiteRefusal):
+        check_run(deployed, run)
+
+
 def test_simulated_node_config_emulates_a_site_daemon_only_in_simulation():
     run = {"sim-node-config": "1:data-path=/nowhere; 2:preset=small"}
     assert simulated_node_config({"partition-id": 1}, run) == {"partition-id": 1, "data-path": "/nowhere"}

@@ -51,6 +51,11 @@ def test_privacy_budget_reports_each_run_ledger(tmp_path):
     assert f"{ledger.epsilon(1e-5):.3f}" in result.output and "120" in result.output
     missing = runner.invoke(app, ["privacy-budget", "--state-dir", str(tmp_path), "--run-dir", "/runs/other"])
     assert missing.exit_code != 0 and "no privacy ledger" in missing.output
+    # the same run written another way is the same ledger, not a fresh budget
+    assert ledger_path(tmp_path, "/runs/one/") == ledger_path(tmp_path, "/runs/./one") == ledger_path(tmp_path, "/runs/one")
+    save_ledger(ledger_path(tmp_path, "/runs/two"), ledger)
+    both = runner.invoke(app, ["privacy-budget", "--state-dir", str(tmp_path), "--delta", "1e-5"])
+    assert both.exit_code == 0 and f"epsilon <= {2 * ledger.epsilon(1e-5):.3f}" in both.output.replace("\n", "")
 
 
 def test_certs_commands_make_a_working_set(tmp_path):
