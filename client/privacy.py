@@ -105,6 +105,16 @@ def ledger_path(state_dir: Path, run_key: str) -> Path:
     return Path(state_dir) / f"privacy-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
+def other_runs_epsilon(state_dir: Path, this_run: Path, delta: float) -> float:
+    """The epsilon spent on this site's data by every other run with a ledger in ``state_dir``
+    (their sum: runs on the same data compose)."""
+    total = 0.0
+    for path in sorted(Path(state_dir).glob("privacy-*.json")):
+        if path != this_run:
+            total += PrivacyLedger.from_json(json.loads(path.read_text(encoding="utf-8"))).epsilon(delta)
+    return total
+
+
 def load_ledger(path: Path, accountant: str) -> PrivacyLedger:
     if path.is_file():
         return PrivacyLedger.from_json(json.loads(path.read_text(encoding="utf-8")))

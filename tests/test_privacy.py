@@ -168,3 +168,30 @@ def test_a_subject_is_clipped_to_the_bound_and_weighted_alike_in_every_statistic
     assert np.allclose(clipped.sxy, loud.sxy / loud.n * factor) and np.allclose(clipped.syy, loud.syy / loud.n * factor)
     quiet = RidgeStatistics.from_rows(0.01 * rng.normal(size=(40, 5)), 0.01 * rng.normal(size=(40, 3)))
     assert privacy.clip_subject(quiet, 2.0).n == 1.0  # within the bound: weight 1
+
+
+def test_a_site_lifetime_cap_counts_its_other_runs(tmp_path):
+    """``dp-lifetime-epsilon`` in a site's node config: a new DP run is refused when the epsilon
+    its data has spent in other runs plus this run's target would pass the cap."""
+    from flwr.app import Context, RecordDict
+
+    from fedneurogen.client import app
+    from fedneurogen.client.refusal import SiteRefusal
+    from fedneurogen.shared.run_config import RunConfig
+
+    data, state = tmp_path / "bids", tmp_path / "state"
+    data.mkdir()
+    earlier = privacy.PrivacyLedger("rdp", 1.0, [(1.0, 0.1, 200)])
+    privacy.save_ledger(privacy.ledger_path(state, "runs/earlier"), earlier)
+    spent = earlier.epsilon(1e-5)
+    run = {**RunConfig().model_dump(by_alias=True), "dp-enabled": True, "dp-target-epsilon": 4.0, "run-dir": "runs/new"}
+
+    def context(cap: float) -> Context:
+        node = {"data-path": str(data), "state-dir": str(state), "dp-lifetime-epsilon": cap}
+        return Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config=run)
+
+    dp, ledger, path = app._privacy(context(spent + 4.5))  # room for this run
+    assert dp.target_epsilon == 4.0 and path == privacy.ledger_path(state, "runs/new")
+    assert privacy.other_runs_epsilon(state, path, 1e-5) == pytest.approx(spent)
+    with pytest.raises(SiteRefusal, match="lifetime limit"):
+        app._privacy(context(spent + 3.5))
