@@ -257,6 +257,11 @@ def _recording_like(shape: Sequence[int], window: Sequence[int]) -> bool:
     return any(d >= window[-1] for d in rest)
 
 
+#: The most scalars a reply's metric record holds (a site sends about a dozen).
+MAX_METRICS = 64
+#: What a class name (a task label) looks like: one token, no spaces.
+LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,47}")
+
 #: Arrays of the ridge-statistics reply (``client/site.ridge_statistics``): sums over a site's frames.
 RIDGE_STATISTIC = re.compile(r"(train|val)\.(n|sx|sy|sxx|sxy|syy)")
 
@@ -282,6 +287,7 @@ def find_leaks(
     forbidden_strings: Iterable[str] = (),
     config_keys: Iterable[str] = DEFAULT_CONFIG_KEYS,
     max_string: int = 64,
+    max_metrics: int = MAX_METRICS,
 ) -> list[str]:
     """Problems in audit-log entries (``read_log``); an empty list means nothing but model
     parameters, numeric scalars and short labels left the sites.
@@ -295,7 +301,10 @@ def find_leaks(
     forbidden_strings: text that must not appear in any string (data roots, site folder names,
                        subject ids); path separators and BIDS ``sub-`` entities are always checked
     config_keys:       the only keys a config record may hold
-    """
+    max_metrics:       the most scalars one metric record may hold (more could spell out data)
+
+    Class names (config ``classes``) must look like task labels (``LABEL`` pattern: one token of
+    letters, digits, ``_ . -``), not like names or free text."""
     parameter_shapes = None if parameter_shapes is None else {k: tuple(v) for k, v in parameter_shapes.items()}
     design_width = next((v[0] for k, v in (parameter_shapes or {}).items() if k.endswith(".mean.ridge.coef")), None)
     windows = [tuple(int(d) for d in w) for w in window_shapes]
@@ -329,6 +338,8 @@ def find_leaks(
                         elif not is_parameter and _recording_like(shape, window):
                             problems.append(f"{where}: array {rname}/{key} {list(shape)} is shaped like a recording ({window[0]} points)")
             elif kind == "metric":
+                if len(record.get("values", {})) > max_metrics:
+                    problems.append(f"{where}: metric record {rname} holds {len(record['values'])} values (at most {max_metrics} expected)")
                 for key, vtype in record.get("values", {}).items():
                     texts.append(key)
                     if vtype not in ("int", "float"):
@@ -337,6 +348,10 @@ def find_leaks(
                 for key, value in record.get("values", {}).items():
                     if key not in allowed_config:
                         problems.append(f"{where}: config {rname}/{key} is not one of the known keys {sorted(allowed_config)}")
+                    if key == "classes":
+                        for label in value if isinstance(value, list) else [value]:
+                            if isinstance(label, str) and not LABEL.fullmatch(label):
+                                problems.append(f"{where}: class name {label[:40]!r} does not look like a task label")
                     values = value if isinstance(value, list) else [value]
                     for v in values:
                         if isinstance(v, dict):  # cut string or bytes
@@ -376,6 +391,38 @@ def summarize(entries: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def default_window_shapes() -> list[tuple[int, int]]:
+    """Per-window shapes of data a site may hold with the default preprocessing: EEG of the
+    common caps (channels x window samples) and the fMRI target (ico4 vertices x frames)."""
+    from fedneurogen.shared.config import PreprocessConfig
+
+    config = PreprocessConfig()
+    eeg_samples = int(round(config.window_seconds * config.eeg_sfreq))
+    frames = int(round(config.window_seconds * config.target_sfreq("fmri")))
+    return [*((channels, eeg_samples) for channels in (19, 32, 64, 128, 256)), (5124, frames)]
+
+
+def preset_shapes(entries: Sequence[Mapping[str, Any]], preset: str | None) -> tuple[dict | None, list[str]]:
+    """The parameter shapes to check arrays against: ``preset``'s, or else those of the one preset
+    whose parameters every received array is (a problem when none is)."""
+    from fedneurogen.shared.model import PRESETS, NeuroGenModel
+
+    import torch
+
+    def shapes_of(name: str) -> dict:
+        with torch.device("meta"):  # shapes only: nothing allocated
+            return {k: tuple(p.shape) for k, p in NeuroGenModel(name, fmri_positions=None, device="meta").named_parameters()}
+
+    if preset:
+        return shapes_of(preset), []
+    names = {key for e in entries for r in (e.get("records") or {}).values() if r.get("type") == "array" for key in r.get("arrays", {}) if not RIDGE_STATISTIC.fullmatch(key)}
+    for name in PRESETS:
+        shapes = shapes_of(name)
+        if names <= set(shapes):
+            return shapes, []
+    return None, [f"the received arrays are not the parameters of any preset ({', '.join(PRESETS)}); pass --preset to check each one"]
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m fedneurogen.server.audit run-dir/audit/received.jsonl [--preset tiny]``:
     print what each site sent and the problems ``find_leaks`` finds (exit 1 if any)."""
@@ -387,13 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--forbid", action="append", default=[], help="text no string may contain (data root, site name)")
     args = parser.parse_args(argv)
     entries = read_log(args.log)
-    shapes = None
-    if args.preset:
-        from fedneurogen.shared.model import NeuroGenModel
-
-        shapes = {k: tuple(p.shape) for k, p in NeuroGenModel(args.preset, device="cpu").named_parameters()}
+    shapes, problems = preset_shapes(entries, args.preset)
     print(summarize(entries))
-    problems = find_leaks(entries, parameter_shapes=shapes, forbidden_strings=args.forbid)
+    problems += find_leaks(entries, parameter_shapes=shapes, window_shapes=default_window_shapes(), forbidden_strings=args.forbid)
     print("\n".join(problems) if problems else f"{len(entries)} messages: no leaks found")
     return 1 if problems else 0
 

@@ -104,6 +104,38 @@ def test_checker_flags_recording_shaped_arrays_paths_and_identifiers(tmp_path, t
     assert find_leaks(entries[:1], window_shapes=[eeg_window, bold_window]) == []
 
 
+def test_the_documented_audit_command_checks_shapes_labels_and_metric_counts(tmp_path, tiny_shapes, task_identity, capsys):
+    """``python -m fedneurogen.server.audit LOG`` with no options: the preset is inferred from the
+    array names, the default windows are checked, a flood of scalars and a person's name as a
+    class are flagged."""
+    from fedneurogen.server.audit import main
+
+    out = Message(RecordDict(), dst_node_id=11, message_type=MessageType.TRAIN)
+    param = np.zeros(tiny_shapes[PARAM], dtype=np.float32)
+    replies = {
+        "clean": fabricated(out, {PARAM: param}, {"num-examples": 8, "loss": 0.5}, {"modality": "fmri", "classes": ["faces", "left_hand"]}),
+        "eeg window": fabricated(out, {PARAM: param, "eeg_window": np.zeros((64, 3200), dtype=np.float32)}),
+        "scalars": fabricated(out, {PARAM: param}, metrics={"num-examples": 8, **{f"m{i}": 0.1 for i in range(2000)}}),
+        "name": fabricated(out, {PARAM: param}, config={"modality": "fmri", "classes": ["rest", "P-4711 Doe"]}),
+    }
+
+    def audit(cases: list[str]) -> tuple[int, str]:
+        log = tmp_path / "-".join(c.replace(" ", "_") for c in cases) / AUDIT_FILE
+        grid = AuditedGrid(FakeGrid(lambda m: replies[m.content["which"]["k"]]), log)
+        grid.begin_round(1)
+        list(grid.send_and_receive([Message(RecordDict({"which": ConfigRecord({"k": k})}), dst_node_id=11, message_type=MessageType.TRAIN) for k in cases], timeout=1.0))
+        code = main([str(log)])
+        return code, capsys.readouterr().out
+
+    code, text = audit(["clean"])
+    assert code == 0 and "no leaks found" in text
+    code, text = audit(["eeg window", "scalars", "name"])
+    assert code == 1
+    assert "eeg_window [64, 3200] is shaped like a data window [64, 3200]" in text
+    assert "not the parameters of any preset" in text  # an array no preset has: the preset cannot be inferred
+    assert "holds 2001 values" in text and "'P-4711 Doe' does not look like a task label" in text
+
+
 def test_audit_off_still_counts_bytes(tmp_path, task_identity):
     arrays = ArrayRecord({"w": Array(np.ones((10, 10), dtype=np.float32))})
     grid = AuditedGrid(FakeGrid(lambda m: fabricated(m, {"w": np.ones((10, 10), dtype=np.float32)})), None)
