@@ -103,16 +103,18 @@ def _privacy(context: Context) -> tuple[privacy.DPSettings | None, privacy.Priva
     node = _node_config(context)
     state = site.state_dir(node, run, site.data_path(node, run))
     path = privacy.ledger_path(state, str(run["run-dir"]))
-    if "dp-lifetime-epsilon" in node:  # the site's cap over all runs on its data, this one at its target
+    if "privacy" in context.state:
+        ledger = privacy.PrivacyLedger.from_json(json.loads(context.state["privacy"]["ledger"]))
+    else:
+        ledger = privacy.load_ledger(path, dp.accountant)
+    if "dp-lifetime-epsilon" in node and not ledger.history:  # before the run spends anything (once per run)
         cap, spent = float(node["dp-lifetime-epsilon"]), privacy.other_runs_epsilon(state, path, dp.delta)
         if spent + dp.target_epsilon > cap:
             raise SiteRefusal(
                 f"privacy budget: this site's data has spent epsilon {spent:.2f} in earlier runs; with this run's "
                 f"{dp.target_epsilon:g} it would exceed the site's lifetime limit {cap:g}"
             )
-    if "privacy" in context.state:
-        return dp, privacy.PrivacyLedger.from_json(json.loads(context.state["privacy"]["ledger"])), path
-    return dp, privacy.load_ledger(path, dp.accountant), path
+    return dp, ledger, path
 
 
 @app.train()

@@ -20,6 +20,7 @@ from fedneurogen.client import privacy
 from fedneurogen.client.refusal import SiteRefusal, check_data_path, check_modality, data_refusal, unsupported_target
 from fedneurogen.shared.data import find_runs, load_site
 from fedneurogen.shared.errors import DataError
+from fedneurogen.shared.io import atomic_write
 from fedneurogen.shared.metrics import temporal_pcc
 from fedneurogen.shared.model import Batch, NeuroGenModel, parameter_modality
 from fedneurogen.shared.recording import PairedWindows
@@ -189,10 +190,7 @@ def private_ridge_statistics(site: SiteData, dp: privacy.DPSettings, ledger: pri
         raise SiteRefusal("ridge statistics are not released under this run's DP settings (dp-statistics-share = 0)")
     train, val = ridge_parts(site)
     released = privacy.release_statistics(ledger, dp, train, val)
-    saved.parent.mkdir(parents=True, exist_ok=True)
-    tmp = saved.with_name(f".{saved.name}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **released)
-    os.replace(tmp, saved)
+    atomic_write(saved, lambda tmp: np.savez(tmp, **released))
     privacy.save_ledger(ledger_file, ledger)
     return released
 
@@ -218,7 +216,6 @@ def train(
     class_to_index = {name: i for i, name in enumerate(class_names)} or None
     n = len(site.train)
     result = {"num-examples": n, "loss": float("nan"), "steps": 0, "budget_exhausted": 0, "train-seconds": 0.0}
-
     params = model.prepare_for_dp(site.modality) if dp else [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, config)
     net: torch.nn.Module = model

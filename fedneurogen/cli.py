@@ -44,7 +44,7 @@ def simulate(
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed writes the same data."),
     run_seconds: float | None = typer.Option(None, "--run-seconds", help="Length of each run (s); default per scenario."),
     eeg_only_sessions: list[str] = typer.Option(
-        [], "--eeg-only-sessions", help="GROUP:N - every subject of group A or B also gets N EEG-only runs (no fMRI/fNIRS); repeatable."
+        [], "--eeg-only-sessions", help="GROUP:N - every site also gets N subjects of group A or B with an EEG session only (no fMRI/fNIRS); repeatable."
     ),
 ) -> None:
     """Write simulated paired EEG-fMRI / EEG-fNIRS BIDS datasets with known ground truth."""

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import os
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -405,9 +405,9 @@ def default_window_shapes() -> list[tuple[int, int]]:
 def preset_shapes(entries: Sequence[Mapping[str, Any]], preset: str | None) -> tuple[dict | None, list[str]]:
     """The parameter shapes to check arrays against: ``preset``'s, or else those of the one preset
     whose parameters every received array is (a problem when none is)."""
-    from fedneurogen.shared.model import PRESETS, NeuroGenModel
-
     import torch
+
+    from fedneurogen.shared.model import PRESETS, NeuroGenModel
 
     def shapes_of(name: str) -> dict:
         with torch.device("meta"):  # shapes only: nothing allocated

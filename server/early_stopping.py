@@ -17,10 +17,7 @@ import math
 
 from flwr.app import ArrayRecord
 
-
-def is_residual(name: str) -> bool:
-    """A trainable parameter of a point prediction's residual (the ridge path's are frozen)."""
-    return ".mean." in name and ".mean.ridge." not in name
+from fedneurogen.shared.model.mean import is_residual_parameter
 
 
 class ResidualEarlyStopping:
@@ -42,7 +39,7 @@ class ResidualEarlyStopping:
             return
         if score > self.best_score:
             self.best_round, self.best_score, self.rounds_without_gain = server_round, score, 0
-            self.best = {k: arrays[k] for k in arrays.keys() if is_residual(k)}
+            self.best = {k: arrays[k] for k in arrays.keys() if is_residual_parameter(k)}
         else:
             self.rounds_without_gain += 1
             self.stopped = self.rounds_without_gain >= self.patience
@@ -52,7 +49,7 @@ class ResidualEarlyStopping:
         score, the last round's), with the count of rounds without gain it had."""
         self.best_round = summary.get("best_round")
         self.best_score = score if score is not None and math.isfinite(score) else -math.inf
-        self.best = {k: arrays[k] for k in arrays.keys() if is_residual(k)}
+        self.best = {k: arrays[k] for k in arrays.keys() if is_residual_parameter(k)}
         self.rounds_without_gain, self.stopped = int(summary.get("rounds_without_gain", 0)), bool(summary.get("stopped", False))
 
     def best_residual(self, arrays: ArrayRecord) -> ArrayRecord:

@@ -199,8 +199,9 @@ class BestMean:
 
     @staticmethod
     def _snapshot(model: NeuroGenModel) -> dict[str, torch.Tensor]:
-        # the residual's trainable weights (the ridge path is frozen: nothing to keep)
-        return {n: p.detach().clone() for n, p in model.named_parameters() if ".mean." in n and p.requires_grad}
+        from fedneurogen.shared.model.mean import is_residual_parameter
+
+        return {n: p.detach().clone() for n, p in model.named_parameters() if is_residual_parameter(n)}
 
     def offer(self, model: NeuroGenModel, score: float) -> bool:
         if np.isfinite(score) and (not np.isfinite(self.score) or score > self.score):

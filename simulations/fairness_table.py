@@ -194,6 +194,27 @@ def cut_group(windows: PairedWindows, protocol: Protocol, minority_group: str, r
     return kept, replace(left, target=np.zeros_like(left.target))
 
 
+def target_rois(windows: PairedWindows, protocol: Protocol) -> np.ndarray | None:
+    """The fMRI target's 64 cortical ROIs (the classifier's features); None for fNIRS."""
+    return fm.target_parcellation(windows.target_positions, 64, seed=0) if protocol.modality == "fmri" else None
+
+
+def evaluate_condition(
+    windows: PairedWindows, kept: PairedWindows, pool: PairedWindows | None, config: AugmentConfig, site: str,
+    synthesizer: ModelSynthesizer, rois: np.ndarray | None, oracle: bool, folder: Path,
+) -> dict[str, Any]:
+    """Every strategy cross-validated on one condition (``kept`` windows, EEG-only ``pool``), with
+    the oracle row when asked; the report is written to ``folder`` and returned."""
+    samples = prepare_samples(kept, config, site, pool=pool, rois=rois)
+    report, _ = run_augmentation(kept, config, site, synthesizer=synthesizer, samples=samples)
+    if oracle:  # same folds, sources and sizes; the recorded targets instead of generated ones
+        upper, _ = run_augmentation(kept, replace(config, strategies=("generate",)), site, synthesizer=RecordedTargets(windows), samples=samples)
+        report["strategies"]["oracle"] = upper["strategies"]["generate"]
+        report["summary"] = minority_summary(report["strategies"], report["classes"], report["minority_classes"])
+    write_report(report, folder)
+    return report
+
+
 def run_group_variant(
     windows: PairedWindows, protocol: Protocol, synthesizer: ModelSynthesizer, out: Path, *, seed: int, classifier: str, with_eeg: bool, oracle: bool = True
 ) -> dict[str, Any]:
@@ -207,13 +228,7 @@ def run_group_variant(
         classes=protocol.classes, seed=seed, steps=synthesizer.steps, guidance_scale=synthesizer.guidance_scale,
     )  # fmt: skip
     site = f"simulated {protocol.modality} site (group B cut to {protocol.n_minority} per class)"
-    rois = fm.target_parcellation(windows.target_positions, 64, seed=0) if protocol.modality == "fmri" else None
-    samples = prepare_samples(kept, config, site, pool=pool, rois=rois)
-    report, _ = run_augmentation(kept, config, site, synthesizer=synthesizer, samples=samples)
-    if oracle:
-        upper, _ = run_augmentation(kept, replace(config, strategies=("generate",)), site, synthesizer=RecordedTargets(windows), samples=samples)
-        report["strategies"]["oracle"] = upper["strategies"]["generate"]
-    write_report(report, out / "conditions" / f"{protocol.modality}-group-B")
+    report = evaluate_condition(windows, kept, pool, config, site, synthesizer, target_rois(windows, protocol), oracle, out / "conditions" / f"{protocol.modality}-group-B")
     groups = {}
     for name, entry in report["strategies"].items():
         by_group = entry["per_group"]["by_group"]
@@ -246,7 +261,7 @@ def run_protocol(
     windows: PairedWindows, protocol: Protocol, synthesizer: ModelSynthesizer, out: Path, *, seed: int, source: str, classifier: str, with_eeg: bool, oracle: bool = True
 ) -> list[dict[str, Any]]:
     rows = []
-    rois = fm.target_parcellation(windows.target_positions, 64, seed=0) if protocol.modality == "fmri" else None
+    rois = target_rois(windows, protocol)
     for k, minority in enumerate(protocol.classes):
         t0 = time.time()
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(k, len(protocol.classes))))
@@ -257,13 +272,8 @@ def run_protocol(
             steps=synthesizer.steps, guidance_scale=synthesizer.guidance_scale,
         )
         site = f"simulated {protocol.modality} site ({minority} cut to {protocol.n_minority})"
-        samples = prepare_samples(kept, config, site, pool=pool if source == "pool" else None, rois=rois)
-        report, _ = run_augmentation(kept, config, site, synthesizer=synthesizer, samples=samples)
-        if oracle:  # same folds, sources and sizes; the recorded targets instead of generated ones
-            upper, _ = run_augmentation(kept, replace(config, strategies=("generate",)), site, synthesizer=RecordedTargets(windows), samples=samples)
-            report["strategies"]["oracle"] = upper["strategies"]["generate"]
-            report["summary"] = minority_summary(report["strategies"], report["classes"], report["minority_classes"])
-        write_report(report, out / "conditions" / f"{protocol.modality}-{minority}")
+        folder = out / "conditions" / f"{protocol.modality}-{minority}"
+        report = evaluate_condition(windows, kept, pool if source == "pool" else None, config, site, synthesizer, rois, oracle, folder)
         rows.append({"minority": minority, "pool_windows": len(pool) if source == "pool" else 0, "seconds": round(time.time() - t0, 1), "report": report})
         gen = report["strategies"]["generate"]["per_class_f1_mean"][minority]
         base = report["strategies"]["none"]["per_class_f1_mean"][minority]

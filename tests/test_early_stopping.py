@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
-from fedneurogen.server.early_stopping import ResidualEarlyStopping, is_residual
+from fedneurogen.server.early_stopping import ResidualEarlyStopping
+from fedneurogen.shared.model.mean import is_residual_parameter as is_residual
 
 RESIDUAL = "modality_heads.fmri.mean.network.0.weight"
 RIDGE = "modality_heads.fmri.mean.ridge.coef"

@@ -137,6 +137,12 @@ class MeanHead(nn.Module):
         return (linear + residual).transpose(1, 2)
 
 
+def is_residual_parameter(name: str) -> bool:
+    """A trainable parameter of a point prediction's learned residual (by name: the ridge
+    path's own parameters, ``.mean.ridge.``, are frozen)."""
+    return ".mean." in name and ".mean.ridge." not in name
+
+
 #: Ranks tried for the reduced-rank ridge path (None: full rank), chosen on validation subjects.
 RIDGE_RANKS: tuple[int | None, ...] = (2, 4, 8, 16, 32, None)
 
