@@ -132,7 +132,10 @@ def main(grid: Grid, context: Context) -> None:
     # every received message described in run-dir/audit/received.jsonl (audit=false: not logged);
     # array bytes sent and received are counted per round either way
     grid = AuditedGrid(grid, store.dir / AUDIT_FILE if bool(cfg.get("audit", True)) else None)
-    strategy = ModalityStrategy(make_base_strategy(strategy_name, cfg), min_replies=int(cfg.get("min-train-replies", 1)))
+    strategy = ModalityStrategy(
+        make_base_strategy(strategy_name, cfg), min_replies=int(cfg.get("min-train-replies", 1)),
+        max_examples=int(cfg.get("max-examples-per-site", 0)), max_update_norm=float(cfg.get("max-update-norm", 0.0)),
+    )  # fmt: skip
     torch.manual_seed(int(cfg["seed"]))  # the initial global weights
     model = NeuroGenModel(preset, device="cpu")
 

@@ -2,13 +2,19 @@
 
 The model has a shared backbone and one head per target modality (``parameter_modality``). A
 site sends the backbone and its own head. Each part is aggregated by its own instance of the
-chosen Flower strategy (FedAvg, FedProx, FedAdam, FedMedian, FedTrimmedAvg or Krum): the
+chosen Flower strategy (FedAvg, FedProx, FedAdam, FedMedian, FedTrimmedAvg, Krum, MultiKrum or
+Bulyan): the
 backbone over every site, a head over the sites that have that modality only, so an EEG-fNIRS
 site never dilutes the fMRI unpatcher. Separate instances keep separate server-optimizer state
 (FedAdam's moments) per part.
 
 The wrapper also keeps the round's per-site report (anonymous node ids only) and names the
 sites that failed: an error reply, a malformed reply, or no reply before the round timeout.
+It trusts no update: non-finite values, a missing or misshapen parameter, and an example count
+above the site's first-round declaration or ``max-examples-per-site`` make a reply unusable
+(FedAvg would otherwise move to the weights of a site claiming 10^9 examples); with
+``max-update-norm`` an update larger than the bound is scaled down to it (norm bounding, as
+Flower's server-side fixed clipping does, without the noise) and named in the report.
 """
 
 from __future__ import annotations
@@ -20,18 +26,18 @@ from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, Strategy
+from flwr.serverapp.strategy import Bulyan, FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, MultiKrum, Strategy
 from flwr.serverapp.strategy.fedopt import FedOpt
 
 from fedneurogen.shared.model import MODALITIES, parameter_modality
 
 BACKBONE = "backbone"
 PARTS = (BACKBONE, *MODALITIES)
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
 
 
 def part_of(name: str) -> str:
@@ -72,13 +78,17 @@ def make_base_strategy(name: str, settings: dict[str, Any]) -> Callable[[], FedA
         train_metrics_aggr_fn=aggregate_metrics,
         evaluate_metrics_aggr_fn=aggregate_metrics,
     )
+    malicious = int(settings.get("krum-malicious", 0))
     specific: dict[str, Callable[[], FedAvg]] = {
         "fedavg": lambda: FedAvg(**common),
         "fedprox": lambda: FedProx(**common, proximal_mu=float(settings.get("proximal-mu", 0.01))),
         "fedadam": lambda: FedAdam(**common, eta=float(settings.get("server-lr", 1e-3)), tau=float(settings.get("server-tau", 1e-3))),
         "fedmedian": lambda: FedMedian(**common),
         "fedtrimmedavg": lambda: FedTrimmedAvg(**common, beta=float(settings.get("trim-beta", 0.2))),
-        "krum": lambda: Krum(**common, num_malicious_nodes=int(settings.get("krum-malicious", 0))),
+        "krum": lambda: Krum(**common, num_malicious_nodes=malicious),
+        "multikrum": lambda: MultiKrum(**common, num_malicious_nodes=malicious, num_nodes_to_select=int(settings.get("krum-select", 2))),
+        # Bulyan needs 4 x krum-malicious + 3 updates; a part with fewer keeps its global weights
+        "bulyan": lambda: Bulyan(**common, num_malicious_nodes=malicious),
     }
     if name not in specific:
         raise ValueError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
@@ -88,9 +98,12 @@ def make_base_strategy(name: str, settings: dict[str, Any]) -> Callable[[], FedA
 class ModalityStrategy(Strategy):
     """Runs one instance of a Flower strategy per model part (backbone, fMRI head, fNIRS head)."""
 
-    def __init__(self, factory: Callable[[], FedAvg], min_replies: int = 1):
+    def __init__(self, factory: Callable[[], FedAvg], min_replies: int = 1, *, max_examples: int = 0, max_update_norm: float = 0.0):
         self.parts = {part: factory() for part in PARTS}
         self.min_replies = max(1, min_replies)  # fewer usable updates than this: keep the global model
+        self.max_examples = max_examples  # 0: no fixed cap
+        self.max_update_norm = max_update_norm  # 0: no bound
+        self.declared: dict[int, float] = {}  # node -> training examples claimed in its first usable update
         self.sampler = self.parts[BACKBONE]  # samples nodes and builds the messages
         self.current: ArrayRecord = ArrayRecord()
         self.sent: dict[str, set[int]] = {}
@@ -133,6 +146,11 @@ class ModalityStrategy(Strategy):
         examples = float(content["metrics"]["num-examples"])
         if not math.isfinite(examples) or examples < 0:
             return f"malformed reply: num-examples is {examples}"
+        declared = self.declared.get(msg.metadata.src_node_id)
+        if is_train and declared is not None and examples > declared:
+            return f"refused update: num-examples {examples:g} is more than the {declared:g} this site declared in its first round"
+        if is_train and self.max_examples and examples > self.max_examples:
+            return f"refused update: num-examples {examples:g} is above max-examples-per-site = {self.max_examples}"
         modality = content["site"]["modality"] if "site" in content.config_records else None
         if modality not in MODALITIES:
             return f"malformed reply: unknown modality {modality!r}"
@@ -151,7 +169,7 @@ class ModalityStrategy(Strategy):
     def _sort_replies(self, kind: str, replies: Iterable[Message]) -> list[Message]:
         """Usable replies (with examples); fills ``self.report[kind]`` with every site's outcome."""
         is_train = kind == MessageType.TRAIN
-        sites, failures, usable = {}, [], []
+        sites, failures, usable, clipped = {}, [], [], []
         replied = set()
         for msg in replies:
             node = msg.metadata.src_node_id
@@ -163,13 +181,38 @@ class ModalityStrategy(Strategy):
             metrics = {k: v for k, v in msg.content["metrics"].items()}
             sites[str(node)] = {"modality": msg.content["site"]["modality"], **metrics}
             if float(metrics["num-examples"]) > 0:
+                if is_train:
+                    self.declared.setdefault(node, float(metrics["num-examples"]))
+                    msg = self._bound_update(msg, clipped)
                 usable.append(msg)
         for node in sorted(self.sent.get(kind, set()) - replied):
             failures.append({"node": node, "reason": "no reply before the round timeout"})
         for failure in failures:
             log(WARNING, "%s: site (node %s) failed: %s", kind, failure["node"], failure["reason"])
         self.report[kind] = {"sites": sites, "failed": failures}
+        if clipped:
+            self.report[kind]["clipped"] = clipped
         return usable
+
+    def _bound_update(self, msg: Message, clipped: list[dict]) -> Message:
+        """The reply with its update (its weights minus the global ones) scaled to L2 norm at most
+        ``max_update_norm``; a scaled one is recorded in ``clipped``."""
+        if not self.max_update_norm:
+            return msg
+        arrays = msg.content["arrays"]
+        deltas = {k: arrays[k].numpy().astype(np.float64) - self.current[k].numpy() for k in arrays.keys() if k in self.current}
+        norm = math.sqrt(sum(float(np.square(d).sum()) for d in deltas.values()))
+        if norm <= self.max_update_norm:
+            return msg
+        scale = self.max_update_norm / norm
+        log(WARNING, "train: site (node %s) update norm %.3g scaled to max-update-norm = %g", msg.metadata.src_node_id, norm, self.max_update_norm)
+        clipped.append({"node": msg.metadata.src_node_id, "norm": norm, "scaled_to": self.max_update_norm})
+        bounded = ArrayRecord({
+            k: Array((self.current[k].numpy() + scale * deltas[k]).astype(arrays[k].numpy().dtype)) if k in deltas else arrays[k]
+            for k in arrays.keys()
+        })  # fmt: skip
+        content = RecordDict({**{k: v for k, v in msg.content.items() if k != "arrays"}, "arrays": bounded})
+        return Message(content=content, metadata=copy.copy(msg.metadata))
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         usable = self._sort_replies(MessageType.TRAIN, replies)
@@ -204,8 +247,8 @@ class ModalityStrategy(Strategy):
     # -- server optimizer state -----------------------------------------------------------------
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """FedAdam's moments per part (empty for stateless strategies)."""
-        state = {}
+        """FedAdam's moments per part (empty for stateless strategies) and the sites' declared example counts."""
+        state = {f"declared/{node}": np.asarray(count) for node, count in self.declared.items()}
         for part, strategy in self.parts.items():
             for moment in ("m_t", "v_t"):
                 for name, value in (getattr(strategy, moment, None) or {}).items():
@@ -214,6 +257,9 @@ class ModalityStrategy(Strategy):
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         for key, value in state.items():
+            if key.startswith("declared/"):
+                self.declared[int(key.split("/", 1)[1])] = float(value)
+                continue
             part, moment, name = key.split("/", 2)
             strategy = self.parts[part]
             if getattr(strategy, moment, None) is None:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fedneurogen.shared.errors import ConfigError
 
-Strategy = Literal["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum"]
+Strategy = Literal["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan"]
 Preset = Literal["tiny", "small", "base"]  # shared.model.PRESETS (checked in tests)
 SimModality = Literal["fmri", "fnirs", "mixed"]
 Accountant = Literal["rdp", "prv"]
@@ -39,6 +39,9 @@ class RunConfig(BaseModel):
     server_tau: float = Field(0.001, gt=0)
     trim_beta: float = Field(0.2, ge=0, lt=0.5)
     krum_malicious: int = Field(0, ge=0)
+    krum_select: int = Field(2, ge=1)
+    max_examples_per_site: int = Field(0, ge=0)  # 0: no cap beyond the count a site declared in its first round
+    max_update_norm: float = Field(0.0, ge=0)  # 0: updates are not norm-bounded
     fraction_train: float = Field(1.0, gt=0, le=1)
     fraction_evaluate: float = Field(1.0, ge=0, le=1)  # 0: no evaluation rounds
     min_train_nodes: int = Field(2, ge=1)
