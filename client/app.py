@@ -99,6 +99,7 @@ def _privacy(context: Context) -> tuple[privacy.DPSettings | None, privacy.Priva
         target_epsilon=float(run["dp-target-epsilon"]), delta=float(run["dp-delta"]), max_grad_norm=float(run["dp-max-grad-norm"]),
         planned_rounds=int(run.get("dp-rounds", 0)) or int(run["num-server-rounds"]), accountant=str(run.get("dp-accountant", "rdp")),
         statistics_share=float(run.get("dp-statistics-share", 0.1)), statistics_clip=float(run.get("dp-statistics-clip", 600.0)),
+        secure_mode=str(_node_config(context).get("dp-secure-mode", "false")).lower() in ("1", "true", "yes"),
     )
     node = _node_config(context)
     state = site.state_dir(node, run, site.data_path(node, run))
@@ -151,6 +152,10 @@ def evaluate(msg: Message, context: Context) -> Message:
     drills.check_fault(context.run_config, context.node_config)
     run, config = context.run_config, msg.content["config"]
     data = _site(context)
+    if bool(run.get("dp-enabled", False)):
+        # The held-out loss and PCC are functions of the held-out subjects' recordings that no
+        # DP mechanism covers (and a site with few subjects has few held-out ones): withheld.
+        return _reply(msg, data, {"num-examples": len(data.val), "withheld": 1})
     model = site.build_model(str(run["preset"]), msg.content["arrays"].to_torch_state_dict())
     metrics = site.evaluate(
         model, data, class_names=list(config.get("class-names", [])), batch_size=TRAIN_PRESETS[str(run["preset"])].batch_size,

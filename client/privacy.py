@@ -10,8 +10,11 @@ so a restarted site daemon or a resumed run continues it instead of starting fro
 The noise multiplier is set once, for the planned ``rounds x local steps``, so that the run
 ends at ``target_epsilon``; a round that would go past it is not trained (budget exhausted).
 
-Batches are the training loop's shuffled fixed-size batches, accounted like Opacus' own
-``poisson_sampling=False`` mode (sample rate = 1 / batches per epoch).
+Batches are drawn by Poisson sampling (``shared.training.poisson_batches``: each window joins
+each step independently with probability q = 1 / steps per epoch), the sampling the RDP/PRV
+accountants analyse; an empty batch is still a step, of noise only. Opacus' warnings are left
+on: without ``dp-secure-mode`` (a site's node config; needs the ``torchcsprng`` package) the
+noise comes from PyTorch's default generator, which Opacus says is not cryptographically secure.
 
 Before round 1 a site may also release the sufficient statistics of the ridge path
 (``release_statistics``) by the Gaussian mechanism, with one *subject* as the privacy unit: a
@@ -36,6 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.io import write_json_atomic
 from fedneurogen.shared.ridge import RidgeStatistics, sum_statistics
 
@@ -57,6 +61,7 @@ class DPSettings:
     accountant: str = "rdp"  # or "prv"
     statistics_share: float = 0.1  # of target_epsilon, spent on the ridge statistics (0: not released)
     statistics_clip: float = 600.0  # bound on a subject's per-frame-averaged statistics (L2)
+    secure_mode: bool = False  # Opacus' cryptographically secure noise (needs torchcsprng)
 
 
 @dataclass
@@ -130,12 +135,17 @@ def steps_per_epoch(n_windows: int, batch_size: int) -> int:
     return n_windows // batch_size + (1 if n_windows % batch_size >= 2 else 0)
 
 
+def dp_steps_per_epoch(n_windows: int, batch_size: int) -> int:
+    """DP-SGD steps in one epoch of Poisson sampling (``shared.training.poisson_batches``)."""
+    return math.ceil(n_windows / batch_size)
+
+
 def plan_round(ledger: PrivacyLedger, settings: DPSettings, n_windows: int, batch_size: int, epochs: int) -> tuple[float, float, int]:
     """``(noise multiplier, sample rate, steps)`` of this round; sets the ledger's noise
     multiplier at its first round, for the planned number of rounds."""
-    batches = math.ceil(n_windows / batch_size)
+    batches = dp_steps_per_epoch(n_windows, batch_size)
     sample_rate = 1.0 / batches
-    steps = steps_per_epoch(n_windows, batch_size) * epochs
+    steps = batches * epochs
     if ledger.noise_multiplier is None:  # what is left after anything already spent (the statistics)
         ledger.noise_multiplier = noise_for_budget(ledger, settings.target_epsilon, settings.delta, sample_rate, steps * settings.planned_rounds)
     return ledger.noise_multiplier, sample_rate, steps
@@ -226,23 +236,27 @@ def make_private(
     """Wrap ``model`` (already ``prepare_for_dp``-ed) and ``optimizer`` for DP-SGD, the engine's
     accountant continuing the ledger. After training, ``ledger.history = engine.accountant.history``."""
     from opacus import PrivacyEngine
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, TensorDataset
 
-    # The loader only tells Opacus the sample rate (1 / batches); training batches come from
-    # train_epochs' own shuffled plan of the same size.
-    loader = DataLoader(range(n_windows), batch_size=batch_size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # secure RNG / non-Poisson sampling notices
-        engine = PrivacyEngine(accountant=ledger.accountant)
-        engine.accountant.history = list(ledger.history)
-        dp_model, dp_optimizer, _ = engine.make_private(
-            module=model, optimizer=optimizer, data_loader=loader,
-            noise_multiplier=ledger.noise_multiplier, max_grad_norm=settings.max_grad_norm,
-            poisson_sampling=False,
-            # Per-sample gradients from module hooks: about 1.5x a non-private step (see
-            # benchmarks/dp_overhead.py). Ghost clipping ("ghost") measured about 7x: its norms
-            # cost T^2 per layer and the EEG encoder has T = channels x patches ~ 1000 tokens per
-            # window, and it needs a second backward pass.
-            grad_sample_mode="hooks",
-        )
+    # The loader only tells Opacus the sample rate (1 / batches) and the expected batch size it
+    # divides the noisy sum by; the batches themselves come from train_epochs' Poisson sampling
+    # with the same rate.
+    loader = DataLoader(TensorDataset(torch.zeros(n_windows, 1)), batch_size=batch_size)  # Opacus inspects item shapes
+    if settings.secure_mode:
+        try:
+            import torchcsprng  # noqa: F401
+        except ImportError:
+            raise ConfigError("dp-secure-mode needs the torchcsprng package (Opacus' secure noise generator); install it or unset dp-secure-mode") from None
+    engine = PrivacyEngine(accountant=ledger.accountant, secure_mode=settings.secure_mode)
+    engine.accountant.history = list(ledger.history)
+    dp_model, dp_optimizer, _ = engine.make_private(
+        module=model, optimizer=optimizer, data_loader=loader,
+        noise_multiplier=ledger.noise_multiplier, max_grad_norm=settings.max_grad_norm,
+        poisson_sampling=True,
+        # Per-sample gradients from module hooks: about 1.5x a non-private step (see
+        # benchmarks/dp_overhead.py). Ghost clipping ("ghost") measured about 7x: its norms
+        # cost T^2 per layer and the EEG encoder has T = channels x patches ~ 1000 tokens per
+        # window, and it needs a second backward pass.
+        grad_sample_mode="hooks",
+    )
     return dp_model, dp_optimizer, engine

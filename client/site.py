@@ -225,6 +225,7 @@ def train(
         if not privacy.budget_allows(ledger, dp, planned):
             result.update(budget_exhausted=1, **{"num-examples": 0})
             result["epsilon"] = ledger.epsilon(dp.delta)
+            del result["loss"]  # a DP site sends no loss (below)
             return result
         net, optimizer, engine = privacy.make_private(model, optimizer, ledger, dp, n, config.batch_size)
 
@@ -244,13 +245,14 @@ def train(
         stats, _ = train_epochs(
             net, optimizer, [site.train], epochs=epochs, config=config, class_to_index=class_to_index,
             seed=seed, start_step=start_step, deadline=deadline, on_step=proximal_step if anchor else None,
-            clip_gradients=not dp,
+            clip_gradients=not dp, poisson=bool(dp),
         )
     summary = stats.summary()
     result.update(loss=summary["loss"], steps=stats.steps, **{"train-seconds": time.time() - start})
     if dp:
         ledger.history = [tuple(h) for h in engine.accountant.history]
         result["epsilon"] = ledger.epsilon(dp.delta)
+        del result["loss"]  # computed on the training windows outside DP-SGD's noise: withheld
     return result
 
 

@@ -193,7 +193,10 @@ def _round_progress(total: int):
                 epsilon = [m["epsilon"] for m in train.get("sites", {}).values() if "epsilon" in m]
                 fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
                 line = f"round {entry['round']}/{total}: {answered} site(s) answered" + (f", {failed} failed" if failed else "")
-                line += f", train loss {fmt(loss)}, held-out PCC {fmt(pcc)}"
+                if (held_out.get("aggregate") or {}).get("withheld"):  # DP sites send no losses or scores
+                    line += ", losses and held-out PCC withheld under DP"
+                else:
+                    line += f", train loss {fmt(loss)}, held-out PCC {fmt(pcc)}"
                 line += f", epsilon {max(epsilon):.2f}" if epsilon else ""
                 stopping = entry.get("early_stopping") or {}
                 if stopping.get("best_round") is not None:

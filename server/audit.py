@@ -220,6 +220,9 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
 # -- the checker ---------------------------------------------------------------------------------
 
 DEFAULT_CONFIG_KEYS = ("modality", "classes", "points")  # points: fNIRS channel names (with the ridge statistics)
+#: Every metric a site sends: client/site.py (train, evaluate), client/app.py (the statistics
+#: reply's private/epsilon, evaluation withheld under DP). Any other key is flagged.
+METRIC_KEYS = ("num-examples", "loss", "pcc", "steps", "budget_exhausted", "train-seconds", "noise-multiplier", "epsilon", "private", "withheld")
 PATH_SEPARATORS = ("/", "\\")
 
 
@@ -286,11 +289,14 @@ def find_leaks(
     window_shapes: Iterable[Sequence[int]] = (),
     forbidden_strings: Iterable[str] = (),
     config_keys: Iterable[str] = DEFAULT_CONFIG_KEYS,
+    metric_keys: Iterable[str] = METRIC_KEYS,
     max_string: int = 64,
     max_metrics: int = MAX_METRICS,
 ) -> list[str]:
     """Problems in audit-log entries (``read_log``); an empty list means nothing but model
-    parameters, numeric scalars and short labels left the sites.
+    parameters, the known numeric scalars and short labels left the sites. This is a structural
+    check of the messages: it cannot tell what the weights themselves memorised of the data
+    (DP-SGD is what bounds that).
 
     parameter_shapes:  the model's parameters (``{name: shape}``); arrays must be among them
                        with the same shape (None: not checked), or be the ridge statistics
@@ -301,6 +307,7 @@ def find_leaks(
     forbidden_strings: text that must not appear in any string (data roots, site folder names,
                        subject ids); path separators and BIDS ``sub-`` entities are always checked
     config_keys:       the only keys a config record may hold
+    metric_keys:       the only keys a metric record may hold
     max_metrics:       the most scalars one metric record may hold (more could spell out data)
 
     Class names (config ``classes``) must look like task labels (``LABEL`` pattern: one token of
@@ -309,7 +316,7 @@ def find_leaks(
     design_width = next((v[0] for k, v in (parameter_shapes or {}).items() if k.endswith(".mean.ridge.coef")), None)
     windows = [tuple(int(d) for d in w) for w in window_shapes]
     forbidden = [s for s in forbidden_strings if s] + ["sub-"]
-    allowed_config = set(config_keys)
+    allowed_config, allowed_metrics = set(config_keys), set(metric_keys)
     problems: list[str] = []
     for i, entry in enumerate(entries):
         where = f"entry {i} (round {entry.get('round')}, {entry.get('message_type')} from node {entry.get('src_node_id')})"
@@ -340,6 +347,10 @@ def find_leaks(
             elif kind == "metric":
                 if len(record.get("values", {})) > max_metrics:
                     problems.append(f"{where}: metric record {rname} holds {len(record['values'])} values (at most {max_metrics} expected)")
+                unknown = sorted(set(record.get("values", {})) - allowed_metrics)
+                if unknown:
+                    shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+                    problems.append(f"{where}: metric record {rname} holds keys that are not among the known metrics: {shown}")
                 for key, vtype in record.get("values", {}).items():
                     texts.append(key)
                     if vtype not in ("int", "float"):
@@ -437,7 +448,10 @@ def main(argv: list[str] | None = None) -> int:
     shapes, problems = preset_shapes(entries, args.preset)
     print(summarize(entries))
     problems += find_leaks(entries, parameter_shapes=shapes, window_shapes=default_window_shapes(), forbidden_strings=args.forbid)
-    print("\n".join(problems) if problems else f"{len(entries)} messages: no leaks found")
+    if problems:
+        print("\n".join(problems))
+    else:  # a check of the messages' structure, not of what the weights memorised
+        print(f"{len(entries)} messages: no unexpected records (model parameters of the expected shapes, known metrics, task labels)")
     return 1 if problems else 0
 
 

@@ -8,6 +8,7 @@ round; ``Trainer`` wraps it for ``fedneurogen train`` with logs, checkpoints and
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +68,15 @@ def iterate_batches(sizes: Sequence[int], batch_size: int, rng: np.random.Genera
         yield plan[i]
 
 
+def poisson_batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[tuple[int, np.ndarray]]:
+    """``(0, window indices)`` for one epoch of Poisson sampling, the sampling DP-SGD's accountant
+    assumes: ``ceil(n / batch_size)`` steps, each taking every window independently with
+    probability 1 / steps (a batch of ``batch_size`` on average; it may be empty)."""
+    steps = math.ceil(n / batch_size)
+    for _ in range(steps):
+        yield 0, np.flatnonzero(rng.random(n) < 1.0 / steps)
+
+
 def make_optimizer(params: Sequence[torch.nn.Parameter] | Iterator[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(list(params), lr=config.lr, weight_decay=config.weight_decay)
 
@@ -113,12 +123,17 @@ def train_epochs(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     progress: Any = None,
     clip_gradients: bool = True,
+    poisson: bool = False,
 ) -> tuple[EpochStats, int]:
     """Train for ``epochs`` passes over ``sites``; returns the statistics and the new step count.
 
     ``model`` may be an Opacus ``GradSampleModule`` (then pass ``clip_gradients=False``: DP-SGD
-    clips per sample itself). Training stops early, cleanly, at ``deadline`` (``time.time()``).
+    clips per sample itself, and ``poisson=True``: batches by Poisson sampling of one site's
+    windows, as its accountant assumes; an empty batch is still a step, of noise only). Training
+    stops early, cleanly, at ``deadline`` (``time.time()``).
     """
+    if poisson and len(sites) != 1:
+        raise ValueError(f"Poisson sampling trains one site's windows, got {len(sites)} sites")
     inner: NeuroGenModel = getattr(model, "_module", model)
     device = inner.device
     rng = np.random.default_rng(seed)
@@ -127,13 +142,19 @@ def train_epochs(
     step = start_step
     model.train()
     for _ in range(epochs):
-        for site, index in iterate_batches([len(s) for s in sites], config.batch_size, rng):
+        plan = poisson_batches(len(sites[0]), config.batch_size, rng) if poisson else iterate_batches([len(s) for s in sites], config.batch_size, rng)
+        for site, index in plan:
             if deadline is not None and time.time() > deadline:
                 stats.stopped_early = True
                 return stats, step
-            batch = Batch.from_windows(sites[site], np.sort(index), class_to_index, device)
             set_learning_rate(optimizer, config, step)
             optimizer.zero_grad(set_to_none=True)
+            if len(index) == 0:
+                noise_only_step(model, optimizer)
+                step += 1
+                stats.add(0, {"total": 0.0})
+                continue
+            batch = Batch.from_windows(sites[site], np.sort(index), class_to_index, device)
             loss, parts = model(batch, generator=generator)
             loss.backward()
             if clip_gradients:
@@ -148,6 +169,15 @@ def train_epochs(
             if progress is not None:
                 progress(parts)
     return stats, step
+
+
+def noise_only_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """A DP-SGD step on an empty Poisson batch: no gradient, the Gaussian noise alone (Opacus'
+    optimizer clips an empty set of per-sample gradients, then adds noise and counts the step)."""
+    for p in model.parameters():
+        if p.requires_grad:
+            p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+    optimizer.step()
 
 
 @torch.no_grad()

@@ -91,3 +91,8 @@ def test_federate_shows_each_round_as_it_ends(monkeypatch):
     text = out.getvalue()
     assert "round 2/3: 2 site(s) answered, 1 failed, train loss 0.510, held-out PCC 0.123, epsilon 3.50" in text
     assert "residual best at round 1 (kept)" in text and "12 s" in text
+
+    private = {**entry, "train": {**entry["train"], "aggregate": {}}, "evaluate": {"aggregate": {"num-examples": 8, "withheld": 1}}}
+    with cli._round_progress(3) as show:
+        show(private)
+    assert "losses and held-out PCC withheld under DP, epsilon 3.50" in out.getvalue()

@@ -94,7 +94,9 @@ def test_dp_and_plain_training_both_update_the_model_it_still_saves_and_loads(da
         model = fresh_model(start)
         ledger = privacy.PrivacyLedger() if dp else None
         metrics = site.train(model, data, config=CONFIG, epochs=1, class_names=["left", "rest", "right"], seed=0, dp=dp, ledger=ledger)
-        assert np.isfinite(metrics["loss"]) and metrics["steps"] == 3
+        assert metrics["steps"] == 3
+        # the training loss is computed outside DP-SGD's noise: a DP site withholds it
+        assert ("loss" not in metrics) if dp else np.isfinite(metrics["loss"])
         sent = site.site_parameters(model, "fnirs")
         assert sent and all(parameter_modality(name) in (None, "fnirs") for name in sent)
         changed = {name for name, p in model.named_parameters() if not torch.equal(p.detach(), start[name])}
@@ -105,6 +107,31 @@ def test_dp_and_plain_training_both_update_the_model_it_still_saves_and_loads(da
         assert torch.equal(next(loaded.parameters()), next(model.parameters()).detach())
         metrics = site.evaluate(loaded, data, class_names=meta["class_names"], batch_size=8, seed=0, pcc_windows=3)
         assert metrics["num-examples"] == 6 and np.isfinite(metrics["loss"]) and -1 <= metrics["pcc"] <= 1
+
+
+def test_dp_batches_are_poisson_sampled_and_an_empty_batch_is_a_noise_step(data):
+    """The accountant assumes Poisson sampling: each step takes every window with probability
+    q = 1 / steps per epoch, so batch sizes vary around the batch size; an empty batch is still
+    a step (noise only, counted)."""
+    from fedneurogen.shared.training import noise_only_step, poisson_batches
+
+    rng = np.random.default_rng(0)
+    sizes = [len(index) for _ in range(200) for _, index in poisson_batches(100, 8, rng)]
+    assert len(sizes) == 200 * 13  # ceil(100 / 8) steps per epoch
+    assert len(set(sizes)) > 5 and np.mean(sizes) == pytest.approx(100 / 13, rel=0.05)
+
+    settings = privacy.DPSettings(target_epsilon=8.0, delta=1e-5, max_grad_norm=1.0, planned_rounds=1)
+    ledger = privacy.PrivacyLedger()
+    model = fresh_model(None)
+    params = model.prepare_for_dp("fnirs")
+    optimizer = torch.optim.SGD(params, lr=1.0)
+    privacy.plan_round(ledger, settings, 20, 8, 1)
+    net, dp_optimizer, engine = privacy.make_private(model, optimizer, ledger, settings, 20, 8)
+    before = [p.detach().clone() for p in params]
+    dp_optimizer.zero_grad(set_to_none=True)
+    noise_only_step(net, dp_optimizer)
+    assert any(not torch.equal(b, p.detach()) for b, p in zip(before, params)), "no noise was added"
+    assert engine.accountant.history == [(ledger.noise_multiplier, 1 / 3, 1)]
 
 
 def test_prv_accountant_is_cumulative_too():

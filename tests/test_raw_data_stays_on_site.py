@@ -128,12 +128,13 @@ def test_the_documented_audit_command_checks_shapes_labels_and_metric_counts(tmp
         return code, capsys.readouterr().out
 
     code, text = audit(["clean"])
-    assert code == 0 and "no leaks found" in text
+    assert code == 0 and "no unexpected records" in text
     code, text = audit(["eeg window", "scalars", "name"])
     assert code == 1
     assert "eeg_window [64, 3200] is shaped like a data window [64, 3200]" in text
     assert "not the parameters of any preset" in text  # an array no preset has: the preset cannot be inferred
     assert "holds 2001 values" in text and "'P-4711 Doe' does not look like a task label" in text
+    assert "not among the known metrics: m0, m1, m10, m100, m1000 and 1995 more" in text
 
 
 def test_audit_off_still_counts_bytes(tmp_path, task_identity):
