@@ -118,6 +118,10 @@ def _flag(value: object) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
+#: The node-config keys of a site's privacy policy (client/app.py reads the last two).
+POLICY_KEYS = ("dp-required", "dp-max-epsilon", "dp-max-delta", "dp-lifetime-epsilon", "dp-secure-mode")
+
+
 def check_privacy_policy(node_config: dict, run_config: dict) -> None:
     """Refuse a run that asks for less privacy than this site's own policy allows: its operator
     sets it with ``--node-config`` (``dp-required=true``, ``dp-max-epsilon=8``,

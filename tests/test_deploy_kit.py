@@ -26,6 +26,7 @@ COMPOSE_FILES = ("compose.yml", "compose.site.yml", "compose.rehearsal.yml")
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 RUN_CONFIG_KEYS = set(PYPROJECT["tool"]["flwr"]["app"]["config"])
 NODE_CONFIG_KEYS = {"data-path", "state-dir"}
+from fedneurogen.client.refusal import POLICY_KEYS  # noqa: E402  (a site's privacy policy, documented beside)
 
 
 def _pin(name: str) -> str:
@@ -334,6 +335,7 @@ def test_dockerfile_installs_pinned_torch_before_the_package():
 
 UNITS = {
     "fedneurogen-superlink.service": "flower-superlink",
+    "fedneurogen-proxy.service": "nginx",
     "fedneurogen-serverapp.service": "flower-superexec",
     "fedneurogen-supernode@.service": "flower-supernode",
     "fedneurogen-clientapp@.service": "flower-superexec",
@@ -371,6 +373,9 @@ def test_systemd_unit(name):
     assert service["ProtectSystem"] == "strict" and service["Restart"] == "on-failure"
     writable = service["ReadWritePaths"].split()
     assert writable and all(p.startswith(("/var/lib/fedneurogen/", "/var/cache/fedneurogen/")) for p in writable)
+    if UNITS[name] == "nginx":  # the proxy: the SuperLink behind it listens on loopback only
+        assert args[1:3] == ["-c", "${PROXY_CONFIG}"] and "127.0.0.1" in env_text.split("SUPERLINK_HOST=")[1].splitlines()[0]
+        return
     if UNITS[name] == "flower-superlink":
         assert {"--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile", "--enable-supernode-auth", "--disable-runtime-dependency-installation", "--superexec-auth-secret-file"} <= set(f)
         assert f["--isolation"] == "process" and f["--database"].startswith(writable[0])
@@ -411,7 +416,8 @@ def test_readme_config_keys_exist():
     for key in ("dp-enabled", "dp-target-epsilon", "dp-delta", "dp-max-grad-norm", "dp-rounds", "resume", "run-dir"):
         assert key in keys["--run-config"], f"the README's runs do not show {key}"
     inline = set(re.findall(r"`([a-z][a-z0-9-]*)=[^`\s]*`", text))  # `strategy="krum"`, `trim-beta=0.34`, ...
-    assert inline <= RUN_CONFIG_KEYS | NODE_CONFIG_KEYS, f"unknown keys in the README's prose: {inline - RUN_CONFIG_KEYS - NODE_CONFIG_KEYS}"
+    known = RUN_CONFIG_KEYS | NODE_CONFIG_KEYS | set(POLICY_KEYS)
+    assert inline <= known, f"unknown keys in the README's prose: {inline - known}"
     for block in blocks:
         assert "--insecure" not in block
 

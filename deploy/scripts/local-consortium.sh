@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# A local consortium for rehearsal: CA, a TLS SuperLink with node authentication behind an nginx
+# proxy that gives the sites the Fleet API only and the admins the Control API only, and N
+# authenticated site daemons with their privacy policies, as real processes on loopback.
+#   deploy/scripts/local-consortium.sh up DIR [--sites N] [--data-root ROOT] [--site-config 'key="value" ...']
+#   deploy/scripts/local-consortium.sh down DIR
+# `up` writes DIR/endpoints.env (SITE_ADDRESS, ADMIN_ADDRESS, CA_CERT, FLWR_HOME, FLWR_CONNECTION);
+# `down` stops exactly the processes `up` started. Needs nginx and the fedneurogen environment
+# (flower-superlink, flower-supernode and flwr on PATH).
+set -euo pipefail
+PYTHON="${PYTHON:-python3}"
+exec "$PYTHON" -m fedneurogen.simulations.consortium "$@"

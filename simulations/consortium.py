@@ -1,0 +1,285 @@
+"""A local consortium for rehearsal and tests: the deployment's trust boundaries, as real
+processes on loopback.
+
+    python -m fedneurogen.simulations.consortium up DIR --sites 2     # or deploy/scripts/local-consortium.sh
+    python -m fedneurogen.simulations.consortium down DIR
+
+``up`` starts, each in its own session so that they outlive the command:
+
+- a consortium CA and the SuperLink's TLS certificate (``DIR/certs``);
+- ``flower-superlink`` with TLS and SuperNode authentication, listening on loopback only: its one
+  HTTP port serves the sites' Fleet API (``/v1/fleet``), the Control API (``/v1/control``: submit,
+  list and stop runs, register nodes) and the Runtime API (``/v1/runtime``) alike, so it is never
+  exposed itself;
+- nginx in front of it with two TLS listeners (``DIR/proxy/nginx.conf``): the **site address**
+  forwards ``/v1/fleet`` only, the **admin address** ``/v1/control`` only; everything else is
+  answered 403. In a real deployment the admin listener binds to the coordinator's admin network;
+  here both are on 127.0.0.1 on different ports;
+- one authenticated ``flower-supernode`` per site (keys in ``DIR/keys``, registered through the
+  admin address), connected to the site address, with its node config: data, state folder and
+  the site's privacy policy (``--site-config``);
+
+and writes ``DIR/endpoints.env`` (``SITE_ADDRESS``, ``ADMIN_ADDRESS``, ``CA_CERT``, ``FLWR_HOME``
+and ``FLWR_CONNECTION`` for ``flwr`` on the admin side) and ``DIR/processes.json``, from which
+``down`` stops exactly the processes ``up`` started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedneurogen.shared.errors import ConfigError
+from fedneurogen.shared.io import write_json_atomic, write_text_atomic
+from fedneurogen.shared.pki import make_ca, make_node_keypair, make_server_certificate
+from fedneurogen.simulations.federated import (
+    FederationError, LocalSuperLink, TlsFiles, alive, ensure_sites, free_port, register_supernode, start_supernode, stop_process, tail,
+    write_connection,
+)
+
+CONNECTION = "consortium"
+PROCESSES = "processes.json"
+ENDPOINTS = "endpoints.env"
+#: The path prefix of each API on the SuperLink's one HTTP port (flwr 1.41's routers).
+FLEET_PREFIX, CONTROL_PREFIX = "/v1/fleet/", "/v1/control/"
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    site_address: str  # what SuperNodes connect to: the Fleet API only
+    admin_address: str  # what the coordinator's admins use with flwr: the Control API only
+    ca_cert: Path
+    flwr_home: Path  # a Flower home whose connection CONNECTION points at the admin address
+    connection: str = CONNECTION
+
+    def env_file(self) -> str:
+        return "".join(
+            f"{key}={value}\n"
+            for key, value in (
+                ("SITE_ADDRESS", self.site_address), ("ADMIN_ADDRESS", self.admin_address), ("CA_CERT", self.ca_cert),
+                ("FLWR_HOME", self.flwr_home), ("FLWR_CONNECTION", self.connection),
+            )
+        )  # fmt: skip
+
+
+def nginx_config(
+    folder: Path, tls: TlsFiles, upstream: str, site_listen: str, admin_listen: str, *, upstream_name: str = "localhost",
+) -> str:
+    """nginx in front of the SuperLink (at ``upstream``, HTTPS; its certificate must list
+    ``upstream_name``): two TLS listeners, the site one forwarding the Fleet API's prefix only,
+    the admin one the Control API's; everything else is answered 403. ``folder`` holds the pid
+    file and logs. The one definition of the routing, for the local consortium and for
+    ``proxy-config`` (a real coordinator)."""
+
+    def server(listen: str, prefix: str, role: str) -> str:
+        return f"""
+    server {{  # {role}
+        listen {listen} ssl http2;
+        ssl_certificate {tls.certificate};
+        ssl_certificate_key {tls.private_key};
+        location {prefix} {{
+            proxy_pass https://superlink;
+            proxy_http_version 1.1;
+            proxy_set_header Host $http_host;
+            proxy_ssl_trusted_certificate {tls.ca_certificate};
+            proxy_ssl_verify on;
+            proxy_ssl_name {upstream_name};
+            # stream both ways, nothing to disk: long polls and logs pass through as they come,
+            # and nginx's workers (an unprivileged user) need no writable folder here
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_read_timeout 3600s;
+            client_max_body_size 0;  # apps and model updates are large
+        }}
+        location / {{ return 403; }}
+    }}"""
+
+    return f"""# written by fedneurogen.simulations.consortium; the SuperLink itself listens on {upstream} only
+daemon off;
+pid {folder / "nginx.pid"};
+error_log {folder / "error.log"} warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log {folder / "access.log"};
+    # nginx creates these at start; nothing is buffered to them (see below)
+    client_body_temp_path {folder / "client_body"};
+    proxy_temp_path {folder / "proxy"};
+    fastcgi_temp_path {folder / "fastcgi"};
+    uwsgi_temp_path {folder / "uwsgi"};
+    scgi_temp_path {folder / "scgi"};
+    upstream superlink {{ server {upstream}; }}
+{server(site_listen, FLEET_PREFIX, "site address: the Fleet API, nothing else")}
+{server(admin_listen, CONTROL_PREFIX, "admin address: the Control API, nothing else")}
+}}
+"""
+
+
+def _wait_listening(port: int, proc: subprocess.Popen, log: Path, what: str, timeout: float = 30.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise FederationError(f"{what} exited with code {proc.returncode}:\n{tail(log)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise FederationError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f} s:\n{tail(log)}")
+
+
+def start_proxy(folder: Path, tls: TlsFiles, upstream: str) -> tuple[subprocess.Popen, int, int]:
+    """nginx in the foreground, in its own session; returns it and the site and admin ports."""
+    nginx = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).is_file()), None)
+    if nginx is None:
+        raise ConfigError("the local consortium needs nginx (Debian/Ubuntu: apt-get install nginx-light)")
+    folder.mkdir(parents=True, exist_ok=True)
+    site_port, admin_port = free_port(), free_port()
+    config = folder / "nginx.conf"
+    write_text_atomic(config, nginx_config(folder, tls, upstream, f"127.0.0.1:{site_port}", f"127.0.0.1:{admin_port}"))
+    log = folder / "nginx.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([nginx, "-p", str(folder), "-c", str(config)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    for port in (site_port, admin_port):
+        _wait_listening(port, proc, log, "nginx")
+    return proc, site_port, admin_port
+
+
+def up(
+    folder: Path, *, sites: int = 2, data_root: Path | None = None, modality: str = "fmri", subjects_per_site: int = 3,
+    site_config: str = 'dp-max-epsilon="10"', seed: int = 0,
+) -> Endpoints:
+    """Start the consortium in ``folder`` (see the module's docstring); returns its endpoints."""
+    folder = Path(folder).resolve()
+    if (folder / PROCESSES).is_file() and any(alive(p["pid"]) for p in json.loads((folder / PROCESSES).read_text())):
+        raise ConfigError(f"a consortium is already up in {folder}; stop it first with `down {folder}`")
+    if sites < 1:
+        raise ConfigError(f"--sites must be at least 1, got {sites}")
+    certs, keys, logs = folder / "certs", folder / "keys", folder / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    if not (certs / "ca.crt").is_file():
+        make_ca(certs)
+        make_server_certificate(certs, certs, ["127.0.0.1", "localhost"])
+    tls = TlsFiles.in_folder(certs)
+    root = Path(data_root or folder / "data").resolve()
+    data = [root / f"site-{i:02d}" for i in range(1, sites + 1)]
+    if not all(site.is_dir() for site in data):  # a site's own BIDS folders are used as they are
+        data = ensure_sites(root, sites, modality, subjects_per_site, seed)
+
+    started: list[dict] = []
+
+    def remember(name: str, proc: subprocess.Popen) -> None:
+        started.append({"name": name, "pid": proc.pid})
+        write_json_atomic(folder / PROCESSES, started)  # written as it grows: a failed `up` can still be taken `down`
+
+    try:
+        link = LocalSuperLink(folder / "superlink", simulation=False, log_file=logs / "superlink.log", tls=tls, node_auth=True)
+        link.start()
+        remember("superlink", link.proc)
+        proxy, site_port, admin_port = start_proxy(folder / "proxy", tls, link.address)
+        remember("proxy", proxy)
+        endpoints = Endpoints(f"127.0.0.1:{site_port}", f"127.0.0.1:{admin_port}", tls.ca_certificate, folder / "admin")
+        write_connection(endpoints.flwr_home, CONNECTION, endpoints.admin_address, root_certificates=tls.ca_certificate)
+        for i, site in enumerate(data, start=1):
+            name = f"site-{i:02d}"
+            if not (keys / f"{name}.pub").is_file():
+                make_node_keypair(keys, name)
+            register_supernode(endpoints.flwr_home, CONNECTION, keys / f"{name}.pub", name=name)
+            config = f'data-path="{site}" state-dir="{folder / "state" / name}" {site_config}'.strip()
+            node = start_supernode(
+                folder / "nodes" / name, endpoints.site_address, config, logs / f"{name}.log",
+                root_certificates=tls.ca_certificate, auth_key=keys / name,
+            )  # fmt: skip
+            remember(name, node)
+    except BaseException:
+        down(folder)
+        raise
+    write_text_atomic(folder / ENDPOINTS, endpoints.env_file())
+    return endpoints
+
+
+def down(folder: Path) -> list[str]:
+    """Stop every process ``up`` started in ``folder`` (and their children); returns their names."""
+    folder = Path(folder).resolve()
+    record = folder / PROCESSES
+    if not record.is_file():
+        return []
+    stopped = []
+    for entry in reversed(json.loads(record.read_text())):  # sites first, the SuperLink last
+        if alive(entry["pid"]):
+            stop_process(_Handle(entry["pid"]))
+            stopped.append(entry["name"])
+    record.unlink()
+    return stopped
+
+
+class _Handle:
+    """What ``stop_process`` needs of a ``Popen`` for a process started by an earlier command."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    def poll(self) -> int | None:
+        return None if alive(self.pid) else 0
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = time.time() + (timeout if timeout is not None else 1e9)
+        while alive(self.pid):
+            if time.time() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
+            time.sleep(0.1)
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="local-consortium", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    start = commands.add_parser("up", help="start the consortium in DIR")
+    start.add_argument("dir", type=Path)
+    start.add_argument("--sites", type=int, default=2)
+    start.add_argument("--data-root", type=Path, default=None, help="BIDS folders site-01, site-02 ... here (simulated if missing; default DIR/data)")
+    start.add_argument("--modality", default="fmri", choices=("fmri", "fnirs", "mixed"))
+    start.add_argument("--subjects-per-site", type=int, default=3)
+    start.add_argument("--site-config", default='dp-max-epsilon="10"', help="added to every site's node config (its privacy policy)")
+    stop = commands.add_parser("down", help="stop the consortium in DIR")
+    stop.add_argument("dir", type=Path)
+    proxy = commands.add_parser("proxy-config", help="write the proxy's nginx.conf for a real coordinator (deploy/README.md)")
+    proxy.add_argument("--out", type=Path, required=True, help="the nginx.conf to write")
+    proxy.add_argument("--site-listen", required=True, help="address:port the sites reach, e.g. 0.0.0.0:8443")
+    proxy.add_argument("--admin-listen", required=True, help="address:port on the admins' network only, e.g. 10.1.0.5:9443")
+    proxy.add_argument("--upstream", default="127.0.0.1:8000", help="where the SuperLink listens (loopback)")
+    proxy.add_argument("--upstream-name", default="localhost", help="a name the SuperLink's certificate lists")
+    proxy.add_argument("--certs", type=Path, required=True, help="folder with superlink.crt, superlink.key, ca.crt (make-certs.sh)")
+    proxy.add_argument("--state", type=Path, default=Path("/var/lib/fedneurogen/proxy"), help="pid file and logs")
+    args = parser.parse_args(argv)
+    if args.command == "proxy-config":
+        text = nginx_config(args.state, TlsFiles.in_folder(args.certs), args.upstream, args.site_listen, args.admin_listen, upstream_name=args.upstream_name)
+        write_text_atomic(args.out, text)
+        print(f"wrote {args.out}: sites {args.site_listen} -> {FLEET_PREFIX}, admins {args.admin_listen} -> {CONTROL_PREFIX}")
+        return 0
+    try:
+        if args.command == "up":
+            endpoints = up(
+                args.dir, sites=args.sites, data_root=args.data_root, modality=args.modality,
+                subjects_per_site=args.subjects_per_site, site_config=args.site_config,
+            )  # fmt: skip
+            print(f"consortium up in {args.dir.resolve()}:")
+            print(endpoints.env_file(), end="")
+            print(f"submit a run: FLWR_HOME={endpoints.flwr_home} flwr run . {CONNECTION}")
+        else:
+            names = down(args.dir)
+            print(f"stopped: {', '.join(names)}" if names else f"nothing running in {args.dir}")
+    except (ConfigError, FederationError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
