@@ -393,6 +393,23 @@ def privacy_budget(
         console.print(f"all {len(paths)} runs on this site's data together: epsilon <= {total:.3f} (delta <= {len(paths) * delta:g}; basic composition)")
 
 
+@app.command("app-hash")
+def app_hash_command(
+    app_folder: Path = typer.Option(None, "--app", help="The Flower app folder (default: this FedNeuroGen release)."),
+) -> None:
+    """The SHA-256 of the app a run of this release sends: the line a site puts in its
+    allowlist of apps (fedneurogen.client.site_exec)."""
+    from fedneurogen.client.site_exec import app_hash
+    from fedneurogen.shared.errors import ConfigError
+    from fedneurogen.simulations.federated import app_dir
+
+    folder = app_folder or app_dir()
+    try:
+        console.print(f"{app_hash(folder)}  # {folder}", highlight=False, soft_wrap=True)
+    except ConfigError as err:
+        _fail(str(err))
+
+
 certs_app = typer.Typer(help="Certificates and keys for a deployed federation (TLS, SuperNode authentication).", no_args_is_help=True)
 app.add_typer(certs_app, name="certs")
 

@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedneurogen.shared.errors import ConfigError
-from fedneurogen.shared.io import atomic_path, write_json_atomic
+from fedneurogen.shared.io import atomic_path, file_sha256, write_json_atomic, write_text_atomic
 from fedneurogen.shared.model import EMA, Batch, NeuroGenModel
 from fedneurogen.shared.recording import PairedWindows
 
@@ -249,17 +249,35 @@ class BestMean:
 
 
 def save_training_state(path: Path, optimizer: torch.optim.Optimizer, step: int, epoch: int, extra: dict[str, Any] | None = None) -> None:
-    """Optimiser state and counters next to a checkpoint, written atomically."""
+    """Optimiser state and counters next to a checkpoint, written atomically, with its SHA-256
+    beside it (``train_state.pt.sha256``) so that a damaged file is refused on resume."""
     state = {"optimizer": optimizer.state_dict(), "step": step, "epoch": epoch, **(extra or {})}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+    write_text_atomic(_hash_file(path), file_sha256(path) + "\n")
+
+
+def _hash_file(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
 
 
 def load_training_state(path: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The state ``save_training_state`` wrote; refused (``ConfigError`` naming the file) when
+    its hash does not match or it holds anything but tensors and plain values: it is loaded with
+    ``weights_only=True``, so a planted pickle in a run folder cannot run code."""
+    import pickle
+
+    recorded = _hash_file(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        expected = recorded.read_text(encoding="utf-8").strip()
+    except OSError:
+        raise ConfigError(f"cannot resume from {path}: its hash {recorded.name} is missing (a run saved before hashes; start a new run)") from None
+    if file_sha256(path) != expected:
+        raise ConfigError(f"cannot resume from {path}: the file is damaged or was changed (its SHA-256 differs from {recorded.name})")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
-    except (OSError, RuntimeError, KeyError, ValueError) as err:
+    except (OSError, RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as err:
         raise ConfigError(f"cannot resume from {path}: {err}") from err
     return state
 

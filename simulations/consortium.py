@@ -17,7 +17,9 @@ processes on loopback.
   here both are on 127.0.0.1 on different ports;
 - one authenticated ``flower-supernode`` per site (keys in ``DIR/keys``, registered through the
   admin address), connected to the site address, with its node config: data, state folder and
-  the site's privacy policy (``--site-config``);
+  the site's privacy policy (``--site-config``), and the site's gate on apps
+  (``fedneurogen.client.site_exec``): only apps whose hash is in ``--allowed-apps`` (default:
+  this FedNeuroGen release, ``DIR/allowed-apps.txt``) are launched;
 
 and writes ``DIR/endpoints.env`` (``SITE_ADDRESS``, ``ADMIN_ADDRESS``, ``CA_CERT``, ``FLWR_HOME``
 and ``FLWR_CONNECTION`` for ``flwr`` on the admin side) and ``DIR/processes.json``, from which
@@ -36,12 +38,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedneurogen.client.site_exec import app_hash, install_shim, read_allowlist
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.io import write_json_atomic, write_text_atomic
 from fedneurogen.shared.pki import make_ca, make_node_keypair, make_server_certificate
 from fedneurogen.simulations.federated import (
-    FederationError, LocalSuperLink, TlsFiles, alive, ensure_sites, free_port, register_supernode, start_supernode, stop_process, tail,
-    write_connection,
+    FederationError, LocalSuperLink, TlsFiles, alive, app_dir, ensure_sites, free_port, register_supernode, start_supernode, stop_process,
+    tail, write_connection,
 )
 
 CONNECTION = "consortium"
@@ -153,7 +156,7 @@ def start_proxy(folder: Path, tls: TlsFiles, upstream: str) -> tuple[subprocess.
 
 def up(
     folder: Path, *, sites: int = 2, data_root: Path | None = None, modality: str = "fmri", subjects_per_site: int = 3,
-    site_config: str = 'dp-max-epsilon="10"', seed: int = 0,
+    site_config: str = 'dp-max-epsilon="10"', seed: int = 0, allowed_apps: Path | None = None,
 ) -> Endpoints:
     """Start the consortium in ``folder`` (see the module's docstring); returns its endpoints."""
     folder = Path(folder).resolve()
@@ -167,6 +170,10 @@ def up(
         make_ca(certs)
         make_server_certificate(certs, certs, ["127.0.0.1", "localhost"])
     tls = TlsFiles.in_folder(certs)
+    if allowed_apps is None:  # the sites approve this release of FedNeuroGen, nothing else
+        allowed_apps = folder / "allowed-apps.txt"
+        write_text_atomic(allowed_apps, f"{app_hash(app_dir())}  # FedNeuroGen, {app_dir()}\n")
+    read_allowlist(allowed_apps)  # a clear error now rather than a silent refusal of every run
     root = Path(data_root or folder / "data").resolve()
     data = [root / f"site-{i:02d}" for i in range(1, sites + 1)]
     if not all(site.is_dir() for site in data):  # a site's own BIDS folders are used as they are
@@ -192,9 +199,10 @@ def up(
                 make_node_keypair(keys, name)
             register_supernode(endpoints.flwr_home, CONNECTION, keys / f"{name}.pub", name=name)
             config = f'data-path="{site}" state-dir="{folder / "state" / name}" {site_config}'.strip()
+            gate = install_shim(folder / "nodes" / name / "bin", Path(allowed_apps).resolve())
             node = start_supernode(
                 folder / "nodes" / name, endpoints.site_address, config, logs / f"{name}.log",
-                root_certificates=tls.ca_certificate, auth_key=keys / name,
+                root_certificates=tls.ca_certificate, auth_key=keys / name, path_prefix=gate.parent,
             )  # fmt: skip
             remember(name, node)
     except BaseException:
@@ -247,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--modality", default="fmri", choices=("fmri", "fnirs", "mixed"))
     start.add_argument("--subjects-per-site", type=int, default=3)
     start.add_argument("--site-config", default='dp-max-epsilon="10"', help="added to every site's node config (its privacy policy)")
+    start.add_argument("--allowed-apps", type=Path, default=None, help="the sites' allowlist of app hashes (default: this FedNeuroGen release)")
     stop = commands.add_parser("down", help="stop the consortium in DIR")
     stop.add_argument("dir", type=Path)
     proxy = commands.add_parser("proxy-config", help="write the proxy's nginx.conf for a real coordinator (deploy/README.md)")
@@ -267,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             endpoints = up(
                 args.dir, sites=args.sites, data_root=args.data_root, modality=args.modality,
-                subjects_per_site=args.subjects_per_site, site_config=args.site_config,
+                subjects_per_site=args.subjects_per_site, site_config=args.site_config, allowed_apps=args.allowed_apps,
             )  # fmt: skip
             print(f"consortium up in {args.dir.resolve()}:")
             print(endpoints.env_file(), end="")

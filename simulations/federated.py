@@ -234,13 +234,16 @@ def write_connection(flwr_home: Path, name: str, address: str, root_certificates
 
 def start_supernode(
     flwr_home: Path, superlink: str, node_config: str, log_file: Path, *, root_certificates: Path | None = None,
-    auth_key: Path | None = None, max_retries: int | None = None, threads: int = 1,
+    auth_key: Path | None = None, max_retries: int | None = None, threads: int = 1, path_prefix: Path | None = None,
 ) -> subprocess.Popen:
     """A ``flower-supernode`` site daemon in its own session (stop it with ``stop_process``).
     ``root_certificates``: the CA that must have signed the SuperLink's certificate (else
     plain text); ``auth_key``: the site's private authentication key; ``max_retries``: give up
-    after that many failed connection attempts instead of retrying forever."""
+    after that many failed connection attempts instead of retrying forever; ``path_prefix``: a
+    folder searched first for the programs it starts (the site's ``flower-superexec`` gate)."""
     env = flower_env(flwr_home)
+    if path_prefix is not None:
+        env["PATH"] = f"{path_prefix}{os.pathsep}{env.get('PATH', '')}"
     env["OMP_NUM_THREADS"] = str(threads)  # sites sharing one machine share its cores
     cmd = ["flower-supernode", "--superlink", superlink, "--port", str(free_port()), "--node-config", node_config]
     cmd += ["--root-certificates", str(root_certificates)] if root_certificates else ["--insecure"]

@@ -338,7 +338,7 @@ UNITS = {
     "fedneurogen-proxy.service": "nginx",
     "fedneurogen-serverapp.service": "flower-superexec",
     "fedneurogen-supernode@.service": "flower-supernode",
-    "fedneurogen-clientapp@.service": "flower-superexec",
+    "fedneurogen-clientapp@.service": "python",  # -m fedneurogen.client.site_exec: flower-superexec behind the app allowlist
 }
 ENV_FILES = {"/etc/fedneurogen/superlink.env": "superlink.env", "/etc/fedneurogen/%i.env": "site.env.example"}
 
@@ -386,7 +386,8 @@ def test_systemd_unit(name):
         assert set(config) == NODE_CONFIG_KEYS
     else:
         assert {"--runtime-api-address", "--root-certificates", "--superexec-auth-secret-file"} <= set(f)
-    if name == "fedneurogen-clientapp@.service":  # the ledgers' folder is writable and is STATE_DIR
+    if name == "fedneurogen-clientapp@.service":  # the gate on apps; the ledgers' folder is writable and is STATE_DIR
+        assert args[1:3] == ["-m", "fedneurogen.client.site_exec"] and f["--allowed-apps"] == "${ALLOWED_APPS}"
         assert "/var/lib/fedneurogen/%i" in writable
         assert re.search(r"^STATE_DIR=/var/lib/fedneurogen/hospital-a$", env_text, re.M)
     if name == "fedneurogen-serverapp.service":

@@ -1,8 +1,9 @@
 """The local consortium (deploy/scripts/local-consortium.sh): the trust boundaries of a real
 deployment on loopback. The sites' address serves the Fleet API only, so no one there can list
-or submit runs; the admin address runs a real FedNeuroGen round; an unregistered site key and a
-plaintext client are refused; a site's privacy policy refuses a run that asks for too much;
-``down`` stops exactly what ``up`` started."""
+or submit runs; the admin address runs a real FedNeuroGen round; an app other than the approved
+release is never launched at a site; an unregistered site key and a plaintext client are
+refused; a site's privacy policy refuses a run that asks for too much; ``down`` stops exactly
+what ``up`` started."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from fedneurogen.simulations.federated import alive, flower_env, flwr_run, start_supernode, write_connection
+from fedneurogen.client.site_exec import app_hash, read_allowlist
 from fedneurogen.shared.pki import make_node_keypair
+from fedneurogen.simulations.federated import alive, app_dir, flower_env, flwr_run, start_supernode, write_connection
 
 SCRIPT = Path(__file__).resolve().parents[1] / "deploy" / "scripts" / "local-consortium.sh"
 pytestmark = pytest.mark.skipif(
@@ -72,6 +74,18 @@ def consortium(tmp_path_factory, federation_sites):
             admin, env["FLWR_CONNECTION"], {**ROUND, "run-dir": str(result["greedy_dir"]), "dp-enabled": True, "dp-target-epsilon": 50.0},
             timeout=420, log_file=folder / "greedy.log",
         )  # fmt: skip
+        # an app that is not the approved release (here: the same app with one line changed)
+        other = folder / "other-app"
+        other.mkdir()
+        for name in ("pyproject.toml", "README.md"):
+            (other / name).write_text((app_dir() / name).read_text())
+        with open(other / "README.md", "a") as readme:
+            readme.write("\nchanged by someone\n")
+        result["other_hash"], result["other_dir"] = app_hash(other), folder / "other"
+        flwr_run(
+            admin, env["FLWR_CONNECTION"], {**ROUND, "run-dir": str(result["other_dir"]), "dp-enabled": True, "round-timeout": 15.0},
+            app=other, timeout=300, log_file=folder / "other.log",
+        )  # fmt: skip
     finally:
         result["down"] = script("down", folder)
     yield result
@@ -88,6 +102,17 @@ def test_a_run_from_the_admin_address_completes_at_both_sites(consortium):
     (entry,) = json.loads((consortium["run_dir"] / "history.json").read_text())
     assert not entry["train"]["failed"] and len(entry["train"]["sites"]) == 2
     assert all(0 < m["epsilon"] <= 8.0 for m in entry["train"]["sites"].values())
+
+
+def test_an_app_that_is_not_the_approved_release_is_never_launched_at_a_site(consortium):
+    approved = read_allowlist(consortium["folder"] / "allowed-apps.txt")
+    assert approved == {app_hash(app_dir())} and consortium["other_hash"] not in approved
+    (entry,) = json.loads((consortium["other_dir"] / "history.json").read_text())
+    assert not entry["train"]["sites"] and len(entry["train"]["failed"]) == 2  # no site ran it
+    assert all(f["reason"] == "no reply before the round timeout" for f in entry["train"]["failed"])
+    for site in ("site-01", "site-02"):
+        log = (consortium["folder"] / "logs" / f"{site}.log").read_text(errors="replace")
+        assert f"site refused app {consortium['other_hash']}" in log and "not in the allowlist" in log
 
 
 def test_the_sites_policy_refuses_a_run_that_asks_for_more(consortium):

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.model import load_checkpoint, read_checkpoint_config
@@ -67,3 +68,41 @@ def test_time_limit_stops_and_still_checkpoints(small_fmri_windows, tmp_path):
 def test_resume_without_checkpoint_is_a_clear_error(small_fmri_windows, tmp_path):
     with pytest.raises(ConfigError, match="no checkpoint"):
         train_centralized(small_fmri_windows, tmp_path / "empty", preset="tiny", resume=True, device="cpu", progress=False)
+
+
+def test_a_damaged_or_planted_training_state_is_refused(tmp_path):
+    """``train --resume`` reads train_state.pt: a flipped byte is caught by its hash, and a pickle
+    that would run code is not unpickled (weights_only), each with the file named."""
+    import pickle
+
+    from fedneurogen.shared.errors import ConfigError
+    from fedneurogen.shared.io import file_sha256
+    from fedneurogen.shared.training import load_training_state, save_training_state
+
+    weights = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.AdamW([weights], lr=0.1)
+    weights.grad = torch.ones(3)
+    optimizer.step()
+    path = tmp_path / "train_state.pt"
+    save_training_state(path, optimizer, step=7, epoch=2)
+    fresh = torch.optim.AdamW([torch.nn.Parameter(torch.ones(3))], lr=0.1)
+    assert load_training_state(path, fresh)["step"] == 7 and fresh.state_dict()["state"][0]["exp_avg"].shape == (3,)
+
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match=r"train_state\.pt: the file is damaged or was changed"):
+        load_training_state(path, fresh)
+
+    class Payload:  # unpickling this would call os.system
+        def __reduce__(self):
+            import os
+
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    with open(path, "wb") as out:
+        pickle.dump({"optimizer": Payload(), "step": 0, "epoch": 0}, out)
+    (tmp_path / "train_state.pt.sha256").write_text(file_sha256(path))  # the attacker rewrote the hash too
+    with pytest.raises(ConfigError, match=r"cannot resume from .*train_state\.pt"):
+        load_training_state(path, fresh)
+    assert not (tmp_path / "pwned").exists()
