@@ -21,6 +21,7 @@ from flwr.common.constant import ErrorCode
 
 from fedneurogen.client import drills, privacy, site
 from fedneurogen.client.refusal import SiteRefusal, check_run, simulated_node_config
+from fedneurogen.shared.records import describe_content
 from fedneurogen.shared.ridge import STATISTICS_REQUEST
 from fedneurogen.shared.training import TRAIN_PRESETS
 
@@ -42,20 +43,46 @@ def _site(context: Context) -> site.SiteData:
 
 def _guarded(handler):
     """A failing site replies with the kind of error only: exception messages can name the
-    site's files, so the full traceback stays in the site's own log."""
+    site's files, so the full traceback stays in the site's own log. Every reply, error or not,
+    is described in the site's own log of what it sent (``_record_sent``)."""
 
     @functools.wraps(handler)
     def wrapper(msg: Message, context: Context) -> Message:
         try:
-            return handler(msg, context)
+            reply = handler(msg, context)
         except SiteRefusal as err:  # a reason the site may tell; the detail (paths) stays here
             log(ERROR, "site refused %s: %s", msg.metadata.message_type, err.detail)
-            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"site refused: {err.public}"), reply_to=msg)
+            reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"site refused: {err.public}"), reply_to=msg)
         except Exception as err:  # noqa: BLE001 - every failure becomes an error reply
             log(ERROR, "site failed handling %s:\n%s", msg.metadata.message_type, traceback.format_exc())
-            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"site raised {type(err).__name__}"), reply_to=msg)
+            reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"site raised {type(err).__name__}"), reply_to=msg)
+        _record_sent(context, msg, reply)
+        return reply
 
     return wrapper
+
+
+SENT_LOG = "sent.jsonl"
+
+
+def _record_sent(context: Context, msg: Message, reply: Message) -> None:
+    """Append what this reply holds (array names and shapes, metric keys, config values; no
+    numbers) to ``sent.jsonl`` in the site's state folder: the site's own record of what left
+    it, in the form of the coordinator's audit log, kept by the site rather than by the party
+    it audits. A site whose state folder cannot be found or written logs that and goes on."""
+    try:
+        node, run = _node_config(context), context.run_config
+        folder = site.state_dir(node, run, site.data_path(node, run))
+        entry = {
+            "time": round(time.time(), 3), "run_id": msg.metadata.run_id, "message_type": msg.metadata.message_type,
+            "error": {"code": int(reply.error.code), "reason": str(reply.error.reason)} if reply.has_error() else None,
+            "records": {} if reply.has_error() else describe_content(reply.content),
+        }  # fmt: skip
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / SENT_LOG, "a", encoding="utf-8") as out:
+            out.write(json.dumps(entry) + "\n")
+    except Exception:  # noqa: BLE001 - the log must never stop a reply
+        log(ERROR, "could not record the reply in the site's %s:\n%s", SENT_LOG, traceback.format_exc())
 
 
 def _reply(msg: Message, data: site.SiteData, metrics: dict, arrays: ArrayRecord | None = None) -> Message:

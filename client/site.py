@@ -75,10 +75,13 @@ def simulate_sites(root: Path, run_config: dict) -> None:
 
 def state_dir(node_config: dict, run_config: dict, data: Path) -> Path:
     """Where the site keeps its privacy ledger: ``--node-config state-dir=...``, else the run
-    config's ``site-state-dir`` (simulations), else ``$FEDNEUROGEN_STATE``/``~/.local/state``."""
+    config's ``site-state-dir`` for a simulated node only, else ``$FEDNEUROGEN_STATE``/``~/.local/state``.
+    A site daemon (its node config names its ``data-path``) never takes the folder from the run
+    config: a coordinator could otherwise point it at an empty ledger and reset the budget."""
     if "state-dir" in node_config:
         return Path(str(node_config["state-dir"]))
-    root = str(run_config.get("site-state-dir", "")) or os.environ.get("FEDNEUROGEN_STATE") or "~/.local/state/fedneurogen"
+    from_run = "" if "data-path" in node_config else str(run_config.get("site-state-dir", ""))
+    root = from_run or os.environ.get("FEDNEUROGEN_STATE") or "~/.local/state/fedneurogen"
     digest = hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:8]
     return Path(root).expanduser() / f"{data.resolve().name}-{digest}"
 

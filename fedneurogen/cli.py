@@ -30,8 +30,25 @@ class SimModality(str, Enum):
     mixed = "mixed"
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"fedneurogen {version('fedneurogen')} (flwr {version('flwr')}, torch {version('torch')})", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    show_version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True, help="Print the versions and exit."),
+) -> None:
+    """Federated cross-modal neuroimaging generation: EEG -> fMRI BOLD / fNIRS HbO-HbR."""
+
+
 def _fail(message: str, code: int = 1) -> None:
-    err_console.print(f"[bold red]error:[/] {message}")
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(message)}")  # file names and patterns may hold [brackets]
     raise typer.Exit(code)
 
 
@@ -131,13 +148,17 @@ def train(
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
 ) -> None:
     """Centralized training on one or more sites (subject-level train/validation/test split)."""
+    from fedneurogen.shared.errors import FedNeuroGenError
     from fedneurogen.shared.training import train_centralized
 
-    sites, preprocess = _load_sites(data)
-    checkpoint = train_centralized(
-        sites, out, preset=preset.value, seed=seed, max_minutes=max_minutes, resume=resume, device=device,
-        preprocess=preprocess.model_dump(), site_names=[d.name for d in data],
-    )
+    try:
+        sites, preprocess = _load_sites(data)
+        checkpoint = train_centralized(
+            sites, out, preset=preset.value, seed=seed, max_minutes=max_minutes, resume=resume, device=device,
+            preprocess=preprocess.model_dump(), site_names=[d.name for d in data],
+        )
+    except FedNeuroGenError as err:  # a bad dataset or configuration: one line naming the file
+        _fail(str(err))
     console.print(f"checkpoint: [bold]{checkpoint}[/]")
 
 

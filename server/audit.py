@@ -33,11 +33,12 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from fedneurogen.shared.records import config_value, describe_content
+
 AUDIT_FILE = Path("audit") / "received.jsonl"
-MAX_STRING = 200  # longer config strings are logged truncated (with their length) and flagged
 
 
 def array_bytes(record: ArrayRecord) -> int:
@@ -49,46 +50,6 @@ def content_bytes(content: RecordDict) -> int:
     return sum(array_bytes(record) for record in content.array_records.values())
 
 
-def _value_type(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        inner = sorted({type(v).__name__ for v in value})
-        return f"list[{'|'.join(inner) or 'empty'}]"
-    return type(value).__name__
-
-
-def _config_value(value: Any) -> Any:
-    """A config value as logged: strings (cut at MAX_STRING), numbers and bools as they are,
-    bytes as their length only."""
-    if isinstance(value, (list, tuple)):
-        return [_config_value(v) for v in value]
-    if isinstance(value, bytes):
-        return {"bytes": len(value)}
-    if isinstance(value, str) and len(value) > MAX_STRING:
-        return {"str": value[:MAX_STRING], "length": len(value)}
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    return value
-
-
-def describe_content(content: RecordDict) -> dict[str, Any]:
-    """Per record: arrays -> name, shape, dtype, bytes; metrics -> key and value type; config ->
-    key and value (values are short strings such as the modality and class names)."""
-    records: dict[str, Any] = {}
-    for name, record in content.items():
-        if isinstance(record, ArrayRecord):
-            records[name] = {
-                "type": "array",
-                "arrays": {key: {"shape": list(a.shape), "dtype": str(a.dtype), "bytes": len(a.data)} for key, a in record.items()},
-            }
-        elif isinstance(record, MetricRecord):
-            records[name] = {"type": "metric", "values": {key: _value_type(v) for key, v in record.items()}}
-        elif isinstance(record, ConfigRecord):
-            records[name] = {"type": "config", "values": {key: _config_value(v) for key, v in record.items()}}
-        else:
-            records[name] = {"type": type(record).__name__}
-    return records
-
-
 def describe_message(msg: Message, server_round: int | None = None) -> dict[str, Any]:
     meta = msg.metadata
     entry: dict[str, Any] = {
@@ -96,7 +57,7 @@ def describe_message(msg: Message, server_round: int | None = None) -> dict[str,
         "src_node_id": meta.src_node_id, "run_id": meta.run_id, "error": None, "records": {},
     }
     if msg.has_error():
-        entry["error"] = {"code": int(msg.error.code), "reason": _config_value(str(msg.error.reason))}
+        entry["error"] = {"code": int(msg.error.code), "reason": config_value(str(msg.error.reason))}
     else:
         entry["records"] = describe_content(msg.content)
     return entry

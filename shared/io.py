@@ -60,8 +60,10 @@ def write_bytes_atomic(path: str | Path, data: bytes, mode: int | None = None) -
     return Path(path)
 
 
-def write_json_atomic(path: str | Path, obj: Any, indent: int = 2) -> Path:
-    return write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=False, default=_json_default) + "\n")
+def write_json_atomic(path: str | Path, obj: Any, indent: int = 2, mode: int | None = None) -> Path:
+    """``obj`` as JSON, atomically; ``mode`` as in ``atomic_path`` (0o600: private)."""
+    text = json.dumps(obj, indent=indent, sort_keys=False, default=_json_default) + "\n"
+    return write_bytes_atomic(path, text.encode("utf-8"), mode=mode)
 
 
 def _json_default(obj: Any) -> Any:

@@ -83,10 +83,13 @@ def write_eeg(path: Path, data: np.ndarray, sfreq: float, ch_names: list[str], c
     return path
 
 
-def write_gifti(path: Path, data: np.ndarray) -> Path:
-    """One hemisphere of BOLD, ``data[n_vertices, n_vols]``, one data array per volume (fMRIPrep)."""
+def write_gifti(path: Path, data: np.ndarray, tr: float | None = None) -> Path:
+    """One hemisphere of BOLD, ``data[n_vertices, n_vols]``, one data array per volume (fMRIPrep);
+    with ``tr`` the first array records ``TimeStep`` (ms), as fMRIPrep's do."""
     path.parent.mkdir(parents=True, exist_ok=True)
     darrays = [nib.gifti.GiftiDataArray(np.ascontiguousarray(col, dtype=np.float32)) for col in data.T]
+    if tr is not None:
+        darrays[0].meta = nib.gifti.GiftiMetaData({"TimeStep": f"{tr * 1000:g}"})
     nib.save(nib.gifti.GiftiImage(darrays=darrays), path)
     return path
 
@@ -295,8 +298,8 @@ def write_fmri_run(site: Path, sub: str, stem: str, spec: SiteSpec, rng) -> list
         return [path]
     left, right = surface_bold(n_vols, spec.tr, rng)
     paths = [
-        write_gifti(out / f"{stem}_hemi-L_space-fsaverage5_bold.func.gii", left),
-        write_gifti(out / f"{stem}_hemi-R_space-fsaverage5_bold.func.gii", right),
+        write_gifti(out / f"{stem}_hemi-L_space-fsaverage5_bold.func.gii", left, spec.tr),
+        write_gifti(out / f"{stem}_hemi-R_space-fsaverage5_bold.func.gii", right, spec.tr),
     ]
     write_json(out / f"{stem}_space-fsaverage5_bold.json", {"RepetitionTime": spec.tr})
     return paths

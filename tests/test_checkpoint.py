@@ -152,3 +152,16 @@ def test_ema_update_and_swap():
     assert torch.allclose(model.weight, torch.ones(1, 2))  # restored
     warm = EMA(model, decay=0.999)
     assert warm.current_decay() == pytest.approx(0.1)  # (1 + 0) / (10 + 0) before the first update
+
+
+def test_a_file_or_an_unknown_preset_is_named(trained, tmp_path):
+    import json
+
+    path = save_checkpoint(tmp_path / "ckpt", trained[0])
+    with pytest.raises(ConfigError, match=r"is a file of a checkpoint; give the folder that holds it: .*ckpt$"):
+        load_checkpoint(path / "model.safetensors")
+    config = json.loads((path / "config.json").read_text())
+    config["preset"] = config["model_config"]["preset"] = "huge"
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=r"names preset 'huge'; allowed: base, custom, small, tiny"):
+        load_checkpoint(path, device="cpu")

@@ -39,6 +39,15 @@ def test_validate_ok_and_broken_site(small_fmri_sites, tmp_path):
 def test_validate_empty_folder_fails(tmp_path):
     result = runner.invoke(app, ["validate", str(tmp_path)])
     assert result.exit_code == 1
+    assert f"{tmp_path}:emptydataset" in "".join(result.output.split())  # the folder given is named, not "."
+
+
+def test_train_on_an_empty_folder_is_one_clear_line(tmp_path):
+    (tmp_path / "site").mkdir()
+    result = runner.invoke(app, ["train", "--data", str(tmp_path / "site"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)  # not an uncaught exception
+    text = "".join(result.output.split())
+    assert "error:" in text and "emptydataset:noEEGrunsfound" in text and "sub-*/[ses-*/]eeg/" in text and "Traceback" not in text
 
 
 def test_privacy_budget_reports_each_run_ledger(tmp_path):
@@ -96,3 +105,10 @@ def test_federate_shows_each_round_as_it_ends(monkeypatch):
     with cli._round_progress(3) as show:
         show(private)
     assert "losses and held-out PCC withheld under DP, epsilon 3.50" in out.getvalue()
+
+
+def test_version_names_the_release_and_its_pins():
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and f"fedneurogen {version('fedneurogen')}" in result.output and "flwr 1.41.0" in result.output

@@ -194,3 +194,13 @@ def test_broken_events_file(site):
     with pytest.raises(DataError, match="non-numeric onset in row\\(s\\) 2") as err:
         read_eeg(run.eeg, FAST, files=run)
     assert err.value.path == run.events
+
+
+@pytest.mark.parametrize("target", ["../../outside.eeg", "/etc/passwd"])
+def test_brainvision_header_cannot_point_outside_its_folder(tmp_path, target):
+    from fedneurogen.shared.data.eeg import load_raw_eeg
+
+    header = tmp_path / "sub-01_task-rest_eeg.vhdr"
+    header.write_text(f"Brain Vision Data Exchange Header File Version 1.0\n[Common Infos]\nDataFile={target}\nMarkerFile=sub-01_task-rest_eeg.vmrk\n")
+    with pytest.raises(DataError, match=rf"sub-01_task-rest_eeg.vhdr.*line 3: DataFile='{target}' points outside the header's folder"):
+        load_raw_eeg(header)

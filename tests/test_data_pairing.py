@@ -146,6 +146,11 @@ def test_cache_hit_returns_same_windows_without_reading(small_site, tmp_path, co
         b.eeg_channel_names, b.target_names, b.participants, b.lag,
     )  # fmt: skip
     assert b.eeg.dtype == np.float32 and len(list((cache / "sites").glob("*.npz"))) == 1
+    # the cache holds patient data and participant attributes: this user's only
+    import stat
+
+    assert stat.S_IMODE((cache / "sites").stat().st_mode) == 0o700
+    assert {stat.S_IMODE(f.stat().st_mode) for f in (cache / "sites").iterdir()} == {0o600}
 
 
 def test_cache_invalidated_by_content_and_config(small_site, tmp_path, counted):

@@ -8,6 +8,8 @@ import edfio
 import nibabel as nib
 import numpy as np
 import pytest
+
+from fedneurogen.shared.errors import DataError
 from scipy import signal
 
 import bids_factory as bf
@@ -221,8 +223,24 @@ def test_tr_search_order(tmp_path):
     bf.write_json(site / "task-visual_bold.json", {"RepetitionTime": 4.0})  # inherited, dataset root
     run = find_runs(site)[0]
     assert run.target_sidecars == [site / "task-visual_bold.json"]
-    rec = read_fmri(run.target, PreprocessConfig())
-    assert rec.n_times == int((32 - 1) * 4.0 / 2.0) + 1  # 32 volumes at TR 4 s on the 2 s grid
+    # the inherited TR is found, and checked against the spacing the GIFTI records itself
+    with pytest.raises(DataError, match=r"RepetitionTime 4 s disagrees with the 2000 ms volume spacing recorded in .*func.gii \(62.0 s drift over its 32 volumes\)") as err:
+        read_fmri(run.target, PreprocessConfig())
+    assert err.value.path == site / "task-visual_bold.json"  # the sidecar is named, not the GIFTI
+
+
+def test_a_slightly_wrong_tr_is_caught_small_differences_pass(tmp_path):
+    site = bf.make_site(tmp_path, bf.SiteSpec(subjects=("01",)))
+    run = find_runs(site)[0]
+    deriv_json = run.target_sidecars[0]
+    bf.write_json(deriv_json, {"RepetitionTime": 2.03})  # 0.93 s over 32 volumes: within a second
+    assert read_fmri(run.target, PreprocessConfig()).n_times > 0
+    bf.write_json(deriv_json, {"RepetitionTime": 2.05})  # 1.55 s: the pairing would slide
+    with pytest.raises(DataError, match=r"RepetitionTime 2.05 s disagrees with the 2000 ms"):
+        read_fmri(run.target, PreprocessConfig())
+    from fedneurogen.shared.data.validate import validate_dataset
+
+    assert any("disagrees with the 2000 ms volume spacing" in p.message for p in validate_dataset(site).errors)  # validate agrees
 
 
 # --- fNIRS ---------------------------------------------------------------------------------------

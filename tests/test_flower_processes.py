@@ -13,6 +13,7 @@ import subprocess
 import time
 
 
+from fedneurogen.server.audit import AUDIT_FILE, default_window_shapes, find_leaks, read_log
 from fedneurogen.shared.model import load_checkpoint
 from fedneurogen.simulations.federated import LocalSuperLink, flwr_run, start_supernode, stop_process, write_connection
 
@@ -66,6 +67,11 @@ def test_superlink_and_two_site_daemons_train_and_checkpoint(federation_sites, t
     model, meta = load_checkpoint(run_dir / "checkpoint", device="cpu", use_ema=True)
     assert meta["provenance"]["rounds"] == 1 and meta["provenance"]["sites_count"] == 2 and "faces" in meta["class_names"]
     # each daemon keeps its privacy ledger in its own state folder
+    audited = [e for e in read_log(run_dir / AUDIT_FILE) if e["message_type"] == "train"]
     for i in (1, 2):
         (ledger,) = (tmp_path / f"state-{i}").glob("privacy-*.json")
         assert json.loads(ledger.read_text())["history"][0][2] == 1  # one DP step (8 windows, batch 8)
+        # each site's own record of what it sent matches what the coordinator's audit log received
+        sent = [json.loads(line) for line in (tmp_path / f"state-{i}" / "sent.jsonl").read_text().splitlines()]
+        (train,) = [e for e in sent if e["message_type"] == "train"]
+        assert train["records"] in [e["records"] for e in audited] and find_leaks(sent, window_shapes=default_window_shapes()) == []

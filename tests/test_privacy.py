@@ -154,6 +154,8 @@ def test_prv_accountant_is_cumulative_too():
 def test_site_state_dir_prefers_the_daemon_setting(tmp_path):
     data = tmp_path / "site-01"
     assert site.state_dir({"state-dir": str(tmp_path / "s")}, {"site-state-dir": "x"}, data) == tmp_path / "s"
+    # a site daemon does not let the run config move its ledger (that would reset its budget)
+    assert not str(site.state_dir({"data-path": str(data)}, {"site-state-dir": str(tmp_path / "fresh")}, data)).startswith(str(tmp_path / "fresh"))
     chosen = site.state_dir({}, {"site-state-dir": str(tmp_path / "sim")}, data)
     assert chosen.parent == tmp_path / "sim" and chosen.name.startswith("site-01-")
     # one ledger per training run: the same run-dir finds it again, another run gets its own

@@ -161,7 +161,9 @@ class SiteCache:
     ) -> Path:
         """Write an entry atomically and remove older entries of the same site and config."""
         meta_path, npz_path = self._entry(site_dir, key)
-        with atomic_path(npz_path) as tmp:
+        # patient data and participant attributes: readable by this user only
+        npz_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with atomic_path(npz_path, mode=0o600) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **{name: np.asarray(getattr(windows, name)) for name in _ARRAYS})
         meta = {
@@ -185,7 +187,7 @@ class SiteCache:
             },
             **extra,
         }
-        write_json_atomic(meta_path, meta)
+        write_json_atomic(meta_path, meta, mode=0o600)
         self._prune(meta_path, meta)
         return npz_path
 

@@ -105,6 +105,8 @@ def load_raw_eeg(path: str | Path, preload: bool = True) -> mne.io.BaseRaw:
         raise DataError(path, "file not found")
     if path.suffix.lower() in (".edf", ".bdf"):
         _check_edf_size(path)
+    if path.suffix.lower() == ".vhdr":
+        _check_brainvision_companions(path)
     try:
         with warnings.catch_warnings():
             # Naming and "records don't match" warnings are handled above; keep MNE quiet.
@@ -119,6 +121,18 @@ def load_raw_eeg(path: str | Path, preload: bool = True) -> mne.io.BaseRaw:
     if preload:
         check_finite(path, raw.get_data(), raw.ch_names)
     return raw
+
+
+def _check_brainvision_companions(header: Path) -> None:
+    """A BrainVision header names its data and marker files; they must be plain file names in the
+    header's own folder, so that a dataset cannot make the reader open files outside it."""
+    text = header.read_text(encoding="latin-1", errors="replace")
+    for number, line in enumerate(text.splitlines(), start=1):
+        key, sep, value = line.partition("=")
+        name = value.strip()
+        if sep and key.strip() in ("DataFile", "MarkerFile") and name:
+            if Path(name).name != name or name in (".", ".."):
+                raise DataError(header, f"line {number}: {key.strip()}={name!r} points outside the header's folder; it must be a file name beside it")
 
 
 # --- channels and positions ---------------------------------------------------------------------

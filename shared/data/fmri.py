@@ -10,6 +10,7 @@ icosahedra, so the first 2562 vertices of each hemisphere are ico4; points are l
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +42,11 @@ def repetition_time(bold_path: str | Path, sidecars: Sequence[Path] | None = Non
     ``sidecars`` defaults to ``tr_sidecar_candidates(bold_path)``: the derivative's own JSON,
     the per-hemisphere JSON, the raw ``sub-X/func/..._bold.json``, inherited raw sidecars.
     """
+    return repetition_time_and_source(bold_path, sidecars)[0]
+
+
+def repetition_time_and_source(bold_path: str | Path, sidecars: Sequence[Path] | None = None) -> tuple[float, Path]:
+    """``repetition_time`` and the sidecar it came from."""
     bold_path = Path(bold_path)
     if sidecars is None:
         sidecars = tr_sidecar_candidates(bold_path)
@@ -50,13 +56,52 @@ def repetition_time(bold_path: str | Path, sidecars: Sequence[Path] | None = Non
             continue
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 30:
             raise DataError(sidecar, f"RepetitionTime must be a number of seconds in (0, 30], got {value!r}")
-        return float(value)
+        return float(value), Path(sidecar)
     searched = ", ".join(p.name for p in sidecars) or "no sidecar JSON found"
     raise DataError(
         bold_path,
         f"missing RepetitionTime: no sidecar gives the TR (searched: {searched}); add \"RepetitionTime\" "
         "to the derivative's _bold.json or the raw func/_bold.json",
     )
+
+
+_GIFTI_TIME_STEP = re.compile(rb"<Name>\s*(?:<!\[CDATA\[)?TimeStep(?:\]\]>)?\s*</Name>\s*<Value>\s*(?:<!\[CDATA\[)?([0-9.eE+-]+)")
+
+
+def file_time_step(path: Path) -> float | None:
+    """The volume spacing (s) a BOLD file itself records, if any: a GIFTI's ``TimeStep``
+    metadata (ms; read from the file's first 256 KB, where the first data array's metadata is)
+    or a NIfTI's fourth voxel size (``pixdim[4]``) when the header names its time unit (many
+    writers leave an unset 1 there)."""
+    path = Path(path)
+    if path.name.endswith(".gii"):
+        with open(path, "rb") as f:
+            found = _GIFTI_TIME_STEP.search(f.read(1 << 18))
+        return float(found.group(1)) / 1000.0 if found else None
+    if path.name.endswith((".nii", ".nii.gz")):
+        header = nib.load(path).header
+        zooms = header.get_zooms()
+        if len(zooms) < 4 or not zooms[3] > 0:
+            return None
+        scale = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}.get(header.get_xyzt_units()[1])
+        return float(zooms[3]) * scale if scale is not None else None
+    return None
+
+
+def check_repetition_time(tr: float, sidecar: Path, bold: Path, n_volumes: int) -> None:
+    """Refuse a sidecar TR that disagrees with the BOLD file's own volume spacing by enough to
+    shift the run's end by more than a second (or half a TR): the EEG-BOLD pairing would slide
+    by more than the hemodynamic lag's precision."""
+    recorded = file_time_step(bold)
+    if recorded is None:
+        return
+    drift = abs(tr - recorded) * max(n_volumes - 1, 1)
+    if drift > min(1.0, tr / 2):
+        raise DataError(
+            sidecar,
+            f"RepetitionTime {tr:g} s disagrees with the {recorded * 1000:g} ms volume spacing recorded in {bold.name} "
+            f"({drift:.1f} s drift over its {n_volumes} volumes); correct whichever is wrong",
+        )
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -218,11 +263,14 @@ def read_fmri(
     paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
     if not paths:
         raise ValueError("read_fmri needs at least one file")
+    source = None
     if tr is None:
-        tr = repetition_time(paths[0], sidecars)
+        tr, source = repetition_time_and_source(paths[0], sidecars)
     data = load_bold(paths)
     if data.shape[1] < 2:
         raise DataError(paths[0], f"holds {data.shape[1]} volume(s); need at least 2")
+    if source is not None:
+        check_repetition_time(tr, source, paths[0], data.shape[1])
     data = resample_to_grid(data, tr, config.fmri_sfreq)
     if config.fmri_zscore:
         data = zscore(data)

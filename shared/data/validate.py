@@ -20,7 +20,7 @@ from ..errors import DataError
 from ..surface import ICO4_POINTS
 from .bids import RunFiles, find_runs, orphan_targets, read_events, read_participants
 from .eeg import line_frequency, load_raw_eeg, prepare_channels
-from .fmri import load_surface_bold, load_volume, repetition_time
+from .fmri import check_repetition_time, load_surface_bold, load_volume, repetition_time_and_source
 from .fnirs import load_raw_snirf, to_haemoglobin
 from .pairing import check_durations, count_windows
 from .problems import Problem
@@ -80,10 +80,13 @@ class ValidationReport:
 
 
 def _rel(path: Path, root: Path) -> str:
+    """``path`` relative to the dataset, or as given when it is the dataset itself (so that a
+    problem with the folder names the folder, not ".")."""
     try:
-        return str(Path(path).resolve().relative_to(root.resolve())) or "."
+        relative = str(Path(path).resolve().relative_to(root.resolve()))
     except ValueError:
         return str(path)
+    return relative if relative not in ("", ".") else str(path)
 
 
 def _summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
@@ -157,7 +160,8 @@ def _inspect_run(run: RunFiles, config: PreprocessConfig, problems: list[Problem
     if run.target_modality is None:
         problems.append(Problem(run.eeg, "EEG only, no fMRI or fNIRS recording to pair with: not trained on; `augment --eeg-only` can use it", "warning"))
     elif run.target_modality == "fmri":
-        info.tr = attempt(lambda: repetition_time(run.target[0], run.target_sidecars))
+        found = attempt(lambda: repetition_time_and_source(run.target[0], run.target_sidecars))
+        info.tr = found[0] if found is not None else None
         if run.target[0].name.endswith((".nii", ".nii.gz")):
             img = attempt(lambda: load_volume(run.target[0]))
             n_vols = img.shape[3] if img is not None else None
@@ -169,6 +173,7 @@ def _inspect_run(run: RunFiles, config: PreprocessConfig, problems: list[Problem
         if n_vols is not None and info.tr is not None:
             info.target_duration = n_vols * info.tr
             info.target_period = info.tr
+            attempt(lambda: check_repetition_time(info.tr, found[1], run.target[0], n_vols))  # as read_fmri does
     else:
         raw_nirs = attempt(lambda: load_raw_snirf(run.target[0]))
         if raw_nirs is not None:

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from fedneurogen import __version__
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.io import atomic_path, file_sha256, write_json_atomic
-from fedneurogen.shared.model.config import ModelConfig, count_parameters
+from fedneurogen.shared.model.config import PRESETS, ModelConfig, count_parameters
 from fedneurogen.shared.model.ema import EMA, unwrap_model
 from fedneurogen.shared.model.generator import NeuroGenModel, default_device
 
@@ -98,6 +98,8 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, ema: EMA | None = 
 def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
     """The ``config.json`` of a complete checkpoint (nothing is verified beyond its format)."""
     path = Path(path)
+    if path.is_file() and path.name in (CONFIG_FILE, WEIGHTS_FILE):
+        raise ConfigError(f"{path} is a file of a checkpoint; give the folder that holds it: {path.parent}")
     if not path.is_dir():
         raise ConfigError(f"checkpoint {path} does not exist (expected a directory with {CONFIG_FILE} and {WEIGHTS_FILE})")
     config_file = path / CONFIG_FILE
@@ -116,9 +118,14 @@ def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
 
 def checkpoint_model_config(path: str | Path, meta: dict[str, Any]) -> ModelConfig:
     try:
-        return ModelConfig.model_validate(meta["model_config"])
+        config = ModelConfig.model_validate(meta["model_config"])
     except (KeyError, ValidationError) as err:
         raise ConfigError(f"checkpoint config {Path(path) / CONFIG_FILE} has no valid model_config: {err}") from err
+    allowed = sorted({*PRESETS, "custom"})
+    for name in {config.preset, meta.get("preset", config.preset)}:  # the name is shown in provenance: it must be real
+        if name not in allowed:
+            raise ConfigError(f"checkpoint config {Path(path) / CONFIG_FILE} names preset {name!r}; allowed: {', '.join(allowed)}")
+    return config
 
 
 def _read_weights(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
