@@ -107,13 +107,21 @@ def task_labels(windows: PairedWindows, target: str) -> np.ndarray:
     return windows.group_of(target).astype(str)
 
 
+def _no_attribute(site: str | Path, column: str, option: str) -> DataError:
+    """Why a participant attribute has no values: the file is missing, or the column is."""
+    table = Path(site) / "participants.tsv"
+    if not table.is_file():
+        return DataError(table, f"participants.tsv is missing; {option} {column!r} reads the column {column!r} from it")
+    return DataError(table, f"has no column {column!r} for {option} (or no subject has a value)")
+
+
 def select_windows(windows: PairedWindows, config: AugmentConfig, site: str | Path) -> tuple[PairedWindows, list[str]]:
     """The windows of the task's classes and the sorted class list; a requested class with no
     window is a ``DataError`` naming the site and the class."""
     labels = task_labels(windows, config.target)
     present = sorted(set(labels.tolist()))
     if config.target != "trial_type" and present == ["n/a"]:
-        raise DataError(site, f"participants.tsv has no column {config.target!r} (or no subject has a value)")
+        raise _no_attribute(site, config.target, "--target")
     if config.classes:
         classes = sorted(config.classes)
         for c in classes:
@@ -438,7 +446,7 @@ def prepare_samples(
     if config.sensitive_attribute:
         groups = windows.group_of(config.sensitive_attribute).astype(str)
         if set(groups.tolist()) == {"n/a"}:
-            raise DataError(site, f"participants.tsv has no column {config.sensitive_attribute!r} for --sensitive-attribute (or no subject has a value)")
+            raise _no_attribute(site, config.sensitive_attribute, "--sensitive-attribute")
     plan = plan_balance(labels, classes, groups, config.target_per_class, config.minority_ratio)
     blocks = fm.blocks_for(config.classifier, config.use_eeg, config.use_target)
     if rois is None and windows.target_modality == "fmri" and "target" in blocks:

@@ -38,11 +38,22 @@ def _show_version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001 - warnings.showwarning's signature
+    """A warning as one readable line (``warning: <file>: <problem>``), not Python's
+    ``file:line: Category`` form with the source line."""
+    from rich.markup import escape
+
+    err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+
+
 @app.callback()
 def _main(
     show_version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True, help="Print the versions and exit."),
 ) -> None:
     """Federated cross-modal neuroimaging generation: EEG -> fMRI BOLD / fNIRS HbO-HbR."""
+    import warnings
+
+    warnings.showwarning = _show_warning  # e.g. "warning: sub-02/eeg/...edf: run ... skipped: truncated"
 
 
 def _fail(message: str, code: int = 1) -> None:

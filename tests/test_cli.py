@@ -112,3 +112,25 @@ def test_version_names_the_release_and_its_pins():
 
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and f"fedneurogen {version('fedneurogen')}" in result.output and "flwr 1.41.0" in result.output
+
+
+def test_warnings_print_as_one_readable_line(monkeypatch):
+    """A skipped run's DataWarning reaches the user as ``warning: <file>: <problem>``, without
+    Python's ``file:line: Category`` form and source line."""
+    import io
+    import warnings
+
+    from rich.console import Console
+
+    from fedneurogen import cli
+    from fedneurogen.shared.data.problems import DataWarning
+
+    out = io.StringIO()
+    monkeypatch.setattr(cli, "err_console", Console(file=out, width=300, force_terminal=False))
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # restored after the test
+    assert runner.invoke(app, ["info", "--preset", "tiny"]).exit_code == 0  # the callback installs the formatter
+    assert warnings.showwarning is cli._show_warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("sub-02/eeg/sub-02_task-visual_eeg.edf: run [1] skipped: truncated", DataWarning, stacklevel=1)
+    assert out.getvalue() == "warning: sub-02/eeg/sub-02_task-visual_eeg.edf: run [1] skipped: truncated\n"

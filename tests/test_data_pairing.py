@@ -200,3 +200,17 @@ def test_hash_memo_skips_unchanged_files_but_sees_changes(small_site, tmp_path, 
     os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # ctime still moves
     third = cache_module.SiteCache(tmp_path / "cache")
     assert third.key(small_site, files, CFG) != key and third.memo.hashed == 1
+
+
+def test_cache_key_of_files_with_non_utf8_names(tmp_path):
+    """File names that are not UTF-8 (bytes from another locale) key the cache like any other."""
+    import os
+
+    from fedneurogen.shared.data.cache import SiteCache
+
+    odd = tmp_path / os.fsdecode(b"sub-01_acq-caf\xe9_events.tsv")
+    odd.write_text("onset\tduration\ttrial_type\n")
+    cache = SiteCache(tmp_path / "cache")
+    key = cache.key(tmp_path, [odd], CFG)
+    odd.write_text("onset\tduration\ttrial_type\n0\t1\tx\n")
+    assert len(key) == 64 and cache.key(tmp_path, [odd], CFG) != key  # and it follows the content

@@ -213,6 +213,16 @@ def test_class_without_eeg_is_a_clear_error(windows):
     assert "site-07" in str(err.value)
 
 
+def test_a_missing_participants_table_or_column_is_named(windows, tmp_path):
+    """--sensitive-attribute reads participants.tsv: its absence and a missing column are told apart."""
+    config = AugmentConfig(folds=FOLDS, sensitive_attribute="handedness")
+    with pytest.raises(DataError, match=r"participants.tsv is missing; --sensitive-attribute 'handedness' reads the column"):
+        run_augmentation(windows, config, tmp_path, synthesizer=lambda w, seed: w.target)  # a site folder with no table
+    (tmp_path / "participants.tsv").write_text("participant_id\tgroup\nsub-01\tA\n")
+    with pytest.raises(DataError, match=r"participants.tsv: has no column 'handedness' for --sensitive-attribute"):
+        run_augmentation(windows, config, tmp_path, synthesizer=lambda w, seed: w.target)
+
+
 def test_class_smaller_than_folds_is_a_clear_error(windows, site, checkpoint, tmp_path):
     few = windows.subset(np.sort(np.concatenate([np.flatnonzero(windows.labels == "left")[:2], np.flatnonzero(windows.labels == "right")])))
     with pytest.raises(DataError, match="'left' has 2 window") as err:

@@ -111,7 +111,7 @@ class SiteCache:
                 digest = self.memo.sha256(file)
             except OSError as err:
                 raise DataError(file, f"cannot be read ({err.strerror or err})") from None
-            h.update(f"{rel}\t{digest}\n".encode())
+            h.update(f"{rel}\t{digest}\n".encode("utf-8", "surrogateescape"))  # non-UTF-8 names hash as their bytes
         self.memo.save()
         return h.hexdigest()
 

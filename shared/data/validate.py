@@ -147,6 +147,9 @@ def _inspect_run(run: RunFiles, config: PreprocessConfig, problems: list[Problem
             problems.append(Problem(err.path, err.problem, "error"))
             return None
 
+    if run.channels is None:
+        expected = run.eeg.with_name(run.eeg.name.rsplit("_eeg.", 1)[0] + "_channels.tsv")
+        problems.append(Problem(expected, "missing (required by BIDS): channel types are guessed from the channel names", "warning"))
     raw = attempt(lambda: load_raw_eeg(run.eeg))
     if raw is not None:
         info.eeg_duration = raw.n_times / raw.info["sfreq"]
