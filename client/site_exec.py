@@ -64,10 +64,11 @@ def app_hash(app: str | Path) -> str:
 
 def allowlist_plugin(allowed: frozenset[str], source: str):
     """Flower's task-driven SuperExec plugin, refusing tasks whose app is not in ``allowed``."""
+    from logging import ERROR
+
     from flwr.common import log
     from flwr.supercore.superexec.executor import LaunchResult
     from flwr.supercore.superexec.plugin import AutoExecPlugin
-    from logging import ERROR
 
     class AllowlistExecPlugin(AutoExecPlugin):
         def launch_task(self, token: str, task) -> LaunchResult:  # noqa: ANN001 - Flower's Task message
