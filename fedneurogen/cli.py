@@ -100,13 +100,18 @@ def simulate(
 @app.command()
 def validate(
     site_dir: Path = typer.Argument(..., help="A BIDS site dataset."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON (summary, errors, warnings) instead of tables."),
 ) -> None:
     """Check a site dataset: print a summary and every problem found (non-zero exit if unusable)."""
+    import json
+
     from fedneurogen.shared.data import validate_dataset
     from fedneurogen.shared.data.validate import render_report
-
     report = validate_dataset(site_dir)
-    render_report(report, console)
+    if as_json:  # plain stdout: for scripts and pipelines
+        print(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        render_report(report, console)
     if not report.ok:
         raise typer.Exit(1)
 
@@ -423,6 +428,28 @@ def privacy_budget(
     console.print(table)
     if len(paths) > 1:  # runs on the same data compose: their epsilons add up (deltas too)
         console.print(f"all {len(paths)} runs on this site's data together: epsilon <= {total:.3f} (delta <= {len(paths) * delta:g}; basic composition)")
+
+
+@app.command("cache")
+def cache_command(
+    cache_dir: Path = typer.Option(None, "--dir", help="The cache folder (default: $FEDNEUROGEN_CACHE or ~/.cache/fedneurogen)."),
+    purge: bool = typer.Option(False, "--purge", help="Delete the cached windows (all, or those older than --older-than)."),
+    older_than: float | None = typer.Option(None, "--older-than", help="With --purge: only entries not written for this many days."),
+) -> None:
+    """The preprocessed windows cached on this machine (patient data): list them, or purge them."""
+    from rich.table import Table
+
+    from fedneurogen.shared.data.cache import SiteCache
+
+    cache = SiteCache(cache_dir)
+    if older_than is not None and not purge:
+        _fail("--older-than goes with --purge")
+    entries = cache.purge(older_than) if purge else cache.entries()
+    table = Table("site folder", "created", "windows", "MB", title=f"{'removed from' if purge else 'cached in'} {cache.dir}", title_justify="left")
+    for entry in entries:
+        table.add_row(str(entry["site_dir"]), str(entry["created"]), str(entry["n_windows"]), f"{entry['bytes'] / 1e6:.1f}")
+    console.print(table)
+    console.print(f"{len(entries)} site(s), {sum(e['bytes'] for e in entries) / 1e6:.1f} MB" + (" removed" if purge else ""))
 
 
 @app.command("app-hash")

@@ -134,3 +134,12 @@ def test_warnings_print_as_one_readable_line(monkeypatch):
         warnings.simplefilter("always")
         warnings.warn("sub-02/eeg/sub-02_task-visual_eeg.edf: run [1] skipped: truncated", DataWarning, stacklevel=1)
     assert out.getvalue() == "warning: sub-02/eeg/sub-02_task-visual_eeg.edf: run [1] skipped: truncated\n"
+
+
+def test_validate_json_is_machine_readable(tmp_path):
+    import json
+
+    result = runner.invoke(app, ["validate", str(tmp_path), "--json"])
+    report = json.loads(result.output)
+    assert result.exit_code == 1 and report["ok"] is False and report["site_dir"] == str(tmp_path)
+    assert any("empty dataset" in e["message"] for e in report["errors"]) and all({"path", "message", "severity"} <= set(e) for e in report["errors"])

@@ -214,3 +214,30 @@ def test_cache_key_of_files_with_non_utf8_names(tmp_path):
     key = cache.key(tmp_path, [odd], CFG)
     odd.write_text("onset\tduration\ttrial_type\n0\t1\tx\n")
     assert len(key) == 64 and cache.key(tmp_path, [odd], CFG) != key  # and it follows the content
+
+
+def test_cache_command_lists_and_purges(small_site, tmp_path):
+    """`fedneurogen cache` shows what patient data is kept and removes it."""
+    import os
+    import time
+
+    from typer.testing import CliRunner
+
+    from fedneurogen.cli import app
+    from fedneurogen.shared.data.cache import SiteCache
+
+    cache = tmp_path / "cache"
+    load_site_data(small_site, CFG, cache_dir=cache, progress=False)
+    runner = CliRunner()
+    listed = runner.invoke(app, ["cache", "--dir", str(cache)])
+    assert listed.exit_code == 0 and "1 site(s)" in listed.output
+    (entry,) = SiteCache(cache).entries()
+    assert entry["site_dir"] == str(small_site.resolve()) and entry["n_windows"] > 0 and entry["bytes"] > 0
+    kept = runner.invoke(app, ["cache", "--dir", str(cache), "--purge", "--older-than", "1"])  # written just now: kept
+    assert kept.exit_code == 0 and len(SiteCache(cache).entries()) == 1
+    old = time.time() - 3 * 86400
+    for path in entry["files"]:
+        os.utime(path, (old, old))
+    purged = runner.invoke(app, ["cache", "--dir", str(cache), "--purge", "--older-than", "2"])
+    assert purged.exit_code == 0 and "1 site(s)" in purged.output and "removed" in purged.output
+    assert SiteCache(cache).entries() == [] and not list((cache / "sites").iterdir())

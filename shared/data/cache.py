@@ -203,3 +203,32 @@ class SiteCache:
             if m.get("site_dir") == meta["site_dir"] and m.get("config_key") == meta["config_key"]:
                 for p in (other, other.with_name(other.name[: -len(".json")] + ".npz")):
                     p.unlink(missing_ok=True)
+
+    # -- what is kept, and removing it (``fedneurogen cache``) ---------------------------------
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Every cached site: its folder, when it was made, windows, bytes on disk, its files."""
+        out = []
+        for meta_path in sorted((self.dir / "sites").glob("*.json")):
+            npz = meta_path.with_name(meta_path.name[: -len(".json")] + ".npz")
+            try:
+                meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                meta = {}
+            files = [p for p in (meta_path, npz) if p.exists()]
+            out.append({
+                "site_dir": meta.get("site_dir", "?"), "created": meta.get("created", "?"), "n_windows": meta.get("n_windows"),
+                "bytes": sum(p.stat().st_size for p in files), "modified": max(p.stat().st_mtime for p in files), "files": files,
+            })  # fmt: skip
+        return out
+
+    def purge(self, older_than_days: float | None = None) -> list[dict[str, Any]]:
+        """Delete every entry (or those not written for ``older_than_days``); returns them."""
+        cutoff = None if older_than_days is None else time.time() - older_than_days * 86400
+        removed = [e for e in self.entries() if cutoff is None or e["modified"] < cutoff]
+        for entry in removed:
+            for path in entry["files"]:
+                path.unlink(missing_ok=True)
+        if older_than_days is None:
+            self.memo.path.unlink(missing_ok=True)  # file names and hashes of the inputs, too
+        return removed

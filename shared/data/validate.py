@@ -46,6 +46,13 @@ class ValidationReport:
     def ok(self) -> bool:
         return not self.errors
 
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready values (``fedneurogen validate --json``)."""
+        return {
+            "site_dir": str(self.site_dir), "ok": self.ok, "summary": self.summary,
+            "errors": [p.to_dict() for p in self.errors], "warnings": [p.to_dict() for p in self.warnings],
+        }  # fmt: skip
+
     def __str__(self) -> str:
         lines = [f"{self.site_dir}: {'OK' if self.ok else 'INVALID'}"]
         lines += [f"  {k}: {v}" for k, v in _summary_rows(self.summary)]
