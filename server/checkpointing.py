@@ -118,7 +118,10 @@ class RunStore:
         latest = self.latest()
         if latest is None:
             raise ConfigError(f"nothing to resume in {self.dir}: no latest.json")
-        folder = self.dir / latest["checkpoint"]
+        folder = self.dir / str(latest.get("checkpoint", ""))
+        rounds = (self.dir / "rounds").resolve()
+        if folder.resolve().parent != rounds:  # it names a round folder of this run, nothing else
+            raise ConfigError(f"{self.dir / 'latest.json'} names {latest.get('checkpoint')!r}, not a round folder under {self.dir / 'rounds'}")
         meta = load_checkpoint_into(model, folder)
         state = load_file(str(folder / STRATEGY_FILE)) if (folder / STRATEGY_FILE).is_file() else {}
         history = json.loads((folder / HISTORY_FILE).read_text(encoding="utf-8"))

@@ -165,3 +165,14 @@ def test_a_file_or_an_unknown_preset_is_named(trained, tmp_path):
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match=r"names preset 'huge'; allowed: base, custom, small, tiny"):
         load_checkpoint(path, device="cpu")
+
+
+def test_config_cannot_point_outside_the_checkpoint(trained, tmp_path):
+    import json
+
+    path = save_checkpoint(tmp_path / "ckpt", trained[0])
+    config = json.loads((path / "config.json").read_text())
+    config["weights_file"] = "../elsewhere/model.safetensors"
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=r"names weights_file '../elsewhere/model.safetensors' outside the checkpoint folder"):
+        load_checkpoint(path, device="cpu")

@@ -17,6 +17,7 @@ from safetensors.numpy import load_file
 from fedneurogen.server.audit import AUDIT_FILE, read_log
 from fedneurogen.server.checkpointing import RunStore, model_parameters
 from fedneurogen.server.strategy import STRATEGIES, ModalityStrategy, make_base_strategy
+from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.model import NeuroGenModel, load_checkpoint
 from fedneurogen.simulations.federated import run_federated
 
@@ -177,6 +178,10 @@ def test_run_store_checkpoints_rounds_atomically_and_resumes(tmp_path):
     assert done == 3 and resumed_history == saved and np.array_equal(state["backbone/m_t/w"], np.full(3, 3.0))
     assert state["backbone/v_t/scale"].shape == ()  # a scalar parameter's moment stays a scalar
     assert all(torch.equal(a, b) for a, b in zip(model_parameters(fresh).values(), model_parameters(model).values()))
+
+    (run / "latest.json").write_text(json.dumps({"round": 3, "checkpoint": "../../elsewhere"}))  # resume loads only this run's rounds
+    with pytest.raises(ConfigError, match=r"latest.json names '../../elsewhere', not a round folder under"):
+        RunStore(run).resume(fresh)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -129,7 +129,9 @@ def checkpoint_model_config(path: str | Path, meta: dict[str, Any]) -> ModelConf
 
 
 def _read_weights(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
-    weights_file = path / meta.get("weights_file", WEIGHTS_FILE)
+    weights_file = path / str(meta.get("weights_file", WEIGHTS_FILE))
+    if weights_file.resolve().parent != path.resolve():  # a file of this checkpoint folder, nothing else
+        raise ConfigError(f"{path / CONFIG_FILE} names weights_file {meta.get('weights_file')!r} outside the checkpoint folder")
     if not weights_file.is_file():
         raise ConfigError(f"checkpoint {path} is missing its weights file {weights_file}")
     actual = file_sha256(weights_file)
