@@ -41,6 +41,7 @@ def _pin(name: str) -> str:
 FLWR_VERSION = _pin("flwr")
 TORCH_VERSION = _pin("torch")
 FLOWER_IMAGES = {f"flwr/superlink:{FLWR_VERSION}", f"flwr/supernode:{FLWR_VERSION}"}
+PROXY_IMAGE = "nginx:1.27-alpine"  # the official nginx image, in front of the coordinator's SuperLink
 
 # Files and folders made at run time by the documented steps (deploy/README.md, deploy/scripts),
 # relative to deploy/docker: {folder: pattern of the names in it}.
@@ -91,10 +92,12 @@ def flags(args: list[str]) -> dict[str, str | None]:
 
 
 def kind(service: dict) -> str:
-    """superlink | supernode | superexec, from the image or the built Dockerfile."""
+    """superlink | supernode | superexec | proxy, from the image or the built Dockerfile."""
     image = str(service.get("image", ""))
     if "build" in service:
         return "superexec"
+    if image == PROXY_IMAGE:
+        return "proxy"
     for k in ("superlink", "supernode"):
         if image.startswith(f"flwr/{k}:"):
             return k
@@ -169,7 +172,7 @@ def check_host_path(raw: str, where: str) -> None:
 
 
 def test_expected_services():
-    assert set(load_compose("compose.yml")["services"]) == {"superlink", "serverapp"}
+    assert set(load_compose("compose.yml")["services"]) == {"superlink", "serverapp", "proxy"}
     assert set(load_compose("compose.site.yml")["services"]) == {"supernode", "clientapp"}
     rehearsal = load_compose("compose.rehearsal.yml")["services"]
     assert {"superlink", "serverapp"} <= set(rehearsal)
@@ -185,7 +188,7 @@ def test_images_are_official_flower_images_or_our_dockerfile(compose):
             assert context == ROOT, f"{name}:{sname}: build context must be the repository root"
             assert (context / s["build"]["dockerfile"]).resolve() == DOCKER / "Dockerfile"
         else:
-            assert s["image"] in FLOWER_IMAGES, f"{name}:{sname}: {s['image']} is not an official Flower {FLWR_VERSION} image"
+            assert s["image"] in FLOWER_IMAGES | {PROXY_IMAGE}, f"{name}:{sname}: {s['image']} is not an official Flower {FLWR_VERSION} or nginx image"
 
 
 def test_referenced_files_exist_or_are_documented_runtime_paths(compose):
@@ -244,14 +247,34 @@ def test_node_auth_process_isolation_and_no_runtime_installs(compose):
         assert "--allow-runtime-dependency-installation" not in f
 
 
-def test_only_the_superlink_publishes_ports(compose):
+def test_only_the_proxy_publishes_the_superlink(compose):
+    """The SuperLink's one port serves the Control API: the coordinator publishes it only through
+    the proxy (sites: 8443, Fleet API; admins: 9443 on ADMIN_BIND, Control API); the one-machine
+    rehearsal publishes it on 127.0.0.1 only; nothing else publishes a port."""
     name, doc = compose
     for sname, s in doc["services"].items():
-        if kind(s) == "superlink":
-            ports = [str(p) for p in s.get("ports", [])]
-            assert len(ports) == 1 and ports[0].endswith(":8000"), f"{name}:{sname}: {ports}"
+        ports = [interpolate(str(p)) for p in s.get("ports", [])]
+        if kind(s) == "proxy":
+            assert ports == ["8443:8443", "127.0.0.1:9443:9443"], f"{name}:{sname}: {ports}"
+            assert "${ADMIN_BIND:-127.0.0.1}:" in str(s["ports"][1])
+        elif kind(s) == "superlink" and name == "compose.rehearsal.yml":
+            assert len(ports) == 1 and ports[0].startswith("127.0.0.1:") and ports[0].endswith(":8000"), f"{name}:{sname}: {ports}"
         else:
             assert not s.get("ports") and not s.get("expose"), f"{name}:{sname} publishes ports"
+    if name == "compose.yml":  # the SuperLink sits on internal networks only, the proxy bridges to it
+        nets = doc["networks"]
+        assert all((nets.get(n) or {}).get("internal") for n in doc["services"]["superlink"]["networks"])
+
+
+def test_the_shipped_proxy_config_is_the_generated_one():
+    """deploy/docker/proxy.conf is what `proxy-config` writes for the container's paths: one
+    definition of the routes (simulations/consortium.nginx_config), no hand-edited copy."""
+    from fedneurogen.simulations.consortium import nginx_config
+    from fedneurogen.simulations.federated import TlsFiles
+
+    expected = nginx_config(Path("/tmp"), TlsFiles.in_folder("/etc/fedneurogen/certs"), "superlink:8000", "0.0.0.0:8443", "0.0.0.0:9443", upstream_name="superlink")
+    assert (DOCKER / "proxy.conf").read_text(encoding="utf-8") == expected
+    assert "location /v1/fleet/" in expected and "location /v1/control/" in expected and "/v1/runtime/" not in expected
 
 
 def test_volumes_declared_and_site_paths_mounted(compose):
