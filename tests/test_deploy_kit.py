@@ -52,6 +52,7 @@ RUNTIME_FILES = {
     "rehearsal/runtime-certs": r"ca\.crt|superlink\.crt|superlink\.key",
     "keys": r"\$\{SITE_NAME\}",
     "rehearsal/keys": r"hospital-[abc]",
+    "rehearsal": r"allowed-apps\.txt",
     "secrets": r"[\w.-]+\.secret",
     "rehearsal/secrets": r"[\w.-]+\.secret",
 }
@@ -264,6 +265,18 @@ def test_only_the_proxy_publishes_the_superlink(compose):
     if name == "compose.yml":  # the SuperLink sits on internal networks only, the proxy bridges to it
         nets = doc["networks"]
         assert all((nets.get(n) or {}).get("internal") for n in doc["services"]["superlink"]["networks"])
+
+
+def test_site_clientapps_run_behind_the_app_allowlist(compose):
+    """Every site's ClientApp launcher is the gate (fedneurogen.client.site_exec) with its
+    allowlist mounted read-only; the coordinator's ServerApp launcher is plain flower-superexec."""
+    name, doc = compose
+    for sname, s in services_of(doc, "superexec").items():
+        if sname == "serverapp":
+            assert "entrypoint" not in s
+            continue
+        assert s["entrypoint"] == ["python", "-m", "fedneurogen.client.site_exec", "--allowed-apps", "/etc/fedneurogen/allowed-apps.txt"], f"{name}:{sname}"
+        assert ("/etc/fedneurogen/allowed-apps.txt", "ro") in {(t, m) for _, t, m in volumes(s)}, f"{name}:{sname}: allowlist not mounted read-only"
 
 
 def test_the_shipped_proxy_config_is_the_generated_one():
