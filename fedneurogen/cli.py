@@ -56,6 +56,19 @@ def _main(
     warnings.showwarning = _show_warning  # e.g. "warning: sub-02/eeg/...edf: run ... skipped: truncated"
 
 
+#: Exit codes: 1 a dataset, checkpoint or other input file cannot be used (DataError and the
+#: like); 2 the command was called wrongly: an option, a preset or a run config (ConfigError,
+#: and click's own usage errors, which also exit 2).
+EXIT_DATA, EXIT_CONFIG = 1, 2
+
+
+def _fail_on(err: Exception) -> None:
+    """One line for a library error, with the exit code of its kind."""
+    from fedneurogen.shared.errors import ConfigError
+
+    _fail(str(err), EXIT_CONFIG if isinstance(err, ConfigError) else EXIT_DATA)
+
+
 def _fail(message: str, code: int = 1) -> None:
     from rich.markup import escape
 
@@ -83,7 +96,7 @@ def simulate(
     for item in eeg_only_sessions:
         group, _, count = item.partition(":")
         if not count.strip().isdigit():
-            _fail(f"--eeg-only-sessions {item!r}: expected GROUP:N, e.g. B:2")
+            _fail(f"--eeg-only-sessions {item!r}: expected GROUP:N, e.g. B:2", EXIT_CONFIG)
         sessions[group.strip()] = int(count)
     try:
         site_dirs = simulate_dataset(
@@ -91,7 +104,7 @@ def simulate(
             eeg_only_sessions=sessions,
         )  # fmt: skip
     except ConfigError as err:
-        _fail(str(err))
+        _fail_on(err)
     console.print(f"Wrote {len(site_dirs)} site datasets under [bold]{out}[/]:")
     for d in site_dirs:
         console.print(f"  {d}")
@@ -123,11 +136,23 @@ class Preset(str, Enum):
 
 
 def _load_sites(data: list[Path]):
+    """Each site's windows; a skipped run is one warning line, and a site with skipped runs
+    gets a closing line saying that the others are used."""
     from fedneurogen.shared.config import PreprocessConfig
-    from fedneurogen.shared.data import load_site
+    from fedneurogen.shared.data import load_site_data
+    from fedneurogen.shared.data.problems import warn_problem
 
     preprocess = PreprocessConfig()
-    return [load_site(d, preprocess) for d in data], preprocess
+    sites = []
+    for folder in data:
+        loaded = load_site_data(folder, preprocess)
+        for problem in loaded.skipped + loaded.warnings:
+            warn_problem(problem)
+        if loaded.skipped:
+            used = len(set(loaded.windows.runs.tolist()))
+            err_console.print(f"{folder}: {len(loaded.skipped)} run(s) skipped (above), {used} used", highlight=False)
+        sites.append(loaded.windows)
+    return sites, preprocess
 
 
 @app.command()
@@ -174,7 +199,7 @@ def train(
             preprocess=preprocess.model_dump(), site_names=[d.name for d in data],
         )
     except FedNeuroGenError as err:  # a bad dataset or configuration: one line naming the file
-        _fail(str(err))
+        _fail_on(err)
     console.print(f"checkpoint: [bold]{checkpoint}[/]")
 
 
@@ -203,9 +228,7 @@ def federate(
                 run_config=overrides, on_round=show_round,
             )
     except FedNeuroGenError as err:  # e.g. a bad run config: the ServerApp's ConfigError leads the message
-        from rich.markup import escape
-
-        _fail(escape(str(err)))
+        _fail_on(err)
     console.print(f"checkpoint: [bold]{out / 'checkpoint'}[/]\nhistory:    {out / 'history.json'}\nplot:       {out / 'metrics.png'}")
 
 
@@ -275,7 +298,7 @@ def synthesize(
             guidance_scale=guidance, seed=seed, batch_size=batch_size, device=device,
         )  # fmt: skip
     except FedNeuroGenError as err:
-        _fail(str(err))
+        _fail_on(err)
     console.print(f"Wrote {len(written)} files under [bold]{out}[/]:")
     for path in written:
         console.print(f"  {path}")
@@ -309,7 +332,7 @@ def evaluate(
             baseline_epochs=baseline_epochs, batch_size=batch_size, device=device, pooled_sites=tuple(pooled_sites or ()),
         )  # fmt: skip
     except FedNeuroGenError as err:
-        _fail(str(err))
+        _fail_on(err)
     render_report(report, console)
     console.print(f"report: [bold]{out / REPORT_FILE}[/] (figures: {', '.join(report['plots'])})")
 
@@ -362,7 +385,7 @@ def augment(
     names = STRATEGIES if "all" in chosen else tuple(n for n in STRATEGIES if n in chosen | {"none"})
     blocks = {b.strip() for b in features.split(",") if b.strip()}
     if not blocks or blocks - {"eeg", "target"}:
-        _fail(f"--features must be eeg, target or eeg,target; got {features!r}")
+        _fail(f"--features must be eeg, target or eeg,target; got {features!r}", EXIT_CONFIG)
     try:
         config = AugmentConfig(
             target=target, sensitive_attribute=sensitive_attribute, strategies=names, folds=folds, target_per_class=target_per_class,
@@ -373,7 +396,7 @@ def augment(
         )  # fmt: skip
         report = augment_site(checkpoint, data, out, config, device=device)
     except FedNeuroGenError as err:
-        _fail(str(err))
+        _fail_on(err)
     console.print(f"minority: {', '.join(report['minority_units']) or 'none'} ({report['minority_rule']})")
     for name, row in report["summary"].items():
         minority_f1 = "n/a" if row["minority_f1"] is None else f"{row['minority_f1']:.3f}"
@@ -443,7 +466,7 @@ def cache_command(
 
     cache = SiteCache(cache_dir)
     if older_than is not None and not purge:
-        _fail("--older-than goes with --purge")
+        _fail("--older-than goes with --purge", EXIT_CONFIG)
     entries = cache.purge(older_than) if purge else cache.entries()
     table = Table("site folder", "created", "windows", "MB", title=f"{'removed from' if purge else 'cached in'} {cache.dir}", title_justify="left")
     for entry in entries:
@@ -466,7 +489,7 @@ def app_hash_command(
     try:
         console.print(f"{app_hash(folder)}  # {folder}", highlight=False, soft_wrap=True)
     except ConfigError as err:
-        _fail(str(err))
+        _fail_on(err)
 
 
 certs_app = typer.Typer(help="Certificates and keys for a deployed federation (TLS, SuperNode authentication).", no_args_is_help=True)
@@ -479,7 +502,7 @@ def _certs_call(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except ConfigError as err:
-        _fail(str(err))
+        _fail_on(err)
 
 
 @certs_app.command("ca")

@@ -76,7 +76,7 @@ def test_certs_commands_make_a_working_set(tmp_path):
     wrong = runner.invoke(app, ["certs", "check", "--cert", str(tmp_path / "superlink.crt"), "--ca-cert", str(tmp_path / "ca.crt"), "--host", "10.9.9.9"])
     assert wrong.exit_code == 1 and "10.9.9.9" in wrong.output
     again = runner.invoke(app, ["certs", "ca", "--out", str(tmp_path)])
-    assert again.exit_code == 1 and "--force" in again.output
+    assert again.exit_code == 2 and "--force" in again.output  # a usage problem (ConfigError): exit 2
 
 
 def test_federate_shows_each_round_as_it_ends(monkeypatch):
@@ -143,3 +143,12 @@ def test_validate_json_is_machine_readable(tmp_path):
     report = json.loads(result.output)
     assert result.exit_code == 1 and report["ok"] is False and report["site_dir"] == str(tmp_path)
     assert any("empty dataset" in e["message"] for e in report["errors"]) and all({"path", "message", "severity"} <= set(e) for e in report["errors"])
+
+
+def test_exit_codes_tell_data_problems_from_usage_problems(tmp_path):
+    """1: the input cannot be used; 2: the command was called wrongly."""
+    (tmp_path / "site").mkdir()
+    data = runner.invoke(app, ["train", "--data", str(tmp_path / "site"), "--out", str(tmp_path / "run")])
+    usage = runner.invoke(app, ["simulate", "--out", str(tmp_path / "sim"), "--eeg-only-sessions", "B-2"])
+    assert data.exit_code == 1 and "empty dataset" in data.output
+    assert usage.exit_code == 2 and "expected GROUP:N" in usage.output

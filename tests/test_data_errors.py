@@ -212,3 +212,26 @@ def test_missing_channels_tsv_is_a_warning_naming_the_file(site):
     problems = _problems_about(validate_dataset(site), run.channels)
     assert [(p.severity, p.message) for p in problems] == [("warning", "missing (required by BIDS): channel types are guessed from the channel names")]
     assert validate_dataset(site).ok  # still usable
+
+
+def test_train_says_which_runs_it_skipped_and_goes_on(site, monkeypatch):
+    """The command line loads sites like `train` does: a truncated run is one warning line naming
+    the file, then one line saying how many runs were skipped and used."""
+    import io
+    import warnings
+
+    from rich.console import Console
+
+    from fedneurogen import cli
+
+    run = _run(site)
+    run.eeg.write_bytes(run.eeg.read_bytes()[:2000])
+    out = io.StringIO()
+    monkeypatch.setattr(cli, "err_console", Console(file=out, width=400, force_terminal=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = cli._show_warning
+        sites, _ = cli._load_sites([site])
+    lines = out.getvalue().splitlines()
+    assert any(line.startswith("warning: ") and run.eeg.name in line and "skipped" in line for line in lines)
+    assert f"{site}: 1 run(s) skipped (above), 1 used" in lines and set(sites[0].subjects) == {"sub-01"}
