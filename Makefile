@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_DIR ?= demo-output
 
-.PHONY: demo test install bench clean
+.PHONY: demo test lint install bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,12 @@ demo: $(STAMP)
 	@echo "Generation:      $(DEMO_DIR)/report-site-01 (report.json, surface maps, time courses)"
 	@echo "Fairness:        $(DEMO_DIR)/fairness-site-02 (report.json, report.md, per-class and per-group F1 plots)"
 
-test: $(STAMP)
+test: $(STAMP) lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+
+# pyflakes-level checks (pyproject.toml [tool.ruff.lint]); part of `make test`
+lint: $(STAMP)
+	$(BIN)/ruff check --no-cache .
 
 # Performance benchmarks, in order, each writing benchmarks/results/<name>.json, then the summary
 # (benchmarks/results/summary.json). About 30 minutes on an idle 2-core CPU, scale (32 sites) and
