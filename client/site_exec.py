@@ -5,61 +5,23 @@ replaces ``flower-superexec`` (the process that launches ClientApps for its Supe
 
     python -m fedneurogen.client.site_exec --allowed-apps /etc/fedneurogen/allowed-apps.txt  <flower-superexec flags>
 
-(or sets ``FEDNEUROGEN_ALLOWED_APPS`` and puts the ``flower-superexec`` shim of
-``install_shim`` first on the SuperNode's PATH, for ``--isolation subprocess``). Every task
+(or sets ``FEDNEUROGEN_ALLOWED_APPS``, or puts a ``flower-superexec`` that runs this first on the
+SuperNode's PATH, as the local consortium does, for ``--isolation subprocess``). Every task
 Flower hands it carries the SHA-256 of the run's FAB; a task whose app is not in the allowlist
 is never launched: the site logs the refusal with the hash, nothing of the app executes, and
-the server sees no reply from the site. The allowlist holds one hash per line (``#`` comments);
-``fedneurogen app-hash`` prints the hash of a release's app folder, which ``flwr build`` makes
-reproducibly (the same files give the same FAB).
+the server sees no reply from the site. The allowlist's format and the app hash live in
+``fedneurogen.shared.apps``; ``fedneurogen app-hash`` prints the hash of a release.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
-import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
+from fedneurogen.shared.apps import read_allowlist
 from fedneurogen.shared.errors import ConfigError
 
 ALLOWLIST_ENV = "FEDNEUROGEN_ALLOWED_APPS"
-HASH = re.compile(r"[0-9a-f]{64}")
-
-
-def read_allowlist(path: str | Path) -> frozenset[str]:
-    """The app hashes in ``path``; a clear error for a missing file, a bad line or no hash."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"allowlist {path} does not exist (one app SHA-256 per line; `fedneurogen app-hash` prints it)")
-    hashes = set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        entry = line.split("#", 1)[0].strip().lower()
-        if not entry:
-            continue
-        if not HASH.fullmatch(entry):
-            raise ConfigError(f"{path}:{number}: {entry[:80]!r} is not a SHA-256 (64 hex digits)")
-        hashes.add(entry)
-    if not hashes:
-        raise ConfigError(f"allowlist {path} holds no app hash: every run would be refused")
-    return frozenset(hashes)
-
-
-def app_hash(app: str | Path) -> str:
-    """The SHA-256 of the FAB ``flwr build`` makes of the app folder ``app`` (what ``flwr run``
-    sends and what the site's SuperExec is asked to launch)."""
-    app = Path(app).resolve()
-    if not (app / "pyproject.toml").is_file():
-        raise ConfigError(f"{app} is not a Flower app folder (no pyproject.toml)")
-    with tempfile.TemporaryDirectory() as out:
-        done = subprocess.run(["flwr", "build", "--app", str(app)], cwd=out, capture_output=True, text=True, timeout=300)
-        fabs = list(Path(out).glob("*.fab"))
-        if done.returncode != 0 or len(fabs) != 1:
-            raise ConfigError(f"flwr build --app {app} failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
-        return hashlib.sha256(fabs[0].read_bytes()).hexdigest()
 
 
 def allowlist_plugin(allowed: frozenset[str], source: str):
@@ -80,18 +42,6 @@ def allowlist_plugin(allowed: frozenset[str], source: str):
             return super().launch_task(token, task)
 
     return AllowlistExecPlugin
-
-
-def install_shim(folder: Path, allowlist: Path) -> Path:
-    """A ``flower-superexec`` in ``folder`` that runs this gate with ``allowlist``: put ``folder``
-    first on a SuperNode's PATH (``--isolation subprocess`` starts ``flower-superexec`` by name)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    shim = folder / "flower-superexec"
-    shim.write_text(
-        f'#!/bin/sh\nexec "{sys.executable}" -m fedneurogen.client.site_exec --allowed-apps "{allowlist}" "$@"\n', encoding="utf-8"
-    )
-    shim.chmod(0o755)
-    return shim
 
 
 def main(argv: list[str] | None = None) -> None:

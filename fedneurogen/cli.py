@@ -140,14 +140,12 @@ def _load_sites(data: list[Path]):
     gets a closing line saying that the others are used."""
     from fedneurogen.shared.config import PreprocessConfig
     from fedneurogen.shared.data import load_site_data
-    from fedneurogen.shared.data.problems import warn_problem
 
     preprocess = PreprocessConfig()
     sites = []
     for folder in data:
         loaded = load_site_data(folder, preprocess)
-        for problem in loaded.skipped + loaded.warnings:
-            warn_problem(problem)
+        loaded.warn()
         if loaded.skipped:
             used = len(set(loaded.windows.runs.tolist()))
             err_console.print(f"{folder}: {len(loaded.skipped)} run(s) skipped (above), {used} used", highlight=False)
@@ -481,7 +479,7 @@ def app_hash_command(
 ) -> None:
     """The SHA-256 of the app a run of this release sends: the line a site puts in its
     allowlist of apps (fedneurogen.client.site_exec)."""
-    from fedneurogen.client.site_exec import app_hash
+    from fedneurogen.shared.apps import app_hash
     from fedneurogen.shared.errors import ConfigError
     from fedneurogen.simulations.federated import app_dir
 

@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedneurogen.client.site_exec import app_hash, install_shim, read_allowlist
+from fedneurogen.shared.apps import app_hash, read_allowlist
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.io import write_json_atomic, write_text_atomic
 from fedneurogen.shared.pki import make_ca, make_node_keypair, make_server_certificate
@@ -152,6 +152,20 @@ def start_proxy(folder: Path, tls: TlsFiles, upstream: str) -> tuple[subprocess.
     for port in (site_port, admin_port):
         _wait_listening(port, proc, log, "nginx")
     return proc, site_port, admin_port
+
+
+def install_shim(folder: Path, allowlist: Path) -> Path:
+    """A ``flower-superexec`` in ``folder`` that runs the site's gate on apps
+    (``fedneurogen.client.site_exec``, started as a program, not imported) with ``allowlist``:
+    put ``folder`` first on a SuperNode's PATH (``--isolation subprocess`` starts
+    ``flower-superexec`` by name)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shim = folder / "flower-superexec"
+    shim.write_text(
+        f'#!/bin/sh\nexec "{sys.executable}" -m fedneurogen.client.site_exec --allowed-apps "{allowlist}" "$@"\n', encoding="utf-8"
+    )
+    shim.chmod(0o755)
+    return shim
 
 
 def up(

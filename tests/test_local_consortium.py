@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fedneurogen.client.site_exec import app_hash, read_allowlist
+from fedneurogen.shared.apps import app_hash, read_allowlist
 from fedneurogen.shared.pki import make_node_keypair
 from fedneurogen.simulations.federated import alive, app_dir, flower_env, flwr_run, start_supernode, write_connection
 

@@ -7,7 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from fedneurogen.client.site_exec import allowlist_plugin, install_shim, read_allowlist
+from fedneurogen.client.site_exec import allowlist_plugin
+from fedneurogen.shared.apps import read_allowlist
+from fedneurogen.simulations.consortium import install_shim
 from fedneurogen.shared.errors import ConfigError
 
 GOOD, OTHER = "a" * 64, "b" * 64

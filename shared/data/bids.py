@@ -168,20 +168,26 @@ def _site_root_of(path: Path) -> Path:
     return path.resolve().parent
 
 
+def brainvision_references(header: Path) -> list[tuple[int, str, str]]:
+    """``(line number, key, file name)`` of the data and marker files a BrainVision header names
+    (``DataFile=...``, ``MarkerFile=...``)."""
+    found = []
+    for number, line in enumerate(header.read_text(encoding="latin-1", errors="replace").splitlines(), start=1):
+        key, sep, value = line.partition("=")
+        if sep and key.strip() in ("DataFile", "MarkerFile") and value.strip():
+            found.append((number, key.strip(), value.strip()))
+    return found
+
+
 def _companions(eeg: Path) -> list[Path]:
     """Files a multi-file EEG format reads besides the one it is opened with."""
     ext = eeg.suffix.lower()
     found: list[Path] = []
     if ext == ".vhdr":
-        # The header names its data and marker files (DataFile=..., MarkerFile=...).
         try:
-            text = eeg.read_text(encoding="latin-1", errors="replace")
+            found += [eeg.parent / name for _, _, name in brainvision_references(eeg)]
         except OSError:
-            text = ""
-        for line in text.splitlines():
-            key, sep, value = line.partition("=")
-            if sep and key.strip() in ("DataFile", "MarkerFile") and value.strip():
-                found.append(eeg.parent / value.strip())
+            pass
     elif ext == ".set":
         found.append(eeg.with_suffix(".fdt"))
     return [p for p in found if p.is_file()]

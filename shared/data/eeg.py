@@ -19,7 +19,7 @@ import pandas as pd
 from ..config import PreprocessConfig
 from ..errors import DataError
 from ..recording import Recording
-from .bids import RunFiles, read_events, read_json, read_tsv, run_files_for_eeg
+from .bids import RunFiles, brainvision_references, read_events, read_json, read_tsv, run_files_for_eeg
 from .problems import DataWarning
 
 # BIDS channel types (``_channels.tsv``) -> MNE channel types.
@@ -126,13 +126,9 @@ def load_raw_eeg(path: str | Path, preload: bool = True) -> mne.io.BaseRaw:
 def _check_brainvision_companions(header: Path) -> None:
     """A BrainVision header names its data and marker files; they must be plain file names in the
     header's own folder, so that a dataset cannot make the reader open files outside it."""
-    text = header.read_text(encoding="latin-1", errors="replace")
-    for number, line in enumerate(text.splitlines(), start=1):
-        key, sep, value = line.partition("=")
-        name = value.strip()
-        if sep and key.strip() in ("DataFile", "MarkerFile") and name:
-            if Path(name).name != name or name in (".", ".."):
-                raise DataError(header, f"line {number}: {key.strip()}={name!r} points outside the header's folder; it must be a file name beside it")
+    for number, key, name in brainvision_references(header):
+        if Path(name).name != name or name in (".", ".."):
+            raise DataError(header, f"line {number}: {key}={name!r} points outside the header's folder; it must be a file name beside it")
 
 
 # --- channels and positions ---------------------------------------------------------------------

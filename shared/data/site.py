@@ -29,6 +29,11 @@ class SiteData:
     from_cache: bool = False
     cache_key: str | None = None
 
+    def warn(self) -> None:
+        """Emit every skipped run and worked-around problem as a ``DataWarning`` naming the file."""
+        for problem in self.skipped + self.warnings:
+            warn_problem(problem)
+
 
 def site_inputs(site_dir: Path, runs: list[RunFiles]) -> list[Path]:
     """Every file whose content feeds a site's windows."""
@@ -201,6 +206,5 @@ def load_site(
         When no run is usable (empty dataset, every run broken).
     """
     data = load_site_data(site_dir, config, cache_dir=cache_dir, use_cache=use_cache, progress=progress)
-    for problem in data.skipped + data.warnings:
-        warn_problem(problem)
+    data.warn()
     return data.windows
