@@ -181,9 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         if name == "dp":
             results[name]["epsilon_spent"] = max(m.get("epsilon", 0.0) for e in history for m in e["train"]["sites"].values())
 
-    from fedneurogen.client.privacy import DPSettings
+    from fedneurogen.client.privacy import dp_settings
+    from fedneurogen.shared.run_config import RunConfig
 
-    statistics_settings = DPSettings(args.epsilon, 1e-5, 1.0, args.rounds, statistics_share=0.1, statistics_clip=600.0)  # the run-config defaults
+    statistics_settings = dp_settings(RunConfig(dp_target_epsilon=args.epsilon, num_server_rounds=args.rounds))  # the run-config defaults otherwise
     scaling = dp_statistics_scaling(splits, statistics_settings, (1, 10, 100, 1000, 10000), args.preset, args.seed)
     for row in scaling:
         console.print(f"DP ridge statistics, {row['training_subjects']} training subjects: point prediction PCC {row['pcc']:.3f}{' (path switched off)' if row['switched_off'] else ''}")

@@ -2,6 +2,9 @@
 
 Replies carry weights and aggregate numbers only (examples, losses, PCC, epsilon, the target
 modality): never raw data, file paths or subject identifiers.
+
+Each message's run config is validated once (``_guarded``; an invalid one is refused with the
+reason) and the handlers and the functions below them read the typed ``RunConfig``.
 """
 
 from __future__ import annotations
@@ -20,58 +23,67 @@ from flwr.common import log
 from flwr.common.constant import ErrorCode
 
 from fedneurogen.client import drills, privacy, site
-from fedneurogen.client.refusal import SiteRefusal, check_run, simulated_node_config
+from fedneurogen.client.refusal import SiteRefusal, check_run, simulated_node_config, site_run_config
 from fedneurogen.shared.records import describe_content
 from fedneurogen.shared.ridge import STATISTICS_REQUEST
-from fedneurogen.shared.training import TRAIN_PRESETS
+from fedneurogen.shared.run_config import RunConfig
 
 app = ClientApp()
 
 
-def _node_config(context: Context) -> dict:
+def _node_config(context: Context, run: RunConfig) -> dict:
     """This site's node config (a simulated node's gets the run config's ``sim-node-config``)."""
-    return simulated_node_config(context.node_config, context.run_config)
+    return simulated_node_config(context.node_config, run)
 
 
-def _site(context: Context) -> site.SiteData:
-    """The site's data, once it has checked the run config and the preset its operator pinned."""
-    run, node = context.run_config, _node_config(context)
+def _site(context: Context, run: RunConfig) -> site.SiteData:
+    """The site's data, once it has checked the preset its operator pinned and its privacy policy."""
+    node = _node_config(context, run)
     check_run(node, run)
     path = site.data_path(node, run)
-    return site.load(path, seed=int(run["seed"]), max_windows=int(run.get("max-windows", 0)), cache_dir=str(run.get("cache-dir", "")))
+    return site.load(path, seed=run.seed, max_windows=run.max_windows, cache_dir=run.cache_dir)
 
 
 def _guarded(handler):
-    """A failing site replies with the kind of error only: exception messages can name the
-    site's files, so the full traceback stays in the site's own log. Every reply, error or not,
-    is described in the site's own log of what it sent (``_record_sent``)."""
+    """Validates the message's run config once and calls ``handler(msg, context, run)`` with the
+    typed ``RunConfig``; an invalid run config is refused with the reason. A failing site
+    replies with the kind of error only: exception messages can name the site's files, so the
+    full traceback stays in the site's own log. Every reply, error or not, is described in the
+    site's own log of what it sent (``_record_sent``)."""
 
     @functools.wraps(handler)
     def wrapper(msg: Message, context: Context) -> Message:
+        run = None
         try:
-            reply = handler(msg, context)
+            run = site_run_config(context.run_config)
+            reply = handler(msg, context, run)
         except SiteRefusal as err:  # a reason the site may tell; the detail (paths) stays here
             log(ERROR, "site refused %s: %s", msg.metadata.message_type, err.detail)
             reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"site refused: {err.public}"), reply_to=msg)
         except Exception as err:  # noqa: BLE001 - every failure becomes an error reply
             log(ERROR, "site failed handling %s:\n%s", msg.metadata.message_type, traceback.format_exc())
             reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"site raised {type(err).__name__}"), reply_to=msg)
-        _record_sent(context, msg, reply)
+        _record_sent(context, msg, reply, run)
         return reply
 
     return wrapper
 
 
 SENT_LOG = "sent.jsonl"
+_LOCATION_KEYS = ("data-root", "site-state-dir", "sim-node-config")  # where a site's state folder is
 
 
-def _record_sent(context: Context, msg: Message, reply: Message) -> None:
+def _record_sent(context: Context, msg: Message, reply: Message, run: RunConfig | None) -> None:
     """Append what this reply holds (array names and shapes, metric keys, config values; no
     numbers) to ``sent.jsonl`` in the site's state folder: the site's own record of what left
     it, in the form of the coordinator's audit log, kept by the site rather than by the party
-    it audits. A site whose state folder cannot be found or written logs that and goes on."""
+    it audits. A site whose state folder cannot be found or written logs that and goes on.
+    ``run`` is None when the run config was refused: the folder is then found from the keys
+    that locate it alone."""
     try:
-        node, run = _node_config(context), context.run_config
+        if run is None:
+            run = site_run_config({k: v for k, v in context.run_config.items() if k in _LOCATION_KEYS})
+        node = _node_config(context, run)
         folder = site.state_dir(node, run, site.data_path(node, run))
         entry = {
             "time": round(time.time(), 3), "run_id": msg.metadata.run_id, "message_type": msg.metadata.message_type,
@@ -94,13 +106,13 @@ def _reply(msg: Message, data: site.SiteData, metrics: dict, arrays: ArrayRecord
 
 @app.query()
 @_guarded
-def query(msg: Message, context: Context) -> Message:
+def query(msg: Message, context: Context, run: RunConfig) -> Message:
     """The site's target modality and class names, so the server can fix one label index; or,
     asked for ``ridge-statistics``, the sums the server solves the global ridge path from."""
-    data = _site(context)
+    data = _site(context, run)
     request = msg.content.config_records.get("request")
     if request is not None and request.get("kind") == STATISTICS_REQUEST:
-        dp, ledger, ledger_file = _privacy(context)
+        dp, ledger, ledger_file = _privacy(context, run)
         if dp is None:
             statistics = site.ridge_statistics(data)
         else:
@@ -116,21 +128,15 @@ def query(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
-def _privacy(context: Context) -> tuple[privacy.DPSettings | None, privacy.PrivacyLedger | None, Path | None]:
+def _privacy(context: Context, run: RunConfig) -> tuple[privacy.DPSettings | None, privacy.PrivacyLedger | None, Path | None]:
     """DP settings and this site's ledger for the run: from context.state between rounds, from
     the site's disk when the run (or the site daemon) was restarted."""
-    run = context.run_config
-    if not bool(run.get("dp-enabled", False)):
+    if not run.dp_enabled:
         return None, None, None
-    dp = privacy.DPSettings(
-        target_epsilon=float(run["dp-target-epsilon"]), delta=float(run["dp-delta"]), max_grad_norm=float(run["dp-max-grad-norm"]),
-        planned_rounds=int(run.get("dp-rounds", 0)) or int(run["num-server-rounds"]), accountant=str(run.get("dp-accountant", "rdp")),
-        statistics_share=float(run.get("dp-statistics-share", 0.1)), statistics_clip=float(run.get("dp-statistics-clip", 600.0)),
-        secure_mode=str(_node_config(context).get("dp-secure-mode", "false")).lower() in ("1", "true", "yes"),
-    )
-    node = _node_config(context)
+    node = _node_config(context, run)
+    dp = privacy.dp_settings(run, secure_mode=str(node.get("dp-secure-mode", "false")).lower() in ("1", "true", "yes"))
     state = site.state_dir(node, run, site.data_path(node, run))
-    path = privacy.ledger_path(state, str(run["run-dir"]))
+    path = privacy.ledger_path(state, run.run_dir)
     if "privacy" in context.state:
         ledger = privacy.PrivacyLedger.from_json(json.loads(context.state["privacy"]["ledger"]))
     else:
@@ -147,24 +153,23 @@ def _privacy(context: Context) -> tuple[privacy.DPSettings | None, privacy.Priva
 
 @app.train()
 @_guarded
-def train(msg: Message, context: Context) -> Message:
-    drills.check_fault(context.run_config, context.node_config)
-    run, config = context.run_config, msg.content["config"]
-    data = _site(context)
+def train(msg: Message, context: Context, run: RunConfig) -> Message:
+    drills.check_fault(run, context.node_config)
+    config = msg.content["config"]
+    data = _site(context, run)
     received = msg.content["arrays"].to_torch_state_dict()
-    model = site.build_model(str(run["preset"]), received)
-    train_config, epochs, server_round = TRAIN_PRESETS[str(run["preset"])], int(run["local-epochs"]), int(config["server-round"])
+    model = site.build_model(run.preset, received)
+    train_config, server_round = site.train_config(run), int(config["server-round"])
     # Where this site is in the learning-rate schedule (warm-up), from the round number rather
     # than from state kept in memory, so a resumed run or a restarted site daemon continues it.
-    start_step = (server_round - 1) * epochs * privacy.steps_per_epoch(len(data.train), train_config.batch_size)
-    dp, ledger, ledger_file = _privacy(context)
-    timeout = float(run.get("round-timeout", 0))
+    start_step = (server_round - 1) * train_config.epochs * privacy.steps_per_epoch(len(data.train), train_config.batch_size)
+    dp, ledger, ledger_file = _privacy(context, run)
     metrics = site.train(
-        model, data, config=train_config, epochs=epochs,
-        class_names=list(config.get("class-names", [])), seed=int(run["seed"]) + 1000 * server_round,
-        start_step=start_step, proximal_mu=float(config.get("proximal-mu", 0.0)),
+        model, data, config=train_config, epochs=train_config.epochs,
+        class_names=list(config.get("class-names", [])), seed=run.seed + 1000 * server_round,
+        start_step=start_step, proximal_mu=float(config.get("proximal-mu", 0.0)),  # sent by FedProx with the round
         # stop early enough to reply before the server stops waiting for this round
-        deadline=time.time() + 0.8 * timeout if timeout > 0 else None, dp=dp, ledger=ledger,
+        deadline=time.time() + 0.8 * run.round_timeout, dp=dp, ledger=ledger,
     )
     if dp:
         context.state["privacy"] = ConfigRecord({"ledger": json.dumps(ledger.to_json())})
@@ -175,17 +180,17 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 @_guarded
-def evaluate(msg: Message, context: Context) -> Message:
-    drills.check_fault(context.run_config, context.node_config)
-    run, config = context.run_config, msg.content["config"]
-    data = _site(context)
-    if bool(run.get("dp-enabled", False)):
+def evaluate(msg: Message, context: Context, run: RunConfig) -> Message:
+    drills.check_fault(run, context.node_config)
+    config = msg.content["config"]
+    data = _site(context, run)
+    if run.dp_enabled:
         # The held-out loss and PCC are functions of the held-out subjects' recordings that no
         # DP mechanism covers (and a site with few subjects has few held-out ones): withheld.
         return _reply(msg, data, {"num-examples": len(data.val), "withheld": 1})
-    model = site.build_model(str(run["preset"]), msg.content["arrays"].to_torch_state_dict())
+    model = site.build_model(run.preset, msg.content["arrays"].to_torch_state_dict())
     metrics = site.evaluate(
-        model, data, class_names=list(config.get("class-names", [])), batch_size=TRAIN_PRESETS[str(run["preset"])].batch_size,
-        seed=int(run["seed"]), pcc_windows=int(run.get("eval-pcc-windows", 0)),
+        model, data, class_names=list(config.get("class-names", [])), batch_size=site.train_config(run).batch_size,
+        seed=run.seed, pcc_windows=run.eval_pcc_windows,
     )
     return _reply(msg, data, metrics)

@@ -10,29 +10,29 @@ scale x (local - global); ``random``: Gaussian noise with the update's per-tenso
 
 from __future__ import annotations
 
+from typing import get_args
+
 import torch
 
-ATTACK_MODES = ("scale", "random")
+from fedneurogen.shared.run_config import AttackMode, RunConfig
+
+ATTACK_MODES: tuple[str, ...] = get_args(AttackMode)
 
 
-def _is_node(run_config: dict, node_config: dict, key: str) -> bool:
-    return int(run_config.get(key, -1)) == int(node_config.get("partition-id", -2))
+def _is_node(partition: int, node_config: dict) -> bool:
+    return partition == int(node_config.get("partition-id", -2))
 
 
-def check_fault(run_config: dict, node_config: dict) -> None:
-    if _is_node(run_config, node_config, "fault-partition"):
+def check_fault(run: RunConfig, node_config: dict) -> None:
+    if _is_node(run.fault_partition, node_config):
         raise RuntimeError("injected fault (run config fault-partition)")
 
 
-def poison(
-    run_config: dict, node_config: dict, local: dict[str, torch.Tensor], received: dict[str, torch.Tensor], seed: int
-) -> dict[str, torch.Tensor]:
+def poison(run: RunConfig, node_config: dict, local: dict[str, torch.Tensor], received: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
     """The update this node sends: ``local`` unchanged unless it is the attack drill's node."""
-    if not _is_node(run_config, node_config, "attack-partition"):
+    if not _is_node(run.attack_partition, node_config):
         return local
-    mode, scale = str(run_config.get("attack-mode", "scale")), float(run_config.get("attack-scale", 100.0))
-    if mode not in ATTACK_MODES:
-        raise ValueError(f"attack-mode must be one of {ATTACK_MODES}, got {mode!r}")
+    mode, scale = run.attack_mode, run.attack_scale
     generator = torch.Generator().manual_seed(seed)
     poisoned = {}
     for name, weights in local.items():

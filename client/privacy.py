@@ -42,6 +42,7 @@ import torch
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.io import write_json_atomic
 from fedneurogen.shared.ridge import RidgeStatistics, sum_statistics
+from fedneurogen.shared.run_config import RunConfig
 
 if TYPE_CHECKING:
     from opacus import PrivacyEngine
@@ -50,18 +51,32 @@ if TYPE_CHECKING:
 # SuperNode starts per message) does not pay for its import.
 
 LEDGER_FORMAT = "fedneurogen.privacy-ledger"
+_RUN_DEFAULTS = RunConfig()  # the defaults below are the run config's (kept in one place)
 
 
 @dataclass(frozen=True)
 class DPSettings:
+    """A run's DP settings at a site; ``dp_settings`` builds them from the run config."""
+
     target_epsilon: float
     delta: float
     max_grad_norm: float
     planned_rounds: int
-    accountant: str = "rdp"  # or "prv"
-    statistics_share: float = 0.1  # of target_epsilon, spent on the ridge statistics (0: not released)
-    statistics_clip: float = 600.0  # bound on a subject's per-frame-averaged statistics (L2)
-    secure_mode: bool = False  # Opacus' cryptographically secure noise (needs torchcsprng)
+    accountant: str = _RUN_DEFAULTS.dp_accountant  # "rdp" or "prv"
+    statistics_share: float = _RUN_DEFAULTS.dp_statistics_share  # of target_epsilon, spent on the ridge statistics (0: not released)
+    statistics_clip: float = _RUN_DEFAULTS.dp_statistics_clip  # bound on a subject's per-frame-averaged statistics (L2)
+    secure_mode: bool = False  # Opacus' cryptographically secure noise (needs torchcsprng; a site's node config)
+
+
+def dp_settings(run: RunConfig, secure_mode: bool = False) -> DPSettings:
+    """The run's DP settings (whether DP is on is ``run.dp_enabled``): the budget is spread over
+    ``dp-rounds``, or ``num-server-rounds`` when that is 0. ``secure_mode`` is the site's own
+    ``dp-secure-mode`` (node config), never the run's."""
+    return DPSettings(
+        target_epsilon=run.dp_target_epsilon, delta=run.dp_delta, max_grad_norm=run.dp_max_grad_norm,
+        planned_rounds=run.dp_rounds or run.num_server_rounds, accountant=run.dp_accountant,
+        statistics_share=run.dp_statistics_share, statistics_clip=run.dp_statistics_clip, secure_mode=secure_mode,
+    )  # fmt: skip
 
 
 @dataclass

@@ -17,8 +17,12 @@ import os
 import re
 from pathlib import Path
 
+from collections.abc import Mapping
+from typing import Any
+
 from fedneurogen.shared.errors import ConfigError, DataError, FedNeuroGenError
 from fedneurogen.shared.model import MODALITIES
+from fedneurogen.shared.run_config import RunConfig, validate_run_config
 
 #: BIDS datatype folders; only these names are ever reported (a folder name could be anything).
 BIDS_DATATYPES = ("anat", "beh", "dwi", "fmap", "func", "ieeg", "meg", "micr", "motion", "mrs", "nirs", "perf", "pet")
@@ -122,47 +126,48 @@ def _flag(value: object) -> bool:
 POLICY_KEYS = ("dp-required", "dp-max-epsilon", "dp-max-delta", "dp-lifetime-epsilon", "dp-secure-mode")
 
 
-def check_privacy_policy(node_config: dict, run_config: dict) -> None:
+def check_privacy_policy(node_config: dict, run: RunConfig) -> None:
     """Refuse a run that asks for less privacy than this site's own policy allows: its operator
     sets it with ``--node-config`` (``dp-required=true``, ``dp-max-epsilon=8``,
     ``dp-max-delta=1e-5``), so the coordinator cannot lower it from the run config."""
-    dp = bool(run_config.get("dp-enabled", False))
-    if _flag(node_config.get("dp-required", False)) and not dp:
+    if _flag(node_config.get("dp-required", False)) and not run.dp_enabled:
         raise SiteRefusal("this site trains only under differential privacy (its policy: dp-required); the run has dp-enabled=false")
-    limits = (("dp-max-epsilon", "dp-target-epsilon"), ("dp-max-delta", "dp-delta"))
-    for policy_key, run_key in limits:
-        if dp and policy_key in node_config and float(run_config[run_key]) > float(node_config[policy_key]):
-            raise SiteRefusal(
-                f"the run's {run_key} = {float(run_config[run_key]):g} is above this site's limit {policy_key} = {float(node_config[policy_key]):g}"
-            )
+    limits = (("dp-max-epsilon", "dp-target-epsilon", run.dp_target_epsilon), ("dp-max-delta", "dp-delta", run.dp_delta))
+    for policy_key, run_key, value in limits:
+        if run.dp_enabled and policy_key in node_config and value > float(node_config[policy_key]):
+            raise SiteRefusal(f"the run's {run_key} = {value:g} is above this site's limit {policy_key} = {float(node_config[policy_key]):g}")
 
 
-def check_run(node_config: dict, run_config: dict) -> None:
-    """Refuse an invalid run config, a run whose preset is not the one this site pinned, or one
-    that asks for less privacy than the site's policy (``check_privacy_policy``)."""
-    from fedneurogen.shared.run_config import validate_run_config
-
+def site_run_config(run_config: Mapping[str, Any]) -> RunConfig:
+    """The run config a site received, typed; an invalid one is refused with the reason
+    (``invalid run config: strategy = 'fedsgd' is not allowed; ...``)."""
     try:
-        validate_run_config(run_config)
+        return validate_run_config(run_config)
     except ConfigError as err:  # run-config values came from the server: safe to send back
         raise SiteRefusal(f"invalid {err}", str(err)) from None
+
+
+def check_run(node_config: dict, run: RunConfig) -> None:
+    """Refuse a run whose preset is not the one this site pinned, or one that asks for less
+    privacy than the site's policy (``check_privacy_policy``). (An invalid run config never gets
+    here: ``site_run_config`` refuses it.)"""
     pinned = node_config.get("preset")
-    if pinned is not None and str(pinned) != str(run_config["preset"]):
+    if pinned is not None and str(pinned) != run.preset:
         raise SiteRefusal(
-            f"preset mismatch — this site runs {str(pinned)!r}, the run asks for {str(run_config['preset'])!r}",
-            f"the run asks for preset {run_config['preset']!r} but this site's node config pins preset={pinned!r}",
+            f"preset mismatch — this site runs {str(pinned)!r}, the run asks for {run.preset!r}",
+            f"the run asks for preset {run.preset!r} but this site's node config pins preset={pinned!r}",
         )
-    check_privacy_policy(node_config, run_config)
+    check_privacy_policy(node_config, run)
 
 
-def simulated_node_config(node_config: dict, run_config: dict) -> dict:
+def simulated_node_config(node_config: dict, run: RunConfig) -> dict:
     """The node config, plus run config ``sim-node-config`` entries for this simulated node.
 
     ``sim-node-config = "1:data-path=/x;2:preset=small"`` gives simulated node 1 (partition id)
     the data path ``/x`` and node 2 a pinned preset, as ``--node-config`` does for a site daemon.
     It applies only to simulated nodes (a partition id and no data path of their own), so a
     run config can never redirect a deployed site."""
-    spec = str(run_config.get("sim-node-config", "") or "").strip()
+    spec = run.sim_node_config.strip()
     if not spec or "partition-id" not in node_config or "data-path" in node_config:
         return dict(node_config)
     merged = dict(node_config)

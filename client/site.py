@@ -24,8 +24,9 @@ from fedneurogen.shared.io import atomic_write
 from fedneurogen.shared.metrics import temporal_pcc
 from fedneurogen.shared.model import Batch, NeuroGenModel, parameter_modality
 from fedneurogen.shared.recording import PairedWindows
+from fedneurogen.shared.run_config import RunConfig
 from fedneurogen.shared.splits import split_subjects
-from fedneurogen.shared.training import TrainConfig, make_optimizer, train_epochs, validation_loss
+from fedneurogen.shared.training import TRAIN_PRESETS, TrainConfig, make_optimizer, train_epochs, validation_loss
 
 
 @dataclass(frozen=True)
@@ -46,44 +47,40 @@ _SITES: dict[tuple[str, int, int], SiteData] = {}  # one load per process and da
 _REFUSED: dict[tuple[str, int, int], SiteRefusal] = {}  # a dataset found unusable is not re-read each round
 
 
-def data_path(node_config: dict, run_config: dict) -> Path:
-    """A site daemon's ``--node-config data-path=...``; in simulation, node ``i`` (its
-    partition id) trains on ``data-root/site-0{i+1}``, simulated first if absent."""
+def data_path(node_config: dict, run: RunConfig) -> Path:
+    """A site daemon's ``--node-config data-path=...``; in a local simulation, node ``i`` (its
+    partition id) trains on ``data-root/site-0{i+1}``, which ``fedneurogen federate`` (or
+    ``fedneurogen simulate``) writes before the run: a site never runs the simulator."""
     if "data-path" in node_config:
         return Path(str(node_config["data-path"]))
-    root = Path(str(run_config["data-root"])).expanduser()
+    root = Path(run.data_root).expanduser()
     path = root / f"site-{int(node_config['partition-id']) + 1:02d}"
-    if not path.is_dir():
-        simulate_sites(root, run_config)
+    if not path.exists():
+        raise SiteRefusal(
+            "no data for this simulated node (see the site's log)",
+            f"no site dataset at {path}: give the node its data (--node-config data-path=...) or write simulated sites first: "
+            f"fedneurogen simulate --out {root} --sites N",
+        )
     return path
 
 
-def simulate_sites(root: Path, run_config: dict) -> None:
-    """Write the simulated sites of a local simulation (one node does it, the others wait)."""
-    import fcntl
-
-    from fedneurogen.simulations.federated import ensure_sites
-
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".simulate.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        ensure_sites(
-            root, int(run_config.get("num-sites", 3)), str(run_config.get("modality", "fmri")),
-            int(run_config.get("subjects-per-site", 4)), int(run_config.get("seed", 0)),
-        )
-
-
-def state_dir(node_config: dict, run_config: dict, data: Path) -> Path:
+def state_dir(node_config: dict, run: RunConfig, data: Path) -> Path:
     """Where the site keeps its privacy ledger: ``--node-config state-dir=...``, else the run
     config's ``site-state-dir`` for a simulated node only, else ``$FEDNEUROGEN_STATE``/``~/.local/state``.
     A site daemon (its node config names its ``data-path``) never takes the folder from the run
     config: a coordinator could otherwise point it at an empty ledger and reset the budget."""
     if "state-dir" in node_config:
         return Path(str(node_config["state-dir"]))
-    from_run = "" if "data-path" in node_config else str(run_config.get("site-state-dir", ""))
+    from_run = "" if "data-path" in node_config else run.site_state_dir
     root = from_run or os.environ.get("FEDNEUROGEN_STATE") or "~/.local/state/fedneurogen"
     digest = hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:8]
     return Path(root).expanduser() / f"{data.resolve().name}-{digest}"
+
+
+def train_config(run: RunConfig) -> TrainConfig:
+    """The optimisation settings of the run at a site: its preset's (``TRAIN_PRESETS``), for
+    ``local-epochs`` epochs a round."""
+    return TRAIN_PRESETS[run.preset].model_copy(update={"epochs": run.local_epochs})
 
 
 def load(path: Path, seed: int, max_windows: int = 0, cache_dir: str | None = None) -> SiteData:

@@ -376,7 +376,7 @@ def augment(
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
 ) -> None:
     """Site-side fairness augmentation: rebalance under-represented classes/groups with generated data and report per-class and per-group F1 against baselines."""
-    from fedneurogen.client.augment import STRATEGIES, AugmentConfig, augment_site
+    from fedneurogen.shared.fairness import STRATEGIES, AugmentConfig, augment_site
     from fedneurogen.shared.errors import FedNeuroGenError
 
     chosen = {s.value for s in strategy}
@@ -400,6 +400,32 @@ def augment(
         minority_f1 = "n/a" if row["minority_f1"] is None else f"{row['minority_f1']:.3f}"
         console.print(f"  {name:>12}: minority F1 {minority_f1}, macro F1 {report['strategies'][name]['macro_f1_mean']:.3f}")
     console.print(f"report: [bold]{out / 'report.json'}[/], {out / 'report.md'}")
+
+
+@app.command("explain")
+def explain_command(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Model checkpoint (EMA weights) whose point prediction is explained."),
+    data: Path = typer.Option(..., "--data", help="A BIDS site dataset (all its subjects' windows are used)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: explain.json, dominant_band.png, band_shares.png, electrodes.png, hrf.png."),
+    label: str | None = typer.Option(None, "--label", help="Explain the windows of this class only, conditioned on it (default: all windows, label-free)."),
+    points: str = typer.Option("top", "--points", help="Points summarised: top (best-predicted 10 %), all, or a region (occipital, left occipital, ...)."),
+    steps: int = typer.Option(32, "--steps", min=1, help="Integrated-gradient steps for the learned residual."),
+    max_frames: int | None = typer.Option(None, "--max-frames", min=3, help="Use at most this many frames (evenly spaced) of the site."),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+) -> None:
+    """Which EEG bands, electrodes and cortical regions drive the generated target, and the model's effective HRF per region."""
+    from fedneurogen.shared.errors import FedNeuroGenError
+    from fedneurogen.shared.explain import EXPLAIN_FILE, explain
+
+    try:
+        report = explain(checkpoint, data, out, label=label, points=points, steps=steps, max_rows=max_frames, device=device)
+    except FedNeuroGenError as err:
+        _fail_on(err)
+    shares = report["band_shares"]["prediction"]
+    console.print(f"{report['points']['rule']} ({report['points']['count']} of {report['points']['of']})")
+    console.print("band shares of the prediction variance: " + ", ".join(f"{b} {v:.2f}" for b, v in shares.items()))
+    console.print(f"top electrodes: {', '.join(report['electrodes']['ranking'][:8])}; effective HRF peak {report['effective_hrf']['selected_points']['peak_s']:.1f} s")
+    console.print(f"report: [bold]{out / EXPLAIN_FILE}[/] (figures: {', '.join(report['plots'])})")
 
 
 @app.command("fairness-table")

@@ -26,13 +26,13 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from fedneurogen.server.audit import AUDIT_FILE, AuditedGrid
 from fedneurogen.server.checkpointing import RunStore, load_parameters, model_parameters
 from fedneurogen.server.early_stopping import ResidualEarlyStopping
-from fedneurogen.server.strategy import ModalityStrategy, make_base_strategy
+from fedneurogen.server.strategy import make_strategy
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.model import NeuroGenModel
 from fedneurogen.shared.model.mean import solve_ridge_path
 from fedneurogen.shared.ridge import STATISTICS_REQUEST, RidgeStatistics, sum_statistics
-from fedneurogen.shared.run_config import validate_run_config
+from fedneurogen.shared.run_config import RunConfig, validate_run_config
 
 app = ServerApp()
 
@@ -101,65 +101,60 @@ def solve_global_ridge(grid: Grid, model: NeuroGenModel, min_nodes: int, timeout
     return chosen
 
 
-def checkpoint_extra(cfg: dict, class_names: list[str], server_round: int, sites_count: int) -> dict:
+def checkpoint_extra(run: RunConfig, class_names: list[str], server_round: int, sites_count: int) -> dict:
     """What a round checkpoint says about itself (``synthesize``/``evaluate`` read it)."""
     return {
         "class_names": class_names,
         "preprocess": PreprocessConfig().model_dump(mode="json"),  # what every site's loader applies
         "provenance": {
-            "trained_by": "federated", "rounds": server_round, "num_server_rounds": int(cfg["num-server-rounds"]),
-            "strategy": str(cfg["strategy"]), "sites_count": sites_count, "local_epochs": int(cfg["local-epochs"]),
-            "dp": {"target_epsilon": float(cfg["dp-target-epsilon"]), "delta": float(cfg["dp-delta"])} if bool(cfg["dp-enabled"]) else None,
+            "trained_by": "federated", "rounds": server_round, "num_server_rounds": run.num_server_rounds,
+            "strategy": run.strategy, "sites_count": sites_count, "local_epochs": run.local_epochs,
+            "dp": {"target_epsilon": run.dp_target_epsilon, "delta": run.dp_delta} if run.dp_enabled else None,
             # The sites split subjects with split_subjects(seed) and its default fractions, and
             # `evaluate` applies the same split. (Its "sites" key would list folder names, which
             # sites never send.)
-            "seed": int(cfg["seed"]), "split_seed": int(cfg["seed"]), "val_fraction": 0.15, "test_fraction": 0.2,
+            "seed": run.seed, "split_seed": run.seed, "val_fraction": 0.15, "test_fraction": 0.2,
         },
     }
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    cfg = context.run_config
-    try:
-        validate_run_config(cfg)  # a bad key stops the run here, named with its allowed values
+    try:  # once: everything below reads the typed config
+        run = validate_run_config(context.run_config)  # a bad key stops the run here, named with its allowed values
     except ConfigError as err:
         log(ERROR, "%s", err)
         raise
-    num_rounds, timeout = int(cfg["num-server-rounds"]), float(cfg["round-timeout"])
-    strategy_name, preset = str(cfg["strategy"]), str(cfg["preset"])
-    store = RunStore(str(cfg["run-dir"]), keep=int(cfg.get("keep-checkpoints", 3)))
+    num_rounds, timeout = run.num_server_rounds, run.round_timeout
+    store = RunStore(run.run_dir, keep=run.keep_checkpoints)
     # every received message described in run-dir/audit/received.jsonl (audit=false: not logged);
     # array bytes sent and received are counted per round either way
-    grid = AuditedGrid(grid, store.dir / AUDIT_FILE if bool(cfg.get("audit", True)) else None)
-    strategy = ModalityStrategy(
-        make_base_strategy(strategy_name, cfg), min_replies=int(cfg.get("min-train-replies", 1)),
-        max_examples=int(cfg.get("max-examples-per-site", 0)), max_update_norm=float(cfg.get("max-update-norm", 0.0)),
-    )  # fmt: skip
-    torch.manual_seed(int(cfg["seed"]))  # the initial global weights
-    model = NeuroGenModel(preset, device="cpu")
+    grid = AuditedGrid(grid, store.dir / AUDIT_FILE if run.audit else None)
+    strategy = make_strategy(run)
+    torch.manual_seed(run.seed)  # the initial global weights
+    model = NeuroGenModel(run.preset, device="cpu")
 
     first, history, class_names = 1, [], None
     if store.latest() is not None:
-        if not bool(cfg["resume"]):
+        if not run.resume:
             raise ConfigError(f"{store.dir} already holds a run (round {store.latest()['round']}); set resume=true to continue it or choose another run-dir")
         done, state, history, meta = store.resume(model)
         strategy.load_state_dict(state)
         first, class_names = done + 1, list(meta.get("class_names") or [])
         log(INFO, "Resuming %s from round %d of %d", store.dir, done, num_rounds)
-    if class_names is None and str(cfg.get("classes", "")).strip():  # the consortium's label list
-        class_names = sorted({c.strip() for c in str(cfg["classes"]).split(",") if c.strip()})[: model.config.num_classes]
+    if class_names is None and run.classes.strip():  # the consortium's label list
+        class_names = sorted({c.strip() for c in run.classes.split(",") if c.strip()})[: model.config.num_classes]
     if class_names is None:  # else the union of the sites' own classes
-        class_names = site_classes(grid, int(cfg.get("min-available-nodes", 2)), timeout, model.config.num_classes)
+        class_names = site_classes(grid, run.min_available_nodes, timeout, model.config.num_classes)
     log(INFO, "Classes: %s", class_names)
     if first == 1:  # (a resumed run has it in its checkpoint)
-        ridge = solve_global_ridge(grid, model, int(cfg.get("min-available-nodes", 2)), timeout)
+        ridge = solve_global_ridge(grid, model, run.min_available_nodes, timeout)
         log(INFO, "Ridge path from the sites' summed statistics: %s", ridge)
 
     arrays = ArrayRecord(model_parameters(model))
     strategy.summary()
-    evaluating = float(cfg.get("fraction-evaluate", 1.0)) > 0 and int(cfg.get("eval-pcc-windows", 0)) > 0
-    stopping = ResidualEarlyStopping(int(cfg.get("early-stopping-patience", 0)) if evaluating else 0)
+    evaluating = run.fraction_evaluate > 0 and run.eval_pcc_windows > 0
+    stopping = ResidualEarlyStopping(run.early_stopping_patience if evaluating else 0)
     if stopping.active and first == 1:  # the score to beat: the ridge path alone, before training
         grid.begin_round(0)
         replies = grid.send_and_receive(strategy.configure_evaluate(0, arrays, ConfigRecord({"class-names": class_names}), grid), timeout=timeout)
@@ -200,7 +195,7 @@ def main(grid: Grid, context: Context) -> None:
             log(INFO, "Round %d %s: %s", server_round, stage, history[-1][stage].get("aggregate"))
         load_parameters(model, {k: a.numpy() for k, a in arrays.items()})
         contributed = sum(1 for m in history[-1]["train"].get("sites", {}).values() if m.get("num-examples", 0) > 0)
-        extra = checkpoint_extra(cfg, class_names, server_round, contributed)
+        extra = checkpoint_extra(run, class_names, server_round, contributed)
         folder = store.save_round(server_round, model, strategy.state_dict(), history, extra)
         store.write_reports(history)
         log(INFO, "Round %d checkpoint: %s", server_round, folder)

@@ -1,7 +1,8 @@
 """Everything the server keeps under ``run-dir``, written atomically every round.
 
     run-dir/rounds/round-0003/   model.safetensors + config.json (a normal model checkpoint),
-                                 strategy.safetensors (server optimizer state), history.json
+                                 strategy.safetensors (server optimizer state), history.json,
+                                 MANIFEST.sha256 (every file's SHA-256, checked on resume)
     run-dir/latest.json          {"round": 3, "checkpoint": "rounds/round-0003", ...}
     run-dir/checkpoint           symlink to the latest round, for `synthesize`/`evaluate`
     run-dir/history.json         per-round, per-site (anonymous node ids) and aggregated metrics
@@ -28,7 +29,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from fedneurogen.shared.errors import ConfigError
-from fedneurogen.shared.io import atomic_path, write_json_atomic
+from fedneurogen.shared.io import MANIFEST_FILE, atomic_path, read_manifest, write_json_atomic, write_manifest
 from fedneurogen.shared.model import EMA, NeuroGenModel, load_checkpoint_into, save_checkpoint
 
 STRATEGY_FILE = "strategy.safetensors"
@@ -80,6 +81,9 @@ class RunStore:
             if strategy_state:
                 save_file({k: np.array(v, order="C") for k, v in strategy_state.items()}, str(tmp / STRATEGY_FILE))  # keeps 0-d arrays 0-d
             write_json_atomic(tmp / HISTORY_FILE, clean(history))
+            # one manifest over the whole round: resume checks the strategy state and history too
+            known = read_manifest(tmp) or {}
+            write_manifest(tmp, sorted(p.name for p in tmp.iterdir() if p.is_file() and p.name != MANIFEST_FILE), known=known)
             sync_to_disk(tmp)  # the round's files reach the disk before latest.json can name them
             final = rounds / name
             if final.exists():  # left by a run that crashed before naming it in latest.json

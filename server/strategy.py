@@ -23,7 +23,6 @@ import copy
 import math
 from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
-from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -34,6 +33,7 @@ from flwr.serverapp.strategy import Bulyan, FedAdam, FedAvg, FedMedian, FedProx,
 from flwr.serverapp.strategy.fedopt import FedOpt
 
 from fedneurogen.shared.model import MODALITIES, parameter_modality
+from fedneurogen.shared.run_config import RunConfig
 
 BACKBONE = "backbone"
 PARTS = (BACKBONE, *MODALITIES)
@@ -67,32 +67,40 @@ def common_keys(records: list[RecordDict]) -> list[str]:
     return sorted(set.intersection(*keys)) if keys else []
 
 
-def make_base_strategy(name: str, settings: dict[str, Any]) -> Callable[[], FedAvg]:
-    """A factory of the named Flower strategy with the run's sampling settings."""
+def make_base_strategy(run: RunConfig) -> Callable[[], FedAvg]:
+    """A factory of the run's Flower strategy (``run.strategy``) with its sampling settings."""
     common = dict(
-        fraction_train=float(settings.get("fraction-train", 1.0)),
-        fraction_evaluate=float(settings.get("fraction-evaluate", 1.0)),
-        min_train_nodes=int(settings.get("min-train-nodes", 2)),
-        min_evaluate_nodes=int(settings.get("min-evaluate-nodes", 2)),
-        min_available_nodes=int(settings.get("min-available-nodes", 2)),
+        fraction_train=run.fraction_train,
+        fraction_evaluate=run.fraction_evaluate,
+        min_train_nodes=run.min_train_nodes,
+        min_evaluate_nodes=run.min_evaluate_nodes,
+        min_available_nodes=run.min_available_nodes,
         train_metrics_aggr_fn=aggregate_metrics,
         evaluate_metrics_aggr_fn=aggregate_metrics,
     )
-    malicious = int(settings.get("krum-malicious", 0))
+    malicious = run.krum_malicious
     specific: dict[str, Callable[[], FedAvg]] = {
         "fedavg": lambda: FedAvg(**common),
-        "fedprox": lambda: FedProx(**common, proximal_mu=float(settings.get("proximal-mu", 0.01))),
-        "fedadam": lambda: FedAdam(**common, eta=float(settings.get("server-lr", 1e-3)), tau=float(settings.get("server-tau", 1e-3))),
+        "fedprox": lambda: FedProx(**common, proximal_mu=run.proximal_mu),
+        "fedadam": lambda: FedAdam(**common, eta=run.server_lr, tau=run.server_tau),
         "fedmedian": lambda: FedMedian(**common),
-        "fedtrimmedavg": lambda: FedTrimmedAvg(**common, beta=float(settings.get("trim-beta", 0.2))),
+        "fedtrimmedavg": lambda: FedTrimmedAvg(**common, beta=run.trim_beta),
         "krum": lambda: Krum(**common, num_malicious_nodes=malicious),
-        "multikrum": lambda: MultiKrum(**common, num_malicious_nodes=malicious, num_nodes_to_select=int(settings.get("krum-select", 2))),
+        "multikrum": lambda: MultiKrum(**common, num_malicious_nodes=malicious, num_nodes_to_select=run.krum_select),
         # Bulyan needs 4 x krum-malicious + 3 updates; a part with fewer keeps its global weights
         "bulyan": lambda: Bulyan(**common, num_malicious_nodes=malicious),
     }
-    if name not in specific:
-        raise ValueError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
-    return specific[name]
+    if run.strategy not in specific:
+        raise ValueError(f"unknown strategy {run.strategy!r}; expected one of {', '.join(STRATEGIES)}")
+    return specific[run.strategy]
+
+
+def make_strategy(run: RunConfig) -> ModalityStrategy:
+    """The run's per-modality strategy: ``make_base_strategy`` per part, and the reply checks
+    (``min-train-replies``, ``max-examples-per-site``, ``max-update-norm``)."""
+    return ModalityStrategy(
+        make_base_strategy(run), min_replies=run.min_train_replies, max_examples=run.max_examples_per_site, max_update_norm=run.max_update_norm
+    )
 
 
 class ModalityStrategy(Strategy):

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class PreprocessConfig(BaseModel):
-    """How raw recordings become paired windows (ARCHITECTURE section 4).
+    """How raw recordings become paired windows (docs/architecture.md §3).
 
     Changing any field changes ``cache_key`` and so invalidates the on-disk cache.
     """
@@ -33,6 +33,14 @@ class PreprocessConfig(BaseModel):
     fnirs_filter_order: int = 6
     fnirs_ppf: float = Field(6.0, description="Partial pathlength factor for the Beer-Lambert law")
     fnirs_scale: float = Field(1e6, description="mol/L -> model units: 1e6 gives micromolar")
+    fnirs_short_channel_regression: bool = Field(
+        True,
+        description=(
+            "Regress the nearest short-separation channel (< 15 mm) out of each long fNIRS channel, per chromophore, "
+            "to remove scalp/systemic physiology; short channels are never target points, and files without them are "
+            "read unchanged"
+        ),
+    )
     # Target sampling and windows
     fmri_sfreq: float = Field(0.5, description="Common fMRI grid (Hz); sites with other TRs are resampled to it")
     fnirs_sfreq: float = Field(1.0, description="Common fNIRS grid (Hz) after the 0.1 Hz low-pass")

@@ -20,6 +20,7 @@ centre; frame ``f`` at time ``t_f`` sees segments with ``0 <= t_f - centre_l <= 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -129,20 +130,43 @@ def unique_frames(windows: PairedWindows) -> tuple[np.ndarray, np.ndarray]:
     return np.array(rows_w, dtype=int), np.array(rows_f, dtype=int)
 
 
-def subject_statistics(windows: PairedWindows, target: np.ndarray | None = None, design: np.ndarray | None = None) -> list[RidgeStatistics]:
+def iter_subject_statistics(
+    windows: PairedWindows, target: np.ndarray | None = None, design: np.ndarray | None = None
+) -> Iterator[RidgeStatistics]:
     """Ridge statistics of ``design -> target`` per subject (each run frame once), in subject
-    order; ``target``/``design`` default to the windows' own ``[W, N, F]`` / ``[W, F, D]``."""
+    order; ``target``/``design`` default to the windows' own ``[W, N, F]`` / ``[W, F, D]``.
+    One subject's frames are read at a time."""
     target = windows.target if target is None else target
     design = windows.design if design is None else design
     if design is None:
         raise ValueError("the windows carry no hemodynamic design")
     rows_w, rows_f = unique_frames(windows)
-    out = []
     for subject in sorted(set(windows.subjects.tolist())):
         mine = windows.subjects[rows_w] == subject
         w, f = rows_w[mine], rows_f[mine]
-        out.append(RidgeStatistics.from_rows(design[w, f], target[w, :, f]))
-    return out
+        yield RidgeStatistics.from_rows(design[w, f], target[w, :, f])
+
+
+def subject_statistics(windows: PairedWindows, target: np.ndarray | None = None, design: np.ndarray | None = None) -> list[RidgeStatistics]:
+    """``iter_subject_statistics`` as a list (one entry per subject: for per-subject privacy)."""
+    return list(iter_subject_statistics(windows, target, design))
+
+
+def two_fold_statistics(sites: Sequence[PairedWindows]) -> list[RidgeStatistics]:
+    """The subjects' statistics of ``sites`` summed into two folds, alternate subjects in turn
+    (one sum when there is one subject). ``fit_ridge_selected`` needs no more than these: it
+    fits on their sum and, without validation data, chooses on one fold against the other. Held
+    in memory: two sums, whatever the number of subjects."""
+    folds: list[RidgeStatistics] = []
+    count = 0
+    for site in sites:
+        for stats in iter_subject_statistics(site):
+            if len(folds) < 2:
+                folds.append(stats)
+            else:
+                folds[count % 2] = folds[count % 2] + stats
+            count += 1
+    return folds
 
 
 def feature_bands(n_features: int) -> np.ndarray:

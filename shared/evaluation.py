@@ -1,4 +1,4 @@
-"""Evaluating a checkpoint on a site's held-out subjects (ARCHITECTURE section 8).
+"""Evaluating a checkpoint on a site's held-out subjects (docs/architecture.md §7).
 
 ``evaluate`` generates the target for the test subjects' windows and scores it against the real
 recording: temporal PCC (per point over each stitched run, Fisher-z averaged), spatial PCC and
@@ -132,7 +132,7 @@ def ground_truth_windows(site_dir: str | Path, windows: PairedWindows, config: P
 
     runs = {run.key: run for run in find_runs(site_dir)}
     n_frames = windows.target.shape[-1]
-    out = np.zeros_like(windows.target)
+    out = np.zeros(windows.target.shape, np.float32)
     for key in np.unique(windows.runs):
         truth = read_ground_truth(runs[key], config) if key in runs else None
         if truth is None or not set(windows.target_names) <= set(truth.names):
@@ -218,7 +218,7 @@ def fit_predict(make, train: PairedWindows | None, test: PairedWindows, val: Pai
     subjects = sorted(set(test.subjects.tolist()))
     if len(subjects) < 2:
         return None
-    out = np.zeros_like(test.target)
+    out = np.zeros(test.target.shape, np.float32)
     for fold in (subjects[::2], subjects[1::2]):
         held = np.isin(test.subjects, fold)
         out[held] = make().fit(test.subset(~held)).predict(test.subset(held))
@@ -581,7 +581,7 @@ def render_report(report: dict[str, Any], console) -> None:
 
     counts = f"{report['n_test_windows']} test windows, {report['test_subjects_count']} subject(s)"
     table = Table(title=f"{report['modality']} evaluation on held-out subjects: {counts}", title_justify="left")
-    for column in ("", "temporal PCC", "top-10 % PCC", "spatial PCC", "SSIM"):
+    for column in ("", "temporal PCC", "top-10 % PCC", "spatial PCC", "global SSIM"):
         table.add_column(column, justify="right" if column else "left")
     for label, path in ROWS:
         row = report_row(report, path)

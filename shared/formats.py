@@ -1,4 +1,4 @@
-"""Writers for the BIDS file formats the program outputs (ARCHITECTURE section 3: BIDS in, BIDS out).
+"""Writers for the BIDS file formats the program outputs (docs/architecture.md §3: BIDS in, BIDS out).
 
 Shared by the simulator (``fedneurogen.simulations.bids_writer``) and by synthesis
 (``fedneurogen.shared.synthesis``):

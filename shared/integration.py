@@ -1,6 +1,6 @@
 """Hyperdimensional integration: put EEG into the target modality's space and time.
 
-Equations (1)-(3) of ARCHITECTURE section 4 (UnifiedNeuroGen):
+Equations (1)-(3) of docs/architecture.md §4.3 (UnifiedNeuroGen):
 
 (1)  x_i(t) = sum_j w_ij y_j(t) / sum_j w_ij          spatial: EEG electrodes j -> target points i
 (2)  w_ij   = 1 / (||p_i - q_j||^2 + eps)              inverse squared distance

@@ -85,3 +85,49 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+#: A folder's manifest: ``sha256sum`` format (``<hex>  <name>`` per line), so ``sha256sum -c
+#: MANIFEST.sha256`` checks it by hand too.
+MANIFEST_FILE = "MANIFEST.sha256"
+
+
+def write_manifest(folder: str | Path, names: list[str], known: dict[str, str] | None = None) -> Path:
+    """Write ``folder/MANIFEST.sha256`` for the files ``names`` (``known`` hashes are reused)."""
+    folder = Path(folder)
+    known = known or {}
+    lines = [f"{known.get(name) or file_sha256(folder / name)}  {name}" for name in sorted(names)]
+    return write_bytes_atomic(folder / MANIFEST_FILE, ("\n".join(lines) + "\n").encode("utf-8"))
+
+
+def read_manifest(folder: str | Path) -> dict[str, str] | None:
+    """``{name: sha256}`` of a folder's manifest; None when it has none. A malformed manifest
+    or one naming a file outside the folder raises ``ValueError`` naming the line."""
+    path = Path(folder) / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    out = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64 or not name or "/" in name or name in (".", ".."):
+            raise ValueError(f"{path} line {number} is not '<sha256>  <file name>': {line[:80]!r}")
+        out[name] = digest
+    return out
+
+
+def verify_manifest(folder: str | Path, skip: set[str] = frozenset()) -> dict[str, str] | None:
+    """Check every file a folder's manifest lists (except ``skip``) against its hash; returns
+    the manifest (None when there is none). ``ValueError`` names the first file that is
+    missing or differs."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    for name, digest in (manifest or {}).items():
+        if name in skip:
+            continue
+        file = folder / name
+        if not file.is_file():
+            raise ValueError(f"{file} is listed in {folder / MANIFEST_FILE} but missing")
+        actual = file_sha256(file)
+        if actual != digest:
+            raise ValueError(f"{file} is corrupt or was modified: its SHA-256 {actual} does not match {digest} in {folder / MANIFEST_FILE}")
+    return manifest

@@ -1,4 +1,4 @@
-"""Generation quality metrics (ARCHITECTURE section 8).
+"""Generation quality metrics (docs/architecture.md §7).
 
 Windows overlap, so per-run time series are first stitched back together (overlapping frames
 averaged); temporal PCC is then computed per point (vertex or channel) over each run and

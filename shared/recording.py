@@ -68,12 +68,91 @@ class Recording:
         return np.arange(self.n_times) / self.sfreq
 
 
+class WindowView:
+    """Fixed-length windows cut on demand from continuous data, so overlapping windows of a
+    long recording cost the recording once (and nothing in RAM when ``data`` is memory-mapped).
+
+    Window ``i`` is ``data[:, starts[i] : starts[i] + length]`` (``time_axis=1``, e.g. EEG
+    ``[channels, times]``) or ``data[starts[i] : starts[i] + length]`` (``time_axis=0``, e.g. a
+    design ``[times, features]``). Indexing by window returns a float32 array (a copy); ``select``
+    returns another view; ``np.asarray(view)`` materialises every window.
+    """
+
+    def __init__(self, data: np.ndarray, starts: np.ndarray, length: int, time_axis: int):
+        if time_axis not in (0, 1) or data.ndim != 2:
+            raise ValueError(f"WindowView needs 2-D data and time_axis 0 or 1, got {data.ndim}-D and {time_axis}")
+        self.data = data
+        self.starts = np.asarray(starts, dtype=np.int64)
+        self.length = int(length)
+        self.time_axis = time_axis
+        if len(self.starts) and (self.starts.min() < 0 or self.starts.max() + self.length > data.shape[time_axis]):
+            raise ValueError("a window reaches outside the continuous data")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        other = self.data.shape[1 - self.time_axis]
+        window = (other, self.length) if self.time_axis == 1 else (self.length, other)
+        return (len(self.starts), *window)
+
+    @property
+    def ndim(self) -> int:
+        return 3
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.float32)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * 4
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def select(self, index) -> "WindowView":
+        """The windows ``index`` (mask, integers or slice) as a view: nothing is copied."""
+        return WindowView(self.data, self.starts[index], self.length, self.time_axis)
+
+    def _cut(self, starts: np.ndarray) -> np.ndarray:
+        out = np.empty((len(starts), *self.shape[1:]), dtype=np.float32)
+        for k, s in enumerate(starts):
+            out[k] = self.data[:, s : s + self.length] if self.time_axis == 1 else self.data[s : s + self.length]
+        return out
+
+    def __getitem__(self, key):
+        first, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        if isinstance(first, (int, np.integer)):
+            return self._cut(self.starts[[first]])[0][rest]
+        if isinstance(first, slice) or np.asarray(first).dtype == bool:
+            block = self._cut(self.starts[first])
+            return block[(slice(None), *rest)] if rest else block
+        # integer windows, maybe repeated and paired with integer indices on later axes
+        # (``design[w, f]``): cut each distinct window once
+        unique, inverse = np.unique(np.asarray(first, dtype=np.int64), return_inverse=True)
+        return self._cut(self.starts[unique])[(inverse, *rest)]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self._cut(self.starts)
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return f"WindowView({len(self)} windows of shape {list(self.shape[1:])}, {type(self.data).__name__} data)"
+
+
+def take_windows(array, index):
+    """``array[index]`` for a window axis, keeping a ``WindowView`` a view."""
+    return array.select(index) if isinstance(array, WindowView) else array[index]
+
+
 @dataclass
 class PairedWindows:
     """EEG windows paired with the target windows they cause (target lags EEG by ``lag`` s).
 
     Window ``i`` holds EEG over ``[onset_i - lag, onset_i - lag + duration]`` and the target over
     ``[onset_i, onset_i + duration]`` of the same run.
+
+    eeg, target and design are arrays or ``WindowView``s (windows cut on demand from the
+    continuous runs, as ``load_site`` returns them): index them by window, never assume more.
 
     eeg:              float32 ``[n_windows, n_eeg_channels, n_eeg_times]`` at ``eeg_sfreq``
                       (200 Hz, scaled to units of 100 uV as LaBraM expects)
@@ -135,11 +214,11 @@ class PairedWindows:
         """Windows selected by a boolean mask or integer index, sharing everything else."""
         index = np.asarray(index)
         return PairedWindows(
-            eeg=self.eeg[index],
+            eeg=take_windows(self.eeg, index),
             eeg_sfreq=self.eeg_sfreq,
             eeg_channel_names=list(self.eeg_channel_names),
             eeg_positions=self.eeg_positions,
-            target=self.target[index],
+            target=take_windows(self.target, index),
             target_sfreq=self.target_sfreq,
             target_modality=self.target_modality,
             target_names=list(self.target_names),
@@ -151,6 +230,6 @@ class PairedWindows:
             lag=self.lag,
             participants=self.participants,
             target_point_types=self.target_point_types,
-            design=None if self.design is None else self.design[index],
+            design=None if self.design is None else take_windows(self.design, index),
             history=self.history,
         )

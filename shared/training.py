@@ -211,10 +211,12 @@ def point_prediction_pcc(model: NeuroGenModel, sites: Sequence[PairedWindows], b
     was_training = model.training
     correlations = []
     for site in sites:
-        pred = point_predictions(model, site, batch_size=batch_size)  # label-free
-        real = stitch_windows(site.target, site.runs, site.onsets, site.target_sfreq)
-        for run, values in stitch_windows(pred, site.runs, site.onsets, site.target_sfreq).items():
-            correlations.append(pearson_rows(values, real[run]))
+        for run in dict.fromkeys(site.runs.tolist()):  # one run at a time: memory bounded by a run, not the site
+            windows = site.subset(site.runs == run)
+            pred = point_predictions(model, windows, batch_size=batch_size)  # label-free
+            real = stitch_windows(windows.target, windows.runs, windows.onsets, windows.target_sfreq)[run]
+            values = stitch_windows(pred, windows.runs, windows.onsets, windows.target_sfreq)[run]
+            correlations.append(pearson_rows(values, real))
     model.train(was_training)
     return fisher_mean(np.concatenate(correlations)) if correlations else float("nan")
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from fedneurogen.shared import formats
 from fedneurogen.shared.formats import BIDS_VERSION, MEAS_DATE, write_gifti_timeseries, write_snirf, write_tsv
-from fedneurogen.shared.io import atomic_path, write_bytes_atomic, write_json_atomic
+from fedneurogen.shared.io import atomic_path, write_bytes_atomic, write_json_atomic, write_text_atomic
 from fedneurogen.simulations.latent import Event
 
 # Re-exported: the simulator and its tests write SNIRF and TSV through this module.
@@ -39,16 +39,57 @@ __all__ = [
     "write_gifti_timeseries",
     "write_nirs_sidecars",
     "write_participants",
+    "write_readme",
     "write_snirf",
     "write_tsv",
 ]
 
 GENERATED_BY = {"Name": "FedNeuroGen simulator", "Description": "fedneurogen.simulations"}
+#: ``Authors`` of every simulated dataset (BIDS recommends the field; the data has no human authors).
+AUTHORS = ["FedNeuroGen contributors"]
 
 
 def write_dataset_description(root: Path, name: str, derivative: bool = False) -> Path:
     """The simulator's ``dataset_description.json``; its derivatives name the simulator."""
-    return formats.write_dataset_description(root, name, derivative=derivative, generated_by=[GENERATED_BY] if derivative else None)
+    return formats.write_dataset_description(
+        root, name, derivative=derivative, generated_by=[GENERATED_BY] if derivative else None, Authors=list(AUTHORS)
+    )
+
+
+def write_readme(root: Path, spec) -> Path:
+    """The dataset's ``README`` (BIDS recommends one at the root): what the site is and holds.
+
+    ``spec`` is the site's ``scenarios.SiteSpec``. The text depends on the specification only,
+    so the same seed gives the same bytes."""
+    if spec.modality == "fmri":
+        target = (
+            f"fMRI: simulated fMRIPrep surface output (fsaverage5 GIFTI, TR {spec.tr:g} s) under derivatives/fmriprep; "
+            "events under sub-*/func."
+        )
+    else:
+        from fedneurogen.simulations.geometry import SHORT_SEPARATION_MM, motor_probe
+
+        probe = motor_probe()
+        target = (
+            f"fNIRS: sub-*/nirs/*_nirs.snirf, raw continuous-wave intensity at {spec.nirs_sfreq:g} Hz and two wavelengths: "
+            f"{probe.n_channels} long channels (~35 mm) over both motor cortices and {probe.n_short_channels} short-separation "
+            f"channels ({SHORT_SEPARATION_MM:g} mm, marked in the short_channel column of _channels.tsv) that record scalp "
+            "and systemic physiology only."
+        )
+    lines = [
+        f"{spec.site_id}: a simulated paired EEG-{'fMRI' if spec.modality == 'fmri' else 'fNIRS'} site",
+        "",
+        "Written by the FedNeuroGen simulator (fedneurogen.simulations): synthetic data with known ground truth,",
+        "no human participants. See the FedNeuroGen README and docs/data-contract.md.",
+        "",
+        f"Task: {spec.task} (classes: {', '.join(spec.classes)}), one run per subject.",
+        f"EEG: {spec.cap}, {spec.n_channels} channels at {spec.eeg_sfreq:g} Hz ({spec.eeg_format}), sub-*/eeg.",
+        target,
+        "participants.tsv: sex, age and physiological group (A/B) of each participant.",
+        "derivatives/ground_truth: the noise-free target signals and the EEG's expected band power.",
+        "",
+    ]
+    return write_text_atomic(root / "README", "\n".join(lines))
 
 
 def write_participants(root: Path, participants: Sequence) -> None:
@@ -253,29 +294,35 @@ def write_nirs_sidecars(
     wavelengths: Sequence[int],
 ) -> None:
     """BIDS-NIRS sidecars: ``_nirs.json``, ``_channels.tsv``, ``_events.tsv``, and the
-    subject's ``_optodes.tsv`` + ``_coordsystem.json``."""
+    subject's ``_optodes.tsv`` + ``_coordsystem.json``.
+
+    A BIDS-NIRS channel is one source-detector pair at one wavelength (a row of
+    ``_channels.tsv``): ``NIRSChannelCount`` counts all of them, ``ShortChannelCount`` those of
+    the short-separation pairs, which ``_channels.tsv`` marks in its ``short_channel`` column.
+    Short detectors are ordinary detectors in ``_optodes.tsv`` (BIDS has no optode type for them).
+    """
+    n_wl = len(wavelengths)
     write_json_atomic(
         nirs_dir / f"{base}_nirs.json",
         {
             "TaskName": task,
             "SamplingFrequency": sfreq,
-            "NIRSChannelCount": probe.n_channels * len(wavelengths),
+            "NIRSChannelCount": (probe.n_channels + probe.n_short_channels) * n_wl,
             "NIRSSourceOptodeCount": len(probe.source_labels),
             "NIRSDetectorOptodeCount": len(probe.detector_labels),
             "ACCELChannelCount": 0,
-            "ShortChannelCount": 0,
+            "ShortChannelCount": probe.n_short_channels * n_wl,
             "PowerLineFrequency": 50,
             "SoftwareFilters": "n/a",
             "RecordingDuration": n_times / sfreq,
             "Manufacturer": GENERATED_BY["Name"],
         },
     )
-    rows = [
-        (f"{name} {wl}", "NIRSCWAMPLITUDE", f"S{s + 1}", f"D{d + 1}", wl, "n/a")
-        for name, (s, d) in zip(probe.channel_names, probe.pairs)
-        for wl in wavelengths
-    ]
-    write_tsv(nirs_dir / f"{base}_channels.tsv", ("name", "type", "source", "detector", "wavelength_nominal", "units"), rows)
+    channels = [(name, s, d, "false") for name, (s, d) in zip(probe.channel_names, probe.pairs)]
+    channels += [(name, s, d, "true") for name, (s, d) in zip(probe.short_channel_names, probe.short_pairs)]
+    rows = [(f"{name} {wl}", "NIRSCWAMPLITUDE", f"S{s + 1}", f"D{d + 1}", wl, "n/a", short) for name, s, d, short in channels for wl in wavelengths]
+    header = ("name", "type", "source", "detector", "wavelength_nominal", "units", "short_channel")
+    write_tsv(nirs_dir / f"{base}_channels.tsv", header, rows)
     write_events(nirs_dir / f"{base}_events.tsv", events)
     optodes = [(f"S{i + 1}", "source", *(f"{v:.2f}" for v in p)) for i, p in enumerate(probe.source_pos)]
     optodes += [(f"D{i + 1}", "detector", *(f"{v:.2f}" for v in p)) for i, p in enumerate(probe.detector_pos)]

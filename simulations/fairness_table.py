@@ -21,7 +21,7 @@ What this script does:
   draws per window);
 - cross-validates, grouped by subject, the strategies ``none`` (the paper's "original" rows),
   ``oversample`` (random oversampling baseline), ``class-weight``, ``smote`` and ``generate``
-  (``fedneurogen.client.augment``; its setting chosen per fold on the fold's training subjects);
+  (``fedneurogen.shared.fairness``; its setting chosen per fold on the fold's training subjects);
   generated samples join training folds only and come from EEG of non-test subjects;
 - the classifier reads target-modality features only, like the paper (fMRI: mean and slope of
   BOLD in 64 cortical ROIs; fNIRS: mean and slope of each HbO/HbR channel); ``--with-eeg`` adds
@@ -33,7 +33,7 @@ What this script does:
   ``generate`` but with the target actually recorded with each source EEG window. It is the
   ceiling a perfect generator could reach under this protocol, and tells a protocol problem
   from a generator problem; it is not a method. Each ``generate`` fold also reports the label
-  fidelity of its generated windows (see ``fedneurogen.client.augment.generate_strategy``).
+  fidelity of its generated windows (see ``fedneurogen.shared.fairness.strategies.generate_strategy``).
 
 Sizes: with CV the training folds hold (k-1)/k of the windows, so "30 + 120(Gen)" is about
 24 real + 96 generated per 5-fold training set (the minority is topped up to the majority's
@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from fedneurogen.client.augment import AugmentConfig, ModelSynthesizer, minority_summary, prepare_samples, run_augmentation, write_report
+from fedneurogen.shared.fairness import AugmentConfig, ModelSynthesizer, minority_summary, prepare_samples, run_augmentation, write_report
 from fedneurogen.shared import fairness as fm
 from fedneurogen.shared.errors import ConfigError, DataError
 from fedneurogen.shared.io import write_json_atomic, write_text_atomic
@@ -173,7 +173,7 @@ def cut_condition(windows: PairedWindows, protocol: Protocol, minority: str, rng
             pool.append(order[n:])
     kept = windows.subset(np.sort(np.concatenate(keep)))
     left = windows.subset(np.sort(np.concatenate(pool)))
-    return kept, replace(left, target=np.zeros_like(left.target))  # nothing may use these targets
+    return kept, replace(left, target=np.zeros(left.target.shape, np.float32))  # nothing may use these targets
 
 
 def cut_group(windows: PairedWindows, protocol: Protocol, minority_group: str, rng: np.random.Generator) -> tuple[PairedWindows, PairedWindows]:
@@ -191,7 +191,7 @@ def cut_group(windows: PairedWindows, protocol: Protocol, minority_group: str, r
         pool.append(minority[protocol.n_minority :])
     kept = windows.subset(np.sort(np.concatenate(keep)))
     left = windows.subset(np.sort(np.concatenate(pool)))
-    return kept, replace(left, target=np.zeros_like(left.target))
+    return kept, replace(left, target=np.zeros(left.target.shape, np.float32))
 
 
 def target_rois(windows: PairedWindows, protocol: Protocol) -> np.ndarray | None:

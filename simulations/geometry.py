@@ -14,13 +14,14 @@ Three geometric objects feed the simulator:
 - ``eeg_lead_field``: gain of every ico3 dipole at every electrode from MNE's three-shell sphere
   model fitted to the electrodes (a real volume conductor, never random weights).
 - ``MotorProbe``: a fNIRS probe over both motor cortices built on 10-10 positions around C3/C4,
-  with a Gaussian cortical sensitivity footprint per channel.
+  with a Gaussian cortical sensitivity footprint per channel, and one short-separation channel
+  (8 mm) beside every source that sees the scalp only.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -253,22 +254,49 @@ _PROBE_PAIRS = {
     "R": (("FC4", "C4"), ("CP4", "C4"), ("C6", "C4"), ("C2", "C4"), ("FC4", "FC6"), ("FC4", "FC2"), ("CP4", "CP6"), ("CP4", "CP2")),
 }
 NIRS_FOOTPRINT_MM = 10.0  # width of a channel's cortical sensitivity (banana cross-section)
+#: Source-detector distance of the short-separation channels: light this close to its source
+#: stays in the scalp and skull, so these channels record systemic physiology, not the cortex.
+SHORT_SEPARATION_MM = 8.0
 
 
 @dataclass(frozen=True)
 class MotorProbe:
-    """fNIRS optodes and channels over both motor cortices (mm)."""
+    """fNIRS optodes and channels over both motor cortices (mm).
+
+    ``pairs`` are the long (cortical) channels, the ones the model predicts; ``short_pairs`` are
+    the short-separation channels, whose detectors follow the long channels' detectors in
+    ``detector_pos`` (so a long channel's indices do not depend on the short ones).
+    """
 
     source_labels: tuple[str, ...]
     source_pos: np.ndarray  # [n_sources, 3]
     detector_labels: tuple[str, ...]
-    detector_pos: np.ndarray  # [n_detectors, 3]
-    pairs: np.ndarray  # [n_channels, 2] zero-based (source, detector)
+    detector_pos: np.ndarray  # [n_detectors, 3], long-channel detectors first, then short ones
+    pairs: np.ndarray  # [n_channels, 2] zero-based (source, detector) of the long channels
     sensitivity: np.ndarray  # [n_channels, 20484] rows sum to 1
+    short_pairs: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int64))  # [n_short, 2]
 
     @property
     def n_channels(self) -> int:
+        """Number of long channels."""
         return len(self.pairs)
+
+    @property
+    def n_short_channels(self) -> int:
+        return len(self.short_pairs)
+
+    @property
+    def all_pairs(self) -> np.ndarray:
+        """Long channels, then short channels: the order of the raw SNIRF file."""
+        return np.concatenate([self.pairs, self.short_pairs]).astype(np.int64)
+
+    @property
+    def short_distances(self) -> np.ndarray:
+        return np.linalg.norm(self.source_pos[self.short_pairs[:, 0]] - self.detector_pos[self.short_pairs[:, 1]], axis=1)
+
+    @property
+    def short_channel_names(self) -> list[str]:
+        return [f"S{s + 1}_D{d + 1}" for s, d in self.short_pairs]
 
     @property
     def midpoints(self) -> np.ndarray:
@@ -287,8 +315,10 @@ class MotorProbe:
 def motor_probe() -> MotorProbe:
     """The fNIRS probe used by every fNIRS site.
 
-    Each channel sees the cortex under its source-detector midpoint: the midpoint is projected
-    to the nearest pial vertex and the sensitivity is a Gaussian footprint around it.
+    Each long channel sees the cortex under its source-detector midpoint: the midpoint is
+    projected to the nearest pial vertex and the sensitivity is a Gaussian footprint around it.
+    Every source also has a short-separation detector ``SHORT_SEPARATION_MM`` away on the scalp
+    (``short_detector_position``), the usual layout of short channels.
     """
     cortex = load_cortex()
     sources = _PROBE_SOURCES["L"] + _PROBE_SOURCES["R"]
@@ -306,11 +336,31 @@ def motor_probe() -> MotorProbe:
         w = np.exp(-d2 / (2.0 * NIRS_FOOTPRINT_MM**2))
         w[(cortex.hemi != hemi) | (w < 1e-3)] = 0.0
         sens[c] = w / w.sum()
+    short_pos = np.array([short_detector_position(src_pos[i], det_pos[pairs[pairs[:, 0] == i, 1]]) for i in range(len(sources))])
+    short_pairs = np.array([(i, len(detectors) + i) for i in range(len(sources))], dtype=np.int64)
     return MotorProbe(
         source_labels=sources,
         source_pos=src_pos,
-        detector_labels=detectors,
-        detector_pos=det_pos,
+        detector_labels=detectors + tuple(f"{s}-short" for s in sources),
+        detector_pos=np.concatenate([det_pos, short_pos]),
         pairs=pairs,
         sensitivity=sens,
+        short_pairs=short_pairs,
     )
+
+
+def short_detector_position(source_mm: np.ndarray, long_detectors_mm: np.ndarray, separation_mm: float = SHORT_SEPARATION_MM) -> np.ndarray:
+    """A scalp point ``separation_mm`` (straight-line distance) from ``source_mm``, on the side
+    of the source away from its long-channel detectors, so it lies under no long channel.
+
+    The point stays on the sphere through the source centred on the head (``_head_centre``).
+    """
+    centre = _head_centre()
+    radial = source_mm - centre
+    radius = float(np.linalg.norm(radial))
+    radial /= radius
+    away = source_mm - np.mean(long_detectors_mm, axis=0)
+    tangent = away - np.dot(away, radial) * radial
+    tangent /= np.linalg.norm(tangent)
+    angle = 2.0 * np.arcsin(separation_mm / (2.0 * radius))  # chord of length separation_mm
+    return centre + radius * (np.cos(angle) * radial + np.sin(angle) * tangent)

@@ -2,7 +2,9 @@
 
 Both follow the same neural activity through the subject's HRF. BOLD is sampled every TR on
 every vertex; fNIRS integrates the cortex under each channel's sensitivity footprint at 10 Hz
-and is turned into raw light intensity with the inverse modified Beer-Lambert law.
+and is turned into raw light intensity with the inverse modified Beer-Lambert law. The probe's
+short-separation channels record the systemic (scalp) physiology that the long channels also
+carry, without the cortical response, so a reader can regress it out.
 """
 
 from __future__ import annotations
@@ -140,12 +142,19 @@ def nirs_bandpass(x: np.ndarray, sfreq: float) -> np.ndarray:
     return signal.sosfiltfilt(sos, x, axis=-1)
 
 
+#: Short channels: the systemic signal reaches them with a gain like the long channels' (the
+#: scalp carries most of it), plus a little physiology of their own and the same kind of drift.
+SHORT_LOCAL_NOISE = 0.1
+SHORT_SHOT_NOISE = 1e-3  # OD; more light comes back over 8 mm than over 35 mm
+
+
 @dataclass
 class NirsRun:
-    intensity: np.ndarray  # [n_channels, 2, n_times] raw light intensity (a.u.)
+    intensity: np.ndarray  # [n_channels, 2, n_times] raw light intensity (a.u.) of the long channels
     hbo: np.ndarray  # [n_channels, n_times] noise-free HbO (uM)
     hbr: np.ndarray  # noise-free HbR (uM)
     active_r: np.ndarray  # r(measured HbO, true HbO) after band-pass, at task-active channels
+    short_intensity: np.ndarray | None = None  # [n_short, 2, n_times] raw intensity of the short channels
 
 
 def simulate_nirs(
@@ -158,7 +167,17 @@ def simulate_nirs(
     noise_level: float = 1.0,
 ) -> NirsRun:
     """fNIRS of one run at ``sfreq``: true HbO/HbR under each channel, and the raw intensity a
-    device would record (systemic physiology, drift, motion and shot noise included)."""
+    device would record (systemic physiology, drift, motion and shot noise included).
+
+    The probe's short channels get the same systemic waveform (cardiac, breathing, Mayer waves)
+    with their own gain, no cortical response, and the same motion artefacts as the long
+    channels of their source. Their random draws come after all the long channels' draws, so
+    the long channels of a seed do not depend on the short ones.
+
+    ``active_r`` is measured on the long channels as the loader sees them by default: HbO from
+    the intensity, band-passed, with the nearest short channel regressed out where the probe
+    has short channels (``fedneurogen.shared.data.fnirs.regress_short_channels``).
+    """
     times = np.arange(n_times) / sfreq
     channel_maps = probe.sensitivity @ latent.spatial.astype(np.float64)  # [ch, components]
     hbo_resp = _sample_at(convolve_causal(latent.temporal, hrf(latent.sfreq, phys.hrf_latency_scale)), latent.sfreq, times)
@@ -172,7 +191,8 @@ def simulate_nirs(
     cardiac = quasi_periodic(rng, n_times, sfreq, rng.uniform(1.0, 1.3), 0.05)
     breathing = quasi_periodic(rng, n_times, sfreq, rng.uniform(0.2, 0.3), 0.1)
     mayer = quasi_periodic(rng, n_times, sfreq, rng.uniform(0.08, 0.12), 0.15)
-    systemic = gain * (0.6 * cardiac + 0.3 * breathing + 0.6 * mayer)
+    systemic_wave = 0.6 * cardiac + 0.3 * breathing + 0.6 * mayer
+    systemic = gain * systemic_wave
     local = 0.45 * colored_noise(rng, n_ch, n_times, sfreq, exponent=1.0, f_min=0.005, f_max=0.5)
     drift = 0.75 * colored_noise(rng, n_ch, n_times, sfreq, exponent=2.0, f_max=0.01)
     hbo_meas = hbo + noise_level * (systemic + local + drift)
@@ -182,19 +202,49 @@ def simulate_nirs(
     od = hb_to_optical_density(hbo_meas, hbr_meas, probe.distances)
     coupling = rng.uniform(0.2, 2.0, size=(n_ch, 1, 1)) * np.array([0.8, 1.2])[None, :, None]
     od += noise_level * 2e-3 * rng.standard_normal(od.shape)
+    motion = []  # (source, start, width, jump): motion moves the optode, so it hits short channels too
     for _ in range(rng.poisson(max(n_times / sfreq / 120.0, 0.0))):
         source = rng.integers(len(probe.source_labels))
         start, width = int(rng.integers(n_times)), int(rng.uniform(0.5, 2.0) * sfreq)
         hit = probe.pairs[:, 0] == source
-        od[hit, :, start : start + width] += rng.uniform(0.02, 0.08)
+        jump = rng.uniform(0.02, 0.08)
+        od[hit, :, start : start + width] += jump
+        motion.append((source, start, width, jump))
     intensity = coupling * np.exp(-od)
 
-    # Measured HbO the way the loader gets it: intensity -> OD -> HbO, band-passed.
-    od_back = -np.log(intensity / intensity.mean(axis=-1, keepdims=True))
-    hbo_back, _ = optical_density_to_hb(od_back, probe.distances)
+    short_intensity = None
+    if probe.n_short_channels:
+        n_short = probe.n_short_channels
+        short_gain = rng.uniform(0.6, 1.4, size=(n_short, 1))
+        short_local = SHORT_LOCAL_NOISE * colored_noise(rng, n_short, n_times, sfreq, exponent=1.0, f_min=0.005, f_max=0.5)
+        short_drift = 0.75 * colored_noise(rng, n_short, n_times, sfreq, exponent=2.0, f_max=0.01)
+        short_hbo = noise_level * (short_gain * systemic_wave + short_local + short_drift)
+        short_hbr = noise_level * (0.35 * short_gain * systemic_wave + 0.4 * short_local + 0.4 * short_drift)
+        short_od = hb_to_optical_density(short_hbo, short_hbr, probe.short_distances)
+        short_coupling = rng.uniform(0.5, 3.0, size=(n_short, 1, 1)) * np.array([0.8, 1.2])[None, :, None]
+        short_od += noise_level * SHORT_SHOT_NOISE * rng.standard_normal(short_od.shape)
+        for source, start, width, jump in motion:
+            short_od[probe.short_pairs[:, 0] == source, :, start : start + width] += jump
+        short_intensity = short_coupling * np.exp(-short_od)
+
+    # Measured HbO the way the loader gets it by default: intensity -> OD -> HbO, band-passed,
+    # the nearest short channel regressed out.
+    hbo_back = nirs_bandpass(_intensity_to_hbo(intensity, probe.distances), sfreq)
+    if short_intensity is not None:
+        from fedneurogen.shared.data.fnirs import regress_short_channels
+
+        short_back = nirs_bandpass(_intensity_to_hbo(short_intensity, probe.short_distances), sfreq)
+        short_midpoints = 0.5 * (probe.source_pos[probe.short_pairs[:, 0]] + probe.detector_pos[probe.short_pairs[:, 1]])
+        hbo_back = regress_short_channels(hbo_back, short_back, probe.midpoints, short_midpoints)
     task = [i for i, name in enumerate(latent.names) if not name.startswith("spontaneous")]
     true_task = channel_maps[:, task] @ hbo_resp[task]
     evoked = np.std(true_task, axis=1)
     active = np.flatnonzero(evoked >= 0.5 * evoked.max())
-    active_r = pearson_rows(nirs_bandpass(hbo_back[active], sfreq), nirs_bandpass(hbo[active], sfreq))
-    return NirsRun(intensity=intensity, hbo=hbo, hbr=hbr, active_r=active_r)
+    active_r = pearson_rows(hbo_back[active], nirs_bandpass(hbo[active], sfreq))
+    return NirsRun(intensity=intensity, hbo=hbo, hbr=hbr, active_r=active_r, short_intensity=short_intensity)
+
+
+def _intensity_to_hbo(intensity: np.ndarray, distances_mm: np.ndarray) -> np.ndarray:
+    """HbO (uM) from raw intensity ``[channels, wavelengths, times]``, as the loader computes it."""
+    od = -np.log(intensity / intensity.mean(axis=-1, keepdims=True))
+    return optical_density_to_hb(od, distances_mm)[0]

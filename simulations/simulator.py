@@ -50,7 +50,8 @@ SITE_NAME = "FedNeuroGen simulated site"
 MIN_RUN_SECONDS = 60.0
 CEILING_DEFINITION = (
     "Fisher-z average over subjects and task-active vertices (fMRI: core of the task networks) or "
-    "channels (fNIRS: channels over the motor networks, HbO after the loader's 0.01-0.1 Hz band-pass) "
+    "channels (fNIRS: long channels over the motor networks, HbO after the loader's 0.01-0.1 Hz band-pass and "
+    "short-channel regression) "
     "of the Pearson correlation over time between the noisy and the noise-free signal"
 )
 
@@ -141,10 +142,12 @@ def _write_nirs(job: SubjectJob, rng, latent, phys, events, duration: float, bas
         wavelengths=WAVELENGTHS,
         sfreq=spec.nirs_sfreq,
     )
-    # Measurements are ordered channel by channel, wavelengths ascending, as MNE expects.
-    raw_list = [dict(source=s + 1, detector=d + 1, wavelength=w + 1) for s, d in probe.pairs for w in range(len(WAVELENGTHS))]
+    # Measurements are ordered channel by channel, wavelengths ascending, as MNE expects: the long
+    # channels, then the short-separation channels (the ground truth has the long ones only).
+    raw_list = [dict(source=s + 1, detector=d + 1, wavelength=w + 1) for s, d in probe.all_pairs for w in range(len(WAVELENGTHS))]
+    intensity = run.intensity if run.short_intensity is None else np.concatenate([run.intensity, run.short_intensity])
     nirs_dir = job.site_dir / sub / "nirs"
-    bw.write_snirf(nirs_dir / f"{base}_nirs.snirf", run.intensity.reshape(-1, n_times).T, measurements=raw_list, **common)
+    bw.write_snirf(nirs_dir / f"{base}_nirs.snirf", intensity.reshape(-1, n_times).T, measurements=raw_list, **common)
     hb_list = [dict(source=s + 1, detector=d + 1, label=lab) for s, d in probe.pairs for lab in ("HbO", "HbR")]
     hb = np.stack([run.hbo, run.hbr], axis=1).reshape(-1, n_times).T
     truth_dir = job.site_dir / "derivatives" / "ground_truth" / sub / "nirs"
@@ -278,6 +281,7 @@ def _prepare_site(site_dir: Path, spec: SiteSpec, roster: list[Participant]) -> 
                     shutil.rmtree(stale)
     site_dir.mkdir(parents=True, exist_ok=True)
     bw.write_dataset_description(site_dir, f"{SITE_NAME} {spec.site_id.split('-')[1]}")
+    bw.write_readme(site_dir, spec)
     bw.write_participants(site_dir, roster)
     if spec.modality == "fmri":
         bw.write_dataset_description(site_dir / "derivatives" / "fmriprep", "fMRIPrep (simulated)", derivative=True)

@@ -22,9 +22,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, 
 
 from fedneurogen.client import app as client_app
 from fedneurogen.client import site
-from fedneurogen.client.refusal import SiteRefusal, check_data_path, check_modality, check_run, simulated_node_config
+from fedneurogen.client.refusal import SiteRefusal, check_data_path, check_modality, check_run, simulated_node_config, site_run_config
 from fedneurogen.server.checkpointing import model_parameters
-from fedneurogen.server.strategy import STRATEGIES, ModalityStrategy, make_base_strategy
+from fedneurogen.server.strategy import STRATEGIES, make_strategy
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.model import PRESETS, NeuroGenModel, load_checkpoint, parameter_modality
 from fedneurogen.shared.run_config import RunConfig, validate_run_config
@@ -51,6 +51,16 @@ def test_run_config_model_covers_every_key_and_choice():
     assert set(DEFAULTS) <= fields  # a key added to pyproject.toml gets a type here
     assert set(RunConfig.model_fields["preset"].annotation.__args__) == set(PRESETS)
     assert RunConfig.model_fields["strategy"].annotation.__args__ == STRATEGIES
+
+
+def test_every_run_config_default_is_the_one_in_pyproject():
+    """`flwr run` sends pyproject.toml's [tool.flwr.app.config]; RunConfig's field defaults are
+    what the code falls back on. They are the same values, of the same type, key for key."""
+    fields = {field.alias: field.default for field in RunConfig.model_fields.values()}
+    assert set(fields) == set(DEFAULTS)  # every key in both
+    differ = {key: (DEFAULTS[key], default) for key, default in fields.items() if DEFAULTS[key] != default or type(DEFAULTS[key]) is not type(default)}
+    assert not differ, f"pyproject.toml vs RunConfig defaults: {differ}"
+    assert RunConfig() == validate_run_config(DEFAULTS)
 
 
 @pytest.mark.parametrize(
@@ -173,45 +183,60 @@ def test_unreadable_dataset_is_refused_with_the_kind_of_problem(sites, tmp_path)
 
 
 def test_preset_pinned_by_the_site_and_run_config_checked_at_the_site():
-    run = {**DEFAULTS, "preset": "tiny"}
+    run = site_run_config({**DEFAULTS, "preset": "tiny"})
     check_run({}, run)  # no pin: any valid preset
     check_run({"preset": "tiny"}, run)
     with pytest.raises(SiteRefusal) as err:
         check_run({"preset": "small", "data-path": "/data/site-03"}, run)
     assert err.value.public == "preset mismatch — this site runs 'small', the run asks for 'tiny'"
     with pytest.raises(SiteRefusal) as err:
-        check_run({}, {**run, "strategy": "fedsgd"})
+        site_run_config({**DEFAULTS, "strategy": "fedsgd"})
     assert err.value.public.startswith("invalid run config: strategy = 'fedsgd' is not allowed; choose one of: fedavg")
+
+
+def test_a_site_given_an_invalid_run_config_refuses_with_the_reason(task_identity, tmp_path):
+    """The ClientApp validates each message's run config once, before any handler runs: an
+    invalid one is refused with the reason (not a crash), and the refusal is in the site's own
+    record of what it sent."""
+    node = {"data-path": str(tmp_path / "data"), "state-dir": str(tmp_path / "state")}
+    context = Context(run_id=1, node_id=5, node_config=node, state=RecordDict(), run_config={**DEFAULTS, "strategy": "fedsgd", "local-epochs": 0})
+    for handler, kind in ((client_app.train, MessageType.TRAIN), (client_app.evaluate, MessageType.EVALUATE), (client_app.query, MessageType.QUERY)):
+        reply = handler(Message(RecordDict(), dst_node_id=5, message_type=kind), context)
+        reason = reply.error.reason if reply.has_error() else ""
+        assert reason.startswith("site refused: invalid run config: "), reason
+        assert "strategy = 'fedsgd' is not allowed; choose one of: fedavg" in reason and "local-epochs = 0: must be greater than or equal to 1" in reason
+    sent = [json.loads(line) for line in (tmp_path / "state" / client_app.SENT_LOG).read_text().splitlines()]
+    assert len(sent) == 3 and all(e["error"]["reason"].startswith("site refused: invalid run config") for e in sent)
 
 
 def test_a_site_refuses_runs_with_less_privacy_than_its_own_policy():
     """The privacy policy comes from the site's node config; the run config cannot lower it."""
-    run = {**DEFAULTS, "dp-enabled": False}
+    run = RunConfig(dp_enabled=False)
     check_run({}, run)  # no policy: the run decides
     with pytest.raises(SiteRefusal, match="trains only under differential privacy"):
         check_run({"dp-required": "true"}, run)
-    private = {**run, "dp-enabled": True, "dp-target-epsilon": 8.0, "dp-delta": 1e-5}
+    private = RunConfig(dp_enabled=True, dp_target_epsilon=8.0, dp_delta=1e-5)
     check_run({"dp-required": "true", "dp-max-epsilon": "8", "dp-max-delta": "1e-5"}, private)
     with pytest.raises(SiteRefusal) as err:
         check_run({"dp-max-epsilon": "4"}, private)
     assert err.value.public == "the run's dp-target-epsilon = 8 is above this site's limit dp-max-epsilon = 4"
     with pytest.raises(SiteRefusal, match="dp-delta = 0.001 is above"):
-        check_run({"dp-max-delta": "1e-5"}, {**private, "dp-delta": 1e-3})
+        check_run({"dp-max-delta": "1e-5"}, private.model_copy(update={"dp_delta": 1e-3}))
     # a deployed site's policy cannot be replaced through sim-node-config
-    deployed = simulated_node_config({"partition-id": 0, "data-path": "/d", "dp-required": "true"}, {"sim-node-config": "0:dp-required=false"})
+    deployed = simulated_node_config({"partition-id": 0, "data-path": "/d", "dp-required": "true"}, RunConfig(sim_node_config="0:dp-required=false"))
     with pytest.raises(SiteRefusal):
         check_run(deployed, run)
 
 
 def test_simulated_node_config_emulates_a_site_daemon_only_in_simulation():
-    run = {"sim-node-config": "1:data-path=/nowhere; 2:preset=small"}
+    run = RunConfig(sim_node_config="1:data-path=/nowhere; 2:preset=small")
     assert simulated_node_config({"partition-id": 1}, run) == {"partition-id": 1, "data-path": "/nowhere"}
     assert simulated_node_config({"partition-id": 2}, run) == {"partition-id": 2, "preset": "small"}
     assert simulated_node_config({"partition-id": 0}, run) == {"partition-id": 0}
     deployed = {"partition-id": 1, "data-path": "/data/site-01"}  # a real site keeps its own data path
     assert simulated_node_config(deployed, run) == deployed
     with pytest.raises(SiteRefusal, match="invalid run config: sim-node-config entry 'oops'"):
-        simulated_node_config({"partition-id": 0}, {"sim-node-config": "oops"})
+        simulated_node_config({"partition-id": 0}, RunConfig(sim_node_config="oops"))
 
 
 def test_weights_that_do_not_fit_the_sites_model_are_refused():
@@ -239,10 +264,10 @@ def test_weights_that_do_not_fit_the_sites_model_are_refused():
 
 
 def test_error_reply_carries_the_public_reason_and_the_server_records_it(task_identity, tmp_path, caplog):
-    def refusing(msg, context):
+    def refusing(msg, context, run):
         raise SiteRefusal("data path not found (see the site's log)", f"data path {tmp_path}/x does not exist")
 
-    def crashing(msg, context):
+    def crashing(msg, context, run):
         raise ValueError(f"{tmp_path}/sub-01_eeg.edf is broken")
 
     def received(node: int) -> Message:
@@ -256,7 +281,7 @@ def test_error_reply_carries_the_public_reason_and_the_server_records_it(task_id
     assert crashed.error.reason == "site raised ValueError"  # a generic exception: the type only
     assert f"{tmp_path}/x does not exist" in caplog.text and "sub-01_eeg.edf is broken" in caplog.text  # the site's log
 
-    strategy = ModalityStrategy(make_base_strategy("fedavg", {"min-available-nodes": 1, "min-train-nodes": 1}))
+    strategy = make_strategy(RunConfig(min_available_nodes=1, min_train_nodes=1))
     name = "modality_heads.fmri.final_layer.linear.weight"
     assert parameter_modality(name) == "fmri"
 
@@ -343,3 +368,17 @@ def test_server_app_refuses_an_invalid_run_config_with_the_reason(sites, tmp_pat
     assert "run config: strategy = 'fedsgd' is not allowed; choose one of: fedavg, fedprox, fedadam, fedmedian, fedtrimmedavg, krum" in first
     assert "dp-target-epsilon = 0.0: must be greater than 0" in first
     assert not (run_dir / "history.json").exists()
+
+
+def test_simulated_node_without_its_site_refuses_and_says_how_to_make_it(tmp_path):
+    """A bare `flwr run .` whose data-root holds no sites: the node refuses (it never runs the
+    simulator), telling the operator the command that writes the sites."""
+    from fedneurogen.client import site
+    from fedneurogen.client.refusal import SiteRefusal
+
+    with pytest.raises(SiteRefusal) as err:
+        site.data_path({"partition-id": 1}, RunConfig(data_root=str(tmp_path / "data")))
+    assert "no data for this simulated node" in err.value.public and str(tmp_path) not in err.value.public  # paths stay at the site
+    assert f"fedneurogen simulate --out {tmp_path / 'data'}" in err.value.detail and "site-02" in err.value.detail
+    assert not (tmp_path / "data").exists()
+    assert site.data_path({"data-path": "/srv/site"}, RunConfig(data_root="x")) == Path("/srv/site")

@@ -21,6 +21,15 @@ from fedneurogen.shared.model import (
 )
 from test_model import FMRI_POSITIONS, make_batch, perturb, tiny_model
 
+
+def rewrite_config(path, meta) -> None:
+    """Edit a checkpoint's config.json on purpose, re-hashing it in the manifest (as a person who
+    means the edit would), so the checks behind the manifest are reached."""
+    from fedneurogen.shared.io import write_manifest
+
+    (path / "config.json").write_text(json.dumps(meta))
+    write_manifest(path, ["model.safetensors", "config.json"])
+
 EXTRA = {
     "preprocess": PreprocessConfig().model_dump(),
     "class_names": ["faces", "scenes", "left", "right"],
@@ -43,7 +52,7 @@ def trained():
 def test_round_trip_gives_identical_outputs(trained, tmp_path):
     model, ema = trained
     path = save_checkpoint(tmp_path / "ckpt", model, ema=ema, extra=EXTRA)
-    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]  # no temp files left
+    assert sorted(p.name for p in path.iterdir()) == ["MANIFEST.sha256", "config.json", "model.safetensors"]  # no temp files left
     meta = json.loads((path / "config.json").read_text())
     assert meta["content_hash"] == file_sha256(path / "model.safetensors")
     assert meta["preset"] == "tiny" and meta["model_config"]["hidden_dim"] == 64
@@ -122,11 +131,11 @@ def test_config_that_does_not_match_the_weights(trained, tmp_path):
     path = save_checkpoint(tmp_path / "ckpt", trained[0])
     meta = json.loads((path / "config.json").read_text())
     meta["model_config"]["eeg_dim"] = 48  # weights still hold a 32-wide EEG encoder
-    (path / "config.json").write_text(json.dumps(meta))
+    rewrite_config(path, meta)
     with pytest.raises(ConfigError, match=r"model.safetensors do not fit .*eeg_encoder\..*: file \[.*\] vs model \[.*\]"):
         load_checkpoint(path, device="cpu")
     meta["model_config"]["eeg_heads"] = 5  # 48 is not divisible by 5
-    (path / "config.json").write_text(json.dumps(meta))
+    rewrite_config(path, meta)
     with pytest.raises(ConfigError, match="has no valid model_config"):
         load_checkpoint(path, device="cpu")
 
@@ -162,7 +171,7 @@ def test_a_file_or_an_unknown_preset_is_named(trained, tmp_path):
         load_checkpoint(path / "model.safetensors")
     config = json.loads((path / "config.json").read_text())
     config["preset"] = config["model_config"]["preset"] = "huge"
-    (path / "config.json").write_text(json.dumps(config))
+    rewrite_config(path, config)
     with pytest.raises(ConfigError, match=r"names preset 'huge'; allowed: base, custom, small, tiny"):
         load_checkpoint(path, device="cpu")
 
@@ -173,6 +182,44 @@ def test_config_cannot_point_outside_the_checkpoint(trained, tmp_path):
     path = save_checkpoint(tmp_path / "ckpt", trained[0])
     config = json.loads((path / "config.json").read_text())
     config["weights_file"] = "../elsewhere/model.safetensors"
-    (path / "config.json").write_text(json.dumps(config))
+    rewrite_config(path, config)
     with pytest.raises(ConfigError, match=r"names weights_file '../elsewhere/model.safetensors' outside the checkpoint folder"):
         load_checkpoint(path, device="cpu")
+
+
+def test_manifest_covers_the_config(trained, tmp_path):
+    """A changed class name (still valid JSON) in config.json is refused, naming the file; the
+    manifest is what `sha256sum -c` reads."""
+    import subprocess
+
+    path = save_checkpoint(tmp_path / "ckpt", trained[0], extra={"class_names": ["faces", "scenes"]})
+    assert subprocess.run(["sha256sum", "--quiet", "-c", "MANIFEST.sha256"], cwd=path).returncode == 0
+    load_checkpoint(path, device="cpu")
+    text = (path / "config.json").read_text()
+    (path / "config.json").write_text(text.replace('"faces"', '"facts"'))
+    with pytest.raises(ConfigError, match=r"config.json is corrupt or was modified: its SHA-256 .* does not match .* in .*MANIFEST.sha256"):
+        load_checkpoint(path, device="cpu")
+    (path / "config.json").write_text(text)
+    (path / "MANIFEST.sha256").write_text("not a manifest\n")
+    with pytest.raises(ConfigError, match=r"MANIFEST.sha256 line 1 is not"):
+        load_checkpoint(path, device="cpu")
+    (path / "MANIFEST.sha256").unlink()  # written before manifests existed: the weights are still checked
+    load_checkpoint(path, device="cpu")
+
+
+def test_round_manifest_covers_strategy_state_and_history(trained, tmp_path):
+    """A server round's manifest lists its strategy state and history: damage is refused on resume."""
+    import numpy as np
+
+    from fedneurogen.server.checkpointing import RunStore
+
+    model = trained[0]
+    store = RunStore(tmp_path / "run", keep=2)
+    folder = store.save_round(1, model, {"momentum": np.zeros(3, np.float32)}, [{"round": 1, "loss": 0.5}], {"class_names": ["a"]})
+    listed = (folder / "MANIFEST.sha256").read_text()
+    assert all(name in listed for name in ("model.safetensors", "config.json", "strategy.safetensors", "history.json"))
+    assert store.resume(model)[0] == 1
+    history = folder / "history.json"
+    history.write_text(history.read_text().replace("0.5", "0.4"))
+    with pytest.raises(ConfigError, match=r"history.json is corrupt or was modified"):
+        store.resume(model)

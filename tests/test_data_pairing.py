@@ -16,7 +16,8 @@ from fedneurogen.shared.data import cache as cache_module
 from fedneurogen.shared.data.bids import find_runs
 from fedneurogen.shared.data.pairing import combine_runs, cut_windows, label_windows
 from fedneurogen.shared.data.site import site_inputs
-from fedneurogen.shared.recording import Recording
+from fedneurogen.shared.data.cache import SiteCache
+from fedneurogen.shared.recording import PairedWindows, Recording, WindowView
 
 # A history as short as the lag: these tests check the raw EEG/target window geometry on short
 # runs; the full-history rule (windows from history_seconds on) is tested in test_fidelity.
@@ -46,16 +47,16 @@ def test_target_window_is_eeg_envelope_six_seconds_later():
 
     assert len(run.labels) == 13 and set(run.labels) == {"rest"}
     np.testing.assert_allclose(run.onsets, 6.0 + 8.0 * np.arange(13))  # first window: EEG from 0 s
-    assert run.eeg.shape == (13, 1, 3200) and run.target.shape == (13, 1, 8)
+    assert run.eeg_windows.shape == (13, 1, 3200) and run.target_windows.shape == (13, 1, 8)
     # The EEG envelope (RMS over 1 s around each target sample's cause) equals the target.
     half = int(0.5 * eeg_sfreq)
     for k in range(len(run.labels)):
-        x = run.eeg[k, 0]
+        x = run.eeg_windows[k, 0]
         centres = (np.arange(8) * 2.0 * eeg_sfreq).astype(int)
         env = [np.sqrt(2 * np.mean(x[max(0, c - half) : c + half] ** 2)) for c in centres]
-        np.testing.assert_allclose(env[1:], run.target[k, 0, 1:], rtol=0.02)
+        np.testing.assert_allclose(env[1:], run.target_windows[k, 0, 1:], rtol=0.02)
     # Sanity of the check itself: one target sample (2 s) off would not match.
-    assert not np.allclose(env[1:-1], run.target[k, 0, 2:], rtol=0.02)
+    assert not np.allclose(env[1:-1], run.target_windows[k, 0, 2:], rtol=0.02)
 
 
 def test_windows_fit_inside_both_recordings():
@@ -145,12 +146,17 @@ def test_cache_hit_returns_same_windows_without_reading(small_site, tmp_path, co
     assert (a.eeg_channel_names, a.target_names, a.participants, a.lag) == (
         b.eeg_channel_names, b.target_names, b.participants, b.lag,
     )  # fmt: skip
-    assert b.eeg.dtype == np.float32 and len(list((cache / "sites").glob("*.npz"))) == 1
+    assert b.eeg.dtype == np.float32 and len(SiteCache(cache).entries()) == 1
+    # a cached site is read memory-mapped: its windows are views, nothing is loaded up front
+    assert isinstance(b.eeg, WindowView) and isinstance(b.eeg.data, np.memmap) and isinstance(b.design.data, np.memmap)
     # the cache holds patient data and participant attributes: this user's only
     import stat
 
     assert stat.S_IMODE((cache / "sites").stat().st_mode) == 0o700
-    assert {stat.S_IMODE(f.stat().st_mode) for f in (cache / "sites").iterdir()} == {0o600}
+    inside = list((cache / "sites").rglob("*"))
+    assert {stat.S_IMODE(f.stat().st_mode) for f in inside if f.is_file()} == {0o600}
+    assert {stat.S_IMODE(f.stat().st_mode) for f in inside if f.is_dir()} == {0o700}
+    assert not [f for f in inside if ".partial-" in f.name]  # the staging folder was published
 
 
 def test_cache_invalidated_by_content_and_config(small_site, tmp_path, counted):
@@ -167,7 +173,7 @@ def test_cache_invalidated_by_content_and_config(small_site, tmp_path, counted):
     windows = load_site(small_site, CFG, cache_dir=cache, progress=False)
     assert len(counted) == 4 and "cards" in set(windows.labels)
     # The stale entry of this site and config was replaced, not kept.
-    assert len(list((cache / "sites").glob("*.npz"))) == 1
+    assert len(SiteCache(cache).entries()) == 1 and len([p for p in (cache / "sites").iterdir() if p.is_dir()]) == 1
     load_site(small_site, CFG.model_copy(update={"window_seconds": 12.0}), cache_dir=cache, progress=False)
     assert len(counted) == 6
     load_site(small_site, CFG, cache_dir=cache, progress=False)
@@ -241,3 +247,68 @@ def test_cache_command_lists_and_purges(small_site, tmp_path):
     purged = runner.invoke(app, ["cache", "--dir", str(cache), "--purge", "--older-than", "2"])
     assert purged.exit_code == 0 and "1 site(s)" in purged.output and "removed" in purged.output
     assert SiteCache(cache).entries() == [] and not list((cache / "sites").iterdir())
+
+
+def test_window_view_cuts_like_materialised_windows():
+    """A view over continuous data indexes, selects and converts exactly as the copied windows."""
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(3, 100)).astype(np.float32)
+    starts = np.array([0, 10, 20, 85])
+    copied = np.stack([data[:, s : s + 15] for s in starts])
+    view = WindowView(data, starts, 15, time_axis=1)
+    assert view.shape == copied.shape and len(view) == 4 and view.ndim == 3
+    np.testing.assert_array_equal(np.asarray(view), copied)
+    np.testing.assert_array_equal(view[2], copied[2])
+    np.testing.assert_array_equal(view[1:3], copied[1:3])
+    np.testing.assert_array_equal(view[np.array([3, 0, 3])], copied[[3, 0, 3]])
+    np.testing.assert_array_equal(view[np.array([True, False, True, False])], copied[[0, 2]])
+    w, f = np.array([3, 0, 3, 1]), np.array([0, 14, 2, 7])
+    np.testing.assert_array_equal(view[w, :, f], copied[w, :, f])  # paired indices, repeated windows
+    np.testing.assert_array_equal(view[:, [2, 0]], copied[:, [2, 0]])
+    np.testing.assert_array_equal(np.asarray(view.select(np.array([1, 3]))), copied[[1, 3]])
+    design = WindowView(data.T.copy(), starts, 15, time_axis=0)  # [times, features]
+    np.testing.assert_array_equal(design[w, f], np.transpose(copied, (0, 2, 1))[w, f])
+    with pytest.raises(ValueError, match="outside"):
+        WindowView(data, np.array([90]), 15, time_axis=1)
+
+
+def test_subset_of_loaded_windows_stays_a_view(small_site, tmp_path):
+    windows = load_site(small_site, CFG, cache_dir=tmp_path / "cache", progress=False)
+    part = windows.subset(windows.subjects == windows.subjects[0])
+    assert isinstance(part, PairedWindows) and isinstance(part.eeg, WindowView)
+    assert part.eeg.data is windows.eeg.data  # shares the mapped runs: nothing copied
+    np.testing.assert_array_equal(part.eeg[0], windows.eeg[0])
+
+
+def test_cache_entries_unused_past_retention_are_deleted(small_site, tmp_path, monkeypatch):
+    """Entries not used for FEDNEUROGEN_CACHE_DAYS go when the next entry is written; a hit
+    counts as a use."""
+    cache = tmp_path / "cache"
+    load_site(small_site, CFG, cache_dir=cache, progress=False)
+    (entry,) = SiteCache(cache).entries()
+    old = time.time() - 10 * 86400
+    for path in entry["files"]:
+        os.utime(path, (old, old))
+    monkeypatch.setenv("FEDNEUROGEN_CACHE_DAYS", "30")
+    load_site(small_site, CFG.model_copy(update={"window_seconds": 12.0}), cache_dir=cache, progress=False)
+    assert len(SiteCache(cache).entries()) == 2  # 10 days unused: within 30 days, kept
+    load_site(small_site, CFG, cache_dir=cache, progress=False)  # a hit: used today
+    monkeypatch.setenv("FEDNEUROGEN_CACHE_DAYS", "5")
+    for path in [p for e in SiteCache(cache).entries() if e["n_windows"] != entry["n_windows"] for p in e["files"]]:
+        os.utime(path, (old, old))  # the 12 s entry: unused for 10 days
+    load_site(small_site, CFG.model_copy(update={"window_seconds": 14.0}), cache_dir=cache, progress=False)
+    kept = SiteCache(cache).entries()
+    assert len(kept) == 2 and entry["n_windows"] in {e["n_windows"] for e in kept}
+    monkeypatch.setenv("FEDNEUROGEN_CACHE_DAYS", "soon")
+    with pytest.raises(Exception, match="FEDNEUROGEN_CACHE_DAYS"):
+        load_site(small_site, CFG.model_copy(update={"window_seconds": 10.0}), cache_dir=cache, progress=False)
+
+
+def test_failed_load_leaves_no_staging_folder(tmp_path):
+    site = bf.make_site(tmp_path / "site", bf.SiteSpec(eog=False))
+    for eeg in site.rglob("*_eeg.edf"):
+        eeg.write_bytes(eeg.read_bytes()[:300])  # every run broken
+    cache = tmp_path / "cache"
+    with pytest.raises(Exception, match="no usable runs"):
+        load_site_data(site, CFG, cache_dir=cache, progress=False)
+    assert not [p for p in (cache / "sites").iterdir()]

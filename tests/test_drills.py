@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from fedneurogen.client import drills
+from fedneurogen.shared.errors import ConfigError
+from fedneurogen.shared.run_config import RunConfig, validate_run_config
 
 ATTACKER = {"partition-id": 2}
 HONEST = {"partition-id": 0}
@@ -34,8 +36,8 @@ def local(received) -> dict[str, torch.Tensor]:
     return {k: received[k] + 0.01 * step[k] for k in received}
 
 
-def _config(mode: str = "scale", scale: float = 100.0, partition: int = 2) -> dict:
-    return {"attack-partition": partition, "attack-mode": mode, "attack-scale": scale}
+def _config(mode: str = "scale", scale: float = 100.0, partition: int = 2) -> RunConfig:
+    return validate_run_config({"attack-partition": partition, "attack-mode": mode, "attack-scale": scale})
 
 
 def test_scale_poisoning_is_global_plus_scale_times_update(local, received):
@@ -83,22 +85,22 @@ def test_other_nodes_send_their_update_unchanged(local, received, mode):
 
 def test_attack_off_by_default(local, received):
     for node in (ATTACKER, HONEST, {}):
-        assert drills.poison({}, node, local, received, seed=1) is local
-        assert drills.poison({"attack-partition": -1}, node, local, received, seed=1) is local
+        assert drills.poison(RunConfig(), node, local, received, seed=1) is local
+        assert drills.poison(RunConfig(attack_partition=-1), node, local, received, seed=1) is local
 
 
-def test_bad_attack_mode_raises_on_the_attacker_only(local, received):
-    with pytest.raises(ValueError, match="attack-mode"):
-        drills.poison(_config("flip"), ATTACKER, local, received, seed=1)
-    assert drills.poison(_config("flip"), HONEST, local, received, seed=1) is local
+def test_bad_attack_mode_is_refused_with_the_run_config():
+    with pytest.raises(ConfigError, match="attack-mode = 'flip' is not allowed; choose one of: scale, random"):
+        _config("flip")
+    assert drills.ATTACK_MODES == ("scale", "random")
 
 
 def test_fault_drill_raises_only_on_its_node():
-    config = {"fault-partition": 1}
+    config = RunConfig(fault_partition=1)
     with pytest.raises(RuntimeError, match="injected fault"):
         drills.check_fault(config, {"partition-id": 1})
     for node in ({"partition-id": 0}, {"partition-id": 2}, {}):
         drills.check_fault(config, node)
     for node in ({"partition-id": 0}, {"partition-id": 1}, {}):  # off by default
-        drills.check_fault({}, node)
-        drills.check_fault({"fault-partition": -1}, node)
+        drills.check_fault(RunConfig(), node)
+        drills.check_fault(RunConfig(fault_partition=-1), node)

@@ -40,7 +40,7 @@ def test_eeg_only_runs_are_windowed_like_the_paired_ones(site, paired):
 
     assert [r.subject for r in eeg_only_runs(site)] == ["sub-04", "sub-05"]  # after the 3 paired subjects
     pool = load_eeg_only(site, paired)
-    assert len(pool) > 0 and not pool.target.any()  # no target exists: zeros nobody may read
+    assert len(pool) > 0 and not np.any(pool.target)  # no target exists: zeros nobody may read
     assert pool.eeg.shape[1:] == paired.eeg.shape[1:] and pool.eeg_channel_names == paired.eeg_channel_names
     assert pool.target.shape[1:] == paired.target.shape[1:] and pool.design.shape[1:] == paired.design.shape[1:]
     assert set(pool.subjects.tolist()) == {"sub-04", "sub-05"} and not set(pool.subjects.tolist()) & set(paired.subjects.tolist())
@@ -79,7 +79,7 @@ def test_a_site_without_eeg_only_runs_and_a_broken_one_are_named(site, paired, t
 def test_eeg_only_sources_are_never_test_subjects(site, paired):
     from dataclasses import replace
 
-    from fedneurogen.client.augment import AugmentConfig, GenerationLog, generate_strategy, prepare_samples
+    from fedneurogen.shared.fairness import AugmentConfig, GenerationLog, generate_strategy, prepare_samples
     from fedneurogen.shared import fairness as fm
     from fedneurogen.shared.data.eeg_only import load_eeg_only
 

@@ -158,11 +158,13 @@ def test_regressor_loss_falls_in_a_short_fit(consortium):
     _, _, fnirs_site = consortium
     windows = _load(fnirs_site).subset(np.arange(4))
     few = dataclasses.replace(windows, eeg=windows.eeg[:, :8], eeg_channel_names=windows.eeg_channel_names[:8], eeg_positions=windows.eeg_positions[:8])
-    baseline = RegressorBaseline("tiny", epochs=30, batch_size=4, lr=3e-3, warmup_steps=1, seed=0, device="cpu").fit(few)
-    assert len(baseline.history) == 30
+    # 60 epochs: with short-channel regression (the default) the fNIRS target has no shared
+    # systemic component left, the easy part of the fit, so the loss falls more slowly at first.
+    baseline = RegressorBaseline("tiny", epochs=60, batch_size=4, lr=3e-3, warmup_steps=1, seed=0, device="cpu").fit(few)
+    assert len(baseline.history) == 60
     assert baseline.history[-1] < 0.8 * baseline.history[0]
     predicted = baseline.predict(few)
     assert predicted.shape == few.target.shape and np.isfinite(predicted).all()
     # deterministic: the same seed fits the same model
-    again = RegressorBaseline("tiny", epochs=30, batch_size=4, lr=3e-3, warmup_steps=1, seed=0, device="cpu").fit(few)
+    again = RegressorBaseline("tiny", epochs=60, batch_size=4, lr=3e-3, warmup_steps=1, seed=0, device="cpu").fit(few)
     np.testing.assert_array_equal(again.predict(few), predicted)

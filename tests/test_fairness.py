@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from fedneurogen.client.augment import AugmentConfig, ModelSynthesizer, plan_balance, prepare_samples, run_augmentation
+from fedneurogen.shared.fairness import AugmentConfig, ModelSynthesizer, plan_balance, prepare_samples, run_augmentation
 from fedneurogen.shared import fairness as fm
 from fedneurogen.shared.errors import DataError
 
@@ -91,7 +91,7 @@ def test_generated_samples_train_only_and_come_from_training_subjects(imbalanced
     config = replace(CONFIG, sensitive_attribute=None)  # balance classes: every fold tops up 'left'
     samples = prepare_samples(imbalanced, config, "site-x")
     folds = fm.subject_folds(samples.labels, samples.windows.subjects, samples.classes, FOLDS, config.seed, "site-x")
-    from fedneurogen.client.augment import GenerationLog, generate_strategy
+    from fedneurogen.shared.fairness import GenerationLog, generate_strategy
 
     log = GenerationLog()
     strategy = generate_strategy(samples, spy, log)
@@ -257,7 +257,7 @@ def test_table_protocol_cut_and_goals(imbalanced):
     protocol = Protocol("motor", "fnirs", ("left", "right"), 10, 4, 2)
     kept, pool = cut_condition(imbalanced, protocol, "left", np.random.default_rng(0))
     assert (kept.labels == "left").sum() == 4 and (kept.labels == "right").sum() == 10
-    assert len(pool) == 4 and set(pool.labels) == {"left"} and not pool.target.any()
+    assert len(pool) == 4 and set(pool.labels) == {"left"} and not np.any(pool.target)
     assert not set(fm.window_ids(pool)) & set(fm.window_ids(kept))
 
     def report(minority_f1):
@@ -276,7 +276,7 @@ def test_table_protocol_cut_and_goals(imbalanced):
 
 
 def test_smote_interpolates_within_the_minority_of_the_training_fold(imbalanced):
-    from fedneurogen.client.augment import smote_strategy
+    from fedneurogen.shared.fairness import smote_strategy
 
     samples = prepare_samples(imbalanced, replace(CONFIG, sensitive_attribute=None), "site-x")
     splits = fm.subject_folds(samples.labels, samples.windows.subjects, samples.classes, FOLDS, 3, "site-x")
@@ -293,7 +293,7 @@ def test_smote_interpolates_within_the_minority_of_the_training_fold(imbalanced)
 
 
 def test_label_fidelity_is_judged_by_a_class_balanced_classifier(imbalanced):
-    from fedneurogen.client.augment import GenerationLog, generate_strategy
+    from fedneurogen.shared.fairness import GenerationLog, generate_strategy
 
     samples = prepare_samples(imbalanced, replace(CONFIG, sensitive_attribute=None), "site-x")
     (train, test), *_ = fm.subject_folds(samples.labels, samples.windows.subjects, samples.classes, FOLDS, 3, "site-x")
@@ -324,7 +324,7 @@ class RecordedTargetsOf:
 def test_generation_setting_is_chosen_on_training_subjects_only(imbalanced, synthesizer):
     """``auto``: each fold tries the settings on an inner split of its training subjects; no
     setting ever sees a test subject's EEG, and the choice is recorded."""
-    from fedneurogen.client.augment import GenerationLog, generate_strategy
+    from fedneurogen.shared.fairness import GenerationLog, generate_strategy
 
     calls = []
 
@@ -363,7 +363,7 @@ def test_group_variant_cuts_group_b_in_every_class(windows):
     for c in protocol.classes:
         assert ((kept.labels == c) & (groups == "B")).sum() == 2
         assert 0 < ((kept.labels == c) & (groups == "A")).sum() <= 10
-    assert set(pool.group_of("group").astype(str)) == {"B"} and not pool.target.any()
+    assert set(pool.group_of("group").astype(str)) == {"B"} and not np.any(pool.target)
     assert not set(fm.window_ids(pool)) & set(fm.window_ids(kept))
     with pytest.raises(DataError, match="group B has"):
         cut_group(windows, Protocol("motor", "fnirs", ("left", "right"), 10, 10_000, 2), "B", np.random.default_rng(0))

@@ -16,9 +16,10 @@ from safetensors.numpy import load_file
 
 from fedneurogen.server.audit import AUDIT_FILE, read_log
 from fedneurogen.server.checkpointing import RunStore, model_parameters
-from fedneurogen.server.strategy import STRATEGIES, ModalityStrategy, make_base_strategy
+from fedneurogen.server.strategy import STRATEGIES, make_strategy
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.model import NeuroGenModel, load_checkpoint
+from fedneurogen.shared.run_config import RunConfig
 from fedneurogen.simulations.federated import run_federated
 
 BACKBONE, FMRI, FNIRS = "dit.blocks.0.weight", "modality_heads.fmri.final_layer.linear.weight", "modality_heads.fnirs.final_layer.linear.weight"
@@ -42,7 +43,7 @@ def reply(out: Message, modality: str, n: int, values: dict[str, float] | None, 
 
 
 def one_round(name: str, sites: dict[int, tuple[str, int, dict | None]], current: float = 0.0, strategy=None):
-    strategy = strategy or ModalityStrategy(make_base_strategy(name, {"min-available-nodes": 1, "min-train-nodes": 1}))
+    strategy = strategy or make_strategy(RunConfig(strategy=name, min_available_nodes=1, min_train_nodes=1))
     arrays = ArrayRecord({k: Array(np.full((2, 3), current, dtype=np.float32)) for k in (BACKBONE, FMRI, FNIRS)})
     messages = list(strategy.configure_train(1, arrays, ConfigRecord({}), FakeGrid(sites)))
     replies = [reply(m, *sites[m.metadata.dst_node_id]) for m in messages if sites[m.metadata.dst_node_id] != "silent"]
@@ -93,7 +94,7 @@ def test_a_non_finite_update_is_refused_and_the_global_model_stays_finite(name, 
 def test_an_inflated_example_count_is_refused(task_identity):
     """FedAvg weights by the examples a site claims: a site may not claim more than it declared in
     its first round, nor more than max-examples-per-site."""
-    strategy = ModalityStrategy(make_base_strategy("fedavg", {"min-available-nodes": 1, "min-train-nodes": 1}), max_examples=1000)
+    strategy = make_strategy(RunConfig(min_available_nodes=1, min_train_nodes=1, max_examples_per_site=1000))
     honest = {1: ("fmri", 10, {BACKBONE: 1.0, FMRI: 1.0}), 2: ("fmri", 10, {BACKBONE: 3.0, FMRI: 3.0})}
     one_round("fedavg", honest, strategy=strategy)
     inflated = {1: ("fmri", 10, {BACKBONE: 1.0, FMRI: 1.0}), 2: ("fmri", 1e9, {BACKBONE: 1e3, FMRI: 1e3}), 3: ("fmri", 5000, {BACKBONE: 7.0, FMRI: 7.0})}
@@ -102,13 +103,13 @@ def test_an_inflated_example_count_is_refused(task_identity):
     failed = {f["node"]: f["reason"] for f in strategy.report[MessageType.TRAIN]["failed"]}
     assert "more than the 10 this site declared in its first round" in failed[2]
     assert "above max-examples-per-site = 1000" in failed[3]
-    restored = ModalityStrategy(make_base_strategy("fedavg", {}))  # the declarations survive a resume
+    restored = make_strategy(RunConfig())  # the declarations survive a resume
     restored.load_state_dict(strategy.state_dict())
     assert restored.declared == {1: 10.0, 2: 10.0}
 
 
 def test_a_large_update_is_scaled_to_the_norm_bound(task_identity):
-    strategy = ModalityStrategy(make_base_strategy("fedavg", {"min-available-nodes": 1, "min-train-nodes": 1}), max_update_norm=1.0)
+    strategy = make_strategy(RunConfig(min_available_nodes=1, min_train_nodes=1, max_update_norm=1.0))
     # each update is 6 + 6 values; site 2 moves every value by 100 (norm 100 * sqrt(12))
     sites = {1: ("fmri", 10, {BACKBONE: 0.1, FMRI: 0.1}), 2: ("fmri", 10, {BACKBONE: 100.0, FMRI: 100.0})}
     strategy, new, _ = one_round("fedavg", sites, strategy=strategy)
@@ -145,7 +146,7 @@ def test_every_strategy_keeps_the_heads_apart(name, task_identity):
         assert 0 < a[FNIRS] < 5.0 and 0 < a[FMRI] and 0 < a[BACKBONE]
         state = strategy.state_dict()
         assert {k.split("/")[0] for k in state} == {"backbone", "fmri", "fnirs", "declared"}
-        restored = ModalityStrategy(make_base_strategy(name, {}))
+        restored = make_strategy(RunConfig(strategy=name))
         restored.load_state_dict(state)
         assert all(np.array_equal(restored.state_dict()[k], v) for k, v in state.items())
 

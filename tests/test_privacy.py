@@ -152,11 +152,14 @@ def test_prv_accountant_is_cumulative_too():
 
 
 def test_site_state_dir_prefers_the_daemon_setting(tmp_path):
+    from fedneurogen.shared.run_config import RunConfig
+
     data = tmp_path / "site-01"
-    assert site.state_dir({"state-dir": str(tmp_path / "s")}, {"site-state-dir": "x"}, data) == tmp_path / "s"
+    assert site.state_dir({"state-dir": str(tmp_path / "s")}, RunConfig(site_state_dir="x"), data) == tmp_path / "s"
     # a site daemon does not let the run config move its ledger (that would reset its budget)
-    assert not str(site.state_dir({"data-path": str(data)}, {"site-state-dir": str(tmp_path / "fresh")}, data)).startswith(str(tmp_path / "fresh"))
-    chosen = site.state_dir({}, {"site-state-dir": str(tmp_path / "sim")}, data)
+    fresh = RunConfig(site_state_dir=str(tmp_path / "fresh"))
+    assert not str(site.state_dir({"data-path": str(data)}, fresh, data)).startswith(str(tmp_path / "fresh"))
+    chosen = site.state_dir({}, RunConfig(site_state_dir=str(tmp_path / "sim")), data)
     assert chosen.parent == tmp_path / "sim" and chosen.name.startswith("site-01-")
     # one ledger per training run: the same run-dir finds it again, another run gets its own
     assert privacy.ledger_path(chosen, "runs/a") == privacy.ledger_path(chosen, "runs/a") != privacy.ledger_path(chosen, "runs/b")
@@ -213,14 +216,27 @@ def test_a_site_lifetime_cap_counts_its_other_runs(tmp_path):
     earlier = privacy.PrivacyLedger("rdp", 1.0, [(1.0, 0.1, 200)])
     privacy.save_ledger(privacy.ledger_path(state, "runs/earlier"), earlier)
     spent = earlier.epsilon(1e-5)
-    run = {**RunConfig().model_dump(by_alias=True), "dp-enabled": True, "dp-target-epsilon": 4.0, "run-dir": "runs/new"}
+    raw = {**RunConfig().model_dump(by_alias=True), "dp-enabled": True, "dp-target-epsilon": 4.0, "run-dir": "runs/new"}
+    run = RunConfig.model_validate(raw)
 
     def context(cap: float) -> Context:
         node = {"data-path": str(data), "state-dir": str(state), "dp-lifetime-epsilon": cap}
-        return Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config=run)
+        return Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config=raw)
 
-    dp, ledger, path = app._privacy(context(spent + 4.5))  # room for this run
+    dp, ledger, path = app._privacy(context(spent + 4.5), run)  # room for this run
     assert dp.target_epsilon == 4.0 and path == privacy.ledger_path(state, "runs/new")
     assert privacy.other_runs_epsilon(state, path, 1e-5) == pytest.approx(spent)
     with pytest.raises(SiteRefusal, match="lifetime limit"):
-        app._privacy(context(spent + 3.5))
+        app._privacy(context(spent + 3.5), run)
+
+
+def test_dp_settings_are_built_from_the_run_config_in_one_place():
+    """``privacy.dp_settings`` is the one builder; DPSettings made by hand default to the run config's values."""
+    from fedneurogen.shared.run_config import RunConfig
+
+    run = RunConfig(dp_enabled=True, dp_target_epsilon=4.0, num_server_rounds=5)
+    dp = privacy.dp_settings(run)
+    assert dp == privacy.DPSettings(4.0, run.dp_delta, run.dp_max_grad_norm, 5)  # the other defaults: RunConfig's
+    assert (dp.accountant, dp.statistics_share, dp.statistics_clip, dp.secure_mode) == (run.dp_accountant, run.dp_statistics_share, run.dp_statistics_clip, False)
+    spread = privacy.dp_settings(RunConfig(dp_rounds=9, num_server_rounds=5, dp_accountant="prv"), secure_mode=True)
+    assert (spread.planned_rounds, spread.accountant, spread.secure_mode) == (9, "prv", True)  # dp-rounds, when set, over num-server-rounds

@@ -337,10 +337,12 @@ def test_fnirs_site_snirf_reads_back_and_tracks_ground_truth(mixed_data):
     for sub in ("sub-01", "sub-02"):
         nirs_dir = site / sub / "nirs"
         raw = mne.io.read_raw_snirf(nirs_dir / f"{sub}_task-motor_run-1_nirs.snirf", preload=True, verbose="error")
-        assert raw.info["sfreq"] == 10.0 and len(raw.ch_names) == 32
+        assert raw.info["sfreq"] == 10.0 and len(raw.ch_names) == 48  # 16 long + 8 short channels, 2 wavelengths
         assert set(raw.get_channel_types()) == {"fnirs_cw_amplitude"}
         dist_mm = mne.preprocessing.nirs.source_detector_distances(raw.info) * 1000
-        assert np.all((dist_mm > 25) & (dist_mm < 45))
+        assert np.all((dist_mm[:32] > 25) & (dist_mm[:32] < 45))
+        np.testing.assert_allclose(dist_mm[32:], 8.0, atol=0.05)  # short-separation channels, listed last
+        raw.pick(range(32))  # the long channels, those of the ground truth
         mid = np.array([ch["loc"][:3] for ch in raw.info["chs"]]) * 1000
         assert np.all(np.abs(mid[:, 0]) > 20) and np.all(mid[:, 2] > 40)  # over the motor strips
         assert set(raw.annotations.description) == set(MOTOR_CLASSES)

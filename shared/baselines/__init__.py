@@ -1,4 +1,4 @@
-"""Baselines every generator figure is stated against (ARCHITECTURE section 8).
+"""Baselines every generator figure is stated against (docs/architecture.md §7).
 
 - ``RidgeHRFBaseline``: continuous ridge-HRF, the strongest simple linear baseline;
 - ``LabelOnlyBaseline``: the class labels alone, no EEG;

@@ -1,4 +1,4 @@
-"""A deterministic regression transformer: the baseline the generator must beat (ARCHITECTURE 8).
+"""A deterministic regression transformer: the baseline the generator must beat (docs/architecture.md §7).
 
 In the spirit of NeuroBOLT: the generator's own EEG pathway (LaBraM-style encoder, then the
 hyperdimensional integration onto the target tokens), a plain transformer over the target tokens,

@@ -1,4 +1,4 @@
-"""Continuous ridge-HRF: the strongest simple linear baseline (ARCHITECTURE section 8).
+"""Continuous ridge-HRF: the strongest simple linear baseline (docs/architecture.md §7).
 
 The hemodynamic design of ``fedneurogen.shared.design`` (per-run log band power on the virtual
 montage, convolved with the HRF basis over the full history before each frame of the
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedneurogen.shared.design import subject_statistics
+from fedneurogen.shared.design import two_fold_statistics
 from fedneurogen.shared.recording import PairedWindows
 from fedneurogen.shared.ridge import RidgeSolution, fit_ridge_selected, sum_statistics
 
@@ -25,8 +25,8 @@ class RidgeHRFBaseline:
         self.solution: RidgeSolution | None = None
 
     def fit(self, train: PairedWindows, val: PairedWindows | None = None) -> "RidgeHRFBaseline":
-        val_stats = sum_statistics(subject_statistics(val)) if val is not None and len(val) else None
-        self.solution = fit_ridge_selected(subject_statistics(train), val_stats, ranks=self.ranks)
+        val_stats = sum_statistics(two_fold_statistics([val])) if val is not None and len(val) else None
+        self.solution = fit_ridge_selected(two_fold_statistics([train]), val_stats, ranks=self.ranks)
         return self
 
     def predict(self, windows: PairedWindows) -> np.ndarray:

@@ -1,7 +1,7 @@
 """The data layer: BIDS sites in, ``Recording`` / ``PairedWindows`` out.
 
 - ``find_runs``: the runs of a site (EEG + target + sidecars), ``bids``
-- ``read_eeg`` / ``read_fmri`` / ``read_fnirs``: one recording, preprocessed (ARCHITECTURE 4)
+- ``read_eeg`` / ``read_fmri`` / ``read_fnirs``: one recording, preprocessed (docs/architecture.md §3)
 - ``load_site``: a whole site as paired windows, cached on disk (``site``, ``pairing``, ``cache``)
 - ``validate_dataset``: a summary of a site and every problem in it (``validate``)
 

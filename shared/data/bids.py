@@ -428,7 +428,7 @@ def read_events(path: Path | None, task: str, duration: float | None = None) -> 
     """Events as a DataFrame with float ``onset``, ``duration`` and str ``trial_type``.
 
     Without a ``trial_type`` column (or where it is ``n/a``) the task name is the class; without
-    an events file the whole run is one event of class ``task`` (ARCHITECTURE 3: "``trial_type``
+    an events file the whole run is one event of class ``task`` (docs/architecture.md §3: "``trial_type``
     or the task entity gives the class").
     """
     if path is None:

@@ -3,9 +3,12 @@
 An entry is keyed by the SHA-256 of every input file's content (EEG, companions, sidecars,
 events, target files, ``participants.tsv``, by path relative to the site) plus
 ``PreprocessConfig.cache_key()`` and ``CACHE_VERSION``. Any content change, any added or
-removed input file, or any config change gives a new key. Entries are an uncompressed ``.npz``
-(arrays) plus a ``.json`` (everything else), both written atomically; the JSON is written last
-and marks the entry complete.
+removed input file, or any config change gives a new key. An entry is a folder
+``sites/<site>-<key>/`` holding the site's continuous runs joined end to end (``eeg.npy``,
+``target.npy``, ``design.npy``: float32, read back memory-mapped, so a site's size costs disk,
+not RAM) and ``windows.npz`` (where each window starts, its label, subject, run, onset), plus
+``sites/<site>-<key>.json`` (everything else). The folder is built under a temporary name
+(``staging``) and renamed; the JSON is written last and marks the entry complete.
 
 Hashing large files is the main cost of a cache hit, so file hashes are memoised in
 ``file-hashes.json`` by ``(size, mtime_ns, ctime_ns, inode)``. A memo entry is trusted only if
@@ -20,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -29,12 +33,15 @@ import numpy as np
 from ..config import PreprocessConfig
 from ..errors import DataError
 from ..io import atomic_path, file_sha256, write_json_atomic
-from ..recording import PairedWindows
+from ..recording import PairedWindows, WindowView
 
 #: Bump when the loader's output for the same inputs changes (new preprocessing, bug fix).
-CACHE_VERSION = 3  # 3: problems stored relative to the site
+CACHE_VERSION = 4  # 4: continuous runs, memory-mapped; windows cut on demand
 SETTLE_NS = 2_000_000_000
-_ARRAYS = ("eeg", "target", "labels", "subjects", "runs", "onsets", "eeg_positions", "target_positions", "design")
+#: Entries not used for this long are deleted when the next entry is written.
+DEFAULT_RETENTION_DAYS = 30.0
+_CONTINUOUS = ("eeg", "target", "design")  # one .npy each, memory-mapped on load
+_SMALL = ("eeg_starts", "target_starts", "labels", "subjects", "runs", "onsets", "eeg_positions", "target_positions")
 
 
 def default_cache_dir() -> Path:
@@ -116,56 +123,96 @@ class SiteCache:
         return h.hexdigest()
 
     def _entry(self, site_dir: Path, key: str) -> tuple[Path, Path]:
-        """(metadata JSON, arrays NPZ) of an entry."""
+        """(metadata JSON, arrays folder) of an entry."""
         stem = f"{site_dir.resolve().name}-{key[:32]}"
-        return self.dir / "sites" / f"{stem}.json", self.dir / "sites" / f"{stem}.npz"
+        return self.dir / "sites" / f"{stem}.json", self.dir / "sites" / stem
+
+    def staging(self, site_dir: Path, key: str) -> Path:
+        """A new private folder where an entry's arrays are written before ``store`` publishes
+        them (``OSError`` when the cache cannot be written)."""
+        _, folder = self._entry(site_dir, key)
+        folder.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        staged = folder.with_name(f".{folder.name}.partial-{os.getpid()}-{time.time_ns()}")
+        staged.mkdir(mode=0o700)
+        return staged
+
+    def allocator(self, staged: Path):
+        """``allocate(name, shape)`` for ``combine_runs``: a float32 ``.npy`` file in ``staged``,
+        memory-mapped (readable by this user only: patient data)."""
+
+        def allocate(name: str, shape: tuple[int, int]) -> np.ndarray:
+            path = staged / f"{name}.npy"
+            array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+            os.chmod(path, 0o600)
+            return array
+
+        return allocate
 
     def load(self, site_dir: Path, key: str) -> tuple[PairedWindows, dict[str, Any]] | None:
-        """The cached windows and metadata, or None on a miss (or an unreadable entry)."""
-        meta_path, npz_path = self._entry(site_dir, key)
-        if not meta_path.is_file() or not npz_path.is_file():
+        """The cached windows (views into memory-mapped runs) and metadata, or None on a miss
+        (or an unreadable entry)."""
+        meta_path, folder = self._entry(site_dir, key)
+        if not meta_path.is_file() or not folder.is_dir():
             return None
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             if meta.get("key") != key:
                 return None
-            with np.load(npz_path, allow_pickle=False) as npz:
-                arrays = {name: npz[name] for name in _ARRAYS}
+            continuous = {name: np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in _CONTINUOUS}
+            with np.load(folder / "windows.npz", allow_pickle=False) as npz:
+                small = {name: npz[name] for name in _SMALL}
+            w = meta["windows"]
+            eeg_length, target_length = int(w["eeg_length"]), int(w["target_length"])
+            windows = PairedWindows(
+                eeg=WindowView(continuous["eeg"], small["eeg_starts"], eeg_length, time_axis=1),
+                eeg_sfreq=w["eeg_sfreq"],
+                eeg_channel_names=w["eeg_channel_names"],
+                eeg_positions=small["eeg_positions"],
+                target=WindowView(continuous["target"], small["target_starts"], target_length, time_axis=1),
+                target_sfreq=w["target_sfreq"],
+                target_modality=w["target_modality"],
+                target_names=w["target_names"],
+                target_positions=small["target_positions"],
+                labels=small["labels"],
+                subjects=small["subjects"],
+                runs=small["runs"],
+                onsets=small["onsets"],
+                lag=w["lag"],
+                participants=w["participants"],
+                target_point_types=w["target_point_types"],
+                design=WindowView(continuous["design"], small["target_starts"], target_length, time_axis=0),
+                history=w["history"],
+            )
         except (OSError, ValueError, KeyError):
             return None  # damaged entry: recompute and overwrite
-        w = meta["windows"]
-        windows = PairedWindows(
-            eeg=arrays["eeg"],
-            eeg_sfreq=w["eeg_sfreq"],
-            eeg_channel_names=w["eeg_channel_names"],
-            eeg_positions=arrays["eeg_positions"],
-            target=arrays["target"],
-            target_sfreq=w["target_sfreq"],
-            target_modality=w["target_modality"],
-            target_names=w["target_names"],
-            target_positions=arrays["target_positions"],
-            labels=arrays["labels"],
-            subjects=arrays["subjects"],
-            runs=arrays["runs"],
-            onsets=arrays["onsets"],
-            lag=w["lag"],
-            participants=w["participants"],
-            target_point_types=w["target_point_types"],
-            design=arrays["design"],
-            history=w["history"],
-        )
+        try:
+            os.utime(meta_path)  # last use, for retention
+        except OSError:
+            pass
         return windows, meta
 
     def store(
-        self, site_dir: Path, key: str, windows: PairedWindows, config: PreprocessConfig, extra: dict[str, Any]
+        self, site_dir: Path, key: str, windows: PairedWindows, config: PreprocessConfig, extra: dict[str, Any], staged: Path
     ) -> Path:
-        """Write an entry atomically and remove older entries of the same site and config."""
-        meta_path, npz_path = self._entry(site_dir, key)
-        # patient data and participant attributes: readable by this user only
-        npz_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with atomic_path(npz_path, mode=0o600) as tmp:
+        """Publish an entry: ``windows`` must be views into the arrays ``allocator(staged)`` made.
+        Removes older entries of the same site and config."""
+        meta_path, folder = self._entry(site_dir, key)
+        views = {name: getattr(windows, name) for name in _CONTINUOUS}
+        if not all(isinstance(v, WindowView) for v in views.values()):
+            raise TypeError("SiteCache.store needs the windows combine_runs built in the staging folder")
+        for view in views.values():
+            if isinstance(view.data, np.memmap):
+                view.data.flush()
+        with atomic_path(staged / "windows.npz", mode=0o600) as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, **{name: np.asarray(getattr(windows, name)) for name in _ARRAYS})
+                np.savez(
+                    f, eeg_starts=windows.eeg.starts, target_starts=windows.target.starts, labels=windows.labels,
+                    subjects=windows.subjects, runs=windows.runs, onsets=windows.onsets,
+                    eeg_positions=windows.eeg_positions, target_positions=windows.target_positions,
+                )  # fmt: skip
+        if folder.exists():  # an unpublished leftover of a crashed run (its JSON was never written)
+            shutil.rmtree(folder)
+        os.replace(staged, folder)
         meta = {
             "key": key,
             "version": CACHE_VERSION,
@@ -177,9 +224,11 @@ class SiteCache:
             "windows": {
                 "eeg_sfreq": windows.eeg_sfreq,
                 "eeg_channel_names": list(windows.eeg_channel_names),
+                "eeg_length": windows.eeg.length,
                 "target_sfreq": windows.target_sfreq,
                 "target_modality": windows.target_modality,
                 "target_names": list(windows.target_names),
+                "target_length": windows.target.length,
                 "lag": windows.lag,
                 "participants": windows.participants,
                 "target_point_types": windows.target_point_types,
@@ -189,7 +238,8 @@ class SiteCache:
         }
         write_json_atomic(meta_path, meta, mode=0o600)
         self._prune(meta_path, meta)
-        return npz_path
+        self.purge(older_than_days=retention_days())
+        return folder
 
     def _prune(self, keep: Path, meta: dict[str, Any]) -> None:
         """Entries of the same site folder and config with another key can never hit again."""
@@ -201,8 +251,7 @@ class SiteCache:
             except (OSError, ValueError):
                 continue
             if m.get("site_dir") == meta["site_dir"] and m.get("config_key") == meta["config_key"]:
-                for p in (other, other.with_name(other.name[: -len(".json")] + ".npz")):
-                    p.unlink(missing_ok=True)
+                _remove(other)
 
     # -- what is kept, and removing it (``fedneurogen cache``) ---------------------------------
 
@@ -210,12 +259,12 @@ class SiteCache:
         """Every cached site: its folder, when it was made, windows, bytes on disk, its files."""
         out = []
         for meta_path in sorted((self.dir / "sites").glob("*.json")):
-            npz = meta_path.with_name(meta_path.name[: -len(".json")] + ".npz")
+            folder = _folder_of(meta_path)
             try:
                 meta = json.loads(meta_path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 meta = {}
-            files = [p for p in (meta_path, npz) if p.exists()]
+            files = [meta_path, *sorted(folder.iterdir())] if folder.is_dir() else [meta_path]
             out.append({
                 "site_dir": meta.get("site_dir", "?"), "created": meta.get("created", "?"), "n_windows": meta.get("n_windows"),
                 "bytes": sum(p.stat().st_size for p in files), "modified": max(p.stat().st_mtime for p in files), "files": files,
@@ -223,12 +272,39 @@ class SiteCache:
         return out
 
     def purge(self, older_than_days: float | None = None) -> list[dict[str, Any]]:
-        """Delete every entry (or those not written for ``older_than_days``); returns them."""
+        """Delete every entry (or those not used for ``older_than_days``); returns them.
+        Staging folders a crashed run left behind go too once a day old."""
         cutoff = None if older_than_days is None else time.time() - older_than_days * 86400
         removed = [e for e in self.entries() if cutoff is None or e["modified"] < cutoff]
         for entry in removed:
-            for path in entry["files"]:
-                path.unlink(missing_ok=True)
+            _remove(entry["files"][0])
+        for staged in (self.dir / "sites").glob(".*.partial-*"):
+            try:
+                if older_than_days is None or staged.stat().st_mtime < time.time() - 86400:
+                    shutil.rmtree(staged, ignore_errors=True)
+            except OSError:
+                pass
         if older_than_days is None:
             self.memo.path.unlink(missing_ok=True)  # file names and hashes of the inputs, too
         return removed
+
+
+def _folder_of(meta_path: Path) -> Path:
+    return meta_path.with_name(meta_path.name[: -len(".json")])
+
+
+def _remove(meta_path: Path) -> None:
+    """Delete an entry: its JSON first (so a half-removed entry is never read), then its arrays
+    (a folder; a single ``.npz`` for entries of cache version 3 and older)."""
+    meta_path.unlink(missing_ok=True)
+    shutil.rmtree(_folder_of(meta_path), ignore_errors=True)
+    meta_path.with_name(meta_path.name[: -len(".json")] + ".npz").unlink(missing_ok=True)
+
+
+def retention_days() -> float:
+    """Days an entry is kept after its last use: ``$FEDNEUROGEN_CACHE_DAYS`` or 30."""
+    raw = os.environ.get("FEDNEUROGEN_CACHE_DAYS", "")
+    try:
+        return float(raw) if raw else DEFAULT_RETENTION_DAYS
+    except ValueError:
+        raise DataError(Path("FEDNEUROGEN_CACHE_DAYS"), f"must be a number of days, got {raw!r}") from None

@@ -1,4 +1,4 @@
-"""Reading and preprocessing EEG (ARCHITECTURE section 4).
+"""Reading and preprocessing EEG (docs/architecture.md §3).
 
 ``read_eeg`` = ``load_raw_eeg`` (read + integrity checks) -> ``prepare_channels`` (types from
 ``_channels.tsv``, names and positions) -> ``preprocess_eeg`` (notch, band-pass, ICA, resample,

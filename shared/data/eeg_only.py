@@ -21,7 +21,7 @@ from fedneurogen.shared.data.bids import find_runs, read_participants
 from fedneurogen.shared.data.eeg import read_eeg
 from fedneurogen.shared.data.pairing import check_history, combine_runs, cut_windows
 from fedneurogen.shared.errors import DataError
-from fedneurogen.shared.recording import PairedWindows, Recording
+from fedneurogen.shared.recording import PairedWindows, Recording, WindowView
 
 
 def eeg_only_runs(site_dir: str | Path) -> list:
@@ -56,4 +56,5 @@ def load_eeg_only(site_dir: str | Path, like: PairedWindows, config: PreprocessC
         raise DataError(site_dir, f"its {len(runs)} EEG-only run(s) give no windows (each must hold the hemodynamic history plus one window)")
     windows, _ = combine_runs(parts, read_participants(site_dir), config, site_dir)
     order = [windows.eeg_channel_names.index(name) for name in like.eeg_channel_names]
-    return replace(windows, eeg=windows.eeg[:, order], eeg_channel_names=list(like.eeg_channel_names), eeg_positions=like.eeg_positions)
+    eeg = WindowView(windows.eeg.data[order], windows.eeg.starts, windows.eeg.length, time_axis=1)  # the runs' channels in ``like``'s order
+    return replace(windows, eeg=eeg, eeg_channel_names=list(like.eeg_channel_names), eeg_positions=like.eeg_positions)

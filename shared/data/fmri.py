@@ -1,4 +1,4 @@
-"""Reading fMRI BOLD onto the fsaverage ico4 target space (ARCHITECTURE sections 3 and 4).
+"""Reading fMRI BOLD onto the fsaverage ico4 target space (docs/architecture.md §3).
 
 Input is fMRIPrep output: surface GIFTI (``hemi-L``/``hemi-R``, fsaverage5: 10242 vertices per
 hemisphere) or volume NIfTI in MNI152NLin2009cAsym, which is sampled between the fsaverage5

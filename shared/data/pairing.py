@@ -1,4 +1,4 @@
-"""Cutting paired EEG/target windows (ARCHITECTURE section 4: the target lags EEG by ``lag``).
+"""Cutting paired EEG/target windows (docs/architecture.md §3: the target lags EEG by ``lag``).
 
 Window ``k`` of a run takes the target over ``[t_k, t_k + W]``, the raw EEG over
 ``[t_k - lag, t_k - lag + W]`` (for the EEG encoder) and the hemodynamic design of its frames
@@ -15,12 +15,17 @@ overlap, the later-starting one wins.
 
 All windows of a site share one EEG channel set and one target point set: where runs differ,
 the intersection is used and a warning names what was dropped.
+
+Windows are not copied out of the runs: a site's runs are joined end to end into one continuous
+array per signal and each window is a ``WindowView`` into it (cut when indexed), so windows that
+overlap cost their samples once, and a cached site is memory-mapped rather than read into RAM.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +34,7 @@ import pandas as pd
 
 from ..config import PreprocessConfig
 from ..errors import DataError
-from ..recording import PairedWindows, Recording
+from ..recording import PairedWindows, Recording, WindowView
 from .problems import Problem
 
 REST = "rest"
@@ -38,23 +43,47 @@ _LABEL_STEP = 0.1  # s; resolution at which event coverage of a window is measur
 
 @dataclass
 class RunWindows:
-    """The windows of one run, before the runs of a site are combined."""
+    """One run, preprocessed and continuous, with where its windows start.
+
+    The windows are not cut here: ``combine_runs`` joins the runs of a site and returns
+    ``WindowView``s over them, so overlapping windows share their samples."""
 
     run: str
     subject: str
-    eeg: np.ndarray  # [n, channels, times]
+    eeg: np.ndarray  # [channels, eeg times], continuous
     eeg_sfreq: float
     eeg_names: list[str]
     eeg_positions: np.ndarray
-    target: np.ndarray  # [n, points, times]
+    target: np.ndarray  # [points, target times], continuous
     target_sfreq: float
     target_modality: str
     target_names: list[str]
     target_positions: np.ndarray
     target_point_types: list[str] | None
+    design: np.ndarray  # [target times, features]: the design at every target frame
+    eeg_starts: np.ndarray  # sample index of each window's EEG start
+    target_starts: np.ndarray  # sample index of each window's target (and design) start
+    eeg_length: int  # samples per EEG window
+    target_length: int  # samples per target window
     labels: np.ndarray
     onsets: np.ndarray
-    design: np.ndarray  # [n, target times, features]
+
+    @property
+    def eeg_windows(self) -> WindowView:
+        return WindowView(self.eeg, self.eeg_starts, self.eeg_length, time_axis=1)
+
+    @property
+    def target_windows(self) -> WindowView:
+        return WindowView(self.target, self.target_starts, self.target_length, time_axis=1)
+
+    def spill(self, folder: Path, number: int) -> None:
+        """Move the continuous arrays to ``.npy`` files in ``folder`` (``<number>-eeg.npy``, ...)
+        and memory-map them, so a site's runs need not fit in RAM together."""
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for name in ("eeg", "target", "design"):
+            path = folder / f"{number}-{name}.npy"
+            np.save(path, np.asarray(getattr(self, name), dtype=np.float32))
+            setattr(self, name, np.load(path, mmap_mode="r"))
 
 
 def window_starts(
@@ -150,38 +179,32 @@ def check_history(target: Recording, target_path: Path, run: str, config: Prepro
 def cut_windows(
     eeg: Recording, target: Recording, events: pd.DataFrame, config: PreprocessConfig, run: str, subject: str
 ) -> RunWindows:
-    """All paired windows of one run (see the module docstring for the rules)."""
+    """Where the paired windows of one run start, with the run kept continuous (see the module
+    docstring for the rules)."""
     from fedneurogen.shared.design import run_design
 
     target_starts, eeg_starts = window_starts(eeg.n_times, eeg.sfreq, target.n_times, target.sfreq, config)
     labels, keep = label_windows(eeg_starts / eeg.sfreq, config.window_seconds, events, config.label_min_fraction)
-    target_starts, eeg_starts, labels = target_starts[keep], eeg_starts[keep], labels[keep]
-    n_e = int(round(config.window_seconds * eeg.sfreq))
-    n_t = int(round(config.window_seconds * target.sfreq))
-    eeg_win = np.zeros((len(eeg_starts), eeg.n_points, n_e), np.float32)
-    tgt_win = np.zeros((len(target_starts), target.n_points, n_t), np.float32)
-    design = run_design(eeg, target.times, config)
-    design_win = np.zeros((len(target_starts), n_t, design.shape[1]), np.float32)
-    for k, (j, i) in enumerate(zip(eeg_starts, target_starts)):
-        eeg_win[k] = eeg.data[:, j : j + n_e]
-        tgt_win[k] = target.data[:, i : i + n_t]
-        design_win[k] = design[i : i + n_t]
     return RunWindows(
         run=run,
         subject=subject,
-        eeg=eeg_win,
+        eeg=eeg.data,
         eeg_sfreq=eeg.sfreq,
         eeg_names=list(eeg.names),
         eeg_positions=eeg.positions,
-        target=tgt_win,
+        target=target.data,
         target_sfreq=target.sfreq,
         target_modality=target.modality,
         target_names=list(target.names),
         target_positions=target.positions,
         target_point_types=target.point_types,
-        labels=labels,
-        onsets=target_starts / target.sfreq,
-        design=design_win,
+        design=run_design(eeg, target.times, config),
+        eeg_starts=eeg_starts[keep],
+        target_starts=target_starts[keep],
+        eeg_length=int(round(config.window_seconds * eeg.sfreq)),
+        target_length=int(round(config.window_seconds * target.sfreq)),
+        labels=labels[keep],
+        onsets=target_starts[keep] / target.sfreq,
     )
 
 
@@ -196,8 +219,12 @@ def combine_runs(
     participants: dict[str, dict[str, str]],
     config: PreprocessConfig,
     site_dir: Path,
+    allocate: Callable[[str, tuple[int, int]], np.ndarray] | None = None,
 ) -> tuple[PairedWindows, list[Problem]]:
-    """Stack the windows of a site's runs into one ``PairedWindows`` (+ warnings raised)."""
+    """Join a site's runs into one ``PairedWindows`` (+ warnings raised).
+
+    ``allocate(name, shape)`` makes each site-wide continuous float32 array (``eeg``, ``target``,
+    ``design``); by default in RAM, the cache passes memory-mapped files."""
     if not runs:
         raise DataError(site_dir, "no runs to combine")
     problems: list[Problem] = []
@@ -221,25 +248,38 @@ def combine_runs(
     if not target_names:
         raise DataError(site_dir, "the target runs share no channel/vertex")
 
-    eeg_parts, tgt_parts, eeg_pos, tgt_pos = [], [], [], []
+    # One continuous array per signal for the whole site (in RAM, or files from ``allocate``),
+    # each run copied in at its offset; the windows are views into it.
+    allocate = allocate or (lambda name, shape: np.empty(shape, np.float32))
+    eeg_all = allocate("eeg", (len(eeg_names), sum(r.eeg.shape[1] for r in runs)))
+    target_all = allocate("target", (len(target_names), sum(r.target.shape[1] for r in runs)))
+    design_all = allocate("design", (target_all.shape[1], runs[0].design.shape[1]))
+    eeg_starts, target_starts, eeg_pos, tgt_pos = [], [], [], []
+    e_at = t_at = 0
     for r in runs:
         e_idx = [r.eeg_names.index(n) for n in eeg_names]
         t_idx = [r.target_names.index(n) for n in target_names]
-        eeg_parts.append(r.eeg[:, e_idx])
-        tgt_parts.append(r.target[:, t_idx])
+        n_e, n_t = r.eeg.shape[1], r.target.shape[1]
+        eeg_all[:, e_at : e_at + n_e] = np.asarray(r.eeg)[e_idx]
+        target_all[:, t_at : t_at + n_t] = np.asarray(r.target)[t_idx]
+        design_all[t_at : t_at + n_t] = r.design
+        eeg_starts.append(r.eeg_starts + e_at)
+        target_starts.append(r.target_starts + t_at)
         eeg_pos.append(r.eeg_positions[e_idx])
         tgt_pos.append(r.target_positions[t_idx])
+        e_at, t_at = e_at + n_e, t_at + n_t
+    eeg_starts, target_starts = np.concatenate(eeg_starts), np.concatenate(target_starts)
     point_types = None
     if runs[0].target_point_types is not None:
         point_types = [runs[0].target_point_types[runs[0].target_names.index(n)] for n in target_names]
     n_per_run = [len(r.labels) for r in runs]
     windows = PairedWindows(
-        eeg=np.concatenate(eeg_parts).astype(np.float32, copy=False),
+        eeg=WindowView(eeg_all, eeg_starts, runs[0].eeg_length, time_axis=1),
         eeg_sfreq=runs[0].eeg_sfreq,
         eeg_channel_names=eeg_names,
         # Per-subject digitised positions differ slightly; the site montage is their mean.
         eeg_positions=np.mean(eeg_pos, axis=0),
-        target=np.concatenate(tgt_parts).astype(np.float32, copy=False),
+        target=WindowView(target_all, target_starts, runs[0].target_length, time_axis=1),
         target_sfreq=runs[0].target_sfreq,
         target_modality=runs[0].target_modality,  # type: ignore[arg-type]
         target_names=target_names,
@@ -251,7 +291,7 @@ def combine_runs(
         lag=config.lag_seconds,
         participants={s: dict(participants.get(s, {})) for s in sorted({r.subject for r in runs}) if s in participants},
         target_point_types=point_types,
-        design=np.concatenate([r.design for r in runs]).astype(np.float32, copy=False),
+        design=WindowView(design_all, target_starts, runs[0].target_length, time_axis=0),
         history=config.history_seconds,
     )
     return windows, problems

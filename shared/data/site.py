@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,40 +136,58 @@ def load_site_data(
         participants = {}
         warned.append(Problem(err.path, f"{err.problem}; windows get no group attributes", "warning"))
 
-    skipped: list[Problem] = []
-    loaded: list[RunWindows] = []
-    with _progress(progress) as bar:
-        task = bar.add_task(f"Loading {site_dir.name}", total=len(runs), run="")
-        for run in runs:
-            bar.update(task, run=run.key)
-            try:
-                loaded.append(load_run(run, config))
-            except DataError as err:
-                skipped.append(Problem(err.path, f"run {run.key} skipped: {err.problem}", "error"))
-            bar.advance(task)
-
-    usable = [r for r in loaded if len(r.labels)]
-    for r in loaded:
-        if not len(r.labels):
-            message = f"run {r.run} gives no windows (shorter than the history + one window?)"
-            skipped.append(Problem(site_dir / r.run, message, "warning"))
-    if not usable:
-        reasons = "; ".join(str(p) for p in skipped[:3]) + (" ..." if len(skipped) > 3 else "")
-        raise DataError(site_dir, f"no usable runs: all {len(runs)} run(s) were skipped ({reasons})")
-
-    windows, combine_warnings = combine_runs(usable, participants, config, site_dir)
-    warned += combine_warnings
-    if participants:
-        for subject in sorted(set(windows.subjects.tolist()) - set(participants)):
-            message = f"subject {subject} is missing: its windows get no attributes"
-            warned.append(Problem(site_dir / "participants.tsv", message, "warning"))
+    # With the cache, each run is written to disk as soon as it is read and the site's arrays are
+    # built there, memory-mapped: loading holds one run in RAM, not the site.
+    staged = None
     if cache is not None and key is not None:
-        extra = {"skipped": [_portable(p, site_dir) for p in skipped], "warnings": [_portable(p, site_dir) for p in warned]}
         try:
-            cache.store(site_dir, key, windows, config, extra)
+            staged = cache.staging(site_dir, key)
         except OSError as err:
-            # The windows are good; an unwritable cache only costs time next time.
-            warned.append(Problem(cache.dir, f"cache not written ({err.strerror or err})", "warning"))
+            warned.append(Problem(cache.dir, f"cache not written ({err.strerror or err}); the site is loaded in RAM", "warning"))
+    try:
+        skipped: list[Problem] = []
+        loaded: list[RunWindows] = []
+        with _progress(progress) as bar:
+            task = bar.add_task(f"Loading {site_dir.name}", total=len(runs), run="")
+            for number, run in enumerate(runs):
+                bar.update(task, run=run.key)
+                try:
+                    run_windows = load_run(run, config)
+                except DataError as err:
+                    skipped.append(Problem(err.path, f"run {run.key} skipped: {err.problem}", "error"))
+                else:
+                    if staged is not None and len(run_windows.labels):
+                        run_windows.spill(staged / "runs", number)
+                    loaded.append(run_windows)
+                bar.advance(task)
+
+        usable = [r for r in loaded if len(r.labels)]
+        for r in loaded:
+            if not len(r.labels):
+                message = f"run {r.run} gives no windows (shorter than the history + one window?)"
+                skipped.append(Problem(site_dir / r.run, message, "warning"))
+        if not usable:
+            reasons = "; ".join(str(p) for p in skipped[:3]) + (" ..." if len(skipped) > 3 else "")
+            raise DataError(site_dir, f"no usable runs: all {len(runs)} run(s) were skipped ({reasons})")
+
+        allocate = None if staged is None else cache.allocator(staged)
+        windows, combine_warnings = combine_runs(usable, participants, config, site_dir, allocate=allocate)
+        warned += combine_warnings
+        if participants:
+            for subject in sorted(set(windows.subjects.tolist()) - set(participants)):
+                message = f"subject {subject} is missing: its windows get no attributes"
+                warned.append(Problem(site_dir / "participants.tsv", message, "warning"))
+        if staged is not None:
+            shutil.rmtree(staged / "runs", ignore_errors=True)
+            extra = {"skipped": [_portable(p, site_dir) for p in skipped], "warnings": [_portable(p, site_dir) for p in warned]}
+            try:
+                cache.store(site_dir, key, windows, config, extra, staged)
+            except OSError as err:
+                # The windows are good (their files stay mapped); an unwritable cache only costs time.
+                warned.append(Problem(cache.dir, f"cache not written ({err.strerror or err})", "warning"))
+    finally:
+        if staged is not None and staged.exists():  # not published: an error, or the store failed
+            shutil.rmtree(staged, ignore_errors=True)
     return SiteData(windows=windows, skipped=skipped, warnings=warned, from_cache=False, cache_key=key)
 
 
@@ -186,7 +205,7 @@ def load_site(
     site_dir : path-like
         The site's BIDS folder (see ``docs/data-contract.md``).
     config : PreprocessConfig, optional
-        Preprocessing and windowing parameters (defaults per ARCHITECTURE section 4).
+        Preprocessing and windowing parameters (defaults per docs/architecture.md §3).
     cache_dir : path-like, optional
         Cache folder; default ``$FEDNEUROGEN_CACHE`` or ``~/.cache/fedneurogen``.
     use_cache : bool

@@ -21,7 +21,7 @@ from ..surface import ICO4_POINTS
 from .bids import RunFiles, find_runs, orphan_targets, read_events, read_participants
 from .eeg import line_frequency, load_raw_eeg, prepare_channels
 from .fmri import check_repetition_time, load_surface_bold, load_volume, repetition_time_and_source
-from .fnirs import load_raw_snirf, to_haemoglobin
+from .fnirs import load_raw_snirf, short_channel_mask, to_haemoglobin
 from .pairing import check_durations, count_windows
 from .problems import Problem
 
@@ -191,7 +191,7 @@ def _inspect_run(run: RunFiles, config: PreprocessConfig, problems: list[Problem
             info.target_duration = raw_nirs.n_times / sfreq
             info.target_period = 1.0 / sfreq
             hb = attempt(lambda: to_haemoglobin(raw_nirs, config.fnirs_ppf, run.target[0]))
-            info.target_points = len(hb.ch_names) if hb is not None else None
+            info.target_points = int(np.sum(~short_channel_mask(hb))) if hb is not None else None  # as read_fnirs keeps
 
     if info.eeg_duration is not None and info.target_duration is not None:
         attempt(

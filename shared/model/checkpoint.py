@@ -4,10 +4,15 @@
     <checkpoint>/config.json         model config, modality heads, target space, preprocessing,
                                      class names, training provenance, and the SHA-256 of the
                                      weights file (``content_hash``)
+    <checkpoint>/MANIFEST.sha256     the SHA-256 of every file of the checkpoint (``sha256sum``
+                                     format; a server round adds its strategy state and history)
 
-``config.json`` is written last and removed first when a checkpoint is overwritten, so a
-directory with a ``config.json`` always holds the complete checkpoint it describes. The weights
-are stored on the CPU; the same checkpoint loads on CPU or CUDA.
+``config.json`` and the manifest are removed first when a checkpoint is overwritten and written
+last, so a directory with a ``config.json`` holds the complete checkpoint it describes. Loading
+checks every file the manifest lists: a changed byte in ``config.json`` (class names,
+preprocessing, DP provenance) is refused like one in the weights. A checkpoint written before
+manifests existed loads with its weights checked only. The weights are stored on the CPU; the
+same checkpoint loads on CPU or CUDA.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from fedneurogen import __version__
 from fedneurogen.shared.errors import ConfigError
-from fedneurogen.shared.io import atomic_path, file_sha256, write_json_atomic
+from fedneurogen.shared.io import MANIFEST_FILE, atomic_path, file_sha256, verify_manifest, write_json_atomic, write_manifest
 from fedneurogen.shared.model.config import PRESETS, ModelConfig, count_parameters
 from fedneurogen.shared.model.ema import EMA, unwrap_model
 from fedneurogen.shared.model.generator import NeuroGenModel, default_device
@@ -64,6 +69,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, ema: EMA | None = 
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    (path / MANIFEST_FILE).unlink(missing_ok=True)
     (path / CONFIG_FILE).unlink(missing_ok=True)  # from here until the end the checkpoint reads as incomplete
     with atomic_path(path / WEIGHTS_FILE) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
@@ -92,6 +98,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, ema: EMA | None = 
         **extra,
     }
     write_json_atomic(path / CONFIG_FILE, meta)
+    write_manifest(path, [WEIGHTS_FILE, CONFIG_FILE], known={WEIGHTS_FILE: content_hash})
     return path
 
 
@@ -113,6 +120,16 @@ def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{config_file} is not a FedNeuroGen checkpoint config (format {meta.get('format') if isinstance(meta, dict) else None!r})")
     if meta.get("format_version") != FORMAT_VERSION:
         raise ConfigError(f"{config_file} has checkpoint format version {meta.get('format_version')}; this program reads version {FORMAT_VERSION}")
+    weights_name = str(meta.get("weights_file", WEIGHTS_FILE))
+    if (path / weights_name).resolve().parent != path.resolve():  # a file of this checkpoint folder, nothing else
+        raise ConfigError(f"{config_file} names weights_file {meta.get('weights_file')!r} outside the checkpoint folder")
+    try:
+        # the weights are checked when they are read (their hash is content_hash): not twice
+        manifest = verify_manifest(path, skip={weights_name})
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"checkpoint {path}: {err}") from err
+    if manifest is not None and manifest.get(weights_name) != meta.get("content_hash"):
+        raise ConfigError(f"checkpoint {path}: {path / MANIFEST_FILE} and {config_file} disagree on the weights' SHA-256")
     return meta
 
 

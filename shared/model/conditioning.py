@@ -1,6 +1,6 @@
 """Hyperdimensional integration: EEG features placed in the target's space and time.
 
-Equations (1)-(3) of ARCHITECTURE section 4 (``fedneurogen.shared.integration``), applied to the
+Equations (1)-(3) of docs/architecture.md §4.3 (``fedneurogen.shared.integration``), applied to the
 EEG encoder's features instead of raw EEG: per-channel, per-patch features ``[B, C, P, D]`` are
 interpolated onto the target token centroids (inverse squared distance) and carried from EEG
 patch times to target frame times (Gaussian kernel, learned delay tau and width sigma). The

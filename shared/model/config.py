@@ -46,7 +46,7 @@ class FnirsConfig(BaseModel):
 
 
 class ModelConfig(BaseModel):
-    """Every architectural choice of ``NeuroGenModel`` (see ARCHITECTURE section 4)."""
+    """Every architectural choice of ``NeuroGenModel`` (see docs/architecture.md §4)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -8,7 +8,7 @@ Training objective (8): mean squared error between the network output and its ta
   ``x_0 = a_t x_t - s_t v`` never divides by a small ``a_t`` at high noise;
 - ``prediction="eps"``: ``eps`` (Ho et al., 2020).
 Reverse process (5) by DDIM (Song et al., 2021) on a respaced subset of steps; ``eta=0`` is
-deterministic given the starting noise.
+deterministic given the starting noise. Equation numbers as in docs/architecture.md §4.
 """
 
 from __future__ import annotations

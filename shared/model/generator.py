@@ -10,7 +10,7 @@ The backbone (EEG encoder, integration, DiT, position embedding, alignment proje
 by all sites; everything specific to a target modality sits under ``modality_heads.<modality>.``
 (tokenizer buffers, patch and condition embedders, final layer = modal unpatcher, target
 encoder), so the federated server can aggregate those parameters over the sites that have that
-modality only (``parameter_modality``).
+modality only (``parameter_modality``). Equation numbers as in docs/architecture.md §4.
 """
 
 from __future__ import annotations

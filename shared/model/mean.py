@@ -151,7 +151,7 @@ def fit_ridge_paths(model: nn.Module, train: Sequence, val: Sequence = ()) -> di
     """Solve each modality's ridge path from the training windows' statistics, its penalty, band
     weights and rank chosen on the validation windows (``PairedWindows`` per site; sites of one
     modality are pooled). Returns ``{modality: choice}`` (see ``solve_ridge_path``)."""
-    from fedneurogen.shared.design import subject_statistics
+    from fedneurogen.shared.design import two_fold_statistics
     from fedneurogen.shared.ridge import sum_statistics
 
     chosen = {}
@@ -161,8 +161,8 @@ def fit_ridge_paths(model: nn.Module, train: Sequence, val: Sequence = ()) -> di
         for site in sites[1:] + [w for w in val if w.target_modality == modality]:
             if site.target_names != names:
                 raise ConfigError(f"{modality} sites with different target points cannot share one ridge path ({len(site.target_names)} vs {len(names)} points)")
-        parts = [s for site in sites for s in subject_statistics(site)]
-        val_parts = [s for site in val if site.target_modality == modality for s in subject_statistics(site)]
+        parts = two_fold_statistics(sites)  # all the fit needs, in memory bounded by the model, not the subjects
+        val_parts = two_fold_statistics([site for site in val if site.target_modality == modality])
         chosen[modality] = solve_ridge_path(model, modality, parts, sum_statistics(val_parts) if val_parts else None, names)
     return chosen
 

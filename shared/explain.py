@@ -1,0 +1,645 @@
+"""Which EEG bands, electrodes and cortical regions drive each generated target point.
+
+The point prediction is ``ridge path + learned residual`` (``fedneurogen.shared.model.mean``),
+both functions of the hemodynamic design: EEG log band power on the 64-electrode virtual montage,
+convolved with an HRF basis (features ordered virtual electrode x band x basis function,
+``fedneurogen.shared.design``). Every explanation here attributes the prediction of each target
+point to those features, then sums the attributions over a feature group (a band, an electrode,
+a basis function):
+
+- ridge path, exact: feature ``j`` contributes ``a_j(x) = b_j (x_j - m_j)`` (``m``: the training
+  mean the path stores), so the attributions of a frame sum to its prediction minus the
+  prediction at ``m`` (completeness, to rounding);
+- learned residual, integrated gradients (hand-written; the baseline is the same training mean,
+  which the residual sees as the zero input): for each latent dimension of the residual network,
+  then through its linear per-point readout, which is exact because integrated gradients are
+  linear in the output. Their sum approaches the residual minus its value at the baseline as the
+  number of steps grows (the gap is reported);
+- the label enters the residual's latent after its non-linearity, so within one class it shifts
+  the prediction by a constant: within-class shares are those of the EEG features alone.
+
+A group's share of a point's prediction variance over a set of frames is
+``Cov(a_G, y) / Var(y)``: the shares of a partition sum to 1 (exactly for the ridge path; up to
+the integrated-gradient gap for the residual), and for the ridge path ``Cov(a_G, y_ridge)`` is its
+coefficients times the design covariance, ``b_Gᵀ (Σ b)_G``. With correlated features a share can
+be negative (a group that cancels part of another's effect). Summaries over several points weight
+each point by its prediction variance: ``Σ_n Cov(a_G,n, y_n) / Σ_n Var(y_n)``.
+
+Regions: no cortical surface atlas ships with nilearn offline (``fetch_atlas_surf_destrieux``
+downloads), so points and electrodes are grouped into coarse lobes per hemisphere from their MNI
+coordinates (``coarse_regions``); the output says so.
+
+The effective hemodynamic response of a region is the ridge path's HRF-basis weights as a time
+course: the dominant direction (first right singular vector) of its points' coefficients over
+the basis functions, ``Σ_k v_k h_k(lag)``, signed so that its largest excursion is positive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from fedneurogen.shared.errors import ConfigError, DataError
+from fedneurogen.shared.features import EEG_BANDS
+from fedneurogen.shared.recording import PairedWindows
+
+EXPLAIN_FILE = "explain.json"
+BANDS = tuple(EEG_BANDS)
+PATHS = ("ridge_path", "residual", "prediction")
+REGION_SOURCE = (
+    "coarse lobes per hemisphere from MNI coordinates (frontal, central, parietal, temporal, occipital): no cortical surface "
+    "atlas ships with nilearn offline (fetch_atlas_surf_destrieux downloads one)"
+)
+METHODS = {
+    "ridge_path": "exact: coefficient x (design - training mean); variance shares = coefficients x design covariance, b_G^T (Sigma b)_G / b^T Sigma b",
+    "residual": "integrated gradients (hand-written, {steps} midpoint steps, baseline: the training mean design) per latent dimension, "
+    "through the linear per-point readout",
+    "prediction": "sum of the two: Cov(a_ridge_G + a_residual_G, y) / Var(y), y = ridge path + residual",
+}
+#: Fraction of target points the ``top`` selection keeps (best in-sample PCC on the site).
+TOP_FRACTION = 0.1
+BAND_COLORS = ("tab:purple", "tab:blue", "tab:green", "tab:orange", "tab:red")
+
+
+# ----------------------------------------------------------------------------------------------
+# Feature layout and regions
+
+
+def feature_groups(n_features: int, n_electrodes: int, n_bands: int = len(BANDS)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(electrode, band, basis)`` index of every design column (electrode x band x basis order)."""
+    n_basis, leftover = divmod(n_features, n_electrodes * n_bands)
+    if leftover or n_basis < 1:
+        raise ConfigError(f"a design of {n_features} columns is not {n_electrodes} electrodes x {n_bands} bands x an HRF basis")
+    column = np.arange(n_features)
+    return column // (n_bands * n_basis), (column // n_basis) % n_bands, column % n_basis
+
+
+def one_hot(groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """``[n_features, n_groups]`` float64 indicator of each feature's group."""
+    out = np.zeros((len(groups), n_groups))
+    out[np.arange(len(groups)), groups] = 1.0
+    return out
+
+
+def lobe(position_mm: Sequence[float]) -> str:
+    """Coarse lobe of a point from its MNI/fsaverage coordinates (mm); boundaries follow the
+    parieto-occipital sulcus (y ~ -72), the central sulcus region (-40 < y < -5 above z = 5)
+    and the Sylvian fissure (z ~ 5)."""
+    _, y, z = (float(v) for v in position_mm)
+    if y < -72:
+        return "occipital"
+    if z < 5 and y < 10:
+        return "temporal"
+    if y < -40:
+        return "parietal"
+    if y < -5:
+        return "central"
+    return "frontal"
+
+
+def coarse_regions(positions: np.ndarray, names: Sequence[str] | None = None) -> list[str]:
+    """``'left occipital'``-style region of each point: hemisphere from an ``L``/``R`` vertex name
+    (ico4) or else the sign of x (midline: ``'midline'``), lobe from ``lobe``."""
+    out = []
+    for i, position in enumerate(np.asarray(positions, dtype=float)):
+        name = names[i] if names is not None else ""
+        if name[:1] in ("L", "R") and name[1:].isdigit():
+            hemi = "left" if name[0] == "L" else "right"
+        else:
+            hemi = "left" if position[0] < -2 else "right" if position[0] > 2 else "midline"
+        out.append(f"{hemi} {lobe(position)}")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Attributions
+
+
+def ridge_attributions(design: np.ndarray, coef: np.ndarray, baseline: np.ndarray) -> np.ndarray:
+    """Exact attributions of a linear path ``design @ coef + intercept``: ``[n, D, N]`` with
+    ``a[i, j, n] = coef[j, n] (design[i, j] - baseline[j])``. Per row they sum to the prediction
+    minus the prediction at ``baseline``. Materialises ``n x D x N``: for small inputs (tests,
+    single frames); the variance shares use ``explain_point_prediction``'s covariances instead."""
+    centred = np.asarray(design, dtype=np.float64) - np.asarray(baseline, dtype=np.float64)
+    return centred[:, :, None] * np.asarray(coef, dtype=np.float64)[None]
+
+
+def integrated_gradients(fn, inputs: torch.Tensor, baseline: torch.Tensor, steps: int = 32, chunk: int = 256) -> torch.Tensor:
+    """Integrated gradients of every output of ``fn`` (one row ``[D]`` -> ``[R]``) for every
+    row of ``inputs [n, D]``: ``[n, R, D]``, ``(x - x0) * mean over alpha of d fn / d x`` at
+    ``x0 + alpha (x - x0)``, alpha at the ``steps`` midpoints of [0, 1]. Per row and output the
+    attributions sum to ``fn(x) - fn(x0)`` up to the quadrature error."""
+    if steps < 1:
+        raise ConfigError(f"integrated gradients need at least one step, got {steps}")
+    jacobian = torch.func.vmap(torch.func.jacrev(fn))
+    baseline = baseline.to(inputs.dtype)
+    parts = []
+    with torch.enable_grad():
+        for start in range(0, len(inputs), chunk):
+            x = inputs[start : start + chunk]
+            delta = x - baseline
+            total = torch.zeros((), dtype=inputs.dtype, device=inputs.device)
+            for k in range(steps):
+                total = total + jacobian(baseline + ((k + 0.5) / steps) * delta).detach()
+            parts.append(total / steps * delta[:, None, :])
+    return torch.cat(parts) if parts else torch.zeros((0, 0, inputs.shape[1]))
+
+
+@dataclass
+class Decomposition:
+    """The point prediction at a set of frames, split into its paths, with attributions summed
+    over feature groups (only what the variance shares need).
+
+    design:     ``[n, D]`` design rows (one per distinct run frame)
+    ridge:      ``[n, N]`` ridge path prediction; ``residual``: ``[n, N]`` learned residual
+    coef:       ``[D, N]`` ridge coefficients; ``baseline`` ``[D]``: the training mean design
+    readout:    ``[N, R]`` residual readout; ``ig``: ``[n, R, D]`` integrated gradients of the
+                residual's latent (before the readout)
+    labels:     class name of every row
+    """
+
+    design: np.ndarray
+    ridge: np.ndarray
+    residual: np.ndarray
+    coef: np.ndarray
+    intercept: np.ndarray
+    baseline: np.ndarray
+    readout: np.ndarray
+    ig: np.ndarray
+    residual_at_baseline: np.ndarray  # [N] the residual at the baseline design (same label)
+    labels: np.ndarray
+    target: np.ndarray  # [n, N] the recorded target at the rows
+    steps: int
+
+    @property
+    def prediction(self) -> np.ndarray:
+        return self.ridge + self.residual
+
+    def residual_attributions(self, groups: np.ndarray, n_groups: int) -> np.ndarray:
+        """``[n, G, N]`` residual attributions summed over each group (small inputs only)."""
+        grouped = self.ig @ one_hot(groups, n_groups)  # [n, R, G]
+        return np.einsum("irg,nr->ign", grouped, self.readout)
+
+
+def decompose(model, windows: PairedWindows, label_index: int | None = None, steps: int = 32, max_rows: int | None = None) -> Decomposition:
+    """The point prediction of ``model`` at every distinct frame of ``windows`` (each run frame
+    once), split into ridge path and residual, with the residual's integrated gradients.
+    ``label_index``: the class the residual is conditioned on (None: the null label).
+    ``max_rows``: use at most this many frames (evenly spaced)."""
+    from fedneurogen.shared.design import unique_frames
+    from fedneurogen.shared.model.generator import Batch
+
+    if windows.design is None:
+        raise ConfigError("the windows carry no hemodynamic design (load the site with fedneurogen.shared.data.load_site)")
+    rows_w, rows_f = unique_frames(windows)
+    if max_rows is not None and len(rows_w) > max_rows:
+        keep = np.unique(np.linspace(0, len(rows_w) - 1, max_rows).round().astype(int))
+        rows_w, rows_f = rows_w[keep], rows_f[keep]
+    model.eval()
+    batch = Batch.from_windows(windows.subset(np.arange(min(1, len(windows)))), device=model.device)
+    layout = model.layout(batch)  # checks the site against the model (rates, point counts)
+    head = model.modality_heads[windows.target_modality].mean
+    names = list(windows.target_names) if windows.target_modality == "fnirs" else None
+    slots = head.ridge.slots(names, layout.n_points)
+    pick = (lambda t: t) if slots is None else (lambda t: t[..., slots])  # noqa: E731
+    design_np = np.asarray(windows.design[rows_w, rows_f], dtype=np.float32)
+    if design_np.shape[1] != head.ridge.coef.shape[0]:
+        raise ConfigError(f"the site's design has {design_np.shape[1]} features; the model's ridge path expects {head.ridge.coef.shape[0]}")
+    design = torch.as_tensor(design_np, device=model.device)
+    null = head.num_classes
+    index = torch.full((1,), null if label_index is None or label_index < 0 else int(label_index), dtype=torch.long, device=model.device)
+    with torch.no_grad():
+        coef, intercept = pick(head.ridge.coef), pick(head.ridge.intercept)
+        ridge = design @ coef + intercept
+        standardised = head.ridge.standardise(design)
+        embed = head.label_embed(index)
+        residual = pick(head.readout(head.residual(standardised) + embed))
+        zero = torch.zeros((1, design.shape[1]), device=model.device)
+        at_baseline = pick(head.readout(head.residual(zero) + embed))[0]
+        readout = head.readout.weight if slots is None else head.readout.weight[slots]
+    ig = integrated_gradients(head.residual, standardised, torch.zeros(design.shape[1], device=model.device), steps=steps)
+    cpu = lambda t: t.detach().double().cpu().numpy()  # noqa: E731
+    return Decomposition(
+        design=design_np.astype(np.float64), ridge=cpu(ridge), residual=cpu(residual), coef=cpu(coef), intercept=cpu(intercept),
+        baseline=cpu(head.ridge.feature_mean), readout=cpu(readout), ig=cpu(ig), residual_at_baseline=cpu(at_baseline),
+        labels=np.asarray(windows.labels)[rows_w].astype(str), target=np.asarray(windows.target[rows_w, :, rows_f], dtype=np.float64),
+        steps=steps,
+    )  # fmt: skip
+
+
+@dataclass
+class Contributions:
+    """``Cov(a_G, y)`` per group and point for each path (``[G, N]``) and ``Var(y)`` (``[N]``),
+    over one set of frames: shares are their ratio (``share``)."""
+
+    covariance: dict[str, np.ndarray]
+    variance: dict[str, np.ndarray]
+
+    def share(self, path: str, points: np.ndarray | None = None) -> np.ndarray:
+        """Per-point shares ``[G, N]`` (``points`` None) or the variance-weighted share of the
+        points ``[G]``."""
+        cov, var = self.covariance[path], self.variance[path]
+        if points is None:
+            return cov / np.where(var > 0, var, np.inf)
+        total = float(var[points].sum())
+        return cov[:, points].sum(axis=1) / total if total > 0 else np.zeros(cov.shape[0])
+
+
+def contributions(dec: Decomposition, groups: np.ndarray, n_groups: int, rows: np.ndarray | None = None) -> Contributions:
+    """Each group's covariance with each path's prediction over ``rows`` (all when None)."""
+    rows = np.arange(len(dec.design)) if rows is None else np.asarray(rows)
+    n = max(len(rows), 1)
+    centre = lambda a: a[rows] - a[rows].mean(axis=0)  # noqa: E731
+    x, y_ridge, y_res = centre(dec.design), centre(dec.ridge), centre(dec.residual)
+    hot = one_hot(groups, n_groups)
+    ig = centre(dec.ig @ hot)  # [n, R, G]
+
+    def ridge_cov(y: np.ndarray) -> np.ndarray:  # Σ_{j in G} b_j Cov(x_j, y)
+        return hot.T @ (dec.coef * (x.T @ y / n))
+
+    def residual_cov(y: np.ndarray) -> np.ndarray:  # Σ_r W_nr Cov(IG_G,r, y_n), as matrix products
+        cov = (ig.reshape(len(ig), -1).T @ y / n).reshape(ig.shape[1], ig.shape[2], -1)  # [R, G, N]
+        return np.einsum("rgn,nr->gn", cov, dec.readout)
+
+    r_r, r_s, s_r, s_s = ridge_cov(y_ridge), ridge_cov(y_res), residual_cov(y_ridge), residual_cov(y_res)
+    total = y_ridge + y_res
+    return Contributions(
+        covariance={"ridge_path": r_r, "residual": s_s, "prediction": r_r + r_s + s_r + s_s},
+        variance={"ridge_path": (y_ridge**2).mean(0), "residual": (y_res**2).mean(0), "prediction": (total**2).mean(0)},
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Effective hemodynamic response
+
+
+def effective_hrf(coef: np.ndarray, n_electrodes: int, config) -> dict[str, Any]:
+    """The ridge path's effective response over the lags of the HRF basis for the points whose
+    coefficients are ``coef [D, n_points]``: ``{'lags_s', 'kernel' (unit peak), 'peak_s',
+    'basis_weights'}`` (see the module docstring). With a single basis function the response is
+    that function."""
+    from fedneurogen.shared.design import HRF_BASES, _basis_table
+
+    lags, basis = _basis_table(config.hrf_basis, config.history_seconds)
+    inside = lags <= config.history_seconds
+    lags, basis = lags[inside], basis[:, inside]
+    k = HRF_BASES[config.hrf_basis]
+    coef = np.asarray(coef, dtype=np.float64)
+    rows = coef.reshape(n_electrodes * len(BANDS), k, -1).transpose(0, 2, 1).reshape(-1, k)  # [(pair, point), K]
+    if k == 1 or not np.any(rows):
+        weights = np.ones(k) / np.sqrt(k)
+    else:
+        weights = np.linalg.svd(rows, full_matrices=False)[2][0]
+    kernel = weights @ basis
+    if abs(kernel.min()) > abs(kernel.max()):
+        kernel, weights = -kernel, -weights
+    peak = float(np.abs(kernel).max()) or 1.0
+    return {"lags_s": lags, "kernel": kernel / peak, "peak_s": float(lags[int(np.argmax(kernel))]), "basis_weights": weights}
+
+
+# ----------------------------------------------------------------------------------------------
+# The analysis
+
+
+def point_pcc(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Per point Pearson r between prediction and target over the rows (0 where constant)."""
+    p = prediction - prediction.mean(0)
+    t = target - target.mean(0)
+    denominator = np.sqrt((p**2).sum(0) * (t**2).sum(0))
+    return np.where(denominator > 0, (p * t).sum(0) / np.where(denominator > 0, denominator, 1.0), 0.0)
+
+
+def select_points(selection: str, pcc: np.ndarray, regions: list[str]) -> tuple[np.ndarray, str]:
+    """``top``: the best-predicted ``TOP_FRACTION`` of points; ``all``; or a region name
+    (``occipital``, ``left occipital``: every point whose region ends with / equals it)."""
+    key = selection.strip().lower()
+    if key == "top":
+        count = max(1, int(round(TOP_FRACTION * len(pcc))))
+        return np.sort(np.argsort(-pcc)[:count]), f"top {TOP_FRACTION:.0%} of points by in-sample PCC of the label-free point prediction on this site"
+    if key == "all":
+        return np.arange(len(pcc)), "all points"
+    chosen = np.array([i for i, r in enumerate(regions) if r == key or r.split(" ", 1)[1] == key], dtype=int)
+    if not len(chosen):
+        known = sorted(set(regions) | {r.split(" ", 1)[1] for r in regions})
+        raise ConfigError(f"--points {selection!r}: expected top, all or a region ({', '.join(known)})")
+    return chosen, f"points of region '{key}'"
+
+
+def _shares(values: np.ndarray) -> dict[str, float]:
+    return {band: float(v) for band, v in zip(BANDS, values)}
+
+
+def explain_point_prediction(
+    model, windows: PairedWindows, config, *, class_names: Sequence[str] | None = None, label: str | None = None,
+    points: str = "top", steps: int = 32, max_rows: int | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """The explanation of ``model``'s point prediction on ``windows`` (``config``: the
+    ``PreprocessConfig`` of the design). ``label`` restricts it to the windows of one class,
+    conditioned on it. Returns ``(report, arrays)``: the JSON-ready report and the per-point
+    arrays the figures need."""
+    from fedneurogen.shared.design import VIRTUAL_MONTAGE, virtual_positions
+
+    names = list(class_names or [])
+    if label is not None:
+        if label not in names:
+            raise ConfigError(f"--label {label!r} is not one of the checkpoint's classes {names}")
+        windows = windows.subset(np.asarray(windows.labels) == label)
+        if not len(windows):
+            raise ConfigError(f"--label {label!r}: the windows hold no window of that class")
+    dec = decompose(model, windows, names.index(label) if label is not None else None, steps=steps, max_rows=max_rows)
+    n_points = dec.ridge.shape[1]
+    n_electrodes = len(VIRTUAL_MONTAGE)
+    electrode, band, basis = feature_groups(dec.design.shape[1], n_electrodes)
+    regions = coarse_regions(windows.target_positions, windows.target_names)
+    pcc = point_pcc(dec.prediction, dec.target)
+    chosen, rule = select_points(points, pcc, regions)
+
+    by_band = contributions(dec, band, len(BANDS))
+    by_electrode = contributions(dec, electrode, n_electrodes)
+    by_basis = contributions(dec, basis, int(basis.max()) + 1)
+    point_shares = by_band.share("prediction")  # [B, N]
+    dominant = np.argmax(point_shares, axis=0)
+    region_names = sorted(set(regions))
+    region_index = np.array([region_names.index(r) for r in regions])
+
+    def path_summary(contrib: Contributions, which: np.ndarray) -> dict[str, np.ndarray]:
+        return {p: contrib.share(p, which) for p in PATHS}
+
+    band_summary = {p: _shares(v) for p, v in path_summary(by_band, chosen).items()}
+    electrode_summary = {p: v.tolist() for p, v in path_summary(by_electrode, chosen).items()}
+    variance = {p: float(by_band.variance[p][chosen].sum()) for p in PATHS}
+
+    # completeness: shares of a partition sum to 1 (ridge exactly; residual up to the IG gap)
+    sums = {p: float(by_band.share(p, chosen).sum()) for p in PATHS}
+    ridge_error = _ridge_completeness(dec)
+    ig_gap = _ig_completeness(dec)
+
+    classes = {}
+    for name in sorted(set(dec.labels.tolist())):
+        rows = np.flatnonzero(dec.labels == name)
+        if len(rows) < 3:
+            continue
+        within = contributions(dec, band, len(BANDS), rows)
+        classes[name] = {"frames": int(len(rows)), "band_shares": {p: _shares(within.share(p, chosen)) for p in PATHS}}
+
+    hrf_all = effective_hrf(dec.coef[:, chosen], n_electrodes, config)
+    region_report = {}
+    hrfs = {}
+    for r, name in enumerate(region_names):
+        mine = np.flatnonzero(region_index == r)
+        hrf = effective_hrf(dec.coef[:, mine], n_electrodes, config)
+        hrfs[name] = hrf
+        shares = by_band.share("prediction", mine)
+        region_report[name] = {
+            "points": int(len(mine)),
+            "selected_points": int(np.isin(mine, chosen).sum()),
+            "mean_pcc": float(pcc[mine].mean()),
+            "prediction_variance": float(by_band.variance["prediction"][mine].sum()),
+            "band_shares": {p: _shares(by_band.share(p, mine)) for p in PATHS},
+            "dominant_band": BANDS[int(np.argmax(shares))],
+            "effective_hrf": {"peak_s": hrf["peak_s"], "basis_weights": hrf["basis_weights"].tolist()},
+        }  # fmt: skip
+
+    electrode_shares = np.asarray(electrode_summary["prediction"])
+    order = np.argsort(-electrode_shares)
+    report: dict[str, Any] = {
+        "modality": windows.target_modality,
+        "label": label,
+        "frames": int(len(dec.design)),
+        "windows": int(len(windows)),
+        "subjects": sorted(set(windows.subjects.tolist())),
+        "points": {"selection": points, "rule": rule, "count": int(len(chosen)), "of": int(n_points), "mean_pcc": float(pcc[chosen].mean()),
+                   "indices": chosen.tolist()},
+        "methods": {**METHODS, "residual": METHODS["residual"].format(steps=steps)},
+        "bands": {band_name: list(EEG_BANDS[band_name]) for band_name in BANDS},
+        "band_shares": band_summary,
+        "variance": {**variance, "residual_fraction_of_prediction": variance["residual"] / variance["prediction"] if variance["prediction"] > 0 else None},
+        "completeness": {
+            "share_sums": sums,
+            "ridge_path_max_abs_error": ridge_error,
+            "residual_ig_relative_gap": ig_gap,
+            "note": "ridge attributions sum to the prediction minus the prediction at the training mean design (exact); "
+            "integrated gradients approach the residual's change from the baseline as steps grow",
+        },
+        "hrf_basis_shares": {p: by_basis.share(p, chosen).tolist() for p in PATHS},
+        "classes": classes,
+        "class_note": "within a class the label shifts the residual by a constant, so the shares are those of the EEG features",
+        "electrodes": {
+            "space": "the model's 64-electrode virtual montage (BioSemi-64, 10-05 names); a site's cap is mapped onto it by inverse-square distance weights",
+            "names": list(VIRTUAL_MONTAGE),
+            "positions_mm": np.round(virtual_positions(), 2).tolist(),
+            "shares": electrode_summary,
+            "ranking": [VIRTUAL_MONTAGE[i] for i in order],
+        },
+        "regions": {"source": REGION_SOURCE, "by_region": region_report},
+        "effective_hrf": {
+            "basis": config.hrf_basis,
+            "history_s": config.history_seconds,
+            "selected_points": {"peak_s": hrf_all["peak_s"], "basis_weights": hrf_all["basis_weights"].tolist()},
+            "how": "dominant direction of the ridge coefficients over the HRF basis functions, as a time course over the lag",
+        },
+        "per_point": {
+            "names": list(windows.target_names),
+            "region": regions,
+            "pcc": np.round(pcc, 4).tolist(),
+            "dominant_band": [BANDS[i] for i in dominant],
+            "band_shares_prediction": np.round(point_shares.T, 4).tolist(),
+        },
+    }
+    arrays = {
+        "dominant": dominant, "point_shares": point_shares, "chosen": chosen, "pcc": pcc, "regions": regions,
+        "region_names": region_names, "hrfs": hrfs, "hrf_selected": hrf_all, "electrode_shares": electrode_shares,
+        "band_summary": band_summary, "region_report": region_report,
+    }  # fmt: skip
+    return report, arrays
+
+
+def _ridge_completeness(dec: Decomposition, rows: int = 16) -> float:
+    """Largest |Σ_j a_j + prediction at the baseline - prediction| over a few frames."""
+    take = np.linspace(0, len(dec.design) - 1, min(rows, len(dec.design))).round().astype(int)
+    attributions = ridge_attributions(dec.design[take], dec.coef, dec.baseline).sum(axis=1)
+    at_baseline = dec.baseline @ dec.coef + dec.intercept
+    return float(np.abs(attributions + at_baseline - dec.ridge[take]).max()) if len(take) else 0.0
+
+
+def _ig_completeness(dec: Decomposition) -> float | None:
+    """``Σ |Σ_j a_j - (r(x) - r(x0))|`` over ``Σ |r(x) - r(x0)|`` (frames and points), the
+    residual's integrated-gradient gap; None when the residual does not move (nothing to
+    attribute, e.g. a zero readout)."""
+    change = dec.residual - dec.residual_at_baseline
+    scale = float(np.abs(change).sum())
+    if scale == 0:
+        return None
+    summed = dec.ig.sum(axis=2) @ dec.readout.T  # [n, N]
+    return float(np.abs(summed - change).sum() / scale)
+
+
+# ----------------------------------------------------------------------------------------------
+# The command's entry point
+
+
+def explain(
+    checkpoint: str | Path, site_dir: str | Path, out_dir: str | Path, *, label: str | None = None, points: str = "top",
+    steps: int = 32, max_rows: int | None = None, device: str | None = None, cache_dir: str | Path | None = None, progress: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """Explain a checkpoint's point prediction on a site's windows (all subjects): write
+    ``explain.json`` and the figures to ``out_dir``; returns the report."""
+    from fedneurogen.shared.config import PreprocessConfig
+    from fedneurogen.shared.data import load_site
+    from fedneurogen.shared.io import write_json_atomic
+    from fedneurogen.shared.model import load_checkpoint
+
+    checkpoint, site_dir, out_dir = Path(checkpoint), Path(site_dir), Path(out_dir)
+    model, meta = load_checkpoint(checkpoint, device=device, use_ema=True)
+    config = PreprocessConfig(**(meta.get("preprocess") or {}))
+    windows = load_site(site_dir, config, cache_dir=cache_dir, progress=progress)
+    if label is not None and label in (meta.get("class_names") or []) and not np.any(np.asarray(windows.labels) == label):
+        raise DataError(site_dir, f"no windows of class {label!r} (the site has {', '.join(windows.classes)})")
+    head = model.modality_heads[windows.target_modality].mean
+    if not head.ridge.fitted:
+        raise ConfigError(f"checkpoint {checkpoint} has no fitted {windows.target_modality} ridge path: nothing to explain for this site's modality")
+    report, arrays = explain_point_prediction(
+        model, windows, config, class_names=meta.get("class_names"), label=label, points=points, steps=steps, max_rows=max_rows
+    )
+    report = {"checkpoint": str(checkpoint), "checkpoint_hash": meta.get("content_hash"), "site": str(site_dir), **report}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report["plots"] = [p.name for p in write_figures(out_dir, windows, report, arrays)]
+    write_json_atomic(out_dir / EXPLAIN_FILE, report)
+    return report
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures
+
+
+def write_figures(out_dir: Path, windows: PairedWindows, report: dict[str, Any], arrays: dict[str, Any]) -> list[Path]:
+    """``dominant_band.png`` (map), ``band_shares.png`` (bars per band and region),
+    ``electrodes.png`` (scalp map and ranking), ``hrf.png`` (effective HRF per region)."""
+    what = f"class '{report['label']}'" if report["label"] else "all windows"
+    written = [_dominant_band_map(out_dir / "dominant_band.png", windows, arrays["dominant"], f"dominant EEG band per point ({what})")]
+    written.append(_band_bars(out_dir / "band_shares.png", arrays["band_summary"], arrays["region_report"], report["points"]["rule"]))
+    written.append(_electrode_figure(out_dir / "electrodes.png", report["electrodes"], arrays["electrode_shares"]))
+    written.append(_hrf_figure(out_dir / "hrf.png", arrays["hrfs"], arrays["hrf_selected"]))
+    return written
+
+
+def _dominant_band_map(path: Path, windows: PairedWindows, dominant: np.ndarray, title: str) -> Path:
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    from fedneurogen.shared.plots import save_figure
+
+    cmap = ListedColormap(BAND_COLORS)
+    legend = [Patch(color=c, label=b) for b, c in zip(BANDS, BAND_COLORS)]
+    if windows.target_modality == "fmri":
+        from nilearn import plotting
+
+        from fedneurogen.shared.surface import FSAVERAGE5_PER_HEMI, load_fsaverage5, upsample_ico4
+
+        mesh = load_fsaverage5()["inflated"]
+        hot = np.eye(len(BANDS))[dominant]  # categorical: upsample one-hot, keep the largest
+        surface = np.argmax(upsample_ico4(hot), axis=1).astype(float) + 1.0
+        views = [("left", "lateral"), ("left", "medial"), ("right", "lateral"), ("right", "medial")]
+        fig = Figure(figsize=(3.2 * len(views), 3.2))
+        for col, (hemi, view) in enumerate(views):
+            part = surface[:FSAVERAGE5_PER_HEMI] if hemi == "left" else surface[FSAVERAGE5_PER_HEMI:]
+            ax = fig.add_subplot(1, len(views), col + 1, projection="3d")
+            plotting.plot_surf_roi(
+                mesh, part, hemi=hemi, view=view, axes=ax, figure=fig, colorbar=False, cmap=cmap, vmin=1, vmax=len(BANDS),
+                avg_method="median", title=f"{hemi} {view}",
+            )  # fmt: skip
+    else:
+        fig = Figure(figsize=(5.5, 4.5))
+        ax = fig.add_subplot(1, 1, 1)
+        keep = np.array([t == "hbo" for t in windows.target_point_types]) if windows.target_point_types else np.ones(len(dominant), bool)
+        xy = np.asarray(windows.target_positions)[keep, :2]
+        ax.scatter(xy[:, 0], xy[:, 1], c=dominant[keep], cmap=cmap, vmin=0, vmax=len(BANDS) - 1, s=160, edgecolors="grey")
+        ax.set_aspect("equal")
+        ax.set_xlabel("x (mm, left-right)")
+        ax.set_ylabel("y (mm, posterior-anterior)")
+    fig.legend(handles=legend, loc="lower center", ncols=len(BANDS))
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def _band_bars(path: Path, summary: dict[str, dict[str, float]], regions: dict[str, dict], rule: str) -> Path:
+    from matplotlib.figure import Figure
+
+    from fedneurogen.shared.plots import save_figure
+
+    fig = Figure(figsize=(14, 5))
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 2]})
+    width = 0.27
+    x = np.arange(len(BANDS))
+    for i, (p, color) in enumerate(zip(PATHS, ("tab:blue", "tab:green", "black"))):
+        left.bar(x + (i - 1) * width, [summary[p][b] for b in BANDS], width, label=p.replace("_", " "), color=color)
+    left.set_xticks(x, BANDS)
+    left.axhline(0, color="black", linewidth=0.8)
+    left.set_ylabel("share of prediction variance")
+    left.set_title("selected points", fontsize="medium")
+    left.legend(fontsize="small")
+    names = list(regions)
+    bottom_pos, bottom_neg = np.zeros(len(names)), np.zeros(len(names))
+    for b, color in zip(BANDS, BAND_COLORS):
+        values = np.array([regions[n]["band_shares"]["prediction"][b] for n in names])
+        base = np.where(values >= 0, bottom_pos, bottom_neg)
+        right.bar(np.arange(len(names)), values, bottom=base, color=color, label=b)
+        bottom_pos += np.maximum(values, 0)
+        bottom_neg += np.minimum(values, 0)
+    right.set_xticks(np.arange(len(names)), names, rotation=40, ha="right", fontsize="small")
+    right.axhline(0, color="black", linewidth=0.8)
+    right.set_title("per region (point prediction, all points of the region)", fontsize="medium")
+    right.legend(fontsize="small", ncols=len(BANDS))
+    fig.subplots_adjust(bottom=0.3, wspace=0.2)
+    fig.suptitle(f"EEG band shares of the prediction variance; {rule}", fontsize="medium")
+    return save_figure(fig, path)
+
+
+def _electrode_figure(path: Path, electrodes: dict[str, Any], shares: np.ndarray) -> Path:
+    from matplotlib.figure import Figure
+
+    from fedneurogen.shared.plots import MAP_CMAP, save_figure
+
+    positions = np.asarray(electrodes["positions_mm"])
+    names = electrodes["names"]
+    fig = Figure(figsize=(13, 5))
+    left, right = fig.subplots(1, 2)
+    limit = float(np.abs(shares).max()) or 1.0
+    dots = left.scatter(positions[:, 0], positions[:, 1], c=shares, cmap=MAP_CMAP, vmin=-limit, vmax=limit, s=220, edgecolors="grey")
+    for (px, py), name in zip(positions[:, :2], names):
+        left.annotate(name, (px, py), ha="center", va="center", fontsize=6)
+    left.set_aspect("equal")
+    left.set_xlabel("x (mm, left-right)")
+    left.set_ylabel("y (mm, posterior-anterior)")
+    left.set_title("share of prediction variance per virtual electrode (seen from above)", fontsize="medium")
+    fig.colorbar(dots, ax=left, shrink=0.8)
+    top = np.argsort(-shares)[:15]
+    right.barh(np.arange(len(top))[::-1], shares[top], color="tab:blue")
+    right.set_yticks(np.arange(len(top))[::-1], [names[i] for i in top])
+    right.set_title("top 15 electrodes", fontsize="medium")
+    return save_figure(fig, path)
+
+
+def _hrf_figure(path: Path, hrfs: dict[str, dict], selected: dict[str, Any]) -> Path:
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    from fedneurogen.shared.plots import save_figure
+
+    fig = Figure(figsize=(9, 5))
+    ax = fig.add_subplot(1, 1, 1)
+    colors = colormaps["tab10"]
+    for i, (name, hrf) in enumerate(hrfs.items()):
+        ax.plot(hrf["lags_s"], hrf["kernel"], color=colors(i % 10), linewidth=1.0, label=f"{name} (peak {hrf['peak_s']:.1f} s)")
+    ax.plot(selected["lags_s"], selected["kernel"], color="black", linewidth=2.2, label=f"selected points (peak {selected['peak_s']:.1f} s)")
+    ax.axhline(0, color="grey", linewidth=0.6)
+    ax.set_xlabel("lag after the EEG band power (s)")
+    ax.set_ylabel("effective response (unit peak)")
+    ax.set_title("effective HRF of the ridge path per region")
+    ax.legend(fontsize="x-small", ncols=2)
+    return save_figure(fig, path)

@@ -1,0 +1,121 @@
+"""Fairness augmentation (docs/architecture.md §6): everything but the CLI command lives here.
+
+- ``protocol``: downstream features and classifiers, the subject-grouped cross-validation
+  protocol (``Fold`` -> ``TrainingSet`` strategies, ``cross_validate``), fairness metrics, plots;
+- ``plan``: what to balance (``AugmentConfig``, task labels, ``select_windows``,
+  ``plan_balance`` -> ``BalancePlan``);
+- ``strategies``: what each strategy adds to a training fold (``prepare_samples`` ->
+  ``SiteSamples``, ``ModelSynthesizer``, ``none`` / ``oversample`` / ``class-weight`` /
+  ``smote`` / ``generate``);
+- ``report``: per-fold records, the minority summary, ``report.md`` and ``write_report``;
+- ``augment``: the workflow, ``run_augmentation`` (one site's windows -> report) and
+  ``augment_site`` (``fedneurogen augment``: load, run, write).
+
+Used by ``fedneurogen augment`` on a site and by ``fedneurogen.simulations.fairness_table``.
+"""
+
+from .augment import augment_site, run_augmentation
+from .plan import CELL_SEP, REST, STRATEGIES, AugmentConfig, BalancePlan, plan_balance, select_windows, task_labels, unit_class
+from .protocol import (
+    CLASSIFIERS,
+    ORIGINS,
+    Features,
+    Fold,
+    FoldResult,
+    Strategy,
+    StrategyResult,
+    TrainingSet,
+    bar_plot,
+    blocks_for,
+    check_class_sizes,
+    class_recall,
+    compute_features,
+    cross_validate,
+    eeg_band_power,
+    eeg_covariances,
+    group_fold_scores,
+    group_metrics,
+    make_classifier,
+    real_training_set,
+    score_fold,
+    stack,
+    subject_folds,
+    summarize,
+    target_features,
+    target_parcellation,
+    window_ids,
+)
+from .report import minority_summary, render_markdown, write_report
+from .strategies import (
+    GenerationLog,
+    ModelSynthesizer,
+    SiteSamples,
+    Synthesizer,
+    class_weight_strategy,
+    concat_windows,
+    generate_strategy,
+    none_strategy,
+    oversample_strategy,
+    prepare_samples,
+    smote_strategy,
+)
+
+__all__ = [
+    # protocol
+    "CLASSIFIERS",
+    "ORIGINS",
+    "Features",
+    "Fold",
+    "FoldResult",
+    "Strategy",
+    "StrategyResult",
+    "TrainingSet",
+    "bar_plot",
+    "blocks_for",
+    "check_class_sizes",
+    "class_recall",
+    "compute_features",
+    "cross_validate",
+    "eeg_band_power",
+    "eeg_covariances",
+    "group_fold_scores",
+    "group_metrics",
+    "make_classifier",
+    "real_training_set",
+    "score_fold",
+    "stack",
+    "subject_folds",
+    "summarize",
+    "target_features",
+    "target_parcellation",
+    "window_ids",
+    # plan
+    "CELL_SEP",
+    "REST",
+    "STRATEGIES",
+    "AugmentConfig",
+    "BalancePlan",
+    "plan_balance",
+    "select_windows",
+    "task_labels",
+    "unit_class",
+    # strategies
+    "GenerationLog",
+    "ModelSynthesizer",
+    "SiteSamples",
+    "Synthesizer",
+    "class_weight_strategy",
+    "concat_windows",
+    "generate_strategy",
+    "none_strategy",
+    "oversample_strategy",
+    "prepare_samples",
+    "smote_strategy",
+    # report
+    "minority_summary",
+    "render_markdown",
+    "write_report",
+    # augment
+    "augment_site",
+    "run_augmentation",
+]

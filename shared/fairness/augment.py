@@ -1,0 +1,166 @@
+"""Site-side fairness augmentation (docs/architecture.md §6): ``fedneurogen augment``.
+
+A site finds the classes (and, with a sensitive attribute, the class x group cells) that are
+under-represented in its paired data, synthesizes the expensive modality for them from their
+EEG with the global model, and compares its downstream classifier trained on the real windows
+("none") against random oversampling, class weights and generative augmentation, with
+stratified, subject-grouped cross-validation. Everything stays on the site: it reads the site's
+data and the model file and writes a report.
+
+The rules (stated in every report) are in the docstrings of ``plan`` (what to balance, how far)
+and ``strategies`` (what each strategy adds to a training fold); ``report`` renders the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedneurogen.shared.errors import ConfigError
+from fedneurogen.shared.recording import PairedWindows
+
+from . import protocol as fm
+from .plan import STRATEGIES, AugmentConfig, unit_class
+from .report import _finite, _fold_record, minority_summary, write_report
+from .strategies import (
+    GenerationLog,
+    ModelSynthesizer,
+    SiteSamples,
+    Synthesizer,
+    class_weight_strategy,
+    generate_strategy,
+    none_strategy,
+    oversample_strategy,
+    prepare_samples,
+    smote_strategy,
+)
+
+
+def run_augmentation(
+    windows: PairedWindows,
+    config: AugmentConfig,
+    site: str | Path,
+    *,
+    synthesizer: Synthesizer | None = None,
+    pool: PairedWindows | None = None,
+    rois: np.ndarray | None = None,
+    generation_info: dict[str, Any] | None = None,
+    samples: SiteSamples | None = None,
+) -> tuple[dict[str, Any], GenerationLog]:
+    """Cross-validate every strategy on the site's windows; returns the report and the log of
+    every generation call (fold, unit, source subjects and window ids)."""
+    s = samples or prepare_samples(windows, config, site, pool=pool, rois=rois)
+    if "generate" in config.strategies and synthesizer is None:
+        raise ConfigError("strategy 'generate' needs a model (--checkpoint)")
+    folds = fm.subject_folds(s.labels, s.windows.subjects, s.classes, config.folds, config.seed, site)
+    log = GenerationLog()
+    builders: dict[str, Callable[[], fm.Strategy]] = {
+        "none": lambda: none_strategy(s),
+        "oversample": lambda: oversample_strategy(s),
+        "class-weight": lambda: class_weight_strategy(s),
+        "smote": lambda: smote_strategy(s),
+        "generate": lambda: generate_strategy(s, synthesizer, log, make_estimator, config.generation_choices),
+    }
+
+    def make_estimator(class_weight: str | None):
+        return fm.make_classifier(config.classifier, s.features, s.classes, class_weight=class_weight, C=config.C, seed=config.seed)
+
+    strategies: dict[str, Any] = {}
+    minority_classes = sorted({unit_class(u) for u in s.plan.minority})
+    for name in [n for n in STRATEGIES if n in config.strategies]:
+        result = fm.cross_validate(name, builders[name](), s.features.values, s.labels, s.windows.subjects, s.ids, folds, make_estimator, s.classes, config.seed)
+        entry = fm.summarize(result, s.classes)
+        entry["n_synthetic"] = int(sum(f.n_added.get("generated", 0) for f in result.folds))
+        entry["n_oversampled"] = int(sum(f.n_added.get("oversampled", 0) for f in result.folds))
+        entry["n_interpolated"] = int(sum(f.n_added.get("interpolated", 0) for f in result.folds))
+        entry["folds"] = [_fold_record(f) for f in result.folds]
+        if name == "generate":
+            for key, name_out in (("label_fidelity", "generated_label_fidelity"), ("label_fidelity_real", "real_label_fidelity")):
+                values = [f.log[key] for f in result.folds if f.log.get(key) is not None]
+                entry[name_out] = float(np.mean(values)) if values else None
+        entry["per_group"] = {}
+        if s.groups is not None:
+            positive = minority_classes[0] if len(s.classes) == 2 and minority_classes else None
+            entry["per_group"] = fm.group_metrics(result.y_true, result.y_pred, s.groups, s.classes, positive)
+            entry["per_group"]["by_group_folds"] = fm.group_fold_scores(result, s.groups, folds, s.classes)
+        strategies[name] = entry
+
+    report = {
+        "site": str(site),
+        "target": config.target,
+        "classes": s.classes,
+        "class_counts": {c: int(np.sum(s.labels == c)) for c in s.classes},
+        "sensitive_attribute": config.sensitive_attribute,
+        "group_counts": None if s.groups is None else {g: int(np.sum(s.groups == g)) for g in sorted(set(s.groups.tolist()))},
+        "minority_rule": s.plan.rule,
+        "minority_classes": minority_classes,
+        "minority_units": s.plan.minority,
+        "unit_counts": s.plan.counts,
+        "target_per_class": max(s.plan.targets.values()) * (1 if s.groups is None else len(set(s.groups.tolist()))),
+        "folds": config.folds,
+        "fold_test_subjects": [sorted(set(s.windows.subjects[test].tolist())) for _, test in folds],
+        "subjects": len(set(s.windows.subjects.tolist())),
+        "windows": len(s.labels),
+        "classifier": config.classifier,
+        "features": {"blocks": list(s.blocks), "target_rois": None if s.rois is None else int(s.rois.max()) + 1},
+        "seed": config.seed,
+        "generation": {
+            "steps": config.steps,
+            "guidance_scale": config.guidance_scale,
+            "choices": [list(c) for c in config.generation_choices] if synthesizer is not None and hasattr(synthesizer, "with_settings") else None,
+            "source": "EEG windows of the under-represented unit from the fold's training subjects"
+            + (" (paired windows and EEG-only pool)" if s.pool is not None else " (paired windows, several noise draws each when few)"),
+            **(generation_info or {}),
+        },
+        "strategies": strategies,
+        "summary": minority_summary(strategies, s.classes, minority_classes),
+    }
+    return _finite(report), log
+
+
+def augment_site(
+    checkpoint: str | Path | None,
+    data: str | Path,
+    out_dir: str | Path,
+    config: AugmentConfig,
+    *,
+    device: str | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """``fedneurogen augment``: load the site with the checkpoint's preprocessing, run every
+    strategy, write the report. Nothing leaves the site."""
+    from fedneurogen.shared.config import PreprocessConfig
+    from fedneurogen.shared.data import load_site
+
+    synthesizer, info, preprocess = None, {}, PreprocessConfig()
+    if checkpoint is not None:
+        from fedneurogen.shared.model import load_checkpoint
+
+        model, meta = load_checkpoint(checkpoint, device=device, use_ema=True)
+        if meta.get("preprocess"):
+            # the site must be windowed exactly as the model was trained
+            try:
+                preprocess = PreprocessConfig(**meta["preprocess"])
+            except ValueError as err:  # pydantic's ValidationError is a ValueError
+                raise ConfigError(f"checkpoint {checkpoint}: its preprocessing settings do not fit this version: {err}") from err
+        class_names = meta.get("class_names") or []
+        synthesizer = ModelSynthesizer(model, class_names, steps=config.steps, guidance_scale=config.guidance_scale)
+        info = {"checkpoint": str(checkpoint), "content_hash": meta.get("content_hash"), "model_class_names": class_names}
+    elif "generate" in config.strategies:
+        raise ConfigError("strategy 'generate' needs --checkpoint (the global model)")
+    windows = load_site(data, preprocess, progress=progress)
+    pool = None
+    if config.eeg_only:  # the site's EEG-only runs join the generation sources (their targets are generated)
+        from fedneurogen.shared.data.eeg_only import load_eeg_only
+
+        pool = load_eeg_only(data, windows, preprocess)
+        info["eeg_only_windows"] = len(pool)
+    report, _ = run_augmentation(windows, config, data, synthesizer=synthesizer, pool=pool, generation_info=info)
+    if synthesizer is not None:
+        # label index per trial type (None: generated unconditionally, the model has no such label)
+        report["generation"]["label_index"] = {c: synthesizer.label_index(c) for c in windows.classes}
+    write_report(report, out_dir)
+    return report

@@ -1,0 +1,160 @@
+"""What to balance in a site's fairness augmentation (docs/architecture.md §6).
+
+- ``AugmentConfig``: what ``run_augmentation`` does (``fedneurogen augment``'s options, one to one);
+- ``task_labels`` / ``select_windows``: the label to predict per window, and the task's classes;
+- ``plan_balance`` -> ``BalancePlan``: the balancing unit of every window, each unit's target
+  size and the under-represented units; ``BalancePlan.fold_deficits`` what a training fold lacks.
+
+Rules (stated in every report; what each strategy adds is in ``strategies``):
+
+- Balancing units are classes, or (class, group) cells with a sensitive attribute. The target
+  size of a class is ``target_per_class`` (default: the largest class's window count); a cell's
+  is that divided by the number of groups. A unit is under-represented when it has fewer than
+  ``minority_ratio`` (default 0.8) x its target size windows.
+- In each fold, an under-represented unit is topped up to its target size scaled by the fold's
+  training share (``target x n_train / n``), so "30 + 120(Gen)" on the whole site means about
+  24 + 96 in a 5-fold training set. Only training folds are topped up; test folds hold real
+  windows only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedneurogen.shared.errors import ConfigError, DataError
+from fedneurogen.shared.recording import PairedWindows
+
+from . import protocol as fm
+
+STRATEGIES = ("none", "oversample", "class-weight", "smote", "generate")  # built in ``strategies``; named here for AugmentConfig
+REST = "rest"
+CELL_SEP = " | "
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """What ``run_augmentation`` does; the CLI options map onto it one to one."""
+
+    target: str = "trial_type"  # label to predict: trial_type or a participants.tsv column
+    sensitive_attribute: str | None = None  # participants.tsv column for per-group metrics
+    strategies: tuple[str, ...] = STRATEGIES
+    folds: int = 5
+    target_per_class: int | None = None
+    classifier: str = "logreg"
+    use_eeg: bool = True  # EEG features in the classifier (the riemann classifier always uses them)
+    use_target: bool = True  # fMRI/fNIRS features in the classifier
+    classes: tuple[str, ...] | None = None  # default: every class but "rest" (trial_type)
+    minority_ratio: float = 0.8
+    steps: int | None = None  # DDIM steps; None = the checkpoint's default
+    guidance_scale: float = 2.0
+    seed: int = 0
+    C: float = 1.0  # inverse regularisation of the logistic regression
+    n_rois: int = 64  # fMRI ROIs for the target features
+    eeg_only: bool = False  # generate from the site's EEG-only runs too (``augment --eeg-only``)
+    # generation settings (estimate, guidance) tried on an inner validation split of each
+    # training fold; the best one generates for the fold. One entry: no choice.
+    generation_choices: tuple[tuple[str, float], ...] = (("sample", 2.0), ("sample", 0.0), ("mean", 0.0))
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.strategies) - set(STRATEGIES))
+        if unknown:
+            raise ConfigError(f"unknown strategies {unknown}; choose from {list(STRATEGIES)}")
+        if self.classifier not in fm.CLASSIFIERS:
+            raise ConfigError(f"unknown classifier {self.classifier!r}; choose one of {list(fm.CLASSIFIERS)}")
+        if not 0 < self.minority_ratio <= 1:
+            raise ConfigError(f"minority_ratio must be in (0, 1], got {self.minority_ratio}")
+        if self.folds < 2:
+            raise ConfigError(f"need at least 2 folds, got {self.folds}")
+
+
+# -- what to balance --------------------------------------------------------------------------
+
+
+def task_labels(windows: PairedWindows, target: str) -> np.ndarray:
+    """The label to predict per window: ``trial_type`` or a participant attribute."""
+    if target == "trial_type":
+        return np.asarray(windows.labels).astype(str)
+    return windows.group_of(target).astype(str)
+
+
+def _no_attribute(site: str | Path, column: str, option: str) -> DataError:
+    """Why a participant attribute has no values: the file is missing, or the column is."""
+    table = Path(site) / "participants.tsv"
+    if not table.is_file():
+        return DataError(table, f"participants.tsv is missing; {option} {column!r} reads the column {column!r} from it")
+    return DataError(table, f"has no column {column!r} for {option} (or no subject has a value)")
+
+
+def select_windows(windows: PairedWindows, config: AugmentConfig, site: str | Path) -> tuple[PairedWindows, list[str]]:
+    """The windows of the task's classes and the sorted class list; a requested class with no
+    window is a ``DataError`` naming the site and the class."""
+    labels = task_labels(windows, config.target)
+    present = sorted(set(labels.tolist()))
+    if config.target != "trial_type" and present == ["n/a"]:
+        raise _no_attribute(site, config.target, "--target")
+    if config.classes:
+        classes = sorted(config.classes)
+        for c in classes:
+            if c not in present:
+                raise DataError(site, f"no EEG windows of class {c!r} (classes present: {', '.join(present) or 'none'})")
+    else:
+        drop = {REST} if config.target == "trial_type" else {"n/a"}
+        classes = [c for c in present if c not in drop]
+    if len(classes) < 2:
+        raise DataError(site, f"need at least two classes to classify, found {classes} (labels present: {present})")
+    keep = np.isin(labels, classes)
+    return windows.subset(np.flatnonzero(keep)), classes
+
+
+@dataclass
+class BalancePlan:
+    """Balancing units per window and their target sizes (whole-site counts)."""
+
+    units: np.ndarray  # unit of each window: class, or "class | group"
+    targets: dict[str, float]  # unit -> target size on the whole site
+    counts: dict[str, int]
+    minority: list[str]  # under-represented units
+    rule: str
+
+    def fold_deficits(self, train: np.ndarray, n_total: int) -> dict[str, int]:
+        """Windows to add per under-represented unit in a training fold."""
+        share = len(train) / n_total
+        train_units = self.units[train]
+        out = {}
+        for unit in self.minority:
+            need = int(round(self.targets[unit] * share)) - int(np.sum(train_units == unit))
+            if need > 0:
+                out[unit] = need
+        return out
+
+
+def plan_balance(labels: np.ndarray, classes: Sequence[str], groups: np.ndarray | None, target_per_class: int | None, ratio: float) -> BalancePlan:
+    class_counts = {c: int(np.sum(labels == c)) for c in classes}
+    per_class = float(target_per_class or max(class_counts.values()))
+    if groups is None:
+        units = labels.astype(object)
+        names = list(classes)
+        targets = {c: per_class for c in names}
+        rule = f"class with fewer than {ratio:g} x {per_class:g} windows (target per class {per_class:g})"
+    else:
+        group_names = sorted(set(groups.tolist()))
+        units = np.array([f"{c}{CELL_SEP}{g}" for c, g in zip(labels, groups)], dtype=object)
+        names = [f"{c}{CELL_SEP}{g}" for c in classes for g in group_names]
+        per_cell = per_class / len(group_names)
+        targets = {u: per_cell for u in names}
+        rule = (
+            f"class x group cell with fewer than {ratio:g} x {per_cell:g} windows "
+            f"(target per class {per_class:g} split over {len(group_names)} groups)"
+        )
+    counts = {u: int(np.sum(units == u)) for u in names}
+    # a cell with no window at all cannot be generated from its own EEG: it is reported, not topped up
+    minority = [u for u in names if 0 < counts[u] < ratio * targets[u]]
+    return BalancePlan(units, targets, counts, minority, rule)
+
+
+def unit_class(unit: str) -> str:
+    return unit.split(CELL_SEP)[0]

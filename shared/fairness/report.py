@@ -1,0 +1,182 @@
+"""The fairness-augmentation report (docs/architecture.md §6): what ``run_augmentation``
+returns and ``write_report`` writes.
+
+- per fold: ``_fold_record`` (sizes, provenance of the added rows, scores, generation setting);
+- per strategy: ``minority_summary`` (minority F1 and recall, majority F1 and its drop against
+  ``none``);
+- output: ``render_markdown`` (``report.md``) and ``write_report`` (``report.json``,
+  ``report.md`` and the per-class / per-group plots); ``_finite`` keeps the JSON strict.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import protocol as fm
+
+
+def _fold_record(f: fm.FoldResult) -> dict[str, Any]:
+    return {
+        "fold": f.index,
+        "test_subjects": f.test_subjects,
+        "n_train_real": f.n_train_real,
+        "n_added": f.n_added,
+        "added_source_subjects": f.added_source_subjects,
+        "test_windows_used_as_sources": f.test_windows_used_as_sources,
+        "units_not_topped_up": f.log.get("unfilled", []),
+        "per_class_f1": f.per_class_f1,
+        "per_class_recall": f.per_class_recall,
+        "accuracy": f.accuracy,
+        "macro_f1": f.macro_f1,
+        **({"generation_setting": f.log["chosen_setting"], "setting_scores": f.log["setting_scores"]} if "chosen_setting" in f.log else {}),
+    }
+
+
+def minority_summary(strategies: dict[str, Any], classes: list[str], minority: list[str]) -> dict[str, Any]:
+    """Minority F1, mean majority F1 and its change against 'none', per strategy."""
+    majority = [c for c in classes if c not in minority]
+    out = {}
+    base = strategies.get("none")
+    for name, entry in strategies.items():
+        f1 = entry["per_class_f1_mean"]
+        row = {
+            "minority_f1": _nanmean([f1[c] for c in minority]) if minority else None,
+            "minority_recall": _nanmean([entry["per_class_recall_mean"][c] for c in minority]) if minority else None,
+            "majority_f1": _nanmean([f1[c] for c in majority]) if majority else None,
+        }
+        if base is not None and majority:
+            row["majority_f1_drop"] = _nanmean([base["per_class_f1_mean"][c] for c in majority]) - row["majority_f1"]
+        out[name] = row
+    return out
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    v = np.asarray(values, dtype=float)
+    return float(np.nanmean(v)) if np.any(np.isfinite(v)) else float("nan")
+
+
+def _finite(obj: Any) -> Any:
+    """NaN/inf -> None, so that report.json is strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+# -- output -----------------------------------------------------------------------------------
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    return "n/a" if mean is None else f"{mean:.3f} ± {std or 0:.3f}"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    classes, minority = report["classes"], set(report["minority_classes"])
+    lines = [
+        f"# Fairness augmentation report: {report['site']}",
+        "",
+        f"Task: `{report['target']}` ({len(classes)} classes, {report['windows']} windows, {report['subjects']} subjects); "
+        f"classifier `{report['classifier']}` on {', '.join(report['features']['blocks'])} features; "
+        f"{report['folds']}-fold cross-validation grouped by subject, stratified by class; seed {report['seed']}.",
+        "",
+        f"Under-represented: {', '.join(report['minority_units']) or 'none'} (rule: {report['minority_rule']}).",
+        "Generated samples are used for training only; each comes from the EEG of a training-fold subject.",
+        "",
+        "## Per-class F1 (mean ± std over folds)",
+        "",
+        "| strategy | " + " | ".join(f"{c}{' (minority)' if c in minority else ''} [n={report['class_counts'][c]}]" for c in classes) + " | accuracy | macro F1 | added (all folds) |",
+        "|---" * (len(classes) + 4) + "|",
+    ]
+    for name, e in report["strategies"].items():
+        counts = {"generated": e["n_synthetic"], "oversampled": e["n_oversampled"], "interpolated": e.get("n_interpolated", 0)}
+        added = sum(counts.values())
+        kind = next((k for k, n in counts.items() if n), "")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(_pm(e["per_class_f1_mean"][c], e["per_class_f1_std"][c]) for c in classes)
+            + f" | {_pm(e['accuracy_mean'], e['accuracy_std'])} | {_pm(e['macro_f1_mean'], e['macro_f1_std'])} | {added} {kind} |"
+        )
+    if report["sensitive_attribute"]:
+        groups = sorted(report["group_counts"])
+        lines += [
+            "",
+            f"## Per group: `{report['sensitive_attribute']}` (pooled out-of-fold predictions, fairlearn MetricFrame)",
+            "",
+            "| strategy | " + " | ".join(f"macro F1 {g} [n={report['group_counts'][g]}]" for g in groups) + " | worst group | difference | ratio | equalized-odds diff. |",
+            "|---" * (len(groups) + 5) + "|",
+        ]
+        for name, e in report["strategies"].items():
+            pg = e["per_group"]
+            eod = pg.get("equalized_odds_difference")
+            worst = pg["worst_group"]
+            lines.append(
+                f"| {name} | "
+                + " | ".join(_fmt(pg["by_group"].get(g, {}).get("macro_f1")) for g in groups)
+                + f" | {worst['group']} ({_fmt(worst['macro_f1'])}) | {_fmt(pg['difference']['macro_f1'])} | {_fmt(pg['ratio']['macro_f1'])} | "
+                + (f"{_fmt(eod['value'])} (+ = {eod['positive_class']})" if eod else "n/a (not binary)")
+                + " |"
+            )
+    summary = report.get("summary", {})
+    if summary:
+        lines += ["", "## Minority vs majority", "", "| strategy | minority F1 | minority recall | mean majority F1 | majority F1 drop vs none |", "|---|---|---|---|---|"]
+        for name, row in summary.items():
+            lines.append(f"| {name} | {_fmt(row['minority_f1'])} | {_fmt(row['minority_recall'])} | {_fmt(row['majority_f1'])} | {_fmt(row.get('majority_f1_drop'))} |")
+    gen = report["generation"]
+    lines += ["", f"Generation: {gen['source']}; guidance scale {gen['guidance_scale']}, DDIM steps {gen['steps'] or 'checkpoint default'}."]
+    generate = report["strategies"].get("generate", {})
+    fidelity, real = generate.get("generated_label_fidelity"), generate.get("real_label_fidelity")
+    if fidelity is not None:
+        lines.append(
+            f"Label fidelity of the generated samples: {fidelity:.3f}, against {_fmt(real)} on held-out real windows of the same "
+            f"units (accuracy of a class-balanced classifier fitted on the fold's real training windows; chance {1 / len(classes):.2f})."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    """``report.json``, ``report.md``, ``per_class_f1.png`` and (with groups) ``per_group.png``,
+    each written atomically."""
+    from fedneurogen.shared.io import write_json_atomic, write_text_atomic
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": write_json_atomic(out / "report.json", report), "markdown": write_text_atomic(out / "report.md", render_markdown(report))}
+    classes = report["classes"]
+    series = {
+        name: ([_nan(e["per_class_f1_mean"][c]) for c in classes], [_nan(e["per_class_f1_std"][c]) for c in classes])
+        for name, e in report["strategies"].items()
+    }
+    paths["per_class_plot"] = fm.bar_plot(
+        out / "per_class_f1.png", series, classes, title="Per-class F1 before (none) and after augmentation (* = minority)", ylabel="F1 (mean ± std over folds)", highlight=report["minority_classes"]
+    )
+    if report["sensitive_attribute"]:
+        groups = sorted(report["group_counts"])
+        series = {
+            name: (
+                [_nan(e["per_group"]["by_group_folds"].get(g, {}).get("macro_f1_fold_mean")) for g in groups],
+                [_nan(e["per_group"]["by_group_folds"].get(g, {}).get("macro_f1_fold_std")) for g in groups],
+            )
+            for name, e in report["strategies"].items()
+        }
+        paths["per_group_plot"] = fm.bar_plot(
+            out / "per_group.png", series, groups, title=f"Macro F1 per {report['sensitive_attribute']} group", ylabel="macro F1 (mean ± std over folds)"
+        )
+    return paths
+
+
+def _nan(value: float | None) -> float:
+    return float("nan") if value is None else float(value)

@@ -1,0 +1,324 @@
+"""What each strategy adds to a training fold (docs/architecture.md §6).
+
+``prepare_samples`` computes once what every strategy reads (``SiteSamples``: the task's real
+windows, labels, features, balance plan and EEG-only pool); each ``*_strategy`` turns it into a
+``protocol.Strategy`` (fold -> training set). ``ModelSynthesizer`` generates targets from EEG
+with a NeuroGen model; any ``Synthesizer`` will do.
+
+Rules (stated in every report; what to balance and how far is in ``plan``):
+
+- A generated sample is (real EEG window of a training subject, target generated from it). Its
+  EEG comes from the fold's training windows of the same unit, each used in turn (a seeded
+  permutation, cycled) so that with few windows every window gives several samples, each from
+  its own noise. This is the paper's setting: the framework turns the under-represented
+  class's own EEG into its missing expensive modality; EEG windows of other classes are not
+  relabelled (their EEG features would contradict the label). The model is conditioned on the
+  window's trial type when its checkpoint has that label (classifier-free guidance), else
+  unconditionally. Optional ``pool`` windows (EEG recorded without a usable target: the site's
+  EEG-only sessions, ``augment --eeg-only``, or the cut windows of
+  ``fedneurogen.simulations.fairness_table``) join the candidates, from any subject but the
+  fold's test subjects (a subject with EEG only is never a test subject: it has no target).
+- ``oversample`` tops up the same units to the same sizes by drawing training windows with
+  replacement; ``smote`` by SMOTE interpolation (imbalanced-learn) between a unit's training
+  windows in feature space; ``class-weight`` weights classes inversely to their frequency.
+- Label fidelity of the generated windows: a *class-balanced* classifier fitted on the fold's
+  real training windows labels them; its accuracy on them is reported next to its accuracy on
+  the fold's held-out real windows of the same units (the same classifier, so the two compare).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from fedneurogen.shared.errors import ConfigError
+from fedneurogen.shared.recording import PairedWindows
+
+from . import protocol as fm
+from .plan import CELL_SEP, AugmentConfig, BalancePlan, _no_attribute, plan_balance, select_windows, task_labels, unit_class
+
+# -- what the strategies read -----------------------------------------------------------------
+
+
+@dataclass
+class SiteSamples:
+    """The real windows of the task and everything computed from them once."""
+
+    windows: PairedWindows
+    labels: np.ndarray
+    classes: list[str]
+    features: fm.Features
+    ids: np.ndarray
+    blocks: tuple[str, ...]
+    rois: np.ndarray | None
+    plan: BalancePlan
+    groups: np.ndarray | None
+    pool: PairedWindows | None = None  # EEG-only candidates for generation (no real target used)
+    pool_units: np.ndarray | None = None
+
+    def featurize(self, windows: PairedWindows) -> np.ndarray:
+        return fm.compute_features(windows, self.blocks, self.rois).values
+
+
+def prepare_samples(
+    windows: PairedWindows,
+    config: AugmentConfig,
+    site: str | Path,
+    *,
+    pool: PairedWindows | None = None,
+    rois: np.ndarray | None = None,
+) -> SiteSamples:
+    windows, classes = select_windows(windows, config, site)
+    labels = task_labels(windows, config.target)
+    groups = None
+    if config.sensitive_attribute:
+        groups = windows.group_of(config.sensitive_attribute).astype(str)
+        if set(groups.tolist()) == {"n/a"}:
+            raise _no_attribute(site, config.sensitive_attribute, "--sensitive-attribute")
+    plan = plan_balance(labels, classes, groups, config.target_per_class, config.minority_ratio)
+    blocks = fm.blocks_for(config.classifier, config.use_eeg, config.use_target)
+    if rois is None and windows.target_modality == "fmri" and "target" in blocks:
+        rois = fm.target_parcellation(windows.target_positions, config.n_rois, seed=0)
+    features = fm.compute_features(windows, blocks, rois)
+    pool_units = None
+    if pool is not None:
+        pool_labels = task_labels(pool, config.target)
+        pool_groups = None if groups is None else pool.group_of(config.sensitive_attribute).astype(str)
+        pool_units = pool_labels.astype(object) if pool_groups is None else np.array([f"{c}{CELL_SEP}{g}" for c, g in zip(pool_labels, pool_groups)], dtype=object)
+    return SiteSamples(windows, labels, classes, features, fm.window_ids(windows), blocks, rois, plan, groups, pool, pool_units)
+
+
+# -- generation -------------------------------------------------------------------------------
+
+
+class Synthesizer(Protocol):
+    """Generates the target of each window from its EEG (never reads ``windows.target``)."""
+
+    def __call__(self, windows: PairedWindows, seed: int) -> np.ndarray: ...
+
+
+class ModelSynthesizer:
+    """Targets from EEG with a NeuroGen model, in batches, conditioned on the window's trial type
+    where the checkpoint knows it (classifier-free guidance ``guidance_scale``)."""
+
+    def __init__(
+        self, model: Any, class_names: Sequence[str] | None, *, steps: int | None = None, guidance_scale: float = 2.0, batch_size: int = 32,
+        estimate: str = "sample",
+    ):
+        self.model = model
+        self.class_names = list(class_names or [])
+        self.class_to_index = {str(c): i for i, c in enumerate(self.class_names)}
+        self.steps = steps
+        self.guidance_scale = guidance_scale
+        self.batch_size = batch_size
+        self.estimate = estimate  # "sample": point prediction + sampled residual; "mean": point prediction
+
+    @property
+    def settings(self) -> tuple[str, float]:
+        return self.estimate, self.guidance_scale
+
+    def with_settings(self, estimate: str, guidance_scale: float) -> "ModelSynthesizer":
+        return ModelSynthesizer(self.model, self.class_names, steps=self.steps, guidance_scale=guidance_scale, batch_size=self.batch_size, estimate=estimate)
+
+    def label_index(self, label: str) -> int | None:
+        return self.class_to_index.get(str(label))
+
+    def __call__(self, windows: PairedWindows, seed: int) -> np.ndarray:
+        import torch
+
+        from fedneurogen.shared.model import Batch
+
+        self.model.eval()
+        if self.estimate == "mean":  # deterministic: the conditional mean given the EEG and the label
+            from fedneurogen.shared.synthesis import point_predictions
+
+            index = np.array([self.class_to_index.get(str(c), -1) for c in windows.labels]) if self.class_to_index else None
+            return point_predictions(self.model, replace(windows, target=np.zeros(windows.target.shape, np.float32)), index, batch_size=self.batch_size)
+        generator = torch.Generator(device=self.model.device).manual_seed(int(seed))
+        labels = self.class_to_index or None
+        out = []
+        for start in range(0, len(windows), self.batch_size):
+            index = np.arange(start, min(start + self.batch_size, len(windows)))
+            batch = Batch.from_windows(windows, index, labels, self.model.device)
+            batch = replace(batch, target=None)  # sampling must not see the real targets
+            sample = self.model.sample(batch, steps=self.steps, guidance_scale=self.guidance_scale, generator=generator)
+            out.append(sample.float().cpu().numpy())
+        generated = np.concatenate(out) if out else np.zeros((0, *windows.target.shape[1:]), np.float32)
+        if generated.shape[1:] != windows.target.shape[1:]:
+            raise ConfigError(f"the model generates targets of shape {list(generated.shape[1:])} but the site's windows are {list(windows.target.shape[1:])}")
+        return generated
+
+
+def concat_windows(parts: Sequence[PairedWindows]) -> PairedWindows:
+    """Windows of one site (one montage, one target layout) stacked."""
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    names = ("eeg", "target", "labels", "subjects", "runs", "onsets") + (("design",) if first.design is not None else ())
+    stacked = {name: np.concatenate([getattr(p, name) for p in parts]) for name in names}
+    return replace(first, **stacked)
+
+
+@dataclass
+class GenerationLog:
+    """Every synthesizer call: fold, unit, and the subject / window id of each EEG source."""
+
+    calls: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, fold: int, unit: str, windows: PairedWindows, ids: np.ndarray) -> None:
+        self.calls.append({"fold": fold, "unit": unit, "subjects": windows.subjects.tolist(), "ids": list(ids)})
+
+
+# -- strategies -------------------------------------------------------------------------------
+
+
+def oversample_strategy(s: SiteSamples) -> fm.Strategy:
+    def strategy(fold: fm.Fold) -> fm.TrainingSet:
+        base = fm.real_training_set(s.features.values, s.labels, s.windows.subjects, s.ids, fold.train)
+        rng = np.random.default_rng(fold.seed)
+        picks, unfilled = [], []
+        for unit, need in s.plan.fold_deficits(fold.train, len(s.labels)).items():
+            candidates = fold.train[s.plan.units[fold.train] == unit]
+            if len(candidates) == 0:  # the unit's subjects are all in this test fold
+                unfilled.append(unit)
+                continue
+            picks.append(rng.choice(candidates, size=need, replace=True))
+        rows = np.concatenate(picks) if picks else np.zeros(0, int)
+        return fm.stack(base, s.features.values[rows], s.labels[rows], "oversampled", s.windows.subjects[rows], s.ids[rows], unfilled=unfilled)
+
+    return strategy
+
+
+def smote_strategy(s: SiteSamples) -> fm.Strategy:
+    """SMOTE: each under-represented unit is topped up with points interpolated between one of
+    its training windows and one of its ``k`` nearest training neighbours (in feature space)."""
+    from imblearn.over_sampling import SMOTE
+
+    def strategy(fold: fm.Fold) -> fm.TrainingSet:
+        base = fm.real_training_set(s.features.values, s.labels, s.windows.subjects, s.ids, fold.train)
+        units = s.plan.units[fold.train]
+        rows, labels, unfilled = [], [], []
+        for k, (unit, need) in enumerate(s.plan.fold_deficits(fold.train, len(s.labels)).items()):
+            mine = units == unit
+            if mine.sum() < 2:  # nothing to interpolate between
+                unfilled.append(unit)
+                continue
+            # the unit against the rest of the fold, so only the unit is resampled
+            y = np.where(mine, "unit", "other")
+            sampler = SMOTE(sampling_strategy={"unit": int(mine.sum()) + need}, k_neighbors=min(5, int(mine.sum()) - 1), random_state=fold.seed + k)
+            resampled, _ = sampler.fit_resample(base.features, y)
+            rows.append(resampled[len(y):])
+            labels.append(np.full(need, unit_class(unit), dtype=object))
+        if not rows:
+            empty = np.zeros(0, object)
+            return fm.stack(base, np.zeros((0, base.features.shape[1])), empty, "interpolated", empty, empty, unfilled=unfilled)
+        added = np.concatenate(rows)
+        n = len(added)  # interpolated rows come from no single recording
+        return fm.stack(base, added, np.concatenate(labels), "interpolated", np.full(n, "n/a", dtype=object), np.full(n, "interpolated", dtype=object), unfilled=unfilled)
+
+    return strategy
+
+
+def class_weight_strategy(s: SiteSamples) -> fm.Strategy:
+    def strategy(fold: fm.Fold) -> fm.TrainingSet:
+        base = fm.real_training_set(s.features.values, s.labels, s.windows.subjects, s.ids, fold.train)
+        base.class_weight = "balanced"
+        return base
+
+    return strategy
+
+
+def none_strategy(s: SiteSamples) -> fm.Strategy:
+    return lambda fold: fm.real_training_set(s.features.values, s.labels, s.windows.subjects, s.ids, fold.train)
+
+
+def generate_strategy(
+    s: SiteSamples, synthesize: Synthesizer, log: GenerationLog, make_estimator: Callable[[str | None], Any] | None = None,
+    choices: Sequence[tuple[str, float]] = (),
+) -> fm.Strategy:
+    """Top up each fold's under-represented units with generated windows.
+
+    With several ``choices`` of generation settings (a ``ModelSynthesizer``'s estimate and
+    guidance) and ``make_estimator``, each fold picks its setting on its own training subjects:
+    they are split in two by subject, windows are generated for the first half's deficits, the
+    classifier is fitted on it and scored (macro F1) on the second half; the best setting then
+    generates for the whole training fold. Test subjects play no part in the choice.
+
+    With ``make_estimator``, each fold also records the *label fidelity* of its generated
+    windows (see the module docstring)."""
+    pool_ids = None if s.pool is None else fm.window_ids(s.pool)
+    selectable = make_estimator is not None and len(choices) > 1 and hasattr(synthesize, "with_settings")
+
+    def sources(train: np.ndarray, excluded: set, rng: np.random.Generator, fold_index: int | None):
+        """EEG windows to generate from for the deficits of the training rows ``train``."""
+        picked, picked_ids, units, unfilled = [], [], [], []
+        for unit, need in s.plan.fold_deficits(train, len(s.labels)).items():
+            real = train[s.plan.units[train] == unit]
+            candidates, ids = [s.windows.subset(real)], [s.ids[real]]
+            if s.pool is not None:  # EEG-only windows of anyone but the excluded (test) subjects
+                extra = np.flatnonzero((s.pool_units == unit) & ~np.isin(s.pool.subjects, list(excluded)))
+                candidates.append(s.pool.subset(extra))
+                ids.append(pool_ids[extra])
+            candidates_w, candidate_ids = concat_windows(candidates), np.concatenate(ids)
+            if len(candidate_ids) == 0:  # no usable EEG of this unit
+                unfilled.append(unit)
+                continue
+            # each candidate in turn, cycled: several samples per window when there are few
+            order = np.resize(rng.permutation(len(candidate_ids)), need)
+            if fold_index is not None:
+                log.add(fold_index, unit, candidates_w.subset(order), candidate_ids[order])
+            picked.append(candidates_w.subset(order))
+            picked_ids.append(candidate_ids[order])
+            units.append(np.full(need, unit_class(unit), dtype=object))
+        if not picked:
+            return None, None, None, unfilled
+        return concat_windows(picked), np.concatenate(picked_ids), np.concatenate(units), unfilled
+
+    def generated_features(synth: Synthesizer, windows: PairedWindows, seed: int) -> np.ndarray:
+        return s.featurize(replace(windows, target=np.asarray(synth(windows, seed=seed), dtype=np.float32)))
+
+    def choose(fold: fm.Fold, test_subjects: set) -> tuple[Synthesizer, dict]:
+        """The setting whose generated windows help most on held-out training subjects."""
+        subjects = np.array(sorted(set(s.windows.subjects[fold.train].tolist())))
+        if not selectable or len(subjects) < 2:
+            return synthesize, {}
+        held = set(np.random.default_rng(fold.seed).permutation(subjects)[: len(subjects) // 2].tolist())
+        inner_val = fold.train[np.isin(s.windows.subjects[fold.train], list(held))]
+        inner_train = fold.train[~np.isin(s.windows.subjects[fold.train], list(held))]
+        windows, _, labels, _ = sources(inner_train, test_subjects | held, np.random.default_rng(fold.seed + 1), None)
+        if windows is None or len(set(s.labels[inner_train].tolist())) < 2:
+            return synthesize, {}
+        scores = {}
+        for estimate, guidance in choices:
+            candidate = synthesize.with_settings(estimate, guidance)
+            x = np.concatenate([s.features.values[inner_train], generated_features(candidate, windows, fold.seed)])
+            y = np.concatenate([s.labels[inner_train], labels])
+            predicted = make_estimator(None).fit(x, y).predict(s.features.values[inner_val])
+            scores[f"{estimate}, guidance {guidance:g}"] = (fm.score_fold(s.labels[inner_val], predicted, s.classes)[2], (estimate, guidance))
+        best = max(scores, key=lambda k: (np.nan_to_num(scores[k][0], nan=-1.0), -list(scores).index(k)))
+        return synthesize.with_settings(*scores[best][1]), {"chosen_setting": best, "setting_scores": {k: v[0] for k, v in scores.items()}}
+
+    def strategy(fold: fm.Fold) -> fm.TrainingSet:
+        base = fm.real_training_set(s.features.values, s.labels, s.windows.subjects, s.ids, fold.train)
+        test_subjects = set(s.windows.subjects[fold.test].tolist())
+        picked, picked_ids, labels, unfilled = sources(fold.train, test_subjects, np.random.default_rng(fold.seed), fold.index)
+        if picked is None:
+            empty = np.zeros(0, object)
+            return fm.stack(base, np.zeros((0, base.features.shape[1])), empty, "generated", empty, empty, n_generated=0, unfilled=unfilled)
+        synth, choice = choose(fold, test_subjects)
+        features = generated_features(synth, picked, fold.seed)
+        fidelity = {}
+        if make_estimator is not None:  # class-balanced, so minority labels are not rare in its answers
+            judge = make_estimator("balanced").fit(base.features, base.labels)
+            held_out = fold.test[np.isin(s.labels[fold.test], np.unique(labels))]  # real windows of the generated classes
+            fidelity = {
+                "label_fidelity": float(np.mean(judge.predict(features) == labels)),
+                "label_fidelity_real": float(np.mean(judge.predict(s.features.values[held_out]) == s.labels[held_out])) if len(held_out) else None,
+            }
+        return fm.stack(base, features, labels, "generated", picked.subjects, picked_ids, n_generated=len(labels), unfilled=unfilled, **fidelity, **choice)
+
+    return strategy

@@ -1,0 +1,82 @@
+"""The package's layers import one way (docs/architecture.md §2), read from the source with ast:
+
+- ``shared`` imports none of ``server``, ``client``, ``simulations``;
+- ``server`` and ``client`` never import each other (they meet through Flower messages);
+- ``client`` does not import ``simulations`` (a site runs no simulator code).
+
+Imports inside functions count too: a lazy import is still a dependency.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ("shared", "server", "client", "simulations")
+FORBIDDEN = {
+    "shared": {"server", "client", "simulations"},
+    "server": {"client", "simulations"},
+    "client": {"server", "simulations"},
+    "simulations": set(),  # the local driver may use any layer (it starts the server as a process)
+}
+
+
+def imported_modules(path: Path, package: str) -> list[tuple[int, str]]:
+    """``(line, absolute module)`` of every import in a file of ``package`` (dotted)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    here = package.split(".")
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolved against the file's package
+                base = here[: len(here) - (node.level - 1)]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            out.append((node.lineno, module))
+            out += [(node.lineno, f"{module}.{alias.name}") for alias in node.names]  # `from fedneurogen import client`
+    return out
+
+
+def layer_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "fedneurogen" and parts[1] in LAYERS else None
+
+
+def violations() -> list[str]:
+    found = []
+    for layer in LAYERS:
+        for path in sorted((ROOT / layer).rglob("*.py")):
+            rel = path.relative_to(ROOT / layer).with_suffix("")
+            package = ".".join(["fedneurogen", layer, *rel.parts[:-1]])
+            for line, module in imported_modules(path, package):
+                target = layer_of(module)
+                if target in FORBIDDEN[layer]:
+                    found.append(f"{path.relative_to(ROOT)}:{line} ({layer}) imports {module} ({target})")
+    return sorted(set(found))
+
+
+def test_layers_import_one_way():
+    assert violations() == []
+
+
+@pytest.mark.parametrize(
+    ("source", "package", "expected"),
+    [
+        ("from fedneurogen.client.app import x", "fedneurogen.shared", "fedneurogen.client.app"),
+        ("def f():\n    from ..simulations import simulator", "fedneurogen.client", "fedneurogen.simulations"),
+        ("import fedneurogen.server.app as a", "fedneurogen.shared.data", "fedneurogen.server.app"),
+        ("from fedneurogen import client", "fedneurogen.shared", "fedneurogen.client"),
+    ],
+)
+def test_the_checker_sees_every_form_of_import(tmp_path, source, package, expected):
+    """The walk finds absolute, relative, lazy and `from package import layer` imports."""
+    file = tmp_path / "m.py"
+    file.write_text(source + "\n")
+    modules = [m for _, m in imported_modules(file, package)]
+    assert expected in modules and layer_of(expected) in LAYERS
