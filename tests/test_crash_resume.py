@@ -324,6 +324,7 @@ def gone(pids: set[int], groups: set[int] = frozenset(), wait: float = 15.0) -> 
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.slow
 def test_server_killed_after_round_2_resumes_to_the_uninterrupted_result(federation_sites, tmp_path):
     rounds, seed = 4, 0
     cache = federation_sites.parent / "federation-cache"

@@ -126,6 +126,7 @@ def secured_round(tmp_path_factory, federation_sites):
     yield result
 
 
+@pytest.mark.slow
 def test_tls_superlink_and_registered_sites_complete_a_round(secured_round):
     history = json.loads((secured_round["run_dir"] / "history.json").read_text())
     (entry,) = history
@@ -135,12 +136,14 @@ def test_tls_superlink_and_registered_sites_complete_a_round(secured_round):
     assert all(p.poll() is not None for p in secured_round["processes"])  # every process stopped
 
 
+@pytest.mark.slow
 def test_site_with_the_wrong_ca_fails_on_the_certificate(secured_round):
     assert secured_round["exit_wrong_ca"] not in (None, 0)  # it gave up instead of hanging
     log = (secured_round["base"] / "wrong-ca.log").read_text(errors="replace")
     assert "CERTIFICATE_VERIFY_FAILED" in log
 
 
+@pytest.mark.slow
 def test_unregistered_site_is_refused(secured_round):
     assert secured_round["exit_unregistered"] not in (None, 0)
     log = (secured_round["base"] / "unregistered.log").read_text(errors="replace")

@@ -199,6 +199,7 @@ def statistics_replies(run_dir: Path) -> int:
     return sum(1 for entry in read_log(run_dir / AUDIT_FILE) if "statistics" in (entry.get("records") or {}))
 
 
+@pytest.mark.slow
 def test_simulation_with_a_failing_site_dp_and_resume(federation_sites, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("sim") / "run"
     config = {

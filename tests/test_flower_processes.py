@@ -12,6 +12,7 @@ import os
 import subprocess
 import time
 
+import pytest
 
 from fedneurogen.server.audit import AUDIT_FILE, default_window_shapes, find_leaks, preset_shapes, read_log
 from fedneurogen.shared.model import load_checkpoint
@@ -30,6 +31,7 @@ def group_gone(pgid: int, wait: float = 10.0) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_superlink_and_two_site_daemons_train_and_checkpoint(federation_sites, tmp_path):
     run_dir = tmp_path / "run"
     link = LocalSuperLink(tmp_path / "superlink-home", simulation=False)

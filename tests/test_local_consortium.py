@@ -19,9 +19,10 @@ from fedneurogen.shared.pki import make_node_keypair
 from fedneurogen.simulations.federated import alive, app_dir, flower_env, flwr_run, start_supernode, write_connection
 
 SCRIPT = Path(__file__).resolve().parents[1] / "deploy" / "scripts" / "local-consortium.sh"
-pytestmark = pytest.mark.skipif(
-    not (shutil.which("nginx") or Path("/usr/sbin/nginx").is_file()), reason="nginx is not installed (apt-get install nginx-light; CI installs it)"
-)
+pytestmark = [
+    pytest.mark.skipif(not (shutil.which("nginx") or Path("/usr/sbin/nginx").is_file()), reason="nginx is not installed (apt-get install nginx-light; CI installs it)"),
+    pytest.mark.slow,
+]
 ROUND = {
     "num-server-rounds": 1, "preset": "tiny", "local-epochs": 1, "max-windows": 8, "classes": "faces,motion,rest,scenes,tools",
     "fraction-evaluate": 0.0, "min-available-nodes": 2, "round-timeout": 240.0,
