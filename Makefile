@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_DIR ?= demo-output
 
-.PHONY: demo test test-all lint install bench clean
+.PHONY: demo test test-all lint format install bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,9 +42,14 @@ test: $(STAMP) lint
 test-all:
 	$(MAKE) test TEST_ALL=1
 
-# pyflakes-level checks (pyproject.toml [tool.ruff.lint]); part of `make test`
+# pyflakes-level checks (pyproject.toml [tool.ruff.lint]) and the formatting; part of `make test`
+# (`make format` rewrites the code as the check wants it)
 lint: $(STAMP)
 	$(BIN)/ruff check --no-cache .
+	$(BIN)/ruff format --check --no-cache .
+
+format: $(STAMP)
+	$(BIN)/ruff format --no-cache .
 
 # Performance benchmarks, in order, each writing benchmarks/results/<name>.json, then the summary
 # (benchmarks/results/summary.json). About 30 minutes on an idle 2-core CPU, scale (32 sites) and

@@ -58,24 +58,38 @@ def synthetic_windows(n: int, modality: str = "fmri", n_channels: int = 64, seed
     direction = rng.normal(size=(n_channels, 3))
     eeg_positions = 90 * direction / np.linalg.norm(direction, axis=1, keepdims=True)
     common = dict(
-        eeg=rng.normal(size=(n, n_channels, 3200)).astype(np.float32), eeg_sfreq=200.0, eeg_channel_names=names,
-        eeg_positions=eeg_positions, labels=np.array(["a", "b"] * (n // 2) + ["a"] * (n % 2)),
-        subjects=np.array(["sub-01"] * n), runs=np.array(["sub-01_run-1"] * n), onsets=np.arange(n) * 8.0, lag=6.0,
+        eeg=rng.normal(size=(n, n_channels, 3200)).astype(np.float32),
+        eeg_sfreq=200.0,
+        eeg_channel_names=names,
+        eeg_positions=eeg_positions,
+        labels=np.array(["a", "b"] * (n // 2) + ["a"] * (n % 2)),
+        subjects=np.array(["sub-01"] * n),
+        runs=np.array(["sub-01_run-1"] * n),
+        onsets=np.arange(n) * 8.0,
+        lag=6.0,
     )
     if modality == "fmri":
         positions = load_ico4_positions()
         return PairedWindows(
-            **common, target=rng.normal(size=(n, len(positions), 8)).astype(np.float32), target_sfreq=0.5,
+            **common,
+            target=rng.normal(size=(n, len(positions), 8)).astype(np.float32),
+            target_sfreq=0.5,
             design=rng.normal(size=(n, 8, n_design_features(PreprocessConfig()))).astype(np.float32),
-            target_modality="fmri", target_names=[f"v{i}" for i in range(len(positions))], target_positions=positions,
+            target_modality="fmri",
+            target_names=[f"v{i}" for i in range(len(positions))],
+            target_positions=positions,
         )
     target_names = [f"S{c}_D{c} {kind}" for c in range(1, n_fnirs_channels + 1) for kind in ("hbo", "hbr")]
     direction = rng.normal(size=(n_fnirs_channels, 3))
     channel = 70 * direction / np.linalg.norm(direction, axis=1, keepdims=True)
     return PairedWindows(
-        **common, target=rng.normal(size=(n, 2 * n_fnirs_channels, 16)).astype(np.float32), target_sfreq=1.0,
+        **common,
+        target=rng.normal(size=(n, 2 * n_fnirs_channels, 16)).astype(np.float32),
+        target_sfreq=1.0,
         design=rng.normal(size=(n, 16, n_design_features(PreprocessConfig()))).astype(np.float32),
-        target_modality="fnirs", target_names=target_names, target_positions=np.repeat(channel, 2, axis=0),
+        target_modality="fnirs",
+        target_names=target_names,
+        target_positions=np.repeat(channel, 2, axis=0),
         target_point_types=[name.split()[-1] for name in target_names],
     )
 
@@ -93,7 +107,9 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def time_call(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5, cpu: list[float] | None = None) -> list[float]:
+def time_call(
+    fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5, cpu: list[float] | None = None
+) -> list[float]:
     """Wall seconds of each of ``repeats`` calls after ``warmup`` untimed ones; with ``cpu`` (a
     list) the process CPU seconds of each call are appended to it too. On a loaded machine the
     CPU seconds divided by the threads used are the better estimate of the idle wall time.
@@ -145,7 +161,13 @@ def matmul_peak(sizes: Sequence[int] = (2048, 4096), repeats: int = 5, device: s
         torch.matmul(a, b, out=out)  # warm-up
         times = [min(time_call(lambda: torch.matmul(a, b, out=out), warmup=0, repeats=1)) for _ in range(repeats)]
         best[str(n)] = 2 * n**3 / min(times)
-    return {"flops": max(best.values()), "by_size": best, "threads": torch.get_num_threads(), "device": device, "dtype": str(dtype)}
+    return {
+        "flops": max(best.values()),
+        "by_size": best,
+        "threads": torch.get_num_threads(),
+        "device": device,
+        "dtype": str(dtype),
+    }
 
 
 def resolve_device(device: str | None) -> str:
@@ -167,11 +189,19 @@ def meets(value: float | None, target: str | None) -> bool | None:
     return bool(value <= float(bound)) if op == "<=" else bool(value >= float(bound))
 
 
-def figure(name: str, value: float | None, unit: str, target: str | None = None, *, note: str = "", **extra: Any) -> dict[str, Any]:
+def figure(
+    name: str, value: float | None, unit: str, target: str | None = None, *, note: str = "", **extra: Any
+) -> dict[str, Any]:
     """One headline number as ``summarize.py`` collects them: ``{"name", "value", "unit",
     "target", "met"}``; ``target`` reads ``"<= 0.3"`` / ``">= 0.4"``. A missed target says by
     how much (``missed_by``: value / bound and value - bound)."""
-    fig: dict[str, Any] = {"name": name, "value": None if value is None else float(value), "unit": unit, "target": target, "met": meets(value, target)}
+    fig: dict[str, Any] = {
+        "name": name,
+        "value": None if value is None else float(value),
+        "unit": unit,
+        "target": target,
+        "met": meets(value, target),
+    }
     if fig["met"] is False:
         bound = float(target.split()[1])
         fig["missed_by"] = {"ratio_to_target": value / bound if bound else None, "difference": value - bound}
@@ -205,7 +235,9 @@ def work_dir(path: Path) -> Path:
     return path
 
 
-def prepare_sites(work: Path, n_sites: int, subjects: int, run_seconds: float | None, seed: int, console) -> tuple[Path, Path, float]:
+def prepare_sites(
+    work: Path, n_sites: int, subjects: int, run_seconds: float | None, seed: int, console
+) -> tuple[Path, Path, float]:
     """Simulated fMRI sites (reused when present) and a warm preprocessed-window cache.
     Returns (data root, cache folder, seconds spent)."""
     from rich.progress import Progress
@@ -223,7 +255,15 @@ def prepare_sites(work: Path, n_sites: int, subjects: int, run_seconds: float | 
         console.print(f"simulating {n_sites} sites x {subjects} subjects into {root} (kept for later runs)")
         if root.exists():
             shutil.rmtree(root)
-        simulate_dataset(root, n_sites=n_sites, subjects_per_site=subjects, modality="fmri", seed=seed, run_seconds=run_seconds, progress=True)
+        simulate_dataset(
+            root,
+            n_sites=n_sites,
+            subjects_per_site=subjects,
+            modality="fmri",
+            seed=seed,
+            run_seconds=run_seconds,
+            progress=True,
+        )
     sites = ensure_sites(root, n_sites, "fmri", subjects, seed, run_seconds)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("preprocess / cache sites", total=len(sites))
@@ -233,7 +273,9 @@ def prepare_sites(work: Path, n_sites: int, subjects: int, run_seconds: float | 
     return root, cache, time.perf_counter() - started
 
 
-def write_result(path: Path | None, benchmark: str, figures: list[dict[str, Any]], detail: dict[str, Any]) -> dict[str, Any]:
+def write_result(
+    path: Path | None, benchmark: str, figures: list[dict[str, Any]], detail: dict[str, Any]
+) -> dict[str, Any]:
     from fedneurogen.shared.io import write_json_atomic
 
     result = {"benchmark": benchmark, "figures": figures, "machine": machine(), **detail}
@@ -242,7 +284,12 @@ def write_result(path: Path | None, benchmark: str, figures: list[dict[str, Any]
     return result
 
 
-def print_figures(title: str, figures: list[dict[str, Any]], rows: list[dict[str, Any]] | None = None, columns: Sequence[str] | None = None) -> None:
+def print_figures(
+    title: str,
+    figures: list[dict[str, Any]],
+    rows: list[dict[str, Any]] | None = None,
+    columns: Sequence[str] | None = None,
+) -> None:
     """A rich table of the figures (and one of the detail rows when given)."""
     from rich.console import Console
     from rich.table import Table

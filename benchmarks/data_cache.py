@@ -34,7 +34,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as bc  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 CHANNELS_32 = [
     "Fp1", "Fp2", "F7", "F3", "Fz", "F4", "F8", "FC5", "FC1", "FC2", "FC6", "T7", "C3", "Cz", "C4", "T8",
     "CP5", "CP1", "CP2", "CP6", "P7", "P3", "Pz", "P4", "P8", "PO9", "O1", "Oz", "O2", "PO10", "AF7", "AF8",
@@ -43,8 +42,7 @@ SPEEDUP_TARGET = ">= 10"
 
 
 def make_dataset(folder: Path, subjects: int, runs: int, duration: float) -> Path:
-    sys.path.insert(0, str(ROOT / "tests"))
-    import bids_factory as bf  # the tests' small BIDS writer
+    from fedneurogen.simulations import bids_factory as bf  # small BIDS sites with known signals
 
     spec = bf.SiteSpec(
         subjects=tuple(f"{i + 1:02d}" for i in range(subjects)),
@@ -94,8 +92,11 @@ def time_loads(site: Path, cache: Path, console, label: str) -> dict[str, Any] |
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     parser.add_argument("--data", type=Path, help="an existing BIDS site (default: write one)")
     parser.add_argument("--out", type=Path, help="write the results (JSON with a 'figures' list) here")
     parser.add_argument("--subjects", type=int, default=3)
@@ -103,8 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=240.0, help="seconds per run")
     parser.add_argument("--no-simulate", action="store_true", help="skip timing simulate_dataset")
     parser.add_argument("--simulate-sites", type=int, default=3, help="as `fedneurogen simulate` (default 3)")
-    parser.add_argument("--simulate-subjects", type=int, default=8, help="per site, as `fedneurogen simulate` (default 8)")
-    parser.add_argument("--simulate-run-seconds", type=float, default=None, help="default: the simulator's (~8 minutes)")
+    parser.add_argument(
+        "--simulate-subjects", type=int, default=8, help="per site, as `fedneurogen simulate` (default 8)"
+    )
+    parser.add_argument(
+        "--simulate-run-seconds", type=float, default=None, help="default: the simulator's (~8 minutes)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--strict", action="store_true", help="exit 2 when a speed-up misses its target")
     args = parser.parse_args(argv)
@@ -131,15 +136,28 @@ def main(argv: list[str] | None = None) -> int:
             from fedneurogen.simulations.simulator import simulate_dataset
 
             n_subjects = args.simulate_sites * args.simulate_subjects
-            console.print(f"simulate: {args.simulate_sites} sites x {args.simulate_subjects} subjects (as `fedneurogen simulate` defaults)")
+            console.print(
+                f"simulate: {args.simulate_sites} sites x {args.simulate_subjects} subjects (as `fedneurogen simulate` defaults)"
+            )
             t = time.perf_counter()
-            sites = simulate_dataset(tmp / "sim", n_sites=args.simulate_sites, subjects_per_site=args.simulate_subjects, modality="fmri",
-                                     seed=args.seed, run_seconds=args.simulate_run_seconds, progress=True)
+            sites = simulate_dataset(
+                tmp / "sim",
+                n_sites=args.simulate_sites,
+                subjects_per_site=args.simulate_subjects,
+                modality="fmri",
+                seed=args.seed,
+                run_seconds=args.simulate_run_seconds,
+                progress=True,
+            )
             seconds = time.perf_counter() - t
             disk_mb = sum(p.stat().st_size for p in (tmp / "sim").rglob("*") if p.is_file()) / 1e6
             simulated = {
-                "sites": args.simulate_sites, "subjects_per_site": args.simulate_subjects, "run_seconds": args.simulate_run_seconds,
-                "seconds": round(seconds, 2), "seconds_per_subject": round(seconds / n_subjects, 3), "disk_mb": round(disk_mb, 1),
+                "sites": args.simulate_sites,
+                "subjects_per_site": args.simulate_subjects,
+                "run_seconds": args.simulate_run_seconds,
+                "seconds": round(seconds, 2),
+                "seconds_per_subject": round(seconds / n_subjects, 3),
+                "disk_mb": round(disk_mb, 1),
                 "workers": min(2, os.cpu_count() or 1),
             }
             loads = time_loads(sites[0], tmp / "cache-sim", console, f"simulated {sites[0].name}")
@@ -155,31 +173,57 @@ def main(argv: list[str] | None = None) -> int:
         loads = simulated["site_01_load"]
         default_size = (simulated["sites"], simulated["subjects_per_site"], simulated["run_seconds"]) == (3, 8, None)
         figures += [
-            bc.figure(f"data: simulate {simulated['sites']} sites x {simulated['subjects_per_site']} subjects"
-                   + (" (the default dataset)" if default_size else ", reduced"),
-                   simulated["seconds"], "s", disk_mb=simulated["disk_mb"]),
+            bc.figure(
+                f"data: simulate {simulated['sites']} sites x {simulated['subjects_per_site']} subjects"
+                + (" (the default dataset)" if default_size else ", reduced"),
+                simulated["seconds"],
+                "s",
+                disk_mb=simulated["disk_mb"],
+            ),
             bc.figure("data: simulate, seconds per subject", simulated["seconds_per_subject"], "s"),
-            bc.figure(f"data: cached load speed-up (simulated site-01, {loads['subjects']} subjects)", loads["speedup"], "x", SPEEDUP_TARGET),
-            bc.figure(f"data: first load (simulated site-01, {loads['subjects']} subjects)", loads["first_s"], "s", windows=loads["windows"]),
+            bc.figure(
+                f"data: cached load speed-up (simulated site-01, {loads['subjects']} subjects)",
+                loads["speedup"],
+                "x",
+                SPEEDUP_TARGET,
+            ),
+            bc.figure(
+                f"data: first load (simulated site-01, {loads['subjects']} subjects)",
+                loads["first_s"],
+                "s",
+                windows=loads["windows"],
+            ),
         ]
 
-    table = Table(title=f"load_site: {result['runs']} runs, {result['windows']} windows, {result['input_mb']:.0f} MB of input")
+    table = Table(
+        title=f"load_site: {result['runs']} runs, {result['windows']} windows, {result['input_mb']:.0f} MB of input"
+    )
     for col in ("load", "seconds", "speed-up"):
         table.add_column(col, justify="right" if col != "load" else "left")
     rows = [("factory site", result)] + ([("simulated site-01", simulated["site_01_load"])] if simulated else [])
     for label, r in rows:
         table.add_row(f"{label}: first (preprocess + store)", f"{r['first_s']:.2f}", "1.0x")
         table.add_row(f"{label}: cached (rehash inputs)", f"{r['cached_s']:.3f}", f"{r['speedup']:.1f}x")
-        table.add_row(f"{label}: cached (hash memo warm)", f"{r['cached_warm_memo_s']:.3f}", f"{r['speedup_warm_memo']:.1f}x")
+        table.add_row(
+            f"{label}: cached (hash memo warm)", f"{r['cached_warm_memo_s']:.3f}", f"{r['speedup_warm_memo']:.1f}x"
+        )
     console.print(table)
     if simulated:
-        console.print(f"simulate: {simulated['seconds']:.1f} s for {simulated['sites']} x {simulated['subjects_per_site']} subjects "
-                      f"({simulated['seconds_per_subject']:.2f} s each, {simulated['disk_mb']:.0f} MB)")
+        console.print(
+            f"simulate: {simulated['seconds']:.1f} s for {simulated['sites']} x {simulated['subjects_per_site']} subjects "
+            f"({simulated['seconds_per_subject']:.2f} s each, {simulated['disk_mb']:.0f} MB)"
+        )
     bc.print_figure_table("figures", figures, console)
 
     # the first keys are the ones this benchmark always wrote (factory site), kept for readers of older results
-    output = {**result, "benchmark": "data_cache", "figures": figures, "simulate": simulated,
-              "seconds": round(time.perf_counter() - started, 1), "machine": bc.machine()}
+    output = {
+        **result,
+        "benchmark": "data_cache",
+        "figures": figures,
+        "simulate": simulated,
+        "seconds": round(time.perf_counter() - started, 1),
+        "machine": bc.machine(),
+    }
     if args.out:
         write_json_atomic(args.out, output)
         console.print(f"wrote {args.out}")

@@ -113,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     repeats = 3 if args.quick else args.repeats
     rows, figures = [], []
     for preset, batch_size in cases:
-        times = bc.interleaved({k: make_variant(k, preset, batch_size) for k in kinds}, warmup=args.warmup, repeats=repeats)
+        times = bc.interleaved(
+            {k: make_variant(k, preset, batch_size) for k in kinds}, warmup=args.warmup, repeats=repeats
+        )
         plain = statistics.median(times["plain"]) if "plain" in times else None
         for kind, ts in times.items():
             median = statistics.median(ts)

@@ -41,7 +41,9 @@ def simulate(work: Path, subjects: int, run_seconds: float | None, seed: int) ->
     folder = work / f"explain-fmri-{subjects}subjects-{int(run_seconds or 0)}s-seed{seed}"
     summary = folder / "simulation.json"
     if not summary.is_file():
-        simulate_dataset(folder, n_sites=1, subjects_per_site=subjects, modality="fmri", seed=seed, run_seconds=run_seconds)
+        simulate_dataset(
+            folder, n_sites=1, subjects_per_site=subjects, modality="fmri", seed=seed, run_seconds=run_seconds
+        )
     return folder / "site-01", json.loads(summary.read_text())["sites"][0]
 
 
@@ -78,14 +80,20 @@ def group_lags(windows, chosen: np.ndarray, config, groups: dict[str, list[str]]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="write the result (JSON) here; figures go to <out stem>/ beside it")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="write the result (JSON) here; figures go to <out stem>/ beside it"
+    )
     parser.add_argument("--subjects", type=int, default=8, help="subjects of the simulated site")
-    parser.add_argument("--run-seconds", type=float, default=None, help="simulated run length (default: the scenario's ~8 min)")
+    parser.add_argument(
+        "--run-seconds", type=float, default=None, help="simulated run length (default: the scenario's ~8 min)"
+    )
     parser.add_argument("--minutes", type=float, default=3.0, help="training budget (minutes)")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--steps", type=int, default=32, help="integrated-gradient steps")
     parser.add_argument("--seed", type=int, default=17)
-    parser.add_argument("--work", type=Path, default=Path(__file__).resolve().parent / "work", help="simulations and runs (kept)")
+    parser.add_argument(
+        "--work", type=Path, default=Path(__file__).resolve().parent / "work", help="simulations and runs (kept)"
+    )
     args = parser.parse_args(argv)
 
     from scipy.stats import spearmanr
@@ -125,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         values = [shares[b] for b in bands]
         rank[path] = {  # no ranking at all where a path contributes nothing (a residual kept at zero)
             "spearman": float(spearmanr(values, [weights[b] for b in bands]).statistic) if np.ptp(values) > 0 else None,
-            "pairs_ordered": float(np.mean([shares[m] > shares[u] for m in modulated for u in bands if u not in modulated])),
+            "pairs_ordered": float(
+                np.mean([shares[m] > shares[u] for m in modulated for u in bands if u not in modulated])
+            ),
         }
     # electrodes
     names = report["electrodes"]["names"]
@@ -135,20 +145,40 @@ def main(argv: list[str] | None = None) -> int:
     ranking = report["electrodes"]["ranking"]
     # lags
     subjects = truth["subjects"]
-    groups = {g: [s["participant_id"] for s in subjects if s["group"] == g] for g in sorted({s["group"] for s in subjects})}
-    true_peak = {g: float(np.mean([s["physiology"]["hrf_peak_s"] for s in subjects if s["group"] == g])) for g in groups}
+    groups = {
+        g: [s["participant_id"] for s in subjects if s["group"] == g] for g in sorted({s["group"] for s in subjects})
+    }
+    true_peak = {
+        g: float(np.mean([s["physiology"]["hrf_peak_s"] for s in subjects if s["group"] == g])) for g in groups
+    }
     model_peak = report["effective_hrf"]["selected_points"]["peak_s"]
     chosen = np.asarray(report["points"]["indices"])
     fitted_peak = group_lags(windows, chosen, preprocess, groups)
 
     figures = [
-        figure("band rank agreement (Spearman), point prediction", rank["prediction"]["spearman"], "rho", note="explained band shares vs |coupling| of the simulated rhythms"),
+        figure(
+            "band rank agreement (Spearman), point prediction",
+            rank["prediction"]["spearman"],
+            "rho",
+            note="explained band shares vs |coupling| of the simulated rhythms",
+        ),
         figure("band rank agreement (Spearman), ridge path", rank["ridge_path"]["spearman"], "rho"),
         figure("band rank agreement (Spearman), learned residual", rank["residual"]["spearman"], "rho"),
-        figure("modulated bands above delta and theta (pairs ordered)", rank["prediction"]["pairs_ordered"], "fraction", ">= 1.0"),
+        figure(
+            "modulated bands above delta and theta (pairs ordered)",
+            rank["prediction"]["pairs_ordered"],
+            "fraction",
+            ">= 1.0",
+        ),
         figure("occipital electrodes above the others (AUC)", electrode_auc, "AUC", ">= 0.8"),
-        *[figure(f"lag error, model's effective HRF vs group {g}", abs(model_peak - true_peak[g]), "s", "<= 1.0") for g in groups],
-        *[figure(f"lag error, ridge path of group {g} alone", abs(fitted_peak[g] - true_peak[g]), "s", "<= 1.0") for g in groups],
+        *[
+            figure(f"lag error, model's effective HRF vs group {g}", abs(model_peak - true_peak[g]), "s", "<= 1.0")
+            for g in groups
+        ],
+        *[
+            figure(f"lag error, ridge path of group {g} alone", abs(fitted_peak[g] - true_peak[g]), "s", "<= 1.0")
+            for g in groups
+        ],
     ]
     detail = {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -166,15 +196,27 @@ def main(argv: list[str] | None = None) -> int:
         "points": report["points"],
         "residual_fraction_of_prediction_variance": report["variance"]["residual_fraction_of_prediction"],
         "completeness": report["completeness"],
-        "regions": {name: {"dominant_band": r["dominant_band"], "peak_s": r["effective_hrf"]["peak_s"], "mean_pcc": r["mean_pcc"]} for name, r in report["regions"]["by_region"].items()},
+        "regions": {
+            name: {
+                "dominant_band": r["dominant_band"],
+                "peak_s": r["effective_hrf"]["peak_s"],
+                "mean_pcc": r["mean_pcc"],
+            }
+            for name, r in report["regions"]["by_region"].items()
+        },
         "figures_dir": str(figures_dir),
         "seconds": {"simulate_and_load": simulated_s, "train": trained_s, "explain": explained_s},
         "load_average_before": load_before,
     }
     result = write_result(args.out, "explain", figures, detail)
-    rows = [{"band": b, "true |k|": weights[b], **{p: report["band_shares"][p][b] for p in report["band_shares"]}} for b in bands]
+    rows = [
+        {"band": b, "true |k|": weights[b], **{p: report["band_shares"][p][b] for p in report["band_shares"]}}
+        for b in bands
+    ]
     print_figures("explanations vs simulator ground truth", figures, rows)
-    print(f"top electrodes: {', '.join(ranking[:10])}; HRF peaks: model {model_peak:.2f} s, groups {fitted_peak}, true {true_peak}")
+    print(
+        f"top electrodes: {', '.join(ranking[:10])}; HRF peaks: model {model_peak:.2f} s, groups {fitted_peak}, true {true_peak}"
+    )
     print(f"result: {args.out} (figures in {figures_dir}); load average {result['machine']['load_average']}")
     return 0
 

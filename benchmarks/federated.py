@@ -61,7 +61,12 @@ def site_splits(sites: list[Path], seed: int, cache: Path) -> list[dict]:
     for site in sites:
         windows = load_site(site, cache_dir=cache, progress=False)
         masks = split_subjects(windows.subjects, seed=seed).masks(windows.subjects)
-        out.append({"path": site, **{name: windows.subset(np.flatnonzero(mask)) for name, mask in zip(("train", "val", "test"), masks)}})
+        out.append(
+            {
+                "path": site,
+                **{name: windows.subset(np.flatnonzero(mask)) for name, mask in zip(("train", "val", "test"), masks)},
+            }
+        )
     return out
 
 
@@ -92,15 +97,29 @@ def dp_statistics_scaling(splits: list[dict], settings, scales: tuple[int, ...],
     from fedneurogen.shared.ridge import RidgeStatistics, sum_statistics
 
     sigma = privacy.statistics_noise_multiplier(privacy.PrivacyLedger(), settings)
-    clipped = [{k: [privacy.clip_subject(x, settings.statistics_clip) for x in subject_statistics(s[k])] for k in ("train", "val")} for s in splits]
+    clipped = [
+        {
+            k: [privacy.clip_subject(x, settings.statistics_clip) for x in subject_statistics(s[k])]
+            for k in ("train", "val")
+        }
+        for s in splits
+    ]
     rows = []
     for scale in scales:
         rng = np.random.default_rng([seed, scale])
         train_parts, val_parts = [], []
         for site in clipped:
             for key, out in (("train", train_parts), ("val", val_parts)):
-                counts = np.bincount(rng.integers(len(site[key]), size=scale * len(site[key])), minlength=len(site[key]))
-                total = sum_statistics([RidgeStatistics(**{k: v * c for k, v in x.as_arrays().items()}) for x, c in zip(site[key], counts) if c])
+                counts = np.bincount(
+                    rng.integers(len(site[key]), size=scale * len(site[key])), minlength=len(site[key])
+                )
+                total = sum_statistics(
+                    [
+                        RidgeStatistics(**{k: v * c for k, v in x.as_arrays().items()})
+                        for x, c in zip(site[key], counts)
+                        if c
+                    ]
+                )
                 noisy = privacy.add_gaussian_noise(total, sigma, settings.statistics_clip, rng)
                 noisy.n = max(noisy.n, 1.0)  # as the server does
                 out.append(noisy)
@@ -133,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     before = machine()
     work = work_dir(args.work) / f"federated-seed{args.seed}"
     timings: dict[str, float] = {}
-    data_root, cache, timings["data"] = prepare_sites(work, args.sites, args.subjects_per_site, args.run_seconds, args.seed, console)
+    data_root, cache, timings["data"] = prepare_sites(
+        work, args.sites, args.subjects_per_site, args.run_seconds, args.seed, console
+    )
     sites = sorted(data_root.glob("site-*"))[: args.sites]
     splits = site_splits(sites, args.seed, cache)
     class_names = list(class_index([w for s in splits for w in (s["train"], s["val"], s["test"])]))
@@ -158,8 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     results["centralized"] = model_score(load_checkpoint(checkpoint, device="cpu", use_ema=True)[0], splits)
 
     common = {
-        "preset": args.preset, "local-epochs": args.local_epochs, "strategy": args.strategy, "cache-dir": str(cache),
-        "classes": ",".join(class_names), "keep-checkpoints": args.rounds, "site-state-dir": str(work / "site-state"),
+        "preset": args.preset,
+        "local-epochs": args.local_epochs,
+        "strategy": args.strategy,
+        "cache-dir": str(cache),
+        "classes": ",".join(class_names),
+        "keep-checkpoints": args.rounds,
+        "site-state-dir": str(work / "site-state"),
     }
     per_round: dict[str, list[float]] = {}
     for name, extra in (("federated", {}), ("dp", {"dp-enabled": True, "dp-target-epsilon": args.epsilon})):
@@ -173,21 +199,28 @@ def main(argv: list[str] | None = None) -> int:
         timings[name] = time.time() - t
         results[name] = model_score(load_checkpoint(run_dir / "checkpoint", device="cpu", use_ema=True)[0], splits)
         per_round[name] = [
-            model_score(load_checkpoint(folder, device="cpu", use_ema=True)[0], splits)["pcc"] for folder in sorted((run_dir / "rounds").glob("round-*"))
+            model_score(load_checkpoint(folder, device="cpu", use_ema=True)[0], splits)["pcc"]
+            for folder in sorted((run_dir / "rounds").glob("round-*"))
         ]
         history = json.loads((run_dir / "history.json").read_text())
         results[name]["early_stopping"] = history[-1].get("early_stopping")
         results[name]["bytes_per_round"] = history[-1].get("bytes")
         if name == "dp":
-            results[name]["epsilon_spent"] = max(m.get("epsilon", 0.0) for e in history for m in e["train"]["sites"].values())
+            results[name]["epsilon_spent"] = max(
+                m.get("epsilon", 0.0) for e in history for m in e["train"]["sites"].values()
+            )
 
     from fedneurogen.client.privacy import dp_settings
     from fedneurogen.shared.run_config import RunConfig
 
-    statistics_settings = dp_settings(RunConfig(dp_target_epsilon=args.epsilon, num_server_rounds=args.rounds))  # the run-config defaults otherwise
+    statistics_settings = dp_settings(
+        RunConfig(dp_target_epsilon=args.epsilon, num_server_rounds=args.rounds)
+    )  # the run-config defaults otherwise
     scaling = dp_statistics_scaling(splits, statistics_settings, (1, 10, 100, 1000, 10000), args.preset, args.seed)
     for row in scaling:
-        console.print(f"DP ridge statistics, {row['training_subjects']} training subjects: point prediction PCC {row['pcc']:.3f}{' (path switched off)' if row['switched_off'] else ''}")
+        console.print(
+            f"DP ridge statistics, {row['training_subjects']} training subjects: point prediction PCC {row['pcc']:.3f}{' (path switched off)' if row['switched_off'] else ''}"
+        )
 
     c, f, d, r = (results[k]["pcc"] for k in ("centralized", "federated", "dp", "ridge_hrf"))
     passes = [i + 1 for i, value in enumerate(per_round["federated"]) if value > r]
@@ -195,18 +228,27 @@ def main(argv: list[str] | None = None) -> int:
         figure("federated / centralized (point prediction PCC)", f / c if c > 0 else None, "ratio", ">= 0.95"),
         figure(f"DP (epsilon {args.epsilon:g}) / federated", d / f if f > 0 else None, "ratio", ">= 0.85"),
         figure("federated / ridge-HRF", f / r if r > 0 else None, "ratio", ">= 1.0"),
-        figure("rounds until the federated model passes ridge-HRF", passes[0] if passes else None, "rounds",
-               note="round 1 is the first trained global model; the ridge path alone scores as listed"),  # fmt: skip
+        figure(
+            "rounds until the federated model passes ridge-HRF",
+            passes[0] if passes else None,
+            "rounds",
+            note="round 1 is the first trained global model; the ridge path alone scores as listed",
+        ),  # fmt: skip
         figure("federated, share of the noise ceiling", f / results["noise_ceiling"]["pcc"], "ratio"),
-        figure("training subjects the DP ridge statistics need to reach 0.85 x federated", next((row["training_subjects"] for row in scaling if row["pcc"] >= 0.85 * f), None), "subjects",
-               note="resampled real subjects; None: not within the scales tried"),  # fmt: skip
+        figure(
+            "training subjects the DP ridge statistics need to reach 0.85 x federated",
+            next((row["training_subjects"] for row in scaling if row["pcc"] >= 0.85 * f), None),
+            "subjects",
+            note="resampled real subjects; None: not within the scales tried",
+        ),  # fmt: skip
     ]
     detail = {
         "results": results,
         "per_round_pcc": per_round,
         "dp_statistics_scaling": {
             "what": "subject-level Gaussian mechanism on the ridge statistics (share 0.1 of epsilon, clip 600) as the number of subjects grows",
-            "epsilon_share": statistics_settings.statistics_share * args.epsilon, "rows": scaling,
+            "epsilon_share": statistics_settings.statistics_share * args.epsilon,
+            "rows": scaling,
         },
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "windows": {split: [len(s[split]) for s in splits] for split in ("train", "val", "test")},

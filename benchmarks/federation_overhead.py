@@ -83,12 +83,20 @@ def round_bytes(entry: dict, sizes: dict[str, int]) -> dict[str, Any]:
     """The round's array bytes: measured by the server when its history has them, else the
     expected bytes from the parameter sizes."""
     if isinstance(entry.get("bytes"), dict) and "sent" in entry["bytes"]:
-        return {"sent": int(entry["bytes"]["sent"]), "received": int(entry["bytes"]["received"]), "source": "measured (history.json bytes)"}
+        return {
+            "sent": int(entry["bytes"]["sent"]),
+            "received": int(entry["bytes"]["received"]),
+            "source": "measured (history.json bytes)",
+        }
     train, evaluate = entry.get("train", {}), entry.get("evaluate", {})
     sent_train = len(train.get("sites", {})) + len(train.get("failed", []))
     sent_eval = len(evaluate.get("sites", {})) + len(evaluate.get("failed", []))
     received = sum(sizes["backbone"] + sizes.get(m.get("modality", ""), 0) for m in train.get("sites", {}).values())
-    return {"sent": (sent_train + sent_eval) * sizes["model"], "received": received, "source": "estimated from parameter sizes"}
+    return {
+        "sent": (sent_train + sent_eval) * sizes["model"],
+        "received": received,
+        "source": "estimated from parameter sizes",
+    }
 
 
 # -- the measurement -------------------------------------------------------------------------------
@@ -101,7 +109,9 @@ def ideal_seconds(times: list[float], concurrency: int) -> float:
     return max(max(times), sum(times) / max(1, concurrency))
 
 
-def time_evaluation(run_dir: Path, sites: list[Path], run_config: dict[str, Any], preset: str, seed: int) -> list[float]:
+def time_evaluation(
+    run_dir: Path, sites: list[Path], run_config: dict[str, Any], preset: str, seed: int
+) -> list[float]:
     """Seconds of each site's ``client.site.evaluate`` on the run's final global model, in this
     process, with the settings the sites used (one untimed warm-up call first)."""
     from fedneurogen.client import site as site_mod
@@ -111,10 +121,17 @@ def time_evaluation(run_dir: Path, sites: list[Path], run_config: dict[str, Any]
     model, meta = load_checkpoint(run_dir / "checkpoint", device="cpu")
     class_names = list(meta.get("class_names") or [])
     kwargs = dict(
-        class_names=class_names, batch_size=TRAIN_PRESETS[preset].batch_size, seed=seed,
+        class_names=class_names,
+        batch_size=TRAIN_PRESETS[preset].batch_size,
+        seed=seed,
         pcc_windows=int(run_config["eval-pcc-windows"]),
     )
-    data = [site_mod.load(s, seed=seed, max_windows=int(run_config.get("max-windows", 0)), cache_dir=run_config["cache-dir"]) for s in sites]
+    data = [
+        site_mod.load(
+            s, seed=seed, max_windows=int(run_config.get("max-windows", 0)), cache_dir=run_config["cache-dir"]
+        )
+        for s in sites
+    ]
     site_mod.evaluate(model, data[0], **kwargs)  # warm-up
     times = []
     for d in data:
@@ -124,20 +141,29 @@ def time_evaluation(run_dir: Path, sites: list[Path], run_config: dict[str, Any]
     return times
 
 
-def analyse(history: list[dict], concurrency: int, sizes: dict[str, int], eval_times: list[float] | None) -> dict[str, Any]:
+def analyse(
+    history: list[dict], concurrency: int, sizes: dict[str, int], eval_times: list[float] | None
+) -> dict[str, Any]:
     rounds = []
     for entry in history:
         train_times = [float(m.get("train-seconds", 0.0)) for m in entry["train"].get("sites", {}).values()]
         ideal_train = ideal_seconds(train_times, concurrency)
         ideal_eval = ideal_seconds(eval_times, concurrency) if eval_times else 0.0
         wall = float(entry["seconds"])
-        rounds.append({
-            "round": entry["round"], "seconds": wall, "sites": len(train_times), "failed": len(entry["train"].get("failed", [])),
-            "site_train_seconds": train_times, "ideal_train_s": ideal_train, "ideal_eval_s_estimated": ideal_eval if eval_times else None,
-            "overhead": (wall - ideal_train - ideal_eval) / wall if wall > 0 else None,
-            "naive_vs_slowest_site": (wall - max(train_times)) / wall if wall > 0 and train_times else None,
-            "bytes": round_bytes(entry, sizes),
-        })
+        rounds.append(
+            {
+                "round": entry["round"],
+                "seconds": wall,
+                "sites": len(train_times),
+                "failed": len(entry["train"].get("failed", [])),
+                "site_train_seconds": train_times,
+                "ideal_train_s": ideal_train,
+                "ideal_eval_s_estimated": ideal_eval if eval_times else None,
+                "overhead": (wall - ideal_train - ideal_eval) / wall if wall > 0 else None,
+                "naive_vs_slowest_site": (wall - max(train_times)) / wall if wall > 0 and train_times else None,
+                "bytes": round_bytes(entry, sizes),
+            }
+        )
     steady = rounds[1:] if len(rounds) >= 2 else rounds
     wall = sum(r["seconds"] for r in steady)
     compute = sum(r["ideal_train_s"] + (r["ideal_eval_s_estimated"] or 0.0) for r in steady)
@@ -147,7 +173,9 @@ def analyse(history: list[dict], concurrency: int, sizes: dict[str, int], eval_t
         "steady_round_seconds": wall,
         "steady_compute_seconds": compute,
         "overhead": (wall - compute) / wall if wall > 0 else None,
-        "overhead_all_rounds": 1 - sum(r["ideal_train_s"] + (r["ideal_eval_s_estimated"] or 0.0) for r in rounds) / sum(r["seconds"] for r in rounds),
+        "overhead_all_rounds": 1
+        - sum(r["ideal_train_s"] + (r["ideal_eval_s_estimated"] or 0.0) for r in rounds)
+        / sum(r["seconds"] for r in rounds),
         "median_round_seconds": statistics.median(r["seconds"] for r in steady),
         "bytes_sent_per_round": statistics.mean(r["bytes"]["sent"] for r in rounds),
         "bytes_received_per_round": statistics.mean(r["bytes"]["received"] for r in rounds),
@@ -156,18 +184,30 @@ def analyse(history: list[dict], concurrency: int, sizes: dict[str, int], eval_t
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "federation_overhead.json")
-    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="simulated data and window cache, reused across runs")
+    parser.add_argument(
+        "--work", type=Path, default=DEFAULT_WORK, help="simulated data and window cache, reused across runs"
+    )
     parser.add_argument("--sites", type=int, default=4)
     parser.add_argument("--subjects-per-site", type=int, default=4)
-    parser.add_argument("--run-seconds", type=float, default=None,
-                        help="length of each simulated run (>= 60; default: the simulator's ~8 minutes, as `make demo`'s sites)")
+    parser.add_argument(
+        "--run-seconds",
+        type=float,
+        default=None,
+        help="length of each simulated run (>= 60; default: the simulator's ~8 minutes, as `make demo`'s sites)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--max-windows", type=int, default=0, help="cap on each site's training windows (0 = all)")
     parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--client-cpus", type=int, default=2, help="CPUs per site actor (Ray runs cpus // client_cpus sites at a time)")
+    parser.add_argument(
+        "--client-cpus", type=int, default=2, help="CPUs per site actor (Ray runs cpus // client_cpus sites at a time)"
+    )
     parser.add_argument("--modes", default="train-only,full", help="comma-separated: train-only, full")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds a federated run may take")
@@ -187,15 +227,22 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]  # flower-superlink, flwr
     started = time.perf_counter()
     work = bc.work_dir(args.work.resolve())
-    root, cache, data_seconds = bc.prepare_sites(work, args.sites, args.subjects_per_site, args.run_seconds, args.seed, console)
+    root, cache, data_seconds = bc.prepare_sites(
+        work, args.sites, args.subjects_per_site, args.run_seconds, args.seed, console
+    )
     sites = [root / f"site-{i + 1:02d}" for i in range(args.sites)]
     sizes = parameter_bytes(args.preset)
     concurrency = max(1, (os.cpu_count() or 1) // args.client_cpus)
-    console.print(f"{args.sites} sites, {args.preset} model {sizes['model'] / 1e6:.2f} MB, {concurrency} site(s) at a time "
-                  f"({os.cpu_count()} CPUs // client_cpus {args.client_cpus})")
+    console.print(
+        f"{args.sites} sites, {args.preset} model {sizes['model'] / 1e6:.2f} MB, {concurrency} site(s) at a time "
+        f"({os.cpu_count()} CPUs // client_cpus {args.client_cpus})"
+    )
 
     base = {
-        "preset": args.preset, "local-epochs": args.local_epochs, "max-windows": args.max_windows, "cache-dir": str(cache),
+        "preset": args.preset,
+        "local-epochs": args.local_epochs,
+        "max-windows": args.max_windows,
+        "cache-dir": str(cache),
         "eval-pcc-windows": 4,
     }
     runs: dict[str, Any] = {}
@@ -208,14 +255,29 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(stale, ignore_errors=True)
         console.print(f"[bold]{mode}[/]: {args.rounds} rounds ...")
         t = time.perf_counter()
-        run_federated(run_dir, root, num_sites=args.sites, rounds=args.rounds, modality="fmri", subjects_per_site=args.subjects_per_site,
-                      run_seconds=args.run_seconds, seed=args.seed, run_config=config, timeout=args.timeout, client_cpus=args.client_cpus)
+        run_federated(
+            run_dir,
+            root,
+            num_sites=args.sites,
+            rounds=args.rounds,
+            modality="fmri",
+            subjects_per_site=args.subjects_per_site,
+            run_seconds=args.run_seconds,
+            seed=args.seed,
+            run_config=config,
+            timeout=args.timeout,
+            client_cpus=args.client_cpus,
+        )
         wall = time.perf_counter() - t
         history = json.loads((run_dir / "history.json").read_text())
         eval_times = time_evaluation(run_dir, sites, config, args.preset, args.seed) if mode == "full" else None
         result = analyse(history, concurrency, sizes, eval_times)
-        result.update(run_wall_seconds=wall, outside_rounds_seconds=wall - sum(r["seconds"] for r in result["rounds"]),
-                      eval_seconds_estimated=eval_times, run_config=config)
+        result.update(
+            run_wall_seconds=wall,
+            outside_rounds_seconds=wall - sum(r["seconds"] for r in result["rounds"]),
+            eval_seconds_estimated=eval_times,
+            run_config=config,
+        )
         runs[mode] = result
         console.print(f"  {wall:.0f} s, overhead {result['overhead']:.1%} (steady rounds {result['steady_rounds']})")
 
@@ -223,19 +285,43 @@ def main(argv: list[str] | None = None) -> int:
     figures = []
     if "train-only" in runs:
         r = runs["train-only"]
-        figures.append(bc.figure(f"federation overhead, train phase ({n} sites)", r["overhead"], "fraction", "<= 0.10",
-                              note=f"(round s - ideal train phase) / round s; {concurrency} site(s) at a time, steady rounds"))
+        figures.append(
+            bc.figure(
+                f"federation overhead, train phase ({n} sites)",
+                r["overhead"],
+                "fraction",
+                "<= 0.10",
+                note=f"(round s - ideal train phase) / round s; {concurrency} site(s) at a time, steady rounds",
+            )
+        )
     if "full" in runs:
         r = runs["full"]
-        figures.append(bc.figure(f"federation overhead, whole round incl. evaluate ({n} sites)", r["overhead"], "fraction", "<= 0.10",
-                              note="evaluation compute re-timed in-process (estimate)"))
+        figures.append(
+            bc.figure(
+                f"federation overhead, whole round incl. evaluate ({n} sites)",
+                r["overhead"],
+                "fraction",
+                "<= 0.10",
+                note="evaluation compute re-timed in-process (estimate)",
+            )
+        )
     ref = runs.get("full") or runs[modes[0]]
     figures += [
-        bc.figure(f"bytes sent per round / ({n} sites x model size)", ref["bytes_sent_per_round"] / (n * sizes["model"]), "x",
-               source=ref["bytes_source"]),
-        bc.figure(f"bytes received per round / ({n} sites x model size)", ref["bytes_received_per_round"] / (n * sizes["model"]), "x",
-               source=ref["bytes_source"]),
-        bc.figure(f"federated run time outside rounds (start-up, checkpoints; {n} sites)", ref["outside_rounds_seconds"], "s"),
+        bc.figure(
+            f"bytes sent per round / ({n} sites x model size)",
+            ref["bytes_sent_per_round"] / (n * sizes["model"]),
+            "x",
+            source=ref["bytes_source"],
+        ),
+        bc.figure(
+            f"bytes received per round / ({n} sites x model size)",
+            ref["bytes_received_per_round"] / (n * sizes["model"]),
+            "x",
+            source=ref["bytes_source"],
+        ),
+        bc.figure(
+            f"federated run time outside rounds (start-up, checkpoints; {n} sites)", ref["outside_rounds_seconds"], "s"
+        ),
     ]
 
     table = Table(title=f"Federation overhead: {n} sites, {args.preset}, {concurrency} site(s) at a time")
@@ -244,8 +330,16 @@ def main(argv: list[str] | None = None) -> int:
     for mode, r in runs.items():
         for row in r["rounds"]:
             ideal = row["ideal_train_s"] + (row["ideal_eval_s_estimated"] or 0.0)
-            table.add_row(mode, str(row["round"]), f"{row['seconds']:.1f}", f"{sum(row['site_train_seconds']):.1f}", f"{ideal:.1f}",
-                          f"{row['overhead']:.1%}", f"{row['bytes']['sent'] / 1e6:.1f}", f"{row['bytes']['received'] / 1e6:.1f}")
+            table.add_row(
+                mode,
+                str(row["round"]),
+                f"{row['seconds']:.1f}",
+                f"{sum(row['site_train_seconds']):.1f}",
+                f"{ideal:.1f}",
+                f"{row['overhead']:.1%}",
+                f"{row['bytes']['sent'] / 1e6:.1f}",
+                f"{row['bytes']['received'] / 1e6:.1f}",
+            )
     console.print(table)
     bc.print_figure_table("figures", figures, console)
 
@@ -255,14 +349,14 @@ def main(argv: list[str] | None = None) -> int:
         "definition": {
             "overhead": "(sum of steady-round seconds - sum of ideal compute) / sum of steady-round seconds",
             "ideal_phase": "max(max_i t_i, sum_i t_i / concurrency) over the sites' own seconds (train-seconds; for evaluate, "
-                           "client.site.evaluate re-timed in the benchmark process); exact when concurrency = 1 (sites one after another)",
+            "client.site.evaluate re-timed in the benchmark process); exact when concurrency = 1 (sites one after another)",
             "concurrency": concurrency,
             "concurrency_rule": "Ray runs cpus // client_cpus site actors at a time",
             "steady_rounds": "round 1 left out when there are 2 or more rounds (first model build and warm-up in the actors)",
             "naive_vs_slowest_site": "(round s - slowest site's train-seconds) / round s, the issue's literal formula; "
-                                     "with sites running one after another it counts the other sites' training as overhead",
+            "with sites running one after another it counts the other sites' training as overhead",
             "bytes": "array bytes per round; history.json 'bytes' when present, else estimated from parameter sizes "
-                     "(sent: full model per train and per evaluate message; received: backbone + the site's modality head)",
+            "(sent: full model per train and per evaluate message; received: backbone + the site's modality head)",
         },
         "model_bytes": sizes,
         "runs": runs,

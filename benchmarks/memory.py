@@ -44,7 +44,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as bc  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 RUNS_PER_HOUR, RUN_SECONDS = 4, 900.0
 GROWTH_TARGET_MB = 25.0  # per subject-hour: labels, onsets and split indices, not signals
 
@@ -87,11 +86,16 @@ class PeakSampler:
 
 def make_site(folder: Path, hours: int) -> Path:
     """A site of ``hours`` one-hour subjects: the first written, the others hard-linked."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    import bids_factory as bf
+    from fedneurogen.simulations import bids_factory as bf  # small BIDS sites with known signals
     from data_cache import CHANNELS_32
 
-    spec = bf.SiteSpec(subjects=("01",), runs=tuple(range(1, RUNS_PER_HOUR + 1)), duration=RUN_SECONDS, eeg_sfreq=500.0, channels=CHANNELS_32)
+    spec = bf.SiteSpec(
+        subjects=("01",),
+        runs=tuple(range(1, RUNS_PER_HOUR + 1)),
+        duration=RUN_SECONDS,
+        eeg_sfreq=500.0,
+        channels=CHANNELS_32,
+    )
     site = bf.make_site(folder, spec)
     template = [p for p in site.rglob("*") if p.is_file() and "sub-01" in p.as_posix()]
     for k in range(2, hours + 1):
@@ -101,7 +105,9 @@ def make_site(folder: Path, hours: int) -> Path:
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.link(src, dst)
     groups = ["A" if k % 2 else "B" for k in range(1, hours + 1)]
-    rows = ["participant_id\tsex\tage\tgroup"] + [f"sub-{k:02d}\tF\t30\t{g}" for k, g in zip(range(1, hours + 1), groups)]
+    rows = ["participant_id\tsex\tage\tgroup"] + [
+        f"sub-{k:02d}\tF\t30\t{g}" for k, g in zip(range(1, hours + 1), groups)
+    ]
     (site / "participants.tsv").write_text("\n".join(rows) + "\n")
     return site
 
@@ -130,8 +136,14 @@ def measure(site: Path, cache: Path, run_dir: Path, train_minutes: float) -> dic
     config = TrainConfig(epochs=1, batch_size=8, lr=1e-3, warmup_steps=5, checkpoint_every=10**6)
     t = time.perf_counter()
     with PeakSampler() as peak:
-        train_centralized([windows], run_dir, preset="tiny", seed=0, max_minutes=train_minutes, train_config=config, progress=False)
-    out["train"] = {"seconds": round(time.perf_counter() - t, 1), "peak_anon_mb": round(peak.anon - base_anon, 1), "peak_file_mb": round(peak.file, 1)}
+        train_centralized(
+            [windows], run_dir, preset="tiny", seed=0, max_minutes=train_minutes, train_config=config, progress=False
+        )
+    out["train"] = {
+        "seconds": round(time.perf_counter() - t, 1),
+        "peak_anon_mb": round(peak.anon - base_anon, 1),
+        "peak_file_mb": round(peak.file, 1),
+    }
     out["subjects"] = int(len(np.unique(windows.subjects)))
     return out
 
@@ -149,7 +161,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--hours", type=int, nargs="+", default=[1, 2, 4, 8], help="Site sizes in subject-hours.")
     parser.add_argument("--train-minutes", type=float, default=1.0, help="Training time per size (minutes).")
-    parser.add_argument("--work", type=Path, default=None, help="Folder for the sites and caches (default: a temporary one).")
+    parser.add_argument(
+        "--work", type=Path, default=None, help="Folder for the sites and caches (default: a temporary one)."
+    )
     parser.add_argument("--child", nargs=4, metavar=("SITE", "CACHE", "RUN_DIR", "MINUTES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -190,9 +204,18 @@ def main() -> int:
     figures = [
         bc.figure("load_growth_mb_per_subject_hour", load_growth, "MB/subject-hour", target),
         bc.figure("train_growth_mb_per_subject_hour", train_growth, "MB/subject-hour", target),
-        bc.figure("load_peak_mb_largest", largest["load"]["peak_anon_mb"], "MB", note=f"{largest['hours']} subject-hours"),
-        bc.figure("train_peak_mb_largest", largest["train"]["peak_anon_mb"], "MB", note=f"{largest['hours']} subject-hours"),
-        bc.figure("materialised_windows_mb_per_subject_hour", materialised_growth, "MB/subject-hour", note="what copied windows would hold"),
+        bc.figure(
+            "load_peak_mb_largest", largest["load"]["peak_anon_mb"], "MB", note=f"{largest['hours']} subject-hours"
+        ),
+        bc.figure(
+            "train_peak_mb_largest", largest["train"]["peak_anon_mb"], "MB", note=f"{largest['hours']} subject-hours"
+        ),
+        bc.figure(
+            "materialised_windows_mb_per_subject_hour",
+            materialised_growth,
+            "MB/subject-hour",
+            note="what copied windows would hold",
+        ),
     ]
     table = [
         {"subject-hours": r["hours"], "windows": r["windows"], "load MB": r["load"]["peak_anon_mb"], "load s": r["load"]["seconds"],

@@ -30,8 +30,18 @@ from typing import Any
 #: (name, report path of the value, threshold factor, path of the reference it multiplies)
 TARGETS = (
     ("over_ridge_hrf", ("point_prediction", "pcc_temporal"), 1.15, ("baselines", "ridge_hrf", "pcc_temporal")),
-    ("over_ridge_hrf_top10", ("point_prediction", "pcc_temporal_top10"), 1.05, ("baselines", "ridge_hrf", "pcc_temporal_top10")),
-    ("share_of_eeg_informed_ceiling", ("point_prediction", "pcc_temporal"), 0.6, ("ceilings", "eeg_informed", "pcc_temporal")),
+    (
+        "over_ridge_hrf_top10",
+        ("point_prediction", "pcc_temporal_top10"),
+        1.05,
+        ("baselines", "ridge_hrf", "pcc_temporal_top10"),
+    ),
+    (
+        "share_of_eeg_informed_ceiling",
+        ("point_prediction", "pcc_temporal"),
+        0.6,
+        ("ceilings", "eeg_informed", "pcc_temporal"),
+    ),
 )
 
 
@@ -43,7 +53,9 @@ def simulate(work: Path, modality: str, sites: int, subjects: int, run_seconds: 
     summary = folder / "simulation.json"
     if summary.is_file():
         return [folder / site["site_id"] for site in json.loads(summary.read_text())["sites"]]
-    return simulate_dataset(folder, n_sites=sites, subjects_per_site=subjects, modality=modality, seed=seed, run_seconds=run_seconds)
+    return simulate_dataset(
+        folder, n_sites=sites, subjects_per_site=subjects, modality=modality, seed=seed, run_seconds=run_seconds
+    )
 
 
 def _get(report: dict[str, Any], path: tuple[str, ...]) -> float | None:
@@ -72,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, action="append", help="existing BIDS sites (default: simulate)")
     parser.add_argument("--sites", type=int, default=3)
     parser.add_argument("--subjects", type=int, default=8, help="subjects per simulated site")
-    parser.add_argument("--run-seconds", type=float, default=None, help="simulated run length (default: the scenario's ~8 min)")
+    parser.add_argument(
+        "--run-seconds", type=float, default=None, help="simulated run length (default: the scenario's ~8 min)"
+    )
     parser.add_argument("--preset", default="small")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the preset's)")
     parser.add_argument("--guidance", type=float, default=1.0)
@@ -80,8 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-windows", type=int, default=None, help="test windows scored per site")
     parser.add_argument("--baseline-epochs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--checkpoint", type=Path, default=None, help="evaluate this checkpoint instead of training one")
-    parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "fedneurogen" / "bench-quality", help="simulations and runs")
+    parser.add_argument(
+        "--checkpoint", type=Path, default=None, help="evaluate this checkpoint instead of training one"
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path.home() / ".cache" / "fedneurogen" / "bench-quality",
+        help="simulations and runs",
+    )
     args = parser.parse_args(argv)
 
     from rich.console import Console
@@ -135,7 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         table.add_column(column)
     for name, target in report["targets"].items():
         value = "-" if target["value"] is None else f"{target['value']:.3f}"
-        threshold = "-" if target["threshold"] is None else f"{target['factor']} x {target['reference']:.3f} = {target['threshold']:.3f}"
+        threshold = (
+            "-"
+            if target["threshold"] is None
+            else f"{target['factor']} x {target['reference']:.3f} = {target['threshold']:.3f}"
+        )
         met = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[target["met"]]
         table.add_row(name, value, threshold, met)
     render_report(report, console)

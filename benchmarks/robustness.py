@@ -84,7 +84,9 @@ def run_settings(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def held_out_loss(model: NeuroGenModel, tests: list[PairedWindows], class_names: list[str], batch_size: int, seed: int) -> dict[str, float]:
+def held_out_loss(
+    model: NeuroGenModel, tests: list[PairedWindows], class_names: list[str], batch_size: int, seed: int
+) -> dict[str, float]:
     """The generator's loss on the test windows without the contrastive term (which compares the
     windows of a batch with each other): diffusion loss + mean head's MSE, and each part.
     Timesteps and noise come from one seeded generator, so the same weights give the same numbers."""
@@ -108,7 +110,9 @@ def held_out_loss(model: NeuroGenModel, tests: list[PairedWindows], class_names:
     return out
 
 
-def evaluate_model(model: NeuroGenModel, class_names: list[str], tests: list[PairedWindows], args: argparse.Namespace) -> dict[str, Any]:
+def evaluate_model(
+    model: NeuroGenModel, class_names: list[str], tests: list[PairedWindows], args: argparse.Namespace
+) -> dict[str, Any]:
     result = score(model, class_names, tests, args.sampling_steps, args.seed)
     loss = held_out_loss(model, tests, class_names, TRAIN_PRESETS[args.preset].batch_size, args.seed)
     return {**result, "val_loss": loss["total"], "val_loss_parts": loss}
@@ -132,7 +136,11 @@ def rounds_done(run_dir: Path) -> int:
 
 
 def relative(value: float, reference: float) -> float | None:
-    return (value - reference) / abs(reference) if reference and math.isfinite(reference) and math.isfinite(value) else None
+    return (
+        (value - reference) / abs(reference)
+        if reference and math.isfinite(reference) and math.isfinite(value)
+        else None
+    )
 
 
 def judge(report: dict[str, Any]) -> dict[str, Any]:
@@ -143,8 +151,16 @@ def judge(report: dict[str, Any]) -> dict[str, Any]:
     learned_pcc = bool(pcc_clean > max(LEARNED_PCC, LEARNED_NOISE_MULTIPLE * abs(noise)))
     learned_loss = bool(loss_clean <= LEARNED_LOSS_RATIO * loss_initial)
     # a non-finite score (weights blown up by the attack) counts as degraded, never as kept
-    pcc_ok = {run: bool(math.isfinite(report[f"pcc_{run}"]) and report[f"pcc_{run}"] >= (1 - TOLERANCE) * pcc_clean) for run in ROBUST}
-    loss_ok = {run: bool(math.isfinite(report[f"val_loss_{run}"]) and report[f"val_loss_{run}"] <= (1 + TOLERANCE) * loss_clean) for run in ROBUST}
+    pcc_ok = {
+        run: bool(math.isfinite(report[f"pcc_{run}"]) and report[f"pcc_{run}"] >= (1 - TOLERANCE) * pcc_clean)
+        for run in ROBUST
+    }
+    loss_ok = {
+        run: bool(
+            math.isfinite(report[f"val_loss_{run}"]) and report[f"val_loss_{run}"] <= (1 + TOLERANCE) * loss_clean
+        )
+        for run in ROBUST
+    }
     fedavg_pcc_degraded = not (report["pcc_poisoned_fedavg"] >= (1 - TOLERANCE) * pcc_clean)
     fedavg_loss_degraded = not (report["val_loss_poisoned_fedavg"] <= (1 + TOLERANCE) * loss_clean)
     clean_learned = learned_pcc and learned_loss
@@ -175,19 +191,41 @@ def judge(report: dict[str, Any]) -> dict[str, Any]:
 def figures(report: dict[str, Any]) -> list[dict[str, Any]]:
     """The headline numbers for summary.json: each run's PCC and held-out loss, and for the robust
     strategies their ratio to the clean run (target: within 10%, i.e. >= 0.9 / <= 1.1)."""
-    out = [bc.figure("robustness: clean run learned (PCC and held-out loss criteria)", float(report["clean_learned"]), "bool", ">= 1")]
+    out = [
+        bc.figure(
+            "robustness: clean run learned (PCC and held-out loss criteria)",
+            float(report["clean_learned"]),
+            "bool",
+            ">= 1",
+        )
+    ]
     for run in RUNS:
         out.append(bc.figure(f"robustness: PCC, {run}", report[f"pcc_{run}"], "r"))
         out.append(bc.figure(f"robustness: held-out loss, {run}", report[f"val_loss_{run}"], "loss"))
     for run in ROBUST:
         pcc_ratio = report[f"pcc_{run}"] / report["pcc_clean"] if report["pcc_clean"] else None
         out.append(bc.figure(f"robustness: PCC {run} / clean", pcc_ratio, "x", f">= {1 - TOLERANCE:g}"))
-        out.append(bc.figure(f"robustness: held-out loss {run} / clean", report[f"val_loss_{run}"] / report["val_loss_clean"], "x", f"<= {1 + TOLERANCE:g}"))
-    out.append(bc.figure("robustness: held-out loss poisoned_fedavg / clean (the attack's damage)", report["val_loss_poisoned_fedavg"] / report["val_loss_clean"], "x"))
+        out.append(
+            bc.figure(
+                f"robustness: held-out loss {run} / clean",
+                report[f"val_loss_{run}"] / report["val_loss_clean"],
+                "x",
+                f"<= {1 + TOLERANCE:g}",
+            )
+        )
+    out.append(
+        bc.figure(
+            "robustness: held-out loss poisoned_fedavg / clean (the attack's damage)",
+            report["val_loss_poisoned_fedavg"] / report["val_loss_clean"],
+            "x",
+        )
+    )
     return out
 
 
-def build_report(args: argparse.Namespace, results: dict[str, dict], noise: float, timings: dict, windows: dict, load: dict) -> dict[str, Any]:
+def build_report(
+    args: argparse.Namespace, results: dict[str, dict], noise: float, timings: dict, windows: dict, load: dict
+) -> dict[str, Any]:
     report: dict[str, Any] = {}
     for run in ("initial", *RUNS):
         if run in results:
@@ -197,11 +235,15 @@ def build_report(args: argparse.Namespace, results: dict[str, dict], noise: floa
     complete = all(run in results for run in RUNS)
     if complete:
         report["relative_to_clean"] = {
-            run: {"pcc": relative(report[f"pcc_{run}"], report["pcc_clean"]), "val_loss": relative(report[f"val_loss_{run}"], report["val_loss_clean"])}
+            run: {
+                "pcc": relative(report[f"pcc_{run}"], report["pcc_clean"]),
+                "val_loss": relative(report[f"val_loss_{run}"], report["val_loss_clean"]),
+            }
             for run in RUNS[1:]
         }
         report["relative_clean_to_initial"] = {
-            "pcc": relative(report["pcc_clean"], report["pcc_initial"]), "val_loss": relative(report["val_loss_clean"], report["val_loss_initial"]),
+            "pcc": relative(report["pcc_clean"], report["pcc_initial"]),
+            "val_loss": relative(report["val_loss_clean"], report["val_loss_initial"]),
         }
         report.update(judge(report))
         report["figures"] = figures(report)
@@ -229,8 +271,11 @@ def render(report: dict[str, Any], console) -> None:
         return "-" if value is None else f"{100 * value:+.1f}%"
 
     s = report["settings"]
-    title = (f"{s['sites']} fMRI sites, attacker node {s['attack_partition']} ({s['attack']}"
-             + (f" x{s['attack_scale']:g}" if s["attack"] == "scale" else f", std x{s['attack_scale']:g}") + f"), {s['rounds']} rounds x {s['local_epochs']} local epochs")
+    title = (
+        f"{s['sites']} fMRI sites, attacker node {s['attack_partition']} ({s['attack']}"
+        + (f" x{s['attack_scale']:g}" if s["attack"] == "scale" else f", std x{s['attack_scale']:g}")
+        + f"), {s['rounds']} rounds x {s['local_epochs']} local epochs"
+    )
     table = Table(title=title, title_justify="left")
     for column in ("run", "PCC", "vs clean", "held-out loss", "vs clean", "seconds", "within 10%"):
         table.add_column(column, justify="left" if column == "run" else "right")
@@ -241,14 +286,26 @@ def render(report: dict[str, Any], console) -> None:
             continue
         ok = ""
         if run in ROBUST and met:
-            ok = "/".join("[green]yes[/]" if met[k][run] else "[red]no[/]" for k in ("robust_within_10pct_pcc", "robust_within_10pct_val_loss"))
+            ok = "/".join(
+                "[green]yes[/]" if met[k][run] else "[red]no[/]"
+                for k in ("robust_within_10pct_pcc", "robust_within_10pct_val_loss")
+            )
             ok += " (PCC/loss)"
         elif run == "poisoned_fedavg" and met:
-            ok = "degraded: " + "/".join("[yes]" if met[k] else "[no]" for k in ("fedavg_degraded_pcc", "fedavg_degraded_val_loss"))
+            ok = "degraded: " + "/".join(
+                "[yes]" if met[k] else "[no]" for k in ("fedavg_degraded_pcc", "fedavg_degraded_val_loss")
+            )
             ok = ok.replace("[yes]", "yes").replace("[no]", "no")
         r = rel.get(run, {})
-        table.add_row(run.replace("_", " "), cell(report[f"pcc_{run}"]), pct(r.get("pcc")), cell(report[f"val_loss_{run}"]), pct(r.get("val_loss")),
-                      cell(report["seconds"].get(run), 0), ok)
+        table.add_row(
+            run.replace("_", " "),
+            cell(report[f"pcc_{run}"]),
+            pct(r.get("pcc")),
+            cell(report[f"val_loss_{run}"]),
+            pct(r.get("val_loss")),
+            cell(report["seconds"].get(run), 0),
+            ok,
+        )
     table.add_row("noise baseline", cell(report["noise_baseline"]), "", "", "", "", "")
     console.print(table)
     if "clean_learned" in report:
@@ -262,9 +319,13 @@ def render(report: dict[str, Any], console) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, required=True, help="JSON results file")
-    parser.add_argument("--work", type=Path, default=None, help="data, cache and runs (default: a temporary folder); the data is reused")
+    parser.add_argument(
+        "--work", type=Path, default=None, help="data, cache and runs (default: a temporary folder); the data is reused"
+    )
     parser.add_argument("--attack", choices=("scale", "random"), default="scale")
     parser.add_argument("--attack-scale", type=float, default=100.0)
     parser.add_argument("--attack-partition", type=int, default=3, help="the poisoning node (0-based; 3 = site-04)")
@@ -299,7 +360,13 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict] = {}
     load: dict[str, list[float]] = {}
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"), TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[note]}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console) as progress:
         overall = progress.add_task("[bold]robustness[/]", total=2 + len(runs), note="data")
         t = time.time()
@@ -307,7 +374,9 @@ def main(argv: list[str] | None = None) -> int:
         splits = site_splits(sites, args.seed, cache)
         trains = [train for train, _ in splits]
         tests = [limit_windows(test, args.max_test_windows) for _, test in splits]
-        noise = fisher_mean(np.array([shuffled_baseline(w.target, w.runs, w.onsets, w.target_sfreq, seed=args.seed) for w in tests]))
+        noise = fisher_mean(
+            np.array([shuffled_baseline(w.target, w.runs, w.onsets, w.target_sfreq, seed=args.seed) for w in tests])
+        )
         windows = {
             "train_per_site": [min(len(w), args.max_windows) if args.max_windows else len(w) for w in trains],
             "test_per_site": [len(w) for w in tests],
@@ -326,8 +395,14 @@ def main(argv: list[str] | None = None) -> int:
         progress.advance(overall)
 
         common = {
-            "preset": args.preset, "local-epochs": args.local_epochs, "cache-dir": str(cache), "max-windows": args.max_windows,
-            "fraction-evaluate": 0.0, "eval-pcc-windows": 0, "classes": ",".join(class_names), "min-train-nodes": args.sites,
+            "preset": args.preset,
+            "local-epochs": args.local_epochs,
+            "cache-dir": str(cache),
+            "max-windows": args.max_windows,
+            "fraction-evaluate": 0.0,
+            "eval-pcc-windows": 0,
+            "classes": ",".join(class_names),
+            "min-train-nodes": args.sites,
         }
         for name in runs:
             run_dir = work / f"run-{name}"
@@ -339,9 +414,18 @@ def main(argv: list[str] | None = None) -> int:
 
             def federate(name: str = name, run_dir: Path = run_dir, outcome: dict = outcome) -> None:
                 try:
-                    run_federated(run_dir, work / "data", num_sites=args.sites, rounds=args.rounds, modality="fmri",
-                                  subjects_per_site=args.subjects_per_site, run_seconds=args.run_seconds, seed=args.seed,
-                                  run_config={**common, **run_settings(name, args)}, timeout=3600)
+                    run_federated(
+                        run_dir,
+                        work / "data",
+                        num_sites=args.sites,
+                        rounds=args.rounds,
+                        modality="fmri",
+                        subjects_per_site=args.subjects_per_site,
+                        run_seconds=args.run_seconds,
+                        seed=args.seed,
+                        run_config={**common, **run_settings(name, args)},
+                        timeout=3600,
+                    )
                 except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
                     outcome["error"] = err
 
@@ -362,7 +446,9 @@ def main(argv: list[str] | None = None) -> int:
             timings[f"{name}_scoring"] = time.time() - t - timings[name]
             progress.update(task, note=f"PCC {results[name]['pcc']:.3f}, loss {results[name]['val_loss']:.4f}")
             progress.advance(overall)
-            write_json_atomic(args.out, finite(build_report(args, results, noise, timings, windows, load)))  # partial results survive a crash
+            write_json_atomic(
+                args.out, finite(build_report(args, results, noise, timings, windows, load))
+            )  # partial results survive a crash
 
     report = build_report(args, results, noise, timings, windows, load)
     write_json_atomic(args.out, finite(report))

@@ -90,7 +90,9 @@ def descendants(pid: int) -> list[int]:
 
 def group_of(cmdline: str) -> str:
     for key, group in (
-        ("flower-superlink", "superlink"), ("flower-superexec", "superexec"), ("flwr-simulation", "ServerApp + simulation engine"),
+        ("flower-superlink", "superlink"),
+        ("flower-superexec", "superexec"),
+        ("flwr-simulation", "ServerApp + simulation engine"),
         ("flwr run", "flwr run (CLI)"),
     ):
         if key in cmdline:
@@ -166,16 +168,24 @@ class TreeMemory(threading.Thread):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale.json")
-    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="simulated data and window cache, reused across runs")
+    parser.add_argument(
+        "--work", type=Path, default=DEFAULT_WORK, help="simulated data and window cache, reused across runs"
+    )
     parser.add_argument("--sites", default="2,8,32", help="comma-separated site counts")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--subjects-per-site", type=int, default=2)
     parser.add_argument("--run-seconds", type=float, default=60.0, help="length of each simulated run (>= 60)")
     parser.add_argument("--max-windows", type=int, default=8, help="cap on each site's training windows")
     parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--client-cpus", type=int, default=2, help="CPUs per site actor (Ray runs cpus // client_cpus sites at a time)")
+    parser.add_argument(
+        "--client-cpus", type=int, default=2, help="CPUs per site actor (Ray runs cpus // client_cpus sites at a time)"
+    )
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between memory samples")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds one federated run may take")
@@ -191,10 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     from fedneurogen.simulations.federated import run_federated
 
     console = Console(width=None if sys.stdout.isatty() else 132)  # logs: wide enough for the tables
-    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")  # flower-superlink, flwr
+    os.environ["PATH"] = (
+        str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    )  # flower-superlink, flwr
     started = time.perf_counter()
     work = bc.work_dir(args.work.resolve())
-    root, cache, data_seconds = bc.prepare_sites(work, counts[-1], args.subjects_per_site, args.run_seconds, args.seed, console)
+    root, cache, data_seconds = bc.prepare_sites(
+        work, counts[-1], args.subjects_per_site, args.run_seconds, args.seed, console
+    )
     concurrency = max(1, (os.cpu_count() or 1) // args.client_cpus)
     config = {"preset": args.preset, "local-epochs": 1, "max-windows": args.max_windows, "cache-dir": str(cache)}
 
@@ -208,8 +222,19 @@ def main(argv: list[str] | None = None) -> int:
         memory.start()
         t = time.perf_counter()
         try:
-            run_federated(run_dir, root, num_sites=n, rounds=args.rounds, modality="fmri", subjects_per_site=args.subjects_per_site,
-                          run_seconds=args.run_seconds, seed=args.seed, run_config=config, timeout=args.timeout, client_cpus=args.client_cpus)
+            run_federated(
+                run_dir,
+                root,
+                num_sites=n,
+                rounds=args.rounds,
+                modality="fmri",
+                subjects_per_site=args.subjects_per_site,
+                run_seconds=args.run_seconds,
+                seed=args.seed,
+                run_config=config,
+                timeout=args.timeout,
+                client_cpus=args.client_cpus,
+            )
         finally:
             memory.stop()
         wall = time.perf_counter() - t
@@ -219,38 +244,78 @@ def main(argv: list[str] | None = None) -> int:
         train = [float(m.get("train-seconds", 0.0)) for h in history for m in h["train"].get("sites", {}).values()]
         failed = sum(len(h["train"].get("failed", [])) + len(h["evaluate"].get("failed", [])) for h in history)
         row = {
-            "sites": n, "round_seconds": statistics.median(steady), "seconds_per_site": statistics.median(steady) / n,
-            "rounds_seconds": seconds, "site_train_seconds_mean": statistics.mean(train) if train else None,
-            "run_wall_seconds": wall, "outside_rounds_seconds": wall - sum(seconds), "failed_site_replies": failed,
-            "peak_rss_mb": memory.peak_rss, "peak_pss_mb": memory.peak_pss, "pss_fallback_samples": memory.pss_fallbacks,
-            "peak_processes": memory.peak_processes, "rss_mb_by_group_at_peak": memory.groups_at_peak, "memory_samples": memory.samples,
+            "sites": n,
+            "round_seconds": statistics.median(steady),
+            "seconds_per_site": statistics.median(steady) / n,
+            "rounds_seconds": seconds,
+            "site_train_seconds_mean": statistics.mean(train) if train else None,
+            "run_wall_seconds": wall,
+            "outside_rounds_seconds": wall - sum(seconds),
+            "failed_site_replies": failed,
+            "peak_rss_mb": memory.peak_rss,
+            "peak_pss_mb": memory.peak_pss,
+            "pss_fallback_samples": memory.pss_fallbacks,
+            "peak_processes": memory.peak_processes,
+            "rss_mb_by_group_at_peak": memory.groups_at_peak,
+            "memory_samples": memory.samples,
         }
         rows.append(row)
         pss = f"{row['peak_pss_mb']:.0f}" if row["peak_pss_mb"] is not None else "n/a"
-        console.print(f"  round {row['round_seconds']:.1f} s, peak PSS {pss} MB, RSS {row['peak_rss_mb']:.0f} MB, {wall:.0f} s in all")
+        console.print(
+            f"  round {row['round_seconds']:.1f} s, peak PSS {pss} MB, RSS {row['peak_rss_mb']:.0f} MB, {wall:.0f} s in all"
+        )
 
     figures = []
     for row in rows:
         n = row["sites"]
         figures.append(bc.figure(f"scale: round time, {n} sites", row["round_seconds"], "s"))
         mem = row["peak_pss_mb"] if row["peak_pss_mb"] is not None else row["peak_rss_mb"]
-        figures.append(bc.figure(f"scale: peak memory of the federation processes, {n} sites", mem, "MB",
-                              measure="PSS" if row["peak_pss_mb"] is not None else "RSS"))
+        figures.append(
+            bc.figure(
+                f"scale: peak memory of the federation processes, {n} sites",
+                mem,
+                "MB",
+                measure="PSS" if row["peak_pss_mb"] is not None else "RSS",
+            )
+        )
     if len(rows) >= 2:
         first, last = rows[0], rows[-1]
-        figures.append(bc.figure(f"scale: round time per site, {last['sites']} vs {first['sites']} sites",
-                              last["seconds_per_site"] / first["seconds_per_site"], "x",
-                              note="1.0 = round time grows linearly with the number of sites"))
+        figures.append(
+            bc.figure(
+                f"scale: round time per site, {last['sites']} vs {first['sites']} sites",
+                last["seconds_per_site"] / first["seconds_per_site"],
+                "x",
+                note="1.0 = round time grows linearly with the number of sites",
+            )
+        )
 
-    table = Table(title=f"Scale: {args.preset}, {args.subjects_per_site} subjects x {args.run_seconds:g} s per site, "
-                        f"max {args.max_windows} windows, {concurrency} site(s) at a time")
-    for col in ("sites", "round s", "s / site", "site train s", "run s", "peak PSS MB", "peak RSS MB", "processes", "site actors RSS MB"):
+    table = Table(
+        title=f"Scale: {args.preset}, {args.subjects_per_site} subjects x {args.run_seconds:g} s per site, "
+        f"max {args.max_windows} windows, {concurrency} site(s) at a time"
+    )
+    for col in (
+        "sites",
+        "round s",
+        "s / site",
+        "site train s",
+        "run s",
+        "peak PSS MB",
+        "peak RSS MB",
+        "processes",
+        "site actors RSS MB",
+    ):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(
-            str(r["sites"]), f"{r['round_seconds']:.1f}", f"{r['seconds_per_site']:.2f}", f"{r['site_train_seconds_mean'] or 0:.2f}",
-            f"{r['run_wall_seconds']:.0f}", "n/a" if r["peak_pss_mb"] is None else f"{r['peak_pss_mb']:.0f}", f"{r['peak_rss_mb']:.0f}",
-            str(r["peak_processes"]), f"{r['rss_mb_by_group_at_peak'].get('Ray site actors / workers', 0):.0f}",
+            str(r["sites"]),
+            f"{r['round_seconds']:.1f}",
+            f"{r['seconds_per_site']:.2f}",
+            f"{r['site_train_seconds_mean'] or 0:.2f}",
+            f"{r['run_wall_seconds']:.0f}",
+            "n/a" if r["peak_pss_mb"] is None else f"{r['peak_pss_mb']:.0f}",
+            f"{r['peak_rss_mb']:.0f}",
+            str(r["peak_processes"]),
+            f"{r['rss_mb_by_group_at_peak'].get('Ray site actors / workers', 0):.0f}",
         )
     console.print(table)
     bc.print_figure_table("figures", figures, console)
@@ -262,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         "definition": {
             "round_seconds": "median of the server's round seconds (train + evaluate) over rounds after the first",
             "memory": "every descendant process of this benchmark, sampled every --interval s from /proc; "
-                      "RSS summed (shared pages counted per process) and PSS summed (shared pages split)",
+            "RSS summed (shared pages counted per process) and PSS summed (shared pages split)",
             "concurrency": f"{concurrency} site actor(s) at a time (cpus {os.cpu_count()} // client_cpus {args.client_cpus})",
         },
         "run_config": config,

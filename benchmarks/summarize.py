@@ -29,25 +29,39 @@ FIELDS = ("name", "value", "unit", "target", "met")
 
 def machine() -> dict[str, Any]:
     info: dict[str, Any] = {
-        "platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
     try:
         info["cpu_model"] = next(
-            line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
         )
     except (OSError, StopIteration):
         info["cpu_model"] = platform.processor() or platform.machine()
     try:
         info["memory_total_gb"] = round(
-            int(next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")).split()[1]) / 2**20, 1
+            int(
+                next(
+                    line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+                ).split()[1]
+            )
+            / 2**20,
+            1,
         )
     except (OSError, StopIteration):
         pass
     try:
         import torch
 
-        info.update(torch=torch.__version__, threads=torch.get_num_threads(), device="cuda" if torch.cuda.is_available() else "cpu")
+        info.update(
+            torch=torch.__version__,
+            threads=torch.get_num_threads(),
+            device="cuda" if torch.cuda.is_available() else "cpu",
+        )
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
     except ImportError:
@@ -69,7 +83,14 @@ def collect(results: Path, out: Path) -> tuple[list[dict[str, Any]], list[dict[s
         if not isinstance(data, dict) or not isinstance(data.get("figures"), list):
             continue  # an older result without figures
         modified = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
-        sources.append({"file": path.name, "benchmark": data.get("benchmark", path.stem), "modified": modified, "figures": len(data["figures"])})
+        sources.append(
+            {
+                "file": path.name,
+                "benchmark": data.get("benchmark", path.stem),
+                "modified": modified,
+                "figures": len(data["figures"]),
+            }
+        )
         for fig in data["figures"]:
             if not isinstance(fig, dict) or not {"name", "value"} <= fig.keys():
                 problems.append(f"{path.name}: a figure without name/value: {fig!r}")
@@ -88,9 +109,13 @@ def fmt(value: Any) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results", help="folder of result JSON files")
+    parser.add_argument(
+        "--results", type=Path, default=ROOT / "benchmarks" / "results", help="folder of result JSON files"
+    )
     parser.add_argument("--out", type=Path, default=None, help="default: RESULTS/summary.json")
-    parser.add_argument("--expect", default="", help="result names (file stems, comma- or space-separated) that must be present")
+    parser.add_argument(
+        "--expect", default="", help="result names (file stems, comma- or space-separated) that must be present"
+    )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a figure missed its target")
     args = parser.parse_args(argv)
     out = args.out or args.results / "summary.json"
@@ -124,8 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(f["benchmark"], str(f["name"]), fmt(f["value"]), fmt(f["unit"]), fmt(f["target"]), met)
     console.print(table)
     m = summary["machine"]
-    console.print(f"machine: {m.get('cpu_model')}, {m['cpu_count']} CPUs, torch {m.get('torch')}, {m.get('device')}, "
-                  f"load {', '.join(f'{x:.1f}' for x in m['load_average'] or [])}")
+    console.print(
+        f"machine: {m.get('cpu_model')}, {m['cpu_count']} CPUs, torch {m.get('torch')}, {m.get('device')}, "
+        f"load {', '.join(f'{x:.1f}' for x in m['load_average'] or [])}"
+    )
     for problem in problems:
         console.print(f"[yellow]{problem}[/]")
     console.print(f"wrote {out}")

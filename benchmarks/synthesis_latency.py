@@ -94,7 +94,11 @@ def main(argv: list[str] | None = None) -> int:
 
     figures = []
     for row in rows:
-        tag = f"{row['preset']}, batch {row['batch_size']}, {row['ddim_steps']} DDIM steps" + (", cuda" if device == "cuda" else "") + (f", guidance {row['guidance']:g}" if row["guidance"] != 1.0 else "")
+        tag = (
+            f"{row['preset']}, batch {row['batch_size']}, {row['ddim_steps']} DDIM steps"
+            + (", cuda" if device == "cuda" else "")
+            + (f", guidance {row['guidance']:g}" if row["guidance"] != 1.0 else "")
+        )
         headline = row["guidance"] == 1.0  # the synthesize default; guided rows are detail
         figures.append(bc.figure(
             f"synthesis s/segment ({tag})", row["s_per_segment"], "s/segment", f"<= {TARGET_S_PER_SEGMENT}" if headline else None,
@@ -108,7 +112,16 @@ def main(argv: list[str] | None = None) -> int:
         "cases": rows,
     }
     bc.write_result(args.out, "synthesis_latency", figures, detail)
-    columns = ["preset", "batch_size", "guidance", "ddim_steps", "batch_s", "s_per_segment", "cpu_s_per_segment", "speedup_vs_anchor"]
+    columns = [
+        "preset",
+        "batch_size",
+        "guidance",
+        "ddim_steps",
+        "batch_s",
+        "s_per_segment",
+        "cpu_s_per_segment",
+        "speedup_vs_anchor",
+    ]
     bc.print_figures("synthesis latency", figures, rows, columns)
     return 0
 

@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
     parser.add_argument("--quick", action="store_true", help="only the preset batch sizes, 3 repeats")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: bf16 autocast, peak measured in bf16")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="cuda: bf16 autocast, peak measured in bf16"
+    )
     args = parser.parse_args(argv)
 
     bc.set_threads(args.threads)

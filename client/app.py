@@ -59,10 +59,15 @@ def _guarded(handler):
             reply = handler(msg, context, run)
         except SiteRefusal as err:  # a reason the site may tell; the detail (paths) stays here
             log(ERROR, "site refused %s: %s", msg.metadata.message_type, err.detail)
-            reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"site refused: {err.public}"), reply_to=msg)
+            reply = Message(
+                Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"site refused: {err.public}"), reply_to=msg
+            )
         except Exception as err:  # noqa: BLE001 - every failure becomes an error reply
             log(ERROR, "site failed handling %s:\n%s", msg.metadata.message_type, traceback.format_exc())
-            reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"site raised {type(err).__name__}"), reply_to=msg)
+            reply = Message(
+                Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"site raised {type(err).__name__}"),
+                reply_to=msg,
+            )
         _record_sent(context, msg, reply, run)
         return reply
 
@@ -119,16 +124,26 @@ def query(msg: Message, context: Context, run: RunConfig) -> Message:
             statistics = site.private_ridge_statistics(data, dp, ledger, ledger_file)
             context.state["privacy"] = ConfigRecord({"ledger": json.dumps(ledger.to_json())})
         arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in statistics.items()})
-        info = {"modality": data.modality, **({"points": list(data.train.target_names)} if data.modality == "fnirs" else {})}
+        info = {
+            "modality": data.modality,
+            **({"points": list(data.train.target_names)} if data.modality == "fnirs" else {}),
+        }
         # whether the sums went through the Gaussian mechanism, and the site's epsilon after it
-        privacy_metrics = {"private": int(dp is not None), "epsilon": float(ledger.epsilon(dp.delta)) if dp is not None else 0.0}
-        content = RecordDict({"statistics": arrays, "site": ConfigRecord(info), "metrics": MetricRecord(privacy_metrics)})
+        privacy_metrics = {
+            "private": int(dp is not None),
+            "epsilon": float(ledger.epsilon(dp.delta)) if dp is not None else 0.0,
+        }
+        content = RecordDict(
+            {"statistics": arrays, "site": ConfigRecord(info), "metrics": MetricRecord(privacy_metrics)}
+        )
         return Message(content=content, reply_to=msg)
     content = RecordDict({"site": ConfigRecord({"modality": data.modality, "classes": data.classes})})
     return Message(content=content, reply_to=msg)
 
 
-def _privacy(context: Context, run: RunConfig) -> tuple[privacy.DPSettings | None, privacy.PrivacyLedger | None, Path | None]:
+def _privacy(
+    context: Context, run: RunConfig
+) -> tuple[privacy.DPSettings | None, privacy.PrivacyLedger | None, Path | None]:
     """DP settings and this site's ledger for the run: from context.state between rounds, from
     the site's disk when the run (or the site daemon) was restarted."""
     if not run.dp_enabled:
@@ -162,19 +177,30 @@ def train(msg: Message, context: Context, run: RunConfig) -> Message:
     train_config, server_round = site.train_config(run), int(config["server-round"])
     # Where this site is in the learning-rate schedule (warm-up), from the round number rather
     # than from state kept in memory, so a resumed run or a restarted site daemon continues it.
-    start_step = (server_round - 1) * train_config.epochs * privacy.steps_per_epoch(len(data.train), train_config.batch_size)
+    start_step = (
+        (server_round - 1) * train_config.epochs * privacy.steps_per_epoch(len(data.train), train_config.batch_size)
+    )
     dp, ledger, ledger_file = _privacy(context, run)
     metrics = site.train(
-        model, data, config=train_config, epochs=train_config.epochs,
-        class_names=list(config.get("class-names", [])), seed=run.seed + 1000 * server_round,
-        start_step=start_step, proximal_mu=float(config.get("proximal-mu", 0.0)),  # sent by FedProx with the round
+        model,
+        data,
+        config=train_config,
+        epochs=train_config.epochs,
+        class_names=list(config.get("class-names", [])),
+        seed=run.seed + 1000 * server_round,
+        start_step=start_step,
+        proximal_mu=float(config.get("proximal-mu", 0.0)),  # sent by FedProx with the round
         # stop early enough to reply before the server stops waiting for this round
-        deadline=time.time() + 0.8 * run.round_timeout, dp=dp, ledger=ledger,
+        deadline=time.time() + 0.8 * run.round_timeout,
+        dp=dp,
+        ledger=ledger,
     )
     if dp:
         context.state["privacy"] = ConfigRecord({"ledger": json.dumps(ledger.to_json())})
         privacy.save_ledger(ledger_file, ledger)
-    update = drills.poison(run, context.node_config, site.site_parameters(model, data.modality), received, seed=server_round)
+    update = drills.poison(
+        run, context.node_config, site.site_parameters(model, data.modality), received, seed=server_round
+    )
     return _reply(msg, data, metrics, ArrayRecord(update))
 
 
@@ -190,7 +216,11 @@ def evaluate(msg: Message, context: Context, run: RunConfig) -> Message:
         return _reply(msg, data, {"num-examples": len(data.val), "withheld": 1})
     model = site.build_model(run.preset, msg.content["arrays"].to_torch_state_dict())
     metrics = site.evaluate(
-        model, data, class_names=list(config.get("class-names", [])), batch_size=site.train_config(run).batch_size,
-        seed=run.seed, pcc_windows=run.eval_pcc_windows,
+        model,
+        data,
+        class_names=list(config.get("class-names", [])),
+        batch_size=site.train_config(run).batch_size,
+        seed=run.seed,
+        pcc_windows=run.eval_pcc_windows,
     )
     return _reply(msg, data, metrics)

@@ -28,7 +28,9 @@ def check_fault(run: RunConfig, node_config: dict) -> None:
         raise RuntimeError("injected fault (run config fault-partition)")
 
 
-def poison(run: RunConfig, node_config: dict, local: dict[str, torch.Tensor], received: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+def poison(
+    run: RunConfig, node_config: dict, local: dict[str, torch.Tensor], received: dict[str, torch.Tensor], seed: int
+) -> dict[str, torch.Tensor]:
     """The update this node sends: ``local`` unchanged unless it is the attack drill's node."""
     if not _is_node(run.attack_partition, node_config):
         return local

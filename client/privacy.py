@@ -63,7 +63,9 @@ class DPSettings:
     max_grad_norm: float
     planned_rounds: int
     accountant: str = _RUN_DEFAULTS.dp_accountant  # "rdp" or "prv"
-    statistics_share: float = _RUN_DEFAULTS.dp_statistics_share  # of target_epsilon, spent on the ridge statistics (0: not released)
+    statistics_share: float = (
+        _RUN_DEFAULTS.dp_statistics_share
+    )  # of target_epsilon, spent on the ridge statistics (0: not released)
     statistics_clip: float = _RUN_DEFAULTS.dp_statistics_clip  # bound on a subject's per-frame-averaged statistics (L2)
     secure_mode: bool = False  # Opacus' cryptographically secure noise (needs torchcsprng; a site's node config)
 
@@ -155,14 +157,18 @@ def dp_steps_per_epoch(n_windows: int, batch_size: int) -> int:
     return math.ceil(n_windows / batch_size)
 
 
-def plan_round(ledger: PrivacyLedger, settings: DPSettings, n_windows: int, batch_size: int, epochs: int) -> tuple[float, float, int]:
+def plan_round(
+    ledger: PrivacyLedger, settings: DPSettings, n_windows: int, batch_size: int, epochs: int
+) -> tuple[float, float, int]:
     """``(noise multiplier, sample rate, steps)`` of this round; sets the ledger's noise
     multiplier at its first round, for the planned number of rounds."""
     batches = dp_steps_per_epoch(n_windows, batch_size)
     sample_rate = 1.0 / batches
     steps = batches * epochs
     if ledger.noise_multiplier is None:  # what is left after anything already spent (the statistics)
-        ledger.noise_multiplier = noise_for_budget(ledger, settings.target_epsilon, settings.delta, sample_rate, steps * settings.planned_rounds)
+        ledger.noise_multiplier = noise_for_budget(
+            ledger, settings.target_epsilon, settings.delta, sample_rate, steps * settings.planned_rounds
+        )
     return ledger.noise_multiplier, sample_rate, steps
 
 
@@ -192,7 +198,10 @@ def budget_allows(ledger: PrivacyLedger, settings: DPSettings, planned: tuple[fl
 
 
 def release_statistics(
-    ledger: PrivacyLedger, settings: DPSettings, train: list[RidgeStatistics], val: list[RidgeStatistics] | None,
+    ledger: PrivacyLedger,
+    settings: DPSettings,
+    train: list[RidgeStatistics],
+    val: list[RidgeStatistics] | None,
 ) -> dict[str, np.ndarray]:
     """The Gaussian mechanism on the ridge path's statistics, one subject per privacy unit.
 
@@ -212,10 +221,20 @@ def release_statistics(
     for prefix, subjects in (("train", train), ("val", val)):
         if not subjects:
             continue
-        noisy = add_gaussian_noise(sum_statistics([clip_subject(s, settings.statistics_clip) for s in subjects]), sigma, settings.statistics_clip, rng)
+        noisy = add_gaussian_noise(
+            sum_statistics([clip_subject(s, settings.statistics_clip) for s in subjects]),
+            sigma,
+            settings.statistics_clip,
+            rng,
+        )
         out |= {f"{prefix}.{k}": np.atleast_1d(v) for k, v in noisy.as_arrays().items()}
     ledger.history.append((sigma, 1.0, 1))
-    ledger.statistics = {"noise_multiplier": sigma, "clip": settings.statistics_clip, "epsilon": ledger.epsilon(settings.delta), "subjects": len(train) + len(val or [])}
+    ledger.statistics = {
+        "noise_multiplier": sigma,
+        "clip": settings.statistics_clip,
+        "epsilon": ledger.epsilon(settings.delta),
+        "subjects": len(train) + len(val or []),
+    }
     return out
 
 
@@ -233,7 +252,9 @@ def statistics_noise_multiplier(ledger: PrivacyLedger, settings: DPSettings) -> 
     return noise_for_budget(ledger, settings.statistics_share * settings.target_epsilon, settings.delta, 1.0, 1)
 
 
-def add_gaussian_noise(stats: RidgeStatistics, noise_multiplier: float, clip: float, rng: np.random.Generator) -> RidgeStatistics:
+def add_gaussian_noise(
+    stats: RidgeStatistics, noise_multiplier: float, clip: float, rng: np.random.Generator
+) -> RidgeStatistics:
     """Summed clipped statistics plus the Gaussian mechanism's noise (sensitivity sqrt(2) x clip)."""
     std = noise_multiplier * math.sqrt(2.0) * clip
     arrays = stats.as_arrays()
@@ -245,8 +266,12 @@ def add_gaussian_noise(stats: RidgeStatistics, noise_multiplier: float, clip: fl
 
 
 def make_private(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, ledger: PrivacyLedger, settings: DPSettings,
-    n_windows: int, batch_size: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ledger: PrivacyLedger,
+    settings: DPSettings,
+    n_windows: int,
+    batch_size: int,
 ) -> tuple[torch.nn.Module, torch.optim.Optimizer, "PrivacyEngine"]:
     """Wrap ``model`` (already ``prepare_for_dp``-ed) and ``optimizer`` for DP-SGD, the engine's
     accountant continuing the ledger. After training, ``ledger.history = engine.accountant.history``."""
@@ -261,12 +286,17 @@ def make_private(
         try:
             import torchcsprng  # noqa: F401
         except ImportError:
-            raise ConfigError("dp-secure-mode needs the torchcsprng package (Opacus' secure noise generator); install it or unset dp-secure-mode") from None
+            raise ConfigError(
+                "dp-secure-mode needs the torchcsprng package (Opacus' secure noise generator); install it or unset dp-secure-mode"
+            ) from None
     engine = PrivacyEngine(accountant=ledger.accountant, secure_mode=settings.secure_mode)
     engine.accountant.history = list(ledger.history)
     dp_model, dp_optimizer, _ = engine.make_private(
-        module=model, optimizer=optimizer, data_loader=loader,
-        noise_multiplier=ledger.noise_multiplier, max_grad_norm=settings.max_grad_norm,
+        module=model,
+        optimizer=optimizer,
+        data_loader=loader,
+        noise_multiplier=ledger.noise_multiplier,
+        max_grad_norm=settings.max_grad_norm,
         poisson_sampling=True,
         # Per-sample gradients from module hooks: about 1.5x a non-private step (see
         # benchmarks/dp_overhead.py). Ghost clipping ("ghost") measured about 7x: its norms

@@ -34,7 +34,10 @@ _DATA_PROBLEMS = (
     (r"different target modalities", "runs of more than one target modality"),
     (r"does not match the EEG run", "EEG and target durations differ"),
     (r"share no channel", "runs share no channels"),
-    (r"EDF|BDF|as EEG|EEG channel|no EEG channels|NaN/inf samples|holds no samples|EEG preprocessing", "unreadable or corrupt EEG files"),
+    (
+        r"EDF|BDF|as EEG|EEG channel|no EEG channels|NaN/inf samples|holds no samples|EEG preprocessing",
+        "unreadable or corrupt EEG files",
+    ),
     (r"GIFTI|NIfTI|BOLD|RepetitionTime|vertices|volume", "unreadable or unusable fMRI files"),
     (r"SNIRF|HbO|HbR|optode|CW intensity", "unreadable or unusable fNIRS files"),
     (r"events|onset|duration|tab-separated|column", "unreadable events tables"),
@@ -65,9 +68,15 @@ def check_data_path(path: Path) -> None:
     if not path.exists():
         raise SiteRefusal("data path not found (see the site's log)", f"data path {path} does not exist")
     if not path.is_dir():
-        raise SiteRefusal("data path is not a folder (see the site's log)", f"data path {path} is not a folder (expected a BIDS dataset)")
+        raise SiteRefusal(
+            "data path is not a folder (see the site's log)",
+            f"data path {path} is not a folder (expected a BIDS dataset)",
+        )
     if not os.access(path, os.R_OK | os.X_OK):
-        raise SiteRefusal("data path not readable: permission denied (see the site's log)", f"data path {path} cannot be read (permission denied)")
+        raise SiteRefusal(
+            "data path not readable: permission denied (see the site's log)",
+            f"data path {path} cannot be read (permission denied)",
+        )
 
 
 def data_refusal(err: DataError) -> SiteRefusal:
@@ -105,7 +114,9 @@ def unsupported_target(site_dir: Path, runs: list) -> SiteRefusal | None:
     else:
         found = ", ".join(others) or "EEG only"
         public = f"no target modality the model has ({allowed}) paired with the EEG (found: {found})"
-    return SiteRefusal(public, f"{site_dir}: {len(runs)} EEG run(s), none with an fMRI or fNIRS recording to pair with; {public}")
+    return SiteRefusal(
+        public, f"{site_dir}: {len(runs)} EEG run(s), none with an fMRI or fNIRS recording to pair with; {public}"
+    )
 
 
 def check_modality(modality: object, site_dir: Path) -> None:
@@ -131,11 +142,18 @@ def check_privacy_policy(node_config: dict, run: RunConfig) -> None:
     sets it with ``--node-config`` (``dp-required=true``, ``dp-max-epsilon=8``,
     ``dp-max-delta=1e-5``), so the coordinator cannot lower it from the run config."""
     if _flag(node_config.get("dp-required", False)) and not run.dp_enabled:
-        raise SiteRefusal("this site trains only under differential privacy (its policy: dp-required); the run has dp-enabled=false")
-    limits = (("dp-max-epsilon", "dp-target-epsilon", run.dp_target_epsilon), ("dp-max-delta", "dp-delta", run.dp_delta))
+        raise SiteRefusal(
+            "this site trains only under differential privacy (its policy: dp-required); the run has dp-enabled=false"
+        )
+    limits = (
+        ("dp-max-epsilon", "dp-target-epsilon", run.dp_target_epsilon),
+        ("dp-max-delta", "dp-delta", run.dp_delta),
+    )
     for policy_key, run_key, value in limits:
         if run.dp_enabled and policy_key in node_config and value > float(node_config[policy_key]):
-            raise SiteRefusal(f"the run's {run_key} = {value:g} is above this site's limit {policy_key} = {float(node_config[policy_key]):g}")
+            raise SiteRefusal(
+                f"the run's {run_key} = {value:g} is above this site's limit {policy_key} = {float(node_config[policy_key]):g}"
+            )
 
 
 def site_run_config(run_config: Mapping[str, Any]) -> RunConfig:

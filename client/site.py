@@ -145,9 +145,7 @@ def build_model(preset: str, parameters: dict[str, torch.Tensor]) -> NeuroGenMod
 def site_parameters(model: torch.nn.Module, modality: str) -> dict[str, torch.Tensor]:
     """The parameters this site trains: the shared backbone and its own modality's head."""
     return {
-        name: p.detach().cpu()
-        for name, p in model.named_parameters()
-        if parameter_modality(name) in (None, modality)
+        name: p.detach().cpu() for name, p in model.named_parameters() if parameter_modality(name) in (None, modality)
     }
 
 
@@ -176,14 +174,18 @@ def ridge_statistics(site: SiteData) -> dict[str, np.ndarray]:
     return {k: np.atleast_1d(v) for k, v in out.items()}  # counts as 1-element arrays
 
 
-def private_ridge_statistics(site: SiteData, dp: privacy.DPSettings, ledger: privacy.PrivacyLedger, ledger_file: Path) -> dict[str, np.ndarray]:
+def private_ridge_statistics(
+    site: SiteData, dp: privacy.DPSettings, ledger: privacy.PrivacyLedger, ledger_file: Path
+) -> dict[str, np.ndarray]:
     """The statistics through the Gaussian mechanism (``privacy.release_statistics``), released
     once per run: asked again (a restarted server), the site sends the same release, saved
     beside its ledger, so nothing is spent twice. Saved before the ledger names it."""
     saved = ledger_file.with_suffix(".statistics.npz")
     if ledger.statistics is not None:
         if not saved.is_file():
-            raise SiteRefusal("this run's ridge statistics were released already and their saved copy is gone", f"missing {saved}")
+            raise SiteRefusal(
+                "this run's ridge statistics were released already and their saved copy is gone", f"missing {saved}"
+            )
         with np.load(saved) as arrays:
             return {k: arrays[k] for k in arrays.files}
     if dp.statistics_share <= 0:
@@ -243,9 +245,18 @@ def train(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Full backward hook", UserWarning)  # Opacus hooks on frozen inputs
         stats, _ = train_epochs(
-            net, optimizer, [site.train], epochs=epochs, config=config, class_to_index=class_to_index,
-            seed=seed, start_step=start_step, deadline=deadline, on_step=proximal_step if anchor else None,
-            clip_gradients=not dp, poisson=bool(dp),
+            net,
+            optimizer,
+            [site.train],
+            epochs=epochs,
+            config=config,
+            class_to_index=class_to_index,
+            seed=seed,
+            start_step=start_step,
+            deadline=deadline,
+            on_step=proximal_step if anchor else None,
+            clip_gradients=not dp,
+            poisson=bool(dp),
         )
     summary = stats.summary()
     result.update(loss=summary["loss"], steps=stats.steps, **{"train-seconds": time.time() - start})
@@ -258,7 +269,12 @@ def train(
 
 @torch.no_grad()
 def evaluate(
-    model: NeuroGenModel, site: SiteData, *, class_names: list[str], batch_size: int, seed: int,
+    model: NeuroGenModel,
+    site: SiteData,
+    *,
+    class_names: list[str],
+    batch_size: int,
+    seed: int,
     pcc_windows: int = 0,
 ) -> dict[str, float]:
     """Validation loss on the held-out subjects and, with ``pcc_windows``, the temporal PCC of

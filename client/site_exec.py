@@ -37,7 +37,13 @@ def allowlist_plugin(allowed: frozenset[str], source: str):
             fab_hash = getattr(task, "fab_hash", "") or ""
             if fab_hash not in allowed:
                 shown = fab_hash or "(none given)"
-                log(ERROR, "site refused app %s of run %s: not in the allowlist %s; nothing of it was executed", shown, task.run_id, source)
+                log(
+                    ERROR,
+                    "site refused app %s of run %s: not in the allowlist %s; nothing of it was executed",
+                    shown,
+                    task.run_id,
+                    source,
+                )
                 return LaunchResult.failed(f"app {shown} is not in the site's allowlist {source}")
             return super().launch_task(token, task)
 

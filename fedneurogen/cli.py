@@ -34,7 +34,9 @@ def _show_version(value: bool) -> None:
     if value:
         from importlib.metadata import version
 
-        console.print(f"fedneurogen {version('fedneurogen')} (flwr {version('flwr')}, torch {version('torch')})", highlight=False)
+        console.print(
+            f"fedneurogen {version('fedneurogen')} (flwr {version('flwr')}, torch {version('torch')})", highlight=False
+        )
         raise typer.Exit()
 
 
@@ -48,7 +50,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 @app.callback()
 def _main(
-    show_version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True, help="Print the versions and exit."),
+    show_version: bool = typer.Option(
+        False, "--version", callback=_show_version, is_eager=True, help="Print the versions and exit."
+    ),
 ) -> None:
     """Federated cross-modal neuroimaging generation: EEG -> fMRI BOLD / fNIRS HbO-HbR."""
     import warnings
@@ -81,11 +85,17 @@ def simulate(
     out: Path = typer.Option(..., "--out", help="Folder to write site-01, site-02, ... into."),
     sites: int = typer.Option(3, "--sites", min=1, help="Number of sites."),
     subjects_per_site: int = typer.Option(8, "--subjects-per-site", min=1, help="Subjects per site."),
-    modality: SimModality = typer.Option(SimModality.fmri, "--modality", help="Target modality of the sites; 'mixed' gives fMRI and fNIRS sites."),
+    modality: SimModality = typer.Option(
+        SimModality.fmri, "--modality", help="Target modality of the sites; 'mixed' gives fMRI and fNIRS sites."
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed writes the same data."),
-    run_seconds: float | None = typer.Option(None, "--run-seconds", help="Length of each run (s); default per scenario."),
+    run_seconds: float | None = typer.Option(
+        None, "--run-seconds", help="Length of each run (s); default per scenario."
+    ),
     eeg_only_sessions: list[str] = typer.Option(
-        [], "--eeg-only-sessions", help="GROUP:N - every site also gets N subjects of group A or B with an EEG session only (no fMRI/fNIRS); repeatable."
+        [],
+        "--eeg-only-sessions",
+        help="GROUP:N - every site also gets N subjects of group A or B with an EEG session only (no fMRI/fNIRS); repeatable.",
     ),
 ) -> None:
     """Write simulated paired EEG-fMRI / EEG-fNIRS BIDS datasets with known ground truth."""
@@ -113,13 +123,16 @@ def simulate(
 @app.command()
 def validate(
     site_dir: Path = typer.Argument(..., help="A BIDS site dataset."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON (summary, errors, warnings) instead of tables."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the report as JSON (summary, errors, warnings) instead of tables."
+    ),
 ) -> None:
     """Check a site dataset: print a summary and every problem found (non-zero exit if unusable)."""
     import json
 
     from fedneurogen.shared.data import validate_dataset
     from fedneurogen.shared.data.validate import render_report
+
     report = validate_dataset(site_dir)
     if as_json:  # plain stdout: for scripts and pipelines
         print(json.dumps(report.to_dict(), indent=2, default=str))
@@ -181,7 +194,9 @@ def train(
     data: list[Path] = typer.Option(..., "--data", help="A BIDS site dataset; repeat for several sites."),
     out: Path = typer.Option(..., "--out", help="Run directory (checkpoint/, log.jsonl, tensorboard/)."),
     preset: Preset = typer.Option(Preset.tiny, "--preset", help="Model preset."),
-    max_minutes: float | None = typer.Option(None, "--max-minutes", help="Stop (and checkpoint) after this many minutes."),
+    max_minutes: float | None = typer.Option(
+        None, "--max-minutes", help="Stop (and checkpoint) after this many minutes."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed for the subject split, initialisation and batches."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
@@ -193,8 +208,15 @@ def train(
     try:
         sites, preprocess = _load_sites(data)
         checkpoint = train_centralized(
-            sites, out, preset=preset.value, seed=seed, max_minutes=max_minutes, resume=resume, device=device,
-            preprocess=preprocess.model_dump(), site_names=[d.name for d in data],
+            sites,
+            out,
+            preset=preset.value,
+            seed=seed,
+            max_minutes=max_minutes,
+            resume=resume,
+            device=device,
+            preprocess=preprocess.model_dump(),
+            site_names=[d.name for d in data],
         )
     except FedNeuroGenError as err:  # a bad dataset or configuration: one line naming the file
         _fail_on(err)
@@ -203,7 +225,9 @@ def train(
 
 @app.command()
 def federate(
-    run_dir: Path = typer.Option(..., "--run-dir", help="Server output: checkpoint, history.json, metrics.png, tensorboard/."),
+    run_dir: Path = typer.Option(
+        ..., "--run-dir", help="Server output: checkpoint, history.json, metrics.png, tensorboard/."
+    ),
     data_root: Path = typer.Option(..., "--data-root", help="Folder of site-01, site-02, ... (simulated if absent)."),
     sites: int = typer.Option(3, "--sites", min=1, help="Sites (SuperNodes) in the simulation."),
     rounds: int = typer.Option(3, "--rounds", min=1, help="Federated rounds."),
@@ -211,7 +235,9 @@ def federate(
     subjects_per_site: int = typer.Option(4, "--subjects-per-site", min=1, help="Subjects of each simulated site."),
     preset: Preset = typer.Option(Preset.tiny, "--preset", help="Model preset."),
     seed: int = typer.Option(0, "--seed", help="Seed of the simulation, initial weights, splits and batches."),
-    set_: list[str] = typer.Option([], "--set", help="Any run-config key, e.g. --set strategy=fedprox --set dp-enabled=true."),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Any run-config key, e.g. --set strategy=fedprox --set dp-enabled=true."
+    ),
 ) -> None:
     """Local multi-site federated training: a Flower SuperLink on this machine, one SuperNode per site."""
     from fedneurogen.shared.errors import FedNeuroGenError
@@ -222,12 +248,21 @@ def federate(
     try:
         with _round_progress(total) as show_round:
             out = run_federated(
-                run_dir, data_root, num_sites=sites, rounds=rounds, modality=modality.value, subjects_per_site=subjects_per_site, seed=seed,
-                run_config=overrides, on_round=show_round,
+                run_dir,
+                data_root,
+                num_sites=sites,
+                rounds=rounds,
+                modality=modality.value,
+                subjects_per_site=subjects_per_site,
+                seed=seed,
+                run_config=overrides,
+                on_round=show_round,
             )
     except FedNeuroGenError as err:  # e.g. a bad run config: the ServerApp's ConfigError leads the message
         _fail_on(err)
-    console.print(f"checkpoint: [bold]{out / 'checkpoint'}[/]\nhistory:    {out / 'history.json'}\nplot:       {out / 'metrics.png'}")
+    console.print(
+        f"checkpoint: [bold]{out / 'checkpoint'}[/]\nhistory:    {out / 'history.json'}\nplot:       {out / 'metrics.png'}"
+    )
 
 
 def _round_progress(total: int):
@@ -250,7 +285,9 @@ def _round_progress(total: int):
                 loss, pcc = (train.get("aggregate") or {}).get("loss"), (held_out.get("aggregate") or {}).get("pcc")
                 epsilon = [m["epsilon"] for m in train.get("sites", {}).values() if "epsilon" in m]
                 fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-                line = f"round {entry['round']}/{total}: {answered} site(s) answered" + (f", {failed} failed" if failed else "")
+                line = f"round {entry['round']}/{total}: {answered} site(s) answered" + (
+                    f", {failed} failed" if failed else ""
+                )
                 if (held_out.get("aggregate") or {}).get("withheld"):  # DP sites send no losses or scores
                     line += ", losses and held-out PCC withheld under DP"
                 else:
@@ -258,7 +295,9 @@ def _round_progress(total: int):
                 line += f", epsilon {max(epsilon):.2f}" if epsilon else ""
                 stopping = entry.get("early_stopping") or {}
                 if stopping.get("best_round") is not None:
-                    line += f", residual best at round {stopping['best_round']}" + (" (kept)" if stopping.get("stopped") else "")
+                    line += f", residual best at round {stopping['best_round']}" + (
+                        " (kept)" if stopping.get("stopped") else ""
+                    )
                 bar.console.print(f"{line}, {entry.get('seconds', 0.0):.0f} s")
                 bar.update(task, completed=entry["round"])
 
@@ -272,13 +311,21 @@ def synthesize(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint directory (its EMA weights are used)."),
     data: Path = typer.Option(..., "--data", help="BIDS site whose EEG drives generation."),
     out: Path = typer.Option(..., "--out", help="Derivatives dataset to write (GIFTI on fsaverage5 / SNIRF)."),
-    subjects: list[str] | None = typer.Option(None, "--subjects", help="Only these subjects (sub-01 or 01; repeat or comma-separate)."),
-    label: str | None = typer.Option(None, "--label", help="Condition every window on this class (default: each window's own)."),
+    subjects: list[str] | None = typer.Option(
+        None, "--subjects", help="Only these subjects (sub-01 or 01; repeat or comma-separate)."
+    ),
+    label: str | None = typer.Option(
+        None, "--label", help="Condition every window on this class (default: each window's own)."
+    ),
     estimate: str = typer.Option(
-        "sample", "--estimate", click_type=click.Choice(["sample", "mean"]),
+        "sample",
+        "--estimate",
+        click_type=click.Choice(["sample", "mean"]),
         help="sample: draws from the model (desc-generated<k>); mean: the deterministic point prediction (desc-mean).",
     ),
-    n_samples: int = typer.Option(1, "--n-samples", min=1, help="Samples per window, written as desc-generated1, desc-generated2, ..."),
+    n_samples: int = typer.Option(
+        1, "--n-samples", min=1, help="Samples per window, written as desc-generated1, desc-generated2, ..."
+    ),
     steps: int | None = typer.Option(None, "--steps", min=1, help="DDIM steps (default: the model's sampling_steps)."),
     guidance: float = typer.Option(1.0, "--guidance", help="Classifier-free guidance scale (1 = plain conditional)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sampling noise; sample k uses seed + k - 1."),
@@ -311,12 +358,23 @@ def evaluate(
     max_windows: int | None = typer.Option(None, "--max-windows", min=1, help="Score at most this many test windows."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sampling noise, the noise baseline and the regressor."),
     guidance: float = typer.Option(1.0, "--guidance", help="Classifier-free guidance scale (1 = plain conditional)."),
-    n_samples: int = typer.Option(1, "--n-samples", min=0, help="Samples per window (0: none): one is scored alone, all of them as a mean, and their spread gives the calibration."),
-    baseline_epochs: int = typer.Option(5, "--baseline-epochs", min=0, help="Training epochs of the regression-transformer baseline (0: skip it)."),
-    batch_size: int = typer.Option(16, "--batch-size", min=2, help="Windows per batch (sampling and regressor training)."),
+    n_samples: int = typer.Option(
+        1,
+        "--n-samples",
+        min=0,
+        help="Samples per window (0: none): one is scored alone, all of them as a mean, and their spread gives the calibration.",
+    ),
+    baseline_epochs: int = typer.Option(
+        5, "--baseline-epochs", min=0, help="Training epochs of the regression-transformer baseline (0: skip it)."
+    ),
+    batch_size: int = typer.Option(
+        16, "--batch-size", min=2, help="Windows per batch (sampling and regressor training)."
+    ),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
     pooled_sites: list[Path] | None = typer.Option(
-        None, "--also-trained-on", help="Another site the checkpoint was trained on (repeat): the baselines learn from its training subjects too."
+        None,
+        "--also-trained-on",
+        help="Another site the checkpoint was trained on (repeat): the baselines learn from its training subjects too.",
     ),
 ) -> None:
     """Score a checkpoint on a site's held-out subjects against baselines, noise baseline and ceiling."""
@@ -352,24 +410,50 @@ class DownstreamClassifier(str, Enum):
 
 @app.command()
 def augment(
-    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Global model checkpoint (EMA weights); needed for --strategy generate/all."),
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", help="Global model checkpoint (EMA weights); needed for --strategy generate/all."
+    ),
     data: Path = typer.Option(..., "--data", help="The site's BIDS dataset (read locally; nothing is sent anywhere)."),
-    out: Path = typer.Option(..., "--out", help="Report directory: report.json, report.md, per_class_f1.png, per_group.png."),
-    target: str = typer.Option("trial_type", "--target", help="Label to predict: trial_type or a participants.tsv column."),
-    sensitive_attribute: str | None = typer.Option(None, "--sensitive-attribute", help="participants.tsv column for per-group metrics and class x group balancing."),
-    strategy: list[AugmentStrategy] = typer.Option([AugmentStrategy.all], "--strategy", help="Strategy to compare with 'none' (repeatable); 'all' runs every one."),
+    out: Path = typer.Option(
+        ..., "--out", help="Report directory: report.json, report.md, per_class_f1.png, per_group.png."
+    ),
+    target: str = typer.Option(
+        "trial_type", "--target", help="Label to predict: trial_type or a participants.tsv column."
+    ),
+    sensitive_attribute: str | None = typer.Option(
+        None, "--sensitive-attribute", help="participants.tsv column for per-group metrics and class x group balancing."
+    ),
+    strategy: list[AugmentStrategy] = typer.Option(
+        [AugmentStrategy.all], "--strategy", help="Strategy to compare with 'none' (repeatable); 'all' runs every one."
+    ),
     folds: int = typer.Option(5, "--folds", min=2, help="Cross-validation folds (stratified, grouped by subject)."),
-    target_per_class: int | None = typer.Option(None, "--target-per-class", min=1, help="Windows per class after balancing (default: the largest class)."),
-    classes: str | None = typer.Option(None, "--classes", help="Comma-separated classes to decode (default: all but 'rest')."),
-    classifier: DownstreamClassifier = typer.Option(DownstreamClassifier.logreg, "--classifier", help="logreg / shrinkage lda on EEG band power + target features, or riemann (EEG covariance tangent space + target features)."),
-    features: str = typer.Option("eeg,target", "--features", help="Feature blocks for logreg/lda: eeg, target or eeg,target."),
-    minority_ratio: float = typer.Option(0.8, "--minority-ratio", min=0.01, max=1.0, help="Under-represented: fewer than this x the target size."),
+    target_per_class: int | None = typer.Option(
+        None, "--target-per-class", min=1, help="Windows per class after balancing (default: the largest class)."
+    ),
+    classes: str | None = typer.Option(
+        None, "--classes", help="Comma-separated classes to decode (default: all but 'rest')."
+    ),
+    classifier: DownstreamClassifier = typer.Option(
+        DownstreamClassifier.logreg,
+        "--classifier",
+        help="logreg / shrinkage lda on EEG band power + target features, or riemann (EEG covariance tangent space + target features).",
+    ),
+    features: str = typer.Option(
+        "eeg,target", "--features", help="Feature blocks for logreg/lda: eeg, target or eeg,target."
+    ),
+    minority_ratio: float = typer.Option(
+        0.8, "--minority-ratio", min=0.01, max=1.0, help="Under-represented: fewer than this x the target size."
+    ),
     steps: int | None = typer.Option(None, "--steps", min=1, help="DDIM steps (default: the model's sampling_steps)."),
     guidance: float = typer.Option(2.0, "--guidance", help="Classifier-free guidance scale on the class label."),
     seed: int = typer.Option(0, "--seed", help="Seed of the folds, oversampling, generation noise and classifiers."),
-    eeg_only: bool = typer.Option(False, "--eeg-only", help="Also generate from the site's EEG-only runs (EEG recorded without fMRI/fNIRS)."),
+    eeg_only: bool = typer.Option(
+        False, "--eeg-only", help="Also generate from the site's EEG-only runs (EEG recorded without fMRI/fNIRS)."
+    ),
     estimate: str = typer.Option(
-        "auto", "--estimate", click_type=click.Choice(["auto", "sample", "mean"]),
+        "auto",
+        "--estimate",
+        click_type=click.Choice(["auto", "sample", "mean"]),
         help="Generated target: sample (point prediction + sampled residual, --guidance), mean (point prediction), or auto: "
         "chosen per fold on an inner split of its training subjects among sample (--guidance), sample (no guidance) and mean.",
     ),
@@ -398,19 +482,35 @@ def augment(
     console.print(f"minority: {', '.join(report['minority_units']) or 'none'} ({report['minority_rule']})")
     for name, row in report["summary"].items():
         minority_f1 = "n/a" if row["minority_f1"] is None else f"{row['minority_f1']:.3f}"
-        console.print(f"  {name:>12}: minority F1 {minority_f1}, macro F1 {report['strategies'][name]['macro_f1_mean']:.3f}")
+        console.print(
+            f"  {name:>12}: minority F1 {minority_f1}, macro F1 {report['strategies'][name]['macro_f1_mean']:.3f}"
+        )
     console.print(f"report: [bold]{out / 'report.json'}[/], {out / 'report.md'}")
 
 
 @app.command("explain")
 def explain_command(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="Model checkpoint (EMA weights) whose point prediction is explained."),
+    checkpoint: Path = typer.Option(
+        ..., "--checkpoint", help="Model checkpoint (EMA weights) whose point prediction is explained."
+    ),
     data: Path = typer.Option(..., "--data", help="A BIDS site dataset (all its subjects' windows are used)."),
-    out: Path = typer.Option(..., "--out", help="Output folder: explain.json, dominant_band.png, band_shares.png, electrodes.png, hrf.png."),
-    label: str | None = typer.Option(None, "--label", help="Explain the windows of this class only, conditioned on it (default: all windows, label-free)."),
-    points: str = typer.Option("top", "--points", help="Points summarised: top (best-predicted 10 %), all, or a region (occipital, left occipital, ...)."),
+    out: Path = typer.Option(
+        ..., "--out", help="Output folder: explain.json, dominant_band.png, band_shares.png, electrodes.png, hrf.png."
+    ),
+    label: str | None = typer.Option(
+        None,
+        "--label",
+        help="Explain the windows of this class only, conditioned on it (default: all windows, label-free).",
+    ),
+    points: str = typer.Option(
+        "top",
+        "--points",
+        help="Points summarised: top (best-predicted 10 %), all, or a region (occipital, left occipital, ...).",
+    ),
     steps: int = typer.Option(32, "--steps", min=1, help="Integrated-gradient steps for the learned residual."),
-    max_frames: int | None = typer.Option(None, "--max-frames", min=3, help="Use at most this many frames (evenly spaced) of the site."),
+    max_frames: int | None = typer.Option(
+        None, "--max-frames", min=3, help="Use at most this many frames (evenly spaced) of the site."
+    ),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
 ) -> None:
     """Which EEG bands, electrodes and cortical regions drive the generated target, and the model's effective HRF per region."""
@@ -418,13 +518,17 @@ def explain_command(
     from fedneurogen.shared.explain import EXPLAIN_FILE, explain
 
     try:
-        report = explain(checkpoint, data, out, label=label, points=points, steps=steps, max_rows=max_frames, device=device)
+        report = explain(
+            checkpoint, data, out, label=label, points=points, steps=steps, max_rows=max_frames, device=device
+        )
     except FedNeuroGenError as err:
         _fail_on(err)
     shares = report["band_shares"]["prediction"]
     console.print(f"{report['points']['rule']} ({report['points']['count']} of {report['points']['of']})")
     console.print("band shares of the prediction variance: " + ", ".join(f"{b} {v:.2f}" for b, v in shares.items()))
-    console.print(f"top electrodes: {', '.join(report['electrodes']['ranking'][:8])}; effective HRF peak {report['effective_hrf']['selected_points']['peak_s']:.1f} s")
+    console.print(
+        f"top electrodes: {', '.join(report['electrodes']['ranking'][:8])}; effective HRF peak {report['effective_hrf']['selected_points']['peak_s']:.1f} s"
+    )
     console.print(f"report: [bold]{out / EXPLAIN_FILE}[/] (figures: {', '.join(report['plots'])})")
 
 
@@ -432,7 +536,9 @@ def explain_command(
 def fairness_table(
     out: Path = typer.Option(..., "--out", help="Output folder (data/, model/, conditions/, table.json/.md/.png)."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Use this generator instead of training one."),
-    quick: bool = typer.Option(False, "--quick", help="Reduced sizes (5 subjects, 20 vs 5 / 24 vs 6 windows, 3 folds)."),
+    quick: bool = typer.Option(
+        False, "--quick", help="Reduced sizes (5 subjects, 20 vs 5 / 24 vs 6 windows, 3 folds)."
+    ),
     train_minutes: float = typer.Option(6.0, "--train-minutes", help="Generator training time when no --checkpoint."),
     seed: int = typer.Option(0, "--seed", help="Seed of the simulation, the cuts, the folds and generation."),
 ) -> None:
@@ -448,7 +554,9 @@ def fairness_table(
 def privacy_budget(
     state_dir: Path = typer.Option(..., "--state-dir", help="The site's state folder (its --node-config state-dir)."),
     delta: float = typer.Option(1e-5, "--delta", help="The run's dp-delta."),
-    run_dir: str | None = typer.Option(None, "--run-dir", help="Only the ledger of this run (its run-config run-dir, as the server wrote it)."),
+    run_dir: str | None = typer.Option(
+        None, "--run-dir", help="Only the ledger of this run (its run-config run-dir, as the server wrote it)."
+    ),
 ) -> None:
     """A site's spent differential-privacy budget: one line per federated run it trained in."""
     import json
@@ -461,7 +569,9 @@ def privacy_budget(
     paths = [p for p in paths if p.is_file()]
     if not paths:
         _fail(f"no privacy ledger in {state_dir}" + (f" for run-dir {run_dir!r}" if run_dir else ""))
-    table = Table("ledger", "accountant", "noise multiplier", "DP steps", "statistics released", f"epsilon (delta={delta:g})")
+    table = Table(
+        "ledger", "accountant", "noise multiplier", "DP steps", "statistics released", f"epsilon (delta={delta:g})"
+    )
     total = 0.0
     for path in paths:
         try:
@@ -471,17 +581,32 @@ def privacy_budget(
         multiplier = f"{ledger.noise_multiplier:.3f}" if ledger.noise_multiplier else "-"
         epsilon = ledger.epsilon(delta)
         total += epsilon
-        table.add_row(path.name, ledger.accountant, multiplier, str(ledger.steps), "yes" if ledger.statistics else "no", f"{epsilon:.3f}")
+        table.add_row(
+            path.name,
+            ledger.accountant,
+            multiplier,
+            str(ledger.steps),
+            "yes" if ledger.statistics else "no",
+            f"{epsilon:.3f}",
+        )
     console.print(table)
     if len(paths) > 1:  # runs on the same data compose: their epsilons add up (deltas too)
-        console.print(f"all {len(paths)} runs on this site's data together: epsilon <= {total:.3f} (delta <= {len(paths) * delta:g}; basic composition)")
+        console.print(
+            f"all {len(paths)} runs on this site's data together: epsilon <= {total:.3f} (delta <= {len(paths) * delta:g}; basic composition)"
+        )
 
 
 @app.command("cache")
 def cache_command(
-    cache_dir: Path = typer.Option(None, "--dir", help="The cache folder (default: $FEDNEUROGEN_CACHE or ~/.cache/fedneurogen)."),
-    purge: bool = typer.Option(False, "--purge", help="Delete the cached windows (all, or those older than --older-than)."),
-    older_than: float | None = typer.Option(None, "--older-than", help="With --purge: only entries not written for this many days."),
+    cache_dir: Path = typer.Option(
+        None, "--dir", help="The cache folder (default: $FEDNEUROGEN_CACHE or ~/.cache/fedneurogen)."
+    ),
+    purge: bool = typer.Option(
+        False, "--purge", help="Delete the cached windows (all, or those older than --older-than)."
+    ),
+    older_than: float | None = typer.Option(
+        None, "--older-than", help="With --purge: only entries not written for this many days."
+    ),
 ) -> None:
     """The preprocessed windows cached on this machine (patient data): list them, or purge them."""
     from rich.table import Table
@@ -492,11 +617,22 @@ def cache_command(
     if older_than is not None and not purge:
         _fail("--older-than goes with --purge", EXIT_CONFIG)
     entries = cache.purge(older_than) if purge else cache.entries()
-    table = Table("site folder", "created", "windows", "MB", title=f"{'removed from' if purge else 'cached in'} {cache.dir}", title_justify="left")
+    table = Table(
+        "site folder",
+        "created",
+        "windows",
+        "MB",
+        title=f"{'removed from' if purge else 'cached in'} {cache.dir}",
+        title_justify="left",
+    )
     for entry in entries:
-        table.add_row(str(entry["site_dir"]), str(entry["created"]), str(entry["n_windows"]), f"{entry['bytes'] / 1e6:.1f}")
+        table.add_row(
+            str(entry["site_dir"]), str(entry["created"]), str(entry["n_windows"]), f"{entry['bytes'] / 1e6:.1f}"
+        )
     console.print(table)
-    console.print(f"{len(entries)} site(s), {sum(e['bytes'] for e in entries) / 1e6:.1f} MB" + (" removed" if purge else ""))
+    console.print(
+        f"{len(entries)} site(s), {sum(e['bytes'] for e in entries) / 1e6:.1f} MB" + (" removed" if purge else "")
+    )
 
 
 @app.command("app-hash")
@@ -516,7 +652,9 @@ def app_hash_command(
         _fail_on(err)
 
 
-certs_app = typer.Typer(help="Certificates and keys for a deployed federation (TLS, SuperNode authentication).", no_args_is_help=True)
+certs_app = typer.Typer(
+    help="Certificates and keys for a deployed federation (TLS, SuperNode authentication).", no_args_is_help=True
+)
 app.add_typer(certs_app, name="certs")
 
 
@@ -532,22 +670,30 @@ def _certs_call(fn, *args, **kwargs):
 @certs_app.command("ca")
 def certs_ca(
     out: Path = typer.Option(..., "--out", help="Folder for ca.crt and ca.key (keep ca.key on the coordinator only)."),
-    organization: str = typer.Option("FedNeuroGen consortium", "--organization", help="Organization named in the certificates."),
+    organization: str = typer.Option(
+        "FedNeuroGen consortium", "--organization", help="Organization named in the certificates."
+    ),
     days: int = typer.Option(3650, "--days", min=1, help="Validity in days."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing CA (every site must then get the new ca.crt)."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace an existing CA (every site must then get the new ca.crt)."
+    ),
 ) -> None:
     """Create the consortium's certificate authority."""
     from fedneurogen.shared.pki import make_ca
 
     pair = _certs_call(make_ca, out, organization=organization, days=days, force=force)
-    console.print(f"CA certificate: [bold]{pair.certificate_or_public}[/] (give it to every site)\nCA key:         {pair.private} (keep it here)")
+    console.print(
+        f"CA certificate: [bold]{pair.certificate_or_public}[/] (give it to every site)\nCA key:         {pair.private} (keep it here)"
+    )
 
 
 @certs_app.command("server")
 def certs_server(
     ca: Path = typer.Option(..., "--ca", help="Folder holding ca.crt and ca.key."),
     out: Path = typer.Option(..., "--out", help="Folder for superlink.crt and superlink.key."),
-    host: list[str] = typer.Option(..., "--host", help="A host name or IP address sites use to reach the SuperLink (repeat for each)."),
+    host: list[str] = typer.Option(
+        ..., "--host", help="A host name or IP address sites use to reach the SuperLink (repeat for each)."
+    ),
     days: int = typer.Option(825, "--days", min=1, help="Validity in days."),
     force: bool = typer.Option(False, "--force", help="Replace an existing certificate."),
 ) -> None:
@@ -555,7 +701,9 @@ def certs_server(
     from fedneurogen.shared.pki import make_server_certificate
 
     pair = _certs_call(make_server_certificate, ca, out, host, days=days, force=force)
-    console.print(f"SuperLink certificate: [bold]{pair.certificate_or_public}[/] (names: {', '.join(host)})\nSuperLink key:         {pair.private}")
+    console.print(
+        f"SuperLink certificate: [bold]{pair.certificate_or_public}[/] (names: {', '.join(host)})\nSuperLink key:         {pair.private}"
+    )
 
 
 @certs_app.command("node-key")
@@ -568,7 +716,9 @@ def certs_node_key(
     from fedneurogen.shared.pki import make_node_keypair
 
     pair = _certs_call(make_node_keypair, out, name, force=force)
-    console.print(f"private key: [bold]{pair.private}[/] (stays at the site, mode 0600)\npublic key:  {pair.certificate_or_public} (send to the coordinator)")
+    console.print(
+        f"private key: [bold]{pair.private}[/] (stays at the site, mode 0600)\npublic key:  {pair.certificate_or_public} (send to the coordinator)"
+    )
 
 
 @certs_app.command("check")

@@ -50,7 +50,13 @@ def site_classes(grid: Grid, min_nodes: int, timeout: float, num_classes: int) -
             names.update(str(c) for c in reply.content["site"]["classes"])
     classes = sorted(names)
     if len(classes) > num_classes:
-        log(WARNING, "%d classes but the model has %d label embeddings; %s get the null label", len(classes), num_classes, classes[num_classes:])
+        log(
+            WARNING,
+            "%d classes but the model has %d label embeddings; %s get the null label",
+            len(classes),
+            num_classes,
+            classes[num_classes:],
+        )
     return classes[:num_classes]
 
 
@@ -59,7 +65,7 @@ def released(arrays: dict, prefix: str) -> RidgeStatistics | None:
     kept at least 1 (post-processing costs no privacy)."""
     if f"{prefix}n" not in arrays:
         return None
-    stats = RidgeStatistics.from_arrays({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+    stats = RidgeStatistics.from_arrays({k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)})
     stats.n = max(stats.n, 1.0)
     return stats
 
@@ -71,7 +77,9 @@ def solve_global_ridge(grid: Grid, model: NeuroGenModel, min_nodes: int, timeout
     where the noise leaves it no better than the mean). Installed in ``model``; returns the choices."""
     _, nodes = sample_nodes(grid, min_nodes, min_nodes)
     request = ConfigRecord({"kind": STATISTICS_REQUEST})
-    messages = [Message(RecordDict({"request": request}), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
+    messages = [
+        Message(RecordDict({"request": request}), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes
+    ]
     sites: dict[str, list[tuple[RidgeStatistics, RidgeStatistics | None, list[str] | None]]] = {}
     private: dict[str, int] = {}  # sites whose sums went through the Gaussian mechanism
     for reply in grid.send_and_receive(messages, timeout=timeout):
@@ -95,7 +103,9 @@ def solve_global_ridge(grid: Grid, model: NeuroGenModel, min_nodes: int, timeout
             log(WARNING, "ridge path: the %s sites have different target points; it is left unfitted", modality)
             continue
         vals = [v for _, v, _ in replies if v is not None]
-        chosen[modality] = solve_ridge_path(model, modality, [t for t, _, _ in replies], sum_statistics(vals) if vals else None, replies[0][2])
+        chosen[modality] = solve_ridge_path(
+            model, modality, [t for t, _, _ in replies], sum_statistics(vals) if vals else None, replies[0][2]
+        )
         chosen[modality]["sites"] = len(replies)
         chosen[modality]["private_sites"] = private.get(modality, 0)
     return chosen
@@ -107,13 +117,20 @@ def checkpoint_extra(run: RunConfig, class_names: list[str], server_round: int, 
         "class_names": class_names,
         "preprocess": PreprocessConfig().model_dump(mode="json"),  # what every site's loader applies
         "provenance": {
-            "trained_by": "federated", "rounds": server_round, "num_server_rounds": run.num_server_rounds,
-            "strategy": run.strategy, "sites_count": sites_count, "local_epochs": run.local_epochs,
+            "trained_by": "federated",
+            "rounds": server_round,
+            "num_server_rounds": run.num_server_rounds,
+            "strategy": run.strategy,
+            "sites_count": sites_count,
+            "local_epochs": run.local_epochs,
             "dp": {"target_epsilon": run.dp_target_epsilon, "delta": run.dp_delta} if run.dp_enabled else None,
             # The sites split subjects with split_subjects(seed) and its default fractions, and
             # `evaluate` applies the same split. (Its "sites" key would list folder names, which
             # sites never send.)
-            "seed": run.seed, "split_seed": run.seed, "val_fraction": 0.15, "test_fraction": 0.2,
+            "seed": run.seed,
+            "split_seed": run.seed,
+            "val_fraction": 0.15,
+            "test_fraction": 0.2,
         },
     }
 
@@ -137,7 +154,9 @@ def main(grid: Grid, context: Context) -> None:
     first, history, class_names = 1, [], None
     if store.latest() is not None:
         if not run.resume:
-            raise ConfigError(f"{store.dir} already holds a run (round {store.latest()['round']}); set resume=true to continue it or choose another run-dir")
+            raise ConfigError(
+                f"{store.dir} already holds a run (round {store.latest()['round']}); set resume=true to continue it or choose another run-dir"
+            )
         done, state, history, meta = store.resume(model)
         strategy.load_state_dict(state)
         first, class_names = done + 1, list(meta.get("class_names") or [])
@@ -157,17 +176,25 @@ def main(grid: Grid, context: Context) -> None:
     stopping = ResidualEarlyStopping(run.early_stopping_patience if evaluating else 0)
     if stopping.active and first == 1:  # the score to beat: the ridge path alone, before training
         grid.begin_round(0)
-        replies = grid.send_and_receive(strategy.configure_evaluate(0, arrays, ConfigRecord({"class-names": class_names}), grid), timeout=timeout)
+        replies = grid.send_and_receive(
+            strategy.configure_evaluate(0, arrays, ConfigRecord({"class-names": class_names}), grid), timeout=timeout
+        )
         stopping.offer(0, (strategy.aggregate_evaluate(0, replies) or {}).get("pcc"), arrays)
         log(INFO, "Held-out PCC of the point prediction before training: %s", stopping.best_score)
     elif stopping.active:  # resumed: the residual it resumes from is the best known
-        stopping.resume(history[-1].get("early_stopping") or {}, (history[-1].get("evaluate", {}).get("aggregate") or {}).get("pcc"), arrays)
+        stopping.resume(
+            history[-1].get("early_stopping") or {},
+            (history[-1].get("evaluate", {}).get("aggregate") or {}).get("pcc"),
+            arrays,
+        )
     for server_round in range(first, num_rounds + 1):
         log(INFO, "[ROUND %d/%d]", server_round, num_rounds)
         started = time.time()
         grid.begin_round(server_round)
         train_config = ConfigRecord({"class-names": class_names})
-        replies = grid.send_and_receive(strategy.configure_train(server_round, arrays, train_config, grid), timeout=timeout)
+        replies = grid.send_and_receive(
+            strategy.configure_train(server_round, arrays, train_config, grid), timeout=timeout
+        )
         new_arrays, _ = strategy.aggregate_train(server_round, replies)
         if new_arrays is None:
             log(WARNING, "Round %d: no usable site update; the global model is unchanged", server_round)
@@ -176,21 +203,25 @@ def main(grid: Grid, context: Context) -> None:
         if stopping.stopped:  # the residual stays at its best round; the rest trains on
             arrays = stopping.best_residual(arrays)
         eval_config = ConfigRecord({"class-names": class_names})
-        replies = grid.send_and_receive(strategy.configure_evaluate(server_round, arrays, eval_config, grid), timeout=timeout)
+        replies = grid.send_and_receive(
+            strategy.configure_evaluate(server_round, arrays, eval_config, grid), timeout=timeout
+        )
         evaluated = strategy.aggregate_evaluate(server_round, replies) or {}
         stopping.offer(server_round, evaluated.get("pcc"), arrays)
         if stopping.active and (stopping.stopped or server_round == num_rounds):
             arrays = stopping.best_residual(arrays)  # what is checkpointed and sent on
 
         report = strategy.report
-        history.append({
-            "round": server_round,
-            "seconds": time.time() - started,
-            "bytes": grid.round_bytes(),  # array bytes sent to and received from the sites
-            "train": report.get(MessageType.TRAIN, {}),
-            "evaluate": report.get(MessageType.EVALUATE, {}),
-            **({"early_stopping": stopping.summary()} if stopping.active else {}),
-        })
+        history.append(
+            {
+                "round": server_round,
+                "seconds": time.time() - started,
+                "bytes": grid.round_bytes(),  # array bytes sent to and received from the sites
+                "train": report.get(MessageType.TRAIN, {}),
+                "evaluate": report.get(MessageType.EVALUATE, {}),
+                **({"early_stopping": stopping.summary()} if stopping.active else {}),
+            }
+        )
         for stage in ("train", "evaluate"):
             log(INFO, "Round %d %s: %s", server_round, stage, history[-1][stage].get("aggregate"))
         load_parameters(model, {k: a.numpy() for k, a in arrays.items()})

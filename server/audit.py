@@ -53,8 +53,13 @@ def content_bytes(content: RecordDict) -> int:
 def describe_message(msg: Message, server_round: int | None = None) -> dict[str, Any]:
     meta = msg.metadata
     entry: dict[str, Any] = {
-        "time": round(time.time(), 3), "round": server_round, "message_type": meta.message_type,
-        "src_node_id": meta.src_node_id, "run_id": meta.run_id, "error": None, "records": {},
+        "time": round(time.time(), 3),
+        "round": server_round,
+        "message_type": meta.message_type,
+        "src_node_id": meta.src_node_id,
+        "run_id": meta.run_id,
+        "error": None,
+        "records": {},
     }
     if msg.has_error():
         entry["error"] = {"code": int(msg.error.code), "reason": config_value(str(msg.error.reason))}
@@ -132,7 +137,9 @@ class AuditedGrid(Grid):
     def run(self) -> Any:
         return self._grid.run
 
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None) -> Message:
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
         return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
@@ -183,7 +190,18 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
 DEFAULT_CONFIG_KEYS = ("modality", "classes", "points")  # points: fNIRS channel names (with the ridge statistics)
 #: Every metric a site sends: client/site.py (train, evaluate), client/app.py (the statistics
 #: reply's private/epsilon, evaluation withheld under DP). Any other key is flagged.
-METRIC_KEYS = ("num-examples", "loss", "pcc", "steps", "budget_exhausted", "train-seconds", "noise-multiplier", "epsilon", "private", "withheld")
+METRIC_KEYS = (
+    "num-examples",
+    "loss",
+    "pcc",
+    "steps",
+    "budget_exhausted",
+    "train-seconds",
+    "noise-multiplier",
+    "epsilon",
+    "private",
+    "withheld",
+)
 PATH_SEPARATORS = ("/", "\\")
 
 
@@ -204,7 +222,7 @@ def _contains(shape: Sequence[int], window: Sequence[int]) -> bool:
     flatten to exactly one window (a window sent reshaped)."""
     shape, window = tuple(shape), tuple(window)
     n = len(window)
-    if n and any(shape[i:i + n] == window for i in range(len(shape) - n + 1)):
+    if n and any(shape[i : i + n] == window for i in range(len(shape) - n + 1)):
         return True
     size = math.prod(window)
     return size > 1 and any(math.prod(shape[i:]) == size for i in range(len(shape)))
@@ -280,7 +298,9 @@ def find_leaks(
     allowed_config, allowed_metrics = set(config_keys), set(metric_keys)
     problems: list[str] = []
     for i, entry in enumerate(entries):
-        where = f"entry {i} (round {entry.get('round')}, {entry.get('message_type')} from node {entry.get('src_node_id')})"
+        where = (
+            f"entry {i} (round {entry.get('round')}, {entry.get('message_type')} from node {entry.get('src_node_id')})"
+        )
         texts = list(_strings(entry.get("error") or {}))
         for rname, record in (entry.get("records") or {}).items():
             kind = record.get("type")
@@ -298,20 +318,30 @@ def find_leaks(
                         if key not in parameter_shapes:
                             problems.append(f"{where}: array {rname}/{key} {list(shape)} is not a model parameter")
                         elif parameter_shapes[key] != shape:
-                            problems.append(f"{where}: array {rname}/{key} has shape {list(shape)}, the parameter {list(parameter_shapes[key])}")
+                            problems.append(
+                                f"{where}: array {rname}/{key} has shape {list(shape)}, the parameter {list(parameter_shapes[key])}"
+                            )
                     is_parameter = parameter_shapes is not None and parameter_shapes.get(key) == shape
                     for window in windows:
                         if _contains(shape, window):
-                            problems.append(f"{where}: array {rname}/{key} {list(shape)} is shaped like a data window {list(window)}")
+                            problems.append(
+                                f"{where}: array {rname}/{key} {list(shape)} is shaped like a data window {list(window)}"
+                            )
                         elif not is_parameter and _recording_like(shape, window):
-                            problems.append(f"{where}: array {rname}/{key} {list(shape)} is shaped like a recording ({window[0]} points)")
+                            problems.append(
+                                f"{where}: array {rname}/{key} {list(shape)} is shaped like a recording ({window[0]} points)"
+                            )
             elif kind == "metric":
                 if len(record.get("values", {})) > max_metrics:
-                    problems.append(f"{where}: metric record {rname} holds {len(record['values'])} values (at most {max_metrics} expected)")
+                    problems.append(
+                        f"{where}: metric record {rname} holds {len(record['values'])} values (at most {max_metrics} expected)"
+                    )
                 unknown = sorted(set(record.get("values", {})) - allowed_metrics)
                 if unknown:
                     shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-                    problems.append(f"{where}: metric record {rname} holds keys that are not among the known metrics: {shown}")
+                    problems.append(
+                        f"{where}: metric record {rname} holds keys that are not among the known metrics: {shown}"
+                    )
                 for key, vtype in record.get("values", {}).items():
                     texts.append(key)
                     if vtype not in ("int", "float"):
@@ -319,7 +349,9 @@ def find_leaks(
             elif kind == "config":
                 for key, value in record.get("values", {}).items():
                     if key not in allowed_config:
-                        problems.append(f"{where}: config {rname}/{key} is not one of the known keys {sorted(allowed_config)}")
+                        problems.append(
+                            f"{where}: config {rname}/{key} is not one of the known keys {sorted(allowed_config)}"
+                        )
                     if key == "classes":
                         for label in value if isinstance(value, list) else [value]:
                             if isinstance(label, str) and not LABEL.fullmatch(label):
@@ -327,7 +359,9 @@ def find_leaks(
                     values = value if isinstance(value, list) else [value]
                     for v in values:
                         if isinstance(v, dict):  # cut string or bytes
-                            problems.append(f"{where}: config {rname}/{key} holds {'bytes' if 'bytes' in v else 'a long string'} ({v.get('bytes', v.get('length'))})")
+                            problems.append(
+                                f"{where}: config {rname}/{key} holds {'bytes' if 'bytes' in v else 'a long string'} ({v.get('bytes', v.get('length'))})"
+                            )
                         elif not isinstance(v, str):
                             problems.append(f"{where}: config {rname}/{key} holds a {type(v).__name__}, not a string")
                         elif len(v) > max_string:
@@ -355,7 +389,9 @@ def summarize(entries: Sequence[Mapping[str, Any]]) -> str:
             parts = []
             for name, r in (e.get("records") or {}).items():
                 if r.get("type") == "array":
-                    parts.append(f"{name}: {len(r['arrays'])} arrays, {sum(a['bytes'] for a in r['arrays'].values())} bytes")
+                    parts.append(
+                        f"{name}: {len(r['arrays'])} arrays, {sum(a['bytes'] for a in r['arrays'].values())} bytes"
+                    )
                 else:
                     parts.append(f"{name}: {r.get('values')}")
             held = "; ".join(parts) or "(empty)"
@@ -383,16 +419,27 @@ def preset_shapes(entries: Sequence[Mapping[str, Any]], preset: str | None) -> t
 
     def shapes_of(name: str) -> dict:
         with torch.device("meta"):  # shapes only: nothing allocated
-            return {k: tuple(p.shape) for k, p in NeuroGenModel(name, fmri_positions=None, device="meta").named_parameters()}
+            return {
+                k: tuple(p.shape) for k, p in NeuroGenModel(name, fmri_positions=None, device="meta").named_parameters()
+            }
 
     if preset:
         return shapes_of(preset), []
-    names = {key for e in entries for r in (e.get("records") or {}).values() if r.get("type") == "array" for key in r.get("arrays", {}) if not RIDGE_STATISTIC.fullmatch(key)}
+    names = {
+        key
+        for e in entries
+        for r in (e.get("records") or {}).values()
+        if r.get("type") == "array"
+        for key in r.get("arrays", {})
+        if not RIDGE_STATISTIC.fullmatch(key)
+    }
     for name in PRESETS:
         shapes = shapes_of(name)
         if names <= set(shapes):
             return shapes, []
-    return None, [f"the received arrays are not the parameters of any preset ({', '.join(PRESETS)}); pass --preset to check each one"]
+    return None, [
+        f"the received arrays are not the parameters of any preset ({', '.join(PRESETS)}); pass --preset to check each one"
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -403,16 +450,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("log", type=Path)
     parser.add_argument("--preset", help="check array names and shapes against this model preset")
-    parser.add_argument("--forbid", action="append", default=[], help="text no string may contain (data root, site name)")
+    parser.add_argument(
+        "--forbid", action="append", default=[], help="text no string may contain (data root, site name)"
+    )
     args = parser.parse_args(argv)
     entries = read_log(args.log)
     shapes, problems = preset_shapes(entries, args.preset)
     print(summarize(entries))
-    problems += find_leaks(entries, parameter_shapes=shapes, window_shapes=default_window_shapes(), forbidden_strings=args.forbid)
+    problems += find_leaks(
+        entries, parameter_shapes=shapes, window_shapes=default_window_shapes(), forbidden_strings=args.forbid
+    )
     if problems:
         print("\n".join(problems))
     else:  # a check of the messages' structure, not of what the weights memorised
-        print(f"{len(entries)} messages: no unexpected records (model parameters of the expected shapes, known metrics, task labels)")
+        print(
+            f"{len(entries)} messages: no unexpected records (model parameters of the expected shapes, known metrics, task labels)"
+        )
     return 1 if problems else 0
 
 

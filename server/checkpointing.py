@@ -59,8 +59,12 @@ class RunStore:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
     def save_round(
-        self, server_round: int, model: NeuroGenModel, strategy_state: dict[str, np.ndarray],
-        history: list[dict], extra: dict[str, Any],
+        self,
+        server_round: int,
+        model: NeuroGenModel,
+        strategy_state: dict[str, np.ndarray],
+        history: list[dict],
+        extra: dict[str, Any],
     ) -> Path:
         """Checkpoint the global model, strategy state and history of ``server_round``.
 
@@ -79,11 +83,15 @@ class RunStore:
             ema.num_updates = server_round
             save_checkpoint(tmp, model, ema=ema, extra=extra)
             if strategy_state:
-                save_file({k: np.array(v, order="C") for k, v in strategy_state.items()}, str(tmp / STRATEGY_FILE))  # keeps 0-d arrays 0-d
+                save_file(
+                    {k: np.array(v, order="C") for k, v in strategy_state.items()}, str(tmp / STRATEGY_FILE)
+                )  # keeps 0-d arrays 0-d
             write_json_atomic(tmp / HISTORY_FILE, clean(history))
             # one manifest over the whole round: resume checks the strategy state and history too
             known = read_manifest(tmp) or {}
-            write_manifest(tmp, sorted(p.name for p in tmp.iterdir() if p.is_file() and p.name != MANIFEST_FILE), known=known)
+            write_manifest(
+                tmp, sorted(p.name for p in tmp.iterdir() if p.is_file() and p.name != MANIFEST_FILE), known=known
+            )
             sync_to_disk(tmp)  # the round's files reach the disk before latest.json can name them
             final = rounds / name
             if final.exists():  # left by a run that crashed before naming it in latest.json
@@ -125,7 +133,9 @@ class RunStore:
         folder = self.dir / str(latest.get("checkpoint", ""))
         rounds = (self.dir / "rounds").resolve()
         if folder.resolve().parent != rounds:  # it names a round folder of this run, nothing else
-            raise ConfigError(f"{self.dir / 'latest.json'} names {latest.get('checkpoint')!r}, not a round folder under {self.dir / 'rounds'}")
+            raise ConfigError(
+                f"{self.dir / 'latest.json'} names {latest.get('checkpoint')!r}, not a round folder under {self.dir / 'rounds'}"
+            )
         meta = load_checkpoint_into(model, folder)
         state = load_file(str(folder / STRATEGY_FILE)) if (folder / STRATEGY_FILE).is_file() else {}
         history = json.loads((folder / HISTORY_FILE).read_text(encoding="utf-8"))
@@ -169,7 +179,12 @@ def plot_history(history: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("train", "loss", "train loss"), ("evaluate", "loss", "held-out loss"), ("evaluate", "pcc", "held-out PCC"), ("train", "epsilon", "epsilon (cumulative)")]
+    panels = [
+        ("train", "loss", "train loss"),
+        ("evaluate", "loss", "held-out loss"),
+        ("evaluate", "pcc", "held-out PCC"),
+        ("train", "epsilon", "epsilon (cumulative)"),
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
     for ax, (stage, key, title) in zip(axes, panels):
         per_site: dict[str, list[tuple[int, float]]] = {}

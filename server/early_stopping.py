@@ -50,7 +50,10 @@ class ResidualEarlyStopping:
         self.best_round = summary.get("best_round")
         self.best_score = score if score is not None and math.isfinite(score) else -math.inf
         self.best = {k: arrays[k] for k in arrays.keys() if is_residual_parameter(k)}
-        self.rounds_without_gain, self.stopped = int(summary.get("rounds_without_gain", 0)), bool(summary.get("stopped", False))
+        self.rounds_without_gain, self.stopped = (
+            int(summary.get("rounds_without_gain", 0)),
+            bool(summary.get("stopped", False)),
+        )
 
     def best_residual(self, arrays: ArrayRecord) -> ArrayRecord:
         """``arrays`` with the best round's residual (unchanged when there is none yet)."""

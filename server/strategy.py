@@ -29,7 +29,17 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError
-from flwr.serverapp.strategy import Bulyan, FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, MultiKrum, Strategy
+from flwr.serverapp.strategy import (
+    Bulyan,
+    FedAdam,
+    FedAvg,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    Krum,
+    MultiKrum,
+    Strategy,
+)
 from flwr.serverapp.strategy.fedopt import FedOpt
 
 from fedneurogen.shared.model import MODALITIES, parameter_modality
@@ -57,7 +67,11 @@ def aggregate_metrics(records: list[RecordDict], weight_key: str) -> MetricRecor
             out[key] = float(values.max())
         elif total > 0:
             finite = np.isfinite(values)
-            out[key] = float((values[finite] * weights[finite]).sum() / max(weights[finite].sum(), 1e-12)) if finite.any() else 0.0
+            out[key] = (
+                float((values[finite] * weights[finite]).sum() / max(weights[finite].sum(), 1e-12))
+                if finite.any()
+                else 0.0
+            )
     return out
 
 
@@ -99,14 +113,24 @@ def make_strategy(run: RunConfig) -> ModalityStrategy:
     """The run's per-modality strategy: ``make_base_strategy`` per part, and the reply checks
     (``min-train-replies``, ``max-examples-per-site``, ``max-update-norm``)."""
     return ModalityStrategy(
-        make_base_strategy(run), min_replies=run.min_train_replies, max_examples=run.max_examples_per_site, max_update_norm=run.max_update_norm
+        make_base_strategy(run),
+        min_replies=run.min_train_replies,
+        max_examples=run.max_examples_per_site,
+        max_update_norm=run.max_update_norm,
     )
 
 
 class ModalityStrategy(Strategy):
     """Runs one instance of a Flower strategy per model part (backbone, fMRI head, fNIRS head)."""
 
-    def __init__(self, factory: Callable[[], FedAvg], min_replies: int = 1, *, max_examples: int = 0, max_update_norm: float = 0.0):
+    def __init__(
+        self,
+        factory: Callable[[], FedAvg],
+        min_replies: int = 1,
+        *,
+        max_examples: int = 0,
+        max_update_norm: float = 0.0,
+    ):
         self.parts = {part: factory() for part in PARTS}
         self.min_replies = max(1, min_replies)  # fewer usable updates than this: keep the global model
         self.max_examples = max_examples  # 0: no fixed cap
@@ -128,7 +152,9 @@ class ModalityStrategy(Strategy):
         self.sent[kind] = {m.metadata.dst_node_id for m in messages}
         return messages
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self.current = arrays
         messages = self._remember(MessageType.TRAIN, self.sampler.configure_train(server_round, arrays, config, grid))
         for part, strategy in self.parts.items():
@@ -136,7 +162,9 @@ class ModalityStrategy(Strategy):
                 strategy.current_arrays = {k: a.numpy() for k, a in arrays.items() if part_of(k) == part}
         return messages
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return self._remember(MessageType.EVALUATE, self.sampler.configure_evaluate(server_round, arrays, config, grid))
 
     # -- receiving ------------------------------------------------------------------------------
@@ -167,7 +195,9 @@ class ModalityStrategy(Strategy):
                 return "malformed reply: no arrays"
             arrays = content["arrays"]
             for name, array in self.current.items():
-                if part_of(name) in (BACKBONE, modality) and (name not in arrays or tuple(arrays[name].shape) != tuple(array.shape)):
+                if part_of(name) in (BACKBONE, modality) and (
+                    name not in arrays or tuple(arrays[name].shape) != tuple(array.shape)
+                ):
                     return f"malformed reply: parameter {name} missing or of the wrong shape"
             for name in arrays.keys():  # one NaN or inf would make every average NaN, and it would be checkpointed
                 if not np.isfinite(arrays[name].numpy()).all():
@@ -208,12 +238,22 @@ class ModalityStrategy(Strategy):
         if not self.max_update_norm:
             return msg
         arrays = msg.content["arrays"]
-        deltas = {k: arrays[k].numpy().astype(np.float64) - self.current[k].numpy() for k in arrays.keys() if k in self.current}
+        deltas = {
+            k: arrays[k].numpy().astype(np.float64) - self.current[k].numpy()
+            for k in arrays.keys()
+            if k in self.current
+        }
         norm = math.sqrt(sum(float(np.square(d).sum()) for d in deltas.values()))
         if norm <= self.max_update_norm:
             return msg
         scale = self.max_update_norm / norm
-        log(WARNING, "train: site (node %s) update norm %.3g scaled to max-update-norm = %g", msg.metadata.src_node_id, norm, self.max_update_norm)
+        log(
+            WARNING,
+            "train: site (node %s) update norm %.3g scaled to max-update-norm = %g",
+            msg.metadata.src_node_id,
+            norm,
+            self.max_update_norm,
+        )
         clipped.append({"node": msg.metadata.src_node_id, "norm": norm, "scaled_to": self.max_update_norm})
         bounded = ArrayRecord({
             k: Array((self.current[k].numpy() + scale * deltas[k]).astype(arrays[k].numpy().dtype)) if k in deltas else arrays[k]
@@ -222,7 +262,9 @@ class ModalityStrategy(Strategy):
         content = RecordDict({**{k: v for k, v in msg.content.items() if k != "arrays"}, "arrays": bounded})
         return Message(content=content, metadata=copy.copy(msg.metadata))
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         usable = self._sort_replies(MessageType.TRAIN, replies)
         if len(usable) < self.min_replies:
             log(WARNING, "aggregate_train: %d usable site update(s), %d required", len(usable), self.min_replies)
@@ -236,13 +278,17 @@ class ModalityStrategy(Strategy):
             arrays = None
             if members:
                 metric_keys = common_keys([m.content for m in members])
-                arrays, part_metrics = strategy.aggregate_train(server_round, [_restrict(m, keys, metric_keys) for m in members])
+                arrays, part_metrics = strategy.aggregate_train(
+                    server_round, [_restrict(m, keys, metric_keys) for m in members]
+                )
                 if part == BACKBONE:
                     metrics = part_metrics
             for k in keys:  # a head no site of this round trains keeps its global weights
                 merged[k] = arrays[k] if arrays is not None else self.current[k]
                 if tuple(merged[k].shape) != tuple(self.current[k].shape):
-                    raise AggregationError(f"{part} aggregation changed the shape of {k}: {merged[k].shape} vs {self.current[k].shape}")
+                    raise AggregationError(
+                        f"{part} aggregation changed the shape of {k}: {merged[k].shape} vs {self.current[k].shape}"
+                    )
         self.report[MessageType.TRAIN]["aggregate"] = dict(metrics or {})
         return merged, metrics
 
@@ -278,5 +324,10 @@ class ModalityStrategy(Strategy):
 def _restrict(msg: Message, keys: list[str], metric_keys: list[str]) -> Message:
     """A copy of a reply holding only the arrays ``keys`` and metrics ``metric_keys``, for one part."""
     arrays, metrics = msg.content["arrays"], msg.content["metrics"]
-    content = RecordDict({"arrays": ArrayRecord({k: arrays[k] for k in keys}), "metrics": MetricRecord({k: metrics[k] for k in metric_keys})})
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({k: arrays[k] for k in keys}),
+            "metrics": MetricRecord({k: metrics[k] for k in metric_keys}),
+        }
+    )
     return Message(content=content, metadata=copy.copy(msg.metadata))  # same sender, for the strategy's logs

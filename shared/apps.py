@@ -21,7 +21,9 @@ def read_allowlist(path: str | Path) -> frozenset[str]:
     """The app hashes in ``path``; a clear error for a missing file, a bad line or no hash."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"allowlist {path} does not exist (one app SHA-256 per line; `fedneurogen app-hash` prints it)")
+        raise ConfigError(
+            f"allowlist {path} does not exist (one app SHA-256 per line; `fedneurogen app-hash` prints it)"
+        )
     hashes = set()
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         entry = line.split("#", 1)[0].strip().lower()
@@ -42,7 +44,9 @@ def app_hash(app: str | Path) -> str:
     if not (app / "pyproject.toml").is_file():
         raise ConfigError(f"{app} is not a Flower app folder (no pyproject.toml)")
     with tempfile.TemporaryDirectory() as out:
-        done = subprocess.run(["flwr", "build", "--app", str(app)], cwd=out, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            ["flwr", "build", "--app", str(app)], cwd=out, capture_output=True, text=True, timeout=300
+        )
         fabs = list(Path(out).glob("*.fab"))
         if done.returncode != 0 or len(fabs) != 1:
             raise ConfigError(f"flwr build --app {app} failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")

@@ -48,12 +48,15 @@ class PreprocessConfig(BaseModel):
     hop_seconds: float = Field(8.0, description="Hop between consecutive windows (s)")
     lag_seconds: float = Field(6.0, description="Hemodynamic delay: target lags EEG by this much (s)")
     history_seconds: float = Field(
-        30.0, gt=0, description="Hemodynamic history (s): each target frame is predicted from the EEG of this many seconds before it (the HRF lasts ~30 s)"
+        30.0,
+        gt=0,
+        description="Hemodynamic history (s): each target frame is predicted from the EEG of this many seconds before it (the HRF lasts ~30 s)",
     )
     power_window_seconds: float = Field(2.0, gt=0, description="Welch segment for the EEG band-power design (s)")
     power_hop_seconds: float = Field(1.0, gt=0, description="Hop between band-power segments (s)")
     hrf_basis: Literal["canonical", "canonical+derivative"] = Field(
-        "canonical+derivative", description="Hemodynamic basis of the design: Glover HRF, optionally with its time derivative"
+        "canonical+derivative",
+        description="Hemodynamic basis of the design: Glover HRF, optionally with its time derivative",
     )
     label_min_fraction: float = Field(
         0.5, description="Keep a window only if its majority class covers at least this fraction of it"

@@ -63,7 +63,9 @@ def run_band_power(eeg: Recording, config: PreprocessConfig) -> tuple[np.ndarray
     log band power (Welch segments of ``power_window_seconds``, hop ``power_hop_seconds``)."""
     nperseg = int(round(config.power_window_seconds * eeg.sfreq))
     hop = int(round(config.power_hop_seconds * eeg.sfreq))
-    freqs, centres, psd = spectrogram(eeg.data, fs=eeg.sfreq, window="hann", nperseg=nperseg, noverlap=nperseg - hop, detrend="constant")
+    freqs, centres, psd = spectrogram(
+        eeg.data, fs=eeg.sfreq, window="hann", nperseg=nperseg, noverlap=nperseg - hop, detrend="constant"
+    )
     power = []
     for low, high in EEG_BANDS.values():
         in_band = (freqs >= low) & (freqs < min(high, 0.45 * eeg.sfreq))
@@ -76,7 +78,11 @@ def run_band_power(eeg: Recording, config: PreprocessConfig) -> tuple[np.ndarray
 def to_virtual_montage(values: np.ndarray, positions_mm: np.ndarray) -> np.ndarray:
     """``values [n_channels, ...]`` at electrodes ``positions_mm`` -> ``[64, ...]`` on the
     virtual montage (equations 1-2: row-normalised inverse squared distances)."""
-    weights = inverse_square_weights(torch.as_tensor(virtual_positions()), torch.as_tensor(np.asarray(positions_mm))).double().numpy()
+    weights = (
+        inverse_square_weights(torch.as_tensor(virtual_positions()), torch.as_tensor(np.asarray(positions_mm)))
+        .double()
+        .numpy()
+    )
     return np.tensordot(weights, values, axes=(1, 0))
 
 
@@ -93,7 +99,9 @@ def _basis_table(kind: str, history: float) -> tuple[np.ndarray, np.ndarray]:
     return lags, basis
 
 
-def hemodynamic_convolution(series: np.ndarray, centres: np.ndarray, frame_times: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+def hemodynamic_convolution(
+    series: np.ndarray, centres: np.ndarray, frame_times: np.ndarray, config: PreprocessConfig
+) -> np.ndarray:
     """``series [P, L]`` known at ``centres`` -> ``[n_frames, P * K]``: each basis function
     applied causally over ``history_seconds`` before each frame (columns: P major, K minor)."""
     lags, basis = _basis_table(config.hrf_basis, config.history_seconds)
@@ -147,7 +155,9 @@ def iter_subject_statistics(
         yield RidgeStatistics.from_rows(design[w, f], target[w, :, f])
 
 
-def subject_statistics(windows: PairedWindows, target: np.ndarray | None = None, design: np.ndarray | None = None) -> list[RidgeStatistics]:
+def subject_statistics(
+    windows: PairedWindows, target: np.ndarray | None = None, design: np.ndarray | None = None
+) -> list[RidgeStatistics]:
     """``iter_subject_statistics`` as a list (one entry per subject: for per-subject privacy)."""
     return list(iter_subject_statistics(windows, target, design))
 
@@ -174,5 +184,7 @@ def feature_bands(n_features: int) -> np.ndarray:
     wide: the groups of the ridge path's banded penalties."""
     n_basis, leftover = divmod(n_features, len(VIRTUAL_MONTAGE) * len(EEG_BANDS))
     if leftover or n_basis not in HRF_BASES.values():
-        raise ValueError(f"a design of {n_features} columns is not {len(VIRTUAL_MONTAGE)} electrodes x {len(EEG_BANDS)} bands x an HRF basis")
+        raise ValueError(
+            f"a design of {n_features} columns is not {len(VIRTUAL_MONTAGE)} electrodes x {len(EEG_BANDS)} bands x an HRF basis"
+        )
     return np.tile(np.repeat(np.arange(len(EEG_BANDS)), n_basis), len(VIRTUAL_MONTAGE))

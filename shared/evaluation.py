@@ -209,7 +209,9 @@ def pool_windows(parts: list[tuple[str, PairedWindows]]) -> PairedWindows:
 # Baselines and scores
 
 
-def fit_predict(make, train: PairedWindows | None, test: PairedWindows, val: PairedWindows | None = None) -> np.ndarray | None:
+def fit_predict(
+    make, train: PairedWindows | None, test: PairedWindows, val: PairedWindows | None = None
+) -> np.ndarray | None:
     """Predictions of the baseline ``make()`` for ``test``: fitted on ``train`` (penalties on
     ``val``), or without training windows, cross-fitted over two halves of the test subjects
     (None with one subject)."""
@@ -241,9 +243,13 @@ def scores(pred: np.ndarray | None, real: PairedWindows, top: np.ndarray | None 
     """``pcc_temporal``, ``pcc_spatial``, ``ssim`` (+ ``pcc_temporal_top10`` on ``top`` points)."""
     if pred is None:
         return None
-    out = {k: float(v) for k, v in generation_metrics(pred, real.target, real.runs, real.onsets, real.target_sfreq).items()}
+    out = {
+        k: float(v) for k, v in generation_metrics(pred, real.target, real.runs, real.onsets, real.target_sfreq).items()
+    }
     if top is not None:
-        out["pcc_temporal_top10"] = float(temporal_pcc(pred, real.target, real.runs, real.onsets, real.target_sfreq, points=top))
+        out["pcc_temporal_top10"] = float(
+            temporal_pcc(pred, real.target, real.runs, real.onsets, real.target_sfreq, points=top)
+        )
     return out
 
 
@@ -334,7 +340,9 @@ def evaluate(
 
     # The baselines and the ceiling learn from the training (and validation) subjects the model
     # learnt from: this site's, and those of ``pooled_sites`` when the model was trained on them.
-    sites = [(site_dir, split)] + [(Path(other), _split_of(other, preprocess, meta, cache_dir, progress)) for other in pooled_sites]
+    sites = [(site_dir, split)] + [
+        (Path(other), _split_of(other, preprocess, meta, cache_dir, progress)) for other in pooled_sites
+    ]
     sites = [(path, sp) for path, sp in sites if sp.train is not None]
 
     def pooled(which: str, design_of=None) -> PairedWindows | None:
@@ -375,8 +383,13 @@ def evaluate(
 
     regressors: list[RegressorBaseline] = []
     if baseline_epochs > 0:
+
         def regressor() -> RegressorBaseline:  # same size as the generator (its ModelConfig)
-            regressors.append(RegressorBaseline(model.config, epochs=baseline_epochs, batch_size=batch_size, seed=seed, device=model.device))
+            regressors.append(
+                RegressorBaseline(
+                    model.config, epochs=baseline_epochs, batch_size=batch_size, seed=seed, device=model.device
+                )
+            )
             return regressors[-1]
 
         with _status(progress, f"fitting the regression-transformer baseline ({baseline_epochs} epochs)"):
@@ -436,7 +449,9 @@ def evaluate(
     return report
 
 
-def _split_of(site: str | Path, preprocess: PreprocessConfig, meta: dict[str, Any], cache_dir, progress: bool) -> EvaluationSplit:
+def _split_of(
+    site: str | Path, preprocess: PreprocessConfig, meta: dict[str, Any], cache_dir, progress: bool
+) -> EvaluationSplit:
     from fedneurogen.shared.data import load_site
 
     return evaluation_split(load_site(site, preprocess, cache_dir=cache_dir, progress=progress), meta, Path(site))
@@ -511,7 +526,10 @@ def pool_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
         for key in path[:-1]:
             target = target.setdefault(key, {})
         target[path[-1]] = metrics
-    headline, ridge, informed = (report_row(pooled_report, p) for p in (("point_prediction",), ("baselines", "ridge_hrf"), ("ceilings", "eeg_informed")))
+    headline, ridge, informed = (
+        report_row(pooled_report, p)
+        for p in (("point_prediction",), ("baselines", "ridge_hrf"), ("ceilings", "eeg_informed"))
+    )
     return {
         **pooled_report,
         "relative": _relative(headline, ridge, informed),
@@ -540,23 +558,37 @@ def write_plots(
     chosen = test.labels == shown if shown is not None else np.ones(len(test), bool)
     what = f"class '{shown}'" if shown is not None else "all windows"
     # "prediction" = the point prediction (a short name: it titles each map)
-    maps = {name: values[chosen].mean(axis=(0, 2)) for name, values in (("real", test.target), ("prediction", mean), ("sample", sample))}
+    maps = {
+        name: values[chosen].mean(axis=(0, 2))
+        for name, values in (("real", test.target), ("prediction", mean), ("sample", sample))
+    }
     title = f"mean activation, {what} ({int(chosen.sum())} test windows)"
     if test.target_modality == "fmri":
         written = [plots.surface_maps(maps, out_dir / "maps.png", title)]
     else:
-        written = [plots.channel_maps(maps, test.target_positions, test.target_point_types, out_dir / "maps.png", title)]
+        written = [
+            plots.channel_maps(maps, test.target_positions, test.target_point_types, out_dir / "maps.png", title)
+        ]
 
     run = test.runs[np.flatnonzero(chosen)[0]]
     in_run = test.runs == run
-    series = {"real": test.target, "point prediction": mean, **({"ridge-HRF": ridge} if ridge is not None else {}), "sample": sample}
+    series = {
+        "real": test.target,
+        "point prediction": mean,
+        **({"ridge-HRF": ridge} if ridge is not None else {}),
+        "sample": sample,
+    }
     top = np.argsort(-np.abs(maps["real"]))[:3]
     stitched = {}
     for key, values in series.items():
-        (stitched[key],) = stitch_windows(values[in_run][:, top], test.runs[in_run], test.onsets[in_run], test.target_sfreq).values()
+        (stitched[key],) = stitch_windows(
+            values[in_run][:, top], test.runs[in_run], test.onsets[in_run], test.target_sfreq
+        ).values()
     times = _covered_times(test.onsets[in_run], test.target_sfreq, test.target.shape[-1])
     names = [test.target_names[i] for i in top]
-    written.append(plots.time_courses(times, stitched, names, out_dir / "timecourses.png", f"{run}: most active points of {what}"))
+    written.append(
+        plots.time_courses(times, stitched, names, out_dir / "timecourses.png", f"{run}: most active points of {what}")
+    )
     counts = f"{report['n_test_windows']} test windows, {report['test_subjects_count']} subject(s)"
     written.append(plots.metric_bars(report, out_dir / "metrics.png", f"{report['modality']}: {counts}"))
     return written
@@ -588,7 +620,9 @@ def render_report(report: dict[str, Any], console) -> None:
         if row is None:
             continue
         values = [cell(row.get(m)) for m in SCORES]
-        table.add_row(*(f"[bold]{v}[/]" for v in (label, *values)) if path == ("point_prediction",) else (label, *values))
+        table.add_row(
+            *(f"[bold]{v}[/]" for v in (label, *values)) if path == ("point_prediction",) else (label, *values)
+        )
     table.add_row("noise baseline (shuffled)", cell(report.get("noise_baseline")), "-", "-", "-")
     console.print(table)
     rel = report.get("relative") or {}

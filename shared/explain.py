@@ -69,11 +69,15 @@ BAND_COLORS = ("tab:purple", "tab:blue", "tab:green", "tab:orange", "tab:red")
 # Feature layout and regions
 
 
-def feature_groups(n_features: int, n_electrodes: int, n_bands: int = len(BANDS)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def feature_groups(
+    n_features: int, n_electrodes: int, n_bands: int = len(BANDS)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(electrode, band, basis)`` index of every design column (electrode x band x basis order)."""
     n_basis, leftover = divmod(n_features, n_electrodes * n_bands)
     if leftover or n_basis < 1:
-        raise ConfigError(f"a design of {n_features} columns is not {n_electrodes} electrodes x {n_bands} bands x an HRF basis")
+        raise ConfigError(
+            f"a design of {n_features} columns is not {n_electrodes} electrodes x {n_bands} bands x an HRF basis"
+        )
     column = np.arange(n_features)
     return column // (n_bands * n_basis), (column // n_basis) % n_bands, column % n_basis
 
@@ -128,7 +132,9 @@ def ridge_attributions(design: np.ndarray, coef: np.ndarray, baseline: np.ndarra
     return centred[:, :, None] * np.asarray(coef, dtype=np.float64)[None]
 
 
-def integrated_gradients(fn, inputs: torch.Tensor, baseline: torch.Tensor, steps: int = 32, chunk: int = 256) -> torch.Tensor:
+def integrated_gradients(
+    fn, inputs: torch.Tensor, baseline: torch.Tensor, steps: int = 32, chunk: int = 256
+) -> torch.Tensor:
     """Integrated gradients of every output of ``fn`` (one row ``[D]`` -> ``[R]``) for every
     row of ``inputs [n, D]``: ``[n, R, D]``, ``(x - x0) * mean over alpha of d fn / d x`` at
     ``x0 + alpha (x - x0)``, alpha at the ``steps`` midpoints of [0, 1]. Per row and output the
@@ -185,7 +191,9 @@ class Decomposition:
         return np.einsum("irg,nr->ign", grouped, self.readout)
 
 
-def decompose(model, windows: PairedWindows, label_index: int | None = None, steps: int = 32, max_rows: int | None = None) -> Decomposition:
+def decompose(
+    model, windows: PairedWindows, label_index: int | None = None, steps: int = 32, max_rows: int | None = None
+) -> Decomposition:
     """The point prediction of ``model`` at every distinct frame of ``windows`` (each run frame
     once), split into ridge path and residual, with the residual's integrated gradients.
     ``label_index``: the class the residual is conditioned on (None: the null label).
@@ -194,7 +202,9 @@ def decompose(model, windows: PairedWindows, label_index: int | None = None, ste
     from fedneurogen.shared.model.generator import Batch
 
     if windows.design is None:
-        raise ConfigError("the windows carry no hemodynamic design (load the site with fedneurogen.shared.data.load_site)")
+        raise ConfigError(
+            "the windows carry no hemodynamic design (load the site with fedneurogen.shared.data.load_site)"
+        )
     rows_w, rows_f = unique_frames(windows)
     if max_rows is not None and len(rows_w) > max_rows:
         keep = np.unique(np.linspace(0, len(rows_w) - 1, max_rows).round().astype(int))
@@ -208,10 +218,17 @@ def decompose(model, windows: PairedWindows, label_index: int | None = None, ste
     pick = (lambda t: t) if slots is None else (lambda t: t[..., slots])  # noqa: E731
     design_np = np.asarray(windows.design[rows_w, rows_f], dtype=np.float32)
     if design_np.shape[1] != head.ridge.coef.shape[0]:
-        raise ConfigError(f"the site's design has {design_np.shape[1]} features; the model's ridge path expects {head.ridge.coef.shape[0]}")
+        raise ConfigError(
+            f"the site's design has {design_np.shape[1]} features; the model's ridge path expects {head.ridge.coef.shape[0]}"
+        )
     design = torch.as_tensor(design_np, device=model.device)
     null = head.num_classes
-    index = torch.full((1,), null if label_index is None or label_index < 0 else int(label_index), dtype=torch.long, device=model.device)
+    index = torch.full(
+        (1,),
+        null if label_index is None or label_index < 0 else int(label_index),
+        dtype=torch.long,
+        device=model.device,
+    )
     with torch.no_grad():
         coef, intercept = pick(head.ridge.coef), pick(head.ridge.intercept)
         ridge = design @ coef + intercept
@@ -221,7 +238,9 @@ def decompose(model, windows: PairedWindows, label_index: int | None = None, ste
         zero = torch.zeros((1, design.shape[1]), device=model.device)
         at_baseline = pick(head.readout(head.residual(zero) + embed))[0]
         readout = head.readout.weight if slots is None else head.readout.weight[slots]
-    ig = integrated_gradients(head.residual, standardised, torch.zeros(design.shape[1], device=model.device), steps=steps)
+    ig = integrated_gradients(
+        head.residual, standardised, torch.zeros(design.shape[1], device=model.device), steps=steps
+    )
     cpu = lambda t: t.detach().double().cpu().numpy()  # noqa: E731
     return Decomposition(
         design=design_np.astype(np.float64), ridge=cpu(ridge), residual=cpu(residual), coef=cpu(coef), intercept=cpu(intercept),
@@ -249,7 +268,9 @@ class Contributions:
         return cov[:, points].sum(axis=1) / total if total > 0 else np.zeros(cov.shape[0])
 
 
-def contributions(dec: Decomposition, groups: np.ndarray, n_groups: int, rows: np.ndarray | None = None) -> Contributions:
+def contributions(
+    dec: Decomposition, groups: np.ndarray, n_groups: int, rows: np.ndarray | None = None
+) -> Contributions:
     """Each group's covariance with each path's prediction over ``rows`` (all when None)."""
     rows = np.arange(len(dec.design)) if rows is None else np.asarray(rows)
     n = max(len(rows), 1)
@@ -298,7 +319,12 @@ def effective_hrf(coef: np.ndarray, n_electrodes: int, config) -> dict[str, Any]
     if abs(kernel.min()) > abs(kernel.max()):
         kernel, weights = -kernel, -weights
     peak = float(np.abs(kernel).max()) or 1.0
-    return {"lags_s": lags, "kernel": kernel / peak, "peak_s": float(lags[int(np.argmax(kernel))]), "basis_weights": weights}
+    return {
+        "lags_s": lags,
+        "kernel": kernel / peak,
+        "peak_s": float(lags[int(np.argmax(kernel))]),
+        "basis_weights": weights,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -319,7 +345,9 @@ def select_points(selection: str, pcc: np.ndarray, regions: list[str]) -> tuple[
     key = selection.strip().lower()
     if key == "top":
         count = max(1, int(round(TOP_FRACTION * len(pcc))))
-        return np.sort(np.argsort(-pcc)[:count]), f"top {TOP_FRACTION:.0%} of points by in-sample PCC of the label-free point prediction on this site"
+        return np.sort(
+            np.argsort(-pcc)[:count]
+        ), f"top {TOP_FRACTION:.0%} of points by in-sample PCC of the label-free point prediction on this site"
     if key == "all":
         return np.arange(len(pcc)), "all points"
     chosen = np.array([i for i, r in enumerate(regions) if r == key or r.split(" ", 1)[1] == key], dtype=int)
@@ -412,12 +440,23 @@ def explain_point_prediction(
         "frames": int(len(dec.design)),
         "windows": int(len(windows)),
         "subjects": sorted(set(windows.subjects.tolist())),
-        "points": {"selection": points, "rule": rule, "count": int(len(chosen)), "of": int(n_points), "mean_pcc": float(pcc[chosen].mean()),
-                   "indices": chosen.tolist()},
+        "points": {
+            "selection": points,
+            "rule": rule,
+            "count": int(len(chosen)),
+            "of": int(n_points),
+            "mean_pcc": float(pcc[chosen].mean()),
+            "indices": chosen.tolist(),
+        },
         "methods": {**METHODS, "residual": METHODS["residual"].format(steps=steps)},
         "bands": {band_name: list(EEG_BANDS[band_name]) for band_name in BANDS},
         "band_shares": band_summary,
-        "variance": {**variance, "residual_fraction_of_prediction": variance["residual"] / variance["prediction"] if variance["prediction"] > 0 else None},
+        "variance": {
+            **variance,
+            "residual_fraction_of_prediction": variance["residual"] / variance["prediction"]
+            if variance["prediction"] > 0
+            else None,
+        },
         "completeness": {
             "share_sums": sums,
             "ridge_path_max_abs_error": ridge_error,
@@ -497,15 +536,33 @@ def explain(
     model, meta = load_checkpoint(checkpoint, device=device, use_ema=True)
     config = PreprocessConfig(**(meta.get("preprocess") or {}))
     windows = load_site(site_dir, config, cache_dir=cache_dir, progress=progress)
-    if label is not None and label in (meta.get("class_names") or []) and not np.any(np.asarray(windows.labels) == label):
+    if (
+        label is not None
+        and label in (meta.get("class_names") or [])
+        and not np.any(np.asarray(windows.labels) == label)
+    ):
         raise DataError(site_dir, f"no windows of class {label!r} (the site has {', '.join(windows.classes)})")
     head = model.modality_heads[windows.target_modality].mean
     if not head.ridge.fitted:
-        raise ConfigError(f"checkpoint {checkpoint} has no fitted {windows.target_modality} ridge path: nothing to explain for this site's modality")
+        raise ConfigError(
+            f"checkpoint {checkpoint} has no fitted {windows.target_modality} ridge path: nothing to explain for this site's modality"
+        )
     report, arrays = explain_point_prediction(
-        model, windows, config, class_names=meta.get("class_names"), label=label, points=points, steps=steps, max_rows=max_rows
+        model,
+        windows,
+        config,
+        class_names=meta.get("class_names"),
+        label=label,
+        points=points,
+        steps=steps,
+        max_rows=max_rows,
     )
-    report = {"checkpoint": str(checkpoint), "checkpoint_hash": meta.get("content_hash"), "site": str(site_dir), **report}
+    report = {
+        "checkpoint": str(checkpoint),
+        "checkpoint_hash": meta.get("content_hash"),
+        "site": str(site_dir),
+        **report,
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     report["plots"] = [p.name for p in write_figures(out_dir, windows, report, arrays)]
     write_json_atomic(out_dir / EXPLAIN_FILE, report)
@@ -520,8 +577,16 @@ def write_figures(out_dir: Path, windows: PairedWindows, report: dict[str, Any],
     """``dominant_band.png`` (map), ``band_shares.png`` (bars per band and region),
     ``electrodes.png`` (scalp map and ranking), ``hrf.png`` (effective HRF per region)."""
     what = f"class '{report['label']}'" if report["label"] else "all windows"
-    written = [_dominant_band_map(out_dir / "dominant_band.png", windows, arrays["dominant"], f"dominant EEG band per point ({what})")]
-    written.append(_band_bars(out_dir / "band_shares.png", arrays["band_summary"], arrays["region_report"], report["points"]["rule"]))
+    written = [
+        _dominant_band_map(
+            out_dir / "dominant_band.png", windows, arrays["dominant"], f"dominant EEG band per point ({what})"
+        )
+    ]
+    written.append(
+        _band_bars(
+            out_dir / "band_shares.png", arrays["band_summary"], arrays["region_report"], report["points"]["rule"]
+        )
+    )
     written.append(_electrode_figure(out_dir / "electrodes.png", report["electrodes"], arrays["electrode_shares"]))
     written.append(_hrf_figure(out_dir / "hrf.png", arrays["hrfs"], arrays["hrf_selected"]))
     return written
@@ -556,9 +621,15 @@ def _dominant_band_map(path: Path, windows: PairedWindows, dominant: np.ndarray,
     else:
         fig = Figure(figsize=(5.5, 4.5))
         ax = fig.add_subplot(1, 1, 1)
-        keep = np.array([t == "hbo" for t in windows.target_point_types]) if windows.target_point_types else np.ones(len(dominant), bool)
+        keep = (
+            np.array([t == "hbo" for t in windows.target_point_types])
+            if windows.target_point_types
+            else np.ones(len(dominant), bool)
+        )
         xy = np.asarray(windows.target_positions)[keep, :2]
-        ax.scatter(xy[:, 0], xy[:, 1], c=dominant[keep], cmap=cmap, vmin=0, vmax=len(BANDS) - 1, s=160, edgecolors="grey")
+        ax.scatter(
+            xy[:, 0], xy[:, 1], c=dominant[keep], cmap=cmap, vmin=0, vmax=len(BANDS) - 1, s=160, edgecolors="grey"
+        )
         ax.set_aspect("equal")
         ax.set_xlabel("x (mm, left-right)")
         ax.set_ylabel("y (mm, posterior-anterior)")
@@ -610,7 +681,9 @@ def _electrode_figure(path: Path, electrodes: dict[str, Any], shares: np.ndarray
     fig = Figure(figsize=(13, 5))
     left, right = fig.subplots(1, 2)
     limit = float(np.abs(shares).max()) or 1.0
-    dots = left.scatter(positions[:, 0], positions[:, 1], c=shares, cmap=MAP_CMAP, vmin=-limit, vmax=limit, s=220, edgecolors="grey")
+    dots = left.scatter(
+        positions[:, 0], positions[:, 1], c=shares, cmap=MAP_CMAP, vmin=-limit, vmax=limit, s=220, edgecolors="grey"
+    )
     for (px, py), name in zip(positions[:, :2], names):
         left.annotate(name, (px, py), ha="center", va="center", fontsize=6)
     left.set_aspect("equal")
@@ -635,8 +708,20 @@ def _hrf_figure(path: Path, hrfs: dict[str, dict], selected: dict[str, Any]) -> 
     ax = fig.add_subplot(1, 1, 1)
     colors = colormaps["tab10"]
     for i, (name, hrf) in enumerate(hrfs.items()):
-        ax.plot(hrf["lags_s"], hrf["kernel"], color=colors(i % 10), linewidth=1.0, label=f"{name} (peak {hrf['peak_s']:.1f} s)")
-    ax.plot(selected["lags_s"], selected["kernel"], color="black", linewidth=2.2, label=f"selected points (peak {selected['peak_s']:.1f} s)")
+        ax.plot(
+            hrf["lags_s"],
+            hrf["kernel"],
+            color=colors(i % 10),
+            linewidth=1.0,
+            label=f"{name} (peak {hrf['peak_s']:.1f} s)",
+        )
+    ax.plot(
+        selected["lags_s"],
+        selected["kernel"],
+        color="black",
+        linewidth=2.2,
+        label=f"selected points (peak {selected['peak_s']:.1f} s)",
+    )
     ax.axhline(0, color="grey", linewidth=0.6)
     ax.set_xlabel("lag after the EEG band power (s)")
     ax.set_ylabel("effective response (unit peak)")

@@ -15,7 +15,9 @@ EEG_BANDS: dict[str, tuple[float, float]] = {
 }
 
 
-def band_power_timecourse(eeg: np.ndarray, sfreq: float, bin_seconds: float = 1.0, bands: dict[str, tuple[float, float]] = EEG_BANDS) -> np.ndarray:
+def band_power_timecourse(
+    eeg: np.ndarray, sfreq: float, bin_seconds: float = 1.0, bands: dict[str, tuple[float, float]] = EEG_BANDS
+) -> np.ndarray:
     """Log band power in consecutive bins: ``eeg [..., C, T]`` -> ``[..., C, n_bands, n_bins]``."""
     eeg = np.asarray(eeg, dtype=np.float64)
     samples_per_bin = int(round(bin_seconds * sfreq))

@@ -77,7 +77,11 @@ def write_dataset_description(
     """``root/dataset_description.json``; a derivative dataset must say what generated it."""
     if derivative and not generated_by:
         raise ValueError("a derivative dataset_description.json needs GeneratedBy")
-    desc: dict[str, Any] = {"Name": name, "BIDSVersion": BIDS_VERSION, "DatasetType": "derivative" if derivative else "raw"}
+    desc: dict[str, Any] = {
+        "Name": name,
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "derivative" if derivative else "raw",
+    }
     if generated_by:
         desc["GeneratedBy"] = [dict(g) for g in generated_by]
     desc.update(fields)
@@ -249,5 +253,7 @@ def read_snirf_probe(path: str | Path) -> SnirfProbe:
             detector_pos_mm=detectors,
             source_labels=labels("sourceLabels", "S", len(sources)),
             detector_labels=labels("detectorLabels", "D", len(detectors)),
-            wavelengths=[float(w) for w in np.asarray(probe["wavelengths"][()]).ravel()] if "wavelengths" in probe else [],
+            wavelengths=[float(w) for w in np.asarray(probe["wavelengths"][()]).ravel()]
+            if "wavelengths" in probe
+            else [],
         )

@@ -19,7 +19,9 @@ import torch
 from torch import nn
 
 
-def inverse_square_weights(target_positions: torch.Tensor, source_positions: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def inverse_square_weights(
+    target_positions: torch.Tensor, source_positions: torch.Tensor, eps: float = 1e-6
+) -> torch.Tensor:
     """Row-normalised weights ``[n_target, n_source]`` of equations (1)-(2); positions in mm."""
     p = target_positions.to(torch.float64) / 1000.0
     q = source_positions.to(torch.float64) / 1000.0
@@ -38,7 +40,9 @@ class SpatialIntegration(nn.Module):
     def __init__(self, target_positions: torch.Tensor, eps: float = 1e-6):
         super().__init__()
         self.eps = eps
-        self.register_buffer("target_positions", torch.as_tensor(target_positions, dtype=torch.float32), persistent=False)
+        self.register_buffer(
+            "target_positions", torch.as_tensor(target_positions, dtype=torch.float32), persistent=False
+        )
         self._cache_key: tuple[bytes, str] | None = None
         self._cache_weights: torch.Tensor | None = None
 
@@ -47,7 +51,9 @@ class SpatialIntegration(nn.Module):
         # keyed on the values, not the tensor object: a montage is a few hundred numbers
         key = (eeg_positions.detach().cpu().numpy().tobytes(), str(self.target_positions.device))
         if self._cache_key != key or self._cache_weights is None:
-            self._cache_weights = inverse_square_weights(self.target_positions, eeg_positions.to(self.target_positions.device), self.eps)
+            self._cache_weights = inverse_square_weights(
+                self.target_positions, eeg_positions.to(self.target_positions.device), self.eps
+            )
             self._cache_key = key
         return self._cache_weights
 

@@ -129,5 +129,7 @@ def verify_manifest(folder: str | Path, skip: set[str] = frozenset()) -> dict[st
             raise ValueError(f"{file} is listed in {folder / MANIFEST_FILE} but missing")
         actual = file_sha256(file)
         if actual != digest:
-            raise ValueError(f"{file} is corrupt or was modified: its SHA-256 {actual} does not match {digest} in {folder / MANIFEST_FILE}")
+            raise ValueError(
+                f"{file} is corrupt or was modified: its SHA-256 {actual} does not match {digest} in {folder / MANIFEST_FILE}"
+            )
     return manifest

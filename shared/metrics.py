@@ -51,7 +51,14 @@ def stitch_windows(values: np.ndarray, runs: np.ndarray, onsets: np.ndarray, sfr
     return out
 
 
-def temporal_pcc(pred: np.ndarray, real: np.ndarray, runs: np.ndarray, onsets: np.ndarray, sfreq: float, points: np.ndarray | None = None) -> float:
+def temporal_pcc(
+    pred: np.ndarray,
+    real: np.ndarray,
+    runs: np.ndarray,
+    onsets: np.ndarray,
+    sfreq: float,
+    points: np.ndarray | None = None,
+) -> float:
     """Fisher-z mean over points and runs of the per-point correlation over time."""
     p_runs = stitch_windows(pred, runs, onsets, sfreq)
     r_runs = stitch_windows(real, runs, onsets, sfreq)
@@ -96,7 +103,9 @@ def shuffled_baseline(real: np.ndarray, runs: np.ndarray, onsets: np.ndarray, sf
     return temporal_pcc(real[perm], real, runs, onsets, sfreq)
 
 
-def generation_metrics(pred: np.ndarray, real: np.ndarray, runs: np.ndarray, onsets: np.ndarray, sfreq: float) -> dict[str, float]:
+def generation_metrics(
+    pred: np.ndarray, real: np.ndarray, runs: np.ndarray, onsets: np.ndarray, sfreq: float
+) -> dict[str, float]:
     """``pcc_temporal``, ``pcc_spatial`` and ``ssim`` of predicted vs real target windows."""
     return {
         "pcc_temporal": temporal_pcc(pred, real, runs, onsets, sfreq),

@@ -53,7 +53,12 @@ def _write_private_key(path: Path, key: ec.EllipticCurvePrivateKey, encoding: se
 
 
 def _name(common_name: str, organization: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization), x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
 def _san(host: str) -> x509.GeneralName:
@@ -65,7 +70,9 @@ def _san(host: str) -> x509.GeneralName:
         return x509.DNSName(host)
 
 
-def make_ca(out_dir: str | Path, *, organization: str = "FedNeuroGen consortium", days: int = 3650, force: bool = False) -> KeyPair:
+def make_ca(
+    out_dir: str | Path, *, organization: str = "FedNeuroGen consortium", days: int = 3650, force: bool = False
+) -> KeyPair:
     """A self-signed certificate authority: ``out_dir/ca.crt`` and ``out_dir/ca.key``."""
     out = Path(out_dir)
     cert_path, key_path = out / CA_CERT, out / CA_KEY
@@ -75,15 +82,27 @@ def make_ca(out_dir: str | Path, *, organization: str = "FedNeuroGen consortium"
     now = dt.datetime.now(dt.timezone.utc)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name)
+        .subject_name(name)
+        .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, encipher_only=False, decipher_only=False,
-        ), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA384())
     )
@@ -109,7 +128,13 @@ def load_ca(ca_dir: str | Path) -> tuple[x509.Certificate, ec.EllipticCurvePriva
 
 
 def make_server_certificate(
-    ca_dir: str | Path, out_dir: str | Path, hosts: list[str], *, name: str = SERVER_NAME, days: int = 825, force: bool = False
+    ca_dir: str | Path,
+    out_dir: str | Path,
+    hosts: list[str],
+    *,
+    name: str = SERVER_NAME,
+    days: int = 825,
+    force: bool = False,
 ) -> KeyPair:
     """The SuperLink's TLS certificate, signed by the CA in ``ca_dir``, valid for ``hosts``
     (DNS names and IP addresses, all of them: a site dialling a name not listed is refused)."""
@@ -124,10 +149,12 @@ def make_server_certificate(
     organization = ca_cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name(hosts[0], str(organization))).issuer_name(ca_cert.subject)
+        .subject_name(_name(hosts[0], str(organization)))
+        .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -164,12 +191,18 @@ def check_server_certificate(cert_path: str | Path, ca_path: str | Path, host: s
         problems.append(f"{cert_path} is not signed by the CA in {ca_path}")
     now = dt.datetime.now(dt.timezone.utc)
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-        problems.append(f"{cert_path} is not valid now (valid {cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d})")
+        problems.append(
+            f"{cert_path} is not valid now (valid {cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d})"
+        )
     try:
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        listed = [str(n) for n in names.get_values_for_type(x509.DNSName)] + [str(n) for n in names.get_values_for_type(x509.IPAddress)]
+        listed = [str(n) for n in names.get_values_for_type(x509.DNSName)] + [
+            str(n) for n in names.get_values_for_type(x509.IPAddress)
+        ]
     except x509.ExtensionNotFound:
         listed = []
     if host not in listed:
-        problems.append(f"{cert_path} does not list {host!r} among its names {listed}: sites dialling {host!r} will be refused")
+        problems.append(
+            f"{cert_path} does not list {host!r} among its names {listed}: sites dialling {host!r} will be refused"
+        )
     return problems

@@ -68,7 +68,11 @@ def surface_maps(maps: Mapping[str, np.ndarray], path: str | Path, title: str, l
 
 
 def channel_maps(
-    maps: Mapping[str, np.ndarray], positions: np.ndarray, point_types: Sequence[str] | None, path: str | Path, title: str
+    maps: Mapping[str, np.ndarray],
+    positions: np.ndarray,
+    point_types: Sequence[str] | None,
+    path: str | Path,
+    title: str,
 ) -> Path:
     """fNIRS maps seen from above (x: left-right, y: posterior-anterior, mm), HbO channels (all
     points when types are unknown), one panel per map and one colour scale."""
@@ -78,7 +82,16 @@ def channel_maps(
     fig = Figure(figsize=(5.0 * len(maps), 3.6))
     for i, (name, values) in enumerate(maps.items()):
         ax = fig.add_subplot(1, len(maps), i + 1)
-        ax.scatter(xy[:, 0], xy[:, 1], c=np.asarray(values)[keep], cmap=MAP_CMAP, vmin=-limit, vmax=limit, s=160, edgecolors="grey")
+        ax.scatter(
+            xy[:, 0],
+            xy[:, 1],
+            c=np.asarray(values)[keep],
+            cmap=MAP_CMAP,
+            vmin=-limit,
+            vmax=limit,
+            s=160,
+            edgecolors="grey",
+        )
         ax.set_aspect("equal")
         ax.set_xlabel("x (mm, left-right)")
         if i == 0:
@@ -116,7 +129,10 @@ def metric_bars(report: Mapping, path: str | Path, title: str) -> Path:
     for ax, metric in zip(axes, ("pcc_temporal", "pcc_temporal_top10", "pcc_spatial")):
         bars = {name: row.get(metric) for name, row in rows.items() if row}
         bars = {k: float(v) for k, v in bars.items() if v is not None and np.isfinite(v)}
-        colors = ["tab:red" if k.startswith(("point", "one sample", "mean of")) else "grey" if "ceiling" in k else "tab:blue" for k in bars]
+        colors = [
+            "tab:red" if k.startswith(("point", "one sample", "mean of")) else "grey" if "ceiling" in k else "tab:blue"
+            for k in bars
+        ]
         ax.bar(list(bars), list(bars.values()), color=colors)
         for x, v in enumerate(bars.values()):
             ax.annotate(f"{v:.3f}", (x, v), ha="center", va="bottom" if v >= 0 else "top", fontsize="small")

@@ -190,7 +190,9 @@ class PairedWindows:
     def __post_init__(self) -> None:
         n = self.eeg.shape[0]
         if self.design is not None and (self.design.ndim != 3 or self.design.shape[:2] != (n, self.target.shape[-1])):
-            raise ValueError(f"PairedWindows.design must be [{n}, {self.target.shape[-1]}, features], got {list(self.design.shape)}")
+            raise ValueError(
+                f"PairedWindows.design must be [{n}, {self.target.shape[-1]}, features], got {list(self.design.shape)}"
+            )
         for name in ("target", "labels", "subjects", "runs", "onsets"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"PairedWindows.{name} has {len(getattr(self, name))} entries for {n} windows")

@@ -41,7 +41,10 @@ def describe_content(content: RecordDict) -> dict[str, Any]:
         if isinstance(record, ArrayRecord):
             records[name] = {
                 "type": "array",
-                "arrays": {key: {"shape": list(a.shape), "dtype": str(a.dtype), "bytes": len(a.data)} for key, a in record.items()},
+                "arrays": {
+                    key: {"shape": list(a.shape), "dtype": str(a.dtype), "bytes": len(a.data)}
+                    for key, a in record.items()
+                },
             }
         elif isinstance(record, MetricRecord):
             records[name] = {"type": "metric", "values": {key: value_type(v) for key, v in record.items()}}

@@ -187,12 +187,18 @@ def fit_ridge(
     best: tuple[float, float, int | None] | None = None
     for lam in penalties:
         g = 1.0 / (e + lam)
-        reduced = _reduced_sses(solver, lam, [r for r in ranks if r is not None and r < min(p.shape)], szz, szy, total_y)
+        reduced = _reduced_sses(
+            solver, lam, [r for r in ranks if r is not None and r < min(p.shape)], szz, szy, total_y
+        )
         for rank in ranks:
             if rank in reduced:
                 sse = reduced[rank]
             else:  # full rank: SSE = Σỹ² - 2 tr(Bᵀ Σzỹ) + tr(Bᵀ Σzz B), with B = u diag(g) p
-                sse = total_y - 2 * float(g @ cross_e) + float(np.einsum("ij,ij->", szz_e, g[:, None] * p_gram * g[None, :]))
+                sse = (
+                    total_y
+                    - 2 * float(g @ cross_e)
+                    + float(np.einsum("ij,ij->", szz_e, g[:, None] * p_gram * g[None, :]))
+                )
             if best is None or sse * scale < best[0]:
                 best = (sse * scale, lam, rank)
     assert best is not None
@@ -201,7 +207,9 @@ def fit_ridge(
     return RidgeSolution(*solver.to_raw(coef), lam=lam, rank=rank, validation_mse=mse)
 
 
-def _reduced_sses(solver: "_Standardised", lam: float, ranks: list[int], szz: np.ndarray, szy: np.ndarray, total_y: float) -> dict[int, float]:
+def _reduced_sses(
+    solver: "_Standardised", lam: float, ranks: list[int], szz: np.ndarray, szy: np.ndarray, total_y: float
+) -> dict[int, float]:
     """Validation SSE of each rank-``r`` projection ``B V_r V_rᵀ`` of the ridge coefficients
     (one SVD for all ranks: the terms are sums over the leading components)."""
     if not ranks:
@@ -274,7 +282,11 @@ def fit_ridge_selected(
     by fitting on every other training subject and scoring the rest, then refitting on all."""
     if len(train_parts) < 2 and val is None:
         return fit_ridge(sum_statistics(train_parts), None, penalties, ranks)
-    fit_train, fit_val = (sum_statistics(train_parts), val) if val is not None else (sum_statistics(train_parts[0::2]), sum_statistics(train_parts[1::2]))
+    fit_train, fit_val = (
+        (sum_statistics(train_parts), val)
+        if val is not None
+        else (sum_statistics(train_parts[0::2]), sum_statistics(train_parts[1::2]))
+    )
     if groups is not None:
         chosen, weights = fit_banded_ridge(fit_train, fit_val, groups, penalties, ranks)
     else:

@@ -28,7 +28,9 @@ AttackMode = Literal["scale", "random"]
 class RunConfig(BaseModel):
     """Every key of ``[tool.flwr.app.config]``; field ``num_server_rounds`` is key ``num-server-rounds``."""
 
-    model_config = ConfigDict(alias_generator=lambda name: name.replace("_", "-"), populate_by_name=True, extra="allow", frozen=True)
+    model_config = ConfigDict(
+        alias_generator=lambda name: name.replace("_", "-"), populate_by_name=True, extra="allow", frozen=True
+    )
 
     num_server_rounds: int = Field(3, ge=1)
     local_epochs: int = Field(1, ge=1)

@@ -20,7 +20,9 @@ class SubjectSplit:
         return {"train": list(self.train), "val": list(self.val), "test": list(self.test)}
 
 
-def split_subjects(subjects: np.ndarray | list[str], seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.2) -> SubjectSplit:
+def split_subjects(
+    subjects: np.ndarray | list[str], seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.2
+) -> SubjectSplit:
     """Shuffle the unique subjects with ``seed`` and cut them into train/val/test.
 
     With three or more subjects, validation and test each get at least one subject and

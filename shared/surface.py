@@ -33,7 +33,12 @@ ICO4_POINTS = 2 * ICO4_PER_HEMI
 #: fsaverage5 vertices, both hemispheres.
 FSAVERAGE5_POINTS = 2 * FSAVERAGE5_PER_HEMI
 #: Vertices per hemisphere of the fsaverage meshes -> mesh name; ico4 is the first 2562 of any.
-FSAVERAGE_VERTICES = {ICO4_PER_HEMI: "fsaverage4", FSAVERAGE5_PER_HEMI: "fsaverage5", 40962: "fsaverage6", 163842: "fsaverage"}
+FSAVERAGE_VERTICES = {
+    ICO4_PER_HEMI: "fsaverage4",
+    FSAVERAGE5_PER_HEMI: "fsaverage5",
+    40962: "fsaverage6",
+    163842: "fsaverage",
+}
 
 
 @functools.lru_cache(maxsize=1)
@@ -49,7 +54,9 @@ def load_ico4_positions() -> np.ndarray:
     """ico4 vertex positions ``[5124, 3]`` float64 (mm): the first 2562 vertices of each
     fsaverage5 pial hemisphere, left then right. A new array on every call."""
     pial = load_fsaverage5()["pial"]
-    return np.concatenate([np.asarray(pial.parts[h].coordinates[:ICO4_PER_HEMI], dtype=np.float64) for h in HEMISPHERES])
+    return np.concatenate(
+        [np.asarray(pial.parts[h].coordinates[:ICO4_PER_HEMI], dtype=np.float64) for h in HEMISPHERES]
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -73,7 +80,9 @@ def ico4_to_fsaverage5() -> sparse.csr_matrix:
     from scipy import sparse
 
     sphere = load_fsaverage5()["sphere"]
-    blocks = [_upsampling(np.asarray(sphere.parts[h].coordinates), np.asarray(sphere.parts[h].faces)) for h in HEMISPHERES]
+    blocks = [
+        _upsampling(np.asarray(sphere.parts[h].coordinates), np.asarray(sphere.parts[h].faces)) for h in HEMISPHERES
+    ]
     return sparse.block_diag(blocks, format="csr")
 
 

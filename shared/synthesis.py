@@ -114,7 +114,9 @@ def generate(
 
 
 @torch.no_grad()
-def point_predictions(model: NeuroGenModel, windows: PairedWindows, labels: np.ndarray | None = None, *, batch_size: int = 64) -> np.ndarray:
+def point_predictions(
+    model: NeuroGenModel, windows: PairedWindows, labels: np.ndarray | None = None, *, batch_size: int = 64
+) -> np.ndarray:
     """The point prediction (conditional mean) of every window, ``[n_windows, n_points, n_frames]``:
     deterministic (no sampling). ``labels`` per window (-1 = null); None: label-free."""
     model.eval()
@@ -130,9 +132,22 @@ def point_predictions(model: NeuroGenModel, windows: PairedWindows, labels: np.n
 
 def _progress(enabled: bool):
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     return Progress(*columns, console=Console(stderr=True), transient=True, disable=not enabled)
 
 
@@ -201,7 +216,9 @@ def run_folder(out_dir: Path, entities: dict[str, str], datatype: str) -> Path:
     return folder / datatype
 
 
-def write_fmri_run(folder: Path, entities: dict[str, str], run: StitchedRun, sfreq: float, sidecar: dict[str, Any]) -> list[Path]:
+def write_fmri_run(
+    folder: Path, entities: dict[str, str], run: StitchedRun, sfreq: float, sidecar: dict[str, Any]
+) -> list[Path]:
     """Both hemispheres on fsaverage5 and the JSON sidecar; returns the files written."""
     surface = upsample_ico4(run.data)
     tr = 1.0 / sfreq
@@ -226,7 +243,9 @@ def _channels(windows: PairedWindows) -> tuple[list[tuple[int, int]], np.ndarray
     for i, (name, kind) in enumerate(zip(windows.target_names, windows.target_point_types)):
         match = _CHANNEL.match(name)
         if match is None or kind not in ("hbo", "hbr"):
-            raise ConfigError(f"fNIRS point {name!r} ({kind}): SNIRF output needs MNE's channel names, 'S<i>_D<j> hbo|hbr'")
+            raise ConfigError(
+                f"fNIRS point {name!r} ({kind}): SNIRF output needs MNE's channel names, 'S<i>_D<j> hbo|hbr'"
+            )
         pairs.setdefault((int(match[1]), int(match[2])), {})[kind] = i
     incomplete = [p for p, rows in pairs.items() if len(rows) != 2]
     if incomplete:
@@ -408,7 +427,11 @@ def synthesize(
             batch_size=batch_size, progress=progress,
         )  # fmt: skip
 
-    software = {"Name": GENERATOR, "Version": __version__, "Description": f"EEG -> {windows.target_modality} by a diffusion transformer"}
+    software = {
+        "Name": GENERATOR,
+        "Version": __version__,
+        "Description": f"EEG -> {windows.target_modality} by a diffusion transformer",
+    }
     written = [
         write_dataset_description(
             out_dir, f"{GENERATOR} synthesis from {site_dir.name}", derivative=True, generated_by=[software],
@@ -425,7 +448,9 @@ def synthesize(
             run = stitch_run(samples[k, in_run], windows.onsets[in_run], sfreq)
             kind = "generated" if estimate == "sample" else "mean"
             entities = {**run_entities(key), "desc": desc_label(label, k + 1 if n_samples > 1 else None, kind)}
-            provenance = generated_by(checkpoint, meta, steps=steps, guidance_scale=guidance_scale, seed=sample_seed(seed, k), label=label)
+            provenance = generated_by(
+                checkpoint, meta, steps=steps, guidance_scale=guidance_scale, seed=sample_seed(seed, k), label=label
+            )
             provenance["Estimate"] = "point prediction (conditional mean)" if estimate == "mean" else "sample"
             sidecar = {
                 "Description": f"{windows.target_modality} generated from the EEG of this run",
@@ -438,5 +463,7 @@ def synthesize(
             else:
                 site_snirf = files.target[0] if files is not None and files.target else None
                 folder = run_folder(out_dir, entities, "nirs")
-                written += write_fnirs_run(folder, entities, run, windows, preprocess, site_snirf, _run_events(files), sidecar)
+                written += write_fnirs_run(
+                    folder, entities, run, windows, preprocess, site_snirf, _run_events(files), sidecar
+                )
     return written

@@ -54,7 +54,9 @@ def class_index(sites: Sequence[PairedWindows]) -> dict[str, int]:
     return {name: i for i, name in enumerate(names)}
 
 
-def iterate_batches(sizes: Sequence[int], batch_size: int, rng: np.random.Generator) -> Iterator[tuple[int, np.ndarray]]:
+def iterate_batches(
+    sizes: Sequence[int], batch_size: int, rng: np.random.Generator
+) -> Iterator[tuple[int, np.ndarray]]:
     """``(site, window indices)`` for one epoch: each site's windows shuffled into batches of
     ``batch_size`` (a last batch smaller than 2 is dropped), batches of all sites interleaved."""
     plan: list[tuple[int, np.ndarray]] = []
@@ -77,7 +79,9 @@ def poisson_batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterat
         yield 0, np.flatnonzero(rng.random(n) < 1.0 / steps)
 
 
-def make_optimizer(params: Sequence[torch.nn.Parameter] | Iterator[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(
+    params: Sequence[torch.nn.Parameter] | Iterator[torch.nn.Parameter], config: TrainConfig
+) -> torch.optim.Optimizer:
     return torch.optim.AdamW(list(params), lr=config.lr, weight_decay=config.weight_decay)
 
 
@@ -105,7 +109,12 @@ class EpochStats:
 
     def summary(self) -> dict[str, float]:
         n = max(self.examples, 1)
-        return {"loss": self.loss_sum / n, **{f"loss_{k}": v / n for k, v in self.parts_sum.items() if k != "total"}, "steps": self.steps, "examples": self.examples}
+        return {
+            "loss": self.loss_sum / n,
+            **{f"loss_{k}": v / n for k, v in self.parts_sum.items() if k != "total"},
+            "steps": self.steps,
+            "examples": self.examples,
+        }
 
 
 def train_epochs(
@@ -142,7 +151,11 @@ def train_epochs(
     step = start_step
     model.train()
     for _ in range(epochs):
-        plan = poisson_batches(len(sites[0]), config.batch_size, rng) if poisson else iterate_batches([len(s) for s in sites], config.batch_size, rng)
+        plan = (
+            poisson_batches(len(sites[0]), config.batch_size, rng)
+            if poisson
+            else iterate_batches([len(s) for s in sites], config.batch_size, rng)
+        )
         for site, index in plan:
             if deadline is not None and time.time() > deadline:
                 stats.stopped_early = True
@@ -181,7 +194,13 @@ def noise_only_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer) ->
 
 
 @torch.no_grad()
-def validation_loss(model: NeuroGenModel, sites: Sequence[PairedWindows], class_to_index: dict[str, int] | None, batch_size: int, seed: int = 0) -> float:
+def validation_loss(
+    model: NeuroGenModel,
+    sites: Sequence[PairedWindows],
+    class_to_index: dict[str, int] | None,
+    batch_size: int,
+    seed: int = 0,
+) -> float:
     """Mean diffusion loss with fixed timesteps and noise (a seeded generator), so that two
     evaluations of the same weights give the same number."""
     was_training = model.training
@@ -250,7 +269,9 @@ class BestMean:
                 ema.shadow[name].copy_(value)
 
 
-def save_training_state(path: Path, optimizer: torch.optim.Optimizer, step: int, epoch: int, extra: dict[str, Any] | None = None) -> None:
+def save_training_state(
+    path: Path, optimizer: torch.optim.Optimizer, step: int, epoch: int, extra: dict[str, Any] | None = None
+) -> None:
     """Optimiser state and counters next to a checkpoint, written atomically, with its SHA-256
     beside it (``train_state.pt.sha256``) so that a damaged file is refused on resume."""
     state = {"optimizer": optimizer.state_dict(), "step": step, "epoch": epoch, **(extra or {})}
@@ -273,9 +294,13 @@ def load_training_state(path: Path, optimizer: torch.optim.Optimizer) -> dict[st
     try:
         expected = recorded.read_text(encoding="utf-8").strip()
     except OSError:
-        raise ConfigError(f"cannot resume from {path}: its hash {recorded.name} is missing (a run saved before hashes; start a new run)") from None
+        raise ConfigError(
+            f"cannot resume from {path}: its hash {recorded.name} is missing (a run saved before hashes; start a new run)"
+        ) from None
     if file_sha256(path) != expected:
-        raise ConfigError(f"cannot resume from {path}: the file is damaged or was changed (its SHA-256 differs from {recorded.name})")
+        raise ConfigError(
+            f"cannot resume from {path}: the file is damaged or was changed (its SHA-256 differs from {recorded.name})"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
@@ -358,7 +383,14 @@ def train_centralized(
     Writes ``run_dir/checkpoint/`` (after every epoch and at the end), ``train_state.pt``
     (optimiser and counters for ``resume``), ``log.jsonl``, ``tensorboard/`` and ``run.json``.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from fedneurogen.shared.model import get_preset, load_checkpoint_into, load_ema, save_checkpoint
 
@@ -370,7 +402,9 @@ def train_centralized(
     classes = class_index(sites)
     model_config = get_preset(preset)
     if len(classes) > model_config.num_classes:
-        raise ConfigError(f"the data has {len(classes)} classes {sorted(classes)} but preset {preset!r} has {model_config.num_classes} label slots")
+        raise ConfigError(
+            f"the data has {len(classes)} classes {sorted(classes)} but preset {preset!r} has {model_config.num_classes} label slots"
+        )
     model = NeuroGenModel(model_config, device=device)
     checkpoint_dir = run_dir / CHECKPOINT_DIR
     step, first_epoch = 0, 0
@@ -420,15 +454,32 @@ def train_centralized(
     with ema.average_parameters(model):
         best = BestMean(model, point_prediction_pcc(model, selection_sites))
     logger.log(step, **{"val/pcc_point": best.score})
-    columns = (TextColumn("[bold]train[/] epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("[bold]train[/] epoch {task.fields[epoch]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, disable=not progress, transient=False) as bar:
-        task = bar.add_task("train", total=steps_per_epoch * (config.epochs - first_epoch), epoch=first_epoch + 1, loss=float("nan"))
+        task = bar.add_task(
+            "train", total=steps_per_epoch * (config.epochs - first_epoch), epoch=first_epoch + 1, loss=float("nan")
+        )
         finished = first_epoch
         for epoch in range(first_epoch, config.epochs):
             bar.update(task, epoch=epoch + 1)
             stats, step = train_epochs(
-                model, optimizer, split.train, epochs=1, config=config, class_to_index=classes, seed=seed * 1000 + epoch,
-                ema=ema, start_step=step, deadline=deadline,
+                model,
+                optimizer,
+                split.train,
+                epochs=1,
+                config=config,
+                class_to_index=classes,
+                seed=seed * 1000 + epoch,
+                ema=ema,
+                start_step=step,
+                deadline=deadline,
                 on_step=lambda s, parts: logger.log(s, **{f"train/{k}": v for k, v in parts.items()}),
                 progress=lambda parts: bar.update(task, advance=1, loss=parts["total"]),
             )
@@ -437,7 +488,11 @@ def train_centralized(
                 val_pcc = point_prediction_pcc(model, selection_sites)
                 best.offer(model, val_pcc)
             finished = epoch + 1 if not stats.stopped_early else epoch
-            logger.log(step, epoch=finished, **{"val/loss": val, "val/pcc_point": val_pcc, "train/epoch_loss": stats.summary()["loss"]})
+            logger.log(
+                step,
+                epoch=finished,
+                **{"val/loss": val, "val/pcc_point": val_pcc, "train/epoch_loss": stats.summary()["loss"]},
+            )
             checkpoint(finished)
             if stats.stopped_early:
                 bar.console.print(f"stopped after {max_minutes} min (--max-minutes) at step {step}")

@@ -112,7 +112,11 @@ def write_participants(root: Path, participants: Sequence) -> None:
 
 
 def write_events(path: Path, events: Sequence[Event]) -> Path:
-    return write_tsv(path, ("onset", "duration", "trial_type"), [(f"{e.onset:.1f}", f"{e.duration:.1f}", e.trial_type) for e in events])
+    return write_tsv(
+        path,
+        ("onset", "duration", "trial_type"),
+        [(f"{e.onset:.1f}", f"{e.duration:.1f}", e.trial_type) for e in events],
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,7 +166,11 @@ def write_eeg(
             "Manufacturer": GENERATED_BY["Name"],
         },
     )
-    write_tsv(eeg_dir / f"{base}_channels.tsv", ("name", "type", "units", "status"), [(n, "EEG", "µV", "good") for n in ch_names])
+    write_tsv(
+        eeg_dir / f"{base}_channels.tsv",
+        ("name", "type", "units", "status"),
+        [(n, "EEG", "µV", "good") for n in ch_names],
+    )
     write_events(eeg_dir / f"{base}_events.tsv", events)
     return path
 
@@ -172,26 +180,42 @@ def _write_edf(path: Path, data_v: np.ndarray, ch_names: Sequence[str], sfreq: f
 
     raw = mne.io.RawArray(data_v.astype(np.float64), mne.create_info(list(ch_names), sfreq, "eeg"), verbose=False)
     raw.set_meas_date(MEAS_DATE)
-    raw.set_annotations(mne.Annotations([e.onset for e in events], [e.duration for e in events], [e.trial_type for e in events]))
+    raw.set_annotations(
+        mne.Annotations([e.onset for e in events], [e.duration for e in events], [e.trial_type for e in events])
+    )
     with atomic_path(path) as tmp:
         mne.export.export_raw(tmp, raw, fmt="edf", overwrite=True, verbose=False)
 
 
-def _write_brainvision(eeg_dir: Path, stem: str, data_v: np.ndarray, ch_names: Sequence[str], sfreq: float, events: Sequence[Event]) -> None:
+def _write_brainvision(
+    eeg_dir: Path, stem: str, data_v: np.ndarray, ch_names: Sequence[str], sfreq: float, events: Sequence[Event]
+) -> None:
     """BrainVision is three files whose header names the other two, so they are written under
     their final names in a private temporary folder of ``eeg_dir`` and renamed into place one by
     one, header last (a reader that finds the header finds the data)."""
     import pybv
 
     markers = [
-        {"onset": int(round(e.onset * sfreq)), "duration": max(1, int(round(e.duration * sfreq))), "description": e.trial_type, "type": "Comment"}
+        {
+            "onset": int(round(e.onset * sfreq)),
+            "duration": max(1, int(round(e.duration * sfreq))),
+            "description": e.trial_type,
+            "type": "Comment",
+        }
         for e in events
     ]
     tmp_dir = Path(tempfile.mkdtemp(prefix=".tmp-bv-", dir=eeg_dir))
     try:
         pybv.write_brainvision(
-            data=data_v, sfreq=sfreq, ch_names=list(ch_names), fname_base=stem, folder_out=tmp_dir,
-            overwrite=True, events=markers, fmt="binary_float32", meas_date=MEAS_DATE,
+            data=data_v,
+            sfreq=sfreq,
+            ch_names=list(ch_names),
+            fname_base=stem,
+            folder_out=tmp_dir,
+            overwrite=True,
+            events=markers,
+            fmt="binary_float32",
+            meas_date=MEAS_DATE,
         )
         for ext in (".eeg", ".vmrk", ".vhdr"):
             os.replace(tmp_dir / f"{stem}{ext}", eeg_dir / f"{stem}{ext}")
@@ -255,7 +279,9 @@ def write_expected_power(
             "Units": "log V^2",
             "EEGReference": "average",
             "Rhythms": list(rhythms),
-            "ColumnPositionsMM": [[round(float(v), 2) for v in positions_mm[i]] for i in range(len(ch_names)) for _ in rhythms],
+            "ColumnPositionsMM": [
+                [round(float(v), 2) for v in positions_mm[i]] for i in range(len(ch_names)) for _ in rhythms
+            ],
         },
     )
     path = stem.with_name(stem.name + ".tsv.gz")
@@ -274,7 +300,13 @@ def write_bold(func_dir: Path, base: str, data: np.ndarray, tr: float, task: str
         write_gifti_timeseries(func_dir / f"{base}_hemi-{hemi}_space-fsaverage5_bold.func.gii", data[rows], hemi, tr)
     write_json_atomic(
         func_dir / f"{base}_space-fsaverage5_bold.json",
-        {"RepetitionTime": tr, "TaskName": task, "StartTime": 0.0, "SliceTimingCorrected": True, "Description": description},
+        {
+            "RepetitionTime": tr,
+            "TaskName": task,
+            "StartTime": 0.0,
+            "SliceTimingCorrected": True,
+            "Description": description,
+        },
     )
 
 
@@ -320,7 +352,11 @@ def write_nirs_sidecars(
     )
     channels = [(name, s, d, "false") for name, (s, d) in zip(probe.channel_names, probe.pairs)]
     channels += [(name, s, d, "true") for name, (s, d) in zip(probe.short_channel_names, probe.short_pairs)]
-    rows = [(f"{name} {wl}", "NIRSCWAMPLITUDE", f"S{s + 1}", f"D{d + 1}", wl, "n/a", short) for name, s, d, short in channels for wl in wavelengths]
+    rows = [
+        (f"{name} {wl}", "NIRSCWAMPLITUDE", f"S{s + 1}", f"D{d + 1}", wl, "n/a", short)
+        for name, s, d, short in channels
+        for wl in wavelengths
+    ]
     header = ("name", "type", "source", "detector", "wavelength_nominal", "units", "short_channel")
     write_tsv(nirs_dir / f"{base}_channels.tsv", header, rows)
     write_events(nirs_dir / f"{base}_events.tsv", events)

@@ -43,8 +43,18 @@ from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.io import write_json_atomic, write_text_atomic
 from fedneurogen.shared.pki import make_ca, make_node_keypair, make_server_certificate
 from fedneurogen.simulations.federated import (
-    FederationError, LocalSuperLink, TlsFiles, alive, app_dir, ensure_sites, free_port, register_supernode, start_supernode, stop_process,
-    tail, write_connection,
+    FederationError,
+    LocalSuperLink,
+    TlsFiles,
+    alive,
+    app_dir,
+    ensure_sites,
+    free_port,
+    register_supernode,
+    start_supernode,
+    stop_process,
+    tail,
+    write_connection,
 )
 
 CONNECTION = "consortium"
@@ -73,7 +83,13 @@ class Endpoints:
 
 
 def nginx_config(
-    folder: Path, tls: TlsFiles, upstream: str, site_listen: str, admin_listen: str, *, upstream_name: str = "localhost",
+    folder: Path,
+    tls: TlsFiles,
+    upstream: str,
+    site_listen: str,
+    admin_listen: str,
+    *,
+    upstream_name: str = "localhost",
 ) -> str:
     """nginx in front of the SuperLink (at ``upstream``, HTTPS; its certificate must list
     ``upstream_name``): two TLS listeners, the site one forwarding the Fleet API's prefix only,
@@ -139,7 +155,9 @@ def _wait_listening(port: int, proc: subprocess.Popen, log: Path, what: str, tim
 
 def start_proxy(folder: Path, tls: TlsFiles, upstream: str) -> tuple[subprocess.Popen, int, int]:
     """nginx in the foreground, in its own session; returns it and the site and admin ports."""
-    nginx = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).is_file()), None)
+    nginx = shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).is_file()), None
+    )
     if nginx is None:
         raise ConfigError("the local consortium needs nginx (Debian/Ubuntu: apt-get install nginx-light)")
     folder.mkdir(parents=True, exist_ok=True)
@@ -148,7 +166,9 @@ def start_proxy(folder: Path, tls: TlsFiles, upstream: str) -> tuple[subprocess.
     write_text_atomic(config, nginx_config(folder, tls, upstream, f"127.0.0.1:{site_port}", f"127.0.0.1:{admin_port}"))
     log = folder / "nginx.log"
     with open(log, "ab") as out:
-        proc = subprocess.Popen([nginx, "-p", str(folder), "-c", str(config)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [nginx, "-p", str(folder), "-c", str(config)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     for port in (site_port, admin_port):
         _wait_listening(port, proc, log, "nginx")
     return proc, site_port, admin_port
@@ -162,15 +182,23 @@ def install_shim(folder: Path, allowlist: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     shim = folder / "flower-superexec"
     shim.write_text(
-        f'#!/bin/sh\nexec "{sys.executable}" -m fedneurogen.client.site_exec --allowed-apps "{allowlist}" "$@"\n', encoding="utf-8"
+        f'#!/bin/sh\nexec "{sys.executable}" -m fedneurogen.client.site_exec --allowed-apps "{allowlist}" "$@"\n',
+        encoding="utf-8",
     )
     shim.chmod(0o755)
     return shim
 
 
 def up(
-    folder: Path, *, sites: int = 2, data_root: Path | None = None, modality: str = "fmri", subjects_per_site: int = 3,
-    site_config: str = 'dp-max-epsilon="10"', seed: int = 0, allowed_apps: Path | None = None,
+    folder: Path,
+    *,
+    sites: int = 2,
+    data_root: Path | None = None,
+    modality: str = "fmri",
+    subjects_per_site: int = 3,
+    site_config: str = 'dp-max-epsilon="10"',
+    seed: int = 0,
+    allowed_apps: Path | None = None,
 ) -> Endpoints:
     """Start the consortium in ``folder`` (see the module's docstring); returns its endpoints."""
     folder = Path(folder).resolve()
@@ -200,7 +228,9 @@ def up(
         write_json_atomic(folder / PROCESSES, started)  # written as it grows: a failed `up` can still be taken `down`
 
     try:
-        link = LocalSuperLink(folder / "superlink", simulation=False, log_file=logs / "superlink.log", tls=tls, node_auth=True)
+        link = LocalSuperLink(
+            folder / "superlink", simulation=False, log_file=logs / "superlink.log", tls=tls, node_auth=True
+        )
         link.start()
         remember("superlink", link.proc)
         proxy, site_port, admin_port = start_proxy(folder / "proxy", tls, link.address)
@@ -265,26 +295,53 @@ def main(argv: list[str] | None = None) -> int:
     start = commands.add_parser("up", help="start the consortium in DIR")
     start.add_argument("dir", type=Path)
     start.add_argument("--sites", type=int, default=2)
-    start.add_argument("--data-root", type=Path, default=None, help="BIDS folders site-01, site-02 ... here (simulated if missing; default DIR/data)")
+    start.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        help="BIDS folders site-01, site-02 ... here (simulated if missing; default DIR/data)",
+    )
     start.add_argument("--modality", default="fmri", choices=("fmri", "fnirs", "mixed"))
     start.add_argument("--subjects-per-site", type=int, default=3)
-    start.add_argument("--site-config", default='dp-max-epsilon="10"', help="added to every site's node config (its privacy policy)")
-    start.add_argument("--allowed-apps", type=Path, default=None, help="the sites' allowlist of app hashes (default: this FedNeuroGen release)")
+    start.add_argument(
+        "--site-config", default='dp-max-epsilon="10"', help="added to every site's node config (its privacy policy)"
+    )
+    start.add_argument(
+        "--allowed-apps",
+        type=Path,
+        default=None,
+        help="the sites' allowlist of app hashes (default: this FedNeuroGen release)",
+    )
     stop = commands.add_parser("down", help="stop the consortium in DIR")
     stop.add_argument("dir", type=Path)
-    proxy = commands.add_parser("proxy-config", help="write the proxy's nginx.conf for a real coordinator (deploy/README.md)")
+    proxy = commands.add_parser(
+        "proxy-config", help="write the proxy's nginx.conf for a real coordinator (deploy/README.md)"
+    )
     proxy.add_argument("--out", type=Path, required=True, help="the nginx.conf to write")
     proxy.add_argument("--site-listen", required=True, help="address:port the sites reach, e.g. 0.0.0.0:8443")
-    proxy.add_argument("--admin-listen", required=True, help="address:port on the admins' network only, e.g. 10.1.0.5:9443")
+    proxy.add_argument(
+        "--admin-listen", required=True, help="address:port on the admins' network only, e.g. 10.1.0.5:9443"
+    )
     proxy.add_argument("--upstream", default="127.0.0.1:8000", help="where the SuperLink listens (loopback)")
     proxy.add_argument("--upstream-name", default="localhost", help="a name the SuperLink's certificate lists")
-    proxy.add_argument("--certs", type=Path, required=True, help="folder with superlink.crt, superlink.key, ca.crt (make-certs.sh)")
+    proxy.add_argument(
+        "--certs", type=Path, required=True, help="folder with superlink.crt, superlink.key, ca.crt (make-certs.sh)"
+    )
     proxy.add_argument("--state", type=Path, default=Path("/var/lib/fedneurogen/proxy"), help="pid file and logs")
     args = parser.parse_args(argv)
     if args.command == "proxy-config":
-        text = nginx_config(args.state, TlsFiles.in_folder(args.certs), args.upstream, args.site_listen, args.admin_listen, upstream_name=args.upstream_name)
+        text = nginx_config(
+            args.state,
+            TlsFiles.in_folder(args.certs),
+            args.upstream,
+            args.site_listen,
+            args.admin_listen,
+            upstream_name=args.upstream_name,
+        )
         write_text_atomic(args.out, text)
-        print(f"wrote {args.out}: sites {args.site_listen} -> {FLEET_PREFIX}, admins {args.admin_listen} -> {CONTROL_PREFIX}")
+        print(
+            f"wrote {args.out}: sites {args.site_listen} -> {FLEET_PREFIX}, admins {args.admin_listen} -> {CONTROL_PREFIX}"
+        )
         return 0
     try:
         if args.command == "up":

@@ -78,7 +78,9 @@ def parcel_activity(latent: LatentActivity) -> np.ndarray:
     return load_cortex().parcel_mean(latent.spatial.astype(np.float64)) @ latent.temporal
 
 
-def rhythm_moment(rhythm: Rhythm, phys: SubjectPhysiology, activity: np.ndarray, profiles: dict[str, np.ndarray]) -> np.ndarray:
+def rhythm_moment(
+    rhythm: Rhythm, phys: SubjectPhysiology, activity: np.ndarray, profiles: dict[str, np.ndarray]
+) -> np.ndarray:
     """Envelope of ``rhythm`` per parcel, ``[324, n_times]`` dipole moment in A m:
     ``moment * strength * profile_p * exp(coupling * activity_p(t))``."""
     strength = phys.alpha_strength if rhythm.name == "alpha" else 1.0

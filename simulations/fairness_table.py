@@ -57,7 +57,14 @@ from typing import Any
 
 import numpy as np
 
-from fedneurogen.shared.fairness import AugmentConfig, ModelSynthesizer, minority_summary, prepare_samples, run_augmentation, write_report
+from fedneurogen.shared.fairness import (
+    AugmentConfig,
+    ModelSynthesizer,
+    minority_summary,
+    prepare_samples,
+    run_augmentation,
+    write_report,
+)
 from fedneurogen.shared import fairness as fm
 from fedneurogen.shared.errors import ConfigError, DataError
 from fedneurogen.shared.io import write_json_atomic, write_text_atomic
@@ -88,14 +95,20 @@ class Scale:
 
 
 FULL = Scale(
-    eval_subjects=10, eval_run_seconds=900.0, train_subjects=4, train_run_seconds=600.0,
+    eval_subjects=10,
+    eval_run_seconds=900.0,
+    train_subjects=4,
+    train_run_seconds=600.0,
     protocols=(
         Protocol("visual stimulus decoding (fMRI)", "fmri", ("faces", "motion", "scenes", "tools"), 150, 30, 5),
         Protocol("motor imagery (fNIRS)", "fnirs", ("left", "right"), 120, 30, 3),
     ),
 )
 QUICK = Scale(
-    eval_subjects=5, eval_run_seconds=300.0, train_subjects=3, train_run_seconds=200.0,
+    eval_subjects=5,
+    eval_run_seconds=300.0,
+    train_subjects=3,
+    train_run_seconds=200.0,
     protocols=(
         Protocol("visual stimulus decoding (fMRI)", "fmri", ("faces", "motion", "scenes", "tools"), 20, 5, 3),
         Protocol("motor imagery (fNIRS)", "fnirs", ("left", "right"), 24, 6, 3),
@@ -112,15 +125,25 @@ def ensure_simulated(out: Path, subjects: int, run_seconds: float, seed: int) ->
     from fedneurogen.simulations.simulator import simulate_dataset
 
     summary = out / "simulation.json"
-    wanted = {"seed": seed, "modality": "mixed", "n_sites": 2, "subjects_per_site": subjects, "run_seconds": run_seconds}
+    wanted = {
+        "seed": seed,
+        "modality": "mixed",
+        "n_sites": 2,
+        "subjects_per_site": subjects,
+        "run_seconds": run_seconds,
+    }
     if summary.is_file():
         have = json.loads(summary.read_text())
         if all(have.get(k) == v for k, v in wanted.items()):
             return [out / "site-01", out / "site-02"]
-    return simulate_dataset(out, n_sites=2, subjects_per_site=subjects, modality="mixed", seed=seed, run_seconds=run_seconds, progress=False)
+    return simulate_dataset(
+        out, n_sites=2, subjects_per_site=subjects, modality="mixed", seed=seed, run_seconds=run_seconds, progress=False
+    )
 
 
-def train_generator(sites: list[PairedWindows], out: Path, *, preset: str, minutes: float, seed: int, device: str | None) -> Path:
+def train_generator(
+    sites: list[PairedWindows], out: Path, *, preset: str, minutes: float, seed: int, device: str | None
+) -> Path:
     """Centralized training on the task windows of ``sites`` for ``minutes`` (the loop stops at
     the deadline), EMA weights saved with class names. Rest windows are left out: they carry no
     class label, and a CPU budget of a few hundred steps is better spent on the labelled ones."""
@@ -141,24 +164,49 @@ def train_generator(sites: list[PairedWindows], out: Path, *, preset: str, minut
     fit_ridge_paths(model, split.train, split.val)
     sites = [site.subset(np.flatnonzero(site.labels != "rest")) for site in sites]
     classes = class_index(sites)
-    print(f"  generator: ridge path fitted; {sum(len(s) for s in sites)} task windows, classes {list(classes)}", flush=True)
+    print(
+        f"  generator: ridge path fitted; {sum(len(s) for s in sites)} task windows, classes {list(classes)}",
+        flush=True,
+    )
     # The preset's 0.999 decay needs thousands of steps; a CPU budget gives a few hundred.
     ema = EMA(model, decay=0.99)
     optimizer = make_optimizer(model.parameters(), config)
     deadline = time.time() + 60.0 * minutes
     step, epoch = 0, 0
     while time.time() < deadline:
-        stats, step = train_epochs(model, optimizer, sites, epochs=1, config=config, class_to_index=classes, seed=seed * 1000 + epoch, ema=ema, start_step=step, deadline=deadline)
+        stats, step = train_epochs(
+            model,
+            optimizer,
+            sites,
+            epochs=1,
+            config=config,
+            class_to_index=classes,
+            seed=seed * 1000 + epoch,
+            ema=ema,
+            start_step=step,
+            deadline=deadline,
+        )
         epoch += 1
         print(f"  generator: epoch {epoch}, step {step}, loss {stats.summary()['loss']:.4f}", flush=True)
-    provenance = {"mode": "centralized (fairness_table)", "preset": preset, "seed": seed, "steps": step, "epochs_started": epoch, "minutes": minutes}
-    return save_checkpoint(out, model, ema=ema, extra={"class_names": list(classes), "preprocess": {}, "provenance": provenance})
+    provenance = {
+        "mode": "centralized (fairness_table)",
+        "preset": preset,
+        "seed": seed,
+        "steps": step,
+        "epochs_started": epoch,
+        "minutes": minutes,
+    }
+    return save_checkpoint(
+        out, model, ema=ema, extra={"class_names": list(classes), "preprocess": {}, "provenance": provenance}
+    )
 
 
 # -- one condition ----------------------------------------------------------------------------
 
 
-def cut_condition(windows: PairedWindows, protocol: Protocol, minority: str, rng: np.random.Generator) -> tuple[PairedWindows, PairedWindows]:
+def cut_condition(
+    windows: PairedWindows, protocol: Protocol, minority: str, rng: np.random.Generator
+) -> tuple[PairedWindows, PairedWindows]:
     """The protocol's windows (minority class ``n_minority``, others ``n_majority``) and the EEG-only
     pool: the minority windows left out, with their targets zeroed."""
     keep, pool = [], []
@@ -166,7 +214,10 @@ def cut_condition(windows: PairedWindows, protocol: Protocol, minority: str, rng
         index = np.flatnonzero(windows.labels == c)
         n = protocol.n_minority if c == minority else protocol.n_majority
         if len(index) < n:
-            raise DataError(f"simulated {protocol.modality} site", f"class {c!r} has {len(index)} windows, the protocol needs {n}: simulate more subjects or longer runs")
+            raise DataError(
+                f"simulated {protocol.modality} site",
+                f"class {c!r} has {len(index)} windows, the protocol needs {n}: simulate more subjects or longer runs",
+            )
         order = rng.permutation(index)
         keep.append(order[:n])
         if c == minority:
@@ -176,7 +227,9 @@ def cut_condition(windows: PairedWindows, protocol: Protocol, minority: str, rng
     return kept, replace(left, target=np.zeros(left.target.shape, np.float32))  # nothing may use these targets
 
 
-def cut_group(windows: PairedWindows, protocol: Protocol, minority_group: str, rng: np.random.Generator) -> tuple[PairedWindows, PairedWindows]:
+def cut_group(
+    windows: PairedWindows, protocol: Protocol, minority_group: str, rng: np.random.Generator
+) -> tuple[PairedWindows, PairedWindows]:
     """The group variant: per class, up to ``n_majority`` windows of the other group and
     ``n_minority`` of ``minority_group`` (whose windows left out become the EEG-only pool,
     targets zeroed)."""
@@ -185,7 +238,10 @@ def cut_group(windows: PairedWindows, protocol: Protocol, minority_group: str, r
     for c in protocol.classes:
         minority = rng.permutation(np.flatnonzero((windows.labels == c) & (groups == minority_group)))
         if len(minority) < protocol.n_minority:
-            raise DataError(f"simulated {protocol.modality} site", f"group {minority_group} has {len(minority)} windows of {c!r}, the group variant needs {protocol.n_minority}")
+            raise DataError(
+                f"simulated {protocol.modality} site",
+                f"group {minority_group} has {len(minority)} windows of {c!r}, the group variant needs {protocol.n_minority}",
+            )
         others = rng.permutation(np.flatnonzero((windows.labels == c) & (groups != minority_group)))
         keep += [minority[: protocol.n_minority], others[: protocol.n_majority]]
         pool.append(minority[protocol.n_minority :])
@@ -200,15 +256,24 @@ def target_rois(windows: PairedWindows, protocol: Protocol) -> np.ndarray | None
 
 
 def evaluate_condition(
-    windows: PairedWindows, kept: PairedWindows, pool: PairedWindows | None, config: AugmentConfig, site: str,
-    synthesizer: ModelSynthesizer, rois: np.ndarray | None, oracle: bool, folder: Path,
+    windows: PairedWindows,
+    kept: PairedWindows,
+    pool: PairedWindows | None,
+    config: AugmentConfig,
+    site: str,
+    synthesizer: ModelSynthesizer,
+    rois: np.ndarray | None,
+    oracle: bool,
+    folder: Path,
 ) -> dict[str, Any]:
     """Every strategy cross-validated on one condition (``kept`` windows, EEG-only ``pool``), with
     the oracle row when asked; the report is written to ``folder`` and returned."""
     samples = prepare_samples(kept, config, site, pool=pool, rois=rois)
     report, _ = run_augmentation(kept, config, site, synthesizer=synthesizer, samples=samples)
     if oracle:  # same folds, sources and sizes; the recorded targets instead of generated ones
-        upper, _ = run_augmentation(kept, replace(config, strategies=("generate",)), site, synthesizer=RecordedTargets(windows), samples=samples)
+        upper, _ = run_augmentation(
+            kept, replace(config, strategies=("generate",)), site, synthesizer=RecordedTargets(windows), samples=samples
+        )
         report["strategies"]["oracle"] = upper["strategies"]["generate"]
         report["summary"] = minority_summary(report["strategies"], report["classes"], report["minority_classes"])
     write_report(report, folder)
@@ -216,7 +281,15 @@ def evaluate_condition(
 
 
 def run_group_variant(
-    windows: PairedWindows, protocol: Protocol, synthesizer: ModelSynthesizer, out: Path, *, seed: int, classifier: str, with_eeg: bool, oracle: bool = True
+    windows: PairedWindows,
+    protocol: Protocol,
+    synthesizer: ModelSynthesizer,
+    out: Path,
+    *,
+    seed: int,
+    classifier: str,
+    with_eeg: bool,
+    oracle: bool = True,
 ) -> dict[str, Any]:
     """Group B under-represented in every class: class x group cells balanced by each strategy,
     scored per group (worst group, gap)."""
@@ -228,7 +301,17 @@ def run_group_variant(
         classes=protocol.classes, seed=seed, steps=synthesizer.steps, guidance_scale=synthesizer.guidance_scale,
     )  # fmt: skip
     site = f"simulated {protocol.modality} site (group B cut to {protocol.n_minority} per class)"
-    report = evaluate_condition(windows, kept, pool, config, site, synthesizer, target_rois(windows, protocol), oracle, out / "conditions" / f"{protocol.modality}-group-B")
+    report = evaluate_condition(
+        windows,
+        kept,
+        pool,
+        config,
+        site,
+        synthesizer,
+        target_rois(windows, protocol),
+        oracle,
+        out / "conditions" / f"{protocol.modality}-group-B",
+    )
     groups = {}
     for name, entry in report["strategies"].items():
         by_group = entry["per_group"]["by_group"]
@@ -237,7 +320,10 @@ def run_group_variant(
             "worst_group": entry["per_group"]["worst_group"],
             "gap": entry["per_group"]["difference"]["macro_f1"],
         }
-    print(f"  group variant: gap none {groups['none']['gap']:.3f}, oversample {groups['oversample']['gap']:.3f}, generate {groups['generate']['gap']:.3f} ({time.time() - t0:.0f} s)", flush=True)
+    print(
+        f"  group variant: gap none {groups['none']['gap']:.3f}, oversample {groups['oversample']['gap']:.3f}, generate {groups['generate']['gap']:.3f} ({time.time() - t0:.0f} s)",
+        flush=True,
+    )
     return {
         "protocol": protocol.__dict__, "pool_windows": len(pool), "groups": groups,
         "goal": {"generate narrows the worst-group gap more than oversample": bool(groups["generate"]["gap"] < groups["oversample"]["gap"])},
@@ -258,7 +344,16 @@ class RecordedTargets:
 
 
 def run_protocol(
-    windows: PairedWindows, protocol: Protocol, synthesizer: ModelSynthesizer, out: Path, *, seed: int, source: str, classifier: str, with_eeg: bool, oracle: bool = True
+    windows: PairedWindows,
+    protocol: Protocol,
+    synthesizer: ModelSynthesizer,
+    out: Path,
+    *,
+    seed: int,
+    source: str,
+    classifier: str,
+    with_eeg: bool,
+    oracle: bool = True,
 ) -> list[dict[str, Any]]:
     rows = []
     rois = target_rois(windows, protocol)
@@ -267,17 +362,35 @@ def run_protocol(
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(k, len(protocol.classes))))
         kept, pool = cut_condition(windows, protocol, minority, rng)
         config = AugmentConfig(
-            strategies=STRATEGIES, folds=protocol.folds, target_per_class=protocol.n_majority, classifier=classifier,
-            use_eeg=with_eeg, classes=protocol.classes, seed=seed,
-            steps=synthesizer.steps, guidance_scale=synthesizer.guidance_scale,
+            strategies=STRATEGIES,
+            folds=protocol.folds,
+            target_per_class=protocol.n_majority,
+            classifier=classifier,
+            use_eeg=with_eeg,
+            classes=protocol.classes,
+            seed=seed,
+            steps=synthesizer.steps,
+            guidance_scale=synthesizer.guidance_scale,
         )
         site = f"simulated {protocol.modality} site ({minority} cut to {protocol.n_minority})"
         folder = out / "conditions" / f"{protocol.modality}-{minority}"
-        report = evaluate_condition(windows, kept, pool if source == "pool" else None, config, site, synthesizer, rois, oracle, folder)
-        rows.append({"minority": minority, "pool_windows": len(pool) if source == "pool" else 0, "seconds": round(time.time() - t0, 1), "report": report})
+        report = evaluate_condition(
+            windows, kept, pool if source == "pool" else None, config, site, synthesizer, rois, oracle, folder
+        )
+        rows.append(
+            {
+                "minority": minority,
+                "pool_windows": len(pool) if source == "pool" else 0,
+                "seconds": round(time.time() - t0, 1),
+                "report": report,
+            }
+        )
         gen = report["strategies"]["generate"]["per_class_f1_mean"][minority]
         base = report["strategies"]["none"]["per_class_f1_mean"][minority]
-        print(f"  {protocol.modality} {minority}: minority F1 {base:.3f} -> {gen:.3f} ({time.time() - t0:.0f} s)", flush=True)
+        print(
+            f"  {protocol.modality} {minority}: minority F1 {base:.3f} -> {gen:.3f} ({time.time() - t0:.0f} s)",
+            flush=True,
+        )
     return rows
 
 
@@ -307,19 +420,21 @@ def goal_figures(rows: list[dict[str, Any]], classes: tuple[str, ...]) -> dict[s
         f1 = {name: r["strategies"][name]["per_class_f1_mean"] for name in r["strategies"]}
         majority = [k for k in classes if k != c]
         maj = {name: float(np.mean([f1[name][k] for k in majority])) for name in f1}
-        per.append({
-            "minority": c,
-            "minority_f1": {name: f1[name][c] for name in f1},
-            "minority_recall": {name: r["strategies"][name].get("per_class_recall_mean", {}).get(c) for name in f1},
-            "majority_f1": maj,
-            "minority_over_majority_generate": f1["generate"][c] / maj["generate"] if maj["generate"] else None,
-            "majority_f1_drop_generate": maj["none"] - maj["generate"],
-            "majority_f1_drop_oversample": maj["none"] - maj["oversample"],
-            "generate_beats_oversample": f1["generate"][c] > f1["oversample"][c],
-            "generate_beats_every_baseline": all(f1["generate"][c] > f1[b][c] for b in BASELINES if b in f1),
-            "generated_label_fidelity": r["strategies"]["generate"].get("generated_label_fidelity"),
-            "real_label_fidelity": r["strategies"]["generate"].get("real_label_fidelity"),
-        })
+        per.append(
+            {
+                "minority": c,
+                "minority_f1": {name: f1[name][c] for name in f1},
+                "minority_recall": {name: r["strategies"][name].get("per_class_recall_mean", {}).get(c) for name in f1},
+                "majority_f1": maj,
+                "minority_over_majority_generate": f1["generate"][c] / maj["generate"] if maj["generate"] else None,
+                "majority_f1_drop_generate": maj["none"] - maj["generate"],
+                "majority_f1_drop_oversample": maj["none"] - maj["oversample"],
+                "generate_beats_oversample": f1["generate"][c] > f1["oversample"][c],
+                "generate_beats_every_baseline": all(f1["generate"][c] > f1[b][c] for b in BASELINES if b in f1),
+                "generated_label_fidelity": r["strategies"]["generate"].get("generated_label_fidelity"),
+                "real_label_fidelity": r["strategies"]["generate"].get("real_label_fidelity"),
+            }
+        )
     mean = lambda key, name=None: float(np.mean([p[key][name] if name else p[key] for p in per]))  # noqa: E731
     summary = {
         "minority_f1_none": mean("minority_f1", "none"),
@@ -335,7 +450,9 @@ def goal_figures(rows: list[dict[str, Any]], classes: tuple[str, ...]) -> dict[s
         "majority_f1_drop_generate": mean("majority_f1_drop_generate"),
         "majority_f1_drop_oversample": mean("majority_f1_drop_oversample"),
         "generate_beats_oversample": f"{sum(p['generate_beats_oversample'] for p in per)}/{len(per)} conditions",
-        "minority_recall": {name: _mean_or_none([p["minority_recall"][name] for p in per]) for name in per[0]["minority_recall"]},
+        "minority_recall": {
+            name: _mean_or_none([p["minority_recall"][name] for p in per]) for name in per[0]["minority_recall"]
+        },
         "generate_beats_every_baseline": f"{sum(p['generate_beats_every_baseline'] for p in per)}/{len(per)} conditions",
         "generated_label_fidelity": _mean_or_none([p["generated_label_fidelity"] for p in per]),
         "real_label_fidelity": _mean_or_none([p["real_label_fidelity"] for p in per]),
@@ -345,7 +462,11 @@ def goal_figures(rows: list[dict[str, Any]], classes: tuple[str, ...]) -> dict[s
         "minority_f1 >= 0.8 x mean majority F1": bool(summary["minority_over_majority_generate"] >= 0.8),
         "majority F1 drop <= 0.03": bool(summary["majority_f1_drop_generate"] <= 0.03),
         "generate beats none, oversample, class-weight and SMOTE on minority F1": bool(
-            all(summary["minority_f1_generate"] > summary[f"minority_f1_{b.replace('-', '_')}"] for b in BASELINES if summary.get(f"minority_f1_{b.replace('-', '_')}") is not None)
+            all(
+                summary["minority_f1_generate"] > summary[f"minority_f1_{b.replace('-', '_')}"]
+                for b in BASELINES
+                if summary.get(f"minority_f1_{b.replace('-', '_')}") is not None
+            )
         ),
     }
     return {"conditions": per, "mean": summary}
@@ -357,7 +478,8 @@ def render_table(result: dict[str, Any]) -> str:
         "",
         f"Generator: {result['model']['description']}. Classifier `{result['classifier']}` on {result['features']} features; "
         f"subject-grouped stratified CV; generation source: {result['source']}; seed {result['seed']}"
-        + (" (--quick sizes)" if result["quick"] else "") + ".",
+        + (" (--quick sizes)" if result["quick"] else "")
+        + ".",
         "Rows 'Gen' generate for the cut class; 'Over' are the random-oversampling baseline; 'CW' class weights; "
         "'Oracle' (an upper bound, not a method) uses the recorded target of each source EEG window instead of a generated one. "
         "Sizes are for the whole condition; each CV training fold holds (k-1)/k of them, the cut class topped up to the majority's fold size.",
@@ -365,11 +487,24 @@ def render_table(result: dict[str, Any]) -> str:
     for block in result["protocols"]:
         p = block["protocol"]
         classes = p["classes"]
-        lines += ["", f"## {p['name']} ({p['folds']}-fold CV)", "", "| " + " | ".join(f"n {c}" for c in classes) + " | " + " | ".join(f"F1 {c}" for c in classes) + " |", "|---" * (2 * len(classes)) + "|"]
+        lines += [
+            "",
+            f"## {p['name']} ({p['folds']}-fold CV)",
+            "",
+            "| " + " | ".join(f"n {c}" for c in classes) + " | " + " | ".join(f"F1 {c}" for c in classes) + " |",
+            "|---" * (2 * len(classes)) + "|",
+        ]
         for row in block["rows"]:
             r, m = row["report"], row["minority"]
             added = p["n_majority"] - p["n_minority"]
-            for label, strategy in (("", "none"), (f" + {added}(Gen)", "generate"), (f" + {added}(Over)", "oversample"), (" (CW)", "class-weight"), (f" + {added}(SMOTE)", "smote"), (f" + {added}(Oracle)", "oracle")):
+            for label, strategy in (
+                ("", "none"),
+                (f" + {added}(Gen)", "generate"),
+                (f" + {added}(Over)", "oversample"),
+                (" (CW)", "class-weight"),
+                (f" + {added}(SMOTE)", "smote"),
+                (f" + {added}(Oracle)", "oracle"),
+            ):
                 if strategy not in r["strategies"]:
                     continue
                 sizes = [f"{p['n_minority']}{label}" if c == m else str(p["n_majority"]) for c in classes]
@@ -385,14 +520,19 @@ def render_table(result: dict[str, Any]) -> str:
             f"{g['generate_beats_oversample']}, every baseline in {g['generate_beats_every_baseline']}.",
             "",
             "Minority recall (prevalence-free; test folds keep the 1:5 / 1:4 imbalance, which caps minority precision and F1): "
-            + ", ".join(f"{name} {value:.3f}" for name, value in g["minority_recall"].items() if value is not None) + ".",
+            + ", ".join(f"{name} {value:.3f}" for name, value in g["minority_recall"].items() if value is not None)
+            + ".",
             "",
             f"Label fidelity of the generated windows: {_fmt(g['generated_label_fidelity'])}, of held-out real windows of the same class "
             f"{_fmt(g['real_label_fidelity'])} (accuracy of a class-balanced classifier fitted on the fold's real training windows; "
             f"chance {g['chance']:.2f}).",
             *(
-                ["", f"Oracle upper bound (recorded instead of generated targets for the same source windows): minority F1 {g['minority_f1_oracle']:.3f}, mean majority F1 {g['majority_f1_oracle']:.3f}."]
-                if g.get("minority_f1_oracle") is not None else []
+                [
+                    "",
+                    f"Oracle upper bound (recorded instead of generated targets for the same source windows): minority F1 {g['minority_f1_oracle']:.3f}, mean majority F1 {g['majority_f1_oracle']:.3f}.",
+                ]
+                if g.get("minority_f1_oracle") is not None
+                else []
             ),
             "",
             "Goals: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in g["goals"].items()) + ".",
@@ -401,13 +541,24 @@ def render_table(result: dict[str, Any]) -> str:
     if variant:
         p = variant["protocol"]
         lines += [
-            "", f"## Group variant: group B cut to {p['n_minority']} windows per class (group A up to {p['n_majority']}), {p['folds']}-fold CV",
-            "", "| strategy | macro F1 A | macro F1 B | worst group | gap |", "|---|---|---|---|---|",
+            "",
+            f"## Group variant: group B cut to {p['n_minority']} windows per class (group A up to {p['n_majority']}), {p['folds']}-fold CV",
+            "",
+            "| strategy | macro F1 A | macro F1 B | worst group | gap |",
+            "|---|---|---|---|---|",
         ]
         for name, g in variant["groups"].items():
-            lines.append(f"| {name} | {_fmt(g['macro_f1'].get('A'))} | {_fmt(g['macro_f1'].get('B'))} | {(g['worst_group'] or {}).get('group', 'n/a')} | {_fmt(g['gap'])} |")
-        lines += ["", "Goal: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in variant["goal"].items()) + "."]
-    lines += ["", f"Paper (real data): minority F1 {PAPER['minority_f1_before']} -> {PAPER['minority_f1_after']}, majority F1 drop {PAPER['majority_f1_drop'][0]}-{PAPER['majority_f1_drop'][1]}."]
+            lines.append(
+                f"| {name} | {_fmt(g['macro_f1'].get('A'))} | {_fmt(g['macro_f1'].get('B'))} | {(g['worst_group'] or {}).get('group', 'n/a')} | {_fmt(g['gap'])} |"
+            )
+        lines += [
+            "",
+            "Goal: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in variant["goal"].items()) + ".",
+        ]
+    lines += [
+        "",
+        f"Paper (real data): minority F1 {PAPER['minority_f1_before']} -> {PAPER['minority_f1_after']}, majority F1 drop {PAPER['majority_f1_drop'][0]}-{PAPER['majority_f1_drop'][1]}.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -431,7 +582,13 @@ def plot_table(result: dict[str, Any], path: Path) -> Path:
             values = [np.nan_to_num(c["minority_f1"][name] or 0.0) for c in conditions]
             ax.bar(x + (k - (len(names) - 1) / 2) * width, values, width, label=f"minority F1, {name}")
         ax.plot(x, [c["majority_f1"]["none"] for c in conditions], "k_", markersize=22, label="mean majority F1, none")
-        ax.plot(x, [c["majority_f1"]["generate"] for c in conditions], "r_", markersize=22, label="mean majority F1, generate")
+        ax.plot(
+            x,
+            [c["majority_f1"]["generate"] for c in conditions],
+            "r_",
+            markersize=22,
+            label="mean majority F1, generate",
+        )
         ax.set_xticks(x, [f"{c['minority']} cut" for c in conditions])
         ax.set_ylim(0, 1.05)
         ax.set_title(block["protocol"]["name"], fontsize=10)
@@ -455,10 +612,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     eval_sites = ensure_simulated(out / "data" / "eval", scale.eval_subjects, scale.eval_run_seconds, args.seed + 101)
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
     if checkpoint is None:
-        train_dirs = ensure_simulated(out / "data" / "train", scale.train_subjects, scale.train_run_seconds, args.seed + 202)
+        train_dirs = ensure_simulated(
+            out / "data" / "train", scale.train_subjects, scale.train_run_seconds, args.seed + 202
+        )
         train_sites = [load_site(d, progress=False) for d in train_dirs]
         print(f"training a {args.preset} generator for {args.train_minutes} min on separate subjects ...", flush=True)
-        checkpoint = train_generator(train_sites, out / "model", preset=args.preset, minutes=args.train_minutes, seed=args.seed, device=args.device)
+        checkpoint = train_generator(
+            train_sites,
+            out / "model",
+            preset=args.preset,
+            minutes=args.train_minutes,
+            seed=args.seed,
+            device=args.device,
+        )
     model, meta = load_checkpoint(checkpoint, device=args.device, use_ema=True)
     synthesizer = ModelSynthesizer(model, meta.get("class_names"), steps=args.steps, guidance_scale=args.guidance_scale)
     missing = sorted({c for p in scale.protocols for c in p.classes} - set(meta.get("class_names") or []))
@@ -470,7 +636,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "classifier": args.classifier,
         "features": "target-modality (+ EEG band power)" if args.with_eeg else "target-modality",
-        "source": "EEG-only pool of the cut windows (training subjects)" if args.source == "pool" else "the cut class's paired training windows (several draws each)",
+        "source": "EEG-only pool of the cut windows (training subjects)"
+        if args.source == "pool"
+        else "the cut class's paired training windows (several draws each)",
         "model": {
             "checkpoint": str(checkpoint),
             "content_hash": meta.get("content_hash"),
@@ -485,9 +653,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         counts = {c: int(np.sum(windows.labels == c)) for c in protocol.classes}
         print(f"{protocol.name}: {counts} windows available", flush=True)
         rows = run_protocol(
-            windows, protocol, synthesizer, out, seed=args.seed, source=args.source, classifier=args.classifier, with_eeg=args.with_eeg, oracle=not args.no_oracle
+            windows,
+            protocol,
+            synthesizer,
+            out,
+            seed=args.seed,
+            source=args.source,
+            classifier=args.classifier,
+            with_eeg=args.with_eeg,
+            oracle=not args.no_oracle,
         )
-        result["protocols"].append({"protocol": protocol.__dict__, "available_windows": counts, "rows": rows, "goals": goal_figures(rows, protocol.classes)})
+        result["protocols"].append(
+            {
+                "protocol": protocol.__dict__,
+                "available_windows": counts,
+                "rows": rows,
+                "goals": goal_figures(rows, protocol.classes),
+            }
+        )
         if protocol.modality == "fmri":  # and the group variant on the same site
             result["group_variant"] = run_group_variant(
                 windows, protocol, synthesizer, out, seed=args.seed, classifier=args.classifier, with_eeg=args.with_eeg, oracle=not args.no_oracle
@@ -495,7 +678,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["seconds"] = round(time.time() - t0, 1)
     for block in result["protocols"]:  # the full reports are under conditions/; keep the table small
         for row in block["rows"]:
-            row["report"] = {k: row["report"][k] for k in ("classes", "minority_classes", "class_counts", "strategies", "summary")}
+            row["report"] = {
+                k: row["report"][k] for k in ("classes", "minority_classes", "class_counts", "strategies", "summary")
+            }
             for entry in row["report"]["strategies"].values():
                 entry.pop("folds", None)
     write_json_atomic(out / "table.json", result)
@@ -507,20 +692,46 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m fedneurogen.simulations.fairness_table", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m fedneurogen.simulations.fairness_table", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--out", required=True, help="Output folder (data/, model/, conditions/, table.json/.md/.png).")
-    parser.add_argument("--checkpoint", help="Use this generator instead of training one (needs the visual and motor class labels for guidance).")
-    parser.add_argument("--quick", action="store_true", help="Reduced sizes for tests: 5 subjects, 20 vs 5 (fMRI) / 24 vs 6 (fNIRS) windows, 3 folds.")
+    parser.add_argument(
+        "--checkpoint",
+        help="Use this generator instead of training one (needs the visual and motor class labels for guidance).",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="Reduced sizes for tests: 5 subjects, 20 vs 5 (fMRI) / 24 vs 6 (fNIRS) windows, 3 folds.",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--preset", default="tiny", choices=["tiny", "small", "base"], help="Generator preset when training one.")
-    parser.add_argument("--train-minutes", type=float, default=6.0, help="Generator training time (when no --checkpoint).")
+    parser.add_argument(
+        "--preset", default="tiny", choices=["tiny", "small", "base"], help="Generator preset when training one."
+    )
+    parser.add_argument(
+        "--train-minutes", type=float, default=6.0, help="Generator training time (when no --checkpoint)."
+    )
     parser.add_argument("--steps", type=int, default=10, help="DDIM steps per generated window.")
-    parser.add_argument("--guidance-scale", type=float, default=2.0, help="Classifier-free guidance on the class label.")
-    parser.add_argument("--source", choices=["pool", "paired"], default="pool", help="EEG for generation: the cut windows' EEG (pool) or only the kept paired windows.")
+    parser.add_argument(
+        "--guidance-scale", type=float, default=2.0, help="Classifier-free guidance on the class label."
+    )
+    parser.add_argument(
+        "--source",
+        choices=["pool", "paired"],
+        default="pool",
+        help="EEG for generation: the cut windows' EEG (pool) or only the kept paired windows.",
+    )
     parser.add_argument("--classifier", choices=list(fm.CLASSIFIERS), default="logreg")
-    parser.add_argument("--with-eeg", action="store_true", help="Add EEG band-power features to the target-modality features.")
+    parser.add_argument(
+        "--with-eeg", action="store_true", help="Add EEG band-power features to the target-modality features."
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda.")
-    parser.add_argument("--no-oracle", action="store_true", help="Skip the upper-bound rows that use the recorded targets of the source windows.")
+    parser.add_argument(
+        "--no-oracle",
+        action="store_true",
+        help="Skip the upper-bound rows that use the recorded targets of the source windows.",
+    )
     args = parser.parse_args(argv)
     if args.classifier == "riemann" and not args.with_eeg:
         parser.error("--classifier riemann reads EEG covariances: add --with-eeg")

@@ -47,7 +47,9 @@ def app_dir() -> Path:
         pyproject = folder / "pyproject.toml"
         if pyproject.is_file() and "[tool.flwr.app]" in pyproject.read_text(encoding="utf-8"):
             return folder
-    raise ConfigError("cannot find the Flower app (a pyproject.toml with [tool.flwr.app]) above " + str(Path(__file__).parent))
+    raise ConfigError(
+        "cannot find the Flower app (a pyproject.toml with [tool.flwr.app]) above " + str(Path(__file__).parent)
+    )
 
 
 def flower_env(flwr_home: Path) -> dict[str, str]:
@@ -102,6 +104,7 @@ def kill_tree(root: int) -> tuple[set[int], set[int]]:
     ``flwr-simulation`` runs the ServerApp and Ray, so killing the SuperLink's group alone
     leaves the ServerApp running. The tree is stopped (SIGSTOP) first so that nothing forks or
     is orphaned while it is collected. Returns the processes and the groups killed."""
+
     def signal_all(sig: int, pids: set[int], groups: set[int]) -> None:
         for group in groups:
             try:
@@ -167,7 +170,14 @@ class TlsFiles:
         for path in (self.certificate, self.private_key, self.ca_certificate):
             if not Path(path).is_file():
                 raise ConfigError(f"TLS file {path} not found (create it with `fedneurogen certs`)")
-        return ["--ssl-certfile", str(self.certificate), "--ssl-keyfile", str(self.private_key), "--ssl-ca-certfile", str(self.ca_certificate)]
+        return [
+            "--ssl-certfile",
+            str(self.certificate),
+            "--ssl-keyfile",
+            str(self.private_key),
+            "--ssl-ca-certfile",
+            str(self.ca_certificate),
+        ]
 
 
 class LocalSuperLink:
@@ -175,7 +185,13 @@ class LocalSuperLink:
     with ``tls`` it serves HTTPS, with ``node_auth`` it admits only registered SuperNodes."""
 
     def __init__(
-        self, flwr_home: Path, simulation: bool = True, log_file: Path | None = None, *, tls: TlsFiles | None = None, node_auth: bool = False,
+        self,
+        flwr_home: Path,
+        simulation: bool = True,
+        log_file: Path | None = None,
+        *,
+        tls: TlsFiles | None = None,
+        node_auth: bool = False,
     ):
         self.flwr_home = Path(flwr_home)
         self.simulation = simulation
@@ -197,19 +213,25 @@ class LocalSuperLink:
         if self.node_auth:
             cmd.append("--enable-supernode-auth")
         log = open(self.log_file, "ab")
-        self.proc = subprocess.Popen(cmd, env=flower_env(self.flwr_home), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, env=flower_env(self.flwr_home), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise FederationError(f"flower-superlink exited with code {self.proc.returncode}:\n{tail(self.log_file)}")
+                raise FederationError(
+                    f"flower-superlink exited with code {self.proc.returncode}:\n{tail(self.log_file)}"
+                )
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     return self
             except OSError:
                 time.sleep(0.3)
         self.stop()
-        raise FederationError(f"flower-superlink did not listen on {self.address} within {timeout:.0f} s:\n{tail(self.log_file)}")
+        raise FederationError(
+            f"flower-superlink did not listen on {self.address} within {timeout:.0f} s:\n{tail(self.log_file)}"
+        )
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -233,8 +255,16 @@ def write_connection(flwr_home: Path, name: str, address: str, root_certificates
 
 
 def start_supernode(
-    flwr_home: Path, superlink: str, node_config: str, log_file: Path, *, root_certificates: Path | None = None,
-    auth_key: Path | None = None, max_retries: int | None = None, threads: int = 1, path_prefix: Path | None = None,
+    flwr_home: Path,
+    superlink: str,
+    node_config: str,
+    log_file: Path,
+    *,
+    root_certificates: Path | None = None,
+    auth_key: Path | None = None,
+    max_retries: int | None = None,
+    threads: int = 1,
+    path_prefix: Path | None = None,
 ) -> subprocess.Popen:
     """A ``flower-supernode`` site daemon in its own session (stop it with ``stop_process``).
     ``root_certificates``: the CA that must have signed the SuperLink's certificate (else
@@ -266,7 +296,9 @@ def register_supernode(flwr_home: Path, connection: str, public_key: Path, name:
         reply = json.loads(out.stdout)
         return int(reply["node-id"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-        raise FederationError(f"flwr supernode register {public_key} failed (exit {out.returncode}):\n{out.stdout}{out.stderr}") from None
+        raise FederationError(
+            f"flwr supernode register {public_key} failed (exit {out.returncode}):\n{out.stdout}{out.stderr}"
+        ) from None
 
 
 def _toml_value(value: Any) -> str:
@@ -291,8 +323,15 @@ def tail(path: Path, lines: int = 60) -> str:
 
 
 def flwr_run(
-    flwr_home: Path, connection: str, run_config: dict[str, Any], *, federation_config: dict[str, Any] | None = None,
-    app: Path | None = None, timeout: float = 3600.0, log_file: Path | None = None, on_poll: Callable[[], None] | None = None,
+    flwr_home: Path,
+    connection: str,
+    run_config: dict[str, Any],
+    *,
+    federation_config: dict[str, Any] | None = None,
+    app: Path | None = None,
+    timeout: float = 3600.0,
+    log_file: Path | None = None,
+    on_poll: Callable[[], None] | None = None,
 ) -> int:
     """``flwr run APP CONNECTION`` with overrides, streaming the run's log to ``log_file``;
     returns the run id once the run has finished, or raises ``FederationError``. ``on_poll`` is
@@ -341,7 +380,10 @@ def run_status(flwr_home: Path, connection: str, run_id: int, wait: float = 120.
         try:
             out = subprocess.run(
                 ["flwr", "ls", connection, "--run-id", str(run_id), "--format", "json"],
-                env=flower_env(flwr_home), capture_output=True, text=True, timeout=60,
+                env=flower_env(flwr_home),
+                capture_output=True,
+                text=True,
+                timeout=60,
             )
             run = json.loads(out.stdout)["runs"][0]
             status = f"{run.get('status', '')}" + (f": {run['status-details']}" if run.get("status-details") else "")
@@ -352,7 +394,9 @@ def run_status(flwr_home: Path, connection: str, run_id: int, wait: float = 120.
         time.sleep(2.0)
 
 
-def ensure_sites(data_root: Path, num_sites: int, modality: str, subjects_per_site: int, seed: int, run_seconds: float | None = None) -> list[Path]:
+def ensure_sites(
+    data_root: Path, num_sites: int, modality: str, subjects_per_site: int, seed: int, run_seconds: float | None = None
+) -> list[Path]:
     """The simulated sites under ``data_root``, written by the simulator when absent."""
     data_root = Path(data_root)
     sites = [data_root / f"site-{i + 1:02d}" for i in range(num_sites)]
@@ -366,7 +410,15 @@ def ensure_sites(data_root: Path, num_sites: int, modality: str, subjects_per_si
         return sites
     from fedneurogen.simulations.simulator import simulate_dataset
 
-    simulate_dataset(data_root, n_sites=num_sites, subjects_per_site=subjects_per_site, modality=modality, seed=seed, run_seconds=run_seconds, progress=False)
+    simulate_dataset(
+        data_root,
+        n_sites=num_sites,
+        subjects_per_site=subjects_per_site,
+        modality=modality,
+        seed=seed,
+        run_seconds=run_seconds,
+        progress=False,
+    )
     return sites
 
 
@@ -415,8 +467,15 @@ def run_federated(
     ``history.json`` entry as soon as the server has written it."""
     run_dir, data_root = Path(run_dir).resolve(), Path(data_root).resolve()
     config = {
-        "num-server-rounds": rounds, "run-dir": str(run_dir), "data-root": str(data_root), "num-sites": num_sites,
-        "modality": modality, "subjects-per-site": subjects_per_site, "seed": seed, "min-available-nodes": num_sites, "site-state-dir": str(run_dir.parent / f"{run_dir.name}-site-state"),
+        "num-server-rounds": rounds,
+        "run-dir": str(run_dir),
+        "data-root": str(data_root),
+        "num-sites": num_sites,
+        "modality": modality,
+        "subjects-per-site": subjects_per_site,
+        "seed": seed,
+        "min-available-nodes": num_sites,
+        "site-state-dir": str(run_dir.parent / f"{run_dir.name}-site-state"),
         **(run_config or {}),
     }
     # Check the run config here, before anything starts, as the ServerApp will (its error would
@@ -425,7 +484,11 @@ def run_federated(
 
     validate_run_config({**app_run_config(), **config})
     ensure_sites(data_root, num_sites, modality, subjects_per_site, seed, run_seconds)
-    federation = {"num-supernodes": num_sites, "client-resources-num-cpus": client_cpus, "client-resources-num-gpus": 0.0}
+    federation = {
+        "num-supernodes": num_sites,
+        "client-resources-num-cpus": client_cpus,
+        "client-resources-num-gpus": 0.0,
+    }
     own_home = flwr_home is None
     home = Path(tempfile.mkdtemp(prefix="flwr-home-")) if own_home else Path(flwr_home)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -433,7 +496,15 @@ def run_federated(
         with LocalSuperLink(home, simulation=True, log_file=run_dir / "superlink.log") as link:
             write_connection(home, "local-sim", link.address)
             watch = RoundWatcher(run_dir / "history.json", on_round) if on_round is not None else None
-            flwr_run(home, "local-sim", config, federation_config=federation, timeout=timeout, log_file=run_dir / "flwr-run.log", on_poll=watch)
+            flwr_run(
+                home,
+                "local-sim",
+                config,
+                federation_config=federation,
+                timeout=timeout,
+                log_file=run_dir / "flwr-run.log",
+                on_poll=watch,
+            )
             if watch is not None:
                 watch()  # the last round, written just before the run ended
     finally:
@@ -458,22 +529,40 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m fedneurogen.simulations.federated --run-dir DIR --data-root DIR [options]``."""
     import argparse
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", type=Path, required=True, help="server output: checkpoint, history.json, metrics.png")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--run-dir", type=Path, required=True, help="server output: checkpoint, history.json, metrics.png"
+    )
     parser.add_argument("--data-root", type=Path, required=True, help="site-01, site-02, ... (simulated if absent)")
     parser.add_argument("--sites", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--modality", choices=("fmri", "fnirs", "mixed"), default="fmri")
     parser.add_argument("--subjects-per-site", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any run-config key, e.g. strategy=fedprox, dp-enabled=true")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any run-config key, e.g. strategy=fedprox, dp-enabled=true",
+    )
     args = parser.parse_args(argv)
     overrides = parse_overrides(args.set)
     run_dir = run_federated(
-        args.run_dir, args.data_root, num_sites=args.sites, rounds=args.rounds, modality=args.modality,
-        subjects_per_site=args.subjects_per_site, seed=args.seed, run_config=overrides,
+        args.run_dir,
+        args.data_root,
+        num_sites=args.sites,
+        rounds=args.rounds,
+        modality=args.modality,
+        subjects_per_site=args.subjects_per_site,
+        seed=args.seed,
+        run_config=overrides,
     )
-    print(f"checkpoint: {run_dir / 'checkpoint'}\nhistory:    {run_dir / 'history.json'}\nplot:       {run_dir / 'metrics.png'}")
+    print(
+        f"checkpoint: {run_dir / 'checkpoint'}\nhistory:    {run_dir / 'history.json'}\nplot:       {run_dir / 'metrics.png'}"
+    )
 
 
 if __name__ == "__main__":

@@ -250,8 +250,26 @@ def parcel_lead_field(gain: np.ndarray) -> np.ndarray:
 _PROBE_SOURCES = {"L": ("FC3", "CP3", "C5", "C1"), "R": ("FC4", "CP4", "C6", "C2")}
 _PROBE_DETECTORS = {"L": ("C3", "FC5", "FC1", "CP5", "CP1"), "R": ("C4", "FC6", "FC2", "CP6", "CP2")}
 _PROBE_PAIRS = {
-    "L": (("FC3", "C3"), ("CP3", "C3"), ("C5", "C3"), ("C1", "C3"), ("FC3", "FC5"), ("FC3", "FC1"), ("CP3", "CP5"), ("CP3", "CP1")),
-    "R": (("FC4", "C4"), ("CP4", "C4"), ("C6", "C4"), ("C2", "C4"), ("FC4", "FC6"), ("FC4", "FC2"), ("CP4", "CP6"), ("CP4", "CP2")),
+    "L": (
+        ("FC3", "C3"),
+        ("CP3", "C3"),
+        ("C5", "C3"),
+        ("C1", "C3"),
+        ("FC3", "FC5"),
+        ("FC3", "FC1"),
+        ("CP3", "CP5"),
+        ("CP3", "CP1"),
+    ),
+    "R": (
+        ("FC4", "C4"),
+        ("CP4", "C4"),
+        ("C6", "C4"),
+        ("C2", "C4"),
+        ("FC4", "FC6"),
+        ("FC4", "FC2"),
+        ("CP4", "CP6"),
+        ("CP4", "CP2"),
+    ),
 }
 NIRS_FOOTPRINT_MM = 10.0  # width of a channel's cortical sensitivity (banana cross-section)
 #: Source-detector distance of the short-separation channels: light this close to its source
@@ -292,7 +310,9 @@ class MotorProbe:
 
     @property
     def short_distances(self) -> np.ndarray:
-        return np.linalg.norm(self.source_pos[self.short_pairs[:, 0]] - self.detector_pos[self.short_pairs[:, 1]], axis=1)
+        return np.linalg.norm(
+            self.source_pos[self.short_pairs[:, 0]] - self.detector_pos[self.short_pairs[:, 1]], axis=1
+        )
 
     @property
     def short_channel_names(self) -> list[str]:
@@ -336,7 +356,9 @@ def motor_probe() -> MotorProbe:
         w = np.exp(-d2 / (2.0 * NIRS_FOOTPRINT_MM**2))
         w[(cortex.hemi != hemi) | (w < 1e-3)] = 0.0
         sens[c] = w / w.sum()
-    short_pos = np.array([short_detector_position(src_pos[i], det_pos[pairs[pairs[:, 0] == i, 1]]) for i in range(len(sources))])
+    short_pos = np.array(
+        [short_detector_position(src_pos[i], det_pos[pairs[pairs[:, 0] == i, 1]]) for i in range(len(sources))]
+    )
     short_pairs = np.array([(i, len(detectors) + i) for i in range(len(sources))], dtype=np.int64)
     return MotorProbe(
         source_labels=sources,
@@ -349,7 +371,9 @@ def motor_probe() -> MotorProbe:
     )
 
 
-def short_detector_position(source_mm: np.ndarray, long_detectors_mm: np.ndarray, separation_mm: float = SHORT_SEPARATION_MM) -> np.ndarray:
+def short_detector_position(
+    source_mm: np.ndarray, long_detectors_mm: np.ndarray, separation_mm: float = SHORT_SEPARATION_MM
+) -> np.ndarray:
     """A scalp point ``separation_mm`` (straight-line distance) from ``source_mm``, on the side
     of the source away from its long-channel detectors, so it lies under no long channel.
 

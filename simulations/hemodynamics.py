@@ -87,7 +87,9 @@ def _baseline_map(rng: np.random.Generator) -> np.ndarray:
     """Mean image intensity per vertex: smooth coil-sensitivity-like variation around 800."""
     cortex = load_cortex()
     centres = rng.choice(len(cortex.mid), size=6, replace=False)
-    field = sum(rng.uniform(-1, 1) * np.exp(-np.sum((cortex.mid - cortex.mid[c]) ** 2, axis=1) / (2 * 50.0**2)) for c in centres)
+    field = sum(
+        rng.uniform(-1, 1) * np.exp(-np.sum((cortex.mid - cortex.mid[c]) ** 2, axis=1) / (2 * 50.0**2)) for c in centres
+    )
     return 800.0 + 150.0 * field
 
 
@@ -111,7 +113,9 @@ def extinction_coefficients() -> np.ndarray:
     from scipy.io import loadmat
 
     table = loadmat(Path(mne.__file__).parent / "data" / "extinction_coef.mat")["extinct_coef"]
-    ext = np.array([[np.interp(w, table[:, 0], table[:, 1]), np.interp(w, table[:, 0], table[:, 2])] for w in WAVELENGTHS])
+    ext = np.array(
+        [[np.interp(w, table[:, 0], table[:, 1]), np.interp(w, table[:, 0], table[:, 2])] for w in WAVELENGTHS]
+    )
     # Decadic molar extinction per cm -> natural-log absorption per mm: ln(10) / 10 = 0.2303.
     return ext * 0.2303
 
@@ -180,8 +184,12 @@ def simulate_nirs(
     """
     times = np.arange(n_times) / sfreq
     channel_maps = probe.sensitivity @ latent.spatial.astype(np.float64)  # [ch, components]
-    hbo_resp = _sample_at(convolve_causal(latent.temporal, hrf(latent.sfreq, phys.hrf_latency_scale)), latent.sfreq, times)
-    hbr_resp = _sample_at(convolve_causal(latent.temporal, hrf(latent.sfreq, phys.hrf_latency_scale * HBR_LATENCY)), latent.sfreq, times)
+    hbo_resp = _sample_at(
+        convolve_causal(latent.temporal, hrf(latent.sfreq, phys.hrf_latency_scale)), latent.sfreq, times
+    )
+    hbr_resp = _sample_at(
+        convolve_causal(latent.temporal, hrf(latent.sfreq, phys.hrf_latency_scale * HBR_LATENCY)), latent.sfreq, times
+    )
     hbo = phys.hbo_amplitude * channel_maps @ hbo_resp
     hbr = HBR_RATIO * phys.hbo_amplitude * channel_maps @ hbr_resp
 
@@ -216,7 +224,9 @@ def simulate_nirs(
     if probe.n_short_channels:
         n_short = probe.n_short_channels
         short_gain = rng.uniform(0.6, 1.4, size=(n_short, 1))
-        short_local = SHORT_LOCAL_NOISE * colored_noise(rng, n_short, n_times, sfreq, exponent=1.0, f_min=0.005, f_max=0.5)
+        short_local = SHORT_LOCAL_NOISE * colored_noise(
+            rng, n_short, n_times, sfreq, exponent=1.0, f_min=0.005, f_max=0.5
+        )
         short_drift = 0.75 * colored_noise(rng, n_short, n_times, sfreq, exponent=2.0, f_max=0.01)
         short_hbo = noise_level * (short_gain * systemic_wave + short_local + short_drift)
         short_hbr = noise_level * (0.35 * short_gain * systemic_wave + 0.4 * short_local + 0.4 * short_drift)
@@ -234,7 +244,9 @@ def simulate_nirs(
         from fedneurogen.shared.data.fnirs import regress_short_channels
 
         short_back = nirs_bandpass(_intensity_to_hbo(short_intensity, probe.short_distances), sfreq)
-        short_midpoints = 0.5 * (probe.source_pos[probe.short_pairs[:, 0]] + probe.detector_pos[probe.short_pairs[:, 1]])
+        short_midpoints = 0.5 * (
+            probe.source_pos[probe.short_pairs[:, 0]] + probe.detector_pos[probe.short_pairs[:, 1]]
+        )
         hbo_back = regress_short_channels(hbo_back, short_back, probe.midpoints, short_midpoints)
     task = [i for i, name in enumerate(latent.names) if not name.startswith("spontaneous")]
     true_task = channel_maps[:, task] @ hbo_resp[task]

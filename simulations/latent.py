@@ -36,14 +36,18 @@ class Patch:
         return 0 if self.center_mm[0] < 0 else 1
 
 
-def _bilateral(x: float, y: float, z: float, amplitude: float, sigma: float = 10.0, right_gain: float = 1.0) -> tuple[Patch, ...]:
+def _bilateral(
+    x: float, y: float, z: float, amplitude: float, sigma: float = 10.0, right_gain: float = 1.0
+) -> tuple[Patch, ...]:
     return (Patch((-x, y, z), amplitude, sigma), Patch((x, y, z), amplitude * right_gain, sigma))
 
 
 # Category-selective visual areas (coordinates from the fMRI localiser literature, MNI).
 VISUAL_NETWORKS: dict[str, tuple[Patch, ...]] = {
     "faces": (Patch((40, -52, -18), 1.0), Patch((-40, -54, -18), 0.7), Patch((40, -78, -10), 0.6)),  # FFA, OFA
-    "scenes": _bilateral(26, -44, -10, 1.0) + _bilateral(14, -54, 10, 0.8) + _bilateral(34, -80, 22, 0.6),  # PPA, RSC, OPA
+    "scenes": _bilateral(26, -44, -10, 1.0)
+    + _bilateral(14, -54, 10, 0.8)
+    + _bilateral(34, -80, 22, 0.6),  # PPA, RSC, OPA
     "tools": (Patch((-50, -60, -2), 1.0), Patch((-36, -42, 46), 0.8), Patch((-50, 6, 26), 0.5)),  # pMTG, aIPS, PMv
     "motion": _bilateral(44, -68, 2, 1.0, 12.0) + _bilateral(20, -86, 20, 0.5),  # hMT+, V3A
 }
@@ -96,7 +100,9 @@ TIMINGS = {
 }
 
 
-def block_design(rng: np.random.Generator, task: str, classes: tuple[str, ...], run_seconds: float | None) -> tuple[list[Event], float]:
+def block_design(
+    rng: np.random.Generator, task: str, classes: tuple[str, ...], run_seconds: float | None
+) -> tuple[list[Event], float]:
     """Balanced, randomised block design -> (events, run duration in whole seconds).
 
     Blocks come in cycles, each a random permutation of the classes, so the counts per class
@@ -124,7 +130,9 @@ def block_design(rng: np.random.Generator, task: str, classes: tuple[str, ...], 
     return events, duration
 
 
-def neural_timecourse(events: list[Event], trial_type: str | None, n_times: int, sfreq: float, rng: np.random.Generator) -> np.ndarray:
+def neural_timecourse(
+    events: list[Event], trial_type: str | None, n_times: int, sfreq: float, rng: np.random.Generator
+) -> np.ndarray:
     """Neural drive of a network: blocks of ``trial_type`` (all blocks if None).
 
     Each block ramps up over ~0.3 s, adapts by ~15% over its first seconds and has its own
@@ -204,7 +212,9 @@ def simulate_latent(rng: np.random.Generator, task: str, events: list[Event], du
     for k, c in enumerate(centers):
         maps.append(cortex.gaussian_patch(int(c), rng.uniform(15.0, 30.0)))
         names.append(f"spontaneous{k:02d}")
-    spont = SPONTANEOUS_STD * colored_noise(rng, N_SPONTANEOUS, n_times, LATENT_SFREQ, exponent=1.0, f_min=0.005, f_max=1.0)
+    spont = SPONTANEOUS_STD * colored_noise(
+        rng, N_SPONTANEOUS, n_times, LATENT_SFREQ, exponent=1.0, f_min=0.005, f_max=1.0
+    )
     courses.extend(spont)
     return LatentActivity(
         spatial=np.array(maps, dtype=np.float32).T,

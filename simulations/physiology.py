@@ -122,7 +122,9 @@ def colored_noise(
     return x / np.maximum(x.std(axis=1, keepdims=True), 1e-12)
 
 
-def complex_baseband(rng: np.random.Generator, n_series: int, n_times: int, sfreq: float, bandwidth_hz: float) -> np.ndarray:
+def complex_baseband(
+    rng: np.random.Generator, n_series: int, n_times: int, sfreq: float, bandwidth_hz: float
+) -> np.ndarray:
     """Complex Gaussian noise with a Gaussian spectrum of std ``bandwidth_hz`` around 0 Hz.
 
     Multiplied by ``exp(2j pi f0 t)`` it becomes a narrow-band rhythm at ``f0`` whose spectral

@@ -79,11 +79,15 @@ class SiteSpec:
 
 
 def _cap_32() -> tuple[tuple[str, ...], tuple[tuple[str, tuple[float, float, float]], ...]]:
-    custom = tuple((name, tuple(round(float(v), 2) for v in between_electrodes(a, b))) for name, (a, b) in CAP_32_CUSTOM.items())
+    custom = tuple(
+        (name, tuple(round(float(v), 2) for v in between_electrodes(a, b))) for name, (a, b) in CAP_32_CUSTOM.items()
+    )
     return CAP_32_STANDARD + tuple(name for name, _ in custom), custom
 
 
-def make_site_specs(n_sites: int, modality: Literal["fmri", "fnirs", "mixed"] = "fmri", seed: int = 0) -> list[SiteSpec]:
+def make_site_specs(
+    n_sites: int, modality: Literal["fmri", "fnirs", "mixed"] = "fmri", seed: int = 0
+) -> list[SiteSpec]:
     """Specifications of ``n_sites`` heterogeneous sites (see the module docstring)."""
     if n_sites < 1:
         raise ConfigError(f"need at least one site, got {n_sites}")
@@ -112,13 +116,24 @@ def make_site_specs(n_sites: int, modality: Literal["fmri", "fnirs", "mixed"] = 
         )
         if archetype == 1:
             spec = SiteSpec(
-                **common, cap="32-channel (28 10-05 + 4 custom)", eeg_channels=cap32, custom_positions=custom32,
-                eeg_sfreq=250.0, eeg_format="brainvision", noise_level=1.25 * jitter, minority_fraction=0.125,
+                **common,
+                cap="32-channel (28 10-05 + 4 custom)",
+                eeg_channels=cap32,
+                custom_positions=custom32,
+                eeg_sfreq=250.0,
+                eeg_format="brainvision",
+                noise_level=1.25 * jitter,
+                minority_fraction=0.125,
             )
         else:
             spec = SiteSpec(
-                **common, cap="BioSemi-64 (10-05)", eeg_channels=CAP_64, custom_positions=(),
-                eeg_sfreq=500.0, eeg_format="edf", noise_level=(1.0 if archetype == 0 else 0.85) * jitter,
+                **common,
+                cap="BioSemi-64 (10-05)",
+                eeg_channels=CAP_64,
+                custom_positions=(),
+                eeg_sfreq=500.0,
+                eeg_format="edf",
+                noise_level=(1.0 if archetype == 0 else 0.85) * jitter,
                 minority_fraction=0.5 if archetype == 0 else 0.625,
             )
         if site_modality == "fmri":
@@ -145,17 +160,22 @@ def make_participants(spec: SiteSpec, n_subjects: int, seed: int, site_index: in
     groups = rng.permutation(["B"] * n_b + ["A"] * (n_subjects - n_b))
     sexes = np.where(rng.random(n_subjects) < spec.female_fraction, "F", "M")
     ages = rng.integers(spec.age_range[0], spec.age_range[1] + 1, size=n_subjects)
-    return [
-        Participant(f"sub-{j + 1:02d}", str(sexes[j]), int(ages[j]), str(groups[j])) for j in range(n_subjects)
-    ]
+    return [Participant(f"sub-{j + 1:02d}", str(sexes[j]), int(ages[j]), str(groups[j])) for j in range(n_subjects)]
 
 
-def eeg_only_participants(spec: SiteSpec, counts: dict[str, int], first: int, seed: int, site_index: int) -> list[Participant]:
+def eeg_only_participants(
+    spec: SiteSpec, counts: dict[str, int], first: int, seed: int, site_index: int
+) -> list[Participant]:
     """``counts[group]`` extra subjects per group with an EEG session only, numbered after the
     ``first`` paired ones (their own random stream: the paired roster does not change)."""
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(site_index, 0xE0E0)))
     groups = [g for g in sorted(counts) for _ in range(counts[g])]
     return [
-        Participant(f"sub-{first + k + 1:02d}", "F" if rng.random() < spec.female_fraction else "M", int(rng.integers(spec.age_range[0], spec.age_range[1] + 1)), g)
+        Participant(
+            f"sub-{first + k + 1:02d}",
+            "F" if rng.random() < spec.female_fraction else "M",
+            int(rng.integers(spec.age_range[0], spec.age_range[1] + 1)),
+            g,
+        )
         for k, g in enumerate(groups)
     ]

@@ -44,7 +44,13 @@ from fedneurogen.simulations.geometry import (
 from fedneurogen.simulations.hemodynamics import PPF, WAVELENGTHS, extinction_coefficients, simulate_bold, simulate_nirs
 from fedneurogen.simulations.latent import LATENT_SFREQ, block_design, simulate_latent
 from fedneurogen.simulations.physiology import draw_physiology, hrf
-from fedneurogen.simulations.scenarios import Participant, SiteSpec, eeg_only_participants, make_participants, make_site_specs
+from fedneurogen.simulations.scenarios import (
+    Participant,
+    SiteSpec,
+    eeg_only_participants,
+    make_participants,
+    make_site_specs,
+)
 
 SITE_NAME = "FedNeuroGen simulated site"
 MIN_RUN_SECONDS = 60.0
@@ -73,7 +79,9 @@ class SubjectJob:
 def electrode_positions(spec: SiteSpec) -> np.ndarray:
     """``[n_channels, 3]`` mm positions of the site's cap (10-05 or the custom positions)."""
     custom = dict(spec.custom_positions)
-    return np.array([custom[n] if n in custom else standard_positions([n])[0] for n in spec.eeg_channels], dtype=np.float64)
+    return np.array(
+        [custom[n] if n in custom else standard_positions([n])[0] for n in spec.eeg_channels], dtype=np.float64
+    )
 
 
 def simulate_subject(job: SubjectJob) -> dict:
@@ -88,7 +96,9 @@ def simulate_subject(job: SubjectJob) -> dict:
 
     sub = p.participant_id
     base = f"{sub}_task-{spec.task}_run-1"
-    eeg = simulate_eeg(rng_eeg, latent, phys, job.parcel_gain, job.positions_mm, spec.eeg_sfreq, duration, spec.noise_level)
+    eeg = simulate_eeg(
+        rng_eeg, latent, phys, job.parcel_gain, job.positions_mm, spec.eeg_sfreq, duration, spec.noise_level
+    )
     eeg_dir = job.site_dir / sub / "eeg"
     bw.write_eeg(eeg_dir, base, eeg, spec.eeg_channels, spec.eeg_sfreq, spec.eeg_format, events, spec.task, spec.cap)
     if spec.has_custom_electrodes:
@@ -105,8 +115,17 @@ def simulate_subject(job: SubjectJob) -> dict:
         n_tr = int(np.floor(duration / spec.tr + 1e-9))
         bold = simulate_bold(rng_target, latent, phys, spec.tr, n_tr, spec.noise_level)
         deriv = job.site_dir / "derivatives"
-        bw.write_bold(deriv / "fmriprep" / sub / "func", base, bold.noisy, spec.tr, spec.task, "simulated fMRIPrep surface output")
-        bw.write_bold(deriv / "ground_truth" / sub / "func", base, bold.clean, spec.tr, spec.task, "noise-free BOLD (ground truth)")
+        bw.write_bold(
+            deriv / "fmriprep" / sub / "func", base, bold.noisy, spec.tr, spec.task, "simulated fMRIPrep surface output"
+        )
+        bw.write_bold(
+            deriv / "ground_truth" / sub / "func",
+            base,
+            bold.clean,
+            spec.tr,
+            spec.task,
+            "noise-free BOLD (ground truth)",
+        )
         bw.write_events(job.site_dir / sub / "func" / f"{base}_events.tsv", events)
         active_r = bold.active_r
     else:
@@ -144,7 +163,11 @@ def _write_nirs(job: SubjectJob, rng, latent, phys, events, duration: float, bas
     )
     # Measurements are ordered channel by channel, wavelengths ascending, as MNE expects: the long
     # channels, then the short-separation channels (the ground truth has the long ones only).
-    raw_list = [dict(source=s + 1, detector=d + 1, wavelength=w + 1) for s, d in probe.all_pairs for w in range(len(WAVELENGTHS))]
+    raw_list = [
+        dict(source=s + 1, detector=d + 1, wavelength=w + 1)
+        for s, d in probe.all_pairs
+        for w in range(len(WAVELENGTHS))
+    ]
     intensity = run.intensity if run.short_intensity is None else np.concatenate([run.intensity, run.short_intensity])
     nirs_dir = job.site_dir / sub / "nirs"
     bw.write_snirf(nirs_dir / f"{base}_nirs.snirf", intensity.reshape(-1, n_times).T, measurements=raw_list, **common)
@@ -216,7 +239,10 @@ def simulate_dataset(
         positions = electrode_positions(spec)
         gain = parcel_lead_field(eeg_lead_field(spec.eeg_channels, positions))
         jobs += [SubjectJob(spec, site_dir, p, seed, i, j, run_seconds, gain, positions) for j, p in enumerate(roster)]
-        jobs += [SubjectJob(spec, site_dir, p, seed, i, len(roster) + k, run_seconds, gain, positions, eeg_only=True) for k, p in enumerate(eeg_only)]
+        jobs += [
+            SubjectJob(spec, site_dir, p, seed, i, len(roster) + k, run_seconds, gain, positions, eeg_only=True)
+            for k, p in enumerate(eeg_only)
+        ]
         site_dirs.append(site_dir)
         rosters.append(roster)
 
@@ -308,7 +334,14 @@ def _run_one(job: SubjectJob) -> dict:
 
 def _run_jobs(jobs: list[SubjectJob], progress: bool, n_jobs: int | None) -> list[dict]:
     n_workers = min(n_jobs or min(2, os.cpu_count() or 1), len(jobs))
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     bar = Progress(
         TextColumn("[bold]simulating[/] {task.description}"),
@@ -353,7 +386,12 @@ def _print_ceilings(sites: list[dict]) -> None:
         n_b = sum(sub["group"] == "B" for sub in s["subjects"])
         rate = f"TR {s['tr']:g} s" if s["modality"] == "fmri" else f"{s['nirs_sfreq']:g} Hz"
         table.add_row(
-            s["site_id"], s["modality"], f"{len(s['eeg_channels'])} ch {s['eeg_sfreq']:g} Hz {s['eeg_format']}",
-            rate, f"{s['noise_level']:.2f}", f"{n_b}/{n}", f"{s['noise_ceiling']:.3f}",
+            s["site_id"],
+            s["modality"],
+            f"{len(s['eeg_channels'])} ch {s['eeg_sfreq']:g} Hz {s['eeg_format']}",
+            rate,
+            f"{s['noise_level']:.2f}",
+            f"{n_b}/{n}",
+            f"{s['noise_ceiling']:.3f}",
         )
     Console().print(table)

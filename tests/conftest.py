@@ -23,7 +23,9 @@ def small_fmri_sites(tmp_path_factory) -> list[Path]:
     from fedneurogen.simulations.simulator import simulate_dataset
 
     out = tmp_path_factory.mktemp("sim-fmri")
-    return simulate_dataset(out, n_sites=2, subjects_per_site=3, modality="fmri", seed=11, run_seconds=200.0, progress=False)
+    return simulate_dataset(
+        out, n_sites=2, subjects_per_site=3, modality="fmri", seed=11, run_seconds=200.0, progress=False
+    )
 
 
 @pytest.fixture(scope="session")

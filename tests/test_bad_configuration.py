@@ -22,13 +22,28 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, 
 
 from fedneurogen.client import app as client_app
 from fedneurogen.client import site
-from fedneurogen.client.refusal import SiteRefusal, check_data_path, check_modality, check_run, simulated_node_config, site_run_config
+from fedneurogen.client.refusal import (
+    SiteRefusal,
+    check_data_path,
+    check_modality,
+    check_run,
+    simulated_node_config,
+    site_run_config,
+)
 from fedneurogen.server.checkpointing import model_parameters
 from fedneurogen.server.strategy import STRATEGIES, make_strategy
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.model import PRESETS, NeuroGenModel, load_checkpoint, parameter_modality
 from fedneurogen.shared.run_config import RunConfig, validate_run_config
-from fedneurogen.simulations.federated import FederationError, LocalSuperLink, app_dir, ensure_sites, flwr_run, run_federated, write_connection
+from fedneurogen.simulations.federated import (
+    FederationError,
+    LocalSuperLink,
+    app_dir,
+    ensure_sites,
+    flwr_run,
+    run_federated,
+    write_connection,
+)
 
 DEFAULTS = tomllib.loads((app_dir() / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
 
@@ -58,7 +73,11 @@ def test_every_run_config_default_is_the_one_in_pyproject():
     what the code falls back on. They are the same values, of the same type, key for key."""
     fields = {field.alias: field.default for field in RunConfig.model_fields.values()}
     assert set(fields) == set(DEFAULTS)  # every key in both
-    differ = {key: (DEFAULTS[key], default) for key, default in fields.items() if DEFAULTS[key] != default or type(DEFAULTS[key]) is not type(default)}
+    differ = {
+        key: (DEFAULTS[key], default)
+        for key, default in fields.items()
+        if DEFAULTS[key] != default or type(DEFAULTS[key]) is not type(default)
+    }
     assert not differ, f"pyproject.toml vs RunConfig defaults: {differ}"
     assert RunConfig() == validate_run_config(DEFAULTS)
 
@@ -66,14 +85,20 @@ def test_every_run_config_default_is_the_one_in_pyproject():
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ({"strategy": "fedsgd"}, "strategy = 'fedsgd' is not allowed; choose one of: fedavg, fedprox, fedadam, fedmedian, fedtrimmedavg, krum"),
+        (
+            {"strategy": "fedsgd"},
+            "strategy = 'fedsgd' is not allowed; choose one of: fedavg, fedprox, fedadam, fedmedian, fedtrimmedavg, krum",
+        ),
         ({"preset": "huge"}, "preset = 'huge' is not allowed; choose one of: tiny, small, base"),
         ({"num-server-rounds": -1}, "num-server-rounds = -1: must be greater than or equal to 1"),
         ({"dp-target-epsilon": 0.0}, "dp-target-epsilon = 0.0: must be greater than 0"),
         ({"dp-target-epsilon": -2.0}, "dp-target-epsilon = -2.0: must be greater than 0"),
         ({"fraction-train": 1.5}, "fraction-train = 1.5: must be less than or equal to 1"),
         ({"fraction-evaluate": -0.5}, "fraction-evaluate = -0.5: must be greater than or equal to 0"),
-        ({"min-train-replies": 4, "min-available-nodes": 3}, "min-train-replies = 4 is more than the sites a round is sure to ask (min-available-nodes = 3, min-train-nodes = 2); allowed: 1 to 3"),
+        (
+            {"min-train-replies": 4, "min-available-nodes": 3},
+            "min-train-replies = 4 is more than the sites a round is sure to ask (min-available-nodes = 3, min-train-nodes = 2); allowed: 1 to 3",
+        ),
         ({"num-server-rounds": 2.5}, "num-server-rounds = 2.5: must be a valid integer"),
         ({"dp-accountant": "gdp"}, "dp-accountant = 'gdp' is not allowed; choose one of: rdp, prv"),
     ],
@@ -177,7 +202,9 @@ def test_unreadable_dataset_is_refused_with_the_kind_of_problem(sites, tmp_path)
         f.write_bytes(f.read_bytes()[:100])
     with pytest.raises(SiteRefusal) as err:
         site.load(broken, seed=0, cache_dir=str(tmp_path / "cache"))
-    assert err.value.public == "dataset unreadable: no usable runs (unreadable or corrupt EEG files; see the site's log)"
+    assert (
+        err.value.public == "dataset unreadable: no usable runs (unreadable or corrupt EEG files; see the site's log)"
+    )
     assert str(eeg_files[0]) in err.value.detail  # the site's log names the file
     assert_safe(err.value.public, broken)
 
@@ -199,12 +226,25 @@ def test_a_site_given_an_invalid_run_config_refuses_with_the_reason(task_identit
     invalid one is refused with the reason (not a crash), and the refusal is in the site's own
     record of what it sent."""
     node = {"data-path": str(tmp_path / "data"), "state-dir": str(tmp_path / "state")}
-    context = Context(run_id=1, node_id=5, node_config=node, state=RecordDict(), run_config={**DEFAULTS, "strategy": "fedsgd", "local-epochs": 0})
-    for handler, kind in ((client_app.train, MessageType.TRAIN), (client_app.evaluate, MessageType.EVALUATE), (client_app.query, MessageType.QUERY)):
+    context = Context(
+        run_id=1,
+        node_id=5,
+        node_config=node,
+        state=RecordDict(),
+        run_config={**DEFAULTS, "strategy": "fedsgd", "local-epochs": 0},
+    )
+    for handler, kind in (
+        (client_app.train, MessageType.TRAIN),
+        (client_app.evaluate, MessageType.EVALUATE),
+        (client_app.query, MessageType.QUERY),
+    ):
         reply = handler(Message(RecordDict(), dst_node_id=5, message_type=kind), context)
         reason = reply.error.reason if reply.has_error() else ""
         assert reason.startswith("site refused: invalid run config: "), reason
-        assert "strategy = 'fedsgd' is not allowed; choose one of: fedavg" in reason and "local-epochs = 0: must be greater than or equal to 1" in reason
+        assert (
+            "strategy = 'fedsgd' is not allowed; choose one of: fedavg" in reason
+            and "local-epochs = 0: must be greater than or equal to 1" in reason
+        )
     sent = [json.loads(line) for line in (tmp_path / "state" / client_app.SENT_LOG).read_text().splitlines()]
     assert len(sent) == 3 and all(e["error"]["reason"].startswith("site refused: invalid run config") for e in sent)
 
@@ -223,7 +263,9 @@ def test_a_site_refuses_runs_with_less_privacy_than_its_own_policy():
     with pytest.raises(SiteRefusal, match="dp-delta = 0.001 is above"):
         check_run({"dp-max-delta": "1e-5"}, private.model_copy(update={"dp_delta": 1e-3}))
     # a deployed site's policy cannot be replaced through sim-node-config
-    deployed = simulated_node_config({"partition-id": 0, "data-path": "/d", "dp-required": "true"}, RunConfig(sim_node_config="0:dp-required=false"))
+    deployed = simulated_node_config(
+        {"partition-id": 0, "data-path": "/d", "dp-required": "true"}, RunConfig(sim_node_config="0:dp-required=false")
+    )
     with pytest.raises(SiteRefusal):
         check_run(deployed, run)
 
@@ -255,7 +297,9 @@ def test_weights_that_do_not_fit_the_sites_model_are_refused():
     with pytest.raises(SiteRefusal, match=r"'tiny' model: 1 parameter\(s\) missing, first " + re.escape(name)):
         site.build_model("tiny", {k: v for k, v in weights.items() if k != name})
     small = NeuroGenModel("small", device="cpu").state_dict()  # a server running another preset
-    with pytest.raises(SiteRefusal, match=r"received weights do not fit this site's 'tiny' model: parameter \S+ has shape"):
+    with pytest.raises(
+        SiteRefusal, match=r"received weights do not fit this site's 'tiny' model: parameter \S+ has shape"
+    ):
         site.build_model("tiny", small)
 
 
@@ -292,8 +336,13 @@ def test_error_reply_carries_the_public_reason_and_the_server_records_it(task_id
     arrays = ArrayRecord({name: Array(np.zeros((2, 3), dtype=np.float32))})
     sent = list(strategy.configure_train(1, arrays, ConfigRecord({}), Grid()))
     by_node = {m.metadata.dst_node_id: m for m in sent}
-    ok = RecordDict({"arrays": ArrayRecord({name: Array(np.ones((2, 3), dtype=np.float32))}),
-                     "metrics": MetricRecord({"num-examples": 4}), "site": ConfigRecord({"modality": "fmri"})})
+    ok = RecordDict(
+        {
+            "arrays": ArrayRecord({name: Array(np.ones((2, 3), dtype=np.float32))}),
+            "metrics": MetricRecord({"num-examples": 4}),
+            "site": ConfigRecord({"modality": "fmri"}),
+        }
+    )
     replies = [
         Message(ok, reply_to=by_node[1]),
         Message(Error(code=2, reason=refused.error.reason), reply_to=by_node[2]),
@@ -301,7 +350,10 @@ def test_error_reply_carries_the_public_reason_and_the_server_records_it(task_id
     ]
     new, _ = strategy.aggregate_train(1, replies)
     failed = {f["node"]: f["reason"] for f in strategy.report[MessageType.TRAIN]["failed"]}
-    assert failed == {2: "site refused: data path not found (see the site's log)", 3: "error reply: site raised ValueError"}
+    assert failed == {
+        2: "site refused: data path not found (see the site's log)",
+        3: "error reply: site raised ValueError",
+    }
     assert float(new[name].numpy()[0, 0]) == 1.0  # the one usable site's update
 
 
@@ -316,15 +368,33 @@ def test_simulation_goes_on_without_the_misconfigured_sites(sites, tmp_path_fact
     base = tmp_path_factory.mktemp("refusals")
     missing = base / "nowhere" / "site-02"
     config = {
-        "preset": "tiny", "local-epochs": 1, "max-windows": 4, "eval-pcc-windows": 0, "round-timeout": 300.0,
-        "cache-dir": str(sites.parent / "bad-config-cache"), "sim-node-config": f"1:data-path={missing};2:preset=small",
+        "preset": "tiny",
+        "local-epochs": 1,
+        "max-windows": 4,
+        "eval-pcc-windows": 0,
+        "round-timeout": 300.0,
+        "cache-dir": str(sites.parent / "bad-config-cache"),
+        "sim-node-config": f"1:data-path={missing};2:preset=small",
     }
     started = time.time()
-    run_dir = run_federated(base / "run", sites, num_sites=3, rounds=1, modality="fmri", subjects_per_site=2, seed=0, run_config=config, timeout=400)
+    run_dir = run_federated(
+        base / "run",
+        sites,
+        num_sites=3,
+        rounds=1,
+        modality="fmri",
+        subjects_per_site=2,
+        seed=0,
+        run_config=config,
+        timeout=400,
+    )
     print(f"1-round simulation with two refusing sites: {time.time() - started:.0f} s")
 
     (entry,) = json.loads((run_dir / "history.json").read_text())
-    expected = {"site refused: data path not found (see the site's log)", "site refused: preset mismatch — this site runs 'small', the run asks for 'tiny'"}
+    expected = {
+        "site refused: data path not found (see the site's log)",
+        "site refused: preset mismatch — this site runs 'small', the run asks for 'tiny'",
+    }
     for stage in ("train", "evaluate"):
         failed = entry[stage]["failed"]
         assert {f["reason"] for f in failed} == expected and len({f["node"] for f in failed}) == 2
@@ -344,14 +414,25 @@ def test_simulation_goes_on_without_the_misconfigured_sites(sites, tmp_path_fact
     torch.manual_seed(0)  # the server's initial global model
     initial = model_parameters(NeuroGenModel("tiny", device="cpu"))
     final = model_parameters(model)
-    changed = {part: any(not torch.equal(initial[k], final[k]) for k in final if parameter_modality(k) == part) for part in (None, "fmri", "fnirs")}
+    changed = {
+        part: any(not torch.equal(initial[k], final[k]) for k in final if parameter_modality(k) == part)
+        for part in (None, "fmri", "fnirs")
+    }
     assert changed == {None: True, "fmri": True, "fnirs": False}  # site-01's backbone and fMRI head; no fNIRS site
 
 
 def test_invalid_run_config_fails_before_anything_starts(tmp_path):
     with pytest.raises(ConfigError) as err:  # `fedneurogen federate` checks before starting Flower
-        run_federated(tmp_path / "run", tmp_path / "data", num_sites=3, rounds=1, run_config={"strategy": "fedsgd", "dp-target-epsilon": 0.0})
-    assert "strategy = 'fedsgd' is not allowed" in str(err.value) and "dp-target-epsilon = 0.0: must be greater than 0" in str(err.value)
+        run_federated(
+            tmp_path / "run",
+            tmp_path / "data",
+            num_sites=3,
+            rounds=1,
+            run_config={"strategy": "fedsgd", "dp-target-epsilon": 0.0},
+        )
+    assert "strategy = 'fedsgd' is not allowed" in str(
+        err.value
+    ) and "dp-target-epsilon = 0.0: must be greater than 0" in str(err.value)
     assert not (tmp_path / "data").exists() and not (tmp_path / "run").exists()  # nothing simulated, nothing written
 
 
@@ -359,13 +440,29 @@ def test_server_app_refuses_an_invalid_run_config_with_the_reason(sites, tmp_pat
     """`flwr run` with a bad config (as a coordinator would type it): the ServerApp stops at
     start and the user's error leads with the key, the value and what is allowed."""
     run_dir = tmp_path / "run"
-    config = {"strategy": "fedsgd", "dp-target-epsilon": 0.0, "run-dir": str(run_dir), "data-root": str(sites), "num-server-rounds": 1}
+    config = {
+        "strategy": "fedsgd",
+        "dp-target-epsilon": 0.0,
+        "run-dir": str(run_dir),
+        "data-root": str(sites),
+        "num-server-rounds": 1,
+    }
     with LocalSuperLink(tmp_path / "home", simulation=True) as link:
         write_connection(tmp_path / "home", "local-sim", link.address)
         with pytest.raises(FederationError) as err:
-            flwr_run(tmp_path / "home", "local-sim", config, federation_config={"num-supernodes": 2}, timeout=300, log_file=tmp_path / "flwr-run.log")
+            flwr_run(
+                tmp_path / "home",
+                "local-sim",
+                config,
+                federation_config={"num-supernodes": 2},
+                timeout=300,
+                log_file=tmp_path / "flwr-run.log",
+            )
     first = str(err.value).splitlines()[0]  # what the user reads first
-    assert "run config: strategy = 'fedsgd' is not allowed; choose one of: fedavg, fedprox, fedadam, fedmedian, fedtrimmedavg, krum" in first
+    assert (
+        "run config: strategy = 'fedsgd' is not allowed; choose one of: fedavg, fedprox, fedadam, fedmedian, fedtrimmedavg, krum"
+        in first
+    )
     assert "dp-target-epsilon = 0.0: must be greater than 0" in first
     assert not (run_dir / "history.json").exists()
 
@@ -378,7 +475,9 @@ def test_simulated_node_without_its_site_refuses_and_says_how_to_make_it(tmp_pat
 
     with pytest.raises(SiteRefusal) as err:
         site.data_path({"partition-id": 1}, RunConfig(data_root=str(tmp_path / "data")))
-    assert "no data for this simulated node" in err.value.public and str(tmp_path) not in err.value.public  # paths stay at the site
+    assert (
+        "no data for this simulated node" in err.value.public and str(tmp_path) not in err.value.public
+    )  # paths stay at the site
     assert f"fedneurogen simulate --out {tmp_path / 'data'}" in err.value.detail and "site-02" in err.value.detail
     assert not (tmp_path / "data").exists()
     assert site.data_path({"data-path": "/srv/site"}, RunConfig(data_root="x")) == Path("/srv/site")

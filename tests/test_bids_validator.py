@@ -17,7 +17,7 @@ import mne
 import numpy as np
 import pytest
 
-import bids_factory as bf
+from fedneurogen.simulations import bids_factory as bf
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.data import read_fnirs, validate_dataset
 from fedneurogen.shared.data.fnirs import SHORT_CHANNEL_MAX_MM, regress_short_channels
@@ -32,7 +32,9 @@ def mixed_sites(tmp_path_factory) -> list[Path]:
     from fedneurogen.simulations.simulator import simulate_dataset
 
     out = tmp_path_factory.mktemp("sim-bids")
-    return simulate_dataset(out, n_sites=2, subjects_per_site=1, modality="mixed", seed=3, run_seconds=60.0, progress=False, n_jobs=1)
+    return simulate_dataset(
+        out, n_sites=2, subjects_per_site=1, modality="mixed", seed=3, run_seconds=60.0, progress=False, n_jobs=1
+    )
 
 
 def _validator() -> str:
@@ -43,7 +45,9 @@ def _validator() -> str:
         return configured
     found = shutil.which("bids-validator")
     if found is None:
-        pytest.skip("no BIDS validator: set BIDS_VALIDATOR or put bids-validator on PATH (.ci/run installs bids-validator@1.15.0 with npm)")
+        pytest.skip(
+            "no BIDS validator: set BIDS_VALIDATOR or put bids-validator on PATH (.ci/run installs bids-validator@1.15.0 with npm)"
+        )
     return found
 
 
@@ -56,7 +60,9 @@ def test_simulated_sites_pass_the_bids_validator(mixed_sites):
         try:
             report = json.loads(done.stdout)
         except json.JSONDecodeError:
-            pytest.fail(f"{validator} gave no JSON report for {site.name} (exit {done.returncode}): {done.stdout[-2000:]}{done.stderr[-2000:]}")
+            pytest.fail(
+                f"{validator} gave no JSON report for {site.name} (exit {done.returncode}): {done.stdout[-2000:]}{done.stderr[-2000:]}"
+            )
         issues = report["issues"]
         for warning in issues["warnings"]:
             print(f"{site.name}: warning {warning['key']}: {warning['reason']}")
@@ -140,7 +146,9 @@ def _signals() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     cortex[1::2] = -0.3 * cortex[0::2]
     systemic = 1e-6 * bf.slow_signal(t, rng, n=1)[0]
     short = np.empty((2 * len(SHORT_PAIRS), N_TIMES))
-    short[0::2] = rng.uniform(0.8, 1.2, size=(len(SHORT_PAIRS), 1)) * systemic + 0.02e-6 * rng.standard_normal((len(SHORT_PAIRS), N_TIMES))
+    short[0::2] = rng.uniform(0.8, 1.2, size=(len(SHORT_PAIRS), 1)) * systemic + 0.02e-6 * rng.standard_normal(
+        (len(SHORT_PAIRS), N_TIMES)
+    )
     short[1::2] = 0.35 * short[0::2]
     return cortex, systemic, short
 
@@ -195,7 +203,9 @@ def test_regression_uses_the_nearest_short_channel():
     a, b, own = rng.standard_normal((3, 2, 500))
     short = np.array([a[0], b[0]])
     long = np.array([own[0] + 2.0 * a[0], own[1] - 0.5 * b[0]])
-    cleaned = regress_short_channels(long, short, np.array([[0.0, 0, 0], [50, 0, 0]]), np.array([[2.0, 0, 0], [48, 0, 0]]))
+    cleaned = regress_short_channels(
+        long, short, np.array([[0.0, 0, 0], [50, 0, 0]]), np.array([[2.0, 0, 0], [48, 0, 0]])
+    )
     assert np.all(_r(cleaned, np.array([own[0], own[1]])) > 0.99)
     assert np.abs(_r(cleaned[0], a[0])) < 0.1 and np.abs(_r(cleaned[1], b[0])) < 0.1
     np.testing.assert_array_equal(regress_short_channels(long, short[:0], np.zeros((2, 3)), np.zeros((0, 3))), long)
@@ -203,6 +213,12 @@ def test_regression_uses_the_nearest_short_channel():
 
 def test_file_with_short_channels_only_is_a_data_error(tmp_path):
     _, _, short = _signals()
-    path = bf.write_snirf(tmp_path / "short_only_nirs.snirf", _intensity(short, SHORT_PAIRS), SFREQ, detectors=DETECTORS, pairs=SHORT_PAIRS)
+    path = bf.write_snirf(
+        tmp_path / "short_only_nirs.snirf",
+        _intensity(short, SHORT_PAIRS),
+        SFREQ,
+        detectors=DETECTORS,
+        pairs=SHORT_PAIRS,
+    )
     with pytest.raises(DataError, match="only short-separation channels"):
         read_fnirs(path)

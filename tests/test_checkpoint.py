@@ -30,6 +30,7 @@ def rewrite_config(path, meta) -> None:
     (path / "config.json").write_text(json.dumps(meta))
     write_manifest(path, ["model.safetensors", "config.json"])
 
+
 EXTRA = {
     "preprocess": PreprocessConfig().model_dump(),
     "class_names": ["faces", "scenes", "left", "right"],
@@ -52,7 +53,11 @@ def trained():
 def test_round_trip_gives_identical_outputs(trained, tmp_path):
     model, ema = trained
     path = save_checkpoint(tmp_path / "ckpt", model, ema=ema, extra=EXTRA)
-    assert sorted(p.name for p in path.iterdir()) == ["MANIFEST.sha256", "config.json", "model.safetensors"]  # no temp files left
+    assert sorted(p.name for p in path.iterdir()) == [
+        "MANIFEST.sha256",
+        "config.json",
+        "model.safetensors",
+    ]  # no temp files left
     meta = json.loads((path / "config.json").read_text())
     assert meta["content_hash"] == file_sha256(path / "model.safetensors")
     assert meta["preset"] == "tiny" and meta["model_config"]["hidden_dim"] == 64
@@ -63,8 +68,12 @@ def test_round_trip_gives_identical_outputs(trained, tmp_path):
     loaded, loaded_meta = load_checkpoint(path, device="cpu")
     assert loaded_meta["content_hash"] == meta["content_hash"]
     assert all(t.device.type == "cpu" for t in loaded.state_dict().values())  # nothing left on the meta device
-    assert all(p.requires_grad != (".mean.ridge." in n) for n, p in loaded.named_parameters())  # the ridge path is closed-form
-    assert torch.equal(loaded.modality_heads["fmri"].tokenizer.patch_index, model.modality_heads["fmri"].tokenizer.patch_index)
+    assert all(
+        p.requires_grad != (".mean.ridge." in n) for n, p in loaded.named_parameters()
+    )  # the ridge path is closed-form
+    assert torch.equal(
+        loaded.modality_heads["fmri"].tokenizer.patch_index, model.modality_heads["fmri"].tokenizer.patch_index
+    )
     for modality in ("fmri", "fnirs"):
         batch = make_batch(modality, n_windows=2)
         expected = model.sample(batch, steps=3, guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
@@ -95,7 +104,9 @@ def test_wrong_preset_is_named(trained, tmp_path):
     model, _ = trained
     path = save_checkpoint(tmp_path / "ckpt", model)
     small = NeuroGenModel("small", fmri_positions=FMRI_POSITIONS, device="cpu")
-    with pytest.raises(ConfigError, match=r"was trained for preset 'tiny' but the model is preset 'small' \(.*hidden_dim 64 vs 128"):
+    with pytest.raises(
+        ConfigError, match=r"was trained for preset 'tiny' but the model is preset 'small' \(.*hidden_dim 64 vs 128"
+    ):
         load_checkpoint_into(small, path)
     with pytest.raises(ConfigError, match="was trained for preset 'tiny' but preset 'base' was requested"):
         load_checkpoint(path, expect_preset="base")
@@ -111,7 +122,10 @@ def test_tampered_weights_fail_the_hash_check(trained, tmp_path):
     data = bytearray(weights.read_bytes())
     data[-3] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(ConfigError, match=r"model.safetensors are corrupt or were modified: their SHA-256 .* does not match content_hash"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model.safetensors are corrupt or were modified: their SHA-256 .* does not match content_hash",
+    ):
         load_checkpoint(path, device="cpu")
 
 
@@ -132,7 +146,9 @@ def test_config_that_does_not_match_the_weights(trained, tmp_path):
     meta = json.loads((path / "config.json").read_text())
     meta["model_config"]["eeg_dim"] = 48  # weights still hold a 32-wide EEG encoder
     rewrite_config(path, meta)
-    with pytest.raises(ConfigError, match=r"model.safetensors do not fit .*eeg_encoder\..*: file \[.*\] vs model \[.*\]"):
+    with pytest.raises(
+        ConfigError, match=r"model.safetensors do not fit .*eeg_encoder\..*: file \[.*\] vs model \[.*\]"
+    ):
         load_checkpoint(path, device="cpu")
     meta["model_config"]["eeg_heads"] = 5  # 48 is not divisible by 5
     rewrite_config(path, meta)
@@ -183,7 +199,9 @@ def test_config_cannot_point_outside_the_checkpoint(trained, tmp_path):
     config = json.loads((path / "config.json").read_text())
     config["weights_file"] = "../elsewhere/model.safetensors"
     rewrite_config(path, config)
-    with pytest.raises(ConfigError, match=r"names weights_file '../elsewhere/model.safetensors' outside the checkpoint folder"):
+    with pytest.raises(
+        ConfigError, match=r"names weights_file '../elsewhere/model.safetensors' outside the checkpoint folder"
+    ):
         load_checkpoint(path, device="cpu")
 
 
@@ -197,7 +215,10 @@ def test_manifest_covers_the_config(trained, tmp_path):
     load_checkpoint(path, device="cpu")
     text = (path / "config.json").read_text()
     (path / "config.json").write_text(text.replace('"faces"', '"facts"'))
-    with pytest.raises(ConfigError, match=r"config.json is corrupt or was modified: its SHA-256 .* does not match .* in .*MANIFEST.sha256"):
+    with pytest.raises(
+        ConfigError,
+        match=r"config.json is corrupt or was modified: its SHA-256 .* does not match .* in .*MANIFEST.sha256",
+    ):
         load_checkpoint(path, device="cpu")
     (path / "config.json").write_text(text)
     (path / "MANIFEST.sha256").write_text("not a manifest\n")
@@ -215,7 +236,9 @@ def test_round_manifest_covers_strategy_state_and_history(trained, tmp_path):
 
     model = trained[0]
     store = RunStore(tmp_path / "run", keep=2)
-    folder = store.save_round(1, model, {"momentum": np.zeros(3, np.float32)}, [{"round": 1, "loss": 0.5}], {"class_names": ["a"]})
+    folder = store.save_round(
+        1, model, {"momentum": np.zeros(3, np.float32)}, [{"round": 1, "loss": 0.5}], {"class_names": ["a"]}
+    )
     listed = (folder / "MANIFEST.sha256").read_text()
     assert all(name in listed for name in ("model.safetensors", "config.json", "strategy.safetensors", "history.json"))
     assert store.resume(model)[0] == 1

@@ -47,7 +47,12 @@ def test_train_on_an_empty_folder_is_one_clear_line(tmp_path):
     result = runner.invoke(app, ["train", "--data", str(tmp_path / "site"), "--out", str(tmp_path / "run")])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)  # not an uncaught exception
     text = "".join(result.output.split())
-    assert "error:" in text and "emptydataset:noEEGrunsfound" in text and "sub-*/[ses-*/]eeg/" in text and "Traceback" not in text
+    assert (
+        "error:" in text
+        and "emptydataset:noEEGrunsfound" in text
+        and "sub-*/[ses-*/]eeg/" in text
+        and "Traceback" not in text
+    )
 
 
 def test_privacy_budget_reports_each_run_ledger(tmp_path):
@@ -55,13 +60,19 @@ def test_privacy_budget_reports_each_run_ledger(tmp_path):
 
     ledger = PrivacyLedger("rdp", 1.1, [(1.1, 0.05, 120)])
     save_ledger(ledger_path(tmp_path, "/runs/one"), ledger)
-    result = runner.invoke(app, ["privacy-budget", "--state-dir", str(tmp_path), "--run-dir", "/runs/one", "--delta", "1e-5"])
+    result = runner.invoke(
+        app, ["privacy-budget", "--state-dir", str(tmp_path), "--run-dir", "/runs/one", "--delta", "1e-5"]
+    )
     assert result.exit_code == 0, result.output
     assert f"{ledger.epsilon(1e-5):.3f}" in result.output and "120" in result.output
     missing = runner.invoke(app, ["privacy-budget", "--state-dir", str(tmp_path), "--run-dir", "/runs/other"])
     assert missing.exit_code != 0 and "no privacy ledger" in missing.output
     # the same run written another way is the same ledger, not a fresh budget
-    assert ledger_path(tmp_path, "/runs/one/") == ledger_path(tmp_path, "/runs/./one") == ledger_path(tmp_path, "/runs/one")
+    assert (
+        ledger_path(tmp_path, "/runs/one/")
+        == ledger_path(tmp_path, "/runs/./one")
+        == ledger_path(tmp_path, "/runs/one")
+    )
     save_ledger(ledger_path(tmp_path, "/runs/two"), ledger)
     both = runner.invoke(app, ["privacy-budget", "--state-dir", str(tmp_path), "--delta", "1e-5"])
     assert both.exit_code == 0 and f"epsilon <= {2 * ledger.epsilon(1e-5):.3f}" in both.output.replace("\n", "")
@@ -71,9 +82,33 @@ def test_certs_commands_make_a_working_set(tmp_path):
     assert runner.invoke(app, ["certs", "ca", "--out", str(tmp_path)]).exit_code == 0
     made = runner.invoke(app, ["certs", "server", "--ca", str(tmp_path), "--out", str(tmp_path), "--host", "10.1.2.3"])
     assert made.exit_code == 0, made.output
-    ok = runner.invoke(app, ["certs", "check", "--cert", str(tmp_path / "superlink.crt"), "--ca-cert", str(tmp_path / "ca.crt"), "--host", "10.1.2.3"])
+    ok = runner.invoke(
+        app,
+        [
+            "certs",
+            "check",
+            "--cert",
+            str(tmp_path / "superlink.crt"),
+            "--ca-cert",
+            str(tmp_path / "ca.crt"),
+            "--host",
+            "10.1.2.3",
+        ],
+    )
     assert ok.exit_code == 0, ok.output
-    wrong = runner.invoke(app, ["certs", "check", "--cert", str(tmp_path / "superlink.crt"), "--ca-cert", str(tmp_path / "ca.crt"), "--host", "10.9.9.9"])
+    wrong = runner.invoke(
+        app,
+        [
+            "certs",
+            "check",
+            "--cert",
+            str(tmp_path / "superlink.crt"),
+            "--ca-cert",
+            str(tmp_path / "ca.crt"),
+            "--host",
+            "10.9.9.9",
+        ],
+    )
     assert wrong.exit_code == 1 and "10.9.9.9" in wrong.output
     again = runner.invoke(app, ["certs", "ca", "--out", str(tmp_path)])
     assert again.exit_code == 2 and "--force" in again.output  # a usage problem (ConfigError): exit 2
@@ -101,7 +136,11 @@ def test_federate_shows_each_round_as_it_ends(monkeypatch):
     assert "round 2/3: 2 site(s) answered, 1 failed, train loss 0.510, held-out PCC 0.123, epsilon 3.50" in text
     assert "residual best at round 1 (kept)" in text and "12 s" in text
 
-    private = {**entry, "train": {**entry["train"], "aggregate": {}}, "evaluate": {"aggregate": {"num-examples": 8, "withheld": 1}}}
+    private = {
+        **entry,
+        "train": {**entry["train"], "aggregate": {}},
+        "evaluate": {"aggregate": {"num-examples": 8, "withheld": 1}},
+    }
     with cli._round_progress(3) as show:
         show(private)
     assert "losses and held-out PCC withheld under DP, epsilon 3.50" in out.getvalue()
@@ -111,7 +150,11 @@ def test_version_names_the_release_and_its_pins():
     from importlib.metadata import version
 
     result = runner.invoke(app, ["--version"])
-    assert result.exit_code == 0 and f"fedneurogen {version('fedneurogen')}" in result.output and "flwr 1.41.0" in result.output
+    assert (
+        result.exit_code == 0
+        and f"fedneurogen {version('fedneurogen')}" in result.output
+        and "flwr 1.41.0" in result.output
+    )
 
 
 def test_warnings_print_as_one_readable_line(monkeypatch):
@@ -142,7 +185,9 @@ def test_validate_json_is_machine_readable(tmp_path):
     result = runner.invoke(app, ["validate", str(tmp_path), "--json"])
     report = json.loads(result.output)
     assert result.exit_code == 1 and report["ok"] is False and report["site_dir"] == str(tmp_path)
-    assert any("empty dataset" in e["message"] for e in report["errors"]) and all({"path", "message", "severity"} <= set(e) for e in report["errors"])
+    assert any("empty dataset" in e["message"] for e in report["errors"]) and all(
+        {"path", "message", "severity"} <= set(e) for e in report["errors"]
+    )
 
 
 def test_exit_codes_tell_data_problems_from_usage_problems(tmp_path):

@@ -38,7 +38,10 @@ def _fill(model, rnd: int):
 
     with torch.no_grad():
         dict(model.named_parameters())[ROUND_PARAM].fill_(float(rnd))
-    history = [{"round": r, "train": {"aggregate": {"loss": 1.0 / r}}, "evaluate": {"aggregate": {"loss": 2.0 / r}}} for r in range(1, rnd + 1)]
+    history = [
+        {"round": r, "train": {"aggregate": {"loss": 1.0 / r}}, "evaluate": {"aggregate": {"loss": 2.0 / r}}}
+        for r in range(1, rnd + 1)
+    ]
     state = {"backbone/m_t/w": np.full(3, rnd, dtype=np.float32)}
     return state, history
 
@@ -79,7 +82,9 @@ class Killer:
 
             def wrapper(*args, **kwargs):
                 target = Path(str(args[-1] if name in ("replace", "rename", "symlink", "save_file") else args[0])).name
-                killer.step(f"before {name} {target}", None if half_of is None else (lambda: half_of(real, *args, **kwargs)))
+                killer.step(
+                    f"before {name} {target}", None if half_of is None else (lambda: half_of(real, *args, **kwargs))
+                )
                 killer.depth += 1
                 try:
                     result = real(*args, **kwargs)
@@ -174,7 +179,13 @@ def kill_steps(root: Path) -> None:
     killed = []
     for at in range(1, len(steps) + 1):
         status, _ = trial(root / f"trial-{at}", at)
-        killed.append({"trial": f"trial-{at}", "step": steps[at - 1], "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None})
+        killed.append(
+            {
+                "trial": f"trial-{at}",
+                "step": steps[at - 1],
+                "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+            }
+        )
     (root / "trials.json").write_text(json.dumps({"steps": steps, "killed": killed}, indent=1))
 
 
@@ -207,7 +218,9 @@ def random_kills(root: Path, trials: int = 10) -> None:
         time.sleep(delay)
         os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
-        report.append({"trial": folder.name, "delay": delay, "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None})
+        report.append(
+            {"trial": folder.name, "delay": delay, "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None}
+        )
     (root / "trials.json").write_text(json.dumps(report, indent=1))
 
 
@@ -224,7 +237,16 @@ import pytest  # noqa: E402
 from fedneurogen.server.checkpointing import RunStore  # noqa: E402
 from fedneurogen.shared.model import NeuroGenModel, load_checkpoint  # noqa: E402
 from fedneurogen.simulations.federated import (  # noqa: E402
-    LocalSuperLink, _toml_value, alive, app_dir, descendants, flower_env, kill_tree, run_federated, stop_process, write_connection,
+    LocalSuperLink,
+    _toml_value,
+    alive,
+    app_dir,
+    descendants,
+    flower_env,
+    kill_tree,
+    run_federated,
+    stop_process,
+    write_connection,
 )
 
 
@@ -251,24 +273,45 @@ def check_store(folder: Path, expect: set[int]) -> int:
         assert meta["provenance"]["rounds"] == n
         assert float(dict(model.named_parameters())[ROUND_PARAM][0].detach()) == n
         assert [e["round"] for e in json.loads((round_folder / "history.json").read_text())] == list(range(1, n + 1))
-        assert np.array_equal(load_file(str(round_folder / "strategy.safetensors"))["backbone/m_t/w"], np.full(3, n, dtype=np.float32))
+        assert np.array_equal(
+            load_file(str(round_folder / "strategy.safetensors"))["backbone/m_t/w"], np.full(3, n, dtype=np.float32)
+        )
     done, state, history, meta = RunStore(folder).resume(NeuroGenModel("tiny", device="cpu"))
-    assert done == rnd and [e["round"] for e in history] == list(range(1, rnd + 1)) and float(state["backbone/m_t/w"][0]) == rnd
+    assert (
+        done == rnd
+        and [e["round"] for e in history] == list(range(1, rnd + 1))
+        and float(state["backbone/m_t/w"][0]) == rnd
+    )
     return rnd
 
 
 @pytest.mark.timeout(600)
 def test_a_kill_at_any_step_of_a_checkpoint_write_leaves_a_complete_round(tmp_path):
     started = time.time()
-    out = subprocess.run([sys.executable, __file__, "kill-steps", str(tmp_path)], env=child_env(), capture_output=True, text=True, timeout=540)
+    out = subprocess.run(
+        [sys.executable, __file__, "kill-steps", str(tmp_path)],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     trials = json.loads((tmp_path / "trials.json").read_text())
     steps, killed = trials["steps"], trials["killed"]
     # every kind of step of a save was hit: the weights, the strategy state, the history, the
     # rename of the round folder, latest.json, the `checkpoint` link, the pruning of round 1
     text = "\n".join(steps)
-    for expected in ("model.safetensors", "strategy.safetensors", "write .history.", "replace round-0003", "write .latest.",
-                     "replace latest.json", "symlink .checkpoint", "replace checkpoint", "rmtree round-0001"):
+    for expected in (
+        "model.safetensors",
+        "strategy.safetensors",
+        "write .history.",
+        "replace round-0003",
+        "write .latest.",
+        "replace latest.json",
+        "symlink .checkpoint",
+        "replace checkpoint",
+        "rmtree round-0001",
+    ):
         assert expected in text, f"no step {expected!r} in:\n{text}"
     assert len(killed) >= 25 and all(k["signal"] == signal.SIGKILL for k in killed)
     assert check_store(tmp_path / "trial-0", {3}) == 3  # not killed
@@ -281,8 +324,14 @@ def test_a_kill_at_any_step_of_a_checkpoint_write_leaves_a_complete_round(tmp_pa
         store = RunStore(folder, keep=2)
         for rnd in range(seen[-1] + 1, 5):
             _save(store, model, rnd)
-        assert store.latest() == {"round": 4, "checkpoint": "rounds/round-0004"} and load_checkpoint(folder / "checkpoint", device="cpu")[1]["provenance"]["rounds"] == 4
-        assert sorted(p.name for p in (folder / "rounds").iterdir()) == ["round-0003", "round-0004"]  # nothing half-written kept
+        assert (
+            store.latest() == {"round": 4, "checkpoint": "rounds/round-0004"}
+            and load_checkpoint(folder / "checkpoint", device="cpu")[1]["provenance"]["rounds"] == 4
+        )
+        assert sorted(p.name for p in (folder / "rounds").iterdir()) == [
+            "round-0003",
+            "round-0004",
+        ]  # nothing half-written kept
         assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]  # nor temporary files
     # until the rename of latest.json the old round is named, from then on the new one
     switch = steps.index("after replace latest.json")
@@ -293,7 +342,13 @@ def test_a_kill_at_any_step_of_a_checkpoint_write_leaves_a_complete_round(tmp_pa
 @pytest.mark.timeout(300)
 def test_random_sigkills_during_back_to_back_saves(tmp_path):
     started = time.time()
-    out = subprocess.run([sys.executable, __file__, "random-kills", str(tmp_path)], env=child_env(), capture_output=True, text=True, timeout=240)
+    out = subprocess.run(
+        [sys.executable, __file__, "random-kills", str(tmp_path)],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     trials = json.loads((tmp_path / "trials.json").read_text())
     assert len(trials) == 10 and all(t["signal"] == signal.SIGKILL for t in trials)
@@ -329,22 +384,46 @@ def test_server_killed_after_round_2_resumes_to_the_uninterrupted_result(federat
     rounds, seed = 4, 0
     cache = federation_sites.parent / "federation-cache"
     settings = {
-        "preset": "tiny", "strategy": "fedavg", "local-epochs": 1, "max-windows": 8, "eval-pcc-windows": 0,
-        "classes": "faces,motion,rest,scenes,tools", "cache-dir": str(cache), "round-timeout": 240.0,
+        "preset": "tiny",
+        "strategy": "fedavg",
+        "local-epochs": 1,
+        "max-windows": 8,
+        "eval-pcc-windows": 0,
+        "classes": "faces,motion,rest,scenes,tools",
+        "cache-dir": str(cache),
+        "round-timeout": 240.0,
     }
     timings = {}
 
     # the reference: 4 rounds uninterrupted, same seed
     started = time.time()
-    reference = run_federated(tmp_path / "reference", federation_sites, num_sites=2, rounds=rounds, modality="mixed", subjects_per_site=3, seed=seed, run_config=settings, timeout=600)
+    reference = run_federated(
+        tmp_path / "reference",
+        federation_sites,
+        num_sites=2,
+        rounds=rounds,
+        modality="mixed",
+        subjects_per_site=3,
+        seed=seed,
+        run_config=settings,
+        timeout=600,
+    )
     timings["uninterrupted"] = time.time() - started
 
     # the same run, killed once round 2 is recorded
     started = time.time()
     run_dir = (tmp_path / "run").resolve()
     config = {
-        "num-server-rounds": rounds, "run-dir": str(run_dir), "data-root": str(federation_sites), "num-sites": 2, "modality": "mixed",
-        "subjects-per-site": 3, "seed": seed, "min-available-nodes": 2, "site-state-dir": str(tmp_path / "site-state"), **settings,
+        "num-server-rounds": rounds,
+        "run-dir": str(run_dir),
+        "data-root": str(federation_sites),
+        "num-sites": 2,
+        "modality": "mixed",
+        "subjects-per-site": 3,
+        "seed": seed,
+        "min-available-nodes": 2,
+        "site-state-dir": str(tmp_path / "site-state"),
+        **settings,
     }
     federation = {"num-supernodes": 2, "client-resources-num-cpus": 2, "client-resources-num-gpus": 0.0}
     home = tmp_path / "flwr-home"
@@ -355,11 +434,21 @@ def test_server_killed_after_round_2_resumes_to_the_uninterrupted_result(federat
     try:
         link.start()
         write_connection(home, "local-sim", link.address)
-        cmd = ["flwr", "run", str(app_dir()), "local-sim", "--stream",
-               "--run-config", " ".join(f"{k}={_toml_value(v)}" for k, v in config.items()),
-               "--federation-config", " ".join(f"{k}={_toml_value(v)}" for k, v in federation.items())]
+        cmd = [
+            "flwr",
+            "run",
+            str(app_dir()),
+            "local-sim",
+            "--stream",
+            "--run-config",
+            " ".join(f"{k}={_toml_value(v)}" for k, v in config.items()),
+            "--federation-config",
+            " ".join(f"{k}={_toml_value(v)}" for k, v in federation.items()),
+        ]
         with open(run_dir / "flwr-run.log", "ab") as log:
-            cli = subprocess.Popen(cmd, env=flower_env(home), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            cli = subprocess.Popen(
+                cmd, env=flower_env(home), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.time() + 600
         while time.time() < deadline:
             server_processes |= descendants(link.proc.pid)  # the ServerApp, the simulation, Ray
@@ -384,13 +473,26 @@ def test_server_killed_after_round_2_resumes_to_the_uninterrupted_result(federat
     assert link.proc.returncode == -signal.SIGKILL and cli.returncode is not None and gone({cli.pid}, {cli.pid})
     assert len(groups) >= 2 and len(server_processes) >= 3  # the SuperLink's group and the ServerApp's, and Ray
     history = json.loads((run_dir / "history.json").read_text())
-    assert killed_at in (2, 3) and [e["round"] for e in history] in ([1], [1, 2], [1, 2, 3])  # history.json follows latest.json
+    assert killed_at in (2, 3) and [e["round"] for e in history] in (
+        [1],
+        [1, 2],
+        [1, 2, 3],
+    )  # history.json follows latest.json
     timings["killed run"] = time.time() - started
 
     # a new SuperLink and `flwr run` with resume=true
     started = time.time()
-    run_federated(run_dir, federation_sites, num_sites=2, rounds=rounds, modality="mixed", subjects_per_site=3, seed=seed,
-                  run_config={**settings, "resume": True, "site-state-dir": str(tmp_path / "site-state")}, timeout=600)
+    run_federated(
+        run_dir,
+        federation_sites,
+        num_sites=2,
+        rounds=rounds,
+        modality="mixed",
+        subjects_per_site=3,
+        seed=seed,
+        run_config={**settings, "resume": True, "site-state-dir": str(tmp_path / "site-state")},
+        timeout=600,
+    )
     timings["resumed run"] = time.time() - started
 
     history = json.loads((run_dir / "history.json").read_text())
@@ -406,8 +508,10 @@ def test_server_killed_after_round_2_resumes_to_the_uninterrupted_result(federat
     # schedule (sites derive their place in it from the round number), with the same seeds:
     # they reproduce the uninterrupted run up to floating-point noise.
     final, want = history[-1]["evaluate"]["aggregate"]["loss"], expected[-1]["evaluate"]["aggregate"]["loss"]
-    print(f"final held-out loss: resumed {final:.5f}, uninterrupted {want:.5f}; killed after round {killed_at}; "
-          + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    print(
+        f"final held-out loss: resumed {final:.5f}, uninterrupted {want:.5f}; killed after round {killed_at}; "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+    )
     assert final == pytest.approx(want, rel=1e-3)
     assert final < expected[killed_at - 1]["evaluate"]["aggregate"]["loss"]  # not the round-2 model again
     assert np.isfinite(history[-1]["train"]["aggregate"]["loss"])

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-import bids_factory as bf
+from fedneurogen.simulations import bids_factory as bf
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.data import (
     DataWarning,
@@ -201,8 +201,12 @@ def test_brainvision_header_cannot_point_outside_its_folder(tmp_path, target):
     from fedneurogen.shared.data.eeg import load_raw_eeg
 
     header = tmp_path / "sub-01_task-rest_eeg.vhdr"
-    header.write_text(f"Brain Vision Data Exchange Header File Version 1.0\n[Common Infos]\nDataFile={target}\nMarkerFile=sub-01_task-rest_eeg.vmrk\n")
-    with pytest.raises(DataError, match=rf"sub-01_task-rest_eeg.vhdr.*line 3: DataFile='{target}' points outside the header's folder"):
+    header.write_text(
+        f"Brain Vision Data Exchange Header File Version 1.0\n[Common Infos]\nDataFile={target}\nMarkerFile=sub-01_task-rest_eeg.vmrk\n"
+    )
+    with pytest.raises(
+        DataError, match=rf"sub-01_task-rest_eeg.vhdr.*line 3: DataFile='{target}' points outside the header's folder"
+    ):
         load_raw_eeg(header)
 
 
@@ -210,7 +214,9 @@ def test_missing_channels_tsv_is_a_warning_naming_the_file(site):
     run = _run(site)
     run.channels.unlink()
     problems = _problems_about(validate_dataset(site), run.channels)
-    assert [(p.severity, p.message) for p in problems] == [("warning", "missing (required by BIDS): channel types are guessed from the channel names")]
+    assert [(p.severity, p.message) for p in problems] == [
+        ("warning", "missing (required by BIDS): channel types are guessed from the channel names")
+    ]
     assert validate_dataset(site).ok  # still usable
 
 

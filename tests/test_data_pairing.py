@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import bids_factory as bf
+from fedneurogen.simulations import bids_factory as bf
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.data import DataWarning, load_site, load_site_data, site as site_module
 from fedneurogen.shared.data import cache as cache_module
@@ -141,7 +141,17 @@ def test_cache_hit_returns_same_windows_without_reading(small_site, tmp_path, co
     second = load_site_data(small_site, CFG, cache_dir=cache, progress=False)
     assert second.from_cache and len(counted) == 2  # no reader ran
     a, b = first.windows, second.windows
-    for name in ("eeg", "target", "labels", "subjects", "runs", "onsets", "eeg_positions", "target_positions", "design"):
+    for name in (
+        "eeg",
+        "target",
+        "labels",
+        "subjects",
+        "runs",
+        "onsets",
+        "eeg_positions",
+        "target_positions",
+        "design",
+    ):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
     assert (a.eeg_channel_names, a.target_names, a.participants, a.lag) == (
         b.eeg_channel_names, b.target_names, b.participants, b.lag,

@@ -12,7 +12,7 @@ import pytest
 from fedneurogen.shared.errors import DataError
 from scipy import signal
 
-import bids_factory as bf
+from fedneurogen.simulations import bids_factory as bf
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.data import find_runs, read_eeg, read_fmri, read_fnirs, validate_dataset
 from fedneurogen.shared.data.eeg import standard_positions
@@ -224,7 +224,10 @@ def test_tr_search_order(tmp_path):
     run = find_runs(site)[0]
     assert run.target_sidecars == [site / "task-visual_bold.json"]
     # the inherited TR is found, and checked against the spacing the GIFTI records itself
-    with pytest.raises(DataError, match=r"RepetitionTime 4 s disagrees with the 2000 ms volume spacing recorded in .*func.gii \(62.0 s drift over its 32 volumes\)") as err:
+    with pytest.raises(
+        DataError,
+        match=r"RepetitionTime 4 s disagrees with the 2000 ms volume spacing recorded in .*func.gii \(62.0 s drift over its 32 volumes\)",
+    ) as err:
         read_fmri(run.target, PreprocessConfig())
     assert err.value.path == site / "task-visual_bold.json"  # the sidecar is named, not the GIFTI
 
@@ -240,7 +243,9 @@ def test_a_slightly_wrong_tr_is_caught_small_differences_pass(tmp_path):
         read_fmri(run.target, PreprocessConfig())
     from fedneurogen.shared.data.validate import validate_dataset
 
-    assert any("disagrees with the 2000 ms volume spacing" in p.message for p in validate_dataset(site).errors)  # validate agrees
+    assert any(
+        "disagrees with the 2000 ms volume spacing" in p.message for p in validate_dataset(site).errors
+    )  # validate agrees
 
 
 # --- fNIRS ---------------------------------------------------------------------------------------

@@ -56,7 +56,13 @@ RUNTIME_FILES = {
     "secrets": r"[\w.-]+\.secret",
     "rehearsal/secrets": r"[\w.-]+\.secret",
 }
-RUNTIME_DIRS = {"state", "rehearsal/state", "rehearsal/data/site-01", "rehearsal/data/site-02", "rehearsal/data/site-03"}
+RUNTIME_DIRS = {
+    "state",
+    "rehearsal/state",
+    "rehearsal/data/site-01",
+    "rehearsal/data/site-02",
+    "rehearsal/data/site-03",
+}
 
 
 def load_compose(name: str) -> dict:
@@ -138,7 +144,9 @@ def volumes(service: dict) -> list[tuple[str, str, str]]:
 def secret_targets(service: dict) -> set[str]:
     out = set()
     for s in service.get("secrets", []):
-        out.add(f"/run/secrets/{s['target'] if isinstance(s, dict) and 'target' in s else (s['source'] if isinstance(s, dict) else s)}")
+        out.add(
+            f"/run/secrets/{s['target'] if isinstance(s, dict) and 'target' in s else (s['source'] if isinstance(s, dict) else s)}"
+        )
     return out
 
 
@@ -147,7 +155,9 @@ def check_host_path(raw: str, where: str) -> None:
     path = interpolate(raw)
     if "${" in path:  # a required variable: the site's env template must set it
         for var in re.findall(r"\$\{(\w+)\}", path):
-            assert re.search(rf"^{var}=", (DOCKER / "site.env.example").read_text(), re.M), f"{where}: {var} not in site.env.example"
+            assert re.search(rf"^{var}=", (DOCKER / "site.env.example").read_text(), re.M), (
+                f"{where}: {var} not in site.env.example"
+            )
         if path.startswith("${"):
             return
     rel = Path(path)
@@ -160,7 +170,13 @@ def check_host_path(raw: str, where: str) -> None:
     readme = README.read_text(encoding="utf-8")
     if name is None:
         assert folder in RUNTIME_DIRS, f"{where}: {path} is neither in the repository nor a documented runtime folder"
-        top = folder.split("/")[0] if not folder.startswith("rehearsal/") else folder.rsplit("/", 1)[0] if folder.startswith("rehearsal/data") else folder
+        top = (
+            folder.split("/")[0]
+            if not folder.startswith("rehearsal/")
+            else folder.rsplit("/", 1)[0]
+            if folder.startswith("rehearsal/data")
+            else folder
+        )
         assert top in readme, f"{where}: runtime folder {folder} is not documented in deploy/README.md"
         return
     assert folder in RUNTIME_FILES, f"{where}: {path} is neither in the repository nor made by the documented steps"
@@ -189,7 +205,9 @@ def test_images_are_official_flower_images_or_our_dockerfile(compose):
             assert context == ROOT, f"{name}:{sname}: build context must be the repository root"
             assert (context / s["build"]["dockerfile"]).resolve() == DOCKER / "Dockerfile"
         else:
-            assert s["image"] in FLOWER_IMAGES | {PROXY_IMAGE}, f"{name}:{sname}: {s['image']} is not an official Flower {FLWR_VERSION} or nginx image"
+            assert s["image"] in FLOWER_IMAGES | {PROXY_IMAGE}, (
+                f"{name}:{sname}: {s['image']} is not an official Flower {FLWR_VERSION} or nginx image"
+            )
 
 
 def test_referenced_files_exist_or_are_documented_runtime_paths(compose):
@@ -226,7 +244,14 @@ def test_mounted_paths_used_by_flags_exist_in_the_container(compose):
         mounted = {target for _, target, mode in volumes(s) if mode == "ro"}
         available = mounted | secret_targets(s)
         for flag, value in flags(command(s)).items():
-            if flag in ("--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile", "--root-certificates", "--auth-supernode-private-key", "--superexec-auth-secret-file"):
+            if flag in (
+                "--ssl-ca-certfile",
+                "--ssl-certfile",
+                "--ssl-keyfile",
+                "--root-certificates",
+                "--auth-supernode-private-key",
+                "--superexec-auth-secret-file",
+            ):
                 assert value in available, f"{name}:{sname}: {flag} {value} is not mounted read-only nor a secret"
 
 
@@ -239,9 +264,13 @@ def test_node_auth_process_isolation_and_no_runtime_installs(compose):
         assert f.get("--host") == "0.0.0.0" and f.get("--database", "").startswith("/app/state/")
     for sname, s in services_of(doc, "supernode").items():
         f = flags(command(s))
-        assert f.get("--auth-supernode-private-key", "").startswith("/run/secrets/"), f"{name}:{sname}: no auth private key"
+        assert f.get("--auth-supernode-private-key", "").startswith("/run/secrets/"), (
+            f"{name}:{sname}: no auth private key"
+        )
         assert f.get("--isolation") == "process" and f.get("--superexec-auth-secret-file")
-        assert all(f.get(k) for k in ("--ssl-certfile", "--ssl-keyfile", "--ssl-ca-certfile")), f"{name}:{sname}: Runtime API without TLS"
+        assert all(f.get(k) for k in ("--ssl-certfile", "--ssl-keyfile", "--ssl-ca-certfile")), (
+            f"{name}:{sname}: Runtime API without TLS"
+        )
     for sname, s in services_of(doc, "superexec").items():
         f = flags(command(s))
         assert f.get("--superexec-auth-secret-file") and "--plugin-type" not in f  # deprecated and ignored in 1.41
@@ -259,7 +288,9 @@ def test_only_the_proxy_publishes_the_superlink(compose):
             assert ports == ["8443:8443", "127.0.0.1:9443:9443"], f"{name}:{sname}: {ports}"
             assert "${ADMIN_BIND:-127.0.0.1}:" in str(s["ports"][1])
         elif kind(s) == "superlink" and name == "compose.rehearsal.yml":
-            assert len(ports) == 1 and ports[0].startswith("127.0.0.1:") and ports[0].endswith(":8000"), f"{name}:{sname}: {ports}"
+            assert len(ports) == 1 and ports[0].startswith("127.0.0.1:") and ports[0].endswith(":8000"), (
+                f"{name}:{sname}: {ports}"
+            )
         else:
             assert not s.get("ports") and not s.get("expose"), f"{name}:{sname} publishes ports"
     if name == "compose.yml":  # the SuperLink sits on internal networks only, the proxy bridges to it
@@ -275,8 +306,16 @@ def test_site_clientapps_run_behind_the_app_allowlist(compose):
         if sname == "serverapp":
             assert "entrypoint" not in s
             continue
-        assert s["entrypoint"] == ["python", "-m", "fedneurogen.client.site_exec", "--allowed-apps", "/etc/fedneurogen/allowed-apps.txt"], f"{name}:{sname}"
-        assert ("/etc/fedneurogen/allowed-apps.txt", "ro") in {(t, m) for _, t, m in volumes(s)}, f"{name}:{sname}: allowlist not mounted read-only"
+        assert s["entrypoint"] == [
+            "python",
+            "-m",
+            "fedneurogen.client.site_exec",
+            "--allowed-apps",
+            "/etc/fedneurogen/allowed-apps.txt",
+        ], f"{name}:{sname}"
+        assert ("/etc/fedneurogen/allowed-apps.txt", "ro") in {(t, m) for _, t, m in volumes(s)}, (
+            f"{name}:{sname}: allowlist not mounted read-only"
+        )
 
 
 def test_the_shipped_proxy_config_is_the_generated_one():
@@ -285,7 +324,14 @@ def test_the_shipped_proxy_config_is_the_generated_one():
     from fedneurogen.simulations.consortium import nginx_config
     from fedneurogen.simulations.federated import TlsFiles
 
-    expected = nginx_config(Path("/tmp"), TlsFiles.in_folder("/etc/fedneurogen/certs"), "superlink:8000", "0.0.0.0:8443", "0.0.0.0:9443", upstream_name="superlink")
+    expected = nginx_config(
+        Path("/tmp"),
+        TlsFiles.in_folder("/etc/fedneurogen/certs"),
+        "superlink:8000",
+        "0.0.0.0:8443",
+        "0.0.0.0:9443",
+        upstream_name="superlink",
+    )
     assert (DOCKER / "proxy.conf").read_text(encoding="utf-8") == expected
     assert "location /v1/fleet/" in expected and "location /v1/control/" in expected and "/v1/runtime/" not in expected
 
@@ -301,7 +347,9 @@ def test_volumes_declared_and_site_paths_mounted(compose):
     assert used == declared, f"{name}: named volumes used {sorted(used)} != declared {sorted(declared)}"
     for sname, s in services_of(doc, "superexec").items():
         if sname == "serverapp":
-            assert ("/var/lib/fedneurogen/runs" in {t for src, t, _ in volumes(s) if src in declared}), f"{name}: no run-dir volume"
+            assert "/var/lib/fedneurogen/runs" in {t for src, t, _ in volumes(s) if src in declared}, (
+                f"{name}: no run-dir volume"
+            )
     # each SuperNode's node config names paths its ClientApp container has: data read-only,
     # state on a named volume; the ClientApp reaches only internal networks
     networks = doc.get("networks", {})
@@ -309,13 +357,19 @@ def test_volumes_declared_and_site_paths_mounted(compose):
         node_config = flags(command(node))["--node-config"]
         config = dict(re.findall(r'([\w-]+)="([^"]*)"', node_config))
         assert set(config) == NODE_CONFIG_KEYS, node_config
-        apps = [s for s in services_of(doc, "superexec").values() if flags(command(s))["--runtime-api-address"] == f"{nname}:9094"]
+        apps = [
+            s
+            for s in services_of(doc, "superexec").values()
+            if flags(command(s))["--runtime-api-address"] == f"{nname}:9094"
+        ]
         assert len(apps) == 1, f"{name}: {nname} needs exactly one clientapp"
         app = apps[0]
         targets = {target: (source, mode) for source, target, mode in volumes(app)}
         assert targets[config["data-path"]][1] == "ro", "site data must be mounted read-only"
         assert targets[config["state-dir"]][0] in declared and targets[config["state-dir"]][1] == "rw"
-        assert app["networks"] and all((networks.get(n) or {}).get("internal") for n in app["networks"]), f"{name}: clientapp must sit on internal networks only"
+        assert app["networks"] and all((networks.get(n) or {}).get("internal") for n in app["networks"]), (
+            f"{name}: clientapp must sit on internal networks only"
+        )
         assert set(app["networks"]) & set(node["networks"]), f"{name}: clientapp cannot reach {nname}"
 
 
@@ -363,7 +417,9 @@ def test_dockerfile_installs_pinned_torch_before_the_package():
     assert package, "the Dockerfile does not install this package"
     assert torch[0] < package[0], "torch must be installed before the package"
     assert "--index-url" in lines[torch[0]], "torch must come from an explicit (CPU by default) index"
-    assert not any(l.startswith("COPY . ") or l == "COPY . ." for l in lines), "copy the sources only, not the whole context"
+    assert not any(l.startswith("COPY . ") or l == "COPY . ." for l in lines), (
+        "copy the sources only, not the whole context"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,13 +466,30 @@ def test_systemd_unit(name):
     writable = service["ReadWritePaths"].split()
     assert writable and all(p.startswith(("/var/lib/fedneurogen/", "/var/cache/fedneurogen/")) for p in writable)
     if UNITS[name] == "nginx":  # the proxy: the SuperLink behind it listens on loopback only
-        assert args[1:3] == ["-c", "${PROXY_CONFIG}"] and "127.0.0.1" in env_text.split("SUPERLINK_HOST=")[1].splitlines()[0]
+        assert (
+            args[1:3] == ["-c", "${PROXY_CONFIG}"]
+            and "127.0.0.1" in env_text.split("SUPERLINK_HOST=")[1].splitlines()[0]
+        )
         return
     if UNITS[name] == "flower-superlink":
-        assert {"--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile", "--enable-supernode-auth", "--disable-runtime-dependency-installation", "--superexec-auth-secret-file"} <= set(f)
+        assert {
+            "--ssl-ca-certfile",
+            "--ssl-certfile",
+            "--ssl-keyfile",
+            "--enable-supernode-auth",
+            "--disable-runtime-dependency-installation",
+            "--superexec-auth-secret-file",
+        } <= set(f)
         assert f["--isolation"] == "process" and f["--database"].startswith(writable[0])
     elif UNITS[name] == "flower-supernode":
-        assert {"--root-certificates", "--auth-supernode-private-key", "--ssl-certfile", "--ssl-keyfile", "--ssl-ca-certfile", "--superexec-auth-secret-file"} <= set(f)
+        assert {
+            "--root-certificates",
+            "--auth-supernode-private-key",
+            "--ssl-certfile",
+            "--ssl-keyfile",
+            "--ssl-ca-certfile",
+            "--superexec-auth-secret-file",
+        } <= set(f)
         assert f["--isolation"] == "process" and f["--host"] == "127.0.0.1"
         config = dict(re.findall(r'([\w-]+)="([^"]*)"', f["--node-config"]))
         assert set(config) == NODE_CONFIG_KEYS
@@ -449,7 +522,9 @@ def test_readme_config_keys_exist():
             keys[flag] |= set(re.findall(r"(?:^|\s)([a-z][a-z0-9-]*)=", quoted[1:-1]))
     assert keys["--run-config"] and keys["--node-config"], "the README shows --run-config and --node-config"
     assert keys["--run-config"] <= RUN_CONFIG_KEYS, f"unknown run-config keys: {keys['--run-config'] - RUN_CONFIG_KEYS}"
-    assert keys["--node-config"] <= NODE_CONFIG_KEYS, f"unknown node-config keys: {keys['--node-config'] - NODE_CONFIG_KEYS}"
+    assert keys["--node-config"] <= NODE_CONFIG_KEYS, (
+        f"unknown node-config keys: {keys['--node-config'] - NODE_CONFIG_KEYS}"
+    )
     for key in ("dp-enabled", "dp-target-epsilon", "dp-delta", "dp-max-grad-norm", "dp-rounds", "resume", "run-dir"):
         assert key in keys["--run-config"], f"the README's runs do not show {key}"
     inline = set(re.findall(r"`([a-z][a-z0-9-]*)=[^`\s]*`", text))  # `strategy="krum"`, `trim-beta=0.34`, ...
@@ -469,5 +544,9 @@ def test_readme_names_real_files_and_strategies():
     assert {"fedmedian", "fedtrimmedavg", "krum"} <= strategies
     # STRATEGIES of server/strategy.py, read without importing torch (keeps this file fast)
     tree = ast.parse((ROOT / "server" / "strategy.py").read_text(encoding="utf-8"))
-    (known,) = [ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "STRATEGIES" for t in n.targets)]
+    (known,) = [
+        ast.literal_eval(n.value)
+        for n in tree.body
+        if isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "STRATEGIES" for t in n.targets)
+    ]
     assert strategies <= set(known)

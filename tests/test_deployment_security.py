@@ -19,7 +19,13 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key, l
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.pki import check_server_certificate, make_ca, make_node_keypair, make_server_certificate
 from fedneurogen.simulations.federated import (
-    LocalSuperLink, TlsFiles, flower_env, flwr_run, start_supernode, stop_process, write_connection,
+    LocalSuperLink,
+    TlsFiles,
+    flower_env,
+    flwr_run,
+    start_supernode,
+    stop_process,
+    write_connection,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,14 +43,20 @@ def test_certificates_and_keys(tmp_path):
     (problem,) = check_server_certificate(server.certificate_or_public, ca.certificate_or_public, "127.0.0.1")
     assert "does not list '127.0.0.1'" in problem
     other = make_ca(tmp_path / "other")
-    assert any("not signed by the CA" in p for p in check_server_certificate(server.certificate_or_public, other.certificate_or_public, "10.0.0.5"))
+    assert any(
+        "not signed by the CA" in p
+        for p in check_server_certificate(server.certificate_or_public, other.certificate_or_public, "10.0.0.5")
+    )
 
     node = make_node_keypair(tmp_path / "keys", "site-01")
     for private in (ca.private, server.private, node.private):  # private keys: owner only
         assert stat.S_IMODE(os.stat(private).st_mode) == 0o600
     # the formats Flower reads: an OpenSSH ECDSA private key and public key on a NIST curve
     key = load_ssh_private_key(node.private.read_bytes(), password=None)
-    assert load_ssh_public_key(node.certificate_or_public.read_bytes()).public_numbers() == key.public_key().public_numbers()
+    assert (
+        load_ssh_public_key(node.certificate_or_public.read_bytes()).public_numbers()
+        == key.public_key().public_numbers()
+    )
     from flwr.cli.supernode.register import try_load_public_key
 
     assert try_load_public_key(node.certificate_or_public)
@@ -59,7 +71,9 @@ def test_certificates_and_keys(tmp_path):
 
 def run_script(name: str, *args: str | Path, home: Path | None = None) -> str:
     env = flower_env(home) if home else dict(os.environ)
-    out = subprocess.run(["bash", str(SCRIPTS / name), *map(str, args)], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        ["bash", str(SCRIPTS / name), *map(str, args)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, f"{name} failed:\n{out.stdout}\n{out.stderr}"
     return out.stdout
 
@@ -89,34 +103,66 @@ def secured_round(tmp_path_factory, federation_sites):
     try:
         link.start()
         write_connection(cli_home, "consortium", link.address, root_certificates=certs / "ca.crt")
-        run_script("register-nodes.sh", "consortium", keys / "site-01.pub", keys / "site-02.pub", home=cli_home)  # not site-03
+        run_script(
+            "register-nodes.sh", "consortium", keys / "site-01.pub", keys / "site-02.pub", home=cli_home
+        )  # not site-03
         for i in (1, 2):
             config = f'data-path="{sites / f"site-0{i}"}" state-dir="{base / f"state-{i}"}"'
             nodes[f"site-0{i}"] = start_supernode(
-                base / f"node-{i}-home", link.address, config, base / f"site-0{i}.log", root_certificates=certs / "ca.crt", auth_key=keys / f"site-0{i}",
+                base / f"node-{i}-home",
+                link.address,
+                config,
+                base / f"site-0{i}.log",
+                root_certificates=certs / "ca.crt",
+                auth_key=keys / f"site-0{i}",
             )
         nodes["unregistered"] = start_supernode(
-            base / "node-3-home", link.address, f'data-path="{sites / "site-03"}"', base / "unregistered.log",
-            root_certificates=certs / "ca.crt", auth_key=keys / "site-03", max_retries=2,
+            base / "node-3-home",
+            link.address,
+            f'data-path="{sites / "site-03"}"',
+            base / "unregistered.log",
+            root_certificates=certs / "ca.crt",
+            auth_key=keys / "site-03",
+            max_retries=2,
         )
         nodes["wrong-ca"] = start_supernode(
-            base / "node-4-home", link.address, f'data-path="{sites / "site-01"}"', base / "wrong-ca.log",
-            root_certificates=base / "wrong-ca" / "ca.crt", auth_key=keys / "site-01", max_retries=2,
+            base / "node-4-home",
+            link.address,
+            f'data-path="{sites / "site-01"}"',
+            base / "wrong-ca.log",
+            root_certificates=base / "wrong-ca" / "ca.crt",
+            auth_key=keys / "site-01",
+            max_retries=2,
         )
         result["exit_unregistered"] = wait_exit(nodes["unregistered"], 90)
         result["exit_wrong_ca"] = wait_exit(nodes["wrong-ca"], 90)
         started = time.time()
         flwr_run(
-            cli_home, "consortium",
+            cli_home,
+            "consortium",
             {
-                "num-server-rounds": 1, "run-dir": str(run_dir), "preset": "tiny", "local-epochs": 1, "max-windows": 8,
-                "classes": "faces,motion,rest,scenes,tools", "fraction-evaluate": 0.0, "min-available-nodes": 2, "round-timeout": 240.0,
+                "num-server-rounds": 1,
+                "run-dir": str(run_dir),
+                "preset": "tiny",
+                "local-epochs": 1,
+                "max-windows": 8,
+                "classes": "faces,motion,rest,scenes,tools",
+                "fraction-evaluate": 0.0,
+                "min-available-nodes": 2,
+                "round-timeout": 240.0,
                 "cache-dir": str(sites.parent / "federation-cache"),
             },
-            timeout=420, log_file=base / "flwr-run.log",
+            timeout=420,
+            log_file=base / "flwr-run.log",
         )
         result["round_seconds"] = time.time() - started
-        listed = subprocess.run(["flwr", "supernode", "list", "consortium", "--format", "json"], env=flower_env(cli_home), capture_output=True, text=True, timeout=60)
+        listed = subprocess.run(
+            ["flwr", "supernode", "list", "consortium", "--format", "json"],
+            env=flower_env(cli_home),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         result["nodes"] = json.loads(listed.stdout)
     finally:
         for proc in nodes.values():

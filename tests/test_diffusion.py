@@ -40,7 +40,9 @@ def test_training_target_inverts_to_the_clean_signal_and_the_noise(prediction):
     torch.testing.assert_close(eps_hat, noise, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(x0_hat[:5], x0[:5], rtol=1e-4, atol=1e-4)  # eps at t=998 divides by ~0
     # q_sample keeps unit variance for unit-variance data (variance preserving)
-    big = diffusion.q_sample(torch.randn(20000, generator=g), torch.full((20000,), 400), torch.randn(20000, generator=g))
+    big = diffusion.q_sample(
+        torch.randn(20000, generator=g), torch.full((20000,), 400), torch.randn(20000, generator=g)
+    )
     assert big.var().item() == pytest.approx(1.0, abs=0.05)
 
 
@@ -66,7 +68,10 @@ def draw_gaussian(prediction: str, steps: int, eta: float = 0.0) -> torch.Tensor
     return diffusion.ddim_sample(fn, (20000, 3), steps=steps, eta=eta, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("prediction, steps, eta, std_tolerance", [("v", 50, 0.0, 0.05), ("eps", 50, 0.0, 0.05), ("v", 200, 0.0, 0.02), ("v", 200, 1.0, 0.03)])
+@pytest.mark.parametrize(
+    "prediction, steps, eta, std_tolerance",
+    [("v", 50, 0.0, 0.05), ("eps", 50, 0.0, 0.05), ("v", 200, 0.0, 0.02), ("v", 200, 1.0, 0.03)],
+)
 def test_ddim_recovers_a_gaussian_distribution(prediction, steps, eta, std_tolerance):
     samples = draw_gaussian(prediction, steps, eta)
     torch.testing.assert_close(samples.mean(0), MEAN, rtol=0, atol=0.05)

@@ -48,7 +48,10 @@ def test_scale_poisoning_is_global_plus_scale_times_update(local, received):
         assert torch.equal(out[name], expected), name
         assert out[name].dtype == local[name].dtype and out[name].shape == local[name].shape
     # the poisoned update is 100x the honest one (up to float rounding)
-    update, poisoned_update = local["blocks.0.weight"] - received["blocks.0.weight"], out["blocks.0.weight"] - received["blocks.0.weight"]
+    update, poisoned_update = (
+        local["blocks.0.weight"] - received["blocks.0.weight"],
+        out["blocks.0.weight"] - received["blocks.0.weight"],
+    )
     torch.testing.assert_close(poisoned_update, 100.0 * update, rtol=1e-4, atol=1e-5)
 
 

@@ -28,7 +28,12 @@ def test_the_residual_of_the_best_round_is_kept_after_patience_runs_out():
     stopping.offer(2, 0.11, arrays(2.0))
     assert not stopping.stopped
     stopping.offer(3, 0.05, arrays(3.0))
-    assert stopping.stopped and stopping.summary() == {"best_round": 1, "best_pcc": 0.12, "rounds_without_gain": 2, "stopped": True}
+    assert stopping.stopped and stopping.summary() == {
+        "best_round": 1,
+        "best_pcc": 0.12,
+        "rounds_without_gain": 2,
+        "stopped": True,
+    }
     stopping.offer(4, 0.50, arrays(4.0))  # once stopped, later rounds do not change the choice
     kept = stopping.best_residual(arrays(5.0))
     assert kept[RESIDUAL].numpy().max() == 1.0  # the residual of round 1

@@ -18,7 +18,16 @@ def site(tmp_path_factory):
     from fedneurogen.simulations.simulator import simulate_dataset
 
     out = tmp_path_factory.mktemp("eeg-only")
-    (site,) = simulate_dataset(out, n_sites=1, subjects_per_site=3, modality="fmri", seed=4, run_seconds=240.0, progress=False, eeg_only_sessions={"A": 1, "B": 1})
+    (site,) = simulate_dataset(
+        out,
+        n_sites=1,
+        subjects_per_site=3,
+        modality="fmri",
+        seed=4,
+        run_seconds=240.0,
+        progress=False,
+        eeg_only_sessions={"A": 1, "B": 1},
+    )
     return site
 
 
@@ -43,7 +52,9 @@ def test_eeg_only_runs_are_windowed_like_the_paired_ones(site, paired):
     assert len(pool) > 0 and not np.any(pool.target)  # no target exists: zeros nobody may read
     assert pool.eeg.shape[1:] == paired.eeg.shape[1:] and pool.eeg_channel_names == paired.eeg_channel_names
     assert pool.target.shape[1:] == paired.target.shape[1:] and pool.design.shape[1:] == paired.design.shape[1:]
-    assert set(pool.subjects.tolist()) == {"sub-04", "sub-05"} and not set(pool.subjects.tolist()) & set(paired.subjects.tolist())
+    assert set(pool.subjects.tolist()) == {"sub-04", "sub-05"} and not set(pool.subjects.tolist()) & set(
+        paired.subjects.tolist()
+    )
     assert sorted(set(pool.group_of("group").tolist())) == ["A", "B"]  # their groups from participants.tsv
     assert np.abs(pool.design).sum() > 0  # the design comes from the EEG-only run's own EEG
 
@@ -51,7 +62,9 @@ def test_eeg_only_runs_are_windowed_like_the_paired_ones(site, paired):
 def test_eeg_only_sessions_leave_the_paired_runs_unchanged(site, tmp_path):
     from fedneurogen.simulations.simulator import simulate_dataset
 
-    (plain,) = simulate_dataset(tmp_path, n_sites=1, subjects_per_site=3, modality="fmri", seed=4, run_seconds=240.0, progress=False)
+    (plain,) = simulate_dataset(
+        tmp_path, n_sites=1, subjects_per_site=3, modality="fmri", seed=4, run_seconds=240.0, progress=False
+    )
     digest = lambda path: hashlib.sha256(path.read_bytes()).hexdigest()  # noqa: E731
     for bold in sorted(plain.glob("derivatives/fmriprep/sub-*/func/*.gii")):
         assert digest(bold) == digest(site / bold.relative_to(plain))
@@ -84,8 +97,15 @@ def test_eeg_only_sources_are_never_test_subjects(site, paired):
     from fedneurogen.shared.data.eeg_only import load_eeg_only
 
     pool = load_eeg_only(site, paired)
-    pool = replace(pool, subjects=np.where(pool.subjects == "sub-05", "sub-01", pool.subjects))  # one of them also has paired runs
-    config = AugmentConfig(folds=2, seed=1, use_eeg=False, target_per_class=2 * int(np.bincount(np.unique(paired.labels, return_inverse=True)[1]).max()))
+    pool = replace(
+        pool, subjects=np.where(pool.subjects == "sub-05", "sub-01", pool.subjects)
+    )  # one of them also has paired runs
+    config = AugmentConfig(
+        folds=2,
+        seed=1,
+        use_eeg=False,
+        target_per_class=2 * int(np.bincount(np.unique(paired.labels, return_inverse=True)[1]).max()),
+    )
     samples = prepare_samples(paired, config, "site-x", pool=pool)
     splits = fm.subject_folds(samples.labels, samples.windows.subjects, samples.classes, 2, 1, "site-x")
     log = GenerationLog()

@@ -55,7 +55,9 @@ def test_evaluate_scores_only_test_subjects_and_writes_report_and_plots(consorti
     meta = json.loads((checkpoint / "config.json").read_text())
     provenance = meta["provenance"]
     windows = _load(fmri_site)
-    split = split_subjects(windows.subjects, provenance["split_seed"], provenance["val_fraction"], provenance["test_fraction"])
+    split = split_subjects(
+        windows.subjects, provenance["split_seed"], provenance["val_fraction"], provenance["test_fraction"]
+    )
 
     # spies: which subjects are generated for, and which the baselines learn from
     seen = {"generated": set(), "ridge_fit": set(), "regressor_fit": set()}
@@ -73,7 +75,9 @@ def test_evaluate_scores_only_test_subjects_and_writes_report_and_plots(consorti
 
     out = tmp_path / "report"
     args = ["evaluate", "--checkpoint", str(checkpoint), "--data", str(fmri_site), "--out", str(out)]
-    result = CliRunner().invoke(app, [*args, "--steps", "2", "--max-windows", "8", "--baseline-epochs", "1", "--seed", "1", "--n-samples", "2"])
+    result = CliRunner().invoke(
+        app, [*args, "--steps", "2", "--max-windows", "8", "--baseline-epochs", "1", "--seed", "1", "--n-samples", "2"]
+    )
     assert result.exit_code == 0, result.output
     assert "noise ceiling" in result.output and "ridge-HRF" in result.output and "EEG-informed ceiling" in result.output
 
@@ -102,7 +106,12 @@ def test_evaluate_scores_only_test_subjects_and_writes_report_and_plots(consorti
     for name in ("maps.png", "timecourses.png", "metrics.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     assert report["plots"] == ["maps.png", "timecourses.png", "metrics.png"]
-    assert sorted(p.name for p in out.iterdir()) == ["maps.png", "metrics.png", "report.json", "timecourses.png"]  # no temp files
+    assert sorted(p.name for p in out.iterdir()) == [
+        "maps.png",
+        "metrics.png",
+        "report.json",
+        "timecourses.png",
+    ]  # no temp files
 
 
 def test_site_outside_training_is_all_test_and_baselines_cross_fit():
@@ -127,10 +136,14 @@ def test_site_outside_training_is_all_test_and_baselines_cross_fit():
     np.testing.assert_array_equal(predicted[np.isin(windows.subjects, ["sub-01", "sub-03"])], 1.0)
     np.testing.assert_array_equal(predicted[np.isin(windows.subjects, ["sub-02", "sub-04"])], 2.0)
 
-    trained = evaluation.evaluation_split(windows, {**meta, "provenance": {**meta["provenance"], "sites": ["site-01"]}}, Path("site-01"))
+    trained = evaluation.evaluation_split(
+        windows, {**meta, "provenance": {**meta["provenance"], "sites": ["site-01"]}}, Path("site-01")
+    )
     expected = split_subjects(windows.subjects, 0, 0.15, 0.2)
     assert trained.site_in_training and trained.split == expected
-    assert set(trained.test.subjects.tolist()) == set(expected.test) and set(trained.train.subjects.tolist()) == set(expected.train)
+    assert set(trained.test.subjects.tolist()) == set(expected.test) and set(trained.train.subjects.tolist()) == set(
+        expected.train
+    )
 
 
 def test_limit_windows_keeps_every_subject_and_consecutive_windows():
@@ -157,10 +170,17 @@ def test_ground_truth_gives_the_noise_ceiling_and_is_absent_without_derivatives(
 def test_regressor_loss_falls_in_a_short_fit(consortium):
     _, _, fnirs_site = consortium
     windows = _load(fnirs_site).subset(np.arange(4))
-    few = dataclasses.replace(windows, eeg=windows.eeg[:, :8], eeg_channel_names=windows.eeg_channel_names[:8], eeg_positions=windows.eeg_positions[:8])
+    few = dataclasses.replace(
+        windows,
+        eeg=windows.eeg[:, :8],
+        eeg_channel_names=windows.eeg_channel_names[:8],
+        eeg_positions=windows.eeg_positions[:8],
+    )
     # 60 epochs: with short-channel regression (the default) the fNIRS target has no shared
     # systemic component left, the easy part of the fit, so the loss falls more slowly at first.
-    baseline = RegressorBaseline("tiny", epochs=60, batch_size=4, lr=3e-3, warmup_steps=1, seed=0, device="cpu").fit(few)
+    baseline = RegressorBaseline("tiny", epochs=60, batch_size=4, lr=3e-3, warmup_steps=1, seed=0, device="cpu").fit(
+        few
+    )
     assert len(baseline.history) == 60
     assert baseline.history[-1] < 0.8 * baseline.history[0]
     predicted = baseline.predict(few)

@@ -30,7 +30,9 @@ def sites(tmp_path_factory) -> list[Path]:
     """site-01: EEG-fMRI, 64 ch EDF, 10-05 names; site-02: EEG-fNIRS, 32 ch BrainVision with
     four custom electrodes. One subject each, 120 s runs (a few seconds)."""
     out = tmp_path_factory.mktemp("sim_expected_power")
-    return simulate_dataset(out, n_sites=2, subjects_per_site=1, modality="mixed", seed=3, run_seconds=RUN_SECONDS, progress=False)
+    return simulate_dataset(
+        out, n_sites=2, subjects_per_site=1, modality="mixed", seed=3, run_seconds=RUN_SECONDS, progress=False
+    )
 
 
 def _key(site: Path) -> str:

@@ -26,26 +26,41 @@ def tiny(tmp_path_factory):
     from fedneurogen.simulations.simulator import simulate_dataset
 
     root = tmp_path_factory.mktemp("explain")
-    (site,) = simulate_dataset(root / "data", n_sites=1, subjects_per_site=2, modality="fmri", seed=21, run_seconds=80.0, progress=False)
+    (site,) = simulate_dataset(
+        root / "data", n_sites=1, subjects_per_site=2, modality="fmri", seed=21, run_seconds=80.0, progress=False
+    )
     windows = load_site(site, progress=False)
     torch.manual_seed(0)
     model = NeuroGenModel("tiny", device="cpu")
     subjects = sorted(set(windows.subjects.tolist()))
-    fit_ridge_paths(model, [windows.subset(windows.subjects != subjects[-1])], [windows.subset(windows.subjects == subjects[-1])])
+    fit_ridge_paths(
+        model, [windows.subset(windows.subjects != subjects[-1])], [windows.subset(windows.subjects == subjects[-1])]
+    )
     with torch.no_grad():
         torch.nn.init.normal_(model.modality_heads["fmri"].mean.readout.weight, std=0.05)
     classes = class_index([windows])
-    extra = {"preprocess": PreprocessConfig().model_dump(), "class_names": list(classes), "provenance": {"sites": [site.name]}}
+    extra = {
+        "preprocess": PreprocessConfig().model_dump(),
+        "class_names": list(classes),
+        "provenance": {"sites": [site.name]},
+    }
     checkpoint = save_checkpoint(root / "checkpoint", model, EMA(model), extra=extra)
     return model, windows, site, checkpoint, list(classes)
 
 
 def test_ridge_attributions_sum_to_the_prediction():
     rng = np.random.default_rng(0)
-    design, coef, intercept, baseline = rng.normal(size=(6, 20)), rng.normal(size=(20, 4)), rng.normal(size=4), rng.normal(size=20)
+    design, coef, intercept, baseline = (
+        rng.normal(size=(6, 20)),
+        rng.normal(size=(20, 4)),
+        rng.normal(size=4),
+        rng.normal(size=20),
+    )
     attributions = explain.ridge_attributions(design, coef, baseline)
     assert attributions.shape == (6, 20, 4)
-    np.testing.assert_allclose(attributions.sum(axis=1) + baseline @ coef + intercept, design @ coef + intercept, atol=1e-10)
+    np.testing.assert_allclose(
+        attributions.sum(axis=1) + baseline @ coef + intercept, design @ coef + intercept, atol=1e-10
+    )
 
 
 def test_integrated_gradients_are_complete_for_a_small_network():
@@ -107,7 +122,13 @@ def test_effective_hrf_peaks_where_the_basis_weights_put_it():
 
 def test_regions_follow_the_coordinates():
     positions = np.array([[-20, -95, 0], [40, -20, 60], [-50, -20, -15], [30, 40, 30], [-30, -60, 50]])
-    assert explain.coarse_regions(positions) == ["left occipital", "right central", "left temporal", "right frontal", "left parietal"]
+    assert explain.coarse_regions(positions) == [
+        "left occipital",
+        "right central",
+        "left temporal",
+        "right frontal",
+        "left parietal",
+    ]
     assert explain.coarse_regions(positions[:1], ["R12"]) == ["right occipital"]
 
 

@@ -25,7 +25,9 @@ def site(tmp_path_factory):
     from fedneurogen.simulations.simulator import simulate_dataset
 
     out = tmp_path_factory.mktemp("fair-sim")
-    return simulate_dataset(out, n_sites=1, subjects_per_site=3, modality="fnirs", seed=5, run_seconds=200.0, progress=False)[0]
+    return simulate_dataset(
+        out, n_sites=1, subjects_per_site=3, modality="fnirs", seed=5, run_seconds=200.0, progress=False
+    )[0]
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +122,18 @@ def test_generated_samples_train_only_and_come_from_training_subjects(imbalanced
         return training
 
     ids = samples.ids
-    fm.cross_validate("generate", recording_strategy, samples.features.values, samples.labels, samples.windows.subjects, ids, folds, Recorder, samples.classes, config.seed)
+    fm.cross_validate(
+        "generate",
+        recording_strategy,
+        samples.features.values,
+        samples.labels,
+        samples.windows.subjects,
+        ids,
+        folds,
+        Recorder,
+        samples.classes,
+        config.seed,
+    )
     assert len(spy.calls) == len(folds)
     for (fold, training), call, scored in zip(trainings, spy.calls, seen["predict"]):
         test_subjects = set(samples.windows.subjects[fold.test].tolist())
@@ -142,15 +155,35 @@ def test_a_strategy_that_uses_test_subjects_is_refused(imbalanced):
     folds = fm.subject_folds(samples.labels, samples.windows.subjects, samples.classes, FOLDS, 3, "site-x")
 
     def leaky(fold):
-        base = fm.real_training_set(samples.features.values, samples.labels, samples.windows.subjects, samples.ids, fold.train)
+        base = fm.real_training_set(
+            samples.features.values, samples.labels, samples.windows.subjects, samples.ids, fold.train
+        )
         t = fold.test[:2]
-        return fm.stack(base, samples.features.values[t], samples.labels[t], "generated", samples.windows.subjects[t], samples.ids[t])
+        return fm.stack(
+            base,
+            samples.features.values[t],
+            samples.labels[t],
+            "generated",
+            samples.windows.subjects[t],
+            samples.ids[t],
+        )
 
     def make(class_weight):
         return fm.make_classifier("logreg", samples.features, samples.classes)
 
     with pytest.raises(RuntimeError, match="test subject"):
-        fm.cross_validate("leaky", leaky, samples.features.values, samples.labels, samples.windows.subjects, samples.ids, folds, make, samples.classes, 3)
+        fm.cross_validate(
+            "leaky",
+            leaky,
+            samples.features.values,
+            samples.labels,
+            samples.windows.subjects,
+            samples.ids,
+            folds,
+            make,
+            samples.classes,
+            3,
+        )
 
 
 def test_report_is_deterministic_and_logs_sources(imbalanced, synthesizer):
@@ -216,7 +249,9 @@ def test_class_without_eeg_is_a_clear_error(windows):
 def test_a_missing_participants_table_or_column_is_named(windows, tmp_path):
     """--sensitive-attribute reads participants.tsv: its absence and a missing column are told apart."""
     config = AugmentConfig(folds=FOLDS, sensitive_attribute="handedness")
-    with pytest.raises(DataError, match=r"participants.tsv is missing; --sensitive-attribute 'handedness' reads the column"):
+    with pytest.raises(
+        DataError, match=r"participants.tsv is missing; --sensitive-attribute 'handedness' reads the column"
+    ):
         run_augmentation(windows, config, tmp_path, synthesizer=lambda w, seed: w.target)  # a site folder with no table
     (tmp_path / "participants.tsv").write_text("participant_id\tgroup\nsub-01\tA\n")
     with pytest.raises(DataError, match=r"participants.tsv: has no column 'handedness' for --sensitive-attribute"):
@@ -224,14 +259,20 @@ def test_a_missing_participants_table_or_column_is_named(windows, tmp_path):
 
 
 def test_class_smaller_than_folds_is_a_clear_error(windows, site, checkpoint, tmp_path):
-    few = windows.subset(np.sort(np.concatenate([np.flatnonzero(windows.labels == "left")[:2], np.flatnonzero(windows.labels == "right")])))
+    few = windows.subset(
+        np.sort(
+            np.concatenate([np.flatnonzero(windows.labels == "left")[:2], np.flatnonzero(windows.labels == "right")])
+        )
+    )
     with pytest.raises(DataError, match="'left' has 2 window") as err:
         run_augmentation(few, AugmentConfig(folds=3, strategies=("none",), use_eeg=False), "site-07")
     assert "site-07" in str(err.value)
 
     from fedneurogen.cli import app
 
-    result = CliRunner().invoke(app, ["augment", "--data", str(site), "--out", str(tmp_path / "r"), "--strategy", "oversample", "--folds", "9"])
+    result = CliRunner().invoke(
+        app, ["augment", "--data", str(site), "--out", str(tmp_path / "r"), "--strategy", "oversample", "--folds", "9"]
+    )
     assert result.exit_code == 1
     output = result.output.replace("\n", "")
     assert "folds" in output and site.name in output
@@ -247,7 +288,9 @@ def test_riemann_and_lda_pipelines_fit():
     labels = np.array(["a"] * 20 + ["b"] * 20)
     clf = fm.make_classifier("riemann", features, ["a", "b"]).fit(features.values[::2], labels[::2])
     assert (clf.predict(features.values[1::2]) == labels[1::2]).mean() >= 0.8
-    lda = fm.make_classifier("lda", fm.Features(target, {"target": (0, 4)}), ["a", "b"], class_weight="balanced").fit(target, labels)
+    lda = fm.make_classifier("lda", fm.Features(target, {"target": (0, 4)}), ["a", "b"], class_weight="balanced").fit(
+        target, labels
+    )
     assert np.allclose(lda.named_steps["clf"].priors_, 0.5)
 
 
@@ -271,8 +314,12 @@ def test_table_protocol_cut_and_goals(imbalanced):
         "generate beats none, oversample, class-weight and SMOTE on minority F1": True,
     }
     assert goals["mean"]["minority_f1_smote"] == 0.5
-    beaten_by_smote = goal_figures([{"minority": "left", "report": report((0.3, 0.4, 0.4, 0.85, 0.8))}], ("left", "right"))
-    assert not beaten_by_smote["mean"]["goals"]["generate beats none, oversample, class-weight and SMOTE on minority F1"]
+    beaten_by_smote = goal_figures(
+        [{"minority": "left", "report": report((0.3, 0.4, 0.4, 0.85, 0.8))}], ("left", "right")
+    )
+    assert not beaten_by_smote["mean"]["goals"][
+        "generate beats none, oversample, class-weight and SMOTE on minority F1"
+    ]
 
 
 def test_smote_interpolates_within_the_minority_of_the_training_fold(imbalanced):
@@ -341,12 +388,18 @@ def test_generation_setting_is_chosen_on_training_subjects_only(imbalanced, synt
 
     samples = prepare_samples(imbalanced, replace(CONFIG, sensitive_attribute=None), "site-x")
     splits = fm.subject_folds(samples.labels, samples.windows.subjects, samples.classes, FOLDS, 3, "site-x")
-    train, test = max(splits, key=lambda fold: len(set(samples.windows.subjects[fold[0]].tolist())))  # two training subjects to split
+    train, test = max(
+        splits, key=lambda fold: len(set(samples.windows.subjects[fold[0]].tolist()))
+    )  # two training subjects to split
     make = lambda cw: fm.make_classifier("logreg", samples.features, samples.classes, class_weight=cw)  # noqa: E731
     choices = (("sample", 2.0), ("mean", 0.0))
-    training = generate_strategy(samples, SpyingSynthesizer(synthesizer), GenerationLog(), make, choices)(fm.Fold(0, train, test, seed=0))
+    training = generate_strategy(samples, SpyingSynthesizer(synthesizer), GenerationLog(), make, choices)(
+        fm.Fold(0, train, test, seed=0)
+    )
     test_subjects = set(samples.windows.subjects[test].tolist())
-    assert {settings for settings, _ in calls} == set(choices)  # both tried (then the chosen one generates for the fold)
+    assert {settings for settings, _ in calls} == set(
+        choices
+    )  # both tried (then the chosen one generates for the fold)
     assert all(not subjects & test_subjects for _, subjects in calls)
     assert training.log["chosen_setting"] in training.log["setting_scores"] and len(training.log["setting_scores"]) == 2
     mean = synthesizer.with_settings("mean", 0.0)
@@ -373,9 +426,21 @@ def test_table_rows_carry_every_strategy_and_the_oracle(windows, synthesizer, tm
     from fedneurogen.simulations.fairness_table import STRATEGIES, Protocol, run_group_variant, run_protocol
 
     protocol = Protocol("motor", "fnirs", ("left", "right"), 10, 4, 2)
-    (row, *_) = run_protocol(windows, protocol, synthesizer, tmp_path, seed=0, source="pool", classifier="logreg", with_eeg=False)
+    (row, *_) = run_protocol(
+        windows, protocol, synthesizer, tmp_path, seed=0, source="pool", classifier="logreg", with_eeg=False
+    )
     assert set(row["report"]["strategies"]) == set(STRATEGIES) | {"oracle"}
     saved = json.loads((tmp_path / "conditions" / "fnirs-left" / "report.json").read_text())
     assert set(saved["strategies"]) == set(STRATEGIES) | {"oracle"}
-    variant = run_group_variant(windows, Protocol("motor", "fnirs", ("left", "right"), 10, 2, 2), synthesizer, tmp_path, seed=0, classifier="logreg", with_eeg=False)
-    assert set(variant["groups"]) == set(STRATEGIES) | {"oracle"} and all("gap" in g for g in variant["groups"].values())
+    variant = run_group_variant(
+        windows,
+        Protocol("motor", "fnirs", ("left", "right"), 10, 2, 2),
+        synthesizer,
+        tmp_path,
+        seed=0,
+        classifier="logreg",
+        with_eeg=False,
+    )
+    assert set(variant["groups"]) == set(STRATEGIES) | {"oracle"} and all(
+        "gap" in g for g in variant["groups"].values()
+    )

@@ -22,7 +22,11 @@ from fedneurogen.shared.model import NeuroGenModel, load_checkpoint
 from fedneurogen.shared.run_config import RunConfig
 from fedneurogen.simulations.federated import run_federated
 
-BACKBONE, FMRI, FNIRS = "dit.blocks.0.weight", "modality_heads.fmri.final_layer.linear.weight", "modality_heads.fnirs.final_layer.linear.weight"
+BACKBONE, FMRI, FNIRS = (
+    "dit.blocks.0.weight",
+    "modality_heads.fmri.final_layer.linear.weight",
+    "modality_heads.fnirs.final_layer.linear.weight",
+)
 
 
 class FakeGrid:
@@ -33,12 +37,20 @@ class FakeGrid:
         return list(self.nodes)
 
 
-def reply(out: Message, modality: str, n: int, values: dict[str, float] | None, metrics: dict | None = None, shape=(2, 3)) -> Message:
+def reply(
+    out: Message, modality: str, n: int, values: dict[str, float] | None, metrics: dict | None = None, shape=(2, 3)
+) -> Message:
     """A site's train reply to ``out``: its backbone and own head filled with constants."""
     if values is None:
         return Message(Error(code=2, reason="Traceback ...\nsite raised RuntimeError"), reply_to=out)
     arrays = ArrayRecord({name: Array(np.full(shape, value, dtype=np.float32)) for name, value in values.items()})
-    content = RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": n, "loss": 1.0, **(metrics or {})}), "site": ConfigRecord({"modality": modality})})
+    content = RecordDict(
+        {
+            "arrays": arrays,
+            "metrics": MetricRecord({"num-examples": n, "loss": 1.0, **(metrics or {})}),
+            "site": ConfigRecord({"modality": modality}),
+        }
+    )
     return Message(content=content, reply_to=out)
 
 
@@ -73,7 +85,11 @@ def test_heads_aggregate_over_their_own_modality_only(task_identity):
     assert failed[7].startswith("malformed reply: parameter") and len(failed) == 3
 
     # a round with no fNIRS site keeps the global fNIRS head
-    _, new, _ = one_round("fedavg", {1: ("fmri", 10, {BACKBONE: 1.0, FMRI: 1.0}), 2: ("fmri", 10, {BACKBONE: 3.0, FMRI: 3.0})}, current=7.0)
+    _, new, _ = one_round(
+        "fedavg",
+        {1: ("fmri", 10, {BACKBONE: 1.0, FMRI: 1.0}), 2: ("fmri", 10, {BACKBONE: 3.0, FMRI: 3.0})},
+        current=7.0,
+    )
     assert new == {BACKBONE: 2.0, FMRI: 2.0, FNIRS: 7.0}
 
 
@@ -97,7 +113,11 @@ def test_an_inflated_example_count_is_refused(task_identity):
     strategy = make_strategy(RunConfig(min_available_nodes=1, min_train_nodes=1, max_examples_per_site=1000))
     honest = {1: ("fmri", 10, {BACKBONE: 1.0, FMRI: 1.0}), 2: ("fmri", 10, {BACKBONE: 3.0, FMRI: 3.0})}
     one_round("fedavg", honest, strategy=strategy)
-    inflated = {1: ("fmri", 10, {BACKBONE: 1.0, FMRI: 1.0}), 2: ("fmri", 1e9, {BACKBONE: 1e3, FMRI: 1e3}), 3: ("fmri", 5000, {BACKBONE: 7.0, FMRI: 7.0})}
+    inflated = {
+        1: ("fmri", 10, {BACKBONE: 1.0, FMRI: 1.0}),
+        2: ("fmri", 1e9, {BACKBONE: 1e3, FMRI: 1e3}),
+        3: ("fmri", 5000, {BACKBONE: 7.0, FMRI: 7.0}),
+    }
     strategy, new, metrics = one_round("fedavg", inflated, strategy=strategy)
     assert new[BACKBONE] == pytest.approx(1.0) and metrics["num-examples"] == 10  # only the honest site counted
     failed = {f["node"]: f["reason"] for f in strategy.report[MessageType.TRAIN]["failed"]}
@@ -159,9 +179,25 @@ def test_run_store_checkpoints_rounds_atomically_and_resumes(tmp_path):
     for rnd in range(1, 4):
         with torch.no_grad():
             next(model.parameters()).add_(1.0)
-        history.append({"round": rnd, "train": {"aggregate": {"loss": 1.0 / rnd}, "sites": {"7": {"loss": 1.0, "epsilon": float(rnd)}}, "failed": []},
-                        "evaluate": {"aggregate": {"loss": 2.0 / rnd, "pcc": float("nan")}, "sites": {}, "failed": [{"node": 9, "reason": "x"}]}})
-        state = {"backbone/m_t/w": np.full(3, rnd, dtype=np.float32), "backbone/v_t/scale": np.array(0.5, dtype=np.float32)}
+        history.append(
+            {
+                "round": rnd,
+                "train": {
+                    "aggregate": {"loss": 1.0 / rnd},
+                    "sites": {"7": {"loss": 1.0, "epsilon": float(rnd)}},
+                    "failed": [],
+                },
+                "evaluate": {
+                    "aggregate": {"loss": 2.0 / rnd, "pcc": float("nan")},
+                    "sites": {},
+                    "failed": [{"node": 9, "reason": "x"}],
+                },
+            }
+        )
+        state = {
+            "backbone/m_t/w": np.full(3, rnd, dtype=np.float32),
+            "backbone/v_t/scale": np.array(0.5, dtype=np.float32),
+        }
         store.save_round(rnd, model, state, history, {"class_names": ["a", "b"], "provenance": {"rounds": rnd}})
         store.write_reports(history)
     run = tmp_path / "run"
@@ -180,7 +216,9 @@ def test_run_store_checkpoints_rounds_atomically_and_resumes(tmp_path):
     assert state["backbone/v_t/scale"].shape == ()  # a scalar parameter's moment stays a scalar
     assert all(torch.equal(a, b) for a, b in zip(model_parameters(fresh).values(), model_parameters(model).values()))
 
-    (run / "latest.json").write_text(json.dumps({"round": 3, "checkpoint": "../../elsewhere"}))  # resume loads only this run's rounds
+    (run / "latest.json").write_text(
+        json.dumps({"round": 3, "checkpoint": "../../elsewhere"})
+    )  # resume loads only this run's rounds
     with pytest.raises(ConfigError, match=r"latest.json names '../../elsewhere', not a round folder under"):
         RunStore(run).resume(fresh)
 
@@ -203,12 +241,30 @@ def statistics_replies(run_dir: Path) -> int:
 def test_simulation_with_a_failing_site_dp_and_resume(federation_sites, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("sim") / "run"
     config = {
-        "preset": "tiny", "strategy": "fedadam", "local-epochs": 1, "max-windows": 8, "fault-partition": 1,  # site-02 fails
-        "dp-enabled": True, "dp-target-epsilon": 8.0, "dp-rounds": 3, "eval-pcc-windows": 2,
-        "cache-dir": str(federation_sites.parent / "federation-cache"), "round-timeout": 300.0,
+        "preset": "tiny",
+        "strategy": "fedadam",
+        "local-epochs": 1,
+        "max-windows": 8,
+        "fault-partition": 1,  # site-02 fails
+        "dp-enabled": True,
+        "dp-target-epsilon": 8.0,
+        "dp-rounds": 3,
+        "eval-pcc-windows": 2,
+        "cache-dir": str(federation_sites.parent / "federation-cache"),
+        "round-timeout": 300.0,
     }
     started = time.time()
-    run_federated(run_dir, federation_sites, num_sites=3, rounds=2, modality="mixed", subjects_per_site=3, seed=0, run_config=config, timeout=600)
+    run_federated(
+        run_dir,
+        federation_sites,
+        num_sites=3,
+        rounds=2,
+        modality="mixed",
+        subjects_per_site=3,
+        seed=0,
+        run_config=config,
+        timeout=600,
+    )
     print(f"2-round simulation: {time.time() - started:.0f} s")
 
     history = json.loads((run_dir / "history.json").read_text())
@@ -219,11 +275,17 @@ def test_simulation_with_a_failing_site_dp_and_resume(federation_sites, tmp_path
         assert sorted(m["modality"] for m in entry["train"]["sites"].values()) == ["fmri", "fnirs"]
         assert str(failure["node"]) not in entry["train"]["sites"]
     eps1, eps2 = site_metric(history[0], "train", "epsilon"), site_metric(history[1], "train", "epsilon")
-    assert set(eps1) == {"fmri", "fnirs"} and all(0 < eps1[n] < eps2[n] < 8.0 for n in eps1)  # cumulative, within budget
+    assert set(eps1) == {"fmri", "fnirs"} and all(
+        0 < eps1[n] < eps2[n] < 8.0 for n in eps1
+    )  # cumulative, within budget
     # under DP the sites withhold their held-out loss and PCC (no mechanism covers them) and the
     # training loss; the server gets example counts, so early stopping has no score to act on
     evaluated = history[1]["evaluate"]
-    assert evaluated["aggregate"]["withheld"] == 1 and "loss" not in evaluated["aggregate"] and "pcc" not in evaluated["aggregate"]
+    assert (
+        evaluated["aggregate"]["withheld"] == 1
+        and "loss" not in evaluated["aggregate"]
+        and "pcc" not in evaluated["aggregate"]
+    )
     assert all("loss" not in m for m in history[1]["train"]["sites"].values())
     assert history[-1]["early_stopping"]["best_round"] is None
     # under DP every site released its ridge statistics once, by the Gaussian mechanism (the fault
@@ -232,7 +294,11 @@ def test_simulation_with_a_failing_site_dp_and_resume(federation_sites, tmp_path
 
     model, meta = load_checkpoint(run_dir / "checkpoint", device="cpu", use_ema=True)  # as synthesize/evaluate load it
     assert {"faces", "left", "rest"} <= set(meta["class_names"]) and meta["preprocess"]["eeg_sfreq"] == 200.0
-    assert meta["provenance"]["rounds"] == 2 and meta["provenance"]["strategy"] == "fedadam" and meta["provenance"]["sites_count"] == 2
+    assert (
+        meta["provenance"]["rounds"] == 2
+        and meta["provenance"]["strategy"] == "fedadam"
+        and meta["provenance"]["sites_count"] == 2
+    )
     round2 = {k: v.clone() for k, v in model_parameters(model).items()}
     assert (run_dir / "rounds" / "round-0002" / "strategy.safetensors").is_file()
     text = json.dumps(history)
@@ -240,7 +306,17 @@ def test_simulation_with_a_failing_site_dp_and_resume(federation_sites, tmp_path
 
     # resume: a new run (new context.state) continues the checkpoint, FedAdam's moments and the
     # sites' privacy ledgers from disk
-    run_federated(run_dir, federation_sites, num_sites=3, rounds=3, modality="mixed", subjects_per_site=3, seed=0, run_config={**config, "resume": True}, timeout=600)
+    run_federated(
+        run_dir,
+        federation_sites,
+        num_sites=3,
+        rounds=3,
+        modality="mixed",
+        subjects_per_site=3,
+        seed=0,
+        run_config={**config, "resume": True},
+        timeout=600,
+    )
     history = json.loads((run_dir / "history.json").read_text())
     assert [e["round"] for e in history] == [1, 2, 3] and site_metric(history[1], "train", "epsilon") == eps2
     eps3 = site_metric(history[2], "train", "epsilon")

@@ -15,7 +15,14 @@ import torch
 from sklearn.linear_model import Ridge
 
 from fedneurogen.shared.config import PreprocessConfig
-from fedneurogen.shared.design import hemodynamic_convolution, n_design_features, run_design, subject_statistics, to_virtual_montage, virtual_positions
+from fedneurogen.shared.design import (
+    hemodynamic_convolution,
+    n_design_features,
+    run_design,
+    subject_statistics,
+    to_virtual_montage,
+    virtual_positions,
+)
 from fedneurogen.shared.model import Batch, NeuroGenModel
 from fedneurogen.shared.model.mean import fit_ridge_paths
 from fedneurogen.shared.recording import Recording
@@ -156,7 +163,9 @@ def test_design_of_a_run_follows_alpha_power_through_the_hrf():
     frames = np.arange(40, seconds, 2.0)
     design = run_design(eeg, frames, config)
     o1_alpha = 26 * 5 + 2  # (virtual electrode O1, band alpha, canonical basis)
-    box = hemodynamic_convolution((((np.arange(seconds) + 1.0) // 20) % 2 == 1).astype(float)[None], np.arange(seconds) + 1.0, frames, config)[:, 0]
+    box = hemodynamic_convolution(
+        (((np.arange(seconds) + 1.0) // 20) % 2 == 1).astype(float)[None], np.arange(seconds) + 1.0, frames, config
+    )[:, 0]
     assert np.corrcoef(design[:, o1_alpha], box)[0, 1] < -0.8
 
 
@@ -195,7 +204,9 @@ def test_ridge_path_from_summed_site_statistics_equals_the_pooled_fit(small_fmri
     sent = [ridge_statistics(s) for s in sites]
     assert all(a.ndim >= 1 for message in sent for a in message.values())
     parts = [RidgeStatistics.from_arrays({k[6:]: v for k, v in m.items() if k.startswith("train.")}) for m in sent]
-    val = sum_statistics([RidgeStatistics.from_arrays({k[4:]: v for k, v in m.items() if k.startswith("val.")}) for m in sent])
+    val = sum_statistics(
+        [RidgeStatistics.from_arrays({k[4:]: v for k, v in m.items() if k.startswith("val.")}) for m in sent]
+    )
     solve_ridge_path(federated, "fmri", parts, val)
     a, b = central.modality_heads["fmri"].mean.ridge, federated.modality_heads["fmri"].mean.ridge
     assert torch.allclose(a.coef, b.coef, atol=1e-5) and torch.allclose(a.intercept, b.intercept, atol=1e-5)

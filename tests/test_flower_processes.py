@@ -44,14 +44,24 @@ def test_superlink_and_two_site_daemons_train_and_checkpoint(federation_sites, t
         write_connection(tmp_path / "cli-home", "deployment", link.address)
         started = time.time()
         flwr_run(
-            tmp_path / "cli-home", "deployment",
+            tmp_path / "cli-home",
+            "deployment",
             {
-                "num-server-rounds": 1, "run-dir": str(run_dir), "preset": "tiny", "strategy": "fedavg", "local-epochs": 1,
-                "max-windows": 8, "classes": "faces,motion,rest,scenes,tools", "fraction-evaluate": 0.0,  # one ClientApp per site
-                "min-available-nodes": 2, "round-timeout": 240.0,
-                "dp-enabled": True, "cache-dir": str(federation_sites.parent / "federation-cache"),
+                "num-server-rounds": 1,
+                "run-dir": str(run_dir),
+                "preset": "tiny",
+                "strategy": "fedavg",
+                "local-epochs": 1,
+                "max-windows": 8,
+                "classes": "faces,motion,rest,scenes,tools",
+                "fraction-evaluate": 0.0,  # one ClientApp per site
+                "min-available-nodes": 2,
+                "round-timeout": 240.0,
+                "dp-enabled": True,
+                "cache-dir": str(federation_sites.parent / "federation-cache"),
             },
-            timeout=420, log_file=tmp_path / "flwr-run.log",
+            timeout=420,
+            log_file=tmp_path / "flwr-run.log",
         )
         print(f"deployment run: {time.time() - started:.0f} s")
     finally:
@@ -61,13 +71,17 @@ def test_superlink_and_two_site_daemons_train_and_checkpoint(federation_sites, t
     assert all(p.poll() is not None for p in [*nodes, link.proc])
     assert all(group_gone(p.pid) for p in [*nodes, link.proc])  # nor anything they started
 
-
     history = json.loads((run_dir / "history.json").read_text())
     (entry,) = history
     assert not entry["train"]["failed"] and len(entry["train"]["sites"]) == 2
-    assert all(m["modality"] == "fmri" and m["num-examples"] == 8 and 0 < m["epsilon"] <= 8.0 for m in entry["train"]["sites"].values())
+    assert all(
+        m["modality"] == "fmri" and m["num-examples"] == 8 and 0 < m["epsilon"] <= 8.0
+        for m in entry["train"]["sites"].values()
+    )
     model, meta = load_checkpoint(run_dir / "checkpoint", device="cpu", use_ema=True)
-    assert meta["provenance"]["rounds"] == 1 and meta["provenance"]["sites_count"] == 2 and "faces" in meta["class_names"]
+    assert (
+        meta["provenance"]["rounds"] == 1 and meta["provenance"]["sites_count"] == 2 and "faces" in meta["class_names"]
+    )
     # each daemon keeps its privacy ledger in its own state folder
     audited = [e for e in read_log(run_dir / AUDIT_FILE) if e["message_type"] == "train"]
     for i in (1, 2):
@@ -77,4 +91,7 @@ def test_superlink_and_two_site_daemons_train_and_checkpoint(federation_sites, t
         sent = [json.loads(line) for line in (tmp_path / f"state-{i}" / "sent.jsonl").read_text().splitlines()]
         (train,) = [e for e in sent if e["message_type"] == "train"]
         assert train["records"] in [e["records"] for e in audited]
-        assert find_leaks(sent, parameter_shapes=preset_shapes(sent, "tiny")[0], window_shapes=default_window_shapes()) == []
+        assert (
+            find_leaks(sent, parameter_shapes=preset_shapes(sent, "tiny")[0], window_shapes=default_window_shapes())
+            == []
+        )

@@ -20,7 +20,10 @@ from fedneurogen.simulations.federated import alive, app_dir, flower_env, flwr_r
 
 SCRIPT = Path(__file__).resolve().parents[1] / "deploy" / "scripts" / "local-consortium.sh"
 pytestmark = [
-    pytest.mark.skipif(not (shutil.which("nginx") or Path("/usr/sbin/nginx").is_file()), reason="nginx is not installed (apt-get install nginx-light; CI installs it)"),
+    pytest.mark.skipif(
+        not (shutil.which("nginx") or Path("/usr/sbin/nginx").is_file()),
+        reason="nginx is not installed (apt-get install nginx-light; CI installs it)",
+    ),
     pytest.mark.slow,
 ]
 ROUND = {
@@ -46,7 +49,9 @@ def consortium(tmp_path_factory, federation_sites):
     data.mkdir()
     for name in ("site-01", "site-02"):  # the two fMRI sites of the shared simulation
         (data / name).symlink_to(federation_sites / name)
-    started = script("up", folder, "--sites", 2, "--data-root", data, "--site-config", 'dp-required="true" dp-max-epsilon="8"')
+    started = script(
+        "up", folder, "--sites", 2, "--data-root", data, "--site-config", 'dp-required="true" dp-max-epsilon="8"'
+    )
     assert started.returncode == 0, started.stdout + started.stderr
     result = {"folder": folder, "env": endpoints(folder), "pids": json.loads((folder / "processes.json").read_text())}
     env = result["env"]
@@ -54,14 +59,22 @@ def consortium(tmp_path_factory, federation_sites):
         # someone on the sites' network tries the Control API
         intruder = folder / "intruder"
         write_connection(intruder, "site", env["SITE_ADDRESS"], root_certificates=Path(env["CA_CERT"]))
-        result["ls_from_site"] = subprocess.run(["flwr", "ls", "site"], env=flower_env(intruder), capture_output=True, text=True, timeout=120)
+        result["ls_from_site"] = subprocess.run(
+            ["flwr", "ls", "site"], env=flower_env(intruder), capture_output=True, text=True, timeout=120
+        )
         # an unregistered key and a plaintext client at the sites' address
         keys = make_node_keypair(folder / "stranger-keys", "stranger")
         stranger = start_supernode(
             folder / "stranger", env["SITE_ADDRESS"], f'data-path="{data / "site-01"}"', folder / "stranger.log",
             root_certificates=Path(env["CA_CERT"]), auth_key=keys.private, max_retries=2,
         )  # fmt: skip
-        plaintext = start_supernode(folder / "plain", env["SITE_ADDRESS"], f'data-path="{data / "site-01"}"', folder / "plain.log", max_retries=2)
+        plaintext = start_supernode(
+            folder / "plain",
+            env["SITE_ADDRESS"],
+            f'data-path="{data / "site-01"}"',
+            folder / "plain.log",
+            max_retries=2,
+        )
         result["stranger_exit"], result["plain_exit"] = stranger.wait(timeout=120), plaintext.wait(timeout=120)
         # the admins submit a DP round within the sites' policy, and one that breaks it
         admin = Path(env["FLWR_HOME"])
@@ -124,7 +137,9 @@ def test_the_sites_policy_refuses_a_run_that_asks_for_more(consortium):
 
 
 def test_unregistered_and_plaintext_clients_are_refused(consortium):
-    assert consortium["stranger_exit"] != 0 and "Failed to activate SuperNode" in (consortium["folder"] / "stranger.log").read_text(errors="replace")
+    assert consortium["stranger_exit"] != 0 and "Failed to activate SuperNode" in (
+        consortium["folder"] / "stranger.log"
+    ).read_text(errors="replace")
     assert consortium["plain_exit"] != 0  # a TLS-only listener: plain HTTP gets nowhere
 
 

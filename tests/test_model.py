@@ -22,15 +22,51 @@ from fedneurogen.shared.model import (
     parameter_modality,
 )
 from fedneurogen.shared.model.conditioning import HyperdimensionalIntegration, eeg_patch_times, target_frame_times
-from fedneurogen.shared.model.eeg_encoder import ELECTRODE_VOCABULARY, LABRAM_CHANNELS, UNKNOWN_ELECTRODE, EEGEncoder, electrode_indices
+from fedneurogen.shared.model.eeg_encoder import (
+    ELECTRODE_VOCABULARY,
+    LABRAM_CHANNELS,
+    UNKNOWN_ELECTRODE,
+    EEGEncoder,
+    electrode_indices,
+)
 from fedneurogen.shared.model.target_encoder import info_nce
 from fedneurogen.shared.model.tokens import FmriTokenizer, fnirs_layout, patchify, unpatchify
 from fedneurogen.shared.surface import load_ico4_positions
 from fedneurogen.shared.recording import PairedWindows
 
 EEG_NAMES = [
-    "Fp1", "Fp2", "F7", "F3", "Fz", "F4", "F8", "T7", "C3", "Cz", "C4", "T8", "P7", "P3", "Pz", "P4",
-    "P8", "O1", "Oz", "O2", "AF3", "AF4", "FC1", "FC2", "CP1", "CP2", "PO3", "PO4", "FC5", "FC6", "CP5", "CP6",
+    "Fp1",
+    "Fp2",
+    "F7",
+    "F3",
+    "Fz",
+    "F4",
+    "F8",
+    "T7",
+    "C3",
+    "Cz",
+    "C4",
+    "T8",
+    "P7",
+    "P3",
+    "Pz",
+    "P4",
+    "P8",
+    "O1",
+    "Oz",
+    "O2",
+    "AF3",
+    "AF4",
+    "FC1",
+    "FC2",
+    "CP1",
+    "CP2",
+    "PO3",
+    "PO4",
+    "FC5",
+    "FC6",
+    "CP5",
+    "CP6",
 ]
 
 
@@ -43,13 +79,17 @@ def sphere_points(n: int, radius: float, rng: np.random.Generator, side: int = 0
     return radius * v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-FMRI_POSITIONS = np.concatenate([sphere_points(2562, 70, np.random.default_rng(1), -1), sphere_points(2562, 70, np.random.default_rng(2), 1)])
+FMRI_POSITIONS = np.concatenate(
+    [sphere_points(2562, 70, np.random.default_rng(1), -1), sphere_points(2562, 70, np.random.default_rng(2), 1)]
+)
 
 
 DESIGN_FEATURES = n_design_features(PreprocessConfig())
 
 
-def make_windows(modality: str, n_windows: int = 4, n_eeg: int = 8, n_fnirs_channels: int = 6, seed: int = 0) -> PairedWindows:
+def make_windows(
+    modality: str, n_windows: int = 4, n_eeg: int = 8, n_fnirs_channels: int = 6, seed: int = 0
+) -> PairedWindows:
     """Random paired windows shaped like the data layer's (16 s; fMRI ico4 or fNIRS hbo/hbr)."""
     rng = np.random.default_rng(seed)
     if modality == "fmri":
@@ -131,7 +171,11 @@ def test_loss_and_sample_shapes(modality, n_eeg, n_fnirs_channels):
     total, parts = model.loss(batch, generator=torch.Generator().manual_seed(0))
     assert total.dim() == 0 and torch.isfinite(total)
     assert set(parts) == {"diffusion", "mean", "alignment", "total"}
-    expected = parts["diffusion"] + model.config.mean_loss_weight * parts["mean"] + model.config.alignment_weight * parts["alignment"]
+    expected = (
+        parts["diffusion"]
+        + model.config.mean_loss_weight * parts["mean"]
+        + model.config.alignment_weight * parts["alignment"]
+    )
     assert parts["total"] == pytest.approx(expected, rel=1e-5)
     total.backward()
     assert model.modality_heads[modality].final_layer.linear.weight.grad.abs().sum() > 0
@@ -168,7 +212,10 @@ def test_fmri_patches_from_ico4_are_compact_balanced_and_invertible():
     sizes = (index < 5124).sum(dim=1)
     assert sizes.max() - sizes.min() <= 1
     assert ((index[:64] < 2562) | (index[:64] == 5124)).all()  # the first half is the left hemisphere
-    radius = [np.linalg.norm(positions[p] - positions[p].mean(0), axis=1).mean() for p in (row[row < 5124].numpy() for row in index)]
+    radius = [
+        np.linalg.norm(positions[p] - positions[p].mean(0), axis=1).mean()
+        for p in (row[row < 5124].numpy() for row in index)
+    ]
     assert max(radius) < 25.0  # mm: patches are neighbourhoods, not scattered vertices
     x = torch.randn(2, 5124, 8)
     assert torch.equal(unpatchify(patchify(x, layout), layout, 8), x)
@@ -200,7 +247,13 @@ def test_fmri_sampling_needs_only_eeg():
 
 def test_unknown_electrodes_use_the_unknown_token():
     assert len(ELECTRODE_VOCABULARY) == 343
-    assert electrode_indices(("Fp1", "EEG FP1-REF", "fp1", "ECG", "E17")) == (0, 0, 0, UNKNOWN_ELECTRODE, UNKNOWN_ELECTRODE)
+    assert electrode_indices(("Fp1", "EEG FP1-REF", "fp1", "ECG", "E17")) == (
+        0,
+        0,
+        0,
+        UNKNOWN_ELECTRODE,
+        UNKNOWN_ELECTRODE,
+    )
     model = tiny_model()
     batch = make_batch("fnirs")
     batch.eeg_channel_names = ["X1"] * 8

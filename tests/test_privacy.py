@@ -27,12 +27,20 @@ def fnirs_windows(n: int, subject: str, seed: int) -> PairedWindows:
     names = [f"S{c}_D{c} {kind}" for c in range(1, 5) for kind in ("hbo", "hbr")]
     channel = rng.normal(size=(4, 3))
     return PairedWindows(
-        eeg=rng.normal(size=(n, len(EEG), 3200)).astype(np.float32), eeg_sfreq=200.0, eeg_channel_names=EEG,
-        eeg_positions=rng.normal(size=(len(EEG), 3)) * 60, target=rng.normal(size=(n, 8, 16)).astype(np.float32),
-        target_sfreq=1.0, target_modality="fnirs", target_names=names,
+        eeg=rng.normal(size=(n, len(EEG), 3200)).astype(np.float32),
+        eeg_sfreq=200.0,
+        eeg_channel_names=EEG,
+        eeg_positions=rng.normal(size=(len(EEG), 3)) * 60,
+        target=rng.normal(size=(n, 8, 16)).astype(np.float32),
+        target_sfreq=1.0,
+        target_modality="fnirs",
+        target_names=names,
         target_positions=np.repeat(70 * channel / np.linalg.norm(channel, axis=1, keepdims=True), 2, axis=0),
-        labels=np.array(["left", "right"] * (n // 2) + ["rest"] * (n % 2)), subjects=np.array([subject] * n),
-        runs=np.array([f"{subject}_run-1"] * n), onsets=np.arange(n) * 8.0, lag=6.0,
+        labels=np.array(["left", "right"] * (n // 2) + ["rest"] * (n % 2)),
+        subjects=np.array([subject] * n),
+        runs=np.array([f"{subject}_run-1"] * n),
+        onsets=np.arange(n) * 8.0,
+        lag=6.0,
         target_point_types=[name.split()[-1] for name in names],
         design=rng.normal(size=(n, 16, n_design_features(PreprocessConfig()))).astype(np.float32),
     )
@@ -59,7 +67,16 @@ def test_epsilon_is_cumulative_equals_opacus_and_the_budget_is_enforced(data, tm
     weights, epsilons = None, []
     for round_ in range(1, 4):
         model = fresh_model(weights)  # a new model and PrivacyEngine every round, as on a site
-        metrics = site.train(model, data, config=CONFIG, epochs=1, class_names=["left", "rest", "right"], seed=round_, dp=settings, ledger=ledger)
+        metrics = site.train(
+            model,
+            data,
+            config=CONFIG,
+            epochs=1,
+            class_names=["left", "rest", "right"],
+            seed=round_,
+            dp=settings,
+            ledger=ledger,
+        )
         assert metrics["budget_exhausted"] == 0 and metrics["num-examples"] == 20 and metrics["steps"] == 3
         epsilons.append(metrics["epsilon"])
         weights = model.state_dict()
@@ -93,16 +110,22 @@ def test_dp_and_plain_training_both_update_the_model_it_still_saves_and_loads(da
     for dp in (None, privacy.DPSettings(target_epsilon=8.0, delta=1e-5, max_grad_norm=1.0, planned_rounds=2)):
         model = fresh_model(start)
         ledger = privacy.PrivacyLedger() if dp else None
-        metrics = site.train(model, data, config=CONFIG, epochs=1, class_names=["left", "rest", "right"], seed=0, dp=dp, ledger=ledger)
+        metrics = site.train(
+            model, data, config=CONFIG, epochs=1, class_names=["left", "rest", "right"], seed=0, dp=dp, ledger=ledger
+        )
         assert metrics["steps"] == 3
         # the training loss is computed outside DP-SGD's noise: a DP site withholds it
         assert ("loss" not in metrics) if dp else np.isfinite(metrics["loss"])
         sent = site.site_parameters(model, "fnirs")
         assert sent and all(parameter_modality(name) in (None, "fnirs") for name in sent)
         changed = {name for name, p in model.named_parameters() if not torch.equal(p.detach(), start[name])}
-        assert any(parameter_modality(name) == "fnirs" for name in changed) and any(parameter_modality(name) is None for name in changed)
+        assert any(parameter_modality(name) == "fnirs" for name in changed) and any(
+            parameter_modality(name) is None for name in changed
+        )
         assert not any(parameter_modality(name) == "fmri" for name in changed)  # the other head is untouched
-        path = save_checkpoint(tmp_path / ("dp" if dp else "plain"), model, extra={"class_names": ["left", "rest", "right"]})
+        path = save_checkpoint(
+            tmp_path / ("dp" if dp else "plain"), model, extra={"class_names": ["left", "rest", "right"]}
+        )
         loaded, meta = load_checkpoint(path, device="cpu")
         assert torch.equal(next(loaded.parameters()), next(model.parameters()).detach())
         metrics = site.evaluate(loaded, data, class_names=meta["class_names"], batch_size=8, seed=0, pcc_windows=3)
@@ -141,7 +164,9 @@ def test_prv_accountant_is_cumulative_too():
     reference = PRVAccountant()
     reference.history = [(1.2, 1 / 3, 6)]
     two_rounds = reference.get_epsilon(delta=1e-5)
-    settings = privacy.DPSettings(target_epsilon=two_rounds * 1.001, delta=1e-5, max_grad_norm=1.0, planned_rounds=2, accountant="prv")
+    settings = privacy.DPSettings(
+        target_epsilon=two_rounds * 1.001, delta=1e-5, max_grad_norm=1.0, planned_rounds=2, accountant="prv"
+    )
     ledger = privacy.PrivacyLedger(accountant="prv", noise_multiplier=1.2)
     assert privacy.plan_round(ledger, settings, 20, 8, 1) == step
     eps = []
@@ -162,13 +187,19 @@ def test_site_state_dir_prefers_the_daemon_setting(tmp_path):
     chosen = site.state_dir({}, RunConfig(site_state_dir=str(tmp_path / "sim")), data)
     assert chosen.parent == tmp_path / "sim" and chosen.name.startswith("site-01-")
     # one ledger per training run: the same run-dir finds it again, another run gets its own
-    assert privacy.ledger_path(chosen, "runs/a") == privacy.ledger_path(chosen, "runs/a") != privacy.ledger_path(chosen, "runs/b")
+    assert (
+        privacy.ledger_path(chosen, "runs/a")
+        == privacy.ledger_path(chosen, "runs/a")
+        != privacy.ledger_path(chosen, "runs/b")
+    )
 
 
 def test_ridge_statistics_go_through_the_gaussian_mechanism_once_on_the_same_ledger(data, tmp_path):
     """Under DP a site releases its ridge statistics with noise, spends a share of the budget on
     them in the ledger DP-SGD continues, and sends the same release if asked again."""
-    settings = privacy.DPSettings(target_epsilon=8.0, delta=1e-5, max_grad_norm=1.0, planned_rounds=3, statistics_share=0.25, statistics_clip=50.0)
+    settings = privacy.DPSettings(
+        target_epsilon=8.0, delta=1e-5, max_grad_norm=1.0, planned_rounds=3, statistics_share=0.25, statistics_clip=50.0
+    )
     ledger, ledger_file = privacy.PrivacyLedger(), tmp_path / "ledger.json"
     exact = site.ridge_statistics(data)
     released = site.private_ridge_statistics(data, settings, ledger, ledger_file)
@@ -178,7 +209,9 @@ def test_ridge_statistics_go_through_the_gaussian_mechanism_once_on_the_same_led
     assert len(ledger.history) == 1 and ledger.history[0][1:] == (1.0, 1)  # one full-batch Gaussian step
     assert 0.24 * 8.0 <= ledger.epsilon(1e-5) <= 0.25 * 8.0
 
-    again = site.private_ridge_statistics(data, settings, privacy.load_ledger(ledger_file, "rdp"), ledger_file)  # a restarted server asks again
+    again = site.private_ridge_statistics(
+        data, settings, privacy.load_ledger(ledger_file, "rdp"), ledger_file
+    )  # a restarted server asks again
     assert all(np.array_equal(again[k], released[k]) for k in released)
     assert len(privacy.load_ledger(ledger_file, "rdp").history) == 1  # nothing spent twice
 
@@ -237,6 +270,15 @@ def test_dp_settings_are_built_from_the_run_config_in_one_place():
     run = RunConfig(dp_enabled=True, dp_target_epsilon=4.0, num_server_rounds=5)
     dp = privacy.dp_settings(run)
     assert dp == privacy.DPSettings(4.0, run.dp_delta, run.dp_max_grad_norm, 5)  # the other defaults: RunConfig's
-    assert (dp.accountant, dp.statistics_share, dp.statistics_clip, dp.secure_mode) == (run.dp_accountant, run.dp_statistics_share, run.dp_statistics_clip, False)
+    assert (dp.accountant, dp.statistics_share, dp.statistics_clip, dp.secure_mode) == (
+        run.dp_accountant,
+        run.dp_statistics_share,
+        run.dp_statistics_clip,
+        False,
+    )
     spread = privacy.dp_settings(RunConfig(dp_rounds=9, num_server_rounds=5, dp_accountant="prv"), secure_mode=True)
-    assert (spread.planned_rounds, spread.accountant, spread.secure_mode) == (9, "prv", True)  # dp-rounds, when set, over num-server-rounds
+    assert (spread.planned_rounds, spread.accountant, spread.secure_mode) == (
+        9,
+        "prv",
+        True,
+    )  # dp-rounds, when set, over num-server-rounds

@@ -30,7 +30,9 @@ def tiny_shapes() -> dict[str, tuple[int, ...]]:
     return {name: tuple(p.shape) for name, p in NeuroGenModel("tiny", device="cpu").named_parameters()}
 
 
-def fabricated(out: Message, arrays: dict[str, np.ndarray] | None = None, metrics: dict | None = None, config: dict | None = None) -> Message:
+def fabricated(
+    out: Message, arrays: dict[str, np.ndarray] | None = None, metrics: dict | None = None, config: dict | None = None
+) -> Message:
     content = RecordDict()
     if arrays is not None:
         content["arrays"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
@@ -62,7 +64,9 @@ def test_checker_flags_recording_shaped_arrays_paths_and_identifiers(tmp_path, t
         "eeg window": fabricated(out, {PARAM: param, "extra": np.zeros((2, *eeg_window), dtype=np.float32)}),
         "flattened bold window": fabricated(out, {PARAM: np.zeros(5124 * 8, dtype=np.float32)}),
         "recording": fabricated(out, {"x": np.zeros((64, 40_000), dtype=np.float16)}),
-        "path": fabricated(out, {PARAM: param}, config={"modality": "fmri", "classes": ["rest", "/data/site-01/sub-03/eeg"]}),
+        "path": fabricated(
+            out, {PARAM: param}, config={"modality": "fmri", "classes": ["rest", "/data/site-01/sub-03/eeg"]}
+        ),
         "subject": fabricated(out, {PARAM: param}, config={"modality": "fmri", "subject": "sub-03"}),
         "site name": fabricated(out, {PARAM: param}, metrics={"num-examples": 8, "loss-site-01": 1.0}),
         "metric vector": fabricated(out, {PARAM: param}, metrics={"num-examples": 8, "bold": [0.1] * 40}),
@@ -72,25 +76,47 @@ def test_checker_flags_recording_shaped_arrays_paths_and_identifiers(tmp_path, t
     log = tmp_path / "run" / AUDIT_FILE
     grid = AuditedGrid(FakeGrid(lambda m: replies[m.content["which"]["k"]]), log)  # the message names its reply
     grid.begin_round(1)
-    sent = [Message(RecordDict({"which": ConfigRecord({"k": k})}), dst_node_id=11, message_type=MessageType.TRAIN) for k in replies]
+    sent = [
+        Message(RecordDict({"which": ConfigRecord({"k": k})}), dst_node_id=11, message_type=MessageType.TRAIN)
+        for k in replies
+    ]
     received = list(grid.send_and_receive(sent, timeout=1.0))
     assert len(received) == len(replies) and grid.get_node_ids() == [11, 12]  # passed through
 
     entries = read_log(log)
-    assert len(entries) == len(replies) and all(e["round"] == 1 and e["message_type"] == MessageType.TRAIN for e in entries)
-    assert entries[0]["records"]["arrays"]["arrays"][PARAM] == {"shape": list(param.shape), "dtype": "float32", "bytes": len(Array(param).data)}
+    assert len(entries) == len(replies) and all(
+        e["round"] == 1 and e["message_type"] == MessageType.TRAIN for e in entries
+    )
+    assert entries[0]["records"]["arrays"]["arrays"][PARAM] == {
+        "shape": list(param.shape),
+        "dtype": "float32",
+        "bytes": len(Array(param).data),
+    }
     assert entries[0]["records"]["metrics"] == {"type": "metric", "values": {"num-examples": "int", "loss": "float"}}
     assert entries[-1]["error"]["code"] == 0 and entries[-1]["records"] == {}
-    assert grid.round_bytes() == {"sent": 0, "received": sum(array_bytes(r.content["arrays"]) for r in received if not r.has_error() and "arrays" in r.content.array_records)}
+    assert grid.round_bytes() == {
+        "sent": 0,
+        "received": sum(
+            array_bytes(r.content["arrays"])
+            for r in received
+            if not r.has_error() and "arrays" in r.content.array_records
+        ),
+    }
 
     forbidden = ["/data", "site-01", "site-02"]
-    by_case = {case: find_leaks([entry], parameter_shapes=tiny_shapes, window_shapes=[eeg_window, bold_window], forbidden_strings=forbidden)
-               for case, entry in zip(replies, entries)}
+    by_case = {
+        case: find_leaks(
+            [entry], parameter_shapes=tiny_shapes, window_shapes=[eeg_window, bold_window], forbidden_strings=forbidden
+        )
+        for case, entry in zip(replies, entries)
+    }
     assert by_case.pop("clean") == []
     for case, problems in by_case.items():
         assert problems, f"{case}: not flagged"
     text = {case: "\n".join(p) for case, p in by_case.items()}
-    assert "shaped like a data window [64, 3200]" in text["eeg window"] and "not a model parameter" in text["eeg window"]
+    assert (
+        "shaped like a data window [64, 3200]" in text["eeg window"] and "not a model parameter" in text["eeg window"]
+    )
     assert "shaped like a data window [5124, 8]" in text["flattened bold window"]
     assert "shaped like a recording (64 points)" in text["recording"]
     assert "path separator" in text["path"] and "'sub-'" in text["path"] and "'site-01'" in text["path"]
@@ -104,7 +130,9 @@ def test_checker_flags_recording_shaped_arrays_paths_and_identifiers(tmp_path, t
     assert find_leaks(entries[:1], window_shapes=[eeg_window, bold_window]) == []
 
 
-def test_the_documented_audit_command_checks_shapes_labels_and_metric_counts(tmp_path, tiny_shapes, task_identity, capsys):
+def test_the_documented_audit_command_checks_shapes_labels_and_metric_counts(
+    tmp_path, tiny_shapes, task_identity, capsys
+):
     """``python -m fedneurogen.server.audit LOG`` with no options: the preset is inferred from the
     array names, the default windows are checked, a flood of scalars and a person's name as a
     class are flagged."""
@@ -113,7 +141,12 @@ def test_the_documented_audit_command_checks_shapes_labels_and_metric_counts(tmp
     out = Message(RecordDict(), dst_node_id=11, message_type=MessageType.TRAIN)
     param = np.zeros(tiny_shapes[PARAM], dtype=np.float32)
     replies = {
-        "clean": fabricated(out, {PARAM: param}, {"num-examples": 8, "loss": 0.5}, {"modality": "fmri", "classes": ["faces", "left_hand"]}),
+        "clean": fabricated(
+            out,
+            {PARAM: param},
+            {"num-examples": 8, "loss": 0.5},
+            {"modality": "fmri", "classes": ["faces", "left_hand"]},
+        ),
         "eeg window": fabricated(out, {PARAM: param, "eeg_window": np.zeros((64, 3200), dtype=np.float32)}),
         "scalars": fabricated(out, {PARAM: param}, metrics={"num-examples": 8, **{f"m{i}": 0.1 for i in range(2000)}}),
         "name": fabricated(out, {PARAM: param}, config={"modality": "fmri", "classes": ["rest", "P-4711 Doe"]}),
@@ -123,7 +156,17 @@ def test_the_documented_audit_command_checks_shapes_labels_and_metric_counts(tmp
         log = tmp_path / "-".join(c.replace(" ", "_") for c in cases) / AUDIT_FILE
         grid = AuditedGrid(FakeGrid(lambda m: replies[m.content["which"]["k"]]), log)
         grid.begin_round(1)
-        list(grid.send_and_receive([Message(RecordDict({"which": ConfigRecord({"k": k})}), dst_node_id=11, message_type=MessageType.TRAIN) for k in cases], timeout=1.0))
+        list(
+            grid.send_and_receive(
+                [
+                    Message(
+                        RecordDict({"which": ConfigRecord({"k": k})}), dst_node_id=11, message_type=MessageType.TRAIN
+                    )
+                    for k in cases
+                ],
+                timeout=1.0,
+            )
+        )
         code = main([str(log)])
         return code, capsys.readouterr().out
 
@@ -162,18 +205,39 @@ def test_a_real_round_sends_only_parameters_and_numbers(federation_sites, tmp_pa
     run_dir = tmp_path / "run"
     cache = federation_sites.parent / "federation-cache"
     config = {
-        "preset": "tiny", "strategy": "fedavg", "local-epochs": 1, "max-windows": 8, "eval-pcc-windows": 2,
-        "cache-dir": str(cache), "round-timeout": 300.0,  # no `classes`: the sites are asked for theirs
+        "preset": "tiny",
+        "strategy": "fedavg",
+        "local-epochs": 1,
+        "max-windows": 8,
+        "eval-pcc-windows": 2,
+        "cache-dir": str(cache),
+        "round-timeout": 300.0,  # no `classes`: the sites are asked for theirs
     }
     started = time.time()
-    run_federated(run_dir, federation_sites, num_sites=2, rounds=1, modality="mixed", subjects_per_site=3, seed=0, run_config=config, timeout=400)
+    run_federated(
+        run_dir,
+        federation_sites,
+        num_sites=2,
+        rounds=1,
+        modality="mixed",
+        subjects_per_site=3,
+        seed=0,
+        run_config=config,
+        timeout=400,
+    )
     print(f"1-round simulation: {time.time() - started:.0f} s")
 
     entries = read_log(run_dir / AUDIT_FILE)
     kinds = sorted((e["round"] or 0, e["message_type"]) for e in entries)
     # two queries per site (its classes; the sums of its ridge statistics) and the score of the
     # ridge path alone (round 0, early stopping's starting point), then the round
-    assert kinds == [(0, MessageType.EVALUATE)] * 2 + [(0, MessageType.QUERY)] * 4 + [(1, MessageType.EVALUATE)] * 2 + [(1, MessageType.TRAIN)] * 2
+    assert (
+        kinds
+        == [(0, MessageType.EVALUATE)] * 2
+        + [(0, MessageType.QUERY)] * 4
+        + [(1, MessageType.EVALUATE)] * 2
+        + [(1, MessageType.TRAIN)] * 2
+    )
     assert not any(e["error"] for e in entries)
 
     # what the sites hold, concretely: their windows' shapes, folders, subjects and runs
@@ -183,7 +247,9 @@ def test_a_real_round_sends_only_parameters_and_numbers(federation_sites, tmp_pa
     assert (64, 3200) in window_shapes and (5124, 8) in window_shapes  # EEG channels x samples, ico4 vertices x frames
     identifiers = {str(s) for w in windows for s in [*np.unique(w.subjects), *np.unique(w.runs)]}
     forbidden = [str(federation_sites), str(tmp_path), federation_sites.name, *(s.name for s in sites), *identifiers]
-    problems = find_leaks(entries, parameter_shapes=tiny_shapes, window_shapes=window_shapes, forbidden_strings=forbidden)
+    problems = find_leaks(
+        entries, parameter_shapes=tiny_shapes, window_shapes=window_shapes, forbidden_strings=forbidden
+    )
     assert problems == [], "\n".join(problems)
 
     # and positively: a training reply is exactly the backbone and the fMRI head, nothing else
@@ -199,18 +265,33 @@ def test_a_real_round_sends_only_parameters_and_numbers(federation_sites, tmp_pa
             assert records["metrics"]["values"] == {"private": "int", "epsilon": "float"}  # not private here
             shapes = {k: a["shape"] for k, a in records["statistics"]["arrays"].items()}
             width = tiny_shapes["modality_heads.fmri.mean.ridge.coef"][0]
-            expected = {"n": [1], "sx": [width], "sy": [5124], "sxx": [width, width], "sxy": [width, 5124], "syy": [5124]}
+            expected = {
+                "n": [1],
+                "sx": [width],
+                "sy": [5124],
+                "sxx": [width, width],
+                "sxy": [width, 5124],
+                "syy": [5124],
+            }
             assert shapes == {f"{split}.{k}": v for split in ("train", "val") for k, v in expected.items()}
         else:
             assert "arrays" not in records
         assert records["site"]["values"]["modality"] == "fmri"
         if e["message_type"] == MessageType.QUERY and "statistics" not in records:
-            assert set(records["site"]["values"]) == {"modality", "classes"} and "rest" in records["site"]["values"]["classes"]
+            assert (
+                set(records["site"]["values"]) == {"modality", "classes"}
+                and "rest" in records["site"]["values"]["classes"]
+            )
 
     # the bytes of the round in history.json: the model to each site twice, their updates back
     (entry,) = json.loads((run_dir / "history.json").read_text())
     model_bytes = array_bytes(ArrayRecord(model_parameters(NeuroGenModel("tiny", device="cpu"))))
-    update_bytes = sum(a["bytes"] for e in entries if e["message_type"] == MessageType.TRAIN for a in e["records"]["arrays"]["arrays"].values())
+    update_bytes = sum(
+        a["bytes"]
+        for e in entries
+        if e["message_type"] == MessageType.TRAIN
+        for a in e["records"]["arrays"]["arrays"].values()
+    )
     assert entry["bytes"] == {"sent": 4 * model_bytes, "received": update_bytes}
     assert 0.5 * 2 * model_bytes < update_bytes < 2 * model_bytes  # the fNIRS head stays home
 
@@ -220,11 +301,27 @@ def test_ridge_statistics_pass_only_with_their_own_shapes(tiny_shapes):
 
     def entry(arrays: dict) -> dict:
         described = {k: {"shape": list(v), "dtype": "float64", "bytes": 8} for k, v in arrays.items()}
-        return {"round": 0, "message_type": "query", "src_node_id": 1, "error": None, "records": {"statistics": {"type": "array", "arrays": described}}}
+        return {
+            "round": 0,
+            "message_type": "query",
+            "src_node_id": 1,
+            "error": None,
+            "records": {"statistics": {"type": "array", "arrays": described}},
+        }
 
-    good = {"train.n": (1,), "train.sx": (width,), "train.sxx": (width, width), "train.sxy": (width, 5124), "val.syy": (5124,)}
+    good = {
+        "train.n": (1,),
+        "train.sx": (width,),
+        "train.sxx": (width, width),
+        "train.sxy": (width, 5124),
+        "val.syy": (5124,),
+    }
     assert find_leaks([entry(good)], parameter_shapes=tiny_shapes, window_shapes=[(5124, 8), (64, 3200)]) == []
-    bad = find_leaks([entry({"train.sxy": (3200, 64), "val.n": (5,), "train.sample": (64, 3200)})], parameter_shapes=tiny_shapes, window_shapes=[(64, 3200)])
+    bad = find_leaks(
+        [entry({"train.sxy": (3200, 64), "val.n": (5,), "train.sample": (64, 3200)})],
+        parameter_shapes=tiny_shapes,
+        window_shapes=[(64, 3200)],
+    )
     assert any("train.sxy" in p and "design features" in p for p in bad)
     assert any("val.n" in p for p in bad)
     assert any("train.sample" in p for p in bad)  # not a statistic: must be a parameter, and is window-shaped

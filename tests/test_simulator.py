@@ -30,7 +30,9 @@ POSTERIOR = ["O1", "Oz", "O2", "PO7", "PO8", "POz", "PO3", "PO4"]
 def fmri_data(tmp_path_factory) -> Path:
     """Two EEG-fMRI sites (EDF 64 ch / BrainVision 32 ch), three subjects each, 200 s runs."""
     out = tmp_path_factory.mktemp("sim_fmri")
-    simulate_dataset(out, n_sites=2, subjects_per_site=3, modality="fmri", seed=0, run_seconds=RUN_SECONDS, progress=False)
+    simulate_dataset(
+        out, n_sites=2, subjects_per_site=3, modality="fmri", seed=0, run_seconds=RUN_SECONDS, progress=False
+    )
     return out
 
 
@@ -53,7 +55,9 @@ def _read_tsv(path: Path) -> tuple[list[str], list[list[str]]]:
 
 def _bold(site: Path, sub: str, deriv: str) -> np.ndarray:
     func = site / "derivatives" / deriv / sub / "func"
-    hemis = [load_surf_data(str(func / f"{sub}_task-visual_run-1_hemi-{h}_space-fsaverage5_bold.func.gii")) for h in "LR"]
+    hemis = [
+        load_surf_data(str(func / f"{sub}_task-visual_run-1_hemi-{h}_space-fsaverage5_bold.func.gii")) for h in "LR"
+    ]
     return np.vstack(hemis).astype(np.float64)
 
 
@@ -374,7 +378,11 @@ def test_fnirs_site_snirf_reads_back_and_tracks_ground_truth(mixed_data):
 
 
 def _hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_same_seed_same_bytes_other_seed_other_data(tmp_path):

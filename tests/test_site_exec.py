@@ -45,7 +45,9 @@ def test_only_allowed_apps_are_launched(caplog):
     from flwr.supercore.superexec.executor import LaunchResultStatus
 
     executor = RecordingExecutor()
-    plugin = allowlist_plugin(frozenset({GOOD}), "allowed.txt")(runtime_api_address="127.0.0.1:1", insecure=True, root_certificates_path=None, executor=executor)
+    plugin = allowlist_plugin(frozenset({GOOD}), "allowed.txt")(
+        runtime_api_address="127.0.0.1:1", insecure=True, root_certificates_path=None, executor=executor
+    )
     task = lambda fab_hash: SimpleNamespace(type=str(TaskType.CLIENT_APP), task_id=1, run_id=7, fab_hash=fab_hash)  # noqa: E731
     assert plugin.launch_task("token", task(GOOD)).status == LaunchResultStatus.ACCEPTED
     refused = plugin.launch_task("token", task(OTHER))
@@ -57,4 +59,8 @@ def test_only_allowed_apps_are_launched(caplog):
 def test_shim_runs_the_gate(tmp_path):
     shim = install_shim(tmp_path / "bin", tmp_path / "allowed.txt")
     text = shim.read_text()
-    assert shim.name == "flower-superexec" and "-m fedneurogen.client.site_exec --allowed-apps" in text and str(tmp_path / "allowed.txt") in text
+    assert (
+        shim.name == "flower-superexec"
+        and "-m fedneurogen.client.site_exec --allowed-apps" in text
+        and str(tmp_path / "allowed.txt") in text
+    )

@@ -164,7 +164,9 @@ def test_synthesize_writes_gifti_on_fsaverage5_with_provenance(consortium, tmp_p
 
     sidecar = json.loads((func / f"{stem}_space-fsaverage5_desc-generated_bold.json").read_text())
     meta = json.loads((checkpoint / "config.json").read_text())
-    assert sidecar["RepetitionTime"] == 2.0 and sidecar["UncoveredSeconds"] == [[0.0, PreprocessConfig().history_seconds]]
+    assert sidecar["RepetitionTime"] == 2.0 and sidecar["UncoveredSeconds"] == [
+        [0.0, PreprocessConfig().history_seconds]
+    ]
     assert sidecar["GeneratedBy"]["CheckpointHash"] == meta["content_hash"]
     assert sidecar["GeneratedBy"]["Steps"] == 2 and sidecar["GeneratedBy"]["Seed"] == 3
     assert sidecar["Sources"] == [f"sub-01/eeg/{stem}_eeg.edf"]
@@ -175,19 +177,33 @@ def test_synthesize_writes_gifti_on_fsaverage5_with_provenance(consortium, tmp_p
     # the same seed writes the same data
     again = synthesize(checkpoint, fmri_site, tmp_path / "again", subjects=["01"], steps=2, seed=3, progress=False)
     left = nib.load(again[1])
-    np.testing.assert_array_equal(np.stack([d.data for d in left.darrays], 1), np.stack([d.data for d in hemis[0].darrays], 1))
+    np.testing.assert_array_equal(
+        np.stack([d.data for d in left.darrays], 1), np.stack([d.data for d in hemis[0].darrays], 1)
+    )
 
 
 def test_estimate_mean_writes_the_deterministic_point_prediction(consortium, tmp_path):
     checkpoint, fmri_site, _ = consortium
-    base = ["synthesize", "--checkpoint", str(checkpoint), "--data", str(fmri_site), "--subjects", "sub-01", "--estimate", "mean"]
+    base = [
+        "synthesize",
+        "--checkpoint",
+        str(checkpoint),
+        "--data",
+        str(fmri_site),
+        "--subjects",
+        "sub-01",
+        "--estimate",
+        "mean",
+    ]
     stem = "sub-01/func/sub-01_task-visual_run-1_hemi-L_space-fsaverage5_desc-mean_bold.func.gii"
     arrays = []
     for out, seed in ((tmp_path / "a", "1"), (tmp_path / "b", "2")):  # the seed does not matter: nothing is sampled
         result = CliRunner().invoke(app, [*base, "--out", str(out), "--seed", seed])
         assert result.exit_code == 0, result.output
         arrays.append(np.stack([d.data for d in nib.load(out / stem).darrays], axis=1))
-        sidecar = json.loads((out / "sub-01/func/sub-01_task-visual_run-1_space-fsaverage5_desc-mean_bold.json").read_text())
+        sidecar = json.loads(
+            (out / "sub-01/func/sub-01_task-visual_run-1_space-fsaverage5_desc-mean_bold.json").read_text()
+        )
         assert sidecar["GeneratedBy"]["Estimate"].startswith("point prediction")
     np.testing.assert_array_equal(arrays[0], arrays[1])
     assert np.abs(arrays[0]).max() > 0
@@ -195,7 +211,17 @@ def test_estimate_mean_writes_the_deterministic_point_prediction(consortium, tmp
 
 def test_synthesize_writes_snirf_on_the_sites_probe(consortium, tmp_path):
     checkpoint, _, fnirs_site = consortium
-    written = synthesize(checkpoint, fnirs_site, tmp_path / "gen", subjects=["sub-02"], label="left", n_samples=2, steps=2, seed=1, progress=False)
+    written = synthesize(
+        checkpoint,
+        fnirs_site,
+        tmp_path / "gen",
+        subjects=["sub-02"],
+        label="left",
+        n_samples=2,
+        steps=2,
+        seed=1,
+        progress=False,
+    )
     stem = "sub-02_task-motor_run-1"
     nirs = tmp_path / "gen" / "sub-02" / "nirs"
     assert [p.name for p in written[1:]] == [
@@ -219,7 +245,9 @@ def test_synthesize_writes_snirf_on_the_sites_probe(consortium, tmp_path):
     from fedneurogen.shared.model import load_checkpoint
 
     model, meta = load_checkpoint(checkpoint, device="cpu", use_ema=True)
-    samples = generate(model, windows, label_indices(windows, meta["class_names"], "left"), steps=2, seed=1, batch_size=16)
+    samples = generate(
+        model, windows, label_indices(windows, meta["class_names"], "left"), steps=2, seed=1, batch_size=16
+    )
     expected = stitch_run(samples[0], windows.onsets, windows.target_sfreq).data
     rows = [windows.target_names.index(n) for n in raw.ch_names]
     np.testing.assert_allclose(raw.get_data() * 1e6, expected[rows], rtol=1e-4, atol=1e-6)

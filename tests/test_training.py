@@ -38,7 +38,9 @@ def test_split_sites_keeps_subjects_apart(small_fmri_windows):
 
 def test_train_writes_checkpoint_logs_and_resumes(small_fmri_windows, tmp_path):
     run = tmp_path / "run"
-    checkpoint = train_centralized(small_fmri_windows, run, preset="tiny", seed=0, train_config=TWO_EPOCHS, device="cpu", progress=False)
+    checkpoint = train_centralized(
+        small_fmri_windows, run, preset="tiny", seed=0, train_config=TWO_EPOCHS, device="cpu", progress=False
+    )
     meta = read_checkpoint_config(checkpoint)
     assert meta["class_names"] == sorted(class_index(small_fmri_windows))
     assert meta["provenance"]["epochs"] == 2 and meta["provenance"]["split_seed"] == 0
@@ -50,7 +52,9 @@ def test_train_writes_checkpoint_logs_and_resumes(small_fmri_windows, tmp_path):
     assert any((run / "tensorboard").iterdir())
 
     three = TWO_EPOCHS.model_copy(update={"epochs": 3})
-    train_centralized(small_fmri_windows, run, preset="tiny", seed=0, train_config=three, device="cpu", resume=True, progress=False)
+    train_centralized(
+        small_fmri_windows, run, preset="tiny", seed=0, train_config=three, device="cpu", resume=True, progress=False
+    )
     meta = read_checkpoint_config(checkpoint)
     assert meta["provenance"]["epochs"] == 3
     assert meta["provenance"]["steps"] == steps_after_two * 3 // 2
@@ -60,14 +64,25 @@ def test_train_writes_checkpoint_logs_and_resumes(small_fmri_windows, tmp_path):
 
 def test_time_limit_stops_and_still_checkpoints(small_fmri_windows, tmp_path):
     run = tmp_path / "limited"
-    checkpoint = train_centralized(small_fmri_windows, run, preset="tiny", seed=0, train_config=TWO_EPOCHS, max_minutes=1e-6, device="cpu", progress=False)
+    checkpoint = train_centralized(
+        small_fmri_windows,
+        run,
+        preset="tiny",
+        seed=0,
+        train_config=TWO_EPOCHS,
+        max_minutes=1e-6,
+        device="cpu",
+        progress=False,
+    )
     meta = read_checkpoint_config(checkpoint)
     assert meta["provenance"]["steps"] == 0 and meta["provenance"]["epochs"] == 0
 
 
 def test_resume_without_checkpoint_is_a_clear_error(small_fmri_windows, tmp_path):
     with pytest.raises(ConfigError, match="no checkpoint"):
-        train_centralized(small_fmri_windows, tmp_path / "empty", preset="tiny", resume=True, device="cpu", progress=False)
+        train_centralized(
+            small_fmri_windows, tmp_path / "empty", preset="tiny", resume=True, device="cpu", progress=False
+        )
 
 
 def test_a_damaged_or_planted_training_state_is_refused(tmp_path):

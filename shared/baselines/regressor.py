@@ -46,9 +46,12 @@ class RegressionTransformer(nn.Module):
         self.eeg_encoder = EEGEncoder(config)
         self.integration = HyperdimensionalIntegration(config.hrf_delay, config.hrf_width, config.learn_hrf)
         self.condition_embed = nn.Linear(target.n_frames * config.eeg_dim, config.hidden_dim)
-        self.position = PositionEmbedding(config.hidden_dim, config.position_frequencies, config.position_wavelengths_mm)
+        self.position = PositionEmbedding(
+            config.hidden_dim, config.position_frequencies, config.position_wavelengths_mm
+        )
         self.blocks = nn.ModuleList(
-            TransformerBlock(config.hidden_dim, config.heads, config.mlp_ratio, layer_scale=1.0) for _ in range(config.depth)
+            TransformerBlock(config.hidden_dim, config.heads, config.mlp_ratio, layer_scale=1.0)
+            for _ in range(config.depth)
         )
         self.norm = nn.LayerNorm(config.hidden_dim, eps=1e-6)
         self.head = nn.Linear(config.hidden_dim, token_size * target.n_frames)
@@ -70,7 +73,9 @@ class RegressionTransformer(nn.Module):
         features = self.eeg_encoder(batch.eeg, channel_index_tensor(batch.eeg_channel_names, device))  # [B, C, P, De]
         patch_times = eeg_patch_times(features.shape[2], batch.lag, self.config.eeg_patch_seconds, device)
         frame_times = target_frame_times(n_frames, self.config.modality(self.modality).sfreq, device)
-        integrated = self.integration(features, batch.eeg_positions, layout.centroids, patch_times, frame_times)  # [B, M, F, De]
+        integrated = self.integration(
+            features, batch.eeg_positions, layout.centroids, patch_times, frame_times
+        )  # [B, M, F, De]
         x = self.condition_embed(integrated.flatten(2)) + self.position(layout.centroids, features.shape[0])
         for block in self.blocks:
             x = block(x)

@@ -158,7 +158,9 @@ class SiteCache:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             if meta.get("key") != key:
                 return None
-            continuous = {name: np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in _CONTINUOUS}
+            continuous = {
+                name: np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in _CONTINUOUS
+            }
             with np.load(folder / "windows.npz", allow_pickle=False) as npz:
                 small = {name: npz[name] for name in _SMALL}
             w = meta["windows"]
@@ -192,7 +194,13 @@ class SiteCache:
         return windows, meta
 
     def store(
-        self, site_dir: Path, key: str, windows: PairedWindows, config: PreprocessConfig, extra: dict[str, Any], staged: Path
+        self,
+        site_dir: Path,
+        key: str,
+        windows: PairedWindows,
+        config: PreprocessConfig,
+        extra: dict[str, Any],
+        staged: Path,
     ) -> Path:
         """Publish an entry: ``windows`` must be views into the arrays ``allocator(staged)`` made.
         Removes older entries of the same site and config."""

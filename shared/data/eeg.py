@@ -93,9 +93,7 @@ def check_finite(path: Path, data: np.ndarray, names: list[str]) -> None:
         return
     bad_rows = np.flatnonzero(~finite.all(axis=1))
     listed = ", ".join(names[i] for i in bad_rows[:8]) + (" ..." if len(bad_rows) > 8 else "")
-    raise DataError(
-        path, f"contains {int((~finite).sum())} NaN/inf samples in {len(bad_rows)} channel(s): {listed}"
-    )
+    raise DataError(path, f"contains {int((~finite).sum())} NaN/inf samples in {len(bad_rows)} channel(s): {listed}")
 
 
 def load_raw_eeg(path: str | Path, preload: bool = True) -> mne.io.BaseRaw:
@@ -128,7 +126,10 @@ def _check_brainvision_companions(header: Path) -> None:
     header's own folder, so that a dataset cannot make the reader open files outside it."""
     for number, key, name in brainvision_references(header):
         if Path(name).name != name or name in (".", ".."):
-            raise DataError(header, f"line {number}: {key}={name!r} points outside the header's folder; it must be a file name beside it")
+            raise DataError(
+                header,
+                f"line {number}: {key}={name!r} points outside the header's folder; it must be a file name beside it",
+            )
 
 
 # --- channels and positions ---------------------------------------------------------------------
@@ -161,9 +162,7 @@ def _read_electrodes(files: RunFiles) -> dict[str, tuple[str, np.ndarray]]:
         unit = "m" if extent < 0.5 else "cm" if extent < 30 else "mm"
     scale = _UNIT_TO_MM[unit]
     return {
-        str(name).strip().lower(): (str(name).strip(), xyz[i] * scale)
-        for i, name in enumerate(df["name"])
-        if ok[i]
+        str(name).strip().lower(): (str(name).strip(), xyz[i] * scale) for i, name in enumerate(df["name"]) if ok[i]
     }
 
 

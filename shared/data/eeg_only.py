@@ -42,7 +42,10 @@ def load_eeg_only(site_dir: str | Path, like: PairedWindows, config: PreprocessC
         eeg, events = read_eeg(run.eeg, config, files=run)
         missing = [name for name in like.eeg_channel_names if name not in eeg.names]
         if missing:
-            raise DataError(run.eeg, f"lacks EEG channel(s) {', '.join(missing[:5])} of the site's paired runs; the model reads the site's montage")
+            raise DataError(
+                run.eeg,
+                f"lacks EEG channel(s) {', '.join(missing[:5])} of the site's paired runs; the model reads the site's montage",
+            )
         # the target's frame grid over the EEG's length, as a paired run would have it
         frames = int(math.floor(eeg.duration * like.target_sfreq + 1e-9))
         grid = Recording(
@@ -53,8 +56,13 @@ def load_eeg_only(site_dir: str | Path, like: PairedWindows, config: PreprocessC
         parts.append(cut_windows(eeg, grid, events, config, run=run.key, subject=run.subject))
     parts = [p for p in parts if len(p.labels)]
     if not parts:
-        raise DataError(site_dir, f"its {len(runs)} EEG-only run(s) give no windows (each must hold the hemodynamic history plus one window)")
+        raise DataError(
+            site_dir,
+            f"its {len(runs)} EEG-only run(s) give no windows (each must hold the hemodynamic history plus one window)",
+        )
     windows, _ = combine_runs(parts, read_participants(site_dir), config, site_dir)
     order = [windows.eeg_channel_names.index(name) for name in like.eeg_channel_names]
-    eeg = WindowView(windows.eeg.data[order], windows.eeg.starts, windows.eeg.length, time_axis=1)  # the runs' channels in ``like``'s order
+    eeg = WindowView(
+        windows.eeg.data[order], windows.eeg.starts, windows.eeg.length, time_axis=1
+    )  # the runs' channels in ``like``'s order
     return replace(windows, eeg=eeg, eeg_channel_names=list(like.eeg_channel_names), eeg_positions=like.eeg_positions)

@@ -60,12 +60,14 @@ def repetition_time_and_source(bold_path: str | Path, sidecars: Sequence[Path] |
     searched = ", ".join(p.name for p in sidecars) or "no sidecar JSON found"
     raise DataError(
         bold_path,
-        f"missing RepetitionTime: no sidecar gives the TR (searched: {searched}); add \"RepetitionTime\" "
+        f'missing RepetitionTime: no sidecar gives the TR (searched: {searched}); add "RepetitionTime" '
         "to the derivative's _bold.json or the raw func/_bold.json",
     )
 
 
-_GIFTI_TIME_STEP = re.compile(rb"<Name>\s*(?:<!\[CDATA\[)?TimeStep(?:\]\]>)?\s*</Name>\s*<Value>\s*(?:<!\[CDATA\[)?([0-9.eE+-]+)")
+_GIFTI_TIME_STEP = re.compile(
+    rb"<Name>\s*(?:<!\[CDATA\[)?TimeStep(?:\]\]>)?\s*</Name>\s*<Value>\s*(?:<!\[CDATA\[)?([0-9.eE+-]+)"
+)
 
 
 def file_time_step(path: Path) -> float | None:
@@ -151,9 +153,7 @@ def load_surface_bold(paths: Sequence[Path]) -> np.ndarray:
         )
     left, right = _load_gifti(by_hemi["L"]), _load_gifti(by_hemi["R"])
     if left.shape[1] != right.shape[1]:
-        raise DataError(
-            by_hemi["R"], f"has {right.shape[1]} volumes but {by_hemi['L'].name} has {left.shape[1]}"
-        )
+        raise DataError(by_hemi["R"], f"has {right.shape[1]} volumes but {by_hemi['L'].name} has {left.shape[1]}")
     return np.vstack([left, right])
 
 
@@ -274,4 +274,6 @@ def read_fmri(
     data = resample_to_grid(data, tr, config.fmri_sfreq)
     if config.fmri_zscore:
         data = zscore(data)
-    return Recording(data=data, sfreq=config.fmri_sfreq, positions=load_ico4_positions(), names=list(ico4_names()), modality="fmri")
+    return Recording(
+        data=data, sfreq=config.fmri_sfreq, positions=load_ico4_positions(), names=list(ico4_names()), modality="fmri"
+    )

@@ -81,7 +81,9 @@ def short_channel_mask(raw: mne.io.BaseRaw) -> np.ndarray:
         return np.nan_to_num(distances_mm, nan=np.inf) < SHORT_CHANNEL_MAX_MM
 
 
-def regress_short_channels(long: np.ndarray, short: np.ndarray, long_positions: np.ndarray, short_positions: np.ndarray) -> np.ndarray:
+def regress_short_channels(
+    long: np.ndarray, short: np.ndarray, long_positions: np.ndarray, short_positions: np.ndarray
+) -> np.ndarray:
     """Remove from every long channel its nearest short channel, scaled by least squares.
 
     ``long [n_long, n_times]`` and ``short [n_short, n_times]`` hold one chromophore (all HbO or
@@ -154,7 +156,10 @@ def read_fnirs(path: str | Path, config: PreprocessConfig | None = None) -> Reco
         raise DataError(path, "some channels have no optode positions (sourcePos3D/detectorPos3D)")
     short = short_channel_mask(raw)
     if short.all():
-        raise DataError(path, f"only short-separation channels (< {SHORT_CHANNEL_MAX_MM:g} mm): nothing on the cortex to use as a target")
+        raise DataError(
+            path,
+            f"only short-separation channels (< {SHORT_CHANNEL_MAX_MM:g} mm): nothing on the cortex to use as a target",
+        )
     types = np.array(raw.get_channel_types())
     data = bandpass(raw.get_data(), sfreq, config.fnirs_l_freq, config.fnirs_h_freq, config.fnirs_filter_order, path)
     if short.any() and config.fnirs_short_channel_regression:

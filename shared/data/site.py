@@ -79,7 +79,9 @@ def _portable(problem: Problem, site_dir: Path) -> dict[str, str]:
 
 def _rooted(d: dict[str, str], site_dir: Path) -> Problem:
     problem = Problem.from_dict(d)
-    return problem if problem.path.is_absolute() else Problem(site_dir / problem.path, problem.message, problem.severity)
+    return (
+        problem if problem.path.is_absolute() else Problem(site_dir / problem.path, problem.message, problem.severity)
+    )
 
 
 def _progress(enabled: bool):
@@ -143,7 +145,9 @@ def load_site_data(
         try:
             staged = cache.staging(site_dir, key)
         except OSError as err:
-            warned.append(Problem(cache.dir, f"cache not written ({err.strerror or err}); the site is loaded in RAM", "warning"))
+            warned.append(
+                Problem(cache.dir, f"cache not written ({err.strerror or err}); the site is loaded in RAM", "warning")
+            )
     try:
         skipped: list[Problem] = []
         loaded: list[RunWindows] = []
@@ -179,7 +183,10 @@ def load_site_data(
                 warned.append(Problem(site_dir / "participants.tsv", message, "warning"))
         if staged is not None:
             shutil.rmtree(staged / "runs", ignore_errors=True)
-            extra = {"skipped": [_portable(p, site_dir) for p in skipped], "warnings": [_portable(p, site_dir) for p in warned]}
+            extra = {
+                "skipped": [_portable(p, site_dir) for p in skipped],
+                "warnings": [_portable(p, site_dir) for p in warned],
+            }
             try:
                 cache.store(site_dir, key, windows, config, extra, staged)
             except OSError as err:

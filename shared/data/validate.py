@@ -156,7 +156,9 @@ def _inspect_run(run: RunFiles, config: PreprocessConfig, problems: list[Problem
 
     if run.channels is None:
         expected = run.eeg.with_name(run.eeg.name.rsplit("_eeg.", 1)[0] + "_channels.tsv")
-        problems.append(Problem(expected, "missing (required by BIDS): channel types are guessed from the channel names", "warning"))
+        problems.append(
+            Problem(expected, "missing (required by BIDS): channel types are guessed from the channel names", "warning")
+        )
     raw = attempt(lambda: load_raw_eeg(run.eeg))
     if raw is not None:
         info.eeg_duration = raw.n_times / raw.info["sfreq"]
@@ -168,7 +170,13 @@ def _inspect_run(run: RunFiles, config: PreprocessConfig, problems: list[Problem
     info.events = attempt(lambda: read_events(run.events, run.task, info.eeg_duration))
 
     if run.target_modality is None:
-        problems.append(Problem(run.eeg, "EEG only, no fMRI or fNIRS recording to pair with: not trained on; `augment --eeg-only` can use it", "warning"))
+        problems.append(
+            Problem(
+                run.eeg,
+                "EEG only, no fMRI or fNIRS recording to pair with: not trained on; `augment --eeg-only` can use it",
+                "warning",
+            )
+        )
     elif run.target_modality == "fmri":
         found = attempt(lambda: repetition_time_and_source(run.target[0], run.target_sidecars))
         info.tr = found[0] if found is not None else None

@@ -15,7 +15,17 @@ Used by ``fedneurogen augment`` on a site and by ``fedneurogen.simulations.fairn
 """
 
 from .augment import augment_site, run_augmentation
-from .plan import CELL_SEP, REST, STRATEGIES, AugmentConfig, BalancePlan, plan_balance, select_windows, task_labels, unit_class
+from .plan import (
+    CELL_SEP,
+    REST,
+    STRATEGIES,
+    AugmentConfig,
+    BalancePlan,
+    plan_balance,
+    select_windows,
+    task_labels,
+    unit_class,
+)
 from .protocol import (
     CLASSIFIERS,
     ORIGINS,

@@ -66,19 +66,35 @@ def run_augmentation(
     }
 
     def make_estimator(class_weight: str | None):
-        return fm.make_classifier(config.classifier, s.features, s.classes, class_weight=class_weight, C=config.C, seed=config.seed)
+        return fm.make_classifier(
+            config.classifier, s.features, s.classes, class_weight=class_weight, C=config.C, seed=config.seed
+        )
 
     strategies: dict[str, Any] = {}
     minority_classes = sorted({unit_class(u) for u in s.plan.minority})
     for name in [n for n in STRATEGIES if n in config.strategies]:
-        result = fm.cross_validate(name, builders[name](), s.features.values, s.labels, s.windows.subjects, s.ids, folds, make_estimator, s.classes, config.seed)
+        result = fm.cross_validate(
+            name,
+            builders[name](),
+            s.features.values,
+            s.labels,
+            s.windows.subjects,
+            s.ids,
+            folds,
+            make_estimator,
+            s.classes,
+            config.seed,
+        )
         entry = fm.summarize(result, s.classes)
         entry["n_synthetic"] = int(sum(f.n_added.get("generated", 0) for f in result.folds))
         entry["n_oversampled"] = int(sum(f.n_added.get("oversampled", 0) for f in result.folds))
         entry["n_interpolated"] = int(sum(f.n_added.get("interpolated", 0) for f in result.folds))
         entry["folds"] = [_fold_record(f) for f in result.folds]
         if name == "generate":
-            for key, name_out in (("label_fidelity", "generated_label_fidelity"), ("label_fidelity_real", "real_label_fidelity")):
+            for key, name_out in (
+                ("label_fidelity", "generated_label_fidelity"),
+                ("label_fidelity_real", "real_label_fidelity"),
+            ):
                 values = [f.log[key] for f in result.folds if f.log.get(key) is not None]
                 entry[name_out] = float(np.mean(values)) if values else None
         entry["per_group"] = {}
@@ -94,7 +110,9 @@ def run_augmentation(
         "classes": s.classes,
         "class_counts": {c: int(np.sum(s.labels == c)) for c in s.classes},
         "sensitive_attribute": config.sensitive_attribute,
-        "group_counts": None if s.groups is None else {g: int(np.sum(s.groups == g)) for g in sorted(set(s.groups.tolist()))},
+        "group_counts": None
+        if s.groups is None
+        else {g: int(np.sum(s.groups == g)) for g in sorted(set(s.groups.tolist()))},
         "minority_rule": s.plan.rule,
         "minority_classes": minority_classes,
         "minority_units": s.plan.minority,
@@ -110,9 +128,15 @@ def run_augmentation(
         "generation": {
             "steps": config.steps,
             "guidance_scale": config.guidance_scale,
-            "choices": [list(c) for c in config.generation_choices] if synthesizer is not None and hasattr(synthesizer, "with_settings") else None,
+            "choices": [list(c) for c in config.generation_choices]
+            if synthesizer is not None and hasattr(synthesizer, "with_settings")
+            else None,
             "source": "EEG windows of the under-represented unit from the fold's training subjects"
-            + (" (paired windows and EEG-only pool)" if s.pool is not None else " (paired windows, several noise draws each when few)"),
+            + (
+                " (paired windows and EEG-only pool)"
+                if s.pool is not None
+                else " (paired windows, several noise draws each when few)"
+            ),
             **(generation_info or {}),
         },
         "strategies": strategies,
@@ -145,10 +169,16 @@ def augment_site(
             try:
                 preprocess = PreprocessConfig(**meta["preprocess"])
             except ValueError as err:  # pydantic's ValidationError is a ValueError
-                raise ConfigError(f"checkpoint {checkpoint}: its preprocessing settings do not fit this version: {err}") from err
+                raise ConfigError(
+                    f"checkpoint {checkpoint}: its preprocessing settings do not fit this version: {err}"
+                ) from err
         class_names = meta.get("class_names") or []
         synthesizer = ModelSynthesizer(model, class_names, steps=config.steps, guidance_scale=config.guidance_scale)
-        info = {"checkpoint": str(checkpoint), "content_hash": meta.get("content_hash"), "model_class_names": class_names}
+        info = {
+            "checkpoint": str(checkpoint),
+            "content_hash": meta.get("content_hash"),
+            "model_class_names": class_names,
+        }
     elif "generate" in config.strategies:
         raise ConfigError("strategy 'generate' needs --checkpoint (the global model)")
     windows = load_site(data, preprocess, progress=progress)

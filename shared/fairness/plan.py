@@ -30,7 +30,13 @@ from fedneurogen.shared.recording import PairedWindows
 
 from . import protocol as fm
 
-STRATEGIES = ("none", "oversample", "class-weight", "smote", "generate")  # built in ``strategies``; named here for AugmentConfig
+STRATEGIES = (
+    "none",
+    "oversample",
+    "class-weight",
+    "smote",
+    "generate",
+)  # built in ``strategies``; named here for AugmentConfig
 REST = "rest"
 CELL_SEP = " | "
 
@@ -100,7 +106,9 @@ def select_windows(windows: PairedWindows, config: AugmentConfig, site: str | Pa
         classes = sorted(config.classes)
         for c in classes:
             if c not in present:
-                raise DataError(site, f"no EEG windows of class {c!r} (classes present: {', '.join(present) or 'none'})")
+                raise DataError(
+                    site, f"no EEG windows of class {c!r} (classes present: {', '.join(present) or 'none'})"
+                )
     else:
         drop = {REST} if config.target == "trial_type" else {"n/a"}
         classes = [c for c in present if c not in drop]
@@ -132,7 +140,9 @@ class BalancePlan:
         return out
 
 
-def plan_balance(labels: np.ndarray, classes: Sequence[str], groups: np.ndarray | None, target_per_class: int | None, ratio: float) -> BalancePlan:
+def plan_balance(
+    labels: np.ndarray, classes: Sequence[str], groups: np.ndarray | None, target_per_class: int | None, ratio: float
+) -> BalancePlan:
     class_counts = {c: int(np.sum(labels == c)) for c in classes}
     per_class = float(target_per_class or max(class_counts.values()))
     if groups is None:

@@ -87,7 +87,9 @@ def target_features(target: np.ndarray, modality: str, rois: np.ndarray | None =
 
 def eeg_band_power(eeg: np.ndarray, sfreq: float, chunk: int = 64) -> np.ndarray:
     """Log band power per channel and band, flattened (chunked: the filters work in float64)."""
-    parts = [band_power(eeg[i : i + chunk], sfreq).reshape(min(chunk, len(eeg) - i), -1) for i in range(0, len(eeg), chunk)]
+    parts = [
+        band_power(eeg[i : i + chunk], sfreq).reshape(min(chunk, len(eeg) - i), -1) for i in range(0, len(eeg), chunk)
+    ]
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
@@ -182,7 +184,9 @@ def make_classifier(
 
         if "eeg_cov" not in features.blocks:
             raise ValueError("the riemann classifier needs the 'eeg_cov' feature block")
-        tangent = Pipeline([("matrices", FunctionTransformer(_as_matrices)), ("tangent", TangentSpace(metric="riemann"))])
+        tangent = Pipeline(
+            [("matrices", FunctionTransformer(_as_matrices)), ("tangent", TangentSpace(metric="riemann"))]
+        )
         parts = [("eeg", tangent, features.columns(["eeg_cov"]))]
         if "target" in features.blocks:
             parts.append(("target", "passthrough", features.columns(["target"])))
@@ -201,7 +205,10 @@ def check_class_sizes(labels: np.ndarray, classes: Sequence[str], n_folds: int, 
         if n == 0:
             raise DataError(site, f"no EEG windows of class {c!r} (classes present: {_present(counts)})")
         if n < n_folds:
-            raise DataError(site, f"class {c!r} has {n} window(s), fewer than the {n_folds} cross-validation folds; use --folds {max(2, n)} or fewer")
+            raise DataError(
+                site,
+                f"class {c!r} has {n} window(s), fewer than the {n_folds} cross-validation folds; use --folds {max(2, n)} or fewer",
+            )
 
 
 def _present(counts: dict[str, int]) -> str:
@@ -223,14 +230,19 @@ def subject_folds(
     check_class_sizes(labels, classes, n_folds, site)
     n_subjects = len(set(subjects.tolist()))
     if n_subjects < n_folds:
-        raise DataError(site, f"{n_subjects} subject(s) for {n_folds} subject-grouped folds; use --folds {n_subjects} or fewer")
+        raise DataError(
+            site, f"{n_subjects} subject(s) for {n_folds} subject-grouped folds; use --folds {n_subjects} or fewer"
+        )
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     folds = []
     for train, test in splitter.split(np.zeros(len(labels)), labels, groups=subjects):
         for c in classes:
             if not np.any(labels[train] == c):
                 owners = sorted(set(subjects[labels == c].tolist()))
-                raise DataError(site, f"class {c!r} comes only from subject(s) {owners}: a training fold has none of it; collect it from more subjects or use fewer folds")
+                raise DataError(
+                    site,
+                    f"class {c!r} comes only from subject(s) {owners}: a training fold has none of it; collect it from more subjects or use fewer folds",
+                )
         folds.append((np.sort(train), np.sort(test)))
     return folds
 
@@ -275,14 +287,34 @@ def window_ids(windows: PairedWindows) -> np.ndarray:
     return np.array([f"{run}@{onset:.3f}" for run, onset in zip(windows.runs, windows.onsets)], dtype=object)
 
 
-def real_training_set(features: np.ndarray, labels: np.ndarray, subjects: np.ndarray, ids: np.ndarray, train: np.ndarray) -> TrainingSet:
-    return TrainingSet(features[train], labels[train], np.full(len(train), "real", dtype=object), subjects[train], ids[train])
+def real_training_set(
+    features: np.ndarray, labels: np.ndarray, subjects: np.ndarray, ids: np.ndarray, train: np.ndarray
+) -> TrainingSet:
+    return TrainingSet(
+        features[train], labels[train], np.full(len(train), "real", dtype=object), subjects[train], ids[train]
+    )
 
 
-def stack(base: TrainingSet, features: np.ndarray, labels: np.ndarray, origin: str, subjects: np.ndarray, ids: np.ndarray, **log: Any) -> TrainingSet:
+def stack(
+    base: TrainingSet,
+    features: np.ndarray,
+    labels: np.ndarray,
+    origin: str,
+    subjects: np.ndarray,
+    ids: np.ndarray,
+    **log: Any,
+) -> TrainingSet:
     """``base`` plus added rows of one origin."""
     if len(labels) == 0:
-        return TrainingSet(base.features, base.labels, base.origin, base.source_subjects, base.source_ids, base.class_weight, {**base.log, **log})
+        return TrainingSet(
+            base.features,
+            base.labels,
+            base.origin,
+            base.source_subjects,
+            base.source_ids,
+            base.class_weight,
+            {**base.log, **log},
+        )
     return TrainingSet(
         np.concatenate([base.features, features.astype(base.features.dtype)]),
         np.concatenate([base.labels, labels]),
@@ -443,7 +475,9 @@ def group_metrics(
     worst = min(by_group, key=lambda g: by_group[g]["macro_f1"]) if by_group else None
     out: dict[str, Any] = {
         "by_group": by_group,
-        "worst_group": None if worst is None else {"group": worst, **{k: by_group[worst][k] for k in ("accuracy", "macro_f1")}},
+        "worst_group": None
+        if worst is None
+        else {"group": worst, **{k: by_group[worst][k] for k in ("accuracy", "macro_f1")}},
         "difference": {k: float(difference[k]) for k in ("accuracy", "macro_f1")},
         "ratio": {k: float(ratio[k]) for k in ("accuracy", "macro_f1")},
         "equalized_odds_difference": None,
@@ -457,7 +491,12 @@ def group_metrics(
     return out
 
 
-def group_fold_scores(result: StrategyResult, sensitive: np.ndarray, folds: Sequence[tuple[np.ndarray, np.ndarray]], classes: Sequence[str]) -> dict[str, dict[str, float]]:
+def group_fold_scores(
+    result: StrategyResult,
+    sensitive: np.ndarray,
+    folds: Sequence[tuple[np.ndarray, np.ndarray]],
+    classes: Sequence[str],
+) -> dict[str, dict[str, float]]:
     """Macro F1 of each group per fold (folds where the group is tested), as mean ± std."""
     sensitive = np.asarray(sensitive).astype(str)
     out = {}

@@ -33,7 +33,11 @@ def _fold_record(f: fm.FoldResult) -> dict[str, Any]:
         "per_class_recall": f.per_class_recall,
         "accuracy": f.accuracy,
         "macro_f1": f.macro_f1,
-        **({"generation_setting": f.log["chosen_setting"], "setting_scores": f.log["setting_scores"]} if "chosen_setting" in f.log else {}),
+        **(
+            {"generation_setting": f.log["chosen_setting"], "setting_scores": f.log["setting_scores"]}
+            if "chosen_setting" in f.log
+            else {}
+        ),
     }
 
 
@@ -94,11 +98,17 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "## Per-class F1 (mean ± std over folds)",
         "",
-        "| strategy | " + " | ".join(f"{c}{' (minority)' if c in minority else ''} [n={report['class_counts'][c]}]" for c in classes) + " | accuracy | macro F1 | added (all folds) |",
+        "| strategy | "
+        + " | ".join(f"{c}{' (minority)' if c in minority else ''} [n={report['class_counts'][c]}]" for c in classes)
+        + " | accuracy | macro F1 | added (all folds) |",
         "|---" * (len(classes) + 4) + "|",
     ]
     for name, e in report["strategies"].items():
-        counts = {"generated": e["n_synthetic"], "oversampled": e["n_oversampled"], "interpolated": e.get("n_interpolated", 0)}
+        counts = {
+            "generated": e["n_synthetic"],
+            "oversampled": e["n_oversampled"],
+            "interpolated": e.get("n_interpolated", 0),
+        }
         added = sum(counts.values())
         kind = next((k for k, n in counts.items() if n), "")
         lines.append(
@@ -112,7 +122,9 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
             f"## Per group: `{report['sensitive_attribute']}` (pooled out-of-fold predictions, fairlearn MetricFrame)",
             "",
-            "| strategy | " + " | ".join(f"macro F1 {g} [n={report['group_counts'][g]}]" for g in groups) + " | worst group | difference | ratio | equalized-odds diff. |",
+            "| strategy | "
+            + " | ".join(f"macro F1 {g} [n={report['group_counts'][g]}]" for g in groups)
+            + " | worst group | difference | ratio | equalized-odds diff. |",
             "|---" * (len(groups) + 5) + "|",
         ]
         for name, e in report["strategies"].items():
@@ -128,11 +140,22 @@ def render_markdown(report: dict[str, Any]) -> str:
             )
     summary = report.get("summary", {})
     if summary:
-        lines += ["", "## Minority vs majority", "", "| strategy | minority F1 | minority recall | mean majority F1 | majority F1 drop vs none |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Minority vs majority",
+            "",
+            "| strategy | minority F1 | minority recall | mean majority F1 | majority F1 drop vs none |",
+            "|---|---|---|---|---|",
+        ]
         for name, row in summary.items():
-            lines.append(f"| {name} | {_fmt(row['minority_f1'])} | {_fmt(row['minority_recall'])} | {_fmt(row['majority_f1'])} | {_fmt(row.get('majority_f1_drop'))} |")
+            lines.append(
+                f"| {name} | {_fmt(row['minority_f1'])} | {_fmt(row['minority_recall'])} | {_fmt(row['majority_f1'])} | {_fmt(row.get('majority_f1_drop'))} |"
+            )
     gen = report["generation"]
-    lines += ["", f"Generation: {gen['source']}; guidance scale {gen['guidance_scale']}, DDIM steps {gen['steps'] or 'checkpoint default'}."]
+    lines += [
+        "",
+        f"Generation: {gen['source']}; guidance scale {gen['guidance_scale']}, DDIM steps {gen['steps'] or 'checkpoint default'}.",
+    ]
     generate = report["strategies"].get("generate", {})
     fidelity, real = generate.get("generated_label_fidelity"), generate.get("real_label_fidelity")
     if fidelity is not None:
@@ -154,14 +177,22 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": write_json_atomic(out / "report.json", report), "markdown": write_text_atomic(out / "report.md", render_markdown(report))}
+    paths = {
+        "json": write_json_atomic(out / "report.json", report),
+        "markdown": write_text_atomic(out / "report.md", render_markdown(report)),
+    }
     classes = report["classes"]
     series = {
         name: ([_nan(e["per_class_f1_mean"][c]) for c in classes], [_nan(e["per_class_f1_std"][c]) for c in classes])
         for name, e in report["strategies"].items()
     }
     paths["per_class_plot"] = fm.bar_plot(
-        out / "per_class_f1.png", series, classes, title="Per-class F1 before (none) and after augmentation (* = minority)", ylabel="F1 (mean ± std over folds)", highlight=report["minority_classes"]
+        out / "per_class_f1.png",
+        series,
+        classes,
+        title="Per-class F1 before (none) and after augmentation (* = minority)",
+        ylabel="F1 (mean ± std over folds)",
+        highlight=report["minority_classes"],
     )
     if report["sensitive_attribute"]:
         groups = sorted(report["group_counts"])
@@ -173,7 +204,11 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]
             for name, e in report["strategies"].items()
         }
         paths["per_group_plot"] = fm.bar_plot(
-            out / "per_group.png", series, groups, title=f"Macro F1 per {report['sensitive_attribute']} group", ylabel="macro F1 (mean ± std over folds)"
+            out / "per_group.png",
+            series,
+            groups,
+            title=f"Macro F1 per {report['sensitive_attribute']} group",
+            ylabel="macro F1 (mean ± std over folds)",
         )
     return paths
 

@@ -39,7 +39,16 @@ from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.recording import PairedWindows
 
 from . import protocol as fm
-from .plan import CELL_SEP, AugmentConfig, BalancePlan, _no_attribute, plan_balance, select_windows, task_labels, unit_class
+from .plan import (
+    CELL_SEP,
+    AugmentConfig,
+    BalancePlan,
+    _no_attribute,
+    plan_balance,
+    select_windows,
+    task_labels,
+    unit_class,
+)
 
 # -- what the strategies read -----------------------------------------------------------------
 
@@ -88,8 +97,14 @@ def prepare_samples(
     if pool is not None:
         pool_labels = task_labels(pool, config.target)
         pool_groups = None if groups is None else pool.group_of(config.sensitive_attribute).astype(str)
-        pool_units = pool_labels.astype(object) if pool_groups is None else np.array([f"{c}{CELL_SEP}{g}" for c, g in zip(pool_labels, pool_groups)], dtype=object)
-    return SiteSamples(windows, labels, classes, features, fm.window_ids(windows), blocks, rois, plan, groups, pool, pool_units)
+        pool_units = (
+            pool_labels.astype(object)
+            if pool_groups is None
+            else np.array([f"{c}{CELL_SEP}{g}" for c, g in zip(pool_labels, pool_groups)], dtype=object)
+        )
+    return SiteSamples(
+        windows, labels, classes, features, fm.window_ids(windows), blocks, rois, plan, groups, pool, pool_units
+    )
 
 
 # -- generation -------------------------------------------------------------------------------
@@ -106,7 +121,13 @@ class ModelSynthesizer:
     where the checkpoint knows it (classifier-free guidance ``guidance_scale``)."""
 
     def __init__(
-        self, model: Any, class_names: Sequence[str] | None, *, steps: int | None = None, guidance_scale: float = 2.0, batch_size: int = 32,
+        self,
+        model: Any,
+        class_names: Sequence[str] | None,
+        *,
+        steps: int | None = None,
+        guidance_scale: float = 2.0,
+        batch_size: int = 32,
         estimate: str = "sample",
     ):
         self.model = model
@@ -122,7 +143,14 @@ class ModelSynthesizer:
         return self.estimate, self.guidance_scale
 
     def with_settings(self, estimate: str, guidance_scale: float) -> "ModelSynthesizer":
-        return ModelSynthesizer(self.model, self.class_names, steps=self.steps, guidance_scale=guidance_scale, batch_size=self.batch_size, estimate=estimate)
+        return ModelSynthesizer(
+            self.model,
+            self.class_names,
+            steps=self.steps,
+            guidance_scale=guidance_scale,
+            batch_size=self.batch_size,
+            estimate=estimate,
+        )
 
     def label_index(self, label: str) -> int | None:
         return self.class_to_index.get(str(label))
@@ -136,8 +164,15 @@ class ModelSynthesizer:
         if self.estimate == "mean":  # deterministic: the conditional mean given the EEG and the label
             from fedneurogen.shared.synthesis import point_predictions
 
-            index = np.array([self.class_to_index.get(str(c), -1) for c in windows.labels]) if self.class_to_index else None
-            return point_predictions(self.model, replace(windows, target=np.zeros(windows.target.shape, np.float32)), index, batch_size=self.batch_size)
+            index = (
+                np.array([self.class_to_index.get(str(c), -1) for c in windows.labels]) if self.class_to_index else None
+            )
+            return point_predictions(
+                self.model,
+                replace(windows, target=np.zeros(windows.target.shape, np.float32)),
+                index,
+                batch_size=self.batch_size,
+            )
         generator = torch.Generator(device=self.model.device).manual_seed(int(seed))
         labels = self.class_to_index or None
         out = []
@@ -149,7 +184,9 @@ class ModelSynthesizer:
             out.append(sample.float().cpu().numpy())
         generated = np.concatenate(out) if out else np.zeros((0, *windows.target.shape[1:]), np.float32)
         if generated.shape[1:] != windows.target.shape[1:]:
-            raise ConfigError(f"the model generates targets of shape {list(generated.shape[1:])} but the site's windows are {list(windows.target.shape[1:])}")
+            raise ConfigError(
+                f"the model generates targets of shape {list(generated.shape[1:])} but the site's windows are {list(windows.target.shape[1:])}"
+            )
         return generated
 
 
@@ -158,7 +195,9 @@ def concat_windows(parts: Sequence[PairedWindows]) -> PairedWindows:
     first = parts[0]
     if len(parts) == 1:
         return first
-    names = ("eeg", "target", "labels", "subjects", "runs", "onsets") + (("design",) if first.design is not None else ())
+    names = ("eeg", "target", "labels", "subjects", "runs", "onsets") + (
+        ("design",) if first.design is not None else ()
+    )
     stacked = {name: np.concatenate([getattr(p, name) for p in parts]) for name in names}
     return replace(first, **stacked)
 
@@ -188,7 +227,15 @@ def oversample_strategy(s: SiteSamples) -> fm.Strategy:
                 continue
             picks.append(rng.choice(candidates, size=need, replace=True))
         rows = np.concatenate(picks) if picks else np.zeros(0, int)
-        return fm.stack(base, s.features.values[rows], s.labels[rows], "oversampled", s.windows.subjects[rows], s.ids[rows], unfilled=unfilled)
+        return fm.stack(
+            base,
+            s.features.values[rows],
+            s.labels[rows],
+            "oversampled",
+            s.windows.subjects[rows],
+            s.ids[rows],
+            unfilled=unfilled,
+        )
 
     return strategy
 
@@ -209,16 +256,30 @@ def smote_strategy(s: SiteSamples) -> fm.Strategy:
                 continue
             # the unit against the rest of the fold, so only the unit is resampled
             y = np.where(mine, "unit", "other")
-            sampler = SMOTE(sampling_strategy={"unit": int(mine.sum()) + need}, k_neighbors=min(5, int(mine.sum()) - 1), random_state=fold.seed + k)
+            sampler = SMOTE(
+                sampling_strategy={"unit": int(mine.sum()) + need},
+                k_neighbors=min(5, int(mine.sum()) - 1),
+                random_state=fold.seed + k,
+            )
             resampled, _ = sampler.fit_resample(base.features, y)
-            rows.append(resampled[len(y):])
+            rows.append(resampled[len(y) :])
             labels.append(np.full(need, unit_class(unit), dtype=object))
         if not rows:
             empty = np.zeros(0, object)
-            return fm.stack(base, np.zeros((0, base.features.shape[1])), empty, "interpolated", empty, empty, unfilled=unfilled)
+            return fm.stack(
+                base, np.zeros((0, base.features.shape[1])), empty, "interpolated", empty, empty, unfilled=unfilled
+            )
         added = np.concatenate(rows)
         n = len(added)  # interpolated rows come from no single recording
-        return fm.stack(base, added, np.concatenate(labels), "interpolated", np.full(n, "n/a", dtype=object), np.full(n, "interpolated", dtype=object), unfilled=unfilled)
+        return fm.stack(
+            base,
+            added,
+            np.concatenate(labels),
+            "interpolated",
+            np.full(n, "n/a", dtype=object),
+            np.full(n, "interpolated", dtype=object),
+            unfilled=unfilled,
+        )
 
     return strategy
 
@@ -237,7 +298,10 @@ def none_strategy(s: SiteSamples) -> fm.Strategy:
 
 
 def generate_strategy(
-    s: SiteSamples, synthesize: Synthesizer, log: GenerationLog, make_estimator: Callable[[str | None], Any] | None = None,
+    s: SiteSamples,
+    synthesize: Synthesizer,
+    log: GenerationLog,
+    make_estimator: Callable[[str | None], Any] | None = None,
     choices: Sequence[tuple[str, float]] = (),
 ) -> fm.Strategy:
     """Top up each fold's under-represented units with generated windows.
@@ -298,27 +362,59 @@ def generate_strategy(
             x = np.concatenate([s.features.values[inner_train], generated_features(candidate, windows, fold.seed)])
             y = np.concatenate([s.labels[inner_train], labels])
             predicted = make_estimator(None).fit(x, y).predict(s.features.values[inner_val])
-            scores[f"{estimate}, guidance {guidance:g}"] = (fm.score_fold(s.labels[inner_val], predicted, s.classes)[2], (estimate, guidance))
+            scores[f"{estimate}, guidance {guidance:g}"] = (
+                fm.score_fold(s.labels[inner_val], predicted, s.classes)[2],
+                (estimate, guidance),
+            )
         best = max(scores, key=lambda k: (np.nan_to_num(scores[k][0], nan=-1.0), -list(scores).index(k)))
-        return synthesize.with_settings(*scores[best][1]), {"chosen_setting": best, "setting_scores": {k: v[0] for k, v in scores.items()}}
+        return synthesize.with_settings(*scores[best][1]), {
+            "chosen_setting": best,
+            "setting_scores": {k: v[0] for k, v in scores.items()},
+        }
 
     def strategy(fold: fm.Fold) -> fm.TrainingSet:
         base = fm.real_training_set(s.features.values, s.labels, s.windows.subjects, s.ids, fold.train)
         test_subjects = set(s.windows.subjects[fold.test].tolist())
-        picked, picked_ids, labels, unfilled = sources(fold.train, test_subjects, np.random.default_rng(fold.seed), fold.index)
+        picked, picked_ids, labels, unfilled = sources(
+            fold.train, test_subjects, np.random.default_rng(fold.seed), fold.index
+        )
         if picked is None:
             empty = np.zeros(0, object)
-            return fm.stack(base, np.zeros((0, base.features.shape[1])), empty, "generated", empty, empty, n_generated=0, unfilled=unfilled)
+            return fm.stack(
+                base,
+                np.zeros((0, base.features.shape[1])),
+                empty,
+                "generated",
+                empty,
+                empty,
+                n_generated=0,
+                unfilled=unfilled,
+            )
         synth, choice = choose(fold, test_subjects)
         features = generated_features(synth, picked, fold.seed)
         fidelity = {}
         if make_estimator is not None:  # class-balanced, so minority labels are not rare in its answers
             judge = make_estimator("balanced").fit(base.features, base.labels)
-            held_out = fold.test[np.isin(s.labels[fold.test], np.unique(labels))]  # real windows of the generated classes
+            held_out = fold.test[
+                np.isin(s.labels[fold.test], np.unique(labels))
+            ]  # real windows of the generated classes
             fidelity = {
                 "label_fidelity": float(np.mean(judge.predict(features) == labels)),
-                "label_fidelity_real": float(np.mean(judge.predict(s.features.values[held_out]) == s.labels[held_out])) if len(held_out) else None,
+                "label_fidelity_real": float(np.mean(judge.predict(s.features.values[held_out]) == s.labels[held_out]))
+                if len(held_out)
+                else None,
             }
-        return fm.stack(base, features, labels, "generated", picked.subjects, picked_ids, n_generated=len(labels), unfilled=unfilled, **fidelity, **choice)
+        return fm.stack(
+            base,
+            features,
+            labels,
+            "generated",
+            picked.subjects,
+            picked_ids,
+            n_generated=len(labels),
+            unfilled=unfilled,
+            **fidelity,
+            **choice,
+        )
 
     return strategy

@@ -10,12 +10,25 @@ Entry points:
 - ``parameter_modality(name)``: which modality a parameter belongs to (None = shared backbone).
 """
 
-from fedneurogen.shared.model.checkpoint import load_checkpoint, load_checkpoint_into, load_ema, read_checkpoint_config, save_checkpoint
+from fedneurogen.shared.model.checkpoint import (
+    load_checkpoint,
+    load_checkpoint_into,
+    load_ema,
+    read_checkpoint_config,
+    save_checkpoint,
+)
 from fedneurogen.shared.model.config import PRESETS, FmriConfig, FnirsConfig, ModelConfig, count_parameters, get_preset
 from fedneurogen.shared.model.diffusion import GaussianDiffusion
 from fedneurogen.shared.model.eeg_encoder import EEGEncoder, LabramLoadReport, load_labram_checkpoint
 from fedneurogen.shared.model.ema import EMA, unwrap_model
-from fedneurogen.shared.model.generator import MODALITIES, Batch, NeuroGenModel, default_device, parameter_count, parameter_modality
+from fedneurogen.shared.model.generator import (
+    MODALITIES,
+    Batch,
+    NeuroGenModel,
+    default_device,
+    parameter_count,
+    parameter_modality,
+)
 
 __all__ = [
     "EMA",

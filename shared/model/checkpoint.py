@@ -28,7 +28,14 @@ from safetensors.torch import load_file, save_file
 
 from fedneurogen import __version__
 from fedneurogen.shared.errors import ConfigError
-from fedneurogen.shared.io import MANIFEST_FILE, atomic_path, file_sha256, verify_manifest, write_json_atomic, write_manifest
+from fedneurogen.shared.io import (
+    MANIFEST_FILE,
+    atomic_path,
+    file_sha256,
+    verify_manifest,
+    write_json_atomic,
+    write_manifest,
+)
 from fedneurogen.shared.model.config import PRESETS, ModelConfig, count_parameters
 from fedneurogen.shared.model.ema import EMA, unwrap_model
 from fedneurogen.shared.model.generator import NeuroGenModel, default_device
@@ -39,12 +46,23 @@ FORMAT = "fedneurogen.checkpoint"
 FORMAT_VERSION = 1
 EMA_PREFIX = "ema."
 _RESERVED = {
-    "format", "format_version", "weights_file", "content_hash", "preset", "model_config",
-    "modality_heads", "target_space", "parameter_count", "ema", "software",
+    "format",
+    "format_version",
+    "weights_file",
+    "content_hash",
+    "preset",
+    "model_config",
+    "modality_heads",
+    "target_space",
+    "parameter_count",
+    "ema",
+    "software",
 }
 
 
-def save_checkpoint(path: str | Path, model: torch.nn.Module, ema: EMA | None = None, extra: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path, model: torch.nn.Module, ema: EMA | None = None, extra: dict[str, Any] | None = None
+) -> Path:
     """Write ``model`` (and ``ema``) to the directory ``path``; returns the directory.
 
     ``extra`` is stored in ``config.json`` as given; the expected keys are ``preprocess``
@@ -82,8 +100,17 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, ema: EMA | None = 
         "preset": config.preset,
         "model_config": config.model_dump(mode="json"),
         "modality_heads": {
-            "fmri": {"n_points": config.fmri.n_points, "n_frames": config.fmri.n_frames, "sfreq": config.fmri.sfreq, "n_tokens": config.fmri.n_patches},
-            "fnirs": {"n_frames": config.fnirs.n_frames, "sfreq": config.fnirs.sfreq, "max_channels": config.fnirs.max_channels},
+            "fmri": {
+                "n_points": config.fmri.n_points,
+                "n_frames": config.fmri.n_frames,
+                "sfreq": config.fmri.sfreq,
+                "n_tokens": config.fmri.n_patches,
+            },
+            "fnirs": {
+                "n_frames": config.fnirs.n_frames,
+                "sfreq": config.fnirs.sfreq,
+                "max_channels": config.fnirs.max_channels,
+            },
         },
         "target_space": {
             "fmri": "ico4: first 2562 vertices of each fsaverage5 hemisphere, left then right",
@@ -108,28 +135,40 @@ def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
     if path.is_file() and path.name in (CONFIG_FILE, WEIGHTS_FILE):
         raise ConfigError(f"{path} is a file of a checkpoint; give the folder that holds it: {path.parent}")
     if not path.is_dir():
-        raise ConfigError(f"checkpoint {path} does not exist (expected a directory with {CONFIG_FILE} and {WEIGHTS_FILE})")
+        raise ConfigError(
+            f"checkpoint {path} does not exist (expected a directory with {CONFIG_FILE} and {WEIGHTS_FILE})"
+        )
     config_file = path / CONFIG_FILE
     if not config_file.is_file():
-        raise ConfigError(f"checkpoint {path} is incomplete: {config_file} is missing (a save was interrupted, or this is not a checkpoint)")
+        raise ConfigError(
+            f"checkpoint {path} is incomplete: {config_file} is missing (a save was interrupted, or this is not a checkpoint)"
+        )
     try:
         meta = json.loads(config_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"checkpoint config {config_file} is not valid JSON: {err}") from err
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ConfigError(f"{config_file} is not a FedNeuroGen checkpoint config (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+        raise ConfigError(
+            f"{config_file} is not a FedNeuroGen checkpoint config (format {meta.get('format') if isinstance(meta, dict) else None!r})"
+        )
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ConfigError(f"{config_file} has checkpoint format version {meta.get('format_version')}; this program reads version {FORMAT_VERSION}")
+        raise ConfigError(
+            f"{config_file} has checkpoint format version {meta.get('format_version')}; this program reads version {FORMAT_VERSION}"
+        )
     weights_name = str(meta.get("weights_file", WEIGHTS_FILE))
     if (path / weights_name).resolve().parent != path.resolve():  # a file of this checkpoint folder, nothing else
-        raise ConfigError(f"{config_file} names weights_file {meta.get('weights_file')!r} outside the checkpoint folder")
+        raise ConfigError(
+            f"{config_file} names weights_file {meta.get('weights_file')!r} outside the checkpoint folder"
+        )
     try:
         # the weights are checked when they are read (their hash is content_hash): not twice
         manifest = verify_manifest(path, skip={weights_name})
     except (OSError, ValueError) as err:
         raise ConfigError(f"checkpoint {path}: {err}") from err
     if manifest is not None and manifest.get(weights_name) != meta.get("content_hash"):
-        raise ConfigError(f"checkpoint {path}: {path / MANIFEST_FILE} and {config_file} disagree on the weights' SHA-256")
+        raise ConfigError(
+            f"checkpoint {path}: {path / MANIFEST_FILE} and {config_file} disagree on the weights' SHA-256"
+        )
     return meta
 
 
@@ -141,14 +180,18 @@ def checkpoint_model_config(path: str | Path, meta: dict[str, Any]) -> ModelConf
     allowed = sorted({*PRESETS, "custom"})
     for name in {config.preset, meta.get("preset", config.preset)}:  # the name is shown in provenance: it must be real
         if name not in allowed:
-            raise ConfigError(f"checkpoint config {Path(path) / CONFIG_FILE} names preset {name!r}; allowed: {', '.join(allowed)}")
+            raise ConfigError(
+                f"checkpoint config {Path(path) / CONFIG_FILE} names preset {name!r}; allowed: {', '.join(allowed)}"
+            )
     return config
 
 
 def _read_weights(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
     weights_file = path / str(meta.get("weights_file", WEIGHTS_FILE))
     if weights_file.resolve().parent != path.resolve():  # a file of this checkpoint folder, nothing else
-        raise ConfigError(f"{path / CONFIG_FILE} names weights_file {meta.get('weights_file')!r} outside the checkpoint folder")
+        raise ConfigError(
+            f"{path / CONFIG_FILE} names weights_file {meta.get('weights_file')!r} outside the checkpoint folder"
+        )
     if not weights_file.is_file():
         raise ConfigError(f"checkpoint {path} is missing its weights file {weights_file}")
     actual = file_sha256(weights_file)
@@ -171,10 +214,16 @@ def _config_differences(a: ModelConfig, b: ModelConfig) -> list[str]:
         return out
 
     fa, fb = flat(a.model_dump(mode="json")), flat(b.model_dump(mode="json"))
-    return [f"{key} {fa.get(key)} vs {fb.get(key)}" for key in sorted(fa.keys() | fb.keys()) if key != "preset" and fa.get(key) != fb.get(key)]
+    return [
+        f"{key} {fa.get(key)} vs {fb.get(key)}"
+        for key in sorted(fa.keys() | fb.keys())
+        if key != "preset" and fa.get(key) != fb.get(key)
+    ]
 
 
-def _load_state(model: NeuroGenModel, tensors: dict[str, torch.Tensor], path: Path, use_ema: bool, assign: bool = False) -> None:
+def _load_state(
+    model: NeuroGenModel, tensors: dict[str, torch.Tensor], path: Path, use_ema: bool, assign: bool = False
+) -> None:
     weights = {name: t for name, t in tensors.items() if not name.startswith(EMA_PREFIX)}
     if use_ema:
         ema = {name.removeprefix(EMA_PREFIX): t for name, t in tensors.items() if name.startswith(EMA_PREFIX)}
@@ -212,7 +261,9 @@ def load_checkpoint(
     meta = read_checkpoint_config(path)
     config = checkpoint_model_config(path, meta)
     if expect_preset is not None and config.preset != expect_preset:
-        raise ConfigError(f"checkpoint {path} was trained for preset {config.preset!r} but preset {expect_preset!r} was requested")
+        raise ConfigError(
+            f"checkpoint {path} was trained for preset {config.preset!r} but preset {expect_preset!r} was requested"
+        )
     tensors = _read_weights(path, meta)
     # Built without memory (meta device), then the stored tensors become its weights; the fMRI
     # patch layout comes from the weights too.
@@ -250,7 +301,9 @@ def load_ema(path: str | Path, model: torch.nn.Module) -> EMA | None:
     ema = EMA(model, decay=meta["ema"]["decay"])
     ema.num_updates = int(meta["ema"]["num_updates"])
     try:
-        ema.load_state_dict({name.removeprefix(EMA_PREFIX): t for name, t in tensors.items() if name.startswith(EMA_PREFIX)})
+        ema.load_state_dict(
+            {name.removeprefix(EMA_PREFIX): t for name, t in tensors.items() if name.startswith(EMA_PREFIX)}
+        )
     except KeyError as err:
         raise ConfigError(f"EMA weights in {path / WEIGHTS_FILE} do not fit the model: {err}") from err
     return ema

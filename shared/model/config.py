@@ -63,7 +63,8 @@ class ModelConfig(BaseModel):
     eeg_mlp_ratio: float = 4.0
     eeg_layer_scale: float = Field(0.1, description="LayerScale init of the encoder blocks (LaBraM: 0.1)")
     eeg_attention: Literal["full", "axial"] = Field(
-        "full", description="full: every channel-patch token attends to all (LaBraM); axial: blocks alternate time and channel axes (CPU presets)"
+        "full",
+        description="full: every channel-patch token attends to all (LaBraM); axial: blocks alternate time and channel axes (CPU presets)",
     )
     eeg_spectral_embed: bool = Field(
         True, description="Add each patch's log amplitude spectrum to its token (band power is what drives BOLD)"
@@ -94,7 +95,9 @@ class ModelConfig(BaseModel):
     # Point prediction (conditional mean) = closed-form ridge path on the hemodynamic design +
     # zero-initialised learned residual (fedneurogen.shared.model.mean); the diffusion models
     # what the mean leaves over (as in CorrDiff), so samples = mean + sampled residual.
-    design_features: int = Field(640, description="Width of the hemodynamic design (64 virtual electrodes x 5 bands x 2 HRF bases)")
+    design_features: int = Field(
+        640, description="Width of the hemodynamic design (64 virtual electrodes x 5 bands x 2 HRF bases)"
+    )
     mean_hidden: int = Field(128, description="Hidden width of the residual network")
     mean_rank: int = Field(32, description="Rank of the residual's per-point readout")
     mean_dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout on the design into the residual network")
@@ -147,28 +150,55 @@ PRESETS: dict[str, ModelConfig] = {
     # Seconds per step on a laptop CPU, < 1M parameters: for tests.
     "tiny": ModelConfig(
         preset="tiny",
-        eeg_conv_channels=4, eeg_dim=32, eeg_depth=2, eeg_heads=2, eeg_attention="axial",
-        hidden_dim=64, depth=2, heads=4,
-        target_encoder_dim=32, target_encoder_depth=1, target_encoder_heads=2, align_dim=32,
-        position_frequencies=4, sampling_steps=20,
+        eeg_conv_channels=4,
+        eeg_dim=32,
+        eeg_depth=2,
+        eeg_heads=2,
+        eeg_attention="axial",
+        hidden_dim=64,
+        depth=2,
+        heads=4,
+        target_encoder_dim=32,
+        target_encoder_depth=1,
+        target_encoder_heads=2,
+        align_dim=32,
+        position_frequencies=4,
+        sampling_steps=20,
         fmri=FmriConfig(n_patches=32),
         fnirs=FnirsConfig(max_channels=64),
     ),
     # A few million parameters: trains in minutes on a CPU.
     "small": ModelConfig(
         preset="small",
-        eeg_conv_channels=8, eeg_dim=64, eeg_depth=4, eeg_heads=4, eeg_attention="axial",
-        hidden_dim=128, depth=4, heads=4,
-        target_encoder_dim=64, target_encoder_depth=2, target_encoder_heads=4, align_dim=64,
+        eeg_conv_channels=8,
+        eeg_dim=64,
+        eeg_depth=4,
+        eeg_heads=4,
+        eeg_attention="axial",
+        hidden_dim=128,
+        depth=4,
+        heads=4,
+        target_encoder_dim=64,
+        target_encoder_depth=2,
+        target_encoder_heads=4,
+        align_dim=64,
         sampling_steps=25,
         fmri=FmriConfig(n_patches=128),
     ),
     # GPU: LaBraM-Base EEG encoder (12 x 200, 10 heads) and a DiT-B sized backbone.
     "base": ModelConfig(
         preset="base",
-        eeg_conv_channels=8, eeg_dim=200, eeg_depth=12, eeg_heads=10,
-        hidden_dim=768, depth=12, heads=12,
-        target_encoder_dim=256, target_encoder_depth=2, target_encoder_heads=4, align_dim=256,
+        eeg_conv_channels=8,
+        eeg_dim=200,
+        eeg_depth=12,
+        eeg_heads=10,
+        hidden_dim=768,
+        depth=12,
+        heads=12,
+        target_encoder_dim=256,
+        target_encoder_depth=2,
+        target_encoder_heads=4,
+        align_dim=256,
         sampling_steps=50,
         fmri=FmriConfig(n_patches=512),
     ),

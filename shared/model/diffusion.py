@@ -70,14 +70,18 @@ class GaussianDiffusion:
         a, s = self._coefficients(t, x0)
         return a * noise - s * x0
 
-    def predict_x0_and_eps(self, x_t: torch.Tensor, t: torch.Tensor, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict_x0_and_eps(
+        self, x_t: torch.Tensor, t: torch.Tensor, output: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Invert the parameterisation: network output at ``x_t`` -> (x_0, eps) estimates."""
         a, s = self._coefficients(t, x_t)
         if self.prediction == "eps":
             return (x_t - s * output) / a, output
         return a * x_t - s * output, s * x_t + a * output
 
-    def sample_timesteps(self, batch_size: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_timesteps(
+        self, batch_size: int, device: torch.device, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         source = generator.device if generator is not None else device
         return torch.randint(0, self.num_steps, (batch_size,), generator=generator, device=source).to(device)
 

@@ -26,9 +26,15 @@ class DiTBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 9 * dim))
 
     def forward(
-        self, x: torch.Tensor, c: torch.Tensor, context: torch.Tensor | None, kv: tuple[torch.Tensor, torch.Tensor] | None = None
+        self,
+        x: torch.Tensor,
+        c: torch.Tensor,
+        context: torch.Tensor | None,
+        kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        (shift_sa, scale_sa, gate_sa, shift_ca, scale_ca, gate_ca, shift_mlp, scale_mlp, gate_mlp) = self.adaLN_modulation(c).chunk(9, dim=1)
+        (shift_sa, scale_sa, gate_sa, shift_ca, scale_ca, gate_ca, shift_mlp, scale_mlp, gate_mlp) = (
+            self.adaLN_modulation(c).chunk(9, dim=1)
+        )
         x = x + gate_sa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_sa, scale_sa))
         x = x + gate_ca.unsqueeze(1) * self.cross_attn(modulate(self.norm2(x), shift_ca, scale_ca), context, kv)
         return x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm3(x), shift_mlp, scale_mlp))
@@ -80,7 +86,11 @@ class DiT(nn.Module):
         return [block.cross_attn.context_kv(context) for block in self.blocks]
 
     def forward(
-        self, x: torch.Tensor, c: torch.Tensor, context: torch.Tensor | None, context_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self,
+        x: torch.Tensor,
+        c: torch.Tensor,
+        context: torch.Tensor | None,
+        context_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         if context_kv is None:
             context = self.context_norm(context)

@@ -70,8 +70,12 @@ class EMA:
         missing = set(self.shadow) - set(state)
         unexpected = set(state) - set(self.shadow)
         if missing or unexpected:
-            raise KeyError(f"EMA state does not match the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+            raise KeyError(
+                f"EMA state does not match the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+            )
         for name, tensor in state.items():
             if tensor.shape != self.shadow[name].shape:
-                raise KeyError(f"EMA tensor {name} has shape {list(tensor.shape)}, the model {list(self.shadow[name].shape)}")
+                raise KeyError(
+                    f"EMA tensor {name} has shape {list(tensor.shape)}, the model {list(self.shadow[name].shape)}"
+                )
             self.shadow[name] = tensor.to(self.shadow[name].device, self.shadow[name].dtype).clone()

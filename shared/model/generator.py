@@ -75,14 +75,21 @@ class Batch:
     def to(self, device: torch.device | str) -> "Batch":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return replace(
-            self, eeg=move(self.eeg), eeg_positions=move(self.eeg_positions), target=move(self.target),
-            target_positions=move(self.target_positions), labels=move(self.labels), design=move(self.design),
+            self,
+            eeg=move(self.eeg),
+            eeg_positions=move(self.eeg_positions),
+            target=move(self.target),
+            target_positions=move(self.target_positions),
+            labels=move(self.labels),
+            design=move(self.design),
         )
 
     def select(self, index: torch.Tensor | Sequence[int] | slice) -> "Batch":
         """The windows at ``index`` (layout, montage and positions are shared)."""
         pick = lambda t: None if t is None else t[index]  # noqa: E731
-        return replace(self, eeg=pick(self.eeg), target=pick(self.target), labels=pick(self.labels), design=pick(self.design))
+        return replace(
+            self, eeg=pick(self.eeg), target=pick(self.target), labels=pick(self.labels), design=pick(self.design)
+        )
 
     @classmethod
     def from_windows(
@@ -123,7 +130,9 @@ class Batch:
 class ModalityHead(nn.Module):
     """The parts of the model specific to one target modality."""
 
-    def __init__(self, config: ModelConfig, n_frames: int, token_size: int, n_points: int, tokenizer: FmriTokenizer | None = None):
+    def __init__(
+        self, config: ModelConfig, n_frames: int, token_size: int, n_points: int, tokenizer: FmriTokenizer | None = None
+    ):
         super().__init__()
         token_dim = token_size * n_frames
         self.tokenizer = tokenizer
@@ -131,7 +140,14 @@ class ModalityHead(nn.Module):
         self.condition_embed = nn.Linear(n_frames * config.eeg_dim, config.hidden_dim)  # integrated EEG -> hidden
         self.final_layer = FinalLayer(config.hidden_dim, token_dim)  # the modal unpatcher (9)
         # the point prediction: ridge path + learned residual (the diffusion models the rest)
-        self.mean = MeanHead(config.design_features, n_points, config.mean_hidden, config.mean_rank, config.num_classes, config.mean_dropout)
+        self.mean = MeanHead(
+            config.design_features,
+            n_points,
+            config.mean_hidden,
+            config.mean_rank,
+            config.num_classes,
+            config.mean_dropout,
+        )
         self.target_encoder = TargetEncoder(token_dim, config)  # for the alignment stage
 
 
@@ -167,10 +183,14 @@ class NeuroGenModel(nn.Module):
         self.position = PositionEmbedding(cfg.hidden_dim, cfg.position_frequencies, cfg.position_wavelengths_mm)
         self.dit = DiT(cfg.hidden_dim, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.num_classes, cfg.label_dropout)
         fmri_tokens = FmriTokenizer(cfg.fmri, fmri_positions)
-        self.modality_heads = nn.ModuleDict({
-            "fmri": ModalityHead(cfg, cfg.fmri.n_frames, fmri_tokens.token_size, cfg.fmri.n_points, fmri_tokens),
-            "fnirs": ModalityHead(cfg, cfg.fnirs.n_frames, token_size=2, n_points=2 * cfg.fnirs.max_channels),  # HbO + HbR per channel
-        })
+        self.modality_heads = nn.ModuleDict(
+            {
+                "fmri": ModalityHead(cfg, cfg.fmri.n_frames, fmri_tokens.token_size, cfg.fmri.n_points, fmri_tokens),
+                "fnirs": ModalityHead(
+                    cfg, cfg.fnirs.n_frames, token_size=2, n_points=2 * cfg.fnirs.max_channels
+                ),  # HbO + HbR per channel
+            }
+        )
         self.alignment = ContrastiveAlignment(cfg.eeg_dim, cfg.align_dim)
         self.alignment_enabled = True
         self._initialize_weights()
@@ -213,8 +233,14 @@ class NeuroGenModel(nn.Module):
         if abs(batch.eeg_sfreq - cfg.eeg_sfreq) > 1e-6:
             raise ConfigError(f"EEG at {batch.eeg_sfreq} Hz; the model expects {cfg.eeg_sfreq} Hz")
         if abs(batch.target_sfreq - modality_cfg.sfreq) > 1e-6:
-            raise ConfigError(f"{batch.modality} target at {batch.target_sfreq} Hz; the model expects {modality_cfg.sfreq} Hz")
-        if batch.eeg.dim() != 3 or batch.eeg.shape[1] != len(batch.eeg_channel_names) or tuple(batch.eeg_positions.shape) != (batch.eeg.shape[1], 3):
+            raise ConfigError(
+                f"{batch.modality} target at {batch.target_sfreq} Hz; the model expects {modality_cfg.sfreq} Hz"
+            )
+        if (
+            batch.eeg.dim() != 3
+            or batch.eeg.shape[1] != len(batch.eeg_channel_names)
+            or tuple(batch.eeg_positions.shape) != (batch.eeg.shape[1], 3)
+        ):
             raise ConfigError(
                 f"EEG batch must be [B, C, T] with C names and [C, 3] positions; got eeg {list(batch.eeg.shape)}, "
                 f"{len(batch.eeg_channel_names)} names, positions {list(batch.eeg_positions.shape)}"
@@ -226,7 +252,9 @@ class NeuroGenModel(nn.Module):
                 raise ConfigError("fNIRS batches need target_names, target_point_types and target_positions")
             layout = fnirs_layout(batch.target_names, batch.target_point_types, batch.target_positions)
             if layout.n_tokens > cfg.fnirs.max_channels:
-                raise ConfigError(f"fNIRS batch has {layout.n_tokens} channels; the model allows {cfg.fnirs.max_channels}")
+                raise ConfigError(
+                    f"fNIRS batch has {layout.n_tokens} channels; the model allows {cfg.fnirs.max_channels}"
+                )
         if batch.target is not None and tuple(batch.target.shape[1:]) != (layout.n_points, modality_cfg.n_frames):
             raise ConfigError(
                 f"{batch.modality} target must be [B, {layout.n_points}, {modality_cfg.n_frames}], got {list(batch.target.shape)}"
@@ -249,14 +277,18 @@ class NeuroGenModel(nn.Module):
         integrated = self.integration(features, batch.eeg_positions, layout.centroids, patch_times, frame_times)
         return head.condition_embed(integrated.flatten(2)) + self.position(layout.centroids, features.shape[0])
 
-    def point_prediction(self, batch: Batch, *, use_labels: bool = True, labels: torch.Tensor | None = None, train: bool = False) -> torch.Tensor:
+    def point_prediction(
+        self, batch: Batch, *, use_labels: bool = True, labels: torch.Tensor | None = None, train: bool = False
+    ) -> torch.Tensor:
         """The conditional mean ``[B, N, F]``: ridge path + learned residual on the batch's
         hemodynamic design. Label-free (the null label) unless ``use_labels`` and the batch (or
         ``labels``) carries labels."""
         layout = self.layout(batch)
         n_frames = self.config.modality(batch.modality).n_frames
         if batch.design is None:
-            raise ConfigError("the batch has no hemodynamic design (windows from fedneurogen.shared.data.load_site carry one)")
+            raise ConfigError(
+                "the batch has no hemodynamic design (windows from fedneurogen.shared.data.load_site carry one)"
+            )
         expected = (batch.batch_size, n_frames, self.config.design_features)
         if tuple(batch.design.shape) != expected:
             raise ConfigError(
@@ -265,7 +297,9 @@ class NeuroGenModel(nn.Module):
             )
         labels = (labels if labels is not None else batch.labels) if use_labels else None
         names = batch.target_names if batch.modality == "fnirs" else None
-        return self.modality_heads[batch.modality].mean(batch.design.float(), labels, names, layout.n_points, train=train)
+        return self.modality_heads[batch.modality].mean(
+            batch.design.float(), labels, names, layout.n_points, train=train
+        )
 
     def denoise(
         self,
@@ -323,11 +357,15 @@ class NeuroGenModel(nn.Module):
 
     # -- training ------------------------------------------------------------------------------
 
-    def alignment_loss(self, batch: Batch, features: torch.Tensor | None = None, layout: TokenLayout | None = None) -> torch.Tensor:
+    def alignment_loss(
+        self, batch: Batch, features: torch.Tensor | None = None, layout: TokenLayout | None = None
+    ) -> torch.Tensor:
         """CLIP-style InfoNCE between pooled EEG and target window embeddings (needs B >= 2)."""
         layout = layout if layout is not None else self.layout(batch)
         features = features if features is not None else self.encode_eeg(batch)
-        target_embedding = self.modality_heads[batch.modality].target_encoder(patchify(batch.target, layout), layout.centroids)
+        target_embedding = self.modality_heads[batch.modality].target_encoder(
+            patchify(batch.target, layout), layout.centroids
+        )
         return self.alignment(features, target_embedding)
 
     def loss(
@@ -356,9 +394,15 @@ class NeuroGenModel(nn.Module):
         t = t if t is not None else self.diffusion.sample_timesteps(target.shape[0], target.device, generator)
         noise = noise if noise is not None else random_normal(tuple(target.shape), generator, target.device)
         mean_labels = batch.labels
-        if self.training and mean_labels is not None and self.config.label_dropout > 0:  # so the label-free mean is trained too
-            drop = torch.rand(mean_labels.shape, generator=generator, device=generator.device if generator is not None else None)
-            mean_labels = torch.where(drop.to(mean_labels.device) < self.config.label_dropout, torch.full_like(mean_labels, -1), mean_labels)
+        if (
+            self.training and mean_labels is not None and self.config.label_dropout > 0
+        ):  # so the label-free mean is trained too
+            drop = torch.rand(
+                mean_labels.shape, generator=generator, device=generator.device if generator is not None else None
+            )
+            mean_labels = torch.where(
+                drop.to(mean_labels.device) < self.config.label_dropout, torch.full_like(mean_labels, -1), mean_labels
+            )
         with self._autocast():
             features = self.encode_eeg(batch)
             condition = self.condition_tokens(batch, features, layout)
@@ -441,7 +485,9 @@ class NeuroGenModel(nn.Module):
 
         def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             with self._autocast():
-                return self.guided_denoise(x_t, t, condition, layout, batch.modality, batch.labels, guidance_scale, context_kv).float()
+                return self.guided_denoise(
+                    x_t, t, condition, layout, batch.modality, batch.labels, guidance_scale, context_kv
+                ).float()
 
         sample = self.diffusion.ddim_sample(
             model_fn,
@@ -468,4 +514,10 @@ def parameter_count(config: ModelConfig | str) -> dict[str, int]:
     total = count_parameters(model)
     # the ridge paths (inside the heads) are solved in closed form, not trained
     ridge = sum(count_parameters(head.mean.ridge) for head in model.modality_heads.values())
-    return {"total": total, **parts, "other": total - sum(parts.values()), "ridge_path": ridge, "trainable": total - ridge}
+    return {
+        "total": total,
+        **parts,
+        "other": total - sum(parts.values()),
+        "ridge_path": ridge,
+        "trainable": total - ridge,
+    }

@@ -83,7 +83,9 @@ class CrossAttention(nn.Module):
         k, v = rearrange(self.kv(context), "b m (two h d) -> two b h m d", two=2, h=self.heads)
         return k, v
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None, kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None, kv: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """``kv`` (from ``context_kv``) replaces ``context`` when given."""
         q = rearrange(self.q(x), "b n (h d) -> b h n d", h=self.heads)
         k, v = kv if kv is not None else self.context_kv(context)
@@ -166,7 +168,9 @@ class LabelEmbedder(nn.Module):
     def null_labels(self, batch_size: int, device: torch.device) -> torch.Tensor:
         return torch.full((batch_size,), self.num_classes, dtype=torch.long, device=device)
 
-    def forward(self, labels: torch.Tensor | None, batch_size: int, device: torch.device, drop: bool = False) -> torch.Tensor:
+    def forward(
+        self, labels: torch.Tensor | None, batch_size: int, device: torch.device, drop: bool = False
+    ) -> torch.Tensor:
         if labels is None:
             labels = self.null_labels(batch_size, device)
         else:

@@ -58,12 +58,19 @@ class RidgePath(nn.Module):
 
     @torch.no_grad()
     def set_solution(
-        self, coef: np.ndarray, intercept: np.ndarray, feature_mean: np.ndarray, feature_scale: np.ndarray, names: Sequence[str] | None = None
+        self,
+        coef: np.ndarray,
+        intercept: np.ndarray,
+        feature_mean: np.ndarray,
+        feature_scale: np.ndarray,
+        names: Sequence[str] | None = None,
     ) -> None:
         """Install a solution for ``coef.shape[1]`` points (named, for fNIRS) into the first slots."""
         n = coef.shape[1]
         if n > self.coef.shape[1] or coef.shape[0] != self.coef.shape[0]:
-            raise ConfigError(f"ridge solution {list(coef.shape)} does not fit the model's ridge path {list(self.coef.shape)}")
+            raise ConfigError(
+                f"ridge solution {list(coef.shape)} does not fit the model's ridge path {list(self.coef.shape)}"
+            )
         as_buffer = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=self.coef.device)  # noqa: E731
         self.coef.zero_()
         self.intercept.zero_()
@@ -72,7 +79,9 @@ class RidgePath(nn.Module):
         self.intercept[:n] = as_buffer(intercept)
         self.feature_mean.copy_(as_buffer(feature_mean))
         self.feature_scale.copy_(as_buffer(feature_scale))
-        self.keys[:n] = point_keys(names).to(self.keys.device) if names is not None else torch.arange(n, device=self.keys.device)
+        self.keys[:n] = (
+            point_keys(names).to(self.keys.device) if names is not None else torch.arange(n, device=self.keys.device)
+        )
 
     def slots(self, names: Sequence[str] | None, n_points: int) -> torch.Tensor | None:
         """Index of each batch point in this path's slots (None: points are the slots, in order)."""
@@ -87,7 +96,9 @@ class RidgePath(nn.Module):
         missing = ~match.any(dim=1)
         if bool(missing.any()):
             lost = [names[i] for i in torch.flatnonzero(missing).tolist()[:5]]
-            raise ConfigError(f"the model's point prediction was fitted on other points; not among them: {', '.join(lost)}")
+            raise ConfigError(
+                f"the model's point prediction was fitted on other points; not among them: {', '.join(lost)}"
+            )
         return match.float().argmax(dim=1)
 
     def forward(self, design: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
@@ -119,7 +130,12 @@ class MeanHead(nn.Module):
         nn.init.zeros_(self.label_embed.weight)
 
     def forward(
-        self, design: torch.Tensor, labels: torch.Tensor | None, names: Sequence[str] | None, n_points: int, train: bool = False
+        self,
+        design: torch.Tensor,
+        labels: torch.Tensor | None,
+        names: Sequence[str] | None,
+        n_points: int,
+        train: bool = False,
     ) -> torch.Tensor:
         """``design [B, F, D]`` (+ labels ``[B]``, -1 or None = no label) -> mean ``[B, N, F]``.
         ``train`` applies dropout to the residual's input; predictions never do, whatever the
@@ -160,14 +176,20 @@ def fit_ridge_paths(model: nn.Module, train: Sequence, val: Sequence = ()) -> di
         names = sites[0].target_names
         for site in sites[1:] + [w for w in val if w.target_modality == modality]:
             if site.target_names != names:
-                raise ConfigError(f"{modality} sites with different target points cannot share one ridge path ({len(site.target_names)} vs {len(names)} points)")
+                raise ConfigError(
+                    f"{modality} sites with different target points cannot share one ridge path ({len(site.target_names)} vs {len(names)} points)"
+                )
         parts = two_fold_statistics(sites)  # all the fit needs, in memory bounded by the model, not the subjects
         val_parts = two_fold_statistics([site for site in val if site.target_modality == modality])
-        chosen[modality] = solve_ridge_path(model, modality, parts, sum_statistics(val_parts) if val_parts else None, names)
+        chosen[modality] = solve_ridge_path(
+            model, modality, parts, sum_statistics(val_parts) if val_parts else None, names
+        )
     return chosen
 
 
-def solve_ridge_path(model: nn.Module, modality: str, train_parts: Sequence, val=None, names: Sequence[str] | None = None) -> dict:
+def solve_ridge_path(
+    model: nn.Module, modality: str, train_parts: Sequence, val=None, names: Sequence[str] | None = None
+) -> dict:
     """Install in ``model`` the ridge path of ``modality`` solved from ``RidgeStatistics``:
     ``train_parts`` (one per subject, or per site in a federation; they are summed), ``val``
     (summed validation statistics; None: chosen by 2-fold over the parts). ``names`` are the
@@ -188,7 +210,11 @@ def solve_ridge_path(model: nn.Module, modality: str, train_parts: Sequence, val
         solution.coef, solution.intercept = np.zeros_like(solution.coef), total.sy / total.n
     head = model.modality_heads[modality].mean
     head.ridge.set_solution(solution.coef, solution.intercept, mean, std + 1e-8, names if modality == "fnirs" else None)
-    weights = None if solution.weights is None else {band: float(solution.weights[bands == i][0]) for i, band in enumerate(EEG_BANDS)}
+    weights = (
+        None
+        if solution.weights is None
+        else {band: float(solution.weights[bands == i][0]) for i, band in enumerate(EEG_BANDS)}
+    )
     return {
         "penalty": solution.lam, "rank": solution.rank, "band_weights": weights,
         "validation_mse": solution.validation_mse, "mean_only_mse": baseline, "switched_off": switched_off, "frames": float(total.n),

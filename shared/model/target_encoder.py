@@ -26,7 +26,8 @@ class TargetEncoder(nn.Module):
         self.token_embed = nn.Linear(token_dim, dim)
         self.position = PositionEmbedding(dim, config.position_frequencies, config.position_wavelengths_mm)
         self.blocks = nn.ModuleList(
-            TransformerBlock(dim, config.target_encoder_heads, mlp_ratio=4.0, layer_scale=1.0) for _ in range(config.target_encoder_depth)
+            TransformerBlock(dim, config.target_encoder_heads, mlp_ratio=4.0, layer_scale=1.0)
+            for _ in range(config.target_encoder_depth)
         )
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.proj = nn.Linear(dim, config.align_dim)

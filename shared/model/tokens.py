@@ -125,7 +125,9 @@ class FmriTokenizer(nn.Module):
             patches = []
             for h in range(2):
                 offset = h * hemisphere_points
-                patches += [p + offset for p in balanced_patches(positions[offset : offset + hemisphere_points], per_hemisphere)]
+                patches += [
+                    p + offset for p in balanced_patches(positions[offset : offset + hemisphere_points], per_hemisphere)
+                ]
             index.fill_(config.n_points)
             for i, patch in enumerate(patches):
                 index[i, : len(patch)] = torch.from_numpy(patch)
@@ -140,7 +142,9 @@ class FmriTokenizer(nn.Module):
 
     def layout(self) -> TokenLayout:
         if bool((self.patch_index < 0).any()):
-            raise ConfigError("the fMRI patch layout is not set: build the model with fmri_positions or load it from a checkpoint")
+            raise ConfigError(
+                "the fMRI patch layout is not set: build the model with fmri_positions or load it from a checkpoint"
+            )
         return TokenLayout(self.patch_index, self.patch_centroids, self.n_points)
 
 
@@ -175,6 +179,8 @@ def fnirs_channel_pairs(names: tuple[str, ...], point_types: tuple[str, ...]) ->
 def fnirs_layout(names: Sequence[str], point_types: Sequence[str] | None, positions: torch.Tensor) -> TokenLayout:
     if point_types is None:
         raise ConfigError("fNIRS targets need target_point_types (hbo/hbr per point)")
-    pairs = torch.tensor(fnirs_channel_pairs(tuple(names), tuple(point_types)), dtype=torch.long, device=positions.device)
+    pairs = torch.tensor(
+        fnirs_channel_pairs(tuple(names), tuple(point_types)), dtype=torch.long, device=positions.device
+    )
     centroids = positions.float()[pairs].mean(dim=1)
     return TokenLayout(pairs, centroids, len(names))

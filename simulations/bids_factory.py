@@ -1,7 +1,8 @@
-"""Tiny, valid BIDS sites for the data-layer tests (written with MNE, pybv, nibabel, h5py).
+"""Tiny, valid BIDS sites with simple, known signals (written with MNE, pybv, nibabel, h5py).
 
-Not the project's simulator: the signals are simple and known, so the tests can check the
-readers against them. Every writer is also usable on its own, so a test can build a broken file.
+Not the physiological simulator (``simulator.py``): the signals are simple and known, so the
+data-layer tests can check the readers against them, and the data benchmarks can write sites of
+any size quickly. Every writer is also usable on its own, so a test can build a broken file.
 """
 
 from __future__ import annotations
