@@ -612,8 +612,13 @@ def render_report(report: dict[str, Any], console) -> None:
         return "-" if value is None or not math.isfinite(value) else f"{value:.3f}"
 
     counts = f"{report['n_test_windows']} test windows, {report['test_subjects_count']} subject(s)"
-    table = Table(title=f"{report['modality']} evaluation on held-out subjects: {counts}", title_justify="left")
-    for column in ("", "temporal PCC", "top-10 % PCC", "spatial PCC", "global SSIM"):
+    table = Table(
+        title=f"{report['modality']} evaluation on held-out subjects: {counts}",
+        title_justify="left",
+        caption="SSIM: the global form, over each frame's whole map (not a sliding-window SSIM)",
+        caption_justify="left",
+    )
+    for column in ("", "temporal PCC", "top-10 % PCC", "spatial PCC", "SSIM"):
         table.add_column(column, justify="right" if column else "left")
     for label, path in ROWS:
         row = report_row(report, path)
