@@ -33,11 +33,20 @@ demo: $(STAMP)
 	@echo "Generation:      $(DEMO_DIR)/report-site-01 (report.json, surface maps, time courses)"
 	@echo "Fairness:        $(DEMO_DIR)/fairness-site-02 (report.json, report.md, per-class and per-group F1 plots)"
 
+# The official BIDS validator (npm; the legacy 1.x CLI) that tests/test_bids_validator.py runs on
+# simulated sites: part of the test environment, installed next to it (needs Node.js/npm).
+BIDS_VALIDATOR_VERSION := 1.15.0
+BIDS_VALIDATOR := $(VENV)/bids-validator/node_modules/.bin/bids-validator
+$(BIDS_VALIDATOR): | $(STAMP)
+	@command -v npm >/dev/null || { echo "make test needs npm (Node.js) for the official BIDS validator: install nodejs and npm"; exit 1; }
+	npm install --prefix $(VENV)/bids-validator --no-audit --no-fund --loglevel=error bids-validator@$(BIDS_VALIDATOR_VERSION)
+	touch $@
+
 # `make test` skips the tests marked slow (real multi-process Flower federations, ~6 min of the
 # suite); `make test-all` (or `make test TEST_ALL=1`, as CI runs it) runs every test.
 PYTEST_SELECT = $(if $(TEST_ALL),,-m "not slow")
-test: $(STAMP) lint
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_SELECT)
+test: $(STAMP) $(BIDS_VALIDATOR) lint
+	PATH="$(CURDIR)/$(BIN):$$PATH" BIDS_VALIDATOR="$(CURDIR)/$(BIDS_VALIDATOR)" $(BIN)/python -m pytest $(PYTEST_SELECT)
 
 test-all:
 	$(MAKE) test TEST_ALL=1

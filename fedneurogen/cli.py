@@ -605,15 +605,19 @@ def cache_command(
         False, "--purge", help="Delete the cached windows (all, or those older than --older-than)."
     ),
     older_than: float | None = typer.Option(
-        None, "--older-than", help="With --purge: only entries not written for this many days."
+        None, "--older-than", help="With --purge: only entries not used for this many days."
     ),
 ) -> None:
     """The preprocessed windows cached on this machine (patient data): list them, or purge them."""
     from rich.table import Table
 
     from fedneurogen.shared.data.cache import SiteCache
+    from fedneurogen.shared.errors import ConfigError
 
-    cache = SiteCache(cache_dir)
+    try:
+        cache = SiteCache(cache_dir)
+    except ConfigError as err:  # e.g. FEDNEUROGEN_CACHE_DAYS that is not a number
+        _fail_on(err)
     if older_than is not None and not purge:
         _fail("--older-than goes with --purge", EXIT_CONFIG)
     entries = cache.purge(older_than) if purge else cache.entries()

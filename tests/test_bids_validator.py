@@ -1,8 +1,9 @@
 """BIDS validity of simulated sites (the official validator) and fNIRS short-separation channels.
 
 The validator test runs the npm ``bids-validator`` 1.x CLI: the path in ``$BIDS_VALIDATOR``
-(``.ci/run`` installs it into a local prefix and exports it), else ``bids-validator`` on PATH; it
-is skipped when neither exists. The other tests need nothing outside the project.
+(``make test`` installs it into ``.venv/bids-validator`` and passes it), else ``bids-validator``
+on PATH; without either it fails, saying how to get it. The other tests need nothing outside the
+project.
 """
 
 from __future__ import annotations
@@ -38,16 +39,12 @@ def mixed_sites(tmp_path_factory) -> list[Path]:
 
 
 def _validator() -> str:
-    configured = os.environ.get("BIDS_VALIDATOR")
-    if configured:
-        if not (Path(configured).is_file() and os.access(configured, os.X_OK)):
-            pytest.skip(f"BIDS_VALIDATOR={configured} is not an executable file")
-        return configured
-    found = shutil.which("bids-validator")
-    if found is None:
-        pytest.skip(
-            "no BIDS validator: set BIDS_VALIDATOR or put bids-validator on PATH (.ci/run installs bids-validator@1.15.0 with npm)"
-        )
+    """The validator ``make test`` installs (``$BIDS_VALIDATOR``), else ``bids-validator`` on PATH."""
+    found = os.environ.get("BIDS_VALIDATOR") or shutil.which("bids-validator")
+    assert found and Path(found).is_file() and os.access(found, os.X_OK), (
+        f"no BIDS validator at {found!r}: run the tests with `make test` (it installs bids-validator@1.15.0 "
+        "with npm), or set BIDS_VALIDATOR to the bids-validator executable"
+    )
     return found
 
 

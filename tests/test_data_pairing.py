@@ -17,6 +17,7 @@ from fedneurogen.shared.data.bids import find_runs
 from fedneurogen.shared.data.pairing import combine_runs, cut_windows, label_windows
 from fedneurogen.shared.data.site import site_inputs
 from fedneurogen.shared.data.cache import SiteCache
+from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.recording import PairedWindows, Recording, WindowView
 
 # A history as short as the lag: these tests check the raw EEG/target window geometry on short
@@ -310,7 +311,7 @@ def test_cache_entries_unused_past_retention_are_deleted(small_site, tmp_path, m
     kept = SiteCache(cache).entries()
     assert len(kept) == 2 and entry["n_windows"] in {e["n_windows"] for e in kept}
     monkeypatch.setenv("FEDNEUROGEN_CACHE_DAYS", "soon")
-    with pytest.raises(Exception, match="FEDNEUROGEN_CACHE_DAYS"):
+    with pytest.raises(ConfigError, match="FEDNEUROGEN_CACHE_DAYS must be a number of days, got 'soon'"):
         load_site(small_site, CFG.model_copy(update={"window_seconds": 10.0}), cache_dir=cache, progress=False)
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..config import PreprocessConfig
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..io import atomic_path, file_sha256, write_json_atomic
 from ..recording import PairedWindows, WindowView
 
@@ -104,6 +104,7 @@ class SiteCache:
     def __init__(self, cache_dir: str | Path | None = None):
         self.dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.memo = HashMemo(self.dir / "file-hashes.json")
+        self.retention_days = retention_days()  # a bad setting fails here, before any work
 
     def key(self, site_dir: Path, files: list[Path], config: PreprocessConfig) -> str:
         """Content key of a site's inputs under a config."""
@@ -246,7 +247,7 @@ class SiteCache:
         }
         write_json_atomic(meta_path, meta, mode=0o600)
         self._prune(meta_path, meta)
-        self.purge(older_than_days=retention_days())
+        self.purge(older_than_days=self.retention_days)
         return folder
 
     def _prune(self, keep: Path, meta: dict[str, Any]) -> None:
@@ -315,4 +316,4 @@ def retention_days() -> float:
     try:
         return float(raw) if raw else DEFAULT_RETENTION_DAYS
     except ValueError:
-        raise DataError(Path("FEDNEUROGEN_CACHE_DAYS"), f"must be a number of days, got {raw!r}") from None
+        raise ConfigError(f"FEDNEUROGEN_CACHE_DAYS must be a number of days, got {raw!r}") from None

@@ -150,7 +150,8 @@ def load_site_data(
             )
     try:
         skipped: list[Problem] = []
-        loaded: list[RunWindows] = []
+        usable: list[RunWindows] = []
+        empty: list[Problem] = []  # runs read fine that give no window (reported after the broken ones)
         with _progress(progress) as bar:
             task = bar.add_task(f"Loading {site_dir.name}", total=len(runs), run="")
             for number, run in enumerate(runs):
@@ -160,16 +161,15 @@ def load_site_data(
                 except DataError as err:
                     skipped.append(Problem(err.path, f"run {run.key} skipped: {err.problem}", "error"))
                 else:
-                    if staged is not None and len(run_windows.labels):
-                        run_windows.spill(staged / "runs", number)
-                    loaded.append(run_windows)
+                    if not len(run_windows.labels):
+                        message = f"run {run_windows.run} gives no windows (shorter than the history + one window?)"
+                        empty.append(Problem(site_dir / run_windows.run, message, "warning"))
+                    else:
+                        if staged is not None:
+                            run_windows.spill(staged / "runs", number)
+                        usable.append(run_windows)
                 bar.advance(task)
-
-        usable = [r for r in loaded if len(r.labels)]
-        for r in loaded:
-            if not len(r.labels):
-                message = f"run {r.run} gives no windows (shorter than the history + one window?)"
-                skipped.append(Problem(site_dir / r.run, message, "warning"))
+        skipped += empty
         if not usable:
             reasons = "; ".join(str(p) for p in skipped[:3]) + (" ..." if len(skipped) > 3 else "")
             raise DataError(site_dir, f"no usable runs: all {len(runs)} run(s) were skipped ({reasons})")
