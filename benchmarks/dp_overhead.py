@@ -44,7 +44,7 @@ def make_variant(kind: str, preset: str, batch_size: int, seed: int = 0):
 
     from fedneurogen.client import privacy
     from fedneurogen.shared.model import Batch, NeuroGenModel
-    from fedneurogen.shared.training import TRAIN_PRESETS, make_optimizer, set_learning_rate
+    from fedneurogen.shared.workflows.training import TRAIN_PRESETS, make_optimizer, set_learning_rate
 
     torch.manual_seed(seed)
     model = NeuroGenModel(preset, device="cpu")

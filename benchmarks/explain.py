@@ -65,7 +65,7 @@ def group_lags(windows, chosen: np.ndarray, config, groups: dict[str, list[str]]
     """Effective HRF peak of a ridge path fitted on each group's subjects alone (the model's
     solver: banded, reduced-rank ridge, choices by 2-fold over subjects), over ``chosen`` points."""
     from fedneurogen.shared.design import VIRTUAL_MONTAGE, feature_bands, subject_statistics
-    from fedneurogen.shared.explain import effective_hrf
+    from fedneurogen.shared.workflows.explain import effective_hrf
     from fedneurogen.shared.model.mean import RIDGE_RANKS
     from fedneurogen.shared.ridge import fit_ridge_selected
 
@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from fedneurogen.shared.config import PreprocessConfig
     from fedneurogen.shared.data import load_site
-    from fedneurogen.shared.explain import explain
-    from fedneurogen.shared.training import train_centralized
+    from fedneurogen.shared.workflows.explain import explain
+    from fedneurogen.shared.workflows.training import train_centralized
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _common import figure, machine, print_figures, work_dir, write_result

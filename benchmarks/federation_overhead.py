@@ -116,7 +116,7 @@ def time_evaluation(
     process, with the settings the sites used (one untimed warm-up call first)."""
     from fedneurogen.client import site as site_mod
     from fedneurogen.shared.model import load_checkpoint
-    from fedneurogen.shared.training import TRAIN_PRESETS
+    from fedneurogen.shared.workflows.training import TRAIN_PRESETS
 
     model, meta = load_checkpoint(run_dir / "checkpoint", device="cpu")
     class_names = list(meta.get("class_names") or [])

@@ -7,7 +7,7 @@
 Simulates the default consortium (3 sites x 8 subjects, ``--modality`` fMRI or fNIRS; cached
 under ``--work``) unless ``--data`` names sites, trains the ``--preset`` model centralized for at
 most ``--minutes`` (the residual's early stopping and every choice look at validation subjects
-only), then evaluates every site on its held-out test subjects (``fedneurogen.shared.evaluation``)
+only), then evaluates every site on its held-out test subjects (``fedneurogen.shared.workflows.evaluation``)
 and pools them. The headline is the label-free point prediction's temporal PCC; the targets:
 
 - >= 1.15 x the continuous ridge-HRF baseline over all target points,
@@ -110,9 +110,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from fedneurogen.shared.config import PreprocessConfig
     from fedneurogen.shared.data import load_site
-    from fedneurogen.shared.evaluation import evaluate, pool_reports, render_report
+    from fedneurogen.shared.workflows.evaluation import evaluate, pool_reports, render_report
     from fedneurogen.shared.io import write_json_atomic
-    from fedneurogen.shared.training import train_centralized
+    from fedneurogen.shared.workflows.training import train_centralized
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _common import machine

@@ -57,12 +57,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as bc  # noqa: E402
 from federated import score, site_splits  # noqa: E402
 
-from fedneurogen.shared.evaluation import limit_windows  # noqa: E402
+from fedneurogen.shared.workflows.evaluation import limit_windows  # noqa: E402
 from fedneurogen.shared.io import write_json_atomic  # noqa: E402
 from fedneurogen.shared.metrics import fisher_mean, shuffled_baseline  # noqa: E402
 from fedneurogen.shared.model import Batch, NeuroGenModel, load_checkpoint  # noqa: E402
 from fedneurogen.shared.recording import PairedWindows  # noqa: E402
-from fedneurogen.shared.training import TRAIN_PRESETS, class_index  # noqa: E402
+from fedneurogen.shared.workflows.training import TRAIN_PRESETS, class_index  # noqa: E402
 from fedneurogen.simulations.federated import ensure_sites, run_federated  # noqa: E402
 
 RUNS = ("clean", "poisoned_fedavg", "poisoned_fedmedian", "poisoned_fedtrimmedavg", "poisoned_krum")

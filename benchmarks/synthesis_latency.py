@@ -2,7 +2,7 @@
 
     python benchmarks/synthesis_latency.py --out benchmarks/results/synthesis_latency.json
 
-``fedneurogen synthesize`` samples every window with ``shared.synthesis.generate``: DDIM with the
+``fedneurogen synthesize`` samples every window with ``shared.workflows.synthesis.generate``: DDIM with the
 checkpoint's ``sampling_steps`` (``tiny`` 20, ``small`` 25), ``eta = 0``, guidance 1 (the plain
 conditional model: no doubled classifier-free-guidance batch), batches of 16 windows. This
 times ``generate`` itself (batch build, EEG encoding once per batch, the DDIM loop; no file I/O)
@@ -41,7 +41,7 @@ def make_generate(preset: str, batch_size: int, guidance: float, seed: int = 0, 
     import torch
 
     from fedneurogen.shared.model import NeuroGenModel
-    from fedneurogen.shared.synthesis import generate
+    from fedneurogen.shared.workflows.synthesis import generate
 
     torch.manual_seed(seed)
     model = NeuroGenModel(preset, device="cpu")
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             note=f"{row['speedup_vs_anchor']:.0f}x faster than UnifiedNeuroGen's {ANCHOR['s_per_segment']:.1f} s/segment (RTX 3090)",
         ))  # fmt: skip
     detail = {
-        "description": "shared.synthesis.generate on 64-channel EEG -> ico4 fMRI windows (DDIM, eta 0, synthesize defaults), no file I/O",
+        "description": "shared.workflows.synthesis.generate on 64-channel EEG -> ico4 fMRI windows (DDIM, eta 0, synthesize defaults), no file I/O",
         "device": device,
         "anchor": ANCHOR,
         "timing": "median wall seconds (s_per_segment); cpu_s_per_segment is process CPU time (all threads), robust to other load",

@@ -1,1 +1,1 @@
-"""Flower ClientApp: site training, differential privacy, refusals, the app gate and drills (fairness augmentation is in ``fedneurogen.shared.fairness``)."""
+"""Flower ClientApp: site training, differential privacy, refusals, the app gate and drills (fairness augmentation is in ``fedneurogen.shared.workflows.fairness``)."""

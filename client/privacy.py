@@ -10,7 +10,7 @@ so a restarted site daemon or a resumed run continues it instead of starting fro
 The noise multiplier is set once, for the planned ``rounds x local steps``, so that the run
 ends at ``target_epsilon``; a round that would go past it is not trained (budget exhausted).
 
-Batches are drawn by Poisson sampling (``shared.training.poisson_batches``: each window joins
+Batches are drawn by Poisson sampling (``shared.workflows.training.poisson_batches``: each window joins
 each step independently with probability q = 1 / steps per epoch), the sampling the RDP/PRV
 accountants analyse; an empty batch is still a step, of noise only. Opacus' warnings are left
 on: without ``dp-secure-mode`` (a site's node config; needs the ``torchcsprng`` package) the
@@ -153,7 +153,7 @@ def steps_per_epoch(n_windows: int, batch_size: int) -> int:
 
 
 def dp_steps_per_epoch(n_windows: int, batch_size: int) -> int:
-    """DP-SGD steps in one epoch of Poisson sampling (``shared.training.poisson_batches``)."""
+    """DP-SGD steps in one epoch of Poisson sampling (``shared.workflows.training.poisson_batches``)."""
     return math.ceil(n_windows / batch_size)
 
 

@@ -26,7 +26,13 @@ from fedneurogen.shared.model import Batch, NeuroGenModel, parameter_modality
 from fedneurogen.shared.recording import PairedWindows
 from fedneurogen.shared.run_config import RunConfig
 from fedneurogen.shared.splits import split_subjects
-from fedneurogen.shared.training import TRAIN_PRESETS, TrainConfig, make_optimizer, train_epochs, validation_loss
+from fedneurogen.shared.workflows.training import (
+    TRAIN_PRESETS,
+    TrainConfig,
+    make_optimizer,
+    train_epochs,
+    validation_loss,
+)
 
 
 @dataclass(frozen=True)

@@ -203,7 +203,7 @@ def train(
 ) -> None:
     """Centralized training on one or more sites (subject-level train/validation/test split)."""
     from fedneurogen.shared.errors import FedNeuroGenError
-    from fedneurogen.shared.training import train_centralized
+    from fedneurogen.shared.workflows.training import train_centralized
 
     try:
         sites, preprocess = _load_sites(data)
@@ -334,7 +334,7 @@ def synthesize(
 ) -> None:
     """Generate fMRI / fNIRS from a site's EEG and write it as BIDS derivatives."""
     from fedneurogen.shared.errors import FedNeuroGenError
-    from fedneurogen.shared.synthesis import synthesize as run_synthesis
+    from fedneurogen.shared.workflows.synthesis import synthesize as run_synthesis
 
     wanted = [s.strip() for value in subjects or [] for s in value.split(",") if s.strip()]
     try:
@@ -379,8 +379,8 @@ def evaluate(
 ) -> None:
     """Score a checkpoint on a site's held-out subjects against baselines, noise baseline and ceiling."""
     from fedneurogen.shared.errors import FedNeuroGenError
-    from fedneurogen.shared.evaluation import REPORT_FILE, render_report
-    from fedneurogen.shared.evaluation import evaluate as run_evaluation
+    from fedneurogen.shared.workflows.evaluation import REPORT_FILE, render_report
+    from fedneurogen.shared.workflows.evaluation import evaluate as run_evaluation
 
     try:
         report = run_evaluation(
@@ -460,7 +460,7 @@ def augment(
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
 ) -> None:
     """Site-side fairness augmentation: rebalance under-represented classes/groups with generated data and report per-class and per-group F1 against baselines."""
-    from fedneurogen.shared.fairness import STRATEGIES, AugmentConfig, augment_site
+    from fedneurogen.shared.workflows.fairness import STRATEGIES, AugmentConfig, augment_site
     from fedneurogen.shared.errors import FedNeuroGenError
 
     chosen = {s.value for s in strategy}
@@ -515,7 +515,7 @@ def explain_command(
 ) -> None:
     """Which EEG bands, electrodes and cortical regions drive the generated target, and the model's effective HRF per region."""
     from fedneurogen.shared.errors import FedNeuroGenError
-    from fedneurogen.shared.explain import EXPLAIN_FILE, explain
+    from fedneurogen.shared.workflows.explain import EXPLAIN_FILE, explain
 
     try:
         report = explain(

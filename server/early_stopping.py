@@ -8,7 +8,7 @@ the best round, starting from the model before any training (the ridge path alon
 aggregate has it replaced by the best one, while the rest of the model (the DiT that samples
 around the mean) trains on. The final checkpoint carries the best residual, so the federated
 mean never ends worse on the sites' held-out subjects than where it started, as
-``shared.training.BestMean`` does for centralized training.
+``shared.workflows.training.BestMean`` does for centralized training.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Writers for the BIDS file formats the program outputs (docs/architecture.md §3: BIDS in, BIDS out).
 
 Shared by the simulator (``fedneurogen.simulations.bids_writer``) and by synthesis
-(``fedneurogen.shared.synthesis``):
+(``fedneurogen.shared.workflows.synthesis``):
 
 - ``bids_name``: a file name from BIDS entities in the specification's order;
 - ``write_tsv``, ``write_dataset_description``: tabular files and the dataset's description;

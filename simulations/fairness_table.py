@@ -21,7 +21,7 @@ What this script does:
   draws per window);
 - cross-validates, grouped by subject, the strategies ``none`` (the paper's "original" rows),
   ``oversample`` (random oversampling baseline), ``class-weight``, ``smote`` and ``generate``
-  (``fedneurogen.shared.fairness``; its setting chosen per fold on the fold's training subjects);
+  (``fedneurogen.shared.workflows.fairness``; its setting chosen per fold on the fold's training subjects);
   generated samples join training folds only and come from EEG of non-test subjects;
 - the classifier reads target-modality features only, like the paper (fMRI: mean and slope of
   BOLD in 64 cortical ROIs; fNIRS: mean and slope of each HbO/HbR channel); ``--with-eeg`` adds
@@ -33,7 +33,7 @@ What this script does:
   ``generate`` but with the target actually recorded with each source EEG window. It is the
   ceiling a perfect generator could reach under this protocol, and tells a protocol problem
   from a generator problem; it is not a method. Each ``generate`` fold also reports the label
-  fidelity of its generated windows (see ``fedneurogen.shared.fairness.strategies.generate_strategy``).
+  fidelity of its generated windows (see ``fedneurogen.shared.workflows.fairness.strategies.generate_strategy``).
 
 Sizes: with CV the training folds hold (k-1)/k of the windows, so "30 + 120(Gen)" is about
 24 real + 96 generated per 5-fold training set (the minority is topped up to the majority's
@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from fedneurogen.shared.fairness import (
+from fedneurogen.shared.workflows.fairness import (
     AugmentConfig,
     ModelSynthesizer,
     minority_summary,
@@ -65,7 +65,7 @@ from fedneurogen.shared.fairness import (
     run_augmentation,
     write_report,
 )
-from fedneurogen.shared import fairness as fm
+from fedneurogen.shared.workflows import fairness as fm
 from fedneurogen.shared.errors import ConfigError, DataError
 from fedneurogen.shared.io import write_json_atomic, write_text_atomic
 from fedneurogen.shared.recording import PairedWindows
@@ -150,10 +150,10 @@ def train_generator(
     import torch
 
     from fedneurogen.shared.model import EMA, NeuroGenModel, get_preset, save_checkpoint
-    from fedneurogen.shared.training import TRAIN_PRESETS, class_index, make_optimizer, train_epochs
+    from fedneurogen.shared.workflows.training import TRAIN_PRESETS, class_index, make_optimizer, train_epochs
 
     from fedneurogen.shared.model.mean import fit_ridge_paths
-    from fedneurogen.shared.training import split_sites
+    from fedneurogen.shared.workflows.training import split_sites
 
     torch.manual_seed(seed)
     config = TRAIN_PRESETS[preset].model_copy(update={"epochs": 10_000, "warmup_steps": 20})

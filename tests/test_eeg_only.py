@@ -92,8 +92,8 @@ def test_a_site_without_eeg_only_runs_and_a_broken_one_are_named(site, paired, t
 def test_eeg_only_sources_are_never_test_subjects(site, paired):
     from dataclasses import replace
 
-    from fedneurogen.shared.fairness import AugmentConfig, GenerationLog, generate_strategy, prepare_samples
-    from fedneurogen.shared import fairness as fm
+    from fedneurogen.shared.workflows.fairness import AugmentConfig, GenerationLog, generate_strategy, prepare_samples
+    from fedneurogen.shared.workflows import fairness as fm
     from fedneurogen.shared.data.eeg_only import load_eeg_only
 
     pool = load_eeg_only(site, paired)

@@ -14,12 +14,12 @@ from test_synthesis import trained_consortium
 from typer.testing import CliRunner
 
 from fedneurogen.cli import app
-from fedneurogen.shared import evaluation, synthesis
-from fedneurogen.shared.baselines import RidgeHRFBaseline
+from fedneurogen.shared.workflows import evaluation, synthesis
+from fedneurogen.shared.workflows.baselines import RidgeHRFBaseline
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.metrics import temporal_pcc
 from fedneurogen.shared.recording import PairedWindows
-from fedneurogen.shared.baselines.regressor import RegressorBaseline
+from fedneurogen.shared.workflows.baselines.regressor import RegressorBaseline
 from fedneurogen.shared.splits import split_subjects
 
 

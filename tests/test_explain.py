@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from fedneurogen.cli import app
-from fedneurogen.shared import explain
+from fedneurogen.shared.workflows import explain
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.features import EEG_BANDS
 
@@ -22,7 +22,7 @@ def tiny(tmp_path_factory):
     from fedneurogen.shared.data import load_site
     from fedneurogen.shared.model import EMA, NeuroGenModel, save_checkpoint
     from fedneurogen.shared.model.mean import fit_ridge_paths
-    from fedneurogen.shared.training import class_index
+    from fedneurogen.shared.workflows.training import class_index
     from fedneurogen.simulations.simulator import simulate_dataset
 
     root = tmp_path_factory.mktemp("explain")
@@ -76,7 +76,7 @@ def test_integrated_gradients_are_complete_for_a_small_network():
 
 def test_model_decomposition_is_complete_and_matches_the_point_prediction(tiny):
     from fedneurogen.shared.design import unique_frames
-    from fedneurogen.shared.synthesis import point_predictions
+    from fedneurogen.shared.workflows.synthesis import point_predictions
 
     model, windows, _, _, _ = tiny
     dec = explain.decompose(model, windows, steps=16)

@@ -13,8 +13,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from fedneurogen.shared.fairness import AugmentConfig, ModelSynthesizer, plan_balance, prepare_samples, run_augmentation
-from fedneurogen.shared import fairness as fm
+from fedneurogen.shared.workflows.fairness import (
+    AugmentConfig,
+    ModelSynthesizer,
+    plan_balance,
+    prepare_samples,
+    run_augmentation,
+)
+from fedneurogen.shared.workflows import fairness as fm
 from fedneurogen.shared.errors import DataError
 
 FOLDS = 2
@@ -39,7 +45,7 @@ def windows(site):
 
 @pytest.fixture(scope="module")
 def checkpoint(windows, tmp_path_factory):
-    from fedneurogen.shared.training import TRAIN_PRESETS, train_centralized
+    from fedneurogen.shared.workflows.training import TRAIN_PRESETS, train_centralized
 
     config = TRAIN_PRESETS["tiny"].model_copy(update={"epochs": 1, "batch_size": 8})
     run = tmp_path_factory.mktemp("fair-model")
@@ -93,7 +99,7 @@ def test_generated_samples_train_only_and_come_from_training_subjects(imbalanced
     config = replace(CONFIG, sensitive_attribute=None)  # balance classes: every fold tops up 'left'
     samples = prepare_samples(imbalanced, config, "site-x")
     folds = fm.subject_folds(samples.labels, samples.windows.subjects, samples.classes, FOLDS, config.seed, "site-x")
-    from fedneurogen.shared.fairness import GenerationLog, generate_strategy
+    from fedneurogen.shared.workflows.fairness import GenerationLog, generate_strategy
 
     log = GenerationLog()
     strategy = generate_strategy(samples, spy, log)
@@ -323,7 +329,7 @@ def test_table_protocol_cut_and_goals(imbalanced):
 
 
 def test_smote_interpolates_within_the_minority_of_the_training_fold(imbalanced):
-    from fedneurogen.shared.fairness import smote_strategy
+    from fedneurogen.shared.workflows.fairness import smote_strategy
 
     samples = prepare_samples(imbalanced, replace(CONFIG, sensitive_attribute=None), "site-x")
     splits = fm.subject_folds(samples.labels, samples.windows.subjects, samples.classes, FOLDS, 3, "site-x")
@@ -340,7 +346,7 @@ def test_smote_interpolates_within_the_minority_of_the_training_fold(imbalanced)
 
 
 def test_label_fidelity_is_judged_by_a_class_balanced_classifier(imbalanced):
-    from fedneurogen.shared.fairness import GenerationLog, generate_strategy
+    from fedneurogen.shared.workflows.fairness import GenerationLog, generate_strategy
 
     samples = prepare_samples(imbalanced, replace(CONFIG, sensitive_attribute=None), "site-x")
     (train, test), *_ = fm.subject_folds(samples.labels, samples.windows.subjects, samples.classes, FOLDS, 3, "site-x")
@@ -371,7 +377,7 @@ class RecordedTargetsOf:
 def test_generation_setting_is_chosen_on_training_subjects_only(imbalanced, synthesizer):
     """``auto``: each fold tries the settings on an inner split of its training subjects; no
     setting ever sees a test subject's EEG, and the choice is recorded."""
-    from fedneurogen.shared.fairness import GenerationLog, generate_strategy
+    from fedneurogen.shared.workflows.fairness import GenerationLog, generate_strategy
 
     calls = []
 

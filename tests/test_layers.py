@@ -2,7 +2,9 @@
 
 - ``shared`` imports none of ``server``, ``client``, ``simulations``;
 - ``server`` and ``client`` never import each other (they meet through Flower messages);
-- ``client`` does not import ``simulations`` (a site runs no simulator code).
+- ``client`` does not import ``simulations`` (a site runs no simulator code);
+- inside ``shared``, the core does not import ``shared.workflows`` (training, synthesis,
+  evaluation, explanations, plots, fairness build on the core, never the other way).
 
 Imports inside functions count too: a lazy import is still a dependency.
 """
@@ -63,6 +65,25 @@ def violations() -> list[str]:
 
 def test_layers_import_one_way():
     assert violations() == []
+
+
+def core_imports_of_workflows() -> list[str]:
+    """Imports of ``fedneurogen.shared.workflows`` from the core of ``shared``."""
+    found = []
+    workflows = ROOT / "shared" / "workflows"
+    for path in sorted((ROOT / "shared").rglob("*.py")):
+        if workflows in path.parents:
+            continue
+        rel = path.relative_to(ROOT / "shared").with_suffix("")
+        package = ".".join(["fedneurogen", "shared", *rel.parts[:-1]])
+        for line, module in imported_modules(path, package):
+            if module == "fedneurogen.shared.workflows" or module.startswith("fedneurogen.shared.workflows."):
+                found.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+    return found
+
+
+def test_the_core_of_shared_does_not_import_its_workflows():
+    assert core_imports_of_workflows() == []
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.design import n_design_features
 from fedneurogen.shared.model import NeuroGenModel, load_checkpoint, parameter_modality, save_checkpoint
 from fedneurogen.shared.recording import PairedWindows
-from fedneurogen.shared.training import TRAIN_PRESETS
+from fedneurogen.shared.workflows.training import TRAIN_PRESETS
 
 CONFIG = TRAIN_PRESETS["tiny"]
 EEG = ["Fp1", "Fp2", "C3", "C4", "O1", "O2"]
@@ -136,7 +136,7 @@ def test_dp_batches_are_poisson_sampled_and_an_empty_batch_is_a_noise_step(data)
     """The accountant assumes Poisson sampling: each step takes every window with probability
     q = 1 / steps per epoch, so batch sizes vary around the batch size; an empty batch is still
     a step (noise only, counted)."""
-    from fedneurogen.shared.training import noise_only_step, poisson_batches
+    from fedneurogen.shared.workflows.training import noise_only_step, poisson_batches
 
     rng = np.random.default_rng(0)
     sizes = [len(index) for _ in range(200) for _, index in poisson_batches(100, 8, rng)]

@@ -16,7 +16,7 @@ from fedneurogen.cli import app
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.surface import ico4_to_fsaverage5, upsample_ico4
-from fedneurogen.shared.synthesis import generate, label_indices, stitch_run, synthesize, uncovered_seconds
+from fedneurogen.shared.workflows.synthesis import generate, label_indices, stitch_run, synthesize, uncovered_seconds
 
 RUN_SECONDS = 160.0
 
@@ -27,7 +27,7 @@ def trained_consortium(root: Path) -> tuple[Path, Path, Path]:
     trained for a few steps on both: ``(checkpoint, fmri_site, fnirs_site)``. Built once per
     session, also for ``test_evaluation`` (which calls this with the same root)."""
     from fedneurogen.shared.data import load_site
-    from fedneurogen.shared.training import TrainConfig, train_centralized
+    from fedneurogen.shared.workflows.training import TrainConfig, train_centralized
     from fedneurogen.simulations.simulator import simulate_dataset
 
     fmri_site, fnirs_site = simulate_dataset(

@@ -323,10 +323,10 @@ def evaluate(
         and over the EEG-informed ceiling), and the split and settings. Each score holds
         ``pcc_temporal``, ``pcc_temporal_top10``, ``pcc_spatial`` and ``ssim``.
     """
-    from fedneurogen.shared.baselines import LabelOnlyBaseline, RegressorBaseline, RidgeHRFBaseline
+    from fedneurogen.shared.workflows.baselines import LabelOnlyBaseline, RegressorBaseline, RidgeHRFBaseline
     from fedneurogen.shared.data import load_site
     from fedneurogen.shared.model import count_parameters, load_checkpoint
-    from fedneurogen.shared.synthesis import generate, label_indices, point_predictions
+    from fedneurogen.shared.workflows.synthesis import generate, label_indices, point_predictions
 
     checkpoint, site_dir, out_dir = Path(checkpoint), Path(site_dir), Path(out_dir)
     model, meta = load_checkpoint(checkpoint, device=device, use_ema=True)
@@ -551,7 +551,7 @@ def write_plots(
 ) -> list[Path]:  # fmt: skip
     """Maps of the mean activation of the test windows' most common task class (real, point
     prediction, one sample), time courses at its most active points, and the metric bars."""
-    from fedneurogen.shared import plots
+    from fedneurogen.shared.workflows import plots
 
     tasks = [label for label in test.labels if label != "rest"]
     shown = max(set(tasks), key=tasks.count) if tasks else None

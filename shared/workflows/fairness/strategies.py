@@ -162,7 +162,7 @@ class ModelSynthesizer:
 
         self.model.eval()
         if self.estimate == "mean":  # deterministic: the conditional mean given the EEG and the label
-            from fedneurogen.shared.synthesis import point_predictions
+            from fedneurogen.shared.workflows.synthesis import point_predictions
 
             index = (
                 np.array([self.class_to_index.get(str(c), -1) for c in windows.labels]) if self.class_to_index else None

@@ -5,8 +5,8 @@
 - ``RegressorBaseline``: a deterministic regression transformer of the generator's size.
 """
 
-from fedneurogen.shared.baselines.label_only import LabelOnlyBaseline
-from fedneurogen.shared.baselines.ridge_hrf import RidgeHRFBaseline
+from fedneurogen.shared.workflows.baselines.label_only import LabelOnlyBaseline
+from fedneurogen.shared.workflows.baselines.ridge_hrf import RidgeHRFBaseline
 
 __all__ = ["LabelOnlyBaseline", "RidgeHRFBaseline", "RegressorBaseline"]
 
@@ -14,7 +14,7 @@ __all__ = ["LabelOnlyBaseline", "RidgeHRFBaseline", "RegressorBaseline"]
 def __getattr__(name: str):
     # the regressor imports the model (torch); load it only when asked for
     if name == "RegressorBaseline":
-        from fedneurogen.shared.baselines.regressor import RegressorBaseline
+        from fedneurogen.shared.workflows.baselines.regressor import RegressorBaseline
 
         return RegressorBaseline
     raise AttributeError(name)

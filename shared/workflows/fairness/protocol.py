@@ -2,7 +2,7 @@
 
 The reusable half of a fairness-augmentation report; what to add to a training fold (random
 oversampling, class weights, generated samples) is a *strategy* supplied by the caller
-(``fedneurogen.shared.fairness.strategies``, ``fedneurogen.simulations.fairness_table``).
+(``fedneurogen.shared.workflows.fairness.strategies``, ``fedneurogen.simulations.fairness_table``).
 
 - features: ``compute_features`` turns paired windows into one row per window, in named column
   blocks: ``eeg`` (log band power per channel), ``eeg_cov`` (EEG spatial covariance, for the

@@ -597,7 +597,7 @@ def _dominant_band_map(path: Path, windows: PairedWindows, dominant: np.ndarray,
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    from fedneurogen.shared.plots import save_figure
+    from fedneurogen.shared.workflows.plots import save_figure
 
     cmap = ListedColormap(BAND_COLORS)
     legend = [Patch(color=c, label=b) for b, c in zip(BANDS, BAND_COLORS)]
@@ -641,7 +641,7 @@ def _dominant_band_map(path: Path, windows: PairedWindows, dominant: np.ndarray,
 def _band_bars(path: Path, summary: dict[str, dict[str, float]], regions: dict[str, dict], rule: str) -> Path:
     from matplotlib.figure import Figure
 
-    from fedneurogen.shared.plots import save_figure
+    from fedneurogen.shared.workflows.plots import save_figure
 
     fig = Figure(figsize=(14, 5))
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 2]})
@@ -674,7 +674,7 @@ def _band_bars(path: Path, summary: dict[str, dict[str, float]], regions: dict[s
 def _electrode_figure(path: Path, electrodes: dict[str, Any], shares: np.ndarray) -> Path:
     from matplotlib.figure import Figure
 
-    from fedneurogen.shared.plots import MAP_CMAP, save_figure
+    from fedneurogen.shared.workflows.plots import MAP_CMAP, save_figure
 
     positions = np.asarray(electrodes["positions_mm"])
     names = electrodes["names"]
@@ -702,7 +702,7 @@ def _hrf_figure(path: Path, hrfs: dict[str, dict], selected: dict[str, Any]) -> 
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
-    from fedneurogen.shared.plots import save_figure
+    from fedneurogen.shared.workflows.plots import save_figure
 
     fig = Figure(figsize=(9, 5))
     ax = fig.add_subplot(1, 1, 1)

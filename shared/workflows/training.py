@@ -225,7 +225,7 @@ def point_prediction_pcc(model: NeuroGenModel, sites: Sequence[PairedWindows], b
     """Temporal PCC (Fisher-z mean over points, runs and sites) of the label-free point
     prediction on ``sites``: the figure that early stopping and checkpoint choice look at."""
     from fedneurogen.shared.metrics import fisher_mean, pearson_rows, stitch_windows
-    from fedneurogen.shared.synthesis import point_predictions
+    from fedneurogen.shared.workflows.synthesis import point_predictions
 
     was_training = model.training
     correlations = []

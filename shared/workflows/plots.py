@@ -121,7 +121,7 @@ def time_courses(
 def metric_bars(report: Mapping, path: str | Path, title: str) -> Path:
     """Temporal PCC (all points and top-10 %) of the model's point prediction and sample, the
     baselines and the ceilings; spatial PCC of those that have it. Missing values are left out."""
-    from fedneurogen.shared.evaluation import ROWS, report_row
+    from fedneurogen.shared.workflows.evaluation import ROWS, report_row
 
     rows = {label.replace("model: ", ""): report_row(dict(report), p) for label, p in ROWS}
     fig = Figure(figsize=(14, 5.5))

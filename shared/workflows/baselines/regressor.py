@@ -29,7 +29,7 @@ from fedneurogen.shared.model.layers import PositionEmbedding, TransformerBlock
 from fedneurogen.shared.model.tokens import FmriTokenizer, TokenLayout, fnirs_layout, unpatchify
 from fedneurogen.shared.recording import PairedWindows
 from fedneurogen.shared.surface import load_ico4_positions
-from fedneurogen.shared.training import TrainConfig, iterate_batches, make_optimizer, set_learning_rate
+from fedneurogen.shared.workflows.training import TrainConfig, iterate_batches, make_optimizer, set_learning_rate
 
 
 class RegressionTransformer(nn.Module):
