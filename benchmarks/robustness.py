@@ -7,7 +7,7 @@ FedTrimmedAvg and Krum.
 Four simulated EEG-fMRI sites (``ensure_sites``, one dataset for every run) train the Flower app
 (local simulation, ``run_federated``) from the same initial weights with the same seeds. In the
 poisoned runs the node ``--attack-partition`` replaces its update by a poisoned one every round
-(``client/drills.py``: ``scale`` sends global + ``--attack-scale`` x (local - global),
+(``simulations/drills.py``: ``scale`` sends global + ``--attack-scale`` x (local - global),
 ``random`` sends Gaussian noise of the update's std x scale). Runs:
 
 - ``clean``: FedAvg, no attack;

@@ -17,28 +17,24 @@ from logging import ERROR
 from pathlib import Path
 
 import torch
+from collections.abc import Sequence
+
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 from flwr.common import log
 from flwr.common.constant import ErrorCode
 
-from fedneurogen.client import drills, privacy, site
-from fedneurogen.client.refusal import SiteRefusal, check_run, simulated_node_config, site_run_config
+from fedneurogen.client import privacy, site
+from fedneurogen.client.refusal import SiteRefusal, check_run, site_run_config
 from fedneurogen.shared.records import describe_content
 from fedneurogen.shared.ridge import STATISTICS_REQUEST
 from fedneurogen.shared.run_config import RunConfig
 
-app = ClientApp()
-
-
-def _node_config(context: Context, run: RunConfig) -> dict:
-    """This site's node config (a simulated node's gets the run config's ``sim-node-config``)."""
-    return simulated_node_config(context.node_config, run)
-
 
 def _site(context: Context, run: RunConfig) -> site.SiteData:
     """The site's data, once it has checked the preset its operator pinned and its privacy policy."""
-    node = _node_config(context, run)
+    node = context.node_config
     check_run(node, run)
     path = site.data_path(node, run)
     return site.load(path, seed=run.seed, max_windows=run.max_windows, cache_dir=run.cache_dir)
@@ -75,7 +71,7 @@ def _guarded(handler):
 
 
 SENT_LOG = "sent.jsonl"
-_LOCATION_KEYS = ("data-root", "site-state-dir", "sim-node-config")  # where a site's state folder is
+_LOCATION_KEYS = ("data-root", "site-state-dir")  # where a site's state folder is
 
 
 def _record_sent(context: Context, msg: Message, reply: Message, run: RunConfig | None) -> None:
@@ -88,7 +84,7 @@ def _record_sent(context: Context, msg: Message, reply: Message, run: RunConfig 
     try:
         if run is None:
             run = site_run_config({k: v for k, v in context.run_config.items() if k in _LOCATION_KEYS})
-        node = _node_config(context, run)
+        node = context.node_config
         folder = site.state_dir(node, run, site.data_path(node, run))
         entry = {
             "time": round(time.time(), 3), "run_id": msg.metadata.run_id, "message_type": msg.metadata.message_type,
@@ -109,7 +105,6 @@ def _reply(msg: Message, data: site.SiteData, metrics: dict, arrays: ArrayRecord
     return Message(content=content, reply_to=msg)
 
 
-@app.query()
 @_guarded
 def query(msg: Message, context: Context, run: RunConfig) -> Message:
     """The site's target modality and class names, so the server can fix one label index; or,
@@ -148,7 +143,7 @@ def _privacy(
     the site's disk when the run (or the site daemon) was restarted."""
     if not run.dp_enabled:
         return None, None, None
-    node = _node_config(context, run)
+    node = context.node_config
     dp = privacy.dp_settings(run, secure_mode=str(node.get("dp-secure-mode", "false")).lower() in ("1", "true", "yes"))
     state = site.state_dir(node, run, site.data_path(node, run))
     path = privacy.ledger_path(state, run.run_dir)
@@ -166,10 +161,10 @@ def _privacy(
     return dp, ledger, path
 
 
-@app.train()
 @_guarded
 def train(msg: Message, context: Context, run: RunConfig) -> Message:
-    drills.check_fault(run, context.node_config)
+    """One round of local training from the received global weights; replies with this site's
+    parameters (the shared ones and its modality's) and the round's metrics."""
     config = msg.content["config"]
     data = _site(context, run)
     received = msg.content["arrays"].to_torch_state_dict()
@@ -198,16 +193,12 @@ def train(msg: Message, context: Context, run: RunConfig) -> Message:
     if dp:
         context.state["privacy"] = ConfigRecord({"ledger": json.dumps(ledger.to_json())})
         privacy.save_ledger(ledger_file, ledger)
-    update = drills.poison(
-        run, context.node_config, site.site_parameters(model, data.modality), received, seed=server_round
-    )
-    return _reply(msg, data, metrics, ArrayRecord(update))
+    return _reply(msg, data, metrics, ArrayRecord(site.site_parameters(model, data.modality)))
 
 
-@app.evaluate()
 @_guarded
 def evaluate(msg: Message, context: Context, run: RunConfig) -> Message:
-    drills.check_fault(run, context.node_config)
+    """The received global model scored on this site's held-out subjects (withheld under DP)."""
     config = msg.content["config"]
     data = _site(context, run)
     if run.dp_enabled:
@@ -224,3 +215,16 @@ def evaluate(msg: Message, context: Context, run: RunConfig) -> Message:
         pcc_windows=run.eval_pcc_windows,
     )
     return _reply(msg, data, metrics)
+
+
+def client_app(mods: Sequence[Mod] = ()) -> ClientApp:
+    """The site's ClientApp. ``mods`` (Flower mods) wrap every handler: the local simulation
+    adds its simulated node settings and drills this way (``simulations/client_app.py``)."""
+    site_app = ClientApp(mods=list(mods))
+    site_app.query()(query)
+    site_app.train()(train)
+    site_app.evaluate()(evaluate)
+    return site_app
+
+
+app = client_app()

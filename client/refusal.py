@@ -176,24 +176,3 @@ def check_run(node_config: dict, run: RunConfig) -> None:
             f"the run asks for preset {run.preset!r} but this site's node config pins preset={pinned!r}",
         )
     check_privacy_policy(node_config, run)
-
-
-def simulated_node_config(node_config: dict, run: RunConfig) -> dict:
-    """The node config, plus run config ``sim-node-config`` entries for this simulated node.
-
-    ``sim-node-config = "1:data-path=/x;2:preset=small"`` gives simulated node 1 (partition id)
-    the data path ``/x`` and node 2 a pinned preset, as ``--node-config`` does for a site daemon.
-    It applies only to simulated nodes (a partition id and no data path of their own), so a
-    run config can never redirect a deployed site."""
-    spec = run.sim_node_config.strip()
-    if not spec or "partition-id" not in node_config or "data-path" in node_config:
-        return dict(node_config)
-    merged = dict(node_config)
-    for item in filter(None, (part.strip() for part in spec.split(";"))):
-        node, sep, setting = item.partition(":")
-        key, eq, value = setting.partition("=")
-        if not (sep and eq and node.strip().lstrip("-").isdigit() and key.strip()):
-            raise SiteRefusal(f"invalid run config: sim-node-config entry {item!r} is not PARTITION:KEY=VALUE")
-        if int(node) == int(node_config["partition-id"]):
-            merged[key.strip()] = value.strip()
-    return merged

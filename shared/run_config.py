@@ -22,7 +22,6 @@ Strategy = Literal["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg",
 Preset = Literal["tiny", "small", "base"]  # shared.model.PRESETS (checked in tests)
 SimModality = Literal["fmri", "fnirs", "mixed"]
 Accountant = Literal["rdp", "prv"]
-AttackMode = Literal["scale", "random"]
 
 
 class RunConfig(BaseModel):
@@ -73,11 +72,6 @@ class RunConfig(BaseModel):
     dp_rounds: int = Field(0, ge=0)
     dp_statistics_share: float = Field(0.1, ge=0, lt=1)
     dp_statistics_clip: float = Field(600.0, gt=0)
-    fault_partition: int = -1
-    attack_partition: int = -1
-    attack_mode: AttackMode = "scale"
-    attack_scale: float = 100.0
-    sim_node_config: str = ""
     audit: bool = True
 
     @model_validator(mode="after")
@@ -99,28 +93,31 @@ class RunConfig(BaseModel):
         return (self.model_extra or {}).get(key, default)
 
 
-def _allowed(key: str) -> tuple[str, ...] | None:
-    field = RunConfig.model_fields.get(key.replace("-", "_"))
+def _allowed(model: type[BaseModel], key: str) -> tuple[str, ...] | None:
+    field = model.model_fields.get(key.replace("-", "_"))
     args = get_args(field.annotation) if field is not None else ()
     return tuple(str(a) for a in args) if args and all(isinstance(a, str) for a in args) else None
 
 
-def _describe(error: dict) -> str:
+def _describe(model: type[BaseModel], error: dict) -> str:
     if not error["loc"]:  # a check across keys
         return str(error.get("ctx", {}).get("error", error["msg"]))
     key = str(error["loc"][0])
     shown = f"{key} = {error['input']!r}"
-    allowed = _allowed(key)
+    allowed = _allowed(model, key)
     if allowed is not None:
         return f"{shown} is not allowed; choose one of: {', '.join(allowed)}"
     message = str(error["msg"]).replace("Input should be", "must be")
     return f"{shown}: {message}"
 
 
-def validate_run_config(run_config: dict[str, Any]) -> RunConfig:
-    """The typed run config, or ``ConfigError`` naming every bad key, its value and what is allowed."""
+def validate_run_config(run_config: dict[str, Any], model: type[BaseModel] = RunConfig) -> Any:
+    """The typed run config, or ``ConfigError`` naming every bad key, its value and what is allowed.
+
+    ``model`` is the pydantic model that types it: ``RunConfig`` (the app's keys), or another
+    set of keys read from the same run config (the local simulation's ``SimulationConfig``)."""
     try:
-        return RunConfig.model_validate(dict(run_config))
+        return model.model_validate(dict(run_config))
     except ValidationError as err:
-        problems = [_describe(e) for e in err.errors(include_url=False)]
+        problems = [_describe(model, e) for e in err.errors(include_url=False)]
         raise ConfigError("run config: " + "; ".join(problems)) from None

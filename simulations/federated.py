@@ -2,7 +2,8 @@
 
 ``run_federated(run_dir, data_root, ...)`` simulates the sites if they are absent, starts a
 ``flower-superlink --simulation`` on free local ports (its own process group, stopped at the
-end), points a private ``$FLWR_HOME`` at it, and runs this package's Flower app with
+end), points a private ``$FLWR_HOME`` at it, and runs the simulation's copy of this package's
+Flower app (``simulation_app``: the site's ClientApp with the simulation's mod and keys) with
 ``flwr run`` for the requested rounds; each simulated SuperNode ``i`` trains on
 ``data_root/site-0{i+1}``. It returns the run folder (checkpoint, history.json, metrics.png).
 
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from fedneurogen.shared.errors import ConfigError, FedNeuroGenError
 
 
@@ -50,6 +53,27 @@ def app_dir() -> Path:
     raise ConfigError(
         "cannot find the Flower app (a pyproject.toml with [tool.flwr.app]) above " + str(Path(__file__).parent)
     )
+
+
+SIMULATION_CLIENTAPP = "fedneurogen.simulations.client_app:app"
+
+
+def simulation_app(folder: Path) -> Path:
+    """Write the Flower app the local simulation runs into ``folder`` and return it: this
+    package's ``pyproject.toml`` with the simulation's ClientApp (``simulations/client_app.py``)
+    and the simulation's own run-config keys declared beside the site's (``SimulationConfig``).
+    The app's code is the installed package either way; only this configuration differs."""
+    from fedneurogen.simulations.drills import SimulationConfig
+
+    config = tomllib.loads((app_dir() / "pyproject.toml").read_text(encoding="utf-8"))
+    flower_app = config["tool"]["flwr"]["app"]
+    flower_app["components"]["clientapp"] = SIMULATION_CLIENTAPP
+    flower_app["config"].update(SimulationConfig.defaults())
+    flower_app.pop("fab-include", None)  # the README stays with the site's app
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pyproject.toml").write_text(tomli_w.dumps(config), encoding="utf-8")
+    return folder
 
 
 def flower_env(flwr_home: Path) -> dict[str, str]:
@@ -462,7 +486,8 @@ def run_federated(
     """Run a local federated simulation; returns ``run_dir`` (see the module docstring).
 
     ``run_config`` overrides any key of ``[tool.flwr.app.config]`` (e.g. ``strategy``,
-    ``dp-enabled``, ``resume``). ``client_cpus`` is the CPUs each simulated site gets
+    ``dp-enabled``, ``resume``) or of the simulation's own (``sim-node-config``, the drills:
+    ``simulations/drills.py``). ``client_cpus`` is the CPUs each simulated site gets
     (Ray runs ``cpus // client_cpus`` sites at a time). ``on_round`` gets each round's
     ``history.json`` entry as soon as the server has written it."""
     run_dir, data_root = Path(run_dir).resolve(), Path(data_root).resolve()
@@ -481,8 +506,10 @@ def run_federated(
     # Check the run config here, before anything starts, as the ServerApp will (its error would
     # otherwise come only after the simulation engine's start-up).
     from fedneurogen.shared.run_config import validate_run_config
+    from fedneurogen.simulations.drills import SimulationConfig
 
     validate_run_config({**app_run_config(), **config})
+    SimulationConfig.from_run_config(config)
     ensure_sites(data_root, num_sites, modality, subjects_per_site, seed, run_seconds)
     federation = {
         "num-supernodes": num_sites,
@@ -493,6 +520,7 @@ def run_federated(
     home = Path(tempfile.mkdtemp(prefix="flwr-home-")) if own_home else Path(flwr_home)
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
+        app = simulation_app(home / "simulation-app")
         with LocalSuperLink(home, simulation=True, log_file=run_dir / "superlink.log") as link:
             write_connection(home, "local-sim", link.address)
             watch = RoundWatcher(run_dir / "history.json", on_round) if on_round is not None else None
@@ -501,6 +529,7 @@ def run_federated(
                 "local-sim",
                 config,
                 federation_config=federation,
+                app=app,
                 timeout=timeout,
                 log_file=run_dir / "flwr-run.log",
                 on_poll=watch,

@@ -27,7 +27,6 @@ from fedneurogen.client.refusal import (
     check_data_path,
     check_modality,
     check_run,
-    simulated_node_config,
     site_run_config,
 )
 from fedneurogen.server.checkpointing import model_parameters
@@ -262,23 +261,6 @@ def test_a_site_refuses_runs_with_less_privacy_than_its_own_policy():
     assert err.value.public == "the run's dp-target-epsilon = 8 is above this site's limit dp-max-epsilon = 4"
     with pytest.raises(SiteRefusal, match="dp-delta = 0.001 is above"):
         check_run({"dp-max-delta": "1e-5"}, private.model_copy(update={"dp_delta": 1e-3}))
-    # a deployed site's policy cannot be replaced through sim-node-config
-    deployed = simulated_node_config(
-        {"partition-id": 0, "data-path": "/d", "dp-required": "true"}, RunConfig(sim_node_config="0:dp-required=false")
-    )
-    with pytest.raises(SiteRefusal):
-        check_run(deployed, run)
-
-
-def test_simulated_node_config_emulates_a_site_daemon_only_in_simulation():
-    run = RunConfig(sim_node_config="1:data-path=/nowhere; 2:preset=small")
-    assert simulated_node_config({"partition-id": 1}, run) == {"partition-id": 1, "data-path": "/nowhere"}
-    assert simulated_node_config({"partition-id": 2}, run) == {"partition-id": 2, "preset": "small"}
-    assert simulated_node_config({"partition-id": 0}, run) == {"partition-id": 0}
-    deployed = {"partition-id": 1, "data-path": "/data/site-01"}  # a real site keeps its own data path
-    assert simulated_node_config(deployed, run) == deployed
-    with pytest.raises(SiteRefusal, match="invalid run config: sim-node-config entry 'oops'"):
-        simulated_node_config({"partition-id": 0}, RunConfig(sim_node_config="oops"))
 
 
 def test_weights_that_do_not_fit_the_sites_model_are_refused():

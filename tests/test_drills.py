@@ -1,19 +1,22 @@
-"""The simulation drills (``client/drills.py``): a failing site and a poisoning site.
-
-Pure tensor functions: no Flower processes, no data.
-"""
+"""What only the local simulation does on a site (``simulations/drills.py``,
+``simulations/client_app.py``): simulated node settings, a failing node, a poisoning node, and
+the app folder the simulation runs. Real Flower messages and mods; no processes, no data."""
 
 from __future__ import annotations
 
+import tomllib
+
 import pytest
 import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.cli.build import build_fab_from_disk
 
-from fedneurogen.client import drills
 from fedneurogen.shared.errors import ConfigError
-from fedneurogen.shared.run_config import RunConfig, validate_run_config
-
-ATTACKER = {"partition-id": 2}
-HONEST = {"partition-id": 0}
+from fedneurogen.shared.run_config import RunConfig
+from fedneurogen.simulations import drills
+from fedneurogen.simulations.client_app import FAULT_REASON, simulation_mod
+from fedneurogen.simulations.drills import SimulationConfig, is_node, poison, simulated_node_config
+from fedneurogen.simulations.federated import SIMULATION_CLIENTAPP, app_dir, simulation_app
 
 
 def _weights(seed: int) -> dict[str, torch.Tensor]:
@@ -23,6 +26,11 @@ def _weights(seed: int) -> dict[str, torch.Tensor]:
         "blocks.0.bias": torch.randn(4, generator=g),
         "modality_heads.fmri.scale": torch.randn(1, generator=g),  # one element: std() is NaN
     }
+
+
+@pytest.fixture(autouse=True)
+def _flower_task(task_identity):
+    """Messages are stamped with the running task's identity (conftest fakes one)."""
 
 
 @pytest.fixture
@@ -36,18 +44,21 @@ def local(received) -> dict[str, torch.Tensor]:
     return {k: received[k] + 0.01 * step[k] for k in received}
 
 
-def _config(mode: str = "scale", scale: float = 100.0, partition: int = 2) -> RunConfig:
-    return validate_run_config({"attack-partition": partition, "attack-mode": mode, "attack-scale": scale})
+def _drill(mode: str = "scale", scale: float = 100.0) -> SimulationConfig:
+    return SimulationConfig.from_run_config({"attack-partition": 2, "attack-mode": mode, "attack-scale": scale})
+
+
+# ---------------------------------------------------------------------------------------------
+# The poisoned update
 
 
 def test_scale_poisoning_is_global_plus_scale_times_update(local, received):
-    out = drills.poison(_config("scale", 100.0), ATTACKER, local, received, seed=1)
+    out = poison(_drill("scale", 100.0), local, received, seed=1)
     assert set(out) == set(local)
     for name in local:
         expected = received[name] + 100.0 * (local[name] - received[name])
         assert torch.equal(out[name], expected), name
         assert out[name].dtype == local[name].dtype and out[name].shape == local[name].shape
-    # the poisoned update is 100x the honest one (up to float rounding)
     update, poisoned_update = (
         local["blocks.0.weight"] - received["blocks.0.weight"],
         out["blocks.0.weight"] - received["blocks.0.weight"],
@@ -56,16 +67,16 @@ def test_scale_poisoning_is_global_plus_scale_times_update(local, received):
 
 
 def test_scale_one_sends_the_local_update(local, received):
-    out = drills.poison(_config("scale", 1.0), ATTACKER, local, received, seed=1)
+    out = poison(_drill("scale", 1.0), local, received, seed=1)
     for name in local:
         torch.testing.assert_close(out[name], local[name], rtol=0, atol=1e-6)
 
 
 def test_random_poisoning_is_seeded_and_differs_from_the_update(local, received):
-    config = _config("random", 100.0)
-    first = drills.poison(config, ATTACKER, local, received, seed=3)
-    again = drills.poison(config, ATTACKER, local, received, seed=3)
-    other = drills.poison(config, ATTACKER, local, received, seed=4)
+    drill = _drill("random", 100.0)
+    first = poison(drill, local, received, seed=3)
+    again = poison(drill, local, received, seed=3)
+    other = poison(drill, local, received, seed=4)
     for name in local:
         assert torch.equal(first[name], again[name]), name  # same seed: same noise
         assert torch.isfinite(first[name]).all(), name
@@ -79,31 +90,138 @@ def test_random_poisoning_is_seeded_and_differs_from_the_update(local, received)
     assert first["modality_heads.fmri.scale"].item() != local["modality_heads.fmri.scale"].item()
 
 
-@pytest.mark.parametrize("mode", drills.ATTACK_MODES)
-def test_other_nodes_send_their_update_unchanged(local, received, mode):
-    for node in (HONEST, {"partition-id": 1}, {}):  # {}: a deployed site without a partition id
-        out = drills.poison(_config(mode), node, local, received, seed=1)
-        assert out is local
-
-
-def test_attack_off_by_default(local, received):
-    for node in (ATTACKER, HONEST, {}):
-        assert drills.poison(RunConfig(), node, local, received, seed=1) is local
-        assert drills.poison(RunConfig(attack_partition=-1), node, local, received, seed=1) is local
-
-
-def test_bad_attack_mode_is_refused_with_the_run_config():
+def test_bad_drill_keys_are_refused_with_the_run_config():
     with pytest.raises(ConfigError, match="attack-mode = 'flip' is not allowed; choose one of: scale, random"):
-        _config("flip")
+        _drill("flip")
+    with pytest.raises(ConfigError, match="fault-partition = 'x'"):
+        SimulationConfig.from_run_config({"fault-partition": "x"})
     assert drills.ATTACK_MODES == ("scale", "random")
 
 
-def test_fault_drill_raises_only_on_its_node():
-    config = RunConfig(fault_partition=1)
-    with pytest.raises(RuntimeError, match="injected fault"):
-        drills.check_fault(config, {"partition-id": 1})
-    for node in ({"partition-id": 0}, {"partition-id": 2}, {}):
-        drills.check_fault(config, node)
-    for node in ({"partition-id": 0}, {"partition-id": 1}, {}):  # off by default
-        drills.check_fault(RunConfig(), node)
-        drills.check_fault(RunConfig(fault_partition=-1), node)
+def test_drills_name_one_simulated_node_and_are_off_by_default():
+    assert is_node(1, {"partition-id": 1}) and not is_node(1, {"partition-id": 0})
+    for node in ({"partition-id": -1}, {"partition-id": 0}, {}):  # {}: a deployed site without a partition id
+        assert not is_node(SimulationConfig().fault_partition, node)
+        assert not is_node(SimulationConfig().attack_partition, node)
+    assert not is_node(-1, {})
+
+
+def test_simulated_node_config_emulates_a_site_daemon_only_in_simulation():
+    spec = "1:data-path=/nowhere; 2:preset=small"
+    assert simulated_node_config({"partition-id": 1}, spec) == {"partition-id": 1, "data-path": "/nowhere"}
+    assert simulated_node_config({"partition-id": 2}, spec) == {"partition-id": 2, "preset": "small"}
+    assert simulated_node_config({"partition-id": 0}, spec) == {"partition-id": 0}
+    deployed = {"partition-id": 1, "data-path": "/data/site-01"}  # a real site keeps its own data path
+    assert simulated_node_config(deployed, spec) == deployed
+    # nor can its privacy policy be replaced
+    policy = {"partition-id": 0, "data-path": "/d", "dp-required": "true"}
+    assert simulated_node_config(policy, "0:dp-required=false") == policy
+    with pytest.raises(ConfigError, match="sim-node-config entry 'oops' is not PARTITION:KEY=VALUE"):
+        simulated_node_config({"partition-id": 0}, "oops")
+
+
+# ---------------------------------------------------------------------------------------------
+# The mod around the site's handlers
+
+
+def _message(kind: str, received: dict[str, torch.Tensor] | None = None, server_round: int = 3) -> Message:
+    content = RecordDict({"config": ConfigRecord({"server-round": server_round})})
+    if received is not None:
+        content["arrays"] = ArrayRecord({k: v.clone() for k, v in received.items()})
+    return Message(content, dst_node_id=7, message_type=kind)
+
+
+def _context(partition: int, **run_config) -> Context:
+    return Context(
+        run_id=1, node_id=7, node_config={"partition-id": partition}, state=RecordDict(), run_config=run_config
+    )
+
+
+class SiteHandler:
+    """A stand-in for the site's handler: replies with fixed weights, keeps what it was given."""
+
+    def __init__(self, weights: dict[str, torch.Tensor]):
+        self.weights, self.calls = weights, []
+
+    def __call__(self, msg: Message, context: Context) -> Message:
+        self.calls.append(dict(context.node_config))
+        context.state["seen"] = MetricRecord({"calls": len(self.calls)})
+        content = RecordDict({"metrics": MetricRecord({"num-examples": 4})})
+        if msg.metadata.message_type == MessageType.TRAIN:
+            content["arrays"] = ArrayRecord({k: v.clone() for k, v in self.weights.items()})
+        return Message(content, reply_to=msg)
+
+
+def test_the_mod_gives_a_simulated_node_its_settings_and_keeps_its_state(local):
+    handler = SiteHandler(local)
+    context = _context(1, **{"sim-node-config": "1:data-path=/x;2:preset=small"})
+    reply = simulation_mod(_message(MessageType.EVALUATE), context, handler)
+    assert not reply.has_error()
+    assert handler.calls == [{"partition-id": 1, "data-path": "/x"}]
+    assert context.node_config == {"partition-id": 1}  # Flower's own context is not rewritten
+    assert context.state["seen"]["calls"] == 1  # what the handler keeps between rounds survives
+
+
+def test_the_fault_drills_node_fails_without_reaching_the_site(local):
+    handler = SiteHandler(local)
+    for kind in (MessageType.TRAIN, MessageType.EVALUATE):
+        reply = simulation_mod(_message(kind), _context(1, **{"fault-partition": 1}), handler)
+        assert reply.has_error() and reply.error.reason == FAULT_REASON
+    assert handler.calls == []
+    reply = simulation_mod(_message(MessageType.QUERY), _context(1, **{"fault-partition": 1}), handler)
+    assert not reply.has_error() and len(handler.calls) == 1  # queries (classes, statistics) are answered
+    reply = simulation_mod(_message(MessageType.EVALUATE), _context(0, **{"fault-partition": 1}), handler)
+    assert not reply.has_error() and len(handler.calls) == 2
+
+
+def test_the_attack_drills_node_sends_a_poisoned_update(local, received):
+    handler = SiteHandler(local)
+    attack = {"attack-partition": 2, "attack-mode": "scale", "attack-scale": 10.0}
+    reply = simulation_mod(_message(MessageType.TRAIN, received, server_round=3), _context(2, **attack), handler)
+    sent = reply.content["arrays"].to_torch_state_dict()
+    expected = poison(SimulationConfig.from_run_config(attack), local, received, seed=3)
+    for name in local:
+        torch.testing.assert_close(sent[name], expected[name])
+    honest = simulation_mod(_message(MessageType.TRAIN, received), _context(1, **attack), handler)
+    for name, weights in honest.content["arrays"].to_torch_state_dict().items():
+        assert torch.equal(weights, local[name]), name
+    evaluated = simulation_mod(_message(MessageType.EVALUATE), _context(2, **attack), handler)
+    assert "arrays" not in evaluated.content  # only training replies carry an update to poison
+
+
+def test_a_bad_simulation_key_is_refused_with_the_reason(local):
+    handler = SiteHandler(local)
+    reply = simulation_mod(_message(MessageType.TRAIN), _context(0, **{"sim-node-config": "oops"}), handler)
+    assert reply.error.reason == (
+        "site refused: invalid run config: sim-node-config entry 'oops' is not PARTITION:KEY=VALUE"
+    )
+    assert handler.calls == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The site's app knows none of it; the simulation runs its own copy of the app
+
+
+def test_the_sites_app_declares_no_simulation_key():
+    site_config = tomllib.loads((app_dir() / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    keys = set(SimulationConfig.defaults())
+    assert keys == {"sim-node-config", "fault-partition", "attack-partition", "attack-mode", "attack-scale"}
+    assert not keys & set(site_config["config"])
+    assert not {k.replace("-", "_") for k in keys} & set(RunConfig.model_fields)
+    assert site_config["components"]["clientapp"] == "fedneurogen.client.app:app"
+
+
+def test_the_simulation_app_is_the_sites_app_with_the_simulations_client_and_keys(tmp_path):
+    folder = simulation_app(tmp_path / "app")
+    site_app = tomllib.loads((app_dir() / "pyproject.toml").read_text())
+    sim_app = tomllib.loads((folder / "pyproject.toml").read_text())
+    assert sim_app["tool"]["flwr"]["app"]["components"] == {
+        "serverapp": site_app["tool"]["flwr"]["app"]["components"]["serverapp"],
+        "clientapp": SIMULATION_CLIENTAPP,
+    }
+    assert sim_app["tool"]["flwr"]["app"]["config"] == {
+        **site_app["tool"]["flwr"]["app"]["config"],
+        **SimulationConfig.defaults(),
+    }
+    assert sim_app["project"] == site_app["project"]
+    assert build_fab_from_disk(folder)[:2] == b"PK"  # Flower accepts it as an app (a zip)

@@ -271,7 +271,7 @@ def test_simulation_with_a_failing_site_dp_and_resume(federation_sites, tmp_path
     assert [e["round"] for e in history] == [1, 2]
     for entry in history:  # the failing site is named by node id; the other two trained
         (failure,) = entry["train"]["failed"]
-        assert failure["reason"] == "error reply: site raised RuntimeError"
+        assert failure["reason"] == "error reply: injected fault (fault-partition drill)"
         assert sorted(m["modality"] for m in entry["train"]["sites"].values()) == ["fmri", "fnirs"]
         assert str(failure["node"]) not in entry["train"]["sites"]
     eps1, eps2 = site_metric(history[0], "train", "epsilon"), site_metric(history[1], "train", "epsilon")

@@ -1,0 +1,98 @@
+"""What only the local simulation does on a site: simulated node settings and drills.
+
+The keys below are declared in the simulation's Flower app (``simulation_app`` in
+``simulations/federated.py``), never in the site's: a deployed site has no such keys in its run
+config and no code that reads them. ``simulations/client_app.py`` applies them around the
+site's own ClientApp as a Flower mod.
+
+- ``sim-node-config``: ``"1:data-path=/x;2:preset=small"`` gives simulated node 1 (its
+  partition id) the data path ``/x`` and node 2 a pinned preset, as ``--node-config`` does for a
+  site daemon. It applies only to simulated nodes (a partition id and no data path of their
+  own), so a run config can never redirect a deployed site.
+- ``fault-partition``: that node fails every training and evaluation request (tests the
+  server's failure handling); it still answers queries (classes, ridge statistics).
+- ``attack-partition`` with ``attack-mode``: that node replaces its update by a poisoned one,
+  for ``benchmarks/robustness.py`` (``scale``: the update times ``attack-scale``, i.e. global +
+  scale x (local - global); ``random``: Gaussian noise with the update's per-tensor std x scale).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal, get_args
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from fedneurogen.shared.errors import ConfigError
+from fedneurogen.shared.run_config import validate_run_config
+
+AttackMode = Literal["scale", "random"]
+ATTACK_MODES: tuple[str, ...] = get_args(AttackMode)
+NO_NODE = -1
+
+
+class SimulationConfig(BaseModel):
+    """The simulation's own run-config keys (``fault-partition`` is field ``fault_partition``);
+    every other key of the run config is the site's and is ignored here."""
+
+    model_config = ConfigDict(
+        alias_generator=lambda name: name.replace("_", "-"), populate_by_name=True, extra="ignore", frozen=True
+    )
+
+    sim_node_config: str = ""
+    fault_partition: int = NO_NODE
+    attack_partition: int = NO_NODE
+    attack_mode: AttackMode = "scale"
+    attack_scale: float = 100.0
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> "SimulationConfig":
+        """The typed keys, or ``ConfigError`` naming a bad one and what is allowed."""
+        return validate_run_config(dict(run_config), model=cls)
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """``{run-config key: default}``: what the simulation's app declares in its pyproject."""
+        return {field.alias or name: field.default for name, field in cls.model_fields.items()}
+
+
+def is_node(partition: int, node_config: Mapping[str, Any]) -> bool:
+    """Whether ``partition`` names this simulated node (a node without a partition id is none)."""
+    return partition != NO_NODE and partition == int(node_config.get("partition-id", NO_NODE - 1))
+
+
+def simulated_node_config(node_config: Mapping[str, Any], spec: str) -> dict[str, Any]:
+    """The node config plus this simulated node's ``sim-node-config`` entries (see the module
+    docstring); a node that has its own ``data-path`` is a deployed site and is left as it is."""
+    spec = spec.strip()
+    if not spec or "partition-id" not in node_config or "data-path" in node_config:
+        return dict(node_config)
+    merged = dict(node_config)
+    for item in filter(None, (part.strip() for part in spec.split(";"))):
+        node, sep, setting = item.partition(":")
+        key, eq, value = setting.partition("=")
+        if not (sep and eq and node.strip().lstrip("-").isdigit() and key.strip()):
+            raise ConfigError(f"run config: sim-node-config entry {item!r} is not PARTITION:KEY=VALUE")
+        if int(node) == int(node_config["partition-id"]):
+            merged[key.strip()] = value.strip()
+    return merged
+
+
+def poison(
+    drill: SimulationConfig, local: dict[str, torch.Tensor], received: dict[str, torch.Tensor], seed: int
+) -> dict[str, torch.Tensor]:
+    """The attack drill's update: ``local`` turned into a poisoned one (see the module docstring)."""
+    generator = torch.Generator().manual_seed(seed)
+    poisoned = {}
+    for name, weights in local.items():
+        start = received[name].to(weights.dtype)
+        update = weights - start
+        if drill.attack_mode == "scale":
+            poisoned[name] = start + drill.attack_scale * update
+        else:
+            noise = torch.randn(weights.shape, generator=generator, dtype=weights.dtype)
+            # a one-element tensor (the model's learned scalars) has no std: only the floor applies
+            spread = update.std() if update.numel() > 1 else update.new_zeros(())
+            poisoned[name] = start + drill.attack_scale * spread.nan_to_num(0.0).clamp_min(1e-3) * noise
+    return poisoned
