@@ -15,7 +15,50 @@ from pydantic import BaseModel, ConfigDict, Field
 class PreprocessConfig(BaseModel):
     """How raw recordings become paired windows (docs/architecture.md §3).
 
-    Changing any field changes ``cache_key`` and so invalidates the on-disk cache.
+    Frozen; unknown fields are refused. Changing any field changes ``cache_key`` and so
+    invalidates the on-disk cache.
+
+    Attributes
+    ----------
+    eeg_l_freq, eeg_h_freq : float
+        EEG band-pass edges in Hz (the low-pass is capped below Nyquist).
+    eeg_line_freq : float | None
+        Line-noise notch in Hz; None disables it.
+    eeg_sfreq : float
+        EEG rate after resampling, Hz (LaBraM: 200).
+    eeg_scale : float
+        Volts -> model units; 1e4 gives units of 100 uV.
+    eeg_ica : bool
+        Remove ocular components with ICA where EOG channels exist.
+    fnirs_l_freq, fnirs_h_freq : float
+        fNIRS band-pass edges in Hz.
+    fnirs_filter_order : int
+        Order of the fNIRS band-pass filter.
+    fnirs_ppf : float
+        Partial pathlength factor of the modified Beer-Lambert law.
+    fnirs_scale : float
+        mol/L -> model units; 1e6 gives micromolar.
+    fnirs_short_channel_regression : bool
+        Regress the nearest short-separation channel (< 15 mm) out of each long channel, per
+        chromophore; short channels are never target points.
+    fmri_sfreq, fnirs_sfreq : float
+        Common target grids in Hz; sites with other rates are resampled to them.
+    window_seconds, hop_seconds : float
+        Length of one paired window and hop between consecutive windows, s.
+    lag_seconds : float
+        Hemodynamic delay: the target window lags the EEG window by this much, s.
+    history_seconds : float
+        EEG history before each target frame that the hemodynamic design summarises, s (> 0).
+    power_window_seconds, power_hop_seconds : float
+        Welch segment length and hop of the EEG band-power design, s (> 0).
+    hrf_basis : {"canonical", "canonical+derivative"}
+        Hemodynamic basis of the design: the Glover HRF, optionally with its time derivative.
+    label_min_fraction : float
+        A window is kept only if its majority class covers at least this fraction of it.
+    fmri_zscore : bool
+        z-score BOLD per vertex per run.
+    target_space : {"ico4"}
+        Cortical target space of fMRI.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -65,8 +108,27 @@ class PreprocessConfig(BaseModel):
     target_space: Literal["ico4"] = "ico4"
 
     def target_sfreq(self, modality: str) -> float:
+        """The target sampling rate of a modality.
+
+        Parameters
+        ----------
+        modality : str
+            ``"fmri"``; anything else is taken as fNIRS.
+
+        Returns
+        -------
+        float
+            ``fmri_sfreq`` or ``fnirs_sfreq``, Hz.
+        """
         return self.fmri_sfreq if modality == "fmri" else self.fnirs_sfreq
 
     def cache_key(self) -> str:
+        """A short content hash of every field, keying the preprocessed-window cache.
+
+        Returns
+        -------
+        str
+            The first 16 hex digits of the SHA-256 of the fields as sorted JSON.
+        """
         blob = json.dumps(self.model_dump(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

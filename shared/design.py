@@ -45,13 +45,30 @@ _LOG_FLOOR = 1e-10  # (100 uV)^2 / Hz; far below any real EEG power density
 
 
 def n_design_features(config: PreprocessConfig) -> int:
-    """Width of the design: virtual electrodes x bands x basis functions."""
+    """Width of the design: virtual electrodes x bands x basis functions.
+
+    Parameters
+    ----------
+    config : PreprocessConfig
+        Its ``hrf_basis`` sets the number of basis functions (1 or 2).
+
+    Returns
+    -------
+    int
+        64 x 5 x 1 or 64 x 5 x 2.
+    """
     return len(VIRTUAL_MONTAGE) * len(EEG_BANDS) * HRF_BASES[config.hrf_basis]
 
 
 @functools.lru_cache(maxsize=1)
 def virtual_positions() -> np.ndarray:
-    """``[64, 3]`` mm positions of the virtual montage (MNE's standard 10-05 montage)."""
+    """Positions of the virtual montage (MNE's standard 10-05 montage).
+
+    Returns
+    -------
+    np.ndarray
+        ``[64, 3]`` mm, in the order of ``VIRTUAL_MONTAGE``.
+    """
     from fedneurogen.shared.data.eeg import standard_positions
 
     table = standard_positions()
@@ -59,8 +76,25 @@ def virtual_positions() -> np.ndarray:
 
 
 def run_band_power(eeg: Recording, config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
-    """``(power [n_channels, n_bands, n_segments], centres [n_segments] s)``: per-run z-scored
-    log band power (Welch segments of ``power_window_seconds``, hop ``power_hop_seconds``)."""
+    """Per-run z-scored log band power of an EEG recording.
+
+    Welch segments of ``power_window_seconds`` (Hann), hop ``power_hop_seconds``; each channel
+    and band is z-scored over the run.
+
+    Parameters
+    ----------
+    eeg : Recording
+        The run's EEG.
+    config : PreprocessConfig
+        Segment length and hop.
+
+    Returns
+    -------
+    power : np.ndarray
+        ``[n_channels, n_bands, n_segments]``, bands in ``EEG_BANDS`` order.
+    centres : np.ndarray
+        ``[n_segments]`` segment centres, seconds from the start of the run.
+    """
     nperseg = int(round(config.power_window_seconds * eeg.sfreq))
     hop = int(round(config.power_hop_seconds * eeg.sfreq))
     freqs, centres, psd = spectrogram(
@@ -76,8 +110,22 @@ def run_band_power(eeg: Recording, config: PreprocessConfig) -> tuple[np.ndarray
 
 
 def to_virtual_montage(values: np.ndarray, positions_mm: np.ndarray) -> np.ndarray:
-    """``values [n_channels, ...]`` at electrodes ``positions_mm`` -> ``[64, ...]`` on the
-    virtual montage (equations 1-2: row-normalised inverse squared distances)."""
+    """Map values at a site's electrodes onto the virtual montage.
+
+    Equations 1-2: row-normalised inverse squared distances.
+
+    Parameters
+    ----------
+    values : np.ndarray
+        ``[n_channels, ...]`` values at the electrodes.
+    positions_mm : np.ndarray
+        ``[n_channels, 3]`` electrode positions, mm.
+
+    Returns
+    -------
+    np.ndarray
+        ``[64, ...]`` values on the virtual montage.
+    """
     weights = (
         inverse_square_weights(torch.as_tensor(virtual_positions()), torch.as_tensor(np.asarray(positions_mm)))
         .double()
@@ -102,8 +150,26 @@ def _basis_table(kind: str, history: float) -> tuple[np.ndarray, np.ndarray]:
 def hemodynamic_convolution(
     series: np.ndarray, centres: np.ndarray, frame_times: np.ndarray, config: PreprocessConfig
 ) -> np.ndarray:
-    """``series [P, L]`` known at ``centres`` -> ``[n_frames, P * K]``: each basis function
-    applied causally over ``history_seconds`` before each frame (columns: P major, K minor)."""
+    """Convolve series with the hemodynamic basis, causally, sampled at the target frames.
+
+    Each of the ``K`` basis functions is applied over the ``history_seconds`` before each frame.
+
+    Parameters
+    ----------
+    series : np.ndarray
+        ``[P, L]``: ``P`` series known at ``L`` segment centres.
+    centres : np.ndarray
+        ``[L]`` segment centres, s.
+    frame_times : np.ndarray
+        ``[n_frames]`` target frame times, s (same clock as ``centres``).
+    config : PreprocessConfig
+        ``hrf_basis``, ``history_seconds`` and ``power_hop_seconds`` (the integration step).
+
+    Returns
+    -------
+    np.ndarray
+        ``[n_frames, P * K]``, columns ``P`` major, ``K`` minor.
+    """
     lags, basis = _basis_table(config.hrf_basis, config.history_seconds)
     lag = frame_times[:, None] - centres[None, :]  # [F, L]
     inside = (lag >= 0) & (lag <= config.history_seconds)
@@ -113,8 +179,22 @@ def hemodynamic_convolution(
 
 
 def run_design(eeg: Recording, frame_times: np.ndarray, config: PreprocessConfig) -> np.ndarray:
-    """The hemodynamic design of one run at ``frame_times`` (s from the run start):
-    ``[n_frames, n_design_features(config)]`` float32 (see the module docstring)."""
+    """The hemodynamic design of one run (see the module docstring).
+
+    Parameters
+    ----------
+    eeg : Recording
+        The run's EEG (positions in mm).
+    frame_times : np.ndarray
+        ``[n_frames]`` target frame times, s from the run start.
+    config : PreprocessConfig
+        Band power, basis and history settings.
+
+    Returns
+    -------
+    np.ndarray
+        float32 ``[n_frames, n_design_features(config)]``.
+    """
     power, centres = run_band_power(eeg, config)
     virtual = to_virtual_montage(power, eeg.positions)  # [64, B, L]
     design = hemodynamic_convolution(virtual.reshape(-1, virtual.shape[-1]), centres, frame_times, config)
@@ -122,8 +202,20 @@ def run_design(eeg: Recording, frame_times: np.ndarray, config: PreprocessConfig
 
 
 def unique_frames(windows: PairedWindows) -> tuple[np.ndarray, np.ndarray]:
-    """``(window index, frame index)`` of every distinct (run, frame) of overlapping windows,
-    so statistics count each frame of a run once."""
+    """Every distinct (run, frame) of overlapping windows, once.
+
+    So that statistics count each frame of a run once.
+
+    Parameters
+    ----------
+    windows : PairedWindows
+        The windows (their runs, onsets and target frame rate).
+
+    Returns
+    -------
+    window_index, frame_index : np.ndarray
+        int arrays of equal length: the first window (and its frame) holding each run frame.
+    """
     n_frames = windows.target.shape[-1]
     seen: set[tuple[str, int]] = set()
     rows_w, rows_f = [], []
@@ -141,9 +233,29 @@ def unique_frames(windows: PairedWindows) -> tuple[np.ndarray, np.ndarray]:
 def iter_subject_statistics(
     windows: PairedWindows, target: np.ndarray | None = None, design: np.ndarray | None = None
 ) -> Iterator[RidgeStatistics]:
-    """Ridge statistics of ``design -> target`` per subject (each run frame once), in subject
-    order; ``target``/``design`` default to the windows' own ``[W, N, F]`` / ``[W, F, D]``.
-    One subject's frames are read at a time."""
+    """Ridge statistics of ``design -> target`` per subject (each run frame once).
+
+    One subject's frames are read at a time.
+
+    Parameters
+    ----------
+    windows : PairedWindows
+        The windows.
+    target : np.ndarray | None
+        ``[W, N, F]``; None: ``windows.target``.
+    design : np.ndarray | None
+        ``[W, F, D]``; None: ``windows.design``.
+
+    Yields
+    ------
+    RidgeStatistics
+        One per subject, in sorted subject order.
+
+    Raises
+    ------
+    ValueError
+        No design is given and the windows carry none.
+    """
     target = windows.target if target is None else target
     design = windows.design if design is None else design
     if design is None:
@@ -158,15 +270,42 @@ def iter_subject_statistics(
 def subject_statistics(
     windows: PairedWindows, target: np.ndarray | None = None, design: np.ndarray | None = None
 ) -> list[RidgeStatistics]:
-    """``iter_subject_statistics`` as a list (one entry per subject: for per-subject privacy)."""
+    """``iter_subject_statistics`` as a list (one entry per subject: for per-subject privacy).
+
+    Parameters
+    ----------
+    windows : PairedWindows
+        The windows.
+    target : np.ndarray | None
+        ``[W, N, F]``; None: ``windows.target``.
+    design : np.ndarray | None
+        ``[W, F, D]``; None: ``windows.design``.
+
+    Returns
+    -------
+    list of RidgeStatistics
+        One per subject, in sorted subject order.
+    """
     return list(iter_subject_statistics(windows, target, design))
 
 
 def two_fold_statistics(sites: Sequence[PairedWindows]) -> list[RidgeStatistics]:
-    """The subjects' statistics of ``sites`` summed into two folds, alternate subjects in turn
-    (one sum when there is one subject). ``fit_ridge_selected`` needs no more than these: it
-    fits on their sum and, without validation data, chooses on one fold against the other. Held
-    in memory: two sums, whatever the number of subjects."""
+    """The subjects' statistics of ``sites`` summed into two folds, alternate subjects in turn.
+
+    ``fit_ridge_selected`` needs no more than these: it fits on their sum and, without
+    validation data, chooses on one fold against the other. Held in memory: two sums, whatever
+    the number of subjects.
+
+    Parameters
+    ----------
+    sites : sequence of PairedWindows
+        Windows with a design, one entry per site.
+
+    Returns
+    -------
+    list of RidgeStatistics
+        Two sums (one when there is one subject, none when there are no subjects).
+    """
     folds: list[RidgeStatistics] = []
     count = 0
     for site in sites:
@@ -180,8 +319,23 @@ def two_fold_statistics(sites: Sequence[PairedWindows]) -> list[RidgeStatistics]
 
 
 def feature_bands(n_features: int) -> np.ndarray:
-    """The EEG band (index into ``EEG_BANDS``) of every column of a design ``n_features``
-    wide: the groups of the ridge path's banded penalties."""
+    """The EEG band of every column of a design: the groups of the ridge path's banded penalties.
+
+    Parameters
+    ----------
+    n_features : int
+        Width of the design.
+
+    Returns
+    -------
+    np.ndarray
+        ``[n_features]`` int index into ``EEG_BANDS``.
+
+    Raises
+    ------
+    ValueError
+        ``n_features`` is not 64 electrodes x 5 bands x 1 or 2 basis functions.
+    """
     n_basis, leftover = divmod(n_features, len(VIRTUAL_MONTAGE) * len(EEG_BANDS))
     if leftover or n_basis not in HRF_BASES.values():
         raise ValueError(

@@ -10,7 +10,17 @@ class FedNeuroGenError(Exception):
 
 
 class DataError(FedNeuroGenError):
-    """A file or dataset that cannot be used, with the path and the problem."""
+    """A file or dataset that cannot be used, with the path and the problem.
+
+    The message reads ``"<path>: <problem>"``.
+
+    Parameters
+    ----------
+    path : str | Path
+        The file or dataset folder at fault (kept as ``self.path``, a ``Path``).
+    problem : str
+        What is wrong with it, in words (kept as ``self.problem``).
+    """
 
     def __init__(self, path: str | Path, problem: str):
         self.path = Path(path)

@@ -20,9 +20,24 @@ from typing import Any
 def atomic_path(path: str | Path, suffix: str | None = None, mode: int | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
 
-    ``suffix`` keeps the extension readers key on (e.g. ``.edf``, ``.gii``); it defaults to
-    the full suffix of ``path``. ``mode`` sets the file's permissions (e.g. 0o600 for a private
-    key, which then is never readable by others, not even as the temporary file).
+    The parent folder is created. On an exception the temporary file is removed and ``path`` is
+    left as it was.
+
+    Parameters
+    ----------
+    path : str | Path
+        The file to write.
+    suffix : str | None
+        Suffix of the temporary file, to keep the extension readers key on (e.g. ``.edf``,
+        ``.gii``); None: the full suffix of ``path``.
+    mode : int | None
+        The file's permissions (e.g. 0o600 for a private key, which then is never readable by
+        others, not even as the temporary file); None: 0o666 minus the umask.
+
+    Yields
+    ------
+    Path
+        The temporary file to write to.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,24 +59,89 @@ def atomic_path(path: str | Path, suffix: str | None = None, mode: int | None = 
 
 
 def atomic_write(path: str | Path, writer: Callable[[Path], Any], suffix: str | None = None) -> Path:
-    """Call ``writer(tmp_path)`` and move the result onto ``path`` atomically."""
+    """Call ``writer(tmp_path)`` and move the result onto ``path`` atomically.
+
+    Parameters
+    ----------
+    path : str | Path
+        The file to write.
+    writer : callable
+        ``writer(tmp_path)`` writes the content to the temporary path it is given.
+    suffix : str | None
+        Suffix of the temporary file, as in ``atomic_path``.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     with atomic_path(path, suffix=suffix) as tmp:
         writer(tmp)
     return Path(path)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` as UTF-8, atomically.
+
+    Parameters
+    ----------
+    path : str | Path
+        The file to write.
+    text : str
+        Its content.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_bytes_atomic(path: str | Path, data: bytes, mode: int | None = None) -> Path:
+    """Write ``data``, atomically.
+
+    Parameters
+    ----------
+    path : str | Path
+        The file to write.
+    data : bytes
+        Its content.
+    mode : int | None
+        The file's permissions, as in ``atomic_path``.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     with atomic_path(path, mode=mode) as tmp:
         tmp.write_bytes(data)
     return Path(path)
 
 
 def write_json_atomic(path: str | Path, obj: Any, indent: int = 2, mode: int | None = None) -> Path:
-    """``obj`` as JSON, atomically; ``mode`` as in ``atomic_path`` (0o600: private)."""
+    """Write ``obj`` as JSON (UTF-8, newline-terminated), atomically.
+
+    NumPy scalars and arrays and ``Path`` objects are converted; anything else that JSON
+    cannot hold raises ``TypeError``.
+
+    Parameters
+    ----------
+    path : str | Path
+        The file to write.
+    obj : Any
+        The JSON-ready object.
+    indent : int
+        Indentation of the JSON text.
+    mode : int | None
+        The file's permissions, as in ``atomic_path`` (0o600: private).
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     text = json.dumps(obj, indent=indent, sort_keys=False, default=_json_default) + "\n"
     return write_bytes_atomic(path, text.encode("utf-8"), mode=mode)
 
@@ -79,7 +159,20 @@ def _json_default(obj: Any) -> Any:
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's contents."""
+    """Hex SHA-256 of a file's contents.
+
+    Parameters
+    ----------
+    path : str | Path
+        The file.
+    chunk : int
+        Bytes read at a time.
+
+    Returns
+    -------
+    str
+        64 lower-case hex digits.
+    """
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -93,7 +186,22 @@ MANIFEST_FILE = "MANIFEST.sha256"
 
 
 def write_manifest(folder: str | Path, names: list[str], known: dict[str, str] | None = None) -> Path:
-    """Write ``folder/MANIFEST.sha256`` for the files ``names`` (``known`` hashes are reused)."""
+    """Write ``folder/MANIFEST.sha256`` for the files ``names``, atomically.
+
+    Parameters
+    ----------
+    folder : str | Path
+        The folder that holds the files.
+    names : list of str
+        File names inside ``folder``.
+    known : dict of str to str | None
+        Hashes already computed, by file name; the others are read from disk.
+
+    Returns
+    -------
+    Path
+        The manifest file.
+    """
     folder = Path(folder)
     known = known or {}
     lines = [f"{known.get(name) or file_sha256(folder / name)}  {name}" for name in sorted(names)]
@@ -101,8 +209,23 @@ def write_manifest(folder: str | Path, names: list[str], known: dict[str, str] |
 
 
 def read_manifest(folder: str | Path) -> dict[str, str] | None:
-    """``{name: sha256}`` of a folder's manifest; None when it has none. A malformed manifest
-    or one naming a file outside the folder raises ``ValueError`` naming the line."""
+    """Read a folder's manifest.
+
+    Parameters
+    ----------
+    folder : str | Path
+        The folder.
+
+    Returns
+    -------
+    dict of str to str | None
+        ``{file name: sha256}``; None when the folder has no manifest.
+
+    Raises
+    ------
+    ValueError
+        The manifest is malformed or names a file outside the folder (the message names the line).
+    """
     path = Path(folder) / MANIFEST_FILE
     if not path.is_file():
         return None
@@ -116,9 +239,25 @@ def read_manifest(folder: str | Path) -> dict[str, str] | None:
 
 
 def verify_manifest(folder: str | Path, skip: set[str] = frozenset()) -> dict[str, str] | None:
-    """Check every file a folder's manifest lists (except ``skip``) against its hash; returns
-    the manifest (None when there is none). ``ValueError`` names the first file that is
-    missing or differs."""
+    """Check every file a folder's manifest lists against its hash.
+
+    Parameters
+    ----------
+    folder : str | Path
+        The folder.
+    skip : set of str
+        File names not checked (e.g. a large file checked elsewhere).
+
+    Returns
+    -------
+    dict of str to str | None
+        The manifest, ``{file name: sha256}``; None when the folder has none (nothing is checked).
+
+    Raises
+    ------
+    ValueError
+        The manifest is malformed, or names the first file that is missing or differs.
+    """
     folder = Path(folder)
     manifest = read_manifest(folder)
     for name, digest in (manifest or {}).items():

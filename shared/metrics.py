@@ -16,7 +16,18 @@ import numpy as np
 
 
 def fisher_mean(r: np.ndarray) -> float:
-    """Average correlations through Fisher's z (clipped away from +-1)."""
+    """Average correlations through Fisher's z (clipped away from +-1).
+
+    Parameters
+    ----------
+    r : np.ndarray
+        Correlations, any shape; non-finite values are ignored.
+
+    Returns
+    -------
+    float
+        ``tanh(mean(arctanh(r)))``; NaN when no value is finite.
+    """
     r = np.asarray(r, dtype=np.float64)
     r = r[np.isfinite(r)]
     if r.size == 0:
@@ -25,7 +36,18 @@ def fisher_mean(r: np.ndarray) -> float:
 
 
 def pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pearson r between matching rows of ``a`` and ``b`` (``[..., n]``); NaN for flat rows."""
+    """Pearson r between matching rows of ``a`` and ``b``.
+
+    Parameters
+    ----------
+    a, b : np.ndarray
+        Arrays of the same shape ``[..., n]``; correlated along the last axis.
+
+    Returns
+    -------
+    np.ndarray
+        ``[...]`` correlations; NaN for a row that is constant in either array.
+    """
     a = a - a.mean(axis=-1, keepdims=True)
     b = b - b.mean(axis=-1, keepdims=True)
     denom = np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
@@ -34,7 +56,24 @@ def pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def stitch_windows(values: np.ndarray, runs: np.ndarray, onsets: np.ndarray, sfreq: float) -> dict[str, np.ndarray]:
-    """Rebuild continuous ``[n_points, n_times]`` series per run from overlapping windows."""
+    """Rebuild continuous series per run from overlapping windows (overlapping frames averaged).
+
+    Parameters
+    ----------
+    values : np.ndarray
+        Windows ``[n_windows, n_points, n_frames]``.
+    runs : np.ndarray
+        Run key of each window, ``[n_windows]``.
+    onsets : np.ndarray
+        Onset of each window in seconds from the start of its run, ``[n_windows]``.
+    sfreq : float
+        Frame rate of ``values``, Hz.
+
+    Returns
+    -------
+    dict of str to np.ndarray
+        ``{run: [n_points, n_times]}``, frames no window covers left out.
+    """
     n_frames = values.shape[-1]
     out: dict[str, np.ndarray] = {}
     for run in np.unique(runs):
@@ -59,7 +98,28 @@ def temporal_pcc(
     sfreq: float,
     points: np.ndarray | None = None,
 ) -> float:
-    """Fisher-z mean over points and runs of the per-point correlation over time."""
+    """Temporal PCC: Fisher-z mean over points and runs of the per-point correlation over time.
+
+    Windows are first stitched into continuous runs (``stitch_windows``).
+
+    Parameters
+    ----------
+    pred, real : np.ndarray
+        Predicted and real windows ``[n_windows, n_points, n_frames]``.
+    runs : np.ndarray
+        Run key of each window, ``[n_windows]``.
+    onsets : np.ndarray
+        Onset of each window in its run, seconds, ``[n_windows]``.
+    sfreq : float
+        Frame rate, Hz.
+    points : np.ndarray | None
+        Indices of the points to score; None: all.
+
+    Returns
+    -------
+    float
+        The mean correlation (NaN when none is defined).
+    """
     p_runs = stitch_windows(pred, runs, onsets, sfreq)
     r_runs = stitch_windows(real, runs, onsets, sfreq)
     rs = []
@@ -72,14 +132,38 @@ def temporal_pcc(
 
 
 def spatial_pcc(pred: np.ndarray, real: np.ndarray) -> float:
-    """Fisher-z mean over windows and frames of the correlation across points."""
+    """Spatial PCC: Fisher-z mean over windows and frames of the correlation across points.
+
+    Parameters
+    ----------
+    pred, real : np.ndarray
+        Predicted and real windows ``[n_windows, n_points, n_frames]``.
+
+    Returns
+    -------
+    float
+        The mean correlation.
+    """
     p = np.moveaxis(pred, 1, -1).reshape(-1, pred.shape[1])
     r = np.moveaxis(real, 1, -1).reshape(-1, real.shape[1])
     return fisher_mean(pearson_rows(p, r))
 
 
 def ssim(pred: np.ndarray, real: np.ndarray) -> float:
-    """Mean global SSIM over windows and frames (maps across points)."""
+    """Mean global SSIM over windows and frames (each frame's map across points).
+
+    The dynamic range ``L`` is the range of ``real`` (1 when it is constant).
+
+    Parameters
+    ----------
+    pred, real : np.ndarray
+        Predicted and real windows ``[n_windows, n_points, n_frames]``.
+
+    Returns
+    -------
+    float
+        The mean SSIM.
+    """
     p = np.moveaxis(pred, 1, -1).reshape(-1, pred.shape[1]).astype(np.float64)
     r = np.moveaxis(real, 1, -1).reshape(-1, real.shape[1]).astype(np.float64)
     dynamic_range = float(r.max() - r.min()) or 1.0
@@ -92,8 +176,29 @@ def ssim(pred: np.ndarray, real: np.ndarray) -> float:
 
 
 def shuffled_baseline(real: np.ndarray, runs: np.ndarray, onsets: np.ndarray, sfreq: float, seed: int = 0) -> float:
-    """Temporal PCC of a 'generator' that ignores the EEG: each window replaced by a random
-    other real window (same statistics, no information about this window)."""
+    """Temporal PCC of a 'generator' that ignores the EEG.
+
+    Each window is replaced by a random other real window (same statistics, no information
+    about this window); no window is compared with itself.
+
+    Parameters
+    ----------
+    real : np.ndarray
+        Real windows ``[n_windows, n_points, n_frames]``.
+    runs : np.ndarray
+        Run key of each window, ``[n_windows]``.
+    onsets : np.ndarray
+        Onset of each window in its run, seconds, ``[n_windows]``.
+    sfreq : float
+        Frame rate, Hz.
+    seed : int
+        Seed of the permutation.
+
+    Returns
+    -------
+    float
+        The chance-level temporal PCC.
+    """
     rng = np.random.default_rng(seed)
     n = len(real)
     perm = rng.permutation(n)
@@ -106,7 +211,24 @@ def shuffled_baseline(real: np.ndarray, runs: np.ndarray, onsets: np.ndarray, sf
 def generation_metrics(
     pred: np.ndarray, real: np.ndarray, runs: np.ndarray, onsets: np.ndarray, sfreq: float
 ) -> dict[str, float]:
-    """``pcc_temporal``, ``pcc_spatial`` and ``ssim`` of predicted vs real target windows."""
+    """The generation metrics of predicted vs real target windows.
+
+    Parameters
+    ----------
+    pred, real : np.ndarray
+        Predicted and real windows ``[n_windows, n_points, n_frames]``.
+    runs : np.ndarray
+        Run key of each window, ``[n_windows]``.
+    onsets : np.ndarray
+        Onset of each window in its run, seconds, ``[n_windows]``.
+    sfreq : float
+        Frame rate, Hz.
+
+    Returns
+    -------
+    dict of str to float
+        ``pcc_temporal`` (``temporal_pcc``), ``pcc_spatial`` (``spatial_pcc``) and ``ssim``.
+    """
     return {
         "pcc_temporal": temporal_pcc(pred, real, runs, onsets, sfreq),
         "pcc_spatial": spatial_pcc(pred, real),

@@ -23,12 +23,28 @@ TargetModality = Literal["fmri", "fnirs"]
 class Recording:
     """A continuous multi-point signal.
 
-    data:       float32 ``[n_points, n_times]``
-    sfreq:      samples per second (1/TR for fMRI)
-    positions:  float ``[n_points, 3]`` in mm (electrodes, surface vertices, channel midpoints)
-    names:      one name per point (EEG channel name, ``L123`` vertex, ``S1_D1 hbo`` channel)
-    modality:   ``eeg``, ``fmri`` or ``fnirs``
-    point_types: per-point type where a modality has several (fNIRS ``hbo``/``hbr``), else None
+    ``data`` is converted to float32 and ``positions`` to float64 on construction.
+
+    Attributes
+    ----------
+    data : np.ndarray
+        float32 ``[n_points, n_times]``.
+    sfreq : float
+        Samples per second (1/TR for fMRI).
+    positions : np.ndarray
+        ``[n_points, 3]`` in mm (electrodes, surface vertices, channel midpoints).
+    names : list of str
+        One name per point (EEG channel name, ``L123`` vertex, ``S1_D1 hbo`` channel).
+    modality : {"eeg", "fmri", "fnirs"}
+        The modality of the signal.
+    point_types : list of str | None
+        Per-point type where a modality has several (fNIRS ``hbo``/``hbr``), else None.
+
+    Raises
+    ------
+    ValueError
+        ``data`` is not 2-D, or ``positions``, ``names`` or ``point_types`` do not match its
+        point count.
     """
 
     data: np.ndarray
@@ -53,29 +69,49 @@ class Recording:
 
     @property
     def n_points(self) -> int:
+        """Number of points (channels, vertices)."""
         return self.data.shape[0]
 
     @property
     def n_times(self) -> int:
+        """Number of samples."""
         return self.data.shape[1]
 
     @property
     def duration(self) -> float:
+        """Length of the recording in seconds (``n_times / sfreq``)."""
         return self.n_times / self.sfreq
 
     @property
     def times(self) -> np.ndarray:
+        """Sample times ``[n_times]`` in seconds from the first sample."""
         return np.arange(self.n_times) / self.sfreq
 
 
 class WindowView:
-    """Fixed-length windows cut on demand from continuous data, so overlapping windows of a
-    long recording cost the recording once (and nothing in RAM when ``data`` is memory-mapped).
+    """Fixed-length windows cut on demand from continuous data.
 
-    Window ``i`` is ``data[:, starts[i] : starts[i] + length]`` (``time_axis=1``, e.g. EEG
-    ``[channels, times]``) or ``data[starts[i] : starts[i] + length]`` (``time_axis=0``, e.g. a
-    design ``[times, features]``). Indexing by window returns a float32 array (a copy); ``select``
-    returns another view; ``np.asarray(view)`` materialises every window.
+    Overlapping windows of a long recording cost the recording once (and nothing in RAM when
+    ``data`` is memory-mapped). Window ``i`` is ``data[:, starts[i] : starts[i] + length]``
+    (``time_axis=1``, e.g. EEG ``[channels, times]``) or ``data[starts[i] : starts[i] + length]``
+    (``time_axis=0``, e.g. a design ``[times, features]``). Indexing by window returns a float32
+    array (a copy); ``select`` returns another view; ``np.asarray(view)`` materialises every window.
+
+    Parameters
+    ----------
+    data : np.ndarray
+        The continuous 2-D data (an array or a ``np.memmap``).
+    starts : np.ndarray
+        Start sample of each window along the time axis, ``[n_windows]``.
+    length : int
+        Samples per window.
+    time_axis : {0, 1}
+        The time axis of ``data``.
+
+    Raises
+    ------
+    ValueError
+        ``data`` is not 2-D, ``time_axis`` is not 0 or 1, or a window reaches outside ``data``.
     """
 
     def __init__(self, data: np.ndarray, starts: np.ndarray, length: int, time_axis: int):
@@ -90,27 +126,42 @@ class WindowView:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """``(n_windows, other, length)`` (``time_axis=1``) or ``(n_windows, length, other)``."""
         other = self.data.shape[1 - self.time_axis]
         window = (other, self.length) if self.time_axis == 1 else (self.length, other)
         return (len(self.starts), *window)
 
     @property
     def ndim(self) -> int:
+        """Always 3: windows x two data axes."""
         return 3
 
     @property
     def dtype(self) -> np.dtype:
+        """float32, the type of every cut window."""
         return np.dtype(np.float32)
 
     @property
     def nbytes(self) -> int:
+        """Bytes the windows would take if materialised."""
         return int(np.prod(self.shape)) * 4
 
     def __len__(self) -> int:
         return len(self.starts)
 
     def select(self, index) -> "WindowView":
-        """The windows ``index`` (mask, integers or slice) as a view: nothing is copied."""
+        """The windows ``index`` as a view: nothing is copied.
+
+        Parameters
+        ----------
+        index : np.ndarray | slice
+            A boolean mask, integer indices or a slice over the windows.
+
+        Returns
+        -------
+        WindowView
+            A view of the same data.
+        """
         return WindowView(self.data, self.starts[index], self.length, self.time_axis)
 
     def _cut(self, starts: np.ndarray) -> np.ndarray:
@@ -140,7 +191,20 @@ class WindowView:
 
 
 def take_windows(array, index):
-    """``array[index]`` for a window axis, keeping a ``WindowView`` a view."""
+    """``array[index]`` along the window axis, keeping a ``WindowView`` a view.
+
+    Parameters
+    ----------
+    array : np.ndarray | WindowView
+        Windows along the first axis.
+    index : np.ndarray | slice
+        A boolean mask, integer indices or a slice over the windows.
+
+    Returns
+    -------
+    np.ndarray | WindowView
+        The selected windows (a ``WindowView`` for a ``WindowView``).
+    """
     return array.select(index) if isinstance(array, WindowView) else array[index]
 
 
@@ -151,21 +215,56 @@ class PairedWindows:
     Window ``i`` holds EEG over ``[onset_i - lag, onset_i - lag + duration]`` and the target over
     ``[onset_i, onset_i + duration]`` of the same run.
 
-    eeg, target and design are arrays or ``WindowView``s (windows cut on demand from the
-    continuous runs, as ``load_site`` returns them): index them by window, never assume more.
+    ``eeg``, ``target`` and ``design`` are arrays or ``WindowView`` objects (windows cut on demand
+    from the continuous runs, as ``load_site`` returns them): index them by window, never assume
+    more.
 
-    eeg:              float32 ``[n_windows, n_eeg_channels, n_eeg_times]`` at ``eeg_sfreq``
-                      (200 Hz, scaled to units of 100 uV as LaBraM expects)
-    target:           float32 ``[n_windows, n_target_points, n_target_times]`` at ``target_sfreq``
-    labels:           class of each window (``trial_type``), ``"rest"`` outside any event
-    subjects:         participant id of each window (``sub-01``)
-    runs:             run key of each window (``sub-01_task-visual_run-1``)
-    onsets:           target onset of each window in seconds from the start of its run
-    participants:     participant attributes by id (``sex``, ``age``, ``group``, ...)
-    design:           float32 ``[n_windows, n_target_times, n_features]``: the hemodynamic design
-                      at each target frame (``fedneurogen.shared.design``), computed on the
-                      continuous run over ``history`` s before the frame; None when not computed
-    history:          seconds of EEG before each target frame that ``design`` summarises
+    Attributes
+    ----------
+    eeg : np.ndarray | WindowView
+        float32 ``[n_windows, n_eeg_channels, n_eeg_times]`` at ``eeg_sfreq`` (200 Hz, scaled to
+        units of 100 uV as LaBraM expects).
+    eeg_sfreq : float
+        EEG sampling rate, Hz.
+    eeg_channel_names : list of str
+        One name per EEG channel.
+    eeg_positions : np.ndarray
+        ``[n_eeg_channels, 3]`` electrode positions, mm.
+    target : np.ndarray | WindowView
+        float32 ``[n_windows, n_target_points, n_target_times]`` at ``target_sfreq``.
+    target_sfreq : float
+        Target frame rate, Hz.
+    target_modality : {"fmri", "fnirs"}
+        The target modality.
+    target_names : list of str
+        One name per target point (``L123`` vertex, ``S1_D1 hbo`` channel).
+    target_positions : np.ndarray
+        ``[n_target_points, 3]`` target point positions, mm.
+    labels : np.ndarray
+        Class of each window (``trial_type``), ``"rest"`` outside any event.
+    subjects : np.ndarray
+        Participant id of each window (``sub-01``).
+    runs : np.ndarray
+        Run key of each window (``sub-01_task-visual_run-1``).
+    onsets : np.ndarray
+        Target onset of each window in seconds from the start of its run.
+    lag : float
+        Seconds the target window lags its EEG window.
+    participants : dict of str to dict
+        Participant attributes by id (``sex``, ``age``, ``group``, ...).
+    target_point_types : list of str | None
+        fNIRS: ``hbo``/``hbr`` per target point; None for fMRI.
+    design : np.ndarray | WindowView | None
+        float32 ``[n_windows, n_target_times, n_features]``: the hemodynamic design at each target
+        frame (``fedneurogen.shared.design``), computed on the continuous run over ``history`` s
+        before the frame; None when not computed.
+    history : float
+        Seconds of EEG before each target frame that ``design`` summarises.
+
+    Raises
+    ------
+    ValueError
+        The per-window arrays, the channel or point names, or ``design`` disagree in size.
     """
 
     eeg: np.ndarray
@@ -206,14 +305,37 @@ class PairedWindows:
 
     @property
     def classes(self) -> list[str]:
+        """The sorted distinct labels."""
         return sorted(set(self.labels.tolist()))
 
     def group_of(self, attribute: str) -> np.ndarray:
-        """Per-window value of a participant attribute (e.g. ``group``, ``sex``)."""
+        """Per-window value of a participant attribute.
+
+        Parameters
+        ----------
+        attribute : str
+            A ``participants.tsv`` column (e.g. ``group``, ``sex``).
+
+        Returns
+        -------
+        np.ndarray
+            ``[n_windows]`` strings; ``"n/a"`` where the subject has no value.
+        """
         return np.array([self.participants.get(s, {}).get(attribute, "n/a") for s in self.subjects])
 
     def subset(self, index: np.ndarray) -> "PairedWindows":
-        """Windows selected by a boolean mask or integer index, sharing everything else."""
+        """The windows selected by ``index``, sharing everything else.
+
+        Parameters
+        ----------
+        index : np.ndarray
+            A boolean mask or integer indices over the windows.
+
+        Returns
+        -------
+        PairedWindows
+            The selected windows (``WindowView`` arrays stay views).
+        """
         index = np.asarray(index)
         return PairedWindows(
             eeg=take_windows(self.eeg, index),

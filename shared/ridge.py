@@ -38,7 +38,25 @@ DEFAULT_PENALTIES = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
 
 @dataclass
 class RidgeStatistics:
-    """Sufficient statistics of ``n`` rows of features ``x [n, D]`` and targets ``y [n, N]``."""
+    """Sufficient statistics of ``n`` rows of features ``x [n, D]`` and targets ``y [n, N]``.
+
+    Statistics of disjoint rows add up (``a + b``).
+
+    Attributes
+    ----------
+    n : float
+        Number of rows.
+    sx : np.ndarray
+        ``[D]`` sum of the features.
+    sy : np.ndarray
+        ``[N]`` sum of the targets.
+    sxx : np.ndarray
+        ``[D, D]`` ``XᵀX``.
+    sxy : np.ndarray
+        ``[D, N]`` ``XᵀY``.
+    syy : np.ndarray
+        ``[N]`` per-point ``Σy²`` (only the diagonal of ``YᵀY`` is needed).
+    """
 
     n: float
     sx: np.ndarray  # [D]
@@ -49,6 +67,25 @@ class RidgeStatistics:
 
     @classmethod
     def from_rows(cls, x: np.ndarray, y: np.ndarray) -> "RidgeStatistics":
+        """The statistics of rows of features and targets (in float64).
+
+        Parameters
+        ----------
+        x : np.ndarray
+            Features ``[..., D]`` (leading axes are flattened into rows).
+        y : np.ndarray
+            Targets ``[..., N]``, as many rows as ``x``.
+
+        Returns
+        -------
+        RidgeStatistics
+            Their statistics.
+
+        Raises
+        ------
+        ValueError
+            ``x`` and ``y`` have different numbers of rows.
+        """
         x = np.asarray(x, dtype=np.float64).reshape(-1, np.shape(x)[-1])
         y = np.asarray(y, dtype=np.float64).reshape(-1, np.shape(y)[-1])
         if len(x) != len(y):
@@ -59,34 +96,86 @@ class RidgeStatistics:
         return RidgeStatistics(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
 
     def as_arrays(self) -> dict[str, np.ndarray]:
-        """Named arrays (to send or store); ``from_arrays`` inverts it."""
+        """The fields as named float64 arrays (to send or store); ``from_arrays`` inverts it.
+
+        Returns
+        -------
+        dict of str to np.ndarray
+            ``n`` (0-d), ``sx``, ``sy``, ``sxx``, ``sxy``, ``syy``.
+        """
         return {f.name: np.asarray(getattr(self, f.name), dtype=np.float64) for f in fields(self)}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "RidgeStatistics":
+        """The statistics from ``as_arrays``' named arrays (``n`` may be a 1-element array).
+
+        Parameters
+        ----------
+        arrays : dict of str to np.ndarray
+            At least ``n``, ``sx``, ``sy``, ``sxx``, ``sxy`` and ``syy``.
+
+        Returns
+        -------
+        RidgeStatistics
+            The statistics, in float64.
+        """
         values = {f.name: np.asarray(arrays[f.name], dtype=np.float64) for f in fields(cls)}
         values["n"] = float(values["n"].reshape(-1)[0])  # sent as a 1-element array
         return cls(**values)
 
     @property
     def n_features(self) -> int:
+        """Number of features ``D``."""
         return int(self.sx.shape[0])
 
     def feature_moments(self) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and standard deviation of each feature over the rows."""
+        """Mean and standard deviation of each feature over the rows.
+
+        Returns
+        -------
+        mean, std : np.ndarray
+            ``[D]`` each (population standard deviation).
+        """
         mean = self.sx / self.n
         return mean, np.sqrt(np.maximum(np.diag(self.sxx) / self.n - mean**2, 0.0))
 
 
 def mean_only_mse(train: RidgeStatistics, val: RidgeStatistics) -> float:
-    """Validation MSE (on ``fit_ridge``'s scale) of predicting every point's training mean: what
-    a ridge path must beat to be worth using."""
+    """Validation MSE of predicting every point's training mean.
+
+    What a ridge path must beat to be worth using; on ``fit_ridge``'s scale (mean over points
+    and validation rows).
+
+    Parameters
+    ----------
+    train : RidgeStatistics
+        Statistics of the training rows.
+    val : RidgeStatistics
+        Statistics of the validation rows.
+
+    Returns
+    -------
+    float
+        The mean squared error.
+    """
     mean_y = train.sy / train.n
     sse = val.syy - 2 * mean_y * val.sy + val.n * mean_y**2
     return float(sse.sum()) / (max(val.n, 1.0) * sse.shape[0])
 
 
 def sum_statistics(parts: list[RidgeStatistics]) -> RidgeStatistics:
+    """The sum of statistics: those of all their rows together.
+
+    Parameters
+    ----------
+    parts : list of RidgeStatistics
+        At least one.
+
+    Returns
+    -------
+    RidgeStatistics
+        Their sum.
+    """
     total = parts[0]
     for part in parts[1:]:
         total = total + part
@@ -95,7 +184,23 @@ def sum_statistics(parts: list[RidgeStatistics]) -> RidgeStatistics:
 
 @dataclass
 class RidgeSolution:
-    """``predict(x) = x @ coef + intercept``; ``lam`` and ``rank`` as chosen (rank None: full)."""
+    """A fitted ridge regression: ``predict(x) = x @ coef + intercept``.
+
+    Attributes
+    ----------
+    coef : np.ndarray
+        ``[D, N]`` coefficients on the raw (unstandardised) features.
+    intercept : np.ndarray
+        ``[N]`` intercepts.
+    lam : float
+        The chosen relative penalty.
+    rank : int | None
+        The chosen rank; None: full rank.
+    validation_mse : float | None
+        Validation MSE (mean over points) at the chosen setting; None when nothing was chosen.
+    weights : np.ndarray | None
+        ``[D]`` per-feature group weights (banded ridge); None: all 1.
+    """
 
     coef: np.ndarray  # [D, N] on raw features
     intercept: np.ndarray  # [N]
@@ -105,6 +210,18 @@ class RidgeSolution:
     weights: np.ndarray | None = None  # per-feature group weights (banded ridge), None: all 1
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        """Predict targets from features.
+
+        Parameters
+        ----------
+        x : np.ndarray
+            Features ``[..., D]``.
+
+        Returns
+        -------
+        np.ndarray
+            float32 ``[..., N]``.
+        """
         return (np.asarray(x, dtype=np.float64) @ self.coef + self.intercept).astype(np.float32)
 
 
@@ -164,10 +281,30 @@ def fit_ridge(
     ranks: tuple[int | None, ...] = (None,),
     weights: np.ndarray | None = None,
 ) -> RidgeSolution:
-    """The ridge (or reduced-rank ridge) regression of ``train``, its penalty and rank chosen by
-    the mean squared error on ``val`` (all computed from statistics). Without ``val`` (or with a
-    single setting) the first penalty and rank are used. ``weights`` scale the standardised
-    features (see ``fit_banded_ridge``)."""
+    """The ridge (or reduced-rank ridge) regression of ``train``, chosen on ``val``.
+
+    The penalty and rank are chosen by the mean squared error on ``val`` (all computed from
+    statistics). Without ``val`` (or with a single setting) the first penalty and rank are used.
+
+    Parameters
+    ----------
+    train : RidgeStatistics
+        Statistics of the training rows.
+    val : RidgeStatistics | None
+        Statistics of the validation rows.
+    penalties : tuple of float
+        Relative penalties ``lam`` to try (features are standardised).
+    ranks : tuple of int | None
+        Ranks to try; None: full rank.
+    weights : np.ndarray | None
+        ``[D]`` scales of the standardised features (see ``fit_banded_ridge``); 0 drops a feature.
+
+    Returns
+    -------
+    RidgeSolution
+        Coefficients on the raw features, the chosen ``lam`` and ``rank``, and the validation
+        MSE when a choice was made.
+    """
     solver = _Standardised(train, weights)
     settings = [(lam, rank) for lam in penalties for rank in ranks]
     if val is None or len(settings) == 1:
@@ -242,10 +379,34 @@ def fit_banded_ridge(
     ranks: tuple[int | None, ...] = (None,),
     sweeps: int = 1,
 ) -> tuple[RidgeSolution, np.ndarray]:
-    """Ridge with one weight per feature group, chosen on ``val`` by coordinate search (each
-    group in turn tries ``GROUP_WEIGHTS`` with the others fixed; full-rank fits, the cheap
-    part), then the penalty and rank chosen with those weights. Returns the solution and the
-    per-feature weights."""
+    """Ridge with one penalty weight per feature group (banded ridge), chosen on ``val``.
+
+    Coordinate search: each group in turn tries ``GROUP_WEIGHTS`` with the others fixed
+    (full-rank fits, the cheap part); then the penalty and rank are chosen with those weights.
+    At least one group keeps a non-zero weight.
+
+    Parameters
+    ----------
+    train : RidgeStatistics
+        Statistics of the training rows.
+    val : RidgeStatistics
+        Statistics of the validation rows.
+    groups : np.ndarray
+        ``[D]`` group of each feature (e.g. ``design.feature_bands``).
+    penalties : tuple of float
+        Relative penalties to try.
+    ranks : tuple of int | None
+        Ranks to try; None: full rank.
+    sweeps : int
+        Most passes of the coordinate search over the groups.
+
+    Returns
+    -------
+    solution : RidgeSolution
+        The fit with the chosen weights, penalty and rank.
+    weights : np.ndarray
+        ``[D]`` the chosen per-feature weights.
+    """
     groups = np.asarray(groups)
     names = np.unique(groups)
     chosen = {g: 1.0 for g in names}
@@ -277,9 +438,30 @@ def fit_ridge_selected(
     ranks: tuple[int | None, ...] = (None,),
     groups: np.ndarray | None = None,
 ) -> RidgeSolution:
-    """Fit on the sum of ``train_parts`` (one per subject), the penalty, rank and (with
-    ``groups``) the group weights chosen on ``val``. Without validation data the choice is made
-    by fitting on every other training subject and scoring the rest, then refitting on all."""
+    """Fit on the sum of ``train_parts``, the penalty, rank and group weights chosen on ``val``.
+
+    Without validation data the choice is made by fitting on every other training subject and
+    scoring the rest, then refitting on all (with a single part and no ``val``: no choice, the
+    first penalty and rank).
+
+    Parameters
+    ----------
+    train_parts : list of RidgeStatistics
+        Training statistics, one per subject (or per fold, ``design.two_fold_statistics``).
+    val : RidgeStatistics | None
+        Statistics of the validation rows.
+    penalties : tuple of float
+        Relative penalties to try.
+    ranks : tuple of int | None
+        Ranks to try; None: full rank.
+    groups : np.ndarray | None
+        ``[D]`` feature groups for banded penalties (``fit_banded_ridge``); None: one penalty.
+
+    Returns
+    -------
+    RidgeSolution
+        The fit, with ``validation_mse`` and ``weights`` of the choice.
+    """
     if len(train_parts) < 2 and val is None:
         return fit_ridge(sum_statistics(train_parts), None, penalties, ranks)
     fit_train, fit_val = (

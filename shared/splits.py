@@ -9,14 +9,41 @@ import numpy as np
 
 @dataclass(frozen=True)
 class SubjectSplit:
+    """Subject ids in each split; a subject is in exactly one.
+
+    Attributes
+    ----------
+    train, val, test : tuple of str
+        Subject ids (``sub-01``) of the training, validation and test splits.
+    """
+
     train: tuple[str, ...]
     val: tuple[str, ...]
     test: tuple[str, ...]
 
     def masks(self, subjects: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-window membership of each split.
+
+        Parameters
+        ----------
+        subjects : np.ndarray
+            Subject id of each window, ``[n_windows]`` (``PairedWindows.subjects``).
+
+        Returns
+        -------
+        train, val, test : np.ndarray
+            Boolean masks ``[n_windows]``.
+        """
         return np.isin(subjects, self.train), np.isin(subjects, self.val), np.isin(subjects, self.test)
 
     def to_dict(self) -> dict[str, list[str]]:
+        """The split as JSON-ready lists.
+
+        Returns
+        -------
+        dict of str to list of str
+            ``{"train": [...], "val": [...], "test": [...]}``.
+        """
         return {"train": list(self.train), "val": list(self.val), "test": list(self.test)}
 
 
@@ -27,6 +54,20 @@ def split_subjects(
 
     With three or more subjects, validation and test each get at least one subject and
     training keeps at least one; with fewer, everything goes to training.
+
+    Parameters
+    ----------
+    subjects : np.ndarray | list of str
+        Subject ids, repeated or not (e.g. one per window).
+    seed : int
+        Seed of the shuffle.
+    val_fraction, test_fraction : float
+        Shares of the subjects for validation and test (rounded, at least one each).
+
+    Returns
+    -------
+    SubjectSplit
+        The sorted subject ids of each split.
     """
     unique = sorted(set(np.asarray(subjects).tolist()))
     order = np.random.default_rng(seed).permutation(len(unique))

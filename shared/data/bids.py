@@ -34,7 +34,17 @@ FMRIPREP_DIR = ("derivatives", "fmriprep")
 
 @dataclass(frozen=True)
 class BidsName:
-    """A parsed BIDS file name: ``sub-01_task-rest_eeg.edf`` -> entities, suffix, extension."""
+    """A parsed BIDS file name: ``sub-01_task-rest_eeg.edf`` -> entities, suffix, extension.
+
+    Attributes
+    ----------
+    entities : dict of str to str
+        ``{"sub": "01", "task": "rest"}``, in file-name order.
+    suffix : str
+        ``"eeg"``.
+    extension : str
+        ``".edf"``, multi-part where the name has one (``".nii.gz"``); ``""`` when none.
+    """
 
     entities: dict[str, str]
     suffix: str
@@ -42,7 +52,18 @@ class BidsName:
 
 
 def parse_bids_name(name: str) -> BidsName:
-    """Split a BIDS file name into its entities, suffix and (multi-part) extension."""
+    """Split a BIDS file name into its entities, suffix and (multi-part) extension.
+
+    Parameters
+    ----------
+    name : str
+        A file name (no folder).
+
+    Returns
+    -------
+    BidsName
+        Its parts; parts without a ``-`` are not entities and are dropped.
+    """
     stem, _, last = name.rpartition("_")
     suffix, dot, ext = last.partition(".")
     entities: dict[str, str] = {}
@@ -66,7 +87,34 @@ def _same_run(a: dict[str, str], b: dict[str, str]) -> bool:
 
 @dataclass
 class RunFiles:
-    """Every file of one (subject, session, task, run): the EEG, its target and their sidecars."""
+    """Every file of one (subject, session, task, run): the EEG, its target and their sidecars.
+
+    Attributes
+    ----------
+    site_dir : Path
+        The BIDS root of the site.
+    subject : str
+        ``"sub-01"``.
+    session : str | None
+        ``"ses-1"`` or None.
+    task : str
+        The task entity.
+    run : str | None
+        The run entity without leading zeros; None when the name has none.
+    eeg : Path
+        The EEG file.
+    eeg_companions : list of Path
+        Files the EEG format reads besides it (BrainVision ``.vmrk``/``.eeg``, EEGLAB ``.fdt``).
+    eeg_sidecar, channels, events, electrodes, coordsystem : Path | None
+        ``_eeg.json``, ``_channels.tsv``, ``_events.tsv`` (the EEG's own, else the target's),
+        ``_electrodes.tsv`` and its ``_coordsystem.json``, found by BIDS inheritance.
+    target_modality : {"fmri", "fnirs"} | None
+        None when the run has no target.
+    target : list of Path
+        ``[hemi-L, hemi-R]`` GIFTI, ``[NIfTI]`` or ``[SNIRF]``.
+    target_sidecars : list of Path
+        JSON sidecars of the target, in the order ``RepetitionTime`` is searched.
+    """
 
     site_dir: Path
     subject: str  # "sub-01"
@@ -96,7 +144,13 @@ class RunFiles:
         return "_".join(parts)
 
     def inputs(self) -> list[Path]:
-        """All existing files whose content feeds this run's windows (for the cache key)."""
+        """All existing files whose content feeds this run's windows (for the cache key).
+
+        Returns
+        -------
+        list of Path
+            The EEG, its companions and sidecars, the target files and their sidecars.
+        """
         files = [self.eeg, *self.eeg_companions]
         files += [p for p in (self.eeg_sidecar, self.channels, self.events, self.electrodes, self.coordsystem) if p]
         files += self.target + self.target_sidecars
@@ -133,6 +187,26 @@ def find_sidecars(
     each folder a file applies when its entities are a subset of the data file's (entities named
     in ``allow_extra``, e.g. ``space`` for electrodes, may differ). Within a folder, files with
     more matching entities come first.
+
+    Parameters
+    ----------
+    data_path : Path
+        The data file the sidecars belong to.
+    suffix : str
+        Sidecar suffix (``"channels"``).
+    extension : str
+        Sidecar extension (``".tsv"``).
+    site_dir : Path
+        The BIDS root: the search stops there.
+    allow_extra : tuple of str
+        Entities a sidecar may have that the data file lacks or has otherwise.
+    listing : optional
+        A folder-listing cache shared by searches of one site (internal); None: a new one.
+
+    Returns
+    -------
+    list of Path
+        The applicable sidecars, nearest first.
     """
     listing = listing or _Listing()
     data_entities = parse_bids_name(data_path.name).entities
@@ -155,7 +229,26 @@ def find_sidecars(
 
 
 def find_sidecar(data_path: Path, suffix: str, extension: str, site_dir: Path, **kwargs) -> Path | None:
-    """The nearest applicable sidecar (see ``find_sidecars``), or None."""
+    """The nearest applicable sidecar (see ``find_sidecars``).
+
+    Parameters
+    ----------
+    data_path : Path
+        The data file the sidecar belongs to.
+    suffix : str
+        Sidecar suffix (``"events"``).
+    extension : str
+        Sidecar extension (``".tsv"``).
+    site_dir : Path
+        The BIDS root.
+    **kwargs
+        ``allow_extra`` and ``listing`` of ``find_sidecars``.
+
+    Returns
+    -------
+    Path | None
+        The sidecar; None when none applies.
+    """
     found = find_sidecars(data_path, suffix, extension, site_dir, **kwargs)
     return found[0] if found else None
 
@@ -169,8 +262,23 @@ def _site_root_of(path: Path) -> Path:
 
 
 def brainvision_references(header: Path) -> list[tuple[int, str, str]]:
-    """``(line number, key, file name)`` of the data and marker files a BrainVision header names
-    (``DataFile=...``, ``MarkerFile=...``)."""
+    """The data and marker files a BrainVision header names (``DataFile=``, ``MarkerFile=``).
+
+    Parameters
+    ----------
+    header : Path
+        The ``.vhdr`` file (read as Latin-1).
+
+    Returns
+    -------
+    list of (int, str, str)
+        ``(line number, key, file name)`` per reference, file names as written.
+
+    Raises
+    ------
+    OSError
+        The header cannot be read.
+    """
     found = []
     for number, line in enumerate(header.read_text(encoding="latin-1", errors="replace").splitlines(), start=1):
         key, sep, value = line.partition("=")
@@ -297,6 +405,20 @@ def tr_sidecar_candidates(
     Order: the derivative's own sidecar (for surfaces, the one without ``hemi``), the per-hemi
     sidecar, the raw ``sub-X/func/..._bold.json`` and finally inherited raw sidecars such as
     ``task-visual_bold.json`` at the dataset root.
+
+    Parameters
+    ----------
+    bold_path : Path
+        The BOLD file (surface GIFTI or volume NIfTI, raw or under ``derivatives/fmriprep``).
+    site_dir : Path | None
+        The BIDS root; None: found from the file's place in the tree.
+    listing : optional
+        A folder-listing cache shared by searches of one site (internal); None: a new one.
+
+    Returns
+    -------
+    list of Path
+        Existing sidecars, best first, each once.
     """
     listing = listing or _Listing()
     bold_path = Path(bold_path)
@@ -338,7 +460,22 @@ def find_runs(site_dir: str | Path) -> list[RunFiles]:
 
     Looks for ``sub-*/[ses-*/]eeg/*_eeg.{edf,bdf,vhdr,set,fif}`` and attaches the target and
     sidecars of each. Runs without a target are included (``target_modality`` is None) so the
-    caller can report them.
+    caller can report them; EEG files without ``sub`` and ``task`` entities are skipped.
+
+    Parameters
+    ----------
+    site_dir : str | Path
+        The BIDS root of the site.
+
+    Returns
+    -------
+    list of RunFiles
+        Sorted by ``RunFiles.key``.
+
+    Raises
+    ------
+    DataError
+        ``site_dir`` is not a folder.
     """
     site_dir = Path(site_dir)
     if not site_dir.is_dir():
@@ -360,7 +497,23 @@ def find_runs(site_dir: str | Path) -> list[RunFiles]:
 
 
 def run_files_for_eeg(eeg_path: str | Path) -> RunFiles:
-    """``RunFiles`` for a single EEG file, found from its place in a BIDS tree."""
+    """``RunFiles`` for a single EEG file, found from its place in a BIDS tree.
+
+    Parameters
+    ----------
+    eeg_path : str | Path
+        The EEG file; a file without a BIDS name is read with no sidecars (``sub-unknown``).
+
+    Returns
+    -------
+    RunFiles
+        Its run.
+
+    Raises
+    ------
+    DataError
+        The file does not exist.
+    """
     eeg_path = Path(eeg_path)
     if not eeg_path.is_file():
         raise DataError(eeg_path, "file not found")
@@ -373,7 +526,20 @@ def run_files_for_eeg(eeg_path: str | Path) -> RunFiles:
 
 
 def orphan_targets(site_dir: str | Path, runs: list[RunFiles]) -> list[Path]:
-    """Target files (BOLD, SNIRF) that no EEG run claims: they cannot be paired."""
+    """Target files (BOLD, SNIRF) that no EEG run claims: they cannot be paired.
+
+    Parameters
+    ----------
+    site_dir : str | Path
+        The BIDS root of the site.
+    runs : list of RunFiles
+        The site's runs (``find_runs``).
+
+    Returns
+    -------
+    list of Path
+        Sorted unclaimed fMRIPrep surface/volume BOLD and SNIRF files.
+    """
     site_dir = Path(site_dir)
     claimed = {p.resolve() for r in runs for p in r.target}
     found = list(site_dir.joinpath(*FMRIPREP_DIR).glob("sub-*/**/func/*_bold.func.gii"))
@@ -386,7 +552,23 @@ def orphan_targets(site_dir: str | Path, runs: list[RunFiles]) -> list[Path]:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    """A JSON sidecar as a dict; a broken one is a ``DataError`` naming the file."""
+    """A JSON sidecar as a dict.
+
+    Parameters
+    ----------
+    path : Path
+        The JSON file.
+
+    Returns
+    -------
+    dict of str to Any
+        Its object.
+
+    Raises
+    ------
+    DataError
+        The file cannot be read, is not JSON, or does not hold an object.
+    """
     try:
         obj = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -397,7 +579,25 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def read_tsv(path: Path, required: tuple[str, ...] = ()) -> pd.DataFrame:
-    """A BIDS TSV file as strings (``n/a`` kept as text); missing required columns raise."""
+    """A BIDS TSV file as strings (``n/a`` kept as text, column names stripped).
+
+    Parameters
+    ----------
+    path : Path
+        The TSV file.
+    required : tuple of str
+        Columns that must be present.
+
+    Returns
+    -------
+    pd.DataFrame
+        Every cell a string.
+
+    Raises
+    ------
+    DataError
+        The file cannot be read as a table, or lacks a required column.
+    """
     try:
         df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_filter=False)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
@@ -410,7 +610,24 @@ def read_tsv(path: Path, required: tuple[str, ...] = ()) -> pd.DataFrame:
 
 
 def read_participants(site_dir: str | Path) -> dict[str, dict[str, str]]:
-    """``participants.tsv`` as ``{participant_id: {column: value}}``; {} when the file is absent."""
+    """A site's ``participants.tsv``.
+
+    Parameters
+    ----------
+    site_dir : str | Path
+        The BIDS root of the site.
+
+    Returns
+    -------
+    dict of str to dict of str to str
+        ``{participant_id: {column: value}}``, ids with the ``sub-`` prefix; {} when the file is
+        absent.
+
+    Raises
+    ------
+    DataError
+        The file cannot be read or has no ``participant_id`` column.
+    """
     path = Path(site_dir) / "participants.tsv"
     if not path.is_file():
         return {}
@@ -430,6 +647,26 @@ def read_events(path: Path | None, task: str, duration: float | None = None) -> 
     Without a ``trial_type`` column (or where it is ``n/a``) the task name is the class; without
     an events file the whole run is one event of class ``task`` (docs/architecture.md §3: "``trial_type``
     or the task entity gives the class").
+
+    Parameters
+    ----------
+    path : Path | None
+        The ``_events.tsv`` file; None: no events file.
+    task : str
+        The run's task entity, the default class.
+    duration : float | None
+        Length of the run in seconds, for the single event without a file (None: infinite).
+
+    Returns
+    -------
+    pd.DataFrame
+        Columns ``onset`` and ``duration`` (float, seconds; ``n/a`` durations are 0) and
+        ``trial_type`` (str).
+
+    Raises
+    ------
+    DataError
+        The file cannot be read, has no ``onset`` column, or a non-numeric onset or duration.
     """
     if path is None:
         length = float(duration) if duration is not None else np.inf

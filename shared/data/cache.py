@@ -45,13 +45,28 @@ _SMALL = ("eeg_starts", "target_starts", "labels", "subjects", "runs", "onsets",
 
 
 def default_cache_dir() -> Path:
-    """``$FEDNEUROGEN_CACHE`` or ``~/.cache/fedneurogen``."""
+    """The default cache folder.
+
+    Returns
+    -------
+    Path
+        ``$FEDNEUROGEN_CACHE`` (user-expanded) or ``~/.cache/fedneurogen``.
+    """
     env = os.environ.get("FEDNEUROGEN_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "fedneurogen"
 
 
 class HashMemo:
-    """SHA-256 of files, remembered across runs while a file's stat is unchanged."""
+    """SHA-256 of files, remembered across runs while a file's stat is unchanged.
+
+    A missing or broken memo file starts empty (see the module docstring for when a memo entry
+    is trusted).
+
+    Parameters
+    ----------
+    path : Path
+        The memo file (``file-hashes.json``).
+    """
 
     def __init__(self, path: Path):
         self.path = path
@@ -70,6 +85,23 @@ class HashMemo:
         return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
     def sha256(self, file: Path) -> str:
+        """The SHA-256 of a file, from the memo when its stat is unchanged and trusted.
+
+        Parameters
+        ----------
+        file : Path
+            The file.
+
+        Returns
+        -------
+        str
+            Hex digest.
+
+        Raises
+        ------
+        OSError
+            The file cannot be read.
+        """
         file = file.resolve()
         st = file.stat()
         sig = self._signature(st)
@@ -87,6 +119,10 @@ class HashMemo:
         return digest
 
     def save(self) -> None:
+        """Write the memo if it changed, forgetting files that no longer exist.
+
+        A memo that cannot be written is skipped silently (it only costs time).
+        """
         if not self._dirty:
             return
         # Forget files that no longer exist so the memo does not grow without bound.
@@ -99,7 +135,18 @@ class HashMemo:
 
 
 class SiteCache:
-    """The cache folder: ``sites/<site>-<key>.{npz,json}`` and the hash memo."""
+    """The cache folder: ``sites/<site>-<key>/`` entries, their ``.json`` and the hash memo.
+
+    Parameters
+    ----------
+    cache_dir : str | Path | None
+        The cache folder; None: ``default_cache_dir()``.
+
+    Raises
+    ------
+    ConfigError
+        ``$FEDNEUROGEN_CACHE_DAYS`` is not a number (``retention_days``).
+    """
 
     def __init__(self, cache_dir: str | Path | None = None):
         self.dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -107,7 +154,27 @@ class SiteCache:
         self.retention_days = retention_days()  # a bad setting fails here, before any work
 
     def key(self, site_dir: Path, files: list[Path], config: PreprocessConfig) -> str:
-        """Content key of a site's inputs under a config."""
+        """Content key of a site's inputs under a config.
+
+        Parameters
+        ----------
+        site_dir : Path
+            The site's BIDS root (file paths are hashed relative to it).
+        files : list of Path
+            Every input file (``RunFiles.inputs`` of each run, ``participants.tsv``).
+        config : PreprocessConfig
+            The preprocessing settings (``cache_key``).
+
+        Returns
+        -------
+        str
+            Hex SHA-256 over ``CACHE_VERSION``, the config and each file's path and content hash.
+
+        Raises
+        ------
+        DataError
+            An input file cannot be read.
+        """
         site_dir = site_dir.resolve()
         h = hashlib.sha256(f"fedneurogen-data v{CACHE_VERSION}\nconfig {config.cache_key()}\n".encode())
         for file in sorted({f.resolve() for f in files}):
@@ -129,8 +196,25 @@ class SiteCache:
         return self.dir / "sites" / f"{stem}.json", self.dir / "sites" / stem
 
     def staging(self, site_dir: Path, key: str) -> Path:
-        """A new private folder where an entry's arrays are written before ``store`` publishes
-        them (``OSError`` when the cache cannot be written)."""
+        """A new private folder where an entry's arrays are written before ``store`` publishes them.
+
+        Parameters
+        ----------
+        site_dir : Path
+            The site's BIDS root.
+        key : str
+            The entry's key (``key``).
+
+        Returns
+        -------
+        Path
+            An empty folder (mode 0o700) next to the entry's final place.
+
+        Raises
+        ------
+        OSError
+            The cache cannot be written.
+        """
         _, folder = self._entry(site_dir, key)
         folder.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         staged = folder.with_name(f".{folder.name}.partial-{os.getpid()}-{time.time_ns()}")
@@ -138,8 +222,19 @@ class SiteCache:
         return staged
 
     def allocator(self, staged: Path):
-        """``allocate(name, shape)`` for ``combine_runs``: a float32 ``.npy`` file in ``staged``,
-        memory-mapped (readable by this user only: patient data)."""
+        """An array allocator for ``combine_runs`` that writes into ``staged``.
+
+        Parameters
+        ----------
+        staged : Path
+            The staging folder (``staging``).
+
+        Returns
+        -------
+        callable
+            ``allocate(name, shape)`` -> a float32 ``<name>.npy`` file in ``staged``,
+            memory-mapped for writing (readable by this user only: patient data).
+        """
 
         def allocate(name: str, shape: tuple[int, int]) -> np.ndarray:
             path = staged / f"{name}.npy"
@@ -150,8 +245,23 @@ class SiteCache:
         return allocate
 
     def load(self, site_dir: Path, key: str) -> tuple[PairedWindows, dict[str, Any]] | None:
-        """The cached windows (views into memory-mapped runs) and metadata, or None on a miss
-        (or an unreadable entry)."""
+        """Read an entry.
+
+        A hit marks the entry as used (for retention).
+
+        Parameters
+        ----------
+        site_dir : Path
+            The site's BIDS root.
+        key : str
+            The entry's key (``key``).
+
+        Returns
+        -------
+        tuple of (PairedWindows, dict) | None
+            The windows (``WindowView`` objects into the memory-mapped runs) and the entry's
+            metadata; None on a miss or an unreadable entry.
+        """
         meta_path, folder = self._entry(site_dir, key)
         if not meta_path.is_file() or not folder.is_dir():
             return None
@@ -203,8 +313,37 @@ class SiteCache:
         extra: dict[str, Any],
         staged: Path,
     ) -> Path:
-        """Publish an entry: ``windows`` must be views into the arrays ``allocator(staged)`` made.
-        Removes older entries of the same site and config."""
+        """Publish an entry.
+
+        The staging folder becomes the entry and its JSON is written last. Older entries of the
+        same site and config are removed, and entries unused for the retention period are purged.
+
+        Parameters
+        ----------
+        site_dir : Path
+            The site's BIDS root.
+        key : str
+            The entry's key (``key``).
+        windows : PairedWindows
+            Windows whose ``eeg``, ``target`` and ``design`` are ``WindowView`` objects into the
+            arrays ``allocator(staged)`` made.
+        config : PreprocessConfig
+            The preprocessing settings (stored in the metadata).
+        extra : dict of str to Any
+            More metadata, stored as given.
+        staged : Path
+            The staging folder (``staging``).
+
+        Returns
+        -------
+        Path
+            The entry's folder.
+
+        Raises
+        ------
+        TypeError
+            ``windows`` are not views built in the staging folder.
+        """
         meta_path, folder = self._entry(site_dir, key)
         views = {name: getattr(windows, name) for name in _CONTINUOUS}
         if not all(isinstance(v, WindowView) for v in views.values()):
@@ -265,7 +404,14 @@ class SiteCache:
     # -- what is kept, and removing it (``fedneurogen cache``) ---------------------------------
 
     def entries(self) -> list[dict[str, Any]]:
-        """Every cached site: its folder, when it was made, windows, bytes on disk, its files."""
+        """Every cached site (``fedneurogen cache``).
+
+        Returns
+        -------
+        list of dict
+            Per entry: ``site_dir``, ``created``, ``n_windows``, ``bytes`` (on disk),
+            ``modified`` (last use, epoch seconds) and ``files`` (its JSON first).
+        """
         out = []
         for meta_path in sorted((self.dir / "sites").glob("*.json")):
             folder = _folder_of(meta_path)
@@ -281,8 +427,21 @@ class SiteCache:
         return out
 
     def purge(self, older_than_days: float | None = None) -> list[dict[str, Any]]:
-        """Delete every entry (or those not used for ``older_than_days``); returns them.
-        Staging folders a crashed run left behind go too once a day old."""
+        """Delete every entry, or those not used for ``older_than_days``.
+
+        Staging folders a crashed run left behind go too once a day old. Purging everything
+        also deletes the hash memo (file names and hashes of the inputs).
+
+        Parameters
+        ----------
+        older_than_days : float | None
+            Age since last use; None: everything.
+
+        Returns
+        -------
+        list of dict
+            The removed entries, as ``entries`` lists them.
+        """
         cutoff = None if older_than_days is None else time.time() - older_than_days * 86400
         removed = [e for e in self.entries() if cutoff is None or e["modified"] < cutoff]
         for entry in removed:
@@ -311,7 +470,18 @@ def _remove(meta_path: Path) -> None:
 
 
 def retention_days() -> float:
-    """Days an entry is kept after its last use: ``$FEDNEUROGEN_CACHE_DAYS`` or 30."""
+    """Days an entry is kept after its last use.
+
+    Returns
+    -------
+    float
+        ``$FEDNEUROGEN_CACHE_DAYS``, or ``DEFAULT_RETENTION_DAYS`` (30) when unset.
+
+    Raises
+    ------
+    ConfigError
+        The variable is not a number.
+    """
     raw = os.environ.get("FEDNEUROGEN_CACHE_DAYS", "")
     try:
         return float(raw) if raw else DEFAULT_RETENTION_DAYS

@@ -63,11 +63,37 @@ _RESERVED = {
 def save_checkpoint(
     path: str | Path, model: torch.nn.Module, ema: EMA | None = None, extra: dict[str, Any] | None = None
 ) -> Path:
-    """Write ``model`` (and ``ema``) to the directory ``path``; returns the directory.
+    """Write ``model`` (and ``ema``) to the checkpoint directory ``path``.
 
-    ``extra`` is stored in ``config.json`` as given; the expected keys are ``preprocess``
-    (``PreprocessConfig.model_dump()``), ``class_names`` (label index -> name) and
-    ``provenance`` (how and on what the model was trained).
+    The weights go to ``model.safetensors`` (EMA weights prefixed ``ema.``), on the CPU; then
+    ``config.json`` and ``MANIFEST.sha256`` are written last (see the module docstring).
+
+    Parameters
+    ----------
+    path : str | Path
+        The checkpoint directory (created; an existing checkpoint there is overwritten).
+    model : torch.nn.Module
+        A ``NeuroGenModel`` (an Opacus wrapper is unwrapped).
+    ema : EMA | None
+        Its exponential moving average, stored alongside.
+    extra : dict of str to Any | None
+        Stored in ``config.json`` as given; the expected keys are ``preprocess``
+        (``PreprocessConfig.model_dump()``), ``class_names`` (label index -> name) and
+        ``provenance`` (how and on what the model was trained).
+
+    Returns
+    -------
+    Path
+        The directory.
+
+    Raises
+    ------
+    TypeError
+        ``model`` is not a ``NeuroGenModel``.
+    ValueError
+        ``extra`` uses a key reserved for the format.
+    ConfigError
+        More class names than the model has label embeddings.
     """
     model = unwrap_model(model)
     if not isinstance(model, NeuroGenModel):
@@ -130,7 +156,27 @@ def save_checkpoint(
 
 
 def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
-    """The ``config.json`` of a complete checkpoint (nothing is verified beyond its format)."""
+    """The ``config.json`` of a complete checkpoint.
+
+    Its format and version are checked, and every file the manifest lists except the weights
+    (whose hash is checked when they are read); the weights themselves are not read.
+
+    Parameters
+    ----------
+    path : str | Path
+        The checkpoint directory.
+
+    Returns
+    -------
+    dict of str to Any
+        The contents of ``config.json``.
+
+    Raises
+    ------
+    ConfigError
+        ``path`` is a file or missing, the checkpoint is incomplete, ``config.json`` is not a
+        checkpoint config of this format version, or the manifest does not match.
+    """
     path = Path(path)
     if path.is_file() and path.name in (CONFIG_FILE, WEIGHTS_FILE):
         raise ConfigError(f"{path} is a file of a checkpoint; give the folder that holds it: {path.parent}")
@@ -173,6 +219,25 @@ def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
 
 
 def checkpoint_model_config(path: str | Path, meta: dict[str, Any]) -> ModelConfig:
+    """The ``ModelConfig`` a checkpoint config describes.
+
+    Parameters
+    ----------
+    path : str | Path
+        The checkpoint directory (for messages).
+    meta : dict of str to Any
+        Its ``config.json`` (``read_checkpoint_config``).
+
+    Returns
+    -------
+    ModelConfig
+        The validated model config.
+
+    Raises
+    ------
+    ConfigError
+        No valid ``model_config``, or a preset name that is neither a preset nor ``custom``.
+    """
     try:
         config = ModelConfig.model_validate(meta["model_config"])
     except (KeyError, ValidationError) as err:
@@ -254,9 +319,35 @@ def load_checkpoint(
     use_ema: bool = False,
     expect_preset: str | None = None,
 ) -> tuple[NeuroGenModel, dict[str, Any]]:
-    """Rebuild the model a checkpoint describes and load its weights (EMA weights with
-    ``use_ema``), verifying the weights' hash and every tensor shape. Returns the model on
-    ``device`` (CUDA when available) and the contents of ``config.json``."""
+    """Rebuild the model a checkpoint describes and load its weights.
+
+    The weights' hash and every tensor shape are verified. The model is built without memory
+    (meta device) and takes the stored tensors as its weights, the fMRI patch layout included.
+
+    Parameters
+    ----------
+    path : str | Path
+        The checkpoint directory.
+    device : torch.device | str | None
+        Where the model goes; None: CUDA when available.
+    use_ema : bool
+        Load the EMA weights instead of the raw ones (buffers come from the raw weights).
+    expect_preset : str | None
+        Refuse a checkpoint of another preset.
+
+    Returns
+    -------
+    model : NeuroGenModel
+        The model on ``device``.
+    meta : dict of str to Any
+        The contents of ``config.json``.
+
+    Raises
+    ------
+    ConfigError
+        The checkpoint is missing, incomplete, corrupt or modified, of another preset than
+        ``expect_preset``, has no EMA weights with ``use_ema``, or its weights do not fit.
+    """
     path = Path(path)
     meta = read_checkpoint_config(path)
     config = checkpoint_model_config(path, meta)
@@ -275,7 +366,28 @@ def load_checkpoint(
 
 
 def load_checkpoint_into(model: torch.nn.Module, path: str | Path, *, use_ema: bool = False) -> dict[str, Any]:
-    """Load a checkpoint into an existing model of the same config (e.g. to resume)."""
+    """Load a checkpoint into an existing model of the same config (e.g. to resume).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A ``NeuroGenModel`` (an Opacus wrapper is unwrapped); the weights go to its device.
+    path : str | Path
+        The checkpoint directory.
+    use_ema : bool
+        Load the EMA weights instead of the raw ones.
+
+    Returns
+    -------
+    dict of str to Any
+        The contents of ``config.json``.
+
+    Raises
+    ------
+    ConfigError
+        The checkpoint's config differs from the model's (the message lists the differences),
+        or as in ``load_checkpoint``.
+    """
     model = unwrap_model(model)
     path = Path(path)
     meta = read_checkpoint_config(path)
@@ -292,7 +404,25 @@ def load_checkpoint_into(model: torch.nn.Module, path: str | Path, *, use_ema: b
 
 
 def load_ema(path: str | Path, model: torch.nn.Module) -> EMA | None:
-    """The EMA stored in a checkpoint, for ``model`` (None when it was saved without one)."""
+    """The EMA stored in a checkpoint, for ``model``.
+
+    Parameters
+    ----------
+    path : str | Path
+        The checkpoint directory.
+    model : torch.nn.Module
+        The model the EMA averages (its parameter names must match).
+
+    Returns
+    -------
+    EMA | None
+        The EMA with its decay and update count; None when the checkpoint was saved without one.
+
+    Raises
+    ------
+    ConfigError
+        The checkpoint cannot be read, or its EMA weights do not fit ``model``.
+    """
     path = Path(path)
     meta = read_checkpoint_config(path)
     if meta.get("ema") is None:

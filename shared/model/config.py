@@ -17,7 +17,22 @@ from fedneurogen.shared.surface import ICO4_POINTS
 
 
 class FmriConfig(BaseModel):
-    """fMRI target: BOLD on fsaverage ico4 (2562 vertices per hemisphere, left then right)."""
+    """fMRI target: BOLD on fsaverage ico4 (2562 vertices per hemisphere, left then right).
+
+    Frozen; unknown fields are refused.
+
+    Attributes
+    ----------
+    n_points : int
+        Target vertices: ico4 = the first 2562 of each fsaverage5 hemisphere (even).
+    n_frames : int
+        Frames per window (16 s at 0.5 Hz).
+    sfreq : float
+        Frame rate, Hz.
+    n_patches : int
+        Target tokens: patches of neighbouring vertices, half per hemisphere (even, in
+        ``[2, n_points]``).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -36,7 +51,19 @@ class FmriConfig(BaseModel):
 
 
 class FnirsConfig(BaseModel):
-    """fNIRS target: HbO and HbR of each channel; channel sets differ between sites."""
+    """fNIRS target: HbO and HbR of each channel; channel sets differ between sites.
+
+    Frozen; unknown fields are refused.
+
+    Attributes
+    ----------
+    n_frames : int
+        Frames per window (16 s at 1 Hz).
+    sfreq : float
+        Frame rate, Hz.
+    max_channels : int
+        Largest channel count a batch may have.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -46,7 +73,73 @@ class FnirsConfig(BaseModel):
 
 
 class ModelConfig(BaseModel):
-    """Every architectural choice of ``NeuroGenModel`` (see docs/architecture.md §4)."""
+    """Every architectural choice of ``NeuroGenModel`` (see docs/architecture.md §4).
+
+    Frozen; unknown fields are refused; each width must be divisible by its number of heads
+    (``ValueError`` on construction otherwise).
+
+    Attributes
+    ----------
+    preset : str
+        Preset this config came from (for messages and checkpoints); ``"custom"`` otherwise.
+    eeg_sfreq : float
+        EEG rate the encoder expects, Hz.
+    eeg_patch_size, eeg_max_patches : int
+        Samples per EEG patch (1 s at 200 Hz) and patches per window the time embedding covers.
+    eeg_conv_channels : int
+        Channels of the temporal convolution (a multiple of 4).
+    eeg_dim, eeg_depth, eeg_heads : int
+        Width, blocks and attention heads of the EEG encoder.
+    eeg_mlp_ratio, eeg_layer_scale : float
+        MLP width ratio and LayerScale initialisation of the encoder blocks.
+    eeg_attention : {"full", "axial"}
+        ``full``: every channel-patch token attends to all (LaBraM); ``axial``: blocks alternate
+        the time and channel axes (CPU presets).
+    eeg_spectral_embed : bool
+        Add each patch's log amplitude spectrum to its token.
+    hrf_delay, hrf_width : float
+        Initial tau and sigma of equation (3), seconds.
+    learn_hrf : bool
+        Learn tau and sigma.
+    position_frequencies : int
+        Fourier frequencies per axis of the 3-D position embedding.
+    position_wavelengths_mm : tuple of float
+        Shortest and longest wavelength of the position embedding, mm.
+    hidden_dim, depth, heads : int
+        Width, blocks and attention heads of the DiT.
+    mlp_ratio : float
+        MLP width ratio of the DiT blocks.
+    num_classes : int
+        Class/group labels; one more embedding is the null label.
+    label_dropout : float
+        Probability of the null label in training (classifier-free guidance), in [0, 1].
+    target_encoder_dim, target_encoder_depth, target_encoder_heads : int
+        Width, blocks and heads of the target encoders (alignment stage).
+    align_dim : int
+        Width of the CLIP-style alignment space.
+    alignment_weight : float
+        Weight of the InfoNCE loss in the total loss.
+    design_features : int
+        Width of the hemodynamic design (64 virtual electrodes x 5 bands x 2 HRF bases).
+    mean_hidden, mean_rank : int
+        Hidden width of the point prediction's residual network and rank of its per-point readout.
+    mean_dropout : float
+        Dropout on the design into the residual network, in [0, 1).
+    mean_loss_weight : float
+        Weight of the point prediction's MSE in the total loss.
+    diffusion_steps : int
+        Steps of the diffusion process.
+    prediction : {"v", "eps"}
+        Network output: velocity (default) or noise.
+    sampling_steps : int
+        DDIM steps when ``sample()`` is not told otherwise, in ``[1, diffusion_steps]``.
+    ema_decay : float
+        Decay of the exponential moving average of the weights.
+    fmri : FmriConfig
+        The fMRI target.
+    fnirs : FnirsConfig
+        The fNIRS target.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -136,9 +229,27 @@ class ModelConfig(BaseModel):
 
     @property
     def eeg_patch_seconds(self) -> float:
+        """Length of one EEG patch, seconds."""
         return self.eeg_patch_size / self.eeg_sfreq
 
     def modality(self, name: str) -> FmriConfig | FnirsConfig:
+        """The config of a target modality.
+
+        Parameters
+        ----------
+        name : {"fmri", "fnirs"}
+            The modality.
+
+        Returns
+        -------
+        FmriConfig | FnirsConfig
+            ``fmri`` or ``fnirs``.
+
+        Raises
+        ------
+        ConfigError
+            Another name.
+        """
         if name == "fmri":
             return self.fmri
         if name == "fnirs":
@@ -206,7 +317,23 @@ PRESETS: dict[str, ModelConfig] = {
 
 
 def get_preset(name: str) -> ModelConfig:
-    """The named preset (``tiny``, ``small``, ``base``)."""
+    """A named preset: ``tiny`` (tests), ``small`` (CPU) or ``base`` (GPU).
+
+    Parameters
+    ----------
+    name : str
+        A key of ``PRESETS``.
+
+    Returns
+    -------
+    ModelConfig
+        The preset.
+
+    Raises
+    ------
+    ConfigError
+        An unknown name.
+    """
     try:
         return PRESETS[name]
     except KeyError:
@@ -214,5 +341,18 @@ def get_preset(name: str) -> ModelConfig:
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters (each shared tensor counted once)."""
+    """Number of parameters of a module (each shared tensor counted once).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The module.
+    trainable_only : bool
+        Count only parameters with ``requires_grad``.
+
+    Returns
+    -------
+    int
+        The number of scalar parameters.
+    """
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

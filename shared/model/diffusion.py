@@ -24,7 +24,24 @@ ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t [B]) -
 
 
 def cosine_betas(num_steps: int, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
-    """Nichol & Dhariwal (2021): ``abar(t) = cos^2(((t/T + s) / (1 + s)) pi/2)``, betas clipped."""
+    """The cosine noise schedule of Nichol & Dhariwal (2021).
+
+    ``abar(t) = cos^2(((t/T + s) / (1 + s)) pi/2)``, ``beta_t = 1 - abar(t+1) / abar(t)``.
+
+    Parameters
+    ----------
+    num_steps : int
+        ``T``, the number of diffusion steps.
+    s : float
+        Offset that keeps ``beta`` from being tiny near ``t = 0``.
+    max_beta : float
+        Upper clip of ``beta`` (the last steps would otherwise reach 1).
+
+    Returns
+    -------
+    np.ndarray
+        float64 ``[num_steps]`` betas.
+    """
 
     def abar(t: float) -> float:
         return math.cos((t / num_steps + s) / (1 + s) * math.pi / 2) ** 2
@@ -33,17 +50,62 @@ def cosine_betas(num_steps: int, s: float = 0.008, max_beta: float = 0.999) -> n
 
 
 def ddim_timesteps(num_steps: int, sampling_steps: int) -> list[int]:
-    """Evenly spaced steps from the noisiest, ``T-1``, down to 0 (one step: ``T-1`` only)."""
+    """The respaced DDIM steps: evenly spaced from the noisiest, ``T-1``, down to 0.
+
+    Parameters
+    ----------
+    num_steps : int
+        ``T``, the number of diffusion steps.
+    sampling_steps : int
+        How many steps to take (one step: ``T-1`` only).
+
+    Returns
+    -------
+    list of int
+        Distinct steps in decreasing order (fewer than ``sampling_steps`` when rounding merges some).
+    """
     return sorted({int(round(x)) for x in np.linspace(num_steps - 1, 0, sampling_steps)}, reverse=True)
 
 
 def random_normal(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """Noise drawn on the generator's device and moved: the same seed gives the same noise on CPU and CUDA."""
+    """Standard normal noise drawn on the generator's device and moved to ``device``.
+
+    The same seed gives the same noise on CPU and CUDA.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Shape of the noise.
+    generator : torch.Generator | None
+        Source of randomness; None: the global generator of ``device``.
+    device : torch.device
+        Where the noise is returned.
+
+    Returns
+    -------
+    torch.Tensor
+        float32 noise of ``shape`` on ``device``.
+    """
     source = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=source).to(device)
 
 
 class GaussianDiffusion:
+    """The diffusion process: cosine schedule, training target and DDIM sampler (see the module docstring).
+
+    Parameters
+    ----------
+    num_steps : int
+        Number of diffusion steps ``T``.
+    prediction : {"v", "eps"}
+        What the network predicts: velocity or noise.
+
+    Raises
+    ------
+    ValueError
+        ``prediction`` is neither ``"v"`` nor ``"eps"``.
+    """
+
     def __init__(self, num_steps: int = 1000, prediction: Literal["v", "eps"] = "v"):
         if prediction not in ("v", "eps"):
             raise ValueError(f"prediction must be 'v' or 'eps', got {prediction!r}")
@@ -61,10 +123,42 @@ class GaussianDiffusion:
         return abar.sqrt(), (1 - abar).sqrt()
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Noise clean data to step ``t``: ``x_t = a_t x_0 + s_t eps`` (equation 4).
+
+        Parameters
+        ----------
+        x0 : torch.Tensor
+            Clean data ``[B, ...]``.
+        t : torch.Tensor
+            long ``[B]`` steps.
+        noise : torch.Tensor
+            ``eps``, shaped like ``x0``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``x_t``, shaped like ``x0``.
+        """
         a, s = self._coefficients(t, x0)
         return a * x0 + s * noise
 
     def training_target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the network should output at ``x_t`` (equation 8): ``v = a_t eps - s_t x_0`` or ``eps``.
+
+        Parameters
+        ----------
+        x0 : torch.Tensor
+            Clean data ``[B, ...]``.
+        t : torch.Tensor
+            long ``[B]`` steps.
+        noise : torch.Tensor
+            ``eps``, shaped like ``x0``.
+
+        Returns
+        -------
+        torch.Tensor
+            The target, shaped like ``x0``.
+        """
         if self.prediction == "eps":
             return noise
         a, s = self._coefficients(t, x0)
@@ -73,7 +167,22 @@ class GaussianDiffusion:
     def predict_x0_and_eps(
         self, x_t: torch.Tensor, t: torch.Tensor, output: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Invert the parameterisation: network output at ``x_t`` -> (x_0, eps) estimates."""
+        """Invert the parameterisation: network output at ``x_t`` -> ``(x_0, eps)`` estimates.
+
+        Parameters
+        ----------
+        x_t : torch.Tensor
+            Noisy data ``[B, ...]``.
+        t : torch.Tensor
+            long ``[B]`` steps.
+        output : torch.Tensor
+            The network's output (v or eps), shaped like ``x_t``.
+
+        Returns
+        -------
+        x0, eps : torch.Tensor
+            The estimates, shaped like ``x_t``.
+        """
         a, s = self._coefficients(t, x_t)
         if self.prediction == "eps":
             return (x_t - s * output) / a, output
@@ -82,6 +191,22 @@ class GaussianDiffusion:
     def sample_timesteps(
         self, batch_size: int, device: torch.device, generator: torch.Generator | None = None
     ) -> torch.Tensor:
+        """Uniformly random steps in ``[0, T)``, drawn on the generator's device.
+
+        Parameters
+        ----------
+        batch_size : int
+            How many.
+        device : torch.device
+            Where they are returned.
+        generator : torch.Generator | None
+            Source of randomness; None: the global generator of ``device``.
+
+        Returns
+        -------
+        torch.Tensor
+            long ``[batch_size]`` on ``device``.
+        """
         source = generator.device if generator is not None else device
         return torch.randint(0, self.num_steps, (batch_size,), generator=generator, device=source).to(device)
 
@@ -96,7 +221,30 @@ class GaussianDiffusion:
         generator: torch.Generator | None = None,
         device: torch.device | str = "cpu",
     ) -> torch.Tensor:
-        """Draw ``x_0`` from the reverse process in ``steps`` DDIM steps."""
+        """Draw ``x_0`` from the reverse process in ``steps`` DDIM steps (equation 5).
+
+        Runs without gradients. ``eta=0`` is deterministic given ``generator``.
+
+        Parameters
+        ----------
+        model_fn : callable
+            ``model_fn(x_t, t [B])`` -> the network output (v or eps), shaped like ``x_t``.
+        shape : tuple of int
+            Shape of the sample, batch first.
+        steps : int
+            DDIM steps (``ddim_timesteps``).
+        eta : float
+            Stochasticity: 0 is DDIM, 1 matches the DDPM posterior variance.
+        generator : torch.Generator | None
+            Source of the starting noise (and of the step noise when ``eta > 0``).
+        device : torch.device | str
+            Where the sample is computed.
+
+        Returns
+        -------
+        torch.Tensor
+            The sample of ``shape``.
+        """
         device = torch.device(device)
         timesteps = ddim_timesteps(self.num_steps, steps)
         x = random_normal(shape, generator, device)

@@ -15,6 +15,8 @@ from fedneurogen.shared.model.layers import Attention, CrossAttention, LabelEmbe
 
 
 class DiTBlock(nn.Module):
+    """One DiT block: adaLN-modulated, gated self-attention, cross-attention to the EEG tokens and MLP."""
+
     def __init__(self, dim: int, heads: int, mlp_ratio: float):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)

@@ -88,14 +88,36 @@ LABRAM_CHANNELS: tuple[str, ...] = (
 
 
 def normalize_channel_name(name: str) -> str:
-    """``'EEG Fp1-REF'`` -> ``'FP1'``: upper case without an ``EEG`` prefix or reference suffix."""
+    """Normalise an EEG channel name: ``'EEG Fp1-REF'`` -> ``'FP1'``.
+
+    Parameters
+    ----------
+    name : str
+        A channel name as a file gives it.
+
+    Returns
+    -------
+    str
+        Upper case, without an ``EEG`` prefix or a ``-REF``/``-LE``/``-AR``/``-AVG`` suffix.
+    """
     name = re.sub(r"^EEG[\s_-]+", "", name.strip().upper())
     return re.sub(r"-(REF|LE|AR|AVG)$", "", name)
 
 
 @lru_cache(maxsize=256)
 def electrode_indices(channel_names: tuple[str, ...]) -> tuple[int, ...]:
-    """Vocabulary index of each channel; names outside the 10-05 system get the unknown token."""
+    """Vocabulary index of each channel (cached).
+
+    Parameters
+    ----------
+    channel_names : tuple of str
+        Channel names (normalised with ``normalize_channel_name``).
+
+    Returns
+    -------
+    tuple of int
+        Index into ``ELECTRODE_VOCABULARY``; ``UNKNOWN_ELECTRODE`` for names outside the 10-05 system.
+    """
     return tuple(_ELECTRODE_INDEX.get(normalize_channel_name(n), UNKNOWN_ELECTRODE) for n in channel_names)
 
 
@@ -103,7 +125,13 @@ class TemporalConv(nn.Module):
     """LaBraM's patch encoder: three temporal convolutions with GroupNorm and GELU.
 
     ``[B, N, S]`` (N patches of S samples) -> ``[B, N, time x channels]``. The convolutions run on
-    ``[B, 1, N, S]`` so the batch axis stays first (Opacus computes per-sample gradients)."""
+    ``[B, 1, N, S]`` so the batch axis stays first (Opacus computes per-sample gradients).
+
+    Parameters
+    ----------
+    out_chans : int
+        Convolution channels (a multiple of 4: GroupNorm with 4 groups).
+    """
 
     def __init__(self, out_chans: int = 8):
         super().__init__()
@@ -116,6 +144,18 @@ class TemporalConv(nn.Module):
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Embed patches.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``[B, N, S]`` patches of ``S`` samples.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[B, N, ceil(S / 8) x out_chans]``.
+        """
         # channels-last: oneDNN's (1, 3) convolutions run forward + backward about 2x faster on
         # CPU than in NCHW, and the final [b, n, t, c] memory order makes the rearrange a view
         x = x.unsqueeze(1).contiguous(memory_format=torch.channels_last)
@@ -131,7 +171,15 @@ class SpectralEmbed(nn.Module):
     The hemodynamic response follows EEG band power (alpha down, gamma up with activity), which a
     temporal convolution must otherwise learn to square and smooth from raw samples. LaBraM
     learns the spectrum as a pre-training target; here it is handed to the encoder directly,
-    which makes training from scratch far faster."""
+    which makes training from scratch far faster.
+
+    Parameters
+    ----------
+    patch_size : int
+        Samples per patch ``S``.
+    dim : int
+        Width of the token vector ``D``.
+    """
 
     def __init__(self, patch_size: int, dim: int):
         super().__init__()
@@ -139,13 +187,30 @@ class SpectralEmbed(nn.Module):
         self.proj = nn.Linear(patch_size // 2 + 1, dim)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        """``[B, N, S]`` patches -> ``[B, N, D]``."""
+        """``log1p`` of each patch's orthonormal FFT amplitude, normalised and projected.
+
+        Parameters
+        ----------
+        patches : torch.Tensor
+            ``[B, N, S]`` patches.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[B, N, D]``.
+        """
         amplitude = torch.fft.rfft(patches.float(), dim=-1, norm="ortho").abs()
         return self.proj(self.norm(torch.log1p(amplitude)))
 
 
 class EEGEncoder(nn.Module):
-    """LaBraM-style EEG transformer: ``eeg [B, C, T]`` -> features ``[B, C, P, D]``."""
+    """LaBraM-style EEG transformer: ``eeg [B, C, T]`` -> features ``[B, C, P, D]``.
+
+    Parameters
+    ----------
+    config : ModelConfig
+        The ``eeg_*`` fields set its shapes.
+    """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -183,6 +248,23 @@ class EEGEncoder(nn.Module):
             block.mlp.fc2.weight.data.div_(math.sqrt(2.0 * layer_id))
 
     def n_patches(self, n_times: int) -> int:
+        """Patches in a window of ``n_times`` samples.
+
+        Parameters
+        ----------
+        n_times : int
+            Samples per channel.
+
+        Returns
+        -------
+        int
+            ``n_times / patch_size``.
+
+        Raises
+        ------
+        ConfigError
+            ``n_times`` is not a whole number of patches, or more than the time embedding covers.
+        """
         if n_times % self.patch_size:
             raise ConfigError(
                 f"EEG window of {n_times} samples is not a whole number of {self.patch_size}-sample patches"
@@ -193,7 +275,20 @@ class EEGEncoder(nn.Module):
         return n
 
     def forward(self, eeg: torch.Tensor, channel_index: torch.Tensor) -> torch.Tensor:
-        """``eeg [B, C, T]`` and vocabulary ``channel_index [C]`` -> ``[B, C, P, D]``."""
+        """Encode EEG windows.
+
+        Parameters
+        ----------
+        eeg : torch.Tensor
+            ``[B, C, T]`` at ``eeg_sfreq``, units of 100 uV.
+        channel_index : torch.Tensor
+            long ``[C]`` vocabulary index of each channel (``channel_index_tensor``).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[B, C, P, D]`` features, one per channel and patch.
+        """
         b, c, t = eeg.shape
         p = self.n_patches(t)
         patches = rearrange(eeg, "b c (p s) -> b (c p) s", s=self.patch_size)
@@ -216,7 +311,19 @@ class EEGEncoder(nn.Module):
 
 @dataclass
 class LabramLoadReport:
-    """What ``load_labram_checkpoint`` did with each tensor of the file."""
+    """What ``load_labram_checkpoint`` did with each tensor of the file.
+
+    Attributes
+    ----------
+    loaded : list of str
+        Encoder tensors taken from the file.
+    skipped_shape : list of str
+        ``"name: file [..] vs model [..]"`` for tensors whose shape does not fit.
+    unexpected : list of str
+        In the file, not in the encoder.
+    missing : list of str
+        In the encoder, not loaded from the file (left at initialisation).
+    """
 
     loaded: list[str] = field(default_factory=list)
     skipped_shape: list[str] = field(default_factory=list)  # "name: file [..] vs model [..]"
@@ -278,8 +385,29 @@ def load_labram_checkpoint(model: nn.Module, path: str | Path, trusted: bool = F
     pre-training) and ``module.`` prefixes are stripped, LaBraM's names are mapped onto this
     encoder (q/v biases, LayerScale, electrode rows by channel name, time rows), and tensors whose
     shape does not fit (classification heads, other widths) are skipped and logged. Nothing is
-    downloaded. ``trusted=True`` allows pickled non-tensor objects in the file (only for files you
-    trust: unpickling can run code).
+    downloaded.
+
+    Parameters
+    ----------
+    model : nn.Module
+        An ``EEGEncoder`` or anything with an ``eeg_encoder`` attribute; loaded in place.
+    path : str | Path
+        The checkpoint file (``torch.save`` format).
+    trusted : bool
+        Allow pickled non-tensor objects in the file (only for files you trust: unpickling can
+        run code).
+
+    Returns
+    -------
+    LabramLoadReport
+        Which tensors were loaded, skipped, unexpected or missing.
+
+    Raises
+    ------
+    TypeError
+        ``model`` holds no ``EEGEncoder``.
+    ConfigError
+        The file does not exist, cannot be read, or holds no state dict.
     """
     encoder = getattr(model, "eeg_encoder", model)
     if not isinstance(encoder, EEGEncoder):
@@ -338,4 +466,18 @@ def load_labram_checkpoint(model: nn.Module, path: str | Path, trusted: bool = F
 
 
 def channel_index_tensor(channel_names: Sequence[str], device: torch.device | str) -> torch.Tensor:
+    """``electrode_indices`` as a tensor, the ``channel_index`` of ``EEGEncoder.forward``.
+
+    Parameters
+    ----------
+    channel_names : sequence of str
+        Channel names.
+    device : torch.device | str
+        Where the tensor is created.
+
+    Returns
+    -------
+    torch.Tensor
+        long ``[C]``.
+    """
     return torch.tensor(electrode_indices(tuple(channel_names)), dtype=torch.long, device=device)

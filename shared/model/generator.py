@@ -41,18 +41,69 @@ MODALITY_PREFIX = "modality_heads."
 
 
 def default_device() -> torch.device:
+    """CUDA when available, else the CPU.
+
+    Returns
+    -------
+    torch.device
+        ``cuda`` or ``cpu``.
+    """
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def parameter_modality(name: str) -> str | None:
-    """``'fmri'``/``'fnirs'`` for a modality-specific parameter or buffer name, None for the backbone."""
+    """Which target modality a parameter belongs to (what the server aggregates per modality).
+
+    Parameters
+    ----------
+    name : str
+        A parameter or buffer name of ``NeuroGenModel.state_dict()`` (an Opacus ``_module.``
+        prefix is ignored).
+
+    Returns
+    -------
+    str | None
+        ``'fmri'``/``'fnirs'`` under ``modality_heads.<modality>.``, None for the shared backbone.
+    """
     name = name.removeprefix("_module.")  # Opacus GradSampleModule
     return name.split(".")[1] if name.startswith(MODALITY_PREFIX) else None
 
 
 @dataclass
 class Batch:
-    """One batch of paired windows from one site (one montage, one target layout)."""
+    """One batch of paired windows from one site (one montage, one target layout).
+
+    Build one from ``PairedWindows`` with ``Batch.from_windows``.
+
+    Attributes
+    ----------
+    modality : {"fmri", "fnirs"}
+        The target modality.
+    eeg : torch.Tensor
+        ``[B, C, T]`` at ``eeg_sfreq``, units of 100 uV.
+    eeg_channel_names : list of str
+        One name per EEG channel.
+    eeg_positions : torch.Tensor
+        ``[C, 3]`` electrode positions, mm.
+    target_sfreq : float
+        Target frame rate, Hz.
+    lag : float
+        The EEG window starts this many seconds before the target window.
+    target : torch.Tensor | None
+        ``[B, N, F]``; None when only sampling.
+    target_positions : torch.Tensor | None
+        ``[N, 3]`` mm (fNIRS: needed; fMRI: ico4 is fixed).
+    target_names : list of str | None
+        One name per target point (fNIRS: needed).
+    target_point_types : list of str | None
+        fNIRS: ``'hbo'``/``'hbr'`` per point.
+    labels : torch.Tensor | None
+        long ``[B]`` class index, -1 = unlabelled (the null label); None = no labels.
+    eeg_sfreq : float
+        EEG sampling rate, Hz.
+    design : torch.Tensor | None
+        ``[B, F, D]`` hemodynamic design per target frame (needed by the point prediction).
+    """
 
     modality: str
     eeg: torch.Tensor  # [B, C, T] at eeg_sfreq, units of 100 uV
@@ -70,9 +121,22 @@ class Batch:
 
     @property
     def batch_size(self) -> int:
+        """Number of windows ``B``."""
         return int(self.eeg.shape[0])
 
     def to(self, device: torch.device | str) -> "Batch":
+        """The batch with every tensor on ``device``.
+
+        Parameters
+        ----------
+        device : torch.device | str
+            The target device.
+
+        Returns
+        -------
+        Batch
+            A new batch (names and scalars shared).
+        """
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return replace(
             self,
@@ -85,7 +149,18 @@ class Batch:
         )
 
     def select(self, index: torch.Tensor | Sequence[int] | slice) -> "Batch":
-        """The windows at ``index`` (layout, montage and positions are shared)."""
+        """The windows at ``index`` (layout, montage and positions are shared).
+
+        Parameters
+        ----------
+        index : torch.Tensor | sequence of int | slice
+            Windows to keep.
+
+        Returns
+        -------
+        Batch
+            A new batch with ``eeg``, ``target``, ``labels`` and ``design`` indexed.
+        """
         pick = lambda t: None if t is None else t[index]  # noqa: E731
         return replace(
             self, eeg=pick(self.eeg), target=pick(self.target), labels=pick(self.labels), design=pick(self.design)
@@ -99,10 +174,25 @@ class Batch:
         class_to_index: Mapping[str, int] | None = None,
         device: torch.device | str | None = None,
     ) -> "Batch":
-        """Windows ``index`` (all when None) as tensors on ``device`` (CUDA when available).
+        """Windows of ``PairedWindows`` as float32 tensors on a device.
 
-        Labels are mapped through ``class_to_index``; labels it does not list become -1, the null
-        label. Without ``class_to_index`` the batch is unlabelled."""
+        Parameters
+        ----------
+        windows : PairedWindows
+            The site's windows.
+        index : np.ndarray | sequence of int | slice | None
+            Windows to take; None: all.
+        class_to_index : mapping of str to int | None
+            Label index of each class name; labels it does not list become -1, the null label.
+            None: the batch is unlabelled.
+        device : torch.device | str | None
+            Where the tensors go; None: ``default_device()`` (CUDA when available).
+
+        Returns
+        -------
+        Batch
+            The batch.
+        """
         device = torch.device(device) if device is not None else default_device()
         index = slice(None) if index is None else index
         labels = None
@@ -128,7 +218,24 @@ class Batch:
 
 
 class ModalityHead(nn.Module):
-    """The parts of the model specific to one target modality."""
+    """The parts of the model specific to one target modality.
+
+    Patch and condition embedders, the final layer (the modal unpatcher), the point prediction
+    (``MeanHead``: ridge path + learned residual) and the target encoder of the alignment stage.
+
+    Parameters
+    ----------
+    config : ModelConfig
+        The model config.
+    n_frames : int
+        Target frames per window ``F``.
+    token_size : int
+        Target points per token.
+    n_points : int
+        Target points ``N`` the point prediction covers.
+    tokenizer : FmriTokenizer | None
+        The fixed grouping of fMRI vertices into tokens; None for fNIRS (layout per batch).
+    """
 
     def __init__(
         self, config: ModelConfig, n_frames: int, token_size: int, n_points: int, tokenizer: FmriTokenizer | None = None
@@ -159,6 +266,20 @@ class NeuroGenModel(nn.Module):
     vertex positions directly, and ``None`` leaves the grouping to be loaded from a checkpoint.
     The model moves itself to ``device`` (CUDA when available); on CUDA the network runs under
     bf16 autocast, on CPU in fp32.
+
+    Parameters
+    ----------
+    config : ModelConfig | str
+        The config, or a preset name (``get_preset``).
+    fmri_positions : np.ndarray | torch.Tensor | str | None
+        ``"ico4"``, an array ``[5124, 3]`` of vertex positions in mm, or None.
+    device : torch.device | str | None
+        Where the model goes; None: ``default_device()``.
+
+    Raises
+    ------
+    ConfigError
+        ``fmri_positions`` is a string other than ``"ico4"``.
     """
 
     def __init__(
@@ -215,6 +336,7 @@ class NeuroGenModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """The device of the model's parameters."""
         return next(self.parameters()).device
 
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -225,7 +347,25 @@ class NeuroGenModel(nn.Module):
     # -- batch geometry ------------------------------------------------------------------------
 
     def layout(self, batch: Batch) -> TokenLayout:
-        """Which target points form each token, checking the batch against the config."""
+        """Which target points form each token, checking the batch against the config.
+
+        Parameters
+        ----------
+        batch : Batch
+            A batch (its ``target`` may be None).
+
+        Returns
+        -------
+        TokenLayout
+            The fixed fMRI layout, or the fNIRS layout of the batch's channels.
+
+        Raises
+        ------
+        ConfigError
+            Unknown modality; EEG or target rate other than the config's; EEG not ``[B, C, T]``
+            with ``C`` names and ``[C, 3]`` positions; fNIRS without names or positions, or with
+            more channels than ``fnirs.max_channels``; a target not ``[B, N, F]`` of the layout.
+        """
         cfg = self.config
         if batch.modality not in MODALITIES:
             raise ConfigError(f"unknown target modality {batch.modality!r}; expected one of {MODALITIES}")
@@ -264,11 +404,37 @@ class NeuroGenModel(nn.Module):
     # -- network -------------------------------------------------------------------------------
 
     def encode_eeg(self, batch: Batch) -> torch.Tensor:
-        """EEG features ``[B, C, P, De]`` (equation 6)."""
+        """EEG features (equation 6).
+
+        Parameters
+        ----------
+        batch : Batch
+            The batch.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[B, C, P, De]``: one feature vector per channel and 1 s patch.
+        """
         return self.eeg_encoder(batch.eeg, channel_index_tensor(batch.eeg_channel_names, batch.eeg.device))
 
     def condition_tokens(self, batch: Batch, features: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
-        """EEG tokens ``[B, M, D]``: the integrated EEG evidence at each target token."""
+        """EEG tokens: the integrated EEG evidence at each target token (equations 1-3).
+
+        Parameters
+        ----------
+        batch : Batch
+            The batch (electrode positions, lag, modality).
+        features : torch.Tensor
+            ``[B, C, P, De]`` from ``encode_eeg``.
+        layout : TokenLayout
+            The batch's layout (``layout``).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[B, M, D]``, with the tokens' position embedding added.
+        """
         head = self.modality_heads[batch.modality]
         n_frames = self.config.modality(batch.modality).n_frames
         device = features.device
@@ -280,9 +446,29 @@ class NeuroGenModel(nn.Module):
     def point_prediction(
         self, batch: Batch, *, use_labels: bool = True, labels: torch.Tensor | None = None, train: bool = False
     ) -> torch.Tensor:
-        """The conditional mean ``[B, N, F]``: ridge path + learned residual on the batch's
-        hemodynamic design. Label-free (the null label) unless ``use_labels`` and the batch (or
-        ``labels``) carries labels."""
+        """The conditional mean: ridge path + learned residual on the batch's hemodynamic design.
+
+        Parameters
+        ----------
+        batch : Batch
+            The batch; needs ``design`` ``[B, F, design_features]``.
+        use_labels : bool
+            Condition on labels; False: label-free (the null label).
+        labels : torch.Tensor | None
+            long ``[B]`` labels to use instead of ``batch.labels``.
+        train : bool
+            Training mode of the residual network (dropout on the design).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[B, N, F]``.
+
+        Raises
+        ------
+        ConfigError
+            The batch has no design, or one of another width (other preprocessing than the model's).
+        """
         layout = self.layout(batch)
         n_frames = self.config.modality(batch.modality).n_frames
         if batch.design is None:
@@ -314,8 +500,31 @@ class NeuroGenModel(nn.Module):
     ) -> torch.Tensor:
         """One network evaluation: noisy targets ``[B, N, F]`` -> v (or eps) ``[B, N, F]``.
 
-        ``context_kv`` (``self.dit.context_kv(condition)``) is the cross-attention's keys and
-        values of ``condition``; a sampler passes them so they are not recomputed every step."""
+        Parameters
+        ----------
+        x_t : torch.Tensor
+            ``[B, N, F]`` noisy targets.
+        t : torch.Tensor
+            long ``[B]`` diffusion steps.
+        condition : torch.Tensor
+            ``[B, M, D]`` EEG tokens (``condition_tokens``).
+        layout : TokenLayout
+            The batch's layout.
+        modality : str
+            ``"fmri"`` or ``"fnirs"``: which head runs.
+        labels : torch.Tensor | None
+            long ``[B]`` labels (-1: null label); None: no labels.
+        drop_labels : bool
+            Replace labels by the null label with probability ``label_dropout`` (training).
+        context_kv : list of (torch.Tensor, torch.Tensor) | None
+            The cross-attention's keys and values of ``condition`` (``self.dit.context_kv``); a
+            sampler passes them so they are not recomputed every step.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[B, N, F]`` v or eps (``config.prediction``).
+        """
         head = self.modality_heads[modality]
         # Each token also gets its own EEG token added (like SR3/Palette's concatenated
         # condition); cross-attention lets it read every other one.
@@ -338,8 +547,33 @@ class NeuroGenModel(nn.Module):
         """Classifier-free guidance on the label: ``uncond + s * (cond - uncond)``.
 
         ``s = 1`` (or no labels) is the plain conditional prediction, ``s = 0`` the null label's.
-        With guidance both predictions run as one doubled batch; ``context_kv`` is then the
-        doubled batch's (``guidance_context``)."""
+        With guidance both predictions run as one doubled batch.
+
+        Parameters
+        ----------
+        x_t : torch.Tensor
+            ``[B, N, F]`` noisy targets.
+        t : torch.Tensor
+            long ``[B]`` diffusion steps.
+        condition : torch.Tensor
+            ``[B, M, D]`` EEG tokens.
+        layout : TokenLayout
+            The batch's layout.
+        modality : str
+            ``"fmri"`` or ``"fnirs"``.
+        labels : torch.Tensor | None
+            long ``[B]`` labels; None: no guidance.
+        guidance_scale : float
+            ``s``.
+        context_kv : list of (torch.Tensor, torch.Tensor) | None
+            Precomputed cross-attention keys and values: of the doubled condition when
+            ``uses_guidance``, else of ``condition``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[B, N, F]`` guided v (or eps).
+        """
         if not self.uses_guidance(labels, guidance_scale):
             return self.denoise(x_t, t, condition, layout, modality, labels, context_kv=context_kv)
         null = torch.full_like(labels, -1)
@@ -352,7 +586,20 @@ class NeuroGenModel(nn.Module):
 
     @staticmethod
     def uses_guidance(labels: torch.Tensor | None, guidance_scale: float) -> bool:
-        """Whether ``guided_denoise`` evaluates the doubled (conditional + null label) batch."""
+        """Whether ``guided_denoise`` evaluates the doubled (conditional + null label) batch.
+
+        Parameters
+        ----------
+        labels : torch.Tensor | None
+            The batch's labels.
+        guidance_scale : float
+            The guidance scale.
+
+        Returns
+        -------
+        bool
+            True when there are labels and the scale is not 1.
+        """
         return labels is not None and guidance_scale != 1.0
 
     # -- training ------------------------------------------------------------------------------
@@ -360,7 +607,22 @@ class NeuroGenModel(nn.Module):
     def alignment_loss(
         self, batch: Batch, features: torch.Tensor | None = None, layout: TokenLayout | None = None
     ) -> torch.Tensor:
-        """CLIP-style InfoNCE between pooled EEG and target window embeddings (needs B >= 2)."""
+        """CLIP-style InfoNCE between pooled EEG and target window embeddings (needs B >= 2).
+
+        Parameters
+        ----------
+        batch : Batch
+            A batch with targets.
+        features : torch.Tensor | None
+            ``[B, C, P, De]`` EEG features already computed; None: ``encode_eeg(batch)``.
+        layout : TokenLayout | None
+            The batch's layout; None: ``layout(batch)``.
+
+        Returns
+        -------
+        torch.Tensor
+            Scalar loss.
+        """
         layout = layout if layout is not None else self.layout(batch)
         features = features if features is not None else self.encode_eeg(batch)
         target_embedding = self.modality_heads[batch.modality].target_encoder(
@@ -377,16 +639,41 @@ class NeuroGenModel(nn.Module):
         generator: torch.Generator | None = None,
         per_sample: bool = False,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Total loss = diffusion loss (8) on the residual ``x0 - mean`` + ``mean_loss_weight`` x
-        the point prediction's MSE + ``alignment_weight`` x InfoNCE, and its parts (the mean is
-        detached in the diffusion target, so each loss trains its own part).
+        """The training loss of a batch, and its parts.
 
-        ``per_sample=True`` returns each window's total loss ``[B]`` (their mean is the usual
-        loss), for DP-SGD's fast/ghost clipping; it needs the InfoNCE term off (``prepare_for_dp``),
-        which compares windows with each other.
+        Total loss = diffusion loss (8) on the residual ``x0 - mean`` + ``mean_loss_weight`` x
+        the point prediction's MSE + ``alignment_weight`` x InfoNCE (the mean is detached in the
+        diffusion target, so each loss trains its own part). Labels are replaced by the null
+        label with probability ``label_dropout`` in training mode.
 
-        ``t`` and ``noise`` default to random draws (from ``generator`` when given). Labels are
-        replaced by the null label with probability ``label_dropout`` in training mode."""
+        Parameters
+        ----------
+        batch : Batch
+            A batch with targets and a design.
+        t : torch.Tensor | None
+            long ``[B]`` diffusion steps; None: uniformly random.
+        noise : torch.Tensor | None
+            ``[B, N, F]`` noise; None: standard normal.
+        generator : torch.Generator | None
+            Source of the random draws (steps, noise, label dropout).
+        per_sample : bool
+            Return each window's total loss ``[B]`` (their mean is the usual loss), for DP-SGD's
+            fast/ghost clipping; it needs the InfoNCE term off (``prepare_for_dp``), which
+            compares windows with each other.
+
+        Returns
+        -------
+        loss : torch.Tensor
+            Scalar total loss (``[B]`` with ``per_sample``).
+        parts : dict of str to float
+            ``diffusion``, ``mean``, ``alignment`` (when computed) and ``total``, batch means.
+
+        Raises
+        ------
+        ConfigError
+            The batch has no targets, or ``per_sample`` with the alignment loss on; and as
+            ``layout`` and ``point_prediction``.
+        """
         if batch.target is None:
             raise ConfigError("loss() needs a batch with targets")
         layout = self.layout(batch)
@@ -429,10 +716,26 @@ class NeuroGenModel(nn.Module):
         return total, parts
 
     def forward(self, batch: Batch, **kwargs) -> tuple[torch.Tensor, dict[str, float]]:
+        """``loss(batch, **kwargs)``, so ``model(batch)`` trains (and Opacus hooks see the call).
+
+        Parameters
+        ----------
+        batch : Batch
+            A batch with targets and a design.
+        **kwargs
+            Keyword arguments of ``loss``.
+
+        Returns
+        -------
+        loss : torch.Tensor
+            As ``loss``.
+        parts : dict of str to float
+            As ``loss``.
+        """
         return self.loss(batch, **kwargs)
 
     def prepare_for_dp(self, modality: str) -> list[nn.Parameter]:
-        """Make the model fit Opacus DP-SGD for batches of ``modality``; returns the trainable parameters.
+        """Make the model fit Opacus DP-SGD for batches of ``modality``.
 
         DP-SGD clips each window's own gradient, so only per-window losses may be trained:
         - the InfoNCE alignment compares the windows of a batch with each other: it is switched
@@ -442,6 +745,21 @@ class NeuroGenModel(nn.Module):
           Opacus' per-layer hooks cannot pass on: frozen at their current values;
         - the ridge path of the point prediction is solved in closed form: stays frozen.
         Everything else is made trainable (freeze more afterwards if wanted).
+
+        Parameters
+        ----------
+        modality : {"fmri", "fnirs"}
+            The site's target modality.
+
+        Returns
+        -------
+        list of nn.Parameter
+            The parameters left trainable.
+
+        Raises
+        ------
+        ConfigError
+            An unknown modality.
         """
         if modality not in MODALITIES:
             raise ConfigError(f"unknown target modality {modality!r}; expected one of {MODALITIES}")
@@ -470,9 +788,28 @@ class NeuroGenModel(nn.Module):
     ) -> torch.Tensor:
         """Generate targets ``[B, N, F]`` from the batch's EEG (and labels) by DDIM.
 
-        ``steps`` defaults to the config's ``sampling_steps``; ``eta=0`` is deterministic given
-        ``generator``. To sample with EMA weights use ``EMA.average_parameters(model)`` or a
-        checkpoint loaded with ``use_ema=True``."""
+        The sample is the point prediction plus a residual drawn by the diffusion. Runs without
+        gradients. To sample with EMA weights use ``EMA.average_parameters(model)`` or a
+        checkpoint loaded with ``use_ema=True``.
+
+        Parameters
+        ----------
+        batch : Batch
+            EEG, design and (optionally) labels; ``target`` is not read.
+        steps : int | None
+            DDIM steps; None: the config's ``sampling_steps``.
+        guidance_scale : float
+            Classifier-free guidance on the labels (1: none; see ``guided_denoise``).
+        eta : float
+            DDIM stochasticity; 0 is deterministic given ``generator``.
+        generator : torch.Generator | None
+            Source of the noise.
+
+        Returns
+        -------
+        torch.Tensor
+            float32 ``[B, N, F]`` generated targets.
+        """
         layout = self.layout(batch)
         n_frames = self.config.modality(batch.modality).n_frames
         # The EEG encoding, the EEG tokens and every block's cross-attention keys and values
@@ -501,9 +838,21 @@ class NeuroGenModel(nn.Module):
 
 
 def parameter_count(config: ModelConfig | str) -> dict[str, int]:
-    """Parameters of the model a config describes, per part, without allocating them (the model
-    is built on the meta device): ``total``, ``eeg_encoder``, ``dit``, ``fmri``, ``fnirs``, ``other``,
-    and ``ridge_path`` (closed-form coefficients inside the heads) and ``trainable`` (the rest)."""
+    """Parameters of the model a config describes, per part, without allocating them.
+
+    The model is built on the meta device.
+
+    Parameters
+    ----------
+    config : ModelConfig | str
+        A config or a preset name.
+
+    Returns
+    -------
+    dict of str to int
+        ``total``, ``eeg_encoder``, ``dit``, ``fmri``, ``fnirs``, ``other``, and ``ridge_path``
+        (closed-form coefficients inside the heads) and ``trainable`` (the rest).
+    """
     with torch.device("meta"):
         model = NeuroGenModel(config, fmri_positions=None, device="meta")
     parts = {

@@ -95,6 +95,8 @@ class CrossAttention(nn.Module):
 
 
 class Mlp(nn.Module):
+    """Transformer MLP: linear, GELU (tanh approximation with ``approximate_gelu``), linear."""
+
     def __init__(self, dim: int, mlp_ratio: float, approximate_gelu: bool = False):
         super().__init__()
         hidden = int(dim * mlp_ratio)

@@ -72,7 +72,27 @@ BAND_COLORS = ("tab:purple", "tab:blue", "tab:green", "tab:orange", "tab:red")
 def feature_groups(
     n_features: int, n_electrodes: int, n_bands: int = len(BANDS)
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(electrode, band, basis)`` index of every design column (electrode x band x basis order)."""
+    """The ``(electrode, band, basis)`` index of every design column (electrode x band x basis order).
+
+    Parameters
+    ----------
+    n_features : int
+        Width of the design.
+    n_electrodes : int
+        Virtual electrodes (64).
+    n_bands : int
+        EEG bands.
+
+    Returns
+    -------
+    electrode, band, basis : np.ndarray
+        int ``[n_features]`` each.
+
+    Raises
+    ------
+    ConfigError
+        ``n_features`` is not ``n_electrodes x n_bands x`` a whole number of basis functions.
+    """
     n_basis, leftover = divmod(n_features, n_electrodes * n_bands)
     if leftover or n_basis < 1:
         raise ConfigError(
@@ -83,16 +103,41 @@ def feature_groups(
 
 
 def one_hot(groups: np.ndarray, n_groups: int) -> np.ndarray:
-    """``[n_features, n_groups]`` float64 indicator of each feature's group."""
+    """Indicator matrix of each feature's group.
+
+    Parameters
+    ----------
+    groups : np.ndarray
+        int ``[n_features]`` group index of each feature.
+    n_groups : int
+        Number of groups.
+
+    Returns
+    -------
+    np.ndarray
+        float64 ``[n_features, n_groups]``.
+    """
     out = np.zeros((len(groups), n_groups))
     out[np.arange(len(groups)), groups] = 1.0
     return out
 
 
 def lobe(position_mm: Sequence[float]) -> str:
-    """Coarse lobe of a point from its MNI/fsaverage coordinates (mm); boundaries follow the
-    parieto-occipital sulcus (y ~ -72), the central sulcus region (-40 < y < -5 above z = 5)
-    and the Sylvian fissure (z ~ 5)."""
+    """Coarse lobe of a point from its MNI/fsaverage coordinates.
+
+    Boundaries follow the parieto-occipital sulcus (y ~ -72), the central sulcus region
+    (-40 < y < -5 above z = 5) and the Sylvian fissure (z ~ 5).
+
+    Parameters
+    ----------
+    position_mm : sequence of float
+        ``(x, y, z)`` in mm.
+
+    Returns
+    -------
+    str
+        ``frontal``, ``central``, ``parietal``, ``temporal`` or ``occipital``.
+    """
     _, y, z = (float(v) for v in position_mm)
     if y < -72:
         return "occipital"
@@ -106,8 +151,23 @@ def lobe(position_mm: Sequence[float]) -> str:
 
 
 def coarse_regions(positions: np.ndarray, names: Sequence[str] | None = None) -> list[str]:
-    """``'left occipital'``-style region of each point: hemisphere from an ``L``/``R`` vertex name
-    (ico4) or else the sign of x (midline: ``'midline'``), lobe from ``lobe``."""
+    """A ``'left occipital'``-style region for each point.
+
+    The hemisphere comes from an ``L``/``R`` vertex name (ico4), else from the sign of x
+    (``'midline'`` within 2 mm of x = 0); the lobe from ``lobe``.
+
+    Parameters
+    ----------
+    positions : np.ndarray
+        ``[n_points, 3]`` mm.
+    names : sequence of str | None
+        Point names (``L123``, ``S1_D1 hbo``); None: hemisphere from x only.
+
+    Returns
+    -------
+    list of str
+        ``"<hemisphere> <lobe>"`` per point.
+    """
     out = []
     for i, position in enumerate(np.asarray(positions, dtype=float)):
         name = names[i] if names is not None else ""
@@ -124,10 +184,26 @@ def coarse_regions(positions: np.ndarray, names: Sequence[str] | None = None) ->
 
 
 def ridge_attributions(design: np.ndarray, coef: np.ndarray, baseline: np.ndarray) -> np.ndarray:
-    """Exact attributions of a linear path ``design @ coef + intercept``: ``[n, D, N]`` with
-    ``a[i, j, n] = coef[j, n] (design[i, j] - baseline[j])``. Per row they sum to the prediction
+    """Exact attributions of a linear path ``design @ coef + intercept``.
+
+    ``a[i, j, n] = coef[j, n] (design[i, j] - baseline[j])``; per row they sum to the prediction
     minus the prediction at ``baseline``. Materialises ``n x D x N``: for small inputs (tests,
-    single frames); the variance shares use ``explain_point_prediction``'s covariances instead."""
+    single frames); the variance shares use ``explain_point_prediction``'s covariances instead.
+
+    Parameters
+    ----------
+    design : np.ndarray
+        ``[n, D]`` design rows.
+    coef : np.ndarray
+        ``[D, N]`` coefficients.
+    baseline : np.ndarray
+        ``[D]`` reference design (the training mean).
+
+    Returns
+    -------
+    np.ndarray
+        float64 ``[n, D, N]``.
+    """
     centred = np.asarray(design, dtype=np.float64) - np.asarray(baseline, dtype=np.float64)
     return centred[:, :, None] * np.asarray(coef, dtype=np.float64)[None]
 
@@ -135,10 +211,35 @@ def ridge_attributions(design: np.ndarray, coef: np.ndarray, baseline: np.ndarra
 def integrated_gradients(
     fn, inputs: torch.Tensor, baseline: torch.Tensor, steps: int = 32, chunk: int = 256
 ) -> torch.Tensor:
-    """Integrated gradients of every output of ``fn`` (one row ``[D]`` -> ``[R]``) for every
-    row of ``inputs [n, D]``: ``[n, R, D]``, ``(x - x0) * mean over alpha of d fn / d x`` at
-    ``x0 + alpha (x - x0)``, alpha at the ``steps`` midpoints of [0, 1]. Per row and output the
-    attributions sum to ``fn(x) - fn(x0)`` up to the quadrature error."""
+    """Integrated gradients of every output of ``fn`` for every row of ``inputs``.
+
+    ``(x - x0) * mean over alpha of d fn / d x`` at ``x0 + alpha (x - x0)``, alpha at the
+    ``steps`` midpoints of [0, 1]. Per row and output the attributions sum to
+    ``fn(x) - fn(x0)`` up to the quadrature error.
+
+    Parameters
+    ----------
+    fn : callable
+        One row ``[D]`` -> ``[R]`` (vectorised with ``torch.func.vmap``).
+    inputs : torch.Tensor
+        ``[n, D]`` rows to explain.
+    baseline : torch.Tensor
+        ``[D]`` reference row ``x0``.
+    steps : int
+        Quadrature points (at least 1).
+    chunk : int
+        Rows per vectorised Jacobian evaluation (bounds memory).
+
+    Returns
+    -------
+    torch.Tensor
+        ``[n, R, D]``.
+
+    Raises
+    ------
+    ConfigError
+        ``steps < 1``.
+    """
     if steps < 1:
         raise ConfigError(f"integrated gradients need at least one step, got {steps}")
     jacobian = torch.func.vmap(torch.func.jacrev(fn))
@@ -157,15 +258,37 @@ def integrated_gradients(
 
 @dataclass
 class Decomposition:
-    """The point prediction at a set of frames, split into its paths, with attributions summed
-    over feature groups (only what the variance shares need).
+    """The point prediction at a set of frames, split into its paths (``decompose``).
 
-    design:     ``[n, D]`` design rows (one per distinct run frame)
-    ridge:      ``[n, N]`` ridge path prediction; ``residual``: ``[n, N]`` learned residual
-    coef:       ``[D, N]`` ridge coefficients; ``baseline`` ``[D]``: the training mean design
-    readout:    ``[N, R]`` residual readout; ``ig``: ``[n, R, D]`` integrated gradients of the
-                residual's latent (before the readout)
-    labels:     class name of every row
+    Holds what the variance shares need: the residual's integrated gradients are kept per
+    latent dimension, before the linear readout.
+
+    Attributes
+    ----------
+    design : np.ndarray
+        ``[n, D]`` design rows (one per distinct run frame).
+    ridge : np.ndarray
+        ``[n, N]`` ridge path prediction.
+    residual : np.ndarray
+        ``[n, N]`` learned residual.
+    coef : np.ndarray
+        ``[D, N]`` ridge coefficients.
+    intercept : np.ndarray
+        ``[N]`` ridge intercepts.
+    baseline : np.ndarray
+        ``[D]`` the training mean design.
+    readout : np.ndarray
+        ``[N, R]`` the residual's per-point readout.
+    ig : np.ndarray
+        ``[n, R, D]`` integrated gradients of the residual's latent (before the readout).
+    residual_at_baseline : np.ndarray
+        ``[N]`` the residual at the baseline design (same label).
+    labels : np.ndarray
+        Class name of every row.
+    target : np.ndarray
+        ``[n, N]`` the recorded target at the rows.
+    steps : int
+        Integrated-gradient steps used.
     """
 
     design: np.ndarray
@@ -183,10 +306,24 @@ class Decomposition:
 
     @property
     def prediction(self) -> np.ndarray:
+        """``[n, N]`` the point prediction: ridge path + residual."""
         return self.ridge + self.residual
 
     def residual_attributions(self, groups: np.ndarray, n_groups: int) -> np.ndarray:
-        """``[n, G, N]`` residual attributions summed over each group (small inputs only)."""
+        """Residual attributions summed over each feature group (small inputs only).
+
+        Parameters
+        ----------
+        groups : np.ndarray
+            int ``[D]`` group of each feature.
+        n_groups : int
+            Number of groups ``G``.
+
+        Returns
+        -------
+        np.ndarray
+            ``[n, G, N]``.
+        """
         grouped = self.ig @ one_hot(groups, n_groups)  # [n, R, G]
         return np.einsum("irg,nr->ign", grouped, self.readout)
 
@@ -194,10 +331,35 @@ class Decomposition:
 def decompose(
     model, windows: PairedWindows, label_index: int | None = None, steps: int = 32, max_rows: int | None = None
 ) -> Decomposition:
-    """The point prediction of ``model`` at every distinct frame of ``windows`` (each run frame
-    once), split into ridge path and residual, with the residual's integrated gradients.
-    ``label_index``: the class the residual is conditioned on (None: the null label).
-    ``max_rows``: use at most this many frames (evenly spaced)."""
+    """Split the point prediction of ``model`` on ``windows`` into ridge path and residual.
+
+    Evaluated at every distinct frame of ``windows`` (each run frame once), with the
+    residual's integrated gradients. Puts the model in eval mode.
+
+    Parameters
+    ----------
+    model : NeuroGenModel
+        The model (its head for the windows' modality is explained).
+    windows : PairedWindows
+        Windows with a hemodynamic design.
+    label_index : int | None
+        The class the residual is conditioned on; None (or negative): the null label.
+    steps : int
+        Integrated-gradient steps.
+    max_rows : int | None
+        Use at most this many frames (evenly spaced); None: all.
+
+    Returns
+    -------
+    Decomposition
+        The paths, attributions and targets at the frames (float64).
+
+    Raises
+    ------
+    ConfigError
+        The windows carry no design, one of another width than the ridge path, or do not fit
+        the model (``NeuroGenModel.layout``).
+    """
     from fedneurogen.shared.design import unique_frames
     from fedneurogen.shared.model.generator import Batch
 
@@ -252,15 +414,37 @@ def decompose(
 
 @dataclass
 class Contributions:
-    """``Cov(a_G, y)`` per group and point for each path (``[G, N]``) and ``Var(y)`` (``[N]``),
-    over one set of frames: shares are their ratio (``share``)."""
+    """Covariances of group attributions with each path's prediction, over one set of frames.
+
+    Shares are the ratio ``Cov(a_G, y) / Var(y)`` (``share``).
+
+    Attributes
+    ----------
+    covariance : dict of str to np.ndarray
+        ``Cov(a_G, y)`` ``[G, N]`` per path (``ridge_path``, ``residual``, ``prediction``).
+    variance : dict of str to np.ndarray
+        ``Var(y)`` ``[N]`` per path.
+    """
 
     covariance: dict[str, np.ndarray]
     variance: dict[str, np.ndarray]
 
     def share(self, path: str, points: np.ndarray | None = None) -> np.ndarray:
-        """Per-point shares ``[G, N]`` (``points`` None) or the variance-weighted share of the
-        points ``[G]``."""
+        """Each group's share of a path's prediction variance.
+
+        Parameters
+        ----------
+        path : str
+            ``ridge_path``, ``residual`` or ``prediction``.
+        points : np.ndarray | None
+            Indices of points to summarise; None: per point.
+
+        Returns
+        -------
+        np.ndarray
+            Per-point shares ``[G, N]`` (0 where the variance is 0), or with ``points`` the
+            variance-weighted share over them ``[G]``.
+        """
         cov, var = self.covariance[path], self.variance[path]
         if points is None:
             return cov / np.where(var > 0, var, np.inf)
@@ -271,7 +455,25 @@ class Contributions:
 def contributions(
     dec: Decomposition, groups: np.ndarray, n_groups: int, rows: np.ndarray | None = None
 ) -> Contributions:
-    """Each group's covariance with each path's prediction over ``rows`` (all when None)."""
+    """Each group's covariance with each path's prediction over a set of frames.
+
+    Parameters
+    ----------
+    dec : Decomposition
+        The decomposition.
+    groups : np.ndarray
+        int ``[D]`` group of each feature (``feature_groups``).
+    n_groups : int
+        Number of groups ``G``.
+    rows : np.ndarray | None
+        Frames (rows of ``dec``) to use; None: all.
+
+    Returns
+    -------
+    Contributions
+        Covariances ``[G, N]`` and variances ``[N]`` of ``ridge_path``, ``residual`` and
+        ``prediction``.
+    """
     rows = np.arange(len(dec.design)) if rows is None else np.asarray(rows)
     n = max(len(rows), 1)
     centre = lambda a: a[rows] - a[rows].mean(axis=0)  # noqa: E731
@@ -299,10 +501,25 @@ def contributions(
 
 
 def effective_hrf(coef: np.ndarray, n_electrodes: int, config) -> dict[str, Any]:
-    """The ridge path's effective response over the lags of the HRF basis for the points whose
-    coefficients are ``coef [D, n_points]``: ``{'lags_s', 'kernel' (unit peak), 'peak_s',
-    'basis_weights'}`` (see the module docstring). With a single basis function the response is
-    that function."""
+    """The ridge path's effective hemodynamic response for a set of points (see the module docstring).
+
+    With a single basis function the response is that function.
+
+    Parameters
+    ----------
+    coef : np.ndarray
+        ``[D, n_points]`` ridge coefficients of the points.
+    n_electrodes : int
+        Virtual electrodes of the design (64).
+    config : PreprocessConfig
+        ``hrf_basis`` and ``history_seconds`` of the design.
+
+    Returns
+    -------
+    dict of str to Any
+        ``lags_s`` (``[L]`` s), ``kernel`` (``[L]``, unit peak, largest excursion positive),
+        ``peak_s`` (lag of its maximum) and ``basis_weights`` (``[K]``).
+    """
     from fedneurogen.shared.design import HRF_BASES, _basis_table
 
     lags, basis = _basis_table(config.hrf_basis, config.history_seconds)
@@ -332,7 +549,18 @@ def effective_hrf(coef: np.ndarray, n_electrodes: int, config) -> dict[str, Any]
 
 
 def point_pcc(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Per point Pearson r between prediction and target over the rows (0 where constant)."""
+    """Per-point Pearson r between prediction and target over the rows.
+
+    Parameters
+    ----------
+    prediction, target : np.ndarray
+        ``[n, N]`` each.
+
+    Returns
+    -------
+    np.ndarray
+        ``[N]``; 0 where either is constant.
+    """
     p = prediction - prediction.mean(0)
     t = target - target.mean(0)
     denominator = np.sqrt((p**2).sum(0) * (t**2).sum(0))
@@ -340,8 +568,31 @@ def point_pcc(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 def select_points(selection: str, pcc: np.ndarray, regions: list[str]) -> tuple[np.ndarray, str]:
-    """``top``: the best-predicted ``TOP_FRACTION`` of points; ``all``; or a region name
-    (``occipital``, ``left occipital``: every point whose region ends with / equals it)."""
+    """The points an explanation summarises.
+
+    Parameters
+    ----------
+    selection : str
+        ``top``: the best-predicted ``TOP_FRACTION`` of points (at least one); ``all``; or a
+        region name (``occipital``, ``left occipital``: every point whose region ends with /
+        equals it). Case-insensitive.
+    pcc : np.ndarray
+        ``[N]`` per-point PCC (``point_pcc``).
+    regions : list of str
+        Region of each point (``coarse_regions``).
+
+    Returns
+    -------
+    points : np.ndarray
+        Sorted point indices.
+    rule : str
+        The selection in words, for the report.
+
+    Raises
+    ------
+    ConfigError
+        An unknown region (the message lists the known ones).
+    """
     key = selection.strip().lower()
     if key == "top":
         count = max(1, int(round(TOP_FRACTION * len(pcc))))
@@ -365,10 +616,44 @@ def explain_point_prediction(
     model, windows: PairedWindows, config, *, class_names: Sequence[str] | None = None, label: str | None = None,
     points: str = "top", steps: int = 32, max_rows: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
-    """The explanation of ``model``'s point prediction on ``windows`` (``config``: the
-    ``PreprocessConfig`` of the design). ``label`` restricts it to the windows of one class,
-    conditioned on it. Returns ``(report, arrays)``: the JSON-ready report and the per-point
-    arrays the figures need."""
+    """The explanation of ``model``'s point prediction on ``windows``.
+
+    Band, electrode and HRF-basis shares of the prediction variance (overall, per class, per
+    region and per point), completeness checks and the effective HRF per region.
+
+    Parameters
+    ----------
+    model : NeuroGenModel
+        The model.
+    windows : PairedWindows
+        Windows with a hemodynamic design.
+    config : PreprocessConfig
+        The preprocessing the design was made with.
+    class_names : sequence of str | None
+        The checkpoint's class names (label index -> name).
+    label : str | None
+        Restrict the explanation to the windows of this class, conditioned on it; None: all
+        windows, label-free.
+    points : str
+        Point selection (``select_points``).
+    steps : int
+        Integrated-gradient steps.
+    max_rows : int | None
+        Use at most this many frames; None: all.
+
+    Returns
+    -------
+    report : dict of str to Any
+        The JSON-ready report.
+    arrays : dict of str to Any
+        The per-point arrays the figures need (``write_figures``).
+
+    Raises
+    ------
+    ConfigError
+        ``label`` is not one of ``class_names`` or has no window, or as in ``decompose`` and
+        ``select_points``.
+    """
     from fedneurogen.shared.design import VIRTUAL_MONTAGE, virtual_positions
 
     names = list(class_names or [])
@@ -525,8 +810,49 @@ def explain(
     checkpoint: str | Path, site_dir: str | Path, out_dir: str | Path, *, label: str | None = None, points: str = "top",
     steps: int = 32, max_rows: int | None = None, device: str | None = None, cache_dir: str | Path | None = None, progress: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
-    """Explain a checkpoint's point prediction on a site's windows (all subjects): write
-    ``explain.json`` and the figures to ``out_dir``; returns the report."""
+    """Explain a checkpoint's point prediction on a site's windows (all subjects): ``fedneurogen explain``.
+
+    Loads the checkpoint's EMA weights and the site with the checkpoint's preprocessing, then
+    writes ``explain.json`` and the figures to ``out_dir``.
+
+    Parameters
+    ----------
+    checkpoint : str | Path
+        The checkpoint directory.
+    site_dir : str | Path
+        The site's BIDS root.
+    out_dir : str | Path
+        Where the report and figures go (created).
+    label : str | None
+        Explain the windows of this class only (``explain_point_prediction``).
+    points : str
+        Point selection (``select_points``).
+    steps : int
+        Integrated-gradient steps.
+    max_rows : int | None
+        Use at most this many frames; None: all.
+    device : str | None
+        Where the model runs; None: CUDA when available.
+    cache_dir : str | Path | None
+        The preprocessed-window cache; None: the default.
+    progress : bool
+        Show loading progress.
+
+    Returns
+    -------
+    dict of str to Any
+        The report, as written to ``explain.json`` (with the checkpoint, its hash, the site and
+        the figure names).
+
+    Raises
+    ------
+    DataError
+        ``label`` is one of the checkpoint's classes but the site has no window of it, or the
+        site cannot be loaded.
+    ConfigError
+        The checkpoint has no fitted ridge path for the site's modality, or as in
+        ``explain_point_prediction``.
+    """
     from fedneurogen.shared.config import PreprocessConfig
     from fedneurogen.shared.data import load_site
     from fedneurogen.shared.io import write_json_atomic
@@ -574,8 +900,28 @@ def explain(
 
 
 def write_figures(out_dir: Path, windows: PairedWindows, report: dict[str, Any], arrays: dict[str, Any]) -> list[Path]:
-    """``dominant_band.png`` (map), ``band_shares.png`` (bars per band and region),
-    ``electrodes.png`` (scalp map and ranking), ``hrf.png`` (effective HRF per region)."""
+    """Write the explanation's figures.
+
+    ``dominant_band.png`` (map: fMRI on the inflated fsaverage5 surface, fNIRS channels seen
+    from above), ``band_shares.png`` (bars per band and region), ``electrodes.png`` (scalp map
+    and ranking), ``hrf.png`` (effective HRF per region).
+
+    Parameters
+    ----------
+    out_dir : Path
+        The folder.
+    windows : PairedWindows
+        The explained windows (modality, target positions).
+    report : dict of str to Any
+        The report of ``explain_point_prediction``.
+    arrays : dict of str to Any
+        Its arrays.
+
+    Returns
+    -------
+    list of Path
+        The four PNG files.
+    """
     what = f"class '{report['label']}'" if report["label"] else "all windows"
     written = [
         _dominant_band_map(

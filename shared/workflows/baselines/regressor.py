@@ -33,7 +33,20 @@ from fedneurogen.shared.workflows.training import TrainConfig, iterate_batches, 
 
 
 class RegressionTransformer(nn.Module):
-    """EEG window ``[B, C, T]`` -> target window ``[B, N, F]`` of one modality, by regression."""
+    """EEG window ``[B, C, T]`` -> target window ``[B, N, F]`` of one modality, by regression.
+
+    Parameters
+    ----------
+    config : ModelConfig
+        Sizes, as for the generator.
+    modality : {"fmri", "fnirs"}
+        The target modality.
+
+    Raises
+    ------
+    ConfigError
+        An unknown modality.
+    """
 
     def __init__(self, config: ModelConfig, modality: str):
         super().__init__()
@@ -60,6 +73,23 @@ class RegressionTransformer(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def layout(self, batch: Batch) -> TokenLayout:
+        """Which target points form each token.
+
+        Parameters
+        ----------
+        batch : Batch
+            A batch of this regressor's modality.
+
+        Returns
+        -------
+        TokenLayout
+            The fixed fMRI layout, or the fNIRS layout of the batch's channels.
+
+        Raises
+        ------
+        ConfigError
+            The batch holds another modality.
+        """
         if batch.modality != self.modality:
             raise ConfigError(f"this regressor predicts {self.modality}, the batch holds {batch.modality}")
         if self.tokenizer is not None:
@@ -67,6 +97,18 @@ class RegressionTransformer(nn.Module):
         return fnirs_layout(batch.target_names, batch.target_point_types, batch.target_positions)
 
     def forward(self, batch: Batch) -> torch.Tensor:
+        """Regress the batch's targets from its EEG.
+
+        Parameters
+        ----------
+        batch : Batch
+            EEG, positions and (fNIRS) target names.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[B, N, F]``.
+        """
         layout = self.layout(batch)
         n_frames = self.config.modality(self.modality).n_frames
         device = batch.eeg.device
@@ -85,8 +127,26 @@ class RegressionTransformer(nn.Module):
 class RegressorBaseline:
     """Fit a ``RegressionTransformer`` on training windows (MSE, AdamW) and predict others.
 
-    ``epochs`` passes over the training windows, stopping early at ``max_minutes``; the mean loss
-    of every epoch is kept in ``history``.
+    The mean loss of every epoch is kept in ``history``.
+
+    Parameters
+    ----------
+    config : ModelConfig | str
+        The sizes, or a preset name.
+    epochs : int
+        Passes over the training windows.
+    batch_size : int
+        Windows per step.
+    lr : float
+        Learning rate after the warm-up (constant).
+    warmup_steps : int
+        Steps of linear learning-rate warm-up.
+    seed : int
+        Seed of the initialisation and batch order.
+    max_minutes : float | None
+        Stop training after this long; None: no limit.
+    device : torch.device | str | None
+        Where the model trains; None: CUDA when available.
     """
 
     def __init__(
@@ -109,8 +169,20 @@ class RegressorBaseline:
         self.history: list[float] = []
 
     def fit(self, windows: PairedWindows, val: PairedWindows | None = None) -> "RegressorBaseline":
-        """Train on ``windows`` for the configured epochs (``val`` is accepted like the other
-        baselines' and not used: no early stopping)."""
+        """Train a new regressor on ``windows`` for the configured epochs.
+
+        Parameters
+        ----------
+        windows : PairedWindows
+            Training windows (their modality sets the regressor's).
+        val : PairedWindows | None
+            Accepted like the other baselines' and not used: no early stopping.
+
+        Returns
+        -------
+        RegressorBaseline
+            ``self``.
+        """
         with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
             torch.manual_seed(self.seed)
             self.model = RegressionTransformer(self.config, windows.target_modality).to(self.device)
@@ -142,6 +214,20 @@ class RegressorBaseline:
 
     @torch.no_grad()
     def predict(self, windows: PairedWindows, batch_size: int = 32) -> np.ndarray:
+        """Predict the windows' targets (without gradients).
+
+        Parameters
+        ----------
+        windows : PairedWindows
+            The windows.
+        batch_size : int
+            Windows per model call.
+
+        Returns
+        -------
+        np.ndarray
+            float32 ``[n_windows, n_points, n_frames]``.
+        """
         self.model.eval()
         out = np.zeros(windows.target.shape, dtype=np.float32)
         for start in range(0, len(windows), batch_size):

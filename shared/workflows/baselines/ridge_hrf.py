@@ -18,19 +18,55 @@ from fedneurogen.shared.ridge import RidgeSolution, fit_ridge_selected, sum_stat
 
 
 class RidgeHRFBaseline:
-    """Per-point ridge on the continuous hemodynamic design."""
+    """Per-point ridge on the continuous hemodynamic design.
+
+    Parameters
+    ----------
+    ranks : tuple of int | None
+        Ranks to choose from (None: full rank, the default and the plain baseline).
+    """
 
     def __init__(self, ranks: tuple[int | None, ...] = (None,)):
         self.ranks = ranks
         self.solution: RidgeSolution | None = None
 
     def fit(self, train: PairedWindows, val: PairedWindows | None = None) -> "RidgeHRFBaseline":
+        """Fit the ridge, its penalty chosen on ``val`` (or by 2-fold CV over the training subjects).
+
+        Parameters
+        ----------
+        train : PairedWindows
+            Training windows with a design.
+        val : PairedWindows | None
+            Validation windows with a design; None or empty: cross-validation on ``train``.
+
+        Returns
+        -------
+        RidgeHRFBaseline
+            ``self``.
+        """
         val_stats = sum_statistics(two_fold_statistics([val])) if val is not None and len(val) else None
         self.solution = fit_ridge_selected(two_fold_statistics([train]), val_stats, ranks=self.ranks)
         return self
 
     def predict(self, windows: PairedWindows) -> np.ndarray:
-        """``[W, N, F]`` predictions for the windows' design."""
+        """Predict the windows' targets from their design.
+
+        Parameters
+        ----------
+        windows : PairedWindows
+            Windows with a design ``[W, F, D]``.
+
+        Returns
+        -------
+        np.ndarray
+            float32 ``[W, N, F]``.
+
+        Raises
+        ------
+        RuntimeError
+            Called before ``fit``.
+        """
         if self.solution is None:
             raise RuntimeError("fit() first")
         return np.transpose(self.solution.predict(windows.design), (0, 2, 1)).astype(np.float32)

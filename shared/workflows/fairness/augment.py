@@ -50,8 +50,41 @@ def run_augmentation(
     generation_info: dict[str, Any] | None = None,
     samples: SiteSamples | None = None,
 ) -> tuple[dict[str, Any], GenerationLog]:
-    """Cross-validate every strategy on the site's windows; returns the report and the log of
-    every generation call (fold, unit, source subjects and window ids)."""
+    """Cross-validate every strategy on the site's windows.
+
+    Parameters
+    ----------
+    windows : PairedWindows
+        The site's windows.
+    config : AugmentConfig
+        What to do.
+    site : str | Path
+        The site (for the report and messages).
+    synthesizer : Synthesizer | None
+        Generates targets from EEG; needed by the ``generate`` strategy.
+    pool : PairedWindows | None
+        EEG-only windows that may be generation sources.
+    rois : np.ndarray | None
+        fMRI ROI of each vertex; None: computed (``prepare_samples``).
+    generation_info : dict of str to Any | None
+        Added to the report's ``generation`` entry (checkpoint, hash, ...).
+    samples : SiteSamples | None
+        Precomputed samples (then ``windows``, ``pool`` and ``rois`` are not read).
+
+    Returns
+    -------
+    report : dict of str to Any
+        The JSON-ready report (NaN and inf as None).
+    log : GenerationLog
+        Every generation call (fold, unit, source subjects and window ids).
+
+    Raises
+    ------
+    ConfigError
+        ``generate`` without a synthesizer.
+    DataError
+        The site's data cannot support the task (``select_windows``, ``subject_folds``).
+    """
     s = samples or prepare_samples(windows, config, site, pool=pool, rois=rois)
     if "generate" in config.strategies and synthesizer is None:
         raise ConfigError("strategy 'generate' needs a model (--checkpoint)")
@@ -154,8 +187,39 @@ def augment_site(
     device: str | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """``fedneurogen augment``: load the site with the checkpoint's preprocessing, run every
-    strategy, write the report. Nothing leaves the site."""
+    """``fedneurogen augment``: load the site, run every strategy, write the report.
+
+    The site is loaded with the checkpoint's preprocessing (the default without a checkpoint),
+    the model's EMA weights generate. Nothing leaves the site.
+
+    Parameters
+    ----------
+    checkpoint : str | Path | None
+        The global model's checkpoint; None: no ``generate`` strategy.
+    data : str | Path
+        The site's BIDS root.
+    out_dir : str | Path
+        Where the report goes (``write_report``).
+    config : AugmentConfig
+        What to do.
+    device : str | None
+        Where the model runs; None: CUDA when available.
+    progress : bool
+        Show loading progress.
+
+    Returns
+    -------
+    dict of str to Any
+        The report, with the model's label index per trial type under ``generation``.
+
+    Raises
+    ------
+    ConfigError
+        ``generate`` without a checkpoint, or a checkpoint whose preprocessing settings this
+        version cannot read.
+    DataError
+        The site cannot be loaded or cannot support the task.
+    """
     from fedneurogen.shared.config import PreprocessConfig
     from fedneurogen.shared.data import load_site
 

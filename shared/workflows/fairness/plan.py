@@ -43,7 +43,49 @@ CELL_SEP = " | "
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """What ``run_augmentation`` does; the CLI options map onto it one to one."""
+    """What ``run_augmentation`` does; the CLI options map onto it one to one.
+
+    Attributes
+    ----------
+    target : str
+        Label to predict: ``trial_type`` or a ``participants.tsv`` column.
+    sensitive_attribute : str | None
+        ``participants.tsv`` column for per-group metrics and class x group balancing.
+    strategies : tuple of str
+        Strategies compared, from ``STRATEGIES``.
+    folds : int
+        Subject-grouped cross-validation folds (at least 2).
+    target_per_class : int | None
+        Target size of a class; None: the largest class's window count.
+    classifier : str
+        ``logreg``, ``lda`` or ``riemann``.
+    use_eeg, use_target : bool
+        Use EEG / fMRI-fNIRS features in the classifier (the riemann classifier always uses EEG).
+    classes : tuple of str | None
+        Classes of the task; None: every class but ``rest`` (``trial_type``) or ``n/a``.
+    minority_ratio : float
+        A unit is under-represented below this fraction of its target size, in (0, 1].
+    steps : int | None
+        DDIM steps; None: the checkpoint's default.
+    guidance_scale : float
+        Classifier-free guidance scale of generation.
+    seed : int
+        Seed of the folds, classifiers and generation.
+    C : float
+        Inverse regularisation of the logistic regression.
+    n_rois : int
+        fMRI ROIs of the target features.
+    eeg_only : bool
+        Generate from the site's EEG-only runs too (``augment --eeg-only``).
+    generation_choices : tuple of (str, float)
+        Generation settings (estimate ``sample``/``mean``, guidance) tried on an inner validation
+        split of each training fold; the best one generates for the fold. One entry: no choice.
+
+    Raises
+    ------
+    ConfigError
+        An unknown strategy or classifier, ``minority_ratio`` outside (0, 1], or fewer than 2 folds.
+    """
 
     target: str = "trial_type"  # label to predict: trial_type or a participants.tsv column
     sensitive_attribute: str | None = None  # participants.tsv column for per-group metrics
@@ -81,7 +123,20 @@ class AugmentConfig:
 
 
 def task_labels(windows: PairedWindows, target: str) -> np.ndarray:
-    """The label to predict per window: ``trial_type`` or a participant attribute."""
+    """The label to predict per window.
+
+    Parameters
+    ----------
+    windows : PairedWindows
+        The windows.
+    target : str
+        ``trial_type`` (the window labels) or a participant attribute.
+
+    Returns
+    -------
+    np.ndarray
+        ``[n_windows]`` strings (``n/a`` where a subject has no value for the attribute).
+    """
     if target == "trial_type":
         return np.asarray(windows.labels).astype(str)
     return windows.group_of(target).astype(str)
@@ -96,8 +151,30 @@ def _no_attribute(site: str | Path, column: str, option: str) -> DataError:
 
 
 def select_windows(windows: PairedWindows, config: AugmentConfig, site: str | Path) -> tuple[PairedWindows, list[str]]:
-    """The windows of the task's classes and the sorted class list; a requested class with no
-    window is a ``DataError`` naming the site and the class."""
+    """The windows of the task's classes.
+
+    Parameters
+    ----------
+    windows : PairedWindows
+        The site's windows.
+    config : AugmentConfig
+        ``target`` and ``classes``.
+    site : str | Path
+        The site (for messages).
+
+    Returns
+    -------
+    windows : PairedWindows
+        The windows of the classes.
+    classes : list of str
+        The sorted classes (``config.classes``, or every class present but ``rest``/``n/a``).
+
+    Raises
+    ------
+    DataError
+        A requested class has no window, fewer than two classes remain, or the target attribute
+        has no values (naming the site and the class or column).
+    """
     labels = task_labels(windows, config.target)
     present = sorted(set(labels.tolist()))
     if config.target != "trial_type" and present == ["n/a"]:
@@ -120,7 +197,21 @@ def select_windows(windows: PairedWindows, config: AugmentConfig, site: str | Pa
 
 @dataclass
 class BalancePlan:
-    """Balancing units per window and their target sizes (whole-site counts)."""
+    """Balancing units per window and their target sizes (whole-site counts).
+
+    Attributes
+    ----------
+    units : np.ndarray
+        Unit of each window: its class, or ``"class | group"`` with a sensitive attribute.
+    targets : dict of str to float
+        Unit -> target size on the whole site.
+    counts : dict of str to int
+        Unit -> windows on the whole site.
+    minority : list of str
+        The under-represented units (units with no window are not topped up).
+    rule : str
+        The rule in words, for the report.
+    """
 
     units: np.ndarray  # unit of each window: class, or "class | group"
     targets: dict[str, float]  # unit -> target size on the whole site
@@ -129,7 +220,22 @@ class BalancePlan:
     rule: str
 
     def fold_deficits(self, train: np.ndarray, n_total: int) -> dict[str, int]:
-        """Windows to add per under-represented unit in a training fold."""
+        """Windows to add per under-represented unit in a training fold.
+
+        A unit's target is scaled by the fold's share of the windows.
+
+        Parameters
+        ----------
+        train : np.ndarray
+            Indices of the fold's training windows.
+        n_total : int
+            Windows on the whole site.
+
+        Returns
+        -------
+        dict of str to int
+            Unit -> windows missing (units that need none are left out).
+        """
         share = len(train) / n_total
         train_units = self.units[train]
         out = {}
@@ -143,6 +249,27 @@ class BalancePlan:
 def plan_balance(
     labels: np.ndarray, classes: Sequence[str], groups: np.ndarray | None, target_per_class: int | None, ratio: float
 ) -> BalancePlan:
+    """What to balance on a site (the rules are in the module docstring).
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        Class of each window.
+    classes : sequence of str
+        The task's classes.
+    groups : np.ndarray | None
+        Group of each window (sensitive attribute); None: balance classes only.
+    target_per_class : int | None
+        Target size of a class; None: the largest class's count. A cell's target is that
+        divided by the number of groups.
+    ratio : float
+        Under-represented below ``ratio`` x the target size.
+
+    Returns
+    -------
+    BalancePlan
+        The units, targets, counts and under-represented units.
+    """
     class_counts = {c: int(np.sum(labels == c)) for c in classes}
     per_class = float(target_per_class or max(class_counts.values()))
     if groups is None:
@@ -167,4 +294,16 @@ def plan_balance(
 
 
 def unit_class(unit: str) -> str:
+    """The class of a balancing unit.
+
+    Parameters
+    ----------
+    unit : str
+        A class or a ``"class | group"`` cell.
+
+    Returns
+    -------
+    str
+        The class.
+    """
     return unit.split(CELL_SEP)[0]

@@ -53,8 +53,25 @@ ORIGINS = ("real", "oversampled", "interpolated", "generated")
 
 
 def target_parcellation(positions: np.ndarray, n_rois: int = 64, seed: int = 0) -> np.ndarray:
-    """ROI index of each fMRI vertex: k-means on vertex positions (label-free, so it can be
-    computed on the whole site without leaking anything into the classifier)."""
+    """ROI index of each fMRI vertex: k-means on vertex positions.
+
+    Label-free, so it can be computed on the whole site without leaking anything into the
+    classifier.
+
+    Parameters
+    ----------
+    positions : np.ndarray
+        ``[n_vertices, 3]`` mm.
+    n_rois : int
+        Number of ROIs (at most the number of vertices).
+    seed : int
+        Seed of k-means.
+
+    Returns
+    -------
+    np.ndarray
+        int ``[n_vertices]`` ROI index.
+    """
     from sklearn.cluster import KMeans
 
     positions = np.asarray(positions, dtype=np.float64)
@@ -71,8 +88,27 @@ def _mean_and_slope(x: np.ndarray) -> np.ndarray:
 
 
 def target_features(target: np.ndarray, modality: str, rois: np.ndarray | None = None) -> np.ndarray:
-    """Target-modality features: per ROI (fMRI) or per HbO/HbR channel (fNIRS), the mean and the
-    slope over the window."""
+    """Target-modality features: the mean and the slope over the window, per ROI or channel.
+
+    Parameters
+    ----------
+    target : np.ndarray
+        ``[n_windows, n_points, n_frames]`` target windows.
+    modality : str
+        ``"fmri"``: averaged per ROI first; otherwise (fNIRS) per HbO/HbR point.
+    rois : np.ndarray | None
+        ``[n_points]`` ROI of each vertex (``target_parcellation``); needed for fMRI.
+
+    Returns
+    -------
+    np.ndarray
+        float32 ``[n_windows, 2 * units]``: all means, then all slopes.
+
+    Raises
+    ------
+    ValueError
+        fMRI without ``rois``.
+    """
     target = np.asarray(target, dtype=np.float64)
     if modality == "fmri":
         if rois is None:
@@ -86,7 +122,22 @@ def target_features(target: np.ndarray, modality: str, rois: np.ndarray | None =
 
 
 def eeg_band_power(eeg: np.ndarray, sfreq: float, chunk: int = 64) -> np.ndarray:
-    """Log band power per channel and band, flattened (chunked: the filters work in float64)."""
+    """Log band power per channel and band of each EEG window.
+
+    Parameters
+    ----------
+    eeg : np.ndarray
+        ``[n_windows, C, T]`` EEG windows (an array or a ``WindowView``).
+    sfreq : float
+        EEG rate, Hz.
+    chunk : int
+        Windows filtered at a time (the filters work in float64).
+
+    Returns
+    -------
+    np.ndarray
+        float32 ``[n_windows, C * n_bands]`` (``EEG_BANDS``).
+    """
     parts = [
         band_power(eeg[i : i + chunk], sfreq).reshape(min(chunk, len(eeg) - i), -1) for i in range(0, len(eeg), chunk)
     ]
@@ -94,8 +145,23 @@ def eeg_band_power(eeg: np.ndarray, sfreq: float, chunk: int = 64) -> np.ndarray
 
 
 def eeg_covariances(eeg: np.ndarray, chunk: int = 64) -> np.ndarray:
-    """OAS-shrunk spatial covariance of each window, flattened ``[n, C * C]`` (shrinkage keeps
-    average-referenced, rank-deficient EEG positive definite for the Riemannian metric)."""
+    """OAS-shrunk spatial covariance of each EEG window, flattened.
+
+    Shrinkage keeps average-referenced, rank-deficient EEG positive definite for the
+    Riemannian metric.
+
+    Parameters
+    ----------
+    eeg : np.ndarray
+        ``[n_windows, C, T]`` EEG windows (an array or a ``WindowView``).
+    chunk : int
+        Windows estimated at a time.
+
+    Returns
+    -------
+    np.ndarray
+        float64 ``[n_windows, C * C]``.
+    """
     from pyriemann.estimation import Covariances
 
     estimator = Covariances(estimator="oas")
@@ -106,18 +172,60 @@ def eeg_covariances(eeg: np.ndarray, chunk: int = 64) -> np.ndarray:
 
 @dataclass
 class Features:
-    """One row per window; ``blocks`` names the column range of each feature block."""
+    """Downstream features: one row per window, in named column blocks.
+
+    Attributes
+    ----------
+    values : np.ndarray
+        float32 ``[n_windows, n_features]``.
+    blocks : dict of str to (int, int)
+        Block name (``eeg``, ``eeg_cov``, ``target``) -> its ``[start, stop)`` columns.
+    """
 
     values: np.ndarray
     blocks: dict[str, tuple[int, int]]
 
     def columns(self, names: Sequence[str]) -> list[int]:
+        """Column indices of some blocks.
+
+        Parameters
+        ----------
+        names : sequence of str
+            Block names; absent blocks are skipped.
+
+        Returns
+        -------
+        list of int
+            Their columns, in the order of ``names``.
+        """
         return [c for name in names if name in self.blocks for c in range(*self.blocks[name])]
 
 
 def blocks_for(classifier: str, use_eeg: bool = True, use_target: bool = True) -> tuple[str, ...]:
-    """Feature blocks a classifier reads: band power for the linear models, covariances for the
-    Riemannian one; the target block for all when ``use_target``."""
+    """Feature blocks a classifier reads.
+
+    Band power for the linear models, covariances for the Riemannian one (always); the target
+    block for all when ``use_target``.
+
+    Parameters
+    ----------
+    classifier : str
+        ``logreg``, ``lda`` or ``riemann``.
+    use_eeg : bool
+        Use EEG features (ignored by ``riemann``, which always does).
+    use_target : bool
+        Use target features.
+
+    Returns
+    -------
+    tuple of str
+        Block names, EEG first.
+
+    Raises
+    ------
+    ValueError
+        An unknown classifier, or no block at all.
+    """
     if classifier not in CLASSIFIERS:
         raise ValueError(f"unknown classifier {classifier!r}; choose one of {CLASSIFIERS}")
     eeg = ("eeg_cov",) if classifier == "riemann" else ("eeg",)
@@ -128,7 +236,27 @@ def blocks_for(classifier: str, use_eeg: bool = True, use_target: bool = True) -
 
 
 def compute_features(windows: PairedWindows, blocks: Sequence[str], rois: np.ndarray | None = None) -> Features:
-    """The feature blocks of every window, concatenated in the order given."""
+    """The feature blocks of every window, concatenated in the order given.
+
+    Parameters
+    ----------
+    windows : PairedWindows
+        The windows.
+    blocks : sequence of str
+        ``eeg`` (band power), ``eeg_cov`` (covariances) and/or ``target``.
+    rois : np.ndarray | None
+        fMRI ROI of each vertex (for the ``target`` block).
+
+    Returns
+    -------
+    Features
+        float32 values and the column range of each block.
+
+    Raises
+    ------
+    ValueError
+        An unknown block, or fMRI target features without ``rois``.
+    """
     parts, spans, start = [], {}, 0
     for name in blocks:
         if name == "eeg":
@@ -166,8 +294,32 @@ def make_classifier(
 ) -> Pipeline:
     """A fresh, unfitted scikit-learn pipeline over ``features``' blocks.
 
-    ``class_weight='balanced'`` reweights the classes (logistic regression) or sets equal priors
-    (LDA): the class-weight baseline.
+    Parameters
+    ----------
+    kind : str
+        ``logreg`` (standardised features, logistic regression), ``lda`` (shrinkage LDA) or
+        ``riemann`` (tangent space of the EEG covariances [+ target features], logistic regression).
+    features : Features
+        The features the pipeline selects its columns from.
+    classes : sequence of str
+        The task's classes (LDA's priors).
+    class_weight : str | None
+        ``'balanced'`` reweights the classes (logistic regression) or sets equal priors (LDA):
+        the class-weight baseline.
+    C : float
+        Inverse regularisation of the logistic regression.
+    seed : int
+        Random state of the logistic regression.
+
+    Returns
+    -------
+    Pipeline
+        Column selection, scaling and the classifier.
+
+    Raises
+    ------
+    ValueError
+        An unknown kind, or ``riemann`` without the ``eeg_cov`` block.
     """
     linear = features.columns(["eeg", "target"])
     if kind == "logreg":
@@ -199,7 +351,24 @@ def make_classifier(
 
 
 def check_class_sizes(labels: np.ndarray, classes: Sequence[str], n_folds: int, site: str | Path) -> None:
-    """Every class needs windows, and at least one per fold (stratified CV)."""
+    """Check that every class has windows, and at least one per fold (stratified CV).
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        Class of each window.
+    classes : sequence of str
+        The task's classes.
+    n_folds : int
+        Cross-validation folds.
+    site : str | Path
+        The site (for messages).
+
+    Raises
+    ------
+    DataError
+        A class has no window, or fewer windows than folds.
+    """
     counts = {c: int(np.sum(labels == c)) for c in classes}
     for c, n in counts.items():
         if n == 0:
@@ -220,9 +389,32 @@ def subject_folds(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified, subject-grouped K-fold splits: a subject's windows are all in one test fold.
 
-    Raises ``DataError`` (naming the site and the class) when a class has fewer windows than
-    folds, when there are fewer subjects than folds, or when a training fold would lack a class
-    (all its windows come from the subjects of one fold).
+    Parameters
+    ----------
+    labels : np.ndarray
+        Class of each window.
+    subjects : np.ndarray
+        Subject of each window.
+    classes : sequence of str
+        The task's classes.
+    n_folds : int
+        Number of folds (at least 2).
+    seed : int
+        Seed of the shuffle.
+    site : str | Path
+        The site (for messages).
+
+    Returns
+    -------
+    list of (np.ndarray, np.ndarray)
+        Sorted ``(train, test)`` window indices per fold.
+
+    Raises
+    ------
+    DataError
+        Fewer than 2 folds, a class with fewer windows than folds, fewer subjects than folds, or
+        a training fold that would lack a class (all its windows come from the subjects of one
+        fold); the message names the site and the class.
     """
     labels, subjects = np.asarray(labels), np.asarray(subjects)
     if n_folds < 2:
@@ -249,7 +441,30 @@ def subject_folds(
 
 @dataclass
 class TrainingSet:
-    """What a strategy trains on in one fold, with the provenance of every row."""
+    """What a strategy trains on in one fold, with the provenance of every row.
+
+    Attributes
+    ----------
+    features : np.ndarray
+        ``[n_rows, n_features]``.
+    labels : np.ndarray
+        Class of each row.
+    origin : np.ndarray
+        ``real``, ``oversampled``, ``interpolated`` or ``generated`` per row.
+    source_subjects : np.ndarray
+        Subject whose recording each row comes from (``n/a`` for interpolated rows).
+    source_ids : np.ndarray
+        Window id (``window_ids``) of the recording each row comes from.
+    class_weight : str | None
+        Passed to the estimator factory (``'balanced'``: the class-weight strategy).
+    log : dict of str to Any
+        Strategy-specific notes (generation log, units not topped up, label fidelity).
+
+    Raises
+    ------
+    ValueError
+        The per-row arrays differ in length.
+    """
 
     features: np.ndarray
     labels: np.ndarray
@@ -266,12 +481,23 @@ class TrainingSet:
 
     @property
     def n_added(self) -> dict[str, int]:
+        """Rows added to the real ones, per origin (``oversampled``, ``interpolated``, ``generated``)."""
         return {o: int(np.sum(self.origin == o)) for o in ORIGINS if o != "real"}
 
 
 @dataclass
 class Fold:
-    """One cross-validation fold: indices into the real windows."""
+    """One cross-validation fold: indices into the real windows.
+
+    Attributes
+    ----------
+    index : int
+        Fold number, from 0.
+    train, test : np.ndarray
+        Indices of the training and test windows.
+    seed : int
+        The fold's seed (``seed * 1000 + index``).
+    """
 
     index: int
     train: np.ndarray
@@ -283,13 +509,44 @@ Strategy = Callable[[Fold], TrainingSet]
 
 
 def window_ids(windows: PairedWindows) -> np.ndarray:
-    """A stable id per window (run and target onset), for provenance across subsets."""
+    """A stable id per window, for provenance across subsets.
+
+    Parameters
+    ----------
+    windows : PairedWindows
+        The windows.
+
+    Returns
+    -------
+    np.ndarray
+        object ``[n_windows]``: ``"<run>@<onset in s, 3 decimals>"``.
+    """
     return np.array([f"{run}@{onset:.3f}" for run, onset in zip(windows.runs, windows.onsets)], dtype=object)
 
 
 def real_training_set(
     features: np.ndarray, labels: np.ndarray, subjects: np.ndarray, ids: np.ndarray, train: np.ndarray
 ) -> TrainingSet:
+    """The fold's real training windows as a ``TrainingSet`` (what ``none`` trains on).
+
+    Parameters
+    ----------
+    features : np.ndarray
+        ``[n_windows, n_features]`` features of every real window.
+    labels : np.ndarray
+        Class of every window.
+    subjects : np.ndarray
+        Subject of every window.
+    ids : np.ndarray
+        Window id of every window (``window_ids``).
+    train : np.ndarray
+        Indices of the fold's training windows.
+
+    Returns
+    -------
+    TrainingSet
+        Those rows, origin ``real``.
+    """
     return TrainingSet(
         features[train], labels[train], np.full(len(train), "real", dtype=object), subjects[train], ids[train]
     )
@@ -304,7 +561,30 @@ def stack(
     ids: np.ndarray,
     **log: Any,
 ) -> TrainingSet:
-    """``base`` plus added rows of one origin."""
+    """``base`` plus added rows of one origin.
+
+    Parameters
+    ----------
+    base : TrainingSet
+        The training set so far.
+    features : np.ndarray
+        ``[n_added, n_features]`` added rows (cast to ``base``'s dtype).
+    labels : np.ndarray
+        Their classes.
+    origin : str
+        Their origin (``oversampled``, ``interpolated``, ``generated``).
+    subjects : np.ndarray
+        Subject each added row comes from.
+    ids : np.ndarray
+        Window id each added row comes from.
+    **log
+        Notes merged into the set's ``log``.
+
+    Returns
+    -------
+    TrainingSet
+        A new set (``base`` with the notes when nothing is added).
+    """
     if len(labels) == 0:
         return TrainingSet(
             base.features,
@@ -328,6 +608,30 @@ def stack(
 
 @dataclass
 class FoldResult:
+    """One strategy's result on one fold.
+
+    Attributes
+    ----------
+    index : int
+        Fold number.
+    test_subjects : list of str
+        The fold's test subjects.
+    n_train_real : int
+        Real training windows.
+    n_added : dict of str to int
+        Added rows per origin.
+    added_source_subjects : list of str
+        Subjects whose recordings gave the added rows.
+    test_windows_used_as_sources : int
+        Test windows that an added training row was made from (must be 0).
+    per_class_f1, per_class_recall : dict of str to float
+        Scores on the fold's real test windows (NaN where undefined).
+    accuracy, macro_f1 : float
+        Scores on the fold's real test windows.
+    log : dict of str to Any
+        The training set's notes.
+    """
+
     index: int
     test_subjects: list[str]
     n_train_real: int
@@ -343,6 +647,20 @@ class FoldResult:
 
 @dataclass
 class StrategyResult:
+    """One strategy cross-validated over all folds.
+
+    Attributes
+    ----------
+    name : str
+        The strategy.
+    folds : list of FoldResult
+        Per fold.
+    y_true : np.ndarray
+        The real windows' classes, in site order.
+    y_pred : np.ndarray
+        Out-of-fold prediction of every window.
+    """
+
     name: str
     folds: list[FoldResult]
     y_true: np.ndarray  # the real windows, in site order
@@ -350,14 +668,46 @@ class StrategyResult:
 
 
 def class_recall(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
-    """Per-class recall (NaN for a class absent from the fold). Unlike F1 it does not depend on
-    how rare the class is in the test fold, which real-only test folds keep imbalanced."""
+    """Per-class recall.
+
+    Unlike F1 it does not depend on how rare the class is in the test fold, which real-only
+    test folds keep imbalanced.
+
+    Parameters
+    ----------
+    y_true, y_pred : np.ndarray
+        True and predicted classes.
+    classes : sequence of str
+        The classes.
+
+    Returns
+    -------
+    dict of str to float
+        Class -> recall (NaN for a class absent from ``y_true``).
+    """
     recall = recall_score(y_true, y_pred, labels=list(classes), average=None, zero_division=np.nan)
     return {c: float(v) for c, v in zip(classes, recall)}
 
 
 def score_fold(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]) -> tuple[dict[str, float], float, float]:
-    """Per-class F1 (NaN for a class neither present nor predicted in the fold), accuracy, macro F1."""
+    """Scores of one fold's predictions.
+
+    Parameters
+    ----------
+    y_true, y_pred : np.ndarray
+        True and predicted classes.
+    classes : sequence of str
+        The classes.
+
+    Returns
+    -------
+    per_class_f1 : dict of str to float
+        Class -> F1 (NaN for a class neither present nor predicted).
+    accuracy : float
+        Accuracy.
+    macro_f1 : float
+        Mean of the finite per-class F1 (NaN when none is).
+    """
     f1 = f1_score(y_true, y_pred, labels=list(classes), average=None, zero_division=np.nan)
     macro = float(np.nanmean(f1)) if np.any(np.isfinite(f1)) else float("nan")
     return {c: float(v) for c, v in zip(classes, f1)}, float(accuracy_score(y_true, y_pred)), macro
@@ -375,8 +725,44 @@ def cross_validate(
     classes: Sequence[str],
     seed: int,
 ) -> StrategyResult:
-    """Run ``strategy`` on every fold: it builds the training set from the fold's training
-    windows; the estimator is scored on the fold's real test windows only."""
+    """Cross-validate one strategy.
+
+    On every fold ``strategy`` builds the training set from the fold's training windows; a
+    fresh estimator is fitted on it and scored on the fold's real test windows only.
+
+    Parameters
+    ----------
+    name : str
+        The strategy's name (for the result and messages).
+    strategy : Strategy
+        ``Fold -> TrainingSet``.
+    features : np.ndarray
+        ``[n_windows, n_features]`` features of the real windows.
+    labels : np.ndarray
+        Class of each window.
+    subjects : np.ndarray
+        Subject of each window.
+    ids : np.ndarray
+        Window id of each window (``window_ids``).
+    folds : sequence of (np.ndarray, np.ndarray)
+        ``(train, test)`` indices (``subject_folds``).
+    make_estimator : callable
+        ``make_estimator(class_weight)`` -> an unfitted classifier.
+    classes : sequence of str
+        The classes.
+    seed : int
+        Base of the folds' seeds.
+
+    Returns
+    -------
+    StrategyResult
+        Per-fold results and the out-of-fold predictions.
+
+    Raises
+    ------
+    RuntimeError
+        An added training row comes from a test subject (a bug in the strategy).
+    """
     y_pred = np.empty(len(labels), dtype=object)
     results = []
     for i, (train, test) in enumerate(folds):
@@ -426,7 +812,21 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def summarize(result: StrategyResult, classes: Sequence[str]) -> dict[str, Any]:
-    """Per-class F1 and recall, accuracy and macro F1 as mean ± std over folds."""
+    """Per-class F1 and recall, accuracy and macro F1 as mean ± std over folds.
+
+    Parameters
+    ----------
+    result : StrategyResult
+        A cross-validated strategy.
+    classes : sequence of str
+        The classes.
+
+    Returns
+    -------
+    dict of str to Any
+        ``per_class_{f1,recall}_{mean,std}`` (class -> value), ``accuracy_{mean,std}`` and
+        ``macro_f1_{mean,std}``; NaN folds are ignored, std has ddof=1.
+    """
     out: dict[str, Any] = {}
     for metric in ("f1", "recall"):
         out[f"per_class_{metric}_mean"], out[f"per_class_{metric}_std"] = {}, {}
@@ -449,6 +849,23 @@ def group_metrics(
     (lowest macro F1); ``difference`` / ``ratio`` (between groups, max - min and min / max) of
     accuracy and macro F1; for a binary task, the equalized-odds difference with ``positive``
     (default: the second class) as the positive label.
+
+    Parameters
+    ----------
+    y_true, y_pred : np.ndarray
+        True and out-of-fold predicted classes of every window.
+    sensitive : np.ndarray
+        Group of every window.
+    classes : sequence of str
+        The classes.
+    positive : str | None
+        Positive class of the equalized-odds difference (binary tasks).
+
+    Returns
+    -------
+    dict of str to Any
+        ``by_group``, ``worst_group``, ``difference``, ``ratio`` and
+        ``equalized_odds_difference`` (None unless binary).
     """
     from fairlearn.metrics import MetricFrame, equalized_odds_difference
 
@@ -497,7 +914,24 @@ def group_fold_scores(
     folds: Sequence[tuple[np.ndarray, np.ndarray]],
     classes: Sequence[str],
 ) -> dict[str, dict[str, float]]:
-    """Macro F1 of each group per fold (folds where the group is tested), as mean ± std."""
+    """Macro F1 of each group per fold (folds where the group is tested), as mean ± std.
+
+    Parameters
+    ----------
+    result : StrategyResult
+        A cross-validated strategy.
+    sensitive : np.ndarray
+        Group of every window.
+    folds : sequence of (np.ndarray, np.ndarray)
+        The ``(train, test)`` indices the result used.
+    classes : sequence of str
+        The classes.
+
+    Returns
+    -------
+    dict of str to dict
+        Group -> ``macro_f1_fold_mean``, ``macro_f1_fold_std`` and ``folds`` (count).
+    """
     sensitive = np.asarray(sensitive).astype(str)
     out = {}
     for group in sorted(set(sensitive.tolist())):
@@ -525,7 +959,26 @@ def bar_plot(
 ) -> Path:
     """Grouped bars (one colour per series, error bars where given), written atomically as PNG.
 
-    ``highlight`` marks categories (e.g. the minority classes) with a star in the axis label."""
+    Parameters
+    ----------
+    path : str | Path
+        The PNG file.
+    series : dict of str to (sequence of float, sequence of float | None)
+        Legend label -> (one mean per category, their standard deviations or None); NaN is drawn as 0.
+    categories : sequence of str
+        The x-axis categories.
+    title : str
+        The title.
+    ylabel : str
+        The y-axis label (the axis spans 0 to 1.05).
+    highlight : sequence of str
+        Categories to mark with a star (e.g. the minority classes).
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

@@ -42,7 +42,23 @@ def _fold_record(f: fm.FoldResult) -> dict[str, Any]:
 
 
 def minority_summary(strategies: dict[str, Any], classes: list[str], minority: list[str]) -> dict[str, Any]:
-    """Minority F1, mean majority F1 and its change against 'none', per strategy."""
+    """Minority F1 and recall, mean majority F1 and its drop against 'none', per strategy.
+
+    Parameters
+    ----------
+    strategies : dict of str to Any
+        Strategy -> its report entry (``protocol.summarize`` fields).
+    classes : list of str
+        The classes.
+    minority : list of str
+        The under-represented classes.
+
+    Returns
+    -------
+    dict of str to dict
+        Strategy -> ``minority_f1``, ``minority_recall``, ``majority_f1`` (None when there is no
+        such class) and, with a ``none`` entry, ``majority_f1_drop``.
+    """
     majority = [c for c in classes if c not in minority]
     out = {}
     base = strategies.get("none")
@@ -85,6 +101,21 @@ def _pm(mean: float | None, std: float | None) -> str:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown (``report.md``).
+
+    Task and rule, per-class F1 per strategy, per-group metrics (with a sensitive attribute),
+    minority vs majority, and the generation settings and label fidelity.
+
+    Parameters
+    ----------
+    report : dict of str to Any
+        The report of ``run_augmentation``.
+
+    Returns
+    -------
+    str
+        The Markdown text.
+    """
     classes, minority = report["classes"], set(report["minority_classes"])
     lines = [
         f"# Fairness augmentation report: {report['site']}",
@@ -171,8 +202,22 @@ def _fmt(value: float | None) -> str:
 
 
 def write_report(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """``report.json``, ``report.md``, ``per_class_f1.png`` and (with groups) ``per_group.png``,
-    each written atomically."""
+    """Write the report's files, each atomically.
+
+    ``report.json``, ``report.md``, ``per_class_f1.png`` and (with groups) ``per_group.png``.
+
+    Parameters
+    ----------
+    report : dict of str to Any
+        The report of ``run_augmentation``.
+    out_dir : str | Path
+        The folder (created).
+
+    Returns
+    -------
+    dict of str to Path
+        ``json``, ``markdown``, ``per_class_plot`` and (with groups) ``per_group_plot``.
+    """
     from fedneurogen.shared.io import write_json_atomic, write_text_atomic
 
     out = Path(out_dir)

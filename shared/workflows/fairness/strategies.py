@@ -55,7 +55,33 @@ from .plan import (
 
 @dataclass
 class SiteSamples:
-    """The real windows of the task and everything computed from them once."""
+    """The real windows of the task and everything computed from them once (``prepare_samples``).
+
+    Attributes
+    ----------
+    windows : PairedWindows
+        The windows of the task's classes.
+    labels : np.ndarray
+        Task label of each window.
+    classes : list of str
+        The sorted classes.
+    features : Features
+        Downstream features of each window.
+    ids : np.ndarray
+        Window id of each window (``window_ids``).
+    blocks : tuple of str
+        The feature blocks the classifier reads.
+    rois : np.ndarray | None
+        fMRI ROI of each vertex (None without fMRI target features).
+    plan : BalancePlan
+        What to balance.
+    groups : np.ndarray | None
+        Group of each window (sensitive attribute); None without one.
+    pool : PairedWindows | None
+        EEG-only candidates for generation (no real target used).
+    pool_units : np.ndarray | None
+        Balancing unit of each pool window.
+    """
 
     windows: PairedWindows
     labels: np.ndarray
@@ -70,6 +96,18 @@ class SiteSamples:
     pool_units: np.ndarray | None = None
 
     def featurize(self, windows: PairedWindows) -> np.ndarray:
+        """The downstream features of other windows (e.g. generated ones), as for the real ones.
+
+        Parameters
+        ----------
+        windows : PairedWindows
+            The windows.
+
+        Returns
+        -------
+        np.ndarray
+            float32 ``[n_windows, n_features]``, same columns as ``features``.
+        """
         return fm.compute_features(windows, self.blocks, self.rois).values
 
 
@@ -81,6 +119,31 @@ def prepare_samples(
     pool: PairedWindows | None = None,
     rois: np.ndarray | None = None,
 ) -> SiteSamples:
+    """Compute once what every strategy reads.
+
+    Parameters
+    ----------
+    windows : PairedWindows
+        The site's windows.
+    config : AugmentConfig
+        The task, classifier, features and balancing settings.
+    site : str | Path
+        The site (for messages).
+    pool : PairedWindows | None
+        EEG-only windows that may be generation sources.
+    rois : np.ndarray | None
+        fMRI ROI of each vertex; None: ``target_parcellation`` with ``config.n_rois``.
+
+    Returns
+    -------
+    SiteSamples
+        The task's windows, labels, features, plan and pool.
+
+    Raises
+    ------
+    DataError
+        As in ``select_windows``, or the sensitive attribute has no values.
+    """
     windows, classes = select_windows(windows, config, site)
     labels = task_labels(windows, config.target)
     groups = None
@@ -111,14 +174,38 @@ def prepare_samples(
 
 
 class Synthesizer(Protocol):
-    """Generates the target of each window from its EEG (never reads ``windows.target``)."""
+    """Generates the target of each window from its EEG (never reads ``windows.target``).
+
+    Called as ``synthesizer(windows, seed)`` -> ``[n_windows, n_points, n_frames]``.
+    """
 
     def __call__(self, windows: PairedWindows, seed: int) -> np.ndarray: ...
 
 
 class ModelSynthesizer:
-    """Targets from EEG with a NeuroGen model, in batches, conditioned on the window's trial type
-    where the checkpoint knows it (classifier-free guidance ``guidance_scale``)."""
+    """Targets from EEG with a NeuroGen model, in batches.
+
+    Each window is conditioned on its trial type where the checkpoint knows it
+    (classifier-free guidance ``guidance_scale``), else generated unconditionally. Calling it,
+    ``synth(windows, seed)``, returns float32 ``[n_windows, n_points, n_frames]`` and raises
+    ``ConfigError`` when the model's target shape differs from the windows'.
+
+    Parameters
+    ----------
+    model : NeuroGenModel
+        The model (put in eval mode when called).
+    class_names : sequence of str | None
+        The checkpoint's class names (label index -> name).
+    steps : int | None
+        DDIM steps; None: the model's default.
+    guidance_scale : float
+        Classifier-free guidance scale.
+    batch_size : int
+        Windows per model call.
+    estimate : str
+        ``"sample"``: point prediction + sampled residual; ``"mean"``: the point prediction only
+        (deterministic).
+    """
 
     def __init__(
         self,
@@ -140,9 +227,24 @@ class ModelSynthesizer:
 
     @property
     def settings(self) -> tuple[str, float]:
+        """``(estimate, guidance_scale)``."""
         return self.estimate, self.guidance_scale
 
     def with_settings(self, estimate: str, guidance_scale: float) -> "ModelSynthesizer":
+        """A synthesizer of the same model with other generation settings.
+
+        Parameters
+        ----------
+        estimate : str
+            ``"sample"`` or ``"mean"``.
+        guidance_scale : float
+            Classifier-free guidance scale.
+
+        Returns
+        -------
+        ModelSynthesizer
+            A new synthesizer.
+        """
         return ModelSynthesizer(
             self.model,
             self.class_names,
@@ -153,6 +255,18 @@ class ModelSynthesizer:
         )
 
     def label_index(self, label: str) -> int | None:
+        """The model's label index of a class.
+
+        Parameters
+        ----------
+        label : str
+            A class name.
+
+        Returns
+        -------
+        int | None
+            Its index; None when the checkpoint has no such label.
+        """
         return self.class_to_index.get(str(label))
 
     def __call__(self, windows: PairedWindows, seed: int) -> np.ndarray:
@@ -191,7 +305,18 @@ class ModelSynthesizer:
 
 
 def concat_windows(parts: Sequence[PairedWindows]) -> PairedWindows:
-    """Windows of one site (one montage, one target layout) stacked."""
+    """Windows of one site (one montage, one target layout) stacked.
+
+    Parameters
+    ----------
+    parts : sequence of PairedWindows
+        At least one; everything but the per-window arrays is taken from the first.
+
+    Returns
+    -------
+    PairedWindows
+        The first part itself when there is one, else the concatenation (in memory).
+    """
     first = parts[0]
     if len(parts) == 1:
         return first
@@ -204,11 +329,30 @@ def concat_windows(parts: Sequence[PairedWindows]) -> PairedWindows:
 
 @dataclass
 class GenerationLog:
-    """Every synthesizer call: fold, unit, and the subject / window id of each EEG source."""
+    """Every synthesizer call: fold, unit, and the subject / window id of each EEG source.
+
+    Attributes
+    ----------
+    calls : list of dict
+        ``{"fold", "unit", "subjects", "ids"}`` per call.
+    """
 
     calls: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, fold: int, unit: str, windows: PairedWindows, ids: np.ndarray) -> None:
+        """Record one call.
+
+        Parameters
+        ----------
+        fold : int
+            The fold.
+        unit : str
+            The balancing unit generated for.
+        windows : PairedWindows
+            The EEG sources (their subjects are recorded).
+        ids : np.ndarray
+            Window id of each source.
+        """
         self.calls.append({"fold": fold, "unit": unit, "subjects": windows.subjects.tolist(), "ids": list(ids)})
 
 
@@ -216,6 +360,20 @@ class GenerationLog:
 
 
 def oversample_strategy(s: SiteSamples) -> fm.Strategy:
+    """Random oversampling: top up each under-represented unit by redrawing its training windows.
+
+    Parameters
+    ----------
+    s : SiteSamples
+        The site's samples.
+
+    Returns
+    -------
+    Strategy
+        ``Fold -> TrainingSet``; units with no training window in the fold are noted as not
+        topped up.
+    """
+
     def strategy(fold: fm.Fold) -> fm.TrainingSet:
         base = fm.real_training_set(s.features.values, s.labels, s.windows.subjects, s.ids, fold.train)
         rng = np.random.default_rng(fold.seed)
@@ -241,8 +399,21 @@ def oversample_strategy(s: SiteSamples) -> fm.Strategy:
 
 
 def smote_strategy(s: SiteSamples) -> fm.Strategy:
-    """SMOTE: each under-represented unit is topped up with points interpolated between one of
-    its training windows and one of its ``k`` nearest training neighbours (in feature space)."""
+    """SMOTE: top up each under-represented unit with interpolated feature rows.
+
+    Each added row lies between one of the unit's training windows and one of its ``k``
+    nearest training neighbours (in feature space, imbalanced-learn's ``SMOTE``).
+
+    Parameters
+    ----------
+    s : SiteSamples
+        The site's samples.
+
+    Returns
+    -------
+    Strategy
+        ``Fold -> TrainingSet``; a unit with fewer than two training windows is not topped up.
+    """
     from imblearn.over_sampling import SMOTE
 
     def strategy(fold: fm.Fold) -> fm.TrainingSet:
@@ -285,6 +456,19 @@ def smote_strategy(s: SiteSamples) -> fm.Strategy:
 
 
 def class_weight_strategy(s: SiteSamples) -> fm.Strategy:
+    """Class weights: the real training windows, with classes weighted inversely to their frequency.
+
+    Parameters
+    ----------
+    s : SiteSamples
+        The site's samples.
+
+    Returns
+    -------
+    Strategy
+        ``Fold -> TrainingSet`` with ``class_weight='balanced'``.
+    """
+
     def strategy(fold: fm.Fold) -> fm.TrainingSet:
         base = fm.real_training_set(s.features.values, s.labels, s.windows.subjects, s.ids, fold.train)
         base.class_weight = "balanced"
@@ -294,6 +478,18 @@ def class_weight_strategy(s: SiteSamples) -> fm.Strategy:
 
 
 def none_strategy(s: SiteSamples) -> fm.Strategy:
+    """No augmentation: the fold's real training windows.
+
+    Parameters
+    ----------
+    s : SiteSamples
+        The site's samples.
+
+    Returns
+    -------
+    Strategy
+        ``Fold -> TrainingSet``.
+    """
     return lambda fold: fm.real_training_set(s.features.values, s.labels, s.windows.subjects, s.ids, fold.train)
 
 
@@ -313,7 +509,28 @@ def generate_strategy(
     generates for the whole training fold. Test subjects play no part in the choice.
 
     With ``make_estimator``, each fold also records the *label fidelity* of its generated
-    windows (see the module docstring)."""
+    windows (see the module docstring).
+
+    Parameters
+    ----------
+    s : SiteSamples
+        The site's samples.
+    synthesize : Synthesizer
+        Generates targets from EEG windows.
+    log : GenerationLog
+        Receives every generation call of the folds.
+    make_estimator : callable | None
+        ``make_estimator(class_weight)`` -> an unfitted classifier; None: no setting choice and
+        no label fidelity.
+    choices : sequence of (str, float)
+        Generation settings ``(estimate, guidance)`` to choose from (needs a synthesizer with
+        ``with_settings``).
+
+    Returns
+    -------
+    Strategy
+        ``Fold -> TrainingSet``.
+    """
     pool_ids = None if s.pool is None else fm.window_ids(s.pool)
     selectable = make_estimator is not None and len(choices) > 1 and hasattr(synthesize, "with_settings")
 
