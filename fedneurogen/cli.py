@@ -2,10 +2,16 @@
 
 Each subcommand is a thin layer over a library function; heavy imports happen inside the
 command so that ``fedneurogen --help`` stays fast.
+
+Output: a command's results go to stdout (``console``). The library reports status through
+``logging`` (loggers under ``fedneurogen``); ``_main`` shows those records on stderr, one line
+each, at INFO (``--verbose``: DEBUG; ``--quiet``: WARNING), and ``--quiet`` also turns progress
+bars off: commands pass ``progress=_show_progress()`` to the library functions that draw them.
 """
 
 from __future__ import annotations
 
+import logging
 from enum import Enum
 from pathlib import Path
 
@@ -22,6 +28,12 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+
+#: The logger whose records the command line shows: the parent of every library module's
+#: ``logging.getLogger(__name__)``.
+LOGGER = "fedneurogen"
+#: Settings of the running command, from the global options (reset when it ends).
+_settings = {"progress": True}
 
 
 class SimModality(str, Enum):
@@ -48,16 +60,48 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
+def _show_progress() -> bool:
+    """Whether the running command shows progress bars (``--quiet`` turns them off)."""
+    return _settings["progress"]
+
+
+def _configure_logging(ctx: typer.Context, level: int) -> None:
+    """Show the library's log records from ``level`` up on stderr, one line each, while the
+    command runs; the logger is restored when it ends (tests run many commands in one process)."""
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger(LOGGER)
+    handler = RichHandler(console=err_console, show_time=False, show_path=False, markup=False)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+
+    def restore() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+        _settings["progress"] = True
+
+    ctx.call_on_close(restore)
+
+
 @app.callback()
 def _main(
+    ctx: typer.Context,
     show_version: bool = typer.Option(
         False, "--version", callback=_show_version, is_eager=True, help="Print the versions and exit."
     ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show debug messages."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Show only warnings and errors; no progress bars."),
 ) -> None:
     """Federated cross-modal neuroimaging generation: EEG -> fMRI BOLD / fNIRS HbO-HbR."""
     import warnings
 
+    if verbose and quiet:
+        raise click.UsageError("--verbose and --quiet cannot be used together", ctx=ctx)
     warnings.showwarning = _show_warning  # e.g. "warning: sub-02/eeg/...edf: run ... skipped: truncated"
+    _settings["progress"] = not quiet
+    _configure_logging(ctx, logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
 
 
 #: Exit codes: 1 a dataset, checkpoint or other input file cannot be used (DataError and the
@@ -76,7 +120,8 @@ def _fail_on(err: Exception) -> None:
 def _fail(message: str, code: int = 1) -> None:
     from rich.markup import escape
 
-    err_console.print(f"[bold red]error:[/] {escape(message)}")  # file names and patterns may hold [brackets]
+    # file names and patterns may hold [brackets]; soft wrap: a path is never broken by a newline
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -99,8 +144,10 @@ def simulate(
     ),
 ) -> None:
     """Write simulated paired EEG-fMRI / EEG-fNIRS BIDS datasets with known ground truth."""
+    import json
+
     from fedneurogen.shared.errors import ConfigError
-    from fedneurogen.simulations.simulator import simulate_dataset
+    from fedneurogen.simulations.simulator import ceilings_table, simulate_dataset
 
     sessions = {}
     for item in eeg_only_sessions:
@@ -111,10 +158,11 @@ def simulate(
     try:
         site_dirs = simulate_dataset(
             out, n_sites=sites, subjects_per_site=subjects_per_site, modality=modality.value, seed=seed, run_seconds=run_seconds,
-            eeg_only_sessions=sessions,
+            eeg_only_sessions=sessions, progress=_show_progress(),
         )  # fmt: skip
     except ConfigError as err:
         _fail_on(err)
+    console.print(ceilings_table(json.loads((out / "simulation.json").read_text(encoding="utf-8"))["sites"]))
     console.print(f"Wrote {len(site_dirs)} site datasets under [bold]{out}[/]:")
     for d in site_dirs:
         console.print(f"  {d}")
@@ -157,7 +205,7 @@ def _load_sites(data: list[Path]):
     preprocess = PreprocessConfig()
     sites = []
     for folder in data:
-        loaded = load_site_data(folder, preprocess)
+        loaded = load_site_data(folder, preprocess, progress=_show_progress())
         loaded.warn()
         if loaded.skipped:
             used = len(set(loaded.windows.runs.tolist()))
@@ -217,6 +265,7 @@ def train(
             device=device,
             preprocess=preprocess.model_dump(),
             site_names=[d.name for d in data],
+            progress=_show_progress(),
         )
     except FedNeuroGenError as err:  # a bad dataset or configuration: one line naming the file
         _fail_on(err)
@@ -246,7 +295,7 @@ def federate(
     overrides = {"preset": preset.value, **parse_overrides(set_)}
     total = int(overrides.get("num-server-rounds", rounds))
     try:
-        with _round_progress(total) as show_round:
+        with _round_progress(total, enabled=_show_progress()) as show_round:
             out = run_federated(
                 run_dir,
                 data_root,
@@ -265,9 +314,10 @@ def federate(
     )
 
 
-def _round_progress(total: int):
-    """A progress bar over the federated rounds and a line per round as it ends: sites that
-    answered, training loss, held-out PCC of the point prediction, epsilon (with DP), seconds."""
+def _round_progress(total: int, enabled: bool = True):
+    """A progress bar over the federated rounds (unless not ``enabled``) and a line per round as
+    it ends: sites that answered, training loss, held-out PCC of the point prediction, epsilon
+    (with DP), seconds."""
     import contextlib
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -275,7 +325,7 @@ def _round_progress(total: int):
     @contextlib.contextmanager
     def context():
         columns = (TextColumn("[bold]federated rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=console) as bar:
+        with Progress(*columns, console=console, disable=not enabled) as bar:
             task = bar.add_task("rounds", total=total)
 
             def show(entry: dict) -> None:
@@ -340,7 +390,7 @@ def synthesize(
     try:
         written = run_synthesis(
             checkpoint, data, out, subjects=wanted or None, label=label, estimate=estimate, n_samples=n_samples, steps=steps,
-            guidance_scale=guidance, seed=seed, batch_size=batch_size, device=device,
+            guidance_scale=guidance, seed=seed, batch_size=batch_size, device=device, progress=_show_progress(),
         )  # fmt: skip
     except FedNeuroGenError as err:
         _fail_on(err)
@@ -379,17 +429,18 @@ def evaluate(
 ) -> None:
     """Score a checkpoint on a site's held-out subjects against baselines, noise baseline and ceiling."""
     from fedneurogen.shared.errors import FedNeuroGenError
-    from fedneurogen.shared.workflows.evaluation import REPORT_FILE, render_report
+    from fedneurogen.shared.workflows.evaluation import REPORT_FILE, report_table
     from fedneurogen.shared.workflows.evaluation import evaluate as run_evaluation
 
     try:
         report = run_evaluation(
             checkpoint, data, out, steps=steps, max_windows=max_windows, seed=seed, guidance_scale=guidance, n_samples=n_samples,
             baseline_epochs=baseline_epochs, batch_size=batch_size, device=device, pooled_sites=tuple(pooled_sites or ()),
+            progress=_show_progress(),
         )  # fmt: skip
     except FedNeuroGenError as err:
         _fail_on(err)
-    render_report(report, console)
+    console.print(report_table(report))
     console.print(f"report: [bold]{out / REPORT_FILE}[/] (figures: {', '.join(report['plots'])})")
 
 
@@ -519,7 +570,15 @@ def explain_command(
 
     try:
         report = explain(
-            checkpoint, data, out, label=label, points=points, steps=steps, max_rows=max_frames, device=device
+            checkpoint,
+            data,
+            out,
+            label=label,
+            points=points,
+            steps=steps,
+            max_rows=max_frames,
+            device=device,
+            progress=_show_progress(),
         )
     except FedNeuroGenError as err:
         _fail_on(err)
@@ -532,22 +591,79 @@ def explain_command(
     console.print(f"report: [bold]{out / EXPLAIN_FILE}[/] (figures: {', '.join(report['plots'])})")
 
 
+class TableSource(str, Enum):
+    pool = "pool"
+    paired = "paired"
+
+
 @app.command("fairness-table")
 def fairness_table(
     out: Path = typer.Option(..., "--out", help="Output folder (data/, model/, conditions/, table.json/.md/.png)."),
-    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Use this generator instead of training one."),
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", help="Use this generator instead of training one (it needs the task labels)."
+    ),
     quick: bool = typer.Option(
         False, "--quick", help="Reduced sizes (5 subjects, 20 vs 5 / 24 vs 6 windows, 3 folds)."
     ),
-    train_minutes: float = typer.Option(6.0, "--train-minutes", help="Generator training time when no --checkpoint."),
     seed: int = typer.Option(0, "--seed", help="Seed of the simulation, the cuts, the folds and generation."),
+    preset: Preset = typer.Option(Preset.tiny, "--preset", help="Generator preset when training one."),
+    train_minutes: float = typer.Option(6.0, "--train-minutes", help="Generator training time when no --checkpoint."),
+    steps: int = typer.Option(10, "--steps", min=1, help="DDIM steps per generated window."),
+    guidance_scale: float = typer.Option(2.0, "--guidance-scale", help="Classifier-free guidance on the class label."),
+    source: TableSource = typer.Option(
+        TableSource.pool,
+        "--source",
+        help="EEG for generation: the cut windows' EEG (pool) or the kept paired windows'.",
+    ),
+    classifier: str = typer.Option("logreg", "--classifier", help="logreg | lda | riemann (riemann needs --with-eeg)."),
+    with_eeg: bool = typer.Option(False, "--with-eeg", help="Add EEG band-power features to the target's."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    oracle: bool = typer.Option(
+        True, "--oracle/--no-oracle", help="The upper-bound rows that use the recorded targets of the source windows."
+    ),
 ) -> None:
     """Reproduce the paper's Table 1 (fairness by generative augmentation) on simulated data."""
-    from fedneurogen.simulations.fairness_table import main as table_main
+    from fedneurogen.shared.errors import FedNeuroGenError
+    from fedneurogen.simulations.fairness_table import TableSettings, render_table, run
 
-    args = ["--out", str(out), "--train-minutes", str(train_minutes), "--seed", str(seed)]
-    args += (["--checkpoint", str(checkpoint)] if checkpoint else []) + (["--quick"] if quick else [])
-    raise typer.Exit(table_main(args))
+    try:
+        settings = TableSettings(
+            out=out, checkpoint=checkpoint, quick=quick, seed=seed, preset=preset.value, train_minutes=train_minutes,
+            steps=steps, guidance_scale=guidance_scale, source=source.value, classifier=classifier, with_eeg=with_eeg,
+            device=device, oracle=oracle,
+        )  # fmt: skip
+        result = run(settings)
+    except FedNeuroGenError as err:
+        _fail_on(err)
+    print(render_table(result))
+
+
+@app.command("audit")
+def audit_command(
+    log: Path = typer.Argument(..., help="A run's audit log: RUN_DIR/audit/received.jsonl."),
+    preset: Preset | None = typer.Option(
+        None, "--preset", help="Check array names and shapes against this preset (default: inferred from the names)."
+    ),
+    forbid: list[str] = typer.Option(
+        [], "--forbid", help="Text no config value may contain, e.g. a data root or a site's name (repeat)."
+    ),
+) -> None:
+    """What each site sent in a federated run, and anything that is not a model parameter, a known metric or a task label.
+
+    Exit 1 if anything is flagged."""
+    from fedneurogen.server.audit import check_log
+
+    if not log.is_file():
+        _fail(f"{log}: no such audit log (a run writes RUN_DIR/audit/received.jsonl)", EXIT_CONFIG)
+    found = check_log(log, preset.value if preset else None, forbid)
+    print(found.summary)
+    if found.problems:
+        print("\n".join(found.problems))
+        raise typer.Exit(1)
+    # a check of the messages' structure, not of what the weights memorised
+    print(
+        f"{found.messages} messages: no unexpected records (model parameters of the expected shapes, known metrics, task labels)"
+    )
 
 
 @app.command("privacy-budget")
@@ -643,8 +759,9 @@ def cache_command(
 def app_hash_command(
     app_folder: Path = typer.Option(None, "--app", help="The Flower app folder (default: this FedNeuroGen release)."),
 ) -> None:
-    """The SHA-256 of the app a run of this release sends: the line a site puts in its
-    allowlist of apps (fedneurogen.client.site_exec)."""
+    """The SHA-256 of the app a run of this release sends: the line a site puts in its allowlist of apps.
+
+    The allowlist is read by the site's app gate (fedneurogen.client.site_exec)."""
     from fedneurogen.shared.apps import app_hash
     from fedneurogen.shared.errors import ConfigError
     from fedneurogen.simulations.federated import app_dir
@@ -740,6 +857,86 @@ def certs_check(
     if problems:
         raise typer.Exit(1)
     console.print(f"{cert}: signed by {ca}, valid now, names {', '.join(host)}")
+
+
+consortium_app = typer.Typer(
+    help="A local consortium on loopback for rehearsal (TLS, node authentication, the proxy); a real coordinator's proxy.",
+    no_args_is_help=True,
+)
+app.add_typer(consortium_app, name="consortium")
+
+
+@consortium_app.command("up")
+def consortium_up(
+    folder: Path = typer.Argument(..., help="The consortium's folder (certificates, keys, logs, endpoints.env)."),
+    sites: int = typer.Option(2, "--sites", min=1, help="Site daemons to start."),
+    data_root: Path | None = typer.Option(
+        None, "--data-root", help="BIDS folders site-01, site-02, ... (simulated if missing; default DIR/data)."
+    ),
+    modality: SimModality = typer.Option(SimModality.fmri, "--modality", help="Simulated sites' target modality."),
+    subjects_per_site: int = typer.Option(3, "--subjects-per-site", min=1, help="Simulated subjects per site."),
+    site_config: str = typer.Option(
+        'dp-max-epsilon="10"', "--site-config", help="Added to every site's node config (its privacy policy)."
+    ),
+    allowed_apps: Path | None = typer.Option(
+        None, "--allowed-apps", help="The sites' allowlist of app hashes (default: this FedNeuroGen release)."
+    ),
+) -> None:
+    """Start the SuperLink behind its proxy and authenticated site daemons, as real processes."""
+    from fedneurogen.shared.errors import FedNeuroGenError
+    from fedneurogen.simulations.consortium import CONNECTION, up
+
+    try:
+        endpoints = up(
+            folder, sites=sites, data_root=data_root, modality=modality.value, subjects_per_site=subjects_per_site,
+            site_config=site_config, allowed_apps=allowed_apps,
+        )  # fmt: skip
+    except FedNeuroGenError as err:
+        _fail_on(err)
+    print(f"consortium up in {folder.resolve()}:")
+    print(endpoints.env_file(), end="")
+    print(f"submit a run: FLWR_HOME={endpoints.flwr_home} flwr run . {CONNECTION}")
+
+
+@consortium_app.command("down")
+def consortium_down(folder: Path = typer.Argument(..., help="The folder given to `up`.")) -> None:
+    """Stop exactly the processes `up` started."""
+    from fedneurogen.simulations.consortium import down
+
+    names = down(folder)
+    print(f"stopped: {', '.join(names)}" if names else f"nothing running in {folder}")
+
+
+@consortium_app.command("proxy-config")
+def consortium_proxy_config(
+    out: Path = typer.Option(..., "--out", help="The nginx.conf to write."),
+    site_listen: str = typer.Option(..., "--site-listen", help="address:port the sites reach, e.g. 0.0.0.0:8443."),
+    admin_listen: str = typer.Option(
+        ..., "--admin-listen", help="address:port on the admins' network only, e.g. 10.1.0.5:9443."
+    ),
+    certs: Path = typer.Option(
+        ..., "--certs", help="Folder with superlink.crt, superlink.key, ca.crt (fedneurogen certs / make-certs.sh)."
+    ),
+    upstream: str = typer.Option("127.0.0.1:8000", "--upstream", help="Where the SuperLink listens (loopback)."),
+    upstream_name: str = typer.Option("localhost", "--upstream-name", help="A name the SuperLink's certificate lists."),
+    state: Path = typer.Option(Path("/var/lib/fedneurogen/proxy"), "--state", help="The proxy's pid file and logs."),
+) -> None:
+    """Write the proxy's nginx.conf for a real coordinator: sites get the Fleet API only, admins
+    the Control API only (deploy/README.md)."""
+    from fedneurogen.shared.io import write_text_atomic
+    from fedneurogen.simulations.consortium import CONTROL_PREFIX, FLEET_PREFIX, nginx_config
+    from fedneurogen.simulations.federated import TlsFiles
+
+    from fedneurogen.shared.errors import FedNeuroGenError
+
+    try:
+        tls = TlsFiles.in_folder(certs)
+        tls.flags()  # the three files exist, or a ConfigError names the missing one
+        text = nginx_config(state, tls, upstream, site_listen, admin_listen, upstream_name=upstream_name)
+        write_text_atomic(out, text)
+    except FedNeuroGenError as err:
+        _fail_on(err)
+    print(f"wrote {out}: sites {site_listen} -> {FLEET_PREFIX}, admins {admin_listen} -> {CONTROL_PREFIX}")
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ that describes the reply without its numbers::
 A consortium can read from it exactly what left every site, and ``find_leaks`` checks it:
 arrays must be the model's own parameters (names and shapes), metrics numeric scalars, config
 values short strings without paths, subject ids or site names, and no array may be shaped like
-a recording window. ``python -m fedneurogen.server.audit LOG`` prints a log's summary.
+a recording window. ``fedneurogen audit LOG`` prints a log's summary and its problems.
 
 The grid also counts the array bytes sent and received per round (``begin_round`` /
 ``round_bytes``), which the server stores in each history entry as ``bytes``.
@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
@@ -442,32 +442,25 @@ def preset_shapes(entries: Sequence[Mapping[str, Any]], preset: str | None) -> t
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m fedneurogen.server.audit run-dir/audit/received.jsonl [--preset tiny]``:
-    print what each site sent and the problems ``find_leaks`` finds (exit 1 if any)."""
-    import argparse
+class LogCheck(NamedTuple):
+    """What ``check_log`` found: the messages read, one summary line each, and the problems."""
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("log", type=Path)
-    parser.add_argument("--preset", help="check array names and shapes against this model preset")
-    parser.add_argument(
-        "--forbid", action="append", default=[], help="text no string may contain (data root, site name)"
-    )
-    args = parser.parse_args(argv)
-    entries = read_log(args.log)
-    shapes, problems = preset_shapes(entries, args.preset)
-    print(summarize(entries))
+    messages: int
+    summary: str
+    problems: list[str]
+
+
+def check_log(log: Path, preset: str | None = None, forbidden_strings: Sequence[str] = ()) -> LogCheck:
+    """Check an audit log as ``fedneurogen audit LOG`` does: returns the summary of what each
+    site sent and the problems ``find_leaks`` finds (array names and shapes against ``preset``,
+    inferred from the array names when None; the default window shapes; ``forbidden_strings``
+    that no config value may contain, e.g. a data root or a site's name)."""
+    entries = read_log(log)
+    shapes, problems = preset_shapes(entries, preset)
     problems += find_leaks(
-        entries, parameter_shapes=shapes, window_shapes=default_window_shapes(), forbidden_strings=args.forbid
+        entries,
+        parameter_shapes=shapes,
+        window_shapes=default_window_shapes(),
+        forbidden_strings=list(forbidden_strings),
     )
-    if problems:
-        print("\n".join(problems))
-    else:  # a check of the messages' structure, not of what the weights memorised
-        print(
-            f"{len(entries)} messages: no unexpected records (model parameters of the expected shapes, known metrics, task labels)"
-        )
-    return 1 if problems else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return LogCheck(len(entries), summarize(entries), problems)

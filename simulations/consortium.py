@@ -1,8 +1,9 @@
 """A local consortium for rehearsal and tests: the deployment's trust boundaries, as real
 processes on loopback.
 
-    python -m fedneurogen.simulations.consortium up DIR --sites 2     # or deploy/scripts/local-consortium.sh
-    python -m fedneurogen.simulations.consortium down DIR
+    fedneurogen consortium up DIR --sites 2     # or deploy/scripts/local-consortium.sh
+    fedneurogen consortium down DIR
+    fedneurogen consortium proxy-config --out nginx.conf ...   # a real coordinator's proxy
 
 ``up`` starts, each in its own session so that they outlive the command:
 
@@ -28,7 +29,6 @@ and ``FLWR_CONNECTION`` for ``flwr`` on the admin side) and ``DIR/processes.json
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import socket
@@ -287,79 +287,3 @@ class _Handle:
                 raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
             time.sleep(0.1)
         return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="local-consortium", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    start = commands.add_parser("up", help="start the consortium in DIR")
-    start.add_argument("dir", type=Path)
-    start.add_argument("--sites", type=int, default=2)
-    start.add_argument(
-        "--data-root",
-        type=Path,
-        default=None,
-        help="BIDS folders site-01, site-02 ... here (simulated if missing; default DIR/data)",
-    )
-    start.add_argument("--modality", default="fmri", choices=("fmri", "fnirs", "mixed"))
-    start.add_argument("--subjects-per-site", type=int, default=3)
-    start.add_argument(
-        "--site-config", default='dp-max-epsilon="10"', help="added to every site's node config (its privacy policy)"
-    )
-    start.add_argument(
-        "--allowed-apps",
-        type=Path,
-        default=None,
-        help="the sites' allowlist of app hashes (default: this FedNeuroGen release)",
-    )
-    stop = commands.add_parser("down", help="stop the consortium in DIR")
-    stop.add_argument("dir", type=Path)
-    proxy = commands.add_parser(
-        "proxy-config", help="write the proxy's nginx.conf for a real coordinator (deploy/README.md)"
-    )
-    proxy.add_argument("--out", type=Path, required=True, help="the nginx.conf to write")
-    proxy.add_argument("--site-listen", required=True, help="address:port the sites reach, e.g. 0.0.0.0:8443")
-    proxy.add_argument(
-        "--admin-listen", required=True, help="address:port on the admins' network only, e.g. 10.1.0.5:9443"
-    )
-    proxy.add_argument("--upstream", default="127.0.0.1:8000", help="where the SuperLink listens (loopback)")
-    proxy.add_argument("--upstream-name", default="localhost", help="a name the SuperLink's certificate lists")
-    proxy.add_argument(
-        "--certs", type=Path, required=True, help="folder with superlink.crt, superlink.key, ca.crt (make-certs.sh)"
-    )
-    proxy.add_argument("--state", type=Path, default=Path("/var/lib/fedneurogen/proxy"), help="pid file and logs")
-    args = parser.parse_args(argv)
-    if args.command == "proxy-config":
-        text = nginx_config(
-            args.state,
-            TlsFiles.in_folder(args.certs),
-            args.upstream,
-            args.site_listen,
-            args.admin_listen,
-            upstream_name=args.upstream_name,
-        )
-        write_text_atomic(args.out, text)
-        print(
-            f"wrote {args.out}: sites {args.site_listen} -> {FLEET_PREFIX}, admins {args.admin_listen} -> {CONTROL_PREFIX}"
-        )
-        return 0
-    try:
-        if args.command == "up":
-            endpoints = up(
-                args.dir, sites=args.sites, data_root=args.data_root, modality=args.modality,
-                subjects_per_site=args.subjects_per_site, site_config=args.site_config, allowed_apps=args.allowed_apps,
-            )  # fmt: skip
-            print(f"consortium up in {args.dir.resolve()}:")
-            print(endpoints.env_file(), end="")
-            print(f"submit a run: FLWR_HOME={endpoints.flwr_home} flwr run . {CONNECTION}")
-        else:
-            names = down(args.dir)
-            print(f"stopped: {', '.join(names)}" if names else f"nothing running in {args.dir}")
-    except (ConfigError, FederationError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""The paper's Table 1 on simulated data: ``python -m fedneurogen.simulations.fairness_table --out DIR``.
+"""The paper's Table 1 on simulated data: ``fedneurogen fairness-table --out DIR`` (``run(TableSettings(...))``).
 
 Protocol (paper, "Cross-Modal Data Augmentation Enhances Fairness of BCI Decoding Models"):
 
@@ -47,13 +47,12 @@ under ``DIR/conditions/``.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
+import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -69,6 +68,8 @@ from fedneurogen.shared.workflows import fairness as fm
 from fedneurogen.shared.errors import ConfigError, DataError
 from fedneurogen.shared.io import write_json_atomic, write_text_atomic
 from fedneurogen.shared.recording import PairedWindows
+
+log = logging.getLogger(__name__)
 
 STRATEGIES = ("none", "oversample", "class-weight", "smote", "generate")
 BASELINES = ("none", "oversample", "class-weight", "smote")  # what generation must beat
@@ -164,9 +165,8 @@ def train_generator(
     fit_ridge_paths(model, split.train, split.val)
     sites = [site.subset(np.flatnonzero(site.labels != "rest")) for site in sites]
     classes = class_index(sites)
-    print(
+    log.info(
         f"  generator: ridge path fitted; {sum(len(s) for s in sites)} task windows, classes {list(classes)}",
-        flush=True,
     )
     # The preset's 0.999 decay needs thousands of steps; a CPU budget gives a few hundred.
     ema = EMA(model, decay=0.99)
@@ -187,7 +187,7 @@ def train_generator(
             deadline=deadline,
         )
         epoch += 1
-        print(f"  generator: epoch {epoch}, step {step}, loss {stats.summary()['loss']:.4f}", flush=True)
+        log.info(f"  generator: epoch {epoch}, step {step}, loss {stats.summary()['loss']:.4f}")
     provenance = {
         "mode": "centralized (fairness_table)",
         "preset": preset,
@@ -320,9 +320,8 @@ def run_group_variant(
             "worst_group": entry["per_group"]["worst_group"],
             "gap": entry["per_group"]["difference"]["macro_f1"],
         }
-    print(
+    log.info(
         f"  group variant: gap none {groups['none']['gap']:.3f}, oversample {groups['oversample']['gap']:.3f}, generate {groups['generate']['gap']:.3f} ({time.time() - t0:.0f} s)",
-        flush=True,
     )
     return {
         "protocol": protocol.__dict__, "pool_windows": len(pool), "groups": groups,
@@ -387,9 +386,8 @@ def run_protocol(
         )
         gen = report["strategies"]["generate"]["per_class_f1_mean"][minority]
         base = report["strategies"]["none"]["per_class_f1_mean"][minority]
-        print(
+        log.info(
             f"  {protocol.modality} {minority}: minority F1 {base:.3f} -> {gen:.3f} ({time.time() - t0:.0f} s)",
-            flush=True,
         )
     return rows
 
@@ -601,67 +599,99 @@ def plot_table(result: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+@dataclass(frozen=True)
+class TableSettings:
+    """What ``fedneurogen fairness-table`` runs (its options; the module docstring has the protocol)."""
+
+    out: Path
+    checkpoint: Path | None = None  # use this generator instead of training one (it needs the task labels)
+    quick: bool = False  # reduced sizes for tests
+    seed: int = 0
+    preset: str = "tiny"  # generator preset when training one
+    train_minutes: float = 6.0  # generator training time when no checkpoint
+    steps: int = 10  # DDIM steps per generated window
+    guidance_scale: float = 2.0  # classifier-free guidance on the class label
+    source: Literal["pool", "paired"] = "pool"  # EEG for generation: the cut windows' EEG or the kept paired windows'
+    classifier: str = "logreg"
+    with_eeg: bool = False  # add EEG band-power features to the target-modality features
+    device: str = "cpu"
+    oracle: bool = True  # the upper-bound rows that use the recorded targets of the source windows
+
+    def __post_init__(self) -> None:
+        if self.classifier not in fm.CLASSIFIERS:
+            raise ConfigError(f"classifier {self.classifier!r}: choose one of {', '.join(fm.CLASSIFIERS)}")
+        if self.classifier == "riemann" and not self.with_eeg:
+            raise ConfigError("the riemann classifier reads EEG covariances: add --with-eeg")
+        if self.source not in ("pool", "paired"):
+            raise ConfigError(f"source {self.source!r}: choose pool or paired")
+
+
+def run(settings: TableSettings) -> dict[str, Any]:
+    """Run the protocol (see the module docstring) and write the table under ``settings.out``."""
     from fedneurogen.shared.data import load_site
     from fedneurogen.shared.model import load_checkpoint
 
-    out = Path(args.out)
-    scale = QUICK if args.quick else FULL
+    out = Path(settings.out)
+    scale = QUICK if settings.quick else FULL
     t0 = time.time()
-    print(f"simulating / reusing data under {out / 'data'} ...", flush=True)
-    eval_sites = ensure_simulated(out / "data" / "eval", scale.eval_subjects, scale.eval_run_seconds, args.seed + 101)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    log.info(f"simulating / reusing data under {out / 'data'} ...")
+    eval_sites = ensure_simulated(
+        out / "data" / "eval", scale.eval_subjects, scale.eval_run_seconds, settings.seed + 101
+    )
+    checkpoint = Path(settings.checkpoint) if settings.checkpoint else None
     if checkpoint is None:
         train_dirs = ensure_simulated(
-            out / "data" / "train", scale.train_subjects, scale.train_run_seconds, args.seed + 202
+            out / "data" / "train", scale.train_subjects, scale.train_run_seconds, settings.seed + 202
         )
         train_sites = [load_site(d, progress=False) for d in train_dirs]
-        print(f"training a {args.preset} generator for {args.train_minutes} min on separate subjects ...", flush=True)
+        log.info(f"training a {settings.preset} generator for {settings.train_minutes} min on separate subjects ...")
         checkpoint = train_generator(
             train_sites,
             out / "model",
-            preset=args.preset,
-            minutes=args.train_minutes,
-            seed=args.seed,
-            device=args.device,
+            preset=settings.preset,
+            minutes=settings.train_minutes,
+            seed=settings.seed,
+            device=settings.device,
         )
-    model, meta = load_checkpoint(checkpoint, device=args.device, use_ema=True)
-    synthesizer = ModelSynthesizer(model, meta.get("class_names"), steps=args.steps, guidance_scale=args.guidance_scale)
+    model, meta = load_checkpoint(checkpoint, device=settings.device, use_ema=True)
+    synthesizer = ModelSynthesizer(
+        model, meta.get("class_names"), steps=settings.steps, guidance_scale=settings.guidance_scale
+    )
     missing = sorted({c for p in scale.protocols for c in p.classes} - set(meta.get("class_names") or []))
     if missing:
-        print(f"  note: the model has no label for {missing}; those classes are generated unconditionally", flush=True)
+        log.info(f"  note: the model has no label for {missing}; those classes are generated unconditionally")
 
     result: dict[str, Any] = {
-        "quick": args.quick,
-        "seed": args.seed,
-        "classifier": args.classifier,
-        "features": "target-modality (+ EEG band power)" if args.with_eeg else "target-modality",
+        "quick": settings.quick,
+        "seed": settings.seed,
+        "classifier": settings.classifier,
+        "features": "target-modality (+ EEG band power)" if settings.with_eeg else "target-modality",
         "source": "EEG-only pool of the cut windows (training subjects)"
-        if args.source == "pool"
+        if settings.source == "pool"
         else "the cut class's paired training windows (several draws each)",
         "model": {
             "checkpoint": str(checkpoint),
             "content_hash": meta.get("content_hash"),
             "class_names": meta.get("class_names"),
             "provenance": meta.get("provenance"),
-            "description": f"{meta.get('preset')} preset, {meta.get('provenance', {}).get('steps', '?')} steps, guidance {args.guidance_scale}, {args.steps or 'default'} DDIM steps",
+            "description": f"{meta.get('preset')} preset, {meta.get('provenance', {}).get('steps', '?')} steps, guidance {settings.guidance_scale}, {settings.steps or 'default'} DDIM steps",
         },
         "protocols": [],
     }
     for protocol, site_dir in zip(scale.protocols, eval_sites):
         windows = load_site(site_dir, progress=False)
         counts = {c: int(np.sum(windows.labels == c)) for c in protocol.classes}
-        print(f"{protocol.name}: {counts} windows available", flush=True)
+        log.info(f"{protocol.name}: {counts} windows available")
         rows = run_protocol(
             windows,
             protocol,
             synthesizer,
             out,
-            seed=args.seed,
-            source=args.source,
-            classifier=args.classifier,
-            with_eeg=args.with_eeg,
-            oracle=not args.no_oracle,
+            seed=settings.seed,
+            source=settings.source,
+            classifier=settings.classifier,
+            with_eeg=settings.with_eeg,
+            oracle=settings.oracle,
         )
         result["protocols"].append(
             {
@@ -673,7 +703,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         if protocol.modality == "fmri":  # and the group variant on the same site
             result["group_variant"] = run_group_variant(
-                windows, protocol, synthesizer, out, seed=args.seed, classifier=args.classifier, with_eeg=args.with_eeg, oracle=not args.no_oracle
+                windows, protocol, synthesizer, out, seed=settings.seed, classifier=settings.classifier, with_eeg=settings.with_eeg, oracle=settings.oracle
             )  # fmt: skip
     result["seconds"] = round(time.time() - t0, 1)
     for block in result["protocols"]:  # the full reports are under conditions/; keep the table small
@@ -687,66 +717,4 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     text = render_table(result)
     write_text_atomic(out / "table.md", text)
     plot_table(result, out / "table.png")
-    print(text)
     return result
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m fedneurogen.simulations.fairness_table", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--out", required=True, help="Output folder (data/, model/, conditions/, table.json/.md/.png).")
-    parser.add_argument(
-        "--checkpoint",
-        help="Use this generator instead of training one (needs the visual and motor class labels for guidance).",
-    )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="Reduced sizes for tests: 5 subjects, 20 vs 5 (fMRI) / 24 vs 6 (fNIRS) windows, 3 folds.",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--preset", default="tiny", choices=["tiny", "small", "base"], help="Generator preset when training one."
-    )
-    parser.add_argument(
-        "--train-minutes", type=float, default=6.0, help="Generator training time (when no --checkpoint)."
-    )
-    parser.add_argument("--steps", type=int, default=10, help="DDIM steps per generated window.")
-    parser.add_argument(
-        "--guidance-scale", type=float, default=2.0, help="Classifier-free guidance on the class label."
-    )
-    parser.add_argument(
-        "--source",
-        choices=["pool", "paired"],
-        default="pool",
-        help="EEG for generation: the cut windows' EEG (pool) or only the kept paired windows.",
-    )
-    parser.add_argument("--classifier", choices=list(fm.CLASSIFIERS), default="logreg")
-    parser.add_argument(
-        "--with-eeg", action="store_true", help="Add EEG band-power features to the target-modality features."
-    )
-    parser.add_argument("--device", default="cpu", help="cpu or cuda.")
-    parser.add_argument(
-        "--no-oracle",
-        action="store_true",
-        help="Skip the upper-bound rows that use the recorded targets of the source windows.",
-    )
-    args = parser.parse_args(argv)
-    if args.classifier == "riemann" and not args.with_eeg:
-        parser.error("--classifier riemann reads EEG covariances: add --with-eeg")
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        run(args)
-    except (ConfigError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,6 +18,7 @@ so they run in parallel processes and the output does not depend on scheduling.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import shutil
@@ -52,6 +53,8 @@ from fedneurogen.simulations.scenarios import (
     make_site_specs,
 )
 
+log = logging.getLogger(__name__)
+
 SITE_NAME = "FedNeuroGen simulated site"
 MIN_RUN_SECONDS = 60.0
 CEILING_DEFINITION = (
@@ -64,6 +67,30 @@ CEILING_DEFINITION = (
 
 @dataclass(frozen=True)
 class SubjectJob:
+    """Everything needed to simulate and write one subject (picklable, for worker processes).
+
+    Parameters
+    ----------
+    spec : SiteSpec
+        The subject's site.
+    site_dir : Path
+        The site's folder.
+    participant : Participant
+        The subject (id, group, sex, age).
+    seed : int
+        The dataset's seed.
+    site_index, subject_index : int
+        Position of the site and of the subject in it; with ``seed`` they seed the subject.
+    run_seconds : float or None
+        Length of the run (None: the scenario's default).
+    parcel_gain : numpy.ndarray
+        ``[n_channels, 324]`` lead field of the site's cap.
+    positions_mm : numpy.ndarray
+        ``[n_channels, 3]`` electrode positions.
+    eeg_only : bool
+        A subject with an EEG session only (no fMRI/fNIRS).
+    """
+
     spec: SiteSpec
     site_dir: Path
     participant: Participant
@@ -77,7 +104,18 @@ class SubjectJob:
 
 
 def electrode_positions(spec: SiteSpec) -> np.ndarray:
-    """``[n_channels, 3]`` mm positions of the site's cap (10-05 or the custom positions)."""
+    """Return the electrode positions of a site's cap.
+
+    Parameters
+    ----------
+    spec : SiteSpec
+        The site; its custom positions take precedence over the standard 10-05 ones.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[n_channels, 3]`` positions in mm, in the order of ``spec.eeg_channels``.
+    """
     custom = dict(spec.custom_positions)
     return np.array(
         [custom[n] if n in custom else standard_positions([n])[0] for n in spec.eeg_channels], dtype=np.float64
@@ -85,7 +123,20 @@ def electrode_positions(spec: SiteSpec) -> np.ndarray:
 
 
 def simulate_subject(job: SubjectJob) -> dict:
-    """Simulate and write one subject's run; returns its summary (physiology, noise ceiling)."""
+    """Simulate and write one subject's run.
+
+    Parameters
+    ----------
+    job : SubjectJob
+        The subject to simulate.
+
+    Returns
+    -------
+    dict
+        The subject's summary: id, group, sex, age, duration, blocks, physiology and (paired
+        subjects) the noise ceiling with its Fisher-z sum and count; EEG-only subjects are
+        marked ``eeg_only``.
+    """
     spec, p = job.spec, job.participant
     streams = np.random.SeedSequence(job.seed, spawn_key=(job.site_index, job.subject_index)).spawn(5)
     rng_design, rng_phys, rng_latent, rng_eeg, rng_target = (np.random.default_rng(s) for s in streams)
@@ -196,25 +247,44 @@ def simulate_dataset(
 ) -> list[Path]:
     """Simulate ``n_sites`` BIDS site datasets under ``out`` and return their folders.
 
+    ``out/simulation.json`` records the site specifications, each subject's physiology and the
+    noise ceiling per site (see ``CEILING_DEFINITION``; ``ceilings_table`` shows them).
+
     Parameters
     ----------
-    out : folder that receives ``site-01``, ``site-02``, ... and ``simulation.json``.
-    n_sites, subjects_per_site : size of the consortium.
-    modality : ``fmri`` (EEG-fMRI, task-visual), ``fnirs`` (EEG-fNIRS, task-motor) or ``mixed``
-        (every third site, and site-02 of two, is fNIRS).
-    seed : the whole dataset is a deterministic function of the seed.
-    run_seconds : length of each subject's single run; None gives ~8 minutes (4 blocks per
-        visual class, 8 per motor class). Shorter runs hold as many balanced blocks as fit.
-    progress : show a progress bar and print the noise ceilings.
-    n_jobs : worker processes (default: up to 2, one per core). The output does not depend on it.
-    eeg_only_sessions : ``{group: n}``: every site also gets ``n`` subjects of that group
-        (``A``/``B``) with an EEG session only (EEG and events, no fMRI/fNIRS; listed in
-        ``participants.tsv`` after the paired subjects): the cheap recordings an under-represented
-        group often has more of, the source pool of ``fedneurogen augment --eeg-only``. The paired
-        subjects are the same with or without them.
+    out : Path
+        Folder that receives ``site-01``, ``site-02``, ... and ``simulation.json``.
+    n_sites, subjects_per_site : int
+        Size of the consortium.
+    modality : ``"fmri"``, ``"fnirs"`` or ``"mixed"``
+        ``fmri`` (EEG-fMRI, task-visual), ``fnirs`` (EEG-fNIRS, task-motor) or ``mixed`` (every
+        third site, and site-02 of two, is fNIRS).
+    seed : int
+        The whole dataset is a deterministic function of the seed.
+    run_seconds : float, optional
+        Length of each subject's single run; None gives ~8 minutes (4 blocks per visual class,
+        8 per motor class). Shorter runs hold as many balanced blocks as fit.
+    progress : bool
+        Show a progress bar on stderr.
+    n_jobs : int, optional
+        Worker processes (default: up to 2, one per core). The output does not depend on it.
+    eeg_only_sessions : dict of str to int, optional
+        ``{group: n}``: every site also gets ``n`` subjects of that group (``A``/``B``) with an
+        EEG session only (EEG and events, no fMRI/fNIRS; listed in ``participants.tsv`` after
+        the paired subjects): the cheap recordings an under-represented group often has more
+        of, the source pool of ``fedneurogen augment --eeg-only``. The paired subjects are the
+        same with or without them.
 
-    ``out/simulation.json`` records the site specifications, each subject's physiology and the
-    noise ceiling per site (see ``CEILING_DEFINITION``).
+    Returns
+    -------
+    list of Path
+        The site folders, in order.
+
+    Raises
+    ------
+    ConfigError
+        When ``subjects_per_site`` is below 1, ``eeg_only_sessions`` names a group other than
+        A and B or a negative count, or ``run_seconds`` is below ``MIN_RUN_SECONDS``.
     """
     out = Path(out)
     if subjects_per_site < 1:
@@ -271,8 +341,8 @@ def simulate_dataset(
         "sites": sites,
     }
     write_json_atomic(out / "simulation.json", summary)
-    if progress:
-        _print_ceilings(sites)
+    for site in sites:
+        log.debug("%s (%s): noise ceiling %.3f", site["site_id"], site["modality"], site["noise_ceiling"])
     return site_dirs
 
 
@@ -334,6 +404,7 @@ def _run_one(job: SubjectJob) -> dict:
 
 def _run_jobs(jobs: list[SubjectJob], progress: bool, n_jobs: int | None) -> list[dict]:
     n_workers = min(n_jobs or min(2, os.cpu_count() or 1), len(jobs))
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -349,6 +420,7 @@ def _run_jobs(jobs: list[SubjectJob], progress: bool, n_jobs: int | None) -> lis
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
+        console=Console(stderr=True),
         disable=not progress,
     )
     label = lambda j: f"{j.spec.site_id} {j.participant.participant_id}"  # noqa: E731
@@ -374,8 +446,19 @@ def _run_jobs(jobs: list[SubjectJob], progress: bool, n_jobs: int | None) -> lis
         return [f.result() for f in futures]
 
 
-def _print_ceilings(sites: list[dict]) -> None:
-    from rich.console import Console
+def ceilings_table(sites: list[dict]):
+    """Build the noise ceilings of a simulation as a rich table, for the caller to print.
+
+    Parameters
+    ----------
+    sites : list of dict
+        The ``sites`` of ``simulation.json``.
+
+    Returns
+    -------
+    rich.table.Table
+        One row per site: modality, EEG cap, TR or rate, noise level, group B share, ceiling.
+    """
     from rich.table import Table
 
     table = Table(title="Noise ceiling (temporal PCC, noisy vs noise-free)")
@@ -394,4 +477,4 @@ def _print_ceilings(sites: list[dict]) -> None:
             f"{n_b}/{n}",
             f"{s['noise_ceiling']:.3f}",
         )
-    Console().print(table)
+    return table

@@ -197,3 +197,42 @@ def test_exit_codes_tell_data_problems_from_usage_problems(tmp_path):
     usage = runner.invoke(app, ["simulate", "--out", str(tmp_path / "sim"), "--eeg-only-sessions", "B-2"])
     assert data.exit_code == 1 and "empty dataset" in data.output
     assert usage.exit_code == 2 and "expected GROUP:N" in usage.output
+
+
+def test_help_lists_the_former_module_entry_points():
+    """Every user-facing program is a `fedneurogen` command (no `python -m` argparse scripts)."""
+    result = runner.invoke(app, ["--help"])
+    for command in ("audit", "consortium", "fairness-table", "federate"):
+        assert command in result.output
+    consortium = runner.invoke(app, ["consortium", "--help"])
+    assert consortium.exit_code == 0 and all(c in consortium.output for c in ("up", "down", "proxy-config"))
+
+
+def test_consortium_proxy_config_routes_each_side_to_its_api(tmp_path):
+    """`consortium proxy-config` writes nginx.conf from the coordinator's certificates: the sites'
+    listener forwards the Fleet API only, the admins' the Control API only; missing certificates
+    are named (exit 2) and nothing is written."""
+    runner.invoke(app, ["certs", "ca", "--out", str(tmp_path / "certs")])
+    runner.invoke(
+        app,
+        ["certs", "server", "--ca", str(tmp_path / "certs"), "--out", str(tmp_path / "certs"), "--host", "localhost"],
+    )
+    args = ["consortium", "proxy-config", "--site-listen", "0.0.0.0:8443", "--admin-listen", "10.1.0.5:9443"]
+    out = tmp_path / "proxy" / "nginx.conf"
+    made = runner.invoke(app, [*args, "--out", str(out), "--certs", str(tmp_path / "certs"), "--state", str(tmp_path)])
+    assert made.exit_code == 0, made.output
+    text = out.read_text()
+    site, admin = text.split("listen 0.0.0.0:8443")[1], text.split("listen 10.1.0.5:9443")[1]
+    assert "/v1/fleet/" in site.split("server {")[0] and "/v1/control/" not in site.split("server {")[0]
+    assert "/v1/control/" in admin.split("server {")[0] and "/v1/fleet/" not in admin.split("server {")[0]
+    missing = runner.invoke(app, [*args, "--out", str(tmp_path / "other.conf"), "--certs", str(tmp_path / "none")])
+    assert missing.exit_code == 2 and "superlink.crt not found" in " ".join(missing.output.split())
+    assert not (tmp_path / "other.conf").exists()
+
+
+def test_fairness_table_refuses_inconsistent_options_before_any_work(tmp_path):
+    result = runner.invoke(app, ["fairness-table", "--out", str(tmp_path / "t"), "--classifier", "riemann"])
+    assert result.exit_code == 2 and "add --with-eeg" in " ".join(result.output.split())
+    result = runner.invoke(app, ["fairness-table", "--out", str(tmp_path / "t"), "--classifier", "svm"])
+    assert result.exit_code == 2 and "choose one of logreg, lda, riemann" in " ".join(result.output.split())
+    assert not (tmp_path / "t").exists()

@@ -131,12 +131,14 @@ def test_checker_flags_recording_shaped_arrays_paths_and_identifiers(tmp_path, t
 
 
 def test_the_documented_audit_command_checks_shapes_labels_and_metric_counts(
-    tmp_path, tiny_shapes, task_identity, capsys
+    tmp_path, tiny_shapes, task_identity
 ):
-    """``python -m fedneurogen.server.audit LOG`` with no options: the preset is inferred from the
-    array names, the default windows are checked, a flood of scalars and a person's name as a
-    class are flagged."""
-    from fedneurogen.server.audit import main
+    """``fedneurogen audit LOG`` with no options: the preset is inferred from the array names,
+    the default windows are checked, a flood of scalars and a person's name as a class are
+    flagged (exit 1); a log that does not exist is a usage error (exit 2)."""
+    from typer.testing import CliRunner
+
+    from fedneurogen.cli import app
 
     out = Message(RecordDict(), dst_node_id=11, message_type=MessageType.TRAIN)
     param = np.zeros(tiny_shapes[PARAM], dtype=np.float32)
@@ -167,8 +169,8 @@ def test_the_documented_audit_command_checks_shapes_labels_and_metric_counts(
                 timeout=1.0,
             )
         )
-        code = main([str(log)])
-        return code, capsys.readouterr().out
+        result = CliRunner().invoke(app, ["audit", str(log)])
+        return result.exit_code, result.stdout
 
     code, text = audit(["clean"])
     assert code == 0 and "no unexpected records" in text
@@ -178,6 +180,8 @@ def test_the_documented_audit_command_checks_shapes_labels_and_metric_counts(
     assert "not the parameters of any preset" in text  # an array no preset has: the preset cannot be inferred
     assert "holds 2001 values" in text and "'P-4711 Doe' does not look like a task label" in text
     assert "not among the known metrics: m0, m1, m10, m100, m1000 and 1995 more" in text
+    missing = CliRunner().invoke(app, ["audit", str(tmp_path / "nowhere.jsonl")])
+    assert missing.exit_code == 2 and "no such audit log" in " ".join(missing.output.split())
 
 
 def test_audit_off_still_counts_bytes(tmp_path, task_identity):

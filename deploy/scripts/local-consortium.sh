@@ -6,7 +6,6 @@
 #   deploy/scripts/local-consortium.sh down DIR
 # `up` writes DIR/endpoints.env (SITE_ADDRESS, ADMIN_ADDRESS, CA_CERT, FLWR_HOME, FLWR_CONNECTION);
 # `down` stops exactly the processes `up` started. Needs nginx and the fedneurogen environment
-# (flower-superlink, flower-supernode and flwr on PATH).
+# (flower-superlink, flower-supernode, flwr and fedneurogen on PATH). Same as `fedneurogen consortium`.
 set -euo pipefail
-PYTHON="${PYTHON:-python3}"
-exec "$PYTHON" -m fedneurogen.simulations.consortium "$@"
+exec "${FEDNEUROGEN:-fedneurogen}" consortium "$@"

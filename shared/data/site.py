@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +18,28 @@ from .fnirs import read_fnirs
 from .pairing import RunWindows, check_durations, check_history, combine_runs, cut_windows
 from .problems import Problem, warn_problem
 
+log = logging.getLogger(__name__)
+
 _EEG_PATTERN = "sub-*/[ses-*/]eeg/sub-*_task-*_eeg.{edf,bdf,vhdr,set,fif}"
 
 
 @dataclass
 class SiteData:
-    """What ``load_site_data`` returns: the windows and what was left out, and why."""
+    """What ``load_site_data`` returns: the windows and what was left out, and why.
+
+    Parameters
+    ----------
+    windows : PairedWindows
+        All windows of the usable runs.
+    skipped : list of Problem
+        The runs not used, one problem each.
+    warnings : list of Problem
+        Other problems worked around.
+    from_cache : bool
+        Whether the windows were read from the cache.
+    cache_key : str or None
+        The cache key of the site's inputs and settings (None without the cache).
+    """
 
     windows: PairedWindows
     skipped: list[Problem] = field(default_factory=list)  # runs not used, one problem each
@@ -37,7 +54,20 @@ class SiteData:
 
 
 def site_inputs(site_dir: Path, runs: list[RunFiles]) -> list[Path]:
-    """Every file whose content feeds a site's windows."""
+    """List every file whose content feeds a site's windows.
+
+    Parameters
+    ----------
+    site_dir : Path
+        The site's folder.
+    runs : list of RunFiles
+        The site's runs.
+
+    Returns
+    -------
+    list of Path
+        Each run's input files, and ``participants.tsv`` when it exists.
+    """
     files = [f for run in runs for f in run.inputs()]
     participants = site_dir / "participants.tsv"
     if participants.is_file():
@@ -46,7 +76,25 @@ def site_inputs(site_dir: Path, runs: list[RunFiles]) -> list[Path]:
 
 
 def load_run(run: RunFiles, config: PreprocessConfig) -> RunWindows:
-    """Read, preprocess and window one run; any problem is a ``DataError`` naming the file."""
+    """Read, preprocess and window one run.
+
+    Parameters
+    ----------
+    run : RunFiles
+        The run's files.
+    config : PreprocessConfig
+        Preprocessing and windowing settings.
+
+    Returns
+    -------
+    RunWindows
+        The run's paired windows.
+
+    Raises
+    ------
+    DataError
+        Naming the file, for any problem (including an EEG-only run, which has no target).
+    """
     if run.target_modality is None:
         raise DataError(
             run.eeg,
@@ -107,7 +155,31 @@ def load_site_data(
     use_cache: bool = True,
     progress: bool = True,
 ) -> SiteData:
-    """Like ``load_site`` but also returns the skipped runs and warnings (without emitting them)."""
+    """Load a site like ``load_site``, returning the skipped runs and warnings instead of emitting them.
+
+    Parameters
+    ----------
+    site_dir : path-like
+        The site's BIDS folder.
+    config : PreprocessConfig, optional
+        Preprocessing and windowing parameters.
+    cache_dir : path-like, optional
+        Cache folder; default ``$FEDNEUROGEN_CACHE`` or ``~/.cache/fedneurogen``.
+    use_cache : bool
+        Read and write the cache.
+    progress : bool
+        Show a progress bar on stderr while runs are processed.
+
+    Returns
+    -------
+    SiteData
+        The windows, the skipped runs and the other problems (``SiteData.warn`` emits them).
+
+    Raises
+    ------
+    DataError
+        When no run is usable (empty dataset, every run broken).
+    """
     site_dir = Path(site_dir)
     config = config or PreprocessConfig()
     runs = find_runs(site_dir)
@@ -121,6 +193,7 @@ def load_site_data(
         hit = cache.load(site_dir, key)
         if hit is not None:
             windows, meta = hit
+            log.debug("%s: %d windows read from the cache", site_dir, len(windows))
             return SiteData(
                 windows=windows,
                 skipped=[_rooted(p, site_dir) for p in meta.get("skipped", [])],
@@ -195,6 +268,7 @@ def load_site_data(
     finally:
         if staged is not None and staged.exists():  # not published: an error, or the store failed
             shutil.rmtree(staged, ignore_errors=True)
+    log.debug("%s: %d windows from %d of %d run(s)", site_dir, len(windows), len(usable), len(runs))
     return SiteData(windows=windows, skipped=skipped, warnings=warned, from_cache=False, cache_key=key)
 
 

@@ -7,6 +7,7 @@ and events with the same windowing rules as ``pairing``.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +26,23 @@ from .fnirs import load_raw_snirf, short_channel_mask, to_haemoglobin
 from .pairing import check_durations, count_windows
 from .problems import Problem
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class ValidationReport:
-    """Summary of a site and every problem found (``ok`` when there is no error)."""
+    """Summary of a site and every problem found (``ok`` when there is no error).
+
+    Parameters
+    ----------
+    site_dir : Path
+        The site checked.
+    summary : dict
+        Subjects, runs, modalities, windows per class, groups, durations, channels, rates
+        (see ``validate_dataset``).
+    problems : list of Problem
+        Every problem found, errors and warnings, each naming its file.
+    """
 
     site_dir: Path
     summary: dict[str, Any] = field(default_factory=dict)
@@ -36,18 +50,28 @@ class ValidationReport:
 
     @property
     def errors(self) -> list[Problem]:
+        """The problems of severity ``error``."""
         return [p for p in self.problems if p.severity == "error"]
 
     @property
     def warnings(self) -> list[Problem]:
+        """The problems of severity ``warning``."""
         return [p for p in self.problems if p.severity == "warning"]
 
     @property
     def ok(self) -> bool:
+        """Whether the site is usable: no problem is an error."""
         return not self.errors
 
     def to_dict(self) -> dict[str, Any]:
-        """The report as JSON-ready values (``fedneurogen validate --json``)."""
+        """Return the report as JSON-ready values (``fedneurogen validate --json``).
+
+        Returns
+        -------
+        dict
+            ``site_dir``, ``ok``, ``summary``, ``errors`` and ``warnings`` (each problem as a
+            dict with ``path``, ``message``, ``severity``).
+        """
         return {
             "site_dir": str(self.site_dir), "ok": self.ok, "summary": self.summary,
             "errors": [p.to_dict() for p in self.errors], "warnings": [p.to_dict() for p in self.warnings],
@@ -60,7 +84,14 @@ class ValidationReport:
         return "\n".join(lines)
 
     def to_rich(self):
-        """A rich renderable: summary table and problem list (``rich.print(report.to_rich())``)."""
+        """Build the report as a rich renderable, for the caller to print.
+
+        Returns
+        -------
+        rich.console.Group
+            The summary table, then one line per problem (a ``rich.text.Text`` each; print
+            them with ``soft_wrap=True`` to keep long paths whole, as ``render_report`` does).
+        """
         from rich.console import Group
         from rich.table import Table
 
@@ -121,7 +152,17 @@ def _summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def render_report(report: ValidationReport, console=None) -> None:
-    """Print a report with rich (to ``console`` or a new stdout console)."""
+    """Print ``report.to_rich()``, problem lines soft-wrapped so that paths stay whole.
+
+    A presentation helper for command-line callers: library code never calls it.
+
+    Parameters
+    ----------
+    report : ValidationReport
+        The report.
+    console : rich.console.Console, optional
+        Where to print; default a new console on stdout.
+    """
     from rich.console import Console
 
     from rich.text import Text
@@ -250,6 +291,7 @@ def validate_dataset(site_dir: str | Path, config: PreprocessConfig | None = Non
     except DataError as err:
         problems.append(Problem(err.path, err.problem))
         return report
+    log.debug("%s: %d EEG run(s) found", site_dir, len(runs))
     if not (site_dir / "dataset_description.json").is_file():
         problems.append(Problem(site_dir / "dataset_description.json", "missing (required by BIDS)", "warning"))
     if not runs:
@@ -344,6 +386,7 @@ def validate_dataset(site_dir: str | Path, config: PreprocessConfig | None = Non
     }
     # Keep numpy scalars out of the summary so it is JSON-serialisable as is.
     report.summary = _plain(report.summary)
+    log.debug("%s: %d error(s), %d warning(s)", site_dir, len(report.errors), len(report.warnings))
     return report
 
 

@@ -20,6 +20,7 @@ The report says which case applied.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,6 +35,8 @@ from fedneurogen.shared.metrics import generation_metrics, pearson_rows, shuffle
 from fedneurogen.shared.recording import PairedWindows, Recording
 from fedneurogen.shared.splits import SubjectSplit, split_subjects
 
+log = logging.getLogger(__name__)
+
 REPORT_FILE = "report.json"
 GROUND_TRUTH_DIR = ("derivatives", "ground_truth")
 METRICS = ("pcc_temporal", "pcc_spatial", "ssim")
@@ -45,7 +48,24 @@ METRICS = ("pcc_temporal", "pcc_spatial", "ssim")
 
 @dataclass
 class EvaluationSplit:
-    """The windows scored, the windows the baselines learn from, and why."""
+    """The windows scored, the windows the baselines learn from, and why.
+
+    Parameters
+    ----------
+    test : PairedWindows
+        The windows scored.
+    train : PairedWindows or None
+        The training subjects' windows; None when the site was not in training (the baselines
+        are then cross-fitted on the test subjects).
+    split : SubjectSplit
+        The subject split applied.
+    site_in_training : bool
+        Whether the checkpoint was trained on this site.
+    note : str
+        One sentence saying which case applied.
+    val : PairedWindows, optional
+        The validation subjects' windows (penalties of the baselines).
+    """
 
     test: PairedWindows
     train: PairedWindows | None  # None: the site was not in training (baselines cross-fit)
@@ -56,8 +76,29 @@ class EvaluationSplit:
 
 
 def evaluation_split(windows: PairedWindows, meta: dict[str, Any], site_dir: Path) -> EvaluationSplit:
-    """The checkpoint's subject split of this site, or all subjects as test when the checkpoint's
-    provenance lists its training sites (by folder name) and this one is not among them."""
+    """Apply the checkpoint's subject split to a site.
+
+    Parameters
+    ----------
+    windows : PairedWindows
+        The site's windows.
+    meta : dict
+        The checkpoint's metadata; its ``provenance`` gives ``sites``, ``split_seed``,
+        ``val_fraction`` and ``test_fraction``.
+    site_dir : Path
+        The site's folder (its name is looked up in the provenance's ``sites``).
+
+    Returns
+    -------
+    EvaluationSplit
+        The checkpoint's split of this site; or, when the provenance lists its training sites
+        and this one is not among them, all subjects as test.
+
+    Raises
+    ------
+    DataError
+        When the training split of the site leaves no test subject.
+    """
     provenance = meta.get("provenance") or {}
     trained_on = provenance.get("sites")
     in_training = trained_on is None or Path(site_dir).name in trained_on
@@ -85,8 +126,21 @@ def evaluation_split(windows: PairedWindows, meta: dict[str, Any], site_dir: Pat
 
 
 def limit_windows(windows: PairedWindows, max_windows: int | None) -> PairedWindows:
-    """At most ``max_windows`` windows, spread over the subjects: each subject's first windows
-    (consecutive in time, so runs still stitch into continuous series)."""
+    """Keep at most ``max_windows`` windows, spread over the subjects.
+
+    Parameters
+    ----------
+    windows : PairedWindows
+        The windows.
+    max_windows : int or None
+        The limit; None keeps all.
+
+    Returns
+    -------
+    PairedWindows
+        Each subject's first windows (consecutive in time, so runs still stitch into
+        continuous series).
+    """
     if max_windows is None or len(windows) <= max_windows:
         return windows
     subjects = sorted(set(windows.subjects.tolist()))
@@ -100,8 +154,26 @@ def limit_windows(windows: PairedWindows, max_windows: int | None) -> PairedWind
 
 
 def ground_truth_path(target: Path, site_dir: Path) -> Path:
-    """Where the simulator keeps the noise-free twin of a target file: the same relative path
-    under ``derivatives/ground_truth`` (fMRIPrep outputs without their ``derivatives/fmriprep``)."""
+    """Return where the simulator keeps the noise-free twin of a target file.
+
+    Parameters
+    ----------
+    target : Path
+        A target file of the site.
+    site_dir : Path
+        The site's folder.
+
+    Returns
+    -------
+    Path
+        The same relative path under ``derivatives/ground_truth`` (fMRIPrep outputs without
+        their ``derivatives/fmriprep``).
+
+    Raises
+    ------
+    ValueError
+        When ``target`` is not inside ``site_dir``.
+    """
     parts = Path(target).relative_to(site_dir).parts
     if parts[:2] == ("derivatives", "fmriprep"):
         parts = parts[2:]
@@ -109,7 +181,20 @@ def ground_truth_path(target: Path, site_dir: Path) -> Path:
 
 
 def read_ground_truth(run, config: PreprocessConfig) -> Recording | None:
-    """A run's noise-free target, preprocessed like the real one; None where the site has none."""
+    """Read a run's noise-free target, preprocessed like the real one.
+
+    Parameters
+    ----------
+    run : RunFiles
+        The run.
+    config : PreprocessConfig
+        Preprocessing settings.
+
+    Returns
+    -------
+    Recording or None
+        The ground truth; None where the site has none.
+    """
     from fedneurogen.shared.data import read_fmri, read_fnirs
     from fedneurogen.shared.data.fmri import repetition_time
 
@@ -126,8 +211,22 @@ def read_ground_truth(run, config: PreprocessConfig) -> Recording | None:
 
 
 def ground_truth_windows(site_dir: str | Path, windows: PairedWindows, config: PreprocessConfig) -> np.ndarray | None:
-    """The noise-free target of every window (same runs, onsets and points), or None when any
-    window has no ground truth."""
+    """Cut the noise-free target of every window (same runs, onsets and points).
+
+    Parameters
+    ----------
+    site_dir : path-like
+        The site's folder.
+    windows : PairedWindows
+        The windows.
+    config : PreprocessConfig
+        Preprocessing settings.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        Shaped like ``windows.target``; None when any window has no ground truth.
+    """
     from fedneurogen.shared.data import find_runs
 
     runs = {run.key: run for run in find_runs(site_dir)}
@@ -147,10 +246,27 @@ def ground_truth_windows(site_dir: str | Path, windows: PairedWindows, config: P
 
 
 def eeg_informed_design(site_dir: Path, windows: PairedWindows, config: PreprocessConfig) -> np.ndarray | None:
-    """The design of the EEG-informed ceiling: the simulator's *expected* scalp band power
-    (no spectral-estimation noise), z-scored per run, mapped onto the virtual montage and
-    convolved with the same HRF basis as the model's design, at every window's frames
-    ``[W, F, D]``; None without that ground truth."""
+    """Build the design of the EEG-informed ceiling at every window's frames.
+
+    The simulator's *expected* scalp band power (no spectral-estimation noise), z-scored per
+    run, mapped onto the virtual montage and convolved with the same HRF basis as the model's
+    design.
+
+    Parameters
+    ----------
+    site_dir : Path
+        The site's folder.
+    windows : PairedWindows
+        The windows.
+    config : PreprocessConfig
+        Preprocessing settings (the HRF basis).
+
+    Returns
+    -------
+    numpy.ndarray or None
+        ``[n_windows, n_frames, n_features]``; None without that ground truth, or when runs
+        have other electrodes.
+    """
     from fedneurogen.shared.data.ground_truth_eeg import read_expected_band_power
     from fedneurogen.shared.design import hemodynamic_convolution
 
@@ -176,7 +292,20 @@ def eeg_informed_design(site_dir: Path, windows: PairedWindows, config: Preproce
 
 
 def on_virtual_montage(series: np.ndarray, power: Recording) -> np.ndarray:
-    """``series [channels x rhythms, T]`` (columns ``<channel>_<rhythm>``) -> ``[64 x rhythms, T]``."""
+    """Map band-power series onto the virtual montage, rhythm by rhythm.
+
+    Parameters
+    ----------
+    series : numpy.ndarray
+        ``[channels x rhythms, T]``, rows in the order of ``power.names``.
+    power : Recording
+        Gives the row names (``<channel>_<rhythm>``) and electrode positions.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[64 x rhythms, T]``, rhythms in sorted order.
+    """
     from fedneurogen.shared.design import to_virtual_montage
 
     rhythms = sorted({name.rsplit("_", 1)[1] for name in power.names})
@@ -188,9 +317,24 @@ def on_virtual_montage(series: np.ndarray, power: Recording) -> np.ndarray:
 
 
 def pool_windows(parts: list[tuple[str, PairedWindows]]) -> PairedWindows:
-    """Windows of several sites as one set for the baselines (design, target and labels; no
-    raw EEG, whose channels differ), subjects and runs prefixed with the site so they stay
-    apart. All sites must share the target points."""
+    """Pool windows of several sites into one set for the baselines.
+
+    Parameters
+    ----------
+    parts : list of (str, PairedWindows)
+        Site name and windows; all sites must share the target points.
+
+    Returns
+    -------
+    PairedWindows
+        Design, target and labels of every site (no raw EEG, whose channels differ), subjects
+        and runs prefixed with the site name so they stay apart.
+
+    Raises
+    ------
+    DataError
+        When a site has other target points than the first.
+    """
     first = parts[0][1]
     for name, w in parts[1:]:
         if w.target_names != first.target_names:
@@ -212,9 +356,24 @@ def pool_windows(parts: list[tuple[str, PairedWindows]]) -> PairedWindows:
 def fit_predict(
     make, train: PairedWindows | None, test: PairedWindows, val: PairedWindows | None = None
 ) -> np.ndarray | None:
-    """Predictions of the baseline ``make()`` for ``test``: fitted on ``train`` (penalties on
-    ``val``), or without training windows, cross-fitted over two halves of the test subjects
-    (None with one subject)."""
+    """Predict ``test`` with a freshly made baseline.
+
+    Parameters
+    ----------
+    make : callable
+        Returns a new baseline with ``fit(train, val)`` and ``predict(windows)``.
+    train : PairedWindows or None
+        Training windows; None cross-fits over two halves of the test subjects.
+    test : PairedWindows
+        The windows predicted.
+    val : PairedWindows, optional
+        Validation windows (penalties of the baseline).
+
+    Returns
+    -------
+    numpy.ndarray or None
+        Predictions shaped like ``test.target``; None when cross-fitting has one subject.
+    """
     if train is not None:
         return make().fit(train, val).predict(test)
     subjects = sorted(set(test.subjects.tolist()))
@@ -228,9 +387,24 @@ def fit_predict(
 
 
 def reliable_points(train: PairedWindows, fitted: np.ndarray, fraction: float = 0.1) -> np.ndarray:
-    """The ``fraction`` of target points the EEG predicts best *on the training subjects*
-    (``fitted``: the continuous ridge-HRF fit's in-sample predictions of ``train``): the
-    "top-10 %" set, chosen without looking at the test subjects."""
+    """Choose the target points the EEG predicts best *on the training subjects*.
+
+    This is the "top-10 %" set, chosen without looking at the test subjects.
+
+    Parameters
+    ----------
+    train : PairedWindows
+        The training windows.
+    fitted : numpy.ndarray
+        The continuous ridge-HRF fit's in-sample predictions of ``train``.
+    fraction : float
+        Share of the points kept (at least one).
+
+    Returns
+    -------
+    numpy.ndarray
+        Sorted point indices.
+    """
     per_point = []
     real = stitch_windows(train.target, train.runs, train.onsets, train.target_sfreq)
     for run, values in stitch_windows(fitted, train.runs, train.onsets, train.target_sfreq).items():
@@ -240,7 +414,23 @@ def reliable_points(train: PairedWindows, fitted: np.ndarray, fraction: float = 
 
 
 def scores(pred: np.ndarray | None, real: PairedWindows, top: np.ndarray | None = None) -> dict[str, float] | None:
-    """``pcc_temporal``, ``pcc_spatial``, ``ssim`` (+ ``pcc_temporal_top10`` on ``top`` points)."""
+    """Score predictions against the real windows.
+
+    Parameters
+    ----------
+    pred : numpy.ndarray or None
+        Predictions shaped like ``real.target``.
+    real : PairedWindows
+        The real windows.
+    top : numpy.ndarray, optional
+        Point indices of the top-10 % set.
+
+    Returns
+    -------
+    dict of str to float or None
+        ``pcc_temporal``, ``pcc_spatial``, ``ssim`` (and ``pcc_temporal_top10`` with ``top``);
+        None when ``pred`` is None.
+    """
     if pred is None:
         return None
     out = {
@@ -254,8 +444,23 @@ def scores(pred: np.ndarray | None, real: PairedWindows, top: np.ndarray | None 
 
 
 def calibration(samples: np.ndarray, mean: np.ndarray, real: np.ndarray) -> float:
-    """Sample spread / actual error of the point prediction: ``var(sample - mean) /
-    var(real - mean)`` over all held-out values (1 = calibrated; aim 0.8-1.25)."""
+    """Compare the samples' spread with the point prediction's actual error.
+
+    Parameters
+    ----------
+    samples : numpy.ndarray
+        ``[n_samples, ...]`` samples.
+    mean : numpy.ndarray
+        The point prediction, shaped like one sample.
+    real : numpy.ndarray
+        The real values, shaped like ``mean``.
+
+    Returns
+    -------
+    float
+        ``var(sample - mean) / var(real - mean)`` over all held-out values (1: calibrated; aim
+        for 0.8-1.25); NaN when the error is zero.
+    """
     spread = float(np.mean((samples - mean[None]) ** 2))
     error = float(np.mean((real - mean) ** 2))
     return spread / error if error > 0 else float("nan")
@@ -298,8 +503,21 @@ def evaluate(
         A BIDS site.
     out_dir : path-like
         Receives ``report.json`` and the PNG figures.
-    steps, guidance_scale, seed, batch_size : sampling settings; each window's samples are
-        conditioned on its own class (null label for classes the model lacks).
+    steps : int, optional
+        DDIM steps (default: the model's ``sampling_steps``).
+    guidance_scale : float
+        Classifier-free guidance scale; each window's samples are conditioned on its own class
+        (the null label for classes the model lacks).
+    seed : int
+        Seed of the sampling noise, the noise baseline and the regressor.
+    batch_size : int
+        Windows per batch (sampling and regressor training).
+    device : str, optional
+        ``cpu`` or ``cuda`` (default: CUDA when available).
+    cache_dir : path-like, optional
+        Cache of preprocessed windows (see ``load_site``).
+    progress : bool
+        Show progress bars and status spinners on stderr.
     n_samples : int
         Samples drawn per window (0: none). One sample is scored on its own, the mean of all
         of them too, and their spread around the point prediction gives the calibration.
@@ -322,6 +540,14 @@ def evaluate(
         ``ceilings`` (``noise``, ``eeg_informed``), ``relative`` (the model over the baseline
         and over the EEG-informed ceiling), and the split and settings. Each score holds
         ``pcc_temporal``, ``pcc_temporal_top10``, ``pcc_spatial`` and ``ssim``.
+
+    Raises
+    ------
+    ConfigError
+        When the checkpoint cannot be used.
+    DataError
+        When a site has no usable run or no test subject, or pooled sites have other target
+        points.
     """
     from fedneurogen.shared.workflows.baselines import LabelOnlyBaseline, RegressorBaseline, RidgeHRFBaseline
     from fedneurogen.shared.data import load_site
@@ -446,6 +672,7 @@ def evaluate(
     shown = samples[0] if samples is not None else mean
     report["plots"] = [p.name for p in write_plots(out_dir, test, mean, shown, predictions.get("ridge_hrf"), report)]
     write_json_atomic(out_dir / REPORT_FILE, report)
+    log.debug("wrote %s and %d figure(s)", out_dir / REPORT_FILE, len(report["plots"]))
     return report
 
 
@@ -497,6 +724,20 @@ SCORES = ("pcc_temporal", "pcc_temporal_top10", "pcc_spatial", "ssim")
 
 
 def report_row(report: dict[str, Any], path: tuple[str, ...]) -> dict[str, float | None] | None:
+    """Look up one row of a report.
+
+    Parameters
+    ----------
+    report : dict
+        An ``evaluate`` (or ``pool_reports``) report.
+    path : tuple of str
+        Keys into the report, as in ``ROWS``.
+
+    Returns
+    -------
+    dict or None
+        The row's scores; None where any key is missing.
+    """
     value: Any = report
     for key in path:
         value = value.get(key) if isinstance(value, dict) else None
@@ -504,8 +745,20 @@ def report_row(report: dict[str, Any], path: tuple[str, ...]) -> dict[str, float
 
 
 def pool_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """Several sites' reports as one: correlations Fisher-z averaged and SSIM averaged, each
-    weighted by the site's test windows; counts summed. A value missing at any site is None."""
+    """Pool several sites' reports into one.
+
+    Parameters
+    ----------
+    reports : list of dict
+        ``evaluate`` reports.
+
+    Returns
+    -------
+    dict
+        The rows of ``ROWS`` (correlations Fisher-z averaged and SSIM averaged, each weighted by
+        the site's test windows; a value missing at any site is None), ``relative``,
+        ``noise_baseline``, ``calibration``, summed counts, ``steps`` and ``modality``.
+    """
     weights = np.array([r["n_test_windows"] for r in reports], dtype=float)
 
     def pooled(values: list[float | None], correlation: bool) -> float | None:
@@ -549,8 +802,30 @@ def pool_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
 def write_plots(
     out_dir: Path, test: PairedWindows, mean: np.ndarray, sample: np.ndarray, ridge: np.ndarray | None, report: dict[str, Any]
 ) -> list[Path]:  # fmt: skip
-    """Maps of the mean activation of the test windows' most common task class (real, point
-    prediction, one sample), time courses at its most active points, and the metric bars."""
+    """Write the evaluation figures.
+
+    Parameters
+    ----------
+    out_dir : Path
+        Receives the PNG files.
+    test : PairedWindows
+        The test windows.
+    mean : numpy.ndarray
+        The point prediction of every test window.
+    sample : numpy.ndarray
+        One sample (or the point prediction) of every test window.
+    ridge : numpy.ndarray or None
+        The ridge-HRF baseline's predictions.
+    report : dict
+        The report (the metric bars and counts).
+
+    Returns
+    -------
+    list of Path
+        ``maps.png`` (mean activation of the test windows' most common task class: real,
+        point prediction, one sample), ``timecourses.png`` (its most active points) and
+        ``metrics.png`` (the metric bars).
+    """
     from fedneurogen.shared.workflows import plots
 
     tasks = [label for label in test.labels if label != "rest"]
@@ -603,9 +878,21 @@ def _covered_times(onsets: np.ndarray, sfreq: float, n_frames: int) -> np.ndarra
     return np.flatnonzero(covered) / sfreq
 
 
-def render_report(report: dict[str, Any], console) -> None:
-    """The report as a rich table: the model's point prediction and samples, the baselines and
-    the ceilings, with the headline's ratios under it."""
+def report_table(report: dict[str, Any]):
+    """Build the report as a rich renderable, for the caller to print.
+
+    Parameters
+    ----------
+    report : dict
+        An ``evaluate`` (or ``pool_reports``) report.
+
+    Returns
+    -------
+    rich.console.Group
+        A table of the model's point prediction and samples, the baselines and the ceilings,
+        then a line with the headline's ratios and, when the report has a split, its note.
+    """
+    from rich.console import Group
     from rich.table import Table
 
     def cell(value: float | None) -> str:
@@ -629,12 +916,26 @@ def render_report(report: dict[str, Any], console) -> None:
             *(f"[bold]{v}[/]" for v in (label, *values)) if path == ("point_prediction",) else (label, *values)
         )
     table.add_row("noise baseline (shuffled)", cell(report.get("noise_baseline")), "-", "-", "-")
-    console.print(table)
     rel = report.get("relative") or {}
-    console.print(
+    parts: list[Any] = [
+        table,
         f"point prediction / ridge-HRF: {cell(rel.get('over_ridge_hrf'))} (top-10 %: {cell(rel.get('over_ridge_hrf_top10'))}); "
         f"share of the EEG-informed ceiling: {cell(rel.get('share_of_eeg_informed_ceiling'))}; "
-        f"sample calibration: {cell(report.get('calibration'))}"
-    )
+        f"sample calibration: {cell(report.get('calibration'))}",
+    ]
     if "split" in report:
-        console.print(f"[dim]{report['split']['note']}[/]")
+        parts.append(f"[dim]{report['split']['note']}[/]")
+    return Group(*parts)
+
+
+def render_report(report: dict[str, Any], console) -> None:
+    """Print ``report_table(report)`` on ``console``.
+
+    Parameters
+    ----------
+    report : dict
+        An ``evaluate`` (or ``pool_reports``) report.
+    console : rich.console.Console
+        The caller's console; nothing is printed elsewhere.
+    """
+    console.print(report_table(report))

@@ -22,6 +22,7 @@ The ``desc`` entity says what was generated: ``generated``, plus the class with 
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -49,6 +50,8 @@ from fedneurogen.shared.model import Batch, NeuroGenModel, load_checkpoint
 from fedneurogen.shared.recording import PairedWindows
 from fedneurogen.shared.surface import FSAVERAGE5_PER_HEMI, upsample_ico4
 
+log = logging.getLogger(__name__)
+
 GENERATOR = "FedNeuroGen"
 DEFAULT_WAVELENGTHS = (760.0, 850.0)  # nm; SNIRF needs wavelengths even for HbO/HbR data
 
@@ -58,8 +61,28 @@ DEFAULT_WAVELENGTHS = (760.0, 850.0)  # nm; SNIRF needs wavelengths even for HbO
 
 
 def label_indices(windows: PairedWindows, class_names: Sequence[str] | None, label: str | None = None) -> np.ndarray:
-    """The label index each window is conditioned on: ``label`` for all windows when given, else
-    each window's own class; -1 (the null label) for classes the model was not trained on."""
+    """Return the label index each window is conditioned on.
+
+    Parameters
+    ----------
+    windows : PairedWindows
+        The windows (their ``labels``).
+    class_names : sequence of str or None
+        The checkpoint's classes, in label-index order.
+    label : str, optional
+        Condition every window on this class; by default each window on its own class.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[n_windows]`` int64 label indices; -1 (the null label) for classes the model was not
+        trained on.
+
+    Raises
+    ------
+    ConfigError
+        When ``label`` is not one of ``class_names``.
+    """
     names = list(class_names or [])
     if label is not None:
         if label not in names:
@@ -70,7 +93,20 @@ def label_indices(windows: PairedWindows, class_names: Sequence[str] | None, lab
 
 
 def sample_seed(seed: int, sample: int) -> int:
-    """Seed of sample ``sample`` (0-based) of a run seeded with ``seed``."""
+    """Return the seed of sample ``sample`` (0-based) of a run seeded with ``seed``.
+
+    Parameters
+    ----------
+    seed : int
+        The run's seed.
+    sample : int
+        The sample number, from 0.
+
+    Returns
+    -------
+    int
+        ``seed + sample``.
+    """
     return seed + sample
 
 
@@ -87,11 +123,41 @@ def generate(
     batch_size: int = 16,
     progress: bool = False,
 ) -> np.ndarray:
-    """Sample targets for every window: ``[n_samples, n_windows, n_points, n_frames]`` (float32).
+    """Sample the target of every window.
 
-    ``labels`` are label indices per window (-1 = null label; None = unconditional). Sample ``k``
-    draws its noise from a generator seeded with ``sample_seed(seed, k)``, batch after batch, so
-    the same seed and batch size give the same arrays.
+    Sample ``k`` draws its noise from a CPU generator seeded with ``sample_seed(seed, k)``, batch
+    after batch, so the same seed and batch size give the same arrays on any device.
+
+    Parameters
+    ----------
+    model : NeuroGenModel
+        The generator (put in eval mode).
+    windows : PairedWindows
+        The windows whose EEG conditions generation.
+    labels : numpy.ndarray, optional
+        Label index per window (-1: the null label); None: unconditional.
+    n_samples : int
+        Samples per window.
+    steps : int, optional
+        DDIM steps (default: the model's ``sampling_steps``).
+    guidance_scale : float
+        Classifier-free guidance scale (1: the plain conditional model).
+    seed : int
+        Seed of the sampling noise.
+    batch_size : int
+        Windows sampled together.
+    progress : bool
+        Show a progress bar on stderr.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[n_samples, n_windows, n_points, n_frames]`` float32.
+
+    Raises
+    ------
+    ConfigError
+        When ``n_samples`` is below 1.
     """
     if n_samples < 1:
         raise ConfigError(f"n_samples must be at least 1, got {n_samples}")
@@ -117,8 +183,24 @@ def generate(
 def point_predictions(
     model: NeuroGenModel, windows: PairedWindows, labels: np.ndarray | None = None, *, batch_size: int = 64
 ) -> np.ndarray:
-    """The point prediction (conditional mean) of every window, ``[n_windows, n_points, n_frames]``:
-    deterministic (no sampling). ``labels`` per window (-1 = null); None: label-free."""
+    """Compute the point prediction (conditional mean) of every window, without sampling.
+
+    Parameters
+    ----------
+    model : NeuroGenModel
+        The generator (put in eval mode).
+    windows : PairedWindows
+        The windows whose EEG conditions the prediction.
+    labels : numpy.ndarray, optional
+        Label index per window (-1: the null label); None: label-free.
+    batch_size : int
+        Windows per batch.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[n_windows, n_points, n_frames]`` float32; deterministic.
+    """
     model.eval()
     out = np.zeros((len(windows), *windows.target.shape[1:]), dtype=np.float32)
     for start in range(0, len(windows), batch_size):
@@ -157,20 +239,44 @@ def _progress(enabled: bool):
 
 @dataclass
 class StitchedRun:
-    """One run's generated series on the run's own time grid: frame ``j`` at ``j / sfreq`` s from
-    the start of the run, as in the site's real recording."""
+    """One run's generated series on the run's own time grid.
+
+    Frame ``j`` is at ``j / sfreq`` s from the start of the run, as in the site's real recording.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        ``[n_points, n_times]``; zeros where no window covers a frame.
+    covered : numpy.ndarray
+        ``[n_times]`` bool: the frames some window generated.
+    """
 
     data: np.ndarray  # [n_points, n_times]; zeros where no window covers a frame
     covered: np.ndarray  # [n_times] bool: frames some window generated
 
 
 def stitch_run(values: np.ndarray, onsets: np.ndarray, sfreq: float) -> StitchedRun:
-    """Windows ``[n, points, frames]`` of one run -> its series, overlapping frames averaged.
+    """Stitch one run's windows into its series, overlapping frames averaged.
 
     ``metrics.stitch_windows`` averages the overlaps but keeps only covered frames (what metrics
     need); here they are put back in place, so that a frame's index is its time in the run for
     any reader of the file. The first frames (before the first window: the EEG must lead by the
-    hemodynamic lag) and any gap between windows are zeros."""
+    hemodynamic lag) and any gap between windows are zeros.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        ``[n_windows, n_points, n_frames]``: the run's windows.
+    onsets : numpy.ndarray
+        Each window's onset (s from the start of the run).
+    sfreq : float
+        Target sampling rate (Hz).
+
+    Returns
+    -------
+    StitchedRun
+        The series and which frames are covered.
+    """
     n_frames = values.shape[-1]
     starts = np.round(np.asarray(onsets) * sfreq).astype(int)
     covered = np.zeros(int(starts.max()) + n_frames, dtype=bool)
@@ -183,7 +289,20 @@ def stitch_run(values: np.ndarray, onsets: np.ndarray, sfreq: float) -> Stitched
 
 
 def uncovered_seconds(run: StitchedRun, sfreq: float) -> list[list[float]]:
-    """``[[start, end], ...]`` (s from the run start) of the frames no window covers."""
+    """List the stretches of a stitched run that no window covers.
+
+    Parameters
+    ----------
+    run : StitchedRun
+        The stitched run.
+    sfreq : float
+        Target sampling rate (Hz).
+
+    Returns
+    -------
+    list of [float, float]
+        ``[[start, end], ...]`` in seconds from the run start.
+    """
     edges = np.diff(np.concatenate([[0], (~run.covered).astype(int), [0]]))
     return [[a / sfreq, b / sfreq] for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1))]
 
@@ -193,8 +312,23 @@ def uncovered_seconds(run: StitchedRun, sfreq: float) -> list[list[float]]:
 
 
 def desc_label(label: str | None, sample: int | None, kind: str = "generated") -> str:
-    """The ``desc`` entity: ``generated`` (or ``mean``) [+ Class] [+ sample number]; BIDS labels
-    are alphanumeric."""
+    """Build the ``desc`` entity of a generated file: ``kind`` [+ Class] [+ sample number].
+
+    Parameters
+    ----------
+    label : str or None
+        The class generation was conditioned on; non-alphanumeric characters are dropped (BIDS
+        labels are alphanumeric) and the first letter is capitalised.
+    sample : int or None
+        The sample number, when several samples are drawn per window.
+    kind : str
+        ``generated`` or ``mean``.
+
+    Returns
+    -------
+    str
+        E.g. ``generated``, ``generatedFaces2``, ``mean``.
+    """
     desc = kind
     if label is not None:
         clean = re.sub(r"[^0-9A-Za-z]", "", label)
@@ -205,11 +339,38 @@ def desc_label(label: str | None, sample: int | None, kind: str = "generated") -
 
 
 def run_entities(run_key: str) -> dict[str, str]:
-    """``sub-01_ses-1_task-visual_run-1`` -> ``{'sub': '01', 'ses': '1', 'task': 'visual', 'run': '1'}``."""
+    """Split a run key into its BIDS entities.
+
+    Parameters
+    ----------
+    run_key : str
+        E.g. ``sub-01_ses-1_task-visual_run-1``.
+
+    Returns
+    -------
+    dict of str to str
+        E.g. ``{'sub': '01', 'ses': '1', 'task': 'visual', 'run': '1'}``.
+    """
     return dict(part.split("-", 1) for part in run_key.split("_"))
 
 
 def run_folder(out_dir: Path, entities: dict[str, str], datatype: str) -> Path:
+    """Return the folder of a run's files: ``out_dir/sub-<sub>[/ses-<ses>]/<datatype>``.
+
+    Parameters
+    ----------
+    out_dir : Path
+        Root of the derivatives dataset.
+    entities : dict of str to str
+        The run's entities (``sub``, optionally ``ses``).
+    datatype : str
+        ``func`` or ``nirs``.
+
+    Returns
+    -------
+    Path
+        The folder (not created).
+    """
     folder = out_dir / f"sub-{entities['sub']}"
     if "ses" in entities:
         folder = folder / f"ses-{entities['ses']}"
@@ -219,7 +380,26 @@ def run_folder(out_dir: Path, entities: dict[str, str], datatype: str) -> Path:
 def write_fmri_run(
     folder: Path, entities: dict[str, str], run: StitchedRun, sfreq: float, sidecar: dict[str, Any]
 ) -> list[Path]:
-    """Both hemispheres on fsaverage5 and the JSON sidecar; returns the files written."""
+    """Write a generated fMRI run: both hemispheres on fsaverage5 (GIFTI) and the JSON sidecar.
+
+    Parameters
+    ----------
+    folder : Path
+        The run's ``func`` folder.
+    entities : dict of str to str
+        The file's BIDS entities (``desc`` included).
+    run : StitchedRun
+        The run on ico4; it is upsampled to fsaverage5.
+    sfreq : float
+        Frame rate (Hz); the repetition time is ``1 / sfreq``.
+    sidecar : dict
+        More fields of the JSON sidecar.
+
+    Returns
+    -------
+    list of Path
+        The files written (left and right GIFTI, then the sidecar).
+    """
     surface = upsample_ico4(run.data)
     tr = 1.0 / sfreq
     written = []
@@ -292,7 +472,38 @@ def write_fnirs_run(
     events: Sequence[Any],
     sidecar: dict[str, Any],
 ) -> list[Path]:
-    """SNIRF with processed HbO/HbR in umol/L on the site's probe, and the JSON sidecar."""
+    """Write a generated fNIRS run: SNIRF with processed HbO/HbR in umol/L, and the JSON sidecar.
+
+    Parameters
+    ----------
+    folder : Path
+        The run's ``nirs`` folder.
+    entities : dict of str to str
+        The file's BIDS entities (``desc`` included).
+    run : StitchedRun
+        The generated run (model units).
+    windows : PairedWindows
+        The run's windows: channel names, point types and positions.
+    preprocess : PreprocessConfig
+        The loader's settings (``fnirs_scale`` is undone).
+    site_snirf : Path or None
+        The site's own SNIRF file, whose probe is used where it is usable; otherwise each
+        optode is placed at the mean midpoint of its channels.
+    events : sequence
+        Events (``onset``, ``duration``, ``trial_type``) written into the SNIRF file.
+    sidecar : dict
+        More fields of the JSON sidecar.
+
+    Returns
+    -------
+    list of Path
+        The SNIRF file and the sidecar.
+
+    Raises
+    ------
+    ConfigError
+        When the channels are not MNE's ``S<i>_D<j> hbo|hbr`` pairs.
+    """
     pairs, rows = _channels(windows)
     midpoints = np.asarray(windows.target_positions)[rows[:, 0]]
     probe, probe_origin = _probe(site_snirf, pairs, midpoints)
@@ -336,7 +547,29 @@ def _run_events(run_files) -> list[_Event]:
 def generated_by(
     checkpoint: Path, meta: dict[str, Any], *, steps: int, guidance_scale: float, seed: int, label: str | None
 ) -> dict[str, Any]:
-    """Provenance of generated data (the sidecars' ``GeneratedBy``)."""
+    """Describe the provenance of generated data (the sidecars' ``GeneratedBy``).
+
+    Parameters
+    ----------
+    checkpoint : Path
+        The checkpoint directory.
+    meta : dict
+        The checkpoint's metadata (``preset``, ``content_hash``).
+    steps : int
+        DDIM steps (0 for the point prediction).
+    guidance_scale : float
+        Classifier-free guidance scale.
+    seed : int
+        Seed of the sample.
+    label : str or None
+        The class generation was conditioned on.
+
+    Returns
+    -------
+    dict
+        ``Name``, ``Version``, ``Model``, ``Checkpoint``, ``CheckpointHash``, ``Steps``,
+        ``GuidanceScale``, ``Seed``, ``Label``.
+    """
     return {
         "Name": GENERATOR,
         "Version": __version__,
@@ -351,7 +584,25 @@ def generated_by(
 
 
 def select_subjects(windows: PairedWindows, subjects: Sequence[str] | None) -> PairedWindows:
-    """The windows of ``subjects`` (``sub-01`` or ``01``); all when None."""
+    """Keep the windows of some subjects.
+
+    Parameters
+    ----------
+    windows : PairedWindows
+        A site's windows.
+    subjects : sequence of str or None
+        Subjects (``sub-01`` or ``01``); None or empty keeps all windows.
+
+    Returns
+    -------
+    PairedWindows
+        The subjects' windows.
+
+    Raises
+    ------
+    ConfigError
+        When a subject has no usable window in the site.
+    """
     if not subjects:
         return windows
     wanted = {s if s.startswith("sub-") else f"sub-{s}" for s in subjects}
@@ -400,13 +651,33 @@ def synthesize(
         (and label), as ``desc-mean`` (what fidelity is scored on; best PCC with the real signal).
     n_samples : int
         Samples per window; each is written as its own ``desc-generated<k>`` file.
-    steps, guidance_scale, seed, batch_size : sampling settings (``steps`` defaults to the
-        model's ``sampling_steps``; guidance 1 is the plain conditional model).
+    steps : int, optional
+        DDIM steps (default: the model's ``sampling_steps``).
+    guidance_scale : float
+        Classifier-free guidance scale (1: the plain conditional model).
+    seed : int
+        Seed of the sampling noise; sample ``k`` uses ``seed + k - 1``.
+    batch_size : int
+        Windows sampled together.
+    device : str, optional
+        ``cpu`` or ``cuda`` (default: CUDA when available).
+    cache_dir : path-like, optional
+        Cache of preprocessed windows (see ``load_site``).
+    progress : bool
+        Show progress bars on stderr (loading and sampling).
 
     Returns
     -------
     list of Path
         Every file written, ``dataset_description.json`` first.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown ``estimate`` or ``label``, subjects without windows, or an unusable
+        checkpoint.
+    DataError
+        When the site has no usable run.
     """
     from fedneurogen.shared.data import find_runs, load_site
 
@@ -466,4 +737,5 @@ def synthesize(
                 written += write_fnirs_run(
                     folder, entities, run, windows, preprocess, site_snirf, _run_events(files), sidecar
                 )
+    log.debug("wrote %d files under %s", len(written), out_dir)
     return written

@@ -8,6 +8,7 @@ round; ``Trainer`` wraps it for ``fedneurogen train`` with logs, checkpoints and
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,9 +25,31 @@ from fedneurogen.shared.io import atomic_path, file_sha256, write_json_atomic, w
 from fedneurogen.shared.model import EMA, Batch, NeuroGenModel
 from fedneurogen.shared.recording import PairedWindows
 
+log = logging.getLogger(__name__)
+
 
 class TrainConfig(BaseModel):
-    """Optimisation settings; ``TRAIN_PRESETS`` gives one per model preset."""
+    """Optimisation settings of the training loop; ``TRAIN_PRESETS`` gives one per model preset.
+
+    Parameters
+    ----------
+    epochs : int
+        Passes over the training windows (>= 1).
+    batch_size : int
+        Windows per batch (>= 2, for the contrastive loss).
+    lr : float
+        Peak learning rate of AdamW, reached after the warm-up.
+    weight_decay : float
+        AdamW weight decay.
+    grad_clip : float
+        Maximum gradient norm (when gradients are clipped).
+    warmup_steps : int
+        Steps of linear learning-rate warm-up (0: none).
+    checkpoint_every : int
+        Steps between checkpoints.
+    val_fraction, test_fraction : float
+        Shares of each site's subjects held out for validation and test.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -49,7 +72,19 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
 
 
 def class_index(sites: Sequence[PairedWindows]) -> dict[str, int]:
-    """Label name -> index over every site's classes (sorted, so sites agree on it)."""
+    """Map every class name of ``sites`` to a label index.
+
+    Parameters
+    ----------
+    sites : sequence of PairedWindows
+        The sites' windows.
+
+    Returns
+    -------
+    dict of str to int
+        Label name -> index, over the union of the sites' classes in sorted order, so that
+        sites with the same classes agree on it.
+    """
     names = sorted({label for site in sites for label in site.classes})
     return {name: i for i, name in enumerate(names)}
 
@@ -57,8 +92,25 @@ def class_index(sites: Sequence[PairedWindows]) -> dict[str, int]:
 def iterate_batches(
     sizes: Sequence[int], batch_size: int, rng: np.random.Generator
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """``(site, window indices)`` for one epoch: each site's windows shuffled into batches of
-    ``batch_size`` (a last batch smaller than 2 is dropped), batches of all sites interleaved."""
+    """Plan one epoch of single-site batches, interleaved over the sites.
+
+    Parameters
+    ----------
+    sizes : sequence of int
+        Number of windows of each site.
+    batch_size : int
+        Windows per batch.
+    rng : numpy.random.Generator
+        Source of the shuffles (of each site's windows and of the batch order).
+
+    Yields
+    ------
+    site : int
+        Index of the batch's site.
+    index : numpy.ndarray
+        Indices of the batch's windows in that site. A site's last batch is dropped when it
+        holds fewer than 2 windows.
+    """
     plan: list[tuple[int, np.ndarray]] = []
     for site, n in enumerate(sizes):
         order = rng.permutation(n)
@@ -71,9 +123,26 @@ def iterate_batches(
 
 
 def poisson_batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[tuple[int, np.ndarray]]:
-    """``(0, window indices)`` for one epoch of Poisson sampling, the sampling DP-SGD's accountant
-    assumes: ``ceil(n / batch_size)`` steps, each taking every window independently with
-    probability 1 / steps (a batch of ``batch_size`` on average; it may be empty)."""
+    """Plan one epoch of Poisson-sampled batches, the sampling DP-SGD's accountant assumes.
+
+    Parameters
+    ----------
+    n : int
+        Number of windows (of one site).
+    batch_size : int
+        Expected batch size.
+    rng : numpy.random.Generator
+        Source of the sampling.
+
+    Yields
+    ------
+    site : int
+        Always 0 (one site).
+    index : numpy.ndarray
+        The batch's window indices: ``ceil(n / batch_size)`` steps, each taking every window
+        independently with probability ``1 / steps`` (``batch_size`` windows on average; a
+        batch may be empty).
+    """
     steps = math.ceil(n / batch_size)
     for _ in range(steps):
         yield 0, np.flatnonzero(rng.random(n) < 1.0 / steps)
@@ -82,11 +151,35 @@ def poisson_batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterat
 def make_optimizer(
     params: Sequence[torch.nn.Parameter] | Iterator[torch.nn.Parameter], config: TrainConfig
 ) -> torch.optim.Optimizer:
+    """Create the AdamW optimiser of the training loop.
+
+    Parameters
+    ----------
+    params : sequence or iterator of torch.nn.Parameter
+        The parameters to optimise.
+    config : TrainConfig
+        Gives the learning rate and weight decay.
+
+    Returns
+    -------
+    torch.optim.Optimizer
+        An ``AdamW`` optimiser.
+    """
     return torch.optim.AdamW(list(params), lr=config.lr, weight_decay=config.weight_decay)
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, config: TrainConfig, step: int) -> None:
-    """Linear warm-up to ``config.lr`` then constant (diffusion training is robust to it)."""
+    """Set the learning rate of ``step``: linear warm-up to ``config.lr``, then constant.
+
+    Parameters
+    ----------
+    optimizer : torch.optim.Optimizer
+        Its parameter groups get the learning rate.
+    config : TrainConfig
+        Gives ``lr`` and ``warmup_steps``.
+    step : int
+        The (0-based) step about to be taken.
+    """
     scale = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
     for group in optimizer.param_groups:
         group["lr"] = config.lr * scale
@@ -94,6 +187,22 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, config: TrainConfig, ste
 
 @dataclass
 class EpochStats:
+    """Running totals of a training call: steps, examples and example-weighted losses.
+
+    Parameters
+    ----------
+    steps : int
+        Optimiser steps taken.
+    examples : int
+        Windows trained on.
+    loss_sum : float
+        Sum of the total loss weighted by batch size.
+    parts_sum : dict of str to float
+        Sum of each loss part weighted by batch size.
+    stopped_early : bool
+        Whether training stopped at its deadline.
+    """
+
     steps: int = 0
     examples: int = 0
     loss_sum: float = 0.0
@@ -101,6 +210,7 @@ class EpochStats:
     stopped_early: bool = False
 
     def add(self, n: int, parts: dict[str, float]) -> None:
+        """Count one step on a batch of ``n`` windows with loss parts ``parts`` (``total`` included)."""
         self.steps += 1
         self.examples += n
         self.loss_sum += parts["total"] * n
@@ -108,6 +218,14 @@ class EpochStats:
             self.parts_sum[k] = self.parts_sum.get(k, 0.0) + v * n
 
     def summary(self) -> dict[str, float]:
+        """Return the means per window.
+
+        Returns
+        -------
+        dict of str to float
+            ``loss`` (mean total loss), ``loss_<part>`` for every other part, ``steps`` and
+            ``examples``.
+        """
         n = max(self.examples, 1)
         return {
             "loss": self.loss_sum / n,
@@ -134,12 +252,52 @@ def train_epochs(
     clip_gradients: bool = True,
     poisson: bool = False,
 ) -> tuple[EpochStats, int]:
-    """Train for ``epochs`` passes over ``sites``; returns the statistics and the new step count.
+    """Train for ``epochs`` passes over ``sites``.
 
-    ``model`` may be an Opacus ``GradSampleModule`` (then pass ``clip_gradients=False``: DP-SGD
-    clips per sample itself, and ``poisson=True``: batches by Poisson sampling of one site's
-    windows, as its accountant assumes; an empty batch is still a step, of noise only). Training
-    stops early, cleanly, at ``deadline`` (``time.time()``).
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A ``NeuroGenModel``, or an Opacus ``GradSampleModule`` wrapping one (then pass
+        ``clip_gradients=False``: DP-SGD clips per sample itself, and ``poisson=True``).
+    optimizer : torch.optim.Optimizer
+        Steps the model's parameters.
+    sites : sequence of PairedWindows
+        Training windows; a batch always comes from one site.
+    epochs : int
+        Passes over the windows.
+    config : TrainConfig
+        Batch size, learning-rate schedule and gradient clipping.
+    class_to_index : dict of str to int or None
+        Label indices (``class_index``); None trains unconditionally.
+    seed : int
+        Seed of the batch order and of the diffusion noise.
+    ema : EMA, optional
+        Updated after every step.
+    start_step : int
+        Step count so far (drives the warm-up).
+    deadline : float, optional
+        ``time.time()`` at which training stops, cleanly, before the next step.
+    on_step : callable, optional
+        Called as ``on_step(step, parts)`` after every step with a non-empty batch.
+    progress : callable, optional
+        Called as ``progress(parts)`` after every step with a non-empty batch.
+    clip_gradients : bool
+        Clip the gradient norm to ``config.grad_clip``.
+    poisson : bool
+        Batches by Poisson sampling of one site's windows, as the DP accountant assumes; an
+        empty batch is still a step, of noise only.
+
+    Returns
+    -------
+    stats : EpochStats
+        Losses and counts (``stopped_early`` when the deadline passed).
+    step : int
+        The new step count.
+
+    Raises
+    ------
+    ValueError
+        When ``poisson`` is set with more than one site.
     """
     if poisson and len(sites) != 1:
         raise ValueError(f"Poisson sampling trains one site's windows, got {len(sites)} sites")
@@ -185,8 +343,18 @@ def train_epochs(
 
 
 def noise_only_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """A DP-SGD step on an empty Poisson batch: no gradient, the Gaussian noise alone (Opacus'
-    optimizer clips an empty set of per-sample gradients, then adds noise and counts the step)."""
+    """Take a DP-SGD step on an empty Poisson batch: no gradient, the Gaussian noise alone.
+
+    Opacus' optimiser clips an empty set of per-sample gradients, then adds noise and counts
+    the step.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The Opacus ``GradSampleModule``; its trainable parameters get empty per-sample gradients.
+    optimizer : torch.optim.Optimizer
+        The Opacus DP optimiser.
+    """
     for p in model.parameters():
         if p.requires_grad:
             p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
@@ -201,8 +369,29 @@ def validation_loss(
     batch_size: int,
     seed: int = 0,
 ) -> float:
-    """Mean diffusion loss with fixed timesteps and noise (a seeded generator), so that two
-    evaluations of the same weights give the same number."""
+    """Compute the mean diffusion loss with fixed timesteps and noise.
+
+    A seeded generator draws the timesteps and noise, so that two evaluations of the same
+    weights give the same number.
+
+    Parameters
+    ----------
+    model : NeuroGenModel
+        The model (its training mode is restored afterwards).
+    sites : sequence of PairedWindows
+        Validation windows; batches of fewer than 2 windows are skipped.
+    class_to_index : dict of str to int or None
+        Label indices; None: unconditional.
+    batch_size : int
+        Windows per batch.
+    seed : int
+        Seed of the generator.
+
+    Returns
+    -------
+    float
+        The diffusion loss averaged over windows; NaN when no batch was scored.
+    """
     was_training = model.training
     model.eval()
     generator = torch.Generator(device=model.device).manual_seed(seed)
@@ -222,8 +411,25 @@ def validation_loss(
 
 @torch.no_grad()
 def point_prediction_pcc(model: NeuroGenModel, sites: Sequence[PairedWindows], batch_size: int = 64) -> float:
-    """Temporal PCC (Fisher-z mean over points, runs and sites) of the label-free point
-    prediction on ``sites``: the figure that early stopping and checkpoint choice look at."""
+    """Score the label-free point prediction on ``sites`` by temporal PCC.
+
+    This is the figure that early stopping and checkpoint choice look at.
+
+    Parameters
+    ----------
+    model : NeuroGenModel
+        The model (its training mode is restored afterwards).
+    sites : sequence of PairedWindows
+        Windows to score, one run at a time.
+    batch_size : int
+        Windows per batch of the point prediction.
+
+    Returns
+    -------
+    float
+        Pearson correlation over time of each point's stitched run, Fisher-z averaged over
+        points, runs and sites; NaN without windows.
+    """
     from fedneurogen.shared.metrics import fisher_mean, pearson_rows, stitch_windows
     from fedneurogen.shared.workflows.synthesis import point_predictions
 
@@ -241,8 +447,17 @@ def point_prediction_pcc(model: NeuroGenModel, sites: Sequence[PairedWindows], b
 
 
 class BestMean:
-    """Keeps the residual weights of the point prediction that scored best on validation, so
-    the mean never ends worse on validation subjects than where it started (the ridge path)."""
+    """Keep the residual weights of the point prediction that scored best on validation.
+
+    So the mean never ends worse on validation subjects than where it started (the ridge path).
+
+    Parameters
+    ----------
+    model : NeuroGenModel
+        Its residual parameters are the first snapshot.
+    score : float
+        That snapshot's validation score (higher is better).
+    """
 
     def __init__(self, model: NeuroGenModel, score: float):
         self.score = score
@@ -255,6 +470,20 @@ class BestMean:
         return {n: p.detach().clone() for n, p in model.named_parameters() if is_residual_parameter(n)}
 
     def offer(self, model: NeuroGenModel, score: float) -> bool:
+        """Keep ``model``'s residual weights if ``score`` beats the best so far.
+
+        Parameters
+        ----------
+        model : NeuroGenModel
+            The model scored.
+        score : float
+            Its validation score; a non-finite score is never kept.
+
+        Returns
+        -------
+        bool
+            Whether the weights were kept.
+        """
         if np.isfinite(score) and (not np.isfinite(self.score) or score > self.score):
             self.score, self.state = score, self._snapshot(model)
             return True
@@ -262,6 +491,7 @@ class BestMean:
 
     @torch.no_grad()
     def restore(self, model: NeuroGenModel, ema: EMA | None = None) -> None:
+        """Copy the kept residual weights back into ``model`` (and into ``ema``'s shadow when given)."""
         params = dict(model.named_parameters())
         for name, value in self.state.items():
             params[name].copy_(value)
@@ -272,8 +502,22 @@ class BestMean:
 def save_training_state(
     path: Path, optimizer: torch.optim.Optimizer, step: int, epoch: int, extra: dict[str, Any] | None = None
 ) -> None:
-    """Optimiser state and counters next to a checkpoint, written atomically, with its SHA-256
-    beside it (``train_state.pt.sha256``) so that a damaged file is refused on resume."""
+    """Write the optimiser state and counters next to a checkpoint.
+
+    The file is written atomically, with its SHA-256 beside it (``train_state.pt.sha256``) so
+    that a damaged file is refused on resume.
+
+    Parameters
+    ----------
+    path : Path
+        The state file (``train_state.pt``).
+    optimizer : torch.optim.Optimizer
+        Its ``state_dict`` is saved.
+    step, epoch : int
+        The counters to resume from.
+    extra : dict, optional
+        More entries of the saved dict (tensors and plain values only).
+    """
     state = {"optimizer": optimizer.state_dict(), "step": step, "epoch": epoch, **(extra or {})}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -285,9 +529,29 @@ def _hash_file(path: Path) -> Path:
 
 
 def load_training_state(path: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """The state ``save_training_state`` wrote; refused (``ConfigError`` naming the file) when
-    its hash does not match or it holds anything but tensors and plain values: it is loaded with
-    ``weights_only=True``, so a planted pickle in a run folder cannot run code."""
+    """Load the state ``save_training_state`` wrote into ``optimizer``.
+
+    The file is loaded with ``weights_only=True``, so a planted pickle in a run folder cannot
+    run code.
+
+    Parameters
+    ----------
+    path : Path
+        The state file.
+    optimizer : torch.optim.Optimizer
+        Receives the saved optimiser state.
+
+    Returns
+    -------
+    dict
+        The saved state: ``optimizer``, ``step``, ``epoch`` and any extra entries.
+
+    Raises
+    ------
+    ConfigError
+        Naming the file, when its hash is missing or does not match, or it cannot be loaded
+        (anything but tensors and plain values, or an optimiser state that does not fit).
+    """
     import pickle
 
     recorded = _hash_file(path)
@@ -310,7 +574,13 @@ def load_training_state(path: Path, optimizer: torch.optim.Optimizer) -> dict[st
 
 
 class JsonlLogger:
-    """Append-only JSON-lines log plus TensorBoard scalars."""
+    """Append-only JSON-lines log (``log.jsonl``) plus TensorBoard scalars (``tensorboard/``).
+
+    Parameters
+    ----------
+    run_dir : Path
+        The run directory both are written into.
+    """
 
     def __init__(self, run_dir: Path):
         from torch.utils.tensorboard import SummaryWriter
@@ -319,6 +589,7 @@ class JsonlLogger:
         self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
     def log(self, step: int, **values: float | str) -> None:
+        """Append one record ``{"step", "time", **values}``; finite numbers also go to TensorBoard."""
         record = {"step": step, "time": time.time(), **values}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -327,10 +598,20 @@ class JsonlLogger:
                 self.writer.add_scalar(key, value, step)
 
     def close(self) -> None:
+        """Flush and close the TensorBoard writer."""
         self.writer.close()
 
 
 def write_run_config(run_dir: Path, config: dict[str, Any]) -> None:
+    """Write a run's configuration as ``run_dir/run.json`` (atomically).
+
+    Parameters
+    ----------
+    run_dir : Path
+        The run directory.
+    config : dict
+        JSON-ready values (provenance, classes).
+    """
     write_json_atomic(run_dir / "run.json", config)
 
 
@@ -342,7 +623,15 @@ STATE_FILE = "train_state.pt"
 
 @dataclass
 class SplitSites:
-    """Each site's windows cut by subject into train / validation / test."""
+    """Each site's windows cut by subject into train / validation / test.
+
+    Parameters
+    ----------
+    train : list of PairedWindows
+        Every site's training windows (possibly empty).
+    val, test : list of PairedWindows
+        The validation and test windows of the sites that have any.
+    """
 
     train: list[PairedWindows]
     val: list[PairedWindows]
@@ -350,6 +639,22 @@ class SplitSites:
 
 
 def split_sites(sites: Sequence[PairedWindows], seed: int, val_fraction: float, test_fraction: float) -> SplitSites:
+    """Cut each site's windows by subject into train / validation / test.
+
+    Parameters
+    ----------
+    sites : sequence of PairedWindows
+        The sites' windows.
+    seed : int
+        Seed of the subject split (``splits.split_subjects``).
+    val_fraction, test_fraction : float
+        Shares of each site's subjects held out.
+
+    Returns
+    -------
+    SplitSites
+        The windows of each part; a subject's windows are all in one part.
+    """
     from fedneurogen.shared.splits import split_subjects
 
     out = SplitSites([], [], [])
@@ -378,11 +683,49 @@ def train_centralized(
     site_names: Sequence[str] | None = None,
     progress: bool = True,
 ) -> Path:
-    """Train one model on the pooled training subjects of ``sites``; returns the checkpoint dir.
+    """Train one model on the pooled training subjects of ``sites``.
 
     Writes ``run_dir/checkpoint/`` (after every epoch and at the end), ``train_state.pt``
     (optimiser and counters for ``resume``), ``log.jsonl``, ``tensorboard/`` and ``run.json``.
+    When ``max_minutes`` runs out, training stops after a checkpoint and logs it (INFO).
+
+    Parameters
+    ----------
+    sites : sequence of PairedWindows
+        Each site's windows; they are split by subject (``split_sites``).
+    run_dir : Path
+        The run directory (created if needed).
+    preset : str
+        Model preset (``tiny``, ``small``, ``base``); also picks the ``TRAIN_PRESETS`` entry.
+    seed : int
+        Seed of the subject split, the initialisation and the batches.
+    max_minutes : float, optional
+        Stop (and checkpoint) after this many minutes.
+    resume : bool
+        Continue from the checkpoint and training state in ``run_dir``.
+    device : str, optional
+        ``cpu`` or ``cuda`` (default: CUDA when available).
+    train_config : TrainConfig, optional
+        Overrides the preset's training settings.
+    preprocess : dict, optional
+        Preprocessing settings of the windows, stored with the checkpoint.
+    site_names : sequence of str, optional
+        Names of the sites for the provenance (default ``site-01``, ``site-02``, ...).
+    progress : bool
+        Show a progress bar on stderr.
+
+    Returns
+    -------
+    Path
+        The checkpoint directory, ``run_dir/checkpoint``.
+
+    Raises
+    ------
+    ConfigError
+        When the data has more classes than the preset has label slots, or ``resume`` finds no
+        checkpoint or an unusable training state.
     """
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -422,6 +765,7 @@ def train_centralized(
         ema = load_ema(checkpoint_dir, model) or ema
         state = load_training_state(run_dir / STATE_FILE, optimizer)
         step, first_epoch = int(state["step"]), int(state["epoch"])
+        log.info("resuming %s at epoch %d, step %d", run_dir, first_epoch, step)
 
     names = list(site_names or [f"site-{i + 1:02d}" for i in range(len(sites))])
     provenance = {
@@ -462,7 +806,7 @@ def train_centralized(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, disable=not progress, transient=False) as bar:
+    with Progress(*columns, console=Console(stderr=True), disable=not progress, transient=False) as bar:
         task = bar.add_task(
             "train", total=steps_per_epoch * (config.epochs - first_epoch), epoch=first_epoch + 1, loss=float("nan")
         )
@@ -494,8 +838,12 @@ def train_centralized(
                 **{"val/loss": val, "val/pcc_point": val_pcc, "train/epoch_loss": stats.summary()["loss"]},
             )
             checkpoint(finished)
+            log.debug(
+                "epoch %d: step %d, train loss %.4f, validation loss %.4f, validation point PCC %.3f",
+                finished, step, stats.summary()["loss"], val, val_pcc,
+            )  # fmt: skip
             if stats.stopped_early:
-                bar.console.print(f"stopped after {max_minutes} min (--max-minutes) at step {step}")
+                log.info("stopped after %s min (--max-minutes) at step %d", max_minutes, step)
                 break
     # the point prediction keeps its best validation weights (the diffusion keeps its last)
     best.restore(model, ema)
