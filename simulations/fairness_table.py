@@ -166,7 +166,7 @@ def train_generator(
     sites = [site.subset(np.flatnonzero(site.labels != "rest")) for site in sites]
     classes = class_index(sites)
     log.info(
-        f"  generator: ridge path fitted; {sum(len(s) for s in sites)} task windows, classes {list(classes)}",
+        f"generator: ridge path fitted; {sum(len(s) for s in sites)} task windows, classes {list(classes)}",
     )
     # The preset's 0.999 decay needs thousands of steps; a CPU budget gives a few hundred.
     ema = EMA(model, decay=0.99)
@@ -187,7 +187,7 @@ def train_generator(
             deadline=deadline,
         )
         epoch += 1
-        log.info(f"  generator: epoch {epoch}, step {step}, loss {stats.summary()['loss']:.4f}")
+        log.info(f"generator: epoch {epoch}, step {step}, loss {stats.summary()['loss']:.4f}")
     provenance = {
         "mode": "centralized (fairness_table)",
         "preset": preset,
@@ -321,7 +321,7 @@ def run_group_variant(
             "gap": entry["per_group"]["difference"]["macro_f1"],
         }
     log.info(
-        f"  group variant: gap none {groups['none']['gap']:.3f}, oversample {groups['oversample']['gap']:.3f}, generate {groups['generate']['gap']:.3f} ({time.time() - t0:.0f} s)",
+        f"group variant: gap none {groups['none']['gap']:.3f}, oversample {groups['oversample']['gap']:.3f}, generate {groups['generate']['gap']:.3f} ({time.time() - t0:.0f} s)",
     )
     return {
         "protocol": protocol.__dict__, "pool_windows": len(pool), "groups": groups,
@@ -387,7 +387,7 @@ def run_protocol(
         gen = report["strategies"]["generate"]["per_class_f1_mean"][minority]
         base = report["strategies"]["none"]["per_class_f1_mean"][minority]
         log.info(
-            f"  {protocol.modality} {minority}: minority F1 {base:.3f} -> {gen:.3f} ({time.time() - t0:.0f} s)",
+            f"{protocol.modality} {minority}: minority F1 {base:.3f} -> {gen:.3f} ({time.time() - t0:.0f} s)",
         )
     return rows
 
@@ -659,7 +659,7 @@ def run(settings: TableSettings) -> dict[str, Any]:
     )
     missing = sorted({c for p in scale.protocols for c in p.classes} - set(meta.get("class_names") or []))
     if missing:
-        log.info(f"  note: the model has no label for {missing}; those classes are generated unconditionally")
+        log.warning(f"the model has no label for {missing}; those classes are generated unconditionally")
 
     result: dict[str, Any] = {
         "quick": settings.quick,
