@@ -37,7 +37,9 @@ def _site(context: Context, run: RunConfig) -> site.SiteData:
     node = context.node_config
     check_run(node, run)
     path = site.data_path(node, run)
-    return site.load(path, seed=run.seed, max_windows=run.max_windows, cache_dir=run.cache_dir)
+    return site.load(
+        path, seed=run.seed, max_windows=run.max_windows, cache_dir=run.cache_dir, preprocess=run.preprocess_config()
+    )
 
 
 def _guarded(handler):
@@ -99,6 +101,8 @@ def _record_sent(context: Context, msg: Message, reply: Message, run: RunConfig 
 
 
 def _reply(msg: Message, data: site.SiteData, metrics: dict, arrays: ArrayRecord | None = None) -> Message:
+    if data.skipped_runs:  # how many runs the site could not use (which ones: its own log)
+        metrics = {**metrics, "skipped-runs": data.skipped_runs}
     content = RecordDict({"metrics": MetricRecord(metrics), "site": ConfigRecord({"modality": data.modality})})
     if arrays is not None:
         content["arrays"] = arrays

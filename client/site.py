@@ -18,7 +18,8 @@ import torch
 
 from fedneurogen.client import privacy
 from fedneurogen.client.refusal import SiteRefusal, check_data_path, check_modality, data_refusal, unsupported_target
-from fedneurogen.shared.data import find_runs, load_site
+from fedneurogen.shared.config import PreprocessConfig
+from fedneurogen.shared.data import find_runs, load_site_data
 from fedneurogen.shared.errors import DataError
 from fedneurogen.shared.io import atomic_write
 from fedneurogen.shared.metrics import temporal_pcc
@@ -39,6 +40,7 @@ from fedneurogen.shared.workflows.training import (
 class SiteData:
     train: PairedWindows
     val: PairedWindows  # held-out subjects of this site
+    skipped_runs: int = 0  # runs the loader could not use (named in the site's log; the count goes to the server)
 
     @property
     def modality(self) -> str:
@@ -49,8 +51,8 @@ class SiteData:
         return sorted(set(self.train.classes) | set(self.val.classes))
 
 
-_SITES: dict[tuple[str, int, int], SiteData] = {}  # one load per process and data folder
-_REFUSED: dict[tuple[str, int, int], SiteRefusal] = {}  # a dataset found unusable is not re-read each round
+_SITES: dict[tuple[str, int, int, str], SiteData] = {}  # one load per process and data folder
+_REFUSED: dict[tuple[str, int, int, str], SiteRefusal] = {}  # a dataset found unusable is not re-read each round
 
 
 def data_path(node_config: dict, run: RunConfig) -> Path:
@@ -89,7 +91,13 @@ def train_config(run: RunConfig) -> TrainConfig:
     return TRAIN_PRESETS[run.preset].model_copy(update={"epochs": run.local_epochs})
 
 
-def load(path: Path, seed: int, max_windows: int = 0, cache_dir: str | None = None) -> SiteData:
+def load(
+    path: Path,
+    seed: int,
+    max_windows: int = 0,
+    cache_dir: str | None = None,
+    preprocess: PreprocessConfig | None = None,
+) -> SiteData:
     """The site's training and held-out windows, split by subject; cached per process.
 
     A data path that is missing or unreadable, a dataset that cannot be used and a target
@@ -97,7 +105,8 @@ def load(path: Path, seed: int, max_windows: int = 0, cache_dir: str | None = No
     (no path), its detail, for the site's log, names the file (``DataError``)."""
     path = Path(path)
     check_data_path(path)
-    key = (str(path.resolve()), seed, max_windows)
+    preprocess = preprocess or PreprocessConfig()
+    key = (str(path.resolve()), seed, max_windows, preprocess.cache_key())
     if key in _REFUSED:
         raise _REFUSED[key]
     if key not in _SITES:
@@ -105,7 +114,9 @@ def load(path: Path, seed: int, max_windows: int = 0, cache_dir: str | None = No
             refusal = unsupported_target(path, find_runs(path))
             if refusal is not None:
                 raise refusal
-            windows = load_site(path, cache_dir=cache_dir or None, progress=False)
+            loaded = load_site_data(path, preprocess, cache_dir=cache_dir or None, progress=False)
+            loaded.warn()  # each skipped run, named, in the site's own log
+            windows = loaded.windows
             check_modality(windows.target_modality, path)
         except DataError as err:
             _REFUSED[key] = data_refusal(err)
@@ -121,7 +132,7 @@ def load(path: Path, seed: int, max_windows: int = 0, cache_dir: str | None = No
         if max_windows and len(train) > max_windows:  # a smaller site, for quick runs and tests
             keep = np.sort(np.random.default_rng(seed).choice(len(train), max_windows, replace=False))
             train = train.subset(keep)
-        _SITES[key] = SiteData(train, val)
+        _SITES[key] = SiteData(train, val, skipped_runs=len(loaded.skipped))
     return _SITES[key]
 
 

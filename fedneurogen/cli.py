@@ -196,13 +196,11 @@ class Preset(str, Enum):
     base = "base"
 
 
-def _load_sites(data: list[Path]):
+def _load_sites(data: list[Path], preprocess):
     """Each site's windows; a skipped run is one warning line, and a site with skipped runs
     gets a closing line saying that the others are used."""
-    from fedneurogen.shared.config import PreprocessConfig
     from fedneurogen.shared.data import load_site_data
 
-    preprocess = PreprocessConfig()
     sites = []
     for folder in data:
         loaded = load_site_data(folder, preprocess, progress=_show_progress())
@@ -211,7 +209,7 @@ def _load_sites(data: list[Path]):
             used = len(set(loaded.windows.runs.tolist()))
             err_console.print(f"{folder}: {len(loaded.skipped)} run(s) skipped (above), {used} used", highlight=False)
         sites.append(loaded.windows)
-    return sites, preprocess
+    return sites
 
 
 @app.command()
@@ -248,13 +246,23 @@ def train(
     seed: int = typer.Option(0, "--seed", help="Seed for the subject split, initialisation and batches."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    preprocess_overrides: list[str] = typer.Option(
+        [],
+        "--preprocess",
+        metavar="KEY=VALUE",
+        help="Change a preprocessing setting (shared/config.py PreprocessConfig), e.g. eeg_ica=false; repeat for more.",
+    ),
 ) -> None:
     """Centralized training on one or more sites (subject-level train/validation/test split)."""
+    from fedneurogen.shared.config import PreprocessConfig
     from fedneurogen.shared.errors import FedNeuroGenError
+    from fedneurogen.shared.model import get_preset
     from fedneurogen.shared.workflows.training import train_centralized
 
     try:
-        sites, preprocess = _load_sites(data)
+        preprocess = PreprocessConfig.from_overrides(preprocess_overrides)
+        get_preset(preset.value).check_preprocess(preprocess)  # before any data is read
+        sites = _load_sites(data, preprocess)
         checkpoint = train_centralized(
             sites,
             out,

@@ -27,7 +27,6 @@ from fedneurogen.server.audit import AUDIT_FILE, AuditedGrid
 from fedneurogen.server.checkpointing import RunStore, load_parameters, model_parameters
 from fedneurogen.server.early_stopping import ResidualEarlyStopping
 from fedneurogen.server.strategy import make_strategy
-from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.model import NeuroGenModel
 from fedneurogen.shared.model.mean import solve_ridge_path
@@ -115,7 +114,7 @@ def checkpoint_extra(run: RunConfig, class_names: list[str], server_round: int, 
     """What a round checkpoint says about itself (``synthesize``/``evaluate`` read it)."""
     return {
         "class_names": class_names,
-        "preprocess": PreprocessConfig().model_dump(mode="json"),  # what every site's loader applies
+        "preprocess": run.preprocess_config().model_dump(mode="json"),  # what every site's loader applies
         "provenance": {
             "trained_by": "federated",
             "rounds": server_round,

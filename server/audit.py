@@ -201,6 +201,7 @@ METRIC_KEYS = (
     "epsilon",
     "private",
     "withheld",
+    "skipped-runs",
 )
 PATH_SEPARATORS = ("/", "\\")
 

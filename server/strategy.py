@@ -60,7 +60,7 @@ def aggregate_metrics(records: list[RecordDict], weight_key: str) -> MetricRecor
     total = weights.sum()
     out = MetricRecord({weight_key: int(total)})
     for key in common_keys(records):
-        if key == weight_key:
+        if key in (weight_key, "skipped-runs"):  # skipped runs are a per-site count (in the history), not a mean
             continue
         values = np.array([float(r["metrics"][key]) for r in records])
         if key in ("epsilon", "budget_exhausted"):
@@ -218,6 +218,13 @@ class ModalityStrategy(Strategy):
                 continue
             metrics = {k: v for k, v in msg.content["metrics"].items()}
             sites[str(node)] = {"modality": msg.content["site"]["modality"], **metrics}
+            if is_train and metrics.get("skipped-runs"):
+                log(
+                    WARNING,
+                    "train: site (node %s) skipped %d run(s) it could not use (named in the site's own log)",
+                    node,
+                    int(metrics["skipped-runs"]),
+                )
             if float(metrics["num-examples"]) > 0:
                 if is_train:
                     self.declared.setdefault(node, float(metrics["num-examples"]))

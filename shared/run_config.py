@@ -16,6 +16,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.errors import ConfigError
 
 Strategy = Literal["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan"]
@@ -73,9 +74,20 @@ class RunConfig(BaseModel):
     dp_statistics_share: float = Field(0.1, ge=0, lt=1)
     dp_statistics_clip: float = Field(600.0, gt=0)
     audit: bool = True
+    preprocess: str = ""  # "KEY=VALUE;KEY=VALUE": PreprocessConfig fields every site loads its windows with
+
+    def preprocess_config(self) -> PreprocessConfig:
+        """The preprocessing every site applies in this run (the defaults changed by ``preprocess``)."""
+        return PreprocessConfig.from_overrides(self.preprocess)
 
     @model_validator(mode="after")
     def _consistent(self) -> "RunConfig":
+        from fedneurogen.shared.model.config import get_preset
+
+        try:  # the settings parse, and give windows the preset's model takes
+            get_preset(self.preset).check_preprocess(self.preprocess_config())
+        except ConfigError as err:
+            raise ValueError(f"preprocess = {self.preprocess!r}: {err}") from None
         guaranteed = max(self.min_available_nodes, self.min_train_nodes)
         if self.min_train_replies > guaranteed:
             raise ValueError(

@@ -173,8 +173,14 @@ def test_eeg_without_any_target_and_windows_of_an_unknown_modality(tmp_path, mon
     class Windows:  # what a loader of another version could hand over
         target_modality = "pet"
 
+    class Loaded:
+        windows, skipped = Windows(), []
+
+        def warn(self):
+            pass
+
     monkeypatch.setattr(site, "find_runs", lambda path: [])
-    monkeypatch.setattr(site, "load_site", lambda *a, **k: Windows())
+    monkeypatch.setattr(site, "load_site_data", lambda *a, **k: Loaded())
     (tmp_path / "other").mkdir()
     with pytest.raises(SiteRefusal) as err:
         site.load(tmp_path / "other", seed=0)

@@ -237,7 +237,60 @@ def test_train_says_which_runs_it_skipped_and_goes_on(site, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = cli._show_warning
-        sites, _ = cli._load_sites([site])
+        sites = cli._load_sites([site], PreprocessConfig())
     lines = out.getvalue().splitlines()
     assert any(line.startswith("warning: ") and run.eeg.name in line and "skipped" in line for line in lines)
     assert f"{site}: 1 run(s) skipped (above), 1 used" in lines and set(sites[0].subjects) == {"sub-01"}
+
+
+def test_a_federated_site_tells_the_server_how_many_runs_it_skipped(site, task_identity, caplog):
+    """A site in a federation names a skipped run in its own log and sends only the count; the
+    server's history and log show it per site, and it is never averaged into the aggregate."""
+    import logging
+
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+
+    from fedneurogen.client import app as client_app
+    from fedneurogen.client import site as site_module
+    from fedneurogen.server.audit import METRIC_KEYS
+    from fedneurogen.server.strategy import make_strategy
+    from fedneurogen.shared.run_config import RunConfig
+
+    run = _run(site)
+    data = run.eeg.read_bytes()
+    run.eeg.write_bytes(data[: len(data) // 2])
+    with pytest.warns(DataWarning, match=f"{run.eeg.name}.*truncated"):
+        loaded = site_module.load(site, seed=0, preprocess=FAST)
+    assert loaded.skipped_runs == 1
+    reply = client_app._reply(Message(RecordDict(), dst_node_id=4, message_type=MessageType.TRAIN), loaded, {})
+    assert reply.content["metrics"]["skipped-runs"] == 1 and "skipped-runs" in METRIC_KEYS
+    assert run.eeg.name not in str(dict(reply.content["metrics"]))  # the count only, never the file
+
+    strategy = make_strategy(RunConfig(min_available_nodes=1, min_train_nodes=1))
+    name = "modality_heads.fmri.final_layer.linear.weight"
+
+    class Grid:
+        def get_node_ids(self):
+            return [1, 2]
+
+    sent = {
+        m.metadata.dst_node_id: m
+        for m in strategy.configure_train(
+            1, ArrayRecord({name: Array(np.zeros((2, 3), dtype=np.float32))}), ConfigRecord({}), Grid()
+        )
+    }
+
+    def answer(node: int, metrics: dict) -> Message:
+        content = {
+            "arrays": ArrayRecord({name: Array(np.ones((2, 3), dtype=np.float32))}),
+            "metrics": MetricRecord({"num-examples": 4, **metrics}),
+            "site": ConfigRecord({"modality": "fmri"}),
+        }
+        return Message(RecordDict(content), reply_to=sent[node])
+
+    with caplog.at_level(logging.WARNING):
+        strategy.aggregate_train(1, [answer(1, {"skipped-runs": 1}), answer(2, {"skipped-runs": 3})])
+    report = strategy.report[MessageType.TRAIN]
+    assert {node: m["skipped-runs"] for node, m in report["sites"].items()} == {"1": 1, "2": 3}
+    assert "skipped-runs" not in report["aggregate"]
+    assert "site (node 2) skipped 3 run(s) it could not use" in caplog.text

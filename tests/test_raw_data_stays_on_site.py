@@ -130,9 +130,7 @@ def test_checker_flags_recording_shaped_arrays_paths_and_identifiers(tmp_path, t
     assert find_leaks(entries[:1], window_shapes=[eeg_window, bold_window]) == []
 
 
-def test_the_documented_audit_command_checks_shapes_labels_and_metric_counts(
-    tmp_path, tiny_shapes, task_identity
-):
+def test_the_documented_audit_command_checks_shapes_labels_and_metric_counts(tmp_path, tiny_shapes, task_identity):
     """``fedneurogen audit LOG`` with no options: the preset is inferred from the array names,
     the default windows are checked, a flood of scalars and a person's name as a class are
     flagged (exit 1); a log that does not exist is a usage error (exit 2)."""

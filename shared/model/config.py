@@ -7,13 +7,16 @@ same config always rebuilds the same architecture. The window geometry (16 s win
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.surface import ICO4_POINTS
+
+if TYPE_CHECKING:
+    from fedneurogen.shared.config import PreprocessConfig
 
 
 class FmriConfig(BaseModel):
@@ -255,6 +258,46 @@ class ModelConfig(BaseModel):
         if name == "fnirs":
             return self.fnirs
         raise ConfigError(f"unknown target modality {name!r}; expected 'fmri' or 'fnirs'")
+
+    def check_preprocess(self, preprocess: "PreprocessConfig") -> None:
+        """Refuse preprocessing whose windows this model cannot take, before any data is read.
+
+        The EEG rate, the target rates, the window length (frames per window) and the
+        hemodynamic design's width fix the model's input shapes; the other fields (filters,
+        ICA, short-channel regression, lag, history) can change freely.
+
+        Parameters
+        ----------
+        preprocess : PreprocessConfig
+            The preprocessing the windows will be made with.
+
+        Raises
+        ------
+        ConfigError
+            Naming each field that does not fit the model and what it would have to be.
+        """
+        from fedneurogen.shared.design import n_design_features
+
+        problems = []
+        if abs(preprocess.eeg_sfreq - self.eeg_sfreq) > 1e-9:
+            problems.append(f"eeg_sfreq = {preprocess.eeg_sfreq:g} (the model takes EEG at {self.eeg_sfreq:g} Hz)")
+        for name, rate in (("fmri", preprocess.fmri_sfreq), ("fnirs", preprocess.fnirs_sfreq)):
+            target = self.modality(name)
+            if abs(rate - target.sfreq) > 1e-9:
+                problems.append(f"{name}_sfreq = {rate:g} (the model takes {name} at {target.sfreq:g} Hz)")
+            elif round(preprocess.window_seconds * rate) != target.n_frames:
+                problems.append(
+                    f"window_seconds = {preprocess.window_seconds:g} gives {round(preprocess.window_seconds * rate)} "
+                    f"{name} frames per window (the model takes {target.n_frames}: {target.n_frames / rate:g} s)"
+                )
+        width = n_design_features(preprocess)
+        if width != self.design_features:
+            problems.append(
+                f"hrf_basis = {preprocess.hrf_basis!r} gives {width} design features (the model takes {self.design_features})"
+            )
+        if problems:
+            unique = list(dict.fromkeys(problems))
+            raise ConfigError(f"preprocessing does not fit the {self.preset} model: " + "; ".join(unique))
 
 
 PRESETS: dict[str, ModelConfig] = {

@@ -735,7 +735,14 @@ def train_centralized(
         TimeRemainingColumn,
     )
 
-    from fedneurogen.shared.model import get_preset, load_checkpoint_into, load_ema, save_checkpoint
+    from fedneurogen.shared.config import PreprocessConfig
+    from fedneurogen.shared.model import (
+        get_preset,
+        load_checkpoint_into,
+        load_ema,
+        read_checkpoint_config,
+        save_checkpoint,
+    )
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -748,8 +755,19 @@ def train_centralized(
         raise ConfigError(
             f"the data has {len(classes)} classes {sorted(classes)} but preset {preset!r} has {model_config.num_classes} label slots"
         )
+    if preprocess:
+        model_config.check_preprocess(PreprocessConfig(**preprocess))
     model = NeuroGenModel(model_config, device=device)
     checkpoint_dir = run_dir / CHECKPOINT_DIR
+    if resume and preprocess and (checkpoint_dir / "config.json").exists():
+        before = PreprocessConfig(**(read_checkpoint_config(checkpoint_dir).get("preprocess") or {})).model_dump()
+        now = PreprocessConfig(**preprocess).model_dump()
+        changed = sorted(k for k in now if before[k] != now[k])
+        if changed:
+            raise ConfigError(
+                f"--resume: {run_dir} was trained with other preprocessing ({', '.join(changed)}); "
+                "resume with the same --preprocess settings"
+            )
     step, first_epoch = 0, 0
     ridge_choice = None
     if not resume:
