@@ -40,7 +40,7 @@ from fedneurogen.shared.workflows.training import (
 class SiteData:
     train: PairedWindows
     val: PairedWindows  # held-out subjects of this site
-    skipped_runs: int = 0  # runs the loader could not use (named in the site's log; the count goes to the server)
+    skipped_runs: int = 0  # paired runs the loader could not use (named in the site's log; the count goes to the server)
 
     @property
     def modality(self) -> str:
@@ -111,7 +111,8 @@ def load(
         raise _REFUSED[key]
     if key not in _SITES:
         try:
-            refusal = unsupported_target(path, find_runs(path))
+            runs = find_runs(path)
+            refusal = unsupported_target(path, runs)
             if refusal is not None:
                 raise refusal
             loaded = load_site_data(path, preprocess, cache_dir=cache_dir or None, progress=False)
@@ -132,7 +133,9 @@ def load(
         if max_windows and len(train) > max_windows:  # a smaller site, for quick runs and tests
             keep = np.sort(np.random.default_rng(seed).choice(len(train), max_windows, replace=False))
             train = train.subset(keep)
-        _SITES[key] = SiteData(train, val, skipped_runs=len(loaded.skipped))
+        # EEG-only runs are skipped by design (augment --eeg-only uses them): not a problem to report
+        eeg_only = sum(1 for run in runs if run.target_modality is None)
+        _SITES[key] = SiteData(train, val, skipped_runs=max(0, len(loaded.skipped) - eeg_only))
     return _SITES[key]
 
 

@@ -140,6 +140,7 @@ class ModalityStrategy(Strategy):
         self.current: ArrayRecord = ArrayRecord()
         self.sent: dict[str, set[int]] = {}
         self.report: dict[str, dict] = {}  # per message type: sites, failures, aggregate
+        self.warned_skips: set[int] = set()  # sites whose skipped runs the log has named
 
     def summary(self) -> None:
         log(INFO, "\t├──> Per-modality aggregation: backbone over all sites, heads over their modality's sites")
@@ -218,7 +219,8 @@ class ModalityStrategy(Strategy):
                 continue
             metrics = {k: v for k, v in msg.content["metrics"].items()}
             sites[str(node)] = {"modality": msg.content["site"]["modality"], **metrics}
-            if is_train and metrics.get("skipped-runs"):
+            if is_train and metrics.get("skipped-runs") and node not in self.warned_skips:
+                self.warned_skips.add(node)  # once per site: the count is in every round's history
                 log(
                     WARNING,
                     "train: site (node %s) skipped %d run(s) it could not use (named in the site's own log)",

@@ -294,3 +294,7 @@ def test_a_federated_site_tells_the_server_how_many_runs_it_skipped(site, task_i
     assert {node: m["skipped-runs"] for node, m in report["sites"].items()} == {"1": 1, "2": 3}
     assert "skipped-runs" not in report["aggregate"]
     assert "site (node 2) skipped 3 run(s) it could not use" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # the next round: in the history again, not in the log
+        strategy.aggregate_train(2, [answer(1, {"skipped-runs": 1})])
+    assert strategy.report[MessageType.TRAIN]["sites"]["1"]["skipped-runs"] == 1 and "skipped" not in caplog.text
