@@ -40,7 +40,8 @@ from fedneurogen.shared.workflows.training import (
 class SiteData:
     train: PairedWindows
     val: PairedWindows  # held-out subjects of this site
-    skipped_runs: int = 0  # paired runs the loader could not use (named in the site's log; the count goes to the server)
+    # paired runs the loader could not use: named in the site's log, the count goes to the server
+    skipped_runs: int = 0
 
     @property
     def modality(self) -> str:
