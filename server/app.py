@@ -27,6 +27,7 @@ from fedneurogen.server.audit import AUDIT_FILE, AuditedGrid
 from fedneurogen.server.checkpointing import RunStore, load_parameters, model_parameters
 from fedneurogen.server.early_stopping import ResidualEarlyStopping
 from fedneurogen.server.strategy import make_strategy
+from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.model import NeuroGenModel
 from fedneurogen.shared.model.mean import solve_ridge_path
@@ -157,6 +158,12 @@ def main(grid: Grid, context: Context) -> None:
                 f"{store.dir} already holds a run (round {store.latest()['round']}); set resume=true to continue it or choose another run-dir"
             )
         done, state, history, meta = store.resume(model)
+        changed = run.preprocess_config().changed_fields(PreprocessConfig(**(meta.get("preprocess") or {})))
+        if changed:  # the sites would load other windows than the rounds so far were trained on
+            raise ConfigError(
+                f"resume: {store.dir} was trained with other preprocessing ({', '.join(changed)}); "
+                "resume with the run config's preprocess as it was"
+            )
         strategy.load_state_dict(state)
         first, class_names = done + 1, list(meta.get("class_names") or [])
         log(INFO, "Resuming %s from round %d of %d", store.dir, done, num_rounds)

@@ -154,6 +154,21 @@ class PreprocessConfig(BaseModel):
             problems = "; ".join(f"{e['loc'][0]} = {e['input']!r}: {e['msg']}" for e in err.errors(include_url=False))
             raise ConfigError(f"preprocessing: {problems}") from None
 
+    def changed_fields(self, other: "PreprocessConfig") -> list[str]:
+        """The fields whose values differ from ``other``'s, sorted (a resumed run checks its own).
+
+        Parameters
+        ----------
+        other : PreprocessConfig
+            The preprocessing to compare with.
+
+        Returns
+        -------
+        list of str
+        """
+        mine, theirs = self.model_dump(), other.model_dump()
+        return sorted(k for k in mine if mine[k] != theirs[k])
+
     def target_sfreq(self, modality: str) -> float:
         """The target sampling rate of a modality.
 

@@ -103,3 +103,37 @@ def test_a_federation_applies_one_preprocessing_on_every_site_and_records_it(sma
     shifted = site.load(small_fmri_sites[0], seed=0, preprocess=run.preprocess_config())
     assert shifted is not default
     assert len(shifted.train) and not (shifted.train.eeg[0] == default.train.eeg[0]).all()
+
+
+def test_a_resumed_federation_refuses_other_preprocessing(tmp_path):
+    """The coordinator restarts with resume=true: the run config's preprocess must be the one
+    its rounds were trained with (the sites would otherwise load other windows), checked before
+    any site is asked anything."""
+    import torch
+    from flwr.app import Context, RecordDict
+
+    from fedneurogen.server import app as server_app
+    from fedneurogen.server.checkpointing import RunStore
+    from fedneurogen.server.strategy import make_strategy
+    from fedneurogen.shared.model import NeuroGenModel
+
+    first = validate_run_config({"run-dir": str(tmp_path / "run"), "preprocess": "lag_seconds=5"})
+    torch.manual_seed(0)
+    model = NeuroGenModel("tiny", device="cpu")
+    store = RunStore(first.run_dir)
+    store.save_round(
+        1, model, make_strategy(first).state_dict(), [{"round": 1}], checkpoint_extra(first, ["rest"], 1, 2)
+    )
+
+    class NoSites:  # the check comes before the server talks to any site
+        def __getattr__(self, name):
+            raise AssertionError(f"the server used the grid ({name}) before refusing")
+
+    def resume(preprocess: str) -> None:
+        config = {"run-dir": first.run_dir, "resume": True, "num-server-rounds": 1, "preprocess": preprocess}
+        server_app.main(NoSites(), Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config))
+
+    with pytest.raises(ConfigError, match=r"trained with other preprocessing \(lag_seconds\)"):
+        resume("")
+    with pytest.raises(ConfigError, match=r"other preprocessing \(eeg_ica\)"):
+        resume("lag_seconds=5;eeg_ica=false")

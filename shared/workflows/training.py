@@ -760,9 +760,8 @@ def train_centralized(
     model = NeuroGenModel(model_config, device=device)
     checkpoint_dir = run_dir / CHECKPOINT_DIR
     if resume and preprocess and (checkpoint_dir / "config.json").exists():
-        before = PreprocessConfig(**(read_checkpoint_config(checkpoint_dir).get("preprocess") or {})).model_dump()
-        now = PreprocessConfig(**preprocess).model_dump()
-        changed = sorted(k for k in now if before[k] != now[k])
+        before = PreprocessConfig(**(read_checkpoint_config(checkpoint_dir).get("preprocess") or {}))
+        changed = PreprocessConfig(**preprocess).changed_fields(before)
         if changed:
             raise ConfigError(
                 f"--resume: {run_dir} was trained with other preprocessing ({', '.join(changed)}); "
