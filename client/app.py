@@ -223,7 +223,7 @@ def evaluate(msg: Message, context: Context, run: RunConfig) -> Message:
 
 def client_app(mods: Sequence[Mod] = ()) -> ClientApp:
     """The site's ClientApp. ``mods`` (Flower mods) wrap every handler: the local simulation
-    adds its simulated node settings and drills this way (``simulations/client_app.py``)."""
+    adds its simulated node settings and drills this way (``fedneurogen/simulation_app.py``)."""
     site_app = ClientApp(mods=list(mods))
     site_app.query()(query)
     site_app.train()(train)

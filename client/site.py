@@ -135,8 +135,9 @@ def load(
             keep = np.sort(np.random.default_rng(seed).choice(len(train), max_windows, replace=False))
             train = train.subset(keep)
         # EEG-only runs are skipped by design (augment --eeg-only uses them): not a problem to report
-        eeg_only = sum(1 for run in runs if run.target_modality is None)
-        _SITES[key] = SiteData(train, val, skipped_runs=max(0, len(loaded.skipped) - eeg_only))
+        eeg_only = {run.eeg.resolve() for run in runs if run.target_modality is None}
+        broken = [p for p in loaded.skipped if Path(p.path).resolve() not in eeg_only]
+        _SITES[key] = SiteData(train, val, skipped_runs=len(broken))
     return _SITES[key]
 
 

@@ -9,11 +9,29 @@ import hashlib
 import json
 import tomllib
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedneurogen.shared.errors import ConfigError
+
+
+def setting_value(text: str) -> Any:
+    """A ``KEY=VALUE`` setting's value as a user typed it: a TOML scalar (``false``, ``0.5``,
+    ``"text"``), else the text itself (``fedprox``).
+
+    Parameters
+    ----------
+    text : str
+
+    Returns
+    -------
+    Any
+    """
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
 
 
 class PreprocessConfig(BaseModel):
@@ -144,10 +162,7 @@ class PreprocessConfig(BaseModel):
             if key not in cls.model_fields:
                 raise ConfigError(f"preprocessing: unknown key {key!r}; the keys are {', '.join(cls.model_fields)}")
             text = text.strip()
-            try:
-                values[key] = None if text.lower() == "none" else tomllib.loads(f"v = {text}")["v"]
-            except tomllib.TOMLDecodeError:
-                values[key] = text
+            values[key] = None if text.lower() == "none" else setting_value(text)
         try:
             return cls(**values)
         except ValidationError as err:

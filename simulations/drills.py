@@ -2,8 +2,11 @@
 
 The keys below are declared in the simulation's Flower app (``simulation_app`` in
 ``simulations/federated.py``), never in the site's: a deployed site has no such keys in its run
-config and no code that reads them. ``simulations/client_app.py`` applies them around the
-site's own ClientApp as a Flower mod.
+config and no code that reads them. ``simulation_mod`` applies them around the site's own
+handlers: the simulation's ClientApp (``fedneurogen/simulation_app.py``) is the site's app with
+this mod. Before a request reaches the site's handlers, the mod gives a simulated node its
+``sim-node-config`` entries and lets the fault drill's node fail its rounds; after a training
+request, it replaces the attack drill's node's update by a poisoned one.
 
 - ``sim-node-config``: ``"1:data-path=/x;2:preset=small"`` gives simulated node 1 (its
   partition id) the data path ``/x`` and node 2 a pinned preset, as ``--node-config`` does for a
@@ -18,10 +21,14 @@ site's own ClientApp as a Flower mod.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any, Literal, get_args
 
 import torch
+from flwr.app import ArrayRecord, Context, Error, Message
+from flwr.common import MessageType
+from flwr.common.constant import ErrorCode
 from pydantic import BaseModel, ConfigDict
 
 from fedneurogen.shared.errors import ConfigError
@@ -30,6 +37,8 @@ from fedneurogen.shared.run_config import validate_run_config
 AttackMode = Literal["scale", "random"]
 ATTACK_MODES: tuple[str, ...] = get_args(AttackMode)
 NO_NODE = -1
+FAULT_REASON = "injected fault (fault-partition drill)"
+ROUND_MESSAGES = (MessageType.TRAIN, MessageType.EVALUATE)  # what the fault drill fails (queries are answered)
 
 
 class SimulationConfig(BaseModel):
@@ -96,3 +105,29 @@ def poison(
             spread = update.std() if update.numel() > 1 else update.new_zeros(())
             poisoned[name] = start + drill.attack_scale * spread.nan_to_num(0.0).clamp_min(1e-3) * noise
     return poisoned
+
+
+def _error_reply(msg: Message, reason: str) -> Message:
+    return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+
+
+def simulation_mod(msg: Message, context: Context, call_next) -> Message:  # noqa: ANN001 - Flower's mod signature
+    """Simulated node settings and drills around the site's handler ``call_next``."""
+    try:
+        drill = SimulationConfig.from_run_config(context.run_config)
+        node_config = simulated_node_config(context.node_config, drill.sim_node_config)
+    except ConfigError as err:  # the run config came from the server: safe to send back
+        return _error_reply(msg, f"site refused: invalid {err}")
+    if is_node(drill.fault_partition, node_config) and msg.metadata.message_type in ROUND_MESSAGES:
+        return _error_reply(msg, FAULT_REASON)
+    # the handlers see this node's settings; the state stays the one Flower keeps between rounds
+    node_context = copy.copy(context)
+    node_context.node_config = node_config
+    reply = call_next(msg, node_context)
+    attacking = is_node(drill.attack_partition, node_config)
+    if attacking and msg.metadata.message_type == MessageType.TRAIN and not reply.has_error():
+        local = reply.content["arrays"].to_torch_state_dict()
+        received = msg.content["arrays"].to_torch_state_dict()
+        server_round = int(msg.content["config"]["server-round"])
+        reply.content["arrays"] = ArrayRecord(poison(drill, local, received, seed=server_round))
+    return reply

@@ -55,12 +55,12 @@ def app_dir() -> Path:
     )
 
 
-SIMULATION_CLIENTAPP = "fedneurogen.simulations.client_app:app"
+SIMULATION_CLIENTAPP = "fedneurogen.simulation_app:app"
 
 
 def simulation_app(folder: Path) -> Path:
     """Write the Flower app the local simulation runs into ``folder`` and return it: this
-    package's ``pyproject.toml`` with the simulation's ClientApp (``simulations/client_app.py``)
+    package's ``pyproject.toml`` with the simulation's ClientApp (``fedneurogen/simulation_app.py``)
     and the simulation's own run-config keys declared beside the site's (``SimulationConfig``).
     The app's code is the installed package either way; only this configuration differs."""
     from fedneurogen.simulations.drills import SimulationConfig
@@ -544,11 +544,10 @@ def run_federated(
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``["strategy=fedprox", "dp-enabled=true"]`` -> run-config values (TOML, else bare text)."""
+    from fedneurogen.shared.config import setting_value
+
     overrides: dict[str, Any] = {}
     for item in items:
         key, _, value = item.partition("=")
-        try:
-            overrides[key] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            overrides[key] = value
+        overrides[key] = setting_value(value)
     return overrides

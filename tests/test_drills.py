@@ -1,20 +1,22 @@
 """What only the local simulation does on a site (``simulations/drills.py``,
-``simulations/client_app.py``): simulated node settings, a failing node, a poisoning node, and
+``fedneurogen/simulation_app.py``): simulated node settings, a failing node, a poisoning node, and
 the app folder the simulation runs. Real Flower messages and mods; no processes, no data."""
 
 from __future__ import annotations
 
+import importlib
 import tomllib
 
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.cli.build import build_fab_from_disk
+from flwr.clientapp import ClientApp
 
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.run_config import RunConfig
 from fedneurogen.simulations import drills
-from fedneurogen.simulations.client_app import FAULT_REASON, simulation_mod
+from fedneurogen.simulations.drills import FAULT_REASON, simulation_mod
 from fedneurogen.simulations.drills import SimulationConfig, is_node, poison, simulated_node_config
 from fedneurogen.simulations.federated import SIMULATION_CLIENTAPP, app_dir, simulation_app
 
@@ -225,3 +227,5 @@ def test_the_simulation_app_is_the_sites_app_with_the_simulations_client_and_key
     }
     assert sim_app["project"] == site_app["project"]
     assert build_fab_from_disk(folder)[:2] == b"PK"  # Flower accepts it as an app (a zip)
+    module, _, name = SIMULATION_CLIENTAPP.partition(":")  # and the component it names loads
+    assert isinstance(getattr(importlib.import_module(module), name), ClientApp)

@@ -2,7 +2,8 @@
 
 - ``shared`` imports none of ``server``, ``client``, ``simulations``;
 - ``server`` and ``client`` never import each other (they meet through Flower messages);
-- ``client`` does not import ``simulations`` (a site runs no simulator code);
+- ``client`` and ``simulations`` do not import each other (a site runs no simulator code; the
+  simulation's ClientApp is composed at the top, ``fedneurogen/simulation_app.py``);
 - inside ``shared``, the core does not import ``shared.workflows`` (training, synthesis,
   evaluation, explanations, plots, fairness build on the core, never the other way).
 
@@ -22,7 +23,9 @@ FORBIDDEN = {
     "shared": {"server", "client", "simulations"},
     "server": {"client", "simulations"},
     "client": {"server", "simulations"},
-    "simulations": set(),  # the local driver may use any layer (it starts the server as a process)
+    # the local driver starts the server and the sites as processes; the simulation's ClientApp is
+    # composed above both layers (fedneurogen/simulation_app.py)
+    "simulations": {"server", "client"},
 }
 
 
