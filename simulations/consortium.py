@@ -41,6 +41,7 @@ from pathlib import Path
 from fedneurogen.shared.apps import app_hash, read_allowlist
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.io import write_json_atomic, write_text_atomic
+from fedneurogen.shared.outputs import check_outside_inputs
 from fedneurogen.shared.pki import make_ca, make_node_keypair, make_server_certificate
 from fedneurogen.simulations.federated import (
     FederationError,
@@ -196,16 +197,25 @@ def up(
     data_root: Path | None = None,
     modality: str = "fmri",
     subjects_per_site: int = 3,
-    site_config: str = 'dp-max-epsilon="10"',
+    site_config: str = 'dp-max-epsilon="10" dp-max-delta="1e-5"',
     seed: int = 0,
     allowed_apps: Path | None = None,
+    simulate: bool = False,
 ) -> Endpoints:
-    """Start the consortium in ``folder`` (see the module's docstring); returns its endpoints."""
+    """Start the consortium in ``folder`` (see the module's docstring); returns its endpoints.
+    The sites of ``data_root`` are used read-only as they are (``ensure_sites``: simulated only
+    into an absent or empty data root, or with ``simulate``); ``folder`` lies outside them."""
     folder = Path(folder).resolve()
     if (folder / PROCESSES).is_file() and any(alive(p["pid"]) for p in json.loads((folder / PROCESSES).read_text())):
         raise ConfigError(f"a consortium is already up in {folder}; stop it first with `down {folder}`")
     if sites < 1:
         raise ConfigError(f"--sites must be at least 1, got {sites}")
+    root = Path(data_root or folder / "data").resolve()
+    if data_root is not None:  # checked before the consortium writes its first file
+        check_outside_inputs(
+            folder, [site for site in root.glob("site-*") if site.is_dir()], what="the consortium folder"
+        )
+    data = ensure_sites(root, sites, modality, subjects_per_site, seed, simulate=simulate)
     certs, keys, logs = folder / "certs", folder / "keys", folder / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     if not (certs / "ca.crt").is_file():
@@ -216,10 +226,6 @@ def up(
         allowed_apps = folder / "allowed-apps.txt"
         write_text_atomic(allowed_apps, f"{app_hash(app_dir())}  # FedNeuroGen, {app_dir()}\n")
     read_allowlist(allowed_apps)  # a clear error now rather than a silent refusal of every run
-    root = Path(data_root or folder / "data").resolve()
-    data = [root / f"site-{i:02d}" for i in range(1, sites + 1)]
-    if not all(site.is_dir() for site in data):  # a site's own BIDS folders are used as they are
-        data = ensure_sites(root, sites, modality, subjects_per_site, seed)
 
     started: list[dict] = []
 

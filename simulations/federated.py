@@ -1,6 +1,7 @@
 """Local multi-site simulation: simulated sites, a Flower SuperLink on this machine, `flwr run`.
 
-``run_federated(run_dir, data_root, ...)`` simulates the sites if they are absent, starts a
+``run_federated(run_dir, data_root, ...)`` uses the sites of ``data_root`` as they are (it
+simulates them only into an absent or empty data root, or with ``simulate``), starts a
 ``flower-superlink --simulation`` on free local ports (its own process group, stopped at the
 end), points a private ``$FLWR_HOME`` at it, and runs the simulation's copy of this package's
 Flower app (``simulation_app``: the site's ClientApp with the simulation's mod and keys) with
@@ -419,19 +420,66 @@ def run_status(flwr_home: Path, connection: str, run_id: int, wait: float = 120.
 
 
 def ensure_sites(
-    data_root: Path, num_sites: int, modality: str, subjects_per_site: int, seed: int, run_seconds: float | None = None
+    data_root: Path,
+    num_sites: int,
+    modality: str,
+    subjects_per_site: int,
+    seed: int,
+    run_seconds: float | None = None,
+    simulate: bool = False,
 ) -> list[Path]:
-    """The simulated sites under ``data_root``, written by the simulator when absent."""
+    """The sites ``data_root/site-01`` ... ``site-NN``, used as they are; simulated only when
+    there is nothing to overwrite.
+
+    A site folder that exists (a folder or a symbolic link, real data or an earlier simulation) is
+    never written. The simulator runs only when ``data_root`` is absent or empty, or, with
+    ``simulate``, to complete a data root the simulator made itself (it refuses any other folder
+    before writing, see ``simulations/ownership.py``).
+
+    Parameters
+    ----------
+    data_root : Path
+        Folder of the site folders.
+    num_sites : int
+        Sites the run needs.
+    modality, subjects_per_site, seed, run_seconds
+        The simulation's parameters, used only when sites are simulated (and then checked
+        against a simulation that the data root already holds).
+    simulate : bool
+        Simulate the missing sites of a data root that exists (else a missing site is an error).
+
+    Returns
+    -------
+    list of Path
+        The site folders, in order.
+
+    Raises
+    ------
+    ConfigError
+        When a site is missing (without ``simulate``), when the data root holds a simulation made
+        with other parameters, or when the simulator would write into a folder it did not make.
+    """
+    from fedneurogen.simulations.ownership import made_by_simulator
+
     data_root = Path(data_root)
     sites = [data_root / f"site-{i + 1:02d}" for i in range(num_sites)]
+    missing = [s.name for s in sites if not s.is_dir()]
+    if not missing:
+        return sites
     summary = data_root / "simulation.json"
-    if summary.is_file() and all(s.is_dir() for s in sites):
+    if made_by_simulator(data_root) and summary.is_file():  # completing it must not change it
         done = json.loads(summary.read_text(encoding="utf-8"))
         wanted = {"modality": modality, "subjects_per_site": subjects_per_site, "seed": seed}
         if any(done.get(k) != v for k, v in wanted.items()):
             found = {k: done.get(k) for k in wanted}
             raise ConfigError(f"{data_root} holds another simulation ({found}, not {wanted}); choose another data root")
-        return sites
+    empty = not data_root.exists() or (data_root.is_dir() and not any(data_root.iterdir()))
+    if not (empty or simulate):
+        raise ConfigError(
+            f"{data_root}: no site folder {', '.join(missing)} (found: {', '.join(sorted(_site_names(data_root))) or 'none'}); "
+            "existing sites are used as they are and never simulated over: give --sites to match them, or --simulate "
+            "to simulate the missing ones into a data root the simulator made"
+        )
     from fedneurogen.simulations.simulator import simulate_dataset
 
     simulate_dataset(
@@ -444,6 +492,10 @@ def ensure_sites(
         progress=False,
     )
     return sites
+
+
+def _site_names(data_root: Path) -> list[str]:
+    return [p.name for p in data_root.glob("site-*") if p.is_dir()] if data_root.is_dir() else []
 
 
 class RoundWatcher:
@@ -482,6 +534,7 @@ def run_federated(
     timeout: float = 3600.0,
     client_cpus: int = 2,
     on_round: Callable[[dict[str, Any]], None] | None = None,
+    simulate: bool = False,
 ) -> Path:
     """Run a local federated simulation; returns ``run_dir`` (see the module docstring).
 
@@ -489,7 +542,11 @@ def run_federated(
     ``dp-enabled``, ``resume``) or of the simulation's own (``sim-node-config``, the drills:
     ``simulations/drills.py``). ``client_cpus`` is the CPUs each simulated site gets
     (Ray runs ``cpus // client_cpus`` sites at a time). ``on_round`` gets each round's
-    ``history.json`` entry as soon as the server has written it."""
+    ``history.json`` entry as soon as the server has written it. ``simulate`` completes a data
+    root the simulator made with the missing sites (``ensure_sites``); existing sites are always
+    used as they are. The run folder and the sites' state folder must lie outside the sites."""
+    from fedneurogen.shared.outputs import check_outside_inputs
+
     run_dir, data_root = Path(run_dir).resolve(), Path(data_root).resolve()
     config = {
         "num-server-rounds": rounds,
@@ -510,7 +567,9 @@ def run_federated(
 
     validate_run_config({**app_run_config(), **config})
     SimulationConfig.from_run_config(config)
-    ensure_sites(data_root, num_sites, modality, subjects_per_site, seed, run_seconds)
+    sites = ensure_sites(data_root, num_sites, modality, subjects_per_site, seed, run_seconds, simulate=simulate)
+    for output in (run_dir, Path(config["site-state-dir"])):
+        check_outside_inputs(output, sites, what="the run folder")
     federation = {
         "num-supernodes": num_sites,
         "client-resources-num-cpus": client_cpus,

@@ -43,6 +43,7 @@ from fedneurogen.simulations.geometry import (
     standard_positions,
 )
 from fedneurogen.simulations.hemodynamics import PPF, WAVELENGTHS, extinction_coefficients, simulate_bold, simulate_nirs
+from fedneurogen.simulations.ownership import check_writable_by_simulator, claim, made_by_simulator
 from fedneurogen.simulations.latent import LATENT_SFREQ, block_design, simulate_latent
 from fedneurogen.simulations.physiology import draw_physiology, hrf
 from fedneurogen.simulations.scenarios import (
@@ -253,7 +254,8 @@ def simulate_dataset(
     Parameters
     ----------
     out : Path
-        Folder that receives ``site-01``, ``site-02``, ... and ``simulation.json``.
+        Folder that receives ``site-01``, ``site-02``, ... and ``simulation.json``: absent, empty,
+        or made by an earlier simulation (it is rewritten); any other folder is refused.
     n_sites, subjects_per_site : int
         Size of the consortium.
     modality : ``"fmri"``, ``"fnirs"`` or ``"mixed"``
@@ -283,8 +285,10 @@ def simulate_dataset(
     Raises
     ------
     ConfigError
-        When ``subjects_per_site`` is below 1, ``eeg_only_sessions`` names a group other than
-        A and B or a negative count, or ``run_seconds`` is below ``MIN_RUN_SECONDS``.
+        When ``out`` (or a site folder in it) exists and was not made by the simulator (see
+        ``simulations/ownership.py``: nothing is written then), when ``subjects_per_site`` is
+        below 1, ``eeg_only_sessions`` names a group other than A and B or a negative count,
+        or ``run_seconds`` is below ``MIN_RUN_SECONDS``.
     """
     out = Path(out)
     if subjects_per_site < 1:
@@ -295,6 +299,8 @@ def simulate_dataset(
     if run_seconds is not None and run_seconds < MIN_RUN_SECONDS:
         raise ConfigError(f"run_seconds must be at least {MIN_RUN_SECONDS:g} s, got {run_seconds}")
     specs = make_site_specs(n_sites, modality, seed)
+    check_writable_by_simulator(out, [spec.site_id for spec in specs])  # before the first byte
+    claim(out)
     _remove_stale_sites(out, {spec.site_id for spec in specs})
     _warm_caches(specs)
 
@@ -355,27 +361,24 @@ def _warm_caches(specs: list[SiteSpec]) -> None:
         extinction_coefficients()
 
 
-def _is_simulated_site(site_dir: Path) -> bool:
-    desc = site_dir / "dataset_description.json"
-    return desc.exists() and SITE_NAME in desc.read_text(encoding="utf-8")
-
-
 def _remove_stale_sites(out: Path, keep: set[str]) -> None:
-    """Delete simulated sites left over from an earlier run with more sites (never other data)."""
+    """Delete sites this simulator made in an earlier run with more sites (never other data:
+    only folders that carry its marker, never a symbolic link)."""
     for site_dir in out.glob("site-*"):
-        if site_dir.is_dir() and site_dir.name not in keep and _is_simulated_site(site_dir):
+        if site_dir.name not in keep and made_by_simulator(site_dir):
             shutil.rmtree(site_dir)
 
 
 def _prepare_site(site_dir: Path, spec: SiteSpec, roster: list[Participant]) -> None:
-    """Site-level files; drop subjects left over from an earlier, larger simulation here."""
-    if _is_simulated_site(site_dir):
+    """Site-level files; drop subjects left over from an earlier, larger simulation here (the
+    site was cleared by ``check_writable_by_simulator``: absent or made by the simulator)."""
+    if made_by_simulator(site_dir):
         keep = {p.participant_id for p in roster}
         for parent in (site_dir, site_dir / "derivatives" / "fmriprep", site_dir / "derivatives" / "ground_truth"):
             for stale in parent.glob("sub-*"):
-                if stale.is_dir() and stale.name not in keep:
+                if stale.is_dir() and not stale.is_symlink() and stale.name not in keep:
                     shutil.rmtree(stale)
-    site_dir.mkdir(parents=True, exist_ok=True)
+    claim(site_dir)
     bw.write_dataset_description(site_dir, f"{SITE_NAME} {spec.site_id.split('-')[1]}")
     bw.write_readme(site_dir, spec)
     bw.write_participants(site_dir, roster)

@@ -204,7 +204,16 @@ def test_audit_off_still_counts_bytes(tmp_path, task_identity):
 
 @pytest.mark.timeout(420)
 def test_a_real_round_sends_only_parameters_and_numbers(federation_sites, tmp_path, tiny_shapes):
+    """Also: sites that are symbolic links into their storage federate, and not a byte of them
+    changes (the data root holds only the links; nothing is simulated over them)."""
+    from test_data_safety import fingerprint
+
     run_dir = tmp_path / "run"
+    linked_root = tmp_path / "linked-sites"
+    linked_root.mkdir()
+    for name in ("site-01", "site-02"):
+        (linked_root / name).symlink_to(federation_sites / name, target_is_directory=True)
+    before = {name: fingerprint(federation_sites / name) for name in ("site-01", "site-02")}
     cache = federation_sites.parent / "federation-cache"
     config = {
         "preset": "tiny",
@@ -218,7 +227,7 @@ def test_a_real_round_sends_only_parameters_and_numbers(federation_sites, tmp_pa
     started = time.time()
     run_federated(
         run_dir,
-        federation_sites,
+        linked_root,
         num_sites=2,
         rounds=1,
         modality="mixed",
@@ -228,6 +237,8 @@ def test_a_real_round_sends_only_parameters_and_numbers(federation_sites, tmp_pa
         timeout=400,
     )
     print(f"1-round simulation: {time.time() - started:.0f} s")
+    assert {name: fingerprint(federation_sites / name) for name in before} == before
+    assert sorted(p.name for p in linked_root.iterdir()) == ["site-01", "site-02"]
 
     entries = read_log(run_dir / AUDIT_FILE)
     kinds = sorted((e["round"] or 0, e["message_type"]) for e in entries)
@@ -248,7 +259,14 @@ def test_a_real_round_sends_only_parameters_and_numbers(federation_sites, tmp_pa
     window_shapes = {w.eeg.shape[1:] for w in windows} | {w.target.shape[1:] for w in windows}
     assert (64, 3200) in window_shapes and (5124, 8) in window_shapes  # EEG channels x samples, ico4 vertices x frames
     identifiers = {str(s) for w in windows for s in [*np.unique(w.subjects), *np.unique(w.runs)]}
-    forbidden = [str(federation_sites), str(tmp_path), federation_sites.name, *(s.name for s in sites), *identifiers]
+    forbidden = [
+        str(federation_sites),
+        str(tmp_path),
+        str(linked_root),
+        federation_sites.name,
+        *(s.name for s in sites),
+        *identifiers,
+    ]
     problems = find_leaks(
         entries, parameter_shapes=tiny_shapes, window_shapes=window_shapes, forbidden_strings=forbidden
     )

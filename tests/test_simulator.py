@@ -20,6 +20,7 @@ from fedneurogen.simulations.hemodynamics import WAVELENGTHS, hb_to_optical_dens
 from fedneurogen.simulations.latent import MOTOR_CLASSES, VISUAL_CLASSES
 from fedneurogen.simulations.physiology import draw_physiology, hrf, hrf_peak_time
 from fedneurogen.simulations.scenarios import CAP_64, make_participants, make_site_specs
+from fedneurogen.simulations.ownership import claim
 from fedneurogen.simulations.simulator import SITE_NAME, _prepare_site, _remove_stale_sites, simulate_dataset
 
 RUN_SECONDS = 200.0
@@ -96,7 +97,7 @@ def test_leftovers_of_an_earlier_larger_simulation_are_removed(tmp_path):
     site = tmp_path / spec.site_id
     (site / "sub-05" / "eeg").mkdir(parents=True)
     (site / "derivatives" / "fmriprep" / "sub-05").mkdir(parents=True)
-    (site / "dataset_description.json").write_text(json.dumps({"Name": f"{SITE_NAME} 01"}))
+    claim(site)  # made by an earlier simulation
     _prepare_site(site, spec, make_participants(spec, 2, 0, 0))
     assert not (site / "sub-05").exists()
     assert not (site / "derivatives" / "fmriprep" / "sub-05").exists()
@@ -104,10 +105,9 @@ def test_leftovers_of_an_earlier_larger_simulation_are_removed(tmp_path):
     assert [r[0] for r in rows] == ["sub-01", "sub-02"]
 
     ours, theirs = tmp_path / "site-09", tmp_path / "site-10"
-    for d in (ours, theirs):
-        d.mkdir()
-    (ours / "dataset_description.json").write_text(json.dumps({"Name": f"{SITE_NAME} 09"}))
-    (theirs / "dataset_description.json").write_text(json.dumps({"Name": "someone's real data"}))
+    claim(ours)
+    theirs.mkdir()  # the simulator's name in its description does not make it the simulator's
+    (theirs / "dataset_description.json").write_text(json.dumps({"Name": f"{SITE_NAME} 10"}))
     _remove_stale_sites(tmp_path, {"site-01"})
     assert not ours.exists() and theirs.exists() and site.exists()
 

@@ -1,0 +1,91 @@
+"""Where a command may write: a folder it can write to, and never inside the data it reads.
+
+A user's dataset is read-only to every command (``../shared/ARCHITECTURE.md`` section 3). Every
+command that reads site data and writes results checks its output folder here, before it reads
+anything: the folder must lie outside every dataset it reads (and hold none of them), and be a
+folder this process can create and write to. Both problems are one clear line, not a traceback
+after the whole site has been loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from fedneurogen.shared.errors import ConfigError, DataError
+
+
+def _real(path: str | Path) -> Path:
+    # realpath follows symbolic links, so an output reached through a link into a site is caught
+    return Path(os.path.realpath(Path(path).expanduser()))
+
+
+def check_outside_inputs(out: str | Path, inputs: Iterable[str | Path], what: str = "--out") -> None:
+    """Refuse an output folder that is, lies inside, or contains one of the datasets read.
+
+    Parameters
+    ----------
+    out : str | Path
+        The output folder (it may not exist yet).
+    inputs : iterable of str | Path
+        The datasets the command reads (site folders).
+    what : str
+        How the user named the output, for the message (``--out``, ``--run-dir``, ...).
+
+    Raises
+    ------
+    ConfigError
+        Naming the output and the dataset, when the output would land in (or around) user data.
+    """
+    target = _real(out)
+    for dataset in inputs:
+        source = _real(dataset)
+        if target == source or source in target.parents:
+            raise ConfigError(
+                f"{out}: {what} lies inside the dataset {dataset}, which is read-only to every command; "
+                "write the output to a folder outside it"
+            )
+        if target in source.parents:
+            raise ConfigError(
+                f"{out}: {what} holds the dataset {dataset}, which is read-only to every command; "
+                "write the output to a folder beside it, not around it"
+            )
+
+
+def prepare_output_folder(out: str | Path, inputs: Iterable[str | Path] = (), what: str = "--out") -> Path:
+    """Check an output folder against the datasets read, create it and make sure it is writable.
+
+    Parameters
+    ----------
+    out : str | Path
+        The output folder.
+    inputs : iterable of str | Path
+        The datasets the command reads (see ``check_outside_inputs``).
+    what : str
+        How the user named the output, for the messages.
+
+    Returns
+    -------
+    Path
+        ``out``, which now exists.
+
+    Raises
+    ------
+    ConfigError
+        When the output lies inside (or around) a dataset read.
+    DataError
+        When the folder cannot be created or written to (permissions, a file in the way, a
+        read-only file system).
+    """
+    out = Path(out)
+    check_outside_inputs(out, inputs, what)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out, prefix=".write-check-"):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise DataError(out, f"{what} cannot be written ({reason.lower()}); choose a folder you can write to") from None
+    return out
