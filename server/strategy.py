@@ -47,6 +47,8 @@ from fedneurogen.shared.run_config import RunConfig
 
 BACKBONE = "backbone"
 PARTS = (BACKBONE, *MODALITIES)
+#: A site's example count above this many times the round's median counts as that much.
+MAX_COUNT_RATIO = 4.0
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
 
 
@@ -180,9 +182,15 @@ class ModalityStrategy(Strategy):
         content = msg.content
         if "metrics" not in content.metric_records or "num-examples" not in content["metrics"]:
             return "malformed reply: no metrics with num-examples"
+        for key, value in content["metrics"].items():  # one number each: a list would break every mean
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return f"malformed reply: metric {str(key)[:40]} is {str(value)[:40]}, not a number"
         examples = float(content["metrics"]["num-examples"])
         if not math.isfinite(examples) or examples < 0:
             return f"malformed reply: num-examples is {examples}"
+        pcc = content["metrics"].get("pcc")
+        if pcc is not None and math.isfinite(pcc) and not -1.0 <= float(pcc) <= 1.0:
+            return f"malformed reply: pcc {float(pcc):g} is not a correlation"
         declared = self.declared.get(msg.metadata.src_node_id)
         if is_train and declared is not None and examples > declared:
             return f"refused update: num-examples {examples:g} is more than the {declared:g} this site declared in its first round"
@@ -195,6 +203,12 @@ class ModalityStrategy(Strategy):
             if "arrays" not in content.array_records:
                 return "malformed reply: no arrays"
             arrays = content["arrays"]
+            unknown = [name for name in arrays.keys() if name not in self.current]
+            if unknown:
+                return f"malformed reply: unknown parameter {unknown[0][:80]}"
+            for name in arrays.keys():  # float64 1e300 passes a finiteness check and is inf as float32
+                if arrays[name].dtype != self.current[name].dtype:
+                    return f"malformed reply: parameter {name} is {arrays[name].dtype}, not {self.current[name].dtype}"
             for name, array in self.current.items():
                 if part_of(name) in (BACKBONE, modality) and (
                     name not in arrays or tuple(arrays[name].shape) != tuple(array.shape)
@@ -232,6 +246,7 @@ class ModalityStrategy(Strategy):
                     self.declared.setdefault(node, float(metrics["num-examples"]))
                     msg = self._bound_update(msg, clipped)
                 usable.append(msg)
+        usable = self._cap_counts(usable, kind)
         for node in sorted(self.sent.get(kind, set()) - replied):
             failures.append({"node": node, "reason": "no reply before the round timeout"})
         for failure in failures:
@@ -240,6 +255,31 @@ class ModalityStrategy(Strategy):
         if clipped:
             self.report[kind]["clipped"] = clipped
         return usable
+
+    def _cap_counts(self, usable: list[Message], kind: str) -> list[Message]:
+        """Replies whose example count is above ``MAX_COUNT_RATIO`` times the round's median
+        (three or more sites) count as that much: one site cannot own FedAvg's weights or the
+        held-out aggregate (and with it early stopping) by claiming more examples."""
+        if len(usable) < 3:
+            return usable
+        counts = [float(m.content["metrics"]["num-examples"]) for m in usable]
+        cap = MAX_COUNT_RATIO * float(np.median(counts))
+        out = []
+        for msg, count in zip(usable, counts):
+            if count > cap:
+                log(
+                    WARNING,
+                    "%s: site (node %s) claims %g examples; counted as %g",
+                    kind,
+                    msg.metadata.src_node_id,
+                    count,
+                    cap,
+                )
+                metrics = MetricRecord({**dict(msg.content["metrics"].items()), "num-examples": int(cap)})
+                content = RecordDict({**{k: v for k, v in msg.content.items() if k != "metrics"}, "metrics": metrics})
+                msg = Message(content=content, metadata=copy.copy(msg.metadata))
+            out.append(msg)
+        return out
 
     def _bound_update(self, msg: Message, clipped: list[dict]) -> Message:
         """The reply with its update (its weights minus the global ones) scaled to L2 norm at most
@@ -298,6 +338,10 @@ class ModalityStrategy(Strategy):
                     raise AggregationError(
                         f"{part} aggregation changed the shape of {k}: {merged[k].shape} vs {self.current[k].shape}"
                     )
+        bad = [k for k in merged.keys() if not np.isfinite(merged[k].numpy()).all()]
+        if bad:  # never sent to the sites nor checkpointed
+            log(WARNING, "aggregate_train: the aggregate of %s is not finite; the global model is kept", bad[0])
+            return None, None
         self.report[MessageType.TRAIN]["aggregate"] = dict(metrics or {})
         return merged, metrics
 

@@ -1,0 +1,241 @@
+"""The sites' ridge statistics, checked before they are summed: the server trusts no site.
+
+The ridge path is solved from the sum of every site's ``XᵀX``, ``XᵀY``, ... (``server/app.py``),
+so one site that sends ``M·A``, ``M·B`` with a huge ``M`` would otherwise choose the coefficients
+``≈ A⁻¹B`` for everyone, and a single NaN would poison the model. Each reply is read here:
+
+1. **Form.** Exactly the expected arrays, floating point, of the shapes the model implies
+   (``D`` design features, ``N`` target points), finite, ``n >= 1``.
+2. **Consistency** (exact releases only; a DP release is noisy and skips it). Statistics of real
+   rows obey inequalities no scaling hides from a check that looks at them together: ``XᵀX``
+   symmetric and positive semi-definite, ``Σy² >= 0``, and Cauchy–Schwarz
+   (``(Σx_d)² <= n·Σx_d²``, ``(Σx_d y_j)² <= Σx_d²·Σy_j²``).
+3. **Magnitude.** The design is built from band power z-scored per run (``shared/design.py``;
+   about 3-5 per column after the HRF basis) and fMRI targets are z-scored per vertex and run
+   (about 1), so ``trace(XᵀX)/(n·D)`` and, for fMRI, ``Σ syy/(n·N)`` above
+   ``MAX_ROW_MEAN_SQUARE`` are refused. fNIRS targets keep the site's units, so only their
+   design is bounded. A DP release is noisy: no consistency check, and ``PRIVATE_SLACK`` times
+   the limit (enough to stop a scaled capture, not a subtle one; ``cap_shares`` bounds its
+   weight like every site's).
+
+What passes can still weigh too much: one site claiming far more rows than the others would
+dominate the sum. ``cap_shares`` scales each site's statistics (all of them, which weighs its rows
+less and keeps its own solution unchanged) so that no site counts more than ``MAX_SHARE_RATIO``
+times the median site's rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from fedneurogen.shared.ridge import RidgeStatistics
+
+#: Per-column mean square allowed for a row of the z-scored design or target (honest: about 1).
+MAX_ROW_MEAN_SQUARE = 25.0
+#: A DP release's limit is this many times larger (its noise adds to the squares).
+PRIVATE_SLACK = 100.0
+#: No site's rows count more than this many times the median site's.
+MAX_SHARE_RATIO = 4.0
+_TOL = 1e-6
+_NAMES = tuple(f.name for f in fields(RidgeStatistics))
+
+
+class StatisticsRefused(ValueError):
+    """A site's statistics cannot be used; the message is the public reason."""
+
+
+@dataclass
+class SiteStatistics:
+    """One site's checked statistics.
+
+    Attributes
+    ----------
+    modality : str
+        ``fmri`` or ``fnirs``.
+    train : RidgeStatistics
+        Its training subjects' statistics.
+    val : RidgeStatistics | None
+        Its held-out subjects' statistics, when sent.
+    points : list of str | None
+        Target point names (fNIRS channels), when sent.
+    private : bool
+        Released through the Gaussian mechanism.
+    """
+
+    modality: str
+    train: RidgeStatistics
+    val: RidgeStatistics | None
+    points: list[str] | None
+    private: bool
+
+
+def check_statistics(
+    arrays: Mapping[str, np.ndarray], width: int, n_points: int | None, exact: bool, z_scored_targets: bool = True
+) -> RidgeStatistics:
+    """One set of statistics (the ``train.`` or ``val.`` arrays, prefix removed), checked.
+
+    Parameters
+    ----------
+    arrays : mapping of str to np.ndarray
+        ``n``, ``sx``, ``sy``, ``sxx``, ``sxy``, ``syy`` and nothing else.
+    width : int
+        ``D``, the model's design features.
+    n_points : int | None
+        ``N``, the target points; None: taken from the arrays (fNIRS montages differ by site).
+    exact : bool
+        The statistics claim to be exact sums (no DP noise): the consistency checks apply.
+    z_scored_targets : bool
+        The targets are z-scored (fMRI): their magnitude is bounded too.
+
+    Returns
+    -------
+    RidgeStatistics
+        The statistics (float64; a noisy count kept at least 1).
+
+    Raises
+    ------
+    StatisticsRefused
+        Naming what is wrong.
+    """
+    if set(arrays) != set(_NAMES):
+        missing, extra = sorted(set(_NAMES) - set(arrays)), sorted(set(arrays) - set(_NAMES))
+        raise StatisticsRefused(f"statistics arrays: missing {missing or 'none'}, unexpected {extra or 'none'}")
+    values = {}
+    for name in _NAMES:
+        array = np.asarray(arrays[name])
+        if array.dtype.kind != "f":
+            raise StatisticsRefused(f"statistics {name}: dtype {array.dtype}, not floating point")
+        values[name] = array.astype(np.float64)
+    n_points = values["sy"].shape[0] if n_points is None and values["sy"].ndim == 1 else n_points
+    expected = {"n": (1,), "sx": (width,), "sy": (n_points,), "sxx": (width, width),
+                "sxy": (width, n_points), "syy": (n_points,)}  # fmt: skip
+    for name, shape in expected.items():
+        got = values[name].shape if name != "n" else (values[name].size,)
+        if got != shape:
+            raise StatisticsRefused(f"statistics {name}: shape {values[name].shape}, expected {shape}")
+        if not np.isfinite(values[name]).all():
+            raise StatisticsRefused(f"statistics {name}: NaN or infinite values")
+    values["n"] = float(values["n"].reshape(-1)[0])
+    if exact and (values["n"] < 1 or values["n"] != round(values["n"])):
+        raise StatisticsRefused(f"statistics n: {values['n']:g} is not a count of rows")
+    stats = RidgeStatistics(**values)
+    stats.n = max(stats.n, 1.0)  # a noisy count: post-processing costs no privacy
+    if exact:
+        _check_consistent(stats)
+        _check_magnitude(stats, MAX_ROW_MEAN_SQUARE, z_scored_targets)
+    elif stats.n >= 10:  # a DP release: noise inflates its squares, and a tiny noisy count says nothing
+        _check_magnitude(stats, PRIVATE_SLACK * MAX_ROW_MEAN_SQUARE, z_scored_targets)
+    return stats
+
+
+def _check_consistent(s: RidgeStatistics) -> None:
+    scale = max(float(np.abs(s.sxx).max()), 1e-12)
+    if np.abs(s.sxx - s.sxx.T).max() > _TOL * scale:
+        raise StatisticsRefused("statistics sxx: not symmetric")
+    if np.linalg.eigvalsh((s.sxx + s.sxx.T) / 2).min() < -1e-6 * max(float(np.trace(s.sxx)), 1e-12):
+        raise StatisticsRefused("statistics sxx: not positive semi-definite")
+    if (s.syy < 0).any():
+        raise StatisticsRefused("statistics syy: negative sums of squares")
+    xx = np.diag(s.sxx)
+    if (s.sx**2 > s.n * xx * (1 + _TOL) + 1e-9).any() or (s.sy**2 > s.n * s.syy * (1 + _TOL) + 1e-9).any():
+        raise StatisticsRefused("statistics: sums larger than n rows of their squares allow (Cauchy-Schwarz)")
+    if (s.sxy**2 > np.outer(xx, s.syy) * (1 + _TOL) + 1e-9).any():
+        raise StatisticsRefused("statistics sxy: larger than the features' and targets' squares allow (Cauchy-Schwarz)")
+
+
+def _check_magnitude(s: RidgeStatistics, limit: float, targets_z_scored: bool) -> None:
+    features = float(np.trace(s.sxx)) / (s.n * s.n_features)
+    targets = float(s.syy.sum()) / (s.n * len(s.syy))
+    if abs(features) > limit or (targets_z_scored and abs(targets) > limit):
+        raise StatisticsRefused(
+            f"statistics: rows of mean square {features:.3g} (design) and {targets:.3g} (target) per column, "
+            f"where z-scored data gives about 1 (limit {limit:g})"
+        )
+
+
+def read_reply(
+    statistics: Mapping[str, np.ndarray], site: Mapping, private: bool, width: int, n_fmri_points: int
+) -> SiteStatistics:
+    """A site's statistics reply, checked.
+
+    Parameters
+    ----------
+    statistics : mapping of str to np.ndarray
+        The reply's ``statistics`` arrays: ``train.*`` and optionally ``val.*``.
+    site : mapping
+        The reply's ``site`` config: ``modality`` and, for fNIRS, ``points``.
+    private : bool
+        The site says the statistics went through the Gaussian mechanism.
+    width : int
+        The model's design features ``D``.
+    n_fmri_points : int
+        Target points of the fMRI head (fNIRS sites name theirs).
+
+    Returns
+    -------
+    SiteStatistics
+        The checked reply.
+
+    Raises
+    ------
+    StatisticsRefused
+        Naming what is wrong.
+    """
+    modality = site.get("modality") if hasattr(site, "get") else None
+    if modality not in ("fmri", "fnirs"):
+        raise StatisticsRefused(f"unknown modality {modality!r}")
+    points = None
+    if "points" in site:
+        raw = site["points"]
+        if not isinstance(raw, list | tuple) or not all(isinstance(p, str) and 0 < len(p) <= 64 for p in raw):
+            raise StatisticsRefused("points: not a list of channel names")
+        points = [str(p) for p in raw]
+    n_points = n_fmri_points if modality == "fmri" else (len(points) if points is not None else None)
+    prefixes = {name.split(".", 1)[0] for name in statistics}
+    if not prefixes <= {"train", "val"} or "train" not in prefixes:
+        raise StatisticsRefused(f"statistics: expected train.* (and val.*) arrays, got {sorted(prefixes)}")
+    parts = {
+        prefix: check_statistics(
+            {k[len(prefix) + 1 :]: v for k, v in statistics.items() if k.startswith(prefix + ".")},
+            width,
+            n_points,
+            exact=not private,
+            z_scored_targets=modality == "fmri",
+        )  # fmt: skip
+        for prefix in sorted(prefixes)
+    }
+    return SiteStatistics(modality, parts["train"], parts.get("val"), points, private)
+
+
+def cap_shares(
+    parts: Sequence[RidgeStatistics], ratio: float = MAX_SHARE_RATIO
+) -> tuple[list[RidgeStatistics], list[int]]:
+    """Weigh down the statistics of sites that claim far more rows than the median site.
+
+    Parameters
+    ----------
+    parts : sequence of RidgeStatistics
+        One per site.
+    ratio : float
+        The most rows a site may count, as a multiple of the median site's.
+
+    Returns
+    -------
+    parts : list of RidgeStatistics
+        The statistics, those above the cap scaled to it (every field by the same factor).
+    capped : list of int
+        Indices of the sites that were scaled.
+    """
+    cap = ratio * float(np.median([p.n for p in parts]))
+    out, capped = [], []
+    for i, p in enumerate(parts):
+        if len(parts) > 2 and p.n > cap:
+            factor = cap / p.n
+            out.append(RidgeStatistics(**{f: getattr(p, f) * factor for f in _NAMES}))
+            capped.append(i)
+        else:
+            out.append(p)
+    return out, capped

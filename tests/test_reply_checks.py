@@ -1,0 +1,130 @@
+"""Replies a hostile or broken site can send to the strategy: each is refused with a reason or
+weighed down, the round goes on with the others, and nothing non-finite is aggregated."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_federation import BACKBONE, FMRI, FNIRS, FakeGrid, one_round
+
+from fedneurogen.server.strategy import make_strategy
+from fedneurogen.shared.run_config import RunConfig
+
+
+def _failed(strategy, kind=MessageType.TRAIN) -> dict[int, str]:
+    return {f["node"]: f["reason"] for f in strategy.report[kind]["failed"]}
+
+
+def test_list_valued_metrics_and_float64_arrays_are_refused_not_raised(task_identity):
+    strategy = make_strategy(RunConfig(min_available_nodes=1, min_train_nodes=1))
+    arrays = ArrayRecord({k: Array(np.zeros((2, 3), dtype=np.float32)) for k in (BACKBONE, FMRI, FNIRS)})
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord({}), FakeGrid([1, 2, 3, 4])))
+
+    def content(metrics, array_values, dtype=np.float32, extra=None):
+        record = {k: Array(np.full((2, 3), v, dtype=dtype)) for k, v in array_values.items()} | (extra or {})
+        return RecordDict(
+            {
+                "arrays": ArrayRecord(record),
+                "metrics": MetricRecord(metrics),
+                "site": ConfigRecord({"modality": "fmri"}),
+            }
+        )
+
+    replies = [
+        Message(content({"num-examples": 10}, {BACKBONE: 1.0, FMRI: 1.0}), reply_to=messages[0]),
+        Message(content({"num-examples": [1]}, {BACKBONE: 2.0, FMRI: 2.0}), reply_to=messages[1]),
+        Message(content({"num-examples": 10}, {BACKBONE: 1e300, FMRI: 1.0}, dtype=np.float64), reply_to=messages[2]),
+        Message(
+            content({"num-examples": 10}, {BACKBONE: 1.0, FMRI: 1.0}, extra={"stowaway": Array(np.zeros(3))}),
+            reply_to=messages[3],
+        ),
+    ]
+    new, _ = strategy.aggregate_train(1, replies)
+    assert float(new[BACKBONE].numpy()[0, 0]) == pytest.approx(1.0)
+    failed = _failed(strategy)
+    assert "metric num-examples" in failed[messages[1].metadata.dst_node_id]
+    assert "float64, not float32" in failed[messages[2].metadata.dst_node_id]
+    assert "unknown parameter stowaway" in failed[messages[3].metadata.dst_node_id]
+
+
+def test_a_site_claiming_many_more_examples_than_the_others_counts_as_four_medians(task_identity):
+    sites = {
+        1: ("fmri", 10, {BACKBONE: 1.0, FMRI: 1.0}),
+        2: ("fmri", 10, {BACKBONE: 1.0, FMRI: 1.0}),
+        3: ("fmri", 10, {BACKBONE: 1.0, FMRI: 1.0}),
+        4: ("fmri", 10**9, {BACKBONE: 100.0, FMRI: 100.0}),  # its first claim: nothing declared yet
+    }
+    strategy, new, metrics = one_round("fedavg", sites)
+    assert metrics["num-examples"] == 70  # 3 x 10 + 4 x the median 10
+    assert new[BACKBONE] == pytest.approx((30 * 1 + 40 * 100) / 70)  # bounded, not 100
+
+
+def test_an_evaluation_reply_cannot_steer_the_held_out_score(task_identity):
+    strategy = make_strategy(RunConfig(min_available_nodes=1, min_evaluate_nodes=1))
+    arrays = ArrayRecord({BACKBONE: Array(np.zeros((2, 3), dtype=np.float32))})
+    messages = list(strategy.configure_evaluate(1, arrays, ConfigRecord({}), FakeGrid([1, 2, 3, 4])))
+
+    def evaluation(n, pcc):
+        metrics = MetricRecord({"num-examples": n, "pcc": pcc})
+        return RecordDict({"metrics": metrics, "site": ConfigRecord({"modality": "fmri"})})
+
+    replies = [Message(evaluation(20, 0.2), reply_to=m) for m in messages[:3]]
+    replies.append(Message(evaluation(10**9, 0.99), reply_to=messages[3]))  # the liar
+    metrics = strategy.aggregate_evaluate(1, replies)
+    assert metrics["pcc"] == pytest.approx((60 * 0.2 + 80 * 0.99) / 140)  # weighed as four medians at most
+    lie = strategy.aggregate_evaluate(2, [Message(evaluation(20, 7.0), reply_to=messages[0])])
+    assert (
+        lie is None and "not a correlation" in _failed(strategy, MessageType.EVALUATE)[messages[0].metadata.dst_node_id]
+    )
+
+
+_metric_values = st.one_of(
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.lists(st.floats(allow_nan=False), max_size=3),
+    st.lists(st.integers(-5, 5), max_size=3),
+)
+_array_values = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32), st.floats(width=64))
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(
+    metrics=st.dictionaries(
+        st.sampled_from(["num-examples", "loss", "pcc", "epsilon", "x"]), _metric_values, max_size=5
+    ),
+    values=st.dictionaries(st.sampled_from([BACKBONE, FMRI, FNIRS, "other"]), _array_values, max_size=4),
+    dtype=st.sampled_from([np.float32, np.float64, np.float16]),
+    shape=st.sampled_from([(2, 3), (3, 2), (6,)]),
+    modality=st.sampled_from(["fmri", "fnirs", "eeg", ""]),
+    with_site=st.booleans(),
+)
+def test_fuzzed_train_replies_never_raise_and_never_aggregate_non_finite(
+    metrics, values, dtype, shape, modality, with_site, task_identity
+):
+    strategy = make_strategy(RunConfig(min_available_nodes=1, min_train_nodes=1))
+    arrays = ArrayRecord({k: Array(np.zeros((2, 3), dtype=np.float32)) for k in (BACKBONE, FMRI, FNIRS)})
+    out = list(strategy.configure_train(1, arrays, ConfigRecord({}), FakeGrid([1, 2])))
+    honest = RecordDict(
+        {
+            "arrays": ArrayRecord({k: Array(np.full((2, 3), 1.0, dtype=np.float32)) for k in (BACKBONE, FMRI)}),
+            "metrics": MetricRecord({"num-examples": 10}),
+            "site": ConfigRecord({"modality": "fmri"}),
+        }
+    )
+    fuzzed = {
+        "arrays": ArrayRecord({k: Array(np.full(shape, v, dtype=dtype)) for k, v in values.items()}),
+        "metrics": MetricRecord(metrics),
+    }
+    if with_site:
+        fuzzed["site"] = ConfigRecord({"modality": modality})
+    replies = [Message(honest, reply_to=out[0]), Message(RecordDict(fuzzed), reply_to=out[1])]
+    new, _ = strategy.aggregate_train(1, replies)
+    assert new is not None  # the honest site alone is enough
+    assert all(np.isfinite(new[k].numpy()).all() for k in new.keys())
+    report = strategy.report[MessageType.TRAIN]
+    assert str(out[1].metadata.dst_node_id) in report["sites"] or _failed(strategy)[out[1].metadata.dst_node_id]
