@@ -18,8 +18,8 @@ poisoned runs the node ``--attack-partition`` replaces its update by a poisoned 
 - ``poisoned_krum``: Krum with ``krum-malicious`` 1 (the one update closest to its neighbour).
 
 Each final global model, and the initial (round-0) model, is scored on every site's held-out
-test subjects (never trained on) with ``benchmarks/federated.py``'s ``score``: the temporal PCC
-of samples vs the real BOLD, per site, Fisher-z averaged; next to it the held-out loss
+test subjects (never trained on) with ``benchmarks/federated.py``'s ``model_score``: the temporal
+PCC of the label-free point prediction vs the real BOLD, per site, Fisher-z averaged; next to it the held-out loss
 (``val_loss_*``: the diffusion loss on the residual plus the mean head's MSE, fixed timesteps and
 noise, so that it is deterministic and far less noisy than the PCC of a small model's samples).
 
@@ -55,7 +55,7 @@ import torch
 # `benchmarks` package that would shadow this one).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as bc  # noqa: E402
-from federated import score, site_splits  # noqa: E402
+from federated import model_score, site_splits  # noqa: E402
 
 from fedneurogen.shared.workflows.evaluation import limit_windows  # noqa: E402
 from fedneurogen.shared.io import write_json_atomic  # noqa: E402
@@ -113,7 +113,7 @@ def held_out_loss(
 def evaluate_model(
     model: NeuroGenModel, class_names: list[str], tests: list[PairedWindows], args: argparse.Namespace
 ) -> dict[str, Any]:
-    result = score(model, class_names, tests, args.sampling_steps, args.seed)
+    result = model_score(model, [{"test": test} for test in tests])  # the label-free point prediction
     loss = held_out_loss(model, tests, class_names, TRAIN_PRESETS[args.preset].batch_size, args.seed)
     return {**result, "val_loss": loss["total"], "val_loss_parts": loss}
 
@@ -372,8 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         t = time.time()
         sites = ensure_sites(work / "data", args.sites, "fmri", args.subjects_per_site, args.seed, args.run_seconds)
         splits = site_splits(sites, args.seed, cache)
-        trains = [train for train, _ in splits]
-        tests = [limit_windows(test, args.max_test_windows) for _, test in splits]
+        trains = [split["train"] for split in splits]
+        tests = [limit_windows(split["test"], args.max_test_windows) for split in splits]
         noise = fisher_mean(
             np.array([shuffled_baseline(w.target, w.runs, w.onsets, w.target_sfreq, seed=args.seed) for w in tests])
         )
