@@ -12,11 +12,20 @@ request, it replaces the attack drill's node's update by a poisoned one.
   partition id) the data path ``/x`` and node 2 a pinned preset, as ``--node-config`` does for a
   site daemon. It applies only to simulated nodes (a partition id and no data path of their
   own), so a run config can never redirect a deployed site.
+- ``site-seed`` (a node setting, e.g. ``sim-node-config="0:site-seed=7"``): the seed of a
+  simulated node's own randomness (batches, DP noise, the ``max-windows`` subset). The mod gives
+  every simulated node one, its partition id, so a simulation repeats; a deployed site has none
+  and draws from OS entropy and its secret key, whatever the run config's ``seed`` says.
 - ``fault-partition``: that node fails every training and evaluation request (tests the
   server's failure handling); it still answers queries (classes, ridge statistics).
-- ``attack-partition`` with ``attack-mode``: that node replaces its update by a poisoned one,
-  for ``benchmarks/robustness.py`` (``scale``: the update times ``attack-scale``, i.e. global +
-  scale x (local - global); ``random``: Gaussian noise with the update's per-tensor std x scale).
+- ``attack-partition`` with ``attack-mode``: that node lies, for ``benchmarks/robustness.py``
+  and the integrity tests. Its training update: ``scale`` (global + ``attack-scale`` x (local -
+  global)), ``random`` (Gaussian noise with the update's per-tensor std x scale), ``sign-flip``
+  (global - scale x (local - global)), ``float64-huge`` (float64 arrays of 1e300: finite, inf
+  once cast), ``count-inflate`` (its example count x scale). Its evaluation: ``eval-lie`` (PCC
+  0.99 over scale x its windows). Its ridge statistics: ``statistics-scale`` (every array x
+  scale), ``statistics-crafted`` (``XᵀY = XᵀX·B`` for a ``B`` of its choosing, with ``Σy²``
+  raised to pass Cauchy-Schwarz) and ``statistics-nan``.
 """
 
 from __future__ import annotations
@@ -25,8 +34,9 @@ import copy
 from collections.abc import Mapping
 from typing import Any, Literal, get_args
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Error, Message
+from flwr.app import Array, ArrayRecord, Context, Error, Message
 from flwr.common import MessageType
 from flwr.common.constant import ErrorCode
 from pydantic import BaseModel, ConfigDict
@@ -34,9 +44,14 @@ from pydantic import BaseModel, ConfigDict
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.run_config import validate_run_config
 
-AttackMode = Literal["scale", "random"]
+AttackMode = Literal[
+    "scale", "random", "sign-flip", "float64-huge", "count-inflate", "eval-lie",
+    "statistics-scale", "statistics-crafted", "statistics-nan",
+]  # fmt: skip
+UPDATE_ATTACKS = ("scale", "random", "sign-flip", "float64-huge", "count-inflate")
 ATTACK_MODES: tuple[str, ...] = get_args(AttackMode)
 NO_NODE = -1
+SITE_SEED = "site-seed"  # the node setting client/app.py seeds a simulated node's randomness from
 FAULT_REASON = "injected fault (fault-partition drill)"
 ROUND_MESSAGES = (MessageType.TRAIN, MessageType.EVALUATE)  # what the fault drill fails (queries are answered)
 
@@ -99,6 +114,10 @@ def poison(
         update = weights - start
         if drill.attack_mode == "scale":
             poisoned[name] = start + drill.attack_scale * update
+        elif drill.attack_mode == "sign-flip":
+            poisoned[name] = start - drill.attack_scale * update
+        elif drill.attack_mode in ("float64-huge", "count-inflate"):
+            poisoned[name] = weights  # changed after the fact (dtype, count): see lie()
         else:
             noise = torch.randn(weights.shape, generator=generator, dtype=weights.dtype)
             # a one-element tensor (the model's learned scalars) has no std: only the floor applies
@@ -120,14 +139,49 @@ def simulation_mod(msg: Message, context: Context, call_next) -> Message:  # noq
         return _error_reply(msg, f"site refused: invalid {err}")
     if is_node(drill.fault_partition, node_config) and msg.metadata.message_type in ROUND_MESSAGES:
         return _error_reply(msg, FAULT_REASON)
+    if "partition-id" in node_config and "data-path" not in node_config:  # a simulated node: repeatable
+        node_config.setdefault(SITE_SEED, int(node_config["partition-id"]))
     # the handlers see this node's settings; the state stays the one Flower keeps between rounds
     node_context = copy.copy(context)
     node_context.node_config = node_config
     reply = call_next(msg, node_context)
-    attacking = is_node(drill.attack_partition, node_config)
-    if attacking and msg.metadata.message_type == MessageType.TRAIN and not reply.has_error():
-        local = reply.content["arrays"].to_torch_state_dict()
+    if is_node(drill.attack_partition, node_config) and not reply.has_error():
+        lie(drill, msg, reply)
+    return reply
+
+
+def lie(drill: SimulationConfig, msg: Message, reply: Message) -> None:
+    """The attack drill's node turns its honest ``reply`` to ``msg`` into its attack, in place."""
+    kind, content, mode = msg.metadata.message_type, reply.content, drill.attack_mode
+    if kind == MessageType.TRAIN and mode in UPDATE_ATTACKS:
+        local = content["arrays"].to_torch_state_dict()
         received = msg.content["arrays"].to_torch_state_dict()
         server_round = int(msg.content["config"]["server-round"])
-        reply.content["arrays"] = ArrayRecord(poison(drill, local, received, seed=server_round))
-    return reply
+        content["arrays"] = ArrayRecord(poison(drill, local, received, seed=server_round))
+        if mode == "float64-huge":
+            content["arrays"] = ArrayRecord({k: Array(np.full(a.shape, 1e300)) for k, a in content["arrays"].items()})
+        if mode == "count-inflate":
+            content["metrics"]["num-examples"] = int(content["metrics"]["num-examples"] * drill.attack_scale)
+    elif kind == MessageType.EVALUATE and mode == "eval-lie" and "metrics" in content.metric_records:
+        content["metrics"]["pcc"] = 0.99
+        content["metrics"]["num-examples"] = int(content["metrics"]["num-examples"] * drill.attack_scale)
+    elif kind == MessageType.QUERY and mode.startswith("statistics-") and "statistics" in content.array_records:
+        arrays = {k: a.numpy().astype(np.float64) for k, a in content["statistics"].items()}
+        for prefix in ("train.", "val."):
+            if prefix + "sxy" in arrays:
+                _forge(arrays, prefix, mode, drill.attack_scale)
+        content["statistics"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+
+
+def _forge(arrays: dict[str, np.ndarray], prefix: str, mode: str, scale: float) -> None:
+    sxx, sxy = arrays[prefix + "sxx"], arrays[prefix + "sxy"]
+    if mode == "statistics-scale":
+        for name in ("sx", "sy", "sxx", "sxy", "syy"):
+            arrays[prefix + name] = arrays[prefix + name] * scale
+    elif mode == "statistics-nan":
+        sxy[0, 0] = np.nan
+    else:  # crafted: coefficients B of the attacker's choosing (here: every feature drives every point)
+        chosen = np.full(sxy.shape, scale / sxy.shape[0])
+        arrays[prefix + "sxy"] = sxx @ chosen
+        need = (arrays[prefix + "sxy"] ** 2 / np.maximum(np.diag(sxx)[:, None], 1e-12)).max(0)
+        arrays[prefix + "syy"] = np.maximum(arrays[prefix + "syy"], need * 1.01)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import tomllib
 
+import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
@@ -92,12 +93,41 @@ def test_random_poisoning_is_seeded_and_differs_from_the_update(local, received)
     assert first["modality_heads.fmri.scale"].item() != local["modality_heads.fmri.scale"].item()
 
 
+def test_sign_flip_sends_the_update_backwards(local, received):
+    out = poison(_drill("sign-flip", 2.0), local, received, seed=1)
+    for name in local:
+        torch.testing.assert_close(out[name], received[name] - 2.0 * (local[name] - received[name]))
+
+
+@pytest.mark.parametrize("mode", ["statistics-scale", "statistics-crafted", "statistics-nan"])
+def test_every_statistics_lie_is_refused_by_the_server(mode):
+    """The drill's forged statistics against the server's checks (server/statistics.py): the
+    honest release passes, each lie is refused with a reason."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+
+    from fedneurogen.server.statistics import StatisticsRefused, read_reply
+    from fedneurogen.shared.ridge import RidgeStatistics
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((60, 6)), rng.standard_normal((60, 5))
+    honest = {f"train.{k}": np.atleast_1d(v) for k, v in RidgeStatistics.from_rows(x, y).as_arrays().items()}
+    assert read_reply(honest, {"modality": "fmri"}, False, width=6, n_fmri_points=5).train.n == 60
+    query = Message(RecordDict({"request": ConfigRecord({"kind": "x"})}), dst_node_id=1, message_type=MessageType.QUERY)
+    reply = Message(RecordDict({"statistics": ArrayRecord({k: Array(v) for k, v in honest.items()})}), reply_to=query)
+    drills.lie(_drill(mode, 1e6), query, reply)
+    forged = {k: a.numpy() for k, a in reply.content["statistics"].items()}
+    with pytest.raises(StatisticsRefused):
+        read_reply(forged, {"modality": "fmri"}, False, width=6, n_fmri_points=5)
+
+
 def test_bad_drill_keys_are_refused_with_the_run_config():
-    with pytest.raises(ConfigError, match="attack-mode = 'flip' is not allowed; choose one of: scale, random"):
+    with pytest.raises(
+        ConfigError, match="attack-mode = 'flip' is not allowed; choose one of: scale, random, sign-flip"
+    ):
         _drill("flip")
     with pytest.raises(ConfigError, match="fault-partition = 'x'"):
         SimulationConfig.from_run_config({"fault-partition": "x"})
-    assert drills.ATTACK_MODES == ("scale", "random")
+    assert drills.ATTACK_MODES[:2] == ("scale", "random") and "statistics-crafted" in drills.ATTACK_MODES
 
 
 def test_drills_name_one_simulated_node_and_are_off_by_default():
