@@ -22,7 +22,9 @@ def _real(path: str | Path) -> Path:
     return Path(os.path.realpath(Path(path).expanduser()))
 
 
-def check_outside_inputs(out: str | Path, inputs: Iterable[str | Path], what: str = "--out") -> None:
+def check_outside_inputs(
+    out: str | Path, inputs: Iterable[str | Path], what: str = "--out", around: bool = True
+) -> None:
     """Refuse an output folder that is, lies inside, or contains one of the datasets read.
 
     Parameters
@@ -33,6 +35,9 @@ def check_outside_inputs(out: str | Path, inputs: Iterable[str | Path], what: st
         The datasets the command reads (site folders).
     what : str
         How the user named the output, for the message (``--out``, ``--run-dir``, ...).
+    around : bool
+        Also refuse an output folder that holds a dataset (False for a folder that writes only
+        into subfolders of its own, such as the cache).
 
     Raises
     ------
@@ -47,7 +52,7 @@ def check_outside_inputs(out: str | Path, inputs: Iterable[str | Path], what: st
                 f"{out}: {what} lies inside the dataset {dataset}, which is read-only to every command; "
                 "write the output to a folder outside it"
             )
-        if target in source.parents:
+        if around and target in source.parents:
             raise ConfigError(
                 f"{out}: {what} holds the dataset {dataset}, which is read-only to every command; "
                 "write the output to a folder beside it, not around it"

@@ -123,13 +123,14 @@ def test_electrodes_tsv_gives_positions_in_mm(tmp_path):
     np.testing.assert_allclose(rec.positions[4], standard_positions()["oz"][1])  # fallback: standard name
 
 
-def test_ica_removes_blinks_from_frontal_channels(tmp_path):
-    site = bf.make_site(tmp_path, bf.SiteSpec(subjects=("01",), duration=120.0))
+@pytest.mark.parametrize("sfreq", [250.0, 2500.0])  # at kHz rates components are scored on a 200 Hz copy
+def test_ica_removes_blinks_from_frontal_channels(tmp_path, sfreq):
+    site = bf.make_site(tmp_path, bf.SiteSpec(subjects=("01",), duration=120.0, eeg_sfreq=sfreq))
     run = find_runs(site)[0]
     with_ica, _ = read_eeg(run.eeg, PreprocessConfig(), files=run)
     without, _ = read_eeg(run.eeg, NO_ICA, files=run)
     eog_signal = next(s for s in edfio.read_edf(run.eeg).signals if s.label.strip() == "EOG")
-    eog = signal.resample_poly(_band(eog_signal.data, 250, 1, 40), 4, 5)
+    eog = signal.resample_poly(_band(eog_signal.data, sfreq, 1, 40), 200, int(sfreq))
     fp1 = with_ica.names.index("Fp1")
     r_with = abs(np.corrcoef(with_ica.data[fp1], eog)[0, 1])
     r_without = abs(np.corrcoef(without.data[fp1], eog)[0, 1])

@@ -287,3 +287,13 @@ def test_an_unwritable_output_is_one_line_exit_1(command, trained, tmp_path):
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert "cannot be written" in " ".join(result.output.split()) and "Traceback" not in result.output
     assert len(lines) <= 2  # one message (soft-wrapped at most once by a narrow terminal)
+
+
+def test_a_cache_inside_a_site_is_refused_before_anything_is_written(one_site, tmp_path):
+    from fedneurogen.shared.data import load_site
+
+    site = make_real_like(one_site, tmp_path / "site")
+    before = fingerprint(site)
+    with pytest.raises(ConfigError, match="the cache folder lies inside the dataset"):
+        load_site(site, cache_dir=site / "derivatives" / "cache", progress=False)
+    assert fingerprint(site) == before

@@ -450,3 +450,40 @@ def test_table_rows_carry_every_strategy_and_the_oracle(windows, synthesizer, tm
     assert set(variant["groups"]) == set(STRATEGIES) | {"oracle"} and all(
         "gap" in g for g in variant["groups"].values()
     )
+
+
+def test_na_is_no_group_in_the_group_metrics_or_the_balance_plan():
+    """BIDS ``n/a`` (a subject without a value) is missing, never a group: the worst group and the
+    equalized-odds difference are computed over the real groups only, and its windows are counted."""
+    y_true = np.array(["a", "b", "a", "b", "a", "b", "a", "b"])
+    y_pred = np.array(["a", "b", "a", "a", "b", "a", "b", "a"])  # the n/a windows are all wrong
+    sensitive = np.array(["F", "F", "M", "M", "n/a", "n/a", "n/a", "n/a"])
+    out = fm.group_metrics(y_true, y_pred, sensitive, ["a", "b"])
+    assert set(out["by_group"]) == {"F", "M"} and out["left_out"] == 4
+    assert out["worst_group"]["group"] == "M" and out["worst_group"]["macro_f1"] > 0
+    assert set(
+        fm.group_fold_scores(
+            fm.StrategyResult("none", [], y_true, y_pred), sensitive, [(np.arange(0), np.arange(8))], ["a", "b"]
+        )
+    ) == {"F", "M"}
+
+    plan = plan_balance(y_true, ["a", "b"], sensitive, None, 0.8)
+    assert (
+        all("n/a" not in unit for unit in plan.targets) and plan.targets["a | F"] == 1.0
+    )  # 2 grouped a's over 2 groups
+
+
+def test_why_no_strategy_added_windows_is_said():
+    from fedneurogen.shared.workflows.fairness.report import nothing_added_reason
+
+    entry = {"n_synthetic": 0, "n_oversampled": 0, "n_interpolated": 0, "folds": [{"units_not_topped_up": []}]}
+    report = {"strategies": {"none": dict(entry), "oversample": dict(entry)}, "minority_units": [],
+              "sensitive_attribute": "sex", "minority_rule": "cell with fewer than 0.8 x 2 windows"}  # fmt: skip
+    assert nothing_added_reason(report).startswith(
+        "No strategy added windows: no class x group cell is under-represented"
+    )
+    report["minority_units"] = ["a | M"]
+    report["strategies"]["oversample"] = {**entry, "folds": [{"units_not_topped_up": ["a | M"]}]}
+    assert "a | M had no training windows" in nothing_added_reason(report)
+    report["strategies"]["oversample"] = {**entry, "n_oversampled": 3}
+    assert nothing_added_reason(report) is None

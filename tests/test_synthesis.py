@@ -37,7 +37,7 @@ def trained_consortium(root: Path) -> tuple[Path, Path, Path]:
     checkpoint = train_centralized(
         sites, root / "run", preset="tiny", seed=0, preprocess=PreprocessConfig().model_dump(),
         train_config=TrainConfig(epochs=1, batch_size=8, lr=1e-3, warmup_steps=1), site_names=[fmri_site.name, fnirs_site.name],
-        progress=False,
+        site_dirs=[fmri_site, fnirs_site], progress=False,
     )  # fmt: skip
     return checkpoint, fmri_site, fnirs_site
 
@@ -117,7 +117,7 @@ def test_labels_are_the_windows_own_or_the_requested_class(consortium):
     np.testing.assert_array_equal(own, expected)
     assert (own == -1).any()  # scenes/tools windows fall back to the null label
     np.testing.assert_array_equal(label_indices(windows, names, "motion"), np.full(len(windows), 1))
-    with pytest.raises(ConfigError, match="not one of"):
+    with pytest.raises(ConfigError, match="is not a class of"):
         label_indices(windows, names, "left")
 
 

@@ -2,7 +2,8 @@
 
 A *run* is one EEG recording, ``sub-X/[ses-Y/]eeg/sub-X_..._eeg.<ext>``, together with the
 target recorded at the same time: fMRIPrep surface (GIFTI) or volume (NIfTI) BOLD under
-``derivatives/fmriprep``, or a BIDS-NIRS SNIRF file. Runs are matched on the ``sub``, ``ses``,
+``derivatives/fmriprep`` (or a versioned ``derivatives/fmriprep-<version>``: see
+``fmriprep_dirs``), or a BIDS-NIRS SNIRF file. Runs are matched on the ``sub``, ``ses``,
 ``task`` and ``run`` entities (``run-01`` and ``run-1`` are the same run).
 
 Sidecars follow the BIDS inheritance principle: the closest file whose entities are a subset
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,11 @@ EEG_EXTENSIONS = (".edf", ".bdf", ".vhdr", ".set", ".fif")
 #: Entities that identify a run; others (acq, space, desc, hemi, ...) do not.
 RUN_ENTITIES = ("sub", "ses", "task", "run")
 FMRIPREP_DIR = ("derivatives", "fmriprep")
+#: How ``participants.tsv`` spells a missing value (BIDS); empty cells and values the
+#: ``participants.json`` sidecar describes as missing are read as this too.
+MISSING = "n/a"
+#: A participant column with more distinct values than this is free text or a measurement, not a group.
+MAX_GROUP_LEVELS = 8
 
 
 @dataclass(frozen=True)
@@ -359,21 +367,93 @@ def _matching(folder: Path, ents: dict[str, str], suffix: str, listing: _Listing
     return out
 
 
+def fmriprep_dirs(site_dir: str | Path) -> list[Path]:
+    """The fMRIPrep derivatives folders of a site, in the order their targets are taken.
+
+    ``derivatives/fmriprep`` first, then versioned folders (``derivatives/fmriprep-23.2.1``,
+    ``fmriprep_v24``, ...), the highest version first; a run's target comes from the first folder
+    that has one. The unversioned folder is always listed (it may not exist) so that messages can
+    name it.
+
+    Parameters
+    ----------
+    site_dir : str | Path
+        The BIDS root of the site.
+
+    Returns
+    -------
+    list of Path
+        The folders, the unversioned one first.
+    """
+    root = Path(site_dir).joinpath(*FMRIPREP_DIR)
+    try:
+        versioned = [p for p in root.parent.iterdir() if p.name.lower().startswith("fmriprep") and p != root]
+    except OSError:
+        versioned = []
+
+    def version(path: Path) -> list:  # fmriprep-23.2.1 after fmriprep-9.0: numbers compare as numbers
+        return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", path.name)]
+
+    return [root, *sorted((p for p in versioned if p.is_dir()), key=version, reverse=True)]
+
+
+def target_search_text(site_dir: str | Path, run: RunFiles | None = None) -> str:
+    """Where a run's fMRI or fNIRS target is looked for, in words (for "EEG only" messages).
+
+    Parameters
+    ----------
+    site_dir : str | Path
+        The BIDS root of the site.
+    run : RunFiles, optional
+        The run: its own folders are named; None: the pattern for any run.
+
+    Returns
+    -------
+    str
+        E.g. ``looked for sub-01_task-visual_run-1 BOLD (...) in derivatives/fmriprep/sub-01/func
+        and for its *_nirs.snirf in sub-01/nirs``; without any fMRIPrep folder, also the
+        ``derivatives`` folders there are (which are not read).
+    """
+    site_dir = Path(site_dir)
+    sub, ses = (run.subject, run.session) if run is not None else ("sub-X", "[ses-Y]")
+    rel = "/".join(p for p in (sub, ses) if p)
+    folders = " or ".join(f"{p.relative_to(site_dir).as_posix()}/{rel}/func" for p in fmriprep_dirs(site_dir))
+    name = run.key if run is not None else "its"
+    text = (
+        f"looked for {name} BOLD (space-fsaverage* *_bold.func.gii, or space-MNI152* desc-preproc *_bold.nii.gz) "
+        f"in {folders} and for {'its ' if run is not None else ''}*_nirs.snirf in {rel}/nirs"
+    )
+    others: list[str] = []
+    if not any(p.is_dir() for p in fmriprep_dirs(site_dir)):  # perhaps the pipeline's folder has another name
+        try:
+            others = sorted(p.name for p in (site_dir / "derivatives").iterdir() if p.is_dir())
+        except OSError:
+            pass
+    if others:
+        text += (
+            f"; derivatives/ also holds {', '.join(others)}, not read: fMRIPrep output goes in derivatives/fmriprep "
+            "or derivatives/fmriprep-<version>"
+        )
+    return text
+
+
 def _attach_target(run: RunFiles, ents: dict[str, str], site_dir: Path, listing: _Listing) -> None:
     """Find the fMRI (preferred: surface, then volume) or fNIRS target of an EEG run."""
-    deriv = _subject_dirs(site_dir, run.subject, run.session, "func", root=site_dir.joinpath(*FMRIPREP_DIR))
-    bold = _matching(deriv, ents, "bold", listing)
     hemis: dict[str, Path] = {}
     volume: Path | None = None
-    for name, p in bold:
-        if p.extension == ".func.gii" and p.entities.get("space", "").startswith("fsaverage"):
-            hemis.setdefault(p.entities.get("hemi", "?"), deriv / name)
-        elif (
-            p.extension in (".nii.gz", ".nii")
-            and p.entities.get("space", "").startswith("MNI152")
-            and p.entities.get("desc") == "preproc"
-        ):
-            volume = volume or deriv / name
+    for root in fmriprep_dirs(site_dir):  # the first folder with this run's BOLD wins
+        deriv = _subject_dirs(site_dir, run.subject, run.session, "func", root=root)
+        for name, p in _matching(deriv, ents, "bold", listing):
+            if p.extension == ".func.gii" and p.entities.get("space", "").startswith("fsaverage"):
+                hemis.setdefault(p.entities.get("hemi", "?"), deriv / name)
+            elif (
+                p.extension in (".nii.gz", ".nii")
+                and p.entities.get("space", "").startswith("MNI152")
+                and p.entities.get("desc") == "preproc"
+            ):
+                volume = volume or deriv / name
+        if hemis or volume:
+            break
     raw_func = _subject_dirs(site_dir, run.subject, run.session, "func")
     if hemis or volume:
         run.target_modality = "fmri"
@@ -449,8 +529,8 @@ def tr_sidecar_candidates(
 
 def _deriv_site_root(path: Path) -> Path:
     root = _site_root_of(path)
-    # .../site/derivatives/fmriprep/sub-X/func -> .../site
-    if root.name == FMRIPREP_DIR[1] and root.parent.name == FMRIPREP_DIR[0]:
+    # .../site/derivatives/fmriprep[-<version>]/sub-X/func -> .../site
+    if root.name.lower().startswith(FMRIPREP_DIR[1]) and root.parent.name == FMRIPREP_DIR[0]:
         return root.parent.parent
     return root
 
@@ -542,10 +622,29 @@ def orphan_targets(site_dir: str | Path, runs: list[RunFiles]) -> list[Path]:
     """
     site_dir = Path(site_dir)
     claimed = {p.resolve() for r in runs for p in r.target}
-    found = list(site_dir.joinpath(*FMRIPREP_DIR).glob("sub-*/**/func/*_bold.func.gii"))
-    found += site_dir.joinpath(*FMRIPREP_DIR).glob("sub-*/**/func/*_desc-preproc_bold.nii*")
+    # a run whose target came from a preferred folder shadows the same run's BOLD in later ones
+    paired = {tuple(_norm(k, v) for k, v in _run_key(r).items()) for r in runs if r.target}
+    found: list[Path] = []
+    for root in fmriprep_dirs(site_dir):
+        found += root.glob("sub-*/**/func/*_bold.func.gii")
+        found += root.glob("sub-*/**/func/*_desc-preproc_bold.nii*")
     found += site_dir.glob("sub-*/**/nirs/*_nirs.snirf")
-    return sorted(p for p in found if p.resolve() not in claimed)
+
+    def shadowed(path: Path) -> bool:
+        ents = parse_bids_name(path.name).entities
+        return tuple(_norm(k, ents.get(k)) for k in RUN_ENTITIES) in paired
+
+    return sorted(p for p in found if p.resolve() not in claimed and not shadowed(p))
+
+
+def _run_key(run: RunFiles) -> dict[str, str | None]:
+    """A run's identifying entities as its file names spell them (no prefixes)."""
+    return {
+        "sub": run.subject[len("sub-") :],
+        "ses": run.session[len("ses-") :] if run.session else None,
+        "task": run.task,
+        "run": run.run,
+    }
 
 
 # --- small readers for BIDS text files ---------------------------------------------------------
@@ -609,8 +708,84 @@ def read_tsv(path: Path, required: tuple[str, ...] = ()) -> pd.DataFrame:
     return df
 
 
+_MISSING_WORDS = re.compile(
+    r"\b(missing|not available|unavailable|unknown|not known|not reported|not recorded|not applicable|"
+    r"not collected|declined|prefer not to say|n/a)\b",
+    re.IGNORECASE,
+)
+
+
+def participants_sidecar(site_dir: str | Path) -> dict[str, Any]:
+    """The ``participants.json`` sidecar of a site: per column, its ``Description``, ``Levels``, ``Units``.
+
+    Parameters
+    ----------
+    site_dir : str | Path
+        The BIDS root of the site.
+
+    Returns
+    -------
+    dict of str to Any
+        Column -> its description object; {} when the file is absent.
+
+    Raises
+    ------
+    DataError
+        The file exists but is not a JSON object.
+    """
+    path = Path(site_dir) / "participants.json"
+    return read_json(path) if path.is_file() else {}
+
+
+def missing_levels(sidecar: dict[str, Any]) -> dict[str, set[str]]:
+    """Per column, the values a ``participants.json`` sidecar describes as meaning "missing".
+
+    A value counts when it is a key of the column's ``Levels`` whose description says so
+    ("missing", "not available", "unknown", "not reported", "declined", ...), e.g.
+    ``"Levels": {"F": "female", "M": "male", "-999": "not recorded"}``.
+
+    Parameters
+    ----------
+    sidecar : dict of str to Any
+        The sidecar (``participants_sidecar``).
+
+    Returns
+    -------
+    dict of str to set of str
+        Column -> its missing-value codes (columns without any are left out).
+    """
+    out: dict[str, set[str]] = {}
+    for column, spec in sidecar.items():
+        levels = spec.get("Levels") if isinstance(spec, dict) else None
+        if isinstance(levels, dict):
+            codes = {str(k).strip() for k, v in levels.items() if _MISSING_WORDS.search(str(v))}
+            if codes:
+                out[str(column)] = codes
+    return out
+
+
+def is_missing(value: str) -> bool:
+    """Whether a (normalised) participant value means "no value".
+
+    Parameters
+    ----------
+    value : str
+        A value of ``read_participants``.
+
+    Returns
+    -------
+    bool
+        True for ``n/a``, in any case, and for an empty cell.
+    """
+    return value.strip().lower() in ("", MISSING)
+
+
 def read_participants(site_dir: str | Path) -> dict[str, dict[str, str]]:
-    """A site's ``participants.tsv``.
+    """A site's ``participants.tsv``, every missing value spelled ``n/a``.
+
+    Missing: ``n/a`` in any case, an empty cell, and any value the ``participants.json``
+    sidecar lists among a column's ``Levels`` as meaning missing (``missing_levels``). A broken
+    sidecar is ignored here (``validate_dataset`` reports it).
 
     Parameters
     ----------
@@ -632,13 +807,98 @@ def read_participants(site_dir: str | Path) -> dict[str, dict[str, str]]:
     if not path.is_file():
         return {}
     df = read_tsv(path, required=("participant_id",))
+    try:
+        codes = missing_levels(participants_sidecar(site_dir))
+    except DataError:
+        codes = {}
     out: dict[str, dict[str, str]] = {}
     for row in df.to_dict(orient="records"):
         pid = str(row.pop("participant_id")).strip()
         if pid and not pid.startswith("sub-"):
             pid = f"sub-{pid}"
-        out[pid] = {k: str(v).strip() for k, v in row.items()}
+        values = {k: str(v).strip() for k, v in row.items()}
+        out[pid] = {k: MISSING if is_missing(v) or v in codes.get(k, ()) else v for k, v in values.items()}
     return out
+
+
+@dataclass(frozen=True)
+class AttributeKind:
+    """Whether a participant column can be a sensitive attribute (groups), and why not.
+
+    Attributes
+    ----------
+    column : str
+        The column.
+    kind : {"group", "numeric", "free-text"}
+        ``group``: a few categories, usable for per-group metrics; ``numeric``: a measurement such
+        as age (not binned); ``free-text``: too many distinct values to be groups.
+    levels : dict of str to int
+        Subjects per value (missing values left out).
+    missing : int
+        Subjects without a value.
+    reason : str
+        Why the column is not a group (empty for a group).
+    """
+
+    column: str
+    kind: str
+    levels: dict[str, int]
+    missing: int
+    reason: str = ""
+
+    @property
+    def is_group(self) -> bool:
+        """Whether the column's values are groups."""
+        return self.kind == "group"
+
+
+def attribute_kind(column: str, values: list[str], sidecar: dict[str, Any] | None = None) -> AttributeKind:
+    """Classify a participant column: groups, a numeric measurement, or free text.
+
+    Rules, in order: a column whose sidecar entry has ``Levels`` is a group (its levels are
+    categories); one with ``Units`` is numeric. Otherwise numbers are a measurement when any is
+    not a whole number, when there are more than 5 distinct values, or when each of 3 or more
+    subjects has its own value (ages); anything with more than ``MAX_GROUP_LEVELS`` (8) distinct
+    values is free text. Missing values (``n/a``) are never a level.
+
+    Parameters
+    ----------
+    column : str
+        The column name.
+    values : list of str
+        One value per subject (``read_participants``: missing spelled ``n/a``).
+    sidecar : dict of str to Any, optional
+        ``participants_sidecar``.
+
+    Returns
+    -------
+    AttributeKind
+        Its kind, levels and, when it is not a group, why.
+    """
+    present = [v for v in values if not is_missing(v)]
+    levels = dict(sorted(Counter(present).items()))
+    spec = (sidecar or {}).get(column)
+    spec = spec if isinstance(spec, dict) else {}
+    missing = len(values) - len(present)
+    numbers = pd.to_numeric(pd.Series(present, dtype=object), errors="coerce")
+    numeric = bool(len(present)) and bool(numbers.notna().all())
+    if isinstance(spec.get("Levels"), dict) and spec["Levels"]:
+        return AttributeKind(column, "group", levels, missing)
+    if numeric:
+        whole = bool(np.all(np.mod(numbers.to_numpy(float), 1) == 0))
+        distinct = len(levels)
+        if "Units" in spec or not whole or distinct > 5 or (distinct >= 3 and distinct == len(present)):
+            return AttributeKind(
+                column, "numeric", levels, missing,
+                f"numeric values ({numbers.min():g}-{numbers.max():g}{', ' + str(spec['Units']) if 'Units' in spec else ''}) "
+                "are a measurement, not groups; add a categorical column (e.g. age_group) to use it",
+            )  # fmt: skip
+    if len(levels) > MAX_GROUP_LEVELS:
+        return AttributeKind(
+            column, "free-text", levels, missing,
+            f"{len(levels)} distinct values (more than {MAX_GROUP_LEVELS}): free text, not groups",
+        )  # fmt: skip
+    return AttributeKind(column, "group", levels, missing)
 
 
 def read_events(path: Path | None, task: str, duration: float | None = None) -> pd.DataFrame:

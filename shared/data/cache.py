@@ -16,6 +16,9 @@ the file had been unchanged for ``SETTLE_NS`` when it was hashed: a write in the
 filesystem-clock tick as the hash could otherwise leave a stale hash with an identical stat
 (git's "racy clean" problem). ``ctime`` cannot be set by tools such as ``touch -d``, so a
 content change always shows in the stat.
+
+The cache holds patient data and, in the memo, every input path (with subject IDs): the folders
+it creates are readable by their owner only (0700) and so are its files (0600).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from ..io import atomic_path, file_sha256, write_json_atomic
 from ..recording import PairedWindows, WindowView
 
 #: Bump when the loader's output for the same inputs changes (new preprocessing, bug fix).
-CACHE_VERSION = 4  # 4: continuous runs, memory-mapped; windows cut on demand
+CACHE_VERSION = 5  # 5: missing participant values read as n/a; 4: continuous runs, memory-mapped
 SETTLE_NS = 2_000_000_000
 #: Entries not used for this long are deleted when the next entry is written.
 DEFAULT_RETENTION_DAYS = 30.0
@@ -128,7 +131,8 @@ class HashMemo:
         # Forget files that no longer exist so the memo does not grow without bound.
         self._entries = {k: v for k, v in self._entries.items() if os.path.exists(k)}
         try:
-            write_json_atomic(self.path, self._entries, indent=0)
+            private_dir(self.path.parent)
+            write_json_atomic(self.path, self._entries, indent=0, mode=0o600)
         except OSError:
             pass  # a memo we cannot write only costs time
         self._dirty = False
@@ -216,7 +220,7 @@ class SiteCache:
             The cache cannot be written.
         """
         _, folder = self._entry(site_dir, key)
-        folder.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(folder.parent)
         staged = folder.with_name(f".{folder.name}.partial-{os.getpid()}-{time.time_ns()}")
         staged.mkdir(mode=0o700)
         return staged
@@ -398,7 +402,8 @@ class SiteCache:
                 m = json.loads(other.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue
-            if m.get("site_dir") == meta["site_dir"] and m.get("config_key") == meta["config_key"]:
+            same = [m.get(k) == meta.get(k) for k in ("site_dir", "config_key", "subjects")]
+            if all(same):  # a subset's entry (synthesize --subjects) does not replace the whole site's
                 _remove(other)
 
     # -- what is kept, and removing it (``fedneurogen cache``) ---------------------------------
@@ -455,6 +460,37 @@ class SiteCache:
         if older_than_days is None:
             self.memo.path.unlink(missing_ok=True)  # file names and hashes of the inputs, too
         return removed
+
+
+def private_dir(folder: Path) -> Path:
+    """Create a folder and its missing parents readable by their owner only (0700).
+
+    Folders that exist already are left as they are (the user may have chosen them).
+
+    Parameters
+    ----------
+    folder : Path
+        The folder.
+
+    Returns
+    -------
+    Path
+        ``folder``.
+
+    Raises
+    ------
+    OSError
+        A folder cannot be created.
+    """
+    missing = [folder, *[p for p in folder.parents]]
+    missing = [p for p in missing if not p.exists()]
+    for parent in reversed(missing):
+        try:
+            parent.mkdir(mode=0o700)
+        except FileExistsError:  # created meanwhile by another process
+            continue
+        os.chmod(parent, 0o700)  # mkdir's mode is masked by the umask
+    return folder
 
 
 def _folder_of(meta_path: Path) -> Path:

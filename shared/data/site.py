@@ -9,8 +9,9 @@ from pathlib import Path
 
 from ..config import PreprocessConfig
 from ..errors import DataError
+from ..outputs import check_outside_inputs
 from ..recording import PairedWindows
-from .bids import RunFiles, find_runs, read_participants
+from .bids import RunFiles, find_runs, read_participants, target_search_text
 from .cache import SiteCache
 from .eeg import read_eeg
 from .fmri import read_fmri, repetition_time
@@ -66,12 +67,13 @@ def site_inputs(site_dir: Path, runs: list[RunFiles]) -> list[Path]:
     Returns
     -------
     list of Path
-        Each run's input files, and ``participants.tsv`` when it exists.
+        Each run's input files, and ``participants.tsv`` and ``participants.json`` (its missing
+        values) when they exist.
     """
     files = [f for run in runs for f in run.inputs()]
-    participants = site_dir / "participants.tsv"
-    if participants.is_file():
-        files.append(participants)
+    for name in ("participants.tsv", "participants.json"):
+        if (site_dir / name).is_file():
+            files.append(site_dir / name)
     return files
 
 
@@ -98,8 +100,8 @@ def load_run(run: RunFiles, config: PreprocessConfig) -> RunWindows:
     if run.target_modality is None:
         raise DataError(
             run.eeg,
-            "EEG only, no fMRI or fNIRS recording to pair with (same sub/ses/task/run under derivatives/fmriprep "
-            "or <sub>/nirs): not trained on; `augment --eeg-only` can generate its target",
+            f"EEG only, no fMRI or fNIRS recording to pair with ({target_search_text(run.site_dir, run)}): "
+            "not trained on; `augment --eeg-only` can generate its target",
         )
     if run.target_modality == "fmri":
         tr = repetition_time(run.target[0], run.target_sidecars)
@@ -112,6 +114,38 @@ def load_run(run: RunFiles, config: PreprocessConfig) -> RunWindows:
     check_durations(eeg.duration, run.eeg, target.duration, run.target[0], period, config)
     check_history(target, run.target[0], run.key, config)
     return cut_windows(eeg, target, events, config, run=run.key, subject=run.subject)
+
+
+def select_runs(runs: list[RunFiles], subjects: list[str] | tuple[str, ...], site_dir: Path) -> list[RunFiles]:
+    """The runs of some subjects.
+
+    Parameters
+    ----------
+    runs : list of RunFiles
+        The site's runs.
+    subjects : list of str
+        Subjects, ``sub-01`` or ``01``.
+    site_dir : Path
+        The site (for the message).
+
+    Returns
+    -------
+    list of RunFiles
+        Their runs.
+
+    Raises
+    ------
+    ConfigError
+        A subject has no EEG run in the site (the message lists the site's subjects).
+    """
+    from ..errors import ConfigError
+
+    wanted = {s if s.startswith("sub-") else f"sub-{s}" for s in subjects}
+    have = sorted({r.subject for r in runs})
+    missing = sorted(wanted - set(have))
+    if missing:
+        raise ConfigError(f"subjects {missing} have no EEG run in {site_dir} (it has {have})")
+    return [r for r in runs if r.subject in wanted]
 
 
 def _portable(problem: Problem, site_dir: Path) -> dict[str, str]:
@@ -154,6 +188,7 @@ def load_site_data(
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
     progress: bool = True,
+    subjects: list[str] | tuple[str, ...] | None = None,
 ) -> SiteData:
     """Load a site like ``load_site``, returning the skipped runs and warnings instead of emitting them.
 
@@ -169,6 +204,8 @@ def load_site_data(
         Read and write the cache.
     progress : bool
         Show a progress bar on stderr while runs are processed.
+    subjects : list of str, optional
+        Load only these subjects' runs (``sub-01`` or ``01``); None: every subject.
 
     Returns
     -------
@@ -179,16 +216,22 @@ def load_site_data(
     ------
     DataError
         When no run is usable (empty dataset, every run broken).
+    ConfigError
+        A subject in ``subjects`` has no EEG run in the site, or the cache folder lies inside the
+        site.
     """
     site_dir = Path(site_dir)
     config = config or PreprocessConfig()
     runs = find_runs(site_dir)
     if not runs:
         raise DataError(site_dir, f"empty dataset: no EEG runs found (expected {_EEG_PATTERN})")
+    if subjects:
+        runs = select_runs(runs, subjects, site_dir)
 
     cache = key = None
     if use_cache:
         cache = SiteCache(cache_dir)
+        check_outside_inputs(cache.dir, [site_dir], what="the cache folder", around=False)  # data is read-only
         key = cache.key(site_dir, site_inputs(site_dir, runs), config)
         hit = cache.load(site_dir, key)
         if hit is not None:
@@ -257,6 +300,7 @@ def load_site_data(
         if staged is not None:
             shutil.rmtree(staged / "runs", ignore_errors=True)
             extra = {
+                "subjects": sorted({r.subject for r in runs}) if subjects else None,  # a subset's entry
                 "skipped": [_portable(p, site_dir) for p in skipped],
                 "warnings": [_portable(p, site_dir) for p in warned],
             }
@@ -278,6 +322,7 @@ def load_site(
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
     progress: bool = True,
+    subjects: list[str] | tuple[str, ...] | None = None,
 ) -> PairedWindows:
     """Load a BIDS site as paired EEG/target windows, preprocessed and cached.
 
@@ -293,6 +338,8 @@ def load_site(
         Read and write the cache (keyed by the content of every input file and the config).
     progress : bool
         Show a progress bar on stderr while runs are processed.
+    subjects : list of str, optional
+        Load only these subjects' runs (``sub-01`` or ``01``); None: every subject.
 
     Returns
     -------
@@ -304,7 +351,11 @@ def load_site(
     ------
     DataError
         When no run is usable (empty dataset, every run broken).
+    ConfigError
+        A subject in ``subjects`` has no EEG run in the site.
     """
-    data = load_site_data(site_dir, config, cache_dir=cache_dir, use_cache=use_cache, progress=progress)
+    data = load_site_data(
+        site_dir, config, cache_dir=cache_dir, use_cache=use_cache, progress=progress, subjects=subjects
+    )
     data.warn()
     return data.windows

@@ -3,13 +3,17 @@
 Every file is read with the same readers ``load_site`` uses (so the same problems are found),
 but nothing is filtered, ICA-cleaned or projected; window counts per class come from durations
 and events with the same windowing rules as ``pairing``.
+
+Two answers, as the other commands see the site: *usable* (``ValidationReport.usable``: at least
+one run loads and nothing site-wide is broken; the commands go on without the broken runs, which
+are listed) or *unusable* (every command would refuse it). ``ok`` is stricter: no error at all.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +23,17 @@ import pandas as pd
 from ..config import PreprocessConfig
 from ..errors import DataError
 from ..surface import ICO4_POINTS
-from .bids import RunFiles, find_runs, orphan_targets, read_events, read_participants
+from .bids import (
+    AttributeKind,
+    RunFiles,
+    attribute_kind,
+    find_runs,
+    orphan_targets,
+    participants_sidecar,
+    read_events,
+    read_participants,
+    target_search_text,
+)
 from .eeg import line_frequency, load_raw_eeg, prepare_channels
 from .fmri import check_repetition_time, load_surface_bold, load_volume, repetition_time_and_source
 from .fnirs import load_raw_snirf, short_channel_mask, to_haemoglobin
@@ -60,8 +74,24 @@ class ValidationReport:
 
     @property
     def ok(self) -> bool:
-        """Whether the site is usable: no problem is an error."""
+        """Whether the site is clean: no problem is an error."""
         return not self.errors
+
+    @property
+    def usable(self) -> bool:
+        """Whether the commands can use the site: some run loads and nothing site-wide is broken
+        (the runs with errors are skipped, ``summary["skipped_runs"]``)."""
+        return bool(self.summary.get("usable"))
+
+    @property
+    def status(self) -> str:
+        """``OK``, ``USABLE`` (with the number of runs that will be skipped) or ``UNUSABLE``."""
+        if self.ok:
+            return "OK"
+        if self.usable:
+            skipped = len(self.summary.get("skipped_runs", []))
+            return f"USABLE: {skipped} of {self.summary.get('runs', 0)} run(s) will be skipped" if skipped else "USABLE"
+        return "UNUSABLE"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the report as JSON-ready values (``fedneurogen validate --json``).
@@ -69,16 +99,17 @@ class ValidationReport:
         Returns
         -------
         dict
-            ``site_dir``, ``ok``, ``summary``, ``errors`` and ``warnings`` (each problem as a
-            dict with ``path``, ``message``, ``severity``).
+            ``site_dir``, ``ok``, ``usable``, ``status``, ``summary``, ``errors`` and ``warnings``
+            (each problem as a dict with ``path``, ``message``, ``severity``).
         """
         return {
-            "site_dir": str(self.site_dir), "ok": self.ok, "summary": self.summary,
+            "site_dir": str(self.site_dir), "ok": self.ok, "usable": self.usable, "status": self.status,
+            "summary": self.summary,
             "errors": [p.to_dict() for p in self.errors], "warnings": [p.to_dict() for p in self.warnings],
         }  # fmt: skip
 
     def __str__(self) -> str:
-        lines = [f"{self.site_dir}: {'OK' if self.ok else 'INVALID'}"]
+        lines = [f"{self.site_dir}: {self.status}"]
         lines += [f"  {k}: {v}" for k, v in _summary_rows(self.summary)]
         lines += [f"  {p.severity}: {p}" for p in self.problems]
         return "\n".join(lines)
@@ -99,7 +130,13 @@ class ValidationReport:
         head = Table(title=f"{self.site_dir}", show_header=False, title_justify="left")
         head.add_column(style="bold")
         head.add_column()
-        head.add_row("status", "[green]OK[/green]" if self.ok else f"[red]{len(self.errors)} error(s)[/red]")
+        if self.ok:
+            status = "[green]OK[/green]"
+        elif self.usable:
+            status = f"[yellow]{self.status}[/yellow] ({len(self.errors)} error(s) below; the other runs are used)"
+        else:
+            status = f"[red]UNUSABLE[/red] ({len(self.errors)} error(s) below)"
+        head.add_row("status", status)
         for name, text in _summary_rows(s):
             head.add_row(name, text)
         parts: list[Any] = [head]
@@ -129,13 +166,19 @@ def _rel(path: Path, root: Path) -> str:
 
 def _summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     """The summary as short human-readable lines."""
-    if not s:
+    if "durations" not in s:  # the folder could not be read
         return []
     d, c = s["durations"], s["channels"]
+    attributes = s.get("attributes", {})
+
+    def missing(col: str) -> str:
+        n = attributes.get(col, {}).get("missing", 0)
+        return f" [{n} n/a, left out of group metrics]" if n else ""
+
     groups = "; ".join(
-        f"{col}: " + (f"{v['min']:g}-{v['max']:g}" if "min" in v else ", ".join(f"{k} ({n})" for k, n in v.items()))
-        for col, v in s["groups"].items()
+        f"{col}: " + ", ".join(f"{k} ({n})" for k, n in v.items()) + missing(col) for col, v in s["groups"].items()
     )
+    not_groups = "; ".join(f"{col}: {a['reason']}" for col, a in attributes.items() if a["kind"] != "group")
     eeg_counts = ", ".join(f"{n} ch ({runs} run{'s' if runs > 1 else ''})" for n, runs in c["eeg_counts"].items())
     return [
         ("subjects", f"{len(s['subjects'])}: {', '.join(s['subjects'])}"),
@@ -143,6 +186,7 @@ def _summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         ("modalities", ", ".join(s["modalities"]) or "-"),
         ("windows", f"{s['windows']}: " + (", ".join(f"{k} {n}" for k, n in s["classes"].items()) or "-")),
         ("groups", groups or "-"),
+        *([("not groups", not_groups)] if not_groups else []),
         ("durations", f"{d['total_s']:g} s in all, {d['min_s']:g}-{d['max_s']:g} s per run" if d["runs"] else "-"),
         ("EEG channels", f"{eeg_counts or '-'}; {c['eeg_common']} in every run"),
         ("EEG rates", ", ".join(f"{f:g} Hz" for f in s["sfreqs"]) or "-"),
@@ -214,7 +258,8 @@ def _inspect_run(run: RunFiles, config: PreprocessConfig, problems: list[Problem
         problems.append(
             Problem(
                 run.eeg,
-                "EEG only, no fMRI or fNIRS recording to pair with: not trained on; `augment --eeg-only` can use it",
+                f"EEG only, no fMRI or fNIRS recording to pair with ({target_search_text(run.site_dir, run)}): "
+                "not trained on; `augment --eeg-only` can use it",
                 "warning",
             )
         )
@@ -251,17 +296,18 @@ def _inspect_run(run: RunFiles, config: PreprocessConfig, problems: list[Problem
     return info
 
 
-def _groups(participants: dict[str, dict[str, str]], subjects: list[str]) -> dict[str, Any]:
-    """Per attribute: counts of each value over the site's subjects, or the range if numeric."""
-    out: dict[str, Any] = {}
+def _attributes(
+    participants: dict[str, dict[str, str]], subjects: list[str], sidecar: dict[str, Any]
+) -> list[AttributeKind]:
+    """Each participant column: groups, numeric or free text (``attribute_kind``), judged on every row
+    of ``participants.tsv`` (what a column is does not depend on which subjects have data), with
+    the levels and missing values of the site's subjects."""
     columns = sorted({c for attrs in participants.values() for c in attrs})
+    out = []
     for column in columns:
-        values = [participants[s].get(column, "n/a") for s in subjects if s in participants]
-        numbers = pd.to_numeric(pd.Series(values), errors="coerce")
-        if len(values) and numbers.notna().all() and len(set(values)) > 5:
-            out[column] = {"min": float(numbers.min()), "max": float(numbers.max())}
-        else:
-            out[column] = dict(sorted(Counter(values).items()))
+        everyone = attribute_kind(column, [attrs.get(column, "n/a") for attrs in participants.values()], sidecar)
+        here = attribute_kind(column, [participants[s].get(column, "n/a") for s in subjects if s in participants])
+        out.append(replace(here, kind=everyone.kind, reason=everyone.reason))
     return out
 
 
@@ -290,13 +336,16 @@ def validate_dataset(site_dir: str | Path, config: PreprocessConfig | None = Non
         runs = find_runs(site_dir)
     except DataError as err:
         problems.append(Problem(err.path, err.problem))
+        report.summary = {"usable": False}
         return report
+    fatal = False  # something site-wide that every command refuses
     log.debug("%s: %d EEG run(s) found", site_dir, len(runs))
     if not (site_dir / "dataset_description.json").is_file():
         problems.append(Problem(site_dir / "dataset_description.json", "missing (required by BIDS)", "warning"))
     if not runs:
         expected = "sub-*/[ses-*/]eeg/sub-*_task-*_eeg.<edf|bdf|vhdr|set|fif>"
         problems.append(Problem(site_dir, f"empty dataset: no EEG runs found (expected {expected})"))
+        fatal = True
 
     participants: dict[str, dict[str, str]] = {}
     participants_path = site_dir / "participants.tsv"
@@ -307,6 +356,11 @@ def validate_dataset(site_dir: str | Path, config: PreprocessConfig | None = Non
             participants = read_participants(site_dir)
         except DataError as err:
             problems.append(Problem(err.path, err.problem))
+    sidecar: dict[str, Any] = {}
+    try:
+        sidecar = participants_sidecar(site_dir)
+    except DataError as err:
+        problems.append(Problem(err.path, f"{err.problem}; its Levels and Units are not used", "warning"))
     subjects = sorted({r.subject for r in runs})
     if participants_path.is_file() and participants:
         for subject in subjects:
@@ -321,10 +375,15 @@ def validate_dataset(site_dir: str | Path, config: PreprocessConfig | None = Non
     trs: set[float] = set()
     target_points: set[int] = set()
     usable = 0
+    skipped_runs: list[str] = []
+    class_subjects: dict[str, set[str]] = {}
     for run in runs:
         n_before = len([p for p in problems if p.severity == "error"])
         info = _inspect_run(run, config, problems)
-        run_ok = len([p for p in problems if p.severity == "error"]) == n_before and run.target_modality is not None
+        broken = len([p for p in problems if p.severity == "error"]) > n_before
+        if broken:
+            skipped_runs.append(run.key)
+        run_ok = not broken and run.target_modality is not None
         if info.eeg_duration is not None:
             durations[run.key] = round(info.eeg_duration, 3)
         if info.eeg_channels is not None:
@@ -341,12 +400,24 @@ def validate_dataset(site_dir: str | Path, config: PreprocessConfig | None = Non
                 info.eeg_duration, info.target_duration, config.target_sfreq(run.target_modality), info.events, config
             )
             classes.update(counts)
+            for name, n in counts.items():
+                if n:
+                    class_subjects.setdefault(name, set()).add(run.subject)
             if not counts:
                 problems.append(Problem(run.eeg, "gives no windows (shorter than lag + window length?)", "warning"))
 
     modalities = sorted({r.target_modality for r in runs if r.target_modality})
     if len(modalities) > 1:
         problems.append(Problem(site_dir, f"runs have different target modalities {modalities}; a site has one"))
+        fatal = True
+    if len({s for owners in class_subjects.values() for s in owners}) > 1:
+        for name, owners in sorted(class_subjects.items()):
+            if len(owners) == 1:
+                message = (
+                    f"class {name!r} has windows from one subject only ({next(iter(owners))}): subject-grouped "
+                    "evaluation and cross-validation cannot both train and test on it"
+                )
+                problems.append(Problem(site_dir, message, "warning"))
     if channel_sets:
         common = set.intersection(*map(set, channel_sets.values()))
         for key, names in channel_sets.items():
@@ -358,17 +429,22 @@ def validate_dataset(site_dir: str | Path, config: PreprocessConfig | None = Non
     for orphan in orphan_targets(site_dir, runs):
         problems.append(Problem(orphan, "no EEG run with the same sub/ses/task/run: cannot be paired", "warning"))
     if runs and not usable:
-        problems.append(Problem(site_dir, "no usable run: load_site would fail"))
+        problems.append(Problem(site_dir, "no usable run: every command would refuse this dataset"))
+        fatal = True
+    attributes = _attributes(participants, subjects, sidecar)
 
     counts = Counter(len(v) for v in channel_sets.values())
     report.summary = {
         "subjects": subjects,
         "runs": len(runs),
         "usable_runs": usable,
+        "usable": bool(usable) and not fatal,
+        "skipped_runs": skipped_runs,
         "modalities": (["eeg"] if runs else []) + modalities,
         "classes": dict(sorted(classes.items())),
         "windows": int(sum(classes.values())),
-        "groups": _groups(participants, subjects),
+        "groups": {a.column: a.levels for a in attributes if a.is_group},
+        "attributes": {a.column: {"kind": a.kind, "missing": a.missing, "reason": a.reason} for a in attributes},
         "durations": {
             "runs": len(durations),
             "total_s": round(float(sum(durations.values())), 1),

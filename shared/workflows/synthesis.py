@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,6 +35,7 @@ import torch
 
 from fedneurogen import __version__
 from fedneurogen.shared.config import PreprocessConfig
+from fedneurogen.shared.data.problems import DataWarning
 from fedneurogen.shared.errors import ConfigError, DataError
 from fedneurogen.shared.formats import (
     SnirfProbe,
@@ -85,11 +87,54 @@ def label_indices(windows: PairedWindows, class_names: Sequence[str] | None, lab
     """
     names = list(class_names or [])
     if label is not None:
-        if label not in names:
-            raise ConfigError(f"label {label!r} is not one of the checkpoint's classes {names}")
+        check_label(label, names)
         return np.full(len(windows), names.index(label), dtype=np.int64)
     index = {name: i for i, name in enumerate(names)}
     return np.array([index.get(str(name), -1) for name in windows.labels], dtype=np.int64)
+
+
+def check_label(label: str | None, class_names: Sequence[str] | None, checkpoint: str | Path | None = None) -> None:
+    """Refuse a ``--label`` the model was not trained on (before any data is loaded).
+
+    Parameters
+    ----------
+    label : str or None
+        The class to condition on; None: nothing to check.
+    class_names : sequence of str or None
+        The checkpoint's classes.
+    checkpoint : path-like, optional
+        The checkpoint (named in the message).
+
+    Raises
+    ------
+    ConfigError
+        When ``label`` is not one of ``class_names``.
+    """
+    names = list(class_names or [])
+    if label is not None and label not in names:
+        where = f"checkpoint {checkpoint}" if checkpoint is not None else "the checkpoint"
+        have = ", ".join(names) if names else "none: it was trained without labels"
+        raise ConfigError(f"label {label!r} is not a class of {where} (its classes: {have})")
+
+
+def unconditioned_classes(windows: PairedWindows, labels: np.ndarray) -> dict[str, int]:
+    """The windows' classes that the model has no label for (they get the null label).
+
+    Parameters
+    ----------
+    windows : PairedWindows
+        The windows.
+    labels : numpy.ndarray
+        Their label indices (``label_indices``; -1: the null label).
+
+    Returns
+    -------
+    dict of str to int
+        Class -> windows of it generated with the null label (unconditionally).
+    """
+    null = np.asarray(labels) < 0
+    names, counts = np.unique(np.asarray(windows.labels)[null].astype(str), return_counts=True)
+    return {str(n): int(c) for n, c in zip(names, counts)}
 
 
 def sample_seed(seed: int, sample: int) -> int:
@@ -674,21 +719,36 @@ def synthesize(
     Raises
     ------
     ConfigError
-        For an unknown ``estimate`` or ``label``, subjects without windows, or an unusable
-        checkpoint.
+        For an unknown ``estimate`` or ``label`` (refused before the site is read), subjects
+        without runs or windows, or an unusable checkpoint.
     DataError
         When the site has no usable run.
     """
     from fedneurogen.shared.data import find_runs, load_site
+    from fedneurogen.shared.model.checkpoint import read_checkpoint_config
 
     checkpoint, site_dir, out_dir = Path(checkpoint), Path(site_dir), Path(out_dir)
-    model, meta = load_checkpoint(checkpoint, device=device, use_ema=True)
-    preprocess = PreprocessConfig(**(meta.get("preprocess") or {}))
-    windows = select_subjects(load_site(site_dir, preprocess, cache_dir=cache_dir, progress=progress), subjects)
-    labels = label_indices(windows, meta.get("class_names"), label)
-    steps = steps or model.config.sampling_steps
     if estimate not in ("sample", "mean"):
         raise ConfigError(f"estimate must be 'sample' or 'mean', got {estimate!r}")
+    # what the options ask of the model is checked before its weights or the site are read
+    check_label(label, read_checkpoint_config(checkpoint).get("class_names"), checkpoint)
+    model, meta = load_checkpoint(checkpoint, device=device, use_ema=True)
+    preprocess = PreprocessConfig(**(meta.get("preprocess") or {}))
+    # only the named subjects are read and preprocessed
+    loaded = load_site(site_dir, preprocess, cache_dir=cache_dir, progress=progress, subjects=subjects or None)
+    windows = select_subjects(loaded, subjects)
+    labels = label_indices(windows, meta.get("class_names"), label)
+    if label is None:
+        unknown = unconditioned_classes(windows, labels)
+        if unknown:
+            listed = ", ".join(f"{name!r} ({n} windows)" for name, n in unknown.items())
+            warnings.warn(
+                f"{site_dir}: class(es) {listed} are not among the model's classes {list(meta.get('class_names') or [])}: "
+                "generated with the null label (unconditionally); --label conditions every window on one class",
+                DataWarning,
+                stacklevel=2,
+            )
+    steps = steps or model.config.sampling_steps
     if estimate == "mean":
         n_samples, steps = 1, 0
         samples = point_predictions(model, windows, labels if label is not None else None, batch_size=batch_size)[None]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedneurogen.shared.data.bids import MISSING
 from fedneurogen.shared.errors import ConfigError, DataError
 from fedneurogen.shared.recording import PairedWindows
 
@@ -142,6 +143,42 @@ def task_labels(windows: PairedWindows, target: str) -> np.ndarray:
     return windows.group_of(target).astype(str)
 
 
+def check_attribute(windows: PairedWindows, column: str, site: str | Path, option: str) -> None:
+    """Refuse a participant column that is not a set of groups (free text, a measurement such as age).
+
+    The column is classified over every row of the site's ``participants.tsv`` (else the
+    subjects of ``windows``) with the rules of
+    ``fedneurogen.shared.data.bids.attribute_kind`` (the ``participants.json`` sidecar's
+    ``Levels``/``Units`` where the site has one). Missing values (``n/a``) are not a group.
+
+    Parameters
+    ----------
+    windows : PairedWindows
+        The site's windows (their ``participants``).
+    column : str
+        The ``participants.tsv`` column.
+    site : str | Path
+        The site (its ``participants.tsv`` is named in the message).
+    option : str
+        The option that named the column (``--sensitive-attribute``, ``--target``).
+
+    Raises
+    ------
+    DataError
+        The column is free text or numeric (naming ``participants.tsv``, the column and why).
+    """
+    from fedneurogen.shared.data.bids import attribute_kind, participants_sidecar, read_participants
+
+    try:  # judged on every row of participants.tsv, as validate does, where the site has one
+        sidecar, rows = participants_sidecar(site), read_participants(site)
+    except (DataError, OSError):
+        sidecar, rows = {}, {}
+    rows = rows or windows.participants
+    kind = attribute_kind(column, [attrs.get(column, "n/a") for attrs in rows.values()], sidecar)
+    if not kind.is_group:
+        raise DataError(Path(site) / "participants.tsv", f"column {column!r} cannot be {option}: {kind.reason}")
+
+
 def _no_attribute(site: str | Path, column: str, option: str) -> DataError:
     """Why a participant attribute has no values: the file is missing, or the column is."""
     table = Path(site) / "participants.tsv"
@@ -179,6 +216,8 @@ def select_windows(windows: PairedWindows, config: AugmentConfig, site: str | Pa
     present = sorted(set(labels.tolist()))
     if config.target != "trial_type" and present == ["n/a"]:
         raise _no_attribute(site, config.target, "--target")
+    if config.target != "trial_type":
+        check_attribute(windows, config.target, site, "--target")
     if config.classes:
         classes = sorted(config.classes)
         for c in classes:
@@ -258,10 +297,11 @@ def plan_balance(
     classes : sequence of str
         The task's classes.
     groups : np.ndarray | None
-        Group of each window (sensitive attribute); None: balance classes only.
+        Group of each window (sensitive attribute); None: balance classes only. ``n/a`` (a
+        subject without a value) is no group: its windows' cells are neither targets nor topped up.
     target_per_class : int | None
-        Target size of a class; None: the largest class's count. A cell's target is that
-        divided by the number of groups.
+        Target size of a class; None: the largest class's count (of windows with a group, when
+        there are groups). A cell's target is that divided by the number of groups.
     ratio : float
         Under-represented below ``ratio`` x the target size.
 
@@ -270,7 +310,9 @@ def plan_balance(
     BalancePlan
         The units, targets, counts and under-represented units.
     """
-    class_counts = {c: int(np.sum(labels == c)) for c in classes}
+    # with groups, windows without a group (n/a) count for no cell, so not for the class's size either
+    counted = labels if groups is None else labels[groups != MISSING]
+    class_counts = {c: int(np.sum(counted == c)) for c in classes}
     per_class = float(target_per_class or max(class_counts.values()))
     if groups is None:
         units = labels.astype(object)
@@ -278,10 +320,10 @@ def plan_balance(
         targets = {c: per_class for c in names}
         rule = f"class with fewer than {ratio:g} x {per_class:g} windows (target per class {per_class:g})"
     else:
-        group_names = sorted(set(groups.tolist()))
+        group_names = sorted(set(groups.tolist()) - {MISSING})
         units = np.array([f"{c}{CELL_SEP}{g}" for c, g in zip(labels, groups)], dtype=object)
         names = [f"{c}{CELL_SEP}{g}" for c in classes for g in group_names]
-        per_cell = per_class / len(group_names)
+        per_cell = per_class / max(len(group_names), 1)
         targets = {u: per_cell for u in names}
         rule = (
             f"class x group cell with fewer than {ratio:g} x {per_cell:g} windows "

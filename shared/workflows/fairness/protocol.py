@@ -42,6 +42,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
+from fedneurogen.shared.data.bids import MISSING
 from fedneurogen.shared.errors import DataError
 from fedneurogen.shared.features import band_power
 from fedneurogen.shared.recording import PairedWindows
@@ -848,7 +849,8 @@ def group_metrics(
     ``by_group``: accuracy, macro F1, per-class F1 and window count per group; ``worst_group``
     (lowest macro F1); ``difference`` / ``ratio`` (between groups, max - min and min / max) of
     accuracy and macro F1; for a binary task, the equalized-odds difference with ``positive``
-    (default: the second class) as the positive label.
+    (default: the second class) as the positive label. Windows whose group is ``n/a`` (a subject
+    without a value) are no group: they are left out of every figure and counted in ``left_out``.
 
     Parameters
     ----------
@@ -864,13 +866,23 @@ def group_metrics(
     Returns
     -------
     dict of str to Any
-        ``by_group``, ``worst_group``, ``difference``, ``ratio`` and
-        ``equalized_odds_difference`` (None unless binary).
+        ``by_group``, ``worst_group``, ``difference``, ``ratio``,
+        ``equalized_odds_difference`` (None unless binary) and ``left_out`` (windows without a
+        group).
     """
     from fairlearn.metrics import MetricFrame, equalized_odds_difference
 
     y_true, y_pred, sensitive = (np.asarray(a).astype(str) for a in (y_true, y_pred, sensitive))
+    grouped = sensitive != MISSING
+    left_out = int(np.sum(~grouped))
+    y_true, y_pred, sensitive = y_true[grouped], y_pred[grouped], sensitive[grouped]
     classes = list(classes)
+    if not len(sensitive):
+        return {
+            "by_group": {}, "worst_group": None, "difference": {"accuracy": float("nan"), "macro_f1": float("nan")},
+            "ratio": {"accuracy": float("nan"), "macro_f1": float("nan")}, "equalized_odds_difference": None,
+            "left_out": left_out,
+        }  # fmt: skip
     metrics: dict[str, Callable] = {
         "accuracy": accuracy_score,
         "macro_f1": partial(f1_score, labels=classes, average="macro", zero_division=0),
@@ -898,6 +910,7 @@ def group_metrics(
         "difference": {k: float(difference[k]) for k in ("accuracy", "macro_f1")},
         "ratio": {k: float(ratio[k]) for k in ("accuracy", "macro_f1")},
         "equalized_odds_difference": None,
+        "left_out": left_out,
     }
     if len(classes) == 2:
         positive = positive if positive in classes else classes[1]
@@ -930,11 +943,12 @@ def group_fold_scores(
     Returns
     -------
     dict of str to dict
-        Group -> ``macro_f1_fold_mean``, ``macro_f1_fold_std`` and ``folds`` (count).
+        Group -> ``macro_f1_fold_mean``, ``macro_f1_fold_std`` and ``folds`` (count); ``n/a``
+        (no value) is no group.
     """
     sensitive = np.asarray(sensitive).astype(str)
     out = {}
-    for group in sorted(set(sensitive.tolist())):
+    for group in sorted(set(sensitive.tolist()) - {MISSING}):
         scores = []
         for _, test in folds:
             rows = test[sensitive[test] == group]

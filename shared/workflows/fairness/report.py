@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from fedneurogen.shared.data.bids import MISSING
+
 from . import protocol as fm
 
 
@@ -75,6 +77,49 @@ def minority_summary(strategies: dict[str, Any], classes: list[str], minority: l
     return out
 
 
+#: Strategies that add training rows (the others reweight or add nothing).
+ADDING = ("oversample", "smote", "generate")
+
+
+def nothing_added_reason(report: dict[str, Any]) -> str | None:
+    """Why no strategy added a window, when none did (their scores then equal ``none``'s).
+
+    Parameters
+    ----------
+    report : dict of str to Any
+        The report of ``run_augmentation``.
+
+    Returns
+    -------
+    str | None
+        One sentence; None when a strategy added windows or none of ``oversample``, ``smote``,
+        ``generate`` ran.
+    """
+    ran = {n: e for n, e in report["strategies"].items() if n in ADDING}
+    if not ran:
+        return None
+    added = sum(e["n_synthetic"] + e["n_oversampled"] + e.get("n_interpolated", 0) for e in ran.values())
+    if added:
+        return None
+    names = ", ".join(ran)
+    if not report["minority_units"]:
+        unit = "class x group cell" if report["sensitive_attribute"] else "class"
+        return (
+            f"No strategy added windows: no {unit} is under-represented (rule: {report['minority_rule']}), so "
+            f"{names} trained on the same windows as none and score the same."
+        )
+    unfilled = sorted({u for e in ran.values() for f in e["folds"] for u in f.get("units_not_topped_up", [])})
+    if unfilled:
+        return (
+            f"No strategy added windows: the under-represented unit(s) {', '.join(unfilled)} had no training windows "
+            f"in the folds that lacked them (their subjects were all in the test fold), so {names} score as none."
+        )
+    return (
+        f"No strategy added windows: every training fold already held the under-represented units' share of their "
+        f"target size, so {names} score as none."
+    )
+
+
 def _nanmean(values: Sequence[float]) -> float:
     v = np.asarray(values, dtype=float)
     return float(np.nanmean(v)) if np.any(np.isfinite(v)) else float("nan")
@@ -126,6 +171,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Under-represented: {', '.join(report['minority_units']) or 'none'} (rule: {report['minority_rule']}).",
         "Generated samples are used for training only; each comes from the EEG of a training-fold subject.",
+        *([reason] if (reason := nothing_added_reason(report)) else []),
         "",
         "## Per-class F1 (mean ± std over folds)",
         "",
@@ -148,11 +194,16 @@ def render_markdown(report: dict[str, Any]) -> str:
             + f" | {_pm(e['accuracy_mean'], e['accuracy_std'])} | {_pm(e['macro_f1_mean'], e['macro_f1_std'])} | {added} {kind} |"
         )
     if report["sensitive_attribute"]:
-        groups = sorted(report["group_counts"])
+        groups = _groups(report)
         lines += [
             "",
             f"## Per group: `{report['sensitive_attribute']}` (pooled out-of-fold predictions, fairlearn MetricFrame)",
             "",
+            *(
+                [f"{n} window(s) of subjects without a value (n/a) are left out of the group metrics.", ""]
+                if (n := report["group_counts"].get(MISSING))
+                else []
+            ),
             "| strategy | "
             + " | ".join(f"macro F1 {g} [n={report['group_counts'][g]}]" for g in groups)
             + " | worst group | difference | ratio | equalized-odds diff. |",
@@ -161,7 +212,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         for name, e in report["strategies"].items():
             pg = e["per_group"]
             eod = pg.get("equalized_odds_difference")
-            worst = pg["worst_group"]
+            worst = pg["worst_group"] or {"group": "n/a", "macro_f1": None}
             lines.append(
                 f"| {name} | "
                 + " | ".join(_fmt(pg["by_group"].get(g, {}).get("macro_f1")) for g in groups)
@@ -240,7 +291,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]
         highlight=report["minority_classes"],
     )
     if report["sensitive_attribute"]:
-        groups = sorted(report["group_counts"])
+        groups = _groups(report)
         series = {
             name: (
                 [_nan(e["per_group"]["by_group_folds"].get(g, {}).get("macro_f1_fold_mean")) for g in groups],
@@ -256,6 +307,11 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]
             ylabel="macro F1 (mean ± std over folds)",
         )
     return paths
+
+
+def _groups(report: dict[str, Any]) -> list[str]:
+    """The groups of the sensitive attribute (``n/a``, no value, is none)."""
+    return sorted(g for g in report["group_counts"] if g != MISSING)
 
 
 def _nan(value: float | None) -> float:

@@ -39,11 +39,14 @@ from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.recording import PairedWindows
 
 from . import protocol as fm
+from fedneurogen.shared.data.bids import MISSING
+
 from .plan import (
     CELL_SEP,
     AugmentConfig,
     BalancePlan,
     _no_attribute,
+    check_attribute,
     plan_balance,
     select_windows,
     task_labels,
@@ -142,16 +145,33 @@ def prepare_samples(
     Raises
     ------
     DataError
-        As in ``select_windows``, or the sensitive attribute has no values.
+        As in ``select_windows``, or the sensitive attribute has no values or is not a set of
+        groups (free text, a measurement: ``check_attribute``).
+
+    Warns
+    -----
+    DataWarning
+        Windows whose subject has no value of the sensitive attribute (left out of the group
+        metrics), a group with fewer subjects than folds, and a site where no unit is
+        under-represented (then no strategy adds a window).
     """
     windows, classes = select_windows(windows, config, site)
     labels = task_labels(windows, config.target)
     groups = None
     if config.sensitive_attribute:
         groups = windows.group_of(config.sensitive_attribute).astype(str)
-        if set(groups.tolist()) == {"n/a"}:
+        if set(groups.tolist()) == {MISSING}:
             raise _no_attribute(site, config.sensitive_attribute, "--sensitive-attribute")
+        check_attribute(windows, config.sensitive_attribute, site, "--sensitive-attribute")
+        _warn_about_groups(windows.subjects, groups, config.sensitive_attribute, config.folds, site)
     plan = plan_balance(labels, classes, groups, config.target_per_class, config.minority_ratio)
+    if not plan.minority and set(config.strategies) & {"oversample", "smote", "generate"}:
+        unit = "class" if groups is None else "class x group cell"
+        _warn(
+            site,
+            f"no {unit} is under-represented ({plan.rule}): oversample, smote and generate add no windows "
+            "and score as none",
+        )
     blocks = fm.blocks_for(config.classifier, config.use_eeg, config.use_target)
     if rois is None and windows.target_modality == "fmri" and "target" in blocks:
         rois = fm.target_parcellation(windows.target_positions, config.n_rois, seed=0)
@@ -168,6 +188,36 @@ def prepare_samples(
     return SiteSamples(
         windows, labels, classes, features, fm.window_ids(windows), blocks, rois, plan, groups, pool, pool_units
     )
+
+
+def _warn(site: str | Path, message: str) -> None:
+    import warnings
+
+    from fedneurogen.shared.data.problems import DataWarning
+
+    warnings.warn(f"{site}: {message}", DataWarning, stacklevel=3)
+
+
+def _warn_about_groups(subjects: np.ndarray, groups: np.ndarray, column: str, folds: int, site: str | Path) -> None:
+    """Say which windows the group metrics leave out (no value) and which groups are too small for the folds."""
+    missing = groups == MISSING
+    if missing.any():
+        who = sorted(set(subjects[missing].tolist()))
+        _warn(
+            site,
+            f"{int(missing.sum())} window(s) of {len(who)} subject(s) without a {column!r} value (n/a: "
+            f"{', '.join(who)}) are left out of the group metrics and of class x group balancing",
+        )
+    for group in sorted(set(groups[~missing].tolist())):
+        n = len(set(subjects[groups == group].tolist()))
+        if n < folds:
+            _warn(
+                site,
+                f"{column} group {group!r} has {n} subject(s), fewer than the {folds} folds: it is tested in at most "
+                f"{n} fold(s) and its scores rest on {n} subject(s)"
+                + ("; whenever it is tested, no training fold has it" if n == 1 else "")
+                + f" (use --folds {max(2, n)} or a larger site)",
+            )
 
 
 # -- generation -------------------------------------------------------------------------------
