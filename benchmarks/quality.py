@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = args.work / "runs" / f"{args.preset}-{args.modality}-{int(time.time())}"
         checkpoint = train_centralized(
             sites, run_dir, preset=args.preset, seed=args.seed, max_minutes=args.minutes, preprocess=preprocess.model_dump(),
-            site_names=[site.name for site in site_dirs],
+            site_names=[site.name for site in site_dirs], site_dirs=site_dirs,
         )  # fmt: skip
         train_minutes = (time.time() - start) / 60
     else:  # trained before: its minutes are in its run's log.jsonl, not measured here

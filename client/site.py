@@ -26,7 +26,7 @@ from fedneurogen.shared.metrics import temporal_pcc
 from fedneurogen.shared.model import Batch, NeuroGenModel, parameter_modality
 from fedneurogen.shared.recording import PairedWindows
 from fedneurogen.shared.run_config import RunConfig
-from fedneurogen.shared.splits import split_subjects
+from fedneurogen.shared.splits import REPORT_KEYS, split_subjects, subject_keys
 from fedneurogen.shared.workflows.training import (
     TRAIN_PRESETS,
     TrainConfig,
@@ -42,6 +42,8 @@ class SiteData:
     val: PairedWindows  # held-out subjects of this site
     # paired runs the loader could not use: named in the site's log, the count goes to the server
     skipped_runs: int = 0
+    # content hashes of the runs of the training and validation subjects (split_report)
+    split_runs: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
 
     @property
     def modality(self) -> str:
@@ -52,8 +54,8 @@ class SiteData:
         return sorted(set(self.train.classes) | set(self.val.classes))
 
 
-_SITES: dict[tuple[str, int, int, str], SiteData] = {}  # one load per process and data folder
-_REFUSED: dict[tuple[str, int, int, str], SiteRefusal] = {}  # a dataset found unusable is not re-read each round
+_SITES: dict[tuple, SiteData] = {}  # one load per process and data folder
+_REFUSED: dict[tuple, SiteRefusal] = {}  # a dataset found unusable is not re-read each round
 
 
 def data_path(node_config: dict, run: RunConfig) -> Path:
@@ -98,8 +100,11 @@ def load(
     max_windows: int = 0,
     cache_dir: str | None = None,
     preprocess: PreprocessConfig | None = None,
+    subset_seed: int | None = None,
 ) -> SiteData:
     """The site's training and held-out windows, split by subject; cached per process.
+    ``subset_seed`` draws the ``max_windows`` subset (a deployed site's own key, never the run's
+    seed: ``client/app.py``); None: ``seed``, as before, for direct callers.
 
     A data path that is missing or unreadable, a dataset that cannot be used and a target
     modality the model lacks raise ``SiteRefusal``: its public reason says what kind of problem
@@ -107,7 +112,7 @@ def load(
     path = Path(path)
     check_data_path(path)
     preprocess = preprocess or PreprocessConfig()
-    key = (str(path.resolve()), seed, max_windows, preprocess.cache_key())
+    key = (str(path.resolve()), seed, max_windows, preprocess.cache_key(), subset_seed)
     if key in _REFUSED:
         raise _REFUSED[key]
     if key not in _SITES:
@@ -128,17 +133,38 @@ def load(
             raise
         split = split_subjects(windows.subjects, seed=seed)
         train_mask, val_mask, _ = split.masks(windows.subjects)
+        try:
+            keys = subject_keys(path, windows.runs, windows.subjects, cache_dir or None)
+        except DataError as err:
+            _REFUSED[key] = data_refusal(err)
+            raise _REFUSED[key] from err
+        split_runs = tuple(
+            tuple(sorted(h for s in part for h in keys[s].split(":"))) for part in (split.train, split.val)
+        )
         if not val_mask.any():  # fewer than three subjects: nothing to hold out
             val_mask = train_mask
         train, val = windows.subset(np.flatnonzero(train_mask)), windows.subset(np.flatnonzero(val_mask))
         if max_windows and len(train) > max_windows:  # a smaller site, for quick runs and tests
-            keep = np.sort(np.random.default_rng(seed).choice(len(train), max_windows, replace=False))
+            subset_rng = np.random.default_rng(seed if subset_seed is None else subset_seed)
+            keep = np.sort(subset_rng.choice(len(train), max_windows, replace=False))
             train = train.subset(keep)
         # EEG-only runs are skipped by design (augment --eeg-only uses them): not a problem to report
         eeg_only = {run.eeg.resolve() for run in runs if run.target_modality is None}
         broken = [p for p in loaded.skipped if Path(p.path).resolve() not in eeg_only]
-        _SITES[key] = SiteData(train, val, skipped_runs=len(broken))
+        _SITES[key] = SiteData(train, val, skipped_runs=len(broken), split_runs=split_runs)
     return _SITES[key]
+
+
+def split_report(site: SiteData) -> dict[str, list[str]]:
+    """What this site trained and validated on, for the checkpoint's record: the content hashes
+    of the runs of its training and validation subjects (``splits.subject_keys``: SHA-256 over
+    the digests of a run's EEG and target files), so that ``evaluate`` never scores them as
+    held-out. No subject id, name or count of runs per subject is sent. What a hash reveals:
+    only whether a file that the reader already holds, byte for byte, was in this site's
+    training or validation split. Under DP the site sends none (``client/app.py``): that
+    membership is what DP protects, and the checkpoint then records the site as unknown."""
+    train, val = site.split_runs
+    return {REPORT_KEYS["train"]: list(train), REPORT_KEYS["val"]: list(val)}
 
 
 def build_model(preset: str, parameters: dict[str, torch.Tensor]) -> NeuroGenModel:

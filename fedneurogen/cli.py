@@ -28,6 +28,9 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+#: Line width of output that is not a terminal (a pipe, a file): wide enough that rich never breaks
+#: a path or cuts a table cell, which it does at its default of 80 columns.
+PIPE_WIDTH = 4096
 
 #: The logger whose records the command line shows: the parent of every library module's
 #: ``logging.getLogger(__name__)``.
@@ -102,6 +105,25 @@ def _main(
     warnings.showwarning = _show_warning  # e.g. "warning: sub-02/eeg/...edf: run ... skipped: truncated"
     _settings["progress"] = not quiet
     _configure_logging(ctx, logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    _unwrapped_when_piped(ctx)
+
+
+def _unwrapped_when_piped(ctx: typer.Context) -> None:
+    """Output that is not a terminal is not wrapped: a path copied from a log or a pipe must be
+    whole. ``COLUMNS``, when set, is respected; the consoles are restored when the command ends."""
+    import os
+
+    saved = [(c, c.soft_wrap, c.width) for c in (console, err_console)]
+    for c in (console, err_console):
+        if not c.is_terminal and not os.environ.get("COLUMNS", "").isdigit():
+            c.soft_wrap = True
+            c.width = PIPE_WIDTH
+
+    def restore() -> None:
+        for c, soft_wrap, width in saved:
+            c.soft_wrap, c.width = soft_wrap, width
+
+    ctx.call_on_close(restore)
 
 
 #: Exit codes: 1 a dataset, checkpoint or other input file cannot be used (DataError and the
@@ -142,6 +164,11 @@ def simulate(
         "--eeg-only-sessions",
         help="GROUP:N - every site also gets N subjects of group A or B with an EEG session only (no fMRI/fNIRS); repeatable.",
     ),
+    head_model: str = typer.Option(
+        "default",
+        "--head-model",
+        help="Head the EEG is written through: default, or mismatched (another sphere and jittered electrodes: no inverse crime).",
+    ),
 ) -> None:
     """Write simulated paired EEG-fMRI / EEG-fNIRS BIDS datasets with known ground truth."""
     import json
@@ -158,7 +185,7 @@ def simulate(
     try:
         site_dirs = simulate_dataset(
             out, n_sites=sites, subjects_per_site=subjects_per_site, modality=modality.value, seed=seed, run_seconds=run_seconds,
-            eeg_only_sessions=sessions, progress=_show_progress(),
+            eeg_only_sessions=sessions, progress=_show_progress(), head_model=head_model,
         )  # fmt: skip
     except ConfigError as err:
         _fail_on(err)
@@ -172,10 +199,15 @@ def simulate(
 def validate(
     site_dir: Path = typer.Argument(..., help="A BIDS site dataset."),
     as_json: bool = typer.Option(
-        False, "--json", help="Print the report as JSON (summary, errors, warnings) instead of tables."
+        False, "--json", help="Print the report as JSON (usable, status, summary, errors, warnings) instead of tables."
     ),
 ) -> None:
-    """Check a site dataset: print a summary and every problem found (non-zero exit if unusable)."""
+    """Check a site dataset: print a summary and every problem found.
+
+    The answer is the one the other commands act on. Exit 0: the dataset is usable; its status
+    is OK, or USABLE with the runs that have errors listed (train, evaluate, synthesize, ... skip
+    them and use the others). Exit 1: UNUSABLE (no run loads, no EEG run at all, or mixed target
+    modalities): every command would refuse it."""
     import json
 
     from fedneurogen.shared.data import validate_dataset
@@ -186,8 +218,17 @@ def validate(
         print(json.dumps(report.to_dict(), indent=2, default=str))
     else:
         render_report(report, console)
-    if not report.ok:
-        raise typer.Exit(1)
+        if report.usable and not report.ok:
+            skipped = report.summary.get("skipped_runs", [])
+            console.print(
+                f"usable: {len(skipped)} run(s) with errors will be skipped ({', '.join(skipped)}); the other "
+                f"{report.summary.get('usable_runs', 0)} are used"
+                if skipped
+                else "usable: no run is skipped; the commands work around the errors above",
+                highlight=False,
+            )
+    if not report.usable:
+        raise typer.Exit(EXIT_DATA)
 
 
 class Preset(str, Enum):
@@ -257,11 +298,13 @@ def train(
     from fedneurogen.shared.config import PreprocessConfig
     from fedneurogen.shared.errors import FedNeuroGenError
     from fedneurogen.shared.model import get_preset
+    from fedneurogen.shared.outputs import prepare_output_folder
     from fedneurogen.shared.workflows.training import train_centralized
 
     try:
         preprocess = PreprocessConfig.from_overrides(preprocess_overrides)
         get_preset(preset.value).check_preprocess(preprocess)  # before any data is read
+        prepare_output_folder(out, data)
         sites = _load_sites(data, preprocess)
         checkpoint = train_centralized(
             sites,
@@ -273,6 +316,7 @@ def train(
             device=device,
             preprocess=preprocess.model_dump(),
             site_names=[d.name for d in data],
+            site_dirs=data,  # the checkpoint records its subjects by content: evaluate scores only unseen ones
             progress=_show_progress(),
         )
     except FedNeuroGenError as err:  # a bad dataset or configuration: one line naming the file
@@ -285,7 +329,12 @@ def federate(
     run_dir: Path = typer.Option(
         ..., "--run-dir", help="Server output: checkpoint, history.json, metrics.png, tensorboard/."
     ),
-    data_root: Path = typer.Option(..., "--data-root", help="Folder of site-01, site-02, ... (simulated if absent)."),
+    data_root: Path = typer.Option(
+        ...,
+        "--data-root",
+        help="Folder of site-01, site-02, ... (BIDS folders or links to them, used read-only as they are); "
+        "simulated only when the folder is absent or empty.",
+    ),
     sites: int = typer.Option(3, "--sites", min=1, help="Sites (SuperNodes) in the simulation."),
     rounds: int = typer.Option(3, "--rounds", min=1, help="Federated rounds."),
     modality: SimModality = typer.Option(SimModality.fmri, "--modality", help="Modality of simulated sites."),
@@ -294,6 +343,9 @@ def federate(
     seed: int = typer.Option(0, "--seed", help="Seed of the simulation, initial weights, splits and batches."),
     set_: list[str] = typer.Option(
         [], "--set", help="Any run-config key, e.g. --set strategy=fedprox --set dp-enabled=true."
+    ),
+    simulate: bool = typer.Option(
+        False, "--simulate", help="Simulate the missing sites of a data root that the simulator made (never over data)."
     ),
 ) -> None:
     """Local multi-site federated training: a Flower SuperLink on this machine, one SuperNode per site."""
@@ -314,6 +366,7 @@ def federate(
                 seed=seed,
                 run_config=overrides,
                 on_round=show_round,
+                simulate=simulate,
             )
     except FedNeuroGenError as err:  # e.g. a bad run config: the ServerApp's ConfigError leads the message
         _fail_on(err)
@@ -389,28 +442,38 @@ def synthesize(
     seed: int = typer.Option(0, "--seed", help="Seed of the sampling noise; sample k uses seed + k - 1."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Windows sampled together."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print what was written as JSON (out, files) instead of a list."
+    ),
 ) -> None:
     """Generate fMRI / fNIRS from a site's EEG and write it as BIDS derivatives."""
     from fedneurogen.shared.errors import FedNeuroGenError
+    from fedneurogen.shared.outputs import prepare_output_folder
     from fedneurogen.shared.workflows.synthesis import synthesize as run_synthesis
 
     wanted = [s.strip() for value in subjects or [] for s in value.split(",") if s.strip()]
     try:
+        prepare_output_folder(out, [data])
         written = run_synthesis(
             checkpoint, data, out, subjects=wanted or None, label=label, estimate=estimate, n_samples=n_samples, steps=steps,
             guidance_scale=guidance, seed=seed, batch_size=batch_size, device=device, progress=_show_progress(),
         )  # fmt: skip
     except FedNeuroGenError as err:
         _fail_on(err)
-    console.print(f"Wrote {len(written)} files under [bold]{out}[/]:")
+    if as_json:  # plain stdout: for scripts and pipelines
+        import json
+
+        print(json.dumps({"out": str(out), "files": [str(p) for p in written]}, indent=2))
+        return
+    console.print(f"Wrote {len(written)} files under [bold]{out}[/]:", highlight=False)
     for path in written:
-        console.print(f"  {path}")
+        console.print(f"  {path}", highlight=False)
 
 
 @app.command()
 def evaluate(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint directory (its EMA weights are used)."),
-    data: Path = typer.Option(..., "--data", help="BIDS site to evaluate on (its test subjects)."),
+    data: Path = typer.Option(..., "--data", help="BIDS site to evaluate on (the subjects the checkpoint never saw)."),
     out: Path = typer.Option(..., "--out", help="Report directory: report.json and PNG figures."),
     steps: int | None = typer.Option(None, "--steps", min=1, help="DDIM steps (default: the model's sampling_steps)."),
     max_windows: int | None = typer.Option(None, "--max-windows", min=1, help="Score at most this many test windows."),
@@ -432,19 +495,29 @@ def evaluate(
     pooled_sites: list[Path] | None = typer.Option(
         None,
         "--also-trained-on",
-        help="Another site the checkpoint was trained on (repeat): the baselines learn from its training subjects too.",
+        help="Another site the checkpoint was trained on (repeat): the baselines learn from its subjects the checkpoint "
+        "trained on too (found by file content).",
+    ),
+    allow_seen: bool = typer.Option(
+        False,
+        "--allow-seen",
+        help="Also score subjects the checkpoint trained or validated on (or a checkpoint that records none): "
+        "each is labelled as seen in the report, and the scores are not held-out.",
     ),
 ) -> None:
-    """Score a checkpoint on a site's held-out subjects against baselines, noise baseline and ceiling."""
+    """Score a checkpoint on a site's held-out subjects (never trained or validated on, by file content) against
+    baselines, noise baseline and ceiling."""
     from fedneurogen.shared.errors import FedNeuroGenError
     from fedneurogen.shared.workflows.evaluation import REPORT_FILE, report_table
+    from fedneurogen.shared.outputs import prepare_output_folder
     from fedneurogen.shared.workflows.evaluation import evaluate as run_evaluation
 
     try:
+        prepare_output_folder(out, [data, *(pooled_sites or ())])
         report = run_evaluation(
             checkpoint, data, out, steps=steps, max_windows=max_windows, seed=seed, guidance_scale=guidance, n_samples=n_samples,
             baseline_epochs=baseline_epochs, batch_size=batch_size, device=device, pooled_sites=tuple(pooled_sites or ()),
-            progress=_show_progress(),
+            allow_seen=allow_seen, progress=_show_progress(),
         )  # fmt: skip
     except FedNeuroGenError as err:
         _fail_on(err)
@@ -519,6 +592,7 @@ def augment(
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
 ) -> None:
     """Site-side fairness augmentation: rebalance under-represented classes/groups with generated data and report per-class and per-group F1 against baselines."""
+    from fedneurogen.shared.outputs import prepare_output_folder
     from fedneurogen.shared.workflows.fairness import STRATEGIES, AugmentConfig, augment_site
     from fedneurogen.shared.errors import FedNeuroGenError
 
@@ -535,10 +609,15 @@ def augment(
             steps=steps, guidance_scale=guidance, seed=seed, eeg_only=eeg_only,
             generation_choices=tuple(dict.fromkeys((("sample", guidance), ("sample", 0.0), ("mean", 0.0)))) if estimate == "auto" else ((estimate, guidance),),
         )  # fmt: skip
+        prepare_output_folder(out, [data])
         report = augment_site(checkpoint, data, out, config, device=device)
     except FedNeuroGenError as err:
         _fail_on(err)
     console.print(f"minority: {', '.join(report['minority_units']) or 'none'} ({report['minority_rule']})")
+    from fedneurogen.shared.workflows.fairness.report import nothing_added_reason
+
+    if reason := nothing_added_reason(report):  # otherwise identical F1 rows would go unexplained
+        console.print(reason, highlight=False)
     for name, row in report["summary"].items():
         minority_f1 = "n/a" if row["minority_f1"] is None else f"{row['minority_f1']:.3f}"
         console.print(
@@ -574,9 +653,11 @@ def explain_command(
 ) -> None:
     """Which EEG bands, electrodes and cortical regions drive the generated target, and the model's effective HRF per region."""
     from fedneurogen.shared.errors import FedNeuroGenError
+    from fedneurogen.shared.outputs import prepare_output_folder
     from fedneurogen.shared.workflows.explain import EXPLAIN_FILE, explain
 
     try:
+        prepare_output_folder(out, [data])
         report = explain(
             checkpoint,
             data,
@@ -879,15 +960,22 @@ def consortium_up(
     folder: Path = typer.Argument(..., help="The consortium's folder (certificates, keys, logs, endpoints.env)."),
     sites: int = typer.Option(2, "--sites", min=1, help="Site daemons to start."),
     data_root: Path | None = typer.Option(
-        None, "--data-root", help="BIDS folders site-01, site-02, ... (simulated if missing; default DIR/data)."
+        None,
+        "--data-root",
+        help="BIDS folders site-01, site-02, ... used read-only as they are (default DIR/data, simulated when absent).",
     ),
     modality: SimModality = typer.Option(SimModality.fmri, "--modality", help="Simulated sites' target modality."),
     subjects_per_site: int = typer.Option(3, "--subjects-per-site", min=1, help="Simulated subjects per site."),
     site_config: str = typer.Option(
-        'dp-max-epsilon="10"', "--site-config", help="Added to every site's node config (its privacy policy)."
+        'dp-max-epsilon="10" dp-max-delta="1e-5"',
+        "--site-config",
+        help="Added to every site's node config (its privacy policy).",
     ),
     allowed_apps: Path | None = typer.Option(
         None, "--allowed-apps", help="The sites' allowlist of app hashes (default: this FedNeuroGen release)."
+    ),
+    simulate: bool = typer.Option(
+        False, "--simulate", help="Simulate the missing sites of a data root that the simulator made (never over data)."
     ),
 ) -> None:
     """Start the SuperLink behind its proxy and authenticated site daemons, as real processes."""
@@ -897,7 +985,7 @@ def consortium_up(
     try:
         endpoints = up(
             folder, sites=sites, data_root=data_root, modality=modality.value, subjects_per_site=subjects_per_site,
-            site_config=site_config, allowed_apps=allowed_apps,
+            site_config=site_config, allowed_apps=allowed_apps, simulate=simulate,
         )  # fmt: skip
     except FedNeuroGenError as err:
         _fail_on(err)

@@ -24,17 +24,23 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from fedneurogen.server.audit import AUDIT_FILE, AuditedGrid
-from fedneurogen.server.checkpointing import RunStore, load_parameters, model_parameters
+from fedneurogen.server.checkpointing import RunStore, SiteSplits, load_parameters, model_parameters
 from fedneurogen.server.early_stopping import ResidualEarlyStopping
+from fedneurogen.server.statistics import SiteStatistics, StatisticsRefused, cap_shares, read_reply
 from fedneurogen.server.strategy import make_strategy
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.model import NeuroGenModel
+from fedneurogen.shared.records import sendable_label
 from fedneurogen.shared.model.mean import solve_ridge_path
 from fedneurogen.shared.ridge import STATISTICS_REQUEST, RidgeStatistics, sum_statistics
 from fedneurogen.shared.run_config import RunConfig, validate_run_config
+from fedneurogen.shared.splits import PROVENANCE_KEY
 
 app = ServerApp()
+
+
+MAX_CLASSES_PER_SITE = 64  # the server trusts no site: a few short tokens (shared/records.py LABEL) each
 
 
 def site_classes(grid: Grid, min_nodes: int, timeout: float, num_classes: int) -> list[str]:
@@ -44,10 +50,29 @@ def site_classes(grid: Grid, min_nodes: int, timeout: float, num_classes: int) -
     messages = [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
     names: set[str] = set()
     for reply in grid.send_and_receive(messages, timeout=timeout):
+        node = reply.metadata.src_node_id
         if reply.has_error():
-            log(WARNING, "query: site (node %s) failed: %s", reply.metadata.src_node_id, reply.error.reason)
-        elif "site" in reply.content.config_records:
-            names.update(str(c) for c in reply.content["site"]["classes"])
+            log(WARNING, "query: site (node %s) failed: %s", node, reply.error.reason)
+            continue
+        site = reply.content.config_records.get("site")
+        sent = site.get("classes") if site is not None else None
+        if not isinstance(sent, list) or len(sent) > MAX_CLASSES_PER_SITE:
+            log(
+                WARNING,
+                "query: site (node %s) refused: its classes are not a list of at most %d",
+                node,
+                MAX_CLASSES_PER_SITE,
+            )
+            continue
+        kept = {c for c in sent if sendable_label(c)}
+        if len(kept) < len(set(sent)):
+            log(
+                WARNING,
+                "query: site (node %s): %d class name(s) that are not short names left out",
+                node,
+                len(set(sent)) - len(kept),
+            )
+        names.update(kept)
     classes = sorted(names)
     if len(classes) > num_classes:
         log(
@@ -60,14 +85,19 @@ def site_classes(grid: Grid, min_nodes: int, timeout: float, num_classes: int) -
     return classes[:num_classes]
 
 
-def released(arrays: dict, prefix: str) -> RidgeStatistics | None:
-    """One set of statistics from a site's reply (None if absent). Under DP the count is noisy:
-    kept at least 1 (post-processing costs no privacy)."""
-    if f"{prefix}n" not in arrays:
-        return None
-    stats = RidgeStatistics.from_arrays({k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)})
-    stats.n = max(stats.n, 1.0)
-    return stats
+def read_statistics_reply(reply: Message, model: NeuroGenModel) -> SiteStatistics:
+    """A site's statistics reply, checked (``server/statistics.py``): records present and of the
+    right kinds, arrays of the model's shapes, finite and consistent. Raises ``StatisticsRefused``."""
+    content = reply.content
+    if "statistics" not in content.array_records or "site" not in content.config_records:
+        raise StatisticsRefused("malformed reply: no statistics or no site record")
+    metrics = content.metric_records.get("metrics")
+    flag = metrics.get("private", 0) if metrics is not None else 0
+    if not isinstance(flag, int | float) or isinstance(flag, bool):
+        raise StatisticsRefused(f"malformed reply: private is {flag!r}")
+    width, n_points = model.modality_heads["fmri"].mean.ridge.coef.shape
+    arrays = {k: a.numpy() for k, a in content["statistics"].items()}
+    return read_reply(arrays, dict(content["site"].items()), bool(flag), width=width, n_fmri_points=n_points)
 
 
 def solve_global_ridge(grid: Grid, model: NeuroGenModel, min_nodes: int, timeout: float) -> dict:
@@ -83,22 +113,28 @@ def solve_global_ridge(grid: Grid, model: NeuroGenModel, min_nodes: int, timeout
     sites: dict[str, list[tuple[RidgeStatistics, RidgeStatistics | None, list[str] | None]]] = {}
     private: dict[str, int] = {}  # sites whose sums went through the Gaussian mechanism
     for reply in grid.send_and_receive(messages, timeout=timeout):
+        node = reply.metadata.src_node_id
         if reply.has_error():
-            log(WARNING, "ridge statistics: site (node %s) failed: %s", reply.metadata.src_node_id, reply.error.reason)
+            log(WARNING, "ridge statistics: site (node %s) failed: %s", node, reply.error.reason)
             continue
-        arrays = {k: a.numpy() for k, a in reply.content["statistics"].items()}
-        info = reply.content["site"]
-        train, val = (released(arrays, prefix) for prefix in ("train.", "val."))
-        if train is None:
-            log(WARNING, "ridge statistics: site (node %s) sent no training statistics", reply.metadata.src_node_id)
+        try:  # the server trusts no site: every reply is checked before it is summed
+            got = read_statistics_reply(reply, model)
+        except StatisticsRefused as err:
+            log(WARNING, "ridge statistics: site (node %s) refused: %s", node, err)
             continue
-        points = [str(p) for p in info["points"]] if "points" in info else None
-        sites.setdefault(str(info["modality"]), []).append((train, val, points))
-        metrics = reply.content.metric_records.get("metrics")
-        if metrics is not None and int(metrics.get("private", 0)):
-            private[str(info["modality"])] = private.get(str(info["modality"]), 0) + 1
+        sites.setdefault(got.modality, []).append((got.train, got.val, got.points))
+        private[got.modality] = private.get(got.modality, 0) + int(got.private)
     chosen = {}
     for modality, replies in sorted(sites.items()):
+        trains, capped = cap_shares([t for t, _, _ in replies])
+        if capped:
+            log(
+                WARNING,
+                "ridge statistics: %d %s site(s) claimed far more rows than the others; weighed down",
+                len(capped),
+                modality,
+            )
+        replies = [(t, v, p) for t, (_, v, p) in zip(trains, replies)]
         if len({r[0].sxy.shape for r in replies}) > 1 or len({tuple(r[2] or ()) for r in replies}) > 1:
             log(WARNING, "ridge path: the %s sites have different target points; it is left unfitted", modality)
             continue
@@ -111,9 +147,12 @@ def solve_global_ridge(grid: Grid, model: NeuroGenModel, min_nodes: int, timeout
     return chosen
 
 
-def checkpoint_extra(run: RunConfig, class_names: list[str], server_round: int, sites_count: int) -> dict:
-    """What a round checkpoint says about itself (``synthesize``/``evaluate`` read it)."""
-    return {
+def checkpoint_extra(
+    run: RunConfig, class_names: list[str], server_round: int, sites_count: int, split_subjects: dict | None = None
+) -> dict:
+    """What a round checkpoint says about itself (``synthesize``/``evaluate`` read it);
+    ``split_subjects``: what the sites trained and validated on, by content (``SiteSplits.record``)."""
+    extra = {
         "class_names": class_names,
         "preprocess": run.preprocess_config().model_dump(mode="json"),  # what every site's loader applies
         "provenance": {
@@ -124,15 +163,17 @@ def checkpoint_extra(run: RunConfig, class_names: list[str], server_round: int, 
             "sites_count": sites_count,
             "local_epochs": run.local_epochs,
             "dp": {"target_epsilon": run.dp_target_epsilon, "delta": run.dp_delta} if run.dp_enabled else None,
-            # The sites split subjects with split_subjects(seed) and its default fractions, and
-            # `evaluate` applies the same split. (Its "sites" key would list folder names, which
-            # sites never send.)
+            # The sites split subjects with split_subjects(seed) and its default fractions; which
+            # subjects (by content) is in split_subjects, which is what `evaluate` goes by.
             "seed": run.seed,
             "split_seed": run.seed,
             "val_fraction": 0.15,
             "test_fraction": 0.2,
         },
     }
+    if split_subjects is not None:
+        extra["provenance"][PROVENANCE_KEY] = split_subjects
+    return extra
 
 
 @app.main()
@@ -152,6 +193,7 @@ def main(grid: Grid, context: Context) -> None:
     model = NeuroGenModel(run.preset, device="cpu")
 
     first, history, class_names = 1, [], None
+    splits = SiteSplits()  # what the sites train and validate on, by content (their training replies)
     if store.latest() is not None:
         if not run.resume:
             raise ConfigError(
@@ -166,6 +208,7 @@ def main(grid: Grid, context: Context) -> None:
             )
         strategy.load_state_dict(state)
         first, class_names = done + 1, list(meta.get("class_names") or [])
+        splits = SiteSplits(meta.get("provenance"))
         log(INFO, "Resuming %s from round %d of %d", store.dir, done, num_rounds)
     if class_names is None and run.classes.strip():  # the consortium's label list
         class_names = sorted({c.strip() for c in run.classes.split(",") if c.strip()})[: model.config.num_classes]
@@ -198,9 +241,10 @@ def main(grid: Grid, context: Context) -> None:
         started = time.time()
         grid.begin_round(server_round)
         train_config = ConfigRecord({"class-names": class_names})
-        replies = grid.send_and_receive(
-            strategy.configure_train(server_round, arrays, train_config, grid), timeout=timeout
+        replies = list(
+            grid.send_and_receive(strategy.configure_train(server_round, arrays, train_config, grid), timeout=timeout)
         )
+        splits.add(replies)
         new_arrays, _ = strategy.aggregate_train(server_round, replies)
         if new_arrays is None:
             log(WARNING, "Round %d: no usable site update; the global model is unchanged", server_round)
@@ -232,7 +276,7 @@ def main(grid: Grid, context: Context) -> None:
             log(INFO, "Round %d %s: %s", server_round, stage, history[-1][stage].get("aggregate"))
         load_parameters(model, {k: a.numpy() for k, a in arrays.items()})
         contributed = sum(1 for m in history[-1]["train"].get("sites", {}).values() if m.get("num-examples", 0) > 0)
-        extra = checkpoint_extra(run, class_names, server_round, contributed)
+        extra = checkpoint_extra(run, class_names, server_round, contributed, splits.record())
         folder = store.save_round(server_round, model, strategy.state_dict(), history, extra)
         store.write_reports(history)
         log(INFO, "Round %d checkpoint: %s", server_round, folder)

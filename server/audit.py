@@ -187,7 +187,9 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
 
 # -- the checker ---------------------------------------------------------------------------------
 
-DEFAULT_CONFIG_KEYS = ("modality", "classes", "points")  # points: fNIRS channel names (with the ridge statistics)
+# points: fNIRS channel names (with the ridge statistics); train-runs/val-runs: content hashes of the
+# runs a site trains and validates on (client/site.py split_report), 64 hex digits each
+DEFAULT_CONFIG_KEYS = ("modality", "classes", "points", "train-runs", "val-runs")
 #: Every metric a site sends: client/site.py (train, evaluate), client/app.py (the statistics
 #: reply's private/epsilon, evaluation withheld under DP). Any other key is flagged.
 METRIC_KEYS = (

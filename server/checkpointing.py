@@ -19,16 +19,28 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
+from collections.abc import Iterable, Mapping
+from logging import WARNING
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from flwr.common import log
 from safetensors.numpy import load_file, save_file
 
 from fedneurogen.shared.errors import ConfigError
+from fedneurogen.shared.splits import (
+    HASH_LENGTH,
+    HASH_SCHEME,
+    MAX_REPORTED_RUNS,
+    PROVENANCE_KEY,
+    REPORT_KEYS,
+    seen_record,
+)
 from fedneurogen.shared.io import MANIFEST_FILE, atomic_path, read_manifest, write_json_atomic, write_manifest
 from fedneurogen.shared.model import EMA, NeuroGenModel, load_checkpoint_into, save_checkpoint
 
@@ -158,6 +170,112 @@ class RunStore:
                             if isinstance(value, (int, float)) and math.isfinite(value):
                                 writer.add_scalar(f"{stage}-sites/{key}/node-{node}", value, entry["round"])
         plot_history(history, self.dir / "metrics.png")
+
+
+_RUN_HASH = re.compile(f"[0-9a-f]{{{HASH_LENGTH}}}")
+
+
+def parse_split_report(config: Mapping[str, Any]) -> dict[str, list[str]] | None:
+    """A site's report of the runs it trains and validates on (``client/site.py``
+    ``split_report``), checked: the server trusts no site, so anything but two lists of at most
+    ``MAX_REPORTED_RUNS`` distinct 64-digit lower-case hex strings, no run in both, is refused.
+
+    Parameters
+    ----------
+    config : Mapping
+        The reply's ``site`` config record.
+
+    Returns
+    -------
+    dict of str to list of str or None
+        ``{"train": [...], "val": [...]}``, sorted; None when the reply has no report (a site
+        under DP sends none).
+
+    Raises
+    ------
+    ValueError
+        A malformed report; the message names the key and the problem, never the content.
+    """
+    present = [key for key in REPORT_KEYS.values() if key in config]
+    if not present:
+        return None
+    if len(present) != len(REPORT_KEYS):
+        raise ValueError(f"sent {present[0]} alone (expected {' and '.join(REPORT_KEYS.values())})")
+    out: dict[str, list[str]] = {}
+    for part, key in REPORT_KEYS.items():
+        values = config[key]
+        if not isinstance(values, (list, tuple)):
+            raise ValueError(f"{key} is a {type(values).__name__}, not a list of run hashes")
+        if len(values) > MAX_REPORTED_RUNS:
+            raise ValueError(f"{key} holds {len(values)} run hashes, more than the {MAX_REPORTED_RUNS} allowed")
+        for i, value in enumerate(values):
+            if not isinstance(value, str) or not _RUN_HASH.fullmatch(value):
+                raise ValueError(f"{key} item {i} is not a {HASH_LENGTH}-digit lower-case hex hash")
+        out[part] = sorted(set(values))
+    if set(out["train"]) & set(out["val"]):
+        raise ValueError("a run hash is in both the training and the validation split")
+    return out
+
+
+class SiteSplits:
+    """What each site trained and validated on, by content, for the checkpoint's provenance
+    (``splits.PROVENANCE_KEY``), keyed by the sites' anonymous node ids.
+
+    A site's latest valid report (``parse_split_report``) stands for it. A site that trained
+    (sent examples) without a valid report is recorded as ``withheld`` with the reason: its
+    subjects are unknown, so ``evaluate`` refuses the checkpoint unless told ``--allow-seen``.
+
+    Parameters
+    ----------
+    provenance : dict, optional
+        A resumed checkpoint's provenance: its record is carried on.
+    """
+
+    def __init__(self, provenance: dict[str, Any] | None = None):
+        self.sites: dict[str, dict[str, Any]] = {}
+        record = (provenance or {}).get(PROVENANCE_KEY)
+        if isinstance(record, dict) and record.get("scheme") == HASH_SCHEME:
+            for entry in record.get("sites") or []:
+                if isinstance(entry, dict) and "node" in entry:
+                    self.sites[str(entry["node"])] = entry
+
+    def add(self, replies: Iterable[Any]) -> None:
+        """Take the reports of a round's training replies.
+
+        Parameters
+        ----------
+        replies : iterable of flwr Message
+            The round's training replies (errors are skipped).
+        """
+        for reply in replies:
+            if reply.has_error():
+                continue
+            node = str(reply.metadata.src_node_id)
+            metrics = reply.content.metric_records.get("metrics")
+            trained = metrics is not None and float(metrics.get("num-examples", 0) or 0) > 0
+            try:
+                report = parse_split_report(reply.content.config_records.get("site") or {})
+            except ValueError as err:
+                log(WARNING, "site (node %s) sent an invalid split report: %s", node, err)
+                self.sites[node] = {"node": node, "withheld": f"site node {node} sent an invalid split report ({err})"}
+                continue
+            if report is not None:
+                self.sites[node] = {"node": node, **report}
+            elif trained and "train" not in self.sites.get(node, {}):
+                self.sites[node] = {
+                    "node": node,
+                    "withheld": f"site node {node} trained without reporting its subjects (a site under DP withholds them)",
+                }
+
+    def record(self) -> dict[str, Any]:
+        """The record for the checkpoint's provenance.
+
+        Returns
+        -------
+        dict
+            ``splits.seen_record`` of every site's entry, by node id.
+        """
+        return seen_record([self.sites[node] for node in sorted(self.sites)])
 
 
 def sync_to_disk(folder: Path) -> None:

@@ -5,11 +5,32 @@ so the two can be compared line by line."""
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 MAX_STRING = 200  # longer config strings are logged truncated (with their length) and flagged
+
+#: One token of letters, digits, ``_ . -``: what a task label looks like (the server's audit
+#: checks class names against the same pattern, ``server/audit.py`` LABEL).
+LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,47}")
+
+
+def sendable_label(name: object) -> bool:
+    """Whether a site may send ``name`` as a class name: one ``LABEL`` token and no BIDS
+    ``sub-`` entity (never free text, a person's name or a subject id).
+
+    Parameters
+    ----------
+    name : object
+        A class name as read from a site's events.
+
+    Returns
+    -------
+    bool
+    """
+    return isinstance(name, str) and LABEL.fullmatch(name) is not None and "sub-" not in name.lower()
 
 
 def value_type(value: Any) -> str:

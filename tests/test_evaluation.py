@@ -20,7 +20,7 @@ from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.metrics import temporal_pcc
 from fedneurogen.shared.recording import PairedWindows
 from fedneurogen.shared.workflows.baselines.regressor import RegressorBaseline
-from fedneurogen.shared.splits import split_subjects
+from fedneurogen.shared.splits import SeenSubjects, split_subjects
 
 
 @pytest.fixture(scope="session")
@@ -100,6 +100,8 @@ def test_evaluate_scores_only_test_subjects_and_writes_report_and_plots(consorti
     assert seen["generated"] == set(split.test)
     assert seen["ridge_fit"] == seen["regressor_fit"] == set(split.train)
     assert not set(split.test) & set(split.train)
+    assert report["held_out"]["excluded_count"] == len(split.train) + len(split.val)
+    assert {e["subject"] for e in report["held_out"]["excluded"]} == set(split.train + split.val)
 
     # the noise-free signal tracks the real one far better than a shuffled real signal does
     assert report["ceilings"]["noise"]["pcc_temporal"] > 0.3 > abs(report["noise_baseline"])
@@ -116,10 +118,11 @@ def test_evaluate_scores_only_test_subjects_and_writes_report_and_plots(consorti
 
 def test_site_outside_training_is_all_test_and_baselines_cross_fit():
     windows = _fake_windows(["sub-01", "sub-02", "sub-03", "sub-04"])
-    meta = {"provenance": {"sites": ["site-07"], "split_seed": 0, "val_fraction": 0.15, "test_fraction": 0.2}}
-    split = evaluation.evaluation_split(windows, meta, Path("/data/site-01"))
+    keys = {f"sub-0{i}": f"{i}" * 64 for i in range(1, 5)}  # content keys (splits.subject_keys)
+    elsewhere = SeenSubjects(train=frozenset({"a" * 64}), val=frozenset({"b" * 64}))  # another site's runs
+    split = evaluation.evaluation_split(windows, elsewhere, keys, Path("/data/site-01"))
     assert not split.site_in_training and split.train is None
-    assert split.split.test == ("sub-01", "sub-02", "sub-03", "sub-04") and "not in training" in split.note
+    assert split.split.test == ("sub-01", "sub-02", "sub-03", "sub-04") and "2 folds by subject" in split.note
 
     fits = []
 
@@ -136,14 +139,17 @@ def test_site_outside_training_is_all_test_and_baselines_cross_fit():
     np.testing.assert_array_equal(predicted[np.isin(windows.subjects, ["sub-01", "sub-03"])], 1.0)
     np.testing.assert_array_equal(predicted[np.isin(windows.subjects, ["sub-02", "sub-04"])], 2.0)
 
-    trained = evaluation.evaluation_split(
-        windows, {**meta, "provenance": {**meta["provenance"], "sites": ["site-01"]}}, Path("site-01")
-    )
-    expected = split_subjects(windows.subjects, 0, 0.15, 0.2)
-    assert trained.site_in_training and trained.split == expected
-    assert set(trained.test.subjects.tolist()) == set(expected.test) and set(trained.train.subjects.tolist()) == set(
-        expected.train
-    )
+    # the same folder, trained on sub-02 (one of its two runs) and validated on sub-04: by content
+    keys["sub-02"] = f"{'2' * 64}:{'e' * 64}"
+    seen = SeenSubjects(train=frozenset({"e" * 64}), val=frozenset({"4" * 64}))
+    trained = evaluation.evaluation_split(windows, seen, keys, Path("site-01"))
+    assert trained.site_in_training and trained.split.train == ("sub-02",) and trained.split.val == ("sub-04",)
+    assert trained.split.test == ("sub-01", "sub-03") and set(trained.test.subjects.tolist()) == {"sub-01", "sub-03"}
+    assert set(trained.train.subjects.tolist()) == {"sub-02"} and set(trained.val.subjects.tolist()) == {"sub-04"}
+    assert trained.held_out()["excluded"] == [
+        {"subject": "sub-02", "status": "trained on"},
+        {"subject": "sub-04", "status": "validated on"},
+    ]
 
 
 def test_limit_windows_keeps_every_subject_and_consecutive_windows():

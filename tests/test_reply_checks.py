@@ -128,3 +128,77 @@ def test_fuzzed_train_replies_never_raise_and_never_aggregate_non_finite(
     assert all(np.isfinite(new[k].numpy()).all() for k in new.keys())
     report = strategy.report[MessageType.TRAIN]
     assert str(out[1].metadata.dst_node_id) in report["sites"] or _failed(strategy)[out[1].metadata.dst_node_id]
+
+
+# ----------------------------------------------------------------------------------------------
+# The ServerApp's queries: class names and ridge statistics
+
+
+class QueryGrid:
+    """Answers each query with ``answers[node](message)``."""
+
+    def __init__(self, answers):
+        self.answers = answers
+
+    def get_node_ids(self):
+        return list(self.answers)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        return [self.answers[m.metadata.dst_node_id](m) for m in messages]
+
+
+def _answer(records: dict):
+    return lambda out: Message(RecordDict(records), reply_to=out)
+
+
+def test_class_names_from_a_hostile_site_are_filtered(task_identity):
+    from fedneurogen.server.app import site_classes
+
+    grid = QueryGrid(
+        {
+            1: _answer({"site": ConfigRecord({"classes": ["faces", "houses"]})}),
+            2: _answer({"site": ConfigRecord({"classes": "faces"})}),  # a string, not a list
+            3: _answer({"site": ConfigRecord({"classes": ["left_hand", "/data/site-01/sub-03", "sub-03", "x" * 200]})}),
+            4: _answer({}),  # no site record
+        }
+    )
+    assert site_classes(grid, 4, 1.0, 8) == ["faces", "houses", "left_hand"]
+
+
+def test_the_ridge_path_is_solved_from_the_honest_sites_only(task_identity):
+    """Three sites answer the statistics query: one honest, one NaN, one scaled to capture the
+    sum. The path is solved from the honest one (the same as from it alone), and nothing raises."""
+    from flwr.app import Array, ArrayRecord
+
+    from fedneurogen.server.app import solve_global_ridge
+    from fedneurogen.shared.model import NeuroGenModel
+    from fedneurogen.shared.ridge import RidgeStatistics
+
+    torch_model = NeuroGenModel("tiny", device="cpu")
+    width, points = torch_model.modality_heads["fmri"].mean.ridge.coef.shape
+    rng = np.random.default_rng(0)
+
+    def statistics(rows):
+        x = rng.standard_normal((rows, width)).astype(np.float32)
+        y = (x[:, :8] @ rng.standard_normal((8, points)) * 0.1 + rng.standard_normal((rows, points))).astype(np.float32)
+        return RidgeStatistics.from_rows(x, y)
+
+    honest = {f"train.{k}": v for k, v in statistics(80).as_arrays().items()}
+    honest |= {f"val.{k}": v for k, v in statistics(30).as_arrays().items()}
+    nan = {k: v.copy() for k, v in honest.items()}
+    nan["train.sxy"][0, 0] = np.nan
+    scaled = {k: v * 1e12 if not k.endswith(".n") else v for k, v in honest.items()}
+
+    def reply(arrays):
+        record = ArrayRecord({k: Array(np.atleast_1d(v)) for k, v in arrays.items()})
+        return _answer({"statistics": record, "site": ConfigRecord({"modality": "fmri"})})
+
+    hostile = QueryGrid({1: reply(honest), 2: reply(nan), 3: reply(scaled), 4: _answer({"statistics": ArrayRecord()})})
+    chosen = solve_global_ridge(hostile, torch_model, 4, 1.0)
+    assert chosen["fmri"]["sites"] == 1
+    alone = NeuroGenModel("tiny", device="cpu")
+    solve_global_ridge(QueryGrid({1: reply(honest)}), alone, 1, 1.0)
+    np.testing.assert_array_equal(
+        torch_model.modality_heads["fmri"].mean.ridge.coef.detach().numpy(),
+        alone.modality_heads["fmri"].mean.ridge.coef.detach().numpy(),
+    )

@@ -11,18 +11,21 @@ SSIM (per frame) from ``fedneurogen.shared.metrics``, next to
   ridge regression (``RidgeHRFBaseline``) and a deterministic regression transformer
   (``RegressorBaseline``).
 
-Subjects: the checkpoint's own subject split (its ``provenance``: ``split_seed``,
-``val_fraction``, ``test_fraction``) is applied to a site it was trained on, so only subjects it
-never saw are scored. A site it was not trained on is all test; the baselines then need training
-subjects of their own and are fitted on one half of the subjects to predict the other (2 folds).
-The report says which case applied.
+Subjects: the checkpoint records the subjects of each split by the content of their files
+(``fedneurogen.shared.splits``); only subjects it never trained or validated on are scored,
+whatever the folder is called and whichever subjects load, and the report lists the excluded
+ones with the reason. None left is an error; ``allow_seen`` scores every subject, each labelled.
+A checkpoint without that record is refused (``read_seen``): rebuilding its split from the seed
+depends on which subjects load, so it cannot tell held-out subjects from seen ones. The
+baselines learn from the subjects the checkpoint trained on; where it trained on none of the
+site's, they are fitted on one half of the scored subjects to predict the other (2 folds).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +36,7 @@ from fedneurogen.shared.errors import DataError
 from fedneurogen.shared.io import write_json_atomic
 from fedneurogen.shared.metrics import generation_metrics, pearson_rows, shuffled_baseline, stitch_windows, temporal_pcc
 from fedneurogen.shared.recording import PairedWindows, Recording
-from fedneurogen.shared.splits import SubjectSplit, split_subjects
+from fedneurogen.shared.splits import SeenSubjects, SubjectSplit, subject_keys
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,10 @@ METRICS = ("pcc_temporal", "pcc_spatial", "ssim")
 # Which subjects are scored
 
 
+#: How a subject's status reads in reports.
+STATUS_TEXT = {"train": "trained on", "val": "validated on", "unseen": "never seen", "unknown": "not known"}
+
+
 @dataclass
 class EvaluationSplit:
     """The windows scored, the windows the baselines learn from, and why.
@@ -55,74 +62,243 @@ class EvaluationSplit:
     test : PairedWindows
         The windows scored.
     train : PairedWindows or None
-        The training subjects' windows; None when the site was not in training (the baselines
-        are then cross-fitted on the test subjects).
+        The windows of this site's subjects the checkpoint trained on; None when it trained on
+        none of them (the baselines are then cross-fitted on the scored subjects).
     split : SubjectSplit
-        The subject split applied.
+        This site's subjects the checkpoint trained on (``train``) and validated on (``val``),
+        and the subjects scored (``test``).
     site_in_training : bool
-        Whether the checkpoint was trained on this site.
+        Whether the checkpoint trained on any subject of this site (by content).
     note : str
-        One sentence saying which case applied.
+        What was scored, what was left out and why, and what the baselines learn from.
     val : PairedWindows, optional
-        The validation subjects' windows (penalties of the baselines).
+        The windows of this site's subjects the checkpoint validated on (penalties of the baselines).
+    status : dict of str to str
+        Every subject of the site: ``train``, ``val``, ``unseen``, or ``unknown`` (the
+        checkpoint records no subjects; only with ``allow_seen``).
+    allow_seen : bool
+        Whether subjects the checkpoint saw (or may have seen) are scored.
     """
 
     test: PairedWindows
-    train: PairedWindows | None  # None: the site was not in training (baselines cross-fit)
+    train: PairedWindows | None  # None: no subject of the site was trained on (baselines cross-fit)
     split: SubjectSplit
     site_in_training: bool
     note: str
-    val: PairedWindows | None = None  # validation subjects (penalties of the baselines)
+    val: PairedWindows | None = None  # validated-on subjects (penalties of the baselines)
+    status: dict[str, str] = field(default_factory=dict)
+    allow_seen: bool = False
+
+    def held_out(self) -> dict[str, Any]:
+        """The report's account of which subjects were scored and which left out.
+
+        Returns
+        -------
+        dict
+            ``checked_by``, ``allow_seen``, ``subjects`` (each subject's status),
+            ``excluded`` (subject, reason) and its count, and ``scored_seen`` (scored subjects
+            the checkpoint saw or may have seen, each labelled).
+        """
+        scored = set(self.split.test)
+        label = lambda s: {"subject": s, "status": STATUS_TEXT[self.status[s]]}  # noqa: E731
+        excluded = [label(s) for s in sorted(self.status) if s not in scored]
+        return {
+            "checked_by": "content hash of each subject's EEG and target files (splits.subject_keys), not folder names",
+            "allow_seen": self.allow_seen,
+            "subjects": {s: STATUS_TEXT[v] for s, v in sorted(self.status.items())},
+            "excluded": excluded,
+            "excluded_count": len(excluded),
+            "scored_seen": [label(s) for s in sorted(scored) if self.status[s] != "unseen"],
+        }
 
 
-def evaluation_split(windows: PairedWindows, meta: dict[str, Any], site_dir: Path) -> EvaluationSplit:
-    """Apply the checkpoint's subject split to a site.
+def subject_status(subjects: list[str], keys: dict[str, str], seen: SeenSubjects | None) -> dict[str, str]:
+    """What a checkpoint knows of each subject of a site.
+
+    Parameters
+    ----------
+    subjects : list of str
+        The site's subject ids.
+    keys : dict of str to str
+        Subject id -> content key (``splits.subject_keys``).
+    seen : SeenSubjects or None
+        The checkpoint's record; None when it has none.
+
+    Returns
+    -------
+    dict of str to str
+        ``train`` / ``val`` (any of the subject's runs trained / validated on), ``unseen``, or
+        ``unknown`` when there is no record.
+    """
+    if seen is None:
+        return {s: "unknown" for s in subjects}
+    return {s: seen.status(keys[s]) or "unseen" for s in subjects}
+
+
+def seen_by_checkpoint(
+    meta: dict[str, Any], site_dir: Path, windows: PairedWindows, cache_dir: str | Path | None = None
+) -> dict[str, Any]:
+    """Label a site's subjects with what a checkpoint knows of them, for reports that use every
+    subject (``explain``, ``augment``) and so claim no held-out score.
+
+    Parameters
+    ----------
+    meta : dict
+        The checkpoint's metadata.
+    site_dir : Path
+        The site's folder.
+    windows : PairedWindows
+        The site's windows.
+    cache_dir : path-like, optional
+        The cache whose file-hash memo is used.
+
+    Returns
+    -------
+    dict
+        ``checked_by``, ``subjects`` (id -> ``trained on`` / ``validated on`` / ``never seen`` /
+        ``not known``) and ``seen_count`` (trained or validated on; None when not known).
+
+    Raises
+    ------
+    DataError
+        A file of a run cannot be read to hash it.
+    """
+    try:
+        seen = SeenSubjects.from_provenance(meta.get("provenance") or {})
+    except ValueError as err:
+        seen, why = None, str(err)
+    subjects = sorted(set(windows.subjects.tolist()))
+    keys = subject_keys(site_dir, windows.runs, windows.subjects, cache_dir) if seen is not None else {}
+    status = subject_status(subjects, keys, seen)
+    return {
+        "checked_by": "content hash of each subject's EEG and target files"
+        if seen is not None
+        else f"not known: the checkpoint {why}",
+        "subjects": {s: STATUS_TEXT[v] for s, v in status.items()},
+        "seen_count": None if seen is None else sum(v in ("train", "val") for v in status.values()),
+    }
+
+
+def read_seen(meta: dict[str, Any], checkpoint: Path, allow_seen: bool) -> SeenSubjects | None:
+    """The checkpoint's record of the subjects it saw.
+
+    Parameters
+    ----------
+    meta : dict
+        The checkpoint's metadata.
+    checkpoint : Path
+        The checkpoint (named in the error).
+    allow_seen : bool
+        Accept a checkpoint without a usable record (every subject is then ``unknown``).
+
+    Returns
+    -------
+    SeenSubjects or None
+        None when the checkpoint has no usable record and ``allow_seen`` is set.
+
+    Raises
+    ------
+    DataError
+        No usable record and not ``allow_seen``: a split rebuilt from the seed would depend on
+        which subjects load, so no subject could be called held-out.
+    """
+    try:
+        return SeenSubjects.from_provenance(meta.get("provenance") or {})
+    except ValueError as err:
+        if allow_seen:
+            return None
+        raise DataError(
+            checkpoint,
+            f"{err}, so no subject can be called held-out (written before subjects were recorded, or trained "
+            "without its site folders); retrain it, or pass --allow-seen to score every subject labelled as possibly seen",
+        ) from None
+
+
+def evaluation_split(
+    windows: PairedWindows,
+    seen: SeenSubjects | None,
+    keys: dict[str, str],
+    site_dir: Path,
+    *,
+    allow_seen: bool = False,
+    scoring: bool = True,
+) -> EvaluationSplit:
+    """Choose the subjects scored: those the checkpoint never trained or validated on, by content.
+
+    A subject is seen when any of its runs' data files were in the checkpoint's training or
+    validation split at any of its sites, whatever the folders are called and whichever
+    subjects load now.
 
     Parameters
     ----------
     windows : PairedWindows
         The site's windows.
-    meta : dict
-        The checkpoint's metadata; its ``provenance`` gives ``sites``, ``split_seed``,
-        ``val_fraction`` and ``test_fraction``.
+    seen : SeenSubjects or None
+        The checkpoint's record (``read_seen``); None: unknown (only with ``allow_seen``).
+    keys : dict of str to str
+        Subject id -> content key of the site's subjects (``splits.subject_keys``).
     site_dir : Path
-        The site's folder (its name is looked up in the provenance's ``sites``).
+        The site's folder (named in errors and notes).
+    allow_seen : bool
+        Score every subject, each labelled with what the checkpoint knows of it.
+    scoring : bool
+        False for a site whose windows only teach the baselines (``pooled_sites``): no error
+        when none is left to score.
 
     Returns
     -------
     EvaluationSplit
-        The checkpoint's split of this site; or, when the provenance lists its training sites
-        and this one is not among them, all subjects as test.
+        The scored windows, the trained-on and validated-on ones, and the note.
 
     Raises
     ------
     DataError
-        When the training split of the site leaves no test subject.
+        When ``scoring`` and no subject is left to score.
     """
-    provenance = meta.get("provenance") or {}
-    trained_on = provenance.get("sites")
-    in_training = trained_on is None or Path(site_dir).name in trained_on
     subjects = sorted(set(windows.subjects.tolist()))
-    if in_training:
-        split = split_subjects(
-            windows.subjects,
-            seed=int(provenance.get("split_seed", provenance.get("seed", 0))),
-            val_fraction=float(provenance.get("val_fraction", 0.15)),
-            test_fraction=float(provenance.get("test_fraction", 0.2)),
+    status = subject_status(subjects, keys, seen)
+    trained = [s for s in subjects if status[s] == "train"]
+    validated = [s for s in subjects if status[s] == "val"]
+    unseen = [s for s in subjects if status[s] == "unseen"]
+    scored = subjects if allow_seen else unseen
+    seen_named = ", ".join(f"{s} ({STATUS_TEXT[status[s]]})" for s in trained + validated)
+    if scoring and not scored:
+        raise DataError(
+            site_dir,
+            f"no held-out subject to score: the checkpoint trained or validated on all {len(subjects)} subject(s) "
+            f"({seen_named}; matched by file content); --allow-seen scores them, labelled as seen",
         )
-        if not split.test:
-            raise DataError(site_dir, f"the training split of its {len(subjects)} subject(s) leaves no test subject")
-        train_mask, val_mask, test_mask = split.masks(windows.subjects)
-        known = "" if trained_on is not None else " (the checkpoint does not list its sites: assumed in training)"
-        note = f"site in training{known}: scored on the {len(split.test)} test subject(s) of the training split"
-        val = windows.subset(val_mask) if val_mask.any() else None
-        return EvaluationSplit(windows.subset(test_mask), windows.subset(train_mask), split, True, note, val)
-    split = SubjectSplit(train=(), val=(), test=tuple(subjects))
-    note = (
-        f"site not in training (checkpoint sites: {', '.join(trained_on)}): all {len(subjects)} subjects are test; "
-        "baselines fitted on half of the subjects, predicting the other half (2 folds by subject)"
+    split = SubjectSplit(train=tuple(trained), val=tuple(validated), test=tuple(scored))
+    in_training = bool(trained)
+    train_mask = np.isin(windows.subjects, trained)
+    val_mask = np.isin(windows.subjects, validated)
+    test_mask = np.isin(windows.subjects, scored)
+    if seen is None:
+        note = (
+            f"--allow-seen: the checkpoint records no subjects it saw; all {len(subjects)} subject(s) scored, "
+            "each possibly seen in training (not a held-out score)"
+        )
+    elif allow_seen:
+        labelled = f", {len(trained + validated)} of them seen by the checkpoint: {seen_named}" if seen_named else ""
+        note = f"--allow-seen: all {len(subjects)} subject(s) scored{labelled}"
+    else:
+        excluded = f"; excluded {len(trained + validated)} seen by the checkpoint: {seen_named}" if seen_named else ""
+        note = f"{len(scored)} held-out subject(s) scored (never seen by the checkpoint, by file content){excluded}"
+    if in_training:
+        note += f"; baselines fitted on the {len(trained)} subject(s) the checkpoint trained on"
+        note += " (scored too: in-sample for the baselines as for the model)" if allow_seen else ""
+    else:
+        note += "; baselines fitted on half of the scored subjects, predicting the other half (2 folds by subject)"
+    return EvaluationSplit(
+        test=windows.subset(test_mask),
+        train=windows.subset(train_mask) if in_training else None,
+        split=split,
+        site_in_training=in_training,
+        note=note,
+        val=windows.subset(val_mask) if val_mask.any() else None,
+        status=status,
+        allow_seen=allow_seen,
     )
-    return EvaluationSplit(windows, None, split, False, note)
 
 
 def limit_windows(windows: PairedWindows, max_windows: int | None) -> PairedWindows:
@@ -486,8 +662,9 @@ def evaluate(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     pooled_sites: tuple[str | Path, ...] = (),
+    allow_seen: bool = False,
 ) -> dict[str, Any]:
-    """Score a checkpoint on a site's test subjects; write ``report.json`` and figures.
+    """Score a checkpoint on a site's held-out subjects; write ``report.json`` and figures.
 
     The headline is the label-free point prediction (the model's conditional mean, no
     sampling) against the continuous ridge-HRF baseline, over all target points and the top
@@ -498,7 +675,7 @@ def evaluate(
     ----------
     checkpoint : path-like
         Checkpoint directory (EMA weights are used; its ``preprocess``, ``class_names`` and
-        ``provenance`` decide the windows, the labels and the subject split).
+        ``provenance`` decide the windows, the labels and which subjects it saw).
     site_dir : path-like
         A BIDS site.
     out_dir : path-like
@@ -527,9 +704,13 @@ def evaluate(
         Training epochs of the regression-transformer baseline (0: not trained).
     pooled_sites : paths
         Other sites the checkpoint was trained on: the ridge-HRF and label-only baselines, the
-        EEG-informed ceiling and the top-10 % choice learn from their training (and validation)
-        subjects too, so the model and the baselines see the same subjects. (The regression
-        transformer reads raw EEG, whose channels differ between sites: this site only.)
+        EEG-informed ceiling and the top-10 % choice learn from their subjects the checkpoint
+        trained (and validated) on too, found by content, so the model and the baselines see the
+        same subjects. (The regression transformer reads raw EEG, whose channels differ between
+        sites: this site only.)
+    allow_seen : bool
+        Score subjects the checkpoint trained or validated on too (and accept a checkpoint that
+        records none), each labelled in the report; the headline says so.
 
     Returns
     -------
@@ -538,16 +719,19 @@ def evaluate(
         headline), ``point_prediction_labels``, ``sample``, ``samples_mean``, ``calibration``,
         ``baselines`` (``ridge_hrf``, ``label_only``, ``regressor``), ``noise_baseline``,
         ``ceilings`` (``noise``, ``eeg_informed``), ``relative`` (the model over the baseline
-        and over the EEG-informed ceiling), and the split and settings. Each score holds
-        ``pcc_temporal``, ``pcc_temporal_top10``, ``pcc_spatial`` and ``ssim``.
+        and over the EEG-informed ceiling), ``held_out`` (``EvaluationSplit.held_out``: each
+        subject's status, the excluded ones and why, the seen ones scored), and the split and
+        settings. Each score holds ``pcc_temporal``, ``pcc_temporal_top10``, ``pcc_spatial`` and
+        ``ssim``.
 
     Raises
     ------
     ConfigError
         When the checkpoint cannot be used.
     DataError
-        When a site has no usable run or no test subject, or pooled sites have other target
-        points.
+        When a site has no usable run, no subject left to score (every one seen by the
+        checkpoint), the checkpoint records no subjects (without ``allow_seen``), or pooled sites
+        have other target points.
     """
     from fedneurogen.shared.workflows.baselines import LabelOnlyBaseline, RegressorBaseline, RidgeHRFBaseline
     from fedneurogen.shared.data import load_site
@@ -557,8 +741,10 @@ def evaluate(
     checkpoint, site_dir, out_dir = Path(checkpoint), Path(site_dir), Path(out_dir)
     model, meta = load_checkpoint(checkpoint, device=device, use_ema=True)
     preprocess = PreprocessConfig(**(meta.get("preprocess") or {}))
+    seen = read_seen(meta, checkpoint, allow_seen)
     windows = load_site(site_dir, preprocess, cache_dir=cache_dir, progress=progress)
-    split = evaluation_split(windows, meta, site_dir)
+    keys = subject_keys(site_dir, windows.runs, windows.subjects, cache_dir)
+    split = evaluation_split(windows, seen, keys, site_dir, allow_seen=allow_seen)
     test = limit_windows(split.test, max_windows)
     steps = steps or model.config.sampling_steps
     real = test.target
@@ -567,7 +753,7 @@ def evaluate(
     # The baselines and the ceiling learn from the training (and validation) subjects the model
     # learnt from: this site's, and those of ``pooled_sites`` when the model was trained on them.
     sites = [(site_dir, split)] + [
-        (Path(other), _split_of(other, preprocess, meta, cache_dir, progress)) for other in pooled_sites
+        (Path(other), _split_of(other, preprocess, seen, cache_dir, progress)) for other in pooled_sites
     ]
     sites = [(path, sp) for path, sp in sites if sp.train is not None]
 
@@ -657,6 +843,7 @@ def evaluate(
         "modality": test.target_modality,
         "site": str(site_dir),
         "site_in_training": split.site_in_training,
+        "held_out": split.held_out(),
         "split": {**split.split.to_dict(), "note": split.note},
         "checkpoint": str(checkpoint),
         "checkpoint_hash": meta.get("content_hash"),
@@ -677,11 +864,14 @@ def evaluate(
 
 
 def _split_of(
-    site: str | Path, preprocess: PreprocessConfig, meta: dict[str, Any], cache_dir, progress: bool
+    site: str | Path, preprocess: PreprocessConfig, seen: SeenSubjects | None, cache_dir, progress: bool
 ) -> EvaluationSplit:
+    """A pooled site's subjects the checkpoint trained and validated on (none when it records none)."""
     from fedneurogen.shared.data import load_site
 
-    return evaluation_split(load_site(site, preprocess, cache_dir=cache_dir, progress=progress), meta, Path(site))
+    windows = load_site(site, preprocess, cache_dir=cache_dir, progress=progress)
+    keys = subject_keys(site, windows.runs, windows.subjects, cache_dir)
+    return evaluation_split(windows, seen, keys, Path(site), scoring=False)
 
 
 def _relative(model: dict | None, ridge: dict | None, informed: dict | None) -> dict[str, float | None]:
@@ -899,8 +1089,15 @@ def report_table(report: dict[str, Any]):
         return "-" if value is None or not math.isfinite(value) else f"{value:.3f}"
 
     counts = f"{report['n_test_windows']} test windows, {report['test_subjects_count']} subject(s)"
+    held_out = report.get("held_out") or {}
+    seen = held_out.get("scored_seen") or []
+    what = (
+        f"[bold red]subjects incl. {len(seen)} the model saw or may have seen (--allow-seen: not held-out)[/]"
+        if seen
+        else "held-out subjects"
+    )
     table = Table(
-        title=f"{report['modality']} evaluation on held-out subjects: {counts}",
+        title=f"{report['modality']} evaluation on {what}: {counts}",
         title_justify="left",
         caption="SSIM: the global form, over each frame's whole map (not a sliding-window SSIM)",
         caption_justify="left",
@@ -925,6 +1122,8 @@ def report_table(report: dict[str, Any]):
     ]
     if "split" in report:
         parts.append(f"[dim]{report['split']['note']}[/]")
+    if seen:
+        parts.append("seen subjects scored: " + ", ".join(f"{e['subject']} ({e['status']})" for e in seen))
     return Group(*parts)
 
 

@@ -841,8 +841,9 @@ def explain(
     Returns
     -------
     dict of str to Any
-        The report, as written to ``explain.json`` (with the checkpoint, its hash, the site and
-        the figure names).
+        The report, as written to ``explain.json`` (with the checkpoint, its hash, the site,
+        ``subjects_seen_by_checkpoint``: which subjects it trained or validated on, by content,
+        since the explanations and their PCC figures use every subject, and the figure names).
 
     Raises
     ------
@@ -857,6 +858,7 @@ def explain(
     from fedneurogen.shared.data import load_site
     from fedneurogen.shared.io import write_json_atomic
     from fedneurogen.shared.model import load_checkpoint
+    from fedneurogen.shared.workflows.evaluation import seen_by_checkpoint
 
     checkpoint, site_dir, out_dir = Path(checkpoint), Path(site_dir), Path(out_dir)
     model, meta = load_checkpoint(checkpoint, device=device, use_ema=True)
@@ -883,10 +885,15 @@ def explain(
         steps=steps,
         max_rows=max_rows,
     )
+    seen = seen_by_checkpoint(meta, site_dir, windows, cache_dir)
+    seen["note"] = "explanations use every subject's windows; their PCC figures are not held-out scores" + (
+        f" ({seen['seen_count']} of the subjects were trained or validated on)" if seen["seen_count"] else ""
+    )
     report = {
         "checkpoint": str(checkpoint),
         "checkpoint_hash": meta.get("content_hash"),
         "site": str(site_dir),
+        "subjects_seen_by_checkpoint": seen,
         **report,
     }
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.io import atomic_path, file_sha256, write_json_atomic, write_text_atomic
 from fedneurogen.shared.model import EMA, Batch, NeuroGenModel
 from fedneurogen.shared.recording import PairedWindows
+from fedneurogen.shared.splits import PROVENANCE_KEY, SubjectSplit, seen_record, split_record, subject_keys
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +244,7 @@ def train_epochs(
     epochs: int,
     config: TrainConfig,
     class_to_index: dict[str, int] | None,
-    seed: int,
+    seed: int | None,
     ema: EMA | None = None,
     start_step: int = 0,
     deadline: float | None = None,
@@ -269,8 +270,9 @@ def train_epochs(
         Batch size, learning-rate schedule and gradient clipping.
     class_to_index : dict of str to int or None
         Label indices (``class_index``); None trains unconditionally.
-    seed : int
-        Seed of the batch order and of the diffusion noise.
+    seed : int or None
+        Seed of the batch order and of the diffusion noise; None draws both from the operating
+        system's entropy (a deployed site under DP: the coordinator must not choose its batches).
     ema : EMA, optional
         Updated after every step.
     start_step : int
@@ -303,8 +305,12 @@ def train_epochs(
         raise ValueError(f"Poisson sampling trains one site's windows, got {len(sites)} sites")
     inner: NeuroGenModel = getattr(model, "_module", model)
     device = inner.device
-    rng = np.random.default_rng(seed)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    rng = np.random.default_rng(seed)  # None: OS entropy
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
     stats = EpochStats()
     step = start_step
     model.train()
@@ -631,11 +637,14 @@ class SplitSites:
         Every site's training windows (possibly empty).
     val, test : list of PairedWindows
         The validation and test windows of the sites that have any.
+    subjects : list of SubjectSplit
+        Each site's subject split, in the order of the sites.
     """
 
     train: list[PairedWindows]
     val: list[PairedWindows]
     test: list[PairedWindows]
+    subjects: list[SubjectSplit] = field(default_factory=list)
 
 
 def split_sites(sites: Sequence[PairedWindows], seed: int, val_fraction: float, test_fraction: float) -> SplitSites:
@@ -660,6 +669,7 @@ def split_sites(sites: Sequence[PairedWindows], seed: int, val_fraction: float, 
     out = SplitSites([], [], [])
     for site in sites:
         split = split_subjects(site.subjects, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
+        out.subjects.append(split)
         train, val, test = split.masks(site.subjects)
         out.train.append(site.subset(train))
         if val.any():
@@ -667,6 +677,46 @@ def split_sites(sites: Sequence[PairedWindows], seed: int, val_fraction: float, 
         if test.any():
             out.test.append(site.subset(test))
     return out
+
+
+def subject_record(
+    sites: Sequence[PairedWindows],
+    site_dirs: Sequence[str | Path],
+    splits: Sequence[SubjectSplit],
+    names: Sequence[str],
+) -> dict[str, Any]:
+    """What a centralized checkpoint saw: each site's split by the content of its subjects' files.
+
+    Parameters
+    ----------
+    sites : sequence of PairedWindows
+        The sites' windows.
+    site_dirs : sequence of path-like
+        Their folders, in the same order.
+    splits : sequence of SubjectSplit
+        Each site's subject split (``SplitSites.subjects``).
+    names : sequence of str
+        The sites' names (display only).
+
+    Returns
+    -------
+    dict
+        The record for the provenance (``splits.seen_record``).
+
+    Raises
+    ------
+    ValueError
+        ``site_dirs`` and ``sites`` differ in length.
+    DataError
+        A file of a run cannot be read to hash it.
+    """
+    if len(site_dirs) != len(sites):
+        raise ValueError(f"{len(site_dirs)} site folders for {len(sites)} sites")
+    entries = []
+    for windows, folder, split, name in zip(sites, site_dirs, splits, names):
+        keys = subject_keys(folder, windows.runs, windows.subjects)
+        entries.append(split_record(split, keys, name))
+    return seen_record(entries)
 
 
 def train_centralized(
@@ -681,6 +731,7 @@ def train_centralized(
     train_config: TrainConfig | None = None,
     preprocess: dict[str, Any] | None = None,
     site_names: Sequence[str] | None = None,
+    site_dirs: Sequence[str | Path] | None = None,
     progress: bool = True,
 ) -> Path:
     """Train one model on the pooled training subjects of ``sites``.
@@ -710,7 +761,12 @@ def train_centralized(
     preprocess : dict, optional
         Preprocessing settings of the windows, stored with the checkpoint.
     site_names : sequence of str, optional
-        Names of the sites for the provenance (default ``site-01``, ``site-02``, ...).
+        Names of the sites for the provenance (default ``site-01``, ``site-02``, ...), for display.
+    site_dirs : sequence of path-like, optional
+        The sites' folders, in the order of ``sites``: the checkpoint then records the content
+        hashes of each split's subjects (``splits.split_record``), which ``evaluate`` needs to
+        score only subjects the model never saw. Without them the record is left out and
+        ``evaluate`` refuses the checkpoint unless told ``--allow-seen``.
     progress : bool
         Show a progress bar on stderr.
 
@@ -797,6 +853,8 @@ def train_centralized(
         "train_windows": int(sum(len(s) for s in split.train)),
         "ridge_path": ridge_choice,
     }
+    if site_dirs is not None:
+        provenance[PROVENANCE_KEY] = subject_record(sites, site_dirs, split.subjects, names)
     write_run_config(run_dir, {"provenance": provenance, "classes": list(classes)})
     logger = JsonlLogger(run_dir)
     deadline = time.time() + 60 * max_minutes if max_minutes else None

@@ -210,7 +210,9 @@ def augment_site(
     Returns
     -------
     dict of str to Any
-        The report, with the model's label index per trial type under ``generation``.
+        The report, with the model's label index per trial type and the site's subjects the
+        model trained or validated on (``subjects_seen_by_generator``, by content) under
+        ``generation``.
 
     Raises
     ------
@@ -252,6 +254,12 @@ def augment_site(
 
         pool = load_eeg_only(data, windows, preprocess)
         info["eeg_only_windows"] = len(pool)
+    if checkpoint is not None:
+        from fedneurogen.shared.workflows.evaluation import seen_by_checkpoint
+
+        # The folds hold subjects out of the downstream classifier, not out of the generator:
+        # the report says which of them the generator trained or validated on.
+        info["subjects_seen_by_generator"] = seen_by_checkpoint(meta, Path(data), windows)
     report, _ = run_augmentation(windows, config, data, synthesizer=synthesizer, pool=pool, generation_info=info)
     if synthesizer is not None:
         # label index per trial type (None: generated unconditionally, the model has no such label)
