@@ -10,11 +10,15 @@ site never dilutes the fMRI unpatcher. Separate instances keep separate server-o
 
 The wrapper also keeps the round's per-site report (anonymous node ids only) and names the
 sites that failed: an error reply, a malformed reply, or no reply before the round timeout.
-It trusts no update: non-finite values, a missing or misshapen parameter, and an example count
-above the site's first-round declaration or ``max-examples-per-site`` make a reply unusable
-(FedAvg would otherwise move to the weights of a site claiming 10^9 examples); with
-``max-update-norm`` an update larger than the bound is scaled down to it (norm bounding, as
-Flower's server-side fixed clipping does, without the noise) and named in the report.
+It trusts no update: non-finite values, a missing, unknown, misshapen or non-float32 parameter,
+a metric that is not one number, and an example count above the site's first-round declaration
+or ``max-examples-per-site`` make a reply unusable (FedAvg would otherwise move to the weights
+of a site claiming 10^9 examples). With three or more sites, a count above ``MAX_COUNT_RATIO``
+times the round's median counts as that much (training and evaluation alike, so one site owns
+neither the average nor early stopping's held-out score), and an update longer than
+``max-update-norm`` or, by default, ``MAX_NORM_RATIO`` times the round's median update is scaled
+down to it (norm bounding, as Flower's server-side fixed clipping does, without the noise) and
+named in the report. An aggregate that is not finite is never sent or saved.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ BACKBONE = "backbone"
 PARTS = (BACKBONE, *MODALITIES)
 #: A site's example count above this many times the round's median counts as that much.
 MAX_COUNT_RATIO = 4.0
+#: Without max-update-norm, an update longer than this many times the round's median is scaled to it.
+MAX_NORM_RATIO = 3.0
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
 
 
@@ -244,8 +250,9 @@ class ModalityStrategy(Strategy):
             if float(metrics["num-examples"]) > 0:
                 if is_train:
                     self.declared.setdefault(node, float(metrics["num-examples"]))
-                    msg = self._bound_update(msg, clipped)
                 usable.append(msg)
+        if is_train:
+            usable = self._bound_updates(usable, clipped)
         usable = self._cap_counts(usable, kind)
         for node in sorted(self.sent.get(kind, set()) - replied):
             failures.append({"node": node, "reason": "no reply before the round timeout"})
@@ -281,35 +288,47 @@ class ModalityStrategy(Strategy):
             out.append(msg)
         return out
 
-    def _bound_update(self, msg: Message, clipped: list[dict]) -> Message:
-        """The reply with its update (its weights minus the global ones) scaled to L2 norm at most
-        ``max_update_norm``; a scaled one is recorded in ``clipped``."""
-        if not self.max_update_norm:
-            return msg
+    def _update_norm(self, msg: Message) -> tuple[float, dict[str, np.ndarray]]:
         arrays = msg.content["arrays"]
         deltas = {
             k: arrays[k].numpy().astype(np.float64) - self.current[k].numpy()
             for k in arrays.keys()
             if k in self.current
         }
-        norm = math.sqrt(sum(float(np.square(d).sum()) for d in deltas.values()))
-        if norm <= self.max_update_norm:
-            return msg
-        scale = self.max_update_norm / norm
-        log(
-            WARNING,
-            "train: site (node %s) update norm %.3g scaled to max-update-norm = %g",
-            msg.metadata.src_node_id,
-            norm,
-            self.max_update_norm,
-        )
-        clipped.append({"node": msg.metadata.src_node_id, "norm": norm, "scaled_to": self.max_update_norm})
-        bounded = ArrayRecord({
-            k: Array((self.current[k].numpy() + scale * deltas[k]).astype(arrays[k].numpy().dtype)) if k in deltas else arrays[k]
-            for k in arrays.keys()
-        })  # fmt: skip
-        content = RecordDict({**{k: v for k, v in msg.content.items() if k != "arrays"}, "arrays": bounded})
-        return Message(content=content, metadata=copy.copy(msg.metadata))
+        return math.sqrt(sum(float(np.square(d).sum()) for d in deltas.values())), deltas
+
+    def _bound_updates(self, usable: list[Message], clipped: list[dict]) -> list[Message]:
+        """The replies with each update (its weights minus the global ones) scaled to L2 norm at
+        most the bound, a scaled one recorded in ``clipped``. The bound is ``max_update_norm``
+        or, when that is 0 (the default) and three or more sites replied, ``MAX_NORM_RATIO``
+        times the round's median update norm: honest updates are alike in size, and one site
+        cannot move the median."""
+        norms = [self._update_norm(msg) for msg in usable]
+        bound = self.max_update_norm
+        if not bound and len(usable) >= 3:
+            bound = MAX_NORM_RATIO * float(np.median([n for n, _ in norms]))
+        if not bound:
+            return usable
+        out = []
+        for msg, (norm, deltas) in zip(usable, norms):
+            if norm > bound:
+                log(
+                    WARNING,
+                    "train: site (node %s) update norm %.3g scaled to %.3g",
+                    msg.metadata.src_node_id,
+                    norm,
+                    bound,
+                )
+                clipped.append({"node": msg.metadata.src_node_id, "norm": norm, "scaled_to": bound})
+                arrays, scale = msg.content["arrays"], bound / norm
+                bounded = ArrayRecord({
+                    k: Array((self.current[k].numpy() + scale * deltas[k]).astype(arrays[k].numpy().dtype)) if k in deltas else arrays[k]
+                    for k in arrays.keys()
+                })  # fmt: skip
+                content = RecordDict({**{k: v for k, v in msg.content.items() if k != "arrays"}, "arrays": bounded})
+                msg = Message(content=content, metadata=copy.copy(msg.metadata))
+            out.append(msg)
+        return out
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

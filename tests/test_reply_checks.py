@@ -50,7 +50,7 @@ def test_list_valued_metrics_and_float64_arrays_are_refused_not_raised(task_iden
     assert "unknown parameter stowaway" in failed[messages[3].metadata.dst_node_id]
 
 
-def test_a_site_claiming_many_more_examples_than_the_others_counts_as_four_medians(task_identity):
+def test_a_site_claiming_many_more_examples_and_a_long_update_is_bounded_by_the_median(task_identity):
     sites = {
         1: ("fmri", 10, {BACKBONE: 1.0, FMRI: 1.0}),
         2: ("fmri", 10, {BACKBONE: 1.0, FMRI: 1.0}),
@@ -59,7 +59,9 @@ def test_a_site_claiming_many_more_examples_than_the_others_counts_as_four_media
     }
     strategy, new, metrics = one_round("fedavg", sites)
     assert metrics["num-examples"] == 70  # 3 x 10 + 4 x the median 10
-    assert new[BACKBONE] == pytest.approx((30 * 1 + 40 * 100) / 70)  # bounded, not 100
+    # and its update (100 where the others moved 1) is scaled to 3 x the median update's norm
+    assert new[BACKBONE] == pytest.approx((30 * 1 + 40 * 3) / 70)
+    assert strategy.report[MessageType.TRAIN]["clipped"][0]["node"] == 4
 
 
 def test_an_evaluation_reply_cannot_steer_the_held_out_score(task_identity):
