@@ -3,6 +3,7 @@ FedTrimmedAvg and Krum.
 
     python benchmarks/robustness.py --out benchmarks/results/robustness.json
     python benchmarks/robustness.py --out r.json --attack random --rounds 4     # quicker, noise attack
+    python benchmarks/robustness.py --out r.json --runs integrity               # lies in every kind of reply
 
 Four simulated EEG-fMRI sites (``ensure_sites``, one dataset for every run) train the Flower app
 (local simulation, ``run_federated``) from the same initial weights with the same seeds. In the
@@ -22,6 +23,11 @@ test subjects (never trained on) with ``benchmarks/federated.py``'s ``model_scor
 PCC of the label-free point prediction vs the real BOLD, per site, Fisher-z averaged; next to it the held-out loss
 (``val_loss_*``: the diffusion loss on the residual plus the mean head's MSE, fixed timesteps and
 noise, so that it is deterministic and far less noisy than the PCC of a small model's samples).
+
+``--runs integrity`` runs the clean FedAvg run and ``INTEGRITY_RUNS``: FedAvg with the attacker
+forging its ridge statistics (scaled, crafted, NaN) or its update (sign flip, float64 1e300, an
+inflated example count); ``integrity`` in the JSON says which stay within 5 % of the clean PCC
+(the server's checks refuse or weigh down each lie: ``server/statistics.py``, ``server/strategy.py``).
 
 Goal: "a robust strategy keeps the PCC within 10% of the clean run while FedAvg degrades". It
 only means something if the clean model learned (``clean_learned``: PCC above 0.05 and 5x the
@@ -66,6 +72,17 @@ from fedneurogen.shared.workflows.training import TRAIN_PRESETS, class_index  # 
 from fedneurogen.simulations.federated import ensure_sites, run_federated  # noqa: E402
 
 RUNS = ("clean", "poisoned_fedavg", "poisoned_fedmedian", "poisoned_fedtrimmedavg", "poisoned_krum")
+#: FedAvg with the attacker lying in another reply (``simulations/drills.py``), each against the
+#: server's checks; not in the default set (each run costs as much as the others): --runs integrity.
+INTEGRITY_RUNS = {
+    "statistics_scale": ("statistics-scale", 1e6),
+    "statistics_crafted": ("statistics-crafted", 1e3),
+    "statistics_nan": ("statistics-nan", 1.0),
+    "update_sign_flip": ("sign-flip", 10.0),
+    "update_float64_huge": ("float64-huge", 1.0),
+    "update_count_inflate": ("count-inflate", 1e6),
+}
+INTEGRITY_TOLERANCE = 0.05  # "within 5 % of the clean run"
 ROBUST = ("poisoned_fedmedian", "poisoned_fedtrimmedavg", "poisoned_krum")
 TOLERANCE = 0.10  # "within 10% of the clean run"
 LEARNED_PCC, LEARNED_NOISE_MULTIPLE, LEARNED_LOSS_RATIO = 0.05, 5.0, 0.9
@@ -74,6 +91,14 @@ LEARNED_PCC, LEARNED_NOISE_MULTIPLE, LEARNED_LOSS_RATIO = 0.05, 5.0, 0.9
 def run_settings(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """The run-config keys that make run ``name`` what it is."""
     attack = {"attack-partition": args.attack_partition, "attack-mode": args.attack, "attack-scale": args.attack_scale}
+    if name in INTEGRITY_RUNS:
+        mode, scale = INTEGRITY_RUNS[name]
+        return {
+            "strategy": "fedavg",
+            "attack-partition": args.attack_partition,
+            "attack-mode": mode,
+            "attack-scale": scale,
+        }
     return {
         "clean": {"strategy": "fedavg"},
         "poisoned_fedavg": {"strategy": "fedavg", **attack},
@@ -232,6 +257,22 @@ def build_report(
             report[f"pcc_{run}"] = results[run]["pcc"]
             report[f"val_loss_{run}"] = results[run]["val_loss"]
     report["noise_baseline"] = noise
+    attacked = [run for run in INTEGRITY_RUNS if run in results]
+    for run in attacked:
+        report[f"pcc_{run}"] = results[run]["pcc"]
+        report[f"val_loss_{run}"] = results[run]["val_loss"]
+    if attacked and "clean" in results:
+        clean = report["pcc_clean"]
+        report["integrity"] = {
+            run: {
+                "mode": INTEGRITY_RUNS[run][0],
+                "pcc_ratio": report[f"pcc_{run}"] / clean if clean else None,
+                "within_5pct": bool(
+                    math.isfinite(report[f"pcc_{run}"]) and report[f"pcc_{run}"] >= (1 - INTEGRITY_TOLERANCE) * clean
+                ),
+            }
+            for run in attacked
+        }
     complete = all(run in results for run in RUNS)
     if complete:
         report["relative_to_clean"] = {
@@ -252,7 +293,7 @@ def build_report(
     report["val_loss_parts"] = {run: r["val_loss_parts"] for run, r in results.items()}
     report["settings"] = {
         **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "runs": {run: run_settings(run, args) for run in RUNS},
+        "runs": {run: run_settings(run, args) for run in [*RUNS, *attacked]},
         "scored": "test subjects of every site (the attacker's site included: its data is honest, its updates are not)",
     }
     report["windows"] = windows
@@ -343,8 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
-    if unknown := set(runs) - set(RUNS):
-        parser.error(f"unknown runs {sorted(unknown)}; choose from {', '.join(RUNS)}")
+    if "integrity" in runs:  # the clean run and every integrity attack
+        runs = list(dict.fromkeys(["clean", *(r for r in runs if r != "integrity"), *INTEGRITY_RUNS]))
+    if unknown := set(runs) - set(RUNS) - set(INTEGRITY_RUNS):
+        parser.error(f"unknown runs {sorted(unknown)}; choose from {', '.join([*RUNS, *INTEGRITY_RUNS])} or integrity")
     if args.sites < 4:
         parser.error("the benchmark needs at least 4 sites (three honest ones and the attacker)")
     if not 0 <= args.attack_partition < args.sites:

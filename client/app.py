@@ -1,7 +1,17 @@
 """FedNeuroGen ClientApp: a site trains the global model on its own data and evaluates it.
 
 Replies carry weights and aggregate numbers only (examples, losses, PCC, epsilon, the target
-modality): never raw data, file paths or subject identifiers.
+modality, class names that are one token: ``shared.records.sendable_label``) and, in a training
+reply outside DP, the content hashes of the runs the site trains and validates on
+(``site.split_report``): never raw data, file paths or subject identifiers.
+
+A site's own randomness is never the coordinator's: on a deployed site (its node config names
+its ``data-path``) the batches and the DP noise draw from OS entropy and the ``max-windows``
+subset from the site's secret key; only a simulated node (a partition id, no data path) takes a
+``site-seed`` from its node config (``simulations/drills.py`` gives every simulated node one),
+so simulations repeat. The run config's ``seed`` and a message's ``server-round`` choose none of
+them. Nor does the run config choose where a deployed site writes: its ``cache-dir`` is ignored
+there (the node config's ``cache-dir``, if any, is the cache).
 
 Each message's run config is validated once (``_guarded``; an invalid one is refused with the
 reason) and the handlers and the functions below them read the typed ``RunConfig``.
@@ -13,6 +23,8 @@ import functools
 import json
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from logging import ERROR
 from pathlib import Path
 
@@ -27,18 +39,44 @@ from flwr.common.constant import ErrorCode
 
 from fedneurogen.client import privacy, site
 from fedneurogen.client.refusal import SiteRefusal, check_run, site_run_config
-from fedneurogen.shared.records import describe_content
+from fedneurogen.shared.records import describe_content, sendable_label
 from fedneurogen.shared.ridge import STATISTICS_REQUEST
 from fedneurogen.shared.run_config import RunConfig
 
 
+SITE_SEED = "site-seed"  # a simulated node's seed of its own randomness (node config)
+
+
+def _deployed(node: dict) -> bool:
+    """A deployed site names its own data (``--node-config data-path=...``); a simulated node
+    has a partition id instead (``site.data_path``)."""
+    return "data-path" in node
+
+
+def _site_seed(node: dict) -> int | None:
+    """A simulated node's ``site-seed``; None on a deployed site (OS entropy, its secret key)."""
+    return None if _deployed(node) or SITE_SEED not in node else int(node[SITE_SEED])
+
+
 def _site(context: Context, run: RunConfig) -> site.SiteData:
-    """The site's data, once it has checked the preset its operator pinned and its privacy policy."""
+    """The site's data, once it has checked the preset its operator pinned, its privacy policy and
+    its bounds on the run config (``check_run``)."""
     node = context.node_config
     check_run(node, run)
     path = site.data_path(node, run)
+    # a deployed site writes preprocessed patient windows only where its operator said (node config, else
+    # its default cache): never where a run config points
+    cache_dir = str(node.get("cache-dir", "")) if _deployed(node) else run.cache_dir
+    subset_seed = _site_seed(node)
+    if run.max_windows and subset_seed is None:  # the subset is the site's: keyed by its secret, per run
+        subset_seed = privacy.keyed_seed(site.state_dir(node, run, path), "max-windows", run.run_dir)
     return site.load(
-        path, seed=run.seed, max_windows=run.max_windows, cache_dir=run.cache_dir, preprocess=run.preprocess_config()
+        path,
+        seed=run.seed,
+        max_windows=run.max_windows,
+        cache_dir=cache_dir,
+        preprocess=run.preprocess_config(),
+        subset_seed=subset_seed,
     )
 
 
@@ -100,10 +138,15 @@ def _record_sent(context: Context, msg: Message, reply: Message, run: RunConfig 
         log(ERROR, "could not record the reply in the site's %s:\n%s", SENT_LOG, traceback.format_exc())
 
 
-def _reply(msg: Message, data: site.SiteData, metrics: dict, arrays: ArrayRecord | None = None) -> Message:
+def _reply(
+    msg: Message, data: site.SiteData, metrics: dict, arrays: ArrayRecord | None = None, split: bool = False
+) -> Message:
+    """``split``: with the content hashes of what the site trains and validates on (a training
+    reply outside DP; ``site.split_report`` says what they reveal), for the checkpoint's record."""
     if data.skipped_runs:  # how many runs the site could not use (which ones: its own log)
         metrics = {**metrics, "skipped-runs": data.skipped_runs}
-    content = RecordDict({"metrics": MetricRecord(metrics), "site": ConfigRecord({"modality": data.modality})})
+    info = {"modality": data.modality, **(site.split_report(data) if split else {})}
+    content = RecordDict({"metrics": MetricRecord(metrics), "site": ConfigRecord(info)})
     if arrays is not None:
         content["arrays"] = arrays
     return Message(content=content, reply_to=msg)
@@ -116,12 +159,11 @@ def query(msg: Message, context: Context, run: RunConfig) -> Message:
     data = _site(context, run)
     request = msg.content.config_records.get("request")
     if request is not None and request.get("kind") == STATISTICS_REQUEST:
-        dp, ledger, ledger_file = _privacy(context, run)
-        if dp is None:
-            statistics = site.ridge_statistics(data)
-        else:
-            statistics = site.private_ridge_statistics(data, dp, ledger, ledger_file)
-            context.state["privacy"] = ConfigRecord({"ledger": json.dumps(ledger.to_json())})
+        with _privacy(context, run) as (dp, ledger, ledger_file):
+            if dp is None:
+                statistics = site.ridge_statistics(data)
+            else:
+                statistics = site.private_ridge_statistics(data, dp, ledger, ledger_file)
         arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in statistics.items()})
         info = {
             "modality": data.modality,
@@ -136,33 +178,37 @@ def query(msg: Message, context: Context, run: RunConfig) -> Message:
             {"statistics": arrays, "site": ConfigRecord(info), "metrics": MetricRecord(privacy_metrics)}
         )
         return Message(content=content, reply_to=msg)
-    content = RecordDict({"site": ConfigRecord({"modality": data.modality, "classes": data.classes})})
+    classes = [c for c in data.classes if sendable_label(c)]
+    if len(classes) < len(data.classes):  # their windows train without a label; the names stay here
+        log(ERROR, "class names not sent (not one token): %s", sorted(set(data.classes) - set(classes)))
+    content = RecordDict({"site": ConfigRecord({"modality": data.modality, "classes": classes})})
     return Message(content=content, reply_to=msg)
 
 
+@contextmanager
 def _privacy(
-    context: Context, run: RunConfig
-) -> tuple[privacy.DPSettings | None, privacy.PrivacyLedger | None, Path | None]:
-    """DP settings and this site's ledger for the run: from context.state between rounds, from
-    the site's disk when the run (or the site daemon) was restarted."""
+    context: Context, run: RunConfig, noise_seed: int | None = None
+) -> Iterator[tuple[privacy.DPSettings | None, privacy.PrivacyLedger | None, Path | None]]:
+    """DP settings and this site's ledger for the run (from the site's disk), for the length of
+    the ``with`` block: the run's whole target reserved first (``privacy.reserve``: checked with
+    every other run's against ``dp-lifetime-epsilon``, at the policy's one delta), and the ledger
+    held by this message alone (``privacy.run_lock``)."""
     if not run.dp_enabled:
-        return None, None, None
+        yield None, None, None
+        return
     node = context.node_config
-    dp = privacy.dp_settings(run, secure_mode=str(node.get("dp-secure-mode", "false")).lower() in ("1", "true", "yes"))
+    secure = str(node.get("dp-secure-mode", "false")).lower() in ("1", "true", "yes")
+    dp = privacy.dp_settings(run, secure_mode=secure, noise_seed=noise_seed)
     state = site.state_dir(node, run, site.data_path(node, run))
     path = privacy.ledger_path(state, run.run_dir)
-    if "privacy" in context.state:
-        ledger = privacy.PrivacyLedger.from_json(json.loads(context.state["privacy"]["ledger"]))
-    else:
-        ledger = privacy.load_ledger(path, dp.accountant)
-    if "dp-lifetime-epsilon" in node and not ledger.history:  # before the run spends anything (once per run)
-        cap, spent = float(node["dp-lifetime-epsilon"]), privacy.other_runs_epsilon(state, path, dp.delta)
-        if spent + dp.target_epsilon > cap:
-            raise SiteRefusal(
-                f"privacy budget: this site's data has spent epsilon {spent:.2f} in earlier runs; with this run's "
-                f"{dp.target_epsilon:g} it would exceed the site's lifetime limit {cap:g}"
-            )
-    return dp, ledger, path
+    cap = float(node["dp-lifetime-epsilon"]) if "dp-lifetime-epsilon" in node else None
+    delta = float(node.get("dp-max-delta", privacy.LIFETIME_DELTA))
+    if cap is not None and dp.delta > delta:  # its target would understate its epsilon at the ledger's delta
+        raise SiteRefusal(
+            f"the run's dp-delta = {dp.delta:g} is above the delta {delta:g} this site states its lifetime limit at"
+        )
+    with privacy.run_lock(path):
+        yield dp, privacy.reserve(state, path, dp, delta, cap), path
 
 
 @_guarded
@@ -179,25 +225,29 @@ def train(msg: Message, context: Context, run: RunConfig) -> Message:
     start_step = (
         (server_round - 1) * train_config.epochs * privacy.steps_per_epoch(len(data.train), train_config.batch_size)
     )
-    dp, ledger, ledger_file = _privacy(context, run)
-    metrics = site.train(
-        model,
-        data,
-        config=train_config,
-        epochs=train_config.epochs,
-        class_names=list(config.get("class-names", [])),
-        seed=run.seed + 1000 * server_round,
-        start_step=start_step,
-        proximal_mu=float(config.get("proximal-mu", 0.0)),  # sent by FedProx with the round
-        # stop early enough to reply before the server stops waiting for this round
-        deadline=time.time() + 0.8 * run.round_timeout,
-        dp=dp,
-        ledger=ledger,
-    )
-    if dp:
-        context.state["privacy"] = ConfigRecord({"ledger": json.dumps(ledger.to_json())})
-        privacy.save_ledger(ledger_file, ledger)
-    return _reply(msg, data, metrics, ArrayRecord(site.site_parameters(model, data.modality)))
+    # batches and DP noise: OS entropy on a deployed site; a simulated node's site-seed, per round
+    site_seed = _site_seed(context.node_config)
+    seed = None if site_seed is None else site_seed + 1000 * server_round
+    with _privacy(context, run, noise_seed=seed) as (dp, ledger, ledger_file):
+        metrics = site.train(
+            model,
+            data,
+            config=train_config,
+            epochs=train_config.epochs,
+            class_names=list(config.get("class-names", [])),
+            seed=seed,
+            start_step=start_step,
+            proximal_mu=float(config.get("proximal-mu", 0.0)),  # sent by FedProx with the round
+            # stop early enough to reply before the server stops waiting for this round
+            deadline=time.time() + 0.8 * run.round_timeout,
+            dp=dp,
+            ledger=ledger,
+        )
+        if dp:
+            privacy.save_ledger(ledger_file, ledger)
+            if server_round >= run.num_server_rounds:  # the run's last round: it is finished
+                privacy.release(ledger_file.parent, ledger_file)
+    return _reply(msg, data, metrics, ArrayRecord(site.site_parameters(model, data.modality)), split=not dp)
 
 
 @_guarded

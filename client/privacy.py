@@ -3,9 +3,10 @@
 The ledger is the accountant's history, ``(noise multiplier, sample rate, steps)`` per change
 of either, plus the noise multiplier chosen at the first round. A fresh ``PrivacyEngine`` is made
 every round (the model arrives anew each round) but its accountant starts from the ledger, so
-the epsilon a site reports is cumulative over the whole training run. The ledger lives in the
-ClientApp's ``context.state`` between rounds and in a JSON file under the site's state folder,
-so a restarted site daemon or a resumed run continues it instead of starting from zero.
+the epsilon a site reports is cumulative over the whole training run. The ledger lives in a JSON
+file under the site's state folder, read by every message (never from memory a message could
+share with another), so a restarted site daemon or a resumed run continues it instead of
+starting from zero.
 
 The noise multiplier is set once, for the planned ``rounds x local steps``, so that the run
 ends at ``target_epsilon``; a round that would go past it is not trained (budget exhausted).
@@ -15,6 +16,25 @@ each step independently with probability q = 1 / steps per epoch), the sampling 
 accountants analyse; an empty batch is still a step, of noise only. Opacus' warnings are left
 on: without ``dp-secure-mode`` (a site's node config; needs the ``torchcsprng`` package) the
 noise comes from PyTorch's default generator, which Opacus says is not cryptographically secure.
+
+Nothing random in a DP release comes from the coordinator: on a deployed site the Poisson
+batches and the DP-SGD noise draw from the operating system's entropy (``noise_generator``, or
+Opacus' ``secure_mode``), and the ``max-windows`` subset from a key only the site holds
+(``keyed_seed``); none of them from the run config's ``seed`` or a message's ``server-round``.
+Only a simulated node takes a ``site-seed`` from its (simulated) node config, for reproducible
+simulations.
+
+The ledger reserves before it spends (``reserve``): under a lock on ``privacy.lock`` beside the
+ledgers, every DP message of a run checks the sum over every run on the site's data of
+``max(spent, reserved)`` plus this run's target against the site's ``dp-lifetime-epsilon``, all at
+one delta (the policy's ``dp-max-delta``, default ``LIFETIME_DELTA``), and writes this run's
+reservation of its whole target before its first release. By basic composition the k runs on a
+dataset are then together (sum of epsilons, k x delta)-DP. A run is finished, and its unused
+reservation released (``release``), when its last planned round (``num-server-rounds``) is
+trained or when the site's operator releases it; a message of a released run reserves again,
+checked again, so releasing early can never let runs pass the cap. A second message of the
+same run while one is using its ledger is refused (``run_lock``): two processes must not spend
+from one ledger each believing it is alone.
 
 Before round 1 a site may also release the sufficient statistics of the ridge path
 (``release_statistics``) by the Gaussian mechanism, with one *subject* as the privacy unit: a
@@ -26,12 +46,16 @@ statistics alone are subject-level.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import hmac
 import json
 import math
 import os
 import secrets
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +63,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from fedneurogen.client.refusal import SiteRefusal
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.io import write_json_atomic
 from fedneurogen.shared.ridge import RidgeStatistics, sum_statistics
@@ -51,6 +76,9 @@ if TYPE_CHECKING:
 # SuperNode starts per message) does not pay for its import.
 
 LEDGER_FORMAT = "fedneurogen.privacy-ledger"
+LOCK_FILE = "privacy.lock"  # the site's lock over all its ledgers (reservations)
+SECRET_FILE = "site-secret"  # 32 random bytes, never sent: the key of the site's own seeds
+LIFETIME_DELTA = 1e-5  # the delta of the lifetime ledger when the policy names no dp-max-delta
 _RUN_DEFAULTS = RunConfig()  # the defaults below are the run config's (kept in one place)
 
 
@@ -68,16 +96,19 @@ class DPSettings:
     )  # of target_epsilon, spent on the ridge statistics (0: not released)
     statistics_clip: float = _RUN_DEFAULTS.dp_statistics_clip  # bound on a subject's per-frame-averaged statistics (L2)
     secure_mode: bool = False  # Opacus' cryptographically secure noise (needs torchcsprng; a site's node config)
+    noise_seed: int | None = None  # None: OS entropy; a simulated node's site-seed only, never the run's seed
 
 
-def dp_settings(run: RunConfig, secure_mode: bool = False) -> DPSettings:
+def dp_settings(run: RunConfig, secure_mode: bool = False, noise_seed: int | None = None) -> DPSettings:
     """The run's DP settings (whether DP is on is ``run.dp_enabled``): the budget is spread over
     ``dp-rounds``, or ``num-server-rounds`` when that is 0. ``secure_mode`` is the site's own
-    ``dp-secure-mode`` (node config), never the run's."""
+    ``dp-secure-mode`` (node config), never the run's; ``noise_seed`` seeds the DP noise of a
+    simulated node (None, a deployed site: OS entropy)."""
     return DPSettings(
         target_epsilon=run.dp_target_epsilon, delta=run.dp_delta, max_grad_norm=run.dp_max_grad_norm,
         planned_rounds=run.dp_rounds or run.num_server_rounds, accountant=run.dp_accountant,
         statistics_share=run.dp_statistics_share, statistics_clip=run.dp_statistics_clip, secure_mode=secure_mode,
+        noise_seed=noise_seed,
     )  # fmt: skip
 
 
@@ -87,6 +118,7 @@ class PrivacyLedger:
     noise_multiplier: float | None = None  # fixed at the first private round
     history: list[tuple[float, float, int]] = field(default_factory=list)
     statistics: dict | None = None  # the ridge statistics' release (noise multiplier, clip), once per run
+    reserved: float = 0.0  # the epsilon this run may still reach (its target), held against the lifetime cap
 
     def epsilon(self, delta: float, extra: tuple[float, float, int] | None = None) -> float:
         """Cumulative epsilon of the history (plus ``extra`` steps, to look ahead)."""
@@ -108,7 +140,7 @@ class PrivacyLedger:
     def to_json(self) -> dict:
         return {
             "format": LEDGER_FORMAT, "accountant": self.accountant, "noise_multiplier": self.noise_multiplier,
-            "history": [list(h) for h in self.history], "statistics": self.statistics,
+            "history": [list(h) for h in self.history], "statistics": self.statistics, "reserved": self.reserved,
         }  # fmt: skip
 
     @classmethod
@@ -116,7 +148,17 @@ class PrivacyLedger:
         if data.get("format") != LEDGER_FORMAT:
             raise ValueError(f"not a privacy ledger (format {data.get('format')!r})")
         history = [(float(nm), float(q), int(s)) for nm, q, s in data["history"]]
-        return cls(data["accountant"], data["noise_multiplier"], history, data.get("statistics"))
+        return cls(
+            data["accountant"],
+            data["noise_multiplier"],
+            history,
+            data.get("statistics"),
+            float(data.get("reserved", 0.0)),
+        )
+
+    def committed(self, delta: float) -> float:
+        """What this run counts against a lifetime cap: ``max(spent, reserved)`` at ``delta``."""
+        return max(self.epsilon(delta), self.reserved)
 
 
 def ledger_path(state_dir: Path, run_key: str) -> Path:
@@ -127,14 +169,160 @@ def ledger_path(state_dir: Path, run_key: str) -> Path:
     return Path(state_dir) / f"privacy-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
-def other_runs_epsilon(state_dir: Path, this_run: Path, delta: float) -> float:
-    """The epsilon spent on this site's data by every other run with a ledger in ``state_dir``
-    (their sum: runs on the same data compose)."""
-    total = 0.0
-    for path in sorted(Path(state_dir).glob("privacy-*.json")):
-        if path != this_run:
-            total += PrivacyLedger.from_json(json.loads(path.read_text(encoding="utf-8"))).epsilon(delta)
-    return total
+@contextmanager
+def _flock(path: Path, blocking: bool = True) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on ``path`` (created if absent); yields False when
+    ``blocking`` is off and another process or thread holds it. The kernel releases it when its
+    holder dies, so a killed site never leaves its ledgers locked."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:  # each open is its own lock owner, even within one process
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def run_lock(ledger_file: Path) -> Iterator[None]:
+    """One message of a run at a time uses its ledger (from loading it to saving what it spent);
+    a second, concurrent one is refused rather than spend from a copy of the same ledger."""
+    with _flock(Path(ledger_file).with_suffix(".lock"), blocking=False) as held:
+        if not held:
+            raise SiteRefusal("privacy budget: another message of this run is using its ledger at this site")
+        yield
+
+
+def reserve(state_dir: Path, ledger_file: Path, settings: DPSettings, delta: float, cap: float | None) -> PrivacyLedger:
+    """Reserve this run's whole target epsilon in its ledger before it releases anything.
+
+    Under the site's lock, the sum over the other runs' ledgers of ``max(spent, reserved)`` plus
+    this run's ``max(spent, reserved, target)``, all at ``delta`` (the site's), must stay within
+    ``cap``; the ledger is then written (atomically) with its reservation. Called by every DP
+    message of a run, a resumed one included, so no message spends unchecked.
+
+    Parameters
+    ----------
+    state_dir : Path
+        The site's state folder (every ledger on this dataset).
+    ledger_file : Path
+        This run's ledger (``ledger_path``).
+    settings : DPSettings
+        The run's DP settings (its target and accountant).
+    delta : float
+        The one delta every run's epsilon is stated at (the policy's ``dp-max-delta``).
+    cap : float or None
+        The site's ``dp-lifetime-epsilon``; None: no cap (the reservation is still written).
+
+    Returns
+    -------
+    PrivacyLedger
+        This run's ledger as on disk, with its reservation.
+
+    Raises
+    ------
+    SiteRefusal
+        When the reservation would take the dataset past ``cap``.
+    """
+    state_dir = Path(state_dir)
+    with _flock(state_dir / LOCK_FILE):
+        ledger = load_ledger(ledger_file, settings.accountant)
+        need = max(ledger.committed(delta), settings.target_epsilon)
+        if cap is not None:
+            others = sum(
+                load_ledger(path, settings.accountant).committed(delta)
+                for path in sorted(state_dir.glob("privacy-*.json"))
+                if path != Path(ledger_file)
+            )
+            if others + need > cap * (1 + 1e-9):
+                raise SiteRefusal(
+                    f"privacy budget: other runs on this site's data have spent or reserved epsilon {others:.2f} "
+                    f"(delta {delta:g}); with this run's {need:g} it would exceed the site's lifetime limit {cap:g}"
+                )
+        ledger.reserved = max(ledger.reserved, settings.target_epsilon)
+        save_ledger(ledger_file, ledger)
+    return ledger
+
+
+def release(state_dir: Path, ledger_file: Path) -> PrivacyLedger | None:
+    """Release a finished run's unused reservation: it counts what it spent only (``committed``).
+
+    Parameters
+    ----------
+    state_dir : Path
+        The site's state folder.
+    ledger_file : Path
+        The run's ledger.
+
+    Returns
+    -------
+    PrivacyLedger or None
+        The ledger as written, or None when the run has none.
+    """
+    with _flock(Path(state_dir) / LOCK_FILE):
+        if not Path(ledger_file).is_file():
+            return None
+        ledger = load_ledger(ledger_file, "rdp")
+        ledger.reserved = 0.0
+        save_ledger(ledger_file, ledger)
+    return ledger
+
+
+def site_secret(state_dir: Path) -> bytes:
+    """The site's secret key (``SECRET_FILE`` in its state folder, made once, mode 0600).
+
+    Parameters
+    ----------
+    state_dir : Path
+        The site's state folder.
+
+    Returns
+    -------
+    bytes
+        32 bytes from the operating system's entropy, the same on every later call.
+    """
+    path = Path(state_dir) / SECRET_FILE
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(secrets.token_bytes(32))
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(tmp, path)  # atomic, and never replaces a key another process made first
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_bytes()
+
+
+def keyed_seed(state_dir: Path, purpose: str, run_key: str) -> int:
+    """A seed for ``purpose`` in one run that only this site can compute (HMAC of its secret):
+    stable across the run's messages, unknown to the coordinator whatever it sends.
+
+    Parameters
+    ----------
+    state_dir : Path
+        The site's state folder (where its secret is).
+    purpose : str
+        What the seed draws, e.g. ``"max-windows"``.
+    run_key : str
+        The run's ``run-dir`` (normalised as ``ledger_path`` does).
+
+    Returns
+    -------
+    int
+        A 128-bit seed.
+    """
+    message = f"{purpose}\0{os.path.normpath(run_key.strip())}".encode()
+    return int.from_bytes(hmac.new(site_secret(state_dir), message, "sha256").digest()[:16], "big")
 
 
 def load_ledger(path: Path, accountant: str) -> PrivacyLedger:
@@ -290,6 +478,12 @@ def make_private(
                 "dp-secure-mode needs the torchcsprng package (Opacus' secure noise generator); install it or unset dp-secure-mode"
             ) from None
     engine = PrivacyEngine(accountant=ledger.accountant, secure_mode=settings.secure_mode)
+    # Not secure mode: the noise still comes from a generator of its own seeded from OS entropy,
+    # not from torch's process-wide default one (which anything sharing the process can reset
+    # with torch.manual_seed, e.g. to a run-config seed), nor from the run config; a simulated
+    # node's site-seed alone makes it repeatable.
+    noise = torch.Generator(device=next(model.parameters()).device)
+    noise.manual_seed(secrets.randbits(63) if settings.noise_seed is None else settings.noise_seed)
     engine.accountant.history = list(ledger.history)
     dp_model, dp_optimizer, _ = engine.make_private(
         module=model,
@@ -298,6 +492,7 @@ def make_private(
         noise_multiplier=ledger.noise_multiplier,
         max_grad_norm=settings.max_grad_norm,
         poisson_sampling=True,
+        noise_generator=None if settings.secure_mode else noise,  # secure mode: Opacus' CSPRNG
         # Per-sample gradients from module hooks: about 1.5x a non-private step (see
         # benchmarks/dp_overhead.py). Ghost clipping ("ghost") measured about 7x: its norms
         # cost T^2 per layer and the EEG encoder has T = channels x patches ~ 1000 tokens per

@@ -133,8 +133,21 @@ def _flag(value: object) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
-#: The node-config keys of a site's privacy policy (client/app.py reads the last two).
-POLICY_KEYS = ("dp-required", "dp-max-epsilon", "dp-max-delta", "dp-lifetime-epsilon", "dp-secure-mode")
+#: A site's bounds on what a run may make it do: ``(node-config key, run-config key, default)``.
+#: ``max-*`` caps a run-config value; ``min-train-windows`` is the fewest training windows a run
+#: may cut the site down to (``max-windows`` is 0, all windows, or at least this).
+RUN_LIMITS = (
+    ("max-local-epochs", "local-epochs", 20),
+    ("max-round-timeout", "round-timeout", 86400.0),
+    ("max-eval-pcc-windows", "eval-pcc-windows", 1024),
+    ("min-train-windows", "max-windows", 8),
+)
+
+#: The node-config keys of a site's policy (client/app.py reads dp-lifetime-epsilon and
+#: dp-secure-mode, and dp-max-delta as the one delta of its lifetime ledger).
+POLICY_KEYS = ("dp-required", "dp-max-epsilon", "dp-max-delta", "dp-lifetime-epsilon", "dp-secure-mode") + tuple(
+    key for key, _, _ in RUN_LIMITS
+)
 
 
 def check_privacy_policy(node_config: dict, run: RunConfig) -> None:
@@ -156,6 +169,34 @@ def check_privacy_policy(node_config: dict, run: RunConfig) -> None:
             )
 
 
+def check_run_limits(node_config: dict, run: RunConfig) -> None:
+    """Refuse a run whose ``local-epochs``, ``round-timeout``, ``eval-pcc-windows`` or
+    ``max-windows`` is outside this site's bounds (``RUN_LIMITS``; its node config may change
+    each default): the run config must not make a site train, wait or score without end, nor
+    cut its training set down to a handful of windows.
+
+    Parameters
+    ----------
+    node_config : dict
+        The site's node config.
+    run : RunConfig
+        The run's typed config.
+
+    Raises
+    ------
+    SiteRefusal
+        With a public reason naming the run-config key, its value and the site's bound.
+    """
+    for policy_key, run_key, default in RUN_LIMITS:
+        value, limit = run.get(run_key), float(node_config.get(policy_key, default))
+        if policy_key.startswith("max-") and value > limit:
+            raise SiteRefusal(f"the run's {run_key} = {value:g} is above this site's limit {policy_key} = {limit:g}")
+        if policy_key.startswith("min-") and 0 < value < limit:
+            raise SiteRefusal(
+                f"the run's {run_key} = {value:g} is below this site's floor {policy_key} = {limit:g} (0: all windows)"
+            )
+
+
 def site_run_config(run_config: Mapping[str, Any]) -> RunConfig:
     """The run config a site received, typed; an invalid one is refused with the reason
     (``invalid run config: strategy = 'fedsgd' is not allowed; ...``)."""
@@ -166,8 +207,9 @@ def site_run_config(run_config: Mapping[str, Any]) -> RunConfig:
 
 
 def check_run(node_config: dict, run: RunConfig) -> None:
-    """Refuse a run whose preset is not the one this site pinned, or one that asks for less
-    privacy than the site's policy (``check_privacy_policy``). (An invalid run config never gets
+    """Refuse a run whose preset is not the one this site pinned, one that asks for less
+    privacy than the site's policy (``check_privacy_policy``) or one outside the site's bounds
+    (``check_run_limits``). (An invalid run config never gets
     here: ``site_run_config`` refuses it.)"""
     pinned = node_config.get("preset")
     if pinned is not None and str(pinned) != run.preset:
@@ -176,3 +218,4 @@ def check_run(node_config: dict, run: RunConfig) -> None:
             f"the run asks for preset {run.preset!r} but this site's node config pins preset={pinned!r}",
         )
     check_privacy_policy(node_config, run)
+    check_run_limits(node_config, run)

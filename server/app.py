@@ -26,14 +26,20 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from fedneurogen.server.audit import AUDIT_FILE, AuditedGrid
 from fedneurogen.server.checkpointing import RunStore, SiteSplits, load_parameters, model_parameters
 from fedneurogen.server.early_stopping import ResidualEarlyStopping
-from fedneurogen.server.statistics import SiteStatistics, StatisticsRefused, cap_shares, read_reply
+from fedneurogen.server.statistics import (
+    SiteStatistics,
+    StatisticsRefused,
+    cap_shares,
+    leave_one_out_outliers,
+    read_reply,
+)
 from fedneurogen.server.strategy import make_strategy
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.model import NeuroGenModel
 from fedneurogen.shared.records import sendable_label
 from fedneurogen.shared.model.mean import solve_ridge_path
-from fedneurogen.shared.ridge import STATISTICS_REQUEST, RidgeStatistics, sum_statistics
+from fedneurogen.shared.ridge import STATISTICS_REQUEST, sum_statistics
 from fedneurogen.shared.run_config import RunConfig, validate_run_config
 from fedneurogen.shared.splits import PROVENANCE_KEY
 
@@ -110,8 +116,7 @@ def solve_global_ridge(grid: Grid, model: NeuroGenModel, min_nodes: int, timeout
     messages = [
         Message(RecordDict({"request": request}), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes
     ]
-    sites: dict[str, list[tuple[RidgeStatistics, RidgeStatistics | None, list[str] | None]]] = {}
-    private: dict[str, int] = {}  # sites whose sums went through the Gaussian mechanism
+    sites: dict[str, list[tuple[int, SiteStatistics]]] = {}  # modality -> (node, its checked reply)
     for reply in grid.send_and_receive(messages, timeout=timeout):
         node = reply.metadata.src_node_id
         if reply.has_error():
@@ -122,28 +127,32 @@ def solve_global_ridge(grid: Grid, model: NeuroGenModel, min_nodes: int, timeout
         except StatisticsRefused as err:
             log(WARNING, "ridge statistics: site (node %s) refused: %s", node, err)
             continue
-        sites.setdefault(got.modality, []).append((got.train, got.val, got.points))
-        private[got.modality] = private.get(got.modality, 0) + int(got.private)
+        sites.setdefault(got.modality, []).append((node, got))
     chosen = {}
     for modality, replies in sorted(sites.items()):
-        trains, capped = cap_shares([t for t, _, _ in replies])
-        if capped:
-            log(
-                WARNING,
-                "ridge statistics: %d %s site(s) claimed far more rows than the others; weighed down",
-                len(capped),
-                modality,
-            )
-        replies = [(t, v, p) for t, (_, v, p) in zip(trains, replies)]
-        if len({r[0].sxy.shape for r in replies}) > 1 or len({tuple(r[2] or ()) for r in replies}) > 1:
+        nodes = [node for node, _ in replies]
+        points = [got.points for _, got in replies]
+        if len({got.train.sxy.shape for _, got in replies}) > 1 or len({tuple(p or ()) for p in points}) > 1:
             log(WARNING, "ridge path: the %s sites have different target points; it is left unfitted", modality)
             continue
-        vals = [v for _, v, _ in replies if v is not None]
-        chosen[modality] = solve_ridge_path(
-            model, modality, [t for t, _, _ in replies], sum_statistics(vals) if vals else None, replies[0][2]
+        trains, capped = cap_shares([got.train for _, got in replies])  # no site outweighs the others
+        for i in capped:
+            log(
+                WARNING,
+                "ridge statistics: site (node %s) claimed far more rows than the others; weighed down",
+                nodes[i],
+            )
+        outliers = [nodes[i] for i in leave_one_out_outliers(trains)]
+        for node in outliers:
+            log(WARNING, "ridge statistics: site (node %s) alone moves the pooled solution (leave-one-site-out)", node)
+        vals, _ = cap_shares([got.val for _, got in replies if got.val is not None])  # they choose the penalty
+        chosen[modality] = solve_ridge_path(model, modality, trains, sum_statistics(vals) if vals else None, points[0])
+        chosen[modality].update(
+            sites=len(replies),
+            private_sites=sum(got.private for _, got in replies),
+            weighed_down=[nodes[i] for i in capped],
+            inconsistent_sites=outliers,
         )
-        chosen[modality]["sites"] = len(replies)
-        chosen[modality]["private_sites"] = private.get(modality, 0)
     return chosen
 
 

@@ -239,3 +239,48 @@ def cap_shares(
         else:
             out.append(p)
     return out, capped
+
+
+def _fixed_ridge(s: RidgeStatistics, penalty: float) -> np.ndarray:
+    """Coefficients of a ridge on centred statistics with a penalty relative to the mean variance."""
+    xx = s.sxx - np.outer(s.sx, s.sx) / s.n
+    xy = s.sxy - np.outer(s.sx, s.sy) / s.n
+    ridge = penalty * max(float(np.trace(xx)) / len(xx), 1e-12)
+    return np.linalg.solve(xx + ridge * np.eye(len(xx)), xy)
+
+
+def leave_one_out_outliers(parts: Sequence[RidgeStatistics], ratio: float = 3.0, penalty: float = 1.0) -> list[int]:
+    """Sites whose removal moves the pooled solution far more than removing any other does.
+
+    A leave-one-site-out consistency check: with three or more sites, the ridge coefficients of
+    the sum are compared with those of the sum without each site; a site whose removal changes
+    them more than ``ratio`` times the median change is named (it steers the solution alone).
+
+    Parameters
+    ----------
+    parts : sequence of RidgeStatistics
+        One per site (already checked and capped).
+    ratio : float
+        How many median changes make an outlier.
+    penalty : float
+        The fixed relative penalty of the comparison fits.
+
+    Returns
+    -------
+    list of int
+        Indices of the outlying sites (empty with fewer than three sites).
+    """
+    if len(parts) < 3:
+        return []
+    total = parts[0]
+    for p in parts[1:]:
+        total = total + p
+    pooled = _fixed_ridge(total, penalty)
+    changes = []
+    for p in parts:
+        rest = RidgeStatistics(**{f: getattr(total, f) - getattr(p, f) for f in _NAMES})
+        changes.append(
+            float(np.linalg.norm(_fixed_ridge(rest, penalty) - pooled)) / max(float(np.linalg.norm(pooled)), 1e-12)
+        )
+    median = float(np.median(changes))
+    return [i for i, c in enumerate(changes) if c > ratio * max(median, 1e-12)]

@@ -353,6 +353,8 @@ class ModalityStrategy(Strategy):
                     metrics = part_metrics
             for k in keys:  # a head no site of this round trains keeps its global weights
                 merged[k] = arrays[k] if arrays is not None else self.current[k]
+                if merged[k].dtype != self.current[k].dtype:  # FedAdam's float64 scalars: the model stays float32
+                    merged[k] = Array(merged[k].numpy().astype(self.current[k].numpy().dtype))
                 if tuple(merged[k].shape) != tuple(self.current[k].shape):
                     raise AggregationError(
                         f"{part} aggregation changed the shape of {k}: {merged[k].shape} vs {self.current[k].shape}"

@@ -34,6 +34,10 @@ def setting_value(text: str) -> Any:
         return text
 
 
+MAX_SECONDS = 120.0  # window, hop, lag, history: longer than any HRF or paired window this model takes
+MIN_HOP_SECONDS = 0.5  # a window per half second at most: below a target frame (1-2 s) windows only repeat
+
+
 class PreprocessConfig(BaseModel):
     """How raw recordings become paired windows (docs/architecture.md §3).
 
@@ -81,23 +85,31 @@ class PreprocessConfig(BaseModel):
         z-score BOLD per vertex per run.
     target_space : {"ico4"}
         Cortical target space of fMRI.
+    design_space : {"scalp", "source"}
+        Where the design's band power is taken (``fedneurogen.shared.sources``); the default
+        ``scalp`` leaves ``cache_key`` as it was before the field existed.
+
+    Every rate and length is bounded (``Field`` limits), so a value from the run config or
+    ``train --preprocess`` is refused before any window is cut: ``hop_seconds=0`` would append
+    windows without end, a negative hop would never reach the end of a run, and a hop far below
+    a target frame multiplies the windows of a site (and its memory) for nothing.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     # EEG
-    eeg_l_freq: float = Field(1.0, description="EEG high-pass edge (Hz)")
-    eeg_h_freq: float = Field(100.0, description="EEG low-pass edge (Hz); capped below Nyquist")
-    eeg_line_freq: float | None = Field(50.0, description="Line-noise notch (Hz); None disables")
-    eeg_sfreq: float = Field(200.0, description="EEG rate after resampling (LaBraM: 200 Hz)")
-    eeg_scale: float = Field(1e4, description="Volts -> model units: 1e4 gives units of 100 uV")
+    eeg_l_freq: float = Field(1.0, ge=0, le=100, description="EEG high-pass edge (Hz)")
+    eeg_h_freq: float = Field(100.0, gt=0, le=1000, description="EEG low-pass edge (Hz); capped below Nyquist")
+    eeg_line_freq: float | None = Field(50.0, gt=0, le=1000, description="Line-noise notch (Hz); None disables")
+    eeg_sfreq: float = Field(200.0, gt=0, le=2000, description="EEG rate after resampling (LaBraM: 200 Hz)")
+    eeg_scale: float = Field(1e4, gt=0, description="Volts -> model units: 1e4 gives units of 100 uV")
     eeg_ica: bool = Field(True, description="Remove ocular components with ICA where EOG channels exist")
     # fNIRS
-    fnirs_l_freq: float = 0.01
-    fnirs_h_freq: float = 0.1
-    fnirs_filter_order: int = 6
-    fnirs_ppf: float = Field(6.0, description="Partial pathlength factor for the Beer-Lambert law")
-    fnirs_scale: float = Field(1e6, description="mol/L -> model units: 1e6 gives micromolar")
+    fnirs_l_freq: float = Field(0.01, gt=0, le=10)
+    fnirs_h_freq: float = Field(0.1, gt=0, le=10)
+    fnirs_filter_order: int = Field(6, ge=1, le=16)
+    fnirs_ppf: float = Field(6.0, gt=0, description="Partial pathlength factor for the Beer-Lambert law")
+    fnirs_scale: float = Field(1e6, gt=0, description="mol/L -> model units: 1e6 gives micromolar")
     fnirs_short_channel_regression: bool = Field(
         True,
         description=(
@@ -107,27 +119,41 @@ class PreprocessConfig(BaseModel):
         ),
     )
     # Target sampling and windows
-    fmri_sfreq: float = Field(0.5, description="Common fMRI grid (Hz); sites with other TRs are resampled to it")
-    fnirs_sfreq: float = Field(1.0, description="Common fNIRS grid (Hz) after the 0.1 Hz low-pass")
-    window_seconds: float = Field(16.0, description="Length of one paired window (s)")
-    hop_seconds: float = Field(8.0, description="Hop between consecutive windows (s)")
-    lag_seconds: float = Field(6.0, description="Hemodynamic delay: target lags EEG by this much (s)")
+    fmri_sfreq: float = Field(
+        0.5, gt=0, le=10, description="Common fMRI grid (Hz); sites with other TRs are resampled to it"
+    )
+    fnirs_sfreq: float = Field(1.0, gt=0, le=50, description="Common fNIRS grid (Hz) after the 0.1 Hz low-pass")
+    window_seconds: float = Field(16.0, gt=0, le=MAX_SECONDS, description="Length of one paired window (s)")
+    hop_seconds: float = Field(
+        8.0, ge=MIN_HOP_SECONDS, le=MAX_SECONDS, description="Hop between consecutive windows (s)"
+    )
+    lag_seconds: float = Field(
+        6.0, ge=0, le=MAX_SECONDS, description="Hemodynamic delay: target lags EEG by this much (s)"
+    )
     history_seconds: float = Field(
         30.0,
         gt=0,
+        le=MAX_SECONDS,
         description="Hemodynamic history (s): each target frame is predicted from the EEG of this many seconds before it (the HRF lasts ~30 s)",
     )
-    power_window_seconds: float = Field(2.0, gt=0, description="Welch segment for the EEG band-power design (s)")
-    power_hop_seconds: float = Field(1.0, gt=0, description="Hop between band-power segments (s)")
+    power_window_seconds: float = Field(
+        2.0, ge=0.1, le=MAX_SECONDS, description="Welch segment for the EEG band-power design (s)"
+    )
+    power_hop_seconds: float = Field(1.0, ge=0.05, le=MAX_SECONDS, description="Hop between band-power segments (s)")
     hrf_basis: Literal["canonical", "canonical+derivative"] = Field(
         "canonical+derivative",
         description="Hemodynamic basis of the design: Glover HRF, optionally with its time derivative",
     )
     label_min_fraction: float = Field(
-        0.5, description="Keep a window only if its majority class covers at least this fraction of it"
+        0.5, ge=0, le=1, description="Keep a window only if its majority class covers at least this fraction of it"
     )
     fmri_zscore: bool = Field(True, description="z-score BOLD per vertex per run")
     target_space: Literal["ico4"] = "ico4"
+    design_space: Literal["scalp", "source"] = Field(
+        "scalp",
+        description="Where the hemodynamic design's band power is taken: 64 virtual scalp electrodes, or 324 cortical "
+        "source patches through a minimum-norm inverse of each montage (fedneurogen.shared.sources)",
+    )
 
     @classmethod
     def from_overrides(cls, overrides: str | Sequence[str]) -> "PreprocessConfig":
@@ -207,5 +233,8 @@ class PreprocessConfig(BaseModel):
         str
             The first 16 hex digits of the SHA-256 of the fields as sorted JSON.
         """
-        blob = json.dumps(self.model_dump(), sort_keys=True).encode()
+        fields = self.model_dump()
+        if fields["design_space"] == "scalp":  # the default keeps the keys (and caches) made before it existed
+            del fields["design_space"]
+        blob = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

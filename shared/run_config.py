@@ -33,7 +33,7 @@ class RunConfig(BaseModel):
     )
 
     num_server_rounds: int = Field(3, ge=1)
-    local_epochs: int = Field(1, ge=1)
+    local_epochs: int = Field(1, ge=1, le=1000)  # a site bounds it further (max-local-epochs)
     preset: Preset = "tiny"
     strategy: Strategy = "fedavg"
     proximal_mu: float = Field(0.01, ge=0)
@@ -50,7 +50,7 @@ class RunConfig(BaseModel):
     min_evaluate_nodes: int = Field(2, ge=0)
     min_available_nodes: int = Field(2, ge=1)
     min_train_replies: int = Field(1, ge=1)
-    round_timeout: float = Field(3600.0, gt=0)
+    round_timeout: float = Field(3600.0, gt=0, le=7 * 86400.0)  # and max-round-timeout
     run_dir: str = Field("runs/federated", min_length=1)
     resume: bool = False
     keep_checkpoints: int = Field(3, ge=1)
@@ -60,10 +60,10 @@ class RunConfig(BaseModel):
     modality: SimModality = "fmri"
     num_sites: int = Field(3, ge=1)
     subjects_per_site: int = Field(4, ge=1)
-    max_windows: int = Field(0, ge=0)
-    cache_dir: str = ""
+    max_windows: int = Field(0, ge=0, le=10_000_000)  # and min-train-windows
+    cache_dir: str = ""  # a simulated node's cache only: a deployed site's is its node config's
     site_state_dir: str = ""
-    eval_pcc_windows: int = Field(256, ge=0)
+    eval_pcc_windows: int = Field(256, ge=0, le=100_000)  # and max-eval-pcc-windows
     early_stopping_patience: int = Field(2, ge=0)
     dp_enabled: bool = False
     dp_target_epsilon: float = Field(8.0, gt=0)

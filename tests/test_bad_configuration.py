@@ -358,7 +358,7 @@ def test_simulation_goes_on_without_the_misconfigured_sites(sites, tmp_path_fact
     config = {
         "preset": "tiny",
         "local-epochs": 1,
-        "max-windows": 4,
+        "max-windows": 8,  # a site's floor (min-train-windows, default 8)
         "eval-pcc-windows": 0,
         "round-timeout": 300.0,
         "cache-dir": str(sites.parent / "bad-config-cache"),
@@ -388,7 +388,7 @@ def test_simulation_goes_on_without_the_misconfigured_sites(sites, tmp_path_fact
         assert {f["reason"] for f in failed} == expected and len({f["node"] for f in failed}) == 2
         ((node, metrics),) = entry[stage]["sites"].items()  # site-01 alone
         assert metrics["modality"] == "fmri" and node not in {str(f["node"]) for f in failed}
-    assert entry["train"]["aggregate"]["num-examples"] == 4
+    assert entry["train"]["aggregate"]["num-examples"] == 8
     text = json.dumps(entry)
     assert str(missing) not in text and "sub-0" not in text
 

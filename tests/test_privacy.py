@@ -236,8 +236,9 @@ def test_a_subject_is_clipped_to_the_bound_and_weighted_alike_in_every_statistic
 
 
 def test_a_site_lifetime_cap_counts_its_other_runs(tmp_path):
-    """``dp-lifetime-epsilon`` in a site's node config: a new DP run is refused when the epsilon
-    its data has spent in other runs plus this run's target would pass the cap."""
+    """``dp-lifetime-epsilon`` in a site's node config: a DP run is refused when the epsilon its
+    data has spent (or reserved) in other runs plus this run's target would pass the cap; a run
+    that passes holds its whole target as a reservation in its ledger."""
     from flwr.app import Context, RecordDict
 
     from fedneurogen.client import app
@@ -256,11 +257,12 @@ def test_a_site_lifetime_cap_counts_its_other_runs(tmp_path):
         node = {"data-path": str(data), "state-dir": str(state), "dp-lifetime-epsilon": cap}
         return Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config=raw)
 
-    dp, ledger, path = app._privacy(context(spent + 4.5), run)  # room for this run
-    assert dp.target_epsilon == 4.0 and path == privacy.ledger_path(state, "runs/new")
-    assert privacy.other_runs_epsilon(state, path, 1e-5) == pytest.approx(spent)
+    with app._privacy(context(spent + 4.5), run) as (dp, ledger, path):  # room for this run
+        assert dp.target_epsilon == 4.0 and path == privacy.ledger_path(state, "runs/new")
+        assert ledger.reserved == 4.0 and privacy.load_ledger(path, "rdp").reserved == 4.0  # on disk before any release
     with pytest.raises(SiteRefusal, match="lifetime limit"):
-        app._privacy(context(spent + 3.5), run)
+        with app._privacy(context(spent + 3.5), run):
+            pass
 
 
 def test_dp_settings_are_built_from_the_run_config_in_one_place():

@@ -8,7 +8,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_federation import BACKBONE, FMRI, FNIRS, FakeGrid, one_round
+from test_federation import BACKBONE, FMRI, FNIRS, FakeGrid, one_round, reply
 
 from fedneurogen.server.strategy import make_strategy
 from fedneurogen.shared.run_config import RunConfig
@@ -191,16 +191,37 @@ def test_the_ridge_path_is_solved_from_the_honest_sites_only(task_identity):
     nan["train.sxy"][0, 0] = np.nan
     scaled = {k: v * 1e12 if not k.endswith(".n") else v for k, v in honest.items()}
 
-    def reply(arrays):
+    def statistics_reply(arrays):
         record = ArrayRecord({k: Array(np.atleast_1d(v)) for k, v in arrays.items()})
         return _answer({"statistics": record, "site": ConfigRecord({"modality": "fmri"})})
 
-    hostile = QueryGrid({1: reply(honest), 2: reply(nan), 3: reply(scaled), 4: _answer({"statistics": ArrayRecord()})})
+    hostile = QueryGrid(
+        {
+            1: statistics_reply(honest),
+            2: statistics_reply(nan),
+            3: statistics_reply(scaled),
+            4: _answer({"statistics": ArrayRecord()}),
+        }
+    )
     chosen = solve_global_ridge(hostile, torch_model, 4, 1.0)
     assert chosen["fmri"]["sites"] == 1
     alone = NeuroGenModel("tiny", device="cpu")
-    solve_global_ridge(QueryGrid({1: reply(honest)}), alone, 1, 1.0)
+    solve_global_ridge(QueryGrid({1: statistics_reply(honest)}), alone, 1, 1.0)
     np.testing.assert_array_equal(
         torch_model.modality_heads["fmri"].mean.ridge.coef.detach().numpy(),
         alone.modality_heads["fmri"].mean.ridge.coef.detach().numpy(),
     )
+
+
+def test_fedadam_keeps_the_global_model_float32_across_rounds(task_identity):
+    """Flower's FedAdam multiplies by NumPy float64 scalars; the aggregate is cast back, so the
+    sites' float32 updates of the next round are not refused as the wrong dtype."""
+    strategy = make_strategy(RunConfig(strategy="fedadam", min_available_nodes=1, min_train_nodes=1))
+    sites = {1: ("fmri", 10, {BACKBONE: 1.0, FMRI: 1.0}), 2: ("fmri", 10, {BACKBONE: 2.0, FMRI: 2.0})}
+    arrays = ArrayRecord({k: Array(np.zeros((2, 3), dtype=np.float32)) for k in (BACKBONE, FMRI, FNIRS)})
+    for server_round in (1, 2):
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord({}), FakeGrid(sites)))
+        new, _ = strategy.aggregate_train(server_round, [reply(m, *sites[m.metadata.dst_node_id]) for m in messages])
+        assert new is not None and {new[k].dtype for k in new.keys()} == {"float32"}
+        assert strategy.report[MessageType.TRAIN]["failed"] == []
+        arrays = new

@@ -170,3 +170,25 @@ def test_rows_scaled_beyond_the_limit_are_refused(factor, seed):
     else:
         with pytest.raises(StatisticsRefused):
             read(reply(scaled))
+
+
+def test_a_site_that_alone_moves_the_pooled_solution_is_named():
+    """Four honest sites share one linear map; a fifth sends rows of the same size and shape made
+    with another map (every check on its own passes): leave-one-site-out names it, and only it."""
+    from fedneurogen.server.statistics import leave_one_out_outliers
+
+    rng = np.random.default_rng(5)
+    truth, other = rng.standard_normal((D, N)), rng.standard_normal((D, N))
+
+    def site(mapping, seed):
+        r = np.random.default_rng(seed)
+        x = r.standard_normal((80, D))
+        y = x @ mapping * 0.3 + r.standard_normal((80, N)) * 0.5
+        return RidgeStatistics.from_rows(x, y)
+
+    honest_sites = [site(truth, i) for i in range(4)]
+    forged = site(-3 * other, 99)
+    assert read(reply(forged)).train.n == 80  # passes the per-site checks
+    assert leave_one_out_outliers([*honest_sites, forged]) == [4]
+    assert leave_one_out_outliers(honest_sites) == []
+    assert leave_one_out_outliers(honest_sites[:2]) == []  # two sites: nothing to compare

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import PreprocessConfig
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..recording import PairedWindows, Recording, WindowView
 from .problems import Problem
 
@@ -90,6 +90,8 @@ def window_starts(
     n_eeg: int, eeg_sfreq: float, n_target: int, target_sfreq: float, config: PreprocessConfig
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sample indices where each window starts: ``(target_starts, eeg_starts)``."""
+    if not config.hop_seconds > 0:  # PreprocessConfig refuses it; model_copy(update=...) does not validate
+        raise ConfigError(f"preprocessing: hop_seconds = {config.hop_seconds!r} must be > 0 (windows would never end)")
     n_t = int(round(config.window_seconds * target_sfreq))
     n_e = int(round(config.window_seconds * eeg_sfreq))
     lag = config.lag_seconds

@@ -1,0 +1,469 @@
+"""A site's guarantee does not rest on trusting the coordinator (issue 26, items 1, 3, 5, 7).
+
+- The run config is bounded by the site: preprocessing that would cut windows without end is
+  refused before any window is cut, ``local-epochs``/``round-timeout``/``eval-pcc-windows``/
+  ``max-windows`` are bounded by the site's policy, and a deployed site ignores ``cache-dir``.
+- The ledger reserves a run's whole target before it spends: runs opened with a tiny statistics
+  share cannot together pass ``dp-lifetime-epsilon``, concurrent first messages included, and a
+  finished run's unused reservation is released.
+- Nothing random at a deployed site comes from the coordinator: the same run config, ``seed``
+  and ``server-round`` give other DP batches, another DP noise and a subset keyed by the site.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import threading
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.common import MessageType
+from typer.testing import CliRunner
+
+from fedneurogen.client import app as client_app
+from fedneurogen.client import privacy, site
+from fedneurogen.client.refusal import RUN_LIMITS, SiteRefusal, check_run
+from fedneurogen.shared import workflows
+from fedneurogen.shared.config import PreprocessConfig
+from fedneurogen.shared.data.pairing import window_starts
+from fedneurogen.shared.errors import ConfigError
+from fedneurogen.shared.model import NeuroGenModel
+from fedneurogen.shared.run_config import RunConfig, validate_run_config
+
+DEFAULTS = RunConfig().model_dump(by_alias=True)
+
+
+def _context(node: dict, run_config: dict, node_id: int = 5) -> Context:
+    return Context(run_id=1, node_id=node_id, node_config=node, state=RecordDict(), run_config=run_config)
+
+
+def _dp_run(run_dir: str, **changes) -> tuple[dict, RunConfig]:
+    raw = {**DEFAULTS, "dp-enabled": True, "run-dir": run_dir, **changes}
+    return raw, RunConfig.model_validate(raw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 5: the run config is bounded by the site
+
+
+@pytest.mark.parametrize("hop", ["0", "-1", "0.001"])
+def test_a_hop_that_never_ends_is_refused_before_any_window_is_cut(hop, tmp_path):
+    """``hop_seconds=0`` appended windows until memory ran out and ``-1`` looped for ever: the
+    typed config refuses them, so the run config, the ClientApp and ``train --preprocess`` do
+    too (exit 2, a configuration error, before the data path is even looked at)."""
+    with pytest.raises(ConfigError, match=f"preprocessing: hop_seconds = {hop}: Input should be greater"):
+        PreprocessConfig.from_overrides(f"hop_seconds={hop}")
+    with pytest.raises(ConfigError, match=rf"run config: preprocess = 'hop_seconds={hop}': preprocessing: hop_seconds"):
+        validate_run_config({"preprocess": f"hop_seconds={hop}"})
+
+    from fedneurogen.cli import app as cli
+
+    missing = tmp_path / "no-such-site"  # never read: the setting is refused first
+    result = CliRunner().invoke(
+        cli, ["train", "--data", str(missing), "--out", str(tmp_path / "out"), "--preprocess", f"hop_seconds={hop}"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "hop_seconds" in result.output and str(missing) not in result.output
+    assert not (tmp_path / "out").exists()
+
+    # a config built without validation (model_copy) still never reaches the window loop
+    unchecked = PreprocessConfig().model_copy(update={"hop_seconds": float(hop)})
+    if unchecked.hop_seconds <= 0:
+        with pytest.raises(ConfigError, match="hop_seconds = .* must be > 0"):
+            window_starts(200 * 600, 200.0, 300, 0.5, unchecked)
+
+
+def test_every_preprocess_length_has_sane_bounds():
+    """Every rate and length is positive and bounded, so no setting multiplies a site's windows."""
+    for setting in (
+        "window_seconds=0",
+        "window_seconds=1e9",
+        "lag_seconds=-6",
+        "history_seconds=1e6",
+        "eeg_sfreq=0",
+        "fmri_sfreq=-0.5",
+        "power_hop_seconds=0",
+        "power_window_seconds=1e-6",
+        "fnirs_filter_order=0",
+        "label_min_fraction=2",
+    ):
+        with pytest.raises(ConfigError, match=f"preprocessing: {setting.split('=')[0]} = "):
+            PreprocessConfig.from_overrides(setting)
+    default = PreprocessConfig()
+    assert window_starts(200 * 600, 200.0, 300, 0.5, default)[0].size == 70  # a 10 min run: (600 - 30 - 16) / 8 + 1
+
+
+def test_the_run_config_keys_a_site_bounds_are_refused_with_a_clear_reason():
+    """``local-epochs``, ``round-timeout``, ``eval-pcc-windows`` and ``max-windows`` are bounded
+    by the site's policy (defaults in ``RUN_LIMITS``, its node config may change them); the run
+    config has absolute maxima too."""
+    check_run({}, RunConfig())  # the defaults pass every default bound
+    cases = {
+        "local_epochs": (21, "the run's local-epochs = 21 is above this site's limit max-local-epochs = 20"),
+        "round_timeout": (90000.0, "the run's round-timeout = 90000 is above this site's limit max-round-timeout = 86400"),
+        "eval_pcc_windows": (5000, "the run's eval-pcc-windows = 5000 is above this site's limit max-eval-pcc-windows = 1024"),
+        "max_windows": (1, "the run's max-windows = 1 is below this site's floor min-train-windows = 8 (0: all windows)"),
+    }  # fmt: skip
+    for name, (value, reason) in cases.items():
+        with pytest.raises(SiteRefusal) as err:
+            check_run({}, RunConfig(**{name: value}))
+        assert err.value.public == reason
+    assert {key for key, _, _ in RUN_LIMITS} == {
+        "max-local-epochs",
+        "max-round-timeout",
+        "max-eval-pcc-windows",
+        "min-train-windows",
+    }
+    # a site may allow more, or less
+    check_run({"max-local-epochs": "50"}, RunConfig(local_epochs=50))
+    check_run({"min-train-windows": "1"}, RunConfig(max_windows=1))
+    check_run({}, RunConfig(max_windows=0))  # all windows
+    with pytest.raises(SiteRefusal, match="local-epochs = 3 is above this site's limit max-local-epochs = 2"):
+        check_run({"max-local-epochs": "2"}, RunConfig(local_epochs=3))
+    for key, value in (("local-epochs", 10**6), ("round-timeout", 1e9), ("eval-pcc-windows", 10**7)):
+        with pytest.raises(ConfigError, match=f"run config: {key} = .*less than or equal to"):
+            validate_run_config({key: value})
+
+
+def test_a_refused_bound_is_a_public_reason_in_the_reply_and_the_sites_record(task_identity, tmp_path):
+    """The ClientApp refuses before it reads any data: the reason goes back to the server (which
+    names it in the history) and into the site's own ``sent.jsonl``."""
+    node = {"data-path": str(tmp_path / "data"), "state-dir": str(tmp_path / "state")}
+    context = _context(node, {**DEFAULTS, "local-epochs": 500})
+    message = Message(
+        RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=5, message_type=MessageType.TRAIN
+    )
+    reply = client_app.train(message, context)
+    reason = "site refused: the run's local-epochs = 500 is above this site's limit max-local-epochs = 20"
+    assert reply.has_error() and reply.error.reason == reason
+    (sent,) = [json.loads(line) for line in (tmp_path / "state" / client_app.SENT_LOG).read_text().splitlines()]
+    assert sent["error"]["reason"] == reason
+
+
+def test_cache_dir_from_the_run_config_is_ignored_by_a_deployed_site(small_fmri_sites, tmp_path, monkeypatch):
+    """A deployed site (its node config names its data) writes its preprocessed windows only
+    where its node config says; a simulated node still takes the run config's ``cache-dir``."""
+    monkeypatch.setattr(site, "_SITES", {})  # load, not the process' earlier copy
+    chosen, own, simulated = tmp_path / "coordinator-chosen", tmp_path / "site-cache", tmp_path / "sim-cache"
+    raw = {**DEFAULTS, "cache-dir": str(chosen)}
+    run = RunConfig.model_validate(raw)
+    node = {"data-path": str(small_fmri_sites[0]), "state-dir": str(tmp_path / "state"), "cache-dir": str(own)}
+    data = client_app._site(_context(node, raw), run)
+    assert len(data.train) > 0
+    assert not chosen.exists() and any(own.rglob("*")), "the deployed site cached where the run config said"
+
+    monkeypatch.setattr(site, "_SITES", {})
+    sim_raw = {**raw, "cache-dir": str(simulated), "data-root": str(small_fmri_sites[0].parent)}
+    sim_run = RunConfig.model_validate(sim_raw)
+    client_app._site(_context({"partition-id": 0}, sim_raw), sim_run)
+    assert any(simulated.rglob("*")), "the simulation's cache-dir is still used"
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 3: the ledger reserves before it spends
+
+
+def _site_node(tmp_path, cap: float | None = None, **policy) -> dict:
+    data = tmp_path / "bids"
+    data.mkdir(exist_ok=True)
+    node = {"data-path": str(data), "state-dir": str(tmp_path / "state"), **policy}
+    return node | ({"dp-lifetime-epsilon": cap} if cap is not None else {})
+
+
+def test_runs_opened_with_a_tiny_statistics_share_cannot_together_pass_the_lifetime_cap(tmp_path):
+    """The bypass: k runs each release the ridge statistics with a tiny ``dp-statistics-share``
+    (0.05 here: 0.2 of a target of 4), then each spends its full target. Each run reserves its whole
+    target before that first release, so the third cannot open; a resumed run is checked again."""
+    node = _site_node(tmp_path, cap=10.0)
+    opened = []
+    for k in range(3):
+        raw, run = _dp_run(f"runs/r{k}", **{"dp-target-epsilon": 4.0, "dp-statistics-share": 0.05})
+        if k == 2:
+            with pytest.raises(SiteRefusal) as err:
+                with client_app._privacy(_context(node, raw), run):
+                    pass
+            assert "spent or reserved epsilon 8.00 (delta 1e-05)" in err.value.public
+            assert "with this run's 4 it would exceed the site's lifetime limit 10" in err.value.public
+            continue
+        with client_app._privacy(_context(node, raw), run) as (dp, ledger, path):
+            assert privacy.load_ledger(path, "rdp").reserved == 4.0  # on disk before the release
+            ledger.history.append((privacy.statistics_noise_multiplier(ledger, dp), 1.0, 1))  # the release's step
+            privacy.save_ledger(path, ledger)
+        opened.append(path)
+    spent = [privacy.load_ledger(p, "rdp").epsilon(1e-5) for p in opened]
+    assert all(0 < s <= 0.2 * (1 + 1e-9) for s in spent)  # what the old check counted: next to nothing
+
+    # the same run-dir again (a resumed run) is checked again, against the others' reservation
+    raw, run = _dp_run("runs/r0", **{"dp-target-epsilon": 4.0, "dp-statistics-share": 0.05})
+    with client_app._privacy(_context(node, raw), run):
+        pass
+    with pytest.raises(SiteRefusal, match="lifetime limit 7"):
+        with client_app._privacy(_context(_site_node(tmp_path, cap=7.0), raw), run):
+            pass
+
+
+def test_the_lifetime_ledger_has_one_delta_the_sites(tmp_path):
+    """Every run's epsilon is stated at the policy's ``dp-max-delta`` (default 1e-5), never at
+    the new run's: a run with a larger delta is refused under a lifetime cap."""
+    raw, run = _dp_run("runs/a", **{"dp-delta": 1e-3})
+    with pytest.raises(SiteRefusal, match="dp-delta = 0.001 is above the delta 1e-05 this site states"):
+        with client_app._privacy(_context(_site_node(tmp_path, cap=20.0), raw), run):
+            pass
+    earlier = privacy.PrivacyLedger("rdp", 1.0, [(1.0, 0.1, 200)])
+    privacy.save_ledger(privacy.ledger_path(tmp_path / "state", "runs/earlier"), earlier)
+    at_policy = earlier.epsilon(1e-4)
+    raw, run = _dp_run("runs/b", **{"dp-delta": 1e-6, "dp-target-epsilon": 1.0})
+    node = _site_node(tmp_path, cap=at_policy + 0.5, **{"dp-max-delta": 1e-4})
+    with pytest.raises(SiteRefusal, match=f"spent or reserved epsilon {at_policy:.2f} \\(delta 0.0001\\)"):
+        with client_app._privacy(_context(node, raw), run):
+            pass
+
+
+def test_a_second_message_of_the_same_run_cannot_spend_from_its_ledger_at_once(tmp_path):
+    node = _site_node(tmp_path, cap=10.0)
+    raw, run = _dp_run("runs/one")
+    with client_app._privacy(_context(node, raw), run):
+        with pytest.raises(SiteRefusal, match="another message of this run is using its ledger"):
+            with client_app._privacy(_context(node, raw), run):
+                pass
+    with client_app._privacy(_context(node, raw), run):  # free again once the first is done
+        pass
+
+
+def test_concurrent_first_messages_cannot_both_pass_threads(tmp_path):
+    """Eight runs' first messages at once, room for two (cap 10, target 4 each): two pass."""
+    node = _site_node(tmp_path, cap=10.0)
+    start, results = threading.Barrier(8), {}
+
+    def first_message(k: int) -> None:
+        raw, run = _dp_run(f"runs/t{k}", **{"dp-target-epsilon": 4.0})
+        start.wait()
+        try:
+            with client_app._privacy(_context(node, raw), run):
+                results[k] = "passed"
+        except SiteRefusal as err:
+            results[k] = err.public
+
+    threads = [threading.Thread(target=first_message, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sum(r == "passed" for r in results.values()) == 2 and len(results) == 8
+    reserved = [privacy.load_ledger(p, "rdp").reserved for p in (tmp_path / "state").glob("privacy-*.json")]
+    assert sorted(reserved) == [4.0, 4.0]  # the refused runs reserved nothing
+
+
+def _reserve_in_a_process(state: str, run_dir: str, start, out) -> None:
+    settings = privacy.DPSettings(target_epsilon=4.0, delta=1e-5, max_grad_norm=1.0, planned_rounds=1)
+    path = privacy.ledger_path(state, run_dir)
+    start.wait()
+    try:
+        with privacy.run_lock(path):
+            privacy.reserve(state, path, settings, 1e-5, 10.0)
+        out.put("passed")
+    except SiteRefusal:
+        out.put("refused")
+
+
+def test_concurrent_first_messages_cannot_both_pass_processes(tmp_path):
+    """The same race between separate processes (a SuperNode starts a ClientApp process per
+    message): the file lock, not memory, decides."""
+    ctx = multiprocessing.get_context("fork")
+    start, out = ctx.Barrier(4), ctx.Queue()
+    procs = [
+        ctx.Process(target=_reserve_in_a_process, args=(str(tmp_path / "state"), f"runs/p{k}", start, out))
+        for k in range(4)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert sorted(out.get(timeout=5) for _ in procs) == ["passed", "passed", "refused", "refused"]
+
+
+def test_a_finished_runs_unused_reservation_is_released(tmp_path):
+    """After its last round a run counts what it spent, not its target: the room it did not use
+    goes to the next run; the same run asked again reserves (and is checked) again."""
+    node = _site_node(tmp_path, cap=10.0)
+    raw, run = _dp_run("runs/done", **{"dp-target-epsilon": 8.0})
+    with client_app._privacy(_context(node, raw), run) as (dp, ledger, path):
+        ledger.history.append((privacy.statistics_noise_multiplier(ledger, dp), 1.0, 1))
+        privacy.save_ledger(path, ledger)
+    other_raw, other = _dp_run("runs/next", **{"dp-target-epsilon": 8.0})
+    with pytest.raises(SiteRefusal, match="lifetime limit 10"):
+        with client_app._privacy(_context(node, other_raw), other):
+            pass
+    released = privacy.release(path.parent, path)
+    assert released.reserved == 0.0 and released.committed(1e-5) == pytest.approx(released.epsilon(1e-5))
+    assert 0 < released.committed(1e-5) < 1
+    with client_app._privacy(_context(node, other_raw), other):  # the unused room is free
+        pass
+    with pytest.raises(SiteRefusal, match="lifetime limit 10"):  # the finished run asked again: checked
+        with client_app._privacy(_context(node, raw), run):
+            pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 1 (batches, subset, noise): nothing random at a site comes from the coordinator
+
+
+@pytest.fixture
+def recorded_batches(monkeypatch):
+    """Every Poisson batch a training draws (the real sampler, watched)."""
+    drawn: list[list[int]] = []
+    real = workflows.training.poisson_batches
+
+    def watched(n, batch_size, rng):
+        for site_index, index in real(n, batch_size, rng):
+            drawn.append(sorted(index.tolist()))
+            yield site_index, index
+
+    monkeypatch.setattr(workflows.training, "poisson_batches", watched)
+    return drawn
+
+
+def _train_message(server_round: int = 1) -> Message:
+    weights = {k: v.detach().clone() for k, v in NeuroGenModel("tiny", device="cpu").state_dict().items()}
+    content = RecordDict(
+        {"arrays": ArrayRecord(weights), "config": ConfigRecord({"server-round": server_round, "class-names": []})}
+    )
+    return Message(content, dst_node_id=5, message_type=MessageType.TRAIN)
+
+
+def test_the_same_dp_run_config_draws_other_batches_and_a_released_reservation_at_the_end(
+    small_fmri_sites, tmp_path, monkeypatch, recorded_batches, task_identity
+):
+    """On a deployed site, two DP runs with the same run config, ``seed`` and ``server-round``
+    train on different Poisson batches (OS entropy), so no coordinator choice fixes them. Each
+    run's last round releases its unused reservation. A simulated node given a ``site-seed``
+    draws the plan of that seed (reproducible simulations), whatever the run's ``seed``."""
+    monkeypatch.setattr(site, "_SITES", {})
+    settings = {"local-epochs": 1, "max-windows": 16, "eval-pcc-windows": 0, "num-server-rounds": 1}
+    node = {"data-path": str(small_fmri_sites[0]), "state-dir": str(tmp_path / "state"), "dp-lifetime-epsilon": 20.0}
+    plans = []
+    for k in range(2):
+        raw, run = _dp_run(f"runs/same-{k}", seed=7, **settings)
+        reply = client_app.train(_train_message(server_round=1), _context(node, raw))
+        assert not reply.has_error(), reply.error.reason
+        plans.append(list(recorded_batches))
+        recorded_batches.clear()
+        ledger = privacy.load_ledger(privacy.ledger_path(tmp_path / "state", f"runs/same-{k}"), "rdp")
+        assert ledger.reserved == 0.0 and 0 < ledger.epsilon(run.dp_delta) <= 8.0 * (1 + 1e-9)  # released
+    assert len(plans[0]) == len(plans[1]) == 2  # 16 windows, batch 8: 2 steps, q = 1/2
+    assert plans[0] != plans[1]  # the same by chance: 2^-32
+
+    # a simulated node: its site-seed (and the round) alone make the plan; the run's seed does not
+    monkeypatch.setattr(site, "_SITES", {})
+    raw, run = _dp_run("runs/sim", seed=1, **settings, **{"data-root": str(small_fmri_sites[0].parent)})
+    raw["site-state-dir"] = str(tmp_path / "sim-state")
+    reply = client_app.train(_train_message(server_round=1), _context({"partition-id": 0, "site-seed": 3}, raw))
+    assert not reply.has_error(), reply.error.reason
+    from fedneurogen.shared.workflows.training import poisson_batches
+
+    def plan(seed: int) -> list[list[int]]:
+        return [sorted(i.tolist()) for _, i in poisson_batches(16, 8, np.random.default_rng(seed))]
+
+    drawn = list(recorded_batches)  # (plan() below draws through the watched sampler too)
+    assert drawn == plan(3 + 1000 * 1) != plan(run.seed + 1000 * 1)
+
+
+def test_a_coordinator_chosen_seed_and_round_cannot_put_a_window_in_every_step(small_fmri_sites, tmp_path, monkeypatch):
+    """The attack: search ``seed`` and ``server-round`` for a plan that puts one window in every
+    step. The plan no longer depends on them on a deployed site: for the same (seed, round) the
+    site's batches differ from the ones the coordinator computed, and from each other."""
+    from fedneurogen.shared.workflows.training import poisson_batches
+
+    n, batch = 32, 8
+    seed, server_round = 1234, 5
+    predicted = [
+        idx.tolist() for _, idx in poisson_batches(n, batch, np.random.default_rng(seed + 1000 * server_round))
+    ]
+    node = {"data-path": str(small_fmri_sites[0])}
+    site_seed = client_app._site_seed(node)
+    assert site_seed is None  # a deployed site: the round's seed is the OS's
+    drawn = [[idx.tolist() for _, idx in poisson_batches(n, batch, np.random.default_rng(site_seed))] for _ in range(2)]
+    assert drawn[0] != predicted and drawn[1] != predicted and drawn[0] != drawn[1]
+    # and a simulated node's seed is its own, not derived from the run's seed or the round
+    assert client_app._site_seed({"partition-id": 2, "site-seed": "9"}) == 9
+    assert client_app._site_seed({"partition-id": 2, "data-path": "/d", "site-seed": "9"}) is None
+
+
+def test_the_max_windows_subset_is_keyed_by_the_site_not_the_runs_seed(small_fmri_sites, tmp_path, monkeypatch):
+    """The ``max-windows`` subset of a deployed site comes from its secret key (one per state
+    folder, made once): stable within a run, different at another site, whatever ``seed``."""
+    raw = {**DEFAULTS, "max-windows": 8, "seed": 0, "run-dir": "runs/k"}
+    run = RunConfig.model_validate(raw)
+
+    def subset(state: str) -> list[float]:
+        monkeypatch.setattr(site, "_SITES", {})
+        node = {"data-path": str(small_fmri_sites[0]), "state-dir": str(tmp_path / state)}
+        data = client_app._site(_context(node, raw), run)
+        return sorted(zip(data.train.runs.tolist(), data.train.onsets.tolist()))
+
+    first, again, elsewhere = subset("a"), subset("a"), subset("b")
+    assert first == again and first != elsewhere and len(first) == 8
+    secret = tmp_path / "a" / privacy.SECRET_FILE
+    assert len(secret.read_bytes()) == 32 and secret.stat().st_mode & 0o777 == 0o600
+    assert privacy.keyed_seed(tmp_path / "a", "max-windows", "runs/k") == privacy.keyed_seed(
+        tmp_path / "a", "max-windows", "runs/./k"
+    )
+
+
+def test_dp_noise_comes_from_os_entropy_not_torchs_default_generator():
+    """The DP-SGD noise: two noise-only steps from the same weights, with torch's process-wide
+    generator reset to the same seed (as anything sharing the process can do, e.g. with a
+    run-config seed), differ on a deployed site; with a simulated node's seed they repeat."""
+    from fedneurogen.shared.workflows.training import noise_only_step
+
+    def noisy_step(noise_seed: int | None) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = NeuroGenModel("tiny", fmri_positions=None, device="cpu")
+        params = model.prepare_for_dp("fnirs")
+        optimizer = torch.optim.SGD(params, lr=1.0)
+        settings = privacy.DPSettings(8.0, 1e-5, 1.0, 1, noise_seed=noise_seed)
+        ledger = privacy.PrivacyLedger()
+        privacy.plan_round(ledger, settings, 20, 8, 1)
+        torch.manual_seed(0)
+        net, dp_optimizer, _ = privacy.make_private(model, optimizer, ledger, settings, 20, 8)
+        dp_optimizer.zero_grad(set_to_none=True)
+        noise_only_step(net, dp_optimizer)
+        return [p.detach().clone() for p in params]
+
+    first, second = noisy_step(None), noisy_step(None)
+    assert any(not torch.equal(a, b) for a, b in zip(first, second))
+    seeded, again = noisy_step(11), noisy_step(11)
+    assert all(torch.equal(a, b) for a, b in zip(seeded, again))
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 7: class names pass the one-token filter the server's audit applies
+
+
+def test_class_names_are_sent_only_when_they_are_one_token(small_fmri_sites, tmp_path, monkeypatch, task_identity):
+    """A site whose events name a trial "Jane Doe" or "sub-07" does not send those names; its
+    one-token task labels still go. The filter is the audit's pattern (``server/audit.py``)."""
+    import shutil
+
+    from fedneurogen.server.audit import LABEL as AUDIT_LABEL
+    from fedneurogen.shared.records import LABEL, sendable_label
+
+    assert LABEL.pattern == AUDIT_LABEL.pattern
+    assert [sendable_label(x) for x in ("faces", "left_hand", "go.nogo-2", "Jane Doe", "sub-07", "a/b", "", 3)] == [
+        True, True, True, False, False, False, False, False,
+    ]  # fmt: skip
+
+    copy = tmp_path / "site-01"
+    shutil.copytree(small_fmri_sites[0], copy)
+    for events in copy.rglob("*_events.tsv"):
+        events.write_text(events.read_text().replace("\tscenes", "\tJane Doe").replace("\tmotion", "\tsub-07"))
+    monkeypatch.setattr(site, "_SITES", {})
+    node = {"data-path": str(copy), "state-dir": str(tmp_path / "state")}
+    context = _context(node, DEFAULTS)
+    assert {"Jane Doe", "sub-07"} <= set(client_app._site(context, RunConfig()).classes)  # the site has them
+    reply = client_app.query(Message(RecordDict(), dst_node_id=5, message_type=MessageType.QUERY), context)
+    sent = list(reply.content["site"]["classes"])
+    assert sent and all(sendable_label(c) for c in sent) and "Jane Doe" not in sent and "sub-07" not in sent
