@@ -213,7 +213,7 @@ def _warn_about_groups(subjects: np.ndarray, groups: np.ndarray, column: str, fo
         if n < folds:
             _warn(
                 site,
-                f"{column} group {group!r} has {n} subject(s), fewer than the {folds} folds: it is tested in at most "
+                f"{column} = {group!r} has {n} subject(s), fewer than the {folds} folds: it is tested in at most "
                 f"{n} fold(s) and its scores rest on {n} subject(s)"
                 + ("; whenever it is tested, no training fold has it" if n == 1 else "")
                 + f" (use --folds {max(2, n)} or a larger site)",
