@@ -110,22 +110,27 @@ def solve_global_ridge(grid: Grid, model: NeuroGenModel, min_nodes: int, timeout
     """The ridge path of every modality, solved from the sum of the sites' statistics: exactly
     the regression on their pooled training subjects, its penalty, band weights and rank chosen
     on their pooled held-out subjects (under DP: of the sites' noisy releases, and switched off
-    where the noise leaves it no better than the mean). Installed in ``model``; returns the choices."""
+    where the noise leaves it no better than the mean). Installed in ``model``; returns the choices
+    per modality and, under ``refused``, each site whose reply was not used and why."""
     _, nodes = sample_nodes(grid, min_nodes, min_nodes)
     request = ConfigRecord({"kind": STATISTICS_REQUEST})
     messages = [
         Message(RecordDict({"request": request}), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes
     ]
     sites: dict[str, list[tuple[int, SiteStatistics]]] = {}  # modality -> (node, its checked reply)
+    refused: list[dict] = []  # public reasons, in round 1's history
     for reply in grid.send_and_receive(messages, timeout=timeout):
         node = reply.metadata.src_node_id
         if reply.has_error():
             log(WARNING, "ridge statistics: site (node %s) failed: %s", node, reply.error.reason)
+            last = (str(reply.error.reason).strip().splitlines() or ["(no reason)"])[-1]
+            refused.append({"node": node, "reason": f"error reply: {last[:300]}"})
             continue
         try:  # the server trusts no site: every reply is checked before it is summed
             got = read_statistics_reply(reply, model)
         except StatisticsRefused as err:
             log(WARNING, "ridge statistics: site (node %s) refused: %s", node, err)
+            refused.append({"node": node, "reason": f"refused statistics: {err}"})
             continue
         sites.setdefault(got.modality, []).append((node, got))
     chosen = {}
@@ -153,6 +158,8 @@ def solve_global_ridge(grid: Grid, model: NeuroGenModel, min_nodes: int, timeout
             weighed_down=[nodes[i] for i in capped],
             inconsistent_sites=outliers,
         )
+    if refused:
+        chosen["refused"] = refused
     return chosen
 
 
@@ -224,6 +231,7 @@ def main(grid: Grid, context: Context) -> None:
     if class_names is None:  # else the union of the sites' own classes
         class_names = site_classes(grid, run.min_available_nodes, timeout, model.config.num_classes)
     log(INFO, "Classes: %s", class_names)
+    ridge = None
     if first == 1:  # (a resumed run has it in its checkpoint)
         ridge = solve_global_ridge(grid, model, run.min_available_nodes, timeout)
         log(INFO, "Ridge path from the sites' summed statistics: %s", ridge)
@@ -279,6 +287,7 @@ def main(grid: Grid, context: Context) -> None:
                 "train": report.get(MessageType.TRAIN, {}),
                 "evaluate": report.get(MessageType.EVALUATE, {}),
                 **({"early_stopping": stopping.summary()} if stopping.active else {}),
+                **({"ridge_path": ridge} if ridge is not None and server_round == 1 else {}),
             }
         )
         for stage in ("train", "evaluate"):

@@ -205,6 +205,8 @@ def test_the_ridge_path_is_solved_from_the_honest_sites_only(task_identity):
     )
     chosen = solve_global_ridge(hostile, torch_model, 4, 1.0)
     assert chosen["fmri"]["sites"] == 1
+    reasons = {r["node"]: r["reason"] for r in chosen["refused"]}  # public, in round 1's history
+    assert set(reasons) == {2, 3, 4} and "NaN" in reasons[2] and "no site record" in reasons[4]
     alone = NeuroGenModel("tiny", device="cpu")
     solve_global_ridge(QueryGrid({1: statistics_reply(honest)}), alone, 1, 1.0)
     np.testing.assert_array_equal(
