@@ -304,7 +304,7 @@ def train(
     try:
         preprocess = PreprocessConfig.from_overrides(preprocess_overrides)
         get_preset(preset.value).check_preprocess(preprocess)  # before any data is read
-        prepare_output_folder(out, data)
+        prepare_output_folder(out, data, own=False)  # a run folder: --resume continues it
         sites = _load_sites(data, preprocess)
         checkpoint = train_centralized(
             sites,
@@ -378,7 +378,7 @@ def federate(
 def _round_progress(total: int, enabled: bool = True):
     """A progress bar over the federated rounds (unless not ``enabled``) and a line per round as
     it ends: sites that answered, training loss, held-out PCC of the point prediction, epsilon
-    (with DP), seconds."""
+    per subject (with DP: the largest a site reports), seconds."""
     import contextlib
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -403,7 +403,7 @@ def _round_progress(total: int, enabled: bool = True):
                     line += ", losses and held-out PCC withheld under DP"
                 else:
                     line += f", train loss {fmt(loss)}, held-out PCC {fmt(pcc)}"
-                line += f", epsilon {max(epsilon):.2f}" if epsilon else ""
+                line += f", epsilon per subject {max(epsilon):.2f}" if epsilon else ""
                 stopping = entry.get("early_stopping") or {}
                 if stopping.get("best_round") is not None:
                     line += f", residual best at round {stopping['best_round']}" + (
@@ -527,6 +527,7 @@ def evaluate(
 
 class AugmentStrategy(str, Enum):
     generate = "generate"
+    linear_gaussian = "linear-gaussian"
     oversample = "oversample"
     class_weight = "class-weight"
     smote = "smote"
@@ -729,7 +730,9 @@ def fairness_table(
 
 @app.command("audit")
 def audit_command(
-    log: Path = typer.Argument(..., help="A run's audit log: RUN_DIR/audit/received.jsonl."),
+    log: Path = typer.Argument(
+        ..., help="A run's audit log, RUN_DIR/audit/received.jsonl, or a site's own STATE_DIR/sent.jsonl."
+    ),
     preset: Preset | None = typer.Option(
         None, "--preset", help="Check array names and shapes against this preset (default: inferred from the names)."
     ),
@@ -739,11 +742,20 @@ def audit_command(
 ) -> None:
     """What each site sent in a federated run, and anything that is not a model parameter, a known metric or a task label.
 
-    Exit 1 if anything is flagged."""
-    from fedneurogen.server.audit import check_log
+    Given a site's own sent.jsonl: what it sent, and any run whose run config changed seeds,
+    windows, preprocessing or DP settings between its messages. Exit 1 if anything is flagged."""
+    from fedneurogen.server.audit import SITE_LOG, check_log, check_site_log
 
     if not log.is_file():
         _fail(f"{log}: no such audit log (a run writes RUN_DIR/audit/received.jsonl)", EXIT_CONFIG)
+    if log.name == SITE_LOG:  # the site's own record of what it was asked and sent
+        found = check_site_log(log)
+        print(found.summary)
+        if found.problems:
+            print("\n".join(found.problems))
+            raise typer.Exit(1)
+        print(f"{found.messages} messages: every run kept its seeds, windows, preprocessing and DP settings")
+        return
     found = check_log(log, preset.value if preset else None, forbid)
     print(found.summary)
     if found.problems:
@@ -763,7 +775,10 @@ def privacy_budget(
         None, "--run-dir", help="Only the ledger of this run (its run-config run-dir, as the server wrote it)."
     ),
 ) -> None:
-    """A site's spent differential-privacy budget: one line per federated run it trained in."""
+    """A site's spent differential-privacy budget per subject: one line per federated run it trained in.
+
+    Every epsilon is one subject's (group privacy over the most windows one subject has at the
+    site, ``client/privacy.py``); the window-level figure is shown beside it for comparison."""
     import json
 
     from rich.table import Table
@@ -775,8 +790,9 @@ def privacy_budget(
     if not paths:
         _fail(f"no privacy ledger in {state_dir}" + (f" for run-dir {run_dir!r}" if run_dir else ""))
     table = Table(
-        "ledger", "accountant", "noise multiplier", "DP steps", "statistics released", f"epsilon (delta={delta:g})"
-    )
+        "ledger", "accountant", "noise multiplier", "DP steps", "statistics released", "windows per subject",
+        f"epsilon per subject (delta={delta:g})", "per window",
+    )  # fmt: skip
     total = 0.0
     for path in paths:
         try:
@@ -792,12 +808,14 @@ def privacy_budget(
             multiplier,
             str(ledger.steps),
             "yes" if ledger.statistics else "no",
+            str(ledger.group_size),
             f"{epsilon:.3f}",
+            f"{ledger.window_epsilon(delta):.3f}",
         )
     console.print(table)
     if len(paths) > 1:  # runs on the same data compose: their epsilons add up (deltas too)
         console.print(
-            f"all {len(paths)} runs on this site's data together: epsilon <= {total:.3f} (delta <= {len(paths) * delta:g}; basic composition)"
+            f"all {len(paths)} runs on this site's data together: epsilon per subject <= {total:.3f} (delta <= {len(paths) * delta:g}; basic composition)"
         )
 
 

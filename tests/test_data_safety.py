@@ -297,3 +297,20 @@ def test_a_cache_inside_a_site_is_refused_before_anything_is_written(one_site, t
     with pytest.raises(ConfigError, match="the cache folder lies inside the dataset"):
         load_site(site, cache_dir=site / "derivatives" / "cache", progress=False)
     assert fingerprint(site) == before
+
+
+def test_an_output_folder_with_files_no_command_wrote_is_never_written(tmp_path):
+    """Outputs go to a new or empty folder, or one a command made (and may write again)."""
+    theirs = tmp_path / "my-notes"
+    theirs.mkdir()
+    (theirs / "dataset_description.json").write_text('{"Name": "my own derivatives"}')
+    before = fingerprint(theirs)
+    with pytest.raises(ConfigError, match="no fedneurogen command wrote"):
+        prepare_output_folder(theirs)
+    assert fingerprint(theirs) == before
+    ours = prepare_output_folder(tmp_path / "generated")
+    (ours / "report.json").write_text("{}")
+    assert prepare_output_folder(ours) == ours  # written again by the next command
+    run = tmp_path / "run"
+    (run / "checkpoint").mkdir(parents=True)
+    assert prepare_output_folder(run, own=False) == run  # a run folder that --resume continues
