@@ -24,10 +24,12 @@ PCC of the label-free point prediction vs the real BOLD, per site, Fisher-z aver
 (``val_loss_*``: the diffusion loss on the residual plus the mean head's MSE, fixed timesteps and
 noise, so that it is deterministic and far less noisy than the PCC of a small model's samples).
 
-``--runs integrity`` runs the clean FedAvg run and ``INTEGRITY_RUNS``: FedAvg with the attacker
-forging its ridge statistics (scaled, crafted, NaN) or its update (sign flip, float64 1e300, an
-inflated example count); ``integrity`` in the JSON says which stay within 5 % of the clean PCC
-(the server's checks refuse or weigh down each lie: ``server/statistics.py``, ``server/strategy.py``).
+``--runs integrity`` runs the clean FedAvg run, FedAvg on the honest sites alone
+(``clean_without_attacker``: the attacker is the last site) and ``INTEGRITY_RUNS``: FedAvg with
+the attacker forging its ridge statistics (scaled, crafted, NaN) or its update (sign flip,
+float64 1e300, an inflated example count); ``integrity`` in the JSON says which stay within 5 %
+of the clean PCC or of the run without the attacker (the server's checks refuse, drop or weigh
+down each lie: ``server/statistics.py``, ``server/strategy.py``).
 
 Goal: "a robust strategy keeps the PCC within 10% of the clean run while FedAvg degrades". It
 only means something if the clean model learned (``clean_learned``: PCC above 0.05 and 5x the
@@ -82,7 +84,8 @@ INTEGRITY_RUNS = {
     "update_float64_huge": ("float64-huge", 1.0),
     "update_count_inflate": ("count-inflate", 1e6),
 }
-INTEGRITY_TOLERANCE = 0.05  # "within 5 % of the clean run"
+INTEGRITY_TOLERANCE = 0.05  # "within 5 % of the clean run", or of the run without the attacker
+WITHOUT_ATTACKER = "clean_without_attacker"  # FedAvg on the honest sites only (the attacker is the last site)
 ROBUST = ("poisoned_fedmedian", "poisoned_fedtrimmedavg", "poisoned_krum")
 TOLERANCE = 0.10  # "within 10% of the clean run"
 LEARNED_PCC, LEARNED_NOISE_MULTIPLE, LEARNED_LOSS_RATIO = 0.05, 5.0, 0.9
@@ -91,6 +94,8 @@ LEARNED_PCC, LEARNED_NOISE_MULTIPLE, LEARNED_LOSS_RATIO = 0.05, 5.0, 0.9
 def run_settings(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """The run-config keys that make run ``name`` what it is."""
     attack = {"attack-partition": args.attack_partition, "attack-mode": args.attack, "attack-scale": args.attack_scale}
+    if name == WITHOUT_ATTACKER:
+        return {"strategy": "fedavg", "min-train-nodes": args.sites - 1}
     if name in INTEGRITY_RUNS:
         mode, scale = INTEGRITY_RUNS[name]
         return {
@@ -258,17 +263,24 @@ def build_report(
             report[f"val_loss_{run}"] = results[run]["val_loss"]
     report["noise_baseline"] = noise
     attacked = [run for run in INTEGRITY_RUNS if run in results]
-    for run in attacked:
+    for run in [*attacked, WITHOUT_ATTACKER] if WITHOUT_ATTACKER in results else attacked:
         report[f"pcc_{run}"] = results[run]["pcc"]
         report[f"val_loss_{run}"] = results[run]["val_loss"]
     if attacked and "clean" in results:
-        clean = report["pcc_clean"]
+        # the target: within 5 % of the clean run, or (the attacker named and dropped) of the run without it
+        references = {"clean": report["pcc_clean"], WITHOUT_ATTACKER: report.get(f"pcc_{WITHOUT_ATTACKER}")}
         report["integrity"] = {
             run: {
                 "mode": INTEGRITY_RUNS[run][0],
-                "pcc_ratio": report[f"pcc_{run}"] / clean if clean else None,
+                **{
+                    f"pcc_ratio_to_{name}": report[f"pcc_{run}"] / ref if ref else None
+                    for name, ref in references.items()
+                },
                 "within_5pct": bool(
-                    math.isfinite(report[f"pcc_{run}"]) and report[f"pcc_{run}"] >= (1 - INTEGRITY_TOLERANCE) * clean
+                    math.isfinite(report[f"pcc_{run}"])
+                    and any(
+                        ref and report[f"pcc_{run}"] >= (1 - INTEGRITY_TOLERANCE) * ref for ref in references.values()
+                    )
                 ),
             }
             for run in attacked
@@ -385,8 +397,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
     if "integrity" in runs:  # the clean run and every integrity attack
-        runs = list(dict.fromkeys(["clean", *(r for r in runs if r != "integrity"), *INTEGRITY_RUNS]))
-    if unknown := set(runs) - set(RUNS) - set(INTEGRITY_RUNS):
+        runs = list(dict.fromkeys(["clean", WITHOUT_ATTACKER, *(r for r in runs if r != "integrity"), *INTEGRITY_RUNS]))
+    if WITHOUT_ATTACKER in runs and args.attack_partition != args.sites - 1:
+        parser.error(f"{WITHOUT_ATTACKER} leaves out the last site: use --attack-partition {args.sites - 1}")
+    if unknown := set(runs) - set(RUNS) - set(INTEGRITY_RUNS) - {WITHOUT_ATTACKER}:
         parser.error(f"unknown runs {sorted(unknown)}; choose from {', '.join([*RUNS, *INTEGRITY_RUNS])} or integrity")
     if args.sites < 4:
         parser.error("the benchmark needs at least 4 sites (three honest ones and the attacker)")
@@ -460,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
                     run_federated(
                         run_dir,
                         work / "data",
-                        num_sites=args.sites,
+                        num_sites=args.sites - 1 if name == WITHOUT_ATTACKER else args.sites,
                         rounds=args.rounds,
                         modality="fmri",
                         subjects_per_site=args.subjects_per_site,
