@@ -55,8 +55,12 @@ def n_design_features(config: PreprocessConfig) -> int:
     Returns
     -------
     int
-        64 x 5 x 1 or 64 x 5 x 2.
+        64 x 5 x 1 or 64 x 5 x 2 (``design_space="source"``: 324 patches x 5 x 1 or 2).
     """
+    if config.design_space == "source":
+        from fedneurogen.shared.sources import n_source_features
+
+        return n_source_features(config)
     return len(VIRTUAL_MONTAGE) * len(EEG_BANDS) * HRF_BASES[config.hrf_basis]
 
 
@@ -195,6 +199,10 @@ def run_design(eeg: Recording, frame_times: np.ndarray, config: PreprocessConfig
     np.ndarray
         float32 ``[n_frames, n_design_features(config)]``.
     """
+    if config.design_space == "source":  # band power on the cortex (fedneurogen.shared.sources)
+        from fedneurogen.shared.sources import run_source_design
+
+        return run_source_design(eeg, frame_times, config)
     power, centres = run_band_power(eeg, config)
     virtual = to_virtual_montage(power, eeg.positions)  # [64, B, L]
     design = hemodynamic_convolution(virtual.reshape(-1, virtual.shape[-1]), centres, frame_times, config)
@@ -334,8 +342,13 @@ def feature_bands(n_features: int) -> np.ndarray:
     Raises
     ------
     ValueError
-        ``n_features`` is not 64 electrodes x 5 bands x 1 or 2 basis functions.
+        ``n_features`` is not 64 electrodes (or 324 source patches) x 5 bands x 1 or 2 basis functions.
     """
+    from fedneurogen.shared.sources import N_PATCHES
+
+    n_basis, leftover = divmod(n_features, N_PATCHES * len(EEG_BANDS))
+    if not leftover and n_basis in HRF_BASES.values():  # a source design: (patch, band, basis)
+        return np.tile(np.repeat(np.arange(len(EEG_BANDS)), n_basis), N_PATCHES)
     n_basis, leftover = divmod(n_features, len(VIRTUAL_MONTAGE) * len(EEG_BANDS))
     if leftover or n_basis not in HRF_BASES.values():
         raise ValueError(

@@ -175,23 +175,64 @@ def _head_centre() -> np.ndarray:
 
 _LEAD_FIELD_CACHE: dict[tuple, np.ndarray] = {}
 
+#: Head models the simulator can write EEG through. ``default``: MNE's sphere model fitted to the
+#: electrodes, MNE's conductivities, the declared electrode positions. ``mismatched``: a head that
+#: differs from the one any inverse would assume (no inverse crime, docs/architecture.md §7):
+#: sphere centre and radius off the fit, thinner brain and thicker skull shells, a 1:25 skull
+#: conductivity ratio instead of 1:80, and electrodes sitting a few mm from their declared places.
+HEAD_MODELS = ("default", "mismatched")
+MISMATCH_JITTER_MM = 4.0  # rms tangential displacement of each electrode from its declared position
+MISMATCH_CENTRE_SHIFT_M = np.array([0.0, 0.004, 0.005])  # sphere centre moved 4 mm forward, 5 mm up
+MISMATCH_RADIUS_SCALE = 1.03
+MISMATCH_RELATIVE_RADII = (0.87, 0.89, 0.96, 1.0)
+MISMATCH_SIGMAS = (0.33, 1.0, 0.0132, 0.33)
 
-def eeg_lead_field(names: tuple[str, ...], positions_mm: np.ndarray) -> np.ndarray:
+
+def eeg_lead_field(names: tuple[str, ...], positions_mm: np.ndarray, head_model: str = "default") -> np.ndarray:
     """EEG gain ``[n_channels, 1284]`` in V/(A m) of the ico3 cortical dipoles.
 
     The volume conductor is MNE's three-shell sphere model (brain, skull, scalp) fitted to the
     electrode positions; each dipole points along the outward cortical normal (pyramidal cells
     are perpendicular to the sheet). Potentials are against infinity (no reference). Cached per
-    montage, since all subjects of a site share one cap.
+    montage, since all subjects of a site share one cap. ``head_model`` (one of ``HEAD_MODELS``)
+    ``mismatched`` writes the EEG through another head: only the gain changes.
     """
-    key = (tuple(names), np.round(np.asarray(positions_mm), 3).tobytes())
+    if head_model not in HEAD_MODELS:
+        raise ValueError(f"head_model must be one of {', '.join(HEAD_MODELS)}, got {head_model!r}")
+    key = (tuple(names), np.round(np.asarray(positions_mm), 3).tobytes(), head_model)
     if key not in _LEAD_FIELD_CACHE:
-        _LEAD_FIELD_CACHE[key] = _compute_lead_field(list(names), np.asarray(positions_mm, dtype=np.float64))
+        _LEAD_FIELD_CACHE[key] = _compute_lead_field(
+            list(names), np.asarray(positions_mm, dtype=np.float64), head_model
+        )
     return _LEAD_FIELD_CACHE[key]
 
 
-def _compute_lead_field(names: list[str], positions_mm: np.ndarray) -> np.ndarray:
+def jittered_positions(names, positions_mm: np.ndarray, rms_mm: float = MISMATCH_JITTER_MM) -> np.ndarray:
+    """Electrode positions moved tangentially by about ``rms_mm`` each, as a real cap sits.
+
+    The displacement of an electrode depends on its name only (CRC-32 seed), so the same cap
+    is displaced the same way at every site and in every run; the distance from the head
+    centre is kept.
+    """
+    import zlib
+
+    centre = _head_centre()
+    out = np.array(positions_mm, dtype=np.float64, copy=True)
+    for i, name in enumerate(names):
+        radial = out[i] - centre
+        radius = np.linalg.norm(radial)
+        step = np.random.default_rng(zlib.crc32(str(name).encode())).normal(scale=rms_mm / np.sqrt(2.0), size=3)
+        step -= np.dot(step, radial) / radius**2 * radial  # tangential only
+        moved = radial + step
+        out[i] = centre + moved / np.linalg.norm(moved) * radius
+    return out
+
+
+def _compute_lead_field(names: list[str], positions_mm: np.ndarray, head_model: str = "default") -> np.ndarray:
     import mne
+
+    if head_model == "mismatched":
+        positions_mm = jittered_positions(names, positions_mm)
 
     cortex = load_cortex()
     fid = fiducials_mm()
@@ -205,6 +246,14 @@ def _compute_lead_field(names: list[str], positions_mm: np.ndarray) -> np.ndarra
     info = mne.create_info(names, 1000.0, "eeg")
     info.set_montage(montage, verbose=False)
     sphere = mne.make_sphere_model("auto", "auto", info, verbose=False)
+    if head_model == "mismatched":
+        sphere = mne.make_sphere_model(
+            sphere["r0"] + MISMATCH_CENTRE_SHIFT_M,
+            MISMATCH_RADIUS_SCALE * sphere["layers"][-1]["rad"],
+            relative_radii=MISMATCH_RELATIVE_RADII,
+            sigmas=MISMATCH_SIGMAS,
+            verbose=False,
+        )
     head_to_mri = mne.read_trans(Path(mne.__file__).parent / "data" / "fsaverage" / "fsaverage-trans.fif")
 
     # Work in head coordinates throughout (identity head<->MRI for the forward), so the sphere

@@ -36,6 +36,7 @@ from fedneurogen.shared.io import write_json_atomic
 from fedneurogen.simulations import bids_writer as bw
 from fedneurogen.simulations.eeg import expected_band_power, simulate_eeg
 from fedneurogen.simulations.geometry import (
+    HEAD_MODELS,
     eeg_lead_field,
     load_cortex,
     motor_probe,
@@ -245,6 +246,7 @@ def simulate_dataset(
     progress: bool = True,
     n_jobs: int | None = None,
     eeg_only_sessions: dict[str, int] | None = None,
+    head_model: str = "default",
 ) -> list[Path]:
     """Simulate ``n_sites`` BIDS site datasets under ``out`` and return their folders.
 
@@ -276,6 +278,13 @@ def simulate_dataset(
         the paired subjects): the cheap recordings an under-represented group often has more
         of, the source pool of ``fedneurogen augment --eeg-only``. The paired subjects are the
         same with or without them.
+    head_model : ``"default"`` or ``"mismatched"``
+        The head the EEG is written through (``geometry.HEAD_MODELS``): ``mismatched`` uses
+        another sphere (centre, radius, shells, skull conductivity) and electrodes a few mm
+        from their declared positions, so no inverse can share the simulator's lead field. Only
+        the lead field changes: everything else is identical for the same seed (the declared
+        positions, the latent activity, the targets); the EEG-informed ceiling uses the lead
+        field the EEG was written through.
 
     Returns
     -------
@@ -288,7 +297,7 @@ def simulate_dataset(
         When ``out`` (or a site folder in it) exists and was not made by the simulator (see
         ``simulations/ownership.py``: nothing is written then), when ``subjects_per_site`` is
         below 1, ``eeg_only_sessions`` names a group other than A and B or a negative count,
-        or ``run_seconds`` is below ``MIN_RUN_SECONDS``.
+        ``run_seconds`` is below ``MIN_RUN_SECONDS``, or ``head_model`` is not in ``HEAD_MODELS``.
     """
     out = Path(out)
     if subjects_per_site < 1:
@@ -298,6 +307,8 @@ def simulate_dataset(
         raise ConfigError(f"eeg_only_sessions: groups are A and B with a count >= 0, got {eeg_only_sessions}")
     if run_seconds is not None and run_seconds < MIN_RUN_SECONDS:
         raise ConfigError(f"run_seconds must be at least {MIN_RUN_SECONDS:g} s, got {run_seconds}")
+    if head_model not in HEAD_MODELS:
+        raise ConfigError(f"head_model must be one of {', '.join(HEAD_MODELS)}, got {head_model!r}")
     specs = make_site_specs(n_sites, modality, seed)
     check_writable_by_simulator(out, [spec.site_id for spec in specs])  # before the first byte
     claim(out)
@@ -313,7 +324,7 @@ def simulate_dataset(
         eeg_only = eeg_only_participants(spec, eeg_only_sessions or {}, first=len(roster), seed=seed, site_index=i)
         _prepare_site(site_dir, spec, roster + eeg_only)
         positions = electrode_positions(spec)
-        gain = parcel_lead_field(eeg_lead_field(spec.eeg_channels, positions))
+        gain = parcel_lead_field(eeg_lead_field(spec.eeg_channels, positions, head_model))
         jobs += [SubjectJob(spec, site_dir, p, seed, i, j, run_seconds, gain, positions) for j, p in enumerate(roster)]
         jobs += [
             SubjectJob(spec, site_dir, p, seed, i, len(roster) + k, run_seconds, gain, positions, eeg_only=True)
@@ -342,6 +353,7 @@ def simulate_dataset(
         "subjects_per_site": subjects_per_site,
         "run_seconds": run_seconds,
         "eeg_only_sessions": dict(eeg_only_sessions or {}),
+        "head_model": head_model,
         "noise_ceiling_definition": CEILING_DEFINITION,
         "fnirs_ppf": PPF,
         "sites": sites,

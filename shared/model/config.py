@@ -293,7 +293,9 @@ class ModelConfig(BaseModel):
         width = n_design_features(preprocess)
         if width != self.design_features:
             problems.append(
-                f"hrf_basis = {preprocess.hrf_basis!r} gives {width} design features (the model takes {self.design_features})"
+                f"hrf_basis = {preprocess.hrf_basis!r}"
+                + (" with design_space = 'source'" if preprocess.design_space == "source" else "")
+                + f" gives {width} design features (the model takes {self.design_features})"
             )
         if problems:
             unique = list(dict.fromkeys(problems))
