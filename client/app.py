@@ -6,11 +6,12 @@ reply outside DP, the content hashes of the runs the site trains and validates o
 (``site.split_report``): never raw data, file paths or subject identifiers.
 
 A site's own randomness is never the coordinator's: on a deployed site (its node config names
-its ``data-path``) the batches and the DP noise draw from OS entropy and the ``max-windows``
-subset from the site's secret key; only a simulated node (a partition id, no data path) takes a
+its ``data-path``) the batches and the DP noise draw from OS entropy, the ``max-windows``
+subset from the site's secret key, and its subjects' train/validation split from a keyed hash
+of their ids (``privacy.site_key``, ``splits.keyed_split_subjects``); only a simulated node (a partition id, no data path) takes a
 ``site-seed`` from its node config (``simulations/drills.py`` gives every simulated node one),
-so simulations repeat. The run config's ``seed`` and a message's ``server-round`` choose none of
-them. Nor does the run config choose where a deployed site writes: its ``cache-dir`` is ignored
+so simulations repeat (and splits its subjects by the run's ``seed``, as the benchmarks do).
+The run config's ``seed`` and a message's ``server-round`` choose none of a deployed site's. Nor does the run config choose where a deployed site writes: its ``cache-dir`` is ignored
 there (the node config's ``cache-dir``, if any, is the cache).
 
 Each message's run config is validated once (``_guarded``; an invalid one is refused with the
@@ -20,7 +21,9 @@ reason) and the handlers and the functions below them read the typed ``RunConfig
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import math
 import time
 import traceback
 from collections.abc import Iterator
@@ -38,7 +41,7 @@ from flwr.common import log
 from flwr.common.constant import ErrorCode
 
 from fedneurogen.client import privacy, site
-from fedneurogen.client.refusal import SiteRefusal, check_run, site_run_config
+from fedneurogen.client.refusal import SiteRefusal, check_run, exact_statistics_floor, site_run_config
 from fedneurogen.shared.records import describe_content, sendable_label
 from fedneurogen.shared.ridge import STATISTICS_REQUEST
 from fedneurogen.shared.run_config import RunConfig
@@ -70,6 +73,9 @@ def _site(context: Context, run: RunConfig) -> site.SiteData:
     subset_seed = _site_seed(node)
     if run.max_windows and subset_seed is None:  # the subset is the site's: keyed by its secret, per run
         subset_seed = privacy.keyed_seed(site.state_dir(node, run, path), "max-windows", run.run_dir)
+    # a deployed site splits its subjects by its own key, the same for every run; a simulated node
+    # by the run's seed (reproducible, and the split the centralized benchmarks use)
+    split_key = privacy.site_key(site.state_dir(node, run, path), "split") if _deployed(node) else None
     return site.load(
         path,
         seed=run.seed,
@@ -77,6 +83,7 @@ def _site(context: Context, run: RunConfig) -> site.SiteData:
         cache_dir=cache_dir,
         preprocess=run.preprocess_config(),
         subset_seed=subset_seed,
+        split_key=split_key,
     )
 
 
@@ -114,13 +121,29 @@ SENT_LOG = "sent.jsonl"
 _LOCATION_KEYS = ("data-root", "site-state-dir")  # where a site's state folder is
 
 
+def _asked(value: object) -> object:
+    """A run-config or message-config value as ``sent.jsonl`` records it: in full (a change of one
+    character must show), bytes as their length and SHA-256."""
+    if isinstance(value, (list, tuple)):
+        return [_asked(v) for v in value]
+    if isinstance(value, bytes):
+        return {"bytes": len(value), "sha256": hashlib.sha256(value).hexdigest()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    return value if isinstance(value, (str, int, float, bool)) or value is None else repr(value)
+
+
 def _record_sent(context: Context, msg: Message, reply: Message, run: RunConfig | None) -> None:
     """Append what this reply holds (array names and shapes, metric keys, config values; no
     numbers) to ``sent.jsonl`` in the site's state folder: the site's own record of what left
     it, in the form of the coordinator's audit log, kept by the site rather than by the party
-    it audits. A site whose state folder cannot be found or written logs that and goes on.
-    ``run`` is None when the run config was refused: the folder is then found from the keys
-    that locate it alone."""
+    it audits. Next to it, what was asked: the run config the site acted on (``run_config``, every
+    key as received) and the message's config records (``message_config``: the round, class
+    names, a statistics request), so the site can see a coordinator that changed seeds, windows or
+    preprocessing between messages of one run (``fedneurogen audit .../sent.jsonl``,
+    ``server.audit.check_site_log``). A site whose state folder cannot be found or written logs
+    that and goes on. ``run`` is None when the run config was refused: the folder is then found
+    from the keys that locate it alone."""
     try:
         if run is None:
             run = site_run_config({k: v for k, v in context.run_config.items() if k in _LOCATION_KEYS})
@@ -130,6 +153,11 @@ def _record_sent(context: Context, msg: Message, reply: Message, run: RunConfig 
             "time": round(time.time(), 3), "run_id": msg.metadata.run_id, "message_type": msg.metadata.message_type,
             "error": {"code": int(reply.error.code), "reason": str(reply.error.reason)} if reply.has_error() else None,
             "records": {} if reply.has_error() else describe_content(reply.content),
+            "run_config": {str(k): _asked(v) for k, v in context.run_config.items()},
+            "message_config": {
+                name: {str(k): _asked(v) for k, v in record.items()}
+                for name, record in (msg.content.config_records.items() if msg.has_content() else [])
+            },
         }  # fmt: skip
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / SENT_LOG, "a", encoding="utf-8") as out:
@@ -160,8 +188,8 @@ def query(msg: Message, context: Context, run: RunConfig) -> Message:
     request = msg.content.config_records.get("request")
     if request is not None and request.get("kind") == STATISTICS_REQUEST:
         with _privacy(context, run) as (dp, ledger, ledger_file):
-            if dp is None:
-                statistics = site.ridge_statistics(data)
+            if dp is None:  # exact sums only where the site's policy allows them, over enough subjects
+                statistics = site.ridge_statistics(data, exact_statistics_floor(context.node_config))
             else:
                 statistics = site.private_ridge_statistics(data, dp, ledger, ledger_file)
         arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in statistics.items()})

@@ -143,20 +143,75 @@ RUN_LIMITS = (
     ("min-train-windows", "max-windows", 8),
 )
 
+#: The fewest subjects a sum of exact (not DP) statistics covers, unless the site's
+#: ``min-subjects-per-release`` says otherwise.
+MIN_SUBJECTS_PER_RELEASE = 5
+
 #: The node-config keys of a site's policy (client/app.py reads dp-lifetime-epsilon and
-#: dp-secure-mode, and dp-max-delta as the one delta of its lifetime ledger).
-POLICY_KEYS = ("dp-required", "dp-max-epsilon", "dp-max-delta", "dp-lifetime-epsilon", "dp-secure-mode") + tuple(
-    key for key, _, _ in RUN_LIMITS
-)
+#: dp-secure-mode, and dp-max-delta as the one delta of its lifetime ledger; allow-exact-statistics
+#: and min-subjects-per-release decide whether ridge statistics may leave without DP).
+POLICY_KEYS = (
+    "dp-required", "dp-max-epsilon", "dp-max-delta", "dp-lifetime-epsilon", "dp-secure-mode",
+    "allow-exact-statistics", "min-subjects-per-release",
+) + tuple(key for key, _, _ in RUN_LIMITS)  # fmt: skip
+
+
+def dp_required(node_config: Mapping[str, Any]) -> bool:
+    """Whether this site's policy requires DP: ``dp-required=true``, or any ``dp-max-*`` limit
+    (a limit on epsilon or delta means nothing for a run without DP).
+
+    Parameters
+    ----------
+    node_config : Mapping
+        The site's node config.
+
+    Returns
+    -------
+    bool
+        True when a run without DP must be refused.
+    """
+    return _flag(node_config.get("dp-required", False)) or any(str(k).startswith("dp-max-") for k in node_config)
+
+
+def exact_statistics_floor(node_config: Mapping[str, Any]) -> int:
+    """The fewest subjects a sum of *exact* ridge statistics must cover at this site.
+
+    Exact (not differentially private) statistics leave a site only when its own policy says so:
+    ``allow-exact-statistics=true`` and DP not required (``dp_required``); every released sum then
+    covers at least ``min-subjects-per-release`` subjects (default ``MIN_SUBJECTS_PER_RELEASE``).
+
+    Parameters
+    ----------
+    node_config : Mapping
+        The site's node config.
+
+    Returns
+    -------
+    int
+        The floor, at least 1.
+
+    Raises
+    ------
+    SiteRefusal
+        When the site's policy does not allow exact statistics at all.
+    """
+    if dp_required(node_config) or not _flag(node_config.get("allow-exact-statistics", False)):
+        raise SiteRefusal(
+            "this site releases ridge statistics only through the Gaussian mechanism (its policy does not allow "
+            "exact statistics); a DP run with dp-statistics-share > 0 gets them"
+        )
+    return max(1, int(node_config.get("min-subjects-per-release", MIN_SUBJECTS_PER_RELEASE)))
 
 
 def check_privacy_policy(node_config: dict, run: RunConfig) -> None:
     """Refuse a run that asks for less privacy than this site's own policy allows: its operator
     sets it with ``--node-config`` (``dp-required=true``, ``dp-max-epsilon=8``,
-    ``dp-max-delta=1e-5``), so the coordinator cannot lower it from the run config."""
-    if _flag(node_config.get("dp-required", False)) and not run.dp_enabled:
+    ``dp-max-delta=1e-5``), so the coordinator cannot lower it from the run config. Any
+    ``dp-max-*`` limit implies ``dp-required``."""
+    if dp_required(node_config) and not run.dp_enabled:
         raise SiteRefusal(
-            "this site trains only under differential privacy (its policy: dp-required); the run has dp-enabled=false"
+            "this site trains only under differential privacy (its policy: dp-required, or a dp-max-* limit); "
+            "the run has dp-enabled=false"
         )
     limits = (
         ("dp-max-epsilon", "dp-target-epsilon", run.dp_target_epsilon),

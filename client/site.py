@@ -26,7 +26,7 @@ from fedneurogen.shared.metrics import temporal_pcc
 from fedneurogen.shared.model import Batch, NeuroGenModel, parameter_modality
 from fedneurogen.shared.recording import PairedWindows
 from fedneurogen.shared.run_config import RunConfig
-from fedneurogen.shared.splits import REPORT_KEYS, split_subjects, subject_keys
+from fedneurogen.shared.splits import REPORT_KEYS, keyed_split_subjects, split_subjects, subject_keys
 from fedneurogen.shared.workflows.training import (
     TRAIN_PRESETS,
     TrainConfig,
@@ -101,10 +101,14 @@ def load(
     cache_dir: str | None = None,
     preprocess: PreprocessConfig | None = None,
     subset_seed: int | None = None,
+    split_key: bytes | None = None,
 ) -> SiteData:
     """The site's training and held-out windows, split by subject; cached per process.
     ``subset_seed`` draws the ``max_windows`` subset (a deployed site's own key, never the run's
-    seed: ``client/app.py``); None: ``seed``, as before, for direct callers.
+    seed: ``client/app.py``); None: ``seed``, as before, for direct callers. ``split_key``: the
+    subjects are split by a keyed hash of their ids (``splits.keyed_split_subjects``: a deployed
+    site's own key, so no subject moves when another is added or the run's ``seed`` changes);
+    None: ``split_subjects(seed)``, as simulated nodes and direct callers do.
 
     A data path that is missing or unreadable, a dataset that cannot be used and a target
     modality the model lacks raise ``SiteRefusal``: its public reason says what kind of problem
@@ -112,7 +116,7 @@ def load(
     path = Path(path)
     check_data_path(path)
     preprocess = preprocess or PreprocessConfig()
-    key = (str(path.resolve()), seed, max_windows, preprocess.cache_key(), subset_seed)
+    key = (str(path.resolve()), seed, max_windows, preprocess.cache_key(), subset_seed, split_key)
     if key in _REFUSED:
         raise _REFUSED[key]
     if key not in _SITES:
@@ -131,7 +135,10 @@ def load(
         except SiteRefusal as err:
             _REFUSED[key] = err
             raise
-        split = split_subjects(windows.subjects, seed=seed)
+        if split_key is None:
+            split = split_subjects(windows.subjects, seed=seed)
+        else:
+            split = keyed_split_subjects(windows.subjects, split_key)
         train_mask, val_mask, _ = split.masks(windows.subjects)
         try:
             keys = subject_keys(path, windows.runs, windows.subjects, cache_dir or None)
@@ -206,18 +213,47 @@ def ridge_parts(site: SiteData) -> tuple[list, list | None]:
     return subject_statistics(site.train), subject_statistics(site.val) if held_out else None
 
 
-def ridge_statistics(site: SiteData) -> dict[str, np.ndarray]:
-    """The sufficient statistics of the ridge path on this site's training subjects and on its
-    held-out ones (``train.<stat>``, ``val.<stat>``; no ``val.*`` when there are no held-out
-    subjects): sums over all their frames — counts, sums, XᵀX, XᵀY and per-point Σy² — from
-    which the server solves the ridge path of the pooled data exactly. No window, frame or
-    subject can be read back from a sum over hundreds of frames, but exact sums are not
-    differentially private: under DP a site sends ``private_ridge_statistics`` instead."""
+def ridge_statistics(site: SiteData, min_subjects: int = 1) -> dict[str, np.ndarray]:
+    """The exact sufficient statistics of the ridge path on this site's training subjects and on
+    its held-out ones (``train.<stat>``, ``val.<stat>``): sums over all their frames — counts,
+    sums, XᵀY, XᵀX and per-point Σy² — from which the server solves the ridge path of the pooled
+    data exactly.
+
+    Exact sums are not private: a sum over one subject is that subject's data, and two releases
+    over windows that differ by one (``max-windows``, a preprocessing the run config chose) give
+    the difference. So they leave only when the site's policy allows exact statistics
+    (``refusal.exact_statistics_floor``, checked by the caller) and each sum covers at least
+    ``min_subjects`` subjects: the training sum is refused below it, the held-out sum is left out
+    (as on a site with no held-out subjects). Which subjects are in each sum is the site's keyed
+    split, never the coordinator's choice. Under DP a site sends ``private_ridge_statistics``.
+
+    Parameters
+    ----------
+    site : SiteData
+        The site's training and held-out windows.
+    min_subjects : int
+        The fewest subjects a released sum covers (the site's ``min-subjects-per-release``).
+
+    Returns
+    -------
+    dict of str to np.ndarray
+        ``train.<stat>`` and, when its subjects are enough, ``val.<stat>``.
+
+    Raises
+    ------
+    SiteRefusal
+        When the training subjects are fewer than ``min_subjects``.
+    """
     from fedneurogen.shared.ridge import sum_statistics
 
     train, val = ridge_parts(site)
+    if len(train) < min_subjects:
+        raise SiteRefusal(
+            f"exact ridge statistics would cover {len(train)} training subject(s), fewer than this site's "
+            f"min-subjects-per-release = {min_subjects}"
+        )
     out = {f"train.{k}": v for k, v in sum_statistics(train).as_arrays().items()}
-    if val:
+    if val and len(val) >= min_subjects:
         out |= {f"val.{k}": v for k, v in sum_statistics(val).as_arrays().items()}
     return {k: np.atleast_1d(v) for k, v in out.items()}  # counts as 1-element arrays
 
@@ -270,6 +306,8 @@ def train(
     optimizer = make_optimizer(params, config)
     net: torch.nn.Module = model
     if dp:
+        # every epsilon is per subject: group privacy over the most windows one subject has here
+        ledger.group_size = max(ledger.group_size, privacy.windows_per_subject(site.train.subjects))
         planned = privacy.plan_round(ledger, dp, n, config.batch_size, epochs)
         result["noise-multiplier"] = planned[0]
         if not privacy.budget_allows(ledger, dp, planned):

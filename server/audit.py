@@ -467,3 +467,72 @@ def check_log(log: Path, preset: str | None = None, forbidden_strings: Sequence[
         forbidden_strings=list(forbidden_strings),
     )
     return LogCheck(len(entries), summarize(entries), problems)
+
+
+# -- the site's own log: what it was asked -------------------------------------------------------
+
+SITE_LOG = "sent.jsonl"  # in a site's state folder (client/app.py)
+#: Run-config keys that must not change between messages of one run: seeds, which and how many
+#: windows, the preprocessing that cuts them, where the site's ledger and subset key are found,
+#: and the DP settings. A change lets a coordinator difference two releases over other windows
+#: (or reset a subset or ledger) within a run the site believes is one.
+WATCHED_RUN_CONFIG = (
+    "seed", "max-windows", "eval-pcc-windows", "preprocess", "run-dir", "cache-dir",
+    "dp-enabled", "dp-target-epsilon", "dp-delta", "dp-max-grad-norm", "dp-rounds", "dp-statistics-share",
+)  # fmt: skip
+
+
+def run_config_changes(entries: Sequence[Mapping[str, Any]], keys: Sequence[str] = WATCHED_RUN_CONFIG) -> list[str]:
+    """Every watched run-config key whose value changed between messages of one run.
+
+    Parameters
+    ----------
+    entries : sequence of mapping
+        A site's ``sent.jsonl`` entries, in order (each with ``run_id`` and ``run_config``).
+    keys : sequence of str
+        The keys to watch (default ``WATCHED_RUN_CONFIG``).
+
+    Returns
+    -------
+    list of str
+        One line per change: the run, the key, the value of the run's first message and the
+        changed one, and which message (1-based, in the log) changed it.
+    """
+    first: dict[Any, tuple[int, dict[str, Any]]] = {}
+    problems = []
+    for i, entry in enumerate(entries, start=1):
+        config = entry.get("run_config")
+        if not isinstance(config, Mapping):
+            continue
+        run = entry.get("run_id")
+        if run not in first:
+            first[run] = (i, dict(config))
+            continue
+        start, seen = first[run]
+        for key in keys:
+            if config.get(key) != seen.get(key):
+                problems.append(
+                    f"run {run}: the run config changed {key} from {seen.get(key)!r} (message {start}) to "
+                    f"{config.get(key)!r} (message {i}, {entry.get('message_type')})"
+                )
+                seen[key] = config.get(key)  # report each further change once, from the last value
+    return problems
+
+
+def check_site_log(log: Path) -> LogCheck:
+    """Check a site's own ``sent.jsonl`` as ``fedneurogen audit`` does for it: the summary of what
+    the site sent, and the problems: run configs that changed seeds, windows, preprocessing or DP
+    settings between messages of one run (``run_config_changes``).
+
+    Parameters
+    ----------
+    log : Path
+        The site's ``sent.jsonl`` (its state folder).
+
+    Returns
+    -------
+    LogCheck
+        Messages read, summary and problems.
+    """
+    entries = read_log(log)
+    return LogCheck(len(entries), summarize(entries), run_config_changes(entries))

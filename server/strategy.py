@@ -322,7 +322,8 @@ class ModalityStrategy(Strategy):
                 clipped.append({"node": msg.metadata.src_node_id, "norm": norm, "scaled_to": bound})
                 arrays, scale = msg.content["arrays"], bound / norm
                 bounded = ArrayRecord({
-                    k: Array((self.current[k].numpy() + scale * deltas[k]).astype(arrays[k].numpy().dtype)) if k in deltas else arrays[k]
+                    # np.asarray: a 0-d parameter plus a 0-d update is a NumPy scalar, which Array refuses
+                    k: Array(np.asarray(self.current[k].numpy() + scale * deltas[k], dtype=arrays[k].numpy().dtype)) if k in deltas else arrays[k]
                     for k in arrays.keys()
                 })  # fmt: skip
                 content = RecordDict({**{k: v for k, v in msg.content.items() if k != "arrays"}, "arrays": bounded})
@@ -354,7 +355,7 @@ class ModalityStrategy(Strategy):
             for k in keys:  # a head no site of this round trains keeps its global weights
                 merged[k] = arrays[k] if arrays is not None else self.current[k]
                 if merged[k].dtype != self.current[k].dtype:  # FedAdam's float64 scalars: the model stays float32
-                    merged[k] = Array(merged[k].numpy().astype(self.current[k].numpy().dtype))
+                    merged[k] = Array(np.asarray(merged[k].numpy(), dtype=self.current[k].numpy().dtype))
                 if tuple(merged[k].shape) != tuple(self.current[k].shape):
                     raise AggregationError(
                         f"{part} aggregation changed the shape of {k}: {merged[k].shape} vs {self.current[k].shape}"

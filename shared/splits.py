@@ -22,6 +22,7 @@ split. It identifies nobody to a reader without the file. A recording that diffe
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -107,6 +108,57 @@ def split_subjects(
     val = tuple(sorted(shuffled[n_test : n_test + n_val]))
     train = tuple(sorted(shuffled[n_test + n_val :]))
     return SubjectSplit(train, val, test)
+
+
+def keyed_split_subjects(
+    subjects: np.ndarray | list[str], key: bytes, val_fraction: float = 0.15, test_fraction: float = 0.2
+) -> SubjectSplit:
+    """Assign each subject to train/val/test by a keyed hash of its id alone (a deployed site's split).
+
+    A subject's score is HMAC-SHA256 of its id under ``key`` (a secret the site holds), read as a
+    number in [0, 1): below ``test_fraction`` it is a test subject, below ``test_fraction +
+    val_fraction`` a validation one, else a training one. So a subject's split depends on its id
+    and the key only: adding or removing another subject, or any run-config ``seed``, moves
+    nobody, and without the key nobody can tell or steer which subject is held out. The one
+    exception keeps a site training: when every subject would be held out, the one of highest
+    score trains.
+
+    Parameters
+    ----------
+    subjects : np.ndarray | list of str
+        Subject ids, repeated or not (e.g. one per window).
+    key : bytes
+        The site's split key (``client.privacy.site_key``); a simulated node's is derived from its
+        ``site-seed``.
+    val_fraction, test_fraction : float
+        Expected shares of the subjects for validation and test.
+
+    Returns
+    -------
+    SubjectSplit
+        The sorted subject ids of each split.
+
+    Raises
+    ------
+    ValueError
+        An empty ``key``, or fractions that leave no room for training.
+    """
+    if not key:
+        raise ValueError("keyed_split_subjects needs a non-empty key")
+    if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
+        raise ValueError(f"val_fraction + test_fraction must be in [0, 1), got {val_fraction} + {test_fraction}")
+    unique = sorted(set(np.asarray(subjects).tolist()))
+    score = {s: int.from_bytes(hmac.new(key, str(s).encode(), "sha256").digest()[:8], "big") / 2**64 for s in unique}
+    parts: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for s in unique:
+        parts[
+            "test" if score[s] < test_fraction else "val" if score[s] < test_fraction + val_fraction else "train"
+        ].append(s)
+    if unique and not parts["train"]:
+        best = max(unique, key=score.__getitem__)
+        parts = {name: [s for s in members if s != best] for name, members in parts.items()}
+        parts["train"] = [best]
+    return SubjectSplit(*(tuple(sorted(parts[name])) for name in ("train", "val", "test")))
 
 
 # ----------------------------------------------------------------------------------------------

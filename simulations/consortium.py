@@ -18,7 +18,10 @@ processes on loopback.
   here both are on 127.0.0.1 on different ports;
 - one authenticated ``flower-supernode`` per site (keys in ``DIR/keys``, registered through the
   admin address), connected to the site address, with its node config: data, state folder and
-  the site's privacy policy (``--site-config``), and the site's gate on apps
+  the site's privacy policy (``--site-config``; by default DP required, as the shipped site
+  files: a run without DP is refused and no statistics leave exactly. For a non-DP run on
+  simulated data, relax it with ``--site-config 'allow-exact-statistics="true"'``), and the
+  site's gate on apps
   (``fedneurogen.client.site_exec``): only apps whose hash is in ``--allowed-apps`` (default:
   this FedNeuroGen release, ``DIR/allowed-apps.txt``) are launched;
 
@@ -197,7 +200,7 @@ def up(
     data_root: Path | None = None,
     modality: str = "fmri",
     subjects_per_site: int = 3,
-    site_config: str = 'dp-max-epsilon="10" dp-max-delta="1e-5"',
+    site_config: str = 'dp-required="true" dp-max-epsilon="10" dp-max-delta="1e-5"',  # DP required, as shipped
     seed: int = 0,
     allowed_apps: Path | None = None,
     simulate: bool = False,

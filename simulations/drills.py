@@ -16,6 +16,9 @@ request, it replaces the attack drill's node's update by a poisoned one.
   simulated node's own randomness (batches, DP noise, the ``max-windows`` subset). The mod gives
   every simulated node one, its partition id, so a simulation repeats; a deployed site has none
   and draws from OS entropy and its secret key, whatever the run config's ``seed`` says.
+- ``allow-exact-statistics`` and ``min-subjects-per-release=1``: every simulated node may send
+  its (simulated) ridge statistics exactly, so the local simulation runs without DP; a deployed
+  site does so only when its own node config says so (``client/refusal.py``).
 - ``fault-partition``: that node fails every training and evaluation request (tests the
   server's failure handling); it still answers queries (classes, ridge statistics).
 - ``attack-partition`` with ``attack-mode``: that node lies, for ``benchmarks/robustness.py``
@@ -52,6 +55,7 @@ UPDATE_ATTACKS = ("scale", "random", "sign-flip", "float64-huge", "count-inflate
 ATTACK_MODES: tuple[str, ...] = get_args(AttackMode)
 NO_NODE = -1
 SITE_SEED = "site-seed"  # the node setting client/app.py seeds a simulated node's randomness from
+EXACT_STATISTICS, MIN_SUBJECTS = "allow-exact-statistics", "min-subjects-per-release"  # a site's policy keys
 FAULT_REASON = "injected fault (fault-partition drill)"
 ROUND_MESSAGES = (MessageType.TRAIN, MessageType.EVALUATE)  # what the fault drill fails (queries are answered)
 
@@ -141,6 +145,10 @@ def simulation_mod(msg: Message, context: Context, call_next) -> Message:  # noq
         return _error_reply(msg, FAULT_REASON)
     if "partition-id" in node_config and "data-path" not in node_config:  # a simulated node: repeatable
         node_config.setdefault(SITE_SEED, int(node_config["partition-id"]))
+        # simulated subjects: their ridge statistics may leave exactly (a deployed site's policy
+        # allows that only when its operator says so), over as few subjects as a small simulated site has
+        node_config.setdefault(EXACT_STATISTICS, "true")
+        node_config.setdefault(MIN_SUBJECTS, 1)
     # the handlers see this node's settings; the state stays the one Flower keeps between rounds
     node_context = copy.copy(context)
     node_context.node_config = node_config

@@ -76,7 +76,9 @@ def test_privacy_budget_reports_each_run_ledger(tmp_path):
     )
     save_ledger(ledger_path(tmp_path, "/runs/two"), ledger)
     both = runner.invoke(app, ["privacy-budget", "--state-dir", str(tmp_path), "--delta", "1e-5"])
-    assert both.exit_code == 0 and f"epsilon <= {2 * ledger.epsilon(1e-5):.3f}" in both.output.replace("\n", "")
+    assert both.exit_code == 0 and f"epsilon per subject <= {2 * ledger.epsilon(1e-5):.3f}" in both.output.replace(
+        "\n", ""
+    )
 
 
 def test_certs_commands_make_a_working_set(tmp_path):
@@ -134,7 +136,10 @@ def test_federate_shows_each_round_as_it_ends(monkeypatch):
     with cli._round_progress(3) as show:
         show(entry)
     text = out.getvalue()
-    assert "round 2/3: 2 site(s) answered, 1 failed, train loss 0.510, held-out PCC 0.123, epsilon 3.50" in text
+    assert (
+        "round 2/3: 2 site(s) answered, 1 failed, train loss 0.510, held-out PCC 0.123, epsilon per subject 3.50"
+        in text
+    )
     assert "residual best at round 1 (kept)" in text and "12 s" in text
 
     private = {
@@ -144,7 +149,7 @@ def test_federate_shows_each_round_as_it_ends(monkeypatch):
     }
     with cli._round_progress(3) as show:
         show(private)
-    assert "losses and held-out PCC withheld under DP, epsilon 3.50" in out.getvalue()
+    assert "losses and held-out PCC withheld under DP, epsilon per subject 3.50" in out.getvalue()
 
 
 def test_version_names_the_release_and_its_pins():

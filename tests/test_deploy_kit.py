@@ -25,7 +25,7 @@ COMPOSE_FILES = ("compose.yml", "compose.site.yml", "compose.rehearsal.yml")
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 RUN_CONFIG_KEYS = set(PYPROJECT["tool"]["flwr"]["app"]["config"])
-NODE_CONFIG_KEYS = {"data-path", "state-dir"}
+NODE_CONFIG_KEYS = {"data-path", "state-dir", "dp-required"}  # every shipped site requires DP
 from fedneurogen.client.refusal import POLICY_KEYS  # noqa: E402  (a site's privacy policy, documented beside)
 
 
@@ -357,6 +357,7 @@ def test_volumes_declared_and_site_paths_mounted(compose):
         node_config = flags(command(node))["--node-config"]
         config = dict(re.findall(r'([\w-]+)="([^"]*)"', node_config))
         assert set(config) == NODE_CONFIG_KEYS, node_config
+        assert config["dp-required"] == "true", f"{name}: {nname} must ship a DP-required policy"
         apps = [
             s
             for s in services_of(doc, "superexec").values()
@@ -493,6 +494,7 @@ def test_systemd_unit(name):
         assert f["--isolation"] == "process" and f["--host"] == "127.0.0.1"
         config = dict(re.findall(r'([\w-]+)="([^"]*)"', f["--node-config"]))
         assert set(config) == NODE_CONFIG_KEYS
+        assert config["dp-required"] == "true", f"{name} must ship a DP-required policy"
     else:
         assert {"--runtime-api-address", "--root-certificates", "--superexec-auth-secret-file"} <= set(f)
     if name == "fedneurogen-clientapp@.service":  # the gate on apps; the ledgers' folder is writable and is STATE_DIR

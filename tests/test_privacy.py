@@ -86,11 +86,14 @@ def test_epsilon_is_cumulative_equals_opacus_and_the_budget_is_enforced(data, tm
 
     assert epsilons[0] < epsilons[1] < epsilons[2] <= 8.0
     assert epsilons[2] > 0.9 * 8.0  # the noise was calibrated to spend the budget over 3 rounds
-    # an independent accountant, told only (sigma, q, total steps), gives the same epsilons
+    # an independent accountant, told only the subject's group step, gives the same epsilons: the
+    # 20 windows are one subject's, so a step moves by up to 20 clips (sigma / 20) and includes
+    # the subject when any of its windows is sampled (1 - (1 - q)^20)
     sigma, sample_rate = ledger.noise_multiplier, 1 / 3  # 20 windows in batches of 8: 3 batches
+    assert ledger.group_size == 20
     for k, eps in enumerate(epsilons, start=1):
         reference = RDPAccountant()
-        reference.history = [(sigma, sample_rate, 3 * k)]
+        reference.history = [(sigma / 20, 1 - (1 - sample_rate) ** 20, 3 * k)]
         assert eps == pytest.approx(reference.get_epsilon(delta=1e-5), rel=1e-9)
 
     # the ledger on disk continues where it was; a 4th round would overspend, so nothing trains
@@ -206,14 +209,15 @@ def test_ridge_statistics_go_through_the_gaussian_mechanism_once_on_the_same_led
     assert set(released) == set(exact) and all(released[k].shape == exact[k].shape for k in exact)
     assert not np.allclose(released["train.sxy"], exact["train.sxy"])  # noised
     assert np.allclose(released["train.sxx"], released["train.sxx"].T)  # symmetric noise
-    assert len(ledger.history) == 1 and ledger.history[0][1:] == (1.0, 1)  # one full-batch Gaussian step
+    # one full-batch Gaussian step, per subject already (no group privacy on it)
+    assert not ledger.history and len(ledger.subject_history) == 1 and ledger.subject_history[0][1:] == (1.0, 1)
     assert 0.24 * 8.0 <= ledger.epsilon(1e-5) <= 0.25 * 8.0
 
     again = site.private_ridge_statistics(
         data, settings, privacy.load_ledger(ledger_file, "rdp"), ledger_file
     )  # a restarted server asks again
     assert all(np.array_equal(again[k], released[k]) for k in released)
-    assert len(privacy.load_ledger(ledger_file, "rdp").history) == 1  # nothing spent twice
+    assert len(privacy.load_ledger(ledger_file, "rdp").subject_history) == 1  # nothing spent twice
 
     # DP-SGD's noise is set for what is left: statistics + the planned rounds end at the target
     noise, rate, steps = privacy.plan_round(ledger, settings, len(data.train), CONFIG.batch_size, 1)

@@ -1,4 +1,4 @@
-"""A site's guarantee does not rest on trusting the coordinator (issue 26, items 1, 3, 5, 7).
+"""A site's guarantee does not rest on trusting the coordinator (issue 26).
 
 - The run config is bounded by the site: preprocessing that would cut windows without end is
   refused before any window is cut, ``local-epochs``/``round-timeout``/``eval-pcc-windows``/
@@ -7,7 +7,15 @@
   share cannot together pass ``dp-lifetime-epsilon``, concurrent first messages included, and a
   finished run's unused reservation is released.
 - Nothing random at a deployed site comes from the coordinator: the same run config, ``seed``
-  and ``server-round`` give other DP batches, another DP noise and a subset keyed by the site.
+  and ``server-round`` give other DP batches, another DP noise and a subset keyed by the site;
+  its subjects are split by a keyed hash of their ids, so adding a subject or changing ``seed``
+  moves nobody.
+- Every epsilon is a subject-level epsilon: group privacy over a subject's windows, equal to the
+  figure an independent accountant gives for the group's sampled Gaussian mechanism.
+- Statistics never leave exactly unless the site's policy says so, over enough subjects; the
+  shipped site files require DP.
+- The site records the run config and message config it acted on; ``audit`` flags a run whose
+  seeds, windows or preprocessing changed between messages.
 """
 
 from __future__ import annotations
@@ -467,3 +475,328 @@ def test_class_names_are_sent_only_when_they_are_one_token(small_fmri_sites, tmp
     reply = client_app.query(Message(RecordDict(), dst_node_id=5, message_type=MessageType.QUERY), context)
     sent = list(reply.content["site"]["classes"])
     assert sent and all(sendable_label(c) for c in sent) and "Jane Doe" not in sent and "sub-07" not in sent
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 1 (split): a deployed site's split is keyed by its secret and moves nobody
+
+
+def test_a_keyed_split_moves_no_subject_when_another_is_added():
+    """Each subject's split depends on its id and the key alone: adding subjects (one by one, up
+    to 40) leaves every earlier subject where it was; another key gives another split."""
+    from fedneurogen.shared.splits import keyed_split_subjects
+
+    key = bytes(range(32))
+    subjects = [f"sub-{i:02d}" for i in range(1, 41)]
+    where = {}
+    for n in range(8, len(subjects) + 1):
+        split = keyed_split_subjects(subjects[:n], key)
+        now = {s: part for part in ("train", "val", "test") for s in getattr(split, part)}
+        assert set(now) == set(subjects[:n])
+        assert all(now[s] == where[s] for s in where), f"adding {subjects[n - 1]} moved a subject"
+        where = now
+    assert {"train", "val", "test"} == set(where.values())
+    assert keyed_split_subjects(subjects, b"another key") != keyed_split_subjects(subjects, key)
+    # a site whose every subject would be held out still trains on one
+    for k in range(50):
+        tiny = keyed_split_subjects(["sub-01", "sub-02"], bytes([k]) * 32)
+        assert tiny.train and set(tiny.train + tiny.val + tiny.test) == {"sub-01", "sub-02"}
+    with pytest.raises(ValueError, match="non-empty key"):
+        keyed_split_subjects(subjects, b"")
+
+
+def _split_of(data: site.SiteData) -> dict[str, str]:
+    train, val = set(data.train.subjects.tolist()), set(data.val.subjects.tolist())
+    return {s: "train" if s in train else "val" for s in train | val}
+
+
+def test_a_deployed_sites_split_ignores_the_seed_and_survives_a_subject_more_or_less(
+    small_fmri_sites, tmp_path, monkeypatch
+):
+    """On a deployed site the run config's ``seed`` moves no subject, and a subject removed from
+    (or added to) the site's folder moves no other: the split is the site's keyed one. A
+    simulated node keeps ``split_subjects(seed)`` (reproducible simulations)."""
+    import shutil
+
+    from fedneurogen.shared.splits import keyed_split_subjects
+
+    folder = tmp_path / "site-01"
+    shutil.copytree(small_fmri_sites[0], folder)
+    subjects = sorted(p.name for p in folder.glob("sub-*"))
+    assert len(subjects) == 3
+    # a site secret whose split trains one subject and holds out one of the two that stay
+    state = tmp_path / "state"
+    state.mkdir()
+    for k in range(256):
+        (state / privacy.SECRET_FILE).write_bytes(bytes([k]) * 32)
+        split = keyed_split_subjects(subjects, privacy.site_key(state, "split"))
+        if set(split.train) & set(subjects[:2]) and set(split.val) & set(subjects[:2]):
+            break
+    else:
+        pytest.fail("no key among 256 splits the first two subjects apart")
+    node = {"data-path": str(folder), "state-dir": str(state)}
+
+    def loaded(**run_changes) -> dict[str, str]:
+        monkeypatch.setattr(site, "_SITES", {})
+        raw = {**DEFAULTS, **run_changes}
+        return _split_of(client_app._site(_context(node, raw), RunConfig.model_validate(raw)))
+
+    full = loaded(seed=0)
+    assert full == {s: "train" for s in split.train} | {s: "val" for s in split.val}
+    assert loaded(seed=1) == loaded(seed=12345) == full  # the coordinator's seed moves nobody
+    # the checkpoint's record of the split (content hashes of its runs) follows the keyed split
+    from fedneurogen.shared.data import load_site
+    from fedneurogen.shared.splits import REPORT_KEYS, subject_keys
+
+    data = client_app._site(_context(node, DEFAULTS), RunConfig())
+    windows = load_site(folder, progress=False)
+    keys = subject_keys(folder, windows.runs, windows.subjects)
+    report = site.split_report(data)
+    for part in ("train", "val"):
+        assert report[REPORT_KEYS[part]] == sorted(h for s in getattr(split, part) for h in keys[s].split(":"))
+    shutil.rmtree(folder / subjects[2])  # a subject less (the same as one more, read backwards)
+    fewer = loaded(seed=7)
+    assert fewer == {s: where for s, where in full.items() if s != subjects[2]}
+
+    # a simulated node: the run's seed still splits (reproducible, as the benchmarks' split)
+    from fedneurogen.shared.splits import split_subjects
+
+    monkeypatch.setattr(site, "_SITES", {})
+    raw = {**DEFAULTS, "seed": 3, "data-root": str(small_fmri_sites[0].parent), "site-state-dir": str(tmp_path / "s")}
+    data = client_app._site(_context({"partition-id": 0}, raw), RunConfig.model_validate(raw))
+    expected = split_subjects(subjects, seed=3)
+    assert set(data.train.subjects.tolist()) == set(expected.train)
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 2: every epsilon is a subject-level epsilon
+
+
+def test_the_subject_level_epsilon_of_a_dp_run_is_the_group_privacy_figure(
+    small_fmri_sites, tmp_path, monkeypatch, task_identity
+):
+    """A DP round on a deployed site: the epsilon it reports, writes in its ledger and checks
+    against its target is one subject's. Computed here independently: the subject has k windows,
+    so a step moves the clipped sum by at most k clips (noise multiplier sigma / k) and includes
+    the subject when any of its windows is sampled (1 - (1 - q)^k); Opacus' RDP accountant of
+    that, after the statistics release (one subject-level step), is the figure. The window-level
+    epsilon the site used to report is far below it."""
+    from opacus.accountants import RDPAccountant
+
+    monkeypatch.setattr(site, "_SITES", {})
+    settings = {"local-epochs": 1, "max-windows": 16, "eval-pcc-windows": 0, "num-server-rounds": 2}
+    node = {"data-path": str(small_fmri_sites[0]), "state-dir": str(tmp_path / "state")}
+    raw, run = _dp_run("runs/subject", **settings, **{"dp-statistics-share": 0.1})
+    context = _context(node, raw)
+    statistics = client_app.query(
+        Message(
+            RecordDict({"request": ConfigRecord({"kind": "ridge-statistics"})}),
+            dst_node_id=5,
+            message_type=MessageType.QUERY,
+        ),
+        context,
+    )
+    assert not statistics.has_error(), statistics.error.reason
+    reply = client_app.train(_train_message(server_round=1), context)
+    assert not reply.has_error(), reply.error.reason
+    ledger = privacy.load_ledger(privacy.ledger_path(tmp_path / "state", "runs/subject"), "rdp")
+
+    data = client_app._site(context, run)
+    _, counts = np.unique(data.train.subjects, return_counts=True)
+    k, n = int(counts.max()), len(data.train)
+    assert n == 16 and k >= 16 // len(counts) and ledger.group_size == k
+    q = 1 / int(np.ceil(n / 8))  # the tiny preset's batch 8: Poisson rate 1 / steps per epoch
+    steps = int(np.ceil(n / 8))
+    sigma = ledger.noise_multiplier
+    (stats_sigma, _, _) = ledger.subject_history[0]
+    reference = RDPAccountant()
+    reference.history = [(stats_sigma, 1.0, 1), (sigma / k, 1 - (1 - q) ** k, steps)]
+    expected = reference.get_epsilon(delta=run.dp_delta)
+    assert ledger.epsilon(run.dp_delta) == pytest.approx(expected, rel=1e-9)
+    assert reply.content["metrics"]["epsilon"] == pytest.approx(expected, rel=1e-9)
+    # calibrated for the subject: the planned 2 rounds end at (not past) the target
+    planned = RDPAccountant()
+    planned.history = [(stats_sigma, 1.0, 1), (sigma / k, 1 - (1 - q) ** k, 2 * steps)]
+    assert 0.95 * run.dp_target_epsilon <= planned.get_epsilon(delta=run.dp_delta) <= run.dp_target_epsilon * 1.001
+    window = RDPAccountant()
+    window.history = [(stats_sigma, 1.0, 1), (sigma, q, steps)]
+    assert ledger.window_epsilon(run.dp_delta) == pytest.approx(window.get_epsilon(delta=run.dp_delta), rel=1e-9)
+    assert ledger.window_epsilon(run.dp_delta) < 0.5 * ledger.epsilon(run.dp_delta)
+
+    # the ledger's figure is the one the CLI prints, per subject
+    from fedneurogen.cli import app as cli
+
+    shown = CliRunner().invoke(
+        cli,
+        ["privacy-budget", "--state-dir", str(tmp_path / "state"), "--delta", str(run.dp_delta)],
+        terminal_width=200,
+    )
+    assert shown.exit_code == 0 and "epsilon per subject" in shown.output
+    assert f"{ledger.epsilon(run.dp_delta):.3f}" in shown.output
+
+
+def test_group_privacy_never_undercounts_and_the_ledger_keeps_its_group():
+    """``group_step`` of one window is the step itself; more windows per subject never lower the
+    epsilon (the window-level figure stays); the ledger's group size survives its JSON."""
+    step = (1.1, 0.05, 200)
+    assert privacy.group_step(*step, 1) == step
+    epsilons = []
+    for k in (1, 2, 5, 30):
+        ledger = privacy.PrivacyLedger("rdp", 1.1, [step], group_size=k)
+        epsilons.append(ledger.epsilon(1e-5))
+        assert ledger.window_epsilon(1e-5) == pytest.approx(epsilons[0])
+    assert epsilons == sorted(epsilons) and epsilons[-1] > 10 * epsilons[0]
+    again = privacy.PrivacyLedger.from_json(json.loads(json.dumps(ledger.to_json())))
+    assert again.group_size == 30 and again.epsilon(1e-5) == pytest.approx(epsilons[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 4: statistics never leave exactly unless the site says so
+
+
+def _statistics_request() -> Message:
+    return Message(
+        RecordDict({"request": ConfigRecord({"kind": "ridge-statistics"})}),
+        dst_node_id=5,
+        message_type=MessageType.QUERY,
+    )
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{}, {"max-windows": 1}, {"max-windows": 8}, {"preprocess": "hop_seconds=2"}],
+    ids=["one-subject-validation", "max-windows-1", "max-windows-8", "hop-2"],
+)
+def test_exact_statistics_never_leave_under_the_default_policy(
+    changes, small_fmri_sites, tmp_path, monkeypatch, task_identity
+):
+    """A site with no policy (the default), and one with the shipped DP-required policy, send no
+    exact ridge statistics whatever the run config: not a one-subject validation sum (3
+    subjects), not one window (``max-windows=1``, refused outright), not two half-overlapping
+    windows at ``hop_seconds=2``."""
+    monkeypatch.setattr(site, "_SITES", {})
+    for policy in ({}, {"dp-required": "true"}, {"dp-max-epsilon": "8"}):
+        node = {"data-path": str(small_fmri_sites[0]), "state-dir": str(tmp_path / "state"), **policy}
+        raw = {**DEFAULTS, **changes}
+        reply = client_app.query(_statistics_request(), _context(node, raw))
+        assert reply.has_error() and reply.error.reason.startswith("site refused: ")
+        assert any(
+            phrase in reply.error.reason
+            for phrase in (
+                "only through the Gaussian mechanism",
+                "trains only under differential privacy",
+                "min-train-windows",
+            )
+        ), reply.error.reason
+
+
+def test_exact_statistics_need_the_allowance_and_enough_subjects(
+    small_fmri_sites, tmp_path, monkeypatch, task_identity
+):
+    """With ``allow-exact-statistics`` a site sends exact sums only over at least
+    ``min-subjects-per-release`` subjects (default 5): a 3-subject site is refused; with a floor
+    of 2 its held-out sum (one or no subject) is left out; a ``dp-max-*`` limit still refuses."""
+    monkeypatch.setattr(site, "_SITES", {})
+    base = {
+        "data-path": str(small_fmri_sites[0]),
+        "state-dir": str(tmp_path / "state"),
+        "allow-exact-statistics": "true",
+    }
+    refused = client_app.query(_statistics_request(), _context(base, DEFAULTS))
+    assert refused.has_error() and "fewer than this site's min-subjects-per-release = 5" in refused.error.reason
+    data = client_app._site(_context(base, DEFAULTS), RunConfig())
+    train_subjects = len(set(data.train.subjects.tolist()))
+    floor = {"min-subjects-per-release": 1}
+    sent = client_app.query(_statistics_request(), _context({**base, **floor}, DEFAULTS))
+    assert not sent.has_error(), sent.error.reason
+    assert "train.sxy" in sent.content["statistics"] and sent.content["metrics"]["private"] == 0
+    if train_subjects >= 2:
+        few = client_app.query(_statistics_request(), _context({**base, "min-subjects-per-release": 2}, DEFAULTS))
+        assert not few.has_error() and not any(k.startswith("val.") for k in few.content["statistics"])
+    with pytest.raises(SiteRefusal, match="only through the Gaussian mechanism"):
+        from fedneurogen.client.refusal import exact_statistics_floor
+
+        exact_statistics_floor({**base, "dp-max-delta": "1e-5"})
+
+
+def test_the_simulation_gives_its_simulated_nodes_the_allowance_never_a_deployed_site(task_identity):
+    """``fedneurogen federate`` runs without DP on simulated data: the simulation's mod gives its
+    simulated nodes ``allow-exact-statistics`` (a node setting, not the run config); a node with
+    its own data path is a deployed site and gets nothing."""
+    from fedneurogen.simulations.drills import SimulationConfig, simulation_mod
+
+    seen = {}
+
+    def call_next(msg, context):
+        seen.update(context.node_config)
+        return Message(RecordDict(), reply_to=msg)
+
+    msg = Message(RecordDict(), dst_node_id=5, message_type=MessageType.QUERY)
+    simulation_mod(msg, _context({"partition-id": 1}, SimulationConfig.defaults()), call_next)
+    assert seen["allow-exact-statistics"] == "true" and seen["min-subjects-per-release"] == 1
+    seen.clear()
+    simulation_mod(msg, _context({"partition-id": 1, "data-path": "/d"}, SimulationConfig.defaults()), call_next)
+    assert "allow-exact-statistics" not in seen and "min-subjects-per-release" not in seen
+
+
+def test_the_shipped_site_files_require_dp():
+    """The systemd SuperNode unit, ``compose.site.yml`` and the local consortium's default policy
+    refuse a run without DP and never allow exact statistics."""
+    import inspect
+    import re
+
+    from test_deploy_kit import command, exec_start, flags, load_compose, read_unit
+
+    from fedneurogen.client.refusal import exact_statistics_floor
+    from fedneurogen.simulations.consortium import up
+
+    shipped = {
+        "systemd": flags(exec_start(read_unit("fedneurogen-supernode@.service"))[1:])["--node-config"],
+        "compose": flags(command(load_compose("compose.site.yml")["services"]["supernode"]))["--node-config"],
+        "consortium": inspect.signature(up).parameters["site_config"].default,
+    }
+    for where, text in shipped.items():
+        policy = dict(re.findall(r'([\w-]+)="([^"]*)"', text))
+        assert policy.get("dp-required") == "true", where
+        with pytest.raises(SiteRefusal, match="trains only under differential privacy"):
+            check_run(policy, RunConfig(dp_enabled=False))
+        with pytest.raises(SiteRefusal, match="only through the Gaussian mechanism"):
+            exact_statistics_floor(policy)
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 6: the site can see what was asked
+
+
+def test_sent_log_records_what_was_asked_and_audit_flags_a_changed_run_config(
+    small_fmri_sites, tmp_path, monkeypatch, task_identity
+):
+    """Each line of the site's ``sent.jsonl`` holds the run config and message config it acted
+    on; ``fedneurogen audit`` on it flags a run whose ``seed`` or ``max-windows`` changed between
+    messages, and passes a run that kept them."""
+    from fedneurogen.cli import app as cli
+    from fedneurogen.server.audit import check_site_log
+
+    monkeypatch.setattr(site, "_SITES", {})
+    state = tmp_path / "state"
+    node = {"data-path": str(small_fmri_sites[0]), "state-dir": str(state)}
+    query = Message(
+        RecordDict({"ask": ConfigRecord({"server-round": 0})}), dst_node_id=5, message_type=MessageType.QUERY
+    )
+    for _ in range(2):
+        assert not client_app.query(query, _context(node, {**DEFAULTS, "seed": 0})).has_error()
+    log = state / client_app.SENT_LOG
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(entries) == 2 and entries[0]["run_config"]["seed"] == 0
+    assert entries[0]["run_config"]["preprocess"] == DEFAULTS["preprocess"]
+    assert entries[0]["message_config"] == {"ask": {"server-round": 0}}
+    kept = CliRunner().invoke(cli, ["audit", str(log)])
+    assert kept.exit_code == 0 and "kept its seeds, windows, preprocessing" in kept.output
+    assert check_site_log(log).problems == []
+
+    assert not client_app.query(query, _context(node, {**DEFAULTS, "seed": 5, "max-windows": 8})).has_error()
+    found = check_site_log(log)
+    assert any("changed seed from 0 (message 1) to 5 (message 3" in p for p in found.problems)
+    assert any("changed max-windows from 0" in p for p in found.problems)
+    flagged = CliRunner().invoke(cli, ["audit", str(log)], terminal_width=200)
+    assert flagged.exit_code == 1 and "changed seed from 0" in flagged.output

@@ -50,6 +50,27 @@ def test_list_valued_metrics_and_float64_arrays_are_refused_not_raised(task_iden
     assert "unknown parameter stowaway" in failed[messages[3].metadata.dst_node_id]
 
 
+def test_a_long_update_of_a_scalar_parameter_is_bounded_too(task_identity):
+    """The model has 0-d parameters (learned scales): bounding their update must keep them arrays."""
+    scalar = "modality_heads.fmri.scale"
+    strategy = make_strategy(RunConfig(min_available_nodes=1, min_train_nodes=1))
+    arrays = ArrayRecord({scalar: Array(np.asarray(0.0, dtype=np.float32))})
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord({}), FakeGrid([1, 2, 3])))
+
+    def update(value):
+        return RecordDict(
+            {
+                "arrays": ArrayRecord({scalar: Array(np.asarray(value, dtype=np.float32))}),
+                "metrics": MetricRecord({"num-examples": 10}),
+                "site": ConfigRecord({"modality": "fmri"}),
+            }
+        )
+
+    replies = [Message(update(v), reply_to=m) for v, m in zip((1.0, 1.0, -100.0), messages)]
+    new, _ = strategy.aggregate_train(1, replies)
+    assert new[scalar].shape == () and float(new[scalar].numpy()) == pytest.approx((1 + 1 - 3) / 3)
+
+
 def test_a_site_claiming_many_more_examples_and_a_long_update_is_bounded_by_the_median(task_identity):
     sites = {
         1: ("fmri", 10, {BACKBONE: 1.0, FMRI: 1.0}),
