@@ -179,8 +179,9 @@ def checkpoint_extra(
             "sites_count": sites_count,
             "local_epochs": run.local_epochs,
             "dp": {"target_epsilon": run.dp_target_epsilon, "delta": run.dp_delta} if run.dp_enabled else None,
-            # The sites split subjects with split_subjects(seed) and its default fractions; which
-            # subjects (by content) is in split_subjects, which is what `evaluate` goes by.
+            # A simulated site splits subjects with split_subjects(seed), a deployed one by a keyed
+            # hash under its own key; which subjects (by content) is in split_subjects, which is
+            # what `evaluate` goes by.
             "seed": run.seed,
             "split_seed": run.seed,
             "val_fraction": 0.15,
