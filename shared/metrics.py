@@ -8,6 +8,12 @@ SSIM here is the global form of Wang et al. (2004) on one frame's map (means, va
 covariance over all points), because surface and channel maps have no regular pixel grid for a
 sliding window. Inputs are z-scored per point, so the dynamic range L is taken as the range of
 the real data.
+
+Samples are scored as data (``sample_metrics``): coverage of the 50 % and 90 % predictive
+intervals and the ensemble CRPS of K samples per window; on one sample, the log-power spectrum
+distance per point (Welch over the concatenated frames of non-overlapping windows of each run),
+the similarity of coarse functional connectivity (k-means parcels of the points' positions) and
+a classifier two-sample test (real vs generated, subject-grouped CV, balanced accuracy).
 """
 
 from __future__ import annotations
@@ -234,3 +240,355 @@ def generation_metrics(
         "pcc_spatial": spatial_pcc(pred, real),
         "ssim": ssim(pred, real),
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# Samples as data: distributions, spectra, connectivity, distinguishability
+
+#: Band of the power-spectrum distance for BOLD, Hz (below: drift; above: mostly noise at usual TRs).
+BOLD_BAND = (0.01, 0.15)
+
+
+def interval_coverage(
+    samples: np.ndarray, real: np.ndarray, levels: tuple[float, ...] = (0.5, 0.9)
+) -> dict[str, float]:
+    """Share of real values inside the central predictive intervals of the samples.
+
+    Parameters
+    ----------
+    samples : np.ndarray
+        ``[K, ...]`` samples (K >= 2).
+    real : np.ndarray
+        The real values, shaped like one sample.
+    levels : tuple of float
+        Nominal levels of the central intervals (quantiles of the K samples).
+
+    Returns
+    -------
+    dict of str to float
+        ``coverage_50`` etc. (perfect: the nominal level).
+
+    Raises
+    ------
+    ValueError
+        Fewer than two samples.
+    """
+    if len(samples) < 2:
+        raise ValueError("coverage needs at least two samples")
+    out = {}
+    for level in levels:
+        low, high = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2], axis=0)
+        out[f"coverage_{round(100 * level)}"] = float(np.mean((real >= low) & (real <= high)))
+    return out
+
+
+def ensemble_crps(samples: np.ndarray, real: np.ndarray) -> float:
+    """Mean ensemble CRPS: ``E|X - y| - E|X - X'| / 2`` over the K samples, averaged over values.
+
+    Parameters
+    ----------
+    samples : np.ndarray
+        ``[K, ...]`` samples.
+    real : np.ndarray
+        The real values, shaped like one sample.
+
+    Returns
+    -------
+    float
+        0 for samples all equal to the real value; ``1/sqrt(pi)`` (0.564) for a standard-normal
+        ensemble scored on independent standard-normal values (large K).
+    """
+    k = len(samples)
+    x = np.sort(samples.astype(np.float64), axis=0)
+    accuracy = np.mean(np.abs(x - real[None]), axis=0)
+    # sum over pairs |x_i - x_j| = 2 * sum_i (2i - K - 1) x_(i) for sorted x (i from 1)
+    weights = (2 * np.arange(1, k + 1) - k - 1).reshape(-1, *([1] * real.ndim))
+    spread = 2 * np.sum(weights * x, axis=0) / (k * k)
+    return float(np.mean(accuracy - spread / 2))
+
+
+def tiled_series(
+    values: np.ndarray, runs: np.ndarray, onsets: np.ndarray, sfreq: float
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Concatenate the frames of non-overlapping windows of each run (earliest first).
+
+    Overlapping *samples* must not be averaged (as ``stitch_windows`` does): independent draws
+    would smooth each other and lose power. Each run keeps windows that do not overlap the last
+    kept one, and their frames are concatenated in time order.
+
+    Parameters
+    ----------
+    values : np.ndarray
+        Windows ``[n_windows, n_points, n_frames]``.
+    runs : np.ndarray
+        Run key of each window.
+    onsets : np.ndarray
+        Onset of each window in its run, seconds.
+    sfreq : float
+        Frame rate, Hz.
+
+    Returns
+    -------
+    dict of str to np.ndarray
+        ``{run: [n_points, n_kept * n_frames]}``.
+    """
+    n_frames = values.shape[-1]
+    out: dict[str, np.ndarray] = {}
+    for run in np.unique(runs):
+        idx = np.flatnonzero(runs == run)
+        idx = idx[np.argsort(onsets[idx], kind="stable")]
+        kept, end = [], -np.inf
+        for i in idx:
+            start = int(round(onsets[i] * sfreq))
+            if start >= end:
+                kept.append(i)
+                end = start + n_frames
+        out[str(run)] = np.concatenate([values[i] for i in kept], axis=-1)
+    return out
+
+
+def log_spectra(
+    series: dict[str, np.ndarray], sfreq: float, band: tuple[float, float] = BOLD_BAND
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Welch log10 power per point in a band, averaged over runs.
+
+    Parameters
+    ----------
+    series : dict of str to np.ndarray
+        ``{run: [n_points, n_times]}`` (``tiled_series``).
+    sfreq : float
+        Frame rate, Hz.
+    band : tuple of float
+        Frequencies kept, Hz.
+
+    Returns
+    -------
+    freqs : np.ndarray
+        The frequencies in the band.
+    log_power : np.ndarray
+        ``[n_points, n_freqs]`` mean over runs of log10 power (runs of one length segment: the
+        shortest run's length, at most 64 frames).
+    """
+    from scipy.signal import welch
+
+    nperseg = min(64, min(v.shape[-1] for v in series.values()))
+    logs = []
+    for values in series.values():
+        freqs, power = welch(values, fs=sfreq, nperseg=nperseg, axis=-1)
+        logs.append(np.log10(np.maximum(power, 1e-20)))
+    keep = (freqs >= band[0]) & (freqs <= band[1])
+    if not keep.any():  # a band narrower than the resolution: the nearest bin
+        keep = np.abs(freqs - np.mean(band)) == np.abs(freqs - np.mean(band)).min()
+    return freqs[keep], np.mean(logs, axis=0)[:, keep]
+
+
+def psd_distance(
+    generated: np.ndarray, real: np.ndarray, runs: np.ndarray, onsets: np.ndarray, sfreq: float,
+    band: tuple[float, float] = BOLD_BAND,
+) -> float:  # fmt: skip
+    """Power-spectrum distance: per point, the RMS difference of log10 Welch power in the band.
+
+    Parameters
+    ----------
+    generated, real : np.ndarray
+        Windows ``[n_windows, n_points, n_frames]``.
+    runs : np.ndarray
+        Run key of each window.
+    onsets : np.ndarray
+        Onset of each window in its run, seconds.
+    sfreq : float
+        Frame rate, Hz.
+    band : tuple of float
+        Frequencies compared, Hz.
+
+    Returns
+    -------
+    float
+        Mean over points (0: the same spectra; 1: a factor 10 in power everywhere).
+    """
+    _, g = log_spectra(tiled_series(generated, runs, onsets, sfreq), sfreq, band)
+    _, r = log_spectra(tiled_series(real, runs, onsets, sfreq), sfreq, band)
+    return float(np.mean(np.sqrt(np.mean((g - r) ** 2, axis=1))))
+
+
+def coarse_parcels(positions: np.ndarray, n_parcels: int = 20, seed: int = 0) -> np.ndarray:
+    """A fixed coarse parcellation: k-means on the points' positions.
+
+    Parameters
+    ----------
+    positions : np.ndarray
+        ``[n_points, 3]``.
+    n_parcels : int
+        Parcels (at most the number of points).
+    seed : int
+        Seed of k-means (fixed: the parcels never depend on the data's values).
+
+    Returns
+    -------
+    np.ndarray
+        int ``[n_points]`` parcel of each point.
+    """
+    from sklearn.cluster import KMeans
+
+    positions = np.asarray(positions, dtype=np.float64)
+    n = min(n_parcels, len(positions))
+    return KMeans(n_clusters=n, n_init=1, random_state=seed).fit_predict(positions)
+
+
+def parcel_means(values: np.ndarray, parcels: np.ndarray) -> np.ndarray:
+    """Average the points of each parcel (axis 1 of ``values``).
+
+    Parameters
+    ----------
+    values : np.ndarray
+        ``[n, n_points, ...]``.
+    parcels : np.ndarray
+        Parcel of each point.
+
+    Returns
+    -------
+    np.ndarray
+        ``[n, n_parcels, ...]``.
+    """
+    ids = np.unique(parcels)
+    return np.stack([values[:, parcels == p].mean(axis=1) for p in ids], axis=1)
+
+
+def connectivity(series: dict[str, np.ndarray], parcels: np.ndarray) -> np.ndarray:
+    """Functional connectivity of the parcels: correlation matrix, Fisher-z averaged over runs.
+
+    Parameters
+    ----------
+    series : dict of str to np.ndarray
+        ``{run: [n_points, n_times]}``.
+    parcels : np.ndarray
+        Parcel of each point.
+
+    Returns
+    -------
+    np.ndarray
+        ``[n_parcels, n_parcels]``.
+    """
+    zs = []
+    for values in series.values():
+        fc = np.corrcoef(parcel_means(values[None], parcels)[0])
+        zs.append(np.arctanh(np.clip(np.nan_to_num(fc), -0.999999, 0.999999)))
+    return np.tanh(np.mean(zs, axis=0))
+
+
+def fc_similarity(
+    generated: np.ndarray, real: np.ndarray, runs: np.ndarray, onsets: np.ndarray, sfreq: float, parcels: np.ndarray
+) -> float:  # fmt: skip
+    """Correlation between the upper triangles of the real and the generated FC matrices.
+
+    Parameters
+    ----------
+    generated, real : np.ndarray
+        Windows ``[n_windows, n_points, n_frames]``.
+    runs : np.ndarray
+        Run key of each window.
+    onsets : np.ndarray
+        Onset of each window in its run, seconds.
+    sfreq : float
+        Frame rate, Hz.
+    parcels : np.ndarray
+        Parcel of each point (``coarse_parcels``).
+
+    Returns
+    -------
+    float
+        1 for the same connectivity; about 0 for independent noise.
+    """
+    upper = np.triu_indices(len(np.unique(parcels)), k=1)
+    g = connectivity(tiled_series(generated, runs, onsets, sfreq), parcels)[upper]
+    r = connectivity(tiled_series(real, runs, onsets, sfreq), parcels)[upper]
+    return float(pearson_rows(g, r))
+
+
+def two_sample_accuracy(
+    generated: np.ndarray, real: np.ndarray, subjects: np.ndarray, parcels: np.ndarray, seed: int = 0
+) -> float:  # fmt: skip
+    """Classifier two-sample test: can logistic regression tell real from generated windows?
+
+    Features: each window's parcel means at every frame, standardised. Cross-validated by
+    subject (a subject's real and generated windows are always in the same fold).
+
+    Parameters
+    ----------
+    generated, real : np.ndarray
+        Windows ``[n_windows, n_points, n_frames]`` (generated window i is made for real window i).
+    subjects : np.ndarray
+        Subject of each window.
+    parcels : np.ndarray
+        Parcel of each point.
+    seed : int
+        Seed of the fold assignment.
+
+    Returns
+    -------
+    float
+        Balanced accuracy (0.5: indistinguishable; 1: always told apart); NaN with one subject.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import GroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    ids = np.unique(subjects)
+    if len(ids) < 2:
+        return float("nan")
+    x = np.concatenate([parcel_means(real, parcels), parcel_means(generated, parcels)]).reshape(2 * len(real), -1)
+    y = np.repeat([0, 1], len(real))
+    groups = np.concatenate([subjects, subjects])
+    predicted = np.zeros_like(y)
+    for train, test in GroupKFold(n_splits=min(5, len(ids))).split(x, y, groups):
+        classifier = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000, random_state=seed))
+        predicted[test] = classifier.fit(x[train], y[train]).predict(x[test])
+    return float(balanced_accuracy_score(y, predicted))
+
+
+def sample_metrics(
+    samples: np.ndarray, real: np.ndarray, runs: np.ndarray, onsets: np.ndarray, sfreq: float,
+    subjects: np.ndarray, parcels: np.ndarray, band: tuple[float, float] = BOLD_BAND, seed: int = 0,
+) -> dict[str, float | None]:  # fmt: skip
+    """The sample metrics of a generator's K samples of every held-out window.
+
+    Parameters
+    ----------
+    samples : np.ndarray
+        ``[K, n_windows, n_points, n_frames]``.
+    real : np.ndarray
+        The real windows ``[n_windows, n_points, n_frames]``.
+    runs : np.ndarray
+        Run key of each window.
+    onsets : np.ndarray
+        Onset of each window in its run, seconds.
+    sfreq : float
+        Frame rate, Hz.
+    subjects : np.ndarray
+        Subject of each window.
+    parcels : np.ndarray
+        Parcel of each point.
+    band : tuple of float
+        Band of the spectrum distance, Hz.
+    seed : int
+        Seed of the two-sample test's classifier.
+
+    Returns
+    -------
+    dict
+        ``coverage_50``, ``coverage_90`` (None with one sample), ``coverage_error`` (mean absolute
+        gap to the nominal levels), ``crps``, and, on the first sample, ``psd_distance``,
+        ``fc_similarity`` and ``two_sample_accuracy``; ``samples`` (K).
+    """
+    out: dict[str, float | None] = {"coverage_50": None, "coverage_90": None, "coverage_error": None}
+    if len(samples) >= 2:
+        out.update(interval_coverage(samples, real))
+        out["coverage_error"] = float(np.mean([abs(out["coverage_50"] - 0.5), abs(out["coverage_90"] - 0.9)]))
+    out["crps"] = ensemble_crps(samples, real)
+    out["psd_distance"] = psd_distance(samples[0], real, runs, onsets, sfreq, band)
+    out["fc_similarity"] = fc_similarity(samples[0], real, runs, onsets, sfreq, parcels)
+    out["two_sample_accuracy"] = two_sample_accuracy(samples[0], real, subjects, parcels, seed)
+    out["samples"] = int(len(samples))
+    return out

@@ -18,6 +18,7 @@ from fedneurogen.shared.workflows import evaluation, synthesis
 from fedneurogen.shared.workflows.baselines import RidgeHRFBaseline
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.metrics import temporal_pcc
+from fedneurogen.shared.outputs import OUTPUT_MARKER
 from fedneurogen.shared.recording import PairedWindows
 from fedneurogen.shared.workflows.baselines.regressor import RegressorBaseline
 from fedneurogen.shared.splits import SeenSubjects, split_subjects
@@ -86,8 +87,14 @@ def test_evaluate_scores_only_test_subjects_and_writes_report_and_plots(consorti
         assert isinstance(report[key], (int, float)) and math.isfinite(report[key]), key
     for row in ("point_prediction", "point_prediction_labels", "sample", "samples_mean"):
         assert all(math.isfinite(report[row][m]) for m in SCORES), row
-    for name in ("ridge_hrf", "label_only", "regressor"):
+    for name in ("ridge_hrf", "label_only", "regressor", "linear_gaussian_sample"):
         assert all(math.isfinite(report["baselines"][name][m]) for m in SCORES), name
+    # samples as data, the model's and linear-Gaussian's, with the same K
+    assert "linear-Gaussian: one sample" in result.output and "samples as data" in result.output
+    for name in ("model", "linear_gaussian"):
+        row = report["sample_metrics"][name]
+        assert row["samples"] == 2 and 0 <= row["coverage_50"] <= row["coverage_90"] <= 1, name
+        assert row["crps"] > 0 and row["psd_distance"] >= 0 and -1 <= row["fc_similarity"] <= 1, name
     assert math.isfinite(report["ceilings"]["eeg_informed"]["pcc_temporal"])
     assert report["relative"]["over_ridge_hrf"] == pytest.approx(
         report["point_prediction"]["pcc_temporal"] / report["baselines"]["ridge_hrf"]["pcc_temporal"]
@@ -105,13 +112,15 @@ def test_evaluate_scores_only_test_subjects_and_writes_report_and_plots(consorti
 
     # the noise-free signal tracks the real one far better than a shuffled real signal does
     assert report["ceilings"]["noise"]["pcc_temporal"] > 0.3 > abs(report["noise_baseline"])
-    for name in ("maps.png", "timecourses.png", "metrics.png"):
+    for name in ("maps.png", "timecourses.png", "metrics.png", "samples.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
-    assert report["plots"] == ["maps.png", "timecourses.png", "metrics.png"]
+    assert report["plots"] == ["maps.png", "timecourses.png", "metrics.png", "samples.png"]
     assert sorted(p.name for p in out.iterdir()) == [
+        OUTPUT_MARKER,
         "maps.png",
         "metrics.png",
         "report.json",
+        "samples.png",
         "timecourses.png",
     ]  # no temp files
 

@@ -156,6 +156,27 @@ def test_generated_samples_train_only_and_come_from_training_subjects(imbalanced
         assert not generated_rows & {row.tobytes() for row in scored}
 
 
+def test_linear_gaussian_is_fitted_on_each_training_fold_only(imbalanced, monkeypatch):
+    from fedneurogen.shared.workflows.baselines import LinearGaussianGenerator
+
+    fitted = []
+    original = LinearGaussianGenerator.fit
+
+    def spy(self, train, val=None):
+        fitted.append(set(train.subjects.tolist()))
+        return original(self, train, val)
+
+    monkeypatch.setattr(LinearGaussianGenerator, "fit", spy)
+    config = replace(CONFIG, sensitive_attribute=None, strategies=("none", "linear-gaussian"))
+    report, log = run_augmentation(imbalanced, config, "site-x")  # no model needed
+    entry = report["strategies"]["linear-gaussian"]
+    assert entry["n_synthetic"] > 0 and 0 <= entry["generated_label_fidelity"] <= 1
+    assert len(fitted) == len(report["fold_test_subjects"]) == FOLDS
+    for subjects, test in zip(fitted, report["fold_test_subjects"]):
+        assert subjects and not subjects & set(test)  # never a test subject's target
+    assert log.calls == []  # the model's generation log is not the baseline's
+
+
 def test_a_strategy_that_uses_test_subjects_is_refused(imbalanced):
     samples = prepare_samples(imbalanced, replace(CONFIG, sensitive_attribute=None), "site-x")
     folds = fm.subject_folds(samples.labels, samples.windows.subjects, samples.classes, FOLDS, 3, "site-x")
@@ -226,7 +247,8 @@ def test_cli_report_schema(site, checkpoint, tmp_path):
     assert report["classes"] == ["left", "right"]
     assert report["minority_classes"] == ["left", "right"]  # both below 0.8 x 40
     assert report["sensitive_attribute"] == "group" and report["folds"] == FOLDS
-    assert set(report["strategies"]) == {"none", "oversample", "class-weight", "smote", "generate"}
+    assert set(report["strategies"]) == {"none", "oversample", "class-weight", "smote", "generate", "linear-gaussian"}
+    assert report["strategies"]["linear-gaussian"]["n_synthetic"] > 0
     assert report["strategies"]["smote"]["n_interpolated"] > 0
     generate = report["strategies"]["generate"]  # label fidelity of generated and of held-out real windows
     assert 0 <= generate["generated_label_fidelity"] <= 1 and 0 <= generate["real_label_fidelity"] <= 1

@@ -1,6 +1,14 @@
 import numpy as np
 
 from fedneurogen.shared.metrics import (
+    coarse_parcels,
+    ensemble_crps,
+    fc_similarity,
+    interval_coverage,
+    psd_distance,
+    sample_metrics,
+    tiled_series,
+    two_sample_accuracy,
     fisher_mean,
     generation_metrics,
     pearson_rows,
@@ -66,3 +74,79 @@ def test_fisher_mean_and_pearson_rows():
     assert fisher_mean(np.array([0.9, 0.1])) > 0.5
     r = pearson_rows(np.array([[1.0, 2.0, 3.0], [1.0, 1.0, 1.0]]), np.array([[2.0, 4.0, 6.5], [1.0, 2.0, 3.0]]))
     assert r[0] > 0.99 and np.isnan(r[1])
+
+
+def _ar_windows(n_runs=4, n_points=30, n_times=160, n_frames=8, rho=0.9, mixing=None, seed=0):
+    """AR(1) series with a shared spatial mixing, cut into windows with half overlap."""
+    rng = np.random.default_rng(seed)
+    mixing = rng.standard_normal((n_points, 4)) if mixing is None else mixing
+    out, runs, onsets = [], [], []
+    for r in range(n_runs):
+        e = rng.standard_normal((n_points, n_times))
+        x = np.zeros_like(e)
+        for t in range(1, n_times):
+            x[:, t] = rho * x[:, t - 1] + e[:, t]
+        x += mixing @ rng.standard_normal((4, n_times)) * 2
+        windows, starts = _windows_from_series(x, n_frames, n_frames // 2)
+        out.append(windows)
+        runs += [f"sub-{r:02d}_run-1"] * len(starts)
+        onsets.append(starts / 0.5)
+    return np.concatenate(out), np.array(runs), np.concatenate(onsets), mixing
+
+
+def test_coverage_and_crps_perfect_on_identical_and_chance_on_independent_noise():
+    rng = np.random.default_rng(0)
+    real = rng.standard_normal((200, 50))
+    same = np.repeat(real[None], 4, axis=0)
+    assert ensemble_crps(same, real) == 0.0
+    calibrated = rng.standard_normal((64, 200, 50))  # the right distribution, independent of the values
+    coverage = interval_coverage(calibrated, real)
+    assert abs(coverage["coverage_50"] - 0.5) < 0.03 and abs(coverage["coverage_90"] - 0.9) < 0.03
+    # a standard-normal ensemble on independent standard-normal values: CRPS = 1/sqrt(pi)
+    assert abs(ensemble_crps(calibrated, real) - 1 / np.sqrt(np.pi)) < 0.02
+    far = calibrated + 10
+    assert interval_coverage(far, real)["coverage_90"] == 0.0 and ensemble_crps(far, real) > 9
+
+
+def test_psd_distance_zero_on_identical_small_on_the_same_process_large_on_another():
+    real, runs, onsets, mixing = _ar_windows(n_runs=8)
+    same_process, *_ = _ar_windows(n_runs=8, mixing=mixing, seed=1)
+    white = np.random.default_rng(2).standard_normal(real.shape) * real.std()
+    assert psd_distance(real, real, runs, onsets, 0.5) == 0.0
+    near, far = psd_distance(same_process, real, runs, onsets, 0.5), psd_distance(white, real, runs, onsets, 0.5)
+    assert near < 0.2 and far > 2 * near
+    # non-overlapping windows only: each run's frames concatenated once
+    tiled = tiled_series(real, runs, onsets, 0.5)
+    assert tiled[runs[0]].shape == (30, 160)
+
+
+def test_fc_similarity_one_on_identical_chance_on_independent_noise():
+    real, runs, onsets, mixing = _ar_windows()
+    parcels = coarse_parcels(np.random.default_rng(3).standard_normal((30, 3)), n_parcels=10)
+    assert len(np.unique(parcels)) == 10
+    assert fc_similarity(real, real, runs, onsets, 0.5, parcels) > 0.999
+    noise = np.random.default_rng(4).standard_normal(real.shape)
+    assert abs(fc_similarity(noise, real, runs, onsets, 0.5, parcels)) < 0.3
+    same_process, *_ = _ar_windows(mixing=mixing, seed=5)
+    assert fc_similarity(same_process, real, runs, onsets, 0.5, parcels) > 0.8
+
+
+def test_two_sample_accuracy_half_when_indistinguishable_and_high_when_not():
+    real, runs, onsets, mixing = _ar_windows(n_runs=6)
+    subjects = np.array([r.split("_")[0] for r in runs])
+    parcels = coarse_parcels(np.random.default_rng(3).standard_normal((30, 3)), n_parcels=10)
+    assert two_sample_accuracy(real, real, subjects, parcels) == 0.5  # identical: nothing to tell apart
+    same_process, *_ = _ar_windows(n_runs=6, mixing=mixing, seed=6)
+    assert abs(two_sample_accuracy(same_process, real, subjects, parcels) - 0.5) < 0.1
+    assert two_sample_accuracy(real + 1.0, real, subjects, parcels) > 0.9
+
+
+def test_sample_metrics_report_every_metric_and_skip_coverage_with_one_sample():
+    real, runs, onsets, _ = _ar_windows(n_runs=3)
+    subjects = np.array([r.split("_")[0] for r in runs])
+    parcels = coarse_parcels(np.random.default_rng(3).standard_normal((30, 3)), n_parcels=5)
+    out = sample_metrics(np.stack([real, real]), real, runs, onsets, 0.5, subjects, parcels)
+    assert out["coverage_50"] == 1.0 and out["crps"] == 0.0 and out["psd_distance"] == 0.0
+    assert out["fc_similarity"] > 0.999 and out["two_sample_accuracy"] == 0.5 and out["samples"] == 2
+    one = sample_metrics(real[None], real, runs, onsets, 0.5, subjects, parcels)
+    assert one["coverage_50"] is None and one["coverage_error"] is None and one["crps"] == 0.0

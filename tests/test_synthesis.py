@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from fedneurogen.cli import app
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.errors import ConfigError
+from fedneurogen.shared.outputs import OUTPUT_MARKER
 from fedneurogen.shared.surface import ico4_to_fsaverage5, upsample_ico4
 from fedneurogen.shared.workflows.synthesis import generate, label_indices, stitch_run, synthesize, uncovered_seconds
 
@@ -99,6 +100,25 @@ def test_upsampling_rejects_other_point_counts():
 # Stitching and labels
 
 
+def test_denormalisation_restores_a_runs_scale_and_pools_the_site_for_eeg_only_runs():
+    from fedneurogen.shared.workflows.synthesis import StitchedRun, TargetScale, site_scale, units_sidecar
+
+    rng = np.random.default_rng(0)
+    real = 800 + rng.uniform(0, 200, (4, 1)) + rng.uniform(2, 12, (4, 1)) * rng.standard_normal((4, 300))
+    z = (real - real.mean(1, keepdims=True)) / real.std(1, keepdims=True)
+    scale = TargetScale(real.mean(1), real.std(1), "test")
+    restored = scale.apply(StitchedRun(data=z.astype(np.float32), covered=np.ones(300, bool))).data
+    np.testing.assert_allclose(restored.mean(1), real.mean(1), rtol=1e-5)
+    np.testing.assert_allclose(restored.std(1), real.std(1), rtol=1e-3)
+    other = TargetScale(real.mean(1) + 10, real.std(1) * 3, "test")
+    pooled = site_scale([scale, other])
+    np.testing.assert_allclose(pooled.mean, real.mean(1) + 5)
+    np.testing.assert_allclose(pooled.sd, real.std(1) * 2)
+    assert "2 real run(s) pooled" in pooled.source
+    assert "site's 2 real run(s)" in units_sidecar("fmri", True, pooled)["Normalization"]
+    assert units_sidecar("fmri", True, None)["Units"] == "z (per vertex)"
+
+
 def test_stitch_run_averages_overlaps_and_keeps_gaps_in_place():
     sfreq = 0.5
     values = np.stack([np.full((2, 4), 1.0), np.full((2, 4), 3.0), np.full((2, 4), 5.0)])
@@ -151,15 +171,30 @@ def test_synthesize_writes_gifti_on_fsaverage5_with_provenance(consortium, tmp_p
     func = out / "sub-01" / "func"
     stem = "sub-01_task-visual_run-1"
     hemis = [nib.load(func / f"{stem}_hemi-{h}_space-fsaverage5_desc-generated_bold.func.gii") for h in "LR"]
-    assert sorted(p.name for p in out.iterdir()) == ["dataset_description.json", "sub-01"]  # only the subject asked for
+    # only the subject asked for (and the CLI's marker of a folder it made)
+    assert sorted(p.name for p in out.iterdir()) == [OUTPUT_MARKER, "dataset_description.json", "sub-01"]
     windows = _windows(fmri_site, "sub-01")
     n_volumes = int(round(windows.onsets.max() * windows.target_sfreq)) + windows.target.shape[-1]
     for img in hemis:
         data = np.stack([d.data for d in img.darrays], axis=1)
         assert data.shape == (10242, n_volumes) and np.isfinite(data).all()
-        first = int(PreprocessConfig().history_seconds * windows.target_sfreq)
-        assert np.abs(data[:, first:]).max() > 0  # frames from the hemodynamic history (30 s) on are generated
-        np.testing.assert_array_equal(data[:, :first], 0)
+    first = int(PreprocessConfig().history_seconds * windows.target_sfreq)
+    # in the data's own units: the subject's real run's per-vertex mean and SD (ico4 vertices, kept as is)
+    from fedneurogen.shared.data import find_runs
+
+    (real_run,) = [r for r in find_runs(fmri_site) if r.subject == "sub-01"]
+    for img, path in zip(hemis, real_run.target):
+        data = np.stack([d.data for d in img.darrays], axis=1)[:2562].astype(np.float64)
+        real = np.stack([d.data for d in nib.load(path).darrays], axis=1)[:2562].astype(np.float64)
+        real_mean, real_sd = real.mean(axis=1), real.std(axis=1)
+        # frames before the hemodynamic history (30 s) are uncovered: the baseline, i.e. the real mean
+        np.testing.assert_allclose(data[:, :first], np.repeat(real_mean[:, None], first, 1), rtol=1e-5)
+        generated = data[:, first:]
+        assert np.abs(generated - real_mean[:, None]).max() > 0  # generated, not the baseline
+        assert np.median(np.abs(generated.mean(axis=1) - real_mean) / real_sd) < 1.0
+        ratio = np.median(generated.std(axis=1) / real_sd)
+        assert 0.1 < ratio < 3.0, ratio  # on the real run's scale, not z units (real SD is far from 1)
+        assert abs(np.median(real_sd) - 1) > 0.5 and np.median(real_mean) > 10
     assert "CortexLeft" in hemis[0].meta["AnatomicalStructurePrimary"]
 
     sidecar = json.loads((func / f"{stem}_space-fsaverage5_desc-generated_bold.json").read_text())
@@ -170,6 +205,7 @@ def test_synthesize_writes_gifti_on_fsaverage5_with_provenance(consortium, tmp_p
     assert sidecar["GeneratedBy"]["CheckpointHash"] == meta["content_hash"]
     assert sidecar["GeneratedBy"]["Steps"] == 2 and sidecar["GeneratedBy"]["Seed"] == 3
     assert sidecar["Sources"] == [f"sub-01/eeg/{stem}_eeg.edf"]
+    assert "BOLD units" in sidecar["Units"] and "this run's real recording" in sidecar["Normalization"]
     description = json.loads((out / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative" and description["GeneratedBy"][0]["Name"] == "FedNeuroGen"
     assert str(func / f"{stem}_hemi-L_space-fsaverage5_desc-generated_bold.func.gii") in result.output.replace("\n", "")
@@ -254,3 +290,4 @@ def test_synthesize_writes_snirf_on_the_sites_probe(consortium, tmp_path):
     sidecar = json.loads((nirs / f"{stem}_desc-generatedLeft2_nirs.json").read_text())
     assert sidecar["GeneratedBy"]["Label"] == "left" and sidecar["GeneratedBy"]["Seed"] == 2
     assert sidecar["ProbeFrom"].endswith(f"{stem}_nirs.snirf")
+    assert sidecar["Units"] == "umol/L" and "band-passed" in sidecar["Normalization"]

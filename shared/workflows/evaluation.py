@@ -9,7 +9,13 @@ SSIM (per frame) from ``fedneurogen.shared.metrics``, next to
   signal, read with the same readers and preprocessing (``ground_truth_windows``);
 - two baselines fitted on the training subjects: EEG band power through the canonical HRF with
   ridge regression (``RidgeHRFBaseline``) and a deterministic regression transformer
-  (``RegressorBaseline``).
+  (``RegressorBaseline``);
+- the honest generative baseline, linear-Gaussian (``LinearGaussianGenerator``: ridge mean +
+  Gaussian residual with the cross-fitted training residuals' covariance), fitted like the others.
+
+Samples are scored as data too (``sample_metrics``), the model's and linear-Gaussian's, on the
+same held-out windows with the same K: interval coverage and CRPS, spectrum distance, coarse FC
+similarity and a classifier two-sample test, with a figure of spectra and FC (``samples.png``).
 
 Subjects: the checkpoint records the subjects of each split by the content of their files
 (``fedneurogen.shared.splits``); only subjects it never trained or validated on are scored,
@@ -34,7 +40,19 @@ import numpy as np
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.errors import DataError
 from fedneurogen.shared.io import write_json_atomic
-from fedneurogen.shared.metrics import generation_metrics, pearson_rows, shuffled_baseline, stitch_windows, temporal_pcc
+from fedneurogen.shared.metrics import (
+    BOLD_BAND,
+    coarse_parcels,
+    connectivity,
+    generation_metrics,
+    log_spectra,
+    pearson_rows,
+    sample_metrics,
+    shuffled_baseline,
+    stitch_windows,
+    temporal_pcc,
+    tiled_series,
+)
 from fedneurogen.shared.recording import PairedWindows, Recording
 from fedneurogen.shared.splits import SeenSubjects, SubjectSplit, subject_keys
 
@@ -562,6 +580,82 @@ def fit_predict(
     return out
 
 
+def fit_sample(
+    train: PairedWindows | None, test: PairedWindows, val: PairedWindows | None, k: int, seed: int
+) -> np.ndarray | None:  # fmt: skip
+    """Samples of ``test`` from a linear-Gaussian generator fitted without the test subjects.
+
+    Parameters
+    ----------
+    train : PairedWindows or None
+        Training windows; None: two halves of the test subjects, each sampled by a fit on the other.
+    test : PairedWindows
+        The windows sampled (their targets are not read).
+    val : PairedWindows, optional
+        Validation windows (the ridge penalty).
+    k : int
+        Samples per window.
+    seed : int
+        Seed of the noise.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        ``[k, *test.target.shape]``; None when cross-fitting has one subject.
+    """
+    from fedneurogen.shared.workflows.baselines import LinearGaussianGenerator
+
+    if train is not None:
+        return LinearGaussianGenerator().fit(train, val).sample(test, k, seed)
+    subjects = sorted(set(test.subjects.tolist()))
+    if len(subjects) < 2:
+        return None
+    out = np.zeros((k, *np.shape(test.target)), np.float32)
+    for fold in (subjects[::2], subjects[1::2]):
+        held = np.isin(test.subjects, fold)
+        out[:, held] = LinearGaussianGenerator().fit(test.subset(~held)).sample(test.subset(held), k, seed)
+    return out
+
+
+def samples_as_data(
+    generators: dict[str, np.ndarray | None], test: PairedWindows, seed: int
+) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """Score each generator's samples as data, and what the spectra/FC figure shows.
+
+    Parameters
+    ----------
+    generators : dict of str to numpy.ndarray or None
+        Name -> ``[K, *test.target.shape]`` samples (None: not drawn).
+    test : PairedWindows
+        The held-out windows.
+    seed : int
+        Seed of the two-sample test.
+
+    Returns
+    -------
+    metrics : dict
+        Name -> ``sample_metrics`` (None where not drawn), ``parcels`` and ``band``.
+    figure : dict
+        ``freqs``, ``spectra`` and ``fcs`` of the real data and each generator's first sample.
+    """
+    real = np.asarray(test.target)
+    parcels = coarse_parcels(test.target_positions, n_parcels=20)
+    args = (test.runs, test.onsets, test.target_sfreq)
+    metrics: dict[str, Any] = {
+        name: None if samples is None else sample_metrics(samples, real, *args, test.subjects, parcels, seed=seed)
+        for name, samples in generators.items()
+    }
+    metrics["parcels"] = f"{len(np.unique(parcels))} k-means parcels of the target points' positions (fixed seed)"
+    metrics["band_hz"] = list(BOLD_BAND)
+    shown = {"real": real, **{name: s[0] for name, s in generators.items() if s is not None}}
+    spectra, fcs, freqs = {}, {}, np.zeros(0)
+    for name, values in shown.items():
+        series = tiled_series(values, *args)
+        freqs, power = log_spectra(series, test.target_sfreq)
+        spectra[name], fcs[name] = power.mean(axis=0), connectivity(series, parcels)
+    return metrics, {"freqs": freqs, "spectra": spectra, "fcs": fcs}
+
+
 def reliable_points(train: PairedWindows, fitted: np.ndarray, fraction: float = 0.1) -> np.ndarray:
     """Choose the target points the EEG predicts best *on the training subjects*.
 
@@ -717,7 +811,9 @@ def evaluate(
     dict
         The report (also in ``out_dir/report.json``): ``point_prediction`` (label-free; the
         headline), ``point_prediction_labels``, ``sample``, ``samples_mean``, ``calibration``,
-        ``baselines`` (``ridge_hrf``, ``label_only``, ``regressor``), ``noise_baseline``,
+        ``baselines`` (``ridge_hrf``, ``label_only``, ``regressor``, ``linear_gaussian_sample``: one
+        linear-Gaussian sample), ``sample_metrics`` (``model`` and ``linear_gaussian``: coverage,
+        CRPS, spectrum distance, FC similarity, two-sample accuracy of K samples), ``noise_baseline``,
         ``ceilings`` (``noise``, ``eeg_informed``), ``relative`` (the model over the baseline
         and over the EEG-informed ceiling), ``held_out`` (``EvaluationSplit.held_out``: each
         subject's status, the excluded ones and why, the seen ones scored), and the split and
@@ -814,6 +910,12 @@ def evaluate(
             progress=progress,
         )  # fmt: skip
 
+    with _status(progress, "fitting the linear-Gaussian generator"):  # the same K as the model (one without samples)
+        linear_gaussian = fit_sample(train, test, val, max(n_samples, 1), seed)
+    sample_scores, sample_figure = samples_as_data(
+        {"model": samples, "linear_gaussian": linear_gaussian}, test, seed
+    )  # fmt: skip
+
     headline = scores(mean, test, top)
     ridge = scores(predictions["ridge_hrf"], test, top)
     noise_ceiling = None if truth is None else {
@@ -827,7 +929,11 @@ def evaluate(
         "sample": scores(samples[0], test, top) if samples is not None else None,
         "samples_mean": scores(samples.mean(axis=0), test, top) if samples is not None and n_samples > 1 else None,
         "calibration": calibration(samples, mean_labelled, real) if samples is not None else None,
-        "baselines": {name: scores(pred, test, top) for name, pred in predictions.items()},
+        "baselines": {
+            **{name: scores(pred, test, top) for name, pred in predictions.items()},
+            "linear_gaussian_sample": scores(linear_gaussian[0], test, top) if linear_gaussian is not None else None,
+        },
+        "sample_metrics": sample_scores,
         "noise_baseline": float(shuffled_baseline(real, test.runs, test.onsets, test.target_sfreq, seed=seed)),
         "ceilings": {"noise": noise_ceiling, "eeg_informed": informed_scores},
         "relative": _relative(headline, ridge, informed_scores),
@@ -858,6 +964,7 @@ def evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     shown = samples[0] if samples is not None else mean
     report["plots"] = [p.name for p in write_plots(out_dir, test, mean, shown, predictions.get("ridge_hrf"), report)]
+    report["plots"].append(_samples_figure(out_dir, sample_figure, report).name)
     write_json_atomic(out_dir / REPORT_FILE, report)
     log.debug("wrote %s and %d figure(s)", out_dir / REPORT_FILE, len(report["plots"]))
     return report
@@ -904,6 +1011,7 @@ ROWS = (
     ("model: point prediction (labels)", ("point_prediction_labels",)),
     ("model: one sample", ("sample",)),
     ("model: mean of samples", ("samples_mean",)),
+    ("linear-Gaussian: one sample", ("baselines", "linear_gaussian_sample")),
     ("ridge-HRF (continuous)", ("baselines", "ridge_hrf")),
     ("label only", ("baselines", "label_only")),
     ("regression transformer", ("baselines", "regressor")),
@@ -1059,6 +1167,31 @@ def write_plots(
     return written
 
 
+def _samples_figure(out_dir: Path, figure: dict[str, Any], report: dict[str, Any]) -> Path:
+    """``samples.png``: real vs generated spectra and coarse FC, side by side."""
+    from fedneurogen.shared.workflows import plots
+
+    names = {"linear_gaussian": "linear-Gaussian"}
+    rename = lambda d: {names.get(k, k): v for k, v in d.items()}  # noqa: E731
+    counts = f"{report['n_test_windows']} held-out windows, {report['test_subjects_count']} subject(s), first sample"
+    return plots.spectra_and_connectivity(
+        figure["freqs"], rename(figure["spectra"]), rename(figure["fcs"]), out_dir / "samples.png",
+        f"{report['modality']} samples as data: {counts}",
+    )  # fmt: skip
+
+
+#: The sample-metric columns of the report's second table: (header, key).
+SAMPLE_COLUMNS = (
+    ("K", "samples"),
+    ("cover 50 %", "coverage_50"),
+    ("cover 90 %", "coverage_90"),
+    ("CRPS", "crps"),
+    ("PSD dist", "psd_distance"),
+    ("FC sim", "fc_similarity"),
+    ("2-sample acc", "two_sample_accuracy"),
+)
+
+
 def _covered_times(onsets: np.ndarray, sfreq: float, n_frames: int) -> np.ndarray:
     """Times (s) of the frames ``stitch_windows`` keeps for one run, in order."""
     starts = np.round(onsets * sfreq).astype(int)
@@ -1120,11 +1253,38 @@ def report_table(report: dict[str, Any]):
         f"share of the EEG-informed ceiling: {cell(rel.get('share_of_eeg_informed_ceiling'))}; "
         f"sample calibration: {cell(report.get('calibration'))}",
     ]
+    samples_table = _sample_table(report.get("sample_metrics") or {}, cell)
+    if samples_table is not None:
+        parts.append(samples_table)
     if "split" in report:
         parts.append(f"[dim]{report['split']['note']}[/]")
     if seen:
         parts.append("seen subjects scored: " + ", ".join(f"{e['subject']} ({e['status']})" for e in seen))
     return Group(*parts)
+
+
+def _sample_table(metrics: dict[str, Any], cell):
+    """The samples-as-data table (None when no generator's samples were scored)."""
+    from rich.table import Table
+
+    rows = [
+        (label, metrics.get(key)) for label, key in (("model samples", "model"), ("linear-Gaussian", "linear_gaussian"))
+    ]
+    rows = [(label, row) for label, row in rows if row]
+    if not rows:
+        return None
+    table = Table(
+        title="samples as data (held-out subjects)",
+        title_justify="left",
+        caption="coverage: ideal = nominal; CRPS, PSD dist: lower is better; FC sim: 1 is best; "
+        "2-sample acc: 0.5 = indistinguishable",
+        caption_justify="left",
+    )
+    for header, _ in (("", None), *SAMPLE_COLUMNS):
+        table.add_column(header, justify="right" if header else "left")
+    for label, row in rows:
+        table.add_row(label, str(row.get("samples")), *(cell(row.get(key)) for _, key in SAMPLE_COLUMNS[1:]))
+    return table
 
 
 def render_report(report: dict[str, Any], console) -> None:

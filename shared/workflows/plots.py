@@ -1,4 +1,4 @@
-"""Figures of an evaluation report: maps, time courses and metric bars (PNG).
+"""Figures of an evaluation report: maps, time courses, metric bars, spectra and connectivity (PNG).
 
 Figures are built with matplotlib's object API (``Figure``, no pyplot), so they render with the
 Agg canvas whatever backend the session has and never open a window; each file is written
@@ -140,5 +140,49 @@ def metric_bars(report: Mapping, path: str | Path, title: str) -> Path:
         ax.set_title(metric.replace("_", " ").replace("top10", "top-10 %"))
         ax.set_xticks(range(len(bars)), list(bars), rotation=40, ha="right", fontsize="small")
     fig.subplots_adjust(bottom=0.38, wspace=0.25)
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def spectra_and_connectivity(
+    freqs: np.ndarray, spectra: Mapping[str, np.ndarray], fcs: Mapping[str, np.ndarray], path: str | Path, title: str
+) -> Path:  # fmt: skip
+    """Real vs generated samples as data: mean log-power spectra, then FC matrices side by side.
+
+    Parameters
+    ----------
+    freqs : np.ndarray
+        Frequencies of the spectra, Hz.
+    spectra : mapping of str to np.ndarray
+        ``{'real': [n_freqs], 'model': ..., 'linear-Gaussian': ...}`` mean log10 power over points.
+    fcs : mapping of str to np.ndarray
+        The same keys: ``[n_parcels, n_parcels]`` connectivity.
+    path : path-like
+        The PNG file.
+    title : str
+        The figure's title.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    fig = Figure(figsize=(4.2 * (1 + len(fcs)), 3.8))
+    axes = fig.subplots(1, 1 + len(fcs), squeeze=False)[0]
+    colors = {"real": "black", "model": "tab:red", "linear-Gaussian": "tab:blue"}
+    for name, values in spectra.items():
+        axes[0].plot(freqs, values, label=name, color=colors.get(name), linewidth=1.6 if name == "real" else 1.1)
+    axes[0].set_xlabel("frequency (Hz)")
+    axes[0].set_ylabel("log10 power (mean over points)")
+    axes[0].legend(fontsize="small")
+    axes[0].set_title("spectra")
+    image = None
+    for ax, (name, fc) in zip(axes[1:], fcs.items()):
+        image = ax.imshow(fc, vmin=-1, vmax=1, cmap=MAP_CMAP)
+        ax.set_title(f"FC: {name}")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if image is not None:
+        fig.colorbar(image, ax=list(axes[1:]), shrink=0.8, label="correlation")
     fig.suptitle(title)
     return save_figure(fig, path)

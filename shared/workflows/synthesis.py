@@ -13,7 +13,16 @@ overlapping windows back into one time series per run (``stitch_run``) and write
 fMRI is generated on ico4 (2562 vertices per hemisphere) and upsampled to fsaverage5 (10242) by
 ``upsample_ico4``. A generated run is on the run's own time grid (frame ``j`` at ``j / sfreq`` s
 from the start of the EEG run, like the site's real recording); frames no window covers (the
-first ``lag`` seconds, gaps between windows) are zeros and are listed in ``UncoveredSeconds``.
+first ``lag`` seconds, gaps between windows) are the baseline (zero in model units) and are listed
+in ``UncoveredSeconds``.
+
+Units: generated data is written in the units of the site's data, declared in the sidecar
+(``Units``, ``Normalization``). The model works on BOLD z-scored per vertex per run
+(``fmri_zscore``); each generated fMRI run is de-normalised with the subject's own real run
+(its per-vertex mean and SD after the same resampling, read once, ``target_scale``), or, for a
+run without a real target (EEG only), with the site's real runs pooled (mean of their per-vertex
+means and SDs). fNIRS is written in umol/L (the loader's ``fnirs_scale`` undone), band-passed as
+the loader does; no z-score is involved.
 
 The ``desc`` entity says what was generated: ``generated``, plus the class with ``label``
 (``generatedFaces``), plus the sample number when several samples are drawn per window
@@ -422,6 +431,120 @@ def run_folder(out_dir: Path, entities: dict[str, str], datatype: str) -> Path:
     return folder / datatype
 
 
+@dataclass
+class TargetScale:
+    """Per-point mean and SD that turn model units back into the data's units.
+
+    Parameters
+    ----------
+    mean, sd : numpy.ndarray
+        ``[n_points]`` in the data's units.
+    source : str
+        Where they come from (written in the sidecar).
+    """
+
+    mean: np.ndarray
+    sd: np.ndarray
+    source: str
+
+    def apply(self, run: StitchedRun) -> StitchedRun:
+        """A run in model (z) units -> data units (uncovered frames become the mean).
+
+        Parameters
+        ----------
+        run : StitchedRun
+            The run in model units.
+
+        Returns
+        -------
+        StitchedRun
+            ``data * sd + mean`` per point, computed in float64 (BOLD sits on a large offset).
+        """
+        data = run.data.astype(np.float64) * self.sd[:, None] + self.mean[:, None]
+        return replace(run, data=data.astype(np.float32))
+
+
+def target_scale(run_files: Any, names: Sequence[str], preprocess: PreprocessConfig) -> TargetScale | None:
+    """The per-vertex mean and SD of a run's real BOLD, read as the loader reads it but not z-scored.
+
+    Parameters
+    ----------
+    run_files : RunFiles
+        The run (its ``target`` files and sidecars).
+    names : sequence of str
+        The points, in the order of the generated data (``windows.target_names``).
+    preprocess : PreprocessConfig
+        The checkpoint's preprocessing (the common time grid).
+
+    Returns
+    -------
+    TargetScale or None
+        None when the run has no fMRI target.
+    """
+    from fedneurogen.shared.data import read_fmri
+    from fedneurogen.shared.data.fmri import repetition_time
+
+    if run_files is None or run_files.target_modality != "fmri" or not run_files.target:
+        return None
+    tr = repetition_time(run_files.target[0], run_files.target_sidecars)
+    raw = read_fmri(run_files.target, preprocess.model_copy(update={"fmri_zscore": False}), tr=tr)
+    rows = [raw.names.index(name) for name in names]
+    data = raw.data[rows].astype(np.float64)
+    return TargetScale(data.mean(axis=1), data.std(axis=1), "this run's real recording (per-vertex mean and SD)")
+
+
+def site_scale(scales: Sequence[TargetScale]) -> TargetScale:
+    """The site's distribution for a run without a real target: its real runs' scales averaged.
+
+    Parameters
+    ----------
+    scales : sequence of TargetScale
+        The real runs' scales (at least one).
+
+    Returns
+    -------
+    TargetScale
+        Mean of the per-vertex means and of the per-vertex SDs.
+    """
+    return TargetScale(
+        np.mean([sc.mean for sc in scales], axis=0),
+        np.mean([sc.sd for sc in scales], axis=0),
+        f"the site's {len(scales)} real run(s) pooled (no real target for this run)",
+    )
+
+
+def units_sidecar(modality: str, zscore: bool, scale: TargetScale | None) -> dict[str, Any]:
+    """The sidecar fields that say what the values are.
+
+    Parameters
+    ----------
+    modality : str
+        ``fmri`` or ``fnirs``.
+    zscore : bool
+        Whether the model works on z-scored BOLD (``fmri_zscore``).
+    scale : TargetScale or None
+        The de-normalisation applied (fMRI with ``zscore``).
+
+    Returns
+    -------
+    dict
+        ``Units`` and ``Normalization``.
+    """
+    if modality == "fnirs":
+        return {
+            "Units": "umol/L",
+            "Normalization": "none: concentration changes band-passed like the site's data by the loader",
+        }
+    if not zscore:
+        return {"Units": "the site's BOLD units", "Normalization": "none: the model works on unscaled BOLD"}
+    if scale is None:
+        return {"Units": "z (per vertex)", "Normalization": "z-scored per vertex; no real run to de-normalise with"}
+    return {
+        "Units": "the site's BOLD units (arbitrary scanner units, as its real runs)",
+        "Normalization": f"model output (z-scored per vertex per run) x SD + mean, from {scale.source}",
+    }
+
+
 def write_fmri_run(
     folder: Path, entities: dict[str, str], run: StitchedRun, sfreq: float, sidecar: dict[str, Any]
 ) -> list[Path]:
@@ -771,12 +894,24 @@ def synthesize(
     ]  # fmt: skip
     run_files = {run.key: run for run in find_runs(site_dir)}
     sfreq = windows.target_sfreq
+    scales: dict[str, TargetScale | None] = {}
+    if windows.target_modality == "fmri" and preprocess.fmri_zscore:
+        keys = sorted(set(windows.runs.tolist()))
+        scales = {key: target_scale(run_files.get(key), windows.target_names, preprocess) for key in keys}
+        if any(sc is None for sc in scales.values()):  # a run without its real target: the site's real runs
+            real = [sc for sc in scales.values() if sc is not None] or [
+                sc for f in run_files.values() if (sc := target_scale(f, windows.target_names, preprocess)) is not None
+            ]
+            pooled = site_scale(real) if real else None
+            scales = {key: sc or pooled for key, sc in scales.items()}
     for key in sorted(set(windows.runs.tolist())):
         in_run = np.flatnonzero(windows.runs == key)
         files = run_files.get(key)
         sources = [str(files.eeg.relative_to(site_dir))] if files is not None else []
         for k in range(n_samples):
             run = stitch_run(samples[k, in_run], windows.onsets[in_run], sfreq)
+            scale = scales.get(key)
+            run = scale.apply(run) if scale is not None else run
             kind = "generated" if estimate == "sample" else "mean"
             entities = {**run_entities(key), "desc": desc_label(label, k + 1 if n_samples > 1 else None, kind)}
             provenance = generated_by(
@@ -787,6 +922,7 @@ def synthesize(
                 "Description": f"{windows.target_modality} generated from the EEG of this run",
                 "Sources": sources,
                 "UncoveredSeconds": uncovered_seconds(run, sfreq),
+                **units_sidecar(windows.target_modality, preprocess.fmri_zscore, scale),
                 "GeneratedBy": provenance,
             }
             if windows.target_modality == "fmri":

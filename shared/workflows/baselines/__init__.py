@@ -2,13 +2,15 @@
 
 - ``RidgeHRFBaseline``: continuous ridge-HRF, the strongest simple linear baseline;
 - ``LabelOnlyBaseline``: the class labels alone, no EEG;
-- ``RegressorBaseline``: a deterministic regression transformer of the generator's size.
+- ``RegressorBaseline``: a deterministic regression transformer of the generator's size;
+- ``LinearGaussianGenerator``: ridge-HRF mean + Gaussian residual, the honest generative baseline.
 """
 
 from fedneurogen.shared.workflows.baselines.label_only import LabelOnlyBaseline
+from fedneurogen.shared.workflows.baselines.linear_gaussian import LinearGaussianGenerator
 from fedneurogen.shared.workflows.baselines.ridge_hrf import RidgeHRFBaseline
 
-__all__ = ["LabelOnlyBaseline", "RidgeHRFBaseline", "RegressorBaseline"]
+__all__ = ["LabelOnlyBaseline", "LinearGaussianGenerator", "RidgeHRFBaseline", "RegressorBaseline"]
 
 
 def __getattr__(name: str):

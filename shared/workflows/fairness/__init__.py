@@ -6,7 +6,7 @@
   ``plan_balance`` -> ``BalancePlan``);
 - ``strategies``: what each strategy adds to a training fold (``prepare_samples`` ->
   ``SiteSamples``, ``ModelSynthesizer``, ``none`` / ``oversample`` / ``class-weight`` /
-  ``smote`` / ``generate``);
+  ``smote`` / ``generate`` / ``linear-gaussian``);
 - ``report``: per-fold records, the minority summary, ``report.md`` and ``write_report``;
 - ``augment``: the workflow, ``run_augmentation`` (one site's windows -> report) and
   ``augment_site`` (``fedneurogen augment``: load, run, write).
@@ -58,12 +58,14 @@ from .protocol import (
 from .report import minority_summary, render_markdown, write_report
 from .strategies import (
     GenerationLog,
+    LinearGaussianSynthesizer,
     ModelSynthesizer,
     SiteSamples,
     Synthesizer,
     class_weight_strategy,
     concat_windows,
     generate_strategy,
+    linear_gaussian_strategy,
     none_strategy,
     oversample_strategy,
     prepare_samples,
@@ -111,12 +113,14 @@ __all__ = [
     "unit_class",
     # strategies
     "GenerationLog",
+    "LinearGaussianSynthesizer",
     "ModelSynthesizer",
     "SiteSamples",
     "Synthesizer",
     "class_weight_strategy",
     "concat_windows",
     "generate_strategy",
+    "linear_gaussian_strategy",
     "none_strategy",
     "oversample_strategy",
     "prepare_samples",

@@ -32,6 +32,7 @@ from .strategies import (
     Synthesizer,
     class_weight_strategy,
     generate_strategy,
+    linear_gaussian_strategy,
     none_strategy,
     oversample_strategy,
     prepare_samples,
@@ -96,6 +97,7 @@ def run_augmentation(
         "class-weight": lambda: class_weight_strategy(s),
         "smote": lambda: smote_strategy(s),
         "generate": lambda: generate_strategy(s, synthesizer, log, make_estimator, config.generation_choices),
+        "linear-gaussian": lambda: linear_gaussian_strategy(s, make_estimator),
     }
 
     def make_estimator(class_weight: str | None):
@@ -123,7 +125,7 @@ def run_augmentation(
         entry["n_oversampled"] = int(sum(f.n_added.get("oversampled", 0) for f in result.folds))
         entry["n_interpolated"] = int(sum(f.n_added.get("interpolated", 0) for f in result.folds))
         entry["folds"] = [_fold_record(f) for f in result.folds]
-        if name == "generate":
+        if name in ("generate", "linear-gaussian"):
             for key, name_out in (
                 ("label_fidelity", "generated_label_fidelity"),
                 ("label_fidelity_real", "real_label_fidelity"),

@@ -37,6 +37,7 @@ STRATEGIES = (
     "class-weight",
     "smote",
     "generate",
+    "linear-gaussian",
 )  # built in ``strategies``; named here for AugmentConfig
 REST = "rest"
 CELL_SEP = " | "

@@ -18,6 +18,10 @@ Rules (stated in every report; what to balance and how far is in ``plan``):
   EEG-only sessions, ``augment --eeg-only``, or the cut windows of
   ``fedneurogen.simulations.fairness_table``) join the candidates, from any subject but the
   fold's test subjects (a subject with EEG only is never a test subject: it has no target).
+- ``linear-gaussian`` tops up the same units from the same EEG windows with the honest generative
+  baseline (``LinearGaussianGenerator``: ridge-HRF mean + class offset + Gaussian residual of
+  the cross-fitted residuals' covariance), fitted anew in each fold on the fold's training
+  windows only, so no test subject's target ever shapes it.
 - ``oversample`` tops up the same units to the same sizes by drawing training windows with
   replacement; ``smote`` by SMOTE interpolation (imbalanced-learn) between a unit's training
   windows in feature space; ``class-weight`` weights classes inversely to their frequency.
@@ -683,5 +687,56 @@ def generate_strategy(
             **fidelity,
             **choice,
         )
+
+    return strategy
+
+
+class LinearGaussianSynthesizer:
+    """A fitted ``LinearGaussianGenerator`` as a ``Synthesizer``: one sample per window.
+
+    Parameters
+    ----------
+    generator : LinearGaussianGenerator
+        The fitted generator.
+    """
+
+    def __init__(self, generator: Any):
+        self.generator = generator
+
+    def __call__(self, windows: PairedWindows, seed: int) -> np.ndarray:
+        if windows.design is None:
+            raise ConfigError("strategy 'linear-gaussian' needs windows with a hemodynamic design")
+        return self.generator.sample(windows, 1, seed)[0]
+
+
+def linear_gaussian_strategy(
+    s: SiteSamples, make_estimator: Callable[[str | None], Any] | None = None, rank: int = 20
+) -> fm.Strategy:
+    """Top up each fold's under-represented units with linear-Gaussian windows.
+
+    As ``generate_strategy`` (same units, sizes and EEG sources, label fidelity), but the targets
+    come from a ``LinearGaussianGenerator`` fitted on the fold's training windows only.
+
+    Parameters
+    ----------
+    s : SiteSamples
+        The site's samples.
+    make_estimator : callable | None
+        ``make_estimator(class_weight)`` -> an unfitted classifier (label fidelity); None: none.
+    rank : int
+        Rank of the generator's spatial covariance.
+
+    Returns
+    -------
+    Strategy
+        ``Fold -> TrainingSet``.
+    """
+    from fedneurogen.shared.workflows.baselines import LinearGaussianGenerator
+
+    log = GenerationLog()  # its own: the ``generate`` strategy's log stays that model's
+
+    def strategy(fold: fm.Fold) -> fm.TrainingSet:
+        generator = LinearGaussianGenerator(rank=rank).fit(s.windows.subset(fold.train))
+        return generate_strategy(s, LinearGaussianSynthesizer(generator), log, make_estimator)(fold)
 
     return strategy
