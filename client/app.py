@@ -57,8 +57,13 @@ def _deployed(node: dict) -> bool:
 
 
 def _site_seed(node: dict) -> int | None:
-    """A simulated node's ``site-seed``; None on a deployed site (OS entropy, its secret key)."""
-    return None if _deployed(node) or SITE_SEED not in node else int(node[SITE_SEED])
+    """A simulated node's ``site-seed`` (else its partition id, so that `flwr run .` against a
+    local simulation repeats too); None on a deployed site (OS entropy, its secret key)."""
+    if _deployed(node):
+        return None
+    if SITE_SEED in node:
+        return int(node[SITE_SEED])
+    return int(node["partition-id"]) if "partition-id" in node else None
 
 
 def _site(context: Context, run: RunConfig) -> site.SiteData:

@@ -238,7 +238,7 @@ def _commands(checkpoint: Path, site: Path, out: Path) -> dict[str, list[str]]:
         "evaluate": ["evaluate", "--checkpoint", ck, "--data", data, "--out", str(out / "eval"), "--n-samples", "0",
                      "--baseline-epochs", "0", "--max-windows", "8", "--allow-seen"],
         "augment": ["augment", "--data", data, "--out", str(out / "augment"), "--strategy", "oversample",
-                    "--folds", "2", "--features", "target"],
+                    "--folds", "2", "--features", "target", "--classes", "tools,motion"],
         "explain": ["explain", "--checkpoint", ck, "--data", data, "--out", str(out / "explain"), "--steps", "2",
                     "--max-frames", "12"],
     }  # fmt: skip

@@ -140,8 +140,8 @@ def test_augment_leaves_na_out_of_group_metrics_and_says_why_nothing_was_added(v
         report, _ = run_augmentation(windows, config, site)
     messages = " ".join(str(w.message) for w in caught)
     assert "2 window(s) of 1 subject(s) without a 'sex' value" in messages  # sub-02: n/a
-    assert "group 'M' has 1 subject(s), fewer than the 2 folds" in messages
-    assert "oversample, smote and generate add no windows" in messages
+    assert "sex = 'M' has 1 subject(s), fewer than the 2 folds" in messages
+    assert "oversample, smote, generate and linear-gaussian add no windows" in messages
     for entry in report["strategies"].values():
         assert set(entry["per_group"]["by_group"]) == {"F", "M"} and entry["per_group"]["left_out"] == 2
         assert entry["per_group"]["worst_group"]["group"] in ("F", "M")

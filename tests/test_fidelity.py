@@ -114,15 +114,19 @@ def test_mean_starts_as_the_ridge_path_and_the_label_free_mean_ignores_labels(sm
         assert not torch.allclose(model.point_prediction(batch), model.point_prediction(batch, labels=other))
 
 
-def test_a_run_shorter_than_the_history_is_refused_with_both_lengths(small_fmri_sites, tmp_path):
+def test_a_run_shorter_than_the_history_is_refused_with_both_lengths(tmp_path):
     from fedneurogen.shared.data import load_site_data
     from fedneurogen.shared.errors import DataError
+    from fedneurogen.simulations.simulator import simulate_dataset
 
-    config = PreprocessConfig(history_seconds=500.0)
+    (site,) = simulate_dataset(
+        tmp_path / "short", n_sites=1, subjects_per_site=1, seed=2, run_seconds=60.0, progress=False
+    )
+    config = PreprocessConfig(history_seconds=100.0)  # within the settings' bounds, longer than the run
     with pytest.raises(DataError) as err:
-        load_site_data(small_fmri_sites[0], config, cache_dir=tmp_path, progress=False)
+        load_site_data(site, config, cache_dir=tmp_path / "cache", progress=False)
     message = str(err.value)
-    assert "200" in message and "500" in message and "sub-01" in message
+    assert "60" in message and "100" in message and "sub-01" in message
 
 
 def test_sites_with_different_montages_share_the_design_and_train_together(small_fmri_windows):

@@ -173,7 +173,7 @@ def prepare_samples(
         unit = "class" if groups is None else "class x group cell"
         _warn(
             site,
-            f"no {unit} is under-represented ({plan.rule}): oversample, smote and generate add no windows "
+            f"no {unit} is under-represented ({plan.rule}): oversample, smote, generate and linear-gaussian add no windows "
             "and score as none",
         )
     blocks = fm.blocks_for(config.classifier, config.use_eeg, config.use_target)
