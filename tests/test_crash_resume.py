@@ -240,11 +240,11 @@ from fedneurogen.simulations.federated import (  # noqa: E402
     LocalSuperLink,
     _toml_value,
     alive,
-    app_dir,
     descendants,
     flower_env,
     kill_tree,
     run_federated,
+    simulation_app,
     stop_process,
     write_connection,
 )
@@ -437,7 +437,7 @@ def test_server_killed_after_round_2_resumes_to_the_uninterrupted_result(federat
         cmd = [
             "flwr",
             "run",
-            str(app_dir()),
+            str(simulation_app(tmp_path / "simulation-app")),  # the app run_federated runs, as the reference
             "local-sim",
             "--stream",
             "--run-config",
