@@ -52,7 +52,7 @@ _arrays = st.dictionaries(
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 )
 @given(
     kind=st.sampled_from([MessageType.TRAIN, MessageType.EVALUATE, MessageType.QUERY]),

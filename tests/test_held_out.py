@@ -301,30 +301,3 @@ def test_parser_bounds_the_count(n):
     with pytest.raises(ValueError, match="alone"):
         parse_split_report({"train-runs": []})
     assert parse_split_report({"modality": "fmri"}) is None
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(480)
-def test_a_real_federation_records_every_site_split(federation_sites, tmp_path):
-    """Through Flower: each site's training reply carries its runs' hashes, the checkpoint
-    records them per site, and evaluation on a site leaves out exactly its trained and validated
-    subjects."""
-    from fedneurogen.simulations.federated import run_federated
-
-    config = {
-        "preset": "tiny", "strategy": "fedavg", "local-epochs": 1, "max-windows": 8, "eval-pcc-windows": 0,
-        "cache-dir": str(federation_sites.parent / "federation-cache"), "round-timeout": 300.0,
-    }  # fmt: skip
-    run_dir = run_federated(
-        tmp_path / "run", federation_sites, num_sites=2, rounds=1, modality="mixed", subjects_per_site=3, seed=0,
-        run_config=config, timeout=420,
-    )  # fmt: skip
-    provenance = json.loads((run_dir / "checkpoint" / "config.json").read_text())["provenance"]
-    sites = provenance[PROVENANCE_KEY]["sites"]
-    assert len(sites) == 2 and all(set(e) == {"node", "train", "val"} for e in sites)
-    seen = SeenSubjects.from_provenance(provenance)
-    for folder in (federation_sites / "site-01", federation_sites / "site-02"):
-        windows = load_site(folder, cache_dir=config["cache-dir"], progress=False)
-        split = split_subjects(windows.subjects, seed=0)  # how a site splits its subjects
-        part = evaluation_split(windows, seen, subject_keys(folder, windows.runs, windows.subjects), folder)
-        assert part.split.test == split.test and part.split.train == split.train and part.split.val == split.val

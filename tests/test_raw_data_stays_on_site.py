@@ -239,6 +239,20 @@ def test_a_real_round_sends_only_parameters_and_numbers(federation_sites, tmp_pa
     print(f"1-round simulation: {time.time() - started:.0f} s")
     assert {name: fingerprint(federation_sites / name) for name in before} == before
     assert sorted(p.name for p in linked_root.iterdir()) == ["site-01", "site-02"]
+    # and the checkpoint records what each site trained and validated on, by content: evaluation
+    # on a site leaves out exactly its trained and validated subjects (tests/test_held_out.py)
+    from fedneurogen.shared.splits import PROVENANCE_KEY, SeenSubjects, split_subjects, subject_keys
+    from fedneurogen.shared.workflows.evaluation import evaluation_split
+
+    provenance = json.loads((run_dir / "checkpoint" / "config.json").read_text())["provenance"]
+    assert len(provenance[PROVENANCE_KEY]["sites"]) == 2
+    seen = SeenSubjects.from_provenance(provenance)
+    for name in ("site-01", "site-02"):
+        windows = load_site(federation_sites / name, cache_dir=cache, progress=False)
+        split = split_subjects(windows.subjects, seed=0)  # how a simulated site splits its subjects
+        keys = subject_keys(federation_sites / name, windows.runs, windows.subjects)
+        part = evaluation_split(windows, seen, keys, federation_sites / name)
+        assert (part.split.train, part.split.val, part.split.test) == (split.train, split.val, split.test)
 
     entries = read_log(run_dir / AUDIT_FILE)
     kinds = sorted((e["round"] or 0, e["message_type"]) for e in entries)
