@@ -45,7 +45,7 @@ from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.features import EEG_BANDS
 from fedneurogen.shared.recording import Recording
 from fedneurogen.shared.ridge import DEFAULT_PENALTIES, RidgeStatistics, fit_ridge, sum_statistics
-from fedneurogen.shared.surface import HEMISPHERES, ICO4_PER_HEMI, load_fsaverage5
+from fedneurogen.shared.surface import HEMISPHERES, ICO4_PER_HEMI, load_fsaverage5, vertex_normals
 
 #: Linear inverses offered (``mne.minimum_norm.apply_inverse`` methods).
 INVERSE_METHODS = ("MNE", "dSPM", "eLORETA")
@@ -94,18 +94,6 @@ class SourceSpace:
         return len(self.positions)
 
 
-def _outward_normals(coords: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted vertex normals, oriented away from the hemisphere's centroid."""
-    fn = np.cross(coords[faces[:, 1]] - coords[faces[:, 0]], coords[faces[:, 2]] - coords[faces[:, 0]])
-    vn = np.zeros_like(coords)
-    for k in range(3):
-        np.add.at(vn, faces[:, k], fn)
-    vn /= np.linalg.norm(vn, axis=1, keepdims=True)
-    if np.mean(np.sum(vn * (coords - coords.mean(axis=0)), axis=1)) < 0:
-        vn = -vn
-    return vn
-
-
 @functools.lru_cache(maxsize=1)
 def source_space() -> SourceSpace:
     """The ico4 source space and its patches, from nilearn's shipped fsaverage5 (cached).
@@ -123,7 +111,7 @@ def source_space() -> SourceSpace:
         sphere = np.asarray(fs["sphere"].parts[name].coordinates, dtype=np.float64)[:ICO4_PER_HEMI]
         mid.append(0.5 * (p + white)[:ICO4_PER_HEMI])
         pial.append(p[:ICO4_PER_HEMI])
-        normals.append(_outward_normals(white, np.asarray(fs["white_matter"].parts[name].faces))[:ICO4_PER_HEMI])
+        normals.append(vertex_normals(white, np.asarray(fs["white_matter"].parts[name].faces))[:ICO4_PER_HEMI])
         _, nearest = cKDTree(sphere[:PATCH_SEEDS_PER_HEMI]).query(sphere)
         patch.append(nearest + h * PATCH_SEEDS_PER_HEMI)
     positions, patch = np.concatenate(mid), np.concatenate(patch)

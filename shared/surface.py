@@ -41,6 +41,31 @@ FSAVERAGE_VERTICES = {
 }
 
 
+def vertex_normals(coords: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted vertex normals of a closed hemisphere mesh, oriented outward (away from its centroid).
+
+    Parameters
+    ----------
+    coords : np.ndarray
+        ``[n_vertices, 3]`` vertex positions.
+    faces : np.ndarray
+        ``[n_faces, 3]`` vertex indices of each triangle.
+
+    Returns
+    -------
+    np.ndarray
+        ``[n_vertices, 3]`` unit normals.
+    """
+    fn = np.cross(coords[faces[:, 1]] - coords[faces[:, 0]], coords[faces[:, 2]] - coords[faces[:, 0]])
+    vn = np.zeros_like(coords)
+    for k in range(3):
+        np.add.at(vn, faces[:, k], fn)
+    vn /= np.linalg.norm(vn, axis=1, keepdims=True)
+    if np.mean(np.sum(vn * (coords - coords.mean(axis=0)), axis=1)) < 0:
+        vn = -vn
+    return vn
+
+
 @functools.lru_cache(maxsize=1)
 def load_fsaverage5() -> Any:
     """nilearn's fsaverage5 meshes (``pial``, ``white_matter``, ``inflated``, ``sphere``, ...,

@@ -27,7 +27,13 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
-from fedneurogen.shared.surface import FSAVERAGE5_PER_HEMI, FSAVERAGE5_POINTS, HEMISPHERES, load_fsaverage5
+from fedneurogen.shared.surface import (
+    FSAVERAGE5_PER_HEMI,
+    FSAVERAGE5_POINTS,
+    HEMISPHERES,
+    load_fsaverage5,
+    vertex_normals,
+)
 
 N_ICO3 = 642  # fsaverage meshes are nested: the first 642 ico5 vertices form the ico3 mesh
 N_ICO2 = 162
@@ -77,18 +83,6 @@ class Cortex:
         return w
 
 
-def _vertex_normals(coords: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted vertex normals, oriented outward (away from the hemisphere centroid)."""
-    fn = np.cross(coords[faces[:, 1]] - coords[faces[:, 0]], coords[faces[:, 2]] - coords[faces[:, 0]])
-    vn = np.zeros_like(coords)
-    for k in range(3):
-        np.add.at(vn, faces[:, k], fn)
-    vn /= np.linalg.norm(vn, axis=1, keepdims=True)
-    if np.mean(np.sum(vn * (coords - coords.mean(axis=0)), axis=1)) < 0:
-        vn = -vn
-    return vn
-
-
 @functools.lru_cache(maxsize=1)
 def load_cortex() -> Cortex:
     """Load the fsaverage5 cortex shipped with nilearn (cached; no download)."""
@@ -100,7 +94,7 @@ def load_cortex() -> Cortex:
         parts["pial"].append(pial)
         parts["mid"].append(0.5 * (pial + white))
         parts["inflated"].append(np.asarray(fs["inflated"].parts[h].coordinates, dtype=np.float64))
-        parts["normals"].append(_vertex_normals(white, np.asarray(fs["white_matter"].parts[h].faces)))
+        parts["normals"].append(vertex_normals(white, np.asarray(fs["white_matter"].parts[h].faces)))
         parts["sphere"].append(np.asarray(fs["sphere"].parts[h].coordinates, dtype=np.float64))
     hemi = np.repeat([0, 1], FSAVERAGE5_PER_HEMI)
 
