@@ -236,9 +236,18 @@ def work_dir(path: Path) -> Path:
 
 
 def prepare_sites(
-    work: Path, n_sites: int, subjects: int, run_seconds: float | None, seed: int, console
+    work: Path,
+    n_sites: int,
+    subjects: int,
+    run_seconds: float | None,
+    seed: int,
+    console,
+    physiology: str = "default",
+    coupling: str = "linear",
 ) -> tuple[Path, Path, float]:
     """Simulated fMRI sites (reused when present) and a warm preprocessed-window cache.
+    ``physiology`` is the simulator's (``default`` or ``shifted``; shifted data get their own
+    folder), and so is ``coupling`` (``linear`` or ``nonlinear``, in its own folder too).
     Returns (data root, cache folder, seconds spent)."""
     from rich.progress import Progress
 
@@ -247,7 +256,9 @@ def prepare_sites(
     from fedneurogen.simulations.simulator import simulate_dataset
 
     started = time.perf_counter()
-    root = work / f"data-fmri-sub{subjects}-run{int(run_seconds or 0)}-seed{seed}"
+    variant = "" if physiology == "default" else f"-{physiology}"  # the default folder keeps its name
+    variant += "" if coupling == "linear" else f"-{coupling}"
+    root = work / f"data-fmri-sub{subjects}-run{int(run_seconds or 0)}-seed{seed}{variant}"
     cache = work / "cache"
     summary = root / "simulation.json"
     have = json.loads(summary.read_text())["n_sites"] if summary.is_file() else 0
@@ -263,6 +274,8 @@ def prepare_sites(
             seed=seed,
             run_seconds=run_seconds,
             progress=True,
+            physiology=physiology,
+            coupling=coupling,
         )
     sites = ensure_sites(root, n_sites, "fmri", subjects, seed, run_seconds)
     with Progress(console=console, transient=True) as progress:

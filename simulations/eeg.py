@@ -2,8 +2,10 @@
 
 Each of the 324 cortical parcels carries three rhythms (alpha, beta, gamma). A rhythm is a
 narrow-band carrier ``Re(a(t) exp(2j pi f0 t))`` with a slow complex amplitude ``a(t)``; its
-envelope follows the parcel's activity ``u``: ``|a| ~ exp(k u)`` with ``k < 0`` for alpha and beta
-(event-related desynchronisation) and ``k > 0`` for gamma.
+envelope follows the parcel's activity ``u``: ``|a| ~ exp(k u)``. The couplings ``k`` belong to the
+population's ``physiology.Physiology`` (``rhythms``): by default ``k < 0`` for alpha and beta
+(event-related desynchronisation) and ``k > 0`` for gamma; the same activity drives BOLD, so the
+couplings set the map from scalp band power to BOLD.
 
 Two facts make this cheap. The lead field is linear and all parcels share the subject's peak
 frequency, so the sum over parcels is taken on the slow amplitudes at the latent rate
@@ -12,10 +14,10 @@ amplitude's spectrum by ``f0``: the shifted spectra of all rhythms, the aperiodi
 the electrode drift are placed into one spectrum at the recording rate and inverted with a single
 FFT per electrode.
 
-The aperiodic 1/f background comes from independent parcel sources, drawn with the exact sensor
-covariance ``G diag(q^2) G^T``. On top: electrode drift, eye blinks, 50 Hz mains and amplifier
-noise. Output is
-average-referenced, in volts.
+The aperiodic 1/f background (amplitude and exponent from the ``Physiology``) comes from
+independent parcel sources, drawn with the exact sensor covariance ``G diag(q^2) G^T``. On top:
+electrode drift, eye blinks, 50 Hz mains and amplifier noise. Output is average-referenced, in
+volts.
 
 ``expected_band_power`` gives, for the same run, the power each rhythm is expected to have at
 each electrode (the lead field applied to the latent activity, without estimation noise): the
@@ -31,7 +33,7 @@ from scipy import fft as sp_fft
 
 from fedneurogen.simulations.geometry import load_cortex
 from fedneurogen.simulations.latent import LatentActivity
-from fedneurogen.simulations.physiology import SubjectPhysiology, complex_baseband
+from fedneurogen.simulations.physiology import DEFAULT, Physiology, SubjectPhysiology, complex_baseband
 
 LINE_FREQ = 50.0
 
@@ -44,13 +46,28 @@ class Rhythm:
     moment_nam: float  # parcel dipole moment amplitude (nAm) at rest, before the spatial profile
 
 
-RHYTHMS = (
-    Rhythm("alpha", 1.0, -1.5, 40.0),
-    Rhythm("beta", 3.0, -0.5, 18.0),  # beta also desynchronises with activity (classic ERD)
-    Rhythm("gamma", 3.5, 0.9, 6.0),
-)
-BACKGROUND_NAM = 30.0  # aperiodic parcel activity (nAm rms)
-BACKGROUND_EXPONENT = 1.6  # power ~ 1/f^1.6 above 0.5 Hz
+# (name, bandwidth_hz, moment_nam) of each rhythm; its coupling is the physiology's.
+RHYTHM_SHAPES = (("alpha", 1.0, 40.0), ("beta", 3.0, 18.0), ("gamma", 3.5, 6.0))
+
+
+def rhythms(physiology: Physiology = DEFAULT) -> tuple[Rhythm, ...]:
+    """Return the rhythms with the couplings of ``physiology``.
+
+    Parameters
+    ----------
+    physiology : Physiology
+        The population (``alpha_coupling``, ``beta_coupling``, ``gamma_coupling``).
+
+    Returns
+    -------
+    tuple of Rhythm
+        Alpha, beta and gamma, in that order.
+    """
+    return tuple(Rhythm(name, bw, physiology.coupling(name), nam) for name, bw, nam in RHYTHM_SHAPES)
+
+
+# The default physiology's rhythms: alpha and beta desynchronise with activity (classic ERD), gamma rises.
+RHYTHMS = rhythms(DEFAULT)
 DRIFT_UV = 4.0  # electrode (skin-potential) drift, below 0.5 Hz
 AMPLIFIER_UV = 1.5
 
@@ -110,11 +127,13 @@ def simulate_eeg(
     sfreq: float,
     duration: float,
     noise_level: float = 1.0,
+    physiology: Physiology = DEFAULT,
 ) -> np.ndarray:
     """One run of EEG, ``[n_channels, duration * sfreq]`` in volts (average reference).
 
     ``parcel_gain`` is the ``[n_channels, 324]`` lead field of the parcels (V per A m);
     ``duration`` must be a whole number of latent samples (the simulator uses whole seconds).
+    ``physiology`` gives the rhythms' couplings and the aperiodic background.
     """
     n_ch = parcel_gain.shape[0]
     n_out = int(round(duration * sfreq))
@@ -126,7 +145,7 @@ def simulate_eeg(
     activity = parcel_activity(latent)  # [324, T]
     profiles = rhythm_profiles()
     m = np.rint(sp_fft.fftfreq(n_lat) * n_lat).astype(int)
-    for rhythm in RHYTHMS:
+    for rhythm in rhythms(physiology):
         envelope = rhythm_moment(rhythm, phys, activity, profiles).astype(np.float32)
         amp = complex_baseband(rng, len(envelope), n_lat, latent.sfreq, rhythm.bandwidth_hz)
         sensor_amp = parcel_gain.astype(np.float32) @ (envelope * amp)  # [n_ch, T], summed over parcels
@@ -138,12 +157,12 @@ def simulate_eeg(
     # series with the same covariance G diag(q^2) G^T is exact and cheap; its spectrum is
     # dominated by a few spatial components, so components beyond 99.9% of the power are dropped.
     freqs = sp_fft.rfftfreq(n_out, 1.0 / sfreq)
-    cov = (1e-9 * BACKGROUND_NAM) ** 2 * (parcel_gain @ parcel_gain.T)
+    cov = (1e-9 * physiology.eeg_background_nam) ** 2 * (parcel_gain @ parcel_gain.T)
     w, v = np.linalg.eigh(cov)
     w, v = np.clip(w[::-1], 0.0, None), v[:, ::-1]
     rank = int(np.searchsorted(np.cumsum(w) / w.sum(), 0.999)) + 1
     mixing = (v[:, :rank] * np.sqrt(w[:rank])).astype(np.complex64)
-    shape = np.where(freqs > 0, np.maximum(freqs, 0.5), np.inf) ** (-BACKGROUND_EXPONENT / 2.0)
+    shape = np.where(freqs > 0, np.maximum(freqs, 0.5), np.inf) ** (-physiology.eeg_background_exponent / 2.0)
     spectrum += mixing @ _random_spectrum(rng, rank, shape, n_out)
     # Electrode drift: independent per electrode, 1/f^2 below 0.5 Hz (only those bins are drawn).
     slow = (freqs > 0) & (freqs <= 0.5)
@@ -167,11 +186,13 @@ def expected_band_power(
     phys: SubjectPhysiology,
     parcel_gain: np.ndarray,
     sfreq_out: float = 1.0,
+    physiology: Physiology = DEFAULT,
 ) -> tuple[np.ndarray, list[str]]:
     """Natural log of the expected power (V^2) of each rhythm at each electrode, in time bins.
 
     Returns ``values [n_channels, n_rhythms, n_bins]`` (float64) and the rhythm names
-    (``alpha``, ``beta``, ``gamma``, the order of ``RHYTHMS``).
+    (``alpha``, ``beta``, ``gamma``, the order of ``RHYTHMS``). ``physiology`` must be the one
+    the EEG was simulated with (its couplings shape the envelopes ``m_p``).
 
     In ``simulate_eeg`` electrode ``c`` carries rhythm ``r`` as ``Re(X_c(t) exp(2j pi f0 t))`` with
     ``X_c = sum_p g_cp m_p(t) a_p(t)``: ``g`` the lead field, ``m_p`` the parcel's envelope
@@ -199,7 +220,7 @@ def expected_band_power(
     activity = parcel_activity(latent)[:, : n_bins * per_bin]
     profiles = rhythm_profiles()
     values = np.empty((parcel_gain.shape[0], len(RHYTHMS), n_bins))
-    for i, rhythm in enumerate(RHYTHMS):
+    for i, rhythm in enumerate(rhythms(physiology)):
         # The lead field is linear in m_p^2, so bin-average at the parcels first (324 rows, not
         # n_channels): the matrix product then runs on n_bins columns instead of n_times.
         moment_sq = rhythm_moment(rhythm, phys, activity, profiles) ** 2

@@ -1,10 +1,39 @@
 """Haemodynamics: BOLD on fsaverage5 and fNIRS HbO/HbR, with and without noise.
 
-Both follow the same neural activity through the subject's HRF. BOLD is sampled every TR on
-every vertex; fNIRS integrates the cortex under each channel's sensitivity footprint at 10 Hz
+Both follow the same neural activity through the subject's HRF (its latency and undershoot come
+from the population's ``physiology.Physiology``, as do the BOLD noise levels). BOLD is sampled
+every TR on every vertex; fNIRS integrates the cortex under each channel's sensitivity footprint at 10 Hz
 and is turned into raw light intensity with the inverse modified Beer-Lambert law. The probe's
 short-separation channels record the systemic (scalp) physiology that the long channels also
 carry, without the cortical response, so a reader can regress it out.
+
+Neurovascular coupling (``physiology.Coupling``, ``simulate --coupling``). ``linear`` (the
+default): the HRF ``h`` convolves the latent activity ``u(v, t) = sum_r S[v, r] x_r(t)`` itself::
+
+    BOLD%(v, t) = a * (h * u(v, .))(t)
+
+``nonlinear``: the HRF convolves a drive ``d`` that saturates and is gated by its parcel's alpha state::
+
+    A_p(t)  = k_alpha * u_p(t)                                parcel p's alpha state (log alpha envelope vs rest)
+    z_p(t)  = (A_p(t) - mean_t A_p) / std_t A_p               ... standardised over the run
+    G_p(t)  = g0 + (1 - g0) * sigmoid((-z_p(t) - theta) / w)  gate: opens as the local alpha desynchronises
+    d(v, t) = tanh(u(v, t) / s) / tanh(1 / s) * G_p(v)(t)     saturated drive, gated by its parcel's alpha
+    BOLD%(v, t) = a * (h * d(v, .))(t)
+
+with ``u_p`` the activity of parcel ``p`` that its EEG rhythms follow (``eeg.parcel_activity``),
+``p(v)`` the parcel of vertex ``v``, ``k_alpha`` the population's alpha coupling
+(``Physiology.alpha_coupling``) and ``s``, ``theta``, ``w``, ``g0`` the coupling's ``saturation``,
+``gate_threshold``, ``gate_width``, ``gate_floor`` (``theta`` and ``w`` in standard deviations of
+the alpha state, so the gate works for any task and alpha coupling). The drive is scaled so that
+``u = 1`` (a task response) through an open gate drives BOLD as under ``linear``: stronger
+activity saturates, and activity while the local alpha is not desynchronised by more than about
+``theta`` standard deviations barely reaches BOLD (alpha as gating by inhibition), a soft
+threshold no linear map of band power can follow. The gamma band follows ``u`` (``k_gamma > 0``), so the gamma-linked drive is scaled by a sigmoid
+of the negative alpha state: one band gates another. HbO/HbR follow the same drive. The EEG is
+made exactly as under ``linear``, so every quantity of the map is EEG-derivable: the simulator
+writes the map's output at the parcels as a ``drive`` rhythm of the expected power
+(``expected_drive_power``), the true map's features for the EEG-informed ceiling. The HRF's
+shape and amplitude do not depend on the baseline state.
 """
 
 from __future__ import annotations
@@ -17,9 +46,14 @@ import numpy as np
 from scipy import signal
 
 from fedneurogen.shared.metrics import pearson_rows
+from fedneurogen.simulations.eeg import RHYTHMS, parcel_activity, rhythm_moment, rhythm_profiles, rhythms
 from fedneurogen.simulations.geometry import MotorProbe, load_cortex
 from fedneurogen.simulations.latent import LatentActivity
 from fedneurogen.simulations.physiology import (
+    DEFAULT,
+    LINEAR,
+    Coupling,
+    Physiology,
     SubjectPhysiology,
     ar1,
     colored_noise,
@@ -29,19 +63,149 @@ from fedneurogen.simulations.physiology import (
     quasi_periodic,
 )
 
-# BOLD noise in % signal change at noise_level 1: ~0.9% in all, a tSNR of ~110 (unsmoothed
-# surface data at 3 T).
-BOLD_THERMAL = 0.6
-BOLD_PHYSIO = 0.45  # AR(1), aliased cardiac/respiratory and vasomotion
-BOLD_PHYSIO_AR = 0.5
-BOLD_GLOBAL = 0.3  # shared across the brain (the "global signal")
-BOLD_DRIFT = 0.4  # scanner drift, slower than 1/128 Hz
-
 
 def _sample_at(x: np.ndarray, sfreq: float, times: np.ndarray) -> np.ndarray:
     """Values of the rows of ``x`` (sampled at ``sfreq``) at ``times`` (linear interpolation)."""
     grid = np.arange(x.shape[-1]) / sfreq
     return np.array([np.interp(times, grid, row) for row in x])
+
+
+# ----------------------------------------------------------------------------------------------
+# Neurovascular coupling (equations in the module docstring)
+
+VERTEX_CHUNK = 2048  # vertices per block of the nonlinear drive (bounds memory on long runs)
+
+
+def alpha_state(latent: LatentActivity, physiology: Physiology = DEFAULT) -> np.ndarray:
+    """Return every parcel's alpha state ``A_p(t) = k_alpha * u_p(t)`` at the latent rate.
+
+    Parameters
+    ----------
+    latent : LatentActivity
+        The run's activity.
+    physiology : Physiology
+        Gives ``k_alpha`` (``alpha_coupling``).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[324, n_times]``: each parcel's log alpha envelope relative to rest (negative: desynchronised).
+    """
+    return physiology.alpha_coupling * parcel_activity(latent)
+
+
+def drive_gate(state: np.ndarray, coupling: Coupling) -> np.ndarray:
+    """Return the gate ``G = g0 + (1 - g0) * sigmoid((-z - theta) / w)`` of an alpha state ``A`` (z: standardised).
+
+    Parameters
+    ----------
+    state : numpy.ndarray
+        The alpha states (``alpha_state``), ``[..., n_times]``, each standardised over time.
+    coupling : Coupling
+        Gives ``theta``, ``w`` and ``g0``.
+
+    Returns
+    -------
+    numpy.ndarray
+        The gate, in ``[g0, 1]``, shaped like ``state``.
+    """
+    z = (state - state.mean(axis=-1, keepdims=True)) / np.maximum(state.std(axis=-1, keepdims=True), 1e-12)
+    opening = 1.0 / (1.0 + np.exp((z + coupling.gate_threshold) / coupling.gate_width))
+    return coupling.gate_floor + (1.0 - coupling.gate_floor) * opening
+
+
+def neurovascular_drive(activity: np.ndarray, gate: np.ndarray, coupling: Coupling) -> np.ndarray:
+    """Return the drive ``d = tanh(u / s) / tanh(1 / s) * G`` the HRF sees (``activity`` itself under ``linear``).
+
+    Parameters
+    ----------
+    activity : numpy.ndarray
+        ``u``, ``[..., n_times]`` (vertices or parcels).
+    gate : numpy.ndarray
+        ``G`` (``drive_gate``) of each row's parcel, shaped like ``activity``.
+    coupling : Coupling
+        Gives ``s``.
+
+    Returns
+    -------
+    numpy.ndarray
+        The drive, shaped like ``activity``.
+    """
+    if not coupling.nonlinear:
+        return activity
+    s = coupling.saturation
+    return np.tanh(activity / s) / np.tanh(1.0 / s) * gate
+
+
+def _vertex_drive(latent: LatentActivity, coupling: Coupling, physiology: Physiology):
+    """Yield ``(vertex slice, drive [n, n_times])`` block by block, the drive at every vertex."""
+    gate = drive_gate(alpha_state(latent, physiology), coupling)  # [324, n_times]
+    parcel = load_cortex().parcel
+    n_v = latent.spatial.shape[0]
+    for start in range(0, n_v, VERTEX_CHUNK):
+        rows = slice(start, min(start + VERTEX_CHUNK, n_v))
+        activity = latent.spatial[rows].astype(np.float64) @ latent.temporal
+        yield rows, neurovascular_drive(activity, gate[parcel[rows]], coupling)
+
+
+def _sampling_matrix(n_times: int, sfreq: float, times: np.ndarray) -> np.ndarray:
+    """``[n_times, len(times)]`` linear-interpolation weights: ``x @ W`` is ``_sample_at(x, sfreq, times)``."""
+    weights = np.zeros((n_times, len(times)))
+    pos = np.clip(times * sfreq, 0.0, n_times - 1)
+    low = np.floor(pos).astype(int)
+    high = np.minimum(low + 1, n_times - 1)
+    frac = pos - low
+    cols = np.arange(len(times))
+    np.add.at(weights, (low, cols), 1.0 - frac)
+    np.add.at(weights, (high, cols), frac)
+    return weights
+
+
+def expected_drive_power(
+    latent: LatentActivity,
+    phys: SubjectPhysiology,
+    parcel_gain: np.ndarray,
+    coupling: Coupling,
+    sfreq_out: float = 1.0,
+    physiology: Physiology = DEFAULT,
+) -> np.ndarray:
+    """Natural log of the expected power of a ``drive`` rhythm: the true coupling's output as EEG features.
+
+    The gamma rhythm's expected scalp power (``eeg.expected_band_power``) with the parcel activity
+    ``u_p`` replaced by the parcel drive ``d_p = neurovascular_drive(u_p, G)``: the true map applied
+    to the EEG-derivable quantities, in the feature space of the EEG-informed ceiling (with the
+    parcel's own activity for ``u``: within-parcel detail is beyond EEG). Under ``linear`` it equals
+    the gamma column.
+
+    Parameters
+    ----------
+    latent : LatentActivity
+        The run's activity.
+    phys : SubjectPhysiology
+        The subject's physiology.
+    parcel_gain : numpy.ndarray
+        ``[n_channels, 324]`` lead field the EEG was written through.
+    coupling : Coupling
+        The coupling the target was made with.
+    sfreq_out : float
+        Bins per second (must divide the latent rate).
+    physiology : Physiology
+        The population (gamma and alpha couplings).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[n_channels, 1, n_bins]`` in ln V^2, binned like ``eeg.expected_band_power``.
+    """
+    per_bin = int(round(latent.sfreq / sfreq_out))
+    n_bins = latent.n_times // per_bin
+    gate = drive_gate(alpha_state(latent, physiology), coupling)
+    drive = neurovascular_drive(parcel_activity(latent), gate, coupling)[:, : n_bins * per_bin]
+    gamma = rhythms(physiology)[[r.name for r in RHYTHMS].index("gamma")]
+    moment_sq = rhythm_moment(gamma, phys, drive, rhythm_profiles()) ** 2
+    binned = moment_sq.reshape(len(moment_sq), n_bins, per_bin).mean(axis=2)
+    gain_sq = (parcel_gain - parcel_gain.mean(axis=0, keepdims=True)) ** 2
+    return np.log(0.5 * (gain_sq @ binned))[:, None, :]
 
 
 @dataclass
@@ -58,18 +222,35 @@ def simulate_bold(
     tr: float,
     n_tr: int,
     noise_level: float = 1.0,
+    physiology: Physiology = DEFAULT,
+    coupling: Coupling = LINEAR,
 ) -> BoldRun:
-    """BOLD of one run on all 20484 fsaverage5 vertices, acquired at ``t = k * TR``."""
-    kernel = hrf(latent.sfreq, phys.hrf_latency_scale)
-    responses = _sample_at(convolve_causal(latent.temporal, kernel), latent.sfreq, np.arange(n_tr) * tr)
-    signal_pct = phys.bold_amplitude * (latent.spatial @ responses.astype(np.float32))
+    """BOLD of one run on all 20484 fsaverage5 vertices, acquired at ``t = k * TR``.
+
+    The noise (thermal, physiological AR(1), global signal, drift) has the levels and AR
+    coefficients of ``physiology`` (``Physiology.bold_*``, % signal change at ``noise_level`` 1);
+    ``clean`` is the same run without it, so the noise ceiling follows the physiology.
+    ``coupling`` is the neurovascular coupling (module docstring); ``linear`` convolves the
+    factored components (fast), ``nonlinear`` the drive of every vertex, block by block. The
+    random draws are the same under both.
+    """
+    kernel = hrf(latent.sfreq, phys.hrf_latency_scale, undershoot_ratio=phys.hrf_undershoot_ratio)
+    if coupling.nonlinear:
+        sampling = _sampling_matrix(latent.n_times, latent.sfreq, np.arange(n_tr) * tr)
+        signal_pct = np.empty((latent.spatial.shape[0], n_tr), dtype=np.float32)
+        for rows, drive in _vertex_drive(latent, coupling, physiology):
+            signal_pct[rows] = phys.bold_amplitude * (convolve_causal(drive, kernel) @ sampling)
+    else:
+        responses = _sample_at(convolve_causal(latent.temporal, kernel), latent.sfreq, np.arange(n_tr) * tr)
+        signal_pct = phys.bold_amplitude * (latent.spatial @ responses.astype(np.float32))
 
     n_v = signal_pct.shape[0]
-    noise = BOLD_THERMAL * rng.standard_normal((n_v, n_tr), dtype=np.float32)
-    noise += BOLD_PHYSIO * ar1(rng, n_v, n_tr, BOLD_PHYSIO_AR)
-    noise += BOLD_GLOBAL * rng.uniform(0.5, 1.5, size=(n_v, 1)) * ar1(rng, 1, n_tr, 0.8)
+    p = physiology
+    noise = p.bold_thermal * rng.standard_normal((n_v, n_tr), dtype=np.float32)
+    noise += p.bold_physio * ar1(rng, n_v, n_tr, p.bold_physio_ar)
+    noise += p.bold_global * rng.uniform(0.5, 1.5, size=(n_v, 1)) * ar1(rng, 1, n_tr, p.bold_global_ar)
     drift = drift_basis(n_tr, 1.0 / tr)
-    noise += BOLD_DRIFT * (rng.standard_normal((n_v, len(drift))) / np.sqrt(len(drift))) @ drift
+    noise += p.bold_drift * (rng.standard_normal((n_v, len(drift))) / np.sqrt(len(drift))) @ drift
     noise *= noise_level
 
     baseline = _baseline_map(rng)[:, None]
@@ -169,6 +350,8 @@ def simulate_nirs(
     sfreq: float,
     n_times: int,
     noise_level: float = 1.0,
+    coupling: Coupling = LINEAR,
+    physiology: Physiology = DEFAULT,
 ) -> NirsRun:
     """fNIRS of one run at ``sfreq``: true HbO/HbR under each channel, and the raw intensity a
     device would record (systemic physiology, drift, motion and shot noise included).
@@ -181,17 +364,24 @@ def simulate_nirs(
     ``active_r`` is measured on the long channels as the loader sees them by default: HbO from
     the intensity, band-passed, with the nearest short channel regressed out where the probe
     has short channels (``fedneurogen.shared.data.fnirs.regress_short_channels``).
+
+    ``coupling`` is the neurovascular coupling (module docstring): under ``nonlinear`` HbO and HbR
+    follow the drive under each channel's footprint; ``physiology`` gives its alpha coupling.
     """
     times = np.arange(n_times) / sfreq
     channel_maps = probe.sensitivity @ latent.spatial.astype(np.float64)  # [ch, components]
-    hbo_resp = _sample_at(
-        convolve_causal(latent.temporal, hrf(latent.sfreq, phys.hrf_latency_scale)), latent.sfreq, times
-    )
-    hbr_resp = _sample_at(
-        convolve_causal(latent.temporal, hrf(latent.sfreq, phys.hrf_latency_scale * HBR_LATENCY)), latent.sfreq, times
-    )
-    hbo = phys.hbo_amplitude * channel_maps @ hbo_resp
-    hbr = HBR_RATIO * phys.hbo_amplitude * channel_maps @ hbr_resp
+    undershoot = phys.hrf_undershoot_ratio
+    hbo_kernel = hrf(latent.sfreq, phys.hrf_latency_scale, undershoot_ratio=undershoot)
+    hbr_kernel = hrf(latent.sfreq, phys.hrf_latency_scale * HBR_LATENCY, undershoot_ratio=undershoot)
+    hbo_resp = _sample_at(convolve_causal(latent.temporal, hbo_kernel), latent.sfreq, times)
+    hbr_resp = _sample_at(convolve_causal(latent.temporal, hbr_kernel), latent.sfreq, times)
+    if coupling.nonlinear:
+        drive = sum(probe.sensitivity[:, rows] @ d for rows, d in _vertex_drive(latent, coupling, physiology))
+        hbo = phys.hbo_amplitude * _sample_at(convolve_causal(drive, hbo_kernel), latent.sfreq, times)
+        hbr = HBR_RATIO * phys.hbo_amplitude * _sample_at(convolve_causal(drive, hbr_kernel), latent.sfreq, times)
+    else:
+        hbo = phys.hbo_amplitude * channel_maps @ hbo_resp
+        hbr = HBR_RATIO * phys.hbo_amplitude * channel_maps @ hbr_resp
 
     # Systemic physiology reaches every channel through the scalp and cortex (uM).
     n_ch = probe.n_channels

@@ -4,12 +4,15 @@ One subject, one run:
 
 1. a balanced block design (``latent.block_design``),
 2. latent cortical activity on fsaverage5: task networks + spontaneous 1/f modes
-   (``latent.simulate_latent``), shifted by the subject's physiology (``physiology``),
+   (``latent.simulate_latent``), shifted by the subject's physiology (``physiology``), drawn
+   from the dataset's population physiology (``physiology.Physiology``: ``default`` or
+   ``shifted``, which sets the HRF, the rhythms' coupling to BOLD and the BOLD/EEG noise),
 3. EEG through a sphere-model lead field, with rhythms whose power follows the activity
    (``eeg.simulate_eeg``),
 4. BOLD (fMRI sites) or HbO/HbR -> light intensity (fNIRS sites) through the HRF
-   (``hemodynamics``), noisy and noise-free, and the EEG's expected scalp band power
-   (``eeg.expected_band_power``, for the EEG-informed ceiling),
+   (``hemodynamics``; a linear or a nonlinear neurovascular coupling, ``physiology.Coupling``),
+   noisy and noise-free, and the EEG's expected scalp band power (``eeg.expected_band_power``,
+   with the nonlinear coupling's ``drive`` rhythm: the EEG-informed ceiling's features),
 5. BIDS files (``bids_writer``), following ``docs/data-contract.md``.
 
 Subjects are independent given their seed (``SeedSequence(seed, spawn_key=(site, subject))``),
@@ -43,10 +46,26 @@ from fedneurogen.simulations.geometry import (
     parcel_lead_field,
     standard_positions,
 )
-from fedneurogen.simulations.hemodynamics import PPF, WAVELENGTHS, extinction_coefficients, simulate_bold, simulate_nirs
+from fedneurogen.simulations.hemodynamics import (
+    PPF,
+    WAVELENGTHS,
+    expected_drive_power,
+    extinction_coefficients,
+    simulate_bold,
+    simulate_nirs,
+)
 from fedneurogen.simulations.ownership import check_writable_by_simulator, claim, made_by_simulator
 from fedneurogen.simulations.latent import LATENT_SFREQ, block_design, simulate_latent
-from fedneurogen.simulations.physiology import draw_physiology, hrf
+from fedneurogen.simulations.physiology import (
+    DEFAULT,
+    LINEAR,
+    Coupling,
+    Physiology,
+    draw_physiology,
+    get_coupling,
+    get_physiology,
+    hrf,
+)
 from fedneurogen.simulations.scenarios import (
     Participant,
     SiteSpec,
@@ -91,6 +110,10 @@ class SubjectJob:
         ``[n_channels, 3]`` electrode positions.
     eeg_only : bool
         A subject with an EEG session only (no fMRI/fNIRS).
+    physiology : Physiology
+        The dataset's population physiology.
+    coupling : Coupling
+        The dataset's neurovascular coupling (``linear`` or ``nonlinear``).
     """
 
     spec: SiteSpec
@@ -103,6 +126,8 @@ class SubjectJob:
     parcel_gain: np.ndarray  # [n_channels, 324] lead field of the site's cap
     positions_mm: np.ndarray  # [n_channels, 3]
     eeg_only: bool = False  # a subject with an EEG session only (no fMRI/fNIRS)
+    physiology: Physiology = DEFAULT
+    coupling: Coupling = LINEAR
 
 
 def electrode_positions(spec: SiteSpec) -> np.ndarray:
@@ -144,13 +169,21 @@ def simulate_subject(job: SubjectJob) -> dict:
     rng_design, rng_phys, rng_latent, rng_eeg, rng_target = (np.random.default_rng(s) for s in streams)
 
     events, duration = block_design(rng_design, spec.task, spec.classes, job.run_seconds)
-    phys = draw_physiology(rng_phys, p.group, p.sex, p.age)
+    phys = draw_physiology(rng_phys, p.group, p.sex, p.age, job.physiology)
     latent = simulate_latent(rng_latent, spec.task, events, duration)
 
     sub = p.participant_id
     base = f"{sub}_task-{spec.task}_run-1"
     eeg = simulate_eeg(
-        rng_eeg, latent, phys, job.parcel_gain, job.positions_mm, spec.eeg_sfreq, duration, spec.noise_level
+        rng_eeg,
+        latent,
+        phys,
+        job.parcel_gain,
+        job.positions_mm,
+        spec.eeg_sfreq,
+        duration,
+        spec.noise_level,
+        physiology=job.physiology,
     )
     eeg_dir = job.site_dir / sub / "eeg"
     bw.write_eeg(eeg_dir, base, eeg, spec.eeg_channels, spec.eeg_sfreq, spec.eeg_format, events, spec.task, spec.cap)
@@ -160,13 +193,16 @@ def simulate_subject(job: SubjectJob) -> dict:
         return {"participant_id": sub, "group": p.group, "sex": p.sex, "age": p.age, "duration_s": duration, "n_blocks": len(events),
                 "physiology": phys.to_dict(), "eeg_only": True}  # fmt: skip
     # Noise-free scalp band power on a 1 Hz grid: the features of the EEG-informed ceiling.
-    log_power, rhythms = expected_band_power(latent, phys, job.parcel_gain)
+    log_power, rhythms = expected_band_power(latent, phys, job.parcel_gain, physiology=job.physiology)
+    if job.coupling.nonlinear:  # the true map's output as one more rhythm: the ceiling's features under this coupling
+        drive = expected_drive_power(latent, phys, job.parcel_gain, job.coupling, physiology=job.physiology)
+        log_power, rhythms = np.concatenate([log_power, drive], axis=1), [*rhythms, "drive"]
     truth_eeg_dir = job.site_dir / "derivatives" / "ground_truth" / sub / "eeg"
     bw.write_expected_power(truth_eeg_dir, base, log_power, spec.eeg_channels, rhythms, job.positions_mm)
 
     if spec.modality == "fmri":
         n_tr = int(np.floor(duration / spec.tr + 1e-9))
-        bold = simulate_bold(rng_target, latent, phys, spec.tr, n_tr, spec.noise_level)
+        bold = simulate_bold(rng_target, latent, phys, spec.tr, n_tr, spec.noise_level, job.physiology, job.coupling)
         deriv = job.site_dir / "derivatives"
         bw.write_bold(
             deriv / "fmriprep" / sub / "func", base, bold.noisy, spec.tr, spec.task, "simulated fMRIPrep surface output"
@@ -203,7 +239,9 @@ def _write_nirs(job: SubjectJob, rng, latent, phys, events, duration: float, bas
     spec, sub = job.spec, job.participant.participant_id
     probe = motor_probe()
     n_times = int(round(duration * spec.nirs_sfreq))
-    run = simulate_nirs(rng, latent, phys, probe, spec.nirs_sfreq, n_times, spec.noise_level)
+    run = simulate_nirs(
+        rng, latent, phys, probe, spec.nirs_sfreq, n_times, spec.noise_level, job.coupling, job.physiology
+    )
     common = dict(
         source_pos_mm=probe.source_pos,
         detector_pos_mm=probe.detector_pos,
@@ -247,11 +285,13 @@ def simulate_dataset(
     n_jobs: int | None = None,
     eeg_only_sessions: dict[str, int] | None = None,
     head_model: str = "default",
+    physiology: str = "default",
+    coupling: str = "linear",
 ) -> list[Path]:
     """Simulate ``n_sites`` BIDS site datasets under ``out`` and return their folders.
 
-    ``out/simulation.json`` records the site specifications, each subject's physiology and the
-    noise ceiling per site (see ``CEILING_DEFINITION``; ``ceilings_table`` shows them).
+    ``out/simulation.json`` records the site specifications, the population physiology (name and
+    parameters), each subject's physiology and the noise ceiling per site (see ``CEILING_DEFINITION``; ``ceilings_table`` shows them).
 
     Parameters
     ----------
@@ -285,6 +325,19 @@ def simulate_dataset(
         the lead field changes: everything else is identical for the same seed (the declared
         positions, the latent activity, the targets); the EEG-informed ceiling uses the lead
         field the EEG was written through.
+    physiology : ``"default"`` or ``"shifted"``
+        The population physiology (``physiology.PHYSIOLOGIES``): ``shifted`` has a slower HRF with
+        another undershoot, other couplings of the EEG rhythms to the activity behind BOLD, and
+        other BOLD and EEG noise, so a model fitted on ``default`` data meets data its simulator
+        did not make. The random draws are the same (same designs, latent activity, subjects);
+        the noise ceilings and the expected band power are computed under the chosen physiology.
+    coupling : ``"linear"`` or ``"nonlinear"``
+        The neurovascular coupling (``physiology.COUPLINGS``; equations in ``hemodynamics``):
+        ``nonlinear`` saturates the drive behind BOLD/HbO and gates it by the alpha state. The EEG,
+        designs and random draws are the same as under ``linear``; the expected power gets a
+        ``drive`` rhythm (the true map applied to the parcel activity), so the EEG-informed
+        ceiling is computed with the true map. ``simulation.json`` records the coupling and its
+        parameters.
 
     Returns
     -------
@@ -297,7 +350,8 @@ def simulate_dataset(
         When ``out`` (or a site folder in it) exists and was not made by the simulator (see
         ``simulations/ownership.py``: nothing is written then), when ``subjects_per_site`` is
         below 1, ``eeg_only_sessions`` names a group other than A and B or a negative count,
-        ``run_seconds`` is below ``MIN_RUN_SECONDS``, or ``head_model`` is not in ``HEAD_MODELS``.
+        ``run_seconds`` is below ``MIN_RUN_SECONDS``, ``head_model`` is not in ``HEAD_MODELS``,
+        ``physiology`` is not in ``PHYSIOLOGIES``, or ``coupling`` is not in ``COUPLINGS``.
     """
     out = Path(out)
     if subjects_per_site < 1:
@@ -309,6 +363,8 @@ def simulate_dataset(
         raise ConfigError(f"run_seconds must be at least {MIN_RUN_SECONDS:g} s, got {run_seconds}")
     if head_model not in HEAD_MODELS:
         raise ConfigError(f"head_model must be one of {', '.join(HEAD_MODELS)}, got {head_model!r}")
+    population = get_physiology(physiology)
+    neurovascular = get_coupling(coupling)
     specs = make_site_specs(n_sites, modality, seed)
     check_writable_by_simulator(out, [spec.site_id for spec in specs])  # before the first byte
     claim(out)
@@ -325,9 +381,25 @@ def simulate_dataset(
         _prepare_site(site_dir, spec, roster + eeg_only)
         positions = electrode_positions(spec)
         gain = parcel_lead_field(eeg_lead_field(spec.eeg_channels, positions, head_model))
-        jobs += [SubjectJob(spec, site_dir, p, seed, i, j, run_seconds, gain, positions) for j, p in enumerate(roster)]
         jobs += [
-            SubjectJob(spec, site_dir, p, seed, i, len(roster) + k, run_seconds, gain, positions, eeg_only=True)
+            SubjectJob(spec, site_dir, p, seed, i, j, run_seconds, gain, positions, False, population, neurovascular)
+            for j, p in enumerate(roster)
+        ]
+        jobs += [
+            SubjectJob(
+                spec,
+                site_dir,
+                p,
+                seed,
+                i,
+                len(roster) + k,
+                run_seconds,
+                gain,
+                positions,
+                True,
+                population,
+                neurovascular,
+            )
             for k, p in enumerate(eeg_only)
         ]
         site_dirs.append(site_dir)
@@ -354,6 +426,10 @@ def simulate_dataset(
         "run_seconds": run_seconds,
         "eeg_only_sessions": dict(eeg_only_sessions or {}),
         "head_model": head_model,
+        "physiology": population.name,
+        "physiology_parameters": population.to_dict(),
+        "coupling": neurovascular.name,
+        "coupling_parameters": neurovascular.to_dict(),
         "noise_ceiling_definition": CEILING_DEFINITION,
         "fnirs_ppf": PPF,
         "sites": sites,

@@ -399,3 +399,215 @@ def test_same_seed_same_bytes_other_seed_other_data(tmp_path):
     x = load_surf_data(str(tmp_path / "a" / gii)).astype(float)
     y = load_surf_data(str(tmp_path / "c" / gii)).astype(float)
     assert not np.allclose(x, y)
+
+
+# ----------------------------------------------------------------------------------------------
+# Physiologies: ``default`` and ``shifted`` (another HRF, EEG-BOLD coupling and noise)
+
+
+@pytest.fixture(scope="module")
+def physiology_pair(tmp_path_factory) -> dict[str, Path]:
+    """The same seed simulated under both physiologies: one EEG-fMRI site, one subject, 120 s."""
+    out = tmp_path_factory.mktemp("sim_physiology")
+    for name in ("default", "shifted"):
+        simulate_dataset(
+            out / name, n_sites=1, subjects_per_site=1, modality="fmri", seed=3, run_seconds=120.0, progress=False,
+            physiology=name,
+        )  # fmt: skip
+    return {name: out / name for name in ("default", "shifted")}
+
+
+def test_shifted_physiology_changes_the_signals_not_the_design_and_is_recorded(physiology_pair):
+    from fedneurogen.simulations.physiology import SHIFTED
+
+    default, shifted = _hashes(physiology_pair["default"]), _hashes(physiology_pair["shifted"])
+    assert default.keys() == shifted.keys()
+    events = "site-01/sub-01/func/sub-01_task-visual_run-1_events.tsv"
+    assert (
+        default[events] == shifted[events]
+        and default["site-01/participants.tsv"] == shifted["site-01/participants.tsv"]
+    )
+    changed = {k for k in default if default[k] != shifted[k]}
+    for signal_file in (
+        "site-01/sub-01/eeg/sub-01_task-visual_run-1_eeg.edf",
+        "site-01/derivatives/fmriprep/sub-01/func/sub-01_task-visual_run-1_hemi-L_space-fsaverage5_bold.func.gii",
+        "site-01/derivatives/ground_truth/sub-01/func/sub-01_task-visual_run-1_hemi-R_space-fsaverage5_bold.func.gii",
+        "site-01/derivatives/ground_truth/sub-01/eeg/sub-01_task-visual_run-1_desc-expectedpower_timeseries.tsv.gz",
+    ):
+        assert signal_file in changed, signal_file
+
+    summaries = {name: _summary(folder) for name, folder in physiology_pair.items()}
+    assert summaries["default"]["physiology"] == "default" and summaries["shifted"]["physiology"] == "shifted"
+    assert summaries["shifted"]["physiology_parameters"] == json.loads(json.dumps(SHIFTED.to_dict()))
+    subject = {name: s["sites"][0]["subjects"][0]["physiology"] for name, s in summaries.items()}
+    assert subject["shifted"]["hrf_peak_s"] > subject["default"]["hrf_peak_s"] + 0.8
+    # Noisier BOLD (same draws, larger levels): the noise-free vs noisy residual grows, the ceiling falls.
+    residual = {
+        name: _bold(folder / "site-01", "sub-01", "fmriprep") - _bold(folder / "site-01", "sub-01", "ground_truth")
+        for name, folder in physiology_pair.items()
+    }
+    assert residual["shifted"].std() > 1.15 * residual["default"].std()
+    ceilings = {name: s["sites"][0]["noise_ceiling"] for name, s in summaries.items()}
+    assert 0.2 < ceilings["shifted"] < ceilings["default"] < 1.0
+
+
+def test_shifted_expected_power_follows_the_shifted_eeg(physiology_pair):
+    """The EEG-informed ceiling's ground truth is computed with the physiology the EEG was made
+    with: the occipital gamma power of the shifted EEG rises with the shifted expectation at a
+    slope of ~1 (log-log), but ~2.3 against the default expectation (half the coupling)."""
+    from fedneurogen.shared.data.ground_truth_eeg import read_expected_band_power
+    from fedneurogen.shared.features import band_power_timecourse
+
+    key = "sub-01_task-visual_run-1"
+    raw = mne.io.read_raw(
+        physiology_pair["shifted"] / "site-01" / "sub-01" / "eeg" / f"{key}_eeg.edf", preload=True, verbose="error"
+    )
+    measured = band_power_timecourse(raw.get_data(picks=["O1"]) * 1e6, raw.info["sfreq"], bands={"g": (35.0, 45.0)})
+    measured = measured[0, 0]
+    slopes = {}
+    for name, folder in physiology_pair.items():
+        rec = read_expected_band_power(folder / "site-01", key)
+        expected = rec.data[rec.names.index("O1_gamma")].astype(np.float64)
+        slopes[name] = np.cov(measured, expected)[0, 1] / np.var(expected, ddof=1)
+        assert np.corrcoef(measured, expected)[0, 1] > 0.6
+    assert 0.75 < slopes["shifted"] < 1.3, slopes
+    assert slopes["default"] > 1.6, slopes
+
+
+def test_shifted_hrf_peaks_later_with_a_shallower_undershoot():
+    from fedneurogen.simulations.physiology import DEFAULT, SHIFTED
+
+    assert hrf_peak_time(SHIFTED.hrf_latency, SHIFTED.hrf_undershoot_ratio) > hrf_peak_time() + 0.8
+    default, shifted = hrf(20.0), hrf(20.0, SHIFTED.hrf_latency, undershoot_ratio=SHIFTED.hrf_undershoot_ratio)
+    assert np.isclose(shifted.sum(), 1.0) and shifted.min() < 0
+    assert shifted.min() / shifted.max() > 0.8 * default.min() / default.max()  # relative undershoot
+    # The kernel built for another undershoot is nilearn's Glover HRF when given Glover's ratio.
+    np.testing.assert_allclose(hrf(20.0, undershoot_ratio=DEFAULT.hrf_undershoot_ratio + 1e-12), default, atol=1e-9)
+
+    draws = {}
+    for p in (DEFAULT, SHIFTED):
+        rng = np.random.default_rng(0)
+        draws[p.name] = [draw_physiology(rng, g, "F", 35, p) for g in "AB" * 50]
+    peaks = {name: np.mean([s.hrf_peak_s for s in subjects]) for name, subjects in draws.items()}
+    assert peaks["shifted"] > peaks["default"] + 0.8
+    assert [s.alpha_peak_hz for s in draws["default"]] == [s.alpha_peak_hz for s in draws["shifted"]]
+
+
+def test_unknown_physiology_is_a_one_line_usage_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedneurogen.cli import app
+
+    result = CliRunner().invoke(app, ["simulate", "--out", str(tmp_path / "sim"), "--physiology", "warped"])
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0 and "physiology" in result.output and "shifted" in result.output
+    assert not (tmp_path / "sim").exists()  # refused before anything is written
+    with pytest.raises(ConfigError, match="physiology"):
+        simulate_dataset(tmp_path / "api", n_sites=1, subjects_per_site=1, physiology="Shifted", progress=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Neurovascular coupling: ``linear`` (the default) and ``nonlinear`` (saturation, alpha gate)
+
+
+@pytest.fixture(scope="module")
+def coupling_pair(tmp_path_factory) -> dict[str, Path]:
+    """The same seed under the default call and both couplings: one EEG-fMRI site, one subject, 60 s."""
+    out = tmp_path_factory.mktemp("sim_coupling")
+    kwargs = dict(n_sites=1, subjects_per_site=1, modality="fmri", seed=3, run_seconds=60.0, progress=False, n_jobs=1)
+    simulate_dataset(out / "default", **kwargs)
+    for name in ("linear", "nonlinear"):
+        simulate_dataset(out / name, coupling=name, **kwargs)
+    return {name: out / name for name in ("default", "linear", "nonlinear")}
+
+
+def test_nonlinear_coupling_changes_the_target_not_the_eeg_and_is_recorded(coupling_pair):
+    from fedneurogen.shared.data.ground_truth_eeg import read_expected_band_power
+    from fedneurogen.simulations.physiology import NONLINEAR
+
+    hashes = {name: _hashes(folder) for name, folder in coupling_pair.items()}
+    assert hashes["default"] == hashes["linear"]  # the default is the linear coupling, byte for byte
+    linear, nonlinear = hashes["linear"], hashes["nonlinear"]
+    changed = {k for k in linear if linear[k] != nonlinear.get(k)}
+    eeg = "site-01/sub-01/eeg/sub-01_task-visual_run-1_eeg.edf"
+    assert eeg not in changed and "site-01/sub-01/func/sub-01_task-visual_run-1_events.tsv" not in changed
+    for target in (
+        "site-01/derivatives/fmriprep/sub-01/func/sub-01_task-visual_run-1_hemi-L_space-fsaverage5_bold.func.gii",
+        "site-01/derivatives/ground_truth/sub-01/func/sub-01_task-visual_run-1_hemi-R_space-fsaverage5_bold.func.gii",
+    ):
+        assert target in changed, target
+    truth = {n: _bold(coupling_pair[n] / "site-01", "sub-01", "ground_truth") for n in ("linear", "nonlinear")}
+    active = np.argsort(truth["linear"].std(axis=1))[-200:]  # the most task-driven vertices
+    r = [np.corrcoef(truth["linear"][v], truth["nonlinear"][v])[0, 1] for v in active]
+    assert np.median(r) < 0.97  # a different signal, not a rescaled one
+
+    # The ceiling's features: the EEG's own expected power unchanged, plus the true map's ``drive`` rhythm.
+    key = "sub-01_task-visual_run-1"
+    power = {n: read_expected_band_power(coupling_pair[n] / "site-01", key) for n in ("linear", "nonlinear")}
+    rhythm_rows = [i for i, name in enumerate(power["nonlinear"].names) if not name.endswith("_drive")]
+    assert [power["nonlinear"].names[i] for i in rhythm_rows] == power["linear"].names
+    np.testing.assert_array_equal(power["nonlinear"].data[rhythm_rows], power["linear"].data)
+    assert len(power["nonlinear"].names) == len(power["linear"].names) * 4 // 3  # one drive column per electrode
+
+    summaries = {n: _summary(coupling_pair[n]) for n in ("linear", "nonlinear")}
+    assert summaries["linear"]["coupling"] == "linear" and summaries["nonlinear"]["coupling"] == "nonlinear"
+    assert summaries["nonlinear"]["coupling_parameters"] == NONLINEAR.to_dict()
+
+
+def test_nonlinear_bold_follows_the_documented_equations():
+    """``BOLD% = a * (h * d)(kTR)`` with ``d = tanh(u / s) / tanh(1 / s) G_p(t)`` and ``G_p`` a sigmoid of
+    the vertex's parcel's standardised alpha state, recomputed here from the latent activity, the
+    cortex parcels and the HRF."""
+    from fedneurogen.simulations.hemodynamics import expected_drive_power, simulate_bold
+    from fedneurogen.simulations.latent import block_design, simulate_latent
+    from fedneurogen.simulations.physiology import DEFAULT, LINEAR, NONLINEAR
+
+    rng = np.random.default_rng(4)
+    events, duration = block_design(rng, "visual", VISUAL_CLASSES, 60.0)
+    latent = simulate_latent(rng, "visual", events, duration)
+    phys = draw_physiology(rng, "A", "F", 30)
+    tr, n_tr = 2.0, int(duration // 2.0)
+    bold = simulate_bold(np.random.default_rng(0), latent, phys, tr, n_tr, noise_level=0.0, coupling=NONLINEAR)
+
+    c = NONLINEAR
+    cortex = load_cortex()
+    u_parcels = cortex.parcel_mean(latent.spatial.astype(np.float64)) @ latent.temporal
+    state = DEFAULT.alpha_coupling * u_parcels  # each parcel's alpha state
+    z = (state - state.mean(axis=1, keepdims=True)) / state.std(axis=1, keepdims=True)
+    gate = c.gate_floor + (1 - c.gate_floor) / (1 + np.exp(-(-z - c.gate_threshold) / c.gate_width))
+    assert np.all(gate.max(axis=1) - gate.min(axis=1) > 0.5)  # every parcel's gate opens and closes
+    vertices = np.concatenate([latent.active_vertices[:300], np.arange(0, 20484, 97)])
+    u = latent.spatial[vertices].astype(np.float64) @ latent.temporal
+    drive = np.tanh(u / c.saturation) / np.tanh(1 / c.saturation) * gate[cortex.parcel[vertices]]
+    assert np.mean(np.abs(u) > 2 * c.saturation) > 0.01  # the saturation binds on part of the run
+    kernel = hrf(latent.sfreq, phys.hrf_latency_scale, undershoot_ratio=phys.hrf_undershoot_ratio)
+    grid = np.arange(latent.n_times) / latent.sfreq
+    convolved = np.array([np.convolve(row, kernel)[: latent.n_times] for row in drive])
+    pct = phys.bold_amplitude * np.array([np.interp(np.arange(n_tr) * tr, grid, row) for row in convolved])
+    # clean = baseline * (1 + pct / 100) with an unknown baseline per vertex: solve it, then compare.
+    clean = bold.clean[vertices].astype(np.float64)
+    shape = 1.0 + pct / 100.0
+    baseline = (clean * shape).sum(axis=1, keepdims=True) / (shape**2).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(clean, baseline * shape, rtol=2e-6)
+    assert np.abs(pct).max() > 0.5  # a real response, not a flat line the check would pass trivially
+
+    # The ceiling's ``drive`` rhythm is the gamma rhythm's expected power under the linear coupling.
+    gain = np.random.default_rng(1).standard_normal((8, 324))
+    from fedneurogen.simulations.eeg import expected_band_power
+
+    gamma = expected_band_power(latent, phys, gain)[0][:, 2]
+    np.testing.assert_allclose(expected_drive_power(latent, phys, gain, LINEAR)[:, 0], gamma, rtol=1e-12)
+    assert not np.allclose(expected_drive_power(latent, phys, gain, NONLINEAR)[:, 0], gamma)
+
+
+def test_unknown_coupling_is_a_one_line_usage_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedneurogen.cli import app
+
+    result = CliRunner().invoke(app, ["simulate", "--out", str(tmp_path / "sim"), "--coupling", "quadratic"])
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0 and "coupling" in result.output and "nonlinear" in result.output
+    assert not (tmp_path / "sim").exists()  # refused before anything is written
+    with pytest.raises(ConfigError, match="coupling"):
+        simulate_dataset(tmp_path / "api", n_sites=1, subjects_per_site=1, coupling="Nonlinear", progress=False)
