@@ -33,6 +33,24 @@ demo: $(STAMP)
 	@echo "Generation:      $(DEMO_DIR)/report-site-01 (report.json, surface maps, time courses)"
 	@echo "Fairness:        $(DEMO_DIR)/fairness-site-02 (report.json, report.md, per-class and per-group F1 plots)"
 
+# The demo's federated run with differential privacy on (subject-level epsilon 8, delta 1e-5; the
+# private ridge path adapting the public prior): federate prints the privacy planner's prediction
+# at round 0, evaluate compares the DP point prediction with the ridge-HRF baseline on site-01
+# (--allow-seen: DP sites withhold which subjects they trained on). A few minutes on CPU (the
+# planner's reference is simulated on the first run, then cached).
+.PHONY: demo-dp
+demo-dp: $(STAMP)
+	$(FNG) simulate --out $(DEMO_DIR)/data-dp --sites 3 --subjects-per-site 4 --modality fmri --seed 0
+	rm -rf $(DEMO_DIR)/federated-dp $(DEMO_DIR)/federated-dp-site-state
+	$(FNG) federate --run-dir $(DEMO_DIR)/federated-dp --data-root $(DEMO_DIR)/data-dp --sites 3 --rounds 2 --preset tiny \
+	  --set dp-enabled=true --set dp-target-epsilon=8.0 --set dp-delta=1e-5
+	$(FNG) evaluate --checkpoint $(DEMO_DIR)/federated-dp/checkpoint --data $(DEMO_DIR)/data-dp/site-01 --out $(DEMO_DIR)/report-dp-site-01 --n-samples 2 --max-windows 48 --baseline-epochs 2 \
+	  $$(ls $(DEMO_DIR)/federated-dp-site-state/*/split-*.json | sed 's/^/--site-record /') \
+	  --also-trained-on $(DEMO_DIR)/data-dp/site-02 --also-trained-on $(DEMO_DIR)/data-dp/site-03
+	@echo
+	@echo "Federated run with DP: $(DEMO_DIR)/federated-dp (history.json: epsilon per subject, the private path's choice)"
+	@echo "Evaluation:            $(DEMO_DIR)/report-dp-site-01 (report.json: point prediction vs ridge-HRF)"
+
 # The official BIDS validator (npm; the legacy 1.x CLI) that tests/test_bids_validator.py runs on
 # simulated sites: part of the test environment, installed next to it (needs Node.js/npm).
 BIDS_VALIDATOR_VERSION := 1.15.0
@@ -64,7 +82,7 @@ format: $(STAMP)
 # (benchmarks/results/summary.json). About 30 minutes on an idle 2-core CPU, scale (32 sites) and
 # robustness the longest; see benchmarks/README.md. A subset: make bench BENCH="data_cache scale".
 # A script that fails (or is missing) fails the target, after the others have run.
-BENCH ?= data_cache synthesis_latency training_efficiency dp_overhead federation_overhead scale robustness
+BENCH ?= data_cache synthesis_latency training_efficiency dp_overhead accountants federation_overhead scale robustness
 BENCH_RESULTS ?= benchmarks/results
 BENCH_PY := PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python
 bench: $(STAMP)

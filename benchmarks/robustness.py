@@ -26,8 +26,11 @@ noise, so that it is deterministic and far less noisy than the PCC of a small mo
 
 ``--runs integrity`` runs the clean FedAvg run, FedAvg on the honest sites alone
 (``clean_without_attacker``: the attacker is the last site) and ``INTEGRITY_RUNS``: FedAvg with
-the attacker forging its ridge statistics (scaled, crafted, NaN) or its update (sign flip,
-float64 1e300, an inflated example count); ``integrity`` in the JSON says which stay within 5 %
+the attacker forging its ridge statistics (scaled, crafted, NaN), its update (sign flip,
+float64 1e300, an inflated example count) or its held-out score (``eval_lie``: PCC 0.99 before
+training and -0.99 after, over 10^6 x its windows, to keep early stopping at the untrained
+residual; that run evaluates every round with patience 1, and early stopping acts on the median
+of the sites' scores); ``integrity`` in the JSON says which stay within 5 %
 of the clean PCC or of the run without the attacker (the server's checks refuse, drop or weigh
 down each lie: ``server/statistics.py``, ``server/strategy.py``).
 
@@ -83,7 +86,11 @@ INTEGRITY_RUNS = {
     "update_sign_flip": ("sign-flip", 10.0),
     "update_float64_huge": ("float64-huge", 1.0),
     "update_count_inflate": ("count-inflate", 1e6),
+    "eval_lie": ("eval-lie", 1e6),
 }
+#: The eval-lie run evaluates every round (the other runs do not: each evaluation costs time), so
+#: that early stopping acts on the held-out scores the attacker lies in.
+EVAL_LIE_SETTINGS = {"fraction-evaluate": 1.0, "eval-pcc-windows": 16, "early-stopping-patience": 1}
 INTEGRITY_TOLERANCE = 0.05  # "within 5 % of the clean run", or of the run without the attacker
 WITHOUT_ATTACKER = "clean_without_attacker"  # FedAvg on the honest sites only (the attacker is the last site)
 ROBUST = ("poisoned_fedmedian", "poisoned_fedtrimmedavg", "poisoned_krum")
@@ -103,6 +110,7 @@ def run_settings(name: str, args: argparse.Namespace) -> dict[str, Any]:
             "attack-partition": args.attack_partition,
             "attack-mode": mode,
             "attack-scale": scale,
+            **({**EVAL_LIE_SETTINGS, "min-evaluate-nodes": args.sites} if mode == "eval-lie" else {}),
         }
     return {
         "clean": {"strategy": "fedavg"},
@@ -358,6 +366,16 @@ def render(report: dict[str, Any], console) -> None:
             pct(r.get("val_loss")),
             cell(report["seconds"].get(run), 0),
             ok,
+        )
+    for run, verdict in report.get("integrity", {}).items():  # --runs integrity
+        table.add_row(
+            run.replace("_", " "),
+            cell(report[f"pcc_{run}"]),
+            pct(relative(report[f"pcc_{run}"], report["pcc_clean"])),
+            cell(report[f"val_loss_{run}"]),
+            pct(relative(report[f"val_loss_{run}"], report["val_loss_clean"])),
+            cell(report["seconds"].get(run), 0),
+            "within 5%: " + ("[green]yes[/]" if verdict["within_5pct"] else "[red]no[/]"),
         )
     table.add_row("noise baseline", cell(report["noise_baseline"]), "", "", "", "", "")
     console.print(table)

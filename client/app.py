@@ -3,7 +3,8 @@
 Replies carry weights and aggregate numbers only (examples, losses, PCC, epsilon, the target
 modality, class names that are one token: ``shared.records.sendable_label``) and, in a training
 reply outside DP, the content hashes of the runs the site trains and validates on
-(``site.split_report``): never raw data, file paths or subject identifiers.
+(``site.split_report``): never raw data, file paths or subject identifiers. Under DP the example
+count is not the site's window count but ``DP_EXAMPLES`` (the same for every site).
 
 A site's own randomness is never the coordinator's: on a deployed site (its node config names
 its ``data-path``) the batches and the DP noise draw from OS entropy, the ``max-windows``
@@ -28,7 +29,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from logging import ERROR
+from logging import ERROR, INFO
 from pathlib import Path
 
 import torch
@@ -42,12 +43,29 @@ from flwr.common.constant import ErrorCode
 
 from fedneurogen.client import privacy, site
 from fedneurogen.client.refusal import SiteRefusal, check_run, exact_statistics_floor, site_run_config
+from fedneurogen.shared.io import write_json_atomic
 from fedneurogen.shared.records import describe_content, sendable_label
 from fedneurogen.shared.ridge import STATISTICS_REQUEST
 from fedneurogen.shared.run_config import RunConfig
 
 
 SITE_SEED = "site-seed"  # a simulated node's seed of its own randomness (node config)
+#: The ``num-examples`` a site sends under DP, in training and evaluation replies alike: a window
+#: count is a function of its subjects' recordings that no DP mechanism covers (it tells the
+#: coordinator when a subject is added or removed, and how many windows a subject has), so every
+#: DP site counts as one and FedAvg weighs the DP sites of a run equally. (0 stays 0: a round the
+#: site did not train because its budget is spent.)
+DP_EXAMPLES = 1
+
+
+def split_record_path(ledger_file: Path) -> Path:
+    """Where a DP site keeps its own record of a run's split: ``split-<run>.json`` beside the
+    run's ledger ``privacy-<run>.json`` (not matching the ledgers' pattern)."""
+    return ledger_file.with_name(ledger_file.name.replace("privacy-", "split-", 1))
+
+
+#: Training metrics a DP site keeps to itself: each is a function of its window count.
+DP_WITHHELD = ("steps", "train-seconds", "noise-multiplier")
 
 
 def _deployed(node: dict) -> bool:
@@ -196,7 +214,16 @@ def query(msg: Message, context: Context, run: RunConfig) -> Message:
             if dp is None:  # exact sums only where the site's policy allows them, over enough subjects
                 statistics = site.ridge_statistics(data, exact_statistics_floor(context.node_config))
             else:
-                statistics = site.private_ridge_statistics(data, dp, ledger, ledger_file)
+                prior = run.dp_prior == "simulated"
+                if prior and str(context.node_config.get("dp-allow-prior", "true")).lower() in ("0", "false", "no"):
+                    raise SiteRefusal(
+                        "this site's policy does not allow the public prior (dp-allow-prior = false); "
+                        "run with dp-prior = none"
+                    )
+                statistics = site.private_ridge_statistics(data, dp, ledger, ledger_file, prior)
+                # the split stays here (DP protects membership), for `evaluate --site-record`
+                if data.own_record is not None:
+                    write_json_atomic(split_record_path(ledger_file), data.own_record)
         arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in statistics.items()})
         info = {
             "modality": data.modality,
@@ -207,6 +234,8 @@ def query(msg: Message, context: Context, run: RunConfig) -> Message:
             "private": int(dp is not None),
             "epsilon": float(ledger.epsilon(dp.delta)) if dp is not None else 0.0,
         }
+        if dp is not None:  # public: what the server's penalty floor needs (private_path.penalty_floor)
+            privacy_metrics["noise-scale"] = float(ledger.statistics["noise_multiplier"] * ledger.statistics["clip"])
         content = RecordDict(
             {"statistics": arrays, "site": ConfigRecord(info), "metrics": MetricRecord(privacy_metrics)}
         )
@@ -278,8 +307,16 @@ def train(msg: Message, context: Context, run: RunConfig) -> Message:
         )
         if dp:
             privacy.save_ledger(ledger_file, ledger)
+            if data.own_record is not None:  # what it trained on stays here (evaluate --site-record)
+                write_json_atomic(split_record_path(ledger_file), data.own_record)
             if server_round >= run.num_server_rounds:  # the run's last round: it is finished
                 privacy.release(ledger_file.parent, ledger_file)
+            if metrics["num-examples"] > 0:  # not the window count (DP_EXAMPLES)
+                metrics["num-examples"] = DP_EXAMPLES
+            # nor what follows from it: the steps (epochs x batches), the time they took, and the
+            # noise calibrated to the sample rate; the site's log keeps them
+            log(INFO, "DP round %d: %s", server_round, {k: metrics.get(k) for k in DP_WITHHELD})
+            metrics = {k: v for k, v in metrics.items() if k not in DP_WITHHELD}
     return _reply(msg, data, metrics, ArrayRecord(site.site_parameters(model, data.modality)), split=not dp)
 
 
@@ -291,7 +328,8 @@ def evaluate(msg: Message, context: Context, run: RunConfig) -> Message:
     if run.dp_enabled:
         # The held-out loss and PCC are functions of the held-out subjects' recordings that no
         # DP mechanism covers (and a site with few subjects has few held-out ones): withheld.
-        return _reply(msg, data, {"num-examples": len(data.val), "withheld": 1})
+        # Nor is the window count sent (DP_EXAMPLES).
+        return _reply(msg, data, {"num-examples": DP_EXAMPLES, "withheld": 1})
     model = site.build_model(run.preset, msg.content["arrays"].to_torch_state_dict())
     metrics = site.evaluate(
         model,

@@ -26,7 +26,14 @@ from fedneurogen.shared.metrics import temporal_pcc
 from fedneurogen.shared.model import Batch, NeuroGenModel, parameter_modality
 from fedneurogen.shared.recording import PairedWindows
 from fedneurogen.shared.run_config import RunConfig
-from fedneurogen.shared.splits import REPORT_KEYS, keyed_split_subjects, split_subjects, subject_keys
+from fedneurogen.shared.splits import (
+    REPORT_KEYS,
+    keyed_split_subjects,
+    seen_record,
+    split_record,
+    split_subjects,
+    subject_keys,
+)
 from fedneurogen.shared.workflows.training import (
     TRAIN_PRESETS,
     TrainConfig,
@@ -44,6 +51,9 @@ class SiteData:
     skipped_runs: int = 0
     # content hashes of the runs of the training and validation subjects (split_report)
     split_runs: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+    # the site's own record of its split (train, val and held-out subjects' run hashes), for the
+    # site's state folder under DP, where none goes to the server (``splits.seen_record``)
+    own_record: dict | None = None
 
     @property
     def modality(self) -> str:
@@ -158,7 +168,8 @@ def load(
         # EEG-only runs are skipped by design (augment --eeg-only uses them): not a problem to report
         eeg_only = {run.eeg.resolve() for run in runs if run.target_modality is None}
         broken = [p for p in loaded.skipped if Path(p.path).resolve() not in eeg_only]
-        _SITES[key] = SiteData(train, val, skipped_runs=len(broken), split_runs=split_runs)
+        own_record = seen_record([split_record(split, keys)])
+        _SITES[key] = SiteData(train, val, skipped_runs=len(broken), split_runs=split_runs, own_record=own_record)
     return _SITES[key]
 
 
@@ -259,11 +270,15 @@ def ridge_statistics(site: SiteData, min_subjects: int = 1) -> dict[str, np.ndar
 
 
 def private_ridge_statistics(
-    site: SiteData, dp: privacy.DPSettings, ledger: privacy.PrivacyLedger, ledger_file: Path
+    site: SiteData, dp: privacy.DPSettings, ledger: privacy.PrivacyLedger, ledger_file: Path, prior: bool
 ) -> dict[str, np.ndarray]:
-    """The statistics through the Gaussian mechanism (``privacy.release_statistics``), released
-    once per run: asked again (a restarted server), the site sends the same release, saved
-    beside its ledger, so nothing is spent twice. Saved before the ledger names it."""
+    """The private ridge path's statistics through the Gaussian mechanism, released once per run.
+
+    Not the full path's: those of ``shared.private_path``'s small, data-independent regression
+    (pooled scalp regions -> cortical eigenmodes, adapting the public prior when ``prior``),
+    one subject per privacy unit (``privacy.release_statistics`` with its block weights). Asked
+    again (a restarted server), the site sends the same release, saved beside its ledger, so
+    nothing is spent twice. Saved before the ledger names it."""
     saved = ledger_file.with_suffix(".statistics.npz")
     if ledger.statistics is not None:
         if not saved.is_file():
@@ -274,8 +289,13 @@ def private_ridge_statistics(
             return {k: arrays[k] for k in arrays.files}
     if dp.statistics_share <= 0:
         raise SiteRefusal("ridge statistics are not released under this run's DP settings (dp-statistics-share = 0)")
-    train, val = ridge_parts(site)
-    released = privacy.release_statistics(ledger, dp, train, val)
+    from fedneurogen.shared.private_path import BLOCK_WEIGHTS, private_reduction
+
+    reduction = private_reduction(site.modality, site.train.design.shape[-1], site.train.target.shape[1], prior)
+    held_out = set(site.val.subjects.tolist()) != set(site.train.subjects.tolist())
+    train = reduction.subject_statistics(site.train)
+    val = reduction.subject_statistics(site.val) if held_out else None
+    released = privacy.release_statistics(ledger, dp, train, val, BLOCK_WEIGHTS)
     atomic_write(saved, lambda tmp: np.savez(tmp, **released))
     privacy.save_ledger(ledger_file, ledger)
     return released
@@ -308,9 +328,13 @@ def train(
     if dp:
         # every epsilon is per subject: group privacy over the most windows one subject has here
         ledger.group_size = max(ledger.group_size, privacy.windows_per_subject(site.train.subjects))
-        planned = privacy.plan_round(ledger, dp, n, config.batch_size, epochs)
-        result["noise-multiplier"] = planned[0]
-        if not privacy.budget_allows(ledger, dp, planned):
+        # dp-statistics-share = 1 (the default) spends the whole budget on the private ridge path:
+        # nothing is left for DP-SGD, and the residual stays where it is
+        spent_all = dp.statistics_share >= 1.0 or ledger.epsilon(dp.delta) >= dp.target_epsilon * (1 - 1e-6)
+        planned = None if spent_all else privacy.plan_round(ledger, dp, n, config.batch_size, epochs)
+        if planned is not None:
+            result["noise-multiplier"] = planned[0]
+        if planned is None or not privacy.budget_allows(ledger, dp, planned):
             result.update(budget_exhausted=1, **{"num-examples": 0})
             result["epsilon"] = ledger.epsilon(dp.delta)
             del result["loss"]  # a DP site sends no loss (below)

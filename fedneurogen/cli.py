@@ -139,6 +139,16 @@ def _fail_on(err: Exception) -> None:
     _fail(str(err), EXIT_CONFIG if isinstance(err, ConfigError) else EXIT_DATA)
 
 
+def _trust_unsigned_option() -> typer.models.OptionInfo:
+    """``--trust-unsigned`` of every command that loads a checkpoint (``shared/signing.py``)."""
+    return typer.Option(
+        False,
+        "--trust-unsigned",
+        help="Load a checkpoint that is unsigned or signed by a key you do not trust (`fedneurogen keys`), with a "
+        "warning; its files are still checked against its manifest. Only for a checkpoint whose source you trust.",
+    )
+
+
 def _fail(message: str, code: int = 1) -> None:
     from rich.markup import escape
 
@@ -169,6 +179,16 @@ def simulate(
         "--head-model",
         help="Head the EEG is written through: default, or mismatched (another sphere and jittered electrodes: no inverse crime).",
     ),
+    physiology: str = typer.Option(
+        "default",
+        "--physiology",
+        help="Population physiology: default, or shifted (slower HRF, other EEG-BOLD coupling and noise: tests a prior fitted on default).",
+    ),
+    coupling: str = typer.Option(
+        "linear",
+        "--coupling",
+        help="Neurovascular coupling: linear, or nonlinear (saturating BOLD drive gated by the local alpha state).",
+    ),
 ) -> None:
     """Write simulated paired EEG-fMRI / EEG-fNIRS BIDS datasets with known ground truth."""
     import json
@@ -185,7 +205,8 @@ def simulate(
     try:
         site_dirs = simulate_dataset(
             out, n_sites=sites, subjects_per_site=subjects_per_site, modality=modality.value, seed=seed, run_seconds=run_seconds,
-            eeg_only_sessions=sessions, progress=_show_progress(), head_model=head_model,
+            eeg_only_sessions=sessions, progress=_show_progress(), head_model=head_model, physiology=physiology,
+            coupling=coupling,
         )  # fmt: skip
     except ConfigError as err:
         _fail_on(err)
@@ -293,12 +314,14 @@ def train(
         metavar="KEY=VALUE",
         help="Change a preprocessing setting (shared/config.py PreprocessConfig), e.g. eeg_ica=false; repeat for more.",
     ),
+    trust_unsigned: bool = _trust_unsigned_option(),
 ) -> None:
     """Centralized training on one or more sites (subject-level train/validation/test split)."""
     from fedneurogen.shared.config import PreprocessConfig
     from fedneurogen.shared.errors import FedNeuroGenError
     from fedneurogen.shared.model import get_preset
     from fedneurogen.shared.outputs import prepare_output_folder
+    from fedneurogen.shared.signing import trusting_unsigned
     from fedneurogen.shared.workflows.training import train_centralized
 
     try:
@@ -306,19 +329,20 @@ def train(
         get_preset(preset.value).check_preprocess(preprocess)  # before any data is read
         prepare_output_folder(out, data, own=False)  # a run folder: --resume continues it
         sites = _load_sites(data, preprocess)
-        checkpoint = train_centralized(
-            sites,
-            out,
-            preset=preset.value,
-            seed=seed,
-            max_minutes=max_minutes,
-            resume=resume,
-            device=device,
-            preprocess=preprocess.model_dump(),
-            site_names=[d.name for d in data],
-            site_dirs=data,  # the checkpoint records its subjects by content: evaluate scores only unseen ones
-            progress=_show_progress(),
-        )
+        with trusting_unsigned(trust_unsigned):  # --resume loads the run's checkpoint
+            checkpoint = train_centralized(
+                sites,
+                out,
+                preset=preset.value,
+                seed=seed,
+                max_minutes=max_minutes,
+                resume=resume,
+                device=device,
+                preprocess=preprocess.model_dump(),
+                site_names=[d.name for d in data],
+                site_dirs=data,  # the checkpoint records its subjects by content: evaluate scores only unseen ones
+                progress=_show_progress(),
+            )
     except FedNeuroGenError as err:  # a bad dataset or configuration: one line naming the file
         _fail_on(err)
     console.print(f"checkpoint: [bold]{checkpoint}[/]")
@@ -370,6 +394,11 @@ def federate(
             )
     except FedNeuroGenError as err:  # e.g. a bad run config: the ServerApp's ConfigError leads the message
         _fail_on(err)
+    if not (out / "checkpoint").exists():  # the run ended before any round was good (history.json says why)
+        console.print(
+            f"no checkpoint: the run ended before a round had enough valid replies\nhistory: {out / 'history.json'}"
+        )
+        raise typer.Exit(1)
     console.print(
         f"checkpoint: [bold]{out / 'checkpoint'}[/]\nhistory:    {out / 'history.json'}\nplot:       {out / 'metrics.png'}"
     )
@@ -381,6 +410,7 @@ def _round_progress(total: int, enabled: bool = True):
     per subject (with DP: the largest a site reports), seconds."""
     import contextlib
 
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     @contextlib.contextmanager
@@ -410,6 +440,8 @@ def _round_progress(total: int, enabled: bool = True):
                         " (kept)" if stopping.get("stopped") else ""
                     )
                 bar.console.print(f"{line}, {entry.get('seconds', 0.0):.0f} s")
+                if entry.get("ended"):  # too few valid replies (server/app.py end_run)
+                    bar.console.print(f"[red]run ended at round {entry['round']}:[/] {escape(entry['ended'])}")
                 bar.update(task, completed=entry["round"])
 
             yield show
@@ -445,19 +477,23 @@ def synthesize(
     as_json: bool = typer.Option(
         False, "--json", help="Print what was written as JSON (out, files) instead of a list."
     ),
+    trust_unsigned: bool = _trust_unsigned_option(),
 ) -> None:
     """Generate fMRI / fNIRS from a site's EEG and write it as BIDS derivatives."""
     from fedneurogen.shared.errors import FedNeuroGenError
     from fedneurogen.shared.outputs import prepare_output_folder
+    from fedneurogen.shared.signing import trusting_unsigned
     from fedneurogen.shared.workflows.synthesis import synthesize as run_synthesis
 
     wanted = [s.strip() for value in subjects or [] for s in value.split(",") if s.strip()]
     try:
         prepare_output_folder(out, [data])
-        written = run_synthesis(
-            checkpoint, data, out, subjects=wanted or None, label=label, estimate=estimate, n_samples=n_samples, steps=steps,
-            guidance_scale=guidance, seed=seed, batch_size=batch_size, device=device, progress=_show_progress(),
-        )  # fmt: skip
+        with trusting_unsigned(trust_unsigned):
+            written = run_synthesis(
+                checkpoint, data, out, subjects=wanted or None, label=label, estimate=estimate, n_samples=n_samples,
+                steps=steps, guidance_scale=guidance, seed=seed, batch_size=batch_size, device=device,
+                progress=_show_progress(),
+            )  # fmt: skip
     except FedNeuroGenError as err:
         _fail_on(err)
     if as_json:  # plain stdout: for scripts and pipelines
@@ -504,6 +540,13 @@ def evaluate(
         help="Also score subjects the checkpoint trained or validated on (or a checkpoint that records none): "
         "each is labelled as seen in the report, and the scores are not held-out.",
     ),
+    site_records: list[Path] | None = typer.Option(
+        None,
+        "--site-record",
+        help="A site's own record of its split in this run (split-<run>.json in its state folder; repeat): "
+        "DP sites send the server none, so it completes the checkpoint's record of what was seen.",
+    ),
+    trust_unsigned: bool = _trust_unsigned_option(),
 ) -> None:
     """Score a checkpoint on a site's held-out subjects (never trained or validated on, by file content) against
     baselines, noise baseline and ceiling."""
@@ -511,14 +554,17 @@ def evaluate(
     from fedneurogen.shared.workflows.evaluation import REPORT_FILE, report_table
     from fedneurogen.shared.outputs import prepare_output_folder
     from fedneurogen.shared.workflows.evaluation import evaluate as run_evaluation
+    from fedneurogen.shared.signing import trusting_unsigned
 
     try:
         prepare_output_folder(out, [data, *(pooled_sites or ())])
-        report = run_evaluation(
-            checkpoint, data, out, steps=steps, max_windows=max_windows, seed=seed, guidance_scale=guidance, n_samples=n_samples,
-            baseline_epochs=baseline_epochs, batch_size=batch_size, device=device, pooled_sites=tuple(pooled_sites or ()),
-            allow_seen=allow_seen, progress=_show_progress(),
-        )  # fmt: skip
+        with trusting_unsigned(trust_unsigned):
+            report = run_evaluation(
+                checkpoint, data, out, steps=steps, max_windows=max_windows, seed=seed, guidance_scale=guidance,
+                n_samples=n_samples, baseline_epochs=baseline_epochs, batch_size=batch_size, device=device,
+                pooled_sites=tuple(pooled_sites or ()), allow_seen=allow_seen, progress=_show_progress(),
+                site_records=tuple(site_records or ()),
+            )  # fmt: skip
     except FedNeuroGenError as err:
         _fail_on(err)
     console.print(report_table(report))
@@ -591,11 +637,13 @@ def augment(
         "chosen per fold on an inner split of its training subjects among sample (--guidance), sample (no guidance) and mean.",
     ),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    trust_unsigned: bool = _trust_unsigned_option(),
 ) -> None:
     """Site-side fairness augmentation: rebalance under-represented classes/groups with generated data and report per-class and per-group F1 against baselines."""
     from fedneurogen.shared.outputs import prepare_output_folder
     from fedneurogen.shared.workflows.fairness import STRATEGIES, AugmentConfig, augment_site
     from fedneurogen.shared.errors import FedNeuroGenError
+    from fedneurogen.shared.signing import trusting_unsigned
 
     chosen = {s.value for s in strategy}
     names = STRATEGIES if "all" in chosen else tuple(n for n in STRATEGIES if n in chosen | {"none"})
@@ -611,7 +659,8 @@ def augment(
             generation_choices=tuple(dict.fromkeys((("sample", guidance), ("sample", 0.0), ("mean", 0.0)))) if estimate == "auto" else ((estimate, guidance),),
         )  # fmt: skip
         prepare_output_folder(out, [data])
-        report = augment_site(checkpoint, data, out, config, device=device)
+        with trusting_unsigned(trust_unsigned):
+            report = augment_site(checkpoint, data, out, config, device=device)
     except FedNeuroGenError as err:
         _fail_on(err)
     console.print(f"minority: {', '.join(report['minority_units']) or 'none'} ({report['minority_rule']})")
@@ -651,25 +700,28 @@ def explain_command(
         None, "--max-frames", min=3, help="Use at most this many frames (evenly spaced) of the site."
     ),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    trust_unsigned: bool = _trust_unsigned_option(),
 ) -> None:
     """Which EEG bands, electrodes and cortical regions drive the generated target, and the model's effective HRF per region."""
     from fedneurogen.shared.errors import FedNeuroGenError
     from fedneurogen.shared.outputs import prepare_output_folder
+    from fedneurogen.shared.signing import trusting_unsigned
     from fedneurogen.shared.workflows.explain import EXPLAIN_FILE, explain
 
     try:
         prepare_output_folder(out, [data])
-        report = explain(
-            checkpoint,
-            data,
-            out,
-            label=label,
-            points=points,
-            steps=steps,
-            max_rows=max_frames,
-            device=device,
-            progress=_show_progress(),
-        )
+        with trusting_unsigned(trust_unsigned):
+            report = explain(
+                checkpoint,
+                data,
+                out,
+                label=label,
+                points=points,
+                steps=steps,
+                max_rows=max_frames,
+                device=device,
+                progress=_show_progress(),
+            )
     except FedNeuroGenError as err:
         _fail_on(err)
     shares = report["band_shares"]["prediction"]
@@ -711,9 +763,11 @@ def fairness_table(
     oracle: bool = typer.Option(
         True, "--oracle/--no-oracle", help="The upper-bound rows that use the recorded targets of the source windows."
     ),
+    trust_unsigned: bool = _trust_unsigned_option(),
 ) -> None:
     """Reproduce the paper's Table 1 (fairness by generative augmentation) on simulated data."""
     from fedneurogen.shared.errors import FedNeuroGenError
+    from fedneurogen.shared.signing import trusting_unsigned
     from fedneurogen.simulations.fairness_table import TableSettings, render_table, run
 
     try:
@@ -722,7 +776,8 @@ def fairness_table(
             steps=steps, guidance_scale=guidance_scale, source=source.value, classifier=classifier, with_eeg=with_eeg,
             device=device, oracle=oracle,
         )  # fmt: skip
-        result = run(settings)
+        with trusting_unsigned(trust_unsigned):  # --checkpoint
+            result = run(settings)
     except FedNeuroGenError as err:
         _fail_on(err)
     print(render_table(result))
@@ -767,12 +822,73 @@ def audit_command(
     )
 
 
+@app.command("privacy-plan")
+def privacy_plan(
+    sites: int = typer.Option(..., "--sites", help="Sites of the consortium."),
+    subjects_per_site: int = typer.Option(..., "--subjects-per-site", help="Subjects of each site (at least 3)."),
+    epsilon: float = typer.Option(..., "--epsilon", help="Subject-level epsilon (the run's dp-target-epsilon)."),
+    delta: float = typer.Option(1e-5, "--delta", help="The run's dp-delta."),
+    prior: bool = typer.Option(
+        True,
+        "--prior/--no-prior",
+        help="Adapt the public prior (dp-prior = simulated) or release the pooled regression.",
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the resampled subjects and noise draws."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+) -> None:
+    """Predict, before any budget is spent, what DP leaves of the point prediction (ratio to no DP).
+
+    Sites of the asked size are resampled from a simulated reference consortium (simulated once,
+    about a minute, then cached under $FEDNEUROGEN_HOME/planner) and released through the same
+    mechanism and server solve as a run (``simulations/privacy_plan.py``)."""
+    import json
+
+    from rich.table import Table
+
+    from fedneurogen.shared.errors import FedNeuroGenError
+    from fedneurogen.simulations.privacy_plan import plan
+
+    try:
+        result = plan(sites, subjects_per_site, epsilon, delta, prior=prior, seed=seed)
+    except FedNeuroGenError as err:
+        _fail_on(err)
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=2))  # plain: for other programs to parse
+        return
+    table = Table(
+        "consortium", "epsilon (delta)", "released regression", "noise multiplier", "predicted ratio to no DP"
+    )
+    table.add_row(
+        f"{result.sites} x {result.subjects_per_site} subjects",
+        f"{result.epsilon:g} ({result.delta:g})",
+        f"{result.reduction}: {result.inputs} -> {result.outputs}",
+        f"{result.noise_multiplier:.3g}",
+        f"{result.ratio:.2f} +- {result.spread:.2f}",
+    )
+    console.print(table)
+    console.print(
+        f"over {result.draws} noise draws on a simulated reference (non-DP temporal PCC {result.reference_pcc:.3f}); "
+        f"the server's penalty floor {result.penalty_floor:.3g}; it kept "
+        f"{'the prior unchanged' if result.prior else 'only the mean (path switched off)'} in {result.switched_off:.0%} "
+        "of draws. Resampled subjects repeat the reference's: this is the noise's side only."
+    )
+
+
 @app.command("privacy-budget")
 def privacy_budget(
     state_dir: Path = typer.Option(..., "--state-dir", help="The site's state folder (its --node-config state-dir)."),
     delta: float = typer.Option(1e-5, "--delta", help="The run's dp-delta."),
     run_dir: str | None = typer.Option(
         None, "--run-dir", help="Only the ledger of this run (its run-config run-dir, as the server wrote it)."
+    ),
+    release: str | None = typer.Option(
+        None,
+        "--release",
+        metavar="RUN",
+        help="Release the unused reservation of a run that was stopped before its last round: RUN is its ledger as "
+        "this command lists it (privacy-<hash>.json) or its run-dir. It then counts only what it spent against the "
+        "site's dp-lifetime-epsilon (a later message of it reserves again, checked again). Refused while a message "
+        "of the run is using its ledger.",
     ),
 ) -> None:
     """A site's spent differential-privacy budget per subject: one line per federated run it trained in.
@@ -785,6 +901,9 @@ def privacy_budget(
 
     from fedneurogen.client.privacy import PrivacyLedger, ledger_path
 
+    if release is not None:
+        _release_reservation(state_dir, release, delta)
+        return
     paths = [ledger_path(state_dir, run_dir)] if run_dir else sorted(state_dir.glob("privacy-*.json"))
     paths = [p for p in paths if p.is_file()]
     if not paths:
@@ -817,6 +936,44 @@ def privacy_budget(
         console.print(
             f"all {len(paths)} runs on this site's data together: epsilon per subject <= {total:.3f} (delta <= {len(paths) * delta:g}; basic composition)"
         )
+
+
+def _release_reservation(state_dir: Path, run: str, delta: float) -> None:
+    """``privacy-budget --release RUN``: the run's reservation becomes what it spent
+    (``privacy.release``), under the run's own lock, taken without waiting: a run with a message
+    in progress is refused."""
+    import re
+
+    from fedneurogen.client import privacy
+    from fedneurogen.client.refusal import SiteRefusal
+
+    name = run.strip()
+    if re.fullmatch(r"privacy-[0-9a-f]{16}(\.json)?", name):  # the name the listing shows
+        path = state_dir / f"{name.removesuffix('.json')}.json"
+    else:  # the run's run-dir, as the server wrote it in the run config
+        path = privacy.ledger_path(state_dir, name)
+    if not path.is_file():
+        _fail(
+            f"{state_dir}: no privacy ledger for run {run!r} (give a ledger name that `fedneurogen privacy-budget "
+            f"--state-dir {state_dir}` lists, or the run's run-dir)",
+            EXIT_CONFIG,
+        )
+    try:
+        with privacy.run_lock(path):
+            before = privacy.load_ledger(path, "rdp")
+            after = privacy.release(state_dir, path)
+    except SiteRefusal:
+        _fail(
+            f"{path}: run {run!r} is in progress at this site (a message of it is using its ledger); "
+            "release its reservation once the run has stopped"
+        )
+    except (ValueError, KeyError, TypeError) as err:
+        _fail(f"{path}: not a readable privacy ledger ({err})")
+    console.print(
+        f"released {path.name}: it counts epsilon {after.committed(delta):.3f} per subject (delta={delta:g}, what it "
+        f"spent) against the site's lifetime limit, no longer its reservation of {before.reserved:g}",
+        highlight=False,
+    )
 
 
 @app.command("cache")
@@ -964,6 +1121,64 @@ def certs_check(
     if problems:
         raise typer.Exit(1)
     console.print(f"{cert}: signed by {ca}, valid now, names {', '.join(host)}")
+
+
+keys_app = typer.Typer(
+    help="Checkpoint signing keys: every checkpoint is signed by its writer's key and loads only for a user who "
+    "trusts that key (their own, or one trusted with `keys trust`).",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("export")
+def keys_export(
+    out: Path | None = typer.Option(None, "--out", help="Write the public key to this file (default: stdout)."),
+) -> None:
+    """Print (or write) this user's public signing key, for others to trust: a coordinator hands it to the sites,
+    which run `fedneurogen keys trust FILE` once. The key is made on first use."""
+    from fedneurogen.shared.errors import ConfigError
+    from fedneurogen.shared.io import write_text_atomic
+    from fedneurogen.shared.signing import key_id, own_key, public_key_pem
+
+    try:
+        public = own_key().public_key()
+    except ConfigError as err:
+        _fail_on(err)
+    if out is None:
+        print(public_key_pem(public), end="")
+    else:
+        write_text_atomic(out, public_key_pem(public))
+        console.print(f"public key {key_id(public)} written to [bold]{out}[/]", highlight=False)
+
+
+@keys_app.command("trust")
+def keys_trust(
+    public_key: Path = typer.Argument(..., help="A public key file from another user's `fedneurogen keys export`."),
+) -> None:
+    """Trust a public key: checkpoints it signed load for this user (e.g. the coordinator's server rounds)."""
+    from fedneurogen.shared.errors import ConfigError
+    from fedneurogen.shared.signing import trust_key
+
+    try:
+        ident, stored = trust_key(public_key)
+    except ConfigError as err:
+        _fail_on(err)
+    console.print(f"trusted key {ident} (kept as {stored})", highlight=False)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """This user's key id and the keys it trusts."""
+    from fedneurogen.shared.errors import ConfigError
+    from fedneurogen.shared.signing import TRUSTED_DIR, key_dir, key_id, own_key, read_public_key
+
+    try:
+        console.print(f"own key:     {key_id(own_key().public_key())} ({key_dir()})", highlight=False)
+        for file in sorted((key_dir() / TRUSTED_DIR).glob("*.pub")):
+            console.print(f"trusted key: {key_id(read_public_key(file))} ({file})", highlight=False)
+    except ConfigError as err:
+        _fail_on(err)
 
 
 consortium_app = typer.Typer(

@@ -8,11 +8,14 @@
    weights for held-out evaluation, keep the point prediction's residual of the best round
    (``early_stopping.py``), then write checkpoint, history and plots (``checkpointing.py``).
 A site that fails or does not answer in ``round-timeout`` is named in the log and the history;
-the run goes on with the others.
+the run goes on with the others. A round with fewer valid training replies than
+``min-train-replies`` ends the run cleanly (``end_run``): the reason in the log and the history, the last good
+checkpoint kept.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
@@ -24,21 +27,30 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from fedneurogen.server.audit import AUDIT_FILE, AuditedGrid
-from fedneurogen.server.checkpointing import RunStore, SiteSplits, load_parameters, model_parameters
+from fedneurogen.server.checkpointing import (
+    HISTORY_FILE,
+    RunStore,
+    SiteSplits,
+    clean,
+    load_parameters,
+    model_parameters,
+)
 from fedneurogen.server.early_stopping import ResidualEarlyStopping
 from fedneurogen.server.statistics import (
     SiteStatistics,
     StatisticsRefused,
     cap_shares,
-    leave_one_out_outliers,
     read_reply,
+    screen_sites,
 )
 from fedneurogen.server.strategy import make_strategy
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.errors import ConfigError
+from fedneurogen.shared.io import write_json_atomic
 from fedneurogen.shared.model import NeuroGenModel
 from fedneurogen.shared.records import sendable_label
-from fedneurogen.shared.model.mean import solve_ridge_path
+from fedneurogen.shared.model.mean import solve_private_path, solve_ridge_path
+from fedneurogen.shared.private_path import PrivateReduction, private_reduction, release_noise_std
 from fedneurogen.shared.ridge import STATISTICS_REQUEST, sum_statistics
 from fedneurogen.shared.run_config import RunConfig, validate_run_config
 from fedneurogen.shared.splits import PROVENANCE_KEY
@@ -46,6 +58,11 @@ from fedneurogen.shared.splits import PROVENANCE_KEY
 app = ServerApp()
 
 
+#: Why a site named by the leave-one-site-out check is left out (history, round 1's ridge_path).
+INCONSISTENT_REASON = (
+    "inconsistent statistics: alone they move the pooled ridge solution more than 3x the median site's "
+    "(leave-one-site-out); left out (drop-inconsistent-sites)"
+)
 MAX_CLASSES_PER_SITE = 64  # the server trusts no site: a few short tokens (shared/records.py LABEL) each
 
 
@@ -91,9 +108,12 @@ def site_classes(grid: Grid, min_nodes: int, timeout: float, num_classes: int) -
     return classes[:num_classes]
 
 
-def read_statistics_reply(reply: Message, model: NeuroGenModel) -> SiteStatistics:
+def read_statistics_reply(
+    reply: Message, model: NeuroGenModel, private: PrivateReduction | None = None
+) -> SiteStatistics:
     """A site's statistics reply, checked (``server/statistics.py``): records present and of the
-    right kinds, arrays of the model's shapes, finite and consistent. Raises ``StatisticsRefused``."""
+    right kinds, arrays of the model's shapes (under DP, ``private``'s regression), finite and
+    consistent. Raises ``StatisticsRefused``."""
     content = reply.content
     if "statistics" not in content.array_records or "site" not in content.config_records:
         raise StatisticsRefused("malformed reply: no statistics or no site record")
@@ -102,16 +122,41 @@ def read_statistics_reply(reply: Message, model: NeuroGenModel) -> SiteStatistic
     if not isinstance(flag, int | float) or isinstance(flag, bool):
         raise StatisticsRefused(f"malformed reply: private is {flag!r}")
     width, n_points = model.modality_heads["fmri"].mean.ridge.coef.shape
+    if private is not None:
+        width, n_points = private.n_inputs, private.n_outputs(n_points)
     arrays = {k: a.numpy() for k, a in content["statistics"].items()}
     return read_reply(arrays, dict(content["site"].items()), bool(flag), width=width, n_fmri_points=n_points)
 
 
-def solve_global_ridge(grid: Grid, model: NeuroGenModel, min_nodes: int, timeout: float) -> dict:
+def release_noise_scale(reply: Message) -> float:
+    """The noise multiplier x clip a DP site says its release used (0 when absent or malformed)."""
+    metrics = reply.content.metric_records.get("metrics")
+    value = metrics.get("noise-scale", 0.0) if metrics is not None else 0.0
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return float(value) if ok else 0.0
+
+
+def solve_global_ridge(
+    grid: Grid,
+    model: NeuroGenModel,
+    min_nodes: int,
+    timeout: float,
+    drop_inconsistent: bool = True,
+    private_prior: bool | None = None,
+) -> dict:
     """The ridge path of every modality, solved from the sum of the sites' statistics: exactly
     the regression on their pooled training subjects, its penalty, band weights and rank chosen
     on their pooled held-out subjects (under DP: of the sites' noisy releases, and switched off
     where the noise leaves it no better than the mean). Installed in ``model``; returns the choices
-    per modality and, under ``refused``, each site whose reply was not used and why."""
+    per modality and, under ``refused``, each site whose reply was not used and why. A site whose
+    statistics alone move the pooled solution (leave-one-site-out) is named in
+    ``inconsistent_sites`` and, with ``drop_inconsistent`` (run-config ``drop-inconsistent-sites``),
+    left out of the sum and named under ``refused`` too.
+
+    Under DP (``private_prior`` not None) the sites release the private path's small regression
+    (``shared.private_path``; adapting the public prior when ``private_prior``), solved with the
+    penalty never below the noise: the largest noise any site states sets the floor, so a site
+    can raise it (more shrinkage toward the prior) but not lower it alone."""
     _, nodes = sample_nodes(grid, min_nodes, min_nodes)
     request = ConfigRecord({"kind": STATISTICS_REQUEST})
     messages = [
@@ -119,6 +164,16 @@ def solve_global_ridge(grid: Grid, model: NeuroGenModel, min_nodes: int, timeout
     ]
     sites: dict[str, list[tuple[int, SiteStatistics]]] = {}  # modality -> (node, its checked reply)
     refused: list[dict] = []  # public reasons, in round 1's history
+    width, n_fmri = model.modality_heads["fmri"].mean.ridge.coef.shape
+    reductions = (
+        {}
+        if private_prior is None
+        else {
+            "fmri": private_reduction("fmri", width, n_fmri, private_prior),
+            "fnirs": private_reduction("fnirs", width, 0, False),  # the prior is fMRI's only
+        }
+    )
+    noise_scale = 0.0
     for reply in grid.send_and_receive(messages, timeout=timeout):
         node = reply.metadata.src_node_id
         if reply.has_error():
@@ -127,12 +182,14 @@ def solve_global_ridge(grid: Grid, model: NeuroGenModel, min_nodes: int, timeout
             refused.append({"node": node, "reason": f"error reply: {last[:300]}"})
             continue
         try:  # the server trusts no site: every reply is checked before it is summed
-            got = read_statistics_reply(reply, model)
-        except StatisticsRefused as err:
+            modality = str(reply.content.config_records["site"].get("modality", "")) if reductions else ""
+            got = read_statistics_reply(reply, model, reductions.get(modality))
+        except (StatisticsRefused, KeyError) as err:
             log(WARNING, "ridge statistics: site (node %s) refused: %s", node, err)
             refused.append({"node": node, "reason": f"refused statistics: {err}"})
             continue
         sites.setdefault(got.modality, []).append((node, got))
+        noise_scale = max(noise_scale, release_noise_scale(reply))
     chosen = {}
     for modality, replies in sorted(sites.items()):
         nodes = [node for node, _ in replies]
@@ -140,23 +197,46 @@ def solve_global_ridge(grid: Grid, model: NeuroGenModel, min_nodes: int, timeout
         if len({got.train.sxy.shape for _, got in replies}) > 1 or len({tuple(p or ()) for p in points}) > 1:
             log(WARNING, "ridge path: the %s sites have different target points; it is left unfitted", modality)
             continue
-        trains, capped = cap_shares([got.train for _, got in replies])  # no site outweighs the others
-        for i in capped:
+        # no site outweighs the others; one that alone moves the solution is named (and dropped)
+        screened = screen_sites(
+            [got.train for _, got in replies], any(got.private for _, got in replies), drop_inconsistent
+        )
+        for i in screened.capped:
             log(
                 WARNING,
                 "ridge statistics: site (node %s) claimed far more rows than the others; weighed down",
                 nodes[i],
             )
-        outliers = [nodes[i] for i in leave_one_out_outliers(trains)]
+        outliers = [nodes[i] for i in screened.inconsistent]
         for node in outliers:
-            log(WARNING, "ridge statistics: site (node %s) alone moves the pooled solution (leave-one-site-out)", node)
+            log(
+                WARNING,
+                "ridge statistics: site (node %s) alone moves the pooled solution (leave-one-site-out)%s",
+                node,
+                "; left out (drop-inconsistent-sites)" if drop_inconsistent else "",
+            )
+            if drop_inconsistent:
+                refused.append({"node": node, "reason": INCONSISTENT_REASON})
+        weighed_down = [nodes[i] for i in screened.capped]
+        replies, trains = [replies[i] for i in screened.kept], screened.parts
         vals, _ = cap_shares([got.val for _, got in replies if got.val is not None])  # they choose the penalty
-        chosen[modality] = solve_ridge_path(model, modality, trains, sum_statistics(vals) if vals else None, points[0])
+        val = sum_statistics(vals) if vals else None
+        if private_prior is None:
+            chosen[modality] = solve_ridge_path(model, modality, trains, val, points[0])
+        else:  # independent noise from every site in the sum
+            noise_std = release_noise_std(noise_scale, 1.0, "sxx") * math.sqrt(len(trains))
+            n_points = n_fmri if modality == "fmri" else len(points[0] or ())
+            reduction = reductions[modality]
+            chosen[modality] = solve_private_path(
+                model, modality, trains, val, reduction, noise_std, n_points, points[0]
+            )
         chosen[modality].update(
             sites=len(replies),
             private_sites=sum(got.private for _, got in replies),
-            weighed_down=[nodes[i] for i in capped],
+            weighed_down=weighed_down,
+            nodes=[node for node, _ in replies],  # whose statistics are in the path
             inconsistent_sites=outliers,
+            dropped_sites=outliers if drop_inconsistent else [],
         )
     if refused:
         chosen["refused"] = refused
@@ -191,6 +271,44 @@ def checkpoint_extra(
     if split_subjects is not None:
         extra["provenance"][PROVENANCE_KEY] = split_subjects
     return extra
+
+
+def end_run(
+    store: RunStore, history: list[dict], server_round: int, reason: str, train: dict, started: float, grid: AuditedGrid
+) -> None:
+    """End the run cleanly after a round with too few valid replies: the round goes into the
+    history with the reason (``ended``), no checkpoint of it is written (the last good one stays
+    the run's checkpoint), and the log says why the run ended and what it keeps.
+
+    Parameters
+    ----------
+    store : RunStore
+        The run's folder.
+    history : list of dict
+        The rounds so far; this round is appended.
+    server_round : int
+        The round that ends the run.
+    reason : str
+        Why (``ModalityStrategy.shortfall``).
+    train : dict
+        The round's training report: every site's outcome.
+    started : float
+        When the round started (``time.time()``).
+    grid : AuditedGrid
+        The grid, for the round's bytes.
+    """
+    history.append(
+        {"round": server_round, "seconds": time.time() - started, "bytes": grid.round_bytes(), "train": train,
+         "ended": reason}
+    )  # fmt: skip
+    write_json_atomic(store.dir / HISTORY_FILE, clean(history))
+    latest = store.latest()
+    kept = (
+        f"the last good checkpoint is round {latest['round']} ({store.dir / 'checkpoint'})"
+        if latest is not None
+        else "no checkpoint was written (no round had enough valid replies)"
+    )
+    log(ERROR, "Run ended at round %d: %s; %s", server_round, reason, kept)
 
 
 @app.main()
@@ -234,8 +352,17 @@ def main(grid: Grid, context: Context) -> None:
     log(INFO, "Classes: %s", class_names)
     ridge = None
     if first == 1:  # (a resumed run has it in its checkpoint)
-        ridge = solve_global_ridge(grid, model, run.min_available_nodes, timeout)
+        ridge = solve_global_ridge(
+            grid,
+            model,
+            run.min_available_nodes,
+            timeout,
+            run.drop_inconsistent_sites,
+            private_prior=(run.dp_prior == "simulated") if run.dp_enabled else None,
+        )
         log(INFO, "Ridge path from the sites' summed statistics: %s", ridge)
+        if run.dp_enabled:  # their data are in the model, their splits stay with them
+            splits.add_released(n for v in ridge.values() if isinstance(v, dict) for n in v.get("nodes", []))
 
     arrays = ArrayRecord(model_parameters(model))
     strategy.summary()
@@ -264,6 +391,10 @@ def main(grid: Grid, context: Context) -> None:
         )
         splits.add(replies)
         new_arrays, _ = strategy.aggregate_train(server_round, replies)
+        ended = strategy.shortfall()
+        if ended:  # too few valid replies: the run ends here, nothing of this round checkpointed
+            end_run(store, history, server_round, ended, strategy.report.get(MessageType.TRAIN, {}), started, grid)
+            return
         if new_arrays is None:
             log(WARNING, "Round %d: no usable site update; the global model is unchanged", server_round)
         else:
@@ -295,6 +426,9 @@ def main(grid: Grid, context: Context) -> None:
             log(INFO, "Round %d %s: %s", server_round, stage, history[-1][stage].get("aggregate"))
         load_parameters(model, {k: a.numpy() for k, a in arrays.items()})
         contributed = sum(1 for m in history[-1]["train"].get("sites", {}).values() if m.get("num-examples", 0) > 0)
+        # under DP's default the sites' data enter through the private ridge path only (no DP-SGD)
+        paths = [v for v in (history[0].get("ridge_path") or {}).values() if isinstance(v, dict)]
+        contributed = max(contributed, sum(int(v.get("sites", 0)) for v in paths))
         extra = checkpoint_extra(run, class_names, server_round, contributed, splits.record())
         folder = store.save_round(server_round, model, strategy.state_dict(), history, extra)
         store.write_reports(history)

@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.records import config_value, describe_content
 
 AUDIT_FILE = Path("audit") / "received.jsonl"
@@ -204,6 +205,7 @@ METRIC_KEYS = (
     "private",
     "withheld",
     "skipped-runs",
+    "noise-scale",
 )
 PATH_SEPARATORS = ("/", "\\")
 
@@ -251,6 +253,18 @@ LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,47}")
 RIDGE_STATISTIC = re.compile(r"(train|val)\.(n|sx|sy|sxx|sxy|syy)")
 
 
+def _released_widths(design_width: int) -> set[int]:
+    """Feature widths a statistics reply may have: the design's, or the private path's (pooled
+    scalp regions; their gain groups) under DP (``shared/private_path.py``)."""
+    from fedneurogen.shared.private_path import N_REGIONS, pooling_matrix
+
+    try:
+        pooled = pooling_matrix(design_width).shape[0]
+    except ConfigError:  # a design with no private path
+        return {design_width}
+    return {design_width, pooled, pooled // N_REGIONS}
+
+
 def _statistic_problem(key: str, shape: Sequence[int], design_width: int | None) -> str | None:
     """What is wrong with a ridge statistic's shape (None: nothing). ``design_width`` (the
     model's design features, when known) fixes the feature axes; the point axes are free."""
@@ -259,7 +273,7 @@ def _statistic_problem(key: str, shape: Sequence[int], design_width: int | None)
     if len(shape) != dims or (stat == "n" and tuple(shape) != (1,)):
         return f"is not shaped like the statistic {stat}"
     feature_axes = {"sx": shape[:1], "sxx": shape, "sxy": shape[:1]}.get(stat, ())
-    if design_width is not None and any(d != design_width for d in feature_axes):
+    if design_width is not None and any(d not in _released_widths(design_width) for d in feature_axes):
         return f"does not have the model's {design_width} design features"
     return None
 

@@ -2,7 +2,9 @@
 
     run-dir/rounds/round-0003/   model.safetensors + config.json (a normal model checkpoint),
                                  strategy.safetensors (server optimizer state), history.json,
-                                 MANIFEST.sha256 (every file's SHA-256, checked on resume)
+                                 MANIFEST.sha256 (every file's SHA-256, checked on resume) and
+                                 MANIFEST.sha256.sig (signed by the key of the user running the
+                                 server, shared/signing.py: resume accepts its own or a trusted key)
     run-dir/latest.json          {"round": 3, "checkpoint": "rounds/round-0003", ...}
     run-dir/checkpoint           symlink to the latest round, for `synthesize`/`evaluate`
     run-dir/history.json         per-round, per-site (anonymous node ids) and aggregated metrics
@@ -43,6 +45,7 @@ from fedneurogen.shared.splits import (
 )
 from fedneurogen.shared.io import MANIFEST_FILE, atomic_path, read_manifest, write_json_atomic, write_manifest
 from fedneurogen.shared.model import EMA, NeuroGenModel, load_checkpoint_into, save_checkpoint
+from fedneurogen.shared.signing import HOME_ENV, UntrustedSignature, key_dir, signature_path
 
 STRATEGY_FILE = "strategy.safetensors"
 HISTORY_FILE = "history.json"
@@ -99,11 +102,10 @@ class RunStore:
                     {k: np.array(v, order="C") for k, v in strategy_state.items()}, str(tmp / STRATEGY_FILE)
                 )  # keeps 0-d arrays 0-d
             write_json_atomic(tmp / HISTORY_FILE, clean(history))
-            # one manifest over the whole round: resume checks the strategy state and history too
+            # one manifest over the whole round, signed: resume checks the strategy state and history too
             known = read_manifest(tmp) or {}
-            write_manifest(
-                tmp, sorted(p.name for p in tmp.iterdir() if p.is_file() and p.name != MANIFEST_FILE), known=known
-            )
+            own = {MANIFEST_FILE, signature_path(tmp / MANIFEST_FILE).name}
+            write_manifest(tmp, sorted(p.name for p in tmp.iterdir() if p.is_file() and p.name not in own), known=known)
             sync_to_disk(tmp)  # the round's files reach the disk before latest.json can name them
             final = rounds / name
             if final.exists():  # left by a run that crashed before naming it in latest.json
@@ -148,7 +150,20 @@ class RunStore:
             raise ConfigError(
                 f"{self.dir / 'latest.json'} names {latest.get('checkpoint')!r}, not a round folder under {self.dir / 'rounds'}"
             )
-        meta = load_checkpoint_into(model, folder)
+        try:  # never trust_unsigned: the server resumes only what it (or a key its user trusts) signed
+            meta = load_checkpoint_into(model, folder, trust_unsigned=False)
+        except UntrustedSignature as err:
+            raise UntrustedSignature(
+                folder,
+                err.problem,
+                f"the server resumes only rounds signed by the key of the user it runs as ({key_dir()}, "
+                f"from ${HOME_ENV}) or a key that user trusts: run it as the user (and {HOME_ENV}) that wrote "
+                f"{self.dir}, or start a new run-dir",
+            ) from err
+        listed = read_manifest(folder) or {}  # verified and signed above: what resume reads must be in it
+        unlisted = [f for f in (STRATEGY_FILE, HISTORY_FILE) if (folder / f).is_file() and f not in listed]
+        if unlisted:
+            raise ConfigError(f"checkpoint {folder}: {', '.join(unlisted)} not listed in its {MANIFEST_FILE}")
         state = load_file(str(folder / STRATEGY_FILE)) if (folder / STRATEGY_FILE).is_file() else {}
         history = json.loads((folder / HISTORY_FILE).read_text(encoding="utf-8"))
         return int(latest["round"]), state, history, meta
@@ -238,6 +253,23 @@ class SiteSplits:
             for entry in record.get("sites") or []:
                 if isinstance(entry, dict) and "node" in entry:
                     self.sites[str(entry["node"])] = entry
+
+    def add_released(self, nodes: Iterable[Any]) -> None:
+        """Record sites whose data entered the model through a DP release of statistics: they
+        send no split (membership is what DP protects), so they are ``withheld`` unless a
+        report of theirs is already held; each keeps its own record (``evaluate --site-record``).
+
+        Parameters
+        ----------
+        nodes : iterable
+            The node ids whose releases were used.
+        """
+        for node in map(str, nodes):
+            if "train" not in self.sites.get(node, {}):
+                self.sites[node] = {
+                    "node": node,
+                    "withheld": f"site node {node} released DP statistics and keeps its split (evaluate --site-record)",
+                }
 
     def add(self, replies: Iterable[Any]) -> None:
         """Take the reports of a round's training replies.

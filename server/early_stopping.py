@@ -2,7 +2,9 @@
 
 The ridge path is solved once; the residual on top of it (``MeanHead``'s network and readout)
 is trained by the federation. Each round the sites score the global point prediction on their
-held-out subjects (``pcc``, aggregated by held-out windows). The server keeps the residual of
+held-out subjects (``pcc``: with three or more sites the median over them, so that one site
+lying about its score cannot choose the round; with fewer, the mean by held-out windows,
+``server/strategy.py``). The server keeps the residual of
 the best round, starting from the model before any training (the ridge path alone); after
 ``patience`` rounds without a better score the residual is stopped: every later round's
 aggregate has it replaced by the best one, while the rest of the model (the DiT that samples

@@ -21,11 +21,15 @@ so one site that sends ``M·A``, ``M·B`` with a huge ``M`` would otherwise choo
 What passes can still weigh too much: one site claiming far more rows than the others would
 dominate the sum. ``cap_shares`` scales each site's statistics (all of them, which weighs its rows
 less and keeps its own solution unchanged) so that no site counts more than ``MAX_SHARE_RATIO``
-times the median site's rows.
+times the median site's rows. ``screen_sites`` then applies the coordinator's policy: a site whose
+removal alone moves the pooled solution (``leave_one_out_outliers``) is named and, with
+``drop-inconsistent-sites`` (default), left out of the sum. Under DP the comparison fits are made
+stable against the noise, so that honest noisy releases are not named.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
@@ -39,6 +43,8 @@ MAX_ROW_MEAN_SQUARE = 25.0
 PRIVATE_SLACK = 100.0
 #: No site's rows count more than this many times the median site's.
 MAX_SHARE_RATIO = 4.0
+#: With a DP release in the sum, the leave-one-site-out fits' penalty is at least this many times the noise per row.
+NOISE_PENALTY = 4.0
 _TOL = 1e-6
 _NAMES = tuple(f.name for f in fields(RidgeStatistics))
 
@@ -241,15 +247,89 @@ def cap_shares(
     return out, capped
 
 
-def _fixed_ridge(s: RidgeStatistics, penalty: float) -> np.ndarray:
-    """Coefficients of a ridge on centred statistics with a penalty relative to the mean variance."""
-    xx = s.sxx - np.outer(s.sx, s.sx) / s.n
-    xy = s.sxy - np.outer(s.sx, s.sy) / s.n
-    ridge = penalty * max(float(np.trace(xx)) / len(xx), 1e-12)
+def _comparison_fit(s: RidgeStatistics, noisy: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``XᵀX`` and ``XᵀY`` of a comparison fit: centred, or with a DP release in the sum (``noisy``)
+    not, since a noisy count near 1 would turn the centring term into the noise squared (the
+    sites' rows are z-scored per run, so their means are about 0 anyway)."""
+    if noisy:
+        return s.sxx, s.sxy
+    return s.sxx - np.outer(s.sx, s.sx) / s.n, s.sxy - np.outer(s.sx, s.sy) / s.n
+
+
+def _comparison_penalty(s: RidgeStatistics, penalty: float, noisy: bool) -> float:
+    """A comparison fit's penalty: ``penalty`` times the mean variance (of each fit's own
+    statistics: removing an honest site of any size then leaves the shrinkage as it was) and, with
+    a DP release in the sum, at least ``NOISE_PENALTY`` times the off-diagonal noise's scale per
+    row, above the spectral radius of symmetric Gaussian noise (``2·std·sqrt(D)``), so that the
+    fits are stable against the noise. Under DP it is the pooled statistics' for every fit (the
+    noise, not the rows, sets it): a fit without a site then differs from the pooled one by that
+    site's release alone."""
+    xx, _ = _comparison_fit(s, noisy)
+    scale = float(np.trace(xx)) / len(xx)
+    if noisy:
+        scale = max(scale, NOISE_PENALTY * float(np.linalg.norm(xx - np.diag(np.diag(xx)))) / math.sqrt(len(xx)))
+    return penalty * max(scale, 1e-12)
+
+
+def _fixed_ridge(s: RidgeStatistics, ridge: float, noisy: bool) -> np.ndarray:
+    """Coefficients of a ridge with the absolute penalty ``ridge``."""
+    xx, xy = _comparison_fit(s, noisy)
     return np.linalg.solve(xx + ridge * np.eye(len(xx)), xy)
 
 
-def leave_one_out_outliers(parts: Sequence[RidgeStatistics], ratio: float = 3.0, penalty: float = 1.0) -> list[int]:
+@dataclass
+class Screened:
+    """The sites of one modality after ``screen_sites``.
+
+    Attributes
+    ----------
+    parts : list of RidgeStatistics
+        The statistics to sum: the kept sites', weighed down where capped.
+    kept : list of int
+        Indices (into the input) of the sites whose statistics are summed.
+    capped : list of int
+        Indices of the kept sites that were weighed down.
+    inconsistent : list of int
+        Indices of the sites named by the leave-one-site-out check (left out when dropping).
+    """
+
+    parts: list[RidgeStatistics]
+    kept: list[int]
+    capped: list[int]
+    inconsistent: list[int]
+
+
+def screen_sites(parts: Sequence[RidgeStatistics], noisy: bool = False, drop_inconsistent: bool = True) -> Screened:
+    """The coordinator's policy on checked statistics: weigh down (``cap_shares``), name the sites
+    that alone move the pooled solution (``leave_one_out_outliers``) and, with
+    ``drop_inconsistent``, leave those out and weigh the others among themselves.
+
+    Parameters
+    ----------
+    parts : sequence of RidgeStatistics
+        One per site, each checked (``read_reply``).
+    noisy : bool
+        Some are DP releases.
+    drop_inconsistent : bool
+        Leave the named sites out (run-config ``drop-inconsistent-sites``); False: only name them.
+
+    Returns
+    -------
+    Screened
+        What to sum, and which sites were kept, weighed down and named.
+    """
+    capped_parts, capped = cap_shares(parts)
+    inconsistent = leave_one_out_outliers(capped_parts, noisy=noisy)
+    kept = [i for i in range(len(parts)) if not (drop_inconsistent and i in inconsistent)]
+    if len(kept) < len(parts):  # the others' statistics, weighed among themselves
+        capped_parts, capped_kept = cap_shares([parts[i] for i in kept])
+        capped = [kept[i] for i in capped_kept]
+    return Screened(capped_parts, kept, capped, inconsistent)
+
+
+def leave_one_out_outliers(
+    parts: Sequence[RidgeStatistics], ratio: float = 3.0, penalty: float = 1.0, noisy: bool = False
+) -> list[int]:
     """Sites whose removal moves the pooled solution far more than removing any other does.
 
     A leave-one-site-out consistency check: with three or more sites, the ridge coefficients of
@@ -264,6 +344,9 @@ def leave_one_out_outliers(parts: Sequence[RidgeStatistics], ratio: float = 3.0,
         How many median changes make an outlier.
     penalty : float
         The fixed relative penalty of the comparison fits.
+    noisy : bool
+        Some of the statistics are DP releases: the comparison fits are made stable against the
+        noise (``_comparison_penalty``), so that honest noisy releases are not named.
 
     Returns
     -------
@@ -275,12 +358,12 @@ def leave_one_out_outliers(parts: Sequence[RidgeStatistics], ratio: float = 3.0,
     total = parts[0]
     for p in parts[1:]:
         total = total + p
-    pooled = _fixed_ridge(total, penalty)
+    ridge = _comparison_penalty(total, penalty, noisy)
+    pooled = _fixed_ridge(total, ridge, noisy)
     changes = []
     for p in parts:
         rest = RidgeStatistics(**{f: getattr(total, f) - getattr(p, f) for f in _NAMES})
-        changes.append(
-            float(np.linalg.norm(_fixed_ridge(rest, penalty) - pooled)) / max(float(np.linalg.norm(pooled)), 1e-12)
-        )
+        fit = _fixed_ridge(rest, ridge if noisy else _comparison_penalty(rest, penalty, noisy), noisy)
+        changes.append(float(np.linalg.norm(fit - pooled)) / max(float(np.linalg.norm(pooled)), 1e-12))
     median = float(np.median(changes))
     return [i for i, c in enumerate(changes) if c > ratio * max(median, 1e-12)]

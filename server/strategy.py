@@ -15,7 +15,8 @@ a metric that is not one number, and an example count above the site's first-rou
 or ``max-examples-per-site`` make a reply unusable (FedAvg would otherwise move to the weights
 of a site claiming 10^9 examples). With three or more sites, a count above ``MAX_COUNT_RATIO``
 times the round's median counts as that much (training and evaluation alike, so one site owns
-neither the average nor early stopping's held-out score), and an update longer than
+neither the average nor the held-out mean ``pcc-mean``; early stopping's held-out ``pcc`` is the
+median over the sites, which one site moves only within the others' range), and an update longer than
 ``max-update-norm`` or, by default, ``MAX_NORM_RATIO`` times the round's median update is scaled
 down to it (norm bounding, as Flower's server-side fixed clipping does, without the noise) and
 named in the report. An aggregate that is not finite is never sent or saved.
@@ -125,6 +126,9 @@ def make_strategy(run: RunConfig) -> ModalityStrategy:
         min_replies=run.min_train_replies,
         max_examples=run.max_examples_per_site,
         max_update_norm=run.max_update_norm,
+        # a DP site counts 1 (DP_EXAMPLES in client/app.py): sites weigh alike, and a larger claim
+        # is a site trying to outweigh the others (with two sites no median cap catches it)
+        max_examples_per_reply=1 if run.dp_enabled else 0,
     )
 
 
@@ -138,11 +142,13 @@ class ModalityStrategy(Strategy):
         *,
         max_examples: int = 0,
         max_update_norm: float = 0.0,
+        max_examples_per_reply: int = 0,
     ):
         self.parts = {part: factory() for part in PARTS}
         self.min_replies = max(1, min_replies)  # fewer usable updates than this: keep the global model
         self.max_examples = max_examples  # 0: no fixed cap
         self.max_update_norm = max_update_norm  # 0: no bound
+        self.max_examples_per_reply = max_examples_per_reply  # 0: no bound (under DP: 1)
         self.declared: dict[int, float] = {}  # node -> training examples claimed in its first usable update
         self.sampler = self.parts[BACKBONE]  # samples nodes and builds the messages
         self.current: ArrayRecord = ArrayRecord()
@@ -197,6 +203,8 @@ class ModalityStrategy(Strategy):
         pcc = content["metrics"].get("pcc")
         if pcc is not None and math.isfinite(pcc) and not -1.0 <= float(pcc) <= 1.0:
             return f"malformed reply: pcc {float(pcc):g} is not a correlation"
+        if self.max_examples_per_reply and examples > self.max_examples_per_reply:
+            return f"refused reply: num-examples {examples:g} under DP, where every site counts at most {self.max_examples_per_reply}"
         declared = self.declared.get(msg.metadata.src_node_id)
         if is_train and declared is not None and examples > declared:
             return f"refused update: num-examples {examples:g} is more than the {declared:g} this site declared in its first round"
@@ -335,6 +343,9 @@ class ModalityStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         usable = self._sort_replies(MessageType.TRAIN, replies)
+        valid = len(self.report[MessageType.TRAIN]["sites"])  # with examples or not (a DP site's budget spent)
+        if valid < self.min_replies:  # the run cannot go on (shortfall)
+            self.report[MessageType.TRAIN]["too_few"] = {"valid": valid, "required": self.min_replies}
         if len(usable) < self.min_replies:
             log(WARNING, "aggregate_train: %d usable site update(s), %d required", len(usable), self.min_replies)
             return None, None
@@ -367,9 +378,35 @@ class ModalityStrategy(Strategy):
         self.report[MessageType.TRAIN]["aggregate"] = dict(metrics or {})
         return merged, metrics
 
+    def shortfall(self) -> str | None:
+        """Why the run cannot go on after this round's training replies, or None.
+
+        A valid reply without examples (a DP site whose budget is spent) counts as valid: the
+        round then keeps the global model and the run goes on.
+
+        Returns
+        -------
+        str | None
+            With fewer valid replies than ``min-train-replies``: how many there were, and every
+            site that failed or was refused with its reason (public, as in the history).
+        """
+        report = self.report.get(MessageType.TRAIN, {})
+        short = report.get("too_few")
+        if not short:
+            return None
+        failed = "; ".join(f"node {f['node']}: {f['reason']}" for f in report.get("failed", []))
+        replies = "reply" if short["valid"] == 1 else "replies"
+        return f"{short['valid']} valid training {replies} where min-train-replies = {short['required']}" + (
+            f" (failed or refused: {failed})" if failed else ""
+        )
+
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         usable = self._sort_replies(MessageType.EVALUATE, replies)
         metrics = aggregate_metrics([m.content for m in usable], "num-examples") if usable else None
+        scores = [float(m.content["metrics"]["pcc"]) for m in usable] if metrics and "pcc" in metrics else []
+        scores = [p for p in scores if math.isfinite(p)]
+        if len(scores) >= 3:  # early stopping's score: one site moves a median only within the others' range
+            metrics["pcc-mean"], metrics["pcc"] = metrics["pcc"], float(np.median(scores))
         self.report[MessageType.EVALUATE]["aggregate"] = dict(metrics or {})
         return metrics
 

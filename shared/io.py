@@ -181,12 +181,14 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 #: A folder's manifest: ``sha256sum`` format (``<hex>  <name>`` per line), so ``sha256sum -c
-#: MANIFEST.sha256`` checks it by hand too.
+#: MANIFEST.sha256`` checks it by hand too. It is signed by the writer's key (``shared/signing.py``):
+#: the signature is ``MANIFEST.sha256.sig`` beside it.
 MANIFEST_FILE = "MANIFEST.sha256"
 
 
 def write_manifest(folder: str | Path, names: list[str], known: dict[str, str] | None = None) -> Path:
-    """Write ``folder/MANIFEST.sha256`` for the files ``names``, atomically.
+    """Write ``folder/MANIFEST.sha256`` for the files ``names``, atomically, and sign it with this
+    user's key (``signing.sign_manifest``: ``MANIFEST.sha256.sig``).
 
     Parameters
     ----------
@@ -201,11 +203,20 @@ def write_manifest(folder: str | Path, names: list[str], known: dict[str, str] |
     -------
     Path
         The manifest file.
+
+    Raises
+    ------
+    ConfigError
+        This user's signing key cannot be made or read.
     """
+    from fedneurogen.shared.signing import sign_manifest
+
     folder = Path(folder)
     known = known or {}
     lines = [f"{known.get(name) or file_sha256(folder / name)}  {name}" for name in sorted(names)]
-    return write_bytes_atomic(folder / MANIFEST_FILE, ("\n".join(lines) + "\n").encode("utf-8"))
+    manifest = write_bytes_atomic(folder / MANIFEST_FILE, ("\n".join(lines) + "\n").encode("utf-8"))
+    sign_manifest(manifest)
+    return manifest
 
 
 def read_manifest(folder: str | Path) -> dict[str, str] | None:
@@ -229,8 +240,12 @@ def read_manifest(folder: str | Path) -> dict[str, str] | None:
     path = Path(folder) / MANIFEST_FILE
     if not path.is_file():
         return None
+    return _parse_manifest(path, path.read_bytes())
+
+
+def _parse_manifest(path: Path, data: bytes) -> dict[str, str]:
     out = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
         digest, sep, name = line.partition("  ")
         if not sep or len(digest) != 64 or not name or "/" in name or name in (".", ".."):
             raise ValueError(f"{path} line {number} is not '<sha256>  <file name>': {line[:80]!r}")
@@ -238,8 +253,11 @@ def read_manifest(folder: str | Path) -> dict[str, str] | None:
     return out
 
 
-def verify_manifest(folder: str | Path, skip: set[str] = frozenset()) -> dict[str, str] | None:
-    """Check every file a folder's manifest lists against its hash.
+def verify_manifest(
+    folder: str | Path, skip: set[str] = frozenset(), trust_unsigned: bool | None = None
+) -> dict[str, str] | None:
+    """Check that a folder's manifest was signed by a key this user accepts, then every file it
+    lists against its hash.
 
     Parameters
     ----------
@@ -247,19 +265,33 @@ def verify_manifest(folder: str | Path, skip: set[str] = frozenset()) -> dict[st
         The folder.
     skip : set of str
         File names not checked (e.g. a large file checked elsewhere).
+    trust_unsigned : bool | None
+        Accept a folder that is unsigned (no manifest, or no signature), signed by an unknown key
+        or whose signature does not match, with a warning; the files are still checked against
+        the manifest when there is one. None: as the running command says
+        (``signing.trusting_unsigned``).
 
     Returns
     -------
     dict of str to str | None
-        The manifest, ``{file name: sha256}``; None when the folder has none (nothing is checked).
+        The manifest, ``{file name: sha256}``; None when the folder has none (accepted only with
+        ``trust_unsigned``; nothing is checked).
 
     Raises
     ------
+    UntrustedSignature
+        Unsigned, signed by a key this user does not trust, or a signature that does not match
+        (a ``ConfigError`` naming the folder and how to proceed).
     ValueError
         The manifest is malformed, or names the first file that is missing or differs.
     """
+    from fedneurogen.shared.signing import check_signature
+
     folder = Path(folder)
-    manifest = read_manifest(folder)
+    path = folder / MANIFEST_FILE
+    data = path.read_bytes() if path.is_file() else None  # read once: the bytes checked are the bytes used
+    check_signature(folder, path, data, trust_unsigned)
+    manifest = None if data is None else _parse_manifest(path, data)
     for name, digest in (manifest or {}).items():
         if name in skip:
             continue

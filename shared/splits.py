@@ -348,19 +348,29 @@ class SeenSubjects:
     ----------
     train, val : frozenset of str
         Run hashes of the training and validation subjects.
+    covered : frozenset of str or None
+        When the record was completed by sites' own records (a DP site withholds its split from
+        the server): every run it knows the status of. A run outside it is ``unknown``, never
+        ``unseen``. None: a complete record, where any run not trained or validated on is unseen.
     """
 
     train: frozenset[str]
     val: frozenset[str]
+    covered: frozenset[str] | None = None
 
     @classmethod
-    def from_provenance(cls, provenance: dict[str, Any]) -> SeenSubjects:
-        """Read the record of a checkpoint's provenance.
+    def from_provenance(cls, provenance: dict[str, Any], site_records: Sequence[dict[str, Any]] = ()) -> SeenSubjects:
+        """Read the record of a checkpoint's provenance, completed by sites' own records.
 
         Parameters
         ----------
         provenance : dict
             The checkpoint's ``provenance``.
+        site_records : sequence of dict
+            Records a site keeps of its own split in a run (``seen_record`` of one
+            ``split_record``: train, val and held-out runs; a DP site writes one beside its
+            ledger and sends none). They fill in the sites whose subjects the checkpoint
+            does not know; a subject then counts as unseen only when a record names it held out.
 
         Returns
         -------
@@ -371,7 +381,7 @@ class SeenSubjects:
         ------
         ValueError
             The checkpoint has no record, a record of another scheme, a site whose subjects are
-            not recorded (``withheld``), or a malformed one; the message says which.
+            not recorded (``withheld``) and no site record, or a malformed one; the message says which.
         """
         record = provenance.get(PROVENANCE_KEY)
         if not isinstance(record, dict):
@@ -380,17 +390,37 @@ class SeenSubjects:
             raise ValueError(f"records its subjects by scheme {record.get('scheme')!r}, not {HASH_SCHEME!r}")
         train: set[str] = set()
         val: set[str] = set()
+        withheld = []
         for i, site in enumerate(record.get("sites") or []):
             if not isinstance(site, dict):
                 raise ValueError(f"site {i} of its subject record is malformed")
             if "withheld" in site:
-                raise ValueError(f"does not know the subjects of one of its sites: {site['withheld']}")
+                withheld.append(site["withheld"])
+                continue
             for part, into in (("train", train), ("val", val)):
                 for key in check_subject_keys(site.get(part, []), f"site {i}: {part}"):
                     into.update(key.split(":"))
         if not record.get("sites"):
             raise ValueError("records no site in its subject record")
-        return cls(frozenset(train), frozenset(val))
+        if not withheld and not site_records:
+            return cls(frozenset(train), frozenset(val))
+        if withheld and not site_records:
+            raise ValueError(
+                f"does not know the subjects of one of its sites: {withheld[0]} "
+                "(pass that site's own record of this run: evaluate --site-record)"
+            )
+        covered = set(train) | set(val)
+        for r, own in enumerate(site_records):  # a site's own record: its train, val and held-out runs
+            sites = own.get("sites") if isinstance(own, dict) and own.get("scheme") == HASH_SCHEME else None
+            if not sites:
+                raise ValueError(f"site record {r} is not a {HASH_SCHEME} record of a site's split")
+            for i, site in enumerate(sites):
+                for part in SPLIT_NAMES:
+                    for key in check_subject_keys(site.get(part, []), f"site record {r}, site {i}: {part}"):
+                        runs = key.split(":")
+                        covered.update(runs)
+                        {"train": train, "val": val}.get(part, set()).update(runs)
+        return cls(frozenset(train), frozenset(val), frozenset(covered))
 
     def status(self, key: str) -> str | None:
         """Whether a subject was seen.
@@ -404,11 +434,13 @@ class SeenSubjects:
         -------
         str or None
             ``"train"`` when any of its runs was trained on, else ``"val"`` when any was
-            validated on, else None (never seen).
+            validated on, else ``"unknown"`` when the record does not cover it, else None (never seen).
         """
         runs = set(key.split(":"))
         if runs & self.train:
             return "train"
         if runs & self.val:
             return "val"
+        if self.covered is not None and not runs <= self.covered:
+            return "unknown"  # possibly a withheld site's subject no record names
         return None

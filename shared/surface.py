@@ -130,10 +130,113 @@ def _upsampling(coordinates: np.ndarray, faces: np.ndarray) -> sparse.csr_matrix
 
 
 def upsample_ico4(data: np.ndarray) -> np.ndarray:
-    """ico4 values ``[5124, ...]`` (left then right) -> fsaverage5 ``[20484, ...]`` float32."""
+    """ico4 values (left then right) upsampled to fsaverage5.
+
+    Parameters
+    ----------
+    data : np.ndarray
+        ``[5124, ...]`` values on the ico4 points.
+
+    Returns
+    -------
+    np.ndarray
+        ``[20484, ...]`` float32.
+
+    Raises
+    ------
+    ValueError
+        ``data`` does not have 5124 rows.
+    """
     data = np.asarray(data)
     matrix = ico4_to_fsaverage5()
     if data.shape[0] != matrix.shape[1]:
         raise ValueError(f"expected {matrix.shape[1]} ico4 values (left then right), got {data.shape[0]}")
     flat = data.reshape(data.shape[0], -1)
     return np.asarray(matrix @ flat, dtype=np.float32).reshape(matrix.shape[0], *data.shape[1:])
+
+
+# ----------------------------------------------------------------------------------------------
+# geometric eigenmodes: a public basis of smooth cortical patterns
+
+
+@functools.lru_cache(maxsize=4)
+def cortical_eigenmodes(per_hemisphere: int) -> np.ndarray:
+    """The first ``per_hemisphere`` geometric eigenmodes of each ico4 hemisphere, ``[5124, 2k]``.
+
+    Eigenfunctions of the Laplace-Beltrami operator of the midthickness surface (the mean of
+    nilearn's fsaverage5 pial and white meshes at the ico4 vertices; cotangent weights, lumped
+    vertex areas), lowest spatial frequency first; the ico4 triangles are the convex hull of the
+    ico4 sphere vertices. They depend on the mesh alone, never on data, so statistics expressed
+    in them are a data-independent reduction (Pang et al. 2023 use the same modes to model
+    cortical activity). Left-hemisphere modes fill columns ``0..k-1`` and are zero on the right;
+    right-hemisphere modes fill ``k..2k-1``. The columns are orthonormal (Gram-Schmidt in
+    frequency order, so the first ``j`` span the first ``j`` eigenmodes). Read only.
+
+    Parameters
+    ----------
+    per_hemisphere : int
+        Modes per hemisphere (the first is constant over the hemisphere).
+
+    Returns
+    -------
+    np.ndarray
+        ``[5124, 2 * per_hemisphere]`` float64.
+
+    Raises
+    ------
+    ValueError
+        ``per_hemisphere`` is not between 1 and 256.
+    """
+    from scipy import sparse
+    from scipy.sparse.linalg import eigsh
+    from scipy.spatial import ConvexHull
+
+    if not 1 <= per_hemisphere <= 256:
+        raise ValueError(f"per_hemisphere = {per_hemisphere}: choose 1 to 256 modes per hemisphere")
+    mesh = load_fsaverage5()
+    blocks = []
+    for hemi in HEMISPHERES:
+        sphere = np.asarray(mesh["sphere"].parts[hemi].coordinates[:ICO4_PER_HEMI], dtype=np.float64)
+        faces = ConvexHull(sphere / np.linalg.norm(sphere, axis=1, keepdims=True)).simplices
+        mid = (
+            sum(
+                np.asarray(mesh[s].parts[hemi].coordinates[:ICO4_PER_HEMI], dtype=np.float64)
+                for s in ("pial", "white_matter")
+            )
+            / 2
+        )
+        stiffness, mass = _cotangent_laplacian(mid, faces)
+        values, vectors = eigsh(stiffness, k=per_hemisphere, M=sparse.diags(mass), sigma=-1e-8, which="LM")
+        # orthonormal in R^n (not only mass-orthogonal), lowest frequency first: Gram-Schmidt keeps
+        # the span of the first j modes for every j, and makes Y @ modes @ modes.T a projection
+        vectors, _ = np.linalg.qr(vectors[:, np.argsort(values)])
+        vectors *= np.sign(vectors[np.argmax(np.abs(vectors), axis=0), np.arange(per_hemisphere)])  # a fixed sign
+        blocks.append(vectors)
+    modes = np.zeros((ICO4_POINTS, 2 * per_hemisphere))
+    modes[:ICO4_PER_HEMI, :per_hemisphere] = blocks[0]
+    modes[ICO4_PER_HEMI:, per_hemisphere:] = blocks[1]
+    modes.setflags(write=False)
+    return modes
+
+
+def _cotangent_laplacian(coords: np.ndarray, faces: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray]:
+    """The cotangent stiffness matrix and lumped (one third of adjacent triangles) vertex areas."""
+    from scipy import sparse
+
+    n = len(coords)
+    rows, cols, weights = [], [], []
+    for a, b, c in ((0, 1, 2), (1, 2, 0), (2, 0, 1)):  # the angle at vertex a faces edge (b, c)
+        u, v = coords[faces[:, b]] - coords[faces[:, a]], coords[faces[:, c]] - coords[faces[:, a]]
+        cot = np.einsum("ij,ij->i", u, v) / np.maximum(np.linalg.norm(np.cross(u, v), axis=1), 1e-12)
+        rows += [faces[:, b], faces[:, c]]
+        cols += [faces[:, c], faces[:, b]]
+        weights += [0.5 * cot, 0.5 * cot]
+    adjacency = sparse.csr_matrix((np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+    stiffness = sparse.diags(np.asarray(adjacency.sum(axis=1)).ravel()) - adjacency
+    triangle = 0.5 * np.linalg.norm(
+        np.cross(coords[faces[:, 1]] - coords[faces[:, 0]], coords[faces[:, 2]] - coords[faces[:, 0]]), axis=1
+    )
+    area = np.zeros(n)
+    for k in range(3):
+        np.add.at(area, faces[:, k], triangle / 3)
+    return stiffness.tocsr(), area

@@ -21,19 +21,21 @@ request, it replaces the attack drill's node's update by a poisoned one.
   site does so only when its own node config says so (``client/refusal.py``).
 - ``fault-partition``: that node fails every training and evaluation request (tests the
   server's failure handling); it still answers queries (classes, ridge statistics).
-- ``attack-partition`` with ``attack-mode``: that node lies, for ``benchmarks/robustness.py``
-  and the integrity tests. Its training update: ``scale`` (global + ``attack-scale`` x (local -
-  global)), ``random`` (Gaussian noise with the update's per-tensor std x scale), ``sign-flip``
-  (global - scale x (local - global)), ``float64-huge`` (float64 arrays of 1e300: finite, inf
-  once cast), ``count-inflate`` (its example count x scale). Its evaluation: ``eval-lie`` (PCC
-  0.99 over scale x its windows). Its ridge statistics: ``statistics-scale`` (every array x
-  scale), ``statistics-crafted`` (``XᵀY = XᵀX·B`` for a ``B`` of its choosing, with ``Σy²``
-  raised to pass Cauchy-Schwarz) and ``statistics-nan``.
+- ``attack-partition`` with ``attack-mode``: that node (or those of a list, ``"1,2"``) lies,
+  for ``benchmarks/robustness.py`` and the integrity tests. Its training update: ``scale``
+  (global + ``attack-scale`` x (local - global)), ``random`` (Gaussian noise with the update's
+  per-tensor std x scale), ``sign-flip`` (global - scale x (local - global)), ``float64-huge``
+  (float64 arrays of 1e300: finite, inf once cast), ``count-inflate`` (its example count x
+  scale). Its evaluation: ``eval-lie`` (PCC 0.99 before training and -0.99 after, over scale x
+  its windows: early stopping, if it trusted it, would keep the untrained residual). Its ridge
+  statistics: ``statistics-scale`` (every array x scale), ``statistics-crafted`` (``XᵀY = XᵀX·B``
+  for a ``B`` of its choosing, with ``Σy²`` raised to pass Cauchy-Schwarz) and ``statistics-nan``.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from typing import Any, Literal, get_args
 
@@ -42,7 +44,7 @@ import torch
 from flwr.app import Array, ArrayRecord, Context, Error, Message
 from flwr.common import MessageType
 from flwr.common.constant import ErrorCode
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.run_config import validate_run_config
@@ -70,9 +72,23 @@ class SimulationConfig(BaseModel):
 
     sim_node_config: str = ""
     fault_partition: int = NO_NODE
-    attack_partition: int = NO_NODE
+    attack_partition: int | str = NO_NODE  # one partition id, or several: "1,2"
     attack_mode: AttackMode = "scale"
     attack_scale: float = 100.0
+
+    @field_validator("attack_partition")
+    @classmethod
+    def _partitions(cls, value: int | str) -> int | str:
+        if isinstance(value, str) and not re.fullmatch(r"\s*-?\d+(\s*,\s*-?\d+)*\s*", value):
+            raise ValueError("must be a partition id or a comma-separated list of them (e.g. 1,2)")
+        return value
+
+    @property
+    def attack_partitions(self) -> tuple[int, ...]:
+        """The attack drill's nodes (``attack-partition``: one id or a comma-separated list)."""
+        if isinstance(self.attack_partition, int):
+            return (self.attack_partition,)
+        return tuple(int(p) for p in self.attack_partition.split(","))
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> "SimulationConfig":
@@ -153,7 +169,7 @@ def simulation_mod(msg: Message, context: Context, call_next) -> Message:  # noq
     node_context = copy.copy(context)
     node_context.node_config = node_config
     reply = call_next(msg, node_context)
-    if is_node(drill.attack_partition, node_config) and not reply.has_error():
+    if any(is_node(p, node_config) for p in drill.attack_partitions) and not reply.has_error():
         lie(drill, msg, reply)
     return reply
 
@@ -171,7 +187,9 @@ def lie(drill: SimulationConfig, msg: Message, reply: Message) -> None:
         if mode == "count-inflate":
             content["metrics"]["num-examples"] = int(content["metrics"]["num-examples"] * drill.attack_scale)
     elif kind == MessageType.EVALUATE and mode == "eval-lie" and "metrics" in content.metric_records:
-        content["metrics"]["pcc"] = 0.99
+        config = msg.content.config_records.get("config")
+        before_training = int(config.get("server-round", 0)) == 0 if config is not None else True
+        content["metrics"]["pcc"] = 0.99 if before_training else -0.99  # early stopping would keep round 0
         content["metrics"]["num-examples"] = int(content["metrics"]["num-examples"] * drill.attack_scale)
     elif kind == MessageType.QUERY and mode.startswith("statistics-") and "statistics" in content.array_records:
         arrays = {k: a.numpy().astype(np.float64) for k, a in content["statistics"].items()}

@@ -17,6 +17,17 @@ def _isolated_cache(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_keys(tmp_path_factory):
+    """Checkpoints are signed with the user's key (shared/signing.py): the test session has its own
+    key folder (FEDNEUROGEN_HOME, inherited by the Flower processes tests start), never the user's
+    ~/.fedneurogen, so no test depends on a home folder or leaves a key in it."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FEDNEUROGEN_HOME", str(tmp_path_factory.mktemp("fedneurogen-home")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def small_fmri_sites(tmp_path_factory) -> list[Path]:
     """Two simulated EEG-fMRI sites (64 ch EDF / 32 ch BrainVision), 3 subjects, 200 s runs."""

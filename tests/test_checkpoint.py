@@ -55,6 +55,7 @@ def test_round_trip_gives_identical_outputs(trained, tmp_path):
     path = save_checkpoint(tmp_path / "ckpt", model, ema=ema, extra=EXTRA)
     assert sorted(p.name for p in path.iterdir()) == [
         "MANIFEST.sha256",
+        "MANIFEST.sha256.sig",
         "config.json",
         "model.safetensors",
     ]  # no temp files left
@@ -222,10 +223,15 @@ def test_manifest_covers_the_config(trained, tmp_path):
         load_checkpoint(path, device="cpu")
     (path / "config.json").write_text(text)
     (path / "MANIFEST.sha256").write_text("not a manifest\n")
-    with pytest.raises(ConfigError, match=r"MANIFEST.sha256 line 1 is not"):
+    with pytest.raises(ConfigError, match=r"signature that does not match its MANIFEST.sha256"):
         load_checkpoint(path, device="cpu")
-    (path / "MANIFEST.sha256").unlink()  # written before manifests existed: the weights are still checked
-    load_checkpoint(path, device="cpu")
+    with pytest.raises(ConfigError, match=r"MANIFEST.sha256 line 1 is not"), pytest.warns(UserWarning):
+        load_checkpoint(path, device="cpu", trust_unsigned=True)
+    (path / "MANIFEST.sha256").unlink()  # as written before manifests existed: unsigned, loaded only when trusted
+    with pytest.raises(ConfigError, match=r"has no MANIFEST.sha256 .*--trust-unsigned"):
+        load_checkpoint(path, device="cpu")
+    with pytest.warns(UserWarning, match="loaded because of --trust-unsigned"):
+        load_checkpoint(path, device="cpu", trust_unsigned=True)  # the weights are still checked (content_hash)
 
 
 def test_round_manifest_covers_strategy_state_and_history(trained, tmp_path):

@@ -259,3 +259,130 @@ def test_the_simulation_app_is_the_sites_app_with_the_simulations_client_and_key
     assert build_fab_from_disk(folder)[:2] == b"PK"  # Flower accepts it as an app (a zip)
     module, _, name = SIMULATION_CLIENTAPP.partition(":")  # and the component it names loads
     assert isinstance(getattr(importlib.import_module(module), name), ClientApp)
+
+
+def test_attack_partition_takes_a_list_of_nodes():
+    drill = SimulationConfig.from_run_config({"attack-partition": "1, 2", "attack-mode": "float64-huge"})
+    assert drill.attack_partitions == (1, 2) and _drill().attack_partitions == (2,)
+    assert SimulationConfig().attack_partitions == (drills.NO_NODE,)
+    with pytest.raises(ConfigError, match="attack-partition = '1;2'.*comma-separated list"):
+        SimulationConfig.from_run_config({"attack-partition": "1;2"})
+
+
+def test_every_node_of_the_list_lies_and_the_others_do_not(local, received):
+    handler = SiteHandler(local)
+    attack = {"attack-partition": "0,2", "attack-mode": "float64-huge", "attack-scale": 1.0}
+    for partition, lies in ((0, True), (1, False), (2, True)):
+        reply = simulation_mod(_message(MessageType.TRAIN, received), _context(partition, **attack), handler)
+        dtypes = {a.dtype for a in reply.content["arrays"].values()}
+        assert dtypes == ({"float64"} if lies else {"float32"}), partition
+
+
+# ---------------------------------------------------------------------------------------------
+# A real Flower run
+
+
+@pytest.mark.slow
+def test_a_run_where_two_of_three_sites_send_garbage_ends_cleanly(federation_sites, tmp_path_factory):
+    """Sites 2 and 3 send float64 arrays of 1e300 (finite, inf once cast) every round; with
+    min-train-replies = 2 the one honest update is not enough: the run ends after round 1 without
+    a traceback, the history names both sites and why, no checkpoint is written (no round was
+    good) and the server's log says why the run ended."""
+    import json
+    import re
+    import time
+
+    from fedneurogen.simulations.federated import run_federated
+
+    run_dir = tmp_path_factory.mktemp("garbage") / "run"
+    started = time.time()
+    run_federated(
+        run_dir,
+        federation_sites,
+        num_sites=3,
+        rounds=2,  # it must end after the first
+        modality="mixed",
+        subjects_per_site=3,
+        seed=0,
+        run_config={
+            "preset": "tiny",
+            "local-epochs": 1,
+            "max-windows": 8,
+            "fraction-evaluate": 0.0,  # the run ends on its training replies
+            "min-train-replies": 2,
+            "attack-partition": "1,2",
+            "attack-mode": "float64-huge",
+            "attack-scale": 1.0,
+            "cache-dir": str(federation_sites.parent / "federation-cache"),
+            "round-timeout": 300.0,
+        },
+        timeout=500,
+    )
+    print(f"1-round simulation ended by two garbage sites: {time.time() - started:.0f} s")
+
+    (entry,) = json.loads((run_dir / "history.json").read_text())
+    assert entry["round"] == 1
+    failed = {f["node"]: f["reason"] for f in entry["train"]["failed"]}
+    assert len(failed) == 2 and all(
+        re.fullmatch(r"malformed reply: parameter \S+ is float64, not float32", r) for r in failed.values()
+    )
+    assert [m["modality"] for m in entry["train"]["sites"].values()] == ["fmri"]  # site-01, honest, alone
+    assert entry["ended"].startswith("1 valid training reply where min-train-replies = 2")
+    assert all(f"node {node}: {reason}" in entry["ended"] for node, reason in failed.items())
+    assert not (run_dir / "latest.json").exists() and not (run_dir / "checkpoint").exists()
+    assert not any((run_dir / "rounds").glob("round-*"))
+    log = (run_dir / "flwr-run.log").read_text(errors="replace")
+    assert "Run ended at round 1: 1 valid training reply where min-train-replies = 2" in log
+    assert "no checkpoint was written" in log and "Traceback" not in log
+    assert "Traceback" not in (run_dir / "superlink.log").read_text(errors="replace")
+
+
+def test_eval_lie_claims_the_best_score_before_training_and_the_worst_after():
+    for server_round, claimed in ((0, 0.99), (2, -0.99)):
+        msg = _message(MessageType.EVALUATE, server_round=server_round)
+        reply = Message(RecordDict({"metrics": MetricRecord({"num-examples": 4, "pcc": 0.1})}), reply_to=msg)
+        drills.lie(_drill("eval-lie", 1e6), msg, reply)
+        assert reply.content["metrics"]["pcc"] == claimed and reply.content["metrics"]["num-examples"] == 4_000_000
+
+
+def test_the_robustness_benchmark_runs_the_eval_lie_attack_with_evaluation_on(tmp_path):
+    """``benchmarks/robustness.py --runs integrity`` includes eval-lie, with the evaluation rounds
+    early stopping acts on switched on for that run, and judges it like the other lies."""
+    import argparse
+    import sys
+    from pathlib import Path
+
+    from fedneurogen.shared.run_config import validate_run_config
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import robustness
+
+    with pytest.raises(SystemExit) as done:
+        robustness.main(["--help"])
+    assert done.value.code == 0
+    assert robustness.INTEGRITY_RUNS["eval_lie"][0] == "eval-lie"
+    args = argparse.Namespace(
+        attack="scale",
+        attack_scale=100.0,
+        attack_partition=3,
+        sites=4,
+        trim_beta=0.25,
+        rounds=2,
+        out=tmp_path / "r.json",
+    )
+    settings = robustness.run_settings("eval_lie", args)
+    assert settings["attack-mode"] == "eval-lie" and settings["fraction-evaluate"] == 1.0
+    assert settings["eval-pcc-windows"] > 0 and settings["early-stopping-patience"] >= 1
+    common = {"fraction-evaluate": 0.0, "eval-pcc-windows": 0}  # the other runs' (robustness.main)
+    run = validate_run_config({**common, **settings})  # the app's keys, as the benchmark merges them
+    assert run.fraction_evaluate == 1.0 and run.eval_pcc_windows == settings["eval-pcc-windows"]
+    assert SimulationConfig.from_run_config(settings).attack_partitions == (3,)
+
+    def result(pcc):
+        return {"pcc": pcc, "val_loss": 1.0, "per_site": [pcc], "val_loss_parts": {}}
+
+    results = {"clean": result(0.2), robustness.WITHOUT_ATTACKER: result(0.15), "eval_lie": result(0.195)}
+    report = robustness.build_report(args, results, 0.01, {}, {}, {})
+    assert report["integrity"]["eval_lie"]["within_5pct"] and report["settings"]["runs"]["eval_lie"] == settings
+    results["eval_lie"] = result(0.14)  # below both references: named as not within 5 %
+    assert not robustness.build_report(args, results, 0.01, {}, {}, {})["integrity"]["eval_lie"]["within_5pct"]

@@ -248,6 +248,7 @@ def test_simulation_with_a_failing_site_dp_and_resume(federation_sites, tmp_path
         "fault-partition": 1,  # site-02 fails
         "dp-enabled": True,
         "dp-target-epsilon": 8.0,
+        "dp-statistics-share": 0.1,  # the rest to DP-SGD, whose cumulative epsilon this test follows
         "dp-rounds": 3,
         "eval-pcc-windows": 2,
         "cache-dir": str(federation_sites.parent / "federation-cache"),
@@ -343,3 +344,14 @@ def test_round_watcher_reports_each_new_round_once(tmp_path):
     history.write_text("[{")  # caught mid-write by another reader: ignored until it is whole
     watch()
     assert seen == [{"round": 2, "seconds": 3.0}]
+
+
+def test_under_dp_a_site_counting_more_than_one_example_is_refused(task_identity):
+    """A DP site counts 1 (its window count is withheld), so every site weighs alike; a site that
+    claims more, even in its first round and with two sites (no median cap), is refused."""
+    strategy = make_strategy(RunConfig(min_available_nodes=1, min_train_nodes=1, dp_enabled=True))
+    sites = {1: ("fmri", 1, {BACKBONE: 1.0, FMRI: 1.0}), 2: ("fmri", 500, {BACKBONE: 1e3, FMRI: 1e3})}
+    strategy, new, metrics = one_round("fedavg", sites, strategy=strategy)
+    assert new[BACKBONE] == pytest.approx(1.0) and metrics["num-examples"] == 1
+    (failure,) = strategy.report[MessageType.TRAIN]["failed"]
+    assert failure["node"] == 2 and "under DP, where every site counts at most 1" in failure["reason"]

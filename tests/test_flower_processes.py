@@ -73,9 +73,14 @@ def test_superlink_and_two_site_daemons_train_and_checkpoint(federation_sites, t
 
     history = json.loads((run_dir / "history.json").read_text())
     (entry,) = history
+    # the default DP run spends each subject's whole budget on the private ridge path: the model's
+    # path adapts the public prior from the sites' noisy releases, and DP-SGD has nothing left
+    private = entry["ridge_path"]["fmri"]
+    assert private["private_path"] == "prior" and private["private_sites"] == 2 and len(private["gains"]) == 10
+    assert private["penalty"] >= private["penalty_floor"] > 0
     assert not entry["train"]["failed"] and len(entry["train"]["sites"]) == 2
     assert all(
-        m["modality"] == "fmri" and m["num-examples"] == 8 and 0 < m["epsilon"] <= 8.0
+        m["modality"] == "fmri" and m["budget_exhausted"] == 1 and 7.0 < m["epsilon"] <= 8.0
         for m in entry["train"]["sites"].values()
     )
     model, meta = load_checkpoint(run_dir / "checkpoint", device="cpu", use_ema=True)
@@ -86,7 +91,8 @@ def test_superlink_and_two_site_daemons_train_and_checkpoint(federation_sites, t
     audited = [e for e in read_log(run_dir / AUDIT_FILE) if e["message_type"] == "train"]
     for i in (1, 2):
         (ledger,) = (tmp_path / f"state-{i}").glob("privacy-*.json")
-        assert json.loads(ledger.read_text())["history"][0][2] == 1  # one DP step (8 windows, batch 8)
+        spent = json.loads(ledger.read_text())
+        assert spent["history"] == [] and spent["statistics"]["clip"] == 4.0  # one release, no DP-SGD step
         # each site's own record of what it sent matches what the coordinator's audit log received
         sent = [json.loads(line) for line in (tmp_path / f"state-{i}" / "sent.jsonl").read_text().splitlines()]
         (train,) = [e for e in sent if e["message_type"] == "train"]

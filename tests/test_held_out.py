@@ -301,3 +301,21 @@ def test_parser_bounds_the_count(n):
     with pytest.raises(ValueError, match="alone"):
         parse_split_report({"train-runs": []})
     assert parse_split_report({"modality": "fmri"}) is None
+
+
+def test_a_dp_sites_own_record_completes_a_checkpoint_that_withheld_its_split():
+    """A DP site sends the server no split (membership is what DP protects): the checkpoint
+    records it as withheld, and evaluation needs the site's own record (``--site-record``). With
+    it, the site's trained and validated subjects are seen, its held-out ones unseen, and a
+    subject no record covers (possibly another withheld site's) unknown, never unseen."""
+    from fedneurogen.shared.splits import HASH_SCHEME, PROVENANCE_KEY, SeenSubjects, seen_record
+
+    run = lambda c: c * 64  # noqa: E731  (a run hash)
+    provenance = {PROVENANCE_KEY: {"scheme": HASH_SCHEME, "sites": [{"withheld": "dp"}]}}
+    with pytest.raises(ValueError, match="--site-record"):
+        SeenSubjects.from_provenance(provenance)
+    own = seen_record([{"name": None, "dataset": "d", "train": [run("a")], "val": [run("b")], "test": [run("c")]}])
+    seen = SeenSubjects.from_provenance(provenance, [own])
+    assert [seen.status(run(c)) for c in "abcd"] == ["train", "val", None, "unknown"]
+    with pytest.raises(ValueError, match="site record 0"):
+        SeenSubjects.from_provenance(provenance, [{"scheme": "other"}])

@@ -198,23 +198,32 @@ def test_site_state_dir_prefers_the_daemon_setting(tmp_path):
 
 
 def test_ridge_statistics_go_through_the_gaussian_mechanism_once_on_the_same_ledger(data, tmp_path):
-    """Under DP a site releases its ridge statistics with noise, spends a share of the budget on
+    """Under DP a site releases the private path's statistics (the small regression of
+    ``shared.private_path``, not the full path's) with noise, spends a share of the budget on
     them in the ledger DP-SGD continues, and sends the same release if asked again."""
+    from fedneurogen.shared.private_path import BLOCK_WEIGHTS, private_reduction
+    from fedneurogen.shared.ridge import sum_statistics
+
     settings = privacy.DPSettings(
-        target_epsilon=8.0, delta=1e-5, max_grad_norm=1.0, planned_rounds=3, statistics_share=0.25, statistics_clip=50.0
+        target_epsilon=8.0, delta=1e-5, max_grad_norm=1.0, planned_rounds=3, statistics_share=0.25, statistics_clip=4.0
     )
     ledger, ledger_file = privacy.PrivacyLedger(), tmp_path / "ledger.json"
-    exact = site.ridge_statistics(data)
-    released = site.private_ridge_statistics(data, settings, ledger, ledger_file)
-    assert set(released) == set(exact) and all(released[k].shape == exact[k].shape for k in exact)
-    assert not np.allclose(released["train.sxy"], exact["train.sxy"])  # noised
+    # fNIRS windows: pooled scalp regions -> the channels themselves (no mesh basis, no prior)
+    reduction = private_reduction(data.modality, data.train.design.shape[-1], data.train.target.shape[1], prior=False)
+    clipped = sum_statistics(
+        [privacy.clip_subject(s, 4.0, BLOCK_WEIGHTS) for s in reduction.subject_statistics(data.train)]
+    )
+    released = site.private_ridge_statistics(data, settings, ledger, ledger_file, prior=False)
+    assert released["train.sxy"].shape == (reduction.n_inputs, 8) == clipped.sxy.shape  # 80 pooled features, 8 channels
+    assert released["train.sxx"].shape == (reduction.n_inputs, reduction.n_inputs)
+    assert not np.allclose(released["train.sxy"], clipped.sxy)  # noised
     assert np.allclose(released["train.sxx"], released["train.sxx"].T)  # symmetric noise
     # one full-batch Gaussian step, per subject already (no group privacy on it)
     assert not ledger.history and len(ledger.subject_history) == 1 and ledger.subject_history[0][1:] == (1.0, 1)
     assert 0.24 * 8.0 <= ledger.epsilon(1e-5) <= 0.25 * 8.0
 
     again = site.private_ridge_statistics(
-        data, settings, privacy.load_ledger(ledger_file, "rdp"), ledger_file
+        data, settings, privacy.load_ledger(ledger_file, "rdp"), ledger_file, prior=False
     )  # a restarted server asks again
     assert all(np.array_equal(again[k], released[k]) for k in released)
     assert len(privacy.load_ledger(ledger_file, "rdp").subject_history) == 1  # nothing spent twice

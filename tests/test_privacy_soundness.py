@@ -297,7 +297,7 @@ def test_a_finished_runs_unused_reservation_is_released(tmp_path):
     """After its last round a run counts what it spent, not its target: the room it did not use
     goes to the next run; the same run asked again reserves (and is checked) again."""
     node = _site_node(tmp_path, cap=10.0)
-    raw, run = _dp_run("runs/done", **{"dp-target-epsilon": 8.0})
+    raw, run = _dp_run("runs/done", **{"dp-target-epsilon": 8.0, "dp-statistics-share": 0.1})
     with client_app._privacy(_context(node, raw), run) as (dp, ledger, path):
         ledger.history.append((privacy.statistics_noise_multiplier(ledger, dp), 1.0, 1))
         privacy.save_ledger(path, ledger)
@@ -586,7 +586,8 @@ def test_the_subject_level_epsilon_of_a_dp_run_is_the_group_privacy_figure(
     monkeypatch.setattr(site, "_SITES", {})
     settings = {"local-epochs": 1, "max-windows": 16, "eval-pcc-windows": 0, "num-server-rounds": 2}
     node = {"data-path": str(small_fmri_sites[0]), "state-dir": str(tmp_path / "state")}
-    raw, run = _dp_run("runs/subject", **settings, **{"dp-statistics-share": 0.1})
+    # Opacus' RDP is the independent reference here (tests/test_accountants.py checks "pld")
+    raw, run = _dp_run("runs/subject", **settings, **{"dp-statistics-share": 0.1, "dp-accountant": "rdp"})
     context = _context(node, raw)
     statistics = client_app.query(
         Message(
@@ -800,3 +801,77 @@ def test_sent_log_records_what_was_asked_and_audit_flags_a_changed_run_config(
     assert any("changed max-windows from 0" in p for p in found.problems)
     flagged = CliRunner().invoke(cli, ["audit", str(log)], terminal_width=200)
     assert flagged.exit_code == 1 and "changed seed from 0" in flagged.output
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 3 (operator's release) and the example count under DP
+
+
+def test_the_operator_releases_an_aborted_runs_reservation_unless_it_is_in_progress(tmp_path):
+    """``privacy-budget --release RUN``: a run stopped before its last round keeps its whole
+    target reserved until the site's operator releases it; then it counts what it spent and the
+    room goes to the next run. A run with a message in progress (its ledger locked) is refused,
+    and an unknown run is named."""
+    from fedneurogen.cli import app as cli
+
+    node = _site_node(tmp_path, cap=10.0)
+    state = tmp_path / "state"
+    raw, run = _dp_run("runs/aborted", **{"dp-target-epsilon": 8.0, "dp-statistics-share": 0.1})
+    with client_app._privacy(_context(node, raw), run) as (dp, ledger, path):
+        ledger.history.append((privacy.statistics_noise_multiplier(ledger, dp), 1.0, 1))
+        privacy.save_ledger(path, ledger)
+    spent = privacy.load_ledger(path, "rdp").epsilon(1e-5)
+    other_raw, other = _dp_run("runs/next", **{"dp-target-epsilon": 8.0})
+    with pytest.raises(SiteRefusal, match="lifetime limit 10"):
+        with client_app._privacy(_context(node, other_raw), other):
+            pass
+
+    runner = CliRunner()
+    with privacy.run_lock(path):  # a message of the run is using its ledger
+        busy = runner.invoke(
+            cli, ["privacy-budget", "--state-dir", str(state), "--release", "runs/aborted"], terminal_width=300
+        )
+    assert busy.exit_code == 1 and "is in progress at this site" in busy.output and path.name in busy.output
+    assert privacy.load_ledger(path, "rdp").reserved == 8.0
+
+    listed = runner.invoke(cli, ["privacy-budget", "--state-dir", str(state)], terminal_width=300)
+    assert path.name in listed.output  # the name the operator is shown is the name --release takes
+    done = runner.invoke(cli, ["privacy-budget", "--state-dir", str(state), "--release", path.name], terminal_width=300)
+    assert done.exit_code == 0, done.output
+    assert f"released {path.name}" in done.output and f"{spent:.3f}" in done.output
+    released = privacy.load_ledger(path, "rdp")
+    assert released.reserved == 0.0 and released.committed(1e-5) == pytest.approx(spent) and 0 < spent < 1
+    with client_app._privacy(_context(node, other_raw), other):  # the aborted run's room is free
+        pass
+
+    unknown = runner.invoke(cli, ["privacy-budget", "--state-dir", str(state), "--release", "runs/never"])
+    assert unknown.exit_code == 2 and "no privacy ledger for run 'runs/never'" in " ".join(unknown.output.split())
+
+
+def test_under_dp_the_example_count_does_not_depend_on_the_sites_windows(
+    small_fmri_sites, tmp_path, monkeypatch, task_identity
+):
+    """A window count is a function of the subjects' recordings that no DP mechanism covers: under
+    DP a site's training and evaluation replies send the same ``num-examples`` whether it has 8
+    or 16 training windows (and whatever its held-out windows)."""
+    settings = {"local-epochs": 1, "eval-pcc-windows": 0, "num-server-rounds": 2}
+    node = {"data-path": str(small_fmri_sites[0]), "state-dir": str(tmp_path / "state")}
+    evaluate = Message(
+        RecordDict({"arrays": ArrayRecord({}), "config": ConfigRecord({"server-round": 1})}),
+        dst_node_id=5,
+        message_type=MessageType.EVALUATE,
+    )
+    sent, windows = [], []
+    for max_windows in (8, 16):
+        monkeypatch.setattr(site, "_SITES", {})
+        raw, run = _dp_run(f"runs/count-{max_windows}", **settings, **{"max-windows": max_windows})
+        context = _context(node, raw)
+        data = client_app._site(context, run)
+        windows.append((len(data.train), len(data.val)))
+        trained = client_app.train(_train_message(server_round=1), context)
+        assert not trained.has_error(), trained.error.reason
+        evaluated = client_app.evaluate(evaluate, context)
+        assert not evaluated.has_error(), evaluated.error.reason
+        sent.append((trained.content["metrics"]["num-examples"], evaluated.content["metrics"]["num-examples"]))
+    assert windows[0][0] == 8 and windows[1][0] == 16 and min(w[1] for w in windows) > 1
+    assert sent == [(client_app.DP_EXAMPLES, client_app.DP_EXAMPLES)] * 2

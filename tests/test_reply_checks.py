@@ -3,12 +3,16 @@ weighed down, the round goes on with the others, and nothing non-finite is aggre
 
 from __future__ import annotations
 
+import logging
+import math
+
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_federation import BACKBONE, FMRI, FNIRS, FakeGrid, one_round, reply
+from test_statistics_checks import _arrays
 
 from fedneurogen.server.strategy import make_strategy
 from fedneurogen.shared.run_config import RunConfig
@@ -97,7 +101,10 @@ def test_an_evaluation_reply_cannot_steer_the_held_out_score(task_identity):
     replies = [Message(evaluation(20, 0.2), reply_to=m) for m in messages[:3]]
     replies.append(Message(evaluation(10**9, 0.99), reply_to=messages[3]))  # the liar
     metrics = strategy.aggregate_evaluate(1, replies)
-    assert metrics["pcc"] == pytest.approx((60 * 0.2 + 80 * 0.99) / 140)  # weighed as four medians at most
+    assert metrics["pcc-mean"] == pytest.approx((60 * 0.2 + 80 * 0.99) / 140)  # weighed as four medians at most
+    assert metrics["pcc"] == pytest.approx(0.2)  # early stopping's score: the median over the sites
+    replies[0] = Message(evaluation(20, 0.3), reply_to=messages[0])
+    assert strategy.aggregate_evaluate(1, replies)["pcc"] == pytest.approx(0.25)  # within the honest sites' range
     lie = strategy.aggregate_evaluate(2, [Message(evaluation(20, 7.0), reply_to=messages[0])])
     assert (
         lie is None and "not a correlation" in _failed(strategy, MessageType.EVALUATE)[messages[0].metadata.dst_node_id]
@@ -113,9 +120,31 @@ _metric_values = st.one_of(
 _array_values = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32), st.floats(width=64))
 
 
-@settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
-)
+_FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+_STRATEGY = make_strategy(RunConfig(min_available_nodes=1, min_train_nodes=1, min_evaluate_nodes=1))
+
+
+def _fresh_strategy():
+    """One strategy for every example (building Flower's strategies costs more than a check):
+    what it remembers of earlier rounds is cleared."""
+    _STRATEGY.declared.clear()
+    _STRATEGY.report.clear()
+    return _STRATEGY
+
+
+@pytest.fixture
+def quiet_flower():
+    """The strategy's warnings (a site refused, every example) are not printed while fuzzing:
+    printing them costs more than the checks."""
+    logger = logging.getLogger("flwr")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    yield
+    logger.setLevel(level)
+
+
+#: With tests/test_statistics_checks.py's properties: over 10 000 fuzzed replies per run (issue 28).
+@settings(_FUZZ, max_examples=1500)
 @given(
     metrics=st.dictionaries(
         st.sampled_from(["num-examples", "loss", "pcc", "epsilon", "x"]), _metric_values, max_size=5
@@ -127,9 +156,9 @@ _array_values = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=3
     with_site=st.booleans(),
 )
 def test_fuzzed_train_replies_never_raise_and_never_aggregate_non_finite(
-    metrics, values, dtype, shape, modality, with_site, task_identity
+    metrics, values, dtype, shape, modality, with_site, task_identity, quiet_flower
 ):
-    strategy = make_strategy(RunConfig(min_available_nodes=1, min_train_nodes=1))
+    strategy = _fresh_strategy()
     arrays = ArrayRecord({k: Array(np.zeros((2, 3), dtype=np.float32)) for k in (BACKBONE, FMRI, FNIRS)})
     out = list(strategy.configure_train(1, arrays, ConfigRecord({}), FakeGrid([1, 2])))
     honest = RecordDict(
@@ -153,6 +182,38 @@ def test_fuzzed_train_replies_never_raise_and_never_aggregate_non_finite(
     assert str(out[1].metadata.dst_node_id) in report["sites"] or _failed(strategy)[out[1].metadata.dst_node_id]
 
 
+@settings(_FUZZ, max_examples=1400)
+@given(
+    fuzzed=st.lists(
+        st.dictionaries(st.sampled_from(["num-examples", "pcc", "loss", "withheld", "x"]), _metric_values, max_size=5),
+        min_size=1,
+        max_size=3,
+    ),
+    honest=st.lists(st.tuples(st.integers(0, 50), st.floats(-1, 1)), max_size=3),
+    modality=st.sampled_from(["fmri", "fnirs", "eeg"]),
+)
+def test_fuzzed_evaluation_replies_never_raise_and_the_score_stays_a_correlation(
+    fuzzed, honest, modality, task_identity, quiet_flower
+):
+    """Held-out scores from honest and fuzzed sites: nothing raises, the aggregate score (what
+    early stopping acts on) is a finite correlation, and every refusal names its site."""
+    strategy = _fresh_strategy()
+    arrays = ArrayRecord({BACKBONE: Array(np.zeros((2, 3), dtype=np.float32))})
+    nodes = list(range(1, len(honest) + len(fuzzed) + 1))
+    out = list(strategy.configure_evaluate(1, arrays, ConfigRecord({}), FakeGrid(nodes)))
+    records = [MetricRecord({"num-examples": n, "pcc": p}) for n, p in honest] + [MetricRecord(m) for m in fuzzed]
+    replies = [
+        Message(RecordDict({"metrics": r, "site": ConfigRecord({"modality": modality})}), reply_to=m)
+        for r, m in zip(records, out)
+    ]
+    metrics = strategy.aggregate_evaluate(1, replies)
+    if metrics is not None and "pcc" in metrics:
+        assert math.isfinite(metrics["pcc"]) and -1.0 <= metrics["pcc"] <= 1.0
+    report = strategy.report[MessageType.EVALUATE]
+    failed = {f["node"]: f["reason"] for f in report["failed"]}
+    assert all(str(m.metadata.dst_node_id) in report["sites"] or failed[m.metadata.dst_node_id] for m in out)
+
+
 # ----------------------------------------------------------------------------------------------
 # The ServerApp's queries: class names and ridge statistics
 
@@ -172,6 +233,58 @@ class QueryGrid:
 
 def _answer(records: dict):
     return lambda out: Message(RecordDict(records), reply_to=out)
+
+
+_MODEL = []  # the tiny model, built once for the statistics fuzzer (only its shapes are read)
+_stat_names = st.sampled_from(["train.n", "train.sx", "train.sy", "train.sxx", "val.syy", "val.n", "x", "train."])
+_config_values = st.one_of(
+    st.sampled_from(["fmri", "fnirs", "eeg", ""]),
+    st.integers(-3, 3),
+    st.floats(),
+    st.booleans(),
+    st.binary(max_size=4),
+    st.lists(st.text(alphabet="S1_D hbo", max_size=6), max_size=3),
+    st.lists(st.integers(-3, 3), max_size=3),
+)
+
+
+@settings(_FUZZ, max_examples=1000)
+@given(
+    statistics=st.one_of(st.none(), st.dictionaries(_stat_names, _arrays, max_size=8)),
+    site=st.one_of(
+        st.none(), st.dictionaries(st.sampled_from(["modality", "points", "classes"]), _config_values, max_size=3)
+    ),
+    private=st.one_of(st.none(), _metric_values),
+    stowaway=st.booleans(),
+)
+def test_fuzzed_statistics_messages_are_read_or_refused_with_a_reason(
+    statistics, site, private, stowaway, task_identity
+):
+    """``read_statistics_reply`` on real flwr Messages: records missing, of the wrong kind or
+    holding anything: a checked reply of the model's shapes, or ``StatisticsRefused`` with a reason."""
+    from fedneurogen.server.app import read_statistics_reply
+    from fedneurogen.server.statistics import StatisticsRefused
+    from fedneurogen.shared.model import NeuroGenModel
+
+    if not _MODEL:
+        _MODEL.append(NeuroGenModel("tiny", device="cpu"))
+    width, points = _MODEL[0].modality_heads["fmri"].mean.ridge.coef.shape
+    content = RecordDict()
+    if statistics is not None:
+        content["statistics"] = ArrayRecord({k: Array(v) for k, v in statistics.items()})
+    if site is not None:
+        content["site"] = ConfigRecord(site)
+    if private is not None:
+        content["metrics"] = MetricRecord({"private": private})
+    if stowaway:
+        content["stowaway"] = ConfigRecord({"statistics": 1})
+    query = Message(RecordDict({"request": ConfigRecord({"kind": "x"})}), dst_node_id=1, message_type=MessageType.QUERY)
+    try:
+        got = read_statistics_reply(Message(content, reply_to=query), _MODEL[0])
+    except StatisticsRefused as err:
+        assert str(err)
+        return
+    assert got.train.sxx.shape == (width, width) and np.isfinite(got.train.sxy).all()  # (not reached by chance)
 
 
 def test_class_names_from_a_hostile_site_are_filtered(task_identity):
@@ -248,3 +361,53 @@ def test_fedadam_keeps_the_global_model_float32_across_rounds(task_identity):
         assert new is not None and {new[k].dtype for k in new.keys()} == {"float32"}
         assert strategy.report[MessageType.TRAIN]["failed"] == []
         arrays = new
+
+
+def test_a_site_lying_in_its_held_out_score_cannot_choose_early_stoppings_round(task_identity):
+    """Three honest sites improve round by round; a fourth claims 0.99 before training and -0.99
+    after, over a huge count: early stopping (on the median over sites) keeps the last round."""
+    from fedneurogen.server.early_stopping import ResidualEarlyStopping
+
+    strategy = make_strategy(RunConfig(min_available_nodes=1, min_evaluate_nodes=1))
+    stopping = ResidualEarlyStopping(patience=1)
+    arrays = ArrayRecord({BACKBONE: Array(np.zeros((2, 3), dtype=np.float32))})
+    for server_round, honest_score in ((0, 0.10), (1, 0.15), (2, 0.20)):
+        messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord({}), FakeGrid([1, 2, 3, 4])))
+        scores = [honest_score, honest_score + 0.01, honest_score - 0.01, 0.99 if server_round == 0 else -0.99]
+        replies = [
+            Message(
+                RecordDict(
+                    {
+                        "metrics": MetricRecord({"num-examples": 20 if i < 3 else 10**9, "pcc": score}),
+                        "site": ConfigRecord({"modality": "fmri"}),
+                    }
+                ),
+                reply_to=m,
+            )
+            for i, (score, m) in enumerate(zip(scores, messages))
+        ]
+        stopping.offer(server_round, strategy.aggregate_evaluate(server_round, replies)["pcc"], arrays)
+    assert stopping.best_round == 2 and not stopping.stopped and stopping.best_score == pytest.approx(0.195)
+
+
+def test_too_few_valid_replies_end_the_run_but_spent_budgets_do_not(task_identity):
+    """min-train-replies = 2: two sites refused leave one valid reply, which ends the run (the
+    reason names both); two sites whose DP budget is spent reply validly without examples, so the
+    round keeps the global model and the run goes on."""
+    sites = {
+        1: ("fmri", 10, {BACKBONE: 1.0, FMRI: 1.0}),
+        2: ("fmri", 10, {BACKBONE: 1.0, FMRI: 1.0}, {"num-examples": [1]}),  # garbage
+        3: ("fmri", 10, None),  # an error reply
+    }
+    strategy = make_strategy(RunConfig(min_available_nodes=3, min_train_nodes=3, min_train_replies=2))
+    arrays = ArrayRecord({k: Array(np.zeros((2, 3), dtype=np.float32)) for k in (BACKBONE, FMRI, FNIRS)})
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord({}), FakeGrid(sites)))
+    new, _ = strategy.aggregate_train(1, [reply(m, *sites[m.metadata.dst_node_id]) for m in messages])
+    ended = strategy.shortfall()
+    assert new is None and ended.startswith("1 valid training reply where min-train-replies = 2 (failed or refused:")
+    assert "node 2: malformed reply: metric num-examples" in ended and "node 3: error reply: site raised" in ended
+
+    spent = {1: sites[1], 2: ("fmri", 0, {BACKBONE: 1.0, FMRI: 1.0}), 3: ("fmri", 0, {BACKBONE: 1.0, FMRI: 1.0})}
+    messages = list(strategy.configure_train(2, arrays, ConfigRecord({}), FakeGrid(spent)))
+    new, _ = strategy.aggregate_train(2, [reply(m, *spent[m.metadata.dst_node_id]) for m in messages])
+    assert new is None and strategy.shortfall() is None  # one update is too few to aggregate, not a reason to end

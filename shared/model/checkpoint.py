@@ -6,13 +6,19 @@
                                      weights file (``content_hash``)
     <checkpoint>/MANIFEST.sha256     the SHA-256 of every file of the checkpoint (``sha256sum``
                                      format; a server round adds its strategy state and history)
+    <checkpoint>/MANIFEST.sha256.sig the writer's Ed25519 signature of the manifest and its key id
+                                     (``shared/signing.py``)
 
 ``config.json`` and the manifest are removed first when a checkpoint is overwritten and written
 last, so a directory with a ``config.json`` holds the complete checkpoint it describes. Loading
-checks every file the manifest lists: a changed byte in ``config.json`` (class names,
-preprocessing, DP provenance) is refused like one in the weights. A checkpoint written before
-manifests existed loads with its weights checked only. The weights are stored on the CPU; the
-same checkpoint loads on CPU or CUDA.
+checks the manifest's signature, then every file the manifest lists: a changed byte in
+``config.json`` (class names, preprocessing, DP provenance) is refused like one in the weights,
+and a manifest rewritten to match is refused by its signature. A checkpoint signed by neither
+the loading user nor a key that user trusts, or not signed at all (written before manifests or
+signatures existed), is refused unless the load is told ``trust_unsigned`` (the commands'
+``--trust-unsigned``): then it loads with a warning, its files still checked against its manifest
+when it has one (its weights against ``content_hash`` always). The weights are stored on the CPU;
+the same checkpoint loads on CPU or CUDA.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from fedneurogen.shared.io import (
 from fedneurogen.shared.model.config import PRESETS, ModelConfig, count_parameters
 from fedneurogen.shared.model.ema import EMA, unwrap_model
 from fedneurogen.shared.model.generator import NeuroGenModel, default_device
+from fedneurogen.shared.signing import signature_path
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -66,7 +73,8 @@ def save_checkpoint(
     """Write ``model`` (and ``ema``) to the checkpoint directory ``path``.
 
     The weights go to ``model.safetensors`` (EMA weights prefixed ``ema.``), on the CPU; then
-    ``config.json`` and ``MANIFEST.sha256`` are written last (see the module docstring).
+    ``config.json`` and ``MANIFEST.sha256`` (signed with this user's key) are written last (see
+    the module docstring).
 
     Parameters
     ----------
@@ -93,7 +101,8 @@ def save_checkpoint(
     ValueError
         ``extra`` uses a key reserved for the format.
     ConfigError
-        More class names than the model has label embeddings.
+        More class names than the model has label embeddings, or this user's signing key cannot
+        be made or read.
     """
     model = unwrap_model(model)
     if not isinstance(model, NeuroGenModel):
@@ -114,6 +123,7 @@ def save_checkpoint(
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     (path / MANIFEST_FILE).unlink(missing_ok=True)
+    signature_path(path / MANIFEST_FILE).unlink(missing_ok=True)
     (path / CONFIG_FILE).unlink(missing_ok=True)  # from here until the end the checkpoint reads as incomplete
     with atomic_path(path / WEIGHTS_FILE) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
@@ -155,16 +165,20 @@ def save_checkpoint(
     return path
 
 
-def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
+def read_checkpoint_config(path: str | Path, *, trust_unsigned: bool | None = None) -> dict[str, Any]:
     """The ``config.json`` of a complete checkpoint.
 
-    Its format and version are checked, and every file the manifest lists except the weights
-    (whose hash is checked when they are read); the weights themselves are not read.
+    The manifest's signature is checked, its format and version, and every file the manifest
+    lists except the weights (whose hash is checked when they are read); the weights themselves
+    are not read.
 
     Parameters
     ----------
     path : str | Path
         The checkpoint directory.
+    trust_unsigned : bool | None
+        Load an unsigned or untrusted checkpoint with a warning instead of refusing it; None: as
+        the running command says (``signing.trusting_unsigned``, its ``--trust-unsigned``).
 
     Returns
     -------
@@ -174,7 +188,8 @@ def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
     Raises
     ------
     ConfigError
-        ``path`` is a file or missing, the checkpoint is incomplete, ``config.json`` is not a
+        ``path`` is a file or missing, the checkpoint is incomplete, unsigned or signed by a key
+        this user does not trust (``signing.UntrustedSignature``), ``config.json`` is not a
         checkpoint config of this format version, or the manifest does not match.
     """
     path = Path(path)
@@ -208,7 +223,7 @@ def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
         )
     try:
         # the weights are checked when they are read (their hash is content_hash): not twice
-        manifest = verify_manifest(path, skip={weights_name})
+        manifest = verify_manifest(path, skip={weights_name}, trust_unsigned=trust_unsigned)
     except (OSError, ValueError) as err:
         raise ConfigError(f"checkpoint {path}: {err}") from err
     if manifest is not None and manifest.get(weights_name) != meta.get("content_hash"):
@@ -318,6 +333,7 @@ def load_checkpoint(
     *,
     use_ema: bool = False,
     expect_preset: str | None = None,
+    trust_unsigned: bool | None = None,
 ) -> tuple[NeuroGenModel, dict[str, Any]]:
     """Rebuild the model a checkpoint describes and load its weights.
 
@@ -334,6 +350,8 @@ def load_checkpoint(
         Load the EMA weights instead of the raw ones (buffers come from the raw weights).
     expect_preset : str | None
         Refuse a checkpoint of another preset.
+    trust_unsigned : bool | None
+        As in ``read_checkpoint_config``.
 
     Returns
     -------
@@ -345,11 +363,12 @@ def load_checkpoint(
     Raises
     ------
     ConfigError
-        The checkpoint is missing, incomplete, corrupt or modified, of another preset than
-        ``expect_preset``, has no EMA weights with ``use_ema``, or its weights do not fit.
+        The checkpoint is missing, incomplete, corrupt or modified, unsigned or untrusted, of
+        another preset than ``expect_preset``, has no EMA weights with ``use_ema``, or its
+        weights do not fit.
     """
     path = Path(path)
-    meta = read_checkpoint_config(path)
+    meta = read_checkpoint_config(path, trust_unsigned=trust_unsigned)
     config = checkpoint_model_config(path, meta)
     if expect_preset is not None and config.preset != expect_preset:
         raise ConfigError(
@@ -365,7 +384,9 @@ def load_checkpoint(
     return model, meta
 
 
-def load_checkpoint_into(model: torch.nn.Module, path: str | Path, *, use_ema: bool = False) -> dict[str, Any]:
+def load_checkpoint_into(
+    model: torch.nn.Module, path: str | Path, *, use_ema: bool = False, trust_unsigned: bool | None = None
+) -> dict[str, Any]:
     """Load a checkpoint into an existing model of the same config (e.g. to resume).
 
     Parameters
@@ -376,6 +397,8 @@ def load_checkpoint_into(model: torch.nn.Module, path: str | Path, *, use_ema: b
         The checkpoint directory.
     use_ema : bool
         Load the EMA weights instead of the raw ones.
+    trust_unsigned : bool | None
+        As in ``read_checkpoint_config``.
 
     Returns
     -------
@@ -390,7 +413,7 @@ def load_checkpoint_into(model: torch.nn.Module, path: str | Path, *, use_ema: b
     """
     model = unwrap_model(model)
     path = Path(path)
-    meta = read_checkpoint_config(path)
+    meta = read_checkpoint_config(path, trust_unsigned=trust_unsigned)
     config = checkpoint_model_config(path, meta)
     if config != model.config:
         raise ConfigError(
@@ -403,7 +426,7 @@ def load_checkpoint_into(model: torch.nn.Module, path: str | Path, *, use_ema: b
     return meta
 
 
-def load_ema(path: str | Path, model: torch.nn.Module) -> EMA | None:
+def load_ema(path: str | Path, model: torch.nn.Module, *, trust_unsigned: bool | None = None) -> EMA | None:
     """The EMA stored in a checkpoint, for ``model``.
 
     Parameters
@@ -412,6 +435,8 @@ def load_ema(path: str | Path, model: torch.nn.Module) -> EMA | None:
         The checkpoint directory.
     model : torch.nn.Module
         The model the EMA averages (its parameter names must match).
+    trust_unsigned : bool | None
+        As in ``read_checkpoint_config``.
 
     Returns
     -------
@@ -424,7 +449,7 @@ def load_ema(path: str | Path, model: torch.nn.Module) -> EMA | None:
         The checkpoint cannot be read, or its EMA weights do not fit ``model``.
     """
     path = Path(path)
-    meta = read_checkpoint_config(path)
+    meta = read_checkpoint_config(path, trust_unsigned=trust_unsigned)
     if meta.get("ema") is None:
         return None
     tensors = _read_weights(path, meta)

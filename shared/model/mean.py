@@ -219,3 +219,44 @@ def solve_ridge_path(
         "penalty": solution.lam, "rank": solution.rank, "band_weights": weights,
         "validation_mse": solution.validation_mse, "mean_only_mse": baseline, "switched_off": switched_off, "frames": float(total.n),
     }  # fmt: skip
+
+
+def solve_private_path(
+    model: nn.Module,
+    modality: str,
+    train_parts: Sequence,
+    val,
+    reduction,
+    noise_std: float,
+    n_points: int,
+    names: Sequence[str] | None = None,
+) -> dict:
+    """Install in ``model`` the private ridge path of ``modality`` solved from released statistics.
+
+    ``train_parts`` and ``val`` are ``RidgeStatistics`` of ``reduction``'s regression
+    (``shared.private_path``), noisy releases summed; ``noise_std`` the noise on each entry of
+    their summed ``XᵀX``, which sets the penalty floor. Where the fit is no better on ``val``
+    than its zero solution, the zero solution is kept: the public prior unchanged (or, without
+    a prior, each point's mean). ``names``: the target points (fNIRS). Returns the choice, like
+    ``solve_ridge_path``."""
+    from fedneurogen.shared.private_path import fit_private, penalty_floor
+    from fedneurogen.shared.ridge import mean_only_mse, sum_statistics
+
+    total = sum_statistics(list(train_parts))
+    solution = fit_private(total, val, noise_std)
+    baseline = mean_only_mse(total, val) if val is not None else None
+    switched_off = baseline is not None and not solution.validation_mse < baseline
+    if switched_off:  # the zero correction: the prior as it is (or the mean)
+        solution.coef, solution.intercept = np.zeros_like(solution.coef), total.sy / total.n
+    coef, intercept = reduction.to_full(solution, n_points)
+    head = model.modality_heads[modality].mean
+    width = coef.shape[0]
+    # no feature moments were released: the residual's input scale stays the identity
+    head.ridge.set_solution(coef, intercept, np.zeros(width), np.ones(width), names if modality == "fnirs" else None)
+    return {
+        "private_path": "prior" if reduction.prior is not None else "reduced",
+        "penalty": solution.lam, "penalty_floor": penalty_floor(total, noise_std),
+        "gains": (1.0 + solution.coef[:, 0]).round(4).tolist() if reduction.prior is not None else None,
+        "validation_mse": solution.validation_mse, "mean_only_mse": baseline, "switched_off": switched_off,
+        "frames": float(total.n),
+    }  # fmt: skip

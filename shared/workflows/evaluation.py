@@ -29,8 +29,10 @@ site's, they are fitted on one half of the scored subjects to predict the other 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -197,7 +199,33 @@ def seen_by_checkpoint(
     }
 
 
-def read_seen(meta: dict[str, Any], checkpoint: Path, allow_seen: bool) -> SeenSubjects | None:
+def read_site_record(path: Path) -> dict[str, Any]:
+    """A site's own record of its split in a run (the ``split-<run>.json`` a DP site writes beside its ledger).
+
+    Parameters
+    ----------
+    path : Path
+        The record.
+
+    Returns
+    -------
+    dict
+        Its content (checked when ``SeenSubjects.from_provenance`` reads it).
+
+    Raises
+    ------
+    DataError
+        The file cannot be read or is not JSON.
+    """
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise DataError(path, f"cannot read this site record ({err})") from None
+
+
+def read_seen(
+    meta: dict[str, Any], checkpoint: Path, allow_seen: bool, site_records: Sequence[dict[str, Any]] = ()
+) -> SeenSubjects | None:
     """The checkpoint's record of the subjects it saw.
 
     Parameters
@@ -208,6 +236,9 @@ def read_seen(meta: dict[str, Any], checkpoint: Path, allow_seen: bool) -> SeenS
         The checkpoint (named in the error).
     allow_seen : bool
         Accept a checkpoint without a usable record (every subject is then ``unknown``).
+    site_records : sequence of dict
+        Sites' own records of their split in the run (``SeenSubjects.from_provenance``): what a
+        DP site withheld from the server.
 
     Returns
     -------
@@ -221,7 +252,7 @@ def read_seen(meta: dict[str, Any], checkpoint: Path, allow_seen: bool) -> SeenS
         which subjects load, so no subject could be called held-out.
     """
     try:
-        return SeenSubjects.from_provenance(meta.get("provenance") or {})
+        return SeenSubjects.from_provenance(meta.get("provenance") or {}, site_records)
     except ValueError as err:
         if allow_seen:
             return None
@@ -757,6 +788,7 @@ def evaluate(
     progress: bool = True,
     pooled_sites: tuple[str | Path, ...] = (),
     allow_seen: bool = False,
+    site_records: tuple[str | Path, ...] = (),
 ) -> dict[str, Any]:
     """Score a checkpoint on a site's held-out subjects; write ``report.json`` and figures.
 
@@ -805,6 +837,9 @@ def evaluate(
     allow_seen : bool
         Score subjects the checkpoint trained or validated on too (and accept a checkpoint that
         records none), each labelled in the report; the headline says so.
+    site_records : tuple of path-like
+        Sites' own records of their split in the run (``split-<run>.json`` beside a DP
+        site's ledger): they complete a checkpoint whose DP sites withheld theirs.
 
     Returns
     -------
@@ -837,7 +872,7 @@ def evaluate(
     checkpoint, site_dir, out_dir = Path(checkpoint), Path(site_dir), Path(out_dir)
     model, meta = load_checkpoint(checkpoint, device=device, use_ema=True)
     preprocess = PreprocessConfig(**(meta.get("preprocess") or {}))
-    seen = read_seen(meta, checkpoint, allow_seen)
+    seen = read_seen(meta, checkpoint, allow_seen, [read_site_record(Path(p)) for p in site_records])
     windows = load_site(site_dir, preprocess, cache_dir=cache_dir, progress=progress)
     keys = subject_keys(site_dir, windows.runs, windows.subjects, cache_dir)
     split = evaluation_split(windows, seen, keys, site_dir, allow_seen=allow_seen)
