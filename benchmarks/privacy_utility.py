@@ -44,7 +44,7 @@ scored the same way: the federation's figure against this benchmark's. ``--merge
 by separate processes (one per consortium, run at once) assembled into one result and plot.
 
 ``--planner``: beside every measured ratio, the planner's prediction
-(``fedneurogen.simulations.privacy_plan.plan``: a simulated reference consortium of default
+(``fedneurogen.privacy_plan.plan``: a simulated reference consortium of default
 physiology, released and solved the same way) and the absolute difference; the figures are the
 largest difference over the default-physiology rows (issue 27: within 0.1 of every measured
 ratio) and, without a target, over the shifted ones (the planner cannot know the physiology).
@@ -249,7 +249,7 @@ def add_planner(cells: dict, console: Console) -> None:
     """``--planner``: the planner's predicted ratio beside every measured one, and their distance.
     One prediction per (consortium, epsilon, prior): the planner knows no physiology (its
     reference is default physiology), so shifted cells get the same prediction."""
-    from fedneurogen.simulations.privacy_plan import plan
+    from fedneurogen.privacy_plan import plan
 
     made: dict[tuple, object] = {}  # default and shifted cells ask the same question
     for cell in cells.values():

@@ -391,6 +391,7 @@ def federate(
                 run_config=overrides,
                 on_round=show_round,
                 simulate=simulate,
+                before_start=_print_privacy_plan,
             )
     except FedNeuroGenError as err:  # e.g. a bad run config: the ServerApp's ConfigError leads the message
         _fail_on(err)
@@ -822,6 +823,14 @@ def audit_command(
     )
 
 
+def _print_privacy_plan(run, sites: list[Path]) -> None:
+    """Under DP, print the privacy planner's prediction before round 1 (nothing spent yet)."""
+    if run.dp_enabled:
+        from fedneurogen.privacy_plan import privacy_plan_line
+
+        print(privacy_plan_line(run, sites), flush=True)
+
+
 @app.command("privacy-plan")
 def privacy_plan(
     sites: int = typer.Option(..., "--sites", help="Sites of the consortium."),
@@ -840,13 +849,13 @@ def privacy_plan(
 
     Sites of the asked size are resampled from a simulated reference consortium (simulated once,
     about a minute, then cached under $FEDNEUROGEN_HOME/planner) and released through the same
-    mechanism and server solve as a run (``simulations/privacy_plan.py``)."""
+    mechanism and server solve as a run (``fedneurogen/privacy_plan.py``)."""
     import json
 
     from rich.table import Table
 
     from fedneurogen.shared.errors import FedNeuroGenError
-    from fedneurogen.simulations.privacy_plan import plan
+    from fedneurogen.privacy_plan import plan
 
     try:
         result = plan(sites, subjects_per_site, epsilon, delta, prior=prior, seed=seed)

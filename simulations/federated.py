@@ -535,6 +535,7 @@ def run_federated(
     client_cpus: int = 2,
     on_round: Callable[[dict[str, Any]], None] | None = None,
     simulate: bool = False,
+    before_start: Callable[[Any, list[Path]], None] | None = None,
 ) -> Path:
     """Run a local federated simulation; returns ``run_dir`` (see the module docstring).
 
@@ -544,7 +545,9 @@ def run_federated(
     (Ray runs ``cpus // client_cpus`` sites at a time). ``on_round`` gets each round's
     ``history.json`` entry as soon as the server has written it. ``simulate`` completes a data
     root the simulator made with the missing sites (``ensure_sites``); existing sites are always
-    used as they are. The run folder and the sites' state folder must lie outside the sites."""
+    used as they are. ``before_start`` gets the validated run config and the site folders before
+    the federation starts (``fedneurogen federate`` prints the privacy plan there). The run folder
+    and the sites' state folder must lie outside the sites."""
     from fedneurogen.shared.outputs import check_outside_inputs
 
     run_dir, data_root = Path(run_dir).resolve(), Path(data_root).resolve()
@@ -568,8 +571,8 @@ def run_federated(
     run = validate_run_config({**app_run_config(), **config})
     SimulationConfig.from_run_config(config)
     sites = ensure_sites(data_root, num_sites, modality, subjects_per_site, seed, run_seconds, simulate=simulate)
-    if on_round is not None and run.dp_enabled:  # with progress shown: the plan at round 0, nothing spent yet
-        print(privacy_plan_line(run, sites), flush=True)
+    if before_start is not None:
+        before_start(run, sites)
     for output in (run_dir, Path(config["site-state-dir"])):
         check_outside_inputs(output, sites, what="the run folder")
     federation = {
@@ -601,42 +604,6 @@ def run_federated(
         if own_home:
             shutil.rmtree(home, ignore_errors=True)
     return run_dir
-
-
-def privacy_plan_line(run, sites: list[Path]) -> str:
-    """One line: the privacy planner's prediction for this consortium (``simulations/privacy_plan.py``).
-
-    Parameters
-    ----------
-    run : RunConfig
-        The run's config (its ``dp-target-epsilon`` times ``dp-statistics-share``: the ridge
-        statistics' share of the budget, ``dp-delta``, ``dp-prior``, ``dp-accountant``,
-        ``dp-statistics-clip``).
-    sites : list of Path
-        The run's site folders (their ``sub-*`` folders are counted).
-
-    Returns
-    -------
-    str
-        The plan, or why there is none (the run goes on either way).
-    """
-    from fedneurogen.simulations.privacy_plan import Reference, cache_file, plan
-
-    if run.dp_statistics_share <= 0:
-        return "round 0: dp-statistics-share = 0 releases no ridge statistics: no privacy plan"
-    subjects = [len([p for p in site.glob("sub-*") if p.is_dir()]) for site in sites]
-    per_site = round(sum(subjects) / max(len(subjects), 1))
-    try:
-        if not cache_file(Reference()).is_file():
-            print("round 0: simulating the privacy planner's reference consortium (once; then cached)", flush=True)
-        found = plan(
-            len(sites), per_site, run.dp_target_epsilon * run.dp_statistics_share, run.dp_delta,
-            prior=run.dp_prior == "simulated", accountant=run.dp_accountant, statistics_clip=run.dp_statistics_clip,
-        )  # fmt: skip
-    except Exception as err:  # a prediction only: no failure of it may stop the run
-        reason = " ".join(str(err).split())[:300]  # one line
-        return f"round 0: no privacy plan ({type(err).__name__}: {reason}); the run goes on"
-    return f"round 0 (no budget spent yet), privacy plan: {found.text}"
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -62,7 +62,9 @@ def fresh_model(weights: dict[str, torch.Tensor] | None) -> NeuroGenModel:
 
 
 def test_epsilon_is_cumulative_equals_opacus_and_the_budget_is_enforced(data, tmp_path):
-    settings = privacy.DPSettings(target_epsilon=8.0, delta=1e-5, max_grad_norm=1.0, planned_rounds=3)
+    settings = privacy.DPSettings(
+        target_epsilon=8.0, delta=1e-5, max_grad_norm=1.0, planned_rounds=3, statistics_share=0.0
+    )
     ledger = privacy.PrivacyLedger()
     weights, epsilons = None, []
     for round_ in range(1, 4):
@@ -110,7 +112,10 @@ def test_epsilon_is_cumulative_equals_opacus_and_the_budget_is_enforced(data, tm
 
 def test_dp_and_plain_training_both_update_the_model_it_still_saves_and_loads(data, tmp_path):
     start = fresh_model(None).state_dict()
-    for dp in (None, privacy.DPSettings(target_epsilon=8.0, delta=1e-5, max_grad_norm=1.0, planned_rounds=2)):
+    for dp in (
+        None,
+        privacy.DPSettings(target_epsilon=8.0, delta=1e-5, max_grad_norm=1.0, planned_rounds=2, statistics_share=0.0),
+    ):
         model = fresh_model(start)
         ledger = privacy.PrivacyLedger() if dp else None
         metrics = site.train(

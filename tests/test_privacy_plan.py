@@ -1,4 +1,4 @@
-"""The privacy planner (simulations/privacy_plan.py): deterministic, sensible, cached safely, and its CLI."""
+"""The privacy planner (fedneurogen/privacy_plan.py): deterministic, sensible, cached safely, and its CLI."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from fedneurogen.cli import app
 from fedneurogen.shared.errors import ConfigError
-from fedneurogen.simulations import privacy_plan
-from fedneurogen.simulations.privacy_plan import Reference, cache_dir, cache_file, load_reference, plan
+from fedneurogen import privacy_plan
+from fedneurogen.privacy_plan import Reference, cache_dir, cache_file, load_reference, plan
 
 #: A tiny reference (2 sites x 4 subjects, 100 s runs, the non-DP path with one penalty): built
 #: once per session in the session's FEDNEUROGEN_HOME (tests/conftest.py).
@@ -35,6 +35,21 @@ def test_the_cache_lies_in_the_session_home_and_is_written_atomically(tiny_refer
     # the reference holds what a plan scores on, and its exact path predicts something
     assert tiny_reference["test.design"].shape[0] == tiny_reference["test.target"].shape[0] > 0
     assert float(tiny_reference["exact_pcc"]) > 0.05
+
+
+def test_the_denominator_follows_the_learning_curve_in_one_over_n(tiny_reference):
+    # the reference's curve ends at its own training subjects, with the exact path's PCC there
+    assert tiny_reference["curve.subjects"][-1] > 0
+    assert float(tiny_reference["curve.pcc"][-1]) == float(tiny_reference["exact_pcc"])
+    curve = {"curve.subjects": np.array([5.0, 10.0, 20.0]), "curve.pcc": np.array([0.10, 0.15, 0.175])}
+    assert privacy_plan.exact_at(curve, 10) == pytest.approx(0.15)
+    assert privacy_plan.exact_at(curve, 2) == pytest.approx(0.10)  # before the first point: the first point
+    # between points linear in 1/n: n = 40/3 lies halfway between 1/10 and 1/20
+    assert privacy_plan.exact_at(curve, 40 / 3) == pytest.approx(0.1625)
+    # beyond the last point along the last segment: 1/n -> 0 adds the segment's slope times 1/20
+    assert privacy_plan.exact_at(curve, 10**9) == pytest.approx(0.2, abs=1e-6)
+    falling = {"curve.subjects": np.array([5.0, 10.0]), "curve.pcc": np.array([0.2, 0.1])}
+    assert privacy_plan.exact_at(falling, 100) == pytest.approx(0.1)  # never below the last point
 
 
 def test_a_corrupt_cache_is_rebuilt_the_same(tiny_reference, tmp_path):
@@ -153,7 +168,7 @@ def test_cli_bad_epsilon_exits_2_with_one_line():
 
 def test_federate_round_zero_line_names_a_failed_plan(tmp_path):
     from fedneurogen.shared.run_config import RunConfig
-    from fedneurogen.simulations.federated import privacy_plan_line
+    from fedneurogen.privacy_plan import privacy_plan_line
 
     sites = []
     for name in ("site-01", "site-02"):

@@ -350,7 +350,10 @@ def test_the_same_dp_run_config_draws_other_batches_and_a_released_reservation_a
     run's last round releases its unused reservation. A simulated node given a ``site-seed``
     draws the plan of that seed (reproducible simulations), whatever the run's ``seed``."""
     monkeypatch.setattr(site, "_SITES", {})
-    settings = {"local-epochs": 1, "max-windows": 16, "eval-pcc-windows": 0, "num-server-rounds": 1}
+    # the whole budget to DP-SGD (with the default share 1 it goes to the ridge statistics, and a
+    # train message spends nothing)
+    settings = {"local-epochs": 1, "max-windows": 16, "eval-pcc-windows": 0, "num-server-rounds": 1,
+                "dp-statistics-share": 0.0}  # fmt: skip
     node = {"data-path": str(small_fmri_sites[0]), "state-dir": str(tmp_path / "state"), "dp-lifetime-epsilon": 20.0}
     plans = []
     for k in range(2):
@@ -854,7 +857,7 @@ def test_under_dp_the_example_count_does_not_depend_on_the_sites_windows(
     """A window count is a function of the subjects' recordings that no DP mechanism covers: under
     DP a site's training and evaluation replies send the same ``num-examples`` whether it has 8
     or 16 training windows (and whatever its held-out windows)."""
-    settings = {"local-epochs": 1, "eval-pcc-windows": 0, "num-server-rounds": 2}
+    settings = {"local-epochs": 1, "eval-pcc-windows": 0, "num-server-rounds": 2, "dp-statistics-share": 0.0}  # DP-SGD
     node = {"data-path": str(small_fmri_sites[0]), "state-dir": str(tmp_path / "state")}
     evaluate = Message(
         RecordDict({"arrays": ArrayRecord({}), "config": ConfigRecord({"server-round": 1})}),

@@ -1,30 +1,39 @@
 """What differential privacy will leave of the point prediction, predicted before any budget is spent.
 
-    from fedneurogen.simulations.privacy_plan import plan
+    from fedneurogen.privacy_plan import plan
     plan(n_sites=3, subjects_per_site=8, epsilon=8.0).text
 
 The prediction comes from a simulated *reference* consortium (``Reference``: the simulator with
 its own seed, the default physiology, a few small sites; never the user's data), simulated once
 and cached as compact arrays (``reference_arrays``): each reference subject's statistics of the
 private path's regression (``shared.private_path``, with and without the public prior), the
-test subjects' design and fMRI frames, stitched per run, and the temporal PCC of the exact
-non-DP ridge path (640 features -> 5124 vertices) fitted on the reference.
+test subjects' design and fMRI frames, stitched per run, and the **learning curve** of the exact
+non-DP ridge path (640 features -> 5124 vertices, solved as a federation without DP solves it):
+its temporal PCC on the reference test subjects when fitted on the first 2, 5, 10, ... training
+subjects of every reference site.
 
-For the consortium asked about, each noise draw resamples subjects (bootstrap, seeded) from the
-reference's training and validation subjects into ``n_sites`` sites of ``subjects_per_site``,
+For the consortium asked about, each noise draw draws subjects (seeded; without replacement while
+the reference has enough, then with) from the reference's training and validation subjects into
+``n_sites`` sites of ``subjects_per_site``,
 split as sites split them (``shared.splits.split_subjects``' fractions); every site clips and
 releases its statistics through the Gaussian mechanism at ``epsilon`` for one subject (the
 noise multiplier of a fresh ledger, ``client.privacy``), the server screens and solves them as
 ``server.app.solve_global_ridge`` does (``solve_private_path``, the AdaSSP penalty floor), and
 the path is scored on the reference's test subjects. The plan is the mean and spread over draws
-of that score's ratio to the exact non-DP path's.
+of that score's ratio to the exact non-DP path's at the consortium's training-subject count (the
+learning curve, interpolated in 1/n; beyond its last point extrapolated along its last segment).
 
-Resampled subjects repeat real ones: the plan models the noise's side (how much the release's
-noise costs at this size and ε), not what more subjects' diversity would add.
+Beyond the reference's own subjects, drawn subjects repeat real ones: there the plan models the
+noise's side (how much the release's noise costs at this size and ε), not what more subjects'
+diversity would add to the private path (the denominator's side is extrapolated).
+
+It composes the simulator, the site's release (``client.privacy``) and the server's screening
+and solve (``server.statistics``, ``shared.model.mean``), so it sits above those layers, as
+``simulation_app.py`` does.
 
 The cache lives in ``$FEDNEUROGEN_HOME/planner`` (else ``~/.cache/fedneurogen/planner``), one
 file per reference and prior, written atomically; an unreadable or stale file is rebuilt. The
-first call simulates the reference (about a minute); later calls take seconds.
+first call simulates the reference (3 sites x 30 subjects: a few minutes); later calls take seconds.
 """
 
 from __future__ import annotations
@@ -45,7 +54,10 @@ from fedneurogen.shared.errors import ConfigError
 #: The reference consortium's own seed (no user's run uses it).
 REFERENCE_SEED = 7919
 #: Bump when what the cache holds, or how it is made, changes: older files are rebuilt.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+#: Training subjects per reference site at which the exact path's learning curve is measured
+#: (capped at what a site has; its full count is always a point).
+CURVE_SUBJECTS_PER_SITE = (2, 5, 10)
 #: Noise draws a plan averages over.
 DEFAULT_DRAWS = 16
 _FIELDS = ("n", "sx", "sy", "sxx", "sxy", "syy")
@@ -66,16 +78,15 @@ class Reference:
         The simulator's seed.
     exact_path : {"selected", "ridge"}
         How the non-DP path (the ratio's denominator) is solved: as a federation without DP
-        solves it (penalty, band weights and rank chosen on validation subjects: minutes of CPU),
-        or with the penalty alone (seconds; the default, because the plan is printed at a DP
-        run's round 0: the denominator then leaves out the federation's band weights and rank).
+        solves it (the default: penalty, band weights and rank chosen on validation subjects, as
+        the measured ratio's denominator is), or with the penalty alone (seconds: for tests).
     """
 
     n_sites: int = 3
-    subjects_per_site: int = 8
+    subjects_per_site: int = 30  # 20 training subjects per site: the learning curve reaches 60
     run_seconds: float = 200.0
     seed: int = REFERENCE_SEED
-    exact_path: Literal["selected", "ridge"] = "ridge"  # seconds, where "selected" takes minutes at a DP run's round 0
+    exact_path: Literal["selected", "ridge"] = "selected"
 
 
 @dataclass(frozen=True)
@@ -107,7 +118,8 @@ class PrivacyPlan:
     training_subjects : int
         Training subjects of the whole consortium.
     reference_pcc : float
-        Temporal PCC of the exact non-DP ridge path on the reference test subjects.
+        Temporal PCC of the exact non-DP ridge path on the reference test subjects at
+        ``training_subjects`` (the denominator: the learning curve, interpolated).
     draws : int
         Noise draws averaged.
     seed : int
@@ -225,7 +237,8 @@ def reference_arrays(
     dict of str to np.ndarray
         Per-subject statistics ``{prior,pooled}.{train,val}.{n,sx,...}`` (stacked), the test
         frames ``test.design``, ``test.target``, ``test.run`` (run of each frame), ``test.site``
-        (site of each run), and ``exact_pcc``.
+        (site of each run), ``curve.subjects`` and ``curve.pcc`` (the exact path's learning
+        curve: training subjects of the whole reference, test PCC) and ``exact_pcc`` (its last point).
     """
     from fedneurogen.shared.data import load_site
     from fedneurogen.shared.design import subject_statistics
@@ -236,7 +249,7 @@ def reference_arrays(
     from fedneurogen.shared.splits import split_subjects
 
     reduced: dict[str, list] = {f"{path}.{part}": [] for path in _PATHS for part in ("train", "val")}
-    full_train, full_val, designs, targets, run_site = [], [], [], [], []
+    prefixes, full_val, designs, targets, run_site = [], [], [], [], []
     run_rows: list[np.ndarray] = []
     offset = 0
     for site_index, site in enumerate(sorted(root.glob("site-*"))):
@@ -247,7 +260,9 @@ def reference_arrays(
             reduction = private_reduction("fmri", windows.design.shape[-1], windows.target.shape[1], path == "prior")
             reduced[f"{path}.train"] += reduction.subject_statistics(train)
             reduced[f"{path}.val"] += reduction.subject_statistics(val)
-        full_train.append(sum_statistics(subject_statistics(train)))
+        subjects = subject_statistics(train)
+        sizes = {min(k, len(subjects)) for k in (*CURVE_SUBJECTS_PER_SITE, len(subjects))}
+        prefixes.append({k: sum_statistics(subjects[:k]) for k in sizes})  # a site's first k subjects, summed
         full_val.append(sum_statistics(subject_statistics(val)))
         design, target, rows = _stitched(test)
         designs.append(design)
@@ -255,13 +270,6 @@ def reference_arrays(
         run_rows += [r + offset for r in rows]
         run_site += [site_index] * len(rows)
         offset += len(design)
-    model = NeuroGenModel("tiny", device="cpu")
-    if exact_path == "selected":
-        solve_ridge_path(model, "fmri", full_train, sum_statistics(full_val))
-    else:
-        total, solution = sum_statistics(full_train), fit_ridge(sum_statistics(full_train), sum_statistics(full_val))
-        mean, std = total.feature_moments()
-        model.modality_heads["fmri"].mean.ridge.set_solution(solution.coef, solution.intercept, mean, std + 1e-8)
     out = {f"{key}.{field}": array for key, stats in reduced.items() for field, array in _stack(stats).items()}
     out |= {
         "test.design": np.concatenate(designs),
@@ -269,8 +277,51 @@ def reference_arrays(
         "test.run": np.concatenate([np.full(len(r), i) for i, r in enumerate(run_rows)]),
         "test.site": np.array(run_site),
     }
-    out["exact_pcc"] = np.array(_path_pcc(model, out))
+    # The exact path's learning curve: every site's first k training subjects, k up to its count.
+    model, validation = NeuroGenModel("tiny", device="cpu"), sum_statistics(full_val)
+    curve = []
+    for k in sorted({k for p in prefixes for k in p}):
+        used = [max(j for j in p if j <= k) for p in prefixes]  # sites may have fewer training subjects
+        parts = [p[j] for p, j in zip(prefixes, used)]
+        if exact_path == "selected":
+            solve_ridge_path(model, "fmri", parts, validation)
+        else:
+            total = sum_statistics(parts)
+            solution = fit_ridge(total, validation)
+            mean, std = total.feature_moments()
+            model.modality_heads["fmri"].mean.ridge.set_solution(solution.coef, solution.intercept, mean, std + 1e-8)
+        curve.append((sum(used), _path_pcc(model, out)))
+    out["curve.subjects"] = np.array([n for n, _ in curve], dtype=np.float64)
+    out["curve.pcc"] = np.array([pcc for _, pcc in curve])
+    out["exact_pcc"] = np.array(curve[-1][1])
     return out
+
+
+def exact_at(arrays: dict[str, np.ndarray], training_subjects: int) -> float:
+    """The exact non-DP path's PCC at ``training_subjects``, from the reference's learning curve.
+
+    Interpolated linearly in ``1 / n`` (a ridge fit's error falls roughly as ``1 / n``); beyond
+    the curve's last point extrapolated along its last segment (never below the last point),
+    before its first point the first point's value.
+
+    Parameters
+    ----------
+    arrays : dict of str to np.ndarray
+        The reference (``curve.subjects``, ``curve.pcc``).
+    training_subjects : int
+        The consortium's training subjects.
+
+    Returns
+    -------
+    float
+        The predicted PCC.
+    """
+    n, pcc = arrays["curve.subjects"], arrays["curve.pcc"]
+    x, target = 1.0 / n[::-1], 1.0 / training_subjects  # ascending in 1/n
+    if target >= x[0] or len(n) < 2:
+        return float(np.interp(target, x, pcc[::-1]))
+    slope = (pcc[-1] - pcc[-2]) / (1.0 / n[-1] - 1.0 / n[-2])
+    return float(max(pcc[-1], pcc[-1] + slope * (target - 1.0 / n[-1])))
 
 
 def _path_pcc(model, arrays: dict[str, np.ndarray]) -> float:
@@ -299,7 +350,7 @@ def _read(path: Path) -> dict[str, np.ndarray] | None:
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):  # missing, truncated or not an npz
         return None
     needed = {f"{p}.{s}.{f}" for p in _PATHS for s in ("train", "val") for f in _FIELDS}
-    needed |= {"test.design", "test.target", "test.run", "test.site", "exact_pcc"}
+    needed |= {"test.design", "test.target", "test.run", "test.site", "exact_pcc", "curve.subjects", "curve.pcc"}
     return arrays if needed <= arrays.keys() else None
 
 
@@ -403,6 +454,13 @@ def stacked(statistics: list) -> dict[str, np.ndarray]:
         ``n``, ``sx``, ``sy``, ``sxx``, ``sxy``, ``syy``.
     """
     return _stack(statistics)
+
+
+def _draw_sites(rng: np.random.Generator, pool: int, n_sites: int, per_site: int) -> list[np.ndarray]:
+    """Subjects (indices into a pool) of ``n_sites`` sites of ``per_site``: distinct while the pool has enough."""
+    if n_sites * per_site <= pool:
+        return np.split(rng.permutation(pool)[: n_sites * per_site], n_sites)
+    return [rng.integers(pool, size=per_site) for _ in range(n_sites)]
 
 
 def _subject_counts(subjects_per_site: int) -> tuple[int, int]:
@@ -516,16 +574,15 @@ def plan(
         clipped[part] = _stack([privacy.clip_subject(s, clip, BLOCK_WEIGHTS) for s in subjects])
     n_train, n_val = _subject_counts(subjects_per_site)
     model = NeuroGenModel("tiny", device="cpu")
-    exact = float(arrays["exact_pcc"])
+    exact = exact_at(arrays, n_sites * n_train)
     ratios, floors, off = [], [], []
     for draw in range(draws):
         rng = np.random.default_rng([seed, draw])
         released: dict[str, list] = {"train": [], "val": []}
-        for _ in range(n_sites):
-            for part, count in (("train", n_train), ("val", n_val)):
-                pool = clipped[part]
-                counts = np.bincount(rng.integers(len(pool["n"]), size=count), minlength=len(pool["n"]))
-                noisy = release(pool, counts, sigma, clip, rng)
+        for part, count in (("train", n_train), ("val", n_val)):
+            pool = clipped[part]
+            for members in _draw_sites(rng, len(pool["n"]), n_sites, count):
+                noisy = release(pool, np.bincount(members, minlength=len(pool["n"])), sigma, clip, rng)
                 noisy.n = max(noisy.n, 1.0)  # as the server reads a noisy count
                 released[part].append(noisy)
         # the server's policy and solve, as solve_global_ridge applies them
@@ -552,3 +609,37 @@ def plan(
         penalty_floor=float(np.median(floors)), switched_off=float(np.mean(off)), training_subjects=n_sites * n_train,
         reference_pcc=exact, draws=draws, seed=seed, text=text,
     )  # fmt: skip
+
+
+def privacy_plan_line(run, sites: list[Path]) -> str:
+    """One line: the privacy planner's prediction for this consortium (``plan``).
+
+    Parameters
+    ----------
+    run : RunConfig
+        The run's config (its ``dp-target-epsilon`` times ``dp-statistics-share``: the ridge
+        statistics' share of the budget, ``dp-delta``, ``dp-prior``, ``dp-accountant``,
+        ``dp-statistics-clip``).
+    sites : list of Path
+        The run's site folders (their ``sub-*`` folders are counted).
+
+    Returns
+    -------
+    str
+        The plan, or why there is none (the run goes on either way).
+    """
+    if run.dp_statistics_share <= 0:
+        return "round 0: dp-statistics-share = 0 releases no ridge statistics: no privacy plan"
+    subjects = [len([p for p in site.glob("sub-*") if p.is_dir()]) for site in sites]
+    per_site = round(sum(subjects) / max(len(subjects), 1))
+    try:
+        if not cache_file(Reference()).is_file():
+            print("round 0: simulating the privacy planner's reference consortium (once; then cached)", flush=True)
+        found = plan(
+            len(sites), per_site, run.dp_target_epsilon * run.dp_statistics_share, run.dp_delta,
+            prior=run.dp_prior == "simulated", accountant=run.dp_accountant, statistics_clip=run.dp_statistics_clip,
+        )  # fmt: skip
+    except Exception as err:  # a prediction only: no failure of it may stop the run
+        reason = " ".join(str(err).split())[:300]  # one line
+        return f"round 0: no privacy plan ({type(err).__name__}: {reason}); the run goes on"
+    return f"round 0 (no budget spent yet), privacy plan: {found.text}"
