@@ -19,13 +19,16 @@ predicted from the activity beneath it:
    all patches). Log, z-scored per patch and band over the run, and convolved with the same
    hemodynamic basis over the same history as the scalp design (``run_source_design``).
    Features are ordered (patch, band, basis), as the scalp design's (electrode, band, basis).
-4. **Local design and local path** (``local_columns``, ``fit_local_path``): target point ``i``
-   is predicted from the bands of its own patch and its ``n_neighbours - 1`` nearest patches of
-   the same hemisphere only (6 x 5 bands x 2 bases = 60 features), a ridge per patch of points
-   fitted from the ``RidgeStatistics`` of the whole source design: each point's normal
-   equations are a sub-block of ``XᵀX`` and a column of ``XᵀY``. Statistics add over subjects
-   and sites, so the summed-statistics fit is the pooled fit and a federation's exact sum works
-   unchanged. The penalty of each patch is chosen on validation statistics.
+4. **Local design and local path** (``local_columns``, ``fit_local_path``): an fMRI vertex
+   is predicted from the bands of its own patch and its ``N_NEIGHBOURS - 1`` nearest patches of
+   the same hemisphere only (6 x 5 bands x 2 bases = 60 features); an fNIRS channel from the
+   patches under its sensitivity region (``channel_neighbourhoods``: the patches of the
+   sources within ``NIRS_RADIUS_MM`` of its midpoint's projection on the cortex, same
+   hemisphere). A ridge per group of points (fMRI: a patch of vertices; fNIRS: a channel's
+   HbO and HbR) is fitted from the ``RidgeStatistics`` of the whole source design: each
+   point's normal equations are a sub-block of ``XᵀX`` and a column of ``XᵀY``. Statistics add
+   over subjects and sites, so the summed-statistics fit is the pooled fit and a federation's
+   exact sum works unchanged. The penalty of each group is chosen on validation statistics.
 5. **Stacking with the global path** (``mixing_statistics``, ``choose_mixing``): the final
    prediction is ``(1 - a) global + a local``, ``a`` chosen on validation subjects from additive
    per-point sums.
@@ -53,8 +56,12 @@ DEFAULT_INVERSE = "eLORETA"  # exact localisation of single noise-free dipoles; 
 INVERSE_SNR = 3.0  # MNE's usual choice for averaged data; lambda^2 = 1 / SNR^2
 PATCH_SEEDS_PER_HEMI = 162  # ico2: the first 162 vertices of every fsaverage hemisphere
 N_PATCHES = 2 * PATCH_SEEDS_PER_HEMI
-#: Patches in a point's local design: its own and the nearest others of its hemisphere.
+#: Patches in an fMRI vertex's local design: its own and the nearest others of its hemisphere.
 N_NEIGHBOURS = 6
+#: Radius of an fNIRS channel's sensitivity region on the cortex, mm. Public knowledge, not the
+#: simulator's footprint: a ~30 mm channel samples the cortex about half its separation either
+#: side of its midpoint.
+NIRS_RADIUS_MM = 15.0
 _POWER_FLOOR = 1e-12  # relative to a run's largest patch power: log of silence stays finite
 
 
@@ -396,8 +403,9 @@ def run_source_design(eeg: Recording, frame_times: np.ndarray, config: Preproces
 def point_patches(positions_mm: np.ndarray) -> np.ndarray:
     """The patch under every target point: that of the nearest source-space vertex.
 
-    fMRI points are the ico4 vertices themselves (pial positions: exact); an fNIRS channel's
-    position is its midpoint on the scalp, whose nearest vertex is the cortex below it.
+    fMRI points are the ico4 vertices themselves (pial positions: exact), and a vertex's local
+    design is its patch's (``local_columns``). fNIRS channels take the patches of a whole
+    sensitivity region instead (``channel_neighbourhoods``).
 
     Parameters
     ----------
@@ -414,8 +422,65 @@ def point_patches(positions_mm: np.ndarray) -> np.ndarray:
     return space.patch[nearest]
 
 
+def channel_neighbourhoods(
+    positions_mm: np.ndarray, radius_mm: float = NIRS_RADIUS_MM
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The patches under every fNIRS channel's sensitivity region, one group per channel.
+
+    The channel's source-detector midpoint (on the scalp) is projected onto the nearest pial
+    vertex; its region is the sources of that vertex's hemisphere whose pial positions lie
+    within ``radius_mm`` of the projection, and its local design takes their patches.
+
+    Parameters
+    ----------
+    positions_mm : np.ndarray
+        ``[N, 3]`` target point positions, mm: channel midpoints (a channel's HbO and HbR share
+        one, and so one group).
+    radius_mm : float
+        Radius of the sensitivity region on the cortex.
+
+    Returns
+    -------
+    groups : np.ndarray
+        ``[N]`` the group (channel) of every target point, ``0..n_groups - 1``.
+    neighbourhoods : list of np.ndarray
+        Per group, its patches: the one under the projection first, then the others by the
+        distance of their nearest source.
+    """
+    space = source_space()
+    unique, groups = np.unique(np.asarray(positions_mm, dtype=np.float64), axis=0, return_inverse=True)
+    _, projected = cKDTree(space.pial).query(unique)
+    neighbourhoods = []
+    for vertex in projected:
+        distance = np.linalg.norm(space.pial - space.pial[vertex], axis=1)
+        distance[space.hemi != space.hemi[vertex]] = np.inf  # the other hemisphere is never beneath it
+        inside = np.argsort(distance)[: int(np.sum(distance <= radius_mm))]  # the projection itself first
+        patches, first = np.unique(space.patch[inside], return_index=True)
+        neighbourhoods.append(patches[np.argsort(first)])
+    return np.asarray(groups).reshape(-1), neighbourhoods
+
+
+def patch_columns(patches: np.ndarray, n_per_patch: int) -> np.ndarray:
+    """Columns of the source design that hold the bands of some patches.
+
+    Parameters
+    ----------
+    patches : np.ndarray
+        Patch indices, in the order their columns are wanted.
+    n_per_patch : int
+        Columns per patch in the source design (bands x basis functions).
+
+    Returns
+    -------
+    np.ndarray
+        ``[len(patches) * n_per_patch]`` column indices.
+    """
+    patches = np.asarray(patches, dtype=np.int64)
+    return (patches[:, None] * n_per_patch + np.arange(n_per_patch)[None, :]).reshape(-1)
+
+
 def local_columns(patch: int, n_per_patch: int) -> np.ndarray:
-    """Columns of the source design in the local design of the points of ``patch``.
+    """Columns of the source design in the local design of the fMRI vertices of ``patch``.
 
     Parameters
     ----------
@@ -429,8 +494,7 @@ def local_columns(patch: int, n_per_patch: int) -> np.ndarray:
     np.ndarray
         ``[N_NEIGHBOURS * n_per_patch]`` column indices: the patch's own, then its neighbours'.
     """
-    neighbours = source_space().neighbours[patch]
-    return (neighbours[:, None] * n_per_patch + np.arange(n_per_patch)[None, :]).reshape(-1)
+    return patch_columns(source_space().neighbours[patch], n_per_patch)
 
 
 def restrict(stats: RidgeStatistics, columns: np.ndarray, points: np.ndarray) -> RidgeStatistics:
@@ -466,21 +530,21 @@ class LocalSolution:
 
     Attributes
     ----------
-    patches : np.ndarray
-        ``[N]`` the patch of every point.
+    groups : np.ndarray
+        ``[N]`` the group of every point (fMRI: its patch; fNIRS: its channel).
     columns : dict of int to np.ndarray
-        Local design columns per patch (``local_columns``).
+        Local design columns per group.
     coef : dict of int to np.ndarray
-        ``[d, n_points_of_patch]`` coefficients per patch, on the raw features.
+        ``[d, n_points_of_group]`` coefficients per group, on the raw features.
     intercept : np.ndarray
         ``[N]`` intercepts.
     penalties : dict of int to float
-        The chosen relative penalty per patch.
+        The chosen relative penalty per group.
     validation_mse : float | None
         Validation MSE (mean over points and rows) at the chosen penalties.
     """
 
-    patches: np.ndarray
+    groups: np.ndarray
     columns: dict[int, np.ndarray]
     coef: dict[int, np.ndarray]
     intercept: np.ndarray
@@ -502,19 +566,20 @@ class LocalSolution:
         """
         design = np.asarray(design, dtype=np.float64)
         out = np.broadcast_to(self.intercept, design.shape[:-1] + self.intercept.shape).copy()
-        for patch, cols in self.columns.items():
-            out[..., self.patches == patch] += design[..., cols] @ self.coef[patch]
+        for group, cols in self.columns.items():
+            out[..., self.groups == group] += design[..., cols] @ self.coef[group]
         return out.astype(np.float32)
 
 
 def fit_local_path(
     train: RidgeStatistics,
     val: RidgeStatistics | None,
-    patches: np.ndarray,
+    groups: np.ndarray,
     n_per_patch: int,
     penalties: tuple[float, ...] = DEFAULT_PENALTIES,
+    neighbourhoods: list[np.ndarray] | None = None,
 ) -> LocalSolution:
-    """The local ridge path from statistics of the source design (each patch's penalty on ``val``).
+    """The local ridge path from statistics of the source design (each group's penalty on ``val``).
 
     Parameters
     ----------
@@ -523,12 +588,16 @@ def fit_local_path(
         subjects and sites: the fit only needs their sum).
     val : RidgeStatistics | None
         The same over validation rows; None: the first penalty everywhere.
-    patches : np.ndarray
-        ``[N]`` patch of every target point (``point_patches``).
+    groups : np.ndarray
+        ``[N]`` group of every target point: its patch (fMRI, ``point_patches``) or its
+        channel (fNIRS, ``channel_neighbourhoods``).
     n_per_patch : int
         Columns per patch in the source design (bands x basis functions).
     penalties : tuple of float
         Relative penalties to try.
+    neighbourhoods : list of np.ndarray | None
+        The patches of each group's local design, indexed by group. None (fMRI): groups are
+        patches, and each takes its own and its nearest (``local_columns``).
 
     Returns
     -------
@@ -538,37 +607,41 @@ def fit_local_path(
     Raises
     ------
     ValueError
-        ``patches`` does not have one entry per target point, or the design is not
+        ``groups`` does not have one entry per target point, or the design is not
         ``N_PATCHES x n_per_patch`` wide.
     """
-    patches = np.asarray(patches)
-    if len(patches) != len(train.sy):
-        raise ValueError(f"{len(patches)} point patches for {len(train.sy)} target points")
+    groups = np.asarray(groups)
+    if len(groups) != len(train.sy):
+        raise ValueError(f"{len(groups)} point groups for {len(train.sy)} target points")
     if train.n_features != N_PATCHES * n_per_patch:
         raise ValueError(f"a source design has {N_PATCHES} x {n_per_patch} columns, not {train.n_features}")
     columns, coef, chosen = {}, {}, {}
-    intercept = np.zeros(len(patches))
+    intercept = np.zeros(len(groups))
     sse, rows = 0.0, 0.0
-    for patch in np.unique(patches).tolist():
-        points = np.flatnonzero(patches == patch)
-        cols = local_columns(patch, n_per_patch)
+    for group in np.unique(groups).tolist():
+        points = np.flatnonzero(groups == group)
+        if neighbourhoods is None:
+            cols = local_columns(group, n_per_patch)
+        else:
+            cols = patch_columns(neighbourhoods[group], n_per_patch)
         sub_val = None if val is None else restrict(val, cols, points)
         solution = fit_ridge(restrict(train, cols, points), sub_val, penalties)
-        columns[patch], coef[patch], chosen[patch] = cols, solution.coef, solution.lam
+        columns[group], coef[group], chosen[group] = cols, solution.coef, solution.lam
         intercept[points] = solution.intercept
         if solution.validation_mse is not None:
             sse += solution.validation_mse * len(points)
             rows += len(points)
     mse = sse / rows if rows else None
-    return LocalSolution(patches, columns, coef, intercept, chosen, mse)
+    return LocalSolution(groups, columns, coef, intercept, chosen, mse)
 
 
 def fit_local_path_selected(
     train_parts: list[RidgeStatistics],
     val: RidgeStatistics | None,
-    patches: np.ndarray,
+    groups: np.ndarray,
     n_per_patch: int,
     penalties: tuple[float, ...] = DEFAULT_PENALTIES,
+    neighbourhoods: list[np.ndarray] | None = None,
 ) -> LocalSolution:
     """``fit_local_path`` on the sum of ``train_parts``; without ``val``, penalties by 2-fold.
 
@@ -581,29 +654,30 @@ def fit_local_path_selected(
         Training statistics (per subject, per fold or per site).
     val : RidgeStatistics | None
         Validation statistics.
-    patches : np.ndarray
-        ``[N]`` patch of every target point.
+    groups : np.ndarray
+        ``[N]`` group of every target point (as ``fit_local_path``).
     n_per_patch : int
         Columns per patch in the source design.
     penalties : tuple of float
         Relative penalties to try.
+    neighbourhoods : list of np.ndarray | None
+        Each group's patches (as ``fit_local_path``); None for fMRI vertices.
 
     Returns
     -------
     LocalSolution
         The fit on all training parts.
     """
+    fit = functools.partial(fit_local_path, groups=groups, n_per_patch=n_per_patch, neighbourhoods=neighbourhoods)
     if val is not None or len(train_parts) < 2:
-        return fit_local_path(sum_statistics(train_parts), val, patches, n_per_patch, penalties)
-    trial = fit_local_path(
-        sum_statistics(train_parts[0::2]), sum_statistics(train_parts[1::2]), patches, n_per_patch, penalties
-    )
+        return fit(sum_statistics(train_parts), val, penalties=penalties)
+    trial = fit(sum_statistics(train_parts[0::2]), sum_statistics(train_parts[1::2]), penalties=penalties)
     total = sum_statistics(train_parts)
-    final = fit_local_path(total, None, patches, n_per_patch, (penalties[0],))
-    for patch, lam in trial.penalties.items():  # refit each patch at its chosen penalty
-        points = np.flatnonzero(patches == patch)
-        solution = fit_ridge(restrict(total, final.columns[patch], points), None, (lam,))
-        final.coef[patch], final.intercept[points], final.penalties[patch] = solution.coef, solution.intercept, lam
+    final = fit(total, None, penalties=(penalties[0],))
+    for group, lam in trial.penalties.items():  # refit each group at its chosen penalty
+        points = np.flatnonzero(np.asarray(groups) == group)
+        solution = fit_ridge(restrict(total, final.columns[group], points), None, (lam,))
+        final.coef[group], final.intercept[points], final.penalties[group] = solution.coef, solution.intercept, lam
     final.validation_mse = trial.validation_mse
     return final
 

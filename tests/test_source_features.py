@@ -16,6 +16,8 @@ from fedneurogen.shared.ridge import RidgeStatistics, fit_ridge, sum_statistics
 from fedneurogen.shared.sources import (
     N_NEIGHBOURS,
     N_PATCHES,
+    NIRS_RADIUS_MM,
+    channel_neighbourhoods,
     fit_local_path,
     fit_local_path_selected,
     inverse_kernel,
@@ -26,7 +28,7 @@ from fedneurogen.shared.sources import (
     run_source_power,
     source_space,
 )
-from fedneurogen.simulations.geometry import eeg_lead_field, load_cortex, standard_positions
+from fedneurogen.simulations.geometry import eeg_lead_field, load_cortex, motor_probe, standard_positions
 
 CAP_32 = tuple(
     "Fp1 Fp2 F7 F3 Fz F4 F8 FC5 FC1 FC2 FC6 T7 C3 Cz C4 T8 TP9 CP5 CP1 CP2 CP6 TP10 P7 P3 Pz P4 P8 PO9 O1 Oz O2 PO10".split()
@@ -80,6 +82,54 @@ def test_local_design_uses_only_its_neighbourhood():
     np.testing.assert_allclose(solution.predict(moved)[:, 0], solution.predict(x)[:, 0], rtol=1e-5, atol=1e-5)
     assert not np.allclose(solution.predict(moved)[:, 1], solution.predict(x)[:, 1])  # the other vertex sees them
     assert np.corrcoef(solution.predict(x)[:, 0], y[:, 0])[0, 1] > 0.7
+
+
+def test_fnirs_channel_local_design_lies_beneath_it():
+    """An fNIRS channel's local columns are the patches of the sources within NIRS_RADIUS_MM of its
+    midpoint's projection on the cortex, its own hemisphere only; HbO and HbR share them, other
+    columns do not move its prediction, and fMRI vertices keep their patch and its neighbours."""
+    space = source_space()
+    midpoints = motor_probe().midpoints
+    positions = np.repeat(midpoints, 2, axis=0)  # HbO and HbR of a channel share its midpoint
+    groups, neighbourhoods = channel_neighbourhoods(positions)
+    assert np.array_equal(groups[0::2], groups[1::2]) and len(neighbourhoods) == len(midpoints)
+    patch_hemi = np.repeat([0, 1], N_PATCHES // 2)
+    for channel, midpoint in enumerate(midpoints):
+        vertex = int(np.argmin(np.linalg.norm(space.pial - midpoint, axis=1)))
+        hemi = space.hemi[vertex]
+        assert hemi == int(midpoint[0] > 0)  # the probe's left channels over the left hemisphere
+        beneath = (np.linalg.norm(space.pial - space.pial[vertex], axis=1) <= NIRS_RADIUS_MM) & (space.hemi == hemi)
+        patches = neighbourhoods[groups[2 * channel]]
+        assert patches[0] == space.patch[vertex]  # the patch under the projection first
+        assert sorted(patches.tolist()) == sorted(set(space.patch[beneath].tolist()))
+        assert np.all(patch_hemi[patches] == hemi)
+
+    n_per_patch = 4
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, N_PATCHES * n_per_patch))
+    cols = np.flatnonzero(np.isin(np.arange(x.shape[1]) // n_per_patch, neighbourhoods[groups[0]]))
+    y = x[:, cols[:4]].sum(1, keepdims=True) + rng.normal(size=(300, len(positions)))
+    stats = RidgeStatistics.from_rows(x, y)
+    solution = fit_local_path(stats, None, groups, n_per_patch, (1.0,), neighbourhoods=neighbourhoods)
+    for group, columns in solution.columns.items():
+        assert sorted(set((columns // n_per_patch).tolist())) == sorted(neighbourhoods[group].tolist())
+    moved = x.copy()
+    moved[:, np.setdiff1d(np.arange(x.shape[1]), cols)] += rng.normal(size=(300, x.shape[1] - len(cols)))
+    np.testing.assert_allclose(solution.predict(moved)[:, :2], solution.predict(x)[:, :2], rtol=1e-5, atol=1e-5)
+    assert np.corrcoef(solution.predict(x)[:, 0], y[:, 0])[0, 1] > 0.5
+
+    # fMRI: groups are patches and each takes its own and its nearest, exactly as before
+    vertices = np.array([0, 1234, 4000, 5000])
+    patches = point_patches(space.pial[vertices])
+    assert patches.tolist() == space.patch[vertices].tolist()
+    y = rng.normal(size=(300, len(vertices)))
+    stats = RidgeStatistics.from_rows(x, y)
+    fmri = fit_local_path(stats, None, patches, n_per_patch, (1.0,))
+    explicit = fit_local_path(stats, None, patches, n_per_patch, (1.0,), neighbourhoods=list(space.neighbours))
+    for patch in fmri.columns:
+        old = (space.neighbours[patch][:, None] * n_per_patch + np.arange(n_per_patch)).reshape(-1)
+        assert np.array_equal(fmri.columns[patch], old)
+        assert np.array_equal(fmri.coef[patch], explicit.coef[patch])
 
 
 def test_local_path_from_summed_statistics_equals_pooled_fit():
