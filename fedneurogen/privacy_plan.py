@@ -633,10 +633,14 @@ def privacy_plan_line(run, sites: list[Path]) -> str:
     subjects = [len([p for p in site.glob("sub-*") if p.is_dir()]) for site in sites]
     per_site = round(sum(subjects) / max(len(subjects), 1))
     try:
+        epsilon = run.dp_target_epsilon * run.dp_statistics_share
+        _check(
+            len(sites), per_site, epsilon, run.dp_delta, DEFAULT_DRAWS
+        )  # a question it cannot answer: say so at once
         if not cache_file(Reference()).is_file():
             print("round 0: simulating the privacy planner's reference consortium (once; then cached)", flush=True)
         found = plan(
-            len(sites), per_site, run.dp_target_epsilon * run.dp_statistics_share, run.dp_delta,
+            len(sites), per_site, epsilon, run.dp_delta,
             prior=run.dp_prior == "simulated", accountant=run.dp_accountant, statistics_clip=run.dp_statistics_clip,
         )  # fmt: skip
     except Exception as err:  # a prediction only: no failure of it may stop the run

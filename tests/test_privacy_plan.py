@@ -177,3 +177,17 @@ def test_federate_round_zero_line_names_a_failed_plan(tmp_path):
         sites.append(tmp_path / name)
     line = privacy_plan_line(RunConfig(dp_enabled=True), sites)
     assert line.startswith("round 0: no privacy plan") and "subjects per site" in line and "\n" not in line
+
+
+def test_federate_prints_the_plan_line_only_under_dp(tmp_path, capsys):
+    from fedneurogen.cli import _print_privacy_plan
+    from fedneurogen.shared.run_config import RunConfig
+
+    sites = []
+    for name in ("site-01", "site-02"):
+        (tmp_path / name / "sub-01").mkdir(parents=True)
+        sites.append(tmp_path / name)
+    _print_privacy_plan(RunConfig(dp_enabled=False), sites)
+    assert capsys.readouterr().out == ""
+    _print_privacy_plan(RunConfig(dp_enabled=True), sites)  # too few subjects: a plan that names why not
+    assert capsys.readouterr().out.startswith("round 0: no privacy plan")
