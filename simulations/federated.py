@@ -14,6 +14,7 @@ deployment mode with ``flower-supernode`` processes for the sites.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -23,6 +24,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 from collections.abc import Callable
@@ -269,6 +271,30 @@ class LocalSuperLink:
         self.stop()
 
 
+@contextlib.contextmanager
+def sigterm_unwinds():
+    """Inside, SIGTERM raises ``SystemExit(143)``, so ``finally`` blocks and context managers stop
+    the Flower processes this process started (Python's default SIGTERM ends it without unwinding,
+    leaving them running). A no-op outside the main thread, where no handler can be set.
+
+    Yields
+    ------
+    None
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def unwind(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, unwind)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def write_connection(flwr_home: Path, name: str, address: str, root_certificates: Path | None = None) -> None:
     """A SuperLink connection in ``$FLWR_HOME/config.toml`` (Flower 1.41 keeps them there):
     TLS checked against ``root_certificates`` (the consortium's ca.crt), else plain text."""
@@ -373,13 +399,16 @@ def flwr_run(
             start = log.tell()
             proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             deadline = time.time() + timeout
-            while proc.poll() is None:
-                if time.time() > deadline:
-                    stop_process(proc)
-                    raise FederationError(f"flwr run did not finish within {timeout:.0f} s:\n{tail(log_file)}")
-                if on_poll is not None:
-                    on_poll()
-                time.sleep(1.0)
+            try:
+                while proc.poll() is None:
+                    if time.time() > deadline:
+                        raise FederationError(f"flwr run did not finish within {timeout:.0f} s:\n{tail(log_file)}")
+                    if on_poll is not None:
+                        on_poll()
+                    time.sleep(1.0)
+            except BaseException:  # a timeout, Ctrl-C or SIGTERM (sigterm_unwinds): the run goes with us
+                stop_process(proc)
+                raise
         with open(log_file, "rb") as log:
             log.seek(start)
             text = log.read().decode("utf-8", errors="replace")
@@ -585,7 +614,7 @@ def run_federated(
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         app = simulation_app(home / "simulation-app")
-        with LocalSuperLink(home, simulation=True, log_file=run_dir / "superlink.log") as link:
+        with sigterm_unwinds(), LocalSuperLink(home, simulation=True, log_file=run_dir / "superlink.log") as link:
             write_connection(home, "local-sim", link.address)
             watch = RoundWatcher(run_dir / "history.json", on_round) if on_round is not None else None
             flwr_run(

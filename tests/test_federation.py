@@ -355,3 +355,33 @@ def test_under_dp_a_site_counting_more_than_one_example_is_refused(task_identity
     assert new[BACKBONE] == pytest.approx(1.0) and metrics["num-examples"] == 1
     (failure,) = strategy.report[MessageType.TRAIN]["failed"]
     assert failure["node"] == 2 and "under DP, where every site counts at most 1" in failure["reason"]
+
+
+def test_sigterm_unwinds_so_the_started_processes_are_stopped(tmp_path):
+    """A local run killed with SIGTERM (a user's `kill`, a scheduler) runs its finally blocks, which
+    stop the SuperLink and `flwr run` it started; Python's default would leave them running."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    marker = tmp_path / "unwound"
+    script = textwrap.dedent(
+        f"""
+        import time
+        from fedneurogen.simulations.federated import sigterm_unwinds
+        with sigterm_unwinds():
+            try:
+                print("ready", flush=True)
+                time.sleep(60)
+            finally:
+                open({str(marker)!r}, "w").write("stopped")
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    started = time.time()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert marker.read_text() == "stopped" and time.time() - started < 30
