@@ -212,10 +212,6 @@ def _stitched(windows) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     )
 
 
-def _stack(stats: list) -> dict[str, np.ndarray]:
-    return {field: np.stack([np.asarray(getattr(s, field), dtype=np.float64) for s in stats]) for field in _FIELDS}
-
-
 def reference_arrays(
     root: Path, seed: int, work: Path, exact_path: Literal["selected", "ridge"] = "selected"
 ) -> dict[str, np.ndarray]:
@@ -270,7 +266,7 @@ def reference_arrays(
         run_rows += [r + offset for r in rows]
         run_site += [site_index] * len(rows)
         offset += len(design)
-    out = {f"{key}.{field}": array for key, stats in reduced.items() for field, array in _stack(stats).items()}
+    out = {f"{key}.{field}": array for key, stats in reduced.items() for field, array in stacked(stats).items()}
     out |= {
         "test.design": np.concatenate(designs),
         "test.target": np.concatenate(targets),
@@ -453,7 +449,7 @@ def stacked(statistics: list) -> dict[str, np.ndarray]:
     dict of str to np.ndarray
         ``n``, ``sx``, ``sy``, ``sxx``, ``sxy``, ``syy``.
     """
-    return _stack(statistics)
+    return {field: np.stack([np.asarray(getattr(s, field), dtype=np.float64) for s in statistics]) for field in _FIELDS}
 
 
 def _draw_sites(rng: np.random.Generator, pool: int, n_sites: int, per_site: int) -> list[np.ndarray]:
@@ -571,7 +567,7 @@ def plan(
             RidgeStatistics(**{f: arrays[f"{name}.{part}.{f}"][i] for f in _FIELDS})
             for i in range(len(arrays[f"{name}.{part}.n"]))
         ]
-        clipped[part] = _stack([privacy.clip_subject(s, clip, BLOCK_WEIGHTS) for s in subjects])
+        clipped[part] = stacked([privacy.clip_subject(s, clip, BLOCK_WEIGHTS) for s in subjects])
     n_train, n_val = _subject_counts(subjects_per_site)
     model = NeuroGenModel("tiny", device="cpu")
     exact = exact_at(arrays, n_sites * n_train)
