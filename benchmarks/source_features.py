@@ -19,9 +19,9 @@ vertices, or all fNIRS channels' HbO and HbR) on the held-out subjects of:
 - ``ridge_path``: today's model ridge path (reduced rank, banded penalties; the same solver);
 - ``source_ridge_path`` (``--source-global``): the same solver on the 3240-wide source design;
 - ``local_path``: each fMRI vertex from the 60 features of its own and neighbouring patches
-  (``fedneurogen.shared.sources.fit_local_path``, penalties per patch on validation); each
+  (``fedneurogen.shared.local_path.fit_local_path``, penalties per patch on validation); each
   fNIRS channel from the patches under its sensitivity region
-  (``fedneurogen.shared.sources.channel_neighbourhoods``, penalties per channel);
+  (``fedneurogen.shared.local_path.fnirs_layout``, penalties per point);
 - ``stacked``: ``(1 - a) ridge_path + a local_path``, ``a`` chosen on validation;
 - ``eeg_informed_ceiling``: ridge-HRF on the simulator's expected scalp band power (what EEG
   can explain at all), as ``fedneurogen evaluate`` reports it.
@@ -104,14 +104,15 @@ def scenario(root: Path, head_model: str, args, console) -> dict:
     from fedneurogen.shared.metrics import temporal_pcc
     from fedneurogen.shared.model.mean import RIDGE_RANKS
     from fedneurogen.shared.ridge import fit_ridge_selected, sum_statistics
-    from fedneurogen.shared.sources import (
-        N_PATCHES,
-        channel_neighbourhoods,
+    from fedneurogen.shared.local_path import (
         choose_mixing,
         fit_local_path_selected,
+        fnirs_layout,
+        fmri_layout,
         mixing_statistics,
-        point_patches,
+        subject_local_statistics,
     )
+    from fedneurogen.shared.sources import N_PATCHES
     from fedneurogen.shared.workflows.baselines.ridge_hrf import RidgeHRFBaseline
     from fedneurogen.shared.workflows.evaluation import eeg_informed_design, pool_windows
     from fedneurogen.simulations.simulator import simulate_dataset
@@ -167,17 +168,15 @@ def scenario(root: Path, head_model: str, args, console) -> dict:
     predictions["ridge_path"] = as_frames(fits["scalp"].predict(test.design))
     if args.source_global:  # the model's solver on all 3240 source columns: minutes of eigendecompositions
         predictions["source_ridge_path"] = as_frames(fits["source"].predict(pooled["source"]["test"].design))
-    if args.modality == "fnirs":  # each channel: the patches under its sensitivity region
-        groups, neighbourhoods = channel_neighbourhoods(test.target_positions)
-    else:  # each vertex: its patch and the nearest ones
-        groups, neighbourhoods = point_patches(test.target_positions), None
     n_per_patch = pooled["source"]["train"].design.shape[-1] // N_PATCHES
+    if args.modality == "fnirs":  # each channel: the patches under its sensitivity region
+        layout = fnirs_layout(test.target_positions, n_per_patch)
+    else:  # each vertex: its patch and the nearest ones
+        layout = fmri_layout(n_per_patch)
     local = fit_local_path_selected(
-        statistics("source", "train"),
-        sum_statistics(statistics("source", "val")),
-        groups,
-        n_per_patch,
-        neighbourhoods=neighbourhoods,
+        subject_local_statistics(pooled["source"]["train"], layout),
+        sum_statistics(subject_local_statistics(pooled["source"]["val"], layout)),
+        layout,
     )
     predictions["local_path"] = as_frames(local.predict(pooled["source"]["test"].design))
     val_scalp, val_source = pooled["scalp"]["val"], pooled["source"]["val"]
@@ -201,8 +200,8 @@ def scenario(root: Path, head_model: str, args, console) -> dict:
         "simulate_seconds": simulate_s,
         "subjects": {role: sorted(set(w.subjects.tolist())) for role, w in pooled["scalp"].items()},
     }
-    if neighbourhoods is not None:
-        result["local_patches_per_channel"] = [len(n) for n in neighbourhoods]
+    if args.modality == "fnirs":
+        result["local_patches_per_channel"] = ((layout.columns >= 0).sum(1) // n_per_patch).tolist()
     return result
 
 

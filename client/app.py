@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from logging import ERROR, INFO
 from pathlib import Path
 
+import numpy as np
 import torch
 from collections.abc import Sequence
 
@@ -45,6 +46,7 @@ from fedneurogen.client import privacy, site
 from fedneurogen.client.refusal import SiteRefusal, check_run, exact_statistics_floor, site_run_config
 from fedneurogen.shared.io import write_json_atomic
 from fedneurogen.shared.records import describe_content, sendable_label
+from fedneurogen.shared.local_path import MIXING_REQUEST
 from fedneurogen.shared.ridge import STATISTICS_REQUEST
 from fedneurogen.shared.run_config import RunConfig
 
@@ -206,13 +208,28 @@ def _reply(
 @_guarded
 def query(msg: Message, context: Context, run: RunConfig) -> Message:
     """The site's target modality and class names, so the server can fix one label index; or,
-    asked for ``ridge-statistics``, the sums the server solves the global ridge path from."""
+    asked for ``ridge-statistics``, the sums the server solves the global ridge path (and the
+    local path, with source features) from; or, asked for ``mixing-statistics`` with the solved
+    paths, the sums that choose their mix on the site's held-out subjects."""
     data = _site(context, run)
     request = msg.content.config_records.get("request")
+    if request is not None and request.get("kind") == MIXING_REQUEST:
+        # exact sums over the held-out subjects: only where the site allows exact statistics, and
+        # never in a DP run (the coordinator could ask a DP site for them all the same)
+        if run.dp_enabled:
+            raise SiteRefusal("mixing sums are exact sums over held-out subjects: not released in a DP run")
+        floor = exact_statistics_floor(context.node_config)
+        model = site.build_model(run.preset_config(), msg.content["arrays"].to_torch_state_dict())
+        mixing = site.mixing_statistics(data, model, floor)
+        arrays = {} if mixing is None else {"mixing": torch.from_numpy(mixing)}
+        return Message(content=RecordDict({"mixing": ArrayRecord(arrays)}), reply_to=msg)
     if request is not None and request.get("kind") == STATISTICS_REQUEST:
+        local: dict[str, np.ndarray] = {}
         with _privacy(context, run) as (dp, ledger, ledger_file):
             if dp is None:  # exact sums only where the site's policy allows them, over enough subjects
-                statistics = site.ridge_statistics(data, exact_statistics_floor(context.node_config))
+                floor = exact_statistics_floor(context.node_config)
+                statistics = site.ridge_statistics(data, floor)
+                local = site.local_statistics(data, floor)
             else:
                 prior = run.dp_prior == "simulated"
                 if prior and str(context.node_config.get("dp-allow-prior", "true")).lower() in ("0", "false", "no"):
@@ -239,6 +256,8 @@ def query(msg: Message, context: Context, run: RunConfig) -> Message:
         content = RecordDict(
             {"statistics": arrays, "site": ConfigRecord(info), "metrics": MetricRecord(privacy_metrics)}
         )
+        if local:
+            content["local"] = ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in local.items()})
         return Message(content=content, reply_to=msg)
     classes = [c for c in data.classes if sendable_label(c)]
     if len(classes) < len(data.classes):  # their windows train without a label; the names stay here
@@ -280,7 +299,7 @@ def train(msg: Message, context: Context, run: RunConfig) -> Message:
     config = msg.content["config"]
     data = _site(context, run)
     received = msg.content["arrays"].to_torch_state_dict()
-    model = site.build_model(run.preset, received)
+    model = site.build_model(run.preset_config(), received)
     train_config, server_round = site.train_config(run), int(config["server-round"])
     # Where this site is in the learning-rate schedule (warm-up), from the round number rather
     # than from state kept in memory, so a resumed run or a restarted site daemon continues it.
@@ -330,7 +349,7 @@ def evaluate(msg: Message, context: Context, run: RunConfig) -> Message:
         # DP mechanism covers (and a site with few subjects has few held-out ones): withheld.
         # Nor is the window count sent (DP_EXAMPLES).
         return _reply(msg, data, {"num-examples": DP_EXAMPLES, "withheld": 1})
-    model = site.build_model(run.preset, msg.content["arrays"].to_torch_state_dict())
+    model = site.build_model(run.preset_config(), msg.content["arrays"].to_torch_state_dict())
     metrics = site.evaluate(
         model,
         data,

@@ -23,7 +23,7 @@ from fedneurogen.shared.data import find_runs, load_site_data
 from fedneurogen.shared.errors import DataError
 from fedneurogen.shared.io import atomic_write
 from fedneurogen.shared.metrics import temporal_pcc
-from fedneurogen.shared.model import Batch, NeuroGenModel, parameter_modality
+from fedneurogen.shared.model import Batch, ModelConfig, NeuroGenModel, parameter_modality
 from fedneurogen.shared.recording import PairedWindows
 from fedneurogen.shared.run_config import RunConfig
 from fedneurogen.shared.splits import (
@@ -185,11 +185,13 @@ def split_report(site: SiteData) -> dict[str, list[str]]:
     return {REPORT_KEYS["train"]: list(train), REPORT_KEYS["val"]: list(val)}
 
 
-def build_model(preset: str, parameters: dict[str, torch.Tensor]) -> NeuroGenModel:
-    """A model of ``preset`` holding the received global parameters; ``SiteRefusal`` when they
-    do not fit it (another preset or package version on the server): the first parameter that
-    is missing or of another shape is named (parameter names and shapes are the architecture)."""
-    model = NeuroGenModel(preset)
+def build_model(config: ModelConfig, parameters: dict[str, torch.Tensor]) -> NeuroGenModel:
+    """A model of ``config`` (the run's preset and preprocessing) holding the received global
+    parameters; ``SiteRefusal`` when they do not fit it (another preset or package version on the
+    server): the first parameter that is missing or of another shape is named (parameter names
+    and shapes are the architecture)."""
+    model = NeuroGenModel(config)
+    preset = config.preset
     own = dict(model.named_parameters())
     missing = sorted(set(own) - set(parameters))
     if missing:
@@ -269,6 +271,72 @@ def ridge_statistics(site: SiteData, min_subjects: int = 1) -> dict[str, np.ndar
     return {k: np.atleast_1d(v) for k, v in out.items()}  # counts as 1-element arrays
 
 
+def local_statistics(site: SiteData, min_subjects: int = 1) -> dict[str, np.ndarray]:
+    """The exact statistics of the local path (``shared.local_path``) over the same subjects as
+    ``ridge_statistics``: ``train.<stat>``, ``val.<stat>`` when its subjects are enough, and for
+    fNIRS ``layout.columns`` (the source columns beneath each channel; the server has no positions).
+    Empty when the site's design has no source columns. Released only where exact ridge
+    statistics are (the caller's check): no DP release of the local path exists.
+
+    Parameters
+    ----------
+    site : SiteData
+        The site's training and held-out windows.
+    min_subjects : int
+        The fewest subjects a released sum covers.
+
+    Returns
+    -------
+    dict of str to np.ndarray
+        The arrays to send (none without source features).
+    """
+    from fedneurogen.shared.design import split_design
+    from fedneurogen.shared.local_path import subject_local_statistics, windows_layout
+    from fedneurogen.shared.ridge import sum_statistics
+
+    scalp, source = split_design(np.asarray(site.train.design[:1]))
+    if scalp is None or source is None:  # a local path needs a scalp+source design
+        return {}
+    layout = windows_layout(site.train)
+    out = {f"train.{k}": v for k, v in sum_statistics(subject_local_statistics(site.train, layout)).as_arrays().items()}
+    held_out = set(site.val.subjects.tolist()) != set(site.train.subjects.tolist())
+    val = subject_local_statistics(site.val, layout) if held_out else []
+    if val and len(val) >= min_subjects:
+        out |= {f"val.{k}": v for k, v in sum_statistics(val).as_arrays().items()}
+    if site.modality == "fnirs":
+        out["layout.columns"] = layout.columns
+    return out
+
+
+def mixing_statistics(site: SiteData, model: NeuroGenModel, min_subjects: int = 1) -> np.ndarray | None:
+    """The sums that choose the mix of the model's global and local paths, on the site's
+    held-out subjects (``mean.validation_mixing``); None without a local path or with fewer
+    held-out subjects than ``min_subjects`` (exact sums: the caller checks the site's policy).
+
+    Parameters
+    ----------
+    site : SiteData
+        The site.
+    model : NeuroGenModel
+        Holding the server's solved paths.
+    min_subjects : int
+        The fewest subjects a released sum covers (the site's ``min-subjects-per-release``).
+
+    Returns
+    -------
+    np.ndarray | None
+        ``[6, N]``.
+    """
+    from fedneurogen.shared.model.mean import validation_mixing
+
+    held_out = set(site.val.subjects.tolist()) != set(site.train.subjects.tolist())
+    enough = held_out and len(set(site.val.subjects.tolist())) >= min_subjects
+    if not enough or model.modality_heads[site.modality].mean.local is None:
+        return None
+    names = site.val.target_names if site.modality == "fnirs" else None
+    return validation_mixing(model, site.modality, site.val, names)
+
+
 def private_ridge_statistics(
     site: SiteData, dp: privacy.DPSettings, ledger: privacy.PrivacyLedger, ledger_file: Path, prior: bool
 ) -> dict[str, np.ndarray]:
@@ -291,7 +359,10 @@ def private_ridge_statistics(
         raise SiteRefusal("ridge statistics are not released under this run's DP settings (dp-statistics-share = 0)")
     from fedneurogen.shared.private_path import BLOCK_WEIGHTS, private_reduction
 
-    reduction = private_reduction(site.modality, site.train.design.shape[-1], site.train.target.shape[1], prior)
+    from fedneurogen.shared.design import global_part
+
+    width = global_part(np.asarray(site.train.design[:1])).shape[-1]
+    reduction = private_reduction(site.modality, width, site.train.target.shape[1], prior)
     held_out = set(site.val.subjects.tolist()) != set(site.train.subjects.tolist())
     train = reduction.subject_statistics(site.train)
     val = reduction.subject_statistics(site.val) if held_out else None

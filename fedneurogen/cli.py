@@ -17,7 +17,10 @@ from pathlib import Path
 
 import click
 import typer
+import typer.rich_utils
 from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 app = typer.Typer(
     name="fedneurogen",
@@ -28,6 +31,47 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+
+
+class _OptionsTable(Table):
+    """The table typer draws a command's options in, laid out to leave the help text room.
+
+    typer gives each row a cell for: the required marker (when some option is required), the
+    long names, the short names, the ``--no-`` names and their short forms, the metavar, the
+    help. At 80 columns rich shrinks the widest columns to one width, so a choice metavar
+    (``[generate|linear-gaussian|...]``) or a ``--no-`` column left the help a word or two a
+    line. Here a ``--no-`` name goes under its option, the metavar column is capped at a fifth
+    of the width (a longer one folds), and the columns empty in every row are left out. Other
+    tables (the commands panel) are drawn as typer draws them.
+    """
+
+    def add_row(self, *renderables, **kwargs) -> None:
+        cells = list(renderables)
+        if len(cells) >= 6:  # an options row: [required,] long, short, --no- long, --no- short, metavar, help
+            for name, negative in ((-6, -4), (-5, -3)):
+                if isinstance(cells[name], Text) and isinstance(cells[negative], Text) and cells[negative].plain:
+                    merged = cells[name].copy()
+                    merged.append("\n")
+                    merged.append_text(cells[negative])
+                    cells[name], cells[negative] = merged, Text("")
+        super().add_row(*cells, **kwargs)
+
+    def _fit(self, width: int) -> None:
+        if len(self.columns) < 6:  # not an options table (or already fitted)
+            return
+        self.columns[-2].max_width = max(18, width // 5)  # the metavar
+        self.columns[:] = [c for c in self.columns if any(str(cell) for cell in c.cells)]
+
+    def __rich_measure__(self, console, options):
+        self._fit(options.max_width)
+        return super().__rich_measure__(console, options)
+
+    def __rich_console__(self, console, options):
+        self._fit(options.max_width)
+        yield from super().__rich_console__(console, options)
+
+
+typer.rich_utils.Table = _OptionsTable  # typer has no setting for the options table's layout
 #: Line width of output that is not a terminal (a pipe, a file): wide enough that rich never breaks
 #: a path or cuts a table cell, which it does at its default of 80 columns.
 PIPE_WIDTH = 4096
@@ -189,6 +233,11 @@ def simulate(
         "--coupling",
         help="Neurovascular coupling: linear, or nonlinear (saturating BOLD drive gated by the local alpha state).",
     ),
+    scanner_artifacts: bool = typer.Option(
+        False,
+        "--scanner-artifacts",
+        help="Write the fMRI sites' EEG raw, as recorded in the scanner (gradient artefact, BCG, ECG, R128 volume triggers); the clean EEG goes to derivatives/ground_truth.",
+    ),
 ) -> None:
     """Write simulated paired EEG-fMRI / EEG-fNIRS BIDS datasets with known ground truth."""
     import json
@@ -206,7 +255,7 @@ def simulate(
         site_dirs = simulate_dataset(
             out, n_sites=sites, subjects_per_site=subjects_per_site, modality=modality.value, seed=seed, run_seconds=run_seconds,
             eeg_only_sessions=sessions, progress=_show_progress(), head_model=head_model, physiology=physiology,
-            coupling=coupling,
+            coupling=coupling, scanner_artifacts=scanner_artifacts,
         )  # fmt: skip
     except ConfigError as err:
         _fail_on(err)
@@ -326,7 +375,7 @@ def train(
 
     try:
         preprocess = PreprocessConfig.from_overrides(preprocess_overrides)
-        get_preset(preset.value).check_preprocess(preprocess)  # before any data is read
+        get_preset(preset.value).for_preprocess(preprocess).check_preprocess(preprocess)  # before any data is read
         prepare_output_folder(out, data, own=False)  # a run folder: --resume continues it
         sites = _load_sites(data, preprocess)
         with trusting_unsigned(trust_unsigned):  # --resume loads the run's checkpoint

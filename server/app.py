@@ -20,6 +20,7 @@ import time
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.common import log
@@ -36,7 +37,9 @@ from fedneurogen.server.checkpointing import (
     model_parameters,
 )
 from fedneurogen.server.early_stopping import ResidualEarlyStopping
+from fedneurogen.server.local_statistics import check_mixing, solve_local
 from fedneurogen.server.statistics import (
+    MAX_SHARE_RATIO,
     SiteStatistics,
     StatisticsRefused,
     cap_shares,
@@ -49,7 +52,8 @@ from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.io import write_json_atomic
 from fedneurogen.shared.model import NeuroGenModel
 from fedneurogen.shared.records import sendable_label
-from fedneurogen.shared.model.mean import solve_private_path, solve_ridge_path
+from fedneurogen.shared.local_path import MIXING_REQUEST
+from fedneurogen.shared.model.mean import set_mixing, solve_private_path, solve_ridge_path
 from fedneurogen.shared.private_path import PrivateReduction, private_reduction, release_noise_std
 from fedneurogen.shared.ridge import STATISTICS_REQUEST, sum_statistics
 from fedneurogen.shared.run_config import RunConfig, validate_run_config
@@ -174,6 +178,7 @@ def solve_global_ridge(
         }
     )
     noise_scale = 0.0
+    local_arrays: dict[int, dict] = {}  # node -> its local-path statistics (source features, exact only)
     for reply in grid.send_and_receive(messages, timeout=timeout):
         node = reply.metadata.src_node_id
         if reply.has_error():
@@ -190,6 +195,8 @@ def solve_global_ridge(
             continue
         sites.setdefault(got.modality, []).append((node, got))
         noise_scale = max(noise_scale, release_noise_scale(reply))
+        if "local" in reply.content.array_records and not got.private:
+            local_arrays[node] = {k: a.numpy() for k, a in reply.content["local"].items()}
     chosen = {}
     for modality, replies in sorted(sites.items()):
         nodes = [node for node, _ in replies]
@@ -218,11 +225,26 @@ def solve_global_ridge(
             if drop_inconsistent:
                 refused.append({"node": node, "reason": INCONSISTENT_REASON})
         weighed_down = [nodes[i] for i in screened.capped]
+        factors = [part.n / replies[i][1].train.n for i, part in zip(screened.kept, screened.parts)]
         replies, trains = [replies[i] for i in screened.kept], screened.parts
         vals, _ = cap_shares([got.val for _, got in replies if got.val is not None])  # they choose the penalty
         val = sum_statistics(vals) if vals else None
         if private_prior is None:
             chosen[modality] = solve_ridge_path(model, modality, trains, val, points[0])
+            if model.modality_heads[modality].mean.local is not None:
+                local_sites = [
+                    (node, local_arrays.get(node, {}), got.train.n, got.val.n if got.val is not None else None, factor)
+                    for (node, got), factor in zip(replies, factors)
+                ]
+                local = solve_local(model, modality, local_sites, chosen[modality])
+                for item in local.get("refused", []):
+                    log(
+                        WARNING,
+                        "local path: site (node %s) %s; left out of the local path",
+                        item["node"],
+                        item["reason"],
+                    )
+                chosen[modality]["local_path"] = local
         else:  # independent noise from every site in the sum
             noise_std = release_noise_std(noise_scale, 1.0, "sxx") * math.sqrt(len(trains))
             n_points = n_fmri if modality == "fmri" else len(points[0] or ())
@@ -238,9 +260,56 @@ def solve_global_ridge(
             inconsistent_sites=outliers,
             dropped_sites=outliers if drop_inconsistent else [],
         )
+    mixing_nodes = {  # modality -> (the nodes in its paths, its target points)
+        modality: (choice["nodes"], n_fmri if modality == "fmri" else len(sites[modality][0][1].points or ()))
+        for modality, choice in chosen.items()
+        if "local_path" in choice and choice["local_path"].get("fitted", True)
+    }
+    if mixing_nodes:
+        choose_local_share(grid, model, mixing_nodes, chosen, timeout)
     if refused:
         chosen["refused"] = refused
     return chosen
+
+
+def choose_local_share(
+    grid: Grid, model: NeuroGenModel, nodes: dict[str, tuple[list[int], int]], chosen: dict, timeout: float
+) -> None:
+    """The local path's share of each modality's linear prediction, chosen on the sites'
+    held-out subjects: the solved paths go to the sites whose statistics are in them, each
+    answers the mixing sums of its held-out subjects (``server/local_statistics.py`` checks
+    them; no site's weighs more than ``MAX_SHARE_RATIO`` times the median's), and the share with
+    the smallest summed error is set. Without answers the share stays as ``solve_local_path``
+    left it (the path of smaller validation error)."""
+    arrays = ArrayRecord(model_parameters(model))
+    request = ConfigRecord({"kind": MIXING_REQUEST})
+    targets = {node: modality for modality, (ns, _) in nodes.items() for node in ns}
+    messages = [
+        Message(RecordDict({"request": request, "arrays": arrays}), dst_node_id=node, message_type=MessageType.QUERY)
+        for node in targets
+    ]
+    sums: dict[str, list] = {m: [] for m in nodes}
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        node = reply.metadata.src_node_id
+        if reply.has_error() or node not in targets or "mixing" not in reply.content.array_records:
+            continue
+        record = reply.content["mixing"]
+        if "mixing" not in record:
+            continue  # no held-out subjects there
+        modality = targets[node]
+        try:
+            got = check_mixing(record["mixing"].numpy(), nodes[modality][1])
+        except StatisticsRefused as err:
+            log(WARNING, "mixing sums: site (node %s) refused: %s", node, err)
+            continue
+        sums[modality].append(got)
+    for modality, parts in sums.items():
+        if parts:
+            yy = np.array([p[0].sum() for p in parts])
+            cap = MAX_SHARE_RATIO * float(np.median(yy))
+            scaled = [p * min(1.0, cap / max(float(v), 1e-12)) for p, v in zip(parts, yy)]
+            chosen[modality]["local_path"]["weight"] = set_mixing(model, modality, np.sum(scaled, axis=0))
+            chosen[modality]["local_path"]["mixing_sites"] = len(parts)
 
 
 def checkpoint_extra(
@@ -325,7 +394,7 @@ def main(grid: Grid, context: Context) -> None:
     grid = AuditedGrid(grid, store.dir / AUDIT_FILE if run.audit else None)
     strategy = make_strategy(run)
     torch.manual_seed(run.seed)  # the initial global weights
-    model = NeuroGenModel(run.preset, device="cpu")
+    model = NeuroGenModel(run.preset_config(), device="cpu")
 
     first, history, class_names = 1, [], None
     splits = SiteSplits()  # what the sites train and validate on, by content (their training replies)

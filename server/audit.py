@@ -265,6 +265,17 @@ def _released_widths(design_width: int) -> set[int]:
     return {design_width, pooled, pooled // N_REGIONS}
 
 
+def _local_problem(record: str, key: str, shape: Sequence[int]) -> str | None:
+    """What is wrong with an array of a ``local`` (local-path statistics) or ``mixing`` record."""
+    if record == "mixing":
+        return None if key == "mixing" and len(shape) == 2 and shape[0] == 6 else "is not the [6, N] mixing sums"
+    if key == "layout.columns":
+        return None if len(shape) == 2 else "is not a [points, columns] layout"
+    stat = key.split(".", 1)[1] if RIDGE_STATISTIC.fullmatch(key) else None
+    dims = {"n": 1, "sx": 1, "sy": 1, "syy": 1, "sxx": 3, "sxy": 3}.get(stat or "")
+    return None if dims is not None and len(shape) == dims else "is not a local-path statistic"
+
+
 def _statistic_problem(key: str, shape: Sequence[int], design_width: int | None) -> str | None:
     """What is wrong with a ridge statistic's shape (None: nothing). ``design_width`` (the
     model's design features, when known) fixes the feature axes; the point axes are free."""
@@ -326,6 +337,11 @@ def find_leaks(
                 for key, info in record.get("arrays", {}).items():
                     shape = tuple(info.get("shape", ()))
                     texts.append(key)
+                    if rname in ("local", "mixing"):  # local-path statistics and mixing sums: sums too
+                        problem = _local_problem(rname, key, shape)
+                        if problem:
+                            problems.append(f"{where}: array {rname}/{key} {list(shape)} {problem}")
+                        continue
                     if RIDGE_STATISTIC.fullmatch(key):  # sums over all of a site's frames
                         problem = _statistic_problem(key, shape, design_width)
                         if problem:
@@ -435,10 +451,13 @@ def preset_shapes(entries: Sequence[Mapping[str, Any]], preset: str | None) -> t
     from fedneurogen.shared.model import PRESETS, NeuroGenModel
 
     def shapes_of(name: str) -> dict:
-        with torch.device("meta"):  # shapes only: nothing allocated
-            return {
-                k: tuple(p.shape) for k, p in NeuroGenModel(name, fmri_positions=None, device="meta").named_parameters()
-            }
+        shapes = {}
+        for local in (False, True):  # with source features the model has a local path too
+            config = PRESETS[name].model_copy(update={"local_path": local})
+            with torch.device("meta"):  # shapes only: nothing allocated
+                model = NeuroGenModel(config, fmri_positions=None, device="meta")
+            shapes |= {k: tuple(p.shape) for k, p in model.named_parameters()}
+        return shapes
 
     if preset:
         return shapes_of(preset), []

@@ -34,6 +34,8 @@ def setting_value(text: str) -> Any:
         return text
 
 
+#: Fields added with in-scanner EEG; left out of ``cache_key`` at their defaults.
+_IN_SCANNER_FIELDS = ("gradient_artifact", "bcg_artifact", "aas_window_volumes", "bcg_components")
 MAX_SECONDS = 120.0  # window, hop, lag, history: longer than any HRF or paired window this model takes
 MIN_HOP_SECONDS = 0.5  # a window per half second at most: below a target frame (1-2 s) windows only repeat
 
@@ -85,9 +87,20 @@ class PreprocessConfig(BaseModel):
         z-score BOLD per vertex per run.
     target_space : {"ico4"}
         Cortical target space of fMRI.
-    design_space : {"scalp", "source"}
-        Where the design's band power is taken (``fedneurogen.shared.sources``); the default
-        ``scalp`` leaves ``cache_key`` as it was before the field existed.
+    design_space : {"scalp", "source", "scalp+source"}
+        Where the design's band power is taken (``fedneurogen.shared.sources``); ``scalp+source``
+        puts both side by side, scalp first (the model's local path). The default ``scalp`` leaves
+        ``cache_key`` as it was before the field existed.
+    gradient_artifact, bcg_artifact : {"auto", "on", "off"}
+        Removal of the MR gradient artefact (average artefact subtraction) and of the
+        ballistocardiogram (PCA-OBS) from in-scanner EEG (``fedneurogen.shared.data.scanner``):
+        ``auto`` where a run has volume triggers, ``on`` always, ``off`` never. A run whose
+        ``_eeg.json`` says ``"ScannerArtifactsRemoved": true`` is never cleaned twice. Like
+        ``design_space``, these and the two below leave ``cache_key`` as it was at their defaults.
+    aas_window_volumes : int
+        Volume epochs averaged into each epoch's gradient-artefact template.
+    bcg_components : int
+        Principal components of the PCA-OBS basis, besides the mean artefact.
 
     Every rate and length is bounded (``Field`` limits), so a value from the run config or
     ``train --preprocess`` is refused before any window is cut: ``hop_seconds=0`` would append
@@ -149,10 +162,29 @@ class PreprocessConfig(BaseModel):
     )
     fmri_zscore: bool = Field(True, description="z-score BOLD per vertex per run")
     target_space: Literal["ico4"] = "ico4"
-    design_space: Literal["scalp", "source"] = Field(
+    design_space: Literal["scalp", "source", "scalp+source"] = Field(
         "scalp",
-        description="Where the hemodynamic design's band power is taken: 64 virtual scalp electrodes, or 324 cortical "
-        "source patches through a minimum-norm inverse of each montage (fedneurogen.shared.sources)",
+        description="Where the hemodynamic design's band power is taken: 64 virtual scalp electrodes, 324 cortical "
+        "source patches through a minimum-norm inverse of each montage (fedneurogen.shared.sources), or both side by "
+        "side (scalp columns first): what a model with a local path (local_path = true) takes",
+    )
+
+    # In-scanner EEG (fedneurogen.shared.data.scanner)
+    gradient_artifact: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="MR gradient-artefact removal (average artefact subtraction on the volume triggers): auto = where "
+        "the run has volume triggers (R128, ...), on = always (a run without triggers is an error), off = never",
+    )
+    bcg_artifact: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Ballistocardiogram removal (R-peaks from the ECG channel, else the EEG; PCA-OBS): auto = where the "
+        "run has volume triggers, on = always, off = never",
+    )
+    aas_window_volumes: int = Field(
+        20, ge=2, le=200, description="Volume epochs averaged into each gradient-artefact template (moving average)"
+    )
+    bcg_components: int = Field(
+        1, ge=0, le=10, description="Principal components of the PCA-OBS basis besides the mean"
     )
 
     @classmethod
@@ -236,5 +268,8 @@ class PreprocessConfig(BaseModel):
         fields = self.model_dump()
         if fields["design_space"] == "scalp":  # the default keeps the keys (and caches) made before it existed
             del fields["design_space"]
+        for name in _IN_SCANNER_FIELDS:  # likewise: at their defaults, recordings without triggers load as before
+            if fields[name] == type(self).model_fields[name].default:
+                del fields[name]
         blob = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

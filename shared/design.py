@@ -57,11 +57,48 @@ def n_design_features(config: PreprocessConfig) -> int:
     int
         64 x 5 x 1 or 64 x 5 x 2 (``design_space="source"``: 324 patches x 5 x 1 or 2).
     """
-    if config.design_space == "source":
-        from fedneurogen.shared.sources import n_source_features
+    from fedneurogen.shared.sources import n_source_features
 
-        return n_source_features(config)
-    return len(VIRTUAL_MONTAGE) * len(EEG_BANDS) * HRF_BASES[config.hrf_basis]
+    scalp = len(VIRTUAL_MONTAGE) * len(EEG_BANDS) * HRF_BASES[config.hrf_basis]
+    return {"scalp": scalp, "source": n_source_features(config), "scalp+source": scalp + n_source_features(config)}[
+        config.design_space
+    ]
+
+
+def split_design(design: np.ndarray | torch.Tensor) -> tuple:
+    """The scalp and cortical-source parts of a design, told apart by its width.
+
+    Every width in use is distinct (scalp 320 or 640, source 1620 or 3240, both 1940 or 3880),
+    so the part a reader needs — the scalp design for the global path and the baselines, the
+    source design for the local path — follows from the array alone.
+
+    Parameters
+    ----------
+    design : np.ndarray or torch.Tensor
+        ``[..., D]`` a design of any ``design_space``.
+
+    Returns
+    -------
+    scalp, source : array or None
+        ``[..., 64 x bands x bases]`` and ``[..., 324 x bands x bases]``; None where absent.
+
+    Raises
+    ------
+    ValueError
+        A width no design space gives.
+    """
+    from fedneurogen.shared.sources import N_PATCHES
+
+    width, per_basis = design.shape[-1], len(EEG_BANDS)
+    for bases in HRF_BASES.values():
+        scalp, source = len(VIRTUAL_MONTAGE) * per_basis * bases, N_PATCHES * per_basis * bases
+        if width == scalp:
+            return design, None
+        if width == source:
+            return None, design
+        if width == scalp + source:
+            return design[..., :scalp], design[..., scalp:]
+    raise ValueError(f"a design {width} features wide is neither a scalp, a source nor a scalp+source design")
 
 
 @functools.lru_cache(maxsize=1)
@@ -199,14 +236,16 @@ def run_design(eeg: Recording, frame_times: np.ndarray, config: PreprocessConfig
     np.ndarray
         float32 ``[n_frames, n_design_features(config)]``.
     """
-    if config.design_space == "source":  # band power on the cortex (fedneurogen.shared.sources)
+    parts = []
+    if config.design_space in ("scalp", "scalp+source"):
+        power, centres = run_band_power(eeg, config)
+        virtual = to_virtual_montage(power, eeg.positions)  # [64, B, L]
+        parts.append(hemodynamic_convolution(virtual.reshape(-1, virtual.shape[-1]), centres, frame_times, config))
+    if config.design_space in ("source", "scalp+source"):  # band power on the cortex (shared.sources)
         from fedneurogen.shared.sources import run_source_design
 
-        return run_source_design(eeg, frame_times, config)
-    power, centres = run_band_power(eeg, config)
-    virtual = to_virtual_montage(power, eeg.positions)  # [64, B, L]
-    design = hemodynamic_convolution(virtual.reshape(-1, virtual.shape[-1]), centres, frame_times, config)
-    return design.astype(np.float32)
+        parts.append(run_source_design(eeg, frame_times, config))
+    return np.concatenate(parts, axis=1).astype(np.float32)
 
 
 def unique_frames(windows: PairedWindows) -> tuple[np.ndarray, np.ndarray]:
@@ -238,12 +277,10 @@ def unique_frames(windows: PairedWindows) -> tuple[np.ndarray, np.ndarray]:
     return np.array(rows_w, dtype=int), np.array(rows_f, dtype=int)
 
 
-def iter_subject_statistics(
+def iter_subject_rows(
     windows: PairedWindows, target: np.ndarray | None = None, design: np.ndarray | None = None
-) -> Iterator[RidgeStatistics]:
-    """Ridge statistics of ``design -> target`` per subject (each run frame once).
-
-    One subject's frames are read at a time.
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The design and target rows of every subject (each run frame once), one subject at a time.
 
     Parameters
     ----------
@@ -256,8 +293,8 @@ def iter_subject_statistics(
 
     Yields
     ------
-    RidgeStatistics
-        One per subject, in sorted subject order.
+    x, y : np.ndarray
+        ``[T, D]`` design rows and ``[T, N]`` target rows of one subject, in sorted subject order.
 
     Raises
     ------
@@ -272,7 +309,62 @@ def iter_subject_statistics(
     for subject in sorted(set(windows.subjects.tolist())):
         mine = windows.subjects[rows_w] == subject
         w, f = rows_w[mine], rows_f[mine]
-        yield RidgeStatistics.from_rows(design[w, f], target[w, :, f])
+        yield design[w, f], target[w, :, f]
+
+
+def global_part(design: np.ndarray) -> np.ndarray:
+    """The columns the global ridge path, its residual and the baselines read: the scalp design
+    (of a ``scalp+source`` design, its first part); any other design (source only, the
+    EEG-informed ceiling's) as it is.
+
+    Parameters
+    ----------
+    design : np.ndarray
+        ``[..., D]`` a design of any ``design_space``.
+
+    Returns
+    -------
+    np.ndarray
+        ``[..., D_global]`` a view.
+    """
+    try:
+        scalp, source = split_design(design)
+    except ValueError:  # not a model design (e.g. the ceiling's expected band power): all of it
+        return design
+    return scalp if scalp is not None else source
+
+
+def iter_subject_statistics(
+    windows: PairedWindows, target: np.ndarray | None = None, design: np.ndarray | None = None
+) -> Iterator[RidgeStatistics]:
+    """Ridge statistics of ``design -> target`` per subject (each run frame once).
+
+    One subject's frames are read at a time. Of the windows' own ``scalp+source`` design only
+    the scalp part (``global_part``): the local path has statistics of its own
+    (``shared.local_path``). A ``design`` passed in is used as it is.
+
+    Parameters
+    ----------
+    windows : PairedWindows
+        The windows.
+    target : np.ndarray | None
+        ``[W, N, F]``; None: ``windows.target``.
+    design : np.ndarray | None
+        ``[W, F, D]``; None: ``windows.design`` (its global part).
+
+    Yields
+    ------
+    RidgeStatistics
+        One per subject, in sorted subject order.
+
+    Raises
+    ------
+    ValueError
+        No design is given and the windows carry none.
+    """
+    own = design is None  # the windows' own design: of scalp+source, the scalp part
+    for x, y in iter_subject_rows(windows, target, design):
+        yield RidgeStatistics.from_rows(global_part(x) if own else x, y)
 
 
 def subject_statistics(

@@ -4,7 +4,8 @@ Shared by the simulator (``fedneurogen.simulations.bids_writer``) and by synthes
 (``fedneurogen.shared.workflows.synthesis``):
 
 - ``bids_name``: a file name from BIDS entities in the specification's order;
-- ``write_tsv``, ``write_dataset_description``: tabular files and the dataset's description;
+- ``write_tsv``, ``write_dataset_description``, ``write_bidsignore``: tabular files, the dataset's
+  description, and the files the BIDS schema has no rule for;
 - ``write_gifti_timeseries``: one hemisphere's surface time series as fMRIPrep writes it;
 - ``write_snirf``: SNIRF 1.1 (https://github.com/fNIRS/snirf), raw continuous-wave intensity
   (``intensity_measurements``) or processed HbO/HbR (``haemoglobin_measurements``);
@@ -88,8 +89,45 @@ def write_dataset_description(
     return write_json_atomic(Path(root) / "dataset_description.json", desc)
 
 
+def write_bidsignore(root: Path, lines: Sequence[str]) -> Path:
+    """Write ``root/.bidsignore``: the files of a dataset that the BIDS schema has no rule for,
+    which the BIDS validator then leaves out.
+
+    Parameters
+    ----------
+    root : Path
+        The dataset's folder.
+    lines : sequence of str
+        gitignore-style patterns, and ``#`` comments saying why.
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
+    return write_text_atomic(Path(root) / ".bidsignore", "\n".join(lines) + "\n")
+
+
 # ----------------------------------------------------------------------------------------------
 # fMRI: surface time series
+
+#: ``SpatialReference`` of a surface BOLD sidecar on fsaverage5 (BIDS: an object for several
+#: references; one sidecar serves both hemispheres): the template's spheres in TemplateFlow.
+FSAVERAGE5_SPATIAL_REFERENCE = {
+    f"CIFTI_STRUCTURE_CORTEX_{side}": (
+        f"https://templateflow.s3.amazonaws.com/tpl-fsaverage/tpl-fsaverage_hemi-{hemi}_den-10k_sphere.surf.gii"
+    )
+    for side, hemi in (("LEFT", "L"), ("RIGHT", "R"))
+}
+#: ``.bidsignore`` lines for surface BOLD as fMRIPrep writes it: the BIDS schema (1.2, BIDS 1.11)
+#: has no rule for GIFTI time series (``.func.gii``), so the validator would call every such file
+#: an error, and its sidecar one without a data file. (One pattern for both: the validator's
+#: matcher misses ``*_space-fsaverage5_*bold.func.gii``, tried with bids-validator-deno 3.0.2.)
+SURFACE_BOLD_BIDSIGNORE = (
+    "# Surface BOLD on fsaverage5 as fMRIPrep writes it (GIFTI .func.gii and the JSON sidecar):",
+    "# no rule in the BIDS schema yet for GIFTI time series.",
+    "*_space-fsaverage5_*",
+)
 
 
 def write_gifti_timeseries(path: Path, data: np.ndarray, hemi: str, tr: float) -> Path:
@@ -129,8 +167,13 @@ def haemoglobin_measurements(pairs: Sequence[tuple[int, int]]) -> list[dict]:
     return [dict(source=s, detector=d, label=label) for s, d in pairs for label in ("HbO", "HbR")]
 
 
-def _h5_str(s: str) -> np.bytes_:
-    return np.bytes_(s.encode("utf-8"))
+def _h5_str(group, name: str, value: str | Sequence[str]) -> None:
+    """A string (or a 1-D array of strings) as SNIRF wants it: variable-length UTF-8 (a
+    fixed-length string is what the format's validator, ``snirf.validateSnirf``, warns about)."""
+    import h5py
+
+    data = value if isinstance(value, str) else np.array(list(value), dtype=object)
+    group.create_dataset(name, data=data, dtype=h5py.string_dtype("utf-8"))
 
 
 def write_snirf(
@@ -157,7 +200,7 @@ def write_snirf(
 
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w", track_order=False) as f:
-            f.create_dataset("formatVersion", data=_h5_str("1.1"))
+            _h5_str(f, "formatVersion", "1.1")
             nirs = _group(f, "nirs")
             meta = _group(nirs, "metaDataTags")
             tags = {
@@ -169,7 +212,7 @@ def write_snirf(
                 "FrequencyUnit": "Hz",
             }
             for key, value in tags.items():
-                meta.create_dataset(key, data=_h5_str(value))
+                _h5_str(meta, key, value)
             d1 = _group(nirs, "data1")
             d1.create_dataset("dataTimeSeries", data=np.asarray(data, dtype=np.float64))
             d1.create_dataset("time", data=np.arange(data.shape[0], dtype=np.float64) / sfreq)
@@ -181,19 +224,19 @@ def write_snirf(
                 ml.create_dataset("dataTypeIndex", data=np.int32(1))
                 if "label" in m:
                     ml.create_dataset("dataType", data=np.int32(99999))
-                    ml.create_dataset("dataTypeLabel", data=_h5_str(m["label"]))
-                    ml.create_dataset("dataUnit", data=_h5_str("umol/L"))
+                    _h5_str(ml, "dataTypeLabel", m["label"])
+                    _h5_str(ml, "dataUnit", "umol/L")
                 else:
                     ml.create_dataset("dataType", data=np.int32(1))
             probe = _group(nirs, "probe")
             probe.create_dataset("wavelengths", data=np.asarray(wavelengths, dtype=np.float64))
             probe.create_dataset("sourcePos3D", data=np.asarray(source_pos_mm, dtype=np.float64))
             probe.create_dataset("detectorPos3D", data=np.asarray(detector_pos_mm, dtype=np.float64))
-            probe.create_dataset("sourceLabels", data=np.array([s.encode() for s in source_labels]))
-            probe.create_dataset("detectorLabels", data=np.array([s.encode() for s in detector_labels]))
+            _h5_str(probe, "sourceLabels", source_labels)
+            _h5_str(probe, "detectorLabels", detector_labels)
             for j, cls in enumerate(sorted({e.trial_type for e in events}), start=1):
                 stim = _group(nirs, f"stim{j}")
-                stim.create_dataset("name", data=_h5_str(cls))
+                _h5_str(stim, "name", cls)
                 rows = [(e.onset, e.duration, 1.0) for e in events if e.trial_type == cls]
                 stim.create_dataset("data", data=np.array(rows, dtype=np.float64))
     return path

@@ -217,14 +217,15 @@ class PrivateReduction:
         list of RidgeStatistics
             In sorted subject order.
         """
-        from fedneurogen.shared.design import unique_frames
+        from fedneurogen.shared.design import global_part, unique_frames
 
         rows_w, rows_f = unique_frames(windows)
         out = []
         for subject in sorted(set(windows.subjects.tolist())):
             mine = windows.subjects[rows_w] == subject
             w, f = rows_w[mine], rows_f[mine]
-            out.append(RidgeStatistics.from_rows(*self.rows(windows.design[w, f], windows.target[w, :, f])))
+            design = global_part(np.asarray(windows.design[w, f]))  # scalp columns (no local path under DP)
+            out.append(RidgeStatistics.from_rows(*self.rows(design, windows.target[w, :, f])))
         return out
 
     def to_full(self, solution: RidgeSolution, n_points: int) -> tuple[np.ndarray, np.ndarray]:

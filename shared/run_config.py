@@ -86,12 +86,16 @@ class RunConfig(BaseModel):
         """The preprocessing every site applies in this run (the defaults changed by ``preprocess``)."""
         return PreprocessConfig.from_overrides(self.preprocess)
 
-    @model_validator(mode="after")
-    def _consistent(self) -> "RunConfig":
+    def preset_config(self):
+        """The preset's model for this run's preprocessing (a local path with source features)."""
         from fedneurogen.shared.model.config import get_preset
 
+        return get_preset(self.preset).for_preprocess(self.preprocess_config())
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RunConfig":
         try:  # the settings parse, and give windows the preset's model takes
-            get_preset(self.preset).check_preprocess(self.preprocess_config())
+            self.preset_config().check_preprocess(self.preprocess_config())
         except ConfigError as err:
             raise ValueError(f"preprocess = {self.preprocess!r}: {err}") from None
         guaranteed = max(self.min_available_nodes, self.min_train_nodes)

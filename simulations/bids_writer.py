@@ -21,7 +21,15 @@ from pathlib import Path
 import numpy as np
 
 from fedneurogen.shared import formats
-from fedneurogen.shared.formats import BIDS_VERSION, MEAS_DATE, write_gifti_timeseries, write_snirf, write_tsv
+from fedneurogen.shared.formats import (
+    BIDS_VERSION,
+    FSAVERAGE5_SPATIAL_REFERENCE,
+    MEAS_DATE,
+    SURFACE_BOLD_BIDSIGNORE,
+    write_gifti_timeseries,
+    write_snirf,
+    write_tsv,
+)
 from fedneurogen.shared.io import atomic_path, write_bytes_atomic, write_json_atomic, write_text_atomic
 from fedneurogen.simulations.latent import Event
 
@@ -45,15 +53,44 @@ __all__ = [
 ]
 
 GENERATED_BY = {"Name": "FedNeuroGen simulator", "Description": "fedneurogen.simulations"}
+#: Marker of a volume trigger in EDF annotations (BrainVision writes it as a ``Response`` 128).
+TRIGGER = "R128"
 #: ``Authors`` of every simulated dataset (BIDS recommends the field; the data has no human authors).
 AUTHORS = ["FedNeuroGen contributors"]
 
 
+#: ``.bidsignore`` of the simulator's derivative datasets: what the BIDS schema has no rule for yet
+#: (surface BOLD as GIFTI, and EEG derivatives such as the expected band power), so the BIDS
+#: validator checks the rest (``tests/test_bids_validator.py``).
+DERIVATIVE_BIDSIGNORE = (
+    *SURFACE_BOLD_BIDSIGNORE,
+    "# The EEG's expected band power (write_expected_power): no EEG derivatives in the BIDS schema yet.",
+    "*_desc-expectedpower_timeseries.tsv.gz",
+    "*_desc-expectedpower_timeseries.json",
+)
+
+
 def write_dataset_description(root: Path, name: str, derivative: bool = False) -> Path:
-    """The simulator's ``dataset_description.json``; its derivatives name the simulator."""
-    return formats.write_dataset_description(
-        root, name, derivative=derivative, generated_by=[GENERATED_BY] if derivative else None, Authors=list(AUTHORS)
+    """The simulator's ``dataset_description.json`` (``GeneratedBy`` names the simulator).
+
+    A derivative dataset also gets the other dataset-level files BIDS asks of it: a ``README``
+    and the ``.bidsignore`` of ``DERIVATIVE_BIDSIGNORE``."""
+    path = formats.write_dataset_description(
+        root, name, derivative=derivative, generated_by=[GENERATED_BY], Authors=list(AUTHORS)
     )
+    if derivative:
+        readme = [
+            f"{name}: a derivative dataset of the simulated site two folders up (see its README).",
+            "",
+            "Written by the FedNeuroGen simulator (fedneurogen.simulations): synthetic data with known ground truth,",
+            "no human participants. See the FedNeuroGen README and docs/data-contract.md.",
+            "",
+            ".bidsignore lists the files the BIDS schema has no rule for yet.",
+            "",
+        ]
+        write_text_atomic(Path(root) / "README", "\n".join(readme))
+        formats.write_bidsignore(root, DERIVATIVE_BIDSIGNORE)
+    return path
 
 
 def write_readme(root: Path, spec) -> Path:
@@ -134,16 +171,28 @@ def write_eeg(
     task: str,
     cap: str,
     line_freq: float = 50.0,
+    ecg_v: np.ndarray | None = None,
+    triggers: Sequence[float] = (),
+    sidecar: dict | None = None,
 ) -> Path:
     """Write one EEG run (EDF or BrainVision) with its ``_eeg.json``, ``_channels.tsv`` and
-    ``_events.tsv``; returns the data file's path. ``data_v`` is ``[n_channels, n_times]`` in V."""
+    ``_events.tsv``; returns the data file's path. ``data_v`` is ``[n_channels, n_times]`` in V.
+
+    In-scanner runs (``simulations.scanner``) add an ``ECG`` channel (``ecg_v``, ``[n_times]`` V,
+    typed ECG in ``_channels.tsv``), the volume triggers (onsets in s) as markers named ``R128``
+    (BrainVision ``Response`` markers, EDF annotations), and ``sidecar`` keys in ``_eeg.json``.
+    Without them the files are the same bytes as before these options existed."""
     eeg_dir.mkdir(parents=True, exist_ok=True)
+    names = list(ch_names)
+    if ecg_v is not None:
+        data_v = np.vstack([data_v, np.asarray(ecg_v, dtype=data_v.dtype)[None, :]])
+        names.append("ECG")
     if fmt == "edf":
         path = eeg_dir / f"{base}_eeg.edf"
-        _write_edf(path, data_v, ch_names, sfreq, events)
+        _write_edf(path, data_v, names, sfreq, events, triggers)
     elif fmt == "brainvision":
         path = eeg_dir / f"{base}_eeg.vhdr"
-        _write_brainvision(eeg_dir, f"{base}_eeg", data_v, ch_names, sfreq, events)
+        _write_brainvision(eeg_dir, f"{base}_eeg", data_v, names, sfreq, events, triggers)
     else:
         raise ValueError(f"unknown EEG format {fmt!r}")
     write_json_atomic(
@@ -156,39 +205,49 @@ def write_eeg(
             "SoftwareFilters": "n/a",
             "EEGChannelCount": len(ch_names),
             "EOGChannelCount": 0,
-            "ECGChannelCount": 0,
+            "ECGChannelCount": int(ecg_v is not None),
             "EMGChannelCount": 0,
-            "MiscChannelCount": 0,
+            "MISCChannelCount": 0,
             "TriggerChannelCount": 0,
             "RecordingDuration": data_v.shape[1] / sfreq,
             "RecordingType": "continuous",
             "CapManufacturersModelName": cap,
             "Manufacturer": GENERATED_BY["Name"],
+            **(sidecar or {}),
         },
     )
     write_tsv(
         eeg_dir / f"{base}_channels.tsv",
         ("name", "type", "units", "status"),
-        [(n, "EEG", "µV", "good") for n in ch_names],
+        [(n, "EEG", "µV", "good") for n in ch_names] + ([("ECG", "ECG", "µV", "good")] if ecg_v is not None else []),
     )
     write_events(eeg_dir / f"{base}_events.tsv", events)
     return path
 
 
-def _write_edf(path: Path, data_v: np.ndarray, ch_names: Sequence[str], sfreq: float, events: Sequence[Event]) -> None:
+def _write_edf(
+    path: Path, data_v: np.ndarray, ch_names: Sequence[str], sfreq: float, events: Sequence[Event], triggers=()
+) -> None:
     import mne
 
-    raw = mne.io.RawArray(data_v.astype(np.float64), mne.create_info(list(ch_names), sfreq, "eeg"), verbose=False)
+    types = ["ecg" if n == "ECG" else "eeg" for n in ch_names]
+    raw = mne.io.RawArray(data_v.astype(np.float64), mne.create_info(list(ch_names), sfreq, types), verbose=False)
     raw.set_meas_date(MEAS_DATE)
-    raw.set_annotations(
-        mne.Annotations([e.onset for e in events], [e.duration for e in events], [e.trial_type for e in events])
-    )
+    marks = [(e.onset, e.duration, e.trial_type) for e in events] + [(float(t), 0.0, TRIGGER) for t in triggers]
+    marks.sort(key=lambda m: m[0])  # stable: the events keep their order
+    raw.set_annotations(mne.Annotations([m[0] for m in marks], [m[1] for m in marks], [m[2] for m in marks]))
     with atomic_path(path) as tmp:
         mne.export.export_raw(tmp, raw, fmt="edf", overwrite=True, verbose=False)
 
 
 def _write_brainvision(
-    eeg_dir: Path, stem: str, data_v: np.ndarray, ch_names: Sequence[str], sfreq: float, events: Sequence[Event]
+    eeg_dir: Path,
+    stem: str,
+    data_v: np.ndarray,
+    ch_names: Sequence[str],
+    sfreq: float,
+    events: Sequence[Event],
+    triggers: Sequence[float] = (),
 ) -> None:
     """BrainVision is three files whose header names the other two, so they are written under
     their final names in a private temporary folder of ``eeg_dir`` and renamed into place one by
@@ -204,6 +263,11 @@ def _write_brainvision(
         }
         for e in events
     ]
+    if len(triggers):  # the scanner's volume pulses, as BrainVision Recorder marks them: Response 128 ("R128")
+        volume = [
+            {"onset": int(round(t * sfreq)), "duration": 1, "description": 128, "type": "Response"} for t in triggers
+        ]
+        markers = sorted(markers + volume, key=lambda m: m["onset"])
     tmp_dir = Path(tempfile.mkdtemp(prefix=".tmp-bv-", dir=eeg_dir))
     try:
         pybv.write_brainvision(
@@ -248,9 +312,13 @@ def write_expected_power(
     rhythms: Sequence[str],
     positions_mm: np.ndarray,
     sfreq: float = 1.0,
+    desc: str = "expectedpower",
+    description: str | None = None,
 ) -> Path:
     """The expected scalp band power of one run (``eeg.expected_band_power``), for the
     EEG-informed ceiling: ``<base>_desc-expectedpower_timeseries.tsv.gz`` and its ``.json``.
+    With ``desc="expectedsourcepower"`` the "channels" are the cortical patches and the power
+    each rhythm has there (``eeg.expected_source_power``): the source-space ceiling's features.
 
     ``log_power`` is ``[n_channels, n_rhythms, n_bins]`` (ln V^2); the TSV has one column per
     (channel, rhythm), named ``<channel>_<rhythm>`` channel by channel (``Oz_alpha``, ``Oz_beta``,
@@ -262,12 +330,13 @@ def write_expected_power(
     table = np.asarray(log_power, dtype=np.float64).reshape(len(columns), -1).T  # [n_bins, n_columns]
     text = io.StringIO()
     np.savetxt(text, table, fmt="%.5f", delimiter="\t", header="\t".join(columns), comments="")
-    stem = eeg_dir / f"{base}_desc-expectedpower_timeseries"
+    stem = eeg_dir / f"{base}_desc-{desc}_timeseries"
     # Sidecar first, data last: a reader that finds the data also finds its description.
     write_json_atomic(
         stem.with_name(stem.name + ".json"),
         {
-            "Description": (
+            "Description": description
+            or (
                 "Natural log of the expected power of each simulated cortical rhythm at each electrode: the average-referenced "
                 "lead field applied to the latent activity, 0.5 * sum_p g_cp^2 m_p(t)^2, averaged over 1/SamplingFrequency "
                 "bins, without spectral-estimation noise, background, artifacts or sensor noise "
@@ -305,6 +374,7 @@ def write_bold(func_dir: Path, base: str, data: np.ndarray, tr: float, task: str
             "TaskName": task,
             "StartTime": 0.0,
             "SliceTimingCorrected": True,
+            "SpatialReference": FSAVERAGE5_SPATIAL_REFERENCE,
             "Description": description,
         },
     )

@@ -229,6 +229,31 @@ def expected_band_power(
     return values, [r.name for r in RHYTHMS]
 
 
+def expected_source_power(
+    latent: LatentActivity, phys: SubjectPhysiology, sfreq_out: float = 1.0, physiology: Physiology = DEFAULT
+) -> np.ndarray:
+    """Natural log of the power each rhythm has at each cortical parcel, in time bins.
+
+    The same bins as ``expected_band_power`` but before the lead field: ``0.5 m_p(t)^2`` of every
+    parcel ``p`` (its dipole moment's envelope, ``rhythm_moment``), bin-averaged. What a perfect
+    inverse would recover of the rhythms: the features of the source-space EEG-informed ceiling.
+
+    Returns
+    -------
+    np.ndarray
+        ``[324, n_rhythms, n_bins]`` float64, rhythms in the order of ``RHYTHMS``.
+    """
+    per_bin = int(round(latent.sfreq / sfreq_out))
+    n_bins = latent.n_times // per_bin
+    activity = parcel_activity(latent)[:, : n_bins * per_bin]
+    profiles = rhythm_profiles()
+    values = np.empty((activity.shape[0], len(RHYTHMS), n_bins))
+    for i, rhythm in enumerate(rhythms(physiology)):
+        moment_sq = rhythm_moment(rhythm, phys, activity, profiles) ** 2
+        values[:, i] = np.log(0.5 * moment_sq.reshape(len(moment_sq), n_bins, per_bin).mean(axis=2))
+    return values
+
+
 def blinks(rng: np.random.Generator, positions_mm: np.ndarray, sfreq: float, n_times: int) -> np.ndarray:
     """Eye blinks (volts): ~300 ms bumps every ~4 s, falling off with distance from the eyes."""
     eyes = np.array([[-32.0, 62.0, -38.0], [32.0, 62.0, -38.0]])

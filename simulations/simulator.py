@@ -37,7 +37,7 @@ import numpy as np
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.io import write_json_atomic
 from fedneurogen.simulations import bids_writer as bw
-from fedneurogen.simulations.eeg import expected_band_power, simulate_eeg
+from fedneurogen.simulations.eeg import expected_band_power, expected_source_power, simulate_eeg
 from fedneurogen.simulations.geometry import (
     HEAD_MODELS,
     eeg_lead_field,
@@ -54,6 +54,7 @@ from fedneurogen.simulations.hemodynamics import (
     simulate_bold,
     simulate_nirs,
 )
+from fedneurogen.simulations.scanner import TRIGGER_NAME, simulate_scanner_artifacts
 from fedneurogen.simulations.ownership import check_writable_by_simulator, claim, made_by_simulator
 from fedneurogen.simulations.latent import LATENT_SFREQ, block_design, simulate_latent
 from fedneurogen.simulations.physiology import (
@@ -114,6 +115,9 @@ class SubjectJob:
         The dataset's population physiology.
     coupling : Coupling
         The dataset's neurovascular coupling (``linear`` or ``nonlinear``).
+    scanner_artifacts : bool
+        Write the EEG as recorded in the scanner (``simulations.scanner``; fMRI subjects only),
+        the clean EEG under ``derivatives/ground_truth``.
     """
 
     spec: SiteSpec
@@ -128,6 +132,7 @@ class SubjectJob:
     eeg_only: bool = False  # a subject with an EEG session only (no fMRI/fNIRS)
     physiology: Physiology = DEFAULT
     coupling: Coupling = LINEAR
+    scanner_artifacts: bool = False
 
 
 def electrode_positions(spec: SiteSpec) -> np.ndarray:
@@ -186,7 +191,17 @@ def simulate_subject(job: SubjectJob) -> dict:
         physiology=job.physiology,
     )
     eeg_dir = job.site_dir / sub / "eeg"
-    bw.write_eeg(eeg_dir, base, eeg, spec.eeg_channels, spec.eeg_sfreq, spec.eeg_format, events, spec.task, spec.cap)
+    in_scanner = job.scanner_artifacts and spec.modality == "fmri" and not job.eeg_only
+    if in_scanner:
+        _write_in_scanner_eeg(job, eeg, events, duration, base)
+    else:
+        bw.write_eeg(
+            eeg_dir, base, eeg, spec.eeg_channels, spec.eeg_sfreq, spec.eeg_format, events, spec.task, spec.cap
+        )
+        truth = job.site_dir / "derivatives" / "ground_truth" / sub / "eeg"  # an earlier in-scanner simulation's
+        for stale in [*truth.glob(f"{base}_eeg.*"), *truth.glob(f"{base}_channels.tsv"), *truth.glob(f"{base}_events.tsv"),
+                      *truth.glob(f"{base}_desc-scanner_events.tsv")]:  # fmt: skip
+            stale.unlink()
     if spec.has_custom_electrodes:
         bw.write_electrodes(eeg_dir, sub, spec.eeg_channels, job.positions_mm)
     if job.eeg_only:  # the cheap session only: no target, no ground truth
@@ -199,6 +214,8 @@ def simulate_subject(job: SubjectJob) -> dict:
         log_power, rhythms = np.concatenate([log_power, drive], axis=1), [*rhythms, "drive"]
     truth_eeg_dir = job.site_dir / "derivatives" / "ground_truth" / sub / "eeg"
     bw.write_expected_power(truth_eeg_dir, base, log_power, spec.eeg_channels, rhythms, job.positions_mm)
+    if not job.coupling.nonlinear:  # the rhythms at the cortex: the source-space ceiling's features
+        write_source_power(truth_eeg_dir, base, expected_source_power(latent, phys, physiology=job.physiology))
 
     if spec.modality == "fmri":
         n_tr = int(np.floor(duration / spec.tr + 1e-9))
@@ -233,6 +250,46 @@ def simulate_subject(job: SubjectJob) -> dict:
         "_z_sum": float(z.sum()),
         "_z_count": int(z.size),
     }
+
+
+def write_source_power(truth_eeg_dir: Path, base: str, log_power: np.ndarray) -> None:
+    """``<base>_desc-expectedsourcepower_timeseries``: each rhythm's expected power at each cortical
+    parcel (the ico2 patches of ``shared.sources``), columns ``P<parcel>_<rhythm>``."""
+    from fedneurogen.simulations.eeg import RHYTHMS
+    from fedneurogen.simulations.geometry import load_cortex
+
+    cortex = load_cortex()
+    names = [f"P{p:03d}" for p in range(cortex.n_parcels)]
+    bw.write_expected_power(
+        truth_eeg_dir, base, log_power, names, [r.name for r in RHYTHMS], cortex.parcel_mean(cortex.mid),
+        desc="expectedsourcepower",
+        description=(
+            "Natural log of the expected power of each simulated rhythm at each cortical parcel (ico2 patch of "
+            "fsaverage), 0.5 * m_p(t)^2 averaged over 1/SamplingFrequency bins: what a perfect inverse would recover "
+            "(source-space EEG-informed ceiling). Column positions: parcel centres, mm"
+        ),
+    )  # fmt: skip
+
+
+def _write_in_scanner_eeg(job: SubjectJob, eeg: np.ndarray, events, duration: float, base: str) -> None:
+    """The raw in-scanner EEG (gradient artefact, BCG, ECG channel, ``R128`` volume triggers)
+    under ``sub-*/eeg``; the clean EEG, written exactly as without artefacts (the same bytes), and
+    the true volume onsets and R-peaks (``_desc-scanner_events.tsv``) under the ground truth.
+    The artefacts draw from a stream of their own: everything else is unchanged."""
+    spec, sub = job.spec, job.participant.participant_id
+    rng = np.random.default_rng(np.random.SeedSequence(job.seed, spawn_key=(job.site_index, job.subject_index, 5)))
+    n_volumes = int(np.floor(duration / spec.tr + 1e-9))
+    art = simulate_scanner_artifacts(rng, job.positions_mm, spec.eeg_sfreq, eeg.shape[1], spec.tr, n_volumes)
+    common = (spec.eeg_channels, spec.eeg_sfreq, spec.eeg_format, events, spec.task, spec.cap)
+    bw.write_eeg(
+        job.site_dir / sub / "eeg", base, art.raw(eeg), *common, ecg_v=art.ecg,
+        triggers=art.trigger_onsets(spec.eeg_sfreq),
+        sidecar={"ScannerArtifactsRemoved": False, "VolumeTrigger": TRIGGER_NAME, "RepetitionTime": spec.tr},
+    )  # fmt: skip
+    truth = job.site_dir / "derivatives" / "ground_truth" / sub / "eeg"
+    bw.write_eeg(truth, base, eeg, *common)
+    rows = [(f"{t:.6f}", "0", "volume") for t in art.volume_onsets] + [(f"{t:.6f}", "0", "R-peak") for t in art.r_peaks]
+    bw.write_tsv(truth / f"{base}_desc-scanner_events.tsv", ("onset", "duration", "trial_type"), rows)
 
 
 def _write_nirs(job: SubjectJob, rng, latent, phys, events, duration: float, base: str) -> np.ndarray:
@@ -287,6 +344,7 @@ def simulate_dataset(
     head_model: str = "default",
     physiology: str = "default",
     coupling: str = "linear",
+    scanner_artifacts: bool = False,
 ) -> list[Path]:
     """Simulate ``n_sites`` BIDS site datasets under ``out`` and return their folders.
 
@@ -338,6 +396,13 @@ def simulate_dataset(
         ``drive`` rhythm (the true map applied to the parcel activity), so the EEG-informed
         ceiling is computed with the true map. ``simulation.json`` records the coupling and its
         parameters.
+    scanner_artifacts : bool
+        Write the EEG of the fMRI sites as it comes off an MR-compatible amplifier
+        (``simulations.scanner``): gradient artefact, BCG, an ECG channel and ``R128`` volume
+        triggers; the clean EEG goes to ``derivatives/ground_truth/sub-*/eeg`` (the same bytes as
+        ``sub-*/eeg`` of a run without artefacts, every other file unchanged), with the true
+        volume onsets and R-peaks in ``*_desc-scanner_events.tsv``. EEG-only sessions and fNIRS
+        sites are recorded outside the scanner: unchanged.
 
     Returns
     -------
@@ -382,7 +447,21 @@ def simulate_dataset(
         positions = electrode_positions(spec)
         gain = parcel_lead_field(eeg_lead_field(spec.eeg_channels, positions, head_model))
         jobs += [
-            SubjectJob(spec, site_dir, p, seed, i, j, run_seconds, gain, positions, False, population, neurovascular)
+            SubjectJob(
+                spec,
+                site_dir,
+                p,
+                seed,
+                i,
+                j,
+                run_seconds,
+                gain,
+                positions,
+                False,
+                population,
+                neurovascular,
+                scanner_artifacts,
+            )  # fmt: skip
             for j, p in enumerate(roster)
         ]
         jobs += [
@@ -433,6 +512,7 @@ def simulate_dataset(
         "noise_ceiling_definition": CEILING_DEFINITION,
         "fnirs_ppf": PPF,
         "sites": sites,
+        **({"scanner_artifacts": True} if scanner_artifacts else {}),  # absent: the file is as it was
     }
     write_json_atomic(out / "simulation.json", summary)
     for site in sites:

@@ -68,3 +68,25 @@ def task_identity():
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
     yield
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+@pytest.fixture(scope="session")
+def snirf_problems(tmp_path_factory):
+    """The fNIRS community's SNIRF validator (``snirf.validateSnirf``, the test extra) as a function:
+    a file's path -> its WARNING and FATAL issues, ``"<location>: <code>"`` each (empty: valid, no
+    warning). ``snirf`` opens ./pysnirf2.log when first imported, so it is imported from a
+    temporary folder."""
+    import os
+
+    here = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("pysnirf2"))
+    try:
+        import snirf
+    finally:
+        os.chdir(here)
+
+    def problems(path: Path) -> list[str]:
+        result = snirf.validateSnirf(str(path))
+        return [f"{issue.location}: {issue.name}" for issue in result.issues if issue.severity >= 2]
+
+    return problems

@@ -1,9 +1,16 @@
-"""BIDS validity of simulated sites (the official validator) and fNIRS short-separation channels.
+"""BIDS validity of simulated sites (the official validator), SNIRF validity of their fNIRS files
+(the format's own validator), and fNIRS short-separation channels.
 
-The validator test runs the npm ``bids-validator`` 1.x CLI: the path in ``$BIDS_VALIDATOR``
-(``make test`` installs it into ``.venv/bids-validator`` and passes it), else ``bids-validator``
-on PATH; without either it fails, saying how to get it. The other tests need nothing outside the
-project.
+The validator test runs the schema-based BIDS validator, ``bids-validator-deno`` (PyPI, pinned in
+the ``test`` extra; Deno comes with it as a wheel, no Node.js): the path in ``$BIDS_VALIDATOR``,
+else the one installed next to this Python, else ``bids-validator-deno`` on PATH; without any it
+fails, saying how to get it. It checks each site and each of its derivative datasets: every
+derivative on its own, because the validator's ``--recursive`` mode does not read a derivative's
+``.bidsignore`` (it prunes dot files below the root; bids-validator-deno 3.0.2), and the
+simulator's derivatives list there what the BIDS schema has no rule for yet (surface BOLD as
+GIFTI, the EEG's expected band power: ``simulations/bids_writer.DERIVATIVE_BIDSIGNORE``).
+SNIRF files are checked with ``snirf.validateSnirf`` (the ``snirf_problems`` fixture). The other
+tests need nothing outside the project.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import mne
@@ -29,48 +37,94 @@ from fedneurogen.shared.errors import DataError
 
 @pytest.fixture(scope="module")
 def mixed_sites(tmp_path_factory) -> list[Path]:
-    """An EEG-fMRI site and an EEG-fNIRS site, one subject each, 60 s runs (the smallest)."""
+    """An EEG-fMRI site and an EEG-fNIRS site, one subject each, 60 s runs (the smallest); the
+    fMRI site also has an EEG-only subject, as in ``make demo``."""
     from fedneurogen.simulations.simulator import simulate_dataset
 
     out = tmp_path_factory.mktemp("sim-bids")
     return simulate_dataset(
-        out, n_sites=2, subjects_per_site=1, modality="mixed", seed=3, run_seconds=60.0, progress=False, n_jobs=1
-    )
+        out, n_sites=2, subjects_per_site=1, modality="mixed", seed=3, run_seconds=60.0, progress=False, n_jobs=1,
+        eeg_only_sessions={"B": 1},
+    )  # fmt: skip
 
 
 def _validator() -> str:
-    """The validator ``make test`` installs (``$BIDS_VALIDATOR``), else ``bids-validator`` on PATH."""
-    found = os.environ.get("BIDS_VALIDATOR") or shutil.which("bids-validator")
+    """``$BIDS_VALIDATOR``, else ``bids-validator-deno`` next to this Python (the test extra's),
+    else on PATH."""
+    beside = Path(sys.executable).with_name("bids-validator-deno")
+    found = os.environ.get("BIDS_VALIDATOR") or (
+        str(beside) if beside.is_file() else shutil.which("bids-validator-deno")
+    )
     assert found and Path(found).is_file() and os.access(found, os.X_OK), (
-        f"no BIDS validator at {found!r}: run the tests with `make test` (it installs bids-validator@1.15.0 "
-        "with npm), or set BIDS_VALIDATOR to the bids-validator executable"
+        f"no BIDS validator at {found!r}: install the test extra (`pip install -e '.[test]'`, which pins "
+        "bids-validator-deno), or set BIDS_VALIDATOR to a bids-validator-deno executable"
     )
     return found
 
 
-def test_simulated_sites_pass_the_bids_validator(mixed_sites):
+def _validate(validator: str, dataset: Path) -> dict:
+    """The validator's JSON report on one dataset (raw or derivative)."""
+    done = subprocess.run(
+        [validator, "--format", "json", "--no-color", str(dataset)], capture_output=True, text=True, timeout=300,
+        check=False,
+    )  # fmt: skip
+    try:
+        return json.loads(done.stdout)
+    except json.JSONDecodeError:
+        pytest.fail(
+            f"{validator} gave no JSON report for {dataset} (exit {done.returncode}): {done.stdout[-2000:]}{done.stderr[-2000:]}"
+        )
+
+
+def test_simulated_sites_and_their_derivatives_pass_the_bids_validator(mixed_sites):
     validator = _validator()
+    datatypes = {}
     for site in mixed_sites:
-        done = subprocess.run(
-            [validator, "--json", "--ignoreNiftiHeaders", str(site)], capture_output=True, text=True, timeout=300, check=False
-        )  # fmt: skip
-        try:
-            report = json.loads(done.stdout)
-        except json.JSONDecodeError:
-            pytest.fail(
-                f"{validator} gave no JSON report for {site.name} (exit {done.returncode}): {done.stdout[-2000:]}{done.stderr[-2000:]}"
-            )
-        issues = report["issues"]
-        for warning in issues["warnings"]:
-            print(f"{site.name}: warning {warning['key']}: {warning['reason']}")
-        errors = [f"{e['key']}: {e['reason']} (files: {_files(e)})" for e in issues["errors"]]
-        assert not errors, f"{site.name}: {errors}"
-    assert set(report["summary"]["modalities"]) == {"EEG", "NIRS"}  # the fNIRS site was checked as such
+        derivatives = sorted(p for p in (site / "derivatives").iterdir() if p.is_dir())
+        assert derivatives
+        for dataset in [site, *derivatives]:
+            report = _validate(validator, dataset)
+            name = str(dataset.relative_to(site.parent))
+            issues = report["issues"]["issues"]
+            for issue in issues:
+                if issue["severity"] == "warning":
+                    print(f"{name}: warning {issue['code']} {issue.get('subCode') or ''} {issue.get('location', '')}")
+            errors = [
+                f"{i['code']} {i.get('subCode') or ''} {i.get('location', '')}: {(i.get('issueMessage') or '')[:200]}"
+                for i in issues
+                if i["severity"] == "error"
+            ]
+            assert not errors, f"{name}: {errors}"
+            # what the simulator fixed once the schema validator saw it stays fixed
+            codes = {(i["code"], i.get("subCode")) for i in issues}
+            assert ("README_FILE_MISSING", None) not in codes, name
+            assert ("SIDECAR_KEY_RECOMMENDED", "MISCChannelCount") not in codes, name
+            datatypes[name] = set(report["summary"]["dataTypes"])
+    # each site was checked as what it is; the fNIRS ground truth is validated too
+    assert datatypes[f"{mixed_sites[0].name}"] == {"eeg", "func"}
+    assert datatypes[f"{mixed_sites[1].name}"] == {"eeg", "nirs"}
+    assert datatypes[f"{mixed_sites[1].name}/derivatives/ground_truth"] == {"nirs"}
 
 
-def _files(issue: dict) -> list[str]:
-    """Up to three files an issue of the validator's JSON report names."""
-    return [(f.get("file") or {}).get("relativePath", "?") for f in issue.get("files", [])][:3]
+def test_the_bids_validator_reports_what_is_not_bids(mixed_sites, tmp_path):
+    """The control: the same site with a misnamed file and a required sidecar key removed fails."""
+    site = shutil.copytree(mixed_sites[1], tmp_path / mixed_sites[1].name)
+    (site / "sub-01" / "eeg" / "sub-01_task-motor_eeg.txt").write_text("not BIDS")
+    sidecar = site / "sub-01" / "nirs" / "sub-01_task-motor_run-1_nirs.json"
+    fields = json.loads(sidecar.read_text())
+    del fields["NIRSSourceOptodeCount"]
+    sidecar.write_text(json.dumps(fields))
+    issues = _validate(_validator(), site)["issues"]["issues"]
+    errors = {(i["code"], i.get("subCode")) for i in issues if i["severity"] == "error"}
+    assert ("SIDECAR_KEY_REQUIRED", "NIRSSourceOptodeCount") in errors, errors
+    assert any(i["location"].endswith("_eeg.txt") for i in issues if i["severity"] == "error"), errors
+
+
+def test_every_simulated_snirf_file_passes_the_snirf_validator(mixed_sites, snirf_problems):
+    files = sorted(mixed_sites[1].rglob("*.snirf"))
+    assert len(files) == 2  # the recording and the ground truth
+    for path in files:
+        assert snirf_problems(path) == [], path
 
 
 def test_simulated_sites_describe_themselves(mixed_sites):
@@ -84,6 +138,8 @@ def test_simulated_sites_describe_themselves(mixed_sites):
         for path in derivatives:
             derived = json.loads(path.read_text())
             assert derived["DatasetType"] == "derivative" and derived["GeneratedBy"][0]["Name"], path
+            assert (path.parent / "README").read_text(encoding="utf-8").startswith(derived["Name"])
+            assert "*_space-fsaverage5_*" in (path.parent / ".bidsignore").read_text(encoding="utf-8").splitlines()
 
 
 def _tsv(path: Path) -> list[dict[str, str]]:

@@ -16,6 +16,39 @@ def test_help_lists_the_commands():
         assert command in result.output
 
 
+def _help_pages(command, path=()):
+    """``(path, command)`` of the command line and of every command and subcommand under it."""
+    import click
+
+    yield path, command
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            yield from _help_pages(sub, (*path, name))
+
+
+def test_help_fits_80_columns_with_room_for_the_descriptions():
+    """With COLUMNS=80 every ``--help`` line fits, and the option descriptions keep a column of at
+    least 30 characters (it was about 22 where a long metavar or a ``--no-`` flag took the room:
+    a word or two a line)."""
+    import re
+    from collections import Counter
+
+    import typer.main
+
+    for path, _ in _help_pages(typer.main.get_command(app)):
+        result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "80"})
+        assert result.exit_code == 0, (path, result.output)
+        lines = result.output.splitlines()
+        too_long = [line for line in lines if len(line) > 80]
+        assert not too_long, (path, too_long)
+        # where the last cell of each panel line starts (after two spaces): the descriptions' column
+        cells = [re.search(r"(?:^|\s\s)(\S(?:\S| (?=\S))*)$", line[1:-1].rstrip()) for line in lines if line[:1] == "│"]
+        starts = Counter(1 + m.start(1) for m in cells if m)
+        if starts:
+            start = starts.most_common(1)[0][0]
+            assert 79 - start >= 30, (path, 79 - start, result.output)
+
+
 def test_info_prints_parameter_counts():
     result = runner.invoke(app, ["info", "--preset", "tiny"])
     assert result.exit_code == 0

@@ -39,9 +39,39 @@ def paired(site):
         warnings.simplefilter("always")
         windows = load_site(site, use_cache=False, progress=False)
     skipped = [str(w.message) for w in caught if "EEG only" in str(w.message)]
-    assert len(skipped) == 2  # each EEG-only session is named as such, not trained on
-    assert all("augment --eeg-only" in m for m in skipped)
+    # one line for the site, counting its EEG-only sessions (not trained on), not one per run
+    assert skipped == [
+        f"{site}: 2 EEG-only run(s) skipped (sub-04, sub-05): EEG only, no fMRI or fNIRS recording to pair with; "
+        "not trained on, `augment --eeg-only` can generate their target; `fedneurogen validate` lists each"
+    ]
     return windows
+
+
+def test_eeg_only_runs_are_one_warning_line_per_site_on_every_load(site, tmp_path):
+    """Read again (from the cache, then without it), the site still says it once, with the count;
+    other skipped runs keep their own line."""
+    from fedneurogen.shared.data import load_site_data
+    from fedneurogen.shared.data.problems import Problem
+    from fedneurogen.shared.data.site import SiteData
+
+    for use_cache in (True, True, False):  # the second read is a cache hit
+        data = load_site_data(site, cache_dir=tmp_path, use_cache=use_cache, progress=False)
+        assert len(data.skipped) == 2
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            data.warn()
+        lines = [str(w.message) for w in caught]
+        assert len(lines) == 1 and lines[0].startswith(f"{site}: 2 EEG-only run(s) skipped"), lines
+
+    # another skipped run and a worked-around problem keep their own lines, after the count
+    broken = Problem(site / "sub-01" / "eeg" / "sub-01_task-visual_run-1_eeg.edf", "run skipped: truncated")
+    other = Problem(site / "participants.tsv", "subject sub-09 is missing", "warning")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        SiteData(windows=data.windows, skipped=[*data.skipped, broken], warnings=[other]).warn()
+    lines = [str(w.message) for w in caught]
+    assert lines[:2] == [str(broken), str(other)] and lines[2].startswith(f"{site}: 2 EEG-only run(s) skipped")
+    assert len(lines) == 3
 
 
 def test_eeg_only_runs_are_windowed_like_the_paired_ones(site, paired):

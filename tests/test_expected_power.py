@@ -170,3 +170,29 @@ def test_bad_files_are_data_errors_and_sessions_are_found(sites, tmp_path, spoil
     with pytest.raises(DataError) as err:
         read_expected_band_power(site, ses_key)
     assert err.value.path.name.startswith(ses_key)
+
+
+def test_source_power_is_the_scalp_power_before_the_lead_field(sites):
+    """The expected power at the parcels (the source-space ceiling's features) and at the
+    electrodes are one quantity seen twice: exp(scalp) = g² @ exp(source), rhythm by rhythm (g the
+    average-referenced parcel lead field)."""
+    from fedneurogen.shared.data.ground_truth_eeg import read_expected_band_power
+    from fedneurogen.simulations.eeg import expected_source_power
+    from fedneurogen.simulations.geometry import eeg_lead_field, parcel_lead_field, standard_positions
+    from fedneurogen.simulations.latent import block_design, simulate_latent
+    from fedneurogen.simulations.physiology import draw_physiology
+    from fedneurogen.simulations.scenarios import CAP_64
+
+    source = read_expected_band_power(sites[0], _key(sites[0]), desc="expectedsourcepower")
+    assert source is not None and source.data.shape == (324 * 3, int(RUN_SECONDS))
+    assert source.names[:3] == [f"P000_{r}" for r in RHYTHM_NAMES]
+    rng = np.random.default_rng(0)
+    events, duration = block_design(rng, "visual", ("faces", "scenes"), 60.0)
+    latent = simulate_latent(rng, "visual", events, duration)
+    phys = draw_physiology(rng, "A", "F", 30)
+    gain = parcel_lead_field(eeg_lead_field(list(CAP_64), standard_positions(CAP_64)))
+    scalp, _ = expected_band_power(latent, phys, gain)
+    at_parcels = expected_source_power(latent, phys)
+    gain_sq = (gain - gain.mean(0, keepdims=True)) ** 2
+    for r in range(3):
+        np.testing.assert_allclose(np.exp(scalp[:, r]), gain_sq @ np.exp(at_parcels[:, r]), rtol=1e-10)

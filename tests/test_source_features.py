@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import numpy as np
@@ -12,19 +11,15 @@ from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.features import EEG_BANDS
 from fedneurogen.shared.recording import Recording
-from fedneurogen.shared.ridge import RidgeStatistics, fit_ridge, sum_statistics
 from fedneurogen.shared.sources import (
     N_NEIGHBOURS,
     N_PATCHES,
     NIRS_RADIUS_MM,
     channel_neighbourhoods,
-    fit_local_path,
-    fit_local_path_selected,
     inverse_kernel,
     local_columns,
     patch_power_operator,
     point_patches,
-    restrict,
     run_source_power,
     source_space,
 )
@@ -71,18 +66,6 @@ def test_local_design_uses_only_its_neighbourhood():
     assert np.all(patch_hemi[used] == space.hemi[vertex])
     assert np.all(np.linalg.norm(space.patch_centres[used] - space.positions[vertex], axis=1) < 60.0)
 
-    rng = np.random.default_rng(0)
-    points = np.array([vertex, 4000])
-    x = rng.normal(size=(300, N_PATCHES * n_per_patch))
-    y = x[:, cols[:3]] @ np.array([[1.0, 0.0], [0.5, 0.0], [-1.0, 0.0]]) + rng.normal(size=(300, 2))
-    solution = fit_local_path(RidgeStatistics.from_rows(x, y), None, space.patch[points], n_per_patch, (1.0,))
-    other = np.setdiff1d(np.arange(x.shape[1]), cols)
-    moved = x.copy()
-    moved[:, other] += rng.normal(size=(300, len(other)))
-    np.testing.assert_allclose(solution.predict(moved)[:, 0], solution.predict(x)[:, 0], rtol=1e-5, atol=1e-5)
-    assert not np.allclose(solution.predict(moved)[:, 1], solution.predict(x)[:, 1])  # the other vertex sees them
-    assert np.corrcoef(solution.predict(x)[:, 0], y[:, 0])[0, 1] > 0.7
-
 
 def test_fnirs_channel_local_design_lies_beneath_it():
     """An fNIRS channel's local columns are the patches of the sources within NIRS_RADIUS_MM of its
@@ -103,69 +86,6 @@ def test_fnirs_channel_local_design_lies_beneath_it():
         assert patches[0] == space.patch[vertex]  # the patch under the projection first
         assert sorted(patches.tolist()) == sorted(set(space.patch[beneath].tolist()))
         assert np.all(patch_hemi[patches] == hemi)
-
-    n_per_patch = 4
-    rng = np.random.default_rng(3)
-    x = rng.normal(size=(300, N_PATCHES * n_per_patch))
-    cols = np.flatnonzero(np.isin(np.arange(x.shape[1]) // n_per_patch, neighbourhoods[groups[0]]))
-    y = x[:, cols[:4]].sum(1, keepdims=True) + rng.normal(size=(300, len(positions)))
-    stats = RidgeStatistics.from_rows(x, y)
-    solution = fit_local_path(stats, None, groups, n_per_patch, (1.0,), neighbourhoods=neighbourhoods)
-    for group, columns in solution.columns.items():
-        assert sorted(set((columns // n_per_patch).tolist())) == sorted(neighbourhoods[group].tolist())
-    moved = x.copy()
-    moved[:, np.setdiff1d(np.arange(x.shape[1]), cols)] += rng.normal(size=(300, x.shape[1] - len(cols)))
-    np.testing.assert_allclose(solution.predict(moved)[:, :2], solution.predict(x)[:, :2], rtol=1e-5, atol=1e-5)
-    assert np.corrcoef(solution.predict(x)[:, 0], y[:, 0])[0, 1] > 0.5
-
-    # fMRI: groups are patches and each takes its own and its nearest, exactly as before
-    vertices = np.array([0, 1234, 4000, 5000])
-    patches = point_patches(space.pial[vertices])
-    assert patches.tolist() == space.patch[vertices].tolist()
-    y = rng.normal(size=(300, len(vertices)))
-    stats = RidgeStatistics.from_rows(x, y)
-    fmri = fit_local_path(stats, None, patches, n_per_patch, (1.0,))
-    explicit = fit_local_path(stats, None, patches, n_per_patch, (1.0,), neighbourhoods=list(space.neighbours))
-    for patch in fmri.columns:
-        old = (space.neighbours[patch][:, None] * n_per_patch + np.arange(n_per_patch)).reshape(-1)
-        assert np.array_equal(fmri.columns[patch], old)
-        assert np.array_equal(fmri.coef[patch], explicit.coef[patch])
-
-
-def test_local_path_from_summed_statistics_equals_pooled_fit():
-    rng = np.random.default_rng(1)
-    n_per_patch = 2
-    points = rng.choice(source_space().n_sources, size=40, replace=False)
-    patches = source_space().patch[points]
-    subjects = []
-    for _ in range(4):
-        x = rng.normal(size=(120, N_PATCHES * n_per_patch))
-        y = 0.3 * x[:, :40] + rng.normal(size=(120, 40))
-        subjects.append((x, y))
-    parts = [RidgeStatistics.from_rows(x, y) for x, y in subjects]
-    pooled_x = np.concatenate([x for x, _ in subjects])
-    pooled_y = np.concatenate([y for _, y in subjects])
-    val_x, val_y = rng.normal(size=(80, N_PATCHES * n_per_patch)), rng.normal(size=(80, 40))
-    val = RidgeStatistics.from_rows(val_x, val_y)
-    summed = fit_local_path_selected(parts, val, patches, n_per_patch)
-    pooled = fit_local_path(RidgeStatistics.from_rows(pooled_x, pooled_y), val, patches, n_per_patch)
-    assert summed.penalties == pooled.penalties
-    np.testing.assert_allclose(summed.intercept, pooled.intercept, atol=1e-10)
-    for patch in summed.coef:
-        np.testing.assert_allclose(summed.coef[patch], pooled.coef[patch], atol=1e-10)
-    # one point's fit is the ridge of its own columns alone (the restriction of the sum is the sum of restrictions)
-    patch = int(patches[0])
-    mine = np.flatnonzero(patches == patch)
-    cols = local_columns(patch, n_per_patch)
-    direct = fit_ridge(
-        RidgeStatistics.from_rows(pooled_x[:, cols], pooled_y[:, mine]), None, (summed.penalties[patch],)
-    )
-    np.testing.assert_allclose(summed.coef[patch], direct.coef, atol=1e-10)
-    assert restrict(sum_statistics(parts), cols, mine).sxx.shape == (len(cols), len(cols))
-    # without validation statistics: 2-fold choice, then the same refit on the sum
-    two_fold = fit_local_path_selected(parts, None, patches, n_per_patch)
-    refit = fit_ridge(restrict(sum_statistics(parts), cols, mine), None, (two_fold.penalties[patch],))
-    np.testing.assert_allclose(two_fold.coef[patch], refit.coef, atol=1e-10)
 
 
 PERIODS = (20.0, 13.0)  # s: the slow amplitude modulation of each of the two rhythms
@@ -216,12 +136,26 @@ def test_design_space_switch_keeps_the_default_and_refuses_a_model_of_another_wi
     from fedneurogen.shared.model.config import get_preset
 
     default = PreprocessConfig()
-    legacy = default.model_dump()
-    del legacy["design_space"]
-    assert default.cache_key() == hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:16]
+    # the default's key before design_space (and the fields after it) existed: old caches stay valid
+    assert default.cache_key() == "84a1f8fa7e1f2575"
     source = PreprocessConfig.from_overrides("design_space=source")
-    assert source.cache_key() != default.cache_key()
+    both = PreprocessConfig.from_overrides("design_space=scalp+source")
+    assert len({source.cache_key(), both.cache_key(), default.cache_key()}) == 3
     assert n_design_features(default) == 640 and n_design_features(source) == N_PATCHES * 5 * 2
+    assert n_design_features(both) == 640 + N_PATCHES * 5 * 2
+    tiny = get_preset("tiny")
+    assert tiny.for_preprocess(both).local_path and tiny.for_preprocess(both).design_width == n_design_features(both)
+    tiny.for_preprocess(both).check_preprocess(both)
+    with pytest.raises(ConfigError, match="set local_path"):
+        tiny.check_preprocess(both)
+    from fedneurogen.shared.design import global_part, split_design
+
+    scalp, src = split_design(np.zeros((2, 640 + N_PATCHES * 10)))
+    assert scalp.shape == (2, 640) and src.shape == (2, N_PATCHES * 10)
+    assert split_design(np.zeros((1, 320)))[1] is None and split_design(np.zeros((1, N_PATCHES * 5)))[0] is None
+    assert global_part(np.zeros((1, 384))).shape == (1, 384)  # not a model design (the ceiling's): all of it
+    with pytest.raises(ValueError, match="384"):
+        split_design(np.zeros((1, 384)))
     assert np.bincount(feature_bands(n_design_features(source))).tolist() == [N_PATCHES * 2] * 5
     with pytest.raises(ConfigError, match="design_space = 'source' gives 3240 design features"):
         get_preset("tiny").check_preprocess(source)

@@ -1,8 +1,9 @@
 """Reading and preprocessing EEG (docs/architecture.md §3).
 
 ``read_eeg`` = ``load_raw_eeg`` (read + integrity checks) -> ``prepare_channels`` (types from
-``_channels.tsv``, names and positions) -> ``preprocess_eeg`` (notch, band-pass, ICA, resample,
-scale). ``validate_dataset`` uses the first two without the costly third.
+``_channels.tsv``, names and positions) -> ``scanner.clean_scanner_artifacts`` (in-scanner runs:
+gradient artefact, BCG) -> ``preprocess_eeg`` (notch, band-pass, ICA, resample, scale).
+``validate_dataset`` uses the first two without the costly rest.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..errors import DataError
 from ..recording import Recording
 from .bids import RunFiles, brainvision_references, read_events, read_json, read_tsv, run_files_for_eeg
 from .problems import DataWarning
+from .scanner import clean_scanner_artifacts
 
 # BIDS channel types (``_channels.tsv``) -> MNE channel types.
 _BIDS_TYPES = {
@@ -177,7 +179,7 @@ def _read_electrodes(files: RunFiles) -> dict[str, tuple[str, np.ndarray]]:
 
 
 def prepare_channels(raw: mne.io.BaseRaw, files: RunFiles) -> tuple[mne.io.BaseRaw, dict[str, np.ndarray]]:
-    """Set channel types, keep EEG (+EOG for ICA), name channels canonically, locate them.
+    """Set channel types, keep EEG (+EOG for ICA, ECG for the BCG), name channels canonically, locate them.
 
     Types come from ``_channels.tsv`` (``status == bad`` marks bad channels); without one, EOG/ECG/
     trigger channels are recognised by name. Positions come from ``_electrodes.tsv`` first, then
@@ -205,7 +207,7 @@ def prepare_channels(raw: mne.io.BaseRaw, files: RunFiles) -> tuple[mne.io.BaseR
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "unit changed" notices
             raw.set_channel_types(changed, verbose="error")
-    raw.pick([n for n in raw.ch_names if types[n] in ("eeg", "eog")])
+    raw.pick([n for n in raw.ch_names if types[n] in ("eeg", "eog", "ecg")])  # ECG: R-peaks of in-scanner runs
     eeg_names = [n for n in raw.ch_names if types[n] == "eeg"]
     if not eeg_names:
         raise DataError(files.channels or files.eeg, "no EEG channels (none typed EEG)")
@@ -349,6 +351,7 @@ def read_eeg(
     duration = raw.n_times / raw.info["sfreq"]
     events = read_events(files.events, files.task, duration)
     try:
+        clean_scanner_artifacts(raw, config, files, path)  # in-scanner runs: gradient artefact and BCG first
         preprocess_eeg(raw, config, line_frequency(files, config), path)
     except DataError:
         raise

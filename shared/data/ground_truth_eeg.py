@@ -43,10 +43,11 @@ def _run_entities(run_key: str) -> dict[str, str]:
     return entities
 
 
-def expected_power_path(site_dir: str | Path, run_key: str) -> Path | None:
+def expected_power_path(site_dir: str | Path, run_key: str, desc: str = "expectedpower") -> Path | None:
     """The expected-power TSV of a run, or None when the site has none for it.
 
-    Files are matched on the run entities, so ``run-01`` on disk matches the key's ``run-1``.
+    Files are matched on the run entities, so ``run-01`` on disk matches the key's ``run-1``;
+    ``desc="expectedsourcepower"``: the power at the cortical parcels instead of the electrodes.
     """
     entities = _run_entities(run_key)
     folder = Path(site_dir).joinpath(*GROUND_TRUTH_DIR, f"sub-{entities['sub']}")
@@ -61,7 +62,7 @@ def expected_power_path(site_dir: str | Path, run_key: str) -> Path | None:
         if (
             name.suffix == "timeseries"
             and name.extension == ".tsv.gz"
-            and name.entities.get("desc") == "expectedpower"
+            and name.entities.get("desc") == desc
             and _same_run(name.entities, entities)
         ):
             found.append(path)
@@ -70,13 +71,15 @@ def expected_power_path(site_dir: str | Path, run_key: str) -> Path | None:
     return found[0] if found else None
 
 
-def read_expected_band_power(site_dir: str | Path, run_key: str) -> Recording | None:
+def read_expected_band_power(site_dir: str | Path, run_key: str, desc: str = "expectedpower") -> Recording | None:
     """The simulator's expected scalp band power of one run, or None where the site has none.
 
     Parameters
     ----------
     site_dir : the BIDS site folder (the one holding ``derivatives/ground_truth``).
     run_key : the run, as in ``RunFiles.key``: ``sub-01_task-visual_run-1``, ``sub-01_ses-1_task-motor_run-1``.
+    desc : ``expectedpower`` (at the electrodes) or ``expectedsourcepower`` (at the cortical
+    parcels, columns ``P<parcel>_<rhythm>``, positions the parcel centres).
 
     Returns
     -------
@@ -89,7 +92,7 @@ def read_expected_band_power(site_dir: str | Path, run_key: str) -> Recording | 
     Raises ``DataError`` (file and problem) for an unreadable file, a missing or inconsistent
     sidecar, or non-finite values.
     """
-    path = expected_power_path(site_dir, run_key)
+    path = expected_power_path(site_dir, run_key, desc)
     if path is None:
         return None
     sidecar_path = path.with_name(path.name[: -len(".tsv.gz")] + ".json")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,9 @@ from .problems import Problem, warn_problem
 log = logging.getLogger(__name__)
 
 _EEG_PATTERN = "sub-*/[ses-*/]eeg/sub-*_task-*_eeg.{edf,bdf,vhdr,set,fif}"
+#: What ``load_run`` says of a run without a target; ``SiteData.warn`` counts such runs in one line.
+EEG_ONLY = "EEG only, no fMRI or fNIRS recording to pair with"
+_SUBJECT = re.compile(r"sub-[A-Za-z0-9]+")  # a subject folder
 
 
 @dataclass
@@ -40,6 +45,9 @@ class SiteData:
         Whether the windows were read from the cache.
     cache_key : str or None
         The cache key of the site's inputs and settings (None without the cache).
+    site_dir : Path or None
+        The site's folder, which ``warn`` names in its line on the EEG-only runs (None: the
+        folder above their ``sub-*`` folders).
     """
 
     windows: PairedWindows
@@ -47,11 +55,31 @@ class SiteData:
     warnings: list[Problem] = field(default_factory=list)  # other problems worked around
     from_cache: bool = False
     cache_key: str | None = None
+    site_dir: Path | None = None
 
     def warn(self) -> None:
-        """Emit every skipped run and worked-around problem as a ``DataWarning`` naming the file."""
+        """Emit every skipped run and worked-around problem as a ``DataWarning`` naming the file;
+        the EEG-only runs (expected, not errors) as one line per site that counts them."""
+        eeg_only = [p for p in self.skipped if EEG_ONLY in p.message]
         for problem in self.skipped + self.warnings:
-            warn_problem(problem)
+            if problem not in eeg_only:
+                warn_problem(problem)
+        if eeg_only:
+            site = self.site_dir or _common_site(eeg_only)
+            subjects = sorted({part for p in eeg_only for part in p.path.parts if _SUBJECT.fullmatch(part)})
+            named = ", ".join(subjects[:5]) + (", ..." if len(subjects) > 5 else "")
+            message = (
+                f"{len(eeg_only)} EEG-only run(s) skipped ({named}): {EEG_ONLY}; not trained on, "
+                "`augment --eeg-only` can generate their target; `fedneurogen validate` lists each"
+            )
+            warn_problem(Problem(site, message, "warning"))
+
+
+def _common_site(problems: list[Problem]) -> Path:
+    """The site folder of runs' problems: the folder above their subject folder (``sub-<label>``)."""
+    common = Path(os.path.commonpath([str(p.path) for p in problems]))
+    subject = [i for i, part in enumerate(common.parts) if _SUBJECT.fullmatch(part)]
+    return Path(*common.parts[: subject[-1]]) if subject else common
 
 
 def site_inputs(site_dir: Path, runs: list[RunFiles]) -> list[Path]:
@@ -100,7 +128,7 @@ def load_run(run: RunFiles, config: PreprocessConfig) -> RunWindows:
     if run.target_modality is None:
         raise DataError(
             run.eeg,
-            f"EEG only, no fMRI or fNIRS recording to pair with ({target_search_text(run.site_dir, run)}): "
+            f"{EEG_ONLY} ({target_search_text(run.site_dir, run)}): "
             "not trained on; `augment --eeg-only` can generate its target",
         )
     if run.target_modality == "fmri":
@@ -243,6 +271,7 @@ def load_site_data(
                 warnings=[_rooted(p, site_dir) for p in meta.get("warnings", [])],
                 from_cache=True,
                 cache_key=key,
+                site_dir=site_dir,
             )
 
     warned: list[Problem] = []
@@ -313,7 +342,9 @@ def load_site_data(
         if staged is not None and staged.exists():  # not published: an error, or the store failed
             shutil.rmtree(staged, ignore_errors=True)
     log.debug("%s: %d windows from %d of %d run(s)", site_dir, len(windows), len(usable), len(runs))
-    return SiteData(windows=windows, skipped=skipped, warnings=warned, from_cache=False, cache_key=key)
+    return SiteData(
+        windows=windows, skipped=skipped, warnings=warned, from_cache=False, cache_key=key, site_dir=site_dir
+    )
 
 
 def load_site(

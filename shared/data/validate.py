@@ -1,7 +1,8 @@
 """``validate_dataset``: check a BIDS site against the data contract without preprocessing it.
 
 Every file is read with the same readers ``load_site`` uses (so the same problems are found),
-but nothing is filtered, ICA-cleaned or projected; window counts per class come from durations
+but nothing is filtered, ICA-cleaned or projected (except in-scanner runs, whose gradient artefact
+and BCG are removed as a load would, to measure them: ``summary["scanner"]``); window counts per class come from durations
 and events with the same windowing rules as ``pairing``.
 
 Two answers, as the other commands see the site: *usable* (``ValidationReport.usable``: at least
@@ -39,6 +40,8 @@ from .fmri import check_repetition_time, load_surface_bold, load_volume, repetit
 from .fnirs import load_raw_snirf, short_channel_mask, to_haemoglobin
 from .pairing import check_durations, count_windows
 from .problems import Problem
+from .scanner import ScannerCleaning, clean_scanner_artifacts
+from .scanner_metrics import RAW_LINE_FRACTION
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +195,7 @@ def _summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         ("EEG rates", ", ".join(f"{f:g} Hz" for f in s["sfreqs"]) or "-"),
         ("TR", ", ".join(f"{t:g} s" for t in s["tr"]) or "-"),
         ("target points", ", ".join(map(str, c["target_points"])) or "-"),
+        *_scanner_rows(s.get("scanner", {})),
     ]
 
 
@@ -227,6 +231,7 @@ class _RunInfo:
     tr: float | None = None
     target_points: int | None = None
     events: pd.DataFrame | None = None
+    scanner: dict[str, Any] | None = None
 
 
 def _inspect_run(run: RunFiles, config: PreprocessConfig, problems: list[Problem]) -> _RunInfo:
@@ -251,6 +256,16 @@ def _inspect_run(run: RunFiles, config: PreprocessConfig, problems: list[Problem
         prepared = attempt(lambda: prepare_channels(raw, run))
         if prepared is not None:
             info.eeg_channels = [n for n, t in zip(prepared[0].ch_names, prepared[0].get_channel_types()) if t == "eeg"]
+            # raw or clean: cleans the run here (in place: nothing else reads this copy) and measures both
+            info.scanner = attempt(
+                lambda: _scanner_report(clean_scanner_artifacts(prepared[0], config, run, measure=True))
+            )
+            if info.scanner and info.scanner["already_removed"] and info.scanner["line_power"] > RAW_LINE_FRACTION:
+                message = (
+                    f"_eeg.json says {', '.join(info.scanner['already_removed'])} artefact(s) removed, but "
+                    f"{100 * info.scanner['line_power']:.0f}% of the EEG power is in narrow spectral lines, as in raw in-scanner EEG"
+                )
+                problems.append(Problem(run.eeg_sidecar or run.eeg, message, "warning"))
         attempt(lambda: line_frequency(run, config))  # parses the _eeg.json sidecar
     info.events = attempt(lambda: read_events(run.events, run.task, info.eeg_duration))
 
@@ -296,6 +311,61 @@ def _inspect_run(run: RunFiles, config: PreprocessConfig, problems: list[Problem
     return info
 
 
+def _db(before: float, after: float) -> float:
+    return round(float(10 * np.log10(max(before, 1e-30) / max(after, 1e-30))), 1)
+
+
+def _scanner_report(result: ScannerCleaning) -> dict[str, Any]:
+    """The per-run scanner summary: triggers, what was (or had been) removed, artefact power."""
+    m = result.measures
+    lines, lines_after = m["line_before"], m.get("line_after")
+    pulse, pulse_after = m.get("pulse_before"), m.get("pulse_after")
+    return {
+        "volume_triggers": len(result.triggers),
+        "tr_samples": result.period,
+        "already_removed": result.already_removed,
+        "gradient_removed": result.gradient,
+        "bcg_removed": result.bcg,
+        "r_peaks_from": result.r_peak_source,
+        "line_power": round(lines.fraction, 4),
+        "strongest_line_hz": lines.strongest_hz,
+        "line_power_after": round(lines_after.fraction, 4) if lines_after else None,
+        "gradient_removed_db": _db(lines.power, lines_after.power) if lines_after else None,
+        "pulse_locked": round(pulse.fraction, 4) if pulse else None,
+        "pulse_locked_after": round(pulse_after.fraction, 4) if pulse_after else None,
+        "bcg_removed_db": _db(pulse.power, pulse_after.power) if pulse and pulse_after else None,
+        "seconds": round(result.seconds, 2),
+    }
+
+
+def _scanner_rows(per_run: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    """One line per run where any run is in-scanner EEG (triggers, or said cleaned); one line otherwise."""
+    if not per_run:
+        return []
+    if not any(r["volume_triggers"] or r["already_removed"] for r in per_run.values()):
+        worst = max(r["line_power"] for r in per_run.values())
+        return [("scanner", f"no volume triggers; clean EEG (at most {100 * worst:.1f}% of the power in narrow lines)")]
+    rows = []
+    for key, r in per_run.items():
+        lines = f"{100 * r['line_power']:.1f}% of the power in narrow lines"
+        if r["strongest_line_hz"]:
+            lines += f" (strongest {r['strongest_line_hz']:g} Hz)"
+        if r["gradient_removed"]:
+            text = f"raw in-scanner, {r['volume_triggers']} volume triggers: {lines}, gradient artefact removed "
+            text += f"({r['gradient_removed_db']:g} dB of line power removed, {100 * r['line_power_after']:.1f}% of the power left in lines)"
+        else:
+            text = f"{r['volume_triggers']} volume triggers, {lines}"
+        if r["bcg_removed"]:
+            text += (
+                f"; BCG removed (R-peaks from {r['r_peaks_from']}): pulse-locked power {100 * r['pulse_locked']:.1f}%"
+            )
+            text += f" -> {100 * r['pulse_locked_after']:.1f}% ({r['bcg_removed_db']:g} dB)"
+        if r["already_removed"]:
+            text += f"; _eeg.json: {' and '.join(r['already_removed'])} already removed (not cleaned again)"
+        rows.append((f"scanner {key}", text))
+    return rows
+
+
 def _attributes(
     participants: dict[str, dict[str, str]], subjects: list[str], sidecar: dict[str, Any]
 ) -> list[AttributeKind]:
@@ -325,7 +395,8 @@ def validate_dataset(site_dir: str | Path, config: PreprocessConfig | None = Non
     -------
     ValidationReport
         ``summary``: subjects, runs, modalities, classes (windows per class), groups (from
-        ``participants.tsv``), durations, channels, sfreqs, tr. ``problems``: every problem
+        ``participants.tsv``), durations, channels, sfreqs, tr, scanner (per run: volume
+        triggers, MR artefact power before and after cleaning, ``shared.data.scanner``). ``problems``: every problem
         found, each naming its file; ``ok`` is False when any is an error.
     """
     site_dir = Path(site_dir)
@@ -377,6 +448,7 @@ def validate_dataset(site_dir: str | Path, config: PreprocessConfig | None = Non
     usable = 0
     skipped_runs: list[str] = []
     class_subjects: dict[str, set[str]] = {}
+    scanner: dict[str, dict[str, Any]] = {}
     for run in runs:
         n_before = len([p for p in problems if p.severity == "error"])
         info = _inspect_run(run, config, problems)
@@ -390,6 +462,8 @@ def validate_dataset(site_dir: str | Path, config: PreprocessConfig | None = Non
             channel_sets[run.key] = info.eeg_channels
         if info.eeg_sfreq is not None:
             sfreqs.add(info.eeg_sfreq)
+        if info.scanner is not None:
+            scanner[run.key] = info.scanner
         if info.tr is not None:
             trs.add(info.tr)
         if info.target_points is not None:
@@ -459,6 +533,7 @@ def validate_dataset(site_dir: str | Path, config: PreprocessConfig | None = Non
         },
         "sfreqs": sorted(sfreqs),
         "tr": sorted(trs),
+        "scanner": scanner,
     }
     # Keep numpy scalars out of the summary so it is JSON-serialisable as is.
     report.summary = _plain(report.summary)

@@ -124,6 +124,9 @@ class ModelConfig(BaseModel):
         Weight of the InfoNCE loss in the total loss.
     design_features : int
         Width of the hemodynamic design (64 virtual electrodes x 5 bands x 2 HRF bases).
+    local_path : bool
+        A local ridge path on cortical-source features too (``fedneurogen.shared.local_path``):
+        the design is then the scalp design followed by the source design (``design_width``).
     mean_hidden, mean_rank : int
         Hidden width of the point prediction's residual network and rank of its per-point readout.
     mean_dropout : float
@@ -194,6 +197,11 @@ class ModelConfig(BaseModel):
     design_features: int = Field(
         640, description="Width of the hemodynamic design (64 virtual electrodes x 5 bands x 2 HRF bases)"
     )
+    local_path: bool = Field(
+        False,
+        description="Add a local ridge path on cortical-source features (takes design_space = 'scalp+source': the "
+        "design's scalp columns, design_features of them, then the source patches')",
+    )
     mean_hidden: int = Field(128, description="Hidden width of the residual network")
     mean_rank: int = Field(32, description="Rank of the residual's per-point readout")
     mean_dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout on the design into the residual network")
@@ -224,6 +232,34 @@ class ModelConfig(BaseModel):
         if not 0.0 <= self.label_dropout <= 1.0:
             raise ValueError(f"label_dropout must be a probability, got {self.label_dropout}")
         return self
+
+    @property
+    def source_features(self) -> int:
+        """Width of the design's cortical-source part: 324 patches x bands x bases (0 without a local path)."""
+        from fedneurogen.shared.sources import N_PATCHES
+
+        return N_PATCHES * self.design_features // 64 if self.local_path else 0
+
+    @property
+    def design_width(self) -> int:
+        """Width of the whole design the model takes: scalp columns, then source columns."""
+        return self.design_features + self.source_features
+
+    def for_preprocess(self, preprocess: "PreprocessConfig") -> "ModelConfig":
+        """This config with the local path on exactly when the preprocessing makes source features.
+
+        Parameters
+        ----------
+        preprocess : PreprocessConfig
+            The run's preprocessing (``design_space = 'scalp+source'`` turns the local path on).
+
+        Returns
+        -------
+        ModelConfig
+            A copy (or this config when nothing changes).
+        """
+        wanted = preprocess.design_space == "scalp+source"
+        return self if wanted == self.local_path else self.model_copy(update={"local_path": wanted})
 
     @property
     def eeg_conv_dim(self) -> int:
@@ -291,11 +327,13 @@ class ModelConfig(BaseModel):
                     f"{name} frames per window (the model takes {target.n_frames}: {target.n_frames / rate:g} s)"
                 )
         width = n_design_features(preprocess)
-        if width != self.design_features:
+        if width != self.design_width:
             problems.append(
                 f"hrf_basis = {preprocess.hrf_basis!r}"
-                + (" with design_space = 'source'" if preprocess.design_space == "source" else "")
-                + f" gives {width} design features (the model takes {self.design_features})"
+                + (f" with design_space = {preprocess.design_space!r}" if preprocess.design_space != "scalp" else "")
+                + f" gives {width} design features (the model takes {self.design_width}"
+                + (": set local_path" if preprocess.design_space == "scalp+source" else "")
+                + ")"
             )
         if problems:
             unique = list(dict.fromkeys(problems))

@@ -254,6 +254,8 @@ class ModalityHead(nn.Module):
             config.mean_rank,
             config.num_classes,
             config.mean_dropout,
+            n_source=config.source_features,
+            fixed_layout=tokenizer is not None,
         )
         self.target_encoder = TargetEncoder(token_dim, config)  # for the alignment stage
 
@@ -451,7 +453,7 @@ class NeuroGenModel(nn.Module):
         Parameters
         ----------
         batch : Batch
-            The batch; needs ``design`` ``[B, F, design_features]``.
+            The batch; needs ``design`` ``[B, F, design_width]``.
         use_labels : bool
             Condition on labels; False: label-free (the null label).
         labels : torch.Tensor | None
@@ -475,7 +477,7 @@ class NeuroGenModel(nn.Module):
             raise ConfigError(
                 "the batch has no hemodynamic design (windows from fedneurogen.shared.data.load_site carry one)"
             )
-        expected = (batch.batch_size, n_frames, self.config.design_features)
+        expected = (batch.batch_size, n_frames, self.config.design_width)
         if tuple(batch.design.shape) != expected:
             raise ConfigError(
                 f"hemodynamic design must be {list(expected)}, got {list(batch.design.shape)}: the data was preprocessed "
@@ -771,6 +773,8 @@ class NeuroGenModel(nn.Module):
         self.integration.temporal.requires_grad_(False)
         for head in self.modality_heads.values():
             head.mean.ridge.requires_grad_(False)  # closed-form, never trained by SGD
+            if head.mean.local is not None:
+                head.mean.local.requires_grad_(False)
         self.alignment_enabled = False
         return [p for p in self.parameters() if p.requires_grad]
 
@@ -862,7 +866,10 @@ def parameter_count(config: ModelConfig | str) -> dict[str, int]:
     }
     total = count_parameters(model)
     # the ridge paths (inside the heads) are solved in closed form, not trained
-    ridge = sum(count_parameters(head.mean.ridge) for head in model.modality_heads.values())
+    ridge = sum(
+        count_parameters(head.mean.ridge) + (count_parameters(head.mean.local) if head.mean.local is not None else 0)
+        for head in model.modality_heads.values()
+    )
     return {
         "total": total,
         **parts,

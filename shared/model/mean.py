@@ -110,12 +110,90 @@ class RidgePath(nn.Module):
         return (design - self.feature_mean) / self.feature_scale
 
 
-class MeanHead(nn.Module):
-    """Ridge path + zero-initialised residual with a per-point low-rank readout."""
+class LocalPath(nn.Module):
+    """Each point's ridge on the cortical sources beneath it (``shared.local_path``), set in
+    closed form by ``set_solution``, and ``weight``: its share ``a`` of the linear prediction.
 
-    def __init__(self, n_features: int, n_points: int, hidden: int, rank: int, num_classes: int, dropout: float):
+    fMRI points are the fixed ico4 vertices, so the layout (a patch's vertices share its and its
+    neighbours' columns) is built identically everywhere and only ``[G, d, P]`` coefficients
+    travel. fNIRS channels differ between probes: the coefficients are a dense ``[S, N]``
+    matrix (small: at most a few hundred points), zero outside each point's columns. Like the
+    ridge path's, every value is a frozen parameter: it travels with the weights, no optimiser
+    step changes it, and it is zero (the local path off) until a solution is installed."""
+
+    def __init__(self, n_source: int, n_points: int, fixed_layout: bool):
         super().__init__()
+        frozen = lambda t: nn.Parameter(t, requires_grad=False)  # noqa: E731
+        self.fixed_layout = fixed_layout
+        if fixed_layout:
+            from fedneurogen.shared.local_path import fmri_layout
+            from fedneurogen.shared.sources import N_PATCHES
+
+            layout = fmri_layout(n_source // N_PATCHES)
+            columns = np.where(layout.columns >= 0, layout.columns, n_source)  # padding reads a zero column
+            self.register_buffer("columns", torch.as_tensor(columns))  # saved: a checkpoint loads on "meta"
+            self.register_buffer("point_slots", torch.as_tensor(layout.point_slots()))
+            self.coef = frozen(torch.zeros(*layout.columns.shape, layout.points.shape[1]))
+        else:
+            self.coef = frozen(torch.zeros(n_source, n_points))
+        self.intercept = frozen(torch.zeros(n_points))
+        self.weight = frozen(torch.zeros(()))
+
+    @torch.no_grad()
+    def set_solution(self, solution, weight: float) -> None:
+        """Install a ``LocalSolution`` (fNIRS: its points in the first slots, as the ridge path's)
+        and the local path's share ``weight`` in [0, 1]."""
+        layout, n = solution.layout, solution.layout.n_points
+        as_tensor = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=self.coef.device)  # noqa: E731
+        if self.fixed_layout:
+            if tuple(solution.coef.shape) != tuple(self.coef.shape):
+                raise ConfigError(f"local solution {list(solution.coef.shape)} does not fit {list(self.coef.shape)}")
+            self.coef.copy_(as_tensor(solution.coef))
+        else:
+            if n > self.coef.shape[1] or layout.columns.max() >= self.coef.shape[0]:
+                raise ConfigError(
+                    f"a local solution over {n} points does not fit the local path {list(self.coef.shape)}"
+                )
+            dense = np.zeros(tuple(self.coef.shape))
+            for point, (cols, coef) in enumerate(zip(layout.columns, solution.coef[:, :, 0])):
+                dense[cols[cols >= 0], point] = coef[cols >= 0]
+            self.coef.copy_(as_tensor(dense))
+        self.intercept.zero_()
+        self.intercept[:n] = as_tensor(solution.intercept)
+        self.weight.fill_(float(weight))
+
+    def forward(self, source: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
+        """``source [B, F, S]`` (the design's source columns) -> ``[B, F, N]``."""
+        if not self.fixed_layout:
+            out = source @ self.coef + self.intercept
+            return out if slots is None else out[..., slots]
+        padded = nn.functional.pad(source, (0, 1))
+        grouped = torch.einsum("bfgd,gdp->bfgp", padded[..., self.columns], self.coef)
+        out = grouped.flatten(2)[..., self.point_slots] + self.intercept
+        return out if slots is None else out[..., slots]
+
+
+class MeanHead(nn.Module):
+    """Ridge path (+ local path) + zero-initialised residual with a per-point low-rank readout.
+
+    With a local path the design is the scalp design followed by the source design; the linear
+    prediction is ``(1 - a) ridge(scalp) + a local(source)`` and the residual reads the scalp part."""
+
+    def __init__(
+        self,
+        n_features: int,
+        n_points: int,
+        hidden: int,
+        rank: int,
+        num_classes: int,
+        dropout: float,
+        n_source: int = 0,
+        fixed_layout: bool = True,
+    ):
+        super().__init__()
+        self.n_features = n_features
         self.ridge = RidgePath(n_features, n_points)
+        self.local = LocalPath(n_source, n_points, fixed_layout) if n_source else None
         self.dropout = dropout  # on the design, in training only (see ``forward``)
         self.residual = nn.Sequential(nn.Linear(n_features, hidden), nn.GELU(), nn.Linear(hidden, rank), nn.GELU())
         self.label_embed = nn.Embedding(num_classes + 1, rank)  # the last row is the null label
@@ -141,8 +219,12 @@ class MeanHead(nn.Module):
         ``train`` applies dropout to the residual's input; predictions never do, whatever the
         module's mode, so the point prediction is deterministic."""
         slots = self.ridge.slots(names, n_points)
-        linear = self.ridge(design, slots)
-        latent = self.residual(nn.functional.dropout(self.ridge.standardise(design), self.dropout, training=train))
+        scalp = design[..., : self.n_features]
+        linear = self.ridge(scalp, slots)
+        if self.local is not None:
+            a = self.local.weight
+            linear = (1 - a) * linear + a * self.local(design[..., self.n_features :], slots)
+        latent = self.residual(nn.functional.dropout(self.ridge.standardise(scalp), self.dropout, training=train))
         # no label (None or -1) is the null label's row, as label dropout trains it
         null = torch.full((design.shape[0],), self.num_classes, dtype=torch.long, device=design.device)
         index = null if labels is None else torch.where(labels < 0, null, labels)
@@ -154,9 +236,9 @@ class MeanHead(nn.Module):
 
 
 def is_residual_parameter(name: str) -> bool:
-    """A trainable parameter of a point prediction's learned residual (by name: the ridge
-    path's own parameters, ``.mean.ridge.``, are frozen)."""
-    return ".mean." in name and ".mean.ridge." not in name
+    """A trainable parameter of a point prediction's learned residual (by name: the ridge and
+    local paths' own parameters, ``.mean.ridge.`` and ``.mean.local.``, are frozen)."""
+    return ".mean." in name and ".mean.ridge." not in name and ".mean.local." not in name
 
 
 #: Ranks tried for the reduced-rank ridge path (None: full rank), chosen on validation subjects.
@@ -164,9 +246,10 @@ RIDGE_RANKS: tuple[int | None, ...] = (2, 4, 8, 16, 32, None)
 
 
 def fit_ridge_paths(model: nn.Module, train: Sequence, val: Sequence = ()) -> dict[str, dict]:
-    """Solve each modality's ridge path from the training windows' statistics, its penalty, band
-    weights and rank chosen on the validation windows (``PairedWindows`` per site; sites of one
-    modality are pooled). Returns ``{modality: choice}`` (see ``solve_ridge_path``)."""
+    """Solve each modality's ridge path (and local path, when the model has one) from the
+    training windows' statistics, penalties, band weights, rank and mix chosen on the validation
+    windows (``PairedWindows`` per site; sites of one modality are pooled). Returns
+    ``{modality: choice}`` (see ``solve_ridge_path``, ``solve_local_path``)."""
     from fedneurogen.shared.design import two_fold_statistics
     from fedneurogen.shared.ridge import sum_statistics
 
@@ -174,17 +257,123 @@ def fit_ridge_paths(model: nn.Module, train: Sequence, val: Sequence = ()) -> di
     for modality in sorted({w.target_modality for w in train}):
         sites = [w for w in train if w.target_modality == modality]
         names = sites[0].target_names
-        for site in sites[1:] + [w for w in val if w.target_modality == modality]:
+        val_sites = [w for w in val if w.target_modality == modality]
+        for site in sites[1:] + val_sites:
             if site.target_names != names:
                 raise ConfigError(
                     f"{modality} sites with different target points cannot share one ridge path ({len(site.target_names)} vs {len(names)} points)"
                 )
         parts = two_fold_statistics(sites)  # all the fit needs, in memory bounded by the model, not the subjects
-        val_parts = two_fold_statistics([site for site in val if site.target_modality == modality])
+        val_parts = two_fold_statistics(val_sites)
         chosen[modality] = solve_ridge_path(
             model, modality, parts, sum_statistics(val_parts) if val_parts else None, names
         )
+        if model.modality_heads[modality].mean.local is not None:
+            chosen[modality]["local_path"] = _fit_local_from_windows(
+                model, modality, sites, val_sites, chosen[modality]
+            )
     return chosen
+
+
+def _fit_local_from_windows(model: nn.Module, modality: str, sites: Sequence, val_sites: Sequence, ridge: dict) -> dict:
+    from fedneurogen.shared.local_path import subject_local_statistics, windows_layout
+    from fedneurogen.shared.ridge import sum_statistics
+
+    layout = windows_layout(sites[0])
+    folds: list = []  # two sums, alternate subjects in turn (as design.two_fold_statistics)
+    subjects = (stats for site in sites for stats in subject_local_statistics(site, layout))
+    for i, stats in enumerate(subjects):
+        if len(folds) < 2:
+            folds.append(stats)
+        else:
+            folds[i % 2] = folds[i % 2] + stats
+    val = [s for site in val_sites for s in subject_local_statistics(site, layout)]
+    names = sites[0].target_names if modality == "fnirs" else None
+    choice = solve_local_path(model, modality, folds, sum_statistics(val) if val else None, layout, ridge)
+    if val_sites:
+        choice["weight"] = set_mixing(
+            model, modality, sum(validation_mixing(model, modality, w, names) for w in val_sites)
+        )
+    return choice
+
+
+def solve_local_path(model: nn.Module, modality: str, train_parts: Sequence, val, layout, ridge: dict) -> dict:
+    """Install in ``model`` the local path of ``modality`` solved from ``LocalStatistics``.
+
+    ``train_parts`` (per subject, fold or site; summed), ``val`` (summed validation statistics;
+    None: penalties by 2-fold), ``layout`` the groups they were made with, ``ridge`` the global
+    path's choice. The local path's share starts at 1 or 0, whichever path has the smaller
+    validation MSE; ``set_mixing`` refines it where validation predictions are available.
+    Returns the choice: penalties, validation MSE, the share."""
+    from fedneurogen.shared.local_path import fit_local_path_selected
+
+    solution = fit_local_path_selected(list(train_parts), val, layout)
+    theirs = ridge.get("validation_mse")
+    weight = 1.0 if theirs is None or solution.validation_mse is None or solution.validation_mse < theirs else 0.0
+    model.modality_heads[modality].mean.local.set_solution(solution, weight)
+    return {
+        "penalties": sorted({float(p) for p in solution.penalties}),
+        "validation_mse": solution.validation_mse, "weight": weight, "groups": layout.n_groups,
+    }  # fmt: skip
+
+
+@torch.no_grad()
+def validation_mixing(model: nn.Module, modality: str, windows, names: Sequence[str] | None = None) -> np.ndarray:
+    """``mixing_statistics`` of the model's two linear paths on some (validation) windows.
+
+    Parameters
+    ----------
+    model : NeuroGenModel
+        With both paths installed.
+    modality : str
+        The target modality.
+    windows : PairedWindows
+        Held-out windows with a ``scalp+source`` design.
+    names : sequence of str | None
+        The target points (fNIRS).
+
+    Returns
+    -------
+    np.ndarray
+        ``[6, N]`` summed over every run frame once.
+    """
+    from fedneurogen.shared.design import iter_subject_rows
+    from fedneurogen.shared.local_path import mixing_statistics
+
+    head = model.modality_heads[modality].mean
+    device = head.ridge.coef.device
+    total = 0.0
+    for x, y in iter_subject_rows(windows):
+        design = torch.as_tensor(np.asarray(x), dtype=torch.float32, device=device)[None]
+        slots = head.ridge.slots(names, y.shape[-1])
+        g = head.ridge(design[..., : head.n_features], slots)[0].cpu().numpy()
+        loc = head.local(design[..., head.n_features :], slots)[0].cpu().numpy()
+        total = total + mixing_statistics(g, loc, y)
+    return np.asarray(total)
+
+
+def set_mixing(model: nn.Module, modality: str, stats: np.ndarray) -> float:
+    """Set the local path's share to the one with the smallest validation error; returns it.
+
+    Parameters
+    ----------
+    model : NeuroGenModel
+        With both paths installed.
+    modality : str
+        The target modality.
+    stats : np.ndarray
+        ``[6, N]`` summed ``validation_mixing`` (of every site).
+
+    Returns
+    -------
+    float
+        The share ``a`` of the local path.
+    """
+    from fedneurogen.shared.local_path import choose_mixing
+
+    weight = choose_mixing(stats)
+    model.modality_heads[modality].mean.local.weight.fill_(weight)
+    return weight
 
 
 def solve_ridge_path(

@@ -516,6 +516,77 @@ def eeg_informed_design(site_dir: Path, windows: PairedWindows, config: Preproce
     return out
 
 
+def source_informed_design(site_dir: Path, windows: PairedWindows, config: PreprocessConfig) -> np.ndarray | None:
+    """The design of the source-space EEG-informed ceiling at every window's frames.
+
+    The simulator's expected power of each rhythm at each cortical parcel (what a perfect
+    inverse would recover; ``desc-expectedsourcepower``), z-scored per run, convolved with the
+    model's HRF basis; features ordered (parcel, rhythm, basis) like the source design's
+    (patch, band, basis), so the local path's layouts apply.
+
+    Parameters
+    ----------
+    site_dir : Path
+        The site's folder.
+    windows : PairedWindows
+        The windows.
+    config : PreprocessConfig
+        Preprocessing settings (the HRF basis).
+
+    Returns
+    -------
+    numpy.ndarray or None
+        ``[n_windows, n_frames, 324 x rhythms x bases]``; None without that ground truth.
+    """
+    from fedneurogen.shared.data.ground_truth_eeg import read_expected_band_power
+    from fedneurogen.shared.design import hemodynamic_convolution
+
+    n_frames = windows.target.shape[-1]
+    out: np.ndarray | None = None
+    for key in np.unique(windows.runs):
+        power = read_expected_band_power(site_dir, str(key), desc="expectedsourcepower")
+        if power is None:
+            return None
+        series = (power.data - power.data.mean(1, keepdims=True)) / (power.data.std(1, keepdims=True) + 1e-6)
+        centres = (np.arange(power.n_times) + 0.5) / power.sfreq
+        last = int(round(windows.onsets[windows.runs == key].max() * windows.target_sfreq)) + n_frames
+        design = hemodynamic_convolution(series, centres, np.arange(last) / windows.target_sfreq, config)
+        if out is None:
+            out = np.zeros((len(windows), n_frames, design.shape[1]), np.float32)
+        for i in np.flatnonzero(windows.runs == key):
+            start = int(round(windows.onsets[i] * windows.target_sfreq))
+            out[i] = design[start : start + n_frames]
+    return out
+
+
+def source_ceiling(train: PairedWindows, val: PairedWindows | None, test: PairedWindows) -> np.ndarray:
+    """The local ridge path fitted on the source-space ceiling's design (``source_informed_design``
+    in the windows' ``design``): each point from the true rhythm power of the parcels beneath it.
+
+    Parameters
+    ----------
+    train, val, test : PairedWindows
+        Windows whose design is the source-space ceiling's (val may be None: 2-fold choice).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``[W, N, F]`` predictions on ``test``.
+    """
+    from fedneurogen.shared.design import iter_subject_rows
+    from fedneurogen.shared.local_path import LocalStatistics, fit_local_path_selected, fmri_layout, fnirs_layout
+    from fedneurogen.shared.ridge import sum_statistics
+    from fedneurogen.shared.sources import N_PATCHES
+
+    n_per_patch = test.design.shape[-1] // N_PATCHES
+    fmri = test.target_modality == "fmri"
+    layout = fmri_layout(n_per_patch) if fmri else fnirs_layout(test.target_positions, n_per_patch)
+    stats = lambda w: [] if w is None else [LocalStatistics.from_rows(x, y, layout) for x, y in iter_subject_rows(w)]  # noqa: E731
+    held_out = stats(val)
+    solution = fit_local_path_selected(stats(train), sum_statistics(held_out) if held_out else None, layout)
+    return np.transpose(solution.predict(test.design), (0, 2, 1))
+
+
 def on_virtual_montage(series: np.ndarray, power: Recording) -> np.ndarray:
     """Map band-power series onto the virtual montage, rhythm by rhythm.
 
@@ -923,6 +994,13 @@ def evaluate(
         if ceiling_train is not None and ceiling_test is not None:
             ceiling_val = pooled("val", ceiling_design)
             informed = RidgeHRFBaseline().fit(ceiling_train, ceiling_val).predict(replace(test, design=ceiling_test))
+        informed_source = None  # the same, from the rhythms at the cortex: what a perfect inverse would give
+        source_design = lambda path, w: source_informed_design(path, w, preprocess)  # noqa: E731
+        source_train, source_test = pooled("train", source_design), source_design(site_dir, test)
+        if source_train is not None and source_test is not None:
+            informed_source = source_ceiling(
+                source_train, pooled("val", source_design), replace(test, design=source_test)
+            )
 
     regressors: list[RegressorBaseline] = []
     if baseline_epochs > 0:
@@ -957,7 +1035,7 @@ def evaluate(
         "pcc_temporal": float(temporal_pcc(truth, real, test.runs, test.onsets, test.target_sfreq)),
         "pcc_temporal_top10": None if top is None else float(temporal_pcc(truth, real, test.runs, test.onsets, test.target_sfreq, points=top)),
     }  # fmt: skip
-    informed_scores = scores(informed, test, top)
+    informed_scores, source_scores = scores(informed, test, top), scores(informed_source, test, top)
     report: dict[str, Any] = {
         "point_prediction": headline,
         "point_prediction_labels": scores(mean_labelled, test, top),
@@ -970,8 +1048,8 @@ def evaluate(
         },
         "sample_metrics": sample_scores,
         "noise_baseline": float(shuffled_baseline(real, test.runs, test.onsets, test.target_sfreq, seed=seed)),
-        "ceilings": {"noise": noise_ceiling, "eeg_informed": informed_scores},
-        "relative": _relative(headline, ridge, informed_scores),
+        "ceilings": {"noise": noise_ceiling, "eeg_informed": informed_scores, "eeg_informed_source": source_scores},
+        "relative": _relative(headline, ridge, informed_scores, source_scores),
         "top_points": None if top is None else {"count": int(len(top)), "chosen_on": "training subjects (in-sample ridge-HRF PCC)"},
         "baseline_training_sites": [path.name for path, _ in sites],
         "n_test_windows": len(test),
@@ -995,6 +1073,11 @@ def evaluate(
             "ridge on the simulator's expected scalp band power (derivatives/ground_truth/.../eeg), same HRF basis and subjects"
             if informed is not None else "no expected band power in the site (only simulated sites have it)"
         ),
+        "eeg_informed_source_ceiling_source": (
+            "local ridge (each point from the parcels beneath it) on the simulator's expected rhythm power at the "
+            "cortical parcels: what a perfect inverse would give" if informed_source is not None
+            else "no expected source power in the site (only simulated sites with linear coupling have it)"
+        ),
     }  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     shown = samples[0] if samples is not None else mean
@@ -1016,8 +1099,11 @@ def _split_of(
     return evaluation_split(windows, seen, keys, Path(site), scoring=False)
 
 
-def _relative(model: dict | None, ridge: dict | None, informed: dict | None) -> dict[str, float | None]:
-    """The headline as a multiple of the ridge baseline and as a share of the EEG-informed ceiling."""
+def _relative(
+    model: dict | None, ridge: dict | None, informed: dict | None, source: dict | None = None
+) -> dict[str, float | None]:
+    """The headline as a multiple of the ridge baseline and as a share of the EEG-informed
+    ceilings (scalp, and source space)."""
 
     def ratio(a: dict | None, b: dict | None, key: str) -> float | None:
         if not a or not b or a.get(key) is None or not b.get(key):
@@ -1029,6 +1115,7 @@ def _relative(model: dict | None, ridge: dict | None, informed: dict | None) -> 
         "over_ridge_hrf_top10": ratio(model, ridge, "pcc_temporal_top10"),
         "share_of_eeg_informed_ceiling": ratio(model, informed, "pcc_temporal"),
         "share_of_eeg_informed_ceiling_top10": ratio(model, informed, "pcc_temporal_top10"),
+        "share_of_source_ceiling": ratio(model, source, "pcc_temporal"),
     }
 
 
@@ -1051,6 +1138,7 @@ ROWS = (
     ("label only", ("baselines", "label_only")),
     ("regression transformer", ("baselines", "regressor")),
     ("EEG-informed ceiling", ("ceilings", "eeg_informed")),
+    ("EEG-informed ceiling (source space)", ("ceilings", "eeg_informed_source")),
     ("noise ceiling", ("ceilings", "noise")),
 )
 SCORES = ("pcc_temporal", "pcc_temporal_top10", "pcc_spatial", "ssim")

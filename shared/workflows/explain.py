@@ -375,6 +375,11 @@ def decompose(
     batch = Batch.from_windows(windows.subset(np.arange(min(1, len(windows)))), device=model.device)
     layout = model.layout(batch)  # checks the site against the model (rates, point counts)
     head = model.modality_heads[windows.target_modality].mean
+    if head.local is not None and float(head.local.weight) > 0:
+        raise ConfigError(
+            "this model's point prediction has a local path on cortical-source features; explain attributes the "
+            "scalp ridge path and the residual only and does not attribute the local path yet"
+        )
     names = list(windows.target_names) if windows.target_modality == "fnirs" else None
     slots = head.ridge.slots(names, layout.n_points)
     pick = (lambda t: t) if slots is None else (lambda t: t[..., slots])  # noqa: E731

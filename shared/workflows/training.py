@@ -812,6 +812,7 @@ def train_centralized(
             f"the data has {len(classes)} classes {sorted(classes)} but preset {preset!r} has {model_config.num_classes} label slots"
         )
     if preprocess:
+        model_config = model_config.for_preprocess(PreprocessConfig(**preprocess))
         model_config.check_preprocess(PreprocessConfig(**preprocess))
     model = NeuroGenModel(model_config, device=device)
     checkpoint_dir = run_dir / CHECKPOINT_DIR

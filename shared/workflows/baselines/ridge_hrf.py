@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedneurogen.shared.design import two_fold_statistics
+from fedneurogen.shared.design import global_part, two_fold_statistics
 from fedneurogen.shared.recording import PairedWindows
 from fedneurogen.shared.ridge import RidgeSolution, fit_ridge_selected, sum_statistics
 
@@ -69,4 +69,5 @@ class RidgeHRFBaseline:
         """
         if self.solution is None:
             raise RuntimeError("fit() first")
-        return np.transpose(self.solution.predict(windows.design), (0, 2, 1)).astype(np.float32)
+        design = global_part(np.asarray(windows.design))  # the scalp design, also beside source columns
+        return np.transpose(self.solution.predict(design), (0, 2, 1)).astype(np.float32)
