@@ -77,7 +77,7 @@ format: $(STAMP)
 # (benchmarks/results/summary.json). About 30 minutes on an idle 2-core CPU, scale (32 sites) and
 # robustness the longest; see benchmarks/README.md. A subset: make bench BENCH="data_cache scale".
 # A script that fails (or is missing) fails the target, after the others have run.
-BENCH ?= data_cache synthesis_latency training_efficiency dp_overhead accountants federation_overhead scale robustness
+BENCH ?= data_cache synthesis_latency training_efficiency dp_overhead accountants scanner_artifacts federation_overhead scale robustness
 BENCH_RESULTS ?= benchmarks/results
 BENCH_PY := PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python
 bench: $(STAMP)

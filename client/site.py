@@ -185,13 +185,13 @@ def split_report(site: SiteData) -> dict[str, list[str]]:
     return {REPORT_KEYS["train"]: list(train), REPORT_KEYS["val"]: list(val)}
 
 
-def build_model(config: ModelConfig, parameters: dict[str, torch.Tensor]) -> NeuroGenModel:
-    """A model of ``config`` (the run's preset and preprocessing) holding the received global
-    parameters; ``SiteRefusal`` when they do not fit it (another preset or package version on the
-    server): the first parameter that is missing or of another shape is named (parameter names
-    and shapes are the architecture)."""
+def build_model(config: ModelConfig | str, parameters: dict[str, torch.Tensor]) -> NeuroGenModel:
+    """A model of ``config`` (the run's preset and preprocessing, ``RunConfig.preset_config``; or a
+    preset name) holding the received global parameters; ``SiteRefusal`` when they do not fit it
+    (another preset or package version on the server): the first parameter that is missing or of
+    another shape is named (parameter names and shapes are the architecture)."""
     model = NeuroGenModel(config)
-    preset = config.preset
+    preset = model.config.preset
     own = dict(model.named_parameters())
     missing = sorted(set(own) - set(parameters))
     if missing:

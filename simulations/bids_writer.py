@@ -64,9 +64,11 @@ AUTHORS = ["FedNeuroGen contributors"]
 #: validator checks the rest (``tests/test_bids_validator.py``).
 DERIVATIVE_BIDSIGNORE = (
     *SURFACE_BOLD_BIDSIGNORE,
-    "# The EEG's expected band power (write_expected_power): no EEG derivatives in the BIDS schema yet.",
+    "# The EEG's expected band power at the electrodes and the parcels (write_expected_power): no EEG derivatives in the BIDS schema yet.",
     "*_desc-expectedpower_timeseries.tsv.gz",
     "*_desc-expectedpower_timeseries.json",
+    "*_desc-expectedsourcepower_timeseries.tsv.gz",
+    "*_desc-expectedsourcepower_timeseries.json",
 )
 
 

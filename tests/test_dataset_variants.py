@@ -233,7 +233,7 @@ def test_odd_path_stays_whole_in_piped_output(variant, tiny_checkpoint, tmp_path
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     # not a terminal: no line is broken inside a path
-    assert f"Wrote 4 files under {out}:" in result.stdout.splitlines()
+    assert f"Wrote 5 files under {out}:" in result.stdout.splitlines()  # with the .bidsignore
     assert f"  {out / 'dataset_description.json'}" in result.stdout.splitlines()
 
 

@@ -48,6 +48,7 @@ MODULES = (
     "fedneurogen.shared.data.bcg",
     "fedneurogen.shared.data.scanner_metrics",
     "fedneurogen.shared.workflows.explain",
+    "fedneurogen.shared.workflows.explain_sources",
     "fedneurogen.shared.workflows.fairness",
     "fedneurogen.shared.workflows.fairness.augment",
     "fedneurogen.shared.workflows.fairness.plan",

@@ -333,5 +333,21 @@ def test_a_site_sends_local_statistics_of_its_own_split_and_mixing_sums(tmp_path
     mixing = client_site.mixing_statistics(data, model)
     assert mixing.shape == (6, n_points) and (mixing[0] > 0).all()
     assert client_site.mixing_statistics(data, model, min_subjects=99) is None  # exact sums over too few subjects
+
+    # explain's source view of the fitted local path: exact shares that add up to 1
+    from fedneurogen.shared.workflows.explain import coarse_regions
+    from fedneurogen.shared.workflows.explain_sources import local_path_figure, local_path_view
+
+    model.modality_heads["fnirs"].mean.local.weight.fill_(0.6)
+    view = local_path_view(model, data.val, coarse_regions(source_space().patch_centres))
+    assert view["weight"] == pytest.approx(0.6) and view["points"] == n_points
+    assert sum(view["band_shares"].values()) == pytest.approx(1.0)
+    assert sum(view["region_shares"].values()) == pytest.approx(1.0)
+    assert set(view["region_shares"]) <= {f"{h} {lobe}" for h in ("left", "right", "midline") for lobe in
+                                          ("frontal", "central", "parietal", "temporal", "occipital")}  # fmt: skip
+    assert -1.0 < view["own_patch_share"] < 2.0
+    assert local_path_figure(tmp_path / "local.png", view).stat().st_size > 0
+    model.modality_heads["fnirs"].mean.local.weight.fill_(0.0)
+    assert local_path_view(model, data.val, coarse_regions(source_space().patch_centres)) is None  # not in use
     scalp = client_site.load(path, seed=0, cache_dir=str(tmp_path / "cache"))
     assert client_site.local_statistics(scalp) == {}

@@ -124,7 +124,7 @@ class LocalPath(nn.Module):
     def __init__(self, n_source: int, n_points: int, fixed_layout: bool):
         super().__init__()
         frozen = lambda t: nn.Parameter(t, requires_grad=False)  # noqa: E731
-        self.fixed_layout = fixed_layout
+        self.fixed_layout, self.n_source = fixed_layout, n_source
         if fixed_layout:
             from fedneurogen.shared.local_path import fmri_layout
             from fedneurogen.shared.sources import N_PATCHES

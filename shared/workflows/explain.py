@@ -46,6 +46,8 @@ import torch
 from fedneurogen.shared.errors import ConfigError, DataError
 from fedneurogen.shared.features import EEG_BANDS
 from fedneurogen.shared.recording import PairedWindows
+from fedneurogen.shared.sources import source_space
+from fedneurogen.shared.workflows.explain_sources import local_path_figure, local_path_view
 
 EXPLAIN_FILE = "explain.json"
 BANDS = tuple(EEG_BANDS)
@@ -360,7 +362,7 @@ def decompose(
         The windows carry no design, one of another width than the ridge path, or do not fit
         the model (``NeuroGenModel.layout``).
     """
-    from fedneurogen.shared.design import unique_frames
+    from fedneurogen.shared.design import global_part, unique_frames
     from fedneurogen.shared.model.generator import Batch
 
     if windows.design is None:
@@ -375,15 +377,11 @@ def decompose(
     batch = Batch.from_windows(windows.subset(np.arange(min(1, len(windows)))), device=model.device)
     layout = model.layout(batch)  # checks the site against the model (rates, point counts)
     head = model.modality_heads[windows.target_modality].mean
-    if head.local is not None and float(head.local.weight) > 0:
-        raise ConfigError(
-            "this model's point prediction has a local path on cortical-source features; explain attributes the "
-            "scalp ridge path and the residual only and does not attribute the local path yet"
-        )
     names = list(windows.target_names) if windows.target_modality == "fnirs" else None
     slots = head.ridge.slots(names, layout.n_points)
     pick = (lambda t: t) if slots is None else (lambda t: t[..., slots])  # noqa: E731
-    design_np = np.asarray(windows.design[rows_w, rows_f], dtype=np.float32)
+    # the scalp part of a scalp+source design: the local path has its own view (explain_sources.py)
+    design_np = global_part(np.asarray(windows.design[rows_w, rows_f], dtype=np.float32))
     if design_np.shape[1] != head.ridge.coef.shape[0]:
         raise ConfigError(
             f"the site's design has {design_np.shape[1]} features; the model's ridge path expects {head.ridge.coef.shape[0]}"
@@ -901,8 +899,16 @@ def explain(
         "subjects_seen_by_checkpoint": seen,
         **report,
     }
+    local = local_path_view(model, windows, coarse_regions(source_space().patch_centres), max_rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     report["plots"] = [p.name for p in write_figures(out_dir, windows, report, arrays)]
+    if local is not None:  # the linear prediction is (1 - a) ridge path + a local path: both explained
+        local["note"] = (
+            "the ridge path above is the global (scalp) path; the model's linear prediction is "
+            f"(1 - a) x it + a x the local path, a = {local['weight']:.2f}"
+        )
+        report["local_path"] = local
+        report["plots"].append(local_path_figure(out_dir / "local_path.png", local).name)
     write_json_atomic(out_dir / EXPLAIN_FILE, report)
     return report
 
