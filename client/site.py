@@ -217,12 +217,18 @@ def site_parameters(model: torch.nn.Module, modality: str) -> dict[str, torch.Te
     }
 
 
+def has_held_out(site: SiteData) -> bool:
+    """Whether the site has held-out subjects of its own (with fewer than three subjects its
+    validation windows are its training windows)."""
+    return set(site.val.subjects.tolist()) != set(site.train.subjects.tolist())
+
+
 def ridge_parts(site: SiteData) -> tuple[list, list | None]:
     """Per-subject ridge statistics of the site's training subjects and of its held-out ones
     (None when there are none: fewer than three subjects)."""
     from fedneurogen.shared.design import subject_statistics
 
-    held_out = set(site.val.subjects.tolist()) != set(site.train.subjects.tolist())
+    held_out = has_held_out(site)
     return subject_statistics(site.train), subject_statistics(site.val) if held_out else None
 
 
@@ -299,7 +305,7 @@ def local_statistics(site: SiteData, min_subjects: int = 1) -> dict[str, np.ndar
         return {}
     layout = windows_layout(site.train)
     out = {f"train.{k}": v for k, v in sum_statistics(subject_local_statistics(site.train, layout)).as_arrays().items()}
-    held_out = set(site.val.subjects.tolist()) != set(site.train.subjects.tolist())
+    held_out = has_held_out(site)
     val = subject_local_statistics(site.val, layout) if held_out else []
     if val and len(val) >= min_subjects:
         out |= {f"val.{k}": v for k, v in sum_statistics(val).as_arrays().items()}
@@ -329,7 +335,7 @@ def mixing_statistics(site: SiteData, model: NeuroGenModel, min_subjects: int = 
     """
     from fedneurogen.shared.model.mean import validation_mixing
 
-    held_out = set(site.val.subjects.tolist()) != set(site.train.subjects.tolist())
+    held_out = has_held_out(site)
     enough = held_out and len(set(site.val.subjects.tolist())) >= min_subjects
     if not enough or model.modality_heads[site.modality].mean.local is None:
         return None
@@ -363,7 +369,7 @@ def private_ridge_statistics(
 
     width = global_part(np.asarray(site.train.design[:1])).shape[-1]
     reduction = private_reduction(site.modality, width, site.train.target.shape[1], prior)
-    held_out = set(site.val.subjects.tolist()) != set(site.train.subjects.tolist())
+    held_out = has_held_out(site)
     train = reduction.subject_statistics(site.train)
     val = reduction.subject_statistics(site.val) if held_out else None
     released = privacy.release_statistics(ledger, dp, train, val, BLOCK_WEIGHTS)

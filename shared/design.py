@@ -389,7 +389,7 @@ def subject_statistics(
     return list(iter_subject_statistics(windows, target, design))
 
 
-def two_fold_statistics(sites: Sequence[PairedWindows]) -> list[RidgeStatistics]:
+def two_fold_statistics(sites: Sequence[PairedWindows], per_subject=None) -> list:
     """The subjects' statistics of ``sites`` summed into two folds, alternate subjects in turn.
 
     ``fit_ridge_selected`` needs no more than these: it fits on their sum and, without
@@ -400,16 +400,20 @@ def two_fold_statistics(sites: Sequence[PairedWindows]) -> list[RidgeStatistics]
     ----------
     sites : sequence of PairedWindows
         Windows with a design, one entry per site.
+    per_subject : callable | None
+        ``windows -> iterable of statistics``, one per subject (any additive kind, e.g. the
+        local path's); None: ``iter_subject_statistics``.
 
     Returns
     -------
-    list of RidgeStatistics
+    list
         Two sums (one when there is one subject, none when there are no subjects).
     """
-    folds: list[RidgeStatistics] = []
+    per_subject = iter_subject_statistics if per_subject is None else per_subject
+    folds: list = []
     count = 0
     for site in sites:
-        for stats in iter_subject_statistics(site):
+        for stats in per_subject(site):
             if len(folds) < 2:
                 folds.append(stats)
             else:

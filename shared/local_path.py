@@ -83,8 +83,9 @@ class LocalLayout:
         return slots
 
 
-def _padded(rows: list[np.ndarray]) -> np.ndarray:
-    width = max(len(r) for r in rows)
+def _padded(rows: list[np.ndarray], width: int | None = None) -> np.ndarray:
+    """Rows of indices as one ``[len(rows), width]`` array, -1 padding (width: the longest row's)."""
+    width = max(len(r) for r in rows) if width is None else width
     out = np.full((len(rows), width), -1, dtype=np.int64)
     for i, r in enumerate(rows):
         out[i, : len(r)] = r
@@ -128,9 +129,7 @@ def fnirs_layout(positions_mm: np.ndarray, n_per_patch: int) -> LocalLayout:
     """
     groups, neighbourhoods = channel_neighbourhoods(positions_mm)
     columns = [patch_columns(neighbourhoods[g][:MAX_CHANNEL_PATCHES], n_per_patch) for g in groups]
-    padded = np.full((len(columns), MAX_CHANNEL_PATCHES * n_per_patch), -1, dtype=np.int64)
-    for i, c in enumerate(columns):
-        padded[i, : len(c)] = c
+    padded = _padded(columns, MAX_CHANNEL_PATCHES * n_per_patch)  # one width for every probe
     n = len(groups)
     return LocalLayout(padded, np.arange(n, dtype=np.int64)[:, None], n)
 

@@ -217,16 +217,12 @@ class PrivateReduction:
         list of RidgeStatistics
             In sorted subject order.
         """
-        from fedneurogen.shared.design import global_part, unique_frames
+        from fedneurogen.shared.design import global_part, iter_subject_rows
 
-        rows_w, rows_f = unique_frames(windows)
-        out = []
-        for subject in sorted(set(windows.subjects.tolist())):
-            mine = windows.subjects[rows_w] == subject
-            w, f = rows_w[mine], rows_f[mine]
-            design = global_part(np.asarray(windows.design[w, f]))  # scalp columns (no local path under DP)
-            out.append(RidgeStatistics.from_rows(*self.rows(design, windows.target[w, :, f])))
-        return out
+        # of a scalp+source design the scalp columns: no local path under DP
+        return [
+            RidgeStatistics.from_rows(*self.rows(global_part(np.asarray(x)), y)) for x, y in iter_subject_rows(windows)
+        ]
 
     def to_full(self, solution: RidgeSolution, n_points: int) -> tuple[np.ndarray, np.ndarray]:
         """The solution as the model's ridge path: ``coef [D, N]`` and ``intercept [N]``.

@@ -99,8 +99,8 @@ def test_expected_alpha_tracks_the_alpha_power_of_the_simulated_eeg(sites):
     assert 0.75 < np.exp(measured).mean() / np.exp(expected).mean() < 1.35
 
 
-def test_bins_average_the_latent_rate_power():
-    """Bin k of the 1 Hz grid is the mean of the 2 Hz bins 2k and 2k+1 (power, before the log)."""
+def _one_minute():
+    """A minute of latent activity, a subject's physiology and the 64-channel parcel lead field."""
     from fedneurogen.simulations.geometry import eeg_lead_field, parcel_lead_field, standard_positions
     from fedneurogen.simulations.latent import block_design, simulate_latent
     from fedneurogen.simulations.physiology import draw_physiology
@@ -111,6 +111,13 @@ def test_bins_average_the_latent_rate_power():
     latent = simulate_latent(rng, "visual", events, duration)
     phys = draw_physiology(rng, "A", "F", 30)
     gain = parcel_lead_field(eeg_lead_field(list(CAP_64), standard_positions(CAP_64)))
+    return latent, phys, gain, duration
+
+
+def test_bins_average_the_latent_rate_power():
+    """Bin k of the 1 Hz grid is the mean of the 2 Hz bins 2k and 2k+1 (power, before the log)."""
+
+    latent, phys, gain, duration = _one_minute()
     one_hz, rhythms = expected_band_power(latent, phys, gain)
     two_hz, _ = expected_band_power(latent, phys, gain, sfreq_out=2.0)
     assert rhythms == RHYTHM_NAMES and one_hz.shape == (64, 3, int(duration))
@@ -178,19 +185,11 @@ def test_source_power_is_the_scalp_power_before_the_lead_field(sites):
     average-referenced parcel lead field)."""
     from fedneurogen.shared.data.ground_truth_eeg import read_expected_band_power
     from fedneurogen.simulations.eeg import expected_source_power
-    from fedneurogen.simulations.geometry import eeg_lead_field, parcel_lead_field, standard_positions
-    from fedneurogen.simulations.latent import block_design, simulate_latent
-    from fedneurogen.simulations.physiology import draw_physiology
-    from fedneurogen.simulations.scenarios import CAP_64
 
     source = read_expected_band_power(sites[0], _key(sites[0]), desc="expectedsourcepower")
     assert source is not None and source.data.shape == (324 * 3, int(RUN_SECONDS))
     assert source.names[:3] == [f"P000_{r}" for r in RHYTHM_NAMES]
-    rng = np.random.default_rng(0)
-    events, duration = block_design(rng, "visual", ("faces", "scenes"), 60.0)
-    latent = simulate_latent(rng, "visual", events, duration)
-    phys = draw_physiology(rng, "A", "F", 30)
-    gain = parcel_lead_field(eeg_lead_field(list(CAP_64), standard_positions(CAP_64)))
+    latent, phys, gain, duration = _one_minute()
     scalp, _ = expected_band_power(latent, phys, gain)
     at_parcels = expected_source_power(latent, phys)
     gain_sq = (gain - gain.mean(0, keepdims=True)) ** 2

@@ -276,18 +276,14 @@ def fit_ridge_paths(model: nn.Module, train: Sequence, val: Sequence = ()) -> di
 
 
 def _fit_local_from_windows(model: nn.Module, modality: str, sites: Sequence, val_sites: Sequence, ridge: dict) -> dict:
+    from fedneurogen.shared.design import two_fold_statistics
     from fedneurogen.shared.local_path import subject_local_statistics, windows_layout
     from fedneurogen.shared.ridge import sum_statistics
 
     layout = windows_layout(sites[0])
-    folds: list = []  # two sums, alternate subjects in turn (as design.two_fold_statistics)
-    subjects = (stats for site in sites for stats in subject_local_statistics(site, layout))
-    for i, stats in enumerate(subjects):
-        if len(folds) < 2:
-            folds.append(stats)
-        else:
-            folds[i % 2] = folds[i % 2] + stats
-    val = [s for site in val_sites for s in subject_local_statistics(site, layout)]
+    local = lambda w: subject_local_statistics(w, layout)  # noqa: E731
+    folds = two_fold_statistics(sites, local)
+    val = two_fold_statistics(val_sites, local)
     names = sites[0].target_names if modality == "fnirs" else None
     choice = solve_local_path(model, modality, folds, sum_statistics(val) if val else None, layout, ridge)
     if val_sites:
@@ -342,10 +338,10 @@ def validation_mixing(model: nn.Module, modality: str, windows, names: Sequence[
 
     head = model.modality_heads[modality].mean
     device = head.ridge.coef.device
+    slots = head.ridge.slots(names, windows.target.shape[1])
     total = 0.0
     for x, y in iter_subject_rows(windows):
         design = torch.as_tensor(np.asarray(x), dtype=torch.float32, device=device)[None]
-        slots = head.ridge.slots(names, y.shape[-1])
         g = head.ridge(design[..., : head.n_features], slots)[0].cpu().numpy()
         loc = head.local(design[..., head.n_features :], slots)[0].cpu().numpy()
         total = total + mixing_statistics(g, loc, y)

@@ -492,28 +492,7 @@ def eeg_informed_design(site_dir: Path, windows: PairedWindows, config: Preproce
         ``[n_windows, n_frames, n_features]``; None without that ground truth, or when runs
         have other electrodes.
     """
-    from fedneurogen.shared.data.ground_truth_eeg import read_expected_band_power
-    from fedneurogen.shared.design import hemodynamic_convolution
-
-    n_frames = windows.target.shape[-1]
-    out: np.ndarray | None = None
-    for key in np.unique(windows.runs):
-        power = read_expected_band_power(site_dir, str(key))
-        if power is None:
-            return None
-        series = (power.data - power.data.mean(1, keepdims=True)) / (power.data.std(1, keepdims=True) + 1e-6)
-        series = on_virtual_montage(series, power)  # one feature space for every cap, like the model's design
-        centres = (np.arange(power.n_times) + 0.5) / power.sfreq  # bin centres (the sidecar's StartTime)
-        last = int(round(windows.onsets[windows.runs == key].max() * windows.target_sfreq)) + n_frames
-        design = hemodynamic_convolution(series, centres, np.arange(last) / windows.target_sfreq, config)
-        if out is None:
-            out = np.zeros((len(windows), n_frames, design.shape[1]), np.float32)
-        elif design.shape[1] != out.shape[2]:
-            return None  # runs with other electrodes: no common ceiling model
-        for i in np.flatnonzero(windows.runs == key):
-            start = int(round(windows.onsets[i] * windows.target_sfreq))
-            out[i] = design[start : start + n_frames]
-    return out
+    return _expected_power_design(site_dir, windows, config, "expectedpower", on_virtual_montage)
 
 
 def source_informed_design(site_dir: Path, windows: PairedWindows, config: PreprocessConfig) -> np.ndarray | None:
@@ -538,21 +517,34 @@ def source_informed_design(site_dir: Path, windows: PairedWindows, config: Prepr
     numpy.ndarray or None
         ``[n_windows, n_frames, 324 x rhythms x bases]``; None without that ground truth.
     """
+    return _expected_power_design(site_dir, windows, config, "expectedsourcepower", lambda series, power: series)
+
+
+def _expected_power_design(
+    site_dir: Path, windows: PairedWindows, config: PreprocessConfig, desc: str, features
+) -> np.ndarray | None:
+    """A ceiling's design from the simulator's expected power (``desc``): per run z-scored,
+    mapped by ``features(series, power)`` (to the virtual montage, or kept per parcel),
+    HRF-convolved like the model's design and cut at every window's frames. None without that
+    ground truth, or when runs give designs of other widths (other electrodes)."""
     from fedneurogen.shared.data.ground_truth_eeg import read_expected_band_power
     from fedneurogen.shared.design import hemodynamic_convolution
 
     n_frames = windows.target.shape[-1]
     out: np.ndarray | None = None
     for key in np.unique(windows.runs):
-        power = read_expected_band_power(site_dir, str(key), desc="expectedsourcepower")
+        power = read_expected_band_power(site_dir, str(key), desc=desc)
         if power is None:
             return None
         series = (power.data - power.data.mean(1, keepdims=True)) / (power.data.std(1, keepdims=True) + 1e-6)
-        centres = (np.arange(power.n_times) + 0.5) / power.sfreq
+        series = features(series, power)  # scalp: onto the virtual montage, one feature space for every cap
+        centres = (np.arange(power.n_times) + 0.5) / power.sfreq  # bin centres (the sidecar's StartTime)
         last = int(round(windows.onsets[windows.runs == key].max() * windows.target_sfreq)) + n_frames
         design = hemodynamic_convolution(series, centres, np.arange(last) / windows.target_sfreq, config)
         if out is None:
             out = np.zeros((len(windows), n_frames, design.shape[1]), np.float32)
+        elif design.shape[1] != out.shape[2]:
+            return None  # runs with other electrodes: no common ceiling model
         for i in np.flatnonzero(windows.runs == key):
             start = int(round(windows.onsets[i] * windows.target_sfreq))
             out[i] = design[start : start + n_frames]
