@@ -47,6 +47,7 @@ from fedneurogen.client.refusal import SiteRefusal, check_run, exact_statistics_
 from fedneurogen.shared.io import write_json_atomic
 from fedneurogen.shared.records import describe_content, sendable_label
 from fedneurogen.shared.local_path import MIXING_REQUEST
+from fedneurogen.shared.model.crossfit import CLASS_RESIDUALS_REQUEST
 from fedneurogen.shared.ridge import STATISTICS_REQUEST
 from fedneurogen.shared.run_config import RunConfig
 
@@ -213,6 +214,16 @@ def query(msg: Message, context: Context, run: RunConfig) -> Message:
     paths, the sums that choose their mix on the site's held-out subjects."""
     data = _site(context, run)
     request = msg.content.config_records.get("request")
+    if request is not None and request.get("kind") == CLASS_RESIDUALS_REQUEST:
+        if run.dp_enabled:  # exact per-class sums: never in a DP run, whoever asks
+            raise SiteRefusal("per-class residual sums are exact sums over subjects: not released in a DP run")
+        floor = exact_statistics_floor(context.node_config)
+        model = site.build_model(run.preset_config(), msg.content["arrays"].to_torch_state_dict())
+        names = [str(c) for c in request.get("class-names", [])]
+        sums = site.class_residual_statistics(data, model, names, floor)
+        arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in sums.items()})
+        info = ConfigRecord({"modality": data.modality})
+        return Message(content=RecordDict({"class-residuals": arrays, "site": info}), reply_to=msg)
     if request is not None and request.get("kind") == MIXING_REQUEST:
         # exact sums over the held-out subjects: only where the site allows exact statistics, and
         # never in a DP run (the coordinator could ask a DP site for them all the same)

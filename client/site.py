@@ -343,6 +343,40 @@ def mixing_statistics(site: SiteData, model: NeuroGenModel, min_subjects: int = 
     return validation_mixing(model, site.modality, site.val, names)
 
 
+def class_residual_statistics(
+    site: SiteData, model: NeuroGenModel, class_names: list[str], min_subjects: int = 1
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Per-class residual sums of the site's training and held-out windows against the model's
+    solved paths (``shared.model.crossfit.ClassResiduals``): the server's class offsets. A class
+    of fewer than ``min_subjects`` subjects is left out of each part (exact sums: the caller
+    checks the site's policy).
+
+    Parameters
+    ----------
+    site : SiteData
+        The site.
+    model : NeuroGenModel
+        Holding the server's solved paths.
+    class_names : list of str
+        The run's classes, in label-index order.
+    min_subjects : int
+        The fewest subjects a released class sum covers (``min-subjects-per-release``).
+
+    Returns
+    -------
+    dict of str to np.ndarray
+        ``train.*`` and, with held-out subjects, ``val.*`` arrays (``ClassResiduals.to_arrays``).
+    """
+    from fedneurogen.shared.model.crossfit import class_residuals
+
+    head = model.modality_heads[site.modality].mean
+    index = {name: i for i, name in enumerate(class_names)}
+    out = class_residuals(head, site.train, index).released(min_subjects).to_arrays("train")
+    if has_held_out(site):
+        out.update(class_residuals(head, site.val, index).released(min_subjects).to_arrays("val"))
+    return out
+
+
 def private_ridge_statistics(
     site: SiteData, dp: privacy.DPSettings, ledger: privacy.PrivacyLedger, ledger_file: Path, prior: bool
 ) -> dict[str, np.ndarray]:

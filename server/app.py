@@ -36,6 +36,7 @@ from fedneurogen.server.checkpointing import (
     load_parameters,
     model_parameters,
 )
+from fedneurogen.server.class_offsets import check_part, solve_class_offsets
 from fedneurogen.server.early_stopping import ResidualEarlyStopping
 from fedneurogen.server.local_statistics import check_mixing, solve_local
 from fedneurogen.server.statistics import (
@@ -53,6 +54,7 @@ from fedneurogen.shared.io import write_json_atomic
 from fedneurogen.shared.model import NeuroGenModel
 from fedneurogen.shared.records import sendable_label
 from fedneurogen.shared.local_path import MIXING_REQUEST
+from fedneurogen.shared.model.crossfit import CLASS_RESIDUALS_REQUEST, MIN_CLASS_SUBJECTS
 from fedneurogen.shared.model.mean import set_mixing, solve_private_path, solve_ridge_path
 from fedneurogen.shared.private_path import PrivateReduction, private_reduction, release_noise_std
 from fedneurogen.shared.ridge import STATISTICS_REQUEST, sum_statistics
@@ -231,6 +233,8 @@ def solve_global_ridge(
         val = sum_statistics(vals) if vals else None
         if private_prior is None:
             chosen[modality] = solve_ridge_path(model, modality, trains, val, points[0])
+            total = sum_statistics(list(trains))  # the scale the class residuals are checked against
+            chosen[modality]["target_mean_square"] = float(total.syy.sum() / (total.n * len(total.syy)))
             if model.modality_heads[modality].mean.local is not None:
                 local_sites = [
                     (node, local_arrays.get(node, {}), got.train.n, got.val.n if got.val is not None else None, factor)
@@ -310,6 +314,64 @@ def choose_local_share(
             scaled = [p * min(1.0, cap / max(float(v), 1e-12)) for p, v in zip(parts, yy)]
             chosen[modality]["local_path"]["weight"] = set_mixing(model, modality, np.sum(scaled, axis=0))
             chosen[modality]["local_path"]["mixing_sites"] = len(parts)
+
+
+def choose_class_offsets(
+    grid: Grid, model: NeuroGenModel, ridge: dict, class_names: list[str], timeout: float
+) -> dict:  # fmt: skip
+    """Each class's offset of the point prediction, from the sites' per-class residual sums.
+
+    The solved paths go to the sites whose statistics are in them; each answers its training
+    and held-out windows' per-class sums (``ClassResiduals``; exact sums: refused in a DP run,
+    no class of fewer subjects than the site's ``min-subjects-per-release``), which
+    ``server/class_offsets.py`` checks and sums. Returns per modality what
+    ``install_class_offsets`` did, the refused sites and why."""
+    arrays = ArrayRecord(model_parameters(model))
+    request = ConfigRecord({"kind": CLASS_RESIDUALS_REQUEST, "class-names": list(class_names)})
+    targets = {
+        node: modality
+        for modality, choice in ridge.items()
+        if isinstance(choice, dict) and "nodes" in choice and not choice.get("switched_off")
+        for node in choice["nodes"]
+    }
+    messages = [
+        Message(RecordDict({"request": request, "arrays": arrays}), dst_node_id=node, message_type=MessageType.QUERY)
+        for node in targets
+    ]
+    got: dict[str, list] = {m: [] for m in set(targets.values())}
+    refused = []
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        node = reply.metadata.src_node_id
+        if node not in targets:
+            continue
+        if reply.has_error() or "class-residuals" not in reply.content.array_records:
+            reason = reply.error.reason if reply.has_error() else "no class-residuals record"
+            refused.append({"node": node, "reason": str(reason).strip().splitlines()[-1][:300] if reason else "?"})
+            continue
+        modality = targets[node]
+        head = model.modality_heads[modality].mean
+        classes, frames, _ = head.ridge.class_intercept.shape
+        shape = (classes - 1, frames, int((head.ridge.keys >= 0).sum()))  # the points the path was solved for
+        record = {k: a.numpy() for k, a in reply.content["class-residuals"].items()}
+        try:
+            scale = float(ridge[modality].get("target_mean_square") or 1.0)
+            train = check_part(record, "train", shape, scale)
+            val = check_part(record, "val", shape, scale)
+        except StatisticsRefused as err:
+            log(WARNING, "class residuals: site (node %s) refused: %s", node, err)
+            refused.append({"node": node, "reason": f"refused class residuals: {err}"})
+            continue
+        if train is not None:
+            got[modality].append((train, val))
+    out: dict = {}
+    for modality, replies in sorted(got.items()):
+        if replies:
+            out[modality] = solve_class_offsets(model.modality_heads[modality].mean, replies, MIN_CLASS_SUBJECTS)
+            offsets = out[modality]["classes_with_offset"]
+            out[modality]["classes_with_offset"] = [class_names[i] for i in offsets if i < len(class_names)]
+    if refused:
+        out["refused"] = refused
+    return out
 
 
 def checkpoint_extra(
@@ -430,6 +492,9 @@ def main(grid: Grid, context: Context) -> None:
             private_prior=(run.dp_prior == "simulated") if run.dp_enabled else None,
         )
         log(INFO, "Ridge path from the sites' summed statistics: %s", ridge)
+        if not run.dp_enabled and class_names:  # exact sums only: under DP the class stays with the diffusion
+            ridge["class_offsets"] = choose_class_offsets(grid, model, ridge, class_names, timeout)
+            log(INFO, "Class offsets from the sites' per-class residual sums: %s", ridge["class_offsets"])
         if run.dp_enabled:  # their data are in the model, their splits stay with them
             splits.add_released(n for v in ridge.values() if isinstance(v, dict) for n in v.get("nodes", []))
 

@@ -265,6 +265,21 @@ def _released_widths(design_width: int) -> set[int]:
     return {design_width, pooled, pooled // N_REGIONS}
 
 
+#: The parameter holding the class offsets (``shared.model.mean.RidgePath.class_intercept``).
+CLASS_OFFSET_PARAMETER = ".mean.ridge.class_intercept"
+#: Arrays of the class-residuals reply (``client/site.class_residual_statistics``): per-class sums.
+CLASS_RESIDUAL = re.compile(r"(train|val)\.(sums|squares|windows|subjects)")
+
+
+def _class_residual_problem(key: str, shape: Sequence[int]) -> str | None:
+    """What is wrong with an array of a ``class-residuals`` record (per-class sums over windows)."""
+    match = CLASS_RESIDUAL.fullmatch(key)
+    if match is None:
+        return "is not a per-class residual sum"
+    dims = 3 if match.group(2) in ("sums", "squares") else 1
+    return None if len(shape) == dims else f"is not shaped like the per-class {match.group(2)}"
+
+
 def _local_problem(record: str, key: str, shape: Sequence[int]) -> str | None:
     """What is wrong with an array of a ``local`` (local-path statistics) or ``mixing`` record."""
     if record == "mixing":
@@ -337,8 +352,12 @@ def find_leaks(
                 for key, info in record.get("arrays", {}).items():
                     shape = tuple(info.get("shape", ()))
                     texts.append(key)
-                    if rname in ("local", "mixing"):  # local-path statistics and mixing sums: sums too
-                        problem = _local_problem(rname, key, shape)
+                    if rname in ("local", "mixing", "class-residuals"):  # sums over subjects' windows too
+                        problem = (
+                            _class_residual_problem(key, shape)
+                            if rname == "class-residuals"
+                            else _local_problem(rname, key, shape)
+                        )
                         if problem:
                             problems.append(f"{where}: array {rname}/{key} {list(shape)} {problem}")
                         continue
@@ -355,8 +374,12 @@ def find_leaks(
                                 f"{where}: array {rname}/{key} has shape {list(shape)}, the parameter {list(parameter_shapes[key])}"
                             )
                     is_parameter = parameter_shapes is not None and parameter_shapes.get(key) == shape
+                    # the class offsets are window-shaped by nature: each class's mean over the
+                    # windows of >= MIN_CLASS_SUBJECTS subjects, set by the server from the sites'
+                    # checked sums and returned as received (frozen); no other parameter may be
+                    class_means = is_parameter and key.endswith(CLASS_OFFSET_PARAMETER)
                     for window in windows:
-                        if _contains(shape, window):
+                        if _contains(shape, window) and not class_means:
                             problems.append(
                                 f"{where}: array {rname}/{key} {list(shape)} is shaped like a data window {list(window)}"
                             )

@@ -13,12 +13,20 @@ Samples are scored as data (``sample_metrics``): coverage of the 50 % and 90 % p
 intervals and the ensemble CRPS of K samples per window; on one sample, the log-power spectrum
 distance per point (Welch over the concatenated frames of non-overlapping windows of each run),
 the similarity of coarse functional connectivity (k-means parcels of the points' positions) and
-a classifier two-sample test (real vs generated, subject-grouped CV, balanced accuracy).
+a classifier two-sample test (real vs generated, subject-grouped CV, balanced accuracy). Their
+usefulness as training data is ``train_synthetic_test_real`` (TSTR): a classifier of the windows'
+classes trained on generated windows, tested on real ones (subject-grouped CV).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
+
+#: Labels that mean "no class" (BIDS spells a missing value ``n/a``).
+NO_LABEL = ("", "n/a", "none")
 
 
 def fisher_mean(r: np.ndarray) -> float:
@@ -546,6 +554,63 @@ def two_sample_accuracy(
         classifier = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000, random_state=seed))
         predicted[test] = classifier.fit(x[train], y[train]).predict(x[test])
     return float(balanced_accuracy_score(y, predicted))
+
+
+def train_synthetic_test_real(
+    generated: np.ndarray, real: np.ndarray, labels: np.ndarray, subjects: np.ndarray,
+    make_classifier: Callable[[], Any], n_folds: int = 5,
+) -> dict[str, float | None]:  # fmt: skip
+    """Train on synthetic, test on real (TSTR): do generated windows teach a classifier the classes?
+
+    Subject-grouped cross-validation (``GroupKFold``, at most ``n_folds`` folds): each fold's
+    classifier is trained on the *generated* windows made for the training-fold subjects, each
+    labelled with the class it was generated for, and tested on the *real* windows of the
+    test-fold subjects, so no subject is on both sides. Passing the real windows as
+    ``generated`` gives the reference, train on real (TRTR), with the same folds and classifier.
+    Balanced accuracy and macro F1 are computed over the pooled out-of-fold predictions.
+
+    Parameters
+    ----------
+    generated, real : np.ndarray
+        Feature rows ``[n_windows, n_features]``; generated row i was made for real window i.
+    labels : np.ndarray
+        Class of each window (generated row i was conditioned on ``labels[i]``); None, empty and
+        ``n/a`` mean none: those windows are left out.
+    subjects : np.ndarray
+        Subject of each window.
+    make_classifier : callable
+        Returns a fresh, unfitted scikit-learn classifier.
+    n_folds : int
+        Most folds (fewer with fewer subjects).
+
+    Returns
+    -------
+    dict
+        ``balanced_accuracy``, ``macro_f1`` and ``chance`` (1 / number of classes); all None with
+        fewer than 2 classes or 2 subjects among the labelled windows.
+    """
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+    from sklearn.model_selection import GroupKFold
+
+    labels = np.array(["" if c is None else str(c) for c in np.asarray(labels, dtype=object)], dtype=object)
+    keep = np.array([c.strip().lower() not in NO_LABEL for c in labels], dtype=bool)
+    x_gen, x_real = np.asarray(generated)[keep], np.asarray(real)[keep]
+    y, groups = labels[keep].astype(str), np.asarray(subjects)[keep]
+    classes, ids = np.unique(y), np.unique(groups)
+    out: dict[str, float | None] = {"balanced_accuracy": None, "macro_f1": None, "chance": None}
+    if len(classes) < 2 or len(ids) < 2:
+        return out
+    predicted = np.empty_like(y)
+    for train, test in GroupKFold(n_splits=min(n_folds, len(ids))).split(x_real, y, groups):
+        seen = np.unique(y[train])
+        if len(seen) < 2:  # one class in the training fold: the classifier can only answer it
+            predicted[test] = seen[0]
+        else:
+            predicted[test] = make_classifier().fit(x_gen[train], y[train]).predict(x_real[test])
+    out["balanced_accuracy"] = float(balanced_accuracy_score(y, predicted))
+    out["macro_f1"] = float(f1_score(y, predicted, labels=classes, average="macro", zero_division=0))
+    out["chance"] = 1.0 / len(classes)
+    return out
 
 
 def sample_metrics(

@@ -212,7 +212,14 @@ def _bcg(
 
 
 def simulate_scanner_artifacts(
-    rng: np.random.Generator, positions_mm: np.ndarray, sfreq: float, n_times: int, tr: float, n_volumes: int
+    rng: np.random.Generator,
+    positions_mm: np.ndarray,
+    sfreq: float,
+    n_times: int,
+    tr: float,
+    n_volumes: int,
+    start_s: float = 0.0,
+    unsynced_clock: bool = False,
 ) -> ScannerArtifacts:
     """Draw the gradient artefact, heartbeats, BCG and ECG of one in-scanner run.
 
@@ -230,14 +237,26 @@ def simulate_scanner_artifacts(
         Repetition time (s): one volume trigger per TR from t = 0.
     n_volumes : int
         Volumes acquired (the fMRI run's length).
+    start_s : float
+        Time of the first volume in the recording (s): the EEG recorded before the scanner
+        started has the BCG and ECG but no gradient artefact. The defaults draw what they drew
+        before the option existed.
+    unsynced_clock : bool
+        No SyncBox: the scanner's volumes come every ``tr`` plus half an EEG sample, from a
+        quarter of a sample after ``start_s``, so the triggers (on the nearest sample) fall
+        alternately N and N + 1 samples apart and every other volume is sampled half a sample
+        later.
 
     Returns
     -------
     ScannerArtifacts
     """
-    onsets = np.arange(n_volumes) * tr + rng.normal(0.0, JITTER_S, n_volumes)
+    period, phase = (tr + 0.5 / sfreq, 0.25 / sfreq) if unsynced_clock else (tr, 0.0)
+    onsets = np.arange(n_volumes) * period + rng.normal(0.0, JITTER_S, n_volumes)
+    if start_s or phase:
+        onsets = onsets + (start_s + phase)
     onsets = np.clip(onsets, 0.0, None)
-    axes = gradient_axes(rng, onsets, tr, sfreq, n_times, N_SLICES)
+    axes = gradient_axes(rng, onsets, period, sfreq, n_times, N_SLICES)
     n_ch = len(positions_mm)
     direction = positions_mm / np.maximum(np.linalg.norm(positions_mm, axis=1, keepdims=True), 1e-9)
     peak = rng.uniform(0.3e-3, 3.0e-3, n_ch)  # volts: hundreds to thousands of uV
@@ -252,3 +271,101 @@ def simulate_scanner_artifacts(
         r_peaks=beats,
         n_slices=N_SLICES,
     )
+
+
+def _mirrored(clean: np.ndarray, before: int, after: int) -> np.ndarray:
+    """``clean`` with ``before`` / ``after`` samples of itself mirrored at each end: EEG-like
+    signal continuous with the run, for the time the amplifier records outside the volumes."""
+    if not before and not after:
+        return clean
+    if max(before, after) >= clean.shape[1]:
+        raise ValueError(f"{max(before, after)} samples outside the volumes: more than the run's {clean.shape[1]}")
+    head = clean[:, before:0:-1]
+    tail = clean[:, -2 : -2 - after : -1] if after else clean[:, :0]
+    return np.concatenate([head, clean, tail], axis=1)
+
+
+def write_in_scanner_eeg(
+    job, eeg: np.ndarray, events, duration: float, base: str, lead_in_s: float = 0.0, lead_out_s: float = 0.0,
+    unsynced_clock: bool = False,
+) -> ScannerArtifacts:  # fmt: skip
+    """Write one run's raw in-scanner EEG under ``sub-*/eeg`` and its truth under the ground truth.
+
+    The raw EEG: the clean EEG plus a gradient artefact per volume, a BCG per heartbeat, an
+    ``ECG`` channel and ``R128`` volume triggers. The ground truth: the clean EEG, written
+    exactly as without artefacts (the same bytes), and ``<base>_desc-scanner_events.tsv`` (the
+    true volume onsets and R-peaks, by onset, in seconds of the raw recording; described in its
+    ``.json``). The artefacts draw from a stream of their own (the seed, site, subject and 5):
+    everything else is unchanged.
+
+    Parameters
+    ----------
+    job : simulations.simulator.SubjectJob
+        The subject: ``spec`` (channels, rate, format, TR, task, cap), ``site_dir``,
+        ``participant``, ``seed``, ``site_index``, ``subject_index`` and ``positions_mm``.
+    eeg : numpy.ndarray
+        ``[n_channels, n_times]`` clean EEG (V): the run, t = 0 at the first volume.
+    events : sequence of simulations.latent.Event
+        The task's events (s from the first volume).
+    duration : float
+        The run's length (s): ``floor(duration / TR)`` volumes.
+    base : str
+        File name stem, ``sub-XX_task-YY_run-1``.
+    lead_in_s : float
+        Seconds the amplifier records before the first volume (EEG-like signal, the BCG and the
+        ECG, no gradient artefact): the EEG file, its markers and its ``_events.tsv`` start that
+        much earlier (BIDS: EEG events count from the EEG file's first sample). 0: as before.
+    lead_out_s : float
+        Seconds it records after the run's end.
+    unsynced_clock : bool
+        No SyncBox (``simulate_scanner_artifacts``); the recording then goes on until the last
+        volume, which ends up to half a sample per volume later, is over.
+
+    Returns
+    -------
+    ScannerArtifacts
+        As drawn, over the whole recording (lead-in and lead-out included).
+    """
+    from dataclasses import replace
+
+    from fedneurogen.simulations import bids_writer as bw
+    from fedneurogen.shared.io import write_json_atomic
+
+    spec, sub = job.spec, job.participant.participant_id
+    sfreq = spec.eeg_sfreq
+    rng = np.random.default_rng(np.random.SeedSequence(job.seed, spawn_key=(job.site_index, job.subject_index, 5)))
+    n_volumes = int(np.floor(duration / spec.tr + 1e-9))
+    before = int(round(lead_in_s * sfreq))
+    after = int(round(lead_out_s * sfreq)) + (int(np.ceil(0.5 * n_volumes)) + 1 if unsynced_clock else 0)
+    recorded = _mirrored(eeg, before, after)
+    art = simulate_scanner_artifacts(
+        rng, job.positions_mm, sfreq, recorded.shape[1], spec.tr, n_volumes, before / sfreq, unsynced_clock
+    )
+    shifted = [replace(e, onset=e.onset + before / sfreq) for e in events] if before else events
+    common = (spec.eeg_channels, sfreq, spec.eeg_format)
+    bw.write_eeg(
+        job.site_dir / sub / "eeg", base, art.raw(recorded), *common, shifted, spec.task, spec.cap, ecg_v=art.ecg,
+        triggers=art.trigger_onsets(sfreq),
+        sidecar={"ScannerArtifactsRemoved": False, "VolumeTrigger": TRIGGER_NAME, "RepetitionTime": spec.tr},
+    )  # fmt: skip
+    truth = job.site_dir / "derivatives" / "ground_truth" / sub / "eeg"
+    bw.write_eeg(truth, base, eeg, *common, events, spec.task, spec.cap)
+    rows = sorted(
+        [(t, "volume") for t in art.volume_onsets] + [(t, "R-peak") for t in art.r_peaks], key=lambda r: r[0]
+    )  # by onset, as BIDS wants events (stable: a volume before a beat at the same time)
+    bw.write_tsv(
+        truth / f"{base}_desc-scanner_events.tsv", ("onset", "duration", "trial_type"),
+        [(f"{t:.6f}", "0", kind) for t, kind in rows],
+    )  # fmt: skip
+    write_json_atomic(
+        truth / f"{base}_desc-scanner_events.json",
+        {
+            "Description": "The simulator's truth about the raw in-scanner EEG: the start of each fMRI volume "
+            "(timing jitter included; the R128 trigger is at its nearest sample) and each heartbeat's R-peak",
+            "onset": {"Description": f"Seconds from the first sample of the raw EEG recording {sub}/eeg/{base}_eeg.*",
+                      "Units": "s"},
+            "trial_type": {"Description": "What happened", "Levels": {"volume": "an fMRI volume starts",
+                                                                      "R-peak": "the R-peak of a heartbeat"}},
+        },
+    )  # fmt: skip
+    return art

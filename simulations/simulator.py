@@ -54,7 +54,7 @@ from fedneurogen.simulations.hemodynamics import (
     simulate_bold,
     simulate_nirs,
 )
-from fedneurogen.simulations.scanner import TRIGGER_NAME, simulate_scanner_artifacts
+from fedneurogen.simulations.scanner import write_in_scanner_eeg
 from fedneurogen.simulations.ownership import check_writable_by_simulator, claim, made_by_simulator
 from fedneurogen.simulations.latent import LATENT_SFREQ, block_design, simulate_latent
 from fedneurogen.simulations.physiology import (
@@ -193,14 +193,14 @@ def simulate_subject(job: SubjectJob) -> dict:
     eeg_dir = job.site_dir / sub / "eeg"
     in_scanner = job.scanner_artifacts and spec.modality == "fmri" and not job.eeg_only
     if in_scanner:
-        _write_in_scanner_eeg(job, eeg, events, duration, base)
+        write_in_scanner_eeg(job, eeg, events, duration, base)  # simulations.scanner: the writer and its options
     else:
         bw.write_eeg(
             eeg_dir, base, eeg, spec.eeg_channels, spec.eeg_sfreq, spec.eeg_format, events, spec.task, spec.cap
         )
         truth = job.site_dir / "derivatives" / "ground_truth" / sub / "eeg"  # an earlier in-scanner simulation's
         for stale in [*truth.glob(f"{base}_eeg.*"), *truth.glob(f"{base}_channels.tsv"), *truth.glob(f"{base}_events.tsv"),
-                      *truth.glob(f"{base}_desc-scanner_events.tsv")]:  # fmt: skip
+                      *truth.glob(f"{base}_desc-scanner_events.*")]:  # fmt: skip
             stale.unlink()
     if spec.has_custom_electrodes:
         bw.write_electrodes(eeg_dir, sub, spec.eeg_channels, job.positions_mm)
@@ -269,27 +269,6 @@ def write_source_power(truth_eeg_dir: Path, base: str, log_power: np.ndarray) ->
             "(source-space EEG-informed ceiling). Column positions: parcel centres, mm"
         ),
     )  # fmt: skip
-
-
-def _write_in_scanner_eeg(job: SubjectJob, eeg: np.ndarray, events, duration: float, base: str) -> None:
-    """The raw in-scanner EEG (gradient artefact, BCG, ECG channel, ``R128`` volume triggers)
-    under ``sub-*/eeg``; the clean EEG, written exactly as without artefacts (the same bytes), and
-    the true volume onsets and R-peaks (``_desc-scanner_events.tsv``) under the ground truth.
-    The artefacts draw from a stream of their own: everything else is unchanged."""
-    spec, sub = job.spec, job.participant.participant_id
-    rng = np.random.default_rng(np.random.SeedSequence(job.seed, spawn_key=(job.site_index, job.subject_index, 5)))
-    n_volumes = int(np.floor(duration / spec.tr + 1e-9))
-    art = simulate_scanner_artifacts(rng, job.positions_mm, spec.eeg_sfreq, eeg.shape[1], spec.tr, n_volumes)
-    common = (spec.eeg_channels, spec.eeg_sfreq, spec.eeg_format, events, spec.task, spec.cap)
-    bw.write_eeg(
-        job.site_dir / sub / "eeg", base, art.raw(eeg), *common, ecg_v=art.ecg,
-        triggers=art.trigger_onsets(spec.eeg_sfreq),
-        sidecar={"ScannerArtifactsRemoved": False, "VolumeTrigger": TRIGGER_NAME, "RepetitionTime": spec.tr},
-    )  # fmt: skip
-    truth = job.site_dir / "derivatives" / "ground_truth" / sub / "eeg"
-    bw.write_eeg(truth, base, eeg, *common)
-    rows = [(f"{t:.6f}", "0", "volume") for t in art.volume_onsets] + [(f"{t:.6f}", "0", "R-peak") for t in art.r_peaks]
-    bw.write_tsv(truth / f"{base}_desc-scanner_events.tsv", ("onset", "duration", "trial_type"), rows)
 
 
 def _write_nirs(job: SubjectJob, rng, latent, phys, events, duration: float, base: str) -> np.ndarray:

@@ -95,6 +95,13 @@ def test_evaluate_scores_only_test_subjects_and_writes_report_and_plots(consorti
         row = report["sample_metrics"][name]
         assert row["samples"] == 2 and 0 <= row["coverage_50"] <= row["coverage_90"] <= 1, name
         assert row["crps"] > 0 and row["psd_distance"] >= 0 and -1 <= row["fc_similarity"] <= 1, name
+        # train on the samples (labelled with their conditioning class), test on the real windows
+        for key in ("tstr_balanced_accuracy", "tstr_macro_f1"):
+            assert row[key] is None or 0 <= row[key] <= 1, (name, key)
+    reference = report["sample_metrics"]["real_reference"]  # the same classifier trained on real windows
+    assert reference["tstr_chance"] is None or reference["tstr_chance"] == 1 / len(reference["classes"])
+    assert reference["trtr_balanced_accuracy"] is None or 0 <= reference["trtr_balanced_accuracy"] <= 1
+    assert "trtr_macro_f1" in reference and "(TRTR)" in result.output
     assert math.isfinite(report["ceilings"]["eeg_informed"]["pcc_temporal"])
     assert report["relative"]["over_ridge_hrf"] == pytest.approx(
         report["point_prediction"]["pcc_temporal"] / report["baselines"]["ridge_hrf"]["pcc_temporal"]
@@ -123,6 +130,35 @@ def test_evaluate_scores_only_test_subjects_and_writes_report_and_plots(consorti
         "samples.png",
         "timecourses.png",
     ]  # no temp files
+
+
+def test_tstr_scores_train_on_each_generators_first_sample_with_the_real_reference():
+    rng = np.random.default_rng(0)
+    subjects = [f"sub-{i:02d}" for i in range(6)]
+    windows = _fake_windows(subjects, per_subject=12)
+    n, points = len(windows), 20
+    labels = np.array(["rest", "motion"] * (n // 2))
+    target = rng.standard_normal((n, points, 8)).astype(np.float32)
+    target[labels == "motion", :10] += 1.5  # a clear class signal in half the points
+    windows = dataclasses.replace(
+        windows, target=target, labels=labels, target_positions=rng.standard_normal((points, 3)),
+        target_names=[f"v{i}" for i in range(points)],
+    )  # fmt: skip
+    # the model's classes lack "motion": its windows are sampled with the null label, then left out
+    assert evaluation.conditioned_classes(np.array([0, -1]), ["rest"]).tolist() == ["rest", None]
+    classes = ["rest", "motion"]
+    conditioned = evaluation.conditioned_classes(synthesis.label_indices(windows, classes), classes)
+    generators = {"copy": target[None], "noise": rng.standard_normal((2, *target.shape)), "none": None}
+    scores, reference = evaluation.tstr_scores(generators, windows, conditioned)
+    assert reference["tstr_chance"] == 0.5 and reference["classes"] == ["motion", "rest"] and reference["windows"] == n
+    assert reference["trtr_balanced_accuracy"] > 0.9
+    # the real windows as samples: the reference itself (same folds, same classifier)
+    assert scores["copy"]["tstr_balanced_accuracy"] == reference["trtr_balanced_accuracy"]
+    assert scores["copy"]["tstr_macro_f1"] == reference["trtr_macro_f1"]
+    assert 0 <= scores["noise"]["tstr_balanced_accuracy"] <= 1 and scores["none"] is None
+    only_rest = evaluation.conditioned_classes(synthesis.label_indices(windows, ["rest"]), ["rest"])
+    _, one_class = evaluation.tstr_scores(generators, windows, only_rest)
+    assert one_class["trtr_balanced_accuracy"] is None and one_class["tstr_chance"] is None
 
 
 def test_site_outside_training_is_all_test_and_baselines_cross_fit():

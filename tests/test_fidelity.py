@@ -215,3 +215,82 @@ def test_ridge_path_from_summed_site_statistics_equals_the_pooled_fit(small_fmri
     a, b = central.modality_heads["fmri"].mean.ridge, federated.modality_heads["fmri"].mean.ridge
     assert torch.allclose(a.coef, b.coef, atol=1e-5) and torch.allclose(a.intercept, b.intercept, atol=1e-5)
     assert a.fitted and b.fitted
+
+
+def test_cross_fitting_never_lets_a_subject_into_its_own_ridge_prediction(small_fmri_windows):
+    """The residual's training targets: a subject's shift comes from ridges fitted without its
+    fold, so changing its own targets leaves its shift unchanged (and moves the others')."""
+    from dataclasses import replace
+
+    from fedneurogen.shared.design import feature_bands, global_part, subject_statistics
+    from fedneurogen.shared.model.crossfit import cross_fitted_sites, subject_folds
+
+    sites = list(small_fmri_windows)
+    torch.manual_seed(0)
+    model = NeuroGenModel("tiny", device="cpu")
+    choice = fit_ridge_paths(model, sites)["fmri"]
+    moved, summary = cross_fitted_sites(model, "fmri", sites, choice, n_folds=2)
+    assert summary["folds"] == 2 and summary["optimism_share_of_variance"] > 0
+    shifts = [np.asarray(m.target) - np.asarray(s.target) for m, s in zip(moved, sites)]
+    assert all(np.abs(shift).max() > 0 for shift in shifts)  # the in-sample optimism is removed
+
+    # the out-of-fold prediction is the ridge fitted on the other fold's subjects alone
+    first = sites[0]
+    (fold, _) = subject_folds(np.array([f"{i}/{s}" for i, w in enumerate(sites) for s in sorted(set(w.subjects))]), 2)
+    held = np.isin([f"0/{s}" for s in first.subjects], fold)
+    others = [
+        st for i, w in enumerate(sites) for s, st in zip(sorted(set(w.subjects)), subject_statistics(w)) if f"{i}/{s}" not in set(fold)
+    ]  # fmt: skip
+    bands = np.asarray(list(choice["band_weights"]))[feature_bands(first.design.shape[-1])]
+    weights = np.array([choice["band_weights"][b] for b in bands])
+    alone = fit_ridge(sum_statistics(others), None, (choice["penalty"],), (choice["rank"],), weights)
+    ridge = model.modality_heads["fmri"].mean.ridge
+    in_sample = global_part(first.design[held]) @ ridge.coef.numpy() + ridge.intercept.numpy()
+    expected = (in_sample - alone.predict(global_part(first.design[held]))).transpose(0, 2, 1)
+    assert np.allclose(shifts[0][held], expected, atol=1e-3)
+
+    # a subject's own targets never enter its shift
+    subject = first.subjects[held][0]
+    own = first.subjects == subject
+    changed_target = np.array(first.target)
+    changed_target[own] += np.random.default_rng(0).standard_normal(changed_target[own].shape).astype(np.float32)
+    changed = [replace(first, target=changed_target)] + sites[1:]
+    again, _ = cross_fitted_sites(model, "fmri", changed, choice, n_folds=2)
+    again_shift = np.asarray(again[0].target) - changed_target  # an array target: the per-window path
+    assert np.allclose(again_shift[own], shifts[0][own], atol=1e-4)
+    assert not np.allclose(again_shift[~held], shifts[0][~held], atol=1e-4)
+
+
+def test_class_offsets_are_each_class_mean_residual_and_leave_the_label_free_mean_alone(small_fmri_windows):
+    from fedneurogen.shared.model.crossfit import fit_class_offsets
+
+    sites = list(small_fmri_windows)
+    torch.manual_seed(0)
+    model = NeuroGenModel("tiny", device="cpu")
+    model.eval()
+    fit_ridge_paths(model, sites)
+    classes = {c: i for i, c in enumerate(sorted({str(c) for w in sites for c in w.labels}))}
+    batch = Batch.from_windows(sites[0], np.arange(6), classes, device="cpu")
+    with torch.no_grad():
+        before = model.point_prediction(batch, use_labels=False)
+    report = fit_class_offsets(model, "fmri", sites, [], classes, min_subjects=2)
+    ridge = model.modality_heads["fmri"].mean.ridge
+    with torch.no_grad():
+        assert torch.equal(model.point_prediction(batch, use_labels=False), before)  # label-free: untouched
+        labelled = model.point_prediction(batch)
+    expected = before + ridge.class_intercept[batch.labels].transpose(1, 2)
+    assert torch.allclose(labelled, expected, atol=1e-5)
+    # each class with >= 2 training subjects: the mean residual of its windows, frame by frame
+    name = report["classes_with_offset"][0]
+    index = classes[name]
+    residuals = []
+    for w in sites:
+        mine = np.asarray([str(c) == name for c in w.labels])
+        design = torch.as_tensor(np.asarray(w.design[np.flatnonzero(mine)]), dtype=torch.float32)
+        linear = (design @ ridge.coef + ridge.intercept).numpy()  # [w, F, N]
+        residuals.append(np.asarray(w.target[np.flatnonzero(mine)]).transpose(0, 2, 1) - linear)
+    assert np.allclose(ridge.class_intercept[index].numpy(), np.concatenate(residuals).mean(axis=0), atol=1e-4)
+    assert not ridge.class_intercept[-1].any()  # the no-label row
+    # a class of too few training subjects gets none
+    report = fit_class_offsets(model, "fmri", sites[:1], [], classes, min_subjects=99)
+    assert report["classes_with_offset"] == [] and not report["kept"] and not ridge.class_intercept.any()

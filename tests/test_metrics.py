@@ -17,6 +17,7 @@ from fedneurogen.shared.metrics import (
     ssim,
     stitch_windows,
     temporal_pcc,
+    train_synthetic_test_real,
 )
 
 
@@ -150,3 +151,59 @@ def test_sample_metrics_report_every_metric_and_skip_coverage_with_one_sample():
     assert out["fc_similarity"] > 0.999 and out["two_sample_accuracy"] == 0.5 and out["samples"] == 2
     one = sample_metrics(real[None], real, runs, onsets, 0.5, subjects, parcels)
     assert one["coverage_50"] is None and one["coverage_error"] is None and one["crps"] == 0.0
+
+
+def _labelled_features(n_subjects=8, per_subject=30, n_classes=3, seed=0):
+    """Feature rows with a clear class signal (a shifted mean per class) and subject offsets."""
+    rng = np.random.default_rng(seed)
+    means = 1.5 * rng.standard_normal((n_classes, 10))
+    labels = np.array([f"c{i}" for i in rng.integers(0, n_classes, n_subjects * per_subject)], dtype=object)
+    subjects = np.repeat([f"s{i}" for i in range(n_subjects)], per_subject)
+    offsets = 0.3 * rng.standard_normal((n_subjects, 10))
+    rows = means[[int(c[1:]) for c in labels]] + np.repeat(offsets, per_subject, axis=0)
+    return rows + rng.standard_normal(rows.shape), labels, subjects, means
+
+
+def _logreg():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=0))
+
+
+def test_tstr_equals_trtr_on_the_real_windows_and_is_chance_on_noise():
+    real, labels, subjects, means = _labelled_features()
+    trtr = train_synthetic_test_real(real, real, labels, subjects, _logreg)
+    assert trtr["chance"] == 1 / 3 and trtr["balanced_accuracy"] > 0.8 and trtr["macro_f1"] > 0.8
+    # generated windows identical to the real ones: the same training set, the same folds
+    assert train_synthetic_test_real(real.copy(), real, labels, subjects, _logreg) == trtr
+    # noise that ignores the class it was generated for teaches nothing: chance on average over
+    # draws (one draw's classifier still maps each well-separated real class to some class, so a
+    # single TSTR of noise can land well off chance)
+    rng = np.random.default_rng(1)
+    noise = [
+        train_synthetic_test_real(rng.standard_normal(real.shape), real, labels, subjects, _logreg)["balanced_accuracy"]
+        for _ in range(20)
+    ]
+    assert abs(np.mean(noise) - 1 / 3) < 0.15
+    # fresh draws of the right class-conditional distribution do about as well as real data
+    fresh = means[[int(c[1:]) for c in labels]] + rng.standard_normal(real.shape)
+    good = train_synthetic_test_real(fresh, real, labels, subjects, _logreg)
+    assert good["balanced_accuracy"] > trtr["balanced_accuracy"] - 0.1
+
+
+def test_tstr_leaves_unlabelled_windows_out_and_needs_two_classes_and_two_subjects():
+    real, labels, subjects, _ = _labelled_features(n_classes=2)
+    none = {"balanced_accuracy": None, "macro_f1": None, "chance": None}
+    one_class = np.where(labels == "c0", "n/a", labels)
+    assert train_synthetic_test_real(real, real, one_class, subjects, _logreg) == none
+    missing = np.where(labels == "c0", None, labels)  # None, empty, n/a: no class
+    assert train_synthetic_test_real(real, real, missing, subjects, _logreg) == none
+    one = subjects == "s0"
+    assert train_synthetic_test_real(real[one], real[one], labels[one], subjects[one], _logreg) == none
+    # a few unlabelled windows are dropped, not counted as a class
+    some = labels.copy()
+    some[:5] = ""
+    out = train_synthetic_test_real(real, real, some, subjects, _logreg)
+    assert out["chance"] == 0.5 and out["balanced_accuracy"] > 0.8

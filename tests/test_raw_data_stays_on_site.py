@@ -256,12 +256,13 @@ def test_a_real_round_sends_only_parameters_and_numbers(federation_sites, tmp_pa
 
     entries = read_log(run_dir / AUDIT_FILE)
     kinds = sorted((e["round"] or 0, e["message_type"]) for e in entries)
-    # two queries per site (its classes; the sums of its ridge statistics) and the score of the
-    # ridge path alone (round 0, early stopping's starting point), then the round
+    # three queries per site (its classes; the sums of its ridge statistics; its per-class
+    # residual sums) and the score of the ridge path alone (round 0, early stopping's starting
+    # point), then the round
     assert (
         kinds
         == [(0, MessageType.EVALUATE)] * 2
-        + [(0, MessageType.QUERY)] * 4
+        + [(0, MessageType.QUERY)] * 6
         + [(1, MessageType.EVALUATE)] * 2
         + [(1, MessageType.TRAIN)] * 2
     )
@@ -308,10 +309,21 @@ def test_a_real_round_sends_only_parameters_and_numbers(federation_sites, tmp_pa
                 "syy": [5124],
             }
             assert shapes == {f"{split}.{k}": v for split in ("train", "val") for k, v in expected.items()}
+        elif "class-residuals" in records:  # per-class sums over the windows of >= min-subjects subjects
+            assert set(records) == {"class-residuals", "site"}
+            shapes = {k: a["shape"] for k, a in records["class-residuals"]["arrays"].items()}
+            classes = tiny_shapes["modality_heads.fmri.mean.ridge.class_intercept"][0] - 1
+            per_class = {
+                "sums": [classes, 8, 5124],
+                "squares": [classes, 8, 5124],
+                "windows": [classes],
+                "subjects": [classes],
+            }
+            assert shapes == {f"{split}.{k}": v for split in ("train", "val") for k, v in per_class.items()}
         else:
             assert "arrays" not in records
         assert records["site"]["values"]["modality"] == "fmri"
-        if e["message_type"] == MessageType.QUERY and "statistics" not in records:
+        if e["message_type"] == MessageType.QUERY and not {"statistics", "class-residuals"} & set(records):
             assert (
                 set(records["site"]["values"]) == {"modality", "classes"}
                 and "rest" in records["site"]["values"]["classes"]

@@ -18,13 +18,21 @@ import pytest
 
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.data import validate_dataset
-from fedneurogen.shared.data.bids import find_runs
+from fedneurogen.shared.data.bids import find_runs, read_events
 from fedneurogen.shared.data.eeg import load_raw_eeg, prepare_channels, read_eeg
 from fedneurogen.shared.data.bcg import find_r_peaks, pca_obs
-from fedneurogen.shared.data.scanner import average_artifact_subtraction, clean_scanner_artifacts, volume_triggers
+from fedneurogen.shared.data import scanner as scanner_module
+from fedneurogen.shared.data.scanner import (
+    average_artifact_subtraction,
+    clean_scanner_artifacts,
+    events_from_first_volume,
+    volume_epochs,
+    volume_triggers,
+)
 from fedneurogen.shared.data.scanner_metrics import line_power, pulse_locked_power
 from fedneurogen.shared.errors import DataError
-from fedneurogen.simulations.scanner import simulate_scanner_artifacts
+from fedneurogen.simulations import simulator
+from fedneurogen.simulations.scanner import simulate_scanner_artifacts, write_in_scanner_eeg
 from fedneurogen.simulations.simulator import simulate_dataset
 
 SEED = 11
@@ -39,6 +47,25 @@ def consortia(tmp_path_factory) -> tuple[Path, Path]:
     simulate_dataset(root / "raw", scanner_artifacts=True, **common)
     simulate_dataset(root / "clean", **common)
     return root / "raw", root / "clean"
+
+
+LEAD_IN_S, LEAD_OUT_S = 5.0, 3.0
+
+
+@pytest.fixture(scope="module")
+def lead_in(tmp_path_factory) -> Path:
+    """The raw consortium's seed written as a lab records it without a SyncBox: the EEG starts
+    5 s before the first volume and goes on 3 s after the run, the triggers alternately N and
+    N + 1 samples apart (``write_in_scanner_eeg``'s options, in place of the simulator's writer)."""
+    root = tmp_path_factory.mktemp("scanner-lead-in")
+    writer = lambda *a: write_in_scanner_eeg(*a, lead_in_s=LEAD_IN_S, lead_out_s=LEAD_OUT_S, unsynced_clock=True)  # noqa: E731
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(simulator, "write_in_scanner_eeg", writer)
+        simulate_dataset(
+            root / "raw", scanner_artifacts=True, n_sites=2, subjects_per_site=1, seed=SEED, run_seconds=60.0,
+            progress=False, n_jobs=1,
+        )  # fmt: skip
+    return root / "raw"
 
 
 def _truth_events(site: Path) -> pd.DataFrame:
@@ -82,6 +109,43 @@ def test_aas_removes_an_exactly_periodic_artifact_to_numerical_precision():
     assert np.array_equal(both[:, :lead], (eeg + artefact)[:, :lead])  # before the first trigger: untouched
     # the template leaves most of the EEG: each epoch loses the mean of 10 others
     assert np.std(both[:, lead:-50] - eeg[:, lead:-50]) < 0.5 * np.std(eeg)
+
+
+def _periodic(period: float, start: float, n_times: int, rng) -> np.ndarray:
+    """``[3, n_times]`` an exactly periodic artefact (harmonics of 1/period below Nyquist) from
+    ``start``, sampled where the phase is computed in one period (``mod``): two samples at the
+    same phase are the same bits, wherever they are in the run."""
+    harmonics = np.arange(1, int(period / 2) - 2)
+    amplitude = rng.normal(0, 1e-3, (3, len(harmonics), 1)) * np.exp(-harmonics / 40)[None, :, None]
+    offset = rng.uniform(0, 2 * np.pi, (3, len(harmonics), 1))
+    phase = np.mod(np.arange(n_times) - start, period) / period
+    return np.sum(amplitude * np.cos(2 * np.pi * harmonics[None, :, None] * phase + offset), axis=1)
+
+
+def test_aas_is_exact_when_the_triggers_alternate_by_a_sample(monkeypatch):
+    """TR = 250.5 samples (no SyncBox): the triggers are 250 and 251 samples apart in turn, and
+    every other volume is sampled half a sample later. Each epoch's template comes from epochs of
+    its own phase: an exactly periodic artefact goes to the rounding of the template's sums
+    (< 1e-14 of its peak; measured ~7e-16), the EEG before the first volume and after the last
+    one untouched; one template for all phases (as before) leaves half of it."""
+    rng = np.random.default_rng(3)
+    period, start, n_volumes = 250.5, 37.25, 40
+    triggers = np.ceil(start + period * np.arange(n_volumes)).astype(np.int64)  # the first sample after each pulse
+    assert set(np.diff(triggers)) == {250, 251} and np.all(np.diff(np.diff(triggers)) != 0)  # alternating
+    epochs = volume_epochs(triggers)
+    assert epochs.window == 251 and np.array_equal(np.bincount(epochs.groups), [20, 20])
+    first, stop = epochs.span
+    assert first == triggers[0] and stop == np.ceil(start + period * n_volumes)  # the last lasts as its group's do
+    n_times = stop + 60
+    artefact = _periodic(period, start, n_times, rng)
+    artefact[:, :first] = artefact[:, stop:] = 0  # the scanner runs from the first trigger to the last volume's end
+    eeg = rng.normal(0, 10e-6, artefact.shape)
+    cleaned = average_artifact_subtraction(artefact, triggers, n_template=10)
+    assert np.abs(cleaned).max() < 1e-14 * np.abs(artefact).max()
+    both = average_artifact_subtraction(eeg + artefact, triggers, n_template=10)
+    assert np.array_equal(both[:, :first], eeg[:, :first]) and np.array_equal(both[:, stop:], eeg[:, stop:])
+    monkeypatch.setattr(scanner_module, "PHASE_GAP", 1.0)  # every phase in one group: the old templates
+    assert np.abs(average_artifact_subtraction(artefact, triggers, n_template=10)).max() > 0.1 * np.abs(artefact).max()
 
 
 def test_pca_obs_does_at_least_as_well_as_mne_apply_pca_obs():
@@ -201,9 +265,66 @@ def test_cleaning_recovers_the_clean_eeg(consortia):
         run.eeg, FAST.model_copy(update={"gradient_artifact": "off", "bcg_artifact": "off"}), files=run
     )
     assert cleaned.names == reference.names and "ECG" not in cleaned.names
-    r_clean = np.mean([np.corrcoef(a, b)[0, 1] for a, b in zip(cleaned.data, reference.data)])
-    r_raw = np.mean([np.corrcoef(a, b)[0, 1] for a, b in zip(untouched.data, reference.data)])
+    assert cleaned.duration == pytest.approx(28 * 2.1)  # cropped to the 28 volumes (60 s of EEG)
+    r_clean, r_raw = _mean_r(cleaned.data, reference.data), _mean_r(untouched.data, reference.data)
     assert r_clean > 0.75 and r_raw < 0.2, (r_clean, r_raw)
+
+
+def _mean_r(data: np.ndarray, reference: np.ndarray, edge: int = 200) -> float:
+    """Mean correlation over channels, the first ``n - edge`` samples of the shorter: the last
+    volume's epoch keeps a spike where the other epochs' templates hold the next volume's onset
+    (the simulator's pulses start a few samples before their trigger), ringing in the filters
+    at the end of a run cropped there."""
+    n = min(data.shape[1], reference.shape[1]) - edge
+    return float(np.mean([np.corrcoef(a[:n], b[:n])[0, 1] for a, b in zip(data, reference)]))
+
+
+def test_eeg_recorded_around_the_volumes_is_cleaned_and_cropped_to_them(consortia, lead_in):
+    """EEG from 5 s before the first volume to 3 s after the run, triggers 525 and 526 samples
+    apart in turn (TR 2.1 s at 250 Hz, half a sample more per volume): cleaned as well as the
+    synchronised run without a lead-in, and cropped to the volumes (t = 0 at the first trigger:
+    the fMRI's first volume), so it pairs with the fMRI as the clean twin does."""
+    from fedneurogen.shared.data import load_site
+
+    raw_root, clean_root = consortia
+    site = "site-02"
+    run, raw = _prepared(lead_in / site)
+    sfreq, n_file = raw.info["sfreq"], raw.n_times
+    triggers = volume_triggers(raw)
+    assert triggers[0] == round(LEAD_IN_S * sfreq) and set(np.diff(triggers)) == {525, 526}
+    assert np.all(np.diff(np.diff(triggers)) != 0)  # alternating
+    result = clean_scanner_artifacts(raw, FAST, run)
+    first, stop = result.span
+    assert result.gradient and result.bcg and first == triggers[0] and result.time_zero == first / sfreq
+    assert stop == round(first + 0.25 + 525.5 * len(triggers))  # when a 29th volume would start
+    assert raw.n_times == stop - first < n_file - (LEAD_OUT_S + LEAD_IN_S) * sfreq  # the volumes only
+    # the EEG's _events.tsv counts from the EEG file's first sample (BIDS): moved back to the first volume,
+    # it is the fMRI's (func/, from the first volume); the target's events stay as they are
+    eeg_events = read_events(run.events, run.task)
+    func_events = run.eeg.parents[1] / "func" / run.events.name
+    assert run.events.parent == run.eeg.parent and func_events.is_file()
+    moved = events_from_first_volume(eeg_events, result, run.events, run.eeg)
+    np.testing.assert_allclose(moved.onset, read_events(func_events, run.task).onset, rtol=0, atol=1e-9)
+    assert events_from_first_volume(eeg_events, result, func_events, run.eeg) is eeg_events
+    reference, _ = read_eeg(find_runs(clean_root / site)[0].eeg, FAST)
+    cleaned, _ = read_eeg(run.eeg, FAST, files=run)
+    synced_run = find_runs(raw_root / site)[0]
+    synced, _ = read_eeg(synced_run.eeg, FAST, files=synced_run)
+    assert cleaned.duration == pytest.approx((stop - first) / sfreq, abs=0.01)
+    r_lead, r_synced = _mean_r(cleaned.data, reference.data), _mean_r(synced.data, reference.data)
+    assert r_lead > 0.75 and r_lead > r_synced - 0.02, (r_lead, r_synced)
+    # one template for both phases (as before) leaves more of the artefact
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scanner_module, "PHASE_GAP", 1.0)
+        one_group, _ = read_eeg(run.eeg, FAST, files=run)
+    assert _mean_r(one_group.data, reference.data) < r_lead
+    # paired with the fMRI by time from the first volume: the clean twin's windows
+    windows = load_site(lead_in / site, FAST, use_cache=False, progress=False)
+    twin = load_site(clean_root / site, FAST, use_cache=False, progress=False)
+    assert len(windows) == len(twin) > 0
+    assert np.array_equal(np.asarray(windows.target[0]), np.asarray(twin.target[0]))
+    r_windows = [np.corrcoef(np.ravel(windows.eeg[i]), np.ravel(twin.eeg[i]))[0, 1] for i in range(len(twin))]
+    assert np.median(r_windows) > 0.75, np.median(r_windows)
 
 
 def test_a_raw_run_without_triggers_is_refused_by_name(consortia, tmp_path):
@@ -236,7 +357,8 @@ def test_data_flagged_as_cleaned_is_left_alone(consortia, tmp_path):
     result = clean_scanner_artifacts(raw, FAST, run)
     assert not result.gradient and not result.bcg and result.already_removed == ["gradient", "bcg"]
     assert len(result.triggers) == 28  # the triggers are there: only the flag stops the cleaning
-    assert np.array_equal(raw.get_data(), before)
+    assert result.span == (0, 28 * 525)  # and the run is the volumes (the fMRI's time), not cleaned
+    assert np.array_equal(raw.get_data(), before[:, : 28 * 525])
     # the config switch does the same; without either, the run is cleaned
     _, raw = _prepared(raw_root / "site-02")
     off = FAST.model_copy(update={"gradient_artifact": "off", "bcg_artifact": "off"})
@@ -287,3 +409,25 @@ def test_simulate_command_takes_the_option(tmp_path):
     assert (
         out / "site-01" / "derivatives" / "ground_truth" / "sub-01" / "eeg" / "sub-01_task-visual_run-1_eeg.edf"
     ).is_file()
+
+
+def test_scanner_sites_pass_the_bids_validator(consortia, lead_in):
+    """Both formats (EDF site-01, BrainVision site-02), their derivatives, and a run recorded
+    around its volumes: no error from bids-validator-deno (the validator test's helpers)."""
+    from test_bids_validator import _validate, _validator
+
+    validator = _validator()
+    raw_root, _ = consortia
+    for site in (raw_root / "site-01", raw_root / "site-02", lead_in / "site-02"):
+        for dataset in [site, *sorted(p for p in (site / "derivatives").iterdir() if p.is_dir())]:
+            issues = _validate(validator, dataset)["issues"]["issues"]
+            errors = [
+                f"{i['code']} {i.get('subCode') or ''} {i.get('location', '')}"
+                for i in issues
+                if i["severity"] == "error"
+            ]
+            assert not errors, f"{dataset}: {errors}"
+            if site.parent == lead_in:  # written by write_in_scanner_eeg: the scanner's events in order, described
+                codes = {(i["code"], i.get("location", "").rsplit("/", 1)[-1]) for i in issues}
+                assert not any(code == "EVENT_ONSET_ORDER" for code, _ in codes), dataset
+                assert ("SIDECAR_KEY_RECOMMENDED", "sub-01_task-visual_run-1_desc-scanner_events.tsv") not in codes

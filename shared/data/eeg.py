@@ -22,7 +22,7 @@ from ..errors import DataError
 from ..recording import Recording
 from .bids import RunFiles, brainvision_references, read_events, read_json, read_tsv, run_files_for_eeg
 from .problems import DataWarning
-from .scanner import clean_scanner_artifacts
+from .scanner import clean_scanner_artifacts, events_from_first_volume
 
 # BIDS channel types (``_channels.tsv``) -> MNE channel types.
 _BIDS_TYPES = {
@@ -351,7 +351,8 @@ def read_eeg(
     duration = raw.n_times / raw.info["sfreq"]
     events = read_events(files.events, files.task, duration)
     try:
-        clean_scanner_artifacts(raw, config, files, path)  # in-scanner runs: gradient artefact and BCG first
+        scanner = clean_scanner_artifacts(raw, config, files, path)  # in-scanner runs: gradient artefact and BCG first
+        events = events_from_first_volume(events, scanner, files.events, path)  # cropped to the volumes: t = 0 moved
         preprocess_eeg(raw, config, line_frequency(files, config), path)
     except DataError:
         raise

@@ -40,7 +40,7 @@ from .fmri import check_repetition_time, load_surface_bold, load_volume, repetit
 from .fnirs import load_raw_snirf, short_channel_mask, to_haemoglobin
 from .pairing import check_durations, count_windows
 from .problems import Problem
-from .scanner import ScannerCleaning, clean_scanner_artifacts
+from .scanner import ScannerCleaning, clean_scanner_artifacts, events_from_first_volume
 from .scanner_metrics import RAW_LINE_FRACTION
 
 log = logging.getLogger(__name__)
@@ -249,6 +249,7 @@ def _inspect_run(run: RunFiles, config: PreprocessConfig, problems: list[Problem
         problems.append(
             Problem(expected, "missing (required by BIDS): channel types are guessed from the channel names", "warning")
         )
+    cleaning = None
     raw = attempt(lambda: load_raw_eeg(run.eeg))
     if raw is not None:
         info.eeg_duration = raw.n_times / raw.info["sfreq"]
@@ -257,9 +258,10 @@ def _inspect_run(run: RunFiles, config: PreprocessConfig, problems: list[Problem
         if prepared is not None:
             info.eeg_channels = [n for n, t in zip(prepared[0].ch_names, prepared[0].get_channel_types()) if t == "eeg"]
             # raw or clean: cleans the run here (in place: nothing else reads this copy) and measures both
-            info.scanner = attempt(
-                lambda: _scanner_report(clean_scanner_artifacts(prepared[0], config, run, measure=True))
-            )
+            cleaning = attempt(lambda: clean_scanner_artifacts(prepared[0], config, run, measure=True))
+            info.scanner = _scanner_report(cleaning) if cleaning is not None else None
+            if cleaning is not None and cleaning.span is not None:  # cropped to the volumes: the run's length
+                info.eeg_duration = prepared[0].n_times / prepared[0].info["sfreq"]
             if info.scanner and info.scanner["already_removed"] and info.scanner["line_power"] > RAW_LINE_FRACTION:
                 message = (
                     f"_eeg.json says {', '.join(info.scanner['already_removed'])} artefact(s) removed, but "
@@ -268,6 +270,8 @@ def _inspect_run(run: RunFiles, config: PreprocessConfig, problems: list[Problem
                 problems.append(Problem(run.eeg_sidecar or run.eeg, message, "warning"))
         attempt(lambda: line_frequency(run, config))  # parses the _eeg.json sidecar
     info.events = attempt(lambda: read_events(run.events, run.task, info.eeg_duration))
+    if info.events is not None and cleaning is not None:
+        info.events = events_from_first_volume(info.events, cleaning, run.events, run.eeg)
 
     if run.target_modality is None:
         problems.append(

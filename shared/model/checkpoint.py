@@ -311,6 +311,9 @@ def _load_state(
             raise ConfigError(f"checkpoint {path} has no EMA weights (saved without ema=)")
         weights.update(ema)  # EMA covers the parameters; buffers come from the model weights
     own = model.state_dict()
+    for name in own:  # a checkpoint from before class offsets: none (the ridge path's behaviour then)
+        if name.endswith(".mean.ridge.class_intercept") and name not in weights:
+            weights[name] = torch.zeros(own[name].shape, dtype=own[name].dtype)
     problems = [f"missing {name}" for name in own if name not in weights]
     problems += [f"unexpected {name}" for name in weights if name not in own]
     problems += [

@@ -256,6 +256,7 @@ class ModalityHead(nn.Module):
             config.mean_dropout,
             n_source=config.source_features,
             fixed_layout=tokenizer is not None,
+            n_frames=n_frames,
         )
         self.target_encoder = TargetEncoder(token_dim, config)  # for the alignment stage
 
@@ -446,7 +447,13 @@ class NeuroGenModel(nn.Module):
         return head.condition_embed(integrated.flatten(2)) + self.position(layout.centroids, features.shape[0])
 
     def point_prediction(
-        self, batch: Batch, *, use_labels: bool = True, labels: torch.Tensor | None = None, train: bool = False
+        self,
+        batch: Batch,
+        *,
+        use_labels: bool = True,
+        labels: torch.Tensor | None = None,
+        train: bool = False,
+        residual: bool = True,
     ) -> torch.Tensor:
         """The conditional mean: ridge path + learned residual on the batch's hemodynamic design.
 
@@ -460,6 +467,8 @@ class NeuroGenModel(nn.Module):
             long ``[B]`` labels to use instead of ``batch.labels``.
         train : bool
             Training mode of the residual network (dropout on the design).
+        residual : bool
+            Add the learned residual; False: the linear paths alone.
 
         Returns
         -------
@@ -486,7 +495,7 @@ class NeuroGenModel(nn.Module):
         labels = (labels if labels is not None else batch.labels) if use_labels else None
         names = batch.target_names if batch.modality == "fnirs" else None
         return self.modality_heads[batch.modality].mean(
-            batch.design.float(), labels, names, layout.n_points, train=train
+            batch.design.float(), labels, names, layout.n_points, train=train, residual=residual
         )
 
     def denoise(

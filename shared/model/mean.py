@@ -35,17 +35,20 @@ def point_keys(names: Sequence[str]) -> torch.Tensor:
 
 
 class RidgePath(nn.Module):
-    """``design @ coef + intercept`` per point, set in closed form by ``set_solution``.
+    """``design @ coef + intercept`` per point, set in closed form by ``set_solution``; with a
+    label, plus that class's offset (``class_intercept``, set by ``set_class_offsets``).
 
     The coefficients are frozen parameters (``requires_grad=False``): no optimiser step changes
     them, but they travel with the weights to and from a federation's server and are aggregated
     like the rest of the modality head."""
 
-    def __init__(self, n_features: int, n_points: int):
+    def __init__(self, n_features: int, n_points: int, num_classes: int = 0, n_frames: int = 1):
         super().__init__()
         frozen = lambda t: nn.Parameter(t, requires_grad=False)  # noqa: E731
         self.coef = frozen(torch.zeros(n_features, n_points))
         self.intercept = frozen(torch.zeros(n_points))
+        # each class's mean cross-fitted residual per frame and point; the last row (no label) is 0
+        self.class_intercept = frozen(torch.zeros(num_classes + 1, n_frames, n_points))
         # standardisation of the design for the residual network (training statistics)
         self.feature_mean = frozen(torch.zeros(n_features))
         self.feature_scale = frozen(torch.ones(n_features))
@@ -82,6 +85,21 @@ class RidgePath(nn.Module):
         self.keys[:n] = (
             point_keys(names).to(self.keys.device) if names is not None else torch.arange(n, device=self.keys.device)
         )
+
+    @torch.no_grad()
+    def set_class_offsets(self, offsets: np.ndarray) -> None:
+        """Install ``[num_classes, F, n]`` class offsets into the first ``n`` slots (the points of
+        ``set_solution``, in its order); the no-label row stays zero."""
+        c, f, n = offsets.shape
+        if c != self.class_intercept.shape[0] - 1 or f != self.class_intercept.shape[1] or n > self.coef.shape[1]:
+            raise ConfigError(f"class offsets {list(offsets.shape)} do not fit {list(self.class_intercept.shape)}")
+        self.class_intercept.zero_()
+        self.class_intercept[:c, :, :n] = torch.as_tensor(offsets, dtype=torch.float32, device=self.coef.device)
+
+    def offset(self, labels: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
+        """``[B, F, N]`` each window's class offset (``labels``: class index, the no-label row for the rest)."""
+        out = self.class_intercept[labels]
+        return out if slots is None else out[..., slots]
 
     def slots(self, names: Sequence[str] | None, n_points: int) -> torch.Tensor | None:
         """Index of each batch point in this path's slots (None: points are the slots, in order)."""
@@ -189,10 +207,11 @@ class MeanHead(nn.Module):
         dropout: float,
         n_source: int = 0,
         fixed_layout: bool = True,
+        n_frames: int = 1,
     ):
         super().__init__()
         self.n_features = n_features
-        self.ridge = RidgePath(n_features, n_points)
+        self.ridge = RidgePath(n_features, n_points, num_classes, n_frames)
         self.local = LocalPath(n_source, n_points, fixed_layout) if n_source else None
         self.dropout = dropout  # on the design, in training only (see ``forward``)
         self.residual = nn.Sequential(nn.Linear(n_features, hidden), nn.GELU(), nn.Linear(hidden, rank), nn.GELU())
@@ -214,20 +233,26 @@ class MeanHead(nn.Module):
         names: Sequence[str] | None,
         n_points: int,
         train: bool = False,
+        residual: bool = True,
     ) -> torch.Tensor:
         """``design [B, F, D]`` (+ labels ``[B]``, -1 or None = no label) -> mean ``[B, N, F]``.
         ``train`` applies dropout to the residual's input; predictions never do, whatever the
-        module's mode, so the point prediction is deterministic."""
+        module's mode, so the point prediction is deterministic. ``residual=False``: the linear
+        paths alone (what the learned residual is measured against)."""
         slots = self.ridge.slots(names, n_points)
         scalp = design[..., : self.n_features]
         linear = self.ridge(scalp, slots)
         if self.local is not None:
             a = self.local.weight
             linear = (1 - a) * linear + a * self.local(design[..., self.n_features :], slots)
-        latent = self.residual(nn.functional.dropout(self.ridge.standardise(scalp), self.dropout, training=train))
         # no label (None or -1) is the null label's row, as label dropout trains it
         null = torch.full((design.shape[0],), self.num_classes, dtype=torch.long, device=design.device)
         index = null if labels is None else torch.where(labels < 0, null, labels)
+        if labels is not None:  # the class offset is closed-form, beside the linear paths
+            linear = linear + self.ridge.offset(index, slots)
+        if not residual:
+            return linear.transpose(1, 2)
+        latent = self.residual(nn.functional.dropout(self.ridge.standardise(scalp), self.dropout, training=train))
         latent = latent + self.label_embed(index)[:, None, :]
         residual = self.readout(latent)  # through the module, so Opacus sees per-sample gradients
         if slots is not None:

@@ -15,7 +15,10 @@ SSIM (per frame) from ``fedneurogen.shared.metrics``, next to
 
 Samples are scored as data too (``sample_metrics``), the model's and linear-Gaussian's, on the
 same held-out windows with the same K: interval coverage and CRPS, spectrum distance, coarse FC
-similarity and a classifier two-sample test, with a figure of spectra and FC (``samples.png``).
+similarity, a classifier two-sample test and train-on-synthetic-test-on-real (``tstr_scores``:
+the fairness protocol's target features and logistic regression trained on each window's first
+sample, labelled with the class it was conditioned on, tested on the real windows; next to the
+same classifier trained on real windows), with a figure of spectra and FC (``samples.png``).
 
 Subjects: the checkpoint records the subjects of each split by the content of their files
 (``fedneurogen.shared.splits``); only subjects it never trained or validated on are scored,
@@ -44,6 +47,7 @@ from fedneurogen.shared.errors import DataError
 from fedneurogen.shared.io import write_json_atomic
 from fedneurogen.shared.metrics import (
     BOLD_BAND,
+    NO_LABEL,
     coarse_parcels,
     connectivity,
     generation_metrics,
@@ -54,6 +58,7 @@ from fedneurogen.shared.metrics import (
     stitch_windows,
     temporal_pcc,
     tiled_series,
+    train_synthetic_test_real,
 )
 from fedneurogen.shared.recording import PairedWindows, Recording
 from fedneurogen.shared.splits import SeenSubjects, SubjectSplit, subject_keys
@@ -711,8 +716,100 @@ def fit_sample(
     return out
 
 
+def conditioned_classes(labels: np.ndarray, class_names: Sequence[str] | None) -> np.ndarray:
+    """The class each window's samples were conditioned on, by name.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Label indices (``label_indices``; -1: the null label).
+    class_names : sequence of str or None
+        The checkpoint's classes, in label-index order.
+
+    Returns
+    -------
+    numpy.ndarray
+        object ``[n_windows]``: the class name, or None for a window sampled with the null label.
+    """
+    names = list(class_names or [])
+    return np.array([names[i] if 0 <= i < len(names) else None for i in np.asarray(labels)], dtype=object)
+
+
+def tstr_scores(
+    generators: dict[str, np.ndarray | None], test: PairedWindows, labels: np.ndarray, seed: int = 0
+) -> tuple[dict[str, dict[str, float | None]], dict[str, Any]]:  # fmt: skip
+    """Train on synthetic, test on real, for each generator, and the train-on-real reference.
+
+    The classifier is the fairness protocol's default downstream one: target features
+    (``target_features``: mean and slope per ROI of ``target_parcellation`` for fMRI, per
+    channel for fNIRS) and standardised logistic regression (``make_classifier("logreg")``).
+    Each generator's *first* sample of every window is its training window (as for the other
+    first-sample metrics), so TSTR and TRTR train on the same number of windows and their gap
+    measures the data, not the size of the training set. The folds
+    (``train_synthetic_test_real``) are the same for every generator and the reference.
+
+    Parameters
+    ----------
+    generators : dict of str to numpy.ndarray or None
+        Name -> ``[K, *test.target.shape]`` samples (None: not drawn).
+    test : PairedWindows
+        The held-out (real) windows; their subjects group the folds.
+    labels : numpy.ndarray
+        The class every window's samples were conditioned on (``conditioned_classes``); windows
+        with None (sampled with the null label: no class, or one the model lacks) are left out.
+    seed : int
+        Random state of the logistic regression.
+
+    Returns
+    -------
+    scores : dict
+        Name -> ``tstr_balanced_accuracy`` and ``tstr_macro_f1`` (None where not drawn).
+    reference : dict
+        ``trtr_balanced_accuracy``, ``trtr_macro_f1``, ``tstr_chance`` (1 / number of classes),
+        ``classes``, ``windows`` (labelled ones) and ``classifier``; the scores are None with fewer
+        than 2 classes or 2 subjects.
+    """
+    from fedneurogen.shared.workflows.fairness.protocol import (
+        Features,
+        make_classifier,
+        target_features,
+        target_parcellation,
+    )
+
+    modality = test.target_modality
+    rois = target_parcellation(test.target_positions, 64, seed=0) if modality == "fmri" else None
+    real = target_features(test.target, modality, rois)
+    columns = Features(real[:0], {"target": (0, real.shape[1])})
+    labelled = np.array([c is not None and str(c).strip().lower() not in NO_LABEL for c in labels], dtype=bool)
+    classes = sorted({str(c) for c in labels[labelled]})
+
+    def score(generated: np.ndarray) -> dict[str, float | None]:
+        return train_synthetic_test_real(
+            generated, real, labels, test.subjects, lambda: make_classifier("logreg", columns, classes, seed=seed)
+        )  # fmt: skip
+
+    reference = score(real)
+    scores = {
+        name: None if samples is None else {
+            f"tstr_{key}": value for key, value in score(target_features(samples[0], modality, rois)).items()
+            if key != "chance"
+        }
+        for name, samples in generators.items()
+    }  # fmt: skip
+    return scores, {
+        "trtr_balanced_accuracy": reference["balanced_accuracy"],
+        "trtr_macro_f1": reference["macro_f1"],
+        "tstr_chance": reference["chance"],
+        "classes": classes,
+        "windows": int(labelled.sum()),
+        "classifier": "fairness protocol: target features (mean and slope per ROI/channel), logistic regression; "
+        "trained on each window's first sample with its conditioning class, tested on the real windows, "
+        "GroupKFold by subject",
+    }
+
+
 def samples_as_data(
-    generators: dict[str, np.ndarray | None], test: PairedWindows, seed: int
+    generators: dict[str, np.ndarray | None], test: PairedWindows, seed: int, labels: np.ndarray | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
     """Score each generator's samples as data, and what the spectra/FC figure shows.
 
@@ -723,12 +820,17 @@ def samples_as_data(
     test : PairedWindows
         The held-out windows.
     seed : int
-        Seed of the two-sample test.
+        Seed of the two-sample test and the TSTR classifier.
+    labels : numpy.ndarray, optional
+        The class each window's samples were conditioned on (``conditioned_classes``); None: no
+        TSTR.
 
     Returns
     -------
     metrics : dict
-        Name -> ``sample_metrics`` (None where not drawn), ``parcels`` and ``band``.
+        Name -> ``sample_metrics`` plus, with ``labels``, ``tstr_balanced_accuracy`` and
+        ``tstr_macro_f1`` (None where not drawn); ``real_reference`` (``tstr_scores``' train-on-real
+        reference and chance; with ``labels``), ``parcels`` and ``band``.
     figure : dict
         ``freqs``, ``spectra`` and ``fcs`` of the real data and each generator's first sample.
     """
@@ -739,6 +841,11 @@ def samples_as_data(
         name: None if samples is None else sample_metrics(samples, real, *args, test.subjects, parcels, seed=seed)
         for name, samples in generators.items()
     }
+    if labels is not None:
+        tstr, metrics["real_reference"] = tstr_scores(generators, test, labels, seed)
+        for name, row in tstr.items():
+            if row is not None:
+                metrics[name].update(row)
     metrics["parcels"] = f"{len(np.unique(parcels))} k-means parcels of the target points' positions (fixed seed)"
     metrics["band_hz"] = list(BOLD_BAND)
     shown = {"real": real, **{name: s[0] for name, s in generators.items() if s is not None}}
@@ -908,12 +1015,17 @@ def evaluate(
     -------
     dict
         The report (also in ``out_dir/report.json``): ``point_prediction`` (label-free; the
-        headline), ``point_prediction_labels``, ``sample``, ``samples_mean``, ``calibration``,
+        headline), ``point_prediction_labels``, ``linear_path`` (the model's linear paths alone:
+        what its learned residual adds to), ``sample``, ``samples_mean``, ``calibration``,
         ``baselines`` (``ridge_hrf``, ``label_only``, ``regressor``, ``linear_gaussian_sample``: one
         linear-Gaussian sample), ``sample_metrics`` (``model`` and ``linear_gaussian``: coverage,
-        CRPS, spectrum distance, FC similarity, two-sample accuracy of K samples), ``noise_baseline``,
+        CRPS, spectrum distance, FC similarity, two-sample accuracy of K samples, and
+        train-on-synthetic-test-on-real ``tstr_balanced_accuracy`` and ``tstr_macro_f1``;
+        ``real_reference``: the same classifier trained on real windows, ``trtr_balanced_accuracy``,
+        ``trtr_macro_f1``, and chance, ``tstr_chance``; ``point_prediction_labels``: TSTR of the
+        labelled point prediction, the class without sampling), ``noise_baseline``,
         ``ceilings`` (``noise``, ``eeg_informed``), ``relative`` (the model over the baseline
-        and over the EEG-informed ceiling), ``held_out`` (``EvaluationSplit.held_out``: each
+        and over its own linear paths, and as a share of the EEG-informed ceiling), ``held_out`` (``EvaluationSplit.held_out``: each
         subject's status, the excluded ones and why, the seen ones scored), and the split and
         settings. Each score holds ``pcc_temporal``, ``pcc_temporal_top10``, ``pcc_spatial`` and
         ``ssim``.
@@ -970,6 +1082,7 @@ def evaluate(
     with _status(progress, "point prediction and baselines"):
         mean = point_predictions(model, test, batch_size=batch_size)
         mean_labelled = point_predictions(model, test, labels, batch_size=batch_size)
+        linear_path = point_predictions(model, test, batch_size=batch_size, residual=False)  # what the residual adds to
         train, val = pooled("train"), pooled("val")
         top = None
         if train is not None:  # one ridge-HRF fit gives the baseline and the top-10 % choice
@@ -1017,11 +1130,18 @@ def evaluate(
 
     with _status(progress, "fitting the linear-Gaussian generator"):  # the same K as the model (one without samples)
         linear_gaussian = fit_sample(train, test, val, max(n_samples, 1), seed)
+    # TSTR: each window's samples (the model's and linear-Gaussian's) are labelled with the class
+    # the model conditioned them on; windows it sampled with the null label are left out
+    conditioned = conditioned_classes(labels, meta.get("class_names"))
     sample_scores, sample_figure = samples_as_data(
-        {"model": samples, "linear_gaussian": linear_gaussian}, test, seed
+        {"model": samples, "linear_gaussian": linear_gaussian}, test, seed, conditioned
     )  # fmt: skip
+    # where the class lives: the labelled point prediction alone (no sampling noise) as training data
+    sample_scores["point_prediction_labels"] = tstr_scores({"mean": mean_labelled[None]}, test, conditioned, seed)[0][
+        "mean"
+    ]
 
-    headline = scores(mean, test, top)
+    headline, linear_scores = scores(mean, test, top), scores(linear_path, test, top)
     ridge = scores(predictions["ridge_hrf"], test, top)
     noise_ceiling = None if truth is None else {
         "pcc_temporal": float(temporal_pcc(truth, real, test.runs, test.onsets, test.target_sfreq)),
@@ -1031,6 +1151,7 @@ def evaluate(
     report: dict[str, Any] = {
         "point_prediction": headline,
         "point_prediction_labels": scores(mean_labelled, test, top),
+        "linear_path": linear_scores,
         "sample": scores(samples[0], test, top) if samples is not None else None,
         "samples_mean": scores(samples.mean(axis=0), test, top) if samples is not None and n_samples > 1 else None,
         "calibration": calibration(samples, mean_labelled, real) if samples is not None else None,
@@ -1041,7 +1162,7 @@ def evaluate(
         "sample_metrics": sample_scores,
         "noise_baseline": float(shuffled_baseline(real, test.runs, test.onsets, test.target_sfreq, seed=seed)),
         "ceilings": {"noise": noise_ceiling, "eeg_informed": informed_scores, "eeg_informed_source": source_scores},
-        "relative": _relative(headline, ridge, informed_scores, source_scores),
+        "relative": _relative(headline, ridge, informed_scores, source_scores, linear_scores),
         "top_points": None if top is None else {"count": int(len(top)), "chosen_on": "training subjects (in-sample ridge-HRF PCC)"},
         "baseline_training_sites": [path.name for path, _ in sites],
         "n_test_windows": len(test),
@@ -1091,18 +1212,42 @@ def _split_of(
     return evaluation_split(windows, seen, keys, Path(site), scoring=False)
 
 
+def _ratio(a: dict | None, b: dict | None, key: str) -> float | None:
+    """``a[key] / b[key]``; None when either is missing or the reference is 0."""
+    if not a or not b or a.get(key) is None or not b.get(key):
+        return None
+    return float(a[key] / b[key])
+
+
+def _pooled_sample_metrics(reports: list[dict[str, Any]], weights: np.ndarray) -> dict[str, Any]:
+    """Each generator's sample metrics averaged over the sites, weighted by their test windows
+    (a metric missing at a site is averaged over the others; None where no site has it)."""
+    out: dict[str, Any] = {}
+    names = {name for r in reports for name, v in (r.get("sample_metrics") or {}).items() if isinstance(v, dict)}
+    for name in sorted(names):
+        entries = [((r.get("sample_metrics") or {}).get(name) or {}, w) for r, w in zip(reports, weights)]
+        keys = {k for e, _ in entries for k, v in e.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        pooled = {}
+        for key in sorted(keys):
+            pairs = [(e[key], w) for e, w in entries if isinstance(e.get(key), (int, float)) and math.isfinite(e[key])]
+            pooled[key] = float(np.average([v for v, _ in pairs], weights=[w for _, w in pairs])) if pairs else None
+        out[name] = pooled
+    return out
+
+
 def _relative(
-    model: dict | None, ridge: dict | None, informed: dict | None, source: dict | None = None
+    model: dict | None,
+    ridge: dict | None,
+    informed: dict | None,
+    source: dict | None = None,
+    linear: dict | None = None,
 ) -> dict[str, float | None]:
-    """The headline as a multiple of the ridge baseline and as a share of the EEG-informed
-    ceilings (scalp, and source space)."""
+    """The headline as a multiple of the ridge baseline and of the model's own linear paths, and
+    as a share of the EEG-informed ceilings (scalp, and source space)."""
 
-    def ratio(a: dict | None, b: dict | None, key: str) -> float | None:
-        if not a or not b or a.get(key) is None or not b.get(key):
-            return None
-        return float(a[key] / b[key])
-
+    ratio = _ratio
     return {
+        "over_own_linear_path": ratio(model, linear, "pcc_temporal"),
         "over_ridge_hrf": ratio(model, ridge, "pcc_temporal"),
         "over_ridge_hrf_top10": ratio(model, ridge, "pcc_temporal_top10"),
         "share_of_eeg_informed_ceiling": ratio(model, informed, "pcc_temporal"),
@@ -1123,6 +1268,7 @@ def _status(enabled: bool, message: str):
 ROWS = (
     ("model: point prediction (label-free)", ("point_prediction",)),
     ("model: point prediction (labels)", ("point_prediction_labels",)),
+    ("model: its linear paths alone", ("linear_path",)),
     ("model: one sample", ("sample",)),
     ("model: mean of samples", ("samples_mean",)),
     ("linear-Gaussian: one sample", ("baselines", "linear_gaussian_sample")),
@@ -1192,13 +1338,17 @@ def pool_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
         for key in path[:-1]:
             target = target.setdefault(key, {})
         target[path[-1]] = metrics
-    headline, ridge, informed = (
+    headline, ridge, informed, source, linear = (
         report_row(pooled_report, p)
-        for p in (("point_prediction",), ("baselines", "ridge_hrf"), ("ceilings", "eeg_informed"))
-    )
+        for p in (
+            ("point_prediction",), ("baselines", "ridge_hrf"), ("ceilings", "eeg_informed"),
+            ("ceilings", "eeg_informed_source"), ("linear_path",),
+        )
+    )  # fmt: skip
     return {
         **pooled_report,
-        "relative": _relative(headline, ridge, informed),
+        "relative": _relative(headline, ridge, informed, source, linear),
+        "sample_metrics": _pooled_sample_metrics(reports, weights),
         "noise_baseline": pooled([r["noise_baseline"] for r in reports], True),
         "calibration": pooled([r.get("calibration") for r in reports], False),
         "n_test_windows": int(weights.sum()),
@@ -1304,6 +1454,7 @@ SAMPLE_COLUMNS = (
     ("PSD dist", "psd_distance"),
     ("FC sim", "fc_similarity"),
     ("2-sample acc", "two_sample_accuracy"),
+    ("TSTR bal acc", "tstr_balanced_accuracy"),
 )
 
 
@@ -1388,17 +1539,26 @@ def _sample_table(metrics: dict[str, Any], cell):
     rows = [(label, row) for label, row in rows if row]
     if not rows:
         return None
+    reference = metrics.get("real_reference") or {}
     table = Table(
         title="samples as data (held-out subjects)",
         title_justify="left",
         caption="coverage: ideal = nominal; CRPS, PSD dist: lower is better; FC sim: 1 is best; "
-        "2-sample acc: 0.5 = indistinguishable",
+        "2-sample acc: 0.5 = indistinguishable; TSTR bal acc: a classifier of the classes trained on "
+        f"the first sample, tested on real windows (chance {cell(reference.get('tstr_chance'))}; "
+        "trained on real: the last row)",
         caption_justify="left",
     )
     for header, _ in (("", None), *SAMPLE_COLUMNS):
         table.add_column(header, justify="right" if header else "left")
     for label, row in rows:
         table.add_row(label, str(row.get("samples")), *(cell(row.get(key)) for _, key in SAMPLE_COLUMNS[1:]))
+    blanks = ["-"] * (len(SAMPLE_COLUMNS) - 1)
+    labelled_mean = metrics.get("point_prediction_labels") or {}
+    if labelled_mean.get("tstr_balanced_accuracy") is not None:  # the class carried by the mean alone
+        table.add_row("point prediction (labels)", *blanks, cell(labelled_mean["tstr_balanced_accuracy"]))
+    if reference:  # the train-on-real reference, in the TSTR column
+        table.add_row("real (TRTR)", *blanks, cell(reference.get("trtr_balanced_accuracy")))
     return table
 
 

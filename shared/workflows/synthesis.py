@@ -246,7 +246,12 @@ def generate(
 
 @torch.no_grad()
 def point_predictions(
-    model: NeuroGenModel, windows: PairedWindows, labels: np.ndarray | None = None, *, batch_size: int = 64
+    model: NeuroGenModel,
+    windows: PairedWindows,
+    labels: np.ndarray | None = None,
+    *,
+    batch_size: int = 64,
+    residual: bool = True,
 ) -> np.ndarray:
     """Compute the point prediction (conditional mean) of every window, without sampling.
 
@@ -260,6 +265,8 @@ def point_predictions(
         Label index per window (-1: the null label); None: label-free.
     batch_size : int
         Windows per batch.
+    residual : bool
+        With the learned residual; False: the model's linear paths alone.
 
     Returns
     -------
@@ -273,7 +280,7 @@ def point_predictions(
         batch = Batch.from_windows(windows, index, device=model.device)
         if labels is not None:
             batch.labels = torch.as_tensor(labels[index], dtype=torch.long, device=model.device)
-        out[index] = model.point_prediction(batch).float().cpu().numpy()
+        out[index] = model.point_prediction(batch, residual=residual).float().cpu().numpy()
     return out
 
 

@@ -50,6 +50,9 @@ class TrainConfig(BaseModel):
         Steps between checkpoints.
     val_fraction, test_fraction : float
         Shares of each site's subjects held out for validation and test.
+    cross_fit_folds : int
+        Folds of training subjects for the residual's cross-fitted targets
+        (``shared.model.crossfit``); 0: the residual trains on the in-sample ridge residual.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -63,6 +66,7 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(200, ge=1, description="Steps between checkpoints")
     val_fraction: float = 0.15
     test_fraction: float = 0.2
+    cross_fit_folds: int = Field(5, ge=0, description="Subject folds of the residual's cross-fitted targets (0: off)")
 
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {
@@ -825,11 +829,13 @@ def train_centralized(
                 "resume with the same --preprocess settings"
             )
     step, first_epoch = 0, 0
-    ridge_choice = None
     if not resume:
         from fedneurogen.shared.model.mean import fit_ridge_paths
 
         ridge_choice = fit_ridge_paths(model, split.train, split.val)
+    else:  # solved before: the checkpoint says how
+        saved = read_checkpoint_config(checkpoint_dir) if (checkpoint_dir / "config.json").exists() else {}
+        ridge_choice = (saved.get("provenance") or {}).get("ridge_path")
     ema = EMA(model, decay=model_config.ema_decay)
     optimizer = make_optimizer(model.parameters(), config)
     if resume:
@@ -841,6 +847,15 @@ def train_centralized(
         step, first_epoch = int(state["step"]), int(state["epoch"])
         log.info("resuming %s at epoch %d, step %d", run_dir, first_epoch, step)
 
+    from fedneurogen.shared.model.crossfit import cross_fitted_training, fit_class_offsets
+
+    train_sites, cross_fit, class_offsets = list(split.train), None, {}
+    if config.cross_fit_folds and ridge_choice:  # the residual learns the error on new subjects
+        train_sites, cross_fit = cross_fitted_training(model, split.train, ridge_choice, config.cross_fit_folds)
+    if not resume:  # each class's mean (cross-fitted) residual: the class in closed form
+        for modality in sorted({w.target_modality for w in train_sites}):
+            of = lambda ws: [w for w in ws if w.target_modality == modality]  # noqa: E731
+            class_offsets[modality] = fit_class_offsets(model, modality, of(train_sites), of(split.val), classes)
     names = list(site_names or [f"site-{i + 1:02d}" for i in range(len(sites))])
     provenance = {
         "mode": "centralized",
@@ -853,6 +868,8 @@ def train_centralized(
         "sites": names,
         "train_windows": int(sum(len(s) for s in split.train)),
         "ridge_path": ridge_choice,
+        "cross_fit": cross_fit,
+        "class_offsets": class_offsets,
     }
     if site_dirs is not None:
         provenance[PROVENANCE_KEY] = subject_record(sites, site_dirs, split.subjects, names)
@@ -870,7 +887,7 @@ def train_centralized(
         save_checkpoint(checkpoint_dir, model, ema=ema, extra=extra)
         save_training_state(run_dir / STATE_FILE, optimizer, step, epoch)
 
-    selection_sites = split.val or split.train  # validation subjects; the training ones only when there are none
+    selection_sites = split.val or train_sites  # validation subjects; the training ones only when there are none
     with ema.average_parameters(model):
         best = BestMean(model, point_prediction_pcc(model, selection_sites))
     logger.log(step, **{"val/pcc_point": best.score})
@@ -892,7 +909,7 @@ def train_centralized(
             stats, step = train_epochs(
                 model,
                 optimizer,
-                split.train,
+                train_sites,
                 epochs=1,
                 config=config,
                 class_to_index=classes,
