@@ -238,12 +238,27 @@ def simulate(
         "--scanner-artifacts",
         help="Write the fMRI sites' EEG raw, as recorded in the scanner (gradient artefact, BCG, ECG, R128 volume triggers); the clean EEG goes to derivatives/ground_truth.",
     ),
+    scanner_lead_in: float = typer.Option(
+        0.0, "--scanner-lead-in", help="With --scanner-artifacts: seconds of EEG before the first volume."
+    ),
+    scanner_lead_out: float = typer.Option(
+        0.0, "--scanner-lead-out", help="With --scanner-artifacts: seconds of EEG after the last volume."
+    ),
+    scanner_unsynced_clock: bool = typer.Option(
+        False,
+        "--no-syncbox",
+        help="With --scanner-artifacts: no SyncBox (triggers alternating N and N + 1 samples apart).",
+    ),
 ) -> None:
     """Write simulated paired EEG-fMRI / EEG-fNIRS BIDS datasets with known ground truth."""
     import json
 
     from fedneurogen.shared.errors import ConfigError
+    from fedneurogen.simulations.scanner import ScannerSetup
     from fedneurogen.simulations.simulator import ceilings_table, simulate_dataset
+
+    if scanner_lead_in < 0 or scanner_lead_out < 0:
+        _fail("--scanner-lead-in / --scanner-lead-out: seconds, at least 0", EXIT_CONFIG)
 
     sessions = {}
     for item in eeg_only_sessions:
@@ -255,7 +270,8 @@ def simulate(
         site_dirs = simulate_dataset(
             out, n_sites=sites, subjects_per_site=subjects_per_site, modality=modality.value, seed=seed, run_seconds=run_seconds,
             eeg_only_sessions=sessions, progress=_show_progress(), head_model=head_model, physiology=physiology,
-            coupling=coupling, scanner_artifacts=scanner_artifacts,
+            coupling=coupling,
+            scanner_artifacts=scanner_artifacts and ScannerSetup(scanner_lead_in, scanner_lead_out, scanner_unsynced_clock),
         )  # fmt: skip
     except ConfigError as err:
         _fail_on(err)

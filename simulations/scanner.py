@@ -43,6 +43,30 @@ BCG_AMPLITUDE_JITTER = 0.1
 
 
 @dataclass(frozen=True)
+class ScannerSetup:
+    """How the scanner and the amplifier were set up (``simulate --scanner-artifacts``).
+
+    Attributes
+    ----------
+    lead_in_s : float
+        Seconds of EEG recorded before the first volume (the scanner not yet running).
+    lead_out_s : float
+        Seconds of EEG recorded after the last volume.
+    unsynced_clock : bool
+        No SyncBox: each volume lasts half an EEG sample more than the TR, so the triggers
+        alternate N and N + 1 samples apart.
+    """
+
+    lead_in_s: float = 0.0
+    lead_out_s: float = 0.0
+    unsynced_clock: bool = False
+
+    def to_dict(self) -> dict:
+        """The setup as ``simulation.json`` records it."""
+        return {"lead_in_s": self.lead_in_s, "lead_out_s": self.lead_out_s, "unsynced_clock": self.unsynced_clock}
+
+
+@dataclass(frozen=True)
 class ScannerArtifacts:
     """The artefacts of one run and their ground truth.
 

@@ -54,7 +54,7 @@ from fedneurogen.simulations.hemodynamics import (
     simulate_bold,
     simulate_nirs,
 )
-from fedneurogen.simulations.scanner import write_in_scanner_eeg
+from fedneurogen.simulations.scanner import ScannerSetup, write_in_scanner_eeg
 from fedneurogen.simulations.ownership import check_writable_by_simulator, claim, made_by_simulator
 from fedneurogen.simulations.latent import LATENT_SFREQ, block_design, simulate_latent
 from fedneurogen.simulations.physiology import (
@@ -115,9 +115,9 @@ class SubjectJob:
         The dataset's population physiology.
     coupling : Coupling
         The dataset's neurovascular coupling (``linear`` or ``nonlinear``).
-    scanner_artifacts : bool
-        Write the EEG as recorded in the scanner (``simulations.scanner``; fMRI subjects only),
-        the clean EEG under ``derivatives/ground_truth``.
+    scanner_artifacts : ScannerSetup | None
+        Write the EEG as recorded in the scanner with this setup (``simulations.scanner``; fMRI
+        subjects only), the clean EEG under ``derivatives/ground_truth``; None: clean EEG.
     """
 
     spec: SiteSpec
@@ -132,7 +132,7 @@ class SubjectJob:
     eeg_only: bool = False  # a subject with an EEG session only (no fMRI/fNIRS)
     physiology: Physiology = DEFAULT
     coupling: Coupling = LINEAR
-    scanner_artifacts: bool = False
+    scanner_artifacts: ScannerSetup | None = None
 
 
 def electrode_positions(spec: SiteSpec) -> np.ndarray:
@@ -191,9 +191,9 @@ def simulate_subject(job: SubjectJob) -> dict:
         physiology=job.physiology,
     )
     eeg_dir = job.site_dir / sub / "eeg"
-    in_scanner = job.scanner_artifacts and spec.modality == "fmri" and not job.eeg_only
+    in_scanner = job.scanner_artifacts is not None and spec.modality == "fmri" and not job.eeg_only
     if in_scanner:
-        write_in_scanner_eeg(job, eeg, events, duration, base)  # simulations.scanner: the writer and its options
+        write_in_scanner_eeg(job, eeg, events, duration, base, **job.scanner_artifacts.to_dict())
     else:
         bw.write_eeg(
             eeg_dir, base, eeg, spec.eeg_channels, spec.eeg_sfreq, spec.eeg_format, events, spec.task, spec.cap
@@ -323,7 +323,7 @@ def simulate_dataset(
     head_model: str = "default",
     physiology: str = "default",
     coupling: str = "linear",
-    scanner_artifacts: bool = False,
+    scanner_artifacts: bool | ScannerSetup = False,
 ) -> list[Path]:
     """Simulate ``n_sites`` BIDS site datasets under ``out`` and return their folders.
 
@@ -375,8 +375,10 @@ def simulate_dataset(
         ``drive`` rhythm (the true map applied to the parcel activity), so the EEG-informed
         ceiling is computed with the true map. ``simulation.json`` records the coupling and its
         parameters.
-    scanner_artifacts : bool
-        Write the EEG of the fMRI sites as it comes off an MR-compatible amplifier
+    scanner_artifacts : bool or ScannerSetup
+        Write the EEG of the fMRI sites as it comes off an MR-compatible amplifier (a
+        ``ScannerSetup``: EEG before the first and after the last volume, no SyncBox; True: the
+        default setup)
         (``simulations.scanner``): gradient artefact, BCG, an ECG channel and ``R128`` volume
         triggers; the clean EEG goes to ``derivatives/ground_truth/sub-*/eeg`` (the same bytes as
         ``sub-*/eeg`` of a run without artefacts, every other file unchanged), with the true
@@ -409,6 +411,7 @@ def simulate_dataset(
         raise ConfigError(f"head_model must be one of {', '.join(HEAD_MODELS)}, got {head_model!r}")
     population = get_physiology(physiology)
     neurovascular = get_coupling(coupling)
+    setup = (ScannerSetup() if scanner_artifacts is True else scanner_artifacts) or None
     specs = make_site_specs(n_sites, modality, seed)
     check_writable_by_simulator(out, [spec.site_id for spec in specs])  # before the first byte
     claim(out)
@@ -439,7 +442,7 @@ def simulate_dataset(
                 False,
                 population,
                 neurovascular,
-                scanner_artifacts,
+                setup,
             )  # fmt: skip
             for j, p in enumerate(roster)
         ]
@@ -491,7 +494,8 @@ def simulate_dataset(
         "noise_ceiling_definition": CEILING_DEFINITION,
         "fnirs_ppf": PPF,
         "sites": sites,
-        **({"scanner_artifacts": True} if scanner_artifacts else {}),  # absent: the file is as it was
+        **({"scanner_artifacts": True} if setup is not None else {}),  # absent: the file is as it was
+        **({"scanner_setup": setup.to_dict()} if setup not in (None, ScannerSetup()) else {}),
     }
     write_json_atomic(out / "simulation.json", summary)
     for site in sites:

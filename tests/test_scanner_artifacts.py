@@ -31,8 +31,7 @@ from fedneurogen.shared.data.scanner import (
 )
 from fedneurogen.shared.data.scanner_metrics import line_power, pulse_locked_power
 from fedneurogen.shared.errors import DataError
-from fedneurogen.simulations import simulator
-from fedneurogen.simulations.scanner import simulate_scanner_artifacts, write_in_scanner_eeg
+from fedneurogen.simulations.scanner import ScannerSetup, simulate_scanner_artifacts
 from fedneurogen.simulations.simulator import simulate_dataset
 
 SEED = 11
@@ -56,15 +55,13 @@ LEAD_IN_S, LEAD_OUT_S = 5.0, 3.0
 def lead_in(tmp_path_factory) -> Path:
     """The raw consortium's seed written as a lab records it without a SyncBox: the EEG starts
     5 s before the first volume and goes on 3 s after the run, the triggers alternately N and
-    N + 1 samples apart (``write_in_scanner_eeg``'s options, in place of the simulator's writer)."""
+    N + 1 samples apart (``ScannerSetup``)."""
     root = tmp_path_factory.mktemp("scanner-lead-in")
-    writer = lambda *a: write_in_scanner_eeg(*a, lead_in_s=LEAD_IN_S, lead_out_s=LEAD_OUT_S, unsynced_clock=True)  # noqa: E731
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(simulator, "write_in_scanner_eeg", writer)
-        simulate_dataset(
-            root / "raw", scanner_artifacts=True, n_sites=2, subjects_per_site=1, seed=SEED, run_seconds=60.0,
-            progress=False, n_jobs=1,
-        )  # fmt: skip
+    setup = ScannerSetup(lead_in_s=LEAD_IN_S, lead_out_s=LEAD_OUT_S, unsynced_clock=True)
+    simulate_dataset(
+        root / "raw", scanner_artifacts=setup, n_sites=2, subjects_per_site=1, seed=SEED, run_seconds=60.0,
+        progress=False, n_jobs=1,
+    )  # fmt: skip
     return root / "raw"
 
 
