@@ -761,7 +761,7 @@ def explain_command(
         "--points",
         help="Points summarised: top (best-predicted 10 %), all, or a region (occipital, left occipital, ...).",
     ),
-    steps: int = typer.Option(32, "--steps", min=1, help="Integrated-gradient steps for the learned residual."),
+    steps: int = typer.Option(32, "--steps", min=2, help="Integrated-gradient steps for the learned residual."),
     max_frames: int | None = typer.Option(
         None, "--max-frames", min=3, help="Use at most this many frames (evenly spaced) of the site."
     ),

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from fedneurogen.cli import app
 from fedneurogen.shared.workflows import explain
 from fedneurogen.shared.config import PreprocessConfig
+from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.features import EEG_BANDS
 from fedneurogen.shared.outputs import OUTPUT_MARKER
 
@@ -68,11 +69,20 @@ def test_integrated_gradients_are_complete_for_a_small_network():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.GELU(), torch.nn.Linear(5, 3), torch.nn.GELU()).double()
     x, x0 = torch.randn(9, 7, dtype=torch.float64), torch.zeros(7, dtype=torch.float64)
-    ig = explain.integrated_gradients(net, x, x0, steps=64)
-    assert ig.shape == (9, 3, 7)
+    ig, delta = explain.integrated_gradients(net, x, x0, steps=64, chunk=2)  # chunk: Captum's internal batches
+    assert ig.shape == (9, 3, 7) and delta.shape == (9, 3)
     with torch.no_grad():
         change = net(x) - net(x0[None])
     torch.testing.assert_close(ig.sum(dim=2), change, atol=2e-4, rtol=1e-3)
+    # Captum's convergence delta is the completeness gap itself, and small
+    torch.testing.assert_close(delta, ig.sum(dim=2) - change, atol=1e-12, rtol=0)
+    assert delta.abs().max() < 2e-5  # 4e-6 at 64 steps; 7e-5 at 16
+    # the midpoint rule, as written out: (x - x0) times the mean gradient at the 64 midpoints
+    jacobian = torch.func.vmap(torch.func.jacrev(net))
+    midpoints = sum(jacobian(x0 + (k + 0.5) / 64 * (x - x0)) for k in range(64)) / 64
+    torch.testing.assert_close(ig, midpoints * (x - x0)[:, None, :], atol=1e-12, rtol=1e-9)
+    with pytest.raises(ConfigError, match="at least 2 steps"):
+        explain.integrated_gradients(net, x, x0, steps=1)
 
 
 def test_model_decomposition_is_complete_and_matches_the_point_prediction(tiny):
@@ -91,7 +101,12 @@ def test_model_decomposition_is_complete_and_matches_the_point_prediction(tiny):
     points = np.argsort(-contrib.variance["ridge_path"])[:50]
     assert contrib.share("ridge_path", points).sum() == pytest.approx(1.0, abs=1e-6)
     # the residual: integrated gradients close to complete, and per band they add up to the whole
-    assert explain._ig_completeness(dec) < 0.05
+    gap = explain._ig_completeness(dec)
+    assert gap < 0.05
+    # Captum's convergence delta, through the readout, is that gap (float32 rounding aside)
+    change = np.abs(dec.residual - dec.residual_at_baseline).sum()
+    assert dec.ig_delta.shape == dec.ig.shape[:2]
+    assert np.abs(dec.ig_delta @ dec.readout.T).sum() / change == pytest.approx(gap, rel=0.05, abs=1e-6)
     grouped = dec.residual_attributions(band, len(EEG_BANDS))
     np.testing.assert_allclose(grouped.sum(axis=1), dec.ig.sum(axis=2) @ dec.readout.T, atol=1e-8)
 
@@ -109,6 +124,7 @@ def test_a_zero_residual_gets_zero_attributions(tiny):
     contrib = explain.contributions(dec, band, len(EEG_BANDS))
     assert not np.any(contrib.covariance["residual"]) and not np.any(contrib.share("residual", np.arange(10)))
     assert explain._ig_completeness(dec) is None
+    assert not np.any(dec.ig_delta @ dec.readout.T)  # the latent moves; the zero readout hides it
 
 
 def test_effective_hrf_peaks_where_the_basis_weights_put_it():
@@ -145,6 +161,8 @@ def test_explain_command_writes_readable_json_and_pngs(tiny, tmp_path):
     assert set(report["band_shares"]) == {"ridge_path", "residual", "prediction"}
     assert sum(report["band_shares"]["ridge_path"].values()) == pytest.approx(1.0, abs=1e-6)
     assert "integrated gradients" in report["methods"]["residual"] and "exact" in report["methods"]["ridge_path"]
+    assert "Captum" in report["methods"]["residual"]
+    assert 0 <= report["completeness"]["residual_ig_max_abs_convergence_delta"] < 1e-2
     assert len(report["electrodes"]["ranking"]) == 64 and "atlas" in report["regions"]["source"]
     assert all(0 <= r["effective_hrf"]["peak_s"] <= 30 for r in report["regions"]["by_region"].values())
     assert len(report["per_point"]["dominant_band"]) == 5124

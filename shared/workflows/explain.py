@@ -10,11 +10,12 @@ a basis function):
 - ridge path, exact: feature ``j`` contributes ``a_j(x) = b_j (x_j - m_j)`` (``m``: the training
   mean the path stores), so the attributions of a frame sum to its prediction minus the
   prediction at ``m`` (completeness, to rounding);
-- learned residual, integrated gradients (hand-written; the baseline is the same training mean,
-  which the residual sees as the zero input): for each latent dimension of the residual network,
-  then through its linear per-point readout, which is exact because integrated gradients are
-  linear in the output. Their sum approaches the residual minus its value at the baseline as the
-  number of steps grows (the gap is reported);
+- learned residual, integrated gradients (Captum's ``IntegratedGradients``, midpoint rule; the
+  baseline is the same training mean, which the residual sees as the zero input): for each latent
+  dimension of the residual network, then through its linear per-point readout, which is exact
+  because integrated gradients are linear in the output. Their sum approaches the residual minus
+  its value at the baseline as the number of steps grows (the gap and Captum's convergence delta
+  are reported);
 - the label enters the residual's latent after its non-linearity, so within one class it shifts
   the prediction by a constant: within-class shares are those of the EEG features alone.
 
@@ -42,6 +43,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from captum.attr import IntegratedGradients
 
 from fedneurogen.shared.errors import ConfigError, DataError
 from fedneurogen.shared.features import EEG_BANDS
@@ -58,10 +60,12 @@ REGION_SOURCE = (
 )
 METHODS = {
     "ridge_path": "exact: coefficient x (design - training mean); variance shares = coefficients x design covariance, b_G^T (Sigma b)_G / b^T Sigma b",
-    "residual": "integrated gradients (hand-written, {steps} midpoint steps, baseline: the training mean design) per latent dimension, "
+    "residual": "integrated gradients (Captum, {steps} midpoint steps, baseline: the training mean design) per latent dimension, "
     "through the linear per-point readout",
     "prediction": "sum of the two: Cov(a_ridge_G + a_residual_G, y) / Var(y), y = ridge path + residual",
 }
+#: Captum's quadrature rule for the integrated gradients: the midpoints of ``steps`` equal intervals.
+IG_METHOD = "riemann_middle"
 #: Fraction of target points the ``top`` selection keeps (best in-sample PCC on the site).
 TOP_FRACTION = 0.1
 BAND_COLORS = ("tab:purple", "tab:blue", "tab:green", "tab:orange", "tab:red")
@@ -212,50 +216,51 @@ def ridge_attributions(design: np.ndarray, coef: np.ndarray, baseline: np.ndarra
 
 def integrated_gradients(
     fn, inputs: torch.Tensor, baseline: torch.Tensor, steps: int = 32, chunk: int = 256
-) -> torch.Tensor:
-    """Integrated gradients of every output of ``fn`` for every row of ``inputs``.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integrated gradients of every output of ``fn`` for every row of ``inputs`` (Captum).
 
-    ``(x - x0) * mean over alpha of d fn / d x`` at ``x0 + alpha (x - x0)``, alpha at the
-    ``steps`` midpoints of [0, 1]. Per row and output the attributions sum to
-    ``fn(x) - fn(x0)`` up to the quadrature error.
+    ``captum.attr.IntegratedGradients`` once per output (its ``target``): ``(x - x0)`` times
+    the mean of ``d fn / d x`` at ``x0 + alpha (x - x0)``, alpha at the ``steps`` midpoints of
+    [0, 1] (``IG_METHOD``). Per row and output the attributions sum to ``fn(x) - fn(x0)`` plus
+    Captum's convergence delta (the quadrature error), which is returned with them.
 
     Parameters
     ----------
     fn : callable
-        One row ``[D]`` -> ``[R]`` (vectorised with ``torch.func.vmap``).
+        Rows ``[n, D]`` -> ``[n, R]`` (e.g. an ``nn.Module``).
     inputs : torch.Tensor
         ``[n, D]`` rows to explain.
     baseline : torch.Tensor
         ``[D]`` reference row ``x0``.
     steps : int
-        Quadrature points (at least 1).
+        Quadrature points (at least 2).
     chunk : int
-        Rows per vectorised Jacobian evaluation (bounds memory).
+        Bounds memory: about ``chunk * steps`` scaled rows per forward pass (at least ``n``).
 
     Returns
     -------
-    torch.Tensor
+    attributions : torch.Tensor
         ``[n, R, D]``.
+    delta : torch.Tensor
+        ``[n, R]`` Captum's convergence delta, ``sum_j attributions - (fn(x) - fn(x0))``.
 
     Raises
     ------
     ConfigError
-        ``steps < 1``.
+        ``steps < 2``.
     """
-    if steps < 1:
-        raise ConfigError(f"integrated gradients need at least one step, got {steps}")
-    jacobian = torch.func.vmap(torch.func.jacrev(fn))
-    baseline = baseline.to(inputs.dtype)
-    parts = []
-    with torch.enable_grad():
-        for start in range(0, len(inputs), chunk):
-            x = inputs[start : start + chunk]
-            delta = x - baseline
-            total = torch.zeros((), dtype=inputs.dtype, device=inputs.device)
-            for k in range(steps):
-                total = total + jacobian(baseline + ((k + 0.5) / steps) * delta).detach()
-            parts.append(total / steps * delta[:, None, :])
-    return torch.cat(parts) if parts else torch.zeros((0, 0, inputs.shape[1]))
+    if steps < 2:  # Captum's quadrature rules need two points
+        raise ConfigError(f"integrated gradients need at least 2 steps, got {steps}")
+    baseline = baseline.to(inputs.dtype)[None]
+    if not len(inputs):
+        return torch.zeros((0, 0, inputs.shape[1])), torch.zeros((0, 0))
+    with torch.no_grad():
+        n_outputs = fn(baseline).shape[1]
+    ig = IntegratedGradients(fn)
+    batch = max(len(inputs), chunk * steps)
+    kwargs = {"n_steps": steps, "method": IG_METHOD, "internal_batch_size": batch, "return_convergence_delta": True}
+    attributions, deltas = zip(*(ig.attribute(inputs, baseline, target=r, **kwargs) for r in range(n_outputs)))
+    return torch.stack(attributions, dim=1).detach(), torch.stack(deltas, dim=1).detach()
 
 
 @dataclass
@@ -283,6 +288,9 @@ class Decomposition:
         ``[N, R]`` the residual's per-point readout.
     ig : np.ndarray
         ``[n, R, D]`` integrated gradients of the residual's latent (before the readout).
+    ig_delta : np.ndarray
+        ``[n, R]`` Captum's convergence delta of ``ig``: its sum over features minus the
+        latent's change from the baseline.
     residual_at_baseline : np.ndarray
         ``[N]`` the residual at the baseline design (same label).
     labels : np.ndarray
@@ -301,6 +309,7 @@ class Decomposition:
     baseline: np.ndarray
     readout: np.ndarray
     ig: np.ndarray
+    ig_delta: np.ndarray  # [n, R] Captum's convergence delta of ig
     residual_at_baseline: np.ndarray  # [N] the residual at the baseline design (same label)
     labels: np.ndarray
     target: np.ndarray  # [n, N] the recorded target at the rows
@@ -403,13 +412,13 @@ def decompose(
         zero = torch.zeros((1, design.shape[1]), device=model.device)
         at_baseline = pick(head.readout(head.residual(zero) + embed))[0]
         readout = head.readout.weight if slots is None else head.readout.weight[slots]
-    ig = integrated_gradients(
+    ig, ig_delta = integrated_gradients(
         head.residual, standardised, torch.zeros(design.shape[1], device=model.device), steps=steps
     )
     cpu = lambda t: t.detach().double().cpu().numpy()  # noqa: E731
     return Decomposition(
         design=design_np.astype(np.float64), ridge=cpu(ridge), residual=cpu(residual), coef=cpu(coef), intercept=cpu(intercept),
-        baseline=cpu(head.ridge.feature_mean), readout=cpu(readout), ig=cpu(ig), residual_at_baseline=cpu(at_baseline),
+        baseline=cpu(head.ridge.feature_mean), readout=cpu(readout), ig=cpu(ig), ig_delta=cpu(ig_delta), residual_at_baseline=cpu(at_baseline),
         labels=np.asarray(windows.labels)[rows_w].astype(str), target=np.asarray(windows.target[rows_w, :, rows_f], dtype=np.float64),
         steps=steps,
     )  # fmt: skip
@@ -693,6 +702,7 @@ def explain_point_prediction(
     sums = {p: float(by_band.share(p, chosen).sum()) for p in PATHS}
     ridge_error = _ridge_completeness(dec)
     ig_gap = _ig_completeness(dec)
+    ig_delta = float(np.abs(dec.ig_delta).max()) if dec.ig_delta.size else 0.0
 
     classes = {}
     for name in sorted(set(dec.labels.tolist())):
@@ -749,8 +759,10 @@ def explain_point_prediction(
             "share_sums": sums,
             "ridge_path_max_abs_error": ridge_error,
             "residual_ig_relative_gap": ig_gap,
+            "residual_ig_max_abs_convergence_delta": ig_delta,
             "note": "ridge attributions sum to the prediction minus the prediction at the training mean design (exact); "
-            "integrated gradients approach the residual's change from the baseline as steps grow",
+            "integrated gradients approach the residual's change from the baseline as steps grow (the relative gap is "
+            "over frames and points; Captum's convergence delta is per frame and latent dimension, before the readout)",
         },
         "hrf_basis_shares": {p: by_basis.share(p, chosen).tolist() for p in PATHS},
         "classes": classes,
@@ -795,8 +807,9 @@ def _ridge_completeness(dec: Decomposition, rows: int = 16) -> float:
 
 def _ig_completeness(dec: Decomposition) -> float | None:
     """``Σ |Σ_j a_j - (r(x) - r(x0))|`` over ``Σ |r(x) - r(x0)|`` (frames and points), the
-    residual's integrated-gradient gap; None when the residual does not move (nothing to
-    attribute, e.g. a zero readout)."""
+    residual's integrated-gradient gap, from the residual itself (Captum's convergence delta
+    ``dec.ig_delta`` through the readout gives the same numerator); None when the residual does
+    not move (nothing to attribute, e.g. a zero readout)."""
     change = dec.residual - dec.residual_at_baseline
     scale = float(np.abs(change).sum())
     if scale == 0:
