@@ -24,6 +24,8 @@ than its ``min-subjects-per-release``.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Mapping
 
 import numpy as np
@@ -151,11 +153,7 @@ def solve_class_offsets(
         As ``install_class_offsets``, with ``sites``.
     """
     trains = cap_windows([train for train, _ in replies])
-    vals = [val for _, val in replies if val is not None]
-    total = trains[0]
-    for part in trains[1:]:
-        total = total + part
-    val_total = None
-    for part in cap_windows(vals):
-        val_total = part if val_total is None else val_total + part
+    vals = cap_windows([val for _, val in replies if val is not None])
+    total = functools.reduce(operator.add, trains)
+    val_total = functools.reduce(operator.add, vals) if vals else None
     return {**install_class_offsets(head, total, val_total, min_subjects), "sites": len(replies)}

@@ -104,3 +104,23 @@ def test_whatever_a_site_sends_is_refused_or_obeys_what_real_sums_obey(keys, sha
     assert np.isfinite(got.sums).all() and (got.squares >= 0).all()
     assert (got.sums**2 <= got.windows[:, None, None] * got.squares * (1 + 1e-6) + 1e-9).all()
     assert np.isfinite(got.offsets(1)).all()
+
+
+def test_the_server_installs_the_pooled_means_shrunk_on_the_held_out_windows():
+    from fedneurogen.server.class_offsets import solve_class_offsets
+    from fedneurogen.shared.model.mean import MeanHead
+
+    head = MeanHead(4, N, hidden=4, rank=2, num_classes=C, dropout=0.0, n_frames=F)
+    replies = [(honest(s), honest(10 + s)) for s in range(3)]
+    report = solve_class_offsets(head, replies, min_subjects=2)
+    pooled = sum((t for t, _ in replies[1:]), replies[0][0]).offsets(2)
+    val = sum((v for _, v in replies[1:]), replies[0][1])
+    assert report["sites"] == 3 and report["kept"] and 0 < report["shrinkage"] <= 1
+    assert report["shrinkage"] == pytest.approx(val.best_shrinkage(pooled))
+    installed = head.ridge.class_intercept.detach().numpy()
+    np.testing.assert_allclose(installed[:C], report["shrinkage"] * pooled, rtol=1e-5, atol=1e-6)
+    assert not installed[C].any()  # the no-label row
+    # held-out windows of a class that the training mean does not fit: switched off
+    contrary = [(t, ClassResiduals(-v.sums, v.squares, v.windows, v.subjects)) for t, v in replies]
+    report = solve_class_offsets(head, contrary, min_subjects=2)
+    assert report["shrinkage"] == 0.0 and not report["kept"] and not head.ridge.class_intercept.any()

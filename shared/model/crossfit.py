@@ -25,6 +25,8 @@ the labelled mean carries the class whether or not the learned residual earns it
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -388,10 +390,12 @@ def fit_class_offsets(
         As ``install_class_offsets``, with the classes by name.
     """
     head = model.modality_heads[modality].mean
-    summed = lambda parts: sum(
-        (class_residuals(head, w, class_to_index) for w in parts[1:]), class_residuals(head, parts[0], class_to_index)
-    )  # noqa: E731
-    report = install_class_offsets(head, summed(list(train)), summed(list(val)) if val else None, min_subjects)
+
+    def summed(sites: Sequence[PairedWindows]) -> ClassResiduals | None:
+        parts = [class_residuals(head, w, class_to_index) for w in sites]
+        return functools.reduce(operator.add, parts) if parts else None
+
+    report = install_class_offsets(head, summed(train), summed(val), min_subjects)
     names = {i: name for name, i in class_to_index.items()}
     report["classes_with_offset"] = [names.get(i, str(i)) for i in report["classes_with_offset"]]
     return report
