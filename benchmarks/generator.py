@@ -26,6 +26,7 @@ optimism), the machine and its load average before and after.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -80,6 +81,7 @@ def scenario(coupling: str, args, console) -> dict[str, Any]:
         preprocess=preprocess.model_dump(), site_names=[s.name for s in site_dirs], site_dirs=site_dirs,
     )  # fmt: skip
     train_minutes = (time.time() - started) / 60
+    provenance = json.loads((checkpoint / "config.json").read_text())["provenance"]
     reports = {}
     for site in site_dirs:
         console.print(f"[bold]{coupling}[/]: evaluating {site.name}")
@@ -104,10 +106,11 @@ def scenario(coupling: str, args, console) -> dict[str, Any]:
     return {
         "coupling": coupling,
         "train_minutes": train_minutes,
-        "provenance": {
-            key: value for key, value in (reports[site_dirs[0].name].get("split") or {}).items() if key != "note"
-        },
         "cross_fit": not args.no_cross_fit,
+        # what training chose: the ridge path, the optimism cross-fitting removed, the class offsets
+        "training": {
+            key: provenance.get(key) for key in ("ridge_path", "cross_fit", "class_offsets", "epochs", "steps")
+        },
         "pooled": pooled,
         "samples": comparison,
         "samples_better": sum(bool(v["better"]) for k, v in comparison.items() if k != "real_reference"),

@@ -142,6 +142,11 @@ def release_noise_scale(reply: Message) -> float:
     return float(value) if ok else 0.0
 
 
+def error_reason(reply: Message) -> str:
+    """The last line of an error reply's reason (a traceback's message), at most 300 characters."""
+    return (str(reply.error.reason).strip().splitlines() or ["(no reason)"])[-1][:300]
+
+
 def solve_global_ridge(
     grid: Grid,
     model: NeuroGenModel,
@@ -185,8 +190,7 @@ def solve_global_ridge(
         node = reply.metadata.src_node_id
         if reply.has_error():
             log(WARNING, "ridge statistics: site (node %s) failed: %s", node, reply.error.reason)
-            last = (str(reply.error.reason).strip().splitlines() or ["(no reason)"])[-1]
-            refused.append({"node": node, "reason": f"error reply: {last[:300]}"})
+            refused.append({"node": node, "reason": f"error reply: {error_reason(reply)}"})
             continue
         try:  # the server trusts no site: every reply is checked before it is summed
             modality = str(reply.content.config_records["site"].get("modality", "")) if reductions else ""
@@ -345,8 +349,8 @@ def choose_class_offsets(
         if node not in targets:
             continue
         if reply.has_error() or "class-residuals" not in reply.content.array_records:
-            reason = reply.error.reason if reply.has_error() else "no class-residuals record"
-            refused.append({"node": node, "reason": str(reason).strip().splitlines()[-1][:300] if reason else "?"})
+            reason = f"error reply: {error_reason(reply)}" if reply.has_error() else "no class-residuals record"
+            refused.append({"node": node, "reason": reason})
             continue
         modality = targets[node]
         head = model.modality_heads[modality].mean

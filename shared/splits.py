@@ -444,3 +444,23 @@ class SeenSubjects:
         if self.covered is not None and not runs <= self.covered:
             return "unknown"  # possibly a withheld site's subject no record names
         return None
+
+
+def subject_folds(subjects: np.ndarray, n_folds: int) -> list[np.ndarray]:
+    """Split the subjects into folds (sorted ids dealt in turn).
+
+    Parameters
+    ----------
+    subjects : np.ndarray
+        Subject of each window (any hashable ids).
+    n_folds : int
+        Folds wanted (at most one per subject).
+
+    Returns
+    -------
+    list of np.ndarray
+        Each fold's subject ids.
+    """
+    ids = np.array(sorted(set(np.asarray(subjects).tolist())), dtype=object)
+    n = max(1, min(n_folds, len(ids)))
+    return [ids[i::n] for i in range(n)]

@@ -223,7 +223,8 @@ def test_cross_fitting_never_lets_a_subject_into_its_own_ridge_prediction(small_
     from dataclasses import replace
 
     from fedneurogen.shared.design import feature_bands, global_part, subject_statistics
-    from fedneurogen.shared.model.crossfit import cross_fitted_sites, subject_folds
+    from fedneurogen.shared.model.crossfit import cross_fitted_sites
+    from fedneurogen.shared.splits import subject_folds
 
     sites = list(small_fmri_windows)
     torch.manual_seed(0)

@@ -39,29 +39,10 @@ from fedneurogen.shared.design import feature_bands, global_part, iter_subject_s
 from fedneurogen.shared.features import EEG_BANDS
 from fedneurogen.shared.recording import PairedWindows, WindowView
 from fedneurogen.shared.ridge import RidgeStatistics, fit_ridge, sum_statistics
+from fedneurogen.shared.splits import subject_folds
 
 #: Folds of training subjects (at most one per subject).
 CROSS_FIT_FOLDS = 5
-
-
-def subject_folds(subjects: np.ndarray, n_folds: int) -> list[np.ndarray]:
-    """Split the subjects into folds (sorted ids dealt in turn).
-
-    Parameters
-    ----------
-    subjects : np.ndarray
-        Subject of each window (any hashable ids).
-    n_folds : int
-        Folds wanted (at most one per subject).
-
-    Returns
-    -------
-    list of np.ndarray
-        Each fold's subject ids.
-    """
-    ids = np.array(sorted(set(np.asarray(subjects).tolist())), dtype=object)
-    n = max(1, min(n_folds, len(ids)))
-    return [ids[i::n] for i in range(n)]
 
 
 def _site_subjects(sites: Sequence[PairedWindows]) -> np.ndarray:
@@ -103,7 +84,8 @@ def cross_fitted_sites(
         The windows with ``target + (1 - a) (ridge(x) - ridge_without_fold(x))``; unchanged when
         there is nothing to cross-fit (fewer than two subjects, or the path switched off).
     summary : dict
-        ``folds``, and the mean squared optimism (``optimism_mse``) against the targets' variance.
+        ``folds``, and the summed squared optimism as a share of the targets' summed variance
+        (``optimism_share_of_variance``).
     """
     keys = _site_subjects(sites)
     folds = subject_folds(keys, n_folds)
@@ -120,7 +102,9 @@ def cross_fitted_sites(
     full_intercept = head.ridge.intercept.detach().cpu().double().numpy()[:n_points]
     share = 1.0 - (float(head.local.weight) if head.local is not None else 0.0)
     weights = _band_weights(choice, full_coef.shape[0])
-    out, optimism, variance = [], 0.0, 0.0
+    total = sum_statistics(sums)  # every training frame once: the targets' variance, from its sums
+    variance = float(np.sum(total.syy - total.sy**2 / total.n))
+    out, optimism = [], 0.0
     solutions = [
         fit_ridge(sum_statistics([s for j, s in enumerate(sums) if j != i]), None, (choice["penalty"],), (choice["rank"],), weights)
         for i in range(len(folds))
@@ -136,10 +120,7 @@ def cross_fitted_sites(
             intercept = (share * (full_intercept - solution.intercept)).astype(np.float32)
             shift[held] = design[held].astype(np.float32) @ coef + intercept
         optimism += float(np.sum(np.square(shift, dtype=np.float64)))
-        target = _moved(windows, rows_w, rows_f, shift)
-        rows = np.asarray(windows.target[rows_w])[np.arange(len(rows_w)), :, rows_f]  # [R, N]
-        variance += float(np.sum(np.var(rows, axis=0, dtype=np.float64))) * len(rows_w)
-        out.append(replace(windows, target=target))
+        out.append(replace(windows, target=_moved(windows, rows_w, rows_f, shift)))
     return out, {"folds": len(folds), "optimism_share_of_variance": optimism / max(variance, 1e-12)}
 
 

@@ -809,7 +809,8 @@ def tstr_scores(
 
 
 def samples_as_data(
-    generators: dict[str, np.ndarray | None], test: PairedWindows, seed: int, labels: np.ndarray | None = None
+    generators: dict[str, np.ndarray | None], test: PairedWindows, seed: int, labels: np.ndarray | None = None,
+    tstr_only: dict[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
     """Score each generator's samples as data, and what the spectra/FC figure shows.
 
@@ -824,6 +825,9 @@ def samples_as_data(
     labels : numpy.ndarray, optional
         The class each window's samples were conditioned on (``conditioned_classes``); None: no
         TSTR.
+    tstr_only : dict of str to numpy.ndarray, optional
+        More "generators" (name -> ``[K, *test.target.shape]``) scored by TSTR alone, in the same
+        folds (e.g. the labelled point prediction).
 
     Returns
     -------
@@ -841,11 +845,11 @@ def samples_as_data(
         name: None if samples is None else sample_metrics(samples, real, *args, test.subjects, parcels, seed=seed)
         for name, samples in generators.items()
     }
-    if labels is not None:
-        tstr, metrics["real_reference"] = tstr_scores(generators, test, labels, seed)
+    if labels is not None:  # one reference and one set of folds for every generator
+        tstr, metrics["real_reference"] = tstr_scores({**generators, **(tstr_only or {})}, test, labels, seed)
         for name, row in tstr.items():
             if row is not None:
-                metrics[name].update(row)
+                metrics[name] = row if metrics.get(name) is None else {**metrics[name], **row}
     metrics["parcels"] = f"{len(np.unique(parcels))} k-means parcels of the target points' positions (fixed seed)"
     metrics["band_hz"] = list(BOLD_BAND)
     shown = {"real": real, **{name: s[0] for name, s in generators.items() if s is not None}}
@@ -1133,13 +1137,11 @@ def evaluate(
     # TSTR: each window's samples (the model's and linear-Gaussian's) are labelled with the class
     # the model conditioned them on; windows it sampled with the null label are left out
     conditioned = conditioned_classes(labels, meta.get("class_names"))
+    # and where the class lives: the labelled point prediction alone (no sampling noise), by TSTR
     sample_scores, sample_figure = samples_as_data(
-        {"model": samples, "linear_gaussian": linear_gaussian}, test, seed, conditioned
+        {"model": samples, "linear_gaussian": linear_gaussian}, test, seed, conditioned,
+        tstr_only={"point_prediction_labels": mean_labelled[None]},
     )  # fmt: skip
-    # where the class lives: the labelled point prediction alone (no sampling noise) as training data
-    sample_scores["point_prediction_labels"] = tstr_scores({"mean": mean_labelled[None]}, test, conditioned, seed)[0][
-        "mean"
-    ]
 
     headline, linear_scores = scores(mean, test, top), scores(linear_path, test, top)
     ridge = scores(predictions["ridge_hrf"], test, top)
@@ -1245,14 +1247,13 @@ def _relative(
     """The headline as a multiple of the ridge baseline and of the model's own linear paths, and
     as a share of the EEG-informed ceilings (scalp, and source space)."""
 
-    ratio = _ratio
     return {
-        "over_own_linear_path": ratio(model, linear, "pcc_temporal"),
-        "over_ridge_hrf": ratio(model, ridge, "pcc_temporal"),
-        "over_ridge_hrf_top10": ratio(model, ridge, "pcc_temporal_top10"),
-        "share_of_eeg_informed_ceiling": ratio(model, informed, "pcc_temporal"),
-        "share_of_eeg_informed_ceiling_top10": ratio(model, informed, "pcc_temporal_top10"),
-        "share_of_source_ceiling": ratio(model, source, "pcc_temporal"),
+        "over_own_linear_path": _ratio(model, linear, "pcc_temporal"),
+        "over_ridge_hrf": _ratio(model, ridge, "pcc_temporal"),
+        "over_ridge_hrf_top10": _ratio(model, ridge, "pcc_temporal_top10"),
+        "share_of_eeg_informed_ceiling": _ratio(model, informed, "pcc_temporal"),
+        "share_of_eeg_informed_ceiling_top10": _ratio(model, informed, "pcc_temporal_top10"),
+        "share_of_source_ceiling": _ratio(model, source, "pcc_temporal"),
     }
 
 

@@ -18,31 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedneurogen.shared.model.crossfit import MIN_CLASS_SUBJECTS
 from fedneurogen.shared.recording import PairedWindows
+from fedneurogen.shared.splits import subject_folds
 from fedneurogen.shared.workflows.baselines.ridge_hrf import RidgeHRFBaseline
-
-#: A class gets its own mean offset only with windows of at least this many training subjects.
-MIN_CLASS_SUBJECTS = 2
-
-
-def subject_folds(subjects: np.ndarray, n_folds: int) -> list[np.ndarray]:
-    """Split the subjects into folds (sorted ids dealt in turn).
-
-    Parameters
-    ----------
-    subjects : np.ndarray
-        Subject of each window.
-    n_folds : int
-        Folds wanted (at most one per subject).
-
-    Returns
-    -------
-    list of np.ndarray
-        Each fold's subject ids.
-    """
-    ids = np.array(sorted(set(np.asarray(subjects).tolist())))
-    n = max(1, min(n_folds, len(ids)))
-    return [ids[i::n] for i in range(n)]
 
 
 def cross_fitted_predictions(train: PairedWindows, n_folds: int = 5) -> np.ndarray:
