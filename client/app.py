@@ -236,7 +236,8 @@ def query(msg: Message, context: Context, run: RunConfig) -> Message:
         return Message(content=RecordDict({"mixing": ArrayRecord(arrays)}), reply_to=msg)
     if request is not None and request.get("kind") == STATISTICS_REQUEST:
         local: dict[str, np.ndarray] = {}
-        with _privacy(context, run) as (dp, ledger, ledger_file):
+        # the release's noise: OS entropy on a deployed site, a simulated node's site-seed (round 0)
+        with _privacy(context, run, noise_seed=_site_seed(context.node_config)) as (dp, ledger, ledger_file):
             if dp is None:  # exact sums only where the site's policy allows them, over enough subjects
                 floor = exact_statistics_floor(context.node_config)
                 statistics = site.ridge_statistics(data, floor)

@@ -618,14 +618,15 @@ def release_statistics(
     ``sqrt(2) * clip``. Gaussian noise of that times the noise multiplier is added to every
     entry (``sxx``'s upper triangle, mirrored). Training and held-out subjects are disjoint, so
     both sums are released for one step of the ledger. The noise comes from the operating
-    system's entropy: it must not be reproducible from anything the server knows.
+    system's entropy (it must not be reproducible from anything the server knows); only a
+    simulated node's ``settings.noise_seed`` makes it repeatable.
 
     ``weights`` (``private_path.BLOCK_WEIGHTS``) scale each block before the clip and divide its
     noise after: a block that changes nothing the server chooses spends little of the clip."""
     if ledger.statistics is not None:
         raise ValueError("this run's ridge statistics were released already")
     sigma = statistics_noise_multiplier(ledger, settings)
-    rng = np.random.default_rng(secrets.randbits(128))
+    rng = np.random.default_rng(secrets.randbits(128) if settings.noise_seed is None else settings.noise_seed)
     out = {}
     for prefix, subjects in (("train", train), ("val", val)):
         if not subjects:

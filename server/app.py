@@ -131,7 +131,8 @@ def read_statistics_reply(
     if private is not None:
         width, n_points = private.n_inputs, private.n_outputs(n_points)
     arrays = {k: a.numpy() for k, a in content["statistics"].items()}
-    return read_reply(arrays, dict(content["site"].items()), bool(flag), width=width, n_fmri_points=n_points)
+    site = dict(content["site"].items())
+    return read_reply(arrays, site, bool(flag), width, n_points, noise_scale=release_noise_scale(reply))
 
 
 def release_noise_scale(reply: Message) -> float:

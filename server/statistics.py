@@ -15,8 +15,10 @@ so one site that sends ``M·A``, ``M·B`` with a huge ``M`` would otherwise choo
    (about 1), so ``trace(XᵀX)/(n·D)`` and, for fMRI, ``Σ syy/(n·N)`` above
    ``MAX_ROW_MEAN_SQUARE`` are refused. fNIRS targets keep the site's units, so only their
    design is bounded. A DP release is noisy: no consistency check, and ``PRIVATE_SLACK`` times
-   the limit (enough to stop a scaled capture, not a subtle one; ``cap_shares`` bounds its
-   weight like every site's).
+   the limit plus ``NOISE_SIGMAS`` standard deviations of the noise the site states it added
+   (enough to stop a scaled capture, not a subtle one; a site that overstates its noise raises
+   everyone's penalty floor and shrinks toward the prior, and ``cap_shares`` bounds its weight
+   like every site's).
 
 What passes can still weigh too much: one site claiming far more rows than the others would
 dominate the sum. ``cap_shares`` scales each site's statistics (all of them, which weighs its rows
@@ -35,12 +37,15 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from fedneurogen.shared.private_path import release_noise_std
 from fedneurogen.shared.ridge import RidgeStatistics
 
 #: Per-column mean square allowed for a row of the z-scored design or target (honest: about 1).
 MAX_ROW_MEAN_SQUARE = 25.0
 #: A DP release's limit is this many times larger (its noise adds to the squares).
 PRIVATE_SLACK = 100.0
+#: A DP release may exceed the limit by this many standard deviations of its stated noise.
+NOISE_SIGMAS = 6.0
 #: No site's rows count more than this many times the median site's.
 MAX_SHARE_RATIO = 4.0
 #: With a DP release in the sum, the leave-one-site-out fits' penalty is at least this many times the noise per row.
@@ -79,7 +84,12 @@ class SiteStatistics:
 
 
 def check_statistics(
-    arrays: Mapping[str, np.ndarray], width: int, n_points: int | None, exact: bool, z_scored_targets: bool = True
+    arrays: Mapping[str, np.ndarray],
+    width: int,
+    n_points: int | None,
+    exact: bool,
+    z_scored_targets: bool = True,
+    noise_scale: float = 0.0,
 ) -> RidgeStatistics:
     """One set of statistics (the ``train.`` or ``val.`` arrays, prefix removed), checked.
 
@@ -95,6 +105,8 @@ def check_statistics(
         The statistics claim to be exact sums (no DP noise): the consistency checks apply.
     z_scored_targets : bool
         The targets are z-scored (fMRI): their magnitude is bounded too.
+    noise_scale : float
+        A DP release's noise multiplier x clip, as the site states it (0: none stated).
 
     Returns
     -------
@@ -133,7 +145,7 @@ def check_statistics(
         _check_consistent(stats)
         _check_magnitude(stats, MAX_ROW_MEAN_SQUARE, z_scored_targets)
     elif stats.n >= 10:  # a DP release: noise inflates its squares, and a tiny noisy count says nothing
-        _check_magnitude(stats, PRIVATE_SLACK * MAX_ROW_MEAN_SQUARE, z_scored_targets)
+        _check_magnitude(stats, PRIVATE_SLACK * MAX_ROW_MEAN_SQUARE, z_scored_targets, noise_scale)
     return stats
 
 
@@ -152,18 +164,26 @@ def _check_consistent(s: RidgeStatistics) -> None:
         raise StatisticsRefused("statistics sxy: larger than the features' and targets' squares allow (Cauchy-Schwarz)")
 
 
-def _check_magnitude(s: RidgeStatistics, limit: float, targets_z_scored: bool) -> None:
+def _check_magnitude(s: RidgeStatistics, limit: float, targets_z_scored: bool, noise_scale: float = 0.0) -> None:
     features = float(np.trace(s.sxx)) / (s.n * s.n_features)
     targets = float(s.syy.sum()) / (s.n * len(s.syy))
-    if abs(features) > limit or (targets_z_scored and abs(targets) > limit):
+    # the stated noise's standard deviation on each mean (D diagonal entries, N target sums)
+    feature_limit = limit + NOISE_SIGMAS * release_noise_std(noise_scale, 1.0, "sxx") / (s.n * math.sqrt(s.n_features))
+    target_limit = limit + NOISE_SIGMAS * release_noise_std(noise_scale, 1.0, "syy") / (s.n * math.sqrt(len(s.syy)))
+    if abs(features) > feature_limit or (targets_z_scored and abs(targets) > target_limit):
         raise StatisticsRefused(
             f"statistics: rows of mean square {features:.3g} (design) and {targets:.3g} (target) per column, "
-            f"where z-scored data gives about 1 (limit {limit:g})"
+            f"where z-scored data gives about 1 (limits {feature_limit:.3g} and {target_limit:.3g})"
         )
 
 
 def read_reply(
-    statistics: Mapping[str, np.ndarray], site: Mapping, private: bool, width: int, n_fmri_points: int
+    statistics: Mapping[str, np.ndarray],
+    site: Mapping,
+    private: bool,
+    width: int,
+    n_fmri_points: int,
+    noise_scale: float = 0.0,
 ) -> SiteStatistics:
     """A site's statistics reply, checked.
 
@@ -179,6 +199,9 @@ def read_reply(
         The model's design features ``D``.
     n_fmri_points : int
         Target points of the fMRI head (fNIRS sites name theirs).
+    noise_scale : float
+        The noise multiplier x clip a DP site states (``server.app.release_noise_scale``): its
+        noise loosens the magnitude check by as much as it can move the means.
 
     Returns
     -------
@@ -210,6 +233,7 @@ def read_reply(
             n_points,
             exact=not private,
             z_scored_targets=modality == "fmri",
+            noise_scale=noise_scale if private else 0.0,
         )  # fmt: skip
         for prefix in sorted(prefixes)
     }

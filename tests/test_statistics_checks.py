@@ -356,3 +356,34 @@ def test_the_drop_policy_under_dp_names_no_honest_release():
             parts.append(noisy)
         out = screen_sites(parts, noisy=True)
         assert out.inconsistent == [] and out.kept == [0, 1, 2, 3]
+
+
+def test_a_dp_release_is_bounded_by_the_noise_it_states():
+    """The private path's release puts most of its noise on ``Σy²`` (block weight 0.001), so an
+    honest release of a few subjects can read a target mean square in the thousands: the
+    magnitude limit grows with the noise the site states (and a release scaled far past what that
+    noise explains is still refused). Without the stated noise, about one honest draw in ten was
+    refused in the federated DP drill."""
+    from fedneurogen.client.privacy import add_gaussian_noise, clip_subject
+    from fedneurogen.server.statistics import check_statistics
+    from fedneurogen.shared.private_path import BLOCK_WEIGHTS
+
+    rng = np.random.default_rng(3)
+    sigma, clip = 30.0, 1.0
+    subjects = [honest(rows=12, seed=seed) for seed in range(4)]
+    refused_without = 0
+    for _ in range(40):
+        noisy = add_gaussian_noise(
+            sum_statistics([clip_subject(s, clip, BLOCK_WEIGHTS) for s in subjects]), sigma, clip, rng, BLOCK_WEIGHTS
+        )
+        noisy.n = max(noisy.n, 10.0)  # the check applies from 10 (noisy) rows
+        arrays = noisy.as_arrays() | {"n": np.atleast_1d(noisy.n)}
+        assert check_statistics(arrays, D, N, exact=False, noise_scale=sigma * clip).n == noisy.n
+        try:
+            check_statistics(arrays, D, N, exact=False)
+        except StatisticsRefused:
+            refused_without += 1
+        scaled = {k: v * 1e6 if k in ("sxx", "syy") else v for k, v in arrays.items()}
+        with pytest.raises(StatisticsRefused, match="mean square"):
+            check_statistics(scaled, D, N, exact=False, noise_scale=sigma * clip)
+    assert refused_without > 0  # the case the stated noise is for
