@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     from fedneurogen.shared.config import PreprocessConfig
     from fedneurogen.shared.data import load_site
     from fedneurogen.shared.workflows.explain import explain
-    from fedneurogen.shared.workflows.training import train_centralized
+    from fedneurogen.shared.workflows.centralized import train_centralized
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _common import figure, machine, print_figures, work_dir, write_result

@@ -45,13 +45,14 @@ from _common import figure, machine, prepare_sites, print_figure_table, work_dir
 from fedneurogen.shared.workflows.baselines import RidgeHRFBaseline
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.data import load_site
-from fedneurogen.shared.workflows.evaluation import ground_truth_windows, pool_windows
+from fedneurogen.shared.workflows.evaluation_baselines import ground_truth_windows, pool_windows
 from fedneurogen.shared.metrics import fisher_mean, temporal_pcc
 from fedneurogen.shared.model import NeuroGenModel, load_checkpoint
 from fedneurogen.shared.model.mean import fit_ridge_paths
 from fedneurogen.shared.splits import split_subjects
 from fedneurogen.shared.workflows.synthesis import point_predictions
-from fedneurogen.shared.workflows.training import TRAIN_PRESETS, class_index, train_centralized
+from fedneurogen.shared.workflows.centralized import train_centralized
+from fedneurogen.shared.workflows.training import TRAIN_PRESETS, class_index
 from fedneurogen.simulations.federated import run_federated
 
 

@@ -61,8 +61,10 @@ def scenario(coupling: str, args, console) -> dict[str, Any]:
     """Train and evaluate on one simulated scenario; the pooled report and its comparisons."""
     from fedneurogen.shared.config import PreprocessConfig
     from fedneurogen.shared.data import load_site
-    from fedneurogen.shared.workflows.evaluation import evaluate, pool_reports
-    from fedneurogen.shared.workflows.training import TRAIN_PRESETS, train_centralized
+    from fedneurogen.shared.workflows.evaluation import evaluate
+    from fedneurogen.shared.workflows.evaluation_report import pool_reports
+    from fedneurogen.shared.workflows.centralized import train_centralized
+    from fedneurogen.shared.workflows.training import TRAIN_PRESETS
 
     root = work_dir(args.work)
     data, cache, _ = prepare_sites(

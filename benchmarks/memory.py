@@ -118,7 +118,8 @@ def measure(site: Path, cache: Path, run_dir: Path, train_minutes: float) -> dic
     import torch
 
     from fedneurogen.shared.data import load_site_data
-    from fedneurogen.shared.workflows.training import TrainConfig, train_centralized
+    from fedneurogen.shared.workflows.centralized import train_centralized
+    from fedneurogen.shared.workflows.training import TrainConfig
 
     torch.set_num_threads(2)
     base_anon = _status_kb("RssAnon") / 1024

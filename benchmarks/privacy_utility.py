@@ -79,7 +79,7 @@ from fedneurogen.shared.run_config import RunConfig
 from fedneurogen.shared.surface import ICO4_POINTS
 from fedneurogen.shared.workflows.baselines import RidgeHRFBaseline
 from fedneurogen.shared.workflows.baselines.label_only import LabelOnlyBaseline
-from fedneurogen.shared.workflows.evaluation import pool_windows
+from fedneurogen.shared.workflows.evaluation_baselines import pool_windows
 
 PRESET = "tiny"
 DELTA = 1e-5

@@ -110,9 +110,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from fedneurogen.shared.config import PreprocessConfig
     from fedneurogen.shared.data import load_site
-    from fedneurogen.shared.workflows.evaluation import evaluate, pool_reports, render_report
+    from fedneurogen.shared.workflows.evaluation import evaluate
+    from fedneurogen.shared.workflows.evaluation_report import pool_reports, render_report
     from fedneurogen.shared.io import write_json_atomic
-    from fedneurogen.shared.workflows.training import train_centralized
+    from fedneurogen.shared.workflows.centralized import train_centralized
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _common import machine

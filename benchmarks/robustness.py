@@ -68,7 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as bc  # noqa: E402
 from federated import model_score, site_splits  # noqa: E402
 
-from fedneurogen.shared.workflows.evaluation import limit_windows  # noqa: E402
+from fedneurogen.shared.workflows.evaluation_subjects import limit_windows  # noqa: E402
 from fedneurogen.shared.io import write_json_atomic  # noqa: E402
 from fedneurogen.shared.metrics import fisher_mean, shuffled_baseline  # noqa: E402
 from fedneurogen.shared.model import Batch, NeuroGenModel, load_checkpoint  # noqa: E402

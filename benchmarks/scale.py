@@ -20,6 +20,10 @@ number of sites grows, not training.
   libraries counted once per process, so it overstates); ``peak_pss_mb`` sums proportional set
   sizes (shared pages split between the processes: the honest total). Per-group RSS at the
   peak shows where memory goes (a site actor keeps every site it has served in memory).
+- Bytes per round per site (array bytes, the server's count in ``history.json``), each way, as a
+  multiple of the model's trained parameters: in a middle round (neither the first, which sends
+  the frozen ridge path to every site, nor the last, which adds the final evaluate round; needs
+  ``--rounds`` >= 3), and over the whole run. Target (issue 32): <= 1.2x each way.
 
 Simulated sites and the preprocessed-window cache live under ``--work`` (default
 ``benchmarks/work/``) and are reused: the first run simulates 32 sites x 2 subjects (about a
@@ -31,6 +35,7 @@ takes about 2 minutes.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import shutil
@@ -167,6 +172,30 @@ class TreeMemory(threading.Thread):
 # -- the measurement -------------------------------------------------------------------------------
 
 
+def _trained_bytes(preset: str) -> int:
+    """Bytes of the model's trained parameters (the frozen ridge path left out)."""
+    from fedneurogen.shared.model import NeuroGenModel
+    from fedneurogen.shared.transport import frozen_names
+
+    model = NeuroGenModel(preset, device="cpu")
+    frozen = set(frozen_names(model))
+    return sum(p.numel() * p.element_size() for name, p in model.named_parameters() if name not in frozen)
+
+
+def _bytes_per_site(history: list[dict], sites: int, trained_bytes: int) -> dict[str, Any]:
+    """Array bytes per site each way: every round's, a middle round's and the run's mean, also
+    as multiples of ``trained_bytes``."""
+    rounds = [h.get("bytes") or {} for h in history]
+    out: dict[str, Any] = {"trained_parameter_bytes": trained_bytes}
+    for way in ("sent", "received"):
+        per_site = [float(r.get(way, 0)) / sites for r in rounds]
+        out[f"bytes_{way}_per_site_by_round"] = per_site
+        out[f"run_{way}_x_trained"] = statistics.mean(per_site) / trained_bytes if per_site else None
+        middle = per_site[1:-1]
+        out[f"middle_round_{way}_x_trained"] = statistics.median(middle) / trained_bytes if middle else None
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -178,13 +207,20 @@ def main(argv: list[str] | None = None) -> int:
         "--work", type=Path, default=DEFAULT_WORK, help="simulated data and window cache, reused across runs"
     )
     parser.add_argument("--sites", default="2,8,32", help="comma-separated site counts")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per run (>= 3 for a middle round's bytes)")
     parser.add_argument("--subjects-per-site", type=int, default=2)
     parser.add_argument("--run-seconds", type=float, default=60.0, help="length of each simulated run (>= 60)")
     parser.add_argument("--max-windows", type=int, default=8, help="cap on each site's training windows")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument(
         "--client-cpus", type=int, default=2, help="CPUs per site actor (Ray runs cpus // client_cpus sites at a time)"
+    )
+    parser.add_argument(
+        "--ray-nodes",
+        type=int,
+        default=0,
+        help="run on a local Ray cluster of this many nodes (simulations/ray_cluster.py; the CPUs split "
+        "between them); 0 = the simulation's own Ray instance",
     )
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between memory samples")
     parser.add_argument("--seed", type=int, default=0)
@@ -200,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     from fedneurogen.shared.io import write_json_atomic
     from fedneurogen.simulations.federated import run_federated
 
+    trained_bytes = _trained_bytes(args.preset)
+
     console = Console(width=None if sys.stdout.isatty() else 132)  # logs: wide enough for the tables
     os.environ["PATH"] = (
         str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
@@ -210,6 +248,14 @@ def main(argv: list[str] | None = None) -> int:
         work, counts[-1], args.subjects_per_site, args.run_seconds, args.seed, console
     )
     concurrency = max(1, (os.cpu_count() or 1) // args.client_cpus)
+    cluster = None
+    if args.ray_nodes:  # its processes are this benchmark's children: in the memory figures too
+        from fedneurogen.simulations.ray_cluster import LocalRayCluster
+
+        per_node = max(1, (os.cpu_count() or 1) // args.ray_nodes)
+        cluster = LocalRayCluster(nodes=args.ray_nodes, cpus_per_node=per_node).start()
+        atexit.register(cluster.stop)  # however the benchmark ends
+        concurrency = max(1, args.ray_nodes * (per_node // args.client_cpus))
     config = {"preset": args.preset, "local-epochs": 1, "max-windows": args.max_windows, "cache-dir": str(cache)}
 
     rows: list[dict[str, Any]] = []
@@ -234,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_config=config,
                 timeout=args.timeout,
                 client_cpus=args.client_cpus,
+                ray_address=cluster.address if cluster is not None else None,
             )
         finally:
             memory.stop()
@@ -258,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             "peak_processes": memory.peak_processes,
             "rss_mb_by_group_at_peak": memory.groups_at_peak,
             "memory_samples": memory.samples,
+            **_bytes_per_site(history, n, trained_bytes),
         }
         rows.append(row)
         pss = f"{row['peak_pss_mb']:.0f}" if row["peak_pss_mb"] is not None else "n/a"
@@ -278,6 +326,18 @@ def main(argv: list[str] | None = None) -> int:
                 measure="PSS" if row["peak_pss_mb"] is not None else "RSS",
             )
         )
+    for way in ("sent", "received"):
+        worst = max((r.get(f"middle_round_{way}_x_trained") for r in rows), default=None, key=lambda v: v or 0)
+        if worst is not None:
+            figures.append(
+                bc.figure(
+                    f"scale: bytes {way} per site in a middle round / trained parameters' bytes",
+                    worst,
+                    "x",
+                    target="<= 1.2",
+                    note="largest over the site counts; the frozen ridge path goes once per run (round 1)",
+                )
+            )
     if len(rows) >= 2:
         first, last = rows[0], rows[-1]
         figures.append(
@@ -329,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
             "memory": "every descendant process of this benchmark, sampled every --interval s from /proc; "
             "RSS summed (shared pages counted per process) and PSS summed (shared pages split)",
             "concurrency": f"{concurrency} site actor(s) at a time (cpus {os.cpu_count()} // client_cpus {args.client_cpus})",
+            "ray": f"a local Ray cluster of {args.ray_nodes} nodes"
+            if args.ray_nodes
+            else "the simulation's own Ray instance",
         },
         "run_config": config,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

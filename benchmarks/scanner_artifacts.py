@@ -156,8 +156,9 @@ def model_point_prediction(data: Path, variant: str, args, cache: Path) -> dict:
     held-out subjects: the pooled label-free point prediction, and each site's."""
     from fedneurogen.shared.config import PreprocessConfig
     from fedneurogen.shared.data import load_site
-    from fedneurogen.shared.workflows.evaluation import evaluate, pool_reports
-    from fedneurogen.shared.workflows.training import train_centralized
+    from fedneurogen.shared.workflows.evaluation import evaluate
+    from fedneurogen.shared.workflows.evaluation_report import pool_reports
+    from fedneurogen.shared.workflows.centralized import train_centralized
 
     site_dirs = sorted(p for p in data.iterdir() if p.is_dir() and p.name.startswith("site-"))
     preprocess = PreprocessConfig()

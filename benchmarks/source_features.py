@@ -114,7 +114,7 @@ def scenario(root: Path, head_model: str, args, console) -> dict:
     )
     from fedneurogen.shared.sources import N_PATCHES
     from fedneurogen.shared.workflows.baselines.ridge_hrf import RidgeHRFBaseline
-    from fedneurogen.shared.workflows.evaluation import eeg_informed_design, pool_windows
+    from fedneurogen.shared.workflows.evaluation_baselines import eeg_informed_design, pool_windows
     from fedneurogen.simulations.simulator import simulate_dataset
 
     started = time.perf_counter()

@@ -44,6 +44,7 @@ from flwr.common.constant import ErrorCode
 
 from fedneurogen.client import privacy, site
 from fedneurogen.client.refusal import SiteRefusal, check_run, exact_statistics_floor, site_run_config
+from fedneurogen.shared.transport import EVALUATE_FIRST, EVALUATED_PREFIX, FROZEN_HASH, FROZEN_RECORD, FrozenStore
 from fedneurogen.shared.io import write_json_atomic
 from fedneurogen.shared.records import describe_content, sendable_label
 from fedneurogen.shared.local_path import MIXING_REQUEST
@@ -192,14 +193,47 @@ def _record_sent(context: Context, msg: Message, reply: Message, run: RunConfig 
         log(ERROR, "could not record the reply in the site's %s:\n%s", SENT_LOG, traceback.format_exc())
 
 
+def _global_parameters(msg: Message, context: Context, run: RunConfig) -> tuple[dict[str, torch.Tensor], str | None]:
+    """The global model's parameters: the trained ones the message carries and the frozen records
+    it names by hash (``shared/transport.py``), received now (checked against the hash and kept in
+    the site's state folder) or kept from an earlier message; and that hash (None from a server
+    that sends everything)."""
+    received = msg.content["arrays"].to_torch_state_dict()
+    config = msg.content.config_records.get("config")
+    digest = config.get(FROZEN_HASH) if config is not None else None
+    if digest is None:
+        return received, None
+    node = context.node_config
+    store = FrozenStore(site.state_dir(node, run, site.data_path(node, run)) / "frozen")
+    if FROZEN_RECORD in msg.content.array_records:
+        frozen = {k: a.numpy() for k, a in msg.content[FROZEN_RECORD].items()}
+        try:
+            store.save(str(digest), frozen)
+        except ValueError as err:  # not what the hash names: never used
+            raise SiteRefusal(f"the frozen records received do not match their hash: {err}") from None
+    else:
+        frozen = store.load(str(digest))
+        if frozen is None:  # the server sends them again after this refusal
+            raise SiteRefusal(f"frozen records {str(digest)[:12]} are not held here; they must be re-sent")
+    return received | {k: torch.from_numpy(np.array(v)) for k, v in frozen.items()}, str(digest)
+
+
 def _reply(
-    msg: Message, data: site.SiteData, metrics: dict, arrays: ArrayRecord | None = None, split: bool = False
+    msg: Message,
+    data: site.SiteData,
+    metrics: dict,
+    arrays: ArrayRecord | None = None,
+    split: bool = False,
+    frozen_hash: str | None = None,
 ) -> Message:
     """``split``: with the content hashes of what the site trains and validates on (a training
-    reply outside DP; ``site.split_report`` says what they reveal), for the checkpoint's record."""
+    reply outside DP; ``site.split_report`` says what they reveal), for the checkpoint's record;
+    ``frozen_hash``: the frozen records this site holds (the server sends them only when not)."""
     if data.skipped_runs:  # how many runs the site could not use (which ones: its own log)
         metrics = {**metrics, "skipped-runs": data.skipped_runs}
     info = {"modality": data.modality, **(site.split_report(data) if split else {})}
+    if frozen_hash is not None:
+        info[FROZEN_HASH] = frozen_hash
     content = RecordDict({"metrics": MetricRecord(metrics), "site": ConfigRecord(info)})
     if arrays is not None:
         content["arrays"] = arrays
@@ -310,9 +344,13 @@ def train(msg: Message, context: Context, run: RunConfig) -> Message:
     parameters (the shared ones and its modality's) and the round's metrics."""
     config = msg.content["config"]
     data = _site(context, run)
-    received = msg.content["arrays"].to_torch_state_dict()
+    received, frozen_hash = _global_parameters(msg, context, run)
     model = site.build_model(run.preset_config(), received)
     train_config, server_round = site.train_config(run), int(config["server-round"])
+    evaluated = {}
+    if int(config.get(EVALUATE_FIRST, 0)) and not run.dp_enabled:  # folded evaluation: the received model first
+        scores = _scores(model, data, config, run)
+        evaluated = {f"{EVALUATED_PREFIX}{k}": v for k, v in scores.items()}
     # Where this site is in the learning-rate schedule (warm-up), from the round number rather
     # than from state kept in memory, so a resumed run or a restarted site daemon continues it.
     start_step = (
@@ -348,7 +386,9 @@ def train(msg: Message, context: Context, run: RunConfig) -> Message:
             # noise calibrated to the sample rate; the site's log keeps them
             log(INFO, "DP round %d: %s", server_round, {k: metrics.get(k) for k in DP_WITHHELD})
             metrics = {k: v for k, v in metrics.items() if k not in DP_WITHHELD}
-    return _reply(msg, data, metrics, ArrayRecord(site.site_parameters(model, data.modality)), split=not dp)
+    frozen = set(received) - set(msg.content["arrays"].keys())  # what came as frozen records
+    trained = ArrayRecord(site.site_parameters(model, data.modality, frozen))
+    return _reply(msg, data, metrics | evaluated, trained, split=not dp, frozen_hash=frozen_hash)
 
 
 @_guarded
@@ -356,13 +396,19 @@ def evaluate(msg: Message, context: Context, run: RunConfig) -> Message:
     """The received global model scored on this site's held-out subjects (withheld under DP)."""
     config = msg.content["config"]
     data = _site(context, run)
+    received, frozen_hash = _global_parameters(msg, context, run)
     if run.dp_enabled:
         # The held-out loss and PCC are functions of the held-out subjects' recordings that no
         # DP mechanism covers (and a site with few subjects has few held-out ones): withheld.
         # Nor is the window count sent (DP_EXAMPLES).
-        return _reply(msg, data, {"num-examples": DP_EXAMPLES, "withheld": 1})
-    model = site.build_model(run.preset_config(), msg.content["arrays"].to_torch_state_dict())
-    metrics = site.evaluate(
+        return _reply(msg, data, {"num-examples": DP_EXAMPLES, "withheld": 1}, frozen_hash=frozen_hash)
+    model = site.build_model(run.preset_config(), received)
+    return _reply(msg, data, _scores(model, data, config, run), frozen_hash=frozen_hash)
+
+
+def _scores(model, data: site.SiteData, config: ConfigRecord, run: RunConfig) -> dict:
+    """The model's scores on this site's held-out subjects (an evaluate reply's metrics)."""
+    return site.evaluate(
         model,
         data,
         class_names=list(config.get("class-names", [])),
@@ -370,7 +416,6 @@ def evaluate(msg: Message, context: Context, run: RunConfig) -> Message:
         seed=run.seed,
         pcc_windows=run.eval_pcc_windows,
     )
-    return _reply(msg, data, metrics)
 
 
 def client_app(mods: Sequence[Mod] = ()) -> ClientApp:

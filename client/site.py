@@ -10,6 +10,7 @@ import hashlib
 import os
 import time
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +65,10 @@ class SiteData:
         return sorted(set(self.train.classes) | set(self.val.classes))
 
 
-_SITES: dict[tuple, SiteData] = {}  # one load per process and data folder
+#: Sites one process keeps loaded: a simulation's site actor serves many sites in turn, and the
+#: ones it served longest ago are released (reloaded from the preprocessed-window cache on their turn).
+MAX_SITES_IN_MEMORY = 8
+_SITES: dict[tuple, SiteData] = {}  # one load per process and data folder, in the order last used
 _REFUSED: dict[tuple, SiteRefusal] = {}  # a dataset found unusable is not re-read each round
 
 
@@ -170,6 +174,9 @@ def load(
         broken = [p for p in loaded.skipped if Path(p.path).resolve() not in eeg_only]
         own_record = seen_record([split_record(split, keys)])
         _SITES[key] = SiteData(train, val, skipped_runs=len(broken), split_runs=split_runs, own_record=own_record)
+        while len(_SITES) > MAX_SITES_IN_MEMORY:
+            del _SITES[next(iter(_SITES))]
+    _SITES[key] = _SITES.pop(key)  # now the most recently used
     return _SITES[key]
 
 
@@ -210,10 +217,13 @@ def build_model(config: ModelConfig | str, parameters: dict[str, torch.Tensor]) 
     return model
 
 
-def site_parameters(model: torch.nn.Module, modality: str) -> dict[str, torch.Tensor]:
-    """The parameters this site trains: the shared backbone and its own modality's head."""
+def site_parameters(model: torch.nn.Module, modality: str, frozen: Collection[str] = ()) -> dict[str, torch.Tensor]:
+    """The parameters this site trains: the shared backbone and its own modality's head, less
+    ``frozen`` (the records the server sent as never trained: no site sends them back)."""
     return {
-        name: p.detach().cpu() for name, p in model.named_parameters() if parameter_modality(name) in (None, modality)
+        name: p.detach().cpu()
+        for name, p in model.named_parameters()
+        if name not in frozen and parameter_modality(name) in (None, modality)
     }
 
 

@@ -4,8 +4,10 @@
    so that every site maps labels to the same index, and for the sufficient statistics of the
    point prediction's ridge path, which it solves exactly (``solve_global_ridge``; under DP the
    sites release them through the Gaussian mechanism, ``client/privacy.py``);
-2. each round: send the global weights, aggregate per modality (``strategy.py``), send the new
-   weights for held-out evaluation, keep the point prediction's residual of the best round
+2. each round: send the global weights (the trained part; the frozen ridge path once per site,
+   ``shared/transport.py``), aggregate per modality (``strategy.py``), score the model on the
+   sites' held-out subjects (in the next round's training replies, the last round's in an
+   evaluate round), keep the point prediction's residual of the best round
    (``early_stopping.py``), then write checkpoint, history and plots (``checkpointing.py``).
 A site that fails or does not answer in ``round-timeout`` is named in the log and the history;
 the run goes on with the others. A round with fewer valid training replies than
@@ -47,7 +49,8 @@ from fedneurogen.server.statistics import (
     read_reply,
     screen_sites,
 )
-from fedneurogen.server.strategy import make_strategy
+from fedneurogen.server.strategy import ModalityStrategy, make_strategy
+from fedneurogen.shared.transport import EVALUATE_FIRST, content_hash, frozen_names
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.io import write_json_atomic
@@ -206,6 +209,9 @@ def solve_global_ridge(
             local_arrays[node] = {k: a.numpy() for k, a in reply.content["local"].items()}
     chosen = {}
     for modality, replies in sorted(sites.items()):
+        # in an order of their content, not of arrival: without held-out subjects the penalty is
+        # chosen on alternate sites (``ridge.fit_ridge_selected``), and a run must repeat
+        replies = sorted(replies, key=lambda reply: content_hash(reply[1].train.as_arrays()))
         nodes = [node for node, _ in replies]
         points = [got.points for _, got in replies]
         if len({got.train.sxy.shape for _, got in replies}) > 1 or len({tuple(p or ()) for p in points}) > 1:
@@ -409,6 +415,28 @@ def checkpoint_extra(
     return extra
 
 
+def fold_evaluation(
+    strategy: ModalityStrategy,
+    replies: list[Message],
+    scored_round: int,
+    scored: ArrayRecord,
+    stopping: ResidualEarlyStopping,
+    history: list[dict],
+) -> None:
+    """The held-out scores in a round's training replies, of the model of ``scored_round`` (0:
+    before training): offered to early stopping, and put in that round's history entry (marked
+    ``folded``), as its evaluate round's report would have been."""
+    evaluated = strategy.aggregate_folded_evaluate(scored_round, replies) or {}
+    stopping.offer(scored_round, evaluated.get("pcc"), scored)
+    report = {**strategy.report.get(MessageType.EVALUATE, {}), "folded": True}
+    if history and history[-1]["round"] == scored_round:
+        history[-1]["evaluate"] = report
+    if scored_round == 0:
+        log(INFO, "Held-out PCC of the point prediction before training: %s", evaluated.get("pcc"))
+    else:
+        log(INFO, "Round %d evaluate (in round %d's training replies): %s", scored_round, scored_round + 1, evaluated)
+
+
 def end_run(
     store: RunStore, history: list[dict], server_round: int, reason: str, train: dict, started: float, grid: AuditedGrid
 ) -> None:
@@ -459,9 +487,9 @@ def main(grid: Grid, context: Context) -> None:
     # every received message described in run-dir/audit/received.jsonl (audit=false: not logged);
     # array bytes sent and received are counted per round either way
     grid = AuditedGrid(grid, store.dir / AUDIT_FILE if run.audit else None)
-    strategy = make_strategy(run)
     torch.manual_seed(run.seed)  # the initial global weights
     model = NeuroGenModel(run.preset_config(), device="cpu")
+    strategy = make_strategy(run, frozen=frozen_names(model))  # the ridge path: sent once per site
 
     first, history, class_names = 1, [], None
     splits = SiteSplits()  # what the sites train and validate on, by content (their training replies)
@@ -506,29 +534,38 @@ def main(grid: Grid, context: Context) -> None:
     arrays = ArrayRecord(model_parameters(model))
     strategy.summary()
     evaluating = run.fraction_evaluate > 0 and run.eval_pcc_windows > 0
+    # The model a round starts from is scored in that round's training replies (one message per
+    # site per round); the last round's model in an evaluate round of its own. Not under DP (the
+    # scores are withheld), nor where the evaluate sample is meant to be larger than the training one.
+    folded = evaluating and not run.dp_enabled and run.fraction_evaluate <= run.fraction_train
     stopping = ResidualEarlyStopping(run.early_stopping_patience if evaluating else 0)
-    if stopping.active and first == 1:  # the score to beat: the ridge path alone, before training
+    if stopping.active and first > 1:  # resumed: the residual it resumes from is the best known
+        stopping.resume(
+            history[-1].get("early_stopping") or {},
+            (history[-1].get("evaluate", {}).get("aggregate") or {}).get("pcc"),
+            arrays,
+        )
+    elif stopping.active and not folded:  # the score to beat: the ridge path alone, before training
         grid.begin_round(0)
         replies = grid.send_and_receive(
             strategy.configure_evaluate(0, arrays, ConfigRecord({"class-names": class_names}), grid), timeout=timeout
         )
         stopping.offer(0, (strategy.aggregate_evaluate(0, replies) or {}).get("pcc"), arrays)
         log(INFO, "Held-out PCC of the point prediction before training: %s", stopping.best_score)
-    elif stopping.active:  # resumed: the residual it resumes from is the best known
-        stopping.resume(
-            history[-1].get("early_stopping") or {},
-            (history[-1].get("evaluate", {}).get("aggregate") or {}).get("pcc"),
-            arrays,
-        )
     for server_round in range(first, num_rounds + 1):
         log(INFO, "[ROUND %d/%d]", server_round, num_rounds)
         started = time.time()
         grid.begin_round(server_round)
-        train_config = ConfigRecord({"class-names": class_names})
+        # round 1 scores the ridge path alone (the score to beat) only for early stopping
+        fold = folded and (server_round > 1 or (stopping.active and first == 1))
+        train_config = ConfigRecord({"class-names": class_names, **({EVALUATE_FIRST: 1} if fold else {})})
+        started_from = arrays
         replies = list(
             grid.send_and_receive(strategy.configure_train(server_round, arrays, train_config, grid), timeout=timeout)
         )
         splits.add(replies)
+        if fold:
+            fold_evaluation(strategy, replies, server_round - 1, started_from, stopping, history)
         new_arrays, _ = strategy.aggregate_train(server_round, replies)
         ended = strategy.shortfall()
         if ended:  # too few valid replies: the run ends here, nothing of this round checkpointed
@@ -540,12 +577,15 @@ def main(grid: Grid, context: Context) -> None:
             arrays = new_arrays
         if stopping.stopped:  # the residual stays at its best round; the rest trains on
             arrays = stopping.best_residual(arrays)
-        eval_config = ConfigRecord({"class-names": class_names})
-        replies = grid.send_and_receive(
-            strategy.configure_evaluate(server_round, arrays, eval_config, grid), timeout=timeout
-        )
-        evaluated = strategy.aggregate_evaluate(server_round, replies) or {}
-        stopping.offer(server_round, evaluated.get("pcc"), arrays)
+        evaluation = {}
+        if not folded or server_round == num_rounds:  # else: scored in the next round's training replies
+            eval_config = ConfigRecord({"class-names": class_names})
+            replies = grid.send_and_receive(
+                strategy.configure_evaluate(server_round, arrays, eval_config, grid), timeout=timeout
+            )
+            evaluated = strategy.aggregate_evaluate(server_round, replies) or {}
+            stopping.offer(server_round, evaluated.get("pcc"), arrays)
+            evaluation = strategy.report.get(MessageType.EVALUATE, {})
         if stopping.active and (stopping.stopped or server_round == num_rounds):
             arrays = stopping.best_residual(arrays)  # what is checkpointed and sent on
 
@@ -556,7 +596,7 @@ def main(grid: Grid, context: Context) -> None:
                 "seconds": time.time() - started,
                 "bytes": grid.round_bytes(),  # array bytes sent to and received from the sites
                 "train": report.get(MessageType.TRAIN, {}),
-                "evaluate": report.get(MessageType.EVALUATE, {}),
+                "evaluate": evaluation,
                 **({"early_stopping": stopping.summary()} if stopping.active else {}),
                 **({"ridge_path": ridge} if ridge is not None and server_round == 1 else {}),
             }

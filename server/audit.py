@@ -38,6 +38,7 @@ from flwr.serverapp import Grid
 
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.records import config_value, describe_content
+from fedneurogen.shared.transport import EVALUATED_PREFIX, FROZEN_HASH
 
 AUDIT_FILE = Path("audit") / "received.jsonl"
 
@@ -189,8 +190,10 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
 # -- the checker ---------------------------------------------------------------------------------
 
 # points: fNIRS channel names (with the ridge statistics); train-runs/val-runs: content hashes of the
-# runs a site trains and validates on (client/site.py split_report), 64 hex digits each
-DEFAULT_CONFIG_KEYS = ("modality", "classes", "points", "train-runs", "val-runs")
+# runs a site trains and validates on (client/site.py split_report), 64 hex digits each; frozen-hash:
+# the frozen records a site holds (shared/transport.py)
+DEFAULT_CONFIG_KEYS = ("modality", "classes", "points", "train-runs", "val-runs", FROZEN_HASH)
+_EVALUATE_KEYS = ("num-examples", "loss", "pcc")  # client/site.py evaluate
 #: Every metric a site sends: client/site.py (train, evaluate), client/app.py (the statistics
 #: reply's private/epsilon, evaluation withheld under DP). Any other key is flagged.
 METRIC_KEYS = (
@@ -206,6 +209,7 @@ METRIC_KEYS = (
     "withheld",
     "skipped-runs",
     "noise-scale",
+    *(EVALUATED_PREFIX + key for key in _EVALUATE_KEYS),  # folded evaluation, in training replies
 )
 PATH_SEPARATORS = ("/", "\\")
 

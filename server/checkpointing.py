@@ -43,9 +43,10 @@ from fedneurogen.shared.splits import (
     REPORT_KEYS,
     seen_record,
 )
-from fedneurogen.shared.io import MANIFEST_FILE, atomic_path, read_manifest, write_json_atomic, write_manifest
+from fedneurogen.shared.io import MANIFEST_FILE, read_manifest, write_json_atomic, write_manifest
 from fedneurogen.shared.model import EMA, NeuroGenModel, load_checkpoint_into, save_checkpoint
 from fedneurogen.shared.signing import HOME_ENV, UntrustedSignature, key_dir, signature_path
+from fedneurogen.shared.workflows import plots
 
 STRATEGY_FILE = "strategy.safetensors"
 HISTORY_FILE = "history.json"
@@ -169,13 +170,16 @@ class RunStore:
         return int(latest["round"]), state, history, meta
 
     def write_reports(self, history: list[dict]) -> None:
-        """TensorBoard scalars of the newest round and the plot of all rounds."""
+        """TensorBoard scalars of the newest round (and of the round before's evaluation when it
+        came folded into the newest round's training replies) and the plot of all rounds."""
         from torch.utils.tensorboard import SummaryWriter
 
         if history:
-            entry = history[-1]
+            scalars = [(stage, history[-1]) for stage in ("train", "evaluate")]
+            if len(history) > 1 and (history[-2].get("evaluate") or {}).get("folded"):
+                scalars.append(("evaluate", history[-2]))
             with SummaryWriter(log_dir=str(self.dir / "tensorboard")) as writer:
-                for stage in ("train", "evaluate"):
+                for stage, entry in scalars:
                     for key, value in (entry.get(stage, {}).get("aggregate") or {}).items():
                         if isinstance(value, (int, float)) and value is not None and math.isfinite(value):
                             writer.add_scalar(f"{stage}/{key}", value, entry["round"])
@@ -324,19 +328,14 @@ def sync_to_disk(folder: Path) -> None:
 
 def plot_history(history: list[dict], path: Path) -> None:
     """Train loss, held-out loss, PCC and epsilon by round: the aggregate bold, each site thin."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     panels = [
         ("train", "loss", "train loss"),
         ("evaluate", "loss", "held-out loss"),
         ("evaluate", "pcc", "held-out PCC"),
         ("train", "epsilon", "epsilon (cumulative)"),
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
-    for ax, (stage, key, title) in zip(axes, panels):
+    series = []
+    for stage, key, title in panels:
         per_site: dict[str, list[tuple[int, float]]] = {}
         agg = []
         for entry in history:
@@ -347,19 +346,8 @@ def plot_history(history: list[dict], path: Path) -> None:
             for node, metrics in (part.get("sites") or {}).items():
                 if metrics.get(key) is not None:
                     per_site.setdefault(node, []).append((entry["round"], metrics[key]))
-        for node, points in per_site.items():
-            ax.plot(*zip(*points), lw=0.8, alpha=0.6, marker=".", label=f"node {node[-4:]}")
-        if agg:
-            ax.plot(*zip(*agg), lw=2.2, color="black", marker="o", label="aggregate")
-        ax.set_title(title)
-        ax.set_xlabel("round")
-        if not agg and not per_site:
-            ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+        series.append((title, per_site, agg))
+    plots.rounds_figure(series, path)
 
 
 def model_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -20,6 +20,11 @@ median over the sites, which one site moves only within the others' range), and 
 ``max-update-norm`` or, by default, ``MAX_NORM_RATIO`` times the round's median update is scaled
 down to it (norm bounding, as Flower's server-side fixed clipping does, without the noise) and
 named in the report. An aggregate that is not finite is never sent or saved.
+
+Only what changes travels (``shared/transport.py``): the messages carry the trained parameters and
+the frozen records' hash, the frozen records only to a site that has not said it holds that hash
+(its replies name the hash it holds; an error reply makes the server send them again), and a
+reply holding a frozen record is refused: no site rewrites the ridge path.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from flwr.serverapp.strategy import (
 )
 from flwr.serverapp.strategy.fedopt import FedOpt
 
+from fedneurogen.shared.transport import EVALUATED_PREFIX, FROZEN_HASH, FROZEN_RECORD, content_hash
 from fedneurogen.shared.model import MODALITIES, parameter_modality
 from fedneurogen.shared.run_config import RunConfig
 
@@ -118,11 +124,13 @@ def make_base_strategy(run: RunConfig) -> Callable[[], FedAvg]:
     return specific[run.strategy]
 
 
-def make_strategy(run: RunConfig) -> ModalityStrategy:
+def make_strategy(run: RunConfig, frozen: Iterable[str] = ()) -> ModalityStrategy:
     """The run's per-modality strategy: ``make_base_strategy`` per part, and the reply checks
-    (``min-train-replies``, ``max-examples-per-site``, ``max-update-norm``)."""
+    (``min-train-replies``, ``max-examples-per-site``, ``max-update-norm``); ``frozen``: the
+    parameters training never changes (``shared.frozen.frozen_names``), sent once per site."""
     return ModalityStrategy(
         make_base_strategy(run),
+        frozen=frozen,
         min_replies=run.min_train_replies,
         max_examples=run.max_examples_per_site,
         max_update_norm=run.max_update_norm,
@@ -140,11 +148,14 @@ class ModalityStrategy(Strategy):
         factory: Callable[[], FedAvg],
         min_replies: int = 1,
         *,
+        frozen: Iterable[str] = (),
         max_examples: int = 0,
         max_update_norm: float = 0.0,
         max_examples_per_reply: int = 0,
     ):
         self.parts = {part: factory() for part in PARTS}
+        self.frozen = frozenset(frozen)  # parameters never trained: sent once, never taken from a reply
+        self.held: dict[int, str] = {}  # node -> the frozen records' hash it says it holds
         self.min_replies = max(1, min_replies)  # fewer usable updates than this: keep the global model
         self.max_examples = max_examples  # 0: no fixed cap
         self.max_update_norm = max_update_norm  # 0: no bound
@@ -167,20 +178,47 @@ class ModalityStrategy(Strategy):
         self.sent[kind] = {m.metadata.dst_node_id for m in messages}
         return messages
 
+    def _split_frozen(self, arrays: ArrayRecord, config: ConfigRecord) -> tuple[ArrayRecord, ArrayRecord | None]:
+        """The trained parameters, and the frozen records (None without any), their hash put in ``config``."""
+        if not self.frozen:
+            return arrays, None
+        trained = ArrayRecord({k: a for k, a in arrays.items() if k not in self.frozen})
+        frozen = ArrayRecord({k: a for k, a in arrays.items() if k in self.frozen})
+        config[FROZEN_HASH] = content_hash({k: a.numpy() for k, a in frozen.items()})
+        return trained, frozen
+
+    def _with_frozen(self, messages: list[Message], frozen: ArrayRecord | None, digest: str) -> list[Message]:
+        """The messages, each to a site that does not hold ``digest`` with the frozen records added."""
+        if frozen is None:
+            return messages
+        out = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            if self.held.get(node) != digest:  # content is shared by the messages: a copy for this one
+                content = RecordDict({**dict(msg.content.items()), FROZEN_RECORD: frozen})
+                msg = Message(content=content, dst_node_id=node, message_type=msg.metadata.message_type)
+            out.append(msg)
+        return out
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.current = arrays
-        messages = self._remember(MessageType.TRAIN, self.sampler.configure_train(server_round, arrays, config, grid))
+        trained, frozen = self._split_frozen(arrays, config)
+        messages = self.sampler.configure_train(server_round, trained, config, grid)
+        messages = self._with_frozen(list(messages), frozen, str(config.get(FROZEN_HASH, "")))
         for part, strategy in self.parts.items():
             if isinstance(strategy, FedOpt):  # its server optimizer steps from this part's current weights
-                strategy.current_arrays = {k: a.numpy() for k, a in arrays.items() if part_of(k) == part}
-        return messages
+                strategy.current_arrays = {k: a.numpy() for k, a in trained.items() if part_of(k) == part}
+        return self._remember(MessageType.TRAIN, messages)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        return self._remember(MessageType.EVALUATE, self.sampler.configure_evaluate(server_round, arrays, config, grid))
+        trained, frozen = self._split_frozen(arrays, config)
+        messages = self.sampler.configure_evaluate(server_round, trained, config, grid)
+        messages = self._with_frozen(list(messages), frozen, str(config.get(FROZEN_HASH, "")))
+        return self._remember(MessageType.EVALUATE, messages)
 
     # -- receiving ------------------------------------------------------------------------------
 
@@ -220,12 +258,17 @@ class ModalityStrategy(Strategy):
             unknown = [name for name in arrays.keys() if name not in self.current]
             if unknown:
                 return f"malformed reply: unknown parameter {unknown[0][:80]}"
+            frozen = [name for name in arrays.keys() if name in self.frozen]
+            if frozen:
+                return f"refused update: parameter {frozen[0][:80]} is frozen (never trained at a site)"
             for name in arrays.keys():  # float64 1e300 passes a finiteness check and is inf as float32
                 if arrays[name].dtype != self.current[name].dtype:
                     return f"malformed reply: parameter {name} is {arrays[name].dtype}, not {self.current[name].dtype}"
             for name, array in self.current.items():
-                if part_of(name) in (BACKBONE, modality) and (
-                    name not in arrays or tuple(arrays[name].shape) != tuple(array.shape)
+                if (
+                    name not in self.frozen
+                    and part_of(name) in (BACKBONE, modality)
+                    and (name not in arrays or tuple(arrays[name].shape) != tuple(array.shape))
                 ):
                     return f"malformed reply: parameter {name} missing or of the wrong shape"
             for name in arrays.keys():  # one NaN or inf would make every average NaN, and it would be checkpointed
@@ -241,6 +284,7 @@ class ModalityStrategy(Strategy):
         for msg in replies:
             node = msg.metadata.src_node_id
             replied.add(node)
+            self._note_held(msg)
             problem = self._problem(msg, is_train)
             if problem:
                 failures.append({"node": node, "reason": problem})
@@ -269,7 +313,19 @@ class ModalityStrategy(Strategy):
         self.report[kind] = {"sites": sites, "failed": failures}
         if clipped:
             self.report[kind]["clipped"] = clipped
-        return usable
+        # in an order of their content, not of arrival: float sums depend on the order, and the
+        # same sites' same replies must give the same global model on one machine or a cluster
+        return sorted(usable, key=_content_order)
+
+    def _note_held(self, msg: Message) -> None:
+        """Which frozen records the replying site holds now (none after an error: re-sent)."""
+        node = msg.metadata.src_node_id
+        site = None if msg.has_error() else msg.content.config_records.get("site")
+        digest = site.get(FROZEN_HASH) if site is not None else None
+        if isinstance(digest, str) and len(digest) == 64:
+            self.held[node] = digest
+        else:
+            self.held.pop(node, None)
 
     def _cap_counts(self, usable: list[Message], kind: str) -> list[Message]:
         """Replies whose example count is above ``MAX_COUNT_RATIO`` times the round's median
@@ -350,8 +406,10 @@ class ModalityStrategy(Strategy):
             log(WARNING, "aggregate_train: %d usable site update(s), %d required", len(usable), self.min_replies)
             return None, None
         merged, metrics = ArrayRecord(), None
+        for k in self.frozen & set(self.current.keys()):  # never trained: the global records stay
+            merged[k] = self.current[k]
         for part, strategy in self.parts.items():
-            keys = [k for k in self.current.keys() if part_of(k) == part]
+            keys = [k for k in self.current.keys() if part_of(k) == part and k not in self.frozen]
             members = [m for m in usable if part == BACKBONE or m.content["site"]["modality"] == part]
             if not keys:
                 continue
@@ -371,6 +429,7 @@ class ModalityStrategy(Strategy):
                     raise AggregationError(
                         f"{part} aggregation changed the shape of {k}: {merged[k].shape} vs {self.current[k].shape}"
                     )
+        merged = ArrayRecord({k: merged[k] for k in self.current.keys()})  # the model's order
         bad = [k for k in merged.keys() if not np.isfinite(merged[k].numpy()).all()]
         if bad:  # never sent to the sites nor checkpointed
             log(WARNING, "aggregate_train: the aggregate of %s is not finite; the global model is kept", bad[0])
@@ -410,6 +469,25 @@ class ModalityStrategy(Strategy):
         self.report[MessageType.EVALUATE]["aggregate"] = dict(metrics or {})
         return metrics
 
+    def aggregate_folded_evaluate(self, server_round: int, train_replies: Iterable[Message]) -> MetricRecord | None:
+        """The held-out scores of the model a training round started from, which the sites put in
+        their training replies (``EVALUATED_PREFIX`` metrics): aggregated and checked exactly as an
+        evaluate round's replies, reported under ``MessageType.EVALUATE`` for ``server_round``."""
+        folded = []
+        for msg in train_replies:
+            if not msg.has_error() and "metrics" in msg.content.metric_records:
+                metrics = {
+                    k[len(EVALUATED_PREFIX) :]: v
+                    for k, v in msg.content["metrics"].items()
+                    if k.startswith(EVALUATED_PREFIX)
+                }
+                site = msg.content.config_records.get("site", ConfigRecord({}))
+                content = RecordDict({"metrics": MetricRecord(metrics), "site": site})
+                msg = Message(content=content, metadata=copy.copy(msg.metadata))
+            folded.append(msg)
+        self.sent[MessageType.EVALUATE] = set(self.sent.get(MessageType.TRAIN, set()))
+        return self.aggregate_evaluate(server_round, folded)
+
     # -- server optimizer state -----------------------------------------------------------------
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -431,6 +509,14 @@ class ModalityStrategy(Strategy):
             if getattr(strategy, moment, None) is None:
                 setattr(strategy, moment, {})
             getattr(strategy, moment)[name] = value
+
+
+def _content_order(msg: Message) -> str:
+    """A reply's place in an order that depends on its content only (its arrays and metrics)."""
+    arrays = msg.content.array_records.get("arrays")
+    named = {k: a.numpy() for k, a in arrays.items()} if arrays is not None else {}
+    metrics = sorted((str(k), float(v)) for k, v in msg.content["metrics"].items())
+    return content_hash(named | {"metrics": np.asarray([v for _, v in metrics])}) + repr(metrics)
 
 
 def _restrict(msg: Message, keys: list[str], metric_keys: list[str]) -> Message:

@@ -67,6 +67,7 @@ from fedneurogen.shared.workflows.fairness import (
     write_report,
 )
 from fedneurogen.shared.workflows import fairness as fm
+from fedneurogen.shared.workflows import plots
 from fedneurogen.shared.errors import ConfigError, DataError
 from fedneurogen.shared.io import write_json_atomic, write_text_atomic
 from fedneurogen.shared.recording import PairedWindows
@@ -572,45 +573,6 @@ def render_table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_table(result: dict[str, Any], path: Path) -> Path:
-    """Minority-class F1 per condition and strategy, the mean majority F1 after generation as a marker."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from fedneurogen.shared.io import atomic_write
-
-    blocks = result["protocols"]
-    fig, axes = plt.subplots(1, len(blocks), figsize=(5.5 * len(blocks), 4.4), squeeze=False)
-    for ax, block in zip(axes[0], blocks):
-        conditions = block["goals"]["conditions"]
-        x = np.arange(len(conditions))
-        names = [n for n in (*STRATEGIES, "oracle") if n in conditions[0]["minority_f1"]]
-        width = 0.8 / len(names)
-        for k, name in enumerate(names):
-            values = [np.nan_to_num(c["minority_f1"][name] or 0.0) for c in conditions]
-            ax.bar(x + (k - (len(names) - 1) / 2) * width, values, width, label=f"minority F1, {name}")
-        ax.plot(x, [c["majority_f1"]["none"] for c in conditions], "k_", markersize=22, label="mean majority F1, none")
-        ax.plot(
-            x,
-            [c["majority_f1"]["generate"] for c in conditions],
-            "r_",
-            markersize=22,
-            label="mean majority F1, generate",
-        )
-        ax.set_xticks(x, [f"{c['minority']} cut" for c in conditions])
-        ax.set_ylim(0, 1.05)
-        ax.set_title(block["protocol"]["name"], fontsize=10)
-        ax.set_ylabel("F1 (mean over folds)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7)
-    fig.tight_layout(rect=(0, 0.14, 1, 1))
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
-    return path
-
-
 @dataclass(frozen=True)
 class TableSettings:
     """What ``fedneurogen fairness-table`` runs (its options; the module docstring has the protocol)."""
@@ -728,5 +690,5 @@ def run(settings: TableSettings) -> dict[str, Any]:
     write_json_atomic(out / "table.json", result)
     text = render_table(result)
     write_text_atomic(out / "table.md", text)
-    plot_table(result, out / "table.png")
+    plots.minority_f1_table(result["protocols"], (*STRATEGIES, "oracle"), out / "table.png")
     return result

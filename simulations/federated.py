@@ -219,8 +219,10 @@ class LocalSuperLink:
         *,
         tls: TlsFiles | None = None,
         node_auth: bool = False,
+        ray_address: str | None = None,
     ):
         self.flwr_home = Path(flwr_home)
+        self.ray_address = ray_address  # the simulation engine joins this Ray cluster (else starts its own)
         self.simulation = simulation
         self.tls, self.node_auth = tls, node_auth
         self.port = free_port()
@@ -240,9 +242,11 @@ class LocalSuperLink:
         if self.node_auth:
             cmd.append("--enable-supernode-auth")
         log = open(self.log_file, "ab")
-        self.proc = subprocess.Popen(
-            cmd, env=flower_env(self.flwr_home), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        env = flower_env(self.flwr_home)
+        env.pop("RAY_ADDRESS", None)  # only the cluster this run names
+        if self.ray_address:
+            env["RAY_ADDRESS"] = self.ray_address  # ray.init() in the simulation engine connects to it
+        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -529,7 +533,9 @@ def _site_names(data_root: Path) -> list[str]:
 
 class RoundWatcher:
     """Calls ``on_round`` once for every new entry of a run's ``history.json`` (written
-    atomically by the server after each round; a resumed run's earlier rounds are skipped)."""
+    atomically by the server after each round; a resumed run's earlier rounds are skipped). A
+    round whose model is scored in the next round's training replies (folded evaluation) has no
+    ``evaluate`` yet: the next entry passed carries it as ``evaluated_before``."""
 
     def __init__(self, history: Path, on_round: Callable[[dict[str, Any]], None]):
         self.history, self.on_round = history, on_round
@@ -542,9 +548,13 @@ class RoundWatcher:
             return []
 
     def __call__(self) -> None:
-        for entry in self._read():
+        history = self._read()
+        for i, entry in enumerate(history):
             if entry.get("round") not in self.seen:
                 self.seen.add(entry.get("round"))
+                earlier = (history[i - 1].get("evaluate") or {}) if i else {}
+                if not entry.get("evaluate") and earlier.get("folded"):  # scored in this round's replies
+                    entry = {**entry, "evaluated_before": {"round": history[i - 1].get("round"), **earlier}}
                 self.on_round(entry)
 
 
@@ -565,13 +575,16 @@ def run_federated(
     on_round: Callable[[dict[str, Any]], None] | None = None,
     simulate: bool = False,
     before_start: Callable[[Any, list[Path]], None] | None = None,
+    ray_address: str | None = None,
 ) -> Path:
     """Run a local federated simulation; returns ``run_dir`` (see the module docstring).
 
     ``run_config`` overrides any key of ``[tool.flwr.app.config]`` (e.g. ``strategy``,
     ``dp-enabled``, ``resume``) or of the simulation's own (``sim-node-config``, the drills:
     ``simulations/drills.py``). ``client_cpus`` is the CPUs each simulated site gets
-    (Ray runs ``cpus // client_cpus`` sites at a time). ``on_round`` gets each round's
+    (Ray runs ``cpus // client_cpus`` sites at a time); ``ray_address`` (``HOST:PORT``) runs
+    them on that Ray cluster's nodes instead of a Ray instance of the run's own
+    (``simulations/ray_cluster.py``): every node must see the data root and this environment. ``on_round`` gets each round's
     ``history.json`` entry as soon as the server has written it. ``simulate`` completes a data
     root the simulator made with the missing sites (``ensure_sites``); existing sites are always
     used as they are. ``before_start`` gets the validated run config and the site folders before
@@ -614,7 +627,8 @@ def run_federated(
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         app = simulation_app(home / "simulation-app")
-        with sigterm_unwinds(), LocalSuperLink(home, simulation=True, log_file=run_dir / "superlink.log") as link:
+        link = LocalSuperLink(home, simulation=True, log_file=run_dir / "superlink.log", ray_address=ray_address)
+        with sigterm_unwinds(), link:
             write_connection(home, "local-sim", link.address)
             watch = RoundWatcher(run_dir / "history.json", on_round) if on_round is not None else None
             flwr_run(

@@ -157,16 +157,16 @@ def test_federate_shows_each_round_as_it_ends(monkeypatch):
 
     from rich.console import Console
 
-    from fedneurogen import cli
+    from fedneurogen.cli import train as cli_train
 
     out = io.StringIO()
-    monkeypatch.setattr(cli, "console", Console(file=out, width=200, force_terminal=False))
+    monkeypatch.setattr(cli_train, "console", Console(file=out, width=200, force_terminal=False))
     entry = {
         "round": 2, "seconds": 12.0,
         "train": {"sites": {"1": {"epsilon": 3.5}, "2": {"epsilon": 3.25}}, "failed": [{"node": 3}], "aggregate": {"loss": 0.51}},
         "evaluate": {"aggregate": {"pcc": 0.1234}}, "early_stopping": {"best_round": 1, "stopped": True},
     }  # fmt: skip
-    with cli._round_progress(3) as show:
+    with cli_train._round_progress(3) as show:
         show(entry)
     text = out.getvalue()
     assert (
@@ -180,9 +180,37 @@ def test_federate_shows_each_round_as_it_ends(monkeypatch):
         "train": {**entry["train"], "aggregate": {}},
         "evaluate": {"aggregate": {"num-examples": 8, "withheld": 1}},
     }
-    with cli._round_progress(3) as show:
+    with cli_train._round_progress(3) as show:
         show(private)
     assert "losses and held-out PCC withheld under DP, epsilon per subject 3.50" in out.getvalue()
+
+
+def test_federate_shows_a_folded_score_with_the_round_after(tmp_path, monkeypatch):
+    """A round's model scored in the next round's training replies (folded evaluation) is shown
+    on that next round's line, named as the earlier round's."""
+    import io
+    import json
+
+    from rich.console import Console
+
+    from fedneurogen.cli import train as cli_train
+    from fedneurogen.simulations.federated import RoundWatcher
+
+    out = io.StringIO()
+    monkeypatch.setattr(cli_train, "console", Console(file=out, width=200, force_terminal=False))
+    history = tmp_path / "history.json"
+    first = {"round": 1, "seconds": 3.0, "train": {"sites": {"1": {}}, "aggregate": {"loss": 0.6}}, "evaluate": {}}
+    with cli_train._round_progress(2) as show:
+        watch = RoundWatcher(history, show)
+        history.write_text(json.dumps([first]))
+        watch()
+        scored = {**first, "evaluate": {"aggregate": {"pcc": 0.25}, "folded": True}}
+        second = {"round": 2, "seconds": 3.0, "train": {"sites": {"1": {}}, "aggregate": {"loss": 0.5}}, "evaluate": {}}
+        history.write_text(json.dumps([scored, second]))
+        watch()
+    text = out.getvalue()
+    assert "round 1/2: 1 site(s) answered, train loss 0.600, held-out PCC -" in text
+    assert "round 2/2: 1 site(s) answered, train loss 0.500, held-out PCC of round 1's model 0.250" in text
 
 
 def test_version_names_the_release_and_its_pins():
@@ -204,14 +232,14 @@ def test_warnings_print_as_one_readable_line(monkeypatch):
 
     from rich.console import Console
 
-    from fedneurogen import cli
+    from fedneurogen.cli import common
     from fedneurogen.shared.data.problems import DataWarning
 
     out = io.StringIO()
-    monkeypatch.setattr(cli, "err_console", Console(file=out, width=300, force_terminal=False))
+    monkeypatch.setattr(common, "err_console", Console(file=out, width=300, force_terminal=False))
     monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # restored after the test
     assert runner.invoke(app, ["info", "--preset", "tiny"]).exit_code == 0  # the callback installs the formatter
-    assert warnings.showwarning is cli._show_warning
+    assert warnings.showwarning is common._show_warning
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.warn("sub-02/eeg/sub-02_task-visual_eeg.edf: run [1] skipped: truncated", DataWarning, stacklevel=1)

@@ -228,16 +228,16 @@ def test_train_says_which_runs_it_skipped_and_goes_on(site, monkeypatch):
 
     from rich.console import Console
 
-    from fedneurogen import cli
+    from fedneurogen.cli import common
 
     run = _run(site)
     run.eeg.write_bytes(run.eeg.read_bytes()[:2000])
     out = io.StringIO()
-    monkeypatch.setattr(cli, "err_console", Console(file=out, width=400, force_terminal=False))
+    monkeypatch.setattr(common, "err_console", Console(file=out, width=400, force_terminal=False))
     with warnings.catch_warnings():
         warnings.simplefilter("always")
-        warnings.showwarning = cli._show_warning
-        sites = cli._load_sites([site], PreprocessConfig())
+        warnings.showwarning = common._show_warning
+        sites = common.load_sites([site], PreprocessConfig())
     lines = out.getvalue().splitlines()
     assert any(line.startswith("warning: ") and run.eeg.name in line and "skipped" in line for line in lines)
     assert f"{site}: 1 run(s) skipped (above), 1 used" in lines and set(sites[0].subjects) == {"sub-01"}

@@ -14,7 +14,10 @@ from test_synthesis import trained_consortium
 from typer.testing import CliRunner
 
 from fedneurogen.cli import app
-from fedneurogen.shared.workflows import evaluation, synthesis
+from fedneurogen.shared.workflows import synthesis
+from fedneurogen.shared.workflows.evaluation_baselines import fit_predict, ground_truth_windows
+from fedneurogen.shared.workflows.evaluation_scores import conditioned_classes, tstr_scores
+from fedneurogen.shared.workflows.evaluation_subjects import evaluation_split, limit_windows
 from fedneurogen.shared.workflows.baselines import RidgeHRFBaseline
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.metrics import temporal_pcc
@@ -145,19 +148,19 @@ def test_tstr_scores_train_on_each_generators_first_sample_with_the_real_referen
         target_names=[f"v{i}" for i in range(points)],
     )  # fmt: skip
     # the model's classes lack "motion": its windows are sampled with the null label, then left out
-    assert evaluation.conditioned_classes(np.array([0, -1]), ["rest"]).tolist() == ["rest", None]
+    assert conditioned_classes(np.array([0, -1]), ["rest"]).tolist() == ["rest", None]
     classes = ["rest", "motion"]
-    conditioned = evaluation.conditioned_classes(synthesis.label_indices(windows, classes), classes)
+    conditioned = conditioned_classes(synthesis.label_indices(windows, classes), classes)
     generators = {"copy": target[None], "noise": rng.standard_normal((2, *target.shape)), "none": None}
-    scores, reference = evaluation.tstr_scores(generators, windows, conditioned)
+    scores, reference = tstr_scores(generators, windows, conditioned)
     assert reference["tstr_chance"] == 0.5 and reference["classes"] == ["motion", "rest"] and reference["windows"] == n
     assert reference["trtr_balanced_accuracy"] > 0.9
     # the real windows as samples: the reference itself (same folds, same classifier)
     assert scores["copy"]["tstr_balanced_accuracy"] == reference["trtr_balanced_accuracy"]
     assert scores["copy"]["tstr_macro_f1"] == reference["trtr_macro_f1"]
     assert 0 <= scores["noise"]["tstr_balanced_accuracy"] <= 1 and scores["none"] is None
-    only_rest = evaluation.conditioned_classes(synthesis.label_indices(windows, ["rest"]), ["rest"])
-    _, one_class = evaluation.tstr_scores(generators, windows, only_rest)
+    only_rest = conditioned_classes(synthesis.label_indices(windows, ["rest"]), ["rest"])
+    _, one_class = tstr_scores(generators, windows, only_rest)
     assert one_class["trtr_balanced_accuracy"] is None and one_class["tstr_chance"] is None
 
 
@@ -165,7 +168,7 @@ def test_site_outside_training_is_all_test_and_baselines_cross_fit():
     windows = _fake_windows(["sub-01", "sub-02", "sub-03", "sub-04"])
     keys = {f"sub-0{i}": f"{i}" * 64 for i in range(1, 5)}  # content keys (splits.subject_keys)
     elsewhere = SeenSubjects(train=frozenset({"a" * 64}), val=frozenset({"b" * 64}))  # another site's runs
-    split = evaluation.evaluation_split(windows, elsewhere, keys, Path("/data/site-01"))
+    split = evaluation_split(windows, elsewhere, keys, Path("/data/site-01"))
     assert not split.site_in_training and split.train is None
     assert split.split.test == ("sub-01", "sub-02", "sub-03", "sub-04") and "2 folds by subject" in split.note
 
@@ -179,7 +182,7 @@ def test_site_outside_training_is_all_test_and_baselines_cross_fit():
         def predict(self, test):
             return np.full(test.target.shape, len(fits), dtype=np.float32)
 
-    predicted = evaluation.fit_predict(Recorder, None, split.test)
+    predicted = fit_predict(Recorder, None, split.test)
     assert fits == [{"sub-02", "sub-04"}, {"sub-01", "sub-03"}]  # each half predicted by the other
     np.testing.assert_array_equal(predicted[np.isin(windows.subjects, ["sub-01", "sub-03"])], 1.0)
     np.testing.assert_array_equal(predicted[np.isin(windows.subjects, ["sub-02", "sub-04"])], 2.0)
@@ -187,7 +190,7 @@ def test_site_outside_training_is_all_test_and_baselines_cross_fit():
     # the same folder, trained on sub-02 (one of its two runs) and validated on sub-04: by content
     keys["sub-02"] = f"{'2' * 64}:{'e' * 64}"
     seen = SeenSubjects(train=frozenset({"e" * 64}), val=frozenset({"4" * 64}))
-    trained = evaluation.evaluation_split(windows, seen, keys, Path("site-01"))
+    trained = evaluation_split(windows, seen, keys, Path("site-01"))
     assert trained.site_in_training and trained.split.train == ("sub-02",) and trained.split.val == ("sub-04",)
     assert trained.split.test == ("sub-01", "sub-03") and set(trained.test.subjects.tolist()) == {"sub-01", "sub-03"}
     assert set(trained.train.subjects.tolist()) == {"sub-02"} and set(trained.val.subjects.tolist()) == {"sub-04"}
@@ -199,7 +202,7 @@ def test_site_outside_training_is_all_test_and_baselines_cross_fit():
 
 def test_limit_windows_keeps_every_subject_and_consecutive_windows():
     windows = _fake_windows(["sub-01", "sub-02"], per_subject=6)
-    limited = evaluation.limit_windows(windows, 5)
+    limited = limit_windows(windows, 5)
     assert len(limited) == 4 and sorted(set(limited.subjects.tolist())) == ["sub-01", "sub-02"]
     np.testing.assert_array_equal(limited.onsets, [6.0, 14.0, 6.0, 14.0])
 
@@ -208,14 +211,14 @@ def test_ground_truth_gives_the_noise_ceiling_and_is_absent_without_derivatives(
     _, _, fnirs_site = consortium
     windows = _load(fnirs_site)
     config = PreprocessConfig()
-    truth = evaluation.ground_truth_windows(fnirs_site, windows, config)
+    truth = ground_truth_windows(fnirs_site, windows, config)
     assert truth is not None and truth.shape == windows.target.shape
     ceiling = temporal_pcc(truth, windows.target, windows.runs, windows.onsets, windows.target_sfreq)
     assert 0.3 < ceiling < 0.999  # noisy vs noise-free: related, not identical
 
     bare = tmp_path / "site-02"
     shutil.copytree(fnirs_site, bare, ignore=shutil.ignore_patterns("ground_truth"))
-    assert evaluation.ground_truth_windows(bare, windows, config) is None
+    assert ground_truth_windows(bare, windows, config) is None
 
 
 def test_regressor_loss_falls_in_a_short_fit(consortium):

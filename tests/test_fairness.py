@@ -45,7 +45,8 @@ def windows(site):
 
 @pytest.fixture(scope="module")
 def checkpoint(windows, tmp_path_factory):
-    from fedneurogen.shared.workflows.training import TRAIN_PRESETS, train_centralized
+    from fedneurogen.shared.workflows.centralized import train_centralized
+    from fedneurogen.shared.workflows.training import TRAIN_PRESETS
 
     config = TRAIN_PRESETS["tiny"].model_copy(update={"epochs": 1, "batch_size": 8})
     run = tmp_path_factory.mktemp("fair-model")

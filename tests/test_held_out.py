@@ -32,7 +32,7 @@ from fedneurogen.shared.splits import (
     split_subjects,
     subject_keys,
 )
-from fedneurogen.shared.workflows.evaluation import evaluation_split, read_seen, seen_by_checkpoint
+from fedneurogen.shared.workflows.evaluation_subjects import evaluation_split, read_seen, seen_by_checkpoint
 
 FAST = ["--steps", "2", "--max-windows", "8", "--baseline-epochs", "0", "--n-samples", "0"]
 

@@ -5,7 +5,9 @@
 - ``client`` and ``simulations`` do not import each other (a site runs no simulator code; the
   simulation's ClientApp is composed at the top, ``fedneurogen/simulation_app.py``);
 - inside ``shared``, the core does not import ``shared.workflows`` (training, synthesis,
-  evaluation, explanations, plots, fairness build on the core, never the other way).
+  evaluation, explanations, plots, fairness build on the core, never the other way);
+- the workflows import each other without a loop (a module may import its own package), and
+  ``plots``, where every figure is drawn, imports no other workflow.
 
 Imports inside functions count too: a lazy import is still a dependency.
 """
@@ -87,6 +89,53 @@ def core_imports_of_workflows() -> list[str]:
 
 def test_the_core_of_shared_does_not_import_its_workflows():
     assert core_imports_of_workflows() == []
+
+
+def workflow_imports() -> dict[str, set[str]]:
+    """Module -> the other modules of ``fedneurogen.shared.workflows`` it imports (a module's own
+    packages left out: ``from . import protocol`` runs the package it is part of)."""
+    workflows = ROOT / "shared" / "workflows"
+    names = {}
+    for path in sorted(workflows.rglob("*.py")):
+        parts = ["fedneurogen", "shared", *path.relative_to(ROOT / "shared").with_suffix("").parts]
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        names[module] = (path, ".".join(parts[:-1]))
+    graph = {}
+    for module, (path, package) in names.items():
+        found = set()
+        for _, imported in imported_modules(path, package):
+            while imported and imported not in names:  # `from pkg import function` -> pkg
+                imported = imported.rpartition(".")[0]
+            if imported and imported != module and not module.startswith(imported + "."):
+                found.add(imported)
+        graph[module] = found
+    return graph
+
+
+def import_loops(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Each loop of ``graph`` once, as the modules on it (depth-first search)."""
+    loops, state = [], {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for other in sorted(graph[module]):
+            if state.get(other) == "open":
+                loops.append(path[path.index(other) :] + [other])
+            elif other not in state:
+                visit(other, [*path, other])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    return loops
+
+
+def test_workflows_import_each_other_without_a_loop():
+    graph = workflow_imports()
+    assert import_loops(graph) == []
+    assert graph["fedneurogen.shared.workflows.plots"] == set(), "plots draws: the callers prepare the data"
+    assert import_loops({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]  # the check sees a loop
 
 
 @pytest.mark.parametrize(

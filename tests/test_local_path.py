@@ -336,7 +336,8 @@ def test_a_site_sends_local_statistics_of_its_own_split_and_mixing_sums(tmp_path
 
     # explain's source view of the fitted local path: exact shares that add up to 1
     from fedneurogen.shared.workflows.explain import coarse_regions
-    from fedneurogen.shared.workflows.explain_sources import local_path_figure, local_path_view
+    from fedneurogen.shared.workflows.explain_sources import local_path_view
+    from fedneurogen.shared.workflows.plots import local_path_shares
 
     model.modality_heads["fnirs"].mean.local.weight.fill_(0.6)
     view = local_path_view(model, data.val, coarse_regions(source_space().patch_centres))
@@ -346,7 +347,7 @@ def test_a_site_sends_local_statistics_of_its_own_split_and_mixing_sums(tmp_path
     assert set(view["region_shares"]) <= {f"{h} {lobe}" for h in ("left", "right", "midline") for lobe in
                                           ("frontal", "central", "parietal", "temporal", "occipital")}  # fmt: skip
     assert -1.0 < view["own_patch_share"] < 2.0
-    assert local_path_figure(tmp_path / "local.png", view).stat().st_size > 0
+    assert local_path_shares(view, tmp_path / "local.png").stat().st_size > 0
     model.modality_heads["fnirs"].mean.local.weight.fill_(0.0)
     assert local_path_view(model, data.val, coarse_regions(source_space().patch_centres)) is None  # not in use
     scalp = client_site.load(path, seed=0, cache_dir=str(tmp_path / "cache"))

@@ -14,7 +14,8 @@ from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.model import get_preset, read_checkpoint_config
 from fedneurogen.shared.run_config import RunConfig, validate_run_config
-from fedneurogen.shared.workflows.training import TRAIN_PRESETS, train_centralized
+from fedneurogen.shared.workflows.centralized import train_centralized
+from fedneurogen.shared.workflows.training import TRAIN_PRESETS
 
 runner = CliRunner()
 ONE_EPOCH = TRAIN_PRESETS["tiny"].model_copy(update={"epochs": 1, "batch_size": 8})

@@ -180,7 +180,7 @@ def test_federate_round_zero_line_names_a_failed_plan(tmp_path):
 
 
 def test_federate_prints_the_plan_line_only_under_dp(tmp_path, capsys):
-    from fedneurogen.cli import _print_privacy_plan
+    from fedneurogen.cli.train import _print_privacy_plan
     from fedneurogen.shared.run_config import RunConfig
 
     sites = []

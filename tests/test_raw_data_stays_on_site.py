@@ -20,6 +20,7 @@ from fedneurogen.server.audit import AUDIT_FILE, AuditedGrid, array_bytes, descr
 from fedneurogen.server.checkpointing import model_parameters
 from fedneurogen.shared.data import load_site
 from fedneurogen.shared.model import NeuroGenModel, parameter_modality
+from fedneurogen.shared.transport import frozen_names
 from fedneurogen.simulations.federated import run_federated
 
 PARAM = "dit.blocks.0.attn.proj.weight"
@@ -242,7 +243,7 @@ def test_a_real_round_sends_only_parameters_and_numbers(federation_sites, tmp_pa
     # and the checkpoint records what each site trained and validated on, by content: evaluation
     # on a site leaves out exactly its trained and validated subjects (tests/test_held_out.py)
     from fedneurogen.shared.splits import PROVENANCE_KEY, SeenSubjects, split_subjects, subject_keys
-    from fedneurogen.shared.workflows.evaluation import evaluation_split
+    from fedneurogen.shared.workflows.evaluation_subjects import evaluation_split
 
     provenance = json.loads((run_dir / "checkpoint" / "config.json").read_text())["provenance"]
     assert len(provenance[PROVENANCE_KEY]["sites"]) == 2
@@ -257,15 +258,9 @@ def test_a_real_round_sends_only_parameters_and_numbers(federation_sites, tmp_pa
     entries = read_log(run_dir / AUDIT_FILE)
     kinds = sorted((e["round"] or 0, e["message_type"]) for e in entries)
     # three queries per site (its classes; the sums of its ridge statistics; its per-class
-    # residual sums) and the score of the ridge path alone (round 0, early stopping's starting
-    # point), then the round
-    assert (
-        kinds
-        == [(0, MessageType.EVALUATE)] * 2
-        + [(0, MessageType.QUERY)] * 6
-        + [(1, MessageType.EVALUATE)] * 2
-        + [(1, MessageType.TRAIN)] * 2
-    )
+    # residual sums), then the round: training (whose replies score the ridge path alone, early
+    # stopping's starting point) and the last round's evaluation
+    assert kinds == [(0, MessageType.QUERY)] * 6 + [(1, MessageType.EVALUATE)] * 2 + [(1, MessageType.TRAIN)] * 2
     assert not any(e["error"] for e in entries)
 
     # what the sites hold, concretely: their windows' shapes, folders, subjects and runs
@@ -287,8 +282,13 @@ def test_a_real_round_sends_only_parameters_and_numbers(federation_sites, tmp_pa
     )
     assert problems == [], "\n".join(problems)
 
-    # and positively: a training reply is exactly the backbone and the fMRI head, nothing else
-    fmri_site_params = {k: list(v) for k, v in tiny_shapes.items() if parameter_modality(k) in (None, "fmri")}
+    # and positively: a training reply is exactly the backbone and the fMRI head's trained
+    # parameters, nothing else (not the frozen ridge path the server sent)
+    frozen = set(frozen_names(NeuroGenModel("tiny")))
+    fmri_site_params = {
+        k: list(v) for k, v in tiny_shapes.items() if parameter_modality(k) in (None, "fmri") and k not in frozen
+    }
+    assert frozen and all(parameter_modality(k) for k in frozen)
     for e in entries:
         records = e["records"]
         if e["message_type"] == MessageType.TRAIN:
@@ -329,17 +329,21 @@ def test_a_real_round_sends_only_parameters_and_numbers(federation_sites, tmp_pa
                 and "rest" in records["site"]["values"]["classes"]
             )
 
-    # the bytes of the round in history.json: the model to each site twice, their updates back
+    # the bytes of the round in history.json: the whole model to each site once (training), the
+    # trained part again for the last round's evaluation (the frozen records are held), their
+    # trained parameters back
     (entry,) = json.loads((run_dir / "history.json").read_text())
-    model_bytes = array_bytes(ArrayRecord(model_parameters(NeuroGenModel("tiny", device="cpu"))))
+    parameters = model_parameters(NeuroGenModel("tiny", device="cpu"))
+    model_bytes = array_bytes(ArrayRecord(parameters))
+    trained_bytes = array_bytes(ArrayRecord({k: v for k, v in parameters.items() if k not in frozen}))
     update_bytes = sum(
         a["bytes"]
         for e in entries
         if e["message_type"] == MessageType.TRAIN
         for a in e["records"]["arrays"]["arrays"].values()
     )
-    assert entry["bytes"] == {"sent": 4 * model_bytes, "received": update_bytes}
-    assert 0.5 * 2 * model_bytes < update_bytes < 2 * model_bytes  # the fNIRS head stays home
+    assert entry["bytes"] == {"sent": 2 * model_bytes + 2 * trained_bytes, "received": update_bytes}
+    assert 0.5 * 2 * trained_bytes < update_bytes < 2 * trained_bytes  # the fNIRS head stays home
 
 
 def test_ridge_statistics_pass_only_with_their_own_shapes(tiny_shapes):

@@ -28,7 +28,8 @@ def trained_consortium(root: Path) -> tuple[Path, Path, Path]:
     trained for a few steps on both: ``(checkpoint, fmri_site, fnirs_site)``. Built once per
     session, also for ``test_evaluation`` (which calls this with the same root)."""
     from fedneurogen.shared.data import load_site
-    from fedneurogen.shared.workflows.training import TrainConfig, train_centralized
+    from fedneurogen.shared.workflows.centralized import train_centralized
+    from fedneurogen.shared.workflows.training import TrainConfig
     from fedneurogen.simulations.simulator import simulate_dataset
 
     fmri_site, fnirs_site = simulate_dataset(

@@ -8,13 +8,8 @@ import torch
 
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.model import load_checkpoint, read_checkpoint_config
-from fedneurogen.shared.workflows.training import (
-    TRAIN_PRESETS,
-    class_index,
-    iterate_batches,
-    split_sites,
-    train_centralized,
-)
+from fedneurogen.shared.workflows.centralized import split_sites, train_centralized
+from fedneurogen.shared.workflows.training import TRAIN_PRESETS, class_index, iterate_batches
 
 TWO_EPOCHS = TRAIN_PRESETS["tiny"].model_copy(update={"epochs": 2, "batch_size": 8})
 
@@ -98,7 +93,7 @@ def test_a_damaged_or_planted_training_state_is_refused(tmp_path):
 
     from fedneurogen.shared.errors import ConfigError
     from fedneurogen.shared.io import file_sha256
-    from fedneurogen.shared.workflows.training import load_training_state, save_training_state
+    from fedneurogen.shared.workflows.run_state import load_training_state, save_training_state
 
     weights = torch.nn.Parameter(torch.ones(3))
     optimizer = torch.optim.AdamW([weights], lr=0.1)

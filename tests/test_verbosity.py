@@ -9,7 +9,8 @@ import logging
 import pytest
 from typer.testing import CliRunner
 
-from fedneurogen.cli import LOGGER, app
+from fedneurogen.cli import app
+from fedneurogen.cli.common import LOGGER
 
 runner = CliRunner()
 
@@ -89,7 +90,8 @@ def test_quiet_hides_info_lines_and_the_training_bar(one_site, tmp_path):
 
 def test_the_time_limit_stop_is_a_log_record_not_a_print(one_site, tmp_path, caplog, capsys):
     from fedneurogen.shared.data import load_site
-    from fedneurogen.shared.workflows.training import TRAIN_PRESETS, train_centralized
+    from fedneurogen.shared.workflows.centralized import train_centralized
+    from fedneurogen.shared.workflows.training import TRAIN_PRESETS
 
     windows = load_site(one_site, progress=False)
     config = TRAIN_PRESETS["tiny"].model_copy(update={"epochs": 2})
@@ -105,7 +107,7 @@ def test_the_time_limit_stop_is_a_log_record_not_a_print(one_site, tmp_path, cap
             progress=False,
         )
     (record,) = [r for r in caplog.records if "stopped after" in r.getMessage()]
-    assert record.name == "fedneurogen.shared.workflows.training" and record.levelno == logging.INFO
+    assert record.name == "fedneurogen.shared.workflows.centralized" and record.levelno == logging.INFO
     assert record.getMessage() == STOP_MESSAGE
     printed = capsys.readouterr()
     assert printed.out == "" and "stopped after" not in printed.err
@@ -118,7 +120,7 @@ def test_report_renderables_are_built_not_printed(capsys):
 
     from rich.console import Console
 
-    from fedneurogen.shared.workflows.evaluation import render_report, report_table
+    from fedneurogen.shared.workflows.evaluation_report import render_report, report_table
 
     scores = {"pcc_temporal": 0.41, "pcc_temporal_top10": 0.6, "pcc_spatial": 0.2, "ssim": 0.1}
     report = {

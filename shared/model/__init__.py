@@ -3,7 +3,8 @@
 Entry points:
 - ``ModelConfig``, ``get_preset(name)``, ``count_parameters(model)``, ``parameter_count(preset)``:
   presets ``tiny``/``small``/``base``;
-- ``NeuroGenModel(config)``, ``Batch.from_windows(...)``: ``model.loss(batch)``, ``model.sample(batch)``;
+- ``NeuroGenModel(config)`` (``generator.py``: the network), ``Batch.from_windows(...)`` (``batch.py``):
+  ``model.loss(batch)`` (``losses.py``), ``model.sample(batch)`` (``sampling.py``);
 - ``EMA``: weight averaging for sampling;
 - ``save_checkpoint`` / ``load_checkpoint`` / ``load_checkpoint_into`` / ``load_ema``;
 - ``load_labram_checkpoint(model, path)``: LaBraM weights into the EEG encoder;
@@ -21,14 +22,8 @@ from fedneurogen.shared.model.config import PRESETS, FmriConfig, FnirsConfig, Mo
 from fedneurogen.shared.model.diffusion import GaussianDiffusion
 from fedneurogen.shared.model.eeg_encoder import EEGEncoder, LabramLoadReport, load_labram_checkpoint
 from fedneurogen.shared.model.ema import EMA, unwrap_model
-from fedneurogen.shared.model.generator import (
-    MODALITIES,
-    Batch,
-    NeuroGenModel,
-    default_device,
-    parameter_count,
-    parameter_modality,
-)
+from fedneurogen.shared.model.batch import MODALITIES, Batch, default_device
+from fedneurogen.shared.model.generator import NeuroGenModel, parameter_count, parameter_modality
 
 __all__ = [
     "EMA",

@@ -44,7 +44,8 @@ from fedneurogen.shared.io import (
 )
 from fedneurogen.shared.model.config import PRESETS, ModelConfig, count_parameters
 from fedneurogen.shared.model.ema import EMA, unwrap_model
-from fedneurogen.shared.model.generator import NeuroGenModel, default_device
+from fedneurogen.shared.model.batch import default_device
+from fedneurogen.shared.model.generator import NeuroGenModel
 from fedneurogen.shared.signing import signature_path
 
 WEIGHTS_FILE = "model.safetensors"

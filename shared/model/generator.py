@@ -11,44 +11,48 @@ by all sites; everything specific to a target modality sits under ``modality_hea
 (tokenizer buffers, patch and condition embedders, final layer = modal unpatcher, target
 encoder), so the federated server can aggregate those parameters over the sites that have that
 modality only (``parameter_modality``). Equation numbers as in docs/architecture.md §4.
+
+This module is the network. What it reads is ``batch.py`` (``Batch``); the training losses and
+``prepare_for_dp`` are ``losses.py``, classifier-free guidance and DDIM sampling ``sampling.py``
+(both mixed into ``NeuroGenModel``, so ``model.loss``/``model.sample`` stay its methods).
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, replace
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from fedneurogen.shared.errors import ConfigError
+from fedneurogen.shared.model.batch import MODALITIES, Batch, default_device
 from fedneurogen.shared.model.conditioning import HyperdimensionalIntegration, eeg_patch_times, target_frame_times
 from fedneurogen.shared.model.config import ModelConfig, count_parameters, get_preset
-from fedneurogen.shared.model.diffusion import GaussianDiffusion, random_normal
+from fedneurogen.shared.model.diffusion import GaussianDiffusion
 from fedneurogen.shared.model.dit import DiT, FinalLayer
 from fedneurogen.shared.model.eeg_encoder import EEGEncoder, channel_index_tensor
 from fedneurogen.shared.model.layers import PositionEmbedding
+from fedneurogen.shared.model.losses import TrainingLosses
 from fedneurogen.shared.model.mean import MeanHead
+from fedneurogen.shared.model.sampling import Sampling
 from fedneurogen.shared.model.target_encoder import ContrastiveAlignment, TargetEncoder
 from fedneurogen.shared.model.tokens import FmriTokenizer, TokenLayout, fnirs_layout, patchify, unpatchify
 from fedneurogen.shared.surface import load_ico4_positions
-from fedneurogen.shared.recording import PairedWindows
 
-MODALITIES = ("fmri", "fnirs")
+# MODALITIES, Batch and default_device live in shared/model/batch.py; they are imported here also
+# for the modules that still import them from generator (e.g. shared/workflows/explain.py).
+__all__ = [
+    "MODALITIES",
+    "Batch",
+    "ModalityHead",
+    "NeuroGenModel",
+    "default_device",
+    "parameter_count",
+    "parameter_modality",
+]
+
 MODALITY_PREFIX = "modality_heads."
-
-
-def default_device() -> torch.device:
-    """CUDA when available, else the CPU.
-
-    Returns
-    -------
-    torch.device
-        ``cuda`` or ``cpu``.
-    """
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def parameter_modality(name: str) -> str | None:
@@ -67,154 +71,6 @@ def parameter_modality(name: str) -> str | None:
     """
     name = name.removeprefix("_module.")  # Opacus GradSampleModule
     return name.split(".")[1] if name.startswith(MODALITY_PREFIX) else None
-
-
-@dataclass
-class Batch:
-    """One batch of paired windows from one site (one montage, one target layout).
-
-    Build one from ``PairedWindows`` with ``Batch.from_windows``.
-
-    Attributes
-    ----------
-    modality : {"fmri", "fnirs"}
-        The target modality.
-    eeg : torch.Tensor
-        ``[B, C, T]`` at ``eeg_sfreq``, units of 100 uV.
-    eeg_channel_names : list of str
-        One name per EEG channel.
-    eeg_positions : torch.Tensor
-        ``[C, 3]`` electrode positions, mm.
-    target_sfreq : float
-        Target frame rate, Hz.
-    lag : float
-        The EEG window starts this many seconds before the target window.
-    target : torch.Tensor | None
-        ``[B, N, F]``; None when only sampling.
-    target_positions : torch.Tensor | None
-        ``[N, 3]`` mm (fNIRS: needed; fMRI: ico4 is fixed).
-    target_names : list of str | None
-        One name per target point (fNIRS: needed).
-    target_point_types : list of str | None
-        fNIRS: ``'hbo'``/``'hbr'`` per point.
-    labels : torch.Tensor | None
-        long ``[B]`` class index, -1 = unlabelled (the null label); None = no labels.
-    eeg_sfreq : float
-        EEG sampling rate, Hz.
-    design : torch.Tensor | None
-        ``[B, F, D]`` hemodynamic design per target frame (needed by the point prediction).
-    """
-
-    modality: str
-    eeg: torch.Tensor  # [B, C, T] at eeg_sfreq, units of 100 uV
-    eeg_channel_names: list[str]
-    eeg_positions: torch.Tensor  # [C, 3] mm
-    target_sfreq: float
-    lag: float  # the EEG window starts this many seconds before the target window
-    target: torch.Tensor | None = None  # [B, N, F]; None when only sampling
-    target_positions: torch.Tensor | None = None  # [N, 3] mm (fNIRS: needed; fMRI: ico4 is fixed)
-    target_names: list[str] | None = None
-    target_point_types: list[str] | None = None  # fNIRS: 'hbo'/'hbr' per point
-    labels: torch.Tensor | None = None  # [B] class index, -1 = unlabelled; None = no labels
-    eeg_sfreq: float = 200.0
-    design: torch.Tensor | None = None  # [B, F, D] hemodynamic design per target frame
-
-    @property
-    def batch_size(self) -> int:
-        """Number of windows ``B``."""
-        return int(self.eeg.shape[0])
-
-    def to(self, device: torch.device | str) -> "Batch":
-        """The batch with every tensor on ``device``.
-
-        Parameters
-        ----------
-        device : torch.device | str
-            The target device.
-
-        Returns
-        -------
-        Batch
-            A new batch (names and scalars shared).
-        """
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return replace(
-            self,
-            eeg=move(self.eeg),
-            eeg_positions=move(self.eeg_positions),
-            target=move(self.target),
-            target_positions=move(self.target_positions),
-            labels=move(self.labels),
-            design=move(self.design),
-        )
-
-    def select(self, index: torch.Tensor | Sequence[int] | slice) -> "Batch":
-        """The windows at ``index`` (layout, montage and positions are shared).
-
-        Parameters
-        ----------
-        index : torch.Tensor | sequence of int | slice
-            Windows to keep.
-
-        Returns
-        -------
-        Batch
-            A new batch with ``eeg``, ``target``, ``labels`` and ``design`` indexed.
-        """
-        pick = lambda t: None if t is None else t[index]  # noqa: E731
-        return replace(
-            self, eeg=pick(self.eeg), target=pick(self.target), labels=pick(self.labels), design=pick(self.design)
-        )
-
-    @classmethod
-    def from_windows(
-        cls,
-        windows: PairedWindows,
-        index: np.ndarray | Sequence[int] | slice | None = None,
-        class_to_index: Mapping[str, int] | None = None,
-        device: torch.device | str | None = None,
-    ) -> "Batch":
-        """Windows of ``PairedWindows`` as float32 tensors on a device.
-
-        Parameters
-        ----------
-        windows : PairedWindows
-            The site's windows.
-        index : np.ndarray | sequence of int | slice | None
-            Windows to take; None: all.
-        class_to_index : mapping of str to int | None
-            Label index of each class name; labels it does not list become -1, the null label.
-            None: the batch is unlabelled.
-        device : torch.device | str | None
-            Where the tensors go; None: ``default_device()`` (CUDA when available).
-
-        Returns
-        -------
-        Batch
-            The batch.
-        """
-        device = torch.device(device) if device is not None else default_device()
-        index = slice(None) if index is None else index
-        labels = None
-        if class_to_index is not None:
-            names = np.asarray(windows.labels)[index]
-            labels = torch.tensor([class_to_index.get(str(n), -1) for n in names], dtype=torch.long, device=device)
-        as_tensor = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)  # noqa: E731
-        return cls(
-            modality=windows.target_modality,
-            eeg=as_tensor(windows.eeg[index]),
-            eeg_channel_names=list(windows.eeg_channel_names),
-            eeg_positions=as_tensor(windows.eeg_positions),
-            target_sfreq=float(windows.target_sfreq),
-            lag=float(windows.lag),
-            target=as_tensor(windows.target[index]),
-            target_positions=as_tensor(windows.target_positions),
-            target_names=list(windows.target_names),
-            target_point_types=None if windows.target_point_types is None else list(windows.target_point_types),
-            labels=labels,
-            eeg_sfreq=float(windows.eeg_sfreq),
-            design=None if windows.design is None else as_tensor(windows.design[index]),
-        )
 
 
 class ModalityHead(nn.Module):
@@ -261,8 +117,13 @@ class ModalityHead(nn.Module):
         self.target_encoder = TargetEncoder(token_dim, config)  # for the alignment stage
 
 
-class NeuroGenModel(nn.Module):
+class NeuroGenModel(TrainingLosses, Sampling, nn.Module):
     """The generative model. ``loss(batch)`` trains it, ``sample(batch)`` generates targets.
+
+    This class is the network (what DiT's ``models.py`` holds): the batch geometry (``layout``),
+    the EEG encoding and conditioning, the point prediction and one denoising pass. The training
+    losses and ``prepare_for_dp`` come from ``TrainingLosses`` (``shared/model/losses.py``),
+    guidance and DDIM sampling from ``Sampling`` (``shared/model/sampling.py``).
 
     ``fmri_positions`` fixes the grouping of ico4 vertices into fMRI tokens: ``"ico4"`` (default)
     reads the fsaverage5 pial surface shipped with nilearn, an array ``[5124, 3]`` gives the
@@ -544,188 +405,6 @@ class NeuroGenModel(nn.Module):
         x = self.dit(x, c, context=condition, context_kv=context_kv)
         return unpatchify(head.final_layer(x, c), layout, x_t.shape[2])
 
-    def guided_denoise(
-        self,
-        x_t: torch.Tensor,
-        t: torch.Tensor,
-        condition: torch.Tensor,
-        layout: TokenLayout,
-        modality: str,
-        labels: torch.Tensor | None,
-        guidance_scale: float,
-        context_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-    ) -> torch.Tensor:
-        """Classifier-free guidance on the label: ``uncond + s * (cond - uncond)``.
-
-        ``s = 1`` (or no labels) is the plain conditional prediction, ``s = 0`` the null label's.
-        With guidance both predictions run as one doubled batch.
-
-        Parameters
-        ----------
-        x_t : torch.Tensor
-            ``[B, N, F]`` noisy targets.
-        t : torch.Tensor
-            long ``[B]`` diffusion steps.
-        condition : torch.Tensor
-            ``[B, M, D]`` EEG tokens.
-        layout : TokenLayout
-            The batch's layout.
-        modality : str
-            ``"fmri"`` or ``"fnirs"``.
-        labels : torch.Tensor | None
-            long ``[B]`` labels; None: no guidance.
-        guidance_scale : float
-            ``s``.
-        context_kv : list of (torch.Tensor, torch.Tensor) | None
-            Precomputed cross-attention keys and values: of the doubled condition when
-            ``uses_guidance``, else of ``condition``.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[B, N, F]`` guided v (or eps).
-        """
-        if not self.uses_guidance(labels, guidance_scale):
-            return self.denoise(x_t, t, condition, layout, modality, labels, context_kv=context_kv)
-        null = torch.full_like(labels, -1)
-        both = self.denoise(
-            torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([condition, condition]), layout, modality, torch.cat([labels, null]),
-            context_kv=context_kv,
-        )  # fmt: skip
-        conditional, unconditional = both.chunk(2)
-        return unconditional + guidance_scale * (conditional - unconditional)
-
-    @staticmethod
-    def uses_guidance(labels: torch.Tensor | None, guidance_scale: float) -> bool:
-        """Whether ``guided_denoise`` evaluates the doubled (conditional + null label) batch.
-
-        Parameters
-        ----------
-        labels : torch.Tensor | None
-            The batch's labels.
-        guidance_scale : float
-            The guidance scale.
-
-        Returns
-        -------
-        bool
-            True when there are labels and the scale is not 1.
-        """
-        return labels is not None and guidance_scale != 1.0
-
-    # -- training ------------------------------------------------------------------------------
-
-    def alignment_loss(
-        self, batch: Batch, features: torch.Tensor | None = None, layout: TokenLayout | None = None
-    ) -> torch.Tensor:
-        """CLIP-style InfoNCE between pooled EEG and target window embeddings (needs B >= 2).
-
-        Parameters
-        ----------
-        batch : Batch
-            A batch with targets.
-        features : torch.Tensor | None
-            ``[B, C, P, De]`` EEG features already computed; None: ``encode_eeg(batch)``.
-        layout : TokenLayout | None
-            The batch's layout; None: ``layout(batch)``.
-
-        Returns
-        -------
-        torch.Tensor
-            Scalar loss.
-        """
-        layout = layout if layout is not None else self.layout(batch)
-        features = features if features is not None else self.encode_eeg(batch)
-        target_embedding = self.modality_heads[batch.modality].target_encoder(
-            patchify(batch.target, layout), layout.centroids
-        )
-        return self.alignment(features, target_embedding)
-
-    def loss(
-        self,
-        batch: Batch,
-        *,
-        t: torch.Tensor | None = None,
-        noise: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-        per_sample: bool = False,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """The training loss of a batch, and its parts.
-
-        Total loss = diffusion loss (8) on the residual ``x0 - mean`` + ``mean_loss_weight`` x
-        the point prediction's MSE + ``alignment_weight`` x InfoNCE (the mean is detached in the
-        diffusion target, so each loss trains its own part). Labels are replaced by the null
-        label with probability ``label_dropout`` in training mode.
-
-        Parameters
-        ----------
-        batch : Batch
-            A batch with targets and a design.
-        t : torch.Tensor | None
-            long ``[B]`` diffusion steps; None: uniformly random.
-        noise : torch.Tensor | None
-            ``[B, N, F]`` noise; None: standard normal.
-        generator : torch.Generator | None
-            Source of the random draws (steps, noise, label dropout).
-        per_sample : bool
-            Return each window's total loss ``[B]`` (their mean is the usual loss), for DP-SGD's
-            fast/ghost clipping; it needs the InfoNCE term off (``prepare_for_dp``), which
-            compares windows with each other.
-
-        Returns
-        -------
-        loss : torch.Tensor
-            Scalar total loss (``[B]`` with ``per_sample``).
-        parts : dict of str to float
-            ``diffusion``, ``mean``, ``alignment`` (when computed) and ``total``, batch means.
-
-        Raises
-        ------
-        ConfigError
-            The batch has no targets, or ``per_sample`` with the alignment loss on; and as
-            ``layout`` and ``point_prediction``.
-        """
-        if batch.target is None:
-            raise ConfigError("loss() needs a batch with targets")
-        layout = self.layout(batch)
-        target = batch.target.float()
-        t = t if t is not None else self.diffusion.sample_timesteps(target.shape[0], target.device, generator)
-        noise = noise if noise is not None else random_normal(tuple(target.shape), generator, target.device)
-        mean_labels = batch.labels
-        if (
-            self.training and mean_labels is not None and self.config.label_dropout > 0
-        ):  # so the label-free mean is trained too
-            drop = torch.rand(
-                mean_labels.shape, generator=generator, device=generator.device if generator is not None else None
-            )
-            mean_labels = torch.where(
-                drop.to(mean_labels.device) < self.config.label_dropout, torch.full_like(mean_labels, -1), mean_labels
-            )
-        with self._autocast():
-            features = self.encode_eeg(batch)
-            condition = self.condition_tokens(batch, features, layout)
-            mean = self.point_prediction(batch, labels=mean_labels, train=self.training).float()
-            x0 = target - mean.detach()
-            x_t = self.diffusion.q_sample(x0, t, noise)
-            output = self.denoise(x_t, t, condition, layout, batch.modality, batch.labels, drop_labels=self.training)
-            # per window first (DP clipping may want them), then their mean: the usual MSE
-            diffusion_each = (output.float() - self.diffusion.training_target(x0, t, noise)).pow(2).mean(dim=(1, 2))
-            mean_each = (mean - target).pow(2).mean(dim=(1, 2))
-            total = diffusion_each + self.config.mean_loss_weight * mean_each
-            parts = {"diffusion": float(diffusion_each.detach().mean()), "mean": float(mean_each.detach().mean())}
-            if per_sample:
-                if self.alignment_enabled and self.config.alignment_weight > 0:
-                    raise ConfigError("per-sample losses need the alignment loss off (prepare_for_dp)")
-                parts["total"] = float(total.detach().mean())
-                return total, parts
-            total = total.mean()
-            if self.alignment_enabled and self.config.alignment_weight > 0 and x0.shape[0] > 1:
-                alignment = self.alignment_loss(batch, features, layout)
-                total = total + self.config.alignment_weight * alignment
-                parts["alignment"] = float(alignment.detach())
-        parts["total"] = float(total.detach())
-        return total, parts
-
     def forward(self, batch: Batch, **kwargs) -> tuple[torch.Tensor, dict[str, float]]:
         """``loss(batch, **kwargs)``, so ``model(batch)`` trains (and Opacus hooks see the call).
 
@@ -744,110 +423,6 @@ class NeuroGenModel(nn.Module):
             As ``loss``.
         """
         return self.loss(batch, **kwargs)
-
-    def prepare_for_dp(self, modality: str) -> list[nn.Parameter]:
-        """Make the model fit Opacus DP-SGD for batches of ``modality``.
-
-        DP-SGD clips each window's own gradient, so only per-window losses may be trained:
-        - the InfoNCE alignment compares the windows of a batch with each other: it is switched
-          off and the target encoders and alignment projection are frozen;
-        - the other modality's head gets no gradient from this site: frozen;
-        - tau and sigma of the temporal alignment take the time grids as extra inputs, which
-          Opacus' per-layer hooks cannot pass on: frozen at their current values;
-        - the ridge path of the point prediction is solved in closed form: stays frozen.
-        Everything else is made trainable (freeze more afterwards if wanted).
-
-        Parameters
-        ----------
-        modality : {"fmri", "fnirs"}
-            The site's target modality.
-
-        Returns
-        -------
-        list of nn.Parameter
-            The parameters left trainable.
-
-        Raises
-        ------
-        ConfigError
-            An unknown modality.
-        """
-        if modality not in MODALITIES:
-            raise ConfigError(f"unknown target modality {modality!r}; expected one of {MODALITIES}")
-        self.requires_grad_(True)
-        for name, head in self.modality_heads.items():
-            head.requires_grad_(name == modality)
-            head.target_encoder.requires_grad_(False)
-        self.alignment.requires_grad_(False)
-        self.integration.temporal.requires_grad_(False)
-        for head in self.modality_heads.values():
-            head.mean.ridge.requires_grad_(False)  # closed-form, never trained by SGD
-            if head.mean.local is not None:
-                head.mean.local.requires_grad_(False)
-        self.alignment_enabled = False
-        return [p for p in self.parameters() if p.requires_grad]
-
-    # -- generation ----------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def sample(
-        self,
-        batch: Batch,
-        *,
-        steps: int | None = None,
-        guidance_scale: float = 1.0,
-        eta: float = 0.0,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Generate targets ``[B, N, F]`` from the batch's EEG (and labels) by DDIM.
-
-        The sample is the point prediction plus a residual drawn by the diffusion. Runs without
-        gradients. To sample with EMA weights use ``EMA.average_parameters(model)`` or a
-        checkpoint loaded with ``use_ema=True``.
-
-        Parameters
-        ----------
-        batch : Batch
-            EEG, design and (optionally) labels; ``target`` is not read.
-        steps : int | None
-            DDIM steps; None: the config's ``sampling_steps``.
-        guidance_scale : float
-            Classifier-free guidance on the labels (1: none; see ``guided_denoise``).
-        eta : float
-            DDIM stochasticity; 0 is deterministic given ``generator``.
-        generator : torch.Generator | None
-            Source of the noise.
-
-        Returns
-        -------
-        torch.Tensor
-            float32 ``[B, N, F]`` generated targets.
-        """
-        layout = self.layout(batch)
-        n_frames = self.config.modality(batch.modality).n_frames
-        # The EEG encoding, the EEG tokens and every block's cross-attention keys and values
-        # depend on the EEG only, not on the noisy target: computed once here, not every step.
-        with self._autocast():
-            condition = self.condition_tokens(batch, self.encode_eeg(batch), layout)
-            mean = self.point_prediction(batch).float()
-            guided = self.uses_guidance(batch.labels, guidance_scale)
-            context_kv = self.dit.context_kv(torch.cat([condition, condition]) if guided else condition)
-
-        def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            with self._autocast():
-                return self.guided_denoise(
-                    x_t, t, condition, layout, batch.modality, batch.labels, guidance_scale, context_kv
-                ).float()
-
-        sample = self.diffusion.ddim_sample(
-            model_fn,
-            (batch.batch_size, layout.n_points, n_frames),
-            steps=steps or self.config.sampling_steps,
-            eta=eta,
-            generator=generator,
-            device=self.device,
-        )
-        return sample + mean
 
 
 def parameter_count(config: ModelConfig | str) -> dict[str, int]:

@@ -45,11 +45,25 @@ import numpy as np
 import torch
 from captum.attr import IntegratedGradients
 
+from fedneurogen.shared.config import PreprocessConfig
+from fedneurogen.shared.data import load_site
+from fedneurogen.shared.design import (
+    HRF_BASES,
+    VIRTUAL_MONTAGE,
+    _basis_table,
+    global_part,
+    unique_frames,
+    virtual_positions,
+)
 from fedneurogen.shared.errors import ConfigError, DataError
 from fedneurogen.shared.features import EEG_BANDS
+from fedneurogen.shared.io import write_json_atomic
+from fedneurogen.shared.model import Batch, load_checkpoint
 from fedneurogen.shared.recording import PairedWindows
 from fedneurogen.shared.sources import source_space
-from fedneurogen.shared.workflows.explain_sources import local_path_figure, local_path_view
+from fedneurogen.shared.workflows import plots
+from fedneurogen.shared.workflows.evaluation_subjects import seen_by_checkpoint
+from fedneurogen.shared.workflows.explain_sources import local_path_view
 
 EXPLAIN_FILE = "explain.json"
 BANDS = tuple(EEG_BANDS)
@@ -68,7 +82,6 @@ METHODS = {
 IG_METHOD = "riemann_middle"
 #: Fraction of target points the ``top`` selection keeps (best in-sample PCC on the site).
 TOP_FRACTION = 0.1
-BAND_COLORS = ("tab:purple", "tab:blue", "tab:green", "tab:orange", "tab:red")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -371,8 +384,6 @@ def decompose(
         The windows carry no design, one of another width than the ridge path, or do not fit
         the model (``NeuroGenModel.layout``).
     """
-    from fedneurogen.shared.design import global_part, unique_frames
-    from fedneurogen.shared.model.generator import Batch
 
     if windows.design is None:
         raise ConfigError(
@@ -532,7 +543,6 @@ def effective_hrf(coef: np.ndarray, n_electrodes: int, config) -> dict[str, Any]
         ``lags_s`` (``[L]`` s), ``kernel`` (``[L]``, unit peak, largest excursion positive),
         ``peak_s`` (lag of its maximum) and ``basis_weights`` (``[K]``).
     """
-    from fedneurogen.shared.design import HRF_BASES, _basis_table
 
     lags, basis = _basis_table(config.hrf_basis, config.history_seconds)
     inside = lags <= config.history_seconds
@@ -666,7 +676,6 @@ def explain_point_prediction(
         ``label`` is not one of ``class_names`` or has no window, or as in ``decompose`` and
         ``select_points``.
     """
-    from fedneurogen.shared.design import VIRTUAL_MONTAGE, virtual_positions
 
     names = list(class_names or [])
     if label is not None:
@@ -870,11 +879,6 @@ def explain(
         The checkpoint has no fitted ridge path for the site's modality, or as in
         ``explain_point_prediction``.
     """
-    from fedneurogen.shared.config import PreprocessConfig
-    from fedneurogen.shared.data import load_site
-    from fedneurogen.shared.io import write_json_atomic
-    from fedneurogen.shared.model import load_checkpoint
-    from fedneurogen.shared.workflows.evaluation import seen_by_checkpoint
 
     checkpoint, site_dir, out_dir = Path(checkpoint), Path(site_dir), Path(out_dir)
     model, meta = load_checkpoint(checkpoint, device=device, use_ema=True)
@@ -921,7 +925,7 @@ def explain(
             f"(1 - a) x it + a x the local path, a = {local['weight']:.2f}"
         )
         report["local_path"] = local
-        report["plots"].append(local_path_figure(out_dir / "local_path.png", local).name)
+        report["plots"].append(plots.local_path_shares(local, out_dir / "local_path.png").name)
     write_json_atomic(out_dir / EXPLAIN_FILE, report)
     return report
 
@@ -931,7 +935,7 @@ def explain(
 
 
 def write_figures(out_dir: Path, windows: PairedWindows, report: dict[str, Any], arrays: dict[str, Any]) -> list[Path]:
-    """Write the explanation's figures.
+    """Write the explanation's figures (drawn by ``plots``).
 
     ``dominant_band.png`` (map: fMRI on the inflated fsaverage5 surface, fNIRS channels seen
     from above), ``band_shares.png`` (bars per band and region), ``electrodes.png`` (scalp map
@@ -954,154 +958,17 @@ def write_figures(out_dir: Path, windows: PairedWindows, report: dict[str, Any],
         The four PNG files.
     """
     what = f"class '{report['label']}'" if report["label"] else "all windows"
-    written = [
-        _dominant_band_map(
-            out_dir / "dominant_band.png", windows, arrays["dominant"], f"dominant EEG band per point ({what})"
-        )
-    ]
-    written.append(
-        _band_bars(
-            out_dir / "band_shares.png", arrays["band_summary"], arrays["region_report"], report["points"]["rule"]
-        )
-    )
-    written.append(_electrode_figure(out_dir / "electrodes.png", report["electrodes"], arrays["electrode_shares"]))
-    written.append(_hrf_figure(out_dir / "hrf.png", arrays["hrfs"], arrays["hrf_selected"]))
-    return written
-
-
-def _dominant_band_map(path: Path, windows: PairedWindows, dominant: np.ndarray, title: str) -> Path:
-    from matplotlib.colors import ListedColormap
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
-    from fedneurogen.shared.workflows.plots import save_figure
-
-    cmap = ListedColormap(BAND_COLORS)
-    legend = [Patch(color=c, label=b) for b, c in zip(BANDS, BAND_COLORS)]
-    if windows.target_modality == "fmri":
-        from nilearn import plotting
-
-        from fedneurogen.shared.surface import FSAVERAGE5_PER_HEMI, load_fsaverage5, upsample_ico4
-
-        mesh = load_fsaverage5()["inflated"]
-        hot = np.eye(len(BANDS))[dominant]  # categorical: upsample one-hot, keep the largest
-        surface = np.argmax(upsample_ico4(hot), axis=1).astype(float) + 1.0
-        views = [("left", "lateral"), ("left", "medial"), ("right", "lateral"), ("right", "medial")]
-        fig = Figure(figsize=(3.2 * len(views), 3.2))
-        for col, (hemi, view) in enumerate(views):
-            part = surface[:FSAVERAGE5_PER_HEMI] if hemi == "left" else surface[FSAVERAGE5_PER_HEMI:]
-            ax = fig.add_subplot(1, len(views), col + 1, projection="3d")
-            plotting.plot_surf_roi(
-                mesh, part, hemi=hemi, view=view, axes=ax, figure=fig, colorbar=False, cmap=cmap, vmin=1, vmax=len(BANDS),
-                avg_method="median", title=f"{hemi} {view}",
-            )  # fmt: skip
-    else:
-        fig = Figure(figsize=(5.5, 4.5))
-        ax = fig.add_subplot(1, 1, 1)
-        keep = (
-            np.array([t == "hbo" for t in windows.target_point_types])
-            if windows.target_point_types
-            else np.ones(len(dominant), bool)
-        )
-        xy = np.asarray(windows.target_positions)[keep, :2]
-        ax.scatter(
-            xy[:, 0], xy[:, 1], c=dominant[keep], cmap=cmap, vmin=0, vmax=len(BANDS) - 1, s=160, edgecolors="grey"
-        )
-        ax.set_aspect("equal")
-        ax.set_xlabel("x (mm, left-right)")
-        ax.set_ylabel("y (mm, posterior-anterior)")
-    fig.legend(handles=legend, loc="lower center", ncols=len(BANDS))
-    fig.suptitle(title)
-    return save_figure(fig, path)
-
-
-def _band_bars(path: Path, summary: dict[str, dict[str, float]], regions: dict[str, dict], rule: str) -> Path:
-    from matplotlib.figure import Figure
-
-    from fedneurogen.shared.workflows.plots import save_figure
-
-    fig = Figure(figsize=(14, 5))
-    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 2]})
-    width = 0.27
-    x = np.arange(len(BANDS))
-    for i, (p, color) in enumerate(zip(PATHS, ("tab:blue", "tab:green", "black"))):
-        left.bar(x + (i - 1) * width, [summary[p][b] for b in BANDS], width, label=p.replace("_", " "), color=color)
-    left.set_xticks(x, BANDS)
-    left.axhline(0, color="black", linewidth=0.8)
-    left.set_ylabel("share of prediction variance")
-    left.set_title("selected points", fontsize="medium")
-    left.legend(fontsize="small")
-    names = list(regions)
-    bottom_pos, bottom_neg = np.zeros(len(names)), np.zeros(len(names))
-    for b, color in zip(BANDS, BAND_COLORS):
-        values = np.array([regions[n]["band_shares"]["prediction"][b] for n in names])
-        base = np.where(values >= 0, bottom_pos, bottom_neg)
-        right.bar(np.arange(len(names)), values, bottom=base, color=color, label=b)
-        bottom_pos += np.maximum(values, 0)
-        bottom_neg += np.minimum(values, 0)
-    right.set_xticks(np.arange(len(names)), names, rotation=40, ha="right", fontsize="small")
-    right.axhline(0, color="black", linewidth=0.8)
-    right.set_title("per region (point prediction, all points of the region)", fontsize="medium")
-    right.legend(fontsize="small", ncols=len(BANDS))
-    fig.subplots_adjust(bottom=0.3, wspace=0.2)
-    fig.suptitle(f"EEG band shares of the prediction variance; {rule}", fontsize="medium")
-    return save_figure(fig, path)
-
-
-def _electrode_figure(path: Path, electrodes: dict[str, Any], shares: np.ndarray) -> Path:
-    from matplotlib.figure import Figure
-
-    from fedneurogen.shared.workflows.plots import MAP_CMAP, save_figure
-
-    positions = np.asarray(electrodes["positions_mm"])
-    names = electrodes["names"]
-    fig = Figure(figsize=(13, 5))
-    left, right = fig.subplots(1, 2)
-    limit = float(np.abs(shares).max()) or 1.0
-    dots = left.scatter(
-        positions[:, 0], positions[:, 1], c=shares, cmap=MAP_CMAP, vmin=-limit, vmax=limit, s=220, edgecolors="grey"
-    )
-    for (px, py), name in zip(positions[:, :2], names):
-        left.annotate(name, (px, py), ha="center", va="center", fontsize=6)
-    left.set_aspect("equal")
-    left.set_xlabel("x (mm, left-right)")
-    left.set_ylabel("y (mm, posterior-anterior)")
-    left.set_title("share of prediction variance per virtual electrode (seen from above)", fontsize="medium")
-    fig.colorbar(dots, ax=left, shrink=0.8)
-    top = np.argsort(-shares)[:15]
-    right.barh(np.arange(len(top))[::-1], shares[top], color="tab:blue")
-    right.set_yticks(np.arange(len(top))[::-1], [names[i] for i in top])
-    right.set_title("top 15 electrodes", fontsize="medium")
-    return save_figure(fig, path)
-
-
-def _hrf_figure(path: Path, hrfs: dict[str, dict], selected: dict[str, Any]) -> Path:
-    from matplotlib import colormaps
-    from matplotlib.figure import Figure
-
-    from fedneurogen.shared.workflows.plots import save_figure
-
-    fig = Figure(figsize=(9, 5))
-    ax = fig.add_subplot(1, 1, 1)
-    colors = colormaps["tab10"]
-    for i, (name, hrf) in enumerate(hrfs.items()):
-        ax.plot(
-            hrf["lags_s"],
-            hrf["kernel"],
-            color=colors(i % 10),
-            linewidth=1.0,
-            label=f"{name} (peak {hrf['peak_s']:.1f} s)",
-        )
-    ax.plot(
-        selected["lags_s"],
-        selected["kernel"],
-        color="black",
-        linewidth=2.2,
-        label=f"selected points (peak {selected['peak_s']:.1f} s)",
-    )
-    ax.axhline(0, color="grey", linewidth=0.6)
-    ax.set_xlabel("lag after the EEG band power (s)")
-    ax.set_ylabel("effective response (unit peak)")
-    ax.set_title("effective HRF of the ridge path per region")
-    ax.legend(fontsize="x-small", ncols=2)
-    return save_figure(fig, path)
+    electrodes = report["electrodes"]
+    return [
+        plots.dominant_band_map(
+            arrays["dominant"], windows.target_modality, windows.target_positions, windows.target_point_types,
+            out_dir / "dominant_band.png", f"dominant EEG band per point ({what})",
+        ),
+        plots.band_share_bars(
+            arrays["band_summary"], arrays["region_report"], report["points"]["rule"], out_dir / "band_shares.png"
+        ),
+        plots.electrode_shares(
+            electrodes["positions_mm"], electrodes["names"], arrays["electrode_shares"], out_dir / "electrodes.png"
+        ),
+        plots.effective_hrfs(arrays["hrfs"], arrays["hrf_selected"], out_dir / "hrf.png"),
+    ]  # fmt: skip

@@ -17,13 +17,15 @@ projection), which says how local the prediction really is.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fedneurogen.shared.design import split_design, unique_frames
 from fedneurogen.shared.features import EEG_BANDS
+from fedneurogen.shared.local_path import fmri_layout
 from fedneurogen.shared.recording import PairedWindows
+from fedneurogen.shared.sources import N_PATCHES, source_space
 
 BANDS = tuple(EEG_BANDS)
 METHOD = "exact: b_k (Sigma b)_k / b^T Sigma b per point over the explained frames (Sigma: its columns' covariance)"
@@ -34,9 +36,6 @@ def _point_columns(head, n_points: int, slots) -> list[tuple[np.ndarray, np.ndar
     local = head.local
     coef = local.coef.detach().double().cpu().numpy()
     if local.fixed_layout:
-        from fedneurogen.shared.local_path import fmri_layout
-        from fedneurogen.shared.sources import N_PATCHES
-
         layout = fmri_layout(local.n_source // N_PATCHES)
         out = []
         for g in range(layout.n_groups):
@@ -75,9 +74,6 @@ def local_path_view(
         ``region_shares`` (of the source patches), ``band_by_region``, ``own_patch_share``,
         ``frames``, ``points`` and ``method``.
     """
-    from fedneurogen.shared.design import split_design, unique_frames
-    from fedneurogen.shared.sources import N_PATCHES, source_space
-
     head = model.modality_heads[windows.target_modality].mean
     if head.local is None or float(head.local.weight) <= 0:
         return None
@@ -124,40 +120,3 @@ def local_path_view(
         "method": METHOD,
         "regions": "of the source patches the band power comes from (coarse lobes per hemisphere, explain.REGION_SOURCE)",
     }
-
-
-def local_path_figure(path: Path, view: dict[str, Any]) -> Path:
-    """A band x source-region heat map of the local path's variance shares.
-
-    Parameters
-    ----------
-    path : Path
-        The PNG to write.
-    view : dict
-        ``local_path_view``'s result.
-
-    Returns
-    -------
-    Path
-        The written figure.
-    """
-    from matplotlib.figure import Figure
-
-    from fedneurogen.shared.workflows.plots import save_figure
-
-    regions = list(view["band_by_region"])
-    grid = np.array([[view["band_by_region"][r][b] for r in regions] for b in BANDS])
-    fig = Figure(figsize=(1.0 + 0.8 * len(regions), 4.2))
-    ax = fig.subplots()
-    limit = max(float(np.abs(grid).max()), 1e-9)
-    image = ax.imshow(grid, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
-    ax.set_yticks(np.arange(len(BANDS)), BANDS)
-    ax.set_xticks(np.arange(len(regions)), regions, rotation=40, ha="right", fontsize="small")
-    fig.colorbar(image, ax=ax, label="share of local-prediction variance")
-    ax.set_title(
-        f"local path (share a = {view['weight']:.2f} of the linear prediction): band x source region; "
-        f"own patch {view['own_patch_share']:.0%}",
-        fontsize="medium",
-    )
-    fig.subplots_adjust(bottom=0.3)
-    return save_figure(fig, path)

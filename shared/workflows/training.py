@@ -2,29 +2,26 @@
 
 A batch always comes from one site (one montage, one target layout); batches of different sites
 are interleaved in a seeded random order. ``train_epochs`` is the unit a Flower client runs each
-round; ``Trainer`` wraps it for ``fedneurogen train`` with logs, checkpoints and resume.
+round; ``centralized.train_centralized`` runs it for ``fedneurogen train`` with logs, checkpoints
+and resume (the run folder's files: ``run_state.py``). Here: the settings (``TrainConfig``), the
+batches, the optimiser and its schedule, the loop, and the validation scores.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedneurogen.shared.errors import ConfigError
-from fedneurogen.shared.io import atomic_path, file_sha256, write_json_atomic, write_text_atomic
 from fedneurogen.shared.model import EMA, Batch, NeuroGenModel
 from fedneurogen.shared.recording import PairedWindows
-from fedneurogen.shared.splits import PROVENANCE_KEY, SubjectSplit, seen_record, split_record, subject_keys
 
 log = logging.getLogger(__name__)
 
@@ -315,41 +312,45 @@ def train_epochs(
         generator.seed()
     else:
         generator.manual_seed(seed)
-    stats = EpochStats()
-    step = start_step
-    model.train()
-    for _ in range(epochs):
-        plan = (
-            poisson_batches(len(sites[0]), config.batch_size, rng)
-            if poisson
-            else iterate_batches([len(s) for s in sites], config.batch_size, rng)
-        )
-        for site, index in plan:
-            if deadline is not None and time.time() > deadline:
-                stats.stopped_early = True
-                return stats, step
-            set_learning_rate(optimizer, config, step)
-            optimizer.zero_grad(set_to_none=True)
-            if len(index) == 0:
-                noise_only_step(model, optimizer)
+    # dropout draws from torch's global generator: seeded from this one for the epochs (so a
+    # process that trains several simulated sites in turn repeats), its state restored after
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(generator.initial_seed())
+        stats = EpochStats()
+        step = start_step
+        model.train()
+        for _ in range(epochs):
+            plan = (
+                poisson_batches(len(sites[0]), config.batch_size, rng)
+                if poisson
+                else iterate_batches([len(s) for s in sites], config.batch_size, rng)
+            )
+            for site, index in plan:
+                if deadline is not None and time.time() > deadline:
+                    stats.stopped_early = True
+                    return stats, step
+                set_learning_rate(optimizer, config, step)
+                optimizer.zero_grad(set_to_none=True)
+                if len(index) == 0:
+                    noise_only_step(model, optimizer)
+                    step += 1
+                    stats.add(0, {"total": 0.0})
+                    continue
+                batch = Batch.from_windows(sites[site], np.sort(index), class_to_index, device)
+                loss, parts = model(batch, generator=generator)
+                loss.backward()
+                if clip_gradients:
+                    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.grad_clip)
+                optimizer.step()
+                if ema is not None:
+                    ema.update(inner)
                 step += 1
-                stats.add(0, {"total": 0.0})
-                continue
-            batch = Batch.from_windows(sites[site], np.sort(index), class_to_index, device)
-            loss, parts = model(batch, generator=generator)
-            loss.backward()
-            if clip_gradients:
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.grad_clip)
-            optimizer.step()
-            if ema is not None:
-                ema.update(inner)
-            step += 1
-            stats.add(batch.batch_size, parts)
-            if on_step is not None:
-                on_step(step, parts)
-            if progress is not None:
-                progress(parts)
-    return stats, step
+                stats.add(batch.batch_size, parts)
+                if on_step is not None:
+                    on_step(step, parts)
+                if progress is not None:
+                    progress(parts)
+        return stats, step
 
 
 def noise_only_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -509,437 +510,26 @@ class BestMean:
                 ema.shadow[name].copy_(value)
 
 
-def save_training_state(
-    path: Path, optimizer: torch.optim.Optimizer, step: int, epoch: int, extra: dict[str, Any] | None = None
-) -> None:
-    """Write the optimiser state and counters next to a checkpoint.
-
-    The file is written atomically, with its SHA-256 beside it (``train_state.pt.sha256``) so
-    that a damaged file is refused on resume.
-
-    Parameters
-    ----------
-    path : Path
-        The state file (``train_state.pt``).
-    optimizer : torch.optim.Optimizer
-        Its ``state_dict`` is saved.
-    step, epoch : int
-        The counters to resume from.
-    extra : dict, optional
-        More entries of the saved dict (tensors and plain values only).
-    """
-    state = {"optimizer": optimizer.state_dict(), "step": step, "epoch": epoch, **(extra or {})}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    write_text_atomic(_hash_file(path), file_sha256(path) + "\n")
+# Moved to centralized.py and run_state.py; still importable from here for callers not yet
+# updated (simulations/fairness_table.py imports split_sites). Resolved lazily, because
+# centralized.py imports this module.
+_MOVED = {
+    "split_sites": "centralized",
+    "SplitSites": "centralized",
+    "subject_record": "centralized",
+    "train_centralized": "centralized",
+    "CHECKPOINT_DIR": "run_state",
+    "STATE_FILE": "run_state",
+    "JsonlLogger": "run_state",
+    "save_training_state": "run_state",
+    "load_training_state": "run_state",
+    "write_run_config": "run_state",
+}
 
 
-def _hash_file(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
+def __getattr__(name: str):
+    if name in _MOVED:
+        import importlib
 
-
-def load_training_state(path: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Load the state ``save_training_state`` wrote into ``optimizer``.
-
-    The file is loaded with ``weights_only=True``, so a planted pickle in a run folder cannot
-    run code.
-
-    Parameters
-    ----------
-    path : Path
-        The state file.
-    optimizer : torch.optim.Optimizer
-        Receives the saved optimiser state.
-
-    Returns
-    -------
-    dict
-        The saved state: ``optimizer``, ``step``, ``epoch`` and any extra entries.
-
-    Raises
-    ------
-    ConfigError
-        Naming the file, when its hash is missing or does not match, or it cannot be loaded
-        (anything but tensors and plain values, or an optimiser state that does not fit).
-    """
-    import pickle
-
-    recorded = _hash_file(path)
-    try:
-        expected = recorded.read_text(encoding="utf-8").strip()
-    except OSError:
-        raise ConfigError(
-            f"cannot resume from {path}: its hash {recorded.name} is missing (a run saved before hashes; start a new run)"
-        ) from None
-    if file_sha256(path) != expected:
-        raise ConfigError(
-            f"cannot resume from {path}: the file is damaged or was changed (its SHA-256 differs from {recorded.name})"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-    except (OSError, RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as err:
-        raise ConfigError(f"cannot resume from {path}: {err}") from err
-    return state
-
-
-class JsonlLogger:
-    """Append-only JSON-lines log (``log.jsonl``) plus TensorBoard scalars (``tensorboard/``).
-
-    Parameters
-    ----------
-    run_dir : Path
-        The run directory both are written into.
-    """
-
-    def __init__(self, run_dir: Path):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.path = run_dir / "log.jsonl"
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-
-    def log(self, step: int, **values: float | str) -> None:
-        """Append one record ``{"step", "time", **values}``; finite numbers also go to TensorBoard."""
-        record = {"step": step, "time": time.time(), **values}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        for key, value in values.items():
-            if isinstance(value, (int, float)) and np.isfinite(value):
-                self.writer.add_scalar(key, value, step)
-
-    def close(self) -> None:
-        """Flush and close the TensorBoard writer."""
-        self.writer.close()
-
-
-def write_run_config(run_dir: Path, config: dict[str, Any]) -> None:
-    """Write a run's configuration as ``run_dir/run.json`` (atomically).
-
-    Parameters
-    ----------
-    run_dir : Path
-        The run directory.
-    config : dict
-        JSON-ready values (provenance, classes).
-    """
-    write_json_atomic(run_dir / "run.json", config)
-
-
-# -- centralized training (``fedneurogen train``) -----------------------------------------------
-
-CHECKPOINT_DIR = "checkpoint"
-STATE_FILE = "train_state.pt"
-
-
-@dataclass
-class SplitSites:
-    """Each site's windows cut by subject into train / validation / test.
-
-    Parameters
-    ----------
-    train : list of PairedWindows
-        Every site's training windows (possibly empty).
-    val, test : list of PairedWindows
-        The validation and test windows of the sites that have any.
-    subjects : list of SubjectSplit
-        Each site's subject split, in the order of the sites.
-    """
-
-    train: list[PairedWindows]
-    val: list[PairedWindows]
-    test: list[PairedWindows]
-    subjects: list[SubjectSplit] = field(default_factory=list)
-
-
-def split_sites(sites: Sequence[PairedWindows], seed: int, val_fraction: float, test_fraction: float) -> SplitSites:
-    """Cut each site's windows by subject into train / validation / test.
-
-    Parameters
-    ----------
-    sites : sequence of PairedWindows
-        The sites' windows.
-    seed : int
-        Seed of the subject split (``splits.split_subjects``).
-    val_fraction, test_fraction : float
-        Shares of each site's subjects held out.
-
-    Returns
-    -------
-    SplitSites
-        The windows of each part; a subject's windows are all in one part.
-    """
-    from fedneurogen.shared.splits import split_subjects
-
-    out = SplitSites([], [], [])
-    for site in sites:
-        split = split_subjects(site.subjects, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
-        out.subjects.append(split)
-        train, val, test = split.masks(site.subjects)
-        out.train.append(site.subset(train))
-        if val.any():
-            out.val.append(site.subset(val))
-        if test.any():
-            out.test.append(site.subset(test))
-    return out
-
-
-def subject_record(
-    sites: Sequence[PairedWindows],
-    site_dirs: Sequence[str | Path],
-    splits: Sequence[SubjectSplit],
-    names: Sequence[str],
-) -> dict[str, Any]:
-    """What a centralized checkpoint saw: each site's split by the content of its subjects' files.
-
-    Parameters
-    ----------
-    sites : sequence of PairedWindows
-        The sites' windows.
-    site_dirs : sequence of path-like
-        Their folders, in the same order.
-    splits : sequence of SubjectSplit
-        Each site's subject split (``SplitSites.subjects``).
-    names : sequence of str
-        The sites' names (display only).
-
-    Returns
-    -------
-    dict
-        The record for the provenance (``splits.seen_record``).
-
-    Raises
-    ------
-    ValueError
-        ``site_dirs`` and ``sites`` differ in length.
-    DataError
-        A file of a run cannot be read to hash it.
-    """
-    if len(site_dirs) != len(sites):
-        raise ValueError(f"{len(site_dirs)} site folders for {len(sites)} sites")
-    entries = []
-    for windows, folder, split, name in zip(sites, site_dirs, splits, names):
-        keys = subject_keys(folder, windows.runs, windows.subjects)
-        entries.append(split_record(split, keys, name))
-    return seen_record(entries)
-
-
-def train_centralized(
-    sites: Sequence[PairedWindows],
-    run_dir: Path,
-    *,
-    preset: str = "tiny",
-    seed: int = 0,
-    max_minutes: float | None = None,
-    resume: bool = False,
-    device: str | None = None,
-    train_config: TrainConfig | None = None,
-    preprocess: dict[str, Any] | None = None,
-    site_names: Sequence[str] | None = None,
-    site_dirs: Sequence[str | Path] | None = None,
-    progress: bool = True,
-) -> Path:
-    """Train one model on the pooled training subjects of ``sites``.
-
-    Writes ``run_dir/checkpoint/`` (after every epoch and at the end), ``train_state.pt``
-    (optimiser and counters for ``resume``), ``log.jsonl``, ``tensorboard/`` and ``run.json``.
-    When ``max_minutes`` runs out, training stops after a checkpoint and logs it (INFO).
-
-    Parameters
-    ----------
-    sites : sequence of PairedWindows
-        Each site's windows; they are split by subject (``split_sites``).
-    run_dir : Path
-        The run directory (created if needed).
-    preset : str
-        Model preset (``tiny``, ``small``, ``base``); also picks the ``TRAIN_PRESETS`` entry.
-    seed : int
-        Seed of the subject split, the initialisation and the batches.
-    max_minutes : float, optional
-        Stop (and checkpoint) after this many minutes.
-    resume : bool
-        Continue from the checkpoint and training state in ``run_dir``.
-    device : str, optional
-        ``cpu`` or ``cuda`` (default: CUDA when available).
-    train_config : TrainConfig, optional
-        Overrides the preset's training settings.
-    preprocess : dict, optional
-        Preprocessing settings of the windows, stored with the checkpoint.
-    site_names : sequence of str, optional
-        Names of the sites for the provenance (default ``site-01``, ``site-02``, ...), for display.
-    site_dirs : sequence of path-like, optional
-        The sites' folders, in the order of ``sites``: the checkpoint then records the content
-        hashes of each split's subjects (``splits.split_record``), which ``evaluate`` needs to
-        score only subjects the model never saw. Without them the record is left out and
-        ``evaluate`` refuses the checkpoint unless told ``--allow-seen``.
-    progress : bool
-        Show a progress bar on stderr.
-
-    Returns
-    -------
-    Path
-        The checkpoint directory, ``run_dir/checkpoint``.
-
-    Raises
-    ------
-    ConfigError
-        When the data has more classes than the preset has label slots, or ``resume`` finds no
-        checkpoint or an unusable training state.
-    """
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    from fedneurogen.shared.config import PreprocessConfig
-    from fedneurogen.shared.model import (
-        get_preset,
-        load_checkpoint_into,
-        load_ema,
-        read_checkpoint_config,
-        save_checkpoint,
-    )
-
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = train_config or TRAIN_PRESETS.get(preset, TrainConfig())
-    torch.manual_seed(seed)
-    split = split_sites(sites, seed, config.val_fraction, config.test_fraction)
-    classes = class_index(sites)
-    model_config = get_preset(preset)
-    if len(classes) > model_config.num_classes:
-        raise ConfigError(
-            f"the data has {len(classes)} classes {sorted(classes)} but preset {preset!r} has {model_config.num_classes} label slots"
-        )
-    if preprocess:
-        model_config = model_config.for_preprocess(PreprocessConfig(**preprocess))
-        model_config.check_preprocess(PreprocessConfig(**preprocess))
-    model = NeuroGenModel(model_config, device=device)
-    checkpoint_dir = run_dir / CHECKPOINT_DIR
-    if resume and preprocess and (checkpoint_dir / "config.json").exists():
-        before = PreprocessConfig(**(read_checkpoint_config(checkpoint_dir).get("preprocess") or {}))
-        changed = PreprocessConfig(**preprocess).changed_fields(before)
-        if changed:
-            raise ConfigError(
-                f"--resume: {run_dir} was trained with other preprocessing ({', '.join(changed)}); "
-                "resume with the same --preprocess settings"
-            )
-    step, first_epoch = 0, 0
-    if not resume:
-        from fedneurogen.shared.model.mean import fit_ridge_paths
-
-        ridge_choice = fit_ridge_paths(model, split.train, split.val)
-    else:  # solved before: the checkpoint says how
-        saved = read_checkpoint_config(checkpoint_dir) if (checkpoint_dir / "config.json").exists() else {}
-        ridge_choice = (saved.get("provenance") or {}).get("ridge_path")
-    ema = EMA(model, decay=model_config.ema_decay)
-    optimizer = make_optimizer(model.parameters(), config)
-    if resume:
-        if not (checkpoint_dir / "config.json").exists():
-            raise ConfigError(f"--resume: no checkpoint in {checkpoint_dir}")
-        load_checkpoint_into(model, checkpoint_dir)
-        ema = load_ema(checkpoint_dir, model) or ema
-        state = load_training_state(run_dir / STATE_FILE, optimizer)
-        step, first_epoch = int(state["step"]), int(state["epoch"])
-        log.info("resuming %s at epoch %d, step %d", run_dir, first_epoch, step)
-
-    from fedneurogen.shared.model.crossfit import cross_fitted_training, fit_class_offsets
-
-    train_sites, cross_fit, class_offsets = list(split.train), None, {}
-    if config.cross_fit_folds and ridge_choice:  # the residual learns the error on new subjects
-        train_sites, cross_fit = cross_fitted_training(model, split.train, ridge_choice, config.cross_fit_folds)
-    if not resume:  # each class's mean (cross-fitted) residual: the class in closed form
-        for modality in sorted({w.target_modality for w in train_sites}):
-            of = lambda ws: [w for w in ws if w.target_modality == modality]  # noqa: E731
-            class_offsets[modality] = fit_class_offsets(model, modality, of(train_sites), of(split.val), classes)
-    names = list(site_names or [f"site-{i + 1:02d}" for i in range(len(sites))])
-    provenance = {
-        "mode": "centralized",
-        "preset": preset,
-        "seed": seed,
-        "split_seed": seed,
-        "val_fraction": config.val_fraction,
-        "test_fraction": config.test_fraction,
-        "train_config": config.model_dump(),
-        "sites": names,
-        "train_windows": int(sum(len(s) for s in split.train)),
-        "ridge_path": ridge_choice,
-        "cross_fit": cross_fit,
-        "class_offsets": class_offsets,
-    }
-    if site_dirs is not None:
-        provenance[PROVENANCE_KEY] = subject_record(sites, site_dirs, split.subjects, names)
-    write_run_config(run_dir, {"provenance": provenance, "classes": list(classes)})
-    logger = JsonlLogger(run_dir)
-    deadline = time.time() + 60 * max_minutes if max_minutes else None
-    steps_per_epoch = sum(max(0, len(s) // config.batch_size + (len(s) % config.batch_size >= 2)) for s in split.train)
-
-    def checkpoint(epoch: int) -> None:
-        extra = {
-            "class_names": list(classes),
-            "preprocess": preprocess or {},
-            "provenance": {**provenance, "epochs": epoch, "steps": step},
-        }
-        save_checkpoint(checkpoint_dir, model, ema=ema, extra=extra)
-        save_training_state(run_dir / STATE_FILE, optimizer, step, epoch)
-
-    selection_sites = split.val or train_sites  # validation subjects; the training ones only when there are none
-    with ema.average_parameters(model):
-        best = BestMean(model, point_prediction_pcc(model, selection_sites))
-    logger.log(step, **{"val/pcc_point": best.score})
-    columns = (
-        TextColumn("[bold]train[/] epoch {task.fields[epoch]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True), disable=not progress, transient=False) as bar:
-        task = bar.add_task(
-            "train", total=steps_per_epoch * (config.epochs - first_epoch), epoch=first_epoch + 1, loss=float("nan")
-        )
-        finished = first_epoch
-        for epoch in range(first_epoch, config.epochs):
-            bar.update(task, epoch=epoch + 1)
-            stats, step = train_epochs(
-                model,
-                optimizer,
-                train_sites,
-                epochs=1,
-                config=config,
-                class_to_index=classes,
-                seed=seed * 1000 + epoch,
-                ema=ema,
-                start_step=step,
-                deadline=deadline,
-                on_step=lambda s, parts: logger.log(s, **{f"train/{k}": v for k, v in parts.items()}),
-                progress=lambda parts: bar.update(task, advance=1, loss=parts["total"]),
-            )
-            with ema.average_parameters(model):
-                val = validation_loss(model, selection_sites, classes, config.batch_size, seed=seed)
-                val_pcc = point_prediction_pcc(model, selection_sites)
-                best.offer(model, val_pcc)
-            finished = epoch + 1 if not stats.stopped_early else epoch
-            logger.log(
-                step,
-                epoch=finished,
-                **{"val/loss": val, "val/pcc_point": val_pcc, "train/epoch_loss": stats.summary()["loss"]},
-            )
-            checkpoint(finished)
-            log.debug(
-                "epoch %d: step %d, train loss %.4f, validation loss %.4f, validation point PCC %.3f",
-                finished, step, stats.summary()["loss"], val, val_pcc,
-            )  # fmt: skip
-            if stats.stopped_early:
-                log.info("stopped after %s min (--max-minutes) at step %d", max_minutes, step)
-                break
-    # the point prediction keeps its best validation weights (the diffusion keeps its last)
-    best.restore(model, ema)
-    checkpoint(finished)
-    logger.close()
-    return checkpoint_dir
+        return getattr(importlib.import_module(f"fedneurogen.shared.workflows.{_MOVED[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

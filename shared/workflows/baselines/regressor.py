@@ -24,7 +24,7 @@ from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.model import Batch, ModelConfig, get_preset
 from fedneurogen.shared.model.conditioning import HyperdimensionalIntegration, eeg_patch_times, target_frame_times
 from fedneurogen.shared.model.eeg_encoder import EEGEncoder, channel_index_tensor
-from fedneurogen.shared.model.generator import MODALITIES, default_device
+from fedneurogen.shared.model.batch import MODALITIES, default_device
 from fedneurogen.shared.model.layers import PositionEmbedding, TransformerBlock
 from fedneurogen.shared.model.tokens import FmriTokenizer, TokenLayout, fnirs_layout, unpatchify
 from fedneurogen.shared.recording import PairedWindows

@@ -1,13 +1,14 @@
 """Fairness augmentation (docs/architecture.md §6): everything but the CLI command lives here.
 
 - ``protocol``: downstream features and classifiers, the subject-grouped cross-validation
-  protocol (``Fold`` -> ``TrainingSet`` strategies, ``cross_validate``), fairness metrics, plots;
+  protocol (``Fold`` -> ``TrainingSet`` strategies, ``cross_validate``), fairness metrics;
 - ``plan``: what to balance (``AugmentConfig``, task labels, ``select_windows``,
   ``plan_balance`` -> ``BalancePlan``);
 - ``strategies``: what each strategy adds to a training fold (``prepare_samples`` ->
   ``SiteSamples``, ``ModelSynthesizer``, ``none`` / ``oversample`` / ``class-weight`` /
   ``smote`` / ``generate`` / ``linear-gaussian``);
-- ``report``: per-fold records, the minority summary, ``report.md`` and ``write_report``;
+- ``report``: per-fold records, the minority summary, ``report.md`` and ``write_report`` (its bar
+  plots are drawn by ``fedneurogen.shared.workflows.plots.grouped_bars``);
 - ``augment``: the workflow, ``run_augmentation`` (one site's windows -> report) and
   ``augment_site`` (``fedneurogen augment``: load, run, write).
 
@@ -35,7 +36,6 @@ from .protocol import (
     Strategy,
     StrategyResult,
     TrainingSet,
-    bar_plot,
     blocks_for,
     check_class_sizes,
     class_recall,
@@ -82,7 +82,6 @@ __all__ = [
     "Strategy",
     "StrategyResult",
     "TrainingSet",
-    "bar_plot",
     "blocks_for",
     "check_class_sizes",
     "class_recall",

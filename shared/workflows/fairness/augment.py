@@ -21,6 +21,7 @@ import numpy as np
 
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.recording import PairedWindows
+from fedneurogen.shared.workflows.evaluation_subjects import seen_by_checkpoint
 
 from . import protocol as fm
 from .plan import STRATEGIES, AugmentConfig, unit_class
@@ -257,8 +258,6 @@ def augment_site(
         pool = load_eeg_only(data, windows, preprocess)
         info["eeg_only_windows"] = len(pool)
     if checkpoint is not None:
-        from fedneurogen.shared.workflows.evaluation import seen_by_checkpoint
-
         # The folds hold subjects out of the downstream classifier, not out of the generator:
         # the report says which of them the generator trained or validated on.
         info["subjects_seen_by_generator"] = seen_by_checkpoint(meta, Path(data), windows)

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from fedneurogen.shared.data.bids import MISSING
+from fedneurogen.shared.io import write_json_atomic, write_text_atomic
+from fedneurogen.shared.workflows import plots
 
 from . import protocol as fm
 
@@ -269,8 +271,6 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]
     dict of str to Path
         ``json``, ``markdown``, ``per_class_plot`` and (with groups) ``per_group_plot``.
     """
-    from fedneurogen.shared.io import write_json_atomic, write_text_atomic
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -282,7 +282,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]
         name: ([_nan(e["per_class_f1_mean"][c]) for c in classes], [_nan(e["per_class_f1_std"][c]) for c in classes])
         for name, e in report["strategies"].items()
     }
-    paths["per_class_plot"] = fm.bar_plot(
+    paths["per_class_plot"] = plots.grouped_bars(
         out / "per_class_f1.png",
         series,
         classes,
@@ -299,7 +299,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]
             )
             for name, e in report["strategies"].items()
         }
-        paths["per_group_plot"] = fm.bar_plot(
+        paths["per_group_plot"] = plots.grouped_bars(
             out / "per_group.png",
             series,
             groups,

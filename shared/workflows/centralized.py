@@ -1,0 +1,468 @@
+"""Centralized training (``fedneurogen train``): one model on the pooled training subjects of every site.
+
+``train_centralized`` runs these steps, each a function below:
+
+1. data and split: each site's windows cut by subject (``split_sites``), the classes, the model
+   (``_model_for``);
+2. the closed-form parts: the ridge paths (``_ridge_paths``), the cross-fitted training targets
+   and the class offsets (``_closed_form_parts``);
+3. the run's state, new or resumed from its folder (``_start_run``), and its provenance
+   (``_provenance``, ``subject_record``);
+4. the training loop, with validation and a checkpoint after every epoch (``_train_loop``).
+
+The loop itself (``train_epochs``) is shared with federated training (``training.py``); what the
+run folder keeps beside the checkpoint is ``run_state.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedneurogen.shared.errors import ConfigError
+from fedneurogen.shared.model import EMA, NeuroGenModel
+from fedneurogen.shared.recording import PairedWindows
+from fedneurogen.shared.splits import PROVENANCE_KEY, SubjectSplit, seen_record, split_record, subject_keys
+from fedneurogen.shared.workflows.run_state import (
+    CHECKPOINT_DIR,
+    STATE_FILE,
+    JsonlLogger,
+    load_training_state,
+    save_training_state,
+    write_run_config,
+)
+from fedneurogen.shared.workflows.training import (
+    TRAIN_PRESETS,
+    BestMean,
+    TrainConfig,
+    class_index,
+    make_optimizer,
+    point_prediction_pcc,
+    train_epochs,
+    validation_loss,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SplitSites:
+    """Each site's windows cut by subject into train / validation / test.
+
+    Parameters
+    ----------
+    train : list of PairedWindows
+        Every site's training windows (possibly empty).
+    val, test : list of PairedWindows
+        The validation and test windows of the sites that have any.
+    subjects : list of SubjectSplit
+        Each site's subject split, in the order of the sites.
+    """
+
+    train: list[PairedWindows]
+    val: list[PairedWindows]
+    test: list[PairedWindows]
+    subjects: list[SubjectSplit] = field(default_factory=list)
+
+
+def split_sites(sites: Sequence[PairedWindows], seed: int, val_fraction: float, test_fraction: float) -> SplitSites:
+    """Cut each site's windows by subject into train / validation / test.
+
+    Parameters
+    ----------
+    sites : sequence of PairedWindows
+        The sites' windows.
+    seed : int
+        Seed of the subject split (``splits.split_subjects``).
+    val_fraction, test_fraction : float
+        Shares of each site's subjects held out.
+
+    Returns
+    -------
+    SplitSites
+        The windows of each part; a subject's windows are all in one part.
+    """
+    from fedneurogen.shared.splits import split_subjects
+
+    out = SplitSites([], [], [])
+    for site in sites:
+        split = split_subjects(site.subjects, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
+        out.subjects.append(split)
+        train, val, test = split.masks(site.subjects)
+        out.train.append(site.subset(train))
+        if val.any():
+            out.val.append(site.subset(val))
+        if test.any():
+            out.test.append(site.subset(test))
+    return out
+
+
+def subject_record(
+    sites: Sequence[PairedWindows],
+    site_dirs: Sequence[str | Path],
+    splits: Sequence[SubjectSplit],
+    names: Sequence[str],
+) -> dict[str, Any]:
+    """What a centralized checkpoint saw: each site's split by the content of its subjects' files.
+
+    Parameters
+    ----------
+    sites : sequence of PairedWindows
+        The sites' windows.
+    site_dirs : sequence of path-like
+        Their folders, in the same order.
+    splits : sequence of SubjectSplit
+        Each site's subject split (``SplitSites.subjects``).
+    names : sequence of str
+        The sites' names (display only).
+
+    Returns
+    -------
+    dict
+        The record for the provenance (``splits.seen_record``).
+
+    Raises
+    ------
+    ValueError
+        ``site_dirs`` and ``sites`` differ in length.
+    DataError
+        A file of a run cannot be read to hash it.
+    """
+    if len(site_dirs) != len(sites):
+        raise ValueError(f"{len(site_dirs)} site folders for {len(sites)} sites")
+    entries = []
+    for windows, folder, split, name in zip(sites, site_dirs, splits, names):
+        keys = subject_keys(folder, windows.runs, windows.subjects)
+        entries.append(split_record(split, keys, name))
+    return seen_record(entries)
+
+
+def train_centralized(
+    sites: Sequence[PairedWindows],
+    run_dir: Path,
+    *,
+    preset: str = "tiny",
+    seed: int = 0,
+    max_minutes: float | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    train_config: TrainConfig | None = None,
+    preprocess: dict[str, Any] | None = None,
+    site_names: Sequence[str] | None = None,
+    site_dirs: Sequence[str | Path] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train one model on the pooled training subjects of ``sites``.
+
+    Writes ``run_dir/checkpoint/`` (after every epoch and at the end), ``train_state.pt``
+    (optimiser and counters for ``resume``), ``log.jsonl``, ``tensorboard/`` and ``run.json``.
+    When ``max_minutes`` runs out, training stops after a checkpoint and logs it (INFO).
+
+    Parameters
+    ----------
+    sites : sequence of PairedWindows
+        Each site's windows; they are split by subject (``split_sites``).
+    run_dir : Path
+        The run directory (created if needed).
+    preset : str
+        Model preset (``tiny``, ``small``, ``base``); also picks the ``TRAIN_PRESETS`` entry.
+    seed : int
+        Seed of the subject split, the initialisation and the batches.
+    max_minutes : float, optional
+        Stop (and checkpoint) after this many minutes.
+    resume : bool
+        Continue from the checkpoint and training state in ``run_dir``.
+    device : str, optional
+        ``cpu`` or ``cuda`` (default: CUDA when available).
+    train_config : TrainConfig, optional
+        Overrides the preset's training settings.
+    preprocess : dict, optional
+        Preprocessing settings of the windows, stored with the checkpoint.
+    site_names : sequence of str, optional
+        Names of the sites for the provenance (default ``site-01``, ``site-02``, ...), for display.
+    site_dirs : sequence of path-like, optional
+        The sites' folders, in the order of ``sites``: the checkpoint then records the content
+        hashes of each split's subjects (``splits.split_record``), which ``evaluate`` needs to
+        score only subjects the model never saw. Without them the record is left out and
+        ``evaluate`` refuses the checkpoint unless told ``--allow-seen``.
+    progress : bool
+        Show a progress bar on stderr.
+
+    Returns
+    -------
+    Path
+        The checkpoint directory, ``run_dir/checkpoint``.
+
+    Raises
+    ------
+    ConfigError
+        When the data has more classes than the preset has label slots, or ``resume`` finds no
+        checkpoint or an unusable training state.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = train_config or TRAIN_PRESETS.get(preset, TrainConfig())
+    torch.manual_seed(seed)
+    # 1. data and split
+    split = split_sites(sites, seed, config.val_fraction, config.test_fraction)
+    classes = class_index(sites)
+    model = _model_for(preset, classes, preprocess, device)
+    if resume:
+        _check_same_preprocess(run_dir, preprocess)
+    # 2. closed-form parts (the ridge paths before the EMA copies the weights), 3. the run's state
+    ridge_choice = _ridge_paths(model, split, run_dir, resume)
+    run = _start_run(model, run_dir, config, resume)
+    train_sites, cross_fit, class_offsets = _closed_form_parts(model, split, classes, config, ridge_choice, resume)
+    names = list(site_names or [f"site-{i + 1:02d}" for i in range(len(sites))])
+    provenance = {
+        **_provenance(preset, seed, config, names, split),
+        "ridge_path": ridge_choice,
+        "cross_fit": cross_fit,
+        "class_offsets": class_offsets,
+    }
+    if site_dirs is not None:
+        provenance[PROVENANCE_KEY] = subject_record(sites, site_dirs, split.subjects, names)
+    write_run_config(run_dir, {"provenance": provenance, "classes": list(classes)})
+    run.extra = {"class_names": list(classes), "preprocess": preprocess or {}, "provenance": provenance}
+    # 4. the training loop
+    logger = JsonlLogger(run_dir)
+    deadline = time.time() + 60 * max_minutes if max_minutes else None
+    selection_sites = split.val or train_sites  # validation subjects; the training ones only when there are none
+    finished, best = _train_loop(
+        run, train_sites, selection_sites, classes, config, seed, deadline, max_minutes, logger, progress
+    )
+    # the point prediction keeps its best validation weights (the diffusion keeps its last)
+    best.restore(model, run.ema)
+    run.save(finished)
+    logger.close()
+    return run.checkpoint_dir
+
+
+@dataclass
+class _Run:
+    """A centralized run's model and optimiser state, which every checkpoint saves.
+
+    ``step`` counts optimiser steps; ``epoch`` is the first epoch still to train; ``extra`` is
+    what the checkpoint stores beside the weights (class names, preprocessing, provenance).
+    """
+
+    run_dir: Path
+    model: NeuroGenModel
+    ema: EMA
+    optimizer: torch.optim.Optimizer
+    step: int = 0
+    epoch: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / CHECKPOINT_DIR
+
+    def save(self, epoch: int) -> None:
+        """Write the checkpoint (after ``epoch`` epochs) and the training state beside it."""
+        from fedneurogen.shared.model import save_checkpoint
+
+        provenance = {**self.extra.get("provenance", {}), "epochs": epoch, "steps": self.step}
+        save_checkpoint(self.checkpoint_dir, self.model, ema=self.ema, extra={**self.extra, "provenance": provenance})
+        save_training_state(self.run_dir / STATE_FILE, self.optimizer, self.step, epoch)
+
+
+def _model_for(
+    preset: str, classes: dict[str, int], preprocess: dict[str, Any] | None, device: str | None
+) -> NeuroGenModel:
+    """The preset's model, fitted to the data's preprocessing; refused when the classes do not fit."""
+    from fedneurogen.shared.config import PreprocessConfig
+    from fedneurogen.shared.model import get_preset
+
+    model_config = get_preset(preset)
+    if len(classes) > model_config.num_classes:
+        raise ConfigError(
+            f"the data has {len(classes)} classes {sorted(classes)} but preset {preset!r} has {model_config.num_classes} label slots"
+        )
+    if preprocess:
+        model_config = model_config.for_preprocess(PreprocessConfig(**preprocess))
+        model_config.check_preprocess(PreprocessConfig(**preprocess))
+    return NeuroGenModel(model_config, device=device)
+
+
+def _check_same_preprocess(run_dir: Path, preprocess: dict[str, Any] | None) -> None:
+    """``--resume`` refuses a run folder whose checkpoint was trained with other preprocessing."""
+    from fedneurogen.shared.config import PreprocessConfig
+    from fedneurogen.shared.model import read_checkpoint_config
+
+    checkpoint_dir = run_dir / CHECKPOINT_DIR
+    if not preprocess or not (checkpoint_dir / "config.json").exists():
+        return
+    before = PreprocessConfig(**(read_checkpoint_config(checkpoint_dir).get("preprocess") or {}))
+    changed = PreprocessConfig(**preprocess).changed_fields(before)
+    if changed:
+        raise ConfigError(
+            f"--resume: {run_dir} was trained with other preprocessing ({', '.join(changed)}); "
+            "resume with the same --preprocess settings"
+        )
+
+
+def _ridge_paths(model: NeuroGenModel, split: SplitSites, run_dir: Path, resume: bool) -> Any:
+    """Solve the ridge paths in closed form (a new run), or read how they were solved (a resumed one).
+
+    Returns the choice the provenance records (``mean.fit_ridge_paths``), None when unknown.
+    """
+    from fedneurogen.shared.model import read_checkpoint_config
+    from fedneurogen.shared.model.mean import fit_ridge_paths
+
+    if not resume:
+        return fit_ridge_paths(model, split.train, split.val)
+    checkpoint_dir = run_dir / CHECKPOINT_DIR
+    saved = read_checkpoint_config(checkpoint_dir) if (checkpoint_dir / "config.json").exists() else {}
+    return (saved.get("provenance") or {}).get("ridge_path")
+
+
+def _start_run(model: NeuroGenModel, run_dir: Path, config: TrainConfig, resume: bool) -> _Run:
+    """The EMA and optimiser of a new run, or those of the run in ``run_dir`` with its counters."""
+    from fedneurogen.shared.model import load_checkpoint_into, load_ema
+
+    ema = EMA(model, decay=model.config.ema_decay)
+    run = _Run(run_dir, model, ema, make_optimizer(model.parameters(), config))
+    if not resume:
+        return run
+    if not (run.checkpoint_dir / "config.json").exists():
+        raise ConfigError(f"--resume: no checkpoint in {run.checkpoint_dir}")
+    load_checkpoint_into(model, run.checkpoint_dir)
+    run.ema = load_ema(run.checkpoint_dir, model) or ema
+    state = load_training_state(run_dir / STATE_FILE, run.optimizer)
+    run.step, run.epoch = int(state["step"]), int(state["epoch"])
+    log.info("resuming %s at epoch %d, step %d", run_dir, run.epoch, run.step)
+    return run
+
+
+def _closed_form_parts(
+    model: NeuroGenModel,
+    split: SplitSites,
+    classes: dict[str, int],
+    config: TrainConfig,
+    ridge_choice: Any,
+    resume: bool,
+) -> tuple[list[PairedWindows], dict[str, Any] | None, dict[str, Any]]:
+    """The training windows the residual learns from, and the class offsets.
+
+    With ``cross_fit_folds`` the training targets are cross-fitted (the residual learns the
+    ridge path's error on new subjects); a new run then fits each class's mean residual in
+    closed form. Returns the training windows, the cross-fit record and the offsets per modality.
+    """
+    from fedneurogen.shared.model.crossfit import cross_fitted_training, fit_class_offsets
+
+    train_sites, cross_fit, class_offsets = list(split.train), None, {}
+    if config.cross_fit_folds and ridge_choice:
+        train_sites, cross_fit = cross_fitted_training(model, split.train, ridge_choice, config.cross_fit_folds)
+    if not resume:
+        for modality in sorted({w.target_modality for w in train_sites}):
+            of = lambda ws: [w for w in ws if w.target_modality == modality]  # noqa: E731
+            class_offsets[modality] = fit_class_offsets(model, modality, of(train_sites), of(split.val), classes)
+    return train_sites, cross_fit, class_offsets
+
+
+def _provenance(preset: str, seed: int, config: TrainConfig, names: list[str], split: SplitSites) -> dict[str, Any]:
+    """The run's settings and data as the checkpoint records them (``mode: centralized``)."""
+    return {
+        "mode": "centralized",
+        "preset": preset,
+        "seed": seed,
+        "split_seed": seed,
+        "val_fraction": config.val_fraction,
+        "test_fraction": config.test_fraction,
+        "train_config": config.model_dump(),
+        "sites": names,
+        "train_windows": int(sum(len(s) for s in split.train)),
+    }
+
+
+def _progress_bar(enabled: bool):
+    """The epoch's progress bar on stderr (epoch, steps, loss, times); a no-op when not ``enabled``."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("[bold]train[/] epoch {task.fields[epoch]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    return Progress(*columns, console=Console(stderr=True), disable=not enabled, transient=False)
+
+
+def _train_loop(
+    run: _Run,
+    train_sites: list[PairedWindows],
+    selection_sites: list[PairedWindows],
+    classes: dict[str, int],
+    config: TrainConfig,
+    seed: int,
+    deadline: float | None,
+    max_minutes: float | None,
+    logger: JsonlLogger,
+    progress: bool,
+) -> tuple[int, BestMean]:
+    """Train the epochs left, validating (with the EMA weights) and checkpointing after each.
+
+    Stops early at ``deadline``. Returns the epochs finished and the best point prediction on
+    ``selection_sites`` (``BestMean``), for the caller to restore.
+    """
+    model, ema = run.model, run.ema
+    with ema.average_parameters(model):
+        best = BestMean(model, point_prediction_pcc(model, selection_sites))
+    logger.log(run.step, **{"val/pcc_point": best.score})
+    per_epoch = sum(max(0, len(s) // config.batch_size + (len(s) % config.batch_size >= 2)) for s in train_sites)
+    finished = run.epoch
+    with _progress_bar(progress) as bar:
+        task = bar.add_task(
+            "train", total=per_epoch * (config.epochs - run.epoch), epoch=run.epoch + 1, loss=float("nan")
+        )
+        for epoch in range(run.epoch, config.epochs):
+            bar.update(task, epoch=epoch + 1)
+            stats, run.step = train_epochs(
+                model,
+                run.optimizer,
+                train_sites,
+                epochs=1,
+                config=config,
+                class_to_index=classes,
+                seed=seed * 1000 + epoch,
+                ema=ema,
+                start_step=run.step,
+                deadline=deadline,
+                on_step=lambda s, parts: logger.log(s, **{f"train/{k}": v for k, v in parts.items()}),
+                progress=lambda parts: bar.update(task, advance=1, loss=parts["total"]),
+            )
+            with ema.average_parameters(model):
+                val = validation_loss(model, selection_sites, classes, config.batch_size, seed=seed)
+                val_pcc = point_prediction_pcc(model, selection_sites)
+                best.offer(model, val_pcc)
+            finished = epoch + 1 if not stats.stopped_early else epoch
+            train_loss = stats.summary()["loss"]
+            logger.log(
+                run.step, epoch=finished, **{"val/loss": val, "val/pcc_point": val_pcc, "train/epoch_loss": train_loss}
+            )
+            run.save(finished)
+            log.debug(
+                "epoch %d: step %d, train loss %.4f, validation loss %.4f, validation point PCC %.3f",
+                finished, run.step, train_loss, val, val_pcc,
+            )  # fmt: skip
+            if stats.stopped_early:
+                log.info("stopped after %s min (--max-minutes) at step %d", max_minutes, run.step)
+                break
+    return finished, best
