@@ -65,7 +65,7 @@ def group_lags(windows, chosen: np.ndarray, config, groups: dict[str, list[str]]
     """Effective HRF peak of a ridge path fitted on each group's subjects alone (the model's
     solver: banded, reduced-rank ridge, choices by 2-fold over subjects), over ``chosen`` points."""
     from fedneurogen.shared.design import VIRTUAL_MONTAGE, feature_bands, subject_statistics
-    from fedneurogen.shared.workflows.explain import effective_hrf
+    from fedneurogen.shared.workflows.explain_attribution import effective_hrf
     from fedneurogen.shared.model.mean import RIDGE_RANKS
     from fedneurogen.shared.ridge import fit_ridge_selected
 

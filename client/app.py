@@ -88,7 +88,7 @@ def _site_seed(node: dict) -> int | None:
     return int(node["partition-id"]) if "partition-id" in node else None
 
 
-def _site(context: Context, run: RunConfig) -> site.SiteData:
+def _site(context: Context, run: RunConfig) -> site.SiteSplit:
     """The site's data, once it has checked the preset its operator pinned, its privacy policy and
     its bounds on the run config (``check_run``)."""
     node = context.node_config
@@ -220,7 +220,7 @@ def _global_parameters(msg: Message, context: Context, run: RunConfig) -> tuple[
 
 def _reply(
     msg: Message,
-    data: site.SiteData,
+    data: site.SiteSplit,
     metrics: dict,
     arrays: ArrayRecord | None = None,
     split: bool = False,
@@ -406,7 +406,7 @@ def evaluate(msg: Message, context: Context, run: RunConfig) -> Message:
     return _reply(msg, data, _scores(model, data, config, run), frozen_hash=frozen_hash)
 
 
-def _scores(model, data: site.SiteData, config: ConfigRecord, run: RunConfig) -> dict:
+def _scores(model, data: site.SiteSplit, config: ConfigRecord, run: RunConfig) -> dict:
     """The model's scores on this site's held-out subjects (an evaluate reply's metrics)."""
     return site.evaluate(
         model,

@@ -42,10 +42,20 @@ from fedneurogen.shared.workflows.training import (
     train_epochs,
     validation_loss,
 )
+from fedneurogen.shared.design import global_part, split_design, subject_statistics
+from fedneurogen.shared.model.mean import validation_mixing
+from fedneurogen.shared.ridge import sum_statistics
+from fedneurogen.shared.local_path import subject_local_statistics, windows_layout
+from fedneurogen.shared.model.crossfit import class_residuals
+from fedneurogen.shared.private_path import BLOCK_WEIGHTS, private_reduction
 
 
 @dataclass(frozen=True)
-class SiteData:
+class SiteSplit:
+    """A site's windows for a run, split by subject into training and validation (held-out
+    subjects), and what the site keeps of the split. Not ``shared.data.LoadedSite``, which is
+    everything the loader read from the site's folder before the split."""
+
     train: PairedWindows
     val: PairedWindows  # held-out subjects of this site
     # paired runs the loader could not use: named in the site's log, the count goes to the server
@@ -68,7 +78,7 @@ class SiteData:
 #: Sites one process keeps loaded: a simulation's site actor serves many sites in turn, and the
 #: ones it served longest ago are released (reloaded from the preprocessed-window cache on their turn).
 MAX_SITES_IN_MEMORY = 8
-_SITES: dict[tuple, SiteData] = {}  # one load per process and data folder, in the order last used
+_SITES: dict[tuple, SiteSplit] = {}  # one load per process and data folder, in the order last used
 _REFUSED: dict[tuple, SiteRefusal] = {}  # a dataset found unusable is not re-read each round
 
 
@@ -116,7 +126,7 @@ def load(
     preprocess: PreprocessConfig | None = None,
     subset_seed: int | None = None,
     split_key: bytes | None = None,
-) -> SiteData:
+) -> SiteSplit:
     """The site's training and held-out windows, split by subject; cached per process.
     ``subset_seed`` draws the ``max_windows`` subset (a deployed site's own key, never the run's
     seed: ``client/app.py``); None: ``seed``, as before, for direct callers. ``split_key``: the
@@ -173,14 +183,14 @@ def load(
         eeg_only = {run.eeg.resolve() for run in runs if run.target_modality is None}
         broken = [p for p in loaded.skipped if Path(p.path).resolve() not in eeg_only]
         own_record = seen_record([split_record(split, keys)])
-        _SITES[key] = SiteData(train, val, skipped_runs=len(broken), split_runs=split_runs, own_record=own_record)
+        _SITES[key] = SiteSplit(train, val, skipped_runs=len(broken), split_runs=split_runs, own_record=own_record)
         while len(_SITES) > MAX_SITES_IN_MEMORY:
             del _SITES[next(iter(_SITES))]
     _SITES[key] = _SITES.pop(key)  # now the most recently used
     return _SITES[key]
 
 
-def split_report(site: SiteData) -> dict[str, list[str]]:
+def split_report(site: SiteSplit) -> dict[str, list[str]]:
     """What this site trained and validated on, for the checkpoint's record: the content hashes
     of the runs of its training and validation subjects (``splits.subject_keys``: SHA-256 over
     the digests of a run's EEG and target files), so that ``evaluate`` never scores them as
@@ -227,22 +237,20 @@ def site_parameters(model: torch.nn.Module, modality: str, frozen: Collection[st
     }
 
 
-def has_held_out(site: SiteData) -> bool:
+def has_held_out(site: SiteSplit) -> bool:
     """Whether the site has held-out subjects of its own (with fewer than three subjects its
     validation windows are its training windows)."""
     return set(site.val.subjects.tolist()) != set(site.train.subjects.tolist())
 
 
-def ridge_parts(site: SiteData) -> tuple[list, list | None]:
+def ridge_parts(site: SiteSplit) -> tuple[list, list | None]:
     """Per-subject ridge statistics of the site's training subjects and of its held-out ones
     (None when there are none: fewer than three subjects)."""
-    from fedneurogen.shared.design import subject_statistics
-
     held_out = has_held_out(site)
     return subject_statistics(site.train), subject_statistics(site.val) if held_out else None
 
 
-def ridge_statistics(site: SiteData, min_subjects: int = 1) -> dict[str, np.ndarray]:
+def ridge_statistics(site: SiteSplit, min_subjects: int = 1) -> dict[str, np.ndarray]:
     """The exact sufficient statistics of the ridge path on this site's training subjects and on
     its held-out ones (``train.<stat>``, ``val.<stat>``): sums over all their frames — counts,
     sums, XᵀY, XᵀX and per-point Σy² — from which the server solves the ridge path of the pooled
@@ -258,7 +266,7 @@ def ridge_statistics(site: SiteData, min_subjects: int = 1) -> dict[str, np.ndar
 
     Parameters
     ----------
-    site : SiteData
+    site : SiteSplit
         The site's training and held-out windows.
     min_subjects : int
         The fewest subjects a released sum covers (the site's ``min-subjects-per-release``).
@@ -273,8 +281,6 @@ def ridge_statistics(site: SiteData, min_subjects: int = 1) -> dict[str, np.ndar
     SiteRefusal
         When the training subjects are fewer than ``min_subjects``.
     """
-    from fedneurogen.shared.ridge import sum_statistics
-
     train, val = ridge_parts(site)
     if len(train) < min_subjects:
         raise SiteRefusal(
@@ -287,7 +293,7 @@ def ridge_statistics(site: SiteData, min_subjects: int = 1) -> dict[str, np.ndar
     return {k: np.atleast_1d(v) for k, v in out.items()}  # counts as 1-element arrays
 
 
-def local_statistics(site: SiteData, min_subjects: int = 1) -> dict[str, np.ndarray]:
+def local_statistics(site: SiteSplit, min_subjects: int = 1) -> dict[str, np.ndarray]:
     """The exact statistics of the local path (``shared.local_path``) over the same subjects as
     ``ridge_statistics``: ``train.<stat>``, ``val.<stat>`` when its subjects are enough, and for
     fNIRS ``layout.columns`` (the source columns beneath each channel; the server has no positions).
@@ -296,7 +302,7 @@ def local_statistics(site: SiteData, min_subjects: int = 1) -> dict[str, np.ndar
 
     Parameters
     ----------
-    site : SiteData
+    site : SiteSplit
         The site's training and held-out windows.
     min_subjects : int
         The fewest subjects a released sum covers.
@@ -306,10 +312,6 @@ def local_statistics(site: SiteData, min_subjects: int = 1) -> dict[str, np.ndar
     dict of str to np.ndarray
         The arrays to send (none without source features).
     """
-    from fedneurogen.shared.design import split_design
-    from fedneurogen.shared.local_path import subject_local_statistics, windows_layout
-    from fedneurogen.shared.ridge import sum_statistics
-
     scalp, source = split_design(np.asarray(site.train.design[:1]))
     if scalp is None or source is None:  # a local path needs a scalp+source design
         return {}
@@ -324,14 +326,14 @@ def local_statistics(site: SiteData, min_subjects: int = 1) -> dict[str, np.ndar
     return out
 
 
-def mixing_statistics(site: SiteData, model: NeuroGenModel, min_subjects: int = 1) -> np.ndarray | None:
+def mixing_statistics(site: SiteSplit, model: NeuroGenModel, min_subjects: int = 1) -> np.ndarray | None:
     """The sums that choose the mix of the model's global and local paths, on the site's
     held-out subjects (``mean.validation_mixing``); None without a local path or with fewer
     held-out subjects than ``min_subjects`` (exact sums: the caller checks the site's policy).
 
     Parameters
     ----------
-    site : SiteData
+    site : SiteSplit
         The site.
     model : NeuroGenModel
         Holding the server's solved paths.
@@ -343,8 +345,6 @@ def mixing_statistics(site: SiteData, model: NeuroGenModel, min_subjects: int = 
     np.ndarray | None
         ``[6, N]``.
     """
-    from fedneurogen.shared.model.mean import validation_mixing
-
     held_out = has_held_out(site)
     enough = held_out and len(set(site.val.subjects.tolist())) >= min_subjects
     if not enough or model.modality_heads[site.modality].mean.local is None:
@@ -354,7 +354,7 @@ def mixing_statistics(site: SiteData, model: NeuroGenModel, min_subjects: int = 
 
 
 def class_residual_statistics(
-    site: SiteData, model: NeuroGenModel, class_names: list[str], min_subjects: int = 1
+    site: SiteSplit, model: NeuroGenModel, class_names: list[str], min_subjects: int = 1
 ) -> dict[str, np.ndarray]:  # fmt: skip
     """Per-class residual sums of the site's training and held-out windows against the model's
     solved paths (``shared.model.crossfit.ClassResiduals``): the server's class offsets. A class
@@ -363,7 +363,7 @@ def class_residual_statistics(
 
     Parameters
     ----------
-    site : SiteData
+    site : SiteSplit
         The site.
     model : NeuroGenModel
         Holding the server's solved paths.
@@ -377,8 +377,6 @@ def class_residual_statistics(
     dict of str to np.ndarray
         ``train.*`` and, with held-out subjects, ``val.*`` arrays (``ClassResiduals.to_arrays``).
     """
-    from fedneurogen.shared.model.crossfit import class_residuals
-
     head = model.modality_heads[site.modality].mean
     index = {name: i for i, name in enumerate(class_names)}
     out = class_residuals(head, site.train, index).released(min_subjects).to_arrays("train")
@@ -388,7 +386,7 @@ def class_residual_statistics(
 
 
 def private_ridge_statistics(
-    site: SiteData, dp: privacy.DPSettings, ledger: privacy.PrivacyLedger, ledger_file: Path, prior: bool
+    site: SiteSplit, dp: privacy.DPSettings, ledger: privacy.PrivacyLedger, ledger_file: Path, prior: bool
 ) -> dict[str, np.ndarray]:
     """The private ridge path's statistics through the Gaussian mechanism, released once per run.
 
@@ -407,9 +405,6 @@ def private_ridge_statistics(
             return {k: arrays[k] for k in arrays.files}
     if dp.statistics_share <= 0:
         raise SiteRefusal("ridge statistics are not released under this run's DP settings (dp-statistics-share = 0)")
-    from fedneurogen.shared.private_path import BLOCK_WEIGHTS, private_reduction
-
-    from fedneurogen.shared.design import global_part
 
     width = global_part(np.asarray(site.train.design[:1])).shape[-1]
     reduction = private_reduction(site.modality, width, site.train.target.shape[1], prior)
@@ -424,7 +419,7 @@ def private_ridge_statistics(
 
 def train(
     model: NeuroGenModel,
-    site: SiteData,
+    site: SiteSplit,
     *,
     config: TrainConfig,
     epochs: int,
@@ -501,7 +496,7 @@ def train(
 @torch.no_grad()
 def evaluate(
     model: NeuroGenModel,
-    site: SiteData,
+    site: SiteSplit,
     *,
     class_names: list[str],
     batch_size: int,

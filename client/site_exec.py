@@ -10,7 +10,7 @@ SuperNode's PATH, as the local consortium does, for ``--isolation subprocess``).
 Flower hands it carries the SHA-256 of the run's FAB; a task whose app is not in the allowlist
 is never launched: the site logs the refusal with the hash, nothing of the app executes, and
 the server sees no reply from the site. The allowlist's format and the app hash live in
-``fedneurogen.shared.apps``; ``fedneurogen app-hash`` prints the hash of a release.
+``fedneurogen.shared.deploy.apps``; ``fedneurogen app-hash`` prints the hash of a release.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import sys
 
-from fedneurogen.shared.apps import read_allowlist
+from fedneurogen.shared.deploy.apps import read_allowlist
 from fedneurogen.shared.errors import ConfigError
 
 ALLOWLIST_ENV = "FEDNEUROGEN_ALLOWED_APPS"

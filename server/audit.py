@@ -39,6 +39,7 @@ from flwr.serverapp import Grid
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.records import config_value, describe_content
 from fedneurogen.shared.transport import EVALUATED_PREFIX, FROZEN_HASH
+from fedneurogen.shared.config import PreprocessConfig
 
 AUDIT_FILE = Path("audit") / "received.jsonl"
 
@@ -462,8 +463,6 @@ def summarize(entries: Sequence[Mapping[str, Any]]) -> str:
 def default_window_shapes() -> list[tuple[int, int]]:
     """Per-window shapes of data a site may hold with the default preprocessing: EEG of the
     common caps (channels x window samples) and the fMRI target (ico4 vertices x frames)."""
-    from fedneurogen.shared.config import PreprocessConfig
-
     config = PreprocessConfig()
     eeg_samples = int(round(config.window_seconds * config.eeg_sfreq))
     frames = int(round(config.window_seconds * config.target_sfreq("fmri")))

@@ -43,7 +43,8 @@ from fedneurogen.shared.splits import (
     REPORT_KEYS,
     seen_record,
 )
-from fedneurogen.shared.io import MANIFEST_FILE, read_manifest, write_json_atomic, write_manifest
+from fedneurogen.shared.io import write_json_atomic
+from fedneurogen.shared.manifest import MANIFEST_FILE, read_manifest, write_manifest
 from fedneurogen.shared.model import EMA, NeuroGenModel, load_checkpoint_into, save_checkpoint
 from fedneurogen.shared.signing import HOME_ENV, UntrustedSignature, key_dir, signature_path
 from fedneurogen.shared.workflows import plots

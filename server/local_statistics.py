@@ -27,7 +27,9 @@ from dataclasses import fields
 import numpy as np
 
 from fedneurogen.server.statistics import MAX_ROW_MEAN_SQUARE, StatisticsRefused
-from fedneurogen.shared.local_path import LocalLayout, LocalStatistics
+from fedneurogen.shared.local_path import LocalLayout, LocalStatistics, fmri_layout
+from fedneurogen.shared.ridge import sum_statistics
+from fedneurogen.shared.sources import N_PATCHES
 
 _NAMES = tuple(f.name for f in fields(LocalStatistics))
 _TOL = 1e-6
@@ -198,10 +200,7 @@ def solve_local(model, modality: str, sites: list, ridge: dict) -> dict:
         statistics failed the checks and why (left out of the local sum only); or
         ``{"fitted": False, "reason": ...}`` with the local share left at 0.
     """
-    from fedneurogen.shared.local_path import fmri_layout
     from fedneurogen.shared.model.mean import solve_local_path
-    from fedneurogen.shared.ridge import sum_statistics
-    from fedneurogen.shared.sources import N_PATCHES
 
     n_source, n_points = model.config.source_features, None
     if any(not arrays for _, arrays, *_ in sites):

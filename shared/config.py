@@ -1,6 +1,10 @@
-"""Typed configuration for data preprocessing and pairing.
+"""The preprocessing config (``PreprocessConfig``): how a site's recordings are cleaned, cut into
+windows and paired, and how the hemodynamic design is built from them.
 
-Model presets (``tiny``/``small``/``base``) live with the model in ``fedneurogen.shared.model``.
+One of three configs, each in its own module: this one (the data); the run config
+(``shared/run_config.py``, ``RunConfig``: a federated run's keys from ``[tool.flwr.app.config]``);
+the model config and its presets ``tiny``/``small``/``base`` (``shared/model/config.py``,
+``ModelConfig``).
 """
 
 from __future__ import annotations

@@ -24,14 +24,16 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from nilearn.glm.first_level import glover_hrf, glover_time_derivative
 from scipy.signal import spectrogram
 
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.features import EEG_BANDS
+from fedneurogen.shared.hrf import HRF_BASES, hemodynamic_convolution
 from fedneurogen.shared.integration import inverse_square_weights
+from fedneurogen.shared.montage import standard_positions
 from fedneurogen.shared.recording import PairedWindows, Recording
 from fedneurogen.shared.ridge import RidgeStatistics
+from fedneurogen.shared.sources import N_PATCHES, n_source_features, run_source_design
 
 #: The virtual montage every site's EEG features are mapped onto (BioSemi-64, 10-05 names).
 VIRTUAL_MONTAGE = tuple(
@@ -39,8 +41,6 @@ VIRTUAL_MONTAGE = tuple(
     "Pz CPz Fpz Fp2 AF8 AF4 AFz Fz F2 F4 F6 F8 FT8 FC6 FC4 FC2 FCz Cz C2 C4 C6 T8 TP8 CP6 CP4 CP2 P2 P4 P6 P8 "
     "P10 PO8 PO4 O2".split()
 )
-HRF_BASES = {"canonical": 1, "canonical+derivative": 2}
-_BASIS_STEP = 0.05  # s; resolution at which the HRF basis is tabulated before interpolation
 _LOG_FLOOR = 1e-10  # (100 uV)^2 / Hz; far below any real EEG power density
 
 
@@ -57,8 +57,6 @@ def n_design_features(config: PreprocessConfig) -> int:
     int
         64 x 5 x 1 or 64 x 5 x 2 (``design_space="source"``: 324 patches x 5 x 1 or 2).
     """
-    from fedneurogen.shared.sources import n_source_features
-
     scalp = len(VIRTUAL_MONTAGE) * len(EEG_BANDS) * HRF_BASES[config.hrf_basis]
     return {"scalp": scalp, "source": n_source_features(config), "scalp+source": scalp + n_source_features(config)}[
         config.design_space
@@ -87,8 +85,6 @@ def split_design(design: np.ndarray | torch.Tensor) -> tuple:
     ValueError
         A width no design space gives.
     """
-    from fedneurogen.shared.sources import N_PATCHES
-
     width, per_basis = design.shape[-1], len(EEG_BANDS)
     for bases in HRF_BASES.values():
         scalp, source = len(VIRTUAL_MONTAGE) * per_basis * bases, N_PATCHES * per_basis * bases
@@ -110,8 +106,6 @@ def virtual_positions() -> np.ndarray:
     np.ndarray
         ``[64, 3]`` mm, in the order of ``VIRTUAL_MONTAGE``.
     """
-    from fedneurogen.shared.data.eeg import standard_positions
-
     table = standard_positions()
     return np.array([table[name.lower()][1] for name in VIRTUAL_MONTAGE])
 
@@ -175,50 +169,6 @@ def to_virtual_montage(values: np.ndarray, positions_mm: np.ndarray) -> np.ndarr
     return np.tensordot(weights, values, axes=(1, 0))
 
 
-@functools.lru_cache(maxsize=8)
-def _basis_table(kind: str, history: float) -> tuple[np.ndarray, np.ndarray]:
-    """``(lags [L], basis [K, L])``: the hemodynamic basis on a fine lag grid, each function
-    scaled to unit peak (the regression absorbs scale; equal scales help the penalty)."""
-    oversampling = int(round(1.0 / _BASIS_STEP))
-    functions = [glover_hrf(t_r=1.0, oversampling=oversampling, time_length=history + 1.0)]
-    if kind == "canonical+derivative":
-        functions.append(glover_time_derivative(t_r=1.0, oversampling=oversampling, time_length=history + 1.0))
-    lags = np.arange(len(functions[0])) * _BASIS_STEP
-    basis = np.stack([f / np.abs(f).max() for f in functions])
-    return lags, basis
-
-
-def hemodynamic_convolution(
-    series: np.ndarray, centres: np.ndarray, frame_times: np.ndarray, config: PreprocessConfig
-) -> np.ndarray:
-    """Convolve series with the hemodynamic basis, causally, sampled at the target frames.
-
-    Each of the ``K`` basis functions is applied over the ``history_seconds`` before each frame.
-
-    Parameters
-    ----------
-    series : np.ndarray
-        ``[P, L]``: ``P`` series known at ``L`` segment centres.
-    centres : np.ndarray
-        ``[L]`` segment centres, s.
-    frame_times : np.ndarray
-        ``[n_frames]`` target frame times, s (same clock as ``centres``).
-    config : PreprocessConfig
-        ``hrf_basis``, ``history_seconds`` and ``power_hop_seconds`` (the integration step).
-
-    Returns
-    -------
-    np.ndarray
-        ``[n_frames, P * K]``, columns ``P`` major, ``K`` minor.
-    """
-    lags, basis = _basis_table(config.hrf_basis, config.history_seconds)
-    lag = frame_times[:, None] - centres[None, :]  # [F, L]
-    inside = (lag >= 0) & (lag <= config.history_seconds)
-    kernels = np.stack([np.where(inside, np.interp(lag, lags, b), 0.0) for b in basis])  # [K, F, L]
-    out = np.einsum("kfl,pl->fpk", kernels, series) * config.power_hop_seconds
-    return out.reshape(len(frame_times), -1)
-
-
 def run_design(eeg: Recording, frame_times: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     """The hemodynamic design of one run (see the module docstring).
 
@@ -242,8 +192,6 @@ def run_design(eeg: Recording, frame_times: np.ndarray, config: PreprocessConfig
         virtual = to_virtual_montage(power, eeg.positions)  # [64, B, L]
         parts.append(hemodynamic_convolution(virtual.reshape(-1, virtual.shape[-1]), centres, frame_times, config))
     if config.design_space in ("source", "scalp+source"):  # band power on the cortex (shared.sources)
-        from fedneurogen.shared.sources import run_source_design
-
         parts.append(run_source_design(eeg, frame_times, config))
     return np.concatenate(parts, axis=1).astype(np.float32)
 
@@ -440,8 +388,6 @@ def feature_bands(n_features: int) -> np.ndarray:
     ValueError
         ``n_features`` is not 64 electrodes (or 324 source patches) x 5 bands x 1 or 2 basis functions.
     """
-    from fedneurogen.shared.sources import N_PATCHES
-
     n_basis, leftover = divmod(n_features, N_PATCHES * len(EEG_BANDS))
     if not leftover and n_basis in HRF_BASES.values():  # a source design: (patch, band, basis)
         return np.tile(np.repeat(np.arange(len(EEG_BANDS)), n_basis), N_PATCHES)

@@ -42,6 +42,7 @@ import numpy as np
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.features import EEG_BANDS
 from fedneurogen.shared.ridge import DEFAULT_PENALTIES, RidgeSolution, RidgeStatistics, fit_ridge
+from fedneurogen.shared.surface import ICO4_POINTS, cortical_eigenmodes
 
 #: Scalp regions the virtual electrodes are pooled into.
 N_REGIONS = 8
@@ -297,8 +298,6 @@ def private_reduction(modality: str, n_features: int, n_points: int, prior: bool
     ConfigError
         The design is not a scalp design, or the prior does not fit.
     """
-    from fedneurogen.shared.surface import ICO4_POINTS, cortical_eigenmodes
-
     pooling = pooling_matrix(n_features)
     groups = gain_groups(pooling.shape[0])
     if modality == "fnirs":  # channels differ by probe: no mesh basis, and the prior is fMRI's only

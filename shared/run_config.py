@@ -1,4 +1,6 @@
-"""The run configuration (``[tool.flwr.app.config]`` in ``pyproject.toml``), typed and checked.
+"""The run config (``RunConfig``): a federated run's keys (``[tool.flwr.app.config]`` in
+``pyproject.toml``), typed and checked. Not the preprocessing config (``shared/config.py``) nor
+the model config (``shared/model/config.py``).
 
 ``validate_run_config(context.run_config)`` is called when the ServerApp starts and by every
 site before it works for a run. A bad value raises ``ConfigError`` naming the key, the value

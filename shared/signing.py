@@ -1,7 +1,7 @@
 """Who wrote a checkpoint: Ed25519 signatures over its manifest, and the keys a user trusts.
 
-A checkpoint's ``MANIFEST.sha256`` (``shared/io.py``) holds the SHA-256 of every file in it; an
-unkeyed hash list says a file changed by accident, not who wrote it: anyone who edits a file can
+A checkpoint's ``MANIFEST.sha256`` (``shared/manifest.py``) holds the SHA-256 of every file in
+it; an unkeyed hash list says a file changed by accident, not who wrote it: anyone who edits a file can
 rewrite its line. So the writer signs the manifest with its user's key (``MANIFEST.sha256.sig``
 beside it: the signature and the signer's key id), and a loader accepts the checkpoint only when
 the signer is the loading user or a key that user trusts.
@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fedneurogen.shared.errors import ConfigError
+from fedneurogen.shared.io import write_json_atomic, write_text_atomic
 
 HOME_ENV = "FEDNEUROGEN_HOME"
 PRIVATE_KEY_FILE = "signing-key.pem"
@@ -222,8 +223,6 @@ def trust_key(path: str | Path) -> tuple[str, Path]:
     ConfigError
         ``path`` holds no Ed25519 public key.
     """
-    from fedneurogen.shared.io import write_text_atomic
-
     key = read_public_key(path)
     ident = key_id(key)
     stored = key_dir() / TRUSTED_DIR / f"{ident}.pub"
@@ -275,8 +274,6 @@ def sign_manifest(manifest: Path) -> Path:
     ConfigError
         This user's key cannot be made or read.
     """
-    from fedneurogen.shared.io import write_json_atomic
-
     key = own_key()
     record = {
         "format": SIGNATURE_FORMAT,

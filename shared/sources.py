@@ -39,6 +39,7 @@ from scipy.spatial import cKDTree
 
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.features import EEG_BANDS
+from fedneurogen.shared.hrf import HRF_BASES, hemodynamic_convolution
 from fedneurogen.shared.recording import Recording
 from fedneurogen.shared.surface import HEMISPHERES, ICO4_PER_HEMI, load_fsaverage5, vertex_normals
 
@@ -359,8 +360,6 @@ def n_source_features(config: PreprocessConfig) -> int:
     int
         324 x 5 x 1 or 324 x 5 x 2.
     """
-    from fedneurogen.shared.design import HRF_BASES
-
     return N_PATCHES * len(EEG_BANDS) * HRF_BASES[config.hrf_basis]
 
 
@@ -381,8 +380,6 @@ def run_source_design(eeg: Recording, frame_times: np.ndarray, config: Preproces
     np.ndarray
         float32 ``[n_frames, n_source_features(config)]``, columns (patch, band, basis).
     """
-    from fedneurogen.shared.design import hemodynamic_convolution
-
     power, centres = run_source_power(eeg, config)
     design = hemodynamic_convolution(power.reshape(-1, power.shape[-1]), centres, frame_times, config)
     return design.astype(np.float32)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fedneurogen.shared.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -227,7 +228,6 @@ def subject_keys(
     """
     from fedneurogen.shared.data.bids import find_runs
     from fedneurogen.shared.data.cache import HashMemo, default_cache_dir
-    from fedneurogen.shared.errors import DataError
 
     site_dir = Path(site_dir)
     found = {run.key: run for run in find_runs(site_dir)}

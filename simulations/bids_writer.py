@@ -32,6 +32,7 @@ from fedneurogen.shared.formats import (
 )
 from fedneurogen.shared.io import atomic_path, write_bytes_atomic, write_json_atomic, write_text_atomic
 from fedneurogen.simulations.latent import Event
+from fedneurogen.simulations.geometry import SHORT_SEPARATION_MM, motor_probe
 
 # Re-exported: the simulator and its tests write SNIRF and TSV through this module.
 __all__ = [
@@ -106,8 +107,6 @@ def write_readme(root: Path, spec) -> Path:
             "events under sub-*/func."
         )
     else:
-        from fedneurogen.simulations.geometry import SHORT_SEPARATION_MM, motor_probe
-
         probe = motor_probe()
         target = (
             f"fNIRS: sub-*/nirs/*_nirs.snirf, raw continuous-wave intensity at {spec.nirs_sfreq:g} Hz and two wavelengths: "

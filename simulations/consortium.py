@@ -12,7 +12,8 @@ processes on loopback.
   HTTP port serves the sites' Fleet API (``/v1/fleet``), the Control API (``/v1/control``: submit,
   list and stop runs, register nodes) and the Runtime API (``/v1/runtime``) alike, so it is never
   exposed itself;
-- nginx in front of it with two TLS listeners (``DIR/proxy/nginx.conf``): the **site address**
+- nginx in front of it with two TLS listeners (``DIR/proxy/nginx.conf``, the routes of
+  ``fedneurogen.shared.deploy.proxy``): the **site address**
   forwards ``/v1/fleet`` only, the **admin address** ``/v1/control`` only; everything else is
   answered 403. In a real deployment the admin listener binds to the coordinator's admin network;
   here both are on 127.0.0.1 on different ports;
@@ -41,15 +42,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedneurogen.shared.apps import app_hash, read_allowlist
+from fedneurogen.shared.deploy.apps import app_hash, read_allowlist
+from fedneurogen.shared.deploy.pki import make_ca, make_node_keypair, make_server_certificate
+from fedneurogen.shared.deploy.proxy import nginx_config
+from fedneurogen.shared.deploy.tls import TlsFiles
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.io import write_json_atomic, write_text_atomic
 from fedneurogen.shared.outputs import check_outside_inputs
-from fedneurogen.shared.pki import make_ca, make_node_keypair, make_server_certificate
 from fedneurogen.simulations.federated import (
     FederationError,
     LocalSuperLink,
-    TlsFiles,
     alive,
     app_dir,
     ensure_sites,
@@ -64,8 +66,6 @@ from fedneurogen.simulations.federated import (
 CONNECTION = "consortium"
 PROCESSES = "processes.json"
 ENDPOINTS = "endpoints.env"
-#: The path prefix of each API on the SuperLink's one HTTP port (flwr 1.41's routers).
-FLEET_PREFIX, CONTROL_PREFIX = "/v1/fleet/", "/v1/control/"
 
 
 @dataclass(frozen=True)
@@ -84,64 +84,6 @@ class Endpoints:
                 ("FLWR_HOME", self.flwr_home), ("FLWR_CONNECTION", self.connection),
             )
         )  # fmt: skip
-
-
-def nginx_config(
-    folder: Path,
-    tls: TlsFiles,
-    upstream: str,
-    site_listen: str,
-    admin_listen: str,
-    *,
-    upstream_name: str = "localhost",
-) -> str:
-    """nginx in front of the SuperLink (at ``upstream``, HTTPS; its certificate must list
-    ``upstream_name``): two TLS listeners, the site one forwarding the Fleet API's prefix only,
-    the admin one the Control API's; everything else is answered 403. ``folder`` holds the pid
-    file and logs. The one definition of the routing, for the local consortium and for
-    ``proxy-config`` (a real coordinator)."""
-
-    def server(listen: str, prefix: str, role: str) -> str:
-        return f"""
-    server {{  # {role}
-        listen {listen} ssl http2;
-        ssl_certificate {tls.certificate};
-        ssl_certificate_key {tls.private_key};
-        location {prefix} {{
-            proxy_pass https://superlink;
-            proxy_http_version 1.1;
-            proxy_set_header Host $http_host;
-            proxy_ssl_trusted_certificate {tls.ca_certificate};
-            proxy_ssl_verify on;
-            proxy_ssl_name {upstream_name};
-            # stream both ways, nothing to disk: long polls and logs pass through as they come,
-            # and nginx's workers (an unprivileged user) need no writable folder here
-            proxy_buffering off;
-            proxy_request_buffering off;
-            proxy_read_timeout 3600s;
-            client_max_body_size 0;  # apps and model updates are large
-        }}
-        location / {{ return 403; }}
-    }}"""
-
-    return f"""# written by fedneurogen.simulations.consortium; the SuperLink itself listens on {upstream} only
-daemon off;
-pid {folder / "nginx.pid"};
-error_log {folder / "error.log"} warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log {folder / "access.log"};
-    # nginx creates these at start; nothing is buffered to them (see below)
-    client_body_temp_path {folder / "client_body"};
-    proxy_temp_path {folder / "proxy"};
-    fastcgi_temp_path {folder / "fastcgi"};
-    uwsgi_temp_path {folder / "uwsgi"};
-    scgi_temp_path {folder / "scgi"};
-    upstream superlink {{ server {upstream}; }}
-{server(site_listen, FLEET_PREFIX, "site address: the Fleet API, nothing else")}
-{server(admin_listen, CONTROL_PREFIX, "admin address: the Control API, nothing else")}
-}}
-"""
 
 
 def _wait_listening(port: int, proc: subprocess.Popen, log: Path, what: str, timeout: float = 30.0) -> None:

@@ -71,6 +71,8 @@ from fedneurogen.shared.workflows import plots
 from fedneurogen.shared.errors import ConfigError, DataError
 from fedneurogen.shared.io import write_json_atomic, write_text_atomic
 from fedneurogen.shared.recording import PairedWindows
+from fedneurogen.shared.data import load_site
+from fedneurogen.simulations.simulator import simulate_dataset
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +128,6 @@ QUICK = Scale(
 def ensure_simulated(out: Path, subjects: int, run_seconds: float, seed: int) -> list[Path]:
     """A mixed consortium (site-01 EEG-fMRI, site-02 EEG-fNIRS) under ``out``; reused when
     ``out/simulation.json`` says it was simulated with the same parameters."""
-    from fedneurogen.simulations.simulator import simulate_dataset
-
     summary = out / "simulation.json"
     wanted = {
         "seed": seed,
@@ -602,7 +602,6 @@ class TableSettings:
 
 def run(settings: TableSettings) -> dict[str, Any]:
     """Run the protocol (see the module docstring) and write the table under ``settings.out``."""
-    from fedneurogen.shared.data import load_site
     from fedneurogen.shared.model import load_checkpoint
 
     out = Path(settings.out)

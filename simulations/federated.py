@@ -28,13 +28,17 @@ import threading
 import time
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
+from fedneurogen.shared.deploy.tls import TlsFiles
 from fedneurogen.shared.errors import ConfigError, FedNeuroGenError
+from fedneurogen.shared.config import setting_value
+from fedneurogen.shared.outputs import check_outside_inputs
+from fedneurogen.shared.run_config import validate_run_config
+from fedneurogen.simulations.ownership import made_by_simulator
 
 
 class FederationError(FedNeuroGenError):
@@ -177,34 +181,6 @@ def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
             except (ProcessLookupError, PermissionError):
                 pass
     proc.wait()
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    """The SuperLink's TLS certificate and key, and the CA certificate that signed it."""
-
-    certificate: Path
-    private_key: Path
-    ca_certificate: Path
-
-    @classmethod
-    def in_folder(cls, folder: str | Path, name: str = "superlink") -> "TlsFiles":
-        """The files ``fedneurogen certs ca/server`` write: ``name.crt``, ``name.key``, ``ca.crt``."""
-        folder = Path(folder)
-        return cls(folder / f"{name}.crt", folder / f"{name}.key", folder / "ca.crt")
-
-    def flags(self) -> list[str]:
-        for path in (self.certificate, self.private_key, self.ca_certificate):
-            if not Path(path).is_file():
-                raise ConfigError(f"TLS file {path} not found (create it with `fedneurogen certs`)")
-        return [
-            "--ssl-certfile",
-            str(self.certificate),
-            "--ssl-keyfile",
-            str(self.private_key),
-            "--ssl-ca-certfile",
-            str(self.ca_certificate),
-        ]
 
 
 class LocalSuperLink:
@@ -492,8 +468,6 @@ def ensure_sites(
         When a site is missing (without ``simulate``), when the data root holds a simulation made
         with other parameters, or when the simulator would write into a folder it did not make.
     """
-    from fedneurogen.simulations.ownership import made_by_simulator
-
     data_root = Path(data_root)
     sites = [data_root / f"site-{i + 1:02d}" for i in range(num_sites)]
     missing = [s.name for s in sites if not s.is_dir()]
@@ -590,8 +564,6 @@ def run_federated(
     used as they are. ``before_start`` gets the validated run config and the site folders before
     the federation starts (``fedneurogen federate`` prints the privacy plan there). The run folder
     and the sites' state folder must lie outside the sites."""
-    from fedneurogen.shared.outputs import check_outside_inputs
-
     run_dir, data_root = Path(run_dir).resolve(), Path(data_root).resolve()
     config = {
         "num-server-rounds": rounds,
@@ -607,7 +579,6 @@ def run_federated(
     }
     # Check the run config here, before anything starts, as the ServerApp will (its error would
     # otherwise come only after the simulation engine's start-up).
-    from fedneurogen.shared.run_config import validate_run_config
     from fedneurogen.simulations.drills import SimulationConfig
 
     run = validate_run_config({**app_run_config(), **config})
@@ -651,8 +622,6 @@ def run_federated(
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``["strategy=fedprox", "dp-enabled=true"]`` -> run-config values (TOML, else bare text)."""
-    from fedneurogen.shared.config import setting_value
-
     overrides: dict[str, Any] = {}
     for item in items:
         key, _, value = item.partition("=")

@@ -19,6 +19,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from fedneurogen.shared.io import atomic_write
+from fedneurogen.shared.ridge import fit_ridge, sum_statistics
+from fedneurogen.shared.splits import split_subjects
 
 PRIOR_SEED = 20261206
 PRIOR_SITES = 3
@@ -43,8 +46,6 @@ def fit_prior(root: Path, cache: Path) -> dict[str, np.ndarray]:
     """
     from fedneurogen.shared.data import load_site
     from fedneurogen.shared.private_path import private_reduction
-    from fedneurogen.shared.ridge import fit_ridge, sum_statistics
-    from fedneurogen.shared.splits import split_subjects
 
     train, val = [], []
     n_features = 0
@@ -70,7 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--work", type=Path, default=None, help="keep the simulated data here (default: a temp folder)")
     args = parser.parse_args(argv)
-    from fedneurogen.shared.io import atomic_write
     from fedneurogen.simulations.simulator import simulate_dataset
 
     with tempfile.TemporaryDirectory() as tmp:

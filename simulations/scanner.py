@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from fedneurogen.shared.io import write_json_atomic
 
 #: Marker name of a volume trigger (BrainVision ``Response`` 128).
 TRIGGER_NAME = "R128"
@@ -353,7 +354,6 @@ def write_in_scanner_eeg(
     from dataclasses import replace
 
     from fedneurogen.simulations import bids_writer as bw
-    from fedneurogen.shared.io import write_json_atomic
 
     spec, sub = job.spec, job.participant.participant_id
     sfreq = spec.eeg_sfreq

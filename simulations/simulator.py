@@ -37,7 +37,7 @@ import numpy as np
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.io import write_json_atomic
 from fedneurogen.simulations import bids_writer as bw
-from fedneurogen.simulations.eeg import expected_band_power, expected_source_power, simulate_eeg
+from fedneurogen.simulations.eeg import RHYTHMS, expected_band_power, expected_source_power, simulate_eeg
 from fedneurogen.simulations.geometry import (
     HEAD_MODELS,
     eeg_lead_field,
@@ -255,9 +255,6 @@ def simulate_subject(job: SubjectJob) -> dict:
 def write_source_power(truth_eeg_dir: Path, base: str, log_power: np.ndarray) -> None:
     """``<base>_desc-expectedsourcepower_timeseries``: each rhythm's expected power at each cortical
     parcel (the ico2 patches of ``shared.sources``), columns ``P<parcel>_<rhythm>``."""
-    from fedneurogen.simulations.eeg import RHYTHMS
-    from fedneurogen.simulations.geometry import load_cortex
-
     cortex = load_cortex()
     names = [f"P{p:03d}" for p in range(cortex.n_parcels)]
     bw.write_expected_power(

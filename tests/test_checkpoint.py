@@ -25,7 +25,7 @@ from test_model import FMRI_POSITIONS, make_batch, perturb, tiny_model
 def rewrite_config(path, meta) -> None:
     """Edit a checkpoint's config.json on purpose, re-hashing it in the manifest (as a person who
     means the edit would), so the checks behind the manifest are reached."""
-    from fedneurogen.shared.io import write_manifest
+    from fedneurogen.shared.manifest import write_manifest
 
     (path / "config.json").write_text(json.dumps(meta))
     write_manifest(path, ["model.safetensors", "config.json"])

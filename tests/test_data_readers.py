@@ -15,7 +15,7 @@ from scipy import signal
 from fedneurogen.simulations import bids_factory as bf
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.data import find_runs, read_eeg, read_fmri, read_fnirs, validate_dataset
-from fedneurogen.shared.data.eeg import standard_positions
+from fedneurogen.shared.montage import standard_positions
 from fedneurogen.shared.surface import ico4_names, load_ico4_positions
 
 NO_ICA = PreprocessConfig(eeg_ica=False)

@@ -320,9 +320,9 @@ def test_site_clientapps_run_behind_the_app_allowlist(compose):
 
 def test_the_shipped_proxy_config_is_the_generated_one():
     """deploy/docker/proxy.conf is what `proxy-config` writes for the container's paths: one
-    definition of the routes (simulations/consortium.nginx_config), no hand-edited copy."""
-    from fedneurogen.simulations.consortium import nginx_config
-    from fedneurogen.simulations.federated import TlsFiles
+    definition of the routes (shared/deploy/proxy.nginx_config), no hand-edited copy."""
+    from fedneurogen.shared.deploy.proxy import nginx_config
+    from fedneurogen.shared.deploy.tls import TlsFiles
 
     expected = nginx_config(
         Path("/tmp"),

@@ -16,11 +16,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 
+from fedneurogen.shared.deploy.tls import TlsFiles
 from fedneurogen.shared.errors import ConfigError
-from fedneurogen.shared.pki import check_server_certificate, make_ca, make_node_keypair, make_server_certificate
+from fedneurogen.shared.deploy.pki import check_server_certificate, make_ca, make_node_keypair, make_server_certificate
 from fedneurogen.simulations.federated import (
     LocalSuperLink,
-    TlsFiles,
     flower_env,
     flwr_run,
     start_supernode,

@@ -52,7 +52,7 @@ def test_eeg_only_runs_are_one_warning_line_per_site_on_every_load(site, tmp_pat
     other skipped runs keep their own line."""
     from fedneurogen.shared.data import load_site_data
     from fedneurogen.shared.data.problems import Problem
-    from fedneurogen.shared.data.site import SiteData
+    from fedneurogen.shared.data.site import LoadedSite
 
     for use_cache in (True, True, False):  # the second read is a cache hit
         data = load_site_data(site, cache_dir=tmp_path, use_cache=use_cache, progress=False)
@@ -68,7 +68,7 @@ def test_eeg_only_runs_are_one_warning_line_per_site_on_every_load(site, tmp_pat
     other = Problem(site / "participants.tsv", "subject sub-09 is missing", "warning")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        SiteData(windows=data.windows, skipped=[*data.skipped, broken], warnings=[other]).warn()
+        LoadedSite(windows=data.windows, skipped=[*data.skipped, broken], warnings=[other]).warn()
     lines = [str(w.message) for w in caught]
     assert lines[:2] == [str(broken), str(other)] and lines[2].startswith(f"{site}: 2 EEG-only run(s) skipped")
     assert len(lines) == 3

@@ -10,7 +10,8 @@ import torch
 from typer.testing import CliRunner
 
 from fedneurogen.cli import app
-from fedneurogen.shared.workflows import explain
+from fedneurogen.shared.workflows import explain_attribution as attribution
+from fedneurogen.shared.workflows import explain_regions as regions
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.features import EEG_BANDS
@@ -58,7 +59,7 @@ def test_ridge_attributions_sum_to_the_prediction():
         rng.normal(size=4),
         rng.normal(size=20),
     )
-    attributions = explain.ridge_attributions(design, coef, baseline)
+    attributions = attribution.ridge_attributions(design, coef, baseline)
     assert attributions.shape == (6, 20, 4)
     np.testing.assert_allclose(
         attributions.sum(axis=1) + baseline @ coef + intercept, design @ coef + intercept, atol=1e-10
@@ -69,7 +70,7 @@ def test_integrated_gradients_are_complete_for_a_small_network():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.GELU(), torch.nn.Linear(5, 3), torch.nn.GELU()).double()
     x, x0 = torch.randn(9, 7, dtype=torch.float64), torch.zeros(7, dtype=torch.float64)
-    ig, delta = explain.integrated_gradients(net, x, x0, steps=64, chunk=2)  # chunk: Captum's internal batches
+    ig, delta = attribution.integrated_gradients(net, x, x0, steps=64, chunk=2)  # chunk: Captum's internal batches
     assert ig.shape == (9, 3, 7) and delta.shape == (9, 3)
     with torch.no_grad():
         change = net(x) - net(x0[None])
@@ -82,7 +83,7 @@ def test_integrated_gradients_are_complete_for_a_small_network():
     midpoints = sum(jacobian(x0 + (k + 0.5) / 64 * (x - x0)) for k in range(64)) / 64
     torch.testing.assert_close(ig, midpoints * (x - x0)[:, None, :], atol=1e-12, rtol=1e-9)
     with pytest.raises(ConfigError, match="at least 2 steps"):
-        explain.integrated_gradients(net, x, x0, steps=1)
+        attribution.integrated_gradients(net, x, x0, steps=1)
 
 
 def test_model_decomposition_is_complete_and_matches_the_point_prediction(tiny):
@@ -90,18 +91,18 @@ def test_model_decomposition_is_complete_and_matches_the_point_prediction(tiny):
     from fedneurogen.shared.workflows.synthesis import point_predictions
 
     model, windows, _, _, _ = tiny
-    dec = explain.decompose(model, windows, steps=16)
+    dec = attribution.decompose(model, windows, steps=16)
     rows_w, rows_f = unique_frames(windows)
     expected = point_predictions(model, windows)[rows_w, :, rows_f]
     np.testing.assert_allclose(dec.prediction, expected, atol=1e-4)
     # the ridge path: exact completeness; band shares of its variance sum to 1
-    assert explain._ridge_completeness(dec) < 1e-3
-    _, band, _ = explain.feature_groups(dec.design.shape[1], 64)
-    contrib = explain.contributions(dec, band, len(EEG_BANDS))
+    assert attribution.ridge_completeness(dec) < 1e-3
+    _, band, _ = attribution.feature_groups(dec.design.shape[1], 64)
+    contrib = attribution.contributions(dec, band, len(EEG_BANDS))
     points = np.argsort(-contrib.variance["ridge_path"])[:50]
     assert contrib.share("ridge_path", points).sum() == pytest.approx(1.0, abs=1e-6)
     # the residual: integrated gradients close to complete, and per band they add up to the whole
-    gap = explain._ig_completeness(dec)
+    gap = attribution.ig_completeness(dec)
     assert gap < 0.05
     # Captum's convergence delta, through the readout, is that gap (float32 rounding aside)
     change = np.abs(dec.residual - dec.residual_at_baseline).sum()
@@ -117,13 +118,13 @@ def test_a_zero_residual_gets_zero_attributions(tiny):
     model, windows, _, _, _ = tiny
     zero = copy.deepcopy(model)
     zero.modality_heads["fmri"].mean.reset_residual()
-    dec = explain.decompose(zero, windows.subset(np.arange(6)), steps=4)
-    _, band, _ = explain.feature_groups(dec.design.shape[1], 64)
+    dec = attribution.decompose(zero, windows.subset(np.arange(6)), steps=4)
+    _, band, _ = attribution.feature_groups(dec.design.shape[1], 64)
     assert not np.any(dec.residual)
     assert not np.any(dec.residual_attributions(band, len(EEG_BANDS)))
-    contrib = explain.contributions(dec, band, len(EEG_BANDS))
+    contrib = attribution.contributions(dec, band, len(EEG_BANDS))
     assert not np.any(contrib.covariance["residual"]) and not np.any(contrib.share("residual", np.arange(10)))
-    assert explain._ig_completeness(dec) is None
+    assert attribution.ig_completeness(dec) is None
     assert not np.any(dec.ig_delta @ dec.readout.T)  # the latent moves; the zero readout hides it
 
 
@@ -131,22 +132,22 @@ def test_effective_hrf_peaks_where_the_basis_weights_put_it():
     config = PreprocessConfig()
     canonical = np.zeros((64 * 5 * 2, 3))
     canonical[0::2] = 1.0  # the canonical function alone: Glover's peak (~5 s)
-    assert explain.effective_hrf(canonical, 64, config)["peak_s"] == pytest.approx(5.05, abs=0.1)
+    assert attribution.effective_hrf(canonical, 64, config)["peak_s"] == pytest.approx(5.05, abs=0.1)
     later = canonical.copy()
     later[1::2] = -0.5  # minus the derivative: a later peak
-    assert explain.effective_hrf(-later, 64, config)["peak_s"] == pytest.approx(6.0, abs=0.1)
+    assert attribution.effective_hrf(-later, 64, config)["peak_s"] == pytest.approx(6.0, abs=0.1)
 
 
 def test_regions_follow_the_coordinates():
     positions = np.array([[-20, -95, 0], [40, -20, 60], [-50, -20, -15], [30, 40, 30], [-30, -60, 50]])
-    assert explain.coarse_regions(positions) == [
+    assert regions.coarse_regions(positions) == [
         "left occipital",
         "right central",
         "left temporal",
         "right frontal",
         "left parietal",
     ]
-    assert explain.coarse_regions(positions[:1], ["R12"]) == ["right occipital"]
+    assert regions.coarse_regions(positions[:1], ["R12"]) == ["right occipital"]
 
 
 def test_explain_command_writes_readable_json_and_pngs(tiny, tmp_path):

@@ -192,14 +192,14 @@ def test_banded_ridge_drops_a_group_that_carries_only_noise():
 def test_ridge_path_from_summed_site_statistics_equals_the_pooled_fit(small_fmri_windows):
     """What a federation does (each site sends sums, the server solves) gives the ridge path
     fitted centrally on the pooled windows."""
-    from fedneurogen.client.site import SiteData, ridge_statistics
+    from fedneurogen.client.site import SiteSplit, ridge_statistics
     from fedneurogen.shared.model.mean import solve_ridge_path
 
     sites = []
     for windows in small_fmri_windows:  # 3 subjects each: two train, one held out
         subjects = sorted(set(windows.subjects.tolist()))
         held = windows.subjects == subjects[-1]
-        sites.append(SiteData(train=windows.subset(~held), val=windows.subset(held)))
+        sites.append(SiteSplit(train=windows.subset(~held), val=windows.subset(held)))
     torch.manual_seed(0)
     central = NeuroGenModel("tiny", device="cpu")
     fit_ridge_paths(central, [s.train for s in sites], [s.val for s in sites])

@@ -22,7 +22,8 @@ from fedneurogen.server.app import checkpoint_extra
 from fedneurogen.server.checkpointing import SiteSplits, parse_split_report
 from fedneurogen.shared.data import find_runs, load_site
 from fedneurogen.shared.errors import DataError
-from fedneurogen.shared.io import write_json_atomic, write_manifest
+from fedneurogen.shared.io import write_json_atomic
+from fedneurogen.shared.manifest import write_manifest
 from fedneurogen.shared.run_config import RunConfig
 from fedneurogen.shared.splits import (
     MAX_REPORTED_RUNS,

@@ -6,10 +6,14 @@
   simulation's ClientApp is composed at the top, ``fedneurogen/simulation_app.py``);
 - inside ``shared``, the core does not import ``shared.workflows`` (training, synthesis,
   evaluation, explanations, plots, fairness build on the core, never the other way);
-- the workflows import each other without a loop (a module may import its own package), and
-  ``plots``, where every figure is drawn, imports no other workflow.
+- no module of the package imports itself back, through any chain of imports (the whole
+  package: ``fedneurogen``, ``shared``, ``server``, ``client``, ``simulations``; importing
+  ``a.b.c`` runs ``a.b`` too, so it counts as importing both; a module may import its own
+  package), and ``plots``, where every figure is drawn, imports no other workflow.
 
-Imports inside functions count too: a lazy import is still a dependency.
+Imports inside functions count too: a lazy import is still a dependency. Imports under
+``if TYPE_CHECKING:`` do not: they never run (the model's mixins name ``NeuroGenModel`` in
+annotations only).
 """
 
 from __future__ import annotations
@@ -35,8 +39,11 @@ def imported_modules(path: Path, package: str) -> list[tuple[int, str]]:
     """``(line, absolute module)`` of every import in a file of ``package`` (dotted)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     here = package.split(".")
+    typing_only = {id(inner) for node in ast.walk(tree) if _type_checking(node) for inner in ast.walk(node)}
     out = []
     for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             out += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -48,6 +55,16 @@ def imported_modules(path: Path, package: str) -> list[tuple[int, str]]:
             out.append((node.lineno, module))
             out += [(node.lineno, f"{module}.{alias.name}") for alias in node.names]  # `from fedneurogen import client`
     return out
+
+
+def _type_checking(node: ast.AST) -> bool:
+    """``if TYPE_CHECKING:`` (or ``typing.TYPE_CHECKING``): its body never runs."""
+    if not isinstance(node, ast.If):
+        return False
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def layer_of(module: str) -> str | None:
@@ -91,23 +108,37 @@ def test_the_core_of_shared_does_not_import_its_workflows():
     assert core_imports_of_workflows() == []
 
 
-def workflow_imports() -> dict[str, set[str]]:
-    """Module -> the other modules of ``fedneurogen.shared.workflows`` it imports (a module's own
-    packages left out: ``from . import protocol`` runs the package it is part of)."""
-    workflows = ROOT / "shared" / "workflows"
+#: Where each package of the distribution lives (pyproject.toml's package-dir).
+PACKAGE_ROOTS = {
+    "fedneurogen": ROOT / "fedneurogen",
+    "fedneurogen.shared": ROOT / "shared",
+    "fedneurogen.server": ROOT / "server",
+    "fedneurogen.client": ROOT / "client",
+    "fedneurogen.simulations": ROOT / "simulations",
+}
+
+
+def package_imports(roots: dict[str, Path] = PACKAGE_ROOTS) -> dict[str, set[str]]:
+    """Module -> the other modules of the package it imports, lazy imports included: ``from pkg
+    import function`` counts as ``pkg``, and importing ``a.b.c`` as importing ``a.b`` as well
+    (Python runs it first). A module's own packages are left out (``from . import protocol``
+    runs the package it is part of)."""
     names = {}
-    for path in sorted(workflows.rglob("*.py")):
-        parts = ["fedneurogen", "shared", *path.relative_to(ROOT / "shared").with_suffix("").parts]
-        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        names[module] = (path, ".".join(parts[:-1]))
+    for root, folder in roots.items():
+        for path in sorted(folder.rglob("*.py")):
+            parts = [*root.split("."), *path.relative_to(folder).with_suffix("").parts]
+            module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            names[module] = (path, ".".join(parts[:-1]))
     graph = {}
     for module, (path, package) in names.items():
         found = set()
         for _, imported in imported_modules(path, package):
             while imported and imported not in names:  # `from pkg import function` -> pkg
                 imported = imported.rpartition(".")[0]
-            if imported and imported != module and not module.startswith(imported + "."):
-                found.add(imported)
+            while imported:  # and every package above it
+                if imported in names and imported != module and not module.startswith(imported + "."):
+                    found.add(imported)
+                imported = imported.rpartition(".")[0]
         graph[module] = found
     return graph
 
@@ -131,11 +162,32 @@ def import_loops(graph: dict[str, set[str]]) -> list[list[str]]:
     return loops
 
 
-def test_workflows_import_each_other_without_a_loop():
-    graph = workflow_imports()
+def test_the_package_imports_without_a_loop():
+    graph = package_imports()
+    assert len(graph) > 100 and "fedneurogen.shared.workflows.plots" in graph  # the walk sees every module
     assert import_loops(graph) == []
-    assert graph["fedneurogen.shared.workflows.plots"] == set(), "plots draws: the callers prepare the data"
+    workflows = {m for m in graph["fedneurogen.shared.workflows.plots"] if m.startswith("fedneurogen.shared.workflows")}
+    assert workflows == set(), "plots draws: the callers prepare the data"
     assert import_loops({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]  # the check sees a loop
+
+
+def test_the_loop_check_counts_lazy_imports_and_parent_packages(tmp_path):
+    """A loop through an import inside a function, or through a package's ``__init__``, is found;
+    one through ``if TYPE_CHECKING:`` is not (it never runs)."""
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("from pkg.sub import b\n")
+    (pkg / "a.py").write_text("def f():\n    from pkg.sub.b import g\n")
+    (pkg / "sub" / "b.py").write_text("g = 1\n")
+    (pkg / "sub" / "c.py").write_text("import pkg.a\n")
+    (pkg / "d.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import e\n")
+    (pkg / "e.py").write_text("from pkg import d\n")
+    graph = package_imports({"pkg": pkg})
+    assert graph["pkg.a"] == {"pkg.sub", "pkg.sub.b"} and graph["pkg.d"] == set()
+    assert import_loops(graph) == []
+    (pkg / "sub" / "b.py").write_text("from pkg.sub import c\n")  # a -> sub.b -> sub.c -> a
+    assert import_loops(package_imports({"pkg": pkg})) != []
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from fedneurogen.shared.apps import app_hash, read_allowlist
-from fedneurogen.shared.pki import make_node_keypair
+from fedneurogen.shared.deploy.apps import app_hash, read_allowlist
+from fedneurogen.shared.deploy.pki import make_node_keypair
 from fedneurogen.simulations.federated import alive, app_dir, flower_env, flwr_run, start_supernode, write_connection
 
 SCRIPT = Path(__file__).resolve().parents[1] / "deploy" / "scripts" / "local-consortium.sh"

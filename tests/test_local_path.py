@@ -335,7 +335,7 @@ def test_a_site_sends_local_statistics_of_its_own_split_and_mixing_sums(tmp_path
     assert client_site.mixing_statistics(data, model, min_subjects=99) is None  # exact sums over too few subjects
 
     # explain's source view of the fitted local path: exact shares that add up to 1
-    from fedneurogen.shared.workflows.explain import coarse_regions
+    from fedneurogen.shared.workflows.explain_regions import coarse_regions
     from fedneurogen.shared.workflows.explain_sources import local_path_view
     from fedneurogen.shared.workflows.plots import local_path_shares
 

@@ -47,8 +47,8 @@ def fnirs_windows(n: int, subject: str, seed: int) -> PairedWindows:
 
 
 @pytest.fixture(scope="module")
-def data() -> site.SiteData:
-    return site.SiteData(train=fnirs_windows(20, "sub-01", 0), val=fnirs_windows(6, "sub-02", 1))
+def data() -> site.SiteSplit:
+    return site.SiteSplit(train=fnirs_windows(20, "sub-01", 0), val=fnirs_windows(6, "sub-02", 1))
 
 
 def fresh_model(weights: dict[str, torch.Tensor] | None) -> NeuroGenModel:

@@ -508,7 +508,7 @@ def test_a_keyed_split_moves_no_subject_when_another_is_added():
         keyed_split_subjects(subjects, b"")
 
 
-def _split_of(data: site.SiteData) -> dict[str, str]:
+def _split_of(data: site.SiteSplit) -> dict[str, str]:
     train, val = set(data.train.subjects.tolist()), set(data.val.subjects.tolist())
     return {s: "train" if s in train else "val" for s in train | val}
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from fedneurogen.client.site_exec import allowlist_plugin
-from fedneurogen.shared.apps import read_allowlist
+from fedneurogen.shared.deploy.apps import read_allowlist
 from fedneurogen.simulations.consortium import install_shim
 from fedneurogen.shared.errors import ConfigError
 

@@ -18,7 +18,7 @@ def app_hash_command(
     """The SHA-256 of the app a run of this release sends: the line a site puts in its allowlist of apps.
 
     The allowlist is read by the site's app gate (fedneurogen.client.site_exec)."""
-    from fedneurogen.shared.apps import app_hash
+    from fedneurogen.shared.deploy.apps import app_hash
     from fedneurogen.shared.errors import ConfigError
     from fedneurogen.simulations.federated import app_dir
 
@@ -56,7 +56,7 @@ def certs_ca(
     ),
 ) -> None:
     """Create the consortium's certificate authority."""
-    from fedneurogen.shared.pki import make_ca
+    from fedneurogen.shared.deploy.pki import make_ca
 
     pair = _certs_call(make_ca, out, organization=organization, days=days, force=force)
     console.print(
@@ -75,7 +75,7 @@ def certs_server(
     force: bool = typer.Option(False, "--force", help="Replace an existing certificate."),
 ) -> None:
     """Create the SuperLink's TLS certificate, signed by the CA, valid for the given hosts."""
-    from fedneurogen.shared.pki import make_server_certificate
+    from fedneurogen.shared.deploy.pki import make_server_certificate
 
     pair = _certs_call(make_server_certificate, ca, out, host, days=days, force=force)
     console.print(
@@ -90,7 +90,7 @@ def certs_node_key(
     force: bool = typer.Option(False, "--force", help="Replace an existing key pair (register the new public key)."),
 ) -> None:
     """Create a site's SuperNode authentication key pair (send only the .pub to the coordinator)."""
-    from fedneurogen.shared.pki import make_node_keypair
+    from fedneurogen.shared.deploy.pki import make_node_keypair
 
     pair = _certs_call(make_node_keypair, out, name, force=force)
     console.print(
@@ -105,7 +105,7 @@ def certs_check(
     host: list[str] = typer.Option(..., "--host", help="A name sites dial (repeat for each)."),
 ) -> None:
     """Check that sites dialling HOST will accept the SuperLink's certificate."""
-    from fedneurogen.shared.pki import check_server_certificate
+    from fedneurogen.shared.deploy.pki import check_server_certificate
 
     problems = [p for h in host for p in check_server_certificate(cert, ca, h)]
     for problem in problems:
@@ -245,8 +245,8 @@ def consortium_proxy_config(
     """Write the proxy's nginx.conf for a real coordinator: sites get the Fleet API only, admins
     the Control API only (deploy/README.md)."""
     from fedneurogen.shared.io import write_text_atomic
-    from fedneurogen.simulations.consortium import CONTROL_PREFIX, FLEET_PREFIX, nginx_config
-    from fedneurogen.simulations.federated import TlsFiles
+    from fedneurogen.shared.deploy.proxy import CONTROL_PREFIX, FLEET_PREFIX, nginx_config
+    from fedneurogen.shared.deploy.tls import TlsFiles
 
     from fedneurogen.shared.errors import FedNeuroGenError
 

@@ -15,7 +15,7 @@ from .eeg import read_eeg
 from .fmri import read_fmri
 from .fnirs import read_fnirs
 from .problems import DataWarning, Problem
-from .site import SiteData, load_site, load_site_data
+from .site import LoadedSite, load_site, load_site_data
 from .validate import ValidationReport, render_report, validate_dataset
 
 __all__ = [
@@ -23,7 +23,7 @@ __all__ = [
     "Problem",
     "RunFiles",
     "SiteCache",
-    "SiteData",
+    "LoadedSite",
     "ValidationReport",
     "default_cache_dir",
     "find_runs",

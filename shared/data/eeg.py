@@ -8,7 +8,6 @@ gradient artefact, BCG) -> ``preprocess_eeg`` (notch, band-pass, ICA, resample, 
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from pathlib import Path
@@ -19,6 +18,7 @@ import pandas as pd
 
 from ..config import PreprocessConfig
 from ..errors import DataError
+from ..montage import standard_positions
 from ..recording import Recording
 from .bids import RunFiles, brainvision_references, read_events, read_json, read_tsv, run_files_for_eeg
 from .problems import DataWarning
@@ -33,23 +33,6 @@ _BIDS_TYPES = {
 _UNIT_TO_MM = {"m": 1000.0, "cm": 10.0, "mm": 1.0}
 #: Above this rate (Hz) ICA components are scored against the EOG on a copy at the target rate.
 SCORE_MAX_SFREQ = 1000.0
-
-
-@functools.lru_cache(maxsize=1)
-def standard_positions() -> dict[str, tuple[str, np.ndarray]]:
-    """Standard 10-05 positions in mm, keyed by lower-case name: ``{"cz": ("Cz", xyz_mm)}``.
-
-    MNE's ``standard_1005`` montage (renamed ``colin27_1005`` in MNE 1.13), already in MNI /
-    fsaverage space.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # deprecation of the old name in newer MNE
-        try:
-            montage = mne.channels.make_standard_montage("colin27_1005")
-        except ValueError:
-            montage = mne.channels.make_standard_montage("standard_1005")
-    pos = montage.get_positions()["ch_pos"]
-    return {name.lower(): (name, np.asarray(xyz) * 1000.0) for name, xyz in pos.items()}
 
 
 # --- reading ------------------------------------------------------------------------------------

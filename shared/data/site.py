@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import PreprocessConfig
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..outputs import check_outside_inputs
 from ..recording import PairedWindows
 from .bids import RunFiles, find_runs, read_participants, target_search_text
@@ -24,14 +24,15 @@ from .problems import Problem, warn_problem
 log = logging.getLogger(__name__)
 
 _EEG_PATTERN = "sub-*/[ses-*/]eeg/sub-*_task-*_eeg.{edf,bdf,vhdr,set,fif}"
-#: What ``load_run`` says of a run without a target; ``SiteData.warn`` counts such runs in one line.
+#: What ``load_run`` says of a run without a target; ``LoadedSite.warn`` counts such runs in one line.
 EEG_ONLY = "EEG only, no fMRI or fNIRS recording to pair with"
 _SUBJECT = re.compile(r"sub-[A-Za-z0-9]+")  # a subject folder
 
 
 @dataclass
-class SiteData:
-    """What ``load_site_data`` returns: the windows and what was left out, and why.
+class LoadedSite:
+    """What ``load_site_data`` returns: the windows and what was left out, and why (before any
+    split into training and validation subjects: that is ``fedneurogen.client.site.SiteSplit``).
 
     Parameters
     ----------
@@ -166,8 +167,6 @@ def select_runs(runs: list[RunFiles], subjects: list[str] | tuple[str, ...], sit
     ConfigError
         A subject has no EEG run in the site (the message lists the site's subjects).
     """
-    from ..errors import ConfigError
-
     wanted = {s if s.startswith("sub-") else f"sub-{s}" for s in subjects}
     have = sorted({r.subject for r in runs})
     missing = sorted(wanted - set(have))
@@ -217,7 +216,7 @@ def load_site_data(
     use_cache: bool = True,
     progress: bool = True,
     subjects: list[str] | tuple[str, ...] | None = None,
-) -> SiteData:
+) -> LoadedSite:
     """Load a site like ``load_site``, returning the skipped runs and warnings instead of emitting them.
 
     Parameters
@@ -237,8 +236,8 @@ def load_site_data(
 
     Returns
     -------
-    SiteData
-        The windows, the skipped runs and the other problems (``SiteData.warn`` emits them).
+    LoadedSite
+        The windows, the skipped runs and the other problems (``LoadedSite.warn`` emits them).
 
     Raises
     ------
@@ -265,7 +264,7 @@ def load_site_data(
         if hit is not None:
             windows, meta = hit
             log.debug("%s: %d windows read from the cache", site_dir, len(windows))
-            return SiteData(
+            return LoadedSite(
                 windows=windows,
                 skipped=[_rooted(p, site_dir) for p in meta.get("skipped", [])],
                 warnings=[_rooted(p, site_dir) for p in meta.get("warnings", [])],
@@ -342,7 +341,7 @@ def load_site_data(
         if staged is not None and staged.exists():  # not published: an error, or the store failed
             shutil.rmtree(staged, ignore_errors=True)
     log.debug("%s: %d windows from %d of %d run(s)", site_dir, len(windows), len(usable), len(runs))
-    return SiteData(
+    return LoadedSite(
         windows=windows, skipped=skipped, warnings=warned, from_cache=False, cache_key=key, site_dir=site_dir
     )
 

@@ -34,14 +34,8 @@ from safetensors.torch import load_file, save_file
 
 from fedneurogen import __version__
 from fedneurogen.shared.errors import ConfigError
-from fedneurogen.shared.io import (
-    MANIFEST_FILE,
-    atomic_path,
-    file_sha256,
-    verify_manifest,
-    write_json_atomic,
-    write_manifest,
-)
+from fedneurogen.shared.io import atomic_path, file_sha256, write_json_atomic
+from fedneurogen.shared.manifest import MANIFEST_FILE, verify_manifest, write_manifest
 from fedneurogen.shared.model.config import PRESETS, ModelConfig, count_parameters
 from fedneurogen.shared.model.ema import EMA, unwrap_model
 from fedneurogen.shared.model.batch import default_device

@@ -1,4 +1,6 @@
-"""Model configuration and presets (``tiny`` for tests, ``small`` for CPU, ``base`` for GPU).
+"""The model config (``ModelConfig``) and its presets (``tiny`` for tests, ``small`` for CPU,
+``base`` for GPU). Not the preprocessing config (``shared/config.py``) nor the run config
+(``shared/run_config.py``).
 
 A ``ModelConfig`` fixes every tensor shape of ``NeuroGenModel``; a checkpoint stores it, so the
 same config always rebuilds the same architecture. The window geometry (16 s windows, fMRI at
@@ -14,6 +16,8 @@ from torch import nn
 
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.surface import ICO4_POINTS
+from fedneurogen.shared.design import n_design_features
+from fedneurogen.shared.sources import N_PATCHES
 
 if TYPE_CHECKING:
     from fedneurogen.shared.config import PreprocessConfig
@@ -236,8 +240,6 @@ class ModelConfig(BaseModel):
     @property
     def source_features(self) -> int:
         """Width of the design's cortical-source part: 324 patches x bands x bases (0 without a local path)."""
-        from fedneurogen.shared.sources import N_PATCHES
-
         return N_PATCHES * self.design_features // 64 if self.local_path else 0
 
     @property
@@ -312,8 +314,6 @@ class ModelConfig(BaseModel):
         ConfigError
             Naming each field that does not fit the model and what it would have to be.
         """
-        from fedneurogen.shared.design import n_design_features
-
         problems = []
         if abs(preprocess.eeg_sfreq - self.eeg_sfreq) > 1e-9:
             problems.append(f"eeg_sfreq = {preprocess.eeg_sfreq:g} (the model takes EEG at {self.eeg_sfreq:g} Hz)")

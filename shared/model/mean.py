@@ -14,6 +14,12 @@ shared across points; the label, when given, enters the residual's latent.
 Points: fMRI points are the fixed ico4 vertices, so index i is vertex i. fNIRS channel sets
 differ between probes, so the ridge path remembers a key (CRC-32 of the name) per point it was
 fitted on and maps each batch's points through it.
+
+The one file of the ridge path (``RidgePath``, ``fit_ridge_paths``, ``solve_ridge_path``,
+``solve_private_path``), its local path and the residual. It is named for what it computes, the
+conditional mean (``MeanHead`` composes the three), not for its largest part: ``ridge_path.py``
+would hide the residual and the mixing that live here too, and some twenty importers (the
+server, the workflows, benchmarks, tests, docs/architecture.md §4.2) name it as it is.
 """
 
 from __future__ import annotations
@@ -27,6 +33,18 @@ from torch import nn
 
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.features import EEG_BANDS
+from fedneurogen.shared.design import feature_bands, iter_subject_rows, two_fold_statistics
+from fedneurogen.shared.local_path import (
+    choose_mixing,
+    fit_local_path_selected,
+    fmri_layout,
+    mixing_statistics,
+    subject_local_statistics,
+    windows_layout,
+)
+from fedneurogen.shared.private_path import fit_private, penalty_floor
+from fedneurogen.shared.ridge import fit_ridge_selected, mean_only_mse, sum_statistics
+from fedneurogen.shared.sources import N_PATCHES
 
 
 def point_keys(names: Sequence[str]) -> torch.Tensor:
@@ -144,9 +162,6 @@ class LocalPath(nn.Module):
         frozen = lambda t: nn.Parameter(t, requires_grad=False)  # noqa: E731
         self.fixed_layout, self.n_source = fixed_layout, n_source
         if fixed_layout:
-            from fedneurogen.shared.local_path import fmri_layout
-            from fedneurogen.shared.sources import N_PATCHES
-
             layout = fmri_layout(n_source // N_PATCHES)
             columns = np.where(layout.columns >= 0, layout.columns, n_source)  # padding reads a zero column
             self.register_buffer("columns", torch.as_tensor(columns))  # saved: a checkpoint loads on "meta"
@@ -275,9 +290,6 @@ def fit_ridge_paths(model: nn.Module, train: Sequence, val: Sequence = ()) -> di
     training windows' statistics, penalties, band weights, rank and mix chosen on the validation
     windows (``PairedWindows`` per site; sites of one modality are pooled). Returns
     ``{modality: choice}`` (see ``solve_ridge_path``, ``solve_local_path``)."""
-    from fedneurogen.shared.design import two_fold_statistics
-    from fedneurogen.shared.ridge import sum_statistics
-
     chosen = {}
     for modality in sorted({w.target_modality for w in train}):
         sites = [w for w in train if w.target_modality == modality]
@@ -301,10 +313,6 @@ def fit_ridge_paths(model: nn.Module, train: Sequence, val: Sequence = ()) -> di
 
 
 def _fit_local_from_windows(model: nn.Module, modality: str, sites: Sequence, val_sites: Sequence, ridge: dict) -> dict:
-    from fedneurogen.shared.design import two_fold_statistics
-    from fedneurogen.shared.local_path import subject_local_statistics, windows_layout
-    from fedneurogen.shared.ridge import sum_statistics
-
     layout = windows_layout(sites[0])
     local = lambda w: subject_local_statistics(w, layout)  # noqa: E731
     folds = two_fold_statistics(sites, local)
@@ -326,8 +334,6 @@ def solve_local_path(model: nn.Module, modality: str, train_parts: Sequence, val
     path's choice. The local path's share starts at 1 or 0, whichever path has the smaller
     validation MSE; ``set_mixing`` refines it where validation predictions are available.
     Returns the choice: penalties, validation MSE, the share."""
-    from fedneurogen.shared.local_path import fit_local_path_selected
-
     solution = fit_local_path_selected(list(train_parts), val, layout)
     theirs = ridge.get("validation_mse")
     weight = 1.0 if theirs is None or solution.validation_mse is None or solution.validation_mse < theirs else 0.0
@@ -358,9 +364,6 @@ def validation_mixing(model: nn.Module, modality: str, windows, names: Sequence[
     np.ndarray
         ``[6, N]`` summed over every run frame once.
     """
-    from fedneurogen.shared.design import iter_subject_rows
-    from fedneurogen.shared.local_path import mixing_statistics
-
     head = model.modality_heads[modality].mean
     device = head.ridge.coef.device
     slots = head.ridge.slots(names, windows.target.shape[1])
@@ -390,8 +393,6 @@ def set_mixing(model: nn.Module, modality: str, stats: np.ndarray) -> float:
     float
         The share ``a`` of the local path.
     """
-    from fedneurogen.shared.local_path import choose_mixing
-
     weight = choose_mixing(stats)
     model.modality_heads[modality].mean.local.weight.fill_(weight)
     return weight
@@ -405,9 +406,6 @@ def solve_ridge_path(
     (summed validation statistics; None: chosen by 2-fold over the parts). ``names`` are the
     target points (needed for fNIRS). Returns the choice: penalty, rank, band weights,
     validation MSE and the number of frames."""
-    from fedneurogen.shared.design import feature_bands
-    from fedneurogen.shared.ridge import fit_ridge_selected, mean_only_mse, sum_statistics
-
     bands = feature_bands(train_parts[0].n_features)
     solution = fit_ridge_selected(list(train_parts), val, ranks=RIDGE_RANKS, groups=bands)
     total = sum_statistics(list(train_parts))
@@ -449,9 +447,6 @@ def solve_private_path(
     than its zero solution, the zero solution is kept: the public prior unchanged (or, without
     a prior, each point's mean). ``names``: the target points (fNIRS). Returns the choice, like
     ``solve_ridge_path``."""
-    from fedneurogen.shared.private_path import fit_private, penalty_floor
-    from fedneurogen.shared.ridge import mean_only_mse, sum_statistics
-
     total = sum_statistics(list(train_parts))
     solution = fit_private(total, val, noise_std)
     baseline = mean_only_mse(total, val) if val is not None else None

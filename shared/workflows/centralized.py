@@ -26,9 +26,24 @@ from typing import Any
 import torch
 
 from fedneurogen.shared.errors import ConfigError
-from fedneurogen.shared.model import EMA, NeuroGenModel
+from fedneurogen.shared.model import (
+    EMA,
+    NeuroGenModel,
+    get_preset,
+    load_checkpoint_into,
+    load_ema,
+    read_checkpoint_config,
+    save_checkpoint,
+)
 from fedneurogen.shared.recording import PairedWindows
-from fedneurogen.shared.splits import PROVENANCE_KEY, SubjectSplit, seen_record, split_record, subject_keys
+from fedneurogen.shared.splits import (
+    PROVENANCE_KEY,
+    SubjectSplit,
+    seen_record,
+    split_record,
+    split_subjects,
+    subject_keys,
+)
 from fedneurogen.shared.workflows.run_state import (
     CHECKPOINT_DIR,
     STATE_FILE,
@@ -47,6 +62,9 @@ from fedneurogen.shared.workflows.training import (
     train_epochs,
     validation_loss,
 )
+from fedneurogen.shared.model.mean import fit_ridge_paths
+from fedneurogen.shared.config import PreprocessConfig
+from fedneurogen.shared.model.crossfit import cross_fitted_training, fit_class_offsets
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +106,6 @@ def split_sites(sites: Sequence[PairedWindows], seed: int, val_fraction: float, 
     SplitSites
         The windows of each part; a subject's windows are all in one part.
     """
-    from fedneurogen.shared.splits import split_subjects
-
     out = SplitSites([], [], [])
     for site in sites:
         split = split_subjects(site.subjects, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
@@ -266,8 +282,6 @@ class _Run:
 
     def save(self, epoch: int) -> None:
         """Write the checkpoint (after ``epoch`` epochs) and the training state beside it."""
-        from fedneurogen.shared.model import save_checkpoint
-
         provenance = {**self.extra.get("provenance", {}), "epochs": epoch, "steps": self.step}
         save_checkpoint(self.checkpoint_dir, self.model, ema=self.ema, extra={**self.extra, "provenance": provenance})
         save_training_state(self.run_dir / STATE_FILE, self.optimizer, self.step, epoch)
@@ -277,9 +291,6 @@ def _model_for(
     preset: str, classes: dict[str, int], preprocess: dict[str, Any] | None, device: str | None
 ) -> NeuroGenModel:
     """The preset's model, fitted to the data's preprocessing; refused when the classes do not fit."""
-    from fedneurogen.shared.config import PreprocessConfig
-    from fedneurogen.shared.model import get_preset
-
     model_config = get_preset(preset)
     if len(classes) > model_config.num_classes:
         raise ConfigError(
@@ -293,9 +304,6 @@ def _model_for(
 
 def _check_same_preprocess(run_dir: Path, preprocess: dict[str, Any] | None) -> None:
     """``--resume`` refuses a run folder whose checkpoint was trained with other preprocessing."""
-    from fedneurogen.shared.config import PreprocessConfig
-    from fedneurogen.shared.model import read_checkpoint_config
-
     checkpoint_dir = run_dir / CHECKPOINT_DIR
     if not preprocess or not (checkpoint_dir / "config.json").exists():
         return
@@ -313,9 +321,6 @@ def _ridge_paths(model: NeuroGenModel, split: SplitSites, run_dir: Path, resume:
 
     Returns the choice the provenance records (``mean.fit_ridge_paths``), None when unknown.
     """
-    from fedneurogen.shared.model import read_checkpoint_config
-    from fedneurogen.shared.model.mean import fit_ridge_paths
-
     if not resume:
         return fit_ridge_paths(model, split.train, split.val)
     checkpoint_dir = run_dir / CHECKPOINT_DIR
@@ -325,8 +330,6 @@ def _ridge_paths(model: NeuroGenModel, split: SplitSites, run_dir: Path, resume:
 
 def _start_run(model: NeuroGenModel, run_dir: Path, config: TrainConfig, resume: bool) -> _Run:
     """The EMA and optimiser of a new run, or those of the run in ``run_dir`` with its counters."""
-    from fedneurogen.shared.model import load_checkpoint_into, load_ema
-
     ema = EMA(model, decay=model.config.ema_decay)
     run = _Run(run_dir, model, ema, make_optimizer(model.parameters(), config))
     if not resume:
@@ -355,8 +358,6 @@ def _closed_form_parts(
     ridge path's error on new subjects); a new run then fits each class's mean residual in
     closed form. Returns the training windows, the cross-fit record and the offsets per modality.
     """
-    from fedneurogen.shared.model.crossfit import cross_fitted_training, fit_class_offsets
-
     train_sites, cross_fit, class_offsets = list(split.train), None, {}
     if config.cross_fit_folds and ridge_choice:
         train_sites, cross_fit = cross_fitted_training(model, split.train, ridge_choice, config.cross_fit_folds)

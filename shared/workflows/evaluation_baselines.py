@@ -25,7 +25,8 @@ from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.data import find_runs, read_fmri, read_fnirs
 from fedneurogen.shared.data.fmri import repetition_time
 from fedneurogen.shared.data.ground_truth_eeg import GROUND_TRUTH_DIR, read_expected_band_power
-from fedneurogen.shared.design import hemodynamic_convolution, iter_subject_rows, to_virtual_montage
+from fedneurogen.shared.design import iter_subject_rows, to_virtual_montage
+from fedneurogen.shared.hrf import hemodynamic_convolution
 from fedneurogen.shared.errors import DataError
 from fedneurogen.shared.local_path import LocalStatistics, fit_local_path_selected, fmri_layout, fnirs_layout
 from fedneurogen.shared.metrics import pearson_rows, stitch_windows

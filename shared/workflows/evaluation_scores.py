@@ -31,12 +31,8 @@ from fedneurogen.shared.metrics import (
     train_synthetic_test_real,
 )
 from fedneurogen.shared.recording import PairedWindows
-from fedneurogen.shared.workflows.fairness.protocol import (
-    Features,
-    make_classifier,
-    target_features,
-    target_parcellation,
-)
+from fedneurogen.shared.workflows.fairness.classifiers import make_classifier
+from fedneurogen.shared.workflows.fairness.window_features import Features, target_features, target_parcellation
 
 
 def conditioned_classes(labels: np.ndarray, class_names: Sequence[str] | None) -> np.ndarray:

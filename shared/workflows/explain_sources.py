@@ -118,5 +118,5 @@ def local_path_view(
         "frames": int(len(source)),
         "points": n_points,
         "method": METHOD,
-        "regions": "of the source patches the band power comes from (coarse lobes per hemisphere, explain.REGION_SOURCE)",
+        "regions": "of the source patches the band power comes from (coarse lobes per hemisphere, explain_regions.REGION_SOURCE)",
     }

@@ -63,6 +63,10 @@ from fedneurogen.shared.metrics import stitch_windows
 from fedneurogen.shared.model import Batch, NeuroGenModel, load_checkpoint
 from fedneurogen.shared.recording import PairedWindows
 from fedneurogen.shared.surface import FSAVERAGE5_PER_HEMI, upsample_ico4
+from fedneurogen.shared.data import find_runs, load_site, read_fmri
+from fedneurogen.shared.data.bids import read_events
+from fedneurogen.shared.data.fmri import repetition_time
+from fedneurogen.shared.model.checkpoint import read_checkpoint_config
 
 log = logging.getLogger(__name__)
 
@@ -499,9 +503,6 @@ def target_scale(run_files: Any, names: Sequence[str], preprocess: PreprocessCon
     TargetScale or None
         None when the run has no fMRI target.
     """
-    from fedneurogen.shared.data import read_fmri
-    from fedneurogen.shared.data.fmri import repetition_time
-
     if run_files is None or run_files.target_modality != "fmri" or not run_files.target:
         return None
     tr = repetition_time(run_files.target[0], run_files.target_sidecars)
@@ -727,8 +728,6 @@ class _Event:
 
 
 def _run_events(run_files) -> list[_Event]:
-    from fedneurogen.shared.data.bids import read_events
-
     if run_files is None or run_files.events is None:
         return []
     try:
@@ -873,9 +872,6 @@ def synthesize(
     DataError
         When the site has no usable run.
     """
-    from fedneurogen.shared.data import find_runs, load_site
-    from fedneurogen.shared.model.checkpoint import read_checkpoint_config
-
     checkpoint, site_dir, out_dir = Path(checkpoint), Path(site_dir), Path(out_dir)
     if estimate not in ("sample", "mean"):
         raise ConfigError(f"estimate must be 'sample' or 'mean', got {estimate!r}")

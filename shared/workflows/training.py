@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fedneurogen.shared.model import EMA, Batch, NeuroGenModel
 from fedneurogen.shared.recording import PairedWindows
+from fedneurogen.shared.model.mean import is_residual_parameter
+from fedneurogen.shared.metrics import fisher_mean, pearson_rows, stitch_windows
 
 log = logging.getLogger(__name__)
 
@@ -441,7 +443,6 @@ def point_prediction_pcc(model: NeuroGenModel, sites: Sequence[PairedWindows], b
         Pearson correlation over time of each point's stitched run, Fisher-z averaged over
         points, runs and sites; NaN without windows.
     """
-    from fedneurogen.shared.metrics import fisher_mean, pearson_rows, stitch_windows
     from fedneurogen.shared.workflows.synthesis import point_predictions
 
     was_training = model.training
@@ -476,8 +477,6 @@ class BestMean:
 
     @staticmethod
     def _snapshot(model: NeuroGenModel) -> dict[str, torch.Tensor]:
-        from fedneurogen.shared.model.mean import is_residual_parameter
-
         return {n: p.detach().clone() for n, p in model.named_parameters() if is_residual_parameter(n)}
 
     def offer(self, model: NeuroGenModel, score: float) -> bool:

@@ -1,7 +1,10 @@
 """Fairness augmentation (docs/architecture.md §6): everything but the CLI command lives here.
 
-- ``protocol``: downstream features and classifiers, the subject-grouped cross-validation
-  protocol (``Fold`` -> ``TrainingSet`` strategies, ``cross_validate``), fairness metrics;
+- ``window_features``: the downstream classifiers' features, one row per window in named blocks;
+- ``classifiers``: the downstream classifiers (``make_classifier``, ``blocks_for``);
+- ``protocol``: the subject-grouped cross-validation protocol (``Fold`` -> ``TrainingSet``
+  strategies, ``cross_validate``);
+- ``metrics``: per-fold scores, their summaries and the fairness (per-group) metrics;
 - ``plan``: what to balance (``AugmentConfig``, task labels, ``select_windows``,
   ``plan_balance`` -> ``BalancePlan``);
 - ``strategies``: what each strategy adds to a training fold (``prepare_samples`` ->
@@ -27,33 +30,39 @@ from .plan import (
     task_labels,
     unit_class,
 )
-from .protocol import (
+from .classifiers import (
     CLASSIFIERS,
-    ORIGINS,
-    Features,
-    Fold,
-    FoldResult,
-    Strategy,
-    StrategyResult,
-    TrainingSet,
     blocks_for,
-    check_class_sizes,
+    make_classifier,
+)
+from .metrics import (
+    FoldResult,
+    StrategyResult,
     class_recall,
-    compute_features,
-    cross_validate,
-    eeg_band_power,
-    eeg_covariances,
     group_fold_scores,
     group_metrics,
-    make_classifier,
-    real_training_set,
     score_fold,
+    summarize,
+)
+from .protocol import (
+    ORIGINS,
+    Fold,
+    Strategy,
+    TrainingSet,
+    check_class_sizes,
+    cross_validate,
+    real_training_set,
     stack,
     subject_folds,
-    summarize,
+    window_ids,
+)
+from .window_features import (
+    Features,
+    compute_features,
+    eeg_band_power,
+    eeg_covariances,
     target_features,
     target_parcellation,
-    window_ids,
 )
 from .report import minority_summary, render_markdown, write_report
 from .strategies import (
@@ -73,7 +82,7 @@ from .strategies import (
 )
 
 __all__ = [
-    # protocol
+    # window_features, classifiers, protocol, metrics
     "CLASSIFIERS",
     "ORIGINS",
     "Features",

@@ -19,11 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from fedneurogen.shared.config import PreprocessConfig
+from fedneurogen.shared.data import load_site
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.recording import PairedWindows
 from fedneurogen.shared.workflows.evaluation_subjects import seen_by_checkpoint
 
-from . import protocol as fm
+from . import classifiers, metrics, protocol
 from .plan import STRATEGIES, AugmentConfig, unit_class
 from .report import _finite, _fold_record, minority_summary, write_report
 from .strategies import (
@@ -39,6 +41,7 @@ from .strategies import (
     prepare_samples,
     smote_strategy,
 )
+from fedneurogen.shared.data.eeg_only import load_eeg_only
 
 
 def run_augmentation(
@@ -90,9 +93,9 @@ def run_augmentation(
     s = samples or prepare_samples(windows, config, site, pool=pool, rois=rois)
     if "generate" in config.strategies and synthesizer is None:
         raise ConfigError("strategy 'generate' needs a model (--checkpoint)")
-    folds = fm.subject_folds(s.labels, s.windows.subjects, s.classes, config.folds, config.seed, site)
+    folds = protocol.subject_folds(s.labels, s.windows.subjects, s.classes, config.folds, config.seed, site)
     log = GenerationLog()
-    builders: dict[str, Callable[[], fm.Strategy]] = {
+    builders: dict[str, Callable[[], protocol.Strategy]] = {
         "none": lambda: none_strategy(s),
         "oversample": lambda: oversample_strategy(s),
         "class-weight": lambda: class_weight_strategy(s),
@@ -102,79 +105,21 @@ def run_augmentation(
     }
 
     def make_estimator(class_weight: str | None):
-        return fm.make_classifier(
+        return classifiers.make_classifier(
             config.classifier, s.features, s.classes, class_weight=class_weight, C=config.C, seed=config.seed
         )
 
     strategies: dict[str, Any] = {}
     minority_classes = sorted({unit_class(u) for u in s.plan.minority})
     for name in [n for n in STRATEGIES if n in config.strategies]:
-        result = fm.cross_validate(
-            name,
-            builders[name](),
-            s.features.values,
-            s.labels,
-            s.windows.subjects,
-            s.ids,
-            folds,
-            make_estimator,
-            s.classes,
-            config.seed,
-        )
-        entry = fm.summarize(result, s.classes)
-        entry["n_synthetic"] = int(sum(f.n_added.get("generated", 0) for f in result.folds))
-        entry["n_oversampled"] = int(sum(f.n_added.get("oversampled", 0) for f in result.folds))
-        entry["n_interpolated"] = int(sum(f.n_added.get("interpolated", 0) for f in result.folds))
-        entry["folds"] = [_fold_record(f) for f in result.folds]
-        if name in ("generate", "linear-gaussian"):
-            for key, name_out in (
-                ("label_fidelity", "generated_label_fidelity"),
-                ("label_fidelity_real", "real_label_fidelity"),
-            ):
-                values = [f.log[key] for f in result.folds if f.log.get(key) is not None]
-                entry[name_out] = float(np.mean(values)) if values else None
-        entry["per_group"] = {}
-        if s.groups is not None:
-            positive = minority_classes[0] if len(s.classes) == 2 and minority_classes else None
-            entry["per_group"] = fm.group_metrics(result.y_true, result.y_pred, s.groups, s.classes, positive)
-            entry["per_group"]["by_group_folds"] = fm.group_fold_scores(result, s.groups, folds, s.classes)
-        strategies[name] = entry
-
+        result = protocol.cross_validate(
+            name, builders[name](), s.features.values, s.labels, s.windows.subjects, s.ids, folds, make_estimator,
+            s.classes, config.seed,
+        )  # fmt: skip
+        strategies[name] = _strategy_entry(name, result, s, folds, minority_classes)
     report = {
-        "site": str(site),
-        "target": config.target,
-        "classes": s.classes,
-        "class_counts": {c: int(np.sum(s.labels == c)) for c in s.classes},
-        "sensitive_attribute": config.sensitive_attribute,
-        "group_counts": None
-        if s.groups is None
-        else {g: int(np.sum(s.groups == g)) for g in sorted(set(s.groups.tolist()))},
-        "minority_rule": s.plan.rule,
-        "minority_classes": minority_classes,
-        "minority_units": s.plan.minority,
-        "unit_counts": s.plan.counts,
-        "target_per_class": max(s.plan.targets.values()) * (1 if s.groups is None else len(set(s.groups.tolist()))),
-        "folds": config.folds,
-        "fold_test_subjects": [sorted(set(s.windows.subjects[test].tolist())) for _, test in folds],
-        "subjects": len(set(s.windows.subjects.tolist())),
-        "windows": len(s.labels),
-        "classifier": config.classifier,
-        "features": {"blocks": list(s.blocks), "target_rois": None if s.rois is None else int(s.rois.max()) + 1},
-        "seed": config.seed,
-        "generation": {
-            "steps": config.steps,
-            "guidance_scale": config.guidance_scale,
-            "choices": [list(c) for c in config.generation_choices]
-            if synthesizer is not None and hasattr(synthesizer, "with_settings")
-            else None,
-            "source": "EEG windows of the under-represented unit from the fold's training subjects"
-            + (
-                " (paired windows and EEG-only pool)"
-                if s.pool is not None
-                else " (paired windows, several noise draws each when few)"
-            ),
-            **(generation_info or {}),
-        },
+        **_site_record(s, config, site, folds, minority_classes),
+        "generation": _generation_record(s, config, synthesizer, generation_info),
         "strategies": strategies,
         "summary": minority_summary(strategies, s.classes, minority_classes),
     }
@@ -225,9 +170,6 @@ def augment_site(
     DataError
         The site cannot be loaded or cannot support the task.
     """
-    from fedneurogen.shared.config import PreprocessConfig
-    from fedneurogen.shared.data import load_site
-
     synthesizer, info, preprocess = None, {}, PreprocessConfig()
     if checkpoint is not None:
         from fedneurogen.shared.model import load_checkpoint
@@ -253,8 +195,6 @@ def augment_site(
     windows = load_site(data, preprocess, progress=progress)
     pool = None
     if config.eeg_only:  # the site's EEG-only runs join the generation sources (their targets are generated)
-        from fedneurogen.shared.data.eeg_only import load_eeg_only
-
         pool = load_eeg_only(data, windows, preprocess)
         info["eeg_only_windows"] = len(pool)
     if checkpoint is not None:
@@ -267,3 +207,86 @@ def augment_site(
         report["generation"]["label_index"] = {c: synthesizer.label_index(c) for c in windows.classes}
     write_report(report, out_dir)
     return report
+
+
+def _strategy_entry(
+    name: str,
+    result: metrics.StrategyResult,
+    s: SiteSamples,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    minority_classes: list[str],
+) -> dict[str, Any]:
+    """One strategy's report entry: its summary over folds, what it added, its fold records, the
+    label fidelity of what it generated, and its per-group metrics."""
+    entry = metrics.summarize(result, s.classes)
+    for origin in ("generated", "oversampled", "interpolated"):
+        key = "n_synthetic" if origin == "generated" else f"n_{origin}"
+        entry[key] = int(sum(f.n_added.get(origin, 0) for f in result.folds))
+    entry["folds"] = [_fold_record(f) for f in result.folds]
+    if name in ("generate", "linear-gaussian"):
+        for key, name_out in (
+            ("label_fidelity", "generated_label_fidelity"),
+            ("label_fidelity_real", "real_label_fidelity"),
+        ):
+            values = [f.log[key] for f in result.folds if f.log.get(key) is not None]
+            entry[name_out] = float(np.mean(values)) if values else None
+    entry["per_group"] = {}
+    if s.groups is not None:
+        positive = minority_classes[0] if len(s.classes) == 2 and minority_classes else None
+        entry["per_group"] = metrics.group_metrics(result.y_true, result.y_pred, s.groups, s.classes, positive)
+        entry["per_group"]["by_group_folds"] = metrics.group_fold_scores(result, s.groups, folds, s.classes)
+    return entry
+
+
+def _site_record(
+    s: SiteSamples,
+    config: AugmentConfig,
+    site: str | Path,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    minority_classes: list[str],
+) -> dict[str, Any]:
+    """What the report says of the site and the task: classes, groups, the balance plan, the
+    folds and the classifier."""
+    n_groups = 1 if s.groups is None else len(set(s.groups.tolist()))
+    return {
+        "site": str(site),
+        "target": config.target,
+        "classes": s.classes,
+        "class_counts": {c: int(np.sum(s.labels == c)) for c in s.classes},
+        "sensitive_attribute": config.sensitive_attribute,
+        "group_counts": None
+        if s.groups is None
+        else {g: int(np.sum(s.groups == g)) for g in sorted(set(s.groups.tolist()))},
+        "minority_rule": s.plan.rule,
+        "minority_classes": minority_classes,
+        "minority_units": s.plan.minority,
+        "unit_counts": s.plan.counts,
+        "target_per_class": max(s.plan.targets.values()) * n_groups,
+        "folds": config.folds,
+        "fold_test_subjects": [sorted(set(s.windows.subjects[test].tolist())) for _, test in folds],
+        "subjects": len(set(s.windows.subjects.tolist())),
+        "windows": len(s.labels),
+        "classifier": config.classifier,
+        "features": {"blocks": list(s.blocks), "target_rois": None if s.rois is None else int(s.rois.max()) + 1},
+        "seed": config.seed,
+    }
+
+
+def _generation_record(
+    s: SiteSamples, config: AugmentConfig, synthesizer: Synthesizer | None, generation_info: dict[str, Any] | None
+) -> dict[str, Any]:
+    """How the ``generate`` strategy generated: sampling settings, the choices it picked from,
+    where its EEG sources come from, and what the caller adds (checkpoint, hash)."""
+    choices = synthesizer is not None and hasattr(synthesizer, "with_settings")
+    pool = (
+        " (paired windows and EEG-only pool)"
+        if s.pool is not None
+        else " (paired windows, several noise draws each when few)"
+    )
+    return {
+        "steps": config.steps,
+        "guidance_scale": config.guidance_scale,
+        "choices": [list(c) for c in config.generation_choices] if choices else None,
+        "source": "EEG windows of the under-represented unit from the fold's training subjects" + pool,
+        **(generation_info or {}),
+    }

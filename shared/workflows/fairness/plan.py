@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fedneurogen.shared.data.bids import MISSING
+from fedneurogen.shared.data.bids import MISSING, attribute_kind, participants_sidecar, read_participants
 from fedneurogen.shared.errors import ConfigError, DataError
 from fedneurogen.shared.recording import PairedWindows
 
-from . import protocol as fm
+from . import classifiers
 
 STRATEGIES = (
     "none",
@@ -113,8 +113,8 @@ class AugmentConfig:
         unknown = sorted(set(self.strategies) - set(STRATEGIES))
         if unknown:
             raise ConfigError(f"unknown strategies {unknown}; choose from {list(STRATEGIES)}")
-        if self.classifier not in fm.CLASSIFIERS:
-            raise ConfigError(f"unknown classifier {self.classifier!r}; choose one of {list(fm.CLASSIFIERS)}")
+        if self.classifier not in classifiers.CLASSIFIERS:
+            raise ConfigError(f"unknown classifier {self.classifier!r}; choose one of {list(classifiers.CLASSIFIERS)}")
         if not 0 < self.minority_ratio <= 1:
             raise ConfigError(f"minority_ratio must be in (0, 1], got {self.minority_ratio}")
         if self.folds < 2:
@@ -168,8 +168,6 @@ def check_attribute(windows: PairedWindows, column: str, site: str | Path, optio
     DataError
         The column is free text or numeric (naming ``participants.tsv``, the column and why).
     """
-    from fedneurogen.shared.data.bids import attribute_kind, participants_sidecar, read_participants
-
     try:  # judged on every row of participants.tsv, as validate does, where the site has one
         sidecar, rows = participants_sidecar(site), read_participants(site)
     except (DataError, OSError):

@@ -21,10 +21,10 @@ from fedneurogen.shared.data.bids import MISSING
 from fedneurogen.shared.io import write_json_atomic, write_text_atomic
 from fedneurogen.shared.workflows import plots
 
-from . import protocol as fm
+from . import metrics
 
 
-def _fold_record(f: fm.FoldResult) -> dict[str, Any]:
+def _fold_record(f: metrics.FoldResult) -> dict[str, Any]:
     return {
         "fold": f.index,
         "test_subjects": f.test_subjects,

@@ -39,12 +39,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fedneurogen.shared.data.bids import MISSING
+from fedneurogen.shared.data.problems import DataWarning
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.recording import PairedWindows
 
-from . import protocol as fm
-from fedneurogen.shared.data.bids import MISSING
-
+from . import classifiers, metrics, protocol, window_features
 from .plan import (
     CELL_SEP,
     AugmentConfig,
@@ -93,7 +93,7 @@ class SiteSamples:
     windows: PairedWindows
     labels: np.ndarray
     classes: list[str]
-    features: fm.Features
+    features: window_features.Features
     ids: np.ndarray
     blocks: tuple[str, ...]
     rois: np.ndarray | None
@@ -115,7 +115,7 @@ class SiteSamples:
         np.ndarray
             float32 ``[n_windows, n_features]``, same columns as ``features``.
         """
-        return fm.compute_features(windows, self.blocks, self.rois).values
+        return window_features.compute_features(windows, self.blocks, self.rois).values
 
 
 def prepare_samples(
@@ -176,10 +176,10 @@ def prepare_samples(
             f"no {unit} is under-represented ({plan.rule}): oversample, smote, generate and linear-gaussian add no windows "
             "and score as none",
         )
-    blocks = fm.blocks_for(config.classifier, config.use_eeg, config.use_target)
+    blocks = classifiers.blocks_for(config.classifier, config.use_eeg, config.use_target)
     if rois is None and windows.target_modality == "fmri" and "target" in blocks:
-        rois = fm.target_parcellation(windows.target_positions, config.n_rois, seed=0)
-    features = fm.compute_features(windows, blocks, rois)
+        rois = window_features.target_parcellation(windows.target_positions, config.n_rois, seed=0)
+    features = window_features.compute_features(windows, blocks, rois)
     pool_units = None
     if pool is not None:
         pool_labels = task_labels(pool, config.target)
@@ -190,14 +190,12 @@ def prepare_samples(
             else np.array([f"{c}{CELL_SEP}{g}" for c, g in zip(pool_labels, pool_groups)], dtype=object)
         )
     return SiteSamples(
-        windows, labels, classes, features, fm.window_ids(windows), blocks, rois, plan, groups, pool, pool_units
+        windows, labels, classes, features, protocol.window_ids(windows), blocks, rois, plan, groups, pool, pool_units
     )
 
 
 def _warn(site: str | Path, message: str) -> None:
     import warnings
-
-    from fedneurogen.shared.data.problems import DataWarning
 
     warnings.warn(f"{site}: {message}", DataWarning, stacklevel=3)
 
@@ -413,7 +411,7 @@ class GenerationLog:
 # -- strategies -------------------------------------------------------------------------------
 
 
-def oversample_strategy(s: SiteSamples) -> fm.Strategy:
+def oversample_strategy(s: SiteSamples) -> protocol.Strategy:
     """Random oversampling: top up each under-represented unit by redrawing its training windows.
 
     Parameters
@@ -428,8 +426,8 @@ def oversample_strategy(s: SiteSamples) -> fm.Strategy:
         topped up.
     """
 
-    def strategy(fold: fm.Fold) -> fm.TrainingSet:
-        base = fm.real_training_set(s.features.values, s.labels, s.windows.subjects, s.ids, fold.train)
+    def strategy(fold: protocol.Fold) -> protocol.TrainingSet:
+        base = protocol.real_training_set(s.features.values, s.labels, s.windows.subjects, s.ids, fold.train)
         rng = np.random.default_rng(fold.seed)
         picks, unfilled = [], []
         for unit, need in s.plan.fold_deficits(fold.train, len(s.labels)).items():
@@ -439,7 +437,7 @@ def oversample_strategy(s: SiteSamples) -> fm.Strategy:
                 continue
             picks.append(rng.choice(candidates, size=need, replace=True))
         rows = np.concatenate(picks) if picks else np.zeros(0, int)
-        return fm.stack(
+        return protocol.stack(
             base,
             s.features.values[rows],
             s.labels[rows],
@@ -452,7 +450,7 @@ def oversample_strategy(s: SiteSamples) -> fm.Strategy:
     return strategy
 
 
-def smote_strategy(s: SiteSamples) -> fm.Strategy:
+def smote_strategy(s: SiteSamples) -> protocol.Strategy:
     """SMOTE: top up each under-represented unit with interpolated feature rows.
 
     Each added row lies between one of the unit's training windows and one of its ``k``
@@ -470,8 +468,8 @@ def smote_strategy(s: SiteSamples) -> fm.Strategy:
     """
     from imblearn.over_sampling import SMOTE
 
-    def strategy(fold: fm.Fold) -> fm.TrainingSet:
-        base = fm.real_training_set(s.features.values, s.labels, s.windows.subjects, s.ids, fold.train)
+    def strategy(fold: protocol.Fold) -> protocol.TrainingSet:
+        base = protocol.real_training_set(s.features.values, s.labels, s.windows.subjects, s.ids, fold.train)
         units = s.plan.units[fold.train]
         rows, labels, unfilled = [], [], []
         for k, (unit, need) in enumerate(s.plan.fold_deficits(fold.train, len(s.labels)).items()):
@@ -491,12 +489,12 @@ def smote_strategy(s: SiteSamples) -> fm.Strategy:
             labels.append(np.full(need, unit_class(unit), dtype=object))
         if not rows:
             empty = np.zeros(0, object)
-            return fm.stack(
+            return protocol.stack(
                 base, np.zeros((0, base.features.shape[1])), empty, "interpolated", empty, empty, unfilled=unfilled
             )
         added = np.concatenate(rows)
         n = len(added)  # interpolated rows come from no single recording
-        return fm.stack(
+        return protocol.stack(
             base,
             added,
             np.concatenate(labels),
@@ -509,7 +507,7 @@ def smote_strategy(s: SiteSamples) -> fm.Strategy:
     return strategy
 
 
-def class_weight_strategy(s: SiteSamples) -> fm.Strategy:
+def class_weight_strategy(s: SiteSamples) -> protocol.Strategy:
     """Class weights: the real training windows, with classes weighted inversely to their frequency.
 
     Parameters
@@ -523,15 +521,15 @@ def class_weight_strategy(s: SiteSamples) -> fm.Strategy:
         ``Fold -> TrainingSet`` with ``class_weight='balanced'``.
     """
 
-    def strategy(fold: fm.Fold) -> fm.TrainingSet:
-        base = fm.real_training_set(s.features.values, s.labels, s.windows.subjects, s.ids, fold.train)
+    def strategy(fold: protocol.Fold) -> protocol.TrainingSet:
+        base = protocol.real_training_set(s.features.values, s.labels, s.windows.subjects, s.ids, fold.train)
         base.class_weight = "balanced"
         return base
 
     return strategy
 
 
-def none_strategy(s: SiteSamples) -> fm.Strategy:
+def none_strategy(s: SiteSamples) -> protocol.Strategy:
     """No augmentation: the fold's real training windows.
 
     Parameters
@@ -544,7 +542,7 @@ def none_strategy(s: SiteSamples) -> fm.Strategy:
     Strategy
         ``Fold -> TrainingSet``.
     """
-    return lambda fold: fm.real_training_set(s.features.values, s.labels, s.windows.subjects, s.ids, fold.train)
+    return lambda fold: protocol.real_training_set(s.features.values, s.labels, s.windows.subjects, s.ids, fold.train)
 
 
 def generate_strategy(
@@ -553,7 +551,7 @@ def generate_strategy(
     log: GenerationLog,
     make_estimator: Callable[[str | None], Any] | None = None,
     choices: Sequence[tuple[str, float]] = (),
-) -> fm.Strategy:
+) -> protocol.Strategy:
     """Top up each fold's under-represented units with generated windows.
 
     With several ``choices`` of generation settings (a ``ModelSynthesizer``'s estimate and
@@ -585,7 +583,7 @@ def generate_strategy(
     Strategy
         ``Fold -> TrainingSet``.
     """
-    pool_ids = None if s.pool is None else fm.window_ids(s.pool)
+    pool_ids = None if s.pool is None else protocol.window_ids(s.pool)
     selectable = make_estimator is not None and len(choices) > 1 and hasattr(synthesize, "with_settings")
 
     def sources(train: np.ndarray, excluded: set, rng: np.random.Generator, fold_index: int | None):
@@ -616,7 +614,7 @@ def generate_strategy(
     def generated_features(synth: Synthesizer, windows: PairedWindows, seed: int) -> np.ndarray:
         return s.featurize(replace(windows, target=np.asarray(synth(windows, seed=seed), dtype=np.float32)))
 
-    def choose(fold: fm.Fold, test_subjects: set) -> tuple[Synthesizer, dict]:
+    def choose(fold: protocol.Fold, test_subjects: set) -> tuple[Synthesizer, dict]:
         """The setting whose generated windows help most on held-out training subjects."""
         subjects = np.array(sorted(set(s.windows.subjects[fold.train].tolist())))
         if not selectable or len(subjects) < 2:
@@ -634,7 +632,7 @@ def generate_strategy(
             y = np.concatenate([s.labels[inner_train], labels])
             predicted = make_estimator(None).fit(x, y).predict(s.features.values[inner_val])
             scores[f"{estimate}, guidance {guidance:g}"] = (
-                fm.score_fold(s.labels[inner_val], predicted, s.classes)[2],
+                metrics.score_fold(s.labels[inner_val], predicted, s.classes)[2],
                 (estimate, guidance),
             )
         best = max(scores, key=lambda k: (np.nan_to_num(scores[k][0], nan=-1.0), -list(scores).index(k)))
@@ -643,15 +641,15 @@ def generate_strategy(
             "setting_scores": {k: v[0] for k, v in scores.items()},
         }
 
-    def strategy(fold: fm.Fold) -> fm.TrainingSet:
-        base = fm.real_training_set(s.features.values, s.labels, s.windows.subjects, s.ids, fold.train)
+    def strategy(fold: protocol.Fold) -> protocol.TrainingSet:
+        base = protocol.real_training_set(s.features.values, s.labels, s.windows.subjects, s.ids, fold.train)
         test_subjects = set(s.windows.subjects[fold.test].tolist())
         picked, picked_ids, labels, unfilled = sources(
             fold.train, test_subjects, np.random.default_rng(fold.seed), fold.index
         )
         if picked is None:
             empty = np.zeros(0, object)
-            return fm.stack(
+            return protocol.stack(
                 base,
                 np.zeros((0, base.features.shape[1])),
                 empty,
@@ -675,7 +673,7 @@ def generate_strategy(
                 if len(held_out)
                 else None,
             }
-        return fm.stack(
+        return protocol.stack(
             base,
             features,
             labels,
@@ -711,7 +709,7 @@ class LinearGaussianSynthesizer:
 
 def linear_gaussian_strategy(
     s: SiteSamples, make_estimator: Callable[[str | None], Any] | None = None, rank: int = 20
-) -> fm.Strategy:
+) -> protocol.Strategy:
     """Top up each fold's under-represented units with linear-Gaussian windows.
 
     As ``generate_strategy`` (same units, sizes and EEG sources, label fidelity), but the targets
@@ -735,7 +733,7 @@ def linear_gaussian_strategy(
 
     log = GenerationLog()  # its own: the ``generate`` strategy's log stays that model's
 
-    def strategy(fold: fm.Fold) -> fm.TrainingSet:
+    def strategy(fold: protocol.Fold) -> protocol.TrainingSet:
         generator = LinearGaussianGenerator(rank=rank).fit(s.windows.subset(fold.train))
         return generate_strategy(s, LinearGaussianSynthesizer(generator), log, make_estimator)(fold)
 
