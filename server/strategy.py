@@ -516,7 +516,7 @@ def _content_order(msg: Message) -> str:
     arrays = msg.content.array_records.get("arrays")
     named = {k: a.numpy() for k, a in arrays.items()} if arrays is not None else {}
     metrics = sorted((str(k), float(v)) for k, v in msg.content["metrics"].items())
-    return content_hash(named | {"metrics": np.asarray([v for _, v in metrics])}) + repr(metrics)
+    return content_hash(named | {f"metric:{k}": np.asarray(v) for k, v in metrics})
 
 
 def _restrict(msg: Message, keys: list[str], metric_keys: list[str]) -> Message:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,7 @@ class FrozenStore:
         for other in self.folder.glob("*.npz"):
             if other != path:
                 other.unlink(missing_ok=True)
+        _remember(path, digest, arrays)
 
     def load(self, digest: str) -> dict[str, np.ndarray] | None:
         """The records kept under ``digest``; None when not held, or when the file no longer
@@ -106,6 +108,8 @@ class FrozenStore:
         path = self._path(digest)
         if not path.exists():
             return None
+        if _LAST.digest == digest and _LAST.stamps.get(str(path)) == _stamp(path):
+            return _LAST.arrays  # read (and hashed) already, and the file unchanged
         try:
             with np.load(path, allow_pickle=False) as stored:
                 arrays = {name: stored[name] for name in stored.files}
@@ -114,4 +118,29 @@ class FrozenStore:
         if arrays is None or content_hash(arrays) != digest:
             path.unlink(missing_ok=True)
             return None
+        _remember(path, digest, arrays)
         return arrays
+
+
+# The records this process read or wrote last, and the files (size, mtime) known to hold them: a
+# site, or a simulation's site actor serving many sites, uses them every round without reading and
+# hashing 15 MB again. Every site of a run holds the same records.
+@dataclass
+class _Recent:
+    digest: str | None = None
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    stamps: dict[str, tuple[int, int]] = field(default_factory=dict)  # file -> (size, mtime) when known to hold them
+
+
+_LAST = _Recent()
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_size, info.st_mtime_ns
+
+
+def _remember(path: Path, digest: str, arrays: Mapping[str, np.ndarray]) -> None:
+    if _LAST.digest != digest:
+        _LAST.digest, _LAST.arrays, _LAST.stamps = digest, dict(arrays), {}
+    _LAST.stamps[str(path)] = _stamp(path)

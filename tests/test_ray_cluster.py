@@ -11,18 +11,10 @@ import pytest
 from safetensors.numpy import load_file
 
 from fedneurogen.shared.workflows.training import TRAIN_PRESETS
-from fedneurogen.simulations.federated import descendants, ensure_sites, run_federated
+from fedneurogen.simulations.federated import alive, descendants, ensure_sites, run_federated
 from fedneurogen.simulations.ray_cluster import LocalRayCluster
 
 pytestmark = pytest.mark.slow
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
-    except OSError:
-        return False
 
 
 def _run(run_dir, data, ray_address=None):
@@ -54,9 +46,9 @@ def test_a_two_node_ray_cluster_trains_the_same_global_model(tmp_path):
         two_nodes, two_model = _run(tmp_path / "two-nodes", data, ray_address=cluster.address)
         assert cluster.alive_nodes() == 2  # nothing of the run took a node down
     deadline = time.time() + 30  # a killed process takes a moment to go
-    while (alive := [pid for pid in tree if _running(pid)]) and time.time() < deadline:
+    while (running := [pid for pid in tree if alive(pid)]) and time.time() < deadline:
         time.sleep(0.5)
-    assert alive == []  # the cluster stopped exactly what it started
+    assert running == []  # the cluster stopped exactly what it started
 
     for history in (one_node, two_nodes):
         assert [len(h["train"]["sites"]) for h in history] == [4, 4]
