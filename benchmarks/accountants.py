@@ -2,7 +2,7 @@
 
     python benchmarks/accountants.py --out benchmarks/results/accountants.json
 
-The accountants of ``client.privacy._accounted``: Opacus' ``rdp`` (the run config's default
+The accountants of ``client.accounting._accounted``: Opacus' ``rdp`` (the run config's default
 before this benchmark), ``prv`` (Gopi et al. 2021) and ``gdp`` (a central-limit approximation,
 not an upper bound: shown for comparison, never chosen), and ``pld`` (Google's dp-accounting,
 privacy loss distributions of both the add and the remove neighbour, rounded pessimistically).
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timings per accountant (median)")
     args = parser.parse_args(argv)
 
-    from fedneurogen.client import privacy
+    from fedneurogen.client import accounting, privacy
     from fedneurogen.shared.run_config import RunConfig
     from fedneurogen.shared.workflows.training import TRAIN_PRESETS
 
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in ALL:
 
             def evaluate(ledger=replace(ledger, accountant=name)):
-                privacy._accounted_cached.cache_clear()
+                accounting._accounted_cached.cache_clear()
                 return ledger.epsilon(delta)
 
             seconds.setdefault(level, {})[name] = statistics.median(
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     noise = []
     for target in TARGETS:
         for name in SOUND:
-            privacy._accounted_cached.cache_clear()
+            accounting._accounted_cached.cache_clear()
             start = time.perf_counter()
             sgd = replace(sgd_settings, accountant=name, target_epsilon=target)
             row = {

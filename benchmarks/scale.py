@@ -196,13 +196,49 @@ def _bytes_per_site(history: list[dict], sites: int, trained_bytes: int) -> dict
     return out
 
 
+def growth_plot(path: Path, rows: list[dict[str, Any]], title: str) -> None:
+    """Round time and peak memory against the number of sites (log-log), with the line of linear
+    growth through the smallest run: a curve above it grows faster than linearly."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sites = [r["sites"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 4.0))
+    seconds = [r["round_seconds"] for r in rows]
+    left.plot(sites, seconds, "o-", label="measured")
+    left.plot(sites, [seconds[0] * n / sites[0] for n in sites], "k:", label="linear from the smallest run")
+    left.set_ylabel("seconds per round")
+    memory = [(r["peak_pss_mb"] or r["peak_rss_mb"]) / 1024 for r in rows]
+    right.plot(sites, memory, "o-", color="tab:orange")
+    right.set_ylabel("peak memory of the run, GB (PSS)")
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("simulated sites")
+        ax.set_xticks(sites, [str(n) for n in sites])
+    left.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1],
     )
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "benchmarks" / "results" / "scale.json",
+        help="JSON results (plot beside it, .png)",
+    )
     parser.add_argument(
         "--work", type=Path, default=DEFAULT_WORK, help="simulated data and window cache, reused across runs"
     )
@@ -400,7 +436,12 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {**bc.machine(), "memory_total_mb": _meminfo("MemTotal")},
     }
     write_json_atomic(args.out, result)
-    console.print(f"wrote {args.out} ({result['seconds']:.0f} s)")
+    growth_plot(
+        args.out.with_suffix(".png"),
+        rows,
+        f"{args.preset}, {concurrency} site(s) at a time, {result['definition']['ray']}",
+    )
+    console.print(f"wrote {args.out} and its plot ({result['seconds']:.0f} s)")
     return 0
 
 

@@ -18,7 +18,10 @@ checkpoint kept.
 from __future__ import annotations
 
 import math
+import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
 
@@ -44,6 +47,7 @@ from fedneurogen.server.local_statistics import check_mixing, solve_local
 from fedneurogen.server.statistics import (
     MAX_SHARE_RATIO,
     SiteStatistics,
+    SpilledStatistics,
     StatisticsRefused,
     cap_shares,
     read_reply,
@@ -146,6 +150,25 @@ def release_noise_scale(reply: Message) -> float:
     return float(value) if ok else 0.0
 
 
+def receive_each(grid: Grid, messages: list[Message], timeout: float) -> Iterator[Message]:
+    """Send ``messages`` and yield each reply as it arrives (within ``timeout`` seconds), so a
+    caller that keeps only what it needs of each never holds every site's reply at once (the
+    grid's ``send_and_receive`` returns them together: 52 MB a site for the ridge statistics)."""
+    if not hasattr(grid, "pull_messages"):  # a grid that only sends and receives
+        yield from grid.send_and_receive(messages, timeout=timeout)
+        return
+    waiting = set(grid.push_messages(messages))
+    del messages
+    end = time.monotonic() + timeout
+    while waiting and time.monotonic() < end:
+        replies = list(grid.pull_messages(waiting))
+        waiting.difference_update(reply.metadata.reply_to_message_id for reply in replies)
+        while replies:
+            yield replies.pop(0)
+        if waiting:
+            time.sleep(getattr(grid, "pull_interval", 1.0))
+
+
 def error_reason(reply: Message) -> str:
     """The last line of an error reply's reason (a traceback's message), at most 300 characters."""
     return (str(reply.error.reason).strip().splitlines() or ["(no reason)"])[-1][:300]
@@ -173,12 +196,6 @@ def solve_global_ridge(
     penalty never below the noise: the largest noise any site states sets the floor, so a site
     can raise it (more shrinkage toward the prior) but not lower it alone."""
     _, nodes = sample_nodes(grid, min_nodes, min_nodes)
-    request = ConfigRecord({"kind": STATISTICS_REQUEST})
-    messages = [
-        Message(RecordDict({"request": request}), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes
-    ]
-    sites: dict[str, list[tuple[int, SiteStatistics]]] = {}  # modality -> (node, its checked reply)
-    refused: list[dict] = []  # public reasons, in round 1's history
     width, n_fmri = model.modality_heads["fmri"].mean.ridge.coef.shape
     reductions = (
         {}
@@ -188,33 +205,93 @@ def solve_global_ridge(
             "fnirs": private_reduction("fnirs", width, 0, False),  # the prior is fMRI's only
         }
     )
-    noise_scale = 0.0
-    local_arrays: dict[int, dict] = {}  # node -> its local-path statistics (source features, exact only)
-    for reply in grid.send_and_receive(messages, timeout=timeout):
+    with tempfile.TemporaryDirectory(prefix="fedneurogen-statistics-") as spill:
+        gathered = gather_statistics(grid, nodes, model, reductions, timeout, Path(spill))
+        return solve_from_statistics(grid, model, gathered, reductions, drop_inconsistent, timeout)
+
+
+@dataclass
+class GatheredStatistics:
+    """The sites' checked statistics replies (``gather_statistics``).
+
+    Attributes
+    ----------
+    sites : dict of str to list of (int, str, SiteStatistics)
+        Per modality: (node, content hash of its training statistics, its checked reply).
+    refused : list of dict
+        Each site whose reply was not used, and the public reason.
+    noise_scale : float
+        The largest noise multiplier x clip a DP site states.
+    local_arrays : dict of int to dict
+        Per node, its local-path statistics (source features; exact releases only).
+    """
+
+    sites: dict[str, list[tuple[int, str, SiteStatistics]]]
+    refused: list[dict]
+    noise_scale: float
+    local_arrays: dict[int, dict]
+
+
+def gather_statistics(
+    grid: Grid, nodes: list[int], model: NeuroGenModel, reductions: dict, timeout: float, spill: Path
+) -> GatheredStatistics:
+    """Ask ``nodes`` for their ridge statistics and check each reply as it arrives; the
+    matrices of those that pass go to files in ``spill`` (``SpilledStatistics``)."""
+    request = ConfigRecord({"kind": STATISTICS_REQUEST})
+    messages = [
+        Message(RecordDict({"request": request}), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes
+    ]
+    gathered = GatheredStatistics({}, [], 0.0, {})
+    for reply in receive_each(grid, messages, timeout):
         node = reply.metadata.src_node_id
         if reply.has_error():
             log(WARNING, "ridge statistics: site (node %s) failed: %s", node, reply.error.reason)
-            refused.append({"node": node, "reason": f"error reply: {error_reason(reply)}"})
+            gathered.refused.append({"node": node, "reason": f"error reply: {error_reason(reply)}"})
             continue
         try:  # the server trusts no site: every reply is checked before it is summed
             modality = str(reply.content.config_records["site"].get("modality", "")) if reductions else ""
             got = read_statistics_reply(reply, model, reductions.get(modality))
         except (StatisticsRefused, KeyError) as err:
             log(WARNING, "ridge statistics: site (node %s) refused: %s", node, err)
-            refused.append({"node": node, "reason": f"refused statistics: {err}"})
+            gathered.refused.append({"node": node, "reason": f"refused statistics: {err}"})
             continue
-        sites.setdefault(got.modality, []).append((node, got))
-        noise_scale = max(noise_scale, release_noise_scale(reply))
+        digest = content_hash(got.train.as_arrays())
+        got.train = SpilledStatistics(got.train, spill)
+        got.val = None if got.val is None else SpilledStatistics(got.val, spill)
+        gathered.sites.setdefault(got.modality, []).append((node, digest, got))
+        gathered.noise_scale = max(gathered.noise_scale, release_noise_scale(reply))
         if "local" in reply.content.array_records and not got.private:
-            local_arrays[node] = {k: a.numpy() for k, a in reply.content["local"].items()}
+            gathered.local_arrays[node] = {k: a.numpy() for k, a in reply.content["local"].items()}
+    return gathered
+
+
+def solve_from_statistics(
+    grid: Grid,
+    model: NeuroGenModel,
+    gathered: GatheredStatistics,
+    reductions: dict,
+    drop_inconsistent: bool,
+    timeout: float,
+) -> dict:
+    """``solve_global_ridge``'s solution from the gathered replies (its docstring says what)."""
+    sites, refused, noise_scale, local_arrays = (
+        gathered.sites,
+        gathered.refused,
+        gathered.noise_scale,
+        gathered.local_arrays,
+    )
+    n_fmri = model.modality_heads["fmri"].mean.ridge.coef.shape[1]
     chosen = {}
     for modality, replies in sorted(sites.items()):
         # in an order of their content, not of arrival: without held-out subjects the penalty is
         # chosen on alternate sites (``ridge.fit_ridge_selected``), and a run must repeat
-        replies = sorted(replies, key=lambda reply: content_hash(reply[1].train.as_arrays()))
+        replies = [(node, got) for node, _, got in sorted(replies, key=lambda reply: reply[1])]
         nodes = [node for node, _ in replies]
         points = [got.points for _, got in replies]
-        if len({got.train.sxy.shape for _, got in replies}) > 1 or len({tuple(p or ()) for p in points}) > 1:
+        if (
+            len({(got.train.sx.shape, got.train.sy.shape) for _, got in replies}) > 1
+            or len({tuple(p or ()) for p in points}) > 1
+        ):
             log(WARNING, "ridge path: the %s sites have different target points; it is left unfitted", modality)
             continue
         # no site outweighs the others; one that alone moves the solution is named (and dropped)
@@ -242,7 +319,7 @@ def solve_global_ridge(
         replies, trains = [replies[i] for i in screened.kept], screened.parts
         vals, _ = cap_shares([got.val for _, got in replies if got.val is not None])  # they choose the penalty
         val = sum_statistics(vals) if vals else None
-        if private_prior is None:
+        if not reductions:  # exact statistics
             chosen[modality] = solve_ridge_path(model, modality, trains, val, points[0])
             total = sum_statistics(list(trains))  # the scale the class residuals are checked against
             chosen[modality]["target_mean_square"] = float(total.syy.sum() / (total.n * len(total.syy)))
@@ -276,7 +353,7 @@ def solve_global_ridge(
             dropped_sites=outliers if drop_inconsistent else [],
         )
     mixing_nodes = {  # modality -> (the nodes in its paths, its target points)
-        modality: (choice["nodes"], n_fmri if modality == "fmri" else len(sites[modality][0][1].points or ()))
+        modality: (choice["nodes"], n_fmri if modality == "fmri" else len(sites[modality][0][2].points or ()))
         for modality, choice in chosen.items()
         if "local_path" in choice and choice["local_path"].get("fitted", True)
     }
@@ -475,6 +552,77 @@ def end_run(
     log(ERROR, "Run ended at round %d: %s; %s", server_round, reason, kept)
 
 
+def resume_or_start(
+    run: RunConfig, store: RunStore, model: NeuroGenModel, strategy: ModalityStrategy
+) -> tuple[int, list[dict], list[str] | None, SiteSplits]:
+    """The first round to run, the history so far, the class names (None: not yet known) and the
+    sites' splits: from the store's last round when ``resume`` (its weights loaded into ``model``,
+    its state into ``strategy``), else a fresh start. A run-dir that holds a run without
+    ``resume``, or a resume with other preprocessing, is a ``ConfigError``."""
+    if store.latest() is None:
+        return 1, [], None, SiteSplits()
+    if not run.resume:
+        raise ConfigError(
+            f"{store.dir} already holds a run (round {store.latest()['round']}); set resume=true to continue it or choose another run-dir"
+        )
+    done, state, history, meta = store.resume(model)
+    changed = run.preprocess_config().changed_fields(PreprocessConfig(**(meta.get("preprocess") or {})))
+    if changed:  # the sites would load other windows than the rounds so far were trained on
+        raise ConfigError(
+            f"resume: {store.dir} was trained with other preprocessing ({', '.join(changed)}); "
+            "resume with the run config's preprocess as it was"
+        )
+    strategy.load_state_dict(state)
+    log(INFO, "Resuming %s from round %d of %d", store.dir, done, run.num_server_rounds)
+    return done + 1, history, list(meta.get("class_names") or []), SiteSplits(meta.get("provenance"))
+
+
+def solve_paths(grid: Grid, run: RunConfig, model: NeuroGenModel, class_names: list[str], splits: SiteSplits) -> dict:
+    """Before round 1: the ridge path from the sites' statistics and, from exact sums only, the
+    class offsets; installed in ``model``. Under DP the sites whose releases are in the path are
+    recorded in ``splits`` as released (their data are in the model, their splits stay with them).
+    Returns the choices, for round 1's history."""
+    ridge = solve_global_ridge(
+        grid,
+        model,
+        run.min_available_nodes,
+        run.round_timeout,
+        run.drop_inconsistent_sites,
+        private_prior=(run.dp_prior == "simulated") if run.dp_enabled else None,
+    )
+    log(INFO, "Ridge path from the sites' summed statistics: %s", ridge)
+    if not run.dp_enabled and class_names:  # exact sums only: under DP the class stays with the diffusion
+        ridge["class_offsets"] = choose_class_offsets(grid, model, ridge, class_names, run.round_timeout)
+        log(INFO, "Class offsets from the sites' per-class residual sums: %s", ridge["class_offsets"])
+    if run.dp_enabled:
+        splits.add_released(n for v in ridge.values() if isinstance(v, dict) for n in v.get("nodes", []))
+    return ridge
+
+
+def checkpoint_round(
+    store: RunStore,
+    run: RunConfig,
+    model: NeuroGenModel,
+    strategy: ModalityStrategy,
+    arrays: ArrayRecord,
+    history: list[dict],
+    class_names: list[str],
+    splits: SiteSplits,
+) -> Path:
+    """Save the round that ``history`` ends with (the global ``arrays`` in ``model``, the strategy's
+    state, the history, the provenance) and write its reports; returns the round's folder."""
+    server_round = history[-1]["round"]
+    load_parameters(model, {k: a.numpy() for k, a in arrays.items()})
+    contributed = sum(1 for m in history[-1]["train"].get("sites", {}).values() if m.get("num-examples", 0) > 0)
+    # under DP's default the sites' data enter through the private ridge path only (no DP-SGD)
+    paths = [v for v in (history[0].get("ridge_path") or {}).values() if isinstance(v, dict)]
+    contributed = max(contributed, sum(int(v.get("sites", 0)) for v in paths))
+    extra = checkpoint_extra(run, class_names, server_round, contributed, splits.record())
+    folder = store.save_round(server_round, model, strategy.state_dict(), history, extra)
+    store.write_reports(history)
+    return folder
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     try:  # once: everything below reads the typed config
@@ -491,45 +639,13 @@ def main(grid: Grid, context: Context) -> None:
     model = NeuroGenModel(run.preset_config(), device="cpu")
     strategy = make_strategy(run, frozen=frozen_names(model))  # the ridge path: sent once per site
 
-    first, history, class_names = 1, [], None
-    splits = SiteSplits()  # what the sites train and validate on, by content (their training replies)
-    if store.latest() is not None:
-        if not run.resume:
-            raise ConfigError(
-                f"{store.dir} already holds a run (round {store.latest()['round']}); set resume=true to continue it or choose another run-dir"
-            )
-        done, state, history, meta = store.resume(model)
-        changed = run.preprocess_config().changed_fields(PreprocessConfig(**(meta.get("preprocess") or {})))
-        if changed:  # the sites would load other windows than the rounds so far were trained on
-            raise ConfigError(
-                f"resume: {store.dir} was trained with other preprocessing ({', '.join(changed)}); "
-                "resume with the run config's preprocess as it was"
-            )
-        strategy.load_state_dict(state)
-        first, class_names = done + 1, list(meta.get("class_names") or [])
-        splits = SiteSplits(meta.get("provenance"))
-        log(INFO, "Resuming %s from round %d of %d", store.dir, done, num_rounds)
+    first, history, class_names, splits = resume_or_start(run, store, model, strategy)
     if class_names is None and run.classes.strip():  # the consortium's label list
         class_names = sorted({c.strip() for c in run.classes.split(",") if c.strip()})[: model.config.num_classes]
     if class_names is None:  # else the union of the sites' own classes
         class_names = site_classes(grid, run.min_available_nodes, timeout, model.config.num_classes)
     log(INFO, "Classes: %s", class_names)
-    ridge = None
-    if first == 1:  # (a resumed run has it in its checkpoint)
-        ridge = solve_global_ridge(
-            grid,
-            model,
-            run.min_available_nodes,
-            timeout,
-            run.drop_inconsistent_sites,
-            private_prior=(run.dp_prior == "simulated") if run.dp_enabled else None,
-        )
-        log(INFO, "Ridge path from the sites' summed statistics: %s", ridge)
-        if not run.dp_enabled and class_names:  # exact sums only: under DP the class stays with the diffusion
-            ridge["class_offsets"] = choose_class_offsets(grid, model, ridge, class_names, timeout)
-            log(INFO, "Class offsets from the sites' per-class residual sums: %s", ridge["class_offsets"])
-        if run.dp_enabled:  # their data are in the model, their splits stay with them
-            splits.add_released(n for v in ridge.values() if isinstance(v, dict) for n in v.get("nodes", []))
+    ridge = solve_paths(grid, run, model, class_names, splits) if first == 1 else None  # (resumed: in the checkpoint)
 
     arrays = ArrayRecord(model_parameters(model))
     strategy.summary()
@@ -603,13 +719,6 @@ def main(grid: Grid, context: Context) -> None:
         )
         for stage in ("train", "evaluate"):
             log(INFO, "Round %d %s: %s", server_round, stage, history[-1][stage].get("aggregate"))
-        load_parameters(model, {k: a.numpy() for k, a in arrays.items()})
-        contributed = sum(1 for m in history[-1]["train"].get("sites", {}).values() if m.get("num-examples", 0) > 0)
-        # under DP's default the sites' data enter through the private ridge path only (no DP-SGD)
-        paths = [v for v in (history[0].get("ridge_path") or {}).values() if isinstance(v, dict)]
-        contributed = max(contributed, sum(int(v.get("sites", 0)) for v in paths))
-        extra = checkpoint_extra(run, class_names, server_round, contributed, splits.record())
-        folder = store.save_round(server_round, model, strategy.state_dict(), history, extra)
-        store.write_reports(history)
+        folder = checkpoint_round(store, run, model, strategy, arrays, history, class_names, splits)
         log(INFO, "Round %d checkpoint: %s", server_round, folder)
     log(INFO, "Done: %s (history %s)", Path(store.dir) / "checkpoint", store.dir / "history.json")

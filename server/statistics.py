@@ -27,13 +27,21 @@ times the median site's rows. ``screen_sites`` then applies the coordinator's po
 removal alone moves the pooled solution (``leave_one_out_outliers``) is named and, with
 ``drop-inconsistent-sites`` (default), left out of the sum. Under DP the comparison fits are made
 stable against the noise, so that honest noisy releases are not named.
+
+Hundreds of sites: each site's two matrices (``XᵀX``, ``XᵀY``: ~30 MB of float64 on fsaverage5)
+wait in a file of the server's own (``SpilledStatistics``) from the moment its reply is checked,
+and are read back one site at a time by the sums and fits; the server never holds every site's
+statistics in memory at once (13 GB at 256 sites otherwise).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 
@@ -56,6 +64,42 @@ _NAMES = tuple(f.name for f in fields(RidgeStatistics))
 
 class StatisticsRefused(ValueError):
     """A site's statistics cannot be used; the message is the public reason."""
+
+
+class SpilledStatistics(RidgeStatistics):
+    """A site's ridge statistics whose matrices ``sxx`` and ``sxy`` wait in files until read.
+
+    Everything that takes ``RidgeStatistics`` takes it (each read of ``sxx`` or ``sxy`` loads a
+    copy; sums and fits read one site at a time). The vectors stay in memory.
+
+    Parameters
+    ----------
+    stats : RidgeStatistics
+        The statistics to keep.
+    folder : Path
+        A folder of the server's own (a temporary one); the files live as long as it does.
+    """
+
+    _MATRICES = ("sxx", "sxy")
+
+    def __init__(self, stats: RidgeStatistics, folder: Path) -> None:  # noqa: D107 (documented above)
+        self.n, self.sx, self.sy, self.syy = stats.n, stats.sx, stats.sy, stats.syy
+        self._files = {}
+        for name in self._MATRICES:
+            fd, path = tempfile.mkstemp(prefix=f"{name}-", suffix=".npy", dir=folder)
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, getattr(stats, name))
+            self._files[name] = path
+
+    @property
+    def sxx(self) -> np.ndarray:
+        """``XᵀX`` ``[D, D]``, read from its file."""
+        return np.load(self._files["sxx"])
+
+    @property
+    def sxy(self) -> np.ndarray:
+        """``XᵀY`` ``[D, N]``, read from its file."""
+        return np.load(self._files["sxy"])
 
 
 @dataclass

@@ -276,7 +276,7 @@ def sigterm_unwinds():
 
 
 def write_connection(flwr_home: Path, name: str, address: str, root_certificates: Path | None = None) -> None:
-    """A SuperLink connection in ``$FLWR_HOME/config.toml`` (Flower 1.41 keeps them there):
+    """A SuperLink connection in ``$FLWR_HOME/config.toml`` (Flower 1.42 keeps them there):
     TLS checked against ``root_certificates`` (the consortium's ca.crt), else plain text."""
     flwr_home.mkdir(parents=True, exist_ok=True)
     security = f"root-certificates = {json.dumps(str(root_certificates))}" if root_certificates else "insecure = true"

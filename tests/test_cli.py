@@ -220,7 +220,7 @@ def test_version_names_the_release_and_its_pins():
     assert (
         result.exit_code == 0
         and f"fedneurogen {version('fedneurogen')}" in result.output
-        and "flwr 1.41.0" in result.output
+        and "flwr 1.42.0" in result.output
     )
 
 

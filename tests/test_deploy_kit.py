@@ -273,7 +273,7 @@ def test_node_auth_process_isolation_and_no_runtime_installs(compose):
         )
     for sname, s in services_of(doc, "superexec").items():
         f = flags(command(s))
-        assert f.get("--superexec-auth-secret-file") and "--plugin-type" not in f  # deprecated and ignored in 1.41
+        assert f.get("--superexec-auth-secret-file") and "--plugin-type" not in f  # deprecated and ignored since 1.41
         assert "--allow-runtime-dependency-installation" not in f
 
 

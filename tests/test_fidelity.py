@@ -189,6 +189,23 @@ def test_banded_ridge_drops_a_group_that_carries_only_noise():
     assert solution.validation_mse < plain.validation_mse
 
 
+def test_the_banded_search_scores_each_weighting_as_a_full_fit_would():
+    """The banded search's trials (``[D, D]`` terms reweighted) give the validation error of the
+    full fit with those weights, switched-off groups and a constant feature included."""
+    from fedneurogen.shared.ridge import DEFAULT_PENALTIES, _WeightedValidation
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((400, 24)) * rng.uniform(0.3, 3.0, 24)
+    x[:, 3] = 2.0  # does not vary: off in every fit
+    y = x[:, :5] @ rng.standard_normal((5, 60)) + rng.standard_normal((400, 60))
+    train, val = RidgeStatistics.from_rows(x[:300], y[:300]), RidgeStatistics.from_rows(x[300:], y[300:])
+    search = _WeightedValidation(train, val, DEFAULT_PENALTIES)
+    for _ in range(6):
+        weights = rng.choice([0.0, 0.5, 1.0, 2.0], 24)
+        full = fit_ridge(train, val, DEFAULT_PENALTIES, (None,), weights).validation_mse
+        assert search.mse(weights) == pytest.approx(full, rel=1e-10)
+
+
 def test_ridge_path_from_summed_site_statistics_equals_the_pooled_fit(small_fmri_windows):
     """What a federation does (each site sends sums, the server solves) gives the ridge path
     fitted centrally on the pooled windows."""

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_federation import BACKBONE, FMRI, FNIRS, FakeGrid, one_round, reply
@@ -411,3 +411,88 @@ def test_too_few_valid_replies_end_the_run_but_spent_budgets_do_not(task_identit
     messages = list(strategy.configure_train(2, arrays, ConfigRecord({}), FakeGrid(spent)))
     new, _ = strategy.aggregate_train(2, [reply(m, *spent[m.metadata.dst_node_id]) for m in messages])
     assert new is None and strategy.shortfall() is None  # one update is too few to aggregate, not a reason to end
+
+
+class StreamingGrid(QueryGrid):
+    """A grid that hands out one reply per pull, as replies trickle in from hundreds of sites."""
+
+    pull_interval = 0.0
+
+    def __init__(self, answers):
+        super().__init__(answers)
+        self.queued: dict[str, Message] = {}
+
+    def push_messages(self, messages):
+        ids = []
+        for i, message in enumerate(messages):
+            self.queued[str(i)] = self.answers[message.metadata.dst_node_id](message)
+            ids.append(str(i))
+        return ids
+
+    def pull_messages(self, message_ids):
+        for key in sorted(message_ids):
+            if key in self.queued:
+                reply = self.queued.pop(key)
+                meta = reply.metadata
+                metadata = Metadata(
+                    meta.run_id,
+                    f"reply-{key}",
+                    meta.src_node_id,
+                    meta.dst_node_id,
+                    key,
+                    "",
+                    0.0,
+                    60.0,
+                    meta.message_type,
+                )
+                return [Message(content=reply.content, metadata=metadata)]
+        return []
+
+
+def test_statistics_gathered_one_reply_at_a_time_give_the_same_path(task_identity, tmp_path, monkeypatch):
+    """The server reads the sites' statistics one reply at a time and keeps their matrices in files
+    of its own until it sums them: the path is the one from all replies at once, bit for bit, and
+    the files are gone afterwards."""
+    import tempfile
+
+    from flwr.app import Array, ArrayRecord
+
+    from fedneurogen.server.app import solve_global_ridge
+    from fedneurogen.server.statistics import SpilledStatistics
+    from fedneurogen.shared.model import NeuroGenModel
+    from fedneurogen.shared.ridge import RidgeStatistics, sum_statistics
+
+    width, points = NeuroGenModel("tiny", device="cpu").modality_heads["fmri"].mean.ridge.coef.shape
+    rng = np.random.default_rng(1)
+    weights = rng.standard_normal((8, points))
+
+    def statistics(rows):
+        x = rng.standard_normal((rows, width))
+        return RidgeStatistics.from_rows(x, x[:, :8] @ weights * 0.1 + rng.standard_normal((rows, points)))
+
+    sites = {node: (statistics(60), statistics(20)) for node in (1, 2, 3, 4)}
+
+    def reply(train, val):
+        arrays = {f"train.{k}": v for k, v in train.as_arrays().items()} | {
+            f"val.{k}": v for k, v in val.as_arrays().items()
+        }
+        record = ArrayRecord({k: Array(np.atleast_1d(v)) for k, v in arrays.items()})
+        return _answer({"statistics": record, "site": ConfigRecord({"modality": "fmri"})})
+
+    answers = {node: reply(*parts) for node, parts in sites.items()}
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    models = []
+    for grid in (QueryGrid(answers), StreamingGrid(answers)):
+        models.append(NeuroGenModel("tiny", device="cpu"))
+        assert solve_global_ridge(grid, models[-1], 4, 5.0)["fmri"]["sites"] == 4
+    coefs = [m.modality_heads["fmri"].mean.ridge.coef.detach().numpy() for m in models]
+    np.testing.assert_array_equal(coefs[0], coefs[1])
+    assert list(tmp_path.iterdir()) == []  # the spilled matrices went with the run's temporary folder
+
+    train = sites[1][0]
+    spilled = SpilledStatistics(train, tmp_path)
+    assert not {"sxx", "sxy"} & set(vars(spilled))  # the matrices are not held in memory
+    for name, value in train.as_arrays().items():
+        np.testing.assert_array_equal(spilled.as_arrays()[name], value)
+    total = sum_statistics([spilled, sites[2][0]])
+    np.testing.assert_array_equal(total.sxy, (train + sites[2][0]).sxy)

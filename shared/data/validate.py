@@ -421,7 +421,23 @@ def validate_dataset(site_dir: str | Path, config: PreprocessConfig | None = Non
         expected = "sub-*/[ses-*/]eeg/sub-*_task-*_eeg.<edf|bdf|vhdr|set|fif>"
         problems.append(Problem(site_dir, f"empty dataset: no EEG runs found (expected {expected})"))
         fatal = True
+    subjects = sorted({r.subject for r in runs})
+    participants, sidecar = _check_participants(site_dir, subjects, problems)
+    tally = _inspect_runs(runs, config, problems)
+    modalities = sorted({r.target_modality for r in runs if r.target_modality})
+    fatal = _check_site_wide(site_dir, runs, modalities, tally, problems) or fatal
+    attributes = _attributes(participants, subjects, sidecar)
+    report.summary = _site_summary(runs, subjects, modalities, tally, attributes, fatal)
+    # Keep numpy scalars out of the summary so it is JSON-serialisable as is.
+    report.summary = _plain(report.summary)
+    log.debug("%s: %d error(s), %d warning(s)", site_dir, len(report.errors), len(report.warnings))
+    return report
 
+
+def _check_participants(
+    site_dir: Path, subjects: list[str], problems: list[Problem]
+) -> tuple[dict[str, dict[str, str]], dict[str, Any]]:
+    """Read ``participants.tsv`` and its sidecar, noting what is missing or broken; return both (empty if unread)."""
     participants: dict[str, dict[str, str]] = {}
     participants_path = site_dir / "participants.tsv"
     if not participants_path.is_file():
@@ -436,69 +452,85 @@ def validate_dataset(site_dir: str | Path, config: PreprocessConfig | None = Non
         sidecar = participants_sidecar(site_dir)
     except DataError as err:
         problems.append(Problem(err.path, f"{err.problem}; its Levels and Units are not used", "warning"))
-    subjects = sorted({r.subject for r in runs})
     if participants_path.is_file() and participants:
         for subject in subjects:
             if subject not in participants:
                 message = f"subject {subject} is missing (it has data in the dataset)"
                 problems.append(Problem(participants_path, message))
+    return participants, sidecar
 
-    classes: Counter = Counter()
-    durations: dict[str, float] = {}
-    channel_sets: dict[str, list[str]] = {}
-    sfreqs: set[float] = set()
-    trs: set[float] = set()
-    target_points: set[int] = set()
-    usable = 0
-    skipped_runs: list[str] = []
-    class_subjects: dict[str, set[str]] = {}
-    scanner: dict[str, dict[str, Any]] = {}
+
+@dataclass
+class _RunTally:
+    """What ``_inspect_runs`` gathered over a site's runs."""
+
+    classes: Counter = field(default_factory=Counter)
+    durations: dict[str, float] = field(default_factory=dict)
+    channel_sets: dict[str, list[str]] = field(default_factory=dict)
+    sfreqs: set[float] = field(default_factory=set)
+    trs: set[float] = field(default_factory=set)
+    target_points: set[int] = field(default_factory=set)
+    usable: int = 0
+    skipped_runs: list[str] = field(default_factory=list)
+    class_subjects: dict[str, set[str]] = field(default_factory=dict)
+    scanner: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _inspect_runs(runs: list[RunFiles], config: PreprocessConfig, problems: list[Problem]) -> _RunTally:
+    """Inspect every run (``_inspect_run``) and tally durations, channels, rates and windows per class."""
+    tally = _RunTally()
     for run in runs:
         n_before = len([p for p in problems if p.severity == "error"])
         info = _inspect_run(run, config, problems)
         broken = len([p for p in problems if p.severity == "error"]) > n_before
         if broken:
-            skipped_runs.append(run.key)
+            tally.skipped_runs.append(run.key)
         run_ok = not broken and run.target_modality is not None
         if info.eeg_duration is not None:
-            durations[run.key] = round(info.eeg_duration, 3)
+            tally.durations[run.key] = round(info.eeg_duration, 3)
         if info.eeg_channels is not None:
-            channel_sets[run.key] = info.eeg_channels
+            tally.channel_sets[run.key] = info.eeg_channels
         if info.eeg_sfreq is not None:
-            sfreqs.add(info.eeg_sfreq)
+            tally.sfreqs.add(info.eeg_sfreq)
         if info.scanner is not None:
-            scanner[run.key] = info.scanner
+            tally.scanner[run.key] = info.scanner
         if info.tr is not None:
-            trs.add(info.tr)
+            tally.trs.add(info.tr)
         if info.target_points is not None:
-            target_points.add(info.target_points)
+            tally.target_points.add(info.target_points)
         if run_ok and info.events is not None and info.eeg_duration and info.target_duration:
-            usable += 1
+            tally.usable += 1
             counts = count_windows(
                 info.eeg_duration, info.target_duration, config.target_sfreq(run.target_modality), info.events, config
             )
-            classes.update(counts)
+            tally.classes.update(counts)
             for name, n in counts.items():
                 if n:
-                    class_subjects.setdefault(name, set()).add(run.subject)
+                    tally.class_subjects.setdefault(name, set()).add(run.subject)
             if not counts:
                 problems.append(Problem(run.eeg, "gives no windows (shorter than lag + window length?)", "warning"))
+    return tally
 
-    modalities = sorted({r.target_modality for r in runs if r.target_modality})
+
+def _check_site_wide(
+    site_dir: Path, runs: list[RunFiles], modalities: list[str], tally: _RunTally, problems: list[Problem]
+) -> bool:
+    """Note the problems across runs (modalities, one-subject classes, channels, orphans); True if one is fatal."""
+    fatal = False
     if len(modalities) > 1:
         problems.append(Problem(site_dir, f"runs have different target modalities {modalities}; a site has one"))
         fatal = True
-    if len({s for owners in class_subjects.values() for s in owners}) > 1:
-        for name, owners in sorted(class_subjects.items()):
+    if len({s for owners in tally.class_subjects.values() for s in owners}) > 1:
+        for name, owners in sorted(tally.class_subjects.items()):
             if len(owners) == 1:
                 message = (
                     f"class {name!r} has windows from one subject only ({next(iter(owners))}): subject-grouped "
                     "evaluation and cross-validation cannot both train and test on it"
                 )
                 problems.append(Problem(site_dir, message, "warning"))
-    if channel_sets:
-        common = set.intersection(*map(set, channel_sets.values()))
-        for key, names in channel_sets.items():
+    if tally.channel_sets:
+        common = set.intersection(*map(set, tally.channel_sets.values()))
+        for key, names in tally.channel_sets.items():
             extra = [n for n in names if n not in common]
             if extra:
                 eeg_path = next(r.eeg for r in runs if r.key == key)
@@ -506,18 +538,29 @@ def validate_dataset(site_dir: str | Path, config: PreprocessConfig | None = Non
                 problems.append(Problem(eeg_path, message, "warning"))
     for orphan in orphan_targets(site_dir, runs):
         problems.append(Problem(orphan, "no EEG run with the same sub/ses/task/run: cannot be paired", "warning"))
-    if runs and not usable:
+    if runs and not tally.usable:
         problems.append(Problem(site_dir, "no usable run: every command would refuse this dataset"))
         fatal = True
-    attributes = _attributes(participants, subjects, sidecar)
+    return fatal
 
+
+def _site_summary(
+    runs: list[RunFiles],
+    subjects: list[str],
+    modalities: list[str],
+    tally: _RunTally,
+    attributes: list,
+    fatal: bool,
+) -> dict[str, Any]:
+    """The ``summary`` of a ``ValidationReport`` (before ``_plain``)."""
+    classes, durations, channel_sets = tally.classes, tally.durations, tally.channel_sets
     counts = Counter(len(v) for v in channel_sets.values())
-    report.summary = {
+    return {
         "subjects": subjects,
         "runs": len(runs),
-        "usable_runs": usable,
-        "usable": bool(usable) and not fatal,
-        "skipped_runs": skipped_runs,
+        "usable_runs": tally.usable,
+        "usable": bool(tally.usable) and not fatal,
+        "skipped_runs": tally.skipped_runs,
         "modalities": (["eeg"] if runs else []) + modalities,
         "classes": dict(sorted(classes.items())),
         "windows": int(sum(classes.values())),
@@ -533,16 +576,12 @@ def validate_dataset(site_dir: str | Path, config: PreprocessConfig | None = Non
         "channels": {
             "eeg_counts": {int(k): int(v) for k, v in sorted(counts.items())},
             "eeg_common": len(set.intersection(*map(set, channel_sets.values()))) if channel_sets else 0,
-            "target_points": sorted(target_points),
+            "target_points": sorted(tally.target_points),
         },
-        "sfreqs": sorted(sfreqs),
-        "tr": sorted(trs),
-        "scanner": scanner,
+        "sfreqs": sorted(tally.sfreqs),
+        "tr": sorted(tally.trs),
+        "scanner": tally.scanner,
     }
-    # Keep numpy scalars out of the summary so it is JSON-serialisable as is.
-    report.summary = _plain(report.summary)
-    log.debug("%s: %d error(s), %d warning(s)", site_dir, len(report.errors), len(report.warnings))
-    return report
 
 
 def _plain(obj: Any) -> Any:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fedneurogen.shared.deploy.tls import TlsFiles
 
-#: The path prefix of each API on the SuperLink's one HTTP port (flwr 1.41's routers).
+#: The path prefix of each API on the SuperLink's one HTTP port (flwr 1.42's routers, unchanged since 1.41).
 FLEET_PREFIX, CONTROL_PREFIX = "/v1/fleet/", "/v1/control/"
 
 

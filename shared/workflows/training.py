@@ -308,12 +308,8 @@ def train_epochs(
         raise ValueError(f"Poisson sampling trains one site's windows, got {len(sites)} sites")
     inner: NeuroGenModel = getattr(model, "_module", model)
     device = inner.device
-    rng = np.random.default_rng(seed)  # None: OS entropy
-    generator = torch.Generator(device=device)
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
+    rng, generator = _seeded_generators(seed, device)
+    grad_clip = config.grad_clip if clip_gradients else None
     # dropout draws from torch's global generator: seeded from this one for the epochs (so a
     # process that trains several simulated sites in turn repeats), its state restored after
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -322,12 +318,7 @@ def train_epochs(
         step = start_step
         model.train()
         for _ in range(epochs):
-            plan = (
-                poisson_batches(len(sites[0]), config.batch_size, rng)
-                if poisson
-                else iterate_batches([len(s) for s in sites], config.batch_size, rng)
-            )
-            for site, index in plan:
+            for site, index in _epoch_batches(sites, config.batch_size, rng, poisson):
                 if deadline is not None and time.time() > deadline:
                     stats.stopped_early = True
                     return stats, step
@@ -339,13 +330,7 @@ def train_epochs(
                     stats.add(0, {"total": 0.0})
                     continue
                 batch = Batch.from_windows(sites[site], np.sort(index), class_to_index, device)
-                loss, parts = model(batch, generator=generator)
-                loss.backward()
-                if clip_gradients:
-                    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.grad_clip)
-                optimizer.step()
-                if ema is not None:
-                    ema.update(inner)
+                parts = _optimizer_step(model, optimizer, batch, generator, grad_clip, ema)
                 step += 1
                 stats.add(batch.batch_size, parts)
                 if on_step is not None:
@@ -353,6 +338,46 @@ def train_epochs(
                 if progress is not None:
                     progress(parts)
         return stats, step
+
+
+def _seeded_generators(seed: int | None, device: torch.device) -> tuple[np.random.Generator, torch.Generator]:
+    """The batch order's generator and the diffusion noise's (on ``device``), both seeded with
+    ``seed``; None: both from the operating system's entropy."""
+    rng = np.random.default_rng(seed)  # None: OS entropy
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return rng, generator
+
+
+def _epoch_batches(sites: Sequence[PairedWindows], batch_size: int, rng: np.random.Generator, poisson: bool):
+    """One epoch's ``(site, window indices)`` batches: Poisson sampling of the one site's windows,
+    or every window once (``iterate_batches``)."""
+    if poisson:
+        return poisson_batches(len(sites[0]), batch_size, rng)
+    return iterate_batches([len(s) for s in sites], batch_size, rng)
+
+
+def _optimizer_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    generator: torch.Generator,
+    grad_clip: float | None,
+    ema: EMA | None,
+) -> dict[str, float]:
+    """One step on a non-empty batch: loss, backward, gradient norm clipped to ``grad_clip``
+    (None: not clipped), optimizer step and EMA update; returns the loss's parts."""
+    loss, parts = model(batch, generator=generator)
+    loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
+    optimizer.step()
+    if ema is not None:
+        ema.update(getattr(model, "_module", model))
+    return parts
 
 
 def noise_only_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:

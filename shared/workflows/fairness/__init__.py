@@ -8,8 +8,10 @@
 - ``plan``: what to balance (``AugmentConfig``, task labels, ``select_windows``,
   ``plan_balance`` -> ``BalancePlan``);
 - ``strategies``: what each strategy adds to a training fold (``prepare_samples`` ->
-  ``SiteSamples``, ``ModelSynthesizer``, ``none`` / ``oversample`` / ``class-weight`` /
-  ``smote`` / ``generate`` / ``linear-gaussian``);
+  ``SiteSamples``, ``none`` / ``oversample`` / ``class-weight`` / ``smote`` / ``generate`` /
+  ``linear-gaussian``);
+- ``synthesizers``: what generates the targets of ``generate`` and ``linear-gaussian``
+  (``ModelSynthesizer``, ``LinearGaussianSynthesizer``, ``GenerationLog``);
 - ``report``: per-fold records, the minority summary, ``report.md`` and ``write_report`` (its bar
   plots are drawn by ``fedneurogen.shared.workflows.plots.grouped_bars``);
 - ``augment``: the workflow, ``run_augmentation`` (one site's windows -> report) and

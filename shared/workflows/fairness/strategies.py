@@ -3,7 +3,8 @@
 ``prepare_samples`` computes once what every strategy reads (``SiteSamples``: the task's real
 windows, labels, features, balance plan and EEG-only pool); each ``*_strategy`` turns it into a
 ``protocol.Strategy`` (fold -> training set). ``ModelSynthesizer`` generates targets from EEG
-with a NeuroGen model; any ``Synthesizer`` will do.
+with a NeuroGen model; any ``Synthesizer`` will do (both live in ``synthesizers``, with
+``GenerationLog``, and are importable from here too).
 
 Rules (stated in every report; what to balance and how far is in ``plan``):
 
@@ -33,15 +34,14 @@ Rules (stated in every report; what to balance and how far is in ``plan``):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from fedneurogen.shared.data.bids import MISSING
 from fedneurogen.shared.data.problems import DataWarning
-from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.recording import PairedWindows
 
 from . import classifiers, metrics, protocol, window_features
@@ -56,6 +56,14 @@ from .plan import (
     task_labels,
     unit_class,
 )
+from .synthesizers import GenerationLog, LinearGaussianSynthesizer, ModelSynthesizer, Synthesizer, concat_windows
+
+# the synthesizers live in ``synthesizers``; they are importable from here too
+__all__ = [
+    "GenerationLog", "LinearGaussianSynthesizer", "ModelSynthesizer", "SiteSamples", "Synthesizer",
+    "class_weight_strategy", "concat_windows", "generate_strategy", "linear_gaussian_strategy", "none_strategy",
+    "oversample_strategy", "prepare_samples", "smote_strategy",
+]  # fmt: skip
 
 # -- what the strategies read -----------------------------------------------------------------
 
@@ -220,192 +228,6 @@ def _warn_about_groups(subjects: np.ndarray, groups: np.ndarray, column: str, fo
                 + ("; whenever it is tested, no training fold has it" if n == 1 else "")
                 + f" (use --folds {max(2, n)} or a larger site)",
             )
-
-
-# -- generation -------------------------------------------------------------------------------
-
-
-class Synthesizer(Protocol):
-    """Generates the target of each window from its EEG (never reads ``windows.target``).
-
-    Called as ``synthesizer(windows, seed)`` -> ``[n_windows, n_points, n_frames]``.
-    """
-
-    def __call__(self, windows: PairedWindows, seed: int) -> np.ndarray: ...
-
-
-class ModelSynthesizer:
-    """Targets from EEG with a NeuroGen model, in batches.
-
-    Each window is conditioned on its trial type where the checkpoint knows it
-    (classifier-free guidance ``guidance_scale``), else generated unconditionally. Calling it,
-    ``synth(windows, seed)``, returns float32 ``[n_windows, n_points, n_frames]`` and raises
-    ``ConfigError`` when the model's target shape differs from the windows'.
-
-    Parameters
-    ----------
-    model : NeuroGenModel
-        The model (put in eval mode when called).
-    class_names : sequence of str | None
-        The checkpoint's class names (label index -> name).
-    steps : int | None
-        DDIM steps; None: the model's default.
-    guidance_scale : float
-        Classifier-free guidance scale.
-    batch_size : int
-        Windows per model call.
-    estimate : str
-        ``"sample"``: point prediction + sampled residual; ``"mean"``: the point prediction only
-        (deterministic).
-    """
-
-    def __init__(
-        self,
-        model: Any,
-        class_names: Sequence[str] | None,
-        *,
-        steps: int | None = None,
-        guidance_scale: float = 2.0,
-        batch_size: int = 32,
-        estimate: str = "sample",
-    ):
-        self.model = model
-        self.class_names = list(class_names or [])
-        self.class_to_index = {str(c): i for i, c in enumerate(self.class_names)}
-        self.steps = steps
-        self.guidance_scale = guidance_scale
-        self.batch_size = batch_size
-        self.estimate = estimate  # "sample": point prediction + sampled residual; "mean": point prediction
-
-    @property
-    def settings(self) -> tuple[str, float]:
-        """``(estimate, guidance_scale)``."""
-        return self.estimate, self.guidance_scale
-
-    def with_settings(self, estimate: str, guidance_scale: float) -> "ModelSynthesizer":
-        """A synthesizer of the same model with other generation settings.
-
-        Parameters
-        ----------
-        estimate : str
-            ``"sample"`` or ``"mean"``.
-        guidance_scale : float
-            Classifier-free guidance scale.
-
-        Returns
-        -------
-        ModelSynthesizer
-            A new synthesizer.
-        """
-        return ModelSynthesizer(
-            self.model,
-            self.class_names,
-            steps=self.steps,
-            guidance_scale=guidance_scale,
-            batch_size=self.batch_size,
-            estimate=estimate,
-        )
-
-    def label_index(self, label: str) -> int | None:
-        """The model's label index of a class.
-
-        Parameters
-        ----------
-        label : str
-            A class name.
-
-        Returns
-        -------
-        int | None
-            Its index; None when the checkpoint has no such label.
-        """
-        return self.class_to_index.get(str(label))
-
-    def __call__(self, windows: PairedWindows, seed: int) -> np.ndarray:
-        import torch
-
-        from fedneurogen.shared.model import Batch
-
-        self.model.eval()
-        if self.estimate == "mean":  # deterministic: the conditional mean given the EEG and the label
-            from fedneurogen.shared.workflows.synthesis import point_predictions
-
-            index = (
-                np.array([self.class_to_index.get(str(c), -1) for c in windows.labels]) if self.class_to_index else None
-            )
-            return point_predictions(
-                self.model,
-                replace(windows, target=np.zeros(windows.target.shape, np.float32)),
-                index,
-                batch_size=self.batch_size,
-            )
-        generator = torch.Generator(device=self.model.device).manual_seed(int(seed))
-        labels = self.class_to_index or None
-        out = []
-        for start in range(0, len(windows), self.batch_size):
-            index = np.arange(start, min(start + self.batch_size, len(windows)))
-            batch = Batch.from_windows(windows, index, labels, self.model.device)
-            batch = replace(batch, target=None)  # sampling must not see the real targets
-            sample = self.model.sample(batch, steps=self.steps, guidance_scale=self.guidance_scale, generator=generator)
-            out.append(sample.float().cpu().numpy())
-        generated = np.concatenate(out) if out else np.zeros((0, *windows.target.shape[1:]), np.float32)
-        if generated.shape[1:] != windows.target.shape[1:]:
-            raise ConfigError(
-                f"the model generates targets of shape {list(generated.shape[1:])} but the site's windows are {list(windows.target.shape[1:])}"
-            )
-        return generated
-
-
-def concat_windows(parts: Sequence[PairedWindows]) -> PairedWindows:
-    """Windows of one site (one montage, one target layout) stacked.
-
-    Parameters
-    ----------
-    parts : sequence of PairedWindows
-        At least one; everything but the per-window arrays is taken from the first.
-
-    Returns
-    -------
-    PairedWindows
-        The first part itself when there is one, else the concatenation (in memory).
-    """
-    first = parts[0]
-    if len(parts) == 1:
-        return first
-    names = ("eeg", "target", "labels", "subjects", "runs", "onsets") + (
-        ("design",) if first.design is not None else ()
-    )
-    stacked = {name: np.concatenate([getattr(p, name) for p in parts]) for name in names}
-    return replace(first, **stacked)
-
-
-@dataclass
-class GenerationLog:
-    """Every synthesizer call: fold, unit, and the subject / window id of each EEG source.
-
-    Attributes
-    ----------
-    calls : list of dict
-        ``{"fold", "unit", "subjects", "ids"}`` per call.
-    """
-
-    calls: list[dict[str, Any]] = field(default_factory=list)
-
-    def add(self, fold: int, unit: str, windows: PairedWindows, ids: np.ndarray) -> None:
-        """Record one call.
-
-        Parameters
-        ----------
-        fold : int
-            The fold.
-        unit : str
-            The balancing unit generated for.
-        windows : PairedWindows
-            The EEG sources (their subjects are recorded).
-        ids : np.ndarray
-            Window id of each source.
-        """
-        self.calls.append({"fold": fold, "unit": unit, "subjects": windows.subjects.tolist(), "ids": list(ids)})
 
 
 # -- strategies -------------------------------------------------------------------------------
@@ -586,66 +408,11 @@ def generate_strategy(
     pool_ids = None if s.pool is None else protocol.window_ids(s.pool)
     selectable = make_estimator is not None and len(choices) > 1 and hasattr(synthesize, "with_settings")
 
-    def sources(train: np.ndarray, excluded: set, rng: np.random.Generator, fold_index: int | None):
-        """EEG windows to generate from for the deficits of the training rows ``train``."""
-        picked, picked_ids, units, unfilled = [], [], [], []
-        for unit, need in s.plan.fold_deficits(train, len(s.labels)).items():
-            real = train[s.plan.units[train] == unit]
-            candidates, ids = [s.windows.subset(real)], [s.ids[real]]
-            if s.pool is not None:  # EEG-only windows of anyone but the excluded (test) subjects
-                extra = np.flatnonzero((s.pool_units == unit) & ~np.isin(s.pool.subjects, list(excluded)))
-                candidates.append(s.pool.subset(extra))
-                ids.append(pool_ids[extra])
-            candidates_w, candidate_ids = concat_windows(candidates), np.concatenate(ids)
-            if len(candidate_ids) == 0:  # no usable EEG of this unit
-                unfilled.append(unit)
-                continue
-            # each candidate in turn, cycled: several samples per window when there are few
-            order = np.resize(rng.permutation(len(candidate_ids)), need)
-            if fold_index is not None:
-                log.add(fold_index, unit, candidates_w.subset(order), candidate_ids[order])
-            picked.append(candidates_w.subset(order))
-            picked_ids.append(candidate_ids[order])
-            units.append(np.full(need, unit_class(unit), dtype=object))
-        if not picked:
-            return None, None, None, unfilled
-        return concat_windows(picked), np.concatenate(picked_ids), np.concatenate(units), unfilled
-
-    def generated_features(synth: Synthesizer, windows: PairedWindows, seed: int) -> np.ndarray:
-        return s.featurize(replace(windows, target=np.asarray(synth(windows, seed=seed), dtype=np.float32)))
-
-    def choose(fold: protocol.Fold, test_subjects: set) -> tuple[Synthesizer, dict]:
-        """The setting whose generated windows help most on held-out training subjects."""
-        subjects = np.array(sorted(set(s.windows.subjects[fold.train].tolist())))
-        if not selectable or len(subjects) < 2:
-            return synthesize, {}
-        held = set(np.random.default_rng(fold.seed).permutation(subjects)[: len(subjects) // 2].tolist())
-        inner_val = fold.train[np.isin(s.windows.subjects[fold.train], list(held))]
-        inner_train = fold.train[~np.isin(s.windows.subjects[fold.train], list(held))]
-        windows, _, labels, _ = sources(inner_train, test_subjects | held, np.random.default_rng(fold.seed + 1), None)
-        if windows is None or len(set(s.labels[inner_train].tolist())) < 2:
-            return synthesize, {}
-        scores = {}
-        for estimate, guidance in choices:
-            candidate = synthesize.with_settings(estimate, guidance)
-            x = np.concatenate([s.features.values[inner_train], generated_features(candidate, windows, fold.seed)])
-            y = np.concatenate([s.labels[inner_train], labels])
-            predicted = make_estimator(None).fit(x, y).predict(s.features.values[inner_val])
-            scores[f"{estimate}, guidance {guidance:g}"] = (
-                metrics.score_fold(s.labels[inner_val], predicted, s.classes)[2],
-                (estimate, guidance),
-            )
-        best = max(scores, key=lambda k: (np.nan_to_num(scores[k][0], nan=-1.0), -list(scores).index(k)))
-        return synthesize.with_settings(*scores[best][1]), {
-            "chosen_setting": best,
-            "setting_scores": {k: v[0] for k, v in scores.items()},
-        }
-
     def strategy(fold: protocol.Fold) -> protocol.TrainingSet:
         base = protocol.real_training_set(s.features.values, s.labels, s.windows.subjects, s.ids, fold.train)
         test_subjects = set(s.windows.subjects[fold.test].tolist())
-        picked, picked_ids, labels, unfilled = sources(
-            fold.train, test_subjects, np.random.default_rng(fold.seed), fold.index
+        picked, picked_ids, labels, unfilled = _sources(
+            s, pool_ids, log, fold.train, test_subjects, np.random.default_rng(fold.seed), fold.index
         )
         if picked is None:
             empty = np.zeros(0, object)
@@ -659,20 +426,12 @@ def generate_strategy(
                 n_generated=0,
                 unfilled=unfilled,
             )
-        synth, choice = choose(fold, test_subjects)
-        features = generated_features(synth, picked, fold.seed)
-        fidelity = {}
-        if make_estimator is not None:  # class-balanced, so minority labels are not rare in its answers
-            judge = make_estimator("balanced").fit(base.features, base.labels)
-            held_out = fold.test[
-                np.isin(s.labels[fold.test], np.unique(labels))
-            ]  # real windows of the generated classes
-            fidelity = {
-                "label_fidelity": float(np.mean(judge.predict(features) == labels)),
-                "label_fidelity_real": float(np.mean(judge.predict(s.features.values[held_out]) == s.labels[held_out]))
-                if len(held_out)
-                else None,
-            }
+        choice: dict[str, Any] = {}
+        synth = synthesize
+        if selectable:
+            synth, choice = _choose_setting(s, pool_ids, log, synthesize, make_estimator, choices, fold, test_subjects)
+        features = _generated_features(s, synth, picked, fold.seed)
+        fidelity = {} if make_estimator is None else _label_fidelity(s, make_estimator, base, features, labels, fold)
         return protocol.stack(
             base,
             features,
@@ -689,22 +448,105 @@ def generate_strategy(
     return strategy
 
 
-class LinearGaussianSynthesizer:
-    """A fitted ``LinearGaussianGenerator`` as a ``Synthesizer``: one sample per window.
+def _sources(
+    s: SiteSamples,
+    pool_ids: np.ndarray | None,
+    log: GenerationLog,
+    train: np.ndarray,
+    excluded: set,
+    rng: np.random.Generator,
+    fold_index: int | None,
+):
+    """EEG windows to generate from for the deficits of the training rows ``train``:
+    ``(windows, ids, labels, unfilled units)``, the first three None when nothing can be generated;
+    logged in ``log`` under ``fold_index`` (None: not logged)."""
+    picked, picked_ids, units, unfilled = [], [], [], []
+    for unit, need in s.plan.fold_deficits(train, len(s.labels)).items():
+        real = train[s.plan.units[train] == unit]
+        candidates, ids = [s.windows.subset(real)], [s.ids[real]]
+        if s.pool is not None:  # EEG-only windows of anyone but the excluded (test) subjects
+            extra = np.flatnonzero((s.pool_units == unit) & ~np.isin(s.pool.subjects, list(excluded)))
+            candidates.append(s.pool.subset(extra))
+            ids.append(pool_ids[extra])
+        candidates_w, candidate_ids = concat_windows(candidates), np.concatenate(ids)
+        if len(candidate_ids) == 0:  # no usable EEG of this unit
+            unfilled.append(unit)
+            continue
+        # each candidate in turn, cycled: several samples per window when there are few
+        order = np.resize(rng.permutation(len(candidate_ids)), need)
+        if fold_index is not None:
+            log.add(fold_index, unit, candidates_w.subset(order), candidate_ids[order])
+        picked.append(candidates_w.subset(order))
+        picked_ids.append(candidate_ids[order])
+        units.append(np.full(need, unit_class(unit), dtype=object))
+    if not picked:
+        return None, None, None, unfilled
+    return concat_windows(picked), np.concatenate(picked_ids), np.concatenate(units), unfilled
 
-    Parameters
-    ----------
-    generator : LinearGaussianGenerator
-        The fitted generator.
-    """
 
-    def __init__(self, generator: Any):
-        self.generator = generator
+def _generated_features(s: SiteSamples, synth: Synthesizer, windows: PairedWindows, seed: int) -> np.ndarray:
+    """The classifier's features of ``windows`` with their targets generated by ``synth``."""
+    return s.featurize(replace(windows, target=np.asarray(synth(windows, seed=seed), dtype=np.float32)))
 
-    def __call__(self, windows: PairedWindows, seed: int) -> np.ndarray:
-        if windows.design is None:
-            raise ConfigError("strategy 'linear-gaussian' needs windows with a hemodynamic design")
-        return self.generator.sample(windows, 1, seed)[0]
+
+def _choose_setting(
+    s: SiteSamples,
+    pool_ids: np.ndarray | None,
+    log: GenerationLog,
+    synthesize: Any,
+    make_estimator: Callable[[str | None], Any],
+    choices: Sequence[tuple[str, float]],
+    fold: protocol.Fold,
+    test_subjects: set,
+) -> tuple[Synthesizer, dict]:
+    """The setting whose generated windows help most on held-out training subjects."""
+    subjects = np.array(sorted(set(s.windows.subjects[fold.train].tolist())))
+    if len(subjects) < 2:
+        return synthesize, {}
+    held = set(np.random.default_rng(fold.seed).permutation(subjects)[: len(subjects) // 2].tolist())
+    inner_val = fold.train[np.isin(s.windows.subjects[fold.train], list(held))]
+    inner_train = fold.train[~np.isin(s.windows.subjects[fold.train], list(held))]
+    windows, _, labels, _ = _sources(
+        s, pool_ids, log, inner_train, test_subjects | held, np.random.default_rng(fold.seed + 1), None
+    )
+    if windows is None or len(set(s.labels[inner_train].tolist())) < 2:
+        return synthesize, {}
+    scores = {}
+    for estimate, guidance in choices:
+        candidate = synthesize.with_settings(estimate, guidance)
+        x = np.concatenate([s.features.values[inner_train], _generated_features(s, candidate, windows, fold.seed)])
+        y = np.concatenate([s.labels[inner_train], labels])
+        predicted = make_estimator(None).fit(x, y).predict(s.features.values[inner_val])
+        scores[f"{estimate}, guidance {guidance:g}"] = (
+            metrics.score_fold(s.labels[inner_val], predicted, s.classes)[2],
+            (estimate, guidance),
+        )
+    best = max(scores, key=lambda k: (np.nan_to_num(scores[k][0], nan=-1.0), -list(scores).index(k)))
+    return synthesize.with_settings(*scores[best][1]), {
+        "chosen_setting": best,
+        "setting_scores": {k: v[0] for k, v in scores.items()},
+    }
+
+
+def _label_fidelity(
+    s: SiteSamples,
+    make_estimator: Callable[[str | None], Any],
+    base: protocol.TrainingSet,
+    features: np.ndarray,
+    labels: np.ndarray,
+    fold: protocol.Fold,
+) -> dict[str, float | None]:
+    """How often a classifier of the fold's real training windows gives the generated windows
+    their label, beside how often it is right on the fold's held-out real windows of those classes."""
+    # class-balanced, so minority labels are not rare in its answers
+    judge = make_estimator("balanced").fit(base.features, base.labels)
+    held_out = fold.test[np.isin(s.labels[fold.test], np.unique(labels))]  # real windows of the generated classes
+    return {
+        "label_fidelity": float(np.mean(judge.predict(features) == labels)),
+        "label_fidelity_real": float(np.mean(judge.predict(s.features.values[held_out]) == s.labels[held_out]))
+        if len(held_out)
+        else None,
+    }
 
 
 def linear_gaussian_strategy(
