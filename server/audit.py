@@ -309,6 +309,121 @@ def _statistic_problem(key: str, shape: Sequence[int], design_width: int | None)
     return None
 
 
+def _check_arrays(
+    where: str,
+    rname: str,
+    record: Mapping[str, Any],
+    parameter_shapes: dict[str, tuple[int, ...]] | None,
+    design_width: int | None,
+    windows: list[tuple[int, ...]],
+    problems: list[str],
+    texts: list[str],
+) -> None:
+    """Check an array record's shapes (``find_leaks``): add its problems to ``problems``, its keys to ``texts``."""
+    for key, info in record.get("arrays", {}).items():
+        shape = tuple(info.get("shape", ()))
+        texts.append(key)
+        if rname in ("local", "mixing", "class-residuals"):  # sums over subjects' windows too
+            problem = (
+                _class_residual_problem(key, shape) if rname == "class-residuals" else _local_problem(rname, key, shape)
+            )
+            if problem:
+                problems.append(f"{where}: array {rname}/{key} {list(shape)} {problem}")
+            continue
+        if RIDGE_STATISTIC.fullmatch(key):  # sums over all of a site's frames
+            problem = _statistic_problem(key, shape, design_width)
+            if problem:
+                problems.append(f"{where}: array {rname}/{key} {list(shape)} {problem}")
+            continue
+        if parameter_shapes is not None:
+            if key not in parameter_shapes:
+                problems.append(f"{where}: array {rname}/{key} {list(shape)} is not a model parameter")
+            elif parameter_shapes[key] != shape:
+                problems.append(
+                    f"{where}: array {rname}/{key} has shape {list(shape)}, the parameter {list(parameter_shapes[key])}"
+                )
+        is_parameter = parameter_shapes is not None and parameter_shapes.get(key) == shape
+        # the class offsets are window-shaped by nature: each class's mean over the
+        # windows of >= MIN_CLASS_SUBJECTS subjects, set by the server from the sites'
+        # checked sums and returned as received (frozen); no other parameter may be
+        class_means = is_parameter and key.endswith(CLASS_OFFSET_PARAMETER)
+        for window in windows:
+            if _contains(shape, window) and not class_means:
+                problems.append(
+                    f"{where}: array {rname}/{key} {list(shape)} is shaped like a data window {list(window)}"
+                )
+            elif not is_parameter and _recording_like(shape, window):
+                problems.append(
+                    f"{where}: array {rname}/{key} {list(shape)} is shaped like a recording ({window[0]} points)"
+                )
+
+
+def _check_metrics(
+    where: str,
+    rname: str,
+    record: Mapping[str, Any],
+    allowed_metrics: set[str],
+    max_metrics: int,
+    problems: list[str],
+    texts: list[str],
+) -> None:
+    """Check a metric record (known keys, numeric scalars, not too many): problems to ``problems``, keys to ``texts``."""
+    if len(record.get("values", {})) > max_metrics:
+        problems.append(
+            f"{where}: metric record {rname} holds {len(record['values'])} values (at most {max_metrics} expected)"
+        )
+    unknown = sorted(set(record.get("values", {})) - allowed_metrics)
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        problems.append(f"{where}: metric record {rname} holds keys that are not among the known metrics: {shown}")
+    for key, vtype in record.get("values", {}).items():
+        texts.append(key)
+        if vtype not in ("int", "float"):
+            problems.append(f"{where}: metric {rname}/{key} is a {vtype}, not a numeric scalar")
+
+
+def _check_config(
+    where: str,
+    rname: str,
+    record: Mapping[str, Any],
+    allowed_config: set[str],
+    max_string: int,
+    problems: list[str],
+    texts: list[str],
+) -> None:
+    """Check a config record (known keys, short strings, task-like class names): problems to ``problems``,
+    keys and strings to ``texts``."""
+    for key, value in record.get("values", {}).items():
+        if key not in allowed_config:
+            problems.append(f"{where}: config {rname}/{key} is not one of the known keys {sorted(allowed_config)}")
+        if key == "classes":
+            for label in value if isinstance(value, list) else [value]:
+                if isinstance(label, str) and not LABEL.fullmatch(label):
+                    problems.append(f"{where}: class name {label[:40]!r} does not look like a task label")
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if isinstance(v, dict):  # cut string or bytes
+                problems.append(
+                    f"{where}: config {rname}/{key} holds {'bytes' if 'bytes' in v else 'a long string'} ({v.get('bytes', v.get('length'))})"
+                )
+            elif not isinstance(v, str):
+                problems.append(f"{where}: config {rname}/{key} holds a {type(v).__name__}, not a string")
+            elif len(v) > max_string:
+                problems.append(f"{where}: config {rname}/{key} holds a string of {len(v)} characters")
+        texts.append(key)
+        texts.extend(_strings(value))
+
+
+def _check_texts(where: str, texts: list[str], forbidden: list[str], problems: list[str]) -> None:
+    """Add to ``problems`` every string in ``texts`` that holds a path separator or a forbidden string."""
+    for text in texts:
+        if any(sep in text for sep in PATH_SEPARATORS):
+            problems.append(f"{where}: string {text[:80]!r} contains a path separator")
+        for bad in forbidden:
+            if bad.lower() in text.lower():
+                problems.append(f"{where}: string {text[:80]!r} contains {bad!r}")
+
+
 def find_leaks(
     entries: Iterable[Mapping[str, Any]],
     *,
@@ -354,89 +469,14 @@ def find_leaks(
             kind = record.get("type")
             texts.append(rname)
             if kind == "array":
-                for key, info in record.get("arrays", {}).items():
-                    shape = tuple(info.get("shape", ()))
-                    texts.append(key)
-                    if rname in ("local", "mixing", "class-residuals"):  # sums over subjects' windows too
-                        problem = (
-                            _class_residual_problem(key, shape)
-                            if rname == "class-residuals"
-                            else _local_problem(rname, key, shape)
-                        )
-                        if problem:
-                            problems.append(f"{where}: array {rname}/{key} {list(shape)} {problem}")
-                        continue
-                    if RIDGE_STATISTIC.fullmatch(key):  # sums over all of a site's frames
-                        problem = _statistic_problem(key, shape, design_width)
-                        if problem:
-                            problems.append(f"{where}: array {rname}/{key} {list(shape)} {problem}")
-                        continue
-                    if parameter_shapes is not None:
-                        if key not in parameter_shapes:
-                            problems.append(f"{where}: array {rname}/{key} {list(shape)} is not a model parameter")
-                        elif parameter_shapes[key] != shape:
-                            problems.append(
-                                f"{where}: array {rname}/{key} has shape {list(shape)}, the parameter {list(parameter_shapes[key])}"
-                            )
-                    is_parameter = parameter_shapes is not None and parameter_shapes.get(key) == shape
-                    # the class offsets are window-shaped by nature: each class's mean over the
-                    # windows of >= MIN_CLASS_SUBJECTS subjects, set by the server from the sites'
-                    # checked sums and returned as received (frozen); no other parameter may be
-                    class_means = is_parameter and key.endswith(CLASS_OFFSET_PARAMETER)
-                    for window in windows:
-                        if _contains(shape, window) and not class_means:
-                            problems.append(
-                                f"{where}: array {rname}/{key} {list(shape)} is shaped like a data window {list(window)}"
-                            )
-                        elif not is_parameter and _recording_like(shape, window):
-                            problems.append(
-                                f"{where}: array {rname}/{key} {list(shape)} is shaped like a recording ({window[0]} points)"
-                            )
+                _check_arrays(where, rname, record, parameter_shapes, design_width, windows, problems, texts)
             elif kind == "metric":
-                if len(record.get("values", {})) > max_metrics:
-                    problems.append(
-                        f"{where}: metric record {rname} holds {len(record['values'])} values (at most {max_metrics} expected)"
-                    )
-                unknown = sorted(set(record.get("values", {})) - allowed_metrics)
-                if unknown:
-                    shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-                    problems.append(
-                        f"{where}: metric record {rname} holds keys that are not among the known metrics: {shown}"
-                    )
-                for key, vtype in record.get("values", {}).items():
-                    texts.append(key)
-                    if vtype not in ("int", "float"):
-                        problems.append(f"{where}: metric {rname}/{key} is a {vtype}, not a numeric scalar")
+                _check_metrics(where, rname, record, allowed_metrics, max_metrics, problems, texts)
             elif kind == "config":
-                for key, value in record.get("values", {}).items():
-                    if key not in allowed_config:
-                        problems.append(
-                            f"{where}: config {rname}/{key} is not one of the known keys {sorted(allowed_config)}"
-                        )
-                    if key == "classes":
-                        for label in value if isinstance(value, list) else [value]:
-                            if isinstance(label, str) and not LABEL.fullmatch(label):
-                                problems.append(f"{where}: class name {label[:40]!r} does not look like a task label")
-                    values = value if isinstance(value, list) else [value]
-                    for v in values:
-                        if isinstance(v, dict):  # cut string or bytes
-                            problems.append(
-                                f"{where}: config {rname}/{key} holds {'bytes' if 'bytes' in v else 'a long string'} ({v.get('bytes', v.get('length'))})"
-                            )
-                        elif not isinstance(v, str):
-                            problems.append(f"{where}: config {rname}/{key} holds a {type(v).__name__}, not a string")
-                        elif len(v) > max_string:
-                            problems.append(f"{where}: config {rname}/{key} holds a string of {len(v)} characters")
-                    texts.append(key)
-                    texts.extend(_strings(value))
+                _check_config(where, rname, record, allowed_config, max_string, problems, texts)
             else:
                 problems.append(f"{where}: record {rname} of unexpected type {kind!r}")
-        for text in texts:
-            if any(sep in text for sep in PATH_SEPARATORS):
-                problems.append(f"{where}: string {text[:80]!r} contains a path separator")
-            for bad in forbidden:
-                if bad.lower() in text.lower():
-                    problems.append(f"{where}: string {text[:80]!r} contains {bad!r}")
+        _check_texts(where, texts, forbidden, problems)
     return problems
 
 

@@ -397,6 +397,30 @@ def simulate_dataset(
         ``physiology`` is not in ``PHYSIOLOGIES``, or ``coupling`` is not in ``COUPLINGS``.
     """
     out = Path(out)
+    _check_arguments(subjects_per_site, eeg_only_sessions, run_seconds, head_model)
+    setup = (ScannerSetup() if scanner_artifacts is True else scanner_artifacts) or None
+    models = (run_seconds, head_model, get_physiology(physiology), get_coupling(coupling), setup)
+    specs = make_site_specs(n_sites, modality, seed)
+    _claim_output(out, specs)
+    jobs, site_dirs = _subject_jobs(out, specs, subjects_per_site, eeg_only_sessions or {}, seed, models)
+    sites = _site_summaries(specs, jobs, _run_jobs(jobs, progress, n_jobs))
+    settings = {"seed": seed, "modality": modality, "n_sites": n_sites, "subjects_per_site": subjects_per_site}
+    _write_summary(out, settings, eeg_only_sessions, models, sites)
+    return site_dirs
+
+
+def _claim_output(out: Path, specs: list[SiteSpec]) -> None:
+    """Check that ``out`` may be written (before the first byte), claim it, drop stale sites, warm the caches."""
+    check_writable_by_simulator(out, [spec.site_id for spec in specs])  # before the first byte
+    claim(out)
+    _remove_stale_sites(out, {spec.site_id for spec in specs})
+    _warm_caches(specs)
+
+
+def _check_arguments(
+    subjects_per_site: int, eeg_only_sessions: dict[str, int] | None, run_seconds: float | None, head_model: str
+) -> None:
+    """Refuse the arguments of ``simulate_dataset`` that the physiology and coupling look-ups do not check."""
     if subjects_per_site < 1:
         raise ConfigError(f"subjects_per_site must be at least 1, got {subjects_per_site}")
     unknown = sorted(set(eeg_only_sessions or {}) - {"A", "B"})
@@ -406,22 +430,27 @@ def simulate_dataset(
         raise ConfigError(f"run_seconds must be at least {MIN_RUN_SECONDS:g} s, got {run_seconds}")
     if head_model not in HEAD_MODELS:
         raise ConfigError(f"head_model must be one of {', '.join(HEAD_MODELS)}, got {head_model!r}")
-    population = get_physiology(physiology)
-    neurovascular = get_coupling(coupling)
-    setup = (ScannerSetup() if scanner_artifacts is True else scanner_artifacts) or None
-    specs = make_site_specs(n_sites, modality, seed)
-    check_writable_by_simulator(out, [spec.site_id for spec in specs])  # before the first byte
-    claim(out)
-    _remove_stale_sites(out, {spec.site_id for spec in specs})
-    _warm_caches(specs)
 
+
+def _subject_jobs(
+    out: Path,
+    specs: list[SiteSpec],
+    subjects_per_site: int,
+    eeg_only_sessions: dict[str, int],
+    seed: int,
+    models: tuple,
+) -> tuple[list[SubjectJob], list[Path]]:
+    """Prepare every site folder and return one job per subject (paired, then EEG-only) and the site folders.
+
+    ``models`` is ``(run_seconds, head_model, population, neurovascular, setup)``.
+    """
+    run_seconds, head_model, population, neurovascular, setup = models
     jobs: list[SubjectJob] = []
     site_dirs: list[Path] = []
-    rosters: list[list[Participant]] = []
     for i, spec in enumerate(specs):
         site_dir = out / spec.site_id
         roster = make_participants(spec, subjects_per_site, seed, i)
-        eeg_only = eeg_only_participants(spec, eeg_only_sessions or {}, first=len(roster), seed=seed, site_index=i)
+        eeg_only = eeg_only_participants(spec, eeg_only_sessions, first=len(roster), seed=seed, site_index=i)
         _prepare_site(site_dir, spec, roster + eeg_only)
         positions = electrode_positions(spec)
         gain = parcel_lead_field(eeg_lead_field(spec.eeg_channels, positions, head_model))
@@ -461,10 +490,12 @@ def simulate_dataset(
             for k, p in enumerate(eeg_only)
         ]
         site_dirs.append(site_dir)
-        rosters.append(roster)
+    return jobs, site_dirs
 
-    results = dict(zip(((j.site_index, j.subject_index) for j in jobs), _run_jobs(jobs, progress, n_jobs)))
 
+def _site_summaries(specs: list[SiteSpec], jobs: list[SubjectJob], records: list[dict]) -> list[dict]:
+    """Gather each site's subject records (one per job, in job order) with its noise ceiling."""
+    results = dict(zip(((j.site_index, j.subject_index) for j in jobs), records))
     sites = []
     for i, spec in enumerate(specs):
         everyone = [results[key] for key in sorted(results) if key[0] == i]
@@ -475,12 +506,17 @@ def simulate_dataset(
             **spec.to_dict(), "noise_ceiling": float(np.tanh(z_sum / max(z_count, 1))), "subjects": subjects,
             "eeg_only_subjects": [s for s in everyone if s.get("eeg_only")],
         })  # fmt: skip
+    return sites
+
+
+def _write_summary(
+    out: Path, settings: dict, eeg_only_sessions: dict[str, int] | None, models: tuple, sites: list[dict]
+) -> None:
+    """Write ``out/simulation.json`` (``settings``: seed, modality, n_sites, subjects_per_site) and log the ceilings."""
+    run_seconds, head_model, population, neurovascular, setup = models
     summary = {
         "generator": "fedneurogen.simulations",
-        "seed": seed,
-        "modality": modality,
-        "n_sites": n_sites,
-        "subjects_per_site": subjects_per_site,
+        **settings,
         "run_seconds": run_seconds,
         "eeg_only_sessions": dict(eeg_only_sessions or {}),
         "head_model": head_model,
@@ -497,7 +533,6 @@ def simulate_dataset(
     write_json_atomic(out / "simulation.json", summary)
     for site in sites:
         log.debug("%s (%s): noise ceiling %.3f", site["site_id"], site["modality"], site["noise_ceiling"])
-    return site_dirs
 
 
 def _warm_caches(specs: list[SiteSpec]) -> None:

@@ -257,67 +257,17 @@ def load_site_data(
 
     cache = key = None
     if use_cache:
-        cache = SiteCache(cache_dir)
-        check_outside_inputs(cache.dir, [site_dir], what="the cache folder", around=False)  # data is read-only
-        key = cache.key(site_dir, site_inputs(site_dir, runs), config)
-        hit = cache.load(site_dir, key)
+        cache, key, hit = _cache_lookup(site_dir, runs, config, cache_dir)
         if hit is not None:
-            windows, meta = hit
-            log.debug("%s: %d windows read from the cache", site_dir, len(windows))
-            return LoadedSite(
-                windows=windows,
-                skipped=[_rooted(p, site_dir) for p in meta.get("skipped", [])],
-                warnings=[_rooted(p, site_dir) for p in meta.get("warnings", [])],
-                from_cache=True,
-                cache_key=key,
-                site_dir=site_dir,
-            )
+            return hit
 
     warned: list[Problem] = []
-    try:
-        participants = read_participants(site_dir)
-        if not participants:
-            warned.append(Problem(site_dir / "participants.tsv", "missing: windows get no group attributes", "warning"))
-    except DataError as err:
-        participants = {}
-        warned.append(Problem(err.path, f"{err.problem}; windows get no group attributes", "warning"))
-
+    participants = _site_participants(site_dir, warned)
     # With the cache, each run is written to disk as soon as it is read and the site's arrays are
     # built there, memory-mapped: loading holds one run in RAM, not the site.
-    staged = None
-    if cache is not None and key is not None:
-        try:
-            staged = cache.staging(site_dir, key)
-        except OSError as err:
-            warned.append(
-                Problem(cache.dir, f"cache not written ({err.strerror or err}); the site is loaded in RAM", "warning")
-            )
+    staged = _staging_folder(cache, key, site_dir, warned)
     try:
-        skipped: list[Problem] = []
-        usable: list[RunWindows] = []
-        empty: list[Problem] = []  # runs read fine that give no window (reported after the broken ones)
-        with _progress(progress) as bar:
-            task = bar.add_task(f"Loading {site_dir.name}", total=len(runs), run="")
-            for number, run in enumerate(runs):
-                bar.update(task, run=run.key)
-                try:
-                    run_windows = load_run(run, config)
-                except DataError as err:
-                    skipped.append(Problem(err.path, f"run {run.key} skipped: {err.problem}", "error"))
-                else:
-                    if not len(run_windows.labels):
-                        message = f"run {run_windows.run} gives no windows (shorter than the history + one window?)"
-                        empty.append(Problem(site_dir / run_windows.run, message, "warning"))
-                    else:
-                        if staged is not None:
-                            run_windows.spill(staged / "runs", number)
-                        usable.append(run_windows)
-                bar.advance(task)
-        skipped += empty
-        if not usable:
-            reasons = "; ".join(str(p) for p in skipped[:3]) + (" ..." if len(skipped) > 3 else "")
-            raise DataError(site_dir, f"no usable runs: all {len(runs)} run(s) were skipped ({reasons})")
-
+        usable, skipped = _load_runs(runs, config, site_dir, staged, progress)
         allocate = None if staged is None else cache.allocator(staged)
         windows, combine_warnings = combine_runs(usable, participants, config, site_dir, allocate=allocate)
         warned += combine_warnings
@@ -344,6 +294,89 @@ def load_site_data(
     return LoadedSite(
         windows=windows, skipped=skipped, warnings=warned, from_cache=False, cache_key=key, site_dir=site_dir
     )
+
+
+def _cache_lookup(
+    site_dir: Path, runs: list[RunFiles], config: PreprocessConfig, cache_dir: str | Path | None
+) -> tuple[SiteCache, str, LoadedSite | None]:
+    """Open the cache (refused inside the site), key the site's inputs; the site as cached if there is a hit."""
+    cache = SiteCache(cache_dir)
+    check_outside_inputs(cache.dir, [site_dir], what="the cache folder", around=False)  # data is read-only
+    key = cache.key(site_dir, site_inputs(site_dir, runs), config)
+    hit = cache.load(site_dir, key)
+    if hit is None:
+        return cache, key, None
+    windows, meta = hit
+    log.debug("%s: %d windows read from the cache", site_dir, len(windows))
+    loaded = LoadedSite(
+        windows=windows,
+        skipped=[_rooted(p, site_dir) for p in meta.get("skipped", [])],
+        warnings=[_rooted(p, site_dir) for p in meta.get("warnings", [])],
+        from_cache=True,
+        cache_key=key,
+        site_dir=site_dir,
+    )
+    return cache, key, loaded
+
+
+def _site_participants(site_dir: Path, warned: list[Problem]) -> dict[str, dict[str, str]]:
+    """Read ``participants.tsv`` (empty if absent or broken, with a warning added to ``warned``)."""
+    try:
+        participants = read_participants(site_dir)
+        if not participants:
+            warned.append(Problem(site_dir / "participants.tsv", "missing: windows get no group attributes", "warning"))
+    except DataError as err:
+        participants = {}
+        warned.append(Problem(err.path, f"{err.problem}; windows get no group attributes", "warning"))
+    return participants
+
+
+def _staging_folder(cache: SiteCache | None, key: str | None, site_dir: Path, warned: list[Problem]) -> Path | None:
+    """The cache's staging folder for this site, or None (no cache, or it cannot be written: noted in ``warned``)."""
+    staged = None
+    if cache is not None and key is not None:
+        try:
+            staged = cache.staging(site_dir, key)
+        except OSError as err:
+            warned.append(
+                Problem(cache.dir, f"cache not written ({err.strerror or err}); the site is loaded in RAM", "warning")
+            )
+    return staged
+
+
+def _load_runs(
+    runs: list[RunFiles], config: PreprocessConfig, site_dir: Path, staged: Path | None, progress: bool
+) -> tuple[list[RunWindows], list[Problem]]:
+    """Load every run (spilled under ``staged`` if given); return the usable ones and the skipped runs' problems.
+
+    Broken runs come first in the problems, then the runs that give no window. Raises ``DataError`` when no run is
+    usable.
+    """
+    skipped: list[Problem] = []
+    usable: list[RunWindows] = []
+    empty: list[Problem] = []  # runs read fine that give no window (reported after the broken ones)
+    with _progress(progress) as bar:
+        task = bar.add_task(f"Loading {site_dir.name}", total=len(runs), run="")
+        for number, run in enumerate(runs):
+            bar.update(task, run=run.key)
+            try:
+                run_windows = load_run(run, config)
+            except DataError as err:
+                skipped.append(Problem(err.path, f"run {run.key} skipped: {err.problem}", "error"))
+            else:
+                if not len(run_windows.labels):
+                    message = f"run {run_windows.run} gives no windows (shorter than the history + one window?)"
+                    empty.append(Problem(site_dir / run_windows.run, message, "warning"))
+                else:
+                    if staged is not None:
+                        run_windows.spill(staged / "runs", number)
+                    usable.append(run_windows)
+            bar.advance(task)
+    skipped += empty
+    if not usable:
+        reasons = "; ".join(str(p) for p in skipped[:3]) + (" ..." if len(skipped) > 3 else "")
+        raise DataError(site_dir, f"no usable runs: all {len(runs)} run(s) were skipped ({reasons})")
+    return usable, skipped
 
 
 def load_site(

@@ -549,7 +549,7 @@ def _site_summary(
     subjects: list[str],
     modalities: list[str],
     tally: _RunTally,
-    attributes: list,
+    attributes: list[AttributeKind],
     fatal: bool,
 ) -> dict[str, Any]:
     """The ``summary`` of a ``ValidationReport`` (before ``_plain``)."""
