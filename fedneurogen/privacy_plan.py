@@ -535,11 +535,9 @@ def plan(
         A bad value, or a cache that cannot be written.
     """
     from fedneurogen.client import privacy
-    from fedneurogen.server.statistics import cap_shares, screen_sites
     from fedneurogen.shared.model import NeuroGenModel
-    from fedneurogen.shared.model.mean import solve_private_path
-    from fedneurogen.shared.private_path import BLOCK_WEIGHTS, private_reduction, release_noise_std
-    from fedneurogen.shared.ridge import RidgeStatistics, sum_statistics
+    from fedneurogen.shared.private_path import BLOCK_WEIGHTS, private_reduction
+    from fedneurogen.shared.ridge import RidgeStatistics
     from fedneurogen.shared.run_config import RunConfig
     from fedneurogen.shared.surface import ICO4_POINTS
 
@@ -561,36 +559,36 @@ def plan(
     )  # fmt: skip
     # Every site's ledger is fresh at release, so every site gets this noise multiplier.
     sigma = privacy.statistics_noise_multiplier(privacy.PrivacyLedger(accountant=accountant), settings)
-    clipped = {}
-    for part in ("train", "val"):
-        subjects = [
-            RidgeStatistics(**{f: arrays[f"{name}.{part}.{f}"][i] for f in _FIELDS})
-            for i in range(len(arrays[f"{name}.{part}.n"]))
-        ]
-        clipped[part] = stacked([privacy.clip_subject(s, clip, BLOCK_WEIGHTS) for s in subjects])
+    clipped = {  # every reference subject's statistics, clipped as a site clips them
+        part: stacked(
+            [
+                privacy.clip_subject(
+                    RidgeStatistics(**{f: arrays[f"{name}.{part}.{f}"][i] for f in _FIELDS}), clip, BLOCK_WEIGHTS
+                )
+                for i in range(len(arrays[f"{name}.{part}.n"]))
+            ]
+        )
+        for part in ("train", "val")
+    }
     n_train, n_val = _subject_counts(subjects_per_site)
     model = NeuroGenModel("tiny", device="cpu")
     exact = exact_at(arrays, n_sites * n_train)
-    ratios, floors, off = [], [], []
-    for draw in range(draws):
-        rng = np.random.default_rng([seed, draw])
-        released: dict[str, list] = {"train": [], "val": []}
-        for part, count in (("train", n_train), ("val", n_val)):
-            pool = clipped[part]
-            for members in _draw_sites(rng, len(pool["n"]), n_sites, count):
-                noisy = release(pool, np.bincount(members, minlength=len(pool["n"])), sigma, clip, rng)
-                noisy.n = max(noisy.n, 1.0)  # as the server reads a noisy count
-                released[part].append(noisy)
-        # the server's policy and solve, as solve_global_ridge applies them
-        screened = screen_sites(released["train"], noisy=True, drop_inconsistent=True)
-        vals, _ = cap_shares(released["val"])
-        noise_std = release_noise_std(sigma * clip, 1.0, "sxx") * math.sqrt(len(screened.parts))
-        choice = solve_private_path(
-            model, "fmri", screened.parts, sum_statistics(vals), reduction, noise_std, ICO4_POINTS
+    draws_out = [
+        _one_draw(
+            np.random.default_rng([seed, draw]),
+            clipped,
+            n_sites,
+            (n_train, n_val),
+            sigma,
+            clip,
+            model,
+            reduction,
+            arrays,
+            exact,
         )
-        ratios.append(_path_pcc(model, arrays) / exact if exact > 0 else 0.0)
-        floors.append(choice["penalty_floor"])
-        off.append(choice["switched_off"])
+        for draw in range(draws)
+    ]
+    ratios, floors, off = (list(column) for column in zip(*draws_out))
     ratio, spread = float(np.mean(ratios)), float(np.std(ratios))
     label = "prior gains" if prior else "pooled regression"
     inputs, outputs = reduction.n_inputs, reduction.n_outputs(ICO4_POINTS)
@@ -605,6 +603,43 @@ def plan(
         penalty_floor=float(np.median(floors)), switched_off=float(np.mean(off)), training_subjects=n_sites * n_train,
         reference_pcc=exact, draws=draws, seed=seed, text=text,
     )  # fmt: skip
+
+
+def _one_draw(
+    rng: np.random.Generator,
+    clipped: dict,
+    n_sites: int,
+    counts: tuple[int, int],
+    sigma: float,
+    clip: float,
+    model,
+    reduction,
+    arrays: dict,
+    exact: float,
+) -> tuple[float, float, bool]:
+    """One draw of ``plan``: sites resampled from the clipped reference subjects (``counts``:
+    training and held-out subjects a site), their noisy releases, the server's policy and solve
+    as ``solve_global_ridge`` applies them. Returns (ratio to the exact path, penalty floor,
+    switched off)."""
+    from fedneurogen.server.statistics import cap_shares, screen_sites
+    from fedneurogen.shared.model.mean import solve_private_path
+    from fedneurogen.shared.private_path import release_noise_std
+    from fedneurogen.shared.ridge import sum_statistics
+    from fedneurogen.shared.surface import ICO4_POINTS
+
+    released: dict[str, list] = {"train": [], "val": []}
+    for part, count in zip(("train", "val"), counts):
+        pool = clipped[part]
+        for members in _draw_sites(rng, len(pool["n"]), n_sites, count):
+            noisy = release(pool, np.bincount(members, minlength=len(pool["n"])), sigma, clip, rng)
+            noisy.n = max(noisy.n, 1.0)  # as the server reads a noisy count
+            released[part].append(noisy)
+    screened = screen_sites(released["train"], noisy=True, drop_inconsistent=True)
+    vals, _ = cap_shares(released["val"])
+    noise_std = release_noise_std(sigma * clip, 1.0, "sxx") * math.sqrt(len(screened.parts))
+    choice = solve_private_path(model, "fmri", screened.parts, sum_statistics(vals), reduction, noise_std, ICO4_POINTS)
+    ratio = _path_pcc(model, arrays) / exact if exact > 0 else 0.0
+    return ratio, choice["penalty_floor"], choice["switched_off"]
 
 
 def privacy_plan_line(run, sites: list[Path]) -> str:
