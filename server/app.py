@@ -321,8 +321,9 @@ def solve_from_statistics(
         val = sum_statistics(vals) if vals else None
         if not reductions:  # exact statistics
             chosen[modality] = solve_ridge_path(model, modality, trains, val, points[0])
-            total = sum_statistics(list(trains))  # the scale the class residuals are checked against
-            chosen[modality]["target_mean_square"] = float(total.syy.sum() / (total.n * len(total.syy)))
+            # the scale the class residuals are checked against: Σy² and n alone (no matrix read back)
+            rows, squares = sum(part.n for part in trains), sum(float(part.syy.sum()) for part in trains)
+            chosen[modality]["target_mean_square"] = squares / (rows * len(trains[0].syy))
             if model.modality_heads[modality].mean.local is not None:
                 local_sites = [
                     (node, local_arrays.get(node, {}), got.train.n, got.val.n if got.val is not None else None, factor)
