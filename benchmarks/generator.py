@@ -110,8 +110,10 @@ def scenario(coupling: str, args, console) -> dict[str, Any]:
         "train_minutes": train_minutes,
         "cross_fit": not args.no_cross_fit,
         # what training chose: the ridge path, the optimism cross-fitting removed, the class offsets
+        # (with the noise model), the samples' share of the DiT's departure from its Gaussian
         "training": {
-            key: provenance.get(key) for key in ("ridge_path", "cross_fit", "class_offsets", "epochs", "steps")
+            key: provenance.get(key)
+            for key in ("ridge_path", "cross_fit", "class_offsets", "departure", "epochs", "steps")
         },
         "pooled": pooled,
         "samples": comparison,
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=8.0, help="training budget per scenario")
     parser.add_argument("--epochs", type=int, default=1000, help="most epochs (the minutes stop it first)")
     parser.add_argument("--n-samples", type=int, default=8, help="samples per held-out window")
-    parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the preset's)")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the preset's)")
     parser.add_argument("--max-windows", type=int, default=40, help="held-out windows scored per site")
     parser.add_argument("--no-cross-fit", action="store_true", help="train the residual on in-sample targets")
     args = parser.parse_args(argv)

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         "--run-seconds", type=float, default=None, help="simulated run length (default: the scenario's ~8 min)"
     )
     parser.add_argument("--preset", default="small")
-    parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the preset's)")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the preset's)")
     parser.add_argument("--guidance", type=float, default=1.0)
     parser.add_argument("--n-samples", type=int, default=2, help="samples per window (one scored alone, all as a mean)")
     parser.add_argument("--max-windows", type=int, default=None, help="test windows scored per site")

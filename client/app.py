@@ -49,6 +49,8 @@ from fedneurogen.shared.io import write_json_atomic
 from fedneurogen.shared.records import describe_content, sendable_label
 from fedneurogen.shared.local_path import MIXING_REQUEST
 from fedneurogen.shared.model.crossfit import CLASS_RESIDUALS_REQUEST
+from fedneurogen.shared.model.noise import NOISE_REQUEST
+from fedneurogen.shared.workflows.departure import DEPARTURE_WINDOWS
 from fedneurogen.shared.ridge import STATISTICS_REQUEST
 from fedneurogen.shared.run_config import RunConfig
 
@@ -258,6 +260,16 @@ def query(msg: Message, context: Context, run: RunConfig) -> Message:
         arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in sums.items()})
         info = ConfigRecord({"modality": data.modality})
         return Message(content=RecordDict({"class-residuals": arrays, "site": info}), reply_to=msg)
+    if request is not None and request.get("kind") == NOISE_REQUEST:
+        if run.dp_enabled:  # an exact covariance sketch: never in a DP run, whoever asks
+            raise SiteRefusal("the residuals' covariance sketch is an exact statistic: not released in a DP run")
+        floor = exact_statistics_floor(context.node_config)
+        model = site.build_model(run.preset_config(), msg.content["arrays"].to_torch_state_dict())
+        names = [str(c) for c in request.get("class-names", [])]
+        sketch = site.noise_statistics(data, model, names, floor)
+        arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in sketch.items()})
+        info = ConfigRecord({"modality": data.modality})
+        return Message(content=RecordDict({"noise": arrays, "site": info}), reply_to=msg)
     if request is not None and request.get("kind") == MIXING_REQUEST:
         # exact sums over the held-out subjects: only where the site allows exact statistics, and
         # never in a DP run (the coordinator could ask a DP site for them all the same)
@@ -407,7 +419,8 @@ def evaluate(msg: Message, context: Context, run: RunConfig) -> Message:
 
 
 def _scores(model, data: site.SiteSplit, config: ConfigRecord, run: RunConfig) -> dict:
-    """The model's scores on this site's held-out subjects (an evaluate reply's metrics)."""
+    """The model's scores on this site's held-out subjects (an evaluate reply's metrics); the
+    departure shares' CRPS where the message asks for them (the run's last evaluation)."""
     return site.evaluate(
         model,
         data,
@@ -415,6 +428,7 @@ def _scores(model, data: site.SiteSplit, config: ConfigRecord, run: RunConfig) -
         batch_size=site.train_config(run).batch_size,
         seed=run.seed,
         pcc_windows=run.eval_pcc_windows,
+        departure_windows=min(int(config.get(DEPARTURE_WINDOWS, 0)), run.departure_windows),
     )
 
 

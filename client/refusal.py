@@ -140,6 +140,7 @@ RUN_LIMITS = (
     ("max-local-epochs", "local-epochs", 20),
     ("max-round-timeout", "round-timeout", 86400.0),
     ("max-eval-pcc-windows", "eval-pcc-windows", 1024),
+    ("max-departure-windows", "departure-windows", 64),
     ("min-train-windows", "max-windows", 8),
 )
 

@@ -42,11 +42,13 @@ from fedneurogen.shared.workflows.training import (
     train_epochs,
     validation_loss,
 )
+from fedneurogen.shared.workflows.departure import crps_key, departure_scores
 from fedneurogen.shared.design import global_part, split_design, subject_statistics
 from fedneurogen.shared.model.mean import validation_mixing
 from fedneurogen.shared.ridge import sum_statistics
 from fedneurogen.shared.local_path import subject_local_statistics, windows_layout
 from fedneurogen.shared.model.crossfit import class_residuals
+from fedneurogen.shared.model.noise import site_sketch
 from fedneurogen.shared.private_path import BLOCK_WEIGHTS, private_reduction
 
 
@@ -385,6 +387,36 @@ def class_residual_statistics(
     return out
 
 
+def noise_statistics(
+    site: SiteSplit, model: NeuroGenModel, class_names: list[str], min_subjects: int = 1
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """A sketch of the site's training residuals' covariance against the model's closed-form
+    labelled mean (``shared.model.noise.NoiseSketch``): the server's noise model. Nothing (an
+    empty dict) from fewer than ``min_subjects`` training subjects (exact sums: the caller
+    checks the site's policy).
+
+    Parameters
+    ----------
+    site : SiteSplit
+        The site.
+    model : NeuroGenModel
+        Holding the server's solved paths and class offsets.
+    class_names : list of str
+        The run's classes, in label-index order.
+    min_subjects : int
+        The fewest subjects a released sum covers (``min-subjects-per-release``).
+
+    Returns
+    -------
+    dict of str to np.ndarray
+        ``NoiseSketch.to_arrays``, or empty.
+    """
+    if len(set(site.train.subjects.tolist())) < max(min_subjects, 1):
+        return {}
+    index = {name: i for i, name in enumerate(class_names)}
+    return site_sketch(model.modality_heads[site.modality], site.train, index).to_arrays()
+
+
 def private_ridge_statistics(
     site: SiteSplit, dp: privacy.DPSettings, ledger: privacy.PrivacyLedger, ledger_file: Path, prior: bool
 ) -> dict[str, np.ndarray]:
@@ -502,12 +534,20 @@ def evaluate(
     batch_size: int,
     seed: int,
     pcc_windows: int = 0,
+    departure_windows: int = 0,
 ) -> dict[str, float]:
-    """Validation loss on the held-out subjects and, with ``pcc_windows``, the temporal PCC of
-    the label-free point prediction on the first few held-out windows."""
+    """Validation loss on the held-out subjects; with ``pcc_windows``, the temporal PCC of the
+    label-free point prediction on the first few held-out windows; with ``departure_windows``
+    (and a fitted noise model), each departure share's CRPS on the first few held-out windows,
+    from which the server chooses the samples' share of the DiT's departure from the noise
+    model's Gaussian (``shared/workflows/departure.py``)."""
     class_to_index = {name: i for i, name in enumerate(class_names)} or None
     val = site.val
     metrics = {"num-examples": len(val), "loss": validation_loss(model, [val], class_to_index, batch_size, seed=seed)}
+    if departure_windows and model.modality_heads[site.modality].noise.fitted:
+        part = val.subset(np.arange(len(val)) < departure_windows)
+        scores = departure_scores(model, part, class_to_index or {}, seed, batch_size)
+        metrics.update({crps_key(share): crps for share, crps in scores.items()})
     if pcc_windows:
         index = np.arange(min(pcc_windows, len(val)))
         batch = Batch.from_windows(val, index, class_to_index, model.device)

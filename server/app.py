@@ -41,7 +41,7 @@ from fedneurogen.server.checkpointing import (
     load_parameters,
     model_parameters,
 )
-from fedneurogen.server.class_offsets import check_part, solve_class_offsets
+from fedneurogen.server.closed_form import choose_class_offsets, choose_departure, choose_noise_model, error_reason
 from fedneurogen.server.early_stopping import ResidualEarlyStopping
 from fedneurogen.server.local_statistics import check_mixing, solve_local
 from fedneurogen.server.statistics import (
@@ -55,13 +55,13 @@ from fedneurogen.server.statistics import (
 )
 from fedneurogen.server.strategy import ModalityStrategy, make_strategy
 from fedneurogen.shared.transport import EVALUATE_FIRST, content_hash, frozen_names
+from fedneurogen.shared.workflows.departure import DEPARTURE_WINDOWS
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.io import write_json_atomic
 from fedneurogen.shared.model import NeuroGenModel
 from fedneurogen.shared.records import sendable_label
 from fedneurogen.shared.local_path import MIXING_REQUEST
-from fedneurogen.shared.model.crossfit import CLASS_RESIDUALS_REQUEST, MIN_CLASS_SUBJECTS
 from fedneurogen.shared.model.mean import set_mixing, solve_private_path, solve_ridge_path
 from fedneurogen.shared.private_path import PrivateReduction, private_reduction, release_noise_std
 from fedneurogen.shared.ridge import STATISTICS_REQUEST, sum_statistics
@@ -167,11 +167,6 @@ def receive_each(grid: Grid, messages: list[Message], timeout: float) -> Iterato
             yield replies.pop(0)
         if waiting:
             time.sleep(getattr(grid, "pull_interval", 1.0))
-
-
-def error_reason(reply: Message) -> str:
-    """The last line of an error reply's reason (a traceback's message), at most 300 characters."""
-    return (str(reply.error.reason).strip().splitlines() or ["(no reason)"])[-1][:300]
 
 
 def solve_global_ridge(
@@ -405,64 +400,6 @@ def choose_local_share(
             chosen[modality]["local_path"]["mixing_sites"] = len(parts)
 
 
-def choose_class_offsets(
-    grid: Grid, model: NeuroGenModel, ridge: dict, class_names: list[str], timeout: float
-) -> dict:  # fmt: skip
-    """Each class's offset of the point prediction, from the sites' per-class residual sums.
-
-    The solved paths go to the sites whose statistics are in them; each answers its training
-    and held-out windows' per-class sums (``ClassResiduals``; exact sums: refused in a DP run,
-    no class of fewer subjects than the site's ``min-subjects-per-release``), which
-    ``server/class_offsets.py`` checks and sums. Returns per modality what
-    ``install_class_offsets`` did, the refused sites and why."""
-    arrays = ArrayRecord(model_parameters(model))
-    request = ConfigRecord({"kind": CLASS_RESIDUALS_REQUEST, "class-names": list(class_names)})
-    targets = {
-        node: modality
-        for modality, choice in ridge.items()
-        if isinstance(choice, dict) and "nodes" in choice and not choice.get("switched_off")
-        for node in choice["nodes"]
-    }
-    messages = [
-        Message(RecordDict({"request": request, "arrays": arrays}), dst_node_id=node, message_type=MessageType.QUERY)
-        for node in targets
-    ]
-    got: dict[str, list] = {m: [] for m in set(targets.values())}
-    refused = []
-    for reply in grid.send_and_receive(messages, timeout=timeout):
-        node = reply.metadata.src_node_id
-        if node not in targets:
-            continue
-        if reply.has_error() or "class-residuals" not in reply.content.array_records:
-            reason = f"error reply: {error_reason(reply)}" if reply.has_error() else "no class-residuals record"
-            refused.append({"node": node, "reason": reason})
-            continue
-        modality = targets[node]
-        head = model.modality_heads[modality].mean
-        classes, frames, _ = head.ridge.class_intercept.shape
-        shape = (classes - 1, frames, int((head.ridge.keys >= 0).sum()))  # the points the path was solved for
-        record = {k: a.numpy() for k, a in reply.content["class-residuals"].items()}
-        try:
-            scale = float(ridge[modality].get("target_mean_square") or 1.0)
-            train = check_part(record, "train", shape, scale)
-            val = check_part(record, "val", shape, scale)
-        except StatisticsRefused as err:
-            log(WARNING, "class residuals: site (node %s) refused: %s", node, err)
-            refused.append({"node": node, "reason": f"refused class residuals: {err}"})
-            continue
-        if train is not None:
-            got[modality].append((train, val))
-    out: dict = {}
-    for modality, replies in sorted(got.items()):
-        if replies:
-            out[modality] = solve_class_offsets(model.modality_heads[modality].mean, replies, MIN_CLASS_SUBJECTS)
-            offsets = out[modality]["classes_with_offset"]
-            out[modality]["classes_with_offset"] = [class_names[i] for i in offsets if i < len(class_names)]
-    if refused:
-        out["refused"] = refused
-    return out
-
-
 def checkpoint_extra(
     run: RunConfig, class_names: list[str], server_round: int, sites_count: int, split_subjects: dict | None = None
 ) -> dict:
@@ -580,7 +517,7 @@ def resume_or_start(
 
 def solve_paths(grid: Grid, run: RunConfig, model: NeuroGenModel, class_names: list[str], splits: SiteSplits) -> dict:
     """Before round 1: the ridge path from the sites' statistics and, from exact sums only, the
-    class offsets; installed in ``model``. Under DP the sites whose releases are in the path are
+    class offsets and the residual's noise model; installed in ``model``. Under DP the sites whose releases are in the path are
     recorded in ``splits`` as released (their data are in the model, their splits stay with them).
     Returns the choices, for round 1's history."""
     ridge = solve_global_ridge(
@@ -595,6 +532,8 @@ def solve_paths(grid: Grid, run: RunConfig, model: NeuroGenModel, class_names: l
     if not run.dp_enabled and class_names:  # exact sums only: under DP the class stays with the diffusion
         ridge["class_offsets"] = choose_class_offsets(grid, model, ridge, class_names, run.round_timeout)
         log(INFO, "Class offsets from the sites' per-class residual sums: %s", ridge["class_offsets"])
+        ridge["noise_model"] = choose_noise_model(grid, model, ridge, class_names, run.round_timeout)
+        log(INFO, "Noise model from the sites' residual sketches: %s", ridge["noise_model"])
     if run.dp_enabled:
         splits.add_released(n for v in ridge.values() if isinstance(v, dict) for n in v.get("nodes", []))
     return ridge
@@ -696,7 +635,10 @@ def main(grid: Grid, context: Context) -> None:
             arrays = stopping.best_residual(arrays)
         evaluation = {}
         if not folded or server_round == num_rounds:  # else: scored in the next round's training replies
-            eval_config = ConfigRecord({"class-names": class_names})
+            last = server_round == num_rounds and not run.dp_enabled  # and the departure shares scored
+            eval_config = ConfigRecord(
+                {"class-names": class_names, **({DEPARTURE_WINDOWS: run.departure_windows} if last else {})}
+            )
             replies = grid.send_and_receive(
                 strategy.configure_evaluate(server_round, arrays, eval_config, grid), timeout=timeout
             )
@@ -705,6 +647,8 @@ def main(grid: Grid, context: Context) -> None:
             evaluation = strategy.report.get(MessageType.EVALUATE, {})
         if stopping.active and (stopping.stopped or server_round == num_rounds):
             arrays = stopping.best_residual(arrays)  # what is checkpointed and sent on
+        if server_round == num_rounds and evaluation:  # the samples' share of the DiT's departure
+            arrays, evaluation["departure"] = choose_departure(model, arrays, evaluation.get("aggregate") or {})
 
         report = strategy.report
         history.append(

@@ -39,6 +39,7 @@ from flwr.serverapp import Grid
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.records import config_value, describe_content
 from fedneurogen.shared.transport import EVALUATED_PREFIX, FROZEN_HASH
+from fedneurogen.shared.workflows.departure import DEPARTURES, crps_key
 from fedneurogen.shared.config import PreprocessConfig
 
 AUDIT_FILE = Path("audit") / "received.jsonl"
@@ -210,6 +211,7 @@ METRIC_KEYS = (
     "withheld",
     "skipped-runs",
     "noise-scale",
+    *(crps_key(share) for share in DEPARTURES),  # the last evaluation's departure shares
     *(EVALUATED_PREFIX + key for key in _EVALUATE_KEYS),  # folded evaluation, in training replies
 )
 PATH_SEPARATORS = ("/", "\\")
@@ -285,6 +287,23 @@ def _class_residual_problem(key: str, shape: Sequence[int]) -> str | None:
     return None if len(shape) == dims else f"is not shaped like the per-class {match.group(2)}"
 
 
+#: Arrays of the noise reply (``client/site.noise_statistics``): a sketch of the summed second
+#: moment of a site's residuals over all its training frames (``shared.model.noise.NoiseSketch``).
+NOISE_SKETCH_DIMS = {"rows": 1, "squares": 1, "components": 2, "temporal": 2, "temporal_count": 1}
+
+
+def _noise_problem(key: str, shape: Sequence[int]) -> str | None:
+    """What is wrong with an array of a ``noise`` record (a residual covariance sketch)."""
+    dims = NOISE_SKETCH_DIMS.get(key)
+    if dims is None:
+        return "is not part of a residual covariance sketch"
+    if len(shape) != dims or (key in ("rows", "temporal_count") and tuple(shape) != (1,)):
+        return f"is not shaped like the sketch's {key}"
+    if key == "temporal" and shape[0] != shape[1]:
+        return "is not the frames' square product matrix"
+    return None
+
+
 def _local_problem(record: str, key: str, shape: Sequence[int]) -> str | None:
     """What is wrong with an array of a ``local`` (local-path statistics) or ``mixing`` record."""
     if record == "mixing":
@@ -323,10 +342,13 @@ def _check_arrays(
     for key, info in record.get("arrays", {}).items():
         shape = tuple(info.get("shape", ()))
         texts.append(key)
-        if rname in ("local", "mixing", "class-residuals"):  # sums over subjects' windows too
-            problem = (
-                _class_residual_problem(key, shape) if rname == "class-residuals" else _local_problem(rname, key, shape)
-            )
+        if rname in ("local", "mixing", "class-residuals", "noise"):  # sums over subjects' windows too
+            if rname == "noise":
+                problem = _noise_problem(key, shape)
+            elif rname == "class-residuals":
+                problem = _class_residual_problem(key, shape)
+            else:
+                problem = _local_problem(rname, key, shape)
             if problem:
                 problems.append(f"{where}: array {rname}/{key} {list(shape)} {problem}")
             continue

@@ -69,6 +69,7 @@ class RunConfig(BaseModel):
     cache_dir: str = ""  # a simulated node's cache only: a deployed site's is its node config's
     site_state_dir: str = ""
     eval_pcc_windows: int = Field(256, ge=0, le=100_000)  # and max-eval-pcc-windows
+    departure_windows: int = Field(16, ge=0, le=100_000)  # and max-departure-windows
     early_stopping_patience: int = Field(2, ge=0)
     dp_enabled: bool = False
     dp_target_epsilon: float = Field(8.0, gt=0)

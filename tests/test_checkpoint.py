@@ -70,8 +70,8 @@ def test_round_trip_gives_identical_outputs(trained, tmp_path):
     assert loaded_meta["content_hash"] == meta["content_hash"]
     assert all(t.device.type == "cpu" for t in loaded.state_dict().values())  # nothing left on the meta device
     assert all(
-        p.requires_grad != (".mean.ridge." in n) for n, p in loaded.named_parameters()
-    )  # the ridge path is closed-form
+        p.requires_grad != (".mean.ridge." in n or ".noise." in n) for n, p in loaded.named_parameters()
+    )  # the ridge path and the noise model are closed-form
     assert torch.equal(
         loaded.modality_heads["fmri"].tokenizer.patch_index, model.modality_heads["fmri"].tokenizer.patch_index
     )

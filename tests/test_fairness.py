@@ -1,7 +1,7 @@
 """Fairness augmentation: leakage guards, report schema, determinism, clear errors.
 
 One small simulated EEG-fNIRS site (binary left/right task, so the equalized-odds path runs) and
-a tiny checkpoint trained for a few steps; generation uses 2 DDIM steps.
+a tiny checkpoint trained for a few steps; generation uses 2 sampling steps.
 """
 
 from __future__ import annotations

@@ -105,7 +105,7 @@ def test_every_preprocess_length_has_sane_bounds():
 
 
 def test_the_run_config_keys_a_site_bounds_are_refused_with_a_clear_reason():
-    """``local-epochs``, ``round-timeout``, ``eval-pcc-windows`` and ``max-windows`` are bounded
+    """``local-epochs``, ``round-timeout``, ``eval-pcc-windows``, ``departure-windows`` and ``max-windows`` are bounded
     by the site's policy (defaults in ``RUN_LIMITS``, its node config may change them); the run
     config has absolute maxima too."""
     check_run({}, RunConfig())  # the defaults pass every default bound
@@ -113,6 +113,7 @@ def test_the_run_config_keys_a_site_bounds_are_refused_with_a_clear_reason():
         "local_epochs": (21, "the run's local-epochs = 21 is above this site's limit max-local-epochs = 20"),
         "round_timeout": (90000.0, "the run's round-timeout = 90000 is above this site's limit max-round-timeout = 86400"),
         "eval_pcc_windows": (5000, "the run's eval-pcc-windows = 5000 is above this site's limit max-eval-pcc-windows = 1024"),
+        "departure_windows": (65, "the run's departure-windows = 65 is above this site's limit max-departure-windows = 64"),
         "max_windows": (1, "the run's max-windows = 1 is below this site's floor min-train-windows = 8 (0: all windows)"),
     }  # fmt: skip
     for name, (value, reason) in cases.items():
@@ -123,6 +124,7 @@ def test_the_run_config_keys_a_site_bounds_are_refused_with_a_clear_reason():
         "max-local-epochs",
         "max-round-timeout",
         "max-eval-pcc-windows",
+        "max-departure-windows",
         "min-train-windows",
     }
     # a site may allow more, or less

@@ -257,10 +257,10 @@ def test_a_real_round_sends_only_parameters_and_numbers(federation_sites, tmp_pa
 
     entries = read_log(run_dir / AUDIT_FILE)
     kinds = sorted((e["round"] or 0, e["message_type"]) for e in entries)
-    # three queries per site (its classes; the sums of its ridge statistics; its per-class
-    # residual sums), then the round: training (whose replies score the ridge path alone, early
-    # stopping's starting point) and the last round's evaluation
-    assert kinds == [(0, MessageType.QUERY)] * 6 + [(1, MessageType.EVALUATE)] * 2 + [(1, MessageType.TRAIN)] * 2
+    # four queries per site (its classes; the sums of its ridge statistics; its per-class
+    # residual sums; its residuals' covariance sketch), then the round: training (whose replies
+    # score the ridge path alone, early stopping's starting point) and the last round's evaluation
+    assert kinds == [(0, MessageType.QUERY)] * 8 + [(1, MessageType.EVALUATE)] * 2 + [(1, MessageType.TRAIN)] * 2
     assert not any(e["error"] for e in entries)
 
     # what the sites hold, concretely: their windows' shapes, folders, subjects and runs
@@ -320,10 +320,17 @@ def test_a_real_round_sends_only_parameters_and_numbers(federation_sites, tmp_pa
                 "subjects": [classes],
             }
             assert shapes == {f"{split}.{k}": v for split in ("train", "val") for k, v in per_class.items()}
+        elif "noise" in records:  # a sketch of the residuals' second moment over all training frames
+            assert set(records) == {"noise", "site"}
+            shapes = {k: a["shape"] for k, a in records["noise"]["arrays"].items()}
+            rank = tiny_shapes["modality_heads.fmri.noise.basis"][1]
+            assert shapes["components"][0] == 5124 and shapes["components"][1] <= 2 * rank
+            assert shapes == {"rows": [1], "squares": [5124], "components": shapes["components"], "temporal": [8, 8],
+                              "temporal_count": [1]}  # fmt: skip
         else:
             assert "arrays" not in records
         assert records["site"]["values"]["modality"] == "fmri"
-        if e["message_type"] == MessageType.QUERY and not {"statistics", "class-residuals"} & set(records):
+        if e["message_type"] == MessageType.QUERY and not {"statistics", "class-residuals", "noise"} & set(records):
             assert (
                 set(records["site"]["values"]) == {"modality", "classes"}
                 and "rest" in records["site"]["values"]["classes"]
@@ -333,6 +340,11 @@ def test_a_real_round_sends_only_parameters_and_numbers(federation_sites, tmp_pa
     # trained part again for the last round's evaluation (the frozen records are held), their
     # trained parameters back
     (entry,) = json.loads((run_dir / "history.json").read_text())
+    # the sketches made the noise model, and the last evaluation's CRPS of each departure share
+    # chose the samples' share of the DiT's departure from its Gaussian
+    assert entry["ridge_path"]["noise_model"]["fmri"]["sites"] == 2
+    departure = entry["evaluate"]["departure"]["fmri"]
+    assert departure["crps"][f"{departure['chosen']:g}"] == min(departure["crps"].values())
     parameters = model_parameters(NeuroGenModel("tiny", device="cpu"))
     model_bytes = array_bytes(ArrayRecord(parameters))
     trained_bytes = array_bytes(ArrayRecord({k: v for k, v in parameters.items() if k not in frozen}))

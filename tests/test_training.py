@@ -47,6 +47,14 @@ def test_train_writes_checkpoint_logs_and_resumes(small_fmri_windows, tmp_path):
     assert meta["provenance"]["epochs"] == 2 and meta["provenance"]["split_seed"] == 0
     steps_after_two = meta["provenance"]["steps"]
     assert steps_after_two > 0
+    # the residual's noise model is fitted, and the samples' share of the DiT's departure from it
+    # is the one of the least validation CRPS
+    assert meta["provenance"]["class_offsets"]["fmri"]["noise_model"]["points"] == 5124
+    departure = meta["provenance"]["departure"]["fmri"]
+    assert departure["crps"][f"{departure['chosen']:g}"] == min(departure["crps"].values())
+    trained, _ = load_checkpoint(checkpoint, device="cpu", use_ema=True)
+    assert trained.modality_heads["fmri"].noise.fitted
+    assert float(trained.modality_heads["fmri"].noise.departure) == pytest.approx(departure["chosen"], rel=1e-6)
     log = _log(run)
     assert [r["epoch"] for r in log if "val/loss" in r] == [1, 2]
     assert all(np.isfinite(r["val/loss"]) for r in log if "val/loss" in r)

@@ -175,11 +175,12 @@ def test_a_site_checks_keeps_and_reuses_the_frozen_records(tmp_path, task_identi
     assert held is None and set(params) == {BACKBONE}
 
 
-def test_the_models_frozen_records_are_its_ridge_path():
+def test_the_models_frozen_records_are_its_ridge_path_and_noise_model():
     from fedneurogen.shared.model import NeuroGenModel
 
     names = frozen_names(NeuroGenModel("tiny"))
-    assert names and all(".mean.ridge." in n or ".mean.local." in n for n in names)
+    assert names and all(".mean.ridge." in n or ".mean.local." in n or ".noise." in n for n in names)
+    assert any(".noise." in n for n in names)
 
 
 def test_the_folded_evaluation_is_the_evaluate_rounds_and_only_trained_parameters_go_back(

@@ -64,7 +64,9 @@ def augment(
     minority_ratio: float = typer.Option(
         0.8, "--minority-ratio", min=0.01, max=1.0, help="Under-represented: fewer than this x the target size."
     ),
-    steps: int | None = typer.Option(None, "--steps", min=1, help="DDIM steps (default: the model's sampling_steps)."),
+    steps: int | None = typer.Option(
+        None, "--steps", min=1, help="Sampling steps (default: the model's sampling_steps)."
+    ),
     guidance: float = typer.Option(2.0, "--guidance", help="Classifier-free guidance scale on the class label."),
     seed: int = typer.Option(0, "--seed", help="Seed of the folds, oversampling, generation noise and classifiers."),
     eeg_only: bool = typer.Option(
@@ -134,7 +136,7 @@ def fairness_table(
     seed: int = typer.Option(0, "--seed", help="Seed of the simulation, the cuts, the folds and generation."),
     preset: Preset = typer.Option(Preset.tiny, "--preset", help="Generator preset when training one."),
     train_minutes: float = typer.Option(6.0, "--train-minutes", help="Generator training time when no --checkpoint."),
-    steps: int = typer.Option(10, "--steps", min=1, help="DDIM steps per generated window."),
+    steps: int = typer.Option(10, "--steps", min=1, help="Sampling steps per generated window."),
     guidance_scale: float = typer.Option(2.0, "--guidance-scale", help="Classifier-free guidance on the class label."),
     source: TableSource = typer.Option(
         TableSource.pool,

@@ -31,7 +31,9 @@ def synthesize(
     n_samples: int = typer.Option(
         1, "--n-samples", min=1, help="Samples per window, written as desc-generated1, desc-generated2, ..."
     ),
-    steps: int | None = typer.Option(None, "--steps", min=1, help="DDIM steps (default: the model's sampling_steps)."),
+    steps: int | None = typer.Option(
+        None, "--steps", min=1, help="Sampling steps (default: the model's sampling_steps)."
+    ),
     guidance: float = typer.Option(1.0, "--guidance", help="Classifier-free guidance scale (1 = plain conditional)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sampling noise; sample k uses seed + k - 1."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Windows sampled together."),
@@ -73,7 +75,9 @@ def evaluate(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint directory (its EMA weights are used)."),
     data: Path = typer.Option(..., "--data", help="BIDS site to evaluate on (the subjects the checkpoint never saw)."),
     out: Path = typer.Option(..., "--out", help="Report directory: report.json and PNG figures."),
-    steps: int | None = typer.Option(None, "--steps", min=1, help="DDIM steps (default: the model's sampling_steps)."),
+    steps: int | None = typer.Option(
+        None, "--steps", min=1, help="Sampling steps (default: the model's sampling_steps)."
+    ),
     max_windows: int | None = typer.Option(None, "--max-windows", min=1, help="Score at most this many test windows."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sampling noise, the noise baseline and the regressor."),
     guidance: float = typer.Option(1.0, "--guidance", help="Classifier-free guidance scale (1 = plain conditional)."),

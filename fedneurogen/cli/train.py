@@ -38,7 +38,7 @@ def info(preset: Preset = typer.Option(Preset.tiny, "--preset", help="Model pres
     console.print(table)
     console.print(
         f"EEG encoder {config.eeg_depth} x {config.eeg_dim}, DiT {config.depth} x {config.hidden_dim} ({config.heads} heads), "
-        f"fMRI tokens {config.fmri.n_patches}, {config.prediction}-prediction, {config.sampling_steps} DDIM steps"
+        f"fMRI tokens {config.fmri.n_patches}, {config.prediction}-prediction, {config.sampling_steps} {config.sampler} sampling steps"
     )
 
 

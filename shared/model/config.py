@@ -137,12 +137,18 @@ class ModelConfig(BaseModel):
         Dropout on the design into the residual network, in [0, 1).
     mean_loss_weight : float
         Weight of the point prediction's MSE in the total loss.
+    noise_rank : int
+        Principal directions of the residual's noise model (``shared/model/noise.py``), whose
+        whitened coordinates the diffusion works in once it is fitted.
     diffusion_steps : int
         Steps of the diffusion process.
     prediction : {"v", "eps"}
         Network output: velocity (default) or noise.
     sampling_steps : int
-        DDIM steps when ``sample()`` is not told otherwise, in ``[1, diffusion_steps]``.
+        Sampling steps when ``sample()`` is not told otherwise, in ``[1, diffusion_steps]``.
+    sampler : {"flow", "ddim"}
+        The reverse process's solver (``shared/model/diffusion.py``): Euler steps of the
+        probability-flow ODE in the noise angle (exact on white residuals), or DDIM.
     ema_decay : float
         Decay of the exponential moving average of the weights.
     fmri : FmriConfig
@@ -210,11 +216,15 @@ class ModelConfig(BaseModel):
     mean_rank: int = Field(32, description="Rank of the residual's per-point readout")
     mean_dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout on the design into the residual network")
     mean_loss_weight: float = Field(1.0, description="Weight of the point prediction's MSE in the total loss")
+    noise_rank: int = Field(
+        20, ge=0, description="Principal directions of the residual's noise model (the diffusion's coordinates)"
+    )
 
     # Diffusion process and sampling.
     diffusion_steps: int = 1000
     prediction: Literal["v", "eps"] = Field("v", description="Network output: velocity (default) or noise")
-    sampling_steps: int = Field(50, description="DDIM steps used when sample() is not told otherwise")
+    sampling_steps: int = Field(50, description="Sampling steps used when sample() is not told otherwise")
+    sampler: Literal["flow", "ddim"] = Field("flow", description="Solver of the reverse process (flow ODE or DDIM)")
     ema_decay: float = 0.999
 
     fmri: FmriConfig = FmriConfig()

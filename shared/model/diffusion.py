@@ -7,8 +7,18 @@ Training objective (8): mean squared error between the network output and its ta
   schedule and few sampling steps this is better conditioned than predicting eps: recovering
   ``x_0 = a_t x_t - s_t v`` never divides by a small ``a_t`` at high noise;
 - ``prediction="eps"``: ``eps`` (Ho et al., 2020).
-Reverse process (5) by DDIM (Song et al., 2021) on a respaced subset of steps; ``eta=0`` is
-deterministic given the starting noise. Equation numbers as in docs/architecture.md §4.
+Reverse process (5) on a respaced subset of steps, by one of two solvers:
+- ``flow_sample`` (default): Euler steps of the probability-flow ODE in the angle
+  ``theta = arccos(a_t)``, where ``x_t = cos(theta) x_0 + sin(theta) eps`` and so
+  ``dx/dtheta = v`` exactly: ``x <- x + (theta' - theta) v_hat``. Exact for data ``N(0, I)``
+  (``v_hat = 0``: nothing moves), which is what the noise model's whitened residuals nearly are;
+  first order in the data's mean (3 % of a mean of 2 after 20 steps), which the point
+  prediction leaves near zero;
+- ``ddim_sample``: DDIM (Song et al., 2021); ``eta=0`` is deterministic given the starting noise.
+  Exact for a point mass, but it rotates ``x`` by the step's angle, so on ``N(0, I)`` data each
+  step shrinks it by
+  ``cos(theta - theta')`` (variance 0.88 after 20 steps, 0.95 after 50).
+Equation numbers as in docs/architecture.md §4.
 """
 
 from __future__ import annotations
@@ -211,6 +221,51 @@ class GaussianDiffusion:
         return torch.randint(0, self.num_steps, (batch_size,), generator=generator, device=source).to(device)
 
     @torch.no_grad()
+    @torch.no_grad()
+    def flow_sample(
+        self,
+        model_fn: ModelFn,
+        shape: tuple[int, ...],
+        *,
+        steps: int = 50,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+    ) -> torch.Tensor:
+        """Draw ``x_0`` by Euler steps of the probability-flow ODE in ``theta`` (module docstring).
+
+        Deterministic given ``generator``, on the same respaced steps as ``ddim_sample``.
+
+        Parameters
+        ----------
+        model_fn : callable
+            ``model_fn(x_t, t [B])`` -> the network output (v or eps), shaped like ``x_t``.
+        shape : tuple of int
+            Shape of the sample, batch first.
+        steps : int
+            Steps (``ddim_timesteps``).
+        generator : torch.Generator | None
+            Source of the starting noise.
+        device : torch.device | str
+            Where the sample is computed.
+
+        Returns
+        -------
+        torch.Tensor
+            The sample of ``shape``.
+        """
+        device = torch.device(device)
+        timesteps = ddim_timesteps(self.num_steps, steps)
+        angle = lambda t: math.acos(min(1.0, math.sqrt(float(self.alphas_cumprod[t]))))  # noqa: E731
+        x = random_normal(shape, generator, device)
+        for i, t in enumerate(timesteps):
+            theta = angle(t)
+            theta_next = angle(timesteps[i + 1]) if i + 1 < len(timesteps) else 0.0
+            t_batch = torch.full((shape[0],), t, dtype=torch.long, device=device)
+            x0, eps = self.predict_x0_and_eps(x, t_batch, model_fn(x, t_batch).float())
+            velocity = math.cos(theta) * eps - math.sin(theta) * x0  # dx/dtheta, whatever the network predicts
+            x = x + (theta_next - theta) * velocity
+        return x
+
     def ddim_sample(
         self,
         model_fn: ModelFn,

@@ -77,6 +77,19 @@ class EMA:
             self.shadow[name].lerp_(p.detach().to(self.shadow[name].dtype), 1.0 - decay)
 
     @torch.no_grad()
+    def reset_frozen(self, model: nn.Module) -> None:
+        """Take the model's frozen parameters (set in closed form, never trained) as they are now.
+
+        Parameters
+        ----------
+        model : nn.Module
+            The model (same parameter names as at construction).
+        """
+        for name, p in unwrap_model(model).named_parameters():
+            if not p.requires_grad:
+                self.shadow[name].copy_(p.detach())
+
+    @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
         """Overwrite the model's parameters with the averages.
 

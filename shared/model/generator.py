@@ -35,6 +35,7 @@ from fedneurogen.shared.model.eeg_encoder import EEGEncoder, channel_index_tenso
 from fedneurogen.shared.model.layers import PositionEmbedding
 from fedneurogen.shared.model.losses import TrainingLosses
 from fedneurogen.shared.model.mean import MeanHead
+from fedneurogen.shared.model.noise import ResidualNoise
 from fedneurogen.shared.model.sampling import Sampling
 from fedneurogen.shared.model.target_encoder import ContrastiveAlignment, TargetEncoder
 from fedneurogen.shared.model.tokens import FmriTokenizer, TokenLayout, fnirs_layout, patchify, unpatchify
@@ -77,7 +78,8 @@ class ModalityHead(nn.Module):
     """The parts of the model specific to one target modality.
 
     Patch and condition embedders, the final layer (the modal unpatcher), the point prediction
-    (``MeanHead``: ridge path + learned residual) and the target encoder of the alignment stage.
+    (``MeanHead``: ridge path + learned residual), the residual's noise model (``ResidualNoise``)
+    and the target encoder of the alignment stage.
 
     Parameters
     ----------
@@ -115,6 +117,8 @@ class ModalityHead(nn.Module):
             n_frames=n_frames,
         )
         self.target_encoder = TargetEncoder(token_dim, config)  # for the alignment stage
+        # the residual's linear-Gaussian covariance: the diffusion works in its whitened coordinates
+        self.noise = ResidualNoise(n_points, config.noise_rank, n_frames)
 
 
 class NeuroGenModel(TrainingLosses, Sampling, nn.Module):
@@ -359,6 +363,46 @@ class NeuroGenModel(TrainingLosses, Sampling, nn.Module):
             batch.design.float(), labels, names, layout.n_points, train=train, residual=residual
         )
 
+    def whiten(self, residual: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The batch's residuals in the noise model's whitened coordinates (the diffusion's).
+
+        Parameters
+        ----------
+        residual : torch.Tensor
+            ``[B, N, F]`` targets less the point prediction.
+        batch : Batch
+            The batch (its modality and, for fNIRS, its points' names).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[B, N, F]``: ``Σ^{-1/2}`` of the residuals (themselves where no noise model is fitted).
+        """
+        head = self.modality_heads[batch.modality]
+        return head.noise.whiten(residual, self._noise_slots(batch, residual.shape[1]))
+
+    def colour(self, z: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Whitened residuals back in the targets' units: the inverse of ``whiten``.
+
+        Parameters
+        ----------
+        z : torch.Tensor
+            ``[B, N, F]`` whitened residuals (what the diffusion draws).
+        batch : Batch
+            The batch (its modality and, for fNIRS, its points' names).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[B, N, F]``: ``Σ^{1/2} z``.
+        """
+        head = self.modality_heads[batch.modality]
+        return head.noise.colour(z, self._noise_slots(batch, z.shape[1]))
+
+    def _noise_slots(self, batch: Batch, n_points: int) -> torch.Tensor | None:
+        names = batch.target_names if batch.modality == "fnirs" else None
+        return self.modality_heads[batch.modality].mean.ridge.slots(names, n_points)
+
     def denoise(
         self,
         x_t: torch.Tensor,
@@ -438,8 +482,9 @@ def parameter_count(config: ModelConfig | str) -> dict[str, int]:
     Returns
     -------
     dict of str to int
-        ``total``, ``eeg_encoder``, ``dit``, ``fmri``, ``fnirs``, ``other``, and ``ridge_path``
-        (closed-form coefficients inside the heads) and ``trainable`` (the rest).
+        ``total``, ``eeg_encoder``, ``dit``, ``fmri``, ``fnirs``, ``other``, ``ridge_path``
+        (closed-form coefficients inside the heads), ``noise_model`` (closed-form too) and
+        ``trainable`` (the rest).
     """
     with torch.device("meta"):
         model = NeuroGenModel(config, fmri_positions=None, device="meta")
@@ -449,15 +494,17 @@ def parameter_count(config: ModelConfig | str) -> dict[str, int]:
         **{name: count_parameters(head) for name, head in model.modality_heads.items()},
     }
     total = count_parameters(model)
-    # the ridge paths (inside the heads) are solved in closed form, not trained
+    # the ridge paths and the noise models (inside the heads) are set in closed form, not trained
     ridge = sum(
         count_parameters(head.mean.ridge) + (count_parameters(head.mean.local) if head.mean.local is not None else 0)
         for head in model.modality_heads.values()
     )
+    noise = sum(count_parameters(head.noise) for head in model.modality_heads.values())
     return {
         "total": total,
         **parts,
         "other": total - sum(parts.values()),
         "ridge_path": ridge,
-        "trainable": total - ridge,
+        "noise_model": noise,
+        "trainable": total - ridge - noise,
     }

@@ -121,7 +121,7 @@ class TrainingLosses:
             features = self.encode_eeg(batch)
             condition = self.condition_tokens(batch, features, layout)
             mean = self.point_prediction(batch, labels=mean_labels, train=self.training).float()
-            x0 = target - mean.detach()
+            x0 = self.whiten(target - mean.detach(), batch)  # the noise model's coordinates
             x_t = self.diffusion.q_sample(x0, t, noise)
             output = self.denoise(x_t, t, condition, layout, batch.modality, batch.labels, drop_labels=self.training)
             # per window first (DP clipping may want them), then their mean: the usual MSE
@@ -179,6 +179,7 @@ class TrainingLosses:
         self.integration.temporal.requires_grad_(False)
         for head in self.modality_heads.values():
             head.mean.ridge.requires_grad_(False)  # closed-form, never trained by SGD
+            head.noise.requires_grad_(False)  # closed-form too
             if head.mean.local is not None:
                 head.mean.local.requires_grad_(False)
         self.alignment_enabled = False

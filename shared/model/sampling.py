@@ -1,8 +1,10 @@
 """Generation with ``NeuroGenModel``: classifier-free guidance and DDIM sampling.
 
 ``Sampling`` is mixed into ``NeuroGenModel`` (``shared/model/generator.py``), which holds the
-network; the DDIM loop itself is ``GaussianDiffusion.ddim_sample`` (``shared/model/diffusion.py``).
-A sample is the point prediction plus a residual drawn by the diffusion.
+network; the solver loops are ``GaussianDiffusion.flow_sample`` and ``ddim_sample``
+(``shared/model/diffusion.py``).
+A sample is the point prediction plus a residual drawn by the diffusion, in the whitened
+coordinates of the residual's noise model (``shared/model/noise.py``).
 """
 
 from __future__ import annotations
@@ -101,9 +103,10 @@ class Sampling:
         eta: float = 0.0,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Generate targets ``[B, N, F]`` from the batch's EEG (and labels) by DDIM.
+        """Generate targets ``[B, N, F]`` from the batch's EEG (and labels) by the reverse process.
 
-        The sample is the point prediction plus a residual drawn by the diffusion. Runs without
+        The sample is the point prediction plus a residual drawn by the diffusion in the noise
+        model's whitened coordinates (``shared/model/noise.py``) and coloured back. Runs without
         gradients. To sample with EMA weights use ``EMA.average_parameters(model)`` or a
         checkpoint loaded with ``use_ema=True``.
 
@@ -112,11 +115,12 @@ class Sampling:
         batch : Batch
             EEG, design and (optionally) labels; ``target`` is not read.
         steps : int | None
-            DDIM steps; None: the config's ``sampling_steps``.
+            Solver steps; None: the config's ``sampling_steps``.
         guidance_scale : float
             Classifier-free guidance on the labels (1: none; see ``guided_denoise``).
         eta : float
-            DDIM stochasticity; 0 is deterministic given ``generator``.
+            DDIM stochasticity; 0 is deterministic given ``generator`` (and solved by the config's
+            ``sampler``), above 0 always DDIM.
         generator : torch.Generator | None
             Source of the noise.
 
@@ -135,18 +139,22 @@ class Sampling:
             guided = self.uses_guidance(batch.labels, guidance_scale)
             context_kv = self.dit.context_kv(torch.cat([condition, condition]) if guided else condition)
 
+        # v = 0 is the noise model's Gaussian: scaling v keeps that share of the DiT's departure
+        departure = self.modality_heads[batch.modality].noise.departure.float()
+
         def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             with self._autocast():
-                return self.guided_denoise(
+                v = self.guided_denoise(
                     x_t, t, condition, layout, batch.modality, batch.labels, guidance_scale, context_kv
-                ).float()
+                )
+                return departure * v.float()
 
-        sample = self.diffusion.ddim_sample(
-            model_fn,
-            (batch.batch_size, layout.n_points, n_frames),
-            steps=steps or self.config.sampling_steps,
-            eta=eta,
-            generator=generator,
-            device=self.device,
-        )
-        return sample + mean
+        shape = (batch.batch_size, layout.n_points, n_frames)
+        steps = steps or self.config.sampling_steps
+        if self.config.sampler == "flow" and eta == 0.0:
+            sample = self.diffusion.flow_sample(model_fn, shape, steps=steps, generator=generator, device=self.device)
+        else:  # DDIM (the config's, or any stochastic sampling)
+            sample = self.diffusion.ddim_sample(
+                model_fn, shape, steps=steps, eta=eta, generator=generator, device=self.device
+            )
+        return self.colour(sample, batch) + mean

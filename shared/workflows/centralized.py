@@ -65,6 +65,8 @@ from fedneurogen.shared.workflows.training import (
 from fedneurogen.shared.model.mean import fit_ridge_paths
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.model.crossfit import cross_fitted_training, fit_class_offsets
+from fedneurogen.shared.model.noise import fit_noise
+from fedneurogen.shared.workflows.departure import choose_departure
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +236,9 @@ def train_centralized(
     # 2. closed-form parts (the ridge paths before the EMA copies the weights), 3. the run's state
     ridge_choice = _ridge_paths(model, split, run_dir, resume)
     run = _start_run(model, run_dir, config, resume)
-    train_sites, cross_fit, class_offsets = _closed_form_parts(model, split, classes, config, ridge_choice, resume)
+    train_sites, cross_fit, class_offsets = _closed_form_parts(
+        model, run.ema, split, classes, config, ridge_choice, resume, seed
+    )
     names = list(site_names or [f"site-{i + 1:02d}" for i in range(len(sites))])
     provenance = {
         **_provenance(preset, seed, config, names, split),
@@ -253,8 +257,17 @@ def train_centralized(
     finished, best = _train_loop(
         run, train_sites, selection_sites, classes, config, seed, deadline, max_minutes, logger, progress
     )
-    # the point prediction keeps its best validation weights (the diffusion keeps its last)
+    # the point prediction keeps its best validation weights (the diffusion keeps its last), and
+    # the samples the share of the DiT's departure from its Gaussian that validation supports
     best.restore(model, run.ema)
+    if split.val:
+        with run.ema.average_parameters(model):
+            departure = choose_departure(model, split.val, classes, seed, config.batch_size)
+            shares = {m: torch.tensor([d["chosen"]]) for m, d in departure.items()}
+        for modality, share in shares.items():
+            model.modality_heads[modality].noise.departure.data.copy_(share)
+        run.ema.reset_frozen(model)
+        run.extra["provenance"]["departure"] = departure
     run.save(finished)
     logger.close()
     return run.checkpoint_dir
@@ -346,17 +359,21 @@ def _start_run(model: NeuroGenModel, run_dir: Path, config: TrainConfig, resume:
 
 def _closed_form_parts(
     model: NeuroGenModel,
+    ema: EMA,
     split: SplitSites,
     classes: dict[str, int],
     config: TrainConfig,
     ridge_choice: Any,
     resume: bool,
+    seed: int,
 ) -> tuple[list[PairedWindows], dict[str, Any] | None, dict[str, Any]]:
-    """The training windows the residual learns from, and the class offsets.
+    """The training windows the residual learns from, the class offsets and the noise model.
 
     With ``cross_fit_folds`` the training targets are cross-fitted (the residual learns the
     ridge path's error on new subjects); a new run then fits each class's mean residual in
-    closed form. Returns the training windows, the cross-fit record and the offsets per modality.
+    closed form, and the residual's noise model (the diffusion's coordinates) on what is left.
+    Returns the training windows, the cross-fit record and the offsets per modality (with the
+    noise model's record under ``noise_model``).
     """
     train_sites, cross_fit, class_offsets = list(split.train), None, {}
     if config.cross_fit_folds and ridge_choice:
@@ -365,6 +382,8 @@ def _closed_form_parts(
         for modality in sorted({w.target_modality for w in train_sites}):
             of = lambda ws: [w for w in ws if w.target_modality == modality]  # noqa: E731
             class_offsets[modality] = fit_class_offsets(model, modality, of(train_sites), of(split.val), classes)
+            class_offsets[modality]["noise_model"] = fit_noise(model, modality, of(train_sites), classes, seed)
+        ema.reset_frozen(model)  # the closed-form parts were set after the average started
     return train_sites, cross_fit, class_offsets
 
 

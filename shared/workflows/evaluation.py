@@ -138,7 +138,7 @@ def evaluate(
     out_dir : path-like
         Receives ``report.json`` and the PNG figures.
     steps : int, optional
-        DDIM steps (default: the model's ``sampling_steps``).
+        Sampling steps (default: the model's ``sampling_steps``).
     guidance_scale : float
         Classifier-free guidance scale; each window's samples are conditioned on its own class
         (the null label for classes the model lacks).

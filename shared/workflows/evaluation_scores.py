@@ -62,9 +62,9 @@ def tstr_scores(
     The classifier is the fairness protocol's default downstream one: target features
     (``target_features``: mean and slope per ROI of ``target_parcellation`` for fMRI, per
     channel for fNIRS) and standardised logistic regression (``make_classifier("logreg")``).
-    Each generator's *first* sample of every window is its training window (as for the other
-    first-sample metrics), so TSTR and TRTR train on the same number of windows and their gap
-    measures the data, not the size of the training set. The folds
+    Each of a generator's K samples of every window trains one classifier on as many windows as
+    the real set has, so TSTR and TRTR train on the same number of windows and their gap measures
+    the data, not the size of the training set; the K scores are averaged. The folds
     (``train_synthetic_test_real``) are the same for every generator and the reference.
 
     Parameters
@@ -101,13 +101,15 @@ def tstr_scores(
         )  # fmt: skip
 
     reference = score(real)
-    scores = {
-        name: None if samples is None else {
-            f"tstr_{key}": value for key, value in score(target_features(samples[0], modality, rois)).items()
-            if key != "chance"
-        }
-        for name, samples in generators.items()
-    }  # fmt: skip
+
+    def averaged(samples: np.ndarray) -> dict[str, float | None]:  # each sample set trains its own classifier
+        each = [score(target_features(x, modality, rois)) for x in samples]
+        return {
+            f"tstr_{key}": None if any(e[key] is None for e in each) else float(np.mean([e[key] for e in each]))
+            for key in each[0] if key != "chance"
+        }  # fmt: skip
+
+    scores = {name: None if samples is None else averaged(samples) for name, samples in generators.items()}
     return scores, {
         "trtr_balanced_accuracy": reference["balanced_accuracy"],
         "trtr_macro_f1": reference["macro_f1"],
@@ -115,8 +117,8 @@ def tstr_scores(
         "classes": classes,
         "windows": int(labelled.sum()),
         "classifier": "fairness protocol: target features (mean and slope per ROI/channel), logistic regression; "
-        "trained on each window's first sample with its conditioning class, tested on the real windows, "
-        "GroupKFold by subject",
+        "trained on one sample of each window with its conditioning class, tested on the real windows, "
+        "GroupKFold by subject; averaged over the samples",
     }
 
 

@@ -190,7 +190,7 @@ def generate(
     n_samples : int
         Samples per window.
     steps : int, optional
-        DDIM steps (default: the model's ``sampling_steps``).
+        Sampling steps (default: the model's ``sampling_steps``).
     guidance_scale : float
         Classifier-free guidance scale (1: the plain conditional model).
     seed : int
@@ -360,7 +360,7 @@ def synthesize(
     n_samples : int
         Samples per window; each is written as its own ``desc-generated<k>`` file.
     steps : int, optional
-        DDIM steps (default: the model's ``sampling_steps``).
+        Sampling steps (default: the model's ``sampling_steps``).
     guidance_scale : float
         Classifier-free guidance scale (1: the plain conditional model).
     seed : int

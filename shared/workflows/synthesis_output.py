@@ -513,7 +513,7 @@ def generated_by(
     meta : dict
         The checkpoint's metadata (``preset``, ``content_hash``).
     steps : int
-        DDIM steps (0 for the point prediction).
+        Sampling steps (0 for the point prediction).
     guidance_scale : float
         Classifier-free guidance scale.
     seed : int

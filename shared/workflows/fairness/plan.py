@@ -68,7 +68,7 @@ class AugmentConfig:
     minority_ratio : float
         A unit is under-represented below this fraction of its target size, in (0, 1].
     steps : int | None
-        DDIM steps; None: the checkpoint's default.
+        Sampling steps; None: the checkpoint's default.
     guidance_scale : float
         Classifier-free guidance scale of generation.
     seed : int
@@ -99,7 +99,7 @@ class AugmentConfig:
     use_target: bool = True  # fMRI/fNIRS features in the classifier
     classes: tuple[str, ...] | None = None  # default: every class but "rest" (trial_type)
     minority_ratio: float = 0.8
-    steps: int | None = None  # DDIM steps; None = the checkpoint's default
+    steps: int | None = None  # sampling steps; None = the checkpoint's default
     guidance_scale: float = 2.0
     seed: int = 0
     C: float = 1.0  # inverse regularisation of the logistic regression

@@ -238,7 +238,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     gen = report["generation"]
     lines += [
         "",
-        f"Generation: {gen['source']}; guidance scale {gen['guidance_scale']}, DDIM steps {gen['steps'] or 'checkpoint default'}.",
+        f"Generation: {gen['source']}; guidance scale {gen['guidance_scale']}, sampling steps {gen['steps'] or 'checkpoint default'}.",
     ]
     generate = report["strategies"].get("generate", {})
     fidelity, real = generate.get("generated_label_fidelity"), generate.get("real_label_fidelity")

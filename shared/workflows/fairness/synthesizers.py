@@ -43,7 +43,7 @@ class ModelSynthesizer:
     class_names : sequence of str | None
         The checkpoint's class names (label index -> name).
     steps : int | None
-        DDIM steps; None: the model's default.
+        Sampling steps; None: the model's default.
     guidance_scale : float
         Classifier-free guidance scale.
     batch_size : int
