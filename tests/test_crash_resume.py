@@ -516,7 +516,13 @@ def test_server_killed_after_round_2_resumes_to_the_uninterrupted_result(federat
         + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
     )
     assert final == pytest.approx(want, rel=1e-3)
-    assert final < expected[killed_at - 1]["evaluate"]["aggregate"]["loss"]  # not the round-2 model again
+    # not the round-2 model again: the resumed round trained the weights further (the held-out
+    # diffusion loss hardly moves in 3 rounds: the DiT starts at the noise model's exact Gaussian)
+    before, _ = load_checkpoint(run_dir / "rounds" / f"round-{rounds - 1:04d}", device="cpu")
+    earlier = dict(before.named_parameters())
+    assert any(
+        p.requires_grad and not np.array_equal(p.detach(), earlier[n].detach()) for n, p in model.named_parameters()
+    )
     assert np.isfinite(history[-1]["train"]["aggregate"]["loss"])
 
 
