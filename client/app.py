@@ -250,26 +250,20 @@ def query(msg: Message, context: Context, run: RunConfig) -> Message:
     paths, the sums that choose their mix on the site's held-out subjects."""
     data = _site(context, run)
     request = msg.content.config_records.get("request")
-    if request is not None and request.get("kind") == CLASS_RESIDUALS_REQUEST:
-        if run.dp_enabled:  # exact per-class sums: never in a DP run, whoever asks
-            raise SiteRefusal("per-class residual sums are exact sums over subjects: not released in a DP run")
+    exact = {  # exact sums over the training windows against the server's model: never in a DP run, whoever asks
+        CLASS_RESIDUALS_REQUEST: ("class-residuals", site.class_residual_statistics, "per-class residual sums"),
+        NOISE_REQUEST: ("noise", site.noise_statistics, "the residuals' covariance sketch"),
+    }
+    if request is not None and request.get("kind") in exact:
+        record, statistics, what = exact[request.get("kind")]
+        if run.dp_enabled:
+            raise SiteRefusal(f"{what}: exact statistics over subjects, not released in a DP run")
         floor = exact_statistics_floor(context.node_config)
         model = site.build_model(run.preset_config(), msg.content["arrays"].to_torch_state_dict())
         names = [str(c) for c in request.get("class-names", [])]
-        sums = site.class_residual_statistics(data, model, names, floor)
-        arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in sums.items()})
+        arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in statistics(data, model, names, floor).items()})
         info = ConfigRecord({"modality": data.modality})
-        return Message(content=RecordDict({"class-residuals": arrays, "site": info}), reply_to=msg)
-    if request is not None and request.get("kind") == NOISE_REQUEST:
-        if run.dp_enabled:  # an exact covariance sketch: never in a DP run, whoever asks
-            raise SiteRefusal("the residuals' covariance sketch is an exact statistic: not released in a DP run")
-        floor = exact_statistics_floor(context.node_config)
-        model = site.build_model(run.preset_config(), msg.content["arrays"].to_torch_state_dict())
-        names = [str(c) for c in request.get("class-names", [])]
-        sketch = site.noise_statistics(data, model, names, floor)
-        arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in sketch.items()})
-        info = ConfigRecord({"modality": data.modality})
-        return Message(content=RecordDict({"noise": arrays, "site": info}), reply_to=msg)
+        return Message(content=RecordDict({record: arrays, "site": info}), reply_to=msg)
     if request is not None and request.get("kind") == MIXING_REQUEST:
         # exact sums over the held-out subjects: only where the site allows exact statistics, and
         # never in a DP run (the coordinator could ask a DP site for them all the same)

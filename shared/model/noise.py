@@ -253,28 +253,6 @@ def fit_covariance(residual: np.ndarray, rank: int, seed: int = 0) -> dict[str, 
     return combine_sketches([sketch_residual(residual, rank, seed)], rank)
 
 
-def install_noise(head: nn.Module, residual: np.ndarray, names: Sequence[str] | None = None, seed: int = 0) -> dict:
-    """Fit the noise model of a modality head on ``residual [W, N, F]`` and install it.
-
-    Parameters
-    ----------
-    head : nn.Module
-        A ``ModalityHead`` (its ``noise`` and its ridge path's slots).
-    residual : np.ndarray
-        Training residuals of the modality's points, in the ridge path's point order.
-    names : sequence of str | None
-        The points' names (fNIRS), None for fixed layouts.
-    seed : int
-        Seed of the randomised SVD.
-
-    Returns
-    -------
-    dict
-        What was fitted: points, rank and the share of the variance in the principal components.
-    """
-    return install_covariance(head, fit_covariance(residual, head.noise.basis.shape[1], seed), names)
-
-
 def install_covariance(head: nn.Module, fitted: dict[str, np.ndarray], names: Sequence[str] | None = None) -> dict:
     """Install a fitted covariance (``combine_sketches``) over the points ``names`` of a
     ``ModalityHead``, at its ridge path's slots (None: its first slots, in order, as the ridge
