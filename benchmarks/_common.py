@@ -253,6 +253,7 @@ def prepare_sites(
 
     from fedneurogen.shared.data import load_site
     from fedneurogen.simulations.federated import ensure_sites
+    from fedneurogen.simulations.physiology import get_coupling
     from fedneurogen.simulations.simulator import simulate_dataset
 
     started = time.perf_counter()
@@ -261,7 +262,9 @@ def prepare_sites(
     root = work / f"data-fmri-sub{subjects}-run{int(run_seconds or 0)}-seed{seed}{variant}"
     cache = work / "cache"
     summary = root / "simulation.json"
-    have = json.loads(summary.read_text())["n_sites"] if summary.is_file() else 0
+    stored = json.loads(summary.read_text()) if summary.is_file() else {}
+    wanted = get_coupling(coupling).to_dict()  # data an older simulator made under this name is made again
+    have = stored.get("n_sites", 0) if stored.get("coupling_parameters", wanted) == wanted else 0
     if have < n_sites:
         console.print(f"simulating {n_sites} sites x {subjects} subjects into {root} (kept for later runs)")
         if root.exists():

@@ -74,7 +74,11 @@ def scenario(coupling: str, args, console) -> dict[str, Any]:
     preprocess = PreprocessConfig()
     sites = [load_site(site, preprocess, cache_dir=cache, progress=False) for site in site_dirs]
     config = TRAIN_PRESETS[args.preset].model_copy(
-        update={"cross_fit_folds": 0 if args.no_cross_fit else 5, "epochs": args.epochs}
+        update={
+            "cross_fit_folds": 0 if args.no_cross_fit else 5,
+            "epochs": args.epochs,
+            "departure_windows": args.departure_windows,
+        }
     )  # the minutes bound the training, not the preset's epochs
     run_dir = root / "runs" / f"{coupling}-{args.preset}-{'in' if args.no_cross_fit else 'cross'}-{int(time.time())}"
     started = time.time()
@@ -136,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--minutes", type=float, default=8.0, help="training budget per scenario")
     parser.add_argument("--epochs", type=int, default=1000, help="most epochs (the minutes stop it first)")
+    parser.add_argument(
+        "--departure-windows", type=int, default=64, help="validation windows choosing the departure share"
+    )
     parser.add_argument("--n-samples", type=int, default=8, help="samples per held-out window")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the preset's)")
     parser.add_argument("--max-windows", type=int, default=40, help="held-out windows scored per site")

@@ -42,7 +42,7 @@ from fedneurogen.shared.workflows.training import (
     train_epochs,
     validation_loss,
 )
-from fedneurogen.shared.workflows.departure import crps_key, departure_scores
+from fedneurogen.shared.workflows.departure import site_scores
 from fedneurogen.shared.design import global_part, split_design, subject_statistics
 from fedneurogen.shared.model.mean import validation_mixing
 from fedneurogen.shared.ridge import sum_statistics
@@ -538,16 +538,15 @@ def evaluate(
 ) -> dict[str, float]:
     """Validation loss on the held-out subjects; with ``pcc_windows``, the temporal PCC of the
     label-free point prediction on the first few held-out windows; with ``departure_windows``
-    (and a fitted noise model), each departure share's CRPS on the first few held-out windows,
-    from which the server chooses the samples' share of the DiT's departure from the noise
-    model's Gaussian (``shared/workflows/departure.py``)."""
+    (and a fitted noise model), each departure share's CRPS and the whitened mean square on the
+    first few held-out windows, from which the server chooses the samples' share of the DiT's
+    departure from the noise model's Gaussian and its spread (``shared/workflows/departure.py``)."""
     class_to_index = {name: i for i, name in enumerate(class_names)} or None
     val = site.val
     metrics = {"num-examples": len(val), "loss": validation_loss(model, [val], class_to_index, batch_size, seed=seed)}
     if departure_windows and model.modality_heads[site.modality].noise.fitted:
         part = val.subset(np.arange(len(val)) < departure_windows)
-        scores = departure_scores(model, part, class_to_index or {}, seed, batch_size)
-        metrics.update({crps_key(share): crps for share, crps in scores.items()})
+        metrics.update(site_scores(model, part, class_to_index or {}, seed, batch_size))
     if pcc_windows:
         index = np.arange(min(pcc_windows, len(val)))
         batch = Batch.from_windows(val, index, class_to_index, model.device)

@@ -24,7 +24,7 @@ from fedneurogen.server.statistics import StatisticsRefused
 from fedneurogen.shared.model import NeuroGenModel
 from fedneurogen.shared.model.crossfit import CLASS_RESIDUALS_REQUEST, MIN_CLASS_SUBJECTS
 from fedneurogen.shared.model.noise import NOISE_REQUEST
-from fedneurogen.shared.workflows.departure import DEPARTURES, crps_key, set_departure
+from fedneurogen.shared.workflows.departure import DEPARTURES, SPREAD_KEY, crps_key, set_departure, set_spread
 
 
 def error_reason(reply: Message) -> str:
@@ -139,7 +139,8 @@ def choose_noise_model(
 def choose_departure(model: NeuroGenModel, arrays: ArrayRecord, evaluated: dict) -> tuple[ArrayRecord, dict]:
     """The final model with each fitted noise model's ``departure`` (``shared/workflows/departure.py``)
     set to the share of the least CRPS that the sites' last evaluation replies averaged over their
-    held-out windows (the DiT is shared, so every modality takes the same share); the arrays
+    held-out windows (the DiT is shared, so every modality takes the same share), and its
+    ``spread`` to the root of their averaged whitened mean square where they sent it; the arrays
     unchanged without those scores. Returns the arrays and what was set."""
     if any(crps_key(share) not in evaluated for share in DEPARTURES):
         return arrays, {}
@@ -147,6 +148,9 @@ def choose_departure(model: NeuroGenModel, arrays: ArrayRecord, evaluated: dict)
     scores = {share: float(evaluated[crps_key(share)]) for share in DEPARTURES}
     chosen = {m: set_departure(model, m, scores) for m in model.modality_heads}
     chosen = {m: c for m, c in chosen.items() if c is not None}
+    if SPREAD_KEY in evaluated:
+        for modality in chosen:
+            chosen[modality].update(set_spread(model, modality, float(evaluated[SPREAD_KEY])) or {})
     if not chosen:
         return arrays, {}
     log(INFO, "Samples' share of the DiT's departure from the noise model's Gaussian: %s", chosen)

@@ -291,7 +291,13 @@ def interval_coverage(
 
 
 def ensemble_crps(samples: np.ndarray, real: np.ndarray) -> float:
-    """Mean ensemble CRPS: ``E|X - y| - E|X - X'| / 2`` over the K samples, averaged over values.
+    """Mean fair ensemble CRPS: ``E|X - y| - E|X - X'| / 2`` over the K samples, averaged over values.
+
+    ``E|X - X'|`` is the mean over the K (K - 1) pairs of distinct samples (Ferro 2014's fair
+    CRPS): unbiased for the CRPS of the distribution the samples come from, so the best score
+    goes to the right spread at any K. The plain estimator (over all K^2 pairs, the zero
+    self-pairs included) favours ensembles too narrow: with K = 4 Gaussian samples its
+    expected score is least at 0.63 x the true standard deviation.
 
     Parameters
     ----------
@@ -311,7 +317,7 @@ def ensemble_crps(samples: np.ndarray, real: np.ndarray) -> float:
     accuracy = np.mean(np.abs(x - real[None]), axis=0)
     # sum over pairs |x_i - x_j| = 2 * sum_i (2i - K - 1) x_(i) for sorted x (i from 1)
     weights = (2 * np.arange(1, k + 1) - k - 1).reshape(-1, *([1] * real.ndim))
-    spread = 2 * np.sum(weights * x, axis=0) / (k * k)
+    spread = 2 * np.sum(weights * x, axis=0) / (k * (k - 1)) if k > 1 else 0.0
     return float(np.mean(accuracy - spread / 2))
 
 

@@ -96,13 +96,21 @@ def parcel_activity(latent: LatentActivity) -> np.ndarray:
 
 
 def rhythm_moment(
-    rhythm: Rhythm, phys: SubjectPhysiology, activity: np.ndarray, profiles: dict[str, np.ndarray]
+    rhythm: Rhythm,
+    phys: SubjectPhysiology,
+    activity: np.ndarray,
+    profiles: dict[str, np.ndarray],
+    alpha_tone: np.ndarray | None = None,
 ) -> np.ndarray:
     """Envelope of ``rhythm`` per parcel, ``[324, n_times]`` dipole moment in A m:
-    ``moment * strength * profile_p * exp(coupling * activity_p(t))``."""
+    ``moment * strength * profile_p * exp(coupling * activity_p(t) [+ tone(t), alpha only])``
+    (``alpha_tone``: ``LatentActivity.alpha_tone``, at least as long as ``activity``)."""
     strength = phys.alpha_strength if rhythm.name == "alpha" else 1.0
     moment = 1e-9 * rhythm.moment_nam * strength * profiles[rhythm.name][:, None]
-    return moment * np.exp(rhythm.coupling * activity)
+    exponent = rhythm.coupling * activity
+    if rhythm.name == "alpha" and alpha_tone is not None:
+        exponent = exponent + alpha_tone[: activity.shape[-1]]
+    return moment * np.exp(exponent)
 
 
 def _peak(phys: SubjectPhysiology, rhythm: Rhythm) -> float:
@@ -146,7 +154,7 @@ def simulate_eeg(
     profiles = rhythm_profiles()
     m = np.rint(sp_fft.fftfreq(n_lat) * n_lat).astype(int)
     for rhythm in rhythms(physiology):
-        envelope = rhythm_moment(rhythm, phys, activity, profiles).astype(np.float32)
+        envelope = rhythm_moment(rhythm, phys, activity, profiles, latent.alpha_tone).astype(np.float32)
         amp = complex_baseband(rng, len(envelope), n_lat, latent.sfreq, rhythm.bandwidth_hz)
         sensor_amp = parcel_gain.astype(np.float32) @ (envelope * amp)  # [n_ch, T], summed over parcels
         q = m + int(round(_peak(phys, rhythm) * duration))
@@ -223,7 +231,7 @@ def expected_band_power(
     for i, rhythm in enumerate(rhythms(physiology)):
         # The lead field is linear in m_p^2, so bin-average at the parcels first (324 rows, not
         # n_channels): the matrix product then runs on n_bins columns instead of n_times.
-        moment_sq = rhythm_moment(rhythm, phys, activity, profiles) ** 2
+        moment_sq = rhythm_moment(rhythm, phys, activity, profiles, latent.alpha_tone) ** 2
         binned = moment_sq.reshape(len(moment_sq), n_bins, per_bin).mean(axis=2)
         values[:, i] = np.log(0.5 * (gain_sq @ binned))
     return values, [r.name for r in RHYTHMS]
@@ -249,7 +257,7 @@ def expected_source_power(
     profiles = rhythm_profiles()
     values = np.empty((activity.shape[0], len(RHYTHMS), n_bins))
     for i, rhythm in enumerate(rhythms(physiology)):
-        moment_sq = rhythm_moment(rhythm, phys, activity, profiles) ** 2
+        moment_sq = rhythm_moment(rhythm, phys, activity, profiles, latent.alpha_tone) ** 2
         values[:, i] = np.log(0.5 * moment_sq.reshape(len(moment_sq), n_bins, per_bin).mean(axis=2))
     return values
 

@@ -14,7 +14,7 @@ default): the HRF ``h`` convolves the latent activity ``u(v, t) = sum_r S[v, r] 
 
 ``nonlinear``: the HRF convolves a drive ``d`` that saturates and is gated by its parcel's alpha state::
 
-    A_p(t)  = k_alpha * u_p(t)                                parcel p's alpha state (log alpha envelope vs rest)
+    A_p(t)  = k_alpha * u_p(t) + tau(t)                       parcel p's alpha state (log alpha envelope vs rest)
     z_p(t)  = (A_p(t) - mean_t A_p) / std_t A_p               ... standardised over the run
     G_p(t)  = g0 + (1 - g0) * sigmoid((-z_p(t) - theta) / w)  gate: opens as the local alpha desynchronises
     d(v, t) = tanh(u(v, t) / s) / tanh(1 / s) * G_p(v)(t)     saturated drive, gated by its parcel's alpha
@@ -22,15 +22,22 @@ default): the HRF ``h`` convolves the latent activity ``u(v, t) = sum_r S[v, r] 
 
 with ``u_p`` the activity of parcel ``p`` that its EEG rhythms follow (``eeg.parcel_activity``),
 ``p(v)`` the parcel of vertex ``v``, ``k_alpha`` the population's alpha coupling
-(``Physiology.alpha_coupling``) and ``s``, ``theta``, ``w``, ``g0`` the coupling's ``saturation``,
+(``Physiology.alpha_coupling``), ``tau`` a slow alpha tone independent of the activity (vigilance:
+Brownian below ``alpha_tone_hz``, standard deviation ``alpha_tone_sd``, ``latent.alpha_tone``; it
+multiplies every parcel's alpha envelope by ``exp(tau)``, so the EEG shows it) and ``s``, ``theta``,
+``w``, ``g0`` the coupling's ``saturation``,
 ``gate_threshold``, ``gate_width``, ``gate_floor`` (``theta`` and ``w`` in standard deviations of
 the alpha state, so the gate works for any task and alpha coupling). The drive is scaled so that
 ``u = 1`` (a task response) through an open gate drives BOLD as under ``linear``: stronger
 activity saturates, and activity while the local alpha is not desynchronised by more than about
 ``theta`` standard deviations barely reaches BOLD (alpha as gating by inhibition), a soft
 threshold no linear map of band power can follow. The gamma band follows ``u`` (``k_gamma > 0``), so the gamma-linked drive is scaled by a sigmoid
-of the negative alpha state: one band gates another. HbO/HbR follow the same drive. The EEG is
-made exactly as under ``linear``, so every quantity of the map is EEG-derivable: the simulator
+of the negative alpha state: one band gates another. Because the tone ``tau`` moves the gate
+independently of ``u``, the same activity drives BOLD in a low-alpha stretch and hardly at all in a
+high-alpha one: a product of two EEG-visible states, which no linear map of band power represents
+(the activity alone sets the gate of the coupling without ``tau``, a monotone map a linear one
+follows closely). HbO/HbR follow the same drive. The EEG is made as under ``linear`` except for
+the tone on alpha, so every quantity of the map is EEG-derivable: the simulator
 writes the map's output at the parcels as a ``drive`` rhythm of the expected power
 (``expected_drive_power``), the true map's features for the EEG-informed ceiling. The HRF's
 shape and amplitude do not depend on the baseline state.
@@ -77,7 +84,7 @@ VERTEX_CHUNK = 2048  # vertices per block of the nonlinear drive (bounds memory 
 
 
 def alpha_state(latent: LatentActivity, physiology: Physiology = DEFAULT) -> np.ndarray:
-    """Return every parcel's alpha state ``A_p(t) = k_alpha * u_p(t)`` at the latent rate.
+    """Return every parcel's alpha state ``A_p(t) = k_alpha * u_p(t) + tone(t)`` at the latent rate.
 
     Parameters
     ----------
@@ -91,7 +98,8 @@ def alpha_state(latent: LatentActivity, physiology: Physiology = DEFAULT) -> np.
     numpy.ndarray
         ``[324, n_times]``: each parcel's log alpha envelope relative to rest (negative: desynchronised).
     """
-    return physiology.alpha_coupling * parcel_activity(latent)
+    state = physiology.alpha_coupling * parcel_activity(latent)
+    return state if latent.alpha_tone is None else state + latent.alpha_tone
 
 
 def drive_gate(state: np.ndarray, coupling: Coupling) -> np.ndarray:

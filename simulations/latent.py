@@ -161,6 +161,8 @@ class LatentActivity:
     spatial:  float32 ``[20484, n_components]`` loading of each component on each vertex
     temporal: float64 ``[n_components, n_times]`` at ``sfreq``
     active_vertices: vertices at the core of the task networks (for noise ceilings)
+    alpha_tone: float64 ``[n_times]``, a slow alpha state independent of the activity (natural log
+        of the alpha envelope's factor; the ``nonlinear`` coupling's vigilance, ``alpha_tone``), or None
     """
 
     spatial: np.ndarray
@@ -168,6 +170,7 @@ class LatentActivity:
     sfreq: float
     names: list[str]
     active_vertices: np.ndarray
+    alpha_tone: np.ndarray | None = None
 
     @property
     def n_times(self) -> int:
@@ -223,3 +226,21 @@ def simulate_latent(rng: np.random.Generator, task: str, events: list[Event], du
         names=names,
         active_vertices=active,
     )
+
+
+def alpha_tone(rng: np.random.Generator, n_times: int, sfreq: float, sd: float, f_max: float) -> np.ndarray:
+    """A slow state of the alpha rhythm that the activity does not set (vigilance, arousal).
+
+    Brownian (1/f^2) below ``f_max`` Hz, zero-mean, standard deviation ``sd`` in natural-log units of
+    the alpha envelope: ``exp(tone)`` multiplies every parcel's alpha (``eeg.rhythm_moment``). The
+    ``nonlinear`` coupling's gate reads it with the activity (``hemodynamics.alpha_state``), so the
+    BOLD response to the same activity depends on a state only the alpha band shows.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[n_times]`` float64.
+    """
+    tone = colored_noise(rng, 1, n_times, sfreq, exponent=2.0, f_max=f_max)[0].astype(np.float64)
+    tone -= tone.mean()
+    return sd * tone / max(float(tone.std()), 1e-12)

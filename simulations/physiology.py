@@ -176,6 +176,11 @@ class Coupling:
         in standard deviations) at which the gate is half open, and how fast it opens (sigmoid scale).
     gate_floor : float
         The gate's value when fully closed (in [0, 1)): a synchronised alpha state lets this share through.
+    alpha_tone_sd, alpha_tone_hz : float
+        A slow alpha state independent of the activity (vigilance; ``latent.alpha_tone``): its
+        standard deviation in natural-log units of the alpha envelope and its highest frequency
+        (Hz). The gate reads it with the activity, so a linear map of band power cannot follow
+        the drive: the same activity drives BOLD or not depending on it (0: no such state).
     """
 
     name: str
@@ -184,6 +189,8 @@ class Coupling:
     gate_threshold: float = 1.0
     gate_width: float = 0.25
     gate_floor: float = 0.05
+    alpha_tone_sd: float = 0.0
+    alpha_tone_hz: float = 0.05
 
     def to_dict(self) -> dict:
         """Return the parameters as a JSON-ready dict (``simulation.json``'s ``coupling_parameters``).
@@ -197,7 +204,7 @@ class Coupling:
 
 
 LINEAR = Coupling(name="linear", nonlinear=False)
-NONLINEAR = Coupling(name="nonlinear", nonlinear=True)
+NONLINEAR = Coupling(name="nonlinear", nonlinear=True, alpha_tone_sd=1.0)
 COUPLINGS = {c.name: c for c in (LINEAR, NONLINEAR)}
 
 

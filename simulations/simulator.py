@@ -28,7 +28,7 @@ import shutil
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -56,7 +56,7 @@ from fedneurogen.simulations.hemodynamics import (
 )
 from fedneurogen.simulations.scanner import ScannerSetup, write_in_scanner_eeg
 from fedneurogen.simulations.ownership import check_writable_by_simulator, claim, made_by_simulator
-from fedneurogen.simulations.latent import LATENT_SFREQ, block_design, simulate_latent
+from fedneurogen.simulations.latent import LATENT_SFREQ, alpha_tone, block_design, simulate_latent
 from fedneurogen.simulations.physiology import (
     DEFAULT,
     LINEAR,
@@ -170,12 +170,19 @@ def simulate_subject(job: SubjectJob) -> dict:
         marked ``eeg_only``.
     """
     spec, p = job.spec, job.participant
-    streams = np.random.SeedSequence(job.seed, spawn_key=(job.site_index, job.subject_index)).spawn(5)
-    rng_design, rng_phys, rng_latent, rng_eeg, rng_target = (np.random.default_rng(s) for s in streams)
+    # The sixth stream (the nonlinear coupling's alpha tone) leaves the first five, and so the
+    # linear scenario, as they were.
+    streams = np.random.SeedSequence(job.seed, spawn_key=(job.site_index, job.subject_index)).spawn(6)
+    rng_design, rng_phys, rng_latent, rng_eeg, rng_target, rng_tone = (np.random.default_rng(s) for s in streams)
 
     events, duration = block_design(rng_design, spec.task, spec.classes, job.run_seconds)
     phys = draw_physiology(rng_phys, p.group, p.sex, p.age, job.physiology)
     latent = simulate_latent(rng_latent, spec.task, events, duration)
+    if job.coupling.nonlinear and job.coupling.alpha_tone_sd > 0:
+        tone = alpha_tone(
+            rng_tone, latent.n_times, latent.sfreq, job.coupling.alpha_tone_sd, job.coupling.alpha_tone_hz
+        )
+        latent = replace(latent, alpha_tone=tone)
 
     sub = p.participant_id
     base = f"{sub}_task-{spec.task}_run-1"

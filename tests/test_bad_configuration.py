@@ -360,6 +360,7 @@ def test_simulation_goes_on_without_the_misconfigured_sites(sites, tmp_path_fact
         "local-epochs": 1,
         "max-windows": 8,  # a site's floor (min-train-windows, default 8)
         "eval-pcc-windows": 0,
+        "departure-windows": 0,
         "round-timeout": 300.0,
         "cache-dir": str(sites.parent / "bad-config-cache"),
         "sim-node-config": f"1:data-path={missing};2:preset=small",

@@ -107,6 +107,11 @@ def test_coverage_and_crps_perfect_on_identical_and_chance_on_independent_noise(
     assert abs(ensemble_crps(calibrated, real) - 1 / np.sqrt(np.pi)) < 0.02
     far = calibrated + 10
     assert interval_coverage(far, real)["coverage_90"] == 0.0 and ensemble_crps(far, real) > 9
+    # fair at any ensemble size: 4 samples score 1/sqrt(pi) too, and the right spread beats a narrower one
+    few = rng.standard_normal((4, 2000, 50))
+    assert abs(ensemble_crps(few, rng.standard_normal((2000, 50))) - 1 / np.sqrt(np.pi)) < 0.01
+    truth = rng.standard_normal((2000, 50))
+    assert ensemble_crps(few, truth) < ensemble_crps(0.7 * few, truth)
 
 
 def test_psd_distance_zero_on_identical_small_on_the_same_process_large_on_another():

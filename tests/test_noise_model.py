@@ -4,6 +4,7 @@ coordinates the diffusion works, so that an untrained DiT already samples linear
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from fedneurogen.shared.model.diffusion import GaussianDiffusion
@@ -99,3 +100,61 @@ def test_a_zero_velocity_network_samples_white_noise_so_an_untrained_dit_gives_l
     x = noise.colour(z).double().reshape(len(z), -1)
     implied = torch.as_tensor(_dense(noise, 6, 3))
     assert float((x.T @ x / len(x) - implied).abs().max()) < 0.12 * float(implied.abs().max())
+
+
+def test_the_linear_gaussian_whitened_mean_square_is_the_dense_quadratic_form_and_sets_its_spread():
+    from fedneurogen.shared.workflows.departure import SPREAD_RANGE
+
+    windows, _, _ = _windows()
+    train, val = windows.subset(windows.subjects != "sub-01"), windows.subset(windows.subjects == "sub-01")
+    generator = LinearGaussianGenerator(rank=2).fit(train, val)
+    spatial, temporal = generator.covariance()
+    residual = np.asarray(val.target, np.float64) - generator.predict(val)
+    flat = residual.transpose(0, 2, 1).reshape(len(residual), -1)  # frame-major, as kron(C, S)
+    dense = np.einsum("wi,ij,wj->", flat, np.linalg.inv(np.kron(temporal, spatial)), flat) / residual.size
+    assert generator.whitened_mean_square(residual) == pytest.approx(dense, rel=1e-6)
+    assert generator.spread == pytest.approx(np.sqrt(np.clip(dense, *SPREAD_RANGE)), rel=1e-6)
+    # the samples' residuals scale with the spread; without validation windows it is 1
+    unit = LinearGaussianGenerator(rank=2).fit(train)
+    assert unit.spread == 1.0
+    few = val.subset(np.arange(3))
+    drawn = generator.sample(few, k=2, seed=3) - generator.predict(few)
+    generator.spread = 1.0
+    np.testing.assert_allclose(
+        drawn, dense**0.5 * (generator.sample(few, k=2, seed=3) - generator.predict(few)), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_the_models_spread_scales_only_the_sampled_noise_and_is_the_validation_whitened_scale(small_fmri_windows):
+    from fedneurogen.shared.model import NeuroGenModel
+    from fedneurogen.shared.workflows.departure import SPREAD_KEY, SPREAD_RANGE, set_spread, site_scores
+    from fedneurogen.shared.workflows.synthesis import generate
+
+    torch.manual_seed(0)
+    model = NeuroGenModel("tiny", device="cpu")
+    noise = model.modality_heads["fmri"].noise
+    fitted = fit_covariance(np.random.default_rng(0).standard_normal((30, 5124, 8)).astype(np.float32), 20)
+    noise.set_covariance(fitted["scale"], fitted["basis"], fitted["temporal"])
+    noise.departure.data.fill_(0.0)  # the noise model's Gaussian: samples are mean + spread * Σ^{1/2} z
+    windows = small_fmri_windows[0].subset(np.arange(len(small_fmri_windows[0])) < 4)
+    labels = np.zeros(len(windows), dtype=int)
+
+    def drawn(mean_square: float) -> np.ndarray:
+        assert set_spread(model, "fmri", mean_square) == {
+            "spread": mean_square**0.5,
+            "whitened_mean_square": mean_square,
+        }
+        return generate(model, windows, labels, n_samples=1, seed=2)
+
+    one, two, three = drawn(1.0), drawn(4.0), drawn(9.0)
+    assert np.abs(two - one).max() > 0.1  # the spread moves the samples ...
+    np.testing.assert_allclose(three - one, 2 * (two - one), rtol=1e-3, atol=1e-3)  # ... linearly: only the noise
+    # out of range: clipped; not finite or not positive: nothing set
+    assert set_spread(model, "fmri", 1e6)["spread"] == pytest.approx(np.sqrt(SPREAD_RANGE[1]))
+    for bad in (float("nan"), float("inf"), -1.0, 0.0):
+        assert set_spread(model, "fmri", bad) is None
+    assert float(noise.spread) == pytest.approx(np.sqrt(SPREAD_RANGE[1]))
+    assert set_spread(model, "fnirs", 4.0) is None  # no fitted noise model there
+    # a site's scores: the whitened mean square of its windows, the model's spread left as it was
+    scores = site_scores(model, windows, {}, seed=0, batch_size=4)
+    assert float(noise.spread) == pytest.approx(np.sqrt(SPREAD_RANGE[1])) and scores[SPREAD_KEY] > 0

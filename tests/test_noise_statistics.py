@@ -155,3 +155,14 @@ def test_the_server_takes_the_departure_share_of_the_least_crps_the_sites_averag
     assert chosen["fmri"]["chosen"] == 0.5 and "fnirs" not in chosen
     assert float(out["modality_heads.fmri.noise.departure"].numpy()[0]) == 0.5
     assert choose_departure(model, out, {crps_key(1.0): 0.7})[1] == {}  # a share's score missing: nothing set
+    # the spread: the root of the sites' averaged whitened mean square, within its range, or left alone
+    from fedneurogen.shared.workflows.departure import SPREAD_KEY, SPREAD_RANGE
+
+    out, chosen = choose_departure(model, out, {**scores, SPREAD_KEY: 2.25})
+    assert chosen["fmri"]["spread"] == 1.5 and float(out["modality_heads.fmri.noise.spread"].numpy()[0]) == 1.5
+    out, chosen = choose_departure(model, out, {**scores, SPREAD_KEY: 1e30})
+    assert chosen["fmri"]["spread"] == pytest.approx(SPREAD_RANGE[1] ** 0.5)
+    for bad in (float("nan"), -4.0):
+        kept, chosen = choose_departure(model, out, {**scores, SPREAD_KEY: bad})
+        assert "spread" not in chosen["fmri"]
+        assert float(kept["modality_heads.fmri.noise.spread"].numpy()[0]) == pytest.approx(SPREAD_RANGE[1] ** 0.5)

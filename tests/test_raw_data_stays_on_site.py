@@ -345,6 +345,8 @@ def test_a_real_round_sends_only_parameters_and_numbers(federation_sites, tmp_pa
     assert entry["ridge_path"]["noise_model"]["fmri"]["sites"] == 2
     departure = entry["evaluate"]["departure"]["fmri"]
     assert departure["crps"][f"{departure['chosen']:g}"] == min(departure["crps"].values())
+    # and the sites' whitened mean square the noise's spread
+    assert departure["spread"] == pytest.approx(np.sqrt(np.clip(departure["whitened_mean_square"], 1 / 9, 9)))
     parameters = model_parameters(NeuroGenModel("tiny", device="cpu"))
     model_bytes = array_bytes(ArrayRecord(parameters))
     trained_bytes = array_bytes(ArrayRecord({k: v for k, v in parameters.items() if k not in frozen}))

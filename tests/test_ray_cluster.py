@@ -27,7 +27,13 @@ def _run(run_dir, data, ray_address=None):
         subjects_per_site=2,
         run_seconds=60,
         seed=3,
-        run_config={"preset": "tiny", "local-epochs": 1, "max-windows": 8, "cache-dir": str(data.parent / "cache")},
+        run_config={
+            "preset": "tiny",
+            "local-epochs": 1,
+            "max-windows": 8,
+            "departure-windows": 0,
+            "cache-dir": str(data.parent / "cache"),
+        },
         client_cpus=1,  # one site actor per node of the cluster
         timeout=900,
         ray_address=ray_address,

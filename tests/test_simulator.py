@@ -521,7 +521,7 @@ def coupling_pair(tmp_path_factory) -> dict[str, Path]:
     return {name: out / name for name in ("default", "linear", "nonlinear")}
 
 
-def test_nonlinear_coupling_changes_the_target_not_the_eeg_and_is_recorded(coupling_pair):
+def test_nonlinear_coupling_changes_the_target_and_the_alpha_tone_and_is_recorded(coupling_pair):
     from fedneurogen.shared.data.ground_truth_eeg import read_expected_band_power
     from fedneurogen.simulations.physiology import NONLINEAR
 
@@ -530,7 +530,8 @@ def test_nonlinear_coupling_changes_the_target_not_the_eeg_and_is_recorded(coupl
     linear, nonlinear = hashes["linear"], hashes["nonlinear"]
     changed = {k for k in linear if linear[k] != nonlinear.get(k)}
     eeg = "site-01/sub-01/eeg/sub-01_task-visual_run-1_eeg.edf"
-    assert eeg not in changed and "site-01/sub-01/func/sub-01_task-visual_run-1_events.tsv" not in changed
+    assert eeg in changed  # the alpha tone is in the EEG
+    assert "site-01/sub-01/func/sub-01_task-visual_run-1_events.tsv" not in changed  # the same design
     for target in (
         "site-01/derivatives/fmriprep/sub-01/func/sub-01_task-visual_run-1_hemi-L_space-fsaverage5_bold.func.gii",
         "site-01/derivatives/ground_truth/sub-01/func/sub-01_task-visual_run-1_hemi-R_space-fsaverage5_bold.func.gii",
@@ -541,12 +542,17 @@ def test_nonlinear_coupling_changes_the_target_not_the_eeg_and_is_recorded(coupl
     r = [np.corrcoef(truth["linear"][v], truth["nonlinear"][v])[0, 1] for v in active]
     assert np.median(r) < 0.97  # a different signal, not a rescaled one
 
-    # The ceiling's features: the EEG's own expected power unchanged, plus the true map's ``drive`` rhythm.
+    # The ceiling's features: the EEG's own expected power, the alpha rhythm's moved by the tone and
+    # the others unchanged, plus the true map's ``drive`` rhythm.
     key = "sub-01_task-visual_run-1"
     power = {n: read_expected_band_power(coupling_pair[n] / "site-01", key) for n in ("linear", "nonlinear")}
     rhythm_rows = [i for i, name in enumerate(power["nonlinear"].names) if not name.endswith("_drive")]
     assert [power["nonlinear"].names[i] for i in rhythm_rows] == power["linear"].names
-    np.testing.assert_array_equal(power["nonlinear"].data[rhythm_rows], power["linear"].data)
+    alpha = np.array([name.endswith("_alpha") for name in power["linear"].names])
+    shown, plain = power["nonlinear"].data[rhythm_rows], power["linear"].data
+    np.testing.assert_array_equal(shown[~alpha], plain[~alpha])
+    tone = shown[alpha] - plain[alpha]  # 2 tau, the same at every electrode
+    assert tone.std(axis=-1).mean() > 0.5 and np.abs(tone - tone.mean(axis=0)).max() < 0.15  # within 1-s bins
     assert len(power["nonlinear"].names) == len(power["linear"].names) * 4 // 3  # one drive column per electrode
 
     summaries = {n: _summary(coupling_pair[n]) for n in ("linear", "nonlinear")}
@@ -556,23 +562,30 @@ def test_nonlinear_coupling_changes_the_target_not_the_eeg_and_is_recorded(coupl
 
 def test_nonlinear_bold_follows_the_documented_equations():
     """``BOLD% = a * (h * d)(kTR)`` with ``d = tanh(u / s) / tanh(1 / s) G_p(t)`` and ``G_p`` a sigmoid of
-    the vertex's parcel's standardised alpha state, recomputed here from the latent activity, the
-    cortex parcels and the HRF."""
+    the vertex's parcel's standardised alpha state ``k_alpha u_p + tau`` (the independent alpha
+    tone), recomputed here from the latent activity, the tone, the cortex parcels and the HRF; the
+    EEG's expected alpha power carries the tone (``+ 2 tau``)."""
+    from dataclasses import replace
+
+    from fedneurogen.simulations.eeg import expected_band_power
     from fedneurogen.simulations.hemodynamics import expected_drive_power, simulate_bold
-    from fedneurogen.simulations.latent import block_design, simulate_latent
+    from fedneurogen.simulations.latent import alpha_tone, block_design, simulate_latent
     from fedneurogen.simulations.physiology import DEFAULT, LINEAR, NONLINEAR
 
     rng = np.random.default_rng(4)
     events, duration = block_design(rng, "visual", VISUAL_CLASSES, 60.0)
     latent = simulate_latent(rng, "visual", events, duration)
+    c = NONLINEAR
+    tone = alpha_tone(rng, latent.n_times, latent.sfreq, c.alpha_tone_sd, c.alpha_tone_hz)
+    assert tone.std() == pytest.approx(c.alpha_tone_sd) and abs(tone.mean()) < 1e-9
+    toned = replace(latent, alpha_tone=tone)
     phys = draw_physiology(rng, "A", "F", 30)
     tr, n_tr = 2.0, int(duration // 2.0)
-    bold = simulate_bold(np.random.default_rng(0), latent, phys, tr, n_tr, noise_level=0.0, coupling=NONLINEAR)
+    bold = simulate_bold(np.random.default_rng(0), toned, phys, tr, n_tr, noise_level=0.0, coupling=NONLINEAR)
 
-    c = NONLINEAR
     cortex = load_cortex()
     u_parcels = cortex.parcel_mean(latent.spatial.astype(np.float64)) @ latent.temporal
-    state = DEFAULT.alpha_coupling * u_parcels  # each parcel's alpha state
+    state = DEFAULT.alpha_coupling * u_parcels + tone  # each parcel's alpha state
     z = (state - state.mean(axis=1, keepdims=True)) / state.std(axis=1, keepdims=True)
     gate = c.gate_floor + (1 - c.gate_floor) / (1 + np.exp(-(-z - c.gate_threshold) / c.gate_width))
     assert np.all(gate.max(axis=1) - gate.min(axis=1) > 0.5)  # every parcel's gate opens and closes
@@ -593,11 +606,16 @@ def test_nonlinear_bold_follows_the_documented_equations():
 
     # The ceiling's ``drive`` rhythm is the gamma rhythm's expected power under the linear coupling.
     gain = np.random.default_rng(1).standard_normal((8, 324))
-    from fedneurogen.simulations.eeg import expected_band_power
-
     gamma = expected_band_power(latent, phys, gain)[0][:, 2]
     np.testing.assert_allclose(expected_drive_power(latent, phys, gain, LINEAR)[:, 0], gamma, rtol=1e-12)
-    assert not np.allclose(expected_drive_power(latent, phys, gain, NONLINEAR)[:, 0], gamma)
+    assert not np.allclose(expected_drive_power(toned, phys, gain, NONLINEAR)[:, 0], gamma)
+    # The tone multiplies every parcel's alpha envelope by exp(tau): alpha power gains 2 tau (1-s bins
+    # of a tone slower than 0.05 Hz), the other rhythms nothing.
+    plain, with_tone = expected_band_power(latent, phys, gain)[0], expected_band_power(toned, phys, gain)[0]
+    per_bin = int(latent.sfreq)
+    binned = tone[: plain.shape[-1] * per_bin].reshape(-1, per_bin).mean(axis=1)
+    np.testing.assert_allclose(with_tone[:, 0] - plain[:, 0], np.broadcast_to(2 * binned, plain[:, 0].shape), atol=0.05)
+    np.testing.assert_array_equal(with_tone[:, 1:], plain[:, 1:])
 
 
 def test_unknown_coupling_is_a_one_line_usage_error(tmp_path):

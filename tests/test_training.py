@@ -55,6 +55,9 @@ def test_train_writes_checkpoint_logs_and_resumes(small_fmri_windows, tmp_path):
     trained, _ = load_checkpoint(checkpoint, device="cpu", use_ema=True)
     assert trained.modality_heads["fmri"].noise.fitted
     assert float(trained.modality_heads["fmri"].noise.departure) == pytest.approx(departure["chosen"], rel=1e-6)
+    # the noise's spread: the root of the validation windows' whitened mean square
+    assert departure["spread"] == pytest.approx(np.sqrt(np.clip(departure["whitened_mean_square"], 1 / 9, 9)))
+    assert float(trained.modality_heads["fmri"].noise.spread) == pytest.approx(departure["spread"], rel=1e-6)
     log = _log(run)
     assert [r["epoch"] for r in log if "val/loss" in r] == [1, 2]
     assert all(np.isfinite(r["val/loss"]) for r in log if "val/loss" in r)

@@ -63,6 +63,9 @@ class ResidualNoise(nn.Module):
         # the share of the DiT's learned departure from this Gaussian that samples take (1: all
         # of it; chosen on validation subjects where the trainer can, ``workflows/departure.py``)
         self.departure = frozen(torch.ones(1))
+        # the samples' noise scale relative to the fitted covariance (calibrated on validation
+        # subjects where the trainer can, ``workflows/departure.py``); not in ``whiten``/``colour``
+        self.spread = frozen(torch.ones(1))
 
     @property
     def fitted(self) -> bool:

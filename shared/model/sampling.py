@@ -141,8 +141,11 @@ class Sampling:
 
         # v = 0 is the noise model's Gaussian: scaling v keeps that share of the DiT's departure
         departure = self.modality_heads[batch.modality].noise.departure.float()
+        gaussian = bool(departure.item() == 0.0)  # the DiT's output is not used: skip it
 
         def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if gaussian:
+                return torch.zeros_like(x_t, dtype=torch.float32)
             with self._autocast():
                 v = self.guided_denoise(
                     x_t, t, condition, layout, batch.modality, batch.labels, guidance_scale, context_kv
@@ -157,4 +160,5 @@ class Sampling:
             sample = self.diffusion.ddim_sample(
                 model_fn, shape, steps=steps, eta=eta, generator=generator, device=self.device
             )
-        return self.colour(sample, batch) + mean
+        spread = self.modality_heads[batch.modality].noise.spread.float()  # calibrated on validation
+        return self.colour(sample * spread, batch) + mean

@@ -260,12 +260,13 @@ def train_centralized(
     # the point prediction keeps its best validation weights (the diffusion keeps its last), and
     # the samples the share of the DiT's departure from its Gaussian that validation supports
     best.restore(model, run.ema)
-    if split.val:
+    if split.val and config.departure_windows:
         with run.ema.average_parameters(model):
-            departure = choose_departure(model, split.val, classes, seed, config.batch_size)
-            shares = {m: torch.tensor([d["chosen"]]) for m, d in departure.items()}
-        for modality, share in shares.items():
-            model.modality_heads[modality].noise.departure.data.copy_(share)
+            departure = choose_departure(model, split.val, classes, config.departure_windows, seed, config.batch_size)
+            chosen = {m: (d["chosen"], d.get("spread", 1.0)) for m, d in departure.items()}
+        for modality, (share, spread) in chosen.items():  # into the weights as well as the averages
+            model.modality_heads[modality].noise.departure.data.fill_(share)
+            model.modality_heads[modality].noise.spread.data.fill_(spread)
         run.ema.reset_frozen(model)
         run.extra["provenance"]["departure"] = departure
     run.save(finished)

@@ -52,6 +52,11 @@ class TrainConfig(BaseModel):
     cross_fit_folds : int
         Folds of training subjects for the residual's cross-fitted targets
         (``shared.model.crossfit``); 0: the residual trains on the in-sample ridge residual.
+    departure_windows : int
+        Validation windows (per modality, spread over the sites) whose samples choose the share
+        of the DiT's departure from the noise model's Gaussian at the end of training
+        (``workflows/departure.py``; each is sampled 4 times per share tried). 0: not chosen,
+        the samples take the DiT's full share.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -66,10 +71,12 @@ class TrainConfig(BaseModel):
     val_fraction: float = 0.15
     test_fraction: float = 0.2
     cross_fit_folds: int = Field(5, ge=0, description="Subject folds of the residual's cross-fitted targets (0: off)")
+    departure_windows: int = Field(64, ge=0, description="Validation windows the departure share is chosen on (0: off)")
 
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {
-    "tiny": TrainConfig(epochs=3, batch_size=8, lr=1e-3, warmup_steps=5, checkpoint_every=50),
+    # tiny: CPU tests and the demo; its 16 departure windows are a federation's default too
+    "tiny": TrainConfig(epochs=3, batch_size=8, lr=1e-3, warmup_steps=5, checkpoint_every=50, departure_windows=16),
     "small": TrainConfig(epochs=30, batch_size=16, lr=5e-4, warmup_steps=50, checkpoint_every=200),
     "base": TrainConfig(epochs=100, batch_size=32, lr=2e-4, warmup_steps=500, checkpoint_every=1000),
 }

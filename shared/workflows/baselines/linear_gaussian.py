@@ -79,6 +79,7 @@ class LinearGaussianGenerator:
         self.diagonal = np.zeros(0, np.float32)  # psi: [N]
         self.temporal = np.zeros((0, 0))  # C: [F, F] correlation
         self.cross_fitted = False
+        self.spread = 1.0  # the noise's scale, calibrated on validation windows (``fit``)
 
     def fit(self, train: PairedWindows, val: PairedWindows | None = None) -> "LinearGaussianGenerator":
         """Fit the mean on ``train`` and the residual covariance on its cross-fitted residuals.
@@ -88,7 +89,9 @@ class LinearGaussianGenerator:
         train : PairedWindows
             Training windows with a design (only these windows' targets are read).
         val : PairedWindows | None
-            Validation windows (the ridge penalty); None: 2-fold CV on ``train``.
+            Validation windows (the ridge penalty, and the noise's spread: the root of their
+            whitened mean square about the mean, as the model's is calibrated,
+            ``shared/workflows/departure.py``); None: 2-fold CV on ``train``, spread 1.
 
         Returns
         -------
@@ -111,7 +114,26 @@ class LinearGaussianGenerator:
                     self.offsets[str(label)] = residual[mask].mean(axis=0)
         residual = residual - self._offsets(train.labels, residual.shape[1:])
         self._fit_covariance(residual)
+        self.spread = 1.0
+        if val is not None and len(val):
+            from fedneurogen.shared.workflows.departure import SPREAD_RANGE
+
+            mean_square = self.whitened_mean_square(np.asarray(val.target, np.float64) - self.predict(val))
+            self.spread = float(np.sqrt(np.clip(mean_square, *SPREAD_RANGE)))
         return self
+
+    def whitened_mean_square(self, residual: np.ndarray) -> float:
+        """Mean square of residuals ``[W, N, F]`` whitened by the fitted covariance (before the
+        spread): ``tr(Σ⁻¹ R Rᵀ) / size`` with ``Σ = C ⊗ (U Uᵀ + diag ψ)`` (Woodbury on the spatial part)."""
+        u, psi = self.components.astype(np.float64), self.diagonal.astype(np.float64)
+        x = residual.astype(np.float64) @ np.linalg.inv(self.temporal + 1e-9 * np.eye(len(self.temporal)))
+        # tr(R^T S^-1 X) with S^-1 = D^-1 - D^-1 U (I + U^T D^-1 U)^-1 U^T D^-1, X = R C^-1
+        plain = np.einsum("wnf,wnf->", residual / psi[:, None], x, optimize=True)
+        inner = np.eye(u.shape[1]) + (u / psi[:, None]).T @ u
+        left = np.einsum("nr,wnf->wrf", u / psi[:, None], residual, optimize=True)
+        right = np.einsum("nr,wnf->wrf", u / psi[:, None], x, optimize=True)
+        correction = np.einsum("rs,wrf,wsf->", np.linalg.inv(inner), left, right, optimize=True)
+        return float((plain - correction) / residual.size)
 
     def _offsets(self, labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         """Each window's class offset ``[W, N, F]`` (zero for a class without one)."""
@@ -210,5 +232,5 @@ class LinearGaussianGenerator:
             low = rng.standard_normal((len(mean), self.components.shape[1], n_frames), dtype=np.float32)
             spatial = np.einsum("nr,wrf->wnf", self.components, low, optimize=True)
             spatial += scale * rng.standard_normal(mean.shape, dtype=np.float32)
-            out[i] = mean + spatial @ chol.T  # frames mixed by C's Cholesky factor
+            out[i] = mean + self.spread * (spatial @ chol.T)  # frames mixed by C's Cholesky factor
         return out
