@@ -148,59 +148,19 @@ def ensure_simulated(out: Path, subjects: int, run_seconds: float, seed: int) ->
 def train_generator(
     sites: list[PairedWindows], out: Path, *, preset: str, minutes: float, seed: int, device: str | None
 ) -> Path:
-    """Centralized training on the task windows of ``sites`` for ``minutes`` (the loop stops at
-    the deadline), EMA weights saved with class names. Rest windows are left out: they carry no
-    class label, and a CPU budget of a few hundred steps is better spent on the labelled ones."""
-    import torch
+    """The product's own centralized training (``train_centralized``: the ridge path, class
+    offsets and noise model in closed form, the learned residual kept by validation, the DiT,
+    its departure share and the noise's spread chosen on validation subjects) on ``sites`` for
+    ``minutes``. A quarter of the subjects validate; none is held out for test here, since the
+    table is scored on separately simulated subjects. Returns the checkpoint folder."""
+    from fedneurogen.shared.workflows.centralized import train_centralized
+    from fedneurogen.shared.workflows.training import TRAIN_PRESETS
 
-    from fedneurogen.shared.model import EMA, NeuroGenModel, get_preset, save_checkpoint
-    from fedneurogen.shared.workflows.training import TRAIN_PRESETS, class_index, make_optimizer, train_epochs
-
-    from fedneurogen.shared.model.mean import fit_ridge_paths
-    from fedneurogen.shared.workflows.training import split_sites
-
-    torch.manual_seed(seed)
-    config = TRAIN_PRESETS[preset].model_copy(update={"epochs": 10_000, "warmup_steps": 20})
-    model = NeuroGenModel(get_preset(preset), device=device)
-    # the point prediction's ridge path from every window (rest frames inform the regression too),
-    # its penalty, band weights and rank chosen on held-out subjects of these training sites
-    split = split_sites(sites, seed, 0.25, 0.0)
-    fit_ridge_paths(model, split.train, split.val)
-    sites = [site.subset(np.flatnonzero(site.labels != "rest")) for site in sites]
-    classes = class_index(sites)
-    log.info(
-        f"generator: ridge path fitted; {sum(len(s) for s in sites)} task windows, classes {list(classes)}",
-    )
-    # The preset's 0.999 decay needs thousands of steps; a CPU budget gives a few hundred.
-    ema = EMA(model, decay=0.99)
-    optimizer = make_optimizer(model.parameters(), config)
-    deadline = time.time() + 60.0 * minutes
-    step, epoch = 0, 0
-    while time.time() < deadline:
-        stats, step = train_epochs(
-            model,
-            optimizer,
-            sites,
-            epochs=1,
-            config=config,
-            class_to_index=classes,
-            seed=seed * 1000 + epoch,
-            ema=ema,
-            start_step=step,
-            deadline=deadline,
-        )
-        epoch += 1
-        log.info(f"generator: epoch {epoch}, step {step}, loss {stats.summary()['loss']:.4f}")
-    provenance = {
-        "mode": "centralized (fairness_table)",
-        "preset": preset,
-        "seed": seed,
-        "steps": step,
-        "epochs_started": epoch,
-        "minutes": minutes,
-    }
-    return save_checkpoint(
-        out, model, ema=ema, extra={"class_names": list(classes), "preprocess": {}, "provenance": provenance}
+    config = TRAIN_PRESETS[preset].model_copy(
+        update={"epochs": 10_000, "val_fraction": 0.25, "test_fraction": 0.0, "departure_windows": 64}
+    )  # the minutes bound the training
+    return train_centralized(
+        sites, out, preset=preset, seed=seed, max_minutes=minutes, device=device, train_config=config, progress=False
     )
 
 
@@ -583,7 +543,7 @@ class TableSettings:
     seed: int = 0
     preset: str = "tiny"  # generator preset when training one
     train_minutes: float = 6.0  # generator training time when no checkpoint
-    steps: int = 10  # DDIM steps per generated window
+    steps: int = 10  # sampling steps per generated window
     guidance_scale: float = 2.0  # classifier-free guidance on the class label
     source: Literal["pool", "paired"] = "pool"  # EEG for generation: the cut windows' EEG or the kept paired windows'
     classifier: str = "logreg"
@@ -647,7 +607,7 @@ def run(settings: TableSettings) -> dict[str, Any]:
             "content_hash": meta.get("content_hash"),
             "class_names": meta.get("class_names"),
             "provenance": meta.get("provenance"),
-            "description": f"{meta.get('preset')} preset, {meta.get('provenance', {}).get('steps', '?')} steps, guidance {settings.guidance_scale}, {settings.steps or 'default'} DDIM steps",
+            "description": f"{meta.get('preset')} preset, {meta.get('provenance', {}).get('steps', '?')} steps, guidance {settings.guidance_scale}, {settings.steps or 'default'} sampling steps",
         },
         "protocols": [],
     }
