@@ -124,16 +124,17 @@ class LinearGaussianGenerator:
 
     def whitened_mean_square(self, residual: np.ndarray) -> float:
         """Mean square of residuals ``[W, N, F]`` whitened by the fitted covariance (before the
-        spread): ``tr(Σ⁻¹ R Rᵀ) / size`` with ``Σ = C ⊗ (U Uᵀ + diag ψ)`` (Woodbury on the spatial part)."""
-        u, psi = self.components.astype(np.float64), self.diagonal.astype(np.float64)
-        x = residual.astype(np.float64) @ np.linalg.inv(self.temporal + 1e-9 * np.eye(len(self.temporal)))
-        # tr(R^T S^-1 X) with S^-1 = D^-1 - D^-1 U (I + U^T D^-1 U)^-1 U^T D^-1, X = R C^-1
-        plain = np.einsum("wnf,wnf->", residual / psi[:, None], x, optimize=True)
-        inner = np.eye(u.shape[1]) + (u / psi[:, None]).T @ u
-        left = np.einsum("nr,wnf->wrf", u / psi[:, None], residual, optimize=True)
-        right = np.einsum("nr,wnf->wrf", u / psi[:, None], x, optimize=True)
-        correction = np.einsum("rs,wrf,wsf->", np.linalg.inv(inner), left, right, optimize=True)
-        return float((plain - correction) / residual.size)
+        spread), through the model's noise model: ``diag(s)(I + G Gᵀ)diag(s)`` with ``s = √ψ`` and
+        ``G = U / √ψ`` is ``U Uᵀ + diag ψ`` exactly (``shared/model/noise.py``)."""
+        import torch
+
+        from fedneurogen.shared.model.noise import ResidualNoise
+
+        scale = np.sqrt(self.diagonal.astype(np.float64))
+        noise = ResidualNoise(len(scale), self.components.shape[1], len(self.temporal))
+        noise.set_covariance(scale, self.components / scale[:, None], self.temporal)
+        white = noise.whiten(torch.as_tensor(residual, dtype=torch.float32)).double()
+        return float((white**2).mean())
 
     def _offsets(self, labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         """Each window's class offset ``[W, N, F]`` (zero for a class without one)."""
