@@ -47,7 +47,6 @@ from fedneurogen.shared.io import write_json_atomic
 from fedneurogen.shared.manifest import MANIFEST_FILE, read_manifest, write_manifest
 from fedneurogen.shared.model import EMA, NeuroGenModel, load_checkpoint_into, save_checkpoint
 from fedneurogen.shared.signing import HOME_ENV, UntrustedSignature, key_dir, signature_path
-from fedneurogen.shared.workflows import plots
 
 STRATEGY_FILE = "strategy.safetensors"
 HISTORY_FILE = "history.json"
@@ -348,6 +347,8 @@ def plot_history(history: list[dict], path: Path) -> None:
                 if metrics.get(key) is not None:
                     per_site.setdefault(node, []).append((entry["round"], metrics[key]))
         series.append((title, per_site, agg))
+    from fedneurogen.shared.workflows import plots  # matplotlib: not in every ServerApp's start-up
+
     plots.rounds_figure(series, path)
 
 

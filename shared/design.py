@@ -24,7 +24,6 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from scipy.signal import spectrogram
 
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.features import EEG_BANDS
@@ -130,6 +129,8 @@ def run_band_power(eeg: Recording, config: PreprocessConfig) -> tuple[np.ndarray
     centres : np.ndarray
         ``[n_segments]`` segment centres, seconds from the start of the run.
     """
+    from scipy.signal import spectrogram  # imported here: scipy.signal is ~1 s of every Flower process's start-up
+
     nperseg = int(round(config.power_window_seconds * eeg.sfreq))
     hop = int(round(config.power_hop_seconds * eeg.sfreq))
     freqs, centres, psd = spectrogram(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.signal import butter, sosfiltfilt
 
 # Canonical EEG bands (Hz); gamma stops below the 100 Hz Nyquist of the 200 Hz model rate.
 EEG_BANDS: dict[str, tuple[float, float]] = {
@@ -19,6 +18,11 @@ def band_power_timecourse(
     eeg: np.ndarray, sfreq: float, bin_seconds: float = 1.0, bands: dict[str, tuple[float, float]] = EEG_BANDS
 ) -> np.ndarray:
     """Log band power in consecutive bins: ``eeg [..., C, T]`` -> ``[..., C, n_bands, n_bins]``."""
+    from scipy.signal import (
+        butter,
+        sosfiltfilt,
+    )  # imported here: scipy.signal is ~1 s of every Flower process's start-up
+
     eeg = np.asarray(eeg, dtype=np.float64)
     samples_per_bin = int(round(bin_seconds * sfreq))
     n_bins = eeg.shape[-1] // samples_per_bin

@@ -260,7 +260,14 @@ BOLD_BAND = (0.01, 0.15)
 def interval_coverage(
     samples: np.ndarray, real: np.ndarray, levels: tuple[float, ...] = (0.5, 0.9)
 ) -> dict[str, float]:
-    """Share of real values inside the central predictive intervals of the samples.
+    """Share of real values inside the central predictive intervals, from their ranks (PIT).
+
+    A real value's rank among K samples from the right distribution is uniform on 0..K, so its
+    probability integral transform is uniform on ``[r, r + 1] / (K + 1)`` (ties spread it over
+    their ranks); the coverage of a central interval ``[(1 - L) / 2, (1 + L) / 2]`` is the
+    expected share of that PIT inside it, exactly L for a calibrated generator at any K. (The
+    span of the K samples' quantiles is not: 8 draws enclose a ninth only 7/9 of the time, so a
+    calibrated generator would read 0.78 at 90 % that way.)
 
     Parameters
     ----------
@@ -269,7 +276,7 @@ def interval_coverage(
     real : np.ndarray
         The real values, shaped like one sample.
     levels : tuple of float
-        Nominal levels of the central intervals (quantiles of the K samples).
+        Nominal levels of the central intervals.
 
     Returns
     -------
@@ -283,10 +290,13 @@ def interval_coverage(
     """
     if len(samples) < 2:
         raise ValueError("coverage needs at least two samples")
+    k = len(samples)
+    low = np.sum(samples < real[None], axis=0) / (k + 1)
+    high = (np.sum(samples <= real[None], axis=0) + 1) / (k + 1)
     out = {}
     for level in levels:
-        low, high = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2], axis=0)
-        out[f"coverage_{round(100 * level)}"] = float(np.mean((real >= low) & (real <= high)))
+        inside = np.minimum(high, (1 + level) / 2) - np.maximum(low, (1 - level) / 2)
+        out[f"coverage_{round(100 * level)}"] = float(np.mean(np.clip(inside, 0, None) / (high - low)))
     return out
 
 

@@ -34,8 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.signal import spectrogram
-from scipy.spatial import cKDTree
 
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.features import EEG_BANDS
@@ -103,6 +101,8 @@ def source_space() -> SourceSpace:
     SourceSpace
         Positions, normals, patches and each patch's neighbours.
     """
+    from scipy.spatial import cKDTree  # imported here: scipy.spatial slows every process's start-up
+
     fs = load_fsaverage5()
     mid, pial, normals, patch = [], [], [], []
     for h, name in enumerate(HEMISPHERES):
@@ -323,6 +323,8 @@ def run_source_power(eeg: Recording, config: PreprocessConfig) -> tuple[np.ndarr
     centres : np.ndarray
         ``[n_segments]`` segment centres, seconds from the start of the run.
     """
+    from scipy.signal import spectrogram  # imported here: scipy.signal is ~1 s of every Flower process's start-up
+
     operator = patch_power_operator(list(eeg.names), eeg.positions).reshape(N_PATCHES, -1)  # [P, C*C]
     nperseg = int(round(config.power_window_seconds * eeg.sfreq))
     hop = int(round(config.power_hop_seconds * eeg.sfreq))
@@ -406,6 +408,8 @@ def point_patches(positions_mm: np.ndarray) -> np.ndarray:
     np.ndarray
         ``[N]`` patch indices.
     """
+    from scipy.spatial import cKDTree  # imported here: scipy.spatial slows every process's start-up
+
     space = source_space()
     _, nearest = cKDTree(space.pial).query(np.asarray(positions_mm, dtype=np.float64))
     return space.patch[nearest]
@@ -436,6 +440,8 @@ def channel_neighbourhoods(
         Per group, its patches: the one under the projection first, then the others by the
         distance of their nearest source.
     """
+    from scipy.spatial import cKDTree  # imported here: scipy.spatial slows every process's start-up
+
     space = source_space()
     unique, groups = np.unique(np.asarray(positions_mm, dtype=np.float64), axis=0, return_inverse=True)
     _, projected = cKDTree(space.pial).query(unique)

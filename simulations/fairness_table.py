@@ -31,6 +31,9 @@ What this script does:
 - a *group variant* on the fMRI site: group B cut to ``n_minority`` windows per class (group A
   keeps up to ``n_majority``), its cut windows the EEG-only pool, class x group cells balanced,
   scored per group (worst group and gap);
+- a *subject variant* (full sizes only): a separately simulated EEG-fMRI site of which 14 group-A
+  and 2 group-B subjects are kept (group B is 2 of 16 subjects, every window of theirs), the other
+  group-B subjects' EEG the pool; class x group cells balanced, scored per group;
 - adds an *oracle* row (``--no-oracle`` skips it): the same folds, source windows and sizes as
   ``generate`` but with the target actually recorded with each source EEG window. It is the
   ceiling a perfect generator could reach under this protocol, and tells a protocol problem
@@ -98,6 +101,9 @@ class Scale:
     train_subjects: int
     train_run_seconds: float
     protocols: tuple[Protocol, ...]
+    # the subject variant's fMRI site: simulated subjects (about half group B), their runs'
+    # length, and the kept roster (group A, group B); None: no subject variant
+    subject_variant: tuple[int, float, int, int] | None = None
 
 
 FULL = Scale(
@@ -109,6 +115,7 @@ FULL = Scale(
         Protocol("visual stimulus decoding (fMRI)", "fmri", ("faces", "motion", "scenes", "tools"), 150, 30, 5),
         Protocol("motor imagery (fNIRS)", "fnirs", ("left", "right"), 120, 30, 3),
     ),
+    subject_variant=(32, 600.0, 14, 2),  # group B 2 of 16 subjects
 )
 QUICK = Scale(
     eval_subjects=5,
@@ -125,24 +132,27 @@ QUICK = Scale(
 # -- data and model ---------------------------------------------------------------------------
 
 
-def ensure_simulated(out: Path, subjects: int, run_seconds: float, seed: int) -> list[Path]:
-    """A mixed consortium (site-01 EEG-fMRI, site-02 EEG-fNIRS) under ``out``; reused when
-    ``out/simulation.json`` says it was simulated with the same parameters."""
+def ensure_simulated(
+    out: Path, subjects: int, run_seconds: float, seed: int, modality: str = "mixed", n_sites: int = 2
+) -> list[Path]:  # fmt: skip
+    """A consortium under ``out`` (by default mixed: site-01 EEG-fMRI, site-02 EEG-fNIRS); reused
+    when ``out/simulation.json`` says it was simulated with the same parameters."""
     summary = out / "simulation.json"
     wanted = {
         "seed": seed,
-        "modality": "mixed",
-        "n_sites": 2,
+        "modality": modality,
+        "n_sites": n_sites,
         "subjects_per_site": subjects,
         "run_seconds": run_seconds,
     }
     if summary.is_file():
         have = json.loads(summary.read_text())
         if all(have.get(k) == v for k, v in wanted.items()):
-            return [out / "site-01", out / "site-02"]
+            return [out / f"site-{i + 1:02d}" for i in range(n_sites)]
     return simulate_dataset(
-        out, n_sites=2, subjects_per_site=subjects, modality="mixed", seed=seed, run_seconds=run_seconds, progress=False
-    )
+        out, n_sites=n_sites, subjects_per_site=subjects, modality=modality, seed=seed, run_seconds=run_seconds,
+        progress=False,
+    )  # fmt: skip
 
 
 def train_generator(
@@ -213,6 +223,28 @@ def cut_group(
     return kept, replace(left, target=np.zeros(left.target.shape, np.float32))
 
 
+def cut_group_subjects(
+    windows: PairedWindows, classes: tuple[str, ...], n_a: int, n_b: int, rng: np.random.Generator
+) -> tuple[PairedWindows, PairedWindows]:
+    """A site whose group B is ``n_b`` of ``n_a + n_b`` subjects: every window of ``classes`` of
+    ``n_a`` group-A and ``n_b`` group-B subjects (drawn at random) is kept; the windows of the
+    other group-B subjects become the EEG-only pool (targets zeroed), the other A subjects' go."""
+    groups = windows.group_of("group").astype(str)
+    subjects = {g: sorted(set(windows.subjects[groups == g].tolist())) for g in ("A", "B")}
+    for g, n in (("A", n_a), ("B", n_b + 1)):
+        if len(subjects[g]) < n:
+            raise DataError(
+                f"simulated {windows.target_modality} site",
+                f"group {g} has {len(subjects[g])} subjects, the subject variant needs {n}",
+            )
+    kept_a = rng.permutation(subjects["A"])[:n_a]
+    order_b = rng.permutation(subjects["B"])
+    task = np.isin(windows.labels, classes)
+    kept = windows.subset(task & np.isin(windows.subjects, np.concatenate([kept_a, order_b[:n_b]])))
+    left = windows.subset(task & np.isin(windows.subjects, order_b[n_b:]))
+    return kept, replace(left, target=np.zeros(left.target.shape, np.float32))  # nothing may use these targets
+
+
 def target_rois(windows: PairedWindows, protocol: Protocol) -> np.ndarray | None:
     """The fMRI target's 64 cortical ROIs (the classifier's features); None for fNIRS."""
     return fm.target_parcellation(windows.target_positions, 64, seed=0) if protocol.modality == "fmri" else None
@@ -243,6 +275,29 @@ def evaluate_condition(
     return report
 
 
+def score_groups(
+    windows: PairedWindows, kept: PairedWindows, pool: PairedWindows, protocol: Protocol,
+    synthesizer: ModelSynthesizer, site: str, folder: Path, *, seed: int, classifier: str, with_eeg: bool, oracle: bool,
+) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Every strategy on ``kept`` with class x group cells balanced, scored per group: per strategy
+    the macro F1 of groups A and B, the worst group and the gap."""
+    config = AugmentConfig(
+        sensitive_attribute="group", strategies=STRATEGIES, folds=protocol.folds, classifier=classifier, use_eeg=with_eeg,
+        classes=protocol.classes, seed=seed, steps=synthesizer.steps, guidance_scale=synthesizer.guidance_scale,
+    )  # fmt: skip
+    rois = target_rois(windows, protocol)
+    report = evaluate_condition(windows, kept, pool, config, site, synthesizer, rois, oracle, folder)
+    groups = {}
+    for name, entry in report["strategies"].items():
+        by_group = entry["per_group"]["by_group"]
+        groups[name] = {
+            "macro_f1": {g: by_group[g]["macro_f1"] for g in sorted(by_group) if g in ("A", "B")},
+            "worst_group": entry["per_group"]["worst_group"],
+            "gap": entry["per_group"]["difference"]["macro_f1"],
+        }
+    return groups
+
+
 def run_group_variant(
     windows: PairedWindows,
     protocol: Protocol,
@@ -259,36 +314,64 @@ def run_group_variant(
     t0 = time.time()
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0xB,)))
     kept, pool = cut_group(windows, protocol, "B", rng)
-    config = AugmentConfig(
-        sensitive_attribute="group", strategies=STRATEGIES, folds=protocol.folds, classifier=classifier, use_eeg=with_eeg,
-        classes=protocol.classes, seed=seed, steps=synthesizer.steps, guidance_scale=synthesizer.guidance_scale,
-    )  # fmt: skip
     site = f"simulated {protocol.modality} site (group B cut to {protocol.n_minority} per class)"
-    report = evaluate_condition(
-        windows,
-        kept,
-        pool,
-        config,
-        site,
-        synthesizer,
-        target_rois(windows, protocol),
-        oracle,
-        out / "conditions" / f"{protocol.modality}-group-B",
-    )
-    groups = {}
-    for name, entry in report["strategies"].items():
-        by_group = entry["per_group"]["by_group"]
-        groups[name] = {
-            "macro_f1": {g: by_group[g]["macro_f1"] for g in sorted(by_group) if g in ("A", "B")},
-            "worst_group": entry["per_group"]["worst_group"],
-            "gap": entry["per_group"]["difference"]["macro_f1"],
-        }
+    groups = score_groups(
+        windows, kept, pool, protocol, synthesizer, site, out / "conditions" / f"{protocol.modality}-group-B",
+        seed=seed, classifier=classifier, with_eeg=with_eeg, oracle=oracle,
+    )  # fmt: skip
     log.info(
         f"group variant: gap none {groups['none']['gap']:.3f}, oversample {groups['oversample']['gap']:.3f}, generate {groups['generate']['gap']:.3f} ({time.time() - t0:.0f} s)",
     )
     return {
         "protocol": protocol.__dict__, "pool_windows": len(pool), "groups": groups,
         "goal": {"generate narrows the worst-group gap more than oversample": bool(groups["generate"]["gap"] < groups["oversample"]["gap"])},
+    }  # fmt: skip
+
+
+def run_subject_variant(
+    windows: PairedWindows,
+    protocol: Protocol,
+    synthesizer: ModelSynthesizer,
+    out: Path,
+    *,
+    n_a: int,
+    n_b: int,
+    seed: int,
+    classifier: str,
+    with_eeg: bool,
+    oracle: bool = True,
+) -> dict[str, Any]:
+    """A site whose group B is ``n_b`` of ``n_a + n_b`` subjects (``cut_group_subjects``), every
+    strategy balancing class x group cells; the goals of issue 30: group B's macro F1 at least
+    the best non-generative strategy's + 0.03, group A's drop at most 0.03."""
+    t0 = time.time()
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0xB5,)))
+    kept, pool = cut_group_subjects(windows, protocol.classes, n_a, n_b, rng)
+    site = f"simulated {protocol.modality} site (group B {n_b} of {n_a + n_b} subjects)"
+    groups = score_groups(
+        windows, kept, pool, protocol, synthesizer, site, out / "conditions" / f"{protocol.modality}-group-B-subjects",
+        seed=seed, classifier=classifier, with_eeg=with_eeg, oracle=oracle,
+    )  # fmt: skip
+    b = {name: g["macro_f1"].get("B") for name, g in groups.items()}
+    a = {name: g["macro_f1"].get("A") for name, g in groups.items()}
+    best_other = max(b[name] for name in BASELINES)
+    figures = {
+        "group_b_generate": b["generate"],
+        "group_b_linear_gaussian": b.get("linear-gaussian"),
+        "group_b_best_non_generative": best_other,
+        "group_a_drop_generate": a["none"] - a["generate"],
+    }
+    log.info(
+        f"subject variant: group B generate {b['generate']:.3f} vs best non-generative {best_other:.3f}, group A drop {figures['group_a_drop_generate']:.3f} ({time.time() - t0:.0f} s)",
+    )
+    return {
+        "protocol": protocol.__dict__, "subjects": {"A": n_a, "B": n_b}, "kept_windows": len(kept),
+        "group_windows": {g: int(np.sum(kept.group_of("group").astype(str) == g)) for g in ("A", "B")},
+        "pool_windows": len(pool), "groups": groups, "figures": figures,
+        "goal": {
+            "group B macro F1 >= best non-generative + 0.03": bool(b["generate"] >= best_other + 0.03),
+            "group A drop <= 0.03": bool(figures["group_a_drop_generate"] <= 0.03),
+        },
     }  # fmt: skip
 
 
@@ -526,6 +609,25 @@ def render_table(result: dict[str, Any]) -> str:
             "",
             "Goal: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in variant["goal"].items()) + ".",
         ]
+    variant = result.get("subject_variant")
+    if variant:
+        n = variant["subjects"]
+        lines += [
+            "",
+            f"## Subject variant: group B is {n['B']} of {n['A'] + n['B']} subjects ({variant['group_windows']['B']} of "
+            f"{variant['kept_windows']} windows), {variant['protocol']['folds']}-fold CV",
+            "",
+            "| strategy | macro F1 A | macro F1 B | worst group | gap |",
+            "|---|---|---|---|---|",
+        ]
+        for name, g in variant["groups"].items():
+            lines.append(
+                f"| {name} | {_fmt(g['macro_f1'].get('A'))} | {_fmt(g['macro_f1'].get('B'))} | {(g['worst_group'] or {}).get('group', 'n/a')} | {_fmt(g['gap'])} |"
+            )
+        lines += [
+            "",
+            "Goals: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in variant["goal"].items()) + ".",
+        ]
     lines += [
         "",
         f"Paper (real data): minority F1 {PAPER['minority_f1_before']} -> {PAPER['minority_f1_after']}, majority F1 drop {PAPER['majority_f1_drop'][0]}-{PAPER['majority_f1_drop'][1]}.",
@@ -638,6 +740,16 @@ def run(settings: TableSettings) -> dict[str, Any]:
             result["group_variant"] = run_group_variant(
                 windows, protocol, synthesizer, out, seed=settings.seed, classifier=settings.classifier, with_eeg=settings.with_eeg, oracle=settings.oracle
             )  # fmt: skip
+    if scale.subject_variant is not None:
+        n_subjects, run_seconds, n_a, n_b = scale.subject_variant
+        (site_dir,) = ensure_simulated(
+            out / "data" / "group", n_subjects, run_seconds, settings.seed + 303, modality="fmri", n_sites=1
+        )
+        protocol = next(p for p in scale.protocols if p.modality == "fmri")
+        result["subject_variant"] = run_subject_variant(
+            load_site(site_dir, progress=False), protocol, synthesizer, out, n_a=n_a, n_b=n_b, seed=settings.seed,
+            classifier=settings.classifier, with_eeg=settings.with_eeg, oracle=settings.oracle,
+        )  # fmt: skip
     result["seconds"] = round(time.time() - t0, 1)
     for block in result["protocols"]:  # the full reports are under conditions/; keep the table small
         for row in block["rows"]:

@@ -9,6 +9,7 @@ releases no class of fewer subjects than its policy allows.
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -106,7 +107,7 @@ def test_whatever_a_site_sends_is_refused_or_obeys_what_real_sums_obey(keys, sha
     assert np.isfinite(got.offsets(1)).all()
 
 
-def test_the_server_installs_the_pooled_means_shrunk_on_the_held_out_windows():
+def test_the_server_installs_the_pooled_means_whole_and_the_point_prediction_shrinks_them_on_held_out_windows():
     from fedneurogen.server.class_offsets import solve_class_offsets
     from fedneurogen.shared.model.mean import MeanHead
 
@@ -118,9 +119,17 @@ def test_the_server_installs_the_pooled_means_shrunk_on_the_held_out_windows():
     assert report["sites"] == 3 and report["kept"] and 0 < report["shrinkage"] <= 1
     assert report["shrinkage"] == pytest.approx(val.best_shrinkage(pooled))
     installed = head.ridge.class_intercept.detach().numpy()
-    np.testing.assert_allclose(installed[:C], report["shrinkage"] * pooled, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(installed[:C], pooled, rtol=1e-5, atol=1e-6)  # whole: a sample's mean
+    assert float(head.ridge.class_shrinkage) == pytest.approx(report["shrinkage"])  # the point prediction's
     assert not installed[C].any()  # the no-label row
+    labels = torch.arange(C)
+    np.testing.assert_allclose(
+        head.ridge.offset(labels, None).numpy(), report["shrinkage"] * pooled, rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(head.ridge.offset(labels, None, whole=True).numpy(), pooled, rtol=1e-5, atol=1e-6)
     # held-out windows of a class that the training mean does not fit: switched off
     contrary = [(t, ClassResiduals(-v.sums, v.squares, v.windows, v.subjects)) for t, v in replies]
     report = solve_class_offsets(head, contrary, min_subjects=2)
-    assert report["shrinkage"] == 0.0 and not report["kept"] and not head.ridge.class_intercept.any()
+    assert report["shrinkage"] == 0.0 and not report["kept"] and float(head.ridge.class_shrinkage) == 0.0
+    assert not head.ridge.offset(labels, None).any()  # the point prediction: switched off
+    np.testing.assert_allclose(head.ridge.offset(labels, None, whole=True).numpy(), pooled, rtol=1e-5, atol=1e-6)

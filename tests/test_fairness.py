@@ -451,6 +451,25 @@ def test_group_variant_cuts_group_b_in_every_class(windows):
         cut_group(windows, Protocol("motor", "fnirs", ("left", "right"), 10, 10_000, 2), "B", np.random.default_rng(0))
 
 
+def test_subject_variant_keeps_whole_subjects_and_pools_the_other_group_b_subjects_eeg(windows):
+    from fedneurogen.simulations.fairness_table import cut_group_subjects
+
+    groups = windows.group_of("group").astype(str)
+    n_b = len(set(windows.subjects[groups == "B"].tolist()))
+    kept, pool = cut_group_subjects(windows, ("left", "right"), 1, n_b - 1, np.random.default_rng(0))
+    kept_groups = kept.group_of("group").astype(str)
+    assert len(set(kept.subjects[kept_groups == "A"].tolist())) == 1
+    assert len(set(kept.subjects[kept_groups == "B"].tolist())) == n_b - 1
+    for subject in set(kept.subjects.tolist()):  # every task window of a kept subject
+        assert (kept.subjects == subject).sum() == np.sum(
+            (windows.subjects == subject) & np.isin(windows.labels, ["left", "right"])
+        )
+    assert set(pool.group_of("group").astype(str)) == {"B"} and not np.any(pool.target)
+    assert not set(pool.subjects.tolist()) & set(kept.subjects.tolist())
+    with pytest.raises(DataError, match="group B has"):
+        cut_group_subjects(windows, ("left", "right"), 1, n_b, np.random.default_rng(0))
+
+
 def test_table_rows_carry_every_strategy_and_the_oracle(windows, synthesizer, tmp_path):
     from fedneurogen.simulations.fairness_table import STRATEGIES, Protocol, run_group_variant, run_protocol
 

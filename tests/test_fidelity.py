@@ -296,7 +296,10 @@ def test_class_offsets_are_each_class_mean_residual_and_leave_the_label_free_mea
     with torch.no_grad():
         assert torch.equal(model.point_prediction(batch, use_labels=False), before)  # label-free: untouched
         labelled = model.point_prediction(batch)
+        whole = model.point_prediction(batch, whole_class_offset=True)
     expected = before + ridge.class_intercept[batch.labels].transpose(1, 2)
+    assert torch.allclose(whole, expected, atol=1e-5)  # a sample's mean: the offsets whole
+    assert float(ridge.class_shrinkage) == 1.0  # no validation windows: nothing to shrink on
     assert torch.allclose(labelled, expected, atol=1e-5)
     # each class with >= 2 training subjects: the mean residual of its windows, frame by frame
     name = report["classes_with_offset"][0]
@@ -312,3 +315,4 @@ def test_class_offsets_are_each_class_mean_residual_and_leave_the_label_free_mea
     # a class of too few training subjects gets none
     report = fit_class_offsets(model, "fmri", sites[:1], [], classes, min_subjects=99)
     assert report["classes_with_offset"] == [] and not report["kept"] and not ridge.class_intercept.any()
+    assert float(ridge.class_shrinkage) == 0.0

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from fedneurogen.shared.metrics import (
     coarse_parcels,
@@ -107,6 +108,14 @@ def test_coverage_and_crps_perfect_on_identical_and_chance_on_independent_noise(
     assert abs(ensemble_crps(calibrated, real) - 1 / np.sqrt(np.pi)) < 0.02
     far = calibrated + 10
     assert interval_coverage(far, real)["coverage_90"] == 0.0 and ensemble_crps(far, real) > 9
+    # by rank, unbiased at any K: 4 calibrated samples cover 90 % (their span holds a fifth 3/5 of
+    # the time); identical samples tie with the value, which is then anywhere in its PIT: nominal
+    few_truth = rng.standard_normal((20000, 5))
+    coverage = interval_coverage(rng.standard_normal((4, 20000, 5)), few_truth)
+    assert abs(coverage["coverage_50"] - 0.5) < 0.01 and abs(coverage["coverage_90"] - 0.9) < 0.01
+    narrow = interval_coverage(0.5 * rng.standard_normal((4, 20000, 5)), few_truth)
+    assert narrow["coverage_90"] < 0.86
+    assert interval_coverage(same, real) == pytest.approx({"coverage_50": 0.5, "coverage_90": 0.9})
     # fair at any ensemble size: 4 samples score 1/sqrt(pi) too, and the right spread beats a narrower one
     few = rng.standard_normal((4, 2000, 50))
     assert abs(ensemble_crps(few, rng.standard_normal((2000, 50))) - 1 / np.sqrt(np.pi)) < 0.01
@@ -152,7 +161,7 @@ def test_sample_metrics_report_every_metric_and_skip_coverage_with_one_sample():
     subjects = np.array([r.split("_")[0] for r in runs])
     parcels = coarse_parcels(np.random.default_rng(3).standard_normal((30, 3)), n_parcels=5)
     out = sample_metrics(np.stack([real, real]), real, runs, onsets, 0.5, subjects, parcels)
-    assert out["coverage_50"] == 1.0 and out["crps"] == 0.0 and out["psd_distance"] == 0.0
+    assert out["coverage_50"] == pytest.approx(0.5) and out["crps"] == 0.0 and out["psd_distance"] == 0.0
     assert out["fc_similarity"] > 0.999 and out["two_sample_accuracy"] == 0.5 and out["samples"] == 2
     one = sample_metrics(real[None], real, runs, onsets, 0.5, subjects, parcels)
     assert one["coverage_50"] is None and one["coverage_error"] is None and one["crps"] == 0.0

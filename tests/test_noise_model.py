@@ -158,3 +158,18 @@ def test_the_models_spread_scales_only_the_sampled_noise_and_is_the_validation_w
     # a site's scores: the whitened mean square of its windows, the model's spread left as it was
     scores = site_scores(model, windows, {}, seed=0, batch_size=4)
     assert float(noise.spread) == pytest.approx(np.sqrt(SPREAD_RANGE[1])) and scores[SPREAD_KEY] > 0
+    # a class's samples are drawn about the mean with its offset whole, not the point prediction's shrunk one
+    from fedneurogen.shared.model import Batch
+
+    ridge = model.modality_heads["fmri"].mean.ridge
+    c, f, n = ridge.class_intercept.shape
+    ridge.set_class_offsets(np.random.default_rng(1).standard_normal((c - 1, f, n)).astype(np.float32), shrinkage=0.25)
+    one, two = drawn(1.0), drawn(4.0)
+    centre = (2 * one - two).reshape(len(windows), n, f)  # sample = centre + spread * noise
+    batch = Batch.from_windows(windows, np.arange(len(windows)), device="cpu")
+    batch.labels = torch.as_tensor(labels)
+    with torch.no_grad():
+        whole = model.point_prediction(batch, whole_class_offset=True).numpy()
+        shrunk = model.point_prediction(batch).numpy()
+    np.testing.assert_allclose(centre, whole, rtol=1e-3, atol=2e-3)
+    assert np.abs(centre - shrunk).max() > 0.5

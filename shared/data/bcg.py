@@ -18,7 +18,6 @@ import warnings
 
 import mne
 import numpy as np
-from scipy import signal
 
 #: PCA-OBS window around each R-peak, in median RR intervals: from 0.3 before to 0.8 after, so
 #: that it holds the BCG (200-700 ms after the R-peak) and its edges fall where the BCG is small.
@@ -54,6 +53,8 @@ def _align(trace: np.ndarray, peaks: np.ndarray, sfreq: float) -> np.ndarray:
 def _pulse_component(eeg: np.ndarray, sfreq: float, n_candidates: int = 6) -> np.ndarray:
     """The 2-15 Hz EEG component most periodic at a heart rate (40-130 bpm): among the first
     principal components, the one whose autocorrelation peaks highest at a lag of 0.46-1.5 s."""
+    from scipy import signal  # imported here: scipy.signal slows every process's start-up
+
     band = mne.filter.filter_data(eeg, sfreq, 2.0, 15.0, verbose="error")
     u, _, _ = np.linalg.svd(band[:, :: max(1, int(sfreq // 100))], full_matrices=False)
     best, score = band[0], -np.inf
@@ -136,6 +137,8 @@ def pca_obs(data: np.ndarray, r_peaks: np.ndarray, sfreq: float, n_components: i
     numpy.ndarray
         A cleaned copy (float64), the shape of ``data``.
     """
+    from scipy import signal  # imported here: scipy.signal slows every process's start-up
+
     out = np.array(data, dtype=np.float64, copy=True)
     rows = out.reshape(-1, out.shape[-1])
     n_times = rows.shape[1]

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import mne
 import numpy as np
-from scipy import signal
 
 from ..config import PreprocessConfig
 from ..errors import DataError
@@ -107,6 +106,8 @@ def regress_short_channels(
 
 def bandpass(data: np.ndarray, sfreq: float, l_freq: float, h_freq: float, order: int, path: Path) -> np.ndarray:
     """Zero-phase Butterworth band-pass of total order ``order`` (``order // 2`` per edge)."""
+    from scipy import signal  # imported here: scipy.signal slows every process's start-up
+
     nyquist = sfreq / 2.0
     if h_freq >= nyquist:
         raise DataError(path, f"sampling rate {sfreq:g} Hz is too low for a {h_freq:g} Hz low-pass edge")
@@ -120,6 +121,8 @@ def bandpass(data: np.ndarray, sfreq: float, l_freq: float, h_freq: float, order
 
 def resample(data: np.ndarray, sfreq: float, new_sfreq: float) -> np.ndarray:
     """Polyphase resampling by the nearest rational factor (data already low-passed)."""
+    from scipy import signal  # imported here: scipy.signal slows every process's start-up
+
     if math.isclose(sfreq, new_sfreq, rel_tol=1e-9):
         return data
     ratio = Fraction(new_sfreq / sfreq).limit_denominator(1000)

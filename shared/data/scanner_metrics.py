@@ -14,7 +14,6 @@ from typing import NamedTuple
 
 import mne
 import numpy as np
-from scipy import signal
 
 #: A run without triggers with more of its EEG power than this in narrow spectral lines is raw.
 RAW_LINE_FRACTION = 0.5
@@ -76,6 +75,8 @@ def line_power(data: np.ndarray, sfreq: float, mains: Sequence[float | None] = (
     -------
     LinePower
     """
+    from scipy import signal  # imported here: scipy.signal slows every process's start-up
+
     data = np.atleast_2d(data)
     nper = int(min(data.shape[-1], round(10.0 * sfreq)))
     freqs, psd = signal.welch(data[:: max(1, len(data) // 16)], sfreq, nperseg=nper, axis=-1)

@@ -309,6 +309,8 @@ def _load_state(
     for name in own:  # a checkpoint from before class offsets: none (the ridge path's behaviour then)
         if name.endswith(".mean.ridge.class_intercept") and name not in weights:
             weights[name] = torch.zeros(own[name].shape, dtype=own[name].dtype)
+        if name.endswith(".mean.ridge.class_shrinkage") and name not in weights:  # its offsets were shrunk
+            weights[name] = torch.ones(own[name].shape, dtype=own[name].dtype)
         if ".noise." in name and name not in weights:  # from before the noise model: the identity
             weights[name] = own[name].detach().clone()
     problems = [f"missing {name}" for name in own if name not in weights]

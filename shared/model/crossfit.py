@@ -237,8 +237,8 @@ class ClassResiduals:
 
 
 def closed_form_prediction(
-    head: nn.Module, windows: PairedWindows, labels: torch.Tensor | None, chunk: int = 64
-) -> np.ndarray:
+    head: nn.Module, windows: PairedWindows, labels: torch.Tensor | None, chunk: int = 64, whole_class_offset: bool = False
+) -> np.ndarray:  # fmt: skip
     """The mean head's closed-form part (linear paths, + class offsets with ``labels``): ``[W, N, F]``.
 
     Parameters
@@ -251,6 +251,8 @@ def closed_form_prediction(
         long ``[W]`` class indices (-1: none); None: label-free.
     chunk : int
         Windows per step.
+    whole_class_offset : bool
+        The class offsets whole (a sample's mean), not shrunk (the point prediction's).
 
     Returns
     -------
@@ -266,7 +268,9 @@ def closed_form_prediction(
             index = np.arange(start, min(start + chunk, len(windows)))
             design = torch.as_tensor(np.asarray(windows.design[index]), dtype=torch.float32, device=device)
             part = None if labels is None else labels[index].to(device)
-            out[index] = head(design, part, names, n_points, residual=False).cpu().numpy()
+            out[index] = (
+                head(design, part, names, n_points, residual=False, whole_class_offset=whole_class_offset).cpu().numpy()
+            )
     return out
 
 
@@ -309,9 +313,10 @@ def class_residuals(head: nn.Module, windows: PairedWindows, class_to_index: dic
 def install_class_offsets(
     head: nn.Module, train: ClassResiduals, val: ClassResiduals | None, min_subjects: int = MIN_CLASS_SUBJECTS
 ) -> dict[str, Any]:  # fmt: skip
-    """Set the ridge path's class offsets from summed training residuals, shrunk toward zero by
-    the factor that minimises the validation windows' error (a class mean of a few subjects is
-    noisy: a factor of 0 switches them off; without validation windows, no shrinkage).
+    """Set the ridge path's class offsets from summed training residuals: whole for samples, and
+    for the point prediction shrunk toward zero by the factor that minimises the validation
+    windows' error (a class mean of a few subjects is noisy: a factor of 0 switches them off;
+    without validation windows, no shrinkage).
 
     Parameters
     ----------
@@ -327,17 +332,18 @@ def install_class_offsets(
     Returns
     -------
     dict
-        ``classes_with_offset`` (indices), ``shrinkage`` (the factor), ``kept``, and
+        ``classes_with_offset`` (indices), ``shrinkage`` (the factor), ``kept`` (by the point
+        prediction), and
         ``validation_error_change`` (summed squared error with minus without, at that factor;
         None without validation windows).
     """
     offsets = train.offsets(min_subjects)
     validated = val is not None and bool(val.windows.any())
     shrinkage = val.best_shrinkage(offsets) if validated else 1.0
-    offsets = shrinkage * offsets
-    change = val.error_change(offsets) if validated else None
-    kept = bool((offsets != 0).any()) and (change is None or change < 0)
-    head.ridge.set_class_offsets(offsets if kept else np.zeros_like(offsets))
+    change = val.error_change(shrinkage * offsets) if validated else None
+    kept = bool((shrinkage * offsets != 0).any()) and (change is None or change < 0)
+    # samples carry the offsets whole whatever the point prediction keeps (``RidgePath``)
+    head.ridge.set_class_offsets(offsets, shrinkage if kept else 0.0)
     with_offset = [int(c) for c in np.flatnonzero((offsets != 0).any(axis=(1, 2)))]
     return {"classes_with_offset": with_offset, "shrinkage": shrinkage, "kept": kept, "validation_error_change": change}
 

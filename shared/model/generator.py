@@ -319,6 +319,7 @@ class NeuroGenModel(TrainingLosses, Sampling, nn.Module):
         labels: torch.Tensor | None = None,
         train: bool = False,
         residual: bool = True,
+        whole_class_offset: bool = False,
     ) -> torch.Tensor:
         """The conditional mean: ridge path + learned residual on the batch's hemodynamic design.
 
@@ -334,6 +335,9 @@ class NeuroGenModel(TrainingLosses, Sampling, nn.Module):
             Training mode of the residual network (dropout on the design).
         residual : bool
             Add the learned residual; False: the linear paths alone.
+        whole_class_offset : bool
+            The labels' class offsets whole, not shrunk as the point prediction has them: the
+            mean a sample is drawn about (``shared/model/mean.RidgePath``).
 
         Returns
         -------
@@ -360,8 +364,9 @@ class NeuroGenModel(TrainingLosses, Sampling, nn.Module):
         labels = (labels if labels is not None else batch.labels) if use_labels else None
         names = batch.target_names if batch.modality == "fnirs" else None
         return self.modality_heads[batch.modality].mean(
-            batch.design.float(), labels, names, layout.n_points, train=train, residual=residual
-        )
+            batch.design.float(), labels, names, layout.n_points, train=train, residual=residual,
+            whole_class_offset=whole_class_offset,
+        )  # fmt: skip
 
     def whiten(self, residual: torch.Tensor, batch: Batch) -> torch.Tensor:
         """The batch's residuals in the noise model's whitened coordinates (the diffusion's).

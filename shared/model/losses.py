@@ -121,7 +121,9 @@ class TrainingLosses:
             features = self.encode_eeg(batch)
             condition = self.condition_tokens(batch, features, layout)
             mean = self.point_prediction(batch, labels=mean_labels, train=self.training).float()
-            x0 = self.whiten(target - mean.detach(), batch)  # the noise model's coordinates
+            with torch.no_grad():  # the mean a sample is drawn about: no dropout, the class offsets whole
+                sample_mean = self.point_prediction(batch, labels=mean_labels, whole_class_offset=True).float()
+            x0 = self.whiten(target - sample_mean, batch)  # the noise model's coordinates
             x_t = self.diffusion.q_sample(x0, t, noise)
             output = self.denoise(x_t, t, condition, layout, batch.modality, batch.labels, drop_labels=self.training)
             # per window first (DP clipping may want them), then their mean: the usual MSE

@@ -56,6 +56,12 @@ class RidgePath(nn.Module):
     """``design @ coef + intercept`` per point, set in closed form by ``set_solution``; with a
     label, plus that class's offset (``class_intercept``, set by ``set_class_offsets``).
 
+    The class offsets are the classes' mean residuals, whole; the point prediction adds them
+    times ``class_shrinkage`` (the factor that minimises validation error: a class mean of a few
+    subjects is noisy), a sample's mean adds them whole, as the linear-Gaussian generator's does,
+    so a class's samples carry the class mean the data estimate rather than a squared-error
+    compromise (``offset``).
+
     The coefficients are frozen parameters (``requires_grad=False``): no optimiser step changes
     them, but they travel with the weights to and from a federation's server and are aggregated
     like the rest of the modality head."""
@@ -67,6 +73,7 @@ class RidgePath(nn.Module):
         self.intercept = frozen(torch.zeros(n_points))
         # each class's mean cross-fitted residual per frame and point; the last row (no label) is 0
         self.class_intercept = frozen(torch.zeros(num_classes + 1, n_frames, n_points))
+        self.class_shrinkage = frozen(torch.ones(()))  # the point prediction's share of them
         # standardisation of the design for the residual network (training statistics)
         self.feature_mean = frozen(torch.zeros(n_features))
         self.feature_scale = frozen(torch.ones(n_features))
@@ -105,18 +112,22 @@ class RidgePath(nn.Module):
         )
 
     @torch.no_grad()
-    def set_class_offsets(self, offsets: np.ndarray) -> None:
-        """Install ``[num_classes, F, n]`` class offsets into the first ``n`` slots (the points of
-        ``set_solution``, in its order); the no-label row stays zero."""
+    def set_class_offsets(self, offsets: np.ndarray, shrinkage: float = 1.0) -> None:
+        """Install ``[num_classes, F, n]`` class offsets (whole) into the first ``n`` slots (the
+        points of ``set_solution``, in its order) and the point prediction's ``shrinkage`` in
+        [0, 1]; the no-label row stays zero."""
         c, f, n = offsets.shape
         if c != self.class_intercept.shape[0] - 1 or f != self.class_intercept.shape[1] or n > self.coef.shape[1]:
             raise ConfigError(f"class offsets {list(offsets.shape)} do not fit {list(self.class_intercept.shape)}")
         self.class_intercept.zero_()
         self.class_intercept[:c, :, :n] = torch.as_tensor(offsets, dtype=torch.float32, device=self.coef.device)
+        self.class_shrinkage.fill_(float(shrinkage))
 
-    def offset(self, labels: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
-        """``[B, F, N]`` each window's class offset (``labels``: class index, the no-label row for the rest)."""
+    def offset(self, labels: torch.Tensor, slots: torch.Tensor | None, whole: bool = False) -> torch.Tensor:
+        """``[B, F, N]`` each window's class offset (``labels``: class index, the no-label row for
+        the rest): shrunk as the point prediction has it, or ``whole`` as a sample's mean has it."""
         out = self.class_intercept[labels]
+        out = out if whole else self.class_shrinkage * out
         return out if slots is None else out[..., slots]
 
     def slots(self, names: Sequence[str] | None, n_points: int) -> torch.Tensor | None:
@@ -249,11 +260,13 @@ class MeanHead(nn.Module):
         n_points: int,
         train: bool = False,
         residual: bool = True,
+        whole_class_offset: bool = False,
     ) -> torch.Tensor:
         """``design [B, F, D]`` (+ labels ``[B]``, -1 or None = no label) -> mean ``[B, N, F]``.
         ``train`` applies dropout to the residual's input; predictions never do, whatever the
         module's mode, so the point prediction is deterministic. ``residual=False``: the linear
-        paths alone (what the learned residual is measured against)."""
+        paths alone (what the learned residual is measured against). ``whole_class_offset``: the
+        class offsets unshrunk (the mean a sample is drawn about; ``RidgePath``)."""
         slots = self.ridge.slots(names, n_points)
         scalp = design[..., : self.n_features]
         linear = self.ridge(scalp, slots)
@@ -264,7 +277,7 @@ class MeanHead(nn.Module):
         null = torch.full((design.shape[0],), self.num_classes, dtype=torch.long, device=design.device)
         index = null if labels is None else torch.where(labels < 0, null, labels)
         if labels is not None:  # the class offset is closed-form, beside the linear paths
-            linear = linear + self.ridge.offset(index, slots)
+            linear = linear + self.ridge.offset(index, slots, whole=whole_class_offset)
         if not residual:
             return linear.transpose(1, 2)
         latent = self.residual(nn.functional.dropout(self.ridge.standardise(scalp), self.dropout, training=train))

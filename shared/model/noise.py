@@ -275,8 +275,8 @@ def site_sketch(
     head: nn.Module, windows: PairedWindows, class_to_index: dict[str, int], seed: int = 0
 ) -> NoiseSketch:  # fmt: skip
     """The sketch of one site's residuals against a ``ModalityHead``'s closed-form labelled mean
-    (linear paths + class offset), as the linear-Gaussian generator's residual is; at most
-    ``MAX_FIT_WINDOWS`` windows are read (a seeded draw).
+    (linear paths + the whole class offset: a sample's mean), as the linear-Gaussian generator's
+    residual is; at most ``MAX_FIT_WINDOWS`` windows are read (a seeded draw).
 
     Parameters
     ----------
@@ -298,7 +298,8 @@ def site_sketch(
         keep = np.sort(np.random.default_rng(seed).choice(len(windows), size=MAX_FIT_WINDOWS, replace=False))
         windows = windows.subset(np.isin(np.arange(len(windows)), keep))
     labels = torch.as_tensor(class_indices(windows, class_to_index))
-    residual = np.asarray(windows.target, np.float32) - closed_form_prediction(head.mean, windows, labels)
+    mean = closed_form_prediction(head.mean, windows, labels, whole_class_offset=True)
+    residual = np.asarray(windows.target, np.float32) - mean
     return sketch_residual(residual, head.noise.basis.shape[1], seed)
 
 

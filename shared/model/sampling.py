@@ -135,7 +135,7 @@ class Sampling:
         # depend on the EEG only, not on the noisy target: computed once here, not every step.
         with self._autocast():
             condition = self.condition_tokens(batch, self.encode_eeg(batch), layout)
-            mean = self.point_prediction(batch).float()
+            mean = self.point_prediction(batch, whole_class_offset=True).float()
             guided = self.uses_guidance(batch.labels, guidance_scale)
             context_kv = self.dit.context_kv(torch.cat([condition, condition]) if guided else condition)
 

@@ -127,7 +127,7 @@ def whitened_mean_square(model, windows: PairedWindows, class_to_index: dict[str
             index = np.arange(start, min(start + batch_size, len(windows)))
             batch = Batch.from_windows(windows, index, class_to_index, model.device)
             target = torch.as_tensor(np.asarray(windows.target[index]), dtype=torch.float32, device=model.device)
-            white = model.whiten(target - model.point_prediction(batch).float(), batch)
+            white = model.whiten(target - model.point_prediction(batch, whole_class_offset=True).float(), batch)
             total, count = total + float((white.double() ** 2).sum()), count + white.numel()
     return total / max(count, 1)
 
