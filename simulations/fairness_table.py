@@ -455,6 +455,15 @@ def _mean_or_none(values: list[float | None]) -> float | None:
     return None if any(v is None for v in values) else float(np.mean(values))
 
 
+def _group_table(groups: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown rows of ``score_groups``' figures: macro F1 per group, worst group, gap."""
+    rows = ["| strategy | macro F1 A | macro F1 B | worst group | gap |", "|---|---|---|---|---|"]
+    for name, g in groups.items():
+        a, b, worst = g["macro_f1"].get("A"), g["macro_f1"].get("B"), (g["worst_group"] or {}).get("group", "n/a")
+        rows.append(f"| {name} | {_fmt(a)} | {_fmt(b)} | {worst} | {_fmt(g['gap'])} |")
+    return rows
+
+
 def goal_figures(rows: list[dict[str, Any]], classes: tuple[str, ...]) -> dict[str, Any]:
     """Per condition and averaged: minority F1 (none, oversample, generate), mean majority F1 after
     generation and its ratio to the minority F1, and the majority F1 drop against none."""
@@ -598,13 +607,8 @@ def render_table(result: dict[str, Any]) -> str:
             "",
             f"## Group variant: group B cut to {p['n_minority']} windows per class (group A up to {p['n_majority']}), {p['folds']}-fold CV",
             "",
-            "| strategy | macro F1 A | macro F1 B | worst group | gap |",
-            "|---|---|---|---|---|",
+            *_group_table(variant["groups"]),
         ]
-        for name, g in variant["groups"].items():
-            lines.append(
-                f"| {name} | {_fmt(g['macro_f1'].get('A'))} | {_fmt(g['macro_f1'].get('B'))} | {(g['worst_group'] or {}).get('group', 'n/a')} | {_fmt(g['gap'])} |"
-            )
         lines += [
             "",
             "Goal: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in variant["goal"].items()) + ".",
@@ -617,13 +621,8 @@ def render_table(result: dict[str, Any]) -> str:
             f"## Subject variant: group B is {n['B']} of {n['A'] + n['B']} subjects ({variant['group_windows']['B']} of "
             f"{variant['kept_windows']} windows), {variant['protocol']['folds']}-fold CV",
             "",
-            "| strategy | macro F1 A | macro F1 B | worst group | gap |",
-            "|---|---|---|---|---|",
+            *_group_table(variant["groups"]),
         ]
-        for name, g in variant["groups"].items():
-            lines.append(
-                f"| {name} | {_fmt(g['macro_f1'].get('A'))} | {_fmt(g['macro_f1'].get('B'))} | {(g['worst_group'] or {}).get('group', 'n/a')} | {_fmt(g['gap'])} |"
-            )
         lines += [
             "",
             "Goals: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in variant["goal"].items()) + ".",
