@@ -17,7 +17,7 @@ The noise model's **spread** is calibrated on the same validation windows first:
 model is fitted on training subjects' cross-fitted residuals about the closed-form linear mean,
 but samples are drawn about the model's own point prediction and for new subjects. Its scale is
 multiplied by ``sqrt(m)``, with ``m`` the mean square of the validation residuals about the
-labelled point prediction in the noise model's whitened coordinates (the maximum-likelihood
+samples' mean (the labelled point prediction, class offsets whole) in the noise model's whitened coordinates (the maximum-likelihood
 scale of a Gaussian ``N(mu, c^2 Sigma)``; 1 where the noise model already fits), within
 ``SPREAD_RANGE``. The linear-Gaussian baseline is calibrated the same way
 (``baselines/linear_gaussian.py``), so both generators are compared at their calibrated scale.
@@ -99,8 +99,9 @@ def departure_scores(
 
 
 def whitened_mean_square(model, windows: PairedWindows, class_to_index: dict[str, int], batch_size: int = 16) -> float:
-    """Mean square of ``windows``' residuals about the labelled point prediction, in the noise
-    model's whitened coordinates (1 where its covariance fits these subjects' residuals).
+    """Mean square of ``windows``' residuals about the mean their samples are drawn about (the
+    labelled point prediction, class offsets whole), in the noise model's whitened coordinates
+    (1 where its covariance fits these subjects' residuals).
 
     Parameters
     ----------
@@ -132,6 +133,11 @@ def whitened_mean_square(model, windows: PairedWindows, class_to_index: dict[str
     return total / max(count, 1)
 
 
+def calibrated_spread(mean_square: float) -> float:
+    """The noise's spread for a whitened validation mean square: its root, within ``SPREAD_RANGE``."""
+    return float(np.sqrt(np.clip(mean_square, *SPREAD_RANGE)))
+
+
 def set_spread(model, modality: str, mean_square: float) -> dict | None:
     """Set ``modality``'s ``noise.spread`` to ``sqrt(mean_square)`` (within ``SPREAD_RANGE``);
     nothing where the noise model is not fitted or the statistic is not a finite positive number.
@@ -139,7 +145,7 @@ def set_spread(model, modality: str, mean_square: float) -> dict | None:
     head = model.modality_heads[modality]
     if not head.noise.fitted or not np.isfinite(mean_square) or mean_square <= 0:
         return None
-    spread = float(np.sqrt(np.clip(mean_square, *SPREAD_RANGE)))
+    spread = calibrated_spread(mean_square)
     with torch.no_grad():
         head.noise.spread.fill_(spread)
     return {"spread": spread, "whitened_mean_square": float(mean_square)}

@@ -116,10 +116,10 @@ class LinearGaussianGenerator:
         self._fit_covariance(residual)
         self.spread = 1.0
         if val is not None and len(val):
-            from fedneurogen.shared.workflows.departure import SPREAD_RANGE
+            from fedneurogen.shared.workflows.departure import calibrated_spread
 
             mean_square = self.whitened_mean_square(np.asarray(val.target, np.float64) - self.predict(val))
-            self.spread = float(np.sqrt(np.clip(mean_square, *SPREAD_RANGE)))
+            self.spread = calibrated_spread(mean_square)
         return self
 
     def whitened_mean_square(self, residual: np.ndarray) -> float:
