@@ -1,4 +1,4 @@
-"""Benchmark: does the generator earn its place? Its point prediction against its own linear paths
+"""Benchmark: does the generator earn its place? Its point prediction against its own linear path
 and continuous ridge-HRF, its samples against the linear-Gaussian generator's, as data.
 
     python benchmarks/generator.py --out benchmarks/results/generator.json
@@ -13,7 +13,9 @@ centrally for ``--minutes`` (the residual and the diffusion on cross-fitted targ
 ``--n-samples`` samples per window (at most ``--max-windows`` per site), baselines trained on all
 sites' training subjects. Pooled over sites (windows-weighted):
 
-- the label-free point prediction / its own linear paths (target >= 1.10 on ``nonlinear``), /
+- the label-free point prediction / its own linear path (the model's banded reduced-rank ridge
+  path refitted on the linear design, without the alpha-gated block; target >= 1.10 on
+  ``nonlinear``), /
   ridge-HRF (>= 1.15 on ``nonlinear``), / the EEG-informed ceiling;
 - the samples, model against linear-Gaussian: coverage error (lower is better), log-PSD distance
   (lower), FC similarity (higher), two-sample accuracy (closer to 0.5), TSTR balanced accuracy
@@ -158,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         relative = pooled["relative"]
         nonlinear = c == "nonlinear"
         figures += [
-            figure(f"point prediction / own linear paths ({c})", relative.get("over_own_linear_path"), "ratio",
+            figure(f"point prediction / own linear path ({c})", relative.get("over_own_linear_path"), "ratio",
                    ">= 1.1" if nonlinear else None),
             figure(f"point prediction / ridge-HRF ({c})", relative.get("over_ridge_hrf"), "ratio",
                    ">= 1.15" if nonlinear else None),

@@ -504,7 +504,7 @@ def resume_or_start(
             f"{store.dir} already holds a run (round {store.latest()['round']}); set resume=true to continue it or choose another run-dir"
         )
     done, state, history, meta = store.resume(model)
-    changed = run.preprocess_config().changed_fields(PreprocessConfig(**(meta.get("preprocess") or {})))
+    changed = run.preprocess_config().changed_fields(PreprocessConfig.from_stored(meta.get("preprocess")))
     if changed:  # the sites would load other windows than the rounds so far were trained on
         raise ConfigError(
             f"resume: {store.dir} was trained with other preprocessing ({', '.join(changed)}); "

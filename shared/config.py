@@ -95,6 +95,13 @@ class PreprocessConfig(BaseModel):
         Where the design's band power is taken (``fedneurogen.shared.sources``); ``scalp+source``
         puts both side by side, scalp first (the model's local path). The default ``scalp`` leaves
         ``cache_key`` as it was before the field existed.
+    alpha_gating : bool
+        Append the alpha-gated block to a scalp design (``design.gated_power``): at each virtual
+        electrode every band's power times the alpha power there, and that alpha power times
+        the mean alpha power over the montage, multiplied before the HRF. The second-order
+        term a linear design lacks where alpha gates neurovascular coupling; the model's ridge
+        path weighs it as one more band (0 where validation finds no use for it). Off: the
+        design (and ``cache_key``) as before the field existed. No effect on a ``source`` design.
     gradient_artifact, bcg_artifact : {"auto", "on", "off"}
         Removal of the MR gradient artefact (average artefact subtraction) and of the
         ballistocardiogram (PCA-OBS) from in-scanner EEG (``fedneurogen.shared.data.scanner``):
@@ -172,6 +179,12 @@ class PreprocessConfig(BaseModel):
         "source patches through a minimum-norm inverse of each montage (fedneurogen.shared.sources), or both side by "
         "side (scalp columns first): what a model with a local path (local_path = true) takes",
     )
+    alpha_gating: bool = Field(
+        True,
+        description="Append the alpha-gated block to the scalp design: each band's power times the alpha power at the "
+        "same virtual electrode, and that alpha power times the montage's mean alpha power, before the HRF (alpha "
+        "gating of neurovascular coupling; the ridge path weighs it as one more band)",
+    )
 
     # In-scanner EEG (fedneurogen.shared.data.scanner)
     gradient_artifact: Literal["auto", "on", "off"] = Field(
@@ -231,6 +244,28 @@ class PreprocessConfig(BaseModel):
             problems = "; ".join(f"{e['loc'][0]} = {e['input']!r}: {e['msg']}" for e in err.errors(include_url=False))
             raise ConfigError(f"preprocessing: {problems}") from None
 
+    @classmethod
+    def from_stored(cls, stored: dict | None) -> "PreprocessConfig":
+        """The preprocessing a checkpoint recorded (its ``config.json``'s ``preprocess``).
+
+        A record is a full dump of the fields of its day; one from before a field existed gets
+        the value that reproduces what it was made with (``alpha_gating`` off), not today's
+        default. An empty record is today's defaults.
+
+        Parameters
+        ----------
+        stored : dict | None
+            The recorded fields.
+
+        Returns
+        -------
+        PreprocessConfig
+        """
+        values = dict(stored or {})
+        if values and "alpha_gating" not in values:
+            values["alpha_gating"] = False
+        return cls(**values)
+
     def changed_fields(self, other: "PreprocessConfig") -> list[str]:
         """The fields whose values differ from ``other``'s, sorted (a resumed run checks its own).
 
@@ -270,6 +305,8 @@ class PreprocessConfig(BaseModel):
             The first 16 hex digits of the SHA-256 of the fields as sorted JSON.
         """
         fields = self.model_dump()
+        if not self.alpha_gating or self.design_space == "source":  # no gated block: the design as before it
+            del fields["alpha_gating"]
         if fields["design_space"] == "scalp":  # the default keeps the keys (and caches) made before it existed
             del fields["design_space"]
         for name in _IN_SCANNER_FIELDS:  # likewise: at their defaults, recordings without triggers load as before

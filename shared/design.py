@@ -12,15 +12,24 @@ EEG-informed ceiling, computed once per run in preprocessing (and cached with th
 3. convolved with a hemodynamic basis (canonical Glover HRF and its temporal derivative) over
    the full history ``history_seconds`` before each target frame, and sampled at the frames.
 
-The result for a run is ``[n_target_frames, n_features]`` with features ordered
-(virtual electrode, band, basis function). The band power of segment ``l`` is known at its
+4. with ``alpha_gating`` (the default), the alpha-gated block after the scalp columns
+   (``gated_power``): at each virtual electrode every band's power times the alpha power there,
+   and that alpha power times the montage's mean alpha power, multiplied before the HRF and
+   convolved with the canonical HRF. Where alpha gates neurovascular coupling (the same
+   activity drives BOLD when alpha is desynchronised and hardly at all when it is high;
+   Scheeringa et al. 2011, Mayhew et al. 2013) the response is a product of two EEG states that
+   no linear map of band power represents; products of the HRF-convolved columns would not do
+   (the HRF smears each factor before they meet).
+
+The result for a run is ``[n_target_frames, n_features]`` with scalp features ordered
+(virtual electrode, band, basis function), then the gated block (virtual electrode, product). The band power of segment ``l`` is known at its
 centre; frame ``f`` at time ``t_f`` sees segments with ``0 <= t_f - centre_l <= history``.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -43,31 +52,60 @@ VIRTUAL_MONTAGE = tuple(
 _LOG_FLOOR = 1e-10  # (100 uV)^2 / Hz; far below any real EEG power density
 
 
+#: Products per virtual electrode in the alpha-gated block: each band x local alpha, local x mean alpha.
+GATED_PER_ELECTRODE = len(EEG_BANDS) + 1
+#: Width of the alpha-gated block (64 x 6: no multiple of 320, so every design width stays distinct).
+N_GATED = len(VIRTUAL_MONTAGE) * GATED_PER_ELECTRODE
+#: The groups of the global path's banded penalties: the bands, then the alpha-gated block.
+DESIGN_GROUPS = (*EEG_BANDS, "alpha-gated")
+
+
+def n_gated_features(config: PreprocessConfig) -> int:
+    """Width of the design's alpha-gated block: ``N_GATED`` with ``alpha_gating`` and scalp
+    columns, else 0."""
+    return N_GATED if config.alpha_gating and config.design_space != "source" else 0
+
+
 def n_design_features(config: PreprocessConfig) -> int:
-    """Width of the design: virtual electrodes x bands x basis functions.
+    """Width of the design: virtual electrodes x bands x basis functions (+ the gated block).
 
     Parameters
     ----------
     config : PreprocessConfig
-        Its ``hrf_basis`` sets the number of basis functions (1 or 2).
+        Its ``hrf_basis`` sets the number of basis functions (1 or 2), ``alpha_gating`` the block.
 
     Returns
     -------
     int
-        64 x 5 x 1 or 64 x 5 x 2 (``design_space="source"``: 324 patches x 5 x 1 or 2).
+        64 x 5 x 1 or 64 x 5 x 2, + ``N_GATED`` with the alpha-gated block (``design_space="source"``:
+        324 patches x 5 x 1 or 2; ``scalp+source``: both).
     """
-    scalp = len(VIRTUAL_MONTAGE) * len(EEG_BANDS) * HRF_BASES[config.hrf_basis]
+    scalp = len(VIRTUAL_MONTAGE) * len(EEG_BANDS) * HRF_BASES[config.hrf_basis] + n_gated_features(config)
     return {"scalp": scalp, "source": n_source_features(config), "scalp+source": scalp + n_source_features(config)}[
         config.design_space
     ]
 
 
+def _part_widths(width: int) -> tuple[int, int, int]:
+    """``(linear scalp, gated, source)`` widths of a design ``width`` wide; ValueError for a width
+    no design space gives."""
+    per_basis = len(EEG_BANDS)
+    for bases in HRF_BASES.values():
+        scalp, source = len(VIRTUAL_MONTAGE) * per_basis * bases, N_PATCHES * per_basis * bases
+        for gated in (0, N_GATED):
+            for parts in ((scalp, gated, 0), (0, 0, source), (scalp, gated, source)):
+                if sum(parts) == width and (parts[0] or not gated):
+                    return parts
+    raise ValueError(f"a design {width} features wide is neither a scalp, a source nor a scalp+source design")
+
+
 def split_design(design: np.ndarray | torch.Tensor) -> tuple:
     """The scalp and cortical-source parts of a design, told apart by its width.
 
-    Every width in use is distinct (scalp 320 or 640, source 1620 or 3240, both 1940 or 3880),
-    so the part a reader needs — the scalp design for the global path and the baselines, the
-    source design for the local path — follows from the array alone.
+    Every width in use is distinct (scalp 320 or 640, + 384 with the alpha-gated block; source
+    1620 or 3240; both side by side), so the part a reader needs — the scalp design (with its
+    gated block) for the global path, the source design for the local path — follows from the
+    array alone.
 
     Parameters
     ----------
@@ -77,23 +115,20 @@ def split_design(design: np.ndarray | torch.Tensor) -> tuple:
     Returns
     -------
     scalp, source : array or None
-        ``[..., 64 x bands x bases]`` and ``[..., 324 x bands x bases]``; None where absent.
+        ``[..., 64 x bands x bases (+ 384)]`` and ``[..., 324 x bands x bases]``; None where absent.
 
     Raises
     ------
     ValueError
         A width no design space gives.
     """
-    width, per_basis = design.shape[-1], len(EEG_BANDS)
-    for bases in HRF_BASES.values():
-        scalp, source = len(VIRTUAL_MONTAGE) * per_basis * bases, N_PATCHES * per_basis * bases
-        if width == scalp:
-            return design, None
-        if width == source:
-            return None, design
-        if width == scalp + source:
-            return design[..., :scalp], design[..., scalp:]
-    raise ValueError(f"a design {width} features wide is neither a scalp, a source nor a scalp+source design")
+    linear, gated, source = _part_widths(design.shape[-1])
+    scalp = linear + gated
+    if not source:
+        return design, None
+    if not scalp:
+        return None, design
+    return design[..., :scalp], design[..., scalp:]
 
 
 @functools.lru_cache(maxsize=1)
@@ -192,9 +227,31 @@ def run_design(eeg: Recording, frame_times: np.ndarray, config: PreprocessConfig
         power, centres = run_band_power(eeg, config)
         virtual = to_virtual_montage(power, eeg.positions)  # [64, B, L]
         parts.append(hemodynamic_convolution(virtual.reshape(-1, virtual.shape[-1]), centres, frame_times, config))
+        if n_gated_features(config):
+            canonical = config.model_copy(update={"hrf_basis": "canonical"})
+            parts.append(hemodynamic_convolution(gated_power(virtual), centres, frame_times, canonical))
     if config.design_space in ("source", "scalp+source"):  # band power on the cortex (shared.sources)
         parts.append(run_source_design(eeg, frame_times, config))
     return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def gated_power(virtual: np.ndarray) -> np.ndarray:
+    """The alpha-gated products of band power on the virtual montage (before the HRF).
+
+    Parameters
+    ----------
+    virtual : np.ndarray
+        ``[64, n_bands, L]`` z-scored log band power (``run_band_power`` on the virtual montage).
+
+    Returns
+    -------
+    np.ndarray
+        ``[64 x GATED_PER_ELECTRODE, L]`` (electrode, product): each band times the electrode's
+        alpha, then its alpha times the montage's mean alpha.
+    """
+    alpha = virtual[:, list(EEG_BANDS).index("alpha")]  # [64, L]
+    products = [virtual * alpha[:, None], (alpha * alpha.mean(axis=0))[:, None]]
+    return np.concatenate(products, axis=1).reshape(-1, virtual.shape[-1])
 
 
 def unique_frames(windows: PairedWindows) -> tuple[np.ndarray, np.ndarray]:
@@ -262,9 +319,9 @@ def iter_subject_rows(
 
 
 def global_part(design: np.ndarray) -> np.ndarray:
-    """The columns the global ridge path, its residual and the baselines read: the scalp design
-    (of a ``scalp+source`` design, its first part); any other design (source only, the
-    EEG-informed ceiling's) as it is.
+    """The columns the global ridge path and its residual read: the scalp design with its
+    alpha-gated block (of a ``scalp+source`` design, its first part); any other design (source
+    only, the EEG-informed ceiling's) as it is.
 
     Parameters
     ----------
@@ -283,8 +340,33 @@ def global_part(design: np.ndarray) -> np.ndarray:
     return scalp if scalp is not None else source
 
 
+def linear_part(design: np.ndarray) -> np.ndarray:
+    """The columns the linear baselines read (ridge-HRF, reduced-rank ridge): ``global_part``
+    without the alpha-gated block, the textbook design of band power through the HRF.
+
+    Parameters
+    ----------
+    design : np.ndarray
+        ``[..., D]`` a design of any ``design_space``.
+
+    Returns
+    -------
+    np.ndarray
+        ``[..., D_linear]`` a view.
+    """
+    columns = global_part(design)
+    try:
+        linear, gated, _ = _part_widths(columns.shape[-1])
+    except ValueError:
+        return columns
+    return columns[..., :linear] if gated else columns
+
+
 def iter_subject_statistics(
-    windows: PairedWindows, target: np.ndarray | None = None, design: np.ndarray | None = None
+    windows: PairedWindows,
+    target: np.ndarray | None = None,
+    design: np.ndarray | None = None,
+    part: Callable[[np.ndarray], np.ndarray] = global_part,
 ) -> Iterator[RidgeStatistics]:
     """Ridge statistics of ``design -> target`` per subject (each run frame once).
 
@@ -301,6 +383,10 @@ def iter_subject_statistics(
     design : np.ndarray | None
         ``[W, F, D]``; None: ``windows.design`` (its global part).
 
+    part : callable
+        The columns of the windows' own design to use: ``global_part`` (the model's global path)
+        or ``linear_part`` (the linear baselines).
+
     Yields
     ------
     RidgeStatistics
@@ -313,7 +399,7 @@ def iter_subject_statistics(
     """
     own = design is None  # the windows' own design: of scalp+source, the scalp part
     for x, y in iter_subject_rows(windows, target, design):
-        yield RidgeStatistics.from_rows(global_part(x) if own else x, y)
+        yield RidgeStatistics.from_rows(part(x) if own else x, y)
 
 
 def subject_statistics(
@@ -372,7 +458,8 @@ def two_fold_statistics(sites: Sequence[PairedWindows], per_subject=None) -> lis
 
 
 def feature_bands(n_features: int) -> np.ndarray:
-    """The EEG band of every column of a design: the groups of the ridge path's banded penalties.
+    """The group of every column of a global design: the groups of the ridge path's banded
+    penalties (``DESIGN_GROUPS``: the EEG bands, then the alpha-gated block).
 
     Parameters
     ----------
@@ -382,19 +469,25 @@ def feature_bands(n_features: int) -> np.ndarray:
     Returns
     -------
     np.ndarray
-        ``[n_features]`` int index into ``EEG_BANDS``.
+        ``[n_features]`` int index into ``DESIGN_GROUPS``.
 
     Raises
     ------
     ValueError
-        ``n_features`` is not 64 electrodes (or 324 source patches) x 5 bands x 1 or 2 basis functions.
+        ``n_features`` is not 64 electrodes (or 324 source patches) x 5 bands x 1 or 2 basis
+        functions (+ the alpha-gated block).
     """
     n_basis, leftover = divmod(n_features, N_PATCHES * len(EEG_BANDS))
     if not leftover and n_basis in HRF_BASES.values():  # a source design: (patch, band, basis)
         return np.tile(np.repeat(np.arange(len(EEG_BANDS)), n_basis), N_PATCHES)
-    n_basis, leftover = divmod(n_features, len(VIRTUAL_MONTAGE) * len(EEG_BANDS))
-    if leftover or n_basis not in HRF_BASES.values():
+    try:
+        linear, gated, source = _part_widths(n_features)
+    except ValueError:
+        linear, gated, source = -1, 0, 0
+    if linear <= 0 or source:
         raise ValueError(
             f"a design of {n_features} columns is not {len(VIRTUAL_MONTAGE)} electrodes x {len(EEG_BANDS)} bands x an HRF basis"
         )
-    return np.tile(np.repeat(np.arange(len(EEG_BANDS)), n_basis), len(VIRTUAL_MONTAGE))
+    n_basis = linear // (len(VIRTUAL_MONTAGE) * len(EEG_BANDS))
+    bands = np.tile(np.repeat(np.arange(len(EEG_BANDS)), n_basis), len(VIRTUAL_MONTAGE))
+    return np.concatenate([bands, np.full(gated, len(EEG_BANDS))])

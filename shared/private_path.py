@@ -83,7 +83,8 @@ def pooling_matrix(n_features: int) -> np.ndarray:
     Parameters
     ----------
     n_features : int
-        Width of a scalp design (64 electrodes x 5 bands x 1 or 2 basis functions).
+        Width of a scalp design (64 electrodes x 5 bands x 1 or 2 basis functions, + the
+        alpha-gated block, whose columns the pooling leaves out).
 
     Returns
     -------
@@ -95,9 +96,11 @@ def pooling_matrix(n_features: int) -> np.ndarray:
     ConfigError
         ``n_features`` is not a scalp design's width (a source design has no private path yet).
     """
-    from fedneurogen.shared.design import VIRTUAL_MONTAGE
+    from fedneurogen.shared.design import VIRTUAL_MONTAGE, linear_part
 
-    n_basis, leftover = divmod(n_features, len(VIRTUAL_MONTAGE) * len(EEG_BANDS))
+    # the linear columns only: the alpha-gated block (its columns zero here) has no private path yet
+    linear = linear_part(np.zeros((0, n_features))).shape[-1]
+    n_basis, leftover = divmod(linear, len(VIRTUAL_MONTAGE) * len(EEG_BANDS))
     if leftover or n_basis not in (1, 2):
         raise ConfigError(
             f"the private ridge path needs a scalp design (64 electrodes x 5 bands x 1 or 2 basis functions), "

@@ -252,3 +252,25 @@ def test_round_manifest_covers_strategy_state_and_history(trained, tmp_path):
     history.write_text(history.read_text().replace("0.5", "0.4"))
     with pytest.raises(ConfigError, match=r"history.json is corrupt or was modified"):
         store.resume(model)
+
+
+def test_a_checkpoint_from_before_the_alpha_gated_block_loads_as_it_was_made(tmp_path):
+    """Its model config has no ``gated_features`` and its preprocessing no ``alpha_gating``: it
+    loads with no gated block, and its recorded preprocessing makes the design it was trained on."""
+    from fedneurogen.shared.model import get_preset
+
+    torch.manual_seed(0)
+    before = get_preset("tiny").model_copy(update={"gated_features": 0})
+    model = NeuroGenModel(before, fmri_positions=FMRI_POSITIONS, device="cpu")
+    preprocess = PreprocessConfig(alpha_gating=False).model_dump()
+    path = save_checkpoint(tmp_path / "old", model, extra={**EXTRA, "preprocess": preprocess})
+    meta = json.loads((path / "config.json").read_text())
+    del meta["model_config"]["gated_features"]
+    del meta["preprocess"]["alpha_gating"]
+    rewrite_config(path, meta)
+    loaded, meta = load_checkpoint(path, device="cpu")
+    assert loaded.config.gated_features == 0 and loaded.config.design_width == 640
+    stored = PreprocessConfig.from_stored(meta["preprocess"])
+    assert not stored.alpha_gating and stored.cache_key() == PreprocessConfig(alpha_gating=False).cache_key()
+    loaded.config.check_preprocess(stored)
+    assert PreprocessConfig.from_stored(None).alpha_gating  # no record: today's defaults

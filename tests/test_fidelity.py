@@ -9,6 +9,8 @@ together.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -171,6 +173,71 @@ def test_design_of_a_run_follows_alpha_power_through_the_hrf():
         (((np.arange(seconds) + 1.0) // 20) % 2 == 1).astype(float)[None], np.arange(seconds) + 1.0, frames, config
     )[:, 0]
     assert np.corrcoef(design[:, o1_alpha], box)[0, 1] < -0.8
+
+
+def test_the_alpha_gated_block_multiplies_band_power_before_the_hrf():
+    """The block after the 640 linear columns is the HRF of (band x local alpha) and of (local
+    alpha x mean alpha), multiplied at each segment, not the product of convolved columns; the
+    linear columns are the design without the block."""
+    from fedneurogen.shared.design import (
+        GATED_PER_ELECTRODE,
+        N_GATED,
+        gated_power,
+        linear_part,
+        run_band_power,
+    )
+
+    rng = np.random.default_rng(4)
+    sfreq, seconds = 200.0, 120
+    data = rng.standard_normal((3, int(sfreq * seconds)))
+    eeg = Recording(
+        data=data, sfreq=sfreq, positions=virtual_positions()[[26, 63, 47]], names=["O1", "O2", "Cz"], modality="eeg"
+    )
+    frames = np.arange(40, seconds, 2.0)
+    config = PreprocessConfig()
+    design = run_design(eeg, frames, config)
+    plain = run_design(eeg, frames, PreprocessConfig(alpha_gating=False))
+    assert design.shape == (len(frames), 640 + N_GATED) == (len(frames), n_design_features(config))
+    np.testing.assert_array_equal(linear_part(design), plain)
+    power, centres = run_band_power(eeg, config)
+    virtual = to_virtual_montage(power, eeg.positions)  # [64, 5, L]
+    products = gated_power(virtual).reshape(64, GATED_PER_ELECTRODE, -1)
+    np.testing.assert_allclose(products[:, 1], virtual[:, 1] * virtual[:, 2])  # theta x the electrode's alpha
+    np.testing.assert_allclose(products[:, 5], virtual[:, 2] * virtual[:, 2].mean(axis=0))  # alpha x mean alpha
+    canonical = PreprocessConfig(hrf_basis="canonical")
+    expected = hemodynamic_convolution(products.reshape(N_GATED, -1), centres, frames, canonical)
+    np.testing.assert_allclose(design[:, 640:], expected, rtol=1e-4, atol=1e-5)
+    convolved_then_multiplied = plain[:, 26 * 10 + 2] * plain[:, 26 * 10 + 4]  # O1 theta x O1 alpha, canonical
+    assert not np.allclose(design[:, 640 + 26 * GATED_PER_ELECTRODE + 1], convolved_then_multiplied, rtol=0.1)
+
+
+def test_the_ridge_path_weighs_the_gated_block_and_the_baseline_never_reads_it(small_fmri_windows):
+    """Targets driven by a gated column: the banded ridge path gives the block a weight and
+    beats its linear fit on held-out rows; ridge-HRF's predictions ignore the block."""
+    from fedneurogen.shared.design import DESIGN_GROUPS, N_GATED, feature_bands
+    from fedneurogen.shared.ridge import fit_ridge_selected
+    from fedneurogen.shared.workflows.baselines import RidgeHRFBaseline
+
+    rng = np.random.default_rng(5)
+    width = 640 + N_GATED
+    x = rng.standard_normal((3, 400, width))
+    y = 0.8 * x[..., 640 + 7 : 640 + 8] - 0.5 * x[..., 3:4] + 0.3 * rng.standard_normal((3, 400, 2))
+    train, val = [RidgeStatistics.from_rows(x[i], y[i]) for i in (0, 1)], RidgeStatistics.from_rows(x[2], y[2])
+    groups = feature_bands(width)
+    assert DESIGN_GROUPS[groups[-1]] == "alpha-gated" and (groups == len(DESIGN_GROUPS) - 1).sum() == N_GATED
+    gated = fit_ridge_selected(train, val, groups=groups)
+    linear = fit_ridge_selected(
+        [RidgeStatistics.from_rows(x[i, :, :640], y[i]) for i in (0, 1)],
+        RidgeStatistics.from_rows(x[2, :, :640], y[2]),
+        groups=groups[:640],
+    )
+    assert gated.weights[-1] > 0 and gated.validation_mse < 0.7 * linear.validation_mse
+    windows = small_fmri_windows[0]
+    baseline = RidgeHRFBaseline().fit(windows)
+    moved = np.array(windows.design)
+    moved[..., 640:] = rng.standard_normal(moved[..., 640:].shape)
+    np.testing.assert_array_equal(baseline.predict(windows), baseline.predict(replace(windows, design=moved)))
+    assert baseline.solution.coef.shape[0] == 640
 
 
 def test_banded_ridge_drops_a_group_that_carries_only_noise():

@@ -226,7 +226,7 @@ def test_server_solves_the_local_path_from_the_honest_sites_and_chooses_the_mix(
 
     config = get_preset("tiny").model_copy(update={"local_path": True})
     model = NeuroGenModel(config, device="cpu")
-    width = config.design_features
+    width = config.global_features  # the scalp columns and the alpha-gated block
     positions = np.repeat(motor_probe().midpoints[:4], 2, axis=0)
     names = [f"S{i // 2 + 1}_D{i // 2 + 1} {'hbo' if i % 2 == 0 else 'hbr'}" for i in range(len(positions))]
     layout = fnirs_layout(positions, config.source_features // N_PATCHES)

@@ -132,26 +132,33 @@ def test_32_and_64_channel_caps_share_the_source_space():
 
 
 def test_design_space_switch_keeps_the_default_and_refuses_a_model_of_another_width():
-    from fedneurogen.shared.design import feature_bands, n_design_features
+    from fedneurogen.shared.design import N_GATED, feature_bands, n_design_features
     from fedneurogen.shared.model.config import get_preset
 
     default = PreprocessConfig()
-    # the default's key before design_space (and the fields after it) existed: old caches stay valid
-    assert default.cache_key() == "84a1f8fa7e1f2575"
+    # without the alpha-gated block, the key from before design_space (and the fields after it)
+    # existed: old caches stay valid; the gated design is another design, with another key
+    assert PreprocessConfig(alpha_gating=False).cache_key() == "84a1f8fa7e1f2575" != default.cache_key()
     source = PreprocessConfig.from_overrides("design_space=source")
     both = PreprocessConfig.from_overrides("design_space=scalp+source")
     assert len({source.cache_key(), both.cache_key(), default.cache_key()}) == 3
-    assert n_design_features(default) == 640 and n_design_features(source) == N_PATCHES * 5 * 2
-    assert n_design_features(both) == 640 + N_PATCHES * 5 * 2
+    assert source.cache_key() == PreprocessConfig(design_space="source", alpha_gating=False).cache_key()  # no block
+    assert n_design_features(default) == 640 + N_GATED and n_design_features(source) == N_PATCHES * 5 * 2
+    assert n_design_features(both) == 640 + N_GATED + N_PATCHES * 5 * 2
     tiny = get_preset("tiny")
     assert tiny.for_preprocess(both).local_path and tiny.for_preprocess(both).design_width == n_design_features(both)
     tiny.for_preprocess(both).check_preprocess(both)
     with pytest.raises(ConfigError, match="set local_path"):
         tiny.check_preprocess(both)
-    from fedneurogen.shared.design import global_part, split_design
+    from fedneurogen.shared.design import global_part, linear_part, split_design
 
     scalp, src = split_design(np.zeros((2, 640 + N_PATCHES * 10)))
     assert scalp.shape == (2, 640) and src.shape == (2, N_PATCHES * 10)
+    scalp, src = split_design(np.zeros((2, 640 + N_GATED + N_PATCHES * 10)))  # the gated block stays with the scalp
+    assert scalp.shape == (2, 640 + N_GATED) and src.shape == (2, N_PATCHES * 10)
+    assert linear_part(np.zeros((2, 640 + N_GATED + N_PATCHES * 10))).shape == (2, 640)
+    assert linear_part(np.zeros((1, 320 + N_GATED))).shape == (1, 320)
+    assert np.bincount(feature_bands(640 + N_GATED)).tolist() == [128] * 5 + [N_GATED]
     assert split_design(np.zeros((1, 320)))[1] is None and split_design(np.zeros((1, N_PATCHES * 5)))[0] is None
     assert global_part(np.zeros((1, 384))).shape == (1, 384)  # not a model design (the ceiling's): all of it
     with pytest.raises(ValueError, match="384"):

@@ -249,8 +249,10 @@ def checkpoint_model_config(path: str | Path, meta: dict[str, Any]) -> ModelConf
         No valid ``model_config``, or a preset name that is neither a preset nor ``custom``.
     """
     try:
-        config = ModelConfig.model_validate(meta["model_config"])
-    except (KeyError, ValidationError) as err:
+        stored = dict(meta["model_config"])
+        stored.setdefault("gated_features", 0)  # a model from before the alpha-gated block has none
+        config = ModelConfig.model_validate(stored)
+    except (KeyError, TypeError, ValueError, ValidationError) as err:
         raise ConfigError(f"checkpoint config {Path(path) / CONFIG_FILE} has no valid model_config: {err}") from err
     allowed = sorted({*PRESETS, "custom"})
     for name in {config.preset, meta.get("preset", config.preset)}:  # the name is shown in provenance: it must be real

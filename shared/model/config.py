@@ -16,7 +16,7 @@ from torch import nn
 
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.surface import ICO4_POINTS
-from fedneurogen.shared.design import n_design_features
+from fedneurogen.shared.design import N_GATED, n_design_features, n_gated_features
 from fedneurogen.shared.sources import N_PATCHES
 
 if TYPE_CHECKING:
@@ -128,6 +128,9 @@ class ModelConfig(BaseModel):
         Weight of the InfoNCE loss in the total loss.
     design_features : int
         Width of the hemodynamic design (64 virtual electrodes x 5 bands x 2 HRF bases).
+    gated_features : int
+        Width of the design's alpha-gated block (``design.N_GATED`` with preprocessing's
+        ``alpha_gating``, 0 without), after the scalp columns; the ridge path reads both.
     local_path : bool
         A local ridge path on cortical-source features too (``fedneurogen.shared.local_path``):
         the design is then the scalp design followed by the source design (``design_width``).
@@ -207,6 +210,12 @@ class ModelConfig(BaseModel):
     design_features: int = Field(
         640, description="Width of the hemodynamic design (64 virtual electrodes x 5 bands x 2 HRF bases)"
     )
+    gated_features: int = Field(
+        N_GATED,
+        ge=0,
+        description="Width of the design's alpha-gated block after the scalp columns (preprocessing's alpha_gating; "
+        "0 without it), read by the ridge path and the residual with the scalp columns",
+    )
     local_path: bool = Field(
         False,
         description="Add a local ridge path on cortical-source features (takes design_space = 'scalp+source': the "
@@ -253,9 +262,14 @@ class ModelConfig(BaseModel):
         return N_PATCHES * self.design_features // 64 if self.local_path else 0
 
     @property
+    def global_features(self) -> int:
+        """Width of what the global ridge path reads: the scalp columns and the alpha-gated block."""
+        return self.design_features + self.gated_features
+
+    @property
     def design_width(self) -> int:
-        """Width of the whole design the model takes: scalp columns, then source columns."""
-        return self.design_features + self.source_features
+        """Width of the whole design the model takes: scalp columns, the gated block, source columns."""
+        return self.global_features + self.source_features
 
     def for_preprocess(self, preprocess: "PreprocessConfig") -> "ModelConfig":
         """This config with the local path on exactly when the preprocessing makes source features.
@@ -263,15 +277,20 @@ class ModelConfig(BaseModel):
         Parameters
         ----------
         preprocess : PreprocessConfig
-            The run's preprocessing (``design_space = 'scalp+source'`` turns the local path on).
+            The run's preprocessing (``design_space = 'scalp+source'`` turns the local path on,
+            ``alpha_gating`` sets the gated block's width).
 
         Returns
         -------
         ModelConfig
             A copy (or this config when nothing changes).
         """
-        wanted = preprocess.design_space == "scalp+source"
-        return self if wanted == self.local_path else self.model_copy(update={"local_path": wanted})
+        wanted = {
+            "local_path": preprocess.design_space == "scalp+source",
+            "gated_features": n_gated_features(preprocess),
+        }
+        changed = {k: v for k, v in wanted.items() if getattr(self, k) != v}
+        return self.model_copy(update=changed) if changed else self
 
     @property
     def eeg_conv_dim(self) -> int:
@@ -341,6 +360,11 @@ class ModelConfig(BaseModel):
             problems.append(
                 f"hrf_basis = {preprocess.hrf_basis!r}"
                 + (f" with design_space = {preprocess.design_space!r}" if preprocess.design_space != "scalp" else "")
+                + (
+                    " without alpha_gating"
+                    if not n_gated_features(preprocess) and preprocess.design_space != "source"
+                    else ""
+                )
                 + f" gives {width} design features (the model takes {self.design_width}"
                 + (": set local_path" if preprocess.design_space == "scalp+source" else "")
                 + ")"

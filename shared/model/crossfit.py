@@ -35,8 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedneurogen.shared.design import feature_bands, global_part, iter_subject_statistics, unique_frames
-from fedneurogen.shared.features import EEG_BANDS
+from fedneurogen.shared.design import DESIGN_GROUPS, feature_bands, global_part, iter_subject_statistics, unique_frames
 from fedneurogen.shared.recording import PairedWindows, WindowView
 from fedneurogen.shared.ridge import RidgeStatistics, fit_ridge, sum_statistics
 from fedneurogen.shared.splits import subject_folds
@@ -55,8 +54,7 @@ def _band_weights(choice: dict, n_features: int) -> np.ndarray | None:
     weights = choice.get("band_weights")
     if weights is None:
         return None
-    names = list(EEG_BANDS)
-    return np.array([weights[names[band]] for band in feature_bands(n_features)], dtype=np.float64)
+    return np.array([weights[DESIGN_GROUPS[group]] for group in feature_bands(n_features)], dtype=np.float64)
 
 
 def cross_fitted_sites(

@@ -106,7 +106,7 @@ class ModalityHead(nn.Module):
         self.final_layer = FinalLayer(config.hidden_dim, token_dim)  # the modal unpatcher (9)
         # the point prediction: ridge path + learned residual (the diffusion models the rest)
         self.mean = MeanHead(
-            config.design_features,
+            config.global_features,
             n_points,
             config.mean_hidden,
             config.mean_rank,

@@ -32,8 +32,7 @@ import torch
 from torch import nn
 
 from fedneurogen.shared.errors import ConfigError
-from fedneurogen.shared.features import EEG_BANDS
-from fedneurogen.shared.design import feature_bands, iter_subject_rows, two_fold_statistics
+from fedneurogen.shared.design import DESIGN_GROUPS, feature_bands, iter_subject_rows, two_fold_statistics
 from fedneurogen.shared.local_path import (
     choose_mixing,
     fit_local_path_selected,
@@ -434,7 +433,9 @@ def solve_ridge_path(
     weights = (
         None
         if solution.weights is None
-        else {band: float(solution.weights[bands == i][0]) for i, band in enumerate(EEG_BANDS)}
+        else {
+            group: float(solution.weights[bands == i][0]) for i, group in enumerate(DESIGN_GROUPS) if (bands == i).any()
+        }
     )
     return {
         "penalty": solution.lam, "rank": solution.rank, "band_weights": weights,

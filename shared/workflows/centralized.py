@@ -321,7 +321,7 @@ def _check_same_preprocess(run_dir: Path, preprocess: dict[str, Any] | None) -> 
     checkpoint_dir = run_dir / CHECKPOINT_DIR
     if not preprocess or not (checkpoint_dir / "config.json").exists():
         return
-    before = PreprocessConfig(**(read_checkpoint_config(checkpoint_dir).get("preprocess") or {}))
+    before = PreprocessConfig.from_stored(read_checkpoint_config(checkpoint_dir).get("preprocess"))
     changed = PreprocessConfig(**preprocess).changed_fields(before)
     if changed:
         raise ConfigError(

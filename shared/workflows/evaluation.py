@@ -38,6 +38,7 @@ from fedneurogen.shared.data import load_site
 from fedneurogen.shared.io import write_json_atomic
 from fedneurogen.shared.metrics import shuffled_baseline, temporal_pcc
 from fedneurogen.shared.model import NeuroGenModel, count_parameters, load_checkpoint
+from fedneurogen.shared.model.mean import RIDGE_RANKS
 from fedneurogen.shared.recording import PairedWindows
 from fedneurogen.shared.splits import SeenSubjects, subject_keys
 
@@ -202,7 +203,7 @@ def evaluate(
     """
     checkpoint, site_dir, out_dir = Path(checkpoint), Path(site_dir), Path(out_dir)
     model, meta = load_checkpoint(checkpoint, device=device, use_ema=True)
-    preprocess = PreprocessConfig(**(meta.get("preprocess") or {}))
+    preprocess = PreprocessConfig.from_stored(meta.get("preprocess"))
     seen = read_seen(meta, checkpoint, allow_seen, [read_site_record(Path(p)) for p in site_records])
     windows = load_site(site_dir, preprocess, cache_dir=cache_dir, progress=progress)
     keys = subject_keys(site_dir, windows.runs, windows.subjects, cache_dir)
@@ -301,13 +302,16 @@ def _compare(
     mean_labelled = synthesis.point_predictions(model, test, labels, batch_size=batch_size)
     linear_path = synthesis.point_predictions(
         model, test, batch_size=batch_size, residual=False
-    )  # what the residual adds to
+    )  # the closed-form paths (with the alpha-gated block): what the residual adds to
     train, val = _pooled(sites, "train"), _pooled(sites, "val")
     top = None
     if train is not None:  # one ridge-HRF fit gives the baseline and the top-10 % choice
         ridge = RidgeHRFBaseline().fit(train, val)
         top = reliable_points(train, ridge.predict(train))
         predictions = {"ridge_hrf": ridge.predict(test)}
+        # the model's ridge path refitted on the linear design alone: what its nonlinear parts add to
+        own = RidgeHRFBaseline(ranks=RIDGE_RANKS, banded=True).fit(train, val)
+        predictions["own_linear_path"] = own.predict(test)
     else:
         predictions = {"ridge_hrf": fit_predict(RidgeHRFBaseline, None, test)}
     predictions["label_only"] = fit_predict(LabelOnlyBaseline, train, test, val)
@@ -395,7 +399,9 @@ def _scored(
         "sample_metrics": sample_scores,
         "noise_baseline": float(shuffled_baseline(real, test.runs, test.onsets, test.target_sfreq, seed=seed)),
         "ceilings": {"noise": _noise_ceiling(compared.truth, test, top), "eeg_informed": informed, "eeg_informed_source": source},
-        "relative": relative_scores(headline, ridge, informed, source, linear_scores),
+        "relative": relative_scores(
+            headline, ridge, informed, source, scores(compared.predictions.get("own_linear_path"), test, top) or linear_scores
+        ),
         "top_points": None if top is None else {"count": int(len(top)), "chosen_on": "training subjects (in-sample ridge-HRF PCC)"},
     }  # fmt: skip
 

@@ -26,7 +26,8 @@ from fedneurogen.shared.workflows import plots
 ROWS = (
     ("model: point prediction (label-free)", ("point_prediction",)),
     ("model: point prediction (labels)", ("point_prediction_labels",)),
-    ("model: its linear paths alone", ("linear_path",)),
+    ("model: its closed-form paths alone", ("linear_path",)),
+    ("model's ridge path, linear design only (refitted)", ("baselines", "own_linear_path")),
     ("model: one sample", ("sample",)),
     ("model: mean of samples", ("samples_mean",)),
     ("linear-Gaussian: one sample", ("baselines", "linear_gaussian_sample")),
@@ -91,7 +92,8 @@ def relative_scores(
     source: dict | None = None,
     linear: dict | None = None,
 ) -> dict[str, float | None]:
-    """The headline as a multiple of the ridge baseline and of the model's own linear paths, and
+    """The headline as a multiple of the ridge baseline and of the model's own linear path (its
+    ridge path refitted on the linear design, without the alpha-gated block), and
     as a share of the EEG-informed ceilings (scalp, and source space).
 
     Parameters
@@ -100,7 +102,7 @@ def relative_scores(
         The headline's scores (the label-free point prediction).
     ridge, informed, source, linear : dict or None
         The scores of the ridge-HRF baseline, the EEG-informed ceiling, the source-space ceiling
-        and the model's linear paths alone.
+        and the model's own linear path.
 
     Returns
     -------
@@ -157,9 +159,10 @@ def pool_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
         report_row(pooled_report, p)
         for p in (
             ("point_prediction",), ("baselines", "ridge_hrf"), ("ceilings", "eeg_informed"),
-            ("ceilings", "eeg_informed_source"), ("linear_path",),
+            ("ceilings", "eeg_informed_source"), ("baselines", "own_linear_path"),
         )
     )  # fmt: skip
+    linear = linear or report_row(pooled_report, ("linear_path",))
     return {
         **pooled_report,
         "relative": relative_scores(headline, ridge, informed, source, linear),

@@ -336,7 +336,7 @@ def explain(
 
     checkpoint, site_dir, out_dir = Path(checkpoint), Path(site_dir), Path(out_dir)
     model, meta = load_checkpoint(checkpoint, device=device, use_ema=True)
-    config = PreprocessConfig(**(meta.get("preprocess") or {}))
+    config = PreprocessConfig.from_stored(meta.get("preprocess"))
     windows = load_site(site_dir, config, cache_dir=cache_dir, progress=progress)
     if (
         label is not None

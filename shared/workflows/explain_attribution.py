@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from captum.attr import IntegratedGradients
 
-from fedneurogen.shared.design import global_part, unique_frames
+from fedneurogen.shared.design import GATED_PER_ELECTRODE, N_GATED, global_part, unique_frames
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.features import EEG_BANDS
 from fedneurogen.shared.hrf import HRF_BASES, basis_table
@@ -53,6 +53,11 @@ def feature_groups(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``(electrode, band, basis)`` index of every design column (electrode x band x basis order).
 
+    The alpha-gated block's columns (``design.gated_power``, after the scalp columns) count for
+    their electrode and for the band the product gates (the alpha x mean-alpha product: alpha),
+    basis 0: the explanation says where and in which band the EEG drives the prediction, through
+    the linear or the gated columns.
+
     Parameters
     ----------
     n_features : int
@@ -72,13 +77,22 @@ def feature_groups(
     ConfigError
         ``n_features`` is not ``n_electrodes x n_bands x`` a whole number of basis functions.
     """
-    n_basis, leftover = divmod(n_features, n_electrodes * n_bands)
+    gated = N_GATED if n_features > N_GATED and (n_features - N_GATED) % (n_electrodes * n_bands) == 0 else 0
+    linear = n_features - gated
+    n_basis, leftover = divmod(linear, n_electrodes * n_bands)
     if leftover or n_basis < 1:
         raise ConfigError(
             f"a design of {n_features} columns is not {n_electrodes} electrodes x {n_bands} bands x an HRF basis"
         )
-    column = np.arange(n_features)
-    return column // (n_bands * n_basis), (column // n_basis) % n_bands, column % n_basis
+    column = np.arange(linear)
+    electrode, band, basis = column // (n_bands * n_basis), (column // n_basis) % n_bands, column % n_basis
+    product = np.arange(gated) % GATED_PER_ELECTRODE
+    gated_band = np.where(product < n_bands, product, BANDS.index("alpha"))
+    return (
+        np.concatenate([electrode, np.arange(gated) // GATED_PER_ELECTRODE]),
+        np.concatenate([band, gated_band]),
+        np.concatenate([basis, np.zeros(gated, dtype=int)]),
+    )
 
 
 def one_hot(groups: np.ndarray, n_groups: int) -> np.ndarray:
@@ -502,7 +516,8 @@ def effective_hrf(coef: np.ndarray, n_electrodes: int, config) -> dict[str, Any]
     lags, basis = lags[inside], basis[:, inside]
     k = HRF_BASES[config.hrf_basis]
     coef = np.asarray(coef, dtype=np.float64)
-    rows = coef.reshape(n_electrodes * len(BANDS), k, -1).transpose(0, 2, 1).reshape(-1, k)  # [(pair, point), K]
+    linear = coef[: n_electrodes * len(BANDS) * k]  # the linear columns (not the alpha-gated block's)
+    rows = linear.reshape(n_electrodes * len(BANDS), k, -1).transpose(0, 2, 1).reshape(-1, k)  # [(pair, point), K]
     if k == 1 or not np.any(rows):
         weights = np.ones(k) / np.sqrt(k)
     else:

@@ -393,7 +393,7 @@ def synthesize(
     # what the options ask of the model is checked before its weights or the site are read
     check_label(label, read_checkpoint_config(checkpoint).get("class_names"), checkpoint)
     model, meta = load_checkpoint(checkpoint, device=device, use_ema=True)
-    preprocess = PreprocessConfig(**(meta.get("preprocess") or {}))
+    preprocess = PreprocessConfig.from_stored(meta.get("preprocess"))
     # only the named subjects are read and preprocessed
     loaded = load_site(site_dir, preprocess, cache_dir=cache_dir, progress=progress, subjects=subjects or None)
     windows = select_subjects(loaded, subjects)

@@ -178,7 +178,7 @@ def augment_site(
         if meta.get("preprocess"):
             # the site must be windowed exactly as the model was trained
             try:
-                preprocess = PreprocessConfig(**meta["preprocess"])
+                preprocess = PreprocessConfig.from_stored(meta["preprocess"])
             except ValueError as err:  # pydantic's ValidationError is a ValueError
                 raise ConfigError(
                     f"checkpoint {checkpoint}: its preprocessing settings do not fit this version: {err}"
