@@ -8,7 +8,7 @@ its own seed, the default physiology, a few small sites; never the user's data),
 and cached as compact arrays (``reference_arrays``): each reference subject's statistics of the
 private path's regression (``shared.private_path``, with and without the public prior), the
 test subjects' design and fMRI frames, stitched per run, and the **learning curve** of the exact
-non-DP ridge path (640 features -> 5124 vertices, solved as a federation without DP solves it):
+non-DP ridge path (680 features -> 5124 vertices, solved as a federation without DP solves it):
 its temporal PCC on the reference test subjects when fitted on the first 2, 5, 10, ... training
 subjects of every reference site.
 

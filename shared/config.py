@@ -97,8 +97,8 @@ class PreprocessConfig(BaseModel):
         ``cache_key`` as it was before the field existed.
     alpha_gating : bool
         Append the alpha-gated block to a scalp design (``design.gated_power``): at each virtual
-        electrode every band's power times the alpha power there, and that alpha power times
-        the mean alpha power over the montage, multiplied before the HRF. The second-order
+        electrode every band's power times the alpha power there, multiplied before the HRF and
+        averaged over each of 8 scalp regions. The second-order
         term a linear design lacks where alpha gates neurovascular coupling; the model's ridge
         path weighs it as one more band (0 where validation finds no use for it). Off: the
         design (and ``cache_key``) as before the field existed. No effect on a ``source`` design.
@@ -182,8 +182,8 @@ class PreprocessConfig(BaseModel):
     alpha_gating: bool = Field(
         True,
         description="Append the alpha-gated block to the scalp design: each band's power times the alpha power at the "
-        "same virtual electrode, and that alpha power times the montage's mean alpha power, before the HRF (alpha "
-        "gating of neurovascular coupling; the ridge path weighs it as one more band)",
+        "same virtual electrode, before the HRF, averaged over 8 scalp regions (alpha gating of neurovascular "
+        "coupling; the ridge path weighs it as one more band)",
     )
 
     # In-scanner EEG (fedneurogen.shared.data.scanner)

@@ -14,7 +14,7 @@ EEG-informed ceiling, computed once per run in preprocessing (and cached with th
 
 4. with ``alpha_gating`` (the default), the alpha-gated block after the scalp columns
    (``gated_power``): at each virtual electrode every band's power times the alpha power there,
-   and that alpha power times the montage's mean alpha power, multiplied before the HRF and
+   averaged over the electrodes of each of 8 scalp regions, multiplied before the HRF and
    convolved with the canonical HRF. Where alpha gates neurovascular coupling (the same
    activity drives BOLD when alpha is desynchronised and hardly at all when it is high;
    Scheeringa et al. 2011, Mayhew et al. 2013) the response is a product of two EEG states that
@@ -22,7 +22,7 @@ EEG-informed ceiling, computed once per run in preprocessing (and cached with th
    (the HRF smears each factor before they meet).
 
 The result for a run is ``[n_target_frames, n_features]`` with scalp features ordered
-(virtual electrode, band, basis function), then the gated block (virtual electrode, product). The band power of segment ``l`` is known at its
+(virtual electrode, band, basis function), then the gated block (scalp region, band). The band power of segment ``l`` is known at its
 centre; frame ``f`` at time ``t_f`` sees segments with ``0 <= t_f - centre_l <= history``.
 """
 
@@ -52,17 +52,29 @@ VIRTUAL_MONTAGE = tuple(
 _LOG_FLOOR = 1e-10  # (100 uV)^2 / Hz; far below any real EEG power density
 
 
-#: Products per virtual electrode in the alpha-gated block: each band x local alpha, local x mean alpha.
-GATED_PER_ELECTRODE = len(EEG_BANDS) + 1
-#: Width of the alpha-gated block (64 x 6: no multiple of 320, so every design width stays distinct).
-N_GATED = len(VIRTUAL_MONTAGE) * GATED_PER_ELECTRODE
+#: Scalp regions the virtual electrodes are pooled into (the gated block; the DP private path).
+N_REGIONS = 8
+_REGION_SEED = 0
+#: Width of the alpha-gated block: regions x bands (no multiple of 320 nor of 324, so every
+#: design width stays distinct).
+N_GATED = N_REGIONS * len(EEG_BANDS)
 #: The groups of the global path's banded penalties: the bands, then the alpha-gated block.
 DESIGN_GROUPS = (*EEG_BANDS, "alpha-gated")
 
 
 def n_gated_features(config: PreprocessConfig) -> int:
-    """Width of the design's alpha-gated block: ``N_GATED`` with ``alpha_gating`` and scalp
-    columns, else 0."""
+    """Width of the design's alpha-gated block.
+
+    Parameters
+    ----------
+    config : PreprocessConfig
+        Its ``alpha_gating`` and ``design_space``.
+
+    Returns
+    -------
+    int
+        ``N_GATED`` with ``alpha_gating`` and scalp columns, else 0.
+    """
     return N_GATED if config.alpha_gating and config.design_space != "source" else 0
 
 
@@ -102,7 +114,7 @@ def _part_widths(width: int) -> tuple[int, int, int]:
 def split_design(design: np.ndarray | torch.Tensor) -> tuple:
     """The scalp and cortical-source parts of a design, told apart by its width.
 
-    Every width in use is distinct (scalp 320 or 640, + 384 with the alpha-gated block; source
+    Every width in use is distinct (scalp 320 or 640, + 40 with the alpha-gated block; source
     1620 or 3240; both side by side), so the part a reader needs — the scalp design (with its
     gated block) for the global path, the source design for the local path — follows from the
     array alone.
@@ -115,7 +127,7 @@ def split_design(design: np.ndarray | torch.Tensor) -> tuple:
     Returns
     -------
     scalp, source : array or None
-        ``[..., 64 x bands x bases (+ 384)]`` and ``[..., 324 x bands x bases]``; None where absent.
+        ``[..., 64 x bands x bases (+ 40)]`` and ``[..., 324 x bands x bases]``; None where absent.
 
     Raises
     ------
@@ -235,8 +247,46 @@ def run_design(eeg: Recording, frame_times: np.ndarray, config: PreprocessConfig
     return np.concatenate(parts, axis=1).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=1)
+def scalp_regions() -> np.ndarray:
+    """The scalp region of each virtual electrode: k-means of their positions, a fixed seed.
+
+    Returns
+    -------
+    np.ndarray
+        ``[64]`` int labels ``0..N_REGIONS-1``, ordered by the region's first electrode.
+    """
+    from scipy.cluster.vq import kmeans2
+
+    _, labels = kmeans2(virtual_positions(), N_REGIONS, seed=_REGION_SEED, minit="++")
+    order = {label: i for i, label in enumerate(dict.fromkeys(labels.tolist()))}  # stable numbering
+    return np.array([order[label] for label in labels.tolist()])
+
+
+def region_centres() -> np.ndarray:
+    """The virtual electrode nearest each scalp region's centroid (where a region's column is shown).
+
+    Returns
+    -------
+    np.ndarray
+        ``[N_REGIONS]`` electrode indices.
+    """
+    regions, positions = scalp_regions(), virtual_positions()
+    centres = []
+    for region in range(N_REGIONS):
+        mine = np.flatnonzero(regions == region)
+        centroid = positions[mine].mean(axis=0)
+        centres.append(int(mine[np.argmin(np.linalg.norm(positions[mine] - centroid, axis=1))]))
+    return np.array(centres)
+
+
 def gated_power(virtual: np.ndarray) -> np.ndarray:
     """The alpha-gated products of band power on the virtual montage (before the HRF).
+
+    Each band's power times the alpha power at the same electrode, averaged over the electrodes
+    of each scalp region (``scalp_regions``): the gate is a regional state, and the average of
+    eight or so electrodes' products is far less noisy than any one (on the `nonlinear`
+    scenario the regional block predicted held-out BOLD better than the per-electrode one).
 
     Parameters
     ----------
@@ -246,12 +296,13 @@ def gated_power(virtual: np.ndarray) -> np.ndarray:
     Returns
     -------
     np.ndarray
-        ``[64 x GATED_PER_ELECTRODE, L]`` (electrode, product): each band times the electrode's
-        alpha, then its alpha times the montage's mean alpha.
+        ``[N_REGIONS x n_bands, L]`` (region, band).
     """
     alpha = virtual[:, list(EEG_BANDS).index("alpha")]  # [64, L]
-    products = [virtual * alpha[:, None], (alpha * alpha.mean(axis=0))[:, None]]
-    return np.concatenate(products, axis=1).reshape(-1, virtual.shape[-1])
+    products = virtual * alpha[:, None]  # [64, B, L]
+    regions = scalp_regions()
+    pooled = np.stack([products[regions == region].mean(axis=0) for region in range(N_REGIONS)])
+    return pooled.reshape(-1, virtual.shape[-1])
 
 
 def unique_frames(windows: PairedWindows) -> tuple[np.ndarray, np.ndarray]:

@@ -1,13 +1,14 @@
 """The private ridge path: what a site releases under DP, sized for the noise it must survive.
 
-The exact ridge path is solved from ``XᵀX`` and ``XᵀY`` over 640 design features and 5124
-cortical points (3.3 million numbers). Noise scaled to one subject's whole contribution drowns
+The exact ridge path is solved from ``XᵀX`` and ``XᵀY`` over 680 design features (640 linear,
+40 alpha-gated) and 5124 cortical points (3.5 million numbers). Noise scaled to one subject's whole contribution drowns
 them at any ε a hospital accepts. Under DP a site releases the statistics of a small,
 data-independent regression instead (``PrivateReduction``):
 
 1. **Public reduction.** The 64 virtual electrodes are pooled into ``N_REGIONS`` scalp regions
    (k-means of the electrode positions, a fixed seed: geometry only), per band and HRF basis
-   function: 640 -> 80 features. fMRI targets are expressed in the first ``MODES_PER_HEMISPHERE``
+   function: 640 -> 80 features (the alpha-gated block is left out: it gets no weight under DP).
+   fMRI targets are expressed in the first ``MODES_PER_HEMISPHERE``
    geometric eigenmodes of each hemisphere (``surface.cortical_eigenmodes``: the mesh alone):
    5124 -> 16 coordinates. Both are the same for any data. Without DP this reduction alone
    predicts held-out BOLD as well as the full path on simulated data (the modes are smooth and
@@ -39,13 +40,12 @@ from importlib import resources
 
 import numpy as np
 
+from fedneurogen.shared.design import N_REGIONS, scalp_regions  # noqa: F401  (re-exported: the pooling's regions)
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.features import EEG_BANDS
 from fedneurogen.shared.ridge import DEFAULT_PENALTIES, RidgeSolution, RidgeStatistics, fit_ridge
 from fedneurogen.shared.surface import ICO4_POINTS, cortical_eigenmodes
 
-#: Scalp regions the virtual electrodes are pooled into.
-N_REGIONS = 8
 #: Geometric eigenmodes per hemisphere that fMRI targets are expressed in.
 MODES_PER_HEMISPHERE = 8
 #: How the pooled features are grouped for the prior's gains: one gain per (band, basis function).
@@ -56,25 +56,6 @@ BLOCK_WEIGHTS = {"n": 1.0, "sx": 1.0, "sy": 1.0, "sxx": 0.3, "sxy": 1.0, "syy": 
 PRIVATE_CLIP = 4.0
 #: The shipped prior (``simulations/prior.py`` writes it).
 PRIOR_FILE = "fmri.npz"
-_REGION_SEED = 0
-
-
-@functools.lru_cache(maxsize=1)
-def scalp_regions() -> np.ndarray:
-    """The scalp region of each virtual electrode: k-means of their positions, a fixed seed.
-
-    Returns
-    -------
-    np.ndarray
-        ``[64]`` int labels ``0..N_REGIONS-1``, ordered by the region's first electrode.
-    """
-    from scipy.cluster.vq import kmeans2
-
-    from fedneurogen.shared.design import virtual_positions
-
-    _, labels = kmeans2(virtual_positions(), N_REGIONS, seed=_REGION_SEED, minit="++")
-    order = {label: i for i, label in enumerate(dict.fromkeys(labels.tolist()))}  # stable numbering
-    return np.array([order[label] for label in labels.tolist()])
 
 
 def pooling_matrix(n_features: int) -> np.ndarray:

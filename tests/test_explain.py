@@ -154,7 +154,7 @@ def test_explain_command_writes_readable_json_and_pngs(tiny, tmp_path):
     _, _, site, checkpoint, classes = tiny
     out = tmp_path / "explain"
     label = next(c for c in classes if c != "rest")
-    args = ["explain", "--checkpoint", str(checkpoint), "--data", str(site), "--out", str(out), "--steps", "8"]
+    args = ["explain", "--checkpoint", str(checkpoint), "--data", str(site), "--out", str(out), "--steps", "16"]
     result = CliRunner().invoke(app, [*args, "--label", label, "--points", "occipital"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "explain.json").read_text())

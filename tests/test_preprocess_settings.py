@@ -56,10 +56,10 @@ def test_settings_that_change_the_models_inputs_are_refused_for_that_model():
         ("eeg_sfreq=250", "eeg_sfreq = 250 (the model takes EEG at 200 Hz)"),
         ("fmri_sfreq=1.0", "fmri_sfreq = 1 (the model takes fmri at 0.5 Hz)"),
         ("window_seconds=20", "window_seconds = 20 gives 10 fmri frames per window (the model takes 8: 16 s)"),
-        ("hrf_basis=canonical", "hrf_basis = 'canonical' gives 704 design features (the model takes 1024)"),
+        ("hrf_basis=canonical", "hrf_basis = 'canonical' gives 360 design features (the model takes 680)"),
         (
             "alpha_gating=false",
-            "hrf_basis = 'canonical+derivative' without alpha_gating gives 640 design features (the model takes 1024)",
+            "hrf_basis = 'canonical+derivative' without alpha_gating gives 640 design features (the model takes 680)",
         ),
     ):
         with pytest.raises(ConfigError, match="does not fit the tiny model") as err:

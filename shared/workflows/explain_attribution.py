@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from captum.attr import IntegratedGradients
 
-from fedneurogen.shared.design import GATED_PER_ELECTRODE, N_GATED, global_part, unique_frames
+from fedneurogen.shared.design import N_GATED, global_part, region_centres, unique_frames
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.features import EEG_BANDS
 from fedneurogen.shared.hrf import HRF_BASES, basis_table
@@ -53,10 +53,10 @@ def feature_groups(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``(electrode, band, basis)`` index of every design column (electrode x band x basis order).
 
-    The alpha-gated block's columns (``design.gated_power``, after the scalp columns) count for
-    their electrode and for the band the product gates (the alpha x mean-alpha product: alpha),
-    basis 0: the explanation says where and in which band the EEG drives the prediction, through
-    the linear or the gated columns.
+    The alpha-gated block's columns (``design.gated_power``, after the scalp columns: scalp
+    region x band) count for the electrode at their region's centre (``design.region_centres``)
+    and for the band the product gates, basis 0: the explanation says where and in which band
+    the EEG drives the prediction, through the linear or the gated columns.
 
     Parameters
     ----------
@@ -86,11 +86,10 @@ def feature_groups(
         )
     column = np.arange(linear)
     electrode, band, basis = column // (n_bands * n_basis), (column // n_basis) % n_bands, column % n_basis
-    product = np.arange(gated) % GATED_PER_ELECTRODE
-    gated_band = np.where(product < n_bands, product, BANDS.index("alpha"))
+    region = np.arange(gated) // n_bands
     return (
-        np.concatenate([electrode, np.arange(gated) // GATED_PER_ELECTRODE]),
-        np.concatenate([band, gated_band]),
+        np.concatenate([electrode, region_centres()[region] if gated else region]),
+        np.concatenate([band, np.arange(gated) % n_bands]),
         np.concatenate([basis, np.zeros(gated, dtype=int)]),
     )
 
