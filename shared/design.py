@@ -22,8 +22,9 @@ EEG-informed ceiling, computed once per run in preprocessing (and cached with th
    (the HRF smears each factor before they meet).
 
 The result for a run is ``[n_target_frames, n_features]`` with scalp features ordered
-(virtual electrode, band, basis function), then the gated block (scalp region, band). The band power of segment ``l`` is known at its
-centre; frame ``f`` at time ``t_f`` sees segments with ``0 <= t_f - centre_l <= history``.
+(virtual electrode, band, basis function), then the gated block (scalp region, band). The band
+power of segment ``l`` is known at its centre; frame ``f`` at time ``t_f`` sees segments with
+``0 <= t_f - centre_l <= history``.
 """
 
 from __future__ import annotations
