@@ -99,9 +99,24 @@ def n_design_features(config: PreprocessConfig) -> int:
     ]
 
 
-def _part_widths(width: int) -> tuple[int, int, int]:
-    """``(linear scalp, gated, source)`` widths of a design ``width`` wide; ValueError for a width
-    no design space gives."""
+def part_widths(width: int) -> tuple[int, int, int]:
+    """``(linear scalp, gated, source)`` widths of a design ``width`` wide.
+
+    Parameters
+    ----------
+    width : int
+        The design's width.
+
+    Returns
+    -------
+    tuple of int
+        The widths of its linear scalp columns, its alpha-gated block and its source columns.
+
+    Raises
+    ------
+    ValueError
+        A width no design space gives.
+    """
     per_basis = len(EEG_BANDS)
     for bases in HRF_BASES.values():
         scalp, source = len(VIRTUAL_MONTAGE) * per_basis * bases, N_PATCHES * per_basis * bases
@@ -135,7 +150,7 @@ def split_design(design: np.ndarray | torch.Tensor) -> tuple:
     ValueError
         A width no design space gives.
     """
-    linear, gated, source = _part_widths(design.shape[-1])
+    linear, gated, source = part_widths(design.shape[-1])
     scalp = linear + gated
     if not source:
         return design, None
@@ -408,7 +423,7 @@ def linear_part(design: np.ndarray) -> np.ndarray:
     """
     columns = global_part(design)
     try:
-        linear, gated, _ = _part_widths(columns.shape[-1])
+        linear, gated, _ = part_widths(columns.shape[-1])
     except ValueError:
         return columns
     return columns[..., :linear] if gated else columns
@@ -533,7 +548,7 @@ def feature_bands(n_features: int) -> np.ndarray:
     if not leftover and n_basis in HRF_BASES.values():  # a source design: (patch, band, basis)
         return np.tile(np.repeat(np.arange(len(EEG_BANDS)), n_basis), N_PATCHES)
     try:
-        linear, gated, source = _part_widths(n_features)
+        linear, gated, source = part_widths(n_features)
     except ValueError:
         linear, gated, source = -1, 0, 0
     if linear <= 0 or source:

@@ -77,10 +77,13 @@ def pooling_matrix(n_features: int) -> np.ndarray:
     ConfigError
         ``n_features`` is not a scalp design's width (a source design has no private path yet).
     """
-    from fedneurogen.shared.design import VIRTUAL_MONTAGE, linear_part
+    from fedneurogen.shared.design import VIRTUAL_MONTAGE, part_widths
 
     # the linear columns only: the alpha-gated block (its columns zero here) has no private path yet
-    linear = linear_part(np.zeros((0, n_features))).shape[-1]
+    try:
+        linear = part_widths(n_features)[0]
+    except ValueError:
+        linear = n_features
     n_basis, leftover = divmod(linear, len(VIRTUAL_MONTAGE) * len(EEG_BANDS))
     if leftover or n_basis not in (1, 2):
         raise ConfigError(

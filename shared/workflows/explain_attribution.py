@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from captum.attr import IntegratedGradients
 
-from fedneurogen.shared.design import N_GATED, global_part, region_centres, unique_frames
+from fedneurogen.shared.design import global_part, part_widths, region_centres, unique_frames
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.features import EEG_BANDS
 from fedneurogen.shared.hrf import HRF_BASES, basis_table
@@ -77,8 +77,10 @@ def feature_groups(
     ConfigError
         ``n_features`` is not ``n_electrodes x n_bands x`` a whole number of basis functions.
     """
-    gated = N_GATED if n_features > N_GATED and (n_features - N_GATED) % (n_electrodes * n_bands) == 0 else 0
-    linear = n_features - gated
+    try:
+        linear, gated, _ = part_widths(n_features)
+    except ValueError:
+        linear, gated = n_features, 0
     n_basis, leftover = divmod(linear, n_electrodes * n_bands)
     if leftover or n_basis < 1:
         raise ConfigError(
