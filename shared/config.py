@@ -97,11 +97,16 @@ class PreprocessConfig(BaseModel):
         ``cache_key`` as it was before the field existed.
     alpha_gating : bool
         Append the alpha-gated block to a scalp design (``design.gated_power``): at each virtual
-        electrode every band's power times the alpha power there, multiplied before the HRF and
-        averaged over each of 8 scalp regions. The second-order
-        term a linear design lacks where alpha gates neurovascular coupling; the model's ridge
-        path weighs it as one more band (0 where validation finds no use for it). Off: the
-        design (and ``cache_key``) as before the field existed. No effect on a ``source`` design.
+        electrode every band's power times the alpha gate there, multiplied before the HRF and
+        averaged over each of 8 scalp regions. The term a linear design lacks where alpha gates
+        neurovascular coupling; the model's ridge path weighs it as one more band (0 where
+        validation finds no use for it). Off: the design (and ``cache_key``) as before the field
+        existed. No effect on a ``source`` design.
+    alpha_gate : {"desynchronisation", "product"}
+        The gate of that block: ``desynchronisation`` (the default) multiplies by how far alpha
+        is below its run mean, ``max(0, -alpha)``, so the block is band power while alpha is
+        desynchronised and nothing while it is high; ``product`` by alpha itself (the block's
+        first form; a checkpoint made with it records no ``alpha_gate`` and is remade as made).
     gradient_artifact, bcg_artifact : {"auto", "on", "off"}
         Removal of the MR gradient artefact (average artefact subtraction) and of the
         ballistocardiogram (PCA-OBS) from in-scanner EEG (``fedneurogen.shared.data.scanner``):
@@ -181,9 +186,15 @@ class PreprocessConfig(BaseModel):
     )
     alpha_gating: bool = Field(
         True,
-        description="Append the alpha-gated block to the scalp design: each band's power times the alpha power at the "
-        "same virtual electrode, before the HRF, averaged over 8 scalp regions (alpha gating of neurovascular "
-        "coupling; the ridge path weighs it as one more band)",
+        description="Append the alpha-gated block to the scalp design: each band's power times the alpha gate at the "
+        "same virtual electrode (alpha_gate), before the HRF, averaged over 8 scalp regions (alpha gating of "
+        "neurovascular coupling; the ridge path weighs it as one more band)",
+    )
+    alpha_gate: Literal["desynchronisation", "product"] = Field(
+        "desynchronisation",
+        description="The alpha-gated block's gate: desynchronisation = band power times max(0, -alpha), how far the "
+        "electrode's alpha is below its run mean (the gate opens as alpha desynchronises); product = band power "
+        "times alpha (the block's first form)",
     )
 
     # In-scanner EEG (fedneurogen.shared.data.scanner)
@@ -249,8 +260,9 @@ class PreprocessConfig(BaseModel):
         """The preprocessing a checkpoint recorded (its ``config.json``'s ``preprocess``).
 
         A record is a full dump of the fields of its day; one from before a field existed gets
-        the value that reproduces what it was made with (``alpha_gating`` off), not today's
-        default. An empty record is today's defaults.
+        the value that reproduces what it was made with (``alpha_gating`` off; ``alpha_gate``
+        ``product`` for a record with the block but from before its gate was a choice), not
+        today's default. An empty record is today's defaults.
 
         Parameters
         ----------
@@ -264,6 +276,8 @@ class PreprocessConfig(BaseModel):
         values = dict(stored or {})
         if values and "alpha_gating" not in values:
             values["alpha_gating"] = False
+        if values and "alpha_gate" not in values:
+            values["alpha_gate"] = "product"
         return cls(**values)
 
     def changed_fields(self, other: "PreprocessConfig") -> list[str]:
@@ -306,7 +320,9 @@ class PreprocessConfig(BaseModel):
         """
         fields = self.model_dump()
         if not self.alpha_gating or self.design_space == "source":  # no gated block: the design as before it
-            del fields["alpha_gating"]
+            del fields["alpha_gating"], fields["alpha_gate"]
+        elif self.alpha_gate == "product":  # the block's first form keeps the keys (and caches) made with it
+            del fields["alpha_gate"]
         if fields["design_space"] == "scalp":  # the default keeps the keys (and caches) made before it existed
             del fields["design_space"]
         for name in _IN_SCANNER_FIELDS:  # likewise: at their defaults, recordings without triggers load as before

@@ -266,7 +266,7 @@ def test_a_checkpoint_from_before_the_alpha_gated_block_loads_as_it_was_made(tmp
     path = save_checkpoint(tmp_path / "old", model, extra={**EXTRA, "preprocess": preprocess})
     meta = json.loads((path / "config.json").read_text())
     del meta["model_config"]["gated_features"]
-    del meta["preprocess"]["alpha_gating"]
+    del meta["preprocess"]["alpha_gating"], meta["preprocess"]["alpha_gate"]
     rewrite_config(path, meta)
     loaded, meta = load_checkpoint(path, device="cpu")
     assert loaded.config.gated_features == 0 and loaded.config.design_width == 640
@@ -274,3 +274,8 @@ def test_a_checkpoint_from_before_the_alpha_gated_block_loads_as_it_was_made(tmp
     assert not stored.alpha_gating and stored.cache_key() == PreprocessConfig(alpha_gating=False).cache_key()
     loaded.config.check_preprocess(stored)
     assert PreprocessConfig.from_stored(None).alpha_gating  # no record: today's defaults
+    # a record with the block but from before its gate was a choice: the product gate it was made with
+    first_form = PreprocessConfig().model_dump()
+    del first_form["alpha_gate"]
+    assert PreprocessConfig.from_stored(first_form).alpha_gate == "product"
+    assert PreprocessConfig.from_stored(PreprocessConfig().model_dump()) == PreprocessConfig()

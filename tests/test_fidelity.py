@@ -176,9 +176,10 @@ def test_design_of_a_run_follows_alpha_power_through_the_hrf():
 
 
 def test_the_alpha_gated_block_multiplies_band_power_before_the_hrf():
-    """The block after the 640 linear columns is the HRF of (band x the electrode's alpha),
-    multiplied at each segment and averaged over each scalp region's electrodes, not the product
-    of convolved columns; the linear columns are the design without the block."""
+    """The block after the 640 linear columns is the HRF of (band x the electrode's alpha gate,
+    max(0, -alpha)), multiplied at each segment and averaged over each scalp region's
+    electrodes, not the product of convolved columns; the linear columns are the design without
+    the block; the ``product`` gate is band x alpha."""
     from fedneurogen.shared.design import (
         N_GATED,
         N_REGIONS,
@@ -203,7 +204,14 @@ def test_the_alpha_gated_block_multiplies_band_power_before_the_hrf():
     virtual = to_virtual_montage(power, eeg.positions)  # [64, 5, L]
     products = gated_power(virtual).reshape(N_REGIONS, 5, -1)
     o1 = scalp_regions() == scalp_regions()[26]
-    np.testing.assert_allclose(products[scalp_regions()[26], 1], (virtual[o1, 1] * virtual[o1, 2]).mean(axis=0))
+    gate = np.maximum(0.0, -virtual[o1, 2])  # alpha below its run mean
+    np.testing.assert_allclose(products[scalp_regions()[26], 1], (virtual[o1, 1] * gate).mean(axis=0))
+    assert (gate == 0).mean() > 0.3 and (gate > 0).mean() > 0.3  # one-sided: closed about half the time
+    symmetric = gated_power(virtual, "product").reshape(N_REGIONS, 5, -1)
+    np.testing.assert_allclose(symmetric[scalp_regions()[26], 1], (virtual[o1, 1] * virtual[o1, 2]).mean(axis=0))
+    product_design = run_design(eeg, frames, PreprocessConfig(alpha_gate="product"))
+    np.testing.assert_array_equal(linear_part(product_design), plain)
+    assert not np.allclose(product_design[:, 640:], design[:, 640:])
     canonical = PreprocessConfig(hrf_basis="canonical")
     expected = hemodynamic_convolution(products.reshape(N_GATED, -1), centres, frames, canonical)
     np.testing.assert_allclose(design[:, 640:], expected, rtol=1e-4, atol=1e-5)

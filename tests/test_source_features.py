@@ -139,6 +139,9 @@ def test_design_space_switch_keeps_the_default_and_refuses_a_model_of_another_wi
     # without the alpha-gated block, the key from before design_space (and the fields after it)
     # existed: old caches stay valid; the gated design is another design, with another key
     assert PreprocessConfig(alpha_gating=False).cache_key() == "84a1f8fa7e1f2575" != default.cache_key()
+    # the block's first (product) gate keeps the key its caches were made with; the default gate has its own
+    assert PreprocessConfig(alpha_gate="product").cache_key() == "6700e2c99704e281" != default.cache_key()
+    assert PreprocessConfig(alpha_gating=False, alpha_gate="product").cache_key() == "84a1f8fa7e1f2575"
     source = PreprocessConfig.from_overrides("design_space=source")
     both = PreprocessConfig.from_overrides("design_space=scalp+source")
     assert len({source.cache_key(), both.cache_key(), default.cache_key()}) == 3
