@@ -323,3 +323,19 @@ def test_failed_load_leaves_no_staging_folder(tmp_path):
     with pytest.raises(Exception, match="no usable runs"):
         load_site_data(site, CFG, cache_dir=cache, progress=False)
     assert not [p for p in (cache / "sites").iterdir()]
+
+
+def test_a_cached_design_of_another_width_is_remade_not_used(small_site, tmp_path, counted, caplog):
+    """An entry whose design has other columns than this preprocessing makes (another form of the
+    design under the same key) is remade with a warning, never read as if it fitted."""
+    cache = tmp_path / "cache"
+    first = load_site(small_site, CFG, cache_dir=cache, progress=False)
+    (entry,) = [p for p in (cache / "sites").iterdir() if p.is_dir()]
+    design = np.load(entry / "design.npy")
+    np.save(entry / "design.npy", np.concatenate([design, design[:, :8]], axis=1))  # 8 columns too many
+    again = load_site(small_site, CFG, cache_dir=cache, progress=False)
+    width = first.design.shape[-1]
+    assert f"the cached design has {width + 8} columns where this preprocessing gives {width}" in caplog.text
+    assert len(counted) == 4 and again.design.shape == first.design.shape
+    assert load_site(small_site, CFG, cache_dir=cache, progress=False).design.shape == first.design.shape
+    assert len(counted) == 4  # the remade entry is read from then on

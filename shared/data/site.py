@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import PreprocessConfig
+from ..design import n_design_features
 from ..errors import ConfigError, DataError
 from ..outputs import check_outside_inputs
 from ..recording import PairedWindows
@@ -307,6 +308,15 @@ def _cache_lookup(
     if hit is None:
         return cache, key, None
     windows, meta = hit
+    width, expected = windows.design.shape[-1], n_design_features(config)
+    if width != expected:  # an entry from another form of the design under the same key: remade, never used
+        log.warning(
+            "%s: the cached design has %d columns where this preprocessing gives %d; remaking it",
+            site_dir,
+            width,
+            expected,
+        )
+        return cache, key, None
     log.debug("%s: %d windows read from the cache", site_dir, len(windows))
     loaded = LoadedSite(
         windows=windows,
