@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# pytest-xdist's workers set COLUMNS=80 and LINES=24. The CLI's output that is not a terminal is
+# not wrapped unless COLUMNS says so (fedneurogen/cli/common.py), and the tests read it as a pipe
+# would: cleared before any test module makes a console.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.pop("COLUMNS", None)
+    os.environ.pop("LINES", None)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -76,7 +84,6 @@ def snirf_problems(tmp_path_factory):
     a file's path -> its WARNING and FATAL issues, ``"<location>: <code>"`` each (empty: valid, no
     warning). ``snirf`` opens ./pysnirf2.log when first imported, so it is imported from a
     temporary folder."""
-    import os
 
     here = os.getcwd()
     os.chdir(tmp_path_factory.mktemp("pysnirf2"))
