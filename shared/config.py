@@ -276,7 +276,7 @@ class PreprocessConfig(BaseModel):
         values = dict(stored or {})
         if values and "alpha_gating" not in values:
             values["alpha_gating"] = False
-        if values and "alpha_gate" not in values:
+        if values.get("alpha_gating") and "alpha_gate" not in values:  # the block, from before its gate was a choice
             values["alpha_gate"] = "product"
         return cls(**values)
 

@@ -272,6 +272,7 @@ def test_a_checkpoint_from_before_the_alpha_gated_block_loads_as_it_was_made(tmp
     assert loaded.config.gated_features == 0 and loaded.config.design_width == 640
     stored = PreprocessConfig.from_stored(meta["preprocess"])
     assert not stored.alpha_gating and stored.cache_key() == PreprocessConfig(alpha_gating=False).cache_key()
+    assert stored == PreprocessConfig(alpha_gating=False)  # a resume without the block is not refused over its gate
     loaded.config.check_preprocess(stored)
     assert PreprocessConfig.from_stored(None).alpha_gating  # no record: today's defaults
     # a record with the block but from before its gate was a choice: the product gate it was made with
