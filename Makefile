@@ -60,9 +60,9 @@ BIDS_VALIDATOR := $(BIN)/bids-validator-deno
 PYTEST_SELECT = $(if $(TEST_ALL),,-m "not slow")
 # The tests run on TEST_WORKERS pytest-xdist processes (TEST_WORKERS=1: one process, as before),
 # a whole test file to a worker (`--dist loadfile`: a file's module fixtures, a consortium or a
-# federation, are made once). Half the suite's time is spent waiting on Flower processes, so two
-# workers nearly halve it on 2 cores; each worker's numerical libraries then take one thread, so
-# the two share the cores instead of oversubscribing them.
+# federation, are made once). Much of the suite waits on Flower processes, so on 2 cores two
+# workers took it from about 22 to 16 minutes; each worker's numerical libraries take one thread,
+# so the two share the cores instead of oversubscribing them.
 TEST_WORKERS ?= 2
 PYTEST_WORKERS = $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 ONE_THREAD = $(if $(filter 1,$(TEST_WORKERS)),,OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1)
