@@ -115,11 +115,12 @@ def scenario(coupling: str, args, console) -> dict[str, Any]:
         "coupling": coupling,
         "train_minutes": train_minutes,
         "cross_fit": not args.no_cross_fit,
-        # what training chose: the ridge path, the optimism cross-fitting removed, the class offsets
+        # what training chose: the ridge path, the optimism cross-fitting removed, the class offsets,
+        # the learned residual (kept or not, by the one-standard-error rule)
         # (with the noise model), the samples' share of the DiT's departure from its Gaussian
         "training": {
             key: provenance.get(key)
-            for key in ("ridge_path", "cross_fit", "class_offsets", "departure", "epochs", "steps")
+            for key in ("ridge_path", "cross_fit", "class_offsets", "residual", "departure", "epochs", "steps")
         },
         "pooled": pooled,
         "samples": comparison,

@@ -442,7 +442,9 @@ def fold_evaluation(
     before training): offered to early stopping, and put in that round's history entry (marked
     ``folded``), as its evaluate round's report would have been."""
     evaluated = strategy.aggregate_folded_evaluate(scored_round, replies) or {}
-    stopping.offer(scored_round, evaluated.get("pcc"), scored)
+    stopping.offer(
+        scored_round, evaluated.get("pcc"), scored, strategy.report.get(MessageType.EVALUATE, {}).get("sites")
+    )
     report = {**strategy.report.get(MessageType.EVALUATE, {}), "folded": True}
     if history and history[-1]["round"] == scored_round:
         history[-1]["evaluate"] = report
@@ -606,7 +608,12 @@ def main(grid: Grid, context: Context) -> None:
         replies = grid.send_and_receive(
             strategy.configure_evaluate(0, arrays, ConfigRecord({"class-names": class_names}), grid), timeout=timeout
         )
-        stopping.offer(0, (strategy.aggregate_evaluate(0, replies) or {}).get("pcc"), arrays)
+        stopping.offer(
+            0,
+            (strategy.aggregate_evaluate(0, replies) or {}).get("pcc"),
+            arrays,
+            strategy.report.get(MessageType.EVALUATE, {}).get("sites"),
+        )
         log(INFO, "Held-out PCC of the point prediction before training: %s", stopping.best_score)
     for server_round in range(first, num_rounds + 1):
         log(INFO, "[ROUND %d/%d]", server_round, num_rounds)
@@ -643,7 +650,9 @@ def main(grid: Grid, context: Context) -> None:
                 strategy.configure_evaluate(server_round, arrays, eval_config, grid), timeout=timeout
             )
             evaluated = strategy.aggregate_evaluate(server_round, replies) or {}
-            stopping.offer(server_round, evaluated.get("pcc"), arrays)
+            stopping.offer(
+                server_round, evaluated.get("pcc"), arrays, strategy.report.get(MessageType.EVALUATE, {}).get("sites")
+            )
             evaluation = strategy.report.get(MessageType.EVALUATE, {})
         if stopping.active and (stopping.stopped or server_round == num_rounds):
             arrays = stopping.best_residual(arrays)  # what is checkpointed and sent on

@@ -164,7 +164,7 @@ def test_federate_shows_each_round_as_it_ends(monkeypatch):
     entry = {
         "round": 2, "seconds": 12.0,
         "train": {"sites": {"1": {"epsilon": 3.5}, "2": {"epsilon": 3.25}}, "failed": [{"node": 3}], "aggregate": {"loss": 0.51}},
-        "evaluate": {"aggregate": {"pcc": 0.1234}}, "early_stopping": {"best_round": 1, "stopped": True},
+        "evaluate": {"aggregate": {"pcc": 0.1234}}, "early_stopping": {"best_round": 1, "stopped": True, "kept": False},
     }  # fmt: skip
     with cli_train._round_progress(3) as show:
         show(entry)
@@ -173,7 +173,7 @@ def test_federate_shows_each_round_as_it_ends(monkeypatch):
         "round 2/3: 2 site(s) answered, 1 failed, train loss 0.510, held-out PCC 0.123, epsilon per subject 3.50"
         in text
     )
-    assert "residual best at round 1 (kept)" in text and "12 s" in text
+    assert "residual best at round 1 (stopped), not kept (gain within one standard error)" in text and "12 s" in text
 
     private = {
         **entry,

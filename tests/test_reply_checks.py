@@ -365,7 +365,8 @@ def test_fedadam_keeps_the_global_model_float32_across_rounds(task_identity):
 
 def test_a_site_lying_in_its_held_out_score_cannot_choose_early_stoppings_round(task_identity):
     """Three honest sites improve round by round; a fourth claims 0.99 before training and -0.99
-    after, over a huge count: early stopping (on the median over sites) keeps the last round."""
+    after, over a huge count: early stopping (on the median over sites) keeps the last round, and
+    the liar's loss does not veto the residual (a robust spread of the sites' gains)."""
     from fedneurogen.server.early_stopping import ResidualEarlyStopping
 
     strategy = make_strategy(RunConfig(min_available_nodes=1, min_evaluate_nodes=1))
@@ -386,8 +387,10 @@ def test_a_site_lying_in_its_held_out_score_cannot_choose_early_stoppings_round(
             )
             for i, (score, m) in enumerate(zip(scores, messages))
         ]
-        stopping.offer(server_round, strategy.aggregate_evaluate(server_round, replies)["pcc"], arrays)
+        pcc = strategy.aggregate_evaluate(server_round, replies)["pcc"]
+        stopping.offer(server_round, pcc, arrays, strategy.report[MessageType.EVALUATE]["sites"])
     assert stopping.best_round == 2 and not stopping.stopped and stopping.best_score == pytest.approx(0.195)
+    assert stopping.summary()["sites"] == 4 and stopping.keeps_best
 
 
 def test_too_few_valid_replies_end_the_run_but_spent_budgets_do_not(task_identity):

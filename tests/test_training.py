@@ -9,7 +9,14 @@ import torch
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.model import load_checkpoint, read_checkpoint_config
 from fedneurogen.shared.workflows.centralized import split_sites, train_centralized
-from fedneurogen.shared.workflows.training import TRAIN_PRESETS, class_index, iterate_batches
+from fedneurogen.shared.workflows.training import (
+    TRAIN_PRESETS,
+    BestMean,
+    class_index,
+    iterate_batches,
+    point_prediction_scores,
+    subject_pcc,
+)
 
 TWO_EPOCHS = TRAIN_PRESETS["tiny"].model_copy(update={"epochs": 2, "batch_size": 8})
 
@@ -58,6 +65,16 @@ def test_train_writes_checkpoint_logs_and_resumes(small_fmri_windows, tmp_path):
     # the noise's spread: the root of the validation windows' whitened mean square
     assert departure["spread"] == pytest.approx(np.sqrt(np.clip(departure["whitened_mean_square"], 1 / 9, 9)))
     assert float(trained.modality_heads["fmri"].noise.spread) == pytest.approx(departure["spread"], rel=1e-6)
+    # the learned residual: kept only past one standard error of the per-subject gains, and the
+    # checkpoint holds what was chosen
+    residual = meta["provenance"]["residual"]
+    assert residual["epochs_offered"] == 2 and 0 <= residual["best_epoch"] <= 2
+    assert residual["validation_subjects"] >= 1
+    if residual["kept"]:
+        assert residual["gain_z"] > residual["gain_standard_error"]
+    else:
+        head = trained.modality_heads["fmri"].mean
+        assert not head.readout.weight.detach().abs().any()  # the start: zero readout
     log = _log(run)
     assert [r["epoch"] for r in log if "val/loss" in r] == [1, 2]
     assert all(np.isfinite(r["val/loss"]) for r in log if "val/loss" in r)
@@ -133,3 +150,62 @@ def test_a_damaged_or_planted_training_state_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"cannot resume from .*train_state\.pt"):
         load_training_state(path, fresh)
     assert not (tmp_path / "pwned").exists()
+
+
+def _residual(model):
+    from fedneurogen.shared.model.mean import is_residual_parameter
+
+    return {n: p for n, p in model.named_parameters() if is_residual_parameter(n)}
+
+
+def _set_residual(model, value: float):
+    with torch.no_grad():
+        for p in _residual(model).values():
+            p.fill_(value)
+
+
+@pytest.mark.parametrize(
+    "gains, kept",
+    [
+        ([0.02, 0.025, 0.03], True),  # every subject gains: far past one standard error
+        ([0.09, -0.05, -0.01], False),  # a better mean that rests on one subject: within one standard error
+        ([0.05], False),  # one subject: no standard error, the start stands
+    ],
+)
+def test_the_residual_is_kept_only_past_one_standard_error_of_the_subjects_gains(gains, kept):
+    from fedneurogen.shared.model import NeuroGenModel
+
+    model = NeuroGenModel("tiny", device="cpu")
+    start = {f"0:sub-{i}": 0.2 + 0.01 * i for i in range(len(gains))}
+    _set_residual(model, 0.0)
+    best = BestMean(model, start)
+    _set_residual(model, 1.0)  # a worse epoch: not remembered
+    assert not best.offer(model, {k: v - 0.01 for k, v in start.items()})
+    _set_residual(model, 2.0)  # the best epoch
+    assert best.offer(model, {k: v + g for (k, v), g in zip(start.items(), gains)})
+    _set_residual(model, 3.0)
+    assert not best.offer(model, {k: float("nan") for k in start})  # never a non-finite score
+    mean, se, n = best.gain()
+    assert mean == pytest.approx(np.mean(gains)) and n == len(gains)
+    assert best.keeps_best is kept and best.best_offer == 2
+    best.restore(model)
+    assert all(torch.all(p == (2.0 if kept else 0.0)) for p in _residual(model).values())
+    summary = best.summary()
+    assert summary["kept"] is kept and summary["epochs_offered"] == 3
+    assert json.loads(json.dumps(summary)) == summary  # JSON without NaN
+
+
+def test_point_prediction_scores_one_per_subject_of_each_site(small_fmri_windows):
+    from fedneurogen.shared.model import NeuroGenModel
+
+    split = split_sites(small_fmri_windows, 0, 0.34, 0.0)
+    torch.manual_seed(0)
+    model = NeuroGenModel("tiny", device="cpu")
+    with torch.no_grad():  # a residual that varies with the EEG (an untrained model predicts a constant)
+        for p in _residual(model).values():
+            p.normal_(0.0, 0.1)
+    scores = point_prediction_scores(model, split.val)
+    expected = {f"{i}:{s}" for i, site in enumerate(split.val) for s in set(site.subjects.tolist())}
+    assert set(scores) == expected and all(np.isfinite(v) for v in scores.values())
+    assert subject_pcc(scores) == pytest.approx(np.tanh(np.mean(list(scores.values()))))
+    assert np.isnan(subject_pcc({}))

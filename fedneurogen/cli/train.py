@@ -199,8 +199,10 @@ def _round_progress(total: int, enabled: bool = True):
                 stopping = entry.get("early_stopping") or {}
                 if stopping.get("best_round") is not None:
                     line += f", residual best at round {stopping['best_round']}" + (
-                        " (kept)" if stopping.get("stopped") else ""
+                        " (stopped)" if stopping.get("stopped") else ""
                     )
+                    if stopping.get("kept") is not None and stopping["best_round"] != 0:
+                        line += ", kept" if stopping["kept"] else ", not kept (gain within one standard error)"
                 bar.console.print(f"{line}, {entry.get('seconds', 0.0):.0f} s")
                 if entry.get("ended"):  # too few valid replies (server/app.py end_run)
                     bar.console.print(f"[red]run ended at round {entry['round']}:[/] {escape(entry['ended'])}")

@@ -58,7 +58,8 @@ from fedneurogen.shared.workflows.training import (
     TrainConfig,
     class_index,
     make_optimizer,
-    point_prediction_pcc,
+    point_prediction_scores,
+    subject_pcc,
     train_epochs,
     validation_loss,
 )
@@ -257,9 +258,19 @@ def train_centralized(
     finished, best = _train_loop(
         run, train_sites, selection_sites, classes, config, seed, deadline, max_minutes, logger, progress
     )
-    # the point prediction keeps its best validation weights (the diffusion keeps its last), and
+    # the point prediction keeps the residual validation supports (``BestMean``: the best epoch's
+    # only where its gain exceeds one standard error; the diffusion keeps its last weights), and
     # the samples the share of the DiT's departure from its Gaussian that validation supports
     best.restore(model, run.ema)
+    run.extra["provenance"]["residual"] = residual = best.summary()
+    log.info(
+        "learned residual %s: best at epoch %d of %d, gain in Fisher z %s (one standard error %s) over %d "
+        "validation subjects",
+        "kept" if residual["kept"] else "not kept (the start's stays)", residual["best_epoch"],
+        residual["epochs_offered"],
+        *(f"{v:.4f}" if v is not None else "n/a" for v in (residual["gain_z"], residual["gain_standard_error"])),
+        residual["validation_subjects"],
+    )  # fmt: skip
     if split.val and config.departure_windows:
         with run.ema.average_parameters(model):
             departure = choose_departure(model, split.val, classes, config.departure_windows, seed, config.batch_size)
@@ -445,7 +456,7 @@ def _train_loop(
     """
     model, ema = run.model, run.ema
     with ema.average_parameters(model):
-        best = BestMean(model, point_prediction_pcc(model, selection_sites))
+        best = BestMean(model, point_prediction_scores(model, selection_sites))
     logger.log(run.step, **{"val/pcc_point": best.score})
     per_epoch = sum(max(0, len(s) // config.batch_size + (len(s) % config.batch_size >= 2)) for s in train_sites)
     finished = run.epoch
@@ -471,8 +482,9 @@ def _train_loop(
             )
             with ema.average_parameters(model):
                 val = validation_loss(model, selection_sites, classes, config.batch_size, seed=seed)
-                val_pcc = point_prediction_pcc(model, selection_sites)
-                best.offer(model, val_pcc)
+                scores = point_prediction_scores(model, selection_sites)
+                best.offer(model, scores)
+            val_pcc = subject_pcc(scores)
             finished = epoch + 1 if not stats.stopped_early else epoch
             train_loss = stats.summary()["loss"]
             logger.log(
