@@ -8,8 +8,11 @@ actors) with the tiny preset on deliberately tiny sites (2 subjects x 60 s runs,
 ``--max-windows`` training windows each): the point is what the federation itself costs as the
 number of sites grows, not training.
 
-- Round time: the server's round ``seconds`` (train + evaluate), median over the rounds after
-  the first (round 1 carries the actors' first model build); all rounds are in the JSON. With
+- Round time: the server's round ``seconds`` (train, with the held-out scores folded into the
+  training replies), median over the middle rounds: not the first (the actors' first model
+  build, the frozen ridge path sent), nor, with three rounds or more, the last (its own evaluate
+  round, in which every site also samples to score the departure shares: the run's final
+  scoring, reported as ``final_round_seconds``); all rounds are in the JSON. With
   ``cpus // client_cpus`` site actors (1 on a 2-core machine with the default ``client_cpus``
   of 2) sites run one after another, so round time grows about linearly with sites:
   ``seconds_per_site`` shows it.
@@ -323,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.perf_counter() - t
         history = json.loads((run_dir / "history.json").read_text())
         seconds = [float(h["seconds"]) for h in history]
-        steady = seconds[1:] if len(seconds) >= 2 else seconds
+        steady = seconds[1:-1] if len(seconds) >= 3 else seconds[1:] or seconds  # the middle rounds
         train = [float(m.get("train-seconds", 0.0)) for h in history for m in h["train"].get("sites", {}).values()]
         failed = sum(len(h["train"].get("failed", [])) + len(h["evaluate"].get("failed", [])) for h in history)
         row = {
@@ -331,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             "round_seconds": statistics.median(steady),
             "seconds_per_site": statistics.median(steady) / n,
             "rounds_seconds": seconds,
+            "final_round_seconds": seconds[-1] if len(seconds) >= 3 else None,
             "site_train_seconds_mean": statistics.mean(train) if train else None,
             "run_wall_seconds": wall,
             "outside_rounds_seconds": wall - sum(seconds),
@@ -421,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         "figures": figures,
         "rows": rows,
         "definition": {
-            "round_seconds": "median of the server's round seconds (train + evaluate) over rounds after the first",
+            "round_seconds": "median of the server's round seconds over the middle rounds (not the first; with 3 rounds or more, not the last, which adds the final evaluate round)",
             "memory": "every descendant process of this benchmark, sampled every --interval s from /proc; "
             "RSS summed (shared pages counted per process) and PSS summed (shared pages split)",
             "concurrency": f"{concurrency} site actor(s) at a time (cpus {os.cpu_count()} // client_cpus {args.client_cpus})",

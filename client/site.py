@@ -6,6 +6,7 @@ functions and their results back into records.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import time
@@ -204,12 +205,27 @@ def split_report(site: SiteSplit) -> dict[str, list[str]]:
     return {REPORT_KEYS["train"]: list(train), REPORT_KEYS["val"]: list(val)}
 
 
+_TEMPLATE: dict[str, NeuroGenModel] = {}  # this process's last architecture, never trained itself
+
+
+def _fresh_model(config: ModelConfig | str) -> NeuroGenModel:
+    """A new, untrained model of ``config``: a copy of this process's template for it. Building one
+    (initialising every layer, the tokenizer's patches) costs about three copies; a simulation
+    actor builds one per site per round. The copy shares nothing with the template, so what a
+    round does to its model (DP hooks, trained weights) never reaches the next site's."""
+    key = config if isinstance(config, str) else config.model_dump_json()
+    if key not in _TEMPLATE:
+        _TEMPLATE.clear()  # one architecture per run: keep memory to one spare model
+        _TEMPLATE[key] = NeuroGenModel(config)
+    return copy.deepcopy(_TEMPLATE[key])
+
+
 def build_model(config: ModelConfig | str, parameters: dict[str, torch.Tensor]) -> NeuroGenModel:
     """A model of ``config`` (the run's preset and preprocessing, ``RunConfig.preset_config``; or a
     preset name) holding the received global parameters; ``SiteRefusal`` when they do not fit it
     (another preset or package version on the server): the first parameter that is missing or of
     another shape is named (parameter names and shapes are the architecture)."""
-    model = NeuroGenModel(config)
+    model = _fresh_model(config)
     preset = model.config.preset
     own = dict(model.named_parameters())
     missing = sorted(set(own) - set(parameters))

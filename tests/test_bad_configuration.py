@@ -291,6 +291,28 @@ def test_weights_that_do_not_fit_the_sites_model_are_refused():
         site.build_model("tiny", small)
 
 
+def test_a_site_model_is_built_fresh_each_time_whatever_the_last_one_went_through():
+    """``build_model`` copies a template: what one round does to its model (trained weights,
+    DP's per-sample hooks, changed buffers) never reaches the next model the process builds."""
+    torch.manual_seed(0)
+    weights = {k: v.clone() for k, v in NeuroGenModel("tiny", device="cpu").named_parameters()}
+    first = site.build_model("tiny", weights)
+    pristine = {k: v.clone() for k, v in first.state_dict().items()}
+    with torch.no_grad():
+        for p in first.parameters():
+            p.add_(1.0)
+        for b in first.buffers():
+            b.zero_()
+    first.register_forward_hook(lambda *args: None)
+    second = site.build_model("tiny", weights)
+    assert second is not first and not second._forward_hooks
+    state = second.state_dict()
+    assert state.keys() == pristine.keys()
+    assert all(torch.equal(state[k], pristine[k]) for k in state)
+    shared = {p.data_ptr() for p in first.parameters()} & {p.data_ptr() for p in second.parameters()}
+    assert not shared
+
+
 # ---------------------------------------------------------------------------------------------
 # The error reply and the server's record of it
 

@@ -219,6 +219,32 @@ def test_hash_memo_skips_unchanged_files_but_sees_changes(small_site, tmp_path, 
     assert third.key(small_site, files, CFG) != key and third.memo.hashed == 1
 
 
+def test_the_hash_memo_is_parsed_once_per_process_until_another_writer_replaces_it(tmp_path, monkeypatch):
+    """A simulation actor loads hundreds of sites in turn: the memo of every site's files is not
+    parsed again for each while the file is unchanged; a memo another process wrote (an atomic
+    replace) or broke is read as it now is."""
+    import json
+
+    memo_file = tmp_path / "file-hashes.json"
+    data = tmp_path / "a.bin"
+    data.write_bytes(b"x" * 100)
+    monkeypatch.setattr(cache_module, "SETTLE_NS", 0)
+    first = cache_module.HashMemo(memo_file)
+    digest = first.sha256(data)
+    first.save()
+    parsed = []
+    real_loads = json.loads
+    monkeypatch.setattr(cache_module.json, "loads", lambda text: parsed.append(1) or real_loads(text))
+    again = cache_module.HashMemo(memo_file)
+    assert again.sha256(data) == digest and again.hashed == 0 and parsed == []
+    entries = real_loads(memo_file.read_text())
+    other = {str(data.resolve()): {**entries[str(data.resolve())], "sha256": "0" * 64}}
+    cache_module.write_json_atomic(memo_file, other, indent=0, mode=0o600)  # another process's write
+    assert cache_module.HashMemo(memo_file).sha256(data) == "0" * 64 and parsed == [1]
+    memo_file.write_text("{broken")
+    assert cache_module.HashMemo(memo_file).sha256(data) == digest  # empty: hashed again
+
+
 def test_cache_key_of_files_with_non_utf8_names(tmp_path):
     """File names that are not UTF-8 (bytes from another locale) key the cache like any other."""
     import os

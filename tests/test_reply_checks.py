@@ -374,6 +374,7 @@ def test_a_site_lying_in_its_held_out_score_cannot_choose_early_stoppings_round(
     arrays = ArrayRecord({BACKBONE: Array(np.zeros((2, 3), dtype=np.float32))})
     for server_round, honest_score in ((0, 0.10), (1, 0.15), (2, 0.20)):
         messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord({}), FakeGrid([1, 2, 3, 4])))
+        messages.sort(key=lambda m: m.metadata.dst_node_id)  # each node keeps its score's place: node 4 lies
         scores = [honest_score, honest_score + 0.01, honest_score - 0.01, 0.99 if server_round == 0 else -0.99]
         replies = [
             Message(

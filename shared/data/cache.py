@@ -73,14 +73,8 @@ class HashMemo:
 
     def __init__(self, path: Path):
         self.path = path
-        self._entries: dict[str, dict[str, Any]] = {}
+        self._entries: dict[str, dict[str, Any]] = _read_memo(path)
         self._dirty = False
-        try:
-            loaded = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(loaded, dict):
-                self._entries = loaded
-        except (OSError, ValueError):
-            pass  # no memo yet, or a broken one: start empty
         self.hashed = 0  # files actually read in this session (for tests and benchmarks)
 
     @staticmethod
@@ -133,9 +127,43 @@ class HashMemo:
         try:
             private_dir(self.path.parent)
             write_json_atomic(self.path, self._entries, indent=0, mode=0o600)
+            _READ[self.path] = (_memo_stat(self.path), dict(self._entries))
         except OSError:
             pass  # a memo we cannot write only costs time
         self._dirty = False
+
+
+# The memo as this process last read or wrote it, by the file's stat: a simulation actor serving
+# hundreds of sites loads one per turn, and parsing the memo of every site's files each time made
+# a round grow with the square of the sites. A write by another process (an atomic rename: a new
+# inode) changes the stat and is read again.
+_READ: dict[Path, tuple[tuple[int, int, int] | None, dict[str, dict[str, Any]]]] = {}
+
+
+def _memo_stat(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def _read_memo(path: Path) -> dict[str, dict[str, Any]]:
+    """The memo's entries (a copy of this process's last reading while the file is unchanged);
+    empty when there is no memo yet or a broken one."""
+    stat = _memo_stat(path)
+    if stat is None:
+        return {}
+    known = _READ.get(path)
+    if known is not None and known[0] == stat:
+        return dict(known[1])  # entries are replaced, never changed in place: a shallow copy is enough
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # a broken memo: start empty
+    entries = loaded if isinstance(loaded, dict) else {}
+    _READ[path] = (stat, dict(entries))
+    return entries
 
 
 class SiteCache:
