@@ -24,11 +24,8 @@ import math
 import numpy as np
 from flwr.app import ArrayRecord
 
+from fedneurogen.shared.metrics import fisher_z
 from fedneurogen.shared.model.mean import is_residual_parameter
-
-
-def _z(pcc: float) -> float:
-    return math.atanh(min(max(pcc, -0.999999), 0.999999))
 
 
 class ResidualEarlyStopping:
@@ -72,7 +69,7 @@ class ResidualEarlyStopping:
         robust standard error (1.4826 x the median absolute deviation, over the root of their
         number), and the number of sites scored in both."""
         common = sorted(set(self.best_sites) & set(self.start_sites))
-        gains = np.array([_z(self.best_sites[n]) - _z(self.start_sites[n]) for n in common])
+        gains = np.array([float(fisher_z(self.best_sites[n]) - fisher_z(self.start_sites[n])) for n in common])
         if len(gains) < 2:
             return (float(gains[0]) if len(gains) else math.nan), math.nan, len(gains)
         median = float(np.median(gains))

@@ -46,7 +46,12 @@ def fisher_mean(r: np.ndarray) -> float:
     r = r[np.isfinite(r)]
     if r.size == 0:
         return float("nan")
-    return float(np.tanh(np.mean(np.arctanh(np.clip(r, -0.999999, 0.999999)))))
+    return float(np.tanh(np.mean(fisher_z(r))))
+
+
+def fisher_z(r):
+    """Fisher's z of correlations (``arctanh``, clipped away from +-1); any shape or a scalar."""
+    return np.arctanh(np.clip(r, -0.999999, 0.999999))
 
 
 def pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

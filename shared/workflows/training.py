@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fedneurogen.shared.model import EMA, Batch, NeuroGenModel
 from fedneurogen.shared.recording import PairedWindows
 from fedneurogen.shared.model.mean import is_residual_parameter
-from fedneurogen.shared.metrics import pearson_rows, stitch_windows
+from fedneurogen.shared.metrics import fisher_z, pearson_rows, stitch_windows
 
 log = logging.getLogger(__name__)
 
@@ -490,7 +490,7 @@ def point_prediction_scores(
             values = stitch_windows(pred, windows.runs, windows.onsets, windows.target_sfreq)[run]
             r = pearson_rows(values, real)
             r = r[np.isfinite(r)]
-            z.setdefault(f"{i}:{windows.subjects[0]}", []).append(np.arctanh(np.clip(r, -0.999999, 0.999999)))
+            z.setdefault(f"{i}:{windows.subjects[0]}", []).append(fisher_z(r))
     model.train(was_training)
     return {subject: float(np.mean(np.concatenate(parts))) for subject, parts in z.items() if sum(map(len, parts))}
 
