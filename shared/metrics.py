@@ -50,7 +50,18 @@ def fisher_mean(r: np.ndarray) -> float:
 
 
 def fisher_z(r):
-    """Fisher's z of correlations (``arctanh``, clipped away from +-1); any shape or a scalar."""
+    """Fisher's z of correlations, clipped away from +-1 so it stays finite.
+
+    Parameters
+    ----------
+    r : float or np.ndarray
+        Correlations, any shape.
+
+    Returns
+    -------
+    float or np.ndarray
+        ``arctanh(r)``, the same shape as ``r``.
+    """
     return np.arctanh(np.clip(r, -0.999999, 0.999999))
 
 
