@@ -208,26 +208,30 @@ def split_report(site: SiteSplit) -> dict[str, list[str]]:
 _TEMPLATE: dict[str, NeuroGenModel] = {}  # this process's last architecture, never trained itself
 
 
-def _fresh_model(config: ModelConfig | str) -> NeuroGenModel:
-    """A new, untrained model of ``config``: a copy of this process's template for it. Building one
-    (initialising every layer, the tokenizer's patches) costs about three copies; a simulation
-    actor builds one per site per round. The copy shares nothing with the template, so what a
-    round does to its model (DP hooks, trained weights) never reaches the next site's."""
+def _template(config: ModelConfig | str) -> NeuroGenModel:
+    """This process's untrained model of ``config``, built once (one architecture per run: memory
+    for one spare model). A simulation actor makes a model per site per round, and building one
+    (initialising every layer, the tokenizer's patches) costs several times a copy of it."""
     key = config if isinstance(config, str) else config.model_dump_json()
     if key not in _TEMPLATE:
-        _TEMPLATE.clear()  # one architecture per run: keep memory to one spare model
+        _TEMPLATE.clear()
         _TEMPLATE[key] = NeuroGenModel(config)
-    return copy.deepcopy(_TEMPLATE[key])
+    return _TEMPLATE[key]
 
 
 def build_model(config: ModelConfig | str, parameters: dict[str, torch.Tensor]) -> NeuroGenModel:
     """A model of ``config`` (the run's preset and preprocessing, ``RunConfig.preset_config``; or a
     preset name) holding the received global parameters; ``SiteRefusal`` when they do not fit it
     (another preset or package version on the server): the first parameter that is missing or of
-    another shape is named (parameter names and shapes are the architecture)."""
-    model = _fresh_model(config)
-    preset = model.config.preset
-    own = dict(model.named_parameters())
+    another shape is named (parameter names and shapes are the architecture).
+
+    The model is a copy of this process's template whose parameters are copies of the received
+    ones (the template's own values are never copied only to be overwritten); it shares nothing
+    with the template, so what a round does to its model (DP hooks, trained weights) never
+    reaches the next site's."""
+    template = _template(config)
+    preset = template.config.preset
+    own = dict(template.named_parameters())
     missing = sorted(set(own) - set(parameters))
     if missing:
         public = f"received weights do not fit this site's {preset!r} model: {len(missing)} parameter(s) missing, first {missing[0]}"
@@ -239,10 +243,13 @@ def build_model(config: ModelConfig | str, parameters: dict[str, torch.Tensor]) 
                 f"{tuple(parameters[name].shape)}, the site's has {tuple(p.shape)} (another preset or package version?)"
             )
             raise SiteRefusal(public)
-    with torch.no_grad():
-        for name, p in own.items():
-            p.copy_(parameters[name].to(p.device, p.dtype))
-    return model
+    received = {
+        id(p): torch.nn.Parameter(
+            parameters[name].detach().to(p.device, p.dtype, copy=True), requires_grad=p.requires_grad
+        )
+        for name, p in own.items()
+    }
+    return copy.deepcopy(template, memo=received)
 
 
 def site_parameters(model: torch.nn.Module, modality: str, frozen: Collection[str] = ()) -> dict[str, torch.Tensor]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
@@ -44,6 +43,7 @@ from fedneurogen.server.checkpointing import (
 from fedneurogen.server.closed_form import choose_class_offsets, choose_departure, choose_noise_model, error_reason
 from fedneurogen.server.early_stopping import ResidualEarlyStopping
 from fedneurogen.server.local_statistics import check_mixing, solve_local
+from fedneurogen.server.pacing import PacedGrid, receive_each, simulation_in_flight
 from fedneurogen.server.statistics import (
     MAX_SHARE_RATIO,
     SiteStatistics,
@@ -150,23 +150,18 @@ def release_noise_scale(reply: Message) -> float:
     return float(value) if ok else 0.0
 
 
-def receive_each(grid: Grid, messages: list[Message], timeout: float) -> Iterator[Message]:
-    """Send ``messages`` and yield each reply as it arrives (within ``timeout`` seconds), so a
-    caller that keeps only what it needs of each never holds every site's reply at once (the
-    grid's ``send_and_receive`` returns them together: 52 MB a site for the ridge statistics)."""
-    if not hasattr(grid, "pull_messages"):  # a grid that only sends and receives
-        yield from grid.send_and_receive(messages, timeout=timeout)
-        return
-    waiting = set(grid.push_messages(messages))
-    del messages
-    end = time.monotonic() + timeout
-    while waiting and time.monotonic() < end:
-        replies = list(grid.pull_messages(waiting))
-        waiting.difference_update(reply.metadata.reply_to_message_id for reply in replies)
-        while replies:
-            yield replies.pop(0)
-        if waiting:
-            time.sleep(getattr(grid, "pull_interval", 1.0))
+#: The most held-out windows a federation samples to choose the departure share (32 sites x 16).
+DEPARTURE_WINDOWS_IN_ALL = 512
+
+
+def departure_windows_per_site(run: RunConfig, connected: int) -> int:
+    """Held-out windows each evaluated site samples to score the departure shares: the run's
+    ``departure-windows``, fewer where the sites evaluated would sample more than
+    ``DEPARTURE_WINDOWS_IN_ALL`` in all (at least one each). Sampling is the final round's cost: a
+    federation of hundreds of sites needs no more windows than one of thirty to choose one of three
+    shares."""
+    sites = max(1, math.ceil(connected * run.fraction_evaluate))
+    return min(run.departure_windows, max(1, DEPARTURE_WINDOWS_IN_ALL // sites)) if run.departure_windows else 0
 
 
 def solve_global_ridge(
@@ -237,7 +232,7 @@ def gather_statistics(
         Message(RecordDict({"request": request}), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes
     ]
     gathered = GatheredStatistics({}, [], 0.0, {})
-    for reply in receive_each(grid, messages, timeout):
+    for reply in receive_each(grid, messages, timeout, simulation_in_flight(grid)):
         node = reply.metadata.src_node_id
         if reply.has_error():
             log(WARNING, "ridge statistics: site (node %s) failed: %s", node, reply.error.reason)
@@ -577,6 +572,7 @@ def main(grid: Grid, context: Context) -> None:
     # every received message described in run-dir/audit/received.jsonl (audit=false: not logged);
     # array bytes sent and received are counted per round either way
     grid = AuditedGrid(grid, store.dir / AUDIT_FILE if run.audit else None)
+    grid = PacedGrid(grid)  # a simulation's messages go a few at a time (server/pacing.py)
     torch.manual_seed(run.seed)  # the initial global weights
     model = NeuroGenModel(run.preset_config(), device="cpu")
     strategy = make_strategy(run, frozen=frozen_names(model))  # the ridge path: sent once per site
@@ -643,9 +639,8 @@ def main(grid: Grid, context: Context) -> None:
         evaluation = {}
         if not folded or server_round == num_rounds:  # else: scored in the next round's training replies
             last = server_round == num_rounds and not run.dp_enabled  # and the departure shares scored
-            eval_config = ConfigRecord(
-                {"class-names": class_names, **({DEPARTURE_WINDOWS: run.departure_windows} if last else {})}
-            )
+            windows = departure_windows_per_site(run, len(list(grid.get_node_ids())))
+            eval_config = ConfigRecord({"class-names": class_names, **({DEPARTURE_WINDOWS: windows} if last else {})})
             replies = grid.send_and_receive(
                 strategy.configure_evaluate(server_round, arrays, eval_config, grid), timeout=timeout
             )

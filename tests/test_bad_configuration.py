@@ -311,6 +311,11 @@ def test_a_site_model_is_built_fresh_each_time_whatever_the_last_one_went_throug
     assert all(torch.equal(state[k], pristine[k]) for k in state)
     shared = {p.data_ptr() for p in first.parameters()} & {p.data_ptr() for p in second.parameters()}
     assert not shared
+    # the received weights are copied in, not shared: training in place leaves what was received
+    assert all(torch.equal(p, weights[k]) for k, p in second.named_parameters())
+    assert not {p.data_ptr() for p in second.parameters()} & {w.data_ptr() for w in weights.values()}
+    frozen = [k for k, p in NeuroGenModel("tiny", device="cpu").named_parameters() if not p.requires_grad]
+    assert frozen and all(not dict(second.named_parameters())[k].requires_grad for k in frozen)
 
 
 # ---------------------------------------------------------------------------------------------

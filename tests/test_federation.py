@@ -385,3 +385,17 @@ def test_sigterm_unwinds_so_the_started_processes_are_stopped(tmp_path):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 128 + signal.SIGTERM
     assert marker.read_text() == "stopped" and time.time() - started < 30
+
+
+def test_the_departure_is_scored_on_at_most_512_windows_in_all_however_many_sites():
+    from fedneurogen.server.app import DEPARTURE_WINDOWS_IN_ALL, departure_windows_per_site
+
+    run = RunConfig(departure_windows=16)
+    assert departure_windows_per_site(run, 3) == 16  # a small federation: as configured
+    assert departure_windows_per_site(run, 32) == 16
+    assert departure_windows_per_site(run, 256) * 256 <= DEPARTURE_WINDOWS_IN_ALL
+    assert departure_windows_per_site(run, 256) == 2
+    assert departure_windows_per_site(run, 10_000) == 1  # every evaluated site still scores one
+    assert departure_windows_per_site(RunConfig(departure_windows=0), 256) == 0  # off stays off
+    half = RunConfig(departure_windows=16, fraction_evaluate=0.5)
+    assert departure_windows_per_site(half, 256) == 4  # only the sites evaluated count
