@@ -373,7 +373,7 @@ def test_the_robustness_benchmark_runs_the_eval_lie_attack_with_evaluation_on(tm
     settings = robustness.run_settings("eval_lie", args)
     assert settings["attack-mode"] == "eval-lie" and settings["fraction-evaluate"] == 1.0
     assert settings["eval-pcc-windows"] > 0 and settings["early-stopping-patience"] >= 1
-    common = {"fraction-evaluate": 0.0, "eval-pcc-windows": 0}  # the other runs' (robustness.main)
+    common = {"eval-pcc-windows": robustness.EVAL_PCC_WINDOWS}  # every run's (robustness.main)
     run = validate_run_config({**common, **settings})  # the app's keys, as the benchmark merges them
     assert run.fraction_evaluate == 1.0 and run.eval_pcc_windows == settings["eval-pcc-windows"]
     assert SimulationConfig.from_run_config(settings).attack_partitions == (3,)
@@ -386,3 +386,43 @@ def test_the_robustness_benchmark_runs_the_eval_lie_attack_with_evaluation_on(tm
     assert report["integrity"]["eval_lie"]["within_5pct"] and report["settings"]["runs"]["eval_lie"] == settings
     results["eval_lie"] = result(0.14)  # below both references: named as not within 5 %
     assert not robustness.build_report(args, results, 0.01, {}, {}, {})["integrity"]["eval_lie"]["within_5pct"]
+
+
+def test_the_robustness_benchmark_judges_the_averaged_part_against_the_closed_form_start():
+    """``closed_form_start`` keeps the closed-form records and resets what is trained; ``judge``
+    reads the goal on the held-out diffusion loss and the point prediction's PCC beside it."""
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from fedneurogen.shared.model import NeuroGenModel
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import robustness
+
+    torch.manual_seed(5)
+    initial = {k: v.clone() for k, v in NeuroGenModel("tiny", device="cpu").named_parameters()}
+    trained = NeuroGenModel("tiny", device="cpu")
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.5)  # trained weights and closed-form records alike
+    start = robustness.closed_form_start(trained, seed=5)
+    for name, p in start.named_parameters():
+        expected = initial[name] if p.requires_grad else dict(trained.named_parameters())[name]
+        assert torch.equal(p, expected), name
+    assert any(not p.requires_grad for p in start.parameters())
+
+    def report(**losses):
+        out = {"pcc_start": 0.20, "diffusion_loss_start": 1.0}
+        for run in robustness.RUNS:
+            out[f"pcc_{run}"] = 0.20
+            out[f"diffusion_loss_{run}"] = losses.get(run, 0.9)
+        return out
+
+    good = robustness.judge(report(poisoned_fedavg=1.5, poisoned_krum=float("nan")))
+    assert good["clean_learned"] and good["met"]["fedavg_degraded"] and good["met"]["goal"]
+    assert not good["met"]["robust_within_10pct"]["poisoned_krum"]  # blown up counts as not kept
+    assert good["met"]["point_prediction_protected"]
+    unlearned = robustness.judge(report(clean=1.1, poisoned_fedavg=2.0))
+    assert not unlearned["clean_learned"] and not unlearned["met"]["goal"]
