@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from fedneurogen.server.wrapped_grid import WrappedGrid
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.records import config_value, describe_content
 from fedneurogen.shared.transport import EVALUATED_PREFIX, FROZEN_HASH
@@ -72,12 +73,12 @@ def describe_message(msg: Message, server_round: int | None = None) -> dict[str,
     return entry
 
 
-class AuditedGrid(Grid):
+class AuditedGrid(WrappedGrid):
     """A Flower ``Grid`` that logs every received message (``log_path``; None: no log) and
     counts the array bytes sent and received per round; everything else is the wrapped grid's."""
 
     def __init__(self, grid: Grid, log_path: str | Path | None):
-        self._grid = grid
+        super().__init__(grid)
         self.log_path = Path(log_path) if log_path is not None else None
         self.server_round: int | None = None
         self._lock = threading.Lock()
@@ -131,31 +132,6 @@ class AuditedGrid(Grid):
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return self._record(self._grid.pull_messages(message_ids))
-
-    # -- the rest is the wrapped grid's ----------------------------------------------------------
-
-    def set_run(self, run: Any) -> None:
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Any:
-        return self._grid.run
-
-    def create_message(
-        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
-    ) -> Message:
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self._grid.get_node_ids()
-
-    def get_nodes(self) -> Iterable[Any]:
-        return self._grid.get_nodes()
-
-    def __getattr__(self, name: str) -> Any:  # anything a concrete grid adds
-        if name == "_grid":
-            raise AttributeError(name)
-        return getattr(self._grid, name)
 
 
 def append_lines(path: Path, lines: Sequence[str]) -> None:

@@ -18,10 +18,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
 
-from flwr.app import Message, RecordDict
+from flwr.app import Message
 from flwr.serverapp import Grid
+
+from fedneurogen.server.wrapped_grid import WrappedGrid
 
 #: The fewest messages kept in flight in a simulation (a cluster too small to say otherwise).
 MIN_IN_FLIGHT = 4
@@ -80,45 +81,13 @@ def simulation_in_flight(grid: Grid) -> int | None:
     return max(MIN_IN_FLIGHT, int(2 * cpus))
 
 
-class PacedGrid(Grid):
+class PacedGrid(WrappedGrid):
     """A Flower ``Grid`` whose ``send_and_receive`` keeps at most ``simulation_in_flight``
     messages unanswered (a deployment's grid: all at once, as the wrapped grid does); everything
     else is the wrapped grid's."""
-
-    def __init__(self, grid: Grid):
-        self._grid = grid
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         in_flight = simulation_in_flight(self._grid)  # per call: Ray may start after the ServerApp
         if in_flight is None:
             return self._grid.send_and_receive(messages, timeout=timeout)
         return list(receive_each(self._grid, messages, timeout, in_flight))
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._grid.pull_messages(message_ids)
-
-    def set_run(self, run: Any) -> None:
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Any:
-        return self._grid.run
-
-    def create_message(
-        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
-    ) -> Message:
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self._grid.get_node_ids()
-
-    def get_nodes(self) -> Iterable[Any]:
-        return self._grid.get_nodes()
-
-    def __getattr__(self, name: str) -> Any:  # begin_round, round_bytes, pull_interval, ...
-        if name == "_grid":
-            raise AttributeError(name)
-        return getattr(self._grid, name)
