@@ -11,7 +11,7 @@ number of sites grows, not training.
 - Round time: the server's round ``seconds`` (train, with the held-out scores folded into the
   training replies), median over the middle rounds: not the first (the actors' first model
   build, the frozen ridge path sent), nor, with three rounds or more, the last (its own evaluate
-  round, in which every site also samples to score the departure shares: the run's final
+  round, in which up to 32 sites also sample to score the departure shares: the run's final
   scoring, reported as ``final_round_seconds``); all rounds are in the JSON. With
   ``cpus // client_cpus`` site actors (2 on a 2-core machine with the default ``client_cpus``
   of 1) sites run two at a time, so round time grows about linearly with sites:

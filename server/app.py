@@ -150,20 +150,6 @@ def release_noise_scale(reply: Message) -> float:
     return float(value) if ok else 0.0
 
 
-#: The most held-out windows a federation samples to choose the departure share (32 sites x 16).
-DEPARTURE_WINDOWS_IN_ALL = 512
-
-
-def departure_windows_per_site(run: RunConfig, connected: int) -> int:
-    """Held-out windows each evaluated site samples to score the departure shares: the run's
-    ``departure-windows``, fewer where the sites evaluated would sample more than
-    ``DEPARTURE_WINDOWS_IN_ALL`` in all (at least one each). Sampling is the final round's cost: a
-    federation of hundreds of sites needs no more windows than one of thirty to choose one of three
-    shares."""
-    sites = max(1, math.ceil(connected * run.fraction_evaluate))
-    return min(run.departure_windows, max(1, DEPARTURE_WINDOWS_IN_ALL // sites)) if run.departure_windows else 0
-
-
 def solve_global_ridge(
     grid: Grid,
     model: NeuroGenModel,
@@ -639,8 +625,9 @@ def main(grid: Grid, context: Context) -> None:
         evaluation = {}
         if not folded or server_round == num_rounds:  # else: scored in the next round's training replies
             last = server_round == num_rounds and not run.dp_enabled  # and the departure shares scored
-            windows = departure_windows_per_site(run, len(list(grid.get_node_ids())))
-            eval_config = ConfigRecord({"class-names": class_names, **({DEPARTURE_WINDOWS: windows} if last else {})})
+            # the strategy asks a few of the sites to score the departure shares (DEPARTURE_SITES)
+            departure = {DEPARTURE_WINDOWS: run.departure_windows} if last and run.departure_windows else {}
+            eval_config = ConfigRecord({"class-names": class_names, **departure})
             replies = grid.send_and_receive(
                 strategy.configure_evaluate(server_round, arrays, eval_config, grid), timeout=timeout
             )

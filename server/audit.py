@@ -40,7 +40,7 @@ from fedneurogen.server.wrapped_grid import WrappedGrid
 from fedneurogen.shared.errors import ConfigError
 from fedneurogen.shared.records import config_value, describe_content
 from fedneurogen.shared.transport import EVALUATED_PREFIX, FROZEN_HASH
-from fedneurogen.shared.workflows.departure import DEPARTURES, SPREAD_KEY, crps_key
+from fedneurogen.shared.workflows.departure import DEPARTURE_METRICS
 from fedneurogen.shared.config import PreprocessConfig
 
 AUDIT_FILE = Path("audit") / "received.jsonl"
@@ -187,8 +187,7 @@ METRIC_KEYS = (
     "withheld",
     "skipped-runs",
     "noise-scale",
-    *(crps_key(share) for share in DEPARTURES),  # the last evaluation's departure shares
-    SPREAD_KEY,  # and the noise model's spread
+    *DEPARTURE_METRICS,  # the last evaluation's departure shares and the noise model's spread
     *(EVALUATED_PREFIX + key for key in _EVALUATE_KEYS),  # folded evaluation, in training replies
 )
 PATH_SEPARATORS = ("/", "\\")

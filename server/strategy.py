@@ -25,6 +25,9 @@ Only what changes travels (``shared/transport.py``): the messages carry the trai
 the frozen records' hash, the frozen records only to a site that has not said it holds that hash
 (its replies name the hash it holds; an error reply makes the server send them again), and a
 reply holding a frozen record is refused: no site rewrites the ridge path.
+
+The departure shares are scored by at most ``DEPARTURE_SITES`` of the evaluated sites (a seeded
+choice; ``_ask_departure``), and only the sites asked contribute those metrics to the aggregate.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from flwr.serverapp.strategy.fedopt import FedOpt
 from fedneurogen.shared.transport import EVALUATED_PREFIX, FROZEN_HASH, FROZEN_RECORD, content_hash
 from fedneurogen.shared.model import MODALITIES, parameter_modality
 from fedneurogen.shared.run_config import RunConfig
+from fedneurogen.shared.workflows.departure import DEPARTURE_METRICS, DEPARTURE_WINDOWS
 
 BACKBONE = "backbone"
 PARTS = (BACKBONE, *MODALITIES)
@@ -62,6 +66,11 @@ PARTS = (BACKBONE, *MODALITIES)
 MAX_COUNT_RATIO = 4.0
 #: Without max-update-norm, an update longer than this many times the round's median is scaled to it.
 MAX_NORM_RATIO = 3.0
+#: The most sites asked to score the departure shares in the last evaluation (each on its
+#: ``departure-windows`` held-out windows: 512 in all by default). A site's scoring has a fixed
+#: cost of about a second on a CPU beyond its windows; choosing one of three shares needs no more
+#: sites at 256 than at 32.
+DEPARTURE_SITES = 32
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
 
 
@@ -137,6 +146,7 @@ def make_strategy(run: RunConfig, frozen: Iterable[str] = ()) -> ModalityStrateg
         # a DP site counts 1 (DP_EXAMPLES in client/app.py): sites weigh alike, and a larger claim
         # is a site trying to outweigh the others (with two sites no median cap catches it)
         max_examples_per_reply=1 if run.dp_enabled else 0,
+        seed=run.seed,
     )
 
 
@@ -152,6 +162,8 @@ class ModalityStrategy(Strategy):
         max_examples: int = 0,
         max_update_norm: float = 0.0,
         max_examples_per_reply: int = 0,
+        departure_sites: int = DEPARTURE_SITES,
+        seed: int = 0,
     ):
         self.parts = {part: factory() for part in PARTS}
         self.frozen = frozenset(frozen)  # parameters never trained: sent once, never taken from a reply
@@ -166,6 +178,8 @@ class ModalityStrategy(Strategy):
         self.sent: dict[str, set[int]] = {}
         self.report: dict[str, dict] = {}  # per message type: sites, failures, aggregate
         self.warned_skips: set[int] = set()  # sites whose skipped runs the log has named
+        self.departure_sites, self.seed = max(1, departure_sites), seed
+        self.departure_asked: set[int] = set()  # the nodes asked to score the departure shares
 
     def summary(self) -> None:
         log(INFO, "\t├──> Per-modality aggregation: backbone over all sites, heads over their modality's sites")
@@ -207,6 +221,7 @@ class ModalityStrategy(Strategy):
         trained, frozen = self._split_frozen(arrays, config)
         messages = self.sampler.configure_train(server_round, trained, config, grid)
         messages = self._with_frozen(list(messages), frozen, str(config.get(FROZEN_HASH, "")))
+        self.departure_asked = set()
         for part, strategy in self.parts.items():
             if isinstance(strategy, FedOpt):  # its server optimizer steps from this part's current weights
                 strategy.current_arrays = {k: a.numpy() for k, a in trained.items() if part_of(k) == part}
@@ -216,9 +231,36 @@ class ModalityStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         trained, frozen = self._split_frozen(arrays, config)
+        departure_windows = int(config.get(DEPARTURE_WINDOWS, 0))
+        if DEPARTURE_WINDOWS in config:  # asked of a few sites only (``_ask_departure``)
+            config = ConfigRecord({k: v for k, v in config.items() if k != DEPARTURE_WINDOWS})
         messages = self.sampler.configure_evaluate(server_round, trained, config, grid)
         messages = self._with_frozen(list(messages), frozen, str(config.get(FROZEN_HASH, "")))
+        messages = self._ask_departure(messages, departure_windows, server_round)
         return self._remember(MessageType.EVALUATE, messages)
+
+    def _ask_departure(self, messages: list[Message], windows: int, server_round: int) -> list[Message]:
+        """The messages, with ``departure-windows = windows`` in the config of at most
+        ``departure_sites`` of them: a choice seeded by the run's seed and the round over the
+        sorted node ids, so it repeats; the rest evaluate as in any round."""
+        nodes = sorted(m.metadata.dst_node_id for m in messages)
+        if windows <= 0:
+            self.departure_asked = set()
+        elif len(nodes) <= self.departure_sites:
+            self.departure_asked = set(nodes)
+        else:
+            rng = np.random.default_rng([self.seed % 2**32, server_round])
+            self.departure_asked = {nodes[i] for i in rng.choice(len(nodes), self.departure_sites, replace=False)}
+        out = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            if node in self.departure_asked:  # content is shared by the messages: a copy for this one
+                key = self.sampler.configrecord_key
+                config = ConfigRecord({**dict(msg.content[key].items()), DEPARTURE_WINDOWS: windows})
+                content = RecordDict({**dict(msg.content.items()), key: config})
+                msg = Message(content=content, dst_node_id=node, message_type=msg.metadata.message_type)
+            out.append(msg)
+        return out
 
     # -- receiving ------------------------------------------------------------------------------
 
@@ -462,6 +504,14 @@ class ModalityStrategy(Strategy):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         usable = self._sort_replies(MessageType.EVALUATE, replies)
         metrics = aggregate_metrics([m.content for m in usable], "num-examples") if usable else None
+        if metrics is not None:  # the departure metrics of the sites asked to score them, and no others
+            for key in DEPARTURE_METRICS:
+                metrics.pop(key, None)
+            asked = [m.content for m in usable if m.metadata.src_node_id in self.departure_asked]
+            scored = aggregate_metrics(asked, "num-examples") if asked else {}
+            metrics.update({key: scored[key] for key in DEPARTURE_METRICS if key in scored})
+            if asked:
+                self.report[MessageType.EVALUATE]["departure_sites"] = len(asked)
         scores = [float(m.content["metrics"]["pcc"]) for m in usable] if metrics and "pcc" in metrics else []
         scores = [p for p in scores if math.isfinite(p)]
         if len(scores) >= 3:  # early stopping's score: one site moves a median only within the others' range

@@ -387,15 +387,38 @@ def test_sigterm_unwinds_so_the_started_processes_are_stopped(tmp_path):
     assert marker.read_text() == "stopped" and time.time() - started < 30
 
 
-def test_the_departure_is_scored_on_at_most_512_windows_in_all_however_many_sites():
-    from fedneurogen.server.app import DEPARTURE_WINDOWS_IN_ALL, departure_windows_per_site
+def test_only_a_seeded_few_sites_score_the_departure_and_only_theirs_count(task_identity):
+    """The last evaluation asks at most DEPARTURE_SITES sites (the same ones for the same seed) to
+    score the departure shares; the others' messages carry no departure-windows, and departure
+    metrics from a site not asked (a hostile one) never reach the aggregate."""
+    from fedneurogen.server.strategy import DEPARTURE_SITES
+    from fedneurogen.shared.workflows.departure import DEPARTURE_METRICS, DEPARTURE_WINDOWS
 
-    run = RunConfig(departure_windows=16)
-    assert departure_windows_per_site(run, 3) == 16  # a small federation: as configured
-    assert departure_windows_per_site(run, 32) == 16
-    assert departure_windows_per_site(run, 256) * 256 <= DEPARTURE_WINDOWS_IN_ALL
-    assert departure_windows_per_site(run, 256) == 2
-    assert departure_windows_per_site(run, 10_000) == 1  # every evaluated site still scores one
-    assert departure_windows_per_site(RunConfig(departure_windows=0), 256) == 0  # off stays off
-    half = RunConfig(departure_windows=16, fraction_evaluate=0.5)
-    assert departure_windows_per_site(half, 256) == 4  # only the sites evaluated count
+    arrays = ArrayRecord({BACKBONE: Array(np.zeros((2, 3), dtype=np.float32))})
+
+    def asked(seed: int, config: dict, nodes=tuple(range(1, 257))):
+        strategy = make_strategy(RunConfig(seed=seed))
+        out = list(strategy.configure_evaluate(5, arrays, ConfigRecord(config), FakeGrid(nodes)))
+        windows = sorted(m.metadata.dst_node_id for m in out if DEPARTURE_WINDOWS in m.content["config"])
+        return strategy, out, windows
+
+    strategy, out, chosen = asked(3, {"class-names": "a,b", DEPARTURE_WINDOWS: 16})
+    assert len(out) == 256 and len(chosen) == DEPARTURE_SITES == 32
+    assert all(m.content["config"][DEPARTURE_WINDOWS] == 16 for m in out if m.metadata.dst_node_id in chosen)
+    assert all(m.content["config"]["class-names"] == "a,b" for m in out)  # the rest is everyone's
+    assert asked(3, {DEPARTURE_WINDOWS: 16})[2] == chosen  # the same sites for the same seed
+    assert asked(4, {DEPARTURE_WINDOWS: 16})[2] != chosen
+    assert asked(3, {})[2] == [] and asked(3, {DEPARTURE_WINDOWS: 0})[2] == []  # not asked: nobody scores
+    assert asked(3, {DEPARTURE_WINDOWS: 16}, nodes=(1, 2, 3))[2] == [1, 2, 3]  # a small federation: all
+
+    def metrics(node: int) -> MetricRecord:
+        scored = {key: 1.0 for key in DEPARTURE_METRICS} if node in chosen else {}
+        hostile = {key: 100.0 for key in DEPARTURE_METRICS} if node == min(set(range(1, 257)) - set(chosen)) else {}
+        return MetricRecord({"num-examples": 10, "pcc": 0.2, **scored, **hostile})
+
+    site = ConfigRecord({"modality": "fmri"})
+    replies = [Message(RecordDict({"metrics": metrics(m.metadata.dst_node_id), "site": site}), reply_to=m) for m in out]
+    aggregate = strategy.aggregate_evaluate(5, replies)
+    assert all(aggregate[key] == 1.0 for key in DEPARTURE_METRICS)  # the asked sites' alone
+    assert strategy.report[MessageType.EVALUATE]["departure_sites"] == 32
+    assert aggregate["pcc"] == pytest.approx(0.2)  # every site's held-out score still counts

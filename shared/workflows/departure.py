@@ -56,6 +56,10 @@ def crps_key(share: float) -> str:
     return f"departure-crps-{share:g}"
 
 
+#: Every metric of a departure scoring (what only the sites asked to score may contribute).
+DEPARTURE_METRICS = (*(crps_key(share) for share in DEPARTURES), SPREAD_KEY)
+
+
 def departure_scores(
     model, windows: PairedWindows, class_to_index: dict[str, int], seed: int = 0, batch_size: int = 16
 ) -> dict[float, float]:
