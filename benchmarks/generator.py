@@ -4,6 +4,7 @@ and continuous ridge-HRF, its samples against the linear-Gaussian generator's, a
     python benchmarks/generator.py --out benchmarks/results/generator.json
     python benchmarks/generator.py --couplings nonlinear --minutes 15 --preset small --out g.json
     python benchmarks/generator.py --no-cross-fit --out g_in_sample.json   # the residual on in-sample targets
+    python benchmarks/generator.py --residual-eeg --out g_eeg.json   # the residual also reads EEG
 
 Per scenario (``--couplings``: the simulator's ``linear`` default and ``nonlinear`` coupling,
 where a saturating, alpha-gated drive makes linear not enough), on a fresh consortium (``--seed``,
@@ -82,11 +83,13 @@ def scenario(coupling: str, args, console) -> dict[str, Any]:
             "departure_windows": args.departure_windows,
         }
     )  # the minutes bound the training, not the preset's epochs
-    run_dir = root / "runs" / f"{coupling}-{args.preset}-{'in' if args.no_cross_fit else 'cross'}-{int(time.time())}"
+    fit = ("in" if args.no_cross_fit else "cross") + ("-eeg" if args.residual_eeg else "")
+    run_dir = root / "runs" / f"{coupling}-{args.preset}-{fit}-{int(time.time())}"
     started = time.time()
     checkpoint = train_centralized(
         sites, run_dir, preset=args.preset, seed=args.seed, max_minutes=args.minutes, train_config=config,
         preprocess=preprocess.model_dump(), site_names=[s.name for s in site_dirs], site_dirs=site_dirs,
+        residual_eeg=args.residual_eeg,
     )  # fmt: skip
     train_minutes = (time.time() - started) / 60
     provenance = json.loads((checkpoint / "config.json").read_text())["provenance"]
@@ -150,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the preset's)")
     parser.add_argument("--max-windows", type=int, default=40, help="held-out windows scored per site")
     parser.add_argument("--no-cross-fit", action="store_true", help="train the residual on in-sample targets")
+    parser.add_argument(
+        "--residual-eeg", action="store_true", help="the residual also reads EEG through an encoder of its own"
+    )
     args = parser.parse_args(argv)
     console = Console()
     before = machine()

@@ -84,6 +84,7 @@ class RunConfig(BaseModel):
     dp_prior: Literal["simulated", "none"] = "simulated"  # adapt the shipped public prior (private_path)
     audit: bool = True
     preprocess: str = ""  # "KEY=VALUE;KEY=VALUE": PreprocessConfig fields every site loads its windows with
+    residual_eeg: bool = False  # the learned residual also reads EEG (ModelConfig.mean_eeg_features)
 
     def preprocess_config(self) -> PreprocessConfig:
         """The preprocessing every site applies in this run (the defaults changed by ``preprocess``)."""
@@ -93,7 +94,8 @@ class RunConfig(BaseModel):
         """The preset's model for this run's preprocessing (a local path with source features)."""
         from fedneurogen.shared.model.config import get_preset
 
-        return get_preset(self.preset).for_preprocess(self.preprocess_config())
+        preset = get_preset(self.preset).model_copy(update={"mean_eeg_features": self.residual_eeg})
+        return preset.for_preprocess(self.preprocess_config())
 
     @model_validator(mode="after")
     def _consistent(self) -> "RunConfig":

@@ -59,6 +59,11 @@ def train(
         metavar="KEY=VALUE",
         help="Change a preprocessing setting (shared/config.py PreprocessConfig), e.g. eeg_ica=false; repeat for more.",
     ),
+    residual_eeg: bool = typer.Option(
+        False,
+        "--residual-eeg",
+        help="The learned residual also reads EEG through an encoder of its own (kept only where validation supports it).",
+    ),
     trust_unsigned: bool = trust_unsigned_option(),
 ) -> None:
     """Centralized training on one or more sites (subject-level train/validation/test split)."""
@@ -87,6 +92,7 @@ def train(
                 site_names=[d.name for d in data],
                 site_dirs=data,  # the checkpoint records its subjects by content: evaluate scores only unseen ones
                 progress=show_progress(),
+                residual_eeg=residual_eeg,
             )
     except FedNeuroGenError as err:  # a bad dataset or configuration: one line naming the file
         fail_on(err)

@@ -138,6 +138,9 @@ class ModelConfig(BaseModel):
         Hidden width of the point prediction's residual network and rank of its per-point readout.
     mean_dropout : float
         Dropout on the design into the residual network, in [0, 1).
+    mean_eeg_features : bool
+        The residual also reads EEG through an encoder of its own, placed at each target token and
+        frame (``shared/model/eeg_residual.py``); off: the design alone.
     mean_loss_weight : float
         Weight of the point prediction's MSE in the total loss.
     noise_rank : int
@@ -224,6 +227,9 @@ class ModelConfig(BaseModel):
     mean_hidden: int = Field(128, description="Hidden width of the residual network")
     mean_rank: int = Field(32, description="Rank of the residual's per-point readout")
     mean_dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout on the design into the residual network")
+    mean_eeg_features: bool = Field(
+        False, description="The residual also reads EEG through an encoder of its own (shared/model/eeg_residual.py)"
+    )
     mean_loss_weight: float = Field(1.0, description="Weight of the point prediction's MSE in the total loss")
     noise_rank: int = Field(
         20, ge=0, description="Principal directions of the residual's noise model (the diffusion's coordinates)"

@@ -32,6 +32,7 @@ from fedneurogen.shared.model.config import ModelConfig, count_parameters, get_p
 from fedneurogen.shared.model.diffusion import GaussianDiffusion
 from fedneurogen.shared.model.dit import DiT, FinalLayer
 from fedneurogen.shared.model.eeg_encoder import EEGEncoder, channel_index_tensor
+from fedneurogen.shared.model.eeg_residual import EEGResidual
 from fedneurogen.shared.model.layers import PositionEmbedding
 from fedneurogen.shared.model.losses import TrainingLosses
 from fedneurogen.shared.model.mean import MeanHead
@@ -115,6 +116,7 @@ class ModalityHead(nn.Module):
             n_source=config.source_features,
             fixed_layout=tokenizer is not None,
             n_frames=n_frames,
+            eeg=EEGResidual(config, n_points, config.mean_hidden) if config.mean_eeg_features else None,
         )
         self.target_encoder = TargetEncoder(token_dim, config)  # for the alignment stage
         # the residual's linear-Gaussian covariance: the diffusion works in its whitened coordinates
@@ -200,6 +202,8 @@ class NeuroGenModel(TrainingLosses, Sampling, nn.Module):
             for layer in (head.final_layer.adaLN_modulation[-1], head.final_layer.linear):
                 nn.init.zeros_(layer.weight)
                 nn.init.zeros_(layer.bias)
+            if head.mean.eeg is not None:  # its encoder starts as the DiT's does, not at xavier
+                head.mean.eeg.encoder._initialize_weights()
             head.mean.reset_residual()  # the mean starts as the ridge path
 
     @property
@@ -304,12 +308,30 @@ class NeuroGenModel(TrainingLosses, Sampling, nn.Module):
             ``[B, M, D]``, with the tokens' position embedding added.
         """
         head = self.modality_heads[batch.modality]
-        n_frames = self.config.modality(batch.modality).n_frames
-        device = features.device
-        patch_times = eeg_patch_times(features.shape[2], batch.lag, self.config.eeg_patch_seconds, device)
-        frame_times = target_frame_times(n_frames, self.config.modality(batch.modality).sfreq, device)
+        patch_times, frame_times = self._times(batch, features.shape[2])
         integrated = self.integration(features, batch.eeg_positions, layout.centroids, patch_times, frame_times)
         return head.condition_embed(integrated.flatten(2)) + self.position(layout.centroids, features.shape[0])
+
+    def _times(self, batch: Batch, n_patches: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The EEG patches' and the target frames' times in seconds (``shared/model/conditioning.py``)."""
+        modality = self.config.modality(batch.modality)
+        device = batch.eeg.device
+        patch_times = eeg_patch_times(n_patches, batch.lag, self.config.eeg_patch_seconds, device)
+        return patch_times, target_frame_times(modality.n_frames, modality.sfreq, device)
+
+    def _eeg_residual(self, batch: Batch, layout: TokenLayout, slots: torch.Tensor | None) -> torch.Tensor:
+        """The residual's EEG branch on the batch (``shared/model/eeg_residual.py``): ``[B, N, F]``."""
+        branch = self.modality_heads[batch.modality].mean.eeg
+        if layout.inverse is None:
+            raise ConfigError("the residual's EEG branch needs every target point in exactly one token")
+        token_size = layout.index.shape[1]
+        n_patches = branch.encoder.n_patches(batch.eeg.shape[-1])
+        patch_times, frame_times = self._times(batch, n_patches)
+        point_slots = slots if slots is not None else torch.arange(layout.n_points, device=batch.eeg.device)
+        return branch(
+            batch.eeg.float(), channel_index_tensor(batch.eeg_channel_names, batch.eeg.device), batch.eeg_positions,
+            layout.centroids, layout.inverse // token_size, point_slots, patch_times, frame_times,
+        )  # fmt: skip
 
     def point_prediction(
         self,
@@ -363,9 +385,13 @@ class NeuroGenModel(TrainingLosses, Sampling, nn.Module):
             )
         labels = (labels if labels is not None else batch.labels) if use_labels else None
         names = batch.target_names if batch.modality == "fnirs" else None
-        return self.modality_heads[batch.modality].mean(
+        head = self.modality_heads[batch.modality].mean
+        eeg = None
+        if residual and head.eeg is not None:
+            eeg = self._eeg_residual(batch, layout, head.ridge.slots(names, layout.n_points))
+        return head(
             batch.design.float(), labels, names, layout.n_points, train=train, residual=residual,
-            whole_class_offset=whole_class_offset,
+            whole_class_offset=whole_class_offset, eeg_residual=eeg,
         )  # fmt: skip
 
     def whiten(self, residual: torch.Tensor, batch: Batch) -> torch.Tensor:

@@ -3,6 +3,7 @@
     design [B, F, D] --RidgePath (per-point coefficients, fitted in closed form)--> [B, N, F]
                      --standardise, MLP (+ label embedding)--> latent [B, F, R]
                      --per-point low-rank readout [R, N] (zero at init)--> + residual [B, N, F]
+    (optional) eeg [B, C, T] --its own encoder, per token and frame (``eeg_residual.py``)--> + [B, N, F]
 
 The ridge path is the linear physics: HRF-convolved EEG band power with a coefficient vector per
 target point, solved from sufficient statistics (``fedneurogen.shared.ridge``) on the training
@@ -233,6 +234,7 @@ class MeanHead(nn.Module):
         n_source: int = 0,
         fixed_layout: bool = True,
         n_frames: int = 1,
+        eeg: nn.Module | None = None,
     ):
         super().__init__()
         self.n_features = n_features
@@ -243,13 +245,16 @@ class MeanHead(nn.Module):
         self.label_embed = nn.Embedding(num_classes + 1, rank)  # the last row is the null label
         self.readout = nn.Linear(rank, n_points, bias=False)  # the per-point low-rank readout
         self.num_classes = num_classes
+        self.eeg = eeg  # the residual's EEG branch (``EEGResidual``), or None: the design alone
         self.reset_residual()
 
     @torch.no_grad()
     def reset_residual(self) -> None:
-        """Zero readout and label embedding: the mean equals the ridge path."""
+        """Zero readout, label embedding and EEG branch gains: the mean equals the ridge path."""
         nn.init.zeros_(self.readout.weight)
         nn.init.zeros_(self.label_embed.weight)
+        if self.eeg is not None:
+            self.eeg.reset()
 
     def forward(
         self,
@@ -260,12 +265,14 @@ class MeanHead(nn.Module):
         train: bool = False,
         residual: bool = True,
         whole_class_offset: bool = False,
+        eeg_residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``design [B, F, D]`` (+ labels ``[B]``, -1 or None = no label) -> mean ``[B, N, F]``.
         ``train`` applies dropout to the residual's input; predictions never do, whatever the
         module's mode, so the point prediction is deterministic. ``residual=False``: the linear
         paths alone (what the learned residual is measured against). ``whole_class_offset``: the
-        class offsets unshrunk (the mean a sample is drawn about; ``RidgePath``)."""
+        class offsets unshrunk (the mean a sample is drawn about; ``RidgePath``). ``eeg_residual``:
+        the EEG branch's ``[B, N, F]`` (``self.eeg``'s output for the batch), added to the residual."""
         slots = self.ridge.slots(names, n_points)
         scalp = design[..., : self.n_features]
         linear = self.ridge(scalp, slots)
@@ -284,7 +291,8 @@ class MeanHead(nn.Module):
         residual = self.readout(latent)  # through the module, so Opacus sees per-sample gradients
         if slots is not None:
             residual = residual[..., slots]
-        return (linear + residual).transpose(1, 2)
+        mean = (linear + residual).transpose(1, 2)
+        return mean if eeg_residual is None else mean + eeg_residual
 
 
 def is_residual_parameter(name: str) -> bool:

@@ -176,6 +176,7 @@ def train_centralized(
     site_names: Sequence[str] | None = None,
     site_dirs: Sequence[str | Path] | None = None,
     progress: bool = True,
+    residual_eeg: bool = False,
 ) -> Path:
     """Train one model on the pooled training subjects of ``sites``.
 
@@ -212,6 +213,9 @@ def train_centralized(
         ``evaluate`` refuses the checkpoint unless told ``--allow-seen``.
     progress : bool
         Show a progress bar on stderr.
+    residual_eeg : bool
+        The learned residual also reads EEG through an encoder of its own
+        (``ModelConfig.mean_eeg_features``); False: the design alone.
 
     Returns
     -------
@@ -231,9 +235,10 @@ def train_centralized(
     # 1. data and split
     split = split_sites(sites, seed, config.val_fraction, config.test_fraction)
     classes = class_index(sites)
-    model = _model_for(preset, classes, preprocess, device)
+    model = _model_for(preset, classes, preprocess, device, residual_eeg)
     if resume:
         _check_same_preprocess(run_dir, preprocess)
+        _check_same_residual(run_dir, model)
     # 2. closed-form parts (the ridge paths before the EMA copies the weights), 3. the run's state
     ridge_choice = _ridge_paths(model, split, run_dir, resume)
     run = _start_run(model, run_dir, config, resume)
@@ -313,10 +318,10 @@ class _Run:
 
 
 def _model_for(
-    preset: str, classes: dict[str, int], preprocess: dict[str, Any] | None, device: str | None
+    preset: str, classes: dict[str, int], preprocess: dict[str, Any] | None, device: str | None, residual_eeg: bool
 ) -> NeuroGenModel:
     """The preset's model, fitted to the data's preprocessing; refused when the classes do not fit."""
-    model_config = get_preset(preset)
+    model_config = get_preset(preset).model_copy(update={"mean_eeg_features": residual_eeg})
     if len(classes) > model_config.num_classes:
         raise ConfigError(
             f"the data has {len(classes)} classes {sorted(classes)} but preset {preset!r} has {model_config.num_classes} label slots"
@@ -339,6 +344,17 @@ def _check_same_preprocess(run_dir: Path, preprocess: dict[str, Any] | None) -> 
             f"--resume: {run_dir} was trained with other preprocessing ({', '.join(changed)}); "
             "resume with the same --preprocess settings"
         )
+
+
+def _check_same_residual(run_dir: Path, model: NeuroGenModel) -> None:
+    """``--resume`` refuses a run folder whose residual read EEG where this one does not, or the reverse."""
+    checkpoint_dir = run_dir / CHECKPOINT_DIR
+    if not (checkpoint_dir / "config.json").exists():
+        return
+    before = bool(read_checkpoint_config(checkpoint_dir).get("model_config", {}).get("mean_eeg_features", False))
+    if before != model.config.mean_eeg_features:
+        said = "with" if before else "without"
+        raise ConfigError(f"--resume: {run_dir} was trained {said} --residual-eeg; resume {said} it")
 
 
 def _ridge_paths(model: NeuroGenModel, split: SplitSites, run_dir: Path, resume: bool) -> Any:

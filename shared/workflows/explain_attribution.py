@@ -300,7 +300,8 @@ def decompose(
     ------
     ConfigError
         The windows carry no design, one of another width than the ridge path, or do not fit
-        the model (``NeuroGenModel.layout``).
+        the model (``NeuroGenModel.layout``); the model's residual reads EEG (``--residual-eeg``)
+        and kept what it learned.
     """
 
     if windows.design is None:
@@ -315,6 +316,11 @@ def decompose(
     batch = Batch.from_windows(windows.subset(np.arange(min(1, len(windows)))), device=model.device)
     layout = model.layout(batch)  # checks the site against the model (rates, point counts)
     head = model.modality_heads[windows.target_modality].mean
+    if head.eeg is not None and bool(head.eeg.gains.weight.detach().abs().amax() > 0):
+        raise ConfigError(
+            "this model's learned residual reads EEG through its own encoder (--residual-eeg), which explain "
+            "does not attribute to design features; explain a model trained without it"
+        )
     names = list(windows.target_names) if windows.target_modality == "fnirs" else None
     slots = head.ridge.slots(names, layout.n_points)
     pick = (lambda t: t) if slots is None else (lambda t: t[..., slots])  # noqa: E731
