@@ -105,3 +105,29 @@ def test_resume_refuses_another_residual_setting(tmp_path):
     _check_same_residual(tmp_path, NeuroGenModel("tiny", fmri_positions=FMRI_POSITIONS, device="cpu"))  # same: fine
     with pytest.raises(ConfigError, match="trained without --residual-eeg"):
         _check_same_residual(tmp_path, tiny_model(mean_eeg_features=True))
+
+
+def test_a_labram_checkpoint_starts_both_encoders_and_is_recorded(tmp_path):
+    from test_model import _labram_layout
+
+    from fedneurogen.shared.workflows.centralized import _pretrained_encoder
+
+    source = tiny_model(seed=3).eeg_encoder
+    perturb(source, scale=0.1)
+    path = tmp_path / "labram-base.pth"
+    torch.save({"model": {"student." + k: v for k, v in _labram_layout(source).items()}}, path)
+    model = tiny_model(mean_eeg_features=True)
+    record = _pretrained_encoder(model, path, "tiny", resume=False, run_dir=tmp_path / "run")
+    assert record["file"] == "labram-base.pth" and record["loaded"] > 0 and len(record["sha256"]) == 64
+    for encoder in [model.eeg_encoder] + [h.mean.eeg.encoder for h in model.modality_heads.values()]:
+        torch.testing.assert_close(encoder.patch_embed.state_dict(), source.patch_embed.state_dict())
+    assert _pretrained_encoder(model, None, "tiny", resume=False, run_dir=tmp_path / "run") is None
+
+    wrong = tmp_path / "other-width.pth"  # nothing of it fits: refused, not a silent random start
+    torch.save({"model": {"student.norm.weight": torch.randn(source.norm.weight.shape[0] + 1)}}, wrong)
+    with pytest.raises(ConfigError, match="none of its tensors fits the 'tiny' preset"):
+        _pretrained_encoder(tiny_model(), wrong, "tiny", resume=False, run_dir=tmp_path / "run")
+    with pytest.raises(ConfigError, match="a resumed run keeps the encoder"):
+        _pretrained_encoder(tiny_model(), path, "tiny", resume=True, run_dir=tmp_path / "run")
+    save_checkpoint(tmp_path / "run" / "checkpoint", model, extra={"provenance": {"eeg_encoder": record}})
+    assert _pretrained_encoder(tiny_model(), None, "tiny", resume=True, run_dir=tmp_path / "run") == record

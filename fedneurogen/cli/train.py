@@ -64,6 +64,11 @@ def train(
         "--residual-eeg",
         help="The learned residual also reads EEG through an encoder of its own (kept only where validation supports it).",
     ),
+    eeg_encoder: Path | None = typer.Option(
+        None,
+        "--eeg-encoder",
+        help="A LaBraM checkpoint (labram-base.pth; your own file, nothing is downloaded) the EEG encoders start from.",
+    ),
     trust_unsigned: bool = trust_unsigned_option(),
 ) -> None:
     """Centralized training on one or more sites (subject-level train/validation/test split)."""
@@ -93,6 +98,7 @@ def train(
                 site_dirs=data,  # the checkpoint records its subjects by content: evaluate scores only unseen ones
                 progress=show_progress(),
                 residual_eeg=residual_eeg,
+                eeg_encoder=eeg_encoder,
             )
     except FedNeuroGenError as err:  # a bad dataset or configuration: one line naming the file
         fail_on(err)

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from fedneurogen.shared.errors import ConfigError
+from fedneurogen.shared.io import file_sha256
 from fedneurogen.shared.model import (
     EMA,
     NeuroGenModel,
@@ -63,6 +64,7 @@ from fedneurogen.shared.workflows.training import (
     train_epochs,
     validation_loss,
 )
+from fedneurogen.shared.model.eeg_encoder import load_labram_checkpoint
 from fedneurogen.shared.model.mean import fit_ridge_paths
 from fedneurogen.shared.config import PreprocessConfig
 from fedneurogen.shared.model.crossfit import cross_fitted_training, fit_class_offsets
@@ -177,6 +179,7 @@ def train_centralized(
     site_dirs: Sequence[str | Path] | None = None,
     progress: bool = True,
     residual_eeg: bool = False,
+    eeg_encoder: str | Path | None = None,
 ) -> Path:
     """Train one model on the pooled training subjects of ``sites``.
 
@@ -216,6 +219,9 @@ def train_centralized(
     residual_eeg : bool
         The learned residual also reads EEG through an encoder of its own
         (``ModelConfig.mean_eeg_features``); False: the design alone.
+    eeg_encoder : path-like, optional
+        A LaBraM checkpoint (``load_labram_checkpoint``) for the EEG encoders of a new run: the
+        DiT's and the residual's branch's start from its weights (``--eeg-encoder``).
 
     Returns
     -------
@@ -226,7 +232,8 @@ def train_centralized(
     ------
     ConfigError
         When the data has more classes than the preset has label slots, or ``resume`` finds no
-        checkpoint or an unusable training state.
+        checkpoint or an unusable training state; ``eeg_encoder`` with ``resume``, or a file of
+        which no tensor fits the preset's encoder.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -239,6 +246,7 @@ def train_centralized(
     if resume:
         _check_same_preprocess(run_dir, preprocess)
         _check_same_residual(run_dir, model)
+    pretrained = _pretrained_encoder(model, eeg_encoder, preset, resume, run_dir)
     # 2. closed-form parts (the ridge paths before the EMA copies the weights), 3. the run's state
     ridge_choice = _ridge_paths(model, split, run_dir, resume)
     run = _start_run(model, run_dir, config, resume)
@@ -251,6 +259,7 @@ def train_centralized(
         "ridge_path": ridge_choice,
         "cross_fit": cross_fit,
         "class_offsets": class_offsets,
+        **({"eeg_encoder": pretrained} if pretrained else {}),
     }
     if site_dirs is not None:
         provenance[PROVENANCE_KEY] = subject_record(sites, site_dirs, split.subjects, names)
@@ -355,6 +364,36 @@ def _check_same_residual(run_dir: Path, model: NeuroGenModel) -> None:
     if before != model.config.mean_eeg_features:
         said = "with" if before else "without"
         raise ConfigError(f"--resume: {run_dir} was trained {said} --residual-eeg; resume {said} it")
+
+
+def _pretrained_encoder(
+    model: NeuroGenModel, path: str | Path | None, preset: str, resume: bool, run_dir: Path
+) -> dict[str, Any] | None:
+    """Start the EEG encoders (the DiT's, and the residual's branch's with ``--residual-eeg``) from
+    a LaBraM checkpoint (``--eeg-encoder``); what was loaded, for the provenance (a resumed run:
+    what its first part recorded). Nothing is downloaded: the file is the user's."""
+    if resume:
+        if path is not None:
+            raise ConfigError("--eeg-encoder starts a new run; a resumed run keeps the encoder its checkpoint holds")
+        stored = run_dir / CHECKPOINT_DIR
+        if not (stored / "config.json").exists():
+            return None
+        return (read_checkpoint_config(stored).get("provenance") or {}).get("eeg_encoder")
+    if path is None:
+        return None
+    report = load_labram_checkpoint(model.eeg_encoder, path)
+    if not report.loaded:
+        raise ConfigError(
+            f"--eeg-encoder {path}: none of its tensors fits the {preset!r} preset's EEG encoder "
+            f"({len(report.skipped_shape)} of another shape; LaBraM-Base fits --preset base)"
+        )
+    for head in model.modality_heads.values():
+        if head.mean.eeg is not None:  # the branch's own encoder starts from the same weights
+            head.mean.eeg.encoder.load_state_dict(model.eeg_encoder.state_dict())
+    return {
+        "file": Path(path).name, "sha256": file_sha256(path), "loaded": len(report.loaded),
+        "skipped_shape": len(report.skipped_shape), "left_at_initialisation": len(report.missing),
+    }  # fmt: skip
 
 
 def _ridge_paths(model: NeuroGenModel, split: SplitSites, run_dir: Path, resume: bool) -> Any:
